@@ -1,0 +1,174 @@
+// deit augment: look at what the augmentation does.
+//   deit augment --in IMG --out OUT.png --op OP[:ARG] [--op ...] [--seed S]
+//     applies named ops in order (data/transforms.h, apply_named_op), e.g. to compare one op with
+//     Pillow by eye or to reproduce a single step of the pipeline;
+//   deit augment --data DIR --grid OUT.png [--n 64] [--seed S] [--input-size N] [--src]
+//     tiles random training views of DIR's training split, before normalisation, as the trainer
+//     draws them: the first thing to look at when accuracy is off.
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "apps/commands.h"
+#include "data/augment_params.h"
+#include "data/image.h"
+#include "data/image_source.h"
+#include "data/sampler.h"
+#include "data/transforms.h"
+#include "engine/rng.h"
+
+namespace deit::apps {
+
+namespace {
+
+struct AugmentCommandOptions {
+  std::string in;
+  std::string out;
+  std::vector<std::string> ops;
+  std::string data;
+  std::string grid;
+  int n = 64;
+  uint64_t seed = 0;
+  int input_size = 224;
+  bool src = false;
+};
+
+bool ends_with_png(const std::string& path) {
+  if (path.size() < 4) return false;
+  std::string ext = path.substr(path.size() - 4);
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
+  return ext == ".png";
+}
+
+void require_png(const char* flag, const std::string& path) {
+  if (!ends_with_png(path))
+    throw std::invalid_argument(std::string(flag) + " " + path +
+                                ": the output is written as PNG; name it *.png");
+}
+
+void run_ops(const AugmentCommandOptions& options) {
+  if (options.in.empty() || options.out.empty() || options.ops.empty())
+    throw std::invalid_argument(
+        "augment: give --in IMG --out OUT.png and at least one --op, or --data DIR --grid "
+        "OUT.png; the ops are:\n" +
+        data::named_op_usage());
+  require_png("--out", options.out);
+  data::ImageU8 image = data::decode_image_file(options.in);
+  Rng rng(options.seed);
+  for (size_t i = 0; i < options.ops.size(); ++i) {
+    try {
+      image = data::apply_named_op(image, options.ops[i], rng);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument("--op '" + options.ops[i] + "' (op " + std::to_string(i + 1) +
+                                  " of " + std::to_string(options.ops.size()) + "): " + e.what());
+    }
+  }
+  data::write_png(options.out, image);
+  std::printf("wrote %s (%d x %d)\n", options.out.c_str(), image.width, image.height);
+}
+
+// The training views of epoch 0, 1, ... of a shuffled single-rank sampler, each augmented with the
+// stream the prefetch pipeline gives that sample (data/sampler.h sample_stream).
+void run_grid(const AugmentCommandOptions& options) {
+  require_png("--grid", options.grid);
+  const std::unique_ptr<data::ImageSource> source = data::open_dataset_split(options.data, "train");
+  data::SamplerOptions sampler_options;
+  sampler_options.dataset_size = source->size();
+  sampler_options.seed = options.seed;
+  const data::Sampler sampler(sampler_options);
+
+  data::AugmentConfig config;
+  config.input_size = options.input_size;
+  config.crop = options.src ? data::CropMode::kSimpleRandom : data::CropMode::kRandomResized;
+
+  const int size = options.input_size;
+  constexpr int kGap = 2;
+  const int columns = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(options.n))));
+  const int rows = (options.n + columns - 1) / columns;
+  data::ImageU8 grid{rows * (size + kGap) - kGap, columns * (size + kGap) - kGap, {}};
+  grid.pixels.assign(static_cast<size_t>(grid.height) * grid.width * 3, 32);  // dark grey gaps
+
+  int tiles = 0;
+  size_t skipped = 0;
+  for (uint64_t epoch = 0; tiles < options.n; ++epoch) {
+    for (const data::SamplePick& pick : sampler.epoch_picks(epoch)) {
+      if (tiles == options.n) break;
+      data::ImageU8 image;
+      try {
+        image = source->load(pick.index);
+      } catch (const data::DataError& e) {
+        std::fprintf(stderr, "warning: skipping an unusable image: %s\n",
+                     e.what());  // names the file
+        if (++skipped > 16 + 2 * static_cast<size_t>(options.n))
+          throw data::DataError("augment: too many unusable images in " + options.data);
+        continue;
+      }
+      Rng rng(options.seed, data::sample_stream(epoch, pick.global_position));
+      const data::AugmentParams params =
+          data::sample_augment_params(config, image.height, image.width, rng);
+      const data::ImageU8 view = data::augment_train(image, params);
+      const int top = tiles / columns * (size + kGap);
+      const int left = tiles % columns * (size + kGap);
+      for (int y = 0; y < size; ++y)
+        std::copy_n(view.at(y, 0), static_cast<size_t>(size) * 3, grid.at(top + y, left));
+      ++tiles;
+    }
+  }
+  data::write_png(options.grid, grid);
+  std::printf(
+      "wrote %s: %d training views (%d x %d tiles of %d px, %s, seed %llu) from %zu images of %s",
+      options.grid.c_str(), tiles, columns, rows, size,
+      options.src ? "simple random crop" : "random resized crop",
+      static_cast<unsigned long long>(options.seed), source->size(), options.data.c_str());
+  if (skipped > 0) std::printf("; skipped %zu unusable image(s)", skipped);
+  std::printf("\n");
+}
+
+}  // namespace
+
+void add_augment_command(CLI::App& app) {
+  auto options = std::make_shared<AugmentCommandOptions>();
+  CLI::App* command = app.add_subcommand(
+      "augment", "Apply augmentation ops to one image, or tile random training views of a dataset");
+  command->footer(
+      "Ops (applied in the order given):\n" + data::named_op_usage() +
+      "\nrrc and src are the recipe's random crops (RandomResizedCrop, Simple Random Crop), "
+      "drawn from --seed.\n");
+  CLI::Option* in = command->add_option("--in", options->in, "Image to transform");
+  command->add_option("--out", options->out, "Where to write the result (PNG)")->needs(in);
+  command->add_option("--op", options->ops, "An op NAME or NAME:ARGS; repeat to chain")->needs(in);
+  CLI::Option* data =
+      command->add_option("--data", options->data, "Dataset root (DIR/train, or DIR/train.shard)")
+          ->excludes(in);
+  command->add_option("--grid", options->grid, "Where to write the tiled views (PNG)")->needs(data);
+  command->add_option("--n", options->n, "Number of views in the grid")
+      ->default_val(64)
+      ->check(CLI::Range(1, 1024))
+      ->needs(data);
+  command->add_option("--seed", options->seed, "Seed of the random ops and views")->default_val(0);
+  command->add_option("--input-size", options->input_size, "Training crop size of the grid's views")
+      ->default_val(224)
+      ->check(CLI::Range(8, 1024))
+      ->needs(data);
+  command
+      ->add_flag("--src", options->src,
+                 "Grid views with Simple Random Crop instead of RandomResizedCrop")
+      ->needs(data);
+  command->callback([options] {
+    if (!options->data.empty()) {
+      if (options->grid.empty())
+        throw std::invalid_argument("augment: --data needs --grid OUT.png");
+      run_grid(*options);
+    } else {
+      run_ops(*options);
+    }
+  });
+}
+
+}  // namespace deit::apps

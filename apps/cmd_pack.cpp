@@ -1,0 +1,80 @@
+// deit pack: an image folder -> one packed shard file (data/shard.h) that trains without decoding.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "apps/commands.h"
+#include "data/pack.h"
+
+namespace deit::apps {
+
+namespace {
+
+struct PackCommandOptions {
+  std::string src;
+  std::string out;
+  data::PackOptions pack;
+};
+
+// On a terminal one line rewritten in place; otherwise a line per 10% for logs.
+class PackProgressLine {
+ public:
+  PackProgressLine() : interactive_(isatty(fileno(stderr))), start_(Clock::now()) {}
+
+  void update(uint64_t done, uint64_t total) {
+    const int percent = total ? static_cast<int>(100 * done / total) : 100;
+    if (!interactive_ && percent < next_logged_percent_ && done < total) return;
+    next_logged_percent_ = percent / 10 * 10 + 10;
+    const double seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+    std::fprintf(stderr, "%spacking: %llu/%llu images (%d%%), %.0f images/s%s",
+                 interactive_ ? "\r" : "", static_cast<unsigned long long>(done),
+                 static_cast<unsigned long long>(total), percent,
+                 seconds > 0 ? done / seconds : 0.0, interactive_ ? "" : "\n");
+    if (interactive_ && done == total) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  bool interactive_;
+  Clock::time_point start_;
+  int next_logged_percent_ = 0;
+};
+
+void run_pack(const PackCommandOptions& options) {
+  PackProgressLine progress;
+  const data::PackSummary summary = data::pack_image_folder(
+      options.src, options.out, options.pack,
+      [&progress](uint64_t done, uint64_t total) { progress.update(done, total); });
+  std::printf("wrote %s: %llu images, %.1f MiB", options.out.c_str(),
+              static_cast<unsigned long long>(summary.images), summary.bytes / (1024.0 * 1024.0));
+  if (summary.skipped > 0) {
+    std::printf("; skipped %llu unusable file(s) (see the warnings above)",
+                static_cast<unsigned long long>(summary.skipped));
+  }
+  std::printf("\n");
+}
+
+}  // namespace
+
+void add_pack_command(CLI::App& app) {
+  auto options = std::make_shared<PackCommandOptions>();
+  CLI::App* command = app.add_subcommand(
+      "pack", "Pack an image folder (SRC/<class>/<images>) into one shard file of resized pixels");
+  command->add_option("--src", options->src, "Image folder: one subfolder per class")->required();
+  command->add_option("--out", options->out, "Shard file to write (written whole, or not at all)")
+      ->required();
+  command
+      ->add_option("--short-side", options->pack.short_side,
+                   "Shrink images so their shorter side is N pixels (0: keep sizes)")
+      ->default_val(256)
+      ->check(CLI::NonNegativeNumber);
+  command->add_option("--threads", options->pack.threads, "Decoding threads (0: all cores)")
+      ->default_val(0)
+      ->check(CLI::NonNegativeNumber);
+  command->callback([options] { run_pack(*options); });
+}
+
+}  // namespace deit::apps

@@ -1,0 +1,11 @@
+// Each `deit` subcommand lives in its own apps/cmd_<name>.cpp and registers itself here.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace deit::apps {
+
+void add_info_command(CLI::App& app);
+void add_pack_command(CLI::App& app);
+void add_augment_command(CLI::App& app);
+
+}  // namespace deit::apps

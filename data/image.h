@@ -1,0 +1,37 @@
+// An 8-bit RGB image in memory, the unit the data pipeline passes around before normalisation,
+// and the file I/O around it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace deit::data {
+
+struct ImageU8 {
+  int height = 0;
+  int width = 0;
+  std::vector<uint8_t> pixels;  // (height, width, 3), RGB, row-major
+
+  uint8_t* at(int y, int x) { return pixels.data() + (static_cast<size_t>(y) * width + x) * 3; }
+  const uint8_t* at(int y, int x) const {
+    return pixels.data() + (static_cast<size_t>(y) * width + x) * 3;
+  }
+};
+
+// A file that cannot be used as an image; the message names the file and the reason.
+struct DataError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Decodes any format stb_image reads (JPEG, PNG, BMP, GIF, TGA, PSD, HDR, PIC, PNM); grayscale
+// and alpha become RGB. Throws DataError naming `path` for a missing, empty, truncated,
+// undecodable or absurdly large file.
+ImageU8 decode_image_file(const std::string& path);
+ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name);
+
+// Writes a PNG; throws DataError naming `path` when it cannot.
+void write_png(const std::string& path, const ImageU8& image);
+
+}  // namespace deit::data

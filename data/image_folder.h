@@ -1,0 +1,41 @@
+// The ImageFolder layout torchvision reads: ROOT/<class>/**/<image>, one class per subfolder,
+// classes sorted by name and numbered from 0, images sorted by path within a class.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "data/image_source.h"
+
+namespace deit::data {
+
+class ImageFolder : public ImageSource {
+ public:
+  // Lists the images under `root` (decoding nothing: a bad file is found, warned about and skipped
+  // when it is loaded). Hidden files and folders (".name") are left out, and so are files whose
+  // extension stb_image cannot decode, with one warning that counts them. Throws DataError naming
+  // `root` when it is missing, has no class folders, or has no images at all.
+  explicit ImageFolder(const std::string& root);
+
+  size_t size() const override { return files_.size(); }
+  const std::vector<std::string>& class_names() const override { return class_names_; }
+  int label(size_t index) const override { return files_.at(index).label; }
+  ImageU8 load(size_t index) const override;
+  std::string describe(size_t index) const override { return files_.at(index).path; }
+
+  const std::string& root() const { return root_; }
+
+ private:
+  struct File {
+    std::string path;
+    int label;
+  };
+  std::string root_;
+  std::vector<std::string> class_names_;
+  std::vector<File> files_;
+};
+
+// True for the extensions stb_image decodes (case-insensitive): jpg jpeg png bmp gif tga psd hdr
+// pic ppm pgm pnm.
+bool has_image_extension(const std::string& path);
+
+}  // namespace deit::data

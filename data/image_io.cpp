@@ -1,0 +1,142 @@
+// Decoding and writing images with stb, with the checks that turn a bad file into a DataError
+// naming it instead of a crash, a huge allocation or a silently half-grey picture.
+#include <stb_image.h>
+#include <stb_image_write.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+
+#include "data/image.h"
+
+namespace deit::data {
+namespace {
+
+// Larger images are treated as corrupt headers: no dataset image is this big, and decoding one
+// would allocate gigabytes.
+constexpr int kMaxImageSide = 32768;
+constexpr uint64_t kMaxImagePixels = uint64_t{1} << 28;
+
+[[noreturn]] void fail(const std::string& name, const std::string& reason) {
+  throw DataError(name + ": " + reason);
+}
+
+const char* stb_reason() {
+  const char* reason = stbi_failure_reason();
+  return reason && *reason ? reason : "no reason given";
+}
+
+bool has_marker(const uint8_t* bytes, size_t size, uint8_t second, size_t* found) {
+  for (size_t i = size; i-- > 1;) {
+    if (bytes[i - 1] == 0xFF && bytes[i] == second) {
+      *found = i - 1;
+      return true;
+    }
+  }
+  return false;
+}
+
+// stb_image decodes a truncated JPEG without complaint (the missing scan data comes out grey), as
+// Pillow would not. Inside entropy-coded data 0xFF is always followed by 0x00 or a restart marker,
+// so a complete file has an end-of-image marker (FF D9) after the start of its last scan (FF DA).
+void check_jpeg_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+  size_t last_scan = 0;
+  size_t end_marker = 0;
+  if (!has_marker(bytes, size, 0xDA, &last_scan) || !has_marker(bytes, size, 0xD9, &end_marker) ||
+      end_marker < last_scan) {
+    fail(name, "truncated JPEG (no end-of-image marker after the last scan)");
+  }
+}
+
+uint32_t read_le32(const uint8_t* p) {
+  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
+}
+
+// stb_image reads past the end of a BMP as zeros, so a truncated BMP decodes "successfully". For
+// the uncompressed encodings the pixel array's size follows from the header: check that it fits.
+// (TGA and PNM have the same problem and are not checked: they are rare in datasets.)
+void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+  constexpr size_t kHeaderBytes = 34;  // file header + the info header fields read below
+  if (size < kHeaderBytes) fail(name, "truncated BMP header");
+  const uint32_t pixel_offset = read_le32(bytes + 10);
+  const uint32_t info_size = read_le32(bytes + 14);
+  if (info_size < 40) return;  // old OS/2 headers: rare, left to stb
+  const long long width = static_cast<int32_t>(read_le32(bytes + 18));
+  const long long height = static_cast<int32_t>(read_le32(bytes + 22));
+  const uint32_t bits_per_pixel = bytes[28] | bytes[29] << 8;
+  const uint32_t compression = read_le32(bytes + 30);
+  const bool uncompressed = compression == 0 || compression == 3;  // BI_RGB, BI_BITFIELDS
+  if (!uncompressed) return;
+  const uint64_t row_bytes =
+      (static_cast<uint64_t>(std::llabs(width)) * bits_per_pixel + 31) / 32 * 4;
+  const uint64_t needed = pixel_offset + row_bytes * static_cast<uint64_t>(std::llabs(height));
+  if (needed > size) {
+    fail(name, "truncated BMP (pixel data needs " + std::to_string(needed) + " bytes, file has " +
+                   std::to_string(size) + ")");
+  }
+}
+
+void check_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+  if (size >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8) check_jpeg_complete(bytes, size, name);
+  if (size >= 2 && bytes[0] == 'B' && bytes[1] == 'M') check_bmp_complete(bytes, size, name);
+}
+
+}  // namespace
+
+ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name) {
+  if (size == 0) fail(name, "empty file (0 bytes)");
+  if (size > static_cast<size_t>(INT32_MAX)) fail(name, "file larger than 2 GiB");
+  const int length = static_cast<int>(size);
+
+  int width = 0, height = 0, channels = 0;
+  if (!stbi_info_from_memory(bytes, length, &width, &height, &channels)) {
+    fail(name,
+         std::string("not an image format stb_image reads (stb_image: ") + stb_reason() + ")");
+  }
+  if (width <= 0 || height <= 0 || width > kMaxImageSide || height > kMaxImageSide ||
+      static_cast<uint64_t>(width) * static_cast<uint64_t>(height) > kMaxImagePixels) {
+    fail(name, "absurd dimensions " + std::to_string(width) + "x" + std::to_string(height));
+  }
+  check_complete(bytes, size, name);
+
+  // Asking for 3 channels makes stb expand grayscale and drop alpha, as Pillow's convert("RGB").
+  std::unique_ptr<uint8_t, void (*)(void*)> decoded(
+      stbi_load_from_memory(bytes, length, &width, &height, &channels, 3), stbi_image_free);
+  if (!decoded) fail(name, std::string("corrupt or truncated (stb_image: ") + stb_reason() + ")");
+
+  ImageU8 image;
+  image.height = height;
+  image.width = width;
+  image.pixels.assign(decoded.get(), decoded.get() + static_cast<size_t>(width) * height * 3);
+  return image;
+}
+
+ImageU8 decode_image_file(const std::string& path) {
+  std::ifstream file(path, std::ios::binary | std::ios::ate);
+  if (!file) fail(path, std::string("cannot open (") + std::strerror(errno) + ")");
+  const std::streamoff size = file.tellg();
+  if (size < 0) fail(path, "cannot determine the file size");
+  std::vector<uint8_t> bytes(static_cast<size_t>(size));
+  file.seekg(0);
+  if (size > 0 && !file.read(reinterpret_cast<char*>(bytes.data()), size)) {
+    fail(path, "read error");
+  }
+  return decode_image_memory(bytes.data(), bytes.size(), path);
+}
+
+void write_png(const std::string& path, const ImageU8& image) {
+  if (image.width <= 0 || image.height <= 0 ||
+      image.pixels.size() != static_cast<size_t>(image.width) * image.height * 3) {
+    fail(path, "cannot write an empty or inconsistent image (" + std::to_string(image.width) + "x" +
+                   std::to_string(image.height) + ", " + std::to_string(image.pixels.size()) +
+                   " bytes)");
+  }
+  if (!stbi_write_png(path.c_str(), image.width, image.height, 3, image.pixels.data(),
+                      image.width * 3)) {
+    fail(path, std::string("cannot write PNG (") + std::strerror(errno) + ")");
+  }
+}
+
+}  // namespace deit::data

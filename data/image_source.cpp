@@ -1,0 +1,43 @@
+#include "data/image_source.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include "data/image_folder.h"
+#include "data/shard.h"
+
+namespace deit::data {
+namespace fs = std::filesystem;
+
+std::unique_ptr<ImageSource> open_image_source(const std::string& path) {
+  std::error_code error;
+  if (fs::is_directory(path, error)) return std::make_unique<ImageFolder>(path);
+  if (!fs::exists(path, error)) throw DataError(path + ": no such file or directory");
+  if (!is_shard_file(path)) {
+    throw DataError(path + ": neither an image folder nor a deit shard file (bad magic)");
+  }
+  return std::make_unique<ShardReader>(path);
+}
+
+std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split) {
+  const fs::path shard = fs::path(root) / (split + ".shard");
+  std::error_code error;
+  if (fs::is_regular_file(shard, error)) return std::make_unique<ShardReader>(shard.string());
+  const fs::path folder = fs::path(root) / split;
+  if (!fs::is_directory(folder, error)) {
+    throw DataError(root + ": has neither " + shard.string() + " nor a folder " + folder.string());
+  }
+  return std::make_unique<ImageFolder>(folder.string());
+}
+
+void SkippedImages::record(const std::string& what, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (seen_.insert(what).second) std::fprintf(stderr, "warning: skipped %s\n", message.c_str());
+}
+
+size_t SkippedImages::count() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return seen_.size();
+}
+
+}  // namespace deit::data

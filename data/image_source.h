@@ -1,0 +1,52 @@
+// What the training pipeline reads from: a labelled, indexed collection of images, backed by an
+// image folder (data/image_folder.h) or a packed shard file (data/shard.h), plus the record of the
+// files it had to skip.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "data/image.h"
+
+namespace deit::data {
+
+class ImageSource {
+ public:
+  virtual ~ImageSource() = default;
+
+  virtual size_t size() const = 0;
+  virtual const std::vector<std::string>& class_names() const = 0;
+  virtual int label(size_t index) const = 0;
+  // Decodes (or copies out) image `index`. Thread-safe. Throws DataError naming the file or the
+  // shard record when the image is unusable.
+  virtual ImageU8 load(size_t index) const = 0;
+  // Where image `index` comes from, for messages: a file path or "<shard> record <n>".
+  virtual std::string describe(size_t index) const = 0;
+};
+
+// Opens `path` as a shard file when it is a regular file, as an image folder when it is a
+// directory. Throws DataError naming `path` when it is neither or cannot be read.
+std::unique_ptr<ImageSource> open_image_source(const std::string& path);
+
+// Opens one split of a dataset root: `root/<split>.shard` when that file exists, otherwise the
+// image folder `root/<split>/`.
+std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split);
+
+// The unusable images met during a run: each one is warned about (on stderr) the first time it is
+// seen and counted once, however many epochs meet it again, for the run's summary. Thread-safe.
+class SkippedImages {
+ public:
+  // `what` identifies the image (ImageSource::describe), `message` says what is wrong with it (a
+  // DataError's text, which names the file).
+  void record(const std::string& what, const std::string& message);
+  size_t count() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::set<std::string> seen_;
+};
+
+}  // namespace deit::data

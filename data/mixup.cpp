@@ -1,0 +1,122 @@
+#include "data/mixup.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace deit::data {
+namespace {
+
+// Gamma(shape, 1) by Marsaglia and Tsang (2000). For shape < 1, Gamma(shape) is
+// Gamma(shape + 1) * U^(1 / shape).
+double sample_gamma(double shape, Rng& rng) {
+  if (shape < 1.0) {
+    const double u = 1.0 - rng.uniform();  // (0, 1]
+    return sample_gamma(shape + 1.0, rng) * std::pow(u, 1.0 / shape);
+  }
+  const double d = shape - 1.0 / 3.0;
+  const double c = 1.0 / std::sqrt(9.0 * d);
+  for (;;) {
+    const double x = rng.normal();
+    const double t = 1.0 + c * x;
+    if (t <= 0.0) continue;
+    const double v = t * t * t;
+    const double u = rng.uniform();
+    if (std::log(u) < 0.5 * x * x + d - d * v + d * std::log(v)) return d * v;
+  }
+}
+
+}  // namespace
+
+double sample_beta(double a, double b, Rng& rng) {
+  if (!(a > 0.0 && b > 0.0))
+    throw std::invalid_argument("Beta parameters must be positive, got " + std::to_string(a) +
+                                ", " + std::to_string(b));
+  const double x = sample_gamma(a, rng);
+  const double y = sample_gamma(b, rng);
+  return x / (x + y);
+}
+
+MixParams sample_mix_params(const MixupConfig& config, int height, int width, Rng& rng) {
+  MixParams p;
+  const bool mixup = config.mixup_alpha > 0.0;
+  const bool cutmix = config.cutmix_alpha > 0.0;
+  if (!(mixup || cutmix) || !rng.bernoulli(config.prob)) return p;
+
+  p.cutmix = mixup && cutmix ? rng.bernoulli(config.switch_prob) : cutmix;
+  const double alpha = p.cutmix ? config.cutmix_alpha : config.mixup_alpha;
+  p.lambda = sample_beta(alpha, alpha, rng);
+  if (!p.cutmix) return p;
+
+  // rand_bbox: a box of sides int(side * sqrt(1 - lambda)) centred on a uniform pixel, clipped
+  // to the image; then lambda is corrected to the area actually pasted.
+  const double ratio = std::sqrt(1.0 - p.lambda);
+  const int cut_h = static_cast<int>(height * ratio);
+  const int cut_w = static_cast<int>(width * ratio);
+  const int cy = static_cast<int>(rng.below(height));
+  const int cx = static_cast<int>(rng.below(width));
+  p.y0 = std::clamp(cy - cut_h / 2, 0, height);
+  p.y1 = std::clamp(cy + cut_h / 2, 0, height);
+  p.x0 = std::clamp(cx - cut_w / 2, 0, width);
+  p.x1 = std::clamp(cx + cut_w / 2, 0, width);
+  const double box_area = static_cast<double>(p.y1 - p.y0) * (p.x1 - p.x0);
+  p.lambda = 1.0 - box_area / (static_cast<double>(height) * width);
+  return p;
+}
+
+void apply_mix(const MixParams& params, float* images, int batch, int channels, int height,
+               int width) {
+  if (batch % 2 != 0)
+    throw std::invalid_argument("mixup/cutmix needs an even batch size, got " +
+                                std::to_string(batch));
+  if (params.lambda == 1.0) return;
+  const size_t plane = static_cast<size_t>(height) * width;
+  const size_t sample = plane * channels;
+  // Pairs (i, batch-1-i): each takes from the other's original values.
+  for (int i = 0; i < batch / 2; ++i) {
+    float* a = images + sample * i;
+    float* b = images + sample * (batch - 1 - i);
+    if (params.cutmix) {
+      for (int c = 0; c < channels; ++c)
+        for (int y = params.y0; y < params.y1; ++y)
+          for (int x = params.x0; x < params.x1; ++x) {
+            const size_t k = c * plane + static_cast<size_t>(y) * width + x;
+            std::swap(a[k], b[k]);
+          }
+    } else {
+      // timm: x * lam + x.flip(0) * (1 - lam), in float32.
+      const float lam = static_cast<float>(params.lambda);
+      const float rest = static_cast<float>(1.0 - params.lambda);
+      for (size_t k = 0; k < sample; ++k) {
+        const float va = a[k], vb = b[k];
+        a[k] = va * lam + vb * rest;
+        b[k] = vb * lam + va * rest;
+      }
+    }
+  }
+}
+
+void mix_targets(const MixParams& params, const int32_t* labels, int batch, int num_classes,
+                 double label_smoothing, float* targets) {
+  const double off = label_smoothing / num_classes;
+  const double on = 1.0 - label_smoothing + off;
+  const float lam = static_cast<float>(params.lambda);
+  const float rest = static_cast<float>(1.0 - params.lambda);
+  for (int i = 0; i < batch; ++i) {
+    const int own = labels[i];
+    const int partner = labels[batch - 1 - i];
+    if (own < 0 || own >= num_classes)
+      throw std::invalid_argument("label " + std::to_string(own) + " is outside [0, " +
+                                  std::to_string(num_classes) + ")");
+    for (int k = 0; k < num_classes; ++k) {
+      const float y_own = static_cast<float>(k == own ? on : off);
+      const float y_partner = static_cast<float>(k == partner ? on : off);
+      targets[static_cast<size_t>(i) * num_classes + k] = y_own * lam + y_partner * rest;
+    }
+  }
+}
+
+}  // namespace deit::data

@@ -1,0 +1,324 @@
+#include "data/shard.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace deit::data {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "shard files are little-endian");
+
+namespace {
+
+constexpr uint64_t kPrime1 = 0x9E3779B185EBCA87ull;
+constexpr uint64_t kPrime2 = 0xC2B2AE3D27D4EB4Full;
+constexpr uint64_t kPrime3 = 0x165667B19E3779F9ull;
+constexpr uint64_t kPrime4 = 0x85EBCA77C2B2AE63ull;
+constexpr uint64_t kPrime5 = 0x27D4EB2F165667C5ull;
+
+uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+uint64_t read64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+uint32_t read32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+uint64_t xxh_round(uint64_t acc, uint64_t input) {
+  return rotl(acc + input * kPrime2, 31) * kPrime1;
+}
+uint64_t xxh_merge(uint64_t acc, uint64_t lane) {
+  return (acc ^ xxh_round(0, lane)) * kPrime1 + kPrime4;
+}
+
+uint64_t align_up(uint64_t offset) {
+  return (offset + kShardRecordAlignment - 1) / kShardRecordAlignment * kShardRecordAlignment;
+}
+
+uint64_t record_bytes(const ShardIndexEntry& entry) {
+  return uint64_t{entry.height} * entry.width * 3;
+}
+
+std::string errno_text() { return std::strerror(errno); }
+
+uint64_t header_checksum(const ShardHeader& header) {
+  return xxhash64(&header, offsetof(ShardHeader, header_checksum));
+}
+
+uint64_t tables_checksum(const uint8_t* class_table, size_t class_table_bytes,
+                         const ShardIndexEntry* index, size_t record_count) {
+  return xxhash64(index, record_count * sizeof(ShardIndexEntry),
+                  xxhash64(class_table, class_table_bytes));
+}
+
+std::vector<uint8_t> encode_class_table(const std::vector<std::string>& class_names) {
+  std::vector<uint8_t> table;
+  for (const std::string& name : class_names) {
+    const uint32_t length = static_cast<uint32_t>(name.size());
+    const auto* length_bytes = reinterpret_cast<const uint8_t*>(&length);
+    table.insert(table.end(), length_bytes, length_bytes + 4);
+    table.insert(table.end(), name.begin(), name.end());
+  }
+  return table;
+}
+
+}  // namespace
+
+uint64_t xxhash64(const void* data, size_t size, uint64_t seed) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  const uint8_t* const end = p + size;
+  uint64_t hash;
+  if (size >= 32) {
+    uint64_t lanes[4] = {seed + kPrime1 + kPrime2, seed + kPrime2, seed, seed - kPrime1};
+    for (; end - p >= 32; p += 32) {
+      for (int lane = 0; lane < 4; ++lane)
+        lanes[lane] = xxh_round(lanes[lane], read64(p + 8 * lane));
+    }
+    hash = rotl(lanes[0], 1) + rotl(lanes[1], 7) + rotl(lanes[2], 12) + rotl(lanes[3], 18);
+    for (uint64_t lane : lanes) hash = xxh_merge(hash, lane);
+  } else {
+    hash = seed + kPrime5;
+  }
+  hash += size;
+  for (; end - p >= 8; p += 8) hash = rotl(hash ^ xxh_round(0, read64(p)), 27) * kPrime1 + kPrime4;
+  if (end - p >= 4) {
+    hash = rotl(hash ^ (read32(p) * kPrime1), 23) * kPrime2 + kPrime3;
+    p += 4;
+  }
+  for (; p < end; ++p) hash = rotl(hash ^ (*p * kPrime5), 11) * kPrime1;
+  hash ^= hash >> 33;
+  hash *= kPrime2;
+  hash ^= hash >> 29;
+  hash *= kPrime3;
+  return hash ^ (hash >> 32);
+}
+
+bool is_shard_file(const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (!file) return false;
+  char magic[sizeof kShardMagic] = {};
+  const bool matches = std::fread(magic, 1, sizeof magic, file) == sizeof magic &&
+                       std::memcmp(magic, kShardMagic, sizeof magic) == 0;
+  std::fclose(file);
+  return matches;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+ShardWriter::ShardWriter(std::string path, std::vector<std::string> class_names, uint64_t capacity,
+                         uint32_t short_side)
+    : path_(std::move(path)),
+      partial_path_(path_ + ".partial"),
+      class_names_(std::move(class_names)),
+      class_table_(encode_class_table(class_names_)),
+      capacity_(capacity),
+      short_side_(short_side) {
+  index_.reserve(capacity_);
+  data_offset_ =
+      align_up(sizeof(ShardHeader) + class_table_.size() + capacity_ * sizeof(ShardIndexEntry));
+  end_offset_ = data_offset_;
+  file_ = std::fopen(partial_path_.c_str(), "wb");
+  if (!file_) throw DataError(partial_path_ + ": cannot create (" + errno_text() + ")");
+}
+
+ShardWriter::~ShardWriter() {
+  if (file_) {
+    std::fclose(file_);
+    std::remove(partial_path_.c_str());
+  }
+}
+
+void ShardWriter::write_at(uint64_t offset, const void* data, size_t size) {
+  if (fseeko(file_, static_cast<off_t>(offset), SEEK_SET) != 0 ||
+      std::fwrite(data, 1, size, file_) != size) {
+    throw DataError(partial_path_ + ": write failed (" + errno_text() + ")");
+  }
+}
+
+void ShardWriter::add(const ImageU8& image, int label) {
+  if (index_.size() == capacity_) {
+    throw DataError(path_ + ": more records than the " + std::to_string(capacity_) + " reserved");
+  }
+  if (label < 0 || static_cast<size_t>(label) >= class_names_.size()) {
+    throw DataError(path_ + ": label " + std::to_string(label) + " outside the " +
+                    std::to_string(class_names_.size()) + " classes");
+  }
+  ShardIndexEntry entry{};
+  entry.offset = align_up(end_offset_);
+  entry.height = static_cast<uint32_t>(image.height);
+  entry.width = static_cast<uint32_t>(image.width);
+  entry.label = label;
+  entry.checksum = xxhash64(image.pixels.data(), image.pixels.size());
+  write_at(entry.offset, image.pixels.data(), image.pixels.size());
+  end_offset_ = entry.offset + image.pixels.size();
+  index_.push_back(entry);
+}
+
+uint64_t ShardWriter::finish() {
+  std::vector<ShardIndexEntry> full_index(capacity_);
+  std::copy(index_.begin(), index_.end(), full_index.begin());
+
+  ShardHeader header{};
+  std::memcpy(header.magic, kShardMagic, sizeof kShardMagic);
+  header.version = kShardVersion;
+  header.num_classes = static_cast<uint32_t>(class_names_.size());
+  header.record_count = index_.size();
+  header.index_capacity = capacity_;
+  header.index_offset = sizeof(ShardHeader) + class_table_.size();
+  header.data_offset = data_offset_;
+  header.file_bytes = end_offset_;
+  header.short_side = short_side_;
+  header.tables_checksum =
+      tables_checksum(class_table_.data(), class_table_.size(), index_.data(), index_.size());
+  header.header_checksum = header_checksum(header);
+
+  write_at(0, &header, sizeof header);
+  write_at(sizeof header, class_table_.data(), class_table_.size());
+  write_at(header.index_offset, full_index.data(), full_index.size() * sizeof(ShardIndexEntry));
+  // With no records the file would end at the index: make it as long as the header says.
+  if (ftruncate(fileno(file_), static_cast<off_t>(end_offset_)) != 0 || std::fflush(file_) != 0 ||
+      fsync(fileno(file_)) != 0) {
+    throw DataError(partial_path_ + ": cannot flush to disk (" + errno_text() + ")");
+  }
+  const int close_status = std::fclose(file_);
+  file_ = nullptr;
+  if (close_status != 0) throw DataError(partial_path_ + ": close failed (" + errno_text() + ")");
+  if (std::rename(partial_path_.c_str(), path_.c_str()) != 0) {
+    std::remove(partial_path_.c_str());
+    throw DataError(path_ + ": cannot rename " + partial_path_ + " into place (" + errno_text() +
+                    ")");
+  }
+  return end_offset_;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+ShardReader::ShardReader(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw DataError(path + ": cannot open (" + errno_text() + ")");
+  struct stat info {};
+  if (fstat(fd, &info) != 0) {
+    ::close(fd);
+    throw DataError(path + ": cannot stat (" + errno_text() + ")");
+  }
+  const uint64_t actual_bytes = static_cast<uint64_t>(info.st_size);
+  if (actual_bytes < sizeof(ShardHeader)) {
+    ::close(fd);
+    throw DataError(path + ": " + std::to_string(actual_bytes) +
+                    " bytes, too short for a shard header (truncated, or not a shard file)");
+  }
+  void* mapping = mmap(nullptr, actual_bytes, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);  // the mapping keeps the file open
+  if (mapping == MAP_FAILED) throw DataError(path + ": cannot mmap (" + errno_text() + ")");
+  mapping_ = static_cast<const uint8_t*>(mapping);
+  mapping_bytes_ = actual_bytes;
+
+  try {
+    ShardHeader header;
+    std::memcpy(&header, mapping_, sizeof header);
+    if (std::memcmp(header.magic, kShardMagic, sizeof kShardMagic) != 0) {
+      throw DataError(path + ": not a deit shard file (bad magic)");
+    }
+    if (header.version != kShardVersion) {
+      throw DataError(path + ": shard format version " + std::to_string(header.version) +
+                      "; this build reads version " + std::to_string(kShardVersion));
+    }
+    if (header.header_checksum != header_checksum(header)) {
+      throw DataError(path + ": corrupt header (checksum mismatch)");
+    }
+    const uint64_t tables_end =
+        header.index_offset + header.index_capacity * sizeof(ShardIndexEntry);
+    if (header.record_count > header.index_capacity || header.index_offset < sizeof header ||
+        tables_end > header.data_offset || header.data_offset > header.file_bytes) {
+      throw DataError(path + ": corrupt header (inconsistent offsets)");
+    }
+    if (actual_bytes < header.data_offset) {
+      throw DataError(path + ": truncated inside its index (" + std::to_string(actual_bytes) +
+                      " bytes, the header says " + std::to_string(header.file_bytes) + ")");
+    }
+    const uint8_t* class_table = mapping_ + sizeof header;
+    const size_t class_table_bytes = header.index_offset - sizeof header;
+    const auto* index = reinterpret_cast<const ShardIndexEntry*>(mapping_ + header.index_offset);
+    if (header.tables_checksum !=
+        tables_checksum(class_table, class_table_bytes, index, header.record_count)) {
+      throw DataError(path + ": corrupt class table or index (checksum mismatch)");
+    }
+    for (size_t offset = 0; offset < class_table_bytes;) {
+      const uint32_t length = offset + 4 <= class_table_bytes ? read32(class_table + offset) : 0;
+      if (offset + 4 + uint64_t{length} > class_table_bytes) {
+        throw DataError(path + ": corrupt class table (a name runs past its end)");
+      }
+      class_names_.emplace_back(reinterpret_cast<const char*>(class_table + offset + 4), length);
+      offset += 4 + length;
+    }
+    if (class_names_.size() != header.num_classes) {
+      throw DataError(path + ": corrupt class table (" + std::to_string(class_names_.size()) +
+                      " names for " + std::to_string(header.num_classes) + " classes)");
+    }
+    index_.assign(index, index + header.record_count);
+    short_side_ = header.short_side;
+    validate_index(header, actual_bytes);
+  } catch (...) {
+    munmap(const_cast<uint8_t*>(mapping_), mapping_bytes_);
+    throw;
+  }
+}
+
+void ShardReader::validate_index(const ShardHeader& header, uint64_t actual_bytes) const {
+  for (size_t record = 0; record < index_.size(); ++record) {
+    const ShardIndexEntry& entry = index_[record];
+    const uint64_t end = entry.offset + record_bytes(entry);
+    if (entry.offset < header.data_offset || entry.offset % kShardRecordAlignment != 0 ||
+        entry.height == 0 || entry.width == 0 || end > header.file_bytes || entry.label < 0 ||
+        static_cast<uint32_t>(entry.label) >= header.num_classes) {
+      throw DataError(describe(record) + ": corrupt index entry");
+    }
+    if (end > actual_bytes) {
+      throw DataError(path_ + ": truncated (" + std::to_string(actual_bytes) + " of " +
+                      std::to_string(header.file_bytes) + " bytes): record " +
+                      std::to_string(record) + " of " + std::to_string(index_.size()) +
+                      " and the ones after it are cut off");
+    }
+  }
+  if (actual_bytes != header.file_bytes) {
+    throw DataError(path_ + ": " + std::to_string(actual_bytes) + " bytes but the header says " +
+                    std::to_string(header.file_bytes) + " (damaged or appended to)");
+  }
+}
+
+ShardReader::~ShardReader() { munmap(const_cast<uint8_t*>(mapping_), mapping_bytes_); }
+
+std::string ShardReader::describe(size_t index) const {
+  return path_ + " record " + std::to_string(index);
+}
+
+ImageU8 ShardReader::load(size_t index) const {
+  const ShardIndexEntry& entry = index_.at(index);
+  const uint8_t* pixels = mapping_ + entry.offset;
+  const size_t bytes = record_bytes(entry);
+  // Ask the kernel for the whole record at once rather than one page fault at a time.
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t first_page = reinterpret_cast<uintptr_t>(pixels) / page * page;
+  madvise(reinterpret_cast<void*>(first_page),
+          reinterpret_cast<uintptr_t>(pixels) + bytes - first_page, MADV_WILLNEED);
+
+  if (xxhash64(pixels, bytes) != entry.checksum) {
+    throw DataError(describe(index) + ": checksum mismatch (the record is corrupt)");
+  }
+  ImageU8 image;
+  image.height = static_cast<int>(entry.height);
+  image.width = static_cast<int>(entry.width);
+  image.pixels.assign(pixels, pixels + bytes);
+  return image;
+}
+
+}  // namespace deit::data

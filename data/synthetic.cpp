@@ -1,0 +1,263 @@
+#include "data/synthetic.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <mutex>
+#include <stdexcept>
+
+namespace deit::data {
+namespace fs = std::filesystem;
+
+namespace {
+
+// In label order: the names sorted, as ImageFolder will number the folders.
+enum class Figure {
+  kCheckerboard,
+  kCircle,
+  kCross,
+  kDiagonalLines,
+  kDots,
+  kHorizontalStripes,
+  kRing,
+  kSquare,
+  kTriangle,
+  kVerticalStripes,
+};
+constexpr int kFigureCount = 10;
+constexpr double kPi = 3.14159265358979323846;
+constexpr int kSupersampling =
+    2;  // per axis: 2x2 samples anti-alias edges well enough under the noise
+
+bool is_texture(Figure figure) {
+  switch (figure) {
+    case Figure::kCheckerboard:
+    case Figure::kDiagonalLines:
+    case Figure::kDots:
+    case Figure::kHorizontalStripes:
+    case Figure::kVerticalStripes:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Everything random about one image's figure. Lengths are in pixels.
+struct Scene {
+  Figure figure;
+  double center_x, center_y;
+  double radius;  // the figure fits in the disc of this radius around the centre
+  double cos_angle, sin_angle;
+  double inner;   // ring: inner radius / radius; cross: arm half-width / radius
+  double period;  // textures: stripe, cell or dot spacing
+  double phase_x, phase_y;
+  double diagonal_sign;  // diagonal lines: +1 "\" or -1 "/"
+  bool disc_patch;       // textures: the patch is a disc (else a square)
+};
+
+Scene draw_scene(Figure figure, int size, Rng& rng) {
+  Scene scene{};
+  scene.figure = figure;
+  const bool texture = is_texture(figure);
+  // Textures need room for a few periods; shapes may be small.
+  scene.radius = size * (texture ? rng.uniform(0.22, 0.45) : rng.uniform(0.16, 0.42));
+  scene.center_x = rng.uniform(scene.radius, size - scene.radius);
+  scene.center_y = rng.uniform(scene.radius, size - scene.radius);
+  // Small rotations only: a rotated square must stay a square, horizontal stripes horizontal.
+  const double max_degrees = texture ? 10.0 : 25.0;
+  const double angle = rng.uniform(-max_degrees, max_degrees) * kPi / 180.0;
+  scene.cos_angle = std::cos(angle);
+  scene.sin_angle = std::sin(angle);
+  scene.inner = figure == Figure::kRing ? rng.uniform(0.45, 0.7) : rng.uniform(0.2, 0.34);
+  scene.period = size / 64.0 * rng.uniform(4.0, 8.0);
+  scene.phase_x = rng.uniform(0.0, scene.period);
+  scene.phase_y = rng.uniform(0.0, scene.period);
+  scene.diagonal_sign = rng.bernoulli(0.5) ? 1.0 : -1.0;
+  scene.disc_patch = rng.bernoulli(0.5);
+  return scene;
+}
+
+double fraction(double value) { return value - std::floor(value); }
+
+// Whether the point (x, y) (pixels) is foreground.
+bool in_figure(const Scene& s, double x, double y) {
+  // Rotated coordinates around the centre, in pixels (a, b) and in radii (u, v).
+  const double dx = x - s.center_x, dy = y - s.center_y;
+  const double a = s.cos_angle * dx + s.sin_angle * dy;
+  const double b = -s.sin_angle * dx + s.cos_angle * dy;
+  const double u = a / s.radius, v = b / s.radius;
+  const double r2 = u * u + v * v;
+  const bool in_patch = s.disc_patch ? r2 <= 1.0 : std::max(std::abs(u), std::abs(v)) <= 0.9;
+  const double p = s.period;
+
+  switch (s.figure) {
+    case Figure::kCircle:
+      return r2 <= 1.0;
+    case Figure::kRing:
+      return r2 <= 1.0 && r2 >= s.inner * s.inner;
+    case Figure::kSquare:
+      return std::max(std::abs(u), std::abs(v)) <= 0.8;
+    case Figure::kTriangle:  // equilateral, circumradius 1, apex up (image y grows downwards)
+      return v <= 0.5 && v >= -1.0 + std::sqrt(3.0) * std::abs(u);
+    case Figure::kCross:
+      return (std::abs(u) <= s.inner && std::abs(v) <= 1.0) ||
+             (std::abs(v) <= s.inner && std::abs(u) <= 1.0);
+    case Figure::kHorizontalStripes:
+      return in_patch && fraction((b + s.phase_y) / p) < 0.5;
+    case Figure::kVerticalStripes:
+      return in_patch && fraction((a + s.phase_x) / p) < 0.5;
+    case Figure::kDiagonalLines:
+      return in_patch &&
+             fraction((a + s.diagonal_sign * b) / (std::sqrt(2.0) * p) + s.phase_x / p) < 0.5;
+    case Figure::kCheckerboard:
+      return in_patch && (static_cast<long>(std::floor((a + s.phase_x) / p)) +
+                          static_cast<long>(std::floor((b + s.phase_y) / p))) %
+                                 2 !=
+                             0;
+    case Figure::kDots: {
+      const double cell_x = fraction((a + s.phase_x) / p) - 0.5;
+      const double cell_y = fraction((b + s.phase_y) / p) - 0.5;
+      return in_patch && cell_x * cell_x + cell_y * cell_y <= 0.3 * 0.3;
+    }
+  }
+  return false;
+}
+
+double luma(const double rgb[3]) { return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]; }
+
+void validate(const SyntheticOptions& options) {
+  if (options.num_classes < 2 || options.num_classes > kFigureCount) {
+    throw std::invalid_argument("synthetic dataset: num_classes must be 2 to 10, got " +
+                                std::to_string(options.num_classes));
+  }
+  if (options.image_size < 16 || options.image_size > 1024) {
+    throw std::invalid_argument("synthetic dataset: image_size must be 16 to 1024, got " +
+                                std::to_string(options.image_size));
+  }
+  if (options.train_per_class < 1 || options.val_per_class < 1) {
+    throw std::invalid_argument(
+        "synthetic dataset: need at least one train and one val image per "
+        "class");
+  }
+}
+
+void write_manifest(const fs::path& path, const SyntheticOptions& options) {
+  std::FILE* file = std::fopen(path.c_str(), "w");
+  if (!file) throw DataError(path.string() + ": cannot create");
+  std::fprintf(file,
+               "{\"generator\": \"deit synthetic\", \"seed\": %llu, \"image_size\": %d, "
+               "\"train_per_class\": %d, \"val_per_class\": %d, \"num_classes\": %d}\n",
+               static_cast<unsigned long long>(options.seed), options.image_size,
+               options.train_per_class, options.val_per_class, options.num_classes);
+  if (std::fclose(file) != 0) throw DataError(path.string() + ": write failed");
+}
+
+struct ImageJob {
+  int split;  // 0 train, 1 val
+  int label;
+  int number;
+  std::string path;
+};
+
+}  // namespace
+
+const std::vector<std::string>& synthetic_class_names() {
+  static const std::vector<std::string> kNames = {
+      "checkerboard",       "circle", "cross",  "diagonal_lines", "dots",
+      "horizontal_stripes", "ring",   "square", "triangle",       "vertical_stripes"};
+  return kNames;
+}
+
+ImageU8 render_synthetic_image(int label, int size, Rng& rng) {
+  if (label < 0 || label >= kFigureCount) {
+    throw std::invalid_argument("synthetic image: no class " + std::to_string(label));
+  }
+  const Scene scene = draw_scene(static_cast<Figure>(label), size, rng);
+
+  double background[3], foreground[3];
+  for (double& c : background) c = rng.uniform(0.0, 255.0);
+  do {
+    for (double& c : foreground) c = rng.uniform(0.0, 255.0);
+  } while (std::abs(luma(foreground) - luma(background)) < 60.0);
+  // A linear gradient across the background, up to +-30 levels at the corners.
+  const double gradient_x = rng.uniform(-30.0, 30.0) / size;
+  const double gradient_y = rng.uniform(-30.0, 30.0) / size;
+  const double noise_sigma = rng.uniform(0.0, 12.0);
+
+  ImageU8 image;
+  image.height = image.width = size;
+  image.pixels.resize(static_cast<size_t>(size) * size * 3);
+  for (int y = 0; y < size; ++y) {
+    for (int x = 0; x < size; ++x) {
+      int covered = 0;
+      for (int sy = 0; sy < kSupersampling; ++sy) {
+        for (int sx = 0; sx < kSupersampling; ++sx) {
+          covered +=
+              in_figure(scene, x + (sx + 0.5) / kSupersampling, y + (sy + 0.5) / kSupersampling);
+        }
+      }
+      const double coverage = covered / double(kSupersampling * kSupersampling);
+      const double shade = gradient_x * (x - size / 2.0) + gradient_y * (y - size / 2.0);
+      uint8_t* pixel = image.at(y, x);
+      for (int c = 0; c < 3; ++c) {
+        const double value = (background[c] + shade) * (1.0 - coverage) + foreground[c] * coverage +
+                             noise_sigma * rng.normal();
+        pixel[c] = static_cast<uint8_t>(std::clamp(std::lround(value), 0L, 255L));
+      }
+    }
+  }
+  return image;
+}
+
+void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& options) {
+  validate(options);
+  std::error_code error;
+  if (fs::exists(dir, error)) throw DataError(dir + ": already exists; not overwriting it");
+  const fs::path partial = dir + ".partial";
+  fs::remove_all(partial, error);  // left over from an interrupted run
+
+  const char* const kSplits[2] = {"train", "val"};
+  const int per_class[2] = {options.train_per_class, options.val_per_class};
+  std::vector<ImageJob> jobs;
+  for (int split = 0; split < 2; ++split) {
+    for (int label = 0; label < options.num_classes; ++label) {
+      const std::string& name = synthetic_class_names()[label];
+      const fs::path folder = partial / kSplits[split] / name;
+      if (!fs::create_directories(folder, error) && error) {
+        throw DataError(folder.string() + ": cannot create (" + error.message() + ")");
+      }
+      for (int number = 0; number < per_class[split]; ++number) {
+        char file_name[64];
+        std::snprintf(file_name, sizeof file_name, "%s_%05d.png", name.c_str(), number);
+        jobs.push_back({split, label, number, (folder / file_name).string()});
+      }
+    }
+  }
+
+  // Each image has its own random stream, so the files do not depend on the thread count.
+  std::mutex error_mutex;
+  std::exception_ptr first_error;
+#pragma omp parallel for schedule(dynamic, 16)
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const ImageJob& job = jobs[i];
+    try {
+      Rng rng(options.seed,
+              (uint64_t(job.split) << 48) | (uint64_t(job.label) << 32) | uint64_t(job.number));
+      write_png(job.path, render_synthetic_image(job.label, options.image_size, rng));
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!first_error) first_error = std::current_exception();
+    }
+  }
+  if (first_error) std::rethrow_exception(first_error);
+
+  write_manifest(partial / "synthetic.json", options);
+  fs::rename(partial, dir, error);
+  if (error)
+    throw DataError(dir + ": cannot rename " + partial.string() + " into place (" +
+                    error.message() + ")");
+}
+
+}  // namespace deit::data

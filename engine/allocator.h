@@ -1,0 +1,61 @@
+// Caching allocators, one for the host and one per CUDA device. A freed block goes back to a cache
+// and the next request of a similar size takes it, so a training loop with static shapes stops
+// reaching malloc / cudaMalloc after its first step.
+//
+// The CUDA cache is not stream-aware: a block freed on the host may be handed out again while a
+// kernel queued earlier still reads it. That is safe while all device work of a process runs on one
+// stream in order (engine/stream.h), which is how the engine issues work.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+namespace deit {
+
+struct AllocatorStats {
+  size_t bytes_in_use = 0;     // handed out and not yet freed
+  size_t bytes_cached = 0;     // freed, kept for reuse
+  size_t peak_bytes_in_use = 0;
+  uint64_t system_allocations = 0;  // calls that reached malloc / cudaMalloc
+  uint64_t cache_hits = 0;          // requests served from the cache
+};
+
+class CachingAllocator {
+ public:
+  explicit CachingAllocator(std::string name) : name_(std::move(name)) {}
+  virtual ~CachingAllocator() = default;
+  CachingAllocator(const CachingAllocator&) = delete;
+  CachingAllocator& operator=(const CachingAllocator&) = delete;
+
+  void* allocate(size_t bytes);
+  void deallocate(void* ptr);
+  // Returns every cached block to the system.
+  void release_cached();
+  AllocatorStats stats() const;
+  void reset_peak();
+
+  // Requests are rounded up to this granularity so near-identical sizes share blocks.
+  static size_t round_size(size_t bytes);
+
+ protected:
+  virtual void* system_allocate(size_t bytes) = 0;  // nullptr when out of memory
+  virtual void system_free(void* ptr) = 0;
+
+ private:
+  void release_cached_locked();
+
+  std::string name_;
+  mutable std::mutex mutex_;
+  std::multimap<size_t, void*> cached_;          // size -> block
+  std::unordered_map<void*, size_t> in_use_;     // block -> size
+  AllocatorStats stats_;
+};
+
+CachingAllocator& cpu_allocator();
+// Throws in a CPU-only build or for a device index that does not exist.
+CachingAllocator& cuda_allocator(int device);
+
+}  // namespace deit

@@ -1,0 +1,73 @@
+// Define-by-run autograd on a tape.
+//
+// An op called while grad mode is on, with an input that requires grad, appends a Node to the
+// current thread's tape: which inputs want gradients and where to send them, the tensors it saves
+// for backward, and its backward function. backward(loss) seeds d loss = 1 and walks the tape in
+// reverse recording order (a valid topological order), handing each node the gradient of its
+// output and routing the input gradients it returns: to the producing node, or, for a leaf
+// (a parameter or an input marked requires_grad), added into the leaf's .grad. Leaf gradients
+// accumulate across calls, so gradient accumulation over micro-batches needs nothing special;
+// zero them (ParameterRegistry::zero_grad) when a step is done. The tape is cleared after backward,
+// freeing every saved activation.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace deit {
+
+struct Node {
+  // Gradients for the inputs, given the gradient of the output. An entry may be left undefined
+  // where needs_input_grad is false.
+  using BackwardFn = std::function<std::vector<Tensor>(Node& self, const Tensor& grad_output)>;
+
+  std::string op;
+  std::vector<std::shared_ptr<TensorImpl>> inputs;  // only those that need a gradient, else null
+  std::vector<bool> needs_input_grad;
+  std::vector<Tensor> saved;
+  BackwardFn backward;
+  Tensor grad_output;  // accumulated during backward
+  bool released = false;
+};
+
+// Is grad mode on for this thread (default: yes)?
+bool grad_enabled();
+
+// Turns grad recording off for its lifetime (evaluation, optimizer updates).
+class NoGrad {
+ public:
+  NoGrad();
+  ~NoGrad();
+  NoGrad(const NoGrad&) = delete;
+  NoGrad& operator=(const NoGrad&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Does an op with these inputs need recording? (grad mode on and some input requires grad)
+bool needs_recording(const std::vector<const Tensor*>& inputs);
+
+// Records `output` as produced by an op over `inputs` and returns it marked requires_grad.
+// Call only when needs_recording(inputs) is true.
+void record(const std::string& op, Tensor& output, const std::vector<const Tensor*>& inputs,
+            std::vector<Tensor> saved, Node::BackwardFn backward);
+
+// Backpropagates from a one-element tensor (seed 1) or from any tensor with a given gradient.
+void backward(const Tensor& root);
+void backward(const Tensor& root, const Tensor& grad_root);
+
+// The current thread's tape, for inspection: how many nodes, and the bytes their saved tensors
+// hold (each storage counted once).
+size_t tape_size();
+size_t tape_saved_bytes();
+// Drops the tape without running backward (e.g. after a forward that will not be differentiated).
+void clear_tape();
+
+// dst += g, out of place, so a gradient tensor handed to several consumers is never modified.
+void accumulate_grad(Tensor& dst, const Tensor& g);
+
+}  // namespace deit

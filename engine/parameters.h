@@ -1,0 +1,40 @@
+// The named trainable tensors of a model, in registration order. Names are timm's (RECIPE.md
+// section 1) so checkpoints and safetensors exports need no renaming table. Each parameter says
+// whether weight decay (and with it LAMB's trust ratio) applies to it.
+#pragma once
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace deit {
+
+struct Parameter {
+  std::string name;
+  Tensor value;  // requires_grad; its .grad() accumulates over backward calls
+  bool weight_decay = false;
+};
+
+class ParameterRegistry {
+ public:
+  // Registers `value` (marked requires_grad and named) and returns it (a handle sharing it);
+  // throws if the name is taken.
+  Tensor add(const std::string& name, Tensor value, bool weight_decay);
+
+  const std::vector<Parameter>& all() const { return params_; }
+  std::vector<Parameter>& all() { return params_; }
+  const Parameter* find(const std::string& name) const;
+  // Throws std::out_of_range naming the missing parameter.
+  const Tensor& get(const std::string& name) const;
+
+  size_t size() const { return params_.size(); }
+  int64_t element_count() const;
+  void zero_grad();
+
+ private:
+  std::vector<Parameter> params_;
+  std::unordered_map<std::string, size_t> index_;
+};
+
+}  // namespace deit

@@ -1,0 +1,281 @@
+#include "engine/tensor.h"
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+
+#include "engine/allocator.h"
+#include "engine/rng.h"
+#include "kernels/cast.h"
+
+#if DEIT_HAVE_CUDA
+#include "engine/stream.h"
+#include "kernels/check.h"
+#endif
+
+namespace deit {
+
+std::string shape_str(const Shape& shape) {
+  std::ostringstream out;
+  out << "(";
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << ")";
+  return out.str();
+}
+
+int64_t shape_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+static CachingAllocator& allocator_for(Device device) {
+  return device.is_cpu() ? cpu_allocator() : cuda_allocator(device.index);
+}
+
+Storage::Storage(size_t bytes_, Device device_) : bytes(bytes_), device(device_) {
+  data = allocator_for(device).allocate(bytes);
+}
+
+Storage::~Storage() { allocator_for(device).deallocate(data); }
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  for (int64_t d : shape)
+    if (d < 0) throw std::invalid_argument("negative dimension in shape " + shape_str(shape));
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = std::make_shared<Storage>(shape_numel(shape) * dtype_size(dtype), device);
+  impl->shape = shape;
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  t.zero_();
+  return t;
+}
+
+Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  t.fill_(value);
+  return t;
+}
+
+template <typename T>
+Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, Device device) {
+  if (static_cast<int64_t>(values.size()) != shape_numel(shape))
+    throw std::invalid_argument(std::to_string(values.size()) + " values for shape " +
+                                shape_str(shape));
+  Tensor host = empty(shape, dtype_of<T>::value, Device::cpu());
+  if (!values.empty()) std::memcpy(host.raw_data(), values.data(), values.size() * sizeof(T));
+  return device.is_cpu() ? host : host.to(device);
+}
+template Tensor Tensor::from_vector(const std::vector<float>&, const Shape&, Device);
+template Tensor Tensor::from_vector(const std::vector<double>&, const Shape&, Device);
+template Tensor Tensor::from_vector(const std::vector<kernels::bf16_bits>&, const Shape&, Device);
+template Tensor Tensor::from_vector(const std::vector<uint8_t>&, const Shape&, Device);
+template Tensor Tensor::from_vector(const std::vector<int32_t>&, const Shape&, Device);
+
+Tensor Tensor::randn(const Shape& shape, Rng& rng, double std, DType dtype, Device device) {
+  Tensor host = empty(shape, DType::f64);
+  double* p = host.data<double>();
+  for (int64_t i = 0; i < host.numel(); ++i) p[i] = std * rng.normal();
+  return host.to(dtype).to(device);
+}
+
+int64_t Tensor::size(int d) const {
+  const int n = dim();
+  if (d < 0) d += n;
+  if (d < 0 || d >= n)
+    throw std::out_of_range("dimension " + std::to_string(d) + " of a " + std::to_string(n) +
+                            "-d tensor");
+  return shape()[d];
+}
+
+std::string Tensor::describe() const {
+  return std::string(dtype_name(dtype())) + " " + shape_str(shape()) + " on " + device().str();
+}
+
+TensorImpl& Tensor::impl() const {
+  if (!impl_) throw std::logic_error("use of an undefined tensor");
+  return *impl_;
+}
+
+void* Tensor::raw_data() const {
+  return static_cast<char*>(impl().storage->data) + impl().offset;
+}
+
+bool Tensor::same_storage(const Tensor& other) const {
+  return defined() && other.defined() && impl().storage == other.impl().storage;
+}
+
+Tensor& Tensor::set_requires_grad(bool value) {
+  impl().requires_grad = value;
+  return *this;
+}
+
+Tensor& Tensor::set_name(std::string name) {
+  impl().name = std::move(name);
+  return *this;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  if (src.shape() != shape() || src.dtype() != dtype())
+    throw std::invalid_argument("copy_from: " + src.describe() + " into " + describe());
+  if (nbytes() == 0) return;
+  if (device().is_cpu() && src.device().is_cpu()) {
+    std::memcpy(raw_data(), src.raw_data(), nbytes());
+    return;
+  }
+#if DEIT_HAVE_CUDA
+  const Device cuda_side = device().is_cuda() ? device() : src.device();
+  cudaStream_t stream = compute_stream(cuda_side.index);
+  DEIT_CUDA_CHECK(cudaMemcpyAsync(raw_data(), src.raw_data(), nbytes(), cudaMemcpyDefault, stream));
+  // The host side may be read or freed as soon as this returns.
+  if (device().is_cpu() || src.device().is_cpu()) DEIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+#else
+  throw std::runtime_error("copy between " + src.device().str() + " and " + device().str() +
+                           " in a build without CUDA");
+#endif
+}
+
+Tensor Tensor::to(Device target) const {
+  if (target == device()) return *this;
+  Tensor out = empty(shape(), dtype(), target);
+  out.copy_from(*this);
+  return out;
+}
+
+Tensor Tensor::clone() const {
+  Tensor out = empty(shape(), dtype(), device());
+  out.copy_from(*this);
+  return out;
+}
+
+namespace {
+
+double host_element_as_double(const Tensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::f32: return t.data<float>()[i];
+    case DType::f64: return t.data<double>()[i];
+    case DType::bf16: return kernels::bf16_to_float(t.data<kernels::bf16_bits>()[i]);
+    case DType::u8: return t.data<uint8_t>()[i];
+    case DType::i32: return t.data<int32_t>()[i];
+  }
+  return 0;
+}
+
+}  // namespace
+
+Tensor Tensor::to(DType target) const {
+  if (target == dtype()) return *this;
+  const int64_t n = numel();
+  if (device().is_cuda()) {
+#if DEIT_HAVE_CUDA
+    Tensor out = empty(shape(), target, device());
+    cudaStream_t stream = compute_stream(device().index);
+    if (dtype() == DType::f32 && target == DType::bf16)
+      kernels::cast_f32_to_bf16_cuda(data<float>(), out.data<kernels::bf16_bits>(), n, stream);
+    else if (dtype() == DType::bf16 && target == DType::f32)
+      kernels::cast_bf16_to_f32_cuda(data<kernels::bf16_bits>(), out.data<float>(), n, stream);
+    else
+      return to(Device::cpu()).to(target).to(device());
+    return out;
+#endif
+  }
+  Tensor out = empty(shape(), target, device());
+  if (dtype() == DType::f32 && target == DType::bf16) {
+    kernels::cast_f32_to_bf16_cpu(data<float>(), out.data<kernels::bf16_bits>(), n);
+  } else if (dtype() == DType::bf16 && target == DType::f32) {
+    kernels::cast_bf16_to_f32_cpu(data<kernels::bf16_bits>(), out.data<float>(), n);
+  } else if (target == DType::f32) {
+    for (int64_t i = 0; i < n; ++i) out.data<float>()[i] = static_cast<float>(host_element_as_double(*this, i));
+  } else if (target == DType::f64) {
+    for (int64_t i = 0; i < n; ++i) out.data<double>()[i] = host_element_as_double(*this, i);
+  } else if (target == DType::bf16) {
+    return to(DType::f32).to(DType::bf16);
+  } else {
+    throw std::invalid_argument(std::string("no conversion from ") + dtype_name(dtype()) + " to " +
+                                dtype_name(target));
+  }
+  return out;
+}
+
+template <typename T>
+std::vector<T> Tensor::to_vector() const {
+  const Tensor host = to(Device::cpu());
+  std::vector<T> values(host.numel());
+  for (int64_t i = 0; i < host.numel(); ++i) values[i] = static_cast<T>(host_element_as_double(host, i));
+  return values;
+}
+template std::vector<float> Tensor::to_vector() const;
+template std::vector<double> Tensor::to_vector() const;
+template std::vector<int32_t> Tensor::to_vector() const;
+
+double Tensor::item() const {
+  if (numel() != 1) throw std::invalid_argument("item() of a tensor " + describe());
+  return host_element_as_double(to(Device::cpu()), 0);
+}
+
+void Tensor::fill_(double value) {
+  if (numel() == 0) return;
+  if (device().is_cuda()) {
+#if DEIT_HAVE_CUDA
+    if (value == 0.0) {
+      DEIT_CUDA_CHECK(cudaMemsetAsync(raw_data(), 0, nbytes(), compute_stream(device().index)));
+      return;
+    }
+#endif
+    copy_from(full(shape(), value, dtype(), Device::cpu()));
+    return;
+  }
+  const int64_t n = numel();
+  switch (dtype()) {
+    case DType::f32: std::fill_n(data<float>(), n, static_cast<float>(value)); break;
+    case DType::f64: std::fill_n(data<double>(), n, value); break;
+    case DType::bf16:
+      std::fill_n(data<kernels::bf16_bits>(), n, kernels::float_to_bf16(static_cast<float>(value)));
+      break;
+    case DType::u8: std::fill_n(data<uint8_t>(), n, static_cast<uint8_t>(value)); break;
+    case DType::i32: std::fill_n(data<int32_t>(), n, static_cast<int32_t>(value)); break;
+  }
+}
+
+Tensor Tensor::view(const Shape& new_shape) const {
+  Shape shape_out = new_shape;
+  int64_t known = 1;
+  int infer = -1;
+  for (size_t i = 0; i < shape_out.size(); ++i) {
+    if (shape_out[i] == -1) {
+      if (infer >= 0) throw std::invalid_argument("view: more than one -1 in " + shape_str(new_shape));
+      infer = static_cast<int>(i);
+    } else {
+      known *= shape_out[i];
+    }
+  }
+  if (infer >= 0 && known > 0) shape_out[infer] = numel() / known;
+  if (shape_numel(shape_out) != numel())
+    throw std::invalid_argument("view: cannot view " + describe() + " as " + shape_str(new_shape));
+  auto impl = std::make_shared<TensorImpl>(*impl_);
+  impl->shape = shape_out;
+  impl->grad.reset();
+  impl->grad_fn.reset();
+  impl->requires_grad = false;
+  return Tensor(std::move(impl));
+}
+
+Tensor Tensor::slice(int64_t begin, int64_t end) const {
+  if (dim() == 0 || begin < 0 || end < begin || end > shape()[0])
+    throw std::out_of_range("slice [" + std::to_string(begin) + ", " + std::to_string(end) +
+                            ") of " + describe());
+  const size_t row_bytes = static_cast<size_t>(numel() / shape()[0]) * dtype_size(dtype());
+  auto impl = std::make_shared<TensorImpl>(*impl_);
+  impl->shape[0] = end - begin;
+  impl->offset += begin * row_bytes;
+  impl->grad.reset();
+  impl->grad_fn.reset();
+  impl->requires_grad = false;
+  return Tensor(std::move(impl));
+}
+
+}  // namespace deit

@@ -1,0 +1,114 @@
+// Tensor: a shape, an element type and a device over shared, contiguous, row-major storage.
+// Copies of a Tensor share storage (like a shared_ptr); views share it too and exist only where
+// they are free: a reshape, or a slice of the leading dimension. Autograd state (requires_grad,
+// the accumulated grad, the node that produced it) lives here; engine/autograd.h records and walks
+// the graph.
+#pragma once
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/device.h"
+#include "engine/dtype.h"
+
+namespace deit {
+
+using Shape = std::vector<int64_t>;
+std::string shape_str(const Shape& shape);
+int64_t shape_numel(const Shape& shape);
+
+class Rng;
+struct Node;
+
+// Memory owned by one allocator; returned to it when the last tensor viewing it goes away.
+struct Storage {
+  void* data = nullptr;
+  size_t bytes = 0;
+  Device device;
+  Storage(size_t bytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+};
+
+struct TensorImpl {
+  std::shared_ptr<Storage> storage;
+  size_t offset = 0;  // bytes from storage->data
+  Shape shape;
+  DType dtype = DType::f32;
+  bool requires_grad = false;
+  std::shared_ptr<TensorImpl> grad;  // leaves only: accumulated by backward
+  std::shared_ptr<Node> grad_fn;     // the recorded op that produced this tensor, if any
+  std::string name;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  static Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu());
+  static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu());
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32,
+                     Device device = Device::cpu());
+  // Host data copied in; T decides the dtype.
+  template <typename T>
+  static Tensor from_vector(const std::vector<T>& values, const Shape& shape,
+                            Device device = Device::cpu());
+  // Normal(0, std) on the host (f32 or f64), then moved to `device`.
+  static Tensor randn(const Shape& shape, Rng& rng, double std = 1.0, DType dtype = DType::f32,
+                      Device device = Device::cpu());
+
+  bool defined() const { return impl_ != nullptr; }
+  const Shape& shape() const { return impl().shape; }
+  int dim() const { return static_cast<int>(shape().size()); }
+  int64_t size(int d) const;  // negative d counts from the end
+  int64_t numel() const { return shape_numel(shape()); }
+  DType dtype() const { return impl().dtype; }
+  Device device() const { return impl().storage->device; }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype()); }
+  std::string describe() const;  // e.g. "f32 (2, 3) on cpu"
+
+  void* raw_data() const;
+  template <typename T>
+  T* data() const {
+    if (dtype() != dtype_of<T>::value)
+      throw std::logic_error(std::string("tensor is ") + dtype_name(dtype()) + ", accessed as " +
+                             dtype_name(dtype_of<T>::value));
+    return static_cast<T*>(raw_data());
+  }
+  // Host copy of the elements, converted to T (f32, f64, bf16 sources).
+  template <typename T>
+  std::vector<T> to_vector() const;
+  double item() const;  // the single element of a one-element tensor, as double
+
+  Tensor to(Device device) const;
+  Tensor to(DType dtype) const;
+  Tensor clone() const;
+  void copy_from(const Tensor& src);  // same shape and dtype, any devices
+  void fill_(double value);
+  void zero_() { fill_(0.0); }
+
+  // Views (shared storage, no autograd: engine/ops/shape.h has the recorded reshape).
+  Tensor view(const Shape& shape) const;  // one dimension may be -1
+  Tensor slice(int64_t begin, int64_t end) const;  // rows [begin, end) of the leading dimension
+
+  bool requires_grad() const { return impl().requires_grad; }
+  Tensor& set_requires_grad(bool value);
+  Tensor grad() const { return Tensor(impl().grad); }
+  void set_grad(const Tensor& grad) { impl().grad = grad.impl_; }
+  const std::string& name() const { return impl().name; }
+  Tensor& set_name(std::string name);
+
+  TensorImpl& impl() const;
+  const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
+  bool same_storage(const Tensor& other) const;
+
+ private:
+  std::shared_ptr<TensorImpl> impl_;
+};
+
+}  // namespace deit

@@ -1,0 +1,67 @@
+#include "kernels/losses.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cpu/reduce.h"
+
+namespace deit::kernels {
+namespace {
+
+// 1 / (1 + exp(-z)), through exp(-|z|) so that no exp overflows for large |z|.
+double sigmoid(double z) {
+  const double e = std::exp(-std::abs(z));
+  return z >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+}
+
+}  // namespace
+
+template <typename T>
+void bce_with_logits_cpu(const T* logits, const T* targets, T* loss, T* dlogits, int64_t B,
+                         int64_t K) {
+  // logits, targets, dlogits: (B, K). Every (b, k) is its own binary problem.
+  const double count = static_cast<double>(B * K);
+  const double total = ordered_sum(B, [=](int64_t b) {
+    double row = 0;
+    for (int64_t k = b * K; k < (b + 1) * K; ++k) {
+      const double z = logits[k], t = targets[k];
+      // -t log s(z) - (1 - t) log(1 - s(z)) rewritten without log(0) or exp overflow.
+      row += std::max(z, 0.0) - z * t + std::log1p(std::exp(-std::abs(z)));
+      if (dlogits) dlogits[k] = static_cast<T>((sigmoid(z) - t) / count);
+    }
+    return row;
+  });
+  *loss = static_cast<T>(total / count);
+}
+
+template <typename T>
+void softmax_cross_entropy_cpu(const T* logits, const T* targets, T* loss, T* dlogits, int64_t B,
+                               int64_t K) {
+  // logits, targets, dlogits: (B, K). -log softmax(z)_k = lse(z) - z_k.
+  const double total = ordered_sum(B, [=](int64_t b) {
+    const T* z = logits + b * K;
+    const T* t = targets + b * K;
+    const double lse = logsumexp(z, K);
+    double row = 0, t_sum = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      row += t[k] * (lse - z[k]);
+      t_sum += t[k];
+    }
+    // d/dz_k sum_j t_j (lse - z_j) = softmax(z)_k sum_j t_j - t_k: exact even for targets that
+    // do not sum to 1.
+    if (dlogits)
+      for (int64_t k = 0; k < K; ++k)
+        dlogits[b * K + k] = static_cast<T>((std::exp(z[k] - lse) * t_sum - t[k]) / B);
+    return row;
+  });
+  *loss = static_cast<T>(total / B);
+}
+
+#define DEIT_INSTANTIATE(T)                                                           \
+  template void bce_with_logits_cpu<T>(const T*, const T*, T*, T*, int64_t, int64_t); \
+  template void softmax_cross_entropy_cpu<T>(const T*, const T*, T*, T*, int64_t, int64_t);
+DEIT_INSTANTIATE(float)
+DEIT_INSTANTIATE(double)
+#undef DEIT_INSTANTIATE
+
+}  // namespace deit::kernels

@@ -1,0 +1,45 @@
+// LayerNorm over the last dimension: y = (x - mean) * rstd * weight + bias, rstd = 1/sqrt(var + eps)
+// with the biased variance, as torch.nn.LayerNorm. DeiT III uses eps = 1e-6.
+#pragma once
+#include <cstdint>
+
+#include "kernels/bf16.h"
+
+#if DEIT_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace deit::kernels {
+
+// x: (rows, C), weight, bias: (C)  ->  y: (rows, C), mean, rstd: (rows) saved for backward
+template <typename T>
+void layernorm_forward_cpu(const T* x, const T* weight, const T* bias, T* y, T* mean, T* rstd,
+                           int64_t rows, int64_t C, double eps);
+
+// dy: (rows, C)  ->  dx: (rows, C), dweight, dbias: (C). dweight/dbias may be nullptr.
+template <typename T>
+void layernorm_backward_cpu(const T* dy, const T* x, const T* weight, const T* mean,
+                            const T* rstd, T* dx, T* dweight, T* dbias, int64_t rows, int64_t C);
+
+#if DEIT_HAVE_CUDA
+// CUDA: x, y, dy, dx in bf16; weight and bias are the bf16 copies of the parameters; mean and
+// rstd are fp32 (statistics in fp32, variance by two passes over the row held in registers);
+// dweight and dbias are fp32 (they feed the fp32 master weights) and are summed over rows
+// deterministically: same inputs, same bits. C <= 8192 (std::invalid_argument beyond).
+// Forward: mean and rstd may be nullptr (inference).
+void layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const bf16_bits* bias,
+                            bf16_bits* y, float* mean, float* rstd, int64_t rows, int64_t C,
+                            double eps, cudaStream_t stream);
+
+// Backward needs device scratch for the per-chunk column partials of dweight and dbias:
+// `workspace` holds at least layernorm_backward_cuda_workspace_floats(rows, C) floats (nullptr
+// is fine when dweight and dbias are both nullptr). Its contents are not read before written, so
+// one buffer can serve every call on the same stream.
+int64_t layernorm_backward_cuda_workspace_floats(int64_t rows, int64_t C);
+void layernorm_backward_cuda(const bf16_bits* dy, const bf16_bits* x, const bf16_bits* weight,
+                             const float* mean, const float* rstd, bf16_bits* dx, float* dweight,
+                             float* dbias, int64_t rows, int64_t C, float* workspace,
+                             cudaStream_t stream);
+#endif
+
+}  // namespace deit::kernels

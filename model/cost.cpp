@@ -1,0 +1,34 @@
+#include "model/cost.h"
+
+#include "model/param_table.h"
+
+namespace deit::model {
+
+int64_t parameter_count(const ViTConfig& config) {
+  int64_t n = 0;
+  for (const auto& spec : vit_param_specs(config)) n += shape_numel(spec.shape);
+  return n;
+}
+
+int64_t forward_macs(const ViTConfig& c) {
+  const int64_t T = c.tokens(), C = c.dim, hidden = c.hidden();
+  const int64_t patch_embed = c.num_patches() * (c.in_channels * c.patch * c.patch) * C;
+  const int64_t per_block = T * C * 3 * C     // qkv
+                            + 2 * T * T * C   // Q K^T and P V over all heads
+                            + T * C * C       // proj
+                            + 2 * T * C * hidden;  // fc1 + fc2
+  return patch_embed + c.depth * per_block + C * c.num_classes;
+}
+
+int64_t activation_bytes_per_image(const ViTConfig& c, int64_t activation_bytes,
+                                   int64_t stat_bytes) {
+  const int64_t T = c.tokens(), C = c.dim;
+  const int64_t per_block = 18 * T * C * activation_bytes + (2 * 2 + c.heads) * T * stat_bytes +
+                            2 * stat_bytes;  // the two drop-path scales of this image
+  const int64_t patches = c.num_patches() * c.in_channels * c.patch * c.patch;  // patch GEMM input
+  const int64_t final_norm = C * activation_bytes + 2 * stat_bytes;  // class token only
+  const int64_t head = C * activation_bytes;                         // the normed class token
+  return patches * activation_bytes + c.depth * per_block + final_norm + head;
+}
+
+}  // namespace deit::model

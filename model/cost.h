@@ -1,0 +1,29 @@
+// What a ViT costs: parameters, multiply-accumulates of one forward pass, and the activation
+// memory one training image holds between forward and backward.
+#pragma once
+#include <cstdint>
+
+#include "model/config.h"
+
+namespace deit::model {
+
+int64_t parameter_count(const ViTConfig& config);
+
+// Forward multiply-accumulates for one image, counting every GEMM (patch embedding, qkv, proj,
+// fc1, fc2, head) and the two attention matmuls (QK^T and PV); elementwise work is not counted.
+// This is the convention of the GMACs column in RECIPE.md (fvcore-style counting).
+int64_t forward_macs(const ViTConfig& config);
+
+// Bytes the engine saves for backward per training image: exactly the tensors its ops put on the
+// tape (engine/ops/*.cpp) for this model's forward, with activations of `activation_bytes` each
+// (2 for bf16, 4 for the fp32 CPU path) and LayerNorm / attention statistics in fp32 on the GPU
+// (`stat_bytes`). Per block, in units of T*C activations: norm1 input 1, norm1 output 1, qkv 3,
+// attention output 1 (shared with proj's input), proj output 1, norm2 input 1, norm2 output 1,
+// fc1 output 4 (GELU's input), GELU output 4 (fc2's input), fc2 output 1 = 18; plus per token
+// 2 LayerNorm statistics per norm and one log-sum-exp per head, and the two drop-path scales.
+// Around the blocks: the unfolded patches (the patch GEMM's input), and the class token before and
+// after the final norm (model/vit.h). Weights are not counted; the loss is not part of the model.
+int64_t activation_bytes_per_image(const ViTConfig& config, int64_t activation_bytes,
+                                   int64_t stat_bytes);
+
+}  // namespace deit::model

@@ -1,0 +1,75 @@
+#include "model/vit.h"
+
+#include <stdexcept>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+
+namespace deit::model {
+
+VisionTransformer::VisionTransformer(const ViTConfig& config, Device device, DType dtype)
+    : config_(config), specs_(vit_param_specs(config)) {
+  config_.validate();
+  for (const ParamSpec& spec : specs_)
+    params_.add(spec.name, Tensor::empty(spec.shape, dtype, device), spec.weight_decay);
+}
+
+void VisionTransformer::initialize(Rng& rng) {
+  NoGrad no_grad;
+  for (const ParamSpec& spec : specs_) {
+    Tensor value = params_.get(spec.name);
+    switch (spec.init) {
+      case Init::zeros: value.fill_(0.0); break;
+      case Init::ones: value.fill_(1.0); break;
+      case Init::layerscale: value.fill_(config_.layerscale_init); break;
+      case Init::trunc_normal: {
+        Tensor host = Tensor::empty(spec.shape, DType::f64);
+        double* v = host.data<double>();
+        for (int64_t i = 0; i < host.numel(); ++i) v[i] = rng.trunc_normal(0.02, -2.0, 2.0);
+        value.copy_from(host.to(value.dtype()).to(value.device()));
+        break;
+      }
+    }
+  }
+}
+
+Tensor VisionTransformer::forward(const Tensor& images, double drop_path_rate,
+                                  Rng* drop_path_rng) const {
+  const ViTConfig& c = config_;
+  if (images.dim() != 4 || images.size(1) != c.in_channels || images.size(2) != c.input_size ||
+      images.size(3) != c.input_size)
+    throw std::invalid_argument("model " + c.name + " takes images (B, " +
+                                std::to_string(c.in_channels) + ", " +
+                                std::to_string(c.input_size) + ", " +
+                                std::to_string(c.input_size) + "), got " + images.describe());
+  const int64_t B = images.size(0), C = c.dim;
+  const Tensor& any_param = p("cls_token");
+  auto keep_scales = [&] {
+    return drop_path_rng ? ops::drop_path_keep_scales(B, drop_path_rate, *drop_path_rng,
+                                                      any_param.dtype(), any_param.device())
+                         : Tensor::full({B}, 1.0, any_param.dtype(), any_param.device());
+  };
+
+  Tensor patch_weight = ops::reshape(p("patch_embed.proj.weight"), {C, -1});
+  Tensor x = ops::linear(ops::patch_unfold(images, c.patch), patch_weight, p("patch_embed.proj.bias"));
+  x = ops::pos_embed_cls(x, p("pos_embed"), p("cls_token"));
+
+  const double eps = c.layernorm_eps;
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    Tensor h = ops::layernorm(x, p(b + "norm1.weight"), p(b + "norm1.bias"), eps);
+    h = ops::linear(h, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"));
+    h = ops::attention(h, c.heads);
+    h = ops::linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"));
+    x = ops::layerscale_residual(x, h, p(b + "ls1.gamma"), keep_scales());
+
+    h = ops::layernorm(x, p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
+    h = ops::gelu(ops::linear(h, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias")));
+    h = ops::linear(h, p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"));
+    x = ops::layerscale_residual(x, h, p(b + "ls2.gamma"), keep_scales());
+  }
+  Tensor cls = ops::layernorm(ops::cls_select(x), p("norm.weight"), p("norm.bias"), eps);
+  return ops::linear(cls, p("head.weight"), p("head.bias"));
+}
+
+}  // namespace deit::model

@@ -1,0 +1,47 @@
+// The DeiT III Vision Transformer (RECIPE.md section 1), written with engine ops:
+//
+//   patches = unfold(images)                     (B, N, 3 P^2)    the P x P, stride P conv ...
+//   x = patches W_patch^T + b_patch              (B, N, C)        ... as unfold + linear
+//   x = [cls ; x + pos_embed]                    (B, 1 + N, C)    no pos_embed slot for cls
+//   depth x:  x = x + drop_path(gamma_1 * proj(attention(qkv(norm1(x)))))
+//             x = x + drop_path(gamma_2 * fc2(gelu(fc1(norm2(x)))))
+//   logits = head(norm(x[:, 0]))                 (B, num_classes)
+//
+// The final norm is applied to the class token alone: LayerNorm works per token, so this equals
+// timm's norm-then-select while saving the other tokens' activations.
+#pragma once
+#include "engine/parameters.h"
+#include "engine/rng.h"
+#include "model/config.h"
+#include "model/param_table.h"
+
+namespace deit::model {
+
+class VisionTransformer {
+ public:
+  // Allocates every parameter of `config` (uninitialised) on `device` in `dtype`.
+  VisionTransformer(const ViTConfig& config, Device device = Device::cpu(),
+                    DType dtype = DType::f32);
+
+  // Truncated normal (std 0.02) weights, zero biases, unit norms, LayerScale gammas at 1e-4.
+  void initialize(Rng& rng);
+
+  // images: (B, 3, H, W) normalised, H and W = config.input_size -> logits (B, num_classes).
+  // With drop_path_rng, every block drops its branches per sample at drop_path_rate (training);
+  // without it, nothing is dropped (evaluation).
+  Tensor forward(const Tensor& images, double drop_path_rate = 0.0,
+                 Rng* drop_path_rng = nullptr) const;
+
+  const ViTConfig& config() const { return config_; }
+  ParameterRegistry& parameters() { return params_; }
+  const ParameterRegistry& parameters() const { return params_; }
+
+ private:
+  const Tensor& p(const std::string& name) const { return params_.get(name); }
+
+  ViTConfig config_;
+  std::vector<ParamSpec> specs_;
+  ParameterRegistry params_;
+};
+
+}  // namespace deit::model

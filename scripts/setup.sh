@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Makes a fresh Debian 12 machine ready for deit, then configures and builds it into build/.
+# Idempotent: installs only the packages that are missing, and rebuilds only what changed.
+# Extra arguments go to CMake, e.g. scripts/setup.sh -DDEIT_ENABLE_CUDA=OFF
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+packages=(
+  build-essential cmake ninja-build
+  libopenblas-dev        # CBLAS for the CPU reference GEMMs
+  catch2                 # Catch2 v2, the test framework
+  libstb-dev             # stb_image / stb_image_write: decoding and writing images
+  libcli11-dev           # the command line
+  nlohmann-json3-dev     # JSON output, logs and checkpoints' metadata
+  libopenmpi-dev openmpi-bin  # the CPU data-parallel backend and its tests
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cmake_args=(-S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release)
+# The CUDA toolkit is often installed without being on PATH.
+if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  cmake_args+=(-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc)
+fi
+cmake "${cmake_args[@]}" "$@"
+cmake --build build -j "$(nproc)"

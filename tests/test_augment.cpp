@@ -1,0 +1,415 @@
+// Augmentation parameters, mixup / cutmix, normalisation and the named ops: the parts of the
+// data augmentation that are random or have no Pillow counterpart to compare with
+// (test_augment_reference.cpp does the pixel comparison with Pillow).
+//
+// Statistical checks use N = 20000 draws from a fixed seed; the bounds are at least 5 standard
+// deviations wide, so they fail only when a distribution is wrong (e.g. a rate of 0.5 has a
+// standard deviation of 0.0035 at this N, and the bound is 0.02).
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "data/augment_params.h"
+#include "data/mixup.h"
+#include "data/transforms.h"
+#include "engine/rng.h"
+
+namespace {
+
+using namespace deit::data;
+
+constexpr int kDraws = 20000;
+
+ImageU8 random_image(int height, int width, uint64_t seed) {
+  deit::Rng rng(seed);
+  ImageU8 image{height, width, std::vector<uint8_t>(static_cast<size_t>(height) * width * 3)};
+  for (uint8_t& v : image.pixels) v = static_cast<uint8_t>(rng.below(256));
+  return image;
+}
+
+bool same(const AugmentParams& a, const AugmentParams& b) {
+  return a.crop.x == b.crop.x && a.crop.y == b.crop.y && a.crop.w == b.crop.w &&
+         a.crop.h == b.crop.h && a.flip == b.flip && a.three_augment == b.three_augment &&
+         a.blur_sigma == b.blur_sigma && a.brightness == b.brightness && a.contrast == b.contrast &&
+         a.saturation == b.saturation && a.jitter_order == b.jitter_order;
+}
+
+}  // namespace
+
+TEST_CASE("augmentation parameters follow the recipe's distributions", "[augment]") {
+  const AugmentConfig config;  // the recipe: RRC 224, flip, 3-Augment, jitter 0.3
+  deit::Rng rng(7);
+  int flips = 0;
+  std::map<ThreeAugmentOp, int> three;
+  std::map<std::array<JitterOp, 3>, int> orders;
+  double sigma_sum = 0.0, brightness_sum = 0.0;
+  const int height = 375, width = 500;
+  for (int i = 0; i < kDraws; ++i) {
+    const AugmentParams p = sample_augment_params(config, height, width, rng);
+    flips += p.flip;
+    three[p.three_augment]++;
+    orders[p.jitter_order]++;
+    if (p.three_augment == ThreeAugmentOp::kBlur) {
+      REQUIRE(p.blur_sigma >= 0.1f);
+      REQUIRE(p.blur_sigma <= 2.0f);
+      sigma_sum += p.blur_sigma;
+    }
+    for (float f : {p.brightness, p.contrast, p.saturation}) {
+      REQUIRE(f >= 0.7f);
+      REQUIRE(f <= 1.3f);
+    }
+    brightness_sum += p.brightness;
+  }
+  CHECK(std::abs(flips / double(kDraws) - 0.5) < 0.02);
+  CHECK(three.count(ThreeAugmentOp::kNone) == 0);
+  for (ThreeAugmentOp op :
+       {ThreeAugmentOp::kGrayscale, ThreeAugmentOp::kSolarize, ThreeAugmentOp::kBlur})
+    CHECK(std::abs(three[op] / double(kDraws) - 1.0 / 3.0) < 0.02);
+  CHECK(std::abs(sigma_sum / three[ThreeAugmentOp::kBlur] - 1.05) <
+        0.03);                                            // U(0.1, 2): sd 0.55/sqrt(6700)
+  CHECK(std::abs(brightness_sum / kDraws - 1.0) < 0.01);  // U(0.7, 1.3): sd 0.17/sqrt(N)
+  REQUIRE(orders.size() == 6);  // every permutation of the three jitter ops occurs
+  for (const auto& [order, count] : orders)
+    CHECK(std::abs(count / double(kDraws) - 1.0 / 6.0) < 0.015);
+}
+
+TEST_CASE("RandomResizedCrop boxes lie inside the image with area and ratio in range",
+          "[augment]") {
+  AugmentConfig config;
+  config.input_size = 32;
+  deit::Rng rng(11);
+  const int height = 120, width = 160;
+  double area_sum = 0.0;
+  for (int i = 0; i < kDraws; ++i) {
+    const CropParams c = sample_crop_params(config, height, width, rng);
+    REQUIRE(c.mode == CropMode::kRandomResized);
+    REQUIRE(c.size == 32);
+    REQUIRE(c.x >= 0);
+    REQUIRE(c.y >= 0);
+    REQUIRE(c.w >= 1);
+    REQUIRE(c.h >= 1);
+    REQUIRE(c.x + c.w <= width);
+    REQUIRE(c.y + c.h <= height);
+    // w and h are rounded to whole pixels, so area and ratio hold up to half a pixel per side.
+    const double area = double(c.w) * c.h / (double(height) * width);
+    const double slack = 0.5 * (c.w + c.h + 0.5) / (double(height) * width);
+    REQUIRE(area >= 0.08 - slack);
+    REQUIRE(area <= 1.0 + slack);
+    REQUIRE((c.w + 0.5) / (c.h - 0.5) >= 0.75);
+    REQUIRE((c.w - 0.5) / (c.h + 0.5) <= 4.0 / 3.0);
+    area_sum += area;
+  }
+  // Large boxes that do not fit are redrawn, so the mean area is below U(0.08, 1)'s 0.54:
+  // torchvision 0.14's RandomResizedCrop.get_params gives 0.4365 on a 120 x 160 image (40000
+  // draws); the area's sd is about 0.25, so the bound is 5 standard errors at N = 20000.
+  CHECK(std::abs(area_sum / kDraws - 0.4365) < 0.01);
+}
+
+TEST_CASE("RandomResizedCrop falls back to the centred crop as torchvision does", "[augment]") {
+  AugmentConfig config;
+  config.input_size = 8;
+  deit::Rng rng(3);
+  // 10 x 1000: no box with area >= 8% and ratio <= 4/3 fits 10 rows, so all 10 tries fail and
+  // the fallback takes the full height and w = round(10 * 4/3) = 13, centred.
+  CropParams c = sample_crop_params(config, 10, 1000, rng);
+  CHECK(c.h == 10);
+  CHECK(c.w == 13);
+  CHECK(c.y == 0);
+  CHECK(c.x == (1000 - 13) / 2);
+  // 1000 x 10 (tall): full width, h = round(10 / (3/4)) = 13.
+  c = sample_crop_params(config, 1000, 10, rng);
+  CHECK(c.w == 10);
+  CHECK(c.h == 13);
+  CHECK(c.x == 0);
+  CHECK(c.y == (1000 - 13) / 2);
+}
+
+TEST_CASE("Simple Random Crop resizes the shorter side and crops inside the padded image",
+          "[augment]") {
+  AugmentConfig config;
+  config.crop = CropMode::kSimpleRandom;
+  config.input_size = 24;
+  deit::Rng rng(5);
+  std::vector<int> x_seen(100, 0), y_seen(100, 0);
+  for (int i = 0; i < kDraws; ++i) {
+    const CropParams c = sample_crop_params(config, 60, 90, rng);
+    REQUIRE(c.resized_height == 24);
+    REQUIRE(c.resized_width == 36);  // int(24 * 90 / 60)
+    REQUIRE(c.padding == 4);
+    REQUIRE(c.w == 24);
+    REQUIRE(c.h == 24);
+    REQUIRE(c.y >= 0);
+    REQUIRE(c.y <= 8);  // 24 + 2 * 4 - 24
+    REQUIRE(c.x >= 0);
+    REQUIRE(c.x <= 20);  // 36 + 2 * 4 - 24
+    x_seen[c.x]++;
+    y_seen[c.y]++;
+  }
+  CHECK(std::count_if(y_seen.begin(), y_seen.begin() + 9, [](int n) { return n > 0; }) == 9);
+  CHECK(std::count_if(x_seen.begin(), x_seen.begin() + 21, [](int n) { return n > 0; }) == 21);
+
+  const ImageU8 view =
+      augment_train(random_image(60, 90, 1), sample_augment_params(config, 60, 90, rng));
+  CHECK(view.height == 24);
+  CHECK(view.width == 24);
+}
+
+TEST_CASE("augmentation is deterministic from the seed and stream", "[augment]") {
+  const AugmentConfig config;
+  const ImageU8 image = random_image(90, 70, 2);
+  for (uint64_t stream : {0ull, 1ull, 12345ull}) {
+    deit::Rng a(42, stream), b(42, stream);
+    const AugmentParams pa = sample_augment_params(config, image.height, image.width, a);
+    const AugmentParams pb = sample_augment_params(config, image.height, image.width, b);
+    REQUIRE(same(pa, pb));
+    CHECK(augment_train(image, pa).pixels == augment_train(image, pb).pixels);
+  }
+  // Different streams give different views (for this seed, at least one of a few differs).
+  deit::Rng first(42, 0);
+  const AugmentParams p0 = sample_augment_params(config, image.height, image.width, first);
+  int differing = 0;
+  for (uint64_t stream = 1; stream <= 4; ++stream) {
+    deit::Rng other(42, stream);
+    differing += !same(p0, sample_augment_params(config, image.height, image.width, other));
+  }
+  CHECK(differing == 4);
+}
+
+TEST_CASE("disabled augmentations leave the crop alone", "[augment]") {
+  AugmentConfig config;
+  config.input_size = 16;
+  config.hflip = false;
+  config.three_augment = false;
+  config.color_jitter = 0.0;
+  deit::Rng rng(9);
+  const ImageU8 image = random_image(40, 30, 4);
+  for (int i = 0; i < 50; ++i) {
+    const AugmentParams p = sample_augment_params(config, image.height, image.width, rng);
+    REQUIRE(!p.flip);
+    REQUIRE(p.three_augment == ThreeAugmentOp::kNone);
+    REQUIRE(p.brightness == 1.0f);
+    REQUIRE(p.contrast == 1.0f);
+    REQUIRE(p.saturation == 1.0f);
+    REQUIRE(augment_train(image, p).pixels == apply_crop(image, p.crop).pixels);
+  }
+}
+
+TEST_CASE("normalisation gives (v / 255 - mean) / std in channel planes", "[augment]") {
+  // Pixel (y, x) has value v = 40 y + 7 x + 30 c in channel c, so every plane position is checked.
+  ImageU8 image{3, 5, std::vector<uint8_t>(3 * 5 * 3)};
+  for (int y = 0; y < 3; ++y)
+    for (int x = 0; x < 5; ++x)
+      for (int c = 0; c < 3; ++c) image.at(y, x)[c] = static_cast<uint8_t>(40 * y + 7 * x + 30 * c);
+  std::vector<float> out(3 * 3 * 5, std::nanf(""));
+  normalize(image, out.data());
+  for (int c = 0; c < 3; ++c)
+    for (int y = 0; y < 3; ++y)
+      for (int x = 0; x < 5; ++x) {
+        const double v = 40 * y + 7 * x + 30 * c;
+        const double expected = (v / 255.0 - kImageNetMean[c]) / kImageNetStd[c];
+        REQUIRE(out[c * 15 + y * 5 + x] == Approx(expected).epsilon(1e-6).margin(1e-6));
+      }
+
+  // Over a uniformly random image the normalised channels have mean (127.5 / 255 - m) / s and
+  // std (73.9 / 255) / s: the statistics the model expects.
+  const ImageU8 noise = random_image(64, 64, 8);
+  std::vector<float> planes(3 * 64 * 64);
+  normalize(noise, planes.data());
+  for (int c = 0; c < 3; ++c) {
+    const float* p = planes.data() + c * 64 * 64;
+    const double mean = std::accumulate(p, p + 64 * 64, 0.0) / (64 * 64);
+    double var = 0.0;
+    for (int i = 0; i < 64 * 64; ++i) var += (p[i] - mean) * (p[i] - mean);
+    const double sd = std::sqrt(var / (64 * 64));
+    CHECK(mean == Approx((127.5 / 255 - kImageNetMean[c]) / kImageNetStd[c]).margin(0.05));
+    CHECK(sd == Approx(73.9 / 255 / kImageNetStd[c]).epsilon(0.03));
+  }
+}
+
+TEST_CASE("mixup and cutmix lambdas follow their Beta distributions and the switch probability",
+          "[augment]") {
+  const MixupConfig config;  // mixup 0.8, cutmix 1.0, switch 0.5
+  deit::Rng rng(13);
+  int cutmix = 0, mixup = 0;
+  double mix_sum = 0.0, mix_sq = 0.0;
+  for (int i = 0; i < kDraws; ++i) {
+    const MixParams p = sample_mix_params(config, 32, 32, rng);
+    REQUIRE(p.lambda >= 0.0);
+    REQUIRE(p.lambda <= 1.0);
+    if (p.cutmix) {
+      ++cutmix;
+      continue;
+    }
+    ++mixup;
+    mix_sum += p.lambda;
+    mix_sq += p.lambda * p.lambda;
+  }
+  CHECK(std::abs(cutmix / double(kDraws) - 0.5) < 0.02);
+  // Beta(0.8, 0.8): mean 0.5, variance a^2 / ((2a)^2 (2a + 1)) = 0.0962.
+  const double mean = mix_sum / mixup;
+  CHECK(mean == Approx(0.5).margin(0.015));
+  CHECK(mix_sq / mixup - mean * mean == Approx(0.0962).margin(0.006));
+
+  // Beta(1, 1) is uniform: mean 1/2, variance 1/12.
+  double sum = 0.0, sq = 0.0;
+  for (int i = 0; i < kDraws; ++i) {
+    const double b = sample_beta(1.0, 1.0, rng);
+    sum += b;
+    sq += b * b;
+  }
+  CHECK(sum / kDraws == Approx(0.5).margin(0.01));
+  CHECK(sq / kDraws - (sum / kDraws) * (sum / kDraws) == Approx(1.0 / 12).margin(0.004));
+
+  MixupConfig off = config;
+  off.prob = 0.0;
+  CHECK(sample_mix_params(off, 32, 32, rng).lambda == 1.0);
+  MixupConfig cutmix_only = config;
+  cutmix_only.mixup_alpha = 0.0;
+  for (int i = 0; i < 100; ++i) REQUIRE(sample_mix_params(cutmix_only, 32, 32, rng).cutmix);
+}
+
+TEST_CASE("cutmix pastes the partner's box and its lambda is the area left", "[augment]") {
+  const int batch = 4, channels = 3, height = 20, width = 28;
+  const size_t sample = size_t(channels) * height * width;
+  std::vector<float> original(batch * sample);
+  for (size_t i = 0; i < original.size(); ++i) original[i] = float(i % 9973) * 0.01f - 3.0f;
+  MixupConfig config;
+  config.mixup_alpha = 0.0;  // cutmix only
+  deit::Rng rng(17);
+  int checked = 0;
+  for (int draw = 0; draw < 200; ++draw) {
+    const MixParams p = sample_mix_params(config, height, width, rng);
+    REQUIRE(p.cutmix);
+    REQUIRE(0 <= p.y0);
+    REQUIRE(p.y0 <= p.y1);
+    REQUIRE(p.y1 <= height);
+    REQUIRE(0 <= p.x0);
+    REQUIRE(p.x0 <= p.x1);
+    REQUIRE(p.x1 <= width);
+    const int box = (p.y1 - p.y0) * (p.x1 - p.x0);
+    REQUIRE(p.lambda == Approx(1.0 - double(box) / (height * width)).margin(1e-12));
+
+    std::vector<float> images = original;
+    apply_mix(p, images.data(), batch, channels, height, width);
+    int pasted = 0;
+    for (int i = 0; i < batch; ++i)
+      for (int c = 0; c < channels; ++c)
+        for (int y = 0; y < height; ++y)
+          for (int x = 0; x < width; ++x) {
+            const size_t k = size_t(c) * height * width + size_t(y) * width + x;
+            const bool inside = y >= p.y0 && y < p.y1 && x >= p.x0 && x < p.x1;
+            const int from = inside ? batch - 1 - i : i;
+            REQUIRE(images[i * sample + k] == original[from * sample + k]);
+            pasted += inside;
+          }
+    REQUIRE(pasted == batch * channels * box);
+    checked += box > 0;
+
+    const int32_t labels[batch] = {0, 3, 1, 3};
+    std::vector<float> targets(batch * 5);
+    mix_targets(p, labels, batch, 5, 0.0, targets.data());
+    for (int i = 0; i < batch; ++i) {
+      const float* row = &targets[i * 5];
+      REQUIRE(std::accumulate(row, row + 5, 0.0) == Approx(1.0).margin(1e-6));
+      const int own = labels[i], partner = labels[batch - 1 - i];
+      if (own == partner) {
+        REQUIRE(row[own] == Approx(1.0).margin(1e-6));
+      } else {
+        REQUIRE(row[own] == Approx(p.lambda).margin(1e-6));
+        REQUIRE(row[partner] == Approx(1.0 - p.lambda).margin(1e-6));
+      }
+    }
+  }
+  CHECK(checked > 150);  // most draws paste a non-empty box
+}
+
+TEST_CASE("mixup blends each sample and its target with its mirror in the batch", "[augment]") {
+  const int batch = 6, channels = 3, height = 4, width = 5;
+  const size_t sample = size_t(channels) * height * width;
+  std::vector<float> original(batch * sample);
+  for (size_t i = 0; i < original.size(); ++i) original[i] = std::sin(float(i)) * 2.0f;
+  MixParams p;
+  p.lambda = 0.3;
+  std::vector<float> images = original;
+  apply_mix(p, images.data(), batch, channels, height, width);
+  for (int i = 0; i < batch; ++i)
+    for (size_t k = 0; k < sample; ++k)
+      REQUIRE(images[i * sample + k] ==
+              Approx(0.3 * original[i * sample + k] + 0.7 * original[(batch - 1 - i) * sample + k])
+                  .margin(1e-6));
+
+  const int32_t labels[batch] = {2, 0, 1, 1, 4, 3};
+  std::vector<float> targets(batch * 5);
+  const double smoothing = 0.1;  // off = 0.02, on = 0.92
+  mix_targets(p, labels, batch, 5, smoothing, targets.data());
+  for (int i = 0; i < batch; ++i) {
+    const float* row = &targets[i * 5];
+    CHECK(std::accumulate(row, row + 5, 0.0) == Approx(1.0).margin(1e-6));
+    for (int k = 0; k < 5; ++k) {
+      const double own = k == labels[i] ? 0.92 : 0.02;
+      const double partner = k == labels[batch - 1 - i] ? 0.92 : 0.02;
+      CHECK(row[k] == Approx(0.3 * own + 0.7 * partner).margin(1e-6));
+    }
+  }
+
+  std::vector<float> odd(5 * sample);
+  CHECK_THROWS_AS(apply_mix(p, odd.data(), 5, channels, height, width), std::invalid_argument);
+}
+
+TEST_CASE("named ops reject bad names and arguments with a message", "[augment]") {
+  const ImageU8 image = random_image(20, 30, 6);
+  deit::Rng rng(1);
+  auto message = [&](const std::string& spec) {
+    try {
+      apply_named_op(image, spec, rng);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(message("sharpen"),
+             Catch::Contains("unknown op 'sharpen'") && Catch::Contains("blur:SIGMA"));
+  CHECK_THAT(message("blur"), Catch::Contains("needs 1 argument"));
+  CHECK_THAT(message("blur:"), Catch::Contains("needs 1 argument"));
+  CHECK_THAT(message("blur:abc"), Catch::Contains("'abc' is not a number"));
+  CHECK_THAT(message("blur:-1"), Catch::Contains("sigma"));
+  CHECK_THAT(message("hflip:2"), Catch::Contains("takes no argument"));
+  CHECK_THAT(message("crop:1,2,3"), Catch::Contains("needs 4 argument"));
+  CHECK_THAT(message("crop:0,0,31,5"), Catch::Contains("not inside the 20x30 image"));
+  CHECK_THAT(message("resize:2.5"), Catch::Contains("not an integer"));
+  CHECK_THAT(message("center-crop:21"), Catch::Contains("center crop size"));
+  CHECK_THAT(message("pad-reflect:20"), Catch::Contains("reflect padding"));
+  CHECK_THAT(message("contrast:-0.5"), Catch::Contains("contrast factor"));
+  CHECK_THAT(message("src:4"), Catch::Contains("reflect padding"));
+
+  // The random crops give the requested size and depend only on the rng's state.
+  deit::Rng a(77), b(77);
+  const ImageU8 ra = apply_named_op(image, "rrc:12", a);
+  CHECK(ra.height == 12);
+  CHECK(ra.width == 12);
+  CHECK(ra.pixels == apply_named_op(image, "rrc:12", b).pixels);
+  const ImageU8 sa = apply_named_op(image, "src:16", a);
+  CHECK(sa.height == 16);
+  CHECK(sa.width == 16);
+}
+
+TEST_CASE("geometry ops compose as expected", "[augment]") {
+  const ImageU8 image = random_image(9, 13, 10);
+  CHECK(hflip(hflip(image)).pixels == image.pixels);
+  // The centre of a reflect-padded image is the image; its first padded row mirrors row 1.
+  const ImageU8 padded = pad_reflect(image, 3);
+  CHECK(crop(padded, 3, 3, 13, 9).pixels == image.pixels);
+  CHECK(std::equal(padded.at(2, 3), padded.at(2, 3) + 13 * 3, image.at(1, 0)));
+  // Solarize is idempotent: every value it outputs is below 128.
+  const ImageU8 twice = solarize(solarize(image));
+  CHECK(twice.pixels == solarize(image).pixels);
+  // Resizing to the same size is the identity (Pillow skips both passes).
+  CHECK(resize_shorter_side(image, 9).pixels == image.pixels);
+}

@@ -1,0 +1,93 @@
+// The tape itself: what is recorded, when, how gradients accumulate, and what is freed.
+#include <catch2/catch.hpp>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/parameters.h"
+#include "engine/rng.h"
+
+using namespace deit;
+
+TEST_CASE("ops record only with grad mode on and an input that requires grad", "[autograd]") {
+  Rng rng(1);
+  Tensor x = Tensor::randn({2, 3}, rng);
+  Tensor w = Tensor::randn({4, 3}, rng);
+  ops::linear(x, w, Tensor());
+  CHECK(tape_size() == 0);
+  w.set_requires_grad(true);
+  {
+    NoGrad no_grad;
+    Tensor y = ops::linear(x, w, Tensor());
+    CHECK_FALSE(y.requires_grad());
+    CHECK(tape_size() == 0);
+  }
+  Tensor y = ops::linear(x, w, Tensor());
+  CHECK(y.requires_grad());
+  CHECK(tape_size() == 1);
+  clear_tape();
+  CHECK(tape_size() == 0);
+}
+
+TEST_CASE("leaf gradients accumulate across backward calls", "[autograd]") {
+  Rng rng(2);
+  Tensor x = Tensor::randn({2, 3}, rng);
+  Tensor w = Tensor::randn({1, 3}, rng).set_requires_grad(true);
+  Tensor target = Tensor::zeros({2, 1});
+  backward(ops::bce_with_logits(ops::linear(x, w, Tensor()), target));
+  const std::vector<float> once = w.grad().to_vector<float>();
+  backward(ops::bce_with_logits(ops::linear(x, w, Tensor()), target));
+  const std::vector<float> twice = w.grad().to_vector<float>();
+  for (size_t i = 0; i < once.size(); ++i) CHECK(twice[i] == Approx(2 * once[i]));
+}
+
+TEST_CASE("backward frees the tape and refuses to run through it twice", "[autograd]") {
+  Rng rng(3);
+  Tensor x = Tensor::randn({4, 8}, rng).set_requires_grad(true);
+  Tensor y = ops::gelu(ops::gelu(x));
+  CHECK(tape_size() == 2);
+  CHECK(tape_saved_bytes() == 2 * 4 * 8 * sizeof(float));
+  Tensor loss = ops::bce_with_logits(ops::reshape(y, {1, 32}), Tensor::zeros({1, 32}));
+  backward(loss);
+  CHECK(tape_size() == 0);
+  CHECK(tape_saved_bytes() == 0);
+  CHECK_THROWS_WITH(backward(loss), Catch::Contains("already used"));
+}
+
+TEST_CASE("backward needs a scalar or an explicit gradient of the right shape", "[autograd]") {
+  Rng rng(4);
+  Tensor x = Tensor::randn({2, 2}, rng).set_requires_grad(true);
+  Tensor y = ops::gelu(x);
+  CHECK_THROWS_WITH(backward(y), Catch::Contains("one-element"));
+  CHECK_THROWS_WITH(backward(y, Tensor::zeros({3})), Catch::Contains("gradient"));
+  clear_tape();
+}
+
+TEST_CASE("the parameter registry names, counts and zeroes parameters", "[autograd]") {
+  ParameterRegistry params;
+  Tensor w = params.add("blocks.0.attn.qkv.weight", Tensor::zeros({6, 2}), true);
+  params.add("blocks.0.attn.qkv.bias", Tensor::zeros({6}), false);
+  CHECK(w.requires_grad());
+  CHECK(w.name() == "blocks.0.attn.qkv.weight");
+  CHECK(params.size() == 2);
+  CHECK(params.element_count() == 18);
+  CHECK(params.find("blocks.0.attn.qkv.bias")->weight_decay == false);
+  CHECK_THROWS_WITH(params.get("head.weight"), Catch::Contains("head.weight"));
+  CHECK_THROWS_WITH(params.add("blocks.0.attn.qkv.bias", Tensor::zeros({6}), false),
+                    Catch::Contains("twice"));
+  Rng rng(5);
+  backward(ops::soft_cross_entropy(ops::linear(Tensor::randn({1, 2}, rng), w, Tensor()),
+                                   Tensor::full({1, 6}, 1.0 / 6)));
+  CHECK(w.grad().defined());
+  params.zero_grad();
+  CHECK_FALSE(w.grad().defined());
+}
+
+TEST_CASE("op argument errors name the op and the shapes", "[autograd]") {
+  Tensor x = Tensor::zeros({2, 3});
+  CHECK_THROWS_WITH(ops::linear(x, Tensor::zeros({4, 5}), Tensor()),
+                    Catch::Contains("linear") && Catch::Contains("(4, 5)"));
+  CHECK_THROWS_WITH(ops::layernorm(x, Tensor::zeros({2}), Tensor::zeros({2}), 1e-6),
+                    Catch::Contains("layernorm"));
+  CHECK_THROWS_WITH(ops::attention(Tensor::zeros({1, 2, 10}), 2), Catch::Contains("attention"));
+  CHECK_THROWS_WITH(ops::add(x, Tensor::zeros({2, 3}, DType::f64)), Catch::Contains("dtype"));
+}

@@ -1,0 +1,68 @@
+// `deit info` as a user runs it: JSON on stdout, clear errors and non-zero exits on bad input.
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+struct Result {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+
+Result run_deit(const std::string& args) {
+  const std::string command = std::string(DEIT_BINARY) + " " + args + " 2>&1";
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
+  REQUIRE(pipe);
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe.get())) out.append(buf.data(), n);
+  const int status = pclose(pipe.release());
+  return {WEXITSTATUS(status), out};
+}
+
+}  // namespace
+
+TEST_CASE("deit info --json prints one object with the exact parameter count", "[cli]") {
+  const Result r = run_deit("info --model deit3_base --json");
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.output);
+  CHECK(j["params"] == 86585320);
+  CHECK(j["gmacs"].get<double>() == Approx(17.56).epsilon(0.01));
+  CHECK(j["tokens"] == 197);
+}
+
+TEST_CASE("deit info accepts custom sizes", "[cli]") {
+  const Result r = run_deit("info --model deit3_small --depth 2 --dim 64 --heads 2 "
+                            "--num-classes 10 --input-size 32 --json");
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.output);
+  // 2 blocks of 64 wide, 4 patches, 10 classes: counted by hand from the parameter table.
+  const int64_t block = 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + 64 + 2 * 64 +
+                        (64 * 256 + 256) + (256 * 64 + 64) + 64;
+  const int64_t expected = 64 + 4 * 64 + (64 * 768 + 64) + 2 * block + 2 * 64 + (64 * 10 + 10);
+  CHECK(j["params"] == expected);
+}
+
+TEST_CASE("deit info rejects bad input with a clear message and a non-zero exit", "[cli]") {
+  Result r = run_deit("info --model deit3_gigantic");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("unknown model 'deit3_gigantic'"));
+  r = run_deit("info --model deit3_small --frobnicate");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--frobnicate"));
+  r = run_deit("info --model deit3_small --depth many");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--depth"));
+  r = run_deit("info --model deit3_small --heads 7");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("divisible"));
+  r = run_deit("info");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--model"));
+}

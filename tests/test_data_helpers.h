@@ -1,0 +1,71 @@
+// Shared by the tests/test_data_*.cpp files: a temporary folder per test and small images and
+// files written into it.
+#pragma once
+#include <stdlib.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "data/image.h"
+
+namespace deit::test {
+
+// A fresh folder under the system temp directory, removed with everything in it at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "deit_test_XXXXXX").string();
+    if (!mkdtemp(pattern.data())) throw std::runtime_error("cannot create a temporary folder");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  // The path of `name` inside the folder, with its parent folders created.
+  std::string file(const std::string& name) const {
+    const std::filesystem::path path = path_ / name;
+    std::filesystem::create_directories(path.parent_path());
+    return path.string();
+  }
+  std::string path() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// An image whose every pixel differs from its neighbours, so a wrong offset or channel shows.
+inline data::ImageU8 gradient_image(int height, int width, int seed = 0) {
+  data::ImageU8 image;
+  image.height = height;
+  image.width = width;
+  image.pixels.resize(static_cast<size_t>(height) * width * 3);
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      uint8_t* pixel = image.at(y, x);
+      pixel[0] = static_cast<uint8_t>(x * 7 + seed);
+      pixel[1] = static_cast<uint8_t>(y * 5 + 3 * seed);
+      pixel[2] = static_cast<uint8_t>((x + y) * 3 + 11 * seed);
+    }
+  }
+  return image;
+}
+
+inline std::vector<uint8_t> read_bytes(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+inline void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  file.write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
+}
+
+}  // namespace deit::test

@@ -1,0 +1,222 @@
+// Decoding with stb_image (every format the datasets use, grayscale and alpha made RGB), the
+// checks that turn bad files into DataErrors naming them, and the ImageFolder scan.
+#include <stb_image_write.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+
+#include "data/image_folder.h"
+#include "data/image_source.h"
+#include "tests/test_data_helpers.h"
+
+namespace {
+
+using namespace deit::data;
+using Catch::Matchers::Contains;
+using deit::test::gradient_image;
+using deit::test::read_bytes;
+using deit::test::TempDir;
+using deit::test::write_bytes;
+
+// An image whose channels vary smoothly, so JPEG's error stays small and measurable.
+ImageU8 smooth_image(int height, int width) {
+  ImageU8 image = gradient_image(height, width);
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      uint8_t* pixel = image.at(y, x);
+      pixel[0] = static_cast<uint8_t>(40 + 4 * x);
+      pixel[1] = static_cast<uint8_t>(200 - 3 * y);
+      pixel[2] = static_cast<uint8_t>(100 + x + y);
+    }
+  }
+  return image;
+}
+
+void write_with_stb(const std::string& path, const ImageU8& image) {
+  const int w = image.width, h = image.height;
+  const auto* data = image.pixels.data();
+  int ok = 0;
+  const std::string extension = std::filesystem::path(path).extension();
+  if (extension == ".png") ok = stbi_write_png(path.c_str(), w, h, 3, data, w * 3);
+  if (extension == ".bmp") ok = stbi_write_bmp(path.c_str(), w, h, 3, data);
+  if (extension == ".tga") ok = stbi_write_tga(path.c_str(), w, h, 3, data);
+  if (extension == ".jpg") ok = stbi_write_jpg(path.c_str(), w, h, 3, data, 100);
+  REQUIRE(ok != 0);
+}
+
+std::string truncated_copy(const TempDir& dir, const std::string& path, double keep) {
+  std::vector<uint8_t> bytes = read_bytes(path);
+  bytes.resize(static_cast<size_t>(bytes.size() * keep));
+  const std::string truncated =
+      dir.file("truncated_" + std::filesystem::path(path).filename().string());
+  write_bytes(truncated, bytes);
+  return truncated;
+}
+
+}  // namespace
+
+TEST_CASE("decode_image_file reads PNG, BMP and TGA exactly", "[data]") {
+  TempDir dir;
+  const ImageU8 original = gradient_image(13, 21);
+  for (const char* name : {"a.png", "a.bmp", "a.tga"}) {
+    INFO(name);
+    const std::string path = dir.file(name);
+    write_with_stb(path, original);
+    const ImageU8 decoded = decode_image_file(path);
+    CHECK(decoded.height == 13);
+    CHECK(decoded.width == 21);
+    CHECK(decoded.pixels == original.pixels);
+  }
+}
+
+TEST_CASE("decode_image_file reads JPEG within JPEG's error", "[data]") {
+  TempDir dir;
+  const ImageU8 original = smooth_image(24, 32);
+  const std::string path = dir.file("a.jpg");
+  write_with_stb(path, original);
+  const ImageU8 decoded = decode_image_file(path);
+  REQUIRE(decoded.height == 24);
+  REQUIRE(decoded.width == 32);
+  double total_error = 0;
+  int max_error = 0;
+  for (size_t i = 0; i < original.pixels.size(); ++i) {
+    const int error = std::abs(int(decoded.pixels[i]) - int(original.pixels[i]));
+    total_error += error;
+    max_error = std::max(max_error, error);
+  }
+  CHECK(total_error / original.pixels.size() < 2.0);  // quality 100, no chroma subsampling
+  CHECK(max_error <= 12);
+}
+
+TEST_CASE("grayscale and alpha images become RGB", "[data]") {
+  TempDir dir;
+  const int w = 5, h = 4;
+  std::vector<uint8_t> gray(w * h), gray_alpha(w * h * 2), rgba(w * h * 4);
+  for (int i = 0; i < w * h; ++i) {
+    gray[i] = static_cast<uint8_t>(10 * i);
+    gray_alpha[2 * i] = static_cast<uint8_t>(10 * i);
+    gray_alpha[2 * i + 1] = static_cast<uint8_t>(255 - i);
+    for (int c = 0; c < 3; ++c) rgba[4 * i + c] = static_cast<uint8_t>(i + 50 * c);
+    rgba[4 * i + 3] = static_cast<uint8_t>(i);  // transparent-ish: alpha is dropped, not blended
+  }
+  const std::string gray_path = dir.file("gray.png"), gray_alpha_path = dir.file("ga.png"),
+                    rgba_path = dir.file("rgba.png");
+  REQUIRE(stbi_write_png(gray_path.c_str(), w, h, 1, gray.data(), w));
+  REQUIRE(stbi_write_png(gray_alpha_path.c_str(), w, h, 2, gray_alpha.data(), w * 2));
+  REQUIRE(stbi_write_png(rgba_path.c_str(), w, h, 4, rgba.data(), w * 4));
+
+  for (const std::string& path : {gray_path, gray_alpha_path}) {
+    const ImageU8 decoded = decode_image_file(path);
+    for (int i = 0; i < w * h; ++i) {
+      for (int c = 0; c < 3; ++c) REQUIRE(decoded.pixels[3 * i + c] == gray[i]);
+    }
+  }
+  const ImageU8 decoded = decode_image_file(rgba_path);
+  for (int i = 0; i < w * h; ++i) {
+    for (int c = 0; c < 3; ++c) REQUIRE(decoded.pixels[3 * i + c] == rgba[4 * i + c]);
+  }
+}
+
+TEST_CASE("bad image files throw a DataError naming the file and the problem", "[data]") {
+  TempDir dir;
+  const ImageU8 image = gradient_image(32, 48);
+
+  const std::string empty = dir.file("empty.png");
+  write_bytes(empty, {});
+  CHECK_THROWS_WITH(decode_image_file(empty), Contains(empty) && Contains("empty"));
+
+  const std::string garbage = dir.file("garbage.jpg");
+  write_bytes(garbage, std::vector<uint8_t>(1000, 0x5A));
+  CHECK_THROWS_WITH(decode_image_file(garbage), Contains(garbage) && Contains("not an image"));
+
+  const std::string missing = dir.path() + "/missing.png";
+  CHECK_THROWS_WITH(decode_image_file(missing), Contains(missing) && Contains("cannot open"));
+
+  for (const char* name : {"t.png", "t.jpg", "t.bmp"}) {
+    INFO(name);
+    const std::string path = dir.file(name);
+    write_with_stb(path, image);
+    for (double keep : {0.9, 0.5, 0.2}) {
+      const std::string truncated = truncated_copy(dir, path, keep);
+      CHECK_THROWS_AS(decode_image_file(truncated), DataError);
+      CHECK_THROWS_WITH(decode_image_file(truncated), Contains(truncated));
+    }
+  }
+
+  SECTION("absurd dimensions are refused before decoding") {
+    const std::string path = dir.file("huge.png");
+    write_with_stb(path, image);
+    std::vector<uint8_t> bytes = read_bytes(path);
+    // The PNG IHDR width, big-endian at byte 16: 40000 pixels.
+    bytes[16] = 0, bytes[17] = 0, bytes[18] = 0x9C, bytes[19] = 0x40;
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(decode_image_file(path), Contains(path) && Contains("absurd dimensions"));
+
+    const std::string bmp = dir.file("huge.bmp");
+    write_with_stb(bmp, image);
+    bytes = read_bytes(bmp);
+    // Width and height 20000 x 20000: each side allowed, the 4e8 pixels not.
+    for (int offset : {18, 22}) bytes[offset] = 0x20, bytes[offset + 1] = 0x4E;
+    write_bytes(bmp, bytes);
+    CHECK_THROWS_WITH(decode_image_file(bmp), Contains(bmp) && Contains("absurd dimensions"));
+  }
+}
+
+TEST_CASE("write_png round-trips and names the path it cannot write", "[data]") {
+  TempDir dir;
+  const ImageU8 image = gradient_image(7, 9, 3);
+  const std::string path = dir.file("out.png");
+  write_png(path, image);
+  CHECK(decode_image_file(path).pixels == image.pixels);
+  const std::string unwritable = dir.path() + "/no/such/folder/out.png";
+  CHECK_THROWS_WITH(write_png(unwritable, image), Contains(unwritable));
+}
+
+TEST_CASE("ImageFolder numbers sorted classes and lists images in sorted order", "[data]") {
+  TempDir dir;
+  const std::string root = dir.path() + "/train";
+  const ImageU8 image = gradient_image(4, 4);
+  write_png(dir.file("train/zebra/b.png"), image);
+  write_png(dir.file("train/zebra/a.png"), image);
+  write_png(dir.file("train/apple/nested/deeper/c.PNG"), image);  // any depth, any case
+  write_png(dir.file("train/apple/.hidden.png"), image);          // hidden: ignored
+  write_png(dir.file("train/.ipynb_checkpoints/x.png"), image);   // hidden class folder: ignored
+  write_bytes(dir.file("train/apple/notes.txt"), {'h', 'i'});     // not an image: ignored
+  std::filesystem::create_directories(root + "/mango");           // a class with no images
+
+  const ImageFolder folder(root);
+  CHECK(folder.class_names() == std::vector<std::string>{"apple", "mango", "zebra"});
+  REQUIRE(folder.size() == 3);
+  CHECK(folder.describe(0) == root + "/apple/nested/deeper/c.PNG");
+  CHECK(folder.describe(1) == root + "/zebra/a.png");
+  CHECK(folder.describe(2) == root + "/zebra/b.png");
+  CHECK(folder.label(0) == 0);
+  CHECK(folder.label(1) == 2);
+  CHECK(folder.load(2).pixels == image.pixels);
+}
+
+TEST_CASE("An image folder without images is an error naming the folder", "[data]") {
+  TempDir dir;
+  const std::string empty = dir.path() + "/empty";
+  std::filesystem::create_directories(empty);
+  CHECK_THROWS_WITH(ImageFolder(empty), Contains(empty) && Contains("no class folders"));
+
+  const std::string no_images = dir.path() + "/no_images";
+  std::filesystem::create_directories(no_images + "/cat");
+  write_bytes(no_images + "/cat/readme.txt", {'x'});
+  CHECK_THROWS_WITH(ImageFolder(no_images), Contains(no_images) && Contains("no images"));
+
+  const std::string missing = dir.path() + "/missing";
+  CHECK_THROWS_WITH(ImageFolder(missing), Contains(missing) && Contains("not a directory"));
+  CHECK_THROWS_WITH(open_image_source(missing), Contains(missing));
+}
+
+TEST_CASE("has_image_extension accepts what stb_image decodes", "[data]") {
+  CHECK(has_image_extension("a/b.JPEG"));
+  CHECK(has_image_extension("x.bmp"));
+  CHECK(has_image_extension("x.pgm"));
+  CHECK_FALSE(has_image_extension("x.webp"));
+  CHECK_FALSE(has_image_extension("x.txt"));
+  CHECK_FALSE(has_image_extension("png"));
+}

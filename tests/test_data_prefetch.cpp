@@ -1,0 +1,237 @@
+// The prefetch pipeline: batches identical whatever the thread count, resumable mid-epoch, bad
+// images replaced and counted, worker errors surfacing in the trainer's thread.
+#include <catch2/catch.hpp>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "data/prefetch.h"
+#include "tests/test_data_helpers.h"
+
+namespace {
+
+using namespace deit::data;
+using Catch::Matchers::Contains;
+using deit::test::gradient_image;
+
+constexpr int kCrop = 4;
+
+// Images of varying sizes made on the fly; the listed indices are unusable.
+class MemorySource : public ImageSource {
+ public:
+  explicit MemorySource(size_t size, std::set<size_t> bad = {}) : size_(size), bad_(bad) {}
+  size_t size() const override { return size_; }
+  const std::vector<std::string>& class_names() const override { return names_; }
+  int label(size_t index) const override { return static_cast<int>(index % 5); }
+  ImageU8 load(size_t index) const override {
+    if (bad_.count(index)) throw DataError(describe(index) + ": unusable on purpose");
+    return gradient_image(6 + index % 4, 7 + index % 3, static_cast<int>(index));
+  }
+  std::string describe(size_t index) const override {
+    return "memory image " + std::to_string(index);
+  }
+
+ private:
+  size_t size_;
+  std::set<size_t> bad_;
+  std::vector<std::string> names_ = {"a", "b", "c", "d", "e"};
+};
+
+// A random kCrop x kCrop crop, scaled to [0, 1]: enough randomness to see the streams at work.
+void random_crop(const ImageU8& image, deit::Rng& rng, SampleOutput out) {
+  const int top = static_cast<int>(rng.below(image.height - kCrop + 1));
+  const int left = static_cast<int>(rng.below(image.width - kCrop + 1));
+  for (int y = 0; y < kCrop; ++y) {
+    for (int x = 0; x < kCrop; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        const uint8_t value = image.at(top + y, left + x)[c];
+        const size_t i = (static_cast<size_t>(y) * kCrop + x) * 3 + c;
+        if (out.f32) out.f32[i] = value / 255.0f;
+        if (out.u8) out.u8[i] = value;
+      }
+    }
+  }
+}
+
+struct Delivered {
+  std::vector<std::vector<float>> data;
+  std::vector<std::vector<uint8_t>> data_u8;
+  std::vector<std::vector<int32_t>> labels;
+  std::vector<std::vector<uint64_t>> indices;
+  bool operator==(const Delivered& o) const {
+    return data == o.data && data_u8 == o.data_u8 && labels == o.labels && indices == o.indices;
+  }
+};
+
+PrefetchOptions loader_options(int workers, int prefetch, bool drop_last = true,
+                               PixelFormat format = PixelFormat::kFloat32) {
+  PrefetchOptions options;
+  options.batch_size = 8;
+  options.sample_elements = kCrop * kCrop * 3;
+  options.format = format;
+  options.drop_last = drop_last;
+  options.num_workers = workers;
+  options.prefetch_batches = prefetch;
+  return options;
+}
+
+SamplerOptions sampler_options(size_t n, uint32_t repeats = 1) {
+  SamplerOptions options;
+  options.dataset_size = n;
+  options.seed = 7;
+  options.repeats = repeats;
+  return options;
+}
+
+// Takes up to `max_batches` batches (all by default) and copies out their valid rows.
+Delivered drain(PrefetchLoader& loader, size_t max_batches = SIZE_MAX) {
+  Delivered out;
+  const size_t row = kCrop * kCrop * 3;
+  for (size_t b = 0; b < max_batches; ++b) {
+    const Batch* batch = loader.next_batch();
+    if (!batch) break;
+    if (!batch->f32.empty())
+      out.data.emplace_back(batch->f32.begin(), batch->f32.begin() + batch->size * row);
+    if (!batch->u8.empty())
+      out.data_u8.emplace_back(batch->u8.begin(), batch->u8.begin() + batch->size * row);
+    out.labels.push_back(batch->labels);
+    out.indices.push_back(batch->indices);
+  }
+  return out;
+}
+
+Delivered run_epoch(std::shared_ptr<const ImageSource> source, PrefetchOptions options,
+                    uint64_t epoch, uint32_t repeats = 1) {
+  PrefetchLoader loader(source, Sampler(sampler_options(source->size(), repeats)), options,
+                        random_crop);
+  loader.start_epoch(epoch);
+  return drain(loader);
+}
+
+}  // namespace
+
+TEST_CASE("Prefetched batches do not depend on the number of workers", "[data]") {
+  auto source = std::make_shared<MemorySource>(203);
+  const Delivered one = run_epoch(source, loader_options(1, 1), 2, 3);
+  REQUIRE(one.labels.size() == 203 / 8);  // drop_last
+  for (int workers : {2, 3, 5}) {
+    for (int prefetch : {1, 4}) {
+      INFO("workers " << workers << ", prefetch " << prefetch);
+      CHECK(run_epoch(source, loader_options(workers, prefetch), 2, 3) == one);
+    }
+  }
+  // Another epoch is another order with other random crops.
+  CHECK_FALSE(run_epoch(source, loader_options(2, 2), 3, 3) == one);
+}
+
+TEST_CASE("Batches hold the sampler's order, labels and a kept short last batch", "[data]") {
+  auto source = std::make_shared<MemorySource>(21);
+  const Sampler sampler(sampler_options(21));
+  PrefetchLoader loader(source, sampler, loader_options(3, 2, false, PixelFormat::kUint8),
+                        random_crop);
+  loader.start_epoch(4);
+  CHECK(loader.batches_in_epoch() == 3);
+  const Delivered got = drain(loader);
+  REQUIRE(got.indices.size() == 3);
+  CHECK(got.indices[2].size() == 5);  // 21 = 8 + 8 + 5
+  std::vector<uint64_t> delivered;
+  for (const auto& batch : got.indices)
+    delivered.insert(delivered.end(), batch.begin(), batch.end());
+  const std::vector<SamplePick> picks = sampler.epoch_picks(4);
+  for (size_t i = 0; i < picks.size(); ++i) {
+    CHECK(delivered[i] == picks[i].index);
+    CHECK(got.labels[i / 8][i % 8] == static_cast<int>(picks[i].index % 5));
+  }
+  CHECK(got.data.empty());  // uint8 output only
+  CHECK(got.data_u8.size() == 3);
+  CHECK(loader.next_batch() == nullptr);  // the epoch stays over
+}
+
+TEST_CASE("A loader resumed from a saved state delivers what the uninterrupted run did", "[data]") {
+  auto source = std::make_shared<MemorySource>(150);
+  const Delivered uninterrupted = run_epoch(source, loader_options(2, 2), 5, 3);
+
+  SamplerState saved;
+  Delivered first_part;
+  {
+    PrefetchLoader loader(source, Sampler(sampler_options(150, 3)), loader_options(2, 3),
+                          random_crop);
+    loader.start_epoch(5);
+    first_part = drain(loader, 6);
+    saved = loader.state();  // the checkpoint, written with batch 5 done
+  }                          // destroyed with batches still prefetched: the run "crashed"
+  CHECK(saved.epoch == 5);
+  CHECK(saved.position == 6 * 8);
+
+  PrefetchLoader resumed(source, Sampler(sampler_options(150, 3)), loader_options(3, 1),
+                         random_crop);
+  resumed.resume(saved);
+  const Delivered second_part = drain(resumed);
+  REQUIRE(first_part.data.size() + second_part.data.size() == uninterrupted.data.size());
+  for (size_t b = 0; b < uninterrupted.data.size(); ++b) {
+    const Delivered& part = b < 6 ? first_part : second_part;
+    const size_t i = b < 6 ? b : b - 6;
+    CHECK(part.data[i] == uninterrupted.data[b]);
+    CHECK(part.indices[i] == uninterrupted.indices[b]);
+  }
+
+  SamplerOptions other_seed = sampler_options(150, 3);
+  other_seed.seed = 8;
+  PrefetchLoader other(source, Sampler(other_seed), loader_options(1, 1), random_crop);
+  CHECK_THROWS_WITH(other.resume(saved), Contains("seed"));
+}
+
+TEST_CASE("Starting an epoch abandons the rest of the previous one", "[data]") {
+  auto source = std::make_shared<MemorySource>(100);
+  const Delivered expected = run_epoch(source, loader_options(2, 2), 1);
+  PrefetchLoader loader(source, Sampler(sampler_options(100)), loader_options(2, 4), random_crop);
+  loader.start_epoch(0);
+  REQUIRE(loader.next_batch() != nullptr);
+  loader.start_epoch(1);
+  CHECK(drain(loader) == expected);
+}
+
+TEST_CASE("Unusable images are replaced by the next usable one and counted once", "[data]") {
+  auto source = std::make_shared<MemorySource>(40, std::set<size_t>{3, 4, 17});
+  SamplerOptions in_order = sampler_options(40);
+  in_order.shuffle = false;
+  PrefetchLoader loader(source, Sampler(in_order), loader_options(2, 2), random_crop);
+  for (uint64_t epoch = 0; epoch < 2; ++epoch) {
+    loader.start_epoch(epoch);
+    const Delivered got = drain(loader);
+    REQUIRE(got.indices.size() == 5);
+    CHECK(got.indices[0] == std::vector<uint64_t>{0, 1, 2, 5, 5, 5, 6, 7});
+    CHECK(got.indices[2][1] == 18);  // position 17
+    CHECK(got.labels[0][3] == 0);    // image 5's label
+  }
+  CHECK(loader.skipped().count() == 3);
+}
+
+TEST_CASE("Errors from workers reach the trainer", "[data]") {
+  SECTION("a dataset of nothing but bad images") {
+    std::set<size_t> all;
+    for (size_t i = 0; i < 20; ++i) all.insert(i);
+    auto source = std::make_shared<MemorySource>(20, all);
+    PrefetchLoader loader(source, Sampler(sampler_options(20)), loader_options(2, 2), random_crop);
+    loader.start_epoch(0);
+    CHECK_THROWS_WITH(loader.next_batch(), Contains("unusable: giving up"));
+  }
+  SECTION("a transform that throws") {
+    auto source = std::make_shared<MemorySource>(20);
+    PrefetchLoader loader(source, Sampler(sampler_options(20)), loader_options(2, 2),
+                          [](const ImageU8&, deit::Rng&, SampleOutput) {
+                            throw std::runtime_error("transform failed");
+                          });
+    loader.start_epoch(0);
+    CHECK_THROWS_WITH(loader.next_batch(), Contains("transform failed"));
+    loader.start_epoch(1);  // the loader stays usable: a new epoch starts afresh
+    CHECK_THROWS_WITH(loader.next_batch(), Contains("transform failed"));
+  }
+  SECTION("a sampler for another dataset") {
+    auto source = std::make_shared<MemorySource>(20);
+    CHECK_THROWS_WITH(
+        PrefetchLoader(source, Sampler(sampler_options(21)), loader_options(1, 1), random_crop),
+        Contains("21") && Contains("20"));
+  }
+}

@@ -1,0 +1,213 @@
+// Packed shard files: the checksum, a write/read round trip, `deit pack`'s folder packing, and the
+// detection of corrupt and truncated files with the record to blame.
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "data/image_folder.h"
+#include "data/pack.h"
+#include "data/shard.h"
+#include "tests/test_data_helpers.h"
+
+namespace {
+
+using namespace deit::data;
+using Catch::Matchers::Contains;
+using deit::test::gradient_image;
+using deit::test::read_bytes;
+using deit::test::TempDir;
+using deit::test::write_bytes;
+
+const std::vector<std::string> kClasses = {"cat", "dog", "emu"};
+
+// Four records of different shapes; record i has label i % 3.
+std::vector<ImageU8> write_test_shard(const std::string& path) {
+  std::vector<ImageU8> images = {gradient_image(5, 7, 1), gradient_image(16, 9, 2),
+                                 gradient_image(1, 1, 3), gradient_image(30, 20, 4)};
+  ShardWriter writer(path, kClasses, images.size() + 2, 256);
+  for (size_t i = 0; i < images.size(); ++i) writer.add(images[i], static_cast<int>(i % 3));
+  writer.finish();
+  return images;
+}
+
+uint64_t record_offset(const std::vector<uint8_t>& file, size_t record) {
+  ShardHeader header;
+  std::memcpy(&header, file.data(), sizeof header);
+  ShardIndexEntry entry;
+  std::memcpy(&entry, file.data() + header.index_offset + record * sizeof entry, sizeof entry);
+  return entry.offset;
+}
+
+}  // namespace
+
+TEST_CASE("xxhash64 matches the reference vectors", "[data]") {
+  CHECK(xxhash64("", 0) == 0xEF46DB3751D8E999ull);
+  CHECK(xxhash64("", 0, 1) == 0xD5AFBA1336A3BE4Bull);
+  CHECK(xxhash64("a", 1) == 0xD24EC4F1A98C6E5Bull);
+  CHECK(xxhash64("abc", 3) == 0x44BC2CF5AD770999ull);
+  const char* text = "Nobody inspects the spammish repetition";  // 39 bytes: one 32-byte stripe
+  CHECK(xxhash64(text, std::strlen(text)) == 0xFBCEA83C8A378BF1ull);
+}
+
+TEST_CASE("A shard returns the images, labels and classes it was written with", "[data]") {
+  TempDir dir;
+  const std::string path = dir.file("train.shard");
+  const std::vector<ImageU8> images = write_test_shard(path);
+
+  CHECK_FALSE(std::filesystem::exists(path + ".partial"));
+  REQUIRE(is_shard_file(path));
+  const ShardReader reader(path);
+  CHECK(reader.class_names() == kClasses);
+  CHECK(reader.short_side() == 256);
+  REQUIRE(reader.size() == images.size());
+  for (size_t i = 0; i < images.size(); ++i) {
+    const ImageU8 loaded = reader.load(i);
+    CHECK(loaded.height == images[i].height);
+    CHECK(loaded.width == images[i].width);
+    CHECK(loaded.pixels == images[i].pixels);
+    CHECK(reader.label(i) == static_cast<int>(i % 3));
+  }
+  CHECK(reader.describe(3) == path + " record 3");
+  // open_image_source recognises the file by its magic, whatever its name.
+  CHECK(open_image_source(path)->size() == images.size());
+}
+
+TEST_CASE("A corrupted record is reported with the file and the record number", "[data]") {
+  TempDir dir;
+  const std::string path = dir.file("train.shard");
+  write_test_shard(path);
+  std::vector<uint8_t> bytes = read_bytes(path);
+  bytes[record_offset(bytes, 1) + 17] ^= 0x01;  // one bit of record 1's pixels
+  write_bytes(path, bytes);
+
+  const ShardReader reader(path);  // the header and index are intact
+  CHECK_NOTHROW(reader.load(0));
+  CHECK_THROWS_WITH(reader.load(1), Contains(path + " record 1") && Contains("checksum"));
+  CHECK_NOTHROW(reader.load(2));
+}
+
+TEST_CASE("A truncated shard is reported with the first record cut off", "[data]") {
+  TempDir dir;
+  const std::string path = dir.file("train.shard");
+  write_test_shard(path);
+  std::vector<uint8_t> bytes = read_bytes(path);
+
+  SECTION("inside a record") {
+    bytes.resize(record_offset(bytes, 3) + 10);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path),
+                      Contains(path) && Contains("truncated") && Contains("record 3 of 4"));
+  }
+  SECTION("inside the index") {
+    bytes.resize(sizeof(ShardHeader) + 20);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("truncated"));
+  }
+  SECTION("inside the header") {
+    bytes.resize(30);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("too short"));
+  }
+  SECTION("to zero bytes") {
+    bytes.clear();
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("too short"));
+  }
+}
+
+TEST_CASE("A damaged header, index or foreign file is refused when the shard opens", "[data]") {
+  TempDir dir;
+  const std::string path = dir.file("train.shard");
+  write_test_shard(path);
+  std::vector<uint8_t> bytes = read_bytes(path);
+  ShardHeader header;
+  std::memcpy(&header, bytes.data(), sizeof header);
+
+  SECTION("header") {
+    bytes[offsetof(ShardHeader, record_count)] ^= 0x02;
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("corrupt header"));
+  }
+  SECTION("index") {
+    bytes[header.index_offset + sizeof(ShardIndexEntry) + 8] ^= 0x01;  // record 1's height
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path),
+                      Contains(path) && Contains("corrupt class table or index"));
+  }
+  SECTION("trailing bytes") {
+    bytes.resize(bytes.size() + 100, 0);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("header says"));
+  }
+  SECTION("another format") {
+    std::memcpy(bytes.data(), "GARBAGE!", 8);
+    write_bytes(path, bytes);
+    CHECK_FALSE(is_shard_file(path));
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("not a deit shard"));
+    CHECK_THROWS_WITH(open_image_source(path), Contains(path) && Contains("neither"));
+  }
+  SECTION("a newer version") {
+    header.version = kShardVersion + 1;
+    std::memcpy(bytes.data(), &header, sizeof header);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("version"));
+  }
+}
+
+TEST_CASE("An unfinished shard leaves no file behind", "[data]") {
+  TempDir dir;
+  const std::string path = dir.file("train.shard");
+  {
+    ShardWriter writer(path, kClasses, 4, 0);
+    writer.add(gradient_image(3, 3), 0);
+    CHECK_THROWS_WITH(writer.add(gradient_image(3, 3), 7), Contains("label 7"));
+  }
+  CHECK_FALSE(std::filesystem::exists(path));
+  CHECK_FALSE(std::filesystem::exists(path + ".partial"));
+}
+
+TEST_CASE("pack_image_folder shrinks, packs in folder order and skips bad files", "[data]") {
+  TempDir dir;
+  const std::string src = dir.path() + "/train";
+  const ImageU8 big = gradient_image(60, 100, 1);
+  const ImageU8 small = gradient_image(20, 24, 2);
+  write_png(dir.file("train/a/big.png"), big);
+  write_png(dir.file("train/a/small.png"), small);
+  write_bytes(dir.file("train/b/empty.jpg"), {});
+  write_bytes(dir.file("train/b/garbage.png"), std::vector<uint8_t>(64, 7));
+  write_png(dir.file("train/b/ok.png"), small);
+
+  const std::string out = dir.file("train.shard");
+  uint64_t last_done = 0, last_total = 0;
+  const PackSummary summary =
+      pack_image_folder(src, out, PackOptions{32, 2}, [&](uint64_t done, uint64_t total) {
+        last_done = done;
+        last_total = total;
+      });
+  CHECK(summary.images == 3);
+  CHECK(summary.skipped == 2);
+  CHECK(summary.bytes == std::filesystem::file_size(out));
+  CHECK(last_done == 5);
+  CHECK(last_total == 5);
+
+  const ShardReader reader(out);
+  REQUIRE(reader.size() == 3);
+  CHECK(reader.class_names() == std::vector<std::string>{"a", "b"});
+  const ImageU8 shrunk = reader.load(0);
+  CHECK(shrunk.height == 32);  // torchvision Resize(32): the long side is int(32 * 100 / 60)
+  CHECK(shrunk.width == 53);
+  CHECK(reader.load(1).pixels == small.pixels);  // shorter side 20 <= 32: stored as it is
+  CHECK(reader.label(2) == 1);
+  CHECK(reader.load(2).pixels == small.pixels);
+}
+
+TEST_CASE("pack_image_folder refuses a folder whose images are all unusable", "[data]") {
+  TempDir dir;
+  write_bytes(dir.file("train/a/empty.png"), {});
+  const std::string out = dir.path() + "/train.shard";
+  CHECK_THROWS_WITH(pack_image_folder(dir.path() + "/train", out, PackOptions{}),
+                    Contains("none of its 1 image files"));
+  CHECK_FALSE(std::filesystem::exists(out));
+  CHECK_FALSE(std::filesystem::exists(out + ".partial"));
+}

@@ -1,0 +1,572 @@
+// [gpu] checks of the CUDA kernels of the cast, gelu, layernorm, layerscale, losses and tokens
+// families against their CPU twins, as DESIGN.md's tolerances say: fresh random inputs (bf16-rounded
+// once, so both sides see the same numbers), device outputs poisoned with NaN before every call,
+// every element compared, no NaN or infinity allowed. Shapes: ViT-S (C = 384), ViT-H at 160 px
+// (T = 145, C = 1280), and awkward ones: odd token counts, batch 1, C % 8 != 0 and misaligned
+// pointers (the scalar paths), tiny and empty sizes.
+#include <catch2/catch.hpp>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/rng.h"
+#include "kernels/bf16.h"
+#include "kernels/cast.h"
+#include "kernels/check.h"
+#include "kernels/gelu.h"
+#include "kernels/layernorm.h"
+#include "kernels/layerscale.h"
+#include "kernels/losses.h"
+#include "kernels/tokens.h"
+
+using namespace deit::kernels;
+using deit::Rng;
+
+namespace {
+
+// DESIGN.md: outputs that are bf16 or computed from bf16 inputs.
+constexpr double kBf16Tol = 1e-2;
+// fp32 outputs (statistics, parameter gradients, losses) of bf16 inputs: the CPU twin sums the same
+// numbers in double, so only the kernel's fp32 accumulation separates them (~1e-6 expected).
+constexpr double kF32SumTol = 1e-4;
+// Copies and gathers move values unchanged.
+constexpr double kExact = 0.0;
+
+// ---------------------------------------------------------------------------------------------
+// Device plumbing.
+
+class Stream {
+ public:
+  Stream() { DEIT_CUDA_CHECK(cudaStreamCreate(&s_)); }
+  ~Stream() { cudaStreamDestroy(s_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  operator cudaStream_t() const { return s_; }
+  // Waits for the stream and surfaces any asynchronous kernel error here.
+  void sync() const {
+    DEIT_CUDA_CHECK(cudaStreamSynchronize(s_));
+    DEIT_CUDA_CHECK(cudaGetLastError());
+  }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// n elements of T on the device, `offset` elements past a 256-byte aligned allocation (offset 1
+// misaligns the pointer and drives the kernels onto their scalar paths). Starts poisoned.
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n, size_t offset = 0) : n_(n), offset_(offset) {
+    DEIT_CUDA_CHECK(cudaMalloc(&base_, (n + offset + 1) * sizeof(T)));
+    poison();
+  }
+  explicit DeviceBuffer(const std::vector<T>& host, size_t offset = 0)
+      : DeviceBuffer(host.size(), offset) {
+    DEIT_CUDA_CHECK(cudaMemcpy(get(), host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : base_(std::exchange(o.base_, nullptr)), n_(o.n_), offset_(o.offset_) {}
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(DeviceBuffer&&) = delete;
+  ~DeviceBuffer() {
+    if (base_) cudaFree(base_);
+  }
+
+  T* get() const { return base_ + offset_; }
+  size_t size() const { return n_; }
+
+  // All bytes 0xFF: 0xFFFF is a bf16 NaN, 0xFFFFFFFF an fp32 NaN.
+  void poison() { DEIT_CUDA_CHECK(cudaMemset(base_, 0xFF, (n_ + offset_ + 1) * sizeof(T))); }
+
+  std::vector<T> download() const {
+    std::vector<T> host(n_);
+    DEIT_CUDA_CHECK(cudaMemcpy(host.data(), get(), n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return host;
+  }
+
+ private:
+  T* base_ = nullptr;
+  size_t n_;
+  size_t offset_;
+};
+
+using Bf16Buffer = DeviceBuffer<bf16_bits>;
+using F32Buffer = DeviceBuffer<float>;
+
+// ---------------------------------------------------------------------------------------------
+// Host data.
+
+// Random numbers rounded to bf16 once: `bits` go to the device, `values` (the same numbers in
+// fp32) to the CPU twin.
+struct Bf16Host {
+  std::vector<bf16_bits> bits;
+  std::vector<float> values;
+};
+
+Bf16Host random_bf16(Rng& rng, size_t n, double lo, double hi) {
+  Bf16Host h{std::vector<bf16_bits>(n), std::vector<float>(n)};
+  for (size_t i = 0; i < n; ++i) {
+    h.bits[i] = float_to_bf16(static_cast<float>(rng.uniform(lo, hi)));
+    h.values[i] = bf16_to_float(h.bits[i]);
+  }
+  return h;
+}
+
+std::vector<float> random_f32(Rng& rng, size_t n, double lo, double hi) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = static_cast<float>(rng.uniform(lo, hi));
+  return v;
+}
+
+std::vector<float> download_float(const Bf16Buffer& buf) {
+  const std::vector<bf16_bits> bits = buf.download();
+  std::vector<float> v(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) v[i] = bf16_to_float(bits[i]);
+  return v;
+}
+std::vector<float> download_float(const F32Buffer& buf) { return buf.download(); }
+
+// Every element finite, and ||got - ref|| / ||ref|| <= tol (the absolute norm when ref is 0).
+void check_close(const std::string& what, const std::vector<float>& got,
+                 const std::vector<float>& ref, double tol) {
+  REQUIRE(got.size() == ref.size());
+  size_t bad = 0;
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) ++bad;
+    diff += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
+    norm += static_cast<double>(ref[i]) * ref[i];
+  }
+  const double rel = norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+  INFO(what << ": " << bad << " non-finite of " << got.size() << ", relative error " << rel
+            << " (tolerance " << tol << ")");
+  CHECK(bad == 0);
+  CHECK(rel <= tol);
+}
+
+template <typename Buffer>
+void check_close(const std::string& what, const Buffer& got, const std::vector<float>& ref,
+                 double tol) {
+  check_close(what, download_float(got), ref, tol);
+}
+
+// Bitwise equality of two downloads (determinism).
+template <typename T>
+void check_same_bits(const std::string& what, const std::vector<T>& a, const std::vector<T>& b) {
+  INFO(what);
+  REQUIRE(a.size() == b.size());
+  CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+// (B, T, C) activations; offset != 0 misaligns the main buffers.
+struct RowShape {
+  int64_t B, T, C;
+  size_t offset;
+  int64_t rows() const { return B * T; }
+  size_t n() const { return static_cast<size_t>(B * T * C); }
+  std::string str() const {
+    std::ostringstream s;
+    s << "B=" << B << " T=" << T << " C=" << C << " offset=" << offset;
+    return s.str();
+  }
+};
+
+const std::vector<RowShape>& row_shapes() {
+  static const std::vector<RowShape> shapes = {
+      {4, 197, 384, 0},   // ViT-S at 224
+      {2, 145, 1280, 0},  // ViT-H at 160
+      {3, 101, 768, 0},   // odd token count
+      {1, 65, 200, 0},    // batch 1
+      {2, 257, 196, 0},   // C % 8 != 0: scalar path
+      {1, 33, 384, 1},    // misaligned pointers: scalar path
+      {3, 7, 5, 0},       // tiny
+  };
+  return shapes;
+}
+
+}  // namespace
+
+TEST_CASE("cuda cast matches the CPU conversion bit for bit", "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5001);
+  for (size_t n : {size_t{1}, size_t{7}, size_t{8}, size_t{4099}, size_t{4 * 197 * 384}})
+    for (size_t offset : {size_t{0}, size_t{1}}) {
+      INFO("n=" << n << " offset=" << offset);
+      std::vector<float> x = random_f32(rng, n, -3, 3);
+      if (n >= 8) {  // specials: rounding to infinity, infinities, NaN, a denormal
+        x[0] = std::numeric_limits<float>::max();
+        x[1] = -std::numeric_limits<float>::infinity();
+        x[2] = std::numeric_limits<float>::quiet_NaN();
+        x[3] = 1e-40f;
+      }
+      std::vector<bf16_bits> ref_bits(n);
+      cast_f32_to_bf16_cpu(x.data(), ref_bits.data(), static_cast<int64_t>(n));
+
+      F32Buffer dx(x, offset);
+      Bf16Buffer dy(n, offset);
+      cast_f32_to_bf16_cuda(dx.get(), dy.get(), static_cast<int64_t>(n), stream);
+      stream.sync();
+      const std::vector<bf16_bits> got = dy.download();
+      size_t mismatches = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const bool both_nan = std::isnan(bf16_to_float(got[i])) && std::isnan(x[i]);
+        if (got[i] != ref_bits[i] && !both_nan) ++mismatches;
+      }
+      CHECK(mismatches == 0);
+
+      std::vector<bf16_bits> finite_bits = random_bf16(rng, n, -3, 3).bits;
+      std::vector<float> ref(n);
+      cast_bf16_to_f32_cpu(finite_bits.data(), ref.data(), static_cast<int64_t>(n));
+      Bf16Buffer db(finite_bits, offset);
+      F32Buffer df(n, offset);
+      cast_bf16_to_f32_cuda(db.get(), df.get(), static_cast<int64_t>(n), stream);
+      stream.sync();
+      check_close("bf16 -> f32", df, ref, kExact);
+    }
+}
+
+TEST_CASE("cuda gelu forward and backward match the CPU twin", "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5002);
+  for (size_t n : {size_t{1}, size_t{13}, size_t{8003}, size_t{4 * 197 * 1536}})
+    for (size_t offset : {size_t{0}, size_t{1}}) {
+      INFO("n=" << n << " offset=" << offset);
+      const Bf16Host x = random_bf16(rng, n, -4, 4);
+      const Bf16Host dy = random_bf16(rng, n, -1, 1);
+      std::vector<float> y_ref(n), dx_ref(n);
+      gelu_forward_cpu(x.values.data(), y_ref.data(), static_cast<int64_t>(n));
+      gelu_backward_cpu(dy.values.data(), x.values.data(), dx_ref.data(), static_cast<int64_t>(n));
+
+      Bf16Buffer dev_x(x.bits, offset), dev_dy(dy.bits, offset);
+      Bf16Buffer dev_y(n, offset), dev_dx(n, offset);
+      gelu_forward_cuda(dev_x.get(), dev_y.get(), static_cast<int64_t>(n), stream);
+      gelu_backward_cuda(dev_dy.get(), dev_x.get(), dev_dx.get(), static_cast<int64_t>(n), stream);
+      stream.sync();
+      check_close("gelu forward", dev_y, y_ref, kBf16Tol);
+      check_close("gelu backward", dev_dx, dx_ref, kBf16Tol);
+
+      gelu_forward_cuda(dev_x.get(), dev_x.get(), static_cast<int64_t>(n), stream);  // in place
+      stream.sync();
+      check_close("gelu forward in place", dev_x, y_ref, kBf16Tol);
+    }
+}
+
+TEST_CASE("cuda layernorm forward matches the CPU twin", "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5003);
+  for (const RowShape& s : row_shapes()) {
+    INFO(s.str());
+    const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
+    const Bf16Host x = random_bf16(rng, s.n(), 1.5, 4.5);  // mean far from 0: tests the centring
+    const Bf16Host w = random_bf16(rng, C, 0.5, 1.5);
+    const Bf16Host b = random_bf16(rng, C, -0.5, 0.5);
+    std::vector<float> y_ref(s.n()), mean_ref(rows), rstd_ref(rows);
+    layernorm_forward_cpu(x.values.data(), w.values.data(), b.values.data(), y_ref.data(),
+                          mean_ref.data(), rstd_ref.data(), s.rows(), s.C, 1e-6);
+
+    Bf16Buffer dev_x(x.bits, s.offset), dev_w(w.bits), dev_b(b.bits), dev_y(s.n(), s.offset);
+    F32Buffer dev_mean(rows), dev_rstd(rows);
+    layernorm_forward_cuda(dev_x.get(), dev_w.get(), dev_b.get(), dev_y.get(), dev_mean.get(),
+                           dev_rstd.get(), s.rows(), s.C, 1e-6, stream);
+    stream.sync();
+    check_close("y", dev_y, y_ref, kBf16Tol);
+    check_close("mean", dev_mean, mean_ref, kF32SumTol);
+    check_close("rstd", dev_rstd, rstd_ref, kF32SumTol);
+
+    dev_y.poison();  // inference: no statistics saved
+    layernorm_forward_cuda(dev_x.get(), dev_w.get(), dev_b.get(), dev_y.get(), nullptr, nullptr,
+                           s.rows(), s.C, 1e-6, stream);
+    stream.sync();
+    check_close("y without statistics", dev_y, y_ref, kBf16Tol);
+  }
+}
+
+TEST_CASE("cuda layernorm backward matches the CPU twin and is deterministic", "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5004);
+  for (const RowShape& s : row_shapes()) {
+    INFO(s.str());
+    const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
+    const Bf16Host x = random_bf16(rng, s.n(), -2.0, 3.0);
+    const Bf16Host w = random_bf16(rng, C, 0.5, 1.5);
+    const Bf16Host b = random_bf16(rng, C, -0.5, 0.5);
+    const Bf16Host dy = random_bf16(rng, s.n(), -1, 1);
+    std::vector<float> y(s.n()), mean(rows), rstd(rows);
+    layernorm_forward_cpu(x.values.data(), w.values.data(), b.values.data(), y.data(), mean.data(),
+                          rstd.data(), s.rows(), s.C, 1e-6);
+    std::vector<float> dx_ref(s.n()), dw_ref(C), db_ref(C);
+    layernorm_backward_cpu(dy.values.data(), x.values.data(), w.values.data(), mean.data(),
+                           rstd.data(), dx_ref.data(), dw_ref.data(), db_ref.data(), s.rows(), s.C);
+
+    Bf16Buffer dev_dy(dy.bits, s.offset), dev_x(x.bits, s.offset), dev_w(w.bits);
+    F32Buffer dev_mean(mean), dev_rstd(rstd);
+    Bf16Buffer dev_dx(s.n(), s.offset);
+    F32Buffer dev_dw(C), dev_db(C);
+    F32Buffer workspace(static_cast<size_t>(layernorm_backward_cuda_workspace_floats(s.rows(), s.C)));
+    const auto run = [&](float* dw, float* db) {
+      layernorm_backward_cuda(dev_dy.get(), dev_x.get(), dev_w.get(), dev_mean.get(),
+                              dev_rstd.get(), dev_dx.get(), dw, db, s.rows(), s.C,
+                              workspace.get(), stream);
+      stream.sync();
+    };
+    run(dev_dw.get(), dev_db.get());
+    check_close("dx", dev_dx, dx_ref, kBf16Tol);
+    check_close("dweight", dev_dw, dw_ref, kF32SumTol);
+    check_close("dbias", dev_db, db_ref, kF32SumTol);
+
+    const std::vector<float> dw_first = dev_dw.download(), db_first = dev_db.download();
+    dev_dw.poison();
+    dev_db.poison();
+    workspace.poison();
+    run(dev_dw.get(), dev_db.get());
+    check_same_bits("dweight, second run", dev_dw.download(), dw_first);
+    check_same_bits("dbias, second run", dev_db.download(), db_first);
+
+    dev_dx.poison();
+    run(nullptr, nullptr);
+    check_close("dx without parameter gradients", dev_dx, dx_ref, kBf16Tol);
+    dev_db.poison();
+    run(nullptr, dev_db.get());
+    check_close("dbias alone", dev_db, db_ref, kF32SumTol);
+  }
+}
+
+TEST_CASE("cuda layerscale residual forward and backward match the CPU twin", "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5005);
+  for (const RowShape& s : row_shapes()) {
+    INFO(s.str());
+    const size_t C = static_cast<size_t>(s.C), B = static_cast<size_t>(s.B);
+    const Bf16Host x = random_bf16(rng, s.n(), -2, 2);
+    const Bf16Host branch = random_bf16(rng, s.n(), -2, 2);
+    const Bf16Host gamma = random_bf16(rng, C, -1, 1);
+    const Bf16Host dout = random_bf16(rng, s.n(), -1, 1);
+    // Drop-path at rate 0.25: 0 or 1 / 0.75 per sample; the last sample kept, the first dropped
+    // when there are two or more.
+    std::vector<float> keep(B);
+    for (size_t b = 0; b < B; ++b) keep[b] = rng.uniform() < 0.75 ? 1.f / 0.75f : 0.f;
+    if (B > 1) keep[0] = 0.f;
+    keep[B - 1] = 1.f / 0.75f;
+
+    std::vector<float> out_ref(s.n()), dbranch_ref(s.n()), dgamma_ref(C);
+    layerscale_residual_forward_cpu(x.values.data(), branch.values.data(), gamma.values.data(),
+                                    keep.data(), out_ref.data(), s.B, s.T, s.C);
+    layerscale_residual_backward_cpu(dout.values.data(), branch.values.data(),
+                                     gamma.values.data(), keep.data(), dbranch_ref.data(),
+                                     dgamma_ref.data(), s.B, s.T, s.C);
+
+    Bf16Buffer dev_x(x.bits, s.offset), dev_branch(branch.bits, s.offset), dev_gamma(gamma.bits);
+    Bf16Buffer dev_dout(dout.bits, s.offset), dev_out(s.n(), s.offset), dev_dbranch(s.n(), s.offset);
+    F32Buffer dev_keep(keep), dev_dgamma(C);
+    layerscale_residual_forward_cuda(dev_x.get(), dev_branch.get(), dev_gamma.get(),
+                                     dev_keep.get(), dev_out.get(), s.B, s.T, s.C, stream);
+    stream.sync();
+    check_close("out", dev_out, out_ref, kBf16Tol);
+
+    F32Buffer workspace(
+        static_cast<size_t>(layerscale_residual_backward_cuda_workspace_floats(s.B, s.T, s.C)));
+    layerscale_residual_backward_cuda(dev_dout.get(), dev_branch.get(), dev_gamma.get(),
+                                      dev_keep.get(), dev_dbranch.get(), dev_dgamma.get(), s.B,
+                                      s.T, s.C, workspace.get(), stream);
+    stream.sync();
+    check_close("dbranch", dev_dbranch, dbranch_ref, kBf16Tol);
+    check_close("dgamma", dev_dgamma, dgamma_ref, kF32SumTol);
+
+    const std::vector<float> dgamma_first = dev_dgamma.download();
+    dev_dgamma.poison();
+    layerscale_residual_backward_cuda(dev_dout.get(), dev_branch.get(), dev_gamma.get(),
+                                      dev_keep.get(), nullptr, dev_dgamma.get(), s.B, s.T, s.C,
+                                      workspace.get(), stream);
+    stream.sync();
+    check_same_bits("dgamma, second run without dbranch", dev_dgamma.download(), dgamma_first);
+
+    layerscale_residual_forward_cuda(dev_x.get(), dev_branch.get(), dev_gamma.get(),
+                                     dev_keep.get(), dev_x.get(), s.B, s.T, s.C, stream);
+    stream.sync();
+    check_close("out in place", dev_x, out_ref, kBf16Tol);
+  }
+}
+
+TEST_CASE("cuda losses match the CPU twins", "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5006);
+  struct LossShape {
+    int64_t B, K;
+  };
+  for (const LossShape s : {LossShape{4, 1000}, LossShape{1, 1000}, LossShape{3, 21},
+                            LossShape{5, 1}, LossShape{2, 21841}}) {
+    INFO("B=" << s.B << " K=" << s.K);
+    const size_t n = static_cast<size_t>(s.B * s.K);
+    const Bf16Host logits = random_bf16(rng, n, -8, 8);
+    std::vector<float> targets = random_f32(rng, n, 0, 1);
+    for (size_t i = 0; i < n; i += 3) targets[i] = targets[i] < 0.5f ? 0.f : 1.f;  // some binary
+
+    Bf16Buffer dev_logits(logits.bits), dev_dlogits(n);
+    F32Buffer dev_targets(targets), dev_loss(1);
+    F32Buffer workspace(static_cast<size_t>(loss_cuda_workspace_floats(s.B, s.K)));
+    using CpuLoss = void (*)(const float*, const float*, float*, float*, int64_t, int64_t);
+    using CudaLoss = void (*)(const bf16_bits*, const float*, float*, bf16_bits*, int64_t,
+                              int64_t, float*, cudaStream_t);
+    const auto check_loss = [&](const std::string& name, CpuLoss cpu, CudaLoss cuda) {
+      INFO(name);
+      float loss_ref = 0;
+      std::vector<float> dlogits_ref(n);
+      cpu(logits.values.data(), targets.data(), &loss_ref, dlogits_ref.data(), s.B, s.K);
+      dev_loss.poison();
+      dev_dlogits.poison();
+      cuda(dev_logits.get(), dev_targets.get(), dev_loss.get(), dev_dlogits.get(), s.B, s.K,
+           workspace.get(), stream);
+      stream.sync();
+      check_close("loss", dev_loss, {loss_ref}, kF32SumTol);
+      check_close("dlogits", dev_dlogits, dlogits_ref, kBf16Tol);
+      dev_loss.poison();
+      cuda(dev_logits.get(), dev_targets.get(), dev_loss.get(), nullptr, s.B, s.K,
+           workspace.get(), stream);
+      stream.sync();
+      check_close("loss without gradient", dev_loss, {loss_ref}, kF32SumTol);
+    };
+    check_loss("bce", bce_with_logits_cpu<float>, bce_with_logits_cuda);
+    check_loss("softmax cross-entropy", softmax_cross_entropy_cpu<float>,
+               softmax_cross_entropy_cuda);
+  }
+}
+
+TEST_CASE("cuda patch unfold and fold match the CPU twins", "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5007);
+  struct ImageShape {
+    int64_t B, Cin, H, W, P;
+  };
+  for (const ImageShape s : {ImageShape{2, 3, 224, 224, 16}, ImageShape{1, 3, 160, 160, 14},
+                             ImageShape{1, 3, 35, 33, 8}, ImageShape{3, 1, 17, 19, 4},
+                             ImageShape{1, 2, 5, 5, 1}}) {
+    INFO("B=" << s.B << " Cin=" << s.Cin << " H=" << s.H << " W=" << s.W << " P=" << s.P);
+    const size_t n_image = static_cast<size_t>(s.B * s.Cin * s.H * s.W);
+    const size_t n_patches = static_cast<size_t>(s.B * (s.H / s.P) * (s.W / s.P) * s.Cin * s.P * s.P);
+    const std::vector<float> image = random_f32(rng, n_image, -2, 2);
+    const Bf16Host dpatches = random_bf16(rng, n_patches, -1, 1);
+    std::vector<float> patches_ref(n_patches), dimage_ref(n_image);
+    patch_unfold_cpu(image.data(), patches_ref.data(), s.B, s.Cin, s.H, s.W, s.P);
+    patch_fold_cpu(dpatches.values.data(), dimage_ref.data(), s.B, s.Cin, s.H, s.W, s.P);
+
+    F32Buffer dev_image(image), dev_dimage(n_image);
+    Bf16Buffer dev_patches(n_patches), dev_dpatches(dpatches.bits);
+    patch_unfold_cuda(dev_image.get(), dev_patches.get(), s.B, s.Cin, s.H, s.W, s.P, stream);
+    patch_fold_cuda(dev_dpatches.get(), dev_dimage.get(), s.B, s.Cin, s.H, s.W, s.P, stream);
+    stream.sync();
+    check_close("patches", dev_patches, patches_ref, kBf16Tol);
+    check_close("dimage", dev_dimage, dimage_ref, kExact);
+  }
+}
+
+TEST_CASE("cuda position embedding + class token match the CPU twins", "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5008);
+  for (const RowShape& s : row_shapes()) {
+    // Here T is the number of patch tokens N; the output has N + 1 tokens.
+    INFO(s.str());
+    const int64_t N = s.T;
+    const size_t C = static_cast<size_t>(s.C), n_out = static_cast<size_t>(s.B * (N + 1) * s.C);
+    const Bf16Host x = random_bf16(rng, s.n(), -2, 2);
+    const Bf16Host pos = random_bf16(rng, static_cast<size_t>(N) * C, -0.1, 0.1);
+    const Bf16Host cls = random_bf16(rng, C, -0.1, 0.1);
+    const Bf16Host dout = random_bf16(rng, n_out, -1, 1);
+    std::vector<float> out_ref(n_out), dx_ref(s.n()), dpos_ref(static_cast<size_t>(N) * C), dcls_ref(C);
+    pos_embed_cls_forward_cpu(x.values.data(), pos.values.data(), cls.values.data(),
+                              out_ref.data(), s.B, N, s.C);
+    pos_embed_cls_backward_cpu(dout.values.data(), dx_ref.data(), dpos_ref.data(), dcls_ref.data(),
+                               s.B, N, s.C);
+
+    Bf16Buffer dev_x(x.bits, s.offset), dev_pos(pos.bits), dev_cls(cls.bits);
+    Bf16Buffer dev_out(n_out, s.offset), dev_dout(dout.bits, s.offset), dev_dx(s.n(), s.offset);
+    F32Buffer dev_dpos(static_cast<size_t>(N) * C), dev_dcls(C);
+    pos_embed_cls_forward_cuda(dev_x.get(), dev_pos.get(), dev_cls.get(), dev_out.get(), s.B, N,
+                               s.C, stream);
+    pos_embed_cls_backward_cuda(dev_dout.get(), dev_dx.get(), dev_dpos.get(), dev_dcls.get(), s.B,
+                                N, s.C, stream);
+    stream.sync();
+    check_close("out", dev_out, out_ref, kBf16Tol);
+    check_close("dx", dev_dx, dx_ref, kExact);
+    check_close("dpos", dev_dpos, dpos_ref, kF32SumTol);
+    check_close("dcls", dev_dcls, dcls_ref, kF32SumTol);
+
+    dev_dpos.poison();
+    pos_embed_cls_backward_cuda(dev_dout.get(), nullptr, dev_dpos.get(), nullptr, s.B, N, s.C,
+                                stream);
+    stream.sync();
+    check_close("dpos alone", dev_dpos, dpos_ref, kF32SumTol);
+  }
+}
+
+TEST_CASE("cuda class-token select matches the CPU twins", "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5009);
+  for (const RowShape& s : row_shapes()) {
+    INFO(s.str());
+    const size_t n_cls = static_cast<size_t>(s.B * s.C);
+    const Bf16Host x = random_bf16(rng, s.n(), -2, 2);
+    const Bf16Host dout = random_bf16(rng, n_cls, -1, 1);
+    std::vector<float> out_ref(n_cls), dx_ref(s.n());
+    cls_select_forward_cpu(x.values.data(), out_ref.data(), s.B, s.T, s.C);
+    cls_select_backward_cpu(dout.values.data(), dx_ref.data(), s.B, s.T, s.C);
+
+    Bf16Buffer dev_x(x.bits, s.offset), dev_out(n_cls, s.offset);
+    Bf16Buffer dev_dout(dout.bits, s.offset), dev_dx(s.n(), s.offset);
+    cls_select_forward_cuda(dev_x.get(), dev_out.get(), s.B, s.T, s.C, stream);
+    cls_select_backward_cuda(dev_dout.get(), dev_dx.get(), s.B, s.T, s.C, stream);
+    stream.sync();
+    check_close("out", dev_out, out_ref, kExact);
+    check_close("dx", dev_dx, dx_ref, kExact);
+  }
+}
+
+TEST_CASE("cuda kernels accept empty sizes and reject what they cannot do", "[gpu][kernels]") {
+  Stream stream;
+  // Nothing to do: no launch, no error, no pointer touched.
+  REQUIRE_NOTHROW(cast_f32_to_bf16_cuda(nullptr, nullptr, 0, stream));
+  REQUIRE_NOTHROW(gelu_forward_cuda(nullptr, nullptr, 0, stream));
+  REQUIRE_NOTHROW(layernorm_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0,
+                                         384, 1e-6, stream));
+  REQUIRE_NOTHROW(layerscale_residual_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, 0,
+                                                   197, 384, stream));
+  REQUIRE_NOTHROW(cls_select_backward_cuda(nullptr, nullptr, 0, 197, 384, stream));
+  REQUIRE_NOTHROW(patch_unfold_cuda(nullptr, nullptr, 0, 3, 224, 224, 16, stream));
+  stream.sync();
+
+  // Sums over no rows are zero.
+  F32Buffer dw(384), db(384), dgamma(384), dpos(4 * 8), dcls(8), loss(1);
+  layernorm_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, dw.get(), db.get(),
+                          0, 384, nullptr, stream);
+  layerscale_residual_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, dgamma.get(), 0,
+                                    197, 384, nullptr, stream);
+  pos_embed_cls_backward_cuda(nullptr, nullptr, dpos.get(), dcls.get(), 0, 4, 8, stream);
+  bce_with_logits_cuda(nullptr, nullptr, loss.get(), nullptr, 0, 1000, nullptr, stream);
+  stream.sync();
+  const std::vector<float> zeros384(384, 0.f);
+  check_close("layernorm dweight", dw, zeros384, kExact);
+  check_close("layernorm dbias", db, zeros384, kExact);
+  check_close("layerscale dgamma", dgamma, zeros384, kExact);
+  check_close("dpos", dpos, std::vector<float>(4 * 8, 0.f), kExact);
+  check_close("dcls", dcls, std::vector<float>(8, 0.f), kExact);
+  check_close("loss", loss, {0.f}, kExact);
+
+  // Rows wider than the row kernels hold, negative sizes, a missing workspace.
+  CHECK_THROWS_AS(layernorm_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1,
+                                         8193, 1e-6, stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(gelu_forward_cuda(nullptr, nullptr, -1, stream), std::invalid_argument);
+  CHECK_THROWS_AS(layernorm_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                          dw.get(), nullptr, 4, 384, nullptr, stream),
+                  std::invalid_argument);
+  stream.sync();
+}

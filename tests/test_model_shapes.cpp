@@ -1,0 +1,113 @@
+// The model's size contract (RECIPE.md section 1) and the engine at the shapes of every preset.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "model/cost.h"
+#include "model/vit.h"
+
+using namespace deit;
+using namespace deit::model;
+
+TEST_CASE("parameter counts of the presets are exactly timm's", "[model]") {
+  CHECK(parameter_count(preset("deit3_small")) == 22059496);
+  CHECK(parameter_count(preset("deit3_base")) == 86585320);
+  CHECK(parameter_count(preset("deit3_large")) == 304374760);
+  CHECK(parameter_count(preset("deit3_huge")) == 632126440);
+}
+
+TEST_CASE("forward GMACs at 224 match RECIPE.md to its printed precision", "[model]") {
+  const std::pair<const char*, double> published[] = {
+      {"deit3_tiny", 1.3},  {"deit3_small", 4.6},  {"deit3_medium", 8.0}, {"deit3_base", 17.5},
+      {"deit3_large", 61.6}, {"deit3_huge", 167.4}, {"deit3_huge52", 272}};
+  for (const auto& [name, gmacs] : published) {
+    INFO(name);
+    // Within 1% or within the rounding of a one-decimal figure (tiny: 1.25 is printed 1.3).
+    CHECK(forward_macs(preset(name)) / 1e9 == Approx(gmacs).epsilon(0.01).margin(0.05));
+  }
+}
+
+TEST_CASE("ViT-H at 160 px sees an 11 x 11 patch grid", "[model]") {
+  ViTConfig c = preset("deit3_huge");
+  c.input_size = 160;
+  CHECK(c.grid() == 11);
+  CHECK(c.tokens() == 122);
+}
+
+TEST_CASE("configuration errors say what is wrong", "[model]") {
+  CHECK_THROWS_WITH(preset("deit3_gigantic"), Catch::Contains("deit3_gigantic") &&
+                                                  Catch::Contains("deit3_small"));
+  ViTConfig c = preset("deit3_small");
+  c.heads = 5;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("divisible"));
+  c = preset("deit3_small");
+  c.input_size = 8;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("smaller than one"));
+}
+
+TEST_CASE("parameter table: timm names, decay only on weight matrices", "[model]") {
+  const ViTConfig c = preset("deit3_small");
+  VisionTransformer vit(c);
+  const auto& params = vit.parameters();
+  CHECK(params.get("pos_embed").shape() == Shape{1, 196, 384});
+  CHECK(params.get("patch_embed.proj.weight").shape() == Shape{384, 3, 16, 16});
+  CHECK(params.get("blocks.11.attn.qkv.weight").shape() == Shape{1152, 384});
+  CHECK(params.get("blocks.0.ls2.gamma").shape() == Shape{384});
+  CHECK(params.get("head.weight").shape() == Shape{1000, 384});
+  for (const auto& p : params.all()) {
+    INFO(p.name);
+    const bool matrix = p.value.dim() >= 2 && p.name != "pos_embed" && p.name != "cls_token";
+    CHECK(p.weight_decay == matrix);
+  }
+}
+
+TEST_CASE("initialisation follows the recipe", "[model]") {
+  ViTConfig c = preset("deit3_tiny");
+  c.depth = 2;
+  VisionTransformer vit(c);
+  Rng rng(3);
+  vit.initialize(rng);
+  const auto& p = vit.parameters();
+  for (float v : p.get("blocks.1.ls1.gamma").to_vector<float>()) CHECK(v == 1e-4f);
+  for (float v : p.get("blocks.0.norm2.weight").to_vector<float>()) CHECK(v == 1.0f);
+  for (float v : p.get("blocks.0.mlp.fc1.bias").to_vector<float>()) CHECK(v == 0.0f);
+  const std::vector<float> w = p.get("blocks.0.mlp.fc1.weight").to_vector<float>();
+  double sum2 = 0;
+  for (float v : w) sum2 += double(v) * v;
+  CHECK(std::sqrt(sum2 / w.size()) == Approx(0.02).epsilon(0.02));
+}
+
+// Every preset at its real patch size, width and head count (every tensor shape the preset has),
+// with two blocks instead of all of them and a two-by-two patch grid so it runs in seconds:
+// the forward records exactly the activation memory cost.h promises per image (weights cancel out
+// of the difference between batch 2 and batch 1), and backward gives every parameter a gradient of
+// its own shape.
+TEST_CASE("every preset runs forward and backward through the tape", "[model][presets]") {
+  for (const std::string& name : preset_names()) {
+    INFO(name);
+    ViTConfig c = preset(name);
+    c.input_size = 2 * c.patch;
+    c.depth = 2;
+    VisionTransformer vit(c);
+    for (auto& p : vit.parameters().all()) p.value.fill_(0.01);
+    Rng rng(1);
+    auto saved_bytes = [&](int64_t B) {
+      Tensor logits = vit.forward(Tensor::randn({B, 3, c.input_size, c.input_size}, rng), 0.1, &rng);
+      REQUIRE(logits.shape() == Shape{B, c.num_classes});
+      const size_t bytes = tape_saved_bytes();
+      clear_tape();
+      return static_cast<int64_t>(bytes);
+    };
+    CHECK(saved_bytes(2) - saved_bytes(1) == activation_bytes_per_image(c, 4, 4));
+
+    Tensor logits = vit.forward(Tensor::randn({2, 3, c.input_size, c.input_size}, rng));
+    backward(ops::bce_with_logits(logits, Tensor::zeros(logits.shape())));
+    for (const auto& p : vit.parameters().all()) {
+      INFO(p.name);
+      REQUIRE(p.value.grad().defined());
+      CHECK(p.value.grad().shape() == p.value.shape());
+    }
+  }
+}

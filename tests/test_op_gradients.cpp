@@ -1,0 +1,155 @@
+// Every engine op, through the autograd tape, against central finite differences in double
+// precision: this checks the CPU kernels, the engine's wiring of them (which input gets which
+// gradient, saved tensors, shapes), and the tape's routing, in one go.
+#include <catch2/catch.hpp>
+
+#include <functional>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/rng.h"
+#include "tests/gradcheck.h"
+
+using namespace deit;
+
+namespace {
+
+using OpFn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+Tensor random_f64(const Shape& shape, Rng& rng, bool requires_grad = true) {
+  Tensor t = Tensor::randn(shape, rng, 1.0, DType::f64);
+  t.set_requires_grad(requires_grad);
+  return t;
+}
+
+// Runs op once with grad, backpropagates a random upstream gradient g, then compares every
+// input's .grad with d sum(op(inputs) * g) / d input by finite differences.
+void check_op_gradients(const OpFn& op, const std::vector<Tensor>& inputs, Rng& rng) {
+  Tensor out = op(inputs);
+  Tensor g = Tensor::randn(out.shape(), rng, 1.0, DType::f64);
+  const std::vector<double> g_values = g.to_vector<double>();
+  backward(out, g);
+  REQUIRE(tape_size() == 0);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& x = inputs[i];
+    if (!x.requires_grad()) continue;
+    INFO("input " << i << ": " << x.describe());
+    REQUIRE(x.grad().defined());
+    REQUIRE(x.grad().shape() == x.shape());
+    auto loss = [&] {
+      NoGrad no_grad;
+      return test::dot(op(inputs).to_vector<double>(), g_values);
+    };
+    const std::vector<double> numeric =
+        test::numeric_gradient(x.data<double>(), static_cast<size_t>(x.numel()), loss);
+    CHECK(test::relative_error(x.grad().to_vector<double>(), numeric) < test::kGradTolerance);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("linear op gradient (x, weight, bias) by finite differences", "[gradcheck][ops]") {
+  Rng rng(11);
+  check_op_gradients([](const auto& in) { return ops::linear(in[0], in[1], in[2]); },
+                     {random_f64({2, 3, 5}, rng), random_f64({4, 5}, rng), random_f64({4}, rng)},
+                     rng);
+}
+
+TEST_CASE("linear op gradient without bias by finite differences", "[gradcheck][ops]") {
+  Rng rng(12);
+  check_op_gradients([](const auto& in) { return ops::linear(in[0], in[1], Tensor()); },
+                     {random_f64({3, 5}, rng), random_f64({2, 5}, rng)}, rng);
+}
+
+TEST_CASE("gelu op gradient by finite differences", "[gradcheck][ops]") {
+  Rng rng(13);
+  check_op_gradients([](const auto& in) { return ops::gelu(in[0]); },
+                     {random_f64({3, 7}, rng)}, rng);
+}
+
+TEST_CASE("layernorm op gradient (x, weight, bias) by finite differences", "[gradcheck][ops]") {
+  Rng rng(14);
+  check_op_gradients([](const auto& in) { return ops::layernorm(in[0], in[1], in[2], 1e-6); },
+                     {random_f64({2, 3, 6}, rng), random_f64({6}, rng), random_f64({6}, rng)}, rng);
+}
+
+TEST_CASE("attention op gradient over packed qkv by finite differences", "[gradcheck][ops]") {
+  Rng rng(15);
+  // B=2, T=5, heads=2, head_dim=3: nothing is a multiple of anything.
+  check_op_gradients([](const auto& in) { return ops::attention(in[0], 2); },
+                     {random_f64({2, 5, 3 * 2 * 3}, rng)}, rng);
+}
+
+TEST_CASE("layerscale residual op gradient (x, branch, gamma) by finite differences",
+          "[gradcheck][ops]") {
+  Rng rng(16);
+  Tensor keep = Tensor::from_vector<double>({0.0, 1.25, 1.25}, {3});  // sample 0 dropped
+  check_op_gradients(
+      [keep](const auto& in) { return ops::layerscale_residual(in[0], in[1], in[2], keep); },
+      {random_f64({3, 4, 5}, rng), random_f64({3, 4, 5}, rng), random_f64({5}, rng)}, rng);
+}
+
+TEST_CASE("bce_with_logits op gradient on soft targets by finite differences", "[gradcheck][ops]") {
+  Rng rng(17);
+  Tensor targets = Tensor::from_vector<double>({1, 0, 0.3, 0.7, 0, 1, 0.5, 0.5}, {2, 4});
+  check_op_gradients([targets](const auto& in) { return ops::bce_with_logits(in[0], targets); },
+                     {random_f64({2, 4}, rng)}, rng);
+}
+
+TEST_CASE("soft_cross_entropy op gradient on soft targets by finite differences",
+          "[gradcheck][ops]") {
+  Rng rng(18);
+  Tensor targets = Tensor::from_vector<double>({0.9, 0.05, 0.05, 0, 0.2, 0.8}, {2, 3});
+  check_op_gradients([targets](const auto& in) { return ops::soft_cross_entropy(in[0], targets); },
+                     {random_f64({2, 3}, rng)}, rng);
+}
+
+TEST_CASE("patch_unfold op gradient by finite differences (size not a multiple of the patch)",
+          "[gradcheck][ops]") {
+  Rng rng(19);
+  check_op_gradients([](const auto& in) { return ops::patch_unfold(in[0], 2); },
+                     {random_f64({2, 3, 5, 4}, rng)}, rng);
+}
+
+TEST_CASE("pos_embed_cls op gradient (x, pos, cls) by finite differences", "[gradcheck][ops]") {
+  Rng rng(20);
+  check_op_gradients([](const auto& in) { return ops::pos_embed_cls(in[0], in[1], in[2]); },
+                     {random_f64({2, 3, 4}, rng), random_f64({1, 3, 4}, rng),
+                      random_f64({1, 1, 4}, rng)},
+                     rng);
+}
+
+TEST_CASE("cls_select op gradient by finite differences", "[gradcheck][ops]") {
+  Rng rng(21);
+  check_op_gradients([](const auto& in) { return ops::cls_select(in[0]); },
+                     {random_f64({2, 3, 4}, rng)}, rng);
+}
+
+TEST_CASE("reshape and add op gradients by finite differences", "[gradcheck][ops]") {
+  Rng rng(22);
+  check_op_gradients(
+      [](const auto& in) { return ops::add(ops::reshape(in[0], {3, 4}), in[1]); },
+      {random_f64({2, 6}, rng), random_f64({3, 4}, rng)}, rng);
+}
+
+// A pre-norm transformer block with the residual stream read twice (by the norm and by the
+// residual update) and a parameter shared by two ops: the tape must add the gradients up.
+TEST_CASE("a whole ViT block through the tape matches finite differences", "[gradcheck][ops]") {
+  Rng rng(23);
+  const int64_t B = 2, Tn = 3, C = 4, heads = 2;
+  Tensor keep = Tensor::from_vector<double>({1.0, 2.0}, {B});
+  auto block = [&](const std::vector<Tensor>& in) {
+    const Tensor &x = in[0], &ln_w = in[1], &ln_b = in[2], &qkv_w = in[3], &qkv_b = in[4];
+    const Tensor &proj_w = in[5], &gamma = in[6];
+    Tensor h = ops::layernorm(x, ln_w, ln_b, 1e-6);
+    h = ops::attention(ops::linear(h, qkv_w, qkv_b), heads);
+    h = ops::gelu(ops::linear(h, proj_w, Tensor()));
+    Tensor y = ops::layerscale_residual(x, h, gamma, keep);
+    return ops::layernorm(y, ln_w, ln_b, 1e-6);  // the same norm parameters used twice
+  };
+  check_op_gradients(block,
+                     {random_f64({B, Tn, C}, rng), random_f64({C}, rng), random_f64({C}, rng),
+                      random_f64({3 * C, C}, rng), random_f64({3 * C}, rng),
+                      random_f64({C, C}, rng), random_f64({C}, rng)},
+                     rng);
+}

@@ -1,0 +1,123 @@
+// Tensor basics and the caching allocator.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "engine/allocator.h"
+#include "engine/ops/layerscale.h"
+#include "engine/rng.h"
+#include "engine/tensor.h"
+
+using namespace deit;
+
+TEST_CASE("tensors of every dtype are created, filled and read back", "[tensor]") {
+  for (DType dt : {DType::f32, DType::f64, DType::bf16, DType::u8, DType::i32}) {
+    INFO(dtype_name(dt));
+    Tensor t = Tensor::full({2, 3, 4}, 3.0, dt);
+    CHECK(t.numel() == 24);
+    CHECK(t.nbytes() == 24 * dtype_size(dt));
+    CHECK(t.dim() == 3);
+    CHECK(t.size(-1) == 4);
+    for (double v : t.to_vector<double>()) CHECK(v == 3.0);
+  }
+}
+
+TEST_CASE("dtype conversions round trip and round bf16 to nearest even", "[tensor]") {
+  Tensor f = Tensor::from_vector<float>({1.0f, -2.5f, 1.00390625f, 1.01171875f, 3.14159265f}, {5});
+  Tensor h = f.to(DType::bf16);
+  const std::vector<float> back = h.to(DType::f32).to_vector<float>();
+  CHECK(back[0] == 1.0f);
+  CHECK(back[1] == -2.5f);
+  CHECK(back[2] == 1.0f);          // 1 + 2^-8 is a tie: rounds to the even neighbour, 1
+  CHECK(back[3] == 1.015625f);     // 1 + 3 * 2^-8 is a tie: rounds up to the even 1 + 2^-6
+  CHECK(std::abs(back[4] - 3.14159265f) < 3.14159265f / 128);
+  Tensor d = f.to(DType::f64);
+  CHECK(d.to_vector<double>()[1] == -2.5);
+  CHECK(Tensor::from_vector<int32_t>({7, -1}, {2}).to(DType::f32).to_vector<float>()[1] == -1.0f);
+}
+
+TEST_CASE("views share storage; shape errors are reported", "[tensor]") {
+  Tensor t = Tensor::from_vector<float>({0, 1, 2, 3, 4, 5}, {3, 2});
+  Tensor v = t.view({2, -1});
+  CHECK(v.shape() == Shape{2, 3});
+  CHECK(v.same_storage(t));
+  Tensor rows = t.slice(1, 3);
+  CHECK(rows.shape() == Shape{2, 2});
+  CHECK(rows.to_vector<float>() == std::vector<float>{2, 3, 4, 5});
+  rows.fill_(9);
+  CHECK(t.to_vector<float>() == std::vector<float>{0, 1, 9, 9, 9, 9});
+  CHECK_THROWS_WITH(t.view({4, 2}), Catch::Contains("(4, 2)"));
+  CHECK_THROWS(t.slice(2, 4));
+  CHECK_THROWS_WITH(t.data<double>(), Catch::Contains("f32"));
+  CHECK_THROWS_WITH(Tensor::from_vector<float>({1, 2}, {3}), Catch::Contains("(3)"));
+}
+
+TEST_CASE("clone copies, copy_from checks shapes", "[tensor]") {
+  Rng rng(1);
+  Tensor a = Tensor::randn({4, 4}, rng);
+  Tensor b = a.clone();
+  CHECK_FALSE(b.same_storage(a));
+  CHECK(b.to_vector<float>() == a.to_vector<float>());
+  CHECK_THROWS(b.copy_from(Tensor::zeros({4})));
+}
+
+TEST_CASE("the caching allocator hands freed blocks out again", "[tensor][allocator]") {
+  CachingAllocator& alloc = cpu_allocator();
+  alloc.release_cached();
+  const AllocatorStats before = alloc.stats();
+  void* first = nullptr;
+  {
+    Tensor t = Tensor::empty({1000, 1000});
+    first = t.raw_data();
+  }
+  const AllocatorStats after_free = alloc.stats();
+  CHECK(after_free.system_allocations == before.system_allocations + 1);
+  CHECK(after_free.bytes_cached >= 4000000);
+  // A "training loop" of the same shapes: the cache serves everything, no new system allocation.
+  for (int step = 0; step < 5; ++step) {
+    Tensor t = Tensor::empty({1000, 1000});
+    CHECK(t.raw_data() == first);
+  }
+  const AllocatorStats steady = alloc.stats();
+  CHECK(steady.system_allocations == after_free.system_allocations);
+  CHECK(steady.cache_hits >= after_free.cache_hits + 5);
+  // Slightly different sizes share a block too; a much smaller request does not take a big one.
+  {
+    Tensor t = Tensor::empty({999, 1000});
+    CHECK(t.raw_data() == first);
+  }
+  {
+    Tensor small = Tensor::empty({10});
+    CHECK(small.raw_data() != first);
+  }
+  alloc.release_cached();
+  CHECK(alloc.stats().bytes_cached == 0);
+}
+
+TEST_CASE("CUDA tensors are refused clearly without a device", "[tensor]") {
+  if (cuda_device_count() > 0) return;  // covered by the [gpu] tests on a CUDA machine
+  CHECK_THROWS(Tensor::zeros({2}, DType::f32, Device::cuda(0)));
+  CHECK(parse_device("cuda:1").index == 1);
+  CHECK_THROWS_WITH(parse_device("gpu"), Catch::Contains("gpu"));
+}
+
+TEST_CASE("drop-path keeps each sample with probability 1 - rate and rescales it", "[drop_path]") {
+  Rng rng(7);
+  const double rate = 0.2;
+  const int64_t B = 200000;
+  const std::vector<double> s = ops::drop_path_keep_scales(B, rate, rng, DType::f64, Device::cpu())
+                                    .to_vector<double>();
+  int64_t kept = 0;
+  double sum = 0;
+  for (double v : s) {
+    REQUIRE((v == 0.0 || v == Approx(1.0 / (1.0 - rate))));
+    kept += v != 0.0;
+    sum += v;
+  }
+  // Binomial(B, 0.8): standard deviation sqrt(B * 0.8 * 0.2) ~ 179; allow 5 sigma.
+  CHECK(std::abs(kept - 0.8 * B) < 5 * std::sqrt(B * 0.16));
+  CHECK(sum / B == Approx(1.0).epsilon(0.01));  // the expectation of the branch is preserved
+  for (double v : ops::drop_path_keep_scales(8, 0.0, rng, DType::f64, Device::cpu()).to_vector<double>())
+    CHECK(v == 1.0);
+  CHECK_THROWS(ops::drop_path_keep_scales(8, 1.0, rng, DType::f64, Device::cpu()));
+}
