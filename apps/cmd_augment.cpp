@@ -103,8 +103,8 @@ void run_grid(const AugmentCommandOptions& options) {
       try {
         image = source->load(pick.index);
       } catch (const data::DataError& e) {
-        std::fprintf(stderr, "warning: skipping an unusable image: %s\n",
-                     e.what());  // names the file
+        // The DataError's message names the file.
+        std::fprintf(stderr, "warning: skipping an unusable image: %s\n", e.what());
         if (++skipped > 16 + 2 * static_cast<size_t>(options.n))
           throw data::DataError("augment: too many unusable images in " + options.data);
         continue;

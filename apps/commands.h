@@ -7,5 +7,6 @@ namespace deit::apps {
 void add_info_command(CLI::App& app);
 void add_pack_command(CLI::App& app);
 void add_augment_command(CLI::App& app);
+void add_export_command(CLI::App& app);
 
 }  // namespace deit::apps

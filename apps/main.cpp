@@ -10,6 +10,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   deit::apps::add_info_command(app);
   deit::apps::add_pack_command(app);
+  deit::apps::add_augment_command(app);
+  deit::apps::add_export_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -29,8 +29,13 @@ else()
 endif()
 
 # CPU BLAS for the reference GEMMs. Without it the CPU kernels fall back to plain loops (slow).
-find_path(DEIT_CBLAS_INCLUDE cblas.h PATH_SUFFIXES openblas x86_64-linux-gnu NO_CACHE)
-find_library(DEIT_CBLAS_LIB NAMES openblas cblas blas NO_CACHE)
+# Debian's OpenMP build of OpenBLAS comes first: it shares the OpenMP thread pool of our own
+# kernels, where the pthread build would run a second pool that fights it for the cores.
+set(DEIT_OPENBLAS_OPENMP_LIB /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp)
+set(DEIT_OPENBLAS_OPENMP_INC /usr/include/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp)
+find_path(DEIT_CBLAS_INCLUDE cblas.h HINTS ${DEIT_OPENBLAS_OPENMP_INC}
+          PATH_SUFFIXES openblas ${CMAKE_LIBRARY_ARCHITECTURE} NO_CACHE)
+find_library(DEIT_CBLAS_LIB NAMES openblas cblas blas HINTS ${DEIT_OPENBLAS_OPENMP_LIB} NO_CACHE)
 if(DEIT_CBLAS_INCLUDE AND DEIT_CBLAS_LIB)
   set(DEIT_HAVE_CBLAS ON)
   set(DEIT_CBLAS_NOTE "(${DEIT_CBLAS_LIB})")

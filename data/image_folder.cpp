@@ -17,6 +17,7 @@ bool is_hidden(const fs::path& path) { return path.filename().string().rfind('.'
 
 std::vector<std::string> sorted_class_folders(const std::string& root) {
   std::error_code error;
+  if (!fs::exists(root, error)) throw DataError(root + ": no such directory");
   if (!fs::is_directory(root, error)) throw DataError(root + ": not a directory");
   std::vector<std::string> names;
   for (const auto& entry : fs::directory_iterator(root, error)) {

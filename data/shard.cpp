@@ -69,6 +69,47 @@ std::vector<uint8_t> encode_class_table(const std::vector<std::string>& class_na
   return table;
 }
 
+// The header of a mapped shard, checked: magic, version, checksum, offsets, and enough bytes for
+// the tables.
+ShardHeader read_header(const std::string& path, const uint8_t* mapping, uint64_t actual_bytes) {
+  ShardHeader header;
+  std::memcpy(&header, mapping, sizeof header);
+  if (std::memcmp(header.magic, kShardMagic, sizeof kShardMagic) != 0) {
+    throw DataError(path + ": not a deit shard file (bad magic)");
+  }
+  if (header.version != kShardVersion) {
+    throw DataError(path + ": shard format version " + std::to_string(header.version) +
+                    "; this build reads version " + std::to_string(kShardVersion));
+  }
+  if (header.header_checksum != header_checksum(header)) {
+    throw DataError(path + ": corrupt header (checksum mismatch)");
+  }
+  const uint64_t tables_end = header.index_offset + header.index_capacity * sizeof(ShardIndexEntry);
+  if (header.record_count > header.index_capacity || header.index_offset < sizeof header ||
+      tables_end > header.data_offset || header.data_offset > header.file_bytes) {
+    throw DataError(path + ": corrupt header (inconsistent offsets)");
+  }
+  if (actual_bytes < header.data_offset) {
+    throw DataError(path + ": truncated inside its index (" + std::to_string(actual_bytes) +
+                    " bytes, the header says " + std::to_string(header.file_bytes) + ")");
+  }
+  return header;
+}
+
+std::vector<std::string> decode_class_table(const std::string& path, const uint8_t* table,
+                                            size_t bytes) {
+  std::vector<std::string> names;
+  for (size_t offset = 0; offset < bytes;) {
+    const uint32_t length = offset + 4 <= bytes ? read32(table + offset) : 0;
+    if (offset + 4 + uint64_t{length} > bytes) {
+      throw DataError(path + ": corrupt class table (a name runs past its end)");
+    }
+    names.emplace_back(reinterpret_cast<const char*>(table + offset + 4), length);
+    offset += 4 + length;
+  }
+  return names;
+}
+
 }  // namespace
 
 uint64_t xxhash64(const void* data, size_t size, uint64_t seed) {
@@ -126,7 +167,10 @@ ShardWriter::ShardWriter(std::string path, std::vector<std::string> class_names,
       align_up(sizeof(ShardHeader) + class_table_.size() + capacity_ * sizeof(ShardIndexEntry));
   end_offset_ = data_offset_;
   file_ = std::fopen(partial_path_.c_str(), "wb");
-  if (!file_) throw DataError(partial_path_ + ": cannot create (" + errno_text() + ")");
+  if (!file_) {
+    throw DataError(path_ + ": cannot create its temporary file " + partial_path_ + " (" +
+                    errno_text() + ")");
+  }
 }
 
 ShardWriter::~ShardWriter() {
@@ -223,28 +267,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   mapping_bytes_ = actual_bytes;
 
   try {
-    ShardHeader header;
-    std::memcpy(&header, mapping_, sizeof header);
-    if (std::memcmp(header.magic, kShardMagic, sizeof kShardMagic) != 0) {
-      throw DataError(path + ": not a deit shard file (bad magic)");
-    }
-    if (header.version != kShardVersion) {
-      throw DataError(path + ": shard format version " + std::to_string(header.version) +
-                      "; this build reads version " + std::to_string(kShardVersion));
-    }
-    if (header.header_checksum != header_checksum(header)) {
-      throw DataError(path + ": corrupt header (checksum mismatch)");
-    }
-    const uint64_t tables_end =
-        header.index_offset + header.index_capacity * sizeof(ShardIndexEntry);
-    if (header.record_count > header.index_capacity || header.index_offset < sizeof header ||
-        tables_end > header.data_offset || header.data_offset > header.file_bytes) {
-      throw DataError(path + ": corrupt header (inconsistent offsets)");
-    }
-    if (actual_bytes < header.data_offset) {
-      throw DataError(path + ": truncated inside its index (" + std::to_string(actual_bytes) +
-                      " bytes, the header says " + std::to_string(header.file_bytes) + ")");
-    }
+    const ShardHeader header = read_header(path, mapping_, actual_bytes);
     const uint8_t* class_table = mapping_ + sizeof header;
     const size_t class_table_bytes = header.index_offset - sizeof header;
     const auto* index = reinterpret_cast<const ShardIndexEntry*>(mapping_ + header.index_offset);
@@ -252,14 +275,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
         tables_checksum(class_table, class_table_bytes, index, header.record_count)) {
       throw DataError(path + ": corrupt class table or index (checksum mismatch)");
     }
-    for (size_t offset = 0; offset < class_table_bytes;) {
-      const uint32_t length = offset + 4 <= class_table_bytes ? read32(class_table + offset) : 0;
-      if (offset + 4 + uint64_t{length} > class_table_bytes) {
-        throw DataError(path + ": corrupt class table (a name runs past its end)");
-      }
-      class_names_.emplace_back(reinterpret_cast<const char*>(class_table + offset + 4), length);
-      offset += 4 + length;
-    }
+    class_names_ = decode_class_table(path, class_table, class_table_bytes);
     if (class_names_.size() != header.num_classes) {
       throw DataError(path + ": corrupt class table (" + std::to_string(class_names_.size()) +
                       " names for " + std::to_string(header.num_classes) + " classes)");

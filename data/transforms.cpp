@@ -175,9 +175,9 @@ ImageU8 pad_reflect(const ImageU8& src, int padding) {
 }
 
 ImageU8 resize_shorter_side(const ImageU8& src, int size) {
-  if (size <= 0)
-    throw std::invalid_argument("resize: the shorter side must be positive, got " +
-                                to_string(size));
+  if (size <= 0 || src.pixels.empty())
+    throw std::invalid_argument("resize: cannot give the " + dims(src) +
+                                " image a shorter side of " + to_string(size));
   const int short_side = std::min(src.height, src.width);
   const int long_side = std::max(src.height, src.width);
   const int resized_long = static_cast<int>(static_cast<double>(size) * long_side / short_side);
@@ -214,8 +214,9 @@ ImageU8 solarize(const ImageU8& src) {
 }
 
 ImageU8 gaussian_blur(const ImageU8& src, float sigma) {
-  if (!(sigma >= 0.0f) || !std::isfinite(sigma))
-    throw std::invalid_argument("blur sigma must be a finite number >= 0, got " + to_string(sigma));
+  // The bound keeps the box radius an int and the O(width * radius) passes short.
+  if (!(sigma >= 0.0f && sigma <= 1000.0f))
+    throw std::invalid_argument("blur sigma must be in [0, 1000], got " + to_string(sigma));
   constexpr int kPasses = 3;
   const float radius = extended_box_radius(sigma);
   const int r = static_cast<int>(radius);
@@ -258,8 +259,8 @@ ImageU8 adjust_contrast(const ImageU8& src, float factor) {
   uint64_t luma_sum = 0;
   for (int y = 0; y < src.height; ++y)
     for (int x = 0; x < src.width; ++x) luma_sum += luma(src.at(y, x));
-  const double mean = static_cast<double>(luma_sum) / (static_cast<double>(src.height) * src.width);
-  const int grey = static_cast<int>(mean + 0.5);
+  const double pixels = std::max(1.0, static_cast<double>(src.height) * src.width);
+  const int grey = static_cast<int>(static_cast<double>(luma_sum) / pixels + 0.5);
   ImageU8 out = src;
   for (uint8_t& v : out.pixels) v = blend(grey, v, factor);
   return out;

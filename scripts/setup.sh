@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 packages=(
   build-essential cmake ninja-build
-  libopenblas-dev        # CBLAS for the CPU reference GEMMs
+  libopenblas-openmp-dev # CBLAS for the CPU reference GEMMs, on the OpenMP thread pool
   catch2                 # Catch2 v2, the test framework
   libstb-dev             # stb_image / stb_image_write: decoding and writing images
   libcli11-dev           # the command line

@@ -1,35 +1,17 @@
 // `deit info` as a user runs it: JSON on stdout, clear errors and non-zero exits on bad input.
 #include <catch2/catch.hpp>
 
-#include <array>
-#include <cstdio>
-#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
-namespace {
+#include "tests/cli_runner.h"
 
-struct Result {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-Result run_deit(const std::string& args) {
-  const std::string command = std::string(DEIT_BINARY) + " " + args + " 2>&1";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
-  REQUIRE(pipe);
-  std::string out;
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe.get())) out.append(buf.data(), n);
-  const int status = pclose(pipe.release());
-  return {WEXITSTATUS(status), out};
-}
-
-}  // namespace
+using deit::test::CliResult;
+using deit::test::run_deit;
 
 TEST_CASE("deit info --json prints one object with the exact parameter count", "[cli]") {
-  const Result r = run_deit("info --model deit3_base --json");
+  const CliResult r = run_deit("info --model deit3_base --json");
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.output);
   CHECK(j["params"] == 86585320);
@@ -38,8 +20,8 @@ TEST_CASE("deit info --json prints one object with the exact parameter count", "
 }
 
 TEST_CASE("deit info accepts custom sizes", "[cli]") {
-  const Result r = run_deit("info --model deit3_small --depth 2 --dim 64 --heads 2 "
-                            "--num-classes 10 --input-size 32 --json");
+  const CliResult r = run_deit("info --model deit3_small --depth 2 --dim 64 --heads 2 "
+                               "--num-classes 10 --input-size 32 --json");
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.output);
   // 2 blocks of 64 wide, 4 patches, 10 classes: counted by hand from the parameter table.
@@ -50,7 +32,7 @@ TEST_CASE("deit info accepts custom sizes", "[cli]") {
 }
 
 TEST_CASE("deit info rejects bad input with a clear message and a non-zero exit", "[cli]") {
-  Result r = run_deit("info --model deit3_gigantic");
+  CliResult r = run_deit("info --model deit3_gigantic");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("unknown model 'deit3_gigantic'"));
   r = run_deit("info --model deit3_small --frobnicate");

@@ -208,7 +208,10 @@ TEST_CASE("An image folder without images is an error naming the folder", "[data
   CHECK_THROWS_WITH(ImageFolder(no_images), Contains(no_images) && Contains("no images"));
 
   const std::string missing = dir.path() + "/missing";
-  CHECK_THROWS_WITH(ImageFolder(missing), Contains(missing) && Contains("not a directory"));
+  CHECK_THROWS_WITH(ImageFolder(missing), Contains(missing) && Contains("no such directory"));
+  const std::string file = dir.file("file.png");
+  write_bytes(file, {1});
+  CHECK_THROWS_WITH(ImageFolder(file), Contains(file) && Contains("not a directory"));
   CHECK_THROWS_WITH(open_image_source(missing), Contains(missing));
 }
 

@@ -7,7 +7,9 @@
 
 #include "data/image_folder.h"
 #include "data/pack.h"
+#include "data/prefetch.h"
 #include "data/shard.h"
+#include "data/synthetic.h"
 #include "tests/test_data_helpers.h"
 
 namespace {
@@ -210,4 +212,40 @@ TEST_CASE("pack_image_folder refuses a folder whose images are all unusable", "[
                     Contains("none of its 1 image files"));
   CHECK_FALSE(std::filesystem::exists(out));
   CHECK_FALSE(std::filesystem::exists(out + ".partial"));
+}
+
+TEST_CASE("A shard packed at full size feeds the loader what its folder does", "[data]") {
+  TempDir dir;
+  SyntheticOptions synthetic;
+  synthetic.image_size = 16;
+  synthetic.train_per_class = 3;
+  synthetic.val_per_class = 1;
+  generate_synthetic_dataset(dir.path() + "/synthetic", synthetic);
+  const std::string folder_path = dir.path() + "/synthetic/train";
+  pack_image_folder(folder_path, dir.path() + "/synthetic/train.shard", PackOptions{0, 1});
+
+  auto run = [](std::shared_ptr<const ImageSource> source) {
+    PrefetchOptions options;
+    options.batch_size = 4;
+    options.sample_elements = 16 * 16 * 3;
+    options.format = PixelFormat::kUint8;
+    SamplerOptions sampling;
+    sampling.dataset_size = source->size();
+    PrefetchLoader loader(source, Sampler(sampling), options,
+                          [](const ImageU8& image, deit::Rng&, SampleOutput out) {
+                            std::copy(image.pixels.begin(), image.pixels.end(), out.u8);
+                          });
+    loader.start_epoch(0);
+    std::vector<uint8_t> pixels;
+    std::vector<int32_t> labels;
+    while (const Batch* batch = loader.next_batch()) {
+      pixels.insert(pixels.end(), batch->u8.begin(), batch->u8.end());
+      labels.insert(labels.end(), batch->labels.begin(), batch->labels.end());
+    }
+    return std::make_pair(pixels, labels);
+  };
+  const auto from_folder = run(std::make_shared<ImageFolder>(folder_path));
+  const auto from_shard = run(open_dataset_split(dir.path() + "/synthetic", "train"));
+  CHECK(from_folder.first.size() == 28 * 16 * 16 * 3);  // 30 images, drop_last batches of 4
+  CHECK(from_shard == from_folder);
 }

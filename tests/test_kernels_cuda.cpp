@@ -1,12 +1,12 @@
 // [gpu] checks of the CUDA kernels of the cast, gelu, layernorm, layerscale, losses and tokens
-// families against their CPU twins, as DESIGN.md's tolerances say: fresh random inputs (bf16-rounded
-// once, so both sides see the same numbers), device outputs poisoned with NaN before every call,
-// every element compared, no NaN or infinity allowed. Shapes: ViT-S (C = 384), ViT-H at 160 px
-// (T = 145, C = 1280), and awkward ones: odd token counts, batch 1, C % 8 != 0 and misaligned
-// pointers (the scalar paths), tiny and empty sizes.
-#include <catch2/catch.hpp>
+// families against their CPU twins, as DESIGN.md's tolerances say: fresh random inputs
+// (bf16-rounded once, so both sides see the same numbers), device outputs poisoned with NaN before
+// every call, every element compared, no NaN or infinity allowed. Shapes: ViT-S (C = 384), ViT-H at
+// 160 px (T = 145, C = 1280), and awkward ones: odd token counts, batch 1, C % 8 != 0 and
+// misaligned pointers (the scalar paths), tiny and empty sizes.
 #include <cuda_runtime.h>
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -312,11 +312,12 @@ TEST_CASE("cuda layernorm backward matches the CPU twin and is deterministic", "
     F32Buffer dev_mean(mean), dev_rstd(rstd);
     Bf16Buffer dev_dx(s.n(), s.offset);
     F32Buffer dev_dw(C), dev_db(C);
-    F32Buffer workspace(static_cast<size_t>(layernorm_backward_cuda_workspace_floats(s.rows(), s.C)));
+    F32Buffer workspace(
+        static_cast<size_t>(layernorm_backward_cuda_workspace_floats(s.rows(), s.C)));
     const auto run = [&](float* dw, float* db) {
       layernorm_backward_cuda(dev_dy.get(), dev_x.get(), dev_w.get(), dev_mean.get(),
-                              dev_rstd.get(), dev_dx.get(), dw, db, s.rows(), s.C,
-                              workspace.get(), stream);
+                              dev_rstd.get(), dev_dx.get(), dw, db, s.rows(), s.C, workspace.get(),
+                              stream);
       stream.sync();
     };
     run(dev_dw.get(), dev_db.get());
@@ -361,23 +362,24 @@ TEST_CASE("cuda layerscale residual forward and backward match the CPU twin", "[
     std::vector<float> out_ref(s.n()), dbranch_ref(s.n()), dgamma_ref(C);
     layerscale_residual_forward_cpu(x.values.data(), branch.values.data(), gamma.values.data(),
                                     keep.data(), out_ref.data(), s.B, s.T, s.C);
-    layerscale_residual_backward_cpu(dout.values.data(), branch.values.data(),
-                                     gamma.values.data(), keep.data(), dbranch_ref.data(),
-                                     dgamma_ref.data(), s.B, s.T, s.C);
+    layerscale_residual_backward_cpu(dout.values.data(), branch.values.data(), gamma.values.data(),
+                                     keep.data(), dbranch_ref.data(), dgamma_ref.data(), s.B, s.T,
+                                     s.C);
 
     Bf16Buffer dev_x(x.bits, s.offset), dev_branch(branch.bits, s.offset), dev_gamma(gamma.bits);
-    Bf16Buffer dev_dout(dout.bits, s.offset), dev_out(s.n(), s.offset), dev_dbranch(s.n(), s.offset);
+    Bf16Buffer dev_dout(dout.bits, s.offset), dev_out(s.n(), s.offset),
+        dev_dbranch(s.n(), s.offset);
     F32Buffer dev_keep(keep), dev_dgamma(C);
-    layerscale_residual_forward_cuda(dev_x.get(), dev_branch.get(), dev_gamma.get(),
-                                     dev_keep.get(), dev_out.get(), s.B, s.T, s.C, stream);
+    layerscale_residual_forward_cuda(dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(),
+                                     dev_out.get(), s.B, s.T, s.C, stream);
     stream.sync();
     check_close("out", dev_out, out_ref, kBf16Tol);
 
     F32Buffer workspace(
         static_cast<size_t>(layerscale_residual_backward_cuda_workspace_floats(s.B, s.T, s.C)));
     layerscale_residual_backward_cuda(dev_dout.get(), dev_branch.get(), dev_gamma.get(),
-                                      dev_keep.get(), dev_dbranch.get(), dev_dgamma.get(), s.B,
-                                      s.T, s.C, workspace.get(), stream);
+                                      dev_keep.get(), dev_dbranch.get(), dev_dgamma.get(), s.B, s.T,
+                                      s.C, workspace.get(), stream);
     stream.sync();
     check_close("dbranch", dev_dbranch, dbranch_ref, kBf16Tol);
     check_close("dgamma", dev_dgamma, dgamma_ref, kF32SumTol);
@@ -390,8 +392,8 @@ TEST_CASE("cuda layerscale residual forward and backward match the CPU twin", "[
     stream.sync();
     check_same_bits("dgamma, second run without dbranch", dev_dgamma.download(), dgamma_first);
 
-    layerscale_residual_forward_cuda(dev_x.get(), dev_branch.get(), dev_gamma.get(),
-                                     dev_keep.get(), dev_x.get(), s.B, s.T, s.C, stream);
+    layerscale_residual_forward_cuda(dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(),
+                                     dev_x.get(), s.B, s.T, s.C, stream);
     stream.sync();
     check_close("out in place", dev_x, out_ref, kBf16Tol);
   }
@@ -415,8 +417,8 @@ TEST_CASE("cuda losses match the CPU twins", "[gpu][kernels]") {
     F32Buffer dev_targets(targets), dev_loss(1);
     F32Buffer workspace(static_cast<size_t>(loss_cuda_workspace_floats(s.B, s.K)));
     using CpuLoss = void (*)(const float*, const float*, float*, float*, int64_t, int64_t);
-    using CudaLoss = void (*)(const bf16_bits*, const float*, float*, bf16_bits*, int64_t,
-                              int64_t, float*, cudaStream_t);
+    using CudaLoss = void (*)(const bf16_bits*, const float*, float*, bf16_bits*, int64_t, int64_t,
+                              float*, cudaStream_t);
     const auto check_loss = [&](const std::string& name, CpuLoss cpu, CudaLoss cuda) {
       INFO(name);
       float loss_ref = 0;
@@ -430,8 +432,8 @@ TEST_CASE("cuda losses match the CPU twins", "[gpu][kernels]") {
       check_close("loss", dev_loss, {loss_ref}, kF32SumTol);
       check_close("dlogits", dev_dlogits, dlogits_ref, kBf16Tol);
       dev_loss.poison();
-      cuda(dev_logits.get(), dev_targets.get(), dev_loss.get(), nullptr, s.B, s.K,
-           workspace.get(), stream);
+      cuda(dev_logits.get(), dev_targets.get(), dev_loss.get(), nullptr, s.B, s.K, workspace.get(),
+           stream);
       stream.sync();
       check_close("loss without gradient", dev_loss, {loss_ref}, kF32SumTol);
     };
@@ -447,12 +449,13 @@ TEST_CASE("cuda patch unfold and fold match the CPU twins", "[gpu][kernels]") {
   struct ImageShape {
     int64_t B, Cin, H, W, P;
   };
-  for (const ImageShape s : {ImageShape{2, 3, 224, 224, 16}, ImageShape{1, 3, 160, 160, 14},
-                             ImageShape{1, 3, 35, 33, 8}, ImageShape{3, 1, 17, 19, 4},
-                             ImageShape{1, 2, 5, 5, 1}}) {
+  for (const ImageShape s :
+       {ImageShape{2, 3, 224, 224, 16}, ImageShape{1, 3, 160, 160, 14}, ImageShape{1, 3, 35, 33, 8},
+        ImageShape{3, 1, 17, 19, 4}, ImageShape{1, 2, 5, 5, 1}}) {
     INFO("B=" << s.B << " Cin=" << s.Cin << " H=" << s.H << " W=" << s.W << " P=" << s.P);
     const size_t n_image = static_cast<size_t>(s.B * s.Cin * s.H * s.W);
-    const size_t n_patches = static_cast<size_t>(s.B * (s.H / s.P) * (s.W / s.P) * s.Cin * s.P * s.P);
+    const size_t n_patches =
+        static_cast<size_t>(s.B * (s.H / s.P) * (s.W / s.P) * s.Cin * s.P * s.P);
     const std::vector<float> image = random_f32(rng, n_image, -2, 2);
     const Bf16Host dpatches = random_bf16(rng, n_patches, -1, 1);
     std::vector<float> patches_ref(n_patches), dimage_ref(n_image);
@@ -481,9 +484,10 @@ TEST_CASE("cuda position embedding + class token match the CPU twins", "[gpu][ke
     const Bf16Host pos = random_bf16(rng, static_cast<size_t>(N) * C, -0.1, 0.1);
     const Bf16Host cls = random_bf16(rng, C, -0.1, 0.1);
     const Bf16Host dout = random_bf16(rng, n_out, -1, 1);
-    std::vector<float> out_ref(n_out), dx_ref(s.n()), dpos_ref(static_cast<size_t>(N) * C), dcls_ref(C);
-    pos_embed_cls_forward_cpu(x.values.data(), pos.values.data(), cls.values.data(),
-                              out_ref.data(), s.B, N, s.C);
+    std::vector<float> out_ref(n_out), dx_ref(s.n()), dpos_ref(static_cast<size_t>(N) * C),
+        dcls_ref(C);
+    pos_embed_cls_forward_cpu(x.values.data(), pos.values.data(), cls.values.data(), out_ref.data(),
+                              s.B, N, s.C);
     pos_embed_cls_backward_cpu(dout.values.data(), dx_ref.data(), dpos_ref.data(), dcls_ref.data(),
                                s.B, N, s.C);
 

@@ -17,9 +17,10 @@ constexpr int64_t kTargetThreads = 128 * 1024;  // threads a row kernel aims to 
 constexpr int64_t kMinRowsPerChunk = 8;
 constexpr int kPartialCols = 8;
 constexpr int kPartialLanes = 128;
+constexpr int kPartialThreads = kPartialCols * kPartialLanes;
 constexpr int kScalarThreads = 1024;
 
-__global__ void __launch_bounds__(kPartialCols * kPartialLanes)
+__global__ void __launch_bounds__(kPartialThreads)
     sum_partials_kernel(const float* partials, int64_t chunks, int64_t C, float* out) {
   __shared__ float acc[kPartialLanes][kPartialCols];
   const int x = threadIdx.x, y = threadIdx.y;
@@ -67,7 +68,8 @@ void check_workspace(const char* fn, const float* workspace, bool needed) {
 
 RowChunks row_chunks(int64_t rows, int64_t C) {
   if (rows <= 0) return {0, 1};
-  const int64_t max_chunks = std::max<int64_t>(1, kTargetThreads / row_threads(std::max<int64_t>(C, 1)));
+  const int64_t max_chunks =
+      std::max<int64_t>(1, kTargetThreads / row_threads(std::max<int64_t>(C, 1)));
   const int64_t rows_per_chunk = std::max(kMinRowsPerChunk, ceil_div(rows, max_chunks));
   return {ceil_div(rows, rows_per_chunk), rows_per_chunk};
 }

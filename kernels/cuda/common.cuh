@@ -25,8 +25,8 @@ using bf16 = __nv_bfloat16;
 inline const bf16* as_bf16(const bf16_bits* p) { return reinterpret_cast<const bf16*>(p); }
 inline bf16* as_bf16(bf16_bits* p) { return reinterpret_cast<bf16*>(p); }
 
-constexpr int kVec = 8;  // elements per vector unit
-constexpr int kThreads = 256;  // block size of the elementwise and per-row loss kernels
+constexpr int kVec = 8;                  // elements per vector unit
+constexpr int kThreads = 256;            // block size of the elementwise and per-row loss kernels
 constexpr int64_t kMaxBlocks = 1 << 16;  // grid-stride loops cover the rest
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -114,7 +114,8 @@ __device__ __forceinline__ void store(float* p, const float* v) {
 // [i, i + N): N = kVec with i a multiple of kVec, or N = 1.
 
 template <typename Op>
-__global__ void __launch_bounds__(kThreads) elementwise_kernel(const Op op, int64_t n, int64_t nvec) {
+__global__ void __launch_bounds__(kThreads)
+    elementwise_kernel(const Op op, int64_t n, int64_t nvec) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (int64_t v = first; v < nvec; v += stride) op.template apply<kVec>(v * kVec);
@@ -146,13 +147,14 @@ struct MaxOp {
 template <typename Op>
 __device__ __forceinline__ float warp_allreduce(float v) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  for (int offset = 16; offset > 0; offset /= 2)
+    v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
 // Reduces K values over the block; every thread receives the results. Every thread of the block
-// must call it (blockDim.x a multiple of 32, at most 1024); scratch: 32 * K floats of shared memory,
-// reusable by the next call without a barrier.
+// must call it (blockDim.x a multiple of 32, at most 1024); scratch: 32 * K floats of shared
+// memory, reusable by the next call without a barrier.
 template <typename Op, int K>
 __device__ __forceinline__ void block_allreduce(float (&v)[K], float* scratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -250,7 +252,8 @@ RowChunks row_chunks(int64_t rows, int64_t C);
 void check_workspace(const char* fn, const float* workspace, bool needed);
 
 // out[c] = sum over chunks of partials[chunk * C + c], c < C (0 when chunks == 0).
-void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out, cudaStream_t stream);
+void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out,
+                  cudaStream_t stream);
 
 // *out = scale * sum of v[0..n), one block, fixed order.
 void sum_to_scalar(const float* v, int64_t n, float scale, float* out, cudaStream_t stream);

@@ -16,7 +16,9 @@ using gpu::bf16;
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
-__device__ __forceinline__ float gaussian_cdf(float x) { return 0.5f * (1.f + erff(x * kInvSqrt2)); }
+__device__ __forceinline__ float gaussian_cdf(float x) {
+  return 0.5f * (1.f + erff(x * kInvSqrt2));
+}
 
 struct GeluForwardOp {
   const bf16* x;
@@ -51,8 +53,8 @@ struct GeluBackwardOp {
 
 void gelu_forward_cuda(const bf16_bits* x, bf16_bits* y, int64_t n, cudaStream_t stream) {
   gpu::check_sizes("gelu_forward_cuda", {n});
-  gpu::launch_elementwise(GeluForwardOp{gpu::as_bf16(x), gpu::as_bf16(y)}, n,
-                          gpu::aligned16(x, y), stream);
+  gpu::launch_elementwise(GeluForwardOp{gpu::as_bf16(x), gpu::as_bf16(y)}, n, gpu::aligned16(x, y),
+                          stream);
 }
 
 void gelu_backward_cuda(const bf16_bits* dy, const bf16_bits* x, bf16_bits* dx, int64_t n,

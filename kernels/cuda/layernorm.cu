@@ -107,9 +107,11 @@ void layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const b
   auto* yb = gpu::as_bf16(y);
   const float e = static_cast<float>(eps);
   if (C % kVec == 0 && gpu::aligned16(x, weight, bias, y))
-    layernorm_forward_kernel<kVec><<<grid, threads, 0, stream>>>(xb, wb, bb, yb, mean, rstd, rows, C, e);
+    layernorm_forward_kernel<kVec>
+        <<<grid, threads, 0, stream>>>(xb, wb, bb, yb, mean, rstd, rows, C, e);
   else
-    layernorm_forward_kernel<1><<<grid, threads, 0, stream>>>(xb, wb, bb, yb, mean, rstd, rows, C, e);
+    layernorm_forward_kernel<1>
+        <<<grid, threads, 0, stream>>>(xb, wb, bb, yb, mean, rstd, rows, C, e);
   DEIT_CUDA_CHECK_LAUNCH();
 }
 

@@ -79,8 +79,13 @@ void layerscale_residual_forward_cuda(const bf16_bits* x, const bf16_bits* branc
                                       bf16_bits* out, int64_t B, int64_t Tn, int64_t C,
                                       cudaStream_t stream) {
   gpu::check_sizes("layerscale_residual_forward_cuda", {B, Tn, C});
-  const LayerscaleForwardOp op{gpu::as_bf16(x), gpu::as_bf16(branch), gpu::as_bf16(gamma),
-                               keep_scale, gpu::as_bf16(out), Tn, C};
+  const LayerscaleForwardOp op{gpu::as_bf16(x),
+                               gpu::as_bf16(branch),
+                               gpu::as_bf16(gamma),
+                               keep_scale,
+                               gpu::as_bf16(out),
+                               Tn,
+                               C};
   gpu::launch_elementwise(op, B * Tn * C, C % kVec == 0 && gpu::aligned16(x, branch, gamma, out),
                           stream);
 }

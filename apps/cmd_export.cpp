@@ -1,0 +1,49 @@
+// deit export: a training checkpoint -> a weights file with timm's names and shapes, which
+// timm.create_model('deit3_small_patch16_224').load_state_dict(safetensors.torch.load_file(F))
+// accepts, and `deit eval --weights` reads.
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "apps/commands.h"
+#include "model/checkpoint.h"
+
+namespace deit::apps {
+
+namespace {
+
+struct ExportOptions {
+  std::string checkpoint;
+  std::string out;
+};
+
+void run_export(const ExportOptions& opts) {
+  // Writing over the checkpoint would replace the run's optimizer state with bare weights.
+  std::error_code ec;
+  if (std::filesystem::equivalent(opts.checkpoint, opts.out, ec))
+    throw std::invalid_argument("--out '" + opts.out + "' is the checkpoint itself; choose "
+                                "another file name");
+  const model::Checkpoint ckpt = model::read_checkpoint(opts.checkpoint, /*with_extra=*/false);
+  model::VisionTransformer vit(ckpt.config);
+  model::load_checkpoint_model(vit, ckpt);
+  model::save_weights(opts.out, vit);
+  std::printf("wrote %s: %s, %zu tensors, %lld parameters, timm names\n", opts.out.c_str(),
+              ckpt.config.name.c_str(), vit.parameters().size(),
+              static_cast<long long>(vit.parameters().element_count()));
+}
+
+}  // namespace
+
+void add_export_command(CLI::App& app) {
+  auto opts = std::make_shared<ExportOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "export", "Write a checkpoint's model weights as safetensors with timm's names");
+  cmd->add_option("--checkpoint", opts->checkpoint, "Checkpoint written by deit train")
+      ->required();
+  cmd->add_option("--out", opts->out, "Weights file to write (.safetensors)")->required();
+  cmd->callback([opts] { run_export(*opts); });
+}
+
+}  // namespace deit::apps

@@ -1,0 +1,158 @@
+#include "engine/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "engine/autograd.h"
+#include "engine/ops/op_utils.h"
+
+namespace deit {
+
+namespace {
+
+Tensor step_tensor(int64_t steps) {
+  if (steps > std::numeric_limits<int32_t>::max())
+    throw std::overflow_error("optimizer state: step count " + std::to_string(steps) +
+                              " does not fit the i32 checkpoint entry");
+  return Tensor::from_vector<int32_t>({static_cast<int32_t>(steps)}, {1});
+}
+
+}  // namespace
+
+double squared_norm(const Tensor& t) {
+  double sum = 0;
+  ops::detail::dispatch_cpu_floating("squared_norm", {&t}, [&](auto zero) {
+    using T = decltype(zero);
+    sum = kernels::sum_squares_cpu<T>(t.data<T>(), t.numel());
+  });
+  return sum;
+}
+
+double global_grad_norm(const ParameterRegistry& params) {
+  double sum = 0;
+  for (const Parameter& p : params.all())
+    if (p.value.grad().defined()) sum += squared_norm(p.value.grad());
+  return std::sqrt(sum);
+}
+
+double clip_grad_coefficient(double grad_norm, double max_norm) {
+  if (max_norm <= 0) return 1.0;
+  return std::min(1.0, max_norm / (grad_norm + 1e-6));
+}
+
+void load_named_tensors(const std::string& what, const NamedTensors& destination,
+                        const NamedTensors& source) {
+  std::map<std::string, const Tensor*> given;
+  for (const auto& [name, tensor] : source)
+    if (!given.emplace(name, &tensor).second)
+      throw std::runtime_error(what + ": entry '" + name + "' appears twice");
+  // Check everything first so that a bad entry leaves the destination untouched.
+  std::set<std::string> wanted;
+  for (const auto& [name, tensor] : destination) {
+    auto it = given.find(name);
+    if (it == given.end()) throw std::runtime_error(what + ": missing entry '" + name + "'");
+    const Tensor& src = *it->second;
+    if (!src.defined() || src.shape() != tensor.shape() || src.dtype() != tensor.dtype())
+      throw std::runtime_error(what + ": entry '" + name + "' is " +
+                               (src.defined() ? src.describe() : std::string("undefined")) +
+                               ", expected " + tensor.describe());
+    wanted.insert(name);
+  }
+  for (const auto& entry : source)
+    if (!wanted.count(entry.first))
+      throw std::runtime_error(what + ": unexpected entry '" + entry.first +
+                               "' (state of another model?)");
+  for (const auto& [name, tensor] : destination) {
+    Tensor dst = tensor;
+    dst.copy_from(*given.at(name));
+  }
+}
+
+Optimizer::Optimizer(const ParameterRegistry& params, const OptimizerOptions& options)
+    : options_(options) {
+  slots_.reserve(params.size());
+  for (const Parameter& p : params.all()) {
+    const Tensor& v = p.value;
+    if (!v.device().is_cpu() || (v.dtype() != DType::f32 && v.dtype() != DType::f64))
+      throw std::invalid_argument("optimizer: parameter '" + p.name + "' is " + v.describe() +
+                                  "; the master weights must be f32 (or f64) on the CPU");
+    slots_.push_back({p, Tensor::zeros(v.shape(), v.dtype()), Tensor::zeros(v.shape(), v.dtype())});
+  }
+}
+
+double Optimizer::step() {
+  NoGrad no_grad;  // the update is not part of any graph
+  std::vector<Slot*> active;
+  double sum = 0;
+  for (Slot& slot : slots_) {
+    const Tensor grad = slot.param.value.grad();
+    if (!grad.defined()) continue;
+    if (grad.shape() != slot.param.value.shape() || grad.dtype() != slot.param.value.dtype() ||
+        grad.device() != slot.param.value.device())
+      throw std::invalid_argument("optimizer: gradient of '" + slot.param.name + "' is " +
+                                  grad.describe() + ", parameter is " +
+                                  slot.param.value.describe());
+    const double squares = squared_norm(grad);
+    if (!std::isfinite(squares))
+      throw NonFiniteGradient("optimizer: the gradient of '" + slot.param.name +
+                              "' is not finite; step skipped, nothing modified");
+    sum += squares;
+    active.push_back(&slot);
+  }
+  const double grad_norm = std::sqrt(sum);
+  const double grad_scale = clip_grad_coefficient(grad_norm, options_.clip_grad);
+  ++step_count_;
+  for (Slot* slot : active) ++slot->steps;
+  update(active, grad_scale, grad_norm * grad_scale);
+  last_grad_norm_ = grad_norm;
+  return grad_norm;
+}
+
+NamedTensors Optimizer::state() const {
+  NamedTensors out;
+  out.reserve(1 + 3 * slots_.size());
+  out.emplace_back("step", step_tensor(step_count_));
+  for (const Slot& slot : slots_) {
+    out.emplace_back(slot.param.name + ".exp_avg", slot.exp_avg);
+    out.emplace_back(slot.param.name + ".exp_avg_sq", slot.exp_avg_sq);
+    out.emplace_back(slot.param.name + ".step", step_tensor(slot.steps));
+  }
+  return out;
+}
+
+void Optimizer::load_state(const NamedTensors& saved) {
+  // state() gives the live moments plus fresh step tensors: loading into it fills the moments in
+  // place, and the counts are read back from the step tensors.
+  const NamedTensors live = state();
+  load_named_tensors(std::string(name()) + " optimizer state", live, saved);
+  step_count_ = live[0].second.data<int32_t>()[0];
+  for (size_t i = 0; i < slots_.size(); ++i)
+    slots_[i].steps = live[1 + 3 * i + 2].second.data<int32_t>()[0];
+}
+
+kernels::AdamStep Optimizer::adam_step(int64_t t, double grad_scale) const {
+  kernels::AdamStep s;
+  s.beta1 = options_.beta1;
+  s.beta2 = options_.beta2;
+  s.eps = options_.eps;
+  s.bias_correction1 = 1 - std::pow(options_.beta1, static_cast<double>(t));
+  s.bias_correction2 = 1 - std::pow(options_.beta2, static_cast<double>(t));
+  s.grad_scale = grad_scale;
+  return s;
+}
+
+double Optimizer::weight_decay_of(const Slot& slot) const {
+  return slot.param.weight_decay ? options_.weight_decay : 0.0;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const ParameterRegistry& params,
+                                          const OptimizerOptions& options) {
+  if (name == "lamb") return std::make_unique<Lamb>(params, options);
+  if (name == "adamw") return std::make_unique<AdamW>(params, options);
+  throw std::invalid_argument("unknown optimizer '" + name + "' (choose lamb or adamw)");
+}
+
+}  // namespace deit

@@ -1,0 +1,158 @@
+// Optimizers over a ParameterRegistry: LAMB (DeiT III pre-training) and AdamW (fine-tuning), with
+// the semantics of the reference trainer (facebookresearch/deit main.py through timm 0.6's
+// create_optimizer): timm's Lamb, torch.optim.AdamW, and torch.nn.utils.clip_grad_norm_ for
+// --clip-grad. kernels/optimizer.h holds the per-tensor arithmetic; this layer picks the tensors
+// and the scalars.
+//
+// Parameter groups: timm puts 1-D tensors, biases and model.no_weight_decay() ({pos_embed,
+// cls_token}) in a group without weight decay. Here each Parameter carries that decision in its
+// weight_decay flag (set by the model); weight decay, and with it LAMB's trust ratio, applies
+// only where the flag is set and options.weight_decay is nonzero.
+//
+// step() reads each parameter's .grad() (parameters without one are skipped), updates the
+// parameter's value and the optimizer state in place, and leaves the gradients as they are:
+// zeroing them is the caller's job (ParameterRegistry::zero_grad). Parameters are the fp32 (or
+// f64, for tests) master weights on the CPU.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/parameters.h"
+#include "engine/tensor.h"
+#include "kernels/optimizer.h"
+
+namespace deit {
+
+// Tensors under names, in a fixed order: what optimizer and EMA state export for checkpoints.
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+// Defaults are main.py's (--lr, --weight-decay, --opt-eps, --clip-grad) and timm's (betas, LAMB's
+// max_grad_norm). DeiT III pre-training: LAMB, lr 4e-3 (S) or 3e-3, weight decay 0.05, eps 1e-8.
+struct OptimizerOptions {
+  double lr = 5e-4;  // the schedule sets it every epoch (set_lr)
+  double weight_decay = 0.05;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;  // main.py passes --opt-eps 1e-8; timm's Lamb alone would default to 1e-6
+  // --clip-grad, as clip_grad_norm_ (called before any optimizer, LAMB included): the gradients
+  // are scaled by min(1, clip_grad / (norm + 1e-6)). 0: off (the DeiT III default).
+  double clip_grad = 0;
+  // LAMB only, timm's max_grad_norm: the gradients are divided by norm / max_grad_norm when the
+  // norm exceeds it. 0: off.
+  double max_grad_norm = 1.0;
+};
+
+// Thrown by Optimizer::step() when a gradient holds NaN or infinity. Nothing has been modified.
+class NonFiniteGradient : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// sum_i t[i]^2 of an f32 or f64 CPU tensor, accumulated in double in a fixed order: the same bits
+// whatever the number of threads.
+double squared_norm(const Tensor& t);
+
+// sqrt of the sum of squared_norm over every defined gradient, in registration order.
+double global_grad_norm(const ParameterRegistry& params);
+
+// clip_grad_norm_'s factor: min(1, max_norm / (grad_norm + 1e-6)); 1 when max_norm <= 0.
+double clip_grad_coefficient(double grad_norm, double max_norm);
+
+// Copies `source` into `destination`, matched by name. Every destination name must appear once in
+// source with the same shape and dtype, and source may hold no other name; otherwise throws
+// std::runtime_error naming `what` and the entry, before anything is copied.
+void load_named_tensors(const std::string& what, const NamedTensors& destination,
+                        const NamedTensors& source);
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  // "lamb" or "adamw", as --opt spells it.
+  virtual const char* name() const = 0;
+
+  // One update from the current gradients. Returns the global gradient norm before any clipping
+  // (what the trainer logs). Throws NonFiniteGradient, leaving everything unchanged, when a
+  // gradient is not finite.
+  double step();
+
+  double lr() const { return options_.lr; }
+  void set_lr(double lr) { options_.lr = lr; }
+  const OptimizerOptions& options() const { return options_; }
+  int64_t step_count() const { return step_count_; }   // step() calls so far
+  double last_grad_norm() const { return last_grad_norm_; }  // what the last step() returned
+
+  // The state, for checkpoints: "step" (i32, shape (1)), then per parameter "<name>.exp_avg",
+  // "<name>.exp_avg_sq" (the parameter's shape and dtype) and "<name>.step" (i32, shape (1): the
+  // updates this parameter received). The tensors are the live state, not copies: save them
+  // before the next step().
+  NamedTensors state() const;
+  // Restores what state() returned (by name, in any order), into an optimizer built over the same
+  // parameters. Throws std::runtime_error naming a missing, unexpected or mis-shaped entry, with
+  // nothing modified.
+  void load_state(const NamedTensors& state);
+
+ protected:
+  struct Slot {
+    Parameter param;
+    Tensor exp_avg;
+    Tensor exp_avg_sq;
+    int64_t steps = 0;
+  };
+
+  Optimizer(const ParameterRegistry& params, const OptimizerOptions& options);
+
+  // Applies one update to every slot in `active` (those whose parameter has a gradient).
+  // step_count() and each active slot's `steps` already include this step. The gradients are read
+  // as grad * grad_scale (--clip-grad); grad_norm is the global norm of the gradients so read.
+  virtual void update(const std::vector<Slot*>& active, double grad_scale, double grad_norm) = 0;
+
+  // The scalars of an Adam-style step numbered t (t >= 1: bias corrections 1 - beta^t).
+  kernels::AdamStep adam_step(int64_t t, double grad_scale) const;
+  // options().weight_decay where the parameter takes weight decay, else 0.
+  double weight_decay_of(const Slot& slot) const;
+
+ private:
+  std::vector<Slot> slots_;
+  OptimizerOptions options_;
+  int64_t step_count_ = 0;
+  double last_grad_norm_ = 0;
+};
+
+// timm's Lamb (0.6; apex's FusedLAMB, which DeiT III's --opt fusedlamb selects, computes the same):
+//   g = grad * s, s = 1 / max(1, norm / max_grad_norm) over the global norm of all gradients
+//   m, v: Adam moments of g; update = m_hat / (sqrt(v_hat) + eps) + wd * p
+//   trust = ||p|| / ||update|| where wd != 0 and both norms are nonzero, else 1
+//   p -= lr * trust * update
+// The bias corrections use step_count(): timm advances every group's step on every call.
+class Lamb final : public Optimizer {
+ public:
+  Lamb(const ParameterRegistry& params, const OptimizerOptions& options);
+  const char* name() const override { return "lamb"; }
+
+ private:
+  void update(const std::vector<Slot*>& active, double grad_scale, double grad_norm) override;
+};
+
+// torch.optim.AdamW: p *= 1 - lr * wd, then p -= lr * m_hat / (sqrt(v_hat) + eps). The bias
+// corrections use each parameter's own update count, as torch keeps a step per parameter.
+class AdamW final : public Optimizer {
+ public:
+  AdamW(const ParameterRegistry& params, const OptimizerOptions& options);
+  const char* name() const override { return "adamw"; }
+
+ private:
+  void update(const std::vector<Slot*>& active, double grad_scale, double grad_norm) override;
+};
+
+// "lamb" or "adamw"; anything else throws std::invalid_argument naming the choices.
+std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const ParameterRegistry& params,
+                                          const OptimizerOptions& options);
+
+}  // namespace deit

@@ -1,0 +1,250 @@
+#include "model/checkpoint.h"
+
+#include <cmath>
+#include <optional>
+#include <stdexcept>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "engine/autograd.h"
+
+namespace deit::model {
+
+namespace {
+
+const std::string kModelPrefix = "model.";
+const char* const kStateKey = "deit";
+const char* const kConfigKey = "deit_model";
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+nlohmann::json config_to_json(const ViTConfig& c) {
+  return {{"name", c.name},
+          {"patch", c.patch},
+          {"dim", c.dim},
+          {"depth", c.depth},
+          {"heads", c.heads},
+          {"num_classes", c.num_classes},
+          {"input_size", c.input_size},
+          {"in_channels", c.in_channels},
+          {"mlp_ratio", c.mlp_ratio},
+          {"layerscale_init", c.layerscale_init},
+          {"layernorm_eps", c.layernorm_eps}};
+}
+
+ViTConfig config_from_json(const nlohmann::json& j) {
+  ViTConfig c;
+  j.at("name").get_to(c.name);
+  j.at("patch").get_to(c.patch);
+  j.at("dim").get_to(c.dim);
+  j.at("depth").get_to(c.depth);
+  j.at("heads").get_to(c.heads);
+  j.at("num_classes").get_to(c.num_classes);
+  j.at("input_size").get_to(c.input_size);
+  j.at("in_channels").get_to(c.in_channels);
+  j.at("mlp_ratio").get_to(c.mlp_ratio);
+  j.at("layerscale_init").get_to(c.layerscale_init);
+  j.at("layernorm_eps").get_to(c.layernorm_eps);
+  c.validate();
+  return c;
+}
+
+// What the tensors' shapes (or a config) say about a model, field by field, so that a mismatch
+// can be described by the fields that differ. A field the tensors do not show is left out.
+struct ShapeField {
+  std::string label;
+  int64_t value;
+};
+
+std::string describe(const ShapeField& f) {
+  if (f.label == "classes") return std::to_string(f.value) + " classes";
+  if (f.label == "grid")
+    return std::to_string(f.value) + "x" + std::to_string(f.value) + " patches";
+  return f.label + " " + std::to_string(f.value);
+}
+
+std::vector<ShapeField> shape_fields(const ViTConfig& c) {
+  return {{"patch", c.patch}, {"dim", c.dim},         {"depth", c.depth},
+          {"heads", c.heads}, {"mlp", c.hidden()},    {"classes", c.num_classes},
+          {"grid", c.grid()}};
+}
+
+std::vector<ShapeField> shape_fields(const std::unordered_map<std::string, Tensor>& tensors) {
+  auto dim_of = [&](const std::string& name, int rank, int d) -> std::optional<int64_t> {
+    auto it = tensors.find(name);
+    if (it == tensors.end() || it->second.dim() != rank) return std::nullopt;
+    return it->second.size(d);
+  };
+  std::vector<ShapeField> fields;
+  auto add = [&](const char* label, std::optional<int64_t> v) {
+    if (v) fields.push_back({label, *v});
+  };
+  add("patch", dim_of("patch_embed.proj.weight", 4, 2));
+  add("dim", dim_of("cls_token", 3, 2));
+  int64_t depth = 0;
+  while (tensors.count("blocks." + std::to_string(depth) + ".norm1.weight")) ++depth;
+  if (depth > 0) fields.push_back({"depth", depth});
+  add("mlp", dim_of("blocks.0.mlp.fc1.weight", 2, 0));
+  add("classes", dim_of("head.weight", 2, 0));
+  if (auto n = dim_of("pos_embed", 3, 1)) {
+    const auto grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(*n))));
+    if (grid * grid == *n) fields.push_back({"grid", grid});
+  }
+  return fields;
+}
+
+// "a, b, c (and 4 more)"
+std::string name_list(const std::vector<std::string>& names) {
+  constexpr size_t kShown = 5;
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < kShown; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > kShown) out += " (and " + std::to_string(names.size() - kShown) + " more)";
+  return out;
+}
+
+bool is_float(DType t) { return t == DType::f32 || t == DType::f64 || t == DType::bf16; }
+
+// The reference code (facebookresearch/deit models_v2.py) calls LayerScale's gammas
+// blocks.{i}.gamma_1 / gamma_2; timm calls them blocks.{i}.ls1.gamma / ls2.gamma.
+std::string timm_name(const std::string& name) {
+  for (const char* n : {"1", "2"}) {
+    const std::string reference = std::string(".gamma_") + n;
+    if (name.size() > reference.size() &&
+        name.compare(name.size() - reference.size(), reference.size(), reference) == 0)
+      return name.substr(0, name.size() - reference.size()) + ".ls" + n + ".gamma";
+  }
+  return name;
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const VisionTransformer& model,
+                     const NamedTensors& extra, const nlohmann::json& state) {
+  NamedTensors tensors;
+  for (const Parameter& p : model.parameters().all())
+    tensors.emplace_back(kModelPrefix + p.name, p.value);
+  for (const auto& [name, t] : extra) {
+    if (starts_with(name, kModelPrefix))
+      throw std::invalid_argument("cannot write checkpoint '" + path + "': extra state tensor '" +
+                                  name + "' uses the prefix reserved for the model");
+    tensors.emplace_back(name, t);
+  }
+  write_safetensors(path, tensors,
+                    {{kStateKey, state.dump()}, {kConfigKey, config_to_json(model.config()).dump()}});
+}
+
+Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
+  SafetensorsContents contents =
+      read_safetensors(path, [&](const std::string& name) {
+        return with_extra || starts_with(name, kModelPrefix);
+      });
+  auto fail = [&](const std::string& why) {
+    throw std::runtime_error("checkpoint '" + path + "': " + why);
+  };
+  const auto config_it = contents.metadata.find(kConfigKey);
+  const auto state_it = contents.metadata.find(kStateKey);
+  if (config_it == contents.metadata.end() || state_it == contents.metadata.end())
+    fail("not a deit checkpoint (no deit_model and deit metadata; a weights file, such as deit "
+         "export or timm writes, is read with --weights)");
+
+  Checkpoint ckpt;
+  ckpt.path = path;
+  try {
+    ckpt.config = config_from_json(nlohmann::json::parse(config_it->second));
+  } catch (const std::exception& e) {
+    fail(std::string("its deit_model metadata is not a valid model description: ") + e.what());
+  }
+  try {
+    ckpt.state = nlohmann::json::parse(state_it->second);
+  } catch (const nlohmann::json::exception& e) {
+    fail(std::string("its deit metadata is not JSON: ") + e.what());
+  }
+  for (auto& [name, t] : contents.tensors) {
+    if (starts_with(name, kModelPrefix))
+      ckpt.model.emplace_back(name.substr(kModelPrefix.size()), std::move(t));
+    else
+      ckpt.extra.emplace_back(std::move(name), std::move(t));
+  }
+  return ckpt;
+}
+
+void load_checkpoint_model(VisionTransformer& model, const Checkpoint& checkpoint) {
+  load_parameters(model, checkpoint.model, "checkpoint '" + checkpoint.path + "'",
+                  &checkpoint.config);
+}
+
+void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
+                     const std::string& source, const ViTConfig* source_config) {
+  std::unordered_map<std::string, Tensor> by_name(tensors.begin(), tensors.end());
+  const ViTConfig& target = model.config();
+
+  // Another model altogether: say which, by the fields that differ.
+  const std::vector<ShapeField> theirs =
+      source_config ? shape_fields(*source_config) : shape_fields(by_name);
+  std::string their_diff, our_diff;
+  for (const ShapeField& ours : shape_fields(target)) {
+    for (const ShapeField& their : theirs) {
+      if (their.label != ours.label || their.value == ours.value) continue;
+      their_diff += (their_diff.empty() ? "" : ", ") + describe(their);
+      our_diff += (our_diff.empty() ? "" : ", ") + describe(ours);
+    }
+  }
+  if (!their_diff.empty())
+    throw std::runtime_error(source + " is for " + (source_config ? source_config->name : "a ViT") +
+                             " (" + their_diff + ") but the model is " + target.name + " (" +
+                             our_diff + ")");
+
+  // The same model: every tensor must be there, with its shape, and nothing else.
+  std::vector<std::string> missing, wrong, unexpected;
+  std::unordered_set<std::string> expected;
+  for (const Parameter& p : model.parameters().all()) {
+    expected.insert(p.name);
+    auto it = by_name.find(p.name);
+    if (it == by_name.end())
+      missing.push_back(p.name);
+    else if (it->second.shape() != p.value.shape() || !is_float(it->second.dtype()))
+      wrong.push_back(p.name + " is " + dtype_name(it->second.dtype()) + " " +
+                      shape_str(it->second.shape()) + " in the file but " +
+                      shape_str(p.value.shape()) + " in the model");
+  }
+  for (const auto& [name, t] : tensors)
+    if (!expected.count(name)) unexpected.push_back(name);
+  if (!missing.empty() || !wrong.empty() || !unexpected.empty()) {
+    std::string why;
+    auto add = [&](const std::string& what, const std::vector<std::string>& names) {
+      if (!names.empty()) why += (why.empty() ? "" : "; ") + what + name_list(names);
+    };
+    add("missing tensors: ", missing);
+    add("unexpected tensors: ", unexpected);
+    add("", wrong);
+    throw std::runtime_error(source + " does not fit the model " + target.name + ": " + why);
+  }
+
+  NoGrad no_grad;
+  for (Parameter& p : model.parameters().all()) {
+    const Tensor& src = by_name.at(p.name);
+    p.value.copy_from(src.to(p.value.dtype()).to(p.value.device()));
+  }
+}
+
+void save_weights(const std::string& path, const VisionTransformer& model) {
+  NamedTensors tensors;
+  for (const Parameter& p : model.parameters().all())
+    tensors.emplace_back(p.name, p.value.to(DType::f32));
+  // "format": "pt" is what PyTorch-side writers put there; Hugging Face loaders look for it.
+  write_safetensors(path, tensors, {{"format", "pt"}});
+}
+
+void load_weights(VisionTransformer& model, const std::string& path) {
+  SafetensorsContents contents = read_safetensors(path);
+  if (contents.metadata.count(kConfigKey))
+    throw std::runtime_error("'" + path + "' is a deit checkpoint, not a weights file (load it "
+                             "as a checkpoint, or make a weights file with deit export)");
+  NamedTensors tensors;
+  for (auto& [name, t] : contents.tensors) tensors.emplace_back(timm_name(name), std::move(t));
+  load_parameters(model, tensors, "weights file '" + path + "'");
+}
+
+}  // namespace deit::model

@@ -1,0 +1,64 @@
+// Checkpoints and timm-compatible weights files; both are safetensors files (model/safetensors.h),
+// written atomically.
+//
+// A checkpoint holds what a run needs to continue exactly where it stopped:
+//   model.<timm name>   every parameter of the ViT, in the model's dtype
+//   <caller's names>    extra state tensors (optimizer moments, EMA weights), as given
+//   __metadata__ "deit_model"  the model's ViTConfig as JSON, so a checkpoint of another model is
+//                              recognised and named, and a checkpoint alone can rebuild its model
+//   __metadata__ "deit"        the caller's JSON (arguments, epoch, schedule position, RNG and
+//                              sampler state)
+//
+// A weights file holds the parameters alone, as f32 under timm's names and shapes (RECIPE.md
+// section 1): what `deit export` writes, what timm's deit3_* models load, and what
+// `deit eval --weights` reads (timm's own safetensors weights included).
+#pragma once
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "model/vit.h"
+
+namespace deit::model {
+
+// Writes a checkpoint of `model` plus `extra` tensors (whose names must not start with "model.")
+// and the caller's `state` JSON. A failed write leaves any previous file at `path` untouched.
+void save_checkpoint(const std::string& path, const VisionTransformer& model,
+                     const NamedTensors& extra, const nlohmann::json& state);
+
+struct Checkpoint {
+  std::string path;
+  ViTConfig config;       // the model the checkpoint was saved from
+  nlohmann::json state;   // the caller's JSON, as saved
+  NamedTensors model;     // the parameters, host tensors under timm's names ("model." removed)
+  NamedTensors extra;     // the caller's extra tensors, names as saved
+};
+
+// Reads and validates a checkpoint; with_extra = false skips the extra tensors (evaluation and
+// export need only the model). Throws std::runtime_error naming the file for anything that is not
+// a deit checkpoint.
+Checkpoint read_checkpoint(const std::string& path, bool with_extra = true);
+
+// Copies the checkpoint's parameters into `model` (any device and dtype) after checking that it
+// was saved from the same model: see load_parameters.
+void load_checkpoint_model(VisionTransformer& model, const Checkpoint& checkpoint);
+
+// Copies `tensors` (timm names) into the model's parameters, converting dtype and device. The
+// tensors must be exactly the model's parameters, with the model's shapes; `source` names them in
+// errors (e.g. "checkpoint 'run/checkpoint.safetensors'"). When the shapes say the tensors are of
+// another model, the error names both, e.g. "... is for deit3_base (dim 768) but the model is
+// deit3_small (dim 384)"; otherwise it lists the missing, unexpected and mis-shaped tensors.
+// `source_config`, when known, is compared too (the head count does not show in the shapes).
+void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
+                     const std::string& source, const ViTConfig* source_config = nullptr);
+
+// Writes the model's parameters as a timm-compatible weights file.
+void save_weights(const std::string& path, const VisionTransformer& model);
+
+// Loads a weights file into `model`. Besides timm's names it accepts the reference code's
+// blocks.{i}.gamma_1 / gamma_2 for blocks.{i}.ls1.gamma / ls2.gamma.
+void load_weights(VisionTransformer& model, const std::string& path);
+
+}  // namespace deit::model

@@ -1,0 +1,323 @@
+#include "model/safetensors.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+namespace deit::model {
+
+// Tensor bytes go to and from the file unchanged, which is only right on a little-endian host.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors I/O assumes little-endian");
+
+namespace {
+
+// The reference implementation refuses headers above 100 MB; so do we, before allocating one.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+const char* safetensors_dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::f64: return "F64";
+    case DType::bf16: return "BF16";
+    case DType::i32: return "I32";
+    case DType::u8: return "U8";
+  }
+  return "?";
+}
+
+bool parse_safetensors_dtype(const std::string& name, DType& out) {
+  for (DType t : {DType::f32, DType::f64, DType::bf16, DType::i32, DType::u8}) {
+    if (name == safetensors_dtype_name(t)) {
+      out = t;
+      return true;
+    }
+  }
+  return false;
+}
+
+using File = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
+
+std::string errno_text() { return std::strerror(errno); }
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+// The temporary file a write goes to; removed unless commit() renamed it over the target.
+class PendingFile {
+ public:
+  explicit PendingFile(const std::string& target)
+      : target_(target), temp_(target + ".tmp." + std::to_string(::getpid())) {}
+  ~PendingFile() {
+    if (file_) std::fclose(file_);
+    if (!committed_) std::remove(temp_.c_str());
+  }
+  PendingFile(const PendingFile&) = delete;
+  PendingFile& operator=(const PendingFile&) = delete;
+
+  void open() {
+    file_ = std::fopen(temp_.c_str(), "wb");
+    if (!file_) fail("cannot create the temporary file '" + temp_ + "': " + errno_text());
+  }
+
+  void write(const void* data, size_t bytes) {
+    if (bytes > 0 && std::fwrite(data, 1, bytes, file_) != bytes)
+      fail("writing '" + temp_ + "' failed: " + errno_text());
+  }
+
+  // Flushes to disk (a checkpoint must survive a crash right after the rename), then renames.
+  void commit() {
+    std::FILE* f = file_;
+    file_ = nullptr;
+    if (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0) {
+      const std::string why = errno_text();
+      std::fclose(f);
+      fail("writing '" + temp_ + "' failed: " + why);
+    }
+    if (std::fclose(f) != 0) fail("closing '" + temp_ + "' failed: " + errno_text());
+    if (std::rename(temp_.c_str(), target_.c_str()) != 0)
+      fail("renaming '" + temp_ + "' to it failed: " + errno_text());
+    committed_ = true;
+    sync_directory();
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const {
+    throw std::runtime_error("cannot write '" + target_ + "': " + why);
+  }
+
+  // Makes the rename itself durable. Best effort: the data is already safe in the file, and some
+  // file systems cannot sync a directory.
+  void sync_directory() const {
+    const size_t slash = target_.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : target_.substr(0, slash + 1);
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return;
+    ::fsync(fd);
+    ::close(fd);
+  }
+
+  std::string target_, temp_;
+  std::FILE* file_ = nullptr;
+  bool committed_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+struct Entry {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  uint64_t begin, end;  // byte range within the data part
+};
+
+class HeaderParser {
+ public:
+  explicit HeaderParser(const std::string& path) : path_(path) {}
+
+  [[noreturn]] void fail(const std::string& why) const {
+    throw std::runtime_error("'" + path_ + "' is not a valid safetensors file: " + why);
+  }
+
+  // Parses and checks every entry of the header; `data_bytes` is what the file holds after it.
+  void parse(const std::string& text, uint64_t data_bytes, SafetensorsContents& out,
+             std::vector<Entry>& entries) const {
+    nlohmann::json header;
+    try {
+      header = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+      fail(std::string("the header is not JSON (") + e.what() + ")");
+    }
+    if (!header.is_object()) fail("the header is not a JSON object");
+    for (const auto& [name, value] : header.items()) {
+      if (name == "__metadata__")
+        parse_metadata(value, out.metadata);
+      else
+        entries.push_back(parse_entry(name, value));
+    }
+    check_layout(entries, data_bytes);
+  }
+
+ private:
+  void parse_metadata(const nlohmann::json& value, Metadata& metadata) const {
+    if (!value.is_object()) fail("__metadata__ is not an object");
+    for (const auto& [key, item] : value.items()) {
+      if (!item.is_string()) fail("__metadata__ entry '" + key + "' is not a string");
+      metadata[key] = item.get<std::string>();
+    }
+  }
+
+  Entry parse_entry(const std::string& name, const nlohmann::json& value) const {
+    const std::string where = "tensor '" + name + "'";
+    if (!value.is_object()) fail(where + " is not described by an object");
+    for (const char* key : {"dtype", "shape", "data_offsets"})
+      if (!value.contains(key)) fail(where + " has no \"" + key + "\"");
+    Entry e;
+    e.name = name;
+    const auto& dtype = value["dtype"];
+    if (!dtype.is_string()) fail(where + " has a dtype that is not a string");
+    if (!parse_safetensors_dtype(dtype.get<std::string>(), e.dtype))
+      fail(where + " has dtype '" + dtype.get<std::string>() +
+           "', which deit does not read (it reads F32, F64, BF16, I32, U8)");
+
+    const auto& shape = value["shape"];
+    if (!shape.is_array()) fail(where + " has a shape that is not an array");
+    uint64_t numel = 1;
+    for (const auto& d : shape) {
+      if (!d.is_number_unsigned()) fail(where + " has a shape entry that is not a count: " + d.dump());
+      const uint64_t n = d.get<uint64_t>();
+      if (n > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(numel, n, &numel))
+        fail(where + " has an impossibly large shape " + shape.dump());
+      e.shape.push_back(static_cast<int64_t>(n));
+    }
+
+    const auto& offsets = value["data_offsets"];
+    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+        !offsets[1].is_number_unsigned())
+      fail(where + " has data_offsets that are not two byte offsets: " + offsets.dump());
+    e.begin = offsets[0].get<uint64_t>();
+    e.end = offsets[1].get<uint64_t>();
+    if (e.end < e.begin) fail(where + " ends before it begins: " + offsets.dump());
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(numel, dtype_size(e.dtype), &bytes) || bytes != e.end - e.begin)
+      fail(where + " is " + dtype.get<std::string>() + " " + shape_str(e.shape) + " (" +
+           std::to_string(numel) + " elements) but its data_offsets " + offsets.dump() + " span " +
+           std::to_string(e.end - e.begin) + " bytes");
+    return e;
+  }
+
+  // The tensors must tile the data part exactly, in some order.
+  void check_layout(std::vector<Entry>& entries, uint64_t data_bytes) const {
+    std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+      return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+    });
+    uint64_t expected = 0;
+    const Entry* previous = nullptr;
+    for (const Entry& e : entries) {
+      if (e.end > data_bytes)
+        fail("tensor '" + e.name + "' needs bytes up to " + std::to_string(e.end) +
+             " of the data, but the file holds only " + std::to_string(data_bytes) +
+             " (truncated?)");
+      if (e.begin < expected)
+        fail("tensors '" + previous->name + "' and '" + e.name + "' overlap");
+      if (e.begin > expected)
+        fail("bytes " + std::to_string(expected) + " to " + std::to_string(e.begin) +
+             " of the data belong to no tensor");
+      expected = e.end;
+      previous = &e;
+    }
+    if (expected != data_bytes)
+      fail("the file holds " + std::to_string(data_bytes) + " bytes of data but the tensors use " +
+           std::to_string(expected));
+  }
+
+  std::string path_;
+};
+
+}  // namespace
+
+const Tensor* find_tensor(const NamedTensors& tensors, const std::string& name) {
+  for (const auto& [n, t] : tensors)
+    if (n == name) return &t;
+  return nullptr;
+}
+
+void write_safetensors(const std::string& path, const NamedTensors& tensors,
+                       const Metadata& metadata) {
+  std::set<std::string> names;
+  for (const auto& [name, t] : tensors) {
+    if (name.empty() || name == "__metadata__")
+      throw std::invalid_argument("cannot write '" + path + "': invalid tensor name '" + name + "'");
+    if (!names.insert(name).second)
+      throw std::invalid_argument("cannot write '" + path + "': two tensors are named '" + name +
+                                  "'");
+    if (!t.defined())
+      throw std::invalid_argument("cannot write '" + path + "': tensor '" + name +
+                                  "' is undefined");
+  }
+
+  std::vector<size_t> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return dtype_size(tensors[a].second.dtype()) > dtype_size(tensors[b].second.dtype());
+  });
+
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (size_t i : order) {
+    const Tensor& t = tensors[i].second;
+    header[tensors[i].first] = {{"dtype", safetensors_dtype_name(t.dtype())},
+                                {"shape", t.shape()},
+                                {"data_offsets", {offset, offset + t.nbytes()}}};
+    offset += t.nbytes();
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as the reference does
+  const uint64_t header_bytes = text.size();
+
+  PendingFile file(path);
+  file.open();
+  file.write(&header_bytes, sizeof header_bytes);
+  file.write(text.data(), text.size());
+  for (size_t i : order) {
+    const Tensor host = tensors[i].second.to(Device::cpu());
+    file.write(host.raw_data(), host.nbytes());
+  }
+  file.commit();
+}
+
+SafetensorsContents read_safetensors(const std::string& path,
+                                     const std::function<bool(const std::string&)>& select) {
+  File file(std::fopen(path.c_str(), "rb"), std::fclose);
+  if (!file) throw std::runtime_error("cannot read '" + path + "': " + errno_text());
+  const HeaderParser parser(path);
+  auto read_exactly = [&](void* dst, uint64_t bytes, const std::string& what) {
+    if (bytes > 0 && std::fread(dst, 1, bytes, file.get()) != bytes)
+      parser.fail("reading " + what + " failed" +
+                  (std::ferror(file.get()) ? ": " + errno_text() : std::string(" (truncated?)")));
+  };
+
+  if (::fseeko(file.get(), 0, SEEK_END) != 0)
+    throw std::runtime_error("cannot read '" + path + "': " + errno_text());
+  const uint64_t file_bytes = static_cast<uint64_t>(::ftello(file.get()));
+  std::rewind(file.get());
+  if (file_bytes < 8)
+    parser.fail("it is " + std::to_string(file_bytes) + " bytes long, shorter than the 8-byte "
+                "header length");
+  uint64_t header_bytes = 0;
+  read_exactly(&header_bytes, sizeof header_bytes, "the header length");
+  if (header_bytes > kMaxHeaderBytes)
+    parser.fail("the header length " + std::to_string(header_bytes) + " exceeds the 100 MB limit");
+  if (header_bytes > file_bytes - 8)
+    parser.fail("the header length " + std::to_string(header_bytes) +
+                " exceeds the file size " + std::to_string(file_bytes));
+  std::string text(header_bytes, '\0');
+  read_exactly(text.data(), header_bytes, "the header");
+
+  SafetensorsContents out;
+  std::vector<Entry> entries;
+  parser.parse(text, file_bytes - 8 - header_bytes, out, entries);
+
+  const uint64_t data_start = 8 + header_bytes;
+  for (Entry& e : entries) {
+    if (select && !select(e.name)) continue;
+    Tensor t = Tensor::empty(e.shape, e.dtype);
+    if (::fseeko(file.get(), static_cast<off_t>(data_start + e.begin), SEEK_SET) != 0)
+      parser.fail("seeking to tensor '" + e.name + "' failed: " + errno_text());
+    read_exactly(t.raw_data(), e.end - e.begin, "tensor '" + e.name + "'");
+    out.tensors.emplace_back(std::move(e.name), std::move(t));
+  }
+  return out;
+}
+
+}  // namespace deit::model

@@ -1,0 +1,48 @@
+// The safetensors file format (huggingface/safetensors), which timm, PyTorch and the Hub read:
+//
+//   8 bytes    N, the header length, unsigned little-endian
+//   N bytes    JSON: {"__metadata__": {string: string}, "<name>": {"dtype": "F32",
+//              "shape": [d0, d1, ...], "data_offsets": [begin, end]}, ...}, padded with spaces so
+//              that the data starts 8-byte aligned
+//   the rest   the tensors' raw little-endian bytes; offsets count from the start of this part,
+//              and the tensors tile it exactly (no gaps, no overlaps), as the reference
+//              implementation requires
+//
+// Supported dtypes are those a deit Tensor has: F32, F64, BF16, I32, U8. Reading validates the
+// whole header before it reads any data and throws std::runtime_error naming the file and the
+// problem; writing goes to a temporary file beside the target and is renamed over it only once
+// complete, so a failed write never leaves a partial file or destroys the previous one.
+#pragma once
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace deit::model {
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+using Metadata = std::map<std::string, std::string>;
+
+// The tensor called `name`, or nullptr.
+const Tensor* find_tensor(const NamedTensors& tensors, const std::string& name);
+
+// Writes `tensors` (any device; copied to the host one at a time) and `metadata` to `path`
+// atomically. Names must be unique, non-empty and not "__metadata__". Larger element types come
+// first in the data, so every tensor's bytes are aligned to its element size.
+void write_safetensors(const std::string& path, const NamedTensors& tensors,
+                       const Metadata& metadata = {});
+
+struct SafetensorsContents {
+  NamedTensors tensors;  // host tensors, in the order of their bytes in the file
+  Metadata metadata;
+};
+
+// Reads and validates `path`. With `select`, only the tensors it accepts are read (the others are
+// still validated), so a caller that needs part of a large file does not pay for all of it.
+SafetensorsContents read_safetensors(
+    const std::string& path, const std::function<bool(const std::string& name)>& select = {});
+
+}  // namespace deit::model

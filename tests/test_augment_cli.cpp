@@ -1,0 +1,93 @@
+// `deit augment` as a user runs it: named ops give the same pixels as the library, the grid has
+// the promised layout and is reproducible from its seed, and bad input gets a clear message and a
+// non-zero exit.
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include "data/image.h"
+#include "data/transforms.h"
+#include "engine/rng.h"
+#include "tests/cli_runner.h"
+#include "tests/test_data_helpers.h"
+
+using deit::test::CliResult;
+using deit::test::run_deit;
+
+namespace {
+
+const std::string kInput = std::string(DEIT_SOURCE_DIR) + "/tests/data/augment/input_a.ppm";
+
+}  // namespace
+
+TEST_CASE("deit augment applies named ops in order, as the library does", "[augment][cli]") {
+  deit::test::TempDir dir;
+  const std::string out = dir.file("out.png");
+  const CliResult r = run_deit("augment --in " + kInput + " --out " + out +
+                            " --op crop:2,3,30,25 --op hflip --op blur:0.8 --op contrast:1.2");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+
+  deit::data::ImageU8 expected = deit::data::decode_image_file(kInput);
+  deit::Rng unused(0);
+  for (const char* op : {"crop:2,3,30,25", "hflip", "blur:0.8", "contrast:1.2"})
+    expected = deit::data::apply_named_op(expected, op, unused);
+  const deit::data::ImageU8 got = deit::data::decode_image_file(out);
+  CHECK(got.height == 25);
+  CHECK(got.width == 30);
+  CHECK(got.pixels == expected.pixels);
+}
+
+TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cli]") {
+  deit::test::TempDir dir;
+  for (int i = 0; i < 4; ++i) {
+    deit::data::write_png(dir.file("data/train/a/" + std::to_string(i) + ".png"),
+                          deit::test::gradient_image(40 + 3 * i, 50, i));
+    deit::data::write_png(dir.file("data/train/b/" + std::to_string(i) + ".png"),
+                          deit::test::gradient_image(60, 30 + 5 * i, 7 + i));
+  }
+  const std::string args = "augment --data " + dir.path() + "/data --n 5 --input-size 16";
+  CliResult r = run_deit(args + " --seed 3 --grid " + dir.file("g1.png"));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  r = run_deit(args + " --seed 3 --grid " + dir.file("g2.png"));
+  REQUIRE(r.exit_code == 0);
+
+  // 5 views: 3 columns x 2 rows of 16 px tiles with 2 px gaps.
+  const deit::data::ImageU8 grid = deit::data::decode_image_file(dir.file("g1.png"));
+  CHECK(grid.height == 2 * 18 - 2);
+  CHECK(grid.width == 3 * 18 - 2);
+  CHECK(deit::test::read_bytes(dir.file("g1.png")) == deit::test::read_bytes(dir.file("g2.png")));
+
+  r = run_deit(args + " --seed 4 --grid " + dir.file("g3.png"));
+  REQUIRE(r.exit_code == 0);
+  CHECK(deit::test::read_bytes(dir.file("g1.png")) != deit::test::read_bytes(dir.file("g3.png")));
+}
+
+TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[augment][cli]") {
+  deit::test::TempDir dir;
+  const std::string prefix = "augment --in " + kInput + " --out " + dir.file("o.png");
+  CliResult r = run_deit(prefix + " --op sharpen");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("unknown op 'sharpen'"));
+  r = run_deit(prefix + " --op hflip --op blur:wide");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--op 'blur:wide' (op 2 of 2)") &&
+                           Catch::Contains("'wide' is not a number"));
+  r = run_deit(prefix + " --op crop:0,0,100,5");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("not inside the 40x48 image"));
+  r = run_deit(prefix);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("at least one --op"));
+  r = run_deit("augment --in " + kInput + " --out " + dir.file("o.jpg") + " --op hflip");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("name it *.png"));
+  r = run_deit("augment --in " + dir.file("missing.png") + " --out " + dir.file("o.png") +
+               " --op hflip");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("missing.png"));
+  r = run_deit("augment --data " + dir.path() + " --grid " + dir.file("g.png"));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains(dir.path()));
+}

@@ -1,0 +1,295 @@
+// Checkpoints and weights files (model/checkpoint.h): what they hold, that they restore the model
+// bit for bit, that a checkpoint or weights file of another model is refused with both models
+// named, that a failed save never costs the previous checkpoint, and that exports carry exactly
+// timm's names and shapes.
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/rng.h"
+#include "model/checkpoint.h"
+#include "tests/test_data_helpers.h"
+#include "tests/test_io_helpers.h"
+
+using namespace deit;
+using namespace deit::model;
+using deit::test::TempDir;
+using Catch::Contains;
+
+namespace {
+
+ViTConfig tiny(const std::string& name, int64_t dim = 32, int64_t heads = 4,
+               int64_t num_classes = 10) {
+  ViTConfig c;
+  c.name = name;
+  c.patch = 4;
+  c.dim = dim;
+  c.depth = 2;
+  c.heads = heads;
+  c.num_classes = num_classes;
+  c.input_size = 16;
+  return c;
+}
+
+VisionTransformer initialised(const ViTConfig& c, uint64_t seed) {
+  VisionTransformer vit(c);
+  Rng rng(seed);
+  vit.initialize(rng);
+  return vit;
+}
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
+         std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
+}
+
+bool same_parameters(const VisionTransformer& a, const VisionTransformer& b) {
+  for (const Parameter& p : a.parameters().all())
+    if (!same_bytes(p.value, b.parameters().get(p.name))) return false;
+  return a.parameters().size() == b.parameters().size();
+}
+
+NamedTensors parameters_of(const VisionTransformer& vit) {
+  NamedTensors out;
+  for (const Parameter& p : vit.parameters().all()) out.emplace_back(p.name, p.value);
+  return out;
+}
+
+// timm's state_dict of deit3_small_patch16_224: names and shapes, written out from RECIPE.md
+// section 1 rather than from our parameter table, so the two are checked against each other.
+std::map<std::string, Shape> timm_deit3_small() {
+  const int64_t C = 384;
+  std::map<std::string, Shape> keys = {
+      {"cls_token", {1, 1, C}},          {"pos_embed", {1, 196, C}},
+      {"patch_embed.proj.weight", {C, 3, 16, 16}}, {"patch_embed.proj.bias", {C}},
+      {"norm.weight", {C}},              {"norm.bias", {C}},
+      {"head.weight", {1000, C}},        {"head.bias", {1000}},
+  };
+  for (int i = 0; i < 12; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    keys[b + "norm1.weight"] = {C};
+    keys[b + "norm1.bias"] = {C};
+    keys[b + "attn.qkv.weight"] = {3 * C, C};
+    keys[b + "attn.qkv.bias"] = {3 * C};
+    keys[b + "attn.proj.weight"] = {C, C};
+    keys[b + "attn.proj.bias"] = {C};
+    keys[b + "ls1.gamma"] = {C};
+    keys[b + "norm2.weight"] = {C};
+    keys[b + "norm2.bias"] = {C};
+    keys[b + "mlp.fc1.weight"] = {4 * C, C};
+    keys[b + "mlp.fc1.bias"] = {4 * C};
+    keys[b + "mlp.fc2.weight"] = {C, 4 * C};
+    keys[b + "mlp.fc2.bias"] = {C};
+    keys[b + "ls2.gamma"] = {C};
+  }
+  return keys;
+}
+
+}  // namespace
+
+TEST_CASE("a checkpoint restores the model, the extra state and the caller's JSON", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("checkpoint.safetensors");
+  const VisionTransformer vit = initialised(tiny("tiny_a"), 1);
+  Rng rng(2);
+  const NamedTensors extra = {
+      {"optimizer.exp_avg.cls_token", Tensor::randn({1, 1, 32}, rng)},
+      {"optimizer.exp_avg_sq.head.weight", Tensor::randn({10, 32}, rng)},
+      {"sampler.permutation", Tensor::from_vector(std::vector<int32_t>{3, 1, 2, 0}, {4})},
+  };
+  const nlohmann::json state = {{"epoch", 7},
+                                {"lr", 0.0012345678901234567},
+                                {"rng", {UINT64_MAX, 0, 12345678901234567890ull, 1}},
+                                {"args", {{"model", "tiny_a"}, {"bce_loss", true}}}};
+  save_checkpoint(path, vit, extra, state);
+
+  // The file is plain safetensors, the parameters under "model.".
+  const auto raw = read_safetensors(path);
+  CHECK(find_tensor(raw.tensors, "model.blocks.1.ls2.gamma") != nullptr);
+  CHECK(nlohmann::json::parse(raw.metadata.at("deit")) == state);
+
+  const Checkpoint ckpt = read_checkpoint(path);
+  CHECK(ckpt.path == path);
+  CHECK(ckpt.state == state);
+  CHECK(ckpt.config.name == "tiny_a");
+  CHECK(ckpt.config.dim == 32);
+  CHECK(ckpt.config.heads == 4);
+  CHECK(ckpt.config.num_classes == 10);
+  CHECK(ckpt.config.input_size == 16);
+  CHECK(ckpt.config.layerscale_init == vit.config().layerscale_init);
+  REQUIRE(ckpt.extra.size() == extra.size());
+  for (size_t i = 0; i < extra.size(); ++i) {
+    INFO(extra[i].first);
+    const Tensor* back = find_tensor(ckpt.extra, extra[i].first);
+    REQUIRE(back != nullptr);
+    CHECK(same_bytes(*back, extra[i].second));
+  }
+
+  VisionTransformer restored(ckpt.config);
+  load_checkpoint_model(restored, ckpt);
+  CHECK(same_parameters(restored, vit));
+
+  const Checkpoint model_only = read_checkpoint(path, /*with_extra=*/false);
+  CHECK(model_only.extra.empty());
+  CHECK(model_only.model.size() == vit.parameters().size());
+}
+
+TEST_CASE("a checkpoint of another model is refused, naming both models and the file", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("other.safetensors");
+  save_checkpoint(path, initialised(tiny("tiny_a"), 1), {}, nlohmann::json::object());
+  const Checkpoint ckpt = read_checkpoint(path);
+
+  VisionTransformer narrower = initialised(tiny("tiny_b", 16), 3);
+  const VisionTransformer untouched = initialised(tiny("tiny_b", 16), 3);
+  CHECK_THROWS_WITH(load_checkpoint_model(narrower, ckpt),
+                    Contains("checkpoint '" + path + "' is for tiny_a (dim 32, mlp 128) but the "
+                             "model is tiny_b (dim 16, mlp 64)"));
+  CHECK(same_parameters(narrower, untouched));  // nothing was copied
+
+  VisionTransformer fewer_classes(tiny("tiny_c", 32, 4, 5));
+  CHECK_THROWS_WITH(load_checkpoint_model(fewer_classes, ckpt),
+                    Contains("is for tiny_a (10 classes) but the model is tiny_c (5 classes)"));
+
+  ViTConfig larger_images = tiny("tiny_d");
+  larger_images.input_size = 32;
+  VisionTransformer at_32(larger_images);
+  CHECK_THROWS_WITH(load_checkpoint_model(at_32, ckpt),
+                    Contains("is for tiny_a (4x4 patches) but the model is tiny_d (8x8 patches)"));
+
+  // Same shapes, different head count: only the saved configuration can tell.
+  VisionTransformer two_heads(tiny("tiny_e", 32, 2));
+  CHECK_THROWS_WITH(load_checkpoint_model(two_heads, ckpt),
+                    Contains("is for tiny_a (heads 4) but the model is tiny_e (heads 2)"));
+
+  // The presets, as a user meets them (no file needed: the configuration decides).
+  VisionTransformer small(preset("deit3_small"));
+  const ViTConfig base = preset("deit3_base");
+  CHECK_THROWS_WITH(load_parameters(small, {}, "checkpoint 'run/base.safetensors'", &base),
+                    Contains("checkpoint 'run/base.safetensors' is for deit3_base (dim 768") &&
+                        Contains("but the model is deit3_small (dim 384"));
+}
+
+TEST_CASE("missing, unexpected and mis-shaped tensors are listed", "[io]") {
+  VisionTransformer vit = initialised(tiny("tiny_a"), 1);
+  NamedTensors tensors;
+  for (const auto& [name, t] : parameters_of(vit)) {
+    if (name == "head.bias") continue;
+    tensors.emplace_back(name, name == "norm.weight" ? Tensor::zeros({31}) : t.clone());
+  }
+  tensors.emplace_back("blocks.0.attn.relative_position_bias", Tensor::zeros({4}));
+  CHECK_THROWS_WITH(
+      load_parameters(vit, tensors, "weights file 'w.safetensors'"),
+      Contains("weights file 'w.safetensors' does not fit the model tiny_a") &&
+          Contains("missing tensors: head.bias") &&
+          Contains("unexpected tensors: blocks.0.attn.relative_position_bias") &&
+          Contains("norm.weight is f32 (31) in the file but (32) in the model"));
+}
+
+TEST_CASE("a failed checkpoint save keeps the previous checkpoint", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("checkpoint.safetensors");
+  const VisionTransformer first = initialised(tiny("tiny_a"), 1);
+  save_checkpoint(path, first, {}, {{"epoch", 1}});
+  const std::vector<uint8_t> good = deit::test::read_bytes(path);
+
+  const VisionTransformer second = initialised(tiny("tiny_a"), 2);
+  {
+    deit::test::FileSizeLimit limit(good.size() / 2);
+    CHECK_THROWS_WITH(save_checkpoint(path, second, {}, {{"epoch", 2}}),
+                      Contains("cannot write '" + path + "'"));
+  }
+  CHECK(deit::test::read_bytes(path) == good);
+  CHECK(read_checkpoint(path).state["epoch"] == 1);
+  CHECK(std::distance(std::filesystem::directory_iterator(dir.path()),
+                      std::filesystem::directory_iterator()) == 1);
+
+  const std::string unwritable = path + "/inside_a_file.safetensors";
+  CHECK_THROWS_WITH(save_checkpoint(unwritable, second, {}, {}),
+                    Contains("cannot write '" + unwritable + "'") && Contains("Not a directory"));
+  CHECK_THROWS_WITH(save_checkpoint(dir.file("x.safetensors"), second,
+                                    {{"model.cls_token", Tensor::zeros({1})}}, {}),
+                    Contains("'model.cls_token' uses the prefix reserved for the model"));
+}
+
+TEST_CASE("read_checkpoint refuses files that are not deit checkpoints", "[io]") {
+  TempDir dir;
+  const VisionTransformer vit = initialised(tiny("tiny_a"), 1);
+  const std::string weights = dir.file("weights.safetensors");
+  save_weights(weights, vit);
+  CHECK_THROWS_WITH(read_checkpoint(weights),
+                    Contains("checkpoint '" + weights + "': not a deit checkpoint"));
+
+  const std::string broken = dir.file("broken.safetensors");
+  write_safetensors(broken, {}, {{"deit", "{}"}, {"deit_model", R"({"name": "x"})"}});
+  CHECK_THROWS_WITH(read_checkpoint(broken),
+                    Contains("checkpoint '" + broken + "'") &&
+                        Contains("deit_model metadata is not a valid model description"));
+}
+
+TEST_CASE("weights files carry exactly timm's names and shapes for deit3_small", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("deit3_small.safetensors");
+  VisionTransformer vit(preset("deit3_small"));
+  Rng rng(5);
+  vit.initialize(rng);
+  save_weights(path, vit);
+
+  const auto contents = read_safetensors(path);
+  std::map<std::string, Shape> written;
+  for (const auto& [name, t] : contents.tensors) {
+    written[name] = t.shape();
+    CHECK(t.dtype() == DType::f32);
+  }
+  CHECK(written == timm_deit3_small());
+  CHECK(contents.metadata == Metadata{{"format", "pt"}});
+}
+
+TEST_CASE("weights files load back, also under the reference code's gamma names", "[io]") {
+  TempDir dir;
+  const VisionTransformer vit = initialised(tiny("tiny_a"), 1);
+  const std::string timm_names = dir.file("timm.safetensors");
+  save_weights(timm_names, vit);
+  VisionTransformer loaded(tiny("tiny_a"));
+  load_weights(loaded, timm_names);
+  CHECK(same_parameters(loaded, vit));
+
+  NamedTensors renamed;
+  for (auto [name, t] : read_safetensors(timm_names).tensors) {
+    for (const auto& [timm, reference] : {std::pair{".ls1.gamma", ".gamma_1"},
+                                          std::pair{".ls2.gamma", ".gamma_2"}}) {
+      const size_t at = name.find(timm);
+      if (at != std::string::npos) name = name.substr(0, at) + reference;
+    }
+    renamed.emplace_back(name, t);
+  }
+  REQUIRE(find_tensor(renamed, "blocks.1.gamma_2") != nullptr);
+  const std::string reference_names = dir.file("reference.safetensors");
+  write_safetensors(reference_names, renamed);
+  VisionTransformer from_reference(tiny("tiny_a"));
+  load_weights(from_reference, reference_names);
+  CHECK(same_parameters(from_reference, vit));
+}
+
+TEST_CASE("load_weights refuses checkpoints and other models' weights", "[io]") {
+  TempDir dir;
+  const VisionTransformer vit = initialised(tiny("tiny_a"), 1);
+  const std::string checkpoint = dir.file("checkpoint.safetensors");
+  save_checkpoint(checkpoint, vit, {}, {});
+  VisionTransformer target(tiny("tiny_a"));
+  CHECK_THROWS_WITH(load_weights(target, checkpoint),
+                    Contains("'" + checkpoint + "' is a deit checkpoint, not a weights file"));
+
+  const std::string weights = dir.file("weights.safetensors");
+  save_weights(weights, vit);
+  VisionTransformer narrower(tiny("tiny_b", 16));
+  CHECK_THROWS_WITH(load_weights(narrower, weights),
+                    Contains("weights file '" + weights + "' is for a ViT (dim 32, mlp 128) but "
+                             "the model is tiny_b (dim 16, mlp 64)"));
+}

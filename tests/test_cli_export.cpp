@@ -1,0 +1,102 @@
+// `deit export` as a user runs it: a checkpoint becomes a weights file with the model's tensors
+// only, under timm's names; bad input gets a clear message, a non-zero exit, and never costs the
+// checkpoint.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "engine/rng.h"
+#include "model/checkpoint.h"
+#include "tests/test_cli_helpers.h"
+#include "tests/test_data_helpers.h"
+
+using namespace deit;
+using namespace deit::model;
+using deit::test::run_deit;
+using deit::test::TempDir;
+using Catch::Contains;
+
+namespace {
+
+VisionTransformer tiny_model() {
+  ViTConfig c;
+  c.name = "tiny";
+  c.patch = 4;
+  c.dim = 32;
+  c.depth = 2;
+  c.heads = 4;
+  c.num_classes = 10;
+  c.input_size = 16;
+  VisionTransformer vit(c);
+  Rng rng(11);
+  vit.initialize(rng);
+  return vit;
+}
+
+}  // namespace
+
+TEST_CASE("deit export writes the model's tensors under timm's names", "[io][cli]") {
+  TempDir dir;
+  const VisionTransformer vit = tiny_model();
+  const std::string checkpoint = dir.file("checkpoint.safetensors");
+  save_checkpoint(checkpoint, vit, {{"optimizer.exp_avg.head.bias", Tensor::zeros({10})}},
+                  {{"epoch", 3}});
+  const std::string out = dir.file("exported.safetensors");
+
+  const auto r = run_deit("export --checkpoint " + checkpoint + " --out " + out);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("wrote " + out));
+  const auto contents = read_safetensors(out);
+  REQUIRE(contents.tensors.size() == vit.parameters().size());
+  for (const Parameter& p : vit.parameters().all()) {
+    INFO(p.name);
+    const Tensor* t = find_tensor(contents.tensors, p.name);
+    REQUIRE(t != nullptr);
+    REQUIRE(t->shape() == p.value.shape());
+    CHECK(std::memcmp(t->raw_data(), p.value.raw_data(), p.value.nbytes()) == 0);
+  }
+}
+
+TEST_CASE("deit export rejects bad input with a clear message and a non-zero exit", "[io][cli]") {
+  TempDir dir;
+  const std::string checkpoint = dir.file("checkpoint.safetensors");
+  save_checkpoint(checkpoint, tiny_model(), {}, {{"epoch", 3}});
+  const std::vector<uint8_t> good = deit::test::read_bytes(checkpoint);
+  const std::string out = dir.file("out.safetensors");
+
+  auto r = run_deit("export --out " + out);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("--checkpoint"));
+
+  const std::string missing = dir.path() + "/no_such.safetensors";
+  r = run_deit("export --checkpoint " + missing + " --out " + out);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("cannot read '" + missing + "'") && Contains("No such file"));
+
+  const std::string garbage = dir.file("garbage.safetensors");
+  deit::test::write_bytes(garbage, {'n', 'o', 't', ' ', 'a', ' ', 'c', 'h', 'e', 'c', 'k'});
+  r = run_deit("export --checkpoint " + garbage + " --out " + out);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("'" + garbage + "' is not a valid safetensors file"));
+
+  const std::string weights = dir.file("weights.safetensors");
+  save_weights(weights, tiny_model());
+  r = run_deit("export --checkpoint " + weights + " --out " + out);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("'" + weights + "': not a deit checkpoint"));
+
+  const std::string no_dir = dir.path() + "/missing/out.safetensors";
+  r = run_deit("export --checkpoint " + checkpoint + " --out " + no_dir);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("cannot write '" + no_dir + "'"));
+
+  r = run_deit("export --checkpoint " + checkpoint + " --out " + checkpoint);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("is the checkpoint itself"));
+
+  CHECK_FALSE(std::filesystem::exists(out));
+  CHECK(deit::test::read_bytes(checkpoint) == good);
+}

@@ -1,0 +1,262 @@
+// The safetensors reader and writer (model/safetensors.h): exact round trips of every dtype and
+// of the metadata, the reference layout, rejection of every kind of damaged file with the file
+// named, and atomic writes.
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/bf16.h"
+#include "model/safetensors.h"
+#include "tests/test_data_helpers.h"
+#include "tests/test_io_helpers.h"
+
+using deit::DType;
+using deit::Tensor;
+using deit::model::NamedTensors;
+using deit::model::read_safetensors;
+using deit::model::write_safetensors;
+using deit::test::TempDir;
+using Catch::Contains;
+
+namespace {
+
+// One tensor of each dtype, odd sizes so that alignment matters, plus a 0-d and an empty tensor;
+// listed smallest element first so the writer has to reorder them.
+NamedTensors every_dtype() {
+  std::vector<uint8_t> u8(7);
+  for (size_t i = 0; i < u8.size(); ++i) u8[i] = static_cast<uint8_t>(37 * i + 200);
+  std::vector<deit::kernels::bf16_bits> bf16;
+  for (float v : {1.5f, -2.25f, 3e-3f, 65504.f, -0.f, 7.f})
+    bf16.push_back(deit::kernels::float_to_bf16(v));
+  return {
+      {"bytes", Tensor::from_vector(u8, {7})},
+      {"half", Tensor::from_vector(bf16, {3, 2})},
+      {"weights", Tensor::from_vector(std::vector<float>{0.5f, -1.f, 1e-30f, 3.f, -7.25f, 1e30f},
+                                      {2, 3})},
+      {"labels", Tensor::from_vector(
+                     std::vector<int32_t>{-1, 0, 7, std::numeric_limits<int32_t>::min(), 123456},
+                     {5})},
+      {"doubles", Tensor::from_vector(
+                      std::vector<double>{3.141592653589793, -1e-300, 2.0 / 3.0, 1e300}, {2, 1, 2})},
+      {"scalar", Tensor::from_vector(std::vector<float>{42.f}, {})},
+      {"empty", Tensor::empty({0, 4})},
+  };
+}
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
+         std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
+}
+
+// A safetensors file from a header given as text and `data_bytes` zero bytes of data.
+std::vector<uint8_t> file_bytes(const std::string& header, size_t data_bytes,
+                                uint64_t header_length) {
+  std::vector<uint8_t> bytes(8);
+  std::memcpy(bytes.data(), &header_length, 8);
+  bytes.insert(bytes.end(), header.begin(), header.end());
+  bytes.resize(bytes.size() + data_bytes, 0);
+  return bytes;
+}
+std::vector<uint8_t> file_bytes(const std::string& header, size_t data_bytes) {
+  return file_bytes(header, data_bytes, header.size());
+}
+
+size_t files_in(const std::string& dir) {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("safetensors round-trips every dtype and the metadata exactly", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("all.safetensors");
+  const NamedTensors written = every_dtype();
+  const deit::model::Metadata metadata = {{"format", "pt"},
+                                          {"note", "quotes \" and unicode \xc3\xa9 survive"},
+                                          {"json", R"({"epoch": 3})"}};
+  write_safetensors(path, written, metadata);
+
+  const auto contents = read_safetensors(path);
+  CHECK(contents.metadata == metadata);
+  REQUIRE(contents.tensors.size() == written.size());
+  for (const auto& [name, t] : written) {
+    INFO(name);
+    const Tensor* back = deit::model::find_tensor(contents.tensors, name);
+    REQUIRE(back != nullptr);
+    CHECK(same_bytes(*back, t));
+  }
+  // Largest elements first (the writer's order, which the reader reports), keeping given order.
+  std::vector<std::string> order;
+  for (const auto& [name, t] : contents.tensors) order.push_back(name);
+  CHECK(order == std::vector<std::string>{"doubles", "weights", "labels", "scalar", "empty",
+                                          "half", "bytes"});
+}
+
+TEST_CASE("safetensors files have the reference layout", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("layout.safetensors");
+  write_safetensors(path, every_dtype(), {{"format", "pt"}});
+  const std::vector<uint8_t> bytes = deit::test::read_bytes(path);
+  uint64_t header_length = 0;
+  std::memcpy(&header_length, bytes.data(), 8);
+  CHECK(header_length % 8 == 0);  // so the data starts 8-byte aligned
+  const auto header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + header_length);
+  CHECK(header["__metadata__"] == nlohmann::json{{"format", "pt"}});
+  CHECK(header["weights"]["dtype"] == "F32");
+  CHECK(header["weights"]["shape"] == nlohmann::json{2, 3});
+  CHECK(header["half"]["dtype"] == "BF16");
+  CHECK(header["doubles"]["dtype"] == "F64");
+  CHECK(header["labels"]["dtype"] == "I32");
+  CHECK(header["bytes"]["dtype"] == "U8");
+  CHECK(header["scalar"]["shape"] == nlohmann::json::array());
+  const std::map<std::string, uint64_t> element_size = {
+      {"F64", 8}, {"F32", 4}, {"I32", 4}, {"BF16", 2}, {"U8", 1}};
+  uint64_t data_bytes = 0;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") continue;
+    INFO(name);
+    CHECK(entry["data_offsets"][0].get<uint64_t>() % element_size.at(entry["dtype"]) == 0);
+    data_bytes += entry["data_offsets"][1].get<uint64_t>() - entry["data_offsets"][0].get<uint64_t>();
+  }
+  CHECK(bytes.size() == 8 + header_length + data_bytes);
+}
+
+TEST_CASE("safetensors reads files from other writers: unpadded header, no metadata", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("other.safetensors");
+  const std::string header = R"({"b":{"dtype":"U8","shape":[3],"data_offsets":[4,7]},)"
+                             R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  std::vector<uint8_t> bytes = file_bytes(header, 0);
+  const float one = 1.0f;
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(&one);
+  bytes.insert(bytes.end(), p, p + 4);
+  bytes.insert(bytes.end(), {9, 8, 7});
+  deit::test::write_bytes(path, bytes);
+
+  const auto contents = read_safetensors(path);
+  CHECK(contents.metadata.empty());
+  REQUIRE(contents.tensors.size() == 2);
+  CHECK(contents.tensors[0].first == "a");  // in data order
+  CHECK(contents.tensors[0].second.item() == 1.0);
+  CHECK(contents.tensors[1].second.to_vector<int32_t>() == std::vector<int32_t>{9, 8, 7});
+}
+
+TEST_CASE("safetensors reads only the selected tensors", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("select.safetensors");
+  write_safetensors(path, every_dtype());
+  const auto contents =
+      read_safetensors(path, [](const std::string& name) { return name == "labels"; });
+  REQUIRE(contents.tensors.size() == 1);
+  CHECK(contents.tensors[0].first == "labels");
+  CHECK(same_bytes(contents.tensors[0].second, every_dtype()[3].second));
+}
+
+TEST_CASE("safetensors rejects damaged files, naming the file and the problem", "[io]") {
+  TempDir dir;
+  struct Case {
+    const char* what;
+    std::vector<uint8_t> bytes;
+    const char* message;
+  };
+  const std::string f32_entry = R"({"dtype":"F32","shape":[1],"data_offsets":)";
+  const std::vector<Case> cases = {
+      {"shorter than the length field", {1, 2, 3}, "shorter than the 8-byte header length"},
+      {"header length past the end", file_bytes("{}", 0, 1000), "exceeds the file size"},
+      {"absurd header length", file_bytes("{}", 0, uint64_t{1} << 40), "exceeds the 100 MB limit"},
+      {"header not JSON", file_bytes(R"({"a": )", 0), "the header is not JSON"},
+      {"header not an object", file_bytes("[1, 2]", 0), "not a JSON object"},
+      {"entry not an object", file_bytes(R"({"a": 3})", 0), "tensor 'a' is not described"},
+      {"unsupported dtype",
+       file_bytes(R"({"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}})", 2),
+       "tensor 'a' has dtype 'F16', which deit does not read"},
+      {"unknown dtype", file_bytes(R"({"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}})", 1),
+       "dtype 'Q4'"},
+      {"missing data_offsets", file_bytes(R"({"a":{"dtype":"F32","shape":[1]}})", 4),
+       "tensor 'a' has no \"data_offsets\""},
+      {"negative dimension",
+       file_bytes(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4),
+       "not a count: -1"},
+      {"shape and byte range disagree",
+       file_bytes(R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})", 12),
+       "tensor 'a' is F32 (2, 2) (4 elements) but its data_offsets [0,12] span 12 bytes"},
+      {"range ends before it begins", file_bytes(R"({"a":)" + f32_entry + "[8,4]}}", 8),
+       "ends before it begins"},
+      {"data cut short", file_bytes(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8),
+       "the file holds only 8 (truncated?)"},
+      {"overlapping tensors",
+       file_bytes(R"({"a":)" + f32_entry + R"([0,4]},"b":)" + f32_entry + "[2,6]}}", 6),
+       "tensors 'a' and 'b' overlap"},
+      {"gap between tensors",
+       file_bytes(R"({"a":)" + f32_entry + R"([0,4]},"b":)" + f32_entry + "[8,12]}}", 12),
+       "bytes 4 to 8 of the data belong to no tensor"},
+      {"trailing bytes", file_bytes(R"({"a":)" + f32_entry + "[0,4]}}", 9),
+       "holds 9 bytes of data but the tensors use 4"},
+      {"metadata value not a string", file_bytes(R"({"__metadata__":{"epoch":3}})", 0),
+       "__metadata__ entry 'epoch' is not a string"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    const std::string path = dir.file("bad.safetensors");
+    deit::test::write_bytes(path, c.bytes);
+    CHECK_THROWS_WITH(read_safetensors(path), Contains("'" + path + "'") && Contains(c.message));
+  }
+}
+
+TEST_CASE("safetensors detects a truncated file and a missing one", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("cut.safetensors");
+  write_safetensors(path, every_dtype(), {{"format", "pt"}});
+  const std::vector<uint8_t> whole = deit::test::read_bytes(path);
+
+  deit::test::write_bytes(path, {whole.begin(), whole.end() - 3});
+  CHECK_THROWS_WITH(read_safetensors(path), Contains("'" + path + "'") && Contains("truncated"));
+  deit::test::write_bytes(path, {whole.begin(), whole.begin() + 40});  // inside the header
+  CHECK_THROWS_WITH(read_safetensors(path),
+                    Contains("'" + path + "'") && Contains("exceeds the file size"));
+  const std::string missing = dir.path() + "/nothing.safetensors";
+  CHECK_THROWS_WITH(read_safetensors(missing),
+                    Contains("cannot read '" + missing + "'") && Contains("No such file"));
+}
+
+TEST_CASE("a failed safetensors write leaves the previous file intact", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("keep.safetensors");
+  write_safetensors(path, every_dtype(), {{"version", "good"}});
+  const std::vector<uint8_t> good = deit::test::read_bytes(path);
+
+  const NamedTensors large = {{"big", Tensor::zeros({64 * 1024})}};  // 256 KiB
+  {
+    deit::test::FileSizeLimit limit(16 * 1024);  // the disk "fills up" part-way through
+    CHECK_THROWS_WITH(write_safetensors(path, large, {{"version", "bad"}}),
+                      Contains("cannot write '" + path + "'") && Contains("File too large"));
+  }
+  CHECK(deit::test::read_bytes(path) == good);
+  CHECK(read_safetensors(path).metadata.at("version") == "good");
+  CHECK(files_in(dir.path()) == 1);  // no temporary file left behind
+
+  const std::string no_dir = dir.path() + "/missing/out.safetensors";
+  CHECK_THROWS_WITH(write_safetensors(no_dir, large),
+                    Contains("cannot write '" + no_dir + "'") && Contains("No such file"));
+}
+
+TEST_CASE("safetensors refuses to write ambiguous names", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("names.safetensors");
+  const Tensor t = Tensor::zeros({2});
+  CHECK_THROWS_WITH(write_safetensors(path, {{"a", t}, {"a", t}}),
+                    Contains("two tensors are named 'a'"));
+  CHECK_THROWS_WITH(write_safetensors(path, {{"__metadata__", t}}),
+                    Contains("invalid tensor name '__metadata__'"));
+  CHECK_THROWS_WITH(write_safetensors(path, {{"", t}}), Contains("invalid tensor name ''"));
+  CHECK_FALSE(std::filesystem::exists(path));
+}
