@@ -18,7 +18,7 @@ struct InfoOptions {
 };
 
 void run_info(const InfoOptions& opts) {
-  const model::ViTConfig c = opts.model.resolve();
+  const model::ViTConfig c = opts.model.apply_to(model::preset(opts.model.model));
   const int64_t params = model::parameter_count(c);
   const double gmacs = static_cast<double>(model::forward_macs(c)) / 1e9;
   const int64_t act_bf16 = model::activation_bytes_per_image(c, 2, 4);
@@ -64,7 +64,7 @@ void run_info(const InfoOptions& opts) {
 void add_info_command(CLI::App& app) {
   auto opts = std::make_shared<InfoOptions>();
   CLI::App* cmd = app.add_subcommand("info", "Parameters, GMACs and activation memory of a model");
-  opts->model.add_to(*cmd, 224);
+  opts->model.add_to(*cmd, "224");
   cmd->add_flag("--json", opts->json, "Print one JSON object (fields include params, gmacs)");
   cmd->callback([opts] { run_info(*opts); });
 }

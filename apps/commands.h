@@ -7,6 +7,9 @@ namespace deit::apps {
 void add_info_command(CLI::App& app);
 void add_pack_command(CLI::App& app);
 void add_augment_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 
 }  // namespace deit::apps

@@ -2,8 +2,7 @@
 
 namespace deit::apps {
 
-void ModelOptions::add_to(CLI::App& cmd, int64_t default_input_size) {
-  default_input_size_ = default_input_size;
+void ModelOptions::add_to(CLI::App& cmd, const std::string& input_size_default) {
   std::string names;
   for (const auto& n : model::preset_names()) names += (names.empty() ? "" : ", ") + n;
   cmd.add_option("--model", model, "Model preset: " + names)->required();
@@ -11,14 +10,11 @@ void ModelOptions::add_to(CLI::App& cmd, int64_t default_input_size) {
   cmd.add_option("--dim", dim, "Override the embedding dimension");
   cmd.add_option("--depth", depth, "Override the number of blocks");
   cmd.add_option("--heads", heads, "Override the number of attention heads");
-  cmd.add_option("--num-classes", num_classes, "Number of classes (default 1000)");
-  cmd.add_option("--input-size", input_size,
-                 "Image side in pixels (default " + std::to_string(default_input_size) + ")");
+  cmd.add_option("--num-classes", num_classes, "Number of classes");
+  cmd.add_option("--input-size", input_size, "Image side in pixels (default " + input_size_default + ")");
 }
 
-model::ViTConfig ModelOptions::resolve() const {
-  model::ViTConfig c = model::preset(model);
-  c.input_size = default_input_size_;
+model::ViTConfig ModelOptions::apply_to(model::ViTConfig c) const {
   if (patch) c.patch = *patch;
   if (dim) c.dim = *dim;
   if (depth) c.depth = *depth;

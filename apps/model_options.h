@@ -1,7 +1,6 @@
 // The model-selection flags shared by every subcommand that builds a ViT:
 // --model NAME plus the overrides --patch --dim --depth --heads --num-classes --input-size.
 #pragma once
-#include <memory>
 #include <optional>
 #include <string>
 
@@ -15,12 +14,11 @@ struct ModelOptions {
   std::string model;
   std::optional<int64_t> patch, dim, depth, heads, num_classes, input_size;
 
-  void add_to(CLI::App& cmd, int64_t default_input_size);
-  // The preset with the overrides applied, validated (throws std::invalid_argument).
-  model::ViTConfig resolve() const;
-
- private:
-  int64_t default_input_size_ = 224;
+  // `input_size_default` describes the default for --help.
+  void add_to(CLI::App& cmd, const std::string& input_size_default);
+  // `base` (a preset, possibly with a recipe's resolution) with the overrides applied, validated
+  // (throws std::invalid_argument).
+  model::ViTConfig apply_to(model::ViTConfig base) const;
 };
 
 }  // namespace deit::apps

@@ -7,7 +7,8 @@ namespace deit {
 
 WeightEma::WeightEma(const ParameterRegistry& params, double decay) : decay_(decay) {
   if (!(decay >= 0 && decay <= 1))
-    throw std::invalid_argument("weight EMA: decay must be in [0, 1], got " + std::to_string(decay));
+    throw std::invalid_argument("weight EMA: decay must be in [0, 1], got " +
+                                std::to_string(decay));
   averages_.reserve(params.size());
   for (const Parameter& p : params.all()) averages_.emplace_back(p.name, p.value.clone());
 }

@@ -44,7 +44,8 @@ double CosineSchedule::lr_at(double t) const {
 }
 
 double CosineSchedule::epoch_lr(int64_t epoch) const {
-  if (epoch < 0) throw std::invalid_argument("cosine schedule: negative epoch " + std::to_string(epoch));
+  if (epoch < 0)
+    throw std::invalid_argument("cosine schedule: negative epoch " + std::to_string(epoch));
   // Before the first scheduler step the optimizer runs at the value the scheduler's constructor
   // set: warmup_lr when there is a warm-up, else the base lr.
   if (epoch == 0) return options_.warmup_epochs > 0 ? options_.warmup_lr : options_.lr;

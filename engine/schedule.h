@@ -3,10 +3,11 @@
 // --warmup-epochs --epochs), and the per-epoch stepping of main.py's training loop.
 //
 // timm's value at time t (epochs, possibly fractional):
-//   t < warmup_epochs:  warmup_lr + t * (lr - warmup_lr) / warmup_epochs        (linear)
-//   otherwise, cycle i of length t_i, at t_curr into it (one cycle of length `epochs` by default):
-//     min_lr + 0.5 * (lr * cycle_decay^i - min_lr) * (1 + cos(pi * t_curr^k / t_i^k))  if i < cycle_limit
-//     min_lr                                                                           after the last
+//   t < warmup_epochs:  warmup_lr + t * (lr - warmup_lr) / warmup_epochs     (linear)
+//   otherwise, in cycle i (of length t_i, t_curr into it; one cycle of length `epochs` by default)
+//   with peak lr_i = lr * cycle_decay^i:
+//     i < cycle_limit:  min_lr + 0.5 * (lr_i - min_lr) * (1 + cos(pi * t_curr^k / t_i^k))
+//     after the last:   min_lr
 // With warmup_prefix false (create_scheduler's choice) the cosine's t counts from 0, not from the
 // end of the warm-up: the warm-up eats the first warmup_epochs of the cosine, and the cosine
 // reaches min_lr at t = epochs, not epochs + warmup_epochs.

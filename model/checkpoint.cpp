@@ -6,8 +6,6 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "engine/autograd.h"
-
 namespace deit::model {
 
 namespace {
@@ -131,15 +129,15 @@ void save_checkpoint(const std::string& path, const VisionTransformer& model,
                                   name + "' uses the prefix reserved for the model");
     tensors.emplace_back(name, t);
   }
-  write_safetensors(path, tensors,
-                    {{kStateKey, state.dump()}, {kConfigKey, config_to_json(model.config()).dump()}});
+  const Metadata metadata = {{kStateKey, state.dump()},
+                             {kConfigKey, config_to_json(model.config()).dump()}};
+  write_safetensors(path, tensors, metadata);
 }
 
 Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
-  SafetensorsContents contents =
-      read_safetensors(path, [&](const std::string& name) {
-        return with_extra || starts_with(name, kModelPrefix);
-      });
+  SafetensorsContents contents = read_safetensors(path, [&](const std::string& name) {
+    return with_extra || starts_with(name, kModelPrefix);
+  });
   auto fail = [&](const std::string& why) {
     throw std::runtime_error("checkpoint '" + path + "': " + why);
   };
@@ -222,7 +220,6 @@ void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
     throw std::runtime_error(source + " does not fit the model " + target.name + ": " + why);
   }
 
-  NoGrad no_grad;
   for (Parameter& p : model.parameters().all()) {
     const Tensor& src = by_name.at(p.name);
     p.value.copy_from(src.to(p.value.dtype()).to(p.value.device()));
@@ -237,14 +234,19 @@ void save_weights(const std::string& path, const VisionTransformer& model) {
   write_safetensors(path, tensors, {{"format", "pt"}});
 }
 
-void load_weights(VisionTransformer& model, const std::string& path) {
-  SafetensorsContents contents = read_safetensors(path);
-  if (contents.metadata.count(kConfigKey))
-    throw std::runtime_error("'" + path + "' is a deit checkpoint, not a weights file (load it "
-                             "as a checkpoint, or make a weights file with deit export)");
+NamedTensors read_model_tensors(const std::string& path) {
+  // The header alone (no tensor is selected) tells a checkpoint from a weights file, so the
+  // checkpoint's optimizer state need not be read.
+  const auto header = read_safetensors(path, [](const std::string&) { return false; });
+  if (header.metadata.count(kConfigKey)) return read_checkpoint(path, /*with_extra=*/false).model;
   NamedTensors tensors;
-  for (auto& [name, t] : contents.tensors) tensors.emplace_back(timm_name(name), std::move(t));
-  load_parameters(model, tensors, "weights file '" + path + "'");
+  for (auto& [name, t] : read_safetensors(path).tensors)
+    tensors.emplace_back(timm_name(name), std::move(t));
+  return tensors;
+}
+
+void load_weights(VisionTransformer& model, const std::string& path) {
+  load_parameters(model, read_model_tensors(path), "weights file '" + path + "'");
 }
 
 }  // namespace deit::model

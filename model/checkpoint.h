@@ -11,7 +11,7 @@
 //
 // A weights file holds the parameters alone, as f32 under timm's names and shapes (RECIPE.md
 // section 1): what `deit export` writes, what timm's deit3_* models load, and what
-// `deit eval --weights` reads (timm's own safetensors weights included).
+// `deit eval --weights` reads (timm's own safetensors weights included, and checkpoints too).
 #pragma once
 #include <string>
 
@@ -57,8 +57,12 @@ void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
 // Writes the model's parameters as a timm-compatible weights file.
 void save_weights(const std::string& path, const VisionTransformer& model);
 
-// Loads a weights file into `model`. Besides timm's names it accepts the reference code's
-// blocks.{i}.gamma_1 / gamma_2 for blocks.{i}.ls1.gamma / ls2.gamma.
+// The model tensors of a weights file or of a checkpoint (whose extra state is not read), under
+// timm's names: the reference code's blocks.{i}.gamma_1 / gamma_2 become blocks.{i}.ls1.gamma /
+// ls2.gamma. For callers that adapt the tensors before load_parameters (fine-tuning).
+NamedTensors read_model_tensors(const std::string& path);
+
+// load_parameters(model, read_model_tensors(path)): a weights file, or a checkpoint's model.
 void load_weights(VisionTransformer& model, const std::string& path);
 
 }  // namespace deit::model

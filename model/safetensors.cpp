@@ -173,7 +173,8 @@ class HeaderParser {
     if (!shape.is_array()) fail(where + " has a shape that is not an array");
     uint64_t numel = 1;
     for (const auto& d : shape) {
-      if (!d.is_number_unsigned()) fail(where + " has a shape entry that is not a count: " + d.dump());
+      if (!d.is_number_unsigned())
+        fail(where + " has a shape entry that is not a count: " + d.dump());
       const uint64_t n = d.get<uint64_t>();
       if (n > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(numel, n, &numel))
         fail(where + " has an impossibly large shape " + shape.dump());
@@ -236,7 +237,8 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
   std::set<std::string> names;
   for (const auto& [name, t] : tensors) {
     if (name.empty() || name == "__metadata__")
-      throw std::invalid_argument("cannot write '" + path + "': invalid tensor name '" + name + "'");
+      throw std::invalid_argument("cannot write '" + path + "': invalid tensor name '" + name +
+                                  "'");
     if (!names.insert(name).second)
       throw std::invalid_argument("cannot write '" + path + "': two tensors are named '" + name +
                                   "'");

@@ -126,7 +126,8 @@ def run_optimizer(name, optimizer_name, options, seed):
         steps.append({
             "lr": lr,
             "grad_norm": grad_norm,
-            "grads": {pname: None if g is None else flat(g) for (pname, _, _, _), g in zip(PARAMS, grads)},
+            "grads": {pname: None if g is None else flat(g)
+                      for (pname, _, _, _), g in zip(PARAMS, grads)},
             "after": after,
         })
     return {
@@ -179,12 +180,14 @@ def optimizer_cases():
         # weight_decay 0: no parameter group has decay, so no trust ratio anywhere.
         run_optimizer("lamb_no_decay", "lamb", dict(base, weight_decay=0.0), seed=2),
         # --clip-grad with LAMB: clip_grad_norm_ first, then LAMB's own clip of what is left.
-        run_optimizer("lamb_clip_grad", "lamb", dict(base, weight_decay=0.05, clip_grad=0.8), seed=3),
+        run_optimizer("lamb_clip_grad", "lamb", dict(base, weight_decay=0.05, clip_grad=0.8),
+                      seed=3),
         # Timm's Lamb default eps, to show eps is added to sqrt(v_hat): a visible change at 1e-2.
         run_optimizer("lamb_eps", "lamb", dict(base, weight_decay=0.05, eps=1e-2), seed=4),
         # The fine-tuning optimizer: AdamW (weight decay 0.1), with and without --clip-grad.
         run_optimizer("adamw", "adamw", dict(base, weight_decay=0.1), seed=5),
-        run_optimizer("adamw_clip_grad", "adamw", dict(base, weight_decay=0.1, clip_grad=1.0), seed=6),
+        run_optimizer("adamw_clip_grad", "adamw", dict(base, weight_decay=0.1, clip_grad=1.0),
+                      seed=6),
     ]
 
 

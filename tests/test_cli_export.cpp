@@ -9,7 +9,7 @@
 
 #include "engine/rng.h"
 #include "model/checkpoint.h"
-#include "tests/test_cli_helpers.h"
+#include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
 
 using namespace deit;

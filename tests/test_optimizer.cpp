@@ -128,10 +128,11 @@ struct Toy {
 }  // namespace
 
 TEST_CASE("LAMB and AdamW follow timm 0.6 and torch step by step", "[optim]") {
-  // Per step, the change we make to each parameter must match the change torch made, up to a
-  // small fraction of it: torch rounds to float32 after every operation, we once per stored
-  // value, so the parameters differ by float32 roundings (~1e-7 relative) against steps of ~1e-3
-  // relative. Where torch left a parameter in place, ours must not move at all.
+  // Per step, the change we make to each parameter must match the change torch made: to 1e-5 of
+  // its size, plus two float32 roundings of the parameter (before and after, 2^-24 relative
+  // each), which against steps of ~1e-3 of the parameter are the larger part. torch also rounds
+  // after every operation, we once per stored value; moments agree to a few ulps. Where torch
+  // left a parameter in place, ours must not move at all.
   const json ref = read_reference("optimizer.json");
   for (const json& c : ref["cases"]) {
     const std::string case_name = c["name"];
@@ -170,7 +171,12 @@ TEST_CASE("LAMB and AdamW follow timm 0.6 and torch step by step", "[optim]") {
           ours[k] -= before[p.name][k];
           torch_step[k] -= torch_before[p.name][k];
         }
-        CHECK(distance(ours, torch_step) <= 1e-4 * distance(torch_step, Vec(ours.size(), 0.0)));
+        const Vec zero(ours.size(), 0.0);
+        if (torch_step == zero)
+          CHECK(ours == zero);
+        else
+          CHECK(distance(ours, torch_step) <=
+                1e-5 * distance(torch_step, zero) + 0x1p-23 * distance(torch_after, zero));
         CHECK(deit::test::relative_error(values(entry(state, p.name + ".exp_avg")),
                                          after["exp_avg"].get<Vec>()) < 1e-6);
         CHECK(deit::test::relative_error(values(entry(state, p.name + ".exp_avg_sq")),
@@ -182,7 +188,7 @@ TEST_CASE("LAMB and AdamW follow timm 0.6 and torch step by step", "[optim]") {
   }
 }
 
-TEST_CASE("LAMB's first step in closed form: trust ratio only with weight decay, 1 at zero norms",
+TEST_CASE("LAMB first step in closed form: trust ratio only with decay and 1 at zero norms",
           "[optim]") {
   // Step 1: m_hat = g and v_hat = g^2, so the Adam direction is g / (|g| + eps) elementwise.
   // Gradient norm ~4.5 > max_grad_norm 1, so g is the gradient divided by norm / 1.
@@ -237,7 +243,7 @@ TEST_CASE("LAMB's first step in closed form: trust ratio only with weight decay,
   }
 }
 
-TEST_CASE("global-norm clipping: LAMB's max_grad_norm, and --clip-grad as clip_grad_norm_",
+TEST_CASE("global-norm clipping: LAMB max_grad_norm and --clip-grad as clip_grad_norm_",
           "[optim]") {
   // After one step exp_avg = (1 - beta1) * g * scale: the moments show the scale applied.
   const auto first_moment_scale = [](deit::Optimizer& opt, Toy& toy) {
@@ -278,7 +284,7 @@ TEST_CASE("global-norm clipping: LAMB's max_grad_norm, and --clip-grad as clip_g
   }
 }
 
-TEST_CASE("AdamW counts steps per parameter, LAMB per optimizer", "[optim]") {
+TEST_CASE("AdamW counts steps per parameter and LAMB per optimizer", "[optim]") {
   // A parameter without a gradient is skipped. torch's AdamW then has a smaller step count (and
   // bias correction) for it; timm's Lamb advances its group's count anyway.
   for (const char* name : {"adamw", "lamb"}) {
@@ -436,7 +442,7 @@ TEST_CASE("optimizer step rejects non-finite and mismatched gradients untouched"
   for (size_t i = 0; i < before.size(); ++i) CHECK(values(toy.params.all()[i].value) == before[i]);
 }
 
-TEST_CASE("make_optimizer knows lamb and adamw; optimizers want CPU float master weights",
+TEST_CASE("make_optimizer knows lamb and adamw and wants CPU float master weights",
           "[optim]") {
   ParameterRegistry params;
   params.add("w", Tensor::zeros({2}), true);
@@ -448,14 +454,15 @@ TEST_CASE("make_optimizer knows lamb and adamw; optimizers want CPU float master
   CHECK_THROWS_WITH(deit::AdamW(ints, {}), Catch::Contains("'labels'"));
 }
 
-TEST_CASE("weight EMA follows timm's ModelEma", "[optim]") {
+TEST_CASE("weight EMA follows timm ModelEma", "[optim]") {
   const json ref = read_reference("optimizer.json");
   for (const json& c : ref["ema"]) {
     const std::string case_name = c["name"];
     INFO("case " << case_name);
     ParameterRegistry params;
     for (const json& p : c["params"])
-      params.add(p["name"].get<std::string>(), f32_tensor(p["init"], p["shape"].get<Shape>()), true);
+      params.add(p["name"].get<std::string>(), f32_tensor(p["init"], p["shape"].get<Shape>()),
+                 true);
     deit::WeightEma ema(params, c["decay"].get<double>());
     for (const json& step : c["steps"]) {
       for (Parameter& p : params.all())
@@ -470,7 +477,7 @@ TEST_CASE("weight EMA follows timm's ModelEma", "[optim]") {
   }
 }
 
-TEST_CASE("weight EMA starts as a copy, round-trips its state and checks its registry",
+TEST_CASE("weight EMA starts as a copy and round-trips its state and checks its registry",
           "[optim]") {
   Toy toy(37, deit::DType::f32);
   deit::WeightEma ema(toy.params, 0.5);

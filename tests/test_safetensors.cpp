@@ -43,8 +43,9 @@ NamedTensors every_dtype() {
       {"labels", Tensor::from_vector(
                      std::vector<int32_t>{-1, 0, 7, std::numeric_limits<int32_t>::min(), 123456},
                      {5})},
-      {"doubles", Tensor::from_vector(
-                      std::vector<double>{3.141592653589793, -1e-300, 2.0 / 3.0, 1e300}, {2, 1, 2})},
+      {"doubles",
+       Tensor::from_vector(std::vector<double>{3.141592653589793, -1e-300, 2.0 / 3.0, 1e300},
+                           {2, 1, 2})},
       {"scalar", Tensor::from_vector(std::vector<float>{42.f}, {})},
       {"empty", Tensor::empty({0, 4})},
   };
@@ -58,10 +59,9 @@ bool same_bytes(const Tensor& a, const Tensor& b) {
 // A safetensors file from a header given as text and `data_bytes` zero bytes of data.
 std::vector<uint8_t> file_bytes(const std::string& header, size_t data_bytes,
                                 uint64_t header_length) {
-  std::vector<uint8_t> bytes(8);
+  std::vector<uint8_t> bytes(8 + header.size() + data_bytes, 0);
   std::memcpy(bytes.data(), &header_length, 8);
-  bytes.insert(bytes.end(), header.begin(), header.end());
-  bytes.resize(bytes.size() + data_bytes, 0);
+  std::memcpy(bytes.data() + 8, header.data(), header.size());
   return bytes;
 }
 std::vector<uint8_t> file_bytes(const std::string& header, size_t data_bytes) {
@@ -125,7 +125,8 @@ TEST_CASE("safetensors files have the reference layout", "[io]") {
     if (name == "__metadata__") continue;
     INFO(name);
     CHECK(entry["data_offsets"][0].get<uint64_t>() % element_size.at(entry["dtype"]) == 0);
-    data_bytes += entry["data_offsets"][1].get<uint64_t>() - entry["data_offsets"][0].get<uint64_t>();
+    const auto& offsets = entry["data_offsets"];
+    data_bytes += offsets[1].get<uint64_t>() - offsets[0].get<uint64_t>();
   }
   CHECK(bytes.size() == 8 + header_length + data_bytes);
 }
@@ -191,7 +192,8 @@ TEST_CASE("safetensors rejects damaged files, naming the file and the problem", 
        "tensor 'a' is F32 (2, 2) (4 elements) but its data_offsets [0,12] span 12 bytes"},
       {"range ends before it begins", file_bytes(R"({"a":)" + f32_entry + "[8,4]}}", 8),
        "ends before it begins"},
-      {"data cut short", file_bytes(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8),
+      {"data cut short",
+       file_bytes(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8),
        "the file holds only 8 (truncated?)"},
       {"overlapping tensors",
        file_bytes(R"({"a":)" + f32_entry + R"([0,4]},"b":)" + f32_entry + "[2,6]}}", 6),

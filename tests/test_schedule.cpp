@@ -33,7 +33,8 @@ CosineScheduleOptions deit3_small_800() {
 
 }  // namespace
 
-TEST_CASE("cosine schedule matches timm's CosineLRScheduler and main.py's epochs", "[schedule]") {
+TEST_CASE("cosine schedule matches timm CosineLRScheduler and the epochs of main.py",
+          "[schedule]") {
   std::ifstream in(std::string(DEIT_SOURCE_DIR) + "/tests/data/optim/schedule.json");
   REQUIRE(in.good());
   const json ref = json::parse(in);
@@ -70,7 +71,9 @@ TEST_CASE("cosine schedule matches timm's CosineLRScheduler and main.py's epochs
 TEST_CASE("DeiT III 800-epoch schedule at its landmarks", "[schedule]") {
   const CosineSchedule s(deit3_small_800());
   const double pi = 3.141592653589793;
-  const auto cosine = [&](double t) { return 1e-5 + 0.5 * (4e-3 - 1e-5) * (1 + std::cos(pi * t / 800)); };
+  const auto cosine = [&](double t) {
+    return 1e-5 + 0.5 * (4e-3 - 1e-5) * (1 + std::cos(pi * t / 800));
+  };
   // Warm-up: linear from 1e-6, reaching lr only at t = 5, where the cosine has already begun
   // (warmup_prefix false: the cosine counts t from 0).
   CHECK(s.lr_at(0) == 1e-6);
@@ -91,7 +94,7 @@ TEST_CASE("DeiT III 800-epoch schedule at its landmarks", "[schedule]") {
   CHECK(s.epoch_lr(799) == s.lr_at(798));
 }
 
-TEST_CASE("cosine schedule without warm-up starts at lr; bad settings are rejected",
+TEST_CASE("cosine schedule without warm-up starts at lr and rejects bad settings",
           "[schedule]") {
   CosineScheduleOptions o = deit3_small_800();
   o.warmup_epochs = 0;

@@ -1,0 +1,72 @@
+// deit eval: top-1, top-5 and loss of trained weights on a split, with the evaluation transform.
+#include <cstdio>
+#include <memory>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.h"
+#include "apps/model_options.h"
+#include "data/image_source.h"
+#include "model/checkpoint.h"
+#include "train/data_pipeline.h"
+#include "train/evaluate.h"
+
+namespace deit::apps {
+
+namespace {
+
+struct EvalOptions {
+  ModelOptions model;
+  std::string checkpoint, weights, data, split = "val";
+  double crop_ratio = 1.0;
+  int64_t batch_size = 128;
+  int workers = 2;
+  bool json = false;
+};
+
+void run_eval(const EvalOptions& o) {
+  std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));
+  model::ViTConfig base = model::preset(o.model.model);
+  base.num_classes = static_cast<int64_t>(source->class_names().size());
+  std::optional<model::Checkpoint> checkpoint;
+  if (!o.checkpoint.empty()) {
+    checkpoint = model::read_checkpoint(o.checkpoint, false);
+    base.input_size = checkpoint->config.input_size;  // where it was trained, unless told otherwise
+  }
+  model::VisionTransformer vit(o.model.apply_to(base));
+  if (checkpoint)
+    model::load_checkpoint_model(vit, *checkpoint);
+  else
+    model::load_weights(vit, o.weights);
+  auto loader = train::make_eval_loader(source, vit.config().input_size, o.crop_ratio,
+                                        o.batch_size, o.workers);
+  const train::EvalResult r = train::evaluate(vit, *loader, !o.json);
+  if (o.json)
+    std::printf("%s\n", r.to_json().dump().c_str());
+  else
+    std::printf("top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%lld images)\n", r.acc1, r.acc5, r.loss,
+                (long long)r.images);
+}
+
+}  // namespace
+
+void add_eval_command(CLI::App& app) {
+  auto opts = std::make_shared<EvalOptions>();
+  CLI::App* cmd = app.add_subcommand("eval", "Top-1, top-5 and loss of trained weights on a split");
+  opts->model.add_to(*cmd, "the checkpoint's training resolution, or 224");
+  auto* source = cmd->add_option_group("weights", "Where the weights come from");
+  source->add_option("--checkpoint", opts->checkpoint, "A checkpoint of deit train");
+  source->add_option("--weights", opts->weights, "A timm-compatible .safetensors file");
+  source->require_option(1);
+  cmd->add_option("--data", opts->data, "Dataset root")->required();
+  cmd->add_option("--split", opts->split, "Split to evaluate")->capture_default_str();
+  cmd->add_option("--eval-crop-ratio", opts->crop_ratio, "Resize to size / ratio, centre crop size")
+      ->capture_default_str();
+  cmd->add_option("--batch-size", opts->batch_size, "Images per batch")->capture_default_str();
+  cmd->add_option("--workers", opts->workers, "Data loading threads")->capture_default_str();
+  cmd->add_flag("--json", opts->json, "Print one JSON object: acc1, acc5, loss, images");
+  cmd->callback([opts] { run_eval(*opts); });
+}
+
+}  // namespace deit::apps

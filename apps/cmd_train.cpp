@@ -1,0 +1,32 @@
+// deit train: the DeiT III recipe on a dataset, with every flag of the reference code.
+#include <cstdio>
+#include <memory>
+
+#include "apps/commands.h"
+#include "apps/train_flags.h"
+#include "train/progress.h"
+#include "train/trainer.h"
+
+namespace deit::apps {
+
+void print_train_summary(const train::TrainSummary& s) {
+  std::printf("trained %lld epoch%s in %s (%.0f images/s)\n", (long long)s.epochs_run,
+              s.epochs_run == 1 ? "" : "s", train::format_duration(s.seconds).c_str(),
+              s.train_images_per_second);
+  std::printf("final     top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%lld val images)\n", s.last.acc1,
+              s.last.acc5, s.last.loss, (long long)s.last.images);
+  std::printf("best      top-1 %.2f%% after epoch %lld\n", s.best_acc1, (long long)s.best_epoch + 1);
+  if (s.skipped_images > 0)
+    std::printf("skipped   %lld unusable image file%s (see the warnings above)\n",
+                (long long)s.skipped_images, s.skipped_images == 1 ? "" : "s");
+  std::printf("checkpoint %s\nlog        %s\n", s.checkpoint.c_str(), s.log.c_str());
+}
+
+void add_train_command(CLI::App& app) {
+  auto flags = std::make_shared<TrainFlags>();
+  CLI::App* cmd = app.add_subcommand("train", "Train (or resume, or fine-tune) a DeiT III ViT");
+  flags->add_to(*cmd);
+  cmd->callback([flags] { print_train_summary(train::train(flags->resolve())); });
+}
+
+}  // namespace deit::apps

@@ -1,0 +1,101 @@
+#include "apps/train_flags.h"
+
+namespace deit::apps {
+
+namespace {
+
+template <typename T>
+void override_with(const std::optional<T>& flag, T& value) {
+  if (flag) value = *flag;
+}
+
+// A boolean recipe switch with its negation: --NAME / --no-NAME.
+void add_switch(CLI::App& cmd, std::optional<bool>& value, const std::string& name,
+                const std::string& help) {
+  cmd.add_flag_callback("--" + name, [&value] { value = true; }, help);
+  cmd.add_flag_callback("--no-" + name, [&value] { value = false; }, "Turn off --" + name);
+}
+
+}  // namespace
+
+void TrainFlags::add_to(CLI::App& cmd) {
+  model.add_to(cmd, "the preset's training resolution: S 224, B/L 192, H 160");
+  cmd.add_option("--data", data, "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or "
+                                 "DIR/train.shard, DIR/val.shard)")->required();
+  cmd.add_option("--output", output, "Run directory: log.txt and checkpoint.safetensors")->required();
+  cmd.add_option("--device", device, "cpu or cuda[:N]")->capture_default_str();
+  cmd.add_option("--epochs", epochs, "Epochs (recipe: 800)");
+  cmd.add_option("--batch-size", batch_size, "Images per micro-batch (default 256)");
+  cmd.add_option("--accum-steps", accum_steps, "Micro-batches per optimizer step (default 1)");
+  cmd.add_option("--opt", opt, "Optimizer: lamb (pre-training) or adamw (fine-tuning)");
+  cmd.add_option("--lr", lr, "Peak learning rate, not scaled by batch size (S 4e-3, B/L/H 3e-3)");
+  cmd.add_option("--min-lr", min_lr, "Final learning rate of the cosine (1e-5)");
+  cmd.add_option("--warmup-lr", warmup_lr, "Learning rate warm-up starts from (1e-6)");
+  cmd.add_option("--warmup-epochs", warmup_epochs, "Linear warm-up epochs (5)");
+  cmd.add_option("--weight-decay", weight_decay, "Weight decay on weight matrices (0.05)");
+  cmd.add_option("--opt-eps", opt_eps, "Optimizer epsilon (1e-8)");
+  cmd.add_option("--clip-grad", clip_grad, "Global-norm clipping before the optimizer (off; "
+                                           "LAMB clips at 1.0 inside)");
+  cmd.add_option("--drop-path", drop_path, "Stochastic depth rate, the same at every block "
+                                           "(S 0.05, B 0.2, L 0.45, H 0.6)");
+  add_switch(cmd, three_augment, "three-augment", "3-Augment: grayscale, solarize or blur (on)");
+  add_switch(cmd, src, "src", "Simple Random Crop instead of RandomResizedCrop (off)");
+  cmd.add_option("--color-jitter", color_jitter, "Brightness/contrast/saturation jitter (0.3)");
+  cmd.add_option("--eval-crop-ratio", eval_crop_ratio, "Evaluation crop ratio (1.0)");
+  add_switch(cmd, repeated_aug, "repeated-aug", "Repeated augmentation, 3 repeats (on)");
+  cmd.add_option("--mixup", mixup, "Mixup alpha, 0 = off (0.8)");
+  cmd.add_option("--cutmix", cutmix, "CutMix alpha, 0 = off (1.0)");
+  cmd.add_option("--mixup-switch-prob", mixup_switch_prob, "Probability of CutMix over mixup (0.5)");
+  cmd.add_option("--smoothing", smoothing, "Label smoothing (0)");
+  add_switch(cmd, bce_loss, "bce-loss", "Binary cross-entropy on binarised targets (on); off: "
+                                        "soft-target cross-entropy");
+  add_switch(cmd, model_ema, "model-ema", "Keep an exponential moving average of the weights (off)");
+  cmd.add_option("--model-ema-decay", model_ema_decay, "EMA decay (0.99996)");
+  cmd.add_option("--resume", resume, "Continue the run saved in this checkpoint");
+  cmd.add_option("--finetune", finetune, "Start from these weights (checkpoint or .safetensors); "
+                                         "pos_embed is resized, a new head made for new classes");
+  cmd.add_option("--seed", seed, "Seed of every random choice (0)");
+  cmd.add_option("--workers", workers, "Data loading threads (2)");
+  cmd.add_flag("--quiet", quiet, "No progress output");
+}
+
+train::TrainOptions TrainFlags::resolve() const {
+  train::TrainOptions o = train::recipe_for(model.model);
+  o.model = model.apply_to(o.model);
+  o.num_classes_given = model.num_classes.has_value();
+  o.data_dir = data;
+  o.output_dir = output;
+  o.device = device;
+  o.resume = resume;
+  o.finetune = finetune;
+  if (!opt.empty()) o.opt = opt;
+  override_with(epochs, o.epochs);
+  override_with(batch_size, o.batch_size);
+  override_with(accum_steps, o.accum_steps);
+  override_with(lr, o.lr);
+  override_with(min_lr, o.min_lr);
+  override_with(warmup_lr, o.warmup_lr);
+  override_with(warmup_epochs, o.warmup_epochs);
+  override_with(weight_decay, o.weight_decay);
+  override_with(opt_eps, o.opt_eps);
+  override_with(clip_grad, o.clip_grad);
+  override_with(drop_path, o.drop_path);
+  override_with(color_jitter, o.color_jitter);
+  override_with(eval_crop_ratio, o.eval_crop_ratio);
+  override_with(mixup, o.mixup);
+  override_with(cutmix, o.cutmix);
+  override_with(mixup_switch_prob, o.mixup_switch_prob);
+  override_with(smoothing, o.smoothing);
+  override_with(model_ema_decay, o.model_ema_decay);
+  override_with(three_augment, o.three_augment);
+  override_with(src, o.src);
+  override_with(repeated_aug, o.repeated_aug);
+  override_with(bce_loss, o.bce_loss);
+  override_with(model_ema, o.model_ema);
+  override_with(seed, o.seed);
+  override_with(workers, o.workers);
+  o.progress = !quiet;
+  return o;
+}
+
+}  // namespace deit::apps

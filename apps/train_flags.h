@@ -1,0 +1,36 @@
+// The recipe flags of `deit train` (and the subset `deit demo` passes through). Each flag is
+// optional: unset, the value comes from the preset's recipe (train/recipe.h), so
+// `deit train --model deit3_base` trains with the paper's settings for ViT-B.
+#pragma once
+#include <optional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "apps/model_options.h"
+#include "train/recipe.h"
+#include "train/trainer.h"
+
+namespace deit::apps {
+
+struct TrainFlags {
+  ModelOptions model;
+  std::string data, output, device = "cpu", resume, finetune, opt;
+  std::optional<int64_t> epochs, batch_size, accum_steps;
+  std::optional<double> lr, min_lr, warmup_lr, warmup_epochs, weight_decay, opt_eps, clip_grad,
+      drop_path, color_jitter, eval_crop_ratio, mixup, cutmix, mixup_switch_prob, smoothing,
+      model_ema_decay;
+  std::optional<bool> three_augment, src, repeated_aug, bce_loss, model_ema;
+  std::optional<uint64_t> seed;
+  std::optional<int> workers;
+  bool quiet = false;
+
+  void add_to(CLI::App& cmd);
+  // recipe_for(--model) with every given flag applied.
+  train::TrainOptions resolve() const;
+};
+
+// The end-of-run report of `deit train` and `deit demo`: accuracy, time, where things are.
+void print_train_summary(const train::TrainSummary& summary);
+
+}  // namespace deit::apps

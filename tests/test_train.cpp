@@ -1,0 +1,210 @@
+// deit train end to end on a tiny synthetic dataset: what a run writes, that a run killed
+// mid-epoch and resumed ends with exactly the weights of an uninterrupted run, and that bad input
+// stops a run with a clear message without harming a good checkpoint.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/synthetic.h"
+#include "model/checkpoint.h"
+#include "tests/cli_runner.h"
+#include "tests/test_data_helpers.h"
+#include "train/finetune.h"
+
+using namespace deit;
+using deit::test::CliResult;
+using deit::test::run_deit;
+
+namespace {
+
+// 4 classes of 16 x 16 images, 24 per class: an epoch of 96 images is 6 batches of 16.
+std::string make_tiny_dataset(const test::TempDir& dir) {
+  data::SyntheticOptions options;
+  options.image_size = 16;
+  options.num_classes = 4;
+  options.train_per_class = 24;
+  options.val_per_class = 4;
+  const std::string root = dir.file("data");
+  std::filesystem::remove(root);
+  data::generate_synthetic_dataset(root, options);
+  return root;
+}
+
+std::string tiny_train_args(const std::string& data, const std::string& out, int epochs) {
+  return "train --model deit3_tiny --patch 4 --dim 16 --depth 2 --heads 2 --input-size 8 "
+         "--batch-size 16 --epochs " + std::to_string(epochs) + " --warmup-epochs 1 --workers 2 "
+         "--no-repeated-aug --data " + data + " --output " + out;
+}
+
+std::vector<uint8_t> parameter_bytes(const std::string& checkpoint) {
+  std::vector<uint8_t> bytes;
+  for (const auto& [name, t] : model::read_checkpoint(checkpoint, false).model) {
+    const auto* p = static_cast<const uint8_t*>(t.raw_data());
+    bytes.insert(bytes.end(), p, p + t.nbytes());
+  }
+  return bytes;
+}
+
+// Starts `deit args`, reads its (line-oriented, non-terminal) progress on stderr, and kills it
+// with SIGKILL as soon as a line starts with `kill_at`. Returns true when it was killed there.
+bool run_and_kill_at(const std::string& args, const std::string& kill_at) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  const std::string command = std::string(DEIT_BINARY) + " " + args;
+  const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
+  // exec replaces the shell, so the pid is the trainer's own.
+  const std::string exec_command = "exec " + command;
+  argv[2] = exec_command.c_str();
+  pid_t pid = 0;
+  REQUIRE(posix_spawn(&pid, "/bin/sh", &actions, nullptr, const_cast<char**>(argv), environ) == 0);
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  FILE* err = fdopen(fds[0], "r");
+  bool killed = false;
+  char line[1024];
+  while (fgets(line, sizeof line, err)) {
+    if (std::string(line).rfind(kill_at, 0) == 0) {
+      kill(pid, SIGKILL);
+      killed = true;
+      break;
+    }
+  }
+  fclose(err);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return killed && WIFSIGNALED(status);
+}
+
+}  // namespace
+
+TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary", "[train]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  const CliResult r = run_deit(tiny_train_args(data, out, 2));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("top-1") && Catch::Contains("checkpoint.safetensors"));
+  std::ifstream log(out + "/log.txt");
+  std::string line;
+  int lines = 0;
+  while (std::getline(log, line)) {
+    const auto j = nlohmann::json::parse(line);
+    for (const char* key : {"epoch", "train_loss", "train_lr", "test_loss", "test_acc1",
+                            "test_acc5", "n_parameters", "train_images_per_s"})
+      CHECK(j.contains(key));
+    CHECK(j["epoch"] == lines);
+    CHECK(std::isfinite(j["train_loss"].get<double>()));
+    ++lines;
+  }
+  CHECK(lines == 2);
+  const model::Checkpoint ck = model::read_checkpoint(out + "/checkpoint.safetensors");
+  CHECK(ck.state["epoch"] == 1);
+  CHECK(ck.config.num_classes == 4);  // taken from the dataset
+}
+
+TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's weights",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  const std::string straight = dir.file("straight"), resumed = dir.file("resumed");
+  REQUIRE(run_deit(tiny_train_args(data, straight, 3)).exit_code == 0);
+
+  // Killed after the epoch-1 checkpoint, halfway through epoch 2 (progress lines come every tenth
+  // of an epoch when stderr is not a terminal).
+  REQUIRE(run_and_kill_at(tiny_train_args(data, resumed, 3), "epoch 2/3  3/6"));
+  REQUIRE(model::read_checkpoint(resumed + "/checkpoint.safetensors", false).state["epoch"] == 0);
+  const CliResult r = run_deit(tiny_train_args(data, resumed, 3) + " --resume " + resumed +
+                               "/checkpoint.safetensors");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(parameter_bytes(resumed + "/checkpoint.safetensors") ==
+        parameter_bytes(straight + "/checkpoint.safetensors"));
+}
+
+TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+
+  CliResult r = run_deit(tiny_train_args(dir.file("nowhere"), out, 1));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("nowhere"));
+
+  std::filesystem::create_directories(dir.file("empty/train"));
+  std::filesystem::create_directories(dir.file("empty/val"));
+  r = run_deit(tiny_train_args(dir.file("empty"), out, 1));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("empty"));
+
+  const std::string blocked = dir.file("blocked");
+  { std::ofstream(blocked) << "a file where the output folder should be"; }
+  r = run_deit(tiny_train_args(data, blocked + "/run", 1));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("blocked"));
+
+  r = run_deit(tiny_train_args(data, out, 1) + " --batch-size 15");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--batch-size"));
+}
+
+TEST_CASE("a diverging run or another model's checkpoint never replaces a good checkpoint",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  const std::string checkpoint = out + "/checkpoint.safetensors";
+  const std::vector<uint8_t> good = test::read_bytes(checkpoint);
+
+  // AdamW with an absurd learning rate: the weights blow up and the loss stops being finite.
+  CliResult r = run_deit(tiny_train_args(data, dir.file("diverge"), 3) +
+                         " --opt adamw --lr 1e30 --warmup-epochs 0 --finetune " + checkpoint);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("loss") || Catch::Contains("gradient"));
+  CHECK_FALSE(std::filesystem::exists(dir.file("diverge") + "/checkpoint.safetensors"));
+
+  r = run_deit(tiny_train_args(data, out, 3) + " --lr 1e30 --warmup-epochs 0 --opt lamb "
+               "--resume " + checkpoint + " --dim 32");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("dim 16") && Catch::Contains("dim 32"));
+  CHECK(test::read_bytes(checkpoint) == good);
+}
+
+TEST_CASE("the position embedding is resized as torch's bicubic interpolate does", "[train]") {
+  // f(x, y) = x^2 / 4 + y on a 4 x 4 grid (channel 1; channel 0 is constant), resized to 6 x 6.
+  // Expected values: torch.nn.functional.interpolate(mode='bicubic', align_corners=False) in
+  // float64 on the same grid.
+  const int64_t C = 2;
+  std::vector<float> values;
+  for (int64_t y = 0; y < 4; ++y)
+    for (int64_t x = 0; x < 4; ++x) {
+      values.push_back(1.5f);
+      values.push_back(static_cast<float>(x * x * 0.25 + y));
+    }
+  const Tensor resized = train::resize_pos_embed(Tensor::from_vector(values, {1, 16, C}), 4, 6);
+  REQUIRE(resized.shape() == Shape{1, 36, C});
+  const std::vector<float> r = resized.to_vector<float>();
+  for (int64_t i = 0; i < 36; ++i) CHECK(r[i * C] == Approx(1.5f));
+  const double row2[] = {1.191261574074, 1.267650462963, 1.570601851852,
+                         2.001157407407, 2.908275462963, 3.571469907407};
+  const double column5[] = {2.271701388889, 2.764756944444, 3.571469907407,
+                            4.145543981481, 4.952256944444, 5.4453125};
+  for (int64_t i = 0; i < 6; ++i) {
+    CHECK(r[(2 * 6 + i) * C + 1] == Approx(row2[i]).epsilon(1e-6));
+    CHECK(r[(i * 6 + 5) * C + 1] == Approx(column5[i]).epsilon(1e-6));
+  }
+}

@@ -1,0 +1,66 @@
+#include "train/data_pipeline.h"
+
+#include <cstring>
+
+#include "data/augment_params.h"
+#include "data/transforms.h"
+
+namespace deit::train {
+
+std::unique_ptr<data::PrefetchLoader> make_train_loader(
+    std::shared_ptr<const data::ImageSource> source, const TrainOptions& o) {
+  data::AugmentConfig augment;
+  augment.input_size = static_cast<int>(o.model.input_size);
+  augment.crop = o.src ? data::CropMode::kSimpleRandom : data::CropMode::kRandomResized;
+  augment.three_augment = o.three_augment;
+  augment.color_jitter = o.color_jitter;
+
+  data::SamplerOptions sampling;
+  sampling.dataset_size = source->size();
+  sampling.seed = o.seed;
+  sampling.repeats = o.repeated_aug ? 3 : 1;
+
+  data::PrefetchOptions prefetch;
+  prefetch.batch_size = static_cast<size_t>(o.batch_size);
+  prefetch.sample_elements = static_cast<size_t>(3 * o.model.input_size * o.model.input_size);
+  prefetch.drop_last = true;
+  prefetch.num_workers = o.workers;
+
+  auto transform = [augment](const data::ImageU8& image, Rng& rng, data::SampleOutput out) {
+    const data::AugmentParams params =
+        data::sample_augment_params(augment, image.height, image.width, rng);
+    data::normalize(data::augment_train(image, params), out.f32);
+  };
+  return std::make_unique<data::PrefetchLoader>(std::move(source), data::Sampler(sampling),
+                                                prefetch, transform);
+}
+
+std::unique_ptr<data::PrefetchLoader> make_eval_loader(
+    std::shared_ptr<const data::ImageSource> source, int64_t input_size, double crop_ratio,
+    int64_t batch_size, int workers) {
+  data::SamplerOptions sampling;
+  sampling.dataset_size = source->size();
+  sampling.shuffle = false;
+
+  data::PrefetchOptions prefetch;
+  prefetch.batch_size = static_cast<size_t>(batch_size);
+  prefetch.sample_elements = static_cast<size_t>(3 * input_size * input_size);
+  prefetch.drop_last = false;
+  prefetch.num_workers = workers;
+
+  const int size = static_cast<int>(input_size);
+  auto transform = [size, crop_ratio](const data::ImageU8& image, Rng&, data::SampleOutput out) {
+    data::normalize(data::eval_transform(image, size, crop_ratio), out.f32);
+  };
+  return std::make_unique<data::PrefetchLoader>(std::move(source), data::Sampler(sampling),
+                                                prefetch, transform);
+}
+
+Tensor batch_images(const data::Batch& batch, int64_t input_size, Device device) {
+  const int64_t n = static_cast<int64_t>(batch.size);
+  Tensor images = Tensor::empty({n, 3, input_size, input_size});
+  std::memcpy(images.raw_data(), batch.f32.data(), images.nbytes());
+  return images.to(device);
+}
+
+}  // namespace deit::train

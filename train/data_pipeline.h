@@ -1,0 +1,25 @@
+// The two input pipelines of a run, built from its options: training (the sampler with repeated
+// augmentation, RandomResizedCrop or Simple Random Crop, flip, 3-Augment, colour jitter,
+// normalisation on worker threads) and evaluation (resize + centre crop, every image once, in
+// order). Mixup/cutmix happens per batch in the trainer.
+#pragma once
+#include <memory>
+
+#include "data/image_source.h"
+#include "data/prefetch.h"
+#include "engine/tensor.h"
+#include "train/recipe.h"
+
+namespace deit::train {
+
+std::unique_ptr<data::PrefetchLoader> make_train_loader(
+    std::shared_ptr<const data::ImageSource> source, const TrainOptions& options);
+
+std::unique_ptr<data::PrefetchLoader> make_eval_loader(
+    std::shared_ptr<const data::ImageSource> source, int64_t input_size, double crop_ratio,
+    int64_t batch_size, int workers);
+
+// The valid rows of a float batch as an image tensor (size, 3, input_size, input_size) on `device`.
+Tensor batch_images(const data::Batch& batch, int64_t input_size, Device device);
+
+}  // namespace deit::train

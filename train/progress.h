@@ -1,0 +1,36 @@
+// What a person watching a run sees on stderr: on a terminal, one line redrawn in place
+// (a bar, images/s, loss, ETA); otherwise (a log file, CI) plain lines at every tenth of the work,
+// so the output stays line-oriented.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace deit::train {
+
+class Progress {
+ public:
+  // `total` steps of work called `label` (e.g. "epoch 3/20"); nothing is shown when !enabled.
+  Progress(std::string label, int64_t total, bool enabled);
+  // After step `done` (1-based) of `total`, having processed `images` images in all so far.
+  void update(int64_t done, int64_t images, double loss);
+  // Ends the display (a terminal line is finished with a newline).
+  void finish();
+
+ private:
+  void draw(int64_t done, int64_t images, double loss, bool final_line);
+
+  std::string label_;
+  int64_t total_;
+  bool enabled_;
+  bool terminal_;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+  int64_t last_tenth_ = 0;
+  int64_t done_ = 0, images_ = 0;
+  double loss_ = 0;
+};
+
+// "1m23s", "45s", "2h05m".
+std::string format_duration(double seconds);
+
+}  // namespace deit::train

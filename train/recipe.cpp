@@ -1,0 +1,94 @@
+#include "train/recipe.h"
+
+#include <stdexcept>
+
+namespace deit::train {
+
+TrainOptions recipe_for(const std::string& preset) {
+  TrainOptions o;
+  o.model = model::preset(preset);
+  struct PresetRecipe {
+    const char* name;
+    double lr, drop_path;
+    int64_t input_size;
+  };
+  static constexpr PresetRecipe kRecipes[] = {
+      {"deit3_tiny", 4e-3, 0.0, 224},   {"deit3_small", 4e-3, 0.05, 224},
+      {"deit3_medium", 3e-3, 0.1, 224}, {"deit3_base", 3e-3, 0.2, 192},
+      {"deit3_large", 3e-3, 0.45, 192}, {"deit3_huge", 3e-3, 0.6, 160},
+      {"deit3_huge52", 3e-3, 0.6, 160},
+  };
+  for (const auto& r : kRecipes)
+    if (preset == r.name) {
+      o.lr = r.lr;
+      o.drop_path = r.drop_path;
+      o.model.input_size = r.input_size;
+    }
+  return o;
+}
+
+void TrainOptions::validate() const {
+  auto fail = [](const std::string& what) { throw std::invalid_argument(what); };
+  model.validate();
+  if (data_dir.empty()) fail("--data is required");
+  if (output_dir.empty()) fail("--output is required");
+  if (epochs < 1) fail("--epochs must be at least 1, got " + std::to_string(epochs));
+  if (batch_size < 1) fail("--batch-size must be at least 1, got " + std::to_string(batch_size));
+  if ((mixup > 0 || cutmix > 0) && batch_size % 2 != 0)
+    fail("--batch-size must be even with mixup/cutmix (samples are mixed in pairs), got " +
+         std::to_string(batch_size));
+  if (accum_steps < 1) fail("--accum-steps must be at least 1, got " + std::to_string(accum_steps));
+  if (opt != "lamb" && opt != "adamw") fail("--opt must be lamb or adamw, got '" + opt + "'");
+  if (lr <= 0) fail("--lr must be positive");
+  if (min_lr < 0 || warmup_lr < 0) fail("--min-lr and --warmup-lr must not be negative");
+  if (warmup_epochs < 0) fail("--warmup-epochs must not be negative");
+  if (drop_path < 0 || drop_path >= 1) fail("--drop-path must be in [0, 1)");
+  if (mixup < 0 || cutmix < 0) fail("--mixup and --cutmix must not be negative");
+  if (smoothing < 0 || smoothing >= 1) fail("--smoothing must be in [0, 1)");
+  if (eval_crop_ratio <= 0 || eval_crop_ratio > 1) fail("--eval-crop-ratio must be in (0, 1]");
+  if (color_jitter < 0 || color_jitter >= 1) fail("--color-jitter must be in [0, 1)");
+  if (workers < 1) fail("--workers must be at least 1");
+  if (!resume.empty() && !finetune.empty()) fail("--resume and --finetune cannot be combined");
+}
+
+nlohmann::json TrainOptions::to_json() const {
+  return {{"model", model.name},
+          {"patch", model.patch},
+          {"dim", model.dim},
+          {"depth", model.depth},
+          {"heads", model.heads},
+          {"num_classes", model.num_classes},
+          {"input_size", model.input_size},
+          {"data", data_dir},
+          {"output", output_dir},
+          {"device", device},
+          {"epochs", epochs},
+          {"batch_size", batch_size},
+          {"accum_steps", accum_steps},
+          {"opt", opt},
+          {"lr", lr},
+          {"min_lr", min_lr},
+          {"warmup_lr", warmup_lr},
+          {"warmup_epochs", warmup_epochs},
+          {"weight_decay", weight_decay},
+          {"opt_eps", opt_eps},
+          {"clip_grad", clip_grad},
+          {"drop_path", drop_path},
+          {"three_augment", three_augment},
+          {"src", src},
+          {"color_jitter", color_jitter},
+          {"eval_crop_ratio", eval_crop_ratio},
+          {"repeated_aug", repeated_aug},
+          {"mixup", mixup},
+          {"cutmix", cutmix},
+          {"mixup_switch_prob", mixup_switch_prob},
+          {"smoothing", smoothing},
+          {"bce_loss", bce_loss},
+          {"model_ema", model_ema},
+          {"model_ema_decay", model_ema_decay},
+          {"resume", resume},
+          {"finetune", finetune},
+          {"seed", seed}};
+}
+
+}  // namespace deit::train

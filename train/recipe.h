@@ -1,0 +1,65 @@
+// Everything a training run is told: the DeiT III recipe (RECIPE.md section 2) as defaults, each
+// preset's own values (learning rate, drop-path, resolution), and the flags that override them.
+// Names follow the reference code's command line (main.py) where one exists.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "model/config.h"
+
+namespace deit::train {
+
+struct TrainOptions {
+  model::ViTConfig model;       // the architecture; num_classes from the dataset unless given
+  bool num_classes_given = false;
+  std::string data_dir;
+  std::string output_dir;
+  std::string device = "cpu";
+
+  int64_t epochs = 800;
+  int64_t batch_size = 256;  // per process and per optimizer micro-step
+  int64_t accum_steps = 1;   // micro-batches per optimizer step: global batch = batch * accum * ranks
+  std::string opt = "lamb";
+  double lr = 4e-3;
+  double min_lr = 1e-5;
+  double warmup_lr = 1e-6;
+  double warmup_epochs = 5;
+  double weight_decay = 0.05;
+  double opt_eps = 1e-8;
+  double clip_grad = 0;  // clip_grad_norm_ before the optimizer; LAMB clips at 1.0 inside
+  double drop_path = 0.05;
+
+  // Augmentation (RECIPE.md section 3).
+  bool three_augment = true;
+  bool src = false;  // Simple Random Crop instead of RandomResizedCrop (ImageNet-21k recipe)
+  double color_jitter = 0.3;
+  double eval_crop_ratio = 1.0;
+  bool repeated_aug = true;  // 3 repeats
+  double mixup = 0.8;
+  double cutmix = 1.0;
+  double mixup_switch_prob = 0.5;
+  double smoothing = 0.0;
+
+  bool bce_loss = true;  // BCE on binarised mixed targets; false: soft-target cross-entropy
+  bool model_ema = false;
+  double model_ema_decay = 0.99996;
+
+  std::string resume;    // checkpoint to continue from
+  std::string finetune;  // checkpoint or weights to start from (new resolution / classes allowed)
+  uint64_t seed = 0;
+  int workers = 2;       // data loading threads
+  bool progress = true;  // progress display on stderr (a bar on a terminal, lines otherwise)
+
+  // Throws std::invalid_argument naming the first bad value.
+  void validate() const;
+  nlohmann::json to_json() const;
+};
+
+// The paper's values for `preset` (see RECIPE.md): lr 4e-3 for S (and T), 3e-3 for M/B/L/H;
+// drop-path S 0.05, B 0.2, L 0.45, H 0.6 (T 0, M 0.1: not in the paper, our choice); training
+// resolution S 224, B and L 192, H 160.
+TrainOptions recipe_for(const std::string& preset);
+
+}  // namespace deit::train

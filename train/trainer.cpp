@@ -1,0 +1,258 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "data/image_source.h"
+#include "data/mixup.h"
+#include "engine/autograd.h"
+#include "engine/ema.h"
+#include "engine/ops.h"
+#include "engine/optimizer.h"
+#include "engine/schedule.h"
+#include "model/checkpoint.h"
+#include "model/cost.h"
+#include "train/data_pipeline.h"
+#include "train/finetune.h"
+#include "train/progress.h"
+
+namespace deit::train {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Random streams of the trainer, each named by what it is for. A seed of their own keeps them
+// apart from the sampler's and the augmentation's streams (data/sampler.h).
+enum class Stream : uint64_t { kInit = 1, kMix = 2, kDropPath = 3 };
+
+Rng stream_rng(uint64_t seed, Stream purpose, int64_t epoch = 0, uint64_t batch = 0) {
+  constexpr uint64_t kTrainerSalt = 0x7472616696e6572ull;
+  return Rng(seed ^ kTrainerSalt,
+             (static_cast<uint64_t>(epoch) << 34) ^ (batch << 4) ^ static_cast<uint64_t>(purpose));
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Fails before any work when the run could not save what it computes.
+void prepare_output_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
+  const fs::path probe = fs::path(dir) / ".deit-write-test";
+  {
+    std::ofstream f(probe);
+    if (!(f << "ok")) throw std::runtime_error("output directory '" + dir + "' is not writable");
+  }
+  fs::remove(probe, ec);
+}
+
+void append_log_line(const std::string& path, const nlohmann::json& line) {
+  std::ofstream f(path, std::ios::app);
+  if (!(f << line.dump() << "\n")) throw std::runtime_error("cannot append to log '" + path + "'");
+}
+
+std::shared_ptr<const data::ImageSource> open_split(const std::string& root, const char* split) {
+  return std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, split));
+}
+
+NamedTensors prefixed(const std::string& prefix, const NamedTensors& tensors) {
+  NamedTensors out;
+  for (const auto& [name, t] : tensors) out.emplace_back(prefix + name, t);
+  return out;
+}
+
+NamedTensors unprefixed(const std::string& prefix, const NamedTensors& tensors) {
+  NamedTensors out;
+  for (const auto& [name, t] : tensors)
+    if (name.rfind(prefix, 0) == 0) out.emplace_back(name.substr(prefix.size()), t);
+  return out;
+}
+
+// The epoch's targets (B, K): one-hot labels mixed with the batch's mixup/cutmix (applied to the
+// images in place), binarised (target > 0 -> 1) for the BCE loss as the reference trainer does.
+Tensor mix_batch(const TrainOptions& o, Tensor& images, const std::vector<int32_t>& labels,
+                 int64_t epoch, uint64_t batch_number) {
+  const int B = static_cast<int>(images.size(0)), S = static_cast<int>(images.size(2));
+  const int K = static_cast<int>(o.model.num_classes);
+  data::MixParams mix;  // lambda 1: no mixing
+  if (o.mixup > 0 || o.cutmix > 0) {
+    data::MixupConfig config;
+    config.mixup_alpha = o.mixup;
+    config.cutmix_alpha = o.cutmix;
+    config.switch_prob = o.mixup_switch_prob;
+    Rng rng = stream_rng(o.seed, Stream::kMix, epoch, batch_number);
+    mix = data::sample_mix_params(config, S, S, rng);
+    data::apply_mix(mix, images.data<float>(), B, 3, S, S);
+  }
+  Tensor targets = Tensor::empty({B, K});
+  data::mix_targets(mix, labels.data(), B, K, o.smoothing, targets.data<float>());
+  if (o.bce_loss)
+    for (int64_t i = 0; i < targets.numel(); ++i)
+      targets.data<float>()[i] = targets.data<float>()[i] > 0.0f ? 1.0f : 0.0f;
+  return targets;
+}
+
+}  // namespace
+
+TrainSummary train(TrainOptions o) {
+  const auto run_start = std::chrono::steady_clock::now();
+  const Device device = parse_device(o.device);
+  if (!device.is_cpu())
+    throw std::runtime_error("training on " + device.str() +
+                             " is not available yet: the CUDA training step is not wired in; use "
+                             "--device cpu");
+  prepare_output_dir(o.output_dir);
+  auto train_source = open_split(o.data_dir, "train");
+  auto val_source = open_split(o.data_dir, "val");
+  if (train_source->class_names() != val_source->class_names())
+    throw std::runtime_error("the train and val splits of '" + o.data_dir +
+                             "' have different classes");
+  if (!o.num_classes_given) o.model.num_classes = static_cast<int64_t>(train_source->class_names().size());
+  o.validate();
+
+  model::VisionTransformer vit(o.model);
+  Rng init_rng = stream_rng(o.seed, Stream::kInit);
+  vit.initialize(init_rng);
+  if (!o.finetune.empty()) load_finetune_weights(vit, o.finetune);
+  ParameterRegistry& params = vit.parameters();
+
+  OptimizerOptions opt_options;
+  opt_options.lr = o.lr;
+  opt_options.weight_decay = o.weight_decay;
+  opt_options.eps = o.opt_eps;
+  opt_options.clip_grad = o.clip_grad;
+  auto optimizer = make_optimizer(o.opt, params, opt_options);
+  std::unique_ptr<WeightEma> ema;
+  if (o.model_ema) ema = std::make_unique<WeightEma>(params, o.model_ema_decay);
+
+  CosineScheduleOptions schedule_options;
+  schedule_options.lr = o.lr;
+  schedule_options.min_lr = o.min_lr;
+  schedule_options.warmup_lr = o.warmup_lr;
+  schedule_options.warmup_epochs = o.warmup_epochs;
+  schedule_options.epochs = static_cast<double>(o.epochs);
+  const CosineSchedule schedule(schedule_options);
+
+  const std::string checkpoint_path = (fs::path(o.output_dir) / "checkpoint.safetensors").string();
+  const std::string log_path = (fs::path(o.output_dir) / "log.txt").string();
+  TrainSummary summary;
+  summary.checkpoint = checkpoint_path;
+  summary.log = log_path;
+  summary.parameters = params.element_count();
+
+  int64_t start_epoch = 0;
+  if (!o.resume.empty()) {
+    const model::Checkpoint ck = model::read_checkpoint(o.resume);
+    model::load_checkpoint_model(vit, ck);
+    const std::string saved_opt = ck.state.value("options", nlohmann::json::object()).value("opt", "");
+    if (saved_opt != o.opt)
+      throw std::runtime_error("checkpoint '" + o.resume + "' was trained with --opt " + saved_opt +
+                               ", this run asks for " + o.opt);
+    optimizer->load_state(unprefixed("optim.", ck.extra));
+    if (ema) ema->load_state(unprefixed("ema.", ck.extra));
+    start_epoch = ck.state.at("epoch").get<int64_t>() + 1;
+    summary.best_acc1 = ck.state.value("best_acc1", 0.0);
+    summary.best_epoch = ck.state.value("best_epoch", int64_t{-1});
+  }
+
+  auto train_loader = make_train_loader(train_source, o);
+  auto val_loader = make_eval_loader(val_source, o.model.input_size, o.eval_crop_ratio,
+                                     o.batch_size, o.workers);
+  if (train_loader->sampler().epoch_length() < static_cast<uint64_t>(o.batch_size))
+    throw std::runtime_error("an epoch of '" + o.data_dir + "' has fewer images than one batch of " +
+                             std::to_string(o.batch_size) + "; lower --batch-size");
+
+  int64_t train_images = 0;
+  double train_seconds = 0;
+  for (int64_t epoch = start_epoch; epoch < o.epochs; ++epoch) {
+    const auto epoch_start = std::chrono::steady_clock::now();
+    const double lr = schedule.epoch_lr(epoch);
+    optimizer->set_lr(lr);
+    train_loader->start_epoch(static_cast<uint64_t>(epoch));
+    const int64_t batches = static_cast<int64_t>(train_loader->batches_in_epoch());
+    Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
+                      batches, o.progress);
+    double loss_sum = 0;
+    int64_t epoch_images = 0, done = 0;
+    while (const data::Batch* batch = train_loader->next_batch()) {
+      Tensor images = batch_images(*batch, o.model.input_size, device);
+      const Tensor targets = mix_batch(o, images, batch->labels, epoch, batch->number);
+      Rng drop_path_rng = stream_rng(o.seed, Stream::kDropPath, epoch, batch->number);
+      const Tensor logits = vit.forward(images, o.drop_path, &drop_path_rng);
+      const Tensor loss = o.bce_loss ? ops::bce_with_logits(logits, targets)
+                                     : ops::soft_cross_entropy(logits, targets);
+      const double loss_value = loss.item();
+      if (!std::isfinite(loss_value)) {
+        clear_tape();
+        throw TrainingDiverged("the loss is " + std::to_string(loss_value) + " at epoch " +
+                               std::to_string(epoch) + ", batch " + std::to_string(batch->number) +
+                               "; nothing of this epoch was saved (the last checkpoint, if any, is " +
+                               "untouched)");
+      }
+      // Micro-batch losses are averaged over an optimizer step, as one large batch would be.
+      backward(loss, Tensor::full({1}, 1.0 / static_cast<double>(o.accum_steps)));
+      ++done;
+      if (done % o.accum_steps == 0 || done == batches) {
+        try {
+          optimizer->step();
+        } catch (const NonFiniteGradient& e) {
+          throw TrainingDiverged(std::string(e.what()) + " at epoch " + std::to_string(epoch) +
+                                 "; nothing of this epoch was saved");
+        }
+        params.zero_grad();
+        if (ema) ema->update(params);
+      }
+      loss_sum += loss_value;
+      epoch_images += static_cast<int64_t>(batch->size);
+      progress.update(done, epoch_images, loss_sum / done);
+    }
+    progress.finish();
+    const double epoch_train_seconds = seconds_since(epoch_start);
+    train_images += epoch_images;
+    train_seconds += epoch_train_seconds;
+
+    const EvalResult eval = evaluate(vit, *val_loader, o.progress);
+    if (eval.acc1 > summary.best_acc1 || summary.best_epoch < 0) {
+      summary.best_acc1 = eval.acc1;
+      summary.best_epoch = epoch;
+    }
+    append_log_line(log_path, {{"train_lr", lr},
+                               {"train_loss", done ? loss_sum / done : 0.0},
+                               {"test_loss", eval.loss},
+                               {"test_acc1", eval.acc1},
+                               {"test_acc5", eval.acc5},
+                               {"epoch", epoch},
+                               {"n_parameters", summary.parameters},
+                               {"train_images_per_s", epoch_images / epoch_train_seconds},
+                               {"epoch_time_s", seconds_since(epoch_start)}});
+    NamedTensors extra = prefixed("optim.", optimizer->state());
+    if (ema)
+      for (auto& entry : prefixed("ema.", ema->state())) extra.push_back(entry);
+    model::save_checkpoint(checkpoint_path, vit, extra,
+                           {{"epoch", epoch},
+                            {"options", o.to_json()},
+                            {"best_acc1", summary.best_acc1},
+                            {"best_epoch", summary.best_epoch},
+                            {"optimizer_steps", optimizer->step_count()}});
+    summary.last = eval;
+    ++summary.epochs_run;
+    if (!o.progress) continue;
+    std::fprintf(stderr, "epoch %lld/%lld  lr %.3g  train loss %.4f  val acc1 %.2f%%  acc5 %.2f%%  "
+                         "val loss %.4f  (%s)\n",
+                 (long long)epoch + 1, (long long)o.epochs, lr, done ? loss_sum / done : 0.0,
+                 eval.acc1, eval.acc5, eval.loss, format_duration(seconds_since(epoch_start)).c_str());
+  }
+  summary.seconds = seconds_since(run_start);
+  summary.train_images_per_second = train_seconds > 0 ? train_images / train_seconds : 0;
+  summary.skipped_images = static_cast<int64_t>(train_loader->skipped().count() +
+                                                val_loader->skipped().count());
+  return summary;
+}
+
+}  // namespace deit::train
