@@ -40,6 +40,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
                                            "(S 0.05, B 0.2, L 0.45, H 0.6)");
   add_switch(cmd, three_augment, "three-augment", "3-Augment: grayscale, solarize or blur (on)");
   add_switch(cmd, src, "src", "Simple Random Crop instead of RandomResizedCrop (off)");
+  cmd.add_option("--rrc-scale-min", rrc_scale_min,
+                 "RandomResizedCrop's smallest crop, as a fraction of the image area (0.08)");
   cmd.add_option("--color-jitter", color_jitter, "Brightness/contrast/saturation jitter (0.3)");
   cmd.add_option("--eval-crop-ratio", eval_crop_ratio, "Evaluation crop ratio (1.0)");
   add_switch(cmd, repeated_aug, "repeated-aug", "Repeated augmentation, 3 repeats (on)");
@@ -80,6 +82,7 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(opt_eps, o.opt_eps);
   override_with(clip_grad, o.clip_grad);
   override_with(drop_path, o.drop_path);
+  override_with(rrc_scale_min, o.rrc_scale_min);
   override_with(color_jitter, o.color_jitter);
   override_with(eval_crop_ratio, o.eval_crop_ratio);
   override_with(mixup, o.mixup);

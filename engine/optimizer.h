@@ -27,8 +27,6 @@
 
 namespace deit {
 
-// Tensors under names, in a fixed order: what optimizer and EMA state export for checkpoints.
-using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 // Defaults are main.py's (--lr, --weight-decay, --opt-eps, --clip-grad) and timm's (betas, LAMB's
 // max_grad_norm). DeiT III pre-training: LAMB, lr 4e-3 (S) or 3e-3, weight decay 0.05, eps 1e-8.

@@ -9,6 +9,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/device.h"
@@ -110,5 +111,8 @@ class Tensor {
  private:
   std::shared_ptr<TensorImpl> impl_;
 };
+
+// Tensors under names, in a fixed order: parameters, optimizer and EMA state, file contents.
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 }  // namespace deit

@@ -23,7 +23,7 @@
 
 namespace deit::model {
 
-using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+using deit::NamedTensors;
 using Metadata = std::map<std::string, std::string>;
 
 // The tensor called `name`, or nullptr.

@@ -12,6 +12,7 @@ std::unique_ptr<data::PrefetchLoader> make_train_loader(
   data::AugmentConfig augment;
   augment.input_size = static_cast<int>(o.model.input_size);
   augment.crop = o.src ? data::CropMode::kSimpleRandom : data::CropMode::kRandomResized;
+  augment.scale_min = o.rrc_scale_min;
   augment.three_augment = o.three_augment;
   augment.color_jitter = o.color_jitter;
 

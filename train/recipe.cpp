@@ -47,6 +47,7 @@ void TrainOptions::validate() const {
   if (smoothing < 0 || smoothing >= 1) fail("--smoothing must be in [0, 1)");
   if (eval_crop_ratio <= 0 || eval_crop_ratio > 1) fail("--eval-crop-ratio must be in (0, 1]");
   if (color_jitter < 0 || color_jitter >= 1) fail("--color-jitter must be in [0, 1)");
+  if (!(rrc_scale_min > 0 && rrc_scale_min <= 1)) fail("--rrc-scale-min must be in (0, 1]");
   if (workers < 1) fail("--workers must be at least 1");
   if (!resume.empty() && !finetune.empty()) fail("--resume and --finetune cannot be combined");
 }
@@ -76,6 +77,7 @@ nlohmann::json TrainOptions::to_json() const {
           {"drop_path", drop_path},
           {"three_augment", three_augment},
           {"src", src},
+          {"rrc_scale_min", rrc_scale_min},
           {"color_jitter", color_jitter},
           {"eval_crop_ratio", eval_crop_ratio},
           {"repeated_aug", repeated_aug},

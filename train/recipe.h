@@ -34,6 +34,7 @@ struct TrainOptions {
   // Augmentation (RECIPE.md section 3).
   bool three_augment = true;
   bool src = false;  // Simple Random Crop instead of RandomResizedCrop (ImageNet-21k recipe)
+  double rrc_scale_min = 0.08;  // RandomResizedCrop's smallest area fraction (torchvision's 0.08)
   double color_jitter = 0.3;
   double eval_crop_ratio = 1.0;
   bool repeated_aug = true;  // 3 repeats

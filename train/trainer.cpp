@@ -74,6 +74,27 @@ NamedTensors unprefixed(const std::string& prefix, const NamedTensors& tensors) 
   return out;
 }
 
+// Where the data order stands, saved with every checkpoint: a resumed run checks that it reads the
+// same dataset with the same sampling before it continues.
+nlohmann::json sampler_to_json(const data::SamplerState& s) {
+  return {{"seed", s.seed},         {"dataset_size", s.dataset_size}, {"epoch", s.epoch},
+          {"position", s.position}, {"repeats", s.repeats},           {"rank", s.rank},
+          {"world_size", s.world_size}, {"shuffle", s.shuffle}};
+}
+
+data::SamplerState sampler_from_json(const nlohmann::json& j) {
+  data::SamplerState s;
+  s.seed = j.at("seed");
+  s.dataset_size = j.at("dataset_size");
+  s.epoch = j.at("epoch");
+  s.position = j.at("position");
+  s.repeats = j.at("repeats");
+  s.rank = j.at("rank");
+  s.world_size = j.at("world_size");
+  s.shuffle = j.at("shuffle");
+  return s;
+}
+
 // The epoch's targets (B, K): one-hot labels mixed with the batch's mixup/cutmix (applied to the
 // images in place), binarised (target > 0 -> 1) for the BCE loss as the reference trainer does.
 Tensor mix_batch(const TrainOptions& o, Tensor& images, const std::vector<int32_t>& labels,
@@ -147,6 +168,7 @@ TrainSummary train(TrainOptions o) {
   summary.parameters = params.element_count();
 
   int64_t start_epoch = 0;
+  nlohmann::json resumed_sampler;
   if (!o.resume.empty()) {
     const model::Checkpoint ck = model::read_checkpoint(o.resume);
     model::load_checkpoint_model(vit, ck);
@@ -159,9 +181,17 @@ TrainSummary train(TrainOptions o) {
     start_epoch = ck.state.at("epoch").get<int64_t>() + 1;
     summary.best_acc1 = ck.state.value("best_acc1", 0.0);
     summary.best_epoch = ck.state.value("best_epoch", int64_t{-1});
+    resumed_sampler = ck.state.at("sampler");
   }
 
   auto train_loader = make_train_loader(train_source, o);
+  if (!o.resume.empty()) {
+    try {
+      train_loader->sampler().check_resumable(sampler_from_json(resumed_sampler));
+    } catch (const std::exception& e) {
+      throw std::runtime_error("cannot resume '" + o.resume + "' on '" + o.data_dir + "': " + e.what());
+    }
+  }
   auto val_loader = make_eval_loader(val_source, o.model.input_size, o.eval_crop_ratio,
                                      o.batch_size, o.workers);
   if (train_loader->sampler().epoch_length() < static_cast<uint64_t>(o.batch_size))
@@ -239,6 +269,7 @@ TrainSummary train(TrainOptions o) {
                             {"options", o.to_json()},
                             {"best_acc1", summary.best_acc1},
                             {"best_epoch", summary.best_epoch},
+                            {"sampler", sampler_to_json(train_loader->state())},
                             {"optimizer_steps", optimizer->step_count()}});
     summary.last = eval;
     ++summary.epochs_run;

@@ -1,0 +1,53 @@
+// `deit pack` as a user runs it: an image folder becomes a shard the loader reads, and bad input
+// gets a message naming the path and a non-zero exit.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+
+#include "data/image_source.h"
+#include "data/synthetic.h"
+#include "tests/cli_runner.h"
+#include "tests/test_data_helpers.h"
+
+using namespace deit;
+using deit::test::CliResult;
+using deit::test::run_deit;
+
+TEST_CASE("deit pack turns an image folder into a shard with the same images", "[data][cli]") {
+  test::TempDir dir;
+  data::SyntheticOptions options;
+  options.image_size = 20;
+  options.num_classes = 3;
+  options.train_per_class = 5;
+  options.val_per_class = 2;
+  const std::string root = dir.file("data");
+  std::filesystem::remove(root);
+  data::generate_synthetic_dataset(root, options);
+
+  const std::string shard = dir.file("train.shard");
+  const CliResult r = run_deit("pack --src " + root + "/train --out " + shard + " --short-side 16");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const auto source = data::open_image_source(shard);
+  CHECK(source->size() == 15);
+  CHECK(source->class_names() == std::vector<std::string>(data::synthetic_class_names().begin(),
+                                                          data::synthetic_class_names().begin() + 3));
+  const data::ImageU8 image = source->load(0);
+  CHECK(std::min(image.height, image.width) == 16);
+}
+
+TEST_CASE("deit pack reports a missing source and an unwritable output", "[data][cli]") {
+  test::TempDir dir;
+  CliResult r = run_deit("pack --src " + dir.file("missing") + " --out " + dir.file("x.shard"));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("missing"));
+  CHECK_FALSE(std::filesystem::exists(dir.file("x.shard")));
+
+  std::filesystem::create_directories(dir.file("src/a"));
+  data::write_png(dir.file("src/a/one.png"), test::gradient_image(8, 8));
+  const std::string blocked = dir.file("blocked");
+  { std::ofstream(blocked) << "not a folder"; }
+  r = run_deit("pack --src " + dir.file("src") + " --out " + blocked + "/x.shard");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("blocked"));
+}
