@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Copies the header-only dependencies installed by scripts/setup.sh (Catch2 v2 with its CMake
+# helpers, stb, CLI11, nlohmann/json) into .deps/, for building on a machine without Debian's
+# packages, such as a lent GPU machine (bench/gpu-check.sh reads them from there).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+deps=.deps
+rm -rf "$deps"
+mkdir -p "$deps/include" "$deps/lib/cmake"
+cp -r /usr/include/catch2 /usr/include/stb /usr/include/CLI /usr/include/nlohmann "$deps/include/"
+cp -r /usr/lib/cmake/Catch2 "$deps/lib/cmake/"
+du -sh "$deps"
