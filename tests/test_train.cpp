@@ -128,7 +128,10 @@ TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's 
   // Killed after the epoch-1 checkpoint, halfway through epoch 2 (progress lines come every tenth
   // of an epoch when stderr is not a terminal).
   REQUIRE(run_and_kill_at(tiny_train_args(data, resumed, 3), "epoch 2/3  3/6"));
-  REQUIRE(model::read_checkpoint(resumed + "/checkpoint.safetensors", false).state["epoch"] == 0);
+  // Normally the checkpoint of epoch index 0; on a very loaded machine the run may have saved the
+  // one of the epoch it was in (index 1) before the signal landed. Either way it did not finish,
+  // and resuming must finish it exactly.
+  CHECK(model::read_checkpoint(resumed + "/checkpoint.safetensors", false).state["epoch"] <= 1);
   const CliResult r = run_deit(tiny_train_args(data, resumed, 3) + " --resume " + resumed +
                                "/checkpoint.safetensors");
   INFO(r.output);
