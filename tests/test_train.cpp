@@ -118,6 +118,37 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
   CHECK(ck.config.num_classes == 4);  // taken from the dataset
 }
 
+TEST_CASE("deit eval reports what training logged, from a checkpoint or exported weights",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  std::ifstream log(out + "/log.txt");
+  std::string line;
+  std::getline(log, line);
+  const auto logged = nlohmann::json::parse(line);
+
+  const std::string model = "--model deit3_tiny --patch 4 --dim 16 --depth 2 --heads 2 ";
+  CliResult r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " +
+                         data + " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  auto j = nlohmann::json::parse(r.output);
+  CHECK(j["acc1"].get<double>() == Approx(logged["test_acc1"].get<double>()));
+  CHECK(j["loss"].get<double>() == Approx(logged["test_loss"].get<double>()));
+  CHECK(j["images"] == 16);
+
+  const std::string weights = dir.file("weights.safetensors");
+  REQUIRE(run_deit("export --checkpoint " + out + "/checkpoint.safetensors --out " + weights)
+              .exit_code == 0);
+  r = run_deit("eval " + model + "--input-size 8 --weights " + weights + " --data " + data +
+               " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  j = nlohmann::json::parse(r.output);
+  CHECK(j["acc1"].get<double>() == Approx(logged["test_acc1"].get<double>()));
+}
+
 TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's weights",
           "[train][resume]") {
   test::TempDir dir;
