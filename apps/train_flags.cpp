@@ -48,6 +48,7 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--mixup", mixup, "Mixup alpha, 0 = off (0.8)");
   cmd.add_option("--cutmix", cutmix, "CutMix alpha, 0 = off (1.0)");
   cmd.add_option("--mixup-switch-prob", mixup_switch_prob, "Probability of CutMix over mixup (0.5)");
+  cmd.add_option("--mixup-prob", mixup_prob, "Probability that a batch is mixed at all (1.0)");
   cmd.add_option("--smoothing", smoothing, "Label smoothing (0)");
   add_switch(cmd, bce_loss, "bce-loss", "Binary cross-entropy on binarised targets (on); off: "
                                         "soft-target cross-entropy");
@@ -88,6 +89,7 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(mixup, o.mixup);
   override_with(cutmix, o.cutmix);
   override_with(mixup_switch_prob, o.mixup_switch_prob);
+  override_with(mixup_prob, o.mixup_prob);
   override_with(smoothing, o.smoothing);
   override_with(model_ema_decay, o.model_ema_decay);
   override_with(three_augment, o.three_augment);

@@ -18,7 +18,8 @@ struct TrainFlags {
   std::string data, output, device = "cpu", resume, finetune, opt;
   std::optional<int64_t> epochs, batch_size, accum_steps;
   std::optional<double> lr, min_lr, warmup_lr, warmup_epochs, weight_decay, opt_eps, clip_grad,
-      drop_path, rrc_scale_min, color_jitter, eval_crop_ratio, mixup, cutmix, mixup_switch_prob, smoothing,
+      drop_path, rrc_scale_min, color_jitter, eval_crop_ratio, mixup, cutmix, mixup_switch_prob,
+      mixup_prob, smoothing,
       model_ema_decay;
   std::optional<bool> three_augment, src, repeated_aug, bce_loss, model_ema;
   std::optional<uint64_t> seed;

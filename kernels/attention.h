@@ -5,6 +5,12 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/bf16.h"
+
+#if DEIT_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
 namespace deit::kernels {
 
 // qkv: (B, T, 3, H, D)  [timm's layout: qkv linear output viewed as (B, T, 3, heads, head_dim)]
@@ -17,5 +23,24 @@ void attention_forward_cpu(const T* qkv, T* out, T* lse, int64_t B, int64_t Tn, 
 template <typename T>
 void attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* dout, T* dqkv,
                             int64_t B, int64_t Tn, int64_t H, int64_t D, double scale);
+
+#if DEIT_HAVE_CUDA
+// CUDA (kernels/cuda/attention.cu): qkv, out, dout, dqkv in bf16, lse in fp32 (natural log, as the
+// CPU twin), fp32 accumulation throughout. Head dims 32, 64, 80, 128; any T >= 0. The bf16
+// buffers must be 16-byte aligned (std::invalid_argument otherwise, and for other head dims).
+// Forward: lse may be nullptr (inference).
+void attention_forward_cuda(const bf16_bits* qkv, bf16_bits* out, float* lse, int64_t B,
+                            int64_t Tn, int64_t H, int64_t D, double scale, cudaStream_t stream);
+
+// Backward: dqkv (B, T, 3, H, D) is overwritten with dq, dk, dv; deterministic (no atomics: same
+// inputs, same bits). `workspace` holds at least attention_backward_cuda_workspace_floats(B, T, H)
+// floats (the per-row delta = rowsum(dout * out)); its contents are not read before written, so
+// one buffer can serve every call on the same stream.
+int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H);
+void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const float* lse,
+                             const bf16_bits* dout, bf16_bits* dqkv, int64_t B, int64_t Tn,
+                             int64_t H, int64_t D, double scale, float* workspace,
+                             cudaStream_t stream);
+#endif
 
 }  // namespace deit::kernels

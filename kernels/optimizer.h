@@ -6,9 +6,18 @@
 // Each element is computed in double from the stored T values and rounded back to T once per
 // stored quantity (moment, update, parameter). Elements are independent and sums of squares add in
 // a fixed order, so the same inputs give the same bits whatever the number of OpenMP threads.
-// CUDA twins (fp32 master weights and state) come later with the same signatures plus a stream.
+//
+// The CUDA twins (end of this file) compute the same steps on fp32 master weights and state, but
+// over every parameter tensor of a model per launch rather than one tensor per call.
 #pragma once
 #include <cstdint>
+#include <vector>
+
+#include "kernels/bf16.h"
+
+#if DEIT_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace deit::kernels {
 
@@ -48,5 +57,88 @@ void adamw_update_cpu(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_
 // ema, value: (n) -> ema = decay * ema + (1 - decay) * value (timm's ModelEma / ModelEmaV2).
 template <typename T>
 void ema_update_cpu(T* ema, const T* value, double decay, int64_t n);
+
+#if DEIT_HAVE_CUDA
+// ---------------------------------------------------------------------------------------------
+// CUDA: "multi-tensor apply". The tensors are cut into chunks of kCudaOptimizerChunk elements and
+// every launch runs one block per chunk of every tensor, so a ViT's ~150 parameter tensors take a
+// handful of launches per step:
+//   grad_norm_cuda   2 launches: per-chunk sums of squares, then the norm and the gradient factor
+//   lamb_step_cuda   3 launches: moments + per-chunk ||p||^2, ||update||^2; per-tensor trust
+//                    ratios; the parameter update
+//   adamw_step_cuda  1 launch;  ema_update_cuda 1 launch
+// fp32 arithmetic on fp32 master weights, gradients and moments; every update also writes the
+// bf16 copy of the weights that the forward reads. The reductions are deterministic (fixed chunks,
+// fp32 partials added in a fixed order, no atomics), and nothing waits on the host: the gradient
+// norm, the clipping factor and the trust ratios stay on the device.
+
+constexpr int64_t kCudaOptimizerChunk = 16384;
+
+// One parameter tensor: device pointers to n elements each.
+struct CudaParam {
+  float* param = nullptr;           // fp32 master weights
+  bf16_bits* param_bf16 = nullptr;  // their bf16 copy, rewritten by every update
+  const float* grad = nullptr;      // fp32 gradient
+  float* exp_avg = nullptr;         // Adam moments
+  float* exp_avg_sq = nullptr;
+  float* ema = nullptr;  // fp32 EMA of the master weights; nullptr: not tracked
+  int64_t n = 0;
+  bool weight_decay = false;  // takes weight decay and, under LAMB, the trust ratio
+};
+
+// The device-side table of the tensors and their chunks, plus the scratch of the reductions and
+// the two scalars grad_norm_cuda writes. Built once, before training: the constructor allocates
+// device memory and uploads synchronously (std::invalid_argument for a null pointer or a negative
+// size). The pointers must stay valid while the table is used, and one table serves one stream at
+// a time (its scratch is shared by the launches).
+class CudaParamTable {
+ public:
+  explicit CudaParamTable(const std::vector<CudaParam>& params);
+  ~CudaParamTable();
+  CudaParamTable(const CudaParamTable&) = delete;
+  CudaParamTable& operator=(const CudaParamTable&) = delete;
+
+  int64_t tensors() const { return tensors_; }
+  int64_t chunks() const { return chunks_; }
+  // Device floats written by grad_norm_cuda: the global norm of the gradients as given, and the
+  // factor the updates read the gradients with.
+  const float* grad_norm() const { return scalars_; }
+  const float* grad_scale() const { return scalars_ + 1; }
+
+ private:
+  friend struct CudaParamTableAccess;  // kernels/cuda/optimizer.cu
+  void* slots_ = nullptr;              // device: one entry per tensor
+  void* chunk_list_ = nullptr;         // device: one entry per chunk
+  float* partials_ = nullptr;          // device: two floats per chunk
+  float* trust_ = nullptr;             // device: one float per tensor
+  float* scalars_ = nullptr;           // device: grad norm, grad scale
+  int64_t tensors_ = 0;
+  int64_t chunks_ = 0;
+};
+
+// The global gradient norm over every tensor of the table (what engine/optimizer.h's
+// global_grad_norm computes), and the gradient factor: clip_grad_coefficient(norm, clip_grad),
+// then, when max_grad_norm > 0 (LAMB), divided by norm' / max_grad_norm where the clipped norm
+// norm' = norm * factor exceeds max_grad_norm. A non-finite norm sets the factor to NaN, and the
+// steps below then leave everything unchanged (where the CPU optimizer throws NonFiniteGradient);
+// the caller learns of it by reading grad_norm() back after the step. Run it before every step.
+void grad_norm_cuda(CudaParamTable& table, double clip_grad, double max_grad_norm,
+                    cudaStream_t stream);
+
+// LAMB over every tensor, as engine/lamb.cpp: lamb_update_cpu's moments and update direction with
+// the gradients read as grad * grad_scale(), trust = ||p|| / ||update|| for tensors with weight
+// decay when weight_decay != 0 and both norms are nonzero (else 1), p -= lr * trust * update.
+// step.grad_scale must be 1: the factor comes from grad_norm_cuda, on the device.
+void lamb_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
+                    cudaStream_t stream);
+
+// adamw_update_cpu over every tensor (weight decay only on those that take it), gradients read as
+// grad * grad_scale(). step.grad_scale must be 1.
+void adamw_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
+                     cudaStream_t stream);
+
+// ema_update_cpu(ema, param) for every tensor with an ema pointer.
+void ema_update_cuda(CudaParamTable& table, double decay, cudaStream_t stream);
+#endif
 
 }  // namespace deit::kernels

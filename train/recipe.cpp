@@ -44,6 +44,7 @@ void TrainOptions::validate() const {
   if (warmup_epochs < 0) fail("--warmup-epochs must not be negative");
   if (drop_path < 0 || drop_path >= 1) fail("--drop-path must be in [0, 1)");
   if (mixup < 0 || cutmix < 0) fail("--mixup and --cutmix must not be negative");
+  if (mixup_prob < 0 || mixup_prob > 1) fail("--mixup-prob must be in [0, 1]");
   if (smoothing < 0 || smoothing >= 1) fail("--smoothing must be in [0, 1)");
   if (eval_crop_ratio <= 0 || eval_crop_ratio > 1) fail("--eval-crop-ratio must be in (0, 1]");
   if (color_jitter < 0 || color_jitter >= 1) fail("--color-jitter must be in [0, 1)");
@@ -84,6 +85,7 @@ nlohmann::json TrainOptions::to_json() const {
           {"mixup", mixup},
           {"cutmix", cutmix},
           {"mixup_switch_prob", mixup_switch_prob},
+          {"mixup_prob", mixup_prob},
           {"smoothing", smoothing},
           {"bce_loss", bce_loss},
           {"model_ema", model_ema},

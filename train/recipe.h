@@ -41,6 +41,7 @@ struct TrainOptions {
   double mixup = 0.8;
   double cutmix = 1.0;
   double mixup_switch_prob = 0.5;
+  double mixup_prob = 1.0;  // probability that a batch is mixed at all (the recipe mixes every one)
   double smoothing = 0.0;
 
   bool bce_loss = true;  // BCE on binarised mixed targets; false: soft-target cross-entropy

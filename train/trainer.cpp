@@ -107,6 +107,7 @@ Tensor mix_batch(const TrainOptions& o, Tensor& images, const std::vector<int32_
     config.mixup_alpha = o.mixup;
     config.cutmix_alpha = o.cutmix;
     config.switch_prob = o.mixup_switch_prob;
+    config.prob = o.mixup_prob;
     Rng rng = stream_rng(o.seed, Stream::kMix, epoch, batch_number);
     mix = data::sample_mix_params(config, S, S, rng);
     data::apply_mix(mix, images.data<float>(), B, 3, S, S);

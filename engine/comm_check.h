@@ -1,0 +1,52 @@
+// Internals shared by the communicator backends (engine/communicator.h): the checks every MPI and
+// NCCL call goes through (a failure throws with the call, file and line, as kernels/check.h does
+// for CUDA), MPI's process-wide lifetime, and the backend factories make_communicator picks from.
+#pragma once
+#include <memory>
+
+#include "engine/communicator.h"
+
+#if DEIT_HAVE_MPI
+#include <mpi.h>
+
+namespace deit::detail {
+
+// Records the failure (see mpi_init) and throws std::runtime_error.
+[[noreturn]] void mpi_call_failed(int code, const char* call, const char* file, int line);
+
+// Initialises MPI once per process (for calls from one thread) and checks that MPI's world is the
+// one the launcher described. MPI is finalised at exit unless a failure was recorded: Open MPI's
+// MPI_Finalize waits for every rank, so a rank that fails while the others sit in a collective
+// must exit without it; mpirun then ends the job.
+void mpi_init(const Rendezvous& rendezvous);
+void mpi_record_failure();
+
+std::unique_ptr<Communicator> make_mpi_communicator(Device device, const Rendezvous& rendezvous);
+
+}  // namespace deit::detail
+
+#define DEIT_MPI_CHECK(call)                                                    \
+  do {                                                                          \
+    const int deit_mpi_rc_ = (call);                                            \
+    if (deit_mpi_rc_ != MPI_SUCCESS)                                            \
+      ::deit::detail::mpi_call_failed(deit_mpi_rc_, #call, __FILE__, __LINE__); \
+  } while (0)
+#endif
+
+#if DEIT_HAVE_NCCL
+#include <nccl.h>
+
+#include "kernels/check.h"
+
+namespace deit::detail {
+std::unique_ptr<Communicator> make_nccl_communicator(Device device, const Rendezvous& rendezvous);
+}  // namespace deit::detail
+
+#define DEIT_NCCL_CHECK(call)                                                              \
+  do {                                                                                     \
+    const ncclResult_t deit_nccl_rc_ = (call);                                             \
+    if (deit_nccl_rc_ != ncclSuccess)                                                      \
+      ::deit::detail::throw_call_error(ncclGetErrorString(deit_nccl_rc_), #call, __FILE__, \
+                                       __LINE__);                                          \
+  } while (0)
+#endif

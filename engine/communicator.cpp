@@ -1,0 +1,170 @@
+#include "engine/communicator.h"
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+#include "engine/comm_check.h"
+
+namespace deit {
+
+std::vector<std::vector<size_t>> plan_buckets(const std::vector<Tensor>& tensors,
+                                              size_t bucket_bytes) {
+  if (bucket_bytes == 0) throw std::invalid_argument("plan_buckets: a bucket of 0 bytes");
+  std::vector<std::vector<size_t>> groups;
+  size_t last_bytes = 0;   // in the last group
+  bool last_open = false;  // whether the last group takes more tensors
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const size_t bytes = tensors[i].nbytes();
+    const bool alone = bytes >= bucket_bytes;  // fills a bucket by itself: reduced in place
+    if (!alone && last_open && tensors[i].dtype() == tensors[groups.back().front()].dtype() &&
+        last_bytes + bytes <= bucket_bytes) {
+      groups.back().push_back(i);
+      last_bytes += bytes;
+    } else {
+      groups.push_back({i});
+      last_bytes = bytes;
+      last_open = !alone;
+    }
+  }
+  return groups;
+}
+
+namespace {
+
+// Runs `collective` on each bucket of `tensors` (plan_buckets) as one flat tensor: a lone tensor
+// as a view of itself; a group packed into scratch memory, and unpacked afterwards.
+void for_each_bucket(const std::vector<Tensor>& tensors, size_t bucket_bytes, Device device,
+                     const std::function<void(const Tensor&)>& collective) {
+  for (const std::vector<size_t>& group : plan_buckets(tensors, bucket_bytes)) {
+    if (group.size() == 1) {
+      const Tensor& t = tensors[group[0]];
+      if (t.numel() > 0) collective(t.view({t.numel()}));
+      continue;
+    }
+    int64_t total = 0;
+    for (size_t i : group) total += tensors[i].numel();
+    if (total == 0) continue;
+    const Tensor flat = Tensor::empty({total}, tensors[group[0]].dtype(), device);
+    int64_t offset = 0;
+    for (size_t i : group) {
+      const int64_t n = tensors[i].numel();
+      flat.slice(offset, offset + n).copy_from(tensors[i].view({n}));
+      offset += n;
+    }
+    collective(flat);
+    offset = 0;
+    for (size_t i : group) {
+      const int64_t n = tensors[i].numel();
+      tensors[i].view({n}).copy_from(flat.slice(offset, offset + n));
+      offset += n;
+    }
+  }
+}
+
+}  // namespace
+
+Communicator::Communicator(Device device, int rank, int world_size, int local_rank)
+    : device_(device), rank_(rank), world_size_(world_size), local_rank_(local_rank) {}
+
+void Communicator::check_tensor(const Tensor& tensor, const char* what) const {
+  if (!tensor.defined()) throw std::invalid_argument(std::string(what) + ": an undefined tensor");
+  if (tensor.dtype() != DType::f32 && tensor.dtype() != DType::f64)
+    throw std::invalid_argument(std::string(what) + ": " + tensor.describe() +
+                                " (f32 and f64 only)");
+  if (tensor.device() != device_)
+    throw std::invalid_argument(std::string(what) + ": " + tensor.describe() + " for a " +
+                                backend() + " communicator on " + device_.str());
+}
+
+void Communicator::check_root(int root) const {
+  if (root < 0 || root >= world_size_)
+    throw std::invalid_argument("broadcast: root " + std::to_string(root) + " in a world of " +
+                                std::to_string(world_size_));
+}
+
+void Communicator::reduce(const Tensor& tensor, ReduceOp op) {
+  check_tensor(tensor, "all_reduce");
+  if (tensor.numel() > 0) all_reduce_flat(tensor.view({tensor.numel()}), op);
+}
+
+void Communicator::reduce(const std::vector<Tensor>& tensors, ReduceOp op, size_t bucket_bytes) {
+  for (const Tensor& t : tensors) check_tensor(t, "all_reduce");
+  // Alone, every value already is the reduction: packing buckets would only copy.
+  if (world_size_ == 1) return;
+  for_each_bucket(tensors, bucket_bytes, device_,
+                  [&](const Tensor& flat) { all_reduce_flat(flat, op); });
+}
+
+void Communicator::reduce(std::vector<double>& values, ReduceOp op) {
+  if (values.empty()) return;
+  const int64_t n = static_cast<int64_t>(values.size());
+  const Tensor t = Tensor::from_vector(values, {n}, device_);
+  all_reduce_flat(t, op);
+  values = t.to_vector<double>();
+}
+
+void Communicator::all_reduce_sum(const Tensor& tensor) { reduce(tensor, ReduceOp::sum); }
+void Communicator::all_reduce_mean(const Tensor& tensor) { reduce(tensor, ReduceOp::mean); }
+void Communicator::all_reduce_sum(const std::vector<Tensor>& tensors, size_t bucket_bytes) {
+  reduce(tensors, ReduceOp::sum, bucket_bytes);
+}
+void Communicator::all_reduce_mean(const std::vector<Tensor>& tensors, size_t bucket_bytes) {
+  reduce(tensors, ReduceOp::mean, bucket_bytes);
+}
+void Communicator::all_reduce_sum(std::vector<double>& values) { reduce(values, ReduceOp::sum); }
+void Communicator::all_reduce_mean(std::vector<double>& values) { reduce(values, ReduceOp::mean); }
+
+void Communicator::broadcast(const Tensor& tensor, int root) {
+  check_tensor(tensor, "broadcast");
+  check_root(root);
+  if (tensor.numel() > 0) broadcast_flat(tensor.view({tensor.numel()}), root);
+}
+
+void Communicator::broadcast(const std::vector<Tensor>& tensors, int root, size_t bucket_bytes) {
+  for (const Tensor& t : tensors) check_tensor(t, "broadcast");
+  check_root(root);
+  if (world_size_ == 1) return;
+  for_each_bucket(tensors, bucket_bytes, device_,
+                  [&](const Tensor& flat) { broadcast_flat(flat, root); });
+}
+
+namespace {
+
+// World size 1: the sum and the mean over one rank are its own values, a broadcast from rank 0
+// is already done, and there is nobody to wait for.
+class SingleProcessCommunicator final : public Communicator {
+ public:
+  SingleProcessCommunicator(Device device, int local_rank)
+      : Communicator(device, 0, 1, local_rank) {}
+  const char* backend() const override { return "single"; }
+  void barrier() override {}
+
+ protected:
+  void all_reduce_flat(const Tensor&, ReduceOp) override {}
+  void broadcast_flat(const Tensor&, int) override {}
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_communicator(Device device, const Rendezvous& rendezvous) {
+  if (rendezvous.world_size == 1)
+    return std::make_unique<SingleProcessCommunicator>(device, rendezvous.local_rank);
+  if (device.is_cpu()) {
+#if DEIT_HAVE_MPI
+    return detail::make_mpi_communicator(device, rendezvous);
+#else
+    throw std::runtime_error("this deit was built without MPI, which a CPU run of several ranks (" +
+                             rendezvous.describe() +
+                             ") needs: install libopenmpi-dev (scripts/setup.sh does) and rebuild");
+#endif
+  }
+#if DEIT_HAVE_NCCL
+  return detail::make_nccl_communicator(device, rendezvous);
+#else
+  throw std::runtime_error("this deit was built without NCCL, which a CUDA run of several ranks (" +
+                           rendezvous.describe() + ") needs: rebuild with NCCL (-DNCCL_ROOT=...)");
+#endif
+}
+
+}  // namespace deit

@@ -1,0 +1,135 @@
+// The MPI backend: CPU tensors, reduced with MPI_Allreduce on a private duplicate of
+// MPI_COMM_WORLD whose errors come back as return codes (MPI_ERRORS_RETURN) and leave as
+// exceptions.
+#include "engine/comm_check.h"
+
+#if DEIT_HAVE_MPI
+#include <atomic>
+#include <climits>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/elementwise.h"
+
+namespace deit::detail {
+
+namespace {
+
+std::atomic<bool> mpi_failed{false};
+
+void finalize_at_exit() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && !mpi_failed) MPI_Finalize();
+}
+
+}  // namespace
+
+void mpi_record_failure() { mpi_failed = true; }
+
+void mpi_call_failed(int code, const char* call, const char* file, int line) {
+  mpi_record_failure();
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  const std::string what = MPI_Error_string(code, text, &length) == MPI_SUCCESS
+                               ? std::string(text, length)
+                               : "MPI error " + std::to_string(code);
+  throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + call +
+                           " failed: " + what + " (has another rank died or lost its connection?)");
+}
+
+void mpi_init(const Rendezvous& rendezvous) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    int initialized = 0;
+    DEIT_MPI_CHECK(MPI_Initialized(&initialized));
+    if (initialized) return;  // the host program owns MPI's lifetime
+    // Only the thread that made the communicator calls MPI; the data loader's threads never do.
+    int provided = 0;
+    DEIT_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+    std::atexit(finalize_at_exit);
+  });
+  int rank = 0, size = 0;
+  DEIT_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  DEIT_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  if (rank != rendezvous.rank || size != rendezvous.world_size)
+    throw std::runtime_error(
+        "MPI sees rank " + std::to_string(rank) + " of " + std::to_string(size) +
+        " where the launch (" + rendezvous.describe() + ") says rank " +
+        std::to_string(rendezvous.rank) + " of " + std::to_string(rendezvous.world_size) +
+        ": MPI connects only processes started by one MPI launch (mpirun, or srun --mpi=pmix)");
+}
+
+namespace {
+
+MPI_Datatype mpi_type(DType dtype) { return dtype == DType::f64 ? MPI_DOUBLE : MPI_FLOAT; }
+
+// MPI counts elements in an int.
+int mpi_count(const Tensor& flat) {
+  if (flat.numel() > INT_MAX)
+    throw std::invalid_argument("MPI collective on " + flat.describe() + ": over " +
+                                std::to_string(INT_MAX) + " elements");
+  return static_cast<int>(flat.numel());
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator(Device device, const Rendezvous& rendezvous)
+      : Communicator(device, rendezvous.rank, rendezvous.world_size, rendezvous.local_rank) {
+    if (!device.is_cpu())
+      throw std::invalid_argument("the MPI communicator moves CPU tensors, not " + device.str());
+    mpi_init(rendezvous);
+    // A duplicate, so the error handler set here and the collectives issued here stay apart from
+    // anything else in the process that uses MPI_COMM_WORLD.
+    DEIT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm_));
+    DEIT_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  }
+
+  ~MpiCommunicator() override {
+    // Leaving by an exception: the other ranks may sit in a collective this rank will never join,
+    // and every orderly MPI teardown would wait for them. Exit without one; mpirun ends the job.
+    if (std::uncaught_exceptions() > 0) {
+      mpi_record_failure();
+      return;
+    }
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Comm_free(&comm_);
+  }
+
+  const char* backend() const override { return "mpi"; }
+
+  void barrier() override { DEIT_MPI_CHECK(MPI_Barrier(comm_)); }
+
+ protected:
+  void all_reduce_flat(const Tensor& flat, ReduceOp op) override {
+    DEIT_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, flat.raw_data(), mpi_count(flat),
+                                 mpi_type(flat.dtype()), MPI_SUM, comm_));
+    if (op != ReduceOp::mean) return;
+    const int64_t n = flat.numel();
+    if (flat.dtype() == DType::f64)
+      kernels::scale_cpu(flat.data<double>(), 1.0 / world_size(), flat.data<double>(), n);
+    else
+      kernels::scale_cpu(flat.data<float>(), 1.0f / world_size(), flat.data<float>(), n);
+  }
+
+  void broadcast_flat(const Tensor& flat, int root) override {
+    DEIT_MPI_CHECK(
+        MPI_Bcast(flat.raw_data(), mpi_count(flat), mpi_type(flat.dtype()), root, comm_));
+  }
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator(Device device, const Rendezvous& rendezvous) {
+  return std::make_unique<MpiCommunicator>(device, rendezvous);
+}
+
+}  // namespace deit::detail
+#endif

@@ -1,0 +1,144 @@
+// The cuBLASLt handle, workspace and plan cache of kernels/cuda/cublaslt.h. Host code only: no
+// kernel of its own, cuBLASLt picks and launches the GEMM kernels.
+// Measured speed: not yet measured on a GPU.
+#include "kernels/cuda/cublaslt.h"
+
+#include <sstream>
+#include <stdexcept>
+
+#include "kernels/check.h"
+
+namespace deit::kernels {
+
+// What a GEMM of one GemmSpec needs besides its pointers. Every handle starts null and the
+// destructor releases those that were created, so a plan that fails halfway leaks nothing.
+struct CublasLt::Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+
+  Plan() = default;
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+  ~Plan() {
+    // Destroy calls on valid handles do not fail; a destructor must not throw anyway.
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+namespace {
+
+std::string describe(const GemmSpec& s) {
+  std::ostringstream o;
+  o << "GEMM m=" << s.m << " n=" << s.n << " k=" << s.k << " op(A)=" << (s.trans_a ? "T" : "N")
+    << " op(B)=" << (s.trans_b ? "T" : "N") << " lda=" << s.lda << " ldb=" << s.ldb
+    << " ldd=" << s.ldd << " D=" << (s.d_type == CUDA_R_32F ? "fp32" : "bf16")
+    << (s.bias ? " +bias" : "") << " alignments A/B/D=" << s.align_a << "/" << s.align_b << "/"
+    << s.align_d << " bytes";
+  return o.str();
+}
+
+template <typename V>
+void set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const V& value) {
+  DEIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof value));
+}
+
+template <typename V>
+void set_pref(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttributes_t attr,
+              const V& value) {
+  DEIT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof value));
+}
+
+// Releases the preference however plan() leaves.
+struct Preference {
+  cublasLtMatmulPreference_t p = nullptr;
+  Preference() { DEIT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&p)); }
+  ~Preference() { cublasLtMatmulPreferenceDestroy(p); }
+  Preference(const Preference&) = delete;
+  Preference& operator=(const Preference&) = delete;
+};
+
+}  // namespace
+
+unsigned gemm_alignment(const void* p, int64_t ld, size_t elem_bytes) {
+  const uint64_t bits = reinterpret_cast<uintptr_t>(p) | static_cast<uint64_t>(ld) * elem_bytes;
+  unsigned align = 16;
+  while (align > 1 && bits % align != 0) align /= 2;
+  return align;
+}
+
+CublasLt::CublasLt(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
+  DEIT_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  if (workspace_bytes_ > 0) {
+    const cudaError_t err = cudaMalloc(&workspace_, workspace_bytes_);
+    if (err != cudaSuccess) {
+      cublasLtDestroy(handle_);
+      DEIT_CUDA_CHECK(err);
+    }
+  }
+}
+
+CublasLt::~CublasLt() {
+  plans_.clear();  // descriptors before the handle
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+const CublasLt::Plan& CublasLt::plan(const GemmSpec& s) {
+  if (auto it = plans_.find(s); it != plans_.end()) return *it->second;
+
+  auto plan = std::make_unique<Plan>();
+  DEIT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  set_desc(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+  set_desc(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
+  if (s.bias) {
+    set_desc(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+    set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_16BF);
+  }
+  // Stored shapes: a transposed operand is stored (k, m) (or (n, k)) and read transposed.
+  DEIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_16BF, s.trans_a ? s.k : s.m,
+                                               s.trans_a ? s.m : s.k, s.lda));
+  DEIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_16BF, s.trans_b ? s.n : s.k,
+                                               s.trans_b ? s.k : s.n, s.ldb));
+  DEIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d, s.d_type, s.m, s.n, s.ldd));
+
+  Preference pref;
+  set_pref(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(workspace_bytes_));
+  // cuBLASLt assumes 256-byte aligned operands unless told otherwise; C is D (beta = 0).
+  set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, static_cast<uint32_t>(s.align_a));
+  set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<uint32_t>(s.align_b));
+  set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, static_cast<uint32_t>(s.align_d));
+  set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<uint32_t>(s.align_d));
+
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+      handle_, plan->desc, plan->a, plan->b, plan->d, plan->d, pref.p, 1, &result, &found);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0))
+    throw std::invalid_argument("cuBLASLt has no algorithm for " + describe(s));
+  DEIT_CUBLAS_CHECK(st);
+  plan->algo = result.algo;
+  return *plans_.emplace(s, std::move(plan)).first->second;
+}
+
+void CublasLt::matmul(const GemmSpec& spec, const void* A, const void* B, void* D,
+                      const void* bias, cudaStream_t stream) {
+  if (spec.bias != (bias != nullptr))
+    throw std::invalid_argument("CublasLt::matmul: bias pointer does not match the spec of " +
+                                describe(spec));
+  // The bias epilogue's alignment needs are not documented; 16 bytes is what every allocation
+  // gives, so ask for it rather than risk a misaligned read.
+  if (bias && reinterpret_cast<uintptr_t>(bias) % 16 != 0)
+    throw std::invalid_argument("CublasLt::matmul: the bias must be 16-byte aligned (" +
+                                describe(spec) + ")");
+  const Plan& p = plan(spec);
+  if (bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  const float alpha = 1.f, beta = 0.f;
+  DEIT_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.d, D, p.d,
+                                   &p.algo, workspace_, workspace_bytes_, stream));
+}
+
+}  // namespace deit::kernels

@@ -1,0 +1,131 @@
+// The linear layer y = x W^T + b on cuBLASLt, bf16 operands, fp32 accumulation.
+// Row-major (PyTorch) to cuBLASLt's column-major: a row-major (R, C) matrix is a column-major
+// (C, R) one with leading dimension C, i.e. its transpose. So
+//   forward  y^T (N, M)  = W (N, K) . x^T (K, M):   A = W stored (K, N), op T; B = x, op N
+//   dx^T     (K, M)      = W^T (K, N) . dy^T (N, M): A = W stored (K, N), op N; B = dy, op N
+//   dW^T     (K, N)      = x^T (K, M) . dy (M, N):   A = x, op N;  B = dy stored (N, M), op T
+// Fuses: the bias add into the forward GEMM (CUBLASLT_EPILOGUE_BIAS, bias along D's rows = the
+// N output features); dW is written in fp32 straight from the accumulators.
+// Launch: cuBLASLt's choice (heuristic, cached per shape in CublasLt). db: row_chunks(M, N) blocks
+// of row_threads(N) threads, each thread summing 8 columns of dy over a fixed chunk of rows into
+// fp32 partials in the CublasLt workspace, then sum_partials adds the chunks in a fixed order.
+// Measured speed: not yet measured on a GPU.
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cublaslt.h"
+#include "kernels/linear.h"
+
+namespace deit::kernels {
+namespace {
+
+using gpu::bf16;
+using gpu::kVec;
+
+constexpr size_t kBf16Bytes = 2;
+constexpr size_t kF32Bytes = 4;
+
+// Block `chunk` writes the sums over rows [chunk * rows_per_chunk, ...) of dy (rows, C) to
+// partials[chunk * C + c].
+template <int V>
+__global__ void __launch_bounds__(1024)
+    column_partials_kernel(const bf16* dy, float* partials, int64_t rows, int64_t C,
+                           int64_t rows_per_chunk) {
+  const int64_t r0 = blockIdx.x * rows_per_chunk;
+  const int64_t r1 = min(rows, r0 + rows_per_chunk);
+  float acc[kVec] = {};
+  for (int64_t r = r0; r < r1; ++r) {
+    float d[kVec];
+    gpu::load_row<V>(dy + r * C, C, d);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) acc[e] += d[e];
+  }
+  gpu::store_row<V>(partials + blockIdx.x * C, C, acc);
+}
+
+// dbias (N) = sum over the M rows of dy (M, N), deterministic.
+void column_sums(const bf16_bits* dy, float* dbias, int64_t M, int64_t N, const CublasLt& lt,
+                 cudaStream_t stream) {
+  const gpu::RowChunks part = gpu::row_chunks(M, N);
+  // The partials borrow the GEMM workspace: stream order keeps them apart from every GEMM.
+  const size_t need = static_cast<size_t>(part.chunks * N) * kF32Bytes;
+  if (need > lt.workspace_bytes())
+    throw std::invalid_argument("linear_backward_cuda: the bias gradient needs " +
+                                std::to_string(need) + " bytes of CublasLt workspace, it has " +
+                                std::to_string(lt.workspace_bytes()));
+  float* partials = static_cast<float*>(lt.workspace());
+  const unsigned grid = static_cast<unsigned>(part.chunks);
+  const int threads = gpu::row_threads(N);
+  if (N % kVec == 0 && gpu::aligned16(dy, partials))
+    column_partials_kernel<kVec><<<grid, threads, 0, stream>>>(gpu::as_bf16(dy), partials, M, N,
+                                                               part.rows_per_chunk);
+  else
+    column_partials_kernel<1><<<grid, threads, 0, stream>>>(gpu::as_bf16(dy), partials, M, N,
+                                                            part.rows_per_chunk);
+  DEIT_CUDA_CHECK_LAUNCH();
+  gpu::sum_partials(partials, part.chunks, N, dbias, stream);
+}
+
+void check_linear_sizes(const char* fn, int64_t M, int64_t K, int64_t N) {
+  gpu::check_sizes(fn, {M, K, N});
+  if (K < 1 || N < 1)
+    throw std::invalid_argument(std::string(fn) + ": K = " + std::to_string(K) +
+                                " and N = " + std::to_string(N) + " must be at least 1");
+}
+
+}  // namespace
+
+void linear_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const bf16_bits* bias,
+                         bf16_bits* y, int64_t M, int64_t K, int64_t N, CublasLt& lt,
+                         cudaStream_t stream) {
+  check_linear_sizes("linear_forward_cuda", M, K, N);
+  if (M == 0) return;
+  GemmSpec s;
+  s.trans_a = true;
+  s.m = N, s.n = M, s.k = K;
+  s.lda = K, s.ldb = K, s.ldd = N;
+  s.d_type = CUDA_R_16BF;
+  s.bias = bias != nullptr;
+  s.align_a = gemm_alignment(weight, K, kBf16Bytes);
+  s.align_b = gemm_alignment(x, K, kBf16Bytes);
+  s.align_d = gemm_alignment(y, N, kBf16Bytes);
+  lt.matmul(s, weight, x, y, bias, stream);
+}
+
+void linear_backward_cuda(const bf16_bits* dy, const bf16_bits* x, const bf16_bits* weight,
+                          bf16_bits* dx, float* dweight, float* dbias, int64_t M, int64_t K,
+                          int64_t N, CublasLt& lt, cudaStream_t stream) {
+  const char* fn = "linear_backward_cuda";
+  check_linear_sizes(fn, M, K, N);
+  gpu::check_row_width(fn, dbias ? N : 0);
+  if (M == 0) {  // sums over no rows
+    if (dweight) DEIT_CUDA_CHECK(cudaMemsetAsync(dweight, 0, N * K * kF32Bytes, stream));
+    if (dbias) DEIT_CUDA_CHECK(cudaMemsetAsync(dbias, 0, N * kF32Bytes, stream));
+    return;
+  }
+  if (dx) {
+    GemmSpec s;
+    s.m = K, s.n = M, s.k = N;
+    s.lda = K, s.ldb = N, s.ldd = K;
+    s.d_type = CUDA_R_16BF;
+    s.align_a = gemm_alignment(weight, K, kBf16Bytes);
+    s.align_b = gemm_alignment(dy, N, kBf16Bytes);
+    s.align_d = gemm_alignment(dx, K, kBf16Bytes);
+    lt.matmul(s, weight, dy, dx, nullptr, stream);
+  }
+  if (dweight) {
+    GemmSpec s;
+    s.trans_b = true;
+    s.m = K, s.n = N, s.k = M;
+    s.lda = K, s.ldb = N, s.ldd = K;
+    s.d_type = CUDA_R_32F;
+    s.align_a = gemm_alignment(x, K, kBf16Bytes);
+    s.align_b = gemm_alignment(dy, N, kBf16Bytes);
+    s.align_d = gemm_alignment(dweight, K, kF32Bytes);
+    lt.matmul(s, x, dy, dweight, nullptr, stream);
+  }
+  if (dbias) column_sums(dy, dbias, M, N, lt, stream);
+}
+
+}  // namespace deit::kernels

@@ -1,0 +1,399 @@
+// LAMB, AdamW, the global gradient norm and the weight EMA over every parameter tensor of a model
+// per launch ("multi-tensor apply"), on fp32 master weights and moments.
+// Fuses: the gradient-clipping factor into the moment update (read from the device, so no host
+// round trip); the bf16 weight copy into the parameter update; LAMB's ||p||^2 and ||update||^2
+// partial sums into the moment pass. LAMB's update vector is never stored: the parameter pass
+// recomputes it from the stored moments with the same fp32 operations (explicit fmaf, so the
+// compiler cannot contract one pass differently from the other), which costs less memory traffic
+// than writing it and reading it back.
+// Launch: every tensor is cut into chunks of kCudaOptimizerChunk elements; the chunk kernels run
+// one block of 256 threads per chunk, 8-element (16-byte bf16, 2 x 16-byte fp32) vectors where
+// all of a tensor's pointers are 16-byte aligned, scalar otherwise. Reductions: a fixed shuffle
+// tree per block (chunk partials), then one block of 1024 threads for the global norm and one
+// thread per tensor adding its chunks in order for LAMB's trust ratio. Deterministic throughout.
+// Measured speed: not yet measured on a GPU.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/optimizer.h"
+
+namespace deit::kernels {
+namespace {
+
+using gpu::bf16;
+using gpu::kThreads;
+using gpu::kVec;
+
+// One tensor of the table, on the device.
+struct Slot {
+  float* param;
+  bf16* param_bf16;
+  const float* grad;
+  float* exp_avg;
+  float* exp_avg_sq;
+  float* ema;
+  int64_t first_chunk;  // its chunks are first_chunk .. first_chunk + num_chunks - 1
+  int64_t num_chunks;
+  int32_t index;
+  bool decay;  // takes weight decay
+  bool vec;    // every pointer 16-byte aligned: 8-element vector accesses
+};
+
+// Elements [begin, end) of tensor `tensor`.
+struct Chunk {
+  int64_t begin, end;
+  int32_t tensor;
+};
+
+constexpr int kNormThreads = 1024;
+constexpr int kTrustThreads = 128;
+
+// AdamStep in the form the kernels use.
+struct AdamScalars {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_sqrt_bc2, eps;
+};
+
+AdamScalars adam_scalars(const char* fn, const AdamStep& s) {
+  if (s.grad_scale != 1)
+    throw std::invalid_argument(std::string(fn) +
+                                ": step.grad_scale must be 1; the CUDA step reads the gradient "
+                                "factor grad_norm_cuda left on the device");
+  return {static_cast<float>(s.beta1),
+          static_cast<float>(1 - s.beta1),
+          static_cast<float>(s.beta2),
+          static_cast<float>(1 - s.beta2),
+          static_cast<float>(1 / s.bias_correction1),
+          static_cast<float>(1 / std::sqrt(s.bias_correction2)),
+          static_cast<float>(s.eps)};
+}
+
+// The moments of adam_direction in kernels/cpu/optimizer.cpp, updated in place with gradient g.
+__device__ __forceinline__ void adam_moments(float g, float& m, float& v, const AdamScalars& a) {
+  m = __fmaf_rn(a.beta1, m, a.one_minus_beta1 * g);
+  v = __fmaf_rn(a.beta2, v, a.one_minus_beta2 * g * g);
+}
+
+// (m / bc1) / (sqrt(v) / sqrt(bc2) + eps), from the stored moments.
+__device__ __forceinline__ float adam_direction(float m, float v, const AdamScalars& a) {
+  return (m * a.inv_bc1) / __fmaf_rn(sqrtf(v), a.inv_sqrt_bc2, a.eps);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chunk kernel: block b runs op over chunk b. Op is a trivially copyable struct with
+//   static constexpr int kSums;                      partial sums per chunk (0: none)
+//   __device__ bool active(const Slot&) const;       false: the block does nothing (block-uniform)
+//   template <int N> __device__ void apply(const Slot&, int64_t i, float* acc) const;
+// apply handles elements [i, i + N) (N = kVec with i a multiple of kVec, or N = 1) and adds to
+// acc[0 .. kSums); the block's sums go to partials[b * kSums + k].
+
+template <typename Op>
+__global__ void __launch_bounds__(kThreads)
+    chunk_kernel(const Slot* slots, const Chunk* chunks, const Op op, float* partials) {
+  constexpr int kAcc = Op::kSums > 0 ? Op::kSums : 1;
+  const Chunk c = chunks[blockIdx.x];
+  const Slot s = slots[c.tensor];
+  if (!op.active(s)) return;
+  float acc[kAcc] = {};
+  // Chunks start at multiples of kCudaOptimizerChunk, so vectors never straddle a chunk.
+  const int64_t vec_end = s.vec ? c.begin + (c.end - c.begin) / kVec * kVec : c.begin;
+  for (int64_t i = c.begin + threadIdx.x * kVec; i < vec_end; i += blockDim.x * kVec)
+    op.template apply<kVec>(s, i, acc);
+  for (int64_t i = vec_end + threadIdx.x; i < c.end; i += blockDim.x)
+    op.template apply<1>(s, i, acc);
+  if constexpr (Op::kSums > 0) {
+    __shared__ float scratch[32 * kAcc];
+    gpu::block_allreduce<gpu::SumOp, kAcc>(acc, scratch);
+    if (threadIdx.x == 0)
+      for (int k = 0; k < kAcc; ++k) partials[blockIdx.x * kAcc + k] = acc[k];
+  }
+}
+
+struct GradSquaresOp {
+  static constexpr int kSums = 1;
+  __device__ bool active(const Slot&) const { return true; }
+  template <int N>
+  __device__ void apply(const Slot& s, int64_t i, float* acc) const {
+    float g[N];
+    gpu::load<N>(s.grad + i, g);
+#pragma unroll
+    for (int j = 0; j < N; ++j) acc[0] = __fmaf_rn(g[j], g[j], acc[0]);
+  }
+};
+
+// The gradient factor is NaN when the norm is not finite: the step then writes nothing.
+__device__ __forceinline__ bool finite_scale(const float* grad_scale) {
+  return isfinite(*grad_scale);
+}
+
+// LAMB, first pass: the moments, and sums of p^2 and update^2 per chunk.
+struct LambMomentsOp {
+  static constexpr int kSums = 2;
+  AdamScalars adam;
+  const float* grad_scale;
+  float weight_decay;
+  __device__ bool active(const Slot&) const { return finite_scale(grad_scale); }
+  template <int N>
+  __device__ void apply(const Slot& s, int64_t i, float* acc) const {
+    const float scale = *grad_scale;
+    const float wd = s.decay ? weight_decay : 0.f;
+    float p[N], g[N], m[N], v[N];
+    gpu::load<N>(s.param + i, p);
+    gpu::load<N>(s.grad + i, g);
+    gpu::load<N>(s.exp_avg + i, m);
+    gpu::load<N>(s.exp_avg_sq + i, v);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      adam_moments(g[j] * scale, m[j], v[j], adam);
+      const float u = __fmaf_rn(wd, p[j], adam_direction(m[j], v[j], adam));
+      acc[0] = __fmaf_rn(p[j], p[j], acc[0]);
+      acc[1] = __fmaf_rn(u, u, acc[1]);
+    }
+    gpu::store<N>(s.exp_avg + i, m);
+    gpu::store<N>(s.exp_avg_sq + i, v);
+  }
+};
+
+// LAMB, second pass: p += (-lr * trust) * update, update recomputed from the stored moments.
+struct LambApplyOp {
+  static constexpr int kSums = 0;
+  AdamScalars adam;
+  const float* grad_scale;
+  const float* trust;
+  float weight_decay;
+  float lr;
+  __device__ bool active(const Slot&) const { return finite_scale(grad_scale); }
+  template <int N>
+  __device__ void apply(const Slot& s, int64_t i, float*) const {
+    const float wd = s.decay ? weight_decay : 0.f;
+    const float alpha = -lr * trust[s.index];
+    float p[N], m[N], v[N];
+    gpu::load<N>(s.param + i, p);
+    gpu::load<N>(s.exp_avg + i, m);
+    gpu::load<N>(s.exp_avg_sq + i, v);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float u = __fmaf_rn(wd, p[j], adam_direction(m[j], v[j], adam));
+      p[j] = __fmaf_rn(alpha, u, p[j]);
+    }
+    gpu::store<N>(s.param + i, p);
+    gpu::store<N>(s.param_bf16 + i, p);
+  }
+};
+
+struct AdamWOp {
+  static constexpr int kSums = 0;
+  AdamScalars adam;
+  const float* grad_scale;
+  float keep;  // 1 - lr * weight_decay, for the tensors that take weight decay
+  float lr;
+  __device__ bool active(const Slot&) const { return finite_scale(grad_scale); }
+  template <int N>
+  __device__ void apply(const Slot& s, int64_t i, float*) const {
+    const float scale = *grad_scale;
+    const float k = s.decay ? keep : 1.f;
+    float p[N], g[N], m[N], v[N];
+    gpu::load<N>(s.param + i, p);
+    gpu::load<N>(s.grad + i, g);
+    gpu::load<N>(s.exp_avg + i, m);
+    gpu::load<N>(s.exp_avg_sq + i, v);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      adam_moments(g[j] * scale, m[j], v[j], adam);
+      p[j] = __fmaf_rn(-lr, adam_direction(m[j], v[j], adam), p[j] * k);
+    }
+    gpu::store<N>(s.param + i, p);
+    gpu::store<N>(s.param_bf16 + i, p);
+    gpu::store<N>(s.exp_avg + i, m);
+    gpu::store<N>(s.exp_avg_sq + i, v);
+  }
+};
+
+struct EmaOp {
+  static constexpr int kSums = 0;
+  float decay, one_minus_decay;
+  __device__ bool active(const Slot& s) const { return s.ema != nullptr; }
+  template <int N>
+  __device__ void apply(const Slot& s, int64_t i, float*) const {
+    float e[N], p[N];
+    gpu::load<N>(s.ema + i, e);
+    gpu::load<N>(s.param + i, p);
+#pragma unroll
+    for (int j = 0; j < N; ++j) e[j] = __fmaf_rn(decay, e[j], one_minus_decay * p[j]);
+    gpu::store<N>(s.ema + i, e);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The reductions across chunks.
+
+// scalars[0] = sqrt(sum of the chunk sums of squares), scalars[1] = the gradient factor.
+__global__ void __launch_bounds__(kNormThreads)
+    grad_norm_finish_kernel(const float* partials, int64_t chunks, double clip_grad,
+                            double max_grad_norm, float* scalars) {
+  __shared__ float scratch[32];
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) sum += partials[i];
+  sum = gpu::block_sum(sum, scratch);
+  if (threadIdx.x != 0) return;
+  const double norm = sqrt(static_cast<double>(sum));
+  double factor = NAN;
+  if (isfinite(norm)) {
+    // clip_grad_coefficient (engine/optimizer.cpp), then LAMB's max_grad_norm (engine/lamb.cpp).
+    factor = clip_grad > 0 ? fmin(1.0, clip_grad / (norm + 1e-6)) : 1.0;
+    const double clipped = norm * factor;
+    if (max_grad_norm > 0 && clipped > max_grad_norm) factor /= clipped / max_grad_norm;
+  }
+  scalars[0] = static_cast<float>(norm);
+  scalars[1] = static_cast<float>(factor);
+}
+
+// trust[t] = ||p|| / ||update|| of tensor t from its chunks' partials (added in chunk order), or 1
+// without weight decay or when either norm is 0.
+__global__ void __launch_bounds__(kTrustThreads)
+    lamb_trust_kernel(const Slot* slots, int64_t tensors, const float* partials,
+                      float weight_decay, float* trust) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= tensors) return;
+  const Slot s = slots[t];
+  float ratio = 1.f;
+  if (s.decay && weight_decay != 0.f) {
+    float pp = 0.f, uu = 0.f;
+    for (int64_t k = s.first_chunk; k < s.first_chunk + s.num_chunks; ++k) {
+      pp += partials[2 * k];
+      uu += partials[2 * k + 1];
+    }
+    const float param_norm = sqrtf(pp), update_norm = sqrtf(uu);
+    if (param_norm > 0.f && update_norm > 0.f) ratio = param_norm / update_norm;
+  }
+  trust[t] = ratio;
+}
+
+}  // namespace
+
+// The table's device arrays, typed, for the launches below.
+struct CudaParamTableAccess {
+  static const Slot* slots(const CudaParamTable& t) { return static_cast<const Slot*>(t.slots_); }
+  static const Chunk* chunks(const CudaParamTable& t) {
+    return static_cast<const Chunk*>(t.chunk_list_);
+  }
+  static float* partials(const CudaParamTable& t) { return t.partials_; }
+  static float* trust(const CudaParamTable& t) { return t.trust_; }
+  static float* scalars(const CudaParamTable& t) { return t.scalars_; }
+
+  static void free_all(CudaParamTable& t) {
+    for (void* p : {t.slots_, t.chunk_list_, static_cast<void*>(t.partials_),
+                    static_cast<void*>(t.trust_), static_cast<void*>(t.scalars_)})
+      if (p) cudaFree(p);
+    t.slots_ = t.chunk_list_ = nullptr;
+    t.partials_ = t.trust_ = t.scalars_ = nullptr;
+  }
+
+  template <typename Op>
+  static void launch(const CudaParamTable& t, const Op& op, cudaStream_t stream) {
+    if (t.chunks_ == 0) return;
+    chunk_kernel<Op><<<static_cast<unsigned>(t.chunks_), kThreads, 0, stream>>>(
+        slots(t), chunks(t), op, t.partials_);
+    DEIT_CUDA_CHECK_LAUNCH();
+  }
+};
+
+namespace {
+
+template <typename T>
+void upload(T** dst, const std::vector<T>& host) {
+  // At least one element, so that every array exists even for an empty table.
+  DEIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(dst), std::max<size_t>(host.size(), 1) * sizeof(T)));
+  if (!host.empty())
+    DEIT_CUDA_CHECK(cudaMemcpy(*dst, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+}
+
+}  // namespace
+
+CudaParamTable::CudaParamTable(const std::vector<CudaParam>& params) {
+  std::vector<Slot> slots;
+  std::vector<Chunk> chunks;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const CudaParam& p = params[i];
+    if (!p.param || !p.param_bf16 || !p.grad || !p.exp_avg || !p.exp_avg_sq || p.n < 0)
+      throw std::invalid_argument("CudaParamTable: tensor " + std::to_string(i) +
+                                  " has a null pointer or a negative size");
+    Slot s{};
+    s.param = p.param;
+    s.param_bf16 = gpu::as_bf16(p.param_bf16);
+    s.grad = p.grad;
+    s.exp_avg = p.exp_avg;
+    s.exp_avg_sq = p.exp_avg_sq;
+    s.ema = p.ema;
+    s.first_chunk = static_cast<int64_t>(chunks.size());
+    s.index = static_cast<int32_t>(i);
+    s.decay = p.weight_decay;
+    s.vec = gpu::aligned16(p.param, p.param_bf16, p.grad, p.exp_avg, p.exp_avg_sq, p.ema);
+    for (int64_t b = 0; b < p.n; b += kCudaOptimizerChunk)
+      chunks.push_back({b, std::min(p.n, b + kCudaOptimizerChunk), s.index});
+    s.num_chunks = static_cast<int64_t>(chunks.size()) - s.first_chunk;
+    slots.push_back(s);
+  }
+  tensors_ = static_cast<int64_t>(slots.size());
+  chunks_ = static_cast<int64_t>(chunks.size());
+  try {
+    upload(reinterpret_cast<Slot**>(&slots_), slots);
+    upload(reinterpret_cast<Chunk**>(&chunk_list_), chunks);
+    upload(&partials_, std::vector<float>(2 * chunks.size()));
+    upload(&trust_, std::vector<float>(slots.size()));
+    upload(&scalars_, std::vector<float>{0.f, 1.f});
+  } catch (...) {
+    CudaParamTableAccess::free_all(*this);
+    throw;
+  }
+}
+
+CudaParamTable::~CudaParamTable() { CudaParamTableAccess::free_all(*this); }
+
+void grad_norm_cuda(CudaParamTable& table, double clip_grad, double max_grad_norm,
+                    cudaStream_t stream) {
+  using A = CudaParamTableAccess;
+  A::launch(table, GradSquaresOp{}, stream);
+  grad_norm_finish_kernel<<<1, kNormThreads, 0, stream>>>(A::partials(table), table.chunks(),
+                                                          clip_grad, max_grad_norm,
+                                                          A::scalars(table));
+  DEIT_CUDA_CHECK_LAUNCH();
+}
+
+void lamb_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
+                    cudaStream_t stream) {
+  using A = CudaParamTableAccess;
+  const AdamScalars adam = adam_scalars("lamb_step_cuda", step);
+  const float wd = static_cast<float>(weight_decay);
+  A::launch(table, LambMomentsOp{adam, table.grad_scale(), wd}, stream);
+  if (table.tensors() > 0) {
+    const unsigned grid = static_cast<unsigned>(gpu::ceil_div(table.tensors(), kTrustThreads));
+    lamb_trust_kernel<<<grid, kTrustThreads, 0, stream>>>(A::slots(table), table.tensors(),
+                                                          A::partials(table), wd,
+                                                          A::trust(table));
+    DEIT_CUDA_CHECK_LAUNCH();
+  }
+  A::launch(table,
+            LambApplyOp{adam, table.grad_scale(), A::trust(table), wd, static_cast<float>(lr)},
+            stream);
+}
+
+void adamw_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
+                     cudaStream_t stream) {
+  const AdamScalars adam = adam_scalars("adamw_step_cuda", step);
+  CudaParamTableAccess::launch(table,
+                               AdamWOp{adam, table.grad_scale(),
+                                       static_cast<float>(1 - lr * weight_decay),
+                                       static_cast<float>(lr)},
+                               stream);
+}
+
+void ema_update_cuda(CudaParamTable& table, double decay, cudaStream_t stream) {
+  CudaParamTableAccess::launch(
+      table, EmaOp{static_cast<float>(decay), static_cast<float>(1 - decay)}, stream);
+}
+
+}  // namespace deit::kernels

@@ -1,0 +1,259 @@
+// [gpu] checks of the fused attention kernels (kernels/cuda/attention.cu) against the CPU twin
+// (kernels/cpu/attention.cpp, run in float on the same bf16-rounded inputs), as DESIGN.md says:
+// fresh random inputs, device outputs poisoned with NaN before every call, every element compared,
+// no NaN or infinity allowed. Shapes: the ViT head dims 32, 64, 80, 128 at the token counts of
+// 224, 160, 128 and 384 px inputs (197, 145, 65, 577 ...) and awkward ones (T = 1, T = 5, odd T,
+// batch 1, one head), so every partial tile and every tile-count path runs.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/rng.h"
+#include "kernels/attention.h"
+#include "kernels/bf16.h"
+#include "tests/cuda_test_util.h"
+
+using namespace deit::kernels;
+using deit::Rng;
+using namespace deit::test;
+
+namespace {
+
+// DESIGN.md: outputs that are bf16 or computed from bf16 inputs. The kernels round the
+// probabilities (and dS) to bf16 before the tensor cores multiply them, a relative error of at
+// most 2^-9 per term that mostly averages out: ~1e-3 expected.
+constexpr double kBf16Tol = 1e-2;
+// lse is fp32 computed from the exact bf16 inputs: the fp32 dot products (exact products, fp32
+// sums over at most 128 terms), exp2/log2 within a few ulp and one ln 2 <-> log2 e change of base
+// put it within ~1e-6 of the twin's value, relative to |lse| = O(1). 1e-3 leaves a wide margin for
+// GPU math while a wrong row, head or mask (errors of O(0.1) and more) still fails.
+constexpr double kLseTol = 1e-3;
+
+struct AttnShape {
+  int64_t B, T, H, D;
+  size_t qkv() const { return static_cast<size_t>(B * T * 3 * H * D); }
+  size_t out() const { return static_cast<size_t>(B * T * H * D); }
+  size_t lse() const { return static_cast<size_t>(B * H * T); }
+  double scale() const { return 1.0 / std::sqrt(static_cast<double>(D)); }
+  std::string str() const {
+    std::ostringstream s;
+    s << "B=" << B << " T=" << T << " H=" << H << " D=" << D;
+    return s.str();
+  }
+};
+
+const std::vector<AttnShape>& attn_shapes() {
+  static const std::vector<AttnShape> shapes = {
+      {2, 197, 6, 64},   // ViT-S at 224
+      {1, 65, 16, 80},   // ViT-H at 128 (head dim 80), batch 1
+      {3, 145, 12, 64},  // ViT-B at 160
+      {2, 257, 4, 128},  // head dim 128 (its 32-row inner tiles), T = 256 + 1
+      {1, 577, 2, 32},   // ViT at 384, head dim 32, many tiles
+      {4, 5, 3, 64},     // one partial tile
+      {1, 1, 1, 64},     // one token: softmax of one score
+      {2, 101, 16, 80},  // odd T, head dim 80
+  };
+  return shapes;
+}
+
+// One of dq, dk, dv (part 0, 1, 2) of a packed (B, T, 3, H, D) buffer, as a contiguous vector.
+std::vector<float> qkv_part(const std::vector<float>& packed, const AttnShape& s, int part) {
+  const size_t C = static_cast<size_t>(s.H * s.D), rows = static_cast<size_t>(s.B * s.T);
+  std::vector<float> v(rows * C);
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t c = 0; c < C; ++c) v[r * C + c] = packed[(r * 3 + part) * C + c];
+  return v;
+}
+
+// Like check_close, with the error measured against max(||ref||, floor): with T = 1 the exact dq
+// and dk are 0 (the softmax of one score has no gradient) and both sides only hold rounding noise,
+// so they are compared against a scale taken from the whole gradient instead of their own.
+void check_close_floor(const std::string& what, const std::vector<float>& got,
+                       const std::vector<float>& ref, double tol, double floor) {
+  REQUIRE(got.size() == ref.size());
+  size_t bad = 0;
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) ++bad;
+    diff += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
+    norm += static_cast<double>(ref[i]) * ref[i];
+  }
+  const double rel = std::sqrt(diff) / std::max(std::sqrt(norm), floor);
+  INFO(what << ": " << bad << " non-finite of " << got.size() << ", relative error " << rel
+            << " (tolerance " << tol << ", floor " << floor << ")");
+  CHECK(bad == 0);
+  CHECK(rel <= tol);
+}
+
+double norm(const std::vector<float>& v) {
+  double n = 0;
+  for (float x : v) n += static_cast<double>(x) * x;
+  return std::sqrt(n);
+}
+
+// Rounds fp32 values to bf16: the bits for the device, the rounded values for the CPU twin.
+Bf16Host round_to_bf16(const std::vector<float>& v) {
+  Bf16Host h{std::vector<bf16_bits>(v.size()), std::vector<float>(v.size())};
+  for (size_t i = 0; i < v.size(); ++i) {
+    h.bits[i] = float_to_bf16(v[i]);
+    h.values[i] = bf16_to_float(h.bits[i]);
+  }
+  return h;
+}
+
+// Scores q.k * scale have a standard deviation of ~1.3 with q, k uniform in [-2, 2] (variance
+// 16/9 per product, times D, times scale^2 = 1/D): peaked enough that the online softmax rescales
+// across tiles, flat enough that every key matters.
+constexpr double kQkvRange = 2.0;
+
+}  // namespace
+
+TEST_CASE("cuda attention forward matches the CPU twin", "[gpu][kernels][attention]") {
+  Stream stream;
+  Rng rng(6001);
+  for (const AttnShape& s : attn_shapes()) {
+    INFO(s.str());
+    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+    std::vector<float> out_ref(s.out()), lse_ref(s.lse());
+    attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H, s.D,
+                          s.scale());
+
+    Bf16Buffer dev_qkv(qkv.bits), dev_out(s.out());
+    F32Buffer dev_lse(s.lse());
+    attention_forward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), s.B, s.T, s.H, s.D,
+                           s.scale(), stream);
+    stream.sync();
+    check_close("out", dev_out, out_ref, kBf16Tol);
+    check_close("lse", dev_lse, lse_ref, kLseTol);
+
+    // Inference (no lse): the same output, bit for bit.
+    const std::vector<bf16_bits> out_first = dev_out.download();
+    dev_out.poison();
+    attention_forward_cuda(dev_qkv.get(), dev_out.get(), nullptr, s.B, s.T, s.H, s.D, s.scale(),
+                           stream);
+    stream.sync();
+    check_same_bits("out without lse", dev_out.download(), out_first);
+  }
+}
+
+TEST_CASE("cuda attention backward matches the CPU twin", "[gpu][kernels][attention]") {
+  Stream stream;
+  Rng rng(6002);
+  for (const AttnShape& s : attn_shapes()) {
+    INFO(s.str());
+    // Backward alone: both sides get the same qkv, the same out (the twin's, rounded to bf16 as
+    // the device stores it), the same fp32 lse and the same dout.
+    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+    std::vector<float> out_f(s.out()), lse(s.lse());
+    attention_forward_cpu(qkv.values.data(), out_f.data(), lse.data(), s.B, s.T, s.H, s.D,
+                          s.scale());
+    const Bf16Host out = round_to_bf16(out_f);
+    const Bf16Host dout = random_bf16(rng, s.out(), -1, 1);
+    std::vector<float> dqkv_ref(s.qkv());
+    attention_backward_cpu(qkv.values.data(), out.values.data(), lse.data(), dout.values.data(),
+                           dqkv_ref.data(), s.B, s.T, s.H, s.D, s.scale());
+
+    Bf16Buffer dev_qkv(qkv.bits), dev_out(out.bits), dev_dout(dout.bits), dev_dqkv(s.qkv());
+    F32Buffer dev_lse(lse);
+    F32Buffer workspace(static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H)));
+    attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                            dev_dqkv.get(), s.B, s.T, s.H, s.D, s.scale(), workspace.get(),
+                            stream);
+    stream.sync();
+    const std::vector<float> dqkv = download_float(dev_dqkv);
+    check_close("dqkv", dqkv, dqkv_ref, kBf16Tol);
+    // Each part on its own, so an error confined to dq, dk or dv cannot hide in the others' norm.
+    const double floor = 1e-3 * norm(dqkv_ref);
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int part = 0; part < 3; ++part)
+      check_close_floor(names[part], qkv_part(dqkv, s, part), qkv_part(dqkv_ref, s, part),
+                        kBf16Tol, floor);
+  }
+}
+
+TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels][attention]") {
+  Stream stream;
+  Rng rng(6003);
+  for (const AttnShape& s : {AttnShape{2, 197, 6, 64}, AttnShape{2, 257, 4, 128},
+                             AttnShape{1, 577, 2, 32}, AttnShape{2, 101, 16, 80}}) {
+    INFO(s.str());
+    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+    const Bf16Host dout = random_bf16(rng, s.out(), -1, 1);
+    Bf16Buffer dev_qkv(qkv.bits), dev_dout(dout.bits), dev_out(s.out()), dev_dqkv(s.qkv());
+    F32Buffer dev_lse(s.lse());
+    F32Buffer workspace(static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H)));
+    // The chain as training runs it: the device forward's out and lse feed the device backward.
+    const auto run = [&] {
+      dev_out.poison();
+      dev_lse.poison();
+      dev_dqkv.poison();
+      workspace.poison();
+      attention_forward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), s.B, s.T, s.H, s.D,
+                             s.scale(), stream);
+      attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                              dev_dqkv.get(), s.B, s.T, s.H, s.D, s.scale(), workspace.get(),
+                              stream);
+      stream.sync();
+    };
+    run();
+    const std::vector<bf16_bits> out_first = dev_out.download(), dqkv_first = dev_dqkv.download();
+    const std::vector<float> lse_first = dev_lse.download();
+    run();
+    check_same_bits("out, second run", dev_out.download(), out_first);
+    check_same_bits("lse, second run", dev_lse.download(), lse_first);
+    check_same_bits("dqkv, second run", dev_dqkv.download(), dqkv_first);
+
+    // And the chain is right: against the CPU twin on the device's own out and lse.
+    std::vector<float> out_ref(s.out()), lse_ref(s.lse()), dqkv_ref(s.qkv());
+    attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H, s.D,
+                          s.scale());
+    check_close("chained out", dev_out, out_ref, kBf16Tol);
+    attention_backward_cpu(qkv.values.data(), download_float(dev_out).data(), lse_first.data(),
+                           dout.values.data(), dqkv_ref.data(), s.B, s.T, s.H, s.D, s.scale());
+    check_close("chained dqkv", dev_dqkv, dqkv_ref, kBf16Tol);
+  }
+}
+
+TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
+          "[gpu][kernels][attention]") {
+  Stream stream;
+  // Nothing to do: returns without touching the (null) buffers.
+  attention_forward_cuda(nullptr, nullptr, nullptr, 0, 197, 6, 64, 0.125, stream);
+  attention_forward_cuda(nullptr, nullptr, nullptr, 2, 0, 6, 64, 0.125, stream);
+  attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, 2, 0, 6, 64, 0.125,
+                          nullptr, stream);
+  stream.sync();
+
+  const AttnShape s{1, 9, 2, 64};
+  Bf16Buffer qkv(s.qkv() + 8), out(s.out() + 8), dout(s.out()), dqkv(s.qkv());
+  F32Buffer lse(s.lse()), workspace(s.lse());
+  // Head dims other than 32, 64, 80, 128.
+  CHECK_THROWS_AS(attention_forward_cuda(qkv.get(), out.get(), lse.get(), 1, 9, 2, 48, 0.1,
+                                         stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(),
+                                          1, 9, 2, 256, 0.1, workspace.get(), stream),
+                  std::invalid_argument);
+  // bf16 buffers off 16-byte alignment.
+  CHECK_THROWS_AS(attention_forward_cuda(qkv.get() + 1, out.get(), lse.get(), s.B, s.T, s.H, s.D,
+                                         s.scale(), stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(attention_forward_cuda(qkv.get(), out.get() + 4, lse.get(), s.B, s.T, s.H, s.D,
+                                         s.scale(), stream),
+                  std::invalid_argument);
+  // Backward without its workspace, or without lse.
+  CHECK_THROWS_AS(attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(),
+                                          s.B, s.T, s.H, s.D, s.scale(), nullptr, stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(attention_backward_cuda(qkv.get(), out.get(), nullptr, dout.get(), dqkv.get(),
+                                          s.B, s.T, s.H, s.D, s.scale(), workspace.get(), stream),
+                  std::invalid_argument);
+  stream.sync();
+}

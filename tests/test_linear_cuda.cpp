@@ -1,0 +1,195 @@
+// [gpu] checks of the cuBLASLt linear layer (kernels/cuda/linear.cu) against its CPU twin: fresh
+// bf16-rounded random inputs (both sides see the same numbers), outputs poisoned with NaN before
+// every call, every element compared. Shapes: the ViT-S GEMMs at batch 64 (qkv, proj, fc1, fc2),
+// the head, batch-1 and 7-row GEMMs, and K, N that are not multiples of 8 (rows not 16-byte
+// aligned: cuBLASLt's non-tensor-core kernels, or a clear std::invalid_argument).
+#include <cuda_runtime.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/rng.h"
+#include "kernels/cuda/cublaslt.h"
+#include "kernels/linear.h"
+#include "tests/cuda_test_util.h"
+
+using namespace deit::kernels;
+using deit::Rng;
+using namespace deit::test;
+
+namespace {
+
+// DESIGN.md: bf16 outputs.
+constexpr double kBf16Tol = 1e-2;
+// fp32 outputs (dW, db) of bf16 inputs: both sides multiply the same bf16 numbers exactly and
+// accumulate in fp32 (the CPU in float BLAS, the reference's column sums in double), so only
+// summation order separates them: ~1e-6 expected for sums of up to 12608 terms.
+constexpr double kF32Tol = 1e-4;
+
+struct LinearShape {
+  int64_t M, K, N;
+  std::string str() const {
+    std::ostringstream s;
+    s << "M=" << M << " K=" << K << " N=" << N;
+    return s.str();
+  }
+};
+
+const std::vector<LinearShape>& linear_shapes() {
+  constexpr int64_t kTokens = 64 * 197;  // ViT-S, batch 64 at 224 px
+  static const std::vector<LinearShape> shapes = {
+      {kTokens, 384, 1152},  // qkv
+      {kTokens, 384, 384},   // proj
+      {kTokens, 384, 1536},  // fc1
+      {kTokens, 1536, 384},  // fc2
+      {64, 384, 1000},       // head
+      {1, 384, 1152},        // batch 1, one token
+      {7, 384, 384},         // 7 rows
+      {7, 13, 5},            // K, N odd: 2-byte aligned rows
+      {197, 100, 37},        // K % 8 == 4: 8-byte aligned rows of x; N odd
+      {33, 385, 191},        // K odd, N odd
+  };
+  return shapes;
+}
+
+struct LinearData {
+  Bf16Host x, w, b, dy;
+};
+
+LinearData random_linear(Rng& rng, const LinearShape& s) {
+  return {random_bf16(rng, s.M * s.K, -1, 1), random_bf16(rng, s.N * s.K, -0.1, 0.1),
+          random_bf16(rng, s.N, -0.5, 0.5), random_bf16(rng, s.M * s.N, -1, 1)};
+}
+
+}  // namespace
+
+TEST_CASE("cuda linear forward matches the CPU twin", "[gpu][kernels][linear]") {
+  Stream stream;
+  CublasLt lt;
+  Rng rng(1201);
+  for (const LinearShape& s : linear_shapes()) {
+    INFO(s.str());
+    const LinearData d = random_linear(rng, s);
+    Bf16Buffer x(d.x.bits), w(d.w.bits), b(d.b.bits), y(s.M * s.N);
+
+    std::vector<float> ref(s.M * s.N);
+    linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), d.b.values.data(), ref.data(),
+                              s.M, s.K, s.N);
+    linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, lt, stream);
+    stream.sync();
+    check_close("y with bias", y, ref, kBf16Tol);
+
+    linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), nullptr, ref.data(), s.M, s.K,
+                              s.N);
+    y.poison();
+    linear_forward_cuda(x.get(), w.get(), nullptr, y.get(), s.M, s.K, s.N, lt, stream);
+    stream.sync();
+    check_close("y without bias", y, ref, kBf16Tol);
+  }
+}
+
+TEST_CASE("cuda linear backward matches the CPU twin", "[gpu][kernels][linear]") {
+  Stream stream;
+  CublasLt lt;
+  Rng rng(1202);
+  for (const LinearShape& s : linear_shapes()) {
+    INFO(s.str());
+    const LinearData d = random_linear(rng, s);
+    Bf16Buffer dy(d.dy.bits), x(d.x.bits), w(d.w.bits), dx(s.M * s.K);
+    F32Buffer dw(s.N * s.K), db(s.N);
+
+    std::vector<float> dx_ref(s.M * s.K), dw_ref(s.N * s.K), db_ref(s.N);
+    linear_backward_cpu<float>(d.dy.values.data(), d.x.values.data(), d.w.values.data(),
+                               dx_ref.data(), dw_ref.data(), db_ref.data(), s.M, s.K, s.N);
+    linear_backward_cuda(dy.get(), x.get(), w.get(), dx.get(), dw.get(), db.get(), s.M, s.K, s.N,
+                         lt, stream);
+    stream.sync();
+    check_close("dx", dx, dx_ref, kBf16Tol);
+    check_close("dweight", dw, dw_ref, kF32Tol);
+    check_close("dbias", db, db_ref, kF32Tol);
+
+    // Same inputs, same bits: the GEMM plan is cached and the bias sum has a fixed order.
+    const std::vector<float> dw_first = dw.download(), db_first = db.download();
+    dw.poison();
+    db.poison();
+    linear_backward_cuda(dy.get(), x.get(), w.get(), nullptr, dw.get(), db.get(), s.M, s.K, s.N,
+                         lt, stream);
+    stream.sync();
+    check_same_bits("dweight rerun", dw.download(), dw_first);
+    check_same_bits("dbias rerun", db.download(), db_first);
+
+    // Each output alone: the others are left as they are.
+    dx.poison();
+    dw.poison();
+    db.poison();
+    linear_backward_cuda(dy.get(), x.get(), w.get(), dx.get(), nullptr, nullptr, s.M, s.K, s.N, lt,
+                         stream);
+    stream.sync();
+    check_close("dx alone", dx, dx_ref, kBf16Tol);
+    const std::vector<float> untouched = dw.download();
+    CHECK(std::isnan(untouched.front()));
+    linear_backward_cuda(dy.get(), x.get(), w.get(), nullptr, nullptr, db.get(), s.M, s.K, s.N, lt,
+                         stream);
+    stream.sync();
+    check_close("dbias alone", db, db_ref, kF32Tol);
+  }
+}
+
+TEST_CASE("cuda linear plans each GEMM shape once", "[gpu][kernels][linear]") {
+  Stream stream;
+  CublasLt lt;
+  Rng rng(1203);
+  const LinearShape s{197, 384, 1152};
+  const LinearData d = random_linear(rng, s);
+  Bf16Buffer x(d.x.bits), w(d.w.bits), b(d.b.bits), y(s.M * s.N), dy(d.dy.bits), dx(s.M * s.K);
+  F32Buffer dw(s.N * s.K), db(s.N);
+  auto step = [&] {
+    linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, lt, stream);
+    linear_backward_cuda(dy.get(), x.get(), w.get(), dx.get(), dw.get(), db.get(), s.M, s.K, s.N,
+                         lt, stream);
+  };
+  step();
+  stream.sync();
+  CHECK(lt.plan_count() == 3);  // forward with bias, dx, dW
+  step();
+  step();
+  stream.sync();
+  CHECK(lt.plan_count() == 3);
+}
+
+TEST_CASE("cuda linear handles empty batches and rejects bad arguments", "[gpu][kernels][linear]") {
+  Stream stream;
+  CublasLt lt;
+  Rng rng(1204);
+  const int64_t K = 16, N = 24;
+  const Bf16Host wh = random_bf16(rng, N * K, -1, 1);
+  Bf16Buffer x(8 * K), w(wh.bits), b(N + 8), y(8 * N), dy(8 * N), dx(8 * K);
+  F32Buffer dw(N * K), db(N);
+
+  // M == 0: the parameter gradients are sums over no rows, so zeros.
+  linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), 0, K, N, lt, stream);
+  linear_backward_cuda(dy.get(), x.get(), w.get(), dx.get(), dw.get(), db.get(), 0, K, N, lt,
+                       stream);
+  stream.sync();
+  check_close("dweight of no rows", dw, std::vector<float>(N * K, 0.f), 0.0);
+  check_close("dbias of no rows", db, std::vector<float>(N, 0.f), 0.0);
+
+  CHECK_THROWS_AS(linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), 8, 0, N, lt, stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), -1, K, N, lt, stream),
+                  std::invalid_argument);
+  // A bias that is not 16-byte aligned.
+  CHECK_THROWS_AS(
+      linear_forward_cuda(x.get(), w.get(), b.get() + 1, y.get(), 8, K, N, lt, stream),
+      std::invalid_argument);
+  // The bias sum handles rows of at most 8192.
+  CHECK_THROWS_AS(linear_backward_cuda(dy.get(), x.get(), w.get(), nullptr, nullptr, db.get(), 1,
+                                       K, 8193, lt, stream),
+                  std::invalid_argument);
+  stream.sync();
+}

@@ -1,0 +1,242 @@
+// Rendezvous: reading each launcher's variables, the errors for launches that make no sense, Slurm
+// node lists, and the TCP exchange that carries NCCL's unique id (run here over loopback, one
+// thread per rank).
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include "engine/rendezvous.h"
+
+using namespace deit;
+using namespace std::chrono_literals;
+
+TEST_CASE("no launcher variables: a single process", "[rendezvous]") {
+  const Rendezvous r = parse_rendezvous({{"HOME", "/root"}, {"MASTER_ADDR", "ignored"}});
+  CHECK(r.launcher == Launcher::none);
+  CHECK(r.rank == 0);
+  CHECK(r.world_size == 1);
+  CHECK(r.local_rank == 0);
+  CHECK(r.describe() == "single process");
+}
+
+TEST_CASE("mpirun: Open MPI's variables", "[rendezvous]") {
+  const Rendezvous r = parse_rendezvous({{"OMPI_COMM_WORLD_RANK", "5"},
+                                         {"OMPI_COMM_WORLD_SIZE", "8"},
+                                         {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}});
+  CHECK(r.launcher == Launcher::mpirun);
+  CHECK(r.rank == 5);
+  CHECK(r.world_size == 8);
+  CHECK(r.local_rank == 1);
+  CHECK(r.master_addr.empty());  // the NCCL id goes over MPI
+  CHECK(r.describe() == "mpirun: rank 5 of 8, local rank 1");
+}
+
+TEST_CASE("torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT", "[rendezvous]") {
+  Environment env{{"RANK", "3"},
+                  {"WORLD_SIZE", "16"},
+                  {"LOCAL_RANK", "3"},
+                  {"MASTER_ADDR", "node0"},
+                  {"MASTER_PORT", "29500"}};
+  const Rendezvous r = parse_rendezvous(env);
+  CHECK(r.launcher == Launcher::torchrun);
+  CHECK(r.rank == 3);
+  CHECK(r.world_size == 16);
+  CHECK(r.local_rank == 3);
+  CHECK(r.master_addr == "node0");
+  CHECK(r.master_port == 29500);
+  CHECK(r.describe() == "torchrun: rank 3 of 16, local rank 3, rank 0 at node0:29500");
+
+  SECTION("a launcher of one process per machine may leave LOCAL_RANK out") {
+    env.erase("LOCAL_RANK");
+    CHECK(parse_rendezvous(env).local_rank == 0);
+  }
+  SECTION("MASTER_ADDR and MASTER_PORT are needed with more than one rank") {
+    env.erase("MASTER_ADDR");
+    CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("MASTER_ADDR and MASTER_PORT"));
+    env["MASTER_ADDR"] = "node0";
+    env.erase("MASTER_PORT");
+    CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("MASTER_ADDR and MASTER_PORT"));
+  }
+  SECTION("but not with one") {
+    const Rendezvous one = parse_rendezvous({{"RANK", "0"}, {"WORLD_SIZE", "1"}});
+    CHECK(one.launcher == Launcher::torchrun);
+    CHECK(one.world_size == 1);
+  }
+  SECTION("torchrun's agent holds MASTER_PORT for its own store: rank 0 takes the next port") {
+    env["TORCHELASTIC_USE_AGENT_STORE"] = "True";
+    CHECK(parse_rendezvous(env).master_port == 29501);
+    env["MASTER_PORT"] = "65535";
+    CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("no port above"));
+    env["TORCHELASTIC_USE_AGENT_STORE"] = "False";
+    CHECK(parse_rendezvous(env).master_port == 65535);
+  }
+  SECTION("MASTER_PORT must be a TCP port") {
+    env["MASTER_PORT"] = "70000";
+    CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("MASTER_PORT=70000"));
+    env["MASTER_PORT"] = "0";
+    CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("MASTER_PORT=0"));
+  }
+}
+
+TEST_CASE("Slurm: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and rank 0's node", "[rendezvous]") {
+  Environment env{{"SLURM_PROCID", "9"},      {"SLURM_NTASKS", "32"},
+                  {"SLURM_STEP_ID", "0"},     {"SLURM_LOCALID", "1"},
+                  {"SLURM_JOB_ID", "123456"}, {"SLURM_JOB_NODELIST", "gpu[07-09,12],cpu3"}};
+  Rendezvous r = parse_rendezvous(env);
+  CHECK(r.launcher == Launcher::slurm);
+  CHECK(r.rank == 9);
+  CHECK(r.world_size == 32);
+  CHECK(r.local_rank == 1);
+  CHECK(r.master_addr == "gpu07");
+  CHECK(r.master_port == 20000 + 123456 % 10000);
+
+  SECTION("outside srun (the shell of salloc or sbatch) deit runs alone") {
+    env.erase("SLURM_STEP_ID");
+    CHECK(parse_rendezvous(env).launcher == Launcher::none);
+  }
+  SECTION("the step's node list comes before the job's") {
+    env["SLURM_STEP_NODELIST"] = "gpu[09-12]";
+    CHECK(parse_rendezvous(env).master_addr == "gpu09");
+  }
+  SECTION("MASTER_ADDR and MASTER_PORT override") {
+    env["MASTER_ADDR"] = "10.0.0.1";
+    env["MASTER_PORT"] = "29400";
+    r = parse_rendezvous(env);
+    CHECK(r.master_addr == "10.0.0.1");
+    CHECK(r.master_port == 29400);
+  }
+  SECTION("no node list and no MASTER_ADDR") {
+    env.erase("SLURM_JOB_NODELIST");
+    CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("MASTER_ADDR"));
+  }
+  SECTION("no job id and no MASTER_PORT") {
+    env.erase("SLURM_JOB_ID");
+    CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("MASTER_PORT"));
+  }
+}
+
+TEST_CASE("mpirun and torchrun started inside a Slurm allocation describe the job",
+          "[rendezvous]") {
+  const Environment slurm{{"SLURM_PROCID", "0"},  {"SLURM_NTASKS", "2"},
+                          {"SLURM_LOCALID", "0"}, {"SLURM_STEP_ID", "0"},
+                          {"SLURM_JOB_ID", "7"},  {"SLURM_JOB_NODELIST", "n1"}};
+  Environment env = slurm;
+  env.insert({{"OMPI_COMM_WORLD_RANK", "6"}, {"OMPI_COMM_WORLD_SIZE", "16"}});
+  CHECK(parse_rendezvous(env).launcher == Launcher::mpirun);
+  CHECK(parse_rendezvous(env).rank == 6);
+
+  env = slurm;
+  env.insert(
+      {{"RANK", "11"}, {"WORLD_SIZE", "16"}, {"MASTER_ADDR", "n1"}, {"MASTER_PORT", "29500"}});
+  CHECK(parse_rendezvous(env).launcher == Launcher::torchrun);
+  CHECK(parse_rendezvous(env).rank == 11);
+}
+
+TEST_CASE("inconsistent launcher variables are refused, naming the variable", "[rendezvous]") {
+  CHECK_THROWS_WITH(parse_rendezvous({{"OMPI_COMM_WORLD_RANK", "1"}}),
+                    Catch::Contains("OMPI_COMM_WORLD_SIZE is not set"));
+  CHECK_THROWS_WITH(parse_rendezvous({{"WORLD_SIZE", "4"}}), Catch::Contains("RANK is not set"));
+  CHECK_THROWS_WITH(parse_rendezvous({{"SLURM_PROCID", "0"}, {"SLURM_STEP_ID", "0"}}),
+                    Catch::Contains("SLURM_NTASKS is not set"));
+  CHECK_THROWS_WITH(
+      parse_rendezvous({{"OMPI_COMM_WORLD_RANK", "2"}, {"OMPI_COMM_WORLD_SIZE", "2"}}),
+      Catch::Contains("OMPI_COMM_WORLD_RANK=2 is not below OMPI_COMM_WORLD_SIZE=2"));
+  CHECK_THROWS_WITH(parse_rendezvous({{"RANK", "0"},
+                                      {"WORLD_SIZE", "2"},
+                                      {"LOCAL_RANK", "2"},
+                                      {"MASTER_ADDR", "a"},
+                                      {"MASTER_PORT", "1"}}),
+                    Catch::Contains("LOCAL_RANK=2 is not below WORLD_SIZE=2"));
+  CHECK_THROWS_WITH(parse_rendezvous({{"RANK", "0"}, {"WORLD_SIZE", "0"}}),
+                    Catch::Contains("WORLD_SIZE=0"));
+  for (const char* bad : {"", "-1", "1.5", "two", "12345678901"})
+    CHECK_THROWS_WITH(
+        parse_rendezvous({{"RANK", bad}, {"WORLD_SIZE", "2"}}),
+        Catch::Contains(std::string("RANK='") + bad + "' is not a non-negative integer"));
+}
+
+TEST_CASE("the first host of a Slurm node list", "[rendezvous]") {
+  CHECK(first_slurm_host("node1") == "node1");
+  CHECK(first_slurm_host("node1,node2") == "node1");
+  CHECK(first_slurm_host("gpu[007-010]") == "gpu007");
+  CHECK(first_slurm_host("gpu[3,5-6],cpu[1-2]") == "gpu3");
+  CHECK(first_slurm_host("rack[2-3]-n[10-11]") == "rack2-n10");
+  CHECK(first_slurm_host("n[4]-ib") == "n4-ib");
+  CHECK_THROWS_WITH(first_slurm_host("gpu[1-2"), Catch::Contains("unclosed"));
+  CHECK_THROWS_WITH(first_slurm_host(""), Catch::Contains("names no host"));
+}
+
+namespace {
+
+// A port nothing listens on right now (the kernel's pick for an ephemeral bind).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+Rendezvous rank_of(int rank, int world_size, int port) {
+  Rendezvous r;
+  r.launcher = Launcher::torchrun;
+  r.rank = rank;
+  r.world_size = world_size;
+  r.master_addr = "127.0.0.1";
+  r.master_port = port;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("the TCP exchange hands rank 0's bytes to every rank", "[rendezvous]") {
+  const int port = free_port();
+  const std::vector<uint8_t> id = {1, 2, 3, 0, 255, 128, 7};
+  constexpr int kWorld = 4;
+  // Ranks 1..3 start first and retry until rank 0 listens.
+  std::vector<std::future<std::vector<uint8_t>>> others;
+  for (int rank = 1; rank < kWorld; ++rank)
+    others.push_back(std::async(std::launch::async, [=] {
+      return tcp_broadcast_from_rank0(rank_of(rank, kWorld, port), {}, 20s);
+    }));
+  std::this_thread::sleep_for(100ms);
+  CHECK(tcp_broadcast_from_rank0(rank_of(0, kWorld, port), id, 20s) == id);
+  for (auto& f : others) CHECK(f.get() == id);
+}
+
+TEST_CASE("the TCP exchange refuses a rank of another job and times out clearly", "[rendezvous]") {
+  const int port = free_port();
+  const std::vector<uint8_t> id = {42};
+  auto root = std::async(std::launch::async,
+                         [=] { return tcp_broadcast_from_rank0(rank_of(0, 2, port), id, 20s); });
+  // A rank of a 3-rank job that picked the same port is told so, and rank 0 keeps serving.
+  CHECK_THROWS_WITH(tcp_broadcast_from_rank0(rank_of(1, 3, port), {}, 20s),
+                    Catch::Contains("world size 2, not 3"));
+  CHECK(tcp_broadcast_from_rank0(rank_of(1, 2, port), {}, 20s) == id);
+  CHECK(root.get() == id);
+
+  // Nobody listens on a fresh port: a rank gives up at its deadline, naming where it looked.
+  const int silent = free_port();
+  CHECK_THROWS_WITH(
+      tcp_broadcast_from_rank0(rank_of(1, 2, silent), {}, 300ms),
+      Catch::Contains("could not reach rank 0 at 127.0.0.1:" + std::to_string(silent)));
+  // And rank 0 waiting for a rank that never comes says which.
+  CHECK_THROWS_WITH(tcp_broadcast_from_rank0(rank_of(0, 3, silent), id, 300ms),
+                    Catch::Contains("for rank(s) 1, 2"));
+}
+
+TEST_CASE("the TCP exchange needs to know where rank 0 is", "[rendezvous]") {
+  Rendezvous r = rank_of(1, 2, 0);
+  CHECK_THROWS_WITH(tcp_broadcast_from_rank0(r, {}, 1s), Catch::Contains("MASTER_PORT"));
+  const std::vector<uint8_t> id = {9};
+  CHECK(tcp_broadcast_from_rank0(Rendezvous{}, id, 1s) == id);  // alone: nothing to send
+}
