@@ -23,22 +23,33 @@ struct DemoOptions {
   bool quiet = false;
 };
 
-// A ViT small enough to train in minutes on two CPU cores, with the recipe's shape otherwise.
+// A ViT small enough to train in minutes on two CPU cores, with every element of the recipe on.
+// Where a tiny dataset and ~1300 optimizer steps need it, strengths differ from the paper's:
+//  - LAMB at 2e-2 instead of 4e-3: LAMB moves each weight matrix by about lr of its norm per
+//    step, and 4e-3 gets nowhere in so few steps;
+//  - warm-up starts at 2e-3 instead of 1e-6: the reference steps the schedule after each epoch,
+//    so the first two epochs run at the warm-up start and would otherwise be wasted;
+//  - RandomResizedCrop keeps at least 35% of the image (not 8%): the figures are small;
+//  - 30% of the batches are mixed (mixup 0.8 / cutmix 1.0): mixing every batch with binarised
+//    BCE targets keeps a tiny ViT at "predict the class prior" for the whole run.
 train::TrainOptions demo_recipe(const DemoOptions& d, const std::string& data_dir) {
   train::TrainOptions o = train::recipe_for("deit3_small");
-  o.model.name = "demo (deit3, patch 8, dim 96, depth 4, heads 3)";
-  o.model.patch = 8;
+  o.model.name = "demo (deit3, patch 16, dim 96, depth 4, heads 3, 64 px)";
+  o.model.patch = 16;
   o.model.dim = 96;
   o.model.depth = 4;
   o.model.heads = 3;
-  o.model.input_size = 32;
+  o.model.input_size = 64;
   o.data_dir = data_dir;
   o.output_dir = (std::filesystem::path(d.out) / "run").string();
   o.device = d.device;
-  o.epochs = d.epochs > 0 ? d.epochs : 20;
-  o.warmup_epochs = 2;
+  o.epochs = d.epochs > 0 ? d.epochs : 30;
+  o.warmup_epochs = 1;
+  o.warmup_lr = 2e-3;
   o.batch_size = 64;
-  o.lr = 4e-3;
+  o.lr = 2e-2;
+  o.rrc_scale_min = 0.35;
+  o.mixup_prob = 0.3;
   o.drop_path = 0.05;
   o.seed = d.seed;
   o.progress = !d.quiet;
@@ -58,9 +69,8 @@ void run_demo(const DemoOptions& d) {
   std::fprintf(stderr, "training %s on %s, %lld epochs\n", o.model.name.c_str(), data_dir.c_str(),
                (long long)o.epochs);
   print_train_summary(train::train(o));
-  std::printf("next: build/deit eval --model deit3_small --patch 8 --dim 96 --depth 4 --heads 3 "
-              "--num-classes 10 --input-size 32 --checkpoint %s/run/checkpoint.safetensors "
-              "--data %s\n",
+  std::printf("next: build/deit eval --model deit3_small --patch 16 --dim 96 --depth 4 --heads 3 "
+              "--checkpoint %s/run/checkpoint.safetensors --data %s\n",
               d.out.c_str(), data_dir.c_str());
 }
 
@@ -73,7 +83,7 @@ void add_demo_command(CLI::App& app) {
               "recipe, evaluate and report");
   cmd->add_option("--out", opts->out, "Where the dataset and the run go")->capture_default_str();
   cmd->add_option("--device", opts->device, "cpu or cuda[:N]")->capture_default_str();
-  cmd->add_option("--epochs", opts->epochs, "Epochs (default: the demo's 20)");
+  cmd->add_option("--epochs", opts->epochs, "Epochs (default: the demo's 30)");
   cmd->add_option("--seed", opts->seed, "Seed of the dataset and the run")->capture_default_str();
   cmd->add_flag("--quiet", opts->quiet, "No progress output");
   cmd->callback([opts] { run_demo(*opts); });
