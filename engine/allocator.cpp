@@ -78,11 +78,6 @@ AllocatorStats CachingAllocator::stats() const {
   return stats_;
 }
 
-void CachingAllocator::reset_peak() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  stats_.peak_bytes_in_use = stats_.bytes_in_use;
-}
-
 namespace {
 
 class HostAllocator final : public CachingAllocator {

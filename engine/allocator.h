@@ -35,7 +35,6 @@ class CachingAllocator {
   // Returns every cached block to the system.
   void release_cached();
   AllocatorStats stats() const;
-  void reset_peak();
 
   // Requests are rounded up to this granularity so near-identical sizes share blocks.
   static size_t round_size(size_t bytes);

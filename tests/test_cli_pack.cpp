@@ -20,9 +20,7 @@ TEST_CASE("deit pack turns an image folder into a shard with the same images", "
   options.num_classes = 3;
   options.train_per_class = 5;
   options.val_per_class = 2;
-  const std::string root = dir.file("data");
-  std::filesystem::remove(root);
-  data::generate_synthetic_dataset(root, options);
+  const std::string root = test::write_synthetic_dataset(dir, options);
 
   const std::string shard = dir.file("train.shard");
   const CliResult r = run_deit("pack --src " + root + "/train --out " + shard + " --short-side 16");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "data/image.h"
+#include "data/synthetic.h"
 
 namespace deit::test {
 
@@ -66,6 +67,15 @@ inline void write_bytes(const std::string& path, const std::vector<uint8_t>& byt
   std::ofstream file(path, std::ios::binary | std::ios::trunc);
   file.write(reinterpret_cast<const char*>(bytes.data()),
              static_cast<std::streamsize>(bytes.size()));
+}
+
+// Writes the synthetic dataset (data/synthetic.h) with `options` to DIR/data and returns that root.
+inline std::string write_synthetic_dataset(const TempDir& dir,
+                                           const data::SyntheticOptions& options) {
+  const std::string root = dir.file("data");
+  std::filesystem::remove(root);  // file() made the folder; the generator creates it whole
+  data::generate_synthetic_dataset(root, options);
+  return root;
 }
 
 }  // namespace deit::test

@@ -36,10 +36,7 @@ std::string make_tiny_dataset(const test::TempDir& dir) {
   options.num_classes = 4;
   options.train_per_class = 24;
   options.val_per_class = 4;
-  const std::string root = dir.file("data");
-  std::filesystem::remove(root);
-  data::generate_synthetic_dataset(root, options);
-  return root;
+  return test::write_synthetic_dataset(dir, options);
 }
 
 std::string tiny_train_args(const std::string& data, const std::string& out, int epochs) {

@@ -12,6 +12,14 @@ nlohmann::json EvalResult::to_json() const {
   return {{"acc1", acc1}, {"acc5", acc5}, {"loss", loss}, {"images", images}};
 }
 
+namespace {
+
+// Top-1 / top-5 hits and the summed cross-entropy of one batch of logits (B, K) on the host.
+struct BatchScore {
+  int64_t top1 = 0, top5 = 0;
+  double loss_sum = 0;
+};
+
 BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32_t>& labels,
                        int64_t K) {
   BatchScore score;
@@ -33,6 +41,8 @@ BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32
   }
   return score;
 }
+
+}  // namespace
 
 EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader& loader,
                     bool show_progress) {

@@ -23,12 +23,4 @@ struct EvalResult {
 EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader& loader,
                     bool show_progress);
 
-// Top-1 / top-5 hits and the summed cross-entropy of one batch of logits (B, K) on the host.
-struct BatchScore {
-  int64_t top1 = 0, top5 = 0;
-  double loss_sum = 0;
-};
-BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32_t>& labels,
-                       int64_t num_classes);
-
 }  // namespace deit::train
