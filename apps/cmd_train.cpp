@@ -26,7 +26,10 @@ void add_train_command(CLI::App& app) {
   auto flags = std::make_shared<TrainFlags>();
   CLI::App* cmd = app.add_subcommand("train", "Train (or resume, or fine-tune) a DeiT III ViT");
   flags->add_to(*cmd);
-  cmd->callback([flags] { print_train_summary(train::train(flags->resolve())); });
+  cmd->callback([flags] {
+    const train::TrainSummary summary = train::train(flags->resolve());
+    if (summary.rank == 0) print_train_summary(summary);  // once per run, not per rank
+  });
 }
 
 }  // namespace deit::apps

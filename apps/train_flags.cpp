@@ -23,9 +23,11 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--data", data, "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or "
                                  "DIR/train.shard, DIR/val.shard)")->required();
   cmd.add_option("--output", output, "Run directory: log.txt and checkpoint.safetensors")->required();
-  cmd.add_option("--device", device, "cpu or cuda[:N]")->capture_default_str();
+  cmd.add_option("--device", device, "cpu or cuda[:N]; cuda alone: the GPU of this process's "
+                                     "local rank")->capture_default_str();
   cmd.add_option("--epochs", epochs, "Epochs (recipe: 800)");
-  cmd.add_option("--batch-size", batch_size, "Images per micro-batch (default 256)");
+  cmd.add_option("--batch-size", batch_size, "Images per micro-batch and process (default 256); "
+                                             "global batch: this x --accum-steps x processes");
   cmd.add_option("--accum-steps", accum_steps, "Micro-batches per optimizer step (default 1)");
   cmd.add_option("--opt", opt, "Optimizer: lamb (pre-training) or adamw (fine-tuning)");
   cmd.add_option("--lr", lr, "Peak learning rate, not scaled by batch size (S 4e-3, B/L/H 3e-3)");
@@ -59,6 +61,11 @@ void TrainFlags::add_to(CLI::App& cmd) {
                                          "pos_embed is resized, a new head made for new classes");
   cmd.add_option("--seed", seed, "Seed of every random choice (0)");
   cmd.add_option("--workers", workers, "Data loading threads (2)");
+  cmd.add_flag("--zero", zero, "Several ranks: shard the optimizer state across them (ZeRO-1; "
+                               "same updates, 1/ranks of the state memory per rank)");
+  cmd.add_option("--bucket-mb", bucket_mb, "Several ranks: gradients are averaged in buckets of "
+                                           "at most this many MiB, each as soon as backward has "
+                                           "finished it (25)");
   cmd.add_flag("--quiet", quiet, "No progress output");
 }
 
@@ -99,6 +106,8 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(model_ema, o.model_ema);
   override_with(seed, o.seed);
   override_with(workers, o.workers);
+  override_with(bucket_mb, o.bucket_mb);
+  o.zero = zero;
   o.progress = !quiet;
   return o;
 }

@@ -24,6 +24,8 @@ struct TrainFlags {
   std::optional<bool> three_augment, src, repeated_aug, bce_loss, model_ema;
   std::optional<uint64_t> seed;
   std::optional<int> workers;
+  std::optional<double> bucket_mb;
+  bool zero = false;
   bool quiet = false;
 
   void add_to(CLI::App& cmd);

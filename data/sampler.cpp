@@ -16,6 +16,8 @@ uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 uint64_t compute_epoch_length(const SamplerOptions& options) {
   const uint64_t n = options.dataset_size;
   const uint64_t w = options.world_size;
+  // Without padding: positions rank, rank + w, ... below n.
+  if (!options.pad) return options.rank < n ? ceil_div(n - options.rank, w) : 0;
   if (options.repeats > 1) {
     const uint64_t reference_length = n / 256 * 256 / w;
     if (reference_length > 0) return reference_length;
@@ -39,6 +41,8 @@ Sampler::Sampler(const SamplerOptions& options) : options_(options) {
   require(options.world_size >= 1 && options.rank < options.world_size,
           "sampler: rank " + std::to_string(options.rank) + " outside world size " +
               std::to_string(options.world_size));
+  require(options.pad || options.repeats == 1,
+          "sampler: repeated augmentation needs padding (every rank's share the same length)");
   epoch_length_ = compute_epoch_length(options);
   require(epoch_length_ * options.world_size < kStreamsPerEpoch,
           "sampler: dataset too large for the per-epoch random streams");

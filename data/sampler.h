@@ -15,6 +15,9 @@
 //     would be 0; we then keep ceil(n / w) (RASampler's commented-out formula). With k = 1 nothing
 //     is truncated: ceil(n / w) per rank, like DistributedSampler(drop_last=False).
 // Batches (and dropping the last partial one) are the loader's business, not the sampler's.
+// Evaluation shards without padding (pad = false, repeats 1): rank r takes positions r, r + w, ...
+// below n, so across the ranks every image is seen exactly once, and the ranks' epoch lengths
+// differ by at most one.
 //
 // Random streams (Rng(seed, stream)) are laid out so that none is used twice:
 //   stream = epoch                                   the permutation of `epoch`
@@ -34,6 +37,7 @@ struct SamplerOptions {
   uint32_t repeats = 1;  // 3 for DeiT III's repeated augmentation
   uint32_t rank = 0;
   uint32_t world_size = 1;
+  bool pad = true;  // false: steps 3 and 5 are skipped (evaluation; needs repeats 1)
 };
 
 // Where a run is in its data: saved with a checkpoint so a resumed run sees the same order. The
@@ -60,7 +64,8 @@ uint64_t sample_stream(uint64_t epoch, uint64_t global_position);
 
 class Sampler {
  public:
-  // Throws std::invalid_argument for an empty dataset, repeats < 1 or rank >= world_size.
+  // Throws std::invalid_argument for an empty dataset, repeats < 1, rank >= world_size, or
+  // repeats > 1 without padding.
   explicit Sampler(const SamplerOptions& options);
 
   const SamplerOptions& options() const { return options_; }

@@ -55,16 +55,64 @@ void accumulate_grad(Tensor& dst, const Tensor& g) {
 }
 
 // Sends a gradient to where it belongs: the node that produced the tensor, or the leaf's .grad.
-static void route_grad(TensorImpl& target, const Tensor& g) {
+// With `copy_into_leaf`, a leaf's first gradient is copied rather than shared (see the hooked
+// backward in autograd.h).
+static void route_grad(TensorImpl& target, const Tensor& g, bool copy_into_leaf) {
   if (target.grad_fn) {
     if (target.grad_fn->released)
       throw std::logic_error("backward through a graph whose tape was already used or cleared");
     accumulate_grad(target.grad_fn->grad_output, g);
   } else {
     Tensor grad(target.grad);
-    accumulate_grad(grad, g);
+    if (!grad.defined() && copy_into_leaf)
+      grad = g.clone();
+    else
+      accumulate_grad(grad, g);
     target.grad = grad.impl_ptr();
   }
+}
+
+// The leaves among the tape's inputs, grouped by the tape index of the earliest node that uses
+// each: walking the tape backwards, a leaf's gradient is final once that node has run.
+static std::vector<std::vector<std::shared_ptr<TensorImpl>>> leaves_by_first_use() {
+  std::vector<std::vector<std::shared_ptr<TensorImpl>>> final_after(t_tape.size());
+  std::unordered_set<const TensorImpl*> seen;
+  for (size_t i = 0; i < t_tape.size(); ++i)
+    for (const auto& input : t_tape[i]->inputs)
+      if (input && !input->grad_fn && seen.insert(input.get()).second)
+        final_after[i].push_back(input);
+  return final_after;
+}
+
+static void run_backward(const Tensor& root, const Tensor& grad_root, const GradReadyHook* hook) {
+  if (!root.requires_grad())
+    throw std::invalid_argument("backward() on a tensor that does not require grad");
+  if (grad_root.shape() != root.shape())
+    throw std::invalid_argument("backward(): gradient " + grad_root.describe() + " for " +
+                                root.describe());
+  NoGrad no_grad;  // the backward functions run ops; they must not record
+  const auto final_after = hook ? leaves_by_first_use()
+                                : std::vector<std::vector<std::shared_ptr<TensorImpl>>>();
+  const bool copy_into_leaf = hook != nullptr;
+  route_grad(root.impl(), grad_root, copy_into_leaf);
+  for (size_t i = t_tape.size(); i-- > 0;) {
+    Node& node = *t_tape[i];
+    if (node.grad_output.defined()) {
+      std::vector<Tensor> grads = node.backward(node, node.grad_output);
+      if (grads.size() != node.inputs.size())
+        throw std::logic_error("op " + node.op + " returned " + std::to_string(grads.size()) +
+                               " gradients for " + std::to_string(node.inputs.size()) + " inputs");
+      for (size_t k = 0; k < grads.size(); ++k)
+        if (node.needs_input_grad[k] && grads[k].defined())
+          route_grad(*node.inputs[k], grads[k], copy_into_leaf);
+    }
+    node.grad_output = Tensor();
+    node.saved.clear();
+    node.released = true;
+    if (hook)
+      for (const auto& leaf : final_after[i]) (*hook)(Tensor(leaf));
+  }
+  t_tape.clear();
 }
 
 void backward(const Tensor& root) {
@@ -75,28 +123,11 @@ void backward(const Tensor& root) {
 }
 
 void backward(const Tensor& root, const Tensor& grad_root) {
-  if (!root.requires_grad())
-    throw std::invalid_argument("backward() on a tensor that does not require grad");
-  if (grad_root.shape() != root.shape())
-    throw std::invalid_argument("backward(): gradient " + grad_root.describe() + " for " +
-                                root.describe());
-  NoGrad no_grad;  // the backward functions run ops; they must not record
-  route_grad(root.impl(), grad_root);
-  for (auto it = t_tape.rbegin(); it != t_tape.rend(); ++it) {
-    Node& node = **it;
-    if (node.grad_output.defined()) {
-      std::vector<Tensor> grads = node.backward(node, node.grad_output);
-      if (grads.size() != node.inputs.size())
-        throw std::logic_error("op " + node.op + " returned " + std::to_string(grads.size()) +
-                               " gradients for " + std::to_string(node.inputs.size()) + " inputs");
-      for (size_t i = 0; i < grads.size(); ++i)
-        if (node.needs_input_grad[i] && grads[i].defined()) route_grad(*node.inputs[i], grads[i]);
-    }
-    node.grad_output = Tensor();
-    node.saved.clear();
-    node.released = true;
-  }
-  t_tape.clear();
+  run_backward(root, grad_root, nullptr);
+}
+
+void backward(const Tensor& root, const Tensor& grad_root, const GradReadyHook& on_grad_ready) {
+  run_backward(root, grad_root, &on_grad_ready);
 }
 
 size_t tape_size() { return t_tape.size(); }

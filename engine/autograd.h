@@ -60,6 +60,18 @@ void record(const std::string& op, Tensor& output, const std::vector<const Tenso
 void backward(const Tensor& root);
 void backward(const Tensor& root, const Tensor& grad_root);
 
+// Told about a leaf (a handle sharing it) as soon as its .grad is final for this backward: the walk
+// has passed the earliest-recorded node that uses it, so no node still to be walked can route a
+// gradient to it. Data-parallel training starts reducing a bucket of gradients there, while the
+// rest of backward runs (train/gradient_reducer.h).
+using GradReadyHook = std::function<void(const Tensor& leaf)>;
+// As backward(root, grad_root), calling `on_grad_ready` once for every leaf that some recorded node
+// takes as an input needing a gradient, in the order their gradients become final (a leaf no node
+// reached from the root sends a gradient to is reported with its .grad as it was). A leaf's first gradient is copied into it rather than shared, so the hook
+// may modify .grad in place: without the hook, a leaf's .grad may share storage with a gradient
+// that backward still routes elsewhere.
+void backward(const Tensor& root, const Tensor& grad_root, const GradReadyHook& on_grad_ready);
+
 // The current thread's tape, for inspection: how many nodes, and the bytes their saved tensors
 // hold (each storage counted once).
 size_t tape_size();

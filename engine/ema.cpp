@@ -3,6 +3,10 @@
 #include "engine/autograd.h"
 #include "engine/ops/op_utils.h"
 
+#if DEIT_HAVE_CUDA
+#include "engine/stream.h"
+#endif
+
 namespace deit {
 
 WeightEma::WeightEma(const ParameterRegistry& params, double decay) : decay_(decay) {
@@ -11,7 +15,28 @@ WeightEma::WeightEma(const ParameterRegistry& params, double decay) : decay_(dec
                                 std::to_string(decay));
   averages_.reserve(params.size());
   for (const Parameter& p : params.all()) averages_.emplace_back(p.name, p.value.clone());
+  const bool on_cuda = !averages_.empty() && averages_.front().second.device().is_cuda();
+  if (!on_cuda) return;
+#if DEIT_HAVE_CUDA
+  std::vector<kernels::CudaParam> table;
+  for (size_t i = 0; i < averages_.size(); ++i) {
+    const Tensor& value = params.all()[i].value;
+    Tensor& average = averages_[i].second;
+    if (average.dtype() != DType::f32 || average.device() != averages_.front().second.device())
+      throw std::invalid_argument("weight EMA: parameter '" + averages_[i].first + "' is " +
+                                  value.describe() + "; on CUDA all must be f32 on one device");
+    kernels::CudaParam entry;
+    entry.param = value.data<float>();
+    entry.ema = average.data<float>();
+    entry.n = value.numel();
+    table.push_back(entry);
+    device_sources_.push_back(value);
+  }
+  device_table_ = std::make_unique<kernels::CudaParamTable>(table);
+#endif
 }
+
+WeightEma::~WeightEma() = default;
 
 void WeightEma::update(const ParameterRegistry& params) {
   NoGrad no_grad;
@@ -26,11 +51,25 @@ void WeightEma::update(const ParameterRegistry& params) {
       throw std::invalid_argument("weight EMA: parameter " + std::to_string(i) + " is '" +
                                   all[i].name + "' " + value.describe() + ", the EMA holds '" +
                                   averages_[i].first + "' " + average.describe());
+    if (value.device().is_cuda()) {
+#if DEIT_HAVE_CUDA
+      // Updated below, in one launch over the addresses taken at construction.
+      if (!device_table_ || value.raw_data() != device_sources_[i].raw_data())
+        throw std::invalid_argument("weight EMA: parameter '" + all[i].name +
+                                    "' is not the tensor this EMA was built over");
+#endif
+      continue;
+    }
     ops::detail::dispatch_cpu_floating("weight EMA", {&average, &value}, [&](auto zero) {
       using T = decltype(zero);
       kernels::ema_update_cpu<T>(average.data<T>(), value.data<T>(), decay_, average.numel());
     });
   }
+#if DEIT_HAVE_CUDA
+  if (device_table_)
+    kernels::ema_update_cuda(*device_table_, decay_,
+                             compute_stream(averages_.front().second.device().index));
+#endif
 }
 
 void WeightEma::load_state(const NamedTensors& state) {

@@ -10,12 +10,14 @@ namespace deit {
 class WeightEma {
  public:
   // Copies the current values of every parameter (main.py builds its EMA right after the model,
-  // before any step, and after loading --finetune weights).
+  // before any step, and after loading --finetune weights). On CUDA the averages are fp32 on the
+  // parameters' device and one multi-tensor launch updates them all (kernels/optimizer.h).
   explicit WeightEma(const ParameterRegistry& params, double decay = 0.99996);
+  ~WeightEma();
 
   // One update from the parameters' current values; call after each optimizer step. Throws
   // std::invalid_argument when `params` is not the registry this EMA was built from (names,
-  // shapes).
+  // shapes; on CUDA, the very tensors). On CUDA it is only enqueued: no host synchronisation.
   void update(const ParameterRegistry& params);
 
   double decay() const { return decay_; }
@@ -28,6 +30,12 @@ class WeightEma {
  private:
   NamedTensors averages_;
   double decay_;
+#if DEIT_HAVE_CUDA
+  // CUDA parameters: the table of (parameter, average) addresses, fixed at construction, and the
+  // parameter tensors it reads (held, so the addresses stay valid).
+  std::unique_ptr<kernels::CudaParamTable> device_table_;
+  std::vector<Tensor> device_sources_;
+#endif
 };
 
 }  // namespace deit

@@ -9,6 +9,11 @@
 #include "engine/autograd.h"
 #include "engine/ops/op_utils.h"
 
+#if DEIT_HAVE_CUDA
+#include "engine/stream.h"
+#include "kernels/check.h"
+#endif
+
 namespace deit {
 
 namespace {
@@ -74,16 +79,96 @@ void load_named_tensors(const std::string& what, const NamedTensors& destination
 Optimizer::Optimizer(const ParameterRegistry& params, const OptimizerOptions& options)
     : options_(options) {
   slots_.reserve(params.size());
+  const Device device = params.size() ? params.all().front().value.device() : Device::cpu();
   for (const Parameter& p : params.all()) {
     const Tensor& v = p.value;
-    if (!v.device().is_cpu() || (v.dtype() != DType::f32 && v.dtype() != DType::f64))
+    const bool host_master =
+        v.device().is_cpu() && (v.dtype() == DType::f32 || v.dtype() == DType::f64);
+    const bool device_master =
+        v.device().is_cuda() && v.dtype() == DType::f32 && v.bf16_copy().defined();
+    if (v.device() != device || !(host_master || device_master))
       throw std::invalid_argument("optimizer: parameter '" + p.name + "' is " + v.describe() +
-                                  "; the master weights must be f32 (or f64) on the CPU");
-    slots_.push_back({p, Tensor::zeros(v.shape(), v.dtype()), Tensor::zeros(v.shape(), v.dtype())});
+                                  "; the master weights must be f32 (or f64) on the CPU, or f32 "
+                                  "CUDA parameters with bf16 copies, all on " + device.str());
+    slots_.push_back({p, Tensor::zeros(v.shape(), v.dtype(), device),
+                      Tensor::zeros(v.shape(), v.dtype(), device)});
+  }
+  if (device.is_cuda()) {
+#if DEIT_HAVE_CUDA
+    std::vector<kernels::CudaParam> table;
+    for (Slot& slot : slots_) {
+      Tensor& value = slot.param.value;
+      device_grads_.push_back(Tensor::zeros(value.shape(), DType::f32, device));
+      kernels::CudaParam entry;
+      entry.param = value.data<float>();
+      entry.param_bf16 = value.bf16_copy().data<kernels::bf16_bits>();
+      entry.grad = device_grads_.back().data<float>();
+      entry.exp_avg = slot.exp_avg.data<float>();
+      entry.exp_avg_sq = slot.exp_avg_sq.data<float>();
+      entry.n = value.numel();
+      entry.weight_decay = slot.param.weight_decay;
+      table.push_back(entry);
+    }
+    device_table_ = std::make_unique<kernels::CudaParamTable>(table);
+    device_grad_norm_ = Tensor::zeros({1}, DType::f32, device);
+#endif
   }
 }
 
-double Optimizer::step() {
+Optimizer::~Optimizer() = default;
+
+void Optimizer::step_async() {
+#if DEIT_HAVE_CUDA
+  if (!on_cuda()) throw std::logic_error("optimizer: step_async() is for CUDA parameters");
+  NoGrad no_grad;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Parameter& p = slots_[i].param;
+    const Tensor grad = p.value.grad();
+    if (!grad.defined())
+      throw std::invalid_argument("optimizer: '" + p.name + "' has no gradient; on CUDA every "
+                                  "parameter takes part in every step");
+    if (grad.shape() != p.value.shape() || grad.dtype() != DType::f32 ||
+        grad.device() != p.value.device())
+      throw std::invalid_argument("optimizer: gradient of '" + p.name + "' is " +
+                                  grad.describe() + ", parameter is " + p.value.describe());
+    device_grads_[i].copy_from(grad);  // device to device: enqueued, no wait
+  }
+  ++step_count_;
+  for (Slot& slot : slots_) ++slot.steps;
+  cudaStream_t stream = compute_stream(slots_.front().param.value.device().index);
+  kernels::grad_norm_cuda(*device_table_, options_.clip_grad, device_max_grad_norm(), stream);
+  update_on_device(*device_table_, stream);
+  DEIT_CUDA_CHECK(cudaMemcpyAsync(device_grad_norm_.data<float>(), device_table_->grad_norm(),
+                                  sizeof(float), cudaMemcpyDeviceToDevice, stream));
+#else
+  throw std::logic_error("optimizer: step_async() needs CUDA parameters and a CUDA build");
+#endif
+}
+
+Tensor Optimizer::device_grad_norm() const {
+#if DEIT_HAVE_CUDA
+  if (on_cuda()) return device_grad_norm_;
+#endif
+  throw std::logic_error("optimizer: device_grad_norm() is for CUDA parameters");
+}
+
+double Optimizer::step(std::optional<double> global_grad_norm) {
+  if (on_cuda()) {
+    if (global_grad_norm)
+      throw std::invalid_argument("optimizer: a given global gradient norm is not supported for "
+                                  "CUDA parameters yet (the norm is computed on the device)");
+    step_async();
+    const double grad_norm = device_grad_norm().item();  // waits for the step
+    if (!std::isfinite(grad_norm)) {
+      // The kernels left weights and moments as they were; undo the count too.
+      --step_count_;
+      for (Slot& slot : slots_) --slot.steps;
+      throw NonFiniteGradient("optimizer: the global gradient norm is not finite; step skipped, "
+                              "nothing modified");
+    }
+    last_grad_norm_ = grad_norm;
+    return grad_norm;
+  }
   NoGrad no_grad;  // the update is not part of any graph
   std::vector<Slot*> active;
   double sum = 0;
@@ -102,7 +187,7 @@ double Optimizer::step() {
     sum += squares;
     active.push_back(&slot);
   }
-  const double grad_norm = std::sqrt(sum);
+  const double grad_norm = global_grad_norm.value_or(std::sqrt(sum));
   const double grad_scale = clip_grad_coefficient(grad_norm, options_.clip_grad);
   ++step_count_;
   for (Slot* slot : active) ++slot->steps;

@@ -12,10 +12,18 @@
 // step() reads each parameter's .grad() (parameters without one are skipped), updates the
 // parameter's value and the optimizer state in place, and leaves the gradients as they are:
 // zeroing them is the caller's job (ParameterRegistry::zero_grad). Parameters are the fp32 (or
-// f64, for tests) master weights on the CPU.
+// f64, for tests) master weights on the CPU, or the fp32 masters of CUDA parameters (with their
+// bf16 copies, engine/parameters.h), all on one device.
+//
+// On CUDA the update runs over every parameter at once with the multi-tensor kernels
+// (kernels/optimizer.h, CudaParamTable): the global gradient norm, the clipping factor and LAMB's
+// trust ratios stay on the device, and each update also rewrites the bf16 copies. The table holds
+// fixed addresses, so each step first copies the gradients (fresh tensors from autograd) into
+// fixed fp32 buffers. Every parameter needs a gradient at every step there (a ViT's do).
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -68,7 +76,7 @@ void load_named_tensors(const std::string& what, const NamedTensors& destination
 
 class Optimizer {
  public:
-  virtual ~Optimizer() = default;
+  virtual ~Optimizer();
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
 
@@ -77,8 +85,20 @@ class Optimizer {
 
   // One update from the current gradients. Returns the global gradient norm before any clipping
   // (what the trainer logs). Throws NonFiniteGradient, leaving everything unchanged, when a
-  // gradient is not finite.
-  double step();
+  // gradient is not finite. `global_grad_norm`, when given, is the norm clipping uses instead of
+  // the one over this optimizer's own gradients: an optimizer over one rank's shard of the model
+  // (ZeRO-1, engine/sharded_optimizer.h) must clip by the norm of all of them.
+  double step(std::optional<double> global_grad_norm = std::nullopt);
+
+  // CUDA parameters only: enqueues one update on the compute stream and returns without waiting
+  // (nothing in it synchronises with the host, so it can be captured in a CUDA graph, see
+  // engine/cuda_graph.h). The gradient norm stays on the device: device_grad_norm(). A non-finite
+  // gradient leaves weights and moments unchanged (the kernels' NaN factor) but counts as a step.
+  // step() on CUDA parameters is step_async() and one wait for the norm (no global_grad_norm yet).
+  void step_async();
+  // CUDA parameters only: f32 (1) on the device, the global gradient norm of the last update.
+  Tensor device_grad_norm() const;
+  bool on_cuda() const { return !slots_.empty() && slots_.front().param.value.device().is_cuda(); }
 
   double lr() const { return options_.lr; }
   void set_lr(double lr) { options_.lr = lr; }
@@ -111,6 +131,14 @@ class Optimizer {
   // as grad * grad_scale (--clip-grad); grad_norm is the global norm of the gradients so read.
   virtual void update(const std::vector<Slot*>& active, double grad_scale, double grad_norm) = 0;
 
+#if DEIT_HAVE_CUDA
+  // The CUDA twin of update() over every parameter of `table`, enqueued on `stream`, after
+  // grad_norm_cuda has put the gradient factor on the device. step_count() includes this step.
+  virtual void update_on_device(kernels::CudaParamTable& table, cudaStream_t stream) = 0;
+#endif
+  // The max_grad_norm folded into the device gradient factor (LAMB's own clip; 0: none).
+  virtual double device_max_grad_norm() const { return 0; }
+
   // The scalars of an Adam-style step numbered t (t >= 1: bias corrections 1 - beta^t).
   kernels::AdamStep adam_step(int64_t t, double grad_scale) const;
   // options().weight_decay where the parameter takes weight decay, else 0.
@@ -121,6 +149,12 @@ class Optimizer {
   OptimizerOptions options_;
   int64_t step_count_ = 0;
   double last_grad_norm_ = 0;
+#if DEIT_HAVE_CUDA
+  // CUDA parameters: the fixed gradient buffers (one per slot) and the table over them.
+  std::vector<Tensor> device_grads_;
+  std::unique_ptr<kernels::CudaParamTable> device_table_;
+  Tensor device_grad_norm_;  // copied from the table after each update
+#endif
 };
 
 // timm's Lamb (0.6; apex's FusedLAMB, which DeiT III's --opt fusedlamb selects, computes the same):
@@ -136,10 +170,15 @@ class Lamb final : public Optimizer {
 
  private:
   void update(const std::vector<Slot*>& active, double grad_scale, double grad_norm) override;
+#if DEIT_HAVE_CUDA
+  void update_on_device(kernels::CudaParamTable& table, cudaStream_t stream) override;
+#endif
+  double device_max_grad_norm() const override { return options().max_grad_norm; }
 };
 
 // torch.optim.AdamW: p *= 1 - lr * wd, then p -= lr * m_hat / (sqrt(v_hat) + eps). The bias
-// corrections use each parameter's own update count, as torch keeps a step per parameter.
+// corrections use each parameter's own update count, as torch keeps a step per parameter (on
+// CUDA every parameter is updated at every step, so the counts are all step_count()).
 class AdamW final : public Optimizer {
  public:
   AdamW(const ParameterRegistry& params, const OptimizerOptions& options);
@@ -147,6 +186,9 @@ class AdamW final : public Optimizer {
 
  private:
   void update(const std::vector<Slot*>& active, double grad_scale, double grad_norm) override;
+#if DEIT_HAVE_CUDA
+  void update_on_device(kernels::CudaParamTable& table, cudaStream_t stream) override;
+#endif
 };
 
 // "lamb" or "adamw"; anything else throws std::invalid_argument naming the choices.

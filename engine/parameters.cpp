@@ -7,6 +7,7 @@ namespace deit {
 Tensor ParameterRegistry::add(const std::string& name, Tensor value, bool weight_decay) {
   if (index_.count(name)) throw std::invalid_argument("parameter '" + name + "' registered twice");
   value.set_requires_grad(true).set_name(name);
+  if (value.device().is_cuda() && value.dtype() == DType::f32) value.attach_bf16_copy();
   index_[name] = params_.size();
   params_.push_back({name, std::move(value), weight_decay});
   return params_.back().value;

@@ -1,6 +1,11 @@
 // The named trainable tensors of a model, in registration order. Names are timm's (RECIPE.md
 // section 1) so checkpoints and safetensors exports need no renaming table. Each parameter says
 // whether weight decay (and with it LAMB's trust ratio) applies to it.
+//
+// On a CUDA device a parameter is three tensors (DESIGN.md "Precision"): `value` holds the fp32
+// master weights, its .grad() the fp32 gradient the ops produce, and value.bf16_copy() the bf16
+// copy that the CUDA ops read in forward and backward. Writing the value through copy_from or fill_
+// refreshes the copy; the CUDA optimizers rewrite it with every update.
 #pragma once
 #include <string>
 #include <unordered_map>
@@ -18,8 +23,8 @@ struct Parameter {
 
 class ParameterRegistry {
  public:
-  // Registers `value` (marked requires_grad and named) and returns it (a handle sharing it);
-  // throws if the name is taken.
+  // Registers `value` (marked requires_grad and named; an f32 CUDA tensor gets its bf16 copy) and
+  // returns it (a handle sharing it); throws if the name is taken.
   Tensor add(const std::string& name, Tensor value, bool weight_decay);
 
   const std::vector<Parameter>& all() const { return params_; }

@@ -11,6 +11,7 @@
 #if DEIT_HAVE_CUDA
 #include "engine/stream.h"
 #include "kernels/check.h"
+#include "kernels/elementwise.h"
 #endif
 
 namespace deit {
@@ -131,11 +132,27 @@ void Tensor::copy_from(const Tensor& src) {
   const Device cuda_side = device().is_cuda() ? device() : src.device();
   cudaStream_t stream = compute_stream(cuda_side.index);
   DEIT_CUDA_CHECK(cudaMemcpyAsync(raw_data(), src.raw_data(), nbytes(), cudaMemcpyDefault, stream));
+  refresh_bf16_copy();
   // The host side may be read or freed as soon as this returns.
   if (device().is_cpu() || src.device().is_cpu()) DEIT_CUDA_CHECK(cudaStreamSynchronize(stream));
 #else
   throw std::runtime_error("copy between " + src.device().str() + " and " + device().str() +
                            " in a build without CUDA");
+#endif
+}
+
+void Tensor::attach_bf16_copy() {
+  if (!device().is_cuda() || dtype() != DType::f32)
+    throw std::invalid_argument("a bf16 copy is kept for f32 CUDA tensors only, not " + describe());
+  if (!impl().bf16_copy) impl().bf16_copy = empty(shape(), DType::bf16, device()).impl_ptr();
+  refresh_bf16_copy();
+}
+
+void Tensor::refresh_bf16_copy() {
+  if (!impl().bf16_copy) return;
+#if DEIT_HAVE_CUDA
+  kernels::cast_f32_to_bf16_cuda(data<float>(), bf16_copy().data<kernels::bf16_bits>(), numel(),
+                                 compute_stream(device().index));
 #endif
 }
 
@@ -221,12 +238,21 @@ void Tensor::fill_(double value) {
   if (numel() == 0) return;
   if (device().is_cuda()) {
 #if DEIT_HAVE_CUDA
+    cudaStream_t stream = compute_stream(device().index);
     if (value == 0.0) {
-      DEIT_CUDA_CHECK(cudaMemsetAsync(raw_data(), 0, nbytes(), compute_stream(device().index)));
-      return;
+      DEIT_CUDA_CHECK(cudaMemsetAsync(raw_data(), 0, nbytes(), stream));
+    } else if (dtype() == DType::f32) {
+      kernels::fill_cuda(data<float>(), static_cast<float>(value), numel(), stream);
+    } else if (dtype() == DType::bf16) {
+      kernels::fill_cuda(data<kernels::bf16_bits>(), static_cast<float>(value), numel(), stream);
+    } else {
+      copy_from(full(shape(), value, dtype(), Device::cpu()));
+      return;  // copy_from refreshed the bf16 copy
     }
+    refresh_bf16_copy();
+#else
+    copy_from(full(shape(), value, dtype(), Device::cpu()));  // says: no CUDA in this build
 #endif
-    copy_from(full(shape(), value, dtype(), Device::cpu()));
     return;
   }
   const int64_t n = numel();
@@ -258,6 +284,7 @@ Tensor Tensor::view(const Shape& new_shape) const {
     throw std::invalid_argument("view: cannot view " + describe() + " as " + shape_str(new_shape));
   auto impl = std::make_shared<TensorImpl>(*impl_);
   impl->shape = shape_out;
+  if (impl->bf16_copy) impl->bf16_copy = bf16_copy().view(shape_out).impl_ptr();
   impl->grad.reset();
   impl->grad_fn.reset();
   impl->requires_grad = false;
@@ -272,6 +299,7 @@ Tensor Tensor::slice(int64_t begin, int64_t end) const {
   auto impl = std::make_shared<TensorImpl>(*impl_);
   impl->shape[0] = end - begin;
   impl->offset += begin * row_bytes;
+  if (impl->bf16_copy) impl->bf16_copy = bf16_copy().slice(begin, end).impl_ptr();
   impl->grad.reset();
   impl->grad_fn.reset();
   impl->requires_grad = false;

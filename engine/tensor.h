@@ -44,6 +44,9 @@ struct TensorImpl {
   std::shared_ptr<TensorImpl> grad;  // leaves only: accumulated by backward
   std::shared_ptr<Node> grad_fn;     // the recorded op that produced this tensor, if any
   std::string name;
+  // fp32 CUDA parameters only: the bf16 copy of the values that the CUDA ops read
+  // (engine/parameters.h). copy_from and fill_ keep it current; the CUDA optimizers rewrite it.
+  std::shared_ptr<TensorImpl> bf16_copy;
 };
 
 class Tensor {
@@ -88,9 +91,11 @@ class Tensor {
 
   Tensor to(Device device) const;
   Tensor to(DType dtype) const;
-  Tensor clone() const;
-  void copy_from(const Tensor& src);  // same shape and dtype, any devices
-  void fill_(double value);
+  Tensor clone() const;  // the values only (no grad, no bf16 copy)
+  // Same shape and dtype, any devices. A copy that involves the host waits for it to finish; a copy
+  // between device tensors is only enqueued on the compute stream.
+  void copy_from(const Tensor& src);
+  void fill_(double value);  // on a CUDA device: a kernel, no host copy
   void zero_() { fill_(0.0); }
 
   // Views (shared storage, no autograd: engine/ops/shape.h has the recorded reshape).
@@ -108,7 +113,14 @@ class Tensor {
   const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
   bool same_storage(const Tensor& other) const;
 
+  // The bf16 copy of an fp32 CUDA tensor (a parameter's master weights), made by
+  // attach_bf16_copy(); undefined when there is none.
+  Tensor bf16_copy() const { return Tensor(impl().bf16_copy); }
+  void attach_bf16_copy();
+
  private:
+  void refresh_bf16_copy();  // after the values changed: recast them into the bf16 copy, if any
+
   std::shared_ptr<TensorImpl> impl_;
 };
 

@@ -74,7 +74,10 @@ void ema_update_cpu(T* ema, const T* value, double decay, int64_t n);
 
 constexpr int64_t kCudaOptimizerChunk = 16384;
 
-// One parameter tensor: device pointers to n elements each.
+// One parameter tensor: device pointers to n elements each. A table that only serves
+// ema_update_cuda (engine/ema.h keeps the average apart from the optimizer) needs param and ema
+// alone and may leave param_bf16, grad and the moments null; the optimizer steps refuse such a
+// table.
 struct CudaParam {
   float* param = nullptr;           // fp32 master weights
   bf16_bits* param_bf16 = nullptr;  // their bf16 copy, rewritten by every update
@@ -99,6 +102,8 @@ class CudaParamTable {
   CudaParamTable& operator=(const CudaParamTable&) = delete;
 
   int64_t tensors() const { return tensors_; }
+  // False when some tensor lacks param_bf16, grad or a moment: the table serves the EMA only.
+  bool has_optimizer_state() const { return has_optimizer_state_; }
   int64_t chunks() const { return chunks_; }
   // Device floats written by grad_norm_cuda: the global norm of the gradients as given, and the
   // factor the updates read the gradients with.
@@ -114,6 +119,7 @@ class CudaParamTable {
   float* scalars_ = nullptr;           // device: grad norm, grad scale
   int64_t tensors_ = 0;
   int64_t chunks_ = 0;
+  bool has_optimizer_state_ = true;
 };
 
 // The global gradient norm over every tensor of the table (what engine/optimizer.h's

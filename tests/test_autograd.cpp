@@ -53,6 +53,39 @@ TEST_CASE("backward frees the tape and refuses to run through it twice", "[autog
   CHECK_THROWS_WITH(backward(loss), Catch::Contains("already used"));
 }
 
+TEST_CASE("the grad-ready hook reports each leaf once, when its gradient is final", "[autograd]") {
+  Rng rng(5);
+  Tensor x = Tensor::randn({3, 4}, rng);
+  Tensor w1 = Tensor::randn({4, 4}, rng).set_requires_grad(true).set_name("w1");
+  Tensor b1 = Tensor::randn({4}, rng).set_requires_grad(true).set_name("b1");
+  Tensor w2 = Tensor::randn({2, 4}, rng).set_requires_grad(true).set_name("w2");
+  Tensor shift = Tensor::randn({3, 2}, rng).set_requires_grad(true).set_name("shift");
+  // w1 is used twice, first near the input: its gradient is final only at the very end. add()
+  // hands the same gradient tensor to both of its inputs.
+  Tensor h = ops::gelu(ops::linear(ops::linear(x, w1, b1), w1, Tensor()));
+  Tensor logits = ops::add(ops::linear(h, w2, Tensor()), shift);
+  Tensor loss = ops::bce_with_logits(logits, Tensor::zeros({3, 2}));
+
+  std::vector<std::string> order;
+  std::vector<std::vector<float>> at_report;
+  backward(loss, Tensor::full({1}, 1.0), [&](const Tensor& leaf) {
+    order.push_back(leaf.name());
+    at_report.push_back(leaf.grad().to_vector<float>());
+    leaf.grad().fill_(0.5);  // in place: must not reach any gradient backward still routes
+  });
+  REQUIRE(order == std::vector<std::string>{"shift", "w2", "w1", "b1"});
+
+  // The same graph again without the hook: the gradients reported were already the final ones.
+  Tensor reported[] = {shift, w2, w1, b1};
+  for (Tensor& t : reported) t.set_grad(Tensor());
+  h = ops::gelu(ops::linear(ops::linear(x, w1, b1), w1, Tensor()));
+  backward(ops::bce_with_logits(ops::add(ops::linear(h, w2, Tensor()), shift), Tensor::zeros({3, 2})));
+  for (size_t i = 0; i < order.size(); ++i) {
+    INFO(order[i]);
+    CHECK(at_report[i] == reported[i].grad().to_vector<float>());
+  }
+}
+
 TEST_CASE("backward needs a scalar or an explicit gradient of the right shape", "[autograd]") {
   Rng rng(4);
   Tensor x = Tensor::randn({2, 2}, rng).set_requires_grad(true);

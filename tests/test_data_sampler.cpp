@@ -2,6 +2,7 @@
 // ranks, and the saved position a resumed run continues from.
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <numeric>
 #include <set>
 #include <stdexcept>
 #include <vector>
@@ -89,6 +90,24 @@ TEST_CASE("Ranks share out every image, and the repeats of an image go to differ
     CHECK(indices.size() == 1001);
     CHECK(positions.size() == 1004);  // 3 entries of padding
     CHECK(*positions.rbegin() == 1003);
+  }
+  SECTION("without padding (evaluation): every image exactly once across the ranks") {
+    SamplerOptions o = options(1001, 1, 0, 4);
+    o.shuffle = false;
+    o.pad = false;
+    std::vector<uint64_t> seen;
+    for (uint32_t rank = 0; rank < 4; ++rank) {
+      o.rank = rank;
+      const Sampler sampler(o);
+      CHECK(sampler.epoch_length() == (rank == 0 ? 251u : 250u));
+      for (const SamplePick& pick : sampler.epoch_picks(0)) seen.push_back(pick.index);
+    }
+    std::sort(seen.begin(), seen.end());
+    std::vector<uint64_t> all(1001);
+    std::iota(all.begin(), all.end(), uint64_t{0});
+    CHECK(seen == all);
+    o.repeats = 3;
+    CHECK_THROWS_WITH(Sampler(o), Contains("padding"));
   }
   SECTION("3 repeats on 3 ranks: each rank sees each selected image once") {
     std::vector<std::vector<SamplePick>> per_rank;

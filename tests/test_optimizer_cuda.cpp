@@ -348,6 +348,21 @@ TEST_CASE("cuda optimizer rejects a host gradient factor and bad tensors", "[gpu
   missing_grad.n = 1;
   CHECK_THROWS_AS(CudaParamTable({missing_grad}), std::invalid_argument);
 
+  // A table for the weight EMA alone (engine/ema.h) needs param and ema only; the optimizer
+  // steps refuse it.
+  F32Buffer ema_buffer(1);
+  CudaParam ema_only;
+  ema_only.param = dev.param[0].get();
+  ema_only.ema = ema_buffer.get();
+  ema_only.n = 1;
+  CudaParamTable ema_table({ema_only});
+  CHECK_FALSE(ema_table.has_optimizer_state());
+  CHECK_THROWS_AS(grad_norm_cuda(ema_table, 0.0, 0.0, stream), std::invalid_argument);
+  CHECK_THROWS_AS(lamb_step_cuda(ema_table, adam_step(1, 1.0), kLr, kWeightDecay, stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(adamw_step_cuda(ema_table, adam_step(1, 1.0), kLr, kWeightDecay, stream),
+                  std::invalid_argument);
+
   // An empty table: the norm is 0, the factor 1, and the steps do nothing.
   CudaParamTable empty(std::vector<CudaParam>{});
   grad_norm_cuda(empty, 1.0, 1.0, stream);

@@ -8,7 +8,7 @@
 namespace deit::train {
 
 std::unique_ptr<data::PrefetchLoader> make_train_loader(
-    std::shared_ptr<const data::ImageSource> source, const TrainOptions& o) {
+    std::shared_ptr<const data::ImageSource> source, const TrainOptions& o, DataShard shard) {
   data::AugmentConfig augment;
   augment.input_size = static_cast<int>(o.model.input_size);
   augment.crop = o.src ? data::CropMode::kSimpleRandom : data::CropMode::kRandomResized;
@@ -20,6 +20,8 @@ std::unique_ptr<data::PrefetchLoader> make_train_loader(
   sampling.dataset_size = source->size();
   sampling.seed = o.seed;
   sampling.repeats = o.repeated_aug ? 3 : 1;
+  sampling.rank = shard.rank;
+  sampling.world_size = shard.world_size;
 
   data::PrefetchOptions prefetch;
   prefetch.batch_size = static_cast<size_t>(o.batch_size);
@@ -38,10 +40,13 @@ std::unique_ptr<data::PrefetchLoader> make_train_loader(
 
 std::unique_ptr<data::PrefetchLoader> make_eval_loader(
     std::shared_ptr<const data::ImageSource> source, int64_t input_size, double crop_ratio,
-    int64_t batch_size, int workers) {
+    int64_t batch_size, int workers, DataShard shard) {
   data::SamplerOptions sampling;
   sampling.dataset_size = source->size();
   sampling.shuffle = false;
+  sampling.rank = shard.rank;
+  sampling.world_size = shard.world_size;
+  sampling.pad = false;
 
   data::PrefetchOptions prefetch;
   prefetch.batch_size = static_cast<size_t>(batch_size);

@@ -3,6 +3,7 @@
 // normalisation on worker threads) and evaluation (resize + centre crop, every image once, in
 // order). Mixup/cutmix happens per batch in the trainer.
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "data/image_source.h"
@@ -12,12 +13,21 @@
 
 namespace deit::train {
 
+// The share of the data one process of a data-parallel run reads (data/sampler.h): training
+// shards like DistributedSampler (equal shares, padded); evaluation without padding, so that the
+// ranks together see every image exactly once.
+struct DataShard {
+  uint32_t rank = 0;
+  uint32_t world_size = 1;
+};
+
 std::unique_ptr<data::PrefetchLoader> make_train_loader(
-    std::shared_ptr<const data::ImageSource> source, const TrainOptions& options);
+    std::shared_ptr<const data::ImageSource> source, const TrainOptions& options,
+    DataShard shard = {});
 
 std::unique_ptr<data::PrefetchLoader> make_eval_loader(
     std::shared_ptr<const data::ImageSource> source, int64_t input_size, double crop_ratio,
-    int64_t batch_size, int workers);
+    int64_t batch_size, int workers, DataShard shard = {});
 
 // The valid rows of a float batch as an image tensor (size, 3, input_size, input_size) on `device`.
 Tensor batch_images(const data::Batch& batch, int64_t input_size, Device device);

@@ -45,7 +45,7 @@ BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32
 }  // namespace
 
 EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader& loader,
-                    bool show_progress) {
+                    bool show_progress, Communicator* across) {
   NoGrad no_grad;
   const model::ViTConfig& c = model.config();
   const Device device = model.parameters().get("cls_token").device();
@@ -64,6 +64,15 @@ EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader&
     progress.update(++batches, result.images, loss_sum / result.images);
   }
   progress.finish();
+  if (across) {
+    std::vector<double> counts{static_cast<double>(top1), static_cast<double>(top5), loss_sum,
+                               static_cast<double>(result.images)};
+    across->all_reduce_sum(counts);  // counts below 2^53: exact in double
+    top1 = static_cast<int64_t>(counts[0]);
+    top5 = static_cast<int64_t>(counts[1]);
+    loss_sum = counts[2];
+    result.images = static_cast<int64_t>(counts[3]);
+  }
   if (result.images > 0) {
     result.acc1 = 100.0 * top1 / result.images;
     result.acc5 = 100.0 * top5 / result.images;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/prefetch.h"
+#include "engine/communicator.h"
 #include "model/vit.h"
 
 namespace deit::train {
@@ -19,8 +20,11 @@ struct EvalResult {
   nlohmann::json to_json() const;
 };
 
-// Runs the whole epoch 0 of `loader` (an evaluation loader: no shuffling, nothing dropped).
+// Runs the whole epoch 0 of `loader` (an evaluation loader: no shuffling, nothing dropped). With
+// `across`, a collective: each rank evaluates its shard of the split (make_eval_loader's
+// DataShard) and the counts of every rank are summed before the percentages, so every rank returns
+// the result over the whole split.
 EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader& loader,
-                    bool show_progress);
+                    bool show_progress, Communicator* across = nullptr);
 
 }  // namespace deit::train

@@ -50,6 +50,7 @@ void TrainOptions::validate() const {
   if (color_jitter < 0 || color_jitter >= 1) fail("--color-jitter must be in [0, 1)");
   if (!(rrc_scale_min > 0 && rrc_scale_min <= 1)) fail("--rrc-scale-min must be in (0, 1]");
   if (workers < 1) fail("--workers must be at least 1");
+  if (!(bucket_mb > 0)) fail("--bucket-mb must be positive");
   if (!resume.empty() && !finetune.empty()) fail("--resume and --finetune cannot be combined");
 }
 
@@ -92,7 +93,9 @@ nlohmann::json TrainOptions::to_json() const {
           {"model_ema_decay", model_ema_decay},
           {"resume", resume},
           {"finetune", finetune},
-          {"seed", seed}};
+          {"seed", seed},
+          {"zero", zero},
+          {"bucket_mb", bucket_mb}};
 }
 
 }  // namespace deit::train

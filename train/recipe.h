@@ -52,6 +52,10 @@ struct TrainOptions {
   std::string finetune;  // checkpoint or weights to start from (new resolution / classes allowed)
   uint64_t seed = 0;
   int workers = 2;       // data loading threads
+
+  // Data-parallel runs (one process per rank; see README "Multi-GPU / multi-node").
+  bool zero = false;       // shard the optimizer state across the ranks (ZeRO stage 1)
+  double bucket_mb = 25;   // gradients are averaged in buckets of at most this many MiB
   bool progress = true;  // progress display on stderr (a bar on a terminal, lines otherwise)
 
   // Throws std::invalid_argument naming the first bad value.

@@ -1,18 +1,21 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "data/image_source.h"
 #include "data/mixup.h"
 #include "engine/autograd.h"
 #include "engine/ema.h"
+#include "engine/gradient_reducer.h"
 #include "engine/ops.h"
-#include "engine/optimizer.h"
 #include "engine/schedule.h"
+#include "engine/sharded_optimizer.h"
 #include "model/checkpoint.h"
 #include "model/cost.h"
 #include "train/data_pipeline.h"
@@ -97,8 +100,9 @@ data::SamplerState sampler_from_json(const nlohmann::json& j) {
 
 // The epoch's targets (B, K): one-hot labels mixed with the batch's mixup/cutmix (applied to the
 // images in place), binarised (target > 0 -> 1) for the BCE loss as the reference trainer does.
+// `stream_batch` names the batch's random stream (the batch number on one rank).
 Tensor mix_batch(const TrainOptions& o, Tensor& images, const std::vector<int32_t>& labels,
-                 int64_t epoch, uint64_t batch_number) {
+                 int64_t epoch, uint64_t stream_batch) {
   const int B = static_cast<int>(images.size(0)), S = static_cast<int>(images.size(2));
   const int K = static_cast<int>(o.model.num_classes);
   data::MixParams mix;  // lambda 1: no mixing
@@ -108,7 +112,7 @@ Tensor mix_batch(const TrainOptions& o, Tensor& images, const std::vector<int32_
     config.cutmix_alpha = o.cutmix;
     config.switch_prob = o.mixup_switch_prob;
     config.prob = o.mixup_prob;
-    Rng rng = stream_rng(o.seed, Stream::kMix, epoch, batch_number);
+    Rng rng = stream_rng(o.seed, Stream::kMix, epoch, stream_batch);
     mix = data::sample_mix_params(config, S, S, rng);
     data::apply_mix(mix, images.data<float>(), B, 3, S, S);
   }
@@ -122,14 +126,29 @@ Tensor mix_batch(const TrainOptions& o, Tensor& images, const std::vector<int32_
 
 }  // namespace
 
-TrainSummary train(TrainOptions o) {
+TrainSummary train(TrainOptions options) {
+  const Rendezvous rendezvous = detect_rendezvous();
+  // A bare `--device cuda`: each process of a node takes the GPU of its local rank.
+  if (options.device == "cuda") options.device = Device::cuda(rendezvous.local_rank).str();
+  const std::unique_ptr<Communicator> comm =
+      make_communicator(parse_device(options.device), rendezvous);
+  return train(std::move(options), *comm);
+}
+
+TrainSummary train(TrainOptions o, Communicator& comm) {
   const auto run_start = std::chrono::steady_clock::now();
   const Device device = parse_device(o.device);
   if (!device.is_cpu())
     throw std::runtime_error("training on " + device.str() +
                              " is not available yet: the CUDA training step is not wired in; use "
                              "--device cpu");
-  prepare_output_dir(o.output_dir);
+  if (comm.device() != device)
+    throw std::invalid_argument("train: a " + std::string(comm.backend()) + " communicator on " +
+                                comm.device().str() + " for a run on " + device.str());
+  const int rank = comm.rank(), world = comm.world_size();
+  // Rank 0 alone writes the run's files and shows progress; the other ranks never touch OUTPUT.
+  const bool lead = rank == 0;
+  if (lead) prepare_output_dir(o.output_dir);
   auto train_source = open_split(o.data_dir, "train");
   auto val_source = open_split(o.data_dir, "val");
   if (train_source->class_names() != val_source->class_names())
@@ -142,14 +161,36 @@ TrainSummary train(TrainOptions o) {
   Rng init_rng = stream_rng(o.seed, Stream::kInit);
   vit.initialize(init_rng);
   if (!o.finetune.empty()) load_finetune_weights(vit, o.finetune);
+  std::optional<model::Checkpoint> resumed;
+  if (!o.resume.empty()) {
+    resumed = model::read_checkpoint(o.resume);
+    const int64_t saved_world = resumed->state.value("world_size", int64_t{1});
+    if (saved_world != world)
+      throw std::runtime_error("checkpoint '" + o.resume + "' was written by a run of " +
+                               std::to_string(saved_world) + " process(es), this run has " +
+                               std::to_string(world) + ": resume with the same number (the data " +
+                               "order and the global batch depend on it)");
+    const std::string saved_opt =
+        resumed->state.value("options", nlohmann::json::object()).value("opt", "");
+    if (saved_opt != o.opt)
+      throw std::runtime_error("checkpoint '" + o.resume + "' was trained with --opt " + saved_opt +
+                               ", this run asks for " + o.opt);
+    model::load_checkpoint_model(vit, *resumed);
+  }
   ParameterRegistry& params = vit.parameters();
+  // Every rank starts from rank 0's weights, whatever each read or drew on its own.
+  std::vector<Tensor> values;
+  for (const Parameter& p : params.all()) values.push_back(p.value);
+  comm.broadcast(values, 0);
 
   OptimizerOptions opt_options;
   opt_options.lr = o.lr;
   opt_options.weight_decay = o.weight_decay;
   opt_options.eps = o.opt_eps;
   opt_options.clip_grad = o.clip_grad;
-  auto optimizer = make_optimizer(o.opt, params, opt_options);
+  ShardedOptimizer optimizer(o.opt, params, opt_options, comm, o.zero);
+  GradientReducer reducer(params, comm,
+                          std::max<size_t>(1, static_cast<size_t>(o.bucket_mb * (1 << 20))));
   std::unique_ptr<WeightEma> ema;
   if (o.model_ema) ema = std::make_unique<WeightEma>(params, o.model_ema_decay);
 
@@ -167,54 +208,54 @@ TrainSummary train(TrainOptions o) {
   summary.checkpoint = checkpoint_path;
   summary.log = log_path;
   summary.parameters = params.element_count();
+  summary.rank = rank;
+  summary.world_size = world;
 
+  const DataShard shard{static_cast<uint32_t>(rank), static_cast<uint32_t>(world)};
+  auto train_loader = make_train_loader(train_source, o, shard);
   int64_t start_epoch = 0;
-  nlohmann::json resumed_sampler;
-  if (!o.resume.empty()) {
-    const model::Checkpoint ck = model::read_checkpoint(o.resume);
-    model::load_checkpoint_model(vit, ck);
-    const std::string saved_opt = ck.state.value("options", nlohmann::json::object()).value("opt", "");
-    if (saved_opt != o.opt)
-      throw std::runtime_error("checkpoint '" + o.resume + "' was trained with --opt " + saved_opt +
-                               ", this run asks for " + o.opt);
-    optimizer->load_state(unprefixed("optim.", ck.extra));
-    if (ema) ema->load_state(unprefixed("ema.", ck.extra));
-    start_epoch = ck.state.at("epoch").get<int64_t>() + 1;
-    summary.best_acc1 = ck.state.value("best_acc1", 0.0);
-    summary.best_epoch = ck.state.value("best_epoch", int64_t{-1});
-    resumed_sampler = ck.state.at("sampler");
-  }
-
-  auto train_loader = make_train_loader(train_source, o);
-  if (!o.resume.empty()) {
+  if (resumed) {
+    optimizer.load_state(unprefixed("optim.", resumed->extra));
+    if (ema) ema->load_state(unprefixed("ema.", resumed->extra));
+    start_epoch = resumed->state.at("epoch").get<int64_t>() + 1;
+    summary.best_acc1 = resumed->state.value("best_acc1", 0.0);
+    summary.best_epoch = resumed->state.value("best_epoch", int64_t{-1});
+    // Rank 0's data position is saved; every rank's is the same but for its rank.
+    data::SamplerState saved = sampler_from_json(resumed->state.at("sampler"));
+    saved.rank = static_cast<uint32_t>(rank);
     try {
-      train_loader->sampler().check_resumable(sampler_from_json(resumed_sampler));
+      train_loader->sampler().check_resumable(saved);
     } catch (const std::exception& e) {
       throw std::runtime_error("cannot resume '" + o.resume + "' on '" + o.data_dir + "': " + e.what());
     }
+    resumed.reset();  // its tensors are copied into the model and the state
   }
   auto val_loader = make_eval_loader(val_source, o.model.input_size, o.eval_crop_ratio,
-                                     o.batch_size, o.workers);
+                                     o.batch_size, o.workers, shard);
   if (train_loader->sampler().epoch_length() < static_cast<uint64_t>(o.batch_size))
     throw std::runtime_error("an epoch of '" + o.data_dir + "' has fewer images than one batch of " +
-                             std::to_string(o.batch_size) + "; lower --batch-size");
+                             std::to_string(o.batch_size) +
+                             (world > 1 ? " per process" : "") + "; lower --batch-size");
 
   int64_t train_images = 0;
   double train_seconds = 0;
   for (int64_t epoch = start_epoch; epoch < o.epochs; ++epoch) {
     const auto epoch_start = std::chrono::steady_clock::now();
     const double lr = schedule.epoch_lr(epoch);
-    optimizer->set_lr(lr);
+    optimizer.set_lr(lr);
     train_loader->start_epoch(static_cast<uint64_t>(epoch));
+    // The same on every rank: each rank's share of an epoch has the same length.
     const int64_t batches = static_cast<int64_t>(train_loader->batches_in_epoch());
     Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
-                      batches, o.progress);
+                      batches, o.progress && lead);
     double loss_sum = 0;
     int64_t epoch_images = 0, done = 0;
     while (const data::Batch* batch = train_loader->next_batch()) {
+      // Mixup and drop-path draw per rank and batch, as the reference's per-rank seeds do.
+      const uint64_t stream_batch = batch->number * static_cast<uint64_t>(world) + rank;
       Tensor images = batch_images(*batch, o.model.input_size, device);
-      const Tensor targets = mix_batch(o, images, batch->labels, epoch, batch->number);
-      Rng drop_path_rng = stream_rng(o.seed, Stream::kDropPath, epoch, batch->number);
+      const Tensor targets = mix_batch(o, images, batch->labels, epoch, stream_batch);
+      Rng drop_path_rng = stream_rng(o.seed, Stream::kDropPath, epoch, stream_batch);
       const Tensor logits = vit.forward(images, o.drop_path, &drop_path_rng);
       const Tensor loss = o.bce_loss ? ops::bce_with_logits(logits, targets)
                                      : ops::soft_cross_entropy(logits, targets);
@@ -223,21 +264,27 @@ TrainSummary train(TrainOptions o) {
         clear_tape();
         throw TrainingDiverged("the loss is " + std::to_string(loss_value) + " at epoch " +
                                std::to_string(epoch) + ", batch " + std::to_string(batch->number) +
+                               (world > 1 ? " of rank " + std::to_string(rank) : "") +
                                "; nothing of this epoch was saved (the last checkpoint, if any, is " +
                                "untouched)");
       }
-      // Micro-batch losses are averaged over an optimizer step, as one large batch would be.
-      backward(loss, Tensor::full({1}, 1.0 / static_cast<double>(o.accum_steps)));
       ++done;
-      if (done % o.accum_steps == 0 || done == batches) {
+      // Micro-batch losses are averaged over an optimizer step, as one large batch would be; the
+      // gradients are averaged over the ranks once per step, during the step's last backward.
+      const Tensor grad_loss = Tensor::full({1}, 1.0 / static_cast<double>(o.accum_steps));
+      const bool step_now = done % o.accum_steps == 0 || done == batches;
+      if (step_now) {
+        reducer.backward(loss, grad_loss);
         try {
-          optimizer->step();
+          optimizer.step();
         } catch (const NonFiniteGradient& e) {
           throw TrainingDiverged(std::string(e.what()) + " at epoch " + std::to_string(epoch) +
                                  "; nothing of this epoch was saved");
         }
         params.zero_grad();
         if (ema) ema->update(params);
+      } else {
+        backward(loss, grad_loss);
       }
       loss_sum += loss_value;
       epoch_images += static_cast<int64_t>(batch->size);
@@ -245,16 +292,26 @@ TrainSummary train(TrainOptions o) {
     }
     progress.finish();
     const double epoch_train_seconds = seconds_since(epoch_start);
+    // The epoch's mean batch loss and its images, over every rank.
+    std::vector<double> totals{loss_sum, static_cast<double>(done),
+                               static_cast<double>(epoch_images)};
+    comm.all_reduce_sum(totals);
+    const double train_loss = totals[1] > 0 ? totals[0] / totals[1] : 0.0;
+    epoch_images = static_cast<int64_t>(totals[2]);
     train_images += epoch_images;
     train_seconds += epoch_train_seconds;
 
-    const EvalResult eval = evaluate(vit, *val_loader, o.progress);
+    const EvalResult eval = evaluate(vit, *val_loader, o.progress && lead, &comm);
     if (eval.acc1 > summary.best_acc1 || summary.best_epoch < 0) {
       summary.best_acc1 = eval.acc1;
       summary.best_epoch = epoch;
     }
+    NamedTensors extra = prefixed("optim.", optimizer.gather_state());
+    summary.last = eval;
+    ++summary.epochs_run;
+    if (!lead) continue;
     append_log_line(log_path, {{"train_lr", lr},
-                               {"train_loss", done ? loss_sum / done : 0.0},
+                               {"train_loss", train_loss},
                                {"test_loss", eval.loss},
                                {"test_acc1", eval.acc1},
                                {"test_acc5", eval.acc5},
@@ -262,7 +319,6 @@ TrainSummary train(TrainOptions o) {
                                {"n_parameters", summary.parameters},
                                {"train_images_per_s", epoch_images / epoch_train_seconds},
                                {"epoch_time_s", seconds_since(epoch_start)}});
-    NamedTensors extra = prefixed("optim.", optimizer->state());
     if (ema)
       for (auto& entry : prefixed("ema.", ema->state())) extra.push_back(entry);
     model::save_checkpoint(checkpoint_path, vit, extra,
@@ -271,15 +327,16 @@ TrainSummary train(TrainOptions o) {
                             {"best_acc1", summary.best_acc1},
                             {"best_epoch", summary.best_epoch},
                             {"sampler", sampler_to_json(train_loader->state())},
-                            {"optimizer_steps", optimizer->step_count()}});
-    summary.last = eval;
-    ++summary.epochs_run;
+                            {"world_size", world},
+                            {"optimizer_steps", optimizer.step_count()}});
     if (!o.progress) continue;
     std::fprintf(stderr, "epoch %lld/%lld  lr %.3g  train loss %.4f  val acc1 %.2f%%  acc5 %.2f%%  "
                          "val loss %.4f  (%s)\n",
-                 (long long)epoch + 1, (long long)o.epochs, lr, done ? loss_sum / done : 0.0,
-                 eval.acc1, eval.acc5, eval.loss, format_duration(seconds_since(epoch_start)).c_str());
+                 (long long)epoch + 1, (long long)o.epochs, lr, train_loss, eval.acc1, eval.acc5,
+                 eval.loss, format_duration(seconds_since(epoch_start)).c_str());
   }
+  // When train() returns on any rank, rank 0's log and checkpoint are complete.
+  comm.barrier();
   summary.seconds = seconds_since(run_start);
   summary.train_images_per_second = train_seconds > 0 ? train_images / train_seconds : 0;
   summary.skipped_images = static_cast<int64_t>(train_loader->skipped().count() +

@@ -12,11 +12,27 @@
 // Every random choice is drawn from a stream named by (seed, epoch, batch, purpose) or by the
 // sample's position (augmentation), never from a generator carried across steps: a run resumed from
 // the end of an epoch repeats, bit for bit on the CPU, what the uninterrupted run did.
+//
+// Data-parallel (one process per rank, started by mpirun, torchrun or srun; engine/rendezvous.h):
+// rank 0's weights are broadcast at the start (after init, --finetune or --resume); each rank reads
+// its share of every epoch (data/sampler.h) with batch --batch-size; the gradients are averaged
+// over the ranks in buckets during the last backward of each optimizer step
+// (engine/gradient_reducer.h), so every rank makes the same update, that of one process with the
+// global batch (--batch-size * ranks); the optimizer state is replicated or, with --zero, sharded
+// (engine/sharded_optimizer.h). Validation is sharded and its counts summed, every image counted
+// once. The train loss and throughput are summed over the ranks. Rank 0 alone prints progress and
+// writes log.txt and the checkpoint, which records the world size: --resume needs the same one.
+// Random streams across ranks: the augmentation of a sample is named by its global position, so
+// it is the same whatever the number of ranks; mixup (one lambda per batch, as timm) and drop-path
+// are drawn per rank and batch, as the reference's per-rank seeds make them. With mixup, cutmix
+// and drop-path off, w ranks with batch b therefore train like one process with batch w * b, up
+// to the order of floating-point sums (tests/test_distributed_train.cpp).
 #pragma once
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
+#include "engine/communicator.h"
 #include "train/evaluate.h"
 #include "train/recipe.h"
 
@@ -38,8 +54,15 @@ struct TrainSummary {
   std::string checkpoint;        // path of the last checkpoint
   std::string log;               // path of log.txt
   int64_t parameters = 0;
+  int rank = 0;        // of this process in the run
+  int world_size = 1;  // processes in the run
 };
 
+// Trains with the ranks of `comm` (every rank calls it, with the same options); the summary's
+// numbers are those of the whole run on every rank.
+TrainSummary train(TrainOptions options, Communicator& comm);
+// As above, with the communicator of this process's launch (make_communicator: alone when not
+// started by mpirun, torchrun or srun). `--device cuda` becomes cuda:LOCAL_RANK.
 TrainSummary train(TrainOptions options);
 
 }  // namespace deit::train

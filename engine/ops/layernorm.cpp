@@ -15,13 +15,23 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
   check(weight.shape() == Shape{C} && bias.shape() == Shape{C}, "layernorm",
         "weight " + weight.describe() + " / bias " + bias.describe() + " for input " + x.describe());
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor mean = Tensor::empty({rows}, x.dtype(), x.device());
-  Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
-  detail::dispatch_cpu_floating("layernorm", {&x, &weight, &bias}, [&](auto zero) {
-    using T = decltype(zero);
-    kernels::layernorm_forward_cpu<T>(x.data<T>(), weight.data<T>(), bias.data<T>(), y.data<T>(),
-                                      mean.data<T>(), rstd.data<T>(), rows, C, eps);
-  });
+  Tensor mean = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
+  Tensor rstd = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
+  detail::dispatch("layernorm", {&x, &weight, &bias},
+      [&](auto zero) {
+        using T = decltype(zero);
+        kernels::layernorm_forward_cpu<T>(x.data<T>(), weight.data<T>(), bias.data<T>(),
+                                          y.data<T>(), mean.data<T>(), rstd.data<T>(), rows, C,
+                                          eps);
+      },
+      DEIT_CUDA_PATH([&](CudaContext& cuda) {
+        const char* op = "layernorm";
+        kernels::layernorm_forward_cuda(detail::cuda_data<kernels::bf16_bits>(op, "x", x),
+                                        detail::cuda_bf16_weights(op, "weight", weight),
+                                        detail::cuda_bf16_weights(op, "bias", bias),
+                                        y.data<kernels::bf16_bits>(), mean.data<float>(),
+                                        rstd.data<float>(), rows, C, eps, cuda.stream);
+      }));
   if (needs_recording({&x, &weight, &bias}))
     record("layernorm", y, {&x, &weight, &bias}, {x, weight, mean, rstd},
            [rows, C](Node& node, const Tensor& dy) {
@@ -29,14 +39,27 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
              const Tensor &mean = node.saved[2], &rstd = node.saved[3];
              // dx is always computed: the kernel derives dweight/dbias in the same pass.
              Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-             Tensor dw = empty_if(node.needs_input_grad[1], w);
-             Tensor db = empty_if(node.needs_input_grad[2], w);
-             detail::dispatch_cpu_floating("layernorm backward", {&dy, &x}, [&](auto zero) {
-               using T = decltype(zero);
-               kernels::layernorm_backward_cpu<T>(dy.data<T>(), x.data<T>(), w.data<T>(),
-                                                  mean.data<T>(), rstd.data<T>(), dx.data<T>(),
-                                                  data_or_null<T>(dw), data_or_null<T>(db), rows, C);
-             });
+             Tensor dw = detail::empty_param_grad_if(node.needs_input_grad[1], w);
+             Tensor db = detail::empty_param_grad_if(node.needs_input_grad[2], w);
+             const char* op = "layernorm backward";
+             detail::dispatch(op, {&dy, &x},
+                 [&](auto zero) {
+                   using T = decltype(zero);
+                   kernels::layernorm_backward_cpu<T>(dy.data<T>(), x.data<T>(), w.data<T>(),
+                                                      mean.data<T>(), rstd.data<T>(),
+                                                      dx.data<T>(), data_or_null<T>(dw),
+                                                      data_or_null<T>(db), rows, C);
+                 },
+                 DEIT_CUDA_PATH([&](CudaContext& cuda) {
+                   Tensor workspace = detail::cuda_workspace(
+                       cuda, kernels::layernorm_backward_cuda_workspace_floats(rows, C));
+                   kernels::layernorm_backward_cuda(
+                       detail::cuda_data<kernels::bf16_bits>(op, "dy", dy),
+                       detail::cuda_data<kernels::bf16_bits>(op, "x", x),
+                       detail::cuda_bf16_weights(op, "weight", w), mean.data<float>(),
+                       rstd.data<float>(), dx.data<kernels::bf16_bits>(), data_or_null<float>(dw),
+                       data_or_null<float>(db), rows, C, workspace.data<float>(), cuda.stream);
+                 }));
              return std::vector<Tensor>{dx, dw, db};
            });
   return y;

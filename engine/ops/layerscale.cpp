@@ -21,26 +21,48 @@ Tensor layerscale_residual(const Tensor& x, const Tensor& branch, const Tensor& 
             x.describe());
   check(!keep_scale.requires_grad(), "layerscale_residual", "keep_scale is not differentiable");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  detail::dispatch_cpu_floating("layerscale_residual", {&x, &branch, &gamma, &keep_scale},
-                                [&](auto zero) {
-    using T = decltype(zero);
-    kernels::layerscale_residual_forward_cpu<T>(x.data<T>(), branch.data<T>(), gamma.data<T>(),
-                                                keep_scale.data<T>(), out.data<T>(), B, Tn, C);
-  });
+  detail::dispatch("layerscale_residual", {&x, &branch, &gamma, &keep_scale},
+      [&](auto zero) {
+        using T = decltype(zero);
+        kernels::layerscale_residual_forward_cpu<T>(x.data<T>(), branch.data<T>(),
+                                                    gamma.data<T>(), keep_scale.data<T>(),
+                                                    out.data<T>(), B, Tn, C);
+      },
+      DEIT_CUDA_PATH([&](CudaContext& cuda) {
+        const char* op = "layerscale_residual";
+        kernels::layerscale_residual_forward_cuda(
+            detail::cuda_data<kernels::bf16_bits>(op, "x", x),
+            detail::cuda_data<kernels::bf16_bits>(op, "branch", branch),
+            detail::cuda_bf16_weights(op, "gamma", gamma),
+            detail::cuda_data<float>(op, "keep_scale", keep_scale), out.data<kernels::bf16_bits>(),
+            B, Tn, C, cuda.stream);
+      }));
   if (needs_recording({&x, &branch, &gamma}))
     record("layerscale_residual", out, {&x, &branch, &gamma}, {branch, gamma, keep_scale},
            [B, Tn, C](Node& node, const Tensor& dout) {
              const Tensor &branch = node.saved[0], &gamma = node.saved[1], &keep = node.saved[2];
              Tensor dbranch = empty_if(node.needs_input_grad[1], branch);
-             Tensor dgamma = empty_if(node.needs_input_grad[2], gamma);
+             Tensor dgamma = detail::empty_param_grad_if(node.needs_input_grad[2], gamma);
+             const char* op = "layerscale_residual backward";
              if (dbranch.defined() || dgamma.defined())
-               detail::dispatch_cpu_floating("layerscale_residual backward", {&dout, &branch},
-                                             [&](auto zero) {
-                 using T = decltype(zero);
-                 kernels::layerscale_residual_backward_cpu<T>(
-                     dout.data<T>(), branch.data<T>(), gamma.data<T>(), keep.data<T>(),
-                     data_or_null<T>(dbranch), data_or_null<T>(dgamma), B, Tn, C);
-               });
+               detail::dispatch(op, {&dout, &branch},
+                   [&](auto zero) {
+                     using T = decltype(zero);
+                     kernels::layerscale_residual_backward_cpu<T>(
+                         dout.data<T>(), branch.data<T>(), gamma.data<T>(), keep.data<T>(),
+                         data_or_null<T>(dbranch), data_or_null<T>(dgamma), B, Tn, C);
+                   },
+                   DEIT_CUDA_PATH([&](CudaContext& cuda) {
+                     Tensor workspace = detail::cuda_workspace(
+                         cuda,
+                         kernels::layerscale_residual_backward_cuda_workspace_floats(B, Tn, C));
+                     kernels::layerscale_residual_backward_cuda(
+                         detail::cuda_data<kernels::bf16_bits>(op, "dout", dout),
+                         branch.data<kernels::bf16_bits>(),
+                         detail::cuda_bf16_weights(op, "gamma", gamma), keep.data<float>(),
+                         data_or_null<kernels::bf16_bits>(dbranch), data_or_null<float>(dgamma),
+                         B, Tn, C, workspace.data<float>(), cuda.stream);
+                   }));
              // d out / d x is the identity: the residual stream's gradient passes through.
              return std::vector<Tensor>{dout, dbranch, dgamma};
            });

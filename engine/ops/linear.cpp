@@ -19,24 +19,42 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = N;
   Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
-  detail::dispatch_cpu_floating("linear", {&x, &weight, &bias}, [&](auto zero) {
-    using T = decltype(zero);
-    kernels::linear_forward_cpu<T>(x.data<T>(), weight.data<T>(), data_or_null<T>(bias),
-                                   y.data<T>(), M, K, N);
-  });
+  detail::dispatch("linear", {&x, &weight, &bias},
+      [&](auto zero) {
+        using T = decltype(zero);
+        kernels::linear_forward_cpu<T>(x.data<T>(), weight.data<T>(), data_or_null<T>(bias),
+                                       y.data<T>(), M, K, N);
+      },
+      DEIT_CUDA_PATH([&](CudaContext& cuda) {
+        kernels::linear_forward_cuda(detail::cuda_data<kernels::bf16_bits>("linear", "x", x),
+                                     detail::cuda_bf16_weights("linear", "weight", weight),
+                                     detail::cuda_bf16_weights("linear", "bias", bias),
+                                     y.data<kernels::bf16_bits>(), M, K, N, *cuda.cublas_lt,
+                                     cuda.stream);
+      }));
   if (needs_recording({&x, &weight, &bias}))
     record("linear", y, {&x, &weight, &bias}, {x, weight, bias},
            [M, K, N](Node& node, const Tensor& dy) {
              const Tensor &x = node.saved[0], &w = node.saved[1], &b = node.saved[2];
              Tensor dx = empty_if(node.needs_input_grad[0], x);
-             Tensor dw = empty_if(node.needs_input_grad[1], w);
-             Tensor db = empty_if(node.needs_input_grad[2], b);
-             detail::dispatch_cpu_floating("linear backward", {&dy, &x, &w}, [&](auto zero) {
-               using T = decltype(zero);
-               kernels::linear_backward_cpu<T>(dy.data<T>(), x.data<T>(), w.data<T>(),
-                                               data_or_null<T>(dx), data_or_null<T>(dw),
-                                               data_or_null<T>(db), M, K, N);
-             });
+             Tensor dw = detail::empty_param_grad_if(node.needs_input_grad[1], w);
+             Tensor db = detail::empty_param_grad_if(node.needs_input_grad[2], b);
+             const char* op = "linear backward";
+             detail::dispatch(op, {&dy, &x, &w},
+                 [&](auto zero) {
+                   using T = decltype(zero);
+                   kernels::linear_backward_cpu<T>(dy.data<T>(), x.data<T>(), w.data<T>(),
+                                                   data_or_null<T>(dx), data_or_null<T>(dw),
+                                                   data_or_null<T>(db), M, K, N);
+                 },
+                 DEIT_CUDA_PATH([&](CudaContext& cuda) {
+                   kernels::linear_backward_cuda(
+                       detail::cuda_data<kernels::bf16_bits>(op, "dy", dy),
+                       detail::cuda_data<kernels::bf16_bits>(op, "x", x),
+                       detail::cuda_bf16_weights(op, "weight", w),
+                       data_or_null<kernels::bf16_bits>(dx), data_or_null<float>(dw),
+                       data_or_null<float>(db), M, K, N, *cuda.cublas_lt, cuda.stream);
+                 }));
              return std::vector<Tensor>{dx, dw, db};
            });
   return y;

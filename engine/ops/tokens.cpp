@@ -16,19 +16,34 @@ Tensor patch_unfold(const Tensor& image, int64_t patch) {
                             std::to_string(patch) + "-pixel patch");
   const int64_t B = image.size(0), Cin = image.size(1), H = image.size(2), W = image.size(3);
   const int64_t patches_per_image = (H / patch) * (W / patch);
-  Tensor out = Tensor::empty({B, patches_per_image, Cin * patch * patch}, image.dtype(),
+  // On CUDA the image is fp32 (the augmentation stage's output) and the patches bf16: the unfold
+  // kernel does the cast the patch-embedding GEMM needs.
+  const DType patch_dtype = image.device().is_cuda() ? DType::bf16 : image.dtype();
+  Tensor out = Tensor::empty({B, patches_per_image, Cin * patch * patch}, patch_dtype,
                              image.device());
-  detail::dispatch_cpu_floating("patch_unfold", {&image}, [&](auto zero) {
-    using T = decltype(zero);
-    kernels::patch_unfold_cpu<T>(image.data<T>(), out.data<T>(), B, Cin, H, W, patch);
-  });
+  detail::dispatch("patch_unfold", {&image},
+      [&](auto zero) {
+        using T = decltype(zero);
+        kernels::patch_unfold_cpu<T>(image.data<T>(), out.data<T>(), B, Cin, H, W, patch);
+      },
+      DEIT_CUDA_PATH([&](CudaContext& cuda) {
+        kernels::patch_unfold_cuda(detail::cuda_data<float>("patch_unfold", "image", image),
+                                   out.data<kernels::bf16_bits>(), B, Cin, H, W, patch,
+                                   cuda.stream);
+      }));
   if (needs_recording({&image}))
     record("patch_unfold", out, {&image}, {}, [B, Cin, H, W, patch](Node&, const Tensor& dout) {
-      Tensor dimage = Tensor::empty({B, Cin, H, W}, dout.dtype(), dout.device());
-      detail::dispatch_cpu_floating("patch_unfold backward", {&dout}, [&](auto zero) {
-        using T = decltype(zero);
-        kernels::patch_fold_cpu<T>(dout.data<T>(), dimage.data<T>(), B, Cin, H, W, patch);
-      });
+      Tensor dimage = Tensor::empty({B, Cin, H, W}, detail::fp32_on_cuda(dout), dout.device());
+      detail::dispatch("patch_unfold backward", {&dout},
+          [&](auto zero) {
+            using T = decltype(zero);
+            kernels::patch_fold_cpu<T>(dout.data<T>(), dimage.data<T>(), B, Cin, H, W, patch);
+          },
+          DEIT_CUDA_PATH([&](CudaContext& cuda) {
+            kernels::patch_fold_cuda(
+                detail::cuda_data<kernels::bf16_bits>("patch_unfold backward", "dout", dout),
+                dimage.data<float>(), B, Cin, H, W, patch, cuda.stream);
+          }));
       return std::vector<Tensor>{dimage};
     });
   return out;
@@ -41,25 +56,41 @@ Tensor pos_embed_cls(const Tensor& x, const Tensor& pos, const Tensor& cls) {
         "pos " + pos.describe() + " must be (1, " + std::to_string(N) + ", " + std::to_string(C) +
             ") and cls " + cls.describe() + " (1, 1, " + std::to_string(C) + ")");
   Tensor out = Tensor::empty({B, 1 + N, C}, x.dtype(), x.device());
-  detail::dispatch_cpu_floating("pos_embed_cls", {&x, &pos, &cls}, [&](auto zero) {
-    using T = decltype(zero);
-    kernels::pos_embed_cls_forward_cpu<T>(x.data<T>(), pos.data<T>(), cls.data<T>(),
-                                          out.data<T>(), B, N, C);
-  });
+  detail::dispatch("pos_embed_cls", {&x, &pos, &cls},
+      [&](auto zero) {
+        using T = decltype(zero);
+        kernels::pos_embed_cls_forward_cpu<T>(x.data<T>(), pos.data<T>(), cls.data<T>(),
+                                              out.data<T>(), B, N, C);
+      },
+      DEIT_CUDA_PATH([&](CudaContext& cuda) {
+        const char* op = "pos_embed_cls";
+        kernels::pos_embed_cls_forward_cuda(detail::cuda_data<kernels::bf16_bits>(op, "x", x),
+                                            detail::cuda_bf16_weights(op, "pos", pos),
+                                            detail::cuda_bf16_weights(op, "cls", cls),
+                                            out.data<kernels::bf16_bits>(), B, N, C, cuda.stream);
+      }));
   if (needs_recording({&x, &pos, &cls}))
     record("pos_embed_cls", out, {&x, &pos, &cls}, {}, [B, N, C](Node& node, const Tensor& dout) {
+      const DType param_grad_dtype = detail::fp32_on_cuda(dout);
       Tensor dx = node.needs_input_grad[0] ? Tensor::empty({B, N, C}, dout.dtype(), dout.device())
                                            : Tensor();
       Tensor dpos = node.needs_input_grad[1]
-                        ? Tensor::empty({1, N, C}, dout.dtype(), dout.device()) : Tensor();
+                        ? Tensor::empty({1, N, C}, param_grad_dtype, dout.device()) : Tensor();
       Tensor dcls = node.needs_input_grad[2]
-                        ? Tensor::empty({1, 1, C}, dout.dtype(), dout.device()) : Tensor();
-      detail::dispatch_cpu_floating("pos_embed_cls backward", {&dout}, [&](auto zero) {
-        using T = decltype(zero);
-        kernels::pos_embed_cls_backward_cpu<T>(dout.data<T>(), data_or_null<T>(dx),
-                                               data_or_null<T>(dpos), data_or_null<T>(dcls), B, N,
-                                               C);
-      });
+                        ? Tensor::empty({1, 1, C}, param_grad_dtype, dout.device()) : Tensor();
+      detail::dispatch("pos_embed_cls backward", {&dout},
+          [&](auto zero) {
+            using T = decltype(zero);
+            kernels::pos_embed_cls_backward_cpu<T>(dout.data<T>(), data_or_null<T>(dx),
+                                                   data_or_null<T>(dpos), data_or_null<T>(dcls),
+                                                   B, N, C);
+          },
+          DEIT_CUDA_PATH([&](CudaContext& cuda) {
+            kernels::pos_embed_cls_backward_cuda(
+                detail::cuda_data<kernels::bf16_bits>("pos_embed_cls backward", "dout", dout),
+                data_or_null<kernels::bf16_bits>(dx), data_or_null<float>(dpos),
+                data_or_null<float>(dcls), B, N, C, cuda.stream);
+          }));
       return std::vector<Tensor>{dx, dpos, dcls};
     });
   return out;
@@ -69,17 +100,29 @@ Tensor cls_select(const Tensor& x) {
   check(x.dim() == 3, "cls_select", "x " + x.describe() + " is not (B, T, C)");
   const int64_t B = x.size(0), Tn = x.size(1), C = x.size(2);
   Tensor out = Tensor::empty({B, C}, x.dtype(), x.device());
-  detail::dispatch_cpu_floating("cls_select", {&x}, [&](auto zero) {
-    using T = decltype(zero);
-    kernels::cls_select_forward_cpu<T>(x.data<T>(), out.data<T>(), B, Tn, C);
-  });
+  detail::dispatch("cls_select", {&x},
+      [&](auto zero) {
+        using T = decltype(zero);
+        kernels::cls_select_forward_cpu<T>(x.data<T>(), out.data<T>(), B, Tn, C);
+      },
+      DEIT_CUDA_PATH([&](CudaContext& cuda) {
+        kernels::cls_select_forward_cuda(
+            detail::cuda_data<kernels::bf16_bits>("cls_select", "x", x),
+            out.data<kernels::bf16_bits>(), B, Tn, C, cuda.stream);
+      }));
   if (needs_recording({&x}))
     record("cls_select", out, {&x}, {}, [B, Tn, C](Node&, const Tensor& dout) {
       Tensor dx = Tensor::empty({B, Tn, C}, dout.dtype(), dout.device());
-      detail::dispatch_cpu_floating("cls_select backward", {&dout}, [&](auto zero) {
-        using T = decltype(zero);
-        kernels::cls_select_backward_cpu<T>(dout.data<T>(), dx.data<T>(), B, Tn, C);
-      });
+      detail::dispatch("cls_select backward", {&dout},
+          [&](auto zero) {
+            using T = decltype(zero);
+            kernels::cls_select_backward_cpu<T>(dout.data<T>(), dx.data<T>(), B, Tn, C);
+          },
+          DEIT_CUDA_PATH([&](CudaContext& cuda) {
+            kernels::cls_select_backward_cuda(
+                detail::cuda_data<kernels::bf16_bits>("cls_select backward", "dout", dout),
+                dx.data<kernels::bf16_bits>(), B, Tn, C, cuda.stream);
+          }));
       return std::vector<Tensor>{dx};
     });
   return out;

@@ -318,9 +318,15 @@ CudaParamTable::CudaParamTable(const std::vector<CudaParam>& params) {
   std::vector<Chunk> chunks;
   for (size_t i = 0; i < params.size(); ++i) {
     const CudaParam& p = params[i];
-    if (!p.param || !p.param_bf16 || !p.grad || !p.exp_avg || !p.exp_avg_sq || p.n < 0)
+    if (!p.param || p.n < 0)
       throw std::invalid_argument("CudaParamTable: tensor " + std::to_string(i) +
-                                  " has a null pointer or a negative size");
+                                  " has a null parameter pointer or a negative size");
+    if (!p.param_bf16 || !p.grad || !p.exp_avg || !p.exp_avg_sq) {
+      if (!p.ema)
+        throw std::invalid_argument("CudaParamTable: tensor " + std::to_string(i) +
+                                    " has neither optimizer state nor an EMA");
+      has_optimizer_state_ = false;
+    }
     Slot s{};
     s.param = p.param;
     s.param_bf16 = gpu::as_bf16(p.param_bf16);
@@ -353,9 +359,20 @@ CudaParamTable::CudaParamTable(const std::vector<CudaParam>& params) {
 
 CudaParamTable::~CudaParamTable() { CudaParamTableAccess::free_all(*this); }
 
+namespace {
+
+void require_optimizer_state(const char* fn, const CudaParamTable& table) {
+  if (!table.has_optimizer_state())
+    throw std::invalid_argument(std::string(fn) +
+                                ": the table lacks gradients, moments or bf16 copies (EMA only)");
+}
+
+}  // namespace
+
 void grad_norm_cuda(CudaParamTable& table, double clip_grad, double max_grad_norm,
                     cudaStream_t stream) {
   using A = CudaParamTableAccess;
+  require_optimizer_state("grad_norm_cuda", table);
   A::launch(table, GradSquaresOp{}, stream);
   grad_norm_finish_kernel<<<1, kNormThreads, 0, stream>>>(A::partials(table), table.chunks(),
                                                           clip_grad, max_grad_norm,
@@ -366,6 +383,7 @@ void grad_norm_cuda(CudaParamTable& table, double clip_grad, double max_grad_nor
 void lamb_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
                     cudaStream_t stream) {
   using A = CudaParamTableAccess;
+  require_optimizer_state("lamb_step_cuda", table);
   const AdamScalars adam = adam_scalars("lamb_step_cuda", step);
   const float wd = static_cast<float>(weight_decay);
   A::launch(table, LambMomentsOp{adam, table.grad_scale(), wd}, stream);
@@ -383,6 +401,7 @@ void lamb_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, doub
 
 void adamw_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
                      cudaStream_t stream) {
+  require_optimizer_state("adamw_step_cuda", table);
   const AdamScalars adam = adam_scalars("adamw_step_cuda", step);
   CudaParamTableAccess::launch(table,
                                AdamWOp{adam, table.grad_scale(),

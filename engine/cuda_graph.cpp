@@ -1,0 +1,47 @@
+#include "engine/cuda_graph.h"
+
+#if DEIT_HAVE_CUDA
+#include <stdexcept>
+
+#include "engine/stream.h"
+#include "kernels/check.h"
+
+namespace deit {
+
+CudaGraph::~CudaGraph() { reset(); }
+
+void CudaGraph::reset() {
+  // No checks here: reset() runs in the destructor, which must not throw.
+  if (exec_) cudaGraphExecDestroy(exec_);
+  if (graph_) cudaGraphDestroy(graph_);
+  exec_ = nullptr;
+  graph_ = nullptr;
+}
+
+void CudaGraph::capture(int device, const std::function<void()>& work) {
+  reset();
+  device_ = device;
+  cudaStream_t stream = compute_stream(device);
+  // Global mode: any call that is unsafe during capture (a synchronisation, a cudaMalloc), from
+  // any thread, fails loudly instead of being silently left out of the graph.
+  DEIT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  try {
+    work();
+  } catch (...) {
+    cudaGraph_t partial = nullptr;
+    cudaStreamEndCapture(stream, &partial);  // the exception below is the error worth reporting
+    if (partial) cudaGraphDestroy(partial);
+    cudaGetLastError();
+    throw;
+  }
+  DEIT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
+  DEIT_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+}
+
+void CudaGraph::launch() {
+  if (!exec_) throw std::logic_error("CudaGraph::launch() before a successful capture()");
+  DEIT_CUDA_CHECK(cudaGraphLaunch(exec_, compute_stream(device_)));
+}
+
+}  // namespace deit
+#endif

@@ -1,0 +1,46 @@
+// A CUDA graph of everything the engine issues on one device's compute stream between
+// begin_capture() and end_capture(), replayed with launch(). With static shapes and a warm caching
+// allocator a whole training step (forward, backward, optimizer) can be captured: the engine's step
+// does no host synchronisation and no host reads, which capture would reject.
+//
+// What a replay reads and writes are the addresses seen during capture: tensors that the captured
+// work reads from outside (images, targets, parameters, optimizer state) must stay alive and be
+// refilled in place, and those it produced (the loss, the gradients) are rewritten in place by
+// every replay. Scalars passed to kernels by value (learning rate, Adam bias corrections) are
+// frozen at capture time.
+#pragma once
+
+#if DEIT_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include <functional>
+
+namespace deit {
+
+class CudaGraph {
+ public:
+  CudaGraph() = default;
+  ~CudaGraph();
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+
+  // Runs `work` with the compute stream of `device` in capture mode and instantiates what it
+  // issued (replacing any earlier capture). Nothing runs on the device yet. If `work` throws, the
+  // capture is ended and discarded and the exception passes on.
+  void capture(int device, const std::function<void()>& work);
+
+  // Enqueues one replay on the compute stream (asynchronous, like the work it replays).
+  void launch();
+
+  bool captured() const { return exec_ != nullptr; }
+
+ private:
+  void reset();
+
+  int device_ = 0;
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+}  // namespace deit
+#endif

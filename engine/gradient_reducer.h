@@ -1,0 +1,58 @@
+// Data-parallel gradient averaging, the way PyTorch's DistributedDataParallel does it: the
+// parameters' gradients are grouped into buckets, and each bucket is all-reduced (averaged over the
+// ranks) as soon as backward has made every gradient in it final (autograd.h's grad-ready hook).
+// On the CPU (MPI) the collective runs there and then, between two backward nodes. With NCCL it is
+// queued and the host goes on queueing backward's remaining kernels; the communicator queues it on
+// the compute stream (engine/communicator.h), so on the device it does not yet overlap them: that
+// needs a communication stream of its own.
+//
+// Buckets: plan_buckets (engine/communicator.h) over the parameters in reverse registration order,
+// which is roughly the order backward finalises them (the head first, the patch embedding last).
+// Buckets are reduced strictly in that planned order, the same on every rank, whatever order their
+// gradients became final in: every rank must issue the same collectives in the same order.
+//
+// What the average means: with the loss a mean over each rank's batch of b samples, the mean of the
+// w ranks' gradients is the gradient of the mean loss over all w * b samples, so w ranks with batch
+// b step like one process with batch w * b (up to the order of floating-point sums).
+//
+// A parameter that gets no gradient: every rank runs the same graph, so the same parameters lack a
+// gradient on every rank; they are left out of their bucket's reduction and stay without one.
+#pragma once
+#include <cstddef>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/communicator.h"
+#include "engine/parameters.h"
+#include "engine/tensor.h"
+
+namespace deit {
+
+class GradientReducer {
+ public:
+  // `params` and `comm` must outlive the reducer.
+  GradientReducer(const ParameterRegistry& params, Communicator& comm,
+                  size_t bucket_bytes = Communicator::kDefaultBucketBytes);
+
+  // backward(loss, grad_loss), and by its return every parameter's gradient (all that backward and
+  // earlier backward calls accumulated) averaged over the ranks. Call it for the last micro-batch
+  // of an optimizer step, plain backward for the others: gradients are reduced once per step. On
+  // one rank it is plain backward.
+  void backward(const Tensor& loss, const Tensor& grad_loss);
+
+  size_t bucket_count() const { return buckets_.size(); }
+
+ private:
+  void on_grad_ready(const Tensor& leaf);
+  void reduce_bucket(size_t bucket);
+
+  Communicator& comm_;
+  size_t bucket_bytes_;
+  std::vector<std::vector<Tensor>> buckets_;  // parameter values, in reduction order
+  std::unordered_map<const TensorImpl*, size_t> bucket_of_;
+  // During backward: per bucket, the gradients not yet final; and the next bucket to reduce.
+  std::vector<size_t> pending_;
+  size_t next_bucket_ = 0;
+};
+
+}  // namespace deit

@@ -1,0 +1,123 @@
+#include "engine/sharded_optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+namespace deit {
+
+std::vector<int> partition_parameters(const ParameterRegistry& params, int world_size) {
+  if (world_size < 1) throw std::invalid_argument("partition_parameters: world size < 1");
+  const double total = static_cast<double>(params.element_count());
+  std::vector<int> owner;
+  double before = 0;  // elements of the tensors registered earlier
+  for (const Parameter& p : params.all()) {
+    const double middle = before + 0.5 * static_cast<double>(p.value.numel());
+    owner.push_back(std::min(world_size - 1, static_cast<int>(middle * world_size / total)));
+    before += static_cast<double>(p.value.numel());
+  }
+  return owner;
+}
+
+ShardedOptimizer::ShardedOptimizer(const std::string& name, const ParameterRegistry& params,
+                                   const OptimizerOptions& options, Communicator& comm,
+                                   bool shard_state)
+    : params_(params),
+      comm_(comm),
+      sharded_(shard_state && comm.world_size() > 1),
+      owner_(sharded_ ? partition_parameters(params, comm.world_size())
+                      : std::vector<int>(params.size(), comm.rank())),
+      owned_by_(comm.world_size()),
+      owned_values_(comm.world_size()) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    owned_by_[owner_[i]].push_back(i);
+    owned_values_[owner_[i]].push_back(params.all()[i].value);
+  }
+  if (!sharded_) {
+    local_ = make_optimizer(name, params, options);
+    return;
+  }
+  // step() sums the global gradient norm on the host, and a CUDA optimizer computes its own on the
+  // device (engine/optimizer.h): handing one to the other is not written yet.
+  if (params.size() > 0 && !params.all().front().value.device().is_cpu())
+    throw std::invalid_argument("--zero (a sharded optimizer state) is not available for " +
+                                params.all().front().value.device().str() +
+                                " parameters yet; leave it off");
+  for (size_t i : owned()) {
+    const Parameter& p = params.all()[i];
+    shard_.add(p.name, p.value, p.weight_decay);
+  }
+  local_ = make_optimizer(name, shard_, options);
+}
+
+double ShardedOptimizer::step() {
+  if (!sharded_) return local_->step();
+  // After the reduction every rank holds every gradient: the norm is the one a replicated step
+  // computes, in the same order, so a non-finite gradient stops every rank alike.
+  const double grad_norm = global_grad_norm(params_);
+  if (!std::isfinite(grad_norm))
+    throw NonFiniteGradient("optimizer: the global gradient norm is " + std::to_string(grad_norm) +
+                            "; step skipped, nothing modified");
+  local_->step(grad_norm);
+  for (int r = 0; r < comm_.world_size(); ++r) comm_.broadcast(owned_values_[r], r);
+  return grad_norm;
+}
+
+NamedTensors ShardedOptimizer::gather_state() {
+  if (!sharded_) return local_->state();
+  const NamedTensors local = local_->state();
+  const std::map<std::string, Tensor> mine(local.begin(), local.end());
+  const std::vector<Parameter>& all = params_.all();
+
+  // The per-parameter update counts (i32) travel as f64, which the communicator moves: each rank
+  // fills in its own parameters' counts and a sum collects them all (exactly: they are integers).
+  std::vector<double> counts(all.size(), 0.0);
+  for (size_t i : owned()) counts[i] = mine.at(all[i].name + ".step").data<int32_t>()[0];
+  comm_.all_reduce_sum(counts);
+
+  const bool keep = comm_.rank() == 0;
+  NamedTensors gathered;
+  if (keep) gathered.emplace_back("step", mine.at("step"));
+  for (size_t i = 0; i < all.size(); ++i) {
+    const int owner = owner_[i];
+    for (const char* moment : {".exp_avg", ".exp_avg_sq"}) {
+      const std::string key = all[i].name + moment;
+      const Tensor& value = all[i].value;
+      const Tensor t = owner == comm_.rank()
+                           ? mine.at(key)
+                           : Tensor::empty(value.shape(), value.dtype(), value.device());
+      comm_.broadcast(t, owner);
+      if (keep) gathered.emplace_back(key, t);
+    }
+    if (keep)
+      gathered.emplace_back(all[i].name + ".step",
+                            Tensor::from_vector<int32_t>({static_cast<int32_t>(counts[i])}, {1}));
+  }
+  return gathered;
+}
+
+void ShardedOptimizer::load_state(const NamedTensors& state) {
+  if (!sharded_) {
+    local_->load_state(state);
+    return;
+  }
+  const std::string what = std::string(local_->name()) + " optimizer state";
+  std::set<std::string> whole{"step"};
+  for (const Parameter& p : params_.all())
+    for (const char* suffix : {".exp_avg", ".exp_avg_sq", ".step"}) whole.insert(p.name + suffix);
+  std::set<std::string> mine;
+  for (const auto& entry : local_->state()) mine.insert(entry.first);
+  NamedTensors share;
+  for (const auto& entry : state) {
+    if (!whole.count(entry.first))
+      throw std::runtime_error(what + ": unexpected entry '" + entry.first +
+                               "' (state of another model?)");
+    if (mine.count(entry.first)) share.push_back(entry);
+  }
+  local_->load_state(share);  // checks for missing, duplicated and mis-shaped entries
+}
+
+}  // namespace deit

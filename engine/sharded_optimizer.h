@@ -1,0 +1,71 @@
+// The optimizer of a data-parallel run. Every rank holds the same gradients, already averaged
+// (engine/gradient_reducer.h), and the ranks' parameters must stay identical after every step:
+//  - replicated (the default): each rank keeps the whole optimizer state and makes the same update;
+//  - sharded, ZeRO stage 1 (`deit train --zero`): the parameters are split across the ranks by
+//    whole tensors (LAMB's trust ratio needs a whole tensor), in contiguous runs of registration
+//    order with about equal element counts (partition_parameters). Each rank keeps the state of,
+//    and updates, only the tensors it owns; then each owner broadcasts its updated tensors. The
+//    optimizer state per rank (two moments, twice the model in fp32) shrinks by the world size,
+//    which is what lets ViT-H's LAMB state fit beside a large batch.
+// Clipping (--clip-grad, LAMB's max_grad_norm) needs the norm of every gradient: each rank has them
+// all, so it computes the global norm exactly as an unsharded step does (global_grad_norm, in
+// registration order) and hands it to its shard's optimizer. A sharded step therefore makes
+// bit-for-bit the update of a replicated one.
+//
+// Checkpoints have one format, whatever the world size and the sharding: gather_state() collects
+// the whole state on rank 0 in Optimizer::state()'s layout, and load_state() takes that layout and
+// keeps each rank's share. A run saved with --zero resumes without it and vice versa.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/communicator.h"
+#include "engine/optimizer.h"
+#include "engine/parameters.h"
+
+namespace deit {
+
+// The rank that owns each parameter (by registration index) when `params` is sharded over
+// `world_size` ranks: a tensor belongs to the rank whose equal share of the elements holds its
+// middle element. Contiguous and non-decreasing; a rank may own nothing when tensors are few.
+std::vector<int> partition_parameters(const ParameterRegistry& params, int world_size);
+
+class ShardedOptimizer {
+ public:
+  // `name` as make_optimizer takes it. `params` and `comm` must outlive the optimizer. With
+  // shard_state false, or on one rank, every rank owns every parameter.
+  ShardedOptimizer(const std::string& name, const ParameterRegistry& params,
+                   const OptimizerOptions& options, Communicator& comm, bool shard_state);
+
+  // One update of every parameter from the (averaged) gradients; a collective when sharded.
+  // Returns the global gradient norm before clipping. Throws NonFiniteGradient, with nothing
+  // modified, on every rank alike when a gradient is not finite.
+  double step();
+
+  void set_lr(double lr) { local_->set_lr(lr); }
+  int64_t step_count() const { return local_->step_count(); }
+  bool sharded() const { return sharded_; }
+  // Parameters (by registration index) whose optimizer state this rank keeps.
+  const std::vector<size_t>& owned() const { return owned_by_[comm_.rank()]; }
+
+  // A collective: rank 0 gets the whole state in Optimizer::state()'s layout, the other ranks an
+  // empty list when sharded (their own replica's state when not).
+  NamedTensors gather_state();
+  // Every rank passes the whole state (Optimizer::state()'s layout, as gather_state() returned it)
+  // and keeps its share. Throws std::runtime_error naming a missing, unexpected or mis-shaped
+  // entry, with nothing modified.
+  void load_state(const NamedTensors& state);
+
+ private:
+  const ParameterRegistry& params_;
+  Communicator& comm_;
+  bool sharded_;
+  std::vector<int> owner_;                     // per parameter
+  std::vector<std::vector<size_t>> owned_by_;  // per rank
+  std::vector<std::vector<Tensor>> owned_values_;  // per rank: the values it broadcasts
+  ParameterRegistry shard_;  // this rank's parameters, sharing their tensors with params_
+  std::unique_ptr<Optimizer> local_;
+};
+
+}  // namespace deit

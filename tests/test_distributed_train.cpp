@@ -1,0 +1,306 @@
+// Data-parallel training on the CPU, run by every rank of `mpirun -np 2` (tests/CMakeLists.txt:
+// mpi_tests): the gradient reducer's averages; and end to end, two ranks with batch b step like
+// one process with batch 2b; sharding the optimizer state (ZeRO-1) changes nothing in the result; a
+// run resumes with the same number of ranks (also across --zero and back) and refuses another
+// number clearly. The one-process reference runs in rank 0's process, with a communicator of its
+// own.
+//
+// The hidden [mpi][.mpi_rank_train_fails] case makes rank 1's training fail while rank 0 trains;
+// its CTest entry passes when the job then ends with rank 1's error rather than hanging. By hand:
+//   mpirun -np 2 build/tests/deit_tests "[mpi]~[.]"
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/synthetic.h"
+#include "engine/autograd.h"
+#include "engine/communicator.h"
+#include "engine/gradient_reducer.h"
+#include "engine/ops.h"
+#include "engine/rng.h"
+#include "model/checkpoint.h"
+#include "tests/test_data_helpers.h"
+#include "train/trainer.h"
+
+using namespace deit;
+
+namespace {
+
+std::unique_ptr<Communicator> mpi_communicator() {
+  auto comm = make_communicator(Device::cpu(), detect_rendezvous());
+  REQUIRE(std::string(comm->backend()) == "mpi");
+  REQUIRE(comm->world_size() == 2);
+  return comm;
+}
+
+// A communicator for a run of this process alone, beside the MPI job it belongs to.
+std::unique_ptr<Communicator> alone() { return make_communicator(Device::cpu(), Rendezvous{}); }
+
+// Rank 0's text on every rank (the communicator moves floating-point values: one byte in each).
+std::string from_rank0(Communicator& comm, const std::string& text) {
+  constexpr size_t kMax = 1024;
+  REQUIRE(text.size() < kMax);
+  std::vector<double> bytes(kMax, 0.0);
+  if (comm.rank() == 0)
+    for (size_t i = 0; i < text.size(); ++i) bytes[i] = static_cast<unsigned char>(text[i]);
+  comm.all_reduce_sum(bytes);
+  std::string out;
+  for (double b : bytes) {
+    if (b == 0) break;
+    out.push_back(static_cast<char>(b));
+  }
+  return out;
+}
+
+// A folder shared by the ranks: made by rank 0, which removes it once every rank is done with it.
+class SharedDir {
+ public:
+  explicit SharedDir(Communicator& comm) : comm_(comm) {
+    if (comm.rank() == 0) owned_ = std::make_unique<test::TempDir>();
+    path_ = from_rank0(comm, owned_ ? owned_->path() : "");
+  }
+  ~SharedDir() {
+    // Every rank is done before rank 0's TempDir removes the folder; but a rank leaving by an
+    // exception must not wait for the others (engine/communicator.h).
+    if (std::uncaught_exceptions() == 0) comm_.barrier();
+  }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  Communicator& comm_;
+  std::unique_ptr<test::TempDir> owned_;
+  std::string path_;
+};
+
+// 3 classes of 16 x 16 images: 24 to train on (3 steps of 8 images, 4 per rank on two ranks) and 3
+// to validate on (2 on rank 0, 1 on rank 1: an uneven split must count each image once).
+std::string write_dataset(Communicator& comm, const std::string& root) {
+  if (comm.rank() == 0) {
+    data::SyntheticOptions options;
+    options.image_size = 16;
+    options.num_classes = 3;
+    options.train_per_class = 8;
+    options.val_per_class = 1;
+    data::generate_synthetic_dataset(root, options);
+  }
+  comm.barrier();
+  return root;
+}
+
+// A tiny ViT with every source of per-rank randomness off (mixup, cutmix, drop-path: see
+// train/trainer.h); augmentation stays on, drawn per sample by its global position. Full learning
+// rate from the first step, so that the weights move well beyond the tolerance; --clip-grad low
+// enough to clip every step, so a rank that clipped by its own shard's norm would stand out; small
+// buckets, so gradients are reduced in many buckets while backward runs.
+train::TrainOptions tiny_run(const std::string& data, const std::string& out, int64_t batch) {
+  train::TrainOptions o = train::recipe_for("deit3_tiny");
+  o.model.patch = 4;
+  o.model.dim = 16;
+  o.model.depth = 2;
+  o.model.heads = 2;
+  o.model.input_size = 8;
+  o.data_dir = data;
+  o.output_dir = out;
+  o.epochs = 1;
+  o.batch_size = batch;
+  o.warmup_epochs = 0;
+  o.mixup = 0;
+  o.cutmix = 0;
+  o.drop_path = 0;
+  o.repeated_aug = false;
+  o.clip_grad = 0.05;
+  o.bucket_mb = 4.0 / 1024;  // 4 KiB
+  o.workers = 1;
+  o.progress = false;
+  return o;
+}
+
+using Tensors = std::map<std::string, std::vector<double>>;
+
+Tensors read_tensors(const NamedTensors& named) {
+  Tensors out;
+  for (const auto& [name, t] : named) out[name] = t.to_vector<double>();
+  return out;
+}
+
+Tensors model_of(const std::string& checkpoint) {
+  return read_tensors(model::read_checkpoint(checkpoint, false).model);
+}
+
+double norm(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x * x;
+  return std::sqrt(s);
+}
+
+// The largest per-tensor relative difference ||a - b|| / ||b||.
+double max_relative_error(const Tensors& a, const Tensors& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (const auto& [name, want] : b) {
+    const std::vector<double>& got = a.at(name);
+    REQUIRE(got.size() == want.size());
+    std::vector<double> diff(got.size());
+    for (size_t i = 0; i < got.size(); ++i) diff[i] = got[i] - want[i];
+    const double scale = norm(want);
+    worst = std::max(worst, scale > 0 ? norm(diff) / scale : norm(diff));
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, once per step",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  ParameterRegistry params;
+  Rng init(7);
+  // Last in the reducer's (reverse) order, so the other buckets go while backward runs and this
+  // one, which backward never reaches, after it.
+  const Tensor unused = params.add("unused", Tensor::randn({5}, init), false);
+  const Tensor w1 = params.add("w1", Tensor::randn({8, 6}, init), true);
+  const Tensor b1 = params.add("b1", Tensor::randn({8}, init), false);
+  const Tensor w2 = params.add("w2", Tensor::randn({3, 8}, init), true);
+  // One micro-batch of rank `rank`: its own inputs, so the ranks' gradients differ.
+  auto loss_of = [&](int rank, int micro_batch) {
+    Rng rng(100 + micro_batch, static_cast<uint64_t>(rank));
+    const Tensor x = Tensor::randn({4, 6}, rng);
+    const Tensor h = ops::gelu(ops::linear(x, w1, b1));
+    return ops::bce_with_logits(ops::linear(h, w2, Tensor()), Tensor::zeros({4, 3}));
+  };
+  const Tensor half = Tensor::full({1}, 0.5);
+  // What every rank must end with: the mean over the ranks of two accumulated micro-batches.
+  std::map<std::string, std::vector<double>> expected;
+  for (int r = 0; r < comm->world_size(); ++r) {
+    backward(loss_of(r, 0), half);
+    backward(loss_of(r, 1), half);
+    for (const Parameter& p : params.all()) {
+      if (!p.value.grad().defined()) continue;
+      std::vector<double>& sum = expected[p.name];
+      const std::vector<double> g = p.value.grad().to_vector<double>();
+      sum.resize(g.size(), 0.0);
+      for (size_t i = 0; i < g.size(); ++i) sum[i] += g[i] / comm->world_size();
+    }
+    params.zero_grad();
+  }
+
+  GradientReducer reducer(params, *comm, 64);  // 64 bytes: a bucket for nearly every tensor
+  REQUIRE(reducer.bucket_count() == 4);
+  backward(loss_of(comm->rank(), 0), half);  // plain backward: accumulates on this rank only
+  reducer.backward(loss_of(comm->rank(), 1), half);
+  CHECK_FALSE(unused.grad().defined());
+  for (const Parameter& p : params.all()) {
+    if (!p.value.grad().defined()) continue;
+    INFO(p.name);
+    const std::vector<double> got = p.value.grad().to_vector<double>();
+    const std::vector<double>& want = expected.at(p.name);
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("mpi: 2 ranks with batch b train like 1 process with batch 2b, with or without ZeRO-1",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+
+  const train::TrainSummary two = train::train(tiny_run(data, dir.file("two"), 4), *comm);
+  train::TrainOptions zero_options = tiny_run(data, dir.file("zero"), 4);
+  zero_options.zero = true;
+  const train::TrainSummary zero = train::train(zero_options, *comm);
+  CHECK(two.world_size == 2);
+  CHECK(two.last.images == 3);  // each validation image once, on one rank or the other
+  CHECK(zero.last.loss == two.last.loss);
+
+  if (comm->rank() == 0) {
+    const auto single_comm = alone();
+    const train::TrainSummary one =
+        train::train(tiny_run(data, dir.file("one"), 8), *single_comm);
+    CHECK(one.last.images == 3);
+    CHECK(two.last.loss == Approx(one.last.loss).epsilon(1e-5));
+
+    const Tensors reference = model_of(dir.file("one/checkpoint.safetensors"));
+    const Tensors replicated = model_of(dir.file("two/checkpoint.safetensors"));
+    const double error = max_relative_error(replicated, reference);
+    std::printf("2 ranks x batch 4 vs 1 process x batch 8, 3 LAMB steps: largest per-tensor "
+                "relative weight difference %.3g\n", error);
+    CHECK(error < 1e-5);
+
+    // The comparison means something: the steps moved the weights far more than the tolerance.
+    train::TrainOptions untrained = tiny_run(data, dir.file("init"), 8);
+    untrained.lr = 1e-30;
+    train::train(untrained, *single_comm);
+    CHECK(max_relative_error(model_of(dir.file("init/checkpoint.safetensors")), reference) > 1e-3);
+
+    // ZeRO-1 makes the replicated update bit for bit, and gathers the same optimizer state.
+    const model::Checkpoint zero_ck = model::read_checkpoint(dir.file("zero/checkpoint.safetensors"));
+    const model::Checkpoint two_ck = model::read_checkpoint(dir.file("two/checkpoint.safetensors"));
+    CHECK(read_tensors(zero_ck.model) == read_tensors(two_ck.model));
+    CHECK(read_tensors(zero_ck.extra) == read_tensors(two_ck.extra));
+    CHECK(zero_ck.extra.size() == two_ck.extra.size());
+  }
+}
+
+TEST_CASE("mpi: a run resumes with the same number of ranks, across --zero, and not with another",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+
+  train::TrainOptions whole = tiny_run(data, dir.file("whole"), 4);
+  whole.epochs = 2;
+  whole.zero = true;
+  train::train(whole, *comm);
+
+  train::TrainOptions first = whole;
+  first.output_dir = dir.file("first");
+  first.epochs = 1;
+  train::train(first, *comm);
+  train::TrainOptions rest = whole;
+  rest.output_dir = dir.file("rest");
+  rest.zero = false;  // the checkpoint's optimizer state is whole, whoever held which part
+  rest.resume = dir.file("first/checkpoint.safetensors");
+  const train::TrainSummary resumed = train::train(rest, *comm);
+  CHECK(resumed.epochs_run == 1);
+
+  if (comm->rank() == 0) {
+    const model::Checkpoint a = model::read_checkpoint(dir.file("whole/checkpoint.safetensors"));
+    const model::Checkpoint b = model::read_checkpoint(dir.file("rest/checkpoint.safetensors"));
+    CHECK(read_tensors(a.model) == read_tensors(b.model));
+    CHECK(read_tensors(a.extra) == read_tensors(b.extra));
+    CHECK(b.state.at("world_size") == 2);
+
+    train::TrainOptions other_world = rest;
+    other_world.output_dir = dir.file("one");
+    CHECK_THROWS_WITH(train::train(other_world, *alone()),
+                      Catch::Contains("run of 2 process(es), this run has 1") &&
+                          Catch::Contains("first/checkpoint.safetensors"));
+  }
+}
+
+TEST_CASE("mpi: a rank whose training fails ends the job", "[mpi][.mpi_rank_train_fails]") {
+  auto comm = mpi_communicator();
+  // mpirun ends rank 0 before it could clean up: a fixed folder beside the test binary (so two
+  // build trees' runs stay apart), replaced by the next run.
+  const std::filesystem::path dir =
+      std::filesystem::read_symlink("/proc/self/exe").parent_path() / "mpi_rank_train_fails.tmp";
+  if (comm->rank() == 0) std::filesystem::remove_all(dir);
+  const std::string data = write_dataset(*comm, (dir / "data").string());
+  // Rank 1 cannot open its data and leaves by the exception, while rank 0 goes on to the first
+  // collective of training (the broadcast of the weights) and waits there until mpirun ends it.
+  const std::string rank_data = comm->rank() == 1 ? data + "/missing" : data;
+  if (comm->rank() == 1) {
+    std::printf("rank 1 trains on a dataset that is not there\n");
+    std::fflush(stdout);
+  }
+  train::train(tiny_run(rank_data, (dir / "run").string(), 4), *comm);
+  FAIL("training returned without rank 1");
+}
