@@ -8,6 +8,7 @@
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "data/image_source.h"
+#include "engine/device.h"
 #include "model/checkpoint.h"
 #include "train/data_pipeline.h"
 #include "train/evaluate.h"
@@ -18,7 +19,7 @@ namespace {
 
 struct EvalOptions {
   ModelOptions model;
-  std::string checkpoint, weights, data, split = "val";
+  std::string checkpoint, weights, data, split = "val", device = "cpu";
   double crop_ratio = 1.0;
   int64_t batch_size = 128;
   int workers = 2;
@@ -26,6 +27,8 @@ struct EvalOptions {
 };
 
 void run_eval(const EvalOptions& o) {
+  const Device device = parse_device(o.device);
+  require_device(device);
   std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));
   model::ViTConfig base = model::preset(o.model.model);
   base.num_classes = static_cast<int64_t>(source->class_names().size());
@@ -34,7 +37,7 @@ void run_eval(const EvalOptions& o) {
     checkpoint = model::read_checkpoint(o.checkpoint, false);
     base.input_size = checkpoint->config.input_size;  // where it was trained, unless told otherwise
   }
-  model::VisionTransformer vit(o.model.apply_to(base));
+  model::VisionTransformer vit(o.model.apply_to(base), device);
   if (checkpoint)
     model::load_checkpoint_model(vit, *checkpoint);
   else
@@ -65,6 +68,7 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--batch-size", opts->batch_size, "Images per batch")->capture_default_str();
   cmd->add_option("--workers", opts->workers, "Data loading threads")->capture_default_str();
+  cmd->add_option("--device", opts->device, "cpu or cuda[:N]")->capture_default_str();
   cmd->add_flag("--json", opts->json, "Print one JSON object: acc1, acc5, loss, images");
   cmd->callback([opts] { run_eval(*opts); });
 }

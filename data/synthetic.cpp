@@ -16,14 +16,14 @@ namespace {
 // In label order: the names sorted, as ImageFolder will number the folders.
 enum class Figure {
   kCheckerboard,
-  kCircle,
-  kCross,
+  kConcentricRings,
   kDiagonalLines,
+  kDisc,
   kDots,
+  kGrid,
   kHorizontalStripes,
+  kRays,
   kRing,
-  kSquare,
-  kTriangle,
   kVerticalStripes,
 };
 constexpr int kFigureCount = 10;
@@ -31,50 +31,41 @@ constexpr double kPi = 3.14159265358979323846;
 constexpr int kSupersampling =
     2;  // per axis: 2x2 samples anti-alias edges well enough under the noise
 
-bool is_texture(Figure figure) {
-  switch (figure) {
-    case Figure::kCheckerboard:
-    case Figure::kDiagonalLines:
-    case Figure::kDots:
-    case Figure::kHorizontalStripes:
-    case Figure::kVerticalStripes:
-      return true;
-    default:
-      return false;
-  }
-}
-
 // Everything random about one image's figure. Lengths are in pixels.
 struct Scene {
   Figure figure;
   double center_x, center_y;
   double radius;  // the figure fits in the disc of this radius around the centre
   double cos_angle, sin_angle;
-  double inner;   // ring: inner radius / radius; cross: arm half-width / radius
-  double period;  // textures: stripe, cell or dot spacing
+  double inner;   // ring: inner radius / radius
+  double period;  // stripe, cell, dot, line or ring spacing
   double phase_x, phase_y;
-  double diagonal_sign;  // diagonal lines: +1 "\" or -1 "/"
-  bool disc_patch;       // textures: the patch is a disc (else a square)
+  double diagonal_sign;  // diagonal lines: +1 "\" or -1 "/" (a flip turns one into the other)
+  int rays;              // rays: how many spokes
+  bool disc_patch;       // axis-aligned textures: the patch is a disc (else a square)
 };
 
 Scene draw_scene(Figure figure, int size, Rng& rng) {
   Scene scene{};
   scene.figure = figure;
-  const bool texture = is_texture(figure);
-  // Textures need room for a few periods; shapes may be small.
-  scene.radius = size * (texture ? rng.uniform(0.22, 0.45) : rng.uniform(0.16, 0.42));
+  // Large figures: a 16-pixel patch of a 64-pixel image must see a piece of the figure after a
+  // random crop keeps a third of the image.
+  scene.radius = size * rng.uniform(0.32, 0.48);
   scene.center_x = rng.uniform(scene.radius, size - scene.radius);
   scene.center_y = rng.uniform(scene.radius, size - scene.radius);
-  // Small rotations only: a rotated square must stay a square, horizontal stripes horizontal.
-  const double max_degrees = texture ? 10.0 : 25.0;
-  const double angle = rng.uniform(-max_degrees, max_degrees) * kPi / 180.0;
+  // Small rotations only: horizontal stripes must stay horizontal.
+  const double angle = rng.uniform(-10.0, 10.0) * kPi / 180.0;
   scene.cos_angle = std::cos(angle);
   scene.sin_angle = std::sin(angle);
-  scene.inner = figure == Figure::kRing ? rng.uniform(0.45, 0.7) : rng.uniform(0.2, 0.34);
-  scene.period = size / 64.0 * rng.uniform(4.0, 8.0);
+  scene.inner = rng.uniform(0.45, 0.65);
+  // Periods of 6 to 10 pixels at 64 px: finer textures do not survive 3-Augment's blur
+  // (sigma up to 2 pixels). Concentric rings have at least three rings inside the radius.
+  scene.period = figure == Figure::kConcentricRings ? scene.radius / rng.uniform(3.0, 4.0)
+                                                    : size / 64.0 * rng.uniform(6.0, 10.0);
   scene.phase_x = rng.uniform(0.0, scene.period);
   scene.phase_y = rng.uniform(0.0, scene.period);
   scene.diagonal_sign = rng.bernoulli(0.5) ? 1.0 : -1.0;
+  scene.rays = 6 + static_cast<int>(rng.uniform(0.0, 5.0));
   scene.disc_patch = rng.bernoulli(0.5);
   return scene;
 }
@@ -89,21 +80,19 @@ bool in_figure(const Scene& s, double x, double y) {
   const double b = -s.sin_angle * dx + s.cos_angle * dy;
   const double u = a / s.radius, v = b / s.radius;
   const double r2 = u * u + v * v;
-  const bool in_patch = s.disc_patch ? r2 <= 1.0 : std::max(std::abs(u), std::abs(v)) <= 0.9;
+  const bool in_disc = r2 <= 1.0;
+  const bool in_patch = s.disc_patch ? in_disc : std::max(std::abs(u), std::abs(v)) <= 0.9;
   const double p = s.period;
 
   switch (s.figure) {
-    case Figure::kCircle:
-      return r2 <= 1.0;
+    case Figure::kDisc:
+      return in_disc;
     case Figure::kRing:
-      return r2 <= 1.0 && r2 >= s.inner * s.inner;
-    case Figure::kSquare:
-      return std::max(std::abs(u), std::abs(v)) <= 0.8;
-    case Figure::kTriangle:  // equilateral, circumradius 1, apex up (image y grows downwards)
-      return v <= 0.5 && v >= -1.0 + std::sqrt(3.0) * std::abs(u);
-    case Figure::kCross:
-      return (std::abs(u) <= s.inner && std::abs(v) <= 1.0) ||
-             (std::abs(v) <= s.inner && std::abs(u) <= 1.0);
+      return in_disc && r2 >= s.inner * s.inner;
+    case Figure::kConcentricRings:
+      return in_disc && fraction(std::sqrt(a * a + b * b) / p) < 0.5;
+    case Figure::kRays:
+      return in_disc && fraction(std::atan2(b, a) / (2 * kPi) * s.rays) < 0.5;
     case Figure::kHorizontalStripes:
       return in_patch && fraction((b + s.phase_y) / p) < 0.5;
     case Figure::kVerticalStripes:
@@ -111,9 +100,12 @@ bool in_figure(const Scene& s, double x, double y) {
     case Figure::kDiagonalLines:
       return in_patch &&
              fraction((a + s.diagonal_sign * b) / (std::sqrt(2.0) * p) + s.phase_x / p) < 0.5;
-    case Figure::kCheckerboard:
-      return in_patch && (static_cast<long>(std::floor((a + s.phase_x) / p)) +
-                          static_cast<long>(std::floor((b + s.phase_y) / p))) %
+    case Figure::kGrid:  // thin lines both ways
+      return in_patch &&
+             (fraction((a + s.phase_x) / p) < 0.25 || fraction((b + s.phase_y) / p) < 0.25);
+    case Figure::kCheckerboard:  // cells half again as large as the other textures' spacing
+      return in_patch && (static_cast<long>(std::floor((a + s.phase_x) / (1.5 * p))) +
+                          static_cast<long>(std::floor((b + s.phase_y) / (1.5 * p)))) %
                                  2 !=
                              0;
     case Figure::kDots: {
@@ -165,8 +157,8 @@ struct ImageJob {
 
 const std::vector<std::string>& synthetic_class_names() {
   static const std::vector<std::string> kNames = {
-      "checkerboard",       "circle", "cross",  "diagonal_lines", "dots",
-      "horizontal_stripes", "ring",   "square", "triangle",       "vertical_stripes"};
+      "checkerboard", "concentric_rings",   "diagonal_lines", "disc", "dots",
+      "grid",         "horizontal_stripes", "rays",           "ring", "vertical_stripes"};
   return kNames;
 }
 
@@ -181,6 +173,9 @@ ImageU8 render_synthetic_image(int label, int size, Rng& rng) {
   do {
     for (double& c : foreground) c = rng.uniform(0.0, 255.0);
   } while (std::abs(luma(foreground) - luma(background)) < 60.0);
+  // The figure is always the lighter: with either polarity allowed, a ring would be a disc seen
+  // inside out and a grid a field of dots.
+  if (luma(foreground) < luma(background)) std::swap(foreground, background);
   // A linear gradient across the background, up to +-30 levels at the corners.
   const double gradient_x = rng.uniform(-30.0, 30.0) / size;
   const double gradient_y = rng.uniform(-30.0, 30.0) / size;

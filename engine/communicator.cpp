@@ -119,6 +119,7 @@ void Communicator::broadcast(const Tensor& tensor, int root) {
   check_tensor(tensor, "broadcast");
   check_root(root);
   if (tensor.numel() > 0) broadcast_flat(tensor.view({tensor.numel()}), root);
+  tensor.refresh_bf16_copy();  // the collective wrote the values in place
 }
 
 void Communicator::broadcast(const std::vector<Tensor>& tensors, int root, size_t bucket_bytes) {
@@ -127,6 +128,8 @@ void Communicator::broadcast(const std::vector<Tensor>& tensors, int root, size_
   if (world_size_ == 1) return;
   for_each_bucket(tensors, bucket_bytes, device_,
                   [&](const Tensor& flat) { broadcast_flat(flat, root); });
+  // A tensor alone in its bucket was written in place, past its bf16 copy.
+  for (const Tensor& t : tensors) t.refresh_bf16_copy();
 }
 
 namespace {

@@ -73,7 +73,8 @@ class Communicator {
   void all_reduce_sum(std::vector<double>& values);
   void all_reduce_mean(std::vector<double>& values);
 
-  // Rank `root`'s values overwrite every other rank's.
+  // Rank `root`'s values overwrite every other rank's; a CUDA parameter's bf16 copy
+  // (engine/parameters.h) is recast from them.
   void broadcast(const Tensor& tensor, int root = 0);
   // In buckets, as the list all-reduce: a model's parameters at the start of training.
   void broadcast(const std::vector<Tensor>& tensors, int root = 0,

@@ -1,6 +1,7 @@
 #include "engine/device.h"
 
 #include <stdexcept>
+#include <string>
 
 #if DEIT_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -30,6 +31,19 @@ int cuda_device_count() {
   return count;
 #else
   return 0;
+#endif
+}
+
+void require_device(Device device) {
+  if (device.is_cpu()) return;
+#if DEIT_HAVE_CUDA
+  const int count = cuda_device_count();
+  if (device.index >= count)
+    throw std::runtime_error("no CUDA device " + device.str() + ": this machine has " +
+                             std::to_string(count) + "; use --device cpu");
+#else
+  throw std::runtime_error("this deit was built without CUDA, so " + device.str() +
+                           " is not available; use --device cpu");
 #endif
 }
 

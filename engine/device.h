@@ -24,4 +24,8 @@ Device parse_device(const std::string& text);
 // Number of usable CUDA devices: 0 in a CPU-only build or on a machine without a GPU.
 int cuda_device_count();
 
+// Throws std::runtime_error, naming the device and what to do instead, when `device` is a CUDA
+// device that this build or this machine does not have: a command fails before any work.
+void require_device(Device device);
+
 }  // namespace deit

@@ -66,6 +66,11 @@ double ShardedOptimizer::step() {
   return grad_norm;
 }
 
+void ShardedOptimizer::step_async() {
+  if (sharded_) throw std::logic_error("a sharded optimizer has no asynchronous step");
+  local_->step_async();
+}
+
 NamedTensors ShardedOptimizer::gather_state() {
   if (!sharded_) return local_->state();
   const NamedTensors local = local_->state();

@@ -42,6 +42,10 @@ class ShardedOptimizer {
   // Returns the global gradient norm before clipping. Throws NonFiniteGradient, with nothing
   // modified, on every rank alike when a gradient is not finite.
   double step();
+  // CUDA parameters, which are never sharded: Optimizer::step_async (one update enqueued, no
+  // wait) and the device_grad_norm() it leaves on the device.
+  void step_async();
+  Tensor device_grad_norm() const { return local_->device_grad_norm(); }
 
   void set_lr(double lr) { local_->set_lr(lr); }
   int64_t step_count() const { return local_->step_count(); }

@@ -148,7 +148,7 @@ void Tensor::attach_bf16_copy() {
   refresh_bf16_copy();
 }
 
-void Tensor::refresh_bf16_copy() {
+void Tensor::refresh_bf16_copy() const {
   if (!impl().bf16_copy) return;
 #if DEIT_HAVE_CUDA
   kernels::cast_f32_to_bf16_cuda(data<float>(), bf16_copy().data<kernels::bf16_bits>(), numel(),

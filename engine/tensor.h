@@ -117,10 +117,12 @@ class Tensor {
   // attach_bf16_copy(); undefined when there is none.
   Tensor bf16_copy() const { return Tensor(impl().bf16_copy); }
   void attach_bf16_copy();
+  // Recasts the values into the bf16 copy, if there is one (enqueued, no wait). copy_from and
+  // fill_ do it themselves; call it after anything else wrote the values in place, such as a
+  // collective (engine/communicator.h).
+  void refresh_bf16_copy() const;
 
  private:
-  void refresh_bf16_copy();  // after the values changed: recast them into the bf16 copy, if any
-
   std::shared_ptr<TensorImpl> impl_;
 };
 

@@ -44,10 +44,20 @@ Tensor VisionTransformer::forward(const Tensor& images, double drop_path_rate,
                                 std::to_string(c.input_size) + "), got " + images.describe());
   const int64_t B = images.size(0), C = c.dim;
   const Tensor& any_param = p("cls_token");
+  // The per-sample keep scales of every residual branch (two per block, in forward order), drawn
+  // together: on CUDA one upload before the forward's kernels are queued, rather than a host wait
+  // in the middle of them at every branch. The draws are those of one call per branch.
+  const int64_t branches = 2 * c.depth;
+  const Tensor all_keep_scales =
+      (drop_path_rng ? ops::drop_path_keep_scales(branches * B, drop_path_rate, *drop_path_rng,
+                                                  any_param.dtype(), any_param.device())
+                     : Tensor::full({branches * B}, 1.0, any_param.dtype(), any_param.device()))
+          .view({branches, B});
+  int64_t branch = 0;
   auto keep_scales = [&] {
-    return drop_path_rng ? ops::drop_path_keep_scales(B, drop_path_rate, *drop_path_rng,
-                                                      any_param.dtype(), any_param.device())
-                         : Tensor::full({B}, 1.0, any_param.dtype(), any_param.device());
+    const Tensor row = all_keep_scales.slice(branch, branch + 1).view({B});
+    ++branch;
+    return row;
   };
 
   Tensor patch_weight = ops::reshape(p("patch_embed.proj.weight"), {C, -1});

@@ -33,7 +33,7 @@ TEST_CASE("The synthetic dataset is an image folder with ten classes and both sp
   CHECK(synthetic_class_names().size() == 10);
   CHECK(std::filesystem::exists(root + "/synthetic.json"));
   CHECK_FALSE(std::filesystem::exists(root + ".partial"));
-  CHECK(std::filesystem::exists(root + "/train/circle/circle_00003.png"));
+  CHECK(std::filesystem::exists(root + "/train/disc/disc_00003.png"));
   const ImageFolder train(root + "/train"), val(root + "/val");
   CHECK(train.class_names() == synthetic_class_names());
   CHECK(val.class_names() == synthetic_class_names());

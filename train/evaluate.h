@@ -23,7 +23,8 @@ struct EvalResult {
 // Runs the whole epoch 0 of `loader` (an evaluation loader: no shuffling, nothing dropped). With
 // `across`, a collective: each rank evaluates its shard of the split (make_eval_loader's
 // DataShard) and the counts of every rank are summed before the percentages, so every rank returns
-// the result over the whole split.
+// the result over the whole split. Runs on the model's device; on CUDA each batch's logits (bf16)
+// come back to the host, which scores them in double.
 EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader& loader,
                     bool show_progress, Communicator* across = nullptr);
 

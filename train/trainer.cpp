@@ -21,6 +21,7 @@
 #include "train/data_pipeline.h"
 #include "train/finetune.h"
 #include "train/progress.h"
+#include "train/step_readback.h"
 
 namespace deit::train {
 
@@ -138,10 +139,7 @@ TrainSummary train(TrainOptions options) {
 TrainSummary train(TrainOptions o, Communicator& comm) {
   const auto run_start = std::chrono::steady_clock::now();
   const Device device = parse_device(o.device);
-  if (!device.is_cpu())
-    throw std::runtime_error("training on " + device.str() +
-                             " is not available yet: the CUDA training step is not wired in; use "
-                             "--device cpu");
+  require_device(device);
   if (comm.device() != device)
     throw std::invalid_argument("train: a " + std::string(comm.backend()) + " communicator on " +
                                 comm.device().str() + " for a run on " + device.str());
@@ -157,7 +155,9 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   if (!o.num_classes_given) o.model.num_classes = static_cast<int64_t>(train_source->class_names().size());
   o.validate();
 
-  model::VisionTransformer vit(o.model);
+  // On CUDA: fp32 master weights with their bf16 copies (engine/parameters.h), initialised from
+  // the host's random draws, so a CUDA run starts from the CPU run's weights.
+  model::VisionTransformer vit(o.model, device);
   Rng init_rng = stream_rng(o.seed, Stream::kInit);
   vit.initialize(init_rng);
   if (!o.finetune.empty()) load_finetune_weights(vit, o.finetune);
@@ -178,7 +178,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     model::load_checkpoint_model(vit, *resumed);
   }
   ParameterRegistry& params = vit.parameters();
-  // Every rank starts from rank 0's weights, whatever each read or drew on its own.
+  // Every rank starts from rank 0's weights, whatever each read or drew on its own (the broadcast
+  // refreshes the bf16 copies on CUDA).
   std::vector<Tensor> values;
   for (const Parameter& p : params.all()) values.push_back(p.value);
   comm.broadcast(values, 0);
@@ -237,6 +238,10 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                              std::to_string(o.batch_size) +
                              (world > 1 ? " per process" : "") + "; lower --batch-size");
 
+  // CUDA: the host reads each optimizer step's losses and gradient norm with one wait.
+  std::optional<StepReadback> readback;
+  if (device.is_cuda()) readback.emplace(device, o.accum_steps);
+
   int64_t train_images = 0;
   double train_seconds = 0;
   for (int64_t epoch = start_epoch; epoch < o.epochs; ++epoch) {
@@ -249,46 +254,86 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
                       batches, o.progress && lead);
     double loss_sum = 0;
-    int64_t epoch_images = 0, done = 0;
+    int64_t epoch_images = 0, done = 0, counted = 0;
+    // The micro-batches of the current optimizer step whose loss is not counted yet, and their
+    // losses once on the host: on the CPU each at once, on CUDA all at the end of the step.
+    struct MicroBatch {
+      uint64_t number;
+      int64_t images;
+    };
+    std::vector<MicroBatch> uncounted;
+    std::vector<double> uncounted_losses;
+    auto check_loss = [&](double loss_value, uint64_t batch_number) {
+      if (std::isfinite(loss_value)) return;
+      clear_tape();
+      throw TrainingDiverged("the loss is " + std::to_string(loss_value) + " at epoch " +
+                             std::to_string(epoch) + ", batch " + std::to_string(batch_number) +
+                             (world > 1 ? " of rank " + std::to_string(rank) : "") +
+                             "; nothing of this epoch was saved (the last checkpoint, if any, is " +
+                             "untouched)");
+    };
     while (const data::Batch* batch = train_loader->next_batch()) {
       // Mixup and drop-path draw per rank and batch, as the reference's per-rank seeds do.
       const uint64_t stream_batch = batch->number * static_cast<uint64_t>(world) + rank;
-      Tensor images = batch_images(*batch, o.model.input_size, device);
-      const Tensor targets = mix_batch(o, images, batch->labels, epoch, stream_batch);
+      // Mixed on the host, then moved to the device (nothing moves on the CPU): fp32 images, which
+      // the CUDA patch unfold casts to bf16 (engine/ops/tokens.cpp), and fp32 targets.
+      Tensor images = batch_images(*batch, o.model.input_size, Device::cpu());
+      const Tensor targets = mix_batch(o, images, batch->labels, epoch, stream_batch).to(device);
       Rng drop_path_rng = stream_rng(o.seed, Stream::kDropPath, epoch, stream_batch);
-      const Tensor logits = vit.forward(images, o.drop_path, &drop_path_rng);
+      const Tensor logits = vit.forward(images.to(device), o.drop_path, &drop_path_rng);
       const Tensor loss = o.bce_loss ? ops::bce_with_logits(logits, targets)
                                      : ops::soft_cross_entropy(logits, targets);
-      const double loss_value = loss.item();
-      if (!std::isfinite(loss_value)) {
-        clear_tape();
-        throw TrainingDiverged("the loss is " + std::to_string(loss_value) + " at epoch " +
-                               std::to_string(epoch) + ", batch " + std::to_string(batch->number) +
-                               (world > 1 ? " of rank " + std::to_string(rank) : "") +
-                               "; nothing of this epoch was saved (the last checkpoint, if any, is " +
-                               "untouched)");
+      uncounted.push_back({batch->number, static_cast<int64_t>(batch->size)});
+      if (readback) {
+        readback->record_loss(loss);
+      } else {
+        uncounted_losses.push_back(loss.item());
+        check_loss(uncounted_losses.back(), batch->number);
       }
       ++done;
       // Micro-batch losses are averaged over an optimizer step, as one large batch would be; the
       // gradients are averaged over the ranks once per step, during the step's last backward.
-      const Tensor grad_loss = Tensor::full({1}, 1.0 / static_cast<double>(o.accum_steps));
+      const Tensor grad_loss =
+          Tensor::full({1}, 1.0 / static_cast<double>(o.accum_steps), DType::f32, device);
       const bool step_now = done % o.accum_steps == 0 || done == batches;
       if (step_now) {
         reducer.backward(loss, grad_loss);
-        try {
-          optimizer.step();
-        } catch (const NonFiniteGradient& e) {
-          throw TrainingDiverged(std::string(e.what()) + " at epoch " + std::to_string(epoch) +
-                                 "; nothing of this epoch was saved");
+        if (readback) {
+          // Queued whole, then read once: the losses first (a non-finite loss makes the gradient
+          // non-finite too, and names the batch), then the norm the update was skipped for.
+          optimizer.step_async();
+          if (ema) ema->update(params);
+          const StepReadback::Values values = readback->read(optimizer.device_grad_norm());
+          for (size_t i = 0; i < values.losses.size(); ++i)
+            check_loss(values.losses[i], uncounted[i].number);
+          if (!std::isfinite(values.grad_norm))
+            throw TrainingDiverged("optimizer: the global gradient norm is " +
+                                   std::to_string(values.grad_norm) + " at epoch " +
+                                   std::to_string(epoch) + "; nothing of this epoch was saved");
+          uncounted_losses = values.losses;
+          params.zero_grad();
+        } else {
+          try {
+            optimizer.step();
+          } catch (const NonFiniteGradient& e) {
+            throw TrainingDiverged(std::string(e.what()) + " at epoch " + std::to_string(epoch) +
+                                   "; nothing of this epoch was saved");
+          }
+          params.zero_grad();
+          if (ema) ema->update(params);
         }
-        params.zero_grad();
-        if (ema) ema->update(params);
       } else {
         backward(loss, grad_loss);
       }
-      loss_sum += loss_value;
-      epoch_images += static_cast<int64_t>(batch->size);
-      progress.update(done, epoch_images, loss_sum / done);
+      for (size_t i = 0; i < uncounted_losses.size(); ++i) {
+        loss_sum += uncounted_losses[i];
+        epoch_images += uncounted[i].images;
+        progress.update(++counted, epoch_images, loss_sum / counted);
+      }
+      if (!uncounted_losses.empty()) {
+        uncounted.clear();
+        uncounted_losses.clear();
+      }
     }
     progress.finish();
     const double epoch_train_seconds = seconds_since(epoch_start);

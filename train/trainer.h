@@ -1,5 +1,4 @@
-// The training loop of the DeiT III recipe, on the CPU backend (the CUDA backend plugs in below
-// the same loop):
+// The training loop of the DeiT III recipe, one loop for the CPU and CUDA backends (--device):
 //
 //   for each epoch:  lr = cosine schedule with warm-up, set once per epoch (as timm steps it)
 //     for each batch of the sampler (3 repeated augmentations per image):
@@ -8,6 +7,15 @@
 //       backward; every accum_steps micro-batches: LAMB / AdamW step, grads zeroed, EMA update
 //     evaluate on the validation split; append a JSON line to OUTPUT/log.txt;
 //     write OUTPUT/checkpoint.safetensors (temporary file, then rename)
+//
+// On CUDA (DESIGN.md "Precision") the parameters are fp32 masters with bf16 copies on the device,
+// initialised from the host's random draws, so a run starts from the CPU run's weights. Each batch
+// is augmented and mixed on the host, then uploaded: fp32 images (the patch unfold casts them to
+// bf16 on the device) and fp32 targets. Backward, the optimizer update and the EMA update are
+// queued on the device, and the host waits for it once per optimizer step, reading that step's
+// losses and gradient norm together (train/step_readback.h). Evaluation reads the logits back per
+// batch. Checkpoints hold host copies of the fp32 masters and of the optimizer and EMA state, and
+// load back onto the device. bf16 activations make a CUDA run close to a CPU run, not equal.
 //
 // Every random choice is drawn from a stream named by (seed, epoch, batch, purpose) or by the
 // sample's position (augmentation), never from a generator carried across steps: a run resumed from
@@ -19,7 +27,8 @@
 // over the ranks in buckets during the last backward of each optimizer step
 // (engine/gradient_reducer.h), so every rank makes the same update, that of one process with the
 // global batch (--batch-size * ranks); the optimizer state is replicated or, with --zero, sharded
-// (engine/sharded_optimizer.h). Validation is sharded and its counts summed, every image counted
+// (engine/sharded_optimizer.h; CPU runs only so far). The collectives are MPI's on the CPU and
+// NCCL's on CUDA (engine/communicator.h). Validation is sharded and its counts summed, every image counted
 // once. The train loss and throughput are summed over the ranks. Rank 0 alone prints progress and
 // writes log.txt and the checkpoint, which records the world size: --resume needs the same one.
 // Random streams across ranks: the augmentation of a sample is named by its global position, so

@@ -1,0 +1,186 @@
+// deit train and deit eval on CUDA end to end. [gpu]: a tiny run on the device against the same
+// run on the CPU (same data, augmentation, mixup and drop-path draws, same initial weights; only
+// the device's bf16 activations differ, so the losses agree to DESIGN.md's bf16 tolerance, not
+// bit for bit), its checkpoint evaluated by the CPU and by the device, and a resumed CUDA run.
+// Without a GPU: asking for one fails at once with a message that says what to do.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/device.h"
+#include "model/checkpoint.h"
+#include "tests/cli_runner.h"
+#include "tests/test_data_helpers.h"
+#include "train/trainer.h"
+
+using namespace deit;
+using deit::test::CliResult;
+using deit::test::run_deit;
+
+namespace {
+
+// Relative tolerance between a CUDA (bf16 activations) and a CPU (fp32) loss.
+constexpr double kBf16Tolerance = 5e-2;
+
+// 8 classes of 32 x 32 images, 12 per class: an epoch of 96 images is 6 batches of 16.
+std::string make_dataset(const test::TempDir& dir) {
+  data::SyntheticOptions options;
+  options.image_size = 32;
+  options.num_classes = 8;
+  options.train_per_class = 12;
+  options.val_per_class = 2;
+  return test::write_synthetic_dataset(dir, options);
+}
+
+// The model of tests/test_step_cuda.cpp, at shapes the CUDA kernels take (head dim 64), with
+// drop-path on so that its per-sample draws are exercised on both devices.
+const char* const kModelFlags = "--model deit3_tiny --patch 8 --dim 128 --depth 2 --heads 2 ";
+
+train::TrainOptions tiny_run(const std::string& data, const std::string& output,
+                             const std::string& device, int64_t epochs) {
+  train::TrainOptions o = train::recipe_for("deit3_tiny");
+  o.model.patch = 8;
+  o.model.input_size = 32;
+  o.model.dim = 128;
+  o.model.heads = 2;
+  o.model.depth = 2;
+  o.drop_path = 0.1;
+  o.data_dir = data;
+  o.output_dir = output;
+  o.device = device;
+  o.epochs = epochs;
+  o.batch_size = 16;
+  o.warmup_epochs = 1;
+  o.repeated_aug = false;
+  o.workers = 2;
+  o.progress = false;
+  return o;
+}
+
+std::vector<nlohmann::json> log_lines(const std::string& output) {
+  std::ifstream log(output + "/log.txt");
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(log, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+nlohmann::json eval_json(const std::string& checkpoint, const std::string& data,
+                         const std::string& device) {
+  const CliResult r = run_deit(std::string("eval ") + kModelFlags + "--checkpoint " + checkpoint +
+                               " --data " + data + " --device " + device +
+                               " --batch-size 16 --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  return nlohmann::json::parse(r.output);
+}
+
+double relative_error(const Tensor& got, const Tensor& want) {
+  const std::vector<double> a = got.to_vector<double>(), b = want.to_vector<double>();
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff += (a[i] - b[i]) * (a[i] - b[i]);
+    norm += b[i] * b[i];
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
+}  // namespace
+
+TEST_CASE("deit train on CUDA follows the CPU run and writes a checkpoint the CPU evaluates",
+          "[gpu][train]") {
+  test::TempDir dir;
+  const std::string data = make_dataset(dir);
+  const train::TrainSummary cpu = train::train(tiny_run(data, dir.file("cpu"), "cpu", 2));
+  const train::TrainSummary gpu = train::train(tiny_run(data, dir.file("cuda"), "cuda", 2));
+  REQUIRE(gpu.epochs_run == 2);
+  const std::vector<nlohmann::json> cpu_log = log_lines(dir.file("cpu"));
+  const std::vector<nlohmann::json> gpu_log = log_lines(dir.file("cuda"));
+  REQUIRE(cpu_log.size() == 2);
+  REQUIRE(gpu_log.size() == 2);
+  for (size_t epoch = 0; epoch < 2; ++epoch) {
+    INFO("epoch " << epoch << "\n  cpu: " << cpu_log[epoch].dump()
+                  << "\n  cuda: " << gpu_log[epoch].dump());
+    const double train_loss = gpu_log[epoch]["train_loss"], test_loss = gpu_log[epoch]["test_loss"];
+    const double acc1 = gpu_log[epoch]["test_acc1"], acc5 = gpu_log[epoch]["test_acc5"];
+    REQUIRE(std::isfinite(train_loss));
+    CHECK(train_loss == Approx(cpu_log[epoch]["train_loss"].get<double>()).epsilon(kBf16Tolerance));
+    CHECK(test_loss == Approx(cpu_log[epoch]["test_loss"].get<double>()).epsilon(kBf16Tolerance));
+    CHECK((std::isfinite(acc1) && acc1 >= 0 && acc1 <= 100));
+    CHECK((std::isfinite(acc5) && acc5 >= acc1 && acc5 <= 100));
+  }
+
+  // The checkpoint holds host copies of the fp32 master weights, which the CPU evaluates (in fp32,
+  // hence the tolerance against the run's bf16 evaluation) and the device evaluates again.
+  const model::Checkpoint checkpoint = model::read_checkpoint(gpu.checkpoint);
+  CHECK(checkpoint.state["epoch"] == 1);
+  for (const auto& [name, t] : checkpoint.model) {
+    INFO(name);
+    CHECK(t.dtype() == DType::f32);
+  }
+  const nlohmann::json on_cpu = eval_json(gpu.checkpoint, data, "cpu");
+  CHECK(on_cpu["images"] == 16);
+  CHECK(on_cpu["loss"].get<double>() == Approx(gpu.last.loss).epsilon(kBf16Tolerance));
+  // The same batches through the same kernels as the run's own evaluation.
+  const nlohmann::json on_gpu = eval_json(gpu.checkpoint, data, "cuda");
+  CHECK(on_gpu["images"] == 16);
+  CHECK(on_gpu["loss"].get<double>() == Approx(gpu.last.loss).epsilon(1e-3));
+}
+
+TEST_CASE("a CUDA run resumed from its checkpoint continues where it stopped",
+          "[gpu][train][resume]") {
+  test::TempDir dir;
+  const std::string data = make_dataset(dir);
+  const train::TrainSummary straight = train::train(tiny_run(data, dir.file("straight"), "cuda", 2));
+
+  // Epoch 0 runs at the warm-up's first learning rate whatever the number of epochs, so a one-epoch
+  // run saves what the first epoch of the two-epoch run saves; the resumed run does the second.
+  const std::string resumed_out = dir.file("resumed");
+  REQUIRE(train::train(tiny_run(data, resumed_out, "cuda", 1)).epochs_run == 1);
+  train::TrainOptions resume = tiny_run(data, resumed_out, "cuda", 2);
+  resume.resume = resumed_out + "/checkpoint.safetensors";
+  const train::TrainSummary resumed = train::train(resume);
+  CHECK(resumed.epochs_run == 1);
+
+  const model::Checkpoint a = model::read_checkpoint(straight.checkpoint);
+  const model::Checkpoint b = model::read_checkpoint(resumed.checkpoint);
+  CHECK(b.state["epoch"] == 1);
+  // The optimizer state came back onto the device: its step count went on from the saved one.
+  CHECK(b.state["optimizer_steps"] == a.state["optimizer_steps"]);
+  const std::vector<nlohmann::json> straight_log = log_lines(dir.file("straight"));
+  const std::vector<nlohmann::json> resumed_log = log_lines(resumed_out);
+  REQUIRE(resumed_log.size() == 2);
+  CHECK(resumed_log[1]["epoch"] == 1);
+  CHECK(resumed_log[1]["train_loss"].get<double>() ==
+        Approx(straight_log[1]["train_loss"].get<double>()).epsilon(kBf16Tolerance));
+  // The same updates on the same device: equal up to the order of the kernels' float sums.
+  REQUIRE(a.model.size() == b.model.size());
+  for (size_t i = 0; i < a.model.size(); ++i) {
+    INFO(a.model[i].first);
+    CHECK(relative_error(b.model[i].second, a.model[i].second) <= 1e-3);
+  }
+  for (size_t i = 0; i < a.extra.size(); ++i) {
+    INFO(a.extra[i].first);
+    REQUIRE(b.extra[i].first == a.extra[i].first);
+    if (a.extra[i].second.dtype() == DType::f32)
+      CHECK(relative_error(b.extra[i].second, a.extra[i].second) <= 1e-2);
+    else
+      CHECK(b.extra[i].second.to_vector<double>() == a.extra[i].second.to_vector<double>());
+  }
+}
+
+TEST_CASE("deit train and eval on a CUDA device this machine lacks say so at once",
+          "[train][cli]") {
+  if (cuda_device_count() > 0) return;  // the [gpu] cases above train there
+  const std::string args = std::string(kModelFlags) + "--data nowhere --device cuda";
+  CliResult r = run_deit("train " + args + " --output nowhere-out");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("cuda:0") && Catch::Contains("--device cpu"));
+  r = run_deit("eval " + args + " --checkpoint nowhere.safetensors");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("cuda:0") && Catch::Contains("--device cpu"));
+}
