@@ -24,7 +24,21 @@ struct EvalOptions {
   int64_t batch_size = 128;
   int workers = 2;
   bool json = false;
+  bool per_class = false;
 };
+
+// One line per class: its top-1 accuracy and the class its images are most often taken for.
+void print_per_class(const nlohmann::json& rows) {
+  for (const auto& row : rows) {
+    std::printf("  %-24s top-1 %6.2f%%  of %lld", row["class"].get<std::string>().c_str(),
+                row["acc1"].get<double>(), (long long)row["images"].get<int64_t>());
+    if (!row["most_confused_with"].is_null())
+      std::printf("   most confused with %s (%lld)",
+                  row["most_confused_with"].get<std::string>().c_str(),
+                  (long long)row["most_confused_images"].get<int64_t>());
+    std::printf("\n");
+  }
+}
 
 void run_eval(const EvalOptions& o) {
   const Device device = parse_device(o.device);
@@ -45,11 +59,17 @@ void run_eval(const EvalOptions& o) {
   auto loader = train::make_eval_loader(source, vit.config().input_size, o.crop_ratio,
                                         o.batch_size, o.workers);
   const train::EvalResult r = train::evaluate(vit, *loader, !o.json);
-  if (o.json)
-    std::printf("%s\n", r.to_json().dump().c_str());
-  else
+  const nlohmann::json per_class =
+      o.per_class ? r.per_class_json(source->class_names()) : nlohmann::json();
+  if (o.json) {
+    nlohmann::json out = r.to_json();
+    if (o.per_class) out["per_class"] = per_class;
+    std::printf("%s\n", out.dump().c_str());
+  } else {
     std::printf("top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%lld images)\n", r.acc1, r.acc5, r.loss,
                 (long long)r.images);
+    if (o.per_class) print_per_class(per_class);
+  }
 }
 
 }  // namespace
@@ -70,6 +90,9 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--workers", opts->workers, "Data loading threads")->capture_default_str();
   cmd->add_option("--device", opts->device, "cpu or cuda[:N]")->capture_default_str();
   cmd->add_flag("--json", opts->json, "Print one JSON object: acc1, acc5, loss, images");
+  cmd->add_flag("--per-class", opts->per_class,
+                "Also each class's top-1 and the class it is most confused with (in JSON: "
+                "per_class)");
   cmd->callback([opts] { run_eval(*opts); });
 }
 

@@ -11,5 +11,8 @@ void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_demo_command(CLI::App& app);
 void add_export_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+// `deit bench data` (apps/cmd_bench_data.cpp), registered under `deit bench` by add_bench_command.
+void add_bench_data_subcommand(CLI::App& bench);
 
 }  // namespace deit::apps

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   deit::apps::add_pack_command(app);
   deit::apps::add_augment_command(app);
   deit::apps::add_export_command(app);
+  deit::apps::add_bench_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

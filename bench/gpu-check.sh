@@ -1,43 +1,108 @@
 #!/usr/bin/env bash
 # The GPU check (DESIGN.md, "Verifying on a GPU"): on a CUDA machine with CMake but possibly
 # without Debian's packages or a network, configure, build, run the [gpu] tests, run them again
-# under compute-sanitizer memcheck and racecheck, and print a summary table last.
+# under compute-sanitizer memcheck and racecheck, run the benchmarks next to PyTorch + timm
+# (bench/compare.sh), and print a summary table last.
+#
+#   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|full|none]
+#
+#   --no-tests      skip the tests and the sanitizers (e.g. a second call that only benchmarks,
+#                   reusing build-gpu/ from the first)
+#   --no-cpu-tests  skip the CPU tests (CI runs them; they take minutes a GPU session may not have)
+#   --bench MODE    bench/compare.sh --quick (default), --full, or no benchmarks
 #
 # Header-only dependencies come from .deps/ (make it with scripts/vendor_headers.sh on a machine
-# that ran scripts/setup.sh, and carry it along). Results go to $OUT when set, else build-gpu/.
+# that ran scripts/setup.sh, and carry it along). cuDNN and NCCL come from the CUDA toolkit, or
+# else from the wheels PyTorch installed (nvidia-cudnn-*, nvidia-nccl-*); without either, deit is
+# built without them and says so. Results go to $OUT when set, else build-gpu/.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+tests=yes
+cpu_tests=yes
+bench=quick
+while [ $# -gt 0 ]; do
+  case $1 in
+    --no-tests) tests=no ;;
+    --no-cpu-tests) cpu_tests=no ;;
+    --bench) bench=$2; shift ;;
+    *) echo "usage: bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|full|none]" >&2
+       exit 2 ;;
+  esac
+  shift
+done
 deps=$PWD/.deps
 out=${OUT:-build-gpu}
-mkdir -p "$out"
+mkdir -p "$out" build-gpu
 log() { echo "== $*"; }
+
+# wheel_prefix NAME HEADER LIB: when the CUDA toolkit has no HEADER, a prefix (include/, lib/)
+# made of symbolic links into the pip wheel that holds HEADER and libLIB.so.*, for CMake's
+# -DNAME_ROOT, in $prefix; the wheel's lib/ also goes on LD_LIBRARY_PATH (cuDNN opens its engine
+# libraries by name at run time). $prefix is left empty when there is nothing to add.
+wheel_prefix() {
+  local name=$1 header=$2 lib=$3 site found so
+  prefix=""
+  [ -e "/usr/local/cuda/include/$header" ] && return
+  site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null) || return
+  found=$(find "$site/nvidia" -name "$header" -path '*/include/*' 2>/dev/null | head -1)
+  [ -n "$found" ] || return
+  so=$(find "$(dirname "$(dirname "$found")")/lib" -name "lib$lib.so*" 2>/dev/null | head -1)
+  [ -n "$so" ] || return
+  prefix=$PWD/build-gpu/wheel-$name
+  mkdir -p "$prefix/lib"
+  ln -sfn "$(dirname "$found")" "$prefix/include"
+  ln -sf "$(dirname "$so")"/* "$prefix/lib/"
+  ln -sf "$so" "$prefix/lib/lib$lib.so"
+  LD_LIBRARY_PATH="$(dirname "$so")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export LD_LIBRARY_PATH
+  echo "$name from the pip wheel at $(dirname "$(dirname "$found")")"
+}
+wheel_prefix cudnn cudnn.h cudnn
+cudnn_root=$prefix
+wheel_prefix nccl nccl.h nccl
+nccl_root=$prefix
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 log "configure"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCATCH2_INCLUDE_DIR="$deps/include" -DSTB_INCLUDE_DIR="$deps/include/stb" \
-  -DCLI11_INCLUDE_DIR="$deps/include" -DJSON_INCLUDE_DIR="$deps/include" 2>&1 | tail -8
+  -DCLI11_INCLUDE_DIR="$deps/include" -DJSON_INCLUDE_DIR="$deps/include" \
+  -DCUDNN_ROOT="$cudnn_root" -DNCCL_ROOT="$nccl_root" 2>&1 | tail -9
 log "build"
 cmake --build build-gpu -j "$(nproc)" 2>&1 | tail -3
-tests=build-gpu/tests/deit_tests
+test_binary=build-gpu/tests/deit_tests
 
 declare -A result
+checks=()
 run() {  # name, command...
   local name=$1
   shift
+  checks+=("$name")
   log "$name"
+  local start=$SECONDS
   if "$@" >"$out/$name.log" 2>&1; then result[$name]=pass; else result[$name]="FAIL (see $name.log)"; fi
+  result[$name]="${result[$name]}, $((SECONDS - start)) s"
   tail -4 "$out/$name.log"
 }
-run gpu_tests "$tests" "[gpu]"
-run cpu_tests "$tests" "~[gpu]"
-run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$tests" "[gpu]"
-run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$tests" "[gpu]"
+if [ "$tests" = yes ]; then
+  run gpu_tests "$test_binary" "[gpu]"
+  [ "$cpu_tests" = yes ] && run cpu_tests "$test_binary" "~[gpu]"
+  run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$test_binary" "[gpu]"
+  run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$test_binary" "[gpu]"
+fi
+if [ "$bench" != none ]; then
+  # The GPU augmentation stage alone and the whole input path (issue 6's targets); JSON in the log.
+  run bench_data build-gpu/deit bench data --device cuda --json
+  run bench bench/compare.sh "--$bench" --build build-gpu
+  # The report (bench/results/DATE-GPU-compare.md) goes back with the logs.
+  report=$(sed -n 's/^written: //p' "$out/bench.log" | tail -1)
+  [ -n "$report" ] && cp "$report" "$out/"
+fi
 
 echo
 printf '| %-10s | %-40s |\n' check result
 printf '|%s|%s|\n' ------------ ------------------------------------------
-for name in gpu_tests cpu_tests memcheck racecheck; do
+for name in "${checks[@]}"; do
   printf '| %-10s | %-40s |\n' "$name" "${result[$name]}"
 done

@@ -57,11 +57,9 @@ CropParams sample_simple_random_crop(const AugmentConfig& config, int height, in
   p.mode = CropMode::kSimpleRandom;
   p.size = config.input_size;
   p.padding = config.src_padding;
-  const int short_side = std::min(height, width);
-  const int long_side = std::max(height, width);
-  const int resized_long = static_cast<int>(static_cast<double>(p.size) * long_side / short_side);
-  p.resized_height = height <= width ? p.size : resized_long;
-  p.resized_width = height <= width ? resized_long : p.size;
+  const ResizedSize resized = shorter_side_resize(height, width, p.size);
+  p.resized_height = resized.height;
+  p.resized_width = resized.width;
   if (p.padding >= p.size)
     throw std::invalid_argument("simple random crop: reflect padding " + std::to_string(p.padding) +
                                 " needs a crop size above it, got " + std::to_string(p.size));
@@ -72,6 +70,13 @@ CropParams sample_simple_random_crop(const AugmentConfig& config, int height, in
 }
 
 }  // namespace
+
+ResizedSize shorter_side_resize(int height, int width, int side) {
+  const int short_side = std::min(height, width);
+  const int long_side = std::max(height, width);
+  const int resized_long = static_cast<int>(static_cast<double>(side) * long_side / short_side);
+  return height <= width ? ResizedSize{side, resized_long} : ResizedSize{resized_long, side};
+}
 
 CropParams sample_crop_params(const AugmentConfig& config, int height, int width, Rng& rng) {
   if (height <= 0 || width <= 0)
@@ -107,6 +112,25 @@ AugmentParams sample_augment_params(const AugmentConfig& config, int height, int
     p.contrast = static_cast<float>(rng.uniform(lo, hi));
     p.saturation = static_cast<float>(rng.uniform(lo, hi));
   }
+  return p;
+}
+
+AugmentParams eval_augment_params(int height, int width, int size, double crop_ratio) {
+  if (height <= 0 || width <= 0)
+    throw std::invalid_argument("cannot crop an empty image (" + std::to_string(height) + "x" +
+                                std::to_string(width) + ")");
+  if (!(crop_ratio > 0.0 && crop_ratio <= 1.0))
+    throw std::invalid_argument("eval crop ratio must be in (0, 1], got " +
+                                std::to_string(crop_ratio));
+  const ResizedSize resized =
+      shorter_side_resize(height, width, static_cast<int>(size / crop_ratio));
+  AugmentParams p;
+  p.crop.mode = CropMode::kSimpleRandom;
+  p.crop.size = p.crop.w = p.crop.h = size;
+  p.crop.resized_height = resized.height;
+  p.crop.resized_width = resized.width;
+  p.crop.x = python_round((resized.width - size) / 2.0);
+  p.crop.y = python_round((resized.height - size) / 2.0);
   return p;
 }
 

@@ -13,21 +13,20 @@
 // Random numbers come from deit::Rng (not Python's or torch's generators), so the distributions
 // match the reference, not the individual draws.
 #pragma once
-#include <array>
 #include <cstdint>
 
 #include "engine/rng.h"
+#include "kernels/augment.h"
 
 namespace deit::data {
 
-enum class CropMode : uint8_t {
-  kRandomResized,  // RandomResizedCrop (ImageNet-1k recipe)
-  kSimpleRandom,   // Simple Random Crop (ImageNet-21k recipe, --src)
-};
-
-enum class ThreeAugmentOp : uint8_t { kNone, kGrayscale, kSolarize, kBlur };
-
-enum class JitterOp : uint8_t { kBrightness, kContrast, kSaturation };
+// The parameter structs are the augment kernels' own (kernels/augment.h), so a sample's
+// parameters go to the CPU reference and to the GPU stage as they are.
+using kernels::CropMode;
+using kernels::CropParams;
+using kernels::JitterOp;
+using kernels::ThreeAugmentOp;
+using kernels::AugmentParams;
 
 // The training augmentation's settings (the recipe's values are the defaults).
 struct AugmentConfig {
@@ -41,31 +40,12 @@ struct AugmentConfig {
   double color_jitter = 0.3;  // 0 disables (factors stay 1, which Pillow treats as identity)
 };
 
-// Where the output square comes from.
-// kRandomResized: the box (x, y, w, h) of the source image is resampled (bicubic) to size x size.
-// kSimpleRandom:  the whole source is resampled to (resized_height, resized_width), whose shorter
-//                 side is `size`, then padded by `padding` on every side by reflection; the box is
-//                 the size x size square cut from that padded image (w = h = size).
-struct CropParams {
-  CropMode mode = CropMode::kRandomResized;
-  int size = 0;
-  int x = 0, y = 0, w = 0, h = 0;
-  int resized_height = 0, resized_width = 0;  // kSimpleRandom only
-  int padding = 0;                            // kSimpleRandom only
+// torchvision Resize(side) with an int: the shorter side becomes `side`, the longer side
+// int(side * long / short).
+struct ResizedSize {
+  int height, width;
 };
-
-// Everything random about one training view, in the order it is applied.
-struct AugmentParams {
-  CropParams crop;
-  bool flip = false;
-  ThreeAugmentOp three_augment = ThreeAugmentOp::kNone;
-  float blur_sigma = 0.0f;  // kBlur only; float, as Pillow receives it
-  // Color jitter: one factor per op (1 = unchanged), applied in `jitter_order`. float32, as
-  // torchvision draws them and Pillow receives them.
-  float brightness = 1.0f, contrast = 1.0f, saturation = 1.0f;
-  std::array<JitterOp, 3> jitter_order = {JitterOp::kBrightness, JitterOp::kContrast,
-                                          JitterOp::kSaturation};
-};
+ResizedSize shorter_side_resize(int height, int width, int side);
 
 // The crop alone, for a source image of height x width (used by `deit augment rrc:/src:`).
 // Throws std::invalid_argument when the image is empty or too small for the reflect padding.
@@ -73,5 +53,11 @@ CropParams sample_crop_params(const AugmentConfig& config, int height, int width
 
 // All choices for one sample whose source image is height x width.
 AugmentParams sample_augment_params(const AugmentConfig& config, int height, int width, Rng& rng);
+
+// Evaluation's view as a crop (kSimpleRandom without padding): torchvision's Resize of the
+// shorter side to int(size / crop_ratio) (bicubic), then CenterCrop(size), whose corner is
+// round((H - size) / 2), round((W - size) / 2) with Python's round. No colour op, no flip.
+// Throws std::invalid_argument for an empty image or a crop ratio outside (0, 1].
+AugmentParams eval_augment_params(int height, int width, int size, double crop_ratio);
 
 }  // namespace deit::data

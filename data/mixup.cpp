@@ -69,54 +69,12 @@ MixParams sample_mix_params(const MixupConfig& config, int height, int width, Rn
 
 void apply_mix(const MixParams& params, float* images, int batch, int channels, int height,
                int width) {
-  if (batch % 2 != 0)
-    throw std::invalid_argument("mixup/cutmix needs an even batch size, got " +
-                                std::to_string(batch));
-  if (params.lambda == 1.0) return;
-  const size_t plane = static_cast<size_t>(height) * width;
-  const size_t sample = plane * channels;
-  // Pairs (i, batch-1-i): each takes from the other's original values.
-  for (int i = 0; i < batch / 2; ++i) {
-    float* a = images + sample * i;
-    float* b = images + sample * (batch - 1 - i);
-    if (params.cutmix) {
-      for (int c = 0; c < channels; ++c)
-        for (int y = params.y0; y < params.y1; ++y)
-          for (int x = params.x0; x < params.x1; ++x) {
-            const size_t k = c * plane + static_cast<size_t>(y) * width + x;
-            std::swap(a[k], b[k]);
-          }
-    } else {
-      // timm: x * lam + x.flip(0) * (1 - lam), in float32.
-      const float lam = static_cast<float>(params.lambda);
-      const float rest = static_cast<float>(1.0 - params.lambda);
-      for (size_t k = 0; k < sample; ++k) {
-        const float va = a[k], vb = b[k];
-        a[k] = va * lam + vb * rest;
-        b[k] = vb * lam + va * rest;
-      }
-    }
-  }
+  kernels::mix_images_cpu(params, images, batch, channels, height, width);
 }
 
 void mix_targets(const MixParams& params, const int32_t* labels, int batch, int num_classes,
-                 double label_smoothing, float* targets) {
-  const double off = label_smoothing / num_classes;
-  const double on = 1.0 - label_smoothing + off;
-  const float lam = static_cast<float>(params.lambda);
-  const float rest = static_cast<float>(1.0 - params.lambda);
-  for (int i = 0; i < batch; ++i) {
-    const int own = labels[i];
-    const int partner = labels[batch - 1 - i];
-    if (own < 0 || own >= num_classes)
-      throw std::invalid_argument("label " + std::to_string(own) + " is outside [0, " +
-                                  std::to_string(num_classes) + ")");
-    for (int k = 0; k < num_classes; ++k) {
-      const float y_own = static_cast<float>(k == own ? on : off);
-      const float y_partner = static_cast<float>(k == partner ? on : off);
-      targets[static_cast<size_t>(i) * num_classes + k] = y_own * lam + y_partner * rest;
-    }
-  }
+                 double label_smoothing, float* targets, bool binarize) {
+  kernels::mix_targets_cpu(params, labels, batch, num_classes, label_smoothing, binarize, targets);
 }
 
 }  // namespace deit::data

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "engine/rng.h"
+#include "kernels/augment.h"
 
 namespace deit::data {
 
@@ -21,14 +22,9 @@ struct MixupConfig {
   double label_smoothing = 0.0;
 };
 
-// One batch's mixing. lambda is the weight of the sample itself (1 = unchanged). With cutmix,
-// the box rows [y0, y1) x columns [x0, x1) come from the partner sample and
-// lambda = 1 - box area / image area.
-struct MixParams {
-  bool cutmix = false;
-  double lambda = 1.0;
-  int y0 = 0, y1 = 0, x0 = 0, x1 = 0;
-};
+// One batch's mixing: the augment kernels' own struct (kernels/augment.h), which the CPU reference
+// and the GPU stage both apply.
+using kernels::MixParams;
 
 // One batch's parameters for images of height x width (timm's _params_per_batch, rand_bbox and
 // cutmix_bbox_and_lam with correct_lam=True).
@@ -41,9 +37,11 @@ void apply_mix(const MixParams& params, float* images, int batch, int channels, 
 
 // timm's mixup_target: one-hot targets with label smoothing (off = smoothing / classes,
 // on = 1 - smoothing + off), mixed as lambda * y[i] + (1 - lambda) * y[batch-1-i].
-// labels: (batch) -> targets: (batch, num_classes). Each row sums to 1.
+// labels: (batch) -> targets: (batch, num_classes). Each row sums to 1; with `binarize`, each
+// target then becomes 1 where it is > 0 and 0 elsewhere (the reference's BCE targets).
+// Throws std::invalid_argument for a label outside [0, num_classes).
 void mix_targets(const MixParams& params, const int32_t* labels, int batch, int num_classes,
-                 double label_smoothing, float* targets);
+                 double label_smoothing, float* targets, bool binarize = false);
 
 // A Beta(a, b) draw (two Gamma draws, Marsaglia-Tsang), exposed for its tests.
 double sample_beta(double a, double b, Rng& rng);

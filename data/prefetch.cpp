@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace deit::data {
 namespace {
@@ -28,8 +29,9 @@ PrefetchLoader::PrefetchLoader(std::shared_ptr<const ImageSource> source, Sample
                                 std::to_string(sampler_.options().dataset_size) +
                                 " images, the source has " + std::to_string(source_->size()));
   }
-  if (options_.batch_size == 0 || options_.sample_elements == 0 || options_.num_workers < 1 ||
-      options_.prefetch_batches < 1) {
+  const bool fixed_size = options_.format != PixelFormat::kSource;
+  if (options_.batch_size == 0 || (fixed_size && options_.sample_elements == 0) ||
+      options_.num_workers < 1 || options_.prefetch_batches < 1) {
     throw std::invalid_argument(
         "prefetch: batch size, sample size, workers and prefetch depth must be positive");
   }
@@ -37,10 +39,17 @@ PrefetchLoader::PrefetchLoader(std::shared_ptr<const ImageSource> source, Sample
   slots_.resize(static_cast<size_t>(options_.prefetch_batches) + 1);
   const size_t values = options_.batch_size * options_.sample_elements;
   for (Slot& slot : slots_) {
-    if (options_.format == PixelFormat::kFloat32) {
-      slot.batch.f32.resize(values);
-    } else {
-      slot.batch.u8.resize(values);
+    switch (options_.format) {
+      case PixelFormat::kFloat32:
+        slot.batch.f32.resize(values);
+        break;
+      case PixelFormat::kUint8:
+        slot.batch.u8.resize(values);
+        break;
+      case PixelFormat::kSource:
+        slot.batch.sources.resize(options_.batch_size);
+        slot.batch.params.resize(options_.batch_size);
+        break;
     }
     slot.batch.number = kNoBatch;
   }
@@ -153,16 +162,23 @@ void PrefetchLoader::worker_loop() {
 
 void PrefetchLoader::process(const SamplePick& pick, uint64_t epoch, size_t row, Batch& batch) {
   uint64_t used_index = pick.index;
-  const ImageU8 image = load_or_substitute(pick.index, &used_index);
+  ImageU8 image = load_or_substitute(pick.index, &used_index);
   Rng rng(sampler_.options().seed, sample_stream(epoch, pick.global_position));
   const size_t offset = row * options_.sample_elements;
   SampleOutput out;
-  if (options_.format == PixelFormat::kFloat32) {
-    out.f32 = batch.f32.data() + offset;
-  } else {
-    out.u8 = batch.u8.data() + offset;
+  switch (options_.format) {
+    case PixelFormat::kFloat32:
+      out.f32 = batch.f32.data() + offset;
+      break;
+    case PixelFormat::kUint8:
+      out.u8 = batch.u8.data() + offset;
+      break;
+    case PixelFormat::kSource:
+      out.params = &batch.params[row];
+      break;
   }
   transform_(image, rng, out);
+  if (options_.format == PixelFormat::kSource) batch.sources[row] = std::move(image);
   batch.labels[row] = source_->label(used_index);
   batch.indices[row] = used_index;
 }

@@ -20,19 +20,25 @@
 #include <thread>
 #include <vector>
 
+#include "data/augment_params.h"
 #include "data/image_source.h"
 #include "data/sampler.h"
 #include "engine/rng.h"
 
 namespace deit::data {
 
-enum class PixelFormat { kFloat32, kUint8 };
+// What a batch holds per sample:
+// kFloat32 / kUint8: `sample_elements` values the transform writes (e.g. a normalised view);
+// kSource: the decoded image itself, kept whatever its size, and the AugmentParams the transform
+//          draws for it; a later stage (the GPU's, train/input_feed.h) applies them.
+enum class PixelFormat { kFloat32, kUint8, kSource };
 
 // Where a transform writes one sample: exactly one of the pointers is set, per the loader's
-// PixelFormat, to `sample_elements` values.
+// PixelFormat (f32 and u8 to `sample_elements` values, params to one struct).
 struct SampleOutput {
   float* f32 = nullptr;
   uint8_t* u8 = nullptr;
+  AugmentParams* params = nullptr;
 };
 
 // Turns one decoded image into one sample of the batch, drawing any random choice from `rng`.
@@ -41,7 +47,7 @@ using SampleTransform = std::function<void(const ImageU8& image, Rng& rng, Sampl
 
 struct PrefetchOptions {
   size_t batch_size = 64;
-  size_t sample_elements = 0;  // values per sample, e.g. 3 * 224 * 224
+  size_t sample_elements = 0;  // values per sample, e.g. 3 * 224 * 224 (unused by kSource)
   PixelFormat format = PixelFormat::kFloat32;
   bool drop_last = true;  // training drops the last partial batch, evaluation keeps it
   int num_workers = 2;
@@ -54,6 +60,8 @@ struct Batch {
   size_t size = 0;         // samples in this batch; only a last batch kept by !drop_last is short
   std::vector<float> f32;  // (batch_size, sample_elements), the first `size` rows valid
   std::vector<uint8_t> u8;
+  std::vector<ImageU8> sources;         // kSource: (batch_size), the first `size` valid
+  std::vector<AugmentParams> params;    // kSource: (batch_size), the first `size` valid
   std::vector<int32_t> labels;    // (size)
   std::vector<uint64_t> indices;  // dataset index of each sample (after any substitution)
 };
@@ -83,6 +91,7 @@ class PrefetchLoader {
   // The position after the last batch handed out: save it with a checkpoint.
   SamplerState state() const;
   const Sampler& sampler() const { return sampler_; }
+  const PrefetchOptions& options() const { return options_; }
   const SkippedImages& skipped() const { return skipped_; }
 
  private:

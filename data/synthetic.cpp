@@ -5,7 +5,9 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 
 namespace deit::data {
@@ -135,15 +137,23 @@ void validate(const SyntheticOptions& options) {
   }
 }
 
+// The manifest's one line of JSON: what generate_synthetic_dataset writes to DIR/synthetic.json.
+std::string manifest_line(const SyntheticOptions& options) {
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "{\"generator\": \"deit synthetic\", \"seed\": %llu, \"image_size\": %d, "
+                "\"train_per_class\": %d, \"val_per_class\": %d, \"num_classes\": %d}\n",
+                static_cast<unsigned long long>(options.seed), options.image_size,
+                options.train_per_class, options.val_per_class, options.num_classes);
+  return line;
+}
+
 void write_manifest(const fs::path& path, const SyntheticOptions& options) {
   std::FILE* file = std::fopen(path.c_str(), "w");
   if (!file) throw DataError(path.string() + ": cannot create");
-  std::fprintf(file,
-               "{\"generator\": \"deit synthetic\", \"seed\": %llu, \"image_size\": %d, "
-               "\"train_per_class\": %d, \"val_per_class\": %d, \"num_classes\": %d}\n",
-               static_cast<unsigned long long>(options.seed), options.image_size,
-               options.train_per_class, options.val_per_class, options.num_classes);
-  if (std::fclose(file) != 0) throw DataError(path.string() + ": write failed");
+  const std::string line = manifest_line(options);
+  const bool written = std::fputs(line.c_str(), file) >= 0;
+  if (std::fclose(file) != 0 || !written) throw DataError(path.string() + ": write failed");
 }
 
 struct ImageJob {
@@ -204,6 +214,13 @@ ImageU8 render_synthetic_image(int label, int size, Rng& rng) {
     }
   }
   return image;
+}
+
+bool synthetic_dataset_matches(const std::string& dir, const SyntheticOptions& options) {
+  std::ifstream manifest(fs::path(dir) / "synthetic.json");
+  std::stringstream content;
+  content << manifest.rdbuf();
+  return manifest && content.str() == manifest_line(options);
 }
 
 void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& options) {

@@ -43,4 +43,7 @@ ImageU8 render_synthetic_image(int label, int size, Rng& rng);
 // absent. Throws DataError when DIR already exists or cannot be written.
 void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& options);
 
+// Whether DIR holds a complete dataset that generate_synthetic_dataset made with these options.
+bool synthetic_dataset_matches(const std::string& dir, const SyntheticOptions& options);
+
 }  // namespace deit::data

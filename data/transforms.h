@@ -3,8 +3,9 @@
 //
 // The reference code runs torchvision 0.14 transforms on PIL images, so every op here reproduces
 // what Pillow 9.4 computes, including its integer rounding; tests/test_augment_reference.cpp
-// compares each op with outputs of scripts/make_augment_reference.py. The GPU augmentation stage
-// is checked against these functions. They are written to be read, not to be fast.
+// compares each op with outputs of scripts/make_augment_reference.py. The arithmetic itself is the
+// augment kernels' CPU twin (kernels/augment.h), which these functions wrap for ImageU8 images
+// after checking their arguments; the GPU stage computes the same values.
 //
 // Images are (H, W, 3) RGB uint8 (ImageU8). Ops return a new image. Invalid arguments (a crop
 // outside the image, a negative factor, ...) throw std::invalid_argument with a message that
@@ -15,6 +16,7 @@
 #include "data/augment_params.h"
 #include "data/image.h"
 #include "engine/rng.h"
+#include "kernels/augment_arith.h"
 
 namespace deit::data {
 
@@ -31,8 +33,16 @@ ImageU8 hflip(const ImageU8& src);
 // becomes 2 1 | 0 1 2 3 | 2 1. Requires padding < min(H, W).
 ImageU8 pad_reflect(const ImageU8& src, int padding);
 
+// Pillow's Image.resize(size, Image.BICUBIC) (Pillow 9.4, libImaging/Resample.c), which the
+// reference's Resize and RandomResizedCrop call: Keys' cubic kernel (a = -0.5), stretched by the
+// scale factor when shrinking (antialiasing); pixel centres at i + 0.5; taps outside the image
+// dropped and the rest renormalised; a horizontal then a vertical pass, each with 22-bit
+// fixed-point weights and rounding to uint8 in between, a pass whose size stays skipped.
+// src: (H, W, 3) -> (out_height, out_width, 3).
+ImageU8 resize_bicubic(const ImageU8& src, int out_height, int out_width);
+
 // torchvision Resize(size) with an int: the shorter side becomes `size`, the longer side
-// int(size * long / short); bicubic as Pillow (data/resample.h).
+// int(size * long / short); bicubic as Pillow (resize_bicubic).
 ImageU8 resize_shorter_side(const ImageU8& src, int size);
 
 // torchvision CenterCrop(size): top = round((H - size) / 2), left likewise, with Python's round
@@ -84,8 +94,12 @@ ImageU8 eval_transform(const ImageU8& src, int size, double crop_ratio);
 // ---- To float. ----
 
 // ImageNet mean and std, as float32 (torchvision's Normalize holds them as float32 tensors).
-inline constexpr float kImageNetMean[3] = {0.485f, 0.456f, 0.406f};
-inline constexpr float kImageNetStd[3] = {0.229f, 0.224f, 0.225f};
+inline constexpr float kImageNetMean[3] = {kernels::augment_arith::imagenet_mean(0),
+                                           kernels::augment_arith::imagenet_mean(1),
+                                           kernels::augment_arith::imagenet_mean(2)};
+inline constexpr float kImageNetStd[3] = {kernels::augment_arith::imagenet_std(0),
+                                          kernels::augment_arith::imagenet_std(1),
+                                          kernels::augment_arith::imagenet_std(2)};
 
 // torchvision ToTensor + Normalize, in float32 as they compute it: (v / 255 - mean) / std.
 // image: (H, W, 3) uint8 -> out: (3, H, W) float planes, the layout the patch embedding reads.

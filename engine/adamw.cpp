@@ -24,9 +24,7 @@ void AdamW::update(const std::vector<Slot*>& active, double grad_scale, double /
 
 #if DEIT_HAVE_CUDA
 void AdamW::update_on_device(kernels::CudaParamTable& table, cudaStream_t stream) {
-  // grad_scale 1: the --clip-grad factor is on the device already.
-  kernels::adamw_step_cuda(table, adam_step(step_count(), 1.0), lr(), options().weight_decay,
-                           stream);
+  kernels::adamw_step_cuda(table, stream);
 }
 #endif
 

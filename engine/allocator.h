@@ -3,8 +3,9 @@
 // reaching malloc / cudaMalloc after its first step.
 //
 // The CUDA cache is not stream-aware: a block freed on the host may be handed out again while a
-// kernel queued earlier still reads it. That is safe while all device work of a process runs on one
-// stream in order (engine/stream.h), which is how the engine issues work.
+// kernel queued earlier still reads it. That is safe because the engine's device work runs on one
+// compute stream in order, and work on any other stream (collectives, input uploads) is joined back
+// to it by events before a block it touches can be freed (engine/stream.h).
 #pragma once
 #include <cstddef>
 #include <cstdint>

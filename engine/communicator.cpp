@@ -32,33 +32,48 @@ std::vector<std::vector<size_t>> plan_buckets(const std::vector<Tensor>& tensors
 
 namespace {
 
-// Runs `collective` on each bucket of `tensors` (plan_buckets) as one flat tensor: a lone tensor
-// as a view of itself; a group packed into scratch memory, and unpacked afterwards.
+int64_t total_numel(const std::vector<Tensor>& tensors) {
+  int64_t total = 0;
+  for (const Tensor& t : tensors) total += t.numel();
+  return total;
+}
+
+// Runs `collective` on one bucket as one flat tensor: a lone tensor as a view of itself; several
+// packed into `flat` (of their total size), and unpacked afterwards.
+void run_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,
+                const std::function<void(const Tensor&)>& collective) {
+  if (tensors.size() == 1) {
+    collective(tensors[0].view({tensors[0].numel()}));
+    return;
+  }
+  int64_t offset = 0;
+  for (const Tensor& t : tensors) {
+    const int64_t n = t.numel();
+    flat.slice(offset, offset + n).copy_from(t.view({n}));
+    offset += n;
+  }
+  collective(flat);
+  offset = 0;
+  for (const Tensor& t : tensors) {
+    const int64_t n = t.numel();
+    t.view({n}).copy_from(flat.slice(offset, offset + n));
+    offset += n;
+  }
+}
+
+// Runs `collective` on each bucket of `tensors` (plan_buckets) with run_bucket, packing groups
+// into scratch memory of their size.
 void for_each_bucket(const std::vector<Tensor>& tensors, size_t bucket_bytes, Device device,
                      const std::function<void(const Tensor&)>& collective) {
   for (const std::vector<size_t>& group : plan_buckets(tensors, bucket_bytes)) {
-    if (group.size() == 1) {
-      const Tensor& t = tensors[group[0]];
-      if (t.numel() > 0) collective(t.view({t.numel()}));
-      continue;
-    }
-    int64_t total = 0;
-    for (size_t i : group) total += tensors[i].numel();
+    std::vector<Tensor> bucket;
+    for (size_t i : group) bucket.push_back(tensors[i]);
+    const int64_t total = total_numel(bucket);
     if (total == 0) continue;
-    const Tensor flat = Tensor::empty({total}, tensors[group[0]].dtype(), device);
-    int64_t offset = 0;
-    for (size_t i : group) {
-      const int64_t n = tensors[i].numel();
-      flat.slice(offset, offset + n).copy_from(tensors[i].view({n}));
-      offset += n;
-    }
-    collective(flat);
-    offset = 0;
-    for (size_t i : group) {
-      const int64_t n = tensors[i].numel();
-      tensors[i].view({n}).copy_from(flat.slice(offset, offset + n));
-      offset += n;
-    }
+    const Tensor flat = bucket.size() == 1
+                            ? Tensor()
+                            : Tensor::empty({total}, bucket.front().dtype(), device);
+    run_bucket(bucket, flat, collective);
   }
 }
 
@@ -115,6 +130,34 @@ void Communicator::all_reduce_mean(const std::vector<Tensor>& tensors, size_t bu
 void Communicator::all_reduce_sum(std::vector<double>& values) { reduce(values, ReduceOp::sum); }
 void Communicator::all_reduce_mean(std::vector<double>& values) { reduce(values, ReduceOp::mean); }
 
+void Communicator::start_bucket_mean(const std::vector<Tensor>& tensors, const Tensor& scratch) {
+  for (const Tensor& t : tensors) check_tensor(t, "start_bucket_mean");
+  std::vector<Tensor> bucket;  // the tensors with elements: the empty ones have nothing to reduce
+  for (const Tensor& t : tensors)
+    if (t.numel() > 0) bucket.push_back(t);
+  if (bucket.empty()) return;
+  for (const Tensor& t : bucket)
+    if (t.dtype() != bucket.front().dtype())
+      throw std::invalid_argument("start_bucket_mean: a bucket of " + bucket.front().describe() +
+                                  " and " + t.describe() + " (one dtype per bucket)");
+  if (bucket.size() == 1) {
+    start_bucket(bucket, Tensor(), ReduceOp::mean);
+    return;
+  }
+  const int64_t total = total_numel(bucket);
+  check_tensor(scratch, "start_bucket_mean scratch");
+  if (scratch.dtype() != bucket.front().dtype() || scratch.numel() < total)
+    throw std::invalid_argument("start_bucket_mean: scratch " + scratch.describe() + " for " +
+                                std::to_string(total) + " elements like " +
+                                bucket.front().describe());
+  start_bucket(bucket, scratch.view({scratch.numel()}).slice(0, total), ReduceOp::mean);
+}
+
+void Communicator::start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,
+                                ReduceOp op) {
+  run_bucket(tensors, flat, [&](const Tensor& f) { all_reduce_flat(f, op); });
+}
+
 void Communicator::broadcast(const Tensor& tensor, int root) {
   check_tensor(tensor, "broadcast");
   check_root(root);
@@ -142,6 +185,7 @@ class SingleProcessCommunicator final : public Communicator {
       : Communicator(device, 0, 1, local_rank) {}
   const char* backend() const override { return "single"; }
   void barrier() override {}
+  bool collectives_are_noops() const override { return true; }
 
  protected:
   void all_reduce_flat(const Tensor&, ReduceOp) override {}

@@ -1,10 +1,15 @@
 // Collectives for data-parallel training behind one interface, with three backends:
 //   single  world size 1: every collective leaves its values as they are (they are the result);
 //   mpi     CPU tensors, over MPI (engine/communicator_mpi.cpp, built with DEIT_HAVE_MPI);
-//   nccl    CUDA tensors, on the device's compute stream (engine/stream.h), so a collective is
-//           ordered after the kernels that produced its input and before those that read its
-//           output without any synchronisation (engine/communicator_nccl.cpp, DEIT_HAVE_NCCL).
+//   nccl    CUDA tensors, on the device's communication stream (engine/stream.h), joined to the
+//           compute stream by events (engine/communicator_nccl.cpp, DEIT_HAVE_NCCL).
 // make_communicator picks one from the device and the rendezvous (engine/rendezvous.h).
+//
+// Ordering on CUDA: every collective but a gradient bucket is ordered like a kernel on the compute
+// stream: after the work queued there before the call, and before the work queued after it,
+// without any host synchronisation. A gradient bucket (start_bucket_mean) is ordered after the
+// work queued before it and runs beside what follows, until finish_buckets() joins it: that is how
+// the reduction of the gradients overlaps the rest of backward (engine/gradient_reducer.h).
 //
 // As with MPI and NCCL themselves, every rank must call the same collectives in the same order,
 // with tensors of the same shapes and dtypes. Calls come from one thread.
@@ -27,6 +32,7 @@
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "engine/device.h"
@@ -36,6 +42,18 @@
 namespace deit {
 
 enum class ReduceOp { sum, mean };
+
+// Device time of the gradient buckets that one finish_buckets() joined (NCCL, eager steps).
+struct BucketTiming {
+  int buckets = 0;
+  // The buckets' own time on the communication stream (packing, the all-reduce, unpacking), added
+  // up: what the reduction costs, hidden or not.
+  double busy_ms = 0;
+  // From the end of the compute stream's work queued before finish_buckets() to the end of the
+  // last bucket, or 0 when the buckets ended first: how long the compute stream waited for them,
+  // the communication time that backward did not hide.
+  double exposed_ms = 0;
+};
 
 // How a list of tensors is reduced: groups of indices into `tensors`, in order, each reduced as one
 // flat buffer. Consecutive tensors of one dtype share a group while their bytes fit in
@@ -83,12 +101,38 @@ class Communicator {
   // Returns once every rank has called it; with NCCL, also once this rank's queued work is done.
   virtual void barrier() = 0;
 
+  // True for the single backend, whose collectives leave every value as it is: callers may skip
+  // them (and their packing) altogether.
+  virtual bool collectives_are_noops() const { return false; }
+
+  // Gradient buckets (engine/gradient_reducer.h). Averages `tensors` (one dtype, f32 or f64, on
+  // device()) over the ranks as one buffer: several tensors are packed into `scratch` (of their
+  // dtype, at least their total size, used by nothing else); one tensor is reduced in place and
+  // `scratch` is not touched. The result is all_reduce_mean's, bit for bit.
+  //   MPI: complete when the call returns.
+  //   NCCL: returns at once. The bucket runs on the communication stream after the work queued on
+  //   the compute stream before the call, beside the work queued after it: nothing may read or
+  //   write `tensors` or `scratch`, nor the host free them, until finish_buckets() has joined it.
+  //   Buckets run one after another, so one scratch serves them all.
+  void start_bucket_mean(const std::vector<Tensor>& tensors, const Tensor& scratch);
+  // The work queued on the compute stream after this call runs after every bucket started before
+  // it (NCCL; without a host wait). Nothing to do for MPI.
+  virtual void finish_buckets() {}
+  // The device time of the buckets the last finish_buckets() joined; waits for them. Read it
+  // before the next start_bucket_mean. nullopt where buckets reduce on the host while backward
+  // waits for them (MPI: every bucket is exposed), where there were none, or where that work was
+  // captured into a CUDA graph rather than run (its events are not recorded then).
+  virtual std::optional<BucketTiming> last_bucket_timing() const { return std::nullopt; }
+
  protected:
   Communicator(Device device, int rank, int world_size, int local_rank);
 
   // The backends' collectives on one checked tensor: f32 or f64, on device(), not empty.
   virtual void all_reduce_flat(const Tensor& flat, ReduceOp op) = 0;
   virtual void broadcast_flat(const Tensor& flat, int root) = 0;
+  // One checked bucket of start_bucket_mean: `flat` is the scratch cut to the bucket's size, or
+  // undefined for a lone tensor. By default it runs at once: pack, all_reduce_flat, unpack.
+  virtual void start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat, ReduceOp op);
 
  private:
   void reduce(const Tensor& tensor, ReduceOp op);

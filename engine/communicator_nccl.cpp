@@ -1,6 +1,10 @@
-// The NCCL backend: CUDA tensors, reduced on the device's compute stream (engine/stream.h), the
-// stream every engine kernel runs on, so a collective needs no event or synchronisation to see its
-// inputs final or to have its outputs read after it. NCCL's unique id travels from rank 0 to the
+// The NCCL backend: CUDA tensors, reduced on the device's communication stream (engine/stream.h).
+// Events tie it to the compute stream, where every engine kernel runs: before a collective, the
+// communication stream waits for the compute stream's work so far (which produced the inputs);
+// after it, the compute stream waits for the collective (a plain collective at once, in stream
+// order, so it behaves as a kernel on the compute stream would; a gradient bucket only at
+// finish_buckets(), so backward's later kernels run beside it). Neither wait blocks the host, and
+// both are captured into a CUDA graph as dependencies. NCCL's unique id travels from rank 0 to the
 // others over MPI when mpirun launched the job (and MPI is built in), else over TCP to rank 0 at
 // MASTER_ADDR:MASTER_PORT (engine/rendezvous.h).
 //
@@ -9,11 +13,13 @@
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/stream.h"
@@ -54,15 +60,46 @@ ncclUniqueId exchange_unique_id(const Rendezvous& rendezvous) {
   return id;
 }
 
+// A CUDA event of the current device, destroyed with its owner.
+class Event {
+ public:
+  explicit Event(unsigned flags) { DEIT_CUDA_CHECK(cudaEventCreateWithFlags(&event_, flags)); }
+  ~Event() {
+    if (event_) cudaEventDestroy(event_);
+  }
+  Event(Event&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  Event& operator=(Event&&) = delete;
+  operator cudaEvent_t() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+// Makes `waiter` wait, on the device, for the work queued on `producer` so far. The event may be
+// recorded again right after: a wait holds on to the record it was queued behind.
+void order_after(cudaStream_t waiter, cudaStream_t producer, cudaEvent_t event) {
+  DEIT_CUDA_CHECK(cudaEventRecord(event, producer));
+  DEIT_CUDA_CHECK(cudaStreamWaitEvent(waiter, event, 0));
+}
+
+double elapsed_ms(cudaEvent_t from, cudaEvent_t to) {
+  float ms = 0;
+  DEIT_CUDA_CHECK(cudaEventElapsedTime(&ms, from, to));
+  return ms;
+}
+
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(Device device, const Rendezvous& rendezvous)
-      : Communicator(device, rendezvous.rank, rendezvous.world_size, rendezvous.local_rank) {
-    if (!device.is_cuda())
-      throw std::invalid_argument("the NCCL communicator moves CUDA tensors, not " + device.str());
-    // NCCL binds a communicator to the device current at its creation.
-    DEIT_CUDA_CHECK(cudaSetDevice(device.index));
-    stream_ = compute_stream(device.index);
+      : Communicator(device, rendezvous.rank, rendezvous.world_size, rendezvous.local_rank),
+        // NCCL binds a communicator, and CUDA an event, to the device current at creation.
+        compute_(compute_stream(select_device(device))),
+        communication_(communication_stream(device.index)),
+        compute_ready_(cudaEventDisableTiming),
+        collective_done_(cudaEventDisableTiming),
+        join_(cudaEventDefault) {
     const ncclUniqueId id = exchange_unique_id(rendezvous);
     DEIT_NCCL_CHECK(ncclCommInitRank(&comm_, world_size(), id, rank()));
   }
@@ -87,28 +124,114 @@ class NcclCommunicator final : public Communicator {
   // here is also when an asynchronous NCCL failure becomes visible.
   void barrier() override {
     all_reduce_flat(Tensor::zeros({1}, DType::f32, device()), ReduceOp::sum);
-    DEIT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_));  // it waited for the collective
     ncclResult_t async_error = ncclSuccess;
     DEIT_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_error));
     DEIT_NCCL_CHECK(async_error);
   }
 
+  void finish_buckets() override {
+    if (started_ == 0) return;
+    DEIT_CUDA_CHECK(cudaEventRecord(join_, compute_));
+    // The buckets ran one after another on the communication stream: the end of the last is the
+    // end of them all.
+    DEIT_CUDA_CHECK(cudaStreamWaitEvent(compute_, bucket_events_[started_ - 1].done, 0));
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    DEIT_CUDA_CHECK(cudaStreamIsCapturing(compute_, &capture));
+    joined_ = capture == cudaStreamCaptureStatusNone ? started_ : 0;
+    started_ = 0;
+  }
+
+  std::optional<BucketTiming> last_bucket_timing() const override {
+    if (joined_ == 0) return std::nullopt;
+    const cudaEvent_t last_done = bucket_events_[joined_ - 1].done;
+    DEIT_CUDA_CHECK(cudaEventSynchronize(last_done));
+    DEIT_CUDA_CHECK(cudaEventSynchronize(join_));
+    BucketTiming timing;
+    timing.buckets = static_cast<int>(joined_);
+    for (size_t i = 0; i < joined_; ++i)
+      timing.busy_ms += elapsed_ms(bucket_events_[i].start, bucket_events_[i].done);
+    timing.exposed_ms = std::max(0.0, elapsed_ms(join_, last_done));
+    return timing;
+  }
+
  protected:
   void all_reduce_flat(const Tensor& flat, ReduceOp op) override {
-    DEIT_NCCL_CHECK(ncclAllReduce(flat.raw_data(), flat.raw_data(),
-                                  static_cast<size_t>(flat.numel()), nccl_type(flat.dtype()),
-                                  op == ReduceOp::mean ? ncclAvg : ncclSum, comm_, stream_));
+    order_after(communication_, compute_, compute_ready_);
+    all_reduce_on_communication_stream(flat, op);
+    order_after(compute_, communication_, collective_done_);
   }
 
   void broadcast_flat(const Tensor& flat, int root) override {
+    order_after(communication_, compute_, compute_ready_);
     DEIT_NCCL_CHECK(ncclBroadcast(flat.raw_data(), flat.raw_data(),
                                   static_cast<size_t>(flat.numel()), nccl_type(flat.dtype()), root,
-                                  comm_, stream_));
+                                  comm_, communication_));
+    order_after(compute_, communication_, collective_done_);
+  }
+
+  // Packing and unpacking run on the communication stream too: cudaMemcpyAsync there, not
+  // Tensor::copy_from, which would queue the copies on the compute stream behind backward.
+  void start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,
+                    ReduceOp op) override {
+    if (started_ == bucket_events_.size()) bucket_events_.emplace_back();
+    const BucketEvents& events = bucket_events_[started_++];
+    order_after(communication_, compute_, compute_ready_);
+    DEIT_CUDA_CHECK(cudaEventRecord(events.start, communication_));
+    if (tensors.size() == 1) {
+      all_reduce_on_communication_stream(tensors[0].view({tensors[0].numel()}), op);
+    } else {
+      copy_bucket(tensors, flat, /*into_flat=*/true);
+      all_reduce_on_communication_stream(flat, op);
+      copy_bucket(tensors, flat, /*into_flat=*/false);
+    }
+    DEIT_CUDA_CHECK(cudaEventRecord(events.done, communication_));
   }
 
  private:
+  // Timing events around one bucket's work on the communication stream.
+  struct BucketEvents {
+    Event start{cudaEventDefault};
+    Event done{cudaEventDefault};
+  };
+
+  // Makes `device` current; returns its index.
+  static int select_device(Device device) {
+    if (!device.is_cuda())
+      throw std::invalid_argument("the NCCL communicator moves CUDA tensors, not " + device.str());
+    DEIT_CUDA_CHECK(cudaSetDevice(device.index));
+    return device.index;
+  }
+
+  void all_reduce_on_communication_stream(const Tensor& flat, ReduceOp op) {
+    DEIT_NCCL_CHECK(ncclAllReduce(flat.raw_data(), flat.raw_data(),
+                                  static_cast<size_t>(flat.numel()), nccl_type(flat.dtype()),
+                                  op == ReduceOp::mean ? ncclAvg : ncclSum, comm_,
+                                  communication_));
+  }
+
+  // The tensors into consecutive elements of `flat`, or back, on the communication stream.
+  void copy_bucket(const std::vector<Tensor>& tensors, const Tensor& flat, bool into_flat) {
+    int64_t offset = 0;
+    for (const Tensor& t : tensors) {
+      const int64_t n = t.numel();
+      void* packed = flat.slice(offset, offset + n).raw_data();
+      DEIT_CUDA_CHECK(cudaMemcpyAsync(into_flat ? packed : t.raw_data(),
+                                      into_flat ? t.raw_data() : packed, t.nbytes(),
+                                      cudaMemcpyDeviceToDevice, communication_));
+      offset += n;
+    }
+  }
+
+  cudaStream_t compute_;  // first: select_device runs before the events are made
+  cudaStream_t communication_;
+  Event compute_ready_;    // compute stream -> communication stream
+  Event collective_done_;  // communication stream -> compute stream, after a plain collective
+  Event join_;             // on the compute stream at finish_buckets(): backward's end
+  std::vector<BucketEvents> bucket_events_;  // one pair per bucket of a backward, reused
+  size_t started_ = 0;  // buckets started since the last finish_buckets()
+  size_t joined_ = 0;   // buckets the last finish_buckets() joined, if their events are timed
   ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_ = nullptr;
 };
 
 }  // namespace

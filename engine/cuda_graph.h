@@ -6,8 +6,13 @@
 // What a replay reads and writes are the addresses seen during capture: tensors that the captured
 // work reads from outside (images, targets, parameters, optimizer state) must stay alive and be
 // refilled in place, and those it produced (the loss, the gradients) are rewritten in place by
-// every replay. Scalars passed to kernels by value (learning rate, Adam bias corrections) are
-// frozen at capture time.
+// every replay. Scalars passed to kernels by value are frozen at capture time; the optimizer's
+// learning rate and step count are not, when the graph holds Optimizer::update_async() and
+// Optimizer::begin_step_async() runs before each launch() (engine/optimizer.h).
+//
+// Work that the captured stream hands to another stream through events, as the NCCL communicator
+// does with its communication stream (engine/communicator.h), is captured with it, provided it is
+// joined back before the capture ends: every collective is, once its bucket is finished.
 #pragma once
 
 #if DEIT_HAVE_CUDA

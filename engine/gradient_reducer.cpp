@@ -1,36 +1,56 @@
 #include "engine/gradient_reducer.h"
 
+#include <algorithm>
+
 #include "engine/autograd.h"
 
 namespace deit {
 
 GradientReducer::GradientReducer(const ParameterRegistry& params, Communicator& comm,
                                  size_t bucket_bytes)
-    : comm_(comm), bucket_bytes_(bucket_bytes) {
+    : comm_(comm) {
   std::vector<Tensor> reversed;
   for (auto it = params.all().rbegin(); it != params.all().rend(); ++it)
     reversed.push_back(it->value);
+  std::map<DType, int64_t> scratch_elements;
   for (const std::vector<size_t>& group : plan_buckets(reversed, bucket_bytes)) {
     std::vector<Tensor>& bucket = buckets_.emplace_back();
+    int64_t elements = 0;
     for (size_t i : group) {
       bucket_of_.emplace(&reversed[i].impl(), buckets_.size() - 1);
       bucket.push_back(reversed[i]);
+      elements += reversed[i].numel();
+    }
+    if (group.size() > 1) {
+      int64_t& most = scratch_elements[bucket.front().dtype()];
+      most = std::max(most, elements);
     }
   }
+  if (comm_.collectives_are_noops()) return;  // backward() reduces nothing: no scratch needed
+  for (const auto& [dtype, elements] : scratch_elements)
+    scratch_.emplace(dtype, Tensor::empty({elements}, dtype, comm_.device()));
 }
 
 void GradientReducer::backward(const Tensor& loss, const Tensor& grad_loss) {
-  if (comm_.world_size() == 1) {
+  if (comm_.collectives_are_noops()) {
     deit::backward(loss, grad_loss);
     return;
   }
   pending_.clear();
   for (const std::vector<Tensor>& bucket : buckets_) pending_.push_back(bucket.size());
   next_bucket_ = 0;
-  deit::backward(loss, grad_loss, [this](const Tensor& leaf) { on_grad_ready(leaf); });
-  // Buckets holding a parameter that this backward did not reach: its gradient (if any, from
-  // earlier micro-batches) is final now.
-  while (next_bucket_ < buckets_.size()) reduce_bucket(next_bucket_++);
+  try {
+    deit::backward(loss, grad_loss, [this](const Tensor& leaf) { on_grad_ready(leaf); });
+    // Buckets holding a parameter that this backward did not reach: its gradient (if any, from
+    // earlier micro-batches) is final now.
+    while (next_bucket_ < buckets_.size()) reduce_bucket(next_bucket_++);
+  } catch (...) {
+    // The buckets already started still use their gradients: nothing queued after this may
+    // touch them before they end.
+    comm_.finish_buckets();
+    throw;
+  }
+  comm_.finish_buckets();
 }
 
 void GradientReducer::on_grad_ready(const Tensor& leaf) {
@@ -45,8 +65,9 @@ void GradientReducer::reduce_bucket(size_t bucket) {
   std::vector<Tensor> grads;
   for (const Tensor& param : buckets_[bucket])
     if (param.grad().defined()) grads.push_back(param.grad());
-  // The bucket fits bucket_bytes_ by construction: the communicator reduces it as one buffer.
-  comm_.all_reduce_mean(grads, bucket_bytes_);
+  if (grads.empty()) return;
+  const auto scratch = scratch_.find(grads.front().dtype());
+  comm_.start_bucket_mean(grads, scratch == scratch_.end() ? Tensor() : scratch->second);
 }
 
 }  // namespace deit

@@ -2,9 +2,12 @@
 // parameters' gradients are grouped into buckets, and each bucket is all-reduced (averaged over the
 // ranks) as soon as backward has made every gradient in it final (autograd.h's grad-ready hook).
 // On the CPU (MPI) the collective runs there and then, between two backward nodes. With NCCL it is
-// queued and the host goes on queueing backward's remaining kernels; the communicator queues it on
-// the compute stream (engine/communicator.h), so on the device it does not yet overlap them: that
-// needs a communication stream of its own.
+// queued on the communication stream (engine/communicator.h, start_bucket_mean) behind the kernels
+// that produced the bucket's gradients, and runs while backward's remaining kernels run on the
+// compute stream; backward() ends by making the compute stream wait for every bucket
+// (finish_buckets), so whatever the caller queues next (the optimizer step) reads the averages.
+// The host never waits. Communicator::last_bucket_timing() tells, after an eager step, how much of
+// the reduction backward hid.
 //
 // Buckets: plan_buckets (engine/communicator.h) over the parameters in reverse registration order,
 // which is roughly the order backward finalises them (the head first, the patch embedding last).
@@ -17,8 +20,14 @@
 //
 // A parameter that gets no gradient: every rank runs the same graph, so the same parameters lack a
 // gradient on every rank; they are left out of their bucket's reduction and stay without one.
+//
+// Buffers: a bucket of one tensor is reduced in place in the gradient; the others are packed into
+// one scratch buffer per dtype, made once, of the largest such bucket. The buckets of a backward
+// run one after another on the communication stream, so each finds the scratch free, and the next
+// backward's first bucket is queued after the compute stream has waited for this one's last.
 #pragma once
 #include <cstddef>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -35,9 +44,10 @@ class GradientReducer {
                   size_t bucket_bytes = Communicator::kDefaultBucketBytes);
 
   // backward(loss, grad_loss), and by its return every parameter's gradient (all that backward and
-  // earlier backward calls accumulated) averaged over the ranks. Call it for the last micro-batch
-  // of an optimizer step, plain backward for the others: gradients are reduced once per step. On
-  // one rank it is plain backward.
+  // earlier backward calls accumulated) averaged over the ranks: on CUDA, for the work queued on
+  // the compute stream from then on. Call it for the last micro-batch of an optimizer step, plain
+  // backward for the others: gradients are reduced once per step. Alone (the single-process
+  // communicator) it is plain backward.
   void backward(const Tensor& loss, const Tensor& grad_loss);
 
   size_t bucket_count() const { return buckets_.size(); }
@@ -47,8 +57,8 @@ class GradientReducer {
   void reduce_bucket(size_t bucket);
 
   Communicator& comm_;
-  size_t bucket_bytes_;
   std::vector<std::vector<Tensor>> buckets_;  // parameter values, in reduction order
+  std::map<DType, Tensor> scratch_;            // per dtype, for the buckets of several tensors
   std::unordered_map<const TensorImpl*, size_t> bucket_of_;
   // During backward: per bucket, the gradients not yet final; and the next bucket to reduce.
   std::vector<size_t> pending_;

@@ -44,9 +44,7 @@ void Lamb::update(const std::vector<Slot*>& active, double grad_scale, double gr
 
 #if DEIT_HAVE_CUDA
 void Lamb::update_on_device(kernels::CudaParamTable& table, cudaStream_t stream) {
-  // grad_scale 1: the factor (clip_grad and max_grad_norm) is on the device already.
-  kernels::lamb_step_cuda(table, adam_step(step_count(), 1.0), lr(), options().weight_decay,
-                          stream);
+  kernels::lamb_step_cuda(table, stream);
 }
 #endif
 

@@ -111,6 +111,7 @@ Optimizer::Optimizer(const ParameterRegistry& params, const OptimizerOptions& op
     }
     device_table_ = std::make_unique<kernels::CudaParamTable>(table);
     device_grad_norm_ = Tensor::zeros({1}, DType::f32, device);
+    device_sum_squares_ = Tensor::zeros({1}, DType::f32, device);
 #endif
   }
 }
@@ -118,8 +119,27 @@ Optimizer::Optimizer(const ParameterRegistry& params, const OptimizerOptions& op
 Optimizer::~Optimizer() = default;
 
 void Optimizer::step_async() {
+  begin_step_async();
+  update_async();
+}
+
+void Optimizer::begin_step_async() {
 #if DEIT_HAVE_CUDA
-  if (!on_cuda()) throw std::logic_error("optimizer: step_async() is for CUDA parameters");
+  if (!on_cuda()) throw std::logic_error("optimizer: begin_step_async() is for CUDA parameters");
+  ++step_count_;
+  for (Slot& slot : slots_) ++slot.steps;
+  // grad_scale 1: the clipping factor is computed on the device by update_async().
+  kernels::set_step_cuda(*device_table_, adam_step(step_count_, 1.0), options_.lr,
+                         options_.weight_decay,
+                         compute_stream(slots_.front().param.value.device().index));
+#else
+  throw std::logic_error("optimizer: begin_step_async() needs CUDA parameters and a CUDA build");
+#endif
+}
+
+void Optimizer::update_async() {
+#if DEIT_HAVE_CUDA
+  if (!on_cuda()) throw std::logic_error("optimizer: update_async() is for CUDA parameters");
   NoGrad no_grad;
   for (size_t i = 0; i < slots_.size(); ++i) {
     const Parameter& p = slots_[i].param;
@@ -133,15 +153,29 @@ void Optimizer::step_async() {
                                   grad.describe() + ", parameter is " + p.value.describe());
     device_grads_[i].copy_from(grad);  // device to device: enqueued, no wait
   }
-  ++step_count_;
-  for (Slot& slot : slots_) ++slot.steps;
   cudaStream_t stream = compute_stream(slots_.front().param.value.device().index);
-  kernels::grad_norm_cuda(*device_table_, options_.clip_grad, device_max_grad_norm(), stream);
+  if (sum_grad_squares_over_ranks_) {
+    float* sum_squares = device_sum_squares_.data<float>();
+    kernels::grad_sum_squares_cuda(*device_table_, sum_squares, stream);
+    sum_grad_squares_over_ranks_(device_sum_squares_);
+    kernels::grad_factor_cuda(*device_table_, sum_squares, options_.clip_grad,
+                              device_max_grad_norm(), stream);
+  } else {
+    kernels::grad_norm_cuda(*device_table_, options_.clip_grad, device_max_grad_norm(), stream);
+  }
   update_on_device(*device_table_, stream);
   DEIT_CUDA_CHECK(cudaMemcpyAsync(device_grad_norm_.data<float>(), device_table_->grad_norm(),
                                   sizeof(float), cudaMemcpyDeviceToDevice, stream));
 #else
-  throw std::logic_error("optimizer: step_async() needs CUDA parameters and a CUDA build");
+  throw std::logic_error("optimizer: update_async() needs CUDA parameters and a CUDA build");
+#endif
+}
+
+void Optimizer::sum_grad_squares_with(std::function<void(const Tensor&)> sum_over_ranks) {
+  if (!on_cuda())
+    throw std::logic_error("optimizer: sum_grad_squares_with() is for CUDA parameters");
+#if DEIT_HAVE_CUDA
+  sum_grad_squares_over_ranks_ = std::move(sum_over_ranks);
 #endif
 }
 

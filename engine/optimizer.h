@@ -19,9 +19,12 @@
 // (kernels/optimizer.h, CudaParamTable): the global gradient norm, the clipping factor and LAMB's
 // trust ratios stay on the device, and each update also rewrites the bf16 copies. The table holds
 // fixed addresses, so each step first copies the gradients (fresh tensors from autograd) into
-// fixed fp32 buffers. Every parameter needs a gradient at every step there (a ViT's do).
+// fixed fp32 buffers. Every parameter needs a gradient at every step there (a ViT's do). The
+// learning rate and the step count's bias corrections reach the kernels through device memory
+// (begin_step_async), so that a CUDA graph of the update can be replayed step after step.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -90,12 +93,28 @@ class Optimizer {
   // (ZeRO-1, engine/sharded_optimizer.h) must clip by the norm of all of them.
   double step(std::optional<double> global_grad_norm = std::nullopt);
 
-  // CUDA parameters only: enqueues one update on the compute stream and returns without waiting
-  // (nothing in it synchronises with the host, so it can be captured in a CUDA graph, see
-  // engine/cuda_graph.h). The gradient norm stays on the device: device_grad_norm(). A non-finite
-  // gradient leaves weights and moments unchanged (the kernels' NaN factor) but counts as a step.
-  // step() on CUDA parameters is step_async() and one wait for the norm (no global_grad_norm yet).
+  // CUDA parameters only: enqueues one update on the compute stream and returns without waiting.
+  // The gradient norm stays on the device: device_grad_norm(). A non-finite gradient leaves
+  // weights and moments unchanged (the kernels' NaN factor) but counts as a step. step() on CUDA
+  // parameters is step_async() and one wait for the norm (no global_grad_norm: see
+  // sum_grad_squares_with).
   void step_async();
+  // step_async() in its two halves, for CUDA graphs (engine/cuda_graph.h):
+  //   begin_step_async()  advances step_count() and writes this step's scalars (lr(), the bias
+  //                       corrections of the new count) to the device, on the compute stream;
+  //   update_async()      enqueues the update, which reads them there. Nothing in it synchronises
+  //                       with the host or allocates, so it can be captured.
+  // A graph captures update_async() (with the forward and backward before it) and is replayed
+  // after a begin_step_async() each time: every replay then uses the current learning rate and
+  // step count. Capturing begin_step_async() would freeze those at their values at capture.
+  void begin_step_async();
+  void update_async();
+  // CUDA parameters only: clip by the norm of more gradients than this optimizer's, as an
+  // optimizer over one rank's share of the model must (ZeRO-1, engine/sharded_optimizer.h).
+  // update_async() then hands `sum_over_ranks` the device f32 (1) that holds the sum of squares of
+  // this optimizer's gradients, and it must leave there, in compute-stream order and without a
+  // host wait, the sum over every share (Communicator::all_reduce_sum does).
+  void sum_grad_squares_with(std::function<void(const Tensor& sum_squares)> sum_over_ranks);
   // CUDA parameters only: f32 (1) on the device, the global gradient norm of the last update.
   Tensor device_grad_norm() const;
   bool on_cuda() const { return !slots_.empty() && slots_.front().param.value.device().is_cuda(); }
@@ -133,7 +152,8 @@ class Optimizer {
 
 #if DEIT_HAVE_CUDA
   // The CUDA twin of update() over every parameter of `table`, enqueued on `stream`, after
-  // grad_norm_cuda has put the gradient factor on the device. step_count() includes this step.
+  // grad_norm_cuda has put the gradient factor, and set_step_cuda the step's scalars, on the
+  // device.
   virtual void update_on_device(kernels::CudaParamTable& table, cudaStream_t stream) = 0;
 #endif
   // The max_grad_norm folded into the device gradient factor (LAMB's own clip; 0: none).
@@ -154,6 +174,8 @@ class Optimizer {
   std::vector<Tensor> device_grads_;
   std::unique_ptr<kernels::CudaParamTable> device_table_;
   Tensor device_grad_norm_;  // copied from the table after each update
+  std::function<void(const Tensor&)> sum_grad_squares_over_ranks_;  // empty: this optimizer's own
+  Tensor device_sum_squares_;  // f32 (1): what sum_grad_squares_over_ranks_ sums
 #endif
 };
 

@@ -40,21 +40,37 @@ ShardedOptimizer::ShardedOptimizer(const std::string& name, const ParameterRegis
     local_ = make_optimizer(name, params, options);
     return;
   }
-  // step() sums the global gradient norm on the host, and a CUDA optimizer computes its own on the
-  // device (engine/optimizer.h): handing one to the other is not written yet.
-  if (params.size() > 0 && !params.all().front().value.device().is_cpu())
-    throw std::invalid_argument("--zero (a sharded optimizer state) is not available for " +
-                                params.all().front().value.device().str() +
-                                " parameters yet; leave it off");
+  const bool on_cuda = params.size() > 0 && params.all().front().value.device().is_cuda();
+  // An optimizer over no tensor has no device to compute its share of the norm on, and every
+  // rank must take part in summing the shares.
+  if (on_cuda && owned().empty())
+    throw std::invalid_argument(
+        "--zero: sharding " + std::to_string(params.size()) + " parameter tensors over " +
+        std::to_string(comm.world_size()) + " ranks leaves rank " + std::to_string(comm.rank()) +
+        " without one, which a CUDA run cannot do; use fewer ranks or leave --zero off");
   for (size_t i : owned()) {
     const Parameter& p = params.all()[i];
     shard_.add(p.name, p.value, p.weight_decay);
   }
   local_ = make_optimizer(name, shard_, options);
+  if (on_cuda)
+    local_->sum_grad_squares_with(
+        [&comm](const Tensor& sum_squares) { comm.all_reduce_sum(sum_squares); });
+}
+
+void ShardedOptimizer::broadcast_updates() {
+  for (int r = 0; r < comm_.world_size(); ++r) comm_.broadcast(owned_values_[r], r);
 }
 
 double ShardedOptimizer::step() {
   if (!sharded_) return local_->step();
+  if (local_->on_cuda()) {
+    // The norm of every rank's gradients (sum_grad_squares_with), the same on every rank: a
+    // non-finite one throws on every rank alike, before any broadcast.
+    const double grad_norm = local_->step();
+    broadcast_updates();
+    return grad_norm;
+  }
   // After the reduction every rank holds every gradient: the norm is the one a replicated step
   // computes, in the same order, so a non-finite gradient stops every rank alike.
   const double grad_norm = global_grad_norm(params_);
@@ -62,13 +78,19 @@ double ShardedOptimizer::step() {
     throw NonFiniteGradient("optimizer: the global gradient norm is " + std::to_string(grad_norm) +
                             "; step skipped, nothing modified");
   local_->step(grad_norm);
-  for (int r = 0; r < comm_.world_size(); ++r) comm_.broadcast(owned_values_[r], r);
+  broadcast_updates();
   return grad_norm;
 }
 
 void ShardedOptimizer::step_async() {
-  if (sharded_) throw std::logic_error("a sharded optimizer has no asynchronous step");
-  local_->step_async();
+  begin_step_async();
+  update_async();
+}
+
+void ShardedOptimizer::update_async() {
+  local_->update_async();
+  // A non-finite norm left every shard unchanged on every rank: the broadcasts change nothing.
+  if (sharded_) broadcast_updates();
 }
 
 NamedTensors ShardedOptimizer::gather_state() {

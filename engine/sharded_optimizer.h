@@ -7,10 +7,16 @@
 //    and updates, only the tensors it owns; then each owner broadcasts its updated tensors. The
 //    optimizer state per rank (two moments, twice the model in fp32) shrinks by the world size,
 //    which is what lets ViT-H's LAMB state fit beside a large batch.
-// Clipping (--clip-grad, LAMB's max_grad_norm) needs the norm of every gradient: each rank has them
-// all, so it computes the global norm exactly as an unsharded step does (global_grad_norm, in
-// registration order) and hands it to its shard's optimizer. A sharded step therefore makes
-// bit-for-bit the update of a replicated one.
+// Clipping (--clip-grad, LAMB's max_grad_norm) needs the norm of every gradient. On the CPU each
+// rank has them all, so it computes the global norm exactly as an unsharded step does
+// (global_grad_norm, in registration order) and hands it to its shard's optimizer: a sharded step
+// makes bit-for-bit the update of a replicated one. On CUDA the norm stays on the device: each rank
+// sums the squares of its own share's gradients and a one-float all-reduce adds the shares up
+// (Optimizer::sum_grad_squares_with), so the norm is summed in another order than a replicated
+// step's (fp32 rounding), but it is the same on every rank, and so is the update. The owners'
+// broadcasts are queued on the compute stream like the update (engine/communicator.h), so a
+// sharded CUDA step needs no host wait either and can be captured in a graph. On CUDA every rank
+// must own at least one tensor (the constructor says so when a rank would own none).
 //
 // Checkpoints have one format, whatever the world size and the sharding: gather_state() collects
 // the whole state on rank 0 in Optimizer::state()'s layout, and load_state() takes that layout and
@@ -42,9 +48,13 @@ class ShardedOptimizer {
   // Returns the global gradient norm before clipping. Throws NonFiniteGradient, with nothing
   // modified, on every rank alike when a gradient is not finite.
   double step();
-  // CUDA parameters, which are never sharded: Optimizer::step_async (one update enqueued, no
-  // wait) and the device_grad_norm() it leaves on the device.
+  // CUDA parameters: Optimizer::step_async (one update enqueued, no wait; then, when sharded, the
+  // owners' broadcasts) and the device_grad_norm() it leaves on the device, the global norm. Also
+  // in the two halves Optimizer describes for CUDA graphs: update_async() is what a graph
+  // captures, begin_step_async() what runs before each replay.
   void step_async();
+  void begin_step_async() { local_->begin_step_async(); }
+  void update_async();
   Tensor device_grad_norm() const { return local_->device_grad_norm(); }
 
   void set_lr(double lr) { local_->set_lr(lr); }
@@ -62,6 +72,9 @@ class ShardedOptimizer {
   void load_state(const NamedTensors& state);
 
  private:
+  // Sharded: every owner's updated tensors to the other ranks.
+  void broadcast_updates();
+
   const ParameterRegistry& params_;
   Communicator& comm_;
   bool sharded_;

@@ -63,6 +63,7 @@ void ema_update_cpu(T* ema, const T* value, double decay, int64_t n);
 // CUDA: "multi-tensor apply". The tensors are cut into chunks of kCudaOptimizerChunk elements and
 // every launch runs one block per chunk of every tensor, so a ViT's ~150 parameter tensors take a
 // handful of launches per step:
+//   set_step_cuda    1 launch (one thread): the step's scalars into the table's device memory
 //   grad_norm_cuda   2 launches: per-chunk sums of squares, then the norm and the gradient factor
 //   lamb_step_cuda   3 launches: moments + per-chunk ||p||^2, ||update||^2; per-tensor trust
 //                    ratios; the parameter update
@@ -71,6 +72,11 @@ void ema_update_cpu(T* ema, const T* value, double decay, int64_t n);
 // bf16 copy of the weights that the forward reads. The reductions are deterministic (fixed chunks,
 // fp32 partials added in a fixed order, no atomics), and nothing waits on the host: the gradient
 // norm, the clipping factor and the trust ratios stay on the device.
+//
+// The scalars that change from step to step (learning rate, Adam bias corrections) are read from
+// device memory that set_step_cuda writes, not passed by value: a CUDA graph that captured the
+// update kernels (engine/cuda_graph.h) then applies whatever set_step_cuda, run outside the graph
+// before each replay, wrote last.
 
 constexpr int64_t kCudaOptimizerChunk = 16384;
 
@@ -105,8 +111,8 @@ class CudaParamTable {
   // False when some tensor lacks param_bf16, grad or a moment: the table serves the EMA only.
   bool has_optimizer_state() const { return has_optimizer_state_; }
   int64_t chunks() const { return chunks_; }
-  // Device floats written by grad_norm_cuda: the global norm of the gradients as given, and the
-  // factor the updates read the gradients with.
+  // Device floats written by grad_norm_cuda (or grad_factor_cuda): the global norm of the
+  // gradients as given, and the factor the updates read the gradients with.
   const float* grad_norm() const { return scalars_; }
   const float* grad_scale() const { return scalars_ + 1; }
 
@@ -117,9 +123,11 @@ class CudaParamTable {
   float* partials_ = nullptr;          // device: two floats per chunk
   float* trust_ = nullptr;             // device: one float per tensor
   float* scalars_ = nullptr;           // device: grad norm, grad scale
+  void* step_ = nullptr;               // device: the scalars set_step_cuda writes
   int64_t tensors_ = 0;
   int64_t chunks_ = 0;
   bool has_optimizer_state_ = true;
+  bool step_set_ = false;  // set_step_cuda has run at least once
 };
 
 // The global gradient norm over every tensor of the table (what engine/optimizer.h's
@@ -131,17 +139,33 @@ class CudaParamTable {
 void grad_norm_cuda(CudaParamTable& table, double clip_grad, double max_grad_norm,
                     cudaStream_t stream);
 
+// grad_norm_cuda in two halves, for a table over one rank's share of the parameters (ZeRO-1,
+// engine/sharded_optimizer.h), whose norm must be that of every rank's gradients:
+// grad_sum_squares_cuda writes the sum of squares of the table's gradients to the device float
+// `sum_squares`, which the caller then sums over the ranks in place; grad_factor_cuda derives
+// grad_norm() and grad_scale() from the sum as grad_norm_cuda does. On one rank the two give
+// grad_norm_cuda's bits.
+void grad_sum_squares_cuda(CudaParamTable& table, float* sum_squares, cudaStream_t stream);
+void grad_factor_cuda(CudaParamTable& table, const float* sum_squares, double clip_grad,
+                      double max_grad_norm, cudaStream_t stream);
+
+// Writes the scalars of the next update to the table's device memory, in stream order: the Adam
+// scalars of `step` (its step number's bias corrections; step.grad_scale must be 1, as the factor
+// comes from grad_norm_cuda), the learning rate and the weight decay of the tensors that take it.
+// Run it before every lamb_step_cuda / adamw_step_cuda and, when those are replayed from a CUDA
+// graph, outside the graph (std::invalid_argument for step.grad_scale != 1).
+void set_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
+                   cudaStream_t stream);
+
 // LAMB over every tensor, as engine/lamb.cpp: lamb_update_cpu's moments and update direction with
 // the gradients read as grad * grad_scale(), trust = ||p|| / ||update|| for tensors with weight
-// decay when weight_decay != 0 and both norms are nonzero (else 1), p -= lr * trust * update.
-// step.grad_scale must be 1: the factor comes from grad_norm_cuda, on the device.
-void lamb_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
-                    cudaStream_t stream);
+// decay when weight_decay != 0 and both norms are nonzero (else 1), p -= lr * trust * update;
+// the scalars are set_step_cuda's (std::logic_error if it never ran on this table).
+void lamb_step_cuda(CudaParamTable& table, cudaStream_t stream);
 
 // adamw_update_cpu over every tensor (weight decay only on those that take it), gradients read as
-// grad * grad_scale(). step.grad_scale must be 1.
-void adamw_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
-                     cudaStream_t stream);
+// grad * grad_scale(), with set_step_cuda's scalars (std::logic_error if it never ran).
+void adamw_step_cuda(CudaParamTable& table, cudaStream_t stream);
 
 // ema_update_cpu(ema, param) for every tensor with an ema pointer.
 void ema_update_cuda(CudaParamTable& table, double decay, cudaStream_t stream);

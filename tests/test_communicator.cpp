@@ -1,6 +1,6 @@
 // The communicator without other processes: how lists of tensors are cut into buckets, the
-// single-process backend (every collective leaves values as they are, but misuse is still
-// refused), and the choice of backend. The MPI backend runs under mpirun: tests/test_comm_mpi.cpp.
+// single-process backend (every collective, gradient buckets included, leaves values as they are,
+// but misuse is still refused), and the choice of backend. The MPI backend runs under mpirun: tests/test_comm_mpi.cpp.
 #include <catch2/catch.hpp>
 
 #include "engine/communicator.h"
@@ -67,6 +67,30 @@ TEST_CASE("the single-process communicator: world 1, values unchanged", "[comm]"
   CHECK(metrics == std::vector<double>{2.5, -1.0, 7.0});
   comm->all_reduce_mean(metrics);
   CHECK(metrics == std::vector<double>{2.5, -1.0, 7.0});
+}
+
+TEST_CASE("gradient buckets alone: values unchanged, scratch and dtypes checked", "[comm]") {
+  auto comm = make_communicator(Device::cpu(), Rendezvous{});
+  CHECK(comm->collectives_are_noops());
+  Rng rng(4);
+  const Tensor a = Tensor::randn({10}, rng), b = Tensor::randn({4, 5}, rng);
+  const std::vector<float> a0 = a.to_vector<float>(), b0 = b.to_vector<float>();
+  const Tensor scratch = Tensor::empty({40});
+  comm->start_bucket_mean({a, b}, scratch);
+  comm->start_bucket_mean({a}, Tensor());  // a lone tensor needs no scratch
+  comm->start_bucket_mean({Tensor::zeros({0}), b}, Tensor());  // nor one with empty company
+  comm->finish_buckets();
+  CHECK(a.to_vector<float>() == a0);
+  CHECK(b.to_vector<float>() == b0);
+  CHECK_FALSE(comm->last_bucket_timing());  // buckets run on the host here
+
+  CHECK_THROWS_WITH(comm->start_bucket_mean({a, b}, Tensor::empty({29})),
+                    Catch::Contains("scratch"));
+  CHECK_THROWS_WITH(comm->start_bucket_mean({a, b}, Tensor::empty({30}, DType::f64)),
+                    Catch::Contains("scratch"));
+  CHECK_THROWS_WITH(comm->start_bucket_mean({a, b}, Tensor()), Catch::Contains("undefined"));
+  CHECK_THROWS_WITH(comm->start_bucket_mean({a, Tensor::zeros({3}, DType::f64)}, scratch),
+                    Catch::Contains("one dtype per bucket"));
 }
 
 TEST_CASE("a communicator refuses what no backend could reduce, even alone", "[comm]") {

@@ -12,6 +12,10 @@
 // ||update||) are fp32 sums of fp32 partials, ~1e-6 relative; the gradient factor they produce
 // scales m and sqrt(v) alike, and the trust ratio moves the parameters by lr * trust * update, a
 // fraction lr (~1e-3) of their size. Three steps of that stay well under 1e-5 per tensor.
+//
+// The step's scalars (learning rate, bias corrections) reach the kernels through set_step_cuda's
+// device memory: one case captures the norm and LAMB launches in a CUDA graph once and replays it
+// with a new step number and learning rate set before each replay, as engine/optimizer.h does.
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
@@ -182,6 +186,16 @@ AdamStep adam_step(int t, double grad_scale) {
   return s;
 }
 
+// Step t of LAMB / AdamW at the learning rate kLr, as engine/optimizer.cpp enqueues it.
+void lamb_step(CudaParamTable& table, int t, cudaStream_t stream) {
+  set_step_cuda(table, adam_step(t, 1.0), kLr, kWeightDecay, stream);
+  lamb_step_cuda(table, stream);
+}
+void adamw_step(CudaParamTable& table, int t, cudaStream_t stream) {
+  set_step_cuda(table, adam_step(t, 1.0), kLr, kWeightDecay, stream);
+  adamw_step_cuda(table, stream);
+}
+
 void check_norm(const DeviceState& d, const HostNorm& ref) {
   const double norm = d.read_scalar(d.table->grad_norm());
   const double scale = d.read_scalar(d.table->grad_scale());
@@ -191,7 +205,8 @@ void check_norm(const DeviceState& d, const HostNorm& ref) {
 }
 
 // engine/lamb.cpp's update on the host state.
-void host_lamb(HostState& h, const std::vector<std::vector<float>>& grads, const AdamStep& step) {
+void host_lamb(HostState& h, const std::vector<std::vector<float>>& grads, const AdamStep& step,
+               double lr = kLr) {
   const auto& specs = tensor_specs();
   for (size_t i = 0; i < specs.size(); ++i) {
     const int64_t n = specs[i].n;
@@ -205,7 +220,7 @@ void host_lamb(HostState& h, const std::vector<std::vector<float>>& grads, const
       const double un = std::sqrt(sum_squares_cpu<float>(update.data(), n));
       if (pn > 0 && un > 0) trust = pn / un;
     }
-    add_scaled_cpu<float>(h.param[i].data(), update.data(), -kLr * trust, n);
+    add_scaled_cpu<float>(h.param[i].data(), update.data(), -lr * trust, n);
   }
 }
 
@@ -234,7 +249,7 @@ TEST_CASE("cuda LAMB over a multi-tensor table matches the CPU twin", "[gpu][opt
     dev.poison_bf16();
     const HostNorm ref = host_grad_norm(grads, clip_grad, max_grad_norm);
     grad_norm_cuda(*dev.table, clip_grad, max_grad_norm, stream);
-    lamb_step_cuda(*dev.table, adam_step(t, 1.0), kLr, kWeightDecay, stream);
+    lamb_step(*dev.table, t, stream);
     stream.sync();
     host_lamb(host, grads, adam_step(t, ref.scale));
     check_norm(dev, ref);
@@ -255,7 +270,7 @@ TEST_CASE("cuda AdamW over a multi-tensor table matches the CPU twin", "[gpu][op
     dev.poison_bf16();
     const HostNorm ref = host_grad_norm(grads, clip_grad, 0.0);
     grad_norm_cuda(*dev.table, clip_grad, 0.0, stream);
-    adamw_step_cuda(*dev.table, adam_step(t, 1.0), kLr, kWeightDecay, stream);
+    adamw_step(*dev.table, t, stream);
     stream.sync();
     host_adamw(host, grads, adam_step(t, ref.scale));
     check_norm(dev, ref);
@@ -291,7 +306,7 @@ TEST_CASE("cuda optimizer steps are deterministic", "[gpu][optimizer]") {
   for (DeviceState* d : {&a, &b}) {
     d->set_grads(grads);
     grad_norm_cuda(*d->table, 1.0, 1.0, stream);
-    lamb_step_cuda(*d->table, adam_step(1, 1.0), kLr, kWeightDecay, stream);
+    lamb_step(*d->table, 1, stream);
   }
   stream.sync();
   CHECK(a.read_scalar(a.table->grad_norm()) == b.read_scalar(b.table->grad_norm()));
@@ -316,9 +331,9 @@ TEST_CASE("cuda optimizer steps leave everything unchanged on a non-finite gradi
     dev.poison_bf16();
     grad_norm_cuda(*dev.table, 1.0, lamb ? 1.0 : 0.0, stream);
     if (lamb)
-      lamb_step_cuda(*dev.table, adam_step(1, 1.0), kLr, kWeightDecay, stream);
+      lamb_step(*dev.table, 1, stream);
     else
-      adamw_step_cuda(*dev.table, adam_step(1, 1.0), kLr, kWeightDecay, stream);
+      adamw_step(*dev.table, 1, stream);
     stream.sync();
     CHECK_FALSE(std::isfinite(dev.read_scalar(dev.table->grad_norm())));
     for (size_t i = 0; i < specs.size(); ++i) {
@@ -332,13 +347,14 @@ TEST_CASE("cuda optimizer steps leave everything unchanged on a non-finite gradi
   }
 }
 
-TEST_CASE("cuda optimizer rejects a host gradient factor and bad tensors", "[gpu][optimizer]") {
+TEST_CASE("cuda optimizer rejects a host gradient factor, a missing step and bad tensors",
+          "[gpu][optimizer]") {
   Stream stream;
   Rng rng(2106);
   DeviceState dev(initial_state(rng));
-  CHECK_THROWS_AS(lamb_step_cuda(*dev.table, adam_step(1, 0.5), kLr, kWeightDecay, stream),
-                  std::invalid_argument);
-  CHECK_THROWS_AS(adamw_step_cuda(*dev.table, adam_step(1, 0.5), kLr, kWeightDecay, stream),
+  CHECK_THROWS_AS(lamb_step_cuda(*dev.table, stream), std::logic_error);  // no set_step_cuda yet
+  CHECK_THROWS_AS(adamw_step_cuda(*dev.table, stream), std::logic_error);
+  CHECK_THROWS_AS(set_step_cuda(*dev.table, adam_step(1, 0.5), kLr, kWeightDecay, stream),
                   std::invalid_argument);
   CudaParam missing_grad;
   missing_grad.param = dev.param[0].get();
@@ -358,16 +374,77 @@ TEST_CASE("cuda optimizer rejects a host gradient factor and bad tensors", "[gpu
   CudaParamTable ema_table({ema_only});
   CHECK_FALSE(ema_table.has_optimizer_state());
   CHECK_THROWS_AS(grad_norm_cuda(ema_table, 0.0, 0.0, stream), std::invalid_argument);
-  CHECK_THROWS_AS(lamb_step_cuda(ema_table, adam_step(1, 1.0), kLr, kWeightDecay, stream),
+  CHECK_THROWS_AS(set_step_cuda(ema_table, adam_step(1, 1.0), kLr, kWeightDecay, stream),
                   std::invalid_argument);
-  CHECK_THROWS_AS(adamw_step_cuda(ema_table, adam_step(1, 1.0), kLr, kWeightDecay, stream),
-                  std::invalid_argument);
+  CHECK_THROWS_AS(lamb_step_cuda(ema_table, stream), std::invalid_argument);
+  CHECK_THROWS_AS(adamw_step_cuda(ema_table, stream), std::invalid_argument);
 
   // An empty table: the norm is 0, the factor 1, and the steps do nothing.
   CudaParamTable empty(std::vector<CudaParam>{});
   grad_norm_cuda(empty, 1.0, 1.0, stream);
-  lamb_step_cuda(empty, adam_step(1, 1.0), kLr, kWeightDecay, stream);
+  lamb_step(empty, 1, stream);
   stream.sync();
   CHECK(dev.read_scalar(empty.grad_norm()) == 0.f);
   CHECK(dev.read_scalar(empty.grad_scale()) == 1.f);
+}
+
+TEST_CASE("cuda gradient norm in two halves gives grad_norm_cuda's bits", "[gpu][optimizer]") {
+  // ZeRO-1's path (engine/sharded_optimizer.h) on one rank: the sum of squares, summed over the
+  // ranks (none here), then the norm and the factor.
+  Stream stream;
+  Rng rng(2107);
+  const HostState host = initial_state(rng);
+  const auto grads = random_grads(rng);
+  DeviceState whole(host), halves(host);
+  whole.set_grads(grads);
+  halves.set_grads(grads);
+  F32Buffer sum_squares(1);
+  grad_norm_cuda(*whole.table, 1.0, 1.0, stream);
+  grad_sum_squares_cuda(*halves.table, sum_squares.get(), stream);
+  grad_factor_cuda(*halves.table, sum_squares.get(), 1.0, 1.0, stream);
+  stream.sync();
+  const float norm = whole.read_scalar(whole.table->grad_norm());
+  CHECK(halves.read_scalar(halves.table->grad_norm()) == norm);
+  CHECK(halves.read_scalar(halves.table->grad_scale()) ==
+        whole.read_scalar(whole.table->grad_scale()));
+  CHECK(sum_squares.download()[0] == Approx(static_cast<double>(norm) * norm).epsilon(1e-6));
+  check_norm(halves, host_grad_norm(grads, 1.0, 1.0));
+}
+
+TEST_CASE("cuda LAMB captured once in a graph takes each replay's step and learning rate",
+          "[gpu][optimizer]") {
+  // The captured launches read the scalars set_step_cuda writes before each replay, outside the
+  // graph: replay t must be step t at learning rate lr[t], not the values seen at capture.
+  Stream stream;
+  Rng rng(2108);
+  HostState host = initial_state(rng);
+  DeviceState dev(host);
+  const double clip_grad = 1.0, max_grad_norm = 1.0;
+  const double lrs[kSteps] = {kLr, 0.25 * kLr, 3 * kLr};
+  // Capture needs a set step on the table (lamb_step_cuda checks it on the host); the replays
+  // below set their own.
+  set_step_cuda(*dev.table, adam_step(1, 1.0), kLr, kWeightDecay, stream);
+  stream.sync();
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  DEIT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  grad_norm_cuda(*dev.table, clip_grad, max_grad_norm, stream);
+  lamb_step_cuda(*dev.table, stream);
+  DEIT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  DEIT_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int t = 1; t <= kSteps; ++t) {
+    INFO("replay " << t << " at lr " << lrs[t - 1]);
+    const auto grads = random_grads(rng);
+    dev.set_grads(grads);
+    dev.poison_bf16();
+    set_step_cuda(*dev.table, adam_step(t, 1.0), lrs[t - 1], kWeightDecay, stream);
+    DEIT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    stream.sync();
+    const HostNorm ref = host_grad_norm(grads, clip_grad, max_grad_norm);
+    host_lamb(host, grads, adam_step(t, ref.scale), lrs[t - 1]);
+    check_norm(dev, ref);
+    check_state(dev, host);
+  }
+  DEIT_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  DEIT_CUDA_CHECK(cudaGraphDestroy(graph));
 }

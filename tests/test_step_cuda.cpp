@@ -1,7 +1,10 @@
 // [gpu] A whole training step of a small ViT on the GPU, through the engine (ops, autograd,
 // optimizer, EMA), judged against the CPU reference with the same weights and batch, and the
-// properties the CUDA step promises: it can be captured and replayed as a CUDA graph with the same
-// result, and once warm it allocates no device memory.
+// properties the CUDA step promises: it can be captured once and replayed as a CUDA graph step
+// after step with the eager steps' results (the learning rate and step count read from the device),
+// and once warm it allocates no device memory. Data-parallel: the gradient reducer over a one-rank
+// NCCL communicator (engine/gradient_reducer.h: buckets on the communication stream) leaves the
+// step exactly as it was without it, eager and captured.
 //
 // The model is small but has every op family at shapes the kernels take: patch 8 on 32x32 images
 // (16 patches + the class token), width 128, two heads of 64, two blocks, 16 classes. LayerScale
@@ -18,8 +21,10 @@
 #include "cuda_test_util.h"
 #include "engine/allocator.h"
 #include "engine/autograd.h"
+#include "engine/comm_check.h"  // detail::make_nccl_communicator
 #include "engine/cuda_graph.h"
 #include "engine/ema.h"
+#include "engine/gradient_reducer.h"
 #include "engine/ops.h"
 #include "engine/optimizer.h"
 #include "engine/rng.h"
@@ -213,60 +218,85 @@ TEST_CASE("CUDA gradients match the CPU with drop-path, soft cross-entropy and a
   }
 }
 
-TEST_CASE("CUDA step replayed from a CUDA graph gives the eager step's result", "[gpu][step]") {
+TEST_CASE("a CUDA step captured once and replayed N times gives N eager steps as the lr changes",
+          "[gpu][step]") {
+  // The graph holds forward, backward and Optimizer::update_async(); begin_step_async() runs
+  // before each replay and writes that step's learning rate and bias corrections to the device.
+  // A graph that froze them at capture would diverge from the eager run at the second replay:
+  // the learning rates differ by up to 10x, and AdamW's step scales with 1 / (1 - beta1^t). Every
+  // kernel of the step is deterministic (no atomics; fixed cuBLASLt plans), so replays and eager
+  // steps agree to the last bits; 1e-6 leaves room for nothing else.
+  constexpr int kSteps = 4;
+  const double lrs[kSteps] = {0.01, 0.002, 0.02, 0.005};
   const VisionTransformer init = make_cpu_model(21);
-  VisionTransformer gpu(small_config(), kGpu);
-  copy_weights(init, gpu);
   const Batch batch = make_batch(22, kGpu);
-  auto opt = make_optimizer("lamb", gpu.parameters(), test_options());
-  NamedTensors fresh_state;
-  for (const auto& [name, t] : opt->state()) fresh_state.emplace_back(name, t.to(Device::cpu()));
-  auto reset = [&] {
-    copy_weights(init, gpu);
-    opt->load_state(fresh_state);
+  for (const std::string name : {"lamb", "adamw"}) {
+    INFO(name);
+    VisionTransformer gpu(small_config(), kGpu);
+    auto opt = make_optimizer(name, gpu.parameters(), test_options());
+    NamedTensors fresh_state;
+    for (const auto& [key, t] : opt->state()) fresh_state.emplace_back(key, t.to(Device::cpu()));
+    auto reset = [&] {
+      copy_weights(init, gpu);
+      opt->load_state(fresh_state);
+      sync_device();
+    };
+    Tensor loss;
+    auto forward_backward_update = [&] {
+      loss = forward_backward(gpu, batch);
+      opt->update_async();
+    };
+
+    // Warm-up: creates the cuBLASLt plans and fills the allocator's cache.
+    reset();
+    opt->begin_step_async();
+    forward_backward_update();
     sync_device();
-  };
-  Tensor loss;
-  auto step = [&] {
-    loss = forward_backward(gpu, batch);
-    opt->step_async();
-  };
 
-  // Warm-up: creates the cuBLASLt plans and fills the allocator's cache.
-  step();
-  sync_device();
+    reset();
+    std::vector<double> eager_losses;
+    std::vector<std::vector<float>> eager_norms;
+    for (int t = 0; t < kSteps; ++t) {
+      opt->set_lr(lrs[t]);
+      opt->begin_step_async();
+      forward_backward_update();
+      sync_device();
+      eager_losses.push_back(loss.item());
+      eager_norms.push_back(host_values(opt->device_grad_norm()));
+    }
+    std::vector<std::vector<float>> eager_weights, eager_bf16;
+    for (const Parameter& p : gpu.parameters().all()) {
+      eager_weights.push_back(host_values(p.value));
+      eager_bf16.push_back(host_values(p.value.bf16_copy()));
+    }
 
-  reset();
-  step();
-  sync_device();
-  const double eager_loss = loss.item();
-  const std::vector<float> eager_norm = host_values(opt->device_grad_norm());
-  std::vector<std::vector<float>> eager_weights, eager_grads;
-  for (const Parameter& p : gpu.parameters().all()) {
-    eager_weights.push_back(host_values(p.value));
-    eager_grads.push_back(host_values(p.value.grad()));
-  }
-
-  reset();
-  gpu.parameters().zero_grad();
-  loss = Tensor();
-  CudaGraph graph;
-  graph.capture(0, step);  // throws if the step synchronises or reads from the host
-  REQUIRE(graph.captured());
-  // Capture ran nothing: the weights are still the initial ones.
-  check_close("weights before replay", host_values(gpu.parameters().all().front().value),
-              host_values(init.parameters().all().front().value), 0.0);
-  graph.launch();
-  sync_device();
-  CHECK(loss.item() == eager_loss);
-  check_close("grad norm", host_values(opt->device_grad_norm()), eager_norm, 1e-6);
-  const auto& params = gpu.parameters().all();
-  for (size_t i = 0; i < params.size(); ++i) {
-    INFO(params[i].name);
-    check_close(params[i].name + " gradient (replay)", host_values(params[i].value.grad()),
-                eager_grads[i], 1e-6);
-    check_close(params[i].name + " weights (replay)", host_values(params[i].value),
-                eager_weights[i], 1e-6);
+    reset();
+    gpu.parameters().zero_grad();
+    loss = Tensor();
+    CudaGraph graph;
+    graph.capture(0, forward_backward_update);  // throws if the step synchronises or allocates
+    REQUIRE(graph.captured());
+    // Capture ran nothing: the weights are still the initial ones.
+    check_close("weights before replay", host_values(gpu.parameters().all().front().value),
+                host_values(init.parameters().all().front().value), 0.0);
+    for (int t = 0; t < kSteps; ++t) {
+      INFO("replay " << t + 1 << " at lr " << lrs[t]);
+      opt->set_lr(lrs[t]);
+      opt->begin_step_async();
+      graph.launch();
+      sync_device();
+      CHECK(loss.item() == Approx(eager_losses[t]).epsilon(1e-6));
+      check_close("grad norm", host_values(opt->device_grad_norm()), eager_norms[t], 1e-6);
+    }
+    CHECK(opt->step_count() == kSteps);
+    const auto& params = gpu.parameters().all();
+    for (size_t i = 0; i < params.size(); ++i) {
+      INFO(params[i].name);
+      check_close(params[i].name + " weights after the replays", host_values(params[i].value),
+                  eager_weights[i], 1e-6);
+      check_close(params[i].name + " bf16 copy after the replays",
+                  host_values(params[i].value.bf16_copy()), eager_bf16[i], 1e-6);
+    }
   }
 }
 
@@ -313,3 +343,70 @@ TEST_CASE("CUDA ops name the operand whose dtype or device is wrong", "[gpu][ste
   CHECK_THROWS_WITH(ops::add(x, Tensor::zeros({2, 8}, DType::bf16)),
                     Catch::Contains("different devices"));
 }
+
+#if DEIT_HAVE_NCCL
+TEST_CASE("the gradient reducer over a one-rank NCCL communicator leaves the step as it was",
+          "[gpu][step][nccl]") {
+  // An average over one rank is its input, bit for bit, so with every bucket ordered right
+  // (after the kernels that wrote its gradients, before the optimizer that reads them) the
+  // reduced run makes exactly the plain run's steps. Small buckets spread the model over many,
+  // packed ones and tensors alone; they reduce while backward still runs.
+  auto comm = detail::make_nccl_communicator(kGpu, Rendezvous{});
+  const VisionTransformer init = make_cpu_model(51);
+  const Batch batch = make_batch(52, kGpu);
+  VisionTransformer plain(small_config(), kGpu), reduced(small_config(), kGpu);
+  copy_weights(init, plain);
+  copy_weights(init, reduced);
+  auto plain_opt = make_optimizer("lamb", plain.parameters(), test_options());
+  auto reduced_opt = make_optimizer("lamb", reduced.parameters(), test_options());
+  GradientReducer reducer(reduced.parameters(), *comm, /*bucket_bytes=*/64 << 10);
+  REQUIRE(reducer.bucket_count() > 4);
+  const Tensor one = Tensor::full({1}, 1.0, DType::f32, kGpu);
+  Tensor reduced_loss;
+  auto reduced_step_update = [&] {
+    reduced.parameters().zero_grad();
+    reduced_loss = ops::bce_with_logits(reduced.forward(batch.images), batch.targets);
+    reducer.backward(reduced_loss, one);
+    reduced_opt->update_async();
+  };
+  auto check_same = [&](const std::string& when) {
+    const auto& a = plain.parameters().all();
+    const auto& b = reduced.parameters().all();
+    for (size_t i = 0; i < a.size(); ++i) {
+      INFO(a[i].name << " " << when);
+      check_close("gradient", host_values(b[i].value.grad()), host_values(a[i].value.grad()), 0.0);
+      check_close("weights", host_values(b[i].value), host_values(a[i].value), 0.0);
+    }
+  };
+
+  for (int step = 1; step <= 2; ++step) {
+    const Tensor plain_loss = forward_backward(plain, batch);
+    plain_opt->step_async();
+    reduced_opt->begin_step_async();
+    reduced_step_update();
+    sync_device();
+    CHECK(reduced_loss.item() == plain_loss.item());
+    check_same("after eager step " + std::to_string(step));
+    const std::optional<BucketTiming> timing = comm->last_bucket_timing();
+    REQUIRE(timing);
+    CHECK(timing->buckets == static_cast<int>(reducer.bucket_count()));
+    CHECK(timing->busy_ms >= 0);
+    CHECK(timing->exposed_ms >= 0);
+  }
+
+  // The same step captured in a graph, collectives and all (the communication stream joins the
+  // capture through the events), and replayed.
+  CudaGraph graph;
+  graph.capture(0, reduced_step_update);
+  REQUIRE(graph.captured());
+  for (int replay = 1; replay <= 2; ++replay) {
+    const Tensor plain_loss = forward_backward(plain, batch);
+    plain_opt->step_async();
+    reduced_opt->begin_step_async();
+    graph.launch();
+    sync_device();
+    CHECK(reduced_loss.item() == plain_loss.item());
+    check_same("after replay " + std::to_string(replay));
+  }
+}
+#endif

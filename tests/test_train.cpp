@@ -135,6 +135,28 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   CHECK(j["loss"].get<double>() == Approx(logged["test_loss"].get<double>()));
   CHECK(j["images"] == 16);
 
+  // Per class: the dataset's classes in label order, their images, and hits that add up to top-1.
+  r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " + data +
+               " --json --per-class");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  j = nlohmann::json::parse(r.output);
+  REQUIRE(j["per_class"].size() == 4);
+  double hits = 0;
+  for (size_t k = 0; k < 4; ++k) {
+    const auto& row = j["per_class"][k];
+    CHECK(row["class"] == data::synthetic_class_names()[k]);
+    CHECK(row["images"] == 4);
+    hits += row["acc1"].get<double>() / 100 * row["images"].get<double>();
+    if (row["acc1"].get<double>() < 100) {
+      CHECK(row["most_confused_images"].get<int>() > 0);
+      CHECK(row["most_confused_with"] != row["class"]);
+    } else {
+      CHECK(row["most_confused_with"].is_null());
+    }
+  }
+  CHECK(100 * hits / 16 == Approx(j["acc1"].get<double>()));
+
   const std::string weights = dir.file("weights.safetensors");
   REQUIRE(run_deit("export --checkpoint " + out + "/checkpoint.safetensors --out " + weights)
               .exit_code == 0);

@@ -1,14 +1,26 @@
 #include "train/data_pipeline.h"
 
 #include <cstring>
+#include <stdexcept>
 
 #include "data/augment_params.h"
 #include "data/transforms.h"
 
 namespace deit::train {
 
+namespace {
+
+void check_format(data::PixelFormat format) {
+  if (format != data::PixelFormat::kFloat32 && format != data::PixelFormat::kSource)
+    throw std::invalid_argument("input pipeline: batches are augmented floats or sources");
+}
+
+}  // namespace
+
 std::unique_ptr<data::PrefetchLoader> make_train_loader(
-    std::shared_ptr<const data::ImageSource> source, const TrainOptions& o, DataShard shard) {
+    std::shared_ptr<const data::ImageSource> source, const TrainOptions& o, DataShard shard,
+    data::PixelFormat format) {
+  check_format(format);
   data::AugmentConfig augment;
   augment.input_size = static_cast<int>(o.model.input_size);
   augment.crop = o.src ? data::CropMode::kSimpleRandom : data::CropMode::kRandomResized;
@@ -26,13 +38,18 @@ std::unique_ptr<data::PrefetchLoader> make_train_loader(
   data::PrefetchOptions prefetch;
   prefetch.batch_size = static_cast<size_t>(o.batch_size);
   prefetch.sample_elements = static_cast<size_t>(3 * o.model.input_size * o.model.input_size);
+  prefetch.format = format;
   prefetch.drop_last = true;
   prefetch.num_workers = o.workers;
 
   auto transform = [augment](const data::ImageU8& image, Rng& rng, data::SampleOutput out) {
     const data::AugmentParams params =
         data::sample_augment_params(augment, image.height, image.width, rng);
-    data::normalize(data::augment_train(image, params), out.f32);
+    if (out.params) {
+      *out.params = params;
+    } else {
+      data::normalize(data::augment_train(image, params), out.f32);
+    }
   };
   return std::make_unique<data::PrefetchLoader>(std::move(source), data::Sampler(sampling),
                                                 prefetch, transform);
@@ -40,7 +57,8 @@ std::unique_ptr<data::PrefetchLoader> make_train_loader(
 
 std::unique_ptr<data::PrefetchLoader> make_eval_loader(
     std::shared_ptr<const data::ImageSource> source, int64_t input_size, double crop_ratio,
-    int64_t batch_size, int workers, DataShard shard) {
+    int64_t batch_size, int workers, DataShard shard, data::PixelFormat format) {
+  check_format(format);
   data::SamplerOptions sampling;
   sampling.dataset_size = source->size();
   sampling.shuffle = false;
@@ -51,12 +69,17 @@ std::unique_ptr<data::PrefetchLoader> make_eval_loader(
   data::PrefetchOptions prefetch;
   prefetch.batch_size = static_cast<size_t>(batch_size);
   prefetch.sample_elements = static_cast<size_t>(3 * input_size * input_size);
+  prefetch.format = format;
   prefetch.drop_last = false;
   prefetch.num_workers = workers;
 
   const int size = static_cast<int>(input_size);
   auto transform = [size, crop_ratio](const data::ImageU8& image, Rng&, data::SampleOutput out) {
-    data::normalize(data::eval_transform(image, size, crop_ratio), out.f32);
+    if (out.params) {
+      *out.params = data::eval_augment_params(image.height, image.width, size, crop_ratio);
+    } else {
+      data::normalize(data::eval_transform(image, size, crop_ratio), out.f32);
+    }
   };
   return std::make_unique<data::PrefetchLoader>(std::move(source), data::Sampler(sampling),
                                                 prefetch, transform);

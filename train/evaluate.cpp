@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "engine/autograd.h"
-#include "train/data_pipeline.h"
 #include "train/progress.h"
 
 namespace deit::train {
@@ -12,28 +11,53 @@ nlohmann::json EvalResult::to_json() const {
   return {{"acc1", acc1}, {"acc5", acc5}, {"loss", loss}, {"images", images}};
 }
 
+nlohmann::json EvalResult::per_class_json(const std::vector<std::string>& class_names) const {
+  const int64_t K = static_cast<int64_t>(class_names.size());
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t truth = 0; truth < K; ++truth) {
+    const int64_t* row = confusion.data() + truth * K;
+    int64_t count = 0, confused_with = -1;
+    for (int64_t k = 0; k < K; ++k) {
+      count += row[k];
+      if (k != truth && row[k] > 0 && (confused_with < 0 || row[k] > row[confused_with]))
+        confused_with = k;
+    }
+    nlohmann::json entry = {{"class", class_names[truth]},
+                            {"images", count},
+                            {"acc1", count > 0 ? 100.0 * row[truth] / count : 0.0}};
+    entry["most_confused_with"] =
+        confused_with < 0 ? nlohmann::json(nullptr) : nlohmann::json(class_names[confused_with]);
+    entry["most_confused_images"] = confused_with < 0 ? 0 : row[confused_with];
+    rows.push_back(entry);
+  }
+  return rows;
+}
+
 namespace {
 
-// Top-1 / top-5 hits and the summed cross-entropy of one batch of logits (B, K) on the host.
+// Top-1 / top-5 hits and the summed cross-entropy of one batch of logits (B, K) on the host; the
+// top-1 predictions go into `confusion` (K, K).
 struct BatchScore {
   int64_t top1 = 0, top5 = 0;
   double loss_sum = 0;
 };
 
 BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32_t>& labels,
-                       int64_t K) {
+                       int64_t K, std::vector<int64_t>& confusion) {
   BatchScore score;
   for (size_t b = 0; b < labels.size(); ++b) {
     const float* row = logits.data() + b * K;
     const float truth = row[labels[b]];
     // The label's rank: how many classes score strictly higher (ties go to the label).
-    int64_t higher = 0;
+    int64_t higher = 0, argmax = 0;
     double max = row[0];
     for (int64_t k = 0; k < K; ++k) {
       higher += row[k] > truth;
+      if (row[k] > max) argmax = k;
       max = std::max(max, static_cast<double>(row[k]));
     }
     score.top1 += higher < 1;
+    ++confusion[labels[b] * K + (higher < 1 ? labels[b] : argmax)];
     score.top5 += higher < 5;
     double sum = 0;
     for (int64_t k = 0; k < K; ++k) sum += std::exp(row[k] - max);
@@ -46,17 +70,24 @@ BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32
 
 EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader& loader,
                     bool show_progress, Communicator* across) {
+  InputFeed feed(loader, model.parameters().get("cls_token").device(), model.config().input_size);
+  return evaluate(model, feed, show_progress, across);
+}
+
+EvalResult evaluate(const model::VisionTransformer& model, InputFeed& feed, bool show_progress,
+                    Communicator* across) {
   NoGrad no_grad;
   const model::ViTConfig& c = model.config();
-  const Device device = model.parameters().get("cls_token").device();
-  loader.start_epoch(0);
-  Progress progress("eval", static_cast<int64_t>(loader.batches_in_epoch()), show_progress);
+  feed.start_epoch(0);
+  Progress progress("eval", static_cast<int64_t>(feed.loader().batches_in_epoch()), show_progress);
   EvalResult result;
+  result.confusion.assign(c.num_classes * c.num_classes, 0);
   int64_t top1 = 0, top5 = 0, batches = 0;
   double loss_sum = 0;
-  while (const data::Batch* batch = loader.next_batch()) {
-    const Tensor logits = model.forward(batch_images(*batch, c.input_size, device));
-    const BatchScore s = score_batch(logits.to_vector<float>(), batch->labels, c.num_classes);
+  while (const FeedBatch* batch = feed.next()) {
+    const Tensor logits = model.forward(batch->images);
+    const BatchScore s = score_batch(logits.to_vector<float>(), *batch->labels, c.num_classes,
+                                     result.confusion);
     top1 += s.top1;
     top5 += s.top5;
     loss_sum += s.loss_sum;
@@ -72,6 +103,10 @@ EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader&
     top5 = static_cast<int64_t>(counts[1]);
     loss_sum = counts[2];
     result.images = static_cast<int64_t>(counts[3]);
+    std::vector<double> confusion(result.confusion.begin(), result.confusion.end());
+    across->all_reduce_sum(confusion);
+    for (size_t i = 0; i < confusion.size(); ++i)
+      result.confusion[i] = static_cast<int64_t>(confusion[i]);
   }
   if (result.images > 0) {
     result.acc1 = 100.0 * top1 / result.images;

@@ -2,12 +2,15 @@
 // cross-entropy over every image of a split, whatever loss the model was trained with.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "data/prefetch.h"
 #include "engine/communicator.h"
 #include "model/vit.h"
+#include "train/input_feed.h"
 
 namespace deit::train {
 
@@ -16,8 +19,14 @@ struct EvalResult {
   double acc5 = 0;
   double loss = 0;
   int64_t images = 0;
+  // (K, K) image counts: row = true class, column = top-1 prediction (ties to the lower class).
+  std::vector<int64_t> confusion;
 
+  // acc1, acc5, loss, images.
   nlohmann::json to_json() const;
+  // Per class: images, top-1 accuracy (percent), and the class its images are most often
+  // mistaken for (-1 when never), from `confusion`.
+  nlohmann::json per_class_json(const std::vector<std::string>& class_names) const;
 };
 
 // Runs the whole epoch 0 of `loader` (an evaluation loader: no shuffling, nothing dropped). With
@@ -27,5 +36,8 @@ struct EvalResult {
 // come back to the host, which scores them in double.
 EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader& loader,
                     bool show_progress, Communicator* across = nullptr);
+// The same through a feed on the model's device (a source loader's feed augments on the GPU).
+EvalResult evaluate(const model::VisionTransformer& model, InputFeed& feed, bool show_progress,
+                    Communicator* across = nullptr);
 
 }  // namespace deit::train

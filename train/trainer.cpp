@@ -16,10 +16,13 @@
 #include "engine/ops.h"
 #include "engine/schedule.h"
 #include "engine/sharded_optimizer.h"
+#include "engine/stream.h"
+#include "kernels/augment.h"
 #include "model/checkpoint.h"
 #include "model/cost.h"
 #include "train/data_pipeline.h"
 #include "train/finetune.h"
+#include "train/input_feed.h"
 #include "train/progress.h"
 #include "train/step_readback.h"
 
@@ -99,14 +102,11 @@ data::SamplerState sampler_from_json(const nlohmann::json& j) {
   return s;
 }
 
-// The epoch's targets (B, K): one-hot labels mixed with the batch's mixup/cutmix (applied to the
-// images in place), binarised (target > 0 -> 1) for the BCE loss as the reference trainer does.
+// The batch's mixup / cutmix (lambda 1, no mixing, when both are off), drawn from its own stream.
 // `stream_batch` names the batch's random stream (the batch number on one rank).
-Tensor mix_batch(const TrainOptions& o, Tensor& images, const std::vector<int32_t>& labels,
-                 int64_t epoch, uint64_t stream_batch) {
-  const int B = static_cast<int>(images.size(0)), S = static_cast<int>(images.size(2));
-  const int K = static_cast<int>(o.model.num_classes);
-  data::MixParams mix;  // lambda 1: no mixing
+data::MixParams draw_mix(const TrainOptions& o, int image_size, int64_t epoch,
+                         uint64_t stream_batch) {
+  data::MixParams mix;
   if (o.mixup > 0 || o.cutmix > 0) {
     data::MixupConfig config;
     config.mixup_alpha = o.mixup;
@@ -114,14 +114,33 @@ Tensor mix_batch(const TrainOptions& o, Tensor& images, const std::vector<int32_
     config.switch_prob = o.mixup_switch_prob;
     config.prob = o.mixup_prob;
     Rng rng = stream_rng(o.seed, Stream::kMix, epoch, stream_batch);
-    mix = data::sample_mix_params(config, S, S, rng);
-    data::apply_mix(mix, images.data<float>(), B, 3, S, S);
+    mix = data::sample_mix_params(config, image_size, image_size, rng);
   }
-  Tensor targets = Tensor::empty({B, K});
-  data::mix_targets(mix, labels.data(), B, K, o.smoothing, targets.data<float>());
-  if (o.bce_loss)
-    for (int64_t i = 0; i < targets.numel(); ++i)
-      targets.data<float>()[i] = targets.data<float>()[i] > 0.0f ? 1.0f : 0.0f;
+  return mix;
+}
+
+// The batch's targets (B, K): one-hot labels mixed with `mix` (applied to the images in place,
+// on their device), binarised (target > 0 -> 1) for the BCE loss as the reference trainer does.
+Tensor mix_batch(const TrainOptions& o, const data::MixParams& mix, Tensor& images,
+                 const FeedBatch& batch) {
+  const int B = static_cast<int>(images.size(0)), S = static_cast<int>(images.size(2));
+  const int K = static_cast<int>(o.model.num_classes);
+  const bool mixing = o.mixup > 0 || o.cutmix > 0;
+  const Device device = images.device();
+  Tensor targets = Tensor::empty({B, K}, DType::f32, device);
+  if (device.is_cpu()) {
+    if (mixing) data::apply_mix(mix, images.data<float>(), B, 3, S, S);
+    data::mix_targets(mix, batch.labels->data(), B, K, o.smoothing, targets.data<float>(),
+                      o.bce_loss);
+    return targets;
+  }
+#if DEIT_HAVE_CUDA
+  kernels::check_labels(batch.labels->data(), B, K);  // a kernel cannot report a bad one
+  const cudaStream_t stream = compute_stream(device.index);
+  if (mixing) kernels::mix_images_cuda(mix, images.data<float>(), B, 3, S, S, stream);
+  kernels::mix_targets_cuda(mix, batch.device_labels, B, K, o.smoothing, o.bce_loss,
+                            targets.data<float>(), stream);
+#endif
   return targets;
 }
 
@@ -213,7 +232,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   summary.world_size = world;
 
   const DataShard shard{static_cast<uint32_t>(rank), static_cast<uint32_t>(world)};
-  auto train_loader = make_train_loader(train_source, o, shard);
+  // On CUDA the workers only decode and draw the augmentation parameters; the GPU stage applies
+  // them (train/input_feed.h). On the CPU they augment too.
+  const data::PixelFormat format =
+      device.is_cuda() ? data::PixelFormat::kSource : data::PixelFormat::kFloat32;
+  auto train_loader = make_train_loader(train_source, o, shard, format);
   int64_t start_epoch = 0;
   if (resumed) {
     optimizer.load_state(unprefixed("optim.", resumed->extra));
@@ -232,7 +255,9 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     resumed.reset();  // its tensors are copied into the model and the state
   }
   auto val_loader = make_eval_loader(val_source, o.model.input_size, o.eval_crop_ratio,
-                                     o.batch_size, o.workers, shard);
+                                     o.batch_size, o.workers, shard, format);
+  InputFeed train_feed(*train_loader, device, o.model.input_size);
+  InputFeed val_feed(*val_loader, device, o.model.input_size);
   if (train_loader->sampler().epoch_length() < static_cast<uint64_t>(o.batch_size))
     throw std::runtime_error("an epoch of '" + o.data_dir + "' has fewer images than one batch of " +
                              std::to_string(o.batch_size) +
@@ -248,7 +273,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     const auto epoch_start = std::chrono::steady_clock::now();
     const double lr = schedule.epoch_lr(epoch);
     optimizer.set_lr(lr);
-    train_loader->start_epoch(static_cast<uint64_t>(epoch));
+    train_feed.start_epoch(static_cast<uint64_t>(epoch));
     // The same on every rank: each rank's share of an epoch has the same length.
     const int64_t batches = static_cast<int64_t>(train_loader->batches_in_epoch());
     Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
@@ -272,15 +297,18 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                              "; nothing of this epoch was saved (the last checkpoint, if any, is " +
                              "untouched)");
     };
-    while (const data::Batch* batch = train_loader->next_batch()) {
+    while (const FeedBatch* batch = train_feed.next()) {
       // Mixup and drop-path draw per rank and batch, as the reference's per-rank seeds do.
       const uint64_t stream_batch = batch->number * static_cast<uint64_t>(world) + rank;
-      // Mixed on the host, then moved to the device (nothing moves on the CPU): fp32 images, which
-      // the CUDA patch unfold casts to bf16 (engine/ops/tokens.cpp), and fp32 targets.
-      Tensor images = batch_images(*batch, o.model.input_size, Device::cpu());
-      const Tensor targets = mix_batch(o, images, batch->labels, epoch, stream_batch).to(device);
+      // The images are already on the device (augmented by the GPU stage on CUDA): fp32, which
+      // the CUDA patch unfold casts to bf16 (engine/ops/tokens.cpp). They are mixed in place
+      // there, with fp32 targets.
+      Tensor images = batch->images;
+      const data::MixParams mix =
+          draw_mix(o, static_cast<int>(o.model.input_size), epoch, stream_batch);
+      const Tensor targets = mix_batch(o, mix, images, *batch);
       Rng drop_path_rng = stream_rng(o.seed, Stream::kDropPath, epoch, stream_batch);
-      const Tensor logits = vit.forward(images.to(device), o.drop_path, &drop_path_rng);
+      const Tensor logits = vit.forward(images, o.drop_path, &drop_path_rng);
       const Tensor loss = o.bce_loss ? ops::bce_with_logits(logits, targets)
                                      : ops::soft_cross_entropy(logits, targets);
       uncounted.push_back({batch->number, static_cast<int64_t>(batch->size)});
@@ -303,6 +331,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
           // non-finite too, and names the batch), then the norm the update was skipped for.
           optimizer.step_async();
           if (ema) ema->update(params);
+          // The device works through the queued step; meanwhile the next batch goes up.
+          train_feed.prefetch();
           const StepReadback::Values values = readback->read(optimizer.device_grad_norm());
           for (size_t i = 0; i < values.losses.size(); ++i)
             check_loss(values.losses[i], uncounted[i].number);
@@ -324,11 +354,13 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
         }
       } else {
         backward(loss, grad_loss);
+        train_feed.prefetch();
       }
       for (size_t i = 0; i < uncounted_losses.size(); ++i) {
         loss_sum += uncounted_losses[i];
         epoch_images += uncounted[i].images;
-        progress.update(++counted, epoch_images, loss_sum / counted);
+        ++counted;
+        progress.update(counted, epoch_images, loss_sum / counted);
       }
       if (!uncounted_losses.empty()) {
         uncounted.clear();
@@ -346,7 +378,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     train_images += epoch_images;
     train_seconds += epoch_train_seconds;
 
-    const EvalResult eval = evaluate(vit, *val_loader, o.progress && lead, &comm);
+    const EvalResult eval = evaluate(vit, val_feed, o.progress && lead, &comm);
     if (eval.acc1 > summary.best_acc1 || summary.best_epoch < 0) {
       summary.best_acc1 = eval.acc1;
       summary.best_epoch = epoch;

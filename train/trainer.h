@@ -9,12 +9,15 @@
 //     write OUTPUT/checkpoint.safetensors (temporary file, then rename)
 //
 // On CUDA (DESIGN.md "Precision") the parameters are fp32 masters with bf16 copies on the device,
-// initialised from the host's random draws, so a run starts from the CPU run's weights. Each batch
-// is augmented and mixed on the host, then uploaded: fp32 images (the patch unfold casts them to
-// bf16 on the device) and fp32 targets. Backward, the optimizer update and the EMA update are
-// queued on the device, and the host waits for it once per optimizer step, reading that step's
-// losses and gradient norm together (train/step_readback.h). Evaluation reads the logits back per
-// batch. Checkpoints hold host copies of the fp32 masters and of the optimizer and EMA state, and
+// initialised from the host's random draws, so a run starts from the CPU run's weights. The worker
+// threads decode the images and draw their augmentation parameters (the same draws as a CPU run);
+// the uint8 sources go up through pinned buffers on a copy stream while the device computes the
+// previous step, and the GPU stage augments them (train/input_feed.h, kernels/augment.h, the CPU
+// stage's values bit for bit) into fp32 images (the patch unfold casts them to bf16), then mixes
+// images and targets (fp32) on the device. Evaluation's resize and centre crop run there too.
+// Backward, the optimizer update and the EMA update are queued on the device, and the host waits
+// for it once per optimizer step, reading that step's losses and gradient norm together
+// (train/step_readback.h). Evaluation reads the logits back per batch. Checkpoints hold host copies of the fp32 masters and of the optimizer and EMA state, and
 // load back onto the device. bf16 activations make a CUDA run close to a CPU run, not equal.
 //
 // Every random choice is drawn from a stream named by (seed, epoch, batch, purpose) or by the
@@ -27,9 +30,10 @@
 // over the ranks in buckets during the last backward of each optimizer step
 // (engine/gradient_reducer.h), so every rank makes the same update, that of one process with the
 // global batch (--batch-size * ranks); the optimizer state is replicated or, with --zero, sharded
-// (engine/sharded_optimizer.h; CPU runs only so far). The collectives are MPI's on the CPU and
-// NCCL's on CUDA (engine/communicator.h). Validation is sharded and its counts summed, every image counted
-// once. The train loss and throughput are summed over the ranks. Rank 0 alone prints progress and
+// (engine/sharded_optimizer.h). The collectives are MPI's on the CPU and NCCL's on CUDA
+// (engine/communicator.h); on CUDA each bucket is reduced on a communication stream while backward
+// goes on, and the optimizer waits for the buckets. Validation is sharded and its counts summed,
+// every image counted once. The train loss and throughput are summed over the ranks. Rank 0 alone prints progress and
 // writes log.txt and the checkpoint, which records the world size: --resume needs the same one.
 // Random streams across ranks: the augmentation of a sample is named by its global position, so
 // it is the same whatever the number of ranks; mixup (one lambda per batch, as timm) and drop-path

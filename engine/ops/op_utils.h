@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/op_observer.h"
 #include "engine/tensor.h"
 
 #if DEIT_HAVE_CUDA
@@ -97,6 +98,7 @@ template <typename CpuFn, typename CudaFn>
 void dispatch(const char* op, std::initializer_list<const Tensor*> tensors, CpuFn&& cpu_fn,
               CudaFn&& cuda_fn) {
   const Tensor& first = common_device_tensor(op, tensors);
+  const ObservedOp observed(op, first.device());  // a profiler's hook (engine/op_observer.h)
   if (first.device().is_cpu()) {
     dispatch_cpu_floating(op, tensors, cpu_fn);
     return;

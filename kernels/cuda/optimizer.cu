@@ -11,6 +11,9 @@
 // all of a tensor's pointers are 16-byte aligned, scalar otherwise. Reductions: a fixed shuffle
 // tree per block (chunk partials), then one block of 1024 threads for the global norm and one
 // thread per tensor adding its chunks in order for LAMB's trust ratio. Deterministic throughout.
+// The step's scalars (learning rate, bias corrections, weight decay) and the gradient factor are
+// read from device memory once per block, so a captured graph of these launches applies the values
+// set_step_cuda wrote before each replay.
 // Measured speed: not yet measured on a GPU.
 #include <algorithm>
 #include <cmath>
@@ -57,6 +60,14 @@ struct AdamScalars {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, inv_bc1, inv_sqrt_bc2, eps;
 };
 
+// What set_step_cuda leaves on the device for the next update.
+struct StepScalars {
+  AdamScalars adam;
+  float lr;
+  float weight_decay;  // of the tensors that take weight decay
+  float keep;          // AdamW's decoupled decay factor 1 - lr * weight_decay
+};
+
 AdamScalars adam_scalars(const char* fn, const AdamStep& s) {
   if (s.grad_scale != 1)
     throw std::invalid_argument(std::string(fn) +
@@ -85,6 +96,7 @@ __device__ __forceinline__ float adam_direction(float m, float v, const AdamScal
 // ---------------------------------------------------------------------------------------------
 // The chunk kernel: block b runs op over chunk b. Op is a trivially copyable struct with
 //   static constexpr int kSums;                      partial sums per chunk (0: none)
+//   __device__ void load();                          reads its device-side scalars, once per block
 //   __device__ bool active(const Slot&) const;       false: the block does nothing (block-uniform)
 //   template <int N> __device__ void apply(const Slot&, int64_t i, float* acc) const;
 // apply handles elements [i, i + N) (N = kVec with i a multiple of kVec, or N = 1) and adds to
@@ -96,14 +108,16 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kAcc = Op::kSums > 0 ? Op::kSums : 1;
   const Chunk c = chunks[blockIdx.x];
   const Slot s = slots[c.tensor];
-  if (!op.active(s)) return;
+  Op local = op;
+  local.load();
+  if (!local.active(s)) return;
   float acc[kAcc] = {};
   // Chunks start at multiples of kCudaOptimizerChunk, so vectors never straddle a chunk.
   const int64_t vec_end = s.vec ? c.begin + (c.end - c.begin) / kVec * kVec : c.begin;
   for (int64_t i = c.begin + threadIdx.x * kVec; i < vec_end; i += blockDim.x * kVec)
-    op.template apply<kVec>(s, i, acc);
+    local.template apply<kVec>(s, i, acc);
   for (int64_t i = vec_end + threadIdx.x; i < c.end; i += blockDim.x)
-    op.template apply<1>(s, i, acc);
+    local.template apply<1>(s, i, acc);
   if constexpr (Op::kSums > 0) {
     __shared__ float scratch[32 * kAcc];
     gpu::block_allreduce<gpu::SumOp, kAcc>(acc, scratch);
@@ -114,6 +128,7 @@ __global__ void __launch_bounds__(kThreads)
 
 struct GradSquaresOp {
   static constexpr int kSums = 1;
+  __device__ void load() {}
   __device__ bool active(const Slot&) const { return true; }
   template <int N>
   __device__ void apply(const Slot& s, int64_t i, float* acc) const {
@@ -124,97 +139,91 @@ struct GradSquaresOp {
   }
 };
 
-// The gradient factor is NaN when the norm is not finite: the step then writes nothing.
-__device__ __forceinline__ bool finite_scale(const float* grad_scale) {
-  return isfinite(*grad_scale);
-}
+// The scalars of an update, as the update ops read them: the gradient factor is NaN when the norm
+// is not finite, and the step then writes nothing.
+struct UpdateScalars {
+  const float* grad_scale;         // device: grad_norm_cuda's factor
+  const StepScalars* step_source;  // device: set_step_cuda's scalars
+  float scale;                     // *grad_scale and *step_source, read by load()
+  StepScalars step;
+  __device__ void load() {
+    scale = *grad_scale;
+    step = *step_source;
+  }
+  __device__ bool active(const Slot&) const { return isfinite(scale); }
+};
 
 // LAMB, first pass: the moments, and sums of p^2 and update^2 per chunk.
-struct LambMomentsOp {
+struct LambMomentsOp : UpdateScalars {
   static constexpr int kSums = 2;
-  AdamScalars adam;
-  const float* grad_scale;
-  float weight_decay;
-  __device__ bool active(const Slot&) const { return finite_scale(grad_scale); }
   template <int N>
-  __device__ void apply(const Slot& s, int64_t i, float* acc) const {
-    const float scale = *grad_scale;
-    const float wd = s.decay ? weight_decay : 0.f;
+  __device__ void apply(const Slot& slot, int64_t i, float* acc) const {
+    const float wd = slot.decay ? step.weight_decay : 0.f;
     float p[N], g[N], m[N], v[N];
-    gpu::load<N>(s.param + i, p);
-    gpu::load<N>(s.grad + i, g);
-    gpu::load<N>(s.exp_avg + i, m);
-    gpu::load<N>(s.exp_avg_sq + i, v);
+    gpu::load<N>(slot.param + i, p);
+    gpu::load<N>(slot.grad + i, g);
+    gpu::load<N>(slot.exp_avg + i, m);
+    gpu::load<N>(slot.exp_avg_sq + i, v);
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      adam_moments(g[j] * scale, m[j], v[j], adam);
-      const float u = __fmaf_rn(wd, p[j], adam_direction(m[j], v[j], adam));
+      adam_moments(g[j] * scale, m[j], v[j], step.adam);
+      const float u = __fmaf_rn(wd, p[j], adam_direction(m[j], v[j], step.adam));
       acc[0] = __fmaf_rn(p[j], p[j], acc[0]);
       acc[1] = __fmaf_rn(u, u, acc[1]);
     }
-    gpu::store<N>(s.exp_avg + i, m);
-    gpu::store<N>(s.exp_avg_sq + i, v);
+    gpu::store<N>(slot.exp_avg + i, m);
+    gpu::store<N>(slot.exp_avg_sq + i, v);
   }
 };
 
 // LAMB, second pass: p += (-lr * trust) * update, update recomputed from the stored moments.
-struct LambApplyOp {
+struct LambApplyOp : UpdateScalars {
   static constexpr int kSums = 0;
-  AdamScalars adam;
-  const float* grad_scale;
   const float* trust;
-  float weight_decay;
-  float lr;
-  __device__ bool active(const Slot&) const { return finite_scale(grad_scale); }
   template <int N>
-  __device__ void apply(const Slot& s, int64_t i, float*) const {
-    const float wd = s.decay ? weight_decay : 0.f;
-    const float alpha = -lr * trust[s.index];
+  __device__ void apply(const Slot& slot, int64_t i, float*) const {
+    const float wd = slot.decay ? step.weight_decay : 0.f;
+    const float alpha = -step.lr * trust[slot.index];
     float p[N], m[N], v[N];
-    gpu::load<N>(s.param + i, p);
-    gpu::load<N>(s.exp_avg + i, m);
-    gpu::load<N>(s.exp_avg_sq + i, v);
+    gpu::load<N>(slot.param + i, p);
+    gpu::load<N>(slot.exp_avg + i, m);
+    gpu::load<N>(slot.exp_avg_sq + i, v);
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      const float u = __fmaf_rn(wd, p[j], adam_direction(m[j], v[j], adam));
+      const float u = __fmaf_rn(wd, p[j], adam_direction(m[j], v[j], step.adam));
       p[j] = __fmaf_rn(alpha, u, p[j]);
     }
-    gpu::store<N>(s.param + i, p);
-    gpu::store<N>(s.param_bf16 + i, p);
+    gpu::store<N>(slot.param + i, p);
+    gpu::store<N>(slot.param_bf16 + i, p);
   }
 };
 
-struct AdamWOp {
+struct AdamWOp : UpdateScalars {
   static constexpr int kSums = 0;
-  AdamScalars adam;
-  const float* grad_scale;
-  float keep;  // 1 - lr * weight_decay, for the tensors that take weight decay
-  float lr;
-  __device__ bool active(const Slot&) const { return finite_scale(grad_scale); }
   template <int N>
-  __device__ void apply(const Slot& s, int64_t i, float*) const {
-    const float scale = *grad_scale;
-    const float k = s.decay ? keep : 1.f;
+  __device__ void apply(const Slot& slot, int64_t i, float*) const {
+    const float k = slot.decay ? step.keep : 1.f;
     float p[N], g[N], m[N], v[N];
-    gpu::load<N>(s.param + i, p);
-    gpu::load<N>(s.grad + i, g);
-    gpu::load<N>(s.exp_avg + i, m);
-    gpu::load<N>(s.exp_avg_sq + i, v);
+    gpu::load<N>(slot.param + i, p);
+    gpu::load<N>(slot.grad + i, g);
+    gpu::load<N>(slot.exp_avg + i, m);
+    gpu::load<N>(slot.exp_avg_sq + i, v);
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      adam_moments(g[j] * scale, m[j], v[j], adam);
-      p[j] = __fmaf_rn(-lr, adam_direction(m[j], v[j], adam), p[j] * k);
+      adam_moments(g[j] * scale, m[j], v[j], step.adam);
+      p[j] = __fmaf_rn(-step.lr, adam_direction(m[j], v[j], step.adam), p[j] * k);
     }
-    gpu::store<N>(s.param + i, p);
-    gpu::store<N>(s.param_bf16 + i, p);
-    gpu::store<N>(s.exp_avg + i, m);
-    gpu::store<N>(s.exp_avg_sq + i, v);
+    gpu::store<N>(slot.param + i, p);
+    gpu::store<N>(slot.param_bf16 + i, p);
+    gpu::store<N>(slot.exp_avg + i, m);
+    gpu::store<N>(slot.exp_avg_sq + i, v);
   }
 };
 
 struct EmaOp {
   static constexpr int kSums = 0;
   float decay, one_minus_decay;
+  __device__ void load() {}
   __device__ bool active(const Slot& s) const { return s.ema != nullptr; }
   template <int N>
   __device__ void apply(const Slot& s, int64_t i, float*) const {
@@ -230,15 +239,16 @@ struct EmaOp {
 // ---------------------------------------------------------------------------------------------
 // The reductions across chunks.
 
-// scalars[0] = sqrt(sum of the chunk sums of squares), scalars[1] = the gradient factor.
-__global__ void __launch_bounds__(kNormThreads)
-    grad_norm_finish_kernel(const float* partials, int64_t chunks, double clip_grad,
-                            double max_grad_norm, float* scalars) {
-  __shared__ float scratch[32];
+// The sum of the chunk sums of squares, on every thread of the block.
+__device__ float sum_partials(const float* partials, int64_t chunks, float* scratch) {
   float sum = 0.f;
   for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) sum += partials[i];
-  sum = gpu::block_sum(sum, scratch);
-  if (threadIdx.x != 0) return;
+  return gpu::block_sum(sum, scratch);
+}
+
+// scalars[0] = sqrt(sum), scalars[1] = the gradient factor.
+__device__ void write_norm_and_factor(float sum, double clip_grad, double max_grad_norm,
+                                      float* scalars) {
   const double norm = sqrt(static_cast<double>(sum));
   double factor = NAN;
   if (isfinite(norm)) {
@@ -251,16 +261,38 @@ __global__ void __launch_bounds__(kNormThreads)
   scalars[1] = static_cast<float>(factor);
 }
 
+__global__ void __launch_bounds__(kNormThreads)
+    grad_norm_finish_kernel(const float* partials, int64_t chunks, double clip_grad,
+                            double max_grad_norm, float* scalars) {
+  __shared__ float scratch[32];
+  const float sum = sum_partials(partials, chunks, scratch);
+  if (threadIdx.x == 0) write_norm_and_factor(sum, clip_grad, max_grad_norm, scalars);
+}
+
+__global__ void __launch_bounds__(kNormThreads)
+    grad_sum_kernel(const float* partials, int64_t chunks, float* sum_squares) {
+  __shared__ float scratch[32];
+  const float sum = sum_partials(partials, chunks, scratch);
+  if (threadIdx.x == 0) *sum_squares = sum;
+}
+
+__global__ void grad_factor_kernel(const float* sum_squares, double clip_grad,
+                                   double max_grad_norm, float* scalars) {
+  write_norm_and_factor(*sum_squares, clip_grad, max_grad_norm, scalars);
+}
+
+__global__ void set_step_kernel(StepScalars* step, StepScalars value) { *step = value; }
+
 // trust[t] = ||p|| / ||update|| of tensor t from its chunks' partials (added in chunk order), or 1
 // without weight decay or when either norm is 0.
 __global__ void __launch_bounds__(kTrustThreads)
     lamb_trust_kernel(const Slot* slots, int64_t tensors, const float* partials,
-                      float weight_decay, float* trust) {
+                      const StepScalars* step, float* trust) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= tensors) return;
   const Slot s = slots[t];
   float ratio = 1.f;
-  if (s.decay && weight_decay != 0.f) {
+  if (s.decay && step->weight_decay != 0.f) {
     float pp = 0.f, uu = 0.f;
     for (int64_t k = s.first_chunk; k < s.first_chunk + s.num_chunks; ++k) {
       pp += partials[2 * k];
@@ -283,12 +315,15 @@ struct CudaParamTableAccess {
   static float* partials(const CudaParamTable& t) { return t.partials_; }
   static float* trust(const CudaParamTable& t) { return t.trust_; }
   static float* scalars(const CudaParamTable& t) { return t.scalars_; }
+  static StepScalars* step(const CudaParamTable& t) { return static_cast<StepScalars*>(t.step_); }
+  static void mark_step_set(CudaParamTable& t) { t.step_set_ = true; }
+  static bool step_set(const CudaParamTable& t) { return t.step_set_; }
 
   static void free_all(CudaParamTable& t) {
     for (void* p : {t.slots_, t.chunk_list_, static_cast<void*>(t.partials_),
-                    static_cast<void*>(t.trust_), static_cast<void*>(t.scalars_)})
+                    static_cast<void*>(t.trust_), static_cast<void*>(t.scalars_), t.step_})
       if (p) cudaFree(p);
-    t.slots_ = t.chunk_list_ = nullptr;
+    t.slots_ = t.chunk_list_ = t.step_ = nullptr;
     t.partials_ = t.trust_ = t.scalars_ = nullptr;
   }
 
@@ -351,6 +386,7 @@ CudaParamTable::CudaParamTable(const std::vector<CudaParam>& params) {
     upload(&partials_, std::vector<float>(2 * chunks.size()));
     upload(&trust_, std::vector<float>(slots.size()));
     upload(&scalars_, std::vector<float>{0.f, 1.f});
+    upload(reinterpret_cast<StepScalars**>(&step_), std::vector<StepScalars>(1, StepScalars{}));
   } catch (...) {
     CudaParamTableAccess::free_all(*this);
     throw;
@@ -367,6 +403,12 @@ void require_optimizer_state(const char* fn, const CudaParamTable& table) {
                                 ": the table lacks gradients, moments or bf16 copies (EMA only)");
 }
 
+void require_step(const char* fn, const CudaParamTable& table) {
+  require_optimizer_state(fn, table);
+  if (!CudaParamTableAccess::step_set(table))
+    throw std::logic_error(std::string(fn) + " before any set_step_cuda on its table");
+}
+
 }  // namespace
 
 void grad_norm_cuda(CudaParamTable& table, double clip_grad, double max_grad_norm,
@@ -380,34 +422,55 @@ void grad_norm_cuda(CudaParamTable& table, double clip_grad, double max_grad_nor
   DEIT_CUDA_CHECK_LAUNCH();
 }
 
-void lamb_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
-                    cudaStream_t stream) {
+void grad_sum_squares_cuda(CudaParamTable& table, float* sum_squares, cudaStream_t stream) {
   using A = CudaParamTableAccess;
-  require_optimizer_state("lamb_step_cuda", table);
-  const AdamScalars adam = adam_scalars("lamb_step_cuda", step);
-  const float wd = static_cast<float>(weight_decay);
-  A::launch(table, LambMomentsOp{adam, table.grad_scale(), wd}, stream);
+  require_optimizer_state("grad_sum_squares_cuda", table);
+  A::launch(table, GradSquaresOp{}, stream);
+  grad_sum_kernel<<<1, kNormThreads, 0, stream>>>(A::partials(table), table.chunks(),
+                                                  sum_squares);
+  DEIT_CUDA_CHECK_LAUNCH();
+}
+
+void grad_factor_cuda(CudaParamTable& table, const float* sum_squares, double clip_grad,
+                      double max_grad_norm, cudaStream_t stream) {
+  require_optimizer_state("grad_factor_cuda", table);
+  grad_factor_kernel<<<1, 1, 0, stream>>>(sum_squares, clip_grad, max_grad_norm,
+                                          CudaParamTableAccess::scalars(table));
+  DEIT_CUDA_CHECK_LAUNCH();
+}
+
+void set_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
+                   cudaStream_t stream) {
+  using A = CudaParamTableAccess;
+  require_optimizer_state("set_step_cuda", table);
+  // Passed by value: the launch copies it, so the host may change its own right away.
+  const StepScalars value{adam_scalars("set_step_cuda", step), static_cast<float>(lr),
+                          static_cast<float>(weight_decay),
+                          static_cast<float>(1 - lr * weight_decay)};
+  set_step_kernel<<<1, 1, 0, stream>>>(A::step(table), value);
+  DEIT_CUDA_CHECK_LAUNCH();
+  A::mark_step_set(table);
+}
+
+void lamb_step_cuda(CudaParamTable& table, cudaStream_t stream) {
+  using A = CudaParamTableAccess;
+  require_step("lamb_step_cuda", table);
+  const UpdateScalars scalars{table.grad_scale(), A::step(table)};
+  A::launch(table, LambMomentsOp{scalars}, stream);
   if (table.tensors() > 0) {
     const unsigned grid = static_cast<unsigned>(gpu::ceil_div(table.tensors(), kTrustThreads));
     lamb_trust_kernel<<<grid, kTrustThreads, 0, stream>>>(A::slots(table), table.tensors(),
-                                                          A::partials(table), wd,
+                                                          A::partials(table), A::step(table),
                                                           A::trust(table));
     DEIT_CUDA_CHECK_LAUNCH();
   }
-  A::launch(table,
-            LambApplyOp{adam, table.grad_scale(), A::trust(table), wd, static_cast<float>(lr)},
-            stream);
+  A::launch(table, LambApplyOp{scalars, A::trust(table)}, stream);
 }
 
-void adamw_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
-                     cudaStream_t stream) {
-  require_optimizer_state("adamw_step_cuda", table);
-  const AdamScalars adam = adam_scalars("adamw_step_cuda", step);
-  CudaParamTableAccess::launch(table,
-                               AdamWOp{adam, table.grad_scale(),
-                                       static_cast<float>(1 - lr * weight_decay),
-                                       static_cast<float>(lr)},
-                               stream);
+void adamw_step_cuda(CudaParamTable& table, cudaStream_t stream) {
+  require_step("adamw_step_cuda", table);
+  CudaParamTableAccess::launch(
+      table, AdamWOp{{table.grad_scale(), CudaParamTableAccess::step(table)}}, stream);
 }
 
 void ema_update_cuda(CudaParamTable& table, double decay, cudaStream_t stream) {

@@ -1,0 +1,232 @@
+// deit bench: how fast deit is. `kernels`: every fused CUDA kernel against the hardware's ceilings
+// and its library rival (bench/kernel_bench.h); `step`: the training step's images/s, MFU, memory
+// and time per op (bench/step_bench.h); `data`: the input pipeline (apps/cmd_bench_data.cpp).
+// bench/compare.sh runs them next to PyTorch + timm (bench/torch_baseline.py).
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.h"
+#include "apps/model_options.h"
+#include "bench/step_bench.h"
+#include "engine/communicator.h"
+#include "engine/device.h"
+#include "engine/rendezvous.h"
+#include "train/recipe.h"
+
+#if DEIT_HAVE_CUDA
+#include "bench/kernel_bench.h"
+#endif
+
+namespace deit::apps {
+
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// --- deit bench kernels -------------------------------------------------------------------------
+
+struct KernelsOptions {
+  std::string device = "cuda";
+  bool full = false;
+  std::optional<int> warmup, repeats;
+  bool json = false;
+};
+
+#if DEIT_HAVE_CUDA
+std::string format_rate(const bench::KernelMeasurement& m) {
+  char buf[64];
+  if (m.bytes > 0)
+    std::snprintf(buf, sizeof(buf), "%8.0f GB/s", bench::achieved_gbps(m));
+  else
+    std::snprintf(buf, sizeof(buf), "%6.1f TFLOP/s", bench::achieved_tflops(m));
+  return buf;
+}
+
+void print_kernel_table(const bench::KernelReport& r) {
+  std::printf("device %s, cuDNN %s\n", r.device.c_str(), r.cudnn.c_str());
+  std::printf("median of %d runs after %d warm-up runs, L2 flushed before each\n",
+              r.timing.repeats, r.timing.warmup);
+  std::printf("ceilings: copy %.0f GB/s (read + write), bf16 GEMM %.1f TFLOP/s\n\n", r.copy_gbps,
+              r.gemm_tflops);
+  std::printf("%-30s %-8s %-26s %10s %15s %8s  %s\n", "kernel", "impl", "shape", "median ms",
+              "rate", "ceiling", "note");
+  for (const bench::KernelMeasurement& m : r.kernels) {
+    if (!m.available) {
+      std::printf("%-30s %-8s %-26s %10s %15s %8s  %s\n", m.kernel.c_str(), m.impl.c_str(),
+                  m.shape.c_str(), "-", "-", "-", m.note.c_str());
+      continue;
+    }
+    std::printf("%-30s %-8s %-26s %10.4f %15s %7.1f%%  %s\n", m.kernel.c_str(), m.impl.c_str(),
+                m.shape.c_str(), m.timing.median_ms, format_rate(m).c_str(),
+                100.0 * bench::fraction_of_ceiling(m, r), m.note.c_str());
+  }
+}
+#endif
+
+void run_kernels(const KernelsOptions& o) {
+  const Device device = parse_device(o.device);
+  if (!device.is_cuda())
+    throw std::invalid_argument("deit bench kernels times the CUDA kernels: --device must be "
+                                "cuda or cuda:N, got '" + o.device + "'");
+#if DEIT_HAVE_CUDA
+  const int count = cuda_device_count();
+  if (device.index >= count)
+    throw std::runtime_error("deit bench kernels needs a CUDA device, and this machine has " +
+                             (count == 0 ? std::string("none") : "no " + device.str()) +
+                             "; run it on a GPU machine (bench/gpu-check.sh)");
+  bench::KernelBenchOptions options;
+  options.all_widths = o.full;
+  options.timing.warmup = o.warmup.value_or(o.full ? 10 : 5);
+  options.timing.repeats = o.repeats.value_or(o.full ? 100 : 30);
+  const bench::KernelReport report = bench::run_kernel_benchmarks(
+      device.index, options,
+      [](const std::string& line) { std::fprintf(stderr, "bench kernels: %s\n", line.c_str()); });
+  if (o.json)
+    std::printf("%s\n", bench::to_json(report).dump().c_str());
+  else
+    print_kernel_table(report);
+#else
+  throw std::runtime_error("deit bench kernels needs a CUDA device, and this deit was built "
+                           "without CUDA");
+#endif
+}
+
+// --- deit bench step ----------------------------------------------------------------------------
+
+struct StepOptions {
+  ModelOptions model;
+  std::optional<int64_t> batch_size;
+  std::string device = "cuda";
+  std::string opt = "lamb";
+  std::optional<double> drop_path, peak_tflops;
+  int warmup = 3, steps = 10, profile_steps = 2;
+  uint64_t seed = 0;
+  bool json = false;
+};
+
+void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
+  const bench::StepBenchOptions& o = r.options;
+  const std::string where =
+      r.device == r.device_name ? r.device : r.device + " (" + r.device_name + ")";
+  std::printf("%s at %lld px, batch %lld per process, %d process%s on %s, %s, %s\n",
+              o.model_name.c_str(), (long long)o.model.input_size, (long long)o.batch_size,
+              r.world_size, r.world_size == 1 ? "" : "es", where.c_str(), r.precision.c_str(),
+              o.opt.c_str());
+  std::printf("step          %9.2f ms  (forward %.2f, backward %.2f, optimizer %.2f; mean of %d "
+              "after %d warm-up)\n",
+              r.step_ms, r.forward_ms, r.backward_ms, r.optimizer_ms, j["timed_steps"].get<int>(),
+              o.warmup);
+  std::printf("throughput    %9.1f images/s per process\n", r.images_per_s);
+  std::printf("compute       %9.2f GFLOP per image (6 x forward MACs) -> %.2f TFLOP/s",
+              r.train_gflops_per_image, j["achieved_tflops"].get<double>());
+  if (r.peak_tflops)
+    std::printf(", MFU %.1f%% of %.0f TFLOP/s (%s)\n", 100.0 * j["mfu"].get<double>(),
+                *r.peak_tflops, r.peak_tflops_source.c_str());
+  else
+    std::printf(" (MFU: peak unknown for this device; give --peak-tflops)\n");
+  std::printf("peak memory   %9.2f GiB (caching allocator)\n", r.peak_memory_bytes / kGiB);
+  if (!r.breakdown.empty()) {
+    std::printf("time per op (profiled step %.2f ms):\n", r.profiled_step_ms);
+    for (const auto& op : j["breakdown"])
+      std::printf("  %-32s %9.3f ms %6.1f%%  %5.0f calls\n", op["op"].get<std::string>().c_str(),
+                  op["ms_per_step"].get<double>(), 100.0 * op["fraction_of_step"].get<double>(),
+                  op["calls_per_step"].get<double>());
+    std::printf("  %-32s %9.3f ms\n", "(outside ops)", j["other_ms"].get<double>());
+  }
+  if (r.comm_total_ms)
+    std::printf("communication %9.2f ms per step (%s all-reduce alone), %.2f ms not hidden behind "
+                "backward\n",
+                *r.comm_total_ms, r.comm_backend.c_str(), *r.comm_exposed_ms);
+}
+
+void run_step(const StepOptions& o) {
+  const train::TrainOptions recipe = train::recipe_for(o.model.model);
+  bench::StepBenchOptions options;
+  options.model_name = o.model.model;
+  options.model = o.model.apply_to(recipe.model);
+  options.batch_size = o.batch_size.value_or(64);
+  options.opt = o.opt;
+  options.lr = recipe.lr;
+  options.drop_path = o.drop_path.value_or(recipe.drop_path);
+  options.warmup = o.warmup;
+  options.steps = o.steps;
+  options.profile_steps = o.profile_steps;
+  options.peak_tflops = o.peak_tflops;
+  options.seed = o.seed;
+  if (options.batch_size < 1)
+    throw std::invalid_argument("--batch-size must be at least 1, got " +
+                                std::to_string(options.batch_size));
+  if (options.steps < 1 || options.warmup < 0 || options.profile_steps < 0)
+    throw std::invalid_argument("--steps must be at least 1, --warmup and --profile-steps at "
+                                "least 0");
+
+  const Rendezvous rendezvous = detect_rendezvous();
+  // As `deit train`: a bare --device cuda takes the GPU of the process's local rank.
+  const std::string device =
+      o.device == "cuda" ? Device::cuda(rendezvous.local_rank).str() : o.device;
+  const std::unique_ptr<Communicator> comm = make_communicator(parse_device(device), rendezvous);
+  const bench::StepReport report = bench::run_step_benchmark(options, *comm);
+  if (comm->rank() != 0) return;
+  const nlohmann::ordered_json j = bench::to_json(report);
+  if (o.json)
+    std::printf("%s\n", j.dump().c_str());
+  else
+    print_step(report, j);
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks: kernels, the training step, data");
+  bench->require_subcommand(1);
+
+  auto k = std::make_shared<KernelsOptions>();
+  CLI::App* kernels = bench->add_subcommand(
+      "kernels",
+      "Every CUDA kernel against the copy bandwidth and cuBLASLt GEMM rate measured in the same "
+      "run, and attention against cuDNN's. Needs a CUDA device: without one it fails (exit 1).");
+  kernels->add_option("--device", k->device, "CUDA device (cuda or cuda:N)")
+      ->capture_default_str();
+  kernels->add_flag("--full", k->full,
+                    "Every preset width for the memory-bound kernels, 100 runs each (default: "
+                    "ViT-B's width, 30 runs)");
+  kernels->add_option("--warmup", k->warmup, "Untimed runs before timing (default 5; 10 --full)");
+  kernels->add_option("--repeats", k->repeats, "Timed runs, median reported (default 30; 100 "
+                                               "--full)");
+  kernels->add_flag("--json", k->json, "Print one JSON object (progress goes to stderr)");
+  kernels->callback([k] { run_kernels(*k); });
+
+  auto s = std::make_shared<StepOptions>();
+  CLI::App* step = bench->add_subcommand(
+      "step",
+      "Training step speed on a synthetic batch already on the device: images/s, MFU, peak "
+      "memory, time per op, and under mpirun/torchrun the communication not hidden by backward");
+  s->model.add_to(*step, "the recipe's training resolution: 224 for S, 192 for B and L, 160 for H");
+  step->add_option("--batch-size", s->batch_size, "Images per process (default 64)");
+  step->add_option("--device", s->device, "cpu, cuda or cuda:N")->capture_default_str();
+  step->add_option("--opt", s->opt, "Optimizer: lamb or adamw")->capture_default_str();
+  step->add_option("--drop-path", s->drop_path, "Drop-path rate (default: the recipe's)");
+  step->add_option("--warmup", s->warmup, "Untimed steps first")->capture_default_str();
+  step->add_option("--steps", s->steps, "Timed steps")->capture_default_str();
+  step->add_option("--profile-steps", s->profile_steps,
+                   "Steps run again with per-op timing for the breakdown (0: none)")
+      ->capture_default_str();
+  step->add_option("--peak-tflops", s->peak_tflops,
+                   "Peak TFLOP/s for MFU (default: known GPUs' dense bf16 peak, e.g. 989 for "
+                   "H100/H200 SXM)");
+  step->add_option("--seed", s->seed, "Seed of the weights and the synthetic batch")
+      ->capture_default_str();
+  step->add_flag("--json", s->json,
+                 "Print one JSON object (fields: bench/step_bench.h; the same as "
+                 "bench/torch_baseline.py)");
+  step->callback([s] { run_step(*s); });
+
+  add_bench_data_subcommand(*bench);
+}
+
+}  // namespace deit::apps

@@ -1,0 +1,283 @@
+// deit bench data: how fast the input path delivers training batches.
+//  - stage:    the augmentation stage alone (RandomResizedCrop, flip, 3-Augment, colour jitter,
+//              normalisation: kernels/augment.h), on sources already in memory (on the device for
+//              --device cuda) whose shorter side is 256, at each input size.
+//  - pipeline: the whole path from a shard file to a batch on the device: the loader's worker
+//              threads read the records and draw the parameters, the feed (train/input_feed.h)
+//              uploads them and runs the stage, as the trainer does.
+// On --device cpu both measure the CPU stage: the batch twin on one thread, and the training
+// loader's workers augmenting and normalising, as CPU training runs it.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apps/commands.h"
+#include "data/augment_params.h"
+#include "data/prefetch.h"
+#include "data/shard.h"
+#include "engine/device.h"
+#include "engine/rng.h"
+#include "kernels/augment.h"
+#include "train/data_pipeline.h"
+#include "train/input_feed.h"
+#include "train/recipe.h"
+
+#if DEIT_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "engine/stream.h"
+#include "kernels/check.h"
+#endif
+
+namespace deit::apps {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kSourceShortSide = 256;
+constexpr int kSourceLongSide = 341;  // 4:3, the most common ImageNet shape
+constexpr int kWarmupBatches = 2;
+
+struct DataBenchOptions {
+  std::string device = "cuda";
+  std::optional<int> input_size;  // default: 224 and 128
+  int batch_size = 256;
+  int batches = 20;
+  int workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  bool json = false;
+};
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Landscape and portrait sources of noise (the stage's speed does not depend on the content).
+std::vector<data::ImageU8> make_sources(int count, Rng& rng) {
+  std::vector<data::ImageU8> sources(count);
+  for (int i = 0; i < count; ++i) {
+    data::ImageU8& image = sources[i];
+    image.height = i % 2 == 0 ? kSourceShortSide : kSourceLongSide;
+    image.width = i % 2 == 0 ? kSourceLongSide : kSourceShortSide;
+    image.pixels.resize(static_cast<size_t>(image.height) * image.width * 3);
+    for (uint8_t& v : image.pixels) v = static_cast<uint8_t>(rng.below(256));
+  }
+  return sources;
+}
+
+// A batch of the sources with training parameters drawn for them, packed as the GPU stage
+// uploads it (train/input_feed.h).
+struct PackedSources {
+  train::PackedLayout layout;
+  std::vector<uint8_t> bytes;
+  int64_t size = 0;
+
+  const uint8_t* pixels() const { return bytes.data() + layout.pixels; }
+  kernels::SourceImage* sources() {
+    return reinterpret_cast<kernels::SourceImage*>(bytes.data() + layout.sources);
+  }
+  const kernels::AugmentParams* params() const {
+    return reinterpret_cast<const kernels::AugmentParams*>(bytes.data() + layout.params);
+  }
+};
+
+PackedSources pack(const std::vector<data::ImageU8>& images, int size, Rng& rng) {
+  data::AugmentConfig config;
+  config.input_size = size;
+  data::Batch batch;
+  batch.size = images.size();
+  batch.sources = images;
+  batch.labels.assign(images.size(), 0);
+  for (const data::ImageU8& image : images)
+    batch.params.push_back(data::sample_augment_params(config, image.height, image.width, rng));
+  PackedSources p;
+  p.layout = train::packed_layout(batch);
+  p.bytes.resize(p.layout.bytes);
+  train::pack_batch(batch, p.layout, p.bytes.data());
+  p.size = static_cast<int64_t>(images.size());
+  return p;
+}
+
+double stage_images_per_second_cpu(PackedSources& p, int size, int batches) {
+  std::vector<float> out(static_cast<size_t>(p.size) * 3 * size * size);
+  auto run = [&] {
+    kernels::augment_batch_cpu(p.pixels(), p.sources(), p.params(), p.size, size, out.data());
+  };
+  for (int i = 0; i < kWarmupBatches; ++i) run();
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < batches; ++i) run();
+  return static_cast<double>(p.size) * batches / seconds_since(start);
+}
+
+#if DEIT_HAVE_CUDA
+// Device memory, freed when it goes.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) { DEIT_CUDA_CHECK(cudaMalloc(&data_, bytes)); }
+  ~DeviceBuffer() { cudaFree(data_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  uint8_t* get() const { return static_cast<uint8_t*>(data_); }
+
+ private:
+  void* data_ = nullptr;
+};
+
+double stage_images_per_second_cuda(PackedSources& p, int size, int batches, Device device) {
+  const int64_t scratch = kernels::plan_augment_cuda(p.sources(), p.params(), p.size, size);
+  const DeviceBuffer packed(p.bytes.size());
+  DEIT_CUDA_CHECK(cudaMemcpy(packed.get(), p.bytes.data(), p.bytes.size(), cudaMemcpyHostToDevice));
+  const DeviceBuffer out(static_cast<size_t>(p.size) * 3 * size * size * sizeof(float));
+  const DeviceBuffer workspace(static_cast<size_t>(scratch));
+  const cudaStream_t stream = compute_stream(device.index);
+  auto run = [&] {
+    kernels::augment_batch_cuda(
+        packed.get() + p.layout.pixels,
+        reinterpret_cast<const kernels::SourceImage*>(packed.get() + p.layout.sources),
+        reinterpret_cast<const kernels::AugmentParams*>(packed.get() + p.layout.params), p.size,
+        size, reinterpret_cast<float*>(out.get()), workspace.get(), stream);
+  };
+  for (int i = 0; i < kWarmupBatches; ++i) run();
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < batches; ++i) run();
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return static_cast<double>(p.size) * batches / seconds_since(start);
+}
+#endif
+
+// A shard of 2 batches of sources, in a temporary directory removed with it.
+class TemporaryShard {
+ public:
+  explicit TemporaryShard(const std::vector<data::ImageU8>& images) {
+    dir_ = fs::temp_directory_path() /
+           ("deit-bench-data-" +
+            std::to_string(static_cast<uint64_t>(Clock::now().time_since_epoch().count())));
+    fs::create_directories(dir_);
+    data::ShardWriter writer((dir_ / "train.shard").string(), {"a", "b"}, images.size() * 2,
+                             kSourceShortSide);
+    for (int copy = 0; copy < 2; ++copy)
+      for (size_t i = 0; i < images.size(); ++i) writer.add(images[i], static_cast<int>(i % 2));
+    writer.finish();
+  }
+  ~TemporaryShard() {
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+  std::string path() const { return (dir_ / "train.shard").string(); }
+
+ private:
+  fs::path dir_;
+};
+
+// Batches from the shard to the device, as the trainer takes them (with the upload of the next
+// batch overlapping the current one on CUDA).
+double pipeline_images_per_second(const std::string& shard, const DataBenchOptions& o, int size,
+                                  Device device) {
+  train::TrainOptions t = train::recipe_for("deit3_small");
+  t.model.input_size = size;
+  t.batch_size = o.batch_size;
+  t.workers = o.workers;
+  t.repeated_aug = false;
+  auto loader = train::make_train_loader(
+      std::shared_ptr<const data::ImageSource>(data::open_image_source(shard)), t, {},
+      device.is_cuda() ? data::PixelFormat::kSource : data::PixelFormat::kFloat32);
+  train::InputFeed feed(*loader, device, size);
+  uint64_t epoch = 0;
+  feed.start_epoch(epoch);
+  auto next_batch = [&] {
+    const train::FeedBatch* batch = feed.next();
+    if (!batch) {
+      feed.start_epoch(++epoch);
+      batch = feed.next();
+    }
+    feed.prefetch();
+    return batch->size;
+  };
+  for (int i = 0; i < kWarmupBatches; ++i) next_batch();
+  const Clock::time_point start = Clock::now();
+  size_t images = 0;
+  for (int i = 0; i < o.batches; ++i) images += next_batch();
+#if DEIT_HAVE_CUDA
+  if (device.is_cuda()) DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_stream(device.index)));
+#endif
+  return static_cast<double>(images) / seconds_since(start);
+}
+
+void run_bench_data(const DataBenchOptions& o) {
+  const Device device = parse_device(o.device);
+  require_device(device);
+  if (o.batch_size < 2 || o.batches < 1 || o.workers < 1)
+    throw CLI::ValidationError("bench data",
+                               "--batch-size must be >= 2, --batches and "
+                               "--workers >= 1");
+  const std::vector<int> sizes =
+      o.input_size ? std::vector<int>{*o.input_size} : std::vector<int>{224, 128};
+  Rng rng(20260101);
+  const std::vector<data::ImageU8> images = make_sources(o.batch_size, rng);
+  const TemporaryShard shard(images);
+
+  nlohmann::json result = {{"device", device.str()},
+                           {"batch_size", o.batch_size},
+                           {"batches", o.batches},
+                           {"workers", o.workers},
+                           {"source_size", {kSourceShortSide, kSourceLongSide}},
+                           {"stage", nlohmann::json::array()},
+                           {"pipeline", nlohmann::json::array()}};
+  for (int size : sizes) {
+    PackedSources packed = pack(images, size, rng);
+    double stage = 0;
+    if (device.is_cpu()) {
+      stage = stage_images_per_second_cpu(packed, size, o.batches);
+    } else {
+#if DEIT_HAVE_CUDA
+      stage = stage_images_per_second_cuda(packed, size, o.batches, device);
+#endif
+    }
+    const double pipeline = pipeline_images_per_second(shard.path(), o, size, device);
+    result["stage"].push_back({{"input_size", size}, {"images_per_s", stage}});
+    result["pipeline"].push_back({{"input_size", size}, {"images_per_s", pipeline}});
+    if (!o.json)
+      std::printf(
+          "input %3d px: stage alone %10.0f images/s   shard -> device batch %10.0f "
+          "images/s\n",
+          size, stage, pipeline);
+  }
+  if (o.json) {
+    std::printf("%s\n", result.dump().c_str());
+  } else {
+    std::printf("(%s, batch %d, %d batches timed, sources %dx%d, %d loader workers%s)\n",
+                device.str().c_str(), o.batch_size, o.batches, kSourceShortSide, kSourceLongSide,
+                o.workers, device.is_cpu() ? "; CPU stage alone: one thread" : "");
+  }
+}
+
+}  // namespace
+
+void add_bench_data_subcommand(CLI::App& bench) {
+  auto o = std::make_shared<DataBenchOptions>();
+  CLI::App* data = bench.add_subcommand(
+      "data",
+      "Input path speed: the augmentation stage alone on sources of shorter side 256, and the "
+      "whole path from a shard file to a batch on the device (at 224 and 128 by default)");
+  data->add_option("--device", o->device, "cpu, cuda or cuda:N (cpu: the CPU stage)")
+      ->capture_default_str();
+  data->add_option("--input-size", o->input_size, "One input size instead of 224 and 128");
+  data->add_option("--batch-size", o->batch_size, "Images per batch")->capture_default_str();
+  data->add_option("--batches", o->batches, "Timed batches per measurement")->capture_default_str();
+  data->add_option("--workers", o->workers, "Loader threads of the whole path")
+      ->capture_default_str();
+  data->add_flag("--json", o->json,
+                 "Print one JSON object: device, batch_size, batches, workers, source_size, "
+                 "stage and pipeline (each a list of {input_size, images_per_s})");
+  data->callback([o] { run_bench_data(*o); });
+}
+
+}  // namespace deit::apps

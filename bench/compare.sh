@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# deit against PyTorch + timm on one GPU, in one go: `deit bench kernels` and PyTorch's SDPA at the
+# same attention shapes, then for each model `deit bench step`, the same step in PyTorch eager and
+# under torch.compile (bench/torch_baseline.py). bench/report.py writes the Markdown table (ratio
+# column: deit / PyTorch) to bench/results/DATE-GPU-compare.md with the date, GPU, commit and
+# command, and prints it.
+#
+#   bench/compare.sh [--quick | --full] [--build DIR]
+#
+#   --quick (default) deit3_small and deit3_base at 224, batch 256 per GPU; kernels at ViT-B's
+#           width, 30 runs each. A few minutes on an H200, most of it torch.compile compiling.
+#   --full  deit3_small, base, large, huge at 224 and at the recipe's low resolutions (B and L
+#           192, H 160); kernels at every preset width, 100 runs each. Tens of minutes.
+#   --build the build folder holding `deit` (default build-gpu, what bench/gpu-check.sh builds)
+#
+# Needs the built deit, nvidia-smi, and a python3 with torch and timm; no network, no Debian
+# packages. A run that fails is reported in the table's Failures section; the others go on.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+mode=quick
+build="build-gpu"
+invocation="bench/compare.sh $*"
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) mode=quick ;;
+    --full) mode=full ;;
+    --build) build=$2; shift ;;
+    *) echo "usage: bench/compare.sh [--quick | --full] [--build DIR]" >&2; exit 2 ;;
+  esac
+  shift
+done
+deit=$build/deit
+if [ ! -x "$deit" ]; then
+  echo "compare.sh: no $deit: build deit first (bench/gpu-check.sh does)" >&2
+  exit 1
+fi
+
+if [ "$mode" = full ]; then
+  # model, input size, batch per GPU: the recipe's per-GPU batch where it fits (2048 over 8 GPUs
+  # for S and B), smaller for L and H.
+  configs=("deit3_small 224 256" "deit3_base 224 256" "deit3_base 192 256"
+           "deit3_large 224 128" "deit3_large 192 128" "deit3_huge 224 64" "deit3_huge 160 64")
+  kernel_flags=(--full)
+  torch_repeats=(--warmup 10 --repeats 100)
+else
+  configs=("deit3_small 224 256" "deit3_base 224 256")
+  kernel_flags=()
+  torch_repeats=(--warmup 5 --repeats 30)
+fi
+
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+gpu=${gpu:-unknown GPU}
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  commit="$commit (with uncommitted changes)"
+fi
+work=$(mktemp -d)
+runs=0
+last=""
+
+# record KIND LABEL SECONDS COMMAND...: runs the command with a time limit, keeping its stdout
+# (one JSON object), stderr, exit status and command line for report.py.
+record() {
+  local kind=$1 label=$2 limit=$3
+  shift 3
+  runs=$((runs + 1))
+  last=$(printf '%s/%03d' "$work" "$runs")
+  echo "$kind" >"$last.kind"
+  echo "$label" >"$last.label"
+  echo "$*" >"$last.cmd"
+  echo "== $kind $label: $*" >&2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$last.json" 2>"$last.err"
+  echo $? >"$last.rc"
+  echo "   exit $(cat "$last.rc") after $((SECONDS - start)) s" >&2
+}
+
+# field FILE KEY: a top-level field of the JSON object in FILE, empty when absent or null.
+field() {
+  python3 -c 'import json,sys
+try:
+    v = json.load(open(sys.argv[1])).get(sys.argv[2])
+except Exception:
+    v = None
+print("" if v is None else v)' "$1" "$2"
+}
+
+record kernels deit 900 "$deit" bench kernels --json "${kernel_flags[@]}"
+if [ "$(cat "$last.rc")" = 0 ]; then
+  record attention torch 900 python3 bench/torch_baseline.py attention --shapes-from "$last.json" \
+    --json "${torch_repeats[@]}"
+fi
+
+for config in "${configs[@]}"; do
+  read -r model size batch <<<"$config"
+  "$deit" info --model "$model" --input-size "$size" --json >"$work/info.json"
+  gflops=$(field "$work/info.json" train_gflops_per_image)
+  record step "$config" 900 "$deit" bench step --model "$model" --input-size "$size" \
+    --batch-size "$batch" --device cuda --json
+  # PyTorch runs the model deit ran: its drop-path rate, its FLOP count, its peak for MFU.
+  drop_path=$(field "$last.json" drop_path)
+  peak=$(field "$last.json" peak_tflops)
+  torch_args=(--model "$model" --input-size "$size" --batch-size "$batch"
+              --drop-path "${drop_path:-0}" --json)
+  [ -n "$gflops" ] && torch_args+=(--train-gflops-per-image "$gflops")
+  [ -n "$peak" ] && torch_args+=(--peak-tflops "$peak")
+  record step "$config" 900 python3 bench/torch_baseline.py step "${torch_args[@]}"
+  record step "$config" 1200 python3 bench/torch_baseline.py step "${torch_args[@]}" --compile
+done
+
+slug=$(echo "$gpu" | tr '[:upper:] ' '[:lower:]-' | tr -cd 'a-z0-9-')
+mkdir -p bench/results
+out="bench/results/$(date -u +%Y-%m-%d)-$slug-compare.md"
+python3 bench/report.py "$work" --gpu "$gpu" --commit "$commit" --command "$invocation" --out "$out"
+echo "written: $out"

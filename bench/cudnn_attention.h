@@ -1,0 +1,51 @@
+// The library rival of our attention forward (kernels/attention.h): cuDNN's fused flash attention,
+// planned through the cuDNN graph API's SDPA forward operation (cuDNN >= 9.13, backend
+// descriptors: the C++ cudnn-frontend is not needed). It reads Q, K and V straight from our packed
+// qkv buffer (B, T, 3, H, D) through strides, writes out (B, T, H, D) and the natural-log
+// log-sum-exp (B, H, T) in fp32, exactly our kernel's outputs, so the two are compared on the same
+// job and their outputs can be checked against each other.
+//
+// Its backward has no rival here: the graph API's SDPA backward operation has engines on Blackwell
+// only, and the composite graph the cudnn-frontend builds for it is not reproduced; bench/
+// torch_baseline.py times cuDNN's backward through PyTorch at the same shapes instead.
+#pragma once
+
+#if DEIT_HAVE_CUDNN
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kernels/bf16.h"
+
+namespace deit::bench {
+
+class CudnnAttentionForward {
+ public:
+  // Plans the attention for these sizes on the current device. Throws std::runtime_error naming
+  // the cuDNN call and status when this cuDNN has no engine for it (older than 9.13, or the shape
+  // is outside what its engines take).
+  CudnnAttentionForward(int64_t B, int64_t Tn, int64_t H, int64_t D, double scale);
+  ~CudnnAttentionForward();
+  CudnnAttentionForward(const CudnnAttentionForward&) = delete;
+  CudnnAttentionForward& operator=(const CudnnAttentionForward&) = delete;
+
+  // qkv, out: bf16, 16-byte aligned; lse: fp32. Enqueued on `stream`.
+  void run(const kernels::bf16_bits* qkv, kernels::bf16_bits* out, float* lse,
+           cudaStream_t stream);
+
+  // The engine cuDNN's heuristic ranked first among those that could be planned, and its scratch.
+  const std::string& engine() const;
+  size_t workspace_bytes() const;
+
+ private:
+  struct Plan;
+  std::unique_ptr<Plan> plan_;
+};
+
+// "9.19.0": the cuDNN library loaded at run time (which may differ from the headers built against).
+std::string cudnn_runtime_version();
+
+}  // namespace deit::bench
+#endif

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Turns the runs bench/compare.sh recorded into one Markdown report (plain Python, no packages).
+
+  report.py RUN_DIR --gpu NAME --commit SHA --command CMD --out FILE.md
+
+RUN_DIR holds one NNN.{kind,label,cmd,rc,json,err} group per run, in the order they ran: kind is
+`kernels` (deit bench kernels --json), `attention` (torch_baseline.py attention --json) or `step`
+(deit bench step --json / torch_baseline.py step --json, told apart by their `impl` field).
+Every ratio is deit's speed over the other's: > 1 means deit is faster.
+"""
+import argparse
+import datetime
+import glob
+import json
+import os
+
+GIB = 1024.0 ** 3
+
+
+def load_runs(run_dir):
+    runs = []
+    for cmd_path in sorted(glob.glob(os.path.join(run_dir, "*.cmd"))):
+        stem = cmd_path[:-4]
+
+        def read(ext):
+            path = f"{stem}.{ext}"
+            return open(path).read().strip() if os.path.exists(path) else ""
+
+        run = {"kind": read("kind"), "label": read("label"), "cmd": read("cmd"),
+               "rc": int(read("rc") or 1), "err": read("err"), "result": None}
+        if run["rc"] == 0:
+            try:
+                run["result"] = json.loads(read("json"))
+            except json.JSONDecodeError as e:
+                run["rc"], run["err"] = -1, f"output is not one JSON object ({e})\n" + run["err"]
+        runs.append(run)
+    return runs
+
+
+def fmt(value, spec=".1f", none="-"):
+    return none if value is None else format(value, spec)
+
+
+def ratio(ours, theirs):
+    return None if not ours or not theirs else ours / theirs
+
+
+def step_section(runs):
+    by_config = {}
+    for run in runs:
+        if run["kind"] != "step":
+            continue
+        impl = run["result"]["impl"] if run["result"] else None
+        config = by_config.setdefault(run["label"], {})
+        if impl:
+            config[impl] = run["result"]
+    lines = ["## Training step", "",
+             "Images/s per GPU on a synthetic batch already on the device; MFU against the dense "
+             "bf16 peak deit reports (`peak_tflops`), with deit's FLOP count (6 x forward MACs) "
+             "on both sides. Peak memory: each side's caching allocator.", "",
+             "| model | px | batch | deit img/s | torch img/s | torch.compile img/s | "
+             "deit / torch | deit / compile | deit MFU | compile MFU | deit peak GiB | "
+             "compile peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    details = []
+    for label, config in by_config.items():
+        model, size, batch = label.split()
+        ours, eager, compiled = (config.get(k) for k in ("deit", "torch", "torch.compile"))
+
+        def get(result, key):
+            return result.get(key) if result else None
+
+        def pct(result):
+            return fmt(100 * result["mfu"], ".1f") + "%" if result and result.get("mfu") else "-"
+
+        def gib(result):
+            return fmt(result["peak_memory_bytes"] / GIB, ".1f") if result else "-"
+
+        lines.append(
+            f"| {model} | {size} | {batch} | {fmt(get(ours, 'images_per_s'), '.0f')} | "
+            f"{fmt(get(eager, 'images_per_s'), '.0f')} | "
+            f"{fmt(get(compiled, 'images_per_s'), '.0f')} | "
+            f"{fmt(ratio(get(ours, 'images_per_s'), get(eager, 'images_per_s')), '.2f')} | "
+            f"{fmt(ratio(get(ours, 'images_per_s'), get(compiled, 'images_per_s')), '.2f')} | "
+            f"{pct(ours)} | {pct(compiled)} | {gib(ours)} | {gib(compiled)} |")
+        details += phase_details(label, ours, eager, compiled)
+    optimizers = sorted({f"{r['impl']}: {r['optimizer']}" for c in by_config.values()
+                         for r in c.values()})
+    if optimizers:
+        lines += ["", "Optimizers: " + "; ".join(optimizers) + ". torch has no LAMB, so its "
+                  "fused AdamW stands in (LAMB does a little more work: per-tensor trust ratios)."]
+    return lines + [""] + details
+
+
+def phase_details(label, ours, eager, compiled):
+    sides = [(name, r) for name, r in (("deit", ours), ("torch", eager),
+                                        ("torch.compile", compiled)) if r]
+    if not sides:
+        return []
+    lines = [f"### {label}: where the step goes", "",
+             "| phase (ms per step) | " + " | ".join(name for name, _ in sides) + " |",
+             "|---|" + "---|" * len(sides)]
+    for phase in ("forward", "backward", "optimizer"):
+        lines.append(f"| {phase} | " +
+                     " | ".join(fmt(r["phases_ms"][phase], ".2f") for _, r in sides) + " |")
+    lines.append("| step | " + " | ".join(fmt(r["step_ms"], ".2f") for _, r in sides) + " |")
+    for name, r in sides:
+        if not r.get("breakdown"):
+            continue
+        lines += ["", f"{name}, top ops of a profiled step ({fmt(r['profiled_step_ms'], '.2f')} ms; "
+                  f"{fmt(r['other_ms'], '.2f')} ms outside any op):", "",
+                  "| op | ms per step | share | calls |", "|---|---|---|---|"]
+        for op in r["breakdown"][:10]:
+            lines.append(f"| {op['op'][:60]} | {fmt(op['ms_per_step'], '.3f')} | "
+                         f"{fmt(100 * op['fraction_of_step'], '.1f')}% | "
+                         f"{fmt(op['calls_per_step'], '.0f')} |")
+    if any(r.get("comm") for _, r in sides):
+        for name, r in sides:
+            if r.get("comm"):
+                c = r["comm"]
+                lines.append(f"\n{name}: gradient all-reduce {fmt(c['total_ms_per_step'], '.2f')} "
+                             f"ms per step, {fmt(c['exposed_ms_per_step'], '.2f')} ms of it not "
+                             f"hidden behind backward ({c['backend']})")
+    return lines + [""]
+
+
+def kernel_section(runs):
+    deit = next((r["result"] for r in runs if r["kind"] == "kernels" and r["result"]), None)
+    torch_attention = next((r["result"] for r in runs if r["kind"] == "attention" and r["result"]),
+                           None)
+    if not deit:
+        return ["## Kernels", "", "`deit bench kernels` did not run (see Failures).", ""]
+    lines = ["## Kernels", "",
+             f"Ceilings measured in the same run: copy {fmt(deit['copy_gbps'], '.0f')} GB/s "
+             f"(bytes read + written), cuBLASLt bf16 GEMM 8192^3 "
+             f"{fmt(deit['gemm_tflops'], '.1f')} TFLOP/s. Median of {deit['repeats']} runs after "
+             f"{deit['warmup']} warm-up runs, L2 flushed before each. cuDNN: {deit['cudnn']}.", "",
+             "Memory-bound kernels, judged by the bytes they must move:", "",
+             "| kernel | shape | median ms | GB/s | of copy bandwidth |", "|---|---|---|---|---|"]
+    for k in deit["kernels"]:
+        if k.get("bytes") and k["impl"] == "deit":
+            lines.append(f"| {k['kernel']} | {k['shape']} | {fmt(k['median_ms'], '.4f')} | "
+                         f"{fmt(k['gbps'], '.0f')} | {fmt(100 * k['fraction_of_ceiling'], '.1f')}% |")
+    rivals = {}
+    for source in (deit, torch_attention or {"kernels": []}):
+        for k in source["kernels"]:
+            if k["kernel"].startswith("attention"):
+                rivals.setdefault((k["kernel"], k["shape"]), {})[k["impl"]] = k
+    impls = ["deit", "cudnn", "torch-cudnn", "torch-flash"]
+    lines += ["", "Attention, judged by its matmul FLOPs (forward 4 B H T^2 D, backward 2.5x that) "
+              "against the GEMM rate, and against the libraries on the same shapes: `cudnn` is "
+              "cuDNN's fused attention planned by deit through the graph API (forward only), "
+              "`torch-*` are PyTorch's SDPA backends. Ratio: the fastest rival's time / deit's "
+              "time.", "",
+              "| pass | shape | " + " | ".join(f"{i} ms" for i in impls) +
+              " | deit TFLOP/s | deit of GEMM | deit / best rival |",
+              "|---|---|" + "---|" * (len(impls) + 3)]
+    for (kernel, shape), by_impl in rivals.items():
+        def ms(impl):
+            k = by_impl.get(impl)
+            return k["median_ms"] if k and k.get("available") else None
+        ours = by_impl.get("deit")
+        rival_times = [ms(i) for i in impls[1:] if ms(i)]
+        best = min(rival_times) if rival_times else None
+        lines.append(
+            f"| {kernel.split()[-1]} | {shape} | " +
+            " | ".join(fmt(ms(i), ".4f") for i in impls) +
+            f" | {fmt(ours.get('tflops') if ours else None, '.1f')}"
+            f" | {fmt(100 * ours['fraction_of_ceiling'], '.1f') + '%' if ours else '-'}"
+            f" | {fmt(ratio(best, ms('deit')), '.2f')} |")
+    notes = sorted({f"{i}: {k['note']}" for v in rivals.values() for i, k in v.items()
+                    if not k.get("available") and k.get("note")})
+    if notes:
+        lines += ["", "Unavailable: " + "; ".join(notes)]
+    return lines + [""]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--gpu", required=True)
+    parser.add_argument("--commit", required=True)
+    parser.add_argument("--command", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    runs = load_runs(args.run_dir)
+    versions = next((f"PyTorch {r['result']['torch_version']}, timm {r['result']['timm_version']}"
+                     for r in runs if r["result"] and "timm_version" in r["result"]),
+                    "PyTorch: no successful run")
+    lines = [f"# deit vs PyTorch + timm on {args.gpu}", "",
+             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+             f"- GPU: {args.gpu}", f"- commit: {args.commit}", f"- command: `{args.command}`",
+             f"- {versions}",
+             "- ratios are deit's speed over the other's: > 1 means deit is faster", ""]
+    lines += step_section(runs) + kernel_section(runs)
+    failed = [r for r in runs if r["rc"] != 0]
+    if failed:
+        lines += ["## Failures", ""]
+        for r in failed:
+            tail = "\n".join(r["err"].splitlines()[-6:])
+            lines += [f"- `{r['cmd']}` (exit {r['rc']}):", "", "```", tail, "```", ""]
+    lines += ["## Commands run", ""] + [f"- `{r['cmd']}`" for r in runs] + [""]
+    lines += ["## Raw results", "", "<details><summary>one JSON object per run</summary>", "",
+              "```json"] + [json.dumps(r["result"]) for r in runs if r["result"]] + \
+             ["```", "", "</details>", ""]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines[:lines.index("## Commands run")]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+#include "bench/step_bench.h"
+
+#include <algorithm>
+#include <map>
+
+#include "bench/op_profiler.h"
+#include "engine/allocator.h"
+#include "engine/autograd.h"
+#include "engine/gradient_reducer.h"
+#include "engine/ops.h"
+#include "engine/rng.h"
+#include "engine/sharded_optimizer.h"
+#include "model/cost.h"
+#include "model/vit.h"
+
+#if DEIT_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "bench/cuda_timing.h"
+#include "engine/stream.h"
+#include "kernels/check.h"
+#endif
+
+namespace deit::bench {
+
+namespace {
+
+// Points in time along the step: the host clock on the CPU (ops run as they are called), events on
+// the compute stream on CUDA (ops are only queued when the host moves on).
+class Marks {
+ public:
+  explicit Marks(Device device) : device_(device) {}
+  ~Marks() {
+#if DEIT_HAVE_CUDA
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+#endif
+  }
+  Marks(const Marks&) = delete;
+  Marks& operator=(const Marks&) = delete;
+
+  void mark() {
+    if (device_.is_cpu()) {
+      host_ms_.push_back(now_ms());
+      return;
+    }
+#if DEIT_HAVE_CUDA
+    cudaEvent_t e = nullptr;
+    DEIT_CUDA_CHECK(cudaEventCreate(&e));
+    events_.push_back(e);
+    DEIT_CUDA_CHECK(cudaEventRecord(e, compute_stream(device_.index)));
+#endif
+  }
+
+  // Every mark's time after the first, in ms, once the device has passed them all.
+  std::vector<double> since_first_ms() const {
+    std::vector<double> t;
+    if (device_.is_cpu()) {
+      for (double ms : host_ms_) t.push_back(ms - host_ms_.front());
+      return t;
+    }
+#if DEIT_HAVE_CUDA
+    DEIT_CUDA_CHECK(cudaEventSynchronize(events_.back()));
+    for (cudaEvent_t e : events_) {
+      float ms = 0;
+      DEIT_CUDA_CHECK(cudaEventElapsedTime(&ms, events_.front(), e));
+      t.push_back(ms);
+    }
+#endif
+    return t;
+  }
+
+ private:
+  Device device_;
+  std::vector<double> host_ms_;
+#if DEIT_HAVE_CUDA
+  std::vector<cudaEvent_t> events_;
+#endif
+};
+
+void wait_for_device(Device device) {
+#if DEIT_HAVE_CUDA
+  if (device.is_cuda()) DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_stream(device.index)));
+#else
+  (void)device;
+#endif
+}
+
+// A batch of normalised-looking images and binarised mixup targets (two classes on per sample, as
+// the recipe's BCE sees after mixing), made on the host once and moved to the device.
+struct SyntheticBatch {
+  Tensor images;
+  Tensor targets;
+};
+
+SyntheticBatch make_batch(const model::ViTConfig& c, int64_t B, Device device, uint64_t seed) {
+  Rng rng(seed, 1);
+  SyntheticBatch batch;
+  batch.images = Tensor::randn({B, c.in_channels, c.input_size, c.input_size}, rng, 1.0,
+                               DType::f32, device);
+  std::vector<float> targets(static_cast<size_t>(B * c.num_classes), 0.0f);
+  for (int64_t b = 0; b < B; ++b)
+    for (int i = 0; i < 2; ++i)
+      targets[b * c.num_classes + static_cast<int64_t>(rng.below(c.num_classes))] = 1.0f;
+  batch.targets = Tensor::from_vector(targets, {B, c.num_classes}, device);
+  return batch;
+}
+
+}  // namespace
+
+std::optional<double> known_peak_tflops(const std::string& name) {
+  auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+  if (has("H100") && has("PCIe")) return 756.0;
+  if (has("H100") || has("H200")) return 989.0;
+  if (has("A100")) return 312.0;
+  return std::nullopt;
+}
+
+StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
+  const Device device = comm.device();
+  require_device(device);
+  StepReport r;
+  r.options = o;
+  r.world_size = comm.world_size();
+  r.device = device.str();
+  r.device_name = "cpu";
+  r.precision = device.is_cuda() ? "bf16" : "fp32";
+#if DEIT_HAVE_CUDA
+  if (device.is_cuda()) r.device_name = device_name(device.index);
+#endif
+  r.train_gflops_per_image = 6.0 * static_cast<double>(model::forward_macs(o.model)) / 1e9;
+  if (o.peak_tflops) {
+    r.peak_tflops = o.peak_tflops;
+    r.peak_tflops_source = "--peak-tflops";
+  } else if (device.is_cuda()) {
+    r.peak_tflops = known_peak_tflops(r.device_name);
+    if (r.peak_tflops) r.peak_tflops_source = "NVIDIA datasheet, dense bf16";
+  }
+
+  model::VisionTransformer vit(o.model, device);
+  Rng init_rng(o.seed);
+  vit.initialize(init_rng);
+  ParameterRegistry& params = vit.parameters();
+  OptimizerOptions opt_options;
+  opt_options.lr = o.lr;
+  ShardedOptimizer optimizer(o.opt, params, opt_options, comm, /*shard_state=*/false);
+  GradientReducer reducer(params, comm);
+  const SyntheticBatch batch =
+      make_batch(o.model, o.batch_size, device, o.seed * 1000 + comm.rank());
+  const Tensor grad_loss = Tensor::full({1}, 1.0, DType::f32, device);
+  Rng drop_path_rng(o.seed, 2 + comm.rank());
+
+  // One training step as the trainer runs it; `marks` (if any) hears the phase boundaries.
+  auto step = [&](bool reduce_gradients, Marks* marks) {
+    if (marks) marks->mark();
+    const Tensor loss = ops::bce_with_logits(
+        vit.forward(batch.images, o.drop_path, &drop_path_rng), batch.targets);
+    if (marks) marks->mark();
+    if (reduce_gradients)
+      reducer.backward(loss, grad_loss);
+    else
+      backward(loss, grad_loss);
+    if (marks) marks->mark();
+    if (device.is_cuda())
+      optimizer.step_async();
+    else
+      optimizer.step();
+    params.zero_grad();
+    if (marks) marks->mark();
+  };
+  // Runs n steps with phase marks; returns the mean step time and fills the phase means.
+  auto timed_steps = [&](int n, bool reduce_gradients, double* phase_ms) {
+    comm.barrier();
+    Marks marks(device);
+    for (int i = 0; i < n; ++i) step(reduce_gradients, &marks);
+    const std::vector<double> t = marks.since_first_ms();
+    for (int i = 0; i < n && phase_ms; ++i)
+      for (int p = 0; p < 3; ++p) phase_ms[p] += (t[4 * i + p + 1] - t[4 * i + p]) / n;
+    return t.back() / n;
+  };
+
+  for (int i = 0; i < o.warmup; ++i) step(true, nullptr);
+  wait_for_device(device);
+  double phases[3] = {0, 0, 0};
+  r.step_ms = timed_steps(std::max(1, o.steps), true, phases);
+  r.forward_ms = phases[0];
+  r.backward_ms = phases[1];
+  r.optimizer_ms = phases[2];
+  r.images_per_s = r.step_ms > 0 ? 1000.0 * static_cast<double>(o.batch_size) / r.step_ms : 0;
+  const CachingAllocator& allocator =
+      device.is_cuda() ? cuda_allocator(device.index) : cpu_allocator();
+  r.peak_memory_bytes = static_cast<int64_t>(allocator.stats().peak_bytes_in_use);
+
+  if (o.profile_steps > 0) {
+    OpProfiler profiler;
+    {
+      ObserveOps observe(profiler);
+      r.profiled_step_ms = timed_steps(o.profile_steps, true, nullptr);
+    }
+    for (const auto& [op, total] : profiler.totals())
+      r.breakdown.push_back({op, total.ms / o.profile_steps,
+                             static_cast<double>(total.calls) / o.profile_steps});
+    std::sort(r.breakdown.begin(), r.breakdown.end(),
+              [](const OpShare& a, const OpShare& b) { return a.ms_per_step > b.ms_per_step; });
+  }
+
+  if (comm.world_size() > 1) {
+    r.comm_backend = comm.backend();
+    const double local_step_ms = timed_steps(std::max(1, o.steps), false, nullptr);
+    r.comm_exposed_ms = std::max(0.0, r.step_ms - local_step_ms);
+    // The reduction alone, over buffers the size of the gradients.
+    std::vector<Tensor> gradients;
+    for (const Parameter& p : params.all())
+      gradients.push_back(Tensor::zeros(p.value.shape(), DType::f32, device));
+    comm.barrier();
+    Marks marks(device);
+    marks.mark();
+    for (int i = 0; i < std::max(1, o.steps); ++i) comm.all_reduce_mean(gradients);
+    marks.mark();
+    r.comm_total_ms = marks.since_first_ms().back() / std::max(1, o.steps);
+  }
+  wait_for_device(device);
+  return r;
+}
+
+nlohmann::ordered_json to_json(const StepReport& r) {
+  const StepBenchOptions& o = r.options;
+  nlohmann::ordered_json j;
+  j["impl"] = "deit";
+  j["model"] = o.model_name;
+  j["input_size"] = o.model.input_size;
+  j["batch_size"] = o.batch_size;
+  j["world_size"] = r.world_size;
+  j["device"] = r.device;
+  j["device_name"] = r.device_name;
+  j["precision"] = r.precision;
+  j["optimizer"] = o.opt;
+  j["drop_path"] = o.drop_path;
+  j["warmup_steps"] = o.warmup;
+  j["timed_steps"] = std::max(1, o.steps);
+  j["step_ms"] = r.step_ms;
+  j["images_per_s"] = r.images_per_s;
+  j["train_gflops_per_image"] = r.train_gflops_per_image;
+  const double achieved = r.train_gflops_per_image * r.images_per_s / 1000.0;
+  j["achieved_tflops"] = achieved;
+  j["peak_tflops"] = r.peak_tflops ? nlohmann::ordered_json(*r.peak_tflops) : nullptr;
+  j["peak_tflops_source"] = r.peak_tflops ? nlohmann::ordered_json(r.peak_tflops_source) : nullptr;
+  j["mfu"] = r.peak_tflops ? nlohmann::ordered_json(achieved / *r.peak_tflops) : nullptr;
+  j["peak_memory_bytes"] = r.peak_memory_bytes;
+  j["phases_ms"] = {{"forward", r.forward_ms},
+                    {"backward", r.backward_ms},
+                    {"optimizer", r.optimizer_ms}};
+  if (o.profile_steps > 0) {
+    nlohmann::ordered_json ops = nlohmann::ordered_json::array();
+    double in_ops = 0;
+    for (const OpShare& s : r.breakdown) {
+      in_ops += s.ms_per_step;
+      ops.push_back({{"op", s.op},
+                     {"ms_per_step", s.ms_per_step},
+                     {"calls_per_step", s.calls_per_step},
+                     {"fraction_of_step",
+                      r.profiled_step_ms > 0 ? s.ms_per_step / r.profiled_step_ms : 0.0}});
+    }
+    j["breakdown"] = ops;
+    j["profiled_step_ms"] = r.profiled_step_ms;
+    j["other_ms"] = std::max(0.0, r.profiled_step_ms - in_ops);
+  } else {
+    j["breakdown"] = nullptr;
+  }
+  if (r.comm_total_ms) {
+    j["comm"] = {{"backend", r.comm_backend},
+                 {"total_ms_per_step", *r.comm_total_ms},
+                 {"exposed_ms_per_step", *r.comm_exposed_ms}};
+  } else {
+    j["comm"] = nullptr;
+  }
+  return j;
+}
+
+}  // namespace deit::bench

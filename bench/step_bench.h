@@ -1,0 +1,95 @@
+// `deit bench step`: the speed of one DeiT III training step, as the trainer runs it (forward,
+// BCE loss, backward with the data-parallel gradient reduction, the optimizer update; eager, no
+// CUDA graph), on a synthetic batch that already sits on the device, so the input pipeline is not
+// part of it (`deit bench data` measures that).
+//
+// One JSON object per run (to_json), with the same field names as bench/torch_baseline.py prints
+// for PyTorch + timm, so bench/compare.sh can set the two side by side:
+//   impl                 "deit"
+//   model, input_size, batch_size (per process), world_size, device, device_name, precision,
+//   optimizer, drop_path
+//   warmup_steps, timed_steps
+//   step_ms              mean time of a timed step (wall clock from the first step's start to the
+//                        last one's end, on the device for CUDA)
+//   images_per_s         per process: batch_size / step_ms
+//   train_gflops_per_image  6 x forward MACs (model/cost.h, the convention of `deit info`):
+//                        forward + backward = 3 x the forward's 2 x MACs; elementwise work is not
+//                        counted
+//   achieved_tflops      train_gflops_per_image x images_per_s
+//   peak_tflops, peak_tflops_source   the dense bf16 peak MFU is taken against (null if unknown)
+//   mfu                  achieved_tflops / peak_tflops (null if the peak is unknown)
+//   peak_memory_bytes    the most bytes the device's caching allocator had handed out at once
+//                        (torch.cuda.max_memory_allocated's meaning); cuBLASLt's workspace
+//                        (32 MiB, allocated outside it) is not included
+//   phases_ms            {forward (with the loss), backward (with the gradient reduction),
+//                        optimizer}: per step, from events at the phase boundaries of the timed
+//                        steps
+//   breakdown            per engine op, from profiled steps run after the timed ones
+//                        (bench/op_profiler.h): [{op, ms_per_step, calls_per_step,
+//                        fraction_of_step}], plus profiled_step_ms and other_ms (the profiled
+//                        step's time outside any op: casts, optimizer, launch gaps)
+//   comm                 several ranks only (else null): {backend, total_ms_per_step (the
+//                        gradient all-reduce alone), exposed_ms_per_step (step_ms minus the step
+//                        time without the reduction: what backward does not hide)}
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/communicator.h"
+#include "model/config.h"
+
+namespace deit::bench {
+
+struct StepBenchOptions {
+  std::string model_name;  // for the report
+  model::ViTConfig model;
+  int64_t batch_size = 64;  // per process
+  std::string opt = "lamb";
+  double lr = 1e-3;
+  double drop_path = 0;
+  int warmup = 3;
+  int steps = 10;
+  int profile_steps = 2;  // 0: no breakdown
+  std::optional<double> peak_tflops;  // overrides the table of known GPUs
+  uint64_t seed = 0;
+};
+
+struct OpShare {
+  std::string op;
+  double ms_per_step = 0;
+  double calls_per_step = 0;
+};
+
+struct StepReport {
+  StepBenchOptions options;
+  int world_size = 1;
+  std::string device;
+  std::string device_name;
+  std::string precision;
+  double step_ms = 0;
+  double images_per_s = 0;
+  double train_gflops_per_image = 0;
+  std::optional<double> peak_tflops;
+  std::string peak_tflops_source;
+  int64_t peak_memory_bytes = 0;
+  double forward_ms = 0, backward_ms = 0, optimizer_ms = 0;
+  std::vector<OpShare> breakdown;  // largest first
+  double profiled_step_ms = 0;
+  std::string comm_backend;
+  std::optional<double> comm_total_ms, comm_exposed_ms;
+};
+
+// Runs the benchmark on comm.device() (a CUDA device, or the CPU), every rank of `comm` alike.
+StepReport run_step_benchmark(const StepBenchOptions& options, Communicator& comm);
+
+// The dense bf16 tensor-core peak of a GPU from its name (NVIDIA's datasheets: H100 / H200 SXM
+// 989 TFLOP/s, H100 PCIe 756, A100 312), and where the number comes from; nullopt when unknown.
+std::optional<double> known_peak_tflops(const std::string& device_name);
+
+nlohmann::ordered_json to_json(const StepReport& report);
+
+}  // namespace deit::bench

@@ -1,0 +1,187 @@
+// The CPU side of the GPU augmentation stage: the batch twin of the augment kernels, the loaders
+// that hand out sources and parameters instead of augmented floats (what the GPU stage reads),
+// evaluation's transform as a crop, the binarised targets, and `deit bench data --device cpu`.
+#include <catch2/catch.hpp>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data/augment_params.h"
+#include "data/image_source.h"
+#include "data/mixup.h"
+#include "data/prefetch.h"
+#include "data/transforms.h"
+#include "engine/rng.h"
+#include "kernels/augment.h"
+#include "tests/cli_runner.h"
+#include "tests/test_data_helpers.h"
+#include "train/data_pipeline.h"
+#include "train/input_feed.h"
+#include "train/recipe.h"
+
+using namespace deit;
+
+namespace {
+
+data::ImageU8 noise_image(int height, int width, Rng& rng) {
+  data::ImageU8 image{height, width, std::vector<uint8_t>(static_cast<size_t>(height) * width * 3)};
+  for (uint8_t& v : image.pixels) v = static_cast<uint8_t>(rng.below(256));
+  return image;
+}
+
+}  // namespace
+
+TEST_CASE("the batch twin augments each packed source as augment_train + normalize do",
+          "[augment]") {
+  Rng rng(7001);
+  data::AugmentConfig config;
+  config.input_size = 24;
+  data::Batch batch;
+  std::vector<float> expected;
+  for (int i = 0; i < 5; ++i) {
+    const int h = 10 + static_cast<int>(rng.below(60)), w = 10 + static_cast<int>(rng.below(60));
+    batch.sources.push_back(noise_image(h, w, rng));
+    batch.params.push_back(data::sample_augment_params(config, h, w, rng));
+    batch.labels.push_back(i);
+    ++batch.size;
+    std::vector<float> planes(3 * 24 * 24);
+    data::normalize(data::augment_train(batch.sources.back(), batch.params.back()), planes.data());
+    expected.insert(expected.end(), planes.begin(), planes.end());
+  }
+  const train::PackedLayout layout = train::packed_layout(batch);
+  std::vector<uint8_t> packed(layout.bytes);
+  train::pack_batch(batch, layout, packed.data());
+  const auto* sources =
+      reinterpret_cast<const kernels::SourceImage*>(packed.data() + layout.sources);
+  auto* params = reinterpret_cast<kernels::AugmentParams*>(packed.data() + layout.params);
+  const auto* labels = reinterpret_cast<const int32_t*>(packed.data() + layout.labels);
+  CHECK(std::vector<int32_t>(labels, labels + 5) == batch.labels);
+  CHECK(sources[4].height == batch.sources[4].height);
+  std::vector<float> got(expected.size());
+  kernels::augment_batch_cpu(packed.data() + layout.pixels, sources, params, 5, 24, got.data());
+  CHECK(got == expected);
+
+  params[3].crop.w = 500;  // outside its source
+  CHECK_THROWS_WITH(
+      kernels::augment_batch_cpu(packed.data() + layout.pixels, sources, params, 5, 24, got.data()),
+      Catch::Contains("not inside"));
+}
+
+TEST_CASE("evaluation's crop parameters give torchvision's resize + centre crop", "[augment]") {
+  Rng rng(7002);
+  for (const auto& [h, w] : std::vector<std::pair<int, int>>{{40, 60}, {61, 33}, {50, 50}, {9, 90}})
+    for (double ratio : {1.0, 0.875, 0.5}) {
+      INFO(h << "x" << w << " ratio " << ratio);
+      const data::ImageU8 image = noise_image(h, w, rng);
+      const data::AugmentParams p = data::eval_augment_params(h, w, 8, ratio);
+      CHECK(p.crop.padding == 0);
+      CHECK_FALSE(p.flip);
+      const data::ImageU8 reference =
+          data::center_crop(data::resize_shorter_side(image, static_cast<int>(8 / ratio)), 8);
+      CHECK(data::eval_transform(image, 8, ratio).pixels == reference.pixels);
+      // With the identity colour ops of a default AugmentParams, the whole-view path agrees.
+      CHECK(data::augment_train(image, p).pixels == reference.pixels);
+    }
+  CHECK_THROWS_WITH(data::eval_augment_params(10, 10, 8, 1.5), Catch::Contains("crop ratio"));
+  CHECK_THROWS_WITH(data::eval_augment_params(0, 10, 8, 1.0), Catch::Contains("empty"));
+}
+
+TEST_CASE("binarised targets are the mixed targets thresholded at 0", "[augment]") {
+  data::MixParams mix;
+  mix.lambda = 0.7;
+  const int32_t labels[4] = {0, 2, 2, 1};
+  const double smoothing = 0.1;
+  std::vector<float> soft(4 * 3), hard(4 * 3);
+  data::mix_targets(mix, labels, 4, 3, smoothing, soft.data());
+  data::mix_targets(mix, labels, 4, 3, smoothing, hard.data(), true);
+  for (size_t i = 0; i < soft.size(); ++i) CHECK(hard[i] == (soft[i] > 0.0f ? 1.0f : 0.0f));
+  data::mix_targets(mix, labels, 4, 3, 0.0, hard.data(), true);
+  // Without smoothing only the two mixed classes are on: row 0 mixes classes 0 and 1.
+  CHECK(hard[0] == 1.0f);
+  CHECK(hard[1] == 1.0f);
+  CHECK(hard[2] == 0.0f);
+}
+
+TEST_CASE("source loaders draw the float loaders' parameters, and a CPU feed augments them alike",
+          "[augment][data]") {
+  test::TempDir dir;
+  data::SyntheticOptions synthetic;
+  synthetic.image_size = 40;
+  synthetic.num_classes = 3;
+  synthetic.train_per_class = 6;
+  synthetic.val_per_class = 3;
+  const std::string root = test::write_synthetic_dataset(dir, synthetic);
+  auto split = [&](const char* name) {
+    return std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, name));
+  };
+  train::TrainOptions o = train::recipe_for("deit3_tiny");
+  o.model.input_size = 24;
+  o.batch_size = 4;
+  o.workers = 2;
+  o.src = GENERATE(false, true);
+  INFO("simple random crop: " << o.src);
+
+  auto floats = train::make_train_loader(split("train"), o);
+  auto sources = train::make_train_loader(split("train"), o, {}, data::PixelFormat::kSource);
+  auto val_floats = train::make_eval_loader(split("val"), 24, 0.875, 4, 2);
+  auto val_sources =
+      train::make_eval_loader(split("val"), 24, 0.875, 4, 2, {}, data::PixelFormat::kSource);
+  train::InputFeed float_feed(*floats, Device::cpu(), 24);
+  train::InputFeed source_feed(*sources, Device::cpu(), 24);
+  train::InputFeed val_float_feed(*val_floats, Device::cpu(), 24);
+  train::InputFeed val_source_feed(*val_sources, Device::cpu(), 24);
+
+  auto compare = [](train::InputFeed& a, train::InputFeed& b, uint64_t epoch) {
+    a.start_epoch(epoch);
+    b.start_epoch(epoch);
+    int batches = 0;
+    while (const train::FeedBatch* want = a.next()) {
+      const train::FeedBatch* got = b.next();
+      REQUIRE(got != nullptr);
+      b.prefetch();  // nothing to do on the CPU
+      CHECK(got->number == want->number);
+      CHECK(*got->labels == *want->labels);
+      CHECK(got->device_labels == nullptr);
+      CHECK(got->images.to_vector<float>() == want->images.to_vector<float>());
+      ++batches;
+    }
+    CHECK(b.next() == nullptr);
+    return batches;
+  };
+  CHECK(compare(float_feed, source_feed, 0) > 0);
+  CHECK(compare(float_feed, source_feed, 1) > 0);
+  CHECK(compare(val_float_feed, val_source_feed, 0) == 3);
+
+  // The source batch itself: decoded images and the parameters drawn for them.
+  sources->start_epoch(0);
+  const data::Batch* batch = sources->next_batch();
+  REQUIRE(batch != nullptr);
+  REQUIRE(batch->sources.size() >= batch->size);
+  for (size_t i = 0; i < batch->size; ++i) {
+    CHECK(batch->sources[i].height == 40);
+    CHECK(batch->params[i].crop.size == 24);
+  }
+}
+
+TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole input path",
+          "[augment][cli]") {
+  const test::CliResult r = test::run_deit(
+      "bench data --device cpu --input-size 32 --batch-size 4 --batches 2 --workers 1 --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.output);
+  CHECK(j.at("device") == "cpu");
+  CHECK(j.at("batch_size") == 4);
+  CHECK(j.at("source_size") == nlohmann::json::array({256, 341}));
+  for (const char* part : {"stage", "pipeline"}) {
+    INFO(part);
+    REQUIRE(j.at(part).size() == 1);
+    CHECK(j.at(part)[0].at("input_size") == 32);
+    CHECK(j.at(part)[0].at("images_per_s").get<double>() > 0);
+  }
+  const test::CliResult bad = test::run_deit("bench data --device cpu --batch-size 1");
+  CHECK(bad.exit_code != 0);
+  CHECK_THAT(bad.output, Catch::Contains("--batch-size"));
+}

@@ -1,0 +1,103 @@
+// [gpu] What the benchmarks compare must be the same job: cuDNN's fused attention (the rival in
+// `deit bench kernels`) reads our packed qkv and writes our output and log-sum-exp layouts, so its
+// results must match our kernel's on the same inputs. And `deit bench step` on the GPU reports what
+// it documents (bench/step_bench.h), with the engine's CUDA ops in its breakdown.
+#include <cuda_runtime.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "bench/step_bench.h"
+#include "cuda_test_util.h"
+#include "engine/communicator.h"
+#include "engine/rendezvous.h"
+#include "kernels/attention.h"
+#include "model/config.h"
+
+#if DEIT_HAVE_CUDNN
+#include <cudnn.h>
+
+#include "bench/cudnn_attention.h"
+#endif
+
+using namespace deit::test;
+
+#if DEIT_HAVE_CUDNN
+TEST_CASE("cuDNN's fused attention (the bench rival) matches our attention forward",
+          "[gpu][bench]") {
+  // The SDPA operation of the graph API exists from cuDNN 9.13 on: older libraries have no rival.
+  if (cudnnGetVersion() < 91300) {
+    WARN("cuDNN " << deit::bench::cudnn_runtime_version()
+                  << " predates the SDPA operation (9.13): no cuDNN rival to check");
+    return;
+  }
+  struct Shape {
+    int64_t B, Tn, H, D;
+  };
+  for (const Shape s : {Shape{2, 65, 3, 64}, Shape{3, 197, 2, 64}, Shape{2, 145, 2, 80},
+                        Shape{1, 577, 1, 80}}) {
+    INFO("B=" << s.B << " T=" << s.Tn << " H=" << s.H << " D=" << s.D);
+    const int64_t C = s.H * s.D;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(s.D));
+    deit::Rng rng(s.Tn * 100 + s.D);
+    const Bf16Host qkv_host = random_bf16(rng, s.B * s.Tn * 3 * C, -2.0, 2.0);
+    const Bf16Buffer qkv(qkv_host.bits);
+    Bf16Buffer ours(s.B * s.Tn * C), theirs(s.B * s.Tn * C);
+    F32Buffer ours_lse(s.B * s.H * s.Tn), theirs_lse(s.B * s.H * s.Tn);
+    Stream stream;
+    deit::kernels::attention_forward_cuda(qkv.get(), ours.get(), ours_lse.get(), s.B, s.Tn, s.H,
+                                          s.D, scale, stream);
+    deit::bench::CudnnAttentionForward cudnn(s.B, s.Tn, s.H, s.D, scale);
+    INFO("cuDNN " << deit::bench::cudnn_runtime_version() << ", " << cudnn.engine());
+    cudnn.run(qkv.get(), theirs.get(), theirs_lse.get(), stream);
+    stream.sync();
+    // Both are bf16 outputs of fp32 arithmetic on the same bf16 inputs (DESIGN's bf16 tolerance);
+    // the log-sum-exp is fp32 on both sides.
+    check_close("attention output, cuDNN vs ours", download_float(theirs), download_float(ours),
+                1e-2);
+    check_close("log-sum-exp, cuDNN vs ours", download_float(theirs_lse),
+                download_float(ours_lse), 1e-4);
+  }
+}
+#endif
+
+TEST_CASE("deit bench step on the GPU reports the documented fields", "[gpu][bench]") {
+  deit::bench::StepBenchOptions o;
+  o.model_name = "deit3_small";
+  o.model = deit::model::preset("deit3_small");
+  o.model.depth = 2;
+  o.model.input_size = 64;
+  o.batch_size = 8;
+  o.drop_path = 0.1;
+  o.warmup = 1;
+  o.steps = 2;
+  o.profile_steps = 1;
+  const auto comm = deit::make_communicator(deit::Device::cuda(0), deit::Rendezvous{});
+  const deit::bench::StepReport r = deit::bench::run_step_benchmark(o, *comm);
+  CHECK(r.device == "cuda:0");
+  CHECK(r.precision == "bf16");
+  CHECK(r.step_ms > 0);
+  CHECK(r.images_per_s == Approx(8 * 1000.0 / r.step_ms));
+  CHECK(r.peak_memory_bytes > 0);
+  CHECK(r.forward_ms > 0);
+  CHECK(r.backward_ms > 0);
+  CHECK(r.optimizer_ms > 0);
+  // The peak MFU is taken against is known for the GPUs deit is benchmarked on.
+  if (deit::bench::known_peak_tflops(r.device_name)) CHECK(r.peak_tflops.has_value());
+  std::set<std::string> ops;
+  double in_ops = 0;
+  for (const auto& op : r.breakdown) {
+    ops.insert(op.op);
+    in_ops += op.ms_per_step;
+    if (op.op == "attention") CHECK(op.calls_per_step == 2.0);  // one per block
+  }
+  for (const char* op : {"linear", "linear backward", "attention", "attention backward",
+                         "layernorm backward", "bce_with_logits"}) {
+    INFO(op);
+    CHECK(ops.count(op) == 1);
+  }
+  CHECK(in_ops <= r.profiled_step_ms * (1 + 1e-6));
+  CHECK_FALSE(r.comm_total_ms.has_value());
+}

@@ -1,0 +1,138 @@
+// `deit bench kernels|step` as a user (and bench/compare.sh) runs them: the step benchmark's JSON
+// fields on the CPU, with a model small enough for CI; the kernel benchmark's refusal without a
+// GPU. The numbers themselves are speeds and are not tested (DESIGN: no timing in tests); what is
+// tested is that each field is there and means what bench/step_bench.h says.
+#include <catch2/catch.hpp>
+
+#include <set>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/device.h"
+#include "model/config.h"
+#include "model/cost.h"
+#include "tests/cli_runner.h"
+
+using deit::test::CliResult;
+using deit::test::run_deit;
+
+namespace {
+
+const char* kTinyStep =
+    "bench step --model deit3_tiny --depth 1 --input-size 32 --batch-size 2 --device cpu "
+    "--warmup 1 --steps 2 --profile-steps 1 --json";
+
+}  // namespace
+
+TEST_CASE("deit bench step --device cpu --json prints one object with the documented fields",
+          "[cli][bench]") {
+  const CliResult r = run_deit(kTinyStep);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.output);  // the whole output: exactly one object
+  CHECK(j["impl"] == "deit");
+  CHECK(j["model"] == "deit3_tiny");
+  CHECK(j["input_size"] == 32);
+  CHECK(j["batch_size"] == 2);
+  CHECK(j["world_size"] == 1);
+  CHECK(j["device"] == "cpu");
+  CHECK(j["precision"] == "fp32");
+  CHECK(j["optimizer"] == "lamb");
+  CHECK(j["drop_path"].get<double>() == 0.0);  // the recipe's rate for deit3_tiny
+  CHECK(j["warmup_steps"] == 1);
+  CHECK(j["timed_steps"] == 2);
+
+  const double step_ms = j["step_ms"].get<double>();
+  CHECK(step_ms > 0);
+  CHECK(j["images_per_s"].get<double>() == Approx(2 * 1000.0 / step_ms));
+
+  // The FLOP count is model/cost.h's, for the model as overridden on the command line.
+  deit::model::ViTConfig c = deit::model::preset("deit3_tiny");
+  c.depth = 1;
+  c.input_size = 32;
+  const double gflops = 6.0 * static_cast<double>(deit::model::forward_macs(c)) / 1e9;
+  CHECK(j["train_gflops_per_image"].get<double>() == Approx(gflops));
+  CHECK(j["achieved_tflops"].get<double>() ==
+        Approx(gflops * j["images_per_s"].get<double>() / 1000.0));
+  // No known peak for a CPU: MFU is null rather than invented.
+  CHECK(j["peak_tflops"].is_null());
+  CHECK(j["mfu"].is_null());
+  CHECK(j["peak_memory_bytes"].get<int64_t>() > 0);
+
+  const auto& phases = j["phases_ms"];
+  for (const char* phase : {"forward", "backward", "optimizer"}) {
+    INFO(phase);
+    CHECK(phases[phase].get<double>() >= 0);
+  }
+  CHECK(phases["forward"].get<double>() + phases["backward"].get<double>() +
+            phases["optimizer"].get<double>() <=
+        Approx(step_ms).epsilon(0.01));
+
+  // One block: every op of the step shows up with its number of calls per step.
+  REQUIRE(j["breakdown"].is_array());
+  std::set<std::string> ops;
+  double in_ops = 0, fractions = 0;
+  for (const auto& op : j["breakdown"]) {
+    ops.insert(op["op"].get<std::string>());
+    in_ops += op["ms_per_step"].get<double>();
+    fractions += op["fraction_of_step"].get<double>();
+    if (op["op"] == "attention" || op["op"] == "attention backward" || op["op"] == "gelu")
+      CHECK(op["calls_per_step"].get<double>() == 1.0);
+    if (op["op"] == "layernorm") CHECK(op["calls_per_step"].get<double>() == 3.0);
+  }
+  for (const char* op : {"linear", "linear backward", "attention", "attention backward",
+                         "layernorm", "layernorm backward", "gelu", "layerscale_residual",
+                         "patch_unfold", "bce_with_logits"}) {
+    INFO(op);
+    CHECK(ops.count(op) == 1);
+  }
+  CHECK(fractions <= 1.0 + 1e-9);
+  CHECK(in_ops + j["other_ms"].get<double>() ==
+        Approx(j["profiled_step_ms"].get<double>()).epsilon(1e-6));
+  CHECK(j["comm"].is_null());  // one process
+}
+
+TEST_CASE("deit bench step takes a peak for MFU and the recipe's overrides", "[cli][bench]") {
+  const CliResult r = run_deit(std::string(kTinyStep) +
+                               " --peak-tflops 2 --opt adamw --drop-path 0.5 --profile-steps 0");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.output);
+  CHECK(j["peak_tflops"].get<double>() == 2.0);
+  CHECK(j["peak_tflops_source"] == "--peak-tflops");
+  CHECK(j["mfu"].get<double>() == Approx(j["achieved_tflops"].get<double>() / 2.0));
+  CHECK(j["optimizer"] == "adamw");
+  CHECK(j["drop_path"].get<double>() == 0.5);
+  CHECK(j["breakdown"].is_null());
+}
+
+TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit",
+          "[cli][bench]") {
+  CliResult r = run_deit("bench step --model deit3_gigantic --device cpu");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("unknown model 'deit3_gigantic'"));
+  r = run_deit("bench step --model deit3_tiny --device cpu --batch-size 0");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--batch-size"));
+  r = run_deit("bench step --device cpu");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--model"));
+  r = run_deit("bench kernels --device cpu");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--device must be cuda"));
+  r = run_deit("bench");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("subcommand is required"));
+}
+
+TEST_CASE("deit bench kernels without a GPU fails and says why", "[cli][bench]") {
+  if (deit::cuda_device_count() > 0) {
+    WARN("this machine has a CUDA device: `deit bench kernels` would run (bench/gpu-check.sh "
+         "runs it), so its refusal is not checked here");
+    return;
+  }
+  const CliResult r = run_deit("bench kernels --json");
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.output, Catch::Contains("deit bench kernels needs a CUDA device"));
+}

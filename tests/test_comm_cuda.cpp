@@ -1,0 +1,134 @@
+// [gpu] The NCCL communicator's two streams (engine/communicator.h, engine/stream.h), on a
+// communicator of one rank: one GPU allows no more (NCCL refuses two ranks on one device), and
+// the ordering is what these cases are about. An average over one rank is its input, bit for bit,
+// so every collective here must leave the values as they were; what could go wrong is when it
+// reads and writes them:
+//   - a collective must read its input after the compute-stream work queued before it: that work
+//     is made long (many passes over a large buffer) and ends by writing the input over a NaN
+//     poison, so a collective that did not wait would read, and write back, the poison;
+//   - the compute stream must touch the result only after the collective: the work queued after
+//     the join overwrites the tensors, so an unpacking that ran late would leave the old values.
+// The first property is what the reduced values show, the second what the final values show.
+#include "engine/comm_check.h"  // detail::make_nccl_communicator
+
+#if DEIT_HAVE_NCCL
+#include <cuda_runtime.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/communicator.h"
+#include "engine/rng.h"
+#include "engine/stream.h"
+#include "tests/cuda_test_util.h"
+
+namespace {
+
+using namespace deit;
+
+const Device kGpu = Device::cuda(0);
+constexpr float kAfterJoin = 7.0f;
+
+std::unique_ptr<Communicator> one_rank_nccl() {
+  auto comm = detail::make_nccl_communicator(kGpu, Rendezvous{});
+  REQUIRE(std::string(comm->backend()) == "nccl");
+  REQUIRE(comm->world_size() == 1);
+  return comm;
+}
+
+void sync_device() {
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_stream(0)));
+  DEIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// Tensors of awkward sizes with random values, kept on the device as the sources of the inputs.
+std::vector<Tensor> random_sources(Rng& rng, const std::vector<int64_t>& sizes) {
+  std::vector<Tensor> sources;
+  for (int64_t n : sizes) sources.push_back(Tensor::randn({n}, rng, 1.0, DType::f32, kGpu));
+  return sources;
+}
+
+// Queues on the compute stream: a long stretch of work on `busy`, then each input poisoned and
+// overwritten with its source. Returns at once. (Tensors are handles: the copies share storage.)
+void queue_inputs(Tensor busy, std::vector<Tensor> inputs, const std::vector<Tensor>& sources) {
+  for (int pass = 0; pass < 200; ++pass) busy.fill_(pass);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    inputs[i].fill_(std::numeric_limits<double>::quiet_NaN());
+    inputs[i].copy_from(sources[i]);
+  }
+}
+
+// After the collective and the join: copies of the results, then the results overwritten, all on
+// the compute stream; checks both once the device is done.
+void check_ordered(std::vector<Tensor> results, const std::vector<Tensor>& sources) {
+  std::vector<Tensor> seen;
+  for (const Tensor& t : results) seen.push_back(t.clone());
+  for (Tensor& t : results) t.fill_(kAfterJoin);
+  sync_device();
+  for (size_t i = 0; i < results.size(); ++i) {
+    INFO("tensor " << i << " of " << results[i].numel() << " elements");
+    test::check_same_bits("reduced values", seen[i].to_vector<float>(),
+                          sources[i].to_vector<float>());
+    CHECK(results[i].to_vector<float>() == std::vector<float>(results[i].numel(), kAfterJoin));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("nccl: a gradient bucket runs after the compute stream's inputs and before what "
+          "follows finish_buckets",
+          "[gpu][nccl]") {
+  auto comm = one_rank_nccl();
+  Rng rng(61);
+  const Tensor busy = Tensor::empty({int64_t{1} << 26}, DType::f32, kGpu);  // 256 MiB per pass
+  // A packed bucket of three tensors, with scratch to spare, and one reduced in place.
+  const std::vector<Tensor> sources = random_sources(rng, {1000, 3, 70001, 4097});
+  std::vector<Tensor> inputs;
+  for (const Tensor& s : sources) inputs.push_back(Tensor::empty(s.shape(), DType::f32, kGpu));
+  const Tensor scratch = Tensor::empty({80000}, DType::f32, kGpu);
+  for (int round = 0; round < 3; ++round) {
+    INFO("round " << round);  // the same events and scratch, reused
+    queue_inputs(busy, inputs, sources);
+    comm->start_bucket_mean({inputs[0], inputs[1], inputs[2]}, scratch);
+    comm->start_bucket_mean({inputs[3]}, scratch);
+    comm->finish_buckets();
+    check_ordered(inputs, sources);
+    const std::optional<BucketTiming> timing = comm->last_bucket_timing();
+    REQUIRE(timing);
+    CHECK(timing->buckets == 2);
+    CHECK(timing->busy_ms >= 0);
+    CHECK(timing->exposed_ms >= 0);
+  }
+}
+
+TEST_CASE("nccl: plain collectives are ordered like compute-stream kernels", "[gpu][nccl]") {
+  auto comm = one_rank_nccl();
+  Rng rng(62);
+  const Tensor busy = Tensor::empty({int64_t{1} << 26}, DType::f32, kGpu);
+  const std::vector<Tensor> sources = random_sources(rng, {5000, 17, 33000});
+  std::vector<Tensor> inputs;
+  for (const Tensor& s : sources) inputs.push_back(Tensor::empty(s.shape(), DType::f32, kGpu));
+
+  // (The list forms skip a world of one: they would run nothing here.)
+  SECTION("all-reduce") {
+    queue_inputs(busy, inputs, sources);
+    comm->all_reduce_mean(inputs[0]);
+    comm->all_reduce_sum(inputs[1]);
+    comm->all_reduce_mean(inputs[2]);
+    check_ordered(inputs, sources);
+  }
+  SECTION("broadcast") {
+    queue_inputs(busy, inputs, sources);
+    for (const Tensor& t : inputs) comm->broadcast(t, 0);
+    check_ordered(inputs, sources);
+  }
+  // No bucket ran: nothing to time.
+  CHECK_FALSE(comm->last_bucket_timing());
+}
+
+#endif

@@ -1,0 +1,60 @@
+// deit demo end to end, one epoch: it makes the synthetic dataset, trains, evaluates and reports;
+// a second run reuses the dataset and replaces the first run instead of appending to its log.
+// (The full demo's accuracy and time are measured by hand: README.md, bench/results/.)
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/cli_runner.h"
+#include "tests/test_data_helpers.h"
+
+using deit::test::CliResult;
+using deit::test::run_deit;
+
+namespace {
+
+std::vector<nlohmann::json> log_lines(const std::string& path) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream log(path);
+  std::string line;
+  while (std::getline(log, line)) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+}  // namespace
+
+TEST_CASE("deit demo makes its dataset, trains, evaluates and reports", "[demo][slow]") {
+  deit::test::TempDir dir;
+  const std::string out = dir.file("demo");
+  CliResult r = run_deit("demo --epochs 1 --quiet --out " + out);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("making the synthetic dataset") &&
+                           Catch::Contains("top-1") && Catch::Contains("checkpoint.safetensors"));
+  CHECK(std::filesystem::exists(out + "/data/synthetic.json"));
+  CHECK(std::filesystem::exists(out + "/run/checkpoint.safetensors"));
+  auto lines = log_lines(out + "/run/log.txt");
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0]["test_acc1"].get<double>() > 10);  // ten classes: above chance after one epoch
+
+  r = run_deit("demo --epochs 1 --quiet --out " + out);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, !Catch::Contains("making the synthetic dataset"));
+  CHECK(log_lines(out + "/run/log.txt").size() == 1);
+}
+
+TEST_CASE("deit demo leaves a data folder that is not its own alone", "[demo]") {
+  deit::test::TempDir dir;
+  const std::string mine = dir.file("demo/data/train/cat/keep.txt");
+  std::ofstream(mine) << "not a demo file";
+  const CliResult r = run_deit("demo --epochs 1 --quiet --out " + dir.file("demo"));
+  INFO(r.output);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("is not a deit synthetic dataset"));
+  CHECK(std::filesystem::exists(mine));
+}
