@@ -134,6 +134,9 @@ double stage_images_per_second_cuda(PackedSources& p, int size, int batches, Dev
   const int64_t scratch = kernels::plan_augment_cuda(p.sources(), p.params(), p.size, size);
   const DeviceBuffer packed(p.bytes.size());
   DEIT_CUDA_CHECK(cudaMemcpy(packed.get(), p.bytes.data(), p.bytes.size(), cudaMemcpyHostToDevice));
+  // From pageable memory the copy may return before its last DMA lands; the stage's kernels run
+  // on the compute stream, which does not wait for the legacy stream.
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
   const DeviceBuffer out(static_cast<size_t>(p.size) * 3 * size * size * sizeof(float));
   const DeviceBuffer workspace(static_cast<size_t>(scratch));
   const cudaStream_t stream = compute_stream(device.index);

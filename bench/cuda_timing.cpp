@@ -71,6 +71,9 @@ RandomBf16Source::RandomBf16Source(size_t elements, uint64_t seed)
   for (auto& v : host) v = kernels::float_to_bf16(static_cast<float>(rng.uniform(-1.0, 1.0)));
   DEIT_CUDA_CHECK(cudaMemcpy(values_.as<void>(), host.data(), values_.bytes(),
                              cudaMemcpyHostToDevice));
+  // From pageable memory the copy may return before its last DMA lands; fill() reads it from
+  // other streams, which do not wait for the legacy stream.
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
 }
 
 void RandomBf16Source::fill(void* dst, size_t elements, cudaStream_t stream) const {

@@ -19,20 +19,27 @@ size_t CachingAllocator::round_size(size_t bytes) {
   return (bytes + step - 1) / step * step;
 }
 
+void* CachingAllocator::take_cached(std::multimap<size_t, void*>& cache, size_t size,
+                                    size_t& block) {
+  auto it = cache.lower_bound(size);
+  if (it == cache.end() || it->first > 2 * size) return nullptr;
+  void* ptr = it->second;
+  block = it->first;
+  cache.erase(it);
+  stats_.bytes_cached -= block;
+  ++stats_.cache_hits;
+  return ptr;
+}
+
 void* CachingAllocator::allocate(size_t bytes) {
   const size_t size = round_size(bytes);
   std::lock_guard<std::mutex> lock(mutex_);
-  // Take the smallest cached block that fits, unless it would waste more than half of itself.
-  auto it = cached_.lower_bound(size);
-  void* ptr = nullptr;
   size_t block = size;
-  if (it != cached_.end() && it->first <= 2 * size) {
-    ptr = it->second;
-    block = it->first;
-    cached_.erase(it);
-    stats_.bytes_cached -= block;
-    ++stats_.cache_hits;
-  } else {
+  // While a graph is captured: its pool's own freed blocks first, then the shared cache (work
+  // queued before the capture is ordered before every replay on the same stream).
+  void* ptr = capturing_pool_ ? take_cached(pool_cached_[capturing_pool_], size, block) : nullptr;
+  if (!ptr) ptr = take_cached(cached_, size, block);
+  if (!ptr) {
     ptr = system_allocate(size);
     if (!ptr) {
       release_cached_locked();
@@ -45,6 +52,7 @@ void* CachingAllocator::allocate(size_t bytes) {
     ++stats_.system_allocations;
   }
   in_use_[ptr] = block;
+  if (capturing_pool_) pool_of_[ptr] = capturing_pool_;
   stats_.bytes_in_use += block;
   if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
   return ptr;
@@ -58,8 +66,38 @@ void CachingAllocator::deallocate(void* ptr) {
     throw std::logic_error(name_ + " allocator: freeing a pointer it did not hand out");
   stats_.bytes_in_use -= it->second;
   stats_.bytes_cached += it->second;
-  cached_.emplace(it->second, ptr);
+  auto pool = pool_of_.find(ptr);
+  if (pool != pool_of_.end() && pool_cached_.count(pool->second)) {
+    pool_cached_[pool->second].emplace(it->second, ptr);
+  } else {
+    if (pool != pool_of_.end()) pool_of_.erase(pool);  // its pool was released
+    cached_.emplace(it->second, ptr);
+  }
   in_use_.erase(it);
+}
+
+uint64_t CachingAllocator::begin_pool() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (capturing_pool_) throw std::logic_error(name_ + " allocator: a pool is already being filled");
+  capturing_pool_ = ++last_pool_;
+  pool_cached_[capturing_pool_];
+  return capturing_pool_;
+}
+
+void CachingAllocator::end_pool() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  capturing_pool_ = 0;
+}
+
+void CachingAllocator::release_pool(uint64_t pool) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = pool_cached_.find(pool);
+  if (it == pool_cached_.end()) return;
+  for (const auto& [size, ptr] : it->second) {
+    pool_of_.erase(ptr);
+    cached_.emplace(size, ptr);
+  }
+  pool_cached_.erase(it);
 }
 
 void CachingAllocator::release_cached() {
@@ -68,9 +106,12 @@ void CachingAllocator::release_cached() {
 }
 
 void CachingAllocator::release_cached_locked() {
-  for (auto& [size, ptr] : cached_) system_free(ptr);
+  // Pools keep theirs: a live graph still writes them.
+  for (auto& [size, ptr] : cached_) {
+    system_free(ptr);
+    stats_.bytes_cached -= size;
+  }
   cached_.clear();
-  stats_.bytes_cached = 0;
 }
 
 AllocatorStats CachingAllocator::stats() const {

@@ -37,6 +37,17 @@ class CachingAllocator {
   void release_cached();
   AllocatorStats stats() const;
 
+  // Private pools for CUDA graphs (engine/cuda_graph.h). A replay writes the addresses its capture
+  // saw, so a block the captured work allocated must never serve anything else while the graph
+  // can still be launched, even after the tensor that held it is gone. Between begin_pool() and
+  // end_pool() every allocation comes from, and afterwards belongs to, a new pool: freed, its
+  // blocks go back to that pool, which serves only the pool's own later captures. release_pool()
+  // (the graph is destroyed) hands the pool's blocks back to the shared cache; blocks still held
+  // by live tensors follow when those are freed. One capture at a time per allocator.
+  uint64_t begin_pool();
+  void end_pool();
+  void release_pool(uint64_t pool);
+
   // Requests are rounded up to this granularity so near-identical sizes share blocks.
   static size_t round_size(size_t bytes);
 
@@ -47,11 +58,19 @@ class CachingAllocator {
  private:
   void release_cached_locked();
 
+  // The smallest block of `cache` that fits `size`, unless it would waste more than half of
+  // itself; removed from the cache. nullptr when none.
+  void* take_cached(std::multimap<size_t, void*>& cache, size_t size, size_t& block);
+
   std::string name_;
   mutable std::mutex mutex_;
   std::multimap<size_t, void*> cached_;          // size -> block
   std::unordered_map<void*, size_t> in_use_;     // block -> size
   AllocatorStats stats_;
+  uint64_t capturing_pool_ = 0;                  // the pool being filled; 0: none
+  uint64_t last_pool_ = 0;
+  std::unordered_map<void*, uint64_t> pool_of_;  // block -> its pool, for pool blocks only
+  std::map<uint64_t, std::multimap<size_t, void*>> pool_cached_;  // live pools: size -> block
 };
 
 CachingAllocator& cpu_allocator();

@@ -3,6 +3,7 @@
 #if DEIT_HAVE_CUDA
 #include <stdexcept>
 
+#include "engine/allocator.h"
 #include "engine/stream.h"
 #include "kernels/check.h"
 
@@ -16,6 +17,8 @@ void CudaGraph::reset() {
   if (graph_) cudaGraphDestroy(graph_);
   exec_ = nullptr;
   graph_ = nullptr;
+  if (pool_) cuda_allocator(device_).release_pool(pool_);
+  pool_ = 0;
 }
 
 void CudaGraph::capture(int device, const std::function<void()>& work) {
@@ -24,16 +27,22 @@ void CudaGraph::capture(int device, const std::function<void()>& work) {
   cudaStream_t stream = compute_stream(device);
   // Global mode: any call that is unsafe during capture (a synchronisation, a cudaMalloc), from
   // any thread, fails loudly instead of being silently left out of the graph.
+  // What the captured work allocates stays the graph's until reset() (engine/allocator.h).
+  CachingAllocator& allocator = cuda_allocator(device);
   DEIT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
   try {
+    pool_ = allocator.begin_pool();
     work();
   } catch (...) {
+    if (pool_) allocator.end_pool();
     cudaGraph_t partial = nullptr;
     cudaStreamEndCapture(stream, &partial);  // the exception below is the error worth reporting
     if (partial) cudaGraphDestroy(partial);
     cudaGetLastError();
+    reset();
     throw;
   }
+  allocator.end_pool();
   DEIT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
   DEIT_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
 }

@@ -10,6 +10,10 @@
 // learning rate and step count are not, when the graph holds Optimizer::update_async() and
 // Optimizer::begin_step_async() runs before each launch() (engine/optimizer.h).
 //
+// The blocks the captured work allocates belong to the graph until it is destroyed or captured
+// again (a private pool of the caching allocator, engine/allocator.h): a replay writes them, so
+// nothing else may be given them, even after the tensors that held them during capture are gone.
+//
 // Work that the captured stream hands to another stream through events, as the NCCL communicator
 // does with its communication stream (engine/communicator.h), is captured with it, provided it is
 // joined back before the capture ends: every collective is, once its bucket is finished.
@@ -18,6 +22,7 @@
 #if DEIT_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <functional>
 
 namespace deit {
@@ -43,6 +48,7 @@ class CudaGraph {
   void reset();
 
   int device_ = 0;
+  uint64_t pool_ = 0;  // the allocator pool of the captured work's blocks (0: none)
   cudaGraph_t graph_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;
 };

@@ -410,12 +410,14 @@ TEST_CASE("cuda input feed delivers the CPU feed's batches over whole epochs", "
       CHECK(got->number == want->number);
       REQUIRE(got->size == want->size);
       CHECK(*got->labels == *want->labels);
+      // Reading the images waits for the compute stream, which waited for the batch's upload on
+      // the feed's copy stream: only then may the labels be read from another stream.
+      check_resampled("feed images", got->images.to_vector<float>(),
+                      want->images.to_vector<float>(), 32);
       std::vector<int32_t> device_labels(got->size);
       DEIT_CUDA_CHECK(cudaMemcpy(device_labels.data(), got->device_labels,
                                  got->size * sizeof(int32_t), cudaMemcpyDeviceToHost));
       CHECK(device_labels == *want->labels);
-      check_resampled("feed images", got->images.to_vector<float>(),
-                      want->images.to_vector<float>(), 32);
       ++batches;
     }
     CHECK(gpu.next() == nullptr);

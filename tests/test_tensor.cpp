@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <optional>
 
 #include "engine/allocator.h"
 #include "engine/ops/layerscale.h"
@@ -89,6 +90,56 @@ TEST_CASE("the caching allocator hands freed blocks out again", "[tensor][alloca
   {
     Tensor small = Tensor::empty({10});
     CHECK(small.raw_data() != first);
+  }
+  alloc.release_cached();
+  CHECK(alloc.stats().bytes_cached == 0);
+}
+
+TEST_CASE("blocks a graph capture allocated serve nothing else until the graph is released",
+          "[tensor][allocator]") {
+  // CudaGraph fills a pool of the device allocator while it captures (engine/cuda_graph.h); the
+  // allocator is the same class on the host, where this can run.
+  CachingAllocator& alloc = cpu_allocator();
+  alloc.release_cached();
+  void* shared = nullptr;
+  {
+    Tensor t = Tensor::empty({1000, 1000});
+    shared = t.raw_data();
+  }
+  void* captured_freed = nullptr;
+  void* captured_kept = nullptr;
+  std::optional<Tensor> output;  // what a captured step leaves behind, like its loss
+  const uint64_t pool = alloc.begin_pool();
+  CHECK_THROWS_AS(alloc.begin_pool(), std::logic_error);
+  {
+    Tensor activation = Tensor::empty({1000, 1000});  // from the shared cache, now the pool's
+    captured_freed = activation.raw_data();
+    CHECK(captured_freed == shared);
+    output = Tensor::empty({2000, 1000});
+    captured_kept = output->raw_data();
+  }
+  {
+    Tensor again = Tensor::empty({1000, 1000});  // inside the capture: the pool's own block
+    CHECK(again.raw_data() == captured_freed);
+  }
+  alloc.end_pool();
+  output.reset();
+  // The graph is alive: eager work gets neither the freed nor the dropped capture blocks, and
+  // release_cached keeps them.
+  alloc.release_cached();
+  CHECK(alloc.stats().bytes_cached >= 12000000);
+  {
+    Tensor eager = Tensor::empty({1000, 1000});
+    Tensor eager_large = Tensor::empty({2000, 1000});
+    CHECK(eager.raw_data() != captured_freed);
+    CHECK(eager_large.raw_data() != captured_kept);
+  }
+  // The graph is gone: its blocks serve everyone again.
+  alloc.release_cached();
+  alloc.release_pool(pool);
+  {
+    Tensor t = Tensor::empty({2000, 1000});
+    CHECK(t.raw_data() == captured_kept);
   }
   alloc.release_cached();
   CHECK(alloc.stats().bytes_cached == 0);

@@ -342,8 +342,11 @@ template <typename T>
 void upload(T** dst, const std::vector<T>& host) {
   // At least one element, so that every array exists even for an empty table.
   DEIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(dst), std::max<size_t>(host.size(), 1) * sizeof(T)));
-  if (!host.empty())
-    DEIT_CUDA_CHECK(cudaMemcpy(*dst, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  if (host.empty()) return;
+  DEIT_CUDA_CHECK(cudaMemcpy(*dst, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  // From pageable memory cudaMemcpy may return before its last DMA lands, and the kernels that
+  // read the table run on the compute stream, which does not wait for the legacy stream.
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
 }
 
 }  // namespace
