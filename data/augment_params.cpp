@@ -7,10 +7,10 @@
 #include <utility>
 
 namespace deit::data {
-namespace {
 
-// Python's round(): half to even, which std::nearbyint gives in the default rounding mode.
 int python_round(double v) { return static_cast<int>(std::nearbyint(v)); }
+
+namespace {
 
 // torchvision 0.14 RandomResizedCrop.get_params (timm's RandomResizedCropAndInterpolation is
 // the same): up to 10 tries of (area fraction ~ U(scale), log aspect ratio ~ U(log ratio)),

@@ -51,6 +51,10 @@ ResizedSize shorter_side_resize(int height, int width, int side);
 // Throws std::invalid_argument when the image is empty or too small for the reflect padding.
 CropParams sample_crop_params(const AugmentConfig& config, int height, int width, Rng& rng);
 
+// Python's round(): half to even (std::nearbyint in the default rounding mode), as torchvision
+// rounds crop sizes and centre offsets.
+int python_round(double v);
+
 // All choices for one sample whose source image is height x width.
 AugmentParams sample_augment_params(const AugmentConfig& config, int height, int width, Rng& rng);
 

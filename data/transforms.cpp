@@ -25,9 +25,6 @@ std::string dims(const ImageU8& image) {
   return to_string(image.height) + "x" + to_string(image.width);
 }
 
-// Python's round(): half to even, which std::nearbyint gives in the default rounding mode.
-int python_round(double v) { return static_cast<int>(std::nearbyint(v)); }
-
 // ---- Named ops. ----
 
 struct NamedOp {
