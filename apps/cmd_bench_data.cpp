@@ -32,6 +32,7 @@
 #if DEIT_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include "bench/cuda_timing.h"
 #include "engine/stream.h"
 #include "kernels/check.h"
 #endif
@@ -117,35 +118,22 @@ double stage_images_per_second_cpu(PackedSources& p, int size, int batches) {
 }
 
 #if DEIT_HAVE_CUDA
-// Device memory, freed when it goes.
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) { DEIT_CUDA_CHECK(cudaMalloc(&data_, bytes)); }
-  ~DeviceBuffer() { cudaFree(data_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  uint8_t* get() const { return static_cast<uint8_t*>(data_); }
-
- private:
-  void* data_ = nullptr;
-};
-
 double stage_images_per_second_cuda(PackedSources& p, int size, int batches, Device device) {
   const int64_t scratch = kernels::plan_augment_cuda(p.sources(), p.params(), p.size, size);
-  const DeviceBuffer packed(p.bytes.size());
-  DEIT_CUDA_CHECK(cudaMemcpy(packed.get(), p.bytes.data(), p.bytes.size(), cudaMemcpyHostToDevice));
+  const bench::DeviceMemory packed(p.bytes.size());
+  uint8_t* const base = packed.as<uint8_t>();
+  DEIT_CUDA_CHECK(cudaMemcpy(base, p.bytes.data(), p.bytes.size(), cudaMemcpyHostToDevice));
   // From pageable memory the copy may return before its last DMA lands; the stage's kernels run
   // on the compute stream, which does not wait for the legacy stream.
   DEIT_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
-  const DeviceBuffer out(static_cast<size_t>(p.size) * 3 * size * size * sizeof(float));
-  const DeviceBuffer workspace(static_cast<size_t>(scratch));
+  const bench::DeviceMemory out(static_cast<size_t>(p.size) * 3 * size * size * sizeof(float));
+  const bench::DeviceMemory workspace(static_cast<size_t>(scratch));
   const cudaStream_t stream = compute_stream(device.index);
   auto run = [&] {
     kernels::augment_batch_cuda(
-        packed.get() + p.layout.pixels,
-        reinterpret_cast<const kernels::SourceImage*>(packed.get() + p.layout.sources),
-        reinterpret_cast<const kernels::AugmentParams*>(packed.get() + p.layout.params), p.size,
-        size, reinterpret_cast<float*>(out.get()), workspace.get(), stream);
+        base + p.layout.pixels, reinterpret_cast<const kernels::SourceImage*>(base + p.layout.sources),
+        reinterpret_cast<const kernels::AugmentParams*>(base + p.layout.params), p.size, size,
+        out.as<float>(), workspace.as<uint8_t>(), stream);
   };
   for (int i = 0; i < kWarmupBatches; ++i) run();
   DEIT_CUDA_CHECK(cudaStreamSynchronize(stream));
