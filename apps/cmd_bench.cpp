@@ -139,9 +139,10 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
     std::printf("  %-32s %9.3f ms\n", "(outside ops)", j["other_ms"].get<double>());
   }
   if (r.comm_total_ms)
-    std::printf("communication %9.2f ms per step (%s all-reduce alone), %.2f ms not hidden behind "
+    std::printf("communication %9.2f ms per step (%s, by %s), %.2f ms not hidden behind "
                 "backward\n",
-                *r.comm_total_ms, r.comm_backend.c_str(), *r.comm_exposed_ms);
+                *r.comm_total_ms, r.comm_backend.c_str(), r.comm_measured_by.c_str(),
+                *r.comm_exposed_ms);
 }
 
 void run_step(const StepOptions& o) {

@@ -119,6 +119,8 @@ double stage_images_per_second_cpu(PackedSources& p, int size, int batches) {
 
 #if DEIT_HAVE_CUDA
 double stage_images_per_second_cuda(PackedSources& p, int size, int batches, Device device) {
+  // The buffers below must be on the device whose compute stream runs the stage.
+  DEIT_CUDA_CHECK(cudaSetDevice(device.index));
   const int64_t scratch = kernels::plan_augment_cuda(p.sources(), p.params(), p.size, size);
   const bench::DeviceMemory packed(p.bytes.size());
   uint8_t* const base = packed.as<uint8_t>();

@@ -4,6 +4,7 @@
 #include <cudnn.h>
 
 #include <array>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +13,11 @@
 #include "kernels/check.h"
 
 namespace deit::bench {
+
+// The SDPA operation and its attributes exist in the headers from cuDNN 9.13 on. PyTorch's wheels
+// (where bench/gpu-check.sh finds cuDNN when the toolkit has none) often carry an older one: then
+// the rival is compiled out and reported unavailable, and everything else still builds.
+#if CUDNN_VERSION >= 91300
 
 namespace {
 
@@ -102,6 +108,9 @@ struct CudnnAttentionForward::Plan {
 CudnnAttentionForward::CudnnAttentionForward(int64_t B, int64_t Tn, int64_t H, int64_t D,
                                              double scale)
     : plan_(std::make_unique<Plan>()) {
+  if (cudnnGetVersion() < 91300)
+    throw std::runtime_error("the cuDNN loaded at run time, " + cudnn_runtime_version() +
+                             ", predates the SDPA operation (9.13)");
   Plan& p = *plan_;
   p.scale = static_cast<float>(scale);
   p.q_to_k = H * D;
@@ -198,8 +207,6 @@ CudnnAttentionForward::CudnnAttentionForward(int64_t B, int64_t Tn, int64_t H, i
   p.keep.push_back(std::move(heuristics));
 }
 
-CudnnAttentionForward::~CudnnAttentionForward() = default;
-
 void CudnnAttentionForward::run(const kernels::bf16_bits* qkv, kernels::bf16_bits* out, float* lse,
                                 cudaStream_t stream) {
   Plan& p = *plan_;
@@ -223,6 +230,27 @@ void CudnnAttentionForward::run(const kernels::bf16_bits* qkv, kernels::bf16_bit
   DEIT_CUDNN_CHECK(cudnnBackendFinalize(pack.get()));
   DEIT_CUDNN_CHECK(cudnnBackendExecute(p.handle, p.plan->get(), pack.get()));
 }
+
+#else
+
+struct CudnnAttentionForward::Plan {
+  int64_t workspace_bytes = 0;
+  std::string engine;
+};
+
+CudnnAttentionForward::CudnnAttentionForward(int64_t, int64_t, int64_t, int64_t, double) {
+  throw std::runtime_error("deit was built against the headers of cuDNN " +
+                           std::to_string(CUDNN_MAJOR) + "." + std::to_string(CUDNN_MINOR) +
+                           ", which predate the SDPA operation (9.13)");
+}
+
+// Never called: no object exists, the constructor always throws.
+void CudnnAttentionForward::run(const kernels::bf16_bits*, kernels::bf16_bits*, float*,
+                                cudaStream_t) {}
+
+#endif
+
+CudnnAttentionForward::~CudnnAttentionForward() = default;
 
 const std::string& CudnnAttentionForward::engine() const { return plan_->engine; }
 size_t CudnnAttentionForward::workspace_bytes() const {

@@ -23,9 +23,9 @@ namespace deit::bench {
 
 class CudnnAttentionForward {
  public:
-  // Plans the attention for these sizes on the current device. Throws std::runtime_error naming
-  // the cuDNN call and status when this cuDNN has no engine for it (older than 9.13, or the shape
-  // is outside what its engines take).
+  // Plans the attention for these sizes on the current device. Throws std::runtime_error saying
+  // why when there is no rival: cuDNN older than 9.13 at build or at run time, or (naming the
+  // cuDNN call and status) no engine that takes this shape.
   CudnnAttentionForward(int64_t B, int64_t Tn, int64_t H, int64_t D, double scale);
   ~CudnnAttentionForward();
   CudnnAttentionForward(const CudnnAttentionForward&) = delete;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (DESIGN.md, "Verifying on a GPU"): on a CUDA machine with CMake but possibly
 # without Debian's packages or a network, configure, build, run the [gpu] tests, run them again
-# under compute-sanitizer memcheck and racecheck, run the benchmarks next to PyTorch + timm
-# (bench/compare.sh), and print a summary table last.
+# (but the NCCL ones) under compute-sanitizer memcheck and racecheck, run the benchmarks next to
+# PyTorch + timm (bench/compare.sh), and print a summary table last.
 #
 #   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|full|none]
 #
@@ -88,8 +88,11 @@ run() {  # name, command...
 if [ "$tests" = yes ]; then
   run gpu_tests "$test_binary" "[gpu]"
   [ "$cpu_tests" = yes ] && run cpu_tests "$test_binary" "~[gpu]"
-  run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$test_binary" "[gpu]"
-  run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$test_binary" "[gpu]"
+  # Not the [nccl] cases: their own kernels are fills and copies, and NCCL's are not deit's to
+  # fix, while NCCL under the sanitizer reports its driver-symbol probes and its 16-byte
+  # over-reads of user buffers as errors, or hangs (NVIDIA/nccl issues 265, 727).
+  run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
+  run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
 fi
 if [ "$bench" != none ]; then
   # The GPU augmentation stage alone and the whole input path (issue 6's targets); JSON in the log.

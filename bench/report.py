@@ -118,9 +118,10 @@ def phase_details(label, ours, eager, compiled):
         for name, r in sides:
             if r.get("comm"):
                 c = r["comm"]
+                how = ", ".join(v for v in (c["backend"], c.get("measured_by")) if v)
                 lines.append(f"\n{name}: gradient all-reduce {fmt(c['total_ms_per_step'], '.2f')} "
                              f"ms per step, {fmt(c['exposed_ms_per_step'], '.2f')} ms of it not "
-                             f"hidden behind backward ({c['backend']})")
+                             f"hidden behind backward ({how})")
     return lines + [""]
 
 

@@ -205,18 +205,38 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
 
   if (comm.world_size() > 1) {
     r.comm_backend = comm.backend();
-    const double local_step_ms = timed_steps(std::max(1, o.steps), false, nullptr);
-    r.comm_exposed_ms = std::max(0.0, r.step_ms - local_step_ms);
-    // The reduction alone, over buffers the size of the gradients.
-    std::vector<Tensor> gradients;
-    for (const Parameter& p : params.all())
-      gradients.push_back(Tensor::zeros(p.value.shape(), DType::f32, device));
-    comm.barrier();
-    Marks marks(device);
-    marks.mark();
-    for (int i = 0; i < std::max(1, o.steps); ++i) comm.all_reduce_mean(gradients);
-    marks.mark();
-    r.comm_total_ms = marks.since_first_ms().back() / std::max(1, o.steps);
+    const int n = std::max(1, o.steps);
+    // The steps above ended with the device done (timed_steps waits for its last mark), so the
+    // last one's buckets can be read, where the backend times them.
+    if (comm.last_bucket_timing()) {
+      // Reading a step's bucket timing waits for its buckets: steps of their own, not the timed
+      // ones, whose host would otherwise fall out of step with the device.
+      r.comm_measured_by = "bucket events";
+      double busy_ms = 0, exposed_ms = 0;
+      comm.barrier();
+      for (int i = 0; i < n; ++i) {
+        step(true, nullptr);
+        const BucketTiming timing = comm.last_bucket_timing().value();
+        busy_ms += timing.busy_ms;
+        exposed_ms += timing.exposed_ms;
+      }
+      r.comm_total_ms = busy_ms / n;
+      r.comm_exposed_ms = exposed_ms / n;
+    } else {
+      r.comm_measured_by = "step time difference";
+      const double local_step_ms = timed_steps(n, false, nullptr);
+      r.comm_exposed_ms = std::max(0.0, r.step_ms - local_step_ms);
+      // The reduction alone, over buffers the size of the gradients.
+      std::vector<Tensor> gradients;
+      for (const Parameter& p : params.all())
+        gradients.push_back(Tensor::zeros(p.value.shape(), DType::f32, device));
+      comm.barrier();
+      Marks marks(device);
+      marks.mark();
+      for (int i = 0; i < n; ++i) comm.all_reduce_mean(gradients);
+      marks.mark();
+      r.comm_total_ms = marks.since_first_ms().back() / n;
+    }
   }
   wait_for_device(device);
   return r;
@@ -268,6 +288,7 @@ nlohmann::ordered_json to_json(const StepReport& r) {
   }
   if (r.comm_total_ms) {
     j["comm"] = {{"backend", r.comm_backend},
+                 {"measured_by", r.comm_measured_by},
                  {"total_ms_per_step", *r.comm_total_ms},
                  {"exposed_ms_per_step", *r.comm_exposed_ms}};
   } else {

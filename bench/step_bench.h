@@ -28,9 +28,15 @@
 //                        (bench/op_profiler.h): [{op, ms_per_step, calls_per_step,
 //                        fraction_of_step}], plus profiled_step_ms and other_ms (the profiled
 //                        step's time outside any op: casts, optimizer, launch gaps)
-//   comm                 several ranks only (else null): {backend, total_ms_per_step (the
-//                        gradient all-reduce alone), exposed_ms_per_step (step_ms minus the step
-//                        time without the reduction: what backward does not hide)}
+//   comm                 several ranks only (else null): {backend, measured_by,
+//                        total_ms_per_step, exposed_ms_per_step}: the gradient reduction's time
+//                        and the part of it backward does not hide, per step. measured_by
+//                        "bucket events" (NCCL: Communicator::last_bucket_timing over steps of
+//                        their own): the buckets' busy time on the communication stream, beside
+//                        backward, and how long the compute stream waited for them after it;
+//                        "step time difference" (MPI, whose buckets run on the host): the
+//                        all-reduce of buffers the size of the gradients alone, and step_ms
+//                        minus the step time without the reduction
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -80,6 +86,7 @@ struct StepReport {
   std::vector<OpShare> breakdown;  // largest first
   double profiled_step_ms = 0;
   std::string comm_backend;
+  std::string comm_measured_by;  // "bucket events" or "step time difference" (to_json)
   std::optional<double> comm_total_ms, comm_exposed_ms;
 };
 

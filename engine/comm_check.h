@@ -3,6 +3,7 @@
 // for CUDA), MPI's process-wide lifetime, and the backend factories make_communicator picks from.
 #pragma once
 #include <memory>
+#include <string>
 
 #include "engine/communicator.h"
 
@@ -38,15 +39,29 @@ std::unique_ptr<Communicator> make_mpi_communicator(Device device, const Rendezv
 
 #include "kernels/check.h"
 
+// ncclAvg, the averaging reduction, arrived in NCCL 2.10; ncclGetLastError in 2.13.
+#if NCCL_VERSION_CODE < NCCL_VERSION(2, 13, 0)
+#error "deit needs NCCL 2.13 or newer"
+#endif
+
 namespace deit::detail {
 std::unique_ptr<Communicator> make_nccl_communicator(Device device, const Rendezvous& rendezvous);
+
+// NCCL's error string names only the kind of failure ("unhandled system error"); its last error
+// message says which one (the socket, the peer, the CUDA call), as NCCL_DEBUG=WARN would.
+[[noreturn]] inline void nccl_call_failed(ncclResult_t result, const char* call, const char* file,
+                                          int line) {
+  std::string what = ncclGetErrorString(result);
+  const char* last_error = ncclGetLastError(nullptr);
+  if (last_error && *last_error) what += std::string(": ") + last_error;
+  throw_call_error(what.c_str(), call, file, line);
+}
 }  // namespace deit::detail
 
-#define DEIT_NCCL_CHECK(call)                                                              \
-  do {                                                                                     \
-    const ncclResult_t deit_nccl_rc_ = (call);                                             \
-    if (deit_nccl_rc_ != ncclSuccess)                                                      \
-      ::deit::detail::throw_call_error(ncclGetErrorString(deit_nccl_rc_), #call, __FILE__, \
-                                       __LINE__);                                          \
+#define DEIT_NCCL_CHECK(call)                                                             \
+  do {                                                                                    \
+    const ncclResult_t deit_nccl_rc_ = (call);                                            \
+    if (deit_nccl_rc_ != ncclSuccess)                                                     \
+      ::deit::detail::nccl_call_failed(deit_nccl_rc_, #call, __FILE__, __LINE__);         \
   } while (0)
 #endif

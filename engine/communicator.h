@@ -119,9 +119,10 @@ class Communicator {
   // it (NCCL; without a host wait). Nothing to do for MPI.
   virtual void finish_buckets() {}
   // The device time of the buckets the last finish_buckets() joined; waits for them. Read it
-  // before the next start_bucket_mean. nullopt where buckets reduce on the host while backward
-  // waits for them (MPI: every bucket is exposed), where there were none, or where that work was
-  // captured into a CUDA graph rather than run (its events are not recorded then).
+  // before the next start_bucket_mean, which records over their events (nullopt from then on).
+  // nullopt where buckets reduce on the host while backward waits for them (MPI: every bucket is
+  // exposed), where there were none, or where that work was captured into a CUDA graph rather
+  // than run (its events are not recorded then).
   virtual std::optional<BucketTiming> last_bucket_timing() const { return std::nullopt; }
 
  protected:

@@ -24,11 +24,6 @@
 
 #include "engine/stream.h"
 
-// ncclAvg, the averaging reduction, arrived in NCCL 2.10.
-#if NCCL_VERSION_CODE < NCCL_VERSION(2, 10, 0)
-#error "deit needs NCCL 2.10 or newer"
-#endif
-
 namespace deit::detail {
 
 namespace {
@@ -131,7 +126,10 @@ class NcclCommunicator final : public Communicator {
   }
 
   void finish_buckets() override {
-    if (started_ == 0) return;
+    if (started_ == 0) {
+      joined_ = 0;  // none joined: an earlier step's timing would be read as this one's
+      return;
+    }
     DEIT_CUDA_CHECK(cudaEventRecord(join_, compute_));
     // The buckets ran one after another on the communication stream: the end of the last is the
     // end of them all.
@@ -174,6 +172,8 @@ class NcclCommunicator final : public Communicator {
   // Tensor::copy_from, which would queue the copies on the compute stream behind backward.
   void start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,
                     ReduceOp op) override {
+    // A new backward records over the events of the last: their timing is gone.
+    if (started_ == 0) joined_ = 0;
     if (started_ == bucket_events_.size()) bucket_events_.emplace_back();
     const BucketEvents& events = bucket_events_[started_++];
     order_after(communication_, compute_, compute_ready_);

@@ -59,6 +59,12 @@ const std::vector<AttnShape>& attn_shapes() {
       {4, 5, 3, 64},     // one partial tile
       {1, 1, 1, 64},     // one token: softmax of one score
       {2, 101, 16, 80},  // odd T, head dim 80
+      // The last tiles of these leave warps full, partial and empty at once (T mod 64 = 37 and
+      // 17, T mod 32 = 5 for head dim 128's inner tiles), for the head dims above that only see a
+      // remainder of one; and ViT-B at 384 px.
+      {1, 101, 2, 128},
+      {2, 145, 3, 32},
+      {1, 577, 2, 64},
   };
   return shapes;
 }

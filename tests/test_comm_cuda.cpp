@@ -104,6 +104,15 @@ TEST_CASE("nccl: a gradient bucket runs after the compute stream's inputs and be
     CHECK(timing->busy_ms >= 0);
     CHECK(timing->exposed_ms >= 0);
   }
+  // A new backward's first bucket records over the events timed above, and a finish_buckets()
+  // that joined no bucket has nothing to time: neither may pass off the last step's timing.
+  comm->start_bucket_mean({inputs[3]}, scratch);
+  CHECK_FALSE(comm->last_bucket_timing());
+  comm->finish_buckets();
+  CHECK(comm->last_bucket_timing());
+  comm->finish_buckets();
+  CHECK_FALSE(comm->last_bucket_timing());
+  sync_device();
 }
 
 TEST_CASE("nccl: plain collectives are ordered like compute-stream kernels", "[gpu][nccl]") {

@@ -1,5 +1,5 @@
-// [gpu] checks of the CUDA kernels of the cast, gelu, layernorm, layerscale, losses and tokens
-// families against their CPU twins, as DESIGN.md's tolerances say: fresh random inputs
+// [gpu] checks of the CUDA kernels of the cast, elementwise, gelu, layernorm, layerscale, losses
+// and tokens families against their CPU twins, as DESIGN.md's tolerances say: fresh random inputs
 // (bf16-rounded once, so both sides see the same numbers), device outputs poisoned with NaN before
 // every call, every element compared, no NaN or infinity allowed. Shapes: ViT-S (C = 384), ViT-H at
 // 160 px (T = 145, C = 1280), and awkward ones: odd token counts, batch 1, C % 8 != 0 and
@@ -21,6 +21,7 @@
 #include "kernels/bf16.h"
 #include "kernels/cast.h"
 #include "kernels/check.h"
+#include "kernels/elementwise.h"
 #include "kernels/gelu.h"
 #include "kernels/layernorm.h"
 #include "kernels/layerscale.h"
@@ -132,6 +133,59 @@ TEST_CASE("cuda gelu forward and backward match the CPU twin", "[gpu][kernels]")
       gelu_forward_cuda(dev_x.get(), dev_x.get(), static_cast<int64_t>(n), stream);  // in place
       stream.sync();
       check_close("gelu forward in place", dev_x, y_ref, kBf16Tol);
+    }
+}
+
+TEST_CASE("cuda elementwise add, scale by a device scalar and fill match the CPU twins",
+          "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5010);
+  for (size_t n : {size_t{1}, size_t{13}, size_t{8003}, size_t{4 * 197 * 384}})
+    for (size_t offset : {size_t{0}, size_t{1}}) {
+      INFO("n=" << n << " offset=" << offset);
+      const auto count = static_cast<int64_t>(n);
+      const float s = static_cast<float>(rng.uniform(-2, 2));
+      F32Buffer dev_s(std::vector<float>{s});
+      std::vector<float> sum_ref(n), scaled_ref(n);
+      {  // fp32: parameter gradients
+        const std::vector<float> a = random_f32(rng, n, -2, 2), b = random_f32(rng, n, -2, 2);
+        add_cpu(a.data(), b.data(), sum_ref.data(), count);
+        scale_cpu(a.data(), s, scaled_ref.data(), count);
+        F32Buffer dev_a(a, offset), dev_b(b, offset), dev_out(n, offset);
+        add_cuda(dev_a.get(), dev_b.get(), dev_out.get(), count, stream);
+        stream.sync();
+        check_close("f32 add", dev_out, sum_ref, 1e-6);
+        dev_out.poison();
+        scale_by_device_scalar_cuda(dev_a.get(), dev_s.get(), dev_out.get(), count, stream);
+        stream.sync();
+        check_close("f32 scale", dev_out, scaled_ref, 1e-6);
+        fill_cuda(dev_out.get(), s, count, stream);
+        stream.sync();
+        check_close("f32 fill", dev_out, std::vector<float>(n, s), kExact);
+        add_cuda(dev_a.get(), dev_b.get(), dev_a.get(), count, stream);  // out aliases a
+        stream.sync();
+        check_close("f32 add in place", dev_a, sum_ref, 1e-6);
+      }
+      {  // bf16: activation gradients
+        const Bf16Host a = random_bf16(rng, n, -2, 2), b = random_bf16(rng, n, -2, 2);
+        add_cpu(a.values.data(), b.values.data(), sum_ref.data(), count);
+        scale_cpu(a.values.data(), s, scaled_ref.data(), count);
+        Bf16Buffer dev_a(a.bits, offset), dev_b(b.bits, offset), dev_out(n, offset);
+        add_cuda(dev_a.get(), dev_b.get(), dev_out.get(), count, stream);
+        stream.sync();
+        check_close("bf16 add", dev_out, sum_ref, kBf16Tol);
+        dev_out.poison();
+        scale_by_device_scalar_cuda(dev_a.get(), dev_s.get(), dev_out.get(), count, stream);
+        stream.sync();
+        check_close("bf16 scale", dev_out, scaled_ref, kBf16Tol);
+        fill_cuda(dev_out.get(), s, count, stream);
+        stream.sync();
+        check_close("bf16 fill", dev_out, std::vector<float>(n, bf16_to_float(float_to_bf16(s))),
+                    kExact);
+        scale_by_device_scalar_cuda(dev_a.get(), dev_s.get(), dev_a.get(), count, stream);
+        stream.sync();
+        check_close("bf16 scale in place", dev_a, scaled_ref, kBf16Tol);
+      }
     }
 }
 
@@ -265,6 +319,12 @@ TEST_CASE("cuda layerscale residual forward and backward match the CPU twin", "[
                                       workspace.get(), stream);
     stream.sync();
     check_same_bits("dgamma, second run without dbranch", dev_dgamma.download(), dgamma_first);
+    dev_dbranch.poison();
+    layerscale_residual_backward_cuda(dev_dout.get(), dev_branch.get(), dev_gamma.get(),
+                                      dev_keep.get(), dev_dbranch.get(), nullptr, s.B, s.T, s.C,
+                                      nullptr, stream);
+    stream.sync();
+    check_close("dbranch without dgamma", dev_dbranch, dbranch_ref, kBf16Tol);
 
     layerscale_residual_forward_cuda(dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(),
                                      dev_x.get(), s.B, s.T, s.C, stream);

@@ -84,6 +84,13 @@ TEST_CASE("cuda linear forward matches the CPU twin", "[gpu][kernels][linear]") 
     stream.sync();
     check_close("y with bias", y, ref, kBf16Tol);
 
+    // The cached plan with a bias aligned to 16 bytes and no more (8 bf16 past an allocation).
+    Bf16Buffer b16(d.b.bits, 8);
+    y.poison();
+    linear_forward_cuda(x.get(), w.get(), b16.get(), y.get(), s.M, s.K, s.N, lt, stream);
+    stream.sync();
+    check_close("y with a 16-byte aligned bias", y, ref, kBf16Tol);
+
     linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), nullptr, ref.data(), s.M, s.K,
                               s.N);
     y.poison();

@@ -61,10 +61,12 @@ class InputFeed::DeviceStage {
   }
 
   ~DeviceStage() {
-    // Nothing may still read or write the buffers (destructors do not throw: errors are ignored).
+    // Nothing may still read or write the buffers, including the kernels of the batch handed out
+    // last, for which no `consumed` event was recorded (destructors do not throw: errors are
+    // ignored).
+    cudaStreamSynchronize(copy_);
+    cudaStreamSynchronize(compute_);
     for (Slot& slot : slots_) {
-      cudaEventSynchronize(slot.uploaded);
-      cudaEventSynchronize(slot.consumed);
       cudaFreeHost(slot.host);
       cudaFree(slot.device);
       cudaEventDestroy(slot.uploaded);
@@ -83,10 +85,14 @@ class InputFeed::DeviceStage {
     // The pinned buffer's previous upload must be complete before it is refilled.
     DEIT_CUDA_CHECK(cudaEventSynchronize(slot.uploaded));
     if (slot.layout.bytes > slot.host_bytes) {
+      // The sizes follow the buffers only once they exist, so that a failed allocation leaves a
+      // slot that is empty, not one that claims bytes it lacks.
       DEIT_CUDA_CHECK(cudaFreeHost(slot.host));
       slot.host = nullptr;
-      slot.host_bytes = with_headroom(slot.layout.bytes);
-      DEIT_CUDA_CHECK(cudaHostAlloc(&slot.host, slot.host_bytes, cudaHostAllocDefault));
+      slot.host_bytes = 0;
+      const size_t bytes = with_headroom(slot.layout.bytes);
+      DEIT_CUDA_CHECK(cudaHostAlloc(&slot.host, bytes, cudaHostAllocDefault));
+      slot.host_bytes = bytes;
     }
     pack_batch(batch, slot.layout, slot.host);
     // Checks every sample's parameters and writes the scratch offsets into the packed sources.
@@ -99,8 +105,10 @@ class InputFeed::DeviceStage {
       DEIT_CUDA_CHECK(cudaEventSynchronize(slot.consumed));
       DEIT_CUDA_CHECK(cudaFree(slot.device));
       slot.device = nullptr;
-      slot.device_bytes = with_headroom(slot.layout.bytes);
-      DEIT_CUDA_CHECK(cudaMalloc(&slot.device, slot.device_bytes));
+      slot.device_bytes = 0;
+      const size_t bytes = with_headroom(slot.layout.bytes);
+      DEIT_CUDA_CHECK(cudaMalloc(&slot.device, bytes));
+      slot.device_bytes = bytes;
     }
     // The device buffer is overwritten only after the kernels that read its previous batch.
     DEIT_CUDA_CHECK(cudaStreamWaitEvent(copy_, slot.consumed, 0));

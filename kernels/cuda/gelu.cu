@@ -1,5 +1,5 @@
 // Exact (erf) GELU forward and backward on bf16 activations, computed in fp32.
-//   forward:  y = x * Phi(x),                      Phi(x) = (1 + erf(x / sqrt 2)) / 2
+//   forward:  y = x * Phi(x),                      Phi(x) = erfc(-x / sqrt 2) / 2
 //   backward: dx = dy * (Phi(x) + x * phi(x)),     phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 // The bias add in front of GELU belongs to the fc1 GEMM (cuBLASLt's bias epilogue), not here.
 // Launch: the elementwise launcher (256 threads, grid-stride over 8-element vectors of 16 bytes
@@ -16,9 +16,9 @@ using gpu::bf16;
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
-__device__ __forceinline__ float gaussian_cdf(float x) {
-  return 0.5f * (1.f + erff(x * kInvSqrt2));
-}
+// Through erfc, as the CPU twin: 1 + erf(x / sqrt 2) cancels in fp32 in the negative tail, to
+// exactly 0 below x = -5.6, where GELU is still about -6e-8 (a bf16 normal), not 0.
+__device__ __forceinline__ float gaussian_cdf(float x) { return 0.5f * erfcf(-x * kInvSqrt2); }
 
 struct GeluForwardOp {
   const bf16* x;
