@@ -4,12 +4,18 @@
 # (but the NCCL ones) under compute-sanitizer memcheck and racecheck, run the benchmarks next to
 # PyTorch + timm (bench/compare.sh), and print a summary table last.
 #
-#   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|full|none]
+#   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|every-model|full|none]
+#                      [--sanitizer-limit SECONDS]
 #
 #   --no-tests      skip the tests and the sanitizers (e.g. a second call that only benchmarks,
 #                   reusing build-gpu/ from the first)
 #   --no-cpu-tests  skip the CPU tests (CI runs them; they take minutes a GPU session may not have)
-#   --bench MODE    bench/compare.sh --quick (default), --full, or no benchmarks
+#   --bench MODE    bench/compare.sh --quick (default), --every-model, --full, or no benchmarks
+#   --sanitizer-limit  seconds each of memcheck and racecheck may take (default 300): a lent
+#                   machine's minutes are few, and a check cut short is reported as such
+#
+# Each check's result is appended to $OUT/summary.txt as it ends, so a call stopped at its time
+# limit still brings back what finished.
 #
 # Header-only dependencies come from .deps/ (make it with scripts/vendor_headers.sh on a machine
 # that ran scripts/setup.sh, and carry it along). cuDNN and NCCL come from the CUDA toolkit, or
@@ -20,12 +26,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 tests=yes
 cpu_tests=yes
 bench=quick
+sanitizer_limit=300
 while [ $# -gt 0 ]; do
   case $1 in
     --no-tests) tests=no ;;
     --no-cpu-tests) cpu_tests=no ;;
     --bench) bench=$2; shift ;;
-    *) echo "usage: bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|full|none]" >&2
+    --sanitizer-limit) sanitizer_limit=$2; shift ;;
+    *) echo "usage: bench/gpu-check.sh [--no-tests] [--no-cpu-tests]" \
+         "[--bench quick|every-model|full|none] [--sanitizer-limit SECONDS]" >&2
        exit 2 ;;
   esac
   shift
@@ -62,7 +71,7 @@ cudnn_root=$prefix
 wheel_prefix nccl nccl.h nccl
 nccl_root=$prefix
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/summary.txt"
 log "configure"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90 \
@@ -70,42 +79,55 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCLI11_INCLUDE_DIR="$deps/include" -DJSON_INCLUDE_DIR="$deps/include" \
   -DCUDNN_ROOT="$cudnn_root" -DNCCL_ROOT="$nccl_root" 2>&1 | tail -9
 log "build"
-cmake --build build-gpu -j "$(nproc)" 2>&1 | tail -3
+build_start=$SECONDS
+if ! cmake --build build-gpu -j "$(nproc)" >"$out/build.log" 2>&1; then
+  grep -m 20 -B2 -A6 'error' "$out/build.log"
+  echo "build: FAIL (see build.log)" | tee -a "$out/summary.txt"
+  exit 1
+fi
+echo "build: pass, $((SECONDS - build_start)) s" | tee -a "$out/summary.txt"
 test_binary=build-gpu/tests/deit_tests
 
 declare -A result
 checks=()
-run() {  # name, command...
-  local name=$1
-  shift
+run() {  # name, time limit in seconds, command...
+  local name=$1 limit=$2
+  shift 2
   checks+=("$name")
   log "$name"
-  local start=$SECONDS
-  if "$@" >"$out/$name.log" 2>&1; then result[$name]=pass; else result[$name]="FAIL (see $name.log)"; fi
+  local start=$SECONDS status
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  status=$?
+  case $status in
+    0) result[$name]=pass ;;
+    124) result[$name]="STOPPED at its ${limit} s limit (see $name.log)" ;;
+    *) result[$name]="FAIL (see $name.log)" ;;
+  esac
   result[$name]="${result[$name]}, $((SECONDS - start)) s"
+  echo "$name: ${result[$name]}" >>"$out/summary.txt"
   tail -4 "$out/$name.log"
 }
 if [ "$tests" = yes ]; then
-  run gpu_tests "$test_binary" "[gpu]"
-  [ "$cpu_tests" = yes ] && run cpu_tests "$test_binary" "~[gpu]"
+  run gpu_tests 600 "$test_binary" "[gpu]"
+  [ "$cpu_tests" = yes ] && run cpu_tests 1200 "$test_binary" "~[gpu]"
   # Not the [nccl] cases: their own kernels are fills and copies, and NCCL's are not deit's to
   # fix, while NCCL under the sanitizer reports its driver-symbol probes and its 16-byte
   # over-reads of user buffers as errors, or hangs (NVIDIA/nccl issues 265, 727).
-  run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
-  run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
+  run memcheck "$sanitizer_limit" compute-sanitizer --tool memcheck --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
+  run racecheck "$sanitizer_limit" compute-sanitizer --tool racecheck --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
 fi
 if [ "$bench" != none ]; then
   # The GPU augmentation stage alone and the whole input path (issue 6's targets); JSON in the log.
-  run bench_data build-gpu/deit bench data --device cuda --json
-  run bench bench/compare.sh "--$bench" --build build-gpu
+  run bench_data 600 build-gpu/deit bench data --device cuda --json
+  run bench 7200 bench/compare.sh "--$bench" --build build-gpu
   # The report (bench/results/DATE-GPU-compare.md) goes back with the logs.
   report=$(sed -n 's/^written: //p' "$out/bench.log" | tail -1)
   [ -n "$report" ] && cp "$report" "$out/"
 fi
 
 echo
-printf '| %-10s | %-40s |\n' check result
+printf '| %-10s | %-60s |\n' check result
 printf '|%s|%s|\n' ------------ ------------------------------------------
 for name in "${checks[@]}"; do
-  printf '| %-10s | %-40s |\n' "$name" "${result[$name]}"
+  printf '| %-10s | %-60s |\n' "$name" "${result[$name]}"
 done
