@@ -113,5 +113,8 @@ target_compile_definitions(deit_config INTERFACE
   DEIT_HAVE_CBLAS=$<BOOL:${DEIT_HAVE_CBLAS}>
   DEIT_HAVE_MPI=$<BOOL:${DEIT_HAVE_MPI}>)
 target_include_directories(deit_config INTERFACE ${PROJECT_SOURCE_DIR})
+# No fused multiply-add on the host: the CPU augmentation matches Pillow and the GPU stage bit for
+# bit only when each product is rounded before its sum, which GCC's default (-ffp-contract=fast)
+# gives up wherever FMA exists (aarch64 hosts such as GH200, or -march=native on x86-64).
 target_compile_options(deit_config INTERFACE
-  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra>)
+  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -ffp-contract=off>)

@@ -41,7 +41,8 @@ void* CachingAllocator::allocate(size_t bytes) {
   if (!ptr) ptr = take_cached(cached_, size, block);
   if (!ptr) {
     ptr = system_allocate(size);
-    if (!ptr) {
+    // Not while a graph is captured: giving the cache back frees memory, which capture refuses.
+    if (!ptr && !capturing_pool_) {
       release_cached_locked();
       ptr = system_allocate(size);
     }
@@ -67,12 +68,18 @@ void CachingAllocator::deallocate(void* ptr) {
   stats_.bytes_in_use -= it->second;
   stats_.bytes_cached += it->second;
   auto pool = pool_of_.find(ptr);
-  if (pool != pool_of_.end() && pool_cached_.count(pool->second)) {
-    pool_cached_[pool->second].emplace(it->second, ptr);
-  } else {
-    if (pool != pool_of_.end()) pool_of_.erase(pool);  // its pool was released
-    cached_.emplace(it->second, ptr);
+  if (pool != pool_of_.end() && !pool_cached_.count(pool->second)) {
+    pool_of_.erase(pool);  // its pool was released
+    pool = pool_of_.end();
   }
+  // Freed while a graph is captured, a block of no live pool may be one the captured work reads
+  // or writes (a tensor made before the capture and dropped during it): the graph keeps it.
+  if (pool == pool_of_.end() && capturing_pool_)
+    pool = pool_of_.emplace(ptr, capturing_pool_).first;
+  if (pool != pool_of_.end())
+    pool_cached_[pool->second].emplace(it->second, ptr);
+  else
+    cached_.emplace(it->second, ptr);
   in_use_.erase(it);
 }
 
@@ -140,11 +147,20 @@ class DeviceAllocator final : public CachingAllocator {
  protected:
   void* system_allocate(size_t bytes) override {
     DEIT_CUDA_CHECK(cudaSetDevice(device_));
+    // A capture in global mode (engine/cuda_graph.cpp) refuses cudaMalloc from any thread, but a
+    // block the cache lacks may be asked for during one. The allocation is not part of the graph
+    // and its block stays the graph's (begin_pool), so it is safe: this thread relaxes the mode
+    // for the call, as PyTorch's caching allocator does.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    DEIT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     void* ptr = nullptr;
-    if (cudaMalloc(&ptr, bytes) != cudaSuccess) {
-      cudaGetLastError();  // out of memory is answered by releasing the cache, then bad_alloc
+    const cudaError_t status = cudaMalloc(&ptr, bytes);
+    DEIT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+    if (status == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // answered by releasing the cache, then a runtime_error
       return nullptr;
     }
+    DEIT_CUDA_CHECK(status);
     return ptr;
   }
   void system_free(void* ptr) override {
@@ -171,6 +187,10 @@ CachingAllocator& cuda_allocator(int device) {
   static std::mutex mutex;
   static auto* allocators = new std::vector<std::unique_ptr<DeviceAllocator>>();
   std::lock_guard<std::mutex> lock(mutex);
+  // Every tensor's allocation and release asks, the latter possibly while the process exits and
+  // the CUDA runtime is gone: answer from the table without the driver once the allocator exists.
+  if (device >= 0 && static_cast<size_t>(device) < allocators->size() && (*allocators)[device])
+    return *(*allocators)[device];
   int count = 0;
   DEIT_CUDA_CHECK(cudaGetDeviceCount(&count));
   if (device < 0 || device >= count)

@@ -40,8 +40,9 @@ class CachingAllocator {
   // Private pools for CUDA graphs (engine/cuda_graph.h). A replay writes the addresses its capture
   // saw, so a block the captured work allocated must never serve anything else while the graph
   // can still be launched, even after the tensor that held it is gone. Between begin_pool() and
-  // end_pool() every allocation comes from, and afterwards belongs to, a new pool: freed, its
-  // blocks go back to that pool, which serves only the pool's own later captures. release_pool()
+  // end_pool() every allocation comes from, and afterwards belongs to, a new pool, and so does
+  // every block freed meanwhile (the captured work may have used it): freed, its blocks go back
+  // to that pool, which serves only the pool's own later captures. release_pool()
   // (the graph is destroyed) hands the pool's blocks back to the shared cache; blocks still held
   // by live tensors follow when those are freed. One capture at a time per allocator.
   uint64_t begin_pool();

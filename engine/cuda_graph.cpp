@@ -25,8 +25,9 @@ void CudaGraph::capture(int device, const std::function<void()>& work) {
   reset();
   device_ = device;
   cudaStream_t stream = compute_stream(device);
-  // Global mode: any call that is unsafe during capture (a synchronisation, a cudaMalloc), from
-  // any thread, fails loudly instead of being silently left out of the graph.
+  // Global mode: any call that is unsafe during capture (a synchronisation, a copy to or from
+  // pageable host memory), from any thread, fails loudly instead of being silently left out of the
+  // graph. The caching allocator's own cudaMalloc is let through (engine/allocator.cpp).
   // What the captured work allocates stays the graph's until reset() (engine/allocator.h).
   CachingAllocator& allocator = cuda_allocator(device);
   DEIT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));

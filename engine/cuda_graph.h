@@ -1,5 +1,5 @@
-// A CUDA graph of everything the engine issues on one device's compute stream between
-// begin_capture() and end_capture(), replayed with launch(). With static shapes and a warm caching
+// A CUDA graph of everything the engine issues on one device's compute stream while capture()
+// runs its work, replayed with launch(). With static shapes and a warm caching
 // allocator a whole training step (forward, backward, optimizer) can be captured: the engine's step
 // does no host synchronisation and no host reads, which capture would reject.
 //

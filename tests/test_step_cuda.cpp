@@ -274,7 +274,7 @@ TEST_CASE("a CUDA step captured once and replayed N times gives N eager steps as
     gpu.parameters().zero_grad();
     loss = Tensor();
     CudaGraph graph;
-    graph.capture(0, forward_backward_update);  // throws if the step synchronises or allocates
+    graph.capture(0, forward_backward_update);  // throws if the step waits for the device
     REQUIRE(graph.captured());
     // Capture ran nothing: the weights are still the initial ones.
     check_close("weights before replay", host_values(gpu.parameters().all().front().value),

@@ -145,6 +145,31 @@ TEST_CASE("blocks a graph capture allocated serve nothing else until the graph i
   CHECK(alloc.stats().bytes_cached == 0);
 }
 
+TEST_CASE("a tensor made before a capture and dropped during it stays the graph's",
+          "[tensor][allocator]") {
+  // The captured work may read or write such a block (a step's input, the last step's
+  // gradients), so no eager work may take it while the graph can replay.
+  CachingAllocator& alloc = cpu_allocator();
+  alloc.release_cached();
+  std::optional<Tensor> before = Tensor::empty({1000, 1000});
+  void* dropped = before->raw_data();
+  const uint64_t pool = alloc.begin_pool();
+  before.reset();
+  alloc.end_pool();
+  {
+    Tensor eager = Tensor::empty({1000, 1000});
+    CHECK(eager.raw_data() != dropped);
+  }
+  alloc.release_cached();
+  alloc.release_pool(pool);
+  {
+    Tensor eager = Tensor::empty({1000, 1000});
+    CHECK(eager.raw_data() == dropped);
+  }
+  alloc.release_cached();
+  CHECK(alloc.stats().bytes_cached == 0);
+}
+
 TEST_CASE("CUDA tensors are refused clearly without a device", "[tensor]") {
   if (cuda_device_count() > 0) return;  // covered by the [gpu] tests on a CUDA machine
   CHECK_THROWS(Tensor::zeros({2}, DType::f32, Device::cuda(0)));
