@@ -28,6 +28,7 @@
 #include "engine/ops.h"
 #include "engine/optimizer.h"
 #include "engine/rng.h"
+#include "engine/staged_upload.h"
 #include "engine/stream.h"
 #include "model/vit.h"
 
@@ -332,6 +333,35 @@ TEST_CASE("a capture that waits for the host fails and leaves the stream usable"
   CHECK_FALSE(graph.captured());
   x.fill_(3.0);
   CHECK(x.to_vector<float>() == std::vector<float>(4, 3.0f));
+}
+
+TEST_CASE("uploads without waiting arrive intact through every pinned slot, refused in a capture",
+          "[gpu][step]") {
+  // More uploads than slots, each with its own values and freed at once (the host side is
+  // copied before the call returns); one too large for a slot goes the waiting way.
+  std::vector<Tensor> uploaded;
+  std::vector<std::vector<float>> expected;
+  for (int i = 0; i < 40; ++i) {
+    std::vector<float> values(static_cast<size_t>(1 + 97 * i));
+    for (size_t j = 0; j < values.size(); ++j) values[j] = static_cast<float>(i * 1000 + j);
+    uploaded.push_back(
+        upload_without_waiting(Tensor::from_vector(values, {int64_t(values.size())}), kGpu));
+    expected.push_back(values);
+  }
+  const std::vector<float> large(size_t{1} << 17, 0.5f);  // 512 KiB
+  const Tensor large_uploaded = upload_without_waiting(Tensor::from_vector(large, {1 << 17}), kGpu);
+  for (size_t i = 0; i < uploaded.size(); ++i) {
+    INFO("upload " << i);
+    CHECK(uploaded[i].device() == kGpu);
+    CHECK(uploaded[i].to_vector<float>() == expected[i]);
+  }
+  CHECK(large_uploaded.to_vector<float>() == large);
+
+  const Tensor small = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3});
+  CudaGraph graph;
+  CHECK_THROWS_WITH(graph.capture(0, [&] { (void)upload_without_waiting(small, kGpu); }),
+                    Catch::Contains("graph capture"));
+  CHECK(upload_without_waiting(small, kGpu).to_vector<float>() == std::vector<float>{1, 2, 3});
 }
 
 TEST_CASE("CUDA ops name the operand whose dtype or device is wrong", "[gpu][step]") {

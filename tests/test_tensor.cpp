@@ -7,6 +7,7 @@
 #include "engine/allocator.h"
 #include "engine/ops/layerscale.h"
 #include "engine/rng.h"
+#include "engine/staged_upload.h"
 #include "engine/tensor.h"
 
 using namespace deit;
@@ -173,6 +174,9 @@ TEST_CASE("a tensor made before a capture and dropped during it stays the graph'
 TEST_CASE("CUDA tensors are refused clearly without a device", "[tensor]") {
   if (cuda_device_count() > 0) return;  // covered by the [gpu] tests on a CUDA machine
   CHECK_THROWS(Tensor::zeros({2}, DType::f32, Device::cuda(0)));
+  const Tensor host = Tensor::full({3}, 1.0);
+  CHECK_THROWS(upload_without_waiting(host, Device::cuda(0)));
+  CHECK(upload_without_waiting(host, Device::cpu()).raw_data() == host.raw_data());
   CHECK(parse_device("cuda:1").index == 1);
   CHECK_THROWS_WITH(parse_device("gpu"), Catch::Contains("gpu"));
 }

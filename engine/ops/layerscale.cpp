@@ -3,6 +3,7 @@
 #include "engine/autograd.h"
 #include "engine/ops/op_utils.h"
 #include "engine/rng.h"
+#include "engine/staged_upload.h"
 #include "kernels/layerscale.h"
 
 namespace deit::ops {
@@ -74,7 +75,8 @@ Tensor drop_path_keep_scales(int64_t B, double rate, Rng& rng, DType dtype, Devi
   Tensor scales = Tensor::empty({B}, DType::f64);
   double* s = scales.data<double>();
   for (int64_t b = 0; b < B; ++b) s[b] = rate == 0.0 ? 1.0 : (rng.bernoulli(1.0 - rate) ? 1.0 / (1.0 - rate) : 0.0);
-  return scales.to(dtype).to(device);
+  // Drawn every forward: the upload must not make the host wait for the device.
+  return upload_without_waiting(scales.to(dtype), device);
 }
 
 }  // namespace deit::ops
