@@ -2,7 +2,8 @@
 # The GPU check (DESIGN.md, "Verifying on a GPU"): on a CUDA machine with CMake but possibly
 # without Debian's packages or a network, configure, build, run the [gpu] tests, run them again
 # (but the NCCL ones) under compute-sanitizer memcheck and racecheck, run the benchmarks next to
-# PyTorch + timm (bench/compare.sh), and print a summary table last.
+# PyTorch + timm (bench/compare.sh), and print a summary table last. The tests include
+# `deit demo --device cuda`, the whole training path on the GPU.
 #
 #   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|every-model|full|none]
 #                      [--sanitizer-limit SECONDS]
@@ -109,6 +110,9 @@ run() {  # name, time limit in seconds, command...
 }
 if [ "$tests" = yes ]; then
   run gpu_tests 600 "$test_binary" "[gpu]"
+  # Issue 5's end-to-end check: the demo trained on the GPU learns as on the CPU (94.8% top-1
+  # there, bench/results/2026-12-02-cpu-demo.md); its per-epoch log lines are in the log.
+  run demo_cuda 600 build-gpu/deit demo --device cuda --out build-gpu/demo-cuda
   [ "$cpu_tests" = yes ] && run cpu_tests 1200 "$test_binary" "~[gpu]"
   # Not the [nccl] cases: their own kernels are fills and copies, and NCCL's are not deit's to
   # fix, while NCCL under the sanitizer reports its driver-symbol probes and its 16-byte
