@@ -10,6 +10,7 @@
 #include "apps/commands.h"
 #include "apps/train_flags.h"
 #include "data/synthetic.h"
+#include "engine/device.h"
 #include "train/trainer.h"
 
 namespace deit::apps {
@@ -67,6 +68,8 @@ train::TrainOptions demo_recipe(const DemoOptions& d, const std::string& data_di
 
 void run_demo(const DemoOptions& d) {
   namespace fs = std::filesystem;
+  // Before anything is made or replaced: a device this machine lacks ends the demo at once.
+  require_device(parse_device(d.device));
   const std::string data_dir = (fs::path(d.out) / "data").string();
   data::SyntheticOptions synthetic;
   synthetic.seed = d.seed;

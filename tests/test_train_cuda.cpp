@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -173,7 +174,7 @@ TEST_CASE("a CUDA run resumed from its checkpoint continues where it stopped",
   }
 }
 
-TEST_CASE("deit train and eval on a CUDA device this machine lacks say so at once",
+TEST_CASE("deit train, eval and demo on a CUDA device this machine lacks say so at once",
           "[train][cli]") {
   if (cuda_device_count() > 0) return;  // the [gpu] cases above train there
   const std::string args = std::string(kModelFlags) + "--data nowhere --device cuda";
@@ -183,4 +184,11 @@ TEST_CASE("deit train and eval on a CUDA device this machine lacks say so at onc
   r = run_deit("eval " + args + " --checkpoint nowhere.safetensors");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("cuda:0") && Catch::Contains("--device cpu"));
+  // The demo neither makes its dataset nor replaces its previous run first.
+  const test::TempDir dir;
+  const std::string out = dir.path() + "/demo";
+  r = run_deit("demo --device cuda --out " + out);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("cuda:0") && Catch::Contains("--device cpu"));
+  CHECK_FALSE(std::filesystem::exists(out));
 }
