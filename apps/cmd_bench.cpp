@@ -73,6 +73,9 @@ void run_kernels(const KernelsOptions& o) {
   if (!device.is_cuda())
     throw std::invalid_argument("deit bench kernels times the CUDA kernels: --device must be "
                                 "cuda or cuda:N, got '" + o.device + "'");
+  // The report states both counts, and the timing loop would run once where zero runs were asked.
+  if (o.repeats.value_or(1) < 1 || o.warmup.value_or(0) < 0)
+    throw std::invalid_argument("--repeats must be at least 1 and --warmup at least 0");
 #if DEIT_HAVE_CUDA
   const int count = cuda_device_count();
   if (device.index >= count)

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "bench/l2_flush.h"
 #include "engine/rng.h"
 #include "kernels/bf16.h"
 #include "kernels/check.h"
@@ -15,14 +16,20 @@ L2Flusher::L2Flusher(int device) {
   DEIT_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
   // Four times the cache: with its replacement policy, one pass of the cache's size may leave
   // lines of the previous run behind.
-  bytes_ = std::max<size_t>(size_t{4} * static_cast<size_t>(l2_bytes), size_t{64} << 20);
+  bytes_ = std::max<size_t>(size_t{4} * static_cast<size_t>(l2_bytes), size_t{64} << 20) &
+           ~size_t{15};  // whole 16-byte vectors (read_through_l2)
   DEIT_CUDA_CHECK(cudaMalloc(&buffer_, bytes_));
+  DEIT_CUDA_CHECK(cudaMalloc(&sink_, sizeof(unsigned)));
+  DEIT_CUDA_CHECK(cudaMemset(buffer_, 0, bytes_));
 }
 
-L2Flusher::~L2Flusher() { cudaFree(buffer_); }
+L2Flusher::~L2Flusher() {
+  cudaFree(buffer_);
+  cudaFree(sink_);
+}
 
 void L2Flusher::flush(cudaStream_t stream) const {
-  DEIT_CUDA_CHECK(cudaMemsetAsync(buffer_, 0, bytes_, stream));
+  read_through_l2(buffer_, bytes_, sink_, stream);
 }
 
 Timing time_on_stream(cudaStream_t stream, const TimingOptions& options, const L2Flusher& flusher,

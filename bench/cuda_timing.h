@@ -25,9 +25,11 @@ struct Timing {
   int repeats = 0;
 };
 
-// Evicts the L2 cache by writing a buffer of several times its size, so that every timed run reads
+// Evicts the L2 cache by reading a buffer of several times its size, so that every timed run reads
 // its inputs from device memory, as a kernel inside a training step does (the ops between two uses
-// of a tensor have long pushed it out of L2).
+// of a tensor have long pushed it out of L2). Reading, not writing: a flush that writes leaves the
+// L2 full of dirty lines, whose write-back the timed kernel would then pay for (up to an L2 of
+// extra traffic, a third of a LayerNorm pass at ViT-B's size).
 class L2Flusher {
  public:
   explicit L2Flusher(int device);
@@ -39,6 +41,7 @@ class L2Flusher {
  private:
   void* buffer_ = nullptr;
   size_t bytes_ = 0;
+  unsigned* sink_ = nullptr;
 };
 
 // Runs `work` (which enqueues its kernels on `stream`) options.warmup times, then options.repeats

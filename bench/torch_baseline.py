@@ -46,14 +46,15 @@ def cuda_events(n):
 
 
 class L2Flusher:
-    """Writes a buffer of 4x the L2 size, as bench/cuda_timing.h's L2Flusher does."""
+    """Reads a buffer of 4x the L2 size (zeros), as bench/cuda_timing.h's L2Flusher does: a
+    read leaves clean lines, where a write would leave the timed kernel their write-back."""
 
     def __init__(self):
         l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20)
-        self.buffer = torch.empty(max(4 * l2, 64 << 20), dtype=torch.uint8, device="cuda")
+        self.buffer = torch.zeros(max(4 * l2, 64 << 20), dtype=torch.uint8, device="cuda")
 
     def flush(self):
-        self.buffer.zero_()
+        self.buffer.sum()
 
 
 # --- step -------------------------------------------------------------------------------------

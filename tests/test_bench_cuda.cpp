@@ -2,6 +2,8 @@
 // `deit bench kernels`) reads our packed qkv and writes our output and log-sum-exp layouts, so its
 // results must match our kernel's on the same inputs. And `deit bench step` on the GPU reports what
 // it documents (bench/step_bench.h), with the engine's CUDA ops in its breakdown.
+// Without a device: the kernel report's JSON carries the fields and units bench/report.py and
+// bench/torch_baseline.py read, so a GPU session's results are not lost to a renamed field.
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
@@ -9,6 +11,7 @@
 #include <set>
 #include <string>
 
+#include "bench/kernel_bench.h"
 #include "bench/step_bench.h"
 #include "cuda_test_util.h"
 #include "engine/communicator.h"
@@ -62,6 +65,61 @@ TEST_CASE("cuDNN's fused attention (the bench rival) matches our attention forwa
   }
 }
 #endif
+
+TEST_CASE("deit bench kernels' JSON has the fields and units the report scripts read", "[bench]") {
+  deit::bench::KernelReport report;
+  report.device = "NVIDIA H200";
+  report.cudnn = "9.13.0";
+  report.timing.warmup = 5;
+  report.timing.repeats = 30;
+  report.copy_gbps = 4000;
+  report.gemm_tflops = 800;
+  deit::bench::KernelMeasurement layernorm;
+  layernorm.kernel = "layernorm forward";
+  layernorm.impl = "deit";
+  layernorm.shape = "rows=50432 C=768";
+  layernorm.bytes = 2e9;
+  layernorm.timing.median_ms = 1;
+  deit::bench::KernelMeasurement attention;
+  attention.kernel = "attention forward";
+  attention.impl = "deit";
+  attention.shape = "B=256 T=197 H=12 D=64";
+  attention.flops = 4e11;
+  attention.timing.median_ms = 2;
+  deit::bench::KernelMeasurement rival;
+  rival.kernel = "attention forward";
+  rival.impl = "cudnn";
+  rival.shape = attention.shape;
+  rival.available = false;
+  rival.note = "no engine";
+  report.kernels = {layernorm, attention, rival};
+
+  const auto j = deit::bench::to_json(report);
+  CHECK(j["device"] == "NVIDIA H200");
+  CHECK(j["cudnn"] == "9.13.0");
+  CHECK(j["warmup"] == 5);
+  CHECK(j["repeats"] == 30);
+  CHECK(j["copy_gbps"] == 4000.0);
+  CHECK(j["gemm_tflops"] == 800.0);
+  REQUIRE(j["kernels"].size() == 3);
+  const auto& memory_row = j["kernels"][0];
+  CHECK(memory_row["kernel"] == "layernorm forward");
+  CHECK(memory_row["impl"] == "deit");
+  CHECK(memory_row["shape"] == "rows=50432 C=768");
+  CHECK(memory_row["available"] == true);
+  CHECK(memory_row["median_ms"] == 1.0);
+  CHECK(memory_row["gbps"].get<double>() == Approx(2000));  // 1e9 bytes per second
+  CHECK(memory_row["fraction_of_ceiling"].get<double>() == Approx(0.5));
+  CHECK_FALSE(memory_row.contains("tflops"));
+  const auto& flops_row = j["kernels"][1];
+  CHECK(flops_row["tflops"].get<double>() == Approx(200));  // 1e12 FLOP per second
+  CHECK(flops_row["fraction_of_ceiling"].get<double>() == Approx(0.25));
+  CHECK_FALSE(flops_row.contains("gbps"));
+  const auto& unavailable_row = j["kernels"][2];
+  CHECK(unavailable_row["available"] == false);
+  CHECK(unavailable_row["note"] == "no engine");
+  CHECK_FALSE(unavailable_row.contains("median_ms"));
+}
 
 TEST_CASE("deit bench step on the GPU reports the documented fields", "[gpu][bench]") {
   deit::bench::StepBenchOptions o;

@@ -121,6 +121,9 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
   r = run_deit("bench kernels --device cpu");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--device must be cuda"));
+  r = run_deit("bench kernels --repeats 0");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--repeats must be at least 1"));
   r = run_deit("bench");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("subcommand is required"));
