@@ -1,10 +1,13 @@
 #include "engine/communicator.h"
 
+#include <cstdlib>
 #include <functional>
 #include <stdexcept>
 #include <string>
 
 #include "engine/comm_check.h"
+#include "engine/stream.h"
+#include "kernels/check.h"
 
 namespace deit {
 
@@ -79,6 +82,18 @@ void for_each_bucket(const std::vector<Tensor>& tensors, size_t bucket_bytes, De
 
 }  // namespace
 
+std::chrono::seconds comm_timeout() {
+  const char* text = std::getenv("DEIT_COMM_TIMEOUT");
+  if (!text) return std::chrono::seconds(600);
+  const std::string value(text);
+  const bool digits = !value.empty() && value.size() <= 9 &&
+                      value.find_first_not_of("0123456789") == std::string::npos;
+  if (!digits || std::stoll(value) == 0)
+    throw std::invalid_argument("DEIT_COMM_TIMEOUT must be a positive whole number of seconds, "
+                                "not '" + value + "'");
+  return std::chrono::seconds(std::stoll(value));
+}
+
 Communicator::Communicator(Device device, int rank, int world_size, int local_rank)
     : device_(device), rank_(rank), world_size_(world_size), local_rank_(local_rank) {}
 
@@ -116,7 +131,14 @@ void Communicator::reduce(std::vector<double>& values, ReduceOp op) {
   const int64_t n = static_cast<int64_t>(values.size());
   const Tensor t = Tensor::from_vector(values, {n}, device_);
   all_reduce_flat(t, op);
+  wait_for_device();
   values = t.to_vector<double>();
+}
+
+void Communicator::wait_for_device() {
+#if DEIT_HAVE_CUDA
+  if (device_.is_cuda()) DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_stream(device_.index)));
+#endif
 }
 
 void Communicator::all_reduce_sum(const Tensor& tensor) { reduce(tensor, ReduceOp::sum); }

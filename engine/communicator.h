@@ -28,8 +28,11 @@
 // srun does with --kill-on-bad-exit=1. For that, a rank that leaves a communicator's scope by an
 // exception must not wait for the others on its way out: its communicator then skips MPI_Finalize
 // (which synchronises all ranks in Open MPI) and NCCL's orderly teardown, and the process exits
-// without them.
+// without them. Where no launcher ends them (a peer that hangs rather than dies, srun without
+// --kill-on-bad-exit), NCCL ranks end themselves: the host waits for the device through
+// wait_for_device(), which gives up after DEIT_COMM_TIMEOUT seconds (comm_timeout()).
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -61,6 +64,11 @@ struct BucketTiming {
 // reduced in place, without a copy.
 std::vector<std::vector<size_t>> plan_buckets(const std::vector<Tensor>& tensors,
                                               size_t bucket_bytes);
+
+// How long a rank waits for queued collectives before it calls its peers lost: DEIT_COMM_TIMEOUT
+// seconds (a positive whole number), else 600, as PyTorch's NCCL default. Throws
+// std::invalid_argument naming the variable when it is set to anything else.
+std::chrono::seconds comm_timeout();
 
 class Communicator {
  public:
@@ -100,6 +108,12 @@ class Communicator {
 
   // Returns once every rank has called it; with NCCL, also once this rank's queued work is done.
   virtual void barrier() = 0;
+
+  // Returns once the work queued on device()'s compute stream so far is done (at once for CPU
+  // tensors): where the host reads what collectives computed. NCCL polls instead of blocking, and
+  // when a collective fails (NCCL's asynchronous error) or nothing completes within
+  // comm_timeout(), aborts the communicator and throws, naming the rank.
+  virtual void wait_for_device();
 
   // True for the single backend, whose collectives leave every value as it is: callers may skip
   // them (and their packing) altogether.

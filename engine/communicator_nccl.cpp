@@ -9,7 +9,8 @@
 // MASTER_ADDR:MASTER_PORT (engine/rendezvous.h).
 //
 // NCCL reports a dead peer by never completing: a collective waits on the GPU. The launcher is
-// what ends the other ranks when one exits abnormally (engine/communicator.h, "Failures").
+// what ends the other ranks when one exits abnormally (engine/communicator.h, "Failures"); where
+// it does not, the host's wait for the device gives up after comm_timeout() (wait_for_device).
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL
@@ -19,6 +20,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -94,17 +96,19 @@ class NcclCommunicator final : public Communicator {
         communication_(communication_stream(device.index)),
         compute_ready_(cudaEventDisableTiming),
         collective_done_(cudaEventDisableTiming),
-        join_(cudaEventDefault) {
+        join_(cudaEventDefault),
+        drained_(cudaEventDisableTiming),
+        timeout_(comm_timeout()) {
     const ncclUniqueId id = exchange_unique_id(rendezvous);
     DEIT_NCCL_CHECK(ncclCommInitRank(&comm_, world_size(), id, rank()));
   }
 
   ~NcclCommunicator() override {
-    // Leaving by an exception: queued collectives may wait for ranks that will never join them,
-    // and ncclCommDestroy would wait with them; ncclCommAbort does not. If MPI carried the id, it
-    // must not be finalised either (see engine/comm_check.h).
-    if (std::uncaught_exceptions() > 0) {
-      ncclCommAbort(comm_);
+    // Leaving by an exception, or aborted by wait_for_device: queued collectives may wait for
+    // ranks that will never join them, and ncclCommDestroy would wait with them; ncclCommAbort
+    // does not. If MPI carried the id, it must not be finalised either (see engine/comm_check.h).
+    if (std::uncaught_exceptions() > 0 || !comm_) {
+      if (comm_) ncclCommAbort(comm_);
 #if DEIT_HAVE_MPI
       mpi_record_failure();
 #endif
@@ -119,7 +123,32 @@ class NcclCommunicator final : public Communicator {
   // here is also when an asynchronous NCCL failure becomes visible.
   void barrier() override {
     all_reduce_flat(Tensor::zeros({1}, DType::f32, device()), ReduceOp::sum);
-    DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_));  // it waited for the collective
+    wait_for_device();  // the compute stream waited for the collective
+  }
+
+  // Polls rather than blocks, so that a failed collective or a lost peer ends this rank with an
+  // error instead of a wait on the GPU that nothing will finish: ncclCommAbort stops NCCL's
+  // kernels, and the exception takes the rank out (the launcher then ends the others).
+  void wait_for_device() override {
+    if (!comm_) throw std::runtime_error(lost_peers_message("an aborted NCCL communicator"));
+    DEIT_CUDA_CHECK(cudaEventRecord(drained_, compute_));
+    const auto start = std::chrono::steady_clock::now();
+    std::chrono::microseconds pause{20};
+    for (;;) {
+      const cudaError_t status = cudaEventQuery(drained_);
+      if (status == cudaSuccess) break;
+      if (status != cudaErrorNotReady) DEIT_CUDA_CHECK(status);
+      ncclResult_t async_error = ncclSuccess;
+      DEIT_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_error));
+      if (async_error != ncclSuccess && async_error != ncclInProgress)
+        abort_and_throw(std::string("a collective failed (") + ncclGetErrorString(async_error) +
+                        ": " + ncclGetLastError(comm_) + ")");
+      if (std::chrono::steady_clock::now() - start > timeout_)
+        abort_and_throw("the queued collectives did not complete in " +
+                        std::to_string(timeout_.count()) + " s");
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds{1000});
+    }
     ncclResult_t async_error = ncclSuccess;
     DEIT_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_error));
     DEIT_NCCL_CHECK(async_error);
@@ -195,6 +224,18 @@ class NcclCommunicator final : public Communicator {
     Event done{cudaEventDefault};
   };
 
+  std::string lost_peers_message(const std::string& what) const {
+    return "rank " + std::to_string(rank()) + " of " + std::to_string(world_size()) + ": " + what +
+           "; a peer may have died or hung (DEIT_COMM_TIMEOUT sets the wait, now " +
+           std::to_string(timeout_.count()) + " s)";
+  }
+
+  [[noreturn]] void abort_and_throw(const std::string& what) {
+    ncclCommAbort(comm_);
+    comm_ = nullptr;
+    throw std::runtime_error(lost_peers_message(what));
+  }
+
   // Makes `device` current; returns its index.
   static int select_device(Device device) {
     if (!device.is_cuda())
@@ -228,6 +269,8 @@ class NcclCommunicator final : public Communicator {
   Event compute_ready_;    // compute stream -> communication stream
   Event collective_done_;  // communication stream -> compute stream, after a plain collective
   Event join_;             // on the compute stream at finish_buckets(): backward's end
+  Event drained_;          // on the compute stream: what wait_for_device() waits for
+  std::chrono::seconds timeout_;
   std::vector<BucketEvents> bucket_events_;  // one pair per bucket of a backward, reused
   size_t started_ = 0;  // buckets started since the last finish_buckets()
   size_t joined_ = 0;   // buckets the last finish_buckets() joined, if their events are timed

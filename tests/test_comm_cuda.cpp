@@ -15,11 +15,14 @@
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/communicator.h"
@@ -138,6 +141,31 @@ TEST_CASE("nccl: plain collectives are ordered like compute-stream kernels", "[g
   }
   // No bucket ran: nothing to time.
   CHECK_FALSE(comm->last_bucket_timing());
+}
+
+TEST_CASE("nccl: a wait for the device gives up after DEIT_COMM_TIMEOUT and aborts",
+          "[gpu][nccl]") {
+  setenv("DEIT_COMM_TIMEOUT", "1", 1);
+  std::unique_ptr<Communicator> comm;
+  try {
+    comm = one_rank_nccl();
+  } catch (...) {
+    unsetenv("DEIT_COMM_TIMEOUT");
+    throw;
+  }
+  unsetenv("DEIT_COMM_TIMEOUT");
+  comm->wait_for_device();  // nothing queued: at once
+
+  // A stream held up for 3 s stands for a collective whose peer never comes.
+  const auto hold_up = [](void*) { std::this_thread::sleep_for(std::chrono::seconds(3)); };
+  DEIT_CUDA_CHECK(cudaLaunchHostFunc(compute_stream(0), hold_up, nullptr));
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH(comm->wait_for_device(),
+                    Catch::Contains("rank 0 of 1") && Catch::Contains("did not complete in 1 s"));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(2500));
+  CHECK_THROWS_WITH(comm->wait_for_device(), Catch::Contains("aborted"));
+  sync_device();
+  comm.reset();  // an aborted communicator is not destroyed again
 }
 
 #endif

@@ -16,10 +16,11 @@ void StepReadback::record_loss(const Tensor& loss) {
   ++recorded_;
 }
 
-StepReadback::Values StepReadback::read(const Tensor& grad_norm) {
+StepReadback::Values StepReadback::read(const Tensor& grad_norm, Communicator& comm) {
   const int64_t slot = buffer_.numel() - 1;
   buffer_.slice(slot, slot + 1).copy_from(grad_norm.view({1}));
-  const std::vector<double> host = buffer_.to_vector<double>();  // the step's one wait
+  comm.wait_for_device();  // the step's one wait
+  const std::vector<double> host = buffer_.to_vector<double>();
   Values values;
   values.losses.assign(host.begin(), host.begin() + recorded_);
   values.grad_norm = host[slot];

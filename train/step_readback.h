@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/communicator.h"
 #include "engine/tensor.h"
 
 namespace deit::train {
@@ -25,8 +26,9 @@ class StepReadback {
     double grad_norm = 0;
   };
   // Queues the copy of the step's gradient norm (Optimizer::device_grad_norm()), waits for the
-  // device once, and returns the step's values. The next step records from the start again.
-  Values read(const Tensor& grad_norm);
+  // device once (through `comm`, which gives up on lost peers), and returns the step's values.
+  // The next step records from the start again.
+  Values read(const Tensor& grad_norm, Communicator& comm);
 
  private:
   Tensor buffer_;  // f32 (micro_batches + 1): the losses, then the gradient norm

@@ -333,7 +333,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
           if (ema) ema->update(params);
           // The device works through the queued step; meanwhile the next batch goes up.
           train_feed.prefetch();
-          const StepReadback::Values values = readback->read(optimizer.device_grad_norm());
+          const StepReadback::Values values = readback->read(optimizer.device_grad_norm(), comm);
           for (size_t i = 0; i < values.losses.size(); ++i)
             check_loss(values.losses[i], uncounted[i].number);
           if (!std::isfinite(values.grad_norm))
