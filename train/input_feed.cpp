@@ -79,7 +79,9 @@ class InputFeed::DeviceStage {
 
   // Packs `batch` into the slot not handed out and queues its upload on the copy stream.
   void stage(const data::Batch& batch) {
-    const int s = current_ == 0 ? 1 : 0;
+    // Between batches (none handed out), not the slot handed out last: its kernels may still run,
+    // and the upload would wait for them.
+    const int s = 1 - (current_ >= 0 ? current_ : last_handed_);
     Slot& slot = slots_[s];
     slot.layout = packed_layout(batch);
     // The pinned buffer's previous upload must be complete before it is refilled.
@@ -139,7 +141,7 @@ class InputFeed::DeviceStage {
     out.size = static_cast<size_t>(n);
     out.labels = &slot.labels;
     out.device_labels = reinterpret_cast<const int32_t*>(slot.device + slot.layout.labels);
-    current_ = staged_;
+    current_ = last_handed_ = staged_;
     staged_ = -1;
   }
 
@@ -176,7 +178,8 @@ class InputFeed::DeviceStage {
   cudaStream_t compute_ = nullptr;
   cudaStream_t copy_ = nullptr;
   Slot slots_[2];
-  int current_ = -1;  // the slot of the batch handed out, if any
+  int current_ = -1;      // the slot of the batch handed out, if any
+  int last_handed_ = 1;  // the slot handed out most recently (1 at first: slot 0 goes first)
   int staged_ = -1;   // the slot whose upload is queued and not yet handed out, if any
 };
 
