@@ -79,7 +79,7 @@ TEST_CASE("layernorm backward matches finite differences", "[gradcheck]") {
   CHECK(gradient_error(b, db, loss) < kGradTolerance);
 }
 
-TEST_CASE("attention backward matches finite differences", "[gradcheck]") {
+TEST_CASE("attention backward matches finite differences", "[gradcheck][attention]") {
   // T = 5 and D = 3 divide nothing, so no tiling assumption can hide here.
   const int64_t B = 2, Tn = 5, H = 2, D = 3;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));

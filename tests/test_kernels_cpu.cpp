@@ -115,7 +115,8 @@ TEST_CASE("layernorm forward normalises every row, then applies the affine", "[k
   CHECK(relative_error(z, expected) < 1e-12);
 }
 
-TEST_CASE("attention forward matches an explicit softmax matrix for every (b, h)", "[kernels]") {
+TEST_CASE("attention forward matches an explicit softmax matrix for every (b, h)",
+          "[kernels][attention]") {
   const int64_t B = 2, Tn = 7, H = 3, D = 4, C = H * D;
   const double scale = 0.5;
   Rng rng(204);

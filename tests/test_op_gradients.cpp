@@ -73,7 +73,8 @@ TEST_CASE("layernorm op gradient (x, weight, bias) by finite differences", "[gra
                      {random_f64({2, 3, 6}, rng), random_f64({6}, rng), random_f64({6}, rng)}, rng);
 }
 
-TEST_CASE("attention op gradient over packed qkv by finite differences", "[gradcheck][ops]") {
+TEST_CASE("attention op gradient over packed qkv by finite differences",
+          "[gradcheck][ops][attention]") {
   Rng rng(15);
   // B=2, T=5, heads=2, head_dim=3: nothing is a multiple of anything.
   check_op_gradients([](const auto& in) { return ops::attention(in[0], 2); },
