@@ -1,6 +1,5 @@
 #include "engine/communicator.h"
 
-#include <cstdlib>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -81,18 +80,6 @@ void for_each_bucket(const std::vector<Tensor>& tensors, size_t bucket_bytes, De
 }
 
 }  // namespace
-
-std::chrono::seconds comm_timeout() {
-  const char* text = std::getenv("DEIT_COMM_TIMEOUT");
-  if (!text) return std::chrono::seconds(600);
-  const std::string value(text);
-  const bool digits = !value.empty() && value.size() <= 9 &&
-                      value.find_first_not_of("0123456789") == std::string::npos;
-  if (!digits || std::stoll(value) == 0)
-    throw std::invalid_argument("DEIT_COMM_TIMEOUT must be a positive whole number of seconds, "
-                                "not '" + value + "'");
-  return std::chrono::seconds(std::stoll(value));
-}
 
 Communicator::Communicator(Device device, int rank, int world_size, int local_rank)
     : device_(device), rank_(rank), world_size_(world_size), local_rank_(local_rank) {}

@@ -30,9 +30,8 @@
 // (which synchronises all ranks in Open MPI) and NCCL's orderly teardown, and the process exits
 // without them. Where no launcher ends them (a peer that hangs rather than dies, srun without
 // --kill-on-bad-exit), NCCL ranks end themselves: the host waits for the device through
-// wait_for_device(), which gives up after DEIT_COMM_TIMEOUT seconds (comm_timeout()).
+// wait_for_device(), which gives up after DEIT_COMM_TIMEOUT seconds (Rendezvous::comm_timeout).
 #pragma once
-#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -64,11 +63,6 @@ struct BucketTiming {
 // reduced in place, without a copy.
 std::vector<std::vector<size_t>> plan_buckets(const std::vector<Tensor>& tensors,
                                               size_t bucket_bytes);
-
-// How long a rank waits for queued collectives before it calls its peers lost: DEIT_COMM_TIMEOUT
-// seconds (a positive whole number), else 600, as PyTorch's NCCL default. Throws
-// std::invalid_argument naming the variable when it is set to anything else.
-std::chrono::seconds comm_timeout();
 
 class Communicator {
  public:
@@ -111,8 +105,8 @@ class Communicator {
 
   // Returns once the work queued on device()'s compute stream so far is done (at once for CPU
   // tensors): where the host reads what collectives computed. NCCL polls instead of blocking, and
-  // when a collective fails (NCCL's asynchronous error) or nothing completes within
-  // comm_timeout(), aborts the communicator and throws, naming the rank.
+  // when a collective fails (NCCL's asynchronous error) or nothing completes within the
+  // rendezvous's comm_timeout, aborts the communicator and throws, naming the rank.
   virtual void wait_for_device();
 
   // True for the single backend, whose collectives leave every value as it is: callers may skip

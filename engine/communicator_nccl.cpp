@@ -10,7 +10,8 @@
 //
 // NCCL reports a dead peer by never completing: a collective waits on the GPU. The launcher is
 // what ends the other ranks when one exits abnormally (engine/communicator.h, "Failures"); where
-// it does not, the host's wait for the device gives up after comm_timeout() (wait_for_device).
+// it does not, the host's wait for the device gives up after the rendezvous's comm_timeout
+// (wait_for_device).
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL
@@ -98,7 +99,7 @@ class NcclCommunicator final : public Communicator {
         collective_done_(cudaEventDisableTiming),
         join_(cudaEventDefault),
         drained_(cudaEventDisableTiming),
-        timeout_(comm_timeout()) {
+        timeout_(rendezvous.comm_timeout) {
     const ncclUniqueId id = exchange_unique_id(rendezvous);
     DEIT_NCCL_CHECK(ncclCommInitRank(&comm_, world_size(), id, rank()));
   }

@@ -98,6 +98,11 @@ void fill_slurm_master(const Environment& env, Rendezvous& r) {
 
 Rendezvous parse_rendezvous(const Environment& env) {
   Rendezvous r;
+  if (find(env, "DEIT_COMM_TIMEOUT")) {
+    r.comm_timeout = std::chrono::seconds(parse_count(env, "DEIT_COMM_TIMEOUT"));
+    if (r.comm_timeout.count() == 0)
+      throw std::invalid_argument("DEIT_COMM_TIMEOUT=0: a wait needs at least a second");
+  }
   const RankVariables* found = nullptr;
   for (const RankVariables& vars : kLaunchers) {
     // In the shell of salloc or of a batch script, Slurm's variables count the tasks of the

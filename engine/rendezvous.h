@@ -11,7 +11,9 @@
 //                      (else the job's) node list; its port MASTER_PORT, else one from SLURM_JOB_ID
 // The first of these that is present wins, in this order: mpirun and torchrun are often started
 // inside a Slurm allocation, and then their own variables describe the job, Slurm's only the
-// allocation. With none present the process runs alone.
+// allocation. With none present the process runs alone. Whatever the launcher, DEIT_COMM_TIMEOUT
+// (seconds, default 600 as PyTorch's NCCL default) is how long a rank waits for queued
+// collectives before it calls its peers lost (engine/communicator.h, "Failures").
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -33,6 +35,7 @@ struct Rendezvous {
   // which exchanges over MPI; any launch of world size 1).
   std::string master_addr;
   int master_port = 0;
+  std::chrono::seconds comm_timeout{600};
 
   std::string describe()
       const;  // e.g. "torchrun: rank 1 of 8, local rank 1, rank 0 at node0:29500"

@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 
+#include "bench/cuda_timing.h"
 #include "bench/kernel_bench.h"
 #include "bench/step_bench.h"
 #include "cuda_test_util.h"
@@ -65,6 +66,31 @@ TEST_CASE("cuDNN's fused attention (the bench rival) matches our attention forwa
   }
 }
 #endif
+
+TEST_CASE("timed runs after a read-only L2 flush leave their work's result and time it",
+          "[gpu][bench]") {
+  // The flush reads four L2s of zeros and writes nothing; the work between the events is what
+  // is timed, once per repeat after the warm-up.
+  const deit::bench::L2Flusher flusher(0);
+  const deit::bench::DeviceMemory buffer(size_t{1} << 20);
+  cudaStream_t stream = nullptr;
+  DEIT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  int runs = 0;
+  const deit::bench::Timing t = deit::bench::time_on_stream(stream, {2, 5}, flusher, [&] {
+    DEIT_CUDA_CHECK(cudaMemsetAsync(buffer.as<void>(), 0x5a, buffer.bytes(), stream));
+    ++runs;
+  });
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  DEIT_CUDA_CHECK(cudaStreamDestroy(stream));
+  CHECK(runs == 7);
+  CHECK(t.repeats == 5);
+  CHECK(t.min_ms > 0);
+  CHECK(t.min_ms <= t.median_ms);
+  CHECK(t.median_ms <= t.max_ms);
+  unsigned char first = 0;
+  DEIT_CUDA_CHECK(cudaMemcpy(&first, buffer.as<void>(), 1, cudaMemcpyDeviceToHost));
+  CHECK(first == 0x5a);
+}
 
 TEST_CASE("deit bench kernels' JSON has the fields and units the report scripts read", "[bench]") {
   deit::bench::KernelReport report;

@@ -17,7 +17,6 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -145,15 +144,9 @@ TEST_CASE("nccl: plain collectives are ordered like compute-stream kernels", "[g
 
 TEST_CASE("nccl: a wait for the device gives up after DEIT_COMM_TIMEOUT and aborts",
           "[gpu][nccl]") {
-  setenv("DEIT_COMM_TIMEOUT", "1", 1);
-  std::unique_ptr<Communicator> comm;
-  try {
-    comm = one_rank_nccl();
-  } catch (...) {
-    unsetenv("DEIT_COMM_TIMEOUT");
-    throw;
-  }
-  unsetenv("DEIT_COMM_TIMEOUT");
+  Rendezvous alone;
+  alone.comm_timeout = std::chrono::seconds(1);
+  std::unique_ptr<Communicator> comm = detail::make_nccl_communicator(kGpu, alone);
   comm->wait_for_device();  // nothing queued: at once
 
   // A stream held up for 3 s stands for a collective whose peer never comes.

@@ -2,7 +2,6 @@
 // single-process backend (every collective, gradient buckets included, leaves values as they are,
 // but misuse is still refused), and the choice of backend. The MPI backend runs under mpirun: tests/test_comm_mpi.cpp.
 #include <catch2/catch.hpp>
-#include <cstdlib>
 
 #include "engine/communicator.h"
 #include "engine/rng.h"
@@ -123,27 +122,4 @@ TEST_CASE("several ranks need the backend of their device", "[comm]") {
   CHECK_THROWS_WITH(make_communicator(Device::cuda(0), two),
                     Catch::Contains("this deit was built without NCCL"));
 #endif
-}
-
-TEST_CASE("DEIT_COMM_TIMEOUT sets how long a rank waits for lost peers", "[comm]") {
-  // Restores the caller's setting, whatever the checks below do.
-  struct SavedVariable {
-    const char* saved = std::getenv("DEIT_COMM_TIMEOUT");
-    std::string value = saved ? saved : "";
-    ~SavedVariable() {
-      if (saved)
-        setenv("DEIT_COMM_TIMEOUT", value.c_str(), 1);
-      else
-        unsetenv("DEIT_COMM_TIMEOUT");
-    }
-  } restore;
-  unsetenv("DEIT_COMM_TIMEOUT");
-  CHECK(comm_timeout() == std::chrono::seconds(600));
-  setenv("DEIT_COMM_TIMEOUT", "45", 1);
-  CHECK(comm_timeout() == std::chrono::seconds(45));
-  for (const char* bad : {"0", "-5", "1.5", "ten", "", "99999999999"}) {
-    INFO("DEIT_COMM_TIMEOUT=" << bad);
-    setenv("DEIT_COMM_TIMEOUT", bad, 1);
-    CHECK_THROWS_WITH(comm_timeout(), Catch::Contains("DEIT_COMM_TIMEOUT"));
-  }
 }

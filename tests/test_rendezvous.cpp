@@ -24,6 +24,19 @@ TEST_CASE("no launcher variables: a single process", "[rendezvous]") {
   CHECK(r.describe() == "single process");
 }
 
+TEST_CASE("DEIT_COMM_TIMEOUT sets how long a rank waits for lost peers", "[rendezvous]") {
+  CHECK(parse_rendezvous({}).comm_timeout == 600s);
+  CHECK(parse_rendezvous({{"DEIT_COMM_TIMEOUT", "45"}}).comm_timeout == 45s);
+  const Rendezvous r = parse_rendezvous(
+      {{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"DEIT_COMM_TIMEOUT", "7"}});
+  CHECK(r.comm_timeout == 7s);
+  for (const char* bad : {"0", "-5", "1.5", "ten", "", "99999999999"}) {
+    INFO("DEIT_COMM_TIMEOUT=" << bad);
+    CHECK_THROWS_WITH(parse_rendezvous({{"DEIT_COMM_TIMEOUT", bad}}),
+                      Catch::Contains("DEIT_COMM_TIMEOUT"));
+  }
+}
+
 TEST_CASE("mpirun: Open MPI's variables", "[rendezvous]") {
   const Rendezvous r = parse_rendezvous({{"OMPI_COMM_WORLD_RANK", "5"},
                                          {"OMPI_COMM_WORLD_SIZE", "8"},
