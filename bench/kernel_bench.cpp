@@ -203,6 +203,33 @@ void measure_layerscale(Runner& run, int64_t C) {
         dout->as<bf16_bits>(), branch->as<bf16_bits>(), gamma->as<bf16_bits>(), keep->as<float>(),
         dbranch->as<bf16_bits>(), dgamma->as<float>(), B, Tn, C, ws->as<float>(), run.stream());
   });
+
+  // Fused with the LayerNorm after it, as the model runs all but two of its residual updates.
+  auto ln_w = run.random_bf16(C), ln_b = run.random_bf16(C), dy = run.random_bf16(n);
+  auto y = Runner::bf16s(n), dx = Runner::bf16s(n);
+  auto mean = Runner::floats(B * Tn), rstd = Runner::floats(B * Tn);
+  auto dln_w = Runner::floats(C), dln_b = Runner::floats(C);
+  auto fused_ws = Runner::floats(
+      kernels::layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C));
+  const double stats = 8.0 * B * Tn;
+  run.measure("layerscale+layernorm forward", "deit", shape, 4 * act + params + 4.0 * C + stats, 0,
+              [&] {
+                kernels::layerscale_residual_layernorm_forward_cuda(
+                    x->as<bf16_bits>(), branch->as<bf16_bits>(), gamma->as<bf16_bits>(),
+                    keep->as<float>(), ln_w->as<bf16_bits>(), ln_b->as<bf16_bits>(),
+                    out->as<bf16_bits>(), y->as<bf16_bits>(), mean->as<float>(),
+                    rstd->as<float>(), B, Tn, C, 1e-6, run.stream());
+              });
+  run.measure("layerscale+layernorm backward", "deit", shape,
+              6 * act + params + 2.0 * C + stats + 3 * 4.0 * C, 0, [&] {
+                kernels::layerscale_residual_layernorm_backward_cuda(
+                    dout->as<bf16_bits>(), dy->as<bf16_bits>(), out->as<bf16_bits>(),
+                    branch->as<bf16_bits>(), gamma->as<bf16_bits>(), keep->as<float>(),
+                    ln_w->as<bf16_bits>(), mean->as<float>(), rstd->as<float>(),
+                    dx->as<bf16_bits>(), dbranch->as<bf16_bits>(), dgamma->as<float>(),
+                    dln_w->as<float>(), dln_b->as<float>(), B, Tn, C, fused_ws->as<float>(),
+                    run.stream());
+              });
 }
 
 // fc1's output: the MLP's hidden width is 4 C.

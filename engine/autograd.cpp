@@ -1,5 +1,6 @@
 #include "engine/autograd.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <unordered_set>
 
@@ -26,6 +27,15 @@ bool needs_recording(const std::vector<const Tensor*>& inputs) {
 
 void record(const std::string& op, Tensor& output, const std::vector<const Tensor*>& inputs,
             std::vector<Tensor> saved, Node::BackwardFn backward_fn) {
+  record(op, std::vector<Tensor*>{&output}, inputs, std::move(saved),
+         [fn = std::move(backward_fn)](Node& self, const std::vector<Tensor>& grad_outputs) {
+           return fn(self, grad_outputs[0]);
+         });
+}
+
+void record(const std::string& op, const std::vector<Tensor*>& outputs,
+            const std::vector<const Tensor*>& inputs, std::vector<Tensor> saved,
+            Node::MultiBackwardFn backward_fn) {
   auto node = std::make_shared<Node>();
   node->op = op;
   for (const Tensor* t : inputs) {
@@ -38,8 +48,13 @@ void record(const std::string& op, Tensor& output, const std::vector<const Tenso
     if (t.defined()) t = t.view(t.shape());
   node->saved = std::move(saved);
   node->backward = std::move(backward_fn);
-  output.impl().grad_fn = node;
-  output.impl().requires_grad = true;
+  node->grad_outputs.resize(outputs.size());
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    TensorImpl& output = outputs[k]->impl();
+    output.grad_fn = node;
+    output.grad_fn_output = k;
+    output.requires_grad = true;
+  }
   t_tape.push_back(std::move(node));
 }
 
@@ -61,7 +76,7 @@ static void route_grad(TensorImpl& target, const Tensor& g, bool copy_into_leaf)
   if (target.grad_fn) {
     if (target.grad_fn->released)
       throw std::logic_error("backward through a graph whose tape was already used or cleared");
-    accumulate_grad(target.grad_fn->grad_output, g);
+    accumulate_grad(target.grad_fn->grad_outputs.at(target.grad_fn_output), g);
   } else {
     Tensor grad(target.grad);
     if (!grad.defined() && copy_into_leaf)
@@ -97,8 +112,10 @@ static void run_backward(const Tensor& root, const Tensor& grad_root, const Grad
   route_grad(root.impl(), grad_root, copy_into_leaf);
   for (size_t i = t_tape.size(); i-- > 0;) {
     Node& node = *t_tape[i];
-    if (node.grad_output.defined()) {
-      std::vector<Tensor> grads = node.backward(node, node.grad_output);
+    const bool reached = std::any_of(node.grad_outputs.begin(), node.grad_outputs.end(),
+                                     [](const Tensor& g) { return g.defined(); });
+    if (reached) {
+      std::vector<Tensor> grads = node.backward(node, node.grad_outputs);
       if (grads.size() != node.inputs.size())
         throw std::logic_error("op " + node.op + " returned " + std::to_string(grads.size()) +
                                " gradients for " + std::to_string(node.inputs.size()) + " inputs");
@@ -106,7 +123,7 @@ static void run_backward(const Tensor& root, const Tensor& grad_root, const Grad
         if (node.needs_input_grad[k] && grads[k].defined())
           route_grad(*node.inputs[k], grads[k], copy_into_leaf);
     }
-    node.grad_output = Tensor();
+    node.grad_outputs.clear();
     node.saved.clear();
     node.released = true;
     if (hook)

@@ -3,8 +3,8 @@
 // An op called while grad mode is on, with an input that requires grad, appends a Node to the
 // current thread's tape: which inputs want gradients and where to send them, the tensors it saves
 // for backward, and its backward function. backward(loss) seeds d loss = 1 and walks the tape in
-// reverse recording order (a valid topological order), handing each node the gradient of its
-// output and routing the input gradients it returns: to the producing node, or, for a leaf
+// reverse recording order (a valid topological order), handing each node the gradients of its
+// outputs and routing the input gradients it returns: to the producing node, or, for a leaf
 // (a parameter or an input marked requires_grad), added into the leaf's .grad. Leaf gradients
 // accumulate across calls, so gradient accumulation over micro-batches needs nothing special;
 // zero them (ParameterRegistry::zero_grad) when a step is done. The tape is cleared after backward,
@@ -23,13 +23,17 @@ struct Node {
   // Gradients for the inputs, given the gradient of the output. An entry may be left undefined
   // where needs_input_grad is false.
   using BackwardFn = std::function<std::vector<Tensor>(Node& self, const Tensor& grad_output)>;
+  // The same for an op with several outputs (a fused kernel that writes two tensors), given one
+  // gradient per output: undefined for an output that nothing differentiated depends on.
+  using MultiBackwardFn =
+      std::function<std::vector<Tensor>(Node& self, const std::vector<Tensor>& grad_outputs)>;
 
   std::string op;
   std::vector<std::shared_ptr<TensorImpl>> inputs;  // only those that need a gradient, else null
   std::vector<bool> needs_input_grad;
   std::vector<Tensor> saved;
-  BackwardFn backward;
-  Tensor grad_output;  // accumulated during backward
+  MultiBackwardFn backward;
+  std::vector<Tensor> grad_outputs;  // one per output, accumulated during backward
   bool released = false;
 };
 
@@ -55,6 +59,11 @@ bool needs_recording(const std::vector<const Tensor*>& inputs);
 // Call only when needs_recording(inputs) is true.
 void record(const std::string& op, Tensor& output, const std::vector<const Tensor*>& inputs,
             std::vector<Tensor> saved, Node::BackwardFn backward);
+// The same for an op with several outputs: one node produces them all, and its backward runs once,
+// with every output's gradient, when the walk reaches it.
+void record(const std::string& op, const std::vector<Tensor*>& outputs,
+            const std::vector<const Tensor*>& inputs, std::vector<Tensor> saved,
+            Node::MultiBackwardFn backward);
 
 // Backpropagates from a one-element tensor (seed 1) or from any tensor with a given gradient.
 void backward(const Tensor& root);

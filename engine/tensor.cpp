@@ -287,6 +287,7 @@ Tensor Tensor::view(const Shape& new_shape) const {
   if (impl->bf16_copy) impl->bf16_copy = bf16_copy().view(shape_out).impl_ptr();
   impl->grad.reset();
   impl->grad_fn.reset();
+  impl->grad_fn_output = 0;
   impl->requires_grad = false;
   return Tensor(std::move(impl));
 }
@@ -302,6 +303,7 @@ Tensor Tensor::slice(int64_t begin, int64_t end) const {
   if (impl->bf16_copy) impl->bf16_copy = bf16_copy().slice(begin, end).impl_ptr();
   impl->grad.reset();
   impl->grad_fn.reset();
+  impl->grad_fn_output = 0;
   impl->requires_grad = false;
   return Tensor(std::move(impl));
 }

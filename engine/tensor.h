@@ -43,6 +43,7 @@ struct TensorImpl {
   bool requires_grad = false;
   std::shared_ptr<TensorImpl> grad;  // leaves only: accumulated by backward
   std::shared_ptr<Node> grad_fn;     // the recorded op that produced this tensor, if any
+  size_t grad_fn_output = 0;         // which of grad_fn's outputs this tensor is
   std::string name;
   // fp32 CUDA parameters only: the bf16 copy of the values that the CUDA ops read
   // (engine/parameters.h). copy_from and fill_ keep it current; the CUDA optimizers rewrite it.

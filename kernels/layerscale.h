@@ -2,6 +2,12 @@
 // gamma is LayerScale (per channel); keep_scale is stochastic depth (drop-path) per sample:
 // 0 for a dropped sample, 1/(1-rate) for a kept one, 1 everywhere at eval or with rate 0.
 // The gradient with respect to x is dout itself, so backward only produces dbranch and dgamma.
+//
+// In a pre-norm block the residual update is followed by a LayerNorm of its result (norm2 after
+// the attention branch, the next block's norm1 after the MLP branch). The fused pair below makes
+// both from one read of x and branch, and in backward adds the LayerNorm's input gradient to the
+// residual stream's and feeds the sum to LayerScale in the same pass (kernels/layernorm.h has the
+// LayerNorm alone).
 #pragma once
 #include <cstdint>
 
@@ -24,6 +30,28 @@ void layerscale_residual_backward_cpu(const T* dout, const T* branch, const T* g
                                       const T* keep_scale, T* dbranch, T* dgamma, int64_t B,
                                       int64_t Tn, int64_t C);
 
+// The residual update and the LayerNorm after it:
+//   out = x + keep_scale[b] * gamma[c] * branch,   y = LayerNorm(out; ln_weight, ln_bias, eps)
+// x, branch: (B, T, C), gamma, ln_weight, ln_bias: (C), keep_scale: (B)
+//   ->  out, y: (B, T, C), mean, rstd: (B*T) saved for backward
+template <typename T>
+void layerscale_residual_layernorm_forward_cpu(const T* x, const T* branch, const T* gamma,
+                                               const T* keep_scale, const T* ln_weight,
+                                               const T* ln_bias, T* out, T* y, T* mean, T* rstd,
+                                               int64_t B, int64_t Tn, int64_t C, double eps);
+
+// dout: (B, T, C), the gradient reaching `out` from later in the network (nullptr: none),
+// dy: (B, T, C), the gradient of y  ->  dx: (B, T, C), the whole gradient of `out` (dout plus
+// what flows back through the LayerNorm), which is also x's; dbranch: (B, T, C); dgamma,
+// dln_weight, dln_bias: (C). dbranch and the three (C) gradients may be nullptr.
+template <typename T>
+void layerscale_residual_layernorm_backward_cpu(const T* dout, const T* dy, const T* out,
+                                                const T* branch, const T* gamma,
+                                                const T* keep_scale, const T* ln_weight,
+                                                const T* mean, const T* rstd, T* dx, T* dbranch,
+                                                T* dgamma, T* dln_weight, T* dln_bias, int64_t B,
+                                                int64_t Tn, int64_t C);
+
 #if DEIT_HAVE_CUDA
 // CUDA: x, branch, out, dout, dbranch in bf16; gamma is the bf16 copy of the parameter;
 // keep_scale (B) is fp32; dgamma is fp32 (it feeds the fp32 master weight), summed over rows
@@ -41,6 +69,30 @@ void layerscale_residual_backward_cuda(const bf16_bits* dout, const bf16_bits* b
                                        const bf16_bits* gamma, const float* keep_scale,
                                        bf16_bits* dbranch, float* dgamma, int64_t B, int64_t Tn,
                                        int64_t C, float* workspace, cudaStream_t stream);
+
+// CUDA, fused with the LayerNorm: activations (x, branch, out, y, dout, dy, dx, dbranch) in bf16;
+// gamma, ln_weight and ln_bias are the bf16 copies of the parameters; keep_scale, mean and rstd
+// are fp32. The LayerNorm normalises `out` as stored (rounded to bf16), so its statistics match
+// what backward reads. Forward: out may alias x; mean and rstd may be nullptr (inference).
+// Backward keeps dx in fp32 between the LayerNorm and LayerScale halves, and sums dgamma,
+// dln_weight and dln_bias (fp32) over rows deterministically through `workspace`, at least
+// layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C) floats (nullptr is fine
+// when all three are nullptr). C <= 8192 (std::invalid_argument beyond).
+void layerscale_residual_layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* branch,
+                                                const bf16_bits* gamma, const float* keep_scale,
+                                                const bf16_bits* ln_weight,
+                                                const bf16_bits* ln_bias, bf16_bits* out,
+                                                bf16_bits* y, float* mean, float* rstd, int64_t B,
+                                                int64_t Tn, int64_t C, double eps,
+                                                cudaStream_t stream);
+
+int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, int64_t Tn,
+                                                                      int64_t C);
+void layerscale_residual_layernorm_backward_cuda(
+    const bf16_bits* dout, const bf16_bits* dy, const bf16_bits* out, const bf16_bits* branch,
+    const bf16_bits* gamma, const float* keep_scale, const bf16_bits* ln_weight, const float* mean,
+    const float* rstd, bf16_bits* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
+    float* dln_bias, int64_t B, int64_t Tn, int64_t C, float* workspace, cudaStream_t stream);
 #endif
 
 }  // namespace deit::kernels

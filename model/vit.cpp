@@ -64,19 +64,31 @@ Tensor VisionTransformer::forward(const Tensor& images, double drop_path_rate,
   Tensor x = ops::linear(ops::patch_unfold(images, c.patch), patch_weight, p("patch_embed.proj.bias"));
   x = ops::pos_embed_cls(x, p("pos_embed"), p("cls_token"));
 
+  // Pre-norm blocks. Each residual update is fused with the LayerNorm that reads its result
+  // (norm2, or the next block's norm1); only the first norm1 and the last update stand alone.
   const double eps = c.layernorm_eps;
+  auto block = [&](int64_t i) { return "blocks." + std::to_string(i) + "."; };
+  Tensor h = ops::layernorm(x, p(block(0) + "norm1.weight"), p(block(0) + "norm1.bias"), eps);
   for (int64_t i = 0; i < c.depth; ++i) {
-    const std::string b = "blocks." + std::to_string(i) + ".";
-    Tensor h = ops::layernorm(x, p(b + "norm1.weight"), p(b + "norm1.bias"), eps);
+    const std::string b = block(i);
     h = ops::linear(h, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"));
     h = ops::attention(h, c.heads);
     h = ops::linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"));
-    x = ops::layerscale_residual(x, h, p(b + "ls1.gamma"), keep_scales());
+    ops::ResidualAndNorm r = ops::layerscale_residual_layernorm(
+        x, h, p(b + "ls1.gamma"), keep_scales(), p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
+    x = r.residual;
 
-    h = ops::layernorm(x, p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
-    h = ops::gelu(ops::linear(h, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias")));
+    h = ops::gelu(ops::linear(r.normed, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias")));
     h = ops::linear(h, p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"));
-    x = ops::layerscale_residual(x, h, p(b + "ls2.gamma"), keep_scales());
+    if (i + 1 == c.depth) {
+      x = ops::layerscale_residual(x, h, p(b + "ls2.gamma"), keep_scales());
+      break;
+    }
+    const std::string next = block(i + 1);
+    r = ops::layerscale_residual_layernorm(x, h, p(b + "ls2.gamma"), keep_scales(),
+                                           p(next + "norm1.weight"), p(next + "norm1.bias"), eps);
+    x = r.residual;
+    h = r.normed;
   }
   Tensor cls = ops::layernorm(ops::cls_select(x), p("norm.weight"), p("norm.bias"), eps);
   return ops::linear(cls, p("head.weight"), p("head.bias"));

@@ -86,6 +86,45 @@ TEST_CASE("the grad-ready hook reports each leaf once, when its gradient is fina
   }
 }
 
+// A fused op that writes two tensors is one node: its backward runs once, when the walk reaches
+// it, with the summed gradient of each output (undefined for an output nothing used).
+TEST_CASE("an op with two outputs gets each output's gradient in one backward call",
+          "[autograd]") {
+  Tensor x = Tensor::from_vector<float>({1, 2}, {2}).set_requires_grad(true);
+  int calls = 0;
+  std::vector<Tensor> seen;
+  auto two_outputs = [&] {
+    Tensor a = x.clone(), b = x.clone();  // stand-ins for what a fused kernel would write
+    record("pair", {&a, &b}, {&x}, {},
+           [&](Node&, const std::vector<Tensor>& grads) {
+             ++calls;
+             seen = grads;
+             Tensor dx = Tensor::zeros({2});
+             for (const Tensor& g : grads)
+               if (g.defined()) dx = ops::add(dx, g);
+             return std::vector<Tensor>{dx};
+           });
+    return std::make_pair(a, b);
+  };
+  auto [a, b] = two_outputs();
+  CHECK(tape_size() == 1);
+  // a is read twice (its gradients add up), b once.
+  backward(ops::add(ops::add(a, a), b), Tensor::from_vector<float>({1, 10}, {2}));
+  CHECK(calls == 1);
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].to_vector<float>() == std::vector<float>{2, 20});
+  CHECK(seen[1].to_vector<float>() == std::vector<float>{1, 10});
+  CHECK(x.grad().to_vector<float>() == std::vector<float>{3, 30});
+
+  auto [c, d] = two_outputs();
+  backward(d, Tensor::from_vector<float>({5, 7}, {2}));  // c is never used
+  CHECK(calls == 2);
+  REQUIRE(seen.size() == 2);
+  CHECK_FALSE(seen[0].defined());
+  CHECK(seen[1].to_vector<float>() == std::vector<float>{5, 7});
+  CHECK(tape_size() == 0);
+}
+
 TEST_CASE("backward needs a scalar or an explicit gradient of the right shape", "[autograd]") {
   Rng rng(4);
   Tensor x = Tensor::randn({2, 2}, rng).set_requires_grad(true);

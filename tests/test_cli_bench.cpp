@@ -79,11 +79,16 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
     fractions += op["fraction_of_step"].get<double>();
     if (op["op"] == "attention" || op["op"] == "attention backward" || op["op"] == "gelu")
       CHECK(op["calls_per_step"].get<double>() == 1.0);
-    if (op["op"] == "layernorm") CHECK(op["calls_per_step"].get<double>() == 3.0);
+    // One block: its norm1 and the final norm alone; norm2 fused with the residual update before.
+    if (op["op"] == "layernorm") CHECK(op["calls_per_step"].get<double>() == 2.0);
+    if (op["op"] == "layerscale_residual_layernorm")
+      CHECK(op["calls_per_step"].get<double>() == 1.0);
   }
   for (const char* op : {"linear", "linear backward", "attention", "attention backward",
                          "layernorm", "layernorm backward", "gelu", "layerscale_residual",
-                         "patch_unfold", "bce_with_logits"}) {
+                         "layerscale_residual_layernorm",
+                         "layerscale_residual_layernorm backward", "patch_unfold",
+                         "bce_with_logits"}) {
     INFO(op);
     CHECK(ops.count(op) == 1);
   }

@@ -1,9 +1,10 @@
-// [gpu] checks of the CUDA kernels of the cast, elementwise, gelu, layernorm, layerscale, losses
-// and tokens families against their CPU twins, as DESIGN.md's tolerances say: fresh random inputs
-// (bf16-rounded once, so both sides see the same numbers), device outputs poisoned with NaN before
-// every call, every element compared, no NaN or infinity allowed. Shapes: ViT-S (C = 384), ViT-H at
-// 160 px (T = 145, C = 1280), and awkward ones: odd token counts, batch 1, C % 8 != 0 and
-// misaligned pointers (the scalar paths), tiny and empty sizes.
+// [gpu] checks of the CUDA kernels of the cast, elementwise, gelu, layernorm, layerscale (alone
+// and fused with the LayerNorm after it), losses and tokens families against their CPU twins, as
+// DESIGN.md's tolerances say: fresh random inputs (bf16-rounded once, so both sides see the same
+// numbers), device outputs poisoned with NaN before every call, every element compared, no NaN or
+// infinity allowed. Shapes: ViT-S (C = 384), ViT-H at 160 px (T = 145, C = 1280), and awkward
+// ones: odd token counts, batch 1, C % 8 != 0 and misaligned pointers (the scalar paths), tiny
+// and empty sizes.
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
@@ -330,6 +331,131 @@ TEST_CASE("cuda layerscale residual forward and backward match the CPU twin", "[
                                      dev_x.get(), s.B, s.T, s.C, stream);
     stream.sync();
     check_close("out in place", dev_x, out_ref, kBf16Tol);
+  }
+}
+
+TEST_CASE("cuda layerscale residual + layernorm forward and backward match the CPU twin",
+          "[gpu][kernels]") {
+  Stream stream;
+  Rng rng(5010);
+  for (const RowShape& s : row_shapes()) {
+    INFO(s.str());
+    const size_t C = static_cast<size_t>(s.C), B = static_cast<size_t>(s.B);
+    const size_t rows = static_cast<size_t>(s.rows());
+    const Bf16Host x = random_bf16(rng, s.n(), -2, 2);
+    const Bf16Host branch = random_bf16(rng, s.n(), -2, 2);
+    const Bf16Host gamma = random_bf16(rng, C, -1, 1);
+    const Bf16Host ln_w = random_bf16(rng, C, 0.5, 1.5);
+    const Bf16Host ln_b = random_bf16(rng, C, -0.5, 0.5);
+    std::vector<float> keep(B);  // drop-path at rate 0.25, the first sample dropped, the last kept
+    for (size_t b = 0; b < B; ++b) keep[b] = rng.uniform() < 0.75 ? 1.f / 0.75f : 0.f;
+    if (B > 1) keep[0] = 0.f;
+    keep[B - 1] = 1.f / 0.75f;
+    F32Buffer dev_keep(keep);
+    Bf16Buffer dev_gamma(gamma.bits), dev_ln_w(ln_w.bits), dev_ln_b(ln_b.bits);
+
+    {
+      INFO("forward");
+      std::vector<float> out_ref(s.n()), y_ref(s.n()), mean(rows), rstd(rows);
+      layerscale_residual_layernorm_forward_cpu(x.values.data(), branch.values.data(),
+                                                gamma.values.data(), keep.data(),
+                                                ln_w.values.data(), ln_b.values.data(),
+                                                out_ref.data(), y_ref.data(), mean.data(),
+                                                rstd.data(), s.B, s.T, s.C, 1e-6);
+      // The kernel's statistics are those of `out` as stored in bf16 (its contract).
+      std::vector<float> out_stored(s.n()), y_unused(s.n()), mean_ref(rows), rstd_ref(rows);
+      for (size_t i = 0; i < s.n(); ++i) out_stored[i] = bf16_to_float(float_to_bf16(out_ref[i]));
+      layernorm_forward_cpu(out_stored.data(), ln_w.values.data(), ln_b.values.data(),
+                            y_unused.data(), mean_ref.data(), rstd_ref.data(), s.rows(), s.C, 1e-6);
+
+      Bf16Buffer dev_x(x.bits, s.offset), dev_branch(branch.bits, s.offset);
+      Bf16Buffer dev_out(s.n(), s.offset), dev_y(s.n(), s.offset);
+      F32Buffer dev_mean(rows), dev_rstd(rows);
+      layerscale_residual_layernorm_forward_cuda(
+          dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(), dev_ln_w.get(),
+          dev_ln_b.get(), dev_out.get(), dev_y.get(), dev_mean.get(), dev_rstd.get(), s.B, s.T,
+          s.C, 1e-6, stream);
+      stream.sync();
+      check_close("out", dev_out, out_ref, kBf16Tol);
+      check_close("y", dev_y, y_ref, kBf16Tol);
+      check_close("mean", dev_mean, mean_ref, kF32SumTol);
+      check_close("rstd", dev_rstd, rstd_ref, kF32SumTol);
+
+      dev_y.poison();  // in place (out = x), without statistics
+      layerscale_residual_layernorm_forward_cuda(
+          dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(), dev_ln_w.get(),
+          dev_ln_b.get(), dev_x.get(), dev_y.get(), nullptr, nullptr, s.B, s.T, s.C, 1e-6, stream);
+      stream.sync();
+      check_close("out in place", dev_x, out_ref, kBf16Tol);
+      check_close("y in place", dev_y, y_ref, kBf16Tol);
+    }
+
+    {
+      INFO("backward");
+      // `out` as a bf16 input of its own, with the statistics its forward would have saved.
+      const Bf16Host out = random_bf16(rng, s.n(), -2, 3);
+      const Bf16Host dout = random_bf16(rng, s.n(), -1, 1);
+      const Bf16Host dy = random_bf16(rng, s.n(), -1, 1);
+      std::vector<float> y(s.n()), mean(rows), rstd(rows);
+      layernorm_forward_cpu(out.values.data(), ln_w.values.data(), ln_b.values.data(), y.data(),
+                            mean.data(), rstd.data(), s.rows(), s.C, 1e-6);
+      struct Reference {
+        std::vector<float> dx, dbranch, dgamma, dw, db;
+      };
+      const auto reference = [&](const float* dout_values) {
+        Reference r{std::vector<float>(s.n()), std::vector<float>(s.n()), std::vector<float>(C),
+                    std::vector<float>(C), std::vector<float>(C)};
+        layerscale_residual_layernorm_backward_cpu(
+            dout_values, dy.values.data(), out.values.data(), branch.values.data(),
+            gamma.values.data(), keep.data(), ln_w.values.data(), mean.data(), rstd.data(),
+            r.dx.data(), r.dbranch.data(), r.dgamma.data(), r.dw.data(), r.db.data(), s.B, s.T,
+            s.C);
+        return r;
+      };
+      const Reference with_dout = reference(dout.values.data());
+      const Reference without_dout = reference(nullptr);
+
+      Bf16Buffer dev_dout(dout.bits, s.offset), dev_dy(dy.bits, s.offset);
+      Bf16Buffer dev_out(out.bits, s.offset), dev_branch(branch.bits, s.offset);
+      Bf16Buffer dev_dx(s.n(), s.offset), dev_dbranch(s.n(), s.offset);
+      F32Buffer dev_mean(mean), dev_rstd(rstd), dev_dgamma(C), dev_dw(C), dev_db(C);
+      F32Buffer workspace(static_cast<size_t>(
+          layerscale_residual_layernorm_backward_cuda_workspace_floats(s.B, s.T, s.C)));
+      const auto run = [&](const bf16_bits* dout_device, bf16_bits* dbranch, float* dgamma,
+                           float* dw, float* db, float* work) {
+        layerscale_residual_layernorm_backward_cuda(
+            dout_device, dev_dy.get(), dev_out.get(), dev_branch.get(), dev_gamma.get(),
+            dev_keep.get(), dev_ln_w.get(), dev_mean.get(), dev_rstd.get(), dev_dx.get(), dbranch,
+            dgamma, dw, db, s.B, s.T, s.C, work, stream);
+        stream.sync();
+      };
+      run(dev_dout.get(), dev_dbranch.get(), dev_dgamma.get(), dev_dw.get(), dev_db.get(),
+          workspace.get());
+      check_close("dx", dev_dx, with_dout.dx, kBf16Tol);
+      check_close("dbranch", dev_dbranch, with_dout.dbranch, kBf16Tol);
+      check_close("dgamma", dev_dgamma, with_dout.dgamma, kF32SumTol);
+      check_close("dln_weight", dev_dw, with_dout.dw, kF32SumTol);
+      check_close("dln_bias", dev_db, with_dout.db, kF32SumTol);
+
+      const std::vector<float> dgamma_first = dev_dgamma.download();
+      const std::vector<float> dw_first = dev_dw.download(), db_first = dev_db.download();
+      for (F32Buffer* b : {&dev_dgamma, &dev_dw, &dev_db, &workspace}) b->poison();
+      dev_dx.poison();
+      run(dev_dout.get(), nullptr, dev_dgamma.get(), dev_dw.get(), dev_db.get(), workspace.get());
+      check_close("dx without dbranch", dev_dx, with_dout.dx, kBf16Tol);
+      check_same_bits("dgamma, second run", dev_dgamma.download(), dgamma_first);
+      check_same_bits("dln_weight, second run", dev_dw.download(), dw_first);
+      check_same_bits("dln_bias, second run", dev_db.download(), db_first);
+
+      dev_dx.poison();
+      dev_dbranch.poison();
+      run(nullptr, dev_dbranch.get(), nullptr, nullptr, nullptr, nullptr);
+      check_close("dx without dout", dev_dx, without_dout.dx, kBf16Tol);
+      check_close("dbranch without dout", dev_dbranch, without_dout.dbranch, kBf16Tol);
+      dev_dgamma.poison();
+      run(nullptr, nullptr, dev_dgamma.get(), nullptr, nullptr, workspace.get());
+      check_close("dgamma alone, without dout", dev_dgamma, without_dout.dgamma, kF32SumTol);
+    }
   }
 }
 

@@ -90,6 +90,72 @@ TEST_CASE("layerscale residual op gradient (x, branch, gamma) by finite differen
       {random_f64({3, 4, 5}, rng), random_f64({3, 4, 5}, rng), random_f64({5}, rng)}, rng);
 }
 
+// The fused residual update + LayerNorm has two outputs; each is differentiated alone and both
+// together (the block's case: the residual stream goes on, the normed copy feeds a branch).
+TEST_CASE("layerscale residual + layernorm op gradients by finite differences", "[gradcheck][ops]") {
+  Rng rng(24);
+  Tensor keep = Tensor::from_vector<double>({1.25, 0.0, 1.25}, {3});  // sample 1 dropped
+  using Output = std::function<Tensor(const ops::ResidualAndNorm&)>;
+  struct Case {
+    const char* name;
+    Output output;
+    bool norm_differentiated;  // whether the LayerNorm's parameters get a gradient at all
+  };
+  const std::vector<Case> cases{
+      {"both",
+       [](const ops::ResidualAndNorm& r) { return ops::add(r.residual, ops::gelu(r.normed)); },
+       true},
+      {"normed only", [](const ops::ResidualAndNorm& r) { return r.normed; }, true},
+      {"residual only", [](const ops::ResidualAndNorm& r) { return r.residual; }, false}};
+  for (const Case& c : cases) {
+    INFO(c.name);
+    check_op_gradients(
+        [keep, output = c.output](const auto& in) {
+          return output(
+              ops::layerscale_residual_layernorm(in[0], in[1], in[2], keep, in[3], in[4], 1e-6));
+        },
+        {random_f64({3, 4, 5}, rng), random_f64({3, 4, 5}, rng), random_f64({5}, rng),
+         random_f64({5}, rng, c.norm_differentiated), random_f64({5}, rng, c.norm_differentiated)},
+        rng);
+  }
+}
+
+TEST_CASE("layerscale residual + layernorm equals the two ops apart, bit for bit on the CPU",
+          "[ops]") {
+  Rng rng(25);
+  const Tensor keep = Tensor::from_vector<float>({1.25f, 0.0f}, {2});
+  auto input = [&](const Shape& shape) {
+    return Tensor::randn(shape, rng).set_requires_grad(true);
+  };
+  const std::vector<Tensor> in{input({2, 7, 12}), input({2, 7, 12}), input({12}), input({12}),
+                               input({12})};
+  const Tensor seed = Tensor::randn({2, 7, 12}, rng);
+  std::vector<std::vector<float>> results[2];
+  for (int fused = 0; fused < 2; ++fused) {
+    Tensor residual, normed;
+    if (fused) {
+      ops::ResidualAndNorm r =
+          ops::layerscale_residual_layernorm(in[0], in[1], in[2], keep, in[3], in[4], 1e-6);
+      residual = r.residual;
+      normed = r.normed;
+    } else {
+      residual = ops::layerscale_residual(in[0], in[1], in[2], keep);
+      normed = ops::layernorm(residual, in[3], in[4], 1e-6);
+    }
+    results[fused] = {residual.to_vector<float>(), normed.to_vector<float>()};
+    // Both outputs differentiated, with different gradients.
+    backward(ops::add(residual, ops::gelu(normed)), seed);
+    for (const Tensor& t : in) {
+      results[fused].push_back(t.grad().to_vector<float>());
+      t.impl().grad.reset();
+    }
+  }
+  for (size_t i = 0; i < results[0].size(); ++i) {
+    INFO("result " << i);
+    CHECK(results[0][i] == results[1][i]);
+  }
+}
+
 TEST_CASE("bce_with_logits op gradient on soft targets by finite differences", "[gradcheck][ops]") {
   Rng rng(17);
   Tensor targets = Tensor::from_vector<double>({1, 0, 0.3, 0.7, 0, 1, 0.5, 0.5}, {2, 4});

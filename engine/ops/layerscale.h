@@ -12,6 +12,20 @@ namespace deit::ops {
 Tensor layerscale_residual(const Tensor& x, const Tensor& branch, const Tensor& gamma,
                            const Tensor& keep_scale);
 
+// The residual update and the LayerNorm that follows it in a pre-norm block, as one op:
+//   residual = layerscale_residual(x, branch, gamma, keep_scale)
+//   normed   = layernorm(residual, ln_weight, ln_bias, eps)
+// The same values and gradients as the two ops apart (exactly so on the CPU); on CUDA one kernel
+// each way instead of three passes (kernels/layerscale.h). residual, normed: (B, T, C).
+struct ResidualAndNorm {
+  Tensor residual;
+  Tensor normed;
+};
+ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& branch,
+                                              const Tensor& gamma, const Tensor& keep_scale,
+                                              const Tensor& ln_weight, const Tensor& ln_bias,
+                                              double eps);
+
 // Per-sample drop-path scales for a batch of B: each sample is kept with probability 1 - rate
 // and then scaled by 1 / (1 - rate), else 0. rate 0 (or eval) gives all ones.
 // Returns a (B) tensor of `dtype` on `device`, drawn on the host from `rng`.

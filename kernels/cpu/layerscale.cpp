@@ -1,6 +1,7 @@
 #include "kernels/layerscale.h"
 
 #include "kernels/cpu/reduce.h"
+#include "kernels/layernorm.h"
 
 namespace deit::kernels {
 
@@ -36,11 +37,47 @@ void layerscale_residual_backward_cpu(const T* dout, const T* branch, const T* g
     });
 }
 
+template <typename T>
+void layerscale_residual_layernorm_forward_cpu(const T* x, const T* branch, const T* gamma,
+                                               const T* keep_scale, const T* ln_weight,
+                                               const T* ln_bias, T* out, T* y, T* mean, T* rstd,
+                                               int64_t B, int64_t Tn, int64_t C, double eps) {
+  // What the CUDA twin fuses, one op after the other: the residual update, then the LayerNorm of
+  // its result. out, y: (B*T, C) rows.
+  layerscale_residual_forward_cpu(x, branch, gamma, keep_scale, out, B, Tn, C);
+  layernorm_forward_cpu(out, ln_weight, ln_bias, y, mean, rstd, B * Tn, C, eps);
+}
+
+template <typename T>
+void layerscale_residual_layernorm_backward_cpu(const T* dout, const T* dy, const T* out,
+                                                const T* branch, const T* gamma,
+                                                const T* keep_scale, const T* ln_weight,
+                                                const T* mean, const T* rstd, T* dx, T* dbranch,
+                                                T* dgamma, T* dln_weight, T* dln_bias, int64_t B,
+                                                int64_t Tn, int64_t C) {
+  // `out` feeds two consumers, the LayerNorm and the rest of the residual stream, so its gradient
+  // dx: (B*T, C) is the sum of theirs; x = out - (the branch term) gets the same gradient.
+  const int64_t rows = B * Tn;
+  layernorm_backward_cpu(dy, out, ln_weight, mean, rstd, dx, dln_weight, dln_bias, rows, C);
+  if (dout) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < rows * C; ++i) dx[i] = dout[i] + dx[i];
+  }
+  // Then LayerScale and drop-path see dx as the gradient of their output.
+  layerscale_residual_backward_cpu(dx, branch, gamma, keep_scale, dbranch, dgamma, B, Tn, C);
+}
+
 #define DEIT_INSTANTIATE(T)                                                                     \
   template void layerscale_residual_forward_cpu<T>(const T*, const T*, const T*, const T*, T*,  \
                                                    int64_t, int64_t, int64_t);                  \
   template void layerscale_residual_backward_cpu<T>(const T*, const T*, const T*, const T*, T*, \
-                                                    T*, int64_t, int64_t, int64_t);
+                                                    T*, int64_t, int64_t, int64_t);              \
+  template void layerscale_residual_layernorm_forward_cpu<T>(                                   \
+      const T*, const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*, int64_t,      \
+      int64_t, int64_t, double);                                                                \
+  template void layerscale_residual_layernorm_backward_cpu<T>(                                  \
+      const T*, const T*, const T*, const T*, const T*, const T*, const T*, const T*, const T*, \
+      T*, T*, T*, T*, T*, int64_t, int64_t, int64_t);
 DEIT_INSTANTIATE(float)
 DEIT_INSTANTIATE(double)
 #undef DEIT_INSTANTIATE

@@ -7,7 +7,16 @@
 // C % 8 == 0 and every pointer is 16-byte aligned, scalar otherwise). Backward: row_chunks blocks
 // of row_threads(C) threads (ceil(C / 8) rounded up to a warp), each thread owning 8 columns and
 // walking a fixed chunk of at least 8 consecutive (b, t) rows.
+//
+// Fused with the LayerNorm that follows (layerscale_residual_layernorm_*): the forward reads x and
+// branch and writes out and y (4 passes over a (B, T, C) tensor where the two ops apart make 5);
+// the backward reads dy, out, dout and branch and writes dx and dbranch (6 passes where LayerNorm
+// backward, the gradient sum of the two consumers of out and LayerScale backward make 9). Launch:
+// the row layout of layernorm.cu (one block per row, forward grid-striding over at most 65536
+// blocks, backward over row_chunks), with dgamma, dln_weight and dln_bias as per-chunk partials.
 // Measured speed: not yet measured on a GPU.
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/layerscale.h"
 
@@ -72,6 +81,114 @@ __global__ void __launch_bounds__(1024)
   if (partials) gpu::store_row<V>(partials + blockIdx.x * C, C, acc);
 }
 
+// One block per row r of the (B*T, C) view, grid-striding: out = x + keep * gamma * branch, then
+// y = LayerNorm(out as rounded to bf16), as layernorm_forward_kernel computes it.
+template <int V>
+__global__ void __launch_bounds__(1024) layerscale_layernorm_forward_kernel(
+    const bf16* x, const bf16* branch, const bf16* gamma, const float* keep_scale,
+    const bf16* ln_weight, const bf16* ln_bias, bf16* out, bf16* y, float* mean, float* rstd,
+    int64_t rows, int64_t Tn, int64_t C, float eps) {
+  __shared__ float scratch[32];
+  float g[kVec], w[kVec], b[kVec];
+  gpu::load_row<V>(gamma, C, g);
+  gpu::load_row<V>(ln_weight, C, w);
+  gpu::load_row<V>(ln_bias, C, b);
+  const float inv_C = 1.f / static_cast<float>(C);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float keep = keep_scale[r / Tn];
+    float v[kVec], br[kVec];
+    gpu::load_row<V>(x + r * C, C, v);
+    gpu::load_row<V>(branch + r * C, C, br);
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      // The LayerNorm sees the residual stream as stored, so backward's xhat matches forward's.
+      v[e] = __bfloat162float(__float2bfloat16_rn(v[e] + keep * g[e] * br[e]));
+      s += v[e];  // slots past C hold 0 + keep * 0 * 0
+    }
+    gpu::store_row<V>(out + r * C, C, v);
+    const float mu = gpu::block_sum(s, scratch) * inv_C;
+    float q = 0.f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      v[e] = gpu::owns_slot<V>(e, C) ? v[e] - mu : 0.f;
+      q += v[e] * v[e];
+    }
+    const float rs = 1.f / sqrtf(gpu::block_sum(q, scratch) * inv_C + eps);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) v[e] = v[e] * rs * w[e] + b[e];
+    gpu::store_row<V>(y + r * C, C, v);
+    if (threadIdx.x == 0) {
+      if (mean) mean[r] = mu;
+      if (rstd) rstd[r] = rs;
+    }
+  }
+}
+
+// Block `chunk` handles rows [chunk * rows_per_chunk, ...) of the (B*T, C) view. Per row:
+// d = dout + LayerNorm backward(dy) in fp32, written to dx; then d * keep is LayerScale's input
+// gradient: dbranch = d * keep * gamma, and d * keep * branch adds to the dgamma partials. Any of
+// dout, dbranch and the partials may be nullptr. gamma and ln_weight are re-read per row (from
+// L1) rather than held, to stay within the 64 registers of a 1024-thread block.
+template <int V>
+__global__ void __launch_bounds__(1024) layerscale_layernorm_backward_kernel(
+    const bf16* dout, const bf16* dy, const bf16* out, const bf16* branch, const bf16* gamma,
+    const float* keep_scale, const bf16* ln_weight, const float* mean, const float* rstd,
+    bf16* dx, bf16* dbranch, float* dgamma_partials, float* dw_partials, float* db_partials,
+    int64_t rows, int64_t Tn, int64_t C, int64_t rows_per_chunk) {
+  __shared__ float scratch[64];
+  const int64_t r0 = blockIdx.x * rows_per_chunk;
+  const int64_t r1 = min(rows, r0 + rows_per_chunk);
+  float dgamma[kVec] = {}, dw[kVec] = {}, db[kVec] = {};
+  const float inv_C = 1.f / static_cast<float>(C);
+  for (int64_t r = r0; r < r1; ++r) {
+    float g[kVec], xh[kVec], t[kVec];
+    gpu::load_row<V>(dy + r * C, C, g);
+    gpu::load_row<V>(out + r * C, C, xh);
+    gpu::load_row<V>(ln_weight, C, t);
+    const float mu = mean[r], rs = rstd[r];
+    float sums[2] = {0.f, 0.f};  // sum_c g, sum_c g * xhat with g = dy * ln_weight
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      xh[e] = (xh[e] - mu) * rs;
+      dw[e] += g[e] * xh[e];  // g still holds dy here; slots past C hold dy = 0
+      db[e] += g[e];
+      g[e] *= t[e];
+      sums[0] += g[e];
+      sums[1] += g[e] * xh[e];
+    }
+    gpu::block_allreduce<gpu::SumOp, 2>(sums, scratch);
+    float d[kVec];
+    if (dout) {
+      gpu::load_row<V>(dout + r * C, C, d);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) d[e] = 0.f;
+    }
+    // dx = dout + rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) d[e] += rs * (g[e] - (sums[0] + xh[e] * sums[1]) * inv_C);
+    gpu::store_row<V>(dx + r * C, C, d);
+    const float keep = keep_scale[r / Tn];
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) d[e] *= keep;
+    if (dgamma_partials) {
+      gpu::load_row<V>(branch + r * C, C, t);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) dgamma[e] += d[e] * t[e];  // branch is 0 past C
+    }
+    if (dbranch) {
+      gpu::load_row<V>(gamma, C, t);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) d[e] *= t[e];
+      gpu::store_row<V>(dbranch + r * C, C, d);
+    }
+  }
+  if (dgamma_partials) gpu::store_row<V>(dgamma_partials + blockIdx.x * C, C, dgamma);
+  if (dw_partials) gpu::store_row<V>(dw_partials + blockIdx.x * C, C, dw);
+  if (db_partials) gpu::store_row<V>(db_partials + blockIdx.x * C, C, db);
+}
+
 }  // namespace
 
 void layerscale_residual_forward_cuda(const bf16_bits* x, const bf16_bits* branch,
@@ -122,6 +239,85 @@ void layerscale_residual_backward_cuda(const bf16_bits* dout, const bf16_bits* b
     DEIT_CUDA_CHECK_LAUNCH();
   }
   if (dgamma) gpu::sum_partials(partials, part.chunks, C, dgamma, stream);
+}
+
+void layerscale_residual_layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* branch,
+                                                const bf16_bits* gamma, const float* keep_scale,
+                                                const bf16_bits* ln_weight,
+                                                const bf16_bits* ln_bias, bf16_bits* out,
+                                                bf16_bits* y, float* mean, float* rstd, int64_t B,
+                                                int64_t Tn, int64_t C, double eps,
+                                                cudaStream_t stream) {
+  const char* fn = "layerscale_residual_layernorm_forward_cuda";
+  gpu::check_sizes(fn, {B, Tn, C});
+  gpu::check_row_width(fn, C);
+  const int64_t rows = B * Tn;
+  if (rows == 0 || C == 0) return;
+  const unsigned grid = static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
+  const int threads = gpu::row_threads(C);
+  const auto* xb = gpu::as_bf16(x);
+  const auto* brb = gpu::as_bf16(branch);
+  const auto* gb = gpu::as_bf16(gamma);
+  const auto* wb = gpu::as_bf16(ln_weight);
+  const auto* bb = gpu::as_bf16(ln_bias);
+  auto* outb = gpu::as_bf16(out);
+  auto* yb = gpu::as_bf16(y);
+  const float e = static_cast<float>(eps);
+  if (C % kVec == 0 && gpu::aligned16(x, branch, gamma, ln_weight, ln_bias, out, y))
+    layerscale_layernorm_forward_kernel<kVec><<<grid, threads, 0, stream>>>(
+        xb, brb, gb, keep_scale, wb, bb, outb, yb, mean, rstd, rows, Tn, C, e);
+  else
+    layerscale_layernorm_forward_kernel<1><<<grid, threads, 0, stream>>>(
+        xb, brb, gb, keep_scale, wb, bb, outb, yb, mean, rstd, rows, Tn, C, e);
+  DEIT_CUDA_CHECK_LAUNCH();
+}
+
+int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, int64_t Tn,
+                                                                      int64_t C) {
+  return 3 * gpu::row_chunks(B * Tn, C).chunks * C;
+}
+
+void layerscale_residual_layernorm_backward_cuda(
+    const bf16_bits* dout, const bf16_bits* dy, const bf16_bits* out, const bf16_bits* branch,
+    const bf16_bits* gamma, const float* keep_scale, const bf16_bits* ln_weight, const float* mean,
+    const float* rstd, bf16_bits* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
+    float* dln_bias, int64_t B, int64_t Tn, int64_t C, float* workspace, cudaStream_t stream) {
+  const char* fn = "layerscale_residual_layernorm_backward_cuda";
+  gpu::check_sizes(fn, {B, Tn, C});
+  gpu::check_row_width(fn, C);
+  if (C == 0) return;
+  const int64_t rows = B * Tn;
+  const gpu::RowChunks part = gpu::row_chunks(rows, C);
+  gpu::check_workspace(fn, workspace, (dgamma || dln_weight || dln_bias) && part.chunks > 0);
+  const int64_t stride = part.chunks * C;
+  float* dgamma_partials = dgamma ? workspace : nullptr;
+  float* dw_partials = dln_weight ? workspace + stride : nullptr;
+  float* db_partials = dln_bias ? workspace + 2 * stride : nullptr;
+  if (part.chunks > 0) {
+    const unsigned grid = static_cast<unsigned>(part.chunks);
+    const int threads = gpu::row_threads(C);
+    const auto* doutb = gpu::as_bf16(dout);
+    const auto* dyb = gpu::as_bf16(dy);
+    const auto* outb = gpu::as_bf16(out);
+    const auto* brb = gpu::as_bf16(branch);
+    const auto* gb = gpu::as_bf16(gamma);
+    const auto* wb = gpu::as_bf16(ln_weight);
+    auto* dxb = gpu::as_bf16(dx);
+    auto* dbrb = gpu::as_bf16(dbranch);
+    if (C % kVec == 0 && gpu::aligned16(dout, dy, out, branch, gamma, ln_weight, dx, dbranch,
+                                        dgamma_partials, dw_partials, db_partials))
+      layerscale_layernorm_backward_kernel<kVec><<<grid, threads, 0, stream>>>(
+          doutb, dyb, outb, brb, gb, keep_scale, wb, mean, rstd, dxb, dbrb, dgamma_partials,
+          dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
+    else
+      layerscale_layernorm_backward_kernel<1><<<grid, threads, 0, stream>>>(
+          doutb, dyb, outb, brb, gb, keep_scale, wb, mean, rstd, dxb, dbrb, dgamma_partials,
+          dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
+    DEIT_CUDA_CHECK_LAUNCH();
+  }
+  if (dgamma) gpu::sum_partials(dgamma_partials, part.chunks, C, dgamma, stream);
+  if (dln_weight) gpu::sum_partials(dw_partials, part.chunks, C, dln_weight, stream);
+  if (dln_bias) gpu::sum_partials(db_partials, part.chunks, C, dln_bias, stream);
 }
 
 }  // namespace deit::kernels
