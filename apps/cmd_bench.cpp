@@ -109,6 +109,7 @@ struct StepOptions {
   std::optional<double> drop_path, peak_tflops;
   int warmup = 3, steps = 10, profile_steps = 2;
   uint64_t seed = 0;
+  bool cuda_graph = false;
   bool json = false;
 };
 
@@ -125,6 +126,11 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
               r.step_ms, r.forward_ms, r.backward_ms, r.optimizer_ms, j["timed_steps"].get<int>(),
               o.warmup);
   std::printf("throughput    %9.1f images/s per process\n", r.images_per_s);
+  if (r.graph_step_ms)
+    std::printf("CUDA graph    %9.2f ms per replayed step, %.1f images/s per process\n",
+                *r.graph_step_ms, j["graph_images_per_s"].get<double>());
+  if (!r.graph_error.empty())
+    std::printf("CUDA graph    failed: %s\n", r.graph_error.c_str());
   std::printf("compute       %9.2f GFLOP per image (6 x forward MACs) -> %.2f TFLOP/s",
               r.train_gflops_per_image, j["achieved_tflops"].get<double>());
   if (r.peak_tflops)
@@ -162,6 +168,7 @@ void run_step(const StepOptions& o) {
   options.profile_steps = o.profile_steps;
   options.peak_tflops = o.peak_tflops;
   options.seed = o.seed;
+  options.cuda_graph = o.cuda_graph;
   if (options.batch_size < 1)
     throw std::invalid_argument("--batch-size must be at least 1, got " +
                                 std::to_string(options.batch_size));
@@ -173,6 +180,8 @@ void run_step(const StepOptions& o) {
   // As `deit train`: a bare --device cuda takes the GPU of the process's local rank.
   const std::string device =
       o.device == "cuda" ? Device::cuda(rendezvous.local_rank).str() : o.device;
+  if (o.cuda_graph && !parse_device(device).is_cuda())
+    throw std::invalid_argument("--cuda-graph needs --device cuda (got " + device + ")");
   const std::unique_ptr<Communicator> comm = make_communicator(parse_device(device), rendezvous);
   const bench::StepReport report = bench::run_step_benchmark(options, *comm);
   if (comm->rank() != 0) return;
@@ -225,6 +234,8 @@ void add_bench_command(CLI::App& app) {
                    "H100/H200 SXM)");
   step->add_option("--seed", s->seed, "Seed of the weights and the synthetic batch")
       ->capture_default_str();
+  step->add_flag("--cuda-graph", s->cuda_graph,
+                 "Also time the step captured once as a CUDA graph and replayed (CUDA only)");
   step->add_flag("--json", s->json,
                  "Print one JSON object (fields: bench/step_bench.h; the same as "
                  "bench/torch_baseline.py)");

@@ -103,8 +103,10 @@ for config in "${configs[@]}"; do
   read -r model size batch <<<"$config"
   "$deit" info --model "$model" --input-size "$size" --json >"$work/info.json"
   gflops=$(field "$work/info.json" train_gflops_per_image)
+  # --cuda-graph: the step replayed as one graph too, a row of its own under the model's phases
+  # (a failed capture is reported there and spares the eager numbers).
   record step "$config" 900 "$deit" bench step --model "$model" --input-size "$size" \
-    --batch-size "$batch" --device cuda --json
+    --batch-size "$batch" --device cuda --cuda-graph --json
   # PyTorch runs the model deit ran: its drop-path rate, its FLOP count, its peak for MFU.
   drop_path=$(field "$last.json" drop_path)
   peak=$(field "$last.json" peak_tflops)

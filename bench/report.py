@@ -104,6 +104,12 @@ def phase_details(label, ours, eager, compiled):
         lines.append(f"| {phase} | " +
                      " | ".join(fmt(r["phases_ms"][phase], ".2f") for _, r in sides) + " |")
     lines.append("| step | " + " | ".join(fmt(r["step_ms"], ".2f") for _, r in sides) + " |")
+    if any(r.get("graph_step_ms") for _, r in sides):
+        lines.append("| step replayed as one CUDA graph | " +
+                     " | ".join(fmt(r.get("graph_step_ms"), ".2f") for _, r in sides) + " |")
+    for name, r in sides:
+        if r.get("graph_error"):
+            lines.append(f"\n{name}: the CUDA graph of the step failed: {r['graph_error']}")
     for name, r in sides:
         if not r.get("breakdown"):
             continue

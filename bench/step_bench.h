@@ -1,7 +1,9 @@
 // `deit bench step`: the speed of one DeiT III training step, as the trainer runs it (forward,
-// BCE loss, backward with the data-parallel gradient reduction, the optimizer update; eager, no
-// CUDA graph), on a synthetic batch that already sits on the device, so the input pipeline is not
-// part of it (`deit bench data` measures that).
+// BCE loss, backward with the data-parallel gradient reduction, the optimizer update; eager), on a
+// synthetic batch that already sits on the device, so the input pipeline is not part of it
+// (`deit bench data` measures that). With --cuda-graph, also the same step captured once as a CUDA
+// graph and replayed: what the step costs when the host launches one graph instead of every
+// kernel.
 //
 // One JSON object per run (to_json), with the same field names as bench/torch_baseline.py prints
 // for PyTorch + timm, so bench/compare.sh can set the two side by side:
@@ -28,6 +30,11 @@
 //                        (bench/op_profiler.h): [{op, ms_per_step, calls_per_step,
 //                        fraction_of_step}], plus profiled_step_ms and other_ms (the profiled
 //                        step's time outside any op: casts, optimizer, launch gaps)
+//   graph_step_ms, graph_images_per_s   --cuda-graph only (else null): the mean time of a
+//                        replayed step (drop-path keep scales refilled and the optimizer's
+//                        scalars written before each replay), and batch_size / it
+//   graph_error          --cuda-graph only: why the capture or a replay failed (then the two
+//                        above are null and the eager numbers stand), else null
 //   comm                 several ranks only (else null): {backend, measured_by,
 //                        total_ms_per_step, exposed_ms_per_step}: the gradient reduction's time
 //                        and the part of it backward does not hide, per step. measured_by
@@ -61,6 +68,7 @@ struct StepBenchOptions {
   int steps = 10;
   int profile_steps = 2;  // 0: no breakdown
   std::optional<double> peak_tflops;  // overrides the table of known GPUs
+  bool cuda_graph = false;            // also time the step replayed as a CUDA graph (CUDA only)
   uint64_t seed = 0;
 };
 
@@ -88,6 +96,8 @@ struct StepReport {
   std::string comm_backend;
   std::string comm_measured_by;  // "bucket events" or "step time difference" (to_json)
   std::optional<double> comm_total_ms, comm_exposed_ms;
+  std::optional<double> graph_step_ms;
+  std::string graph_error;  // empty: none
 };
 
 // Runs the benchmark on comm.device() (a CUDA device, or the CPU), every rank of `comm` alike.

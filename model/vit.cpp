@@ -4,6 +4,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/staged_upload.h"
 
 namespace deit::model {
 
@@ -33,8 +34,29 @@ void VisionTransformer::initialize(Rng& rng) {
   }
 }
 
+Tensor VisionTransformer::draw_keep_scales(int64_t B, double drop_path_rate, Rng& rng,
+                                           DType dtype) const {
+  // The draws are those of one call per branch, in forward order.
+  return ops::drop_path_keep_scales(2 * config_.depth * B, drop_path_rate, rng, dtype)
+      .view({2 * config_.depth, B});
+}
+
 Tensor VisionTransformer::forward(const Tensor& images, double drop_path_rate,
                                   Rng* drop_path_rng) const {
+  const Tensor& any_param = p("cls_token");
+  const int64_t B = images.dim() > 0 ? images.size(0) : 0;
+  // Every residual branch's keep scales go up together: on CUDA one upload before the forward's
+  // kernels are queued, rather than a host wait in the middle of them at every branch.
+  const Tensor keep_scales =
+      drop_path_rng
+          ? upload_without_waiting(
+                draw_keep_scales(B, drop_path_rate, *drop_path_rng, any_param.dtype()),
+                any_param.device())
+          : Tensor::full({2 * config_.depth, B}, 1.0, any_param.dtype(), any_param.device());
+  return forward(images, keep_scales);
+}
+
+Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scales) const {
   const ViTConfig& c = config_;
   if (images.dim() != 4 || images.size(1) != c.in_channels || images.size(2) != c.input_size ||
       images.size(3) != c.input_size)
@@ -43,19 +65,13 @@ Tensor VisionTransformer::forward(const Tensor& images, double drop_path_rate,
                                 std::to_string(c.input_size) + ", " +
                                 std::to_string(c.input_size) + "), got " + images.describe());
   const int64_t B = images.size(0), C = c.dim;
-  const Tensor& any_param = p("cls_token");
-  // The per-sample keep scales of every residual branch (two per block, in forward order), drawn
-  // together: on CUDA one upload before the forward's kernels are queued, rather than a host wait
-  // in the middle of them at every branch. The draws are those of one call per branch.
-  const int64_t branches = 2 * c.depth;
-  const Tensor all_keep_scales =
-      (drop_path_rng ? ops::drop_path_keep_scales(branches * B, drop_path_rate, *drop_path_rng,
-                                                  any_param.dtype(), any_param.device())
-                     : Tensor::full({branches * B}, 1.0, any_param.dtype(), any_param.device()))
-          .view({branches, B});
+  if (keep_scales.shape() != Shape{2 * c.depth, B})
+    throw std::invalid_argument("model " + c.name + ": keep scales " + keep_scales.describe() +
+                                " for a batch of " + std::to_string(B) + " (want (" +
+                                std::to_string(2 * c.depth) + ", " + std::to_string(B) + "))");
   int64_t branch = 0;
-  auto keep_scales = [&] {
-    const Tensor row = all_keep_scales.slice(branch, branch + 1).view({B});
+  auto keep_scales_of_next_branch = [&] {
+    const Tensor row = keep_scales.slice(branch, branch + 1).view({B});
     ++branch;
     return row;
   };
@@ -75,17 +91,17 @@ Tensor VisionTransformer::forward(const Tensor& images, double drop_path_rate,
     h = ops::attention(h, c.heads);
     h = ops::linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"));
     ops::ResidualAndNorm r = ops::layerscale_residual_layernorm(
-        x, h, p(b + "ls1.gamma"), keep_scales(), p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
+        x, h, p(b + "ls1.gamma"), keep_scales_of_next_branch(), p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
     x = r.residual;
 
     h = ops::gelu(ops::linear(r.normed, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias")));
     h = ops::linear(h, p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"));
     if (i + 1 == c.depth) {
-      x = ops::layerscale_residual(x, h, p(b + "ls2.gamma"), keep_scales());
+      x = ops::layerscale_residual(x, h, p(b + "ls2.gamma"), keep_scales_of_next_branch());
       break;
     }
     const std::string next = block(i + 1);
-    r = ops::layerscale_residual_layernorm(x, h, p(b + "ls2.gamma"), keep_scales(),
+    r = ops::layerscale_residual_layernorm(x, h, p(b + "ls2.gamma"), keep_scales_of_next_branch(),
                                            p(next + "norm1.weight"), p(next + "norm1.bias"), eps);
     x = r.residual;
     h = r.normed;

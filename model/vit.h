@@ -31,6 +31,13 @@ class VisionTransformer {
   // without it, nothing is dropped (evaluation).
   Tensor forward(const Tensor& images, double drop_path_rate = 0.0,
                  Rng* drop_path_rng = nullptr) const;
+  // The same with the drop-path keep scales given: (2 * depth, B) on the parameters' device and
+  // in their dtype, row 2i for block i's attention branch and 2i + 1 for its MLP branch, each
+  // 0 (dropped) or 1 / (1 - rate) (kept). A CUDA graph of the step reads them from a buffer that
+  // is refilled before each replay, since a capture cannot upload.
+  Tensor forward(const Tensor& images, const Tensor& keep_scales) const;
+  // What the first form draws from `rng`, on the host: (2 * depth, B) in `dtype`.
+  Tensor draw_keep_scales(int64_t B, double drop_path_rate, Rng& rng, DType dtype) const;
 
   const ViTConfig& config() const { return config_; }
   ParameterRegistry& parameters() { return params_; }

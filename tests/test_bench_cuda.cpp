@@ -158,8 +158,13 @@ TEST_CASE("deit bench step on the GPU reports the documented fields", "[gpu][ben
   o.warmup = 1;
   o.steps = 2;
   o.profile_steps = 1;
+  o.cuda_graph = true;
   const auto comm = deit::make_communicator(deit::Device::cuda(0), deit::Rendezvous{});
   const deit::bench::StepReport r = deit::bench::run_step_benchmark(o, *comm);
+  INFO(r.graph_error);
+  CHECK(r.graph_error.empty());
+  REQUIRE(r.graph_step_ms.has_value());
+  CHECK(*r.graph_step_ms > 0);
   CHECK(r.device == "cuda:0");
   CHECK(r.precision == "bf16");
   CHECK(r.step_ms > 0);

@@ -96,6 +96,11 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
   CHECK(in_ops + j["other_ms"].get<double>() ==
         Approx(j["profiled_step_ms"].get<double>()).epsilon(1e-6));
   CHECK(j["comm"].is_null());  // one process
+  for (const char* field : {"graph_step_ms", "graph_images_per_s", "graph_error"}) {
+    INFO(field);
+    CHECK(j.contains(field));
+    CHECK(j[field].is_null());  // no --cuda-graph
+  }
 }
 
 TEST_CASE("deit bench step takes a peak for MFU and the recipe's overrides", "[cli][bench]") {
@@ -123,6 +128,9 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
   r = run_deit("bench step --device cpu");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--model"));
+  r = run_deit("bench step --model deit3_tiny --device cpu --cuda-graph");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--cuda-graph needs --device cuda"));
   r = run_deit("bench kernels --device cpu");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--device must be cuda"));

@@ -185,7 +185,7 @@ TEST_CASE("drop-path keeps each sample with probability 1 - rate and rescales it
   Rng rng(7);
   const double rate = 0.2;
   const int64_t B = 200000;
-  const std::vector<double> s = ops::drop_path_keep_scales(B, rate, rng, DType::f64, Device::cpu())
+  const std::vector<double> s = ops::drop_path_keep_scales(B, rate, rng, DType::f64)
                                     .to_vector<double>();
   int64_t kept = 0;
   double sum = 0;
@@ -197,7 +197,7 @@ TEST_CASE("drop-path keeps each sample with probability 1 - rate and rescales it
   // Binomial(B, 0.8): standard deviation sqrt(B * 0.8 * 0.2) ~ 179; allow 5 sigma.
   CHECK(std::abs(kept - 0.8 * B) < 5 * std::sqrt(B * 0.16));
   CHECK(sum / B == Approx(1.0).epsilon(0.01));  // the expectation of the branch is preserved
-  for (double v : ops::drop_path_keep_scales(8, 0.0, rng, DType::f64, Device::cpu()).to_vector<double>())
+  for (double v : ops::drop_path_keep_scales(8, 0.0, rng, DType::f64).to_vector<double>())
     CHECK(v == 1.0);
-  CHECK_THROWS(ops::drop_path_keep_scales(8, 1.0, rng, DType::f64, Device::cpu()));
+  CHECK_THROWS(ops::drop_path_keep_scales(8, 1.0, rng, DType::f64));
 }

@@ -3,7 +3,6 @@
 #include "engine/autograd.h"
 #include "engine/ops/op_utils.h"
 #include "engine/rng.h"
-#include "engine/staged_upload.h"
 #include "kernels/layerscale.h"
 
 namespace deit::ops {
@@ -177,13 +176,12 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
   return result;
 }
 
-Tensor drop_path_keep_scales(int64_t B, double rate, Rng& rng, DType dtype, Device device) {
+Tensor drop_path_keep_scales(int64_t B, double rate, Rng& rng, DType dtype) {
   check(rate >= 0.0 && rate < 1.0, "drop_path", "rate must be in [0, 1), got " + std::to_string(rate));
   Tensor scales = Tensor::empty({B}, DType::f64);
   double* s = scales.data<double>();
   for (int64_t b = 0; b < B; ++b) s[b] = rate == 0.0 ? 1.0 : (rng.bernoulli(1.0 - rate) ? 1.0 / (1.0 - rate) : 0.0);
-  // Drawn every forward: the upload must not make the host wait for the device.
-  return upload_without_waiting(scales.to(dtype), device);
+  return scales.to(dtype);
 }
 
 }  // namespace deit::ops

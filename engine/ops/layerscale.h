@@ -28,7 +28,7 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
 
 // Per-sample drop-path scales for a batch of B: each sample is kept with probability 1 - rate
 // and then scaled by 1 / (1 - rate), else 0. rate 0 (or eval) gives all ones.
-// Returns a (B) tensor of `dtype` on `device`, drawn on the host from `rng`.
-Tensor drop_path_keep_scales(int64_t B, double rate, Rng& rng, DType dtype, Device device);
+// Returns a (B) tensor of `dtype` in host memory, drawn from `rng`.
+Tensor drop_path_keep_scales(int64_t B, double rate, Rng& rng, DType dtype);
 
 }  // namespace deit::ops
