@@ -68,6 +68,9 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--bucket-mb", bucket_mb, "Several ranks: gradients are averaged in buckets of "
                                            "at most this many MiB, each as soon as backward has "
                                            "finished it (25)");
+  cmd.add_flag("--cuda-graph", cuda_graph,
+               "CUDA: capture the training step once as a CUDA graph and replay it for every "
+               "later batch (one launch per step instead of every kernel; needs --accum-steps 1)");
   cmd.add_flag("--quiet", quiet, "No progress output");
 }
 
@@ -110,6 +113,7 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(workers, o.workers);
   override_with(bucket_mb, o.bucket_mb);
   o.zero = zero;
+  o.cuda_graph = cuda_graph;
   o.progress = !quiet;
   return o;
 }

@@ -26,6 +26,7 @@ struct TrainFlags {
   std::optional<int> workers;
   std::optional<double> bucket_mb;
   bool zero = false;
+  bool cuda_graph = false;
   bool quiet = false;
 
   void add_to(CLI::App& cmd);

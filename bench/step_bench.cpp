@@ -12,13 +12,12 @@
 #include "engine/sharded_optimizer.h"
 #include "model/cost.h"
 #include "model/vit.h"
+#include "train/graph_step.h"
 
 #if DEIT_HAVE_CUDA
 #include <cuda_runtime.h>
 
 #include "bench/cuda_timing.h"
-#include "engine/cuda_graph.h"
-#include "engine/staged_upload.h"
 #include "engine/stream.h"
 #include "kernels/check.h"
 #endif
@@ -180,34 +179,33 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
     return t.back() / n;
   };
 
-  // The same step captured once and replayed (after everything else: the capture's blocks stay
-  // the graph's, so they are not in the peak above). What the graph reads stays where the capture
-  // saw it: the batch, and a keep-scale buffer refilled before each replay, since a capture
-  // cannot upload; the learning rate and step count reach the replayed update through
-  // begin_step_async (engine/cuda_graph.h).
+  // The same step captured once and replayed as `deit train --cuda-graph` runs it
+  // (train/graph_step.h), after everything else: the capture's blocks stay the graph's, so they
+  // are not in the peak above.
   auto replayed_step_ms = [&]() -> double {
-#if DEIT_HAVE_CUDA
-    Tensor keep_scales =
-        Tensor::empty({2 * o.model.depth, o.batch_size}, DType::f32, device);
-    auto refill_keep_scales = [&] {
-      keep_scales.copy_from(upload_without_waiting(
-          vit.draw_keep_scales(o.batch_size, o.drop_path, drop_path_rng, DType::f32), device));
-    };
-    Tensor loss;
-    CudaGraph graph;
-    params.zero_grad();
-    comm.barrier();
-    graph.capture(device.index, [&] {
-      loss = ops::bce_with_logits(vit.forward(batch.images, keep_scales), batch.targets);
+    const int64_t B = o.batch_size;
+    train::GraphStep graph(device, [&](const Tensor& images, const Tensor& targets,
+                                       const Tensor& keep_scales) {
+      const Tensor loss = ops::bce_with_logits(vit.forward(images, keep_scales), targets);
       reducer.backward(loss, grad_loss);
       optimizer.update_async();
+      return loss;
     });
-    auto replay = [&] {
-      refill_keep_scales();
-      optimizer.begin_step_async();
-      graph.launch();
+    auto keep_scales = [&] {
+      return vit.draw_keep_scales(B, o.drop_path, drop_path_rng, DType::f32);
     };
-    for (int i = 0; i < o.warmup; ++i) replay();
+    params.zero_grad();
+    const std::string failure = graph.capture(batch.images, batch.targets, keep_scales(), comm);
+    if (!failure.empty()) {
+      params.zero_grad();
+      throw std::runtime_error("the step could not be captured: " + failure);
+    }
+    auto replay = [&] {
+      (void)graph.run(batch.images, batch.targets, keep_scales(),
+                      [&] { optimizer.begin_step_async(); });
+    };
+    // At least one untimed replay: the first launch of a graph uploads it to the device.
+    for (int i = 0; i < std::max(1, o.warmup); ++i) replay();
     wait_for_device(device);
     comm.barrier();
     const int n = std::max(1, o.steps);
@@ -215,10 +213,9 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
     marks.mark();
     for (int i = 0; i < n; ++i) replay();
     marks.mark();
-    return marks.since_first_ms().back() / n;
-#else
-    throw std::runtime_error("bench step: --cuda-graph needs a build with CUDA");
-#endif
+    const double ms = marks.since_first_ms().back() / n;
+    params.zero_grad();  // the gradients the graph writes are not a later eager step's to add to
+    return ms;
   };
 
   for (int i = 0; i < o.warmup; ++i) step(true, nullptr);

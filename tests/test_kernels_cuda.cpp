@@ -342,7 +342,6 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
     INFO(s.str());
     const size_t C = static_cast<size_t>(s.C), B = static_cast<size_t>(s.B);
     const size_t rows = static_cast<size_t>(s.rows());
-    const Bf16Host x = random_bf16(rng, s.n(), -2, 2);
     const Bf16Host branch = random_bf16(rng, s.n(), -2, 2);
     const Bf16Host gamma = random_bf16(rng, C, -1, 1);
     const Bf16Host ln_w = random_bf16(rng, C, 0.5, 1.5);
@@ -356,17 +355,15 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
 
     {
       INFO("forward");
-      std::vector<float> out_ref(s.n()), y_ref(s.n()), mean(rows), rstd(rows);
+      // x away from 0, so that the LayerNorm's centring matters.
+      const Bf16Host x = random_bf16(rng, s.n(), 1.0, 3.0);
+      std::vector<float> out_ref(s.n()), y_unrounded(s.n()), mean_unused(rows), rstd_unused(rows);
       layerscale_residual_layernorm_forward_cpu(x.values.data(), branch.values.data(),
                                                 gamma.values.data(), keep.data(),
                                                 ln_w.values.data(), ln_b.values.data(),
-                                                out_ref.data(), y_ref.data(), mean.data(),
-                                                rstd.data(), s.B, s.T, s.C, 1e-6);
-      // The kernel's statistics are those of `out` as stored in bf16 (its contract).
-      std::vector<float> out_stored(s.n()), y_unused(s.n()), mean_ref(rows), rstd_ref(rows);
-      for (size_t i = 0; i < s.n(); ++i) out_stored[i] = bf16_to_float(float_to_bf16(out_ref[i]));
-      layernorm_forward_cpu(out_stored.data(), ln_w.values.data(), ln_b.values.data(),
-                            y_unused.data(), mean_ref.data(), rstd_ref.data(), s.rows(), s.C, 1e-6);
+                                                out_ref.data(), y_unrounded.data(),
+                                                mean_unused.data(), rstd_unused.data(), s.B, s.T,
+                                                s.C, 1e-6);
 
       Bf16Buffer dev_x(x.bits, s.offset), dev_branch(branch.bits, s.offset);
       Bf16Buffer dev_out(s.n(), s.offset), dev_y(s.n(), s.offset);
@@ -377,7 +374,15 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
           s.C, 1e-6, stream);
       stream.sync();
       check_close("out", dev_out, out_ref, kBf16Tol);
+      // The LayerNorm half normalises `out` as the kernel stored it (its contract): those bf16
+      // values may sit an ulp from bf16(out_ref) where the device fuses the residual update into
+      // one FMA, so the statistics' reference starts from the stored values.
+      const std::vector<float> out_stored = download_float(dev_out);
+      std::vector<float> y_ref(s.n()), mean_ref(rows), rstd_ref(rows);
+      layernorm_forward_cpu(out_stored.data(), ln_w.values.data(), ln_b.values.data(),
+                            y_ref.data(), mean_ref.data(), rstd_ref.data(), s.rows(), s.C, 1e-6);
       check_close("y", dev_y, y_ref, kBf16Tol);
+      check_close("y against the CPU twin", dev_y, y_unrounded, kBf16Tol);
       check_close("mean", dev_mean, mean_ref, kF32SumTol);
       check_close("rstd", dev_rstd, rstd_ref, kF32SumTol);
 
@@ -386,7 +391,7 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
           dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(), dev_ln_w.get(),
           dev_ln_b.get(), dev_x.get(), dev_y.get(), nullptr, nullptr, s.B, s.T, s.C, 1e-6, stream);
       stream.sync();
-      check_close("out in place", dev_x, out_ref, kBf16Tol);
+      check_same_bits("out in place", download_float(dev_x), out_stored);
       check_close("y in place", dev_y, y_ref, kBf16Tol);
     }
 
@@ -603,16 +608,24 @@ TEST_CASE("cuda kernels accept empty sizes and reject what they cannot do", "[gp
                                          384, 1e-6, stream));
   REQUIRE_NOTHROW(layerscale_residual_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, 0,
                                                    197, 384, stream));
+  REQUIRE_NOTHROW(layerscale_residual_layernorm_forward_cuda(nullptr, nullptr, nullptr, nullptr,
+                                                             nullptr, nullptr, nullptr, nullptr,
+                                                             nullptr, nullptr, 0, 197, 384, 1e-6,
+                                                             stream));
   REQUIRE_NOTHROW(cls_select_backward_cuda(nullptr, nullptr, 0, 197, 384, stream));
   REQUIRE_NOTHROW(patch_unfold_cuda(nullptr, nullptr, 0, 3, 224, 224, 16, stream));
   stream.sync();
 
   // Sums over no rows are zero.
   F32Buffer dw(384), db(384), dgamma(384), dpos(4 * 8), dcls(8), loss(1);
+  F32Buffer fused_dgamma(384), fused_dw(384), fused_db(384);
   layernorm_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, dw.get(), db.get(),
                           0, 384, nullptr, stream);
   layerscale_residual_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, dgamma.get(), 0,
                                     197, 384, nullptr, stream);
+  layerscale_residual_layernorm_backward_cuda(
+      nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+      nullptr, fused_dgamma.get(), fused_dw.get(), fused_db.get(), 0, 197, 384, nullptr, stream);
   pos_embed_cls_backward_cuda(nullptr, nullptr, dpos.get(), dcls.get(), 0, 4, 8, stream);
   bce_with_logits_cuda(nullptr, nullptr, loss.get(), nullptr, 0, 1000, nullptr, stream);
   stream.sync();
@@ -620,6 +633,9 @@ TEST_CASE("cuda kernels accept empty sizes and reject what they cannot do", "[gp
   check_close("layernorm dweight", dw, zeros384, kExact);
   check_close("layernorm dbias", db, zeros384, kExact);
   check_close("layerscale dgamma", dgamma, zeros384, kExact);
+  check_close("fused dgamma", fused_dgamma, zeros384, kExact);
+  check_close("fused LayerNorm dweight", fused_dw, zeros384, kExact);
+  check_close("fused LayerNorm dbias", fused_db, zeros384, kExact);
   check_close("dpos", dpos, std::vector<float>(4 * 8, 0.f), kExact);
   check_close("dcls", dcls, std::vector<float>(8, 0.f), kExact);
   check_close("loss", loss, {0.f}, kExact);
@@ -629,6 +645,11 @@ TEST_CASE("cuda kernels accept empty sizes and reject what they cannot do", "[gp
                                          8193, 1e-6, stream),
                   std::invalid_argument);
   CHECK_THROWS_AS(gelu_forward_cuda(nullptr, nullptr, -1, stream), std::invalid_argument);
+  CHECK_THROWS_AS(layerscale_residual_layernorm_forward_cuda(nullptr, nullptr, nullptr, nullptr,
+                                                             nullptr, nullptr, nullptr, nullptr,
+                                                             nullptr, nullptr, 1, 1, 8193, 1e-6,
+                                                             stream),
+                  std::invalid_argument);
   CHECK_THROWS_AS(layernorm_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                           dw.get(), nullptr, 4, 384, nullptr, stream),
                   std::invalid_argument);

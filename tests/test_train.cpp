@@ -22,6 +22,7 @@
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
 #include "train/finetune.h"
+#include "train/recipe.h"
 
 using namespace deit;
 using deit::test::CliResult;
@@ -213,6 +214,19 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   r = run_deit(tiny_train_args(data, out, 1) + " --batch-size 15");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--batch-size"));
+
+  r = run_deit(tiny_train_args(data, out, 1) + " --cuda-graph");  // the CPU has no graphs
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--cuda-graph needs --device cuda"));
+  // (Checked before any device is needed, so also on machines without a GPU.)
+  train::TrainOptions graph = train::recipe_for("deit3_tiny");
+  graph.data_dir = data;
+  graph.output_dir = out;
+  graph.device = "cuda:0";
+  graph.cuda_graph = true;
+  CHECK_NOTHROW(graph.validate());
+  graph.accum_steps = 2;
+  CHECK_THROWS_WITH(graph.validate(), Catch::Contains("--accum-steps 1"));
 }
 
 TEST_CASE("a diverging run or another model's checkpoint never replaces a good checkpoint",

@@ -52,6 +52,11 @@ void TrainOptions::validate() const {
   if (workers < 1) fail("--workers must be at least 1");
   if (!(bucket_mb > 0)) fail("--bucket-mb must be positive");
   if (!resume.empty() && !finetune.empty()) fail("--resume and --finetune cannot be combined");
+  if (cuda_graph && device.rfind("cuda", 0) != 0)
+    fail("--cuda-graph needs --device cuda, got --device " + device);
+  if (cuda_graph && accum_steps != 1)
+    fail("--cuda-graph captures whole optimizer steps: it needs --accum-steps 1, got " +
+         std::to_string(accum_steps));
 }
 
 nlohmann::json TrainOptions::to_json() const {
@@ -95,6 +100,7 @@ nlohmann::json TrainOptions::to_json() const {
           {"finetune", finetune},
           {"seed", seed},
           {"zero", zero},
+          {"cuda_graph", cuda_graph},
           {"bucket_mb", bucket_mb}};
 }
 

@@ -52,6 +52,7 @@ struct TrainOptions {
   std::string finetune;  // checkpoint or weights to start from (new resolution / classes allowed)
   uint64_t seed = 0;
   int workers = 2;       // data loading threads
+  bool cuda_graph = false;  // CUDA: replay one captured step after the first (train/graph_step.h)
 
   // Data-parallel runs (one process per rank; see README "Multi-GPU / multi-node").
   bool zero = false;       // shard the optimizer state across the ranks (ZeRO stage 1)

@@ -16,12 +16,14 @@
 #include "engine/ops.h"
 #include "engine/schedule.h"
 #include "engine/sharded_optimizer.h"
+#include "engine/staged_upload.h"
 #include "engine/stream.h"
 #include "kernels/augment.h"
 #include "model/checkpoint.h"
 #include "model/cost.h"
 #include "train/data_pipeline.h"
 #include "train/finetune.h"
+#include "train/graph_step.h"
 #include "train/input_feed.h"
 #include "train/progress.h"
 #include "train/step_readback.h"
@@ -267,6 +269,28 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   std::optional<StepReadback> readback;
   if (device.is_cuda()) readback.emplace(device, o.accum_steps);
 
+  auto loss_of = [&](const Tensor& logits, const Tensor& targets) {
+    return o.bce_loss ? ops::bce_with_logits(logits, targets)
+                      : ops::soft_cross_entropy(logits, targets);
+  };
+  // Micro-batch losses are averaged over an optimizer step, as one large batch would be; the
+  // gradients are averaged over the ranks once per step, during the step's last backward.
+  const Tensor grad_loss =
+      Tensor::full({1}, 1.0 / static_cast<double>(o.accum_steps), DType::f32, device);
+  // --cuda-graph: every optimizer step after the run's first (eager, which warms the plans and the
+  // allocator's cache) replays one captured step (train/graph_step.h; --accum-steps is 1).
+  std::unique_ptr<GraphStep> graph_step;
+  if (o.cuda_graph)
+    graph_step = std::make_unique<GraphStep>(
+        device, [&](const Tensor& images, const Tensor& targets, const Tensor& keep_scales) {
+          const Tensor loss = loss_of(vit.forward(images, keep_scales), targets);
+          reducer.backward(loss, grad_loss);
+          optimizer.update_async();
+          if (ema) ema->update(params);
+          return loss;
+        });
+  bool warm = false;  // an eager optimizer step has run
+
   int64_t train_images = 0;
   double train_seconds = 0;
   for (int64_t epoch = start_epoch; epoch < o.epochs; ++epoch) {
@@ -297,6 +321,21 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                              "; nothing of this epoch was saved (the last checkpoint, if any, is " +
                              "untouched)");
     };
+    // CUDA: the end of a queued optimizer step. The device works through it while the next batch
+    // goes up; then one wait reads its values: the losses first (a non-finite loss makes the
+    // gradient non-finite too, and names the batch), then the norm the update was skipped for.
+    auto finish_cuda_step = [&] {
+      train_feed.prefetch();
+      const StepReadback::Values values = readback->read(optimizer.device_grad_norm(), comm);
+      for (size_t i = 0; i < values.losses.size(); ++i)
+        check_loss(values.losses[i], uncounted[i].number);
+      if (!std::isfinite(values.grad_norm))
+        throw TrainingDiverged("optimizer: the global gradient norm is " +
+                               std::to_string(values.grad_norm) + " at epoch " +
+                               std::to_string(epoch) + "; nothing of this epoch was saved");
+      uncounted_losses = values.losses;
+      params.zero_grad();
+    };
     while (const FeedBatch* batch = train_feed.next()) {
       // Mixup and drop-path draw per rank and batch, as the reference's per-rank seeds do.
       const uint64_t stream_batch = batch->number * static_cast<uint64_t>(world) + rank;
@@ -308,53 +347,55 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
           draw_mix(o, static_cast<int>(o.model.input_size), epoch, stream_batch);
       const Tensor targets = mix_batch(o, mix, images, *batch);
       Rng drop_path_rng = stream_rng(o.seed, Stream::kDropPath, epoch, stream_batch);
-      const Tensor logits = vit.forward(images, o.drop_path, &drop_path_rng);
-      const Tensor loss = o.bce_loss ? ops::bce_with_logits(logits, targets)
-                                     : ops::soft_cross_entropy(logits, targets);
+      const Tensor keep_scales =
+          vit.draw_keep_scales(images.size(0), o.drop_path, drop_path_rng, DType::f32);
       uncounted.push_back({batch->number, static_cast<int64_t>(batch->size)});
-      if (readback) {
-        readback->record_loss(loss);
-      } else {
-        uncounted_losses.push_back(loss.item());
-        check_loss(uncounted_losses.back(), batch->number);
-      }
       ++done;
-      // Micro-batch losses are averaged over an optimizer step, as one large batch would be; the
-      // gradients are averaged over the ranks once per step, during the step's last backward.
-      const Tensor grad_loss =
-          Tensor::full({1}, 1.0 / static_cast<double>(o.accum_steps), DType::f32, device);
       const bool step_now = done % o.accum_steps == 0 || done == batches;
-      if (step_now) {
-        reducer.backward(loss, grad_loss);
-        if (readback) {
-          // Queued whole, then read once: the losses first (a non-finite loss makes the gradient
-          // non-finite too, and names the batch), then the norm the update was skipped for.
-          optimizer.step_async();
-          if (ema) ema->update(params);
-          // The device works through the queued step; meanwhile the next batch goes up.
-          train_feed.prefetch();
-          const StepReadback::Values values = readback->read(optimizer.device_grad_norm(), comm);
-          for (size_t i = 0; i < values.losses.size(); ++i)
-            check_loss(values.losses[i], uncounted[i].number);
-          if (!std::isfinite(values.grad_norm))
-            throw TrainingDiverged("optimizer: the global gradient norm is " +
-                                   std::to_string(values.grad_norm) + " at epoch " +
-                                   std::to_string(epoch) + "; nothing of this epoch was saved");
-          uncounted_losses = values.losses;
-          params.zero_grad();
-        } else {
-          try {
-            optimizer.step();
-          } catch (const NonFiniteGradient& e) {
-            throw TrainingDiverged(std::string(e.what()) + " at epoch " + std::to_string(epoch) +
-                                   "; nothing of this epoch was saved");
-          }
-          params.zero_grad();
-          if (ema) ema->update(params);
+      if (graph_step && warm && !graph_step->captured()) {
+        const std::string failure = graph_step->capture(images, targets, keep_scales, comm);
+        if (!failure.empty()) {
+          params.zero_grad();  // what the failed capture made
+          graph_step.reset();
+          if (lead)
+            std::fprintf(stderr, "warning: --cuda-graph: the step could not be captured (%s); "
+                                 "training goes on without a graph\n", failure.c_str());
         }
+      }
+      if (graph_step && graph_step->captured()) {
+        readback->record_loss(graph_step->run(images, targets, keep_scales,
+                                              [&] { optimizer.begin_step_async(); }));
+        finish_cuda_step();
       } else {
-        backward(loss, grad_loss);
-        train_feed.prefetch();
+        const Tensor loss =
+            loss_of(vit.forward(images, upload_without_waiting(keep_scales, device)), targets);
+        if (readback) {
+          readback->record_loss(loss);
+        } else {
+          uncounted_losses.push_back(loss.item());
+          check_loss(uncounted_losses.back(), batch->number);
+        }
+        if (step_now) {
+          reducer.backward(loss, grad_loss);
+          if (readback) {
+            optimizer.step_async();
+            if (ema) ema->update(params);
+            finish_cuda_step();
+          } else {
+            try {
+              optimizer.step();
+            } catch (const NonFiniteGradient& e) {
+              throw TrainingDiverged(std::string(e.what()) + " at epoch " +
+                                     std::to_string(epoch) + "; nothing of this epoch was saved");
+            }
+            params.zero_grad();
+            if (ema) ema->update(params);
+          }
+          warm = true;
+        } else {
+          backward(loss, grad_loss);
+          train_feed.prefetch();
+        }
       }
       for (size_t i = 0; i < uncounted_losses.size(); ++i) {
         loss_sum += uncounted_losses[i];
