@@ -12,6 +12,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/layernorm_row.cuh"
 #include "kernels/layernorm.h"
 
 namespace deit::kernels {
@@ -28,28 +29,12 @@ __global__ void __launch_bounds__(1024)
   float w[kVec], b[kVec];
   gpu::load_row<V>(weight, C, w);
   gpu::load_row<V>(bias, C, b);
-  const float inv_C = 1.f / static_cast<float>(C);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     float v[kVec];
     gpu::load_row<V>(x + r * C, C, v);
-    float s = 0.f;
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) s += v[e];
-    const float mu = gpu::block_sum(s, scratch) * inv_C;
-    float q = 0.f;
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      v[e] = gpu::owns_slot<V>(e, C) ? v[e] - mu : 0.f;
-      q += v[e] * v[e];
-    }
-    const float rs = 1.f / sqrtf(gpu::block_sum(q, scratch) * inv_C + eps);
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) v[e] = v[e] * rs * w[e] + b[e];
+    gpu::layernorm_row_forward<V>(v, w, b, C, eps, scratch, mean ? mean + r : nullptr,
+                                  rstd ? rstd + r : nullptr);
     gpu::store_row<V>(y + r * C, C, v);
-    if (threadIdx.x == 0) {
-      if (mean) mean[r] = mu;
-      if (rstd) rstd[r] = rs;
-    }
   }
 }
 
@@ -65,26 +50,11 @@ __global__ void __launch_bounds__(1024)
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
   float w[kVec], dw[kVec] = {}, db[kVec] = {};
   gpu::load_row<V>(weight, C, w);
-  const float inv_C = 1.f / static_cast<float>(C);
   for (int64_t r = r0; r < r1; ++r) {
     float g[kVec], xh[kVec];
     gpu::load_row<V>(dy + r * C, C, g);
     gpu::load_row<V>(x + r * C, C, xh);
-    const float mu = mean[r], rs = rstd[r];
-    float sums[2] = {0.f, 0.f};  // sum_c g, sum_c g * xhat with g = dy * weight
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      xh[e] = (xh[e] - mu) * rs;
-      dw[e] += g[e] * xh[e];  // g still holds dy here; columns past C hold dy = 0
-      db[e] += g[e];
-      g[e] *= w[e];
-      sums[0] += g[e];
-      sums[1] += g[e] * xh[e];
-    }
-    gpu::block_allreduce<gpu::SumOp, 2>(sums, scratch);
-    // dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) g[e] = rs * (g[e] - (sums[0] + xh[e] * sums[1]) * inv_C);
+    gpu::layernorm_row_backward<V>(g, xh, w, mean[r], rstd[r], C, scratch, dw, db);
     gpu::store_row<V>(dx + r * C, C, g);
   }
   if (dw_partials) gpu::store_row<V>(dw_partials + blockIdx.x * C, C, dw);

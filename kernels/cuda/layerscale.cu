@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/layernorm_row.cuh"
 #include "kernels/layerscale.h"
 
 namespace deit::kernels {
@@ -93,35 +94,20 @@ __global__ void __launch_bounds__(1024) layerscale_layernorm_forward_kernel(
   gpu::load_row<V>(gamma, C, g);
   gpu::load_row<V>(ln_weight, C, w);
   gpu::load_row<V>(ln_bias, C, b);
-  const float inv_C = 1.f / static_cast<float>(C);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float keep = keep_scale[r / Tn];
     float v[kVec], br[kVec];
     gpu::load_row<V>(x + r * C, C, v);
     gpu::load_row<V>(branch + r * C, C, br);
-    float s = 0.f;
+    // The LayerNorm sees the residual stream as stored, so backward's xhat matches forward's.
+    // Slots past C stay 0 (0 + keep * 0 * 0).
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      // The LayerNorm sees the residual stream as stored, so backward's xhat matches forward's.
+    for (int e = 0; e < kVec; ++e)
       v[e] = __bfloat162float(__float2bfloat16_rn(v[e] + keep * g[e] * br[e]));
-      s += v[e];  // slots past C hold 0 + keep * 0 * 0
-    }
     gpu::store_row<V>(out + r * C, C, v);
-    const float mu = gpu::block_sum(s, scratch) * inv_C;
-    float q = 0.f;
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      v[e] = gpu::owns_slot<V>(e, C) ? v[e] - mu : 0.f;
-      q += v[e] * v[e];
-    }
-    const float rs = 1.f / sqrtf(gpu::block_sum(q, scratch) * inv_C + eps);
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) v[e] = v[e] * rs * w[e] + b[e];
+    gpu::layernorm_row_forward<V>(v, w, b, C, eps, scratch, mean ? mean + r : nullptr,
+                                  rstd ? rstd + r : nullptr);
     gpu::store_row<V>(y + r * C, C, v);
-    if (threadIdx.x == 0) {
-      if (mean) mean[r] = mu;
-      if (rstd) rstd[r] = rs;
-    }
   }
 }
 
@@ -140,24 +126,12 @@ __global__ void __launch_bounds__(1024) layerscale_layernorm_backward_kernel(
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
   float dgamma[kVec] = {}, dw[kVec] = {}, db[kVec] = {};
-  const float inv_C = 1.f / static_cast<float>(C);
   for (int64_t r = r0; r < r1; ++r) {
     float g[kVec], xh[kVec], t[kVec];
     gpu::load_row<V>(dy + r * C, C, g);
     gpu::load_row<V>(out + r * C, C, xh);
     gpu::load_row<V>(ln_weight, C, t);
-    const float mu = mean[r], rs = rstd[r];
-    float sums[2] = {0.f, 0.f};  // sum_c g, sum_c g * xhat with g = dy * ln_weight
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      xh[e] = (xh[e] - mu) * rs;
-      dw[e] += g[e] * xh[e];  // g still holds dy here; slots past C hold dy = 0
-      db[e] += g[e];
-      g[e] *= t[e];
-      sums[0] += g[e];
-      sums[1] += g[e] * xh[e];
-    }
-    gpu::block_allreduce<gpu::SumOp, 2>(sums, scratch);
+    gpu::layernorm_row_backward<V>(g, xh, t, mean[r], rstd[r], C, scratch, dw, db);
     float d[kVec];
     if (dout) {
       gpu::load_row<V>(dout + r * C, C, d);
@@ -165,9 +139,9 @@ __global__ void __launch_bounds__(1024) layerscale_layernorm_backward_kernel(
 #pragma unroll
       for (int e = 0; e < kVec; ++e) d[e] = 0.f;
     }
-    // dx = dout + rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))
+    // dx = dout + what flows back through the LayerNorm
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) d[e] += rs * (g[e] - (sums[0] + xh[e] * sums[1]) * inv_C);
+    for (int e = 0; e < kVec; ++e) d[e] += g[e];
     gpu::store_row<V>(dx + r * C, C, d);
     const float keep = keep_scale[r / Tn];
 #pragma unroll
