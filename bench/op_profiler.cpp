@@ -1,6 +1,7 @@
 #include "bench/op_profiler.h"
 
 #include <chrono>
+#include <stdexcept>
 
 #if DEIT_HAVE_CUDA
 #include "engine/stream.h"
@@ -25,34 +26,41 @@ OpProfiler::~OpProfiler() {
 }
 
 void OpProfiler::begin(const char* op, Device device) {
-  if (depth_++ > 0) return;
-  Span span;
-  span.op = op;
+  if (depth_ > 0) {  // a nested op: charged to the outermost
+    ++depth_;
+    return;
+  }
+  spans_.push_back(Span{op});  // owns its events from here on (the destructor frees them)
   if (device.is_cpu()) {
     cpu_start_ms_ = now_ms();
   } else {
 #if DEIT_HAVE_CUDA
+    Span& span = spans_.back();
     DEIT_CUDA_CHECK(cudaEventCreate(&span.start));
     DEIT_CUDA_CHECK(cudaEventCreate(&span.stop));
     DEIT_CUDA_CHECK(cudaEventRecord(span.start, compute_stream(device.index)));
 #endif
   }
-  spans_.push_back(std::move(span));
+  ++depth_;  // only once begin() succeeded: a throwing begin() gets no end()
 }
 
-void OpProfiler::end(const char* /*op*/, Device device) {
-  if (--depth_ > 0) return;
+void OpProfiler::end(const char* /*op*/, Device device) noexcept {
+  if (--depth_ > 0 || spans_.empty()) return;
   Span& span = spans_.back();
   if (device.is_cpu()) {
     span.cpu_ms = now_ms() - cpu_start_ms_;
   } else {
 #if DEIT_HAVE_CUDA
-    DEIT_CUDA_CHECK(cudaEventRecord(span.stop, compute_stream(device.index)));
+    const cudaError_t e = cudaEventRecord(span.stop, compute_stream(device.index));
+    if (e != cudaSuccess && end_error_.empty())
+      end_error_ = std::string("op profiler: cudaEventRecord after ") + span.op + ": " +
+                   cudaGetErrorString(e);
 #endif
   }
 }
 
 std::map<std::string, OpTotal> OpProfiler::totals() {
+  if (!end_error_.empty()) throw std::runtime_error(end_error_);
   std::map<std::string, OpTotal> totals;
   for (const Span& s : spans_) {
     double ms = s.cpu_ms;

@@ -34,9 +34,10 @@ class OpProfiler : public OpObserver {
   OpProfiler& operator=(const OpProfiler&) = delete;
 
   void begin(const char* op, Device device) override;
-  void end(const char* op, Device device) override;
+  void end(const char* op, Device device) noexcept override;
 
-  // Waits for the device work recorded so far and returns the time and calls per op name.
+  // Waits for the device work recorded so far and returns the time and calls per op name. Throws
+  // what end() could not (a failed event record) and what the wait reports.
   std::map<std::string, OpTotal> totals();
 
  private:
@@ -50,6 +51,7 @@ class OpProfiler : public OpObserver {
   std::vector<Span> spans_;
   int depth_ = 0;
   double cpu_start_ms_ = 0;
+  std::string end_error_;  // the first failure in end(), thrown by totals()
 };
 
 // Milliseconds on a monotonic clock.

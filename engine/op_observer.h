@@ -6,7 +6,8 @@
 //
 // begin() comes before the op's kernel is issued and end() after, on the thread that issues it:
 // on CUDA the kernel is only queued by then, so an observer that wants device time records events
-// on the op's stream.
+// on the op's stream. end() also runs when the op throws (from a destructor, possibly while an
+// exception unwinds), so it must not throw: an observer keeps its own failure for later.
 #pragma once
 #include "engine/device.h"
 
@@ -16,7 +17,7 @@ class OpObserver {
  public:
   virtual ~OpObserver() = default;
   virtual void begin(const char* op, Device device) = 0;
-  virtual void end(const char* op, Device device) = 0;
+  virtual void end(const char* op, Device device) noexcept = 0;
 };
 
 // The current thread's observer (nullptr: none).
