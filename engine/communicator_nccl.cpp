@@ -156,18 +156,18 @@ class NcclCommunicator final : public Communicator {
   }
 
   void finish_buckets() override {
-    if (started_ == 0) {
-      joined_ = 0;  // none joined: an earlier step's timing would be read as this one's
-      return;
-    }
+    const size_t started = started_;
+    // Nothing is left started, whatever fails below: the next step starts from bucket 0.
+    started_ = 0;
+    joined_ = 0;  // until joined below: an earlier step's timing would be read as this one's
+    if (started == 0) return;
     DEIT_CUDA_CHECK(cudaEventRecord(join_, compute_));
     // The buckets ran one after another on the communication stream: the end of the last is the
     // end of them all.
-    DEIT_CUDA_CHECK(cudaStreamWaitEvent(compute_, bucket_events_[started_ - 1].done, 0));
+    DEIT_CUDA_CHECK(cudaStreamWaitEvent(compute_, bucket_events_[started - 1].done, 0));
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     DEIT_CUDA_CHECK(cudaStreamIsCapturing(compute_, &capture));
-    joined_ = capture == cudaStreamCaptureStatusNone ? started_ : 0;
-    started_ = 0;
+    joined_ = capture == cudaStreamCaptureStatusNone ? started : 0;
   }
 
   std::optional<BucketTiming> last_bucket_timing() const override {

@@ -46,8 +46,12 @@ void GradientReducer::backward(const Tensor& loss, const Tensor& grad_loss) {
     while (next_bucket_ < buckets_.size()) reduce_bucket(next_bucket_++);
   } catch (...) {
     // The buckets already started still use their gradients: nothing queued after this may
-    // touch them before they end.
-    comm_.finish_buckets();
+    // touch them before they end. If that fails too (a capture the error invalidated), the
+    // first error is the one worth reporting.
+    try {
+      comm_.finish_buckets();
+    } catch (...) {
+    }
     throw;
   }
   comm_.finish_buckets();

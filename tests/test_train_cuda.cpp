@@ -180,21 +180,27 @@ TEST_CASE("--cuda-graph trains as the eager CUDA run does, step for step",
   // Every step after the first replays one captured graph with the batch, targets and keep scales
   // copied into its fixed buffers and the learning rate written before the launch. The kernels
   // are deterministic and the replay runs the same ones in the same order, so the two runs agree
-  // to the last bits; the tolerances leave room for nothing else. EMA is on to be captured too.
+  // to the last bits; the tolerances leave room for nothing else. Three epochs: the first two both
+  // run at the warm-up's first learning rate, the third at another, so a graph that froze the
+  // learning rate of its capture would part from the eager run there. The EMA is on, with a decay
+  // that makes a missed update visible.
+  constexpr int64_t kEpochs = 3;
   test::TempDir dir;
   const std::string data = make_dataset(dir);
-  train::TrainOptions eager = tiny_run(data, dir.file("eager"), "cuda", 2);
+  train::TrainOptions eager = tiny_run(data, dir.file("eager"), "cuda", kEpochs);
   eager.model_ema = true;
+  eager.model_ema_decay = 0.9;
   train::TrainOptions graph = eager;
   graph.output_dir = dir.file("graph");
   graph.cuda_graph = true;
   const train::TrainSummary a = train::train(eager);
   const train::TrainSummary b = train::train(graph);
-  REQUIRE(b.epochs_run == 2);
+  REQUIRE(b.epochs_run == kEpochs);
   const std::vector<nlohmann::json> eager_log = log_lines(eager.output_dir);
   const std::vector<nlohmann::json> graph_log = log_lines(graph.output_dir);
-  REQUIRE(graph_log.size() == 2);
-  for (size_t epoch = 0; epoch < 2; ++epoch) {
+  REQUIRE(graph_log.size() == kEpochs);
+  CHECK(eager_log[2]["train_lr"].get<double>() != eager_log[1]["train_lr"].get<double>());
+  for (size_t epoch = 0; epoch < kEpochs; ++epoch) {
     INFO("epoch " << epoch << "\n  eager: " << eager_log[epoch].dump()
                   << "\n  graph: " << graph_log[epoch].dump());
     for (const char* key : {"train_loss", "test_loss", "test_acc1"})

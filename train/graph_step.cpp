@@ -34,7 +34,8 @@ GraphStep::~GraphStep() = default;
 
 std::string GraphStep::capture(const Tensor& images, const Tensor& targets,
                                const Tensor& keep_scales, Communicator& comm) {
-  captured_.reset();
+  // Capturing again would hand the old graph's blocks back while a replay may still use them.
+  if (captured_) throw std::logic_error("GraphStep::capture: the step is captured already");
   std::string error;
 #if DEIT_HAVE_CUDA
   auto fresh = std::make_unique<Captured>();

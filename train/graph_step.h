@@ -34,11 +34,13 @@ class GraphStep {
   GraphStep& operator=(const GraphStep&) = delete;
 
   // Allocates the fixed inputs with the shapes and dtypes of these (images and targets on the
-  // device, keep_scales in host memory) and captures `work` over them; nothing runs yet. Every
-  // rank of `comm` captures or none keeps its graph (a rank that replays alone would wait in its
-  // collectives for ever): returns "" when all did, else why not (this rank's error, or "on
-  // another rank"), with nothing captured and the tape cleared. Gradients the failed capture made
-  // are the caller's to drop.
+  // device, keep_scales in host memory) and captures `work` over them; nothing runs yet. Once per
+  // GraphStep (std::logic_error after a success). Every rank of `comm` captures or none keeps its
+  // graph (a rank that replays alone would wait in its collectives for ever): returns "" when all
+  // did, else why not (this rank's error, or "on another rank"), with nothing captured and the
+  // tape cleared. Gradients the failed capture made are the caller's to drop. The graph keeps
+  // the blocks its step allocated (about one step's activations) for as long as it lives, beside
+  // what eager work (evaluation) allocates.
   std::string capture(const Tensor& images, const Tensor& targets, const Tensor& keep_scales,
                       Communicator& comm);
   bool captured() const { return captured_ != nullptr; }

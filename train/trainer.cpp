@@ -355,6 +355,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       if (graph_step && warm && !graph_step->captured()) {
         const std::string failure = graph_step->capture(images, targets, keep_scales, comm);
         if (!failure.empty()) {
+          // With several ranks the failed capture may have left NCCL with collectives counted
+          // differently on each rank, after which eager steps are not safe: the run stops.
+          if (world > 1)
+            throw std::runtime_error("--cuda-graph: the step could not be captured (" + failure +
+                                     "); run again without --cuda-graph");
           params.zero_grad();  // what the failed capture made
           graph_step.reset();
           if (lead)
