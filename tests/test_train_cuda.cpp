@@ -175,7 +175,7 @@ TEST_CASE("a CUDA run resumed from its checkpoint continues where it stopped",
   }
 }
 
-TEST_CASE("--cuda-graph trains as the eager CUDA run does, step for step",
+TEST_CASE("deit train --cuda-graph trains as the eager CUDA run does, step for step",
           "[gpu][train][graph]") {
   // Every step after the first replays one captured graph with the batch, targets and keep scales
   // copied into its fixed buffers and the learning rate written before the launch. The kernels
