@@ -157,6 +157,10 @@ fi
 if [ "$bench" != none ]; then
   # The GPU augmentation stage alone and the whole input path (issue 6's targets); JSON in the log.
   run bench_data 600 build-gpu/deit bench data --device cuda --json
+  # Issue 8's number on one GPU: the step through NCCL (DEIT_NCCL_ONE_RANK), its gradient
+  # all-reduce's time and the part backward does not hide (the JSON's "comm"), in the log.
+  run bench_nccl 600 env DEIT_NCCL_ONE_RANK=1 build-gpu/deit bench step --model deit3_small \
+    --batch-size 256 --device cuda --profile-steps 0 --json
   run bench 7200 bench/compare.sh "--$bench" --build build-gpu
   # The report (bench/results/DATE-GPU-compare.md) goes back with the logs.
   report=$(sed -n 's/^written: //p' "$out/bench.log" | tail -1)

@@ -243,7 +243,7 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
               [](const OpShare& a, const OpShare& b) { return a.ms_per_step > b.ms_per_step; });
   }
 
-  if (comm.world_size() > 1) {
+  if (!comm.collectives_are_noops()) {  // several ranks, or NCCL alone (DEIT_NCCL_ONE_RANK)
     r.comm_backend = comm.backend();
     const int n = std::max(1, o.steps);
     // The steps above ended with the device done (timed_steps waits for its last mark), so the

@@ -35,7 +35,7 @@
 //                        scalars written before each replay), and batch_size / it
 //   graph_error          --cuda-graph only: why the capture or a replay failed (then the two
 //                        above are null and the eager numbers stand), else null
-//   comm                 several ranks only (else null): {backend, measured_by,
+//   comm                 several ranks, or one with DEIT_NCCL_ONE_RANK=1 (else null): {backend, measured_by,
 //                        total_ms_per_step, exposed_ms_per_step}: the gradient reduction's time
 //                        and the part of it backward does not hide, per step. measured_by
 //                        "bucket events" (NCCL: Communicator::last_bucket_timing over steps of

@@ -204,7 +204,7 @@ class SingleProcessCommunicator final : public Communicator {
 }  // namespace
 
 std::unique_ptr<Communicator> make_communicator(Device device, const Rendezvous& rendezvous) {
-  if (rendezvous.world_size == 1)
+  if (rendezvous.world_size == 1 && !(device.is_cuda() && rendezvous.nccl_one_rank))
     return std::make_unique<SingleProcessCommunicator>(device, rendezvous.local_rank);
   if (device.is_cpu()) {
 #if DEIT_HAVE_MPI

@@ -156,7 +156,8 @@ class Communicator {
   int local_rank_;
 };
 
-// World size 1 -> single; a CPU device -> MPI; a CUDA device -> NCCL. Throws std::runtime_error
+// World size 1 -> single (but NCCL on a CUDA device with rendezvous.nccl_one_rank); a CPU device
+// -> MPI; a CUDA device -> NCCL. Throws std::runtime_error
 // when the backend needed was not built in ("this deit was built without MPI"), or when the launch
 // and the backend disagree (e.g. a CPU run started by torchrun, whose processes MPI cannot
 // connect).

@@ -103,6 +103,11 @@ Rendezvous parse_rendezvous(const Environment& env) {
     if (r.comm_timeout.count() == 0)
       throw std::invalid_argument("DEIT_COMM_TIMEOUT=0: a wait needs at least a second");
   }
+  if (const std::string* one_rank = find(env, "DEIT_NCCL_ONE_RANK")) {
+    if (*one_rank != "0" && *one_rank != "1")
+      throw std::invalid_argument("DEIT_NCCL_ONE_RANK must be 0 or 1, got '" + *one_rank + "'");
+    r.nccl_one_rank = *one_rank == "1";
+  }
   const RankVariables* found = nullptr;
   for (const RankVariables& vars : kLaunchers) {
     // In the shell of salloc or of a batch script, Slurm's variables count the tasks of the

@@ -36,6 +36,10 @@ struct Rendezvous {
   std::string master_addr;
   int master_port = 0;
   std::chrono::seconds comm_timeout{600};
+  // DEIT_NCCL_ONE_RANK=1: a CUDA run of one process goes through NCCL anyway (each collective a
+  // copy on one rank) rather than skipping its collectives, so that the communication path runs,
+  // and is timed, on a machine with one GPU.
+  bool nccl_one_rank = false;
 
   std::string describe()
       const;  // e.g. "torchrun: rank 1 of 8, local rank 1, rank 0 at node0:29500"

@@ -147,6 +147,30 @@ TEST_CASE("deit bench kernels' JSON has the fields and units the report scripts 
   CHECK_FALSE(unavailable_row.contains("median_ms"));
 }
 
+TEST_CASE("deit bench step through NCCL on one GPU times the gradient all-reduce",
+          "[gpu][bench][nccl]") {
+  deit::bench::StepBenchOptions o;
+  o.model_name = "deit3_small";
+  o.model = deit::model::preset("deit3_small");
+  o.model.depth = 2;
+  o.model.input_size = 64;
+  o.batch_size = 8;
+  o.warmup = 1;
+  o.steps = 2;
+  o.profile_steps = 0;
+  deit::Rendezvous one_rank;
+  one_rank.nccl_one_rank = true;
+  const auto comm = deit::make_communicator(deit::Device::cuda(0), one_rank);
+  const deit::bench::StepReport r = deit::bench::run_step_benchmark(o, *comm);
+  CHECK(r.comm_backend == "nccl");
+  CHECK(r.comm_measured_by == "bucket events");
+  REQUIRE(r.comm_total_ms.has_value());
+  CHECK(*r.comm_total_ms > 0);
+  REQUIRE(r.comm_exposed_ms.has_value());
+  CHECK(*r.comm_exposed_ms >= 0);
+  CHECK(*r.comm_exposed_ms <= r.step_ms);
+}
+
 TEST_CASE("deit bench step on the GPU reports the documented fields", "[gpu][bench]") {
   deit::bench::StepBenchOptions o;
   o.model_name = "deit3_small";

@@ -10,6 +10,7 @@
 #include <future>
 #include <thread>
 
+#include "engine/communicator.h"
 #include "engine/rendezvous.h"
 
 using namespace deit;
@@ -35,6 +36,21 @@ TEST_CASE("DEIT_COMM_TIMEOUT sets how long a rank waits for lost peers", "[rende
     CHECK_THROWS_WITH(parse_rendezvous({{"DEIT_COMM_TIMEOUT", bad}}),
                       Catch::Contains("DEIT_COMM_TIMEOUT"));
   }
+}
+
+TEST_CASE("DEIT_NCCL_ONE_RANK sends a one-process CUDA run through NCCL", "[rendezvous]") {
+  CHECK_FALSE(parse_rendezvous({}).nccl_one_rank);
+  CHECK(parse_rendezvous({{"DEIT_NCCL_ONE_RANK", "1"}}).nccl_one_rank);
+  CHECK_FALSE(parse_rendezvous({{"DEIT_NCCL_ONE_RANK", "0"}}).nccl_one_rank);
+  for (const char* bad : {"", "yes", "2", "true"}) {
+    INFO("DEIT_NCCL_ONE_RANK=" << bad);
+    CHECK_THROWS_WITH(parse_rendezvous({{"DEIT_NCCL_ONE_RANK", bad}}),
+                      Catch::Contains("DEIT_NCCL_ONE_RANK"));
+  }
+  // The CPU has no NCCL: one process stays on its own there.
+  Rendezvous alone;
+  alone.nccl_one_rank = true;
+  CHECK(std::string(make_communicator(Device::cpu(), alone)->backend()) == "single");
 }
 
 TEST_CASE("mpirun: Open MPI's variables", "[rendezvous]") {

@@ -14,7 +14,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/communicator.h"
 #include "engine/device.h"
+#include "engine/rendezvous.h"
 #include "model/checkpoint.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
@@ -220,6 +222,38 @@ TEST_CASE("deit train --cuda-graph trains as the eager CUDA run does, step for s
     INFO(ca.extra[i].first);
     if (ca.extra[i].second.dtype() == DType::f32)
       CHECK(relative_error(cb.extra[i].second, ca.extra[i].second) <= 1e-6);
+  }
+}
+
+TEST_CASE("a one-process CUDA run through NCCL (DEIT_NCCL_ONE_RANK) trains as without it",
+          "[gpu][train][nccl]") {
+  // The data-parallel path on one GPU: gradient buckets all-reduced on the communication stream
+  // during backward, the barrier, the host-value reductions. A mean over one rank changes no bit.
+  test::TempDir dir;
+  const std::string data = make_dataset(dir);
+  const train::TrainOptions alone = tiny_run(data, dir.file("alone"), "cuda:0", 2);
+  train::TrainOptions through_nccl = alone;
+  through_nccl.output_dir = dir.file("nccl");
+  Rendezvous one_rank;
+  one_rank.nccl_one_rank = true;
+  const std::unique_ptr<Communicator> nccl = make_communicator(Device::cuda(0), one_rank);
+  REQUIRE(std::string(nccl->backend()) == "nccl");
+  const train::TrainSummary a = train::train(alone);
+  const train::TrainSummary b = train::train(through_nccl, *nccl);
+  REQUIRE(b.epochs_run == 2);
+  const std::vector<nlohmann::json> alone_log = log_lines(alone.output_dir);
+  const std::vector<nlohmann::json> nccl_log = log_lines(through_nccl.output_dir);
+  REQUIRE(nccl_log.size() == 2);
+  for (size_t epoch = 0; epoch < 2; ++epoch)
+    for (const char* key : {"train_loss", "test_loss"})
+      CHECK(nccl_log[epoch][key].get<double>() ==
+            Approx(alone_log[epoch][key].get<double>()).epsilon(1e-6));
+  const model::Checkpoint ca = model::read_checkpoint(a.checkpoint);
+  const model::Checkpoint cb = model::read_checkpoint(b.checkpoint);
+  REQUIRE(ca.model.size() == cb.model.size());
+  for (size_t i = 0; i < ca.model.size(); ++i) {
+    INFO(ca.model[i].first);
+    CHECK(relative_error(cb.model[i].second, ca.model[i].second) <= 1e-6);
   }
 }
 

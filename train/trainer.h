@@ -17,8 +17,10 @@
 // images and targets (fp32) on the device. Evaluation's resize and centre crop run there too.
 // Backward, the optimizer update and the EMA update are queued on the device, and the host waits
 // for it once per optimizer step, reading that step's losses and gradient norm together
-// (train/step_readback.h). Evaluation reads the logits back per batch. Checkpoints hold host copies of the fp32 masters and of the optimizer and EMA state, and
-// load back onto the device. bf16 activations make a CUDA run close to a CPU run, not equal.
+// (train/step_readback.h); with --cuda-graph every step after the first is one replay of a
+// captured step (train/graph_step.h). Evaluation reads the logits back per batch. Checkpoints
+// hold host copies of the fp32 masters and of the optimizer and EMA state, and load back onto the
+// device. bf16 activations make a CUDA run close to a CPU run, not equal.
 //
 // Every random choice is drawn from a stream named by (seed, epoch, batch, purpose) or by the
 // sample's position (augmentation), never from a generator carried across steps: a run resumed from
