@@ -7,7 +7,7 @@
 # `deit demo --device cuda`, the whole training path on the GPU.
 #
 #   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|every-model|full|none]
-#                      [--sanitizer-limit SECONDS]
+#                      [--sanitizer-limit SECONDS] [--only CHECK,CHECK,...]
 #
 #   --no-tests      skip the tests and the sanitizers (e.g. a second call that only benchmarks,
 #                   reusing build-gpu/ from the first)
@@ -15,6 +15,11 @@
 #   --bench MODE    bench/compare.sh --quick (default), --every-model, --full, or no benchmarks
 #   --sanitizer-limit  seconds each of memcheck and racecheck may take (default 300): a lent
 #                   machine's minutes are few, and a check cut short is reported as such
+#   --only CHECKS   run just these of the checks (after the build), whatever the flags above say:
+#                   gpu_tests, demo_cuda, cpu_tests, memcheck, racecheck, bench_data, bench_nccl,
+#                   bench (compare.sh in the --bench mode, quick unless given). For lent minutes
+#                   split over calls, e.g. --only gpu_tests,demo_cuda, then --only
+#                   memcheck,racecheck (the second call reuses build-gpu/ while the machine is warm)
 #
 # Each check's result is appended to $OUT/summary.txt as it ends, so a call stopped at its time
 # limit still brings back what finished.
@@ -29,18 +34,32 @@ tests=yes
 cpu_tests=yes
 bench=quick
 sanitizer_limit=300
+only=""
 while [ $# -gt 0 ]; do
   case $1 in
+    --only) only=",$2,"; shift ;;
     --no-tests) tests=no ;;
     --no-cpu-tests) cpu_tests=no ;;
     --bench) bench=$2; shift ;;
     --sanitizer-limit) sanitizer_limit=$2; shift ;;
     *) echo "usage: bench/gpu-check.sh [--no-tests] [--no-cpu-tests]" \
-         "[--bench quick|every-model|full|none] [--sanitizer-limit SECONDS]" >&2
+         "[--bench quick|every-model|full|none] [--sanitizer-limit SECONDS]" \
+         "[--only CHECK,CHECK,...]" >&2
        exit 2 ;;
   esac
   shift
 done
+known_checks=,gpu_tests,demo_cuda,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench,
+if [ -n "$only" ]; then
+  for check in ${only//,/ }; do
+    [[ $known_checks == *",$check,"* ]] || { echo "gpu-check.sh: unknown check '$check'" >&2; exit 2; }
+  done
+  [ "$bench" = none ] && bench=quick
+fi
+# wanted CHECK [FLAG]: whether to run CHECK: named by --only, or else FLAG (yes / no) says.
+wanted() {
+  if [ -n "$only" ]; then [[ $only == *",$1,"* ]]; else [ "${2:-yes}" = yes ]; fi
+}
 deps=$PWD/.deps
 out=${OUT:-build-gpu}
 mkdir -p "$out" build-gpu
@@ -142,25 +161,31 @@ gpu_cases() {  # time limit in seconds for all of them
   echo "gpu_tests: ${result[gpu_tests]}" >>"$out/summary.txt"
   for name in "${failed[@]}"; do echo "  FAIL: $name" | tee -a "$out/summary.txt"; done
 }
-if [ "$tests" = yes ]; then
-  gpu_cases 600
-  # Issue 5's end-to-end check: the demo trained on the GPU learns as on the CPU (94.8% top-1
-  # there, bench/results/2026-12-02-cpu-demo.md); its per-epoch log lines are in the log.
+wanted gpu_tests "$tests" && gpu_cases 600
+# Issue 5's end-to-end check: the demo trained on the GPU learns as on the CPU (94.2-94.8% top-1
+# there, bench/results/2026-12-02-cpu-demo.md); its per-epoch log lines are in the log.
+wanted demo_cuda "$tests" &&
   run demo_cuda 600 build-gpu/deit demo --device cuda --out build-gpu/demo-cuda
-  [ "$cpu_tests" = yes ] && run cpu_tests 1200 "$test_binary" "~[gpu]"
-  # Not the [nccl] cases: their own kernels are fills and copies, and NCCL's are not deit's to
-  # fix, while NCCL under the sanitizer reports its driver-symbol probes and its 16-byte
-  # over-reads of user buffers as errors, or hangs (NVIDIA/nccl issues 265, 727).
-  run memcheck "$sanitizer_limit" compute-sanitizer --tool memcheck --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
-  run racecheck "$sanitizer_limit" compute-sanitizer --tool racecheck --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
-fi
-if [ "$bench" != none ]; then
-  # The GPU augmentation stage alone and the whole input path (issue 6's targets); JSON in the log.
-  run bench_data 600 build-gpu/deit bench data --device cuda --json
-  # Issue 8's number on one GPU: the step through NCCL (DEIT_NCCL_ONE_RANK), its gradient
-  # all-reduce's time and the part backward does not hide (the JSON's "comm"), in the log.
-  run bench_nccl 600 env DEIT_NCCL_ONE_RANK=1 build-gpu/deit bench step --model deit3_small \
-    --batch-size 256 --device cuda --profile-steps 0 --json
+cpu_tests_asked=no
+[ "$tests" = yes ] && [ "$cpu_tests" = yes ] && cpu_tests_asked=yes
+wanted cpu_tests "$cpu_tests_asked" && run cpu_tests 1200 "$test_binary" "~[gpu]"
+# Not the [nccl] cases: their own kernels are fills and copies, and NCCL's are not deit's to
+# fix, while NCCL under the sanitizer reports its driver-symbol probes and its 16-byte
+# over-reads of user buffers as errors, or hangs (NVIDIA/nccl issues 265, 727).
+wanted memcheck "$tests" && run memcheck "$sanitizer_limit" compute-sanitizer --tool memcheck \
+  --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
+wanted racecheck "$tests" && run racecheck "$sanitizer_limit" compute-sanitizer --tool racecheck \
+  --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
+benchmarks=yes
+[ "$bench" = none ] && benchmarks=no
+# The GPU augmentation stage alone and the whole input path (issue 6's targets); JSON in the log.
+wanted bench_data "$benchmarks" && run bench_data 600 build-gpu/deit bench data --device cuda --json
+# Issue 8's number on one GPU: the step through NCCL (DEIT_NCCL_ONE_RANK), its gradient
+# all-reduce's time and the part backward does not hide (the JSON's "comm"), in the log.
+wanted bench_nccl "$benchmarks" && run bench_nccl 600 env DEIT_NCCL_ONE_RANK=1 \
+  build-gpu/deit bench step --model deit3_small --batch-size 256 --device cuda \
+  --profile-steps 0 --json
+if wanted bench "$benchmarks"; then
   run bench 7200 bench/compare.sh "--$bench" --build build-gpu
   # The report (bench/results/DATE-GPU-compare.md) goes back with the logs.
   report=$(sed -n 's/^written: //p' "$out/bench.log" | tail -1)
