@@ -101,7 +101,9 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCUDNN_ROOT="$cudnn_root" -DNCCL_ROOT="$nccl_root" 2>&1 | tail -9
 log "build"
 build_start=$SECONDS
-if ! cmake --build build-gpu -j "$(nproc)" >"$out/build.log" 2>&1; then
+# The build's log comes back only when the build fails: a lent machine returns at most 8 files.
+if ! cmake --build build-gpu -j "$(nproc)" >build-gpu/build.log 2>&1; then
+  cp build-gpu/build.log "$out/"
   grep -m 20 -B2 -A6 'error' "$out/build.log"
   echo "build: FAIL (see build.log)" | tee -a "$out/summary.txt"
   exit 1
