@@ -107,8 +107,9 @@ void Communicator::reduce(const Tensor& tensor, ReduceOp op) {
 
 void Communicator::reduce(const std::vector<Tensor>& tensors, ReduceOp op, size_t bucket_bytes) {
   for (const Tensor& t : tensors) check_tensor(t, "all_reduce");
-  // Alone, every value already is the reduction: packing buckets would only copy.
-  if (world_size_ == 1) return;
+  // Alone, every value already is the reduction: packing buckets would only copy (but NCCL on one
+  // rank, DEIT_NCCL_ONE_RANK, runs it, so that the path runs where one GPU is).
+  if (collectives_are_noops()) return;
   for_each_bucket(tensors, bucket_bytes, device_,
                   [&](const Tensor& flat) { all_reduce_flat(flat, op); });
 }
@@ -177,7 +178,7 @@ void Communicator::broadcast(const Tensor& tensor, int root) {
 void Communicator::broadcast(const std::vector<Tensor>& tensors, int root, size_t bucket_bytes) {
   for (const Tensor& t : tensors) check_tensor(t, "broadcast");
   check_root(root);
-  if (world_size_ == 1) return;
+  if (collectives_are_noops()) return;
   for_each_bucket(tensors, bucket_bytes, device_,
                   [&](const Tensor& flat) { broadcast_flat(flat, root); });
   // A tensor alone in its bucket was written in place, past its bf16 copy.
@@ -218,8 +219,11 @@ std::unique_ptr<Communicator> make_communicator(Device device, const Rendezvous&
 #if DEIT_HAVE_NCCL
   return detail::make_nccl_communicator(device, rendezvous);
 #else
-  throw std::runtime_error("this deit was built without NCCL, which a CUDA run of several ranks (" +
-                           rendezvous.describe() + ") needs: rebuild with NCCL (-DNCCL_ROOT=...)");
+  const std::string run = rendezvous.world_size == 1
+                              ? "a one-process CUDA run with DEIT_NCCL_ONE_RANK=1"
+                              : "a CUDA run of several ranks (" + rendezvous.describe() + ")";
+  throw std::runtime_error("this deit was built without NCCL, which " + run +
+                           " needs: rebuild with NCCL (-DNCCL_ROOT=...)");
 #endif
 }
 

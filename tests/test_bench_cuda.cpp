@@ -147,6 +147,7 @@ TEST_CASE("deit bench kernels' JSON has the fields and units the report scripts 
   CHECK_FALSE(unavailable_row.contains("median_ms"));
 }
 
+#if DEIT_HAVE_NCCL
 TEST_CASE("deit bench step through NCCL on one GPU times the gradient all-reduce",
           "[gpu][bench][nccl]") {
   deit::bench::StepBenchOptions o;
@@ -170,6 +171,7 @@ TEST_CASE("deit bench step through NCCL on one GPU times the gradient all-reduce
   CHECK(*r.comm_exposed_ms >= 0);
   CHECK(*r.comm_exposed_ms <= r.step_ms);
 }
+#endif
 
 TEST_CASE("deit bench step on the GPU reports the documented fields", "[gpu][bench]") {
   deit::bench::StepBenchOptions o;

@@ -225,6 +225,7 @@ TEST_CASE("deit train --cuda-graph trains as the eager CUDA run does, step for s
   }
 }
 
+#if DEIT_HAVE_NCCL
 TEST_CASE("a one-process CUDA run through NCCL (DEIT_NCCL_ONE_RANK) trains as without it",
           "[gpu][train][nccl]") {
   // The data-parallel path on one GPU: gradient buckets all-reduced on the communication stream
@@ -256,6 +257,7 @@ TEST_CASE("a one-process CUDA run through NCCL (DEIT_NCCL_ONE_RANK) trains as wi
     CHECK(relative_error(cb.model[i].second, ca.model[i].second) <= 1e-6);
   }
 }
+#endif
 
 TEST_CASE("deit train, eval and demo on a CUDA device this machine lacks say so at once",
           "[train][cli]") {
