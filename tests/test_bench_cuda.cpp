@@ -147,9 +147,10 @@ TEST_CASE("deit bench kernels' JSON has the fields and units the report scripts 
   CHECK_FALSE(unavailable_row.contains("median_ms"));
 }
 
-#if DEIT_HAVE_NCCL
-TEST_CASE("deit bench step through NCCL on one GPU times the gradient all-reduce",
-          "[gpu][bench][nccl]") {
+namespace {
+
+// A two-block ViT-S at 64 px, batch 8: a step of a few milliseconds.
+deit::bench::StepBenchOptions small_step() {
   deit::bench::StepBenchOptions o;
   o.model_name = "deit3_small";
   o.model = deit::model::preset("deit3_small");
@@ -158,6 +159,15 @@ TEST_CASE("deit bench step through NCCL on one GPU times the gradient all-reduce
   o.batch_size = 8;
   o.warmup = 1;
   o.steps = 2;
+  return o;
+}
+
+}  // namespace
+
+#if DEIT_HAVE_NCCL
+TEST_CASE("deit bench step through NCCL on one GPU times the gradient all-reduce",
+          "[gpu][bench][nccl]") {
+  deit::bench::StepBenchOptions o = small_step();
   o.profile_steps = 0;
   deit::Rendezvous one_rank;
   one_rank.nccl_one_rank = true;
@@ -174,15 +184,8 @@ TEST_CASE("deit bench step through NCCL on one GPU times the gradient all-reduce
 #endif
 
 TEST_CASE("deit bench step on the GPU reports the documented fields", "[gpu][bench]") {
-  deit::bench::StepBenchOptions o;
-  o.model_name = "deit3_small";
-  o.model = deit::model::preset("deit3_small");
-  o.model.depth = 2;
-  o.model.input_size = 64;
-  o.batch_size = 8;
+  deit::bench::StepBenchOptions o = small_step();
   o.drop_path = 0.1;
-  o.warmup = 1;
-  o.steps = 2;
   o.profile_steps = 1;
   o.cuda_graph = true;
   const auto comm = deit::make_communicator(deit::Device::cuda(0), deit::Rendezvous{});
