@@ -18,11 +18,18 @@ double now_ms() {
 
 OpProfiler::~OpProfiler() {
 #if DEIT_HAVE_CUDA
-  for (Span& s : spans_) {
-    if (s.start) cudaEventDestroy(s.start);
-    if (s.stop) cudaEventDestroy(s.stop);
-  }
+  clear();
+  for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
 #endif
+}
+
+void OpProfiler::clear() {
+#if DEIT_HAVE_CUDA
+  for (Span& s : spans_)
+    for (cudaEvent_t e : {s.start, s.stop})
+      if (e) spare_events_.push_back(e);
+#endif
+  spans_.clear();
 }
 
 void OpProfiler::begin(const char* op, Device device) {
@@ -36,8 +43,14 @@ void OpProfiler::begin(const char* op, Device device) {
   } else {
 #if DEIT_HAVE_CUDA
     Span& span = spans_.back();
-    DEIT_CUDA_CHECK(cudaEventCreate(&span.start));
-    DEIT_CUDA_CHECK(cudaEventCreate(&span.stop));
+    for (cudaEvent_t* e : {&span.start, &span.stop}) {
+      if (spare_events_.empty()) {
+        DEIT_CUDA_CHECK(cudaEventCreate(e));
+      } else {
+        *e = spare_events_.back();
+        spare_events_.pop_back();
+      }
+    }
     DEIT_CUDA_CHECK(cudaEventRecord(span.start, compute_stream(device.index)));
 #endif
   }

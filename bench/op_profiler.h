@@ -40,6 +40,11 @@ class OpProfiler : public OpObserver {
   // what end() could not (a failed event record) and what the wait reports.
   std::map<std::string, OpTotal> totals();
 
+  // Forgets the ops recorded so far but keeps their events for the ops to come, so that a
+  // profiled step after an unmeasured one does not create events while it is timed. Call it once
+  // totals() has waited for them.
+  void clear();
+
  private:
   struct Span {
     std::string op;
@@ -49,6 +54,9 @@ class OpProfiler : public OpObserver {
 #endif
   };
   std::vector<Span> spans_;
+#if DEIT_HAVE_CUDA
+  std::vector<cudaEvent_t> spare_events_;  // from cleared spans, reused by begin()
+#endif
   int depth_ = 0;
   double cpu_start_ms_ = 0;
   std::string end_error_;  // the first failure in end(), thrown by totals()
