@@ -110,6 +110,7 @@ struct StepOptions {
   int warmup = 3, steps = 10, profile_steps = 2;
   uint64_t seed = 0;
   bool cuda_graph = false;
+  bool recompute_gelu = false;
   bool json = false;
 };
 
@@ -169,6 +170,7 @@ void run_step(const StepOptions& o) {
   options.peak_tflops = o.peak_tflops;
   options.seed = o.seed;
   options.cuda_graph = o.cuda_graph;
+  options.recompute_gelu = o.recompute_gelu;
   if (options.batch_size < 1)
     throw std::invalid_argument("--batch-size must be at least 1, got " +
                                 std::to_string(options.batch_size));
@@ -235,6 +237,8 @@ void add_bench_command(CLI::App& app) {
                    "H100/H200 SXM)");
   step->add_option("--seed", s->seed, "Seed of the weights and the synthetic batch")
       ->capture_default_str();
+  step->add_flag("--recompute-gelu", s->recompute_gelu,
+                 "Recompute GELU in backward, as deit train --recompute-gelu does");
   step->add_flag("--cuda-graph", s->cuda_graph,
                  "Also time the step captured once as a CUDA graph and replayed (CUDA only)");
   step->add_flag("--json", s->json,

@@ -14,6 +14,7 @@ namespace {
 
 struct InfoOptions {
   ModelOptions model;
+  bool recompute_gelu = false;
   bool json = false;
 };
 
@@ -21,8 +22,8 @@ void run_info(const InfoOptions& opts) {
   const model::ViTConfig c = opts.model.apply_to(model::preset(opts.model.model));
   const int64_t params = model::parameter_count(c);
   const double gmacs = static_cast<double>(model::forward_macs(c)) / 1e9;
-  const int64_t act_bf16 = model::activation_bytes_per_image(c, 2, 4);
-  const int64_t act_f32 = model::activation_bytes_per_image(c, 4, 4);
+  const int64_t act_bf16 = model::activation_bytes_per_image(c, 2, 4, opts.recompute_gelu);
+  const int64_t act_f32 = model::activation_bytes_per_image(c, 4, 4, opts.recompute_gelu);
   constexpr double MiB = 1024.0 * 1024.0;
   if (opts.json) {
     nlohmann::ordered_json j;
@@ -55,8 +56,8 @@ void run_info(const InfoOptions& opts) {
   std::printf("forward          %.2f GMACs per image (training ~%.1f GFLOP per image)\n", gmacs,
               6.0 * gmacs);
   std::printf("activations      %.1f MiB per image saved for backward (bf16 + fp32 statistics), "
-              "%.1f MiB in fp32\n",
-              act_bf16 / MiB, act_f32 / MiB);
+              "%.1f MiB in fp32%s\n",
+              act_bf16 / MiB, act_f32 / MiB, opts.recompute_gelu ? ", GELU recomputed" : "");
 }
 
 }  // namespace
@@ -65,6 +66,8 @@ void add_info_command(CLI::App& app) {
   auto opts = std::make_shared<InfoOptions>();
   CLI::App* cmd = app.add_subcommand("info", "Parameters, GMACs and activation memory of a model");
   opts->model.add_to(*cmd, "224");
+  cmd->add_flag("--recompute-gelu", opts->recompute_gelu,
+                "Activation memory as deit train --recompute-gelu keeps it");
   cmd->add_flag("--json", opts->json, "Print one JSON object (fields include params, gmacs)");
   cmd->callback([opts] { run_info(*opts); });
 }

@@ -68,6 +68,9 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--bucket-mb", bucket_mb, "Several ranks: gradients are averaged in buckets of "
                                            "at most this many MiB, each as soon as backward has "
                                            "finished it (25)");
+  cmd.add_flag("--recompute-gelu", recompute_gelu,
+               "Recompute GELU's output in backward instead of keeping it: 4 of a block's 18 "
+               "saved activations, for one more GELU pass (same results)");
   cmd.add_flag("--cuda-graph", cuda_graph,
                "CUDA: capture the training step once as a CUDA graph and replay it for every "
                "later batch (one launch per step instead of every kernel; needs --accum-steps 1)");
@@ -114,6 +117,7 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(bucket_mb, o.bucket_mb);
   o.zero = zero;
   o.cuda_graph = cuda_graph;
+  o.recompute_gelu = recompute_gelu;
   o.progress = !quiet;
   return o;
 }

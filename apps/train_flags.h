@@ -27,6 +27,7 @@ struct TrainFlags {
   std::optional<double> bucket_mb;
   bool zero = false;
   bool cuda_graph = false;
+  bool recompute_gelu = false;
   bool quiet = false;
 
   void add_to(CLI::App& cmd);

@@ -138,6 +138,7 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
   }
 
   model::VisionTransformer vit(o.model, device);
+  vit.set_recompute_gelu(o.recompute_gelu);
   Rng init_rng(o.seed);
   vit.initialize(init_rng);
   ParameterRegistry& params = vit.parameters();
@@ -307,6 +308,7 @@ nlohmann::ordered_json to_json(const StepReport& r) {
   j["precision"] = r.precision;
   j["optimizer"] = o.opt;
   j["drop_path"] = o.drop_path;
+  j["recompute_gelu"] = o.recompute_gelu;
   j["warmup_steps"] = o.warmup;
   j["timed_steps"] = std::max(1, o.steps);
   j["step_ms"] = r.step_ms;

@@ -9,7 +9,7 @@
 // for PyTorch + timm, so bench/compare.sh can set the two side by side:
 //   impl                 "deit"
 //   model, input_size, batch_size (per process), world_size, device, device_name, precision,
-//   optimizer, drop_path
+//   optimizer, drop_path, recompute_gelu
 //   warmup_steps, timed_steps
 //   step_ms              mean time of a timed step (wall clock from the first step's start to the
 //                        last one's end, on the device for CUDA)
@@ -69,6 +69,7 @@ struct StepBenchOptions {
   int profile_steps = 2;  // 0: no breakdown
   std::optional<double> peak_tflops;  // overrides the table of known GPUs
   bool cuda_graph = false;            // also time the step replayed as a CUDA graph (CUDA only)
+  bool recompute_gelu = false;        // VisionTransformer::set_recompute_gelu
   uint64_t seed = 0;
 };
 

@@ -21,9 +21,11 @@ int64_t forward_macs(const ViTConfig& c) {
 }
 
 int64_t activation_bytes_per_image(const ViTConfig& c, int64_t activation_bytes,
-                                   int64_t stat_bytes) {
+                                   int64_t stat_bytes, bool recompute_gelu) {
   const int64_t T = c.tokens(), C = c.dim;
-  const int64_t per_block = 18 * T * C * activation_bytes + (2 * 2 + c.heads) * T * stat_bytes +
+  const int64_t block_activations = recompute_gelu ? 14 : 18;  // in T x C units (cost.h)
+  const int64_t per_block = block_activations * T * C * activation_bytes +
+                            (2 * 2 + c.heads) * T * stat_bytes +
                             2 * stat_bytes;  // the two drop-path scales of this image
   const int64_t patches = c.num_patches() * c.in_channels * c.patch * c.patch;  // patch GEMM input
   const int64_t final_norm = C * activation_bytes + 2 * stat_bytes;  // class token only

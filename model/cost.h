@@ -23,7 +23,8 @@ int64_t forward_macs(const ViTConfig& config);
 // 2 LayerNorm statistics per norm and one log-sum-exp per head, and the two drop-path scales.
 // Around the blocks: the unfolded patches (the patch GEMM's input), and the class token before and
 // after the final norm (model/vit.h). Weights are not counted; the loss is not part of the model.
+// With recompute_gelu (VisionTransformer::set_recompute_gelu) the GELU output is not kept: 14.
 int64_t activation_bytes_per_image(const ViTConfig& config, int64_t activation_bytes,
-                                   int64_t stat_bytes);
+                                   int64_t stat_bytes, bool recompute_gelu = false);
 
 }  // namespace deit::model

@@ -94,8 +94,9 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
         x, h, p(b + "ls1.gamma"), keep_scales_of_next_branch(), p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
     x = r.residual;
 
-    h = ops::gelu(ops::linear(r.normed, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias")));
-    h = ops::linear(h, p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"));
+    h = ops::linear(r.normed, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias"));
+    h = recompute_gelu_ ? ops::gelu_linear(h, p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"))
+                        : ops::linear(ops::gelu(h), p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"));
     if (i + 1 == c.depth) {
       x = ops::layerscale_residual(x, h, p(b + "ls2.gamma"), keep_scales_of_next_branch());
       break;

@@ -39,6 +39,11 @@ class VisionTransformer {
   // What the first form draws from `rng`, on the host: (2 * depth, B) in `dtype`.
   Tensor draw_keep_scales(int64_t B, double drop_path_rate, Rng& rng, DType dtype) const;
 
+  // Training memory against time: GELU's output (fc2's input) is recomputed in backward rather
+  // than kept from forward to backward (ops::gelu_linear): 4 of a block's 18 T x C activations,
+  // for one more GELU pass. The values and gradients do not change. Off by default.
+  void set_recompute_gelu(bool recompute) { recompute_gelu_ = recompute; }
+
   const ViTConfig& config() const { return config_; }
   ParameterRegistry& parameters() { return params_; }
   const ParameterRegistry& parameters() const { return params_; }
@@ -47,6 +52,7 @@ class VisionTransformer {
   const Tensor& p(const std::string& name) const { return params_.get(name); }
 
   ViTConfig config_;
+  bool recompute_gelu_ = false;
   std::vector<ParamSpec> specs_;
   ParameterRegistry params_;
 };

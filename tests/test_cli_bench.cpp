@@ -40,6 +40,7 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
   CHECK(j["precision"] == "fp32");
   CHECK(j["optimizer"] == "lamb");
   CHECK(j["drop_path"].get<double>() == 0.0);  // the recipe's rate for deit3_tiny
+  CHECK(j["recompute_gelu"] == false);
   CHECK(j["warmup_steps"] == 1);
   CHECK(j["timed_steps"] == 2);
 
@@ -101,6 +102,21 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
     CHECK(j.contains(field));
     CHECK(j[field].is_null());  // no --cuda-graph
   }
+}
+
+TEST_CASE("deit bench step --recompute-gelu runs fc2 through gelu_linear", "[cli][bench]") {
+  const CliResult r = run_deit(std::string(kTinyStep) + " --recompute-gelu");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.output);
+  CHECK(j["recompute_gelu"] == true);
+  std::set<std::string> ops;
+  for (const auto& op : j["breakdown"]) ops.insert(op["op"].get<std::string>());
+  CHECK(ops.count("gelu_linear") == 0);  // dispatched as its parts: gelu, then linear
+  CHECK(ops.count("gelu backward") == 1);
+  // One block: GELU once in forward and once more in backward, where it is recomputed.
+  for (const auto& op : j["breakdown"])
+    if (op["op"] == "gelu") CHECK(op["calls_per_step"].get<double>() == 2.0);
 }
 
 TEST_CASE("deit bench step takes a peak for MFU and the recipe's overrides", "[cli][bench]") {

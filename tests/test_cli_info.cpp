@@ -31,6 +31,22 @@ TEST_CASE("deit info accepts custom sizes", "[cli]") {
   CHECK(j["params"] == expected);
 }
 
+TEST_CASE("deit info --recompute-gelu counts the activations without GELU's output", "[cli]") {
+  const CliResult kept = run_deit("info --model deit3_small --json");
+  const CliResult recomputed = run_deit("info --model deit3_small --recompute-gelu --json");
+  REQUIRE(kept.exit_code == 0);
+  REQUIRE(recomputed.exit_code == 0);
+  const auto a = nlohmann::json::parse(kept.output), b = nlohmann::json::parse(recomputed.output);
+  // 12 blocks, 197 tokens, 4 x 384 wide: one bf16 (f32) activation of fc1's width per block.
+  const int64_t gelu_outputs = 12 * 197 * 4 * 384;
+  CHECK(a["activation_bytes_per_image_bf16"].get<int64_t>() -
+            b["activation_bytes_per_image_bf16"].get<int64_t>() ==
+        2 * gelu_outputs);
+  CHECK(a["activation_bytes_per_image_f32"].get<int64_t>() -
+            b["activation_bytes_per_image_f32"].get<int64_t>() ==
+        4 * gelu_outputs);
+}
+
 TEST_CASE("deit info rejects bad input with a clear message and a non-zero exit", "[cli]") {
   CliResult r = run_deit("info --model deit3_gigantic");
   CHECK(r.exit_code != 0);

@@ -101,6 +101,9 @@ TEST_CASE("every preset runs forward and backward through the tape", "[model][pr
       return static_cast<int64_t>(bytes);
     };
     CHECK(saved_bytes(2) - saved_bytes(1) == activation_bytes_per_image(c, 4, 4));
+    vit.set_recompute_gelu(true);
+    CHECK(saved_bytes(2) - saved_bytes(1) == activation_bytes_per_image(c, 4, 4, true));
+    vit.set_recompute_gelu(false);
 
     Tensor logits = vit.forward(Tensor::randn({2, 3, c.input_size, c.input_size}, rng));
     backward(ops::bce_with_logits(logits, Tensor::zeros(logits.shape())));

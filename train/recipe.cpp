@@ -101,6 +101,7 @@ nlohmann::json TrainOptions::to_json() const {
           {"seed", seed},
           {"zero", zero},
           {"cuda_graph", cuda_graph},
+          {"recompute_gelu", recompute_gelu},
           {"bucket_mb", bucket_mb}};
 }
 

@@ -179,6 +179,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   // On CUDA: fp32 master weights with their bf16 copies (engine/parameters.h), initialised from
   // the host's random draws, so a CUDA run starts from the CPU run's weights.
   model::VisionTransformer vit(o.model, device);
+  vit.set_recompute_gelu(o.recompute_gelu);
   Rng init_rng = stream_rng(o.seed, Stream::kInit);
   vit.initialize(init_rng);
   if (!o.finetune.empty()) load_finetune_weights(vit, o.finetune);

@@ -7,4 +7,20 @@ namespace deit::ops {
 // -> y: (..., N)
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
+// linear(gelu(x), weight, bias) that keeps only x for backward: GELU's output, fc2's input in an
+// MLP (4C wide, the largest activation of a block), is computed again in backward instead of
+// being held from forward to backward. The same values and gradients as the two ops apart, for
+// one more GELU pass in backward (--recompute-gelu).
+Tensor gelu_linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+namespace detail {
+// The kernels behind linear(), off the tape, for ops that reuse them.
+Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias);
+struct LinearGrads {
+  Tensor dx, dweight, dbias;  // each only when asked for
+};
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                            const Tensor& bias, bool want_dx, bool want_dweight, bool want_dbias);
+}  // namespace detail
+
 }  // namespace deit::ops
