@@ -19,7 +19,8 @@
 #                   gpu_tests, demo_cuda, cpu_tests, memcheck, racecheck, bench_data, bench_nccl,
 #                   bench (compare.sh in the --bench mode, quick unless given). For lent minutes
 #                   split over calls, e.g. --only gpu_tests,demo_cuda, then --only
-#                   memcheck,racecheck (the second call reuses build-gpu/ while the machine is warm).
+#                   memcheck,racecheck (the second call reuses build-gpu/ while the machine is
+#                   warm).
 #                   A lent machine brings back at most 8 files: a run of every check writes more
 #                   (a log per check, summary.txt, the report), so split it.
 #
@@ -54,7 +55,10 @@ done
 known_checks=,gpu_tests,demo_cuda,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench,
 if [ -n "$only" ]; then
   for check in ${only//,/ }; do
-    [[ $known_checks == *",$check,"* ]] || { echo "gpu-check.sh: unknown check '$check'" >&2; exit 2; }
+    if [[ $known_checks != *",$check,"* ]]; then
+      echo "gpu-check.sh: unknown check '$check'" >&2
+      exit 2
+    fi
   done
   [ "$bench" = none ] && bench=quick
 fi

@@ -35,15 +35,15 @@
 //                        scalars written before each replay), and batch_size / it
 //   graph_error          --cuda-graph only: why the capture or a replay failed (then the two
 //                        above are null and the eager numbers stand), else null
-//   comm                 several ranks, or one with DEIT_NCCL_ONE_RANK=1 (else null): {backend, measured_by,
-//                        total_ms_per_step, exposed_ms_per_step}: the gradient reduction's time
-//                        and the part of it backward does not hide, per step. measured_by
-//                        "bucket events" (NCCL: Communicator::last_bucket_timing over steps of
-//                        their own): the buckets' busy time on the communication stream, beside
-//                        backward, and how long the compute stream waited for them after it;
+//   comm                 several ranks, or one with DEIT_NCCL_ONE_RANK=1 (else null): {backend,
+//                        measured_by, total_ms_per_step, exposed_ms_per_step}: the gradient
+//                        reduction's time and the part of it backward does not hide, per step.
+//                        measured_by "bucket events" (NCCL: Communicator::last_bucket_timing over
+//                        steps of their own): the buckets' busy time on the communication stream,
+//                        beside backward, and how long the compute stream waited for them after it;
 //                        "step time difference" (MPI, whose buckets run on the host): the
-//                        all-reduce of buffers the size of the gradients alone, and step_ms
-//                        minus the step time without the reduction
+//                        all-reduce of buffers the size of the gradients alone, and step_ms minus
+//                        the step time without the reduction
 #pragma once
 #include <cstdint>
 #include <optional>

@@ -90,13 +90,15 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
     h = ops::linear(h, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"));
     h = ops::attention(h, c.heads);
     h = ops::linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"));
-    ops::ResidualAndNorm r = ops::layerscale_residual_layernorm(
-        x, h, p(b + "ls1.gamma"), keep_scales_of_next_branch(), p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
+    ops::ResidualAndNorm r =
+        ops::layerscale_residual_layernorm(x, h, p(b + "ls1.gamma"), keep_scales_of_next_branch(),
+                                           p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
     x = r.residual;
 
     h = ops::linear(r.normed, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias"));
-    h = recompute_gelu_ ? ops::gelu_linear(h, p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"))
-                        : ops::linear(ops::gelu(h), p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"));
+    const Tensor &fc2_weight = p(b + "mlp.fc2.weight"), &fc2_bias = p(b + "mlp.fc2.bias");
+    h = recompute_gelu_ ? ops::gelu_linear(h, fc2_weight, fc2_bias)
+                        : ops::linear(ops::gelu(h), fc2_weight, fc2_bias);
     if (i + 1 == c.depth) {
       x = ops::layerscale_residual(x, h, p(b + "ls2.gamma"), keep_scales_of_next_branch());
       break;

@@ -92,7 +92,8 @@ TEST_CASE("layerscale residual op gradient (x, branch, gamma) by finite differen
 
 // The fused residual update + LayerNorm has two outputs; each is differentiated alone and both
 // together (the block's case: the residual stream goes on, the normed copy feeds a branch).
-TEST_CASE("layerscale residual + layernorm op gradients by finite differences", "[gradcheck][ops]") {
+TEST_CASE("layerscale residual + layernorm op gradients by finite differences",
+          "[gradcheck][ops]") {
   Rng rng(24);
   Tensor keep = Tensor::from_vector<double>({1.25, 0.0, 1.25}, {3});  // sample 1 dropped
   using Output = std::function<Tensor(const ops::ResidualAndNorm&)>;

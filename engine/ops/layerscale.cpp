@@ -144,6 +144,7 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
            Tensor dbranch = empty_if(want_dbranch, branch);
            Tensor dgamma = detail::empty_param_grad_if(want_dgamma, gamma);
            Tensor dln_weight = detail::empty_param_grad_if(node.needs_input_grad[3], ln_weight);
+           // ln_bias is not saved: ln_weight has its shape.
            Tensor dln_bias = detail::empty_param_grad_if(node.needs_input_grad[4], ln_weight);
            const char* op = "layerscale_residual_layernorm backward";
            detail::dispatch(op, {&dout, &dy, &out},
@@ -157,9 +158,10 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
                      data_or_null<T>(dln_bias), B, Tn, C);
                },
                DEIT_CUDA_PATH([&](CudaContext& cuda) {
-                 Tensor workspace = detail::cuda_workspace(
-                     cuda,
-                     kernels::layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C));
+                 const int64_t workspace_floats =
+                     kernels::layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn,
+                                                                                           C);
+                 Tensor workspace = detail::cuda_workspace(cuda, workspace_floats);
                  kernels::layerscale_residual_layernorm_backward_cuda(
                      detail::cuda_data<kernels::bf16_bits>(op, "dout", dout),
                      detail::cuda_data<kernels::bf16_bits>(op, "dy", dy),
