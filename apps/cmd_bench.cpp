@@ -111,6 +111,7 @@ struct StepOptions {
   uint64_t seed = 0;
   bool cuda_graph = false;
   bool recompute_gelu = false;
+  bool grad_checkpointing = false;
   bool json = false;
 };
 
@@ -171,6 +172,7 @@ void run_step(const StepOptions& o) {
   options.seed = o.seed;
   options.cuda_graph = o.cuda_graph;
   options.recompute_gelu = o.recompute_gelu;
+  options.grad_checkpointing = o.grad_checkpointing;
   if (options.batch_size < 1)
     throw std::invalid_argument("--batch-size must be at least 1, got " +
                                 std::to_string(options.batch_size));
@@ -239,6 +241,9 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   step->add_flag("--recompute-gelu", s->recompute_gelu,
                  "Recompute GELU in backward, as deit train --recompute-gelu does");
+  step->add_flag("--grad-checkpointing", s->grad_checkpointing,
+                 "Recompute every block's forward in backward, as deit train "
+                 "--grad-checkpointing does");
   step->add_flag("--cuda-graph", s->cuda_graph,
                  "Also time the step captured once as a CUDA graph and replayed (CUDA only)");
   step->add_flag("--json", s->json,

@@ -15,6 +15,7 @@ namespace {
 struct InfoOptions {
   ModelOptions model;
   bool recompute_gelu = false;
+  bool grad_checkpointing = false;
   bool json = false;
 };
 
@@ -22,8 +23,14 @@ void run_info(const InfoOptions& opts) {
   const model::ViTConfig c = opts.model.apply_to(model::preset(opts.model.model));
   const int64_t params = model::parameter_count(c);
   const double gmacs = static_cast<double>(model::forward_macs(c)) / 1e9;
-  const int64_t act_bf16 = model::activation_bytes_per_image(c, 2, 4, opts.recompute_gelu);
-  const int64_t act_f32 = model::activation_bytes_per_image(c, 4, 4, opts.recompute_gelu);
+  const model::ActivationOptions kept{opts.recompute_gelu, opts.grad_checkpointing};
+  const int64_t act_bf16 = model::activation_bytes_per_image(c, 2, 4, kept);
+  const int64_t act_f32 = model::activation_bytes_per_image(c, 4, 4, kept);
+  // With checkpointing, backward also holds the block it is recomputing.
+  const int64_t recompute_bf16 =
+      opts.grad_checkpointing
+          ? model::block_activation_bytes_per_image(c, 2, 4, opts.recompute_gelu)
+          : 0;
   constexpr double MiB = 1024.0 * 1024.0;
   if (opts.json) {
     nlohmann::ordered_json j;
@@ -41,6 +48,7 @@ void run_info(const InfoOptions& opts) {
     j["train_gflops_per_image"] = 6.0 * gmacs;
     j["activation_bytes_per_image_bf16"] = act_bf16;
     j["activation_bytes_per_image_f32"] = act_f32;
+    j["recompute_bytes_per_image_bf16"] = recompute_bf16;
     std::printf("%s\n", j.dump().c_str());
     return;
   }
@@ -57,7 +65,13 @@ void run_info(const InfoOptions& opts) {
               6.0 * gmacs);
   std::printf("activations      %.1f MiB per image saved for backward (bf16 + fp32 statistics), "
               "%.1f MiB in fp32%s\n",
-              act_bf16 / MiB, act_f32 / MiB, opts.recompute_gelu ? ", GELU recomputed" : "");
+              act_bf16 / MiB, act_f32 / MiB,
+              opts.grad_checkpointing ? ", blocks checkpointed"
+              : opts.recompute_gelu   ? ", GELU recomputed"
+                                      : "");
+  if (opts.grad_checkpointing)
+    std::printf("recompute        +%.1f MiB per image (bf16) while backward recomputes a block\n",
+                recompute_bf16 / MiB);
 }
 
 }  // namespace
@@ -68,6 +82,8 @@ void add_info_command(CLI::App& app) {
   opts->model.add_to(*cmd, "224");
   cmd->add_flag("--recompute-gelu", opts->recompute_gelu,
                 "Activation memory as deit train --recompute-gelu keeps it");
+  cmd->add_flag("--grad-checkpointing", opts->grad_checkpointing,
+                "Activation memory as deit train --grad-checkpointing keeps it");
   cmd->add_flag("--json", opts->json, "Print one JSON object (fields include params, gmacs)");
   cmd->callback([opts] { run_info(*opts); });
 }

@@ -28,6 +28,7 @@ struct TrainFlags {
   bool zero = false;
   bool cuda_graph = false;
   bool recompute_gelu = false;
+  bool grad_checkpointing = false;
   bool quiet = false;
 
   void add_to(CLI::App& cmd);

@@ -139,6 +139,7 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
 
   model::VisionTransformer vit(o.model, device);
   vit.set_recompute_gelu(o.recompute_gelu);
+  vit.set_grad_checkpointing(o.grad_checkpointing);
   Rng init_rng(o.seed);
   vit.initialize(init_rng);
   ParameterRegistry& params = vit.parameters();
@@ -309,6 +310,7 @@ nlohmann::ordered_json to_json(const StepReport& r) {
   j["optimizer"] = o.opt;
   j["drop_path"] = o.drop_path;
   j["recompute_gelu"] = o.recompute_gelu;
+  j["grad_checkpointing"] = o.grad_checkpointing;
   j["warmup_steps"] = o.warmup;
   j["timed_steps"] = std::max(1, o.steps);
   j["step_ms"] = r.step_ms;

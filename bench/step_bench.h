@@ -9,14 +9,15 @@
 // for PyTorch + timm, so bench/compare.sh can set the two side by side:
 //   impl                 "deit"
 //   model, input_size, batch_size (per process), world_size, device, device_name, precision,
-//   optimizer, drop_path, recompute_gelu
+//   optimizer, drop_path, recompute_gelu, grad_checkpointing
 //   warmup_steps, timed_steps
 //   step_ms              mean time of a timed step (wall clock from the first step's start to the
 //                        last one's end, on the device for CUDA)
 //   images_per_s         per process: batch_size / step_ms
 //   train_gflops_per_image  6 x forward MACs (model/cost.h, the convention of `deit info`):
 //                        forward + backward = 3 x the forward's 2 x MACs; elementwise work is not
-//                        counted
+//                        counted, nor the forward a grad_checkpointing run computes twice (MFU
+//                        counts useful work, as PyTorch's convention does)
 //   achieved_tflops      train_gflops_per_image x images_per_s
 //   peak_tflops, peak_tflops_source   the dense bf16 peak MFU is taken against (null if unknown)
 //   mfu                  achieved_tflops / peak_tflops (null if the peak is unknown)
@@ -70,6 +71,7 @@ struct StepBenchOptions {
   std::optional<double> peak_tflops;  // overrides the table of known GPUs
   bool cuda_graph = false;            // also time the step replayed as a CUDA graph (CUDA only)
   bool recompute_gelu = false;        // VisionTransformer::set_recompute_gelu
+  bool grad_checkpointing = false;    // VisionTransformer::set_grad_checkpointing
   uint64_t seed = 0;
 };
 

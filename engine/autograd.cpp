@@ -11,6 +11,39 @@ namespace deit {
 namespace {
 thread_local bool t_grad_enabled = true;
 thread_local std::vector<std::shared_ptr<Node>> t_tape;
+// Whether the backward walk under way copies a leaf's first gradient (the hooked form, autograd.h):
+// a recomputed segment's walk, which runs inside it, routes to the leaves in the same way.
+thread_local bool t_copy_into_leaf = false;
+
+// Sets a variable for the lifetime of the object, then puts the old value back.
+template <typename T>
+class Restore {
+ public:
+  Restore(T& variable, T value) : variable_(variable), old_(variable) { variable = value; }
+  ~Restore() { variable_ = old_; }
+  Restore(const Restore&) = delete;
+  Restore& operator=(const Restore&) = delete;
+
+ private:
+  T& variable_;
+  T old_;
+};
+
+// Gives the thread an empty tape for the lifetime of the object; then drops what was recorded on
+// it and puts the previous tape back.
+class FreshTape {
+ public:
+  FreshTape() { outer_.swap(t_tape); }
+  ~FreshTape() {
+    clear_tape();
+    outer_.swap(t_tape);
+  }
+  FreshTape(const FreshTape&) = delete;
+  FreshTape& operator=(const FreshTape&) = delete;
+
+ private:
+  std::vector<std::shared_ptr<Node>> outer_;
+};
 }  // namespace
 
 bool grad_enabled() { return t_grad_enabled; }
@@ -99,17 +132,30 @@ static std::vector<std::vector<std::shared_ptr<TensorImpl>>> leaves_by_first_use
   return final_after;
 }
 
-static void run_backward(const Tensor& root, const Tensor& grad_root, const GradReadyHook* hook) {
-  if (!root.requires_grad())
-    throw std::invalid_argument("backward() on a tensor that does not require grad");
-  if (grad_root.shape() != root.shape())
-    throw std::invalid_argument("backward(): gradient " + grad_root.describe() + " for " +
-                                root.describe());
+// Walks the tape back from `roots`, seeded with `grad_roots` (an undefined gradient skips its
+// root).
+// `private_leaves` are leaves only the caller reads (a recomputed segment's inputs): their first
+// gradient is shared even when the others are copied.
+static void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots,
+                         const GradReadyHook* hook, bool copy_into_leaf,
+                         const std::unordered_set<const TensorImpl*>& private_leaves = {}) {
+  for (size_t k = 0; k < roots.size(); ++k) {
+    if (!grad_roots[k].defined()) continue;
+    if (!roots[k].requires_grad())
+      throw std::invalid_argument("backward() on a tensor that does not require grad");
+    if (grad_roots[k].shape() != roots[k].shape())
+      throw std::invalid_argument("backward(): gradient " + grad_roots[k].describe() + " for " +
+                                  roots[k].describe());
+  }
   NoGrad no_grad;  // the backward functions run ops; they must not record
+  const Restore<bool> copy_mode(t_copy_into_leaf, copy_into_leaf);
   const auto final_after = hook ? leaves_by_first_use()
                                 : std::vector<std::vector<std::shared_ptr<TensorImpl>>>();
-  const bool copy_into_leaf = hook != nullptr;
-  route_grad(root.impl(), grad_root, copy_into_leaf);
+  auto route = [&](TensorImpl& target, const Tensor& g) {
+    route_grad(target, g, copy_into_leaf && private_leaves.count(&target) == 0);
+  };
+  for (size_t k = 0; k < roots.size(); ++k)
+    if (grad_roots[k].defined()) route(roots[k].impl(), grad_roots[k]);
   for (size_t i = t_tape.size(); i-- > 0;) {
     Node& node = *t_tape[i];
     const bool reached = std::any_of(node.grad_outputs.begin(), node.grad_outputs.end(),
@@ -120,8 +166,7 @@ static void run_backward(const Tensor& root, const Tensor& grad_root, const Grad
         throw std::logic_error("op " + node.op + " returned " + std::to_string(grads.size()) +
                                " gradients for " + std::to_string(node.inputs.size()) + " inputs");
       for (size_t k = 0; k < grads.size(); ++k)
-        if (node.needs_input_grad[k] && grads[k].defined())
-          route_grad(*node.inputs[k], grads[k], copy_into_leaf);
+        if (node.needs_input_grad[k] && grads[k].defined()) route(*node.inputs[k], grads[k]);
     }
     node.grad_outputs.clear();
     node.saved.clear();
@@ -139,12 +184,89 @@ void backward(const Tensor& root) {
   backward(root, Tensor::full(root.shape(), 1.0, root.dtype(), root.device()));
 }
 
+static void require_gradient(const Tensor& grad_root) {
+  if (!grad_root.defined())
+    throw std::invalid_argument("backward(): no gradient given for the root");
+}
+
 void backward(const Tensor& root, const Tensor& grad_root) {
-  run_backward(root, grad_root, nullptr);
+  require_gradient(grad_root);
+  run_backward({root}, {grad_root}, nullptr, false);
 }
 
 void backward(const Tensor& root, const Tensor& grad_root, const GradReadyHook& on_grad_ready) {
-  run_backward(root, grad_root, &on_grad_ready);
+  require_gradient(grad_root);
+  run_backward({root}, {grad_root}, &on_grad_ready, true);
+}
+
+// The backward of a recompute_in_backward node: the segment runs again on its saved inputs, on a
+// tape of its own, and the walk back through that replay routes the parameters' gradients
+// straight into their .grad; the inputs' gradients are returned for the outer walk to route.
+static std::vector<Tensor> replay_and_backpropagate(Node& self, const Segment& segment,
+                                                    size_t num_inputs,
+                                                    const std::vector<Tensor>& grad_outputs) {
+  const FreshTape replay_tape;
+  const Restore<bool> grad_on(t_grad_enabled, true);
+  std::vector<Tensor> inputs;
+  std::unordered_set<const TensorImpl*> private_leaves;
+  for (size_t k = 0; k < num_inputs; ++k) {
+    const Tensor& saved = self.saved[k];
+    Tensor input = saved.defined() ? saved.view(saved.shape()) : Tensor();
+    if (self.needs_input_grad[k]) {
+      input.set_requires_grad(true);
+      private_leaves.insert(&input.impl());
+    }
+    inputs.push_back(input);
+  }
+  const std::vector<Tensor> outputs = segment(inputs);
+  if (outputs.size() != grad_outputs.size())
+    throw std::logic_error("recomputed segment " + self.op + " returned " +
+                           std::to_string(outputs.size()) + " outputs, not " +
+                           std::to_string(grad_outputs.size()));
+  std::vector<Tensor> roots, grad_roots;
+  for (size_t k = 0; k < outputs.size(); ++k)
+    if (grad_outputs[k].defined() && outputs[k].requires_grad()) {
+      roots.push_back(outputs[k]);
+      grad_roots.push_back(grad_outputs[k]);
+    }
+  run_backward(roots, grad_roots, nullptr, t_copy_into_leaf, private_leaves);
+  std::vector<Tensor> grads(self.inputs.size());  // the leaves' entries stay undefined
+  for (size_t k = 0; k < num_inputs; ++k)
+    if (self.needs_input_grad[k]) grads[k] = inputs[k].grad();
+  return grads;
+}
+
+std::vector<Tensor> recompute_in_backward(const std::string& name, const Segment& segment,
+                                          const std::vector<Tensor>& inputs) {
+  if (!t_grad_enabled) return segment(inputs);
+  std::vector<Tensor> outputs;
+  std::vector<Tensor> leaves;
+  {
+    // The first run records on a scratch tape, only to learn which leaves the segment uses; the
+    // scratch tape, and every activation it saved, goes when this scope ends.
+    const FreshTape scratch_tape;
+    outputs = segment(inputs);
+    if (t_tape.empty()) return outputs;  // nothing in it needs a gradient
+    std::unordered_set<const TensorImpl*> seen;
+    for (const Tensor& input : inputs)
+      if (input.defined()) seen.insert(&input.impl());
+    for (const auto& node : t_tape)
+      for (const auto& input : node->inputs)
+        if (input && !input->grad_fn && seen.insert(input.get()).second) leaves.emplace_back(input);
+  }
+  std::vector<Tensor*> recorded_outputs;
+  for (Tensor& output : outputs) {
+    output = output.view(output.shape());  // detached from the scratch tape
+    recorded_outputs.push_back(&output);
+  }
+  std::vector<const Tensor*> node_inputs;
+  for (const Tensor& input : inputs) node_inputs.push_back(&input);
+  for (const Tensor& leaf : leaves) node_inputs.push_back(&leaf);
+  record(name, recorded_outputs, node_inputs, inputs,
+         [segment, num_inputs = inputs.size()](Node& self, const std::vector<Tensor>& grads) {
+           return replay_and_backpropagate(self, segment, num_inputs, grads);
+         });
+  return outputs;
 }
 
 size_t tape_size() { return t_tape.size(); }

@@ -8,7 +8,8 @@
 // (a parameter or an input marked requires_grad), added into the leaf's .grad. Leaf gradients
 // accumulate across calls, so gradient accumulation over micro-batches needs nothing special;
 // zero them (ParameterRegistry::zero_grad) when a step is done. The tape is cleared after backward,
-// freeing every saved activation.
+// freeing every saved activation. recompute_in_backward trades time for memory: a segment of the
+// forward keeps only its inputs, and its activations are recomputed when backward reaches it.
 #pragma once
 #include <functional>
 #include <memory>
@@ -80,6 +81,17 @@ using GradReadyHook = std::function<void(const Tensor& leaf)>;
 // may modify .grad in place: without the hook, a leaf's .grad may share storage with a gradient
 // that backward still routes elsewhere.
 void backward(const Tensor& root, const Tensor& grad_root, const GradReadyHook& on_grad_ready);
+
+// Activation checkpointing. Runs `segment` on `inputs` and returns its outputs, recorded as one
+// node that saves only the inputs: the segment's own activations are freed as soon as it returns.
+// When backward reaches the node it runs `segment` again, on the saved inputs and with grad mode
+// on, and backpropagates through that replay; so the segment must compute the same values both
+// times (no random draws inside it: pass drop-path keep scales in as inputs). The leaves the
+// segment uses (its parameters) are found while it runs, and receive their gradients, and their
+// grad-ready hook calls, when the node's backward is done. With grad mode off it is `segment`.
+using Segment = std::function<std::vector<Tensor>(const std::vector<Tensor>& inputs)>;
+std::vector<Tensor> recompute_in_backward(const std::string& name, const Segment& segment,
+                                          const std::vector<Tensor>& inputs);
 
 // The current thread's tape, for inspection: how many nodes, and the bytes their saved tensors
 // hold (each storage counted once).

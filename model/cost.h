@@ -24,7 +24,19 @@ int64_t forward_macs(const ViTConfig& config);
 // Around the blocks: the unfolded patches (the patch GEMM's input), and the class token before and
 // after the final norm (model/vit.h). Weights are not counted; the loss is not part of the model.
 // With recompute_gelu (VisionTransformer::set_recompute_gelu) the GELU output is not kept: 14.
+// With grad_checkpointing (set_grad_checkpointing) a block keeps only its two inputs, the residual
+// stream and its first LayerNorm's output (2, plus its drop-path scales), and the first block's
+// norm1 keeps its statistics outside the blocks.
+struct ActivationOptions {
+  bool recompute_gelu = false;
+  bool grad_checkpointing = false;
+};
 int64_t activation_bytes_per_image(const ViTConfig& config, int64_t activation_bytes,
-                                   int64_t stat_bytes, bool recompute_gelu = false);
+                                   int64_t stat_bytes, ActivationOptions options = {});
+
+// The bytes per image one block saves without checkpointing. With checkpointing, it is what a
+// block's backward holds on top of the saved bytes while it recomputes the block's forward.
+int64_t block_activation_bytes_per_image(const ViTConfig& config, int64_t activation_bytes,
+                                         int64_t stat_bytes, bool recompute_gelu);
 
 }  // namespace deit::model

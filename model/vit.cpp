@@ -69,12 +69,7 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
     throw std::invalid_argument("model " + c.name + ": keep scales " + keep_scales.describe() +
                                 " for a batch of " + std::to_string(B) + " (want (" +
                                 std::to_string(2 * c.depth) + ", " + std::to_string(B) + "))");
-  int64_t branch = 0;
-  auto keep_scales_of_next_branch = [&] {
-    const Tensor row = keep_scales.slice(branch, branch + 1).view({B});
-    ++branch;
-    return row;
-  };
+  auto keep_scales_row = [&](int64_t row) { return keep_scales.slice(row, row + 1).view({B}); };
 
   Tensor patch_weight = ops::reshape(p("patch_embed.proj.weight"), {C, -1});
   Tensor x = ops::linear(ops::patch_unfold(images, c.patch), patch_weight, p("patch_embed.proj.bias"));
@@ -82,35 +77,47 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
 
   // Pre-norm blocks. Each residual update is fused with the LayerNorm that reads its result
   // (norm2, or the next block's norm1); only the first norm1 and the last update stand alone.
-  const double eps = c.layernorm_eps;
-  auto block = [&](int64_t i) { return "blocks." + std::to_string(i) + "."; };
-  Tensor h = ops::layernorm(x, p(block(0) + "norm1.weight"), p(block(0) + "norm1.bias"), eps);
+  Tensor h = ops::layernorm(x, p("blocks.0.norm1.weight"), p("blocks.0.norm1.bias"),
+                            c.layernorm_eps);
   for (int64_t i = 0; i < c.depth; ++i) {
-    const std::string b = block(i);
-    h = ops::linear(h, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"));
-    h = ops::attention(h, c.heads);
-    h = ops::linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"));
-    ops::ResidualAndNorm r =
-        ops::layerscale_residual_layernorm(x, h, p(b + "ls1.gamma"), keep_scales_of_next_branch(),
-                                           p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
-    x = r.residual;
-
-    h = ops::linear(r.normed, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias"));
-    const Tensor &fc2_weight = p(b + "mlp.fc2.weight"), &fc2_bias = p(b + "mlp.fc2.bias");
-    h = recompute_gelu_ ? ops::gelu_linear(h, fc2_weight, fc2_bias)
-                        : ops::linear(ops::gelu(h), fc2_weight, fc2_bias);
-    if (i + 1 == c.depth) {
-      x = ops::layerscale_residual(x, h, p(b + "ls2.gamma"), keep_scales_of_next_branch());
-      break;
-    }
-    const std::string next = block(i + 1);
-    r = ops::layerscale_residual_layernorm(x, h, p(b + "ls2.gamma"), keep_scales_of_next_branch(),
-                                           p(next + "norm1.weight"), p(next + "norm1.bias"), eps);
-    x = r.residual;
-    h = r.normed;
+    const Tensor keep_attention = keep_scales_row(2 * i), keep_mlp = keep_scales_row(2 * i + 1);
+    auto block = [this, i](const std::vector<Tensor>& in) {
+      return block_forward(i, in[0], in[1], in[2], in[3]);
+    };
+    const std::vector<Tensor> inputs{x, h, keep_attention, keep_mlp};
+    const std::vector<Tensor> out = grad_checkpointing_
+                                        ? recompute_in_backward("checkpointed_block", block, inputs)
+                                        : block(inputs);
+    x = out[0];
+    if (out.size() > 1) h = out[1];
   }
-  Tensor cls = ops::layernorm(ops::cls_select(x), p("norm.weight"), p("norm.bias"), eps);
+  Tensor cls = ops::layernorm(ops::cls_select(x), p("norm.weight"), p("norm.bias"),
+                              c.layernorm_eps);
   return ops::linear(cls, p("head.weight"), p("head.bias"));
+}
+
+std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
+                                                     const Tensor& normed,
+                                                     const Tensor& keep_attention,
+                                                     const Tensor& keep_mlp) const {
+  const double eps = config_.layernorm_eps;
+  const std::string b = "blocks." + std::to_string(i) + ".";
+  Tensor h = ops::linear(normed, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"));
+  h = ops::attention(h, config_.heads);
+  h = ops::linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"));
+  ops::ResidualAndNorm r = ops::layerscale_residual_layernorm(
+      x, h, p(b + "ls1.gamma"), keep_attention, p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
+
+  h = ops::linear(r.normed, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias"));
+  const Tensor &fc2_weight = p(b + "mlp.fc2.weight"), &fc2_bias = p(b + "mlp.fc2.bias");
+  h = recompute_gelu_ ? ops::gelu_linear(h, fc2_weight, fc2_bias)
+                      : ops::linear(ops::gelu(h), fc2_weight, fc2_bias);
+  if (i + 1 == config_.depth)
+    return {ops::layerscale_residual(r.residual, h, p(b + "ls2.gamma"), keep_mlp)};
+  const std::string next = "blocks." + std::to_string(i + 1) + ".";
+  r = ops::layerscale_residual_layernorm(r.residual, h, p(b + "ls2.gamma"), keep_mlp,
+                                         p(next + "norm1.weight"), p(next + "norm1.bias"), eps);
+  return {r.residual, r.normed};
 }
 
 }  // namespace deit::model

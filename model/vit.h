@@ -43,6 +43,11 @@ class VisionTransformer {
   // than kept from forward to backward (ops::gelu_linear): 4 of a block's 18 T x C activations,
   // for one more GELU pass. The values and gradients do not change. Off by default.
   void set_recompute_gelu(bool recompute) { recompute_gelu_ = recompute; }
+  // Activation checkpointing per block (engine/autograd.h recompute_in_backward): a block keeps
+  // only its two inputs from forward to backward and runs its forward again in backward, one block
+  // at a time. About a third more compute for a fraction of the memory (model/cost.h); the values
+  // and gradients do not change. Off by default.
+  void set_grad_checkpointing(bool checkpoint) { grad_checkpointing_ = checkpoint; }
 
   const ViTConfig& config() const { return config_; }
   ParameterRegistry& parameters() { return params_; }
@@ -50,9 +55,14 @@ class VisionTransformer {
 
  private:
   const Tensor& p(const std::string& name) const { return params_.get(name); }
+  // Block i's two residual updates: from the residual stream x and norm1(x) to the new stream and
+  // the next block's norm1 of it, or to the stream alone after the last block.
+  std::vector<Tensor> block_forward(int64_t i, const Tensor& x, const Tensor& normed,
+                                    const Tensor& keep_attention, const Tensor& keep_mlp) const;
 
   ViTConfig config_;
   bool recompute_gelu_ = false;
+  bool grad_checkpointing_ = false;
   std::vector<ParamSpec> specs_;
   ParameterRegistry params_;
 };

@@ -4,6 +4,7 @@
 // tested is that each field is there and means what bench/step_bench.h says.
 #include <catch2/catch.hpp>
 
+#include <map>
 #include <set>
 #include <string>
 
@@ -41,6 +42,7 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
   CHECK(j["optimizer"] == "lamb");
   CHECK(j["drop_path"].get<double>() == 0.0);  // the recipe's rate for deit3_tiny
   CHECK(j["recompute_gelu"] == false);
+  CHECK(j["grad_checkpointing"] == false);
   CHECK(j["warmup_steps"] == 1);
   CHECK(j["timed_steps"] == 2);
 
@@ -117,6 +119,22 @@ TEST_CASE("deit bench step --recompute-gelu runs fc2 through gelu_linear", "[cli
   // One block: GELU once in forward and once more in backward, where it is recomputed.
   for (const auto& op : j["breakdown"])
     if (op["op"] == "gelu") CHECK(op["calls_per_step"].get<double>() == 2.0);
+}
+
+TEST_CASE("deit bench step --grad-checkpointing runs each block's forward again in backward",
+          "[cli][bench]") {
+  const CliResult r = run_deit(std::string(kTinyStep) + " --grad-checkpointing");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.output);
+  CHECK(j["grad_checkpointing"] == true);
+  std::map<std::string, double> calls;
+  for (const auto& op : j["breakdown"])
+    calls[op["op"].get<std::string>()] = op["calls_per_step"].get<double>();
+  // One block: its attention and GELU twice (forward, then again in backward), once backward.
+  CHECK(calls["attention"] == 2.0);
+  CHECK(calls["gelu"] == 2.0);
+  CHECK(calls["attention backward"] == 1.0);
 }
 
 TEST_CASE("deit bench step takes a peak for MFU and the recipe's overrides", "[cli][bench]") {

@@ -102,8 +102,11 @@ TEST_CASE("every preset runs forward and backward through the tape", "[model][pr
     };
     CHECK(saved_bytes(2) - saved_bytes(1) == activation_bytes_per_image(c, 4, 4));
     vit.set_recompute_gelu(true);
-    CHECK(saved_bytes(2) - saved_bytes(1) == activation_bytes_per_image(c, 4, 4, true));
+    CHECK(saved_bytes(2) - saved_bytes(1) == activation_bytes_per_image(c, 4, 4, {true, false}));
     vit.set_recompute_gelu(false);
+    vit.set_grad_checkpointing(true);
+    CHECK(saved_bytes(2) - saved_bytes(1) == activation_bytes_per_image(c, 4, 4, {false, true}));
+    vit.set_grad_checkpointing(false);
 
     Tensor logits = vit.forward(Tensor::randn({2, 3, c.input_size, c.input_size}, rng));
     backward(ops::bce_with_logits(logits, Tensor::zeros(logits.shape())));
@@ -112,5 +115,40 @@ TEST_CASE("every preset runs forward and backward through the tape", "[model][pr
       REQUIRE(p.value.grad().defined());
       CHECK(p.value.grad().shape() == p.value.shape());
     }
+  }
+}
+
+// Checkpointed blocks run the same ops twice on the same inputs (the drop-path keep scales are
+// drawn before the blocks and passed in), so nothing may change, bit for bit.
+TEST_CASE("grad checkpointing changes neither the logits nor any gradient", "[model][recompute]") {
+  ViTConfig c = preset("deit3_tiny");
+  c.input_size = 32;
+  c.depth = 3;
+  c.num_classes = 5;
+  VisionTransformer vit(c);
+  Rng init(7);
+  vit.initialize(init);
+  for (auto& p : vit.parameters().all())
+    if (p.name.find("gamma") != std::string::npos) p.value.fill_(0.5);  // blocks that matter
+  Rng data(8);
+  const Tensor images = Tensor::randn({3, 3, 32, 32}, data);
+  const Tensor targets = Tensor::full({3, 5}, 0.25);
+  std::vector<float> logits[2];
+  std::vector<std::vector<float>> grads[2];
+  for (int checkpointing = 0; checkpointing < 2; ++checkpointing) {
+    vit.set_grad_checkpointing(checkpointing == 1);
+    vit.parameters().zero_grad();
+    Rng drop_path(9);
+    const Tensor out = vit.forward(images, 0.3, &drop_path);
+    backward(ops::bce_with_logits(out, targets));
+    logits[checkpointing] = out.to_vector<float>();
+    for (const auto& p : vit.parameters().all())
+      grads[checkpointing].push_back(p.value.grad().to_vector<float>());
+  }
+  CHECK(logits[1] == logits[0]);
+  const auto& params = vit.parameters().all();
+  for (size_t i = 0; i < params.size(); ++i) {
+    INFO(params[i].name);
+    CHECK(grads[1][i] == grads[0][i]);
   }
 }

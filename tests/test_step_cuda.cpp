@@ -301,26 +301,32 @@ TEST_CASE("a CUDA step captured once and replayed N times gives N eager steps as
   }
 }
 
-TEST_CASE("a CUDA step with GELU recomputed in backward gives the same loss and gradients",
+TEST_CASE("a CUDA step with GELU or whole blocks recomputed gives the same loss and gradients",
           "[gpu][step]") {
-  // ops::gelu_linear runs the same GELU kernel again in backward, on the same bf16 input: the
-  // bits cannot change, while the tape holds one fc1-wide activation less per block.
+  // ops::gelu_linear runs the same GELU kernel again in backward, on the same bf16 input, and a
+  // checkpointed block runs its forward kernels again on the same inputs: the bits cannot change,
+  // while the tape holds one fc1-wide activation less per block, or two activations per block.
   VisionTransformer gpu(small_config(), kGpu);
   copy_weights(make_cpu_model(41), gpu);
   const Batch batch = make_batch(42, kGpu);
-  std::vector<std::vector<float>> grads[2];
-  double losses[2];
-  for (int recompute = 0; recompute < 2; ++recompute) {
-    gpu.set_recompute_gelu(recompute == 1);
-    losses[recompute] = forward_backward(gpu, batch).item();
+  const std::pair<bool, bool> variants[] = {{false, false}, {true, false}, {false, true}};
+  std::vector<std::vector<float>> grads[3];
+  double losses[3];
+  for (int v = 0; v < 3; ++v) {
+    gpu.set_recompute_gelu(variants[v].first);
+    gpu.set_grad_checkpointing(variants[v].second);
+    losses[v] = forward_backward(gpu, batch).item();
     for (const Parameter& p : gpu.parameters().all())
-      grads[recompute].push_back(host_values(p.value.grad()));
+      grads[v].push_back(host_values(p.value.grad()));
   }
-  CHECK(losses[1] == losses[0]);
   const auto& params = gpu.parameters().all();
-  for (size_t i = 0; i < params.size(); ++i) {
-    INFO(params[i].name);
-    CHECK(grads[1][i] == grads[0][i]);
+  for (int v = 1; v < 3; ++v) {
+    INFO((v == 1 ? "GELU recomputed" : "blocks checkpointed"));
+    CHECK(losses[v] == losses[0]);
+    for (size_t i = 0; i < params.size(); ++i) {
+      INFO(params[i].name);
+      CHECK(grads[v][i] == grads[0][i]);
+    }
   }
 }
 

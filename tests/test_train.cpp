@@ -116,16 +116,20 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
   CHECK(ck.config.num_classes == 4);  // taken from the dataset
 }
 
-TEST_CASE("deit train --recompute-gelu trains bit for bit as without it", "[train]") {
+TEST_CASE("deit train --recompute-gelu or --grad-checkpointing trains bit for bit as without",
+          "[train]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir);
   REQUIRE(run_deit(tiny_train_args(data, dir.file("kept"), 1)).exit_code == 0);
-  const CliResult r = run_deit(tiny_train_args(data, dir.file("recomputed"), 1) +
-                               " --recompute-gelu");
-  INFO(r.output);
-  REQUIRE(r.exit_code == 0);
-  CHECK(parameter_bytes(dir.file("recomputed") + "/checkpoint.safetensors") ==
-        parameter_bytes(dir.file("kept") + "/checkpoint.safetensors"));
+  const std::vector<uint8_t> kept = parameter_bytes(dir.file("kept") + "/checkpoint.safetensors");
+  for (const std::string flag : {"--recompute-gelu", "--grad-checkpointing"}) {
+    INFO(flag);
+    const std::string out = dir.file(flag.substr(2));
+    const CliResult r = run_deit(tiny_train_args(data, out, 1) + " " + flag);
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    CHECK(parameter_bytes(out + "/checkpoint.safetensors") == kept);
+  }
 }
 
 TEST_CASE("deit eval reports what training logged, from a checkpoint or exported weights",

@@ -102,6 +102,7 @@ nlohmann::json TrainOptions::to_json() const {
           {"zero", zero},
           {"cuda_graph", cuda_graph},
           {"recompute_gelu", recompute_gelu},
+          {"grad_checkpointing", grad_checkpointing},
           {"bucket_mb", bucket_mb}};
 }
 

@@ -54,6 +54,7 @@ struct TrainOptions {
   int workers = 2;       // data loading threads
   bool cuda_graph = false;  // CUDA: replay one captured step after the first (train/graph_step.h)
   bool recompute_gelu = false;  // GELU recomputed in backward (model/vit.h set_recompute_gelu)
+  bool grad_checkpointing = false;  // blocks recomputed in backward (set_grad_checkpointing)
 
   // Data-parallel runs (one process per rank; see README "Multi-GPU / multi-node").
   bool zero = false;       // shard the optimizer state across the ranks (ZeRO stage 1)

@@ -180,6 +180,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   // the host's random draws, so a CUDA run starts from the CPU run's weights.
   model::VisionTransformer vit(o.model, device);
   vit.set_recompute_gelu(o.recompute_gelu);
+  vit.set_grad_checkpointing(o.grad_checkpointing);
   Rng init_rng = stream_rng(o.seed, Stream::kInit);
   vit.initialize(init_rng);
   if (!o.finetune.empty()) load_finetune_weights(vit, o.finetune);
