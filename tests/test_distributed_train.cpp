@@ -206,7 +206,7 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
   }
 }
 
-TEST_CASE("mpi: 2 ranks with batch b train like 1 process with batch 2b, with or without ZeRO-1",
+TEST_CASE("mpi: 2 ranks with batch b train like 1 process with batch 2b, with ZeRO-1 or without",
           "[mpi]") {
   auto comm = mpi_communicator();
   const SharedDir dir(*comm);
@@ -216,6 +216,11 @@ TEST_CASE("mpi: 2 ranks with batch b train like 1 process with batch 2b, with or
   train::TrainOptions zero_options = tiny_run(data, dir.file("zero"), 4);
   zero_options.zero = true;
   const train::TrainSummary zero = train::train(zero_options, *comm);
+  // Checkpointed blocks hand their parameters' gradients to the reducer's buckets later in
+  // backward, all at once per block: the same averages.
+  train::TrainOptions checkpointed_options = tiny_run(data, dir.file("checkpointed"), 4);
+  checkpointed_options.grad_checkpointing = true;
+  train::train(checkpointed_options, *comm);
   CHECK(two.world_size == 2);
   CHECK(two.last.images == 3);  // each validation image once, on one rank or the other
   CHECK(zero.last.loss == two.last.loss);
@@ -246,6 +251,8 @@ TEST_CASE("mpi: 2 ranks with batch b train like 1 process with batch 2b, with or
     CHECK(read_tensors(zero_ck.model) == read_tensors(two_ck.model));
     CHECK(read_tensors(zero_ck.extra) == read_tensors(two_ck.extra));
     CHECK(zero_ck.extra.size() == two_ck.extra.size());
+    CHECK(read_tensors(model::read_checkpoint(dir.file("checkpointed/checkpoint.safetensors"))
+                           .model) == read_tensors(two_ck.model));
   }
 }
 
