@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The PyTorch + timm side of deit's benchmarks (bench/compare.sh runs both sides).
 
-  torch_baseline.py step --model NAME --input-size S --batch-size B [--compile] [--json] ...
+  torch_baseline.py step --model NAME --input-size S --batch-size B [--compile]
+                        [--grad-checkpointing] [--json] ...
       One DeiT III training step in PyTorch as people run it: timm's deit3_* model, bf16 autocast,
       SDPA attention (timm's fused_attn: torch picks the backend), BCE on binarised targets, and a
       fused optimizer. torch has no LAMB, let alone a fused one, so the default is torch's fused
@@ -118,6 +119,8 @@ def run_step(args):
     device = torch.device("cuda:0")
     torch.cuda.reset_peak_memory_stats()
     model = make_model(args).to(device).train()
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)  # torch.utils.checkpoint around every block
     optimizer, optimizer_name = make_optimizer(args, model)
     forward = torch.compile(model) if args.compile else model
     B, S, K = args.batch_size, args.input_size, args.num_classes
@@ -162,6 +165,7 @@ def run_step(args):
         "model": args.model, "input_size": S, "batch_size": B, "world_size": 1,
         "device": str(device), "device_name": torch.cuda.get_device_name(0),
         "precision": "bf16", "optimizer": optimizer_name, "drop_path": args.drop_path,
+        "grad_checkpointing": args.grad_checkpointing,
         "warmup_steps": args.warmup, "timed_steps": args.steps,
         "step_ms": step_ms, "images_per_s": images_per_s,
         "train_gflops_per_image": args.train_gflops_per_image,
@@ -274,6 +278,9 @@ def main():
     for flag in ("patch", "dim", "depth", "heads"):
         step.add_argument(f"--{flag}", type=int, default=None, help=f"override the preset's {flag}")
     step.add_argument("--compile", action="store_true", help="torch.compile the model")
+    step.add_argument("--grad-checkpointing", action="store_true",
+                      help="recompute every block in backward (timm's set_grad_checkpointing), "
+                           "as deit bench step --grad-checkpointing does")
     step.add_argument("--opt", choices=("adamw", "lamb"), default="adamw")
     step.add_argument("--lr", type=float, default=1e-3)
     step.add_argument("--drop-path", type=float, default=0.0,
