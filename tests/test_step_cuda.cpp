@@ -330,27 +330,32 @@ TEST_CASE("a CUDA step with GELU or whole blocks recomputed gives the same loss 
   }
 }
 
-TEST_CASE("a warm CUDA step allocates no device memory", "[gpu][step]") {
+TEST_CASE("a warm CUDA step allocates no device memory, with blocks checkpointed or not",
+          "[gpu][step]") {
   VisionTransformer gpu(small_config(), kGpu);
   copy_weights(make_cpu_model(31), gpu);
   const Batch batch = make_batch(32, kGpu);
   auto opt = make_optimizer("lamb", gpu.parameters(), test_options());
   WeightEma ema(gpu.parameters(), 0.99);
   CachingAllocator& allocator = cuda_allocator(0);
-  uint64_t after_first = 0;
-  for (int step = 1; step <= 4; ++step) {
-    {
-      const Tensor loss = forward_backward(gpu, batch);
-      opt->step_async();
-      ema.update(gpu.parameters());
-    }  // the loss goes before the next step starts, as in a training loop that logs it
-    sync_device();
-    const uint64_t driver_allocations = allocator.stats().system_allocations;
-    INFO("step " << step << ": " << driver_allocations << " cudaMalloc calls so far");
-    if (step == 1)
-      after_first = driver_allocations;
-    else
-      CHECK(driver_allocations == after_first);
+  for (const bool checkpointing : {false, true}) {
+    INFO((checkpointing ? "blocks checkpointed" : "plain tape"));
+    gpu.set_grad_checkpointing(checkpointing);
+    uint64_t after_first = 0;
+    for (int step = 1; step <= 4; ++step) {
+      {
+        const Tensor loss = forward_backward(gpu, batch);
+        opt->step_async();
+        ema.update(gpu.parameters());
+      }  // the loss goes before the next step starts, as in a training loop that logs it
+      sync_device();
+      const uint64_t driver_allocations = allocator.stats().system_allocations;
+      INFO("step " << step << ": " << driver_allocations << " cudaMalloc calls so far");
+      if (step == 1)
+        after_first = driver_allocations;
+      else
+        CHECK(driver_allocations == after_first);
+    }
   }
   CHECK(std::isfinite(opt->device_grad_norm().item()));
 }
