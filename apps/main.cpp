@@ -6,6 +6,7 @@
 #include <exception>
 
 #include "apps/commands.h"
+#include "engine/allocator.h"
 
 // OpenMP threads that spin while they wait for work steal the cores from the data-loading threads
 // (and from everything else on a shared machine): measured 20x slower training steps on a busy
@@ -36,6 +37,14 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const deit::OutOfMemory& e) {
+    std::fprintf(stderr,
+                 "deit: error: %s\n"
+                 "A smaller --batch-size needs less; so do, when training, --grad-checkpointing "
+                 "(a block keeps 2 of its 18 activations) and --recompute-gelu (14 of 18). "
+                 "`deit info --model NAME` shows the activation memory per image.\n",
+                 e.what());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "deit: error: %s\n", e.what());
     return 1;

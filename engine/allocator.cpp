@@ -47,9 +47,8 @@ void* CachingAllocator::allocate(size_t bytes) {
       ptr = system_allocate(size);
     }
     if (!ptr)
-      throw std::runtime_error(name_ + ": out of memory allocating " + std::to_string(size >> 20) +
-                               " MiB (" + std::to_string(stats_.bytes_in_use >> 20) +
-                               " MiB in use)");
+      throw OutOfMemory(name_ + ": out of memory allocating " + std::to_string(size >> 20) +
+                        " MiB (" + std::to_string(stats_.bytes_in_use >> 20) + " MiB in use)");
     ++stats_.system_allocations;
   }
   in_use_[ptr] = block;

@@ -11,10 +11,18 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 
 namespace deit {
+
+// Thrown by CachingAllocator::allocate when the system refuses a block even after the cache was
+// given back: the command line answers it with what needs less memory (apps/main.cpp).
+class OutOfMemory : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 struct AllocatorStats {
   size_t bytes_in_use = 0;     // handed out and not yet freed

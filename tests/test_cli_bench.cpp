@@ -137,6 +137,17 @@ TEST_CASE("deit bench step --grad-checkpointing runs each block's forward again 
   CHECK(calls["attention backward"] == 1.0);
 }
 
+TEST_CASE("running out of memory says what needs less", "[cli][bench]") {
+  // 10^9 images of 3 x 224 x 224: more bytes than a 64-bit process can address, refused at once
+  // whatever the kernel's overcommit policy.
+  const CliResult r = run_deit(
+      "bench step --device cpu --model deit3_tiny --batch-size 1000000000 --steps 1 --warmup 0");
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.output, Catch::Contains("out of memory allocating") &&
+                           Catch::Contains("--batch-size") &&
+                           Catch::Contains("--grad-checkpointing"));
+}
+
 TEST_CASE("deit bench step takes a peak for MFU and the recipe's overrides", "[cli][bench]") {
   const CliResult r = run_deit(std::string(kTinyStep) +
                                " --peak-tflops 2 --opt adamw --drop-path 0.5 --profile-steps 0");
