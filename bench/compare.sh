@@ -12,7 +12,9 @@
 #   --every-model  deit3_small, base, large, huge at 224 (batch 256, 256, 128, 64); kernels at
 #           ViT-B's width, 20 runs each: the table issue 7 asks for, in about ten minutes.
 #   --full  deit3_small, base, large, huge at 224 and at the recipe's low resolutions (B and L
-#           192, H 160); kernels at every preset width, 100 runs each. Tens of minutes.
+#           192, H 160), and deit3_huge at 224 with batch 256 and every block recomputed in backward
+#           on both sides (--grad-checkpointing); kernels at every preset width, 100 runs each.
+#           Tens of minutes.
 #   --build the build folder holding `deit` (default build-gpu, what bench/gpu-check.sh builds)
 #
 # Needs the built deit, nvidia-smi, and a python3 with torch and timm; no network, no Debian
@@ -41,9 +43,10 @@ fi
 
 if [ "$mode" = full ]; then
   # model, input size, batch per GPU: the recipe's per-GPU batch where it fits (2048 over 8 GPUs
-  # for S and B), smaller for L and H.
+  # for S and B), smaller for L and H; then flags both sides take.
   configs=("deit3_small 224 256" "deit3_base 224 256" "deit3_base 192 256"
-           "deit3_large 224 128" "deit3_large 192 128" "deit3_huge 224 64" "deit3_huge 160 64")
+           "deit3_large 224 128" "deit3_large 192 128" "deit3_huge 224 64" "deit3_huge 160 64"
+           "deit3_huge 224 256 --grad-checkpointing")
   kernel_flags=(--full)
   torch_repeats=(--warmup 10 --repeats 100)
 elif [ "$mode" = every-model ]; then
@@ -100,18 +103,19 @@ if [ "$(cat "$last.rc")" = 0 ]; then
 fi
 
 for config in "${configs[@]}"; do
-  read -r model size batch <<<"$config"
+  # $flags stays unquoted below: no words, or several.
+  read -r model size batch flags <<<"$config"
   "$deit" info --model "$model" --input-size "$size" --json >"$work/info.json"
   gflops=$(field "$work/info.json" train_gflops_per_image)
   # --cuda-graph: the step replayed as one graph too, a row of its own under the model's phases
   # (a failed capture is reported there and spares the eager numbers).
   record step "$config" 900 "$deit" bench step --model "$model" --input-size "$size" \
-    --batch-size "$batch" --device cuda --cuda-graph --json
+    --batch-size "$batch" --device cuda --cuda-graph --json $flags
   # PyTorch runs the model deit ran: its drop-path rate, its FLOP count, its peak for MFU.
   drop_path=$(field "$last.json" drop_path)
   peak=$(field "$last.json" peak_tflops)
   torch_args=(--model "$model" --input-size "$size" --batch-size "$batch"
-              --drop-path "${drop_path:-0}" --json)
+              --drop-path "${drop_path:-0}" --json $flags)
   [ -n "$gflops" ] && torch_args+=(--train-gflops-per-image "$gflops")
   [ -n "$peak" ] && torch_args+=(--peak-tflops "$peak")
   record step "$config" 900 python3 bench/torch_baseline.py step "${torch_args[@]}"

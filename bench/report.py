@@ -64,7 +64,9 @@ def step_section(runs):
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     details = []
     for label, config in by_config.items():
-        model, size, batch = label.split()
+        model, size, batch, *flags = label.split()  # flags: what both sides ran with
+        if flags:
+            model += " (" + " ".join(flags) + ")"
         ours, eager, compiled = (config.get(k) for k in ("deit", "torch", "torch.compile"))
 
         def get(result, key):
