@@ -115,6 +115,8 @@ target_compile_definitions(deit_config INTERFACE
 target_include_directories(deit_config INTERFACE ${PROJECT_SOURCE_DIR})
 # No fused multiply-add on the host: the CPU augmentation matches Pillow and the GPU stage bit for
 # bit only when each product is rounded before its sum, which GCC's default (-ffp-contract=fast)
-# gives up wherever FMA exists (aarch64 hosts such as GH200, or -march=native on x86-64).
+# gives up wherever FMA exists (aarch64 hosts such as GH200, or -march=native on x86-64). The
+# host half of the .cu files too: the augmentation's shared arithmetic is compiled there as well.
 target_compile_options(deit_config INTERFACE
-  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -ffp-contract=off>)
+  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -ffp-contract=off>
+  $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-ffp-contract=off>)
