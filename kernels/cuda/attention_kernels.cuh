@@ -1,0 +1,515 @@
+// The device code of the fused attention (kernels/cuda/attention.cu says what it computes, its
+// launch shapes and its measured speed): tile constants, warp-level tensor-core tile products,
+// global <-> shared movement, and the four kernels (forward, delta, dK/dV, dQ).
+//
+// Included by attention.cu after kernels/cuda/common.cuh and kernels/cuda/mma.cuh, and by the
+// emulated test (tests/emulated/attention_emulated.cpp) after its host stand-ins for both, which
+// run these kernels lane by lane on machines without a GPU. So the code here uses only gpu:: of
+// common.cuh, the ptx:: wrappers of mma.cuh (shared memory comes from dynamic_smem()), CUDA's
+// bf16 types and conversions, the built-ins threadIdx, blockIdx, __syncthreads and
+// __shfl_xor_sync, and <cmath>; anything more needs a stand-in in tests/emulated/cuda_emulator.h.
+// Each includer is the only translation unit of its program with these kernels, hence the unnamed
+// namespace.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+namespace deit::kernels {
+namespace {
+
+using gpu::bf16;
+using namespace ptx;  // mma.cuh's wrappers, or the emulator's twins of them
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kWarpRows = 16;                 // the m of mma.m16n8k16
+constexpr int kRows = kWarps * kWarpRows;     // outer rows per block
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.69314718055994531f;
+
+// Tile shapes for one head dim. Shared rows hold D bf16 plus 8 of padding: a row stride of
+// 2D + 16 bytes puts the 8 consecutive rows an ldmatrix reads at 16-byte offsets that differ
+// modulo 128 bytes for every D here, so they hit distinct banks.
+template <int D>
+struct Tiles {
+  static_assert(D % 16 == 0 && D <= 128, "head dim: a multiple of 16, at most 128");
+  static constexpr int kCols = D <= 80 ? 64 : 32;  // inner tile rows
+  static constexpr int kStride = D + 8;            // shared row stride, elements
+  static constexpr int kRowBytes = kStride * 2;
+  // Q tile + double-buffered K and V tiles.
+  static constexpr int kForwardSmem = (kRows + 4 * kCols) * kRowBytes;
+  // K and V tiles + double-buffered Q, dO tiles + double-buffered lse and delta of those queries.
+  static constexpr int kDkvSmem = (2 * kRows + 4 * kCols) * kRowBytes + 4 * kCols * 4;
+  // Q and dO tiles + double-buffered K and V tiles.
+  static constexpr int kDqSmem = (2 * kRows + 4 * kCols) * kRowBytes;
+};
+
+
+// ---------------------------------------------------------------------------------------------
+// Warp-level tile products. Accumulators are arrays of m16n8 C fragments: acc[n][0..3] holds
+// columns [8n, 8n + 8) of the warp's 16 rows in the mma_bf16 layout (mma.cuh).
+
+// acc (16 x N) += A (16 x K) * B^T, with A's 16 rows and B's N rows of K elements each row-major
+// in shared memory (stride `stride` elements). This is the layout of every "rows times rows"
+// product here: Q K^T, dO V^T, K Q^T, V dO^T.
+template <int N, int K>
+__device__ __forceinline__ void mma_rows_rows(float (&acc)[N / 8][4], const bf16* a, const bf16* b,
+                                              int stride) {
+  static_assert(N % 16 == 0 && K % 16 == 0, "tile sizes are multiples of 16");
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int ks = 0; ks < K / 16; ++ks) {
+    // A: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15)
+    // are a[0..3].
+    uint32_t af[4];
+    ldmatrix_x4(af, a + (lane % 16) * stride + ks * 16 + (lane / 16) * 8);
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      // B^T rows are B's columns: matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
+      // (n 8-15, k 8-15) are b[0], b[1] of n-tile 2np and b[0], b[1] of n-tile 2np + 1.
+      uint32_t bf[4];
+      ldmatrix_x4(bf, b + (np * 16 + (lane / 16) * 8 + lane % 8) * stride + ks * 16 +
+                          ((lane / 8) % 2) * 8);
+      mma_bf16(acc[2 * np], af, bf[0], bf[1]);
+      mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// acc (16 x N) += P (16 x K) * B, with P held in registers as C fragments p[K / 8] (fp32, rounded
+// to bf16 here: the FlashAttention way of feeding probabilities back to the tensor cores without
+// a trip through shared memory) and B's K rows of N elements row-major in shared memory. This is
+// every "probabilities times rows" product: P V, P^T dO, dS^T Q, dS K.
+template <int N, int K>
+__device__ __forceinline__ void mma_regs_rows(float (&acc)[N / 8][4], const float (&p)[K / 8][4],
+                                              const bf16* b, int stride) {
+  static_assert(N % 16 == 0 && K % 16 == 0, "tile sizes are multiples of 16");
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int ks = 0; ks < K / 16; ++ks) {
+    // The C fragments of columns [16ks, 16ks + 8) and [16ks + 8, 16ks + 16) are exactly the A
+    // fragment of k-step ks.
+    const uint32_t af[4] = {pack_bf16x2(p[2 * ks][0], p[2 * ks][1]),
+                            pack_bf16x2(p[2 * ks][2], p[2 * ks][3]),
+                            pack_bf16x2(p[2 * ks + 1][0], p[2 * ks + 1][1]),
+                            pack_bf16x2(p[2 * ks + 1][2], p[2 * ks + 1][3])};
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      // B stored [k][n]: transposed loads of matrices (k 0-7, n 0-7), (k 8-15, n 0-7),
+      // (k 0-7, n 8-15), (k 8-15, n 8-15) give b[0], b[1] of n-tiles 2np and 2np + 1.
+      uint32_t bf[4];
+      ldmatrix_x4_trans(bf, b + (ks * 16 + ((lane / 8) % 2) * 8 + lane % 8) * stride + np * 16 +
+                                (lane / 16) * 8);
+      mma_bf16(acc[2 * np], af, bf[0], bf[1]);
+      mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&acc)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global <-> shared / registers.
+
+// One (batch, head) of the packed qkv (or dqkv) buffer (B, T, 3, H, D): Q, K and V of a token are
+// C = H D elements apart and tokens 3 C apart. `o` is the same head of a (B, T, H, D) buffer (out,
+// dout), whose tokens are C apart, and `stat` of a (B, H, T) one (lse, delta).
+struct HeadView {
+  int64_t qkv, o, stat;  // offsets of this head's token 0
+  int64_t C;
+  __device__ int64_t ld_qkv() const { return 3 * C; }
+};
+
+__device__ __forceinline__ HeadView head_view(int64_t bh, int T, int H, int D) {
+  const int64_t b = bh / H, h = bh % H, C = static_cast<int64_t>(H) * D;
+  return {b * T * 3 * C + h * D, b * T * C + h * D, bh * T, C};
+}
+
+// Starts the copy of rows [row0, row0 + ROWS) of a (T, D) matrix with row stride ld into a shared
+// tile, all threads of the block taking 16-byte chunks in turn; rows >= T become zeros, so every
+// product over them is finite (0, never NaN from stale shared memory).
+template <int ROWS, int D>
+__device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* src, int64_t ld, int row0,
+                                                int T) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool valid = row0 + r < T;
+    const bf16* from = valid ? src + static_cast<int64_t>(row0 + r) * ld + col : src;
+    cp_async_16(tile + r * Tiles<D>::kStride + col, from, valid);
+  }
+}
+
+// Starts the copy of key tile [row0, row0 + kCols) of K and V into stage `stage` of the
+// double-buffered shared tiles sk, sv ([2][kCols][kStride] each).
+template <int D>
+__device__ __forceinline__ void load_kv_tile_async(bf16* sk, bf16* sv, int stage, const bf16* k,
+                                                   const bf16* v, int64_t ld, int row0, int T) {
+  constexpr int kTile = Tiles<D>::kCols * Tiles<D>::kStride;
+  load_tile_async<Tiles<D>::kCols, D>(sk + stage * kTile, k, ld, row0, T);
+  load_tile_async<Tiles<D>::kCols, D>(sv + stage * kTile, v, ld, row0, T);
+}
+
+// Stores a warp's 16 x D accumulator rows, times `mul`, as bf16 rows [row0, row0 + 16) of a
+// (T, D) matrix with row stride ld; rows >= T are skipped.
+template <int D>
+__device__ __forceinline__ void store_rows(bf16* dst, int64_t ld, int row0, int T,
+                                           const float (&acc)[D / 8][4], float mul) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + g + 8 * half;
+    if (row >= T) continue;
+    bf16* out = dst + static_cast<int64_t>(row) * ld + 2 * t;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<__nv_bfloat162*>(out + 8 * n) =
+          __floats2bfloat162_rn(acc[n][2 * half] * mul, acc[n][2 * half + 1] * mul);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward. Block: query rows [q0, q0 + 64) of one (batch, head); warp w owns rows q0 + 16w ...
+// Scores are kept in base 2: x = s * scale * log2(e), so every exponential is one exp2.
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_kernel(const bf16* __restrict__ qkv, bf16* __restrict__ out,
+                             float* __restrict__ lse, int T, int H, float scale_log2) {
+  using Cfg = Tiles<D>;
+  constexpr int kCols = Cfg::kCols, kStride = Cfg::kStride;
+  unsigned char* smem = dynamic_smem();
+  bf16* sq = reinterpret_cast<bf16*>(smem);
+  bf16* sk = sq + kRows * kStride;     // [2][kCols][kStride]
+  bf16* sv = sk + 2 * kCols * kStride;  // [2][kCols][kStride]
+
+  const int q_tiles = (T + kRows - 1) / kRows;
+  const int64_t bh = blockIdx.x / q_tiles;
+  const int q0 = (blockIdx.x % q_tiles) * kRows;
+  const HeadView hv = head_view(bh, T, H, D);
+  const bf16* q = qkv + hv.qkv;
+  const bf16* k = q + hv.C;
+  const bf16* v = q + 2 * hv.C;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
+  const int kv_tiles = (T + kCols - 1) / kCols;
+
+  load_tile_async<kRows, D>(sq, q, hv.ld_qkv(), q0, T);
+  load_kv_tile_async<D>(sk, sv, 0, k, v, hv.ld_qkv(), 0, T);
+  cp_async_commit();
+
+  float o[D / 8][4];
+  zero(o);
+  // Per thread: rows g and g + 8 of the warp. m: running max of x (quad-uniform); l: this
+  // thread's partial sum of exp2(x - m) over its columns, summed across the quad at the end.
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  for (int j = 0; j < kv_tiles; ++j) {
+    const int stage = j % 2;
+    if (j + 1 < kv_tiles) {
+      load_kv_tile_async<D>(sk, sv, 1 - stage, k, v, hv.ld_qkv(), (j + 1) * kCols, T);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    float s[kCols / 8][4];
+    zero(s);
+    mma_rows_rows<kCols, D>(s, sq + warp * kWarpRows * kStride, sk + stage * kCols * kStride,
+                            kStride);
+
+    // Online softmax. Tile 0 always holds key 0, so m is finite from the first tile on, and the
+    // -inf of keys past T contribute exp2(-inf) = 0.
+    const int col0 = j * kCols + 2 * t;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < kCols / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const bool valid = col0 + 8 * n + e < T;
+          float& x = s[n][2 * half + e];
+          x = valid ? x * scale_log2 : -INFINITY;
+          mx = fmaxf(mx, x);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad shares the row
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[half], mx);
+      const float correction = exp2f(m[half] - m_new);  // 0 on the first tile (m = -inf)
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < kCols / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[n][2 * half + e];
+          x = exp2f(x - m_new);
+          sum += x;
+        }
+      l[half] = l[half] * correction + sum;
+      m[half] = m_new;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n][2 * half] *= correction;
+        o[n][2 * half + 1] *= correction;
+      }
+    }
+
+    mma_regs_rows<D, kCols>(o, s, sv + stage * kCols * kStride, kStride);
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+  }
+
+  float inv[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 1);
+    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 2);
+    inv[half] = 1.f / l[half];  // l >= 1: the row max contributes exp2(0)
+  }
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    o[n][0] *= inv[0];
+    o[n][1] *= inv[0];
+    o[n][2] *= inv[1];
+    o[n][3] *= inv[1];
+  }
+  const int row0 = q0 + warp * kWarpRows;
+  store_rows<D>(out + hv.o, hv.C, row0, T, o, 1.f);
+  if (lse != nullptr && t == 0) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + lane / 4 + 8 * half;
+      // Natural log: lse = ln 2 * (m + log2 l), m and l in base 2.
+      if (row < T) lse[hv.stat + row] = kLn2 * (m[half] + log2f(l[half]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward pass 1: delta_i = sum_d dO_id O_id, the row sum of P * dP (because O = P V), one warp
+// per (batch, token, head) row; D <= 128 so one 8-element vector per lane covers the row.
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_delta_kernel(const bf16* __restrict__ out, const bf16* __restrict__ dout,
+                           float* __restrict__ delta, int64_t rows, int T, int H) {
+  static_assert(D / gpu::kVec <= 32, "one vector per lane");
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (row >= rows) return;  // whole warps leave together: the shuffles below stay convergent
+  const int lane = threadIdx.x % 32;
+  float sum = 0.f;
+  if (lane < D / gpu::kVec) {
+    float a[gpu::kVec], b[gpu::kVec];
+    gpu::load<gpu::kVec>(out + row * D + lane * gpu::kVec, a);
+    gpu::load<gpu::kVec>(dout + row * D + lane * gpu::kVec, b);
+#pragma unroll
+    for (int e = 0; e < gpu::kVec; ++e) sum += a[e] * b[e];
+  }
+  sum = gpu::warp_allreduce<gpu::SumOp>(sum);
+  if (lane == 0) {
+    // row = (b * T + token) * H + h  ->  delta: (B, H, T)
+    const int64_t h = row % H, bt = row / H, token = bt % T, b = bt / T;
+    delta[(b * H + h) * T + token] = sum;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward pass 2: dK and dV. Block: keys [k0, k0 + 64) of one (batch, head), warp w owns keys
+// k0 + 16w ...; the block walks every query tile. The products are written transposed (keys as
+// rows) so each warp's dK, dV rows accumulate in its own registers:
+//   S^T = K Q^T,  P^T = exp2(S^T scale log2e - lse2[query]),  dV += P^T dO,
+//   dP^T = V dO^T,  dS^T = P^T (dP^T - delta[query]),  dK += dS^T Q  (times scale at the end).
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_dkdv_kernel(const bf16* __restrict__ qkv, const float* __restrict__ lse,
+                          const bf16* __restrict__ dout, const float* __restrict__ delta,
+                          bf16* __restrict__ dqkv, int T, int H, float scale,
+                          float scale_log2) {
+  using Cfg = Tiles<D>;
+  constexpr int kCols = Cfg::kCols, kStride = Cfg::kStride;
+  unsigned char* smem = dynamic_smem();
+  bf16* sk = reinterpret_cast<bf16*>(smem);
+  bf16* sv = sk + kRows * kStride;
+  bf16* sq = sv + kRows * kStride;        // [2][kCols][kStride]
+  bf16* sdo = sq + 2 * kCols * kStride;   // [2][kCols][kStride]
+  float* slse = reinterpret_cast<float*>(sdo + 2 * kCols * kStride);  // [2][kCols], base 2
+  float* sdelta = slse + 2 * kCols;                                     // [2][kCols]
+
+  const int k_tiles = (T + kRows - 1) / kRows;
+  const int64_t bh = blockIdx.x / k_tiles;
+  const int k0 = (blockIdx.x % k_tiles) * kRows;
+  const HeadView hv = head_view(bh, T, H, D);
+  const int64_t C = hv.C;
+  const bf16* q = qkv + hv.qkv;
+  const bf16* do_head = dout + hv.o;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int q_tiles = (T + kCols - 1) / kCols;
+
+  // Statistics of queries [q0, q0 + kCols) into stage `stage`. Queries past T get lse = +inf, so
+  // their probabilities are exp2(-inf) = 0, and delta = 0. Plain stores: the __syncthreads that
+  // precedes the tile's use publishes them, like the cp.async data.
+  const auto load_query_tile = [&](int q0, int stage) {
+    load_tile_async<kCols, D>(sq + stage * kCols * kStride, q, hv.ld_qkv(), q0, T);
+    load_tile_async<kCols, D>(sdo + stage * kCols * kStride, do_head, hv.C, q0, T);
+    cp_async_commit();
+    if (threadIdx.x < kCols) {
+      const int row = q0 + threadIdx.x;
+      slse[stage * kCols + threadIdx.x] = row < T ? lse[hv.stat + row] * kLog2e : INFINITY;
+      sdelta[stage * kCols + threadIdx.x] = row < T ? delta[hv.stat + row] : 0.f;
+    }
+  };
+
+  load_tile_async<kRows, D>(sk, q + C, hv.ld_qkv(), k0, T);
+  load_tile_async<kRows, D>(sv, q + 2 * C, hv.ld_qkv(), k0, T);
+  load_query_tile(0, 0);  // commits K, V and query tile 0 as one group
+
+  float dk[D / 8][4], dv[D / 8][4];
+  zero(dk);
+  zero(dv);
+  // Key rows past T are zeros in shared memory, but exp2(0 - lse2) may overflow: give them
+  // probability 0 outright (they are never stored; this keeps every register finite).
+  const int key0 = k0 + warp * kWarpRows + g;
+  const bool key_valid[2] = {key0 < T, key0 + 8 < T};
+
+  for (int i = 0; i < q_tiles; ++i) {
+    const int stage = i % 2;
+    if (i + 1 < q_tiles) {
+      load_query_tile((i + 1) * kCols, 1 - stage);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bf16* sq_i = sq + stage * kCols * kStride;
+    const bf16* sdo_i = sdo + stage * kCols * kStride;
+    const float* slse_i = slse + stage * kCols;
+    const float* sdelta_i = sdelta + stage * kCols;
+
+    float p[kCols / 8][4];  // S^T, then P^T
+    zero(p);
+    mma_rows_rows<kCols, D>(p, sk + warp * kWarpRows * kStride, sq_i, kStride);
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = 8 * n + 2 * t + e % 2;
+        p[n][e] = key_valid[e / 2] ? exp2f(p[n][e] * scale_log2 - slse_i[col]) : 0.f;
+      }
+
+    mma_regs_rows<D, kCols>(dv, p, sdo_i, kStride);
+
+    float ds[kCols / 8][4];  // dP^T, then dS^T
+    zero(ds);
+    mma_rows_rows<kCols, D>(ds, sv + warp * kWarpRows * kStride, sdo_i, kStride);
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - sdelta_i[8 * n + 2 * t + e % 2]);
+
+    mma_regs_rows<D, kCols>(dk, ds, sq_i, kStride);
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+  }
+
+  bf16* dk_head = dqkv + hv.qkv + C;
+  const int row0 = k0 + warp * kWarpRows;
+  store_rows<D>(dk_head, hv.ld_qkv(), row0, T, dk, scale);
+  store_rows<D>(dk_head + C, hv.ld_qkv(), row0, T, dv, 1.f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward pass 3: dQ. Block: query rows [q0, q0 + 64) of one (batch, head), warp w owns rows
+// q0 + 16w ...; the block walks every key tile:
+//   S = Q K^T,  P = exp2(S scale log2e - lse2[row]),  dP = dO V^T,  dS = P (dP - delta[row]),
+//   dQ += dS K  (times scale at the end).
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_dq_kernel(const bf16* __restrict__ qkv, const float* __restrict__ lse,
+                        const bf16* __restrict__ dout, const float* __restrict__ delta,
+                        bf16* __restrict__ dqkv, int T, int H, float scale, float scale_log2) {
+  using Cfg = Tiles<D>;
+  constexpr int kCols = Cfg::kCols, kStride = Cfg::kStride;
+  unsigned char* smem = dynamic_smem();
+  bf16* sq = reinterpret_cast<bf16*>(smem);
+  bf16* sdo = sq + kRows * kStride;
+  bf16* sk = sdo + kRows * kStride;      // [2][kCols][kStride]
+  bf16* sv = sk + 2 * kCols * kStride;   // [2][kCols][kStride]
+
+  const int q_tiles = (T + kRows - 1) / kRows;
+  const int64_t bh = blockIdx.x / q_tiles;
+  const int q0 = (blockIdx.x % q_tiles) * kRows;
+  const HeadView hv = head_view(bh, T, H, D);
+  const int64_t C = hv.C;
+  const bf16* q = qkv + hv.qkv;
+  const bf16* k = q + C;
+  const bf16* v = q + 2 * C;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int kv_tiles = (T + kCols - 1) / kCols;
+
+  load_tile_async<kRows, D>(sq, q, hv.ld_qkv(), q0, T);
+  load_tile_async<kRows, D>(sdo, dout + hv.o, hv.C, q0, T);
+  load_kv_tile_async<D>(sk, sv, 0, k, v, hv.ld_qkv(), 0, T);
+  cp_async_commit();
+
+  // Rows g and g + 8 of the warp. Rows past T (zeros in Q and dO) take lse = delta = 0: their
+  // P is 1 and dS is 0, finite, and they are never stored.
+  const int row0 = q0 + warp * kWarpRows;
+  float lse2[2], row_delta[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + g + 8 * half;
+    lse2[half] = row < T ? lse[hv.stat + row] * kLog2e : 0.f;
+    row_delta[half] = row < T ? delta[hv.stat + row] : 0.f;
+  }
+
+  float dq[D / 8][4];
+  zero(dq);
+  for (int j = 0; j < kv_tiles; ++j) {
+    const int stage = j % 2;
+    if (j + 1 < kv_tiles) {
+      load_kv_tile_async<D>(sk, sv, 1 - stage, k, v, hv.ld_qkv(), (j + 1) * kCols, T);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bf16* sk_j = sk + stage * kCols * kStride;
+
+    float p[kCols / 8][4];  // S, then P
+    zero(p);
+    mma_rows_rows<kCols, D>(p, sq + warp * kWarpRows * kStride, sk_j, kStride);
+    const int col0 = j * kCols + 2 * t;
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        p[n][e] = col0 + 8 * n + e % 2 < T ? exp2f(p[n][e] * scale_log2 - lse2[e / 2]) : 0.f;
+
+    float ds[kCols / 8][4];  // dP, then dS
+    zero(ds);
+    mma_rows_rows<kCols, D>(ds, sdo + warp * kWarpRows * kStride, sv + stage * kCols * kStride,
+                            kStride);
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - row_delta[e / 2]);
+
+    mma_regs_rows<D, kCols>(dq, ds, sk_j, kStride);
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+  }
+
+  store_rows<D>(dqkv + hv.qkv, hv.ld_qkv(), row0, T, dq, scale);
+}
+
+}  // namespace
+}  // namespace deit::kernels

@@ -1,0 +1,76 @@
+// PTX wrappers of the tensor-core kernels (kernels/cuda/attention_kernels.cuh): cp.async (16-byte
+// global -> shared copies that bypass the registers, with zero-fill), ldmatrix (a warp loads 8x8
+// bf16 matrices from shared memory straight into mma fragments), mma.sync m16n8k16 (bf16 x bf16
+// -> fp32 on the tensor cores), the bf16 pair packing of those fragments, and dynamic_smem(), the
+// block's dynamic shared memory.
+//
+// Why a header of its own: inline PTX and the extern __shared__ array are what a host compiler
+// cannot build. The emulated test (tests/emulated/attention_emulated.cpp) includes the real kernel
+// header after its own definitions, in deit::kernels::ptx, of the names the kernels call from here:
+// lane-exact emulations (tests/emulated/cuda_emulator.h). So the kernels nvcc compiles are also
+// checked on machines without a GPU. A wrapper added here needs its emulated twin there.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace deit::kernels::ptx {
+
+// PTX wrappers: cp.async, ldmatrix, mma.sync (sm_80 and later).
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Copies 16 bytes global -> shared, or writes 16 zero bytes when !valid (src-size 0: src is not
+// read, but must still be a valid address).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Four 8x8 bf16 matrices; lane l supplies the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// c (16x8, fp32) += a (16x16, bf16, row-major) * b (16x8, bf16, column-major). With g = lane / 4
+// and t = lane % 4: a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..],
+// a[3] = A[g+8][2t+8..]; b[0] = B[2t..2t+1][g], b[1] = B[2t+8..][g]; c[0..1] = C[g][2t..2t+1],
+// c[2..3] = C[g+8][2t..2t+1].
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two fp32 -> one register of two bf16 (lo in the low half: the lower column index).
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// The block's dynamic shared memory (the bytes given at launch), 16-byte aligned. Kernels take it
+// from here instead of declaring the extern array themselves, so the emulator can hand them its
+// own buffer.
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char smem[];
+  return smem;
+}
+
+}  // namespace deit::kernels::ptx

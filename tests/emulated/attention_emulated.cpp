@@ -1,0 +1,324 @@
+// attention_emulated: the fused attention kernels, from the very source nvcc compiles
+// (kernels/cuda/attention_kernels.cuh), run on the host by the emulator of cuda_emulator.h and
+// checked against the CPU twin (kernels/cpu/attention.cpp) the way the [gpu] test
+// (tests/test_attention_cuda.cpp) checks them on a GPU: fresh random bf16 inputs, every output
+// poisoned with NaN before the launch, every element compared; relative error
+// ||got - ref|| / ||ref|| <= 1e-2 for out and for dq, dk, dv each on its own, every lse within
+// 1e-3 of the twin's, nothing non-finite. CI machines have no GPU: this is what checks an edit to
+// the kernels there, including out-of-bounds accesses, missing barriers and misused warp-wide
+// instructions, which the emulator turns into failures (see cuda_emulator.h).
+//
+// Usage: attention_emulated [--full] [--seed N]
+//   (default)  16 shapes: every head dim (32, 64, 80, 128) at T = 1, at a small odd T (warps
+//              full, partial and empty in one tile), at T = 65 (a last tile of one row) and at
+//              three or more inner tiles (T = 129 to 197); batch and heads above 1 in several.
+//              About 7 s on one core of the development machine: the CTest entry
+//              attention_emulated.
+//   --full     adds the review's sweep: every head dim at T = 2, 3, 5, 16, 17, 31, 32, 33, 63,
+//              64, 97, 101, 128, 129, and the [gpu] test's shapes with fewer batches and heads
+//              (T up to 577). About 45 s.
+//   --seed N   repeats a run: the inputs and every schedule come from N; each run prints its
+//              seed first.
+// Exit status: 0 when every shape passes; 1 on a mismatch (after all shapes; each FAIL line names
+// the shape and the tensor) or at the first emulation failure (its message names the shape,
+// kernel, block and thread); 2 on bad arguments.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/bf16.h"
+#include "tests/emulated/cuda_emulator.h"
+// The kernels, after the emulator's stand-ins for what they use.
+#include "kernels/cuda/attention_kernels.cuh"
+
+namespace deit::kernels {
+namespace {
+
+// The [gpu] test's tolerances (tests/test_attention_cuda.cpp says why these values).
+constexpr double kBf16Tol = 1e-2;
+constexpr double kLseTol = 1e-3;
+constexpr float kQkvRange = 2.0f;  // q, k, v uniform in [-2, 2]: scores with std ~1.3
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+std::string kernel_name(const char* kernel, int D) {
+  return std::string(kernel) + "<" + std::to_string(D) + ">";
+}
+
+// The launches of attention.cu's forward<D> and backward<D>: change them together.
+template <int D>
+void forward(const bf16* qkv, bf16* out, float* lse, int B, int T, int H, float scale) {
+  const auto blocks = static_cast<unsigned>(B * H * ceil_div(T, kRows));
+  emu::launch({kernel_name("attention_forward_kernel", D), blocks, kThreads,
+               Tiles<D>::kForwardSmem},
+              [=] { attention_forward_kernel<D>(qkv, out, lse, T, H, scale * kLog2e); });
+}
+
+template <int D>
+void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* dout, bf16* dqkv,
+              int B, int T, int H, float scale, float* delta) {
+  const int64_t rows = static_cast<int64_t>(B) * T * H;
+  emu::launch({kernel_name("attention_delta_kernel", D),
+               static_cast<unsigned>(ceil_div(rows, kWarps)), kThreads, 0},
+              [=] { attention_delta_kernel<D>(out, dout, delta, rows, T, H); });
+  const auto blocks = static_cast<unsigned>(B * H * ceil_div(T, kRows));
+  emu::launch({kernel_name("attention_dkdv_kernel", D), blocks, kThreads, Tiles<D>::kDkvSmem},
+              [=] {
+                attention_dkdv_kernel<D>(qkv, lse, dout, delta, dqkv, T, H, scale,
+                                         scale * kLog2e);
+              });
+  emu::launch({kernel_name("attention_dq_kernel", D), blocks, kThreads, Tiles<D>::kDqSmem}, [=] {
+    attention_dq_kernel<D>(qkv, lse, dout, delta, dqkv, T, H, scale, scale * kLog2e);
+  });
+}
+
+struct Shape {
+  int B, T, H, D;
+  size_t qkv() const { return static_cast<size_t>(B) * T * 3 * H * D; }
+  size_t out() const { return static_cast<size_t>(B) * T * H * D; }
+  size_t lse() const { return static_cast<size_t>(B) * H * T; }
+  double scale() const { return 1.0 / std::sqrt(static_cast<double>(D)); }
+  std::string str() const {
+    return "D=" + std::to_string(D) + " B=" + std::to_string(B) + " T=" + std::to_string(T) +
+           " H=" + std::to_string(H);
+  }
+};
+
+// B, T, H, D: every head dim at T = 1; at a small odd T (warps full, partial and empty in one
+// tile); at T = 65 (a last tile of one row); and at three inner tiles or more, the least that
+// reuses a shared-memory stage while other warps may still read it (T = 197 is ViT-S at 224 px).
+const std::vector<Shape> kDefaultShapes = {
+    {2, 1, 3, 32},   {1, 1, 1, 64},   {1, 1, 2, 80},   {2, 1, 1, 128},
+    {1, 37, 2, 32},  {2, 5, 3, 64},   {1, 17, 1, 80},  {1, 33, 2, 128},
+    {1, 65, 1, 32},  {1, 65, 1, 64},  {1, 65, 2, 80},  {1, 65, 1, 128},
+    {1, 197, 1, 32}, {1, 197, 2, 64}, {1, 145, 1, 80}, {1, 129, 1, 128},
+};
+
+// The [gpu] test's shapes with fewer batches and heads.
+const std::vector<Shape> kGpuTestShapes = {
+    {2, 197, 2, 64}, {1, 65, 3, 80},  {1, 145, 2, 64},  {2, 257, 1, 128}, {1, 577, 1, 32},
+    {4, 5, 3, 64},   {2, 101, 2, 80}, {1, 101, 2, 128}, {2, 145, 3, 32},  {1, 577, 1, 64},
+};
+
+// --full: the default shapes, every head dim at the review's other T, the [gpu] test's shapes.
+std::vector<Shape> full_shapes() {
+  std::vector<Shape> shapes = kDefaultShapes;
+  for (int T : {2, 3, 5, 16, 17, 31, 32, 33, 63, 64, 97, 101, 128, 129})
+    for (int D : {32, 64, 80, 128}) shapes.push_back({1, T, 1, D});
+  shapes.insert(shapes.end(), kGpuTestShapes.begin(), kGpuTestShapes.end());
+  return shapes;
+}
+
+// bf16 data: the bits for the kernels, the same values in fp32 for the twin.
+struct Bf16Data {
+  std::vector<bf16_bits> bits;
+  std::vector<float> values;
+};
+Bf16Data round_to_bf16(const std::vector<float>& v) {
+  Bf16Data d{std::vector<bf16_bits>(v.size()), std::vector<float>(v.size())};
+  for (size_t i = 0; i < v.size(); ++i) {
+    d.bits[i] = float_to_bf16(v[i]);
+    d.values[i] = bf16_to_float(d.bits[i]);
+  }
+  return d;
+}
+// n values uniform in [lo, hi], rounded to bf16.
+Bf16Data random_bf16(std::mt19937_64& rng, size_t n, float lo, float hi) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(rng);
+  return round_to_bf16(v);
+}
+
+std::vector<float> to_float(const std::vector<bf16_bits>& bits) {
+  std::vector<float> v(bits.size());
+  std::transform(bits.begin(), bits.end(), v.begin(), bf16_to_float);
+  return v;
+}
+
+// One of dq, dk, dv (part 0, 1, 2) of a packed (B, T, 3, H, D) buffer, as a contiguous vector.
+std::vector<float> qkv_part(const std::vector<float>& packed, const Shape& s, int part) {
+  const size_t C = static_cast<size_t>(s.H) * s.D, rows = static_cast<size_t>(s.B) * s.T;
+  std::vector<float> v(rows * C);
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t c = 0; c < C; ++c) v[r * C + c] = packed[(r * 3 + part) * C + c];
+  return v;
+}
+
+double norm(const std::vector<float>& v) {
+  double n = 0;
+  for (float x : v) n += static_cast<double>(x) * x;
+  return std::sqrt(n);
+}
+
+// The checks of one shape: each appends its number to the shape's line, and a FAIL line of its
+// own when it fails.
+class Checks {
+ public:
+  explicit Checks(std::string shape) : shape_(std::move(shape)), line_(shape_) {}
+
+  // ||got - ref|| / max(||ref||, floor) <= tol, and every element of got finite. The floor is
+  // for T = 1, where the exact dq and dk are 0 and both sides hold only rounding noise: they are
+  // measured against a scale taken from the whole gradient instead.
+  void relative(const char* tensor, const std::vector<float>& got, const std::vector<float>& ref,
+                double tol, double floor = 0) {
+    double diff = 0;
+    size_t non_finite = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (!std::isfinite(got[i])) ++non_finite;
+      diff += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
+    }
+    const double rel = std::sqrt(diff) / std::max(norm(ref), floor);
+    report(tensor, "relative error", rel, tol, non_finite, got.size());
+  }
+
+  // max |got - ref| <= tol, and every element of got finite.
+  void absolute(const char* tensor, const std::vector<float>& got, const std::vector<float>& ref,
+                double tol) {
+    double worst = 0;
+    size_t non_finite = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (!std::isfinite(got[i])) ++non_finite;
+      worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - ref[i]));
+    }
+    report(tensor, "max abs error", worst, tol, non_finite, got.size());
+  }
+
+  void same_bits(const char* what, const std::vector<bf16_bits>& got,
+                 const std::vector<bf16_bits>& ref) {
+    const auto differ = static_cast<size_t>(
+        std::mismatch(got.begin(), got.end(), ref.begin()).first - got.begin());
+    if (differ == got.size()) return;
+    failures_.push_back(what + std::string(": element ") + std::to_string(differ) + " differs");
+  }
+
+  // Prints the shape's line and its failures; true when it passed.
+  bool print() const {
+    std::printf("%s  %s\n", line_.c_str(), failures_.empty() ? "ok" : "FAILED");
+    for (const std::string& f : failures_) std::printf("FAIL %s: %s\n", shape_.c_str(), f.c_str());
+    std::fflush(stdout);
+    return failures_.empty();
+  }
+
+ private:
+  void report(const char* tensor, const char* measure, double value, double tol,
+              size_t non_finite, size_t n) {
+    char text[64];
+    std::snprintf(text, sizeof text, "  %s %.1e", tensor, value);
+    line_ += text;
+    if (non_finite == 0 && value <= tol) return;
+    std::snprintf(text, sizeof text, "%.3g (tolerance %g)", value, tol);
+    failures_.push_back(std::string(tensor) + " " + measure + " " + text + ", " +
+                        std::to_string(non_finite) + " non-finite of " + std::to_string(n));
+  }
+
+  std::string shape_, line_;
+  std::vector<std::string> failures_;
+};
+
+template <int D>
+bool check_shape(const Shape& s, std::mt19937_64& rng) {
+  Checks checks(s.str());
+  const auto scale = static_cast<float>(s.scale());
+  const Bf16Data qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+  const emu::DeviceBuffer<bf16_bits> dev_qkv("qkv", qkv.bits);
+  const auto* qkv_ptr = reinterpret_cast<const bf16*>(dev_qkv.get());
+
+  // Forward, against the twin on the same bf16 inputs; then without lse (inference), whose
+  // blocks draw other schedules: the same bits.
+  std::vector<float> out_ref(s.out()), lse_ref(s.lse());
+  attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H, s.D,
+                        s.scale());
+  {
+    emu::set_context(s.str() + ", forward");
+    const emu::DeviceBuffer<bf16_bits> dev_out("out", s.out());
+    const emu::DeviceBuffer<bf16_bits> dev_out_inference("out (no lse)", s.out());
+    const emu::DeviceBuffer<float> dev_lse("lse", s.lse());
+    forward<D>(qkv_ptr, reinterpret_cast<bf16*>(dev_out.get()), dev_lse.get(), s.B, s.T, s.H,
+               scale);
+    checks.relative("out", to_float(dev_out.download()), out_ref, kBf16Tol);
+    checks.absolute("lse", dev_lse.download(), lse_ref, kLseTol);
+    emu::set_context(s.str() + ", forward without lse");
+    forward<D>(qkv_ptr, reinterpret_cast<bf16*>(dev_out_inference.get()), nullptr, s.B, s.T, s.H,
+               scale);
+    checks.same_bits("out without lse", dev_out_inference.download(), dev_out.download());
+  }
+
+  // Backward alone: both sides get the same qkv, the same out (the twin's, rounded to bf16 as
+  // the kernels store it), the same fp32 lse and the same dout.
+  emu::set_context(s.str() + ", backward");
+  const Bf16Data out = round_to_bf16(out_ref);
+  const Bf16Data dout = random_bf16(rng, s.out(), -1, 1);
+  std::vector<float> dqkv_ref(s.qkv());
+  attention_backward_cpu(qkv.values.data(), out.values.data(), lse_ref.data(),
+                         dout.values.data(), dqkv_ref.data(), s.B, s.T, s.H, s.D, s.scale());
+  const emu::DeviceBuffer<bf16_bits> dev_out("out", out.bits), dev_dout("dout", dout.bits),
+      dev_dqkv("dqkv", s.qkv());
+  const emu::DeviceBuffer<float> dev_lse("lse", lse_ref), workspace("workspace", s.lse());
+  backward<D>(qkv_ptr, reinterpret_cast<const bf16*>(dev_out.get()), dev_lse.get(),
+              reinterpret_cast<const bf16*>(dev_dout.get()),
+              reinterpret_cast<bf16*>(dev_dqkv.get()), s.B, s.T, s.H, scale, workspace.get());
+  const std::vector<float> dqkv = to_float(dev_dqkv.download());
+  const double floor = 1e-3 * norm(dqkv_ref);
+  const char* names[3] = {"dq", "dk", "dv"};
+  for (int part = 0; part < 3; ++part)
+    checks.relative(names[part], qkv_part(dqkv, s, part), qkv_part(dqkv_ref, s, part), kBf16Tol,
+                    floor);
+  return checks.print();
+}
+
+bool check(const Shape& s, std::mt19937_64& rng) {
+  switch (s.D) {
+    case 32: return check_shape<32>(s, rng);
+    case 64: return check_shape<64>(s, rng);
+    case 80: return check_shape<80>(s, rng);
+    default: return check_shape<128>(s, rng);
+  }
+}
+
+int usage() {
+  std::fprintf(stderr, "usage: attention_emulated [--full] [--seed N]\n");
+  return 2;
+}
+
+}  // namespace
+}  // namespace deit::kernels
+
+int main(int argc, char** argv) {
+  using namespace deit::kernels;
+  bool full = false;
+  uint64_t seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--full") {
+      full = true;
+    } else if (arg == "--seed" && i + 1 < argc) {
+      const char* digits = argv[++i];
+      char* end = nullptr;
+      seed = std::strtoull(digits, &end, 10);
+      if (end == digits || *end != '\0') return usage();
+    } else {
+      return usage();
+    }
+  }
+  std::printf("attention_emulated: seed %llu (repeat this run with --seed %llu)\n",
+              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
+  std::mt19937_64 inputs(seed);
+  emu::seed(seed + 1);
+
+  int failed = 0;
+  const std::vector<Shape> shapes = full ? full_shapes() : kDefaultShapes;
+  for (const Shape& s : shapes) failed += check(s, inputs) ? 0 : 1;
+
+  const emu::Totals t = emu::totals();
+  std::printf("%d of %zu shapes failed; emulated %lld blocks, %lld warp-wide instructions, "
+              "%lld cp.async copies, %lld thread switches\n",
+              failed, shapes.size(), t.blocks, t.collectives, t.copies, t.switches);
+  return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,798 @@
+// A host emulator for the tensor-core kernels: the real kernel source, compiled by the host
+// compiler, runs with every CUDA thread of a block as a fiber, and the few things a CPU does not
+// have are emulated lane by lane. Written for kernels/cuda/attention_kernels.cuh (its test is
+// attention_emulated.cpp beside this file), usable by any kernel that keeps to what is below.
+//
+// What it emulates, and how:
+//  - CUDA threads: each thread of a block is a fiber with its own stack. One thread runs at a
+//    time, and threads switch only where CUDA threads wait for each other (__syncthreads and the
+//    warp-wide instructions), so every interleaving it produces is one a GPU may produce. Blocks
+//    run one after another (races between blocks go unseen); the kernel sees threadIdx,
+//    blockIdx, blockDim and gridDim (1-D).
+//  - Interleavings: each block draws one of two schedules. Random: the next thread to run is any
+//    runnable one. Warp ahead: one warp runs as far as it can before another moves, which exposes
+//    a warp that reuses shared memory other warps still read (a missing __syncthreads).
+//  - Warp-wide instructions (__shfl_xor_sync, ldmatrix, mma.sync): every lane brings its operands
+//    and waits; the last lane to arrive checks that all 32 are at the same instruction kind,
+//    computes every lane's result, and wakes the others. Layouts follow the PTX ISA tables named
+//    at each function. mma products are exact, summed in double and rounded once to fp32: the
+//    hardware's summation order is unspecified, and this is at least as accurate.
+//  - cp.async (16 bytes, zero-fill) with commit_group and wait_group: each block draws when its
+//    copies land, at issue (as early as allowed) or at the wait_group that retires their group
+//    (as late as allowed), so reading a tile before waiting for it, or overwriting a tile other
+//    warps still read, changes the results.
+//  - Memory: global buffers (DeviceBuffer), the block's dynamic shared memory and every fiber
+//    stack end at a PROT_NONE guard page, so an access past the end faults on the spot; the
+//    slack bytes between a buffer and the guard page before it (and the few after it, when its
+//    size is no multiple of 16) hold a canary, checked after every block and launch. ldmatrix
+//    and cp.async addresses, and the global addresses of cp.async and vector loads, are checked
+//    against the buffers before use. Shared memory starts every block filled with 0xFF bytes, a
+//    NaN in bf16 and fp32, so reading what no thread wrote poisons the results.
+//
+// Failures (an access out of bounds, a deadlock, lanes of a warp at different warp-wide
+// instructions, a thread that exits with copies in flight, a misaligned address) print what
+// happened and where (the caller's context string, kernel, block, thread) and exit with status 1.
+//
+// Not emulated: timing, reordering of one thread's memory accesses, partial-warp masks, blocks
+// whose size is not a multiple of 32, 2-D and 3-D launches, and anything of CUDA not named here.
+// Shared memory and global memory are plain host memory.
+//
+// Use: include this, then the kernel header (whose code must see these stand-ins), and launch
+// with emu::launch. Single-threaded: one launch at a time, the state below is global.
+#pragma once
+#include <cuda_bf16.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+// CUDA's occupancy hint has no meaning on the host.
+#define __launch_bounds__(...)
+
+// CUDA's built-in indices of the running thread. The scheduler sets threadIdx before it switches
+// to a fiber, so a value the compiler keeps in a register stays right.
+inline uint3 threadIdx{};
+inline uint3 blockIdx{};
+inline dim3 blockDim{};
+inline dim3 gridDim{};
+
+namespace emu {
+
+// ---------------------------------------------------------------------------------------------
+// Failures: every check of the emulator ends here.
+
+namespace detail {
+struct Where {
+  std::string context;  // what the program is doing (set_context)
+  std::string kernel;   // the running launch
+  bool in_thread = false;
+};
+inline Where g_where;
+}  // namespace detail
+
+// Names what the program is doing, for failure messages ("D=64 B=1 T=197 H=1").
+inline void set_context(std::string what) { detail::g_where.context = std::move(what); }
+
+// "while <context>, kernel <name>, block b of n, thread t (warp w, lane l)".
+inline std::string where() {
+  const detail::Where& w = detail::g_where;
+  std::string s = "while " + (w.context.empty() ? std::string("(no context)") : w.context);
+  if (!w.kernel.empty())
+    s += ", kernel " + w.kernel + ", block " + std::to_string(blockIdx.x) + " of " +
+         std::to_string(gridDim.x);
+  if (w.in_thread)
+    s += ", thread " + std::to_string(threadIdx.x) + " (warp " + std::to_string(threadIdx.x / 32) +
+         ", lane " + std::to_string(threadIdx.x % 32) + ")";
+  return s;
+}
+
+[[noreturn]] inline void fail(const std::string& what) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "EMULATION FAILURE: %s\n  %s\n", what.c_str(), where().c_str());
+  std::fflush(stderr);
+  std::_Exit(1);  // from a fiber's stack: no unwinding, no destructors
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guarded memory. A region's usable bytes end at a PROT_NONE page (up to 15 bytes earlier, to
+// keep the start 16-byte aligned), and a second PROT_NONE page precedes the page it starts in.
+// The slack bytes between the guard pages and the usable range hold a canary.
+
+enum class MemoryKind { kGlobal, kShared, kStack };
+
+class GuardedRegion;
+namespace detail {
+inline std::vector<const GuardedRegion*> g_regions;  // all live regions
+constexpr unsigned char kCanary = 0xA5;
+}  // namespace detail
+
+class GuardedRegion {
+ public:
+  GuardedRegion(size_t bytes, MemoryKind kind, std::string name)
+      : kind_(kind), name_(std::move(name)), bytes_(bytes) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t body = (bytes + page - 1) / page * page;
+    mapped_bytes_ = body + 2 * page;
+    void* m = mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) fail("cannot map " + std::to_string(bytes) + " bytes for " + name_);
+    mapped_ = static_cast<unsigned char*>(m);
+    body_ = mapped_ + page;
+    body_end_ = body_ + body;
+    if (mprotect(mapped_, page, PROT_NONE) != 0 || mprotect(body_end_, page, PROT_NONE) != 0)
+      fail("cannot protect the guard pages of " + name_);
+    begin_ = reinterpret_cast<unsigned char*>(
+        (reinterpret_cast<uintptr_t>(body_end_) - bytes) & ~uintptr_t{15});
+    std::memset(body_, detail::kCanary, static_cast<size_t>(begin_ - body_));
+    std::memset(begin_ + bytes_, detail::kCanary, static_cast<size_t>(body_end_ - end()));
+    detail::g_regions.push_back(this);
+  }
+  ~GuardedRegion() {
+    auto& all = detail::g_regions;
+    all.erase(std::remove(all.begin(), all.end(), this), all.end());
+    munmap(mapped_, mapped_bytes_);
+  }
+  GuardedRegion(const GuardedRegion&) = delete;
+  GuardedRegion& operator=(const GuardedRegion&) = delete;
+
+  unsigned char* begin() const { return begin_; }
+  unsigned char* end() const { return begin_ + bytes_; }
+  size_t size() const { return bytes_; }
+  MemoryKind kind() const { return kind_; }
+  const std::string& name() const { return name_; }
+
+  bool contains(const void* p, size_t n) const {
+    const auto* c = static_cast<const unsigned char*>(p);
+    return c >= begin_ && c <= end() && n <= static_cast<size_t>(end() - c);
+  }
+  // Fails naming the region when a write landed in the slack before or after it.
+  void check_canaries() const {
+    for (const unsigned char* c = body_; c < begin_; ++c)
+      if (*c != detail::kCanary)
+        fail(name_ + ": a write landed " + std::to_string(begin_ - c) + " bytes before its start");
+    for (const unsigned char* c = end(); c < body_end_; ++c)
+      if (*c != detail::kCanary)
+        fail(name_ + ": a write landed " + std::to_string(c - end()) + " bytes past its end");
+  }
+
+ private:
+  MemoryKind kind_;
+  std::string name_;
+  size_t bytes_, mapped_bytes_ = 0;
+  unsigned char *mapped_ = nullptr, *body_ = nullptr, *body_end_ = nullptr, *begin_ = nullptr;
+};
+
+// Where an address outside every region lies: "N bytes past the end of qkv" for the nearest
+// region (of one kind, or of any when `only` is null), with that region.
+inline std::pair<std::string, const GuardedRegion*> locate(const void* p, const MemoryKind* only) {
+  const auto* a = static_cast<const unsigned char*>(p);
+  const GuardedRegion* nearest = nullptr;
+  size_t distance = SIZE_MAX;
+  for (const GuardedRegion* r : detail::g_regions) {
+    if (only != nullptr && r->kind() != *only) continue;
+    const size_t d = a >= r->end()     ? static_cast<size_t>(a - r->end())
+                     : a < r->begin() ? static_cast<size_t>(r->begin() - a)
+                                      : 0;
+    if (d < distance) nearest = r, distance = d;
+  }
+  if (nearest == nullptr) return {"in no buffer", nullptr};
+  return {std::to_string(distance) +
+              (a >= nearest->end() ? " bytes past the end of " : " bytes before the start of ") +
+              nearest->name(),
+          nearest};
+}
+
+// Fails unless [p, p + n) lies in one global buffer and p is `align`-byte aligned.
+inline void check_global(const void* p, size_t n, size_t align, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % align != 0)
+    fail(std::string(what) + ": global address not " + std::to_string(align) + "-byte aligned");
+  for (const GuardedRegion* r : detail::g_regions)
+    if (r->kind() == MemoryKind::kGlobal && r->contains(p, n)) return;
+  const MemoryKind global = MemoryKind::kGlobal;
+  fail(std::string(what) + " out of bounds: " + std::to_string(n) + " bytes at " +
+       locate(p, &global).first);
+}
+
+// n elements of T in global memory, starting poisoned (every byte 0xFF: NaN in bf16 and fp32).
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer(std::string name, size_t n)
+      : region_(n * sizeof(T), MemoryKind::kGlobal, std::move(name)), n_(n) {
+    std::memset(region_.begin(), 0xFF, region_.size());
+  }
+  DeviceBuffer(std::string name, const std::vector<T>& host)
+      : DeviceBuffer(std::move(name), host.size()) {
+    std::memcpy(get(), host.data(), host.size() * sizeof(T));
+  }
+  T* get() const { return reinterpret_cast<T*>(region_.begin()); }
+  std::vector<T> download() const { return std::vector<T>(get(), get() + n_); }
+
+ private:
+  GuardedRegion region_;
+  size_t n_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Fibers: ucontext_t contexts (POSIX getcontext / makecontext / swapcontext). Each switch costs a
+// system call (the signal mask), which is what bounds the emulator's speed; a test of a few
+// seconds is worth keeping to the portable calls.
+
+namespace detail {
+
+struct Context {
+  ucontext_t uc;
+};
+inline void prepare_context(Context& c, const GuardedRegion& stack, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack.begin();
+  c.uc.uc_stack.ss_size = stack.size();
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+
+constexpr size_t kStackBytes = 256 << 10;
+
+// A cp.async copy in flight: 16 bytes from src, or 16 zero bytes when !valid.
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  bool valid;
+  bool landed;
+};
+
+enum class ThreadState { kRunnable, kWaiting, kExited };
+
+struct Fiber {
+  Context context;
+  std::unique_ptr<GuardedRegion> stack;
+  unsigned index = 0;
+  ThreadState state = ThreadState::kRunnable;
+  const char* waiting_at = "";
+  std::vector<PendingCopy> uncommitted;             // cp.async issued since the last commit
+  std::deque<std::vector<PendingCopy>> committed;  // oldest group first
+};
+
+// The warp-wide instructions, and what a lane brings to and takes from one.
+enum class Collective { kNone, kShuffle, kLdmatrix, kLdmatrixTrans, kMma };
+
+inline const char* collective_name(Collective c) {
+  switch (c) {
+    case Collective::kShuffle: return "__shfl_xor_sync";
+    case Collective::kLdmatrix: return "ldmatrix.x4";
+    case Collective::kLdmatrixTrans: return "ldmatrix.x4.trans";
+    case Collective::kMma: return "mma.sync.m16n8k16";
+    default: return "nothing";
+  }
+}
+
+struct LaneIn {
+  const void* row = nullptr;  // ldmatrix: the shared row this lane addresses
+  uint32_t a[4] = {}, b[2] = {};
+  float c[4] = {};
+  uint32_t value = 0;  // shuffle: this lane's value (bits) and xor mask
+  int lane_mask = 0;
+};
+struct LaneOut {
+  uint32_t r[4] = {};  // ldmatrix
+  float d[4] = {};     // mma
+  uint32_t value = 0;  // shuffle
+};
+
+struct Warp {
+  Collective pending = Collective::kNone;  // the instruction lanes are gathering at
+  int arrived = 0;
+  int exited = 0;
+  LaneIn in[32];
+  LaneOut out[32];
+  std::vector<Fiber*> waiting;
+};
+
+enum class Interleaving { kRandom, kWarpAhead };
+enum class CopyLanding { kAtIssue, kAtWait };
+
+// Everything about the block being run.
+struct Machine {
+  std::vector<std::unique_ptr<Fiber>> fibers;
+  std::vector<Warp> warps;
+  std::vector<std::vector<Fiber*>> runnable;  // per warp
+  int runnable_count = 0;
+  int favoured_warp = 0;  // Interleaving::kWarpAhead
+  int exited = 0;
+  int at_barrier = 0;
+  std::vector<Fiber*> barrier_waiting;
+  Fiber* current = nullptr;
+  Context scheduler;
+  const std::function<void()>* body = nullptr;
+  unsigned char* shared = nullptr;
+  const GuardedRegion* shared_region = nullptr;
+  Interleaving interleaving = Interleaving::kRandom;
+  CopyLanding landing = CopyLanding::kAtWait;
+  std::mt19937_64 rng{1};
+  // Totals, for the caller's summary.
+  long long blocks = 0, switches = 0, collectives = 0, copies = 0;
+};
+inline Machine g_machine;
+
+inline Fiber& current() { return *g_machine.current; }
+
+inline void make_runnable(Fiber* f) {
+  f->state = ThreadState::kRunnable;
+  g_machine.runnable[f->index / 32].push_back(f);
+  ++g_machine.runnable_count;
+}
+
+// Takes the i-th runnable fiber of warp w out of the runnable set.
+inline Fiber* take(int w, size_t i) {
+  std::vector<Fiber*>& list = g_machine.runnable[w];
+  Fiber* f = list[i];
+  list[i] = list.back();
+  list.pop_back();
+  --g_machine.runnable_count;
+  return f;
+}
+
+// A uniformly random runnable fiber: its warp and its position there.
+inline std::pair<int, size_t> pick_any() {
+  Machine& m = g_machine;
+  size_t r = m.rng() % static_cast<uint64_t>(m.runnable_count);
+  int w = 0;
+  while (r >= m.runnable[w].size()) r -= m.runnable[w++].size();
+  return {w, r};
+}
+
+inline Fiber* pick_next() {
+  Machine& m = g_machine;
+  auto [w, i] = pick_any();
+  if (m.interleaving == Interleaving::kWarpAhead) {
+    if (m.runnable[m.favoured_warp].empty()) m.favoured_warp = w;
+    w = m.favoured_warp;
+    i = m.rng() % m.runnable[w].size();
+  }
+  return take(w, i);
+}
+
+// The running fiber waits in `queue` until someone makes it runnable again.
+inline void wait_in(std::vector<Fiber*>& queue, const char* what) {
+  Fiber& f = current();
+  f.state = ThreadState::kWaiting;
+  f.waiting_at = what;
+  queue.push_back(&f);
+  switch_context(f.context, g_machine.scheduler);
+}
+
+inline void release(std::vector<Fiber*>& queue) {
+  for (Fiber* f : queue) make_runnable(f);
+  queue.clear();
+}
+
+inline void land(PendingCopy& c) {
+  if (c.landed) return;
+  if (c.valid)
+    std::memcpy(c.dst, c.src, 16);
+  else
+    std::memset(c.dst, 0, 16);
+  c.landed = true;
+}
+
+[[noreturn]] inline void thread_exit() {
+  Machine& m = g_machine;
+  Fiber& f = current();
+  if (!f.uncommitted.empty() || !f.committed.empty())
+    fail("thread exits with cp.async copies it never waited for");
+  Warp& warp = m.warps[f.index / 32];
+  if (warp.arrived > 0)
+    fail(std::string("thread exits while lanes of its warp wait at ") +
+         collective_name(warp.pending));
+  if (m.at_barrier > 0) fail("thread exits while other threads wait at __syncthreads");
+  f.state = ThreadState::kExited;
+  ++warp.exited;
+  ++m.exited;
+  switch_context(f.context, m.scheduler);
+  std::abort();  // never resumed
+}
+
+inline void fiber_main() {
+  (*g_machine.body)();
+  thread_exit();
+}
+
+// What every unfinished thread waits for, when none can run.
+[[noreturn]] inline void report_deadlock() {
+  Machine& m = g_machine;
+  const auto state = [&](size_t thread) -> std::string {
+    const Fiber& f = *m.fibers[thread];
+    return f.state == ThreadState::kExited ? "exited" : std::string("at ") + f.waiting_at;
+  };
+  std::string s = "deadlock: no thread can run";
+  for (size_t w = 0; w < m.warps.size(); ++w) {
+    s += "\n    warp " + std::to_string(w) + ":";
+    // Runs of lanes in the same state: "lanes 1-31 at __shfl_xor_sync".
+    for (size_t first = 0, lane = 1; lane <= 32; ++lane) {
+      if (lane < 32 && state(32 * w + lane) == state(32 * w + first)) continue;
+      const std::string lanes = first + 1 == lane ? "lane " + std::to_string(first)
+                                                  : "lanes " + std::to_string(first) + "-" +
+                                                        std::to_string(lane - 1);
+      s += " " + lanes + " " + state(32 * w + first) + (lane < 32 ? ";" : "");
+      first = lane;
+    }
+  }
+  fail(s);
+}
+
+// Runs one block: fresh fibers, poisoned shared memory, a drawn schedule.
+inline void run_block(unsigned threads) {
+  Machine& m = g_machine;
+  if (m.shared_region->size() > 0) std::memset(m.shared, 0xFF, m.shared_region->size());
+  m.interleaving = m.rng() % 2 ? Interleaving::kWarpAhead : Interleaving::kRandom;
+  m.landing = m.rng() % 2 ? CopyLanding::kAtIssue : CopyLanding::kAtWait;
+  m.favoured_warp = static_cast<int>(m.rng() % (threads / 32));
+  m.warps.assign(threads / 32, Warp{});
+  m.runnable.assign(threads / 32, {});
+  m.runnable_count = 0;
+  m.exited = 0;
+  m.at_barrier = 0;
+  m.barrier_waiting.clear();
+  while (m.fibers.size() < threads) {
+    m.fibers.push_back(std::make_unique<Fiber>());
+    m.fibers.back()->stack = std::make_unique<GuardedRegion>(
+        kStackBytes, MemoryKind::kStack, "stack of thread " + std::to_string(m.fibers.size() - 1));
+  }
+  for (unsigned t = 0; t < threads; ++t) {
+    Fiber& f = *m.fibers[t];
+    f.index = t;
+    f.uncommitted.clear();
+    f.committed.clear();
+    prepare_context(f.context, *f.stack, fiber_main);
+    make_runnable(&f);
+  }
+  while (m.runnable_count > 0) {
+    m.current = pick_next();
+    threadIdx = uint3{m.current->index, 0, 0};
+    detail::g_where.in_thread = true;
+    ++m.switches;
+    switch_context(m.scheduler, m.current->context);
+    detail::g_where.in_thread = false;
+  }
+  if (m.exited < static_cast<int>(threads)) report_deadlock();
+  for (const GuardedRegion* r : g_regions)
+    if (r->kind() != MemoryKind::kGlobal) r->check_canaries();
+  ++m.blocks;
+}
+
+// A fault (a guard page, or any address no buffer owns): name the nearest region and how far
+// outside it the access fell, and where the program was; then exit. (Not async-signal-safe, which
+// is fine here: the faulting code is kernel code, never the allocator.)
+inline void on_fault(int signal, siginfo_t* info, void*) {
+  const std::string what = signal == SIGSEGV ? "segmentation fault" : "bus error";
+  const auto [where, region] = locate(info->si_addr, nullptr);
+  if (region != nullptr && region->kind() == MemoryKind::kStack &&
+      info->si_addr < static_cast<void*>(region->begin()))
+    fail(what + ": overflow of the " + region->name());
+  fail(what + ", out-of-bounds access " + where);
+}
+
+inline void install_fault_handler() {
+  static bool installed = false;
+  if (installed) return;
+  installed = true;
+  // The handler runs on a stack of its own: a fiber's stack may be what overflowed.
+  static std::vector<char> handler_stack(1 << 16);
+  stack_t ss{};
+  ss.ss_sp = handler_stack.data();
+  ss.ss_size = handler_stack.size();
+  sigaltstack(&ss, nullptr);
+  struct sigaction sa {};
+  sa.sa_sigaction = on_fault;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigaction(SIGSEGV, &sa, nullptr);
+  sigaction(SIGBUS, &sa, nullptr);
+}
+
+// The arrival of this lane at a warp-wide instruction; the last lane computes all 32 results.
+template <typename Compute>
+inline LaneOut warp_collective(Collective kind, const LaneIn& in, Compute&& compute) {
+  Machine& m = g_machine;
+  Fiber& f = current();
+  Warp& w = m.warps[f.index / 32];
+  const int lane = static_cast<int>(f.index % 32);
+  if (w.exited > 0)
+    fail(std::string(collective_name(kind)) + " in a warp with " + std::to_string(w.exited) +
+         " exited lanes");
+  if (w.arrived == 0) {
+    w.pending = kind;
+  } else if (w.pending != kind) {
+    fail(std::string("divergent warp: this lane is at ") + collective_name(kind) + " while " +
+         std::to_string(w.arrived) + " lanes wait at " + collective_name(w.pending));
+  }
+  w.in[lane] = in;
+  if (++w.arrived < 32) {
+    wait_in(w.waiting, collective_name(kind));
+  } else {
+    compute(w.in, w.out);
+    w.arrived = 0;
+    w.pending = Collective::kNone;
+    ++m.collectives;
+    release(w.waiting);
+  }
+  return w.out[lane];
+}
+
+inline void check_shared(const void* p, size_t n, const char* what) {
+  const GuardedRegion& s = *g_machine.shared_region;
+  if (!s.contains(p, n))
+    fail(std::string(what) + ": shared address out of range (offset " +
+         std::to_string(static_cast<const unsigned char*>(p) - s.begin()) + " of " +
+         std::to_string(s.size()) + " bytes)");
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+    fail(std::string(what) + ": shared address not 16-byte aligned");
+}
+
+inline uint16_t load_u16(const void* p) {
+  uint16_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline float bf16_bits_to_float(uint32_t bits16) {
+  const uint32_t u = bits16 << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// PTX ISA, "Warp-level matrix load instruction: ldmatrix" (.m8n8.x4.b16, its fragment-layout
+// figure): lanes 8i .. 8i + 7 give the addresses of rows 0-7 of matrix i, 16 bytes each; lane l
+// receives in register i the elements (row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1) of matrix
+// i, the lower column in the low half. With .trans, matrix i is read transposed: (rows 2 (l % 4)
+// and 2 (l % 4) + 1, column l / 4).
+template <bool Transposed>
+inline void ldmatrix(uint32_t (&r)[4], const void* row) {
+  constexpr Collective kind = Transposed ? Collective::kLdmatrixTrans : Collective::kLdmatrix;
+  check_shared(row, 16, collective_name(kind));
+  LaneIn in;
+  in.row = row;
+  const LaneOut out = warp_collective(kind, in, [](const LaneIn (&lanes)[32], LaneOut (&res)[32]) {
+    for (int l = 0; l < 32; ++l) {
+      const int g = l / 4, t = l % 4;
+      for (int i = 0; i < 4; ++i) {
+        // Element (row, col) of matrix i as stored; lane 8i + row holds that row's address.
+        const auto element = [&](int row, int col) -> uint32_t {
+          return load_u16(static_cast<const unsigned char*>(lanes[8 * i + row].row) + 2 * col);
+        };
+        res[l].r[i] = Transposed ? element(2 * t, g) | element(2 * t + 1, g) << 16
+                                 : element(g, 2 * t) | element(g, 2 * t + 1) << 16;
+      }
+    }
+  });
+  for (int i = 0; i < 4; ++i) r[i] = out.r[i];
+}
+
+// PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type" (.bf16 A and B, .f32 C
+// and D), with g = lane / 4, t = lane % 4: register a0 holds A[g][2t, 2t+1], a1 A[g+8][2t, 2t+1],
+// a2 A[g][2t+8, 2t+9], a3 A[g+8][2t+8, 2t+9]; b0 holds B[2t, 2t+1][g], b1 B[2t+8, 2t+9][g]; c0, c1
+// are C[g][2t, 2t+1] and c2, c3 C[g+8][2t, 2t+1]. Lower index in the low half of a register.
+inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  LaneIn in;
+  for (int i = 0; i < 4; ++i) {
+    in.a[i] = a[i];
+    in.c[i] = c[i];
+  }
+  in.b[0] = b0;
+  in.b[1] = b1;
+  const LaneOut out = warp_collective(
+      Collective::kMma, in, [](const LaneIn (&lanes)[32], LaneOut (&res)[32]) {
+        float A[16][16], B[16][8];
+        for (int l = 0; l < 32; ++l) {
+          const int g = l / 4, t = l % 4;
+          for (int half = 0; half < 2; ++half) {
+            const int lo_col = 2 * t + 8 * half;  // a0/a1 columns 2t.., a2/a3 columns 2t + 8..
+            A[g][lo_col] = bf16_bits_to_float(lanes[l].a[2 * half] & 0xFFFF);
+            A[g][lo_col + 1] = bf16_bits_to_float(lanes[l].a[2 * half] >> 16);
+            A[g + 8][lo_col] = bf16_bits_to_float(lanes[l].a[2 * half + 1] & 0xFFFF);
+            A[g + 8][lo_col + 1] = bf16_bits_to_float(lanes[l].a[2 * half + 1] >> 16);
+            B[lo_col][g] = bf16_bits_to_float(lanes[l].b[half] & 0xFFFF);
+            B[lo_col + 1][g] = bf16_bits_to_float(lanes[l].b[half] >> 16);
+          }
+        }
+        for (int l = 0; l < 32; ++l) {
+          const int g = l / 4, t = l % 4;
+          for (int e = 0; e < 4; ++e) {
+            const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+            double sum = lanes[l].c[e];
+            for (int k = 0; k < 16; ++k) sum += static_cast<double>(A[row][k]) * B[k][col];
+            res[l].d[e] = static_cast<float>(sum);
+          }
+        }
+      });
+  for (int i = 0; i < 4; ++i) c[i] = out.d[i];
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Launching.
+
+struct Launch {
+  std::string kernel;   // for messages: "attention_forward_kernel<64>"
+  unsigned blocks;      // gridDim.x
+  unsigned threads;     // blockDim.x, a multiple of 32
+  size_t shared_bytes;  // dynamic shared memory, what dynamic_smem() returns
+};
+
+// Seeds every random choice of the schedules (which thread runs next, when copies land).
+inline void seed(uint64_t s) { detail::g_machine.rng.seed(s); }
+
+// Runs body() as every thread of every block of the launch, blocks in order, then checks the
+// canaries of every global buffer.
+inline void launch(const Launch& l, const std::function<void()>& body) {
+  detail::Machine& m = detail::g_machine;
+  if (l.threads == 0 || l.threads % 32 != 0 || l.threads > 1024)
+    fail(l.kernel + ": block of " + std::to_string(l.threads) +
+         " threads (the emulator takes whole warps, at most 1024 threads)");
+  detail::install_fault_handler();
+  detail::g_where.kernel = l.kernel;
+  const GuardedRegion shared(l.shared_bytes, MemoryKind::kShared,
+                             "shared memory (" + std::to_string(l.shared_bytes) + " bytes)");
+  m.shared = shared.begin();
+  m.shared_region = &shared;
+  m.body = &body;
+  gridDim = dim3(l.blocks, 1, 1);
+  blockDim = dim3(l.threads, 1, 1);
+  for (unsigned b = 0; b < l.blocks; ++b) {
+    blockIdx = uint3{b, 0, 0};
+    detail::run_block(l.threads);
+  }
+  for (const GuardedRegion* r : detail::g_regions)
+    if (r->kind() == MemoryKind::kGlobal) r->check_canaries();
+  m.shared_region = nullptr;
+  m.body = nullptr;
+  detail::g_where.kernel.clear();
+}
+
+struct Totals {
+  long long blocks, switches, collectives, copies;
+};
+inline Totals totals() {
+  const detail::Machine& m = detail::g_machine;
+  return {m.blocks, m.switches, m.collectives, m.copies};
+}
+
+}  // namespace emu
+
+// ---------------------------------------------------------------------------------------------
+// CUDA built-in functions.
+
+inline void __syncthreads() {
+  emu::detail::Machine& m = emu::detail::g_machine;
+  if (m.exited > 0)
+    emu::fail("__syncthreads after " + std::to_string(m.exited) + " threads of the block exited");
+  if (++m.at_barrier < static_cast<int>(blockDim.x)) {
+    emu::detail::wait_in(m.barrier_waiting, "__syncthreads");
+  } else {
+    m.at_barrier = 0;
+    emu::detail::release(m.barrier_waiting);
+  }
+}
+
+// Butterfly shuffle of a 32-bit value over the whole warp (mask 0xffffffff, width 32: the only
+// form emulated). CUDA Programming Guide, "Warp Shuffle Functions": lane l receives the value of
+// lane l ^ lane_mask.
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  static_assert(sizeof(T) == 4, "32-bit values only");
+  if (mask != 0xffffffffu || width != 32 || lane_mask < 0 || lane_mask >= 32)
+    emu::fail("__shfl_xor_sync: only full-warp masks, width 32 and lane masks 0-31 are emulated");
+  emu::detail::LaneIn in;
+  std::memcpy(&in.value, &value, 4);
+  in.lane_mask = lane_mask;
+  const emu::detail::LaneOut out = emu::detail::warp_collective(
+      emu::detail::Collective::kShuffle, in,
+      [](const emu::detail::LaneIn (&lanes)[32], emu::detail::LaneOut (&res)[32]) {
+        for (int l = 0; l < 32; ++l) res[l].value = lanes[l ^ lanes[l].lane_mask].value;
+      });
+  T r;
+  std::memcpy(&r, &out.value, 4);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twins of kernels/cuda/mma.cuh, same names and signatures.
+
+namespace deit::kernels::ptx {
+
+// PTX ISA, "cp.async": copies cp-size (16) bytes global -> shared, or src-size 0: writes 16 zero
+// bytes and reads nothing; both addresses 16-byte aligned. Whether it lands now or at the
+// wait_group that retires it is the block's draw (see CopyLanding).
+inline void cp_async_16(void* dst, const void* src, bool valid) {
+  emu::detail::Machine& m = emu::detail::g_machine;
+  emu::detail::check_shared(dst, 16, "cp.async destination");
+  emu::check_global(src, 16, 16, "cp.async source");
+  emu::detail::PendingCopy copy{dst, src, valid, false};
+  if (m.landing == emu::detail::CopyLanding::kAtIssue) emu::detail::land(copy);
+  emu::detail::current().uncommitted.push_back(copy);
+  ++m.copies;
+}
+
+// PTX ISA, "cp.async.commit_group": the copies issued since the last commit become one group.
+inline void cp_async_commit() {
+  emu::detail::Fiber& f = emu::detail::current();
+  f.committed.push_back(std::move(f.uncommitted));
+  f.uncommitted.clear();
+}
+
+// PTX ISA, "cp.async.wait_group N": waits until at most N of this thread's most recent groups
+// are pending and every older group has landed.
+template <int N>
+inline void cp_async_wait() {
+  emu::detail::Fiber& f = emu::detail::current();
+  while (f.committed.size() > static_cast<size_t>(N)) {
+    for (emu::detail::PendingCopy& c : f.committed.front()) emu::detail::land(c);
+    f.committed.pop_front();
+  }
+}
+
+inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p) {
+  emu::detail::ldmatrix<false>(r, p);
+}
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* p) {
+  emu::detail::ldmatrix<true>(r, p);
+}
+
+inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  emu::detail::mma_m16n8k16(c, a, b0, b1);
+}
+
+inline uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  uint32_t r;
+  std::memcpy(&r, &h, sizeof r);
+  return r;
+}
+
+inline unsigned char* dynamic_smem() { return emu::detail::g_machine.shared; }
+
+}  // namespace deit::kernels::ptx
+
+// ---------------------------------------------------------------------------------------------
+// Stand-ins for what the attention kernels use of kernels/cuda/common.cuh, which a host compiler
+// cannot parse (its launcher uses <<< >>>): the same names, the same arithmetic.
+
+namespace deit::kernels::gpu {
+
+using bf16 = __nv_bfloat16;
+constexpr int kVec = 8;
+
+template <int N>
+inline void load(const bf16* p, float* v) {
+  static_assert(N == 1 || N == kVec, "N is 1 or kVec");
+  emu::check_global(p, N * sizeof(bf16), N == kVec ? 16 : sizeof(bf16), "gpu::load");
+  for (int j = 0; j < N; ++j) v[j] = __bfloat162float(p[j]);
+}
+
+struct SumOp {
+  static float apply(float a, float b) { return a + b; }
+};
+
+template <typename Op>
+inline float warp_allreduce(float v) {
+  for (int offset = 16; offset > 0; offset /= 2)
+    v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+}  // namespace deit::kernels::gpu
