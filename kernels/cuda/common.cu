@@ -13,8 +13,6 @@
 namespace deit::kernels::gpu {
 namespace {
 
-constexpr int64_t kTargetThreads = 128 * 1024;  // threads a row kernel aims to keep busy
-constexpr int64_t kMinRowsPerChunk = 8;
 constexpr int kPartialCols = 8;
 constexpr int kPartialLanes = 128;
 constexpr int kPartialThreads = kPartialCols * kPartialLanes;
@@ -64,14 +62,6 @@ void check_row_width(const char* fn, int64_t C) {
 
 void check_workspace(const char* fn, const float* workspace, bool needed) {
   if (needed && !workspace) throw std::invalid_argument(std::string(fn) + ": workspace is nullptr");
-}
-
-RowChunks row_chunks(int64_t rows, int64_t C) {
-  if (rows <= 0) return {0, 1};
-  const int64_t max_chunks =
-      std::max<int64_t>(1, kTargetThreads / row_threads(std::max<int64_t>(C, 1)));
-  const int64_t rows_per_chunk = std::max(kMinRowsPerChunk, ceil_div(rows, max_chunks));
-  return {ceil_div(rows, rows_per_chunk), rows_per_chunk};
 }
 
 void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out,

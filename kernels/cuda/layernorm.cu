@@ -9,59 +9,20 @@
 // Forward: a grid-stride loop over rows, min(rows, 65536) blocks. Backward: row_chunks(rows, C)
 // blocks, each walking a fixed chunk of at least 8 consecutive rows.
 // Measured speed: not yet measured on a GPU.
+//
+// Files: the device code is kernels/cuda/layernorm_kernels.cuh (the row arithmetic
+// kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The
+// kernels also run, lane by lane on the host, in the CTest entry layernorm_emulated
+// (tests/emulated/layernorm_emulated.cpp), which checks them against the CPU twin without a GPU;
+// its launches mirror the ones below, so change them together.
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/layernorm_row.cuh"
 #include "kernels/layernorm.h"
+// The device code, after what it uses.
+#include "kernels/cuda/layernorm_kernels.cuh"
 
 namespace deit::kernels {
-namespace {
-
-using gpu::bf16;
-using gpu::kVec;
-
-template <int V>
-__global__ void __launch_bounds__(1024)
-    layernorm_forward_kernel(const bf16* x, const bf16* weight, const bf16* bias, bf16* y,
-                             float* mean, float* rstd, int64_t rows, int64_t C, float eps) {
-  __shared__ float scratch[32];
-  float w[kVec], b[kVec];
-  gpu::load_row<V>(weight, C, w);
-  gpu::load_row<V>(bias, C, b);
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    float v[kVec];
-    gpu::load_row<V>(x + r * C, C, v);
-    gpu::layernorm_row_forward<V>(v, w, b, C, eps, scratch, mean ? mean + r : nullptr,
-                                  rstd ? rstd + r : nullptr);
-    gpu::store_row<V>(y + r * C, C, v);
-  }
-}
-
-// Block `chunk` handles rows [chunk * rows_per_chunk, ...) and writes its column sums of
-// dy * xhat and dy to dw_partials / db_partials[chunk * C + c] (each may be nullptr).
-template <int V>
-__global__ void __launch_bounds__(1024)
-    layernorm_backward_kernel(const bf16* dy, const bf16* x, const bf16* weight, const float* mean,
-                              const float* rstd, bf16* dx, float* dw_partials, float* db_partials,
-                              int64_t rows, int64_t C, int64_t rows_per_chunk) {
-  __shared__ float scratch[64];
-  const int64_t r0 = blockIdx.x * rows_per_chunk;
-  const int64_t r1 = min(rows, r0 + rows_per_chunk);
-  float w[kVec], dw[kVec] = {}, db[kVec] = {};
-  gpu::load_row<V>(weight, C, w);
-  for (int64_t r = r0; r < r1; ++r) {
-    float g[kVec], xh[kVec];
-    gpu::load_row<V>(dy + r * C, C, g);
-    gpu::load_row<V>(x + r * C, C, xh);
-    gpu::layernorm_row_backward<V>(g, xh, w, mean[r], rstd[r], C, scratch, dw, db);
-    gpu::store_row<V>(dx + r * C, C, g);
-  }
-  if (dw_partials) gpu::store_row<V>(dw_partials + blockIdx.x * C, C, dw);
-  if (db_partials) gpu::store_row<V>(db_partials + blockIdx.x * C, C, db);
-}
-
-}  // namespace
 
 void layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const bf16_bits* bias,
                             bf16_bits* y, float* mean, float* rstd, int64_t rows, int64_t C,

@@ -1,8 +1,10 @@
-// Private to kernels/cuda/: the LayerNorm arithmetic of one row, in common.cuh's row layout (each
-// thread holds kVec register slots of the row; slots past C hold 0). layernorm.cu normalises rows
-// with it, and layerscale.cu's residual update fused with the LayerNorm after it does the same.
+// Private to kernels/cuda/: the LayerNorm arithmetic of one row, in common_device.cuh's row
+// layout (each thread holds kVec register slots of the row; slots past C hold 0). The LayerNorm
+// kernels (layernorm_kernels.cuh) normalise rows with it, and the residual update fused with the
+// LayerNorm after it (layerscale_kernels.cuh) does the same. Device code a host compiler can read:
+// the emulated test (tests/emulated/layernorm_emulated.cpp) runs it too.
 #pragma once
-#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/common_device.cuh"
 
 namespace deit::kernels::gpu {
 

@@ -282,35 +282,15 @@ bool check(const Shape& s, std::mt19937_64& rng) {
   }
 }
 
-int usage() {
-  std::fprintf(stderr, "usage: attention_emulated [--full] [--seed N]\n");
-  return 2;
-}
 
 }  // namespace
 }  // namespace deit::kernels
 
 int main(int argc, char** argv) {
   using namespace deit::kernels;
-  bool full = false;
-  uint64_t seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--full") {
-      full = true;
-    } else if (arg == "--seed" && i + 1 < argc) {
-      const char* digits = argv[++i];
-      char* end = nullptr;
-      seed = std::strtoull(digits, &end, 10);
-      if (end == digits || *end != '\0') return usage();
-    } else {
-      return usage();
-    }
-  }
-  std::printf("attention_emulated: seed %llu (repeat this run with --seed %llu)\n",
-              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
-  std::mt19937_64 inputs(seed);
-  emu::seed(seed + 1);
+  const emu::TestOptions options = emu::parse_test_options(argc, argv, "attention_emulated");
+  const bool full = options.full;
+  std::mt19937_64 inputs(options.seed);
 
   int failed = 0;
   const std::vector<Shape> shapes = full ? full_shapes() : kDefaultShapes;

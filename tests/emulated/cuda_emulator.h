@@ -1,7 +1,9 @@
-// A host emulator for the tensor-core kernels: the real kernel source, compiled by the host
-// compiler, runs with every CUDA thread of a block as a fiber, and the few things a CPU does not
-// have are emulated lane by lane. Written for kernels/cuda/attention_kernels.cuh (its test is
-// attention_emulated.cpp beside this file), usable by any kernel that keeps to what is below.
+// A host emulator for the CUDA kernels: the real kernel source, compiled by the host compiler,
+// runs with every CUDA thread of a block as a fiber, and the few things a CPU does not have are
+// emulated lane by lane. Written for the tensor-core kernels of kernels/cuda/attention_kernels.cuh
+// and the row kernels of kernels/cuda/layernorm_kernels.cuh and layerscale_kernels.cuh (their
+// tests are attention_emulated.cpp and layernorm_emulated.cpp beside this file), usable by any
+// kernel that keeps to what is below.
 //
 // What it emulates, and how:
 //  - CUDA threads: each thread of a block is a fiber with its own stack. One thread runs at a
@@ -12,11 +14,12 @@
 //  - Interleavings: each block draws one of two schedules. Random: the next thread to run is any
 //    runnable one. Warp ahead: one warp runs as far as it can before another moves, which exposes
 //    a warp that reuses shared memory other warps still read (a missing __syncthreads).
-//  - Warp-wide instructions (__shfl_xor_sync, ldmatrix, mma.sync): every lane brings its operands
-//    and waits; the last lane to arrive checks that all 32 are at the same instruction kind,
-//    computes every lane's result, and wakes the others. Layouts follow the PTX ISA tables named
-//    at each function. mma products are exact, summed in double and rounded once to fp32: the
-//    hardware's summation order is unspecified, and this is at least as accurate.
+//  - Warp-wide instructions (the four shuffles, __syncwarp, ldmatrix, mma.sync): every lane brings
+//    its operands and waits; the last lane to arrive checks that all 32 are at the same
+//    instruction kind, computes every lane's result, and wakes the others. Shuffles follow the
+//    CUDA Programming Guide ("Warp Shuffle Functions", widths included), the others the PTX ISA
+//    tables named at each function. mma products are exact, summed in double and rounded once to
+//    fp32: the hardware's summation order is unspecified, and this is at least as accurate.
 //  - cp.async (16 bytes, zero-fill) with commit_group and wait_group: each block draws when its
 //    copies land, at issue (as early as allowed) or at the wait_group that retires their group
 //    (as late as allowed), so reading a tile before waiting for it, or overwriting a tile other
@@ -24,10 +27,21 @@
 //  - Memory: global buffers (DeviceBuffer), the block's dynamic shared memory and every fiber
 //    stack end at a PROT_NONE guard page, so an access past the end faults on the spot; the
 //    slack bytes between a buffer and the guard page before it (and the few after it, when its
-//    size is no multiple of 16) hold a canary, checked after every block and launch. ldmatrix
-//    and cp.async addresses, and the global addresses of cp.async and vector loads, are checked
-//    against the buffers before use. Shared memory starts every block filled with 0xFF bytes, a
-//    NaN in bf16 and fp32, so reading what no thread wrote poisons the results.
+//    size is no multiple of its alignment) hold a canary, checked after every block and launch.
+//    ldmatrix and cp.async addresses, and the global addresses of cp.async, are checked against
+//    the buffers before use. Other global accesses are plain C++ (common_device.cuh's loads and
+//    stores among them): the guard pages and canaries catch them, not an alignment check, and a
+//    test places a buffer "tight" (DeviceBuffer's `align`) where a read just past its end must
+//    fault. Shared memory, dynamic and static, starts every block filled with 0xFF bytes, a NaN
+//    in bf16 and fp32, so reading what no thread wrote poisons the results.
+//  - Static shared memory (`__shared__ float scratch[32];` in a kernel): `__shared__` becomes
+//    `static thread_local`, one copy for every fiber of the block (they share one OS thread), and
+//    the program's thread_local storage (its PT_TLS segment, found with dl_iterate_phdr) is what
+//    the emulator poisons at every block, saves before a launch and restores after it (so other
+//    thread_local variables of the program, which only a launch's kernel code could see
+//    poisoned, keep their values). Unlike the dynamic shared memory it has no guard page.
+//    `extern __shared__` arrays are not emulated: kernels take dynamic shared memory from
+//    ptx::dynamic_smem().
 //
 // Failures (an access out of bounds, a deadlock, lanes of a warp at different warp-wide
 // instructions, a thread that exits with copies in flight, a misaligned address) print what
@@ -35,12 +49,17 @@
 //
 // Not emulated: timing, reordering of one thread's memory accesses, partial-warp masks, blocks
 // whose size is not a multiple of 32, 2-D and 3-D launches, and anything of CUDA not named here.
-// Shared memory and global memory are plain host memory.
+// Shared memory and global memory are plain host memory. CUDA's bf16 and vector types and their
+// conversions are the CUDA headers' own host versions; CUDA's integer min and max are defined
+// below; the math functions are the C library's.
 //
 // Use: include this, then the kernel header (whose code must see these stand-ins), and launch
-// with emu::launch. Single-threaded: one launch at a time, the state below is global.
+// with emu::launch. This header ends by including kernels/cuda/common_device.cuh, the kernels'
+// shared device helpers, compiled unchanged on top of the built-ins here. Single-threaded: one
+// launch at a time, the state below is global.
 #pragma once
 #include <cuda_bf16.h>
+#include <link.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -57,11 +76,19 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 // CUDA's occupancy hint has no meaning on the host.
 #define __launch_bounds__(...)
+
+// A __shared__ variable: one copy per OS thread, which every fiber of the block shares; the
+// emulator poisons it at every block (static_shared_memory() below). The CUDA headers define the
+// name away on the host.
+#undef __shared__
+#define __shared__ static thread_local
 
 // CUDA's built-in indices of the running thread. The scheduler sets threadIdx before it switches
 // to a fiber, so a value the compiler keeps in a register stays right.
@@ -108,9 +135,10 @@ inline std::string where() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Guarded memory. A region's usable bytes end at a PROT_NONE page (up to 15 bytes earlier, to
-// keep the start 16-byte aligned), and a second PROT_NONE page precedes the page it starts in.
-// The slack bytes between the guard pages and the usable range hold a canary.
+// Guarded memory. A region's usable bytes end at a PROT_NONE page (up to align - 1 bytes
+// earlier, to keep the start `align`-byte aligned: 16 unless asked), and a second PROT_NONE page
+// precedes the page it starts in. The slack bytes between the guard pages and the usable range
+// hold a canary.
 
 enum class MemoryKind { kGlobal, kShared, kStack };
 
@@ -122,8 +150,10 @@ constexpr unsigned char kCanary = 0xA5;
 
 class GuardedRegion {
  public:
-  GuardedRegion(size_t bytes, MemoryKind kind, std::string name)
+  GuardedRegion(size_t bytes, MemoryKind kind, std::string name, size_t align = 16)
       : kind_(kind), name_(std::move(name)), bytes_(bytes) {
+    if (align == 0 || (align & (align - 1)) != 0 || align > 16)
+      fail(name_ + ": alignment " + std::to_string(align) + " (a power of 2, at most 16)");
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     const size_t body = (bytes + page - 1) / page * page;
     mapped_bytes_ = body + 2 * page;
@@ -136,7 +166,7 @@ class GuardedRegion {
     if (mprotect(mapped_, page, PROT_NONE) != 0 || mprotect(body_end_, page, PROT_NONE) != 0)
       fail("cannot protect the guard pages of " + name_);
     begin_ = reinterpret_cast<unsigned char*>(
-        (reinterpret_cast<uintptr_t>(body_end_) - bytes) & ~uintptr_t{15});
+        (reinterpret_cast<uintptr_t>(body_end_) - bytes) & ~uintptr_t{align - 1});
     std::memset(body_, detail::kCanary, static_cast<size_t>(begin_ - body_));
     std::memset(begin_ + bytes_, detail::kCanary, static_cast<size_t>(body_end_ - end()));
     detail::g_regions.push_back(this);
@@ -207,16 +237,18 @@ inline void check_global(const void* p, size_t n, size_t align, const char* what
        locate(p, &global).first);
 }
 
-// n elements of T in global memory, starting poisoned (every byte 0xFF: NaN in bf16 and fp32).
+// n elements of T in global memory, starting poisoned (every byte 0xFF: NaN in bf16 and fp32),
+// `align`-byte aligned: 16 as cudaMalloc's (at least), or alignof(T) to place the end right at the
+// guard page whatever the size ("tight"), so that reading one element past it faults.
 template <typename T>
 class DeviceBuffer {
  public:
-  DeviceBuffer(std::string name, size_t n)
-      : region_(n * sizeof(T), MemoryKind::kGlobal, std::move(name)), n_(n) {
+  DeviceBuffer(std::string name, size_t n, size_t align = 16)
+      : region_(n * sizeof(T), MemoryKind::kGlobal, std::move(name), align), n_(n) {
     std::memset(region_.begin(), 0xFF, region_.size());
   }
-  DeviceBuffer(std::string name, const std::vector<T>& host)
-      : DeviceBuffer(std::move(name), host.size()) {
+  DeviceBuffer(std::string name, const std::vector<T>& host, size_t align = 16)
+      : DeviceBuffer(std::move(name), host.size(), align) {
     std::memcpy(get(), host.data(), host.size() * sizeof(T));
   }
   T* get() const { return reinterpret_cast<T*>(region_.begin()); }
@@ -269,11 +301,25 @@ struct Fiber {
 };
 
 // The warp-wide instructions, and what a lane brings to and takes from one.
-enum class Collective { kNone, kShuffle, kLdmatrix, kLdmatrixTrans, kMma };
+enum class Collective {
+  kNone,
+  kShuffleXor,
+  kShuffleDown,
+  kShuffleUp,
+  kShuffleIndex,
+  kSyncwarp,
+  kLdmatrix,
+  kLdmatrixTrans,
+  kMma
+};
 
 inline const char* collective_name(Collective c) {
   switch (c) {
-    case Collective::kShuffle: return "__shfl_xor_sync";
+    case Collective::kShuffleXor: return "__shfl_xor_sync";
+    case Collective::kShuffleDown: return "__shfl_down_sync";
+    case Collective::kShuffleUp: return "__shfl_up_sync";
+    case Collective::kShuffleIndex: return "__shfl_sync";
+    case Collective::kSyncwarp: return "__syncwarp";
     case Collective::kLdmatrix: return "ldmatrix.x4";
     case Collective::kLdmatrixTrans: return "ldmatrix.x4.trans";
     case Collective::kMma: return "mma.sync.m16n8k16";
@@ -285,13 +331,14 @@ struct LaneIn {
   const void* row = nullptr;  // ldmatrix: the shared row this lane addresses
   uint32_t a[4] = {}, b[2] = {};
   float c[4] = {};
-  uint32_t value = 0;  // shuffle: this lane's value (bits) and xor mask
-  int lane_mask = 0;
+  uint64_t value = 0;  // shuffle: this lane's value (bits), its lane argument and width
+  int lane_arg = 0;
+  int width = 32;
 };
 struct LaneOut {
   uint32_t r[4] = {};  // ldmatrix
   float d[4] = {};     // mma
-  uint32_t value = 0;  // shuffle
+  uint64_t value = 0;  // shuffle
 };
 
 struct Warp {
@@ -321,6 +368,8 @@ struct Machine {
   const std::function<void()>* body = nullptr;
   unsigned char* shared = nullptr;
   const GuardedRegion* shared_region = nullptr;
+  unsigned char* static_shared = nullptr;  // the __shared__ variables (static_shared_memory())
+  size_t static_shared_bytes = 0;
   Interleaving interleaving = Interleaving::kRandom;
   CopyLanding landing = CopyLanding::kAtWait;
   std::mt19937_64 rng{1};
@@ -439,6 +488,7 @@ inline void fiber_main() {
 inline void run_block(unsigned threads) {
   Machine& m = g_machine;
   if (m.shared_region->size() > 0) std::memset(m.shared, 0xFF, m.shared_region->size());
+  if (m.static_shared_bytes > 0) std::memset(m.static_shared, 0xFF, m.static_shared_bytes);
   m.interleaving = m.rng() % 2 ? Interleaving::kWarpAhead : Interleaving::kRandom;
   m.landing = m.rng() % 2 ? CopyLanding::kAtIssue : CopyLanding::kAtWait;
   m.favoured_warp = static_cast<int>(m.rng() % (threads / 32));
@@ -485,6 +535,25 @@ inline void on_fault(int signal, siginfo_t* info, void*) {
       info->si_addr < static_cast<void*>(region->begin()))
     fail(what + ": overflow of the " + region->name());
   fail(what + ", out-of-bounds access " + where);
+}
+
+// Where the __shared__ variables live: the program's thread_local storage on this thread, the
+// PT_TLS segment of the main program (dl_iterate_phdr visits it first), p_memsz bytes at
+// dlpi_tls_data (glibc 2.35 and later). Empty when no kernel of the program declares one.
+inline std::pair<unsigned char*, size_t> static_shared_memory() {
+  std::pair<unsigned char*, size_t> found{nullptr, 0};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        auto& tls = *static_cast<std::pair<unsigned char*, size_t>*>(data);
+        for (int i = 0; i < info->dlpi_phnum; ++i)
+          if (info->dlpi_phdr[i].p_type == PT_TLS)
+            tls = {static_cast<unsigned char*>(info->dlpi_tls_data), info->dlpi_phdr[i].p_memsz};
+        return 1;  // the main program only
+      },
+      &found);
+  if (found.second > 0 && found.first == nullptr)
+    fail("no thread_local storage of the program on this thread: no room for __shared__");
+  return found;
 }
 
 inline void install_fault_handler() {
@@ -637,8 +706,41 @@ struct Launch {
 // Seeds every random choice of the schedules (which thread runs next, when copies land).
 inline void seed(uint64_t s) { detail::g_machine.rng.seed(s); }
 
+// The command line every emulated test takes: [--full] [--seed N]. A run without --seed draws
+// one; either way it is printed first, so a failing run can be repeated exactly.
+struct TestOptions {
+  bool full = false;  // the longer sweep
+  uint64_t seed = 0;  // of the inputs (seed) and of every block's schedule (seed + 1)
+};
+// Parses the options, prints "<program>: seed N ...", and seeds the schedules. Bad arguments:
+// prints the usage and exits with status 2.
+inline TestOptions parse_test_options(int argc, char** argv, const char* program) {
+  TestOptions o;
+  o.seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--full") {
+      o.full = true;
+      continue;
+    }
+    if (arg == "--seed" && i + 1 < argc) {
+      const char* digits = argv[++i];
+      char* end = nullptr;
+      o.seed = std::strtoull(digits, &end, 10);
+      if (end != digits && *end == '\0') continue;
+    }
+    std::fprintf(stderr, "usage: %s [--full] [--seed N]\n", program);
+    std::exit(2);
+  }
+  std::printf("%s: seed %llu (repeat this run with --seed %llu)\n", program,
+              static_cast<unsigned long long>(o.seed), static_cast<unsigned long long>(o.seed));
+  seed(o.seed + 1);
+  return o;
+}
+
 // Runs body() as every thread of every block of the launch, blocks in order, then checks the
-// canaries of every global buffer.
+// canaries of every global buffer. The program's thread_local storage, poisoned at every block
+// for the __shared__ variables, is as it was before once the launch returns.
 inline void launch(const Launch& l, const std::function<void()>& body) {
   detail::Machine& m = detail::g_machine;
   if (l.threads == 0 || l.threads % 32 != 0 || l.threads > 1024)
@@ -650,6 +752,9 @@ inline void launch(const Launch& l, const std::function<void()>& body) {
                              "shared memory (" + std::to_string(l.shared_bytes) + " bytes)");
   m.shared = shared.begin();
   m.shared_region = &shared;
+  std::tie(m.static_shared, m.static_shared_bytes) = detail::static_shared_memory();
+  const std::vector<unsigned char> thread_locals(m.static_shared,
+                                                 m.static_shared + m.static_shared_bytes);
   m.body = &body;
   gridDim = dim3(l.blocks, 1, 1);
   blockDim = dim3(l.threads, 1, 1);
@@ -659,6 +764,7 @@ inline void launch(const Launch& l, const std::function<void()>& body) {
   }
   for (const GuardedRegion* r : detail::g_regions)
     if (r->kind() == MemoryKind::kGlobal) r->check_canaries();
+  std::copy(thread_locals.begin(), thread_locals.end(), m.static_shared);
   m.shared_region = nullptr;
   m.body = nullptr;
   detail::g_where.kernel.clear();
@@ -689,25 +795,85 @@ inline void __syncthreads() {
   }
 }
 
-// Butterfly shuffle of a 32-bit value over the whole warp (mask 0xffffffff, width 32: the only
-// form emulated). CUDA Programming Guide, "Warp Shuffle Functions": lane l receives the value of
-// lane l ^ lane_mask.
+namespace emu::detail {
+
+// CUDA Programming Guide, "Warp Shuffle Functions": the lane whose value lane l receives, or l
+// itself where the guide says a lane keeps its own value. Lanes form groups of `width` (a power
+// of 2 up to 32) and a shuffle reads within the lane's group, except the xor form, which may
+// also read an earlier group.
+inline int shuffle_source(Collective kind, int l, int arg, int width) {
+  const int group = l & ~(width - 1), in_group = l - group;
+  switch (kind) {
+    case Collective::kShuffleIndex: return group + (arg & (width - 1));  // srcLane mod width
+    case Collective::kShuffleUp: return in_group >= arg ? l - arg : l;
+    case Collective::kShuffleDown: return in_group + arg < width ? l + arg : l;
+    default: return (l ^ arg) < group + width ? l ^ arg : l;  // xor: a later group reads itself
+  }
+}
+
+// A shuffle of a 4- or 8-byte value over the whole warp (mask 0xffffffff: partial masks are not
+// emulated); `arg` is the lane, delta or xor mask of the form.
+template <typename T>
+inline T shuffle(Collective kind, unsigned mask, T value, int arg, int width) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "4- or 8-byte values only");
+  const char* name = collective_name(kind);
+  if (mask != 0xffffffffu) fail(std::string(name) + ": only the full-warp mask is emulated");
+  if (width < 1 || width > 32 || (width & (width - 1)) != 0)
+    fail(std::string(name) + ": width " + std::to_string(width) + " (a power of 2 up to 32)");
+  if (kind != Collective::kShuffleIndex && (arg < 0 || arg >= 32))
+    fail(std::string(name) + ": lane argument " + std::to_string(arg) + " outside 0-31");
+  LaneIn in;
+  std::memcpy(&in.value, &value, sizeof(T));
+  in.lane_arg = arg;
+  in.width = width;
+  const LaneOut out = warp_collective(kind, in, [kind](const LaneIn (&lanes)[32],
+                                                       LaneOut (&res)[32]) {
+    for (int l = 0; l < 32; ++l)
+      res[l].value = lanes[shuffle_source(kind, l, lanes[l].lane_arg, lanes[l].width)].value;
+  });
+  T r;
+  std::memcpy(&r, &out.value, sizeof(T));
+  return r;
+}
+
+}  // namespace emu::detail
+
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
-  static_assert(sizeof(T) == 4, "32-bit values only");
-  if (mask != 0xffffffffu || width != 32 || lane_mask < 0 || lane_mask >= 32)
-    emu::fail("__shfl_xor_sync: only full-warp masks, width 32 and lane masks 0-31 are emulated");
-  emu::detail::LaneIn in;
-  std::memcpy(&in.value, &value, 4);
-  in.lane_mask = lane_mask;
-  const emu::detail::LaneOut out = emu::detail::warp_collective(
-      emu::detail::Collective::kShuffle, in,
-      [](const emu::detail::LaneIn (&lanes)[32], emu::detail::LaneOut (&res)[32]) {
-        for (int l = 0; l < 32; ++l) res[l].value = lanes[l ^ lanes[l].lane_mask].value;
-      });
-  T r;
-  std::memcpy(&r, &out.value, 4);
-  return r;
+  return emu::detail::shuffle(emu::detail::Collective::kShuffleXor, mask, value, lane_mask, width);
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  return emu::detail::shuffle(emu::detail::Collective::kShuffleDown, mask, value,
+                              static_cast<int>(delta), width);
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  return emu::detail::shuffle(emu::detail::Collective::kShuffleUp, mask, value,
+                              static_cast<int>(delta), width);
+}
+template <typename T>
+inline T __shfl_sync(unsigned mask, T value, int src_lane, int width = 32) {
+  return emu::detail::shuffle(emu::detail::Collective::kShuffleIndex, mask, value, src_lane,
+                              width);
+}
+
+// The lanes of the warp wait for each other (full mask only).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) emu::fail("__syncwarp: only the full-warp mask is emulated");
+  using emu::detail::LaneIn, emu::detail::LaneOut;
+  emu::detail::warp_collective(emu::detail::Collective::kSyncwarp, LaneIn{},
+                               [](const LaneIn (&)[32], LaneOut (&)[32]) {});
+}
+
+// CUDA's integer min and max (its device overloads take two operands of one integer type).
+template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
+inline T min(T a, T b) {
+  return b < a ? b : a;
+}
+template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
+inline T max(T a, T b) {
+  return a < b ? b : a;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -769,30 +935,7 @@ inline unsigned char* dynamic_smem() { return emu::detail::g_machine.shared; }
 }  // namespace deit::kernels::ptx
 
 // ---------------------------------------------------------------------------------------------
-// Stand-ins for what the attention kernels use of kernels/cuda/common.cuh, which a host compiler
-// cannot parse (its launcher uses <<< >>>): the same names, the same arithmetic.
+// The kernels' shared device helpers (loads and stores, block reductions, the row layout), the
+// very code nvcc compiles, on top of the built-ins above.
 
-namespace deit::kernels::gpu {
-
-using bf16 = __nv_bfloat16;
-constexpr int kVec = 8;
-
-template <int N>
-inline void load(const bf16* p, float* v) {
-  static_assert(N == 1 || N == kVec, "N is 1 or kVec");
-  emu::check_global(p, N * sizeof(bf16), N == kVec ? 16 : sizeof(bf16), "gpu::load");
-  for (int j = 0; j < N; ++j) v[j] = __bfloat162float(p[j]);
-}
-
-struct SumOp {
-  static float apply(float a, float b) { return a + b; }
-};
-
-template <typename Op>
-inline float warp_allreduce(float v) {
-  for (int offset = 16; offset > 0; offset /= 2)
-    v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
-}  // namespace deit::kernels::gpu
+#include "kernels/cuda/common_device.cuh"

@@ -1,0 +1,200 @@
+// Private to kernels/cuda/: the device code the CUDA kernels share (common.cuh, which includes
+// this, has the host side: launchers, grid sizes, argument checks, the column-sum entry points).
+//  - bf16 / fp32 loads and stores of one element or of one 8-element vector (16 bytes of bf16, two
+//    16-byte words of fp32), converting to fp32 registers;
+//  - the elementwise kernel behind common.cuh's launch_elementwise;
+//  - deterministic block reductions (fixed shuffle tree + warps summed in index order);
+//  - the row layout of the kernels that give one block a whole row of width C: each thread owns at
+//    most 8 columns of every row, so per-column accumulators stay in registers across rows.
+//
+// Why a header of its own: a host compiler can read it (nothing here launches a kernel), so the
+// emulated tests (tests/emulated/) compile these helpers, unchanged, after the CUDA built-ins of
+// tests/emulated/cuda_emulator.h and run them lane by lane on machines without a GPU. Keep it
+// free of host launches and of CUDA built-ins the emulator lacks (its header lists what it has).
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/launch_shape.h"
+
+namespace deit::kernels::gpu {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kThreads = 256;            // block size of the elementwise and per-row loss kernels
+
+// ---------------------------------------------------------------------------------------------
+// Loads and stores of N consecutive elements (N = 1 or kVec) to / from fp32 registers v[0..N).
+// For N = kVec the address must be 16-byte aligned.
+
+struct alignas(16) Bf16x8 {
+  __nv_bfloat162 h[kVec / 2];
+};
+
+template <int N>
+__device__ __forceinline__ void load(const bf16* p, float* v) {
+  static_assert(N == 1 || N == kVec, "N is 1 or kVec");
+  if constexpr (N == kVec) {
+    const Bf16x8 raw = *reinterpret_cast<const Bf16x8*>(p);
+#pragma unroll
+    for (int j = 0; j < kVec / 2; ++j) {
+      const float2 f = __bfloat1622float2(raw.h[j]);
+      v[2 * j] = f.x;
+      v[2 * j + 1] = f.y;
+    }
+  } else {
+    v[0] = __bfloat162float(*p);
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void load(const float* p, float* v) {
+  static_assert(N == 1 || N == kVec, "N is 1 or kVec");
+  if constexpr (N == kVec) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0];
+    const float4 b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+    v[0] = *p;
+  }
+}
+
+// Rounds to nearest even; NaN stays NaN.
+template <int N>
+__device__ __forceinline__ void store(bf16* p, const float* v) {
+  static_assert(N == 1 || N == kVec, "N is 1 or kVec");
+  if constexpr (N == kVec) {
+    Bf16x8 raw;
+#pragma unroll
+    for (int j = 0; j < kVec / 2; ++j) raw.h[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+    *reinterpret_cast<Bf16x8*>(p) = raw;
+  } else {
+    *p = __float2bfloat16_rn(v[0]);
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void store(float* p, const float* v) {
+  static_assert(N == 1 || N == kVec, "N is 1 or kVec");
+  if constexpr (N == kVec) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    *p = v[0];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The elementwise kernel (common.cuh's launch_elementwise launches it): a grid-stride loop over
+// nvec 8-element vectors, then over the elements [nvec * kVec, n) one by one. Op is a trivially
+// copyable struct (passed by value as the kernel argument) with
+// `template <int N> __device__ void apply(int64_t i) const` that handles elements [i, i + N):
+// N = kVec with i a multiple of kVec, or N = 1.
+
+template <typename Op>
+__global__ void __launch_bounds__(kThreads)
+    elementwise_kernel(const Op op, int64_t n, int64_t nvec) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t v = first; v < nvec; v += stride) op.template apply<kVec>(v * kVec);
+  for (int64_t i = nvec * kVec + first; i < n; i += stride) op.template apply<1>(i);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic reductions. Every lane of a warp ends with the same bits (the butterfly combines
+// the same pairs on every lane), and warps are combined in index order, so the result depends only
+// on the data and blockDim.x.
+
+struct SumOp {
+  __device__ static float apply(float a, float b) { return a + b; }
+};
+struct MaxOp {
+  __device__ static float apply(float a, float b) { return fmaxf(a, b); }
+};
+
+template <typename Op>
+__device__ __forceinline__ float warp_allreduce(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2)
+    v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Reduces K values over the block; every thread receives the results. Every thread of the block
+// must call it (blockDim.x a multiple of 32, at most 1024); scratch: 32 * K floats of shared
+// memory, reusable by the next call without a barrier.
+template <typename Op, int K>
+__device__ __forceinline__ void block_allreduce(float (&v)[K], float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = warp_allreduce<Op>(v[k]);
+  __syncthreads();  // the previous call's readers of scratch are done
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) scratch[k * 32 + warp] = v[k];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    float r = scratch[k * 32];
+    for (int w = 1; w < warps; ++w) r = Op::apply(r, scratch[k * 32 + w]);
+    v[k] = r;
+  }
+}
+
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  float a[1] = {v};
+  block_allreduce<SumOp, 1>(a, scratch);
+  return a[0];
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  float a[1] = {v};
+  block_allreduce<MaxOp, 1>(a, scratch);
+  return a[0];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row layout: one block walks whole rows of width C with row_threads(C) threads (common.cuh);
+// thread t holds kVec register slots per row. V = kVec (C % 8 == 0, every row pointer 16-byte
+// aligned): the slots are columns [8t, 8t + 8). V = 1: slot k is column t + k * blockDim.x. Either
+// way the block covers 8 * blockDim.x >= C columns. Slots past C load as 0 and are never stored.
+
+// First column of this thread's slot group k (k < kVec / V).
+template <int V>
+__device__ __forceinline__ int64_t slot_column(int k) {
+  return (threadIdx.x + static_cast<int64_t>(k) * blockDim.x) * V;
+}
+
+// Whether register slot e (< kVec) of this thread is a column of the row.
+template <int V>
+__device__ __forceinline__ bool owns_slot(int e, int64_t C) {
+  return slot_column<V>(e / V) < C;
+}
+
+template <int V, typename P>
+__device__ __forceinline__ void load_row(const P* row, int64_t C, float (&v)[kVec]) {
+#pragma unroll
+  for (int k = 0; k < kVec / V; ++k) {
+    const int64_t c = slot_column<V>(k);
+    if (c < C) {
+      load<V>(row + c, v + k * V);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) v[k * V + j] = 0.f;
+    }
+  }
+}
+
+template <int V, typename P>
+__device__ __forceinline__ void store_row(P* row, int64_t C, const float (&v)[kVec]) {
+#pragma unroll
+  for (int k = 0; k < kVec / V; ++k) {
+    const int64_t c = slot_column<V>(k);
+    if (c < C) store<V>(row + c, v + k * V);
+  }
+}
+
+}  // namespace deit::kernels::gpu

@@ -1,0 +1,57 @@
+// Private to kernels/cuda/: the host arithmetic that sizes the row and elementwise launches (grid
+// sizes, the row layout's block size, the fixed chunking of rows behind every deterministic column
+// sum). Plain C++, so that the emulated tests (tests/emulated/) launch the kernels with the very
+// shapes the .cu launchers use; common_device.cuh and common.cuh include it.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+namespace deit::kernels::gpu {
+
+constexpr int kVec = 8;                  // elements per vector unit (16 bytes of bf16)
+constexpr int64_t kMaxBlocks = 1 << 16;  // grid-stride loops cover the rest
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for `work` items at `threads` per block, at least 1, at most kMaxBlocks.
+inline unsigned grid_for(int64_t work, int threads) {
+  const int64_t blocks = ceil_div(work, threads);
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
+}
+
+// True when every pointer is 16-byte aligned (nullptr counts as aligned: it is never accessed).
+template <typename... P>
+inline bool aligned16(const P*... p) {
+  return ((reinterpret_cast<uintptr_t>(p) % 16 == 0) && ...);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row layout (common_device.cuh describes it): the block size and the widest row.
+
+constexpr int64_t kMaxRowWidth = int64_t{kVec} * 1024;
+
+// Threads of a row block for width C (1 <= C <= kMaxRowWidth): ceil(C / 8) rounded up to a warp.
+inline int row_threads(int64_t C) { return static_cast<int>(ceil_div(ceil_div(C, kVec), 32) * 32); }
+
+// ---------------------------------------------------------------------------------------------
+// Column sums over rows, deterministic. A fixed partition of the rows into chunks, a function of
+// (rows, C) only: block `chunk` of a row kernel walks rows [chunk * rows_per_chunk, ...) and writes
+// the sums of its rows to partials[chunk * C + c]; sum_partials (common.cuh) then adds the chunks
+// in a fixed tree. The same shapes give the same bits on every run and every GPU.
+
+struct RowChunks {
+  int64_t chunks;          // blocks of the row kernel; 0 when rows == 0
+  int64_t rows_per_chunk;  // the last chunk may be shorter, never empty
+};
+
+inline RowChunks row_chunks(int64_t rows, int64_t C) {
+  constexpr int64_t kTargetThreads = 128 * 1024;  // threads a row kernel aims to keep busy
+  constexpr int64_t kMinRowsPerChunk = 8;
+  if (rows <= 0) return {0, 1};
+  const int64_t max_chunks =
+      std::max<int64_t>(1, kTargetThreads / row_threads(std::max<int64_t>(C, 1)));
+  const int64_t rows_per_chunk = std::max(kMinRowsPerChunk, ceil_div(rows, max_chunks));
+  return {ceil_div(rows, rows_per_chunk), rows_per_chunk};
+}
+
+}  // namespace deit::kernels::gpu

@@ -1,0 +1,66 @@
+// The device code of LayerNorm (kernels/cuda/layernorm.cu says what it fuses, its launch shapes
+// and its measured speed): the forward kernel and the backward kernel with its per-chunk partial
+// sums of dweight and dbias; the row arithmetic both share with the fused residual + LayerNorm
+// kernels is kernels/cuda/layernorm_row.cuh.
+//
+// Included by layernorm.cu, and by the emulated test (tests/emulated/layernorm_emulated.cpp)
+// after tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without
+// a GPU. So the code here uses only common_device.cuh and layernorm_row.cuh, CUDA's bf16 types and
+// conversions, and the built-ins the emulator provides; anything more needs a stand-in there.
+// Each includer is the only translation unit of its program with these kernels, hence the unnamed
+// namespace.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda/common_device.cuh"
+#include "kernels/cuda/layernorm_row.cuh"
+
+namespace deit::kernels {
+namespace {
+
+using gpu::bf16;
+using gpu::kVec;
+
+template <int V>
+__global__ void __launch_bounds__(1024)
+    layernorm_forward_kernel(const bf16* x, const bf16* weight, const bf16* bias, bf16* y,
+                             float* mean, float* rstd, int64_t rows, int64_t C, float eps) {
+  __shared__ float scratch[32];
+  float w[kVec], b[kVec];
+  gpu::load_row<V>(weight, C, w);
+  gpu::load_row<V>(bias, C, b);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    float v[kVec];
+    gpu::load_row<V>(x + r * C, C, v);
+    gpu::layernorm_row_forward<V>(v, w, b, C, eps, scratch, mean ? mean + r : nullptr,
+                                  rstd ? rstd + r : nullptr);
+    gpu::store_row<V>(y + r * C, C, v);
+  }
+}
+
+// Block `chunk` handles rows [chunk * rows_per_chunk, ...) and writes its column sums of
+// dy * xhat and dy to dw_partials / db_partials[chunk * C + c] (each may be nullptr).
+template <int V>
+__global__ void __launch_bounds__(1024)
+    layernorm_backward_kernel(const bf16* dy, const bf16* x, const bf16* weight, const float* mean,
+                              const float* rstd, bf16* dx, float* dw_partials, float* db_partials,
+                              int64_t rows, int64_t C, int64_t rows_per_chunk) {
+  __shared__ float scratch[64];
+  const int64_t r0 = blockIdx.x * rows_per_chunk;
+  const int64_t r1 = min(rows, r0 + rows_per_chunk);
+  float w[kVec], dw[kVec] = {}, db[kVec] = {};
+  gpu::load_row<V>(weight, C, w);
+  for (int64_t r = r0; r < r1; ++r) {
+    float g[kVec], xh[kVec];
+    gpu::load_row<V>(dy + r * C, C, g);
+    gpu::load_row<V>(x + r * C, C, xh);
+    gpu::layernorm_row_backward<V>(g, xh, w, mean[r], rstd[r], C, scratch, dw, db);
+    gpu::store_row<V>(dx + r * C, C, g);
+  }
+  if (dw_partials) gpu::store_row<V>(dw_partials + blockIdx.x * C, C, dw);
+  if (db_partials) gpu::store_row<V>(db_partials + blockIdx.x * C, C, db);
+}
+
+}  // namespace
+
+}  // namespace deit::kernels
