@@ -34,6 +34,7 @@
 #include "kernels/attention.h"
 #include "kernels/bf16.h"
 #include "tests/emulated/cuda_emulator.h"
+#include "tests/emulated/shape_checks.h"
 // The kernels, after the emulator's stand-ins for what they use.
 #include "kernels/cuda/attention_kernels.cuh"
 
@@ -151,80 +152,9 @@ std::vector<float> qkv_part(const std::vector<float>& packed, const Shape& s, in
   return v;
 }
 
-double norm(const std::vector<float>& v) {
-  double n = 0;
-  for (float x : v) n += static_cast<double>(x) * x;
-  return std::sqrt(n);
-}
-
-// The checks of one shape: each appends its number to the shape's line, and a FAIL line of its
-// own when it fails.
-class Checks {
- public:
-  explicit Checks(std::string shape) : shape_(std::move(shape)), line_(shape_) {}
-
-  // ||got - ref|| / max(||ref||, floor) <= tol, and every element of got finite. The floor is
-  // for T = 1, where the exact dq and dk are 0 and both sides hold only rounding noise: they are
-  // measured against a scale taken from the whole gradient instead.
-  void relative(const char* tensor, const std::vector<float>& got, const std::vector<float>& ref,
-                double tol, double floor = 0) {
-    double diff = 0;
-    size_t non_finite = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (!std::isfinite(got[i])) ++non_finite;
-      diff += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
-    }
-    const double rel = std::sqrt(diff) / std::max(norm(ref), floor);
-    report(tensor, "relative error", rel, tol, non_finite, got.size());
-  }
-
-  // max |got - ref| <= tol, and every element of got finite.
-  void absolute(const char* tensor, const std::vector<float>& got, const std::vector<float>& ref,
-                double tol) {
-    double worst = 0;
-    size_t non_finite = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (!std::isfinite(got[i])) ++non_finite;
-      worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - ref[i]));
-    }
-    report(tensor, "max abs error", worst, tol, non_finite, got.size());
-  }
-
-  void same_bits(const char* what, const std::vector<bf16_bits>& got,
-                 const std::vector<bf16_bits>& ref) {
-    const auto differ = static_cast<size_t>(
-        std::mismatch(got.begin(), got.end(), ref.begin()).first - got.begin());
-    if (differ == got.size()) return;
-    failures_.push_back(what + std::string(": element ") + std::to_string(differ) + " differs");
-  }
-
-  // Prints the shape's line and its failures; true when it passed.
-  bool print() const {
-    std::printf("%s  %s\n", line_.c_str(), failures_.empty() ? "ok" : "FAILED");
-    for (const std::string& f : failures_) std::printf("FAIL %s: %s\n", shape_.c_str(), f.c_str());
-    std::fflush(stdout);
-    return failures_.empty();
-  }
-
- private:
-  void report(const char* tensor, const char* measure, double value, double tol,
-              size_t non_finite, size_t n) {
-    char text[64];
-    std::snprintf(text, sizeof text, "  %s %.1e", tensor, value);
-    line_ += text;
-    if (non_finite == 0 && value <= tol) return;
-    std::snprintf(text, sizeof text, "%.3g (tolerance %g)", value, tol);
-    failures_.push_back(std::string(tensor) + " " + measure + " " + text + ", " +
-                        std::to_string(non_finite) + " non-finite of " + std::to_string(n));
-  }
-
-  std::string shape_, line_;
-  std::vector<std::string> failures_;
-};
-
 template <int D>
 bool check_shape(const Shape& s, std::mt19937_64& rng) {
-  Checks checks(s.str());
+  emu::ShapeChecks checks(s.str());
   const auto scale = static_cast<float>(s.scale());
   const Bf16Data qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
   const emu::DeviceBuffer<bf16_bits> dev_qkv("qkv", qkv.bits);
@@ -265,7 +195,7 @@ bool check_shape(const Shape& s, std::mt19937_64& rng) {
               reinterpret_cast<const bf16*>(dev_dout.get()),
               reinterpret_cast<bf16*>(dev_dqkv.get()), s.B, s.T, s.H, scale, workspace.get());
   const std::vector<float> dqkv = to_float(dev_dqkv.download());
-  const double floor = 1e-3 * norm(dqkv_ref);
+  const double floor = 1e-3 * emu::norm(dqkv_ref);
   const char* names[3] = {"dq", "dk", "dv"};
   for (int part = 0; part < 3; ++part)
     checks.relative(names[part], qkv_part(dqkv, s, part), qkv_part(dqkv_ref, s, part), kBf16Tol,

@@ -47,6 +47,7 @@
 #include "kernels/layernorm.h"
 #include "kernels/layerscale.h"
 #include "tests/emulated/cuda_emulator.h"
+#include "tests/emulated/shape_checks.h"
 #include "kernels/cuda/launch_shape.h"
 // The kernels, after the emulator's stand-ins for what they use.
 #include "kernels/cuda/layernorm_kernels.cuh"
@@ -324,72 +325,11 @@ const bf16* as_bf16(const emu::DeviceBuffer<bf16_bits>& b) {
   return reinterpret_cast<const bf16*>(b.get());
 }
 
-double norm(const std::vector<float>& v) {
-  double n = 0;
-  for (float x : v) n += static_cast<double>(x) * x;
-  return std::sqrt(n);
-}
-
-// The checks of one shape, a line per kernel pair ("layernorm backward"): each check appends its
-// number to the line, and a FAIL line of its own when it fails.
-class Checks {
- public:
-  explicit Checks(std::string shape) : shape_(std::move(shape)) {}
-
-  void part(const char* name) {
-    part_ = name;
-    lines_.push_back(shape_ + "  " + name + ":");
-  }
-
-  // ||got - ref|| / ||ref|| <= tol (||got - ref|| when ref is 0), and every element finite.
-  void relative(const char* tensor, const std::vector<float>& got, const std::vector<float>& ref,
-                double tol) {
-    double diff = 0;
-    size_t non_finite = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (!std::isfinite(got[i])) ++non_finite;
-      diff += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
-    }
-    const double ref_norm = norm(ref);
-    const double rel = ref_norm > 0 ? std::sqrt(diff) / ref_norm : std::sqrt(diff);
-    char text[96];
-    std::snprintf(text, sizeof text, " %s %.0e", tensor, rel);
-    lines_.back() += text;
-    if (non_finite == 0 && rel <= tol) return;
-    std::snprintf(text, sizeof text, "relative error %.3g (tolerance %g), ", rel, tol);
-    fail(tensor,
-         text + std::to_string(non_finite) + " non-finite of " + std::to_string(got.size()));
-  }
-
-  template <typename T>
-  void same_bits(const char* what, const std::vector<T>& got, const std::vector<T>& ref) {
-    for (size_t i = 0; i < got.size(); ++i)
-      if (std::memcmp(&got[i], &ref[i], sizeof(T)) != 0)
-        return fail(what, "element " + std::to_string(i) + " differs");
-  }
-
-  // Prints the shape's lines, its verdict and its failures; true when it passed.
-  bool print() const {
-    for (const std::string& line : lines_) std::printf("%s\n", line.c_str());
-    std::printf("%s  %s\n", shape_.c_str(), failures_.empty() ? "ok" : "FAILED");
-    for (const std::string& f : failures_) std::printf("FAIL %s: %s\n", shape_.c_str(), f.c_str());
-    std::fflush(stdout);
-    return failures_.empty();
-  }
-
- private:
-  void fail(const std::string& what, const std::string& why) {
-    failures_.push_back(part_ + ", " + what + ": " + why);
-  }
-
-  std::string shape_, part_;
-  std::vector<std::string> lines_, failures_;
-};
-
 // ---------------------------------------------------------------------------------------------
 // The checks, kernel pair by kernel pair, after the [gpu] test of each.
 
-void check_layernorm_forward(const Shape& s, std::mt19937_64& rng, Checks& checks) {
+void check_layernorm_forward(const Shape& s, std::mt19937_64& rng,
+                             emu::ShapeChecks& checks) {
   checks.part("layernorm forward");
   emu::set_context(s.str() + ", layernorm forward");
   const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
@@ -417,7 +357,8 @@ void check_layernorm_forward(const Shape& s, std::mt19937_64& rng, Checks& check
   checks.same_bits("y without statistics on 3 blocks", dev_y_inference.bits(), dev_y.bits());
 }
 
-void check_layernorm_backward(const Shape& s, std::mt19937_64& rng, Checks& checks) {
+void check_layernorm_backward(const Shape& s, std::mt19937_64& rng,
+                              emu::ShapeChecks& checks) {
   checks.part("layernorm backward");
   emu::set_context(s.str() + ", layernorm backward");
   const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
@@ -465,7 +406,8 @@ void check_layernorm_backward(const Shape& s, std::mt19937_64& rng, Checks& chec
   checks.same_bits("dbias partials alone", run("dbias alone", false, true).db, first.db);
 }
 
-void check_layerscale(const Shape& s, std::mt19937_64& rng, Checks& checks) {
+void check_layerscale(const Shape& s, std::mt19937_64& rng,
+                      emu::ShapeChecks& checks) {
   checks.part("layerscale");
   emu::set_context(s.str() + ", layerscale forward");
   const size_t C = static_cast<size_t>(s.C);
@@ -516,7 +458,8 @@ void check_layerscale(const Shape& s, std::mt19937_64& rng, Checks& checks) {
   checks.same_bits("dbranch alone", run("dbranch alone", true, false).dbranch, first.dbranch);
 }
 
-void check_fused(const Shape& s, std::mt19937_64& rng, Checks& checks) {
+void check_fused(const Shape& s, std::mt19937_64& rng,
+                 emu::ShapeChecks& checks) {
   checks.part("layerscale + layernorm forward");
   emu::set_context(s.str() + ", layerscale + layernorm forward");
   const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
@@ -655,7 +598,7 @@ void check_fused(const Shape& s, std::mt19937_64& rng, Checks& checks) {
 }
 
 bool check_shape(const Shape& s, std::mt19937_64& rng) {
-  Checks checks(s.str());
+  emu::ShapeChecks checks(s.str());
   check_layernorm_forward(s, rng, checks);
   check_layernorm_backward(s, rng, checks);
   check_layerscale(s, rng, checks);

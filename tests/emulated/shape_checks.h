@@ -1,0 +1,94 @@
+// How the emulated tests judge one shape against the CPU twin, as the [gpu] tests do on a GPU:
+// every element compared, nothing non-finite. Each check appends its measure to the current line
+// ("out 2.0e-03") and, when it fails, a FAIL line of its own; print() shows the lines and the
+// verdict. Kernel families with several kernel pairs start a line per pair with part().
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace emu {
+
+inline double norm(const std::vector<float>& v) {
+  double n = 0;
+  for (float x : v) n += static_cast<double>(x) * x;
+  return std::sqrt(n);
+}
+
+class ShapeChecks {
+ public:
+  explicit ShapeChecks(std::string shape) : shape_(std::move(shape)) {}
+
+  // Starts the line of one kernel pair ("layernorm backward"); its failures name it.
+  void part(const std::string& name) {
+    part_ = name + ", ";
+    lines_.push_back(shape_ + "  " + name + ":");
+  }
+
+  // ||got - ref|| / max(||ref||, floor) <= tol (||got - ref|| when that is 0), and every element
+  // of got finite. A floor serves where the exact values are 0 and both sides hold only rounding
+  // noise (attention's dq and dk at T = 1): a scale taken from a larger tensor stands in.
+  void relative(const char* tensor, const std::vector<float>& got, const std::vector<float>& ref,
+                double tol, double floor = 0) {
+    double diff = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+      diff += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
+    const double scale = std::max(norm(ref), floor);
+    const double rel = scale > 0 ? std::sqrt(diff) / scale : std::sqrt(diff);
+    report(tensor, "relative error", rel, tol, got);
+  }
+
+  // max |got - ref| <= tol, and every element of got finite.
+  void absolute(const char* tensor, const std::vector<float>& got, const std::vector<float>& ref,
+                double tol) {
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+      worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - ref[i]));
+    report(tensor, "max abs error", worst, tol, got);
+  }
+
+  // got and ref hold the same bits (a second run, another path to the same result).
+  template <typename T>
+  void same_bits(const char* what, const std::vector<T>& got, const std::vector<T>& ref) {
+    for (size_t i = 0; i < got.size(); ++i)
+      if (std::memcmp(&got[i], &ref[i], sizeof(T)) != 0)
+        return fail(what, "element " + std::to_string(i) + " differs");
+  }
+
+  // Prints the lines, the last with the verdict, then the failures; true when it passed.
+  bool print() const {
+    const std::vector<std::string> lines = lines_.empty() ? std::vector{shape_} : lines_;
+    for (size_t i = 0; i + 1 < lines.size(); ++i) std::printf("%s\n", lines[i].c_str());
+    std::printf("%s  %s\n", lines.back().c_str(), failures_.empty() ? "ok" : "FAILED");
+    for (const std::string& f : failures_) std::printf("FAIL %s: %s\n", shape_.c_str(), f.c_str());
+    std::fflush(stdout);
+    return failures_.empty();
+  }
+
+ private:
+  void report(const char* tensor, const char* measure, double value, double tol,
+              const std::vector<float>& got) {
+    if (lines_.empty()) lines_.push_back(shape_);
+    char text[64];
+    std::snprintf(text, sizeof text, "  %s %.1e", tensor, value);
+    lines_.back() += text;
+    const auto non_finite = static_cast<size_t>(
+        std::count_if(got.begin(), got.end(), [](float x) { return !std::isfinite(x); }));
+    if (non_finite == 0 && value <= tol) return;
+    std::snprintf(text, sizeof text, " %.3g (tolerance %g), ", value, tol);
+    fail(tensor, measure + std::string(text) + std::to_string(non_finite) + " non-finite of " +
+                     std::to_string(got.size()));
+  }
+
+  void fail(const std::string& what, const std::string& why) {
+    failures_.push_back(part_ + what + ": " + why);
+  }
+
+  std::string shape_, part_;
+  std::vector<std::string> lines_, failures_;
+};
+
+}  // namespace emu
