@@ -133,9 +133,8 @@ static std::vector<std::vector<std::shared_ptr<TensorImpl>>> leaves_by_first_use
 }
 
 // Walks the tape back from `roots`, seeded with `grad_roots` (an undefined gradient skips its
-// root).
-// `private_leaves` are leaves only the caller reads (a recomputed segment's inputs): their first
-// gradient is shared even when the others are copied.
+// root). `private_leaves` are leaves only the caller reads (a recomputed segment's inputs): their
+// first gradient is shared even when the others are copied.
 static void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots,
                          const GradReadyHook* hook, bool copy_into_leaf,
                          const std::unordered_set<const TensorImpl*>& private_leaves = {}) {

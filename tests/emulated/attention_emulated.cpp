@@ -34,7 +34,7 @@
 #include "kernels/attention.h"
 #include "kernels/bf16.h"
 #include "tests/emulated/cuda_emulator.h"
-#include "tests/emulated/shape_checks.h"
+#include "tests/emulated/test_support.h"
 // The kernels, after the emulator's stand-ins for what they use.
 #include "kernels/cuda/attention_kernels.cuh"
 
@@ -46,16 +46,16 @@ constexpr double kBf16Tol = 1e-2;
 constexpr double kLseTol = 1e-3;
 constexpr float kQkvRange = 2.0f;  // q, k, v uniform in [-2, 2]: scores with std ~1.3
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-std::string kernel_name(const char* kernel, int D) {
-  return std::string(kernel) + "<" + std::to_string(D) + ">";
-}
+using emu::Bf16Data;
+using emu::kernel_name;
+using emu::random_bf16;
+using emu::round_to_bf16;
+using emu::to_float;
 
 // The launches of attention.cu's forward<D> and backward<D>: change them together.
 template <int D>
 void forward(const bf16* qkv, bf16* out, float* lse, int B, int T, int H, float scale) {
-  const auto blocks = static_cast<unsigned>(B * H * ceil_div(T, kRows));
+  const auto blocks = static_cast<unsigned>(B * H * gpu::ceil_div(T, kRows));
   emu::launch({kernel_name("attention_forward_kernel", D), blocks, kThreads,
                Tiles<D>::kForwardSmem},
               [=] { attention_forward_kernel<D>(qkv, out, lse, T, H, scale * kLog2e); });
@@ -66,9 +66,9 @@ void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* do
               int B, int T, int H, float scale, float* delta) {
   const int64_t rows = static_cast<int64_t>(B) * T * H;
   emu::launch({kernel_name("attention_delta_kernel", D),
-               static_cast<unsigned>(ceil_div(rows, kWarps)), kThreads, 0},
+               static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0},
               [=] { attention_delta_kernel<D>(out, dout, delta, rows, T, H); });
-  const auto blocks = static_cast<unsigned>(B * H * ceil_div(T, kRows));
+  const auto blocks = static_cast<unsigned>(B * H * gpu::ceil_div(T, kRows));
   emu::launch({kernel_name("attention_dkdv_kernel", D), blocks, kThreads, Tiles<D>::kDkvSmem},
               [=] {
                 attention_dkdv_kernel<D>(qkv, lse, dout, delta, dqkv, T, H, scale,
@@ -114,33 +114,6 @@ std::vector<Shape> full_shapes() {
     for (int D : {32, 64, 80, 128}) shapes.push_back({1, T, 1, D});
   shapes.insert(shapes.end(), kGpuTestShapes.begin(), kGpuTestShapes.end());
   return shapes;
-}
-
-// bf16 data: the bits for the kernels, the same values in fp32 for the twin.
-struct Bf16Data {
-  std::vector<bf16_bits> bits;
-  std::vector<float> values;
-};
-Bf16Data round_to_bf16(const std::vector<float>& v) {
-  Bf16Data d{std::vector<bf16_bits>(v.size()), std::vector<float>(v.size())};
-  for (size_t i = 0; i < v.size(); ++i) {
-    d.bits[i] = float_to_bf16(v[i]);
-    d.values[i] = bf16_to_float(d.bits[i]);
-  }
-  return d;
-}
-// n values uniform in [lo, hi], rounded to bf16.
-Bf16Data random_bf16(std::mt19937_64& rng, size_t n, float lo, float hi) {
-  std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = u(rng);
-  return round_to_bf16(v);
-}
-
-std::vector<float> to_float(const std::vector<bf16_bits>& bits) {
-  std::vector<float> v(bits.size());
-  std::transform(bits.begin(), bits.end(), v.begin(), bf16_to_float);
-  return v;
 }
 
 // One of dq, dk, dv (part 0, 1, 2) of a packed (B, T, 3, H, D) buffer, as a contiguous vector.

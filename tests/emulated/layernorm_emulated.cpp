@@ -47,7 +47,7 @@
 #include "kernels/layernorm.h"
 #include "kernels/layerscale.h"
 #include "tests/emulated/cuda_emulator.h"
-#include "tests/emulated/shape_checks.h"
+#include "tests/emulated/test_support.h"
 #include "kernels/cuda/launch_shape.h"
 // The kernels, after the emulator's stand-ins for what they use.
 #include "kernels/cuda/layernorm_kernels.cuh"
@@ -55,6 +55,11 @@
 
 namespace deit::kernels {
 namespace {
+
+using emu::Bf16Data;
+using emu::kernel_name;
+using emu::random_bf16;
+using emu::to_float;
 
 // The [gpu] tests' tolerances (tests/test_kernels_cuda.cpp says why these values).
 constexpr double kBf16Tol = 1e-2;
@@ -89,10 +94,6 @@ std::vector<float> sum_partials(const std::vector<float>& partials, int64_t chun
 // ---------------------------------------------------------------------------------------------
 // The launches of layernorm.cu and layerscale.cu, with the same grids, blocks and vector-path
 // choices (a caller may ask for a smaller forward grid: the rows are grid-strided).
-
-std::string kernel_name(const char* kernel, int V) {
-  return std::string(kernel) + "<" + std::to_string(V) + ">";
-}
 
 // Calls f with the row layout's vector width as a std::integral_constant: kVec when the launcher
 // takes the vector path, 1 otherwise.
@@ -255,27 +256,6 @@ const std::vector<Shape> kGpuTestShapes = {
     {4, 197, 384, 0}, {2, 145, 1280, 0}, {3, 101, 768, 0}, {1, 65, 200, 0},
     {2, 257, 196, 0}, {1, 33, 384, 1},   {3, 7, 5, 0},     {1, 3, 8191, 0},
 };
-
-// bf16 data: the bits for the kernels, the same values in fp32 for the twins.
-struct Bf16Data {
-  std::vector<bf16_bits> bits;
-  std::vector<float> values;
-};
-Bf16Data random_bf16(std::mt19937_64& rng, size_t n, float lo, float hi) {
-  std::uniform_real_distribution<float> u(lo, hi);
-  Bf16Data d{std::vector<bf16_bits>(n), std::vector<float>(n)};
-  for (size_t i = 0; i < n; ++i) {
-    d.bits[i] = float_to_bf16(u(rng));
-    d.values[i] = bf16_to_float(d.bits[i]);
-  }
-  return d;
-}
-
-std::vector<float> to_float(const std::vector<bf16_bits>& bits) {
-  std::vector<float> v(bits.size());
-  std::transform(bits.begin(), bits.end(), v.begin(), bf16_to_float);
-  return v;
-}
 
 // Drop-path at kDropRate, as the [gpu] tests draw it: 0 or 1 / (1 - rate) per sample, the first
 // sample dropped when there are two or more, the last kept.

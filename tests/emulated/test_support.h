@@ -1,4 +1,5 @@
-// How the emulated tests judge one shape against the CPU twin, as the [gpu] tests do on a GPU:
+// What the emulated tests share: bf16 inputs (the bits for the kernels, the same values in fp32 for
+// the CPU twins) and how one shape is judged against the twin, as the [gpu] tests do on a GPU:
 // every element compared, nothing non-finite. Each check appends its measure to the current line
 // ("out 2.0e-03") and, when it fails, a FAIL line of its own; print() shows the lines and the
 // verdict. Kernel families with several kernel pairs start a line per pair with part().
@@ -7,10 +8,49 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "kernels/bf16.h"
+
 namespace emu {
+
+using deit::kernels::bf16_bits;
+
+// bf16 data: the bits for the kernels, the same values in fp32 for the twins.
+struct Bf16Data {
+  std::vector<bf16_bits> bits;
+  std::vector<float> values;
+};
+
+inline Bf16Data round_to_bf16(const std::vector<float>& v) {
+  Bf16Data d{std::vector<bf16_bits>(v.size()), std::vector<float>(v.size())};
+  for (size_t i = 0; i < v.size(); ++i) {
+    d.bits[i] = deit::kernels::float_to_bf16(v[i]);
+    d.values[i] = deit::kernels::bf16_to_float(d.bits[i]);
+  }
+  return d;
+}
+
+// n values uniform in [lo, hi], rounded to bf16.
+inline Bf16Data random_bf16(std::mt19937_64& rng, size_t n, float lo, float hi) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(rng);
+  return round_to_bf16(v);
+}
+
+inline std::vector<float> to_float(const std::vector<bf16_bits>& bits) {
+  std::vector<float> v(bits.size());
+  std::transform(bits.begin(), bits.end(), v.begin(), deit::kernels::bf16_to_float);
+  return v;
+}
+
+// A kernel template's instance, for failure messages: "attention_forward_kernel<64>".
+inline std::string kernel_name(const char* kernel, int parameter) {
+  return std::string(kernel) + "<" + std::to_string(parameter) + ">";
+}
 
 inline double norm(const std::vector<float>& v) {
   double n = 0;
