@@ -10,7 +10,10 @@
 //    time, and threads switch only where CUDA threads wait for each other (__syncthreads and the
 //    warp-wide instructions), so every interleaving it produces is one a GPU may produce. Blocks
 //    run one after another (races between blocks go unseen); the kernel sees threadIdx,
-//    blockIdx, blockDim and gridDim (1-D).
+//    blockIdx, blockDim and gridDim, in up to three dimensions. Threads form warps in the order
+//    of their linear index (x fastest, then y, then z), as on the GPU; a block whose size is no
+//    multiple of 32 ends with a partial warp, which may run any code but the warp-wide
+//    instructions (their full mask names lanes that do not exist).
 //  - Interleavings: each block draws one of two schedules. Random: the next thread to run is any
 //    runnable one. Warp ahead: one warp runs as far as it can before another moves, which exposes
 //    a warp that reuses shared memory other warps still read (a missing __syncthreads).
@@ -47,11 +50,11 @@
 // instructions, a thread that exits with copies in flight, a misaligned address) print what
 // happened and where (the caller's context string, kernel, block, thread) and exit with status 1.
 //
-// Not emulated: timing, reordering of one thread's memory accesses, partial-warp masks, blocks
-// whose size is not a multiple of 32, 2-D and 3-D launches, and anything of CUDA not named here.
+// Not emulated: timing, reordering of one thread's memory accesses, partial-warp masks, atomics,
+// and anything of CUDA not named here.
 // Shared memory and global memory are plain host memory. CUDA's bf16 and vector types and their
-// conversions are the CUDA headers' own host versions; CUDA's integer min and max are defined
-// below; the math functions are the C library's.
+// conversions are the CUDA headers' own host versions; CUDA's integer min and max, __fmaf_rn and
+// isfinite are defined below; the other math functions are the C library's.
 //
 // Use: include this, then the kernel header (whose code must see these stand-ins), and launch
 // with emu::launch. This header ends by including kernels/cuda/common_device.cuh, the kernels'
@@ -66,6 +69,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -114,16 +118,27 @@ inline Where g_where;
 // Names what the program is doing, for failure messages ("D=64 B=1 T=197 H=1").
 inline void set_context(std::string what) { detail::g_where.context = std::move(what); }
 
+namespace detail {
+// "(x, y, z)", or "x" where y and z are 0 (an index) or 1 (a size).
+template <typename Dim3>
+inline std::string dims(const Dim3& d, unsigned unused) {
+  if (d.y == unused && d.z == unused) return std::to_string(d.x);
+  return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
+}
+}  // namespace detail
+
 // "while <context>, kernel <name>, block b of n, thread t (warp w, lane l)".
 inline std::string where() {
   const detail::Where& w = detail::g_where;
   std::string s = "while " + (w.context.empty() ? std::string("(no context)") : w.context);
   if (!w.kernel.empty())
-    s += ", kernel " + w.kernel + ", block " + std::to_string(blockIdx.x) + " of " +
-         std::to_string(gridDim.x);
-  if (w.in_thread)
-    s += ", thread " + std::to_string(threadIdx.x) + " (warp " + std::to_string(threadIdx.x / 32) +
-         ", lane " + std::to_string(threadIdx.x % 32) + ")";
+    s += ", kernel " + w.kernel + ", block " + detail::dims(blockIdx, 0) + " of " +
+         detail::dims(gridDim, 1);
+  if (w.in_thread) {
+    const unsigned linear = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    s += ", thread " + detail::dims(threadIdx, 0) + " (warp " + std::to_string(linear / 32) +
+         ", lane " + std::to_string(linear % 32) + ")";
+  }
   return s;
 }
 
@@ -293,7 +308,7 @@ enum class ThreadState { kRunnable, kWaiting, kExited };
 struct Fiber {
   Context context;
   std::unique_ptr<GuardedRegion> stack;
-  unsigned index = 0;
+  unsigned index = 0;  // linear: threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * z)
   ThreadState state = ThreadState::kRunnable;
   const char* waiting_at = "";
   std::vector<PendingCopy> uncommitted;             // cp.async issued since the last commit
@@ -342,6 +357,7 @@ struct LaneOut {
 };
 
 struct Warp {
+  int lanes = 32;                          // fewer in a block's last warp, when it is partial
   Collective pending = Collective::kNone;  // the instruction lanes are gathering at
   int arrived = 0;
   int exited = 0;
@@ -472,12 +488,13 @@ inline void fiber_main() {
   for (size_t w = 0; w < m.warps.size(); ++w) {
     s += "\n    warp " + std::to_string(w) + ":";
     // Runs of lanes in the same state: "lanes 1-31 at __shfl_xor_sync".
-    for (size_t first = 0, lane = 1; lane <= 32; ++lane) {
-      if (lane < 32 && state(32 * w + lane) == state(32 * w + first)) continue;
-      const std::string lanes = first + 1 == lane ? "lane " + std::to_string(first)
+    const size_t lanes = static_cast<size_t>(m.warps[w].lanes);
+    for (size_t first = 0, lane = 1; lane <= lanes; ++lane) {
+      if (lane < lanes && state(32 * w + lane) == state(32 * w + first)) continue;
+      const std::string named = first + 1 == lane ? "lane " + std::to_string(first)
                                                   : "lanes " + std::to_string(first) + "-" +
                                                         std::to_string(lane - 1);
-      s += " " + lanes + " " + state(32 * w + first) + (lane < 32 ? ";" : "");
+      s += " " + named + " " + state(32 * w + first) + (lane < lanes ? ";" : "");
       first = lane;
     }
   }
@@ -491,9 +508,11 @@ inline void run_block(unsigned threads) {
   if (m.static_shared_bytes > 0) std::memset(m.static_shared, 0xFF, m.static_shared_bytes);
   m.interleaving = m.rng() % 2 ? Interleaving::kWarpAhead : Interleaving::kRandom;
   m.landing = m.rng() % 2 ? CopyLanding::kAtIssue : CopyLanding::kAtWait;
-  m.favoured_warp = static_cast<int>(m.rng() % (threads / 32));
-  m.warps.assign(threads / 32, Warp{});
-  m.runnable.assign(threads / 32, {});
+  const unsigned warps = (threads + 31) / 32;
+  m.favoured_warp = static_cast<int>(m.rng() % warps);
+  m.warps.assign(warps, Warp{});
+  m.warps.back().lanes = static_cast<int>(threads - 32 * (warps - 1));
+  m.runnable.assign(warps, {});
   m.runnable_count = 0;
   m.exited = 0;
   m.at_barrier = 0;
@@ -513,7 +532,8 @@ inline void run_block(unsigned threads) {
   }
   while (m.runnable_count > 0) {
     m.current = pick_next();
-    threadIdx = uint3{m.current->index, 0, 0};
+    const unsigned t = m.current->index;
+    threadIdx = uint3{t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
     detail::g_where.in_thread = true;
     ++m.switches;
     switch_context(m.scheduler, m.current->context);
@@ -580,6 +600,9 @@ inline LaneOut warp_collective(Collective kind, const LaneIn& in, Compute&& comp
   Fiber& f = current();
   Warp& w = m.warps[f.index / 32];
   const int lane = static_cast<int>(f.index % 32);
+  if (w.lanes < 32)
+    fail(std::string(collective_name(kind)) + " in a partial warp of " +
+         std::to_string(w.lanes) + " lanes (its full mask names lanes that do not exist)");
   if (w.exited > 0)
     fail(std::string(collective_name(kind)) + " in a warp with " + std::to_string(w.exited) +
          " exited lanes");
@@ -698,8 +721,8 @@ inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
 
 struct Launch {
   std::string kernel;   // for messages: "attention_forward_kernel<64>"
-  unsigned blocks;      // gridDim.x
-  unsigned threads;     // blockDim.x, a multiple of 32
+  dim3 grid;            // gridDim: blocks (a number, or dim3 for 2-D and 3-D grids)
+  dim3 block;           // blockDim: threads per block, at most 1024 in all
   size_t shared_bytes;  // dynamic shared memory, what dynamic_smem() returns
 };
 
@@ -743,9 +766,13 @@ inline TestOptions parse_test_options(int argc, char** argv, const char* program
 // for the __shared__ variables, is as it was before once the launch returns.
 inline void launch(const Launch& l, const std::function<void()>& body) {
   detail::Machine& m = detail::g_machine;
-  if (l.threads == 0 || l.threads % 32 != 0 || l.threads > 1024)
-    fail(l.kernel + ": block of " + std::to_string(l.threads) +
-         " threads (the emulator takes whole warps, at most 1024 threads)");
+  const uint64_t threads = uint64_t{l.block.x} * l.block.y * l.block.z;
+  if (threads == 0 || threads > 1024 || l.block.z > 64)
+    fail(l.kernel + ": block of " + detail::dims(l.block, 1) +
+         " threads (CUDA takes 1 to 1024 threads, at most 64 in z)");
+  if (l.grid.x == 0 || l.grid.y == 0 || l.grid.z == 0 || l.grid.y > 65535 || l.grid.z > 65535)
+    fail(l.kernel + ": grid of " + detail::dims(l.grid, 1) +
+         " blocks (CUDA takes y and z up to 65535)");
   detail::install_fault_handler();
   detail::g_where.kernel = l.kernel;
   const GuardedRegion shared(l.shared_bytes, MemoryKind::kShared,
@@ -756,12 +783,14 @@ inline void launch(const Launch& l, const std::function<void()>& body) {
   const std::vector<unsigned char> thread_locals(m.static_shared,
                                                  m.static_shared + m.static_shared_bytes);
   m.body = &body;
-  gridDim = dim3(l.blocks, 1, 1);
-  blockDim = dim3(l.threads, 1, 1);
-  for (unsigned b = 0; b < l.blocks; ++b) {
-    blockIdx = uint3{b, 0, 0};
-    detail::run_block(l.threads);
-  }
+  gridDim = l.grid;
+  blockDim = l.block;
+  for (unsigned z = 0; z < l.grid.z; ++z)
+    for (unsigned y = 0; y < l.grid.y; ++y)
+      for (unsigned x = 0; x < l.grid.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        detail::run_block(static_cast<unsigned>(threads));
+      }
   for (const GuardedRegion* r : detail::g_regions)
     if (r->kind() == MemoryKind::kGlobal) r->check_canaries();
   std::copy(thread_locals.begin(), thread_locals.end(), m.static_shared);
@@ -787,7 +816,7 @@ inline void __syncthreads() {
   emu::detail::Machine& m = emu::detail::g_machine;
   if (m.exited > 0)
     emu::fail("__syncthreads after " + std::to_string(m.exited) + " threads of the block exited");
-  if (++m.at_barrier < static_cast<int>(blockDim.x)) {
+  if (++m.at_barrier < static_cast<int>(blockDim.x * blockDim.y * blockDim.z)) {
     emu::detail::wait_in(m.barrier_waiting, "__syncthreads");
   } else {
     m.at_barrier = 0;
@@ -865,6 +894,11 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   emu::detail::warp_collective(emu::detail::Collective::kSyncwarp, LaneIn{},
                                [](const LaneIn (&)[32], LaneOut (&)[32]) {});
 }
+
+// CUDA's fused multiply-add of floats, rounded once to nearest even (CUDA Math API, __fmaf_rn),
+// and isfinite, which device code calls unqualified for float and double alike.
+inline float __fmaf_rn(float x, float y, float z) { return std::fma(x, y, z); }
+using std::isfinite;
 
 // CUDA's integer min and max (its device overloads take two operands of one integer type).
 template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
