@@ -134,11 +134,15 @@ class NcclCommunicator final : public Communicator {
     if (!comm_) throw std::runtime_error(lost_peers_message("an aborted NCCL communicator"));
     DEIT_CUDA_CHECK(cudaEventRecord(drained_, compute_));
     const auto start = std::chrono::steady_clock::now();
+    // The pause grows to 100 us: the step's values reach the host at most that late.
     std::chrono::microseconds pause{20};
     for (;;) {
       const cudaError_t status = cudaEventQuery(drained_);
       if (status == cudaSuccess) break;
       if (status != cudaErrorNotReady) DEIT_CUDA_CHECK(status);
+      // "Not ready" may stay behind as the thread's last error, which the next launch check
+      // (DEIT_CUDA_CHECK_LAUNCH) would report as its own failure.
+      cudaGetLastError();
       ncclResult_t async_error = ncclSuccess;
       DEIT_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_error));
       if (async_error != ncclSuccess && async_error != ncclInProgress)
@@ -148,7 +152,7 @@ class NcclCommunicator final : public Communicator {
         abort_and_throw("the queued collectives did not complete in " +
                         std::to_string(timeout_.count()) + " s");
       std::this_thread::sleep_for(pause);
-      pause = std::min(pause * 2, std::chrono::microseconds{1000});
+      pause = std::min(pause * 2, std::chrono::microseconds{100});
     }
     ncclResult_t async_error = ncclSuccess;
     DEIT_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_error));

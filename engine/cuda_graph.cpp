@@ -44,8 +44,18 @@ void CudaGraph::capture(int device, const std::function<void()>& work) {
     throw;
   }
   allocator.end_pool();
-  DEIT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
-  DEIT_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+  try {
+    DEIT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
+    // Node priorities as captured: the communication stream's collectives keep their high
+    // priority (engine/stream.h) instead of taking the launch stream's.
+    DEIT_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, cudaGraphInstantiateFlagUseNodePriority));
+  } catch (...) {
+    // The caller may go on without a graph: the failure must not stay behind as the thread's
+    // last error, where the next launch check would find it.
+    cudaGetLastError();
+    reset();
+    throw;
+  }
 }
 
 void CudaGraph::launch() {

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "engine/communicator.h"
+#include "engine/ops.h"
 #include "engine/rng.h"
 #include "engine/stream.h"
 #include "tests/cuda_test_util.h"
@@ -140,6 +141,19 @@ TEST_CASE("nccl: plain collectives are ordered like compute-stream kernels", "[g
   }
   // No bucket ran: nothing to time.
   CHECK_FALSE(comm->last_bucket_timing());
+}
+
+TEST_CASE("nccl: a wait that found the device busy leaves no error for the next launch",
+          "[gpu][nccl]") {
+  // The wait polls an event; "not ready", seen while the stream is held up, must not stay
+  // behind as the thread's last error, or the next kernel's launch check reports it.
+  std::unique_ptr<Communicator> comm = detail::make_nccl_communicator(kGpu, Rendezvous{});
+  const auto hold_up = [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(200)); };
+  DEIT_CUDA_CHECK(cudaLaunchHostFunc(compute_stream(0), hold_up, nullptr));
+  comm->wait_for_device();
+  CHECK(cudaPeekAtLastError() == cudaSuccess);
+  const Tensor zero = Tensor::zeros({2, 8}, DType::bf16, kGpu);
+  CHECK(ops::gelu(zero).to_vector<float>() == std::vector<float>(16, 0.0f));  // launch + check
 }
 
 TEST_CASE("nccl: a wait for the device gives up after DEIT_COMM_TIMEOUT and aborts",

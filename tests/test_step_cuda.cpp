@@ -369,6 +369,29 @@ TEST_CASE("a capture that waits for the host fails and leaves the stream usable"
   CHECK(x.to_vector<float>() == std::vector<float>(4, 3.0f));
 }
 
+TEST_CASE("a capture refused as it ends leaves no error for the next launch", "[gpu][step]") {
+  // Work forked onto a second stream and never joined back: cudaStreamEndCapture refuses the
+  // graph. The trainer then goes on without one, so the failure must not stay behind as the
+  // thread's last error, where the next kernel's launch check would find it.
+  Tensor x = Tensor::zeros({4}, DType::f32, kGpu);
+  cudaStream_t side = nullptr;
+  cudaEvent_t fork = nullptr;
+  DEIT_CUDA_CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  DEIT_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  CudaGraph graph;
+  CHECK_THROWS(graph.capture(0, [&] {
+    DEIT_CUDA_CHECK(cudaEventRecord(fork, compute_stream(0)));
+    DEIT_CUDA_CHECK(cudaStreamWaitEvent(side, fork, 0));
+    DEIT_CUDA_CHECK(cudaMemsetAsync(x.data<float>(), 0, 4 * sizeof(float), side));
+  }));
+  CHECK_FALSE(graph.captured());
+  CHECK(cudaPeekAtLastError() == cudaSuccess);
+  const Tensor zero = Tensor::zeros({2, 8}, DType::bf16, kGpu);
+  CHECK(ops::gelu(zero).to_vector<float>() == std::vector<float>(16, 0.0f));  // launch + check
+  DEIT_CUDA_CHECK(cudaEventDestroy(fork));
+  DEIT_CUDA_CHECK(cudaStreamDestroy(side));
+}
+
 TEST_CASE("uploads without waiting arrive intact through every pinned slot, refused in a capture",
           "[gpu][step]") {
   // More uploads than slots, each with its own values and freed at once (the host side is

@@ -86,6 +86,7 @@ EvalResult evaluate(const model::VisionTransformer& model, InputFeed& feed, bool
   double loss_sum = 0;
   while (const FeedBatch* batch = feed.next()) {
     const Tensor logits = model.forward(batch->images);
+    feed.prefetch();  // CUDA: the next batch goes up while the device runs this one
     const BatchScore s = score_batch(logits.to_vector<float>(), *batch->labels, c.num_classes,
                                      result.confusion);
     top1 += s.top1;
