@@ -117,7 +117,9 @@ NamedTensors ShardedOptimizer::gather_state() {
                            ? mine.at(key)
                            : Tensor::empty(value.shape(), value.dtype(), value.device());
       comm_.broadcast(t, owner);
-      if (keep) gathered.emplace_back(key, t);
+      // To the host at once: the whole state on rank 0's device is what sharding saves room
+      // for (ViT-H's LAMB moments), and the checkpoint is written from the host anyway.
+      if (keep) gathered.emplace_back(key, t.to(Device::cpu()));
     }
     if (keep)
       gathered.emplace_back(all[i].name + ".step",

@@ -63,8 +63,9 @@ class ShardedOptimizer {
   // Parameters (by registration index) whose optimizer state this rank keeps.
   const std::vector<size_t>& owned() const { return owned_by_[comm_.rank()]; }
 
-  // A collective: rank 0 gets the whole state in Optimizer::state()'s layout, the other ranks an
-  // empty list when sharded (their own replica's state when not).
+  // A collective: rank 0 gets the whole state in Optimizer::state()'s layout (on the host when
+  // sharded, one tensor on its device at a time), the other ranks an empty list when sharded
+  // (their own replica's state when not).
   NamedTensors gather_state();
   // Every rank passes the whole state (Optimizer::state()'s layout, as gather_state() returned it)
   // and keeps its share. Throws std::runtime_error naming a missing, unexpected or mis-shaped
