@@ -3,25 +3,18 @@
 // Launch: the elementwise launcher (256 threads, grid-stride over 8-element vectors when both
 // pointers are 16-byte aligned, scalar tail), one element of work per thread at least.
 // Measured speed: not yet measured on a GPU.
+//
+// Files: the device code is kernels/cuda/cast_kernels.cuh; this file is the host side (argument
+// checks, launches). The casts also run, lane by lane on the host, in the CTest entry ops_emulated
+// (tests/emulated/ops_emulated.cpp), which checks them against the CPU twins without a GPU; its
+// launches mirror the ones below, so change them together.
 #include "kernels/cast.h"
 #include "kernels/cuda/common.cuh"
+// The device code, after what it uses.
+#include "kernels/cuda/cast_kernels.cuh"
 
 namespace deit::kernels {
 namespace {
-
-using gpu::bf16;
-
-template <typename From, typename To>
-struct CastOp {
-  const From* x;
-  To* y;
-  template <int N>
-  __device__ void apply(int64_t i) const {
-    float v[N];
-    gpu::load<N>(x + i, v);
-    gpu::store<N>(y + i, v);
-  }
-};
 
 template <typename From, typename To>
 void cast(const From* x, To* y, int64_t n, cudaStream_t stream) {

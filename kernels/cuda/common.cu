@@ -4,48 +4,20 @@
 //    fixed shared-memory tree adds the 128 lanes.
 //  - sum_to_scalar: one block of 1024 threads, strided sums then block_sum.
 // Measured speed: not yet measured on a GPU.
+//
+// Files: the device code is kernels/cuda/common_kernels.cuh; this file is the host side (argument
+// checks, launches). The kernels also run, lane by lane on the host, in the CTest entry
+// ops_emulated (tests/emulated/ops_emulated.cpp), which checks them against the CPU twins without a
+// GPU; its launches mirror the ones below, so change them together.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
+// The device code, after what it uses.
+#include "kernels/cuda/common_kernels.cuh"
 
 namespace deit::kernels::gpu {
-namespace {
-
-constexpr int kPartialCols = 8;
-constexpr int kPartialLanes = 128;
-constexpr int kPartialThreads = kPartialCols * kPartialLanes;
-constexpr int kScalarThreads = 1024;
-
-__global__ void __launch_bounds__(kPartialThreads)
-    sum_partials_kernel(const float* partials, int64_t chunks, int64_t C, float* out) {
-  __shared__ float acc[kPartialLanes][kPartialCols];
-  const int x = threadIdx.x, y = threadIdx.y;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kPartialCols + x;
-  float s = 0.f;
-  if (c < C)
-    for (int64_t k = y; k < chunks; k += kPartialLanes) s += partials[k * C + c];
-  acc[y][x] = s;
-  __syncthreads();
-#pragma unroll
-  for (int half = kPartialLanes / 2; half > 0; half /= 2) {
-    if (y < half) acc[y][x] += acc[y + half][x];
-    __syncthreads();
-  }
-  if (y == 0 && c < C) out[c] = acc[0][x];
-}
-
-__global__ void __launch_bounds__(kScalarThreads)
-    sum_to_scalar_kernel(const float* v, int64_t n, float scale, float* out) {
-  __shared__ float scratch[32];
-  float s = 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
-  s = block_sum(s, scratch);
-  if (threadIdx.x == 0) *out = s * scale;
-}
-
-}  // namespace
 
 void check_sizes(const char* fn, std::initializer_list<int64_t> sizes) {
   for (int64_t s : sizes)

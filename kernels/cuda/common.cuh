@@ -36,9 +36,8 @@ void check_sizes(const char* fn, std::initializer_list<int64_t> sizes);
 template <typename Op>
 void launch_elementwise(const Op& op, int64_t n, bool vectorize, cudaStream_t stream) {
   if (n <= 0) return;
-  const int64_t nvec = vectorize ? n / kVec : 0;
-  const int64_t work = nvec + (n - nvec * kVec);
-  elementwise_kernel<Op><<<grid_for(work, kThreads), kThreads, 0, stream>>>(op, n, nvec);
+  const ElementwiseWork w = elementwise_work(n, vectorize);
+  elementwise_kernel<Op><<<grid_for(w.work, kThreads), kThreads, 0, stream>>>(op, n, w.nvec);
   DEIT_CUDA_CHECK_LAUNCH();
 }
 

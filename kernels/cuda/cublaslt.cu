@@ -112,7 +112,8 @@ const CublasLt::Plan& CublasLt::plan(const GemmSpec& s) {
   DEIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d, s.d_type, s.m, s.n, s.ldd));
 
   Preference pref;
-  set_pref(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(workspace_bytes_));
+  set_pref(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+           static_cast<uint64_t>(workspace_bytes_));
   // cuBLASLt assumes 256-byte aligned operands unless told otherwise; C is D (beta = 0).
   set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, static_cast<uint32_t>(s.align_a));
   set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<uint32_t>(s.align_b));

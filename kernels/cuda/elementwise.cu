@@ -2,58 +2,18 @@
 // Launch: the elementwise launcher (kernels/cuda/common.cuh), 8-element vectors where every
 // pointer is 16-byte aligned, fp32 arithmetic.
 // Measured speed: not yet measured on a GPU (memory bound; small next to the GEMMs).
+//
+// Files: the device code is kernels/cuda/elementwise_kernels.cuh; this file is the host side
+// (argument checks, launches). The kernels also run, lane by lane on the host, in the CTest entry
+// ops_emulated (tests/emulated/ops_emulated.cpp), which checks them against the CPU twins without a
+// GPU; its launches mirror the ones below, so change them together.
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
+// The device code, after what it uses.
+#include "kernels/cuda/elementwise_kernels.cuh"
 
 namespace deit::kernels {
 namespace {
-
-using gpu::bf16;
-
-template <typename T>
-struct AddOp {
-  const T* a;
-  const T* b;
-  T* out;
-  template <int N>
-  __device__ void apply(int64_t i) const {
-    float va[N], vb[N];
-    gpu::load<N>(a + i, va);
-    gpu::load<N>(b + i, vb);
-#pragma unroll
-    for (int j = 0; j < N; ++j) va[j] += vb[j];
-    gpu::store<N>(out + i, va);
-  }
-};
-
-template <typename T>
-struct ScaleByScalarOp {
-  const T* x;
-  const float* s;
-  T* out;
-  template <int N>
-  __device__ void apply(int64_t i) const {
-    const float factor = *s;
-    float v[N];
-    gpu::load<N>(x + i, v);
-#pragma unroll
-    for (int j = 0; j < N; ++j) v[j] *= factor;
-    gpu::store<N>(out + i, v);
-  }
-};
-
-template <typename T>
-struct FillOp {
-  T* out;
-  float value;
-  template <int N>
-  __device__ void apply(int64_t i) const {
-    float v[N];
-#pragma unroll
-    for (int j = 0; j < N; ++j) v[j] = value;
-    gpu::store<N>(out + i, v);
-  }
-};
 
 template <typename T>
 void add(const T* a, const T* b, T* out, int64_t n, cudaStream_t stream) {

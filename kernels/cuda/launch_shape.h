@@ -1,7 +1,8 @@
 // Private to kernels/cuda/: the host arithmetic that sizes the row and elementwise launches (grid
-// sizes, the row layout's block size, the fixed chunking of rows behind every deterministic column
-// sum). Plain C++, so that the emulated tests (tests/emulated/) launch the kernels with the very
-// shapes the .cu launchers use; common_device.cuh and common.cuh include it.
+// sizes, the elementwise loops' split, the row layout's block size, the fixed chunking of rows
+// behind every deterministic column sum). Plain C++, so that the emulated tests (tests/emulated/)
+// launch the kernels with the very shapes the .cu launchers use; common_device.cuh and common.cuh
+// include it.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -23,6 +24,21 @@ inline unsigned grid_for(int64_t work, int threads) {
 template <typename... P>
 inline bool aligned16(const P*... p) {
   return ((reinterpret_cast<uintptr_t>(p) % 16 == 0) && ...);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The elementwise launch (common.cuh's launch_elementwise, common_device.cuh's elementwise_kernel):
+// nvec 8-element vectors when vectorised, then the n - nvec * kVec elements left one by one; one
+// thread per vector and per element left, grid-strided over grid_for(work, threads) blocks.
+
+struct ElementwiseWork {
+  int64_t nvec;  // 8-element vectors, 0 when not vectorised
+  int64_t work;  // vectors + elements left
+};
+
+inline ElementwiseWork elementwise_work(int64_t n, bool vectorize) {
+  const int64_t nvec = vectorize ? n / kVec : 0;
+  return {nvec, nvec + (n - nvec * kVec)};
 }
 
 // ---------------------------------------------------------------------------------------------

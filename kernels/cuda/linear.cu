@@ -10,39 +10,25 @@
 // of row_threads(N) threads, each thread summing 8 columns of dy over a fixed chunk of rows into
 // fp32 partials in the CublasLt workspace, then sum_partials adds the chunks in a fixed order.
 // Measured speed: not yet measured on a GPU.
+//
+// Files: the device code of the bias gradient is kernels/cuda/linear_kernels.cuh; this file is the
+// host side (the GEMMs, argument checks, launches). That kernel also runs, lane by lane on the
+// host, in the CTest entry ops_emulated (tests/emulated/ops_emulated.cpp), which checks it against
+// the CPU twin without a GPU; its launch mirrors the one below, so change them together.
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cublaslt.h"
 #include "kernels/linear.h"
+// The device code, after what it uses.
+#include "kernels/cuda/linear_kernels.cuh"
 
 namespace deit::kernels {
 namespace {
 
-using gpu::bf16;
-using gpu::kVec;
-
 constexpr size_t kBf16Bytes = 2;
 constexpr size_t kF32Bytes = 4;
-
-// Block `chunk` writes the sums over rows [chunk * rows_per_chunk, ...) of dy (rows, C) to
-// partials[chunk * C + c].
-template <int V>
-__global__ void __launch_bounds__(1024)
-    column_partials_kernel(const bf16* dy, float* partials, int64_t rows, int64_t C,
-                           int64_t rows_per_chunk) {
-  const int64_t r0 = blockIdx.x * rows_per_chunk;
-  const int64_t r1 = min(rows, r0 + rows_per_chunk);
-  float acc[kVec] = {};
-  for (int64_t r = r0; r < r1; ++r) {
-    float d[kVec];
-    gpu::load_row<V>(dy + r * C, C, d);
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) acc[e] += d[e];
-  }
-  gpu::store_row<V>(partials + blockIdx.x * C, C, acc);
-}
 
 // dbias (N) = sum over the M rows of dy (M, N), deterministic.
 void column_sums(const bf16_bits* dy, float* dbias, int64_t M, int64_t N, const CublasLt& lt,

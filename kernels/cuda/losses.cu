@@ -8,67 +8,20 @@
 // to workspace[b]; then sum_to_scalar (one block) adds the B row losses in index order and scales
 // to the mean. Both reductions are deterministic.
 // Measured speed: not yet measured on a GPU.
+//
+// Files: the device code is kernels/cuda/losses_kernels.cuh; this file is the host side (argument
+// checks, launches). The kernels also run, lane by lane on the host, in the CTest entry
+// ops_emulated (tests/emulated/ops_emulated.cpp), which checks them against the CPU twins without a
+// GPU; its launches mirror the ones below, so change them together.
 #include <algorithm>
-#include <cmath>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/losses.h"
+// The device code, after what it uses.
+#include "kernels/cuda/losses_kernels.cuh"
 
 namespace deit::kernels {
 namespace {
-
-using gpu::bf16;
-
-// 1 / (1 + exp(-z)) through exp(-|z|), which never overflows.
-__device__ __forceinline__ float sigmoid(float z) {
-  const float e = expf(-fabsf(z));
-  return z >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
-}
-
-__global__ void __launch_bounds__(gpu::kThreads)
-    bce_rows_kernel(const bf16* logits, const float* targets, bf16* dlogits, float* row_loss,
-                    int64_t B, int64_t K, float inv_count) {
-  __shared__ float scratch[32];
-  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-    float acc = 0.f;
-    for (int64_t k = b * K + threadIdx.x; k < (b + 1) * K; k += blockDim.x) {
-      const float z = __bfloat162float(logits[k]), t = targets[k];
-      acc += fmaxf(z, 0.f) - z * t + log1pf(expf(-fabsf(z)));
-      if (dlogits) dlogits[k] = __float2bfloat16_rn((sigmoid(z) - t) * inv_count);
-    }
-    acc = gpu::block_sum(acc, scratch);
-    if (threadIdx.x == 0) row_loss[b] = acc;
-  }
-}
-
-__global__ void __launch_bounds__(gpu::kThreads)
-    softmax_cross_entropy_rows_kernel(const bf16* logits, const float* targets, bf16* dlogits,
-                                      float* row_loss, int64_t B, int64_t K, float inv_B) {
-  __shared__ float scratch[64];
-  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-    const bf16* z = logits + b * K;
-    const float* t = targets + b * K;
-    float max = -INFINITY;
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) max = fmaxf(max, __bfloat162float(z[k]));
-    max = gpu::block_max(max, scratch);
-    float sums[2] = {0.f, 0.f};  // sum_k exp(z_k - max), sum_k t_k
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-      sums[0] += expf(__bfloat162float(z[k]) - max);
-      sums[1] += t[k];
-    }
-    gpu::block_allreduce<gpu::SumOp, 2>(sums, scratch);
-    const float lse = max + logf(sums[0]);
-    float acc = 0.f;
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-      const float zk = __bfloat162float(z[k]);
-      acc += t[k] * (lse - zk);
-      if (dlogits)
-        dlogits[b * K + k] = __float2bfloat16_rn((expf(zk - lse) * sums[1] - t[k]) * inv_B);
-    }
-    acc = gpu::block_sum(acc, scratch);
-    if (threadIdx.x == 0) row_loss[b] = acc;
-  }
-}
 
 // Shared driver: checks, the empty case, the row kernel, then the mean.
 template <typename Launch>

@@ -12,205 +12,45 @@
 // element by element and store 8 at a time). pos_embed_cls backward: 256 threads per block, one
 // thread per 8 columns (or per column) of a (1 + N, C) sample, grid-stride, loop over the batch.
 // Measured speed: not yet measured on a GPU.
+//
+// Files: the device code is kernels/cuda/tokens_kernels.cuh; this file is the host side (argument
+// checks, launches). The kernels also run, lane by lane on the host, in the CTest entry
+// ops_emulated (tests/emulated/ops_emulated.cpp), which checks them against the CPU twins without a
+// GPU; its launches mirror the ones below, so change them together.
 #include <climits>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/tokens.h"
+// The device code, after what it uses.
+#include "kernels/cuda/tokens_kernels.cuh"
 
 namespace deit::kernels {
 namespace {
 
-using gpu::bf16;
-using gpu::kVec;
-
-// The sizes of a patch unfold / fold, with the per-element arithmetic in 32 bits.
-struct PatchGeometry {
-  int Cin, H, W, P, gh, gw;
-  int patches;    // gh * gw
-  int patch_len;  // Cin * P * P
-
-  PatchGeometry(const char* fn, int64_t B, int64_t Cin_, int64_t H_, int64_t W_, int64_t P_) {
-    gpu::check_sizes(fn, {B, Cin_, H_, W_});
-    if (P_ < 1) throw std::invalid_argument(std::string(fn) + ": patch size must be >= 1");
-    if (Cin_ * P_ * P_ > INT_MAX || H_ > INT_MAX || W_ > INT_MAX || (H_ / P_) * (W_ / P_) > INT_MAX)
-      throw std::invalid_argument(std::string(fn) + ": image or patch too large");
-    Cin = static_cast<int>(Cin_), H = static_cast<int>(H_), W = static_cast<int>(W_);
-    P = static_cast<int>(P_);
-    gh = H / P, gw = W / P;
-    patches = gh * gw;
-    patch_len = Cin * P * P;
-  }
-};
-
-struct PatchUnfoldOp {
-  const float* image;
-  bf16* patches;
-  PatchGeometry g;
-  // Element i of patches is (b, p, k); k = (ci * P + ky) * P + kx within patch p = py * gw + px.
-  template <int N>
-  __device__ void apply(int64_t i) const {
-    const int64_t row = i / g.patch_len;
-    int k = static_cast<int>(i - row * g.patch_len);
-    int64_t b = row / g.patches;
-    int p = static_cast<int>(row - b * g.patches);
-    float v[N];
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      if (k == g.patch_len) {
-        k = 0;
-        if (++p == g.patches) p = 0, ++b;
-      }
-      const int ci = k / (g.P * g.P), r = k - ci * g.P * g.P;
-      const int ky = r / g.P, kx = r - ky * g.P;
-      const int py = p / g.gw, px = p - py * g.gw;
-      v[j] = image[((b * g.Cin + ci) * g.H + py * g.P + ky) * g.W + px * g.P + kx];
-      ++k;
-    }
-    gpu::store<N>(patches + i, v);
-  }
-};
-
-struct PatchFoldOp {
-  const bf16* dpatches;
-  float* dimage;
-  PatchGeometry g;
-  // Element i of dimage is (b, ci, y, x); pixels past the last whole patch get 0.
-  template <int N>
-  __device__ void apply(int64_t i) const {
-    const int64_t row = i / g.W;
-    int x = static_cast<int>(i - row * g.W);
-    const int64_t plane = row / g.H;
-    int y = static_cast<int>(row - plane * g.H);
-    int64_t b = plane / g.Cin;
-    int ci = static_cast<int>(plane - b * g.Cin);
-    float v[N];
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      if (x == g.W) {
-        x = 0;
-        if (++y == g.H) {
-          y = 0;
-          if (++ci == g.Cin) ci = 0, ++b;
-        }
-      }
-      const int py = y / g.P, px = x / g.P;
-      v[j] = 0.f;
-      if (py < g.gh && px < g.gw) {
-        const int ky = y - py * g.P, kx = x - px * g.P;
-        const int64_t patch = (b * g.gh + py) * g.gw + px;
-        v[j] = __bfloat162float(dpatches[patch * g.patch_len + (ci * g.P + ky) * g.P + kx]);
-      }
-      ++x;
-    }
-    gpu::store<N>(dimage + i, v);
-  }
-};
-
-struct PosEmbedClsForwardOp {
-  const bf16* x;
-  const bf16* pos;
-  const bf16* cls;
-  bf16* out;
-  int64_t N, C;
-  // Element i of out is (b, t, c); with N = kVec, C % kVec == 0 keeps the vector in one token.
-  template <int V>
-  __device__ void apply(int64_t i) const {
-    const int64_t row = i / C;
-    const int64_t c = i - row * C;
-    const int64_t b = row / (N + 1);
-    const int64_t t = row - b * (N + 1);
-    float v[V];
-    if (t == 0) {
-      gpu::load<V>(cls + c, v);
-    } else {
-      float p[V];
-      gpu::load<V>(x + (b * N + t - 1) * C + c, v);
-      gpu::load<V>(pos + (t - 1) * C + c, p);
-#pragma unroll
-      for (int j = 0; j < V; ++j) v[j] += p[j];
-    }
-    gpu::store<V>(out + i, v);
-  }
-};
-
-// Thread per V columns j of one sample's (1 + N) * C block of dout: column j < C is the class
-// token's, the rest are patch tokens. With V = kVec, C % kVec == 0 keeps a vector in one token.
-template <int V>
-__global__ void __launch_bounds__(gpu::kThreads)
-    pos_embed_cls_backward_kernel(const bf16* dout, bf16* dx, float* dpos, float* dcls, int64_t B,
-                                  int64_t N, int64_t C) {
-  const int64_t cols = (N + 1) * C;
-  const int64_t units = cols / V;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; u < units;
-       u += stride) {
-    const int64_t j = u * V;
-    const bool is_cls = j < C;
-    float acc[V] = {};
-#pragma unroll 4
-    for (int64_t b = 0; b < B; ++b) {
-      float v[V];
-      gpu::load<V>(dout + b * cols + j, v);
-#pragma unroll
-      for (int e = 0; e < V; ++e) acc[e] += v[e];
-      if (!is_cls && dx) gpu::store<V>(dx + b * N * C + (j - C), v);
-    }
-    if (is_cls) {
-      if (dcls) gpu::store<V>(dcls + j, acc);
-    } else if (dpos) {
-      gpu::store<V>(dpos + (j - C), acc);
-    }
-  }
+// The geometry of a patch unfold / fold, once its sizes are known to fit its 32-bit arithmetic.
+PatchGeometry patch_geometry(const char* fn, int64_t B, int64_t Cin, int64_t H, int64_t W,
+                             int64_t P) {
+  gpu::check_sizes(fn, {B, Cin, H, W});
+  if (P < 1) throw std::invalid_argument(std::string(fn) + ": patch size must be >= 1");
+  if (Cin * P * P > INT_MAX || H > INT_MAX || W > INT_MAX || (H / P) * (W / P) > INT_MAX)
+    throw std::invalid_argument(std::string(fn) + ": image or patch too large");
+  return PatchGeometry(Cin, H, W, P);
 }
-
-struct ClsSelectForwardOp {
-  const bf16* x;
-  bf16* out;
-  int64_t Tn, C;
-  // Element i of out is (b, c) = x[b, 0, c].
-  template <int N>
-  __device__ void apply(int64_t i) const {
-    const int64_t b = i / C;
-    float v[N];
-    gpu::load<N>(x + b * Tn * C + (i - b * C), v);
-    gpu::store<N>(out + i, v);
-  }
-};
-
-struct ClsSelectBackwardOp {
-  const bf16* dout;
-  bf16* dx;
-  int64_t Tn, C;
-  // Element i of dx is (b, t, c): dout[b, c] for t == 0, else 0.
-  template <int N>
-  __device__ void apply(int64_t i) const {
-    const int64_t row = i / C;
-    const int64_t b = row / Tn;
-    float v[N];
-    if (row - b * Tn == 0) {
-      gpu::load<N>(dout + b * C + (i - row * C), v);
-    } else {
-#pragma unroll
-      for (int j = 0; j < N; ++j) v[j] = 0.f;
-    }
-    gpu::store<N>(dx + i, v);
-  }
-};
 
 }  // namespace
 
 void patch_unfold_cuda(const float* image, bf16_bits* patches, int64_t B, int64_t Cin, int64_t H,
                        int64_t W, int64_t P, cudaStream_t stream) {
-  const PatchGeometry g("patch_unfold_cuda", B, Cin, H, W, P);
+  const PatchGeometry g = patch_geometry("patch_unfold_cuda", B, Cin, H, W, P);
   gpu::launch_elementwise(PatchUnfoldOp{image, gpu::as_bf16(patches), g},
                           B * g.patches * g.patch_len, gpu::aligned16(patches), stream);
 }
 
 void patch_fold_cuda(const bf16_bits* dpatches, float* dimage, int64_t B, int64_t Cin, int64_t H,
                      int64_t W, int64_t P, cudaStream_t stream) {
-  const PatchGeometry g("patch_fold_cuda", B, Cin, H, W, P);
+  const PatchGeometry g = patch_geometry("patch_fold_cuda", B, Cin, H, W, P);
   gpu::launch_elementwise(PatchFoldOp{gpu::as_bf16(dpatches), dimage, g}, B * Cin * H * W,
                           gpu::aligned16(dimage), stream);
 }

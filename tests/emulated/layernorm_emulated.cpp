@@ -14,9 +14,8 @@
 //
 // What runs here and what does not: the row kernels and the elementwise kernel run as the
 // launchers in kernels/cuda/layernorm.cu and layerscale.cu launch them (mirrored below: change
-// them together). The second stage of the parameter gradients, common.cu's sum_partials kernel
-// (2-D blocks, which the emulator does not take), is replaced by its host twin here, so the
-// partial sums the kernels write are what is checked.
+// them together). The partial sums of the parameter gradients they write are added up on the
+// host: ops_emulated checks the kernel that adds them on the GPU (common.cu's sum_partials).
 //
 // Usage: layernorm_emulated [--full] [--seed N]
 //   (default)  10 shapes: C = 384, 768 and 1280 (ViT-S, B, H), 8192 (the widest row: 1024
@@ -47,6 +46,7 @@
 #include "kernels/layernorm.h"
 #include "kernels/layerscale.h"
 #include "tests/emulated/cuda_emulator.h"
+#include "tests/emulated/shared_launches.h"
 #include "tests/emulated/test_support.h"
 #include "kernels/cuda/launch_shape.h"
 // The kernels, after the emulator's stand-ins for what they use.
@@ -59,7 +59,10 @@ namespace {
 using emu::Bf16Data;
 using emu::kernel_name;
 using emu::random_bf16;
+using emu::RowShape;
+using emu::tight;
 using emu::to_float;
+using emu::with_width;
 
 // The [gpu] tests' tolerances (tests/test_kernels_cuda.cpp says why these values).
 constexpr double kBf16Tol = 1e-2;
@@ -68,42 +71,8 @@ constexpr double kEps = 1e-6;  // DeiT III's; the launchers pass it on as a floa
 constexpr float kDropRate = 0.25f;
 
 // ---------------------------------------------------------------------------------------------
-// The second stage of the column sums, sum_partials_kernel in kernels/cuda/common.cu, is a 2-D
-// launch the emulator does not run: its arithmetic is mirrored here (change them together).
-namespace mirror {
-
-constexpr int kPartialLanes = 128;
-
-// sum_partials_kernel's arithmetic: for column c, lane y of 128 sums chunks y, y + 128, ... in
-// order, then a tree adds lane y + half into lane y for half = 64, 32, ..., 1.
-std::vector<float> sum_partials(const std::vector<float>& partials, int64_t chunks, int64_t C) {
-  std::vector<float> out(static_cast<size_t>(C));
-  for (int64_t c = 0; c < C; ++c) {
-    float lanes[kPartialLanes] = {};
-    for (int y = 0; y < kPartialLanes; ++y)
-      for (int64_t k = y; k < chunks; k += kPartialLanes) lanes[y] += partials[k * C + c];
-    for (int half = kPartialLanes / 2; half > 0; half /= 2)
-      for (int y = 0; y < half; ++y) lanes[y] += lanes[y + half];
-    out[c] = lanes[0];
-  }
-  return out;
-}
-
-}  // namespace mirror
-
-// ---------------------------------------------------------------------------------------------
 // The launches of layernorm.cu and layerscale.cu, with the same grids, blocks and vector-path
 // choices (a caller may ask for a smaller forward grid: the rows are grid-strided).
-
-// Calls f with the row layout's vector width as a std::integral_constant: kVec when the launcher
-// takes the vector path, 1 otherwise.
-template <typename F>
-void with_width(bool vector_path, F&& f) {
-  if (vector_path)
-    f(std::integral_constant<int, gpu::kVec>{});
-  else
-    f(std::integral_constant<int, 1>{});
-}
 
 unsigned forward_grid(int64_t rows) {
   return static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
@@ -143,14 +112,9 @@ void layernorm_backward(const bf16* dy, const bf16* x, const bf16* w, const floa
 
 void layerscale_forward(const bf16* x, const bf16* branch, const bf16* gamma, const float* keep,
                         bf16* out, int64_t B, int64_t T, int64_t C) {
-  const LayerscaleForwardOp op{x, branch, gamma, keep, out, T, C};
-  const int64_t n = B * T * C;
-  const int64_t nvec =
-      C % gpu::kVec == 0 && gpu::aligned16(x, branch, gamma, out) ? n / gpu::kVec : 0;
-  const int64_t work = nvec + (n - nvec * gpu::kVec);
-  emu::launch({"elementwise_kernel<LayerscaleForwardOp>", gpu::grid_for(work, gpu::kThreads),
-               gpu::kThreads, 0},
-              [=] { gpu::elementwise_kernel<LayerscaleForwardOp>(op, n, nvec); });
+  emu::launch_elementwise("LayerscaleForwardOp",
+                          LayerscaleForwardOp{x, branch, gamma, keep, out, T, C}, B * T * C,
+                          C % gpu::kVec == 0 && gpu::aligned16(x, branch, gamma, out));
 }
 
 // partials: chunks * C floats, or nullptr without dgamma.
@@ -231,28 +195,16 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
 // ---------------------------------------------------------------------------------------------
 // Shapes, buffers and checks.
 
-// (B, T, C) activations; offset 1 misaligns them, as in the [gpu] tests.
-struct Shape {
-  int64_t B, T, C;
-  size_t offset;
-  int64_t rows() const { return B * T; }
-  size_t n() const { return static_cast<size_t>(B * T * C); }
-  std::string str() const {
-    return "B=" + std::to_string(B) + " T=" + std::to_string(T) + " C=" + std::to_string(C) +
-           (offset != 0 ? " offset=" + std::to_string(offset) : "");
-  }
-};
-
 // 1 row; a few rows in one chunk; 10 and 5 chunks with a short last one (74 = 9 * 8 + 2,
 // 33 = 4 * 8 + 1); 5 warps (C = 1280) over two chunks; the widest row (32 warps); a warp with
 // idle lanes (C = 200: 25 of 32 threads own columns); the scalar path three ways.
-const std::vector<Shape> kDefaultShapes = {
+const std::vector<RowShape> kDefaultShapes = {
     {1, 1, 384, 0},  {2, 37, 384, 0}, {1, 5, 768, 0},  {3, 11, 768, 0}, {1, 9, 1280, 0},
     {1, 2, 8192, 0}, {1, 65, 200, 0}, {2, 19, 196, 0}, {3, 7, 5, 0},    {1, 33, 384, 1},
 };
 
 // --full: the [gpu] tests' row shapes as they are, and the widest row on the scalar path.
-const std::vector<Shape> kGpuTestShapes = {
+const std::vector<RowShape> kGpuTestShapes = {
     {4, 197, 384, 0}, {2, 145, 1280, 0}, {3, 101, 768, 0}, {1, 65, 200, 0},
     {2, 257, 196, 0}, {1, 33, 384, 1},   {3, 7, 5, 0},     {1, 3, 8191, 0},
 };
@@ -269,15 +221,17 @@ std::vector<float> random_keep(std::mt19937_64& rng, int64_t B) {
   return keep;
 }
 
-// A parameter or fp32 tensor in global memory, placed tight: a read one element past its end
-// faults.
-template <typename T>
-emu::DeviceBuffer<T> tight(const std::string& name, const std::vector<T>& host) {
-  return emu::DeviceBuffer<T>(name, host, alignof(T));
-}
-template <typename T>
-emu::DeviceBuffer<T> tight(const std::string& name, size_t n) {
-  return emu::DeviceBuffer<T>(name, n, alignof(T));
+// The column sums of the partials a backward kernel wrote (chunks rows of C), in double. On the
+// GPU common.cu's sum_partials kernel adds them; ops_emulated checks that kernel (here it would
+// cost a 1024-thread block per 8 columns, a minute at C = 8192).
+std::vector<float> summed(const std::vector<float>& partials, int64_t chunks, int64_t C) {
+  std::vector<float> sums(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    double sum = 0;
+    for (int64_t k = 0; k < chunks; ++k) sum += partials[static_cast<size_t>(k * C + c)];
+    sums[static_cast<size_t>(c)] = static_cast<float>(sum);
+  }
+  return sums;
 }
 
 // A (B, T, C) bf16 activation, `offset` elements into its buffer. Tight when offset == 0; with an
@@ -308,7 +262,7 @@ const bf16* as_bf16(const emu::DeviceBuffer<bf16_bits>& b) {
 // ---------------------------------------------------------------------------------------------
 // The checks, kernel pair by kernel pair, after the [gpu] test of each.
 
-void check_layernorm_forward(const Shape& s, std::mt19937_64& rng,
+void check_layernorm_forward(const RowShape& s, std::mt19937_64& rng,
                              emu::ShapeChecks& checks) {
   checks.part("layernorm forward");
   emu::set_context(s.str() + ", layernorm forward");
@@ -337,7 +291,7 @@ void check_layernorm_forward(const Shape& s, std::mt19937_64& rng,
   checks.same_bits("y without statistics on 3 blocks", dev_y_inference.bits(), dev_y.bits());
 }
 
-void check_layernorm_backward(const Shape& s, std::mt19937_64& rng,
+void check_layernorm_backward(const RowShape& s, std::mt19937_64& rng,
                               emu::ShapeChecks& checks) {
   checks.part("layernorm backward");
   emu::set_context(s.str() + ", layernorm backward");
@@ -375,8 +329,8 @@ void check_layernorm_backward(const Shape& s, std::mt19937_64& rng,
   };
   const Result first = run("first run", true, true);
   checks.relative("dx", to_float(first.dx), dx_ref, kBf16Tol);
-  checks.relative("dweight", mirror::sum_partials(first.dw, part.chunks, s.C), dw_ref, kF32SumTol);
-  checks.relative("dbias", mirror::sum_partials(first.db, part.chunks, s.C), db_ref, kF32SumTol);
+  checks.relative("dweight", summed(first.dw, part.chunks, s.C), dw_ref, kF32SumTol);
+  checks.relative("dbias", summed(first.db, part.chunks, s.C), db_ref, kF32SumTol);
 
   const Result second = run("second run", true, true);
   checks.same_bits("dweight partials, second run", second.dw, first.dw);
@@ -386,7 +340,7 @@ void check_layernorm_backward(const Shape& s, std::mt19937_64& rng,
   checks.same_bits("dbias partials alone", run("dbias alone", false, true).db, first.db);
 }
 
-void check_layerscale(const Shape& s, std::mt19937_64& rng,
+void check_layerscale(const RowShape& s, std::mt19937_64& rng,
                       emu::ShapeChecks& checks) {
   checks.part("layerscale");
   emu::set_context(s.str() + ", layerscale forward");
@@ -432,13 +386,13 @@ void check_layerscale(const Shape& s, std::mt19937_64& rng,
   };
   const Result first = run("first run", true, true);
   checks.relative("dbranch", to_float(first.dbranch), dbranch_ref, kBf16Tol);
-  checks.relative("dgamma", mirror::sum_partials(first.dgamma, part.chunks, s.C), dgamma_ref,
+  checks.relative("dgamma", summed(first.dgamma, part.chunks, s.C), dgamma_ref,
                   kF32SumTol);
   checks.same_bits("dgamma partials alone", run("dgamma alone", false, true).dgamma, first.dgamma);
   checks.same_bits("dbranch alone", run("dbranch alone", true, false).dbranch, first.dbranch);
 }
 
-void check_fused(const Shape& s, std::mt19937_64& rng,
+void check_fused(const RowShape& s, std::mt19937_64& rng,
                  emu::ShapeChecks& checks) {
   checks.part("layerscale + layernorm forward");
   emu::set_context(s.str() + ", layerscale + layernorm forward");
@@ -553,7 +507,7 @@ void check_fused(const Shape& s, std::mt19937_64& rng,
     return Result{dev_dx.bits(), dev_dbranch.bits(), slice(0), slice(1), slice(2)};
   };
   const auto sum = [&](const std::vector<float>& partials) {
-    return mirror::sum_partials(partials, part.chunks, s.C);
+    return summed(partials, part.chunks, s.C);
   };
   const Result first = run("first run", true, true, true, true, true);
   checks.relative("dx", to_float(first.dx), with_dout.dx, kBf16Tol);
@@ -577,7 +531,7 @@ void check_fused(const Shape& s, std::mt19937_64& rng,
                   kF32SumTol);
 }
 
-bool check_shape(const Shape& s, std::mt19937_64& rng) {
+bool check_shape(const RowShape& s, std::mt19937_64& rng) {
   emu::ShapeChecks checks(s.str());
   check_layernorm_forward(s, rng, checks);
   check_layernorm_backward(s, rng, checks);
@@ -637,9 +591,9 @@ int main(int argc, char** argv) {
   std::mt19937_64 inputs(options.seed);
 
   int failed = check_emulator_shuffles() ? 0 : 1;
-  std::vector<Shape> shapes = kDefaultShapes;
+  std::vector<RowShape> shapes = kDefaultShapes;
   if (full) shapes.insert(shapes.end(), kGpuTestShapes.begin(), kGpuTestShapes.end());
-  for (const Shape& s : shapes) failed += check_shape(s, inputs) ? 0 : 1;
+  for (const RowShape& s : shapes) failed += check_shape(s, inputs) ? 0 : 1;
 
   const emu::Totals t = emu::totals();
   std::printf(

@@ -6,6 +6,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -24,6 +25,19 @@ struct Bf16Data {
   std::vector<float> values;
 };
 
+// (B, T, C) activations; offset 1 misaligns them (the launchers' scalar paths), as in the [gpu]
+// tests.
+struct RowShape {
+  int64_t B, T, C;
+  size_t offset;
+  int64_t rows() const { return B * T; }
+  size_t n() const { return static_cast<size_t>(B * T * C); }
+  std::string str() const {
+    return "B=" + std::to_string(B) + " T=" + std::to_string(T) + " C=" + std::to_string(C) +
+           (offset != 0 ? " offset=" + std::to_string(offset) : "");
+  }
+};
+
 inline Bf16Data round_to_bf16(const std::vector<float>& v) {
   Bf16Data d{std::vector<bf16_bits>(v.size()), std::vector<float>(v.size())};
   for (size_t i = 0; i < v.size(); ++i) {
@@ -33,12 +47,17 @@ inline Bf16Data round_to_bf16(const std::vector<float>& v) {
   return d;
 }
 
-// n values uniform in [lo, hi], rounded to bf16.
-inline Bf16Data random_bf16(std::mt19937_64& rng, size_t n, float lo, float hi) {
+// n fp32 values uniform in [lo, hi].
+inline std::vector<float> random_f32(std::mt19937_64& rng, size_t n, float lo, float hi) {
   std::uniform_real_distribution<float> u(lo, hi);
   std::vector<float> v(n);
   for (float& x : v) x = u(rng);
-  return round_to_bf16(v);
+  return v;
+}
+
+// n values uniform in [lo, hi], rounded to bf16.
+inline Bf16Data random_bf16(std::mt19937_64& rng, size_t n, float lo, float hi) {
+  return round_to_bf16(random_f32(rng, n, lo, hi));
 }
 
 inline std::vector<float> to_float(const std::vector<bf16_bits>& bits) {
@@ -73,12 +92,26 @@ class ShapeChecks {
   // noise (attention's dq and dk at T = 1): a scale taken from a larger tensor stands in.
   void relative(const char* tensor, const std::vector<float>& got, const std::vector<float>& ref,
                 double tol, double floor = 0) {
-    double diff = 0;
-    for (size_t i = 0; i < got.size(); ++i)
-      diff += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
-    const double scale = std::max(norm(ref), floor);
-    const double rel = scale > 0 ? std::sqrt(diff) / scale : std::sqrt(diff);
-    report(tensor, "relative error", rel, tol, got);
+    report(tensor, "relative error", relative_error(got, ref, floor), tol, got);
+  }
+
+  // relative() of every pair got[k], ref[k] (the tensors of a multi-tensor launch), measured by
+  // the worst of them; each failing pair is named by its index k.
+  void relative_each(const char* tensors, const std::vector<std::vector<float>>& got,
+                     const std::vector<std::vector<float>>& ref, double tol) {
+    double worst = 0;
+    for (size_t k = 0; k < got.size(); ++k) {
+      const double rel = relative_error(got[k], ref[k], 0);
+      worst = std::max(worst, rel);
+      const std::string name = std::string(tensors) + " " + std::to_string(k);
+      if (!passes(rel, tol, got[k])) fail(name, why("relative error", rel, tol, got[k]));
+    }
+    append(tensors, worst);
+  }
+
+  // A property of the results that has no measure ("the norm is not finite").
+  void expect(const std::string& what, bool holds) {
+    if (!holds) fail(what, "does not hold");
   }
 
   // max |got - ref| <= tol, and every element of got finite.
@@ -109,18 +142,44 @@ class ShapeChecks {
   }
 
  private:
-  void report(const char* tensor, const char* measure, double value, double tol,
-              const std::vector<float>& got) {
+  static double relative_error(const std::vector<float>& got, const std::vector<float>& ref,
+                               double floor) {
+    double diff = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+      diff += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
+    const double scale = std::max(norm(ref), floor);
+    return scale > 0 ? std::sqrt(diff) / scale : std::sqrt(diff);
+  }
+
+  static size_t non_finite(const std::vector<float>& got) {
+    return static_cast<size_t>(
+        std::count_if(got.begin(), got.end(), [](float x) { return !std::isfinite(x); }));
+  }
+
+  static bool passes(double value, double tol, const std::vector<float>& got) {
+    return non_finite(got) == 0 && value <= tol;
+  }
+
+  static std::string why(const char* measure, double value, double tol,
+                         const std::vector<float>& got) {
+    char text[64];
+    std::snprintf(text, sizeof text, " %.3g (tolerance %g), ", value, tol);
+    return measure + std::string(text) + std::to_string(non_finite(got)) + " non-finite of " +
+           std::to_string(got.size());
+  }
+
+  // Appends "  tensor 2.0e-03" to the current line.
+  void append(const char* tensor, double value) {
     if (lines_.empty()) lines_.push_back(shape_);
     char text[64];
     std::snprintf(text, sizeof text, "  %s %.1e", tensor, value);
     lines_.back() += text;
-    const auto non_finite = static_cast<size_t>(
-        std::count_if(got.begin(), got.end(), [](float x) { return !std::isfinite(x); }));
-    if (non_finite == 0 && value <= tol) return;
-    std::snprintf(text, sizeof text, " %.3g (tolerance %g), ", value, tol);
-    fail(tensor, measure + std::string(text) + std::to_string(non_finite) + " non-finite of " +
-                     std::to_string(got.size()));
+  }
+
+  void report(const char* tensor, const char* measure, double value, double tol,
+              const std::vector<float>& got) {
+    append(tensor, value);
+    if (!passes(value, tol, got)) fail(tensor, why(measure, value, tol, got));
   }
 
   void fail(const std::string& what, const std::string& why) {

@@ -1,0 +1,194 @@
+// The device code of the token plumbing (kernels/cuda/tokens.cu says what each kernel does and
+// its launch shapes): the patch unfold and fold ops, the position embedding + class token forward
+// op and backward kernel, and the class-token select ops, the ops launched by the elementwise
+// launcher.
+//
+// Included by tokens.cu, and by the emulated test (tests/emulated/ops_emulated.cpp) after
+// tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without a GPU.
+// So the code here uses only common_device.cuh, CUDA's bf16 types and conversions, and the
+// built-ins the emulator provides; anything more needs a stand-in there. Each includer is the only
+// translation unit of its program with these kernels, hence the unnamed namespace.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda/common_device.cuh"
+
+namespace deit::kernels {
+namespace {
+
+using gpu::bf16;
+using gpu::kVec;
+
+// The sizes of a patch unfold / fold, with the per-element arithmetic in 32 bits. The launchers
+// check first that every size fits (patch_geometry in tokens.cu).
+struct PatchGeometry {
+  int Cin, H, W, P, gh, gw;
+  int patches;    // gh * gw
+  int patch_len;  // Cin * P * P
+
+  PatchGeometry(int64_t Cin_, int64_t H_, int64_t W_, int64_t P_) {
+    Cin = static_cast<int>(Cin_), H = static_cast<int>(H_), W = static_cast<int>(W_);
+    P = static_cast<int>(P_);
+    gh = H / P, gw = W / P;
+    patches = gh * gw;
+    patch_len = Cin * P * P;
+  }
+};
+
+struct PatchUnfoldOp {
+  const float* image;
+  bf16* patches;
+  PatchGeometry g;
+  // Element i of patches is (b, p, k); k = (ci * P + ky) * P + kx within patch p = py * gw + px.
+  template <int N>
+  __device__ void apply(int64_t i) const {
+    const int64_t row = i / g.patch_len;
+    int k = static_cast<int>(i - row * g.patch_len);
+    int64_t b = row / g.patches;
+    int p = static_cast<int>(row - b * g.patches);
+    float v[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      if (k == g.patch_len) {
+        k = 0;
+        if (++p == g.patches) p = 0, ++b;
+      }
+      const int ci = k / (g.P * g.P), r = k - ci * g.P * g.P;
+      const int ky = r / g.P, kx = r - ky * g.P;
+      const int py = p / g.gw, px = p - py * g.gw;
+      v[j] = image[((b * g.Cin + ci) * g.H + py * g.P + ky) * g.W + px * g.P + kx];
+      ++k;
+    }
+    gpu::store<N>(patches + i, v);
+  }
+};
+
+struct PatchFoldOp {
+  const bf16* dpatches;
+  float* dimage;
+  PatchGeometry g;
+  // Element i of dimage is (b, ci, y, x); pixels past the last whole patch get 0.
+  template <int N>
+  __device__ void apply(int64_t i) const {
+    const int64_t row = i / g.W;
+    int x = static_cast<int>(i - row * g.W);
+    const int64_t plane = row / g.H;
+    int y = static_cast<int>(row - plane * g.H);
+    int64_t b = plane / g.Cin;
+    int ci = static_cast<int>(plane - b * g.Cin);
+    float v[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      if (x == g.W) {
+        x = 0;
+        if (++y == g.H) {
+          y = 0;
+          if (++ci == g.Cin) ci = 0, ++b;
+        }
+      }
+      const int py = y / g.P, px = x / g.P;
+      v[j] = 0.f;
+      if (py < g.gh && px < g.gw) {
+        const int ky = y - py * g.P, kx = x - px * g.P;
+        const int64_t patch = (b * g.gh + py) * g.gw + px;
+        v[j] = __bfloat162float(dpatches[patch * g.patch_len + (ci * g.P + ky) * g.P + kx]);
+      }
+      ++x;
+    }
+    gpu::store<N>(dimage + i, v);
+  }
+};
+
+struct PosEmbedClsForwardOp {
+  const bf16* x;
+  const bf16* pos;
+  const bf16* cls;
+  bf16* out;
+  int64_t N, C;
+  // Element i of out is (b, t, c); with N = kVec, C % kVec == 0 keeps the vector in one token.
+  template <int V>
+  __device__ void apply(int64_t i) const {
+    const int64_t row = i / C;
+    const int64_t c = i - row * C;
+    const int64_t b = row / (N + 1);
+    const int64_t t = row - b * (N + 1);
+    float v[V];
+    if (t == 0) {
+      gpu::load<V>(cls + c, v);
+    } else {
+      float p[V];
+      gpu::load<V>(x + (b * N + t - 1) * C + c, v);
+      gpu::load<V>(pos + (t - 1) * C + c, p);
+#pragma unroll
+      for (int j = 0; j < V; ++j) v[j] += p[j];
+    }
+    gpu::store<V>(out + i, v);
+  }
+};
+
+// Thread per V columns j of one sample's (1 + N) * C block of dout: column j < C is the class
+// token's, the rest are patch tokens. With V = kVec, C % kVec == 0 keeps a vector in one token.
+template <int V>
+__global__ void __launch_bounds__(gpu::kThreads)
+    pos_embed_cls_backward_kernel(const bf16* dout, bf16* dx, float* dpos, float* dcls, int64_t B,
+                                  int64_t N, int64_t C) {
+  const int64_t cols = (N + 1) * C;
+  const int64_t units = cols / V;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; u < units;
+       u += stride) {
+    const int64_t j = u * V;
+    const bool is_cls = j < C;
+    float acc[V] = {};
+#pragma unroll 4
+    for (int64_t b = 0; b < B; ++b) {
+      float v[V];
+      gpu::load<V>(dout + b * cols + j, v);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[e] += v[e];
+      if (!is_cls && dx) gpu::store<V>(dx + b * N * C + (j - C), v);
+    }
+    if (is_cls) {
+      if (dcls) gpu::store<V>(dcls + j, acc);
+    } else if (dpos) {
+      gpu::store<V>(dpos + (j - C), acc);
+    }
+  }
+}
+
+struct ClsSelectForwardOp {
+  const bf16* x;
+  bf16* out;
+  int64_t Tn, C;
+  // Element i of out is (b, c) = x[b, 0, c].
+  template <int N>
+  __device__ void apply(int64_t i) const {
+    const int64_t b = i / C;
+    float v[N];
+    gpu::load<N>(x + b * Tn * C + (i - b * C), v);
+    gpu::store<N>(out + i, v);
+  }
+};
+
+struct ClsSelectBackwardOp {
+  const bf16* dout;
+  bf16* dx;
+  int64_t Tn, C;
+  // Element i of dx is (b, t, c): dout[b, c] for t == 0, else 0.
+  template <int N>
+  __device__ void apply(int64_t i) const {
+    const int64_t row = i / C;
+    const int64_t b = row / Tn;
+    float v[N];
+    if (row - b * Tn == 0) {
+      gpu::load<N>(dout + b * C + (i - row * C), v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < N; ++j) v[j] = 0.f;
+    }
+    gpu::store<N>(dx + i, v);
+  }
+};
+
+}  // namespace
+}  // namespace deit::kernels
