@@ -51,7 +51,7 @@ if [ "$mode" = full ]; then
   torch_repeats=(--warmup 10 --repeats 100)
 elif [ "$mode" = every-model ]; then
   configs=("deit3_small 224 256" "deit3_base 224 256" "deit3_large 224 128" "deit3_huge 224 64")
-  kernel_flags=()
+  kernel_flags=(--repeats 20)
   torch_repeats=(--warmup 5 --repeats 20)
 else
   configs=("deit3_small 224 256" "deit3_base 224 256")
@@ -61,9 +61,15 @@ fi
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 gpu=${gpu:-unknown GPU}
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-  commit="$commit (with uncommitted changes)"
+# A lent GPU machine gets a copy of the working tree without .git: there the caller names the
+# commit (DEIT_COMMIT=$(git rev-parse --short HEAD) in the command it sends).
+if [ -n "${DEIT_COMMIT:-}" ]; then
+  commit=$DEIT_COMMIT
+else
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    commit="$commit (with uncommitted changes)"
+  fi
 fi
 work=$(mktemp -d)
 runs=0
@@ -109,8 +115,10 @@ for config in "${configs[@]}"; do
   gflops=$(field "$work/info.json" train_gflops_per_image)
   # --cuda-graph: the step replayed as one graph too, a row of its own under the model's phases
   # (a failed capture is reported there and spares the eager numbers).
+  # --opt adamw: the optimizer PyTorch runs (fused AdamW; torch has no fused LAMB), so that both
+  # sides time the same step.
   record step "$config" 900 "$deit" bench step --model "$model" --input-size "$size" \
-    --batch-size "$batch" --device cuda --cuda-graph --json $flags
+    --batch-size "$batch" --device cuda --cuda-graph --opt adamw --json $flags
   # PyTorch runs the model deit ran: its drop-path rate, its FLOP count, its peak for MFU.
   drop_path=$(field "$last.json" drop_path)
   peak=$(field "$last.json" peak_tflops)

@@ -27,6 +27,9 @@
 # Each check's result is appended to $OUT/summary.txt as it ends, so a call stopped at its time
 # limit still brings back what finished.
 #
+# A lent machine's copy of the tree has no .git: name the commit for the benchmark report with
+# DEIT_COMMIT=$(git rev-parse --short HEAD) in the command sent there.
+#
 # Header-only dependencies come from .deps/ (make it with scripts/vendor_headers.sh on a machine
 # that ran scripts/setup.sh, and carry it along). cuDNN and NCCL come from the CUDA toolkit, or
 # else from the wheels PyTorch installed (nvidia-cudnn-*, nvidia-nccl-*); without either, deit is
@@ -132,6 +135,11 @@ run() {  # name, time limit in seconds, command...
     124) result[$name]="STOPPED at its ${limit} s limit (see $name.log)" ;;
     *) result[$name]="FAIL (see $name.log)" ;;
   esac
+  # gVisor machines refuse compute-sanitizer whatever the program (KINDS.md of the device tool):
+  # that says nothing of ours.
+  if [ "$status" != 0 ] && grep -q "Device not supported" "$out/$name.log"; then
+    result[$name]="NOT RUN: compute-sanitizer refuses this machine's runtime (see $name.log)"
+  fi
   result[$name]="${result[$name]}, $((SECONDS - start)) s"
   echo "$name: ${result[$name]}" >>"$out/summary.txt"
   tail -4 "$out/$name.log"

@@ -110,7 +110,9 @@ SyntheticBatch make_batch(const model::ViTConfig& c, int64_t B, Device device, u
 
 std::optional<double> known_peak_tflops(const std::string& name) {
   auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+  // Dense bf16 peaks from NVIDIA's datasheets; the PCIe and NVL cards run at lower clocks.
   if (has("H100") && has("PCIe")) return 756.0;
+  if ((has("H100") || has("H200")) && has("NVL")) return 835.0;
   if (has("H100") || has("H200")) return 989.0;
   if (has("A100")) return 312.0;
   return std::nullopt;
