@@ -63,8 +63,8 @@ void run_info(const InfoOptions& opts) {
   std::printf("parameters       %lld (%.1fM)\n", (long long)params, params / 1e6);
   std::printf("forward          %.2f GMACs per image (training ~%.1f GFLOP per image)\n", gmacs,
               6.0 * gmacs);
-  std::printf("activations      %.1f MiB per image saved for backward (bf16 + fp32 statistics), "
-              "%.1f MiB in fp32%s\n",
+  std::printf("activations      %.1f MiB per image saved for backward (CUDA: bf16, with an fp32 "
+              "residual stream), %.1f MiB in fp32%s\n",
               act_bf16 / MiB, act_f32 / MiB,
               opts.grad_checkpointing ? ", blocks checkpointed"
               : opts.recompute_gelu   ? ", GELU recomputed"

@@ -61,6 +61,14 @@ class Runner {
     random_.fill(m->as<void>(), static_cast<size_t>(n), stream_);
     return m;
   }
+  // An fp32 buffer of n random values in [-1, 1] (the residual stream's kernels read fp32): 2n
+  // values of the bf16 source, each pair one float whose high half is a source value and whose
+  // low half random mantissa bits.
+  std::unique_ptr<DeviceMemory> random_f32(int64_t n) {
+    auto m = std::make_unique<DeviceMemory>(static_cast<size_t>(n) * sizeof(float));
+    random_.fill(m->as<void>(), static_cast<size_t>(2 * n), stream_);
+    return m;
+  }
   static std::unique_ptr<DeviceMemory> floats(int64_t n) {
     return std::make_unique<DeviceMemory>(static_cast<size_t>(n) * sizeof(float));
   }
@@ -138,28 +146,29 @@ void measure_ceilings(Runner& run, KernelReport& report) {
   report.gemm_tflops = achieved_tflops(gemm);
 }
 
+// x and dx are fp32 (the residual stream), y and dy bf16, as the model runs it.
 void measure_layernorm(Runner& run, int64_t C) {
   const int64_t rows = kRows, n = rows * C;
-  auto x = run.random_bf16(n), dy = run.random_bf16(n), w = run.random_bf16(C),
+  auto x = run.random_f32(n), dy = run.random_bf16(n), w = run.random_bf16(C),
        b = run.random_bf16(C);
-  auto y = Runner::bf16s(n), dx = Runner::bf16s(n);
+  auto y = Runner::bf16s(n), dx = Runner::floats(n);
   auto mean = Runner::floats(rows), rstd = Runner::floats(rows), dw = Runner::floats(C),
        db = Runner::floats(C);
   auto ws = Runner::floats(kernels::layernorm_backward_cuda_workspace_floats(rows, C));
   const std::string shape = sizes({{"rows", rows}, {"C", C}});
-  const double act = 2.0 * n, stats = 8.0 * rows;
-  const KernelMeasurement fwd =
-      run.measure("layernorm forward", "deit", shape, 2 * act + 4.0 * C + stats, 0, [&] {
-        kernels::layernorm_forward_cuda(x->as<bf16_bits>(), w->as<bf16_bits>(),
+  const double bf16_act = 2.0 * n, f32_act = 4.0 * n, stats = 8.0 * rows;
+  const KernelMeasurement fwd = run.measure(
+      "layernorm forward", "deit", shape, f32_act + bf16_act + 4.0 * C + stats, 0, [&] {
+        kernels::layernorm_forward_cuda(x->as<float>(), w->as<bf16_bits>(),
                                         b->as<bf16_bits>(), y->as<bf16_bits>(), mean->as<float>(),
                                         rstd->as<float>(), rows, C, 1e-6, run.stream());
       });
   const KernelMeasurement bwd =
-      run.measure("layernorm backward", "deit", shape, 3 * act + 2.0 * C + stats + 8.0 * C, 0,
-                  [&] {
+      run.measure("layernorm backward", "deit", shape,
+                  bf16_act + 2 * f32_act + 2.0 * C + stats + 8.0 * C, 0, [&] {
                     kernels::layernorm_backward_cuda(
-                        dy->as<bf16_bits>(), x->as<bf16_bits>(), w->as<bf16_bits>(),
-                        mean->as<float>(), rstd->as<float>(), dx->as<bf16_bits>(),
+                        dy->as<bf16_bits>(), x->as<float>(), w->as<bf16_bits>(),
+                        mean->as<float>(), rstd->as<float>(), dx->as<float>(),
                         dw->as<float>(), db->as<float>(), rows, C, ws->as<float>(), run.stream());
                   });
   // What a training step pays per LayerNorm: the pair, judged together (issue 7's target:
@@ -183,50 +192,55 @@ std::vector<float> keep_scales(int64_t B, uint64_t seed) {
   return keep;
 }
 
+// x, out, dout and dx are fp32 (the residual stream), branch, dbranch, y and dy bf16.
 void measure_layerscale(Runner& run, int64_t C) {
   const int64_t B = kBatch, Tn = kTokens, n = B * Tn * C;
-  auto x = run.random_bf16(n), branch = run.random_bf16(n), dout = run.random_bf16(n),
+  auto x = run.random_f32(n), branch = run.random_bf16(n), dout = run.random_f32(n),
        gamma = run.random_bf16(C);
-  auto out = Runner::bf16s(n), dbranch = Runner::bf16s(n);
+  auto out = Runner::floats(n), dbranch = Runner::bf16s(n);
   auto keep = Runner::floats(B), dgamma = Runner::floats(C);
   auto ws = Runner::floats(kernels::layerscale_residual_backward_cuda_workspace_floats(B, Tn, C));
   run.upload(*keep, keep_scales(B, 7));
   const std::string shape = sizes({{"B", B}, {"T", Tn}, {"C", C}});
-  const double act = 2.0 * n, params = 2.0 * C + 4.0 * B;
-  run.measure("layerscale+drop-path forward", "deit", shape, 3 * act + params, 0, [&] {
-    kernels::layerscale_residual_forward_cuda(x->as<bf16_bits>(), branch->as<bf16_bits>(),
-                                              gamma->as<bf16_bits>(), keep->as<float>(),
-                                              out->as<bf16_bits>(), B, Tn, C, run.stream());
-  });
-  run.measure("layerscale+drop-path backward", "deit", shape, 3 * act + params + 4.0 * C, 0, [&] {
-    kernels::layerscale_residual_backward_cuda(
-        dout->as<bf16_bits>(), branch->as<bf16_bits>(), gamma->as<bf16_bits>(), keep->as<float>(),
-        dbranch->as<bf16_bits>(), dgamma->as<float>(), B, Tn, C, ws->as<float>(), run.stream());
-  });
+  const double bf16_act = 2.0 * n, f32_act = 4.0 * n, params = 2.0 * C + 4.0 * B;
+  run.measure("layerscale+drop-path forward", "deit", shape, 2 * f32_act + bf16_act + params, 0,
+              [&] {
+                kernels::layerscale_residual_forward_cuda(
+                    x->as<float>(), branch->as<bf16_bits>(), gamma->as<bf16_bits>(),
+                    keep->as<float>(), out->as<float>(), B, Tn, C, run.stream());
+              });
+  run.measure("layerscale+drop-path backward", "deit", shape,
+              f32_act + 2 * bf16_act + params + 4.0 * C, 0, [&] {
+                kernels::layerscale_residual_backward_cuda(
+                    dout->as<float>(), branch->as<bf16_bits>(), gamma->as<bf16_bits>(),
+                    keep->as<float>(), dbranch->as<bf16_bits>(), dgamma->as<float>(), B, Tn, C,
+                    ws->as<float>(), run.stream());
+              });
 
   // Fused with the LayerNorm after it, as the model runs all but two of its residual updates.
   auto ln_w = run.random_bf16(C), ln_b = run.random_bf16(C), dy = run.random_bf16(n);
-  auto y = Runner::bf16s(n), dx = Runner::bf16s(n);
+  auto y = Runner::bf16s(n), dx = Runner::floats(n);
   auto mean = Runner::floats(B * Tn), rstd = Runner::floats(B * Tn);
   auto dln_w = Runner::floats(C), dln_b = Runner::floats(C);
   auto fused_ws = Runner::floats(
       kernels::layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C));
   const double stats = 8.0 * B * Tn;
-  run.measure("layerscale+layernorm forward", "deit", shape, 4 * act + params + 4.0 * C + stats, 0,
-              [&] {
+  run.measure("layerscale+layernorm forward", "deit", shape,
+              2 * f32_act + 2 * bf16_act + params + 4.0 * C + stats, 0, [&] {
                 kernels::layerscale_residual_layernorm_forward_cuda(
-                    x->as<bf16_bits>(), branch->as<bf16_bits>(), gamma->as<bf16_bits>(),
+                    x->as<float>(), branch->as<bf16_bits>(), gamma->as<bf16_bits>(),
                     keep->as<float>(), ln_w->as<bf16_bits>(), ln_b->as<bf16_bits>(),
-                    out->as<bf16_bits>(), y->as<bf16_bits>(), mean->as<float>(),
-                    rstd->as<float>(), B, Tn, C, 1e-6, run.stream());
+                    out->as<float>(), y->as<bf16_bits>(), mean->as<float>(), rstd->as<float>(),
+                    B, Tn, C, 1e-6, run.stream());
               });
+  // Reads dy, out, dout and branch; writes dx and dbranch.
   run.measure("layerscale+layernorm backward", "deit", shape,
-              6 * act + params + 2.0 * C + stats + 3 * 4.0 * C, 0, [&] {
+              3 * f32_act + 3 * bf16_act + params + 2.0 * C + stats + 3 * 4.0 * C, 0, [&] {
                 kernels::layerscale_residual_layernorm_backward_cuda(
-                    dout->as<bf16_bits>(), dy->as<bf16_bits>(), out->as<bf16_bits>(),
+                    dout->as<float>(), dy->as<bf16_bits>(), out->as<float>(),
                     branch->as<bf16_bits>(), gamma->as<bf16_bits>(), keep->as<float>(),
                     ln_w->as<bf16_bits>(), mean->as<float>(), rstd->as<float>(),
-                    dx->as<bf16_bits>(), dbranch->as<bf16_bits>(), dgamma->as<float>(),
+                    dx->as<float>(), dbranch->as<bf16_bits>(), dgamma->as<float>(),
                     dln_w->as<float>(), dln_b->as<float>(), B, Tn, C, fused_ws->as<float>(),
                     run.stream());
               });

@@ -22,12 +22,14 @@ void layernorm_backward_cpu(const T* dy, const T* x, const T* weight, const T* m
                             const T* rstd, T* dx, T* dweight, T* dbias, int64_t rows, int64_t C);
 
 #if DEIT_HAVE_CUDA
-// CUDA: x, y, dy, dx in bf16; weight and bias are the bf16 copies of the parameters; mean and
-// rstd are fp32 (statistics in fp32, variance by two passes over the row held in registers);
-// dweight and dbias are fp32 (they feed the fp32 master weights) and are summed over rows
-// deterministically: same inputs, same bits. C <= 8192 (std::invalid_argument beyond).
+// CUDA: x and dx are fp32, since x is the residual stream (block 0's norm1 and the final norm
+// read it), kept in fp32 because bf16 would round away the small LayerScale updates added to it;
+// y and dy are bf16 (the branch side); weight and bias are the bf16 copies of the parameters;
+// mean and rstd are fp32 (statistics in fp32, variance by two passes over the row held in
+// registers); dweight and dbias are fp32 (they feed the fp32 master weights) and are summed over
+// rows deterministically: same inputs, same bits. C <= 8192 (std::invalid_argument beyond).
 // Forward: mean and rstd may be nullptr (inference).
-void layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const bf16_bits* bias,
+void layernorm_forward_cuda(const float* x, const bf16_bits* weight, const bf16_bits* bias,
                             bf16_bits* y, float* mean, float* rstd, int64_t rows, int64_t C,
                             double eps, cudaStream_t stream);
 
@@ -36,8 +38,8 @@ void layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const b
 // is fine when dweight and dbias are both nullptr). Its contents are not read before written, so
 // one buffer can serve every call on the same stream.
 int64_t layernorm_backward_cuda_workspace_floats(int64_t rows, int64_t C);
-void layernorm_backward_cuda(const bf16_bits* dy, const bf16_bits* x, const bf16_bits* weight,
-                             const float* mean, const float* rstd, bf16_bits* dx, float* dweight,
+void layernorm_backward_cuda(const bf16_bits* dy, const float* x, const bf16_bits* weight,
+                             const float* mean, const float* rstd, float* dx, float* dweight,
                              float* dbias, int64_t rows, int64_t C, float* workspace,
                              cudaStream_t stream);
 #endif

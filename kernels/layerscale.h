@@ -53,35 +53,38 @@ void layerscale_residual_layernorm_backward_cpu(const T* dout, const T* dy, cons
                                                 int64_t Tn, int64_t C);
 
 #if DEIT_HAVE_CUDA
-// CUDA: x, branch, out, dout, dbranch in bf16; gamma is the bf16 copy of the parameter;
-// keep_scale (B) is fp32; dgamma is fp32 (it feeds the fp32 master weight), summed over rows
-// deterministically: same inputs, same bits. Forward: out may alias x (in-place residual update).
-void layerscale_residual_forward_cuda(const bf16_bits* x, const bf16_bits* branch,
-                                      const bf16_bits* gamma, const float* keep_scale,
-                                      bf16_bits* out, int64_t B, int64_t Tn, int64_t C,
-                                      cudaStream_t stream);
+// CUDA: the residual stream x, out and its gradient dout are fp32: with LayerScale's small gamma
+// (1e-4 at init) most updates keep_scale * gamma * branch are under half a bf16 ulp of x, and a
+// bf16 stream would round them away. branch and dbranch are bf16; gamma is the bf16 copy of the
+// parameter; keep_scale (B) is fp32; dgamma is fp32 (it feeds the fp32 master weight), summed
+// over rows deterministically: same inputs, same bits. Forward: out may alias x (in-place
+// residual update).
+void layerscale_residual_forward_cuda(const float* x, const bf16_bits* branch,
+                                      const bf16_bits* gamma, const float* keep_scale, float* out,
+                                      int64_t B, int64_t Tn, int64_t C, cudaStream_t stream);
 
 // Backward needs device scratch for the per-chunk column partials of dgamma: `workspace` holds
 // at least layerscale_residual_backward_cuda_workspace_floats(B, Tn, C) floats (nullptr is fine
 // when dgamma is nullptr); it is not read before written. C <= 8192 (std::invalid_argument beyond).
 int64_t layerscale_residual_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t C);
-void layerscale_residual_backward_cuda(const bf16_bits* dout, const bf16_bits* branch,
+void layerscale_residual_backward_cuda(const float* dout, const bf16_bits* branch,
                                        const bf16_bits* gamma, const float* keep_scale,
                                        bf16_bits* dbranch, float* dgamma, int64_t B, int64_t Tn,
                                        int64_t C, float* workspace, cudaStream_t stream);
 
-// CUDA, fused with the LayerNorm: activations (x, branch, out, y, dout, dy, dx, dbranch) in bf16;
-// gamma, ln_weight and ln_bias are the bf16 copies of the parameters; keep_scale, mean and rstd
-// are fp32. The LayerNorm normalises `out` as stored (rounded to bf16), so its statistics match
-// what backward reads. Forward: out may alias x; mean and rstd may be nullptr (inference).
+// CUDA, fused with the LayerNorm: the residual stream (x, out) and its gradient (dout, dx) in
+// fp32, as above; the branch side (branch, y, dy, dbranch) in bf16; gamma, ln_weight and ln_bias
+// are the bf16 copies of the parameters; keep_scale, mean and rstd are fp32. The LayerNorm
+// normalises `out` as stored (fp32), so its statistics match what backward reads. Forward: out
+// may alias x; mean and rstd may be nullptr (inference).
 // Backward keeps dx in fp32 between the LayerNorm and LayerScale halves, and sums dgamma,
 // dln_weight and dln_bias (fp32) over rows deterministically through `workspace`, at least
 // layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C) floats (nullptr is fine
 // when all three are nullptr). C <= 8192 (std::invalid_argument beyond).
-void layerscale_residual_layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* branch,
+void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits* branch,
                                                 const bf16_bits* gamma, const float* keep_scale,
                                                 const bf16_bits* ln_weight,
-                                                const bf16_bits* ln_bias, bf16_bits* out,
+                                                const bf16_bits* ln_bias, float* out,
                                                 bf16_bits* y, float* mean, float* rstd, int64_t B,
                                                 int64_t Tn, int64_t C, double eps,
                                                 cudaStream_t stream);
@@ -89,9 +92,9 @@ void layerscale_residual_layernorm_forward_cuda(const bf16_bits* x, const bf16_b
 int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, int64_t Tn,
                                                                       int64_t C);
 void layerscale_residual_layernorm_backward_cuda(
-    const bf16_bits* dout, const bf16_bits* dy, const bf16_bits* out, const bf16_bits* branch,
+    const float* dout, const bf16_bits* dy, const float* out, const bf16_bits* branch,
     const bf16_bits* gamma, const float* keep_scale, const bf16_bits* ln_weight, const float* mean,
-    const float* rstd, bf16_bits* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
+    const float* rstd, float* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
     float* dln_bias, int64_t B, int64_t Tn, int64_t C, float* workspace, cudaStream_t stream);
 #endif
 

@@ -45,24 +45,26 @@ template <typename T>
 void cls_select_backward_cpu(const T* dout, T* dx, int64_t B, int64_t Tn, int64_t C);
 
 #if DEIT_HAVE_CUDA
-// CUDA. Activations and their gradients in bf16; pos and cls are the bf16 copies of the
-// parameters; dpos and dcls are fp32 (they feed the fp32 master weights), summed over the batch
-// in sample order (deterministic). The image is fp32 (the augmentation stage's normalised output),
-// so unfold also does the cast to bf16 that the patch-embedding GEMM needs; the image gradient
-// (only for completeness: training never needs it) is fp32 likewise.
+// CUDA. The patch tensors (unfold's output, pos_embed_cls's x and dx) are bf16, the operands of
+// the patch-embedding GEMM. The residual stream that pos_embed_cls starts and cls_select ends is
+// fp32, and so is its gradient (dout of pos_embed_cls, both sides of cls_select): in bf16,
+// LayerScale's small block updates would round away. pos and cls are the fp32 master weights
+// (out = x + pos is then exact); dpos and dcls are fp32, summed over the batch in sample order
+// (deterministic). The image is fp32 (the augmentation stage's normalised output), so unfold also
+// does the cast to bf16 that the patch-embedding GEMM needs; the image gradient (only for
+// completeness: training never needs it) is fp32 likewise.
 void patch_unfold_cuda(const float* image, bf16_bits* patches, int64_t B, int64_t Cin, int64_t H,
                        int64_t W, int64_t P, cudaStream_t stream);
 void patch_fold_cuda(const bf16_bits* dpatches, float* dimage, int64_t B, int64_t Cin, int64_t H,
                      int64_t W, int64_t P, cudaStream_t stream);
-void pos_embed_cls_forward_cuda(const bf16_bits* x, const bf16_bits* pos, const bf16_bits* cls,
-                                bf16_bits* out, int64_t B, int64_t N, int64_t C,
-                                cudaStream_t stream);
-void pos_embed_cls_backward_cuda(const bf16_bits* dout, bf16_bits* dx, float* dpos, float* dcls,
+void pos_embed_cls_forward_cuda(const bf16_bits* x, const float* pos, const float* cls, float* out,
+                                int64_t B, int64_t N, int64_t C, cudaStream_t stream);
+void pos_embed_cls_backward_cuda(const float* dout, bf16_bits* dx, float* dpos, float* dcls,
                                  int64_t B, int64_t N, int64_t C, cudaStream_t stream);
-void cls_select_forward_cuda(const bf16_bits* x, bf16_bits* out, int64_t B, int64_t Tn, int64_t C,
+void cls_select_forward_cuda(const float* x, float* out, int64_t B, int64_t Tn, int64_t C,
                              cudaStream_t stream);
-void cls_select_backward_cuda(const bf16_bits* dout, bf16_bits* dx, int64_t B, int64_t Tn,
-                              int64_t C, cudaStream_t stream);
+void cls_select_backward_cuda(const float* dout, float* dx, int64_t B, int64_t Tn, int64_t C,
+                              cudaStream_t stream);
 #endif
 
 }  // namespace deit::kernels

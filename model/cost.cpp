@@ -21,24 +21,28 @@ int64_t forward_macs(const ViTConfig& c) {
 }
 
 int64_t block_activation_bytes_per_image(const ViTConfig& c, int64_t activation_bytes,
-                                         int64_t stat_bytes, bool recompute_gelu) {
+                                         int64_t fp32_bytes, bool recompute_gelu) {
   const int64_t T = c.tokens(), C = c.dim;
-  const int64_t block_activations = recompute_gelu ? 14 : 18;  // in T x C units (cost.h)
-  return block_activations * T * C * activation_bytes + (2 * 2 + c.heads) * T * stat_bytes +
-         2 * stat_bytes;  // the two drop-path scales of this image
+  const int64_t block_activations = recompute_gelu ? 12 : 16;  // in T x C units (cost.h)
+  const int64_t residual_stream = 2;                            // norm1's and norm2's inputs
+  return (block_activations * activation_bytes + residual_stream * fp32_bytes) * T * C +
+         (2 * 2 + c.heads) * T * fp32_bytes + 2 * fp32_bytes;  // + the two drop-path scales
 }
 
 int64_t activation_bytes_per_image(const ViTConfig& c, int64_t activation_bytes,
-                                   int64_t stat_bytes, ActivationOptions options) {
+                                   int64_t fp32_bytes, ActivationOptions options) {
   const int64_t T = c.tokens(), C = c.dim;
+  // Checkpointed: each block keeps its residual-stream input, norm1 of it and its drop-path
+  // scales; the first norm1's statistics stay outside the blocks.
   const int64_t blocks =
       options.grad_checkpointing
-          ? c.depth * (2 * T * C * activation_bytes + 2 * stat_bytes) + 2 * T * stat_bytes
-          : c.depth * block_activation_bytes_per_image(c, activation_bytes, stat_bytes,
+          ? c.depth * (T * C * (fp32_bytes + activation_bytes) + 2 * fp32_bytes) +
+                2 * T * fp32_bytes
+          : c.depth * block_activation_bytes_per_image(c, activation_bytes, fp32_bytes,
                                                        options.recompute_gelu);
   const int64_t patches = c.num_patches() * c.in_channels * c.patch * c.patch;  // patch GEMM input
-  const int64_t final_norm = C * activation_bytes + 2 * stat_bytes;  // class token only
-  const int64_t head = C * activation_bytes;                         // the normed class token
+  const int64_t final_norm = C * fp32_bytes + 2 * fp32_bytes;  // the class token, its statistics
+  const int64_t head = C * activation_bytes;                   // the normed class token
   return patches * activation_bytes + blocks + final_norm + head;
 }
 

@@ -16,27 +16,29 @@ int64_t forward_macs(const ViTConfig& config);
 
 // Bytes the engine saves for backward per training image: exactly the tensors its ops put on the
 // tape (engine/ops/*.cpp) for this model's forward, with activations of `activation_bytes` each
-// (2 for bf16, 4 for the fp32 CPU path) and LayerNorm / attention statistics in fp32 on the GPU
-// (`stat_bytes`). Per block, in units of T*C activations: norm1 input 1, norm1 output 1, qkv 3,
-// attention output 1 (shared with proj's input), proj output 1, norm2 input 1, norm2 output 1,
-// fc1 output 4 (GELU's input), GELU output 4 (fc2's input), fc2 output 1 = 18; plus per token
-// 2 LayerNorm statistics per norm and one log-sum-exp per head, and the two drop-path scales.
-// Around the blocks: the unfolded patches (the patch GEMM's input), and the class token before and
-// after the final norm (model/vit.h). Weights are not counted; the loss is not part of the model.
-// With recompute_gelu (VisionTransformer::set_recompute_gelu) the GELU output is not kept: 14.
+// (2 for bf16, 4 for the fp32 CPU path), and `fp32_bytes` (4) for what stays fp32 on the GPU too:
+// the residual stream (a bf16 stream would round away LayerScale's 1e-4-sized updates) and the
+// LayerNorm / attention statistics. Per block, in units of T*C: activations norm1 output 1, qkv 3,
+// attention output 1 (shared with proj's input), proj output 1, norm2 output 1, fc1 output 4
+// (GELU's input), GELU output 4 (fc2's input), fc2 output 1 = 16; the residual stream as norm1
+// and norm2 read it, 2; plus per token 2 LayerNorm statistics per norm and one log-sum-exp per
+// head, and the two drop-path scales. Around the blocks: the unfolded patches (the patch GEMM's
+// input), and the class token before (residual stream) and after the final norm (model/vit.h).
+// Weights are not counted; the loss is not part of the model.
+// With recompute_gelu (VisionTransformer::set_recompute_gelu) the GELU output is not kept: 12.
 // With grad_checkpointing (set_grad_checkpointing) a block keeps only its two inputs, the residual
-// stream and its first LayerNorm's output (2, plus its drop-path scales), and the first block's
+// stream and its first LayerNorm's output (plus its drop-path scales), and the first block's
 // norm1 keeps its statistics outside the blocks.
 struct ActivationOptions {
   bool recompute_gelu = false;
   bool grad_checkpointing = false;
 };
 int64_t activation_bytes_per_image(const ViTConfig& config, int64_t activation_bytes,
-                                   int64_t stat_bytes, ActivationOptions options = {});
+                                   int64_t fp32_bytes, ActivationOptions options = {});
 
 // The bytes per image one block saves without checkpointing. With checkpointing, it is what a
 // block's backward holds on top of the saved bytes while it recomputes the block's forward.
 int64_t block_activation_bytes_per_image(const ViTConfig& config, int64_t activation_bytes,
-                                         int64_t stat_bytes, bool recompute_gelu);
+                                         int64_t fp32_bytes, bool recompute_gelu);
 
 }  // namespace deit::model

@@ -52,15 +52,17 @@ TEST_CASE("deit info --grad-checkpointing counts two activations per block and t
   const CliResult r = run_deit("info --model deit3_small --grad-checkpointing --json");
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.output);
-  // 12 blocks keep x and norm1(x) (197 x 384, bf16) and their two drop-path scales (fp32); the
-  // first norm1 keeps its statistics; the patches (196 x 768) and the class token before and
-  // after the final norm (with its statistics) stay as they are.
+  // 12 blocks keep x (197 x 384, the fp32 residual stream) and norm1(x) (bf16) and their two
+  // drop-path scales (fp32); the first norm1 keeps its statistics; the patches (196 x 768) and
+  // the class token before (fp32) and after (bf16) the final norm, with its statistics, stay.
   const int64_t T = 197, C = 384;
-  const int64_t kept = 196 * 768 * 2 + 12 * (2 * T * C * 2 + 2 * 4) + 2 * T * 4 +
-                       (C * 2 + 2 * 4) + C * 2;
+  const int64_t kept = 196 * 768 * 2 + 12 * (T * C * (4 + 2) + 2 * 4) + 2 * T * 4 +
+                       (C * 4 + 2 * 4) + C * 2;
   CHECK(j["activation_bytes_per_image_bf16"] == kept);
-  // The block being recomputed: 18 T x C activations, 2 LayerNorms' and 6 heads' statistics.
-  CHECK(j["recompute_bytes_per_image_bf16"] == 18 * T * C * 2 + (4 + 6) * T * 4 + 2 * 4);
+  // The block being recomputed: 16 bf16 T x C activations, 2 of the fp32 residual stream, 2
+  // LayerNorms' and 6 heads' statistics, 2 drop-path scales.
+  CHECK(j["recompute_bytes_per_image_bf16"] ==
+        (16 * 2 + 2 * 4) * T * C + (4 + 6) * T * 4 + 2 * 4);
   const CliResult text = run_deit("info --model deit3_small --grad-checkpointing");
   REQUIRE(text.exit_code == 0);
   CHECK_THAT(text.output, Catch::Contains("while backward recomputes a block"));

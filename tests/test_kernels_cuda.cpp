@@ -1,7 +1,7 @@
 // [gpu] checks of the CUDA kernels of the cast, elementwise, gelu, layernorm, layerscale (alone
 // and fused with the LayerNorm after it), losses and tokens families against their CPU twins, as
-// DESIGN.md's tolerances say: fresh random inputs (bf16-rounded once, so both sides see the same
-// numbers), device outputs poisoned with NaN before every call, every element compared, no NaN or
+// DESIGN.md's tolerances say: fresh random inputs (bf16 operands rounded once, so both sides see
+// the same numbers; the fp32 residual stream's operands unrounded), device outputs poisoned with NaN before every call, every element compared, no NaN or
 // infinity allowed. Shapes: ViT-S (C = 384), ViT-H at 160 px (T = 145, C = 1280), and awkward
 // ones: odd token counts, batch 1, C % 8 != 0 and misaligned pointers (the scalar paths), tiny
 // and empty sizes.
@@ -38,8 +38,9 @@ namespace {
 
 // DESIGN.md: outputs that are bf16 or computed from bf16 inputs.
 constexpr double kBf16Tol = 1e-2;
-// fp32 outputs (statistics, parameter gradients, losses) of bf16 inputs: the CPU twin sums the same
-// numbers in double, so only the kernel's fp32 accumulation separates them (~1e-6 expected).
+// fp32 outputs (statistics, parameter gradients, losses, the residual stream) of bf16 or fp32
+// inputs: the CPU twin sums the same numbers in double, so only the kernel's fp32 accumulation
+// separates them (~1e-6 expected).
 constexpr double kF32SumTol = 1e-4;
 // Copies and gathers move values unchanged.
 constexpr double kExact = 0.0;
@@ -196,14 +197,16 @@ TEST_CASE("cuda layernorm forward matches the CPU twin", "[gpu][kernels]") {
   for (const RowShape& s : row_shapes()) {
     INFO(s.str());
     const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
-    const Bf16Host x = random_bf16(rng, s.n(), 1.5, 4.5);  // mean far from 0: tests the centring
+    // x: the fp32 residual stream, its mean far from 0 (tests the centring).
+    const std::vector<float> x = random_f32(rng, s.n(), 1.5, 4.5);
     const Bf16Host w = random_bf16(rng, C, 0.5, 1.5);
     const Bf16Host b = random_bf16(rng, C, -0.5, 0.5);
     std::vector<float> y_ref(s.n()), mean_ref(rows), rstd_ref(rows);
-    layernorm_forward_cpu(x.values.data(), w.values.data(), b.values.data(), y_ref.data(),
+    layernorm_forward_cpu(x.data(), w.values.data(), b.values.data(), y_ref.data(),
                           mean_ref.data(), rstd_ref.data(), s.rows(), s.C, 1e-6);
 
-    Bf16Buffer dev_x(x.bits, s.offset), dev_w(w.bits), dev_b(b.bits), dev_y(s.n(), s.offset);
+    F32Buffer dev_x(x, s.offset);
+    Bf16Buffer dev_w(w.bits), dev_b(b.bits), dev_y(s.n(), s.offset);
     F32Buffer dev_mean(rows), dev_rstd(rows);
     layernorm_forward_cuda(dev_x.get(), dev_w.get(), dev_b.get(), dev_y.get(), dev_mean.get(),
                            dev_rstd.get(), s.rows(), s.C, 1e-6, stream);
@@ -226,20 +229,20 @@ TEST_CASE("cuda layernorm backward matches the CPU twin and is deterministic", "
   for (const RowShape& s : row_shapes()) {
     INFO(s.str());
     const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
-    const Bf16Host x = random_bf16(rng, s.n(), -2.0, 3.0);
+    const std::vector<float> x = random_f32(rng, s.n(), -2.0, 3.0);  // the fp32 residual stream
     const Bf16Host w = random_bf16(rng, C, 0.5, 1.5);
     const Bf16Host b = random_bf16(rng, C, -0.5, 0.5);
     const Bf16Host dy = random_bf16(rng, s.n(), -1, 1);
     std::vector<float> y(s.n()), mean(rows), rstd(rows);
-    layernorm_forward_cpu(x.values.data(), w.values.data(), b.values.data(), y.data(), mean.data(),
+    layernorm_forward_cpu(x.data(), w.values.data(), b.values.data(), y.data(), mean.data(),
                           rstd.data(), s.rows(), s.C, 1e-6);
     std::vector<float> dx_ref(s.n()), dw_ref(C), db_ref(C);
-    layernorm_backward_cpu(dy.values.data(), x.values.data(), w.values.data(), mean.data(),
-                           rstd.data(), dx_ref.data(), dw_ref.data(), db_ref.data(), s.rows(), s.C);
+    layernorm_backward_cpu(dy.values.data(), x.data(), w.values.data(), mean.data(), rstd.data(),
+                           dx_ref.data(), dw_ref.data(), db_ref.data(), s.rows(), s.C);
 
-    Bf16Buffer dev_dy(dy.bits, s.offset), dev_x(x.bits, s.offset), dev_w(w.bits);
-    F32Buffer dev_mean(mean), dev_rstd(rstd);
-    Bf16Buffer dev_dx(s.n(), s.offset);
+    Bf16Buffer dev_dy(dy.bits, s.offset), dev_w(w.bits);
+    F32Buffer dev_x(x, s.offset), dev_mean(mean), dev_rstd(rstd);
+    F32Buffer dev_dx(s.n(), s.offset);  // fp32: it joins the residual stream's gradient
     F32Buffer dev_dw(C), dev_db(C);
     F32Buffer workspace(
         static_cast<size_t>(layernorm_backward_cuda_workspace_floats(s.rows(), s.C)));
@@ -250,7 +253,7 @@ TEST_CASE("cuda layernorm backward matches the CPU twin and is deterministic", "
       stream.sync();
     };
     run(dev_dw.get(), dev_db.get());
-    check_close("dx", dev_dx, dx_ref, kBf16Tol);
+    check_close("dx", dev_dx, dx_ref, kF32SumTol);
     check_close("dweight", dev_dw, dw_ref, kF32SumTol);
     check_close("dbias", dev_db, db_ref, kF32SumTol);
 
@@ -264,7 +267,7 @@ TEST_CASE("cuda layernorm backward matches the CPU twin and is deterministic", "
 
     dev_dx.poison();
     run(nullptr, nullptr);
-    check_close("dx without parameter gradients", dev_dx, dx_ref, kBf16Tol);
+    check_close("dx without parameter gradients", dev_dx, dx_ref, kF32SumTol);
     dev_db.poison();
     run(nullptr, dev_db.get());
     check_close("dbias alone", dev_db, db_ref, kF32SumTol);
@@ -277,10 +280,11 @@ TEST_CASE("cuda layerscale residual forward and backward match the CPU twin", "[
   for (const RowShape& s : row_shapes()) {
     INFO(s.str());
     const size_t C = static_cast<size_t>(s.C), B = static_cast<size_t>(s.B);
-    const Bf16Host x = random_bf16(rng, s.n(), -2, 2);
+    // x, out and dout: the fp32 residual stream and its gradient.
+    const std::vector<float> x = random_f32(rng, s.n(), -2, 2);
     const Bf16Host branch = random_bf16(rng, s.n(), -2, 2);
     const Bf16Host gamma = random_bf16(rng, C, -1, 1);
-    const Bf16Host dout = random_bf16(rng, s.n(), -1, 1);
+    const std::vector<float> dout = random_f32(rng, s.n(), -1, 1);
     // Drop-path at rate 0.25: 0 or 1 / 0.75 per sample; the last sample kept, the first dropped
     // when there are two or more.
     std::vector<float> keep(B);
@@ -289,20 +293,20 @@ TEST_CASE("cuda layerscale residual forward and backward match the CPU twin", "[
     keep[B - 1] = 1.f / 0.75f;
 
     std::vector<float> out_ref(s.n()), dbranch_ref(s.n()), dgamma_ref(C);
-    layerscale_residual_forward_cpu(x.values.data(), branch.values.data(), gamma.values.data(),
+    layerscale_residual_forward_cpu(x.data(), branch.values.data(), gamma.values.data(),
                                     keep.data(), out_ref.data(), s.B, s.T, s.C);
-    layerscale_residual_backward_cpu(dout.values.data(), branch.values.data(), gamma.values.data(),
+    layerscale_residual_backward_cpu(dout.data(), branch.values.data(), gamma.values.data(),
                                      keep.data(), dbranch_ref.data(), dgamma_ref.data(), s.B, s.T,
                                      s.C);
 
-    Bf16Buffer dev_x(x.bits, s.offset), dev_branch(branch.bits, s.offset), dev_gamma(gamma.bits);
-    Bf16Buffer dev_dout(dout.bits, s.offset), dev_out(s.n(), s.offset),
-        dev_dbranch(s.n(), s.offset);
+    Bf16Buffer dev_branch(branch.bits, s.offset), dev_gamma(gamma.bits);
+    Bf16Buffer dev_dbranch(s.n(), s.offset);
+    F32Buffer dev_x(x, s.offset), dev_dout(dout, s.offset), dev_out(s.n(), s.offset);
     F32Buffer dev_keep(keep), dev_dgamma(C);
     layerscale_residual_forward_cuda(dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(),
                                      dev_out.get(), s.B, s.T, s.C, stream);
     stream.sync();
-    check_close("out", dev_out, out_ref, kBf16Tol);
+    check_close("out", dev_out, out_ref, kF32SumTol);
 
     F32Buffer workspace(
         static_cast<size_t>(layerscale_residual_backward_cuda_workspace_floats(s.B, s.T, s.C)));
@@ -330,7 +334,7 @@ TEST_CASE("cuda layerscale residual forward and backward match the CPU twin", "[
     layerscale_residual_forward_cuda(dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(),
                                      dev_x.get(), s.B, s.T, s.C, stream);
     stream.sync();
-    check_close("out in place", dev_x, out_ref, kBf16Tol);
+    check_close("out in place", dev_x, out_ref, kF32SumTol);
   }
 }
 
@@ -355,36 +359,30 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
 
     {
       INFO("forward");
-      // x away from 0, so that the LayerNorm's centring matters.
-      const Bf16Host x = random_bf16(rng, s.n(), 1.0, 3.0);
-      std::vector<float> out_ref(s.n()), y_unrounded(s.n()), mean_unused(rows), rstd_unused(rows);
-      layerscale_residual_layernorm_forward_cpu(x.values.data(), branch.values.data(),
+      // x: the fp32 residual stream, away from 0 so that the LayerNorm's centring matters.
+      const std::vector<float> x = random_f32(rng, s.n(), 1.0, 3.0);
+      std::vector<float> out_ref(s.n()), y_ref(s.n()), mean_ref(rows), rstd_ref(rows);
+      layerscale_residual_layernorm_forward_cpu(x.data(), branch.values.data(),
                                                 gamma.values.data(), keep.data(),
                                                 ln_w.values.data(), ln_b.values.data(),
-                                                out_ref.data(), y_unrounded.data(),
-                                                mean_unused.data(), rstd_unused.data(), s.B, s.T,
-                                                s.C, 1e-6);
+                                                out_ref.data(), y_ref.data(), mean_ref.data(),
+                                                rstd_ref.data(), s.B, s.T, s.C, 1e-6);
 
-      Bf16Buffer dev_x(x.bits, s.offset), dev_branch(branch.bits, s.offset);
-      Bf16Buffer dev_out(s.n(), s.offset), dev_y(s.n(), s.offset);
+      Bf16Buffer dev_branch(branch.bits, s.offset), dev_y(s.n(), s.offset);
+      F32Buffer dev_x(x, s.offset), dev_out(s.n(), s.offset);
       F32Buffer dev_mean(rows), dev_rstd(rows);
       layerscale_residual_layernorm_forward_cuda(
           dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(), dev_ln_w.get(),
           dev_ln_b.get(), dev_out.get(), dev_y.get(), dev_mean.get(), dev_rstd.get(), s.B, s.T,
           s.C, 1e-6, stream);
       stream.sync();
-      check_close("out", dev_out, out_ref, kBf16Tol);
-      // The LayerNorm half normalises `out` as the kernel stored it (its contract): those bf16
-      // values may sit an ulp from bf16(out_ref) where the device fuses the residual update into
-      // one FMA, so the statistics' reference starts from the stored values.
-      const std::vector<float> out_stored = download_float(dev_out);
-      std::vector<float> y_ref(s.n()), mean_ref(rows), rstd_ref(rows);
-      layernorm_forward_cpu(out_stored.data(), ln_w.values.data(), ln_b.values.data(),
-                            y_ref.data(), mean_ref.data(), rstd_ref.data(), s.rows(), s.C, 1e-6);
+      // out is stored in fp32 and normalised as stored: only fp32 rounding (an FMA on the
+      // device) separates it and the statistics from the twin.
+      check_close("out", dev_out, out_ref, kF32SumTol);
       check_close("y", dev_y, y_ref, kBf16Tol);
-      check_close("y against the CPU twin", dev_y, y_unrounded, kBf16Tol);
       check_close("mean", dev_mean, mean_ref, kF32SumTol);
       check_close("rstd", dev_rstd, rstd_ref, kF32SumTol);
+      const std::vector<float> out_stored = dev_out.download();
 
       dev_y.poison();  // in place (out = x), without statistics
       layerscale_residual_layernorm_forward_cuda(
@@ -397,12 +395,12 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
 
     {
       INFO("backward");
-      // `out` as a bf16 input of its own, with the statistics its forward would have saved.
-      const Bf16Host out = random_bf16(rng, s.n(), -2, 3);
-      const Bf16Host dout = random_bf16(rng, s.n(), -1, 1);
+      // `out` as an fp32 input of its own, with the statistics its forward would have saved.
+      const std::vector<float> out = random_f32(rng, s.n(), -2, 3);
+      const std::vector<float> dout = random_f32(rng, s.n(), -1, 1);
       const Bf16Host dy = random_bf16(rng, s.n(), -1, 1);
       std::vector<float> y(s.n()), mean(rows), rstd(rows);
-      layernorm_forward_cpu(out.values.data(), ln_w.values.data(), ln_b.values.data(), y.data(),
+      layernorm_forward_cpu(out.data(), ln_w.values.data(), ln_b.values.data(), y.data(),
                             mean.data(), rstd.data(), s.rows(), s.C, 1e-6);
       struct Reference {
         std::vector<float> dx, dbranch, dgamma, dw, db;
@@ -411,22 +409,22 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
         Reference r{std::vector<float>(s.n()), std::vector<float>(s.n()), std::vector<float>(C),
                     std::vector<float>(C), std::vector<float>(C)};
         layerscale_residual_layernorm_backward_cpu(
-            dout_values, dy.values.data(), out.values.data(), branch.values.data(),
+            dout_values, dy.values.data(), out.data(), branch.values.data(),
             gamma.values.data(), keep.data(), ln_w.values.data(), mean.data(), rstd.data(),
             r.dx.data(), r.dbranch.data(), r.dgamma.data(), r.dw.data(), r.db.data(), s.B, s.T,
             s.C);
         return r;
       };
-      const Reference with_dout = reference(dout.values.data());
+      const Reference with_dout = reference(dout.data());
       const Reference without_dout = reference(nullptr);
 
-      Bf16Buffer dev_dout(dout.bits, s.offset), dev_dy(dy.bits, s.offset);
-      Bf16Buffer dev_out(out.bits, s.offset), dev_branch(branch.bits, s.offset);
-      Bf16Buffer dev_dx(s.n(), s.offset), dev_dbranch(s.n(), s.offset);
+      Bf16Buffer dev_dy(dy.bits, s.offset), dev_branch(branch.bits, s.offset);
+      Bf16Buffer dev_dbranch(s.n(), s.offset);
+      F32Buffer dev_dout(dout, s.offset), dev_out(out, s.offset), dev_dx(s.n(), s.offset);
       F32Buffer dev_mean(mean), dev_rstd(rstd), dev_dgamma(C), dev_dw(C), dev_db(C);
       F32Buffer workspace(static_cast<size_t>(
           layerscale_residual_layernorm_backward_cuda_workspace_floats(s.B, s.T, s.C)));
-      const auto run = [&](const bf16_bits* dout_device, bf16_bits* dbranch, float* dgamma,
+      const auto run = [&](const float* dout_device, bf16_bits* dbranch, float* dgamma,
                            float* dw, float* db, float* work) {
         layerscale_residual_layernorm_backward_cuda(
             dout_device, dev_dy.get(), dev_out.get(), dev_branch.get(), dev_gamma.get(),
@@ -436,7 +434,7 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
       };
       run(dev_dout.get(), dev_dbranch.get(), dev_dgamma.get(), dev_dw.get(), dev_db.get(),
           workspace.get());
-      check_close("dx", dev_dx, with_dout.dx, kBf16Tol);
+      check_close("dx", dev_dx, with_dout.dx, kF32SumTol);
       check_close("dbranch", dev_dbranch, with_dout.dbranch, kBf16Tol);
       check_close("dgamma", dev_dgamma, with_dout.dgamma, kF32SumTol);
       check_close("dln_weight", dev_dw, with_dout.dw, kF32SumTol);
@@ -447,7 +445,7 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
       for (F32Buffer* b : {&dev_dgamma, &dev_dw, &dev_db, &workspace}) b->poison();
       dev_dx.poison();
       run(dev_dout.get(), nullptr, dev_dgamma.get(), dev_dw.get(), dev_db.get(), workspace.get());
-      check_close("dx without dbranch", dev_dx, with_dout.dx, kBf16Tol);
+      check_close("dx without dbranch", dev_dx, with_dout.dx, kF32SumTol);
       check_same_bits("dgamma, second run", dev_dgamma.download(), dgamma_first);
       check_same_bits("dln_weight, second run", dev_dw.download(), dw_first);
       check_same_bits("dln_bias, second run", dev_db.download(), db_first);
@@ -455,7 +453,7 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
       dev_dx.poison();
       dev_dbranch.poison();
       run(nullptr, dev_dbranch.get(), nullptr, nullptr, nullptr, nullptr);
-      check_close("dx without dout", dev_dx, without_dout.dx, kBf16Tol);
+      check_close("dx without dout", dev_dx, without_dout.dx, kF32SumTol);
       check_close("dbranch without dout", dev_dbranch, without_dout.dbranch, kBf16Tol);
       dev_dgamma.poison();
       run(nullptr, nullptr, dev_dgamma.get(), nullptr, nullptr, workspace.get());
@@ -545,26 +543,29 @@ TEST_CASE("cuda position embedding + class token match the CPU twins", "[gpu][ke
     INFO(s.str());
     const int64_t N = s.T;
     const size_t C = static_cast<size_t>(s.C), n_out = static_cast<size_t>(s.B * (N + 1) * s.C);
+    // x is the bf16 patch embedding; pos, cls (fp32 master weights), out and dout (the residual
+    // stream and its gradient) are fp32, not bf16-rounded, so a kernel reading them as bf16 fails.
     const Bf16Host x = random_bf16(rng, s.n(), -2, 2);
-    const Bf16Host pos = random_bf16(rng, static_cast<size_t>(N) * C, -0.1, 0.1);
-    const Bf16Host cls = random_bf16(rng, C, -0.1, 0.1);
-    const Bf16Host dout = random_bf16(rng, n_out, -1, 1);
+    const std::vector<float> pos = random_f32(rng, static_cast<size_t>(N) * C, -0.1, 0.1);
+    const std::vector<float> cls = random_f32(rng, C, -0.1, 0.1);
+    const std::vector<float> dout = random_f32(rng, n_out, -1, 1);
     std::vector<float> out_ref(n_out), dx_ref(s.n()), dpos_ref(static_cast<size_t>(N) * C),
         dcls_ref(C);
-    pos_embed_cls_forward_cpu(x.values.data(), pos.values.data(), cls.values.data(), out_ref.data(),
-                              s.B, N, s.C);
-    pos_embed_cls_backward_cpu(dout.values.data(), dx_ref.data(), dpos_ref.data(), dcls_ref.data(),
-                               s.B, N, s.C);
+    pos_embed_cls_forward_cpu(x.values.data(), pos.data(), cls.data(), out_ref.data(), s.B, N,
+                              s.C);
+    pos_embed_cls_backward_cpu(dout.data(), dx_ref.data(), dpos_ref.data(), dcls_ref.data(), s.B,
+                               N, s.C);
+    for (float& v : dx_ref) v = bf16_to_float(float_to_bf16(v));  // dx is stored in bf16
 
-    Bf16Buffer dev_x(x.bits, s.offset), dev_pos(pos.bits), dev_cls(cls.bits);
-    Bf16Buffer dev_out(n_out, s.offset), dev_dout(dout.bits, s.offset), dev_dx(s.n(), s.offset);
+    Bf16Buffer dev_x(x.bits, s.offset), dev_dx(s.n(), s.offset);
+    F32Buffer dev_pos(pos), dev_cls(cls), dev_out(n_out, s.offset), dev_dout(dout, s.offset);
     F32Buffer dev_dpos(static_cast<size_t>(N) * C), dev_dcls(C);
     pos_embed_cls_forward_cuda(dev_x.get(), dev_pos.get(), dev_cls.get(), dev_out.get(), s.B, N,
                                s.C, stream);
     pos_embed_cls_backward_cuda(dev_dout.get(), dev_dx.get(), dev_dpos.get(), dev_dcls.get(), s.B,
                                 N, s.C, stream);
     stream.sync();
-    check_close("out", dev_out, out_ref, kBf16Tol);
+    check_close("out", dev_out, out_ref, kExact);  // x + pos in fp32, as the twin adds them
     check_close("dx", dev_dx, dx_ref, kExact);
     check_close("dpos", dev_dpos, dpos_ref, kF32SumTol);
     check_close("dcls", dev_dcls, dcls_ref, kF32SumTol);
@@ -583,14 +584,15 @@ TEST_CASE("cuda class-token select matches the CPU twins", "[gpu][kernels]") {
   for (const RowShape& s : row_shapes()) {
     INFO(s.str());
     const size_t n_cls = static_cast<size_t>(s.B * s.C);
-    const Bf16Host x = random_bf16(rng, s.n(), -2, 2);
-    const Bf16Host dout = random_bf16(rng, n_cls, -1, 1);
+    // fp32 both ways (the residual stream and its gradient), not bf16-rounded.
+    const std::vector<float> x = random_f32(rng, s.n(), -2, 2);
+    const std::vector<float> dout = random_f32(rng, n_cls, -1, 1);
     std::vector<float> out_ref(n_cls), dx_ref(s.n());
-    cls_select_forward_cpu(x.values.data(), out_ref.data(), s.B, s.T, s.C);
-    cls_select_backward_cpu(dout.values.data(), dx_ref.data(), s.B, s.T, s.C);
+    cls_select_forward_cpu(x.data(), out_ref.data(), s.B, s.T, s.C);
+    cls_select_backward_cpu(dout.data(), dx_ref.data(), s.B, s.T, s.C);
 
-    Bf16Buffer dev_x(x.bits, s.offset), dev_out(n_cls, s.offset);
-    Bf16Buffer dev_dout(dout.bits, s.offset), dev_dx(s.n(), s.offset);
+    F32Buffer dev_x(x, s.offset), dev_out(n_cls, s.offset);
+    F32Buffer dev_dout(dout, s.offset), dev_dx(s.n(), s.offset);
     cls_select_forward_cuda(dev_x.get(), dev_out.get(), s.B, s.T, s.C, stream);
     cls_select_backward_cuda(dev_dout.get(), dev_dx.get(), s.B, s.T, s.C, stream);
     stream.sync();

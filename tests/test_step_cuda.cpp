@@ -8,12 +8,14 @@
 //
 // The model is small but has every op family at shapes the kernels take: patch 8 on 32x32 images
 // (16 patches + the class token), width 128, two heads of 64, two blocks, 16 classes. LayerScale
-// starts at 0.1 rather than the recipe's 1e-4 so that the blocks change the logits measurably.
+// starts at 0.1 rather than the recipe's 1e-4 so that the blocks change the logits measurably
+// (one case checks the recipe's 1e-4: the fp32 residual stream keeps the blocks' tiny updates).
 // The CPU model gets weights rounded to bf16 (what the GPU's bf16 copies hold exactly), so the two
 // differ only in the bf16 activations of the GPU path.
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -61,8 +63,8 @@ void sync_device() {
 }
 
 // A CPU model with recipe initialisation, weights rounded to bf16 values.
-VisionTransformer make_cpu_model(uint64_t seed) {
-  VisionTransformer vit(small_config());
+VisionTransformer make_cpu_model(uint64_t seed, const ViTConfig& config = small_config()) {
+  VisionTransformer vit(config);
   Rng rng(seed);
   vit.initialize(rng);
   for (Parameter& p : vit.parameters().all())
@@ -358,6 +360,34 @@ TEST_CASE("a warm CUDA step allocates no device memory, with blocks checkpointed
     }
   }
   CHECK(std::isfinite(opt->device_grad_norm().item()));
+}
+
+TEST_CASE("at the recipe's LayerScale init the blocks' updates reach the logits on the GPU",
+          "[gpu][step]") {
+  // gamma = 1e-4 makes each block's update ~1e-4 of the residual stream: a bf16 stream would
+  // round nearly all of it away (half an ulp is ~2e-3 of the value), so the stream is fp32 on
+  // CUDA. What the blocks add to the logits must then be what they add on the CPU.
+  ViTConfig config = small_config();
+  config.layerscale_init = 1e-4;
+  VisionTransformer cpu = make_cpu_model(61, config);
+  VisionTransformer gpu(config, kGpu);
+  copy_weights(cpu, gpu);
+  const Batch batch = make_batch(62, kGpu);
+  const Tensor cpu_images = batch.images.to(Device::cpu());
+  const auto block_effect = [](VisionTransformer& vit, const Tensor& images) {
+    NoGrad no_grad;
+    const std::vector<float> with_blocks = host_values(vit.forward(images));
+    for (Parameter& p : vit.parameters().all())
+      if (p.name.size() > 6 && p.name.compare(p.name.size() - 6, 6, ".gamma") == 0)
+        p.value.fill_(0.0);
+    const std::vector<float> without = host_values(vit.forward(images));
+    std::vector<float> effect(with_blocks.size());
+    for (size_t i = 0; i < effect.size(); ++i) effect[i] = with_blocks[i] - without[i];
+    return effect;
+  };
+  const std::vector<float> expected = block_effect(cpu, cpu_images);
+  REQUIRE(std::any_of(expected.begin(), expected.end(), [](float v) { return v != 0.0f; }));
+  check_close("the blocks' effect on the logits", block_effect(gpu, batch.images), expected, 0.1);
 }
 
 TEST_CASE("a capture that waits for the host fails and leaves the stream usable", "[gpu][step]") {

@@ -14,7 +14,8 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
   const int64_t C = x.size(-1), rows = x.numel() / C;
   check(weight.shape() == Shape{C} && bias.shape() == Shape{C}, "layernorm",
         "weight " + weight.describe() + " / bias " + bias.describe() + " for input " + x.describe());
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  // On CUDA x is the fp32 residual stream and y feeds the bf16 branch.
+  Tensor y = Tensor::empty(x.shape(), detail::bf16_on_cuda(x), x.device());
   Tensor mean = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
   Tensor rstd = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
   detail::dispatch("layernorm", {&x, &weight, &bias},
@@ -26,7 +27,7 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
       },
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
         const char* op = "layernorm";
-        kernels::layernorm_forward_cuda(detail::cuda_data<kernels::bf16_bits>(op, "x", x),
+        kernels::layernorm_forward_cuda(detail::cuda_data<float>(op, "x", x),
                                         detail::cuda_bf16_weights(op, "weight", weight),
                                         detail::cuda_bf16_weights(op, "bias", bias),
                                         y.data<kernels::bf16_bits>(), mean.data<float>(),
@@ -37,7 +38,8 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
            [rows, C](Node& node, const Tensor& dy) {
              const Tensor &x = node.saved[0], &w = node.saved[1];
              const Tensor &mean = node.saved[2], &rstd = node.saved[3];
-             // dx is always computed: the kernel derives dweight/dbias in the same pass.
+             // dx is always computed: the kernel derives dweight/dbias in the same pass. It has
+             // x's dtype (fp32 on CUDA: the residual stream's gradient).
              Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
              Tensor dw = detail::empty_param_grad_if(node.needs_input_grad[1], w);
              Tensor db = detail::empty_param_grad_if(node.needs_input_grad[2], w);
@@ -55,9 +57,9 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
                        cuda, kernels::layernorm_backward_cuda_workspace_floats(rows, C));
                    kernels::layernorm_backward_cuda(
                        detail::cuda_data<kernels::bf16_bits>(op, "dy", dy),
-                       detail::cuda_data<kernels::bf16_bits>(op, "x", x),
+                       detail::cuda_data<float>(op, "x", x),
                        detail::cuda_bf16_weights(op, "weight", w), mean.data<float>(),
-                       rstd.data<float>(), dx.data<kernels::bf16_bits>(), data_or_null<float>(dw),
+                       rstd.data<float>(), dx.data<float>(), data_or_null<float>(dw),
                        data_or_null<float>(db), rows, C, workspace.data<float>(), cuda.stream);
                  }));
              return std::vector<Tensor>{dx, dw, db};

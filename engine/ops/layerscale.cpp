@@ -47,7 +47,7 @@ LayerscaleGrads layerscale_backward(const Tensor& dout, const Tensor& branch, co
         Tensor workspace = detail::cuda_workspace(
             cuda, kernels::layerscale_residual_backward_cuda_workspace_floats(B, Tn, C));
         kernels::layerscale_residual_backward_cuda(
-            detail::cuda_data<kernels::bf16_bits>(op, "dout", dout),
+            detail::cuda_data<float>(op, "dout", dout),
             branch.data<kernels::bf16_bits>(), detail::cuda_bf16_weights(op, "gamma", gamma),
             keep.data<float>(), data_or_null<kernels::bf16_bits>(grads.dbranch),
             data_or_null<float>(grads.dgamma), B, Tn, C, workspace.data<float>(), cuda.stream);
@@ -61,6 +61,7 @@ Tensor layerscale_residual(const Tensor& x, const Tensor& branch, const Tensor& 
                            const Tensor& keep_scale) {
   check_residual_operands("layerscale_residual", x, branch, gamma, keep_scale);
   const int64_t B = x.size(0), Tn = x.size(1), C = x.size(2);
+  // x's dtype: on CUDA the residual stream is fp32 (kernels/layerscale.h says why).
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   detail::dispatch("layerscale_residual", {&x, &branch, &gamma, &keep_scale},
       [&](auto zero) {
@@ -72,11 +73,11 @@ Tensor layerscale_residual(const Tensor& x, const Tensor& branch, const Tensor& 
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
         const char* op = "layerscale_residual";
         kernels::layerscale_residual_forward_cuda(
-            detail::cuda_data<kernels::bf16_bits>(op, "x", x),
+            detail::cuda_data<float>(op, "x", x),
             detail::cuda_data<kernels::bf16_bits>(op, "branch", branch),
             detail::cuda_bf16_weights(op, "gamma", gamma),
-            detail::cuda_data<float>(op, "keep_scale", keep_scale), out.data<kernels::bf16_bits>(),
-            B, Tn, C, cuda.stream);
+            detail::cuda_data<float>(op, "keep_scale", keep_scale), out.data<float>(), B, Tn, C,
+            cuda.stream);
       }));
   if (needs_recording({&x, &branch, &gamma}))
     record("layerscale_residual", out, {&x, &branch, &gamma}, {branch, gamma, keep_scale},
@@ -100,8 +101,9 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
   check(ln_weight.shape() == Shape{C} && ln_bias.shape() == Shape{C}, name,
         "LayerNorm weight " + ln_weight.describe() + " / bias " + ln_bias.describe() +
             " for x " + x.describe());
+  // The residual has x's dtype (fp32 on CUDA), the normed output feeds the bf16 branch.
   ResidualAndNorm result{Tensor::empty(x.shape(), x.dtype(), x.device()),
-                         Tensor::empty(x.shape(), x.dtype(), x.device())};
+                         Tensor::empty(x.shape(), detail::bf16_on_cuda(x), x.device())};
   Tensor mean = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
   Tensor rstd = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
   detail::dispatch(name, {&x, &branch, &gamma, &keep_scale, &ln_weight, &ln_bias},
@@ -114,13 +116,13 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
       },
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
         kernels::layerscale_residual_layernorm_forward_cuda(
-            detail::cuda_data<kernels::bf16_bits>(name, "x", x),
+            detail::cuda_data<float>(name, "x", x),
             detail::cuda_data<kernels::bf16_bits>(name, "branch", branch),
             detail::cuda_bf16_weights(name, "gamma", gamma),
             detail::cuda_data<float>(name, "keep_scale", keep_scale),
             detail::cuda_bf16_weights(name, "ln_weight", ln_weight),
             detail::cuda_bf16_weights(name, "ln_bias", ln_bias),
-            result.residual.data<kernels::bf16_bits>(), result.normed.data<kernels::bf16_bits>(),
+            result.residual.data<float>(), result.normed.data<kernels::bf16_bits>(),
             mean.data<float>(), rstd.data<float>(), B, Tn, C, eps, cuda.stream);
       }));
   if (!needs_recording({&x, &branch, &gamma, &ln_weight, &ln_bias})) return result;
@@ -139,7 +141,8 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
                                                       want_dgamma);
              return std::vector<Tensor>{dout, ls.dbranch, ls.dgamma, Tensor(), Tensor()};
            }
-           // dx is always computed: it is the gradient LayerScale's half reads.
+           // dx is always computed: it is the gradient LayerScale's half reads. It has out's
+           // dtype (fp32 on CUDA: the residual stream's gradient).
            Tensor dx = Tensor::empty(out.shape(), out.dtype(), out.device());
            Tensor dbranch = empty_if(want_dbranch, branch);
            Tensor dgamma = detail::empty_param_grad_if(want_dgamma, gamma);
@@ -163,12 +166,12 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
                                                                                            C);
                  Tensor workspace = detail::cuda_workspace(cuda, workspace_floats);
                  kernels::layerscale_residual_layernorm_backward_cuda(
-                     detail::cuda_data<kernels::bf16_bits>(op, "dout", dout),
-                     detail::cuda_data<kernels::bf16_bits>(op, "dy", dy),
-                     out.data<kernels::bf16_bits>(), branch.data<kernels::bf16_bits>(),
+                     detail::cuda_data<float>(op, "dout", dout),
+                     detail::cuda_data<kernels::bf16_bits>(op, "dy", dy), out.data<float>(),
+                     branch.data<kernels::bf16_bits>(),
                      detail::cuda_bf16_weights(op, "gamma", gamma), keep.data<float>(),
                      detail::cuda_bf16_weights(op, "ln_weight", ln_weight), mean.data<float>(),
-                     rstd.data<float>(), dx.data<kernels::bf16_bits>(),
+                     rstd.data<float>(), dx.data<float>(),
                      data_or_null<kernels::bf16_bits>(dbranch), data_or_null<float>(dgamma),
                      data_or_null<float>(dln_weight), data_or_null<float>(dln_bias), B, Tn, C,
                      workspace.data<float>(), cuda.stream);

@@ -1,6 +1,7 @@
 // Shared plumbing of the engine ops: argument checks with messages that name the op, and the
 // dispatch from a tensor's device and dtype to the CPU kernels (templated on f32 / f64) or to the
-// CUDA kernels (bf16 activations, fp32 statistics and parameter gradients; DESIGN.md "Precision").
+// CUDA kernels (bf16 activations, an fp32 residual stream, fp32 statistics and parameter
+// gradients; DESIGN.md "Precision", and kernels/layerscale.h for why the stream is fp32).
 //
 // An op passes both paths to dispatch():
 //
@@ -46,6 +47,12 @@ inline Tensor empty_if(bool wanted, const Tensor& like) {
 // f64 in the gradient checks), fp32 on CUDA where activations are bf16.
 inline DType fp32_on_cuda(const Tensor& like) {
   return like.device().is_cuda() ? DType::f32 : like.dtype();
+}
+
+// The element type of a branch activation computed from an fp32 residual stream tensor `like`
+// (a LayerNorm's y): bf16 on CUDA, the tensor's own dtype on the CPU.
+inline DType bf16_on_cuda(const Tensor& like) {
+  return like.device().is_cuda() ? DType::bf16 : like.dtype();
 }
 
 // A gradient for `param` (a parameter, or any tensor whose gradient feeds fp32 master weights)

@@ -55,7 +55,9 @@ Tensor pos_embed_cls(const Tensor& x, const Tensor& pos, const Tensor& cls) {
   check(pos.shape() == Shape{1, N, C} && cls.shape() == Shape{1, 1, C}, "pos_embed_cls",
         "pos " + pos.describe() + " must be (1, " + std::to_string(N) + ", " + std::to_string(C) +
             ") and cls " + cls.describe() + " (1, 1, " + std::to_string(C) + ")");
-  Tensor out = Tensor::empty({B, 1 + N, C}, x.dtype(), x.device());
+  // On CUDA x is the patch-embedding GEMM's bf16 output and out, which starts the residual
+  // stream, is fp32 (bf16 would round LayerScale's small block updates away).
+  Tensor out = Tensor::empty({B, 1 + N, C}, detail::fp32_on_cuda(x), x.device());
   detail::dispatch("pos_embed_cls", {&x, &pos, &cls},
       [&](auto zero) {
         using T = decltype(zero);
@@ -63,16 +65,19 @@ Tensor pos_embed_cls(const Tensor& x, const Tensor& pos, const Tensor& cls) {
                                               out.data<T>(), B, N, C);
       },
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
+        // pos and cls are read as their fp32 master weights: the sum is fp32 anyway.
         const char* op = "pos_embed_cls";
         kernels::pos_embed_cls_forward_cuda(detail::cuda_data<kernels::bf16_bits>(op, "x", x),
-                                            detail::cuda_bf16_weights(op, "pos", pos),
-                                            detail::cuda_bf16_weights(op, "cls", cls),
-                                            out.data<kernels::bf16_bits>(), B, N, C, cuda.stream);
+                                            detail::cuda_data<float>(op, "pos", pos),
+                                            detail::cuda_data<float>(op, "cls", cls),
+                                            out.data<float>(), B, N, C, cuda.stream);
       }));
   if (needs_recording({&x, &pos, &cls}))
     record("pos_embed_cls", out, {&x, &pos, &cls}, {}, [B, N, C](Node& node, const Tensor& dout) {
+      // dout is fp32 (f64 in the CPU gradient checks); on CUDA dx goes to the GEMM in bf16.
       const DType param_grad_dtype = detail::fp32_on_cuda(dout);
-      Tensor dx = node.needs_input_grad[0] ? Tensor::empty({B, N, C}, dout.dtype(), dout.device())
+      const DType dx_dtype = dout.device().is_cuda() ? DType::bf16 : dout.dtype();
+      Tensor dx = node.needs_input_grad[0] ? Tensor::empty({B, N, C}, dx_dtype, dout.device())
                                            : Tensor();
       Tensor dpos = node.needs_input_grad[1]
                         ? Tensor::empty({1, N, C}, param_grad_dtype, dout.device()) : Tensor();
@@ -87,7 +92,7 @@ Tensor pos_embed_cls(const Tensor& x, const Tensor& pos, const Tensor& cls) {
           },
           DEIT_CUDA_PATH([&](CudaContext& cuda) {
             kernels::pos_embed_cls_backward_cuda(
-                detail::cuda_data<kernels::bf16_bits>("pos_embed_cls backward", "dout", dout),
+                detail::cuda_data<float>("pos_embed_cls backward", "dout", dout),
                 data_or_null<kernels::bf16_bits>(dx), data_or_null<float>(dpos),
                 data_or_null<float>(dcls), B, N, C, cuda.stream);
           }));
@@ -106,9 +111,9 @@ Tensor cls_select(const Tensor& x) {
         kernels::cls_select_forward_cpu<T>(x.data<T>(), out.data<T>(), B, Tn, C);
       },
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
-        kernels::cls_select_forward_cuda(
-            detail::cuda_data<kernels::bf16_bits>("cls_select", "x", x),
-            out.data<kernels::bf16_bits>(), B, Tn, C, cuda.stream);
+        // fp32 on CUDA: x is the residual stream.
+        kernels::cls_select_forward_cuda(detail::cuda_data<float>("cls_select", "x", x),
+                                         out.data<float>(), B, Tn, C, cuda.stream);
       }));
   if (needs_recording({&x}))
     record("cls_select", out, {&x}, {}, [B, Tn, C](Node&, const Tensor& dout) {
@@ -120,8 +125,8 @@ Tensor cls_select(const Tensor& x) {
           },
           DEIT_CUDA_PATH([&](CudaContext& cuda) {
             kernels::cls_select_backward_cuda(
-                detail::cuda_data<kernels::bf16_bits>("cls_select backward", "dout", dout),
-                dx.data<kernels::bf16_bits>(), B, Tn, C, cuda.stream);
+                detail::cuda_data<float>("cls_select backward", "dout", dout), dx.data<float>(), B,
+                Tn, C, cuda.stream);
           }));
       return std::vector<Tensor>{dx};
     });

@@ -1,11 +1,13 @@
-// LayerNorm over the last dimension, bf16 activations with fp32 statistics.
+// LayerNorm over the last dimension with fp32 statistics: x and dx fp32 (the residual stream),
+// y and dy bf16 (kernels/layernorm.h says why).
 // Forward fuses the mean, the variance (two passes over the row held in registers, not
 // E[x^2] - E[x]^2), the normalisation and the affine transform into one read of x and one write
 // of y. Backward fuses dx (both row reductions) with the per-chunk partial sums of dweight and
 // dbias, so dy and x are read once; sum_partials then adds the chunks in a fixed order.
 // Launch (both): one block per row, row_threads(C) = ceil(C / 8) rounded up to a warp
 // (C = 384: 64 threads, C = 1280: 160), each thread holding 8 columns of the row in registers,
-// 16-byte vector loads when C % 8 == 0 and every pointer is aligned, scalar (strided) otherwise.
+// vector loads (16 bytes of bf16, 32 of fp32) when C % 8 == 0 and every pointer is 16-byte
+// aligned, scalar (strided) otherwise.
 // Forward: a grid-stride loop over rows, min(rows, 65536) blocks. Backward: row_chunks(rows, C)
 // blocks, each walking a fixed chunk of at least 8 consecutive rows.
 // Measured speed: not yet measured on a GPU.
@@ -24,7 +26,7 @@
 
 namespace deit::kernels {
 
-void layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const bf16_bits* bias,
+void layernorm_forward_cuda(const float* x, const bf16_bits* weight, const bf16_bits* bias,
                             bf16_bits* y, float* mean, float* rstd, int64_t rows, int64_t C,
                             double eps, cudaStream_t stream) {
   gpu::check_sizes("layernorm_forward_cuda", {rows, C});
@@ -32,17 +34,16 @@ void layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const b
   if (rows == 0 || C == 0) return;
   const unsigned grid = static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
   const int threads = gpu::row_threads(C);
-  const auto* xb = gpu::as_bf16(x);
   const auto* wb = gpu::as_bf16(weight);
   const auto* bb = gpu::as_bf16(bias);
   auto* yb = gpu::as_bf16(y);
   const float e = static_cast<float>(eps);
   if (C % kVec == 0 && gpu::aligned16(x, weight, bias, y))
     layernorm_forward_kernel<kVec>
-        <<<grid, threads, 0, stream>>>(xb, wb, bb, yb, mean, rstd, rows, C, e);
+        <<<grid, threads, 0, stream>>>(x, wb, bb, yb, mean, rstd, rows, C, e);
   else
     layernorm_forward_kernel<1>
-        <<<grid, threads, 0, stream>>>(xb, wb, bb, yb, mean, rstd, rows, C, e);
+        <<<grid, threads, 0, stream>>>(x, wb, bb, yb, mean, rstd, rows, C, e);
   DEIT_CUDA_CHECK_LAUNCH();
 }
 
@@ -50,8 +51,8 @@ int64_t layernorm_backward_cuda_workspace_floats(int64_t rows, int64_t C) {
   return 2 * gpu::row_chunks(rows, C).chunks * C;
 }
 
-void layernorm_backward_cuda(const bf16_bits* dy, const bf16_bits* x, const bf16_bits* weight,
-                             const float* mean, const float* rstd, bf16_bits* dx, float* dweight,
+void layernorm_backward_cuda(const bf16_bits* dy, const float* x, const bf16_bits* weight,
+                             const float* mean, const float* rstd, float* dx, float* dweight,
                              float* dbias, int64_t rows, int64_t C, float* workspace,
                              cudaStream_t stream) {
   gpu::check_sizes("layernorm_backward_cuda", {rows, C});
@@ -65,15 +66,13 @@ void layernorm_backward_cuda(const bf16_bits* dy, const bf16_bits* x, const bf16
     const unsigned grid = static_cast<unsigned>(part.chunks);
     const int threads = gpu::row_threads(C);
     const auto* dyb = gpu::as_bf16(dy);
-    const auto* xb = gpu::as_bf16(x);
     const auto* wb = gpu::as_bf16(weight);
-    auto* dxb = gpu::as_bf16(dx);
     if (C % kVec == 0 && gpu::aligned16(dy, x, weight, dx, dw_partials, db_partials))
       layernorm_backward_kernel<kVec><<<grid, threads, 0, stream>>>(
-          dyb, xb, wb, mean, rstd, dxb, dw_partials, db_partials, rows, C, part.rows_per_chunk);
+          dyb, x, wb, mean, rstd, dx, dw_partials, db_partials, rows, C, part.rows_per_chunk);
     else
       layernorm_backward_kernel<1><<<grid, threads, 0, stream>>>(
-          dyb, xb, wb, mean, rstd, dxb, dw_partials, db_partials, rows, C, part.rows_per_chunk);
+          dyb, x, wb, mean, rstd, dx, dw_partials, db_partials, rows, C, part.rows_per_chunk);
     DEIT_CUDA_CHECK_LAUNCH();
   }
   if (dweight) gpu::sum_partials(dw_partials, part.chunks, C, dweight, stream);

@@ -1,7 +1,8 @@
 // The device code of LayerNorm (kernels/cuda/layernorm.cu says what it fuses, its launch shapes
 // and its measured speed): the forward kernel and the backward kernel with its per-chunk partial
 // sums of dweight and dbias; the row arithmetic both share with the fused residual + LayerNorm
-// kernels is kernels/cuda/layernorm_row.cuh.
+// kernels is kernels/cuda/layernorm_row.cuh. x and dx are fp32: the LayerNorm alone reads the
+// fp32 residual stream (block 0's norm1, the final norm) and its dx joins that stream's gradient.
 //
 // Included by layernorm.cu, and by the emulated test (tests/emulated/layernorm_emulated.cpp)
 // after tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without
@@ -23,7 +24,7 @@ using gpu::kVec;
 
 template <int V>
 __global__ void __launch_bounds__(1024)
-    layernorm_forward_kernel(const bf16* x, const bf16* weight, const bf16* bias, bf16* y,
+    layernorm_forward_kernel(const float* x, const bf16* weight, const bf16* bias, bf16* y,
                              float* mean, float* rstd, int64_t rows, int64_t C, float eps) {
   __shared__ float scratch[32];
   float w[kVec], b[kVec];
@@ -42,9 +43,9 @@ __global__ void __launch_bounds__(1024)
 // dy * xhat and dy to dw_partials / db_partials[chunk * C + c] (each may be nullptr).
 template <int V>
 __global__ void __launch_bounds__(1024)
-    layernorm_backward_kernel(const bf16* dy, const bf16* x, const bf16* weight, const float* mean,
-                              const float* rstd, bf16* dx, float* dw_partials, float* db_partials,
-                              int64_t rows, int64_t C, int64_t rows_per_chunk) {
+    layernorm_backward_kernel(const bf16* dy, const float* x, const bf16* weight,
+                              const float* mean, const float* rstd, float* dx, float* dw_partials,
+                              float* db_partials, int64_t rows, int64_t C, int64_t rows_per_chunk) {
   __shared__ float scratch[64];
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);

@@ -2,9 +2,11 @@
 // LayerScale (gamma) and drop-path (keep_scale) fused into the residual add: one read of x and
 // branch, one write of out. Backward fuses dbranch = dout * keep_scale[b] * gamma[c] with the
 // per-chunk partial sums of dgamma = sum_{b,t} dout * keep_scale[b] * branch, so dout and branch
-// are read once; sum_partials then adds the chunks in a fixed order (deterministic).
-// Launch. Forward: the elementwise launcher (256 threads, grid-stride over 8-element vectors when
-// C % 8 == 0 and every pointer is 16-byte aligned, scalar otherwise). Backward: row_chunks blocks
+// are read once; sum_partials then adds the chunks in a fixed order (deterministic). The residual
+// stream x, out and its gradient dout, dx are fp32, the branch side bf16 (kernels/layerscale.h).
+// Launch. Forward: the elementwise launcher (256 threads, grid-stride over 8-element vectors, 16
+// bytes of bf16 or 32 of fp32, when C % 8 == 0 and every pointer is 16-byte aligned, scalar
+// otherwise). Backward: row_chunks blocks
 // of row_threads(C) threads (ceil(C / 8) rounded up to a warp), each thread owning 8 columns and
 // walking a fixed chunk of at least 8 consecutive (b, t) rows.
 //
@@ -30,18 +32,12 @@
 
 namespace deit::kernels {
 
-void layerscale_residual_forward_cuda(const bf16_bits* x, const bf16_bits* branch,
-                                      const bf16_bits* gamma, const float* keep_scale,
-                                      bf16_bits* out, int64_t B, int64_t Tn, int64_t C,
-                                      cudaStream_t stream) {
+void layerscale_residual_forward_cuda(const float* x, const bf16_bits* branch,
+                                      const bf16_bits* gamma, const float* keep_scale, float* out,
+                                      int64_t B, int64_t Tn, int64_t C, cudaStream_t stream) {
   gpu::check_sizes("layerscale_residual_forward_cuda", {B, Tn, C});
-  const LayerscaleForwardOp op{gpu::as_bf16(x),
-                               gpu::as_bf16(branch),
-                               gpu::as_bf16(gamma),
-                               keep_scale,
-                               gpu::as_bf16(out),
-                               Tn,
-                               C};
+  const LayerscaleForwardOp op{
+      x, gpu::as_bf16(branch), gpu::as_bf16(gamma), keep_scale, out, Tn, C};
   gpu::launch_elementwise(op, B * Tn * C, C % kVec == 0 && gpu::aligned16(x, branch, gamma, out),
                           stream);
 }
@@ -50,7 +46,7 @@ int64_t layerscale_residual_backward_cuda_workspace_floats(int64_t B, int64_t Tn
   return gpu::row_chunks(B * Tn, C).chunks * C;
 }
 
-void layerscale_residual_backward_cuda(const bf16_bits* dout, const bf16_bits* branch,
+void layerscale_residual_backward_cuda(const float* dout, const bf16_bits* branch,
                                        const bf16_bits* gamma, const float* keep_scale,
                                        bf16_bits* dbranch, float* dgamma, int64_t B, int64_t Tn,
                                        int64_t C, float* workspace, cudaStream_t stream) {
@@ -65,25 +61,24 @@ void layerscale_residual_backward_cuda(const bf16_bits* dout, const bf16_bits* b
   if (part.chunks > 0 && (dbranch || dgamma)) {
     const unsigned grid = static_cast<unsigned>(part.chunks);
     const int threads = gpu::row_threads(C);
-    const auto* doutb = gpu::as_bf16(dout);
     const auto* brb = gpu::as_bf16(branch);
     const auto* gb = gpu::as_bf16(gamma);
     auto* dbrb = gpu::as_bf16(dbranch);
     if (C % kVec == 0 && gpu::aligned16(dout, branch, gamma, dbranch, partials))
       layerscale_backward_kernel<kVec><<<grid, threads, 0, stream>>>(
-          doutb, brb, gb, keep_scale, dbrb, partials, rows, Tn, C, part.rows_per_chunk);
+          dout, brb, gb, keep_scale, dbrb, partials, rows, Tn, C, part.rows_per_chunk);
     else
       layerscale_backward_kernel<1><<<grid, threads, 0, stream>>>(
-          doutb, brb, gb, keep_scale, dbrb, partials, rows, Tn, C, part.rows_per_chunk);
+          dout, brb, gb, keep_scale, dbrb, partials, rows, Tn, C, part.rows_per_chunk);
     DEIT_CUDA_CHECK_LAUNCH();
   }
   if (dgamma) gpu::sum_partials(partials, part.chunks, C, dgamma, stream);
 }
 
-void layerscale_residual_layernorm_forward_cuda(const bf16_bits* x, const bf16_bits* branch,
+void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits* branch,
                                                 const bf16_bits* gamma, const float* keep_scale,
                                                 const bf16_bits* ln_weight,
-                                                const bf16_bits* ln_bias, bf16_bits* out,
+                                                const bf16_bits* ln_bias, float* out,
                                                 bf16_bits* y, float* mean, float* rstd, int64_t B,
                                                 int64_t Tn, int64_t C, double eps,
                                                 cudaStream_t stream) {
@@ -94,20 +89,18 @@ void layerscale_residual_layernorm_forward_cuda(const bf16_bits* x, const bf16_b
   if (rows == 0 || C == 0) return;
   const unsigned grid = static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
   const int threads = gpu::row_threads(C);
-  const auto* xb = gpu::as_bf16(x);
   const auto* brb = gpu::as_bf16(branch);
   const auto* gb = gpu::as_bf16(gamma);
   const auto* wb = gpu::as_bf16(ln_weight);
   const auto* bb = gpu::as_bf16(ln_bias);
-  auto* outb = gpu::as_bf16(out);
   auto* yb = gpu::as_bf16(y);
   const float e = static_cast<float>(eps);
   if (C % kVec == 0 && gpu::aligned16(x, branch, gamma, ln_weight, ln_bias, out, y))
     layerscale_layernorm_forward_kernel<kVec><<<grid, threads, 0, stream>>>(
-        xb, brb, gb, keep_scale, wb, bb, outb, yb, mean, rstd, rows, Tn, C, e);
+        x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
   else
     layerscale_layernorm_forward_kernel<1><<<grid, threads, 0, stream>>>(
-        xb, brb, gb, keep_scale, wb, bb, outb, yb, mean, rstd, rows, Tn, C, e);
+        x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
   DEIT_CUDA_CHECK_LAUNCH();
 }
 
@@ -117,9 +110,9 @@ int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, 
 }
 
 void layerscale_residual_layernorm_backward_cuda(
-    const bf16_bits* dout, const bf16_bits* dy, const bf16_bits* out, const bf16_bits* branch,
+    const float* dout, const bf16_bits* dy, const float* out, const bf16_bits* branch,
     const bf16_bits* gamma, const float* keep_scale, const bf16_bits* ln_weight, const float* mean,
-    const float* rstd, bf16_bits* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
+    const float* rstd, float* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
     float* dln_bias, int64_t B, int64_t Tn, int64_t C, float* workspace, cudaStream_t stream) {
   const char* fn = "layerscale_residual_layernorm_backward_cuda";
   gpu::check_sizes(fn, {B, Tn, C});
@@ -135,22 +128,19 @@ void layerscale_residual_layernorm_backward_cuda(
   if (part.chunks > 0) {
     const unsigned grid = static_cast<unsigned>(part.chunks);
     const int threads = gpu::row_threads(C);
-    const auto* doutb = gpu::as_bf16(dout);
     const auto* dyb = gpu::as_bf16(dy);
-    const auto* outb = gpu::as_bf16(out);
     const auto* brb = gpu::as_bf16(branch);
     const auto* gb = gpu::as_bf16(gamma);
     const auto* wb = gpu::as_bf16(ln_weight);
-    auto* dxb = gpu::as_bf16(dx);
     auto* dbrb = gpu::as_bf16(dbranch);
     if (C % kVec == 0 && gpu::aligned16(dout, dy, out, branch, gamma, ln_weight, dx, dbranch,
                                         dgamma_partials, dw_partials, db_partials))
       layerscale_layernorm_backward_kernel<kVec><<<grid, threads, 0, stream>>>(
-          doutb, dyb, outb, brb, gb, keep_scale, wb, mean, rstd, dxb, dbrb, dgamma_partials,
+          dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx, dbrb, dgamma_partials,
           dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
     else
       layerscale_layernorm_backward_kernel<1><<<grid, threads, 0, stream>>>(
-          doutb, dyb, outb, brb, gb, keep_scale, wb, mean, rstd, dxb, dbrb, dgamma_partials,
+          dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx, dbrb, dgamma_partials,
           dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
     DEIT_CUDA_CHECK_LAUNCH();
   }

@@ -2,7 +2,9 @@
 // LayerNorm after it (kernels/cuda/layerscale.cu says what each fuses, its launch shapes and its
 // measured speed): the forward op of the elementwise launcher, the backward kernel with its
 // per-chunk partial sums of dgamma, and the fused forward and backward kernels, whose LayerNorm
-// arithmetic is kernels/cuda/layernorm_row.cuh.
+// arithmetic is kernels/cuda/layernorm_row.cuh. The residual stream (x, out) and its gradient
+// (dout, dx) are fp32, the branch side (branch, y, dy, dbranch) bf16: kernels/layerscale.h says
+// why.
 //
 // Included by layerscale.cu, and by the emulated test (tests/emulated/layernorm_emulated.cpp)
 // after tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without
@@ -23,11 +25,11 @@ using gpu::bf16;
 using gpu::kVec;
 
 struct LayerscaleForwardOp {
-  const bf16* x;
+  const float* x;
   const bf16* branch;
   const bf16* gamma;
   const float* keep_scale;
-  bf16* out;
+  float* out;
   int64_t Tn, C;
   // With N = kVec, C % kVec == 0, so the vector lies in one row.
   template <int N>
@@ -49,7 +51,7 @@ struct LayerscaleForwardOp {
 // partials may each be nullptr.
 template <int V>
 __global__ void __launch_bounds__(1024)
-    layerscale_backward_kernel(const bf16* dout, const bf16* branch, const bf16* gamma,
+    layerscale_backward_kernel(const float* dout, const bf16* branch, const bf16* gamma,
                                const float* keep_scale, bf16* dbranch, float* partials,
                                int64_t rows, int64_t Tn, int64_t C, int64_t rows_per_chunk) {
   const int64_t r0 = blockIdx.x * rows_per_chunk;
@@ -78,11 +80,12 @@ __global__ void __launch_bounds__(1024)
 }
 
 // One block per row r of the (B*T, C) view, grid-striding: out = x + keep * gamma * branch, then
-// y = LayerNorm(out as rounded to bf16), as layernorm_forward_kernel computes it.
+// y = LayerNorm(out), as layernorm_forward_kernel computes it. out is stored in fp32 as computed,
+// so the LayerNorm here normalises exactly what backward reads.
 template <int V>
 __global__ void __launch_bounds__(1024) layerscale_layernorm_forward_kernel(
-    const bf16* x, const bf16* branch, const bf16* gamma, const float* keep_scale,
-    const bf16* ln_weight, const bf16* ln_bias, bf16* out, bf16* y, float* mean, float* rstd,
+    const float* x, const bf16* branch, const bf16* gamma, const float* keep_scale,
+    const bf16* ln_weight, const bf16* ln_bias, float* out, bf16* y, float* mean, float* rstd,
     int64_t rows, int64_t Tn, int64_t C, float eps) {
   __shared__ float scratch[32];
   float g[kVec], w[kVec], b[kVec];
@@ -94,11 +97,9 @@ __global__ void __launch_bounds__(1024) layerscale_layernorm_forward_kernel(
     float v[kVec], br[kVec];
     gpu::load_row<V>(x + r * C, C, v);
     gpu::load_row<V>(branch + r * C, C, br);
-    // The LayerNorm sees the residual stream as stored, so backward's xhat matches forward's.
     // Slots past C stay 0 (0 + keep * 0 * 0).
 #pragma unroll
-    for (int e = 0; e < kVec; ++e)
-      v[e] = __bfloat162float(__float2bfloat16_rn(v[e] + keep * g[e] * br[e]));
+    for (int e = 0; e < kVec; ++e) v[e] += keep * g[e] * br[e];
     gpu::store_row<V>(out + r * C, C, v);
     gpu::layernorm_row_forward<V>(v, w, b, C, eps, scratch, mean ? mean + r : nullptr,
                                   rstd ? rstd + r : nullptr);
@@ -113,9 +114,9 @@ __global__ void __launch_bounds__(1024) layerscale_layernorm_forward_kernel(
 // L1) rather than held, to stay within the 64 registers of a 1024-thread block.
 template <int V>
 __global__ void __launch_bounds__(1024) layerscale_layernorm_backward_kernel(
-    const bf16* dout, const bf16* dy, const bf16* out, const bf16* branch, const bf16* gamma,
+    const float* dout, const bf16* dy, const float* out, const bf16* branch, const bf16* gamma,
     const float* keep_scale, const bf16* ln_weight, const float* mean, const float* rstd,
-    bf16* dx, bf16* dbranch, float* dgamma_partials, float* dw_partials, float* db_partials,
+    float* dx, bf16* dbranch, float* dgamma_partials, float* dw_partials, float* db_partials,
     int64_t rows, int64_t Tn, int64_t C, int64_t rows_per_chunk) {
   __shared__ float scratch[64];
   const int64_t r0 = blockIdx.x * rows_per_chunk;

@@ -7,6 +7,9 @@
 //    (1 + N) * C / 8 threads (9.5k for ViT-S), each looping over the batch: splitting the batch
 //    into chunks with partials is the next step if the benchmark shows this kernel matters;
 //  - class-token select and its backward (zero except token 0).
+// The residual stream is fp32 on CUDA (in bf16, LayerScale's small block updates would round
+// away): pos_embed_cls writes it (from the bf16 patch embedding and the fp32 pos and cls master
+// weights) and takes its fp32 gradient, cls_select reads it; the patch tensors stay bf16.
 // Launch: the elementwise launcher (256 threads, grid-stride over 8-element vectors of the output
 // when C % 8 == 0 and every pointer is 16-byte aligned, scalar otherwise; unfold and fold gather
 // element by element and store 8 at a time). pos_embed_cls backward: 256 threads per block, one
@@ -55,47 +58,44 @@ void patch_fold_cuda(const bf16_bits* dpatches, float* dimage, int64_t B, int64_
                           gpu::aligned16(dimage), stream);
 }
 
-void pos_embed_cls_forward_cuda(const bf16_bits* x, const bf16_bits* pos, const bf16_bits* cls,
-                                bf16_bits* out, int64_t B, int64_t N, int64_t C,
-                                cudaStream_t stream) {
+void pos_embed_cls_forward_cuda(const bf16_bits* x, const float* pos, const float* cls, float* out,
+                                int64_t B, int64_t N, int64_t C, cudaStream_t stream) {
   gpu::check_sizes("pos_embed_cls_forward_cuda", {B, N, C});
-  const PosEmbedClsForwardOp op{
-      gpu::as_bf16(x), gpu::as_bf16(pos), gpu::as_bf16(cls), gpu::as_bf16(out), N, C};
+  const PosEmbedClsForwardOp op{gpu::as_bf16(x), pos, cls, out, N, C};
   gpu::launch_elementwise(op, B * (N + 1) * C, C % kVec == 0 && gpu::aligned16(x, pos, cls, out),
                           stream);
 }
 
-void pos_embed_cls_backward_cuda(const bf16_bits* dout, bf16_bits* dx, float* dpos, float* dcls,
+void pos_embed_cls_backward_cuda(const float* dout, bf16_bits* dx, float* dpos, float* dcls,
                                  int64_t B, int64_t N, int64_t C, cudaStream_t stream) {
   gpu::check_sizes("pos_embed_cls_backward_cuda", {B, N, C});
   if (C == 0 || !(dx || dpos || dcls)) return;
-  const auto* doutb = gpu::as_bf16(dout);
   auto* dxb = gpu::as_bf16(dx);
   const int64_t cols = (N + 1) * C;
   if (C % kVec == 0 && gpu::aligned16(dout, dx, dpos, dcls))
     pos_embed_cls_backward_kernel<kVec>
-        <<<gpu::grid_for(cols / kVec, gpu::kThreads), gpu::kThreads, 0, stream>>>(doutb, dxb, dpos,
+        <<<gpu::grid_for(cols / kVec, gpu::kThreads), gpu::kThreads, 0, stream>>>(dout, dxb, dpos,
                                                                                   dcls, B, N, C);
   else
     pos_embed_cls_backward_kernel<1>
-        <<<gpu::grid_for(cols, gpu::kThreads), gpu::kThreads, 0, stream>>>(doutb, dxb, dpos, dcls,
+        <<<gpu::grid_for(cols, gpu::kThreads), gpu::kThreads, 0, stream>>>(dout, dxb, dpos, dcls,
                                                                            B, N, C);
   DEIT_CUDA_CHECK_LAUNCH();
 }
 
-void cls_select_forward_cuda(const bf16_bits* x, bf16_bits* out, int64_t B, int64_t Tn, int64_t C,
+void cls_select_forward_cuda(const float* x, float* out, int64_t B, int64_t Tn, int64_t C,
                              cudaStream_t stream) {
   gpu::check_sizes("cls_select_forward_cuda", {B, Tn, C});
   if (Tn == 0) return;
-  gpu::launch_elementwise(ClsSelectForwardOp{gpu::as_bf16(x), gpu::as_bf16(out), Tn, C}, B * C,
+  gpu::launch_elementwise(ClsSelectForwardOp{x, out, Tn, C}, B * C,
                           C % kVec == 0 && gpu::aligned16(x, out), stream);
 }
 
-void cls_select_backward_cuda(const bf16_bits* dout, bf16_bits* dx, int64_t B, int64_t Tn,
-                              int64_t C, cudaStream_t stream) {
+void cls_select_backward_cuda(const float* dout, float* dx, int64_t B, int64_t Tn, int64_t C,
+                              cudaStream_t stream) {
   gpu::check_sizes("cls_select_backward_cuda", {B, Tn, C});
-  gpu::launch_elementwise(ClsSelectBackwardOp{gpu::as_bf16(dout), gpu::as_bf16(dx), Tn, C},
-                          B * Tn * C, C % kVec == 0 && gpu::aligned16(dout, dx), stream);
+  gpu::launch_elementwise(ClsSelectBackwardOp{dout, dx, Tn, C}, B * Tn * C,
+                          C % kVec == 0 && gpu::aligned16(dout, dx), stream);
 }
 
 }  // namespace deit::kernels

@@ -99,13 +99,15 @@ struct PatchFoldOp {
   }
 };
 
+// x is the patch-embedding GEMM's bf16 output; pos, cls (the fp32 master weights) and out are
+// fp32: out starts the residual stream, which bf16 would round block updates out of.
 struct PosEmbedClsForwardOp {
   const bf16* x;
-  const bf16* pos;
-  const bf16* cls;
-  bf16* out;
+  const float* pos;
+  const float* cls;
+  float* out;
   int64_t N, C;
-  // Element i of out is (b, t, c); with N = kVec, C % kVec == 0 keeps the vector in one token.
+  // Element i of out is (b, t, c); with V = kVec, C % kVec == 0 keeps the vector in one token.
   template <int V>
   __device__ void apply(int64_t i) const {
     const int64_t row = i / C;
@@ -128,10 +130,11 @@ struct PosEmbedClsForwardOp {
 
 // Thread per V columns j of one sample's (1 + N) * C block of dout: column j < C is the class
 // token's, the rest are patch tokens. With V = kVec, C % kVec == 0 keeps a vector in one token.
+// dout is the fp32 residual-stream gradient; dx goes to the patch-embedding GEMM in bf16.
 template <int V>
 __global__ void __launch_bounds__(gpu::kThreads)
-    pos_embed_cls_backward_kernel(const bf16* dout, bf16* dx, float* dpos, float* dcls, int64_t B,
-                                  int64_t N, int64_t C) {
+    pos_embed_cls_backward_kernel(const float* dout, bf16* dx, float* dpos, float* dcls,
+                                  int64_t B, int64_t N, int64_t C) {
   const int64_t cols = (N + 1) * C;
   const int64_t units = cols / V;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -156,9 +159,10 @@ __global__ void __launch_bounds__(gpu::kThreads)
   }
 }
 
+// fp32 both ways: x is the residual stream, out the final LayerNorm's fp32 input.
 struct ClsSelectForwardOp {
-  const bf16* x;
-  bf16* out;
+  const float* x;
+  float* out;
   int64_t Tn, C;
   // Element i of out is (b, c) = x[b, 0, c].
   template <int N>
@@ -170,9 +174,10 @@ struct ClsSelectForwardOp {
   }
 };
 
+// fp32 both ways: dout is the final LayerNorm's dx, dx the residual-stream gradient.
 struct ClsSelectBackwardOp {
-  const bf16* dout;
-  bf16* dx;
+  const float* dout;
+  float* dx;
   int64_t Tn, C;
   // Element i of dx is (b, t, c): dout[b, c] for t == 0, else 0.
   template <int N>

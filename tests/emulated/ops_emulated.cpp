@@ -10,8 +10,8 @@
 //  - BCE with logits and the soft-target softmax cross-entropy (losses_kernels.cuh), their row
 //    kernels then common_kernels.cuh's sum_to_scalar: loss <= 1e-4, dlogits <= 1e-2;
 //  - patch unfold and fold, position embedding + class token forward and backward, class-token
-//    select and its backward (tokens_kernels.cuh): the gathers bit for bit, the batch sums dpos and
-//    dcls <= 1e-4;
+//    select and its backward (tokens_kernels.cuh): the gathers and the fp32 x + pos bit for bit,
+//    the batch sums dpos and dcls <= 1e-4;
 //  - the linear layer's bias gradient (linear_kernels.cuh's column partials, then sum_partials of
 //    common_kernels.cuh, on its 2-D block): <= 1e-4;
 // and the same bits again where they must be the same: every deterministic reduction on a second
@@ -129,7 +129,7 @@ std::vector<float> rounded(const std::vector<float>& v) { return round_to_bf16(v
 
 // tokens.cu's pos_embed_cls_backward_cuda (C > 0; dx, dpos and dcls may be nullptr); a grid
 // capped at max_grid makes every thread walk several columns.
-void pos_embed_cls_backward(const bf16* dout, bf16* dx, float* dpos, float* dcls, int64_t B,
+void pos_embed_cls_backward(const float* dout, bf16* dx, float* dpos, float* dcls, int64_t B,
                             int64_t N, int64_t C, unsigned max_grid = UINT_MAX) {
   const int64_t cols = (N + 1) * C;
   with_width(C % gpu::kVec == 0 && gpu::aligned16(dout, dx, dpos, dcls), [&](auto width) {
@@ -423,25 +423,28 @@ void check_pos_embed_cls(const RowShape& s, std::mt19937_64& rng, emu::ShapeChec
   const int64_t N = s.T;
   const size_t C = static_cast<size_t>(s.C), n_out = static_cast<size_t>(s.B * (N + 1) * s.C);
   const size_t n_pos = static_cast<size_t>(N) * C;
+  // x is the bf16 patch embedding; pos, cls (fp32 master weights), out and dout (the residual
+  // stream and its gradient) are fp32, not bf16-rounded, so a kernel reading them as bf16 fails.
   const Bf16Data x = random_bf16(rng, s.n(), -2, 2);
-  const Bf16Data pos = random_bf16(rng, n_pos, -0.1f, 0.1f), cls = random_bf16(rng, C, -0.1f, 0.1f);
-  const Bf16Data dout = random_bf16(rng, n_out, -1, 1);
+  const std::vector<float> pos = random_f32(rng, n_pos, -0.1f, 0.1f);
+  const std::vector<float> cls = random_f32(rng, C, -0.1f, 0.1f);
+  const std::vector<float> dout = random_f32(rng, n_out, -1, 1);
   std::vector<float> out_ref(n_out), dx_ref(s.n()), dpos_ref(n_pos), dcls_ref(C);
-  pos_embed_cls_forward_cpu(x.values.data(), pos.values.data(), cls.values.data(), out_ref.data(),
-                            s.B, N, s.C);
-  pos_embed_cls_backward_cpu(dout.values.data(), dx_ref.data(), dpos_ref.data(), dcls_ref.data(),
-                             s.B, N, s.C);
+  pos_embed_cls_forward_cpu(x.values.data(), pos.data(), cls.data(), out_ref.data(), s.B, N, s.C);
+  pos_embed_cls_backward_cpu(dout.data(), dx_ref.data(), dpos_ref.data(), dcls_ref.data(), s.B, N,
+                             s.C);
 
-  const Placed<bf16_bits> dev_x("x", x.bits, s.offset), dev_out("out", n_out, s.offset);
-  const auto dev_pos = tight("pos", pos.bits), dev_cls = tight("cls", cls.bits);
-  const PosEmbedClsForwardOp op{dev(dev_x), dev(dev_pos), dev(dev_cls), dev(dev_out), N, s.C};
+  const Placed<bf16_bits> dev_x("x", x.bits, s.offset);
+  const Placed<float> dev_out("out", n_out, s.offset);
+  const auto dev_pos = tight("pos", pos), dev_cls = tight("cls", cls);
+  const PosEmbedClsForwardOp op{dev(dev_x), dev_pos.get(), dev_cls.get(), dev_out.get(), N, s.C};
   launch_elementwise("PosEmbedClsForwardOp", op, s.B * (N + 1) * s.C,
                      s.C % gpu::kVec == 0 &&
                          gpu::aligned16(dev_x.get(), dev_pos.get(), dev_cls.get(), dev_out.get()));
-  checks.absolute("out", values(dev_out), rounded(out_ref), kExact);
+  checks.absolute("out", dev_out.download(), out_ref, kExact);  // x + pos in fp32, as the twin
 
   checks.part("pos_embed_cls backward");
-  const Placed<bf16_bits> dev_dout("dout", dout.bits, s.offset);
+  const Placed<float> dev_dout("dout", dout, s.offset);
   struct Result {
     std::vector<bf16_bits> dx;
     std::vector<float> dpos, dcls;
@@ -451,13 +454,13 @@ void check_pos_embed_cls(const RowShape& s, std::mt19937_64& rng, emu::ShapeChec
     emu::set_context(s.str() + ", pos_embed_cls backward, " + what);
     const Placed<bf16_bits> dev_dx("dx", s.n(), s.offset);
     const auto dev_dpos = tight<float>("dpos", n_pos), dev_dcls = tight<float>("dcls", C);
-    pos_embed_cls_backward(dev(dev_dout), dx ? dev(dev_dx) : nullptr,
+    pos_embed_cls_backward(dev_dout.get(), dx ? dev(dev_dx) : nullptr,
                            dpos ? dev_dpos.get() : nullptr, dcls ? dev_dcls.get() : nullptr, s.B, N,
                            s.C, max_grid);
     return Result{dev_dx.download(), dev_dpos.download(), dev_dcls.download()};
   };
   const Result first = run("first run", true, true, true);
-  checks.absolute("dx", to_float(first.dx), dx_ref, kExact);
+  checks.absolute("dx", to_float(first.dx), rounded(dx_ref), kExact);  // dx is stored in bf16
   checks.relative("dpos", first.dpos, dpos_ref, kF32SumTol);
   checks.relative("dcls", first.dcls, dcls_ref, kF32SumTol);
   const Result second = run("second run", true, true, true);
@@ -477,22 +480,24 @@ void check_cls_select(const RowShape& s, std::mt19937_64& rng, emu::ShapeChecks&
   checks.part("cls_select");
   emu::set_context(s.str() + ", cls_select forward");
   const size_t n_cls = static_cast<size_t>(s.B * s.C);
-  const Bf16Data x = random_bf16(rng, s.n(), -2, 2), dout = random_bf16(rng, n_cls, -1, 1);
+  // fp32 both ways (the residual stream and its gradient), not bf16-rounded.
+  const std::vector<float> x = random_f32(rng, s.n(), -2, 2);
+  const std::vector<float> dout = random_f32(rng, n_cls, -1, 1);
   std::vector<float> out_ref(n_cls), dx_ref(s.n());
-  cls_select_forward_cpu(x.values.data(), out_ref.data(), s.B, s.T, s.C);
-  cls_select_backward_cpu(dout.values.data(), dx_ref.data(), s.B, s.T, s.C);
+  cls_select_forward_cpu(x.data(), out_ref.data(), s.B, s.T, s.C);
+  cls_select_backward_cpu(dout.data(), dx_ref.data(), s.B, s.T, s.C);
 
-  const Placed<bf16_bits> dev_x("x", x.bits, s.offset), dev_out("out", n_cls, s.offset);
-  launch_elementwise("ClsSelectForwardOp", ClsSelectForwardOp{dev(dev_x), dev(dev_out), s.T, s.C},
+  const Placed<float> dev_x("x", x, s.offset), dev_out("out", n_cls, s.offset);
+  launch_elementwise("ClsSelectForwardOp", ClsSelectForwardOp{dev_x.get(), dev_out.get(), s.T, s.C},
                      s.B * s.C, s.C % gpu::kVec == 0 && gpu::aligned16(dev_x.get(), dev_out.get()));
-  checks.absolute("out", values(dev_out), out_ref, kExact);
+  checks.absolute("out", dev_out.download(), out_ref, kExact);
 
   emu::set_context(s.str() + ", cls_select backward");
-  const Placed<bf16_bits> dev_dout("dout", dout.bits, s.offset), dev_dx("dx", s.n(), s.offset);
+  const Placed<float> dev_dout("dout", dout, s.offset), dev_dx("dx", s.n(), s.offset);
   launch_elementwise("ClsSelectBackwardOp",
-                     ClsSelectBackwardOp{dev(dev_dout), dev(dev_dx), s.T, s.C}, s.B * s.T * s.C,
+                     ClsSelectBackwardOp{dev_dout.get(), dev_dx.get(), s.T, s.C}, s.B * s.T * s.C,
                      s.C % gpu::kVec == 0 && gpu::aligned16(dev_dout.get(), dev_dx.get()));
-  checks.absolute("dx", values(dev_dx), dx_ref, kExact);
+  checks.absolute("dx", dev_dx.download(), dx_ref, kExact);
 }
 
 bool check_tokens(const RowShape& s, std::mt19937_64& rng) {
