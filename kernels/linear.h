@@ -39,8 +39,8 @@ void linear_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const bf16
 
 // dx: bf16; dweight and dbias: fp32 (they feed the fp32 master weights; dweight straight from the
 // GEMM's fp32 accumulators). dbias is a deterministic column sum of dy (fixed row chunks whose
-// partial sums go to lt's workspace, then added in a fixed order), N <= 8192. Each output may be
-// nullptr; outputs are overwritten.
+// partial sums go to lt's workspace, then added in a fixed order), in tiles of 8192 columns for
+// wider layers. Each output may be nullptr; outputs are overwritten.
 void linear_backward_cuda(const bf16_bits* dy, const bf16_bits* x, const bf16_bits* weight,
                           bf16_bits* dx, float* dweight, float* dbias, int64_t M, int64_t K,
                           int64_t N, CublasLt& lt, cudaStream_t stream);

@@ -1,8 +1,9 @@
 // [gpu] checks of the cuBLASLt linear layer (kernels/cuda/linear.cu) against its CPU twin: fresh
 // bf16-rounded random inputs (both sides see the same numbers), outputs poisoned with NaN before
 // every call, every element compared. Shapes: the ViT-S GEMMs at batch 64 (qkv, proj, fc1, fc2),
-// the head, batch-1 and 7-row GEMMs, and K, N that are not multiples of 8 (rows not 16-byte
-// aligned: cuBLASLt's non-tensor-core kernels, or a clear std::invalid_argument).
+// the head, an ImageNet-21k head (21841 classes: the bias gradient in column tiles), batch-1 and
+// 7-row GEMMs, and K, N that are not multiples of 8 (rows not 16-byte aligned: cuBLASLt's
+// non-tensor-core kernels, or a clear std::invalid_argument).
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
@@ -53,6 +54,7 @@ const std::vector<LinearShape>& linear_shapes() {
       {7, 13, 5},            // K, N odd: 2-byte aligned rows
       {197, 100, 37},        // K % 8 == 4: 8-byte aligned rows of x; N odd
       {33, 385, 191},        // K odd, N odd
+      {8, 384, 21841},       // an ImageNet-21k head: the bias gradient in column tiles
   };
   return shapes;
 }

@@ -18,18 +18,18 @@ namespace {
 using gpu::bf16;
 using gpu::kVec;
 
-// Block `chunk` writes the sums over rows [chunk * rows_per_chunk, ...) of dy (rows, C) to
-// partials[chunk * C + c].
+// Block `chunk` writes the sums over rows [chunk * rows_per_chunk, ...) of dy (rows, C), whose
+// rows lie ld elements apart (a tile of C columns of a wider matrix), to partials[chunk * C + c].
 template <int V>
 __global__ void __launch_bounds__(1024)
-    column_partials_kernel(const bf16* dy, float* partials, int64_t rows, int64_t C,
+    column_partials_kernel(const bf16* dy, float* partials, int64_t rows, int64_t C, int64_t ld,
                            int64_t rows_per_chunk) {
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
   float acc[kVec] = {};
   for (int64_t r = r0; r < r1; ++r) {
     float d[kVec];
-    gpu::load_row<V>(dy + r * C, C, d);
+    gpu::load_row<V>(dy + r * ld, C, d);
 #pragma unroll
     for (int e = 0; e < kVec; ++e) acc[e] += d[e];
   }
