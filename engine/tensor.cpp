@@ -296,7 +296,10 @@ Tensor Tensor::slice(int64_t begin, int64_t end) const {
   if (dim() == 0 || begin < 0 || end < begin || end > shape()[0])
     throw std::out_of_range("slice [" + std::to_string(begin) + ", " + std::to_string(end) +
                             ") of " + describe());
-  const size_t row_bytes = static_cast<size_t>(numel() / shape()[0]) * dtype_size(dtype());
+  // From the shape, not numel() / rows: a tensor of no rows has rows of a size too.
+  size_t row_elements = 1;
+  for (size_t d = 1; d < shape().size(); ++d) row_elements *= static_cast<size_t>(shape()[d]);
+  const size_t row_bytes = row_elements * dtype_size(dtype());
   auto impl = std::make_shared<TensorImpl>(*impl_);
   impl->shape[0] = end - begin;
   impl->offset += begin * row_bytes;

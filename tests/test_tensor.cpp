@@ -50,6 +50,7 @@ TEST_CASE("views share storage; shape errors are reported", "[tensor]") {
   CHECK(t.to_vector<float>() == std::vector<float>{0, 1, 9, 9, 9, 9});
   CHECK_THROWS_WITH(t.view({4, 2}), Catch::Contains("(4, 2)"));
   CHECK_THROWS(t.slice(2, 4));
+  CHECK(Tensor::zeros({0, 3}).slice(0, 0).shape() == Shape{0, 3});  // no rows: nothing to divide
   CHECK_THROWS_WITH(t.data<double>(), Catch::Contains("f32"));
   CHECK_THROWS_WITH(Tensor::from_vector<float>({1, 2}, {3}), Catch::Contains("(3)"));
 }
