@@ -93,6 +93,9 @@ void run_kernels(const KernelsOptions& o) {
     std::printf("%s\n", bench::to_json(report).dump().c_str());
   else
     print_kernel_table(report);
+  // The rows measured before a failure are printed above; the exit status still says it failed.
+  if (!report.error.empty())
+    throw std::runtime_error("deit bench kernels stopped early: " + report.error);
 #else
   throw std::runtime_error("deit bench kernels needs a CUDA device, and this deit was built "
                            "without CUDA");

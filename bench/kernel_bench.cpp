@@ -333,18 +333,23 @@ KernelReport run_kernel_benchmarks(int device, const KernelBenchOptions& options
   report.cudnn = "not built (cuDNN was not found when deit was configured)";
 #endif
   Runner run(device, options, report, progress);
-  measure_ceilings(run, report);
-  const std::vector<int64_t> widths =
-      options.all_widths ? std::vector<int64_t>{384, 768, 1024, 1280} : std::vector<int64_t>{768};
-  for (int64_t C : widths) {
-    measure_layernorm(run, C);
-    measure_layerscale(run, C);
-    measure_gelu(run, C);
+  try {
+    measure_ceilings(run, report);
+    const std::vector<int64_t> widths = options.all_widths
+                                            ? std::vector<int64_t>{384, 768, 1024, 1280}
+                                            : std::vector<int64_t>{768};
+    for (int64_t C : widths) {
+      measure_layernorm(run, C);
+      measure_layerscale(run, C);
+      measure_gelu(run, C);
+    }
+    measure_bce(run);
+    for (int64_t D : {64, 80})
+      for (int64_t Tn : {65, 145, 197, 257, 577}) measure_attention(run, Tn, D);
+    DEIT_CUDA_CHECK(cudaStreamSynchronize(run.stream()));
+  } catch (const std::exception& e) {
+    report.error = e.what();
   }
-  measure_bce(run);
-  for (int64_t D : {64, 80})
-    for (int64_t Tn : {65, 145, 197, 257, 577}) measure_attention(run, Tn, D);
-  DEIT_CUDA_CHECK(cudaStreamSynchronize(run.stream()));
   return report;
 }
 
@@ -400,6 +405,7 @@ nlohmann::ordered_json to_json(const KernelReport& report) {
     rows.push_back(r);
   }
   j["kernels"] = rows;
+  if (!report.error.empty()) j["error"] = report.error;
   return j;
 }
 

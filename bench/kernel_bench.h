@@ -53,6 +53,9 @@ struct KernelReport {
   double copy_gbps = 0;    // the bandwidth ceiling, GB/s (1e9 bytes)
   double gemm_tflops = 0;  // the FLOP/s ceiling, TFLOP/s
   std::vector<KernelMeasurement> kernels;
+  // What ended the run early (a kernel that failed or faulted: later ones would fail with it),
+  // empty when every benchmark ran. The rows measured before it stand.
+  std::string error;
 };
 
 using ProgressFn = std::function<void(const std::string&)>;

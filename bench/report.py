@@ -28,10 +28,12 @@ def load_runs(run_dir):
 
         run = {"kind": read("kind"), "label": read("label"), "cmd": read("cmd"),
                "rc": int(read("rc") or 1), "err": read("err"), "result": None}
-        if run["rc"] == 0:
-            try:
-                run["result"] = json.loads(read("json"))
-            except json.JSONDecodeError as e:
+        try:
+            # A failed run may still have printed what it measured before it stopped (deit bench
+            # kernels does, with an "error" field): keep it, and the failure is listed as well.
+            run["result"] = json.loads(read("json"))
+        except json.JSONDecodeError as e:
+            if run["rc"] == 0:
                 run["rc"], run["err"] = -1, f"output is not one JSON object ({e})\n" + run["err"]
         runs.append(run)
     return runs
@@ -146,6 +148,9 @@ def kernel_section(runs):
              f"{deit['warmup']} warm-up runs, L2 flushed before each. cuDNN: {deit['cudnn']}.", "",
              "Memory-bound kernels, judged by the bytes they must move:", "",
              "| kernel | shape | median ms | GB/s | of copy bandwidth |", "|---|---|---|---|---|"]
+    if deit.get("error"):
+        lines[2:2] = [f"**The run stopped early** (the rows below are those before it): "
+                      f"{deit['error']}", ""]
     for k in deit["kernels"]:
         if k.get("bytes") and k["impl"] == "deit":
             lines.append(f"| {k['kernel']} | {k['shape']} | {fmt(k['median_ms'], '.4f')} | "

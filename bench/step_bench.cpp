@@ -290,9 +290,12 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
   if (o.cuda_graph) {
     try {
       r.graph_step_ms = replayed_step_ms();
+      wait_for_device(device);
     } catch (const std::exception& e) {
+      // A fault in the replay can leave the device unusable: the eager numbers above still stand.
       r.graph_error = e.what();
     }
+    return r;
   }
   wait_for_device(device);
   return r;
