@@ -24,6 +24,11 @@ template <typename T>
 void attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* dout, T* dqkv,
                             int64_t B, int64_t Tn, int64_t H, int64_t D, double scale);
 
+// The head dims the CUDA kernels are built for (the CPU twins take any).
+inline bool attention_cuda_supports_head_dim(int64_t D) {
+  return D == 32 || D == 64 || D == 80 || D == 128;
+}
+
 #if DEIT_HAVE_CUDA
 // CUDA (kernels/cuda/attention.cu): qkv, out, dout, dqkv in bf16, lse in fp32 (natural log, as the
 // CPU twin), fp32 accumulation throughout. Head dims 32, 64, 80, 128; any T >= 0. The bf16

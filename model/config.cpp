@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "kernels/attention.h"
+
 namespace deit::model {
 
 void ViTConfig::validate() const {
@@ -16,6 +18,15 @@ void ViTConfig::validate() const {
   if (input_size < patch)
     fail("input size " + std::to_string(input_size) + " is smaller than one " +
          std::to_string(patch) + "-pixel patch");
+}
+
+void ViTConfig::validate_for_cuda() const {
+  validate();
+  if (!kernels::attention_cuda_supports_head_dim(head_dim()))
+    throw std::invalid_argument("head dim " + std::to_string(head_dim()) + " (dim " +
+                                std::to_string(dim) + " / " + std::to_string(heads) +
+                                " heads) has no CUDA attention kernel: the GPU takes head dims "
+                                "32, 64, 80 and 128 (the CPU any)");
 }
 
 namespace {

@@ -27,6 +27,9 @@ struct ViTConfig {
 
   // Throws std::invalid_argument naming the first inconsistent field.
   void validate() const;
+  // What the CUDA kernels need on top (the head dim of the attention kernels): a model meant for
+  // the GPU fails when it is made, not at its first forward. Throws std::invalid_argument.
+  void validate_for_cuda() const;
 };
 
 // deit3_tiny, deit3_small, deit3_medium, deit3_base, deit3_large, deit3_huge, deit3_huge52.

@@ -10,7 +10,10 @@ namespace deit::model {
 
 VisionTransformer::VisionTransformer(const ViTConfig& config, Device device, DType dtype)
     : config_(config), specs_(vit_param_specs(config)) {
-  config_.validate();
+  if (device.is_cuda())
+    config_.validate_for_cuda();
+  else
+    config_.validate();
   for (const ParamSpec& spec : specs_)
     params_.add(spec.name, Tensor::empty(spec.shape, dtype, device), spec.weight_decay);
 }

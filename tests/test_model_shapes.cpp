@@ -45,6 +45,13 @@ TEST_CASE("configuration errors say what is wrong", "[model]") {
   c = preset("deit3_small");
   c.input_size = 8;
   CHECK_THROWS_WITH(c.validate(), Catch::Contains("smaller than one"));
+  // The GPU's attention kernels take head dims 32, 64, 80 and 128: every preset fits, a custom
+  // 384 / 4 = 96 does not, and says so before any memory is taken.
+  for (const std::string& name : preset_names()) CHECK_NOTHROW(preset(name).validate_for_cuda());
+  c = preset("deit3_small");
+  c.heads = 4;
+  CHECK_NOTHROW(c.validate());
+  CHECK_THROWS_WITH(c.validate_for_cuda(), Catch::Contains("head dim 96"));
 }
 
 TEST_CASE("parameter table: timm names, decay only on weight matrices", "[model]") {

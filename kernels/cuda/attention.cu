@@ -69,7 +69,7 @@ namespace {
 void check_args(const char* fn, std::initializer_list<const void*> bf16_buffers, int64_t B,
                 int64_t Tn, int64_t H, int64_t D) {
   gpu::check_sizes(fn, {B, Tn, H, D});
-  if (D != 32 && D != 64 && D != 80 && D != 128)
+  if (!attention_cuda_supports_head_dim(D))
     throw std::invalid_argument(std::string(fn) + ": head dim " + std::to_string(D) +
                                 " not supported (32, 64, 80 or 128)");
   // Grids are 1-D with int block indices: (batch * heads) * tiles blocks for the main kernels,
