@@ -1,10 +1,10 @@
 // [gpu] checks of the CUDA kernels of the cast, elementwise, gelu, layernorm, layerscale (alone
 // and fused with the LayerNorm after it), losses and tokens families against their CPU twins, as
 // DESIGN.md's tolerances say: fresh random inputs (bf16 operands rounded once, so both sides see
-// the same numbers; the fp32 residual stream's operands unrounded), device outputs poisoned with NaN before every call, every element compared, no NaN or
-// infinity allowed. Shapes: ViT-S (C = 384), ViT-H at 160 px (T = 145, C = 1280), and awkward
-// ones: odd token counts, batch 1, C % 8 != 0 and misaligned pointers (the scalar paths), tiny
-// and empty sizes.
+// the same numbers; the fp32 residual stream's operands unrounded), device outputs poisoned with
+// NaN before every call, every element compared, no NaN or infinity allowed. Shapes: ViT-S
+// (C = 384), ViT-H at 160 px (T = 145, C = 1280), and awkward ones: odd token counts, batch 1,
+// C % 8 != 0 and misaligned pointers (the scalar paths), tiny and empty sizes.
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
