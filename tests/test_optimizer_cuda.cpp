@@ -25,10 +25,10 @@
 #include <memory>
 #include <vector>
 
-#include "engine/optimizer.h"
 #include "engine/rng.h"
 #include "kernels/optimizer.h"
 #include "tests/cuda_test_util.h"
+#include "tests/optimizer_reference.h"
 
 using namespace deit::kernels;
 using deit::Rng;
@@ -161,29 +161,6 @@ void check_state(const DeviceState& d, const HostState& h) {
     for (size_t j = 0; j < p.size(); ++j) rounded[j] = float_to_bf16(p[j]);
     check_same_bits("bf16 copy", d.param_bf16[i].download(), rounded);
   }
-}
-
-// engine/optimizer.cpp and engine/lamb.cpp's gradient factor, from the CPU twin's norm.
-struct HostNorm {
-  double norm, scale;
-};
-
-HostNorm host_grad_norm(const std::vector<std::vector<float>>& grads, double clip_grad,
-                        double max_grad_norm) {
-  double sum = 0;
-  for (const auto& g : grads) sum += sum_squares_cpu<float>(g.data(), static_cast<int64_t>(g.size()));
-  const double norm = std::sqrt(sum);
-  double scale = deit::clip_grad_coefficient(norm, clip_grad);
-  if (max_grad_norm > 0 && norm * scale > max_grad_norm) scale /= norm * scale / max_grad_norm;
-  return {norm, scale};
-}
-
-AdamStep adam_step(int t, double grad_scale) {
-  AdamStep s;
-  s.bias_correction1 = 1 - std::pow(s.beta1, t);
-  s.bias_correction2 = 1 - std::pow(s.beta2, t);
-  s.grad_scale = grad_scale;
-  return s;
 }
 
 // Step t of LAMB / AdamW at the learning rate kLr, as engine/optimizer.cpp enqueues it.

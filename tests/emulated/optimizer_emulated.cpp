@@ -56,6 +56,7 @@
 #include "kernels/optimizer.h"
 #include "tests/emulated/cuda_emulator.h"
 #include "tests/emulated/test_support.h"
+#include "tests/optimizer_reference.h"
 // The kernels, after the emulator's stand-ins for what they use.
 #include "kernels/cuda/optimizer_kernels.cuh"
 
@@ -63,6 +64,9 @@ namespace deit::kernels {
 namespace {
 
 using emu::DeviceBuffer;
+using test::adam_step;
+using test::host_grad_norm;
+using test::HostNorm;
 
 // The [gpu] test's tolerances (tests/test_optimizer_cuda.cpp says why these values).
 constexpr double kF32Tol = 1e-5;
@@ -391,31 +395,6 @@ void ema_update(const DeviceTable& t, double decay) {
 // ---------------------------------------------------------------------------------------------
 // The CPU twins, as engine/optimizer.cpp, engine/lamb.cpp and engine/adamw.cpp drive them.
 
-struct HostNorm {
-  double norm, scale;
-};
-
-// engine/optimizer.cpp's global norm and clip_grad_coefficient (written out: this test links the
-// CPU kernels, not the engine), then engine/lamb.cpp's max_grad_norm.
-HostNorm host_grad_norm(const std::vector<std::vector<float>>& grads, double clip_grad,
-                        double max_grad_norm) {
-  double sum = 0;
-  for (const auto& g : grads)
-    sum += sum_squares_cpu<float>(g.data(), static_cast<int64_t>(g.size()));
-  const double norm = std::sqrt(sum);
-  double scale = clip_grad > 0 ? std::min(1.0, clip_grad / (norm + 1e-6)) : 1.0;
-  if (max_grad_norm > 0 && norm * scale > max_grad_norm) scale /= norm * scale / max_grad_norm;
-  return {norm, scale};
-}
-
-AdamStep adam_step(int t, double grad_scale) {
-  AdamStep s;
-  s.bias_correction1 = 1 - std::pow(s.beta1, t);
-  s.bias_correction2 = 1 - std::pow(s.beta2, t);
-  s.grad_scale = grad_scale;
-  return s;
-}
-
 // engine/lamb.cpp's update of the host state; returns each tensor's trust ratio.
 std::vector<std::vector<float>> host_lamb(const Table& table, HostState& h,
                                           const std::vector<std::vector<float>>& grads,
@@ -454,8 +433,12 @@ void host_adamw(const Table& table, HostState& h, const std::vector<std::vector<
 // device's own fp32 weights rounded to nearest even (exactly).
 void check_state(const DeviceState& d, const HostState& h, emu::ShapeChecks& checks) {
   const HostState got = d.download();
-  checks.relative_each("param", got.param, h.param, kF32Tol);
-  checks.relative_each("exp_avg", got.exp_avg, h.exp_avg, kF32Tol);
+  // A small tensor whose values pass near 0 (a one-element weight crossing zero, w - lr * update
+  // cancelling) keeps the few-ulp error of the larger values it came from: judge it against
+  // those, ~0.01 and up (weights drawn in [-0.1, 0.1], gradients in [-1, 1] and wider).
+  constexpr double kNearZeroNorm = 1e-2;
+  checks.relative_each("param", got.param, h.param, kF32Tol, kNearZeroNorm);
+  checks.relative_each("exp_avg", got.exp_avg, h.exp_avg, kF32Tol, kNearZeroNorm);
   checks.relative_each("exp_avg_sq", got.exp_avg_sq, h.exp_avg_sq, kF32Tol);
   for (size_t i = 0; i < got.param.size(); ++i) {
     std::vector<bf16_bits> rounded(got.param[i].size());

@@ -98,10 +98,10 @@ class ShapeChecks {
   // relative() of every pair got[k], ref[k] (the tensors of a multi-tensor launch), measured by
   // the worst of them; each failing pair is named by its index k.
   void relative_each(const char* tensors, const std::vector<std::vector<float>>& got,
-                     const std::vector<std::vector<float>>& ref, double tol) {
+                     const std::vector<std::vector<float>>& ref, double tol, double floor = 0) {
     double worst = 0;
     for (size_t k = 0; k < got.size(); ++k) {
-      const double rel = relative_error(got[k], ref[k], 0);
+      const double rel = relative_error(got[k], ref[k], floor);
       worst = std::max(worst, rel);
       const std::string name = std::string(tensors) + " " + std::to_string(k);
       if (!passes(rel, tol, got[k])) fail(name, why("relative error", rel, tol, got[k]));
