@@ -16,8 +16,10 @@ Tensor gelu_forward(const Tensor& x) {
         kernels::gelu_forward_cpu<T>(x.data<T>(), y.data<T>(), x.numel());
       },
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
-        kernels::gelu_forward_cuda(cuda_data<kernels::bf16_bits>("gelu", "x", x),
-                                   y.data<kernels::bf16_bits>(), x.numel(), cuda.stream);
+        // The operand check first: arguments are evaluated in no fixed order, and y.data would
+        // otherwise fail with a message that names no operand.
+        const auto* xs = cuda_data<kernels::bf16_bits>("gelu", "x", x);
+        kernels::gelu_forward_cuda(xs, y.data<kernels::bf16_bits>(), x.numel(), cuda.stream);
       }));
   return y;
 }
@@ -31,9 +33,9 @@ Tensor gelu_backward(const Tensor& dy, const Tensor& x) {
         kernels::gelu_backward_cpu<T>(dy.data<T>(), x.data<T>(), dx.data<T>(), x.numel());
       },
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
-        kernels::gelu_backward_cuda(cuda_data<kernels::bf16_bits>(op, "dy", dy),
-                                    cuda_data<kernels::bf16_bits>(op, "x", x),
-                                    dx.data<kernels::bf16_bits>(), x.numel(), cuda.stream);
+        const auto* dys = cuda_data<kernels::bf16_bits>(op, "dy", dy);
+        const auto* xs = cuda_data<kernels::bf16_bits>(op, "x", x);
+        kernels::gelu_backward_cuda(dys, xs, dx.data<kernels::bf16_bits>(), x.numel(), cuda.stream);
       }));
   return dx;
 }

@@ -1,0 +1,603 @@
+// The CUDA runtime API calls deit makes, on the emulated device of emulated_device.h: streams with
+// queues that run when the host waits, events, graph capture and replay, guarded device memory,
+// launch checks and per-thread last errors. Linked into the emulated test binary ahead of
+// libcudart, so every call of the engine, model, trainer and tests lands here.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "tests/emulated/cuda_emulator.h"
+#include "tests/emulated/runtime/emulated_device.h"
+
+// The runtime's opaque handle types, defined here.
+struct CUstream_st;
+struct CUevent_st;
+struct CUgraph_st {
+  std::vector<deit_emu::Work> nodes;  // in capture order, which respects every dependency
+};
+struct CUgraphExec_st {
+  std::vector<deit_emu::Work> nodes;
+};
+
+// What a captured stream's work depends on: for each stream of the capture, how many of its
+// captured nodes (a join counts as one) come before. Used to refuse a capture whose forked
+// streams never joined back into the stream that began it.
+using CaptureClock = std::map<CUstream_st*, uint64_t>;
+
+struct Capture {
+  CUgraph_st* graph;
+  CUstream_st* origin;
+  cudaStreamCaptureMode mode;
+  std::thread::id thread;
+  bool invalidated = false;
+  std::vector<CUstream_st*> joined;
+  CaptureClock tails;  // nodes captured per stream
+};
+
+struct CUstream_st {
+  bool blocking = true;  // waits for, and is waited for by, the legacy default stream
+  int priority = 0;
+  std::deque<deit_emu::Work> queue;
+  uint64_t enqueued = 0, executed = 0;
+  Capture* capture = nullptr;
+  CaptureClock depends_on;  // within its capture
+};
+
+struct CUevent_st {
+  bool recorded = false;
+  CUstream_st* stream = nullptr;  // where it was last recorded, outside a capture
+  uint64_t seq = 0;               // done once stream->executed reaches it
+  uint64_t clock = 0;             // work enqueued anywhere before it, for cudaEventElapsedTime
+  Capture* capture = nullptr;     // recorded in this capture
+  CaptureClock depends_on;        // what the capture's work before it was
+};
+
+namespace deit_emu {
+namespace {
+
+constexpr int kSharedBytesDefault = 48 << 10;
+constexpr int kSharedBytesOptIn = 232448;  // sm_90: 227 KiB per block
+
+std::recursive_mutex& api_lock() {
+  static std::recursive_mutex m;
+  return m;
+}
+
+struct Device {
+  // Streams are never freed: a wait queued on another stream may still name a destroyed one.
+  std::vector<std::unique_ptr<CUstream_st>> streams;
+  CUstream_st legacy;
+  std::vector<Capture*> captures;
+  std::map<uintptr_t, std::unique_ptr<emu::GuardedRegion>> allocations;  // by start address
+  std::map<const void*, int> max_dynamic_shared;  // cudaFuncAttributeMaxDynamicSharedMemorySize
+  uint64_t clock = 0;
+  uint64_t allocation_count = 0;
+};
+Device& device() {
+  static Device* d = new Device;  // never destroyed: static destructors may still call in
+  return *d;
+}
+
+thread_local cudaError_t t_last_error = cudaSuccess;
+thread_local cudaStreamCaptureMode t_capture_mode = cudaStreamCaptureModeGlobal;
+
+CUstream_st* resolve(cudaStream_t s) {
+  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return &device().legacy;
+  return s;
+}
+
+void run_until(CUstream_st& s, uint64_t upto) {
+  while (s.executed < upto) {
+    Work w = std::move(s.queue.front());
+    s.queue.pop_front();
+    ++s.executed;
+    w();
+  }
+}
+void run_all(CUstream_st& s) { run_until(s, s.enqueued); }
+
+void run_everything() {
+  Device& d = device();
+  bool again = true;
+  while (again) {
+    run_all(d.legacy);
+    for (auto& s : d.streams) run_all(*s);
+    again = !d.legacy.queue.empty();
+    for (auto& s : d.streams) again = again || !s->queue.empty();
+  }
+}
+
+void invalidate(Capture* c) { c->invalidated = true; }
+
+// CUDA's rule for "potentially unsafe" calls (synchronisation, allocation, synchronous copies)
+// while captures are under way: a thread in global mode may not make them while it captures or
+// any thread captures in global mode; in thread-local mode, while it captures; in relaxed mode,
+// ever. Returns the error and invalidates the captures it violates.
+cudaError_t check_unsafe_call() {
+  if (t_capture_mode == cudaStreamCaptureModeRelaxed) return cudaSuccess;
+  bool refused = false;
+  for (Capture* c : device().captures) {
+    const bool own = c->thread == std::this_thread::get_id();
+    const bool prohibits =
+        (own && c->mode != cudaStreamCaptureModeRelaxed) ||
+        (t_capture_mode == cudaStreamCaptureModeGlobal && c->mode == cudaStreamCaptureModeGlobal);
+    if (prohibits) invalidate(c), refused = true;
+  }
+  return refused ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
+
+emu::GuardedRegion* find_allocation(const void* p) {
+  Device& d = device();
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = d.allocations.upper_bound(a);
+  if (it == d.allocations.begin()) return nullptr;
+  --it;
+  emu::GuardedRegion* r = it->second.get();
+  return r->contains(p, 0) ? r : nullptr;
+}
+
+// The copy kinds name which side is the device; that side must lie in one allocation.
+bool copy_in_bounds(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if (kind == cudaMemcpyDefault) return true;
+  if (kind == cudaMemcpyHostToHost) return true;
+  return (!dst_device || is_device_range(dst, bytes)) && (!src_device || is_device_range(src, bytes));
+}
+
+}  // namespace
+
+cudaError_t record_error(cudaError_t error) {
+  if (error != cudaSuccess) t_last_error = error;
+  return error;
+}
+
+bool is_device_range(const void* p, size_t bytes) {
+  const emu::GuardedRegion* r = find_allocation(p);
+  return r != nullptr && r->contains(p, bytes);
+}
+
+cudaError_t enqueue(cudaStream_t stream, Work work) {
+  std::lock_guard<std::recursive_mutex> lock(api_lock());
+  Device& d = device();
+  CUstream_st* s = resolve(stream);
+  if (s == &d.legacy && !d.captures.empty()) {
+    // Work on the legacy stream would have to wait for the capturing streams.
+    for (Capture* c : d.captures) invalidate(c);
+    return cudaErrorStreamCaptureImplicit;
+  }
+  if (s->capture != nullptr) {
+    if (s->capture->invalidated) return cudaErrorStreamCaptureInvalidated;
+    s->capture->graph->nodes.push_back(std::move(work));
+    s->depends_on[s] = ++s->capture->tails[s];
+    return cudaSuccess;
+  }
+  // The legacy stream and the blocking streams wait for each other's earlier work.
+  if (s == &d.legacy) {
+    for (auto& other : d.streams)
+      if (other->blocking && other->enqueued > other->executed) {
+        CUstream_st* o = other.get();
+        const uint64_t upto = o->enqueued;
+        s->queue.push_back([o, upto] { run_until(*o, upto); });
+        ++s->enqueued;
+      }
+  } else if (s->blocking && d.legacy.enqueued > d.legacy.executed) {
+    const uint64_t upto = d.legacy.enqueued;
+    s->queue.push_back([&d, upto] { run_until(d.legacy, upto); });
+    ++s->enqueued;
+  }
+  s->queue.push_back(std::move(work));
+  ++s->enqueued;
+  ++d.clock;
+  return cudaSuccess;
+}
+
+cudaError_t launch_kernel(const void* kernel, const std::string& site, dim3 grid, dim3 block,
+                          size_t shared_bytes, cudaStream_t stream, Work run) {
+  std::lock_guard<std::recursive_mutex> lock(api_lock());
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
+    return record_error(cudaErrorInvalidConfiguration);
+  if (shared_bytes > kSharedBytesDefault) {
+    const auto it = device().max_dynamic_shared.find(kernel);
+    if (it == device().max_dynamic_shared.end() || shared_bytes > size_t(it->second)) {
+      std::fprintf(stderr, "emulated device: %s launches with %zu bytes of dynamic shared memory "
+                   "without cudaFuncSetAttribute allowing them\n", site.c_str(), shared_bytes);
+      return record_error(cudaErrorInvalidValue);
+    }
+  }
+  return record_error(enqueue(stream, std::move(run)));
+}
+
+}  // namespace deit_emu
+
+using deit_emu::api_lock;
+using deit_emu::device;
+using deit_emu::record_error;
+using deit_emu::resolve;
+using Lock = std::lock_guard<std::recursive_mutex>;
+
+// ---------------------------------------------------------------------------------------------
+// Errors and the device.
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = deit_emu::t_last_error;
+  deit_emu::t_last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return deit_emu::t_last_error; }
+
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureUnmatched:
+      return "capture was not ended in the same stream as it began";
+    case cudaErrorStreamCaptureUnjoined:
+      return "capturing stream has unjoined work";
+    case cudaErrorStreamCaptureImplicit:
+      return "operation would make the legacy stream depend on a capturing blocking stream";
+    default: return "unrecognized error code (emulated device)";
+  }
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return record_error(d == 0 ? cudaSuccess : cudaErrorInvalidDevice); }
+cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int d) {
+  if (d != 0) return record_error(cudaErrorInvalidDevice);
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof prop->name, "emulated sm_90 device (tests/emulated/runtime)");
+  prop->major = 9;
+  prop->minor = 0;
+  prop->totalGlobalMem = size_t{141} << 30;
+  prop->multiProcessorCount = 132;
+  prop->l2CacheSize = 60 << 20;
+  prop->sharedMemPerBlock = deit_emu::kSharedBytesDefault;
+  prop->sharedMemPerBlockOptin = deit_emu::kSharedBytesOptIn;
+  prop->maxThreadsPerBlock = 1024;
+  prop->warpSize = 32;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d) {
+  if (d != 0) return record_error(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = 132; return cudaSuccess;
+    case cudaDevAttrL2CacheSize: *value = 60 << 20; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = deit_emu::kSharedBytesOptIn; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    default: return record_error(cudaErrorInvalidValue);
+  }
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  Lock lock(api_lock());
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
+  if (value < 0 || value > deit_emu::kSharedBytesOptIn) return record_error(cudaErrorInvalidValue);
+  device().max_dynamic_shared[func] = value;
+  return cudaSuccess;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory.
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  Lock lock(api_lock());
+  *p = nullptr;
+  if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
+  deit_emu::Device& d = device();
+  auto region = std::make_unique<emu::GuardedRegion>(
+      std::max<size_t>(bytes, 1), emu::MemoryKind::kGlobal,
+      "cudaMalloc #" + std::to_string(++d.allocation_count) + " (" + std::to_string(bytes) +
+          " bytes)");
+  std::memset(region->begin(), 0xFF, region->size());  // fresh device memory is not zero
+  *p = region->begin();
+  d.allocations.emplace(reinterpret_cast<uintptr_t>(*p), std::move(region));
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* p) {
+  Lock lock(api_lock());
+  if (p == nullptr) return cudaSuccess;
+  if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
+  deit_emu::run_everything();  // cudaFree waits for the device
+  auto& all = device().allocations;
+  const auto it = all.find(reinterpret_cast<uintptr_t>(p));
+  if (it == all.end()) return record_error(cudaErrorInvalidValue);
+  all.erase(it);
+  return cudaSuccess;
+}
+
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) {
+  Lock lock(api_lock());
+  *p = nullptr;
+  if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
+  *p = std::aligned_alloc(4096, (std::max<size_t>(bytes, 1) + 4095) / 4096 * 4096);
+  return *p ? cudaSuccess : record_error(cudaErrorMemoryAllocation);
+}
+
+cudaError_t cudaFreeHost(void* p) {
+  Lock lock(api_lock());
+  if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
+  deit_emu::run_everything();
+  std::free(p);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+  if (!deit_emu::copy_in_bounds(dst, src, bytes, kind)) return record_error(cudaErrorInvalidValue);
+  return record_error(
+      deit_emu::enqueue(stream, [=] { std::memmove(dst, src, bytes); }));
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  Lock lock(api_lock());
+  if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
+  if (!deit_emu::copy_in_bounds(dst, src, bytes, kind)) return record_error(cudaErrorInvalidValue);
+  deit_emu::run_everything();  // a synchronous copy waits for the (blocking) device work before it
+  std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
+  if (!deit_emu::is_device_range(p, bytes)) return record_error(cudaErrorInvalidValue);
+  return record_error(deit_emu::enqueue(stream, [=] { std::memset(p, value, bytes); }));
+}
+
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  Lock lock(api_lock());
+  if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
+  if (!deit_emu::is_device_range(p, bytes)) return record_error(cudaErrorInvalidValue);
+  deit_emu::run_everything();
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams and events.
+
+namespace {
+cudaError_t create_stream(cudaStream_t* out, unsigned int flags, int priority) {
+  Lock lock(api_lock());
+  auto s = std::make_unique<CUstream_st>();
+  s->blocking = (flags & cudaStreamNonBlocking) == 0;
+  s->priority = priority;
+  *out = s.get();
+  device().streams.push_back(std::move(s));
+  return cudaSuccess;
+}
+}  // namespace
+
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return create_stream(s, cudaStreamDefault, 0); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
+  return create_stream(s, flags, 0);
+}
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned int flags, int priority) {
+  return create_stream(s, flags, priority);
+}
+cudaError_t cudaDeviceGetStreamPriorityRange(int* least, int* greatest) {
+  *least = 0;
+  *greatest = -5;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  Lock lock(api_lock());
+  CUstream_st* s = resolve(stream);
+  if (s == &device().legacy) return record_error(cudaErrorInvalidResourceHandle);
+  if (s->capture != nullptr) return record_error(cudaErrorStreamCaptureUnsupported);
+  deit_emu::run_all(*s);  // its work still completes
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  Lock lock(api_lock());
+  CUstream_st* s = resolve(stream);
+  if (s->capture != nullptr) {
+    deit_emu::invalidate(s->capture);
+    return record_error(cudaErrorStreamCaptureUnsupported);
+  }
+  if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
+  if (s == &device().legacy)
+    deit_emu::run_everything();
+  else
+    deit_emu::run_all(*s);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = new CUevent_st;
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) { return cudaEventCreate(e); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  Lock lock(api_lock());
+  delete e;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t stream) {
+  Lock lock(api_lock());
+  CUstream_st* s = resolve(stream);
+  e->recorded = true;
+  if (s->capture != nullptr) {
+    if (s->capture->invalidated) return record_error(cudaErrorStreamCaptureInvalidated);
+    e->capture = s->capture;
+    e->depends_on = s->depends_on;
+    return cudaSuccess;
+  }
+  if (s == &device().legacy && !device().captures.empty())
+    return record_error(deit_emu::enqueue(stream, [] {}));  // refused: the implicit dependency
+  e->capture = nullptr;
+  e->stream = s;
+  e->seq = s->enqueued;
+  e->clock = ++device().clock;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t e, unsigned int) {
+  Lock lock(api_lock());
+  CUstream_st* s = resolve(stream);
+  if (e->capture != nullptr) {
+    // Waiting for a captured event joins the capture: later work here is captured too.
+    if (s->capture == nullptr) {
+      if (s == &device().legacy) return record_error(cudaErrorStreamCaptureImplicit);
+      s->capture = e->capture;
+      e->capture->joined.push_back(s);
+      s->depends_on = e->depends_on;
+      s->depends_on[s] = ++s->capture->tails[s];
+    } else if (s->capture != e->capture) {
+      return record_error(cudaErrorStreamCaptureIsolation);
+    }
+    for (const auto& [stream, count] : e->depends_on)
+      s->depends_on[stream] = std::max(s->depends_on[stream], count);
+    return cudaSuccess;
+  }
+  if (!e->recorded || e->stream == nullptr || s->capture != nullptr) return cudaSuccess;
+  CUstream_st* other = e->stream;
+  const uint64_t upto = e->seq;
+  return record_error(deit_emu::enqueue(stream, [other, upto] { deit_emu::run_until(*other, upto); }));
+}
+
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+  Lock lock(api_lock());
+  if (e->capture != nullptr) return record_error(cudaErrorStreamCaptureUnsupported);
+  if (const cudaError_t err = deit_emu::check_unsafe_call(); err != cudaSuccess)
+    return record_error(err);
+  if (!e->recorded || e->stream == nullptr || e->stream->executed >= e->seq) return cudaSuccess;
+  // Still queued: answer as a busy GPU would, and let it finish for the next query.
+  deit_emu::run_until(*e->stream, e->seq);
+  return record_error(cudaErrorNotReady);
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  Lock lock(api_lock());
+  if (e->capture != nullptr) return record_error(cudaErrorStreamCaptureUnsupported);
+  if (const cudaError_t err = deit_emu::check_unsafe_call(); err != cudaSuccess)
+    return record_error(err);
+  if (e->recorded && e->stream != nullptr) deit_emu::run_until(*e->stream, e->seq);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  Lock lock(api_lock());
+  if (!start->recorded || !end->recorded || start->stream == nullptr || end->stream == nullptr)
+    return record_error(cudaErrorInvalidResourceHandle);
+  if (start->stream->executed < start->seq || end->stream->executed < end->seq)
+    return record_error(cudaErrorNotReady);
+  // No timing on the host: one microsecond per piece of work enqueued between them.
+  *ms = 1e-3f * static_cast<float>(end->clock > start->clock ? end->clock - start->clock : 0);
+  return cudaSuccess;
+}
+
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* data) {
+  return record_error(deit_emu::enqueue(stream, [fn, data] { fn(data); }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graphs.
+
+cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode* mode) {
+  std::swap(*mode, deit_emu::t_capture_mode);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
+  Lock lock(api_lock());
+  CUstream_st* s = resolve(stream);
+  if (s == &device().legacy) return record_error(cudaErrorStreamCaptureUnsupported);
+  if (s->capture != nullptr) return record_error(cudaErrorIllegalState);
+  s->capture = new Capture{new CUgraph_st, s, mode, std::this_thread::get_id()};
+  device().captures.push_back(s->capture);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  Lock lock(api_lock());
+  *graph = nullptr;
+  CUstream_st* s = resolve(stream);
+  Capture* c = s->capture;
+  if (c == nullptr) return record_error(cudaErrorIllegalState);
+  if (c->origin != s) {
+    deit_emu::invalidate(c);
+    return record_error(cudaErrorStreamCaptureUnmatched);
+  }
+  // Every forked stream's last captured node must come before the end.
+  const bool unjoined = std::any_of(c->joined.begin(), c->joined.end(), [&](CUstream_st* j) {
+    return s->depends_on[j] < c->tails[j];
+  });
+  if (unjoined) c->invalidated = true;
+  for (CUstream_st* j : c->joined) j->capture = nullptr, j->depends_on.clear();
+  s->capture = nullptr;
+  s->depends_on.clear();
+  auto& all = device().captures;
+  all.erase(std::remove(all.begin(), all.end(), c), all.end());
+  std::unique_ptr<Capture> ended(c);
+  if (c->invalidated) {
+    delete c->graph;
+    return record_error(unjoined ? cudaErrorStreamCaptureUnjoined
+                                 : cudaErrorStreamCaptureInvalidated);
+  }
+  *graph = c->graph;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+  Lock lock(api_lock());
+  const Capture* c = resolve(stream)->capture;
+  *status = c == nullptr       ? cudaStreamCaptureStatusNone
+            : c->invalidated ? cudaStreamCaptureStatusInvalidated
+                             : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  if (graph == nullptr) return record_error(cudaErrorInvalidValue);
+  *exec = new CUgraphExec_st{graph->nodes};
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  const std::vector<deit_emu::Work>* nodes = &exec->nodes;
+  return record_error(deit_emu::enqueue(stream, [nodes] {
+    for (const deit_emu::Work& w : *nodes) w();
+  }));
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  Lock lock(api_lock());
+  deit_emu::run_everything();  // a replay still queued reads the nodes
+  delete exec;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
+  return cudaSuccess;
+}

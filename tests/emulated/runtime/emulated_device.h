@@ -1,0 +1,52 @@
+// The emulated CUDA device behind the emulated build of the [gpu] tests (tests/emulated/runtime/):
+// the CUDA runtime API (cudart.cpp) and cuBLASLt (cublaslt.cpp) rewritten for the host, with the
+// real kernel source of kernels/cuda/*.cu running on tests/emulated/cuda_emulator.h. This header
+// is what those files share.
+//
+// What the emulated device does as a GPU would, so that host code (engine, model, trainer) that
+// is wrong for a GPU fails here too:
+//  - Work is asynchronous. Kernels, copies, memsets, host functions and GEMMs queue on their
+//    stream and run only when the host waits for them (a stream or event synchronisation, an event
+//    query, a synchronous copy, cudaFree), stream by stream in order, after the work on other
+//    streams that they were made to wait for (cudaStreamWaitEvent, the legacy default stream). A
+//    host that reads a result it did not wait for reads the buffer as it was; a host that rewrites
+//    an input before the copy that reads it has run changes what the device sees.
+//  - Device memory comes from the emulator's guarded regions: guard pages and canaries catch an
+//    access past an allocation, by a kernel or by a copy, which must lie inside one allocation.
+//  - Graph capture records the work instead of running it (and a graph launch replays it, with the
+//    kernel arguments of the capture), joins the streams that wait for a captured event, and
+//    refuses what CUDA refuses during a capture: work on the legacy stream, synchronisation,
+//    allocation, synchronous copies (cudaErrorStreamCaptureUnsupported, and the capture is then
+//    invalidated), per thread capture mode included.
+//  - A launch checks its configuration (block and grid sizes, dynamic shared memory above 48 KiB
+//    only after cudaFuncSetAttribute allows it); errors are returned or left for
+//    cudaGetLastError, per thread, as the runtime does. cudaEventQuery answers "not ready" once
+//    for work still queued, then runs it.
+// One device, sm_90 with an H200's sizes. Every API call holds one lock, so host threads take
+// turns; kernels run on the thread that waits for them.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <functional>
+#include <string>
+
+namespace deit_emu {
+
+using Work = std::function<void()>;
+
+// Queues `work` on `stream` (or records it into the stream's capture). Returns the error CUDA
+// would give for enqueuing there now, without queuing anything.
+cudaError_t enqueue(cudaStream_t stream, Work work);
+
+// Leaves `error` as this thread's last error (what cudaGetLastError returns) and returns it.
+cudaError_t record_error(cudaError_t error);
+
+// Queues a kernel: checks the launch configuration, then enqueues run (which calls emu::launch).
+cudaError_t launch_kernel(const void* kernel, const std::string& site, dim3 grid, dim3 block,
+                          size_t shared_bytes, cudaStream_t stream, Work run);
+
+// Whether [p, p + bytes) lies inside one device allocation.
+bool is_device_range(const void* p, size_t bytes);
+
+}  // namespace deit_emu

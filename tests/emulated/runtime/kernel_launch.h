@@ -1,0 +1,78 @@
+// Included ahead of every kernels/cuda/*.cu in the emulated build (tests/emulated/runtime/
+// CMakeLists.txt), whose launches rewrite_launches.cmake has turned from
+//     kernel<<<grid, block, shared_bytes, stream>>>(args...)
+// into
+//     kernel ^ ::deit_emu::LaunchConfig{__FILE__, __LINE__, grid, block, shared_bytes, stream}
+//            ^ ::deit_emu::kernel_args(args...)
+// The first ^ binds the kernel to its configuration, the second converts the arguments to the
+// kernel's parameter types and queues the launch on the emulated device (emulated_device.h),
+// keeping the arguments by value as CUDA does; the kernel then runs on the emulator
+// (cuda_emulator.h) when the host waits for its stream.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "tests/emulated/cuda_emulator.h"
+#include "tests/emulated/runtime/emulated_device.h"
+
+namespace deit_emu {
+
+struct LaunchConfig {
+  LaunchConfig(const char* file, int line, dim3 grid, dim3 block, size_t shared_bytes = 0,
+               cudaStream_t stream = nullptr)
+      : site(std::string(file) + ":" + std::to_string(line)),
+        grid(grid),
+        block(block),
+        shared_bytes(shared_bytes),
+        stream(stream) {}
+  std::string site;  // "kernels/cuda/layernorm.cu:43", the launch's name in failure messages
+  dim3 grid, block;
+  size_t shared_bytes;
+  cudaStream_t stream;
+};
+
+template <typename... Params>
+struct BoundKernel {
+  void (*kernel)(Params...);
+  LaunchConfig config;
+};
+
+template <typename... Args>
+struct KernelArgs {
+  std::tuple<Args...> values;
+};
+
+template <typename... Args>
+KernelArgs<std::decay_t<Args>...> kernel_args(Args&&... args) {
+  return {std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)};
+}
+
+template <typename... Params>
+BoundKernel<Params...> operator^(void (*kernel)(Params...), const LaunchConfig& config) {
+  return {kernel, config};
+}
+
+template <typename... Params, typename... Args>
+void operator^(const BoundKernel<Params...>& bound, KernelArgs<Args...>&& args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "a kernel launch with the wrong arity");
+  std::tuple<std::decay_t<Params>...> params(std::move(args.values));
+  const LaunchConfig& c = bound.config;
+  const emu::Launch launch{c.site, c.grid, c.block, c.shared_bytes};
+  auto kernel = bound.kernel;
+  launch_kernel(reinterpret_cast<const void*>(kernel), c.site, c.grid, c.block, c.shared_bytes,
+                c.stream, [kernel, params, launch] {
+                  emu::launch(launch, [&] { std::apply(kernel, params); });
+                });
+}
+
+}  // namespace deit_emu
+
+// The overload nvcc's cuda_runtime.h gives kernels (a kernel is a function pointer here).
+template <typename... Params>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute attr, int value) {
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
