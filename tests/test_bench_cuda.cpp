@@ -30,7 +30,7 @@ using namespace deit::test;
 
 #if DEIT_HAVE_CUDNN
 TEST_CASE("cuDNN's fused attention (the bench rival) matches our attention forward",
-          "[gpu][bench]") {
+          "[gpu][bench][cudnn]") {
   // The SDPA operation of the graph API exists from cuDNN 9.13 on: older libraries have no rival.
   if (cudnnGetVersion() < 91300) {
     WARN("cuDNN " << deit::bench::cudnn_runtime_version()

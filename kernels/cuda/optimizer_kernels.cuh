@@ -128,8 +128,8 @@ struct GradSquaresOp {
 struct UpdateScalars {
   const float* grad_scale;         // device: grad_norm_cuda's factor
   const StepScalars* step_source;  // device: set_step_cuda's scalars
-  float scale;                     // *grad_scale and *step_source, read by load()
-  StepScalars step;
+  float scale = 0.f;               // *grad_scale and *step_source, read by load()
+  StepScalars step{};
   __device__ void load() {
     scale = *grad_scale;
     step = *step_source;

@@ -74,19 +74,22 @@ size_t span_bytes(const Layout& l) {
   return l.cols == 0 ? 0 : (static_cast<size_t>(l.ld) * (l.cols - 1) + l.rows) * elem;
 }
 
-bool aligned(const void* p, uint32_t align) {
-  return reinterpret_cast<uintptr_t>(p) % align == 0;
-}
+bool aligned(const void* p, uint32_t align) { return reinterpret_cast<uintptr_t>(p) % align == 0; }
 
 }  // namespace
 
 const char* cublasLtGetStatusString(cublasStatus_t status) {
   switch (status) {
-    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
-    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
-    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
-    default: return "CUBLAS_STATUS (emulated cuBLASLt: unexpected status)";
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    default:
+      return "CUBLAS_STATUS (emulated cuBLASLt: unexpected status)";
   }
 }
 
@@ -110,17 +113,28 @@ cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) {
 }
 
 cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc,
-                                              cublasLtMatmulDescAttributes_t attr,
-                                              const void* buf, size_t bytes) {
+                                              cublasLtMatmulDescAttributes_t attr, const void* buf,
+                                              size_t bytes) {
   Desc& d = *as_desc(desc);
   bool ok = false;
   switch (attr) {
-    case CUBLASLT_MATMUL_DESC_TRANSA: ok = read_value(d.trans_a, buf, bytes); break;
-    case CUBLASLT_MATMUL_DESC_TRANSB: ok = read_value(d.trans_b, buf, bytes); break;
-    case CUBLASLT_MATMUL_DESC_EPILOGUE: ok = read_value(d.epilogue, buf, bytes); break;
-    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: ok = read_value(d.bias_type, buf, bytes); break;
-    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: ok = read_value(d.bias, buf, bytes); break;
-    default: d.supported = false, ok = true;
+    case CUBLASLT_MATMUL_DESC_TRANSA:
+      ok = read_value(d.trans_a, buf, bytes);
+      break;
+    case CUBLASLT_MATMUL_DESC_TRANSB:
+      ok = read_value(d.trans_b, buf, bytes);
+      break;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE:
+      ok = read_value(d.epilogue, buf, bytes);
+      break;
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE:
+      ok = read_value(d.bias_type, buf, bytes);
+      break;
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
+      ok = read_value(d.bias, buf, bytes);
+      break;
+    default:
+      d.supported = false, ok = true;
   }
   return ok ? CUBLAS_STATUS_SUCCESS : refuse("a descriptor attribute of the wrong size");
 }
@@ -152,12 +166,23 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
   Preference& p = *as_pref(pref);
   bool ok = true;
   switch (attr) {
-    case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: ok = read_value(p.workspace_bytes, buf, bytes); break;
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: ok = read_value(p.align_a, buf, bytes); break;
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES: ok = read_value(p.align_b, buf, bytes); break;
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES: ok = read_value(p.align_c, buf, bytes); break;
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES: ok = read_value(p.align_d, buf, bytes); break;
-    default: break;
+    case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES:
+      ok = read_value(p.workspace_bytes, buf, bytes);
+      break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES:
+      ok = read_value(p.align_a, buf, bytes);
+      break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES:
+      ok = read_value(p.align_b, buf, bytes);
+      break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES:
+      ok = read_value(p.align_c, buf, bytes);
+      break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES:
+      ok = read_value(p.align_d, buf, bytes);
+      break;
+    default:
+      break;
   }
   return ok ? CUBLAS_STATUS_SUCCESS : refuse("a preference attribute of the wrong size");
 }
@@ -237,9 +262,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
     // W = op(A), b = bias, in fp32 as the GPU accumulates.
     std::vector<float> x(n * k), w(m * k), b(bias ? m : 0), y(n * m);
     for (uint64_t j = 0; j < n; ++j)
-      for (uint64_t p = 0; p < k; ++p) x[j * k + p] = load(B, lb.type, tb ? p * lb.ld + j : j * lb.ld + p);
+      for (uint64_t p = 0; p < k; ++p)
+        x[j * k + p] = load(B, lb.type, tb ? p * lb.ld + j : j * lb.ld + p);
     for (uint64_t i = 0; i < m; ++i)
-      for (uint64_t p = 0; p < k; ++p) w[i * k + p] = load(A, la.type, ta ? i * la.ld + p : p * la.ld + i);
+      for (uint64_t p = 0; p < k; ++p)
+        w[i * k + p] = load(A, la.type, ta ? i * la.ld + p : p * la.ld + i);
     for (uint64_t i = 0; i < b.size(); ++i) b[i] = load(bias_ptr, CUDA_R_16BF, i);
     deit::kernels::linear_forward_cpu(x.data(), w.data(), bias ? b.data() : nullptr, y.data(),
                                       static_cast<int64_t>(n), static_cast<int64_t>(k),
@@ -250,7 +277,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
         if (ld.type == CUDA_R_32F)
           static_cast<float*>(D)[at] = y[j * m + i];
         else
-          static_cast<deit::kernels::bf16_bits*>(D)[at] = deit::kernels::float_to_bf16(y[j * m + i]);
+          static_cast<deit::kernels::bf16_bits*>(D)[at] =
+              deit::kernels::float_to_bf16(y[j * m + i]);
       }
   });
   return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;

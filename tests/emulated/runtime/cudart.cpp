@@ -31,9 +31,9 @@ struct CUgraphExec_st {
 using CaptureClock = std::map<CUstream_st*, uint64_t>;
 
 struct Capture {
-  CUgraph_st* graph;
-  CUstream_st* origin;
-  cudaStreamCaptureMode mode;
+  CUgraph_st* graph = nullptr;
+  CUstream_st* origin = nullptr;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
   std::thread::id thread;
   bool invalidated = false;
   std::vector<CUstream_st*> joined;
@@ -148,7 +148,8 @@ bool copy_in_bounds(void* dst, const void* src, size_t bytes, cudaMemcpyKind kin
   const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
   if (kind == cudaMemcpyDefault) return true;
   if (kind == cudaMemcpyHostToHost) return true;
-  return (!dst_device || is_device_range(dst, bytes)) && (!src_device || is_device_range(src, bytes));
+  return (!dst_device || is_device_range(dst, bytes)) &&
+         (!src_device || is_device_range(src, bytes));
 }
 
 }  // namespace
@@ -202,14 +203,16 @@ cudaError_t launch_kernel(const void* kernel, const std::string& site, dim3 grid
                           size_t shared_bytes, cudaStream_t stream, Work run) {
   std::lock_guard<std::recursive_mutex> lock(api_lock());
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
-  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
-      grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
     return record_error(cudaErrorInvalidConfiguration);
   if (shared_bytes > kSharedBytesDefault) {
     const auto it = device().max_dynamic_shared.find(kernel);
     if (it == device().max_dynamic_shared.end() || shared_bytes > size_t(it->second)) {
-      std::fprintf(stderr, "emulated device: %s launches with %zu bytes of dynamic shared memory "
-                   "without cudaFuncSetAttribute allowing them\n", site.c_str(), shared_bytes);
+      std::fprintf(stderr,
+                   "emulated device: %s launches with %zu bytes of dynamic shared memory "
+                   "without cudaFuncSetAttribute allowing them\n",
+                   site.c_str(), shared_bytes);
       return record_error(cudaErrorInvalidValue);
     }
   }
@@ -236,14 +239,22 @@ cudaError_t cudaPeekAtLastError() { return deit_emu::t_last_error; }
 
 const char* cudaGetErrorString(cudaError_t error) {
   switch (error) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorNotReady: return "device not ready";
-    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorNotReady:
+      return "device not ready";
+    case cudaErrorIllegalState:
+      return "the operation cannot be performed in the present state";
     case cudaErrorStreamCaptureUnsupported:
       return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated:
@@ -254,7 +265,8 @@ const char* cudaGetErrorString(cudaError_t error) {
       return "capturing stream has unjoined work";
     case cudaErrorStreamCaptureImplicit:
       return "operation would make the legacy stream depend on a capturing blocking stream";
-    default: return "unrecognized error code (emulated device)";
+    default:
+      return "unrecognized error code (emulated device)";
   }
 }
 
@@ -262,7 +274,9 @@ cudaError_t cudaGetDeviceCount(int* count) {
   *count = 1;
   return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int d) { return record_error(d == 0 ? cudaSuccess : cudaErrorInvalidDevice); }
+cudaError_t cudaSetDevice(int d) {
+  return record_error(d == 0 ? cudaSuccess : cudaErrorInvalidDevice);
+}
 cudaError_t cudaGetDevice(int* d) {
   *d = 0;
   return cudaSuccess;
@@ -287,12 +301,23 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int d) {
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d) {
   if (d != 0) return record_error(cudaErrorInvalidDevice);
   switch (attr) {
-    case cudaDevAttrMultiProcessorCount: *value = 132; return cudaSuccess;
-    case cudaDevAttrL2CacheSize: *value = 60 << 20; return cudaSuccess;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = deit_emu::kSharedBytesOptIn; return cudaSuccess;
-    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
-    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
-    default: return record_error(cudaErrorInvalidValue);
+    case cudaDevAttrMultiProcessorCount:
+      *value = 132;
+      return cudaSuccess;
+    case cudaDevAttrL2CacheSize:
+      *value = 60 << 20;
+      return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = deit_emu::kSharedBytesOptIn;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor:
+      *value = 9;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor:
+      *value = 0;
+      return cudaSuccess;
+    default:
+      return record_error(cudaErrorInvalidValue);
   }
 }
 
@@ -312,10 +337,10 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
   if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
   deit_emu::Device& d = device();
-  auto region = std::make_unique<emu::GuardedRegion>(
-      std::max<size_t>(bytes, 1), emu::MemoryKind::kGlobal,
-      "cudaMalloc #" + std::to_string(++d.allocation_count) + " (" + std::to_string(bytes) +
-          " bytes)");
+  auto region =
+      std::make_unique<emu::GuardedRegion>(std::max<size_t>(bytes, 1), emu::MemoryKind::kGlobal,
+                                           "cudaMalloc #" + std::to_string(++d.allocation_count) +
+                                               " (" + std::to_string(bytes) + " bytes)");
   std::memset(region->begin(), 0xFF, region->size());  // fresh device memory is not zero
   *p = region->begin();
   d.allocations.emplace(reinterpret_cast<uintptr_t>(*p), std::move(region));
@@ -353,8 +378,7 @@ cudaError_t cudaFreeHost(void* p) {
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
   if (!deit_emu::copy_in_bounds(dst, src, bytes, kind)) return record_error(cudaErrorInvalidValue);
-  return record_error(
-      deit_emu::enqueue(stream, [=] { std::memmove(dst, src, bytes); }));
+  return record_error(deit_emu::enqueue(stream, [=] { std::memmove(dst, src, bytes); }));
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
@@ -483,7 +507,8 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t e, unsigned int
   if (!e->recorded || e->stream == nullptr || s->capture != nullptr) return cudaSuccess;
   CUstream_st* other = e->stream;
   const uint64_t upto = e->seq;
-  return record_error(deit_emu::enqueue(stream, [other, upto] { deit_emu::run_until(*other, upto); }));
+  return record_error(
+      deit_emu::enqueue(stream, [other, upto] { deit_emu::run_until(*other, upto); }));
 }
 
 cudaError_t cudaEventQuery(cudaEvent_t e) {
@@ -534,7 +559,12 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mo
   CUstream_st* s = resolve(stream);
   if (s == &device().legacy) return record_error(cudaErrorStreamCaptureUnsupported);
   if (s->capture != nullptr) return record_error(cudaErrorIllegalState);
-  s->capture = new Capture{new CUgraph_st, s, mode, std::this_thread::get_id()};
+  auto* c = new Capture;
+  c->graph = new CUgraph_st;
+  c->origin = s;
+  c->mode = mode;
+  c->thread = std::this_thread::get_id();
+  s->capture = c;
   device().captures.push_back(s->capture);
   return cudaSuccess;
 }
@@ -550,9 +580,8 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
     return record_error(cudaErrorStreamCaptureUnmatched);
   }
   // Every forked stream's last captured node must come before the end.
-  const bool unjoined = std::any_of(c->joined.begin(), c->joined.end(), [&](CUstream_st* j) {
-    return s->depends_on[j] < c->tails[j];
-  });
+  const bool unjoined = std::any_of(c->joined.begin(), c->joined.end(),
+                                    [&](CUstream_st* j) { return s->depends_on[j] < c->tails[j]; });
   if (unjoined) c->invalidated = true;
   for (CUstream_st* j : c->joined) j->capture = nullptr, j->depends_on.clear();
   s->capture = nullptr;
@@ -572,7 +601,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
 cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
   Lock lock(api_lock());
   const Capture* c = resolve(stream)->capture;
-  *status = c == nullptr       ? cudaStreamCaptureStatusNone
+  *status = c == nullptr     ? cudaStreamCaptureStatusNone
             : c->invalidated ? cudaStreamCaptureStatusInvalidated
                              : cudaStreamCaptureStatusActive;
   return cudaSuccess;

@@ -2,7 +2,7 @@
 // CMakeLists.txt), whose launches rewrite_launches.cmake has turned from
 //     kernel<<<grid, block, shared_bytes, stream>>>(args...)
 // into
-//     kernel ^ ::deit_emu::LaunchConfig{__FILE__, __LINE__, grid, block, shared_bytes, stream}
+//     kernel ^ ::deit_emu::LaunchConfig(__FILE__, __LINE__, grid, block, shared_bytes, stream)
 //            ^ ::deit_emu::kernel_args(args...)
 // The first ^ binds the kernel to its configuration, the second converts the arguments to the
 // kernel's parameter types and queues the launch on the emulated device (emulated_device.h),
@@ -63,10 +63,9 @@ void operator^(const BoundKernel<Params...>& bound, KernelArgs<Args...>&& args) 
   const LaunchConfig& c = bound.config;
   const emu::Launch launch{c.site, c.grid, c.block, c.shared_bytes};
   auto kernel = bound.kernel;
-  launch_kernel(reinterpret_cast<const void*>(kernel), c.site, c.grid, c.block, c.shared_bytes,
-                c.stream, [kernel, params, launch] {
-                  emu::launch(launch, [&] { std::apply(kernel, params); });
-                });
+  launch_kernel(
+      reinterpret_cast<const void*>(kernel), c.site, c.grid, c.block, c.shared_bytes, c.stream,
+      [kernel, params, launch] { emu::launch(launch, [&] { std::apply(kernel, params); }); });
 }
 
 }  // namespace deit_emu
