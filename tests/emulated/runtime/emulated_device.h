@@ -6,11 +6,16 @@
 // What the emulated device does as a GPU would, so that host code (engine, model, trainer) that
 // is wrong for a GPU fails here too:
 //  - Work is asynchronous. Kernels, copies, memsets, host functions and GEMMs queue on their
-//    stream and run only when the host waits for them (a stream or event synchronisation, an event
-//    query, a synchronous copy, cudaFree), stream by stream in order, after the work on other
-//    streams that they were made to wait for (cudaStreamWaitEvent, the legacy default stream). A
-//    host that reads a result it did not wait for reads the buffer as it was; a host that rewrites
-//    an input before the copy that reads it has run changes what the device sees.
+//    stream, each stream runs in order, after the work on other streams that it was made to wait
+//    for (cudaStreamWaitEvent, the legacy default stream), and a stream runs its work either as
+//    late as CUDA allows (when the host waits for it: a stream or event synchronisation, an event
+//    query, a synchronous copy, cudaFree) or as early (as soon as it is queued). Streams alternate
+//    between the two in the order they are made: the 2nd, 4th, ... run early, or with
+//    DEIT_EMULATED_EAGER=even the 1st, 3rd, ... (the legacy stream always runs late). So a host
+//    that reads a result it did not wait for reads the buffer as it was; a host that rewrites an
+//    input before the copy that reads it has run changes what the device sees; and a stream that
+//    does not wait for another's work (a copy into a buffer that kernels on a late stream have not
+//    read yet) gets it in the wrong order.
 //  - Device memory comes from the emulator's guarded regions: guard pages and canaries catch an
 //    access past an allocation, by a kernel or by a copy, which must lie inside one allocation.
 //  - Graph capture records the work instead of running it (and a graph launch replays it, with the
