@@ -1,7 +1,7 @@
 // The emulated CUDA device behind the emulated build of the [gpu] tests (tests/emulated/runtime/):
-// the CUDA runtime API (cudart.cpp) and cuBLASLt (cublaslt.cpp) rewritten for the host, with the
-// real kernel source of kernels/cuda/*.cu running on tests/emulated/cuda_emulator.h. This header
-// is what those files share.
+// the CUDA runtime API (cudart.cpp), cuBLASLt (cublaslt.cpp) and a one-rank NCCL (nccl.cpp)
+// rewritten for the host, with the real kernel source of kernels/cuda/*.cu running on
+// tests/emulated/cuda_emulator.h. This header is what those files share.
 //
 // What the emulated device does as a GPU would, so that host code (engine, model, trainer) that
 // is wrong for a GPU fails here too:
