@@ -4,11 +4,14 @@
 // so every collective here must leave the values as they were; what could go wrong is when it
 // reads and writes them:
 //   - a collective must read its input after the compute-stream work queued before it: that work
-//     is made long (many passes over a large buffer) and ends by writing the input over a NaN
-//     poison, so a collective that did not wait would read, and write back, the poison;
+//     is long (many passes over a large buffer) and ends by writing the input over a NaN poison;
 //   - the compute stream must touch the result only after the collective: the work queued after
 //     the join overwrites the tensors, so an unpacking that ran late would leave the old values.
-// The first property is what the reduced values show, the second what the final values show.
+// On a GPU only the second shows in the values: a collective that ran early wrote its input's old
+// values back before the compute stream overwrote them, and on one rank an in-place collective
+// writes nothing at all. The emulated device (tests/emulated/runtime/stream_order.h) catches both:
+// it fails any collective, copy or kernel that touches memory another stream's unordered work
+// touches.
 #include "engine/comm_check.h"  // detail::make_nccl_communicator
 
 #if DEIT_HAVE_NCCL

@@ -255,6 +255,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
   if (bias && !deit_emu::is_device_range(ds.bias, m * 2))
     return refuse("a bias outside every device allocation");
 
+  deit_emu::Footprint footprint{
+      "cublasLtMatmul",
+      {*deit_emu::range_access(A, span_bytes(la), false),
+       *deit_emu::range_access(B, span_bytes(lb), false),
+       *deit_emu::range_access(D, span_bytes(ld), true)},
+      {}};
+  if (bias) footprint.accesses.push_back(*deit_emu::range_access(ds.bias, m * 2, false));
+  if (workspace_bytes > 0)
+    footprint.accesses.push_back(*deit_emu::range_access(workspace, workspace_bytes, true));
   const void* bias_ptr = ds.bias;
   const cudaError_t e = deit_emu::enqueue(stream, [=] {
     // D (m, n) = op(A) (m, k) . op(B) (k, n) column-major is, row-major, D^T (n, m) =
@@ -280,6 +289,6 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
           static_cast<deit::kernels::bf16_bits*>(D)[at] =
               deit::kernels::float_to_bf16(y[j * m + i]);
       }
-  });
+  }, std::move(footprint));
   return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }

@@ -1,6 +1,6 @@
 // The CUDA runtime API calls deit makes, on the emulated device of emulated_device.h: streams with
 // queues that run when the host waits, events, graph capture and replay, guarded device memory,
-// launch checks and per-thread last errors. Linked into the emulated test binary ahead of
+// launch checks, per-thread last errors, and the order of work between streams (stream_order.h). Linked into the emulated test binary ahead of
 // libcudart, so every call of the engine, model, trainer and tests lands here.
 #include <algorithm>
 #include <cstdlib>
@@ -21,9 +21,11 @@ struct CUstream_st;
 struct CUevent_st;
 struct CUgraph_st {
   std::vector<deit_emu::Work> nodes;  // in capture order, which respects every dependency
+  std::vector<deit_emu::Footprint> footprints;  // what the nodes touch
 };
 struct CUgraphExec_st {
   std::vector<deit_emu::Work> nodes;
+  std::vector<deit_emu::Footprint> footprints;
 };
 
 // What a captured stream's work depends on: for each stream of the capture, how many of its
@@ -42,9 +44,11 @@ struct Capture {
 };
 
 struct CUstream_st {
+  std::string name;      // "stream 2", "the legacy stream"
   bool blocking = true;  // waits for, and is waited for by, the legacy default stream
   bool eager = false;    // runs its work as soon as it is queued (emulated_device.h)
   int priority = 0;
+  deit_emu::VectorClock order;  // the work ordered before its next piece, its own included
   std::deque<deit_emu::Work> queue;
   uint64_t enqueued = 0, executed = 0;
   Capture* capture = nullptr;
@@ -56,6 +60,7 @@ struct CUevent_st {
   CUstream_st* stream = nullptr;  // where it was last recorded, outside a capture
   uint64_t seq = 0;               // done once stream->executed reaches it
   uint64_t clock = 0;             // work enqueued anywhere before it, for cudaEventElapsedTime
+  deit_emu::VectorClock order;    // the work ordered before it
   Capture* capture = nullptr;     // recorded in this capture
   CaptureClock depends_on;        // what the capture's work before it was
 };
@@ -72,10 +77,14 @@ std::recursive_mutex& api_lock() {
 }
 
 struct Device {
+  Device() { legacy.name = "the legacy stream"; }
+
   // Streams are never freed: a wait queued on another stream may still name a destroyed one.
   std::vector<std::unique_ptr<CUstream_st>> streams;
   CUstream_st legacy;
   std::vector<Capture*> captures;
+  VectorClock host_order;  // the work the host has waited for
+  RaceDetector races;
   std::map<uintptr_t, std::unique_ptr<emu::GuardedRegion>> allocations;  // by start address
   std::map<const void*, int> max_dynamic_shared;  // cudaFuncAttributeMaxDynamicSharedMemorySize
   uint64_t clock = 0;
@@ -116,6 +125,62 @@ void run_everything() {
 }
 
 void invalidate(Capture* c) { c->invalidated = true; }
+
+// The work ordered before the next piece on `s`: its own, what it waited for, the legacy stream's
+// implicit waits (it and the blocking streams wait for each other), and what the host waited for.
+VectorClock& order_before_next(CUstream_st& s) {
+  Device& d = device();
+  if (&s == &d.legacy) {
+    for (auto& other : d.streams)
+      if (other->blocking) s.order.merge(other->order);
+  } else if (s.blocking) {
+    s.order.merge(d.legacy.order);
+  }
+  s.order.merge(d.host_order);
+  return s.order;
+}
+
+// The host waited for the work `order` counts: what it queues next is ordered after all of it.
+void host_waited_for(const VectorClock& order) {
+  Device& d = device();
+  d.host_order.merge(order);
+  d.races.forget_ordered_before(d.host_order);
+}
+
+// A device-wide wait (cudaFree): everything queued so far.
+void host_waited_for_everything() {
+  Device& d = device();
+  host_waited_for(d.legacy.order);
+  for (auto& s : d.streams) host_waited_for(s->order);
+}
+
+emu::GuardedRegion* find_allocation(const void* p);
+
+std::string describe(const Access& a) {
+  const emu::GuardedRegion* r = find_allocation(reinterpret_cast<const void*>(a.allocation));
+  return std::string(a.writes ? "writes" : "reads") + " bytes [" +
+         std::to_string(a.begin - a.allocation) + ", " + std::to_string(a.end - a.allocation) +
+         ") of " + (r != nullptr ? r->name() : "an allocation");
+}
+
+// Queues the next piece of work on `s`, touching `footprints`: ticks the stream's clock and fails
+// the emulation if the work races with another stream's.
+void order_next_piece(CUstream_st& s, std::vector<Footprint>& footprints) {
+  VectorClock& order = order_before_next(s);
+  order.tick(&s);
+  for (Footprint& f : footprints) {
+    if (f.queued_by.frames.empty()) f.queued_by = CallStack::here();
+    const std::optional<Race> race = device().races.check(&s, order, f);
+    if (!race) continue;
+    const auto* other = static_cast<const CUstream_st*>(race->earlier_stream);
+    emu::fail("work on two streams touches the same device memory and nothing orders it:\n  " +
+              f.site + " on " + s.name + " " + describe(race->later) + ", queued by\n" +
+              f.queued_by.describe() + "  and " + race->earlier_work->site +
+              ", queued earlier on " + other->name + ", " + describe(race->earlier) +
+              ", queued by\n" + race->earlier_work->queued_by.describe() +
+              "  One stream must wait for the other (cudaStreamWaitEvent), or the host for both.");
+  }
+}
 
 // CUDA's rule for "potentially unsafe" calls (synchronisation, allocation, synchronous copies)
 // while captures are under way: a thread in global mode may not make them while it captures or
@@ -167,7 +232,24 @@ bool is_device_range(const void* p, size_t bytes) {
   return r != nullptr && r->contains(p, bytes);
 }
 
-cudaError_t enqueue(cudaStream_t stream, Work work) {
+std::optional<Access> allocation_access(const void* p, bool writes) {
+  std::lock_guard<std::recursive_mutex> lock(api_lock());
+  const emu::GuardedRegion* r = find_allocation(p);
+  if (r == nullptr) return std::nullopt;
+  const auto begin = reinterpret_cast<uintptr_t>(r->begin());
+  return Access{begin, begin, begin + r->size(), writes};
+}
+
+std::optional<Access> range_access(const void* p, size_t bytes, bool writes) {
+  std::lock_guard<std::recursive_mutex> lock(api_lock());
+  const emu::GuardedRegion* r = find_allocation(p);
+  if (r == nullptr || !r->contains(p, bytes)) return std::nullopt;
+  const auto begin = reinterpret_cast<uintptr_t>(p);
+  return Access{reinterpret_cast<uintptr_t>(r->begin()), begin, begin + bytes, writes};
+}
+
+namespace {
+cudaError_t enqueue_touching(cudaStream_t stream, Work work, std::vector<Footprint> footprints) {
   std::lock_guard<std::recursive_mutex> lock(api_lock());
   Device& d = device();
   CUstream_st* s = resolve(stream);
@@ -178,10 +260,16 @@ cudaError_t enqueue(cudaStream_t stream, Work work) {
   }
   if (s->capture != nullptr) {
     if (s->capture->invalidated) return cudaErrorStreamCaptureInvalidated;
-    s->capture->graph->nodes.push_back(std::move(work));
+    CUgraph_st& graph = *s->capture->graph;
+    graph.nodes.push_back(std::move(work));
+    for (Footprint& f : footprints) {
+      f.queued_by = CallStack::here();
+      graph.footprints.push_back(std::move(f));
+    }
     s->depends_on[s] = ++s->capture->tails[s];
     return cudaSuccess;
   }
+  order_next_piece(*s, footprints);
   // The legacy stream and the blocking streams wait for each other's earlier work.
   if (s == &d.legacy) {
     for (auto& other : d.streams)
@@ -202,9 +290,14 @@ cudaError_t enqueue(cudaStream_t stream, Work work) {
   if (s->eager) run_all(*s);
   return cudaSuccess;
 }
+}  // namespace
 
-cudaError_t launch_kernel(const void* kernel, const std::string& site, dim3 grid, dim3 block,
-                          size_t shared_bytes, cudaStream_t stream, Work run) {
+cudaError_t enqueue(cudaStream_t stream, Work work, Footprint footprint) {
+  return enqueue_touching(stream, std::move(work), {std::move(footprint)});
+}
+
+cudaError_t launch_kernel(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes,
+                          cudaStream_t stream, Work run, Footprint footprint) {
   std::lock_guard<std::recursive_mutex> lock(api_lock());
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
@@ -216,11 +309,11 @@ cudaError_t launch_kernel(const void* kernel, const std::string& site, dim3 grid
       std::fprintf(stderr,
                    "emulated device: %s launches with %zu bytes of dynamic shared memory "
                    "without cudaFuncSetAttribute allowing them\n",
-                   site.c_str(), shared_bytes);
+                   footprint.site.c_str(), shared_bytes);
       return record_error(cudaErrorInvalidValue);
     }
   }
-  return record_error(enqueue(stream, std::move(run)));
+  return record_error(enqueue(stream, std::move(run), std::move(footprint)));
 }
 
 }  // namespace deit_emu
@@ -356,9 +449,11 @@ cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
   if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
   deit_emu::run_everything();  // cudaFree waits for the device
+  deit_emu::host_waited_for_everything();
   auto& all = device().allocations;
   const auto it = all.find(reinterpret_cast<uintptr_t>(p));
   if (it == all.end()) return record_error(cudaErrorInvalidValue);
+  device().races.forget_allocation(it->first);
   all.erase(it);
   return cudaSuccess;
 }
@@ -375,38 +470,67 @@ cudaError_t cudaFreeHost(void* p) {
   Lock lock(api_lock());
   if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
   deit_emu::run_everything();
+  deit_emu::host_waited_for_everything();
   std::free(p);
   return cudaSuccess;
 }
+
+namespace deit_emu {
+namespace {
+
+// What a copy touches on the device: the ranges of its two sides that lie there.
+deit_emu::Footprint copy_footprint(const char* api, void* dst, const void* src, size_t bytes) {
+  deit_emu::Footprint f{api, {}, {}};
+  if (auto a = deit_emu::range_access(src, bytes, /*writes=*/false)) f.accesses.push_back(*a);
+  if (auto a = deit_emu::range_access(dst, bytes, /*writes=*/true)) f.accesses.push_back(*a);
+  return f;
+}
+
+// A synchronous copy or memset: work on the legacy stream that the host then waits for.
+void run_on_legacy_and_wait(deit_emu::Footprint footprint, const deit_emu::Work& work) {
+  std::vector<deit_emu::Footprint> footprints{std::move(footprint)};
+  deit_emu::order_next_piece(device().legacy, footprints);
+  deit_emu::run_everything();  // it waits for the blocking streams' work before it
+  work();
+  deit_emu::host_waited_for(device().legacy.order);
+}
+
+}  // namespace
+}  // namespace deit_emu
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
   Lock lock(api_lock());
   if (!deit_emu::copy_in_bounds(dst, src, bytes, kind)) return record_error(cudaErrorInvalidValue);
-  return record_error(deit_emu::enqueue(stream, [=] { std::memmove(dst, src, bytes); }));
+  return record_error(
+      deit_emu::enqueue(stream, [=] { std::memmove(dst, src, bytes); },
+                        deit_emu::copy_footprint("cudaMemcpyAsync", dst, src, bytes)));
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   Lock lock(api_lock());
   if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
   if (!deit_emu::copy_in_bounds(dst, src, bytes, kind)) return record_error(cudaErrorInvalidValue);
-  deit_emu::run_everything();  // a synchronous copy waits for the (blocking) device work before it
-  std::memmove(dst, src, bytes);
+  deit_emu::run_on_legacy_and_wait(deit_emu::copy_footprint("cudaMemcpy", dst, src, bytes),
+                                   [=] { std::memmove(dst, src, bytes); });
   return cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
   Lock lock(api_lock());
-  if (!deit_emu::is_device_range(p, bytes)) return record_error(cudaErrorInvalidValue);
-  return record_error(deit_emu::enqueue(stream, [=] { std::memset(p, value, bytes); }));
+  const std::optional<deit_emu::Access> target = deit_emu::range_access(p, bytes, true);
+  if (!target) return record_error(cudaErrorInvalidValue);
+  const deit_emu::Footprint f{"cudaMemsetAsync", {*target}, {}};
+  return record_error(deit_emu::enqueue(stream, [=] { std::memset(p, value, bytes); }, f));
 }
 
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
   Lock lock(api_lock());
   if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
-  if (!deit_emu::is_device_range(p, bytes)) return record_error(cudaErrorInvalidValue);
-  deit_emu::run_everything();
-  std::memset(p, value, bytes);
+  const std::optional<deit_emu::Access> target = deit_emu::range_access(p, bytes, true);
+  if (!target) return record_error(cudaErrorInvalidValue);
+  deit_emu::run_on_legacy_and_wait({"cudaMemset", {*target}, {}},
+                                   [=] { std::memset(p, value, bytes); });
   return cudaSuccess;
 }
 
@@ -423,6 +547,7 @@ cudaError_t create_stream(cudaStream_t* out, unsigned int flags, int priority) {
   const size_t parity = eager != nullptr && std::string(eager) == "even" ? 0 : 1;
   s->eager = device().streams.size() % 2 == parity;
   s->priority = priority;
+  s->name = "stream " + std::to_string(device().streams.size() + 1);
   *out = s.get();
   device().streams.push_back(std::move(s));
   return cudaSuccess;
@@ -463,6 +588,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     deit_emu::run_everything();
   else
     deit_emu::run_all(*s);
+  deit_emu::host_waited_for(deit_emu::order_before_next(*s));
   return cudaSuccess;
 }
 
@@ -493,6 +619,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t stream) {
   e->stream = s;
   e->seq = s->enqueued;
   e->clock = ++device().clock;
+  e->order = deit_emu::order_before_next(*s);
   return cudaSuccess;
 }
 
@@ -515,6 +642,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t e, unsigned int
     return cudaSuccess;
   }
   if (!e->recorded || e->stream == nullptr || s->capture != nullptr) return cudaSuccess;
+  s->order.merge(e->order);
   CUstream_st* other = e->stream;
   const uint64_t upto = e->seq;
   return record_error(
@@ -526,7 +654,11 @@ cudaError_t cudaEventQuery(cudaEvent_t e) {
   if (e->capture != nullptr) return record_error(cudaErrorStreamCaptureUnsupported);
   if (const cudaError_t err = deit_emu::check_unsafe_call(); err != cudaSuccess)
     return record_error(err);
-  if (!e->recorded || e->stream == nullptr || e->stream->executed >= e->seq) return cudaSuccess;
+  if (!e->recorded || e->stream == nullptr) return cudaSuccess;
+  if (e->stream->executed >= e->seq) {
+    deit_emu::host_waited_for(e->order);
+    return cudaSuccess;
+  }
   // Still queued: answer as a busy GPU would, and let it finish for the next query.
   deit_emu::run_until(*e->stream, e->seq);
   return record_error(cudaErrorNotReady);
@@ -537,7 +669,10 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   if (e->capture != nullptr) return record_error(cudaErrorStreamCaptureUnsupported);
   if (const cudaError_t err = deit_emu::check_unsafe_call(); err != cudaSuccess)
     return record_error(err);
-  if (e->recorded && e->stream != nullptr) deit_emu::run_until(*e->stream, e->seq);
+  if (e->recorded && e->stream != nullptr) {
+    deit_emu::run_until(*e->stream, e->seq);
+    deit_emu::host_waited_for(e->order);
+  }
   return cudaSuccess;
 }
 
@@ -621,16 +756,16 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
   Lock lock(api_lock());
   if (graph == nullptr) return record_error(cudaErrorInvalidValue);
-  *exec = new CUgraphExec_st{graph->nodes};
+  *exec = new CUgraphExec_st{graph->nodes, graph->footprints};
+  for (deit_emu::Footprint& f : (*exec)->footprints) f.site = "a graph replay of " + f.site;
   return cudaSuccess;
 }
 
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   Lock lock(api_lock());
   const std::vector<deit_emu::Work>* nodes = &exec->nodes;
-  return record_error(deit_emu::enqueue(stream, [nodes] {
-    for (const deit_emu::Work& w : *nodes) w();
-  }));
+  return record_error(deit_emu::enqueue_touching(
+      stream, [nodes] { for (const deit_emu::Work& w : *nodes) w(); }, exec->footprints));
 }
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {

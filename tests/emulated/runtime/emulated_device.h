@@ -16,6 +16,13 @@
 //    input before the copy that reads it has run changes what the device sees; and a stream that
 //    does not wait for another's work (a copy into a buffer that kernels on a late stream have not
 //    read yet) gets it in the wrong order.
+//  - Whatever order the streams run in, work on two streams that touches the same device memory
+//    (one of them writing) must be ordered by the program: by events, the legacy stream's
+//    implicit waits, or the host waiting for one before queuing the other. Work that is not fails
+//    the emulation when it is queued, with both pieces of work and the host code that queued them
+//    (stream_order.h). What a kernel touches is every allocation its pointer arguments point
+//    into (read only through a pointer to const), so memory reached through a table of pointers
+//    in device memory is not seen.
 //  - Device memory comes from the emulator's guarded regions: guard pages and canaries catch an
 //    access past an allocation, by a kernel or by a copy, which must lie inside one allocation.
 //  - Graph capture records the work instead of running it (and a graph launch replays it, with the
@@ -34,22 +41,33 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <string>
+
+#include "tests/emulated/runtime/stream_order.h"
 
 namespace deit_emu {
 
 using Work = std::function<void()>;
 
-// Queues `work` on `stream` (or records it into the stream's capture). Returns the error CUDA
-// would give for enqueuing there now, without queuing anything.
-cudaError_t enqueue(cudaStream_t stream, Work work);
+// Queues `work`, which touches `footprint`, on `stream` (or records it into the stream's
+// capture). Returns the error CUDA would give for enqueuing there now, without queuing anything.
+// Fails the emulation if the work races with work on another stream (stream_order.h).
+cudaError_t enqueue(cudaStream_t stream, Work work, Footprint footprint = {});
+
+// An access to all of the device allocation that `p` points into, or nothing if it points into
+// none: what a kernel may touch through a pointer argument.
+std::optional<Access> allocation_access(const void* p, bool writes);
+
+// An access to [p, p + bytes), or nothing if that is not inside one device allocation.
+std::optional<Access> range_access(const void* p, size_t bytes, bool writes);
 
 // Leaves `error` as this thread's last error (what cudaGetLastError returns) and returns it.
 cudaError_t record_error(cudaError_t error);
 
 // Queues a kernel: checks the launch configuration, then enqueues run (which calls emu::launch).
-cudaError_t launch_kernel(const void* kernel, const std::string& site, dim3 grid, dim3 block,
-                          size_t shared_bytes, cudaStream_t stream, Work run);
+cudaError_t launch_kernel(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes,
+                          cudaStream_t stream, Work run, Footprint footprint);
 
 // Whether [p, p + bytes) lies inside one device allocation.
 bool is_device_range(const void* p, size_t bytes);

@@ -11,6 +11,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -56,16 +57,36 @@ BoundKernel<Params...> operator^(void (*kernel)(Params...), const LaunchConfig& 
   return {kernel, config};
 }
 
+// What a kernel may touch through one argument: all of the allocation a pointer points into (read
+// only through a pointer to const); through a struct (a table of tensors, an op with its
+// operands), all of every allocation one of its pointer-sized words points into.
+template <typename T>
+void add_accesses(Footprint& footprint, const T& arg) {
+  if constexpr (std::is_pointer_v<T>) {
+    const bool writes = !std::is_const_v<std::remove_pointer_t<T>>;
+    if (const auto a = allocation_access(arg, writes)) footprint.accesses.push_back(*a);
+  } else if constexpr (std::is_class_v<T>) {
+    for (size_t at = 0; at + sizeof(void*) <= sizeof(T); at += alignof(void*)) {
+      const void* word = nullptr;
+      std::memcpy(&word, reinterpret_cast<const unsigned char*>(&arg) + at, sizeof word);
+      if (const auto a = allocation_access(word, true)) footprint.accesses.push_back(*a);
+    }
+  }
+}
+
 template <typename... Params, typename... Args>
 void operator^(const BoundKernel<Params...>& bound, KernelArgs<Args...>&& args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "a kernel launch with the wrong arity");
   std::tuple<std::decay_t<Params>...> params(std::move(args.values));
   const LaunchConfig& c = bound.config;
+  Footprint footprint{c.site, {}, {}};
+  std::apply([&](const auto&... arg) { (add_accesses(footprint, arg), ...); }, params);
   const emu::Launch launch{c.site, c.grid, c.block, c.shared_bytes};
   auto kernel = bound.kernel;
   launch_kernel(
-      reinterpret_cast<const void*>(kernel), c.site, c.grid, c.block, c.shared_bytes, c.stream,
-      [kernel, params, launch] { emu::launch(launch, [&] { std::apply(kernel, params); }); });
+      reinterpret_cast<const void*>(kernel), c.grid, c.block, c.shared_bytes, c.stream,
+      [kernel, params, launch] { emu::launch(launch, [&] { std::apply(kernel, params); }); },
+      std::move(footprint));
 }
 
 }  // namespace deit_emu

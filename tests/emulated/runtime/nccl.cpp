@@ -28,15 +28,21 @@ size_t element_bytes(ncclDataType_t type) {
   }
 }
 
-ncclResult_t copy_over_one_rank(const void* send, void* recv, size_t count, ncclDataType_t type,
-                                ncclComm_t comm, cudaStream_t stream) {
+ncclResult_t copy_over_one_rank(const char* api, const void* send, void* recv, size_t count,
+                                ncclDataType_t type, ncclComm_t comm, cudaStream_t stream) {
   const size_t bytes = count * element_bytes(type);
   if (comm == nullptr) return ncclInvalidArgument;
-  if (!deit_emu::is_device_range(send, bytes) || !deit_emu::is_device_range(recv, bytes)) {
+  const std::optional<deit_emu::Access> input = deit_emu::range_access(send, bytes, false);
+  const std::optional<deit_emu::Access> output = deit_emu::range_access(recv, bytes, true);
+  if (!input || !output) {
     std::fprintf(stderr, "emulated NCCL: a buffer outside every device allocation\n");
     return ncclInvalidArgument;
   }
-  const cudaError_t e = deit_emu::enqueue(stream, [=] { std::memmove(recv, send, bytes); });
+  // In place, the copy is no work at all; the collective of several ranks would still read and
+  // write the buffer, and must be ordered as such.
+  const deit_emu::Footprint footprint{api, {*input, *output}, {}};
+  const cudaError_t e =
+      deit_emu::enqueue(stream, [=] { std::memmove(recv, send, bytes); }, footprint);
   return e == cudaSuccess ? ncclSuccess : ncclUnhandledCudaError;
 }
 
@@ -82,11 +88,11 @@ const char* ncclGetLastError(ncclComm_t) { return ""; }
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t type,
                            int root, ncclComm_t comm, cudaStream_t stream) {
   if (root != 0) return ncclInvalidArgument;
-  return copy_over_one_rank(send, recv, count, type, comm, stream);
+  return copy_over_one_rank("ncclBroadcast", send, recv, count, type, comm, stream);
 }
 
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   if (op != ncclSum && op != ncclAvg) return ncclInvalidArgument;
-  return copy_over_one_rank(send, recv, count, type, comm, stream);
+  return copy_over_one_rank("ncclAllReduce", send, recv, count, type, comm, stream);
 }
