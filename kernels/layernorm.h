@@ -21,13 +21,18 @@ template <typename T>
 void layernorm_backward_cpu(const T* dy, const T* x, const T* weight, const T* mean,
                             const T* rstd, T* dx, T* dweight, T* dbias, int64_t rows, int64_t C);
 
+// The widest row the CUDA LayerNorm and LayerScale kernels take: a block of at most 1024 threads
+// holds a row in registers, 8 elements per thread (the CPU twins take any width).
+inline constexpr int64_t kLayerNormCudaMaxWidth = 8192;
+
 #if DEIT_HAVE_CUDA
 // CUDA: x and dx are fp32, since x is the residual stream (block 0's norm1 and the final norm
 // read it), kept in fp32 because bf16 would round away the small LayerScale updates added to it;
 // y and dy are bf16 (the branch side); weight and bias are the bf16 copies of the parameters;
 // mean and rstd are fp32 (statistics in fp32, variance by two passes over the row held in
 // registers); dweight and dbias are fp32 (they feed the fp32 master weights) and are summed over
-// rows deterministically: same inputs, same bits. C <= 8192 (std::invalid_argument beyond).
+// rows deterministically: same inputs, same bits. C <= kLayerNormCudaMaxWidth
+// (std::invalid_argument beyond).
 // Forward: mean and rstd may be nullptr (inference).
 void layernorm_forward_cuda(const float* x, const bf16_bits* weight, const bf16_bits* bias,
                             bf16_bits* y, float* mean, float* rstd, int64_t rows, int64_t C,

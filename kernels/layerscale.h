@@ -65,7 +65,8 @@ void layerscale_residual_forward_cuda(const float* x, const bf16_bits* branch,
 
 // Backward needs device scratch for the per-chunk column partials of dgamma: `workspace` holds
 // at least layerscale_residual_backward_cuda_workspace_floats(B, Tn, C) floats (nullptr is fine
-// when dgamma is nullptr); it is not read before written. C <= 8192 (std::invalid_argument beyond).
+// when dgamma is nullptr); it is not read before written. C <= kLayerNormCudaMaxWidth
+// (kernels/layernorm.h; std::invalid_argument beyond).
 int64_t layerscale_residual_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t C);
 void layerscale_residual_backward_cuda(const float* dout, const bf16_bits* branch,
                                        const bf16_bits* gamma, const float* keep_scale,
@@ -80,7 +81,8 @@ void layerscale_residual_backward_cuda(const float* dout, const bf16_bits* branc
 // Backward keeps dx in fp32 between the LayerNorm and LayerScale halves, and sums dgamma,
 // dln_weight and dln_bias (fp32) over rows deterministically through `workspace`, at least
 // layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C) floats (nullptr is fine
-// when all three are nullptr). C <= 8192 (std::invalid_argument beyond).
+// when all three are nullptr). C <= kLayerNormCudaMaxWidth (kernels/layernorm.h;
+// std::invalid_argument beyond).
 void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits* branch,
                                                 const bf16_bits* gamma, const float* keep_scale,
                                                 const bf16_bits* ln_weight,

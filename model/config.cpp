@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "kernels/attention.h"
+#include "kernels/layernorm.h"
 
 namespace deit::model {
 
@@ -27,6 +28,10 @@ void ViTConfig::validate_for_cuda() const {
                                 std::to_string(dim) + " / " + std::to_string(heads) +
                                 " heads) has no CUDA attention kernel: the GPU takes head dims "
                                 "32, 64, 80 and 128 (the CPU any)");
+  if (dim > kernels::kLayerNormCudaMaxWidth)
+    throw std::invalid_argument("dim " + std::to_string(dim) +
+                                " is wider than the CUDA LayerNorm kernels take (" +
+                                std::to_string(kernels::kLayerNormCudaMaxWidth) + "; the CPU any)");
 }
 
 namespace {

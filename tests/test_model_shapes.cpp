@@ -52,6 +52,12 @@ TEST_CASE("configuration errors say what is wrong", "[model]") {
   c.heads = 4;
   CHECK_NOTHROW(c.validate());
   CHECK_THROWS_WITH(c.validate_for_cuda(), Catch::Contains("head dim 96"));
+  // Nor do rows wider than the LayerNorm kernels hold (a 16384-wide model of 128 heads of 128).
+  c = preset("deit3_small");
+  c.dim = 16384;
+  c.heads = 128;
+  CHECK_NOTHROW(c.validate());
+  CHECK_THROWS_WITH(c.validate_for_cuda(), Catch::Contains("dim 16384 is wider"));
 }
 
 TEST_CASE("parameter table: timm names, decay only on weight matrices", "[model]") {

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/layernorm.h"
 // The device code, after what it uses.
 #include "kernels/cuda/common_kernels.cuh"
 
@@ -24,6 +25,8 @@ void check_sizes(const char* fn, std::initializer_list<int64_t> sizes) {
     if (s < 0)
       throw std::invalid_argument(std::string(fn) + ": negative size " + std::to_string(s));
 }
+
+static_assert(kMaxRowWidth == kLayerNormCudaMaxWidth, "kernels/layernorm.h states the row limit");
 
 void check_row_width(const char* fn, int64_t C) {
   if (C > kMaxRowWidth)

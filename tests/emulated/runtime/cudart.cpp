@@ -1,7 +1,8 @@
 // The CUDA runtime API calls deit makes, on the emulated device of emulated_device.h: streams with
 // queues that run when the host waits, events, graph capture and replay, guarded device memory,
-// launch checks, per-thread last errors, and the order of work between streams (stream_order.h). Linked into the emulated test binary ahead of
-// libcudart, so every call of the engine, model, trainer and tests lands here.
+// launch checks, per-thread last errors, and the order of work between streams (stream_order.h).
+// Linked into the emulated test binary ahead of libcudart, so every call of the engine, model,
+// trainer and tests lands here.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
