@@ -18,13 +18,17 @@ namespace {
 size_t element_bytes(ncclDataType_t type) {
   switch (type) {
     case ncclInt8:
-    case ncclUint8: return 1;
+    case ncclUint8:
+      return 1;
     case ncclFloat16:
-    case ncclBfloat16: return 2;
+    case ncclBfloat16:
+      return 2;
     case ncclInt32:
     case ncclUint32:
-    case ncclFloat32: return 4;
-    default: return 8;
+    case ncclFloat32:
+      return 4;
+    default:
+      return 8;
   }
 }
 
@@ -41,8 +45,8 @@ ncclResult_t copy_over_one_rank(const char* api, const void* send, void* recv, s
   // In place, the copy is no work at all; the collective of several ranks would still read and
   // write the buffer, and must be ordered as such.
   const deit_emu::Footprint footprint{api, {*input, *output}, {}};
-  const cudaError_t e =
-      deit_emu::enqueue(stream, [=] { std::memmove(recv, send, bytes); }, footprint);
+  const cudaError_t e = deit_emu::enqueue(
+      stream, [=] { std::memmove(recv, send, bytes); }, footprint);
   return e == cudaSuccess ? ncclSuccess : ncclUnhandledCudaError;
 }
 
@@ -76,11 +80,16 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t, ncclResult_t* error) {
 
 const char* ncclGetErrorString(ncclResult_t result) {
   switch (result) {
-    case ncclSuccess: return "no error";
-    case ncclUnhandledCudaError: return "unhandled cuda error";
-    case ncclInvalidArgument: return "invalid argument";
-    case ncclInvalidUsage: return "invalid usage (the emulated NCCL has one rank)";
-    default: return "NCCL error (emulated NCCL)";
+    case ncclSuccess:
+      return "no error";
+    case ncclUnhandledCudaError:
+      return "unhandled cuda error";
+    case ncclInvalidArgument:
+      return "invalid argument";
+    case ncclInvalidUsage:
+      return "invalid usage (the emulated NCCL has one rank)";
+    default:
+      return "NCCL error (emulated NCCL)";
   }
 }
 const char* ncclGetLastError(ncclComm_t) { return ""; }

@@ -24,8 +24,8 @@ std::string function_at(const void* address) {
   Dl_info info{};
   if (dladdr(address, &info) == 0 || info.dli_fname == nullptr) return "??";
   // A return address points after its call: look up the call itself.
-  const auto offset = reinterpret_cast<uintptr_t>(address) - 1 -
-                      reinterpret_cast<uintptr_t>(info.dli_fbase);
+  const auto offset =
+      reinterpret_cast<uintptr_t>(address) - 1 - reinterpret_cast<uintptr_t>(info.dli_fbase);
   // The program itself may be named as it was started, relative to a directory since left.
   std::string file = info.dli_fname;
   if (file.empty() || file[0] != '/') {
@@ -54,7 +54,7 @@ std::string CallStack::describe() const {
     const std::string name = function_at(frame);
     const size_t own = name.find("deit_emu::");
     if (own != std::string::npos && own < name.find('(')) continue;  // the emulated runtime's
-    if (name.rfind("Catch::", 0) == 0 || name == "main") break;  // what ran the test or program
+    if (name.rfind("Catch::", 0) == 0 || name == "main") break;      // what ran the test or program
     lines += "    " + name + "\n";
     if (++shown == 8) break;
   }

@@ -40,14 +40,14 @@ struct TwoStreams {
   void fill_on_first(float value) { deit::kernels::fill_cuda(buffer, value, kFloats, first); }
   // A copy reads it on the second.
   void copy_on_second() {
-    DEIT_CUDA_CHECK(cudaMemcpyAsync(other, buffer, kFloats * sizeof(float),
-                                    cudaMemcpyDeviceToDevice, second));
+    DEIT_CUDA_CHECK(
+        cudaMemcpyAsync(other, buffer, kFloats * sizeof(float), cudaMemcpyDeviceToDevice, second));
   }
   std::vector<float> read_other() {
     std::vector<float> host(kFloats);
     DEIT_CUDA_CHECK(cudaStreamSynchronize(second));
-    DEIT_CUDA_CHECK(cudaMemcpy(host.data(), other, kFloats * sizeof(float),
-                               cudaMemcpyDeviceToHost));
+    DEIT_CUDA_CHECK(
+        cudaMemcpy(host.data(), other, kFloats * sizeof(float), cudaMemcpyDeviceToHost));
     return host;
   }
 
