@@ -465,8 +465,22 @@ TEST_CASE("CUDA ops name the operand whose dtype or device is wrong", "[gpu][ste
   const Tensor x = Tensor::zeros({2, 8}, DType::bf16, kGpu);
   const Tensor plain_weight = Tensor::zeros({8, 8}, DType::f32, kGpu);  // no bf16 copy
   CHECK_THROWS_WITH(ops::linear(x, plain_weight, Tensor()), Catch::Contains("without a bf16 copy"));
+  // A wrong dtype is named by operand, whatever order the arguments of the kernel call are
+  // evaluated in (an output's own dtype check must not fire first).
   CHECK_THROWS_WITH(ops::gelu(Tensor::zeros({2, 8}, DType::f32, kGpu)),
-                    Catch::Contains("the CUDA kernel takes bf16"));
+                    Catch::Contains("x is") && Catch::Contains("the CUDA kernel takes bf16"));
+  const Tensor bf16_weight = Tensor::zeros({8, 8}, DType::bf16, kGpu);
+  CHECK_THROWS_WITH(ops::linear(Tensor::zeros({2, 8}, DType::f32, kGpu), bf16_weight, Tensor()),
+                    Catch::Contains("x is") && Catch::Contains("the CUDA kernel takes bf16"));
+  CHECK_THROWS_WITH(ops::attention(Tensor::zeros({1, 3, 3 * 64}, DType::f32, kGpu), 1),
+                    Catch::Contains("qkv is") && Catch::Contains("the CUDA kernel takes bf16"));
+  CHECK_THROWS_WITH(ops::cls_select(Tensor::zeros({2, 3, 8}, DType::bf16, kGpu)),
+                    Catch::Contains("x is") && Catch::Contains("the CUDA kernel takes f32"));
+  const Tensor stream_bf16 = Tensor::zeros({2, 3, 8}, DType::bf16, kGpu);  // should be fp32
+  CHECK_THROWS_WITH(ops::layerscale_residual(stream_bf16, stream_bf16,
+                                             Tensor::zeros({8}, DType::bf16, kGpu),
+                                             Tensor::full({2}, 1.0, DType::f32, kGpu)),
+                    Catch::Contains("x is") && Catch::Contains("the CUDA kernel takes f32"));
   CHECK_THROWS_WITH(ops::add(x, Tensor::zeros({2, 8}, DType::bf16)),
                     Catch::Contains("different devices"));
 }

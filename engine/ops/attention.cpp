@@ -16,7 +16,8 @@ Tensor attention(const Tensor& qkv, int64_t heads) {
             std::to_string(heads) + " heads");
   const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3, D = C / heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  Tensor out = Tensor::empty({B, Tn, C}, qkv.dtype(), qkv.device());
+  // The kernel's dtype, not qkv's: a wrong qkv then fails its own check below, by name.
+  Tensor out = Tensor::empty({B, Tn, C}, detail::bf16_on_cuda(qkv), qkv.device());
   Tensor lse = Tensor::empty({B, heads, Tn}, detail::fp32_on_cuda(qkv), qkv.device());
   detail::dispatch("attention", {&qkv},
       [&](auto zero) {

@@ -61,8 +61,9 @@ Tensor layerscale_residual(const Tensor& x, const Tensor& branch, const Tensor& 
                            const Tensor& keep_scale) {
   check_residual_operands("layerscale_residual", x, branch, gamma, keep_scale);
   const int64_t B = x.size(0), Tn = x.size(1), C = x.size(2);
-  // x's dtype: on CUDA the residual stream is fp32 (kernels/layerscale.h says why).
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  // On CUDA the residual stream is fp32 (kernels/layerscale.h says why), whatever x is: a wrong x
+  // then fails its own check below, by name.
+  Tensor out = Tensor::empty(x.shape(), detail::fp32_on_cuda(x), x.device());
   detail::dispatch("layerscale_residual", {&x, &branch, &gamma, &keep_scale},
       [&](auto zero) {
         using T = decltype(zero);
@@ -102,7 +103,7 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
         "LayerNorm weight " + ln_weight.describe() + " / bias " + ln_bias.describe() +
             " for x " + x.describe());
   // The residual has x's dtype (fp32 on CUDA), the normed output feeds the bf16 branch.
-  ResidualAndNorm result{Tensor::empty(x.shape(), x.dtype(), x.device()),
+  ResidualAndNorm result{Tensor::empty(x.shape(), detail::fp32_on_cuda(x), x.device()),
                          Tensor::empty(x.shape(), detail::bf16_on_cuda(x), x.device())};
   Tensor mean = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
   Tensor rstd = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());

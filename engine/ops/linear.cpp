@@ -21,7 +21,8 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias)
         "bias " + (bias.defined() ? bias.describe() : "") + " for weight " + weight.describe());
   Shape out_shape = x.shape();
   out_shape.back() = N;
-  Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+  // The kernel's dtype, not x's: a wrong x then fails its own check below, by name.
+  Tensor y = Tensor::empty(out_shape, bf16_on_cuda(x), x.device());
   dispatch("linear", {&x, &weight, &bias},
       [&](auto zero) {
         using T = decltype(zero);

@@ -104,7 +104,8 @@ Tensor pos_embed_cls(const Tensor& x, const Tensor& pos, const Tensor& cls) {
 Tensor cls_select(const Tensor& x) {
   check(x.dim() == 3, "cls_select", "x " + x.describe() + " is not (B, T, C)");
   const int64_t B = x.size(0), Tn = x.size(1), C = x.size(2);
-  Tensor out = Tensor::empty({B, C}, x.dtype(), x.device());
+  // The kernel's dtype, not x's: a wrong x then fails its own check below, by name.
+  Tensor out = Tensor::empty({B, C}, detail::fp32_on_cuda(x), x.device());
   detail::dispatch("cls_select", {&x},
       [&](auto zero) {
         using T = decltype(zero);
