@@ -239,31 +239,31 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
   if ((ta ? la.cols : la.rows) != m || (tb ? lb.rows : lb.cols) != n ||
       (tb ? lb.cols : lb.rows) != k)
     return refuse("operand shapes that do not multiply");
-  if (!deit_emu::is_device_range(A, span_bytes(la)) ||
-      !deit_emu::is_device_range(B, span_bytes(lb)) ||
-      !deit_emu::is_device_range(D, span_bytes(ld)))
+  // What the GEMM touches, each range inside one allocation (the check of stream order needs them).
+  const std::optional<deit_emu::Access> a_read = deit_emu::range_access(A, span_bytes(la), false);
+  const std::optional<deit_emu::Access> b_read = deit_emu::range_access(B, span_bytes(lb), false);
+  const std::optional<deit_emu::Access> d_written = deit_emu::range_access(D, span_bytes(ld), true);
+  if (!a_read || !b_read || !d_written)
     return refuse("an operand outside every device allocation");
+  deit_emu::Footprint footprint{"cublasLtMatmul", {*a_read, *b_read, *d_written}, {}};
   const size_t elem_a = 2, elem_b = 2, elem_d = ld.type == CUDA_R_32F ? 4 : 2;
   if (!aligned(A, promise.align_a) || !aligned(B, promise.align_b) ||
       !aligned(D, promise.align_d) || (la.ld * elem_a) % promise.align_a != 0 ||
       (lb.ld * elem_b) % promise.align_b != 0 || (ld.ld * elem_d) % promise.align_d != 0)
     return refuse("an operand less aligned than the algorithm was chosen for");
-  if (workspace_bytes > promise.workspace_bytes ||
-      (workspace_bytes > 0 && !deit_emu::is_device_range(workspace, workspace_bytes)))
+  if (workspace_bytes > promise.workspace_bytes)
     return refuse("a workspace other than the preference allowed for");
+  if (workspace_bytes > 0) {
+    const auto scratch = deit_emu::range_access(workspace, workspace_bytes, true);
+    if (!scratch) return refuse("a workspace other than the preference allowed for");
+    footprint.accesses.push_back(*scratch);
+  }
   const bool bias = ds.epilogue == CUBLASLT_EPILOGUE_BIAS;
-  if (bias && !deit_emu::is_device_range(ds.bias, m * 2))
-    return refuse("a bias outside every device allocation");
-
-  deit_emu::Footprint footprint{
-      "cublasLtMatmul",
-      {*deit_emu::range_access(A, span_bytes(la), false),
-       *deit_emu::range_access(B, span_bytes(lb), false),
-       *deit_emu::range_access(D, span_bytes(ld), true)},
-      {}};
-  if (bias) footprint.accesses.push_back(*deit_emu::range_access(ds.bias, m * 2, false));
-  if (workspace_bytes > 0)
-    footprint.accesses.push_back(*deit_emu::range_access(workspace, workspace_bytes, true));
+  if (bias) {
+    const auto bias_read = deit_emu::range_access(ds.bias, m * 2, false);
+    if (!bias_read) return refuse("a bias outside every device allocation");
+    footprint.accesses.push_back(*bias_read);
+  }
   const void* bias_ptr = ds.bias;
   const cudaError_t e = deit_emu::enqueue(stream, [=] {
     // D (m, n) = op(A) (m, k) . op(B) (k, n) column-major is, row-major, D^T (n, m) =

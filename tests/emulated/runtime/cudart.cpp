@@ -151,8 +151,9 @@ void host_waited_for(const VectorClock& order) {
 // A device-wide wait (cudaFree): everything queued so far.
 void host_waited_for_everything() {
   Device& d = device();
-  host_waited_for(d.legacy.order);
-  for (auto& s : d.streams) host_waited_for(s->order);
+  VectorClock everything = d.legacy.order;
+  for (auto& s : d.streams) everything.merge(s->order);
+  host_waited_for(everything);
 }
 
 emu::GuardedRegion* find_allocation(const void* p);
@@ -454,8 +455,7 @@ cudaError_t cudaFree(void* p) {
   auto& all = device().allocations;
   const auto it = all.find(reinterpret_cast<uintptr_t>(p));
   if (it == all.end()) return record_error(cudaErrorInvalidValue);
-  device().races.forget_allocation(it->first);
-  all.erase(it);
+  all.erase(it);  // the wait above left the order check no record of it
   return cudaSuccess;
 }
 
@@ -480,20 +480,20 @@ namespace deit_emu {
 namespace {
 
 // What a copy touches on the device: the ranges of its two sides that lie there.
-deit_emu::Footprint copy_footprint(const char* api, void* dst, const void* src, size_t bytes) {
-  deit_emu::Footprint f{api, {}, {}};
-  if (auto a = deit_emu::range_access(src, bytes, /*writes=*/false)) f.accesses.push_back(*a);
-  if (auto a = deit_emu::range_access(dst, bytes, /*writes=*/true)) f.accesses.push_back(*a);
+Footprint copy_footprint(const char* api, void* dst, const void* src, size_t bytes) {
+  Footprint f{api, {}, {}};
+  if (auto a = range_access(src, bytes, /*writes=*/false)) f.accesses.push_back(*a);
+  if (auto a = range_access(dst, bytes, /*writes=*/true)) f.accesses.push_back(*a);
   return f;
 }
 
 // A synchronous copy or memset: work on the legacy stream that the host then waits for.
-void run_on_legacy_and_wait(deit_emu::Footprint footprint, const deit_emu::Work& work) {
-  std::vector<deit_emu::Footprint> footprints{std::move(footprint)};
-  deit_emu::order_next_piece(device().legacy, footprints);
-  deit_emu::run_everything();  // it waits for the blocking streams' work before it
+void run_on_legacy_and_wait(Footprint footprint, const Work& work) {
+  std::vector<Footprint> footprints{std::move(footprint)};
+  order_next_piece(device().legacy, footprints);
+  run_everything();  // it waits for the blocking streams' work before it
   work();
-  deit_emu::host_waited_for(device().legacy.order);
+  host_waited_for(device().legacy.order);
 }
 
 }  // namespace

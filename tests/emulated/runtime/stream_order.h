@@ -77,9 +77,6 @@ class RaceDetector {
   // after it.
   void forget_ordered_before(const VectorClock& host);
 
-  // Forgets what touched a freed allocation.
-  void forget_allocation(uintptr_t allocation) { by_allocation_.erase(allocation); }
-
  private:
   struct Record {
     const void* stream;
