@@ -102,7 +102,7 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
   check(ln_weight.shape() == Shape{C} && ln_bias.shape() == Shape{C}, name,
         "LayerNorm weight " + ln_weight.describe() + " / bias " + ln_bias.describe() +
             " for x " + x.describe());
-  // The residual has x's dtype (fp32 on CUDA), the normed output feeds the bf16 branch.
+  // The residual is fp32 on CUDA (x's dtype on the CPU), the normed output feeds the bf16 branch.
   ResidualAndNorm result{Tensor::empty(x.shape(), detail::fp32_on_cuda(x), x.device()),
                          Tensor::empty(x.shape(), detail::bf16_on_cuda(x), x.device())};
   Tensor mean = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
