@@ -5,7 +5,7 @@
 # column: deit / PyTorch) to bench/results/DATE-GPU-compare.md with the date, GPU, commit and
 # command, and prints it.
 #
-#   bench/compare.sh [--quick | --every-model | --full] [--build DIR]
+#   bench/compare.sh [--quick | --every-model | --full] [--build DIR] [--deadline SECONDS]
 #
 #   --quick (default) deit3_small and deit3_base at 224, batch 256 per GPU; kernels at ViT-B's
 #           width, 30 runs each. A few minutes on an H200, most of it torch.compile compiling.
@@ -16,6 +16,9 @@
 #           on both sides (--grad-checkpointing); kernels at every preset width, 100 runs each.
 #           Tens of minutes.
 #   --build the build folder holding `deit` (default build-gpu, what bench/gpu-check.sh builds)
+#   --deadline  finish within SECONDS: each run's time limit is cut to what is left, a run that
+#           would start with under a minute left is listed as not run, and the report is written
+#           with what finished (a lent GPU machine's minutes are few)
 #
 # Needs the built deit, nvidia-smi, and a python3 with torch and timm; no network, no Debian
 # packages. A run that fails is reported in the table's Failures section; the others go on.
@@ -23,6 +26,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 mode=quick
 build="build-gpu"
+deadline_at=""
 invocation="bench/compare.sh $*"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -30,7 +34,9 @@ while [ $# -gt 0 ]; do
     --every-model) mode=every-model ;;
     --full) mode=full ;;
     --build) build=$2; shift ;;
-    *) echo "usage: bench/compare.sh [--quick | --every-model | --full] [--build DIR]" >&2
+    --deadline) deadline_at=$(($(date +%s) + ${2:?--deadline needs seconds})); shift ;;
+    *) echo "usage: bench/compare.sh [--quick | --every-model | --full] [--build DIR]" \
+         "[--deadline SECONDS]" >&2
        exit 2 ;;
   esac
   shift
@@ -76,10 +82,23 @@ runs=0
 last=""
 
 # record KIND LABEL SECONDS COMMAND...: runs the command with a time limit, keeping its stdout
-# (one JSON object), stderr, exit status and command line for report.py.
+# (one JSON object), stderr, exit status and command line for report.py. Under --deadline the limit
+# is cut to what is left but the report's 30 s, and a command that would get under a minute goes
+# to not-run.txt instead.
 record() {
   local kind=$1 label=$2 limit=$3
   shift 3
+  if [ -n "$deadline_at" ]; then
+    local left=$((deadline_at - $(date +%s) - 30))
+    if ((left < 60)); then
+      echo "$*" >>"$work/not-run.txt"
+      echo "== not run (the --deadline): $*" >&2
+      last=$work/not-run
+      echo skipped >"$last.rc"
+      return
+    fi
+    ((left < limit)) && limit=$left
+  fi
   runs=$((runs + 1))
   last=$(printf '%s/%03d' "$work" "$runs")
   echo "$kind" >"$last.kind"
@@ -89,6 +108,7 @@ record() {
   local start=$SECONDS
   timeout "$limit" "$@" >"$last.json" 2>"$last.err"
   echo $? >"$last.rc"
+  [ "$(cat "$last.rc")" = 124 ] && echo "stopped at its $limit s limit" >>"$last.err"
   echo "   exit $(cat "$last.rc") after $((SECONDS - start)) s" >&2
 }
 

@@ -7,7 +7,7 @@
 # `deit demo --device cuda`, the whole training path on the GPU.
 #
 #   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|every-model|full|none]
-#                      [--sanitizer-limit SECONDS] [--only CHECK,CHECK,...]
+#                      [--sanitizer-limit SECONDS] [--only CHECK,CHECK,...] [--deadline SECONDS]
 #
 #   --no-tests      skip the tests and the sanitizers (e.g. a second call that only benchmarks,
 #                   reusing build-gpu/ from the first)
@@ -21,11 +21,15 @@
 #                   split over calls, e.g. --only gpu_tests,demo_cuda, then --only
 #                   memcheck,racecheck (the second call reuses build-gpu/ while the machine is
 #                   warm).
-#                   A lent machine brings back at most 8 files: a run of every check writes more
-#                   (a log per check, summary.txt, the report), so split it.
+#   --deadline SECONDS  end within SECONDS of starting, the build included: each check's limit is
+#                   cut to what is left (less 20 s for the table), a check that would get under 30 s
+#                   is reported as not run, and bench/compare.sh writes its report with what
+#                   finished. For a lent machine's single call: a deadline 30 s or so under the
+#                   call's timeout_s.
 #
 # Each check's result is appended to $OUT/summary.txt as it ends, so a call stopped at its time
-# limit still brings back what finished.
+# limit still brings back what finished. The checks' logs are in $OUT/logs.tar.gz, remade after
+# each check (a lent machine brings back at most 8 files), beside the benchmark report.
 #
 # A lent machine's copy of the tree has no .git: name the commit for the benchmark report with
 # DEIT_COMMIT=$(git rev-parse --short HEAD) in the command sent there.
@@ -41,6 +45,7 @@ cpu_tests=yes
 bench=quick
 sanitizer_limit=300
 only=""
+deadline=""
 while [ $# -gt 0 ]; do
   case $1 in
     --only) only=",${2:?--only needs a list of checks},"; shift ;;
@@ -48,9 +53,10 @@ while [ $# -gt 0 ]; do
     --no-cpu-tests) cpu_tests=no ;;
     --bench) bench=$2; shift ;;
     --sanitizer-limit) sanitizer_limit=$2; shift ;;
+    --deadline) deadline=${2:?--deadline needs seconds}; shift ;;
     *) echo "usage: bench/gpu-check.sh [--no-tests] [--no-cpu-tests]" \
          "[--bench quick|every-model|full|none] [--sanitizer-limit SECONDS]" \
-         "[--only CHECK,CHECK,...]" >&2
+         "[--only CHECK,CHECK,...] [--deadline SECONDS]" >&2
        exit 2 ;;
   esac
   shift
@@ -71,8 +77,23 @@ wanted() {
 }
 deps=$PWD/.deps
 out=${OUT:-build-gpu}
-mkdir -p "$out" build-gpu
+logs=build-gpu/logs
+rm -rf "$logs"
+mkdir -p "$out" "$logs"
 log() { echo "== $*"; }
+# bundle_logs: $OUT/logs.tar.gz made again from every log written so far.
+bundle_logs() { tar -czf "$out/logs.tar.gz" -C build-gpu logs; }
+# time_left LIMIT: LIMIT, or what --deadline leaves after 20 s for the table when that is less;
+# at least 1 (`timeout 0` would mean no limit).
+time_left() {
+  local limit=$1 left
+  if [ -n "$deadline" ]; then
+    left=$((deadline - SECONDS - 20))
+    ((left < limit)) && limit=$left
+  fi
+  ((limit < 1)) && limit=1
+  echo "$limit"
+}
 
 # wheel_prefix NAME HEADER LIB: when the CUDA toolkit has no HEADER, a prefix (include/, lib/)
 # made of symbolic links into the pip wheel that holds HEADER and libLIB.so.*, for CMake's
@@ -111,9 +132,9 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
 log "build"
 build_start=$SECONDS
 # The build's log comes back only when the build fails: a lent machine returns at most 8 files.
-if ! cmake --build build-gpu -j "$(nproc)" >build-gpu/build.log 2>&1; then
-  cp build-gpu/build.log "$out/"
-  grep -m 20 -B2 -A6 'error' "$out/build.log"
+if ! cmake --build build-gpu -j "$(nproc)" >"$logs/build.log" 2>&1; then
+  bundle_logs
+  grep -m 20 -B2 -A6 'error' "$logs/build.log"
   echo "build: FAIL (see build.log)" | tee -a "$out/summary.txt"
   exit 1
 fi
@@ -122,13 +143,22 @@ test_binary=build-gpu/tests/deit_tests
 
 declare -A result
 checks=()
+# not_run NAME: NAME reported as left out by --deadline; true when that is so.
+not_run() {
+  (($(time_left 30) >= 30)) && return 1
+  checks+=("$1")
+  result[$1]="NOT RUN: the --deadline had come"
+  echo "$1: ${result[$1]}" >>"$out/summary.txt"
+}
 run() {  # name, time limit in seconds, command...
-  local name=$1 limit=$2
+  local name=$1 limit
+  limit=$(time_left "$2")
   shift 2
+  not_run "$name" && return
   checks+=("$name")
   log "$name"
   local start=$SECONDS status
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  timeout "$limit" "$@" >"$logs/$name.log" 2>&1
   status=$?
   case $status in
     0) result[$name]=pass ;;
@@ -137,20 +167,23 @@ run() {  # name, time limit in seconds, command...
   esac
   # gVisor machines refuse compute-sanitizer whatever the program (KINDS.md of the device tool):
   # that says nothing of ours.
-  if [ "$status" != 0 ] && grep -q "Device not supported" "$out/$name.log"; then
+  if [ "$status" != 0 ] && grep -q "Device not supported" "$logs/$name.log"; then
     result[$name]="NOT RUN: compute-sanitizer refuses this machine's runtime (see $name.log)"
   fi
   result[$name]="${result[$name]}, $((SECONDS - start)) s"
   echo "$name: ${result[$name]}" >>"$out/summary.txt"
-  tail -4 "$out/$name.log"
+  bundle_logs
+  tail -4 "$logs/$name.log"
 }
 # The [gpu] cases, each in a process of its own: a kernel that faults leaves its CUDA context
 # unusable, and in one process every later case would fail with it. gpu_tests.log lists every
 # case (pass / FAIL) with the first lines of each failure's output; summary.txt names the failures.
 gpu_cases() {  # time limit in seconds for all of them
-  local limit=$1 start=$SECONDS passed=0 status name
+  local limit start=$SECONDS passed=0 status name
   local list=build-gpu/gpu_cases.txt spec=build-gpu/gpu_case.spec case_log=build-gpu/gpu_case.log
-  local failed=()
+  local failed=() case_logs=$logs/gpu_tests.log
+  limit=$(time_left "$1")
+  not_run gpu_tests && return
   checks+=(gpu_tests)
   log gpu_tests
   "$test_binary" "[gpu]" --list-test-names-only </dev/null | sed '/^$/d' >"$list"
@@ -159,7 +192,7 @@ gpu_cases() {  # time limit in seconds for all of them
     echo "gpu_tests: ${result[gpu_tests]}" >>"$out/summary.txt"
     return
   fi
-  : >"$out/gpu_tests.log"
+  : >"$case_logs"
   while IFS= read -r name; do
     if ((SECONDS - start > limit)); then
       failed+=("(the ${limit} s limit: not run from here on) $name")
@@ -168,20 +201,21 @@ gpu_cases() {  # time limit in seconds for all of them
     # One name per line in an input file; Catch2 splits a name at an unescaped comma.
     printf '%s\n' "$name" | sed 's/[\\,]/\\&/g' >"$spec"
     # -w NoTests: a name that matched no case (an escaping slip) fails rather than passes.
-    timeout 120 "$test_binary" -w NoTests -f "$spec" </dev/null >"$case_log" 2>&1
+    timeout "$(time_left 120)" "$test_binary" -w NoTests -f "$spec" </dev/null >"$case_log" 2>&1
     status=$?
     if [ $status -eq 0 ]; then
       passed=$((passed + 1))
-      echo "pass  $name" >>"$out/gpu_tests.log"
+      echo "pass  $name" >>"$case_logs"
     else
       failed+=("$name")
-      { echo "FAIL  $name (exit $status)"; head -80 "$case_log"; echo; } >>"$out/gpu_tests.log"
+      { echo "FAIL  $name (exit $status)"; head -80 "$case_log"; echo; } >>"$case_logs"
     fi
   done <"$list"
   result[gpu_tests]="$passed pass, ${#failed[@]} FAIL, $((SECONDS - start)) s"
   [ ${#failed[@]} -eq 0 ] && result[gpu_tests]="pass ($passed cases), $((SECONDS - start)) s"
   echo "gpu_tests: ${result[gpu_tests]}" >>"$out/summary.txt"
   for name in "${failed[@]}"; do echo "  FAIL: $name" | tee -a "$out/summary.txt"; done
+  bundle_logs
 }
 wanted gpu_tests "$tests" && gpu_cases 600
 # Issue 5's end-to-end check: the demo trained on the GPU learns as on the CPU (94.2-94.8% top-1
@@ -208,9 +242,12 @@ wanted bench_nccl "$benchmarks" && run bench_nccl 600 env DEIT_NCCL_ONE_RANK=1 \
   build-gpu/deit bench step --model deit3_small --batch-size 256 --device cuda \
   --profile-steps 0 --json
 if wanted bench "$benchmarks"; then
-  run bench 7200 bench/compare.sh "--$bench" --build build-gpu
+  # compare.sh keeps to the deadline itself, so that it writes its report with what finished.
+  compare_flags=("--$bench" --build build-gpu)
+  [ -n "$deadline" ] && compare_flags+=(--deadline "$(time_left 7200)")
+  run bench 7200 bench/compare.sh "${compare_flags[@]}"
   # The report (bench/results/DATE-GPU-compare.md) goes back with the logs.
-  report=$(sed -n 's/^written: //p' "$out/bench.log" | tail -1)
+  report=$(sed -n 's/^written: //p' "$logs/bench.log" | tail -1)
   [ -n "$report" ] && cp "$report" "$out/"
 fi
 

@@ -6,6 +6,7 @@
 RUN_DIR holds one NNN.{kind,label,cmd,rc,json,err} group per run, in the order they ran: kind is
 `kernels` (deit bench kernels --json), `attention` (torch_baseline.py attention --json) or `step`
 (deit bench step --json / torch_baseline.py step --json, told apart by their `impl` field).
+RUN_DIR/not-run.txt, when there, lists the commands compare.sh's --deadline left out.
 Every ratio is deit's speed over the other's: > 1 means deit is faster.
 """
 import argparse
@@ -213,6 +214,10 @@ def main():
         for r in failed:
             tail = "\n".join(r["err"].splitlines()[-6:])
             lines += [f"- `{r['cmd']}` (exit {r['rc']}):", "", "```", tail, "```", ""]
+    not_run_path = os.path.join(args.run_dir, "not-run.txt")
+    if os.path.exists(not_run_path):
+        lines += ["## Not run (compare.sh's --deadline)", ""]
+        lines += [f"- `{cmd}`" for cmd in open(not_run_path).read().splitlines()] + [""]
     lines += ["## Commands run", ""] + [f"- `{r['cmd']}`" for r in runs] + [""]
     lines += ["## Raw results", "", "<details><summary>one JSON object per run</summary>", "",
               "```json"] + [json.dumps(r["result"]) for r in runs if r["result"]] + \
