@@ -11,6 +11,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <tuple>
@@ -57,20 +59,41 @@ BoundKernel<Params...> operator^(void (*kernel)(Params...), const LaunchConfig& 
   return {kernel, config};
 }
 
+// Every allocation one of the pointer-sized words in [bytes, bytes + size) points into, as
+// written to (the words' pointee types are not known).
+inline void add_word_accesses(Footprint& footprint, const void* bytes, size_t size) {
+  for (size_t at = 0; at + sizeof(void*) <= size; at += alignof(void*)) {
+    const void* word = nullptr;
+    std::memcpy(&word, static_cast<const unsigned char*>(bytes) + at, sizeof word);
+    if (const auto a = allocation_access(word, true)) footprint.accesses.push_back(*a);
+  }
+}
+
 // What a kernel may touch through one argument: all of the allocation a pointer points into (read
-// only through a pointer to const); through a struct (a table of tensors, an op with its
-// operands), all of every allocation one of its pointer-sized words points into.
+// only through a pointer to const); through a struct (an op with its operands), all of every
+// allocation one of its pointer-sized words points into. A pointer to structs may be a table in
+// device memory (the optimizer's tensor slots): the words from where it points to the end of its
+// allocation, at most kTableScanBytes of them, are read when the launch is queued. That sees their
+// values because such tables are uploaded, and waited for, before the launches that read them. The
+// bound keeps the scan cheap where the structs share their allocation with bulk data (the
+// augmentation's per-sample structs, ahead of the batch's pixels), whose words are offsets, sizes,
+// floats and pixels, not addresses of the emulated device.
+constexpr size_t kTableScanBytes = size_t{1} << 20;
+
 template <typename T>
 void add_accesses(Footprint& footprint, const T& arg) {
   if constexpr (std::is_pointer_v<T>) {
-    const bool writes = !std::is_const_v<std::remove_pointer_t<T>>;
-    if (const auto a = allocation_access(arg, writes)) footprint.accesses.push_back(*a);
-  } else if constexpr (std::is_class_v<T>) {
-    for (size_t at = 0; at + sizeof(void*) <= sizeof(T); at += alignof(void*)) {
-      const void* word = nullptr;
-      std::memcpy(&word, reinterpret_cast<const unsigned char*>(&arg) + at, sizeof word);
-      if (const auto a = allocation_access(word, true)) footprint.accesses.push_back(*a);
+    using Pointee = std::remove_pointer_t<T>;
+    const bool writes = !std::is_const_v<Pointee>;
+    const auto a = allocation_access(arg, writes);
+    if (!a) return;
+    footprint.accesses.push_back(*a);
+    if constexpr (std::is_class_v<Pointee>) {
+      const uintptr_t from = reinterpret_cast<uintptr_t>(arg);
+      add_word_accesses(footprint, arg, std::min(a->end - from, kTableScanBytes));
     }
+  } else if constexpr (std::is_class_v<T>) {
+    add_word_accesses(footprint, &arg, sizeof(T));
   }
 }
 

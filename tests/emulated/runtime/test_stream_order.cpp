@@ -1,6 +1,7 @@
 // The emulated device's check that work on two streams touching the same memory is ordered
 // (stream_order.h), on work of each kind: copies, memsets, kernels through their pointer
-// arguments, the legacy stream's synchronous copies. Compiled into deit_tests_emulated only: a
+// arguments and through a table of pointers in device memory, the legacy stream's synchronous
+// copies. Compiled into deit_tests_emulated only: a
 // GPU gives no such check. The ordered cases run with the other [gpu] cases; each hidden
 // [.emulated_race_*] case forgets one wait and must end the emulation with a report
 // (tests/emulated/runtime/CMakeLists.txt runs them through tests/expect_job_failure.cmake).
@@ -11,6 +12,7 @@
 
 #include "kernels/check.h"
 #include "kernels/elementwise.h"
+#include "kernels/optimizer.h"
 
 namespace {
 
@@ -42,6 +44,19 @@ struct TwoStreams {
   void copy_on_second() {
     DEIT_CUDA_CHECK(
         cudaMemcpyAsync(other, buffer, kFloats * sizeof(float), cudaMemcpyDeviceToDevice, second));
+  }
+  // A kernel on the first stream writes `other` through a table of pointers (the multi-tensor
+  // optimizer's), not through an argument: other = (other + buffer) / 2.
+  void ema_on_first(deit::kernels::CudaParamTable& table) {
+    deit::kernels::ema_update_cuda(table, 0.5, first);
+  }
+  // The table that update reads: `buffer` the weights, `other` their average.
+  static deit::kernels::CudaParam ema_param(float* weights, float* average) {
+    deit::kernels::CudaParam p;
+    p.param = weights;
+    p.ema = average;
+    p.n = kFloats;
+    return p;
   }
   std::vector<float> read_other() {
     std::vector<float> host(kFloats);
@@ -85,6 +100,18 @@ TEST_CASE("emulated device: work on two streams ordered by an event or by the ho
     DEIT_CUDA_CHECK(cudaStreamSynchronize(s.first));
     CHECK(seen == std::vector<float>(kFloats, 5.0f));
   }
+  SECTION("an event after a kernel that writes through a table of pointers") {
+    deit::kernels::CudaParamTable table({TwoStreams::ema_param(s.buffer, s.other)});
+    s.fill_on_first(2.0f);
+    deit::kernels::fill_cuda(s.other, 6.0f, kFloats, s.first);
+    s.ema_on_first(table);
+    s.second_waits_for_first();
+    std::vector<float> average(kFloats);
+    DEIT_CUDA_CHECK(cudaMemcpyAsync(average.data(), s.other, kFloats * sizeof(float),
+                                    cudaMemcpyDeviceToHost, s.second));
+    DEIT_CUDA_CHECK(cudaStreamSynchronize(s.second));
+    CHECK(average == std::vector<float>(kFloats, 4.0f));
+  }
 }
 
 TEST_CASE("emulated device race: a copy reads what a kernel on another stream writes",
@@ -99,6 +126,16 @@ TEST_CASE("emulated device race: a kernel writes what a copy on another stream r
   TwoStreams s;
   s.copy_on_second();
   s.fill_on_first(2.0f);
+}
+
+TEST_CASE("emulated device race: a copy reads what a kernel writes through a table of pointers",
+          "[.emulated_race_pointer_table]") {
+  TwoStreams s;
+  deit::kernels::CudaParamTable table({TwoStreams::ema_param(s.buffer, s.other)});
+  s.ema_on_first(table);
+  std::vector<float> average(kFloats);
+  DEIT_CUDA_CHECK(cudaMemcpyAsync(average.data(), s.other, kFloats * sizeof(float),
+                                  cudaMemcpyDeviceToHost, s.second));
 }
 
 TEST_CASE("emulated device race: a synchronous copy reads what a non-blocking stream writes",
