@@ -98,11 +98,9 @@ Optimizer::Optimizer(const ParameterRegistry& params, const OptimizerOptions& op
     std::vector<kernels::CudaParam> table;
     for (Slot& slot : slots_) {
       Tensor& value = slot.param.value;
-      device_grads_.push_back(Tensor::zeros(value.shape(), DType::f32, device));
       kernels::CudaParam entry;
       entry.param = value.data<float>();
       entry.param_bf16 = value.bf16_copy().data<kernels::bf16_bits>();
-      entry.grad = device_grads_.back().data<float>();
       entry.exp_avg = slot.exp_avg.data<float>();
       entry.exp_avg_sq = slot.exp_avg_sq.data<float>();
       entry.n = value.numel();
@@ -141,8 +139,10 @@ void Optimizer::update_async() {
 #if DEIT_HAVE_CUDA
   if (!on_cuda()) throw std::logic_error("optimizer: update_async() is for CUDA parameters");
   NoGrad no_grad;
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    const Parameter& p = slots_[i].param;
+  std::vector<const float*> grads;
+  grads.reserve(slots_.size());
+  for (const Slot& slot : slots_) {
+    const Parameter& p = slot.param;
     const Tensor grad = p.value.grad();
     if (!grad.defined())
       throw std::invalid_argument("optimizer: '" + p.name + "' has no gradient; on CUDA every "
@@ -151,9 +151,10 @@ void Optimizer::update_async() {
         grad.device() != p.value.device())
       throw std::invalid_argument("optimizer: gradient of '" + p.name + "' is " +
                                   grad.describe() + ", parameter is " + p.value.describe());
-    device_grads_[i].copy_from(grad);  // device to device: enqueued, no wait
+    grads.push_back(grad.data<float>());
   }
   cudaStream_t stream = compute_stream(slots_.front().param.value.device().index);
+  kernels::set_grads_cuda(*device_table_, grads, stream);
   if (sum_grad_squares_over_ranks_) {
     float* sum_squares = device_sum_squares_.data<float>();
     kernels::grad_sum_squares_cuda(*device_table_, sum_squares, stream);

@@ -17,9 +17,10 @@
 //
 // On CUDA the update runs over every parameter at once with the multi-tensor kernels
 // (kernels/optimizer.h, CudaParamTable): the global gradient norm, the clipping factor and LAMB's
-// trust ratios stay on the device, and each update also rewrites the bf16 copies. The table holds
-// fixed addresses, so each step first copies the gradients (fresh tensors from autograd) into
-// fixed fp32 buffers. Every parameter needs a gradient at every step there (a ViT's do). The
+// trust ratios stay on the device, and each update also rewrites the bf16 copies. The gradients
+// are fresh tensors from autograd each step: each update first points the table at them
+// (set_grads_cuda, one launch per 256 tensors), rather than copying them into fixed buffers. Every
+// parameter needs a gradient at every step there (a ViT's do). The
 // learning rate and the step count's bias corrections reach the kernels through device memory
 // (begin_step_async), so that a CUDA graph of the update can be replayed step after step.
 #pragma once
@@ -170,8 +171,7 @@ class Optimizer {
   int64_t step_count_ = 0;
   double last_grad_norm_ = 0;
 #if DEIT_HAVE_CUDA
-  // CUDA parameters: the fixed gradient buffers (one per slot) and the table over them.
-  std::vector<Tensor> device_grads_;
+  // CUDA parameters: the table over the weights and moments (gradients set at each update).
   std::unique_ptr<kernels::CudaParamTable> device_table_;
   Tensor device_grad_norm_;  // copied from the table after each update
   std::function<void(const Tensor&)> sum_grad_squares_over_ranks_;  // empty: this optimizer's own

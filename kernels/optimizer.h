@@ -64,6 +64,7 @@ void ema_update_cpu(T* ema, const T* value, double decay, int64_t n);
 // every launch runs one block per chunk of every tensor, so a ViT's ~150 parameter tensors take a
 // handful of launches per step:
 //   set_step_cuda    1 launch (one thread): the step's scalars into the table's device memory
+//   set_grads_cuda   1 launch per 256 tensors: the step's gradient pointers into the table
 //   grad_norm_cuda   2 launches: per-chunk sums of squares, then the norm and the gradient factor
 //   lamb_step_cuda   3 launches: moments + per-chunk ||p||^2, ||update||^2; per-tensor trust
 //                    ratios; the parameter update
@@ -83,11 +84,12 @@ constexpr int64_t kCudaOptimizerChunk = 16384;
 // One parameter tensor: device pointers to n elements each. A table that only serves
 // ema_update_cuda (engine/ema.h keeps the average apart from the optimizer) needs param and ema
 // alone and may leave param_bf16, grad and the moments null; the optimizer steps refuse such a
-// table.
+// table. A table whose gradients are new tensors every step (the engine's) leaves grad null and
+// points at them with set_grads_cuda before each step.
 struct CudaParam {
   float* param = nullptr;           // fp32 master weights
   bf16_bits* param_bf16 = nullptr;  // their bf16 copy, rewritten by every update
-  const float* grad = nullptr;      // fp32 gradient
+  const float* grad = nullptr;      // fp32 gradient; null: set_grads_cuda sets it
   float* exp_avg = nullptr;         // Adam moments
   float* exp_avg_sq = nullptr;
   float* ema = nullptr;  // fp32 EMA of the master weights; nullptr: not tracked
@@ -108,8 +110,10 @@ class CudaParamTable {
   CudaParamTable& operator=(const CudaParamTable&) = delete;
 
   int64_t tensors() const { return tensors_; }
-  // False when some tensor lacks param_bf16, grad or a moment: the table serves the EMA only.
+  // False when some tensor lacks param_bf16 or a moment: the table serves the EMA only.
   bool has_optimizer_state() const { return has_optimizer_state_; }
+  // Whether every tensor has a gradient: given to the constructor, or set by set_grads_cuda.
+  bool has_grads() const { return has_grads_; }
   int64_t chunks() const { return chunks_; }
   // Device floats written by grad_norm_cuda (or grad_factor_cuda): the global norm of the
   // gradients as given, and the factor the updates read the gradients with.
@@ -127,6 +131,7 @@ class CudaParamTable {
   int64_t tensors_ = 0;
   int64_t chunks_ = 0;
   bool has_optimizer_state_ = true;
+  bool has_grads_ = true;
   bool step_set_ = false;  // set_step_cuda has run at least once
 };
 
@@ -156,6 +161,17 @@ void grad_factor_cuda(CudaParamTable& table, const float* sum_squares, double cl
 // graph, outside the graph (std::invalid_argument for step.grad_scale != 1).
 void set_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, double weight_decay,
                    cudaStream_t stream);
+
+// Points tensor i of the table at grads[i] (n elements, as the table was built with) for the
+// launches queued on `stream` after this, in place of copying each step's gradients into fixed
+// buffers. The pointers go by value in the launches' arguments, so the host may reuse the vector
+// at once, and a CUDA graph that captured them replays them. std::invalid_argument unless there is
+// one non-null pointer per tensor, or for a table without optimizer state.
+void set_grads_cuda(CudaParamTable& table, const std::vector<const float*>& grads,
+                    cudaStream_t stream);
+
+// The functions below that read gradients (the norm, its halves, the steps) throw
+// std::logic_error for a table built without them until set_grads_cuda has run on it.
 
 // LAMB over every tensor, as engine/lamb.cpp: lamb_update_cpu's moments and update direction with
 // the gradients read as grad * grad_scale(), trust = ||p|| / ||update|| for tensors with weight

@@ -16,6 +16,9 @@
 // The step's scalars (learning rate, bias corrections) reach the kernels through set_step_cuda's
 // device memory: one case captures the norm and LAMB launches in a CUDA graph once and replays it
 // with a new step number and learning rate set before each replay, as engine/optimizer.h does.
+// The gradients are either in the table from its start or, as the engine gives them, new buffers
+// every step that set_grads_cuda points the table at (one of them 16-byte aligned on some steps
+// and not on others, so the vector path is chosen anew).
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
@@ -110,7 +113,8 @@ struct DeviceState {
   std::vector<Bf16Buffer> param_bf16;
   std::unique_ptr<CudaParamTable> table;
 
-  explicit DeviceState(const HostState& h) {
+  // grads_in_table false: the table is built without gradients (set_grads_cuda gives them).
+  explicit DeviceState(const HostState& h, bool grads_in_table = true) {
     const auto& specs = tensor_specs();
     std::vector<CudaParam> params;
     for (size_t i = 0; i < specs.size(); ++i) {
@@ -124,7 +128,7 @@ struct DeviceState {
       CudaParam p;
       p.param = param[i].get();
       p.param_bf16 = param_bf16[i].get();
-      p.grad = grad[i].get();
+      p.grad = grads_in_table ? grad[i].get() : nullptr;
       p.exp_avg = exp_avg[i].get();
       p.exp_avg_sq = exp_avg_sq[i].get();
       p.ema = s.ema ? ema[i].get() : nullptr;
@@ -141,7 +145,7 @@ struct DeviceState {
   void poison_bf16() {
     for (auto& b : param_bf16) b.poison();
   }
-  float read_scalar(const float* p) const {
+  static float read_scalar(const float* p) {
     float v;
     DEIT_CUDA_CHECK(cudaMemcpy(&v, p, sizeof v, cudaMemcpyDeviceToHost));
     return v;
@@ -172,6 +176,21 @@ void adamw_step(CudaParamTable& table, int t, cudaStream_t stream) {
   set_step_cuda(table, adam_step(t, 1.0), kLr, kWeightDecay, stream);
   adamw_step_cuda(table, stream);
 }
+
+// A step's gradients in new device buffers, as autograd makes them, at the specs' offsets but for
+// tensor 3, which is misaligned on odd steps.
+struct FreshGrads {
+  std::vector<F32Buffer> buffers;
+  std::vector<const float*> pointers;
+  FreshGrads(const std::vector<std::vector<float>>& grads, int step) {
+    const auto& specs = tensor_specs();
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const size_t offset = i == 3 ? static_cast<size_t>(step % 2) : specs[i].offset;
+      buffers.emplace_back(grads[i], offset);
+      pointers.push_back(buffers.back().get());
+    }
+  }
+};
 
 void check_norm(const DeviceState& d, const HostNorm& ref) {
   const double norm = d.read_scalar(d.table->grad_norm());
@@ -215,14 +234,23 @@ TEST_CASE("cuda LAMB over a multi-tensor table matches the CPU twin", "[gpu][opt
   Stream stream;
   Rng rng(2101);
   HostState host = initial_state(rng);
-  DeviceState dev(host);
+  const bool grads_in_table = GENERATE(true, false);
+  INFO((grads_in_table ? "gradients in the table" : "new gradients each step (set_grads_cuda)"));
+  DeviceState dev(host, grads_in_table);
   REQUIRE(dev.table->tensors() == 20);
   // --clip-grad 1 and LAMB's max_grad_norm 1 both engage: the gradients' norm is in the hundreds.
   const double clip_grad = 1.0, max_grad_norm = 1.0;
   for (int t = 1; t <= kSteps; ++t) {
     INFO("step " << t);
     const auto grads = random_grads(rng);
-    dev.set_grads(grads);
+    // Kept until the step has run (stream.sync below), as the engine keeps autograd's.
+    std::unique_ptr<FreshGrads> fresh;
+    if (grads_in_table) {
+      dev.set_grads(grads);
+    } else {
+      fresh = std::make_unique<FreshGrads>(grads, t);
+      set_grads_cuda(*dev.table, fresh->pointers, stream);
+    }
     dev.poison_bf16();
     const HostNorm ref = host_grad_norm(grads, clip_grad, max_grad_norm);
     grad_norm_cuda(*dev.table, clip_grad, max_grad_norm, stream);
@@ -333,13 +361,31 @@ TEST_CASE("cuda optimizer rejects a host gradient factor, a missing step and bad
   CHECK_THROWS_AS(adamw_step_cuda(*dev.table, stream), std::logic_error);
   CHECK_THROWS_AS(set_step_cuda(*dev.table, adam_step(1, 0.5), kLr, kWeightDecay, stream),
                   std::invalid_argument);
-  CudaParam missing_grad;
-  missing_grad.param = dev.param[0].get();
+  CudaParam no_state;
+  no_state.param = dev.param[0].get();
+  no_state.n = 1;
+  CHECK_THROWS_AS(CudaParamTable({no_state}), std::invalid_argument);
+
+  // A table built without gradients: the functions that read them refuse it until set_grads_cuda
+  // has pointed it at one per tensor.
+  CudaParam missing_grad = no_state;
   missing_grad.param_bf16 = dev.param_bf16[0].get();
   missing_grad.exp_avg = dev.exp_avg[0].get();
   missing_grad.exp_avg_sq = dev.exp_avg_sq[0].get();
-  missing_grad.n = 1;
-  CHECK_THROWS_AS(CudaParamTable({missing_grad}), std::invalid_argument);
+  CudaParamTable late({missing_grad});
+  CHECK(late.has_optimizer_state());
+  CHECK_FALSE(late.has_grads());
+  CHECK_THROWS_AS(grad_norm_cuda(late, 0.0, 0.0, stream), std::logic_error);
+  float* sum_squares = dev.exp_avg[1].get();
+  CHECK_THROWS_AS(grad_sum_squares_cuda(late, sum_squares, stream), std::logic_error);
+  set_step_cuda(late, adam_step(1, 1.0), kLr, kWeightDecay, stream);  // reads no gradient
+  CHECK_THROWS_AS(lamb_step_cuda(late, stream), std::logic_error);
+  CHECK_THROWS_AS(adamw_step_cuda(late, stream), std::logic_error);
+  CHECK_THROWS_AS(set_grads_cuda(late, {}, stream), std::invalid_argument);
+  CHECK_THROWS_AS(set_grads_cuda(late, {nullptr}, stream), std::invalid_argument);
+  CHECK_FALSE(late.has_grads());
+  set_grads_cuda(late, {dev.grad[0].get()}, stream);
+  CHECK(late.has_grads());
 
   // A table for the weight EMA alone (engine/ema.h) needs param and ema only; the optimizer
   // steps refuse it.
@@ -355,6 +401,7 @@ TEST_CASE("cuda optimizer rejects a host gradient factor, a missing step and bad
                   std::invalid_argument);
   CHECK_THROWS_AS(lamb_step_cuda(ema_table, stream), std::invalid_argument);
   CHECK_THROWS_AS(adamw_step_cuda(ema_table, stream), std::invalid_argument);
+  CHECK_THROWS_AS(set_grads_cuda(ema_table, {dev.grad[0].get()}, stream), std::invalid_argument);
 
   // An empty table: the norm is 0, the factor 1, and the steps do nothing.
   CudaParamTable empty(std::vector<CudaParam>{});
@@ -363,6 +410,55 @@ TEST_CASE("cuda optimizer rejects a host gradient factor, a missing step and bad
   stream.sync();
   CHECK(dev.read_scalar(empty.grad_norm()) == 0.f);
   CHECK(dev.read_scalar(empty.grad_scale()) == 1.f);
+}
+
+TEST_CASE("cuda set_grads_cuda points every tensor of a table that takes several launches",
+          "[gpu][optimizer]") {
+  // 600 tensors: three launches of set_grads_cuda (256, 256, 88). Each tensor's AdamW update reads
+  // its own gradient, so a pointer written to the wrong slot, or not written, shows.
+  constexpr size_t kTensors = 600;
+  Stream stream;
+  Rng rng(2107);
+  std::vector<std::vector<float>> params, grads;
+  std::vector<F32Buffer> param, grad, exp_avg, exp_avg_sq;
+  std::vector<Bf16Buffer> param_bf16;
+  std::vector<CudaParam> table_params;
+  std::vector<const float*> grad_pointers;
+  for (size_t i = 0; i < kTensors; ++i) {
+    const int64_t n = 1 + static_cast<int64_t>(i % 7);
+    params.push_back(random_f32(rng, n, -0.1, 0.1));
+    grads.push_back(random_f32(rng, n, -1.0, 1.0));
+    param.emplace_back(params.back());
+    grad.emplace_back(grads.back());
+    exp_avg.emplace_back(std::vector<float>(n, 0.f));
+    exp_avg_sq.emplace_back(std::vector<float>(n, 0.f));
+    param_bf16.emplace_back(n);
+    CudaParam p;
+    p.param = param.back().get();
+    p.param_bf16 = param_bf16.back().get();
+    p.exp_avg = exp_avg.back().get();
+    p.exp_avg_sq = exp_avg_sq.back().get();
+    p.n = n;
+    p.weight_decay = i % 2 == 0;
+    table_params.push_back(p);
+    grad_pointers.push_back(grad.back().get());
+  }
+  CudaParamTable table(table_params);
+  set_grads_cuda(table, grad_pointers, stream);
+  grad_norm_cuda(table, 0.0, 0.0, stream);
+  adamw_step(table, 1, stream);
+  stream.sync();
+  const HostNorm ref = host_grad_norm(grads, 0.0, 0.0);
+  CHECK(std::abs(static_cast<double>(DeviceState::read_scalar(table.grad_norm())) - ref.norm) <=
+        kF32Tol * ref.norm);
+  for (size_t i = 0; i < kTensors; ++i) {
+    INFO("tensor " << i);
+    const int64_t n = static_cast<int64_t>(params[i].size());
+    std::vector<float> m(n, 0.f), v(n, 0.f);
+    adamw_update_cpu<float>(params[i].data(), grads[i].data(), m.data(), v.data(), n,
+                            adam_step(1, 1.0), kLr, i % 2 == 0 ? kWeightDecay : 0.0);
+    check_close("param", param[i].download(), params[i], kF32Tol);
+  }
 }
 
 TEST_CASE("cuda gradient norm in two halves gives grad_norm_cuda's bits", "[gpu][optimizer]") {

@@ -13,7 +13,10 @@
 // thread per tensor adding its chunks in order for LAMB's trust ratio. Deterministic throughout.
 // The step's scalars (learning rate, bias corrections, weight decay) and the gradient factor are
 // read from device memory once per block, so a captured graph of these launches applies the values
-// set_step_cuda wrote before each replay.
+// set_step_cuda wrote before each replay. The step's gradient pointers go the other way: by value,
+// 256 per launch of set_grads_kernel (one block, a thread per slot), which a captured graph
+// replays as captured; they spare the engine a copy of every gradient into fixed buffers (a launch
+// per tensor, and the buffers' memory).
 // Measured speed: not yet measured on a GPU.
 //
 // Files: the device code, and the host side of the table layout it reads, is
@@ -36,6 +39,7 @@ namespace deit::kernels {
 // The table's device arrays, typed, for the launches below.
 struct CudaParamTableAccess {
   static const Slot* slots(const CudaParamTable& t) { return static_cast<const Slot*>(t.slots_); }
+  static Slot* slots(CudaParamTable& t) { return static_cast<Slot*>(t.slots_); }
   static const Chunk* chunks(const CudaParamTable& t) {
     return static_cast<const Chunk*>(t.chunk_list_);
   }
@@ -44,6 +48,7 @@ struct CudaParamTableAccess {
   static float* scalars(const CudaParamTable& t) { return t.scalars_; }
   static StepScalars* step(const CudaParamTable& t) { return static_cast<StepScalars*>(t.step_); }
   static void mark_step_set(CudaParamTable& t) { t.step_set_ = true; }
+  static void mark_grads_set(CudaParamTable& t) { t.has_grads_ = true; }
   static bool step_set(const CudaParamTable& t) { return t.step_set_; }
 
   static void free_all(CudaParamTable& t) {
@@ -84,6 +89,7 @@ CudaParamTable::CudaParamTable(const std::vector<CudaParam>& params) {
   const std::vector<Slot>& slots = layout.slots;
   const std::vector<Chunk>& chunks = layout.chunks;
   has_optimizer_state_ = layout.has_optimizer_state;
+  has_grads_ = layout.has_grads;
   tensors_ = static_cast<int64_t>(slots.size());
   chunks_ = static_cast<int64_t>(chunks.size());
   try {
@@ -106,11 +112,18 @@ namespace {
 void require_optimizer_state(const char* fn, const CudaParamTable& table) {
   if (!table.has_optimizer_state())
     throw std::invalid_argument(std::string(fn) +
-                                ": the table lacks gradients, moments or bf16 copies (EMA only)");
+                                ": the table lacks moments or bf16 copies (EMA only)");
+}
+
+void require_grads(const char* fn, const CudaParamTable& table) {
+  require_optimizer_state(fn, table);
+  if (!table.has_grads())
+    throw std::logic_error(std::string(fn) +
+                           " before set_grads_cuda on a table built without gradients");
 }
 
 void require_step(const char* fn, const CudaParamTable& table) {
-  require_optimizer_state(fn, table);
+  require_grads(fn, table);
   if (!CudaParamTableAccess::step_set(table))
     throw std::logic_error(std::string(fn) + " before any set_step_cuda on its table");
 }
@@ -120,7 +133,7 @@ void require_step(const char* fn, const CudaParamTable& table) {
 void grad_norm_cuda(CudaParamTable& table, double clip_grad, double max_grad_norm,
                     cudaStream_t stream) {
   using A = CudaParamTableAccess;
-  require_optimizer_state("grad_norm_cuda", table);
+  require_grads("grad_norm_cuda", table);
   A::launch(table, GradSquaresOp{}, stream);
   grad_norm_finish_kernel<<<1, kNormThreads, 0, stream>>>(A::partials(table), table.chunks(),
                                                           clip_grad, max_grad_norm,
@@ -130,7 +143,7 @@ void grad_norm_cuda(CudaParamTable& table, double clip_grad, double max_grad_nor
 
 void grad_sum_squares_cuda(CudaParamTable& table, float* sum_squares, cudaStream_t stream) {
   using A = CudaParamTableAccess;
-  require_optimizer_state("grad_sum_squares_cuda", table);
+  require_grads("grad_sum_squares_cuda", table);
   A::launch(table, GradSquaresOp{}, stream);
   grad_sum_kernel<<<1, kNormThreads, 0, stream>>>(A::partials(table), table.chunks(),
                                                   sum_squares);
@@ -139,7 +152,7 @@ void grad_sum_squares_cuda(CudaParamTable& table, float* sum_squares, cudaStream
 
 void grad_factor_cuda(CudaParamTable& table, const float* sum_squares, double clip_grad,
                       double max_grad_norm, cudaStream_t stream) {
-  require_optimizer_state("grad_factor_cuda", table);
+  require_grads("grad_factor_cuda", table);
   grad_factor_kernel<<<1, 1, 0, stream>>>(sum_squares, clip_grad, max_grad_norm,
                                           CudaParamTableAccess::scalars(table));
   DEIT_CUDA_CHECK_LAUNCH();
@@ -154,6 +167,27 @@ void set_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, doubl
   set_step_kernel<<<1, 1, 0, stream>>>(A::step(table), value);
   DEIT_CUDA_CHECK_LAUNCH();
   A::mark_step_set(table);
+}
+
+void set_grads_cuda(CudaParamTable& table, const std::vector<const float*>& grads,
+                    cudaStream_t stream) {
+  require_optimizer_state("set_grads_cuda", table);
+  if (static_cast<int64_t>(grads.size()) != table.tensors())
+    throw std::invalid_argument("set_grads_cuda: " + std::to_string(grads.size()) +
+                                " gradients for a table of " + std::to_string(table.tensors()) +
+                                " tensors");
+  for (size_t i = 0; i < grads.size(); ++i)
+    if (!grads[i])
+      throw std::invalid_argument("set_grads_cuda: gradient " + std::to_string(i) + " is null");
+  for (size_t first = 0; first < grads.size(); first += kGradsPerLaunch) {
+    GradPointers batch{};
+    batch.first = static_cast<int64_t>(first);
+    batch.count = static_cast<int32_t>(std::min<size_t>(kGradsPerLaunch, grads.size() - first));
+    std::copy_n(grads.begin() + static_cast<std::ptrdiff_t>(first), batch.count, batch.grad);
+    set_grads_kernel<<<1, kGradsPerLaunch, 0, stream>>>(CudaParamTableAccess::slots(table), batch);
+    DEIT_CUDA_CHECK_LAUNCH();
+  }
+  CudaParamTableAccess::mark_grads_set(table);
 }
 
 void lamb_step_cuda(CudaParamTable& table, cudaStream_t stream) {

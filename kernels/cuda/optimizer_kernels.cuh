@@ -1,10 +1,10 @@
 // The device code of the multi-tensor optimizer (kernels/cuda/optimizer.cu says what it fuses, its
 // launch shapes and its measured speed): the table's device-side layout (one slot per tensor, one
 // entry per chunk, the step's scalars), the chunk kernel and its ops (gradient squares, LAMB's two
-// passes, AdamW, the EMA), the global norm's finish, the gradient factor, set_step_kernel and
-// LAMB's trust ratios. Last, the host side of that layout, plain C++: the slots and chunks
-// CudaParamTable uploads and the scalars set_step_cuda writes, built here so that the emulated
-// test hands the kernels the very table the launchers do.
+// passes, AdamW, the EMA), the global norm's finish, the gradient factor, set_step_kernel,
+// set_grads_kernel and LAMB's trust ratios. Last, the host side of that layout, plain C++: the
+// slots and chunks CudaParamTable uploads and the scalars set_step_cuda writes, built here so that
+// the emulated test hands the kernels the very table the launchers do.
 //
 // Included by optimizer.cu, and by the emulated test (tests/emulated/optimizer_emulated.cpp)
 // after tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without
@@ -40,8 +40,9 @@ struct Slot {
   int64_t first_chunk;  // its chunks are first_chunk .. first_chunk + num_chunks - 1
   int64_t num_chunks;
   int32_t index;
-  bool decay;  // takes weight decay
-  bool vec;    // every pointer 16-byte aligned: 8-element vector accesses
+  bool decay;         // takes weight decay
+  bool vec;           // every pointer 16-byte aligned: 8-element vector accesses
+  bool vec_but_grad;  // every pointer but grad 16-byte aligned (set_grads_kernel derives vec)
 };
 
 // Elements [begin, end) of tensor `tensor`.
@@ -267,6 +268,24 @@ __global__ void grad_factor_kernel(const float* sum_squares, double clip_grad,
 
 __global__ void set_step_kernel(StepScalars* step, StepScalars value) { *step = value; }
 
+// Up to kGradsPerLaunch gradient pointers, for the tensors from `first` on, passed by value.
+constexpr int kGradsPerLaunch = 256;
+struct GradPointers {
+  const float* grad[kGradsPerLaunch];
+  int64_t first;
+  int32_t count;
+};
+
+// Points slots first .. first + count - 1 at their gradients (one thread each).
+__global__ void __launch_bounds__(kGradsPerLaunch)
+    set_grads_kernel(Slot* slots, const GradPointers grads) {
+  const int i = static_cast<int>(threadIdx.x);
+  if (i >= grads.count) return;
+  Slot& s = slots[grads.first + i];
+  s.grad = grads.grad[i];
+  s.vec = s.vec_but_grad && reinterpret_cast<uintptr_t>(s.grad) % 16 == 0;
+}
+
 // trust[t] = ||p|| / ||update|| of tensor t from its chunks' partials (added in chunk order), or 1
 // without weight decay or when either norm is 0.
 __global__ void __launch_bounds__(kTrustThreads)
@@ -296,7 +315,8 @@ __global__ void __launch_bounds__(kTrustThreads)
 struct TableLayout {
   std::vector<Slot> slots;
   std::vector<Chunk> chunks;
-  bool has_optimizer_state = true;  // false: some tensor lacks param_bf16, grad or a moment
+  bool has_optimizer_state = true;  // false: some tensor lacks param_bf16 or a moment
+  bool has_grads = true;            // false: some tensor's gradient is left to set_grads_cuda
 };
 
 // std::invalid_argument for a null parameter pointer, a negative size, or a tensor with neither
@@ -308,12 +328,13 @@ inline TableLayout table_layout(const std::vector<CudaParam>& params) {
     if (!p.param || p.n < 0)
       throw std::invalid_argument("CudaParamTable: tensor " + std::to_string(i) +
                                   " has a null parameter pointer or a negative size");
-    if (!p.param_bf16 || !p.grad || !p.exp_avg || !p.exp_avg_sq) {
+    if (!p.param_bf16 || !p.exp_avg || !p.exp_avg_sq) {
       if (!p.ema)
         throw std::invalid_argument("CudaParamTable: tensor " + std::to_string(i) +
                                     " has neither optimizer state nor an EMA");
       t.has_optimizer_state = false;
     }
+    if (!p.grad) t.has_grads = false;
     Slot s{};
     s.param = p.param;
     s.param_bf16 = reinterpret_cast<bf16*>(p.param_bf16);
@@ -324,7 +345,8 @@ inline TableLayout table_layout(const std::vector<CudaParam>& params) {
     s.first_chunk = static_cast<int64_t>(t.chunks.size());
     s.index = static_cast<int32_t>(i);
     s.decay = p.weight_decay;
-    s.vec = gpu::aligned16(p.param, p.param_bf16, p.grad, p.exp_avg, p.exp_avg_sq, p.ema);
+    s.vec_but_grad = gpu::aligned16(p.param, p.param_bf16, p.exp_avg, p.exp_avg_sq, p.ema);
+    s.vec = s.vec_but_grad && gpu::aligned16(p.grad);
     for (int64_t b = 0; b < p.n; b += kCudaOptimizerChunk)
       t.chunks.push_back({b, std::min(p.n, b + kCudaOptimizerChunk), s.index});
     s.num_chunks = static_cast<int64_t>(t.chunks.size()) - s.first_chunk;

@@ -2,19 +2,20 @@
 // the very source nvcc compiles, run on the host by the emulator of cuda_emulator.h: the chunk
 // kernel with each of its ops (the gradients' sums of squares, LAMB's moment pass and parameter
 // pass, AdamW, the EMA), the global norm's finish and its two halves (grad_sum_kernel, then
-// grad_factor_kernel), set_step_kernel and lamb_trust_kernel, over tables built by the launchers'
-// own table_layout. They are checked against the CPU twins (kernels/cpu/optimizer.cpp) driven as
-// engine/lamb.cpp and engine/adamw.cpp drive them, the way the [gpu] test
-// (tests/test_optimizer_cuda.cpp) checks them on a GPU: several steps in a row from fresh state,
-// with the bias corrections, the learning rate, the weight decay and the clipping changing from
-// step to step; after each step every tensor's fp32 weights and moments, the global norm, the
-// gradient factor and every trust ratio within relative error 1e-5 of the twin's, nothing
+// grad_factor_kernel), set_step_kernel, set_grads_kernel and lamb_trust_kernel, over tables built
+// by the launchers' own table_layout. They are checked against the CPU twins
+// (kernels/cpu/optimizer.cpp) driven as engine/lamb.cpp and engine/adamw.cpp drive them, the way
+// the [gpu] test (tests/test_optimizer_cuda.cpp) checks them on a GPU: several steps in a row from
+// fresh state, with the bias corrections, the learning rate, the weight decay and the clipping
+// changing from step to step; after each step every tensor's fp32 weights and moments, the global
+// norm, the gradient factor and every trust ratio within relative error 1e-5 of the twin's, nothing
 // non-finite, and the bf16 copy (poisoned before every step) exactly the device's own fp32 weights
 // rounded to nearest even. Bit-exact where the kernels must agree: grad_norm_cuda's two halves, a
-// second table under other schedules, the step's scalars, and everything a non-finite gradient
-// must leave untouched. CI machines have no GPU: this is what checks an edit to the kernels
-// there, including out-of-bounds accesses, missing barriers and misused shuffles, which the
-// emulator turns into failures (see cuda_emulator.h).
+// second table under other schedules (built without gradients, which set_grads_kernel points it
+// at), the step's scalars, and everything a non-finite gradient must leave untouched. CI machines
+// have no GPU: this is what checks an edit to the kernels there, including out-of-bounds accesses,
+// missing barriers and misused shuffles, which the emulator turns into failures (see
+// cuda_emulator.h).
 //
 // What runs here and what does not: every kernel of optimizer.cu runs as its launchers launch it
 // (mirrored below: change them together). The table's device memory is the emulator's: its
@@ -22,17 +23,17 @@
 // starts at zero, so that reading what no kernel wrote shows.
 //
 // Usage: optimizer_emulated [--full] [--seed N]
-//   (default)  an awkward table of 17 tensors, 20 chunks: sizes 0, 1, 2, 5, 7, 8, 13, 384, 1000,
-//              1003, 2048, 4099, one whole chunk (16384), a chunk and one element (16385), three
-//              chunks ending in a vector and a scalar tail (32781), two chunks on the scalar path
-//              (20001); 16-byte aligned (the vector path, with a scalar tail where n % 8 != 0),
-//              ending at a guard page, one element off alignment, or aligned but for the bf16
-//              copy; weight decay on some; a zero parameter tensor (LAMB's zero-norm case) and a
-//              zero gradient tensor. Five LAMB steps and three AdamW steps, a NaN and an infinite
-//              gradient, the EMA over the table and over an EMA-only table; lamb_trust_kernel
-//              alone over 300 tensors (three blocks); an empty table, and the arguments
-//              table_layout and step_scalars refuse. About 1 s on one core of the development
-//              machine: the CTest entry optimizer_emulated.
+//   (default)  an awkward table of 18 tensors, 21 chunks: sizes 0, 1, 2, 5, 7, 8, 13, 384, 1000,
+//              1003, 2048, 4096, 4099, one whole chunk (16384), a chunk and one element (16385),
+//              three chunks ending in a vector and a scalar tail (32781), two chunks on the scalar
+//              path (20001); 16-byte aligned (the vector path, with a scalar tail where n % 8 !=
+//              0), ending at a guard page, one element off alignment, or aligned but for the bf16
+//              copy or the gradient; weight decay on some; a zero parameter tensor (LAMB's
+//              zero-norm case) and a zero gradient tensor. Five LAMB steps and three AdamW steps, a
+//              NaN and an infinite gradient, the EMA over the table and over an EMA-only table;
+//              lamb_trust_kernel alone over 300 tensors (three blocks); an empty table, and the
+//              arguments table_layout and step_scalars refuse. About 1 s on one core of the
+//              development machine: the CTest entry optimizer_emulated.
 //   --full     adds the [gpu] test's table as it is: 20 tensors of 1 to 300000 elements, 64
 //              chunks. About 4 s.
 //   --seed N   repeats a run: the inputs and every schedule come from N; each run prints its
@@ -83,8 +84,12 @@ enum class Fill { kRandom, kZeroParam, kZeroGrad };
 // with a scalar tail when n % 8 != 0). kTight: ending right at a guard page, so that a read one
 // element past the end faults (the vector path when n % 8 == 0, else the scalar path). kOffset:
 // one element into 16-byte aligned buffers, as the [gpu] test's misaligned tensor (the scalar
-// path). kBf16Offset: aligned but for the bf16 copy (the scalar path: every pointer counts).
-enum class Placement { kAligned, kTight, kOffset, kBf16Offset };
+// path). kBf16Offset: aligned but for the bf16 copy, kGradOffset but for the gradient (the scalar
+// path: every pointer counts; set_grads_kernel derives it anew from the gradient's).
+enum class Placement { kAligned, kTight, kOffset, kBf16Offset, kGradOffset };
+
+// Which of a tensor's buffers is placed: the two that a placement may put apart, or another.
+enum class Buffer { kBf16Copy, kGrad, kOther };
 
 struct TensorSpec {
   int64_t n;
@@ -104,16 +109,24 @@ Table awkward_table() {
   const Fill r = Fill::kRandom;
   return {"awkward table",
           {
-              {0, true, P::kAligned, r, true},       {1, false, P::kTight, r, true},
-              {2, true, P::kTight, r, false},        {7, false, P::kAligned, r, true},
-              {8, true, P::kTight, r, false},        {13, true, P::kOffset, r, true},
+              {0, true, P::kAligned, r, true},
+              {1, false, P::kTight, r, true},
+              {2, true, P::kTight, r, false},
+              {7, false, P::kAligned, r, true},
+              {8, true, P::kTight, r, false},
+              {13, true, P::kOffset, r, true},
               {384, true, P::kAligned, Fill::kZeroParam, true},
-              {384, false, P::kTight, r, false},     {1003, true, P::kAligned, r, true},
+              {384, false, P::kTight, r, false},
+              {1003, true, P::kAligned, r, true},
               {2048, true, P::kBf16Offset, r, false},
-              {4099, false, P::kOffset, r, true},    {5, true, P::kTight, Fill::kZeroGrad, false},
-              {16384, true, P::kTight, r, true},     {16385, false, P::kAligned, r, true},
-              {32781, true, P::kAligned, r, false},  {20001, true, P::kOffset, r, true},
+              {4099, false, P::kOffset, r, true},
+              {5, true, P::kTight, Fill::kZeroGrad, false},
+              {16384, true, P::kTight, r, true},
+              {16385, false, P::kAligned, r, true},
+              {32781, true, P::kAligned, r, false},
+              {20001, true, P::kOffset, r, true},
               {1000, true, P::kTight, r, false},
+              {4096, true, P::kGradOffset, r, true},
           }};
 }
 
@@ -196,9 +209,10 @@ bool takes_vector_path(const TensorSpec& s) {
 
 template <typename T>
 std::unique_ptr<Placed<T>> place(const std::string& name, const TensorSpec& s,
-                                 bool bf16_copy = false) {
+                                 Buffer buffer = Buffer::kOther) {
   const bool offset = s.placement == Placement::kOffset ||
-                      (s.placement == Placement::kBf16Offset && bf16_copy);
+                      (s.placement == Placement::kBf16Offset && buffer == Buffer::kBf16Copy) ||
+                      (s.placement == Placement::kGradOffset && buffer == Buffer::kGrad);
   return std::make_unique<Placed<T>>(name, static_cast<size_t>(s.n),
                                      s.placement == Placement::kTight, offset ? 1 : 0);
 }
@@ -261,14 +275,17 @@ struct DeviceTable {
 // The tensors of a table on the device, and the table over them.
 class DeviceState {
  public:
-  DeviceState(const Table& table, const HostState& h) {
+  // grads_in_table false: the table is built without gradients, and set_grads() points it at them
+  // as set_grads_cuda does.
+  DeviceState(const Table& table, const HostState& h, bool grads_in_table = true)
+      : grads_in_table_(grads_in_table) {
     std::vector<CudaParam> params;
     for (size_t i = 0; i < table.tensors.size(); ++i) {
       const TensorSpec& s = table.tensors[i];
       const std::string name = "tensor " + std::to_string(i) + " ";
       param.push_back(place<float>(name + "param", s));
-      param_bf16.push_back(place<bf16_bits>(name + "param_bf16", s, true));
-      grad.push_back(place<float>(name + "grad", s));
+      param_bf16.push_back(place<bf16_bits>(name + "param_bf16", s, Buffer::kBf16Copy));
+      grad.push_back(place<float>(name + "grad", s, Buffer::kGrad));
       exp_avg.push_back(place<float>(name + "exp_avg", s));
       exp_avg_sq.push_back(place<float>(name + "exp_avg_sq", s));
       ema.push_back(place<float>(name + "ema", s));
@@ -279,7 +296,7 @@ class DeviceState {
       CudaParam p;
       p.param = param[i]->get();
       p.param_bf16 = param_bf16[i]->get();
-      p.grad = grad[i]->get();
+      p.grad = grads_in_table ? grad[i]->get() : nullptr;
       p.exp_avg = exp_avg[i]->get();
       p.exp_avg_sq = exp_avg_sq[i]->get();
       p.ema = s.ema ? ema[i]->get() : nullptr;
@@ -290,9 +307,7 @@ class DeviceState {
     device = std::make_unique<DeviceTable>(params);
   }
 
-  void set_grads(const std::vector<std::vector<float>>& g) {
-    for (size_t i = 0; i < g.size(); ++i) grad[i]->upload(g[i]);
-  }
+  void set_grads(const std::vector<std::vector<float>>& g);
   void poison_bf16() {
     for (auto& b : param_bf16) b->poison();
   }
@@ -310,6 +325,9 @@ class DeviceState {
   std::vector<std::unique_ptr<Placed<float>>> param, grad, exp_avg, exp_avg_sq, ema;
   std::vector<std::unique_ptr<Placed<bf16_bits>>> param_bf16;
   std::unique_ptr<DeviceTable> device;
+
+ private:
+  bool grads_in_table_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -354,6 +372,27 @@ void set_step(const DeviceTable& t, const AdamStep& step, double lr, double weig
   const StepScalars value = step_scalars("set_step_cuda", step, lr, weight_decay);
   StepScalars* target = t.step.get();
   emu::launch({"set_step_kernel", 1, 1, 0}, [=] { set_step_kernel(target, value); });
+}
+
+void set_grad_pointers(const DeviceTable& t, const std::vector<const float*>& grads) {
+  Slot* slots = t.slots.get();
+  for (size_t first = 0; first < grads.size(); first += kGradsPerLaunch) {
+    GradPointers batch{};
+    batch.first = static_cast<int64_t>(first);
+    batch.count = static_cast<int32_t>(std::min<size_t>(kGradsPerLaunch, grads.size() - first));
+    std::copy_n(grads.begin() + static_cast<std::ptrdiff_t>(first), batch.count, batch.grad);
+    emu::launch({"set_grads_kernel", 1, kGradsPerLaunch, 0},
+                [=] { set_grads_kernel(slots, batch); });
+  }
+}
+
+void DeviceState::set_grads(const std::vector<std::vector<float>>& g) {
+  std::vector<const float*> pointers;
+  for (size_t i = 0; i < g.size(); ++i) {
+    grad[i]->upload(g[i]);
+    pointers.push_back(grad[i]->get());
+  }
+  if (!grads_in_table_) set_grad_pointers(*device, pointers);
 }
 
 void lamb_trust(const DeviceTable& t) {
@@ -505,7 +544,7 @@ void check_lamb(const Table& table, std::mt19937_64& rng, emu::ShapeChecks& chec
   for (const Slot& s : dev.device->layout.slots)
     checks.expect("tensor " + std::to_string(s.index) + " on the path its placement picks",
                   s.vec == takes_vector_path(table.tensors[static_cast<size_t>(s.index)]));
-  std::unique_ptr<DeviceState> again = std::make_unique<DeviceState>(table, host);
+  auto again = std::make_unique<DeviceState>(table, host, /*grads_in_table=*/false);
   for (size_t s = 0; s < kLambSteps.size(); ++s) {
     const int t = static_cast<int>(s) + 1;
     const StepPlan& plan = kLambSteps[s];
@@ -521,6 +560,12 @@ void check_lamb(const Table& table, std::mt19937_64& rng, emu::ShapeChecks& chec
     if (!again) continue;
     emu::set_context(std::string(table.name) + ", " + name + ", second table");
     again->set_grads(grads);
+    const std::vector<Slot> pointed = again->device->slots.download();
+    for (const Slot& s : pointed)
+      checks.expect("tensor " + std::to_string(s.index) +
+                        ", second table: set_grads_kernel's gradient and path",
+                    s.grad == again->grad[static_cast<size_t>(s.index)]->get() &&
+                        s.vec == takes_vector_path(table.tensors[static_cast<size_t>(s.index)]));
     grad_norm(*again->device, plan.clip_grad, plan.max_grad_norm);
     set_step(*again->device, adam_step(t, 1.0), plan.lr, plan.weight_decay);
     lamb_step(*again->device);
