@@ -73,11 +73,13 @@ inline void add_word_accesses(Footprint& footprint, const void* bytes, size_t si
 // only through a pointer to const); through a struct (an op with its operands), all of every
 // allocation one of its pointer-sized words points into. A pointer to structs may be a table in
 // device memory (the optimizer's tensor slots): the words from where it points to the end of its
-// allocation, at most kTableScanBytes of them, are read when the launch is queued. That sees their
-// values because such tables are uploaded, and waited for, before the launches that read them. The
-// bound keeps the scan cheap where the structs share their allocation with bulk data (the
-// augmentation's per-sample structs, ahead of the batch's pixels), whose words are offsets, sizes,
-// floats and pixels, not addresses of the emulated device.
+// allocation, at most kTableScanBytes of them, are read when the launch is queued. That sees the
+// values the table was uploaded with (and waited for) before the launches that read it; the
+// gradient pointers that set_grads_kernel writes into it each step may still be the last step's
+// there, but that kernel, queued just before on the same stream, carries this step's in its
+// arguments, where they are seen. The bound keeps the scan cheap where the structs share their
+// allocation with bulk data (the augmentation's per-sample structs, ahead of the batch's pixels),
+// whose words are offsets, sizes, floats and pixels, not addresses of the emulated device.
 constexpr size_t kTableScanBytes = size_t{1} << 20;
 
 template <typename T>
