@@ -103,8 +103,8 @@ void accumulate_grad(Tensor& dst, const Tensor& g) {
 }
 
 // Sends a gradient to where it belongs: the node that produced the tensor, or the leaf's .grad.
-// With `copy_into_leaf`, a leaf's first gradient is copied rather than shared (see the hooked
-// backward in autograd.h).
+// A leaf with a gradient home accumulates there in place. Otherwise, with `copy_into_leaf`, a
+// leaf's first gradient is copied rather than shared (see the hooked backward in autograd.h).
 static void route_grad(TensorImpl& target, const Tensor& g, bool copy_into_leaf) {
   if (target.grad_fn) {
     if (target.grad_fn->released)
@@ -112,10 +112,17 @@ static void route_grad(TensorImpl& target, const Tensor& g, bool copy_into_leaf)
     accumulate_grad(target.grad_fn->grad_outputs.at(target.grad_fn_output), g);
   } else {
     Tensor grad(target.grad);
-    if (!grad.defined() && copy_into_leaf)
+    Tensor home(target.grad_home);
+    if (home.defined() && !grad.defined()) {
+      home.copy_from(g);
+      grad = home;
+    } else if (home.defined() && grad.impl_ptr() == home.impl_ptr()) {
+      home.copy_from(ops::add(home, g));
+    } else if (!grad.defined() && copy_into_leaf) {
       grad = g.clone();
-    else
+    } else {
       accumulate_grad(grad, g);
+    }
     target.grad = grad.impl_ptr();
   }
 }

@@ -77,9 +77,14 @@ void backward(const Tensor& root, const Tensor& grad_root);
 using GradReadyHook = std::function<void(const Tensor& leaf)>;
 // As backward(root, grad_root), calling `on_grad_ready` once for every leaf that some recorded node
 // takes as an input needing a gradient, in the order their gradients become final (a leaf no node
-// reached from the root sends a gradient to is reported with its .grad as it was). A leaf's first gradient is copied into it rather than shared, so the hook
-// may modify .grad in place: without the hook, a leaf's .grad may share storage with a gradient
-// that backward still routes elsewhere.
+// reached from the root sends a gradient to is reported with its .grad as it was). A leaf's first
+// gradient is copied into it rather than shared, so the hook may modify .grad in place: without
+// the hook, a leaf's .grad may share storage with a gradient that backward still routes elsewhere.
+//
+// Gradient homes (Tensor::set_grad_home), with or without the hook: a leaf with a home gets its
+// first gradient copied into the home, which becomes its .grad, and the later ones (further
+// backward calls before zero_grad) added into it in place. So its gradient is always in the same
+// memory, private to it (the gradient reducer reduces a bucket's homes where they lie).
 void backward(const Tensor& root, const Tensor& grad_root, const GradReadyHook& on_grad_ready);
 
 // Activation checkpointing. Runs `segment` on `inputs` and returns its outputs, recorded as one

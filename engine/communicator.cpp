@@ -40,6 +40,17 @@ int64_t total_numel(const std::vector<Tensor>& tensors) {
   return total;
 }
 
+// Whether `tensors` lie one after another in `flat` from its start (a gradient reducer's bucket in
+// its homes), so that the bucket can be reduced where it lies.
+bool lie_packed_in(const std::vector<Tensor>& tensors, const Tensor& flat) {
+  const auto* at = static_cast<const unsigned char*>(flat.raw_data());
+  for (const Tensor& t : tensors) {
+    if (t.raw_data() != at) return false;
+    at += t.nbytes();
+  }
+  return true;
+}
+
 // Runs `collective` on one bucket as one flat tensor: a lone tensor as a view of itself; several
 // packed into `flat` (of their total size), and unpacked afterwards.
 void run_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,
@@ -160,7 +171,11 @@ void Communicator::start_bucket_mean(const std::vector<Tensor>& tensors, const T
     throw std::invalid_argument("start_bucket_mean: scratch " + scratch.describe() + " for " +
                                 std::to_string(total) + " elements like " +
                                 bucket.front().describe());
-  start_bucket(bucket, scratch.view({scratch.numel()}).slice(0, total), ReduceOp::mean);
+  const Tensor flat = scratch.view({scratch.numel()}).slice(0, total);
+  if (lie_packed_in(bucket, flat))
+    start_bucket({flat}, Tensor(), ReduceOp::mean);
+  else
+    start_bucket(bucket, flat, ReduceOp::mean);
 }
 
 void Communicator::start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,

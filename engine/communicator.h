@@ -115,8 +115,10 @@ class Communicator {
 
   // Gradient buckets (engine/gradient_reducer.h). Averages `tensors` (one dtype, f32 or f64, on
   // device()) over the ranks as one buffer: several tensors are packed into `scratch` (of their
-  // dtype, at least their total size, used by nothing else); one tensor is reduced in place and
-  // `scratch` is not touched. The result is all_reduce_mean's, bit for bit.
+  // dtype, at least their total size, used by nothing else) and unpacked, unless they already lie
+  // there one after another from its start (the reducer's gradient homes), where they are reduced
+  // in place; one tensor is reduced in place and `scratch` is not touched. The result is
+  // all_reduce_mean's, bit for bit.
   //   MPI: complete when the call returns.
   //   NCCL: returns at once. The bucket runs on the communication stream after the work queued on
   //   the compute stream before the call, beside the work queued after it: nothing may read or

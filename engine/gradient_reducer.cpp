@@ -26,9 +26,27 @@ GradientReducer::GradientReducer(const ParameterRegistry& params, Communicator& 
       most = std::max(most, elements);
     }
   }
-  if (comm_.collectives_are_noops()) return;  // backward() reduces nothing: no scratch needed
+  if (comm_.collectives_are_noops()) return;  // backward() reduces nothing: no buffers needed
+  for (const std::vector<Tensor>& bucket : buckets_) {
+    int64_t elements = 0;
+    for (const Tensor& param : bucket) elements += param.numel();
+    const Tensor home = Tensor::zeros({elements}, bucket.front().dtype(), bucket.front().device());
+    int64_t offset = 0;
+    for (const Tensor& param : bucket) {
+      const int64_t n = param.numel();
+      Tensor(param).set_grad_home(home.slice(offset, offset + n).view(param.shape()));
+      offset += n;
+    }
+    homes_.push_back(home);
+  }
   for (const auto& [dtype, elements] : scratch_elements)
     scratch_.emplace(dtype, Tensor::empty({elements}, dtype, comm_.device()));
+}
+
+GradientReducer::~GradientReducer() {
+  if (homes_.empty()) return;
+  for (const std::vector<Tensor>& bucket : buckets_)
+    for (const Tensor& param : bucket) Tensor(param).set_grad_home(Tensor());
 }
 
 void GradientReducer::backward(const Tensor& loss, const Tensor& grad_loss) {
@@ -67,9 +85,21 @@ void GradientReducer::on_grad_ready(const Tensor& leaf) {
 
 void GradientReducer::reduce_bucket(size_t bucket) {
   std::vector<Tensor> grads;
-  for (const Tensor& param : buckets_[bucket])
-    if (param.grad().defined()) grads.push_back(param.grad());
+  bool in_homes = true;
+  for (const Tensor& param : buckets_[bucket]) {
+    const Tensor grad = param.grad();
+    if (!grad.defined()) {
+      in_homes = false;
+      continue;
+    }
+    in_homes = in_homes && grad.impl_ptr() == param.grad_home().impl_ptr();
+    grads.push_back(grad);
+  }
   if (grads.empty()) return;
+  if (in_homes) {
+    comm_.start_bucket_mean(grads, homes_[bucket]);  // they lie packed there: reduced in place
+    return;
+  }
   const auto scratch = scratch_.find(grads.front().dtype());
   comm_.start_bucket_mean(grads, scratch == scratch_.end() ? Tensor() : scratch->second);
 }

@@ -21,10 +21,15 @@
 // A parameter that gets no gradient: every rank runs the same graph, so the same parameters lack a
 // gradient on every rank; they are left out of their bucket's reduction and stay without one.
 //
-// Buffers: a bucket of one tensor is reduced in place in the gradient; the others are packed into
-// one scratch buffer per dtype, made once, of the largest such bucket. The buckets of a backward
-// run one after another on the communication stream, so each finds the scratch free, and the next
-// backward's first bucket is queued after the compute stream has waited for this one's last.
+// Buffers (as DDP's gradient_as_bucket_view): each bucket has one flat buffer, made once, and each
+// of its parameters a gradient home (Tensor::set_grad_home) there, in bucket order. Backward
+// accumulates every gradient in its home, so a bucket's gradients already lie packed and are
+// reduced where they are: no copy into a buffer and back, and the gradients stay at the same
+// addresses step after step. A bucket that some parameter's gradient is missing from (or lies
+// elsewhere, set by hand) is packed into one scratch buffer per dtype instead, of the largest
+// bucket, and unpacked. The buckets of a backward run one after another on the communication
+// stream, so each finds the scratch free, and the next backward's first bucket (and its first
+// write into a home) is queued after the compute stream has waited for this one's last.
 #pragma once
 #include <cstddef>
 #include <map>
@@ -40,8 +45,13 @@ namespace deit {
 class GradientReducer {
  public:
   // `params` and `comm` must outlive the reducer.
+  // Gives the parameters their gradient homes, unless `comm` is alone; the destructor takes them
+  // back (gradients made after that are new memory again).
   GradientReducer(const ParameterRegistry& params, Communicator& comm,
                   size_t bucket_bytes = Communicator::kDefaultBucketBytes);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
 
   // backward(loss, grad_loss), and by its return every parameter's gradient (all that backward and
   // earlier backward calls accumulated) averaged over the ranks: on CUDA, for the work queued on
@@ -58,7 +68,8 @@ class GradientReducer {
 
   Communicator& comm_;
   std::vector<std::vector<Tensor>> buckets_;  // parameter values, in reduction order
-  std::map<DType, Tensor> scratch_;            // per dtype, for the buckets of several tensors
+  std::vector<Tensor> homes_;                 // per bucket: its gradients' homes, packed
+  std::map<DType, Tensor> scratch_;           // per dtype, for buckets not all in their homes
   std::unordered_map<const TensorImpl*, size_t> bucket_of_;
   // During backward: per bucket, the gradients not yet final; and the next bucket to reduce.
   std::vector<size_t> pending_;

@@ -115,6 +115,13 @@ Tensor& Tensor::set_requires_grad(bool value) {
   return *this;
 }
 
+void Tensor::set_grad_home(const Tensor& home) {
+  if (home.defined() &&
+      (home.shape() != shape() || home.dtype() != dtype() || home.device() != device()))
+    throw std::invalid_argument("set_grad_home: " + home.describe() + " for " + describe());
+  impl().grad_home = home.impl_;
+}
+
 Tensor& Tensor::set_name(std::string name) {
   impl().name = std::move(name);
   return *this;

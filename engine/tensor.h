@@ -42,6 +42,7 @@ struct TensorImpl {
   DType dtype = DType::f32;
   bool requires_grad = false;
   std::shared_ptr<TensorImpl> grad;  // leaves only: accumulated by backward
+  std::shared_ptr<TensorImpl> grad_home;  // leaves only: where backward accumulates, if set
   std::shared_ptr<Node> grad_fn;     // the recorded op that produced this tensor, if any
   size_t grad_fn_output = 0;         // which of grad_fn's outputs this tensor is
   std::string name;
@@ -107,6 +108,12 @@ class Tensor {
   Tensor& set_requires_grad(bool value);
   Tensor grad() const { return Tensor(impl().grad); }
   void set_grad(const Tensor& grad) { impl().grad = grad.impl_; }
+  // A leaf's gradient home (engine/autograd.h): memory of the leaf's shape, dtype and device that
+  // backward accumulates the leaf's gradient into, in place, so that .grad is the home rather than
+  // new memory each step (the gradient reducer's buckets, engine/gradient_reducer.h). An undefined
+  // home goes back to new memory. std::invalid_argument for a home unlike the leaf.
+  Tensor grad_home() const { return Tensor(impl().grad_home); }
+  void set_grad_home(const Tensor& home);
   const std::string& name() const { return impl().name; }
   Tensor& set_name(std::string name);
 

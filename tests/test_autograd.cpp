@@ -40,6 +40,47 @@ TEST_CASE("leaf gradients accumulate across backward calls", "[autograd]") {
   for (size_t i = 0; i < once.size(); ++i) CHECK(twice[i] == Approx(2 * once[i]));
 }
 
+TEST_CASE("a leaf with a gradient home accumulates its gradient there, in place", "[autograd]") {
+  Rng rng(4);
+  const Tensor x = Tensor::randn({2, 3}, rng);
+  Tensor w = Tensor::randn({1, 3}, rng).set_requires_grad(true);
+  // add() hands one gradient tensor to both of its inputs: shift's home must get a copy.
+  Tensor shift = Tensor::randn({2, 1}, rng).set_requires_grad(true);
+  auto loss = [&] {
+    return ops::bce_with_logits(ops::add(ops::linear(x, w, Tensor()), shift),
+                                Tensor::zeros({2, 1}));
+  };
+  backward(loss());  // without homes, for the values
+  const std::vector<float> w_once = w.grad().to_vector<float>();
+  const std::vector<float> shift_once = shift.grad().to_vector<float>();
+  w.set_grad(Tensor());
+  shift.set_grad(Tensor());
+
+  const Tensor w_home = Tensor::full({1, 3}, 7.0), shift_home = Tensor::full({2, 1}, 7.0);
+  w.set_grad_home(w_home);
+  shift.set_grad_home(shift_home);
+  backward(loss());  // the first gradient is copied over what the homes held
+  CHECK(w.grad().raw_data() == w_home.raw_data());
+  CHECK(shift.grad().raw_data() == shift_home.raw_data());
+  CHECK(w_home.to_vector<float>() == w_once);
+  CHECK(shift_home.to_vector<float>() == shift_once);
+  backward(loss(), Tensor::full({1}, 1.0), [](const Tensor&) {});  // hooked: added in place
+  CHECK(w.grad().raw_data() == w_home.raw_data());
+  const std::vector<float> twice = w_home.to_vector<float>();
+  for (size_t i = 0; i < twice.size(); ++i) CHECK(twice[i] == Approx(2 * w_once[i]));
+  w.set_grad(Tensor());  // zero_grad: the next first gradient overwrites the home
+  backward(loss());
+  CHECK(w_home.to_vector<float>() == w_once);
+
+  CHECK_THROWS_AS(w.set_grad_home(Tensor::zeros({3})), std::invalid_argument);
+  CHECK_THROWS_AS(w.set_grad_home(Tensor::zeros({1, 3}, DType::f64)), std::invalid_argument);
+  w.set_grad_home(Tensor());
+  w.set_grad(Tensor());
+  backward(loss());
+  CHECK(w.grad().raw_data() != w_home.raw_data());
+  CHECK(w.grad().to_vector<float>() == w_once);
+}
+
 TEST_CASE("backward frees the tape and refuses to run through it twice", "[autograd]") {
   Rng rng(3);
   Tensor x = Tensor::randn({4, 8}, rng).set_requires_grad(true);

@@ -9,11 +9,11 @@
 // its CTest entry passes when the job then ends with rank 1's error rather than hanging. By hand:
 //   mpirun -np 2 build/tests/deit_tests "[mpi]~[.]"
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -191,18 +191,50 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
     params.zero_grad();
   }
 
-  GradientReducer reducer(params, *comm, 64);  // 64 bytes: a bucket for nearly every tensor
-  REQUIRE(reducer.bucket_count() == 4);
-  backward(loss_of(comm->rank(), 0), half);  // plain backward: accumulates on this rank only
-  reducer.backward(loss_of(comm->rank(), 1), half);
-  CHECK_FALSE(unused.grad().defined());
-  for (const Parameter& p : params.all()) {
-    if (!p.value.grad().defined()) continue;
-    INFO(p.name);
-    const std::vector<double> got = p.value.grad().to_vector<double>();
-    const std::vector<double>& want = expected.at(p.name);
-    REQUIRE(got.size() == want.size());
-    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-5));
+  // The same two micro-batches through a reducer: plain backward, then the reducer's.
+  // `while_homed` runs while the reducer (and the homes it gave) exist.
+  auto reduce_and_check = [&](
+                              const ParameterRegistry& registry, size_t bucket_bytes,
+                              const std::function<void()>& while_homed = [] {}) {
+    params.zero_grad();
+    auto reducer = std::make_unique<GradientReducer>(registry, *comm, bucket_bytes);
+    backward(loss_of(comm->rank(), 0), half);  // plain backward: accumulates on this rank only
+    reducer->backward(loss_of(comm->rank(), 1), half);
+    CHECK_FALSE(unused.grad().defined());
+    for (const Parameter& p : registry.all()) {
+      if (!p.value.grad().defined()) continue;
+      INFO(p.name);
+      // Accumulated in its home, and reduced there or through the scratch.
+      CHECK(p.value.grad().impl_ptr() == p.value.grad_home().impl_ptr());
+      const std::vector<double> got = p.value.grad().to_vector<double>();
+      const std::vector<double>& want = expected.at(p.name);
+      REQUIRE(got.size() == want.size());
+      for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-5));
+    }
+    while_homed();
+    const size_t buckets = reducer->bucket_count();
+    reducer.reset();
+    for (const Parameter& p : registry.all()) CHECK_FALSE(p.value.grad_home().defined());
+    return buckets;
+  };
+  SECTION("64-byte buckets: each tensor alone, reduced in its home") {
+    CHECK(reduce_and_check(params, 64) == 4);
+  }
+  SECTION("one bucket that a gradient is missing from: packed into the scratch and back") {
+    CHECK(reduce_and_check(params, 1 << 20) == 1);
+  }
+  SECTION("one bucket of every gradient: reduced where the homes lie, packed in reverse order") {
+    ParameterRegistry used;
+    used.add("w1", w1, true);
+    used.add("b1", b1, false);
+    used.add("w2", w2, true);
+    const size_t buckets = reduce_and_check(used, 1 << 20, [&] {
+      CHECK(static_cast<const char*>(w2.grad_home().raw_data()) + w2.nbytes() ==
+            b1.grad_home().raw_data());
+      CHECK(static_cast<const char*>(b1.grad_home().raw_data()) + b1.nbytes() ==
+            w1.grad_home().raw_data());
+    });
+    CHECK(buckets == 1);
   }
 }
 
