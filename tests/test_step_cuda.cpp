@@ -515,6 +515,8 @@ TEST_CASE("the gradient reducer over a one-rank NCCL communicator leaves the ste
     const auto& b = reduced.parameters().all();
     for (size_t i = 0; i < a.size(); ++i) {
       INFO(a[i].name << " " << when);
+      // Accumulated in its home, where its bucket was reduced (engine/gradient_reducer.h).
+      CHECK(b[i].value.grad().impl_ptr() == b[i].value.grad_home().impl_ptr());
       check_close("gradient", host_values(b[i].value.grad()), host_values(a[i].value.grad()), 0.0);
       check_close("weights", host_values(b[i].value), host_values(a[i].value), 0.0);
     }
