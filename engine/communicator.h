@@ -48,8 +48,9 @@ enum class ReduceOp { sum, mean };
 // Device time of the gradient buckets that one finish_buckets() joined (NCCL, eager steps).
 struct BucketTiming {
   int buckets = 0;
-  // The buckets' own time on the communication stream (packing, the all-reduce, unpacking), added
-  // up: what the reduction costs, hidden or not.
+  // The buckets' own time on the communication stream (the all-reduce, and the packing and
+  // unpacking of a bucket that does not lie in its homes), added up: what the reduction costs,
+  // hidden or not.
   double busy_ms = 0;
   // From the end of the compute stream's work queued before finish_buckets() to the end of the
   // last bucket, or 0 when the buckets ended first: how long the compute stream waited for them,
