@@ -230,9 +230,14 @@ TEST_CASE("a one-process CUDA run through NCCL (DEIT_NCCL_ONE_RANK) trains as wi
           "[gpu][train][nccl]") {
   // The data-parallel path on one GPU: gradient buckets all-reduced on the communication stream
   // during backward, the barrier, the host-value reductions. A mean over one rank changes no bit.
+  // With --accum-steps 2, the first micro-batch's gradients are added to in their homes by the
+  // second's (engine/gradient_reducer.h).
+  const int64_t accum_steps = GENERATE(1, 2);
+  INFO("--accum-steps " << accum_steps);
   test::TempDir dir;
   const std::string data = make_dataset(dir);
-  const train::TrainOptions alone = tiny_run(data, dir.file("alone"), "cuda:0", 2);
+  train::TrainOptions alone = tiny_run(data, dir.file("alone"), "cuda:0", 2);
+  alone.accum_steps = accum_steps;
   train::TrainOptions through_nccl = alone;
   through_nccl.output_dir = dir.file("nccl");
   Rendezvous one_rank;
