@@ -99,9 +99,10 @@ struct CudaParam {
 
 // The device-side table of the tensors and their chunks, plus the scratch of the reductions and
 // the two scalars grad_norm_cuda writes. Built once, before training: the constructor allocates
-// device memory and uploads synchronously (std::invalid_argument for a null pointer or a negative
-// size). The pointers must stay valid while the table is used, and one table serves one stream at
-// a time (its scratch is shared by the launches).
+// device memory and uploads synchronously (std::invalid_argument for a null parameter pointer, a
+// negative size, or a tensor with neither optimizer state nor an EMA). The pointers must stay
+// valid while the table is used, and one table serves one stream at a time (its scratch is shared
+// by the launches).
 class CudaParamTable {
  public:
   explicit CudaParamTable(const std::vector<CudaParam>& params);
@@ -170,8 +171,9 @@ void set_step_cuda(CudaParamTable& table, const AdamStep& step, double lr, doubl
 void set_grads_cuda(CudaParamTable& table, const std::vector<const float*>& grads,
                     cudaStream_t stream);
 
-// The functions below that read gradients (the norm, its halves, the steps) throw
-// std::logic_error for a table built without them until set_grads_cuda has run on it.
+// The functions that read gradients (grad_norm_cuda, its two halves, lamb_step_cuda and
+// adamw_step_cuda) throw std::logic_error for a table built without them until set_grads_cuda
+// has run on it.
 
 // LAMB over every tensor, as engine/lamb.cpp: lamb_update_cpu's moments and update direction with
 // the gradients read as grad * grad_scale(), trust = ||p|| / ||update|| for tensors with weight
