@@ -12,6 +12,8 @@ GradientReducer::GradientReducer(const ParameterRegistry& params, Communicator& 
   std::vector<Tensor> reversed;
   for (auto it = params.all().rbegin(); it != params.all().rend(); ++it)
     reversed.push_back(it->value);
+  // Alone, backward() reduces nothing: no buffers are needed.
+  const bool reduces = !comm_.collectives_are_noops();
   std::map<DType, int64_t> scratch_elements;
   for (const std::vector<size_t>& group : plan_buckets(reversed, bucket_bytes)) {
     std::vector<Tensor>& bucket = buckets_.emplace_back();
@@ -25,28 +27,25 @@ GradientReducer::GradientReducer(const ParameterRegistry& params, Communicator& 
       int64_t& most = scratch_elements[bucket.front().dtype()];
       most = std::max(most, elements);
     }
-  }
-  if (comm_.collectives_are_noops()) return;  // backward() reduces nothing: no buffers needed
-  for (const std::vector<Tensor>& bucket : buckets_) {
-    int64_t elements = 0;
-    for (const Tensor& param : bucket) elements += param.numel();
+    if (!reduces) continue;
     const Tensor home = Tensor::zeros({elements}, bucket.front().dtype(), bucket.front().device());
     int64_t offset = 0;
-    for (const Tensor& param : bucket) {
+    for (Tensor& param : bucket) {
       const int64_t n = param.numel();
-      Tensor(param).set_grad_home(home.slice(offset, offset + n).view(param.shape()));
+      param.set_grad_home(home.slice(offset, offset + n).view(param.shape()));
       offset += n;
     }
     homes_.push_back(home);
   }
+  if (!reduces) return;
   for (const auto& [dtype, elements] : scratch_elements)
     scratch_.emplace(dtype, Tensor::empty({elements}, dtype, comm_.device()));
 }
 
 GradientReducer::~GradientReducer() {
   if (homes_.empty()) return;
-  for (const std::vector<Tensor>& bucket : buckets_)
-    for (const Tensor& param : bucket) Tensor(param).set_grad_home(Tensor());
+  for (std::vector<Tensor>& bucket : buckets_)
+    for (Tensor& param : bucket) param.set_grad_home(Tensor());
 }
 
 void GradientReducer::backward(const Tensor& loss, const Tensor& grad_loss) {

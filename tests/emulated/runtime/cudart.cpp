@@ -217,8 +217,8 @@ bool copy_in_bounds(void* dst, const void* src, size_t bytes, cudaMemcpyKind kin
   const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
   if (kind == cudaMemcpyDefault) return true;
   if (kind == cudaMemcpyHostToHost) return true;
-  return (!dst_device || is_device_range(dst, bytes)) &&
-         (!src_device || is_device_range(src, bytes));
+  return (!dst_device || range_access(dst, bytes, true)) &&
+         (!src_device || range_access(src, bytes, false));
 }
 
 }  // namespace
@@ -226,12 +226,6 @@ bool copy_in_bounds(void* dst, const void* src, size_t bytes, cudaMemcpyKind kin
 cudaError_t record_error(cudaError_t error) {
   if (error != cudaSuccess) t_last_error = error;
   return error;
-}
-
-bool is_device_range(const void* p, size_t bytes) {
-  std::lock_guard<std::recursive_mutex> lock(api_lock());
-  const emu::GuardedRegion* r = find_allocation(p);
-  return r != nullptr && r->contains(p, bytes);
 }
 
 std::optional<Access> allocation_access(const void* p, bool writes) {

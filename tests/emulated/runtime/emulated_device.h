@@ -69,7 +69,4 @@ cudaError_t record_error(cudaError_t error);
 cudaError_t launch_kernel(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes,
                           cudaStream_t stream, Work run, Footprint footprint);
 
-// Whether [p, p + bytes) lies inside one device allocation.
-bool is_device_range(const void* p, size_t bytes);
-
 }  // namespace deit_emu
