@@ -75,9 +75,10 @@ void run_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,
 }
 
 // Runs `collective` on each bucket of `tensors` (plan_buckets) with run_bucket, packing groups
-// into scratch memory of their size.
-void for_each_bucket(const std::vector<Tensor>& tensors, size_t bucket_bytes, Device device,
-                     const std::function<void(const Tensor&)>& collective) {
+// into scratch memory of their size. The collective is given the bucket's indices into `tensors`.
+void for_each_bucket(
+    const std::vector<Tensor>& tensors, size_t bucket_bytes, Device device,
+    const std::function<void(const Tensor& flat, const std::vector<size_t>& group)>& collective) {
   for (const std::vector<size_t>& group : plan_buckets(tensors, bucket_bytes)) {
     std::vector<Tensor> bucket;
     for (size_t i : group) bucket.push_back(tensors[i]);
@@ -86,8 +87,15 @@ void for_each_bucket(const std::vector<Tensor>& tensors, size_t bucket_bytes, De
     const Tensor flat = bucket.size() == 1
                             ? Tensor()
                             : Tensor::empty({total}, bucket.front().dtype(), device);
-    run_bucket(bucket, flat, collective);
+    run_bucket(bucket, flat, [&](const Tensor& f) { collective(f, group); });
   }
+}
+
+template <typename T>
+std::vector<T> pick(const std::vector<T>& values, const std::vector<size_t>& indices) {
+  std::vector<T> picked;
+  for (size_t i : indices) picked.push_back(values[i]);
+  return picked;
 }
 
 }  // namespace
@@ -111,6 +119,23 @@ void Communicator::check_root(int root) const {
                                 std::to_string(world_size_));
 }
 
+std::vector<int64_t> Communicator::runs_of(const std::vector<Tensor>& tensors,
+                                           const std::vector<int>& owners, const char* what) const {
+  if (owners.size() != tensors.size())
+    throw std::invalid_argument(std::string(what) + ": " + std::to_string(owners.size()) +
+                                " owners for " + std::to_string(tensors.size()) + " tensors");
+  std::vector<int64_t> counts(world_size_, 0);
+  for (size_t i = 0; i < owners.size(); ++i) {
+    if (owners[i] < 0 || owners[i] >= world_size_ || (i > 0 && owners[i] < owners[i - 1]))
+      throw std::invalid_argument(std::string(what) + ": owner " + std::to_string(owners[i]) +
+                                  " of tensor " + std::to_string(i) + " in a world of " +
+                                  std::to_string(world_size_) +
+                                  " (owners are ranks, in non-decreasing order)");
+    counts[owners[i]] += tensors[i].numel();
+  }
+  return counts;
+}
+
 void Communicator::reduce(const Tensor& tensor, ReduceOp op) {
   check_tensor(tensor, "all_reduce");
   if (tensor.numel() > 0) all_reduce_flat(tensor.view({tensor.numel()}), op);
@@ -121,8 +146,9 @@ void Communicator::reduce(const std::vector<Tensor>& tensors, ReduceOp op, size_
   // Alone, every value already is the reduction: packing buckets would only copy (but NCCL on one
   // rank, DEIT_NCCL_ONE_RANK, runs it, so that the path runs where one GPU is).
   if (collectives_are_noops()) return;
-  for_each_bucket(tensors, bucket_bytes, device_,
-                  [&](const Tensor& flat) { all_reduce_flat(flat, op); });
+  for_each_bucket(
+      tensors, bucket_bytes, device_,
+      [&](const Tensor& flat, const std::vector<size_t>&) { all_reduce_flat(flat, op); });
 }
 
 void Communicator::reduce(std::vector<double>& values, ReduceOp op) {
@@ -151,18 +177,27 @@ void Communicator::all_reduce_mean(const std::vector<Tensor>& tensors, size_t bu
 void Communicator::all_reduce_sum(std::vector<double>& values) { reduce(values, ReduceOp::sum); }
 void Communicator::all_reduce_mean(std::vector<double>& values) { reduce(values, ReduceOp::mean); }
 
-void Communicator::start_bucket_mean(const std::vector<Tensor>& tensors, const Tensor& scratch) {
+void Communicator::start_bucket_mean(const std::vector<Tensor>& tensors, const Tensor& scratch,
+                                     const std::vector<int>& owners) {
   for (const Tensor& t : tensors) check_tensor(t, "start_bucket_mean");
-  std::vector<Tensor> bucket;  // the tensors with elements: the empty ones have nothing to reduce
-  for (const Tensor& t : tensors)
-    if (t.numel() > 0) bucket.push_back(t);
+  if (!owners.empty()) runs_of(tensors, owners, "start_bucket_mean");
+  // The tensors with elements (the empty ones have nothing to reduce) and their owners.
+  std::vector<Tensor> bucket;
+  std::vector<int> bucket_owners;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].numel() == 0) continue;
+    bucket.push_back(tensors[i]);
+    if (!owners.empty()) bucket_owners.push_back(owners[i]);
+  }
   if (bucket.empty()) return;
   for (const Tensor& t : bucket)
     if (t.dtype() != bucket.front().dtype())
       throw std::invalid_argument("start_bucket_mean: a bucket of " + bucket.front().describe() +
                                   " and " + t.describe() + " (one dtype per bucket)");
+  const std::vector<int64_t> counts =
+      owners.empty() ? std::vector<int64_t>() : runs_of(bucket, bucket_owners, "start_bucket_mean");
   if (bucket.size() == 1) {
-    start_bucket(bucket, Tensor(), ReduceOp::mean);
+    start_bucket(bucket, Tensor(), ReduceOp::mean, counts);
     return;
   }
   const int64_t total = total_numel(bucket);
@@ -173,14 +208,19 @@ void Communicator::start_bucket_mean(const std::vector<Tensor>& tensors, const T
                                 bucket.front().describe());
   const Tensor flat = scratch.view({scratch.numel()}).slice(0, total);
   if (lie_packed_in(bucket, flat))
-    start_bucket({flat}, Tensor(), ReduceOp::mean);
+    start_bucket({flat}, Tensor(), ReduceOp::mean, counts);
   else
-    start_bucket(bucket, flat, ReduceOp::mean);
+    start_bucket(bucket, flat, ReduceOp::mean, counts);
 }
 
-void Communicator::start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,
-                                ReduceOp op) {
-  run_bucket(tensors, flat, [&](const Tensor& f) { all_reduce_flat(f, op); });
+void Communicator::start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat, ReduceOp op,
+                                const std::vector<int64_t>& counts) {
+  run_bucket(tensors, flat, [&](const Tensor& f) {
+    if (counts.empty())
+      all_reduce_flat(f, op);
+    else
+      reduce_scatter_flat(f, counts, op);
+  });
 }
 
 void Communicator::broadcast(const Tensor& tensor, int root) {
@@ -194,16 +234,30 @@ void Communicator::broadcast(const std::vector<Tensor>& tensors, int root, size_
   for (const Tensor& t : tensors) check_tensor(t, "broadcast");
   check_root(root);
   if (collectives_are_noops()) return;
-  for_each_bucket(tensors, bucket_bytes, device_,
-                  [&](const Tensor& flat) { broadcast_flat(flat, root); });
+  for_each_bucket(
+      tensors, bucket_bytes, device_,
+      [&](const Tensor& flat, const std::vector<size_t>&) { broadcast_flat(flat, root); });
   // A tensor alone in its bucket was written in place, past its bf16 copy.
+  for (const Tensor& t : tensors) t.refresh_bf16_copy();
+}
+
+void Communicator::all_gather(const std::vector<Tensor>& tensors, const std::vector<int>& owners,
+                              size_t bucket_bytes) {
+  for (const Tensor& t : tensors) check_tensor(t, "all_gather");
+  runs_of(tensors, owners, "all_gather");
+  if (collectives_are_noops()) return;
+  for_each_bucket(
+      tensors, bucket_bytes, device_, [&](const Tensor& flat, const std::vector<size_t>& group) {
+        all_gather_flat(flat, runs_of(pick(tensors, group), pick(owners, group), "all_gather"));
+      });
   for (const Tensor& t : tensors) t.refresh_bf16_copy();
 }
 
 namespace {
 
-// World size 1: the sum and the mean over one rank are its own values, a broadcast from rank 0
-// is already done, and there is nobody to wait for.
+// World size 1: the sum and the mean over one rank are its own values (in a reduce-scatter too:
+// its run is the whole buffer), a broadcast or an all-gather from rank 0 is already done, and
+// there is nobody to wait for.
 class SingleProcessCommunicator final : public Communicator {
  public:
   SingleProcessCommunicator(Device device, int local_rank)
@@ -215,6 +269,8 @@ class SingleProcessCommunicator final : public Communicator {
  protected:
   void all_reduce_flat(const Tensor&, ReduceOp) override {}
   void broadcast_flat(const Tensor&, int) override {}
+  void reduce_scatter_flat(const Tensor&, const std::vector<int64_t>&, ReduceOp) override {}
+  void all_gather_flat(const Tensor&, const std::vector<int64_t>&) override {}
 };
 
 }  // namespace

@@ -5,6 +5,10 @@
 //           compute stream by events (engine/communicator_nccl.cpp, DEIT_HAVE_NCCL).
 // make_communicator picks one from the device and the rendezvous (engine/rendezvous.h).
 //
+// Sharded optimizer state (ZeRO-1) adds a reduce-scatter of the gradient buckets (each tensor
+// averaged on the rank that owns it) and an all-gather of the updated parameters (each owner's
+// values to every rank); their shares are whole tensors, so of unequal sizes.
+//
 // Ordering on CUDA: every collective but a gradient bucket is ordered like a kernel on the compute
 // stream: after the work queued there before the call, and before the work queued after it,
 // without any host synchronisation. A gradient bucket (start_bucket_mean) is ordered after the
@@ -15,11 +19,13 @@
 // with tensors of the same shapes and dtypes. Calls come from one thread.
 //
 // Determinism: the same inputs on the same number of ranks give the same bits, run after run, and
-// the same bits on every rank. MPI: MPI_Allreduce, whose algorithm Open MPI picks from the message
-// size and the number of ranks alone; each algorithm (ring, recursive doubling, ...) reduces every
-// element along a fixed schedule, and where two ranks combine the same two partial sums they get
-// the same float (a + b == b + a). NCCL: the same holds for a fixed topology, NCCL version and
-// NCCL_ALGO / NCCL_PROTO. A different number of ranks sums in a different order (fp32 rounding).
+// the same bits on every rank. MPI: MPI_Allreduce (and MPI_Reduce_scatter), whose algorithm Open
+// MPI picks from the message size and the number of ranks alone; each algorithm (ring, recursive
+// doubling, ...) reduces every element along a fixed schedule, and where two ranks combine the
+// same two partial sums they get the same float (a + b == b + a). NCCL: the same holds for a fixed
+// topology, NCCL version and NCCL_ALGO / NCCL_PROTO. A different number of ranks sums in a
+// different order (fp32 rounding), and so may a reduce-scatter and an all-reduce of more than two
+// ranks (on two, MPI's ZeRO-1 averages are a replicated run's bit for bit: a + b, then halved).
 //
 // Failures: an MPI or NCCL call that fails throws std::runtime_error naming the call, file and
 // line. When one rank dies or leaves by an exception, the others cannot finish the collective they
@@ -101,6 +107,14 @@ class Communicator {
   void broadcast(const std::vector<Tensor>& tensors, int root = 0,
                  size_t bucket_bytes = kDefaultBucketBytes);
 
+  // ZeRO-1's parameters after an update (engine/sharded_optimizer.h): each tensor's values on its
+  // owner rank (`owners`, a rank per tensor, in non-decreasing order) overwrite the other ranks'.
+  // An all-gather of shares of unequal sizes, in buckets as the list all-reduce: the tensors of a
+  // bucket are packed, so each rank's share of it is one run. Ordered on CUDA like a kernel on the
+  // compute stream; a CUDA parameter's bf16 copy is recast.
+  void all_gather(const std::vector<Tensor>& tensors, const std::vector<int>& owners,
+                  size_t bucket_bytes = kDefaultBucketBytes);
+
   // Returns once every rank has called it; with NCCL, also once this rank's queued work is done.
   virtual void barrier() = 0;
 
@@ -125,7 +139,12 @@ class Communicator {
   //   the compute stream before the call, beside the work queued after it: nothing may read or
   //   write `tensors` or `scratch`, nor the host free them, until finish_buckets() has joined it.
   //   Buckets run one after another, so one scratch serves them all.
-  void start_bucket_mean(const std::vector<Tensor>& tensors, const Tensor& scratch);
+  // With `owners` (a rank per tensor, in non-decreasing order), a reduce-scatter instead of an
+  // all-reduce (ZeRO-1's gradients, engine/sharded_optimizer.h): each tensor's average is made on
+  // its owner only, and the other ranks' copies of it are left with unspecified values. That moves
+  // about half the bytes of an all-reduce.
+  void start_bucket_mean(const std::vector<Tensor>& tensors, const Tensor& scratch,
+                         const std::vector<int>& owners = {});
   // The work queued on the compute stream after this call runs after every bucket started before
   // it (NCCL; without a host wait). Nothing to do for MPI.
   virtual void finish_buckets() {}
@@ -142,9 +161,19 @@ class Communicator {
   // The backends' collectives on one checked tensor: f32 or f64, on device(), not empty.
   virtual void all_reduce_flat(const Tensor& flat, ReduceOp op) = 0;
   virtual void broadcast_flat(const Tensor& flat, int root) = 0;
+  // Collectives over the ranks' runs of `flat`: counts[r] elements for rank r, one after another
+  // in rank order (counts may be 0; one per rank). reduce_scatter_flat leaves on each rank, in its
+  // own run, the reduction of every rank's values of that run, and unspecified values in the rest
+  // of `flat`. all_gather_flat overwrites each run with its rank's values.
+  virtual void reduce_scatter_flat(const Tensor& flat, const std::vector<int64_t>& counts,
+                                   ReduceOp op) = 0;
+  virtual void all_gather_flat(const Tensor& flat, const std::vector<int64_t>& counts) = 0;
   // One checked bucket of start_bucket_mean: `flat` is the scratch cut to the bucket's size, or
-  // undefined for a lone tensor. By default it runs at once: pack, all_reduce_flat, unpack.
-  virtual void start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat, ReduceOp op);
+  // undefined for a lone tensor; `counts` the ranks' runs of a reduce-scatter
+  // (reduce_scatter_flat), empty for an all-reduce. By default it runs at once: pack, the
+  // collective, unpack.
+  virtual void start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat, ReduceOp op,
+                            const std::vector<int64_t>& counts);
 
  private:
   void reduce(const Tensor& tensor, ReduceOp op);
@@ -152,6 +181,10 @@ class Communicator {
   void reduce(std::vector<double>& values, ReduceOp op);
   void check_tensor(const Tensor& tensor, const char* what) const;
   void check_root(int root) const;
+  // The ranks' runs when `tensors` are packed in order: elements per rank, from each tensor's
+  // owner. Throws std::invalid_argument unless `owners` has a rank per tensor, non-decreasing.
+  std::vector<int64_t> runs_of(const std::vector<Tensor>& tensors, const std::vector<int>& owners,
+                               const char* what) const;
 
   Device device_;
   int rank_;

@@ -1,6 +1,6 @@
-// The MPI backend: CPU tensors, reduced with MPI_Allreduce on a private duplicate of
-// MPI_COMM_WORLD whose errors come back as return codes (MPI_ERRORS_RETURN) and leave as
-// exceptions.
+// The MPI backend: CPU tensors, reduced with MPI_Allreduce (MPI_Reduce_scatter, MPI_Allgatherv
+// for the runs of sharded state) on a private duplicate of MPI_COMM_WORLD whose errors come back
+// as return codes (MPI_ERRORS_RETURN) and leave as exceptions.
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_MPI
@@ -11,6 +11,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/elementwise.h"
 
@@ -75,6 +76,31 @@ int mpi_count(const Tensor& flat) {
   return static_cast<int>(flat.numel());
 }
 
+// The ranks' runs of a checked flat buffer (mpi_count bounds their sum): counts and offsets.
+struct Runs {
+  std::vector<int> counts;
+  std::vector<int> offsets;
+};
+Runs mpi_runs(const std::vector<int64_t>& counts) {
+  Runs runs;
+  int64_t offset = 0;
+  for (int64_t n : counts) {
+    runs.counts.push_back(static_cast<int>(n));
+    runs.offsets.push_back(static_cast<int>(offset));
+    offset += n;
+  }
+  return runs;
+}
+
+// flat *= 1 / ranks, for a mean made as a sum.
+void divide_by(int ranks, const Tensor& flat) {
+  const int64_t n = flat.numel();
+  if (flat.dtype() == DType::f64)
+    kernels::scale_cpu(flat.data<double>(), 1.0 / ranks, flat.data<double>(), n);
+  else
+    kernels::scale_cpu(flat.data<float>(), 1.0f / ranks, flat.data<float>(), n);
+}
+
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(Device device, const Rendezvous& rendezvous)
@@ -108,12 +134,29 @@ class MpiCommunicator final : public Communicator {
   void all_reduce_flat(const Tensor& flat, ReduceOp op) override {
     DEIT_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, flat.raw_data(), mpi_count(flat),
                                  mpi_type(flat.dtype()), MPI_SUM, comm_));
-    if (op != ReduceOp::mean) return;
-    const int64_t n = flat.numel();
-    if (flat.dtype() == DType::f64)
-      kernels::scale_cpu(flat.data<double>(), 1.0 / world_size(), flat.data<double>(), n);
-    else
-      kernels::scale_cpu(flat.data<float>(), 1.0f / world_size(), flat.data<float>(), n);
+    if (op == ReduceOp::mean) divide_by(world_size(), flat);
+  }
+
+  // Into a buffer of this rank's run, then copied to where the run lies: MPI_IN_PLACE would leave
+  // the result at the start of `flat` rather than there.
+  void reduce_scatter_flat(const Tensor& flat, const std::vector<int64_t>& counts,
+                           ReduceOp op) override {
+    mpi_count(flat);
+    const Runs runs = mpi_runs(counts);
+    const int mine = runs.counts[rank()];
+    const Tensor result = Tensor::empty({mine}, flat.dtype(), device());
+    DEIT_MPI_CHECK(MPI_Reduce_scatter(flat.raw_data(), result.raw_data(), runs.counts.data(),
+                                      mpi_type(flat.dtype()), MPI_SUM, comm_));
+    if (op == ReduceOp::mean) divide_by(world_size(), result);
+    flat.slice(runs.offsets[rank()], runs.offsets[rank()] + mine).copy_from(result);
+  }
+
+  void all_gather_flat(const Tensor& flat, const std::vector<int64_t>& counts) override {
+    mpi_count(flat);
+    const Runs runs = mpi_runs(counts);
+    DEIT_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, flat.raw_data(),
+                                  runs.counts.data(), runs.offsets.data(), mpi_type(flat.dtype()),
+                                  comm_));
   }
 
   void broadcast_flat(const Tensor& flat, int root) override {

@@ -1,4 +1,7 @@
 // The NCCL backend: CUDA tensors, reduced on the device's communication stream (engine/stream.h).
+// The runs of sharded state (reduce_scatter_flat, all_gather_flat) are of unequal sizes, which
+// ncclReduceScatter and ncclAllGather do not take: they are one group of ncclReduce, or of
+// ncclBroadcast, per rank's run, each rooted at its rank (NCCL runs a group as one operation).
 // Events tie it to the compute stream, where every engine kernel runs: before a collective, the
 // communication stream waits for the compute stream's work so far (which produced the inputs);
 // after it, the compute stream waits for the collective (a plain collective at once, in stream
@@ -19,6 +22,7 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -202,21 +206,43 @@ class NcclCommunicator final : public Communicator {
     order_after(compute_, communication_, collective_done_);
   }
 
+  void reduce_scatter_flat(const Tensor& flat, const std::vector<int64_t>& counts,
+                           ReduceOp op) override {
+    order_after(communication_, compute_, compute_ready_);
+    reduce_scatter_on_communication_stream(flat, counts, op);
+    order_after(compute_, communication_, collective_done_);
+  }
+
+  void all_gather_flat(const Tensor& flat, const std::vector<int64_t>& counts) override {
+    order_after(communication_, compute_, compute_ready_);
+    for_each_run(flat, counts, [&](void* run, size_t count, int owner) {
+      DEIT_NCCL_CHECK(
+          ncclBroadcast(run, run, count, nccl_type(flat.dtype()), owner, comm_, communication_));
+    });
+    order_after(compute_, communication_, collective_done_);
+  }
+
   // Packing and unpacking run on the communication stream too: cudaMemcpyAsync there, not
   // Tensor::copy_from, which would queue the copies on the compute stream behind backward.
-  void start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,
-                    ReduceOp op) override {
+  void start_bucket(const std::vector<Tensor>& tensors, const Tensor& flat, ReduceOp op,
+                    const std::vector<int64_t>& counts) override {
     // A new backward records over the events of the last: their timing is gone.
     if (started_ == 0) joined_ = 0;
     if (started_ == bucket_events_.size()) bucket_events_.emplace_back();
     const BucketEvents& events = bucket_events_[started_++];
     order_after(communication_, compute_, compute_ready_);
     DEIT_CUDA_CHECK(cudaEventRecord(events.start, communication_));
+    const auto reduce = [&](const Tensor& f) {
+      if (counts.empty())
+        all_reduce_on_communication_stream(f, op);
+      else
+        reduce_scatter_on_communication_stream(f, counts, op);
+    };
     if (tensors.size() == 1) {
-      all_reduce_on_communication_stream(tensors[0].view({tensors[0].numel()}), op);
+      reduce(tensors[0].view({tensors[0].numel()}));
     } else {
       copy_bucket(tensors, flat, /*into_flat=*/true);
-      all_reduce_on_communication_stream(flat, op);
+      reduce(flat);
       copy_bucket(tensors, flat, /*into_flat=*/false);
     }
     DEIT_CUDA_CHECK(cudaEventRecord(events.done, communication_));
@@ -254,6 +280,36 @@ class NcclCommunicator final : public Communicator {
                                   static_cast<size_t>(flat.numel()), nccl_type(flat.dtype()),
                                   op == ReduceOp::mean ? ncclAvg : ncclSum, comm_,
                                   communication_));
+  }
+
+  // Each rank's run of `flat` reduced onto that rank, in place: one group of rooted reduces.
+  void reduce_scatter_on_communication_stream(const Tensor& flat,
+                                              const std::vector<int64_t>& counts, ReduceOp op) {
+    for_each_run(flat, counts, [&](void* run, size_t count, int owner) {
+      DEIT_NCCL_CHECK(ncclReduce(run, run, count, nccl_type(flat.dtype()),
+                                 op == ReduceOp::mean ? ncclAvg : ncclSum, owner, comm_,
+                                 communication_));
+    });
+  }
+
+  // Calls `collective(run, count, rank)` for each rank's run of `flat` that has elements, all in
+  // one NCCL group. A failed call ends the group before its exception leaves.
+  static void for_each_run(const Tensor& flat, const std::vector<int64_t>& counts,
+                           const std::function<void(void*, size_t, int)>& collective) {
+    DEIT_NCCL_CHECK(ncclGroupStart());
+    try {
+      int64_t offset = 0;
+      for (size_t rank = 0; rank < counts.size(); ++rank) {
+        if (counts[rank] > 0)
+          collective(flat.slice(offset, offset + counts[rank]).raw_data(),
+                     static_cast<size_t>(counts[rank]), static_cast<int>(rank));
+        offset += counts[rank];
+      }
+    } catch (...) {
+      ncclGroupEnd();
+      throw;
+    }
+    DEIT_NCCL_CHECK(ncclGroupEnd());
   }
 
   // The tensors into consecutive elements of `flat`, or back, on the communication stream.

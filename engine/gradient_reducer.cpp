@@ -1,26 +1,39 @@
 #include "engine/gradient_reducer.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 #include "engine/autograd.h"
 
 namespace deit {
 
 GradientReducer::GradientReducer(const ParameterRegistry& params, Communicator& comm,
-                                 size_t bucket_bytes)
+                                 size_t bucket_bytes, const std::vector<int>& owners)
     : comm_(comm) {
+  if (!owners.empty() && owners.size() != params.size())
+    throw std::invalid_argument("GradientReducer: " + std::to_string(owners.size()) +
+                                " owners for " + std::to_string(params.size()) + " parameters");
   std::vector<Tensor> reversed;
-  for (auto it = params.all().rbegin(); it != params.all().rend(); ++it)
-    reversed.push_back(it->value);
+  std::vector<int> reversed_owners;
+  for (size_t i = params.size(); i-- > 0;) {
+    reversed.push_back(params.all()[i].value);
+    if (!owners.empty()) reversed_owners.push_back(owners[i]);
+  }
   // Alone, backward() reduces nothing: no buffers are needed.
   const bool reduces = !comm_.collectives_are_noops();
   std::map<DType, int64_t> scratch_elements;
-  for (const std::vector<size_t>& group : plan_buckets(reversed, bucket_bytes)) {
+  for (std::vector<size_t> group : plan_buckets(reversed, bucket_bytes)) {
+    if (!owners.empty())
+      std::stable_sort(group.begin(), group.end(),
+                       [&](size_t a, size_t b) { return reversed_owners[a] < reversed_owners[b]; });
     std::vector<Tensor>& bucket = buckets_.emplace_back();
+    std::vector<int>& bucket_owners = owners_.emplace_back();
     int64_t elements = 0;
     for (size_t i : group) {
       bucket_of_.emplace(&reversed[i].impl(), buckets_.size() - 1);
       bucket.push_back(reversed[i]);
+      if (!owners.empty()) bucket_owners.push_back(reversed_owners[i]);
       elements += reversed[i].numel();
     }
     if (group.size() > 1) {
@@ -83,24 +96,30 @@ void GradientReducer::on_grad_ready(const Tensor& leaf) {
 }
 
 void GradientReducer::reduce_bucket(size_t bucket) {
+  const std::vector<Tensor>& params = buckets_[bucket];
+  const std::vector<int>& param_owners = owners_[bucket];
   std::vector<Tensor> grads;
+  std::vector<int> grad_owners;
   bool in_homes = true;
-  for (const Tensor& param : buckets_[bucket]) {
-    const Tensor grad = param.grad();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor grad = params[i].grad();
     if (!grad.defined()) {
       in_homes = false;
       continue;
     }
-    in_homes = in_homes && grad.impl_ptr() == param.grad_home().impl_ptr();
+    in_homes = in_homes && grad.impl_ptr() == params[i].grad_home().impl_ptr();
     grads.push_back(grad);
+    if (!param_owners.empty()) grad_owners.push_back(param_owners[i]);
   }
   if (grads.empty()) return;
   if (in_homes) {
-    comm_.start_bucket_mean(grads, homes_[bucket]);  // they lie packed there: reduced in place
+    // They lie packed there: reduced in place.
+    comm_.start_bucket_mean(grads, homes_[bucket], grad_owners);
     return;
   }
   const auto scratch = scratch_.find(grads.front().dtype());
-  comm_.start_bucket_mean(grads, scratch == scratch_.end() ? Tensor() : scratch->second);
+  comm_.start_bucket_mean(grads, scratch == scratch_.end() ? Tensor() : scratch->second,
+                          grad_owners);
 }
 
 }  // namespace deit

@@ -18,6 +18,12 @@
 // w ranks' gradients is the gradient of the mean loss over all w * b samples, so w ranks with batch
 // b step like one process with batch w * b (up to the order of floating-point sums).
 //
+// Sharded optimizer state (ZeRO-1, engine/sharded_optimizer.h): given each parameter's owner, a
+// bucket is reduce-scattered rather than all-reduced, so each gradient's average is made only on
+// the rank that updates its tensor (about half the bytes of an all-reduce), and the other ranks'
+// copies of it are left with unspecified values. A bucket's parameters are then ordered by owner
+// (reverse registration order within one owner), so that each rank's share of it is one run.
+//
 // A parameter that gets no gradient: every rank runs the same graph, so the same parameters lack a
 // gradient on every rank; they are left out of their bucket's reduction and stay without one.
 //
@@ -44,20 +50,23 @@ namespace deit {
 
 class GradientReducer {
  public:
-  // `params` and `comm` must outlive the reducer.
+  // `params` and `comm` must outlive the reducer. `owners`: the rank that owns each parameter (by
+  // registration index) when the optimizer state is sharded, for a reduce-scatter; empty when
+  // every rank updates every parameter.
   // Gives the parameters their gradient homes, unless `comm` is alone; the destructor takes them
   // back (gradients made after that are new memory again).
   GradientReducer(const ParameterRegistry& params, Communicator& comm,
-                  size_t bucket_bytes = Communicator::kDefaultBucketBytes);
+                  size_t bucket_bytes = Communicator::kDefaultBucketBytes,
+                  const std::vector<int>& owners = {});
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
 
   // backward(loss, grad_loss), and by its return every parameter's gradient (all that backward and
-  // earlier backward calls accumulated) averaged over the ranks: on CUDA, for the work queued on
-  // the compute stream from then on. Call it for the last micro-batch of an optimizer step, plain
-  // backward for the others: gradients are reduced once per step. Alone (the single-process
-  // communicator) it is plain backward.
+  // earlier backward calls accumulated) averaged over the ranks (with owners, on its owner only):
+  // on CUDA, for the work queued on the compute stream from then on. Call it for the last
+  // micro-batch of an optimizer step, plain backward for the others: gradients are reduced once per
+  // step. Alone (the single-process communicator) it is plain backward.
   void backward(const Tensor& loss, const Tensor& grad_loss);
 
   size_t bucket_count() const { return buckets_.size(); }
@@ -68,6 +77,7 @@ class GradientReducer {
 
   Communicator& comm_;
   std::vector<std::vector<Tensor>> buckets_;  // parameter values, in reduction order
+  std::vector<std::vector<int>> owners_;      // per bucket: its parameters' owners, or empty
   std::vector<Tensor> homes_;                 // per bucket: its gradients' homes, packed
   std::map<DType, Tensor> scratch_;           // per dtype, for buckets not all in their homes
   std::unordered_map<const TensorImpl*, size_t> bucket_of_;

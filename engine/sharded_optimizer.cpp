@@ -27,14 +27,13 @@ ShardedOptimizer::ShardedOptimizer(const std::string& name, const ParameterRegis
                                    bool shard_state)
     : params_(params),
       comm_(comm),
-      sharded_(shard_state && comm.world_size() > 1),
+      sharded_(shard_state && !comm.collectives_are_noops()),
       owner_(sharded_ ? partition_parameters(params, comm.world_size())
                       : std::vector<int>(params.size(), comm.rank())),
-      owned_by_(comm.world_size()),
-      owned_values_(comm.world_size()) {
+      owned_by_(comm.world_size()) {
   for (size_t i = 0; i < params.size(); ++i) {
     owned_by_[owner_[i]].push_back(i);
-    owned_values_[owner_[i]].push_back(params.all()[i].value);
+    values_.push_back(params.all()[i].value);
   }
   if (!sharded_) {
     local_ = make_optimizer(name, params, options);
@@ -58,8 +57,19 @@ ShardedOptimizer::ShardedOptimizer(const std::string& name, const ParameterRegis
         [&comm](const Tensor& sum_squares) { comm.all_reduce_sum(sum_squares); });
 }
 
-void ShardedOptimizer::broadcast_updates() {
-  for (int r = 0; r < comm_.world_size(); ++r) comm_.broadcast(owned_values_[r], r);
+void ShardedOptimizer::gather_updates() { comm_.all_gather(values_, owner_); }
+
+double ShardedOptimizer::sharded_grad_norm() {
+  const std::vector<Parameter>& all = params_.all();
+  std::vector<double> squares(all.size(), 0.0);
+  for (size_t i : owned())
+    if (all[i].value.grad().defined()) squares[i] = squared_norm(all[i].value.grad());
+  comm_.all_reduce_sum(squares);
+  // Every rank runs the same graph: the same parameters have gradients everywhere.
+  double sum = 0;
+  for (size_t i = 0; i < all.size(); ++i)
+    if (all[i].value.grad().defined()) sum += squares[i];
+  return std::sqrt(sum);
 }
 
 double ShardedOptimizer::step() {
@@ -68,17 +78,17 @@ double ShardedOptimizer::step() {
     // The norm of every rank's gradients (sum_grad_squares_with), the same on every rank: a
     // non-finite one throws on every rank alike, before any broadcast.
     const double grad_norm = local_->step();
-    broadcast_updates();
+    gather_updates();
     return grad_norm;
   }
-  // After the reduction every rank holds every gradient: the norm is the one a replicated step
-  // computes, in the same order, so a non-finite gradient stops every rank alike.
-  const double grad_norm = global_grad_norm(params_);
+  // The norm a replicated step computes, the same on every rank: a non-finite gradient stops
+  // every rank alike.
+  const double grad_norm = sharded_grad_norm();
   if (!std::isfinite(grad_norm))
     throw NonFiniteGradient("optimizer: the global gradient norm is " + std::to_string(grad_norm) +
                             "; step skipped, nothing modified");
   local_->step(grad_norm);
-  broadcast_updates();
+  gather_updates();
   return grad_norm;
 }
 
@@ -89,8 +99,8 @@ void ShardedOptimizer::step_async() {
 
 void ShardedOptimizer::update_async() {
   local_->update_async();
-  // A non-finite norm left every shard unchanged on every rank: the broadcasts change nothing.
-  if (sharded_) broadcast_updates();
+  // A non-finite norm left every shard unchanged on every rank: the all-gather changes nothing.
+  if (sharded_) gather_updates();
 }
 
 NamedTensors ShardedOptimizer::gather_state() {

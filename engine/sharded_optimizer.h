@@ -1,22 +1,31 @@
-// The optimizer of a data-parallel run. Every rank holds the same gradients, already averaged
-// (engine/gradient_reducer.h), and the ranks' parameters must stay identical after every step:
-//  - replicated (the default): each rank keeps the whole optimizer state and makes the same update;
+// The optimizer of a data-parallel run, whose parameters must stay identical on every rank after
+// every step:
+//  - replicated (the default): every rank holds every gradient, averaged over the ranks
+//    (engine/gradient_reducer.h), keeps the whole optimizer state and makes the same update;
 //  - sharded, ZeRO stage 1 (`deit train --zero`): the parameters are split across the ranks by
 //    whole tensors (LAMB's trust ratio needs a whole tensor), in contiguous runs of registration
 //    order with about equal element counts (partition_parameters). Each rank keeps the state of,
-//    and updates, only the tensors it owns; then each owner broadcasts its updated tensors. The
-//    optimizer state per rank (two moments, twice the model in fp32) shrinks by the world size,
-//    which is what lets ViT-H's LAMB state fit beside a large batch.
-// Clipping (--clip-grad, LAMB's max_grad_norm) needs the norm of every gradient. On the CPU each
-// rank has them all, so it computes the global norm exactly as an unsharded step does
-// (global_grad_norm, in registration order) and hands it to its shard's optimizer: a sharded step
-// makes bit-for-bit the update of a replicated one. On CUDA the norm stays on the device: each rank
-// sums the squares of its own share's gradients and a one-float all-reduce adds the shares up
+//    and updates, only the tensors it owns. The gradient reducer, given gradient_owners(),
+//    reduce-scatters the gradients, so each average is made on its owner only; after the update
+//    an all-gather (Communicator::all_gather) brings every owner's tensors to the other ranks.
+//    That moves two model sizes per step where an all-reduce of the gradients and a broadcast of
+//    the updates moved three. The optimizer state per rank (two moments, twice the model in fp32)
+//    shrinks by the world size, which is what lets ViT-H's LAMB state fit beside a large batch.
+// Clipping (--clip-grad, LAMB's max_grad_norm) needs the norm of every gradient, which no rank has
+// all of when sharded. On the CPU each rank computes the squared norms of its own gradients, one
+// per tensor; a sum over the ranks fills in the others' (exactly: each entry has one non-zero
+// term), and every rank adds them up in registration order, as an unsharded step does
+// (global_grad_norm): a sharded step makes bit-for-bit the update of a replicated one, given the
+// same averages (two ranks: a + b either way). On CUDA the norm stays on the device: each rank sums
+// the squares of its own share's gradients and a one-float all-reduce adds the shares up
 // (Optimizer::sum_grad_squares_with), so the norm is summed in another order than a replicated
-// step's (fp32 rounding), but it is the same on every rank, and so is the update. The owners'
-// broadcasts are queued on the compute stream like the update (engine/communicator.h), so a
-// sharded CUDA step needs no host wait either and can be captured in a graph. On CUDA every rank
-// must own at least one tensor (the constructor says so when a rank would own none).
+// step's (fp32 rounding), but it is the same on every rank, and so is the update. The all-gather
+// is queued on the compute stream like the update (engine/communicator.h), so a sharded CUDA step
+// needs no host wait either and can be captured in a graph. On CUDA every rank must own at least
+// one tensor (the constructor says so when a rank would own none).
+//
+// Sharding needs collectives that run: it is on for several ranks, and for NCCL on one
+// (DEIT_NCCL_ONE_RANK: one rank owns everything, so the path runs where one GPU is).
 //
 // Checkpoints have one format, whatever the world size and the sharding: gather_state() collects
 // the whole state on rank 0 in Optimizer::state()'s layout, and load_state() takes that layout and
@@ -40,11 +49,13 @@ std::vector<int> partition_parameters(const ParameterRegistry& params, int world
 class ShardedOptimizer {
  public:
   // `name` as make_optimizer takes it. `params` and `comm` must outlive the optimizer. With
-  // shard_state false, or on one rank, every rank owns every parameter.
+  // shard_state false, or alone (Communicator::collectives_are_noops), every rank owns every
+  // parameter.
   ShardedOptimizer(const std::string& name, const ParameterRegistry& params,
                    const OptimizerOptions& options, Communicator& comm, bool shard_state);
 
-  // One update of every parameter from the (averaged) gradients; a collective when sharded.
+  // One update of every parameter from the averaged gradients (sharded: each rank's own tensors'
+  // averages, as the reducer made them with gradient_owners()); a collective when sharded.
   // Returns the global gradient norm before clipping. Throws NonFiniteGradient, with nothing
   // modified, on every rank alike when a gradient is not finite.
   double step();
@@ -62,6 +73,9 @@ class ShardedOptimizer {
   bool sharded() const { return sharded_; }
   // Parameters (by registration index) whose optimizer state this rank keeps.
   const std::vector<size_t>& owned() const { return owned_by_[comm_.rank()]; }
+  // For GradientReducer: the owner of every parameter when sharded (whose gradient only its owner
+  // needs averaged), empty when not (every rank needs every average).
+  std::vector<int> gradient_owners() const { return sharded_ ? owner_ : std::vector<int>(); }
 
   // A collective: rank 0 gets the whole state in Optimizer::state()'s layout (on the host when
   // sharded, one tensor on its device at a time), the other ranks an empty list when sharded
@@ -74,14 +88,16 @@ class ShardedOptimizer {
 
  private:
   // Sharded: every owner's updated tensors to the other ranks.
-  void broadcast_updates();
+  void gather_updates();
+  // Sharded, CPU: the global gradient norm from every rank's share, as global_grad_norm sums it.
+  double sharded_grad_norm();
 
   const ParameterRegistry& params_;
   Communicator& comm_;
   bool sharded_;
   std::vector<int> owner_;                     // per parameter
   std::vector<std::vector<size_t>> owned_by_;  // per rank
-  std::vector<std::vector<Tensor>> owned_values_;  // per rank: the values it broadcasts
+  std::vector<Tensor> values_;                 // every parameter's, in registration order
   ParameterRegistry shard_;  // this rank's parameters, sharing their tensors with params_
   std::unique_ptr<Optimizer> local_;
 };

@@ -101,6 +101,12 @@ TEST_CASE("nccl: a gradient bucket runs after the compute stream's inputs and be
           "follows finish_buckets",
           "[gpu][nccl]") {
   auto comm = one_rank_nccl();
+  // All-reduced, or reduce-scattered to their owner (ZeRO-1's gradients): one group of reduces.
+  const bool scattered = GENERATE(false, true);
+  INFO((scattered ? "reduce-scatter" : "all-reduce"));
+  const std::vector<int> owners_of_three =
+      scattered ? std::vector<int>{0, 0, 0} : std::vector<int>{};
+  const std::vector<int> owner_of_one = scattered ? std::vector<int>{0} : std::vector<int>{};
   Rng rng(61);
   const Tensor busy = Tensor::empty({busy_elements()}, DType::f32, kGpu);
   // A packed bucket of three tensors, with scratch to spare, and one reduced in place.
@@ -111,8 +117,8 @@ TEST_CASE("nccl: a gradient bucket runs after the compute stream's inputs and be
   for (int round = 0; round < 3; ++round) {
     INFO("round " << round);  // the same events and scratch, reused
     queue_inputs(busy, inputs, sources);
-    comm->start_bucket_mean({inputs[0], inputs[1], inputs[2]}, scratch);
-    comm->start_bucket_mean({inputs[3]}, scratch);
+    comm->start_bucket_mean({inputs[0], inputs[1], inputs[2]}, scratch, owners_of_three);
+    comm->start_bucket_mean({inputs[3]}, scratch, owner_of_one);
     comm->finish_buckets();
     check_ordered(inputs, sources);
     const std::optional<BucketTiming> timing = comm->last_bucket_timing();
@@ -140,7 +146,6 @@ TEST_CASE("nccl: plain collectives are ordered like compute-stream kernels", "[g
   std::vector<Tensor> inputs;
   for (const Tensor& s : sources) inputs.push_back(Tensor::empty(s.shape(), DType::f32, kGpu));
 
-  // (The list forms skip a world of one: they would run nothing here.)
   SECTION("all-reduce") {
     queue_inputs(busy, inputs, sources);
     comm->all_reduce_mean(inputs[0]);
@@ -151,6 +156,11 @@ TEST_CASE("nccl: plain collectives are ordered like compute-stream kernels", "[g
   SECTION("broadcast") {
     queue_inputs(busy, inputs, sources);
     for (const Tensor& t : inputs) comm->broadcast(t, 0);
+    check_ordered(inputs, sources);
+  }
+  SECTION("all-gather, in buckets: the first two tensors packed, the last alone") {
+    queue_inputs(busy, inputs, sources);
+    comm->all_gather(inputs, {0, 0, 0}, 100000);
     check_ordered(inputs, sources);
   }
   // No bucket ran: nothing to time.

@@ -120,6 +120,75 @@ TEST_CASE("mpi: broadcast overwrites the other ranks with the root's values", "[
     CHECK(p.to_vector<float>() == input_of(0, p.shape(), DType::f32, p.numel()).to_vector<float>());
 }
 
+TEST_CASE("mpi: a reduce-scatter averages each tensor on its owner, an all-gather spreads them",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  const int world = comm->world_size();
+  const int last = world - 1;
+  // Rank 0 owns the first three tensors, the last rank the others (an empty one among them).
+  const std::vector<int64_t> sizes = {300, 1, 40, 0, 77, 1000};
+  const std::vector<int> owners = {0, 0, 0, last, last, last};
+  for (DType dtype : {DType::f32, DType::f64}) {
+    INFO(dtype_name(dtype));
+    auto inputs = [&](int rank, uint64_t seed) {
+      std::vector<Tensor> list;
+      for (size_t i = 0; i < sizes.size(); ++i)
+        list.push_back(input_of(rank, {sizes[i]}, dtype, seed + i));
+      return list;
+    };
+    // Checks the averages of `tensors` (of inputs(., seed)) that this rank owns.
+    auto check_owned = [&](const std::vector<Tensor>& tensors, const std::vector<int>& owned_by,
+                           uint64_t seed) {
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        if (owned_by[i] != comm->rank()) continue;
+        INFO("seed " << seed << ", tensor " << i << " of " << tensors[i].numel() << " elements");
+        check_close(tensors[i], expected_sum(world, tensors[i].shape(), dtype, seed + i),
+                    1.0 / world);
+      }
+    };
+    const Tensor scratch = Tensor::empty({2000}, dtype);
+
+    // Packed into the scratch, a run per owner, and unpacked.
+    std::vector<Tensor> tensors = inputs(comm->rank(), 40);
+    comm->start_bucket_mean(tensors, scratch, owners);
+    check_owned(tensors, owners, 40);
+
+    // Where they lie, packed in one buffer (a gradient reducer's homes).
+    const Tensor home = Tensor::empty({1418}, dtype);
+    tensors = inputs(comm->rank(), 50);
+    std::vector<Tensor> homed;
+    int64_t offset = 0;
+    for (const Tensor& t : tensors) {
+      homed.push_back(home.slice(offset, offset + t.numel()));
+      homed.back().copy_from(t);
+      offset += t.numel();
+    }
+    comm->start_bucket_mean(homed, home, owners);
+    check_owned(homed, owners, 50);
+
+    // Ranks without a share of the bucket: one tensor alone, and two of one owner.
+    tensors = inputs(comm->rank(), 60);
+    comm->start_bucket_mean({tensors[5]}, Tensor(), {last});
+    comm->start_bucket_mean({tensors[0], tensors[2]}, scratch, {last, last});
+    check_owned(tensors, {last, -1, last, -1, -1, last}, 60);  // -1: not reduced
+    comm->finish_buckets();
+
+    // In buckets of 1 KiB, some tensors alone, one bucket shared by both owners; then in one.
+    for (size_t bucket_bytes : {size_t{1024}, Communicator::kDefaultBucketBytes}) {
+      INFO("buckets of " << bucket_bytes << " bytes");
+      tensors = inputs(comm->rank(), 70);
+      comm->all_gather(tensors, owners, bucket_bytes);
+      for (size_t i = 0; i < tensors.size(); ++i)
+        CHECK(bytes_of(tensors[i]) == bytes_of(input_of(owners[i], {sizes[i]}, dtype, 70 + i)));
+    }
+  }
+  // Owners out of order are refused on every rank, before any collective.
+  const std::vector<Tensor> two = {Tensor::zeros({3}), Tensor::zeros({2})};
+  CHECK_THROWS_WITH(comm->all_gather(two, {last, 0}), Catch::Contains("non-decreasing"));
+  CHECK_THROWS_WITH(comm->start_bucket_mean(two, Tensor::empty({5}), {last, 0}),
+                    Catch::Contains("non-decreasing"));
+}
+
 TEST_CASE("mpi: metrics are summed and averaged over ranks", "[mpi]") {
   auto comm = mpi_communicator();
   const int world = comm->world_size();

@@ -58,6 +58,7 @@ TEST_CASE("the single-process communicator: world 1, values unchanged", "[comm]"
   comm->all_reduce_mean({a, b}, 16);
   comm->broadcast(a, 0);
   comm->broadcast({a, b}, 0);
+  comm->all_gather({a, b}, {0, 0});
   comm->barrier();
   CHECK(a.to_vector<float>() == a0);
   CHECK(b.to_vector<double>() == b0);
@@ -79,6 +80,7 @@ TEST_CASE("gradient buckets alone: values unchanged, scratch and dtypes checked"
   comm->start_bucket_mean({a, b}, scratch);
   comm->start_bucket_mean({a}, Tensor());  // a lone tensor needs no scratch
   comm->start_bucket_mean({Tensor::zeros({0}), b}, Tensor());  // nor one with empty company
+  comm->start_bucket_mean({a, b}, scratch, {0, 0});            // a reduce-scatter over one rank
   comm->finish_buckets();
   CHECK(a.to_vector<float>() == a0);
   CHECK(b.to_vector<float>() == b0);
@@ -91,6 +93,18 @@ TEST_CASE("gradient buckets alone: values unchanged, scratch and dtypes checked"
   CHECK_THROWS_WITH(comm->start_bucket_mean({a, b}, Tensor()), Catch::Contains("undefined"));
   CHECK_THROWS_WITH(comm->start_bucket_mean({a, Tensor::zeros({3}, DType::f64)}, scratch),
                     Catch::Contains("one dtype per bucket"));
+}
+
+TEST_CASE("reduce-scatter and all-gather refuse owners that are not ranks in order, even alone",
+          "[comm]") {
+  auto comm = make_communicator(Device::cpu(), Rendezvous{});
+  const Tensor a = Tensor::zeros({10}), b = Tensor::zeros({4}), scratch = Tensor::empty({14});
+  CHECK_THROWS_WITH(comm->start_bucket_mean({a, b}, scratch, {0}),
+                    Catch::Contains("1 owners for 2 tensors"));
+  CHECK_THROWS_WITH(comm->start_bucket_mean({a, b}, scratch, {0, 1}),
+                    Catch::Contains("owner 1 of tensor 1 in a world of 1"));
+  CHECK_THROWS_WITH(comm->all_gather({a, b}, {0, -1}), Catch::Contains("owner -1 of tensor 1"));
+  CHECK_THROWS_WITH(comm->all_gather({a}, {}), Catch::Contains("0 owners for 1 tensors"));
 }
 
 TEST_CASE("a communicator refuses what no backend could reduce, even alone", "[comm]") {

@@ -191,21 +191,25 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
     params.zero_grad();
   }
 
-  // The same two micro-batches through a reducer: plain backward, then the reducer's.
-  // `while_homed` runs while the reducer (and the homes it gave) exist.
+  // The same two micro-batches through a reducer: plain backward, then the reducer's. With
+  // `owners` (a reduce-scatter), only this rank's gradients are checked. `while_homed` runs while
+  // the reducer (and the homes it gave) exist.
   auto reduce_and_check = [&](
                               const ParameterRegistry& registry, size_t bucket_bytes,
+                              const std::vector<int>& owners = {},
                               const std::function<void()>& while_homed = [] {}) {
     params.zero_grad();
-    auto reducer = std::make_unique<GradientReducer>(registry, *comm, bucket_bytes);
+    auto reducer = std::make_unique<GradientReducer>(registry, *comm, bucket_bytes, owners);
     backward(loss_of(comm->rank(), 0), half);  // plain backward: accumulates on this rank only
     reducer->backward(loss_of(comm->rank(), 1), half);
     CHECK_FALSE(unused.grad().defined());
-    for (const Parameter& p : registry.all()) {
+    for (size_t k = 0; k < registry.size(); ++k) {
+      const Parameter& p = registry.all()[k];
       if (!p.value.grad().defined()) continue;
       INFO(p.name);
       // Accumulated in its home, and reduced there or through the scratch.
       CHECK(p.value.grad().impl_ptr() == p.value.grad_home().impl_ptr());
+      if (!owners.empty() && owners[k] != comm->rank()) continue;
       const std::vector<double> got = p.value.grad().to_vector<double>();
       const std::vector<double>& want = expected.at(p.name);
       REQUIRE(got.size() == want.size());
@@ -228,11 +232,32 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
     used.add("w1", w1, true);
     used.add("b1", b1, false);
     used.add("w2", w2, true);
-    const size_t buckets = reduce_and_check(used, 1 << 20, [&] {
+    const size_t buckets = reduce_and_check(used, 1 << 20, {}, [&] {
       CHECK(static_cast<const char*>(w2.grad_home().raw_data()) + w2.nbytes() ==
             b1.grad_home().raw_data());
       CHECK(static_cast<const char*>(b1.grad_home().raw_data()) + b1.nbytes() ==
             w1.grad_home().raw_data());
+    });
+    CHECK(buckets == 1);
+  }
+  // Sharded optimizer state: rank 0 owns the first parameters, rank 1 the others.
+  SECTION("reduce-scatter, 64-byte buckets: each tensor alone, averaged on its owner") {
+    CHECK(reduce_and_check(params, 64, {0, 0, 1, 1}) == 4);
+  }
+  SECTION("reduce-scatter, one bucket that a gradient is missing from: through the scratch") {
+    CHECK(reduce_and_check(params, 1 << 20, {0, 0, 1, 1}) == 1);
+  }
+  SECTION("reduce-scatter, one bucket of every gradient: homes in order of owner, reduced there") {
+    ParameterRegistry used;
+    used.add("w1", w1, true);
+    used.add("b1", b1, false);
+    used.add("w2", w2, true);
+    const size_t buckets = reduce_and_check(used, 1 << 20, {0, 1, 1}, [&] {
+      // Rank 0's w1 first, then rank 1's in reverse registration order.
+      CHECK(static_cast<const char*>(w1.grad_home().raw_data()) + w1.nbytes() ==
+            w2.grad_home().raw_data());
+      CHECK(static_cast<const char*>(w2.grad_home().raw_data()) + w2.nbytes() ==
+            b1.grad_home().raw_data());
     });
     CHECK(buckets == 1);
   }

@@ -231,15 +231,19 @@ TEST_CASE("a one-process CUDA run through NCCL (DEIT_NCCL_ONE_RANK) trains as wi
   // The data-parallel path on one GPU: gradient buckets all-reduced on the communication stream
   // during backward, the barrier, the host-value reductions. A mean over one rank changes no bit.
   // With --accum-steps 2, the first micro-batch's gradients are added to in their homes by the
-  // second's (engine/gradient_reducer.h).
-  const int64_t accum_steps = GENERATE(1, 2);
-  INFO("--accum-steps " << accum_steps);
+  // second's (engine/gradient_reducer.h). With --zero, the one rank owns every tensor: the
+  // gradients are reduce-scattered to it and the updates all-gathered from it
+  // (engine/sharded_optimizer.h).
+  const auto [accum_steps, zero] =
+      GENERATE(table<int64_t, bool>({{1, false}, {2, false}, {2, true}}));
+  INFO("--accum-steps " << accum_steps << (zero ? " --zero" : ""));
   test::TempDir dir;
   const std::string data = make_dataset(dir);
   train::TrainOptions alone = tiny_run(data, dir.file("alone"), "cuda:0", 2);
   alone.accum_steps = accum_steps;
   train::TrainOptions through_nccl = alone;
   through_nccl.output_dir = dir.file("nccl");
+  through_nccl.zero = zero;
   Rendezvous one_rank;
   one_rank.nccl_one_rank = true;
   const std::unique_ptr<Communicator> nccl = make_communicator(Device::cuda(0), one_rank);

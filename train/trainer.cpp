@@ -214,7 +214,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   opt_options.clip_grad = o.clip_grad;
   ShardedOptimizer optimizer(o.opt, params, opt_options, comm, o.zero);
   GradientReducer reducer(params, comm,
-                          std::max<size_t>(1, static_cast<size_t>(o.bucket_mb * (1 << 20))));
+                          std::max<size_t>(1, static_cast<size_t>(o.bucket_mb * (1 << 20))),
+                          optimizer.gradient_owners());
   std::unique_ptr<WeightEma> ema;
   if (o.model_ema) ema = std::make_unique<WeightEma>(params, o.model_ema_decay);
 

@@ -1,8 +1,9 @@
 // The NCCL calls of engine/communicator_nccl.cpp, on the emulated device (emulated_device.h), for
-// a communicator of one rank: a broadcast or an all-reduce (sum or average) over one rank copies
-// its input, queued on the stream like a real collective, so the [gpu][nccl] cases check how the
-// engine orders collectives against the compute stream and reads their results. More ranks are
-// refused (ncclInvalidUsage): the emulated device is one GPU of one process.
+// a communicator of one rank: a broadcast, a reduce or an all-reduce (sum or average) over one rank
+// copies its input, queued on the stream like a real collective, so the [gpu][nccl] cases check
+// how the engine orders collectives against the compute stream and reads their results. A group
+// (ncclGroupStart/End) runs its calls as they come; an end without a start is refused. More ranks
+// are refused (ncclInvalidUsage): the emulated device is one GPU of one process.
 #include <nccl.h>
 
 #include <cstdio>
@@ -98,6 +99,27 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataT
                            int root, ncclComm_t comm, cudaStream_t stream) {
   if (root != 0) return ncclInvalidArgument;
   return copy_over_one_rank("ncclBroadcast", send, recv, count, type, comm, stream);
+}
+
+ncclResult_t ncclReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
+                        ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
+  if (root != 0 || (op != ncclSum && op != ncclAvg)) return ncclInvalidArgument;
+  return copy_over_one_rank("ncclReduce", send, recv, count, type, comm, stream);
+}
+
+namespace {
+int open_groups = 0;
+}  // namespace
+
+ncclResult_t ncclGroupStart() {
+  ++open_groups;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclGroupEnd() {
+  if (open_groups == 0) return ncclInvalidUsage;
+  --open_groups;
+  return ncclSuccess;
 }
 
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
