@@ -62,9 +62,9 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--seed", seed, "Seed of every random choice (0)");
   cmd.add_option("--workers", workers, "Data loading threads (2)");
   cmd.add_flag("--zero", zero,
-               "Several ranks: shard the optimizer state across them (ZeRO-1; the same updates, "
-               "on CUDA up to the rounding of the clipping norm; 1/ranks of the state memory per "
-               "rank)");
+               "Several ranks: shard the optimizer state across them (ZeRO-1: 1/ranks of the "
+               "state memory per rank; gradients reduce-scattered, updates all-gathered; the "
+               "same updates up to fp32 rounding, bit for bit on two CPU ranks)");
   cmd.add_option("--bucket-mb", bucket_mb, "Several ranks: gradients are averaged in buckets of "
                                            "at most this many MiB, each as soon as backward has "
                                            "finished it (25)");
