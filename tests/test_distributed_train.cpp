@@ -27,9 +27,11 @@
 #include "engine/rng.h"
 #include "model/checkpoint.h"
 #include "tests/test_data_helpers.h"
+#include "tests/test_distributed_helpers.h"
 #include "train/trainer.h"
 
 using namespace deit;
+using namespace deit::test;
 
 namespace {
 
@@ -42,118 +44,6 @@ std::unique_ptr<Communicator> mpi_communicator() {
 
 // A communicator for a run of this process alone, beside the MPI job it belongs to.
 std::unique_ptr<Communicator> alone() { return make_communicator(Device::cpu(), Rendezvous{}); }
-
-// Rank 0's text on every rank (the communicator moves floating-point values: one byte in each).
-std::string from_rank0(Communicator& comm, const std::string& text) {
-  constexpr size_t kMax = 1024;
-  REQUIRE(text.size() < kMax);
-  std::vector<double> bytes(kMax, 0.0);
-  if (comm.rank() == 0)
-    for (size_t i = 0; i < text.size(); ++i) bytes[i] = static_cast<unsigned char>(text[i]);
-  comm.all_reduce_sum(bytes);
-  std::string out;
-  for (double b : bytes) {
-    if (b == 0) break;
-    out.push_back(static_cast<char>(b));
-  }
-  return out;
-}
-
-// A folder shared by the ranks: made by rank 0, which removes it once every rank is done with it.
-class SharedDir {
- public:
-  explicit SharedDir(Communicator& comm) : comm_(comm) {
-    if (comm.rank() == 0) owned_ = std::make_unique<test::TempDir>();
-    path_ = from_rank0(comm, owned_ ? owned_->path() : "");
-  }
-  ~SharedDir() {
-    // Every rank is done before rank 0's TempDir removes the folder; but a rank leaving by an
-    // exception must not wait for the others (engine/communicator.h).
-    if (std::uncaught_exceptions() == 0) comm_.barrier();
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  Communicator& comm_;
-  std::unique_ptr<test::TempDir> owned_;
-  std::string path_;
-};
-
-// 3 classes of 16 x 16 images: 24 to train on (3 steps of 8 images, 4 per rank on two ranks) and 3
-// to validate on (2 on rank 0, 1 on rank 1: an uneven split must count each image once).
-std::string write_dataset(Communicator& comm, const std::string& root) {
-  if (comm.rank() == 0) {
-    data::SyntheticOptions options;
-    options.image_size = 16;
-    options.num_classes = 3;
-    options.train_per_class = 8;
-    options.val_per_class = 1;
-    data::generate_synthetic_dataset(root, options);
-  }
-  comm.barrier();
-  return root;
-}
-
-// A tiny ViT with every source of per-rank randomness off (mixup, cutmix, drop-path: see
-// train/trainer.h); augmentation stays on, drawn per sample by its global position. Full learning
-// rate from the first step, so that the weights move well beyond the tolerance; --clip-grad low
-// enough to clip every step, so a rank that clipped by its own shard's norm would stand out; small
-// buckets, so gradients are reduced in many buckets while backward runs.
-train::TrainOptions tiny_run(const std::string& data, const std::string& out, int64_t batch) {
-  train::TrainOptions o = train::recipe_for("deit3_tiny");
-  o.model.patch = 4;
-  o.model.dim = 16;
-  o.model.depth = 2;
-  o.model.heads = 2;
-  o.model.input_size = 8;
-  o.data_dir = data;
-  o.output_dir = out;
-  o.epochs = 1;
-  o.batch_size = batch;
-  o.warmup_epochs = 0;
-  o.mixup = 0;
-  o.cutmix = 0;
-  o.drop_path = 0;
-  o.repeated_aug = false;
-  o.clip_grad = 0.05;
-  o.bucket_mb = 4.0 / 1024;  // 4 KiB
-  o.workers = 1;
-  o.progress = false;
-  return o;
-}
-
-using Tensors = std::map<std::string, std::vector<double>>;
-
-Tensors read_tensors(const NamedTensors& named) {
-  Tensors out;
-  for (const auto& [name, t] : named) out[name] = t.to_vector<double>();
-  return out;
-}
-
-Tensors model_of(const std::string& checkpoint) {
-  return read_tensors(model::read_checkpoint(checkpoint, false).model);
-}
-
-double norm(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x * x;
-  return std::sqrt(s);
-}
-
-// The largest per-tensor relative difference ||a - b|| / ||b||.
-double max_relative_error(const Tensors& a, const Tensors& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0;
-  for (const auto& [name, want] : b) {
-    const std::vector<double>& got = a.at(name);
-    REQUIRE(got.size() == want.size());
-    std::vector<double> diff(got.size());
-    for (size_t i = 0; i < got.size(); ++i) diff[i] = got[i] - want[i];
-    const double scale = norm(want);
-    worst = std::max(worst, scale > 0 ? norm(diff) / scale : norm(diff));
-  }
-  return worst;
-}
 
 }  // namespace
 

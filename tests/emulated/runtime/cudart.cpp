@@ -363,20 +363,36 @@ const char* cudaGetErrorString(cudaError_t error) {
   }
 }
 
+namespace {
+
+// A process of a launched job (mpirun, torchrun, srun) is the GPU of its node that its local rank
+// picks, as the trainer picks one (`--device cuda`); a process on its own is device 0. The devices
+// below it are the other processes' and refused here.
+int this_device() {
+  static const int index = [] {
+    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID"})
+      if (const char* value = std::getenv(name)) return std::max(0, std::atoi(value));
+    return 0;
+  }();
+  return index;
+}
+
+}  // namespace
+
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = this_device() + 1;
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int d) {
-  return record_error(d == 0 ? cudaSuccess : cudaErrorInvalidDevice);
+  return record_error(d == this_device() ? cudaSuccess : cudaErrorInvalidDevice);
 }
 cudaError_t cudaGetDevice(int* d) {
-  *d = 0;
+  *d = this_device();
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int d) {
-  if (d != 0) return record_error(cudaErrorInvalidDevice);
+  if (d != this_device()) return record_error(cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
   std::snprintf(prop->name, sizeof prop->name, "emulated sm_90 device (tests/emulated/runtime)");
   prop->major = 9;
@@ -392,7 +408,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int d) {
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d) {
-  if (d != 0) return record_error(cudaErrorInvalidDevice);
+  if (d != this_device()) return record_error(cudaErrorInvalidDevice);
   switch (attr) {
     case cudaDevAttrMultiProcessorCount:
       *value = 132;

@@ -1,7 +1,7 @@
 // The emulated CUDA device behind the emulated build of the [gpu] tests (tests/emulated/runtime/):
-// the CUDA runtime API (cudart.cpp), cuBLASLt (cublaslt.cpp) and a one-rank NCCL (nccl.cpp)
-// rewritten for the host, with the real kernel source of kernels/cuda/*.cu running on
-// tests/emulated/cuda_emulator.h. This header is what those files share.
+// the CUDA runtime API (cudart.cpp), cuBLASLt (cublaslt.cpp) and NCCL (nccl.cpp: one rank, or
+// several over MPI) rewritten for the host, with the real kernel source of kernels/cuda/*.cu
+// running on tests/emulated/cuda_emulator.h. This header is what those files share.
 //
 // What the emulated device does as a GPU would, so that host code (engine, model, trainer) that
 // is wrong for a GPU fails here too:
@@ -34,8 +34,10 @@
 //    only after cudaFuncSetAttribute allows it); errors are returned or left for
 //    cudaGetLastError, per thread, as the runtime does. cudaEventQuery answers "not ready" once
 //    for work still queued, then runs it.
-// One device, sm_90 with an H200's sizes. Every API call holds one lock, so host threads take
-// turns; kernels run on the thread that waits for them.
+// One device per process, sm_90 with an H200's sizes: device 0, or in a launched job the one its
+// local rank picks (cudart.cpp), so that the ranks of `mpirun -np 2` are two GPUs of one node.
+// Every API call holds one lock, so host threads take turns; kernels run on the thread that waits
+// for them.
 #pragma once
 #include <cuda_runtime.h>
 

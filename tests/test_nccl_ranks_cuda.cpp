@@ -1,0 +1,175 @@
+// Data parallelism over NCCL between the two processes of `mpirun -np 2`, one GPU each (the one
+// its local rank picks): the collectives give every rank (or each tensor's owner) the reduction of
+// both ranks' values, and two ranks with batch b train like one process with batch 2b, with
+// sharded optimizer state (--zero) too. Every rank of the job must run these cases, so they are
+// hidden from the other entries: CI runs them on two emulated devices (nccl_ranks_emulated,
+// tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are MPI's); on a machine with
+// two GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`.
+#include "engine/comm_check.h"
+
+#if DEIT_HAVE_NCCL && DEIT_HAVE_MPI
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/communicator.h"
+#include "engine/rng.h"
+#include "tests/test_distributed_helpers.h"
+
+using namespace deit;
+using namespace deit::test;
+
+namespace {
+
+Device this_gpu() { return Device::cuda(detect_rendezvous().local_rank); }
+
+std::unique_ptr<Communicator> nccl_ranks() {
+  auto comm = make_communicator(this_gpu(), detect_rendezvous());
+  REQUIRE(std::string(comm->backend()) == "nccl");
+  REQUIRE(comm->world_size() == 2);
+  return comm;
+}
+
+// Rank `rank`'s input: drawn on the host, so that every rank can make every rank's.
+Tensor host_input(int rank, int64_t n, uint64_t seed) {
+  Rng rng(seed, static_cast<uint64_t>(rank));
+  return Tensor::randn({n}, rng, 1.0, DType::f32);
+}
+
+std::vector<Tensor> inputs_on(Device device, int rank, const std::vector<int64_t>& sizes,
+                              uint64_t seed) {
+  std::vector<Tensor> list;
+  for (size_t i = 0; i < sizes.size(); ++i)
+    list.push_back(host_input(rank, sizes[i], seed + i).to(device));
+  return list;
+}
+
+// Checks `got` (on the device) against the mean over the ranks of host_input(., n, seed).
+void check_mean(const Tensor& got, int world, uint64_t seed) {
+  std::vector<double> mean(got.numel(), 0.0);
+  for (int r = 0; r < world; ++r) {
+    const std::vector<double> x = host_input(r, got.numel(), seed).to_vector<double>();
+    for (size_t i = 0; i < mean.size(); ++i) mean[i] += x[i] / world;
+  }
+  const std::vector<double> values = got.to(Device::cpu()).to_vector<double>();
+  for (size_t i = 0; i < values.size(); ++i)
+    if (std::abs(values[i] - mean[i]) > 1e-6 * (1 + std::abs(mean[i])))
+      FAIL("element " << i << ": " << values[i] << ", expected " << mean[i]);
+}
+
+}  // namespace
+
+TEST_CASE("nccl, two ranks: every collective reduces or spreads both ranks' values",
+          "[mpi][.nccl_ranks]") {
+  auto comm = nccl_ranks();
+  const Device gpu = comm->device();
+  const int world = comm->world_size();
+  const int rank = comm->rank();
+
+  const Tensor one = host_input(rank, 1000, 1).to(gpu);
+  comm->all_reduce_mean(one);
+  check_mean(one, world, 1);
+
+  // In buckets of 1 KiB: some tensors packed together, some alone.
+  const std::vector<int64_t> sizes = {300, 1, 40, 77, 1000};
+  std::vector<Tensor> list = inputs_on(gpu, rank, sizes, 10);
+  comm->all_reduce_mean(list, 1024);
+  for (size_t i = 0; i < list.size(); ++i) check_mean(list[i], world, 10 + i);
+
+  const Tensor from_last = host_input(rank, 500, 20).to(gpu);
+  comm->broadcast(from_last, world - 1);
+  CHECK(from_last.to(Device::cpu()).to_vector<float>() ==
+        host_input(world - 1, 500, 20).to_vector<float>());
+
+  // Gradient buckets on the communication stream: all-reduced, and reduce-scattered to owners
+  // (rank 0 the first two tensors, rank 1 the rest), through the scratch and where they lie.
+  const std::vector<int> owners = {0, 0, 1, 1, 1};
+  const Tensor scratch = Tensor::empty({1418}, DType::f32, gpu);
+  std::vector<Tensor> reduced = inputs_on(gpu, rank, sizes, 30);
+  std::vector<Tensor> scattered = inputs_on(gpu, rank, sizes, 40);
+  const Tensor home = Tensor::empty({1418}, DType::f32, gpu);
+  std::vector<Tensor> homed;
+  int64_t offset = 0;
+  for (const Tensor& t : inputs_on(gpu, rank, sizes, 50)) {
+    homed.push_back(home.slice(offset, offset + t.numel()));
+    homed.back().copy_from(t);
+    offset += t.numel();
+  }
+  comm->start_bucket_mean(reduced, scratch);
+  comm->start_bucket_mean(scattered, scratch, owners);  // after the last: the scratch is free
+  comm->start_bucket_mean(homed, home, owners);
+  comm->finish_buckets();
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    INFO("tensor " << i);
+    check_mean(reduced[i], world, 30 + i);
+    if (owners[i] != rank) continue;
+    check_mean(scattered[i], world, 40 + i);
+    check_mean(homed[i], world, 50 + i);
+  }
+
+  // Each owner's tensors to every rank, in buckets of 1 KiB and in one.
+  for (size_t bucket_bytes : {size_t{1024}, Communicator::kDefaultBucketBytes}) {
+    INFO("buckets of " << bucket_bytes << " bytes");
+    std::vector<Tensor> gathered = inputs_on(gpu, rank, sizes, 60);
+    comm->all_gather(gathered, owners, bucket_bytes);
+    for (size_t i = 0; i < sizes.size(); ++i)
+      CHECK(gathered[i].to(Device::cpu()).to_vector<float>() ==
+            host_input(owners[i], sizes[i], 60 + i).to_vector<float>());
+  }
+
+  std::vector<double> metrics = {rank + 1.0, 0.5};
+  comm->all_reduce_sum(metrics);
+  CHECK(metrics == std::vector<double>{3.0, 1.0});
+  comm->barrier();
+}
+
+TEST_CASE("nccl, two ranks with batch b train like one process with batch 2b, with --zero too",
+          "[mpi][.nccl_ranks]") {
+  auto comm = nccl_ranks();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+  // tiny_run's model at shapes the CUDA kernels take (head dim 32).
+  auto cuda_run = [&](const std::string& out, int64_t batch) {
+    train::TrainOptions o = tiny_run(data, dir.file(out), batch);
+    o.device = this_gpu().str();
+    o.model.dim = 64;
+    o.model.input_size = 16;
+    o.model.patch = 8;
+    return o;
+  };
+
+  const train::TrainSummary two = train::train(cuda_run("two", 4), *comm);
+  train::TrainOptions zero_options = cuda_run("zero", 4);
+  zero_options.zero = true;
+  const train::TrainSummary zero = train::train(zero_options, *comm);
+  CHECK(two.world_size == 2);
+  CHECK(two.last.images == 3);  // each validation image once, on one rank or the other
+  CHECK(zero.last.images == 3);
+
+  if (comm->rank() == 0) {
+    const auto alone = make_communicator(this_gpu(), Rendezvous{});
+    const train::TrainSummary one = train::train(cuda_run("one", 8), *alone);
+    CHECK(two.last.loss == Approx(one.last.loss).epsilon(1e-4));
+    const Tensors reference = model_of(dir.file("one/checkpoint.safetensors"));
+    const double replicated =
+        max_relative_error(model_of(dir.file("two/checkpoint.safetensors")), reference);
+    const double sharded =
+        max_relative_error(model_of(dir.file("zero/checkpoint.safetensors")), reference);
+    std::printf(
+        "CUDA, 2 ranks x batch 4 vs 1 process x batch 8, 3 LAMB steps: largest per-tensor "
+        "relative weight difference %.3g (replicated), %.3g (--zero)\n",
+        replicated, sharded);
+    CHECK(replicated < 1e-4);
+    CHECK(sharded < 1e-4);
+
+    // The comparison means something: the steps moved the weights far more than the tolerance.
+    train::TrainOptions untrained = cuda_run("init", 8);
+    untrained.lr = 1e-30;
+    train::train(untrained, *alone);
+    CHECK(max_relative_error(model_of(dir.file("init/checkpoint.safetensors")), reference) > 1e-2);
+  }
+}
+#endif
