@@ -1,10 +1,10 @@
 // Data parallelism over NCCL between the two processes of `mpirun -np 2`, one GPU each (the one
 // its local rank picks): the collectives give every rank (or each tensor's owner) the reduction of
-// both ranks' values, and two ranks with batch b train like one process with batch 2b, with
-// sharded optimizer state (--zero) too. Every rank of the job must run these cases, so they are
-// hidden from the other entries: CI runs them on two emulated devices (nccl_ranks_emulated,
-// tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are MPI's); on a machine with
-// two GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`.
+// both ranks' values, two ranks with batch b train like one process with batch 2b, with sharded
+// optimizer state (--zero) too, and `deit bench step` times the buckets. Every rank of the job must
+// run these cases, so they are hidden from the other entries: CI runs them on two emulated devices
+// (nccl_ranks_emulated, tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are MPI's);
+// on a machine with two GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`.
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL && DEIT_HAVE_MPI
@@ -15,8 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "bench/step_bench.h"
 #include "engine/communicator.h"
 #include "engine/rng.h"
+#include "model/config.h"
 #include "tests/test_distributed_helpers.h"
 
 using namespace deit;
@@ -128,6 +130,9 @@ TEST_CASE("nccl, two ranks: every collective reduces or spreads both ranks' valu
 
 TEST_CASE("nccl, two ranks with batch b train like one process with batch 2b, with --zero too",
           "[mpi][.nccl_ranks]") {
+  // Also with micro-batches of b / 2 (--accum-steps 2: the first one's gradients stay in their
+  // homes until the second's reduction), and with the steps after the first replayed as one CUDA
+  // graph, whose captured buckets must reduce across the ranks as the eager ones do.
   auto comm = nccl_ranks();
   const SharedDir dir(*comm);
   const std::string data = write_dataset(*comm, dir.file("data"));
@@ -145,6 +150,15 @@ TEST_CASE("nccl, two ranks with batch b train like one process with batch 2b, wi
   train::TrainOptions zero_options = cuda_run("zero", 4);
   zero_options.zero = true;
   const train::TrainSummary zero = train::train(zero_options, *comm);
+  train::TrainOptions accum_options = cuda_run("accum", 2);
+  accum_options.accum_steps = 2;
+  train::train(accum_options, *comm);
+  for (const bool sharded : {false, true}) {
+    train::TrainOptions graph_options = cuda_run(sharded ? "zero_graph" : "graph", 4);
+    graph_options.zero = sharded;
+    graph_options.cuda_graph = true;
+    train::train(graph_options, *comm);
+  }
   CHECK(two.world_size == 2);
   CHECK(two.last.images == 3);  // each validation image once, on one rank or the other
   CHECK(zero.last.images == 3);
@@ -158,12 +172,21 @@ TEST_CASE("nccl, two ranks with batch b train like one process with batch 2b, wi
         max_relative_error(model_of(dir.file("two/checkpoint.safetensors")), reference);
     const double sharded =
         max_relative_error(model_of(dir.file("zero/checkpoint.safetensors")), reference);
+    const double accumulated =
+        max_relative_error(model_of(dir.file("accum/checkpoint.safetensors")), reference);
     std::printf(
         "CUDA, 2 ranks x batch 4 vs 1 process x batch 8, 3 LAMB steps: largest per-tensor "
-        "relative weight difference %.3g (replicated), %.3g (--zero)\n",
-        replicated, sharded);
+        "relative weight difference %.3g (replicated), %.3g (--zero), %.3g (2 micro-batches of "
+        "2)\n",
+        replicated, sharded, accumulated);
     CHECK(replicated < 1e-4);
     CHECK(sharded < 1e-4);
+    CHECK(accumulated < 1e-4);
+    // Replayed, each step is the eager one's.
+    CHECK(max_relative_error(model_of(dir.file("graph/checkpoint.safetensors")),
+                             model_of(dir.file("two/checkpoint.safetensors"))) < 1e-6);
+    CHECK(max_relative_error(model_of(dir.file("zero_graph/checkpoint.safetensors")),
+                             model_of(dir.file("zero/checkpoint.safetensors"))) < 1e-6);
 
     // The comparison means something: the steps moved the weights far more than the tolerance.
     train::TrainOptions untrained = cuda_run("init", 8);
@@ -171,5 +194,34 @@ TEST_CASE("nccl, two ranks with batch b train like one process with batch 2b, wi
     train::train(untrained, *alone);
     CHECK(max_relative_error(model_of(dir.file("init/checkpoint.safetensors")), reference) > 1e-2);
   }
+}
+
+TEST_CASE("nccl, two ranks: deit bench step times the buckets, eager and replayed",
+          "[mpi][.nccl_ranks]") {
+  auto comm = nccl_ranks();
+  bench::StepBenchOptions o;
+  o.model_name = "deit3_tiny";
+  o.model = model::preset("deit3_tiny");
+  o.model.depth = 2;
+  o.model.dim = 64;
+  o.model.heads = 2;
+  o.model.patch = 8;
+  o.model.input_size = 16;
+  o.batch_size = 4;
+  o.warmup = 1;
+  o.steps = 2;
+  o.profile_steps = 0;
+  o.cuda_graph = true;
+  const bench::StepReport r = bench::run_step_benchmark(o, *comm);
+  CHECK(r.world_size == 2);
+  CHECK(r.comm_backend == "nccl");
+  CHECK(r.comm_measured_by == "bucket events");
+  REQUIRE(r.comm_total_ms.has_value());
+  CHECK(*r.comm_total_ms > 0);
+  REQUIRE(r.comm_exposed_ms.has_value());
+  CHECK(*r.comm_exposed_ms >= 0);
+  INFO(r.graph_error);
+  CHECK(r.graph_error.empty());
+  CHECK(r.graph_step_ms.has_value());
 }
 #endif
