@@ -76,7 +76,7 @@ double ShardedOptimizer::step() {
   if (!sharded_) return local_->step();
   if (local_->on_cuda()) {
     // The norm of every rank's gradients (sum_grad_squares_with), the same on every rank: a
-    // non-finite one throws on every rank alike, before any broadcast.
+    // non-finite one throws on every rank alike, before the all-gather.
     const double grad_norm = local_->step();
     gather_updates();
     return grad_norm;
