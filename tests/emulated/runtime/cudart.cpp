@@ -365,14 +365,13 @@ const char* cudaGetErrorString(cudaError_t error) {
 
 namespace {
 
-// A process of a launched job (mpirun, torchrun, srun) is the GPU of its node that its local rank
-// picks, as the trainer picks one (`--device cuda`); a process on its own is device 0. The devices
-// below it are the other processes' and refused here.
+// A process of an mpirun job (the emulated NCCL of several ranks runs over MPI, nccl.cpp) is the
+// GPU of its node that its local rank picks, as the trainer picks one (`--device cuda`); any other
+// process is device 0. The devices below it are the other processes' and refused here.
 int this_device() {
   static const int index = [] {
-    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID"})
-      if (const char* value = std::getenv(name)) return std::max(0, std::atoi(value));
-    return 0;
+    const char* local_rank = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    return local_rank ? std::max(0, std::atoi(local_rank)) : 0;
   }();
   return index;
 }

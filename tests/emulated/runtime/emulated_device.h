@@ -34,7 +34,7 @@
 //    only after cudaFuncSetAttribute allows it); errors are returned or left for
 //    cudaGetLastError, per thread, as the runtime does. cudaEventQuery answers "not ready" once
 //    for work still queued, then runs it.
-// One device per process, sm_90 with an H200's sizes: device 0, or in a launched job the one its
+// One device per process, sm_90 with an H200's sizes: device 0, or in an mpirun job the one its
 // local rank picks (cudart.cpp), so that the ranks of `mpirun -np 2` are two GPUs of one node.
 // Every API call holds one lock, so host threads take turns; kernels run on the thread that waits
 // for them.
