@@ -3,8 +3,8 @@
 // both ranks' values, two ranks with batch b train like one process with batch 2b, with sharded
 // optimizer state (--zero) too, and `deit bench step` times the buckets. Every rank of the job must
 // run these cases, so they are hidden from the other entries: CI runs them on two emulated devices
-// (nccl_ranks_emulated, tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are MPI's);
-// on a machine with two GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`.
+// (nccl_ranks_emulated_*, tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are
+// MPI's); on a machine with two GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`.
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL && DEIT_HAVE_MPI
