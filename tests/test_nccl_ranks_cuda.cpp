@@ -63,6 +63,16 @@ void check_mean(const Tensor& got, int world, uint64_t seed) {
       FAIL("element " << i << ": " << values[i] << ", expected " << mean[i]);
 }
 
+// tiny_run's model at shapes the CUDA kernels take (head dim 32), on this rank's GPU.
+train::TrainOptions cuda_tiny_run(const std::string& data, const std::string& out, int64_t batch) {
+  train::TrainOptions o = tiny_run(data, out, batch);
+  o.device = this_gpu().str();
+  o.model.dim = 64;
+  o.model.input_size = 16;
+  o.model.patch = 8;
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("nccl, two ranks: every collective reduces or spreads both ranks' values",
@@ -137,14 +147,8 @@ TEST_CASE("nccl, two ranks with batch b train like one process with batch 2b, wi
   auto comm = nccl_ranks();
   const SharedDir dir(*comm);
   const std::string data = write_dataset(*comm, dir.file("data"));
-  // tiny_run's model at shapes the CUDA kernels take (head dim 32).
   auto cuda_run = [&](const std::string& out, int64_t batch) {
-    train::TrainOptions o = tiny_run(data, dir.file(out), batch);
-    o.device = this_gpu().str();
-    o.model.dim = 64;
-    o.model.input_size = 16;
-    o.model.patch = 8;
-    return o;
+    return cuda_tiny_run(data, dir.file(out), batch);
   };
 
   const train::TrainSummary two = train::train(cuda_run("two", 4), *comm);
@@ -173,6 +177,11 @@ TEST_CASE("nccl, two ranks with batch b train like one process with batch 2b, wi
         max_relative_error(model_of(dir.file("two/checkpoint.safetensors")), reference);
     const double sharded =
         max_relative_error(model_of(dir.file("zero/checkpoint.safetensors")), reference);
+    // The sharded moments, gathered to rank 0 over NCCL for the checkpoint, are the replicated.
+    CHECK(max_relative_error(
+              read_tensors(model::read_checkpoint(dir.file("zero/checkpoint.safetensors")).extra),
+              read_tensors(model::read_checkpoint(dir.file("two/checkpoint.safetensors")).extra)) <
+          1e-4);
     const double accumulated =
         max_relative_error(model_of(dir.file("accum/checkpoint.safetensors")), reference);
     std::printf(
@@ -194,6 +203,34 @@ TEST_CASE("nccl, two ranks with batch b train like one process with batch 2b, wi
     untrained.lr = 1e-30;
     train::train(untrained, *alone);
     CHECK(max_relative_error(model_of(dir.file("init/checkpoint.safetensors")), reference) > 1e-2);
+  }
+}
+
+TEST_CASE("nccl, two ranks: a --zero run resumes without it where it stopped",
+          "[mpi][.nccl_ranks]") {
+  auto comm = nccl_ranks();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+  train::TrainOptions whole = cuda_tiny_run(data, dir.file("whole"), 4);
+  whole.epochs = 2;
+  whole.zero = true;
+  train::train(whole, *comm);
+  train::TrainOptions first = whole;
+  first.output_dir = dir.file("first");
+  first.epochs = 1;
+  train::train(first, *comm);
+  train::TrainOptions rest = whole;
+  rest.output_dir = dir.file("rest");
+  rest.zero = false;  // the checkpoint's optimizer state is whole, whoever held which part
+  rest.resume = dir.file("first/checkpoint.safetensors");
+  CHECK(train::train(rest, *comm).epochs_run == 1);
+  if (comm->rank() == 0) {
+    const model::Checkpoint a = model::read_checkpoint(dir.file("whole/checkpoint.safetensors"));
+    const model::Checkpoint b = model::read_checkpoint(dir.file("rest/checkpoint.safetensors"));
+    // The second epoch's clipping norm is summed from the shares with --zero, whole without.
+    CHECK(max_relative_error(read_tensors(b.model), read_tensors(a.model)) < 1e-5);
+    CHECK(max_relative_error(read_tensors(b.extra), read_tensors(a.extra)) < 1e-4);
+    CHECK(b.state.at("world_size") == 2);
   }
 }
 
