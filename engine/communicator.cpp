@@ -51,34 +51,42 @@ bool lie_packed_in(const std::vector<Tensor>& tensors, const Tensor& flat) {
   return true;
 }
 
+// Which tensors of a bucket a collective reads, or writes, in the packed buffer (by index into the
+// list given); empty: every one.
+using TensorFilter = std::function<bool(size_t)>;
+
 // Runs `collective` on one bucket as one flat tensor: a lone tensor as a view of itself; several
-// packed into `flat` (of their total size), and unpacked afterwards.
+// packed into `flat` (of their total size), and unpacked afterwards: those of `packed`, and of
+// `unpacked`.
 void run_bucket(const std::vector<Tensor>& tensors, const Tensor& flat,
-                const std::function<void(const Tensor&)>& collective) {
+                const std::function<void(const Tensor&)>& collective,
+                const TensorFilter& packed = {}, const TensorFilter& unpacked = {}) {
   if (tensors.size() == 1) {
     collective(tensors[0].view({tensors[0].numel()}));
     return;
   }
   int64_t offset = 0;
-  for (const Tensor& t : tensors) {
-    const int64_t n = t.numel();
-    flat.slice(offset, offset + n).copy_from(t.view({n}));
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const int64_t n = tensors[i].numel();
+    if (!packed || packed(i)) flat.slice(offset, offset + n).copy_from(tensors[i].view({n}));
     offset += n;
   }
   collective(flat);
   offset = 0;
-  for (const Tensor& t : tensors) {
-    const int64_t n = t.numel();
-    t.view({n}).copy_from(flat.slice(offset, offset + n));
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const int64_t n = tensors[i].numel();
+    if (!unpacked || unpacked(i)) tensors[i].view({n}).copy_from(flat.slice(offset, offset + n));
     offset += n;
   }
 }
 
 // Runs `collective` on each bucket of `tensors` (plan_buckets) with run_bucket, packing groups
-// into scratch memory of their size. The collective is given the bucket's indices into `tensors`.
+// into scratch memory of their size. The collective is given the bucket's indices into `tensors`,
+// and so are the filters.
 void for_each_bucket(
     const std::vector<Tensor>& tensors, size_t bucket_bytes, Device device,
-    const std::function<void(const Tensor& flat, const std::vector<size_t>& group)>& collective) {
+    const std::function<void(const Tensor& flat, const std::vector<size_t>& group)>& collective,
+    const TensorFilter& packed = {}, const TensorFilter& unpacked = {}) {
   for (const std::vector<size_t>& group : plan_buckets(tensors, bucket_bytes)) {
     std::vector<Tensor> bucket;
     for (size_t i : group) bucket.push_back(tensors[i]);
@@ -87,7 +95,13 @@ void for_each_bucket(
     const Tensor flat = bucket.size() == 1
                             ? Tensor()
                             : Tensor::empty({total}, bucket.front().dtype(), device);
-    run_bucket(bucket, flat, [&](const Tensor& f) { collective(f, group); });
+    auto in_group = [&group](const TensorFilter& filter) -> TensorFilter {
+      if (!filter) return {};
+      return [&group, &filter](size_t i) { return filter(group[i]); };
+    };
+    run_bucket(
+        bucket, flat, [&](const Tensor& f) { collective(f, group); }, in_group(packed),
+        in_group(unpacked));
   }
 }
 
@@ -246,10 +260,14 @@ void Communicator::all_gather(const std::vector<Tensor>& tensors, const std::vec
   for (const Tensor& t : tensors) check_tensor(t, "all_gather");
   runs_of(tensors, owners, "all_gather");
   if (collectives_are_noops()) return;
+  // A rank packs only its own tensors and unpacks only the others': the collective overwrites
+  // every other run of the packed buffer, and leaves its own as it was.
   for_each_bucket(
-      tensors, bucket_bytes, device_, [&](const Tensor& flat, const std::vector<size_t>& group) {
+      tensors, bucket_bytes, device_,
+      [&](const Tensor& flat, const std::vector<size_t>& group) {
         all_gather_flat(flat, runs_of(pick(tensors, group), pick(owners, group), "all_gather"));
-      });
+      },
+      [&](size_t i) { return owners[i] == rank_; }, [&](size_t i) { return owners[i] != rank_; });
   for (const Tensor& t : tensors) t.refresh_bf16_copy();
 }
 
