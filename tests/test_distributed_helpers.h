@@ -97,6 +97,27 @@ inline train::TrainOptions tiny_run(const std::string& data, const std::string& 
   return o;
 }
 
+// Under `dir`: "whole", 2 epochs of `run` with --zero; "first", its first epoch alone; "rest",
+// the second epoch resumed from first's checkpoint without --zero (the checkpoint's optimizer
+// state is whole, whoever held which part). Returns rest's summary.
+inline train::TrainSummary train_resumed_across_zero(const train::TrainOptions& run,
+                                                     const SharedDir& dir, Communicator& comm) {
+  train::TrainOptions whole = run;
+  whole.output_dir = dir.file("whole");
+  whole.epochs = 2;
+  whole.zero = true;
+  train::train(whole, comm);
+  train::TrainOptions first = whole;
+  first.output_dir = dir.file("first");
+  first.epochs = 1;
+  train::train(first, comm);
+  train::TrainOptions rest = whole;
+  rest.output_dir = dir.file("rest");
+  rest.zero = false;
+  rest.resume = dir.file("first/checkpoint.safetensors");
+  return train::train(rest, comm);
+}
+
 using Tensors = std::map<std::string, std::vector<double>>;
 
 inline Tensors read_tensors(const NamedTensors& named) {

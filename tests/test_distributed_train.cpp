@@ -209,21 +209,8 @@ TEST_CASE("mpi: a run resumes with the same number of ranks, across --zero, and 
   const SharedDir dir(*comm);
   const std::string data = write_dataset(*comm, dir.file("data"));
 
-  train::TrainOptions whole = tiny_run(data, dir.file("whole"), 4);
-  whole.epochs = 2;
-  whole.zero = true;
-  train::train(whole, *comm);
-
-  train::TrainOptions first = whole;
-  first.output_dir = dir.file("first");
-  first.epochs = 1;
-  train::train(first, *comm);
-  train::TrainOptions rest = whole;
-  rest.output_dir = dir.file("rest");
-  rest.zero = false;  // the checkpoint's optimizer state is whole, whoever held which part
-  rest.resume = dir.file("first/checkpoint.safetensors");
-  const train::TrainSummary resumed = train::train(rest, *comm);
-  CHECK(resumed.epochs_run == 1);
+  const train::TrainOptions run = tiny_run(data, dir.file("run"), 4);
+  CHECK(train_resumed_across_zero(run, dir, *comm).epochs_run == 1);
 
   if (comm->rank() == 0) {
     const model::Checkpoint a = model::read_checkpoint(dir.file("whole/checkpoint.safetensors"));
@@ -232,8 +219,10 @@ TEST_CASE("mpi: a run resumes with the same number of ranks, across --zero, and 
     CHECK(read_tensors(a.extra) == read_tensors(b.extra));
     CHECK(b.state.at("world_size") == 2);
 
-    train::TrainOptions other_world = rest;
+    train::TrainOptions other_world = run;
     other_world.output_dir = dir.file("one");
+    other_world.epochs = 2;
+    other_world.resume = dir.file("first/checkpoint.safetensors");
     CHECK_THROWS_WITH(train::train(other_world, *alone()),
                       Catch::Contains("run of 2 process(es), this run has 1") &&
                           Catch::Contains("first/checkpoint.safetensors"));

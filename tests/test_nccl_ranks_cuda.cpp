@@ -211,19 +211,8 @@ TEST_CASE("nccl, two ranks: a --zero run resumes without it where it stopped",
   auto comm = nccl_ranks();
   const SharedDir dir(*comm);
   const std::string data = write_dataset(*comm, dir.file("data"));
-  train::TrainOptions whole = cuda_tiny_run(data, dir.file("whole"), 4);
-  whole.epochs = 2;
-  whole.zero = true;
-  train::train(whole, *comm);
-  train::TrainOptions first = whole;
-  first.output_dir = dir.file("first");
-  first.epochs = 1;
-  train::train(first, *comm);
-  train::TrainOptions rest = whole;
-  rest.output_dir = dir.file("rest");
-  rest.zero = false;  // the checkpoint's optimizer state is whole, whoever held which part
-  rest.resume = dir.file("first/checkpoint.safetensors");
-  CHECK(train::train(rest, *comm).epochs_run == 1);
+  CHECK(train_resumed_across_zero(cuda_tiny_run(data, dir.file("run"), 4), dir, *comm).epochs_run ==
+        1);
   if (comm->rank() == 0) {
     const model::Checkpoint a = model::read_checkpoint(dir.file("whole/checkpoint.safetensors"));
     const model::Checkpoint b = model::read_checkpoint(dir.file("rest/checkpoint.safetensors"));
