@@ -194,22 +194,17 @@ void Communicator::all_reduce_mean(std::vector<double>& values) { reduce(values,
 void Communicator::start_bucket_mean(const std::vector<Tensor>& tensors, const Tensor& scratch,
                                      const std::vector<int>& owners) {
   for (const Tensor& t : tensors) check_tensor(t, "start_bucket_mean");
-  if (!owners.empty()) runs_of(tensors, owners, "start_bucket_mean");
-  // The tensors with elements (the empty ones have nothing to reduce) and their owners.
-  std::vector<Tensor> bucket;
-  std::vector<int> bucket_owners;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    if (tensors[i].numel() == 0) continue;
-    bucket.push_back(tensors[i]);
-    if (!owners.empty()) bucket_owners.push_back(owners[i]);
-  }
+  // The empty tensors add nothing to their owner's run, and are left out of the packing.
+  const std::vector<int64_t> counts =
+      owners.empty() ? std::vector<int64_t>() : runs_of(tensors, owners, "start_bucket_mean");
+  std::vector<Tensor> bucket;  // the tensors with elements: the empty ones have nothing to reduce
+  for (const Tensor& t : tensors)
+    if (t.numel() > 0) bucket.push_back(t);
   if (bucket.empty()) return;
   for (const Tensor& t : bucket)
     if (t.dtype() != bucket.front().dtype())
       throw std::invalid_argument("start_bucket_mean: a bucket of " + bucket.front().describe() +
                                   " and " + t.describe() + " (one dtype per bucket)");
-  const std::vector<int64_t> counts =
-      owners.empty() ? std::vector<int64_t>() : runs_of(bucket, bucket_owners, "start_bucket_mean");
   if (bucket.size() == 1) {
     start_bucket(bucket, Tensor(), ReduceOp::mean, counts);
     return;
