@@ -9,9 +9,7 @@
 // its CTest entry passes when the job then ends with rank 1's error rather than hanging. By hand:
 //   mpirun -np 2 build/tests/deit_tests "[mpi]~[.]"
 #include <catch2/catch.hpp>
-#include <cmath>
 #include <cstdio>
-#include <exception>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -19,7 +17,6 @@
 #include <string>
 #include <vector>
 
-#include "data/synthetic.h"
 #include "engine/autograd.h"
 #include "engine/communicator.h"
 #include "engine/gradient_reducer.h"
