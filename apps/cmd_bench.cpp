@@ -115,6 +115,7 @@ struct StepOptions {
   bool cuda_graph = false;
   bool recompute_gelu = false;
   bool grad_checkpointing = false;
+  bool zero = false;
   bool json = false;
 };
 
@@ -122,10 +123,10 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
   const bench::StepBenchOptions& o = r.options;
   const std::string where =
       r.device == r.device_name ? r.device : r.device + " (" + r.device_name + ")";
-  std::printf("%s at %lld px, batch %lld per process, %d process%s on %s, %s, %s\n",
+  std::printf("%s at %lld px, batch %lld per process, %d process%s on %s, %s, %s%s\n",
               o.model_name.c_str(), (long long)o.model.input_size, (long long)o.batch_size,
               r.world_size, r.world_size == 1 ? "" : "es", where.c_str(), r.precision.c_str(),
-              o.opt.c_str());
+              o.opt.c_str(), r.sharded ? " with its state sharded (ZeRO-1)" : "");
   std::printf("step          %9.2f ms  (forward %.2f, backward %.2f, optimizer %.2f; mean of %d "
               "after %d warm-up)\n",
               r.step_ms, r.forward_ms, r.backward_ms, r.optimizer_ms, j["timed_steps"].get<int>(),
@@ -153,10 +154,16 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
     std::printf("  %-32s %9.3f ms\n", "(outside ops)", j["other_ms"].get<double>());
   }
   if (r.comm_total_ms)
-    std::printf("communication %9.2f ms per step (%s, by %s), %.2f ms not hidden behind "
-                "backward\n",
-                *r.comm_total_ms, r.comm_backend.c_str(), r.comm_measured_by.c_str(),
-                *r.comm_exposed_ms);
+    std::printf(
+        "communication %9.2f ms per step (%s %s, by %s), %.2f ms not hidden behind "
+        "backward\n",
+        *r.comm_total_ms, r.comm_backend.c_str(), j["comm"]["reduction"].get<std::string>().c_str(),
+        r.comm_measured_by.c_str(), *r.comm_exposed_ms);
+  if (r.all_gather_ms)
+    std::printf(
+        "all-gather    %9.2f ms per step (the updated parameters, after the optimizer: "
+        "none of it hidden)\n",
+        *r.all_gather_ms);
 }
 
 void run_step(const StepOptions& o) {
@@ -176,6 +183,7 @@ void run_step(const StepOptions& o) {
   options.cuda_graph = o.cuda_graph;
   options.recompute_gelu = o.recompute_gelu;
   options.grad_checkpointing = o.grad_checkpointing;
+  options.zero = o.zero;
   if (options.batch_size < 1)
     throw std::invalid_argument("--batch-size must be at least 1, got " +
                                 std::to_string(options.batch_size));
@@ -190,6 +198,10 @@ void run_step(const StepOptions& o) {
   if (o.cuda_graph && !parse_device(device).is_cuda())
     throw std::invalid_argument("--cuda-graph needs --device cuda (got " + device + ")");
   const std::unique_ptr<Communicator> comm = make_communicator(parse_device(device), rendezvous);
+  if (o.zero && comm->collectives_are_noops())
+    std::fprintf(stderr,
+                 "bench step: --zero shards the optimizer state over several processes; "
+                 "in one there is nothing to shard, and the step is timed unsharded\n");
   const bench::StepReport report = bench::run_step_benchmark(options, *comm);
   if (comm->rank() != 0) return;
   const nlohmann::ordered_json j = bench::to_json(report);
@@ -247,6 +259,10 @@ void add_bench_command(CLI::App& app) {
   step->add_flag("--grad-checkpointing", s->grad_checkpointing,
                  "Recompute every block's forward in backward, as deit train "
                  "--grad-checkpointing does");
+  step->add_flag("--zero", s->zero,
+                 "Shard the optimizer state over the processes, as deit train --zero does "
+                 "(gradients reduce-scattered, updates all-gathered; the all-gather is timed "
+                 "too)");
   step->add_flag("--cuda-graph", s->cuda_graph,
                  "Also time the step captured once as a CUDA graph and replayed (CUDA only)");
   step->add_flag("--json", s->json,

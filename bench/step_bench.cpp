@@ -106,6 +106,43 @@ SyntheticBatch make_batch(const model::ViTConfig& c, int64_t B, Device device, u
   return batch;
 }
 
+// The gradient reduction alone, per step, over buffers the size of the gradients: in buckets as
+// the reducer plans them (in registration order, where the reducer goes backwards: the same
+// sizes), all-reduced, or reduce-scattered to `owners` (a rank per parameter) when sharded.
+double reduction_alone_ms(Communicator& comm, const ParameterRegistry& params,
+                          const std::vector<int>& owners, int steps) {
+  const Device device = comm.device();
+  std::vector<Tensor> gradients;
+  for (const Parameter& p : params.all())
+    gradients.push_back(Tensor::zeros(p.value.shape(), DType::f32, device));
+  const std::vector<std::vector<size_t>> buckets =
+      plan_buckets(gradients, Communicator::kDefaultBucketBytes);
+  int64_t largest = 0;
+  for (const std::vector<size_t>& bucket : buckets) {
+    int64_t numel = 0;
+    for (size_t i : bucket) numel += gradients[i].numel();
+    largest = std::max(largest, numel);
+  }
+  const Tensor scratch = Tensor::zeros({largest}, DType::f32, device);
+  comm.barrier();
+  Marks marks(device);
+  marks.mark();
+  for (int step = 0; step < steps; ++step) {
+    for (const std::vector<size_t>& bucket : buckets) {
+      std::vector<Tensor> tensors;
+      std::vector<int> bucket_owners;
+      for (size_t i : bucket) {
+        tensors.push_back(gradients[i]);
+        if (!owners.empty()) bucket_owners.push_back(owners[i]);
+      }
+      comm.start_bucket_mean(tensors, scratch, bucket_owners);
+    }
+    comm.finish_buckets();
+  }
+  marks.mark();
+  return marks.since_first_ms().back() / steps;
+}
+
 }  // namespace
 
 std::optional<double> known_peak_tflops(const std::string& name) {
@@ -147,8 +184,10 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
   ParameterRegistry& params = vit.parameters();
   OptimizerOptions opt_options;
   opt_options.lr = o.lr;
-  ShardedOptimizer optimizer(o.opt, params, opt_options, comm, /*shard_state=*/false);
-  GradientReducer reducer(params, comm);
+  ShardedOptimizer optimizer(o.opt, params, opt_options, comm, o.zero);
+  r.sharded = optimizer.sharded();
+  GradientReducer reducer(params, comm, Communicator::kDefaultBucketBytes,
+                          optimizer.gradient_owners());
   const SyntheticBatch batch =
       make_batch(o.model, o.batch_size, device, o.seed * 1000 + comm.rank());
   const Tensor grad_loss = Tensor::full({1}, 1.0, DType::f32, device);
@@ -275,16 +314,19 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
       r.comm_measured_by = "step time difference";
       const double local_step_ms = timed_steps(n, false, nullptr);
       r.comm_exposed_ms = std::max(0.0, r.step_ms - local_step_ms);
-      // The reduction alone, over buffers the size of the gradients.
-      std::vector<Tensor> gradients;
-      for (const Parameter& p : params.all())
-        gradients.push_back(Tensor::zeros(p.value.shape(), DType::f32, device));
+      r.comm_total_ms = reduction_alone_ms(comm, params, optimizer.gradient_owners(), n);
+    }
+    if (r.sharded) {
+      // The all-gather alone: after the update, before the next forward, so never hidden. Every
+      // rank holds the same values after a step, so gathering them again changes nothing.
+      std::vector<Tensor> values;
+      for (const Parameter& p : params.all()) values.push_back(p.value);
       comm.barrier();
       Marks marks(device);
       marks.mark();
-      for (int i = 0; i < n; ++i) comm.all_reduce_mean(gradients);
+      for (int i = 0; i < n; ++i) comm.all_gather(values, optimizer.gradient_owners());
       marks.mark();
-      r.comm_total_ms = marks.since_first_ms().back() / n;
+      r.all_gather_ms = marks.since_first_ms().back() / n;
     }
   }
   if (o.cuda_graph) {
@@ -316,6 +358,7 @@ nlohmann::ordered_json to_json(const StepReport& r) {
   j["drop_path"] = o.drop_path;
   j["recompute_gelu"] = o.recompute_gelu;
   j["grad_checkpointing"] = o.grad_checkpointing;
+  j["zero"] = r.sharded;
   j["warmup_steps"] = o.warmup;
   j["timed_steps"] = std::max(1, o.steps);
   j["step_ms"] = r.step_ms;
@@ -354,10 +397,14 @@ nlohmann::ordered_json to_json(const StepReport& r) {
           : nullptr;
   j["graph_error"] = r.graph_error.empty() ? nullptr : nlohmann::ordered_json(r.graph_error);
   if (r.comm_total_ms) {
-    j["comm"] = {{"backend", r.comm_backend},
-                 {"measured_by", r.comm_measured_by},
-                 {"total_ms_per_step", *r.comm_total_ms},
-                 {"exposed_ms_per_step", *r.comm_exposed_ms}};
+    j["comm"] = {
+        {"backend", r.comm_backend},
+        {"measured_by", r.comm_measured_by},
+        {"reduction", r.sharded ? "reduce-scatter" : "all-reduce"},
+        {"total_ms_per_step", *r.comm_total_ms},
+        {"exposed_ms_per_step", *r.comm_exposed_ms},
+        {"all_gather_ms_per_step", r.all_gather_ms ? nlohmann::ordered_json(*r.all_gather_ms)
+                                                   : nlohmann::ordered_json(nullptr)}};
   } else {
     j["comm"] = nullptr;
   }

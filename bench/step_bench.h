@@ -10,6 +10,10 @@
 //   impl                 "deit"
 //   model, input_size, batch_size (per process), world_size, device, device_name, precision,
 //   optimizer, drop_path, recompute_gelu, grad_checkpointing
+//   zero                 whether the optimizer state was sharded (ZeRO-1, --zero): the gradient
+//                        buckets reduce-scattered, the updates all-gathered after the optimizer
+//                        (in phases_ms' optimizer). False in one process without
+//                        DEIT_NCCL_ONE_RANK, where there is nothing to shard
 //   warmup_steps, timed_steps
 //   step_ms              mean time of a timed step (wall clock from the first step's start to the
 //                        last one's end, on the device for CUDA)
@@ -37,14 +41,17 @@
 //   graph_error          --cuda-graph only: why the capture or a replay failed (then the two
 //                        above are null and the eager numbers stand), else null
 //   comm                 several ranks, or one with DEIT_NCCL_ONE_RANK=1 (else null): {backend,
-//                        measured_by, total_ms_per_step, exposed_ms_per_step}: the gradient
-//                        reduction's time and the part of it backward does not hide, per step.
+//                        measured_by, reduction, total_ms_per_step, exposed_ms_per_step,
+//                        all_gather_ms_per_step}: the gradient reduction ("all-reduce", or
+//                        "reduce-scatter" with zero), its time and the part of it backward does
+//                        not hide, per step; and with zero the all-gather of the updated
+//                        parameters alone, which nothing hides (null without zero).
 //                        measured_by "bucket events" (NCCL: Communicator::last_bucket_timing over
 //                        steps of their own): the buckets' busy time on the communication stream,
 //                        beside backward, and how long the compute stream waited for them after it;
 //                        "step time difference" (MPI, whose buckets run on the host): the
-//                        all-reduce of buffers the size of the gradients alone, and step_ms minus
-//                        the step time without the reduction
+//                        reduction of buffers the size of the gradients alone, in the same
+//                        buckets, and step_ms minus the step time without the reduction
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -72,6 +79,7 @@ struct StepBenchOptions {
   bool cuda_graph = false;            // also time the step replayed as a CUDA graph (CUDA only)
   bool recompute_gelu = false;        // VisionTransformer::set_recompute_gelu
   bool grad_checkpointing = false;    // VisionTransformer::set_grad_checkpointing
+  bool zero = false;  // shard the optimizer state as deit train --zero (several ranks)
   uint64_t seed = 0;
 };
 
@@ -96,9 +104,11 @@ struct StepReport {
   double forward_ms = 0, backward_ms = 0, optimizer_ms = 0;
   std::vector<OpShare> breakdown;  // largest first
   double profiled_step_ms = 0;
+  bool sharded = false;  // options.zero, where the collectives run (ShardedOptimizer::sharded)
   std::string comm_backend;
   std::string comm_measured_by;  // "bucket events" or "step time difference" (to_json)
   std::optional<double> comm_total_ms, comm_exposed_ms;
+  std::optional<double> all_gather_ms;  // sharded only
   std::optional<double> graph_step_ms;
   std::string graph_error;  // empty: none
 };

@@ -166,14 +166,16 @@ deit::bench::StepBenchOptions small_step() {
 }  // namespace
 
 #if DEIT_HAVE_NCCL
-TEST_CASE("deit bench step through NCCL on one GPU times the gradient all-reduce",
+TEST_CASE("deit bench step through NCCL on one GPU times the gradient reduction",
           "[gpu][bench][nccl]") {
   deit::bench::StepBenchOptions o = small_step();
   o.profile_steps = 0;
+  // Sharded, the one rank owns everything: a reduce-scatter and an all-gather of one run.
+  o.zero = GENERATE(false, true);
   deit::Rendezvous one_rank;
   one_rank.nccl_one_rank = true;
   const auto comm = deit::make_communicator(deit::Device::cuda(0), one_rank);
-  deit::test::check_bucket_timing(deit::bench::run_step_benchmark(o, *comm));
+  deit::test::check_comm_report(deit::bench::run_step_benchmark(o, *comm), "nccl", o.zero);
 }
 #endif
 

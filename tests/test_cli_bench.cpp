@@ -43,6 +43,7 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
   CHECK(j["drop_path"].get<double>() == 0.0);  // the recipe's rate for deit3_tiny
   CHECK(j["recompute_gelu"] == false);
   CHECK(j["grad_checkpointing"] == false);
+  CHECK(j["zero"] == false);
   CHECK(j["warmup_steps"] == 1);
   CHECK(j["timed_steps"] == 2);
 
@@ -160,6 +161,23 @@ TEST_CASE("deit bench step takes a peak for MFU and the recipe's overrides", "[c
   CHECK(j["optimizer"] == "adamw");
   CHECK(j["drop_path"].get<double>() == 0.5);
   CHECK(j["breakdown"].is_null());
+}
+
+TEST_CASE("deit bench step --zero in one process says it shards nothing", "[cli][bench]") {
+  const CliResult r = run_deit(std::string(kTinyStep) + " --zero --profile-steps 0");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const size_t note = r.output.find(
+      "bench step: --zero shards the optimizer state over several "
+      "processes; in one there is nothing to shard");
+  REQUIRE(note != std::string::npos);
+  // The note is on stderr, on a line of its own; stdout is the one JSON object.
+  const size_t line_end = r.output.find('\n', note);
+  std::string json = r.output;
+  json.erase(note, line_end + 1 - note);
+  const auto j = nlohmann::json::parse(json);
+  CHECK(j["zero"] == false);
+  CHECK(j["comm"].is_null());
 }
 
 TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit",

@@ -2,8 +2,9 @@
 // mpi_tests): the gradient reducer's averages; and end to end, two ranks with batch b step like
 // one process with batch 2b; sharding the optimizer state (ZeRO-1) changes nothing in the result; a
 // run resumes with the same number of ranks (also across --zero and back) and refuses another
-// number clearly. The one-process reference runs in rank 0's process, with a communicator of its
-// own.
+// number clearly; `deit bench step` over the two ranks reports the communication (the step time
+// difference), with --zero too. The one-process reference runs in rank 0's process, with a
+// communicator of its own.
 //
 // The hidden [mpi][.mpi_rank_train_fails] case makes rank 1's training fail while rank 0 trains;
 // its CTest entry passes when the job then ends with rank 1's error rather than hanging. By hand:
@@ -17,12 +18,14 @@
 #include <string>
 #include <vector>
 
+#include "bench/step_bench.h"
 #include "engine/autograd.h"
 #include "engine/communicator.h"
 #include "engine/gradient_reducer.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "model/checkpoint.h"
+#include "tests/step_report_checks.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_distributed_helpers.h"
 #include "train/trainer.h"
@@ -224,6 +227,22 @@ TEST_CASE("mpi: a run resumes with the same number of ranks, across --zero, and 
                       Catch::Contains("run of 2 process(es), this run has 1") &&
                           Catch::Contains("first/checkpoint.safetensors"));
   }
+}
+
+TEST_CASE("mpi: deit bench step over two ranks reports the communication, with --zero too",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  bench::StepBenchOptions o;
+  o.model_name = "deit3_tiny";
+  o.model = tiny_run("", "", 2).model;
+  o.batch_size = 2;
+  o.warmup = 1;
+  o.steps = 2;
+  o.profile_steps = 0;
+  o.zero = GENERATE(false, true);
+  const bench::StepReport r = bench::run_step_benchmark(o, *comm);
+  CHECK(r.world_size == 2);
+  check_comm_report(r, "mpi", o.zero);
 }
 
 TEST_CASE("mpi: a rank whose training fails ends the job", "[mpi][.mpi_rank_train_fails]") {

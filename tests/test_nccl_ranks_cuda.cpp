@@ -1,10 +1,11 @@
 // Data parallelism over NCCL between the two processes of `mpirun -np 2`, one GPU each (the one
 // its local rank picks): the collectives give every rank (or each tensor's owner) the reduction of
 // both ranks' values, two ranks with batch b train like one process with batch 2b, with sharded
-// optimizer state (--zero) too, and `deit bench step` times the buckets. Every rank of the job must
-// run these cases, so they are hidden from the other entries: CI runs them on two emulated devices
-// (nccl_ranks_emulated_*, tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are
-// MPI's); on a machine with two GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`.
+// optimizer state (--zero) too, and `deit bench step` times the buckets (and with --zero the
+// all-gather). Every rank of the job must run these cases, so they are hidden from the other
+// entries: CI runs them on two emulated devices (nccl_ranks_emulated_*,
+// tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are MPI's); on a machine with two
+// GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`.
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL && DEIT_HAVE_MPI
@@ -223,7 +224,7 @@ TEST_CASE("nccl, two ranks: a --zero run resumes without it where it stopped",
   }
 }
 
-TEST_CASE("nccl, two ranks: deit bench step times the buckets, eager and replayed",
+TEST_CASE("nccl, two ranks: deit bench step times the buckets, eager and replayed, --zero too",
           "[mpi][.nccl_ranks]") {
   auto comm = nccl_ranks();
   bench::StepBenchOptions o;
@@ -239,9 +240,10 @@ TEST_CASE("nccl, two ranks: deit bench step times the buckets, eager and replaye
   o.steps = 2;
   o.profile_steps = 0;
   o.cuda_graph = true;
+  o.zero = GENERATE(false, true);
   const bench::StepReport r = bench::run_step_benchmark(o, *comm);
   CHECK(r.world_size == 2);
-  check_bucket_timing(r);
+  check_comm_report(r, "nccl", o.zero);
   INFO(r.graph_error);
   CHECK(r.graph_error.empty());
   CHECK(r.graph_step_ms.has_value());
