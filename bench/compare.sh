@@ -5,7 +5,7 @@
 # column: deit / PyTorch) to bench/results/DATE-GPU-compare.md with the date, GPU, commit and
 # command, and prints it.
 #
-#   bench/compare.sh [--quick | --every-model | --full] [--build DIR] [--deadline SECONDS]
+#   bench/compare.sh [--quick | --every-model | --full | --cpu] [--build DIR] [--deadline SECONDS]
 #
 #   --quick (default) deit3_small and deit3_base at 224, batch 256 per GPU; kernels at ViT-B's
 #           width, 30 runs each. A few minutes on an H200, most of it torch.compile compiling.
@@ -15,17 +15,23 @@
 #           192, H 160), and deit3_huge at 224 with batch 256 and every block recomputed in backward
 #           on both sides (--grad-checkpointing); kernels at every preset width, 100 runs each.
 #           Tens of minutes.
-#   --build the build folder holding `deit` (default build-gpu, what bench/gpu-check.sh builds)
+#   --cpu   no GPU: the step alone, on the CPU in fp32 on both sides (deit's CPU reference path
+#           against PyTorch's CPU kernels), for the demo's model (64 px, batch 64) and deit3_tiny
+#           at 224 (batch 16), 5 timed steps each; no kernels. It runs the whole comparison where
+#           no GPU is, so the scripts are tried before a GPU's minutes are spent on them.
+#   --build the build folder holding `deit` (default build-gpu, what bench/gpu-check.sh builds;
+#           with --cpu, build, what scripts/setup.sh builds)
 #   --deadline  finish within SECONDS: each run's time limit is cut to what is left, a run that
 #           would start with under a minute left is listed as not run, and the report is written
 #           with what finished (a lent GPU machine's minutes are few)
 #
-# Needs the built deit, nvidia-smi, and a python3 with torch and timm; no network, no Debian
-# packages. A run that fails is reported in the table's Failures section; the others go on.
+# Needs the built deit, nvidia-smi (but --cpu), and a python3 with torch and timm (PYTHON, else
+# python3); no network, no Debian packages. A run that fails is reported in the table's Failures
+# section; the others go on.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 mode=quick
-build="build-gpu"
+build=""
 deadline_at=""
 invocation="bench/compare.sh $*"
 while [ $# -gt 0 ]; do
@@ -33,15 +39,24 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --every-model) mode=every-model ;;
     --full) mode=full ;;
+    --cpu) mode=cpu ;;
     --build) build=$2; shift ;;
     --deadline) deadline_at=$(($(date +%s) + ${2:?--deadline needs seconds})); shift ;;
-    *) echo "usage: bench/compare.sh [--quick | --every-model | --full] [--build DIR]" \
+    *) echo "usage: bench/compare.sh [--quick | --every-model | --full | --cpu] [--build DIR]" \
          "[--deadline SECONDS]" >&2
        exit 2 ;;
   esac
   shift
 done
+if [ -z "$build" ]; then
+  build=build-gpu
+  [ "$mode" = cpu ] && build=build
+fi
 deit=$build/deit
+python=${PYTHON:-python3}
+device=cuda
+step_flags=(--cuda-graph)  # deit's only: the step replayed as one graph too
+step_repeats=()            # both sides' --warmup and --steps (default: each side's own)
 if [ ! -x "$deit" ]; then
   echo "compare.sh: no $deit: build deit first (bench/gpu-check.sh does)" >&2
   exit 1
@@ -55,6 +70,11 @@ if [ "$mode" = full ]; then
            "deit3_huge 224 256 --grad-checkpointing")
   kernel_flags=(--full)
   torch_repeats=(--warmup 10 --repeats 100)
+elif [ "$mode" = cpu ]; then
+  configs=("deit3_small 64 64 --dim 96 --depth 4 --heads 3 --num-classes 10" "deit3_tiny 224 16")
+  device=cpu
+  step_flags=()
+  step_repeats=(--warmup 2 --steps 5)
 elif [ "$mode" = every-model ]; then
   configs=("deit3_small 224 256" "deit3_base 224 256" "deit3_large 224 128" "deit3_huge 224 64")
   kernel_flags=(--repeats 20)
@@ -65,8 +85,13 @@ else
   torch_repeats=(--warmup 5 --repeats 30)
 fi
 
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-gpu=${gpu:-unknown GPU}
+if [ "$device" = cpu ]; then
+  gpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+  gpu="${gpu:-unknown CPU}, $(nproc) cores"
+else
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+  gpu=${gpu:-unknown GPU}
+fi
 # A lent GPU machine gets a copy of the working tree without .git: there the caller names the
 # commit (DEIT_COMMIT=$(git rev-parse --short HEAD) in the command it sends).
 if [ -n "${DEIT_COMMIT:-}" ]; then
@@ -122,36 +147,40 @@ except Exception:
 print("" if v is None else v)' "$1" "$2"
 }
 
-record kernels deit 900 "$deit" bench kernels --json "${kernel_flags[@]}"
-if [ "$(cat "$last.rc")" = 0 ]; then
-  record attention torch 900 python3 bench/torch_baseline.py attention --shapes-from "$last.json" \
-    --json "${torch_repeats[@]}"
+if [ "$device" = cuda ]; then
+  record kernels deit 900 "$deit" bench kernels --json "${kernel_flags[@]}"
+  if [ "$(cat "$last.rc")" = 0 ]; then
+    record attention torch 900 "$python" bench/torch_baseline.py attention \
+      --shapes-from "$last.json" --json "${torch_repeats[@]}"
+  fi
 fi
 
 for config in "${configs[@]}"; do
   # $flags stays unquoted below: no words, or several.
   read -r model size batch flags <<<"$config"
-  "$deit" info --model "$model" --input-size "$size" --json >"$work/info.json"
+  "$deit" info --model "$model" --input-size "$size" --json $flags >"$work/info.json"
   gflops=$(field "$work/info.json" train_gflops_per_image)
   # --cuda-graph: the step replayed as one graph too, a row of its own under the model's phases
   # (a failed capture is reported there and spares the eager numbers).
   # --opt adamw: the optimizer PyTorch runs (fused AdamW; torch has no fused LAMB), so that both
   # sides time the same step.
   record step "$config" 900 "$deit" bench step --model "$model" --input-size "$size" \
-    --batch-size "$batch" --device cuda --cuda-graph --opt adamw --json $flags
+    --batch-size "$batch" --device "$device" "${step_flags[@]}" "${step_repeats[@]}" \
+    --opt adamw --json $flags
   # PyTorch runs the model deit ran: its drop-path rate, its FLOP count, its peak for MFU.
   drop_path=$(field "$last.json" drop_path)
   peak=$(field "$last.json" peak_tflops)
-  torch_args=(--model "$model" --input-size "$size" --batch-size "$batch"
-              --drop-path "${drop_path:-0}" --json $flags)
+  torch_args=(--model "$model" --input-size "$size" --batch-size "$batch" --device "$device"
+              --drop-path "${drop_path:-0}" "${step_repeats[@]}" --json $flags)
   [ -n "$gflops" ] && torch_args+=(--train-gflops-per-image "$gflops")
   [ -n "$peak" ] && torch_args+=(--peak-tflops "$peak")
-  record step "$config" 900 python3 bench/torch_baseline.py step "${torch_args[@]}"
-  record step "$config" 1200 python3 bench/torch_baseline.py step "${torch_args[@]}" --compile
+  record step "$config" 900 "$python" bench/torch_baseline.py step "${torch_args[@]}"
+  record step "$config" 1200 "$python" bench/torch_baseline.py step "${torch_args[@]}" --compile
 done
 
 slug=$(echo "$gpu" | tr '[:upper:] ' '[:lower:]-' | tr -cd 'a-z0-9-')
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y-%m-%d)-$slug-compare.md"
-python3 bench/report.py "$work" --gpu "$gpu" --commit "$commit" --command "$invocation" --out "$out"
+python3 bench/report.py "$work" --device "$gpu" --commit "$commit" --command "$invocation" \
+  --out "$out"
 echo "written: $out"

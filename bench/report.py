@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns the runs bench/compare.sh recorded into one Markdown report (plain Python, no packages).
 
-  report.py RUN_DIR --gpu NAME --commit SHA --command CMD --out FILE.md
+  report.py RUN_DIR --device NAME --commit SHA --command CMD --out FILE.md
 
 RUN_DIR holds one NNN.{kind,label,cmd,rc,json,err} group per run, in the order they ran: kind is
 `kernels` (deit bench kernels --json), `attention` (torch_baseline.py attention --json) or `step`
@@ -58,9 +58,10 @@ def step_section(runs):
         if impl:
             config[impl] = run["result"]
     lines = ["## Training step", "",
-             "Images/s per GPU on a synthetic batch already on the device; MFU against the dense "
-             "bf16 peak deit reports (`peak_tflops`), with deit's FLOP count (6 x forward MACs) "
-             "on both sides. Peak memory: each side's caching allocator.", "",
+             "Images/s per process (one GPU each) on a synthetic batch already on the device; "
+             "MFU against the dense bf16 peak deit reports (`peak_tflops`), with deit's FLOP "
+             "count (6 x forward MACs) on both sides. Peak memory: each side's caching "
+             "allocator (torch keeps none for the CPU).", "",
              "| model | px | batch | deit img/s | torch img/s | torch.compile img/s | "
              "deit / torch | deit / compile | deit MFU | compile MFU | deit peak GiB | "
              "compile peak GiB |",
@@ -79,7 +80,8 @@ def step_section(runs):
             return fmt(100 * result["mfu"], ".1f") + "%" if result and result.get("mfu") else "-"
 
         def gib(result):
-            return fmt(result["peak_memory_bytes"] / GIB, ".1f") if result else "-"
+            peak = get(result, "peak_memory_bytes")
+            return "-" if peak is None else fmt(peak / GIB, ".1f")
 
         lines.append(
             f"| {model} | {size} | {batch} | {fmt(get(ours, 'images_per_s'), '.0f')} | "
@@ -91,9 +93,14 @@ def step_section(runs):
         details += phase_details(label, ours, eager, compiled)
     optimizers = sorted({f"{r['impl']}: {r['optimizer']}" for c in by_config.values()
                          for r in c.values()})
+    precisions = sorted({f"{r['impl']}: {r['precision']}" for c in by_config.values()
+                         for r in c.values()})
+    if precisions:
+        lines += ["", "Precision: " + "; ".join(precisions) + "."]
     if optimizers:
         lines += ["", "Optimizers: " + "; ".join(optimizers) + ". torch has no LAMB, so its "
-                  "fused AdamW stands in (LAMB does a little more work: per-tensor trust ratios)."]
+                  "AdamW (fused on the GPU) stands in (LAMB does a little more work: per-tensor "
+                  "trust ratios)."]
     return lines + [""] + details
 
 
@@ -130,9 +137,14 @@ def phase_details(label, ours, eager, compiled):
             if r.get("comm"):
                 c = r["comm"]
                 how = ", ".join(v for v in (c["backend"], c.get("measured_by")) if v)
-                lines.append(f"\n{name}: gradient all-reduce {fmt(c['total_ms_per_step'], '.2f')} "
-                             f"ms per step, {fmt(c['exposed_ms_per_step'], '.2f')} ms of it not "
-                             f"hidden behind backward ({how})")
+                lines.append(f"\n{name}: gradient {c.get('reduction', 'all-reduce')} "
+                             f"{fmt(c['total_ms_per_step'], '.2f')} ms per step, "
+                             f"{fmt(c['exposed_ms_per_step'], '.2f')} ms of it not hidden behind "
+                             f"backward ({how})")
+                if c.get("all_gather_ms_per_step") is not None:
+                    lines.append(f"{name}: all-gather of the updated parameters "
+                                 f"{fmt(c['all_gather_ms_per_step'], '.2f')} ms per step, none "
+                                 f"of it hidden")
     return lines + [""]
 
 
@@ -141,6 +153,8 @@ def kernel_section(runs):
     torch_attention = next((r["result"] for r in runs if r["kind"] == "attention" and r["result"]),
                            None)
     if not deit:
+        if not any(r["kind"] == "kernels" for r in runs):  # compare.sh --cpu runs none
+            return []
         return ["## Kernels", "", "`deit bench kernels` did not run (see Failures).", ""]
     lines = ["## Kernels", "",
              f"Ceilings measured in the same run: copy {fmt(deit['copy_gbps'], '.0f')} GB/s "
@@ -193,7 +207,7 @@ def kernel_section(runs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir")
-    parser.add_argument("--gpu", required=True)
+    parser.add_argument("--device", required=True, help="the GPU's name (or the CPU's)")
     parser.add_argument("--commit", required=True)
     parser.add_argument("--command", required=True)
     parser.add_argument("--out", required=True)
@@ -202,9 +216,9 @@ def main():
     versions = next((f"PyTorch {r['result']['torch_version']}, timm {r['result']['timm_version']}"
                      for r in runs if r["result"] and "timm_version" in r["result"]),
                     "PyTorch: no successful run")
-    lines = [f"# deit vs PyTorch + timm on {args.gpu}", "",
+    lines = [f"# deit vs PyTorch + timm on {args.device}", "",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"- GPU: {args.gpu}", f"- commit: {args.commit}", f"- command: `{args.command}`",
+             f"- device: {args.device}", f"- commit: {args.commit}", f"- command: `{args.command}`",
              f"- {versions}",
              "- ratios are deit's speed over the other's: > 1 means deit is faster", ""]
     lines += step_section(runs) + kernel_section(runs)

@@ -2,10 +2,12 @@
 """The PyTorch + timm side of deit's benchmarks (bench/compare.sh runs both sides).
 
   torch_baseline.py step --model NAME --input-size S --batch-size B [--compile]
-                        [--grad-checkpointing] [--json] ...
+                        [--grad-checkpointing] [--device cuda|cpu] [--json] ...
       One DeiT III training step in PyTorch as people run it: timm's deit3_* model, bf16 autocast,
       SDPA attention (timm's fused_attn: torch picks the backend), BCE on binarised targets, and a
-      fused optimizer. torch has no LAMB, let alone a fused one, so the default is torch's fused
+      fused optimizer. --device cpu runs it in fp32 without autocast, as `deit bench step --device
+      cpu` does, timed by the host's clock (bench/compare.sh --cpu: the comparison where no GPU
+      is). torch has no LAMB, let alone a fused one, so the default is torch's fused
       AdamW as the stand-in (--opt lamb takes timm's Lamb, which is not fused). Prints the fields
       of `deit bench step --json` (bench/step_bench.h), with impl "torch" or "torch.compile".
       FLOPs per image, the peak for MFU and the drop-path rate are deit's
@@ -18,9 +20,11 @@
       CUDA events, warm-up, L2 flushed before every run, median of many. cuDNN's backward is the
       rival deit's C++ side cannot plan (bench/cudnn_attention.h).
 
-Synthetic data already on the GPU; nothing is downloaded (pretrained=False).
+Synthetic data already on the device; nothing is downloaded (pretrained=False).
 """
 import argparse
+import contextlib
+import platform
 import json
 import re
 import statistics
@@ -44,6 +48,37 @@ TIMM_MODELS = {
 
 def cuda_events(n):
     return [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+
+
+class HostMark:
+    """A CUDA event's record() and elapsed_time() on the host's clock: on the CPU ops run as they
+    are called, so the time a mark is recorded is the time the work before it ended."""
+
+    def record(self):
+        self.seconds = time.perf_counter()
+
+    def elapsed_time(self, later):
+        return 1000.0 * (later.seconds - self.seconds)
+
+
+def marks_on(device, n):
+    return cuda_events(n) if device.type == "cuda" else [HostMark() for _ in range(n)]
+
+
+def wait_for(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
 
 
 class L2Flusher:
@@ -73,27 +108,32 @@ def make_model(args):
                              **overrides)
 
 
-def make_optimizer(args, model):
+def make_optimizer(args, model, device):
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
     if args.opt == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr, fused=True), "adamw (torch, fused)"
+        if device.type == "cuda":
+            return torch.optim.AdamW(groups, lr=args.lr, fused=True), "adamw (torch, fused)"
+        return torch.optim.AdamW(groups, lr=args.lr), "adamw (torch)"
     from timm.optim import Lamb
     return Lamb(groups, lr=args.lr), "lamb (timm, not fused)"
 
 
-def op_breakdown(step, steps):
-    """Device time per PyTorch op (its own kernels, self time) over `steps` profiled steps."""
+def op_breakdown(step, steps, device):
+    """Device time per PyTorch op (its own kernels, self time) over `steps` profiled steps; on the
+    CPU, the op's own host time."""
     from torch.profiler import ProfilerActivity, profile
-    start, stop = cuda_events(2)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    on_gpu = device.type == "cuda"
+    start, stop = marks_on(device, 2)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
         start.record()
         for _ in range(steps):
             step(None)
         stop.record()
-        torch.cuda.synchronize()
+        wait_for(device)
     profiled_step_ms = start.elapsed_time(stop) / steps
     rows = []
     for evt in prof.key_averages():
@@ -101,9 +141,12 @@ def op_breakdown(step, steps):
         # time as self device time; the kernel entries themselves would count it twice.
         if evt.device_type != torch.autograd.DeviceType.CPU:
             continue
-        us = getattr(evt, "self_device_time_total", None)
-        if us is None:
-            us = evt.self_cuda_time_total
+        if not on_gpu:
+            us = evt.self_cpu_time_total
+        else:
+            us = getattr(evt, "self_device_time_total", None)
+            if us is None:
+                us = evt.self_cuda_time_total
         if us <= 0:
             continue
         ms = us / 1000.0 / steps
@@ -116,12 +159,14 @@ def op_breakdown(step, steps):
 
 def run_step(args):
     torch.manual_seed(args.seed)
-    device = torch.device("cuda:0")
-    torch.cuda.reset_peak_memory_stats()
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     model = make_model(args).to(device).train()
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)  # torch.utils.checkpoint around every block
-    optimizer, optimizer_name = make_optimizer(args, model)
+    optimizer, optimizer_name = make_optimizer(args, model, device)
     forward = torch.compile(model) if args.compile else model
     B, S, K = args.batch_size, args.input_size, args.num_classes
     images = torch.randn(B, 3, S, S, device=device)
@@ -129,11 +174,12 @@ def run_step(args):
     targets = torch.zeros(B, K, device=device)
     targets.scatter_(1, torch.randint(0, K, (B, 2), device=device), 1.0)
     criterion = torch.nn.BCEWithLogitsLoss()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
 
     def step(marks):
         if marks is not None:
             marks[0].record()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with autocast:
             loss = criterion(forward(images), targets)
         if marks is not None:
             marks[1].record()
@@ -148,24 +194,26 @@ def run_step(args):
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         step(None)
-    torch.cuda.synchronize()
+    wait_for(device)
     warmup_s = time.perf_counter() - t0
 
-    marks = [cuda_events(4) for _ in range(args.steps)]
+    marks = [marks_on(device, 4) for _ in range(args.steps)]
     for m in marks:
         step(m)
-    torch.cuda.synchronize()
+    wait_for(device)
     step_ms = marks[0][0].elapsed_time(marks[-1][3]) / args.steps
     phases = [sum(m[p].elapsed_time(m[p + 1]) for m in marks) / args.steps for p in range(3)]
-    peak_memory = torch.cuda.max_memory_allocated()
+    # The caching allocator's peak, as deit's; torch keeps no such count for the CPU.
+    peak_memory = torch.cuda.max_memory_allocated() if on_gpu else None
     images_per_s = 1000.0 * B / step_ms
 
     result = {
         "impl": "torch.compile" if args.compile else "torch",
         "model": args.model, "input_size": S, "batch_size": B, "world_size": 1,
-        "device": str(device), "device_name": torch.cuda.get_device_name(0),
-        "precision": "bf16", "optimizer": optimizer_name, "drop_path": args.drop_path,
-        "grad_checkpointing": args.grad_checkpointing,
+        "device": str(device), "device_name": device_name(device),
+        "precision": "bf16" if on_gpu else "fp32", "optimizer": optimizer_name,
+        "drop_path": args.drop_path,
+        "grad_checkpointing": args.grad_checkpointing, "zero": False,
         "warmup_steps": args.warmup, "timed_steps": args.steps,
         "step_ms": step_ms, "images_per_s": images_per_s,
         "train_gflops_per_image": args.train_gflops_per_image,
@@ -181,14 +229,14 @@ def run_step(args):
             "flash": torch.backends.cuda.flash_sdp_enabled(),
             "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
             "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
-        },
+        } if on_gpu else None,
     }
     if args.train_gflops_per_image:
         result["achieved_tflops"] = args.train_gflops_per_image * images_per_s / 1000.0
         if args.peak_tflops:
             result["mfu"] = result["achieved_tflops"] / args.peak_tflops
     if args.profile_steps > 0:
-        rows, profiled_ms, other_ms = op_breakdown(step, args.profile_steps)
+        rows, profiled_ms, other_ms = op_breakdown(step, args.profile_steps, device)
         result.update(breakdown=rows, profiled_step_ms=profiled_ms, other_ms=other_ms)
     return result
 
@@ -292,6 +340,8 @@ def main():
                       help="deit's count (`deit info --json`), for achieved TFLOP/s and MFU")
     step.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU")
     step.add_argument("--seed", type=int, default=0)
+    step.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                      help="cpu: fp32, no autocast, timed by the host's clock")
     step.add_argument("--json", action="store_true", help="print one JSON object")
     attention = sub.add_parser("attention", help="SDPA cuDNN / flash vs deit's attention shapes")
     attention.add_argument("--shapes-from", required=True,
@@ -300,8 +350,8 @@ def main():
     attention.add_argument("--repeats", type=int, default=30)
     attention.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("torch_baseline.py needs a CUDA device")
+    if getattr(args, "device", "cuda") == "cuda" and not torch.cuda.is_available():
+        sys.exit("torch_baseline.py needs a CUDA device (step takes --device cpu)")
     result = run_step(args) if args.command == "step" else run_attention(args)
     if args.json:
         print(json.dumps(result))
