@@ -261,8 +261,11 @@ void measure_gelu(Runner& run, int64_t C) {
   });
 }
 
-void measure_bce(Runner& run) {
-  const int64_t B = kBatch, K = kClasses, n = B * K;
+// At a training step's batch the loss moves 2 MB: a few microseconds, mostly launch latency and
+// the reduction's tail, which says little about the kernel's bandwidth. A 64x larger batch
+// (131 MB) shows that.
+void measure_bce(Runner& run, int64_t B) {
+  const int64_t K = kClasses, n = B * K;
   auto logits = run.random_bf16(n);
   auto targets = Runner::floats(n), loss = Runner::floats(1), dlogits = Runner::bf16s(n);
   auto ws = Runner::floats(kernels::loss_cuda_workspace_floats(B, K));
@@ -343,7 +346,7 @@ KernelReport run_kernel_benchmarks(int device, const KernelBenchOptions& options
       measure_layerscale(run, C);
       measure_gelu(run, C);
     }
-    measure_bce(run);
+    for (int64_t B : {kBatch, 64 * kBatch}) measure_bce(run, B);
     for (int64_t D : {64, 80})
       for (int64_t Tn : {65, 145, 197, 257, 577}) measure_attention(run, Tn, D);
     DEIT_CUDA_CHECK(cudaStreamSynchronize(run.stream()));
