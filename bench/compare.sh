@@ -17,7 +17,7 @@
 #           Tens of minutes.
 #   --cpu   no GPU: the step alone, on the CPU in fp32 on both sides (deit's CPU reference path
 #           against PyTorch's CPU kernels), for the demo's model (64 px, batch 64) and deit3_tiny
-#           at 224 (batch 16), 5 timed steps each; no kernels. It runs the whole comparison where
+#           at 224 (batch 16), 10 timed steps each; no kernels. It runs the whole comparison where
 #           no GPU is, so the scripts are tried before a GPU's minutes are spent on them.
 #   --build the build folder holding `deit` (default build-gpu, what bench/gpu-check.sh builds;
 #           with --cpu, build, what scripts/setup.sh builds)
@@ -74,7 +74,7 @@ elif [ "$mode" = cpu ]; then
   configs=("deit3_small 64 64 --dim 96 --depth 4 --heads 3 --num-classes 10" "deit3_tiny 224 16")
   device=cpu
   step_flags=()
-  step_repeats=(--warmup 2 --steps 5)
+  step_repeats=(--warmup 3 --steps 10)
 elif [ "$mode" = every-model ]; then
   configs=("deit3_small 224 256" "deit3_base 224 256" "deit3_large 224 128" "deit3_huge 224 64")
   kernel_flags=(--repeats 20)
