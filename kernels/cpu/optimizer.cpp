@@ -9,6 +9,12 @@ namespace deit::kernels {
 
 namespace {
 
+// The optimizers run once per parameter tensor, and most of a ViT's tensors are small (biases,
+// LayerNorm and LayerScale vectors): below this many elements a loop stays on the calling
+// thread, where waking the OpenMP team (tens of microseconds when its threads sleep) would cost
+// more than the loop. Elementwise, so the result is the same either way.
+constexpr int64_t kMinParallelElements = 16384;
+
 // One element of an Adam-style step: updates the stored moments m and v with the scaled gradient
 // and returns the bias-corrected direction m_hat / (sqrt(v_hat) + eps). The direction is computed
 // from the moments as stored (rounded to T), as torch computes it from its float32 state.
@@ -41,7 +47,7 @@ template <typename T>
 void lamb_update_cpu(const T* param, const T* grad, T* exp_avg, T* exp_avg_sq, T* update,
                      int64_t n, const AdamStep& step, double weight_decay) {
   // All operands: (n), elementwise.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) {
     const double direction = adam_direction(exp_avg[i], exp_avg_sq[i], grad[i], step);
     update[i] = static_cast<T>(direction + weight_decay * param[i]);
@@ -50,7 +56,7 @@ void lamb_update_cpu(const T* param, const T* grad, T* exp_avg, T* exp_avg_sq, T
 
 template <typename T>
 void add_scaled_cpu(T* x, const T* y, double alpha, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) x[i] = static_cast<T>(x[i] + alpha * y[i]);
 }
 
@@ -58,7 +64,7 @@ template <typename T>
 void adamw_update_cpu(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n,
                       const AdamStep& step, double lr, double weight_decay) {
   const double keep = 1 - lr * weight_decay;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) {
     const double direction = adam_direction(exp_avg[i], exp_avg_sq[i], grad[i], step);
     param[i] = static_cast<T>(param[i] * keep - lr * direction);
@@ -67,7 +73,7 @@ void adamw_update_cpu(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_
 
 template <typename T>
 void ema_update_cpu(T* ema, const T* value, double decay, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) ema[i] = static_cast<T>(decay * ema[i] + (1 - decay) * value[i]);
 }
 

@@ -30,11 +30,12 @@ void column_sums(int64_t rows, int64_t cols, T* out, Term term) {
 }
 
 // sum_{i < n} value(i), with the values computed in parallel (value(i) may also write outputs of
-// its own, such as row i of a gradient) and added serially in index order.
+// its own, such as row i of a gradient) and added serially in index order. A single value is
+// computed on the calling thread: a parallel region would only wake the team.
 template <typename Value>
 double ordered_sum(int64_t n, Value value) {
   std::vector<double> values(static_cast<size_t>(n));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 1)
   for (int64_t i = 0; i < n; ++i) values[i] = value(i);
   double total = 0;
   for (double v : values) total += v;
