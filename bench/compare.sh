@@ -2,7 +2,7 @@
 # deit against PyTorch + timm on one GPU, in one go: `deit bench kernels` and PyTorch's SDPA at the
 # same attention shapes, then for each model `deit bench step`, the same step in PyTorch eager and
 # under torch.compile (bench/torch_baseline.py). bench/report.py writes the Markdown table (ratio
-# column: deit / PyTorch) to bench/results/DATE-GPU-compare.md with the date, GPU, commit and
+# column: deit / PyTorch) to bench/results/DATE-DEVICE-compare.md with the date, device, commit and
 # command, and prints it.
 #
 #   bench/compare.sh [--quick | --every-model | --full | --cpu] [--build DIR] [--deadline SECONDS]
