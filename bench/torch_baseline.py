@@ -159,7 +159,7 @@ def op_breakdown(step, steps, device):
 
 def run_step(args):
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
+    device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
     on_gpu = device.type == "cuda"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
