@@ -270,7 +270,8 @@ void add_bench_data_subcommand(CLI::App& bench) {
   data->add_option("--batch-size", o->batch_size, "Images per batch")->capture_default_str();
   data->add_option("--batches", o->batches, "Timed batches per measurement")->capture_default_str();
   data->add_option("--workers", o->workers, "Loader threads of the whole path")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(1, deit::data::kMaxWorkers));
   data->add_flag("--json", o->json,
                  "Print one JSON object: device, batch_size, batches, workers, source_size, "
                  "stage and pipeline (each a list of {input_size, images_per_s})");

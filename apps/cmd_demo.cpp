@@ -86,6 +86,7 @@ void run_demo(const DemoOptions& d) {
     data::generate_synthetic_dataset(data_dir, synthetic);
   }
   const train::TrainOptions o = demo_recipe(d, data_dir);
+  o.validate();  // before the previous run is removed
   // A demo starts over: the previous demo run's log and checkpoint would otherwise mix with this
   // one's (deit train appends to log.txt, as the reference code does).
   const fs::path run_dir = o.output_dir;
@@ -96,8 +97,8 @@ void run_demo(const DemoOptions& d) {
     throw std::runtime_error(o.output_dir + " exists and is not a demo run; give deit demo "
                              "another --out");
   }
-  std::fprintf(stderr, "training %s on %s, %lld epochs\n", o.model.name.c_str(), data_dir.c_str(),
-               (long long)o.epochs);
+  std::fprintf(stderr, "training %s on %s, %lld epoch%s\n", o.model.name.c_str(), data_dir.c_str(),
+               (long long)o.epochs, o.epochs == 1 ? "" : "s");
   print_train_summary(train::train(o));
   std::printf("next: build/deit eval --model deit3_small --patch 16 --dim 96 --depth 4 --heads 3 "
               "--checkpoint %s/run/checkpoint.safetensors --data %s --per-class\n",
@@ -117,7 +118,8 @@ void add_demo_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--device", opts->device, "cpu or cuda[:N]")->capture_default_str();
   cmd->add_option("--epochs", opts->epochs,
-                  "Epochs (default: the demo's " + std::to_string(kDemoEpochs) + ")");
+                  "Epochs (default: the demo's " + std::to_string(kDemoEpochs) + ")")
+      ->check(CLI::Range(1, 1000000));
   cmd->add_option("--seed", opts->seed, "Seed of the dataset and the run")->capture_default_str();
   cmd->add_flag("--quiet", opts->quiet, "No progress output");
   cmd->callback([opts] { run_demo(*opts); });

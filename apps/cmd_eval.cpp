@@ -1,13 +1,13 @@
 // deit eval: top-1, top-5 and loss of trained weights on a split, with the evaluation transform.
 #include <cstdio>
 #include <memory>
-#include <optional>
-
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "data/image_source.h"
+#include "data/prefetch.h"
 #include "engine/device.h"
 #include "model/checkpoint.h"
 #include "train/data_pipeline.h"
@@ -87,7 +87,9 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--eval-crop-ratio", opts->crop_ratio, "Resize to size / ratio, centre crop size")
       ->capture_default_str();
   cmd->add_option("--batch-size", opts->batch_size, "Images per batch")->capture_default_str();
-  cmd->add_option("--workers", opts->workers, "Data loading threads")->capture_default_str();
+  cmd->add_option("--workers", opts->workers, "Data loading threads")
+      ->capture_default_str()
+      ->check(CLI::Range(1, data::kMaxWorkers));
   cmd->add_option("--device", opts->device, "cpu or cuda[:N]")->capture_default_str();
   cmd->add_flag("--json", opts->json, "Print one JSON object: acc1, acc5, loss, images");
   cmd->add_flag("--per-class", opts->per_class,

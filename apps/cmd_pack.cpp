@@ -8,6 +8,7 @@
 
 #include "apps/commands.h"
 #include "data/pack.h"
+#include "data/prefetch.h"
 
 namespace deit::apps {
 
@@ -70,10 +71,10 @@ void add_pack_command(CLI::App& app) {
       ->add_option("--short-side", options->pack.short_side,
                    "Shrink images so their shorter side is N pixels (0: keep sizes)")
       ->default_val(256)
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 65536));
   command->add_option("--threads", options->pack.threads, "Decoding threads (0: all cores)")
       ->default_val(0)
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, data::kMaxWorkers));
   command->callback([options] { run_pack(*options); });
 }
 

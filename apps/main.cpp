@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <new>
 
 #include "apps/commands.h"
 #include "engine/allocator.h"
@@ -44,6 +45,13 @@ int main(int argc, char** argv) {
                  "(a block keeps 2 of its 18 activations) and --recompute-gelu (14 of 18). "
                  "`deit info --model NAME` shows the activation memory per image.\n",
                  e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    // A host allocation the caching allocator does not make (image buffers, host tables): the
+    // sizes asked for (batch, image or model sizes) need more memory than the machine has.
+    std::fprintf(stderr,
+                 "deit: error: out of host memory: the sizes asked for (batch, image or "
+                 "model size) need more memory than this machine has\n");
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "deit: error: %s\n", e.what());

@@ -1,5 +1,7 @@
 #include "apps/train_flags.h"
 
+#include "data/prefetch.h"
+
 namespace deit::apps {
 
 namespace {
@@ -22,7 +24,10 @@ void TrainFlags::add_to(CLI::App& cmd) {
   model.add_to(cmd, "the preset's training resolution: S 224, B/L 192, H 160");
   cmd.add_option("--data", data, "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or "
                                  "DIR/train.shard, DIR/val.shard)")->required();
-  cmd.add_option("--output", output, "Run directory: log.txt and checkpoint.safetensors")->required();
+  cmd.add_option("--output", output,
+                 "Run directory: log.txt and checkpoint.safetensors (a new run refuses one that "
+                 "holds a run; --resume continues it)")
+      ->required();
   cmd.add_option("--device", device, "cpu or cuda[:N]; cuda alone: the GPU of this process's "
                                      "local rank")->capture_default_str();
   cmd.add_option("--epochs", epochs, "Epochs (recipe: 800)");
@@ -60,7 +65,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--finetune", finetune, "Start from these weights (checkpoint or .safetensors); "
                                          "pos_embed is resized, a new head made for new classes");
   cmd.add_option("--seed", seed, "Seed of every random choice (0)");
-  cmd.add_option("--workers", workers, "Data loading threads (2)");
+  cmd.add_option("--workers", workers, "Data loading threads (2)")
+      ->check(CLI::Range(1, data::kMaxWorkers));
   cmd.add_flag("--zero", zero,
                "Several ranks: shard the optimizer state across them (ZeRO-1: 1/ranks of the "
                "state memory per rank; gradients reduce-scattered, updates all-gathered; the "

@@ -45,6 +45,10 @@ struct SampleOutput {
 // Called concurrently from several threads.
 using SampleTransform = std::function<void(const ImageU8& image, Rng& rng, SampleOutput out)>;
 
+// The most loader (or decoding) threads a command takes: more is a typo rather than a machine, and
+// creating tens of thousands of threads fails part-way.
+inline constexpr int kMaxWorkers = 256;
+
 struct PrefetchOptions {
   size_t batch_size = 64;
   size_t sample_elements = 0;  // values per sample, e.g. 3 * 224 * 224 (unused by kSource)

@@ -144,8 +144,10 @@ Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
   const auto config_it = contents.metadata.find(kConfigKey);
   const auto state_it = contents.metadata.find(kStateKey);
   if (config_it == contents.metadata.end() || state_it == contents.metadata.end())
-    fail("not a deit checkpoint (no deit_model and deit metadata; a weights file, such as deit "
-         "export or timm writes, is read with --weights)");
+    fail(
+        "not a deit checkpoint (no deit_model and deit metadata; a weights file, such as deit "
+        "export or timm writes, is read by deit eval --weights, and deit train starts from one "
+        "with --finetune)");
 
   Checkpoint ckpt;
   ckpt.path = path;

@@ -231,6 +231,18 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--batch-size"));
 
+  // Each bad value is named, NaN included (every comparison with NaN is false), and nothing is
+  // created for a run that cannot start.
+  for (const std::string flag :
+       {"--lr nan", "--lr -1", "--opt-eps -1", "--clip-grad nan", "--weight-decay -100",
+        "--mixup-switch-prob 5", "--warmup-epochs nan", "--model-ema-decay 2", "--workers 20000"}) {
+    INFO(flag);
+    r = run_deit(tiny_train_args(data, dir.file("never"), 1) + " " + flag);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Catch::Contains(flag.substr(0, flag.find(' '))));
+    CHECK_FALSE(std::filesystem::exists(dir.file("never")));
+  }
+
   r = run_deit(tiny_train_args(data, out, 1) + " --cuda-graph");  // the CPU has no graphs
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--cuda-graph needs --device cuda"));
@@ -243,6 +255,39 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK_NOTHROW(graph.validate());
   graph.accum_steps = 2;
   CHECK_THROWS_WITH(graph.validate(), Catch::Contains("--accum-steps 1"));
+}
+
+TEST_CASE("a finished run is neither overwritten by a new one nor resumed past its end",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  const std::string checkpoint = out + "/checkpoint.safetensors";
+  const std::vector<uint8_t> first = test::read_bytes(checkpoint);
+  const std::vector<uint8_t> log = test::read_bytes(out + "/log.txt");
+
+  CliResult r = run_deit(tiny_train_args(data, out, 1) + " --seed 5");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("already holds a run") && Catch::Contains("--resume"));
+  r = run_deit(tiny_train_args(data, out, 1) + " --resume " + checkpoint);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("nothing is left to train"));
+  r = run_deit(tiny_train_args(data, out, 2) + " --resume " + checkpoint + " --model-ema");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("no EMA weights"));
+  CHECK(test::read_bytes(checkpoint) == first);
+  CHECK(test::read_bytes(out + "/log.txt") == log);
+}
+
+TEST_CASE("an epoch's last optimizer step averages the micro-batches it has", "[train]") {
+  using train::micro_batches_in_step;
+  // 6 micro-batches in steps of 4: 4 + 2.
+  for (int64_t b = 1; b <= 4; ++b) CHECK(micro_batches_in_step(b, 6, 4) == 4);
+  for (int64_t b = 5; b <= 6; ++b) CHECK(micro_batches_in_step(b, 6, 4) == 2);
+  // More steps than micro-batches: one step of all of them.
+  for (int64_t b = 1; b <= 3; ++b) CHECK(micro_batches_in_step(b, 3, 1000) == 3);
+  for (int64_t b = 1; b <= 6; ++b) CHECK(micro_batches_in_step(b, 6, 1) == 1);
+  for (int64_t b = 1; b <= 6; ++b) CHECK(micro_batches_in_step(b, 6, 3) == 3);
 }
 
 TEST_CASE("a diverging run or another model's checkpoint never replaces a good checkpoint",

@@ -1,8 +1,24 @@
 #include "train/recipe.h"
 
+#include <algorithm>
+#include <cmath>
+#include <sstream>
 #include <stdexcept>
 
+#include "data/prefetch.h"
+
 namespace deit::train {
+
+namespace {
+
+// A flag's value as the user would type it (NaN as nan, 1e-08 not 0.000000).
+std::string number(double value) {
+  std::ostringstream s;
+  s << value;
+  return s.str();
+}
+
+}  // namespace
 
 TrainOptions recipe_for(const std::string& preset) {
   TrainOptions o;
@@ -39,17 +55,34 @@ void TrainOptions::validate() const {
          std::to_string(batch_size));
   if (accum_steps < 1) fail("--accum-steps must be at least 1, got " + std::to_string(accum_steps));
   if (opt != "lamb" && opt != "adamw") fail("--opt must be lamb or adamw, got '" + opt + "'");
-  if (lr <= 0) fail("--lr must be positive");
-  if (min_lr < 0 || warmup_lr < 0) fail("--min-lr and --warmup-lr must not be negative");
-  if (warmup_epochs < 0) fail("--warmup-epochs must not be negative");
-  if (drop_path < 0 || drop_path >= 1) fail("--drop-path must be in [0, 1)");
-  if (mixup < 0 || cutmix < 0) fail("--mixup and --cutmix must not be negative");
-  if (mixup_prob < 0 || mixup_prob > 1) fail("--mixup-prob must be in [0, 1]");
-  if (smoothing < 0 || smoothing >= 1) fail("--smoothing must be in [0, 1)");
-  if (eval_crop_ratio <= 0 || eval_crop_ratio > 1) fail("--eval-crop-ratio must be in (0, 1]");
-  if (color_jitter < 0 || color_jitter >= 1) fail("--color-jitter must be in [0, 1)");
+  // Written so that NaN fails each check: every comparison with NaN is false.
+  if (!(lr > 0 && std::isfinite(lr))) fail("--lr must be positive, got " + number(lr));
+  if (!(min_lr >= 0 && warmup_lr >= 0 && std::isfinite(min_lr) && std::isfinite(warmup_lr)))
+    fail("--min-lr and --warmup-lr must not be negative, got " + number(min_lr) + " and " +
+         number(warmup_lr));
+  if (!(warmup_epochs >= 0 && std::isfinite(warmup_epochs)))
+    fail("--warmup-epochs must not be negative, got " + number(warmup_epochs));
+  if (!(weight_decay >= 0 && std::isfinite(weight_decay)))
+    fail("--weight-decay must not be negative, got " + number(weight_decay));
+  if (!(opt_eps > 0 && std::isfinite(opt_eps)))
+    fail("--opt-eps must be positive, got " + number(opt_eps));
+  if (!(clip_grad >= 0 && std::isfinite(clip_grad)))
+    fail("--clip-grad must not be negative (0: off), got " + number(clip_grad));
+  if (!(drop_path >= 0 && drop_path < 1)) fail("--drop-path must be in [0, 1)");
+  if (!(mixup >= 0 && cutmix >= 0 && std::isfinite(mixup) && std::isfinite(cutmix)))
+    fail("--mixup and --cutmix must not be negative, got " + number(mixup) + " and " +
+         number(cutmix));
+  if (!(mixup_prob >= 0 && mixup_prob <= 1)) fail("--mixup-prob must be in [0, 1]");
+  if (!(mixup_switch_prob >= 0 && mixup_switch_prob <= 1))
+    fail("--mixup-switch-prob must be in [0, 1]");
+  if (!(smoothing >= 0 && smoothing < 1)) fail("--smoothing must be in [0, 1)");
+  if (!(eval_crop_ratio > 0 && eval_crop_ratio <= 1)) fail("--eval-crop-ratio must be in (0, 1]");
+  if (!(color_jitter >= 0 && color_jitter < 1)) fail("--color-jitter must be in [0, 1)");
   if (!(rrc_scale_min > 0 && rrc_scale_min <= 1)) fail("--rrc-scale-min must be in (0, 1]");
-  if (workers < 1) fail("--workers must be at least 1");
+  if (!(model_ema_decay >= 0 && model_ema_decay <= 1)) fail("--model-ema-decay must be in [0, 1]");
+  if (workers < 1 || workers > data::kMaxWorkers)
+    fail("--workers must be in [1, " + std::to_string(data::kMaxWorkers) + "], got " +
+         std::to_string(workers));
   if (!(bucket_mb > 0)) fail("--bucket-mb must be positive");
   if (!resume.empty() && !finetune.empty()) fail("--resume and --finetune cannot be combined");
   if (cuda_graph && device.rfind("cuda", 0) != 0)
@@ -57,6 +90,11 @@ void TrainOptions::validate() const {
   if (cuda_graph && accum_steps != 1)
     fail("--cuda-graph captures whole optimizer steps: it needs --accum-steps 1, got " +
          std::to_string(accum_steps));
+}
+
+int64_t micro_batches_in_step(int64_t micro_batch, int64_t batches, int64_t accum_steps) {
+  const int64_t before = (micro_batch - 1) / accum_steps * accum_steps;  // in earlier steps
+  return std::min(accum_steps, batches - before);
 }
 
 nlohmann::json TrainOptions::to_json() const {

@@ -66,6 +66,10 @@ struct TrainOptions {
   nlohmann::json to_json() const;
 };
 
+// How many micro-batches make the optimizer step that micro-batch `micro_batch` (1-based, within an
+// epoch of `batches`) belongs to: --accum-steps, or what is left for the epoch's last step.
+int64_t micro_batches_in_step(int64_t micro_batch, int64_t batches, int64_t accum_steps);
+
 // The paper's values for `preset` (see RECIPE.md): lr 4e-3 for S (and T), 3e-3 for M/B/L/H;
 // drop-path S 0.05, B 0.2, L 0.45, H 0.6 (T 0, M 0.1: not in the paper, our choice); training
 // resolution S 224, B and L 192, H 160.

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 
 #include "data/image_source.h"
@@ -48,9 +49,16 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// Fails before any work when the run could not save what it computes.
-void prepare_output_dir(const std::string& dir) {
+// Fails before any work when the run could not save what it computes, or when it would overwrite
+// another run's checkpoint and log (a run continues there only with --resume).
+void prepare_output_dir(const std::string& dir, bool resuming) {
   std::error_code ec;
+  if (!resuming)
+    for (const char* file : {"checkpoint.safetensors", "log.txt"})
+      if (fs::exists(fs::path(dir) / file, ec))
+        throw std::runtime_error(
+            "'" + dir + "' already holds a run (" + file + "): continue it " + "with --resume " +
+            (fs::path(dir) / "checkpoint.safetensors").string() + ", or give another --output");
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
   const fs::path probe = fs::path(dir) / ".deit-write-test";
@@ -167,7 +175,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   const int rank = comm.rank(), world = comm.world_size();
   // Rank 0 alone writes the run's files and shows progress; the other ranks never touch OUTPUT.
   const bool lead = rank == 0;
-  if (lead) prepare_output_dir(o.output_dir);
+  o.validate();  // before anything is created; again once the dataset gives the class count
+  if (lead) prepare_output_dir(o.output_dir, !o.resume.empty());
   auto train_source = open_split(o.data_dir, "train");
   auto val_source = open_split(o.data_dir, "val");
   if (train_source->class_names() != val_source->class_names())
@@ -245,8 +254,19 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   int64_t start_epoch = 0;
   if (resumed) {
     optimizer.load_state(unprefixed("optim.", resumed->extra));
-    if (ema) ema->load_state(unprefixed("ema.", resumed->extra));
+    if (ema) {
+      const NamedTensors saved_ema = unprefixed("ema.", resumed->extra);
+      if (saved_ema.empty())
+        throw std::runtime_error("checkpoint '" + o.resume + "' holds no EMA weights (its run " +
+                                 "had no --model-ema): resume it without --model-ema");
+      ema->load_state(saved_ema);
+    }
     start_epoch = resumed->state.at("epoch").get<int64_t>() + 1;
+    if (start_epoch >= o.epochs)
+      throw std::runtime_error("checkpoint '" + o.resume + "' has trained " +
+                               std::to_string(start_epoch) + " epochs already, and --epochs is " +
+                               std::to_string(o.epochs) + ": nothing is left to train (give a " +
+                               "larger --epochs to train further)");
     summary.best_acc1 = resumed->state.value("best_acc1", 0.0);
     summary.best_epoch = resumed->state.value("best_epoch", int64_t{-1});
     // Rank 0's data position is saved; every rank's is the same but for its rank.
@@ -276,10 +296,18 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     return o.bce_loss ? ops::bce_with_logits(logits, targets)
                       : ops::soft_cross_entropy(logits, targets);
   };
-  // Micro-batch losses are averaged over an optimizer step, as one large batch would be; the
-  // gradients are averaged over the ranks once per step, during the step's last backward.
-  const Tensor grad_loss =
-      Tensor::full({1}, 1.0 / static_cast<double>(o.accum_steps), DType::f32, device);
+  // Micro-batch losses are averaged over an optimizer step, as one large batch would be: each
+  // backward is seeded with 1 / (the step's micro-batches), fewer in an epoch's last step when
+  // --accum-steps does not divide the epoch. The gradients are averaged over the ranks once per
+  // step, during the step's last backward.
+  std::map<int64_t, Tensor> grad_loss_of;  // by micro-batches in the step; made once each
+  auto grad_loss_for = [&](int64_t micro_batches) -> const Tensor& {
+    auto [it, made] = grad_loss_of.try_emplace(micro_batches);
+    if (made)
+      it->second = Tensor::full({1}, 1.0 / static_cast<double>(micro_batches), DType::f32, device);
+    return it->second;
+  };
+  const Tensor& grad_loss = grad_loss_for(o.accum_steps);
   // --cuda-graph: every optimizer step after the run's first (eager, which warms the plans and the
   // allocator's cache) replays one captured step (train/graph_step.h; --accum-steps is 1).
   std::unique_ptr<GraphStep> graph_step;
@@ -383,8 +411,9 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
           uncounted_losses.push_back(loss.item());
           check_loss(uncounted_losses.back(), batch->number);
         }
+        const Tensor& seed = grad_loss_for(micro_batches_in_step(done, batches, o.accum_steps));
         if (step_now) {
-          reducer.backward(loss, grad_loss);
+          reducer.backward(loss, seed);
           if (readback) {
             optimizer.step_async();
             if (ema) ema->update(params);
@@ -401,7 +430,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
           }
           warm = true;
         } else {
-          backward(loss, grad_loss);
+          backward(loss, seed);
           train_feed.prefetch();
         }
       }
