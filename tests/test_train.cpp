@@ -257,28 +257,6 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK_THROWS_WITH(graph.validate(), Catch::Contains("--accum-steps 1"));
 }
 
-TEST_CASE("a finished run is neither overwritten by a new one nor resumed past its end",
-          "[train][cli]") {
-  test::TempDir dir;
-  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
-  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
-  const std::string checkpoint = out + "/checkpoint.safetensors";
-  const std::vector<uint8_t> first = test::read_bytes(checkpoint);
-  const std::vector<uint8_t> log = test::read_bytes(out + "/log.txt");
-
-  CliResult r = run_deit(tiny_train_args(data, out, 1) + " --seed 5");
-  CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("already holds a run") && Catch::Contains("--resume"));
-  r = run_deit(tiny_train_args(data, out, 1) + " --resume " + checkpoint);
-  CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("nothing is left to train"));
-  r = run_deit(tiny_train_args(data, out, 2) + " --resume " + checkpoint + " --model-ema");
-  CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("no EMA weights"));
-  CHECK(test::read_bytes(checkpoint) == first);
-  CHECK(test::read_bytes(out + "/log.txt") == log);
-}
-
 TEST_CASE("an epoch's last optimizer step averages the micro-batches it has", "[train]") {
   using train::micro_batches_in_step;
   // 6 micro-batches in steps of 4: 4 + 2.
@@ -290,17 +268,31 @@ TEST_CASE("an epoch's last optimizer step averages the micro-batches it has", "[
   for (int64_t b = 1; b <= 6; ++b) CHECK(micro_batches_in_step(b, 6, 3) == 3);
 }
 
-TEST_CASE("a diverging run or another model's checkpoint never replaces a good checkpoint",
+TEST_CASE("a diverging run, another model's checkpoint or a new run never replaces a good one",
           "[train][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");
   REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
   const std::string checkpoint = out + "/checkpoint.safetensors";
   const std::vector<uint8_t> good = test::read_bytes(checkpoint);
+  const std::vector<uint8_t> log = test::read_bytes(out + "/log.txt");
+
+  // A new run in the finished run's folder, the run resumed past its end, and resumed with an EMA
+  // it never kept: each refused, saying why.
+  CliResult r = run_deit(tiny_train_args(data, out, 1) + " --seed 5");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("already holds a run") && Catch::Contains("--resume"));
+  r = run_deit(tiny_train_args(data, out, 1) + " --resume " + checkpoint);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("nothing is left to train"));
+  r = run_deit(tiny_train_args(data, out, 2) + " --resume " + checkpoint + " --model-ema");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("no EMA weights"));
+  CHECK(test::read_bytes(out + "/log.txt") == log);
 
   // AdamW with an absurd learning rate: the weights blow up and the loss stops being finite.
-  CliResult r = run_deit(tiny_train_args(data, dir.file("diverge"), 3) +
-                         " --opt adamw --lr 1e30 --warmup-epochs 0 --finetune " + checkpoint);
+  r = run_deit(tiny_train_args(data, dir.file("diverge"), 3) +
+               " --opt adamw --lr 1e30 --warmup-epochs 0 --finetune " + checkpoint);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("loss") || Catch::Contains("gradient"));
   CHECK_FALSE(std::filesystem::exists(dir.file("diverge") + "/checkpoint.safetensors"));
