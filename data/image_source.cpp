@@ -22,8 +22,15 @@ std::unique_ptr<ImageSource> open_image_source(const std::string& path) {
 std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split) {
   const fs::path shard = fs::path(root) / (split + ".shard");
   std::error_code error;
-  if (fs::is_regular_file(shard, error)) return std::make_unique<ShardReader>(shard.string());
   const fs::path folder = fs::path(root) / split;
+  if (fs::is_regular_file(shard, error)) {
+    if (fs::is_directory(folder, error))
+      std::fprintf(stderr,
+                   "warning: %s has both %s and a folder %s/: reading the shard (pack it again "
+                   "after changing the folder, or remove it)\n",
+                   root.c_str(), shard.filename().c_str(), split.c_str());
+    return std::make_unique<ShardReader>(shard.string());
+  }
   if (!fs::is_directory(folder, error)) {
     throw DataError(root + ": has neither " + shard.string() + " nor a folder " + folder.string());
   }

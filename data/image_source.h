@@ -32,7 +32,8 @@ class ImageSource {
 std::unique_ptr<ImageSource> open_image_source(const std::string& path);
 
 // Opens one split of a dataset root: `root/<split>.shard` when that file exists, otherwise the
-// image folder `root/<split>/`.
+// image folder `root/<split>/`. When both exist it says on stderr that the shard is read (a shard
+// packed before the folder changed would otherwise be trained on without a word).
 std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split);
 
 // The unusable images met during a run: each one is warned about (on stderr) the first time it is

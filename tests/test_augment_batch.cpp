@@ -165,6 +165,20 @@ TEST_CASE("source loaders draw the float loaders' parameters, and a CPU feed aug
   }
 }
 
+TEST_CASE("an evaluation batch holds no more room than the rank's share of the split", "[data]") {
+  test::TempDir dir;
+  data::SyntheticOptions synthetic;
+  synthetic.image_size = 16;
+  synthetic.num_classes = 3;
+  synthetic.train_per_class = 1;
+  synthetic.val_per_class = 3;
+  const std::string root = test::write_synthetic_dataset(dir, synthetic);
+  const std::shared_ptr<const data::ImageSource> val(data::open_dataset_split(root, "val"));
+  CHECK(train::make_eval_loader(val, 16, 1.0, 4, 1)->options().batch_size == 4);
+  CHECK(train::make_eval_loader(val, 16, 1.0, 100000, 1)->options().batch_size == 9);
+  CHECK(train::make_eval_loader(val, 16, 1.0, 100000, 1, {1, 2})->options().batch_size == 5);
+}
+
 TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole input path",
           "[augment][cli]") {
   const test::CliResult r = test::run_deit(

@@ -32,6 +32,16 @@ TEST_CASE("deit pack turns an image folder into a shard with the same images", "
                                                           data::synthetic_class_names().begin() + 3));
   const data::ImageU8 image = source->load(0);
   CHECK(std::min(image.height, image.width) == 16);
+
+  // Beside the folder it was packed from, the shard is what a dataset root's split reads, and
+  // the reader is told.
+  REQUIRE(run_deit("pack --src " + root + "/train --out " + root + "/train.shard").exit_code == 0);
+  const CliResult grid =
+      run_deit("augment --data " + root + " --grid " + dir.file("grid.png") + " --n 4");
+  INFO(grid.output);
+  CHECK(grid.exit_code == 0);
+  CHECK_THAT(grid.output, Catch::Contains("has both train.shard and a folder train/") &&
+                              Catch::Contains("reading the shard"));
 }
 
 TEST_CASE("deit pack reports a missing source and an unwritable output", "[data][cli]") {
