@@ -126,6 +126,11 @@ TEST_CASE("source loaders draw the float loaders' parameters, and a CPU feed aug
   auto floats = train::make_train_loader(split("train"), o);
   auto sources = train::make_train_loader(split("train"), o, {}, data::PixelFormat::kSource);
   auto val_floats = train::make_eval_loader(split("val"), 24, 0.875, 4, 2);
+  // An evaluation batch holds no more room than the rank's share of the split's 9 images.
+  CHECK(val_floats->options().batch_size == 4);
+  CHECK(train::make_eval_loader(split("val"), 24, 0.875, 100000, 1)->options().batch_size == 9);
+  CHECK(train::make_eval_loader(split("val"), 24, 0.875, 100000, 1, {1, 2})->options().batch_size ==
+        5);
   auto val_sources =
       train::make_eval_loader(split("val"), 24, 0.875, 4, 2, {}, data::PixelFormat::kSource);
   train::InputFeed float_feed(*floats, Device::cpu(), 24);
@@ -163,20 +168,6 @@ TEST_CASE("source loaders draw the float loaders' parameters, and a CPU feed aug
     CHECK(batch->sources[i].height == 40);
     CHECK(batch->params[i].crop.size == 24);
   }
-}
-
-TEST_CASE("an evaluation batch holds no more room than the rank's share of the split", "[data]") {
-  test::TempDir dir;
-  data::SyntheticOptions synthetic;
-  synthetic.image_size = 16;
-  synthetic.num_classes = 3;
-  synthetic.train_per_class = 1;
-  synthetic.val_per_class = 3;
-  const std::string root = test::write_synthetic_dataset(dir, synthetic);
-  const std::shared_ptr<const data::ImageSource> val(data::open_dataset_split(root, "val"));
-  CHECK(train::make_eval_loader(val, 16, 1.0, 4, 1)->options().batch_size == 4);
-  CHECK(train::make_eval_loader(val, 16, 1.0, 100000, 1)->options().batch_size == 9);
-  CHECK(train::make_eval_loader(val, 16, 1.0, 100000, 1, {1, 2})->options().batch_size == 5);
 }
 
 TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole input path",
