@@ -1,8 +1,9 @@
 // deit eval: top-1, top-5 and loss of trained weights on a split, with the evaluation transform.
 #include <cstdio>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <optional>
+
+#include <nlohmann/json.hpp>
 
 #include "apps/commands.h"
 #include "apps/model_options.h"

@@ -1,7 +1,5 @@
 #include "apps/train_flags.h"
 
-#include "data/prefetch.h"
-
 namespace deit::apps {
 
 namespace {
@@ -65,8 +63,7 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--finetune", finetune, "Start from these weights (checkpoint or .safetensors); "
                                          "pos_embed is resized, a new head made for new classes");
   cmd.add_option("--seed", seed, "Seed of every random choice (0)");
-  cmd.add_option("--workers", workers, "Data loading threads (2)")
-      ->check(CLI::Range(1, data::kMaxWorkers));
+  cmd.add_option("--workers", workers, "Data loading threads (2)");
   cmd.add_flag("--zero", zero,
                "Several ranks: shard the optimizer state across them (ZeRO-1: 1/ranks of the "
                "state memory per rank; gradients reduce-scattered, updates all-gathered; the "

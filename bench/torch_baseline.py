@@ -24,8 +24,8 @@ Synthetic data already on the device; nothing is downloaded (pretrained=False).
 """
 import argparse
 import contextlib
-import platform
 import json
+import platform
 import re
 import statistics
 import sys

@@ -57,7 +57,7 @@ void prepare_output_dir(const std::string& dir, bool resuming) {
     for (const char* file : {"checkpoint.safetensors", "log.txt"})
       if (fs::exists(fs::path(dir) / file, ec))
         throw std::runtime_error(
-            "'" + dir + "' already holds a run (" + file + "): continue it " + "with --resume " +
+            "'" + dir + "' already holds a run (" + file + "): continue it with --resume " +
             (fs::path(dir) / "checkpoint.safetensors").string() + ", or give another --output");
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
@@ -194,8 +194,15 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   vit.initialize(init_rng);
   if (!o.finetune.empty()) load_finetune_weights(vit, o.finetune);
   std::optional<model::Checkpoint> resumed;
+  int64_t start_epoch = 0;
   if (!o.resume.empty()) {
     resumed = model::read_checkpoint(o.resume);
+    start_epoch = resumed->state.at("epoch").get<int64_t>() + 1;
+    if (start_epoch >= o.epochs)
+      throw std::runtime_error("checkpoint '" + o.resume + "' has trained " +
+                               std::to_string(start_epoch) + " epochs already, and --epochs is " +
+                               std::to_string(o.epochs) + ": nothing is left to train (give a " +
+                               "larger --epochs to train further)");
     const int64_t saved_world = resumed->state.value("world_size", int64_t{1});
     if (saved_world != world)
       throw std::runtime_error("checkpoint '" + o.resume + "' was written by a run of " +
@@ -251,7 +258,6 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   const data::PixelFormat format =
       device.is_cuda() ? data::PixelFormat::kSource : data::PixelFormat::kFloat32;
   auto train_loader = make_train_loader(train_source, o, shard, format);
-  int64_t start_epoch = 0;
   if (resumed) {
     optimizer.load_state(unprefixed("optim.", resumed->extra));
     if (ema) {
@@ -261,12 +267,6 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                  "had no --model-ema): resume it without --model-ema");
       ema->load_state(saved_ema);
     }
-    start_epoch = resumed->state.at("epoch").get<int64_t>() + 1;
-    if (start_epoch >= o.epochs)
-      throw std::runtime_error("checkpoint '" + o.resume + "' has trained " +
-                               std::to_string(start_epoch) + " epochs already, and --epochs is " +
-                               std::to_string(o.epochs) + ": nothing is left to train (give a " +
-                               "larger --epochs to train further)");
     summary.best_acc1 = resumed->state.value("best_acc1", 0.0);
     summary.best_epoch = resumed->state.value("best_epoch", int64_t{-1});
     // Rank 0's data position is saved; every rank's is the same but for its rank.
