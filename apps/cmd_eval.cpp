@@ -2,6 +2,8 @@
 #include <cstdio>
 #include <memory>
 #include <optional>
+#include <stdexcept>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -52,6 +54,14 @@ void run_eval(const EvalOptions& o) {
     checkpoint = model::read_checkpoint(o.checkpoint, false);
     base.input_size = checkpoint->config.input_size;  // where it was trained, unless told otherwise
   }
+  const std::string classes_differ = model::class_difference(
+      checkpoint ? checkpoint->class_names : model::read_class_names(o.weights),
+      source->class_names());
+  if (!classes_differ.empty())
+    throw std::runtime_error(
+        (checkpoint ? "checkpoint '" + o.checkpoint : "weights file '" + o.weights) +
+        "' was trained on other classes than split '" + o.split + "' of '" + o.data + "' holds (" +
+        classes_differ + "): its labels would be scored against the wrong classes");
   model::VisionTransformer vit(o.model.apply_to(base), device);
   if (checkpoint)
     model::load_checkpoint_model(vit, *checkpoint);

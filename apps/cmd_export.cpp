@@ -28,7 +28,7 @@ void run_export(const ExportOptions& opts) {
   const model::Checkpoint ckpt = model::read_checkpoint(opts.checkpoint, /*with_extra=*/false);
   model::VisionTransformer vit(ckpt.config);
   model::load_checkpoint_model(vit, ckpt);
-  model::save_weights(opts.out, vit);
+  model::save_weights(opts.out, vit, ckpt.class_names);
   std::printf("wrote %s: %s, %zu tensors, %lld parameters, timm names\n", opts.out.c_str(),
               ckpt.config.name.c_str(), vit.parameters().size(),
               static_cast<long long>(vit.parameters().element_count()));

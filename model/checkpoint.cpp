@@ -13,6 +13,7 @@ namespace {
 const std::string kModelPrefix = "model.";
 const char* const kStateKey = "deit";
 const char* const kConfigKey = "deit_model";
+const char* const kClassesKey = "deit_classes";
 
 bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
@@ -102,6 +103,25 @@ std::string name_list(const std::vector<std::string>& names) {
   return out;
 }
 
+// The class names in `metadata` (empty when absent); `describe_file` names the file in errors.
+std::vector<std::string> class_names_in(const Metadata& metadata,
+                                        const std::string& describe_file) {
+  const auto it = metadata.find(kClassesKey);
+  if (it == metadata.end()) return {};
+  try {
+    return nlohmann::json::parse(it->second).get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(describe_file + ": its deit_classes metadata is not a list of class " +
+                             "names: " + e.what());
+  }
+}
+
+// `metadata` with the class names added, when there are any.
+Metadata with_class_names(Metadata metadata, const std::vector<std::string>& class_names) {
+  if (!class_names.empty()) metadata[kClassesKey] = nlohmann::json(class_names).dump();
+  return metadata;
+}
+
 bool is_float(DType t) { return t == DType::f32 || t == DType::f64 || t == DType::bf16; }
 
 // The reference code (facebookresearch/deit models_v2.py) calls LayerScale's gammas
@@ -119,7 +139,8 @@ std::string timm_name(const std::string& name) {
 }  // namespace
 
 void save_checkpoint(const std::string& path, const VisionTransformer& model,
-                     const NamedTensors& extra, const nlohmann::json& state) {
+                     const NamedTensors& extra, const nlohmann::json& state,
+                     const std::vector<std::string>& class_names) {
   NamedTensors tensors;
   for (const Parameter& p : model.parameters().all())
     tensors.emplace_back(kModelPrefix + p.name, p.value);
@@ -131,7 +152,7 @@ void save_checkpoint(const std::string& path, const VisionTransformer& model,
   }
   const Metadata metadata = {{kStateKey, state.dump()},
                              {kConfigKey, config_to_json(model.config()).dump()}};
-  write_safetensors(path, tensors, metadata);
+  write_safetensors(path, tensors, with_class_names(metadata, class_names));
 }
 
 Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
@@ -161,6 +182,7 @@ Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
   } catch (const nlohmann::json::exception& e) {
     fail(std::string("its deit metadata is not JSON: ") + e.what());
   }
+  ckpt.class_names = class_names_in(contents.metadata, "checkpoint '" + path + "'");
   for (auto& [name, t] : contents.tensors) {
     if (starts_with(name, kModelPrefix))
       ckpt.model.emplace_back(name.substr(kModelPrefix.size()), std::move(t));
@@ -228,12 +250,30 @@ void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
   }
 }
 
-void save_weights(const std::string& path, const VisionTransformer& model) {
+void save_weights(const std::string& path, const VisionTransformer& model,
+                  const std::vector<std::string>& class_names) {
   NamedTensors tensors;
   for (const Parameter& p : model.parameters().all())
     tensors.emplace_back(p.name, p.value.to(DType::f32));
   // "format": "pt" is what PyTorch-side writers put there; Hugging Face loaders look for it.
-  write_safetensors(path, tensors, {{"format", "pt"}});
+  write_safetensors(path, tensors, with_class_names({{"format", "pt"}}, class_names));
+}
+
+std::vector<std::string> read_class_names(const std::string& path) {
+  const auto header = read_safetensors(path, [](const std::string&) { return false; });
+  return class_names_in(header.metadata, "'" + path + "'");
+}
+
+std::string class_difference(const std::vector<std::string>& trained,
+                             const std::vector<std::string>& dataset) {
+  if (trained.empty() || trained == dataset) return "";
+  if (trained.size() != dataset.size())
+    return std::to_string(trained.size()) + " classes there, " + std::to_string(dataset.size()) +
+           " here";
+  size_t first = 0;
+  while (trained[first] == dataset[first]) ++first;
+  return "class " + std::to_string(first) + " is '" + trained[first] + "' there, '" +
+         dataset[first] + "' here";
 }
 
 NamedTensors read_model_tensors(const std::string& path) {

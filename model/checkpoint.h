@@ -8,12 +8,19 @@
 //                              recognised and named, and a checkpoint alone can rebuild its model
 //   __metadata__ "deit"        the caller's JSON (arguments, epoch, schedule position, RNG and
 //                              sampler state)
+//   __metadata__ "deit_classes"  the class names in label order, as a JSON array (see below)
 //
 // A weights file holds the parameters alone, as f32 under timm's names and shapes (RECIPE.md
 // section 1): what `deit export` writes, what timm's deit3_* models load, and what
 // `deit eval --weights` reads (timm's own safetensors weights included, and checkpoints too).
+//
+// Both kinds keep the names of the classes the model was trained on, in label order, when the
+// writer knows them: label 3 means a class only through the dataset's folder order, so a model
+// evaluated or resumed on a dataset with other classes would be scored against the wrong labels
+// without a word. Files written before deit kept them, and timm's weights, have none.
 #pragma once
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -24,9 +31,11 @@
 namespace deit::model {
 
 // Writes a checkpoint of `model` plus `extra` tensors (whose names must not start with "model.")
-// and the caller's `state` JSON. A failed write leaves any previous file at `path` untouched.
+// and the caller's `state` JSON, and the names of the model's classes when given. A failed write
+// leaves any previous file at `path` untouched.
 void save_checkpoint(const std::string& path, const VisionTransformer& model,
-                     const NamedTensors& extra, const nlohmann::json& state);
+                     const NamedTensors& extra, const nlohmann::json& state,
+                     const std::vector<std::string>& class_names = {});
 
 struct Checkpoint {
   std::string path;
@@ -34,6 +43,7 @@ struct Checkpoint {
   nlohmann::json state;   // the caller's JSON, as saved
   NamedTensors model;     // the parameters, host tensors under timm's names ("model." removed)
   NamedTensors extra;     // the caller's extra tensors, names as saved
+  std::vector<std::string> class_names;  // in label order; empty when the file does not say
 };
 
 // Reads and validates a checkpoint; with_extra = false skips the extra tensors (evaluation and
@@ -54,8 +64,20 @@ void load_checkpoint_model(VisionTransformer& model, const Checkpoint& checkpoin
 void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
                      const std::string& source, const ViTConfig* source_config = nullptr);
 
-// Writes the model's parameters as a timm-compatible weights file.
-void save_weights(const std::string& path, const VisionTransformer& model);
+// Writes the model's parameters as a timm-compatible weights file, with the names of its classes
+// when given (timm ignores them).
+void save_weights(const std::string& path, const VisionTransformer& model,
+                  const std::vector<std::string>& class_names = {});
+
+// The class names a checkpoint or weights file keeps, in label order; empty when it keeps none.
+// Reads the file's header only.
+std::vector<std::string> read_class_names(const std::string& path);
+
+// How the classes a model was trained on differ from a dataset's, e.g. "10 classes there, 9
+// here" or "class 3 is 'star' there, 'triangle' here"; empty when they agree or `trained` is
+// empty (not known).
+std::string class_difference(const std::vector<std::string>& trained,
+                             const std::vector<std::string>& dataset);
 
 // The model tensors of a weights file or of a checkpoint (whose extra state is not read), under
 // timm's names: the reference code's blocks.{i}.gamma_1 / gamma_2 become blocks.{i}.ls1.gamma /

@@ -55,6 +55,17 @@ std::vector<uint8_t> parameter_bytes(const std::string& checkpoint) {
   return bytes;
 }
 
+// A copy of the dataset at `data` whose class `from` (a folder in each split) is called `to`:
+// the same images, but the folders sort into another label order when `to` sorts elsewhere.
+std::string with_renamed_class(const test::TempDir& dir, const std::string& data,
+                               const std::string& from, const std::string& to) {
+  const std::string copy = dir.file("renamed_" + to);
+  std::filesystem::copy(data, copy, std::filesystem::copy_options::recursive);
+  for (const char* split : {"train", "val"})
+    std::filesystem::rename(copy + "/" + split + "/" + from, copy + "/" + split + "/" + to);
+  return copy;
+}
+
 // Starts `deit args`, reads its (line-oriented, non-terminal) progress on stderr, and kills it
 // with SIGKILL as soon as a line starts with `kill_at`. Returns true when it was killed there.
 bool run_and_kill_at(const std::string& args, const std::string& kill_at) {
@@ -183,6 +194,29 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   REQUIRE(r.exit_code == 0);
   j = nlohmann::json::parse(r.output);
   CHECK(j["acc1"].get<double>() == Approx(logged["test_acc1"].get<double>()));
+
+  // Both files name the classes the model learned; a dataset whose label 0 is another class is
+  // refused, as is one with fewer classes.
+  const std::vector<std::string> classes(data::synthetic_class_names().begin(),
+                                         data::synthetic_class_names().begin() + 4);
+  CHECK(model::read_checkpoint(out + "/checkpoint.safetensors", false).class_names == classes);
+  CHECK(model::read_class_names(weights) == classes);
+  const std::string renamed = with_renamed_class(dir, data, classes[0], "zigzag");
+  for (const std::string& source :
+       {"--checkpoint " + out + "/checkpoint.safetensors", "--input-size 8 --weights " + weights}) {
+    INFO(source);
+    r = run_deit("eval " + model + source + " --data " + renamed);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Catch::Contains("was trained on other classes than split 'val'") &&
+                             Catch::Contains("class 0 is 'checkerboard' there, "
+                                             "'concentric_rings' here"));
+  }
+  std::filesystem::remove_all(renamed + "/train/zigzag");
+  std::filesystem::remove_all(renamed + "/val/zigzag");
+  r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " +
+               renamed);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("4 classes there, 3 here"));
 }
 
 TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's weights",
@@ -288,6 +322,12 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   r = run_deit(tiny_train_args(data, out, 2) + " --resume " + checkpoint + " --model-ema");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("no EMA weights"));
+  // Resumed on a dataset whose labels mean other classes.
+  const std::string renamed = with_renamed_class(dir, data, "checkerboard", "zigzag");
+  r = run_deit(tiny_train_args(renamed, out, 2) + " --resume " + checkpoint);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("was trained on other classes than '" + renamed + "'") &&
+                           Catch::Contains("--finetune"));
   CHECK(test::read_bytes(out + "/log.txt") == log);
 
   // AdamW with an absurd learning rate: the weights blow up and the loss stops being finite.

@@ -214,6 +214,12 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     if (saved_opt != o.opt)
       throw std::runtime_error("checkpoint '" + o.resume + "' was trained with --opt " + saved_opt +
                                ", this run asks for " + o.opt);
+    const std::string classes_differ =
+        model::class_difference(resumed->class_names, train_source->class_names());
+    if (!classes_differ.empty())
+      throw std::runtime_error("checkpoint '" + o.resume + "' was trained on other classes than '" +
+                               o.data_dir + "' holds (" + classes_differ + "): resume it on its " +
+                               "own dataset, or start a new run from it with --finetune");
     model::load_checkpoint_model(vit, *resumed);
   }
   ParameterRegistry& params = vit.parameters();
@@ -483,7 +489,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                             {"best_epoch", summary.best_epoch},
                             {"sampler", sampler_to_json(train_loader->state())},
                             {"world_size", world},
-                            {"optimizer_steps", optimizer.step_count()}});
+                            {"optimizer_steps", optimizer.step_count()}},
+                           train_source->class_names());
     if (!o.progress) continue;
     std::fprintf(stderr, "epoch %lld/%lld  lr %.3g  train loss %.4f  val acc1 %.2f%%  acc5 %.2f%%  "
                          "val loss %.4f  (%s)\n",
