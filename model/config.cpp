@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <cmath>
 #include <stdexcept>
 
 #include "kernels/attention.h"
@@ -9,16 +10,42 @@ namespace deit::model {
 
 void ViTConfig::validate() const {
   auto fail = [](const std::string& what) { throw std::invalid_argument(what); };
-  if (patch < 1) fail("patch size must be positive, got " + std::to_string(patch));
-  if (dim < 1) fail("dim must be positive, got " + std::to_string(dim));
-  if (depth < 1) fail("depth must be positive, got " + std::to_string(depth));
-  if (heads < 1) fail("heads must be positive, got " + std::to_string(heads));
+  // The upper bounds lie far beyond any ViT, but keep every size and count the program derives
+  // from a configuration (parameters, activation bytes, FLOPs) inside int64.
+  auto check_range = [&](const char* field, int64_t value, int64_t lo, int64_t hi) {
+    if (value < lo)
+      fail(std::string(field) + " must be at least " + std::to_string(lo) + ", got " +
+           std::to_string(value));
+    if (value > hi)
+      fail(std::string(field) + " must be at most " + std::to_string(hi) + ", got " +
+           std::to_string(value));
+  };
+  check_range("patch size", patch, 1, 1024);
+  check_range("dim", dim, 1, 65536);
+  check_range("depth", depth, 1, 1024);
+  check_range("heads", heads, 1, dim);
   if (dim % heads != 0)
     fail("dim " + std::to_string(dim) + " is not divisible by heads " + std::to_string(heads));
-  if (num_classes < 1) fail("num-classes must be positive, got " + std::to_string(num_classes));
+  check_range("num-classes", num_classes, 1, int64_t{1} << 24);
   if (input_size < patch)
     fail("input size " + std::to_string(input_size) + " is smaller than one " +
          std::to_string(patch) + "-pixel patch");
+  check_range("input size", input_size, patch, 16384);
+  check_range("in_channels", in_channels, 1, 64);
+  check_range("mlp_ratio", mlp_ratio, 1, 64);
+  if (!std::isfinite(layerscale_init))
+    fail("layerscale_init must be finite, got " + std::to_string(layerscale_init));
+  if (!(layernorm_eps > 0) || !std::isfinite(layernorm_eps))
+    fail("layernorm_eps must be positive and finite, got " + std::to_string(layernorm_eps));
+  // The blocks' multiply-adds per image, in double: what int64 cost sums would overflow on.
+  const double T = static_cast<double>(tokens()), C = static_cast<double>(dim);
+  const double block_macs = (4 + 2 * static_cast<double>(mlp_ratio)) * T * C * C + 2 * T * T * C;
+  constexpr double kMaxMacsPerImage = 1e15;  // ViT-H/14 at 224: 1.7e11
+  if (static_cast<double>(depth) * block_macs > kMaxMacsPerImage)
+    fail("a model of dim " + std::to_string(dim) + ", depth " + std::to_string(depth) + " and " +
+         std::to_string(tokens()) +
+         " tokens needs more than 1e15 multiply-adds per image: "
+         "beyond what deit trains");
 }
 
 void ViTConfig::validate_for_cuda() const {

@@ -2,6 +2,9 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
@@ -45,6 +48,27 @@ TEST_CASE("configuration errors say what is wrong", "[model]") {
   c = preset("deit3_small");
   c.input_size = 8;
   CHECK_THROWS_WITH(c.validate(), Catch::Contains("smaller than one"));
+  // Sizes whose parameter counts or FLOPs would overflow int64 are refused, naming the field;
+  // so is what only a crafted checkpoint could hold.
+  for (const auto& [field, value] : std::vector<std::pair<std::string, int64_t>>{
+           {"depth", 100000000000}, {"dim", int64_t{1} << 40}, {"patch size", 4096}}) {
+    INFO(field);
+    c = preset("deit3_small");
+    if (field == "depth") c.depth = value;
+    if (field == "dim") c.dim = c.heads = value;
+    if (field == "patch size") c.patch = c.input_size = value;
+    CHECK_THROWS_WITH(c.validate(), Catch::Contains(field + " must be at most"));
+  }
+  c = preset("deit3_huge52");
+  c.input_size = 16384;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("1e15 multiply-adds"));
+  c = preset("deit3_small");
+  c.mlp_ratio = 0;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("mlp_ratio must be at least 1"));
+  c = preset("deit3_small");
+  c.layernorm_eps = std::nan("");
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("layernorm_eps"));
+  for (const std::string& name : preset_names()) CHECK_NOTHROW(preset(name).validate());
   // The GPU's attention kernels take head dims 32, 64, 80 and 128: every preset fits, a custom
   // 384 / 4 = 96 does not, and says so before any memory is taken.
   for (const std::string& name : preset_names()) CHECK_NOTHROW(preset(name).validate_for_cuda());
