@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -59,6 +60,11 @@ void run_ops(const AugmentCommandOptions& options) {
         "OUT.png; the ops are:\n" +
         data::named_op_usage());
   require_png("--out", options.out);
+  std::error_code ec;
+  if (std::filesystem::equivalent(options.in, options.out, ec))
+    throw std::invalid_argument("--out '" + options.out +
+                                "' is the input image itself; choose "
+                                "another file name");
   data::ImageU8 image = data::decode_image_file(options.in);
   Rng rng(options.seed);
   for (size_t i = 0; i < options.ops.size(); ++i) {

@@ -2,7 +2,6 @@
 // timm.create_model('deit3_small_patch16_224').load_state_dict(safetensors.torch.load_file(F))
 // accepts, and `deit eval --weights` reads.
 #include <cstdio>
-#include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -20,11 +19,11 @@ struct ExportOptions {
 };
 
 void run_export(const ExportOptions& opts) {
-  // Writing over the checkpoint would replace the run's optimizer state with bare weights.
-  std::error_code ec;
-  if (std::filesystem::equivalent(opts.checkpoint, opts.out, ec))
-    throw std::invalid_argument("--out '" + opts.out + "' is the checkpoint itself; choose "
-                                "another file name");
+  // Writing over a checkpoint (this one, or another run's) would replace a run's optimizer state
+  // with bare weights; a weights file may be replaced.
+  if (model::is_checkpoint(opts.out))
+    throw std::invalid_argument("--out '" + opts.out + "' is a training checkpoint; choose " +
+                                "another file name (export writes weights only)");
   const model::Checkpoint ckpt = model::read_checkpoint(opts.checkpoint, /*with_extra=*/false);
   model::VisionTransformer vit(ckpt.config);
   model::load_checkpoint_model(vit, ckpt);

@@ -1,6 +1,7 @@
 #include "model/checkpoint.h"
 
 #include <cmath>
+#include <filesystem>
 #include <optional>
 #include <stdexcept>
 #include <unordered_map>
@@ -276,11 +277,21 @@ std::string class_difference(const std::vector<std::string>& trained,
          dataset[first] + "' here";
 }
 
+bool is_checkpoint(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return false;
+  try {
+    // The header alone (no tensor is selected) tells a checkpoint from a weights file.
+    return read_safetensors(path, [](const std::string&) { return false; })
+        .metadata.count(kConfigKey);
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 NamedTensors read_model_tensors(const std::string& path) {
-  // The header alone (no tensor is selected) tells a checkpoint from a weights file, so the
-  // checkpoint's optimizer state need not be read.
-  const auto header = read_safetensors(path, [](const std::string&) { return false; });
-  if (header.metadata.count(kConfigKey)) return read_checkpoint(path, /*with_extra=*/false).model;
+  // A checkpoint's optimizer state need not be read.
+  if (is_checkpoint(path)) return read_checkpoint(path, /*with_extra=*/false).model;
   NamedTensors tensors;
   for (auto& [name, t] : read_safetensors(path).tensors)
     tensors.emplace_back(timm_name(name), std::move(t));

@@ -51,6 +51,10 @@ struct Checkpoint {
 // a deit checkpoint.
 Checkpoint read_checkpoint(const std::string& path, bool with_extra = true);
 
+// Whether `path` is a readable deit checkpoint (by its header; false for a missing file, a
+// weights file or anything that is not safetensors).
+bool is_checkpoint(const std::string& path);
+
 // Copies the checkpoint's parameters into `model` (any device and dtype) after checking that it
 // was saved from the same model: see load_parameters.
 void load_checkpoint_model(VisionTransformer& model, const Checkpoint& checkpoint);

@@ -3,7 +3,9 @@
 // non-zero exit.
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "data/image.h"
 #include "data/transforms.h"
@@ -87,6 +89,14 @@ TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[a
                " --op hflip");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("missing.png"));
+  // The input is never overwritten.
+  const std::string png = dir.file("in.png");
+  REQUIRE(run_deit("augment --in " + kInput + " --out " + png + " --op hflip").exit_code == 0);
+  const std::vector<uint8_t> input = deit::test::read_bytes(png);
+  r = run_deit("augment --in " + png + " --out " + png + " --op vflip");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("is the input image itself"));
+  CHECK(deit::test::read_bytes(png) == input);
   r = run_deit("augment --data " + dir.path() + " --grid " + dir.file("g.png"));
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains(dir.path()));

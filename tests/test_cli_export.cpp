@@ -58,6 +58,8 @@ TEST_CASE("deit export writes the model's tensors under timm's names", "[io][cli
     REQUIRE(t->shape() == p.value.shape());
     CHECK(std::memcmp(t->raw_data(), p.value.raw_data(), p.value.nbytes()) == 0);
   }
+  // An earlier export is replaced.
+  CHECK(run_deit("export --checkpoint " + checkpoint + " --out " + out).exit_code == 0);
 }
 
 TEST_CASE("deit export rejects bad input with a clear message and a non-zero exit", "[io][cli]") {
@@ -93,9 +95,16 @@ TEST_CASE("deit export rejects bad input with a clear message and a non-zero exi
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("cannot write '" + no_dir + "'"));
 
-  r = run_deit("export --checkpoint " + checkpoint + " --out " + checkpoint);
-  CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Contains("is the checkpoint itself"));
+  // Over the checkpoint itself, or over another run's: refused.
+  const std::string other_run = dir.file("other_run.safetensors");
+  save_checkpoint(other_run, tiny_model(), {}, {{"epoch", 9}});
+  const std::vector<uint8_t> other_good = deit::test::read_bytes(other_run);
+  for (const std::string& target : {checkpoint, other_run}) {
+    r = run_deit("export --checkpoint " + checkpoint + " --out " + target);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Contains("'" + target + "' is a training checkpoint"));
+  }
+  CHECK(deit::test::read_bytes(other_run) == other_good);
 
   CHECK_FALSE(std::filesystem::exists(out));
   CHECK(deit::test::read_bytes(checkpoint) == good);
