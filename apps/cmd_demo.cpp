@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "apps/train_flags.h"
 #include "data/synthetic.h"
@@ -66,7 +67,8 @@ train::TrainOptions demo_recipe(const DemoOptions& d, const std::string& data_di
   return o;
 }
 
-void run_demo(const DemoOptions& d) {
+// `program`: how deit was started (argv[0]), so the command printed at the end runs as shown.
+void run_demo(const DemoOptions& d, const std::string& program) {
   namespace fs = std::filesystem;
   // Before anything is made or replaced: a device this machine lacks ends the demo at once.
   require_device(parse_device(d.device));
@@ -100,9 +102,10 @@ void run_demo(const DemoOptions& d) {
   std::fprintf(stderr, "training %s on %s, %lld epoch%s\n", o.model.name.c_str(), data_dir.c_str(),
                (long long)o.epochs, o.epochs == 1 ? "" : "s");
   print_train_summary(train::train(o));
-  std::printf("next: build/deit eval --model deit3_small --patch 16 --dim 96 --depth 4 --heads 3 "
-              "--checkpoint %s/run/checkpoint.safetensors --data %s --per-class\n",
-              d.out.c_str(), data_dir.c_str());
+  std::printf(
+      "next: %s eval --model deit3_small --patch 16 --dim 96 --depth 4 --heads 3 "
+      "--checkpoint %s/run/checkpoint.safetensors --data %s --per-class\n",
+      program.c_str(), d.out.c_str(), data_dir.c_str());
 }
 
 }  // namespace
@@ -120,9 +123,12 @@ void add_demo_command(CLI::App& app) {
   cmd->add_option("--epochs", opts->epochs,
                   "Epochs (default: the demo's " + std::to_string(kDemoEpochs) + ")")
       ->check(CLI::Range(1, 1000000));
-  cmd->add_option("--seed", opts->seed, "Seed of the dataset and the run")->capture_default_str();
+  cmd->add_option("--seed", opts->seed, "Seed of the dataset and the run")
+      ->capture_default_str()
+      ->check(unsigned_64bit());
   cmd->add_flag("--quiet", opts->quiet, "No progress output");
-  cmd->callback([opts] { run_demo(*opts); });
+  // CLI11 names the top-level app after argv[0] as it parses.
+  cmd->callback([opts, cmd] { run_demo(*opts, cmd->get_parent()->get_name()); });
 }
 
 }  // namespace deit::apps

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <exception>
 #include <new>
+#include <string>
 
 #include "apps/commands.h"
 #include "engine/allocator.h"
@@ -17,6 +18,30 @@ static void prefer_passive_openmp_waiting(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY")) return;
   setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
   execv("/proc/self/exe", argv);  // returns only on failure: then run with the default policy
+}
+
+// CLI11 answers a misspelt command ("deit trian", "deit bench stpe") with "A subcommand is
+// required". Returns what to say instead, or "" when argv names its commands correctly.
+static std::string unknown_command(const CLI::App& app, int argc, char** argv) {
+  const CLI::App* current = &app;
+  std::string path = "deit";
+  for (int i = 1; i < argc && argv[i][0] != '-'; ++i) {
+    std::string names;
+    const CLI::App* next = nullptr;
+    for (const CLI::App* sub : current->get_subcommands([](const CLI::App*) { return true; })) {
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+      if (sub->get_name() == argv[i]) next = sub;
+    }
+    if (next) {
+      current = next;
+      path += " " + next->get_name();
+      continue;
+    }
+    if (current->get_require_subcommand_min() == 0) return "";  // a positional value
+    return "unknown command '" + std::string(argv[i]) + "'; the commands of " + path + " are " +
+           names + " (" + path + " --help describes them)";
+  }
+  return "";
 }
 
 int main(int argc, char** argv) {
@@ -34,6 +59,10 @@ int main(int argc, char** argv) {
   deit::apps::add_augment_command(app);
   deit::apps::add_export_command(app);
   deit::apps::add_bench_command(app);
+  if (const std::string unknown = unknown_command(app, argc, argv); !unknown.empty()) {
+    std::fprintf(stderr, "deit: error: %s\n", unknown.c_str());
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,5 +1,7 @@
 #include "apps/train_flags.h"
 
+#include "apps/cli_checks.h"
+
 namespace deit::apps {
 
 namespace {
@@ -62,7 +64,7 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--resume", resume, "Continue the run saved in this checkpoint");
   cmd.add_option("--finetune", finetune, "Start from these weights (checkpoint or .safetensors); "
                                          "pos_embed is resized, a new head made for new classes");
-  cmd.add_option("--seed", seed, "Seed of every random choice (0)");
+  cmd.add_option("--seed", seed, "Seed of every random choice (0)")->check(unsigned_64bit());
   cmd.add_option("--workers", workers, "Data loading threads (2)");
   cmd.add_flag("--zero", zero,
                "Several ranks: shard the optimizer state across them (ZeRO-1: 1/ranks of the "

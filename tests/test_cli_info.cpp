@@ -84,4 +84,7 @@ TEST_CASE("deit info rejects bad input with a clear message and a non-zero exit"
   r = run_deit("info");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--model"));
+  r = run_deit("info --model deit3_small --depth 100000000000");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("depth must be at most 1024"));
 }

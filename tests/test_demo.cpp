@@ -40,6 +40,16 @@ TEST_CASE("deit demo makes its dataset, trains, evaluates and reports", "[demo][
   auto lines = log_lines(out + "/run/log.txt");
   REQUIRE(lines.size() == 1);
   CHECK(lines[0]["test_acc1"].get<double>() > 10);  // ten classes: above chance after one epoch
+  // The command it suggests next runs as printed (from wherever deit was started).
+  const size_t next = r.output.find("next: ");
+  REQUIRE(next != std::string::npos);
+  std::string suggested = r.output.substr(next + 6);
+  suggested = suggested.substr(0, suggested.find('\n'));
+  REQUIRE(suggested.rfind(std::string(DEIT_BINARY) + " eval ", 0) == 0);
+  const CliResult evaluated = run_deit(suggested.substr(std::string(DEIT_BINARY).size() + 1));
+  INFO(evaluated.output);
+  CHECK(evaluated.exit_code == 0);
+  CHECK_THAT(evaluated.output, Catch::Contains("top-1") && Catch::Contains("checkerboard"));
 
   r = run_deit("demo --epochs 1 --quiet --out " + out);
   INFO(r.output);

@@ -248,6 +248,7 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CliResult r = run_deit(tiny_train_args(dir.file("nowhere"), out, 1));
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("nowhere"));
+  CHECK_FALSE(std::filesystem::exists(out));
 
   std::filesystem::create_directories(dir.file("empty/train"));
   std::filesystem::create_directories(dir.file("empty/val"));

@@ -176,7 +176,6 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   // Rank 0 alone writes the run's files and shows progress; the other ranks never touch OUTPUT.
   const bool lead = rank == 0;
   o.validate();  // before anything is created; again once the dataset gives the class count
-  if (lead) prepare_output_dir(o.output_dir, !o.resume.empty());
   auto train_source = open_split(o.data_dir, "train");
   auto val_source = open_split(o.data_dir, "val");
   if (train_source->class_names() != val_source->class_names())
@@ -184,6 +183,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                              "' have different classes");
   if (!o.num_classes_given) o.model.num_classes = static_cast<int64_t>(train_source->class_names().size());
   o.validate();
+  if (lead) prepare_output_dir(o.output_dir, !o.resume.empty());  // nothing made for a bad run
 
   // On CUDA: fp32 master weights with their bf16 copies (engine/parameters.h), initialised from
   // the host's random draws, so a CUDA run starts from the CPU run's weights.

@@ -1,0 +1,37 @@
+// What `deit` itself checks before any command runs: the command names, and the values CLI11
+// would read wrongly on its own.
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include "tests/cli_runner.h"
+
+using deit::test::CliResult;
+using deit::test::run_deit;
+
+TEST_CASE("a misspelt command is named, with the commands there are", "[cli]") {
+  CliResult r = run_deit("trian --data x");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("unknown command 'trian'") &&
+                           Catch::Contains("the commands of deit are") && Catch::Contains("train"));
+  r = run_deit("bench stpe");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("unknown command 'stpe'; the commands of deit bench are") &&
+                           Catch::Contains("step"));
+}
+
+TEST_CASE("a seed is a whole number from 0 to 2^64 - 1", "[cli]") {
+  // CLI11 alone reads -1 as 2^64 - 1 and an overflowing number as the largest.
+  for (const std::string seed : {"-1", "18446744073709551616", "3x"}) {
+    INFO(seed);
+    const CliResult r = run_deit(
+        "bench step --model deit3_tiny --depth 1 --input-size 32 "
+        "--batch-size 2 --steps 1 --warmup 0 --profile-steps 0 --device cpu --seed " +
+        seed);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Catch::Contains("--seed: '" + seed + "' is not a whole number"));
+  }
+  CHECK(run_deit("bench step --model deit3_tiny --depth 1 --input-size 32 --batch-size 2 "
+                 "--steps 1 --warmup 0 --device cpu --seed 18446744073709551615")
+            .exit_code == 0);
+}
