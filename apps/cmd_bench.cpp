@@ -2,6 +2,7 @@
 // and its library rival (bench/kernel_bench.h); `step`: the training step's images/s, MFU, memory
 // and time per op (bench/step_bench.h); `data`: the input pipeline (apps/cmd_bench_data.cpp).
 // bench/compare.sh runs them next to PyTorch + timm (bench/torch_baseline.py).
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -17,6 +18,7 @@
 #include "engine/communicator.h"
 #include "engine/device.h"
 #include "engine/rendezvous.h"
+#include "model/config.h"
 #include "train/recipe.h"
 
 #if DEIT_HAVE_CUDA
@@ -124,10 +126,18 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
   const bench::StepBenchOptions& o = r.options;
   const std::string where =
       r.device == r.device_name ? r.device : r.device + " (" + r.device_name + ")";
+  // A preset with overridden sizes is named with the sizes it ran at.
+  const model::ViTConfig preset = model::preset(o.model_name);
+  std::string model = o.model_name;
+  if (preset.patch != o.model.patch || preset.dim != o.model.dim || preset.depth != o.model.depth ||
+      preset.heads != o.model.heads)
+    model += " (custom: patch " + std::to_string(o.model.patch) + ", dim " +
+             std::to_string(o.model.dim) + ", depth " + std::to_string(o.model.depth) + ", heads " +
+             std::to_string(o.model.heads) + ")";
   std::printf("%s at %lld px, batch %lld per process, %d process%s on %s, %s, %s%s\n",
-              o.model_name.c_str(), (long long)o.model.input_size, (long long)o.batch_size,
-              r.world_size, r.world_size == 1 ? "" : "es", where.c_str(), r.precision.c_str(),
-              o.opt.c_str(), r.sharded ? " with its state sharded (ZeRO-1)" : "");
+              model.c_str(), (long long)o.model.input_size, (long long)o.batch_size, r.world_size,
+              r.world_size == 1 ? "" : "es", where.c_str(), r.precision.c_str(), o.opt.c_str(),
+              r.sharded ? " with its state sharded (ZeRO-1)" : "");
   std::printf("step          %9.2f ms  (forward %.2f, backward %.2f, optimizer %.2f; mean of %d "
               "after %d warm-up)\n",
               r.step_ms, r.forward_ms, r.backward_ms, r.optimizer_ms, j["timed_steps"].get<int>(),
@@ -148,11 +158,14 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
   std::printf("peak memory   %9.2f GiB (caching allocator)\n", r.peak_memory_bytes / kGiB);
   if (!r.breakdown.empty()) {
     std::printf("time per op (profiled step %.2f ms):\n", r.profiled_step_ms);
+    int width = 13;  // "(outside ops)"
     for (const auto& op : j["breakdown"])
-      std::printf("  %-32s %9.3f ms %6.1f%%  %5.0f calls\n", op["op"].get<std::string>().c_str(),
-                  op["ms_per_step"].get<double>(), 100.0 * op["fraction_of_step"].get<double>(),
-                  op["calls_per_step"].get<double>());
-    std::printf("  %-32s %9.3f ms\n", "(outside ops)", j["other_ms"].get<double>());
+      width = std::max(width, static_cast<int>(op["op"].get<std::string>().size()));
+    for (const auto& op : j["breakdown"])
+      std::printf("  %-*s %9.3f ms %6.1f%%  %5.0f calls\n", width,
+                  op["op"].get<std::string>().c_str(), op["ms_per_step"].get<double>(),
+                  100.0 * op["fraction_of_step"].get<double>(), op["calls_per_step"].get<double>());
+    std::printf("  %-*s %9.3f ms\n", width, "(outside ops)", j["other_ms"].get<double>());
   }
   if (r.comm_total_ms)
     std::printf(

@@ -48,6 +48,11 @@ def ratio(ours, theirs):
     return None if not ours or not theirs else ours / theirs
 
 
+def shape_text(result):
+    shape = result.get("shape")
+    return ", ".join(f"{k} {v}" for k, v in shape.items()) if shape else "an unstated shape"
+
+
 def step_section(runs):
     by_config = {}
     for run in runs:
@@ -66,18 +71,30 @@ def step_section(runs):
              "deit / torch | deit / compile | deit MFU | compile MFU | deit peak GiB | "
              "compile peak GiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    details = []
+    details, mismatches = [], []
     for label, config in by_config.items():
         model, size, batch, *flags = label.split()  # flags: what both sides ran with
         if flags:
             model += " (" + " ".join(flags) + ")"
         ours, eager, compiled = (config.get(k) for k in ("deit", "torch", "torch.compile"))
+        # A ratio means something only when both sides trained the same model.
+        comparable = {}
+        for side, theirs in (("torch", eager), ("torch.compile", compiled)):
+            comparable[side] = not ours or not theirs or ours.get("shape") == theirs.get("shape")
+            if not comparable[side]:
+                mismatches.append(f"- {label}: deit ran {shape_text(ours)}; {side} ran "
+                                  f"{shape_text(theirs)}. No ratio is given.")
 
         def get(result, key):
             return result.get(key) if result else None
 
         def pct(result):
             return fmt(100 * result["mfu"], ".1f") + "%" if result and result.get("mfu") else "-"
+
+        def speedup(theirs, side):
+            if not comparable[side]:
+                return "n/a"
+            return fmt(ratio(get(ours, "images_per_s"), get(theirs, "images_per_s")), ".2f")
 
         def gib(result):
             peak = get(result, "peak_memory_bytes")
@@ -87,14 +104,15 @@ def step_section(runs):
             f"| {model} | {size} | {batch} | {fmt(get(ours, 'images_per_s'), '.0f')} | "
             f"{fmt(get(eager, 'images_per_s'), '.0f')} | "
             f"{fmt(get(compiled, 'images_per_s'), '.0f')} | "
-            f"{fmt(ratio(get(ours, 'images_per_s'), get(eager, 'images_per_s')), '.2f')} | "
-            f"{fmt(ratio(get(ours, 'images_per_s'), get(compiled, 'images_per_s')), '.2f')} | "
+            f"{speedup(eager, 'torch')} | {speedup(compiled, 'torch.compile')} | "
             f"{pct(ours)} | {pct(compiled)} | {gib(ours)} | {gib(compiled)} |")
         details += phase_details(label, ours, eager, compiled)
     optimizers = sorted({f"{r['impl']}: {r['optimizer']}" for c in by_config.values()
                          for r in c.values()})
     precisions = sorted({f"{r['impl']}: {r['precision']}" for c in by_config.values()
                          for r in c.values()})
+    if mismatches:
+        lines += ["", "**The sides measured different models:**", ""] + mismatches
     if precisions:
         lines += ["", "Precision: " + "; ".join(precisions) + "."]
     if optimizers:

@@ -348,6 +348,11 @@ nlohmann::ordered_json to_json(const StepReport& r) {
   nlohmann::ordered_json j;
   j["impl"] = "deit";
   j["model"] = o.model_name;
+  j["shape"] = {{"patch", o.model.patch},
+                {"dim", o.model.dim},
+                {"depth", o.model.depth},
+                {"heads", o.model.heads},
+                {"num_classes", o.model.num_classes}};
   j["input_size"] = o.model.input_size;
   j["batch_size"] = o.batch_size;
   j["world_size"] = r.world_size;

@@ -8,7 +8,10 @@
 // One JSON object per run (to_json), with the same field names as bench/torch_baseline.py prints
 // for PyTorch + timm, so bench/compare.sh can set the two side by side:
 //   impl                 "deit"
-//   model, input_size, batch_size (per process), world_size, device, device_name, precision,
+//   model                the preset the model starts from
+//   shape                {patch, dim, depth, heads, num_classes}: the model measured, overrides
+//                        included, so a comparison can check that both sides ran the same one
+//   input_size, batch_size (per process), world_size, device, device_name, precision,
 //   optimizer, drop_path, recompute_gelu, grad_checkpointing
 //   zero                 whether the optimizer state was sharded (ZeRO-1, --zero): the gradient
 //                        buckets reduce-scattered, the updates all-gathered after the optimizer

@@ -209,7 +209,11 @@ def run_step(args):
 
     result = {
         "impl": "torch.compile" if args.compile else "torch",
-        "model": args.model, "input_size": S, "batch_size": B, "world_size": 1,
+        "model": args.model,
+        "shape": {"patch": model.patch_embed.patch_size[0], "dim": model.embed_dim,
+                  "depth": len(model.blocks), "heads": model.blocks[0].attn.num_heads,
+                  "num_classes": model.num_classes},
+        "input_size": S, "batch_size": B, "world_size": 1,
         "device": str(device), "device_name": device_name(device),
         "precision": "bf16" if on_gpu else "fp32", "optimizer": optimizer_name,
         "drop_path": args.drop_path,

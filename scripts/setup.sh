@@ -13,6 +13,7 @@ packages=(
   libcli11-dev           # the command line
   nlohmann-json3-dev     # JSON output, logs and checkpoints' metadata
   libopenmpi-dev openmpi-bin  # the CPU data-parallel backend and its tests
+  python3                # bench/report.py's test (the benchmark scripts are Python)
 )
 
 missing=()

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -34,6 +35,10 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
   const auto j = nlohmann::json::parse(r.output);  // the whole output: exactly one object
   CHECK(j["impl"] == "deit");
   CHECK(j["model"] == "deit3_tiny");
+  // The model as run: the preset's sizes with --depth 1.
+  CHECK(j["shape"] ==
+        nlohmann::json{
+            {"patch", 16}, {"dim", 192}, {"depth", 1}, {"heads", 3}, {"num_classes", 1000}});
   CHECK(j["input_size"] == 32);
   CHECK(j["batch_size"] == 2);
   CHECK(j["world_size"] == 1);
@@ -161,6 +166,24 @@ TEST_CASE("deit bench step takes a peak for MFU and the recipe's overrides", "[c
   CHECK(j["optimizer"] == "adamw");
   CHECK(j["drop_path"].get<double>() == 0.5);
   CHECK(j["breakdown"].is_null());
+}
+
+TEST_CASE("deit bench step's text names a custom model's sizes and aligns its op table",
+          "[cli][bench]") {
+  const CliResult r = run_deit(
+      "bench step --model deit3_tiny --depth 1 --input-size 32 "
+      "--batch-size 2 --device cpu --warmup 0 --steps 1 --profile-steps 1");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output.rfind("deit3_tiny (custom: patch 16, dim 192, depth 1, heads 3) at 32 px", 0) ==
+        0);
+  // Every op row (the longest name included) has its milliseconds in the same column.
+  std::set<size_t> ms_columns;
+  std::istringstream lines(r.output.substr(r.output.find("time per op")));
+  std::string line;
+  std::getline(lines, line);
+  while (std::getline(lines, line) && line.rfind("  ", 0) == 0) ms_columns.insert(line.find(" ms"));
+  CHECK(ms_columns.size() == 1);
 }
 
 TEST_CASE("deit bench step --zero in one process says it shards nothing", "[cli][bench]") {

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""bench/report.py on recorded runs made up here: the step table's ratios, a comparison of two
+different models refused, failures listed. Plain Python, as report.py; CTest runs it (report_py).
+
+  test_report.py PATH/TO/bench/report.py
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+SMALL = {"patch": 16, "dim": 384, "depth": 12, "heads": 6, "num_classes": 1000}
+
+
+def step_result(impl, images_per_s, shape):
+    return {"impl": impl, "model": "deit3_small", "shape": shape, "input_size": 224,
+            "batch_size": 64, "optimizer": "lamb" if impl == "deit" else "adamw",
+            "precision": "bf16", "images_per_s": images_per_s, "step_ms": 64000 / images_per_s,
+            "mfu": 0.25, "peak_memory_bytes": 2 * 1024 ** 3,
+            "phases_ms": {"forward": 10.0, "backward": 20.0, "optimizer": 2.0}}
+
+
+def record(run_dir, index, label, result, rc=0, err=""):
+    stem = os.path.join(run_dir, f"{index:03d}")
+    for ext, text in (("kind", "step"), ("label", label), ("cmd", f"step run {index}"),
+                      ("rc", str(rc)), ("json", json.dumps(result) if result else ""),
+                      ("err", err)):
+        with open(f"{stem}.{ext}", "w") as f:
+            f.write(text)
+
+
+def main():
+    report = sys.argv[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = os.path.join(tmp, "runs")
+        os.mkdir(runs)
+        # One configuration where every side ran deit3_small, one where torch.compile ran a model
+        # of one block (as a stale or mistyped flag would make it).
+        record(runs, 1, "deit3_small 224 64", step_result("deit", 2000.0, SMALL))
+        record(runs, 2, "deit3_small 224 64", step_result("torch", 1000.0, SMALL))
+        record(runs, 3, "deit3_small 224 64", step_result("torch.compile", 1600.0, SMALL))
+        record(runs, 4, "deit3_small 160 64", step_result("deit", 3000.0, SMALL))
+        record(runs, 5, "deit3_small 160 64", step_result("torch", 1500.0, SMALL))
+        record(runs, 6, "deit3_small 160 64",
+               step_result("torch.compile", 9000.0, dict(SMALL, depth=1)))
+        record(runs, 7, "deit3_base 224 64", None, rc=1, err="CUDA error: out of memory")
+        out = os.path.join(tmp, "report.md")
+        subprocess.run([sys.executable, report, runs, "--device", "Test GPU", "--commit", "abc",
+                        "--command", "bench/compare.sh", "--out", out],
+                       check=True, stdout=subprocess.DEVNULL)
+        text = open(out).read()
+
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in text.splitlines()
+            if line.startswith("| deit3_small |")}
+    same, mismatched = rows["224"], rows["160"]
+    # Columns: model, px, batch, deit, torch, compile, deit / torch, deit / compile, ...
+    assert same[6:8] == ["2.00", "1.25"], same
+    assert mismatched[6:8] == ["2.00", "n/a"], mismatched
+    assert "**The sides measured different models:**" in text, text
+    assert ("- deit3_small 160 64: deit ran patch 16, dim 384, depth 12, heads 6, num_classes "
+            "1000; torch.compile ran patch 16, dim 384, depth 1, heads 6, num_classes 1000. "
+            "No ratio is given.") in text, text
+    assert "deit3_small 224 64:" not in text.split("different models")[1].split("Precision")[0]
+    assert "## Failures" in text and "CUDA error: out of memory" in text, text
+    assert "# deit vs PyTorch + timm on Test GPU" in text and "- commit: abc" in text, text
+    print("report.py: ratios, a model mismatch and a failure reported as expected")
+
+
+if __name__ == "__main__":
+    main()
