@@ -59,7 +59,9 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--smoothing", smoothing, "Label smoothing (0)");
   add_switch(cmd, bce_loss, "bce-loss", "Binary cross-entropy on binarised targets (on); off: "
                                         "soft-target cross-entropy");
-  add_switch(cmd, model_ema, "model-ema", "Keep an exponential moving average of the weights (off)");
+  add_switch(cmd, model_ema, "model-ema",
+             "Keep an exponential moving average of the weights, saved in the checkpoint, not "
+             "evaluated (on)");
   cmd.add_option("--model-ema-decay", model_ema_decay, "EMA decay (0.99996)");
   cmd.add_option("--resume", resume, "Continue the run saved in this checkpoint");
   cmd.add_option("--finetune", finetune, "Start from these weights (checkpoint or .safetensors); "

@@ -237,8 +237,30 @@ TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's 
                                "/checkpoint.safetensors");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, !Catch::Contains("warning: resuming"));  // the same settings
   CHECK(parameter_bytes(resumed + "/checkpoint.safetensors") ==
         parameter_bytes(straight + "/checkpoint.safetensors"));
+}
+
+TEST_CASE("resuming with settings other than the run's names each one that changed",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  // More epochs, more workers, no progress: nothing that steers the run, so no warning.
+  CliResult r = run_deit(tiny_train_args(data, out, 2) + " --workers 1 --quiet --resume " + out +
+                         "/checkpoint.safetensors");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, !Catch::Contains("warning: resuming"));
+  // A smaller batch, another learning rate and the EMA left behind: each named.
+  r = run_deit(tiny_train_args(data, out, 3) + " --batch-size 8 --lr 0.001 --no-model-ema " +
+               "--resume " + out + "/checkpoint.safetensors");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: resuming '" + out + "/checkpoint.safetensors' " +
+                                       "with settings that differ from its run's: batch_size " +
+                                       "16 -> 8, lr 0.004 -> 0.001, model_ema true -> false."));
 }
 
 TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
@@ -307,7 +329,7 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
           "[train][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");
-  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  REQUIRE(run_deit(tiny_train_args(data, out, 1) + " --no-model-ema").exit_code == 0);
   const std::string checkpoint = out + "/checkpoint.safetensors";
   const std::vector<uint8_t> good = test::read_bytes(checkpoint);
   const std::vector<uint8_t> log = test::read_bytes(out + "/log.txt");
@@ -322,7 +344,7 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   CHECK_THAT(r.output, Catch::Contains("nothing is left to train"));
   r = run_deit(tiny_train_args(data, out, 2) + " --resume " + checkpoint + " --model-ema");
   CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("no EMA weights"));
+  CHECK_THAT(r.output, Catch::Contains("no EMA weights") && Catch::Contains("--no-model-ema"));
   // Resumed on a dataset whose labels mean other classes.
   const std::string renamed = with_renamed_class(dir, data, "checkerboard", "zigzag");
   r = run_deit(tiny_train_args(renamed, out, 2) + " --resume " + checkpoint);

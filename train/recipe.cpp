@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -142,6 +143,28 @@ nlohmann::json TrainOptions::to_json() const {
           {"recompute_gelu", recompute_gelu},
           {"grad_checkpointing", grad_checkpointing},
           {"bucket_mb", bucket_mb}};
+}
+
+std::vector<std::string> TrainOptions::differences_from(const nlohmann::json& saved) const {
+  // What may change between a run and its resumption without changing the run's course: more
+  // epochs, moved files, another device or launch, the memory savers (the same results).
+  static const std::set<std::string> kFree = {"model",
+                                              "data",
+                                              "output",
+                                              "device",
+                                              "epochs",
+                                              "resume",
+                                              "finetune",
+                                              "zero",
+                                              "cuda_graph",
+                                              "recompute_gelu",
+                                              "grad_checkpointing",
+                                              "bucket_mb"};
+  std::vector<std::string> differences;
+  for (const auto& [key, value] : to_json().items())
+    if (!kFree.count(key) && saved.contains(key) && saved.at(key) != value)
+      differences.push_back(key + " " + saved.at(key).dump() + " -> " + value.dump());
+  return differences;
 }
 
 }  // namespace deit::train

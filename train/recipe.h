@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -45,7 +46,8 @@ struct TrainOptions {
   double smoothing = 0.0;
 
   bool bce_loss = true;  // BCE on binarised mixed targets; false: soft-target cross-entropy
-  bool model_ema = false;
+  // Kept and saved in the checkpoint, as the reference code keeps it, but not what is evaluated.
+  bool model_ema = true;
   double model_ema_decay = 0.99996;
 
   std::string resume;    // checkpoint to continue from
@@ -64,6 +66,11 @@ struct TrainOptions {
   // Throws std::invalid_argument naming the first bad value.
   void validate() const;
   nlohmann::json to_json() const;
+  // The settings that steer a run's course (the model, batch, optimizer, schedule, augmentation,
+  // loss, EMA and seed; not --epochs, the paths, the device or the memory savers, which leave it
+  // alone or are meant to change) where these options differ from `saved`, another run's
+  // to_json(): "name saved -> now" each, by name. Keys `saved` lacks are skipped.
+  std::vector<std::string> differences_from(const nlohmann::json& saved) const;
 };
 
 // How many micro-batches make the optimizer step that micro-batch `micro_batch` (1-based, within an

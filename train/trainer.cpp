@@ -221,6 +221,17 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                o.data_dir + "' holds (" + classes_differ + "): resume it on its " +
                                "own dataset, or start a new run from it with --finetune");
     model::load_checkpoint_model(vit, *resumed);
+    const std::vector<std::string> changed =
+        o.differences_from(resumed->state.value("options", nlohmann::json::object()));
+    if (lead && !changed.empty()) {
+      std::string list;
+      for (const std::string& c : changed) list += (list.empty() ? "" : ", ") + c;
+      std::fprintf(stderr,
+                   "warning: resuming '%s' with settings that differ from its run's: %s. "
+                   "The run goes on with the new ones, so it will not end where the "
+                   "uninterrupted run would have.\n",
+                   o.resume.c_str(), list.c_str());
+    }
   }
   ParameterRegistry& params = vit.parameters();
   // Every rank starts from rank 0's weights, whatever each read or drew on its own (the broadcast
@@ -270,7 +281,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       const NamedTensors saved_ema = unprefixed("ema.", resumed->extra);
       if (saved_ema.empty())
         throw std::runtime_error("checkpoint '" + o.resume + "' holds no EMA weights (its run " +
-                                 "had no --model-ema): resume it without --model-ema");
+                                 "had --no-model-ema): resume it with --no-model-ema");
       ema->load_state(saved_ema);
     }
     summary.best_acc1 = resumed->state.value("best_acc1", 0.0);
