@@ -160,8 +160,9 @@ std::vector<std::string> TrainOptions::differences_from(const nlohmann::json& sa
                                               "recompute_gelu",
                                               "grad_checkpointing",
                                               "bucket_mb"};
+  const nlohmann::json now = to_json();  // items() refers to it: it must outlive the loop
   std::vector<std::string> differences;
-  for (const auto& [key, value] : to_json().items())
+  for (const auto& [key, value] : now.items())
     if (!kFree.count(key) && saved.contains(key) && saved.at(key) != value)
       differences.push_back(key + " " + saved.at(key).dump() + " -> " + value.dump());
   return differences;
