@@ -55,8 +55,8 @@ void run_eval(const EvalOptions& o) {
     base.input_size = checkpoint->config.input_size;  // where it was trained, unless told otherwise
   }
   const std::string classes_differ = model::class_difference(
-      checkpoint ? checkpoint->class_names : model::read_class_names(o.weights),
-      source->class_names());
+      checkpoint ? checkpoint->class_names : model::read_class_names(o.weights), "the weights",
+      source->class_names(), "the split");
   if (!classes_differ.empty())
     throw std::runtime_error(
         (checkpoint ? "checkpoint '" + o.checkpoint : "weights file '" + o.weights) +

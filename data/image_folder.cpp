@@ -24,6 +24,7 @@ std::vector<std::string> sorted_class_folders(const std::string& root) {
     if (entry.is_directory() && !is_hidden(entry.path())) names.push_back(entry.path().filename());
   }
   if (error) throw DataError(root + ": cannot list (" + error.message() + ")");
+  for (const std::string& name : names) require_utf8_class_name(name, root);
   std::sort(names.begin(), names.end());
   return names;
 }

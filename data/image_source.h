@@ -36,6 +36,11 @@ std::unique_ptr<ImageSource> open_image_source(const std::string& path);
 // packed before the folder changed would otherwise be trained on without a word).
 std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split);
 
+// Throws DataError unless `name` is well-formed UTF-8 (RFC 3629): class names are written into
+// checkpoints and JSON output as text, so a folder named in another encoding is refused when the
+// dataset opens rather than when the first checkpoint is written. `where` names its source.
+void require_utf8_class_name(const std::string& name, const std::string& where);
+
 // The unusable images met during a run: each one is warned about (on stderr) the first time it is
 // seen and counted once, however many epochs meet it again, for the run's summary. Thread-safe.
 class SkippedImages {

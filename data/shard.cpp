@@ -276,6 +276,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
       throw DataError(path + ": corrupt class table or index (checksum mismatch)");
     }
     class_names_ = decode_class_table(path, class_table, class_table_bytes);
+    for (const std::string& name : class_names_) require_utf8_class_name(name, path);
     if (class_names_.size() != header.num_classes) {
       throw DataError(path + ": corrupt class table (" + std::to_string(class_names_.size()) +
                       " names for " + std::to_string(header.num_classes) + " classes)");

@@ -196,6 +196,22 @@ TEST_CASE("ImageFolder numbers sorted classes and lists images in sorted order",
   CHECK(folder.load(2).pixels == image.pixels);
 }
 
+TEST_CASE("A class name that is not UTF-8 is refused when the dataset opens, shown escaped",
+          "[data]") {
+  // Well-formed: ASCII, two-, three- and four-byte sequences.
+  for (const char* good : {"disc", "caf\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"})
+    CHECK_NOTHROW(require_utf8_class_name(good, "here"));
+  // Latin-1, a stray continuation byte, an overlong '/', a surrogate, a truncated sequence.
+  for (const char* bad : {"d\xe9sc", "\x80", "\xc0\xaf", "\xed\xa0\x80", "\xe2\x82"})
+    CHECK_THROWS_AS(require_utf8_class_name(bad, "here"), DataError);
+
+  TempDir dir;
+  const std::string root = dir.path() + "/train";
+  write_png(dir.file("train/caf\xc3\xa9/a.png"), gradient_image(4, 4));
+  write_png(dir.file("train/d\xe9sc/a.png"), gradient_image(4, 4));
+  CHECK_THROWS_WITH(ImageFolder(root), Contains(root + ": the class name 'd\\xe9sc' is not UTF-8"));
+}
+
 TEST_CASE("An image folder without images is an error naming the folder", "[data]") {
   TempDir dir;
   const std::string empty = dir.path() + "/empty";

@@ -157,6 +157,15 @@ TEST_CASE("A damaged header, index or foreign file is refused when the shard ope
   }
 }
 
+TEST_CASE("A shard whose class names are not UTF-8 is refused when it opens", "[data]") {
+  TempDir dir;
+  const std::string path = dir.file("latin1.shard");
+  ShardWriter writer(path, {"d\xe9sc", "ring"}, 1, 256);
+  writer.add(gradient_image(4, 4), 0);
+  writer.finish();
+  CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("'d\\xe9sc' is not UTF-8"));
+}
+
 TEST_CASE("An unfinished shard leaves no file behind", "[data]") {
   TempDir dir;
   const std::string path = dir.file("train.shard");

@@ -208,15 +208,15 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
     r = run_deit("eval " + model + source + " --data " + renamed);
     CHECK(r.exit_code != 0);
     CHECK_THAT(r.output, Catch::Contains("was trained on other classes than split 'val'") &&
-                             Catch::Contains("class 0 is 'checkerboard' there, "
-                                             "'concentric_rings' here"));
+                             Catch::Contains("class 0 is 'checkerboard' in the weights, "
+                                             "'concentric_rings' in the split"));
   }
   std::filesystem::remove_all(renamed + "/train/zigzag");
   std::filesystem::remove_all(renamed + "/val/zigzag");
   r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " +
                renamed);
   CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("4 classes there, 3 here"));
+  CHECK_THAT(r.output, Catch::Contains("4 classes in the weights, 3 in the split"));
 }
 
 TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's weights",
@@ -277,6 +277,14 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   r = run_deit(tiny_train_args(dir.file("empty"), out, 1));
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("empty"));
+
+  // Splits with other classes: the first difference named.
+  const std::string mismatched = with_renamed_class(dir, data, "checkerboard", "zigzag");
+  std::filesystem::rename(mismatched + "/train/zigzag", mismatched + "/train/checkerboard");
+  r = run_deit(tiny_train_args(mismatched, out, 1));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("have different classes (class 0 is 'checkerboard' in "
+                                       "train, 'concentric_rings' in val)"));
 
   const std::string blocked = dir.file("blocked");
   { std::ofstream(blocked) << "a file where the output folder should be"; }

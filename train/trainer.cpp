@@ -180,7 +180,10 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   auto val_source = open_split(o.data_dir, "val");
   if (train_source->class_names() != val_source->class_names())
     throw std::runtime_error("the train and val splits of '" + o.data_dir +
-                             "' have different classes");
+                             "' have different classes (" +
+                             model::class_difference(train_source->class_names(), "train",
+                                                     val_source->class_names(), "val") +
+                             ")");
   if (!o.num_classes_given) o.model.num_classes = static_cast<int64_t>(train_source->class_names().size());
   o.validate();
   if (lead) prepare_output_dir(o.output_dir, !o.resume.empty());  // nothing made for a bad run
@@ -214,8 +217,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     if (saved_opt != o.opt)
       throw std::runtime_error("checkpoint '" + o.resume + "' was trained with --opt " + saved_opt +
                                ", this run asks for " + o.opt);
-    const std::string classes_differ =
-        model::class_difference(resumed->class_names, train_source->class_names());
+    const std::string classes_differ = model::class_difference(
+        resumed->class_names, "the checkpoint", train_source->class_names(), "the dataset");
     if (!classes_differ.empty())
       throw std::runtime_error("checkpoint '" + o.resume + "' was trained on other classes than '" +
                                o.data_dir + "' holds (" + classes_differ + "): resume it on its " +
