@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <optional>
 #include <vector>
 
@@ -15,6 +16,14 @@ namespace deit::data {
 PackSummary pack_image_folder(const std::string& src, const std::string& out,
                               const PackOptions& options, const PackProgress& progress) {
   const ImageFolder folder(src);
+  // A shard inside the folder would be written over one of its images, or packed next time.
+  std::error_code out_error, src_error;
+  const std::filesystem::path out_path = std::filesystem::weakly_canonical(out, out_error);
+  const std::filesystem::path src_path = std::filesystem::canonical(src, src_error);
+  const std::filesystem::path inside = out_path.lexically_relative(src_path);
+  if (!out_error && !src_error && !inside.empty() && *inside.begin() != "..")
+    throw DataError(out + ": lies inside the folder being packed (" + src + "); write the shard " +
+                    "elsewhere");
   const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
   const uint32_t short_side = static_cast<uint32_t>(std::max(options.short_side, 0));
   ShardWriter writer(out, folder.class_names(), folder.size(), short_side);

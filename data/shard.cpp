@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 namespace deit::data {
 
@@ -162,6 +163,18 @@ ShardWriter::ShardWriter(std::string path, std::vector<std::string> class_names,
       class_table_(encode_class_table(class_names_)),
       capacity_(capacity),
       short_side_(short_side) {
+  // Packing again replaces a shard; anything else at `path` (a folder, a link, a device, a pipe,
+  // another file) is left alone: the finished shard is renamed onto `path`.
+  std::error_code error;
+  const std::filesystem::file_status existing = std::filesystem::symlink_status(path_, error);
+  if (std::filesystem::exists(existing)) {
+    if (!std::filesystem::is_regular_file(existing))
+      throw DataError(path_ + ": exists and is not a regular file (a folder, link, device or " +
+                      "pipe); choose another output");
+    if (!is_shard_file(path_))
+      throw DataError(path_ + ": exists and is not a deit shard; remove it or choose another " +
+                      "output");
+  }
   index_.reserve(capacity_);
   data_offset_ =
       align_up(sizeof(ShardHeader) + class_table_.size() + capacity_ * sizeof(ShardIndexEntry));

@@ -1,5 +1,7 @@
 // Packed shard files: the checksum, a write/read round trip, `deit pack`'s folder packing, and the
 // detection of corrupt and truncated files with the record to blame.
+#include <sys/stat.h>
+
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <filesystem>
@@ -211,6 +213,39 @@ TEST_CASE("pack_image_folder shrinks, packs in folder order and skips bad files"
   CHECK(reader.load(1).pixels == small.pixels);  // shorter side 20 <= 32: stored as it is
   CHECK(reader.label(2) == 1);
   CHECK(reader.load(2).pixels == small.pixels);
+}
+
+TEST_CASE("Packing replaces an earlier shard and nothing else", "[data]") {
+  TempDir dir;
+  const std::string src = dir.path() + "/train";
+  write_png(dir.file("train/a/x.png"), gradient_image(8, 8, 1));
+  const std::string shard = dir.file("train.shard");
+  pack_image_folder(src, shard, PackOptions{0, 1});
+  CHECK(pack_image_folder(src, shard, PackOptions{0, 1}).images == 1);  // packed again
+
+  // Another file, a folder, a link (even to a shard), a pipe; an image of the folder itself.
+  const std::string notes = dir.file("notes.txt");
+  write_bytes(notes, {'k', 'e', 'e', 'p'});
+  const std::string folder = dir.path() + "/folder";
+  std::filesystem::create_directories(folder);
+  const std::string link = dir.path() + "/link.shard";
+  std::filesystem::create_symlink(shard, link);
+  const std::string pipe = dir.path() + "/pipe";
+  REQUIRE(mkfifo(pipe.c_str(), 0600) == 0);
+  for (const std::string& out : {notes, folder, link, pipe}) {
+    INFO(out);
+    CHECK_THROWS_WITH(pack_image_folder(src, out, PackOptions{0, 1}),
+                      Contains(out + ": exists and is not"));
+  }
+  CHECK(read_bytes(notes) == std::vector<uint8_t>{'k', 'e', 'e', 'p'});
+  CHECK(std::filesystem::is_symlink(link));
+  CHECK(std::filesystem::is_fifo(pipe));
+  const std::vector<uint8_t> image = read_bytes(src + "/a/x.png");
+  CHECK_THROWS_WITH(pack_image_folder(src, src + "/a/x.png", PackOptions{0, 1}),
+                    Contains("lies inside the folder being packed"));
+  CHECK_THROWS_WITH(pack_image_folder(src, src + "/new.shard", PackOptions{0, 1}),
+                    Contains("lies inside the folder being packed"));
+  CHECK(read_bytes(src + "/a/x.png") == image);
 }
 
 TEST_CASE("pack_image_folder refuses a folder whose images are all unusable", "[data]") {
