@@ -77,8 +77,11 @@ void run_eval(const EvalOptions& o) {
     if (o.per_class) out["per_class"] = per_class;
     std::printf("%s\n", out.dump().c_str());
   } else {
-    std::printf("top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%lld images)\n", r.acc1, r.acc5, r.loss,
+    std::printf("top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%lld images", r.acc1, r.acc5, r.loss,
                 (long long)r.images);
+    if (r.skipped > 0)
+      std::printf("; %lld unusable, left out: see the warnings above", (long long)r.skipped);
+    std::printf(")\n");
     if (o.per_class) print_per_class(per_class);
   }
 }
@@ -102,7 +105,8 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, data::kMaxWorkers));
   cmd->add_option("--device", opts->device, "cpu or cuda[:N]")->capture_default_str();
-  cmd->add_flag("--json", opts->json, "Print one JSON object: acc1, acc5, loss, images");
+  cmd->add_flag("--json", opts->json,
+                "Print one JSON object: acc1, acc5, loss, images (scored), skipped (unusable)");
   cmd->add_flag("--per-class", opts->per_class,
                 "Also each class's top-1 and the class it is most confused with (in JSON: "
                 "per_class)");

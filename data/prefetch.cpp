@@ -179,7 +179,9 @@ void PrefetchLoader::process(const SamplePick& pick, uint64_t epoch, size_t row,
   }
   transform_(image, rng, out);
   if (options_.format == PixelFormat::kSource) batch.sources[row] = std::move(image);
-  batch.labels[row] = source_->label(used_index);
+  const bool stand_in = used_index != pick.index;
+  batch.labels[row] =
+      stand_in && options_.unlabel_stand_ins ? kUnscored : source_->label(used_index);
   batch.indices[row] = used_index;
 }
 

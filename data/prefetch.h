@@ -9,7 +9,8 @@
 //    its random choices do not depend on which thread draws them or when;
 //  - an unusable image is replaced by the next image of the dataset (index + 1, wrapping) that
 //    loads, a rule that depends on the dataset alone. It is warned about once and counted in
-//    skipped().
+//    skipped(). An evaluation loader (PrefetchOptions::unlabel_stand_ins) gives the stand-in the
+//    label kUnscored, so that it is left out of the scores rather than counted twice.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -49,11 +50,16 @@ using SampleTransform = std::function<void(const ImageU8& image, Rng& rng, Sampl
 // creating tens of thousands of threads fails part-way.
 inline constexpr int kMaxWorkers = 256;
 
+// The label of a sample whose image was unusable, in a loader with unlabel_stand_ins: its row
+// holds the image standing in for it, which must not be scored.
+inline constexpr int32_t kUnscored = -1;
+
 struct PrefetchOptions {
   size_t batch_size = 64;
   size_t sample_elements = 0;  // values per sample, e.g. 3 * 224 * 224 (unused by kSource)
   PixelFormat format = PixelFormat::kFloat32;
   bool drop_last = true;  // training drops the last partial batch, evaluation keeps it
+  bool unlabel_stand_ins = false;  // evaluation: a stand-in's label is kUnscored (see above)
   int num_workers = 2;
   int prefetch_batches = 4;  // batches prepared ahead of the one the trainer holds
 };
@@ -66,7 +72,7 @@ struct Batch {
   std::vector<uint8_t> u8;
   std::vector<ImageU8> sources;         // kSource: (batch_size), the first `size` valid
   std::vector<AugmentParams> params;    // kSource: (batch_size), the first `size` valid
-  std::vector<int32_t> labels;    // (size)
+  std::vector<int32_t> labels;          // (size); kUnscored for a stand-in with unlabel_stand_ins
   std::vector<uint64_t> indices;  // dataset index of each sample (after any substitution)
 };
 

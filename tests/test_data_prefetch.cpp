@@ -206,6 +206,17 @@ TEST_CASE("Unusable images are replaced by the next usable one and counted once"
     CHECK(got.labels[0][3] == 0);    // image 5's label
   }
   CHECK(loader.skipped().count() == 3);
+
+  // For evaluation the stand-ins are kept (the batch stays whole) but not labelled, so they are
+  // not scored as the images they stand in for.
+  PrefetchOptions evaluation = loader_options(2, 2, /*drop_last=*/false);
+  evaluation.unlabel_stand_ins = true;
+  PrefetchLoader eval_loader(source, Sampler(in_order), evaluation, random_crop);
+  eval_loader.start_epoch(0);
+  const Delivered got = drain(eval_loader);
+  CHECK(got.indices[0] == std::vector<uint64_t>{0, 1, 2, 5, 5, 5, 6, 7});
+  CHECK(got.labels[0] == std::vector<int32_t>{0, 1, 2, kUnscored, kUnscored, 0, 1, 2});
+  CHECK(got.labels[2][1] == kUnscored);
 }
 
 TEST_CASE("Errors from workers reach the trainer", "[data]") {

@@ -162,6 +162,22 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   CHECK(j["acc1"].get<double>() == Approx(logged["test_acc1"].get<double>()));
   CHECK(j["loss"].get<double>() == Approx(logged["test_loss"].get<double>()));
   CHECK(j["images"] == 16);
+  CHECK(j["skipped"] == 0);
+
+  // An unusable image is left out, not scored as the image that stands in for it.
+  const std::string damaged = dir.file("damaged");
+  std::filesystem::copy(data, damaged, std::filesystem::copy_options::recursive);
+  test::write_bytes(damaged + "/val/" + data::synthetic_class_names()[1] + "/empty.png", {});
+  r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " +
+               damaged + " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: skipped") && Catch::Contains("empty.png"));
+  j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  CHECK(j["images"] == 16);
+  CHECK(j["skipped"] == 1);
+  CHECK(j["acc1"].get<double>() == Approx(logged["test_acc1"].get<double>()));
+  CHECK(j["loss"].get<double>() == Approx(logged["test_loss"].get<double>()));
 
   // Per class: the dataset's classes in label order, their images, and hits that add up to top-1.
   r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " + data +

@@ -76,6 +76,7 @@ std::unique_ptr<data::PrefetchLoader> make_eval_loader(
   prefetch.sample_elements = static_cast<size_t>(3 * input_size * input_size);
   prefetch.format = format;
   prefetch.drop_last = false;
+  prefetch.unlabel_stand_ins = true;  // an unusable image is left out of the scores
   prefetch.num_workers = workers;
 
   const int size = static_cast<int>(input_size);

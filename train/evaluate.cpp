@@ -8,7 +8,7 @@
 namespace deit::train {
 
 nlohmann::json EvalResult::to_json() const {
-  return {{"acc1", acc1}, {"acc5", acc5}, {"loss", loss}, {"images", images}};
+  return {{"acc1", acc1}, {"acc5", acc5}, {"loss", loss}, {"images", images}, {"skipped", skipped}};
 }
 
 nlohmann::json EvalResult::per_class_json(const std::vector<std::string>& class_names) const {
@@ -38,7 +38,7 @@ namespace {
 // Top-1 / top-5 hits and the summed cross-entropy of one batch of logits (B, K) on the host; the
 // top-1 predictions go into `confusion` (K, K).
 struct BatchScore {
-  int64_t top1 = 0, top5 = 0;
+  int64_t scored = 0, unscored = 0, top1 = 0, top5 = 0;
   double loss_sum = 0;
 };
 
@@ -46,6 +46,11 @@ BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32
                        int64_t K, std::vector<int64_t>& confusion) {
   BatchScore score;
   for (size_t b = 0; b < labels.size(); ++b) {
+    if (labels[b] == data::kUnscored) {  // an unusable image's stand-in
+      ++score.unscored;
+      continue;
+    }
+    ++score.scored;
     const float* row = logits.data() + b * K;
     const float truth = row[labels[b]];
     // The label's rank: how many classes score strictly higher (ties go to the label).
@@ -92,18 +97,21 @@ EvalResult evaluate(const model::VisionTransformer& model, InputFeed& feed, bool
     top1 += s.top1;
     top5 += s.top5;
     loss_sum += s.loss_sum;
-    result.images += static_cast<int64_t>(batch->size);
-    progress.update(++batches, result.images, loss_sum / result.images);
+    result.images += s.scored;
+    result.skipped += s.unscored;
+    progress.update(++batches, result.images, result.images ? loss_sum / result.images : 0.0);
   }
   progress.finish();
   if (across) {
     std::vector<double> counts{static_cast<double>(top1), static_cast<double>(top5), loss_sum,
-                               static_cast<double>(result.images)};
+                               static_cast<double>(result.images),
+                               static_cast<double>(result.skipped)};
     across->all_reduce_sum(counts);  // counts below 2^53: exact in double
     top1 = static_cast<int64_t>(counts[0]);
     top5 = static_cast<int64_t>(counts[1]);
     loss_sum = counts[2];
     result.images = static_cast<int64_t>(counts[3]);
+    result.skipped = static_cast<int64_t>(counts[4]);
     std::vector<double> confusion(result.confusion.begin(), result.confusion.end());
     across->all_reduce_sum(confusion);
     for (size_t i = 0; i < confusion.size(); ++i)

@@ -18,11 +18,12 @@ struct EvalResult {
   double acc1 = 0;
   double acc5 = 0;
   double loss = 0;
-  int64_t images = 0;
+  int64_t images = 0;   // scored
+  int64_t skipped = 0;  // unusable, not scored (each warned about while loading)
   // (K, K) image counts: row = true class, column = top-1 prediction (ties to the lower class).
   std::vector<int64_t> confusion;
 
-  // acc1, acc5, loss, images.
+  // acc1, acc5, loss, images, skipped.
   nlohmann::json to_json() const;
   // Per class: images, top-1 accuracy (percent), and the class its images are most often
   // mistaken for (-1 when never), from `confusion`.
