@@ -100,7 +100,9 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--split", opts->split, "Split to evaluate")->capture_default_str();
   cmd->add_option("--eval-crop-ratio", opts->crop_ratio, "Resize to size / ratio, centre crop size")
       ->capture_default_str();
-  cmd->add_option("--batch-size", opts->batch_size, "Images per batch")->capture_default_str();
+  cmd->add_option("--batch-size", opts->batch_size, "Images per batch")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
   cmd->add_option("--workers", opts->workers, "Data loading threads")
       ->capture_default_str()
       ->check(CLI::Range(1, data::kMaxWorkers));

@@ -20,6 +20,11 @@ struct ImageU8 {
   }
 };
 
+// The largest image deit decodes or makes: no dataset image is this big, so a file claiming more
+// is taken for a corrupt header, and an op asked for more is refused before it allocates.
+inline constexpr int kMaxImageSide = 32768;
+inline constexpr uint64_t kMaxImagePixels = uint64_t{1} << 28;
+
 // A file that cannot be used as an image; the message names the file and the reason.
 struct DataError : std::runtime_error {
   using std::runtime_error::runtime_error;

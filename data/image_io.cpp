@@ -4,6 +4,7 @@
 #include <stb_image_write.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -13,11 +14,6 @@
 
 namespace deit::data {
 namespace {
-
-// Larger images are treated as corrupt headers: no dataset image is this big, and decoding one
-// would allocate gigabytes.
-constexpr int kMaxImageSide = 32768;
-constexpr uint64_t kMaxImagePixels = uint64_t{1} << 28;
 
 [[noreturn]] void fail(const std::string& name, const std::string& reason) {
   throw DataError(name + ": " + reason);
@@ -133,6 +129,11 @@ void write_png(const std::string& path, const ImageU8& image) {
                    std::to_string(image.height) + ", " + std::to_string(image.pixels.size()) +
                    " bytes)");
   }
+  // stb_image_write sizes its buffer, (3 x width + 1) x height bytes, in an int.
+  if ((3 * static_cast<int64_t>(image.width) + 1) * image.height > INT_MAX)
+    fail(path, "cannot write a " + std::to_string(image.width) + "x" +
+                   std::to_string(image.height) + " image as PNG: larger than stb_image_write " +
+                   "encodes ((3 x width + 1) x height must stay under 2^31 bytes)");
   if (!stbi_write_png(path.c_str(), image.width, image.height, 3, image.pixels.data(),
                       image.width * 3)) {
     fail(path, std::string("cannot write PNG (") + std::strerror(errno) + ")");

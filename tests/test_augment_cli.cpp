@@ -82,6 +82,12 @@ TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[a
   r = run_deit(prefix);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("at least one --op"));
+  // A result past the image limits is refused before it is made (this took 12 GB and crashed
+  // in the PNG writer).
+  r = run_deit(prefix + " --op resize:65536");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("'resize:65536'") &&
+                           Catch::Contains("65536x78643 result is larger than deit makes"));
   r = run_deit("augment --in " + kInput + " --out " + dir.file("o.jpg") + " --op hflip");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("name it *.png"));

@@ -163,6 +163,10 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   CHECK(j["loss"].get<double>() == Approx(logged["test_loss"].get<double>()));
   CHECK(j["images"] == 16);
   CHECK(j["skipped"] == 0);
+  r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " + data +
+               " --batch-size 0");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--batch-size: Value 0 not in range 1"));
 
   // An unusable image is left out, not scored as the image that stands in for it.
   const std::string damaged = dir.file("damaged");
@@ -316,7 +320,8 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   // created for a run that cannot start.
   for (const std::string flag :
        {"--lr nan", "--lr -1", "--opt-eps -1", "--clip-grad nan", "--weight-decay -100",
-        "--mixup-switch-prob 5", "--warmup-epochs nan", "--model-ema-decay 2", "--workers 20000"}) {
+        "--mixup-switch-prob 5", "--warmup-epochs nan", "--model-ema-decay 2", "--workers 20000",
+        "--num-classes 2"}) {
     INFO(flag);
     r = run_deit(tiny_train_args(data, dir.file("never"), 1) + " " + flag);
     CHECK(r.exit_code != 0);

@@ -184,7 +184,12 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                              model::class_difference(train_source->class_names(), "train",
                                                      val_source->class_names(), "val") +
                              ")");
-  if (!o.num_classes_given) o.model.num_classes = static_cast<int64_t>(train_source->class_names().size());
+  const auto classes = static_cast<int64_t>(train_source->class_names().size());
+  if (!o.num_classes_given) o.model.num_classes = classes;
+  if (o.model.num_classes < classes)
+    throw std::invalid_argument("--num-classes " + std::to_string(o.model.num_classes) +
+                                " is fewer than the " + std::to_string(classes) + " classes of '" +
+                                o.data_dir + "'");
   o.validate();
   if (lead) prepare_output_dir(o.output_dir, !o.resume.empty());  // nothing made for a bad run
 
