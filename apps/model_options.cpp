@@ -10,7 +10,8 @@ void ModelOptions::add_to(CLI::App& cmd, const std::string& input_size_default) 
   cmd.add_option("--dim", dim, "Override the embedding dimension");
   cmd.add_option("--depth", depth, "Override the number of blocks");
   cmd.add_option("--heads", heads, "Override the number of attention heads");
-  cmd.add_option("--num-classes", num_classes, "Number of classes");
+  cmd.add_option("--num-classes", num_classes,
+                 "Number of classes (default: the dataset's, or 1000 where there is none)");
   cmd.add_option("--input-size", input_size, "Image side in pixels (default " + input_size_default + ")");
 }
 

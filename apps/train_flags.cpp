@@ -34,8 +34,10 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--batch-size", batch_size, "Images per micro-batch and process (default 256); "
                                              "global batch: this x --accum-steps x processes");
   cmd.add_option("--accum-steps", accum_steps, "Micro-batches per optimizer step (default 1)");
-  cmd.add_option("--opt", opt, "Optimizer: lamb (pre-training) or adamw (fine-tuning)");
-  cmd.add_option("--lr", lr, "Peak learning rate, not scaled by batch size (S 4e-3, B/L/H 3e-3)");
+  cmd.add_option("--opt", opt,
+                 "Optimizer: lamb (pre-training, the default) or adamw (fine-tuning)");
+  cmd.add_option("--lr", lr,
+                 "Peak learning rate, not scaled by batch size (T/S 4e-3, M/B/L/H 3e-3)");
   cmd.add_option("--min-lr", min_lr, "Final learning rate of the cosine (1e-5)");
   cmd.add_option("--warmup-lr", warmup_lr, "Learning rate warm-up starts from (1e-6)");
   cmd.add_option("--warmup-epochs", warmup_epochs, "Linear warm-up epochs (5)");
@@ -43,8 +45,9 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--opt-eps", opt_eps, "Optimizer epsilon (1e-8)");
   cmd.add_option("--clip-grad", clip_grad, "Global-norm clipping before the optimizer (off; "
                                            "LAMB clips at 1.0 inside)");
-  cmd.add_option("--drop-path", drop_path, "Stochastic depth rate, the same at every block "
-                                           "(S 0.05, B 0.2, L 0.45, H 0.6)");
+  cmd.add_option("--drop-path", drop_path,
+                 "Stochastic depth rate, the same at every block "
+                 "(T 0, S 0.05, M 0.1, B 0.2, L 0.45, H 0.6)");
   add_switch(cmd, three_augment, "three-augment", "3-Augment: grayscale, solarize or blur (on)");
   add_switch(cmd, src, "src", "Simple Random Crop instead of RandomResizedCrop (off)");
   cmd.add_option("--rrc-scale-min", rrc_scale_min,

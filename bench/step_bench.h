@@ -54,7 +54,8 @@
 //                        beside backward, and how long the compute stream waited for them after it;
 //                        "step time difference" (MPI, whose buckets run on the host): the
 //                        reduction of buffers the size of the gradients alone, in the same
-//                        buckets, and step_ms minus the step time without the reduction
+//                        buckets, and step_ms minus the step time without the reduction (which
+//                        includes waiting for the slowest rank, so it can exceed the former)
 #pragma once
 #include <cstdint>
 #include <optional>
