@@ -1,7 +1,6 @@
 #include "data/shard.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -72,9 +71,9 @@ std::vector<uint8_t> encode_class_table(const std::vector<std::string>& class_na
 
 // The header of a mapped shard, checked: magic, version, checksum, offsets, and enough bytes for
 // the tables.
-ShardHeader read_header(const std::string& path, const uint8_t* mapping, uint64_t actual_bytes) {
+ShardHeader read_header(const std::string& path, const uint8_t* bytes, uint64_t actual_bytes) {
   ShardHeader header;
-  std::memcpy(&header, mapping, sizeof header);
+  std::memcpy(&header, bytes, sizeof header);
   if (std::memcmp(header.magic, kShardMagic, sizeof kShardMagic) != 0) {
     throw DataError(path + ": not a deit shard file (bad magic)");
   }
@@ -259,31 +258,47 @@ uint64_t ShardWriter::finish() {
 // ---------------------------------------------------------------------------------------------
 // Reading
 
-ShardReader::ShardReader(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw DataError(path + ": cannot open (" + errno_text() + ")");
-  struct stat info {};
-  if (fstat(fd, &info) != 0) {
-    ::close(fd);
-    throw DataError(path + ": cannot stat (" + errno_text() + ")");
-  }
-  const uint64_t actual_bytes = static_cast<uint64_t>(info.st_size);
-  if (actual_bytes < sizeof(ShardHeader)) {
-    ::close(fd);
-    throw DataError(path + ": " + std::to_string(actual_bytes) +
-                    " bytes, too short for a shard header (truncated, or not a shard file)");
-  }
-  void* mapping = mmap(nullptr, actual_bytes, PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);  // the mapping keeps the file open
-  if (mapping == MAP_FAILED) throw DataError(path + ": cannot mmap (" + errno_text() + ")");
-  mapping_ = static_cast<const uint8_t*>(mapping);
-  mapping_bytes_ = actual_bytes;
+namespace {
 
+// Reads `bytes` at `offset` of `fd`, through short reads and interruptions; returns how many it
+// got (fewer only where the file ends). Throws DataError naming `path` on a read error.
+size_t read_at(int fd, const std::string& path, uint64_t offset, void* dst, size_t bytes) {
+  size_t done = 0;
+  while (done < bytes) {
+    const ssize_t n = ::pread(fd, static_cast<uint8_t*>(dst) + done, bytes - done,
+                              static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw DataError(path + ": cannot read (" + errno_text() + ")");
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+}  // namespace
+
+ShardReader::ShardReader(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) throw DataError(path + ": cannot open (" + errno_text() + ")");
   try {
-    const ShardHeader header = read_header(path, mapping_, actual_bytes);
-    const uint8_t* class_table = mapping_ + sizeof header;
+    struct stat info {};
+    if (fstat(fd_, &info) != 0) throw DataError(path + ": cannot stat (" + errno_text() + ")");
+    const uint64_t actual_bytes = static_cast<uint64_t>(info.st_size);
+    if (actual_bytes < sizeof(ShardHeader)) {
+      throw DataError(path + ": " + std::to_string(actual_bytes) +
+                      " bytes, too short for a shard header (truncated, or not a shard file)");
+    }
+    // The header, then everything before the records: the class table and the index.
+    std::vector<uint8_t> tables(sizeof(ShardHeader));
+    read_at(fd_, path, 0, tables.data(), tables.size());
+    const ShardHeader header = read_header(path, tables.data(), actual_bytes);
+    tables.resize(header.data_offset);
+    if (read_at(fd_, path, 0, tables.data(), tables.size()) != tables.size())
+      throw DataError(path + ": truncated inside its index while being opened");
+    const uint8_t* class_table = tables.data() + sizeof header;
     const size_t class_table_bytes = header.index_offset - sizeof header;
-    const auto* index = reinterpret_cast<const ShardIndexEntry*>(mapping_ + header.index_offset);
+    const auto* index =
+        reinterpret_cast<const ShardIndexEntry*>(tables.data() + header.index_offset);
     if (header.tables_checksum !=
         tables_checksum(class_table, class_table_bytes, index, header.record_count)) {
       throw DataError(path + ": corrupt class table or index (checksum mismatch)");
@@ -298,7 +313,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
     short_side_ = header.short_side;
     validate_index(header, actual_bytes);
   } catch (...) {
-    munmap(const_cast<uint8_t*>(mapping_), mapping_bytes_);
+    ::close(fd_);
     throw;
   }
 }
@@ -325,7 +340,7 @@ void ShardReader::validate_index(const ShardHeader& header, uint64_t actual_byte
   }
 }
 
-ShardReader::~ShardReader() { munmap(const_cast<uint8_t*>(mapping_), mapping_bytes_); }
+ShardReader::~ShardReader() { ::close(fd_); }
 
 std::string ShardReader::describe(size_t index) const {
   return path_ + " record " + std::to_string(index);
@@ -333,21 +348,20 @@ std::string ShardReader::describe(size_t index) const {
 
 ImageU8 ShardReader::load(size_t index) const {
   const ShardIndexEntry& entry = index_.at(index);
-  const uint8_t* pixels = mapping_ + entry.offset;
-  const size_t bytes = record_bytes(entry);
-  // Ask the kernel for the whole record at once rather than one page fault at a time.
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t first_page = reinterpret_cast<uintptr_t>(pixels) / page * page;
-  madvise(reinterpret_cast<void*>(first_page),
-          reinterpret_cast<uintptr_t>(pixels) + bytes - first_page, MADV_WILLNEED);
-
-  if (xxhash64(pixels, bytes) != entry.checksum) {
-    throw DataError(describe(index) + ": checksum mismatch (the record is corrupt)");
-  }
   ImageU8 image;
   image.height = static_cast<int>(entry.height);
   image.width = static_cast<int>(entry.width);
-  image.pixels.assign(pixels, pixels + bytes);
+  image.pixels.resize(record_bytes(entry));
+  // Read, not mapped: a file cut short while in use (copied over, truncated) is a short read to
+  // report, where a mapping would end the process with SIGBUS.
+  if (read_at(fd_, path_, entry.offset, image.pixels.data(), image.pixels.size()) !=
+      image.pixels.size()) {
+    throw DataError(describe(index) + ": the file ends before it (was it replaced or truncated " +
+                    "while in use?)");
+  }
+  if (xxhash64(image.pixels.data(), image.pixels.size()) != entry.checksum) {
+    throw DataError(describe(index) + ": checksum mismatch (the record is corrupt)");
+  }
   return image;
 }
 

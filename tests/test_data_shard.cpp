@@ -103,6 +103,15 @@ TEST_CASE("A truncated shard is reported with the first record cut off", "[data]
     CHECK_THROWS_WITH(ShardReader(path),
                       Contains(path) && Contains("truncated") && Contains("record 3 of 4"));
   }
+  SECTION("while a reader has it open") {
+    // As when a shard is copied over or truncated during a run: the records still there load,
+    // the ones cut off are reported (a memory mapping would have ended the process with SIGBUS).
+    const ShardReader reader(path);
+    std::filesystem::resize_file(path, record_offset(bytes, 3) + 10);
+    CHECK(reader.load(1).pixels.size() == 16 * 9 * 3);
+    CHECK(reader.load(2).pixels.size() == 3);
+    CHECK_THROWS_WITH(reader.load(3), Contains(path + " record 3: the file ends before it"));
+  }
   SECTION("inside the index") {
     bytes.resize(sizeof(ShardHeader) + 20);
     write_bytes(path, bytes);
