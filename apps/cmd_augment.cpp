@@ -102,7 +102,8 @@ void run_grid(const AugmentCommandOptions& options) {
   grid.pixels.assign(static_cast<size_t>(grid.height) * grid.width * 3, 32);  // dark grey gaps
 
   int tiles = 0;
-  size_t skipped = 0;
+  data::SkippedImages skipped;  // each unusable file warned about and counted once
+  size_t unusable_picks = 0;    // picks that met one: too many end the grid
   for (uint64_t epoch = 0; tiles < options.n; ++epoch) {
     for (const data::SamplePick& pick : sampler.epoch_picks(epoch)) {
       if (tiles == options.n) break;
@@ -110,9 +111,8 @@ void run_grid(const AugmentCommandOptions& options) {
       try {
         image = source->load(pick.index);
       } catch (const data::DataError& e) {
-        // The DataError's message names the file.
-        std::fprintf(stderr, "warning: skipping an unusable image: %s\n", e.what());
-        if (++skipped > 16 + 2 * static_cast<size_t>(options.n))
+        skipped.record(source->describe(pick.index), e.what());  // the message names the file
+        if (++unusable_picks > 16 + 2 * static_cast<size_t>(options.n))
           throw data::DataError("augment: too many unusable images in " + options.data);
         continue;
       }
@@ -133,7 +133,7 @@ void run_grid(const AugmentCommandOptions& options) {
       options.grid.c_str(), tiles, columns, rows, size,
       options.src ? "simple random crop" : "random resized crop",
       static_cast<unsigned long long>(options.seed), source->size(), options.data.c_str());
-  if (skipped > 0) std::printf("; skipped %zu unusable image(s)", skipped);
+  if (skipped.count() > 0) std::printf("; skipped %zu unusable image(s)", skipped.count());
   std::printf("\n");
 }
 

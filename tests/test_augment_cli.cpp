@@ -64,6 +64,17 @@ TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cl
   r = run_deit(args + " --seed 4 --grid " + dir.file("g3.png"));
   REQUIRE(r.exit_code == 0);
   CHECK(deit::test::read_bytes(dir.file("g1.png")) != deit::test::read_bytes(dir.file("g3.png")));
+
+  // An unusable file met in several epochs' picks is warned about and counted once.
+  deit::test::write_bytes(dir.file("data/train/b/broken.png"), {'n', 'o'});
+  r = run_deit("augment --data " + dir.path() + "/data --n 30 --input-size 16 --grid " +
+               dir.file("g4.png"));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("skipped 1 unusable image(s)"));
+  const size_t first = r.output.find("warning: skipped");
+  REQUIRE(first != std::string::npos);
+  CHECK(r.output.find("warning: skipped", first + 1) == std::string::npos);
 }
 
 TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[augment][cli]") {
