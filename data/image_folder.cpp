@@ -36,11 +36,27 @@ std::vector<std::string> files_under(const fs::path& folder) {
   const auto options = fs::directory_options::follow_directory_symlink;
   fs::recursive_directory_iterator it(folder, options, error), end;
   for (; !error && it != end; it.increment(error)) {
+    std::error_code entry_error;
+    const bool directory = it->is_directory(entry_error);
     if (is_hidden(it->path())) {
-      if (it->is_directory()) it.disable_recursion_pending();
+      if (directory) it.disable_recursion_pending();
       continue;
     }
-    if (!it->is_directory()) paths.push_back(it->path().string());
+    if (!directory) {
+      paths.push_back(it->path().string());
+      continue;
+    }
+    // A link to a folder above it (or to itself) would be walked until the path is too long,
+    // listing every image once per turn.
+    std::error_code real_error, parent_error;
+    const fs::path real = fs::canonical(it->path(), real_error);
+    const fs::path parent = fs::canonical(it->path().parent_path(), parent_error);
+    const fs::path above = parent.lexically_relative(real);
+    if (real_error || parent_error || above.empty() || *above.begin() != "..") {
+      std::fprintf(stderr, "warning: not following %s: it leads back into a folder above it\n",
+                   it->path().c_str());
+      it.disable_recursion_pending();
+    }
   }
   if (error) throw DataError(folder.string() + ": cannot list (" + error.message() + ")");
   std::sort(paths.begin(), paths.end());

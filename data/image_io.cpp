@@ -93,7 +93,9 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   }
   if (width <= 0 || height <= 0 || width > kMaxImageSide || height > kMaxImageSide ||
       static_cast<uint64_t>(width) * static_cast<uint64_t>(height) > kMaxImagePixels) {
-    fail(name, "absurd dimensions " + std::to_string(width) + "x" + std::to_string(height));
+    fail(name, "absurd dimensions " + std::to_string(width) + "x" + std::to_string(height) +
+                   " (deit reads images of up to " + std::to_string(kMaxImageSide) +
+                   " pixels a side and 2^28 pixels)");
   }
   check_complete(bytes, size, name);
 

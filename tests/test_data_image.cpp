@@ -151,7 +151,8 @@ TEST_CASE("bad image files throw a DataError naming the file and the problem", "
     // The PNG IHDR width, big-endian at byte 16: 40000 pixels.
     bytes[16] = 0, bytes[17] = 0, bytes[18] = 0x9C, bytes[19] = 0x40;
     write_bytes(path, bytes);
-    CHECK_THROWS_WITH(decode_image_file(path), Contains(path) && Contains("absurd dimensions"));
+    CHECK_THROWS_WITH(decode_image_file(path), Contains(path) && Contains("absurd dimensions") &&
+                                                   Contains("up to 32768 pixels a side"));
 
     const std::string bmp = dir.file("huge.bmp");
     write_with_stb(bmp, image);
@@ -210,6 +211,20 @@ TEST_CASE("A class name that is not UTF-8 is refused when the dataset opens, sho
   write_png(dir.file("train/caf\xc3\xa9/a.png"), gradient_image(4, 4));
   write_png(dir.file("train/d\xe9sc/a.png"), gradient_image(4, 4));
   CHECK_THROWS_WITH(ImageFolder(root), Contains(root + ": the class name 'd\\xe9sc' is not UTF-8"));
+}
+
+TEST_CASE("ImageFolder follows folder links but not the ones that loop back", "[data]") {
+  TempDir dir;
+  const std::string root = dir.path() + "/train";
+  write_png(dir.file("train/cat/a.png"), gradient_image(4, 4));
+  write_png(dir.file("elsewhere/b.png"), gradient_image(4, 4));
+  std::filesystem::create_directory_symlink(dir.path() + "/elsewhere", root + "/cat/linked");
+  std::filesystem::create_directory_symlink(".", root + "/cat/again");  // itself
+  std::filesystem::create_directory_symlink("..", root + "/cat/up");    // the split above it
+  const ImageFolder folder(root);
+  REQUIRE(folder.size() == 2);  // each image once
+  CHECK(folder.describe(0) == root + "/cat/a.png");
+  CHECK(folder.describe(1) == root + "/cat/linked/b.png");
 }
 
 TEST_CASE("An image folder without images is an error naming the folder", "[data]") {
