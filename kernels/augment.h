@@ -117,8 +117,8 @@ void adjust_saturation_cpu(const uint8_t* src, int h, int w, float factor, uint8
 void normalize_cpu(const uint8_t* image, int h, int w, float* out);
 
 // The crop of `c` (RandomResizedCrop: box, then resize; Simple Random Crop / evaluation: resize,
-// reflect pad, then the window): src (h, w, 3) -> out (c.size, c.size, 3). `c` must have passed
-// check_augment_params.
+// reflect pad, then the window, resizing only the pixels the window reads): src (h, w, 3) -> out
+// (c.size, c.size, 3). `c` must have passed check_augment_params.
 void crop_view_cpu(const uint8_t* src, int h, int w, const CropParams& c, uint8_t* out);
 
 // The checks of the ops whose output size comes from their arguments, for callers that size the

@@ -161,6 +161,37 @@ TEST_CASE("Simple Random Crop resizes the shorter side and crops inside the padd
   CHECK(view.width == 24);
 }
 
+TEST_CASE(
+    "A Simple Random Crop or evaluation view is the window of the whole resized, padded "
+    "image",
+    "[augment]") {
+  // apply_crop makes only the resized pixels its window reads; the composition below makes them
+  // all. Sizes that shrink, enlarge and keep each side, with and without padding.
+  deit::Rng rng(11);
+  for (int trial = 0; trial < 300; ++trial) {
+    INFO("trial " << trial);
+    const int height = 1 + static_cast<int>(rng.below(70));
+    const int width = 1 + static_cast<int>(rng.below(70));
+    const ImageU8 image = random_image(height, width, trial);
+    CropParams c;
+    if (trial % 2 == 0) {
+      AugmentConfig config;
+      config.crop = CropMode::kSimpleRandom;
+      config.input_size = 8 + static_cast<int>(rng.below(56));
+      c = sample_crop_params(config, height, width, rng);
+    } else {
+      c = eval_augment_params(height, width, 4 + static_cast<int>(rng.below(60)), 0.875).crop;
+    }
+    const ImageU8 resized = resize_bicubic(image, c.resized_height, c.resized_width);
+    const ImageU8 whole = crop(pad_reflect(resized, c.padding), c.x, c.y, c.size, c.size);
+    REQUIRE(apply_crop(image, c).pixels == whole.pixels);
+  }
+  // A 20000 x 2 image evaluated at 224: 224 x 224 resized pixels made, not 224 x 2,240,000.
+  const CropParams wide = eval_augment_params(2, 20000, 224, 1.0).crop;
+  CHECK(wide.resized_width == 2240000);
+  CHECK(apply_crop(random_image(2, 20000, 1), wide).pixels.size() == 224 * 224 * 3);
+}
+
 TEST_CASE("augmentation is deterministic from the seed and stream", "[augment]") {
   const AugmentConfig config;
   const ImageU8 image = random_image(90, 70, 2);

@@ -257,12 +257,41 @@ void crop_view_cpu(const uint8_t* src, int h, int w, const CropParams& c, uint8_
     resize_bicubic_cpu(box_pixels.data(), c.h, c.w, out, c.size, c.size);
     return;
   }
-  Pixels resized(values(c.resized_height, c.resized_width));
-  resize_bicubic_cpu(src, h, w, resized.data(), c.resized_height, c.resized_width);
-  const int padded_h = c.resized_height + 2 * c.padding, padded_w = c.resized_width + 2 * c.padding;
-  Pixels padded(values(padded_h, padded_w));
-  pad_reflect_cpu(resized.data(), c.resized_height, c.resized_width, c.padding, padded.data());
-  crop_cpu(padded.data(), padded_h, padded_w, c.x, c.y, c.size, c.size, out);
+  // Simple Random Crop and evaluation: resize, reflect-pad, crop. Only the resized pixels the
+  // crop reads are made (a 20000 x 2 image resized whole to a shorter side of 224 would be
+  // 2,240,000 wide): padded pixel (y, x) is resized pixel (reflect(y - p), reflect(x - p)), and a
+  // resized pixel is resize_bicubic_cpu's: the vertical pass over the horizontal pass's uint8
+  // rows, each pass skipped where its size stays.
+  const int rh = c.resized_height, rw = c.resized_width, size = c.size;
+  std::vector<int32_t> weights(std::max(resample_max_taps(w, rw), resample_max_taps(h, rh)));
+  // Horizontal: every source row, at the resized columns the crop reads -> (h, size, 3).
+  Pixels rows(values(h, size));
+  for (int x = 0; x < size; ++x) {
+    const int column = reflect_index(c.x + x - c.padding, rw);
+    const ResampleWindow window = resample_window(w, rw, column);
+    resample_weights(window, weights.data());
+    for (int y = 0; y < h; ++y)
+      for (int ch = 0; ch < 3; ++ch) {
+        const uint8_t* in = src + (static_cast<size_t>(y) * w + column) * 3 + ch;
+        rows[(static_cast<size_t>(y) * size + x) * 3 + ch] =
+            rw == w ? *in
+                    : resample_at(src + (static_cast<size_t>(y) * w + window.first) * 3 + ch, 3,
+                                  weights.data(), window.count);
+      }
+  }
+  // Vertical: the resized rows the crop reads -> (size, size, 3).
+  const ptrdiff_t row_stride = static_cast<ptrdiff_t>(size) * 3;
+  for (int y = 0; y < size; ++y) {
+    const int resized_row = reflect_index(c.y + y - c.padding, rh);
+    const ResampleWindow window = resample_window(h, rh, resized_row);
+    resample_weights(window, weights.data());
+    for (int x = 0; x < size; ++x)
+      for (int ch = 0; ch < 3; ++ch)
+        out[(static_cast<size_t>(y) * size + x) * 3 + ch] =
+            rh == h ? rows[resized_row * row_stride + x * 3 + ch]
+                    : resample_at(rows.data() + window.first * row_stride + x * 3 + ch, row_stride,
+                                  weights.data(), window.count);
+  }
 }
 
 void augment_image_cpu(const uint8_t* src, int h, int w, const AugmentParams& p, int size,
