@@ -14,7 +14,9 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -152,9 +154,13 @@ double stage_images_per_second_cuda(PackedSources& p, int size, int batches, Dev
 class TemporaryShard {
  public:
   TemporaryShard(const std::vector<data::ImageU8>& images, int copies) {
-    dir_ = fs::temp_directory_path() /
-           ("deit-bench-data-" +
-            std::to_string(static_cast<uint64_t>(Clock::now().time_since_epoch().count())));
+    std::error_code error;
+    const fs::path temp = fs::temp_directory_path(error);
+    if (error)
+      throw std::runtime_error("bench data: no folder for its temporary shard (" + error.message() +
+                               "); set TMPDIR to a writable folder");
+    dir_ = temp / ("deit-bench-data-" +
+                   std::to_string(static_cast<uint64_t>(Clock::now().time_since_epoch().count())));
     fs::create_directories(dir_);
     data::ShardWriter writer((dir_ / "train.shard").string(), {"a", "b"}, images.size() * copies,
                              kSourceShortSide);

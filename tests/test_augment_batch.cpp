@@ -3,6 +3,7 @@
 // evaluation's transform as a crop, the binarised targets, and `deit bench data --device cpu`.
 #include <catch2/catch.hpp>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -186,6 +187,19 @@ TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole inp
     CHECK(j.at(part)[0].at("input_size") == 32);
     CHECK(j.at(part)[0].at("images_per_s").get<double>() > 0);
   }
+
+  // Without a usable temporary folder it names the variable to set.
+  const char* tmpdir = std::getenv("TMPDIR");
+  const std::string saved = tmpdir ? tmpdir : "";
+  setenv("TMPDIR", "/nonexistent/deit-test", 1);
+  const test::CliResult no_temp = test::run_deit(
+      "bench data --device cpu --input-size 32 --batch-size 4 --batches 2 --workers 1 --json");
+  if (tmpdir)
+    setenv("TMPDIR", saved.c_str(), 1);
+  else
+    unsetenv("TMPDIR");
+  CHECK(no_temp.exit_code != 0);
+  CHECK_THAT(no_temp.output, Catch::Contains("set TMPDIR to a writable folder"));
   const test::CliResult bad = test::run_deit("bench data --device cpu --batch-size 1");
   CHECK(bad.exit_code != 0);
   CHECK_THAT(bad.output, Catch::Contains("--batch-size"));
