@@ -64,8 +64,7 @@ void run_ops(const AugmentCommandOptions& options) {
   std::error_code ec;
   if (std::filesystem::equivalent(options.in, options.out, ec))
     throw std::invalid_argument("--out '" + options.out +
-                                "' is the input image itself; choose "
-                                "another file name");
+                                "' is the input image itself; choose another file name");
   data::ImageU8 image = data::decode_image_file(options.in);
   Rng rng(options.seed);
   for (size_t i = 0; i < options.ops.size(); ++i) {

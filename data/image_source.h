@@ -36,9 +36,10 @@ std::unique_ptr<ImageSource> open_image_source(const std::string& path);
 // packed before the folder changed would otherwise be trained on without a word).
 std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split);
 
-// Throws DataError unless `name` is well-formed UTF-8 (RFC 3629): class names are written into
-// checkpoints and JSON output as text, so a folder named in another encoding is refused when the
-// dataset opens rather than when the first checkpoint is written. `where` names its source.
+// Throws DataError unless `name` is well-formed UTF-8 (as nlohmann::json checks it): class names
+// are written into checkpoints and JSON output as text, so a folder named in another encoding is
+// refused when the dataset opens rather than when the first checkpoint is written. `where` names
+// its source.
 void require_utf8_class_name(const std::string& name, const std::string& where);
 
 // The unusable images met during a run: each one is warned about (on stderr) the first time it is

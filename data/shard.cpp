@@ -293,7 +293,8 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
     read_at(fd_, path, 0, tables.data(), tables.size());
     const ShardHeader header = read_header(path, tables.data(), actual_bytes);
     tables.resize(header.data_offset);
-    if (read_at(fd_, path, 0, tables.data(), tables.size()) != tables.size())
+    const size_t rest = tables.size() - sizeof header;
+    if (read_at(fd_, path, sizeof header, tables.data() + sizeof header, rest) != rest)
       throw DataError(path + ": truncated inside its index while being opened");
     const uint8_t* class_table = tables.data() + sizeof header;
     const size_t class_table_bytes = header.index_offset - sizeof header;
