@@ -8,7 +8,8 @@
 // decode farm; the price is disk space (~290 KiB per image at 256 instead of ~40 KiB as JPEG).
 // Records are read with pread, not through a memory mapping, since 2026-12-03: a shard cut short
 // while a run reads it (copied over, truncated) is then an error, not SIGBUS. It costs about a
-// fifth per core (21,100 against 26,900 records/s back to back, the same bench).
+// fifth per core (21,100 against 26,900 records/s back to back, the same bench:
+// bench/results/2026-12-03-cpu-data-path.md).
 //
 // Layout (version 1, little-endian):
 //   ShardHeader                      at 0
