@@ -47,12 +47,21 @@ void run_eval(const EvalOptions& o) {
   const Device device = parse_device(o.device);
   require_device(device);
   std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));
-  model::ViTConfig base = model::preset(o.model.model);
-  base.num_classes = static_cast<int64_t>(source->class_names().size());
   std::optional<model::Checkpoint> checkpoint;
-  if (!o.checkpoint.empty()) {
-    checkpoint = model::read_checkpoint(o.checkpoint, false);
-    base.input_size = checkpoint->config.input_size;  // where it was trained, unless told otherwise
+  if (!o.checkpoint.empty()) checkpoint = model::read_checkpoint(o.checkpoint, false);
+  if (!checkpoint && o.model.model.empty())
+    throw std::invalid_argument(
+        "--model is required with --weights (a weights file does not say "
+        "which model it holds)");
+  // The checkpoint's own model unless --model names one; a preset's resolution is the one it was
+  // trained at, unless told otherwise.
+  model::ViTConfig base;
+  if (o.model.model.empty()) {
+    base = checkpoint->config;
+  } else {
+    base = model::preset(o.model.model);
+    base.num_classes = static_cast<int64_t>(source->class_names().size());
+    if (checkpoint) base.input_size = checkpoint->config.input_size;
   }
   const std::string classes_differ = model::class_difference(
       checkpoint ? checkpoint->class_names : model::read_class_names(o.weights), "the weights",
@@ -91,7 +100,7 @@ void run_eval(const EvalOptions& o) {
 void add_eval_command(CLI::App& app) {
   auto opts = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "Top-1, top-5 and loss of trained weights on a split");
-  opts->model.add_to(*cmd, "the checkpoint's training resolution, or 224");
+  opts->model.add_to(*cmd, "the checkpoint's training resolution, or 224", "--checkpoint");
   auto* source = cmd->add_option_group("weights", "Where the weights come from");
   source->add_option("--checkpoint", opts->checkpoint, "A checkpoint of deit train");
   source->add_option("--weights", opts->weights, "A timm-compatible .safetensors file");

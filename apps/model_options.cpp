@@ -2,10 +2,15 @@
 
 namespace deit::apps {
 
-void ModelOptions::add_to(CLI::App& cmd, const std::string& input_size_default) {
+void ModelOptions::add_to(CLI::App& cmd, const std::string& input_size_default,
+                          const std::string& required_unless) {
   std::string names;
   for (const auto& n : model::preset_names()) names += (names.empty() ? "" : ", ") + n;
-  cmd.add_option("--model", model, "Model preset: " + names)->required();
+  CLI::Option* option = cmd.add_option("--model", model, "Model preset: " + names);
+  if (required_unless.empty())
+    option->required();
+  else
+    option->description(option->get_description() + " (required unless " + required_unless + ")");
   cmd.add_option("--patch", patch, "Override the patch size");
   cmd.add_option("--dim", dim, "Override the embedding dimension");
   cmd.add_option("--depth", depth, "Override the number of blocks");
@@ -22,7 +27,9 @@ model::ViTConfig ModelOptions::apply_to(model::ViTConfig c) const {
   if (heads) c.heads = *heads;
   if (num_classes) c.num_classes = *num_classes;
   if (input_size) c.input_size = *input_size;
-  if (patch || dim || depth || heads) c.name += " (custom)";
+  // A resumed custom model is named so already.
+  if ((patch || dim || depth || heads) && c.name.find(" (custom)") == std::string::npos)
+    c.name += " (custom)";
   c.validate();
   return c;
 }

@@ -1,6 +1,9 @@
 #include "apps/train_flags.h"
 
+#include <filesystem>
+
 #include "apps/cli_checks.h"
+#include "model/checkpoint.h"
 
 namespace deit::apps {
 
@@ -21,15 +24,17 @@ void add_switch(CLI::App& cmd, std::optional<bool>& value, const std::string& na
 }  // namespace
 
 void TrainFlags::add_to(CLI::App& cmd) {
-  model.add_to(cmd, "the preset's training resolution: S 224, B/L 192, H 160");
-  cmd.add_option("--data", data, "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or "
-                                 "DIR/train.shard, DIR/val.shard)")->required();
+  model.add_to(cmd, "the preset's training resolution: S 224, B/L 192, H 160", "--resume");
+  cmd.add_option("--data", data,
+                 "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or DIR/train.shard, "
+                 "DIR/val.shard); required unless --resume");
   cmd.add_option("--output", output,
                  "Run directory: log.txt and checkpoint.safetensors (a new run refuses one that "
-                 "holds a run; --resume continues it)")
-      ->required();
-  cmd.add_option("--device", device, "cpu or cuda[:N]; cuda alone: the GPU of this process's "
-                                     "local rank")->capture_default_str();
+                 "holds a run; --resume continues it); required unless --resume, whose default is "
+                 "the checkpoint's folder");
+  cmd.add_option("--device", device,
+                 "cpu or cuda[:N]; cuda alone: the GPU of this process's "
+                 "local rank (cpu)");
   cmd.add_option("--epochs", epochs, "Epochs (recipe: 800)");
   cmd.add_option("--batch-size", batch_size, "Images per micro-batch and process (default 256); "
                                              "global batch: this x --accum-steps x processes");
@@ -66,38 +71,70 @@ void TrainFlags::add_to(CLI::App& cmd) {
              "Keep an exponential moving average of the weights, saved in the checkpoint, not "
              "evaluated (on)");
   cmd.add_option("--model-ema-decay", model_ema_decay, "EMA decay (0.99996)");
-  cmd.add_option("--resume", resume, "Continue the run saved in this checkpoint");
+  cmd.add_option("--resume", resume,
+                 "Continue the run saved in this checkpoint, with the model, data and settings it "
+                 "saved; a flag given as well changes that setting (a warning names each one "
+                 "that changes the run's course)");
   cmd.add_option("--finetune", finetune, "Start from these weights (checkpoint or .safetensors); "
                                          "pos_embed is resized, a new head made for new classes");
   cmd.add_option("--seed", seed, "Seed of every random choice (0)")->check(unsigned_64bit());
   cmd.add_option("--workers", workers, "Data loading threads (2)");
-  cmd.add_flag("--zero", zero,
-               "Several ranks: shard the optimizer state across them (ZeRO-1: 1/ranks of the "
-               "state memory per rank; gradients reduce-scattered, updates all-gathered; the "
-               "same updates up to fp32 rounding, bit for bit on two CPU ranks)");
+  add_switch(cmd, zero, "zero",
+             "Several ranks: shard the optimizer state across them (ZeRO-1: 1/ranks of the "
+             "state memory per rank; gradients reduce-scattered, updates all-gathered; the "
+             "same updates up to fp32 rounding, bit for bit on two CPU ranks) (off)");
   cmd.add_option("--bucket-mb", bucket_mb, "Several ranks: gradients are averaged in buckets of "
                                            "at most this many MiB, each as soon as backward has "
                                            "finished it (25)");
-  cmd.add_flag("--recompute-gelu", recompute_gelu,
-               "Recompute GELU's output in backward instead of keeping it: 4 of a block's 18 "
-               "saved activations, for one more GELU pass (same results)");
-  cmd.add_flag("--grad-checkpointing", grad_checkpointing,
-               "Keep only each block's two inputs and recompute its forward in backward "
-               "(activation checkpointing: a fraction of the activation memory for about a third "
-               "more compute; same results)");
-  cmd.add_flag("--cuda-graph", cuda_graph,
-               "CUDA: capture the training step once as a CUDA graph and replay it for every "
-               "later batch (one launch per step instead of every kernel; needs --accum-steps 1)");
+  add_switch(cmd, recompute_gelu, "recompute-gelu",
+             "Recompute GELU's output in backward instead of keeping it: 4 of a block's 18 "
+             "saved activations, for one more GELU pass (same results) (off)");
+  add_switch(cmd, grad_checkpointing, "grad-checkpointing",
+             "Keep only each block's two inputs and recompute its forward in backward "
+             "(activation checkpointing: a fraction of the activation memory for about a third "
+             "more compute; same results) (off)");
+  add_switch(cmd, cuda_graph, "cuda-graph",
+             "CUDA: capture the training step once as a CUDA graph and replay it for every "
+             "later batch (one launch per step instead of every kernel; needs --accum-steps 1) "
+             "(off)");
   cmd.add_flag("--quiet", quiet, "No progress output");
 }
 
+train::TrainOptions TrainFlags::starting_options() const {
+  if (resume.empty()) {
+    if (model.model.empty())
+      throw std::invalid_argument("--model is required (unless --resume continues a run)");
+    train::TrainOptions o = train::recipe_for(model.model);
+    o.num_classes_given = model.num_classes.has_value();
+    o.data_dir = data;
+    o.output_dir = output;
+    return o;
+  }
+  const model::Checkpoint saved = model::read_checkpoint_header(resume);
+  const std::string saved_preset = model::preset_of(saved.config);
+  if (!model.model.empty() && model.model != saved_preset)
+    throw std::invalid_argument("--model " + model.model + " is not the model of checkpoint '" +
+                                resume + "' (" + saved.config.name +
+                                "): leave --model out to resume it");
+  train::TrainOptions o;
+  try {
+    o = train::resume_options(saved.config, saved.state.value("options", nlohmann::json::object()));
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("checkpoint '" + resume + "': " + e.what());
+  }
+  if (!data.empty()) o.data_dir = data;
+  if (o.data_dir.empty())
+    throw std::invalid_argument("--data is required: checkpoint '" + resume +
+                                "' does not say where its run's data is");
+  const std::string folder = std::filesystem::path(resume).parent_path().string();
+  o.output_dir = !output.empty() ? output : folder.empty() ? "." : folder;
+  return o;
+}
+
 train::TrainOptions TrainFlags::resolve() const {
-  train::TrainOptions o = train::recipe_for(model.model);
+  train::TrainOptions o = starting_options();
   o.model = model.apply_to(o.model);
-  o.num_classes_given = model.num_classes.has_value();
-  o.data_dir = data;
-  o.output_dir = output;
-  o.device = device;
+  override_with(device, o.device);
   o.resume = resume;
   o.finetune = finetune;
   if (!opt.empty()) o.opt = opt;
@@ -129,10 +166,10 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(seed, o.seed);
   override_with(workers, o.workers);
   override_with(bucket_mb, o.bucket_mb);
-  o.zero = zero;
-  o.cuda_graph = cuda_graph;
-  o.recompute_gelu = recompute_gelu;
-  o.grad_checkpointing = grad_checkpointing;
+  override_with(zero, o.zero);
+  override_with(cuda_graph, o.cuda_graph);
+  override_with(recompute_gelu, o.recompute_gelu);
+  override_with(grad_checkpointing, o.grad_checkpointing);
   o.progress = !quiet;
   return o;
 }

@@ -1,6 +1,8 @@
 // The recipe flags of `deit train` (and the subset `deit demo` passes through). Each flag is
 // optional: unset, the value comes from the preset's recipe (train/recipe.h), so
-// `deit train --model deit3_base` trains with the paper's settings for ViT-B.
+// `deit train --model deit3_base` trains with the paper's settings for ViT-B; or, with --resume,
+// from the settings the run saved in its checkpoint, so `deit train --resume RUN/checkpoint...`
+// continues a run by itself.
 #pragma once
 #include <optional>
 #include <string>
@@ -15,25 +17,27 @@ namespace deit::apps {
 
 struct TrainFlags {
   ModelOptions model;
-  std::string data, output, device = "cpu", resume, finetune, opt;
+  std::string data, output, resume, finetune, opt;
+  std::optional<std::string> device;
   std::optional<int64_t> epochs, batch_size, accum_steps;
   std::optional<double> lr, min_lr, warmup_lr, warmup_epochs, weight_decay, opt_eps, clip_grad,
       drop_path, rrc_scale_min, color_jitter, eval_crop_ratio, mixup, cutmix, mixup_switch_prob,
       mixup_prob, smoothing,
       model_ema_decay;
-  std::optional<bool> three_augment, src, repeated_aug, bce_loss, model_ema;
+  std::optional<bool> three_augment, src, repeated_aug, bce_loss, model_ema, zero, cuda_graph,
+      recompute_gelu, grad_checkpointing;
   std::optional<uint64_t> seed;
   std::optional<int> workers;
   std::optional<double> bucket_mb;
-  bool zero = false;
-  bool cuda_graph = false;
-  bool recompute_gelu = false;
-  bool grad_checkpointing = false;
   bool quiet = false;
 
   void add_to(CLI::App& cmd);
-  // recipe_for(--model) with every given flag applied.
+  // The options to start from (recipe_for(--model), or the --resume checkpoint's) with every given
+  // flag applied. Throws std::invalid_argument for a missing or contradicting flag.
   train::TrainOptions resolve() const;
+
+ private:
+  train::TrainOptions starting_options() const;
 };
 
 // The end-of-run report of `deit train` and `deit demo`: accuracy, time, where things are.

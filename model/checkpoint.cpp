@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <unordered_map>
@@ -156,10 +157,11 @@ void save_checkpoint(const std::string& path, const VisionTransformer& model,
   write_safetensors(path, tensors, with_class_names(metadata, class_names));
 }
 
-Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
-  SafetensorsContents contents = read_safetensors(path, [&](const std::string& name) {
-    return with_extra || starts_with(name, kModelPrefix);
-  });
+namespace {
+
+Checkpoint read_checkpoint_tensors(const std::string& path,
+                                   const std::function<bool(const std::string& name)>& select) {
+  SafetensorsContents contents = read_safetensors(path, select);
   auto fail = [&](const std::string& why) {
     throw std::runtime_error("checkpoint '" + path + "': " + why);
   };
@@ -191,6 +193,17 @@ Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
       ckpt.extra.emplace_back(std::move(name), std::move(t));
   }
   return ckpt;
+}
+
+}  // namespace
+
+Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
+  return read_checkpoint_tensors(
+      path, [&](const std::string& name) { return with_extra || starts_with(name, kModelPrefix); });
+}
+
+Checkpoint read_checkpoint_header(const std::string& path) {
+  return read_checkpoint_tensors(path, [](const std::string&) { return false; });
 }
 
 void load_checkpoint_model(VisionTransformer& model, const Checkpoint& checkpoint) {

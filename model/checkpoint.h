@@ -50,6 +50,9 @@ struct Checkpoint {
 // export need only the model). Throws std::runtime_error naming the file for anything that is not
 // a deit checkpoint.
 Checkpoint read_checkpoint(const std::string& path, bool with_extra = true);
+// The checkpoint's model description, state and class names without its tensors (which are still
+// validated): what a resumed run's options and an evaluation's model are made from.
+Checkpoint read_checkpoint_header(const std::string& path);
 
 // Whether `path` is a readable deit checkpoint (by its header; false for a missing file, a
 // weights file or anything that is not safetensors).

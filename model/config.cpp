@@ -100,4 +100,10 @@ ViTConfig preset(const std::string& name) {
   throw std::invalid_argument("unknown model '" + name + "' (known: " + known + ")");
 }
 
+std::string preset_of(const ViTConfig& c) {
+  for (const std::string& name : preset_names())
+    if (c.name == name || c.name.rfind(name + " ", 0) == 0) return name;
+  return "";
+}
+
 }  // namespace deit::model

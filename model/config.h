@@ -36,5 +36,8 @@ struct ViTConfig {
 const std::vector<std::string>& preset_names();
 // Throws std::invalid_argument listing the known names for an unknown one.
 ViTConfig preset(const std::string& name);
+// The preset `c` was made from: its name without the " (custom)" that changed sizes add
+// ("deit3_small (custom)" -> "deit3_small"); "" for a model of no preset.
+std::string preset_of(const ViTConfig& c);
 
 }  // namespace deit::model

@@ -16,9 +16,10 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-// `args` is appended to the binary's path and run through the shell.
-inline CliResult run_deit(const std::string& args) {
-  const std::string command = std::string(DEIT_BINARY) + " " + args + " 2>&1";
+// `args` is appended to the binary's path and run through the shell, in folder `cwd` if given.
+inline CliResult run_deit(const std::string& args, const std::string& cwd = "") {
+  const std::string command =
+      (cwd.empty() ? "" : "cd '" + cwd + "' && ") + std::string(DEIT_BINARY) + " " + args + " 2>&1";
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
   REQUIRE(pipe);
   std::string out;

@@ -172,8 +172,9 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   const std::string damaged = dir.file("damaged");
   std::filesystem::copy(data, damaged, std::filesystem::copy_options::recursive);
   test::write_bytes(damaged + "/val/" + data::synthetic_class_names()[1] + "/empty.png", {});
-  r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " +
-               damaged + " --json");
+  // (Without --model: the checkpoint describes its model.)
+  r = run_deit("eval --checkpoint " + out + "/checkpoint.safetensors --data " + damaged +
+               " --json");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("warning: skipped") && Catch::Contains("empty.png"));
@@ -184,7 +185,7 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   CHECK(j["loss"].get<double>() == Approx(logged["test_loss"].get<double>()));
 
   // Per class: the dataset's classes in label order, their images, and hits that add up to top-1.
-  r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " + data +
+  r = run_deit("eval --checkpoint " + out + "/checkpoint.safetensors --data " + data +
                " --json --per-class");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
@@ -214,6 +215,9 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   REQUIRE(r.exit_code == 0);
   j = nlohmann::json::parse(r.output);
   CHECK(j["acc1"].get<double>() == Approx(logged["test_acc1"].get<double>()));
+  r = run_deit("eval --weights " + weights + " --data " + data);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--model is required with --weights"));
 
   // Both files name the classes the model learned; a dataset whose label 0 is another class is
   // refused, as is one with fewer classes.
@@ -244,17 +248,19 @@ TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's 
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir);
   const std::string straight = dir.file("straight"), resumed = dir.file("resumed");
-  REQUIRE(run_deit(tiny_train_args(data, straight, 3)).exit_code == 0);
+  // Settings off the recipe's, which the resumed run must take from the checkpoint.
+  const std::string settings = " --seed 7 --lr 0.002 --no-model-ema --mixup-prob 0.5";
+  REQUIRE(run_deit(tiny_train_args(data, straight, 3) + settings).exit_code == 0);
 
   // Killed after the epoch-1 checkpoint, halfway through epoch 2 (progress lines come every tenth
   // of an epoch when stderr is not a terminal).
-  REQUIRE(run_and_kill_at(tiny_train_args(data, resumed, 3), "epoch 2/3  3/6"));
+  REQUIRE(run_and_kill_at(tiny_train_args(data, resumed, 3) + settings, "epoch 2/3  3/6"));
   // Normally the checkpoint of epoch index 0; on a very loaded machine the run may have saved the
   // one of the epoch it was in (index 1) before the signal landed. Either way it did not finish,
   // and resuming must finish it exactly.
   CHECK(model::read_checkpoint(resumed + "/checkpoint.safetensors", false).state["epoch"] <= 1);
-  const CliResult r = run_deit(tiny_train_args(data, resumed, 3) + " --resume " + resumed +
-                               "/checkpoint.safetensors");
+  // --resume alone: the model, data, output folder and every setting come from the checkpoint.
+  const CliResult r = run_deit("train --resume " + resumed + "/checkpoint.safetensors");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, !Catch::Contains("warning: resuming"));  // the same settings
@@ -266,10 +272,14 @@ TEST_CASE("resuming with settings other than the run's names each one that chang
           "[train][resume]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");
-  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
-  // More epochs, more workers, no progress: nothing that steers the run, so no warning.
-  CliResult r = run_deit(tiny_train_args(data, out, 2) + " --workers 1 --quiet --resume " + out +
-                         "/checkpoint.safetensors");
+  // Started with paths relative to the folder it ran in...
+  const std::string folder = std::filesystem::path(out).parent_path().string();
+  REQUIRE(std::filesystem::path(data).parent_path() == folder);
+  REQUIRE(run_deit(tiny_train_args("data", "run", 1), folder).exit_code == 0);
+  // ...and resumed from elsewhere: the checkpoint knows where the data is. More epochs, more
+  // workers, no progress: nothing that steers the run, so no warning.
+  CliResult r = run_deit(
+      "train --epochs 2 --workers 1 --quiet --resume " + out + "/checkpoint.safetensors", "/");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, !Catch::Contains("warning: resuming"));
@@ -329,6 +339,10 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
     CHECK_FALSE(std::filesystem::exists(dir.file("never")));
   }
 
+  r = run_deit("train --data " + data + " --output " + out);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--model is required (unless --resume"));
+
   r = run_deit(tiny_train_args(data, out, 1) + " --cuda-graph");  // the CPU has no graphs
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--cuda-graph needs --device cuda"));
@@ -354,6 +368,73 @@ TEST_CASE("an epoch's last optimizer step averages the micro-batches it has", "[
   for (int64_t b = 1; b <= 6; ++b) CHECK(micro_batches_in_step(b, 6, 3) == 3);
 }
 
+TEST_CASE("a run's saved options give back every setting to the run that resumes it",
+          "[train][resume]") {
+  train::TrainOptions run = train::recipe_for("deit3_base");
+  run.model.dim = 96;
+  run.model.name += " (custom)";
+  run.model.num_classes = 7;
+  run.data_dir = "/datasets/birds";
+  run.output_dir = "/runs/birds";
+  run.finetune = "/weights/base.safetensors";
+  run.device = "cuda:1";
+  run.epochs = 90;
+  run.batch_size = 64;
+  run.accum_steps = 4;
+  run.opt = "adamw";
+  run.lr = 1e-4;
+  run.min_lr = 1e-7;
+  run.warmup_lr = 1e-8;
+  run.warmup_epochs = 2.5;
+  run.weight_decay = 0.1;
+  run.opt_eps = 1e-6;
+  run.clip_grad = 2;
+  run.drop_path = 0.3;
+  run.three_augment = false;
+  run.src = true;
+  run.rrc_scale_min = 0.3;
+  run.color_jitter = 0.1;
+  run.eval_crop_ratio = 0.875;
+  run.repeated_aug = false;
+  run.mixup = 0.2;
+  run.cutmix = 0.5;
+  run.mixup_switch_prob = 0.25;
+  run.mixup_prob = 0.75;
+  run.smoothing = 0.1;
+  run.bce_loss = false;
+  run.model_ema = false;
+  run.model_ema_decay = 0.999;
+  run.seed = 18446744073709551615ull;
+  run.workers = 5;
+  run.zero = true;
+  run.cuda_graph = true;
+  run.recompute_gelu = true;
+  run.grad_checkpointing = true;
+  run.bucket_mb = 4;
+  const nlohmann::json saved = run.to_json();
+
+  const train::TrainOptions resumed = train::resume_options(run.model, saved);
+  nlohmann::json expected = saved;  // all but the paths this invocation decides
+  expected["output"] = "";
+  expected["finetune"] = "";
+  CHECK(resumed.to_json() == expected);
+  CHECK(resumed.num_classes_given);  // the checkpoint's head, whatever the dataset holds
+
+  // A checkpoint from before a setting was saved: the preset's recipe fills it in.
+  nlohmann::json older = saved;
+  older.erase("lr");
+  older.erase("drop_path");
+  const train::TrainOptions filled = train::resume_options(run.model, older);
+  CHECK(filled.lr == train::recipe_for("deit3_base").lr);
+  CHECK(filled.drop_path == train::recipe_for("deit3_base").drop_path);
+  CHECK(filled.batch_size == 64);
+
+  nlohmann::json damaged = saved;
+  damaged["batch_size"] = "lots";
+  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
+                    "its saved option 'batch_size' is \"lots\", not a value of that option");
+}
+
 TEST_CASE("a diverging run, another model's checkpoint or a new run never replaces a good one",
           "[train][cli]") {
   test::TempDir dir;
@@ -371,6 +452,10 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   r = run_deit(tiny_train_args(data, out, 1) + " --resume " + checkpoint);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("nothing is left to train"));
+  r = run_deit("train --resume " + checkpoint + " --model deit3_small --epochs 2");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--model deit3_small is not the model of checkpoint") &&
+                           Catch::Contains("(deit3_tiny (custom))"));
   r = run_deit(tiny_train_args(data, out, 2) + " --resume " + checkpoint + " --model-ema");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("no EMA weights") && Catch::Contains("--no-model-ema"));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -98,68 +99,96 @@ int64_t micro_batches_in_step(int64_t micro_batch, int64_t batches, int64_t accu
   return std::min(accum_steps, batches - before);
 }
 
+namespace {
+
+// Calls f(key, member) for every setting a run saves, under the names to_json() gives them; one
+// list serves saving and restoring.
+template <typename Options, typename F>
+void for_each_setting(Options& o, F&& f) {
+  f("model", o.model.name);
+  f("patch", o.model.patch);
+  f("dim", o.model.dim);
+  f("depth", o.model.depth);
+  f("heads", o.model.heads);
+  f("num_classes", o.model.num_classes);
+  f("input_size", o.model.input_size);
+  f("data", o.data_dir);
+  f("output", o.output_dir);
+  f("device", o.device);
+  f("epochs", o.epochs);
+  f("batch_size", o.batch_size);
+  f("accum_steps", o.accum_steps);
+  f("opt", o.opt);
+  f("lr", o.lr);
+  f("min_lr", o.min_lr);
+  f("warmup_lr", o.warmup_lr);
+  f("warmup_epochs", o.warmup_epochs);
+  f("weight_decay", o.weight_decay);
+  f("opt_eps", o.opt_eps);
+  f("clip_grad", o.clip_grad);
+  f("drop_path", o.drop_path);
+  f("three_augment", o.three_augment);
+  f("src", o.src);
+  f("rrc_scale_min", o.rrc_scale_min);
+  f("color_jitter", o.color_jitter);
+  f("eval_crop_ratio", o.eval_crop_ratio);
+  f("repeated_aug", o.repeated_aug);
+  f("mixup", o.mixup);
+  f("cutmix", o.cutmix);
+  f("mixup_switch_prob", o.mixup_switch_prob);
+  f("mixup_prob", o.mixup_prob);
+  f("smoothing", o.smoothing);
+  f("bce_loss", o.bce_loss);
+  f("model_ema", o.model_ema);
+  f("model_ema_decay", o.model_ema_decay);
+  f("resume", o.resume);
+  f("finetune", o.finetune);
+  f("seed", o.seed);
+  f("workers", o.workers);
+  f("zero", o.zero);
+  f("cuda_graph", o.cuda_graph);
+  f("recompute_gelu", o.recompute_gelu);
+  f("grad_checkpointing", o.grad_checkpointing);
+  f("bucket_mb", o.bucket_mb);
+}
+
+}  // namespace
+
 nlohmann::json TrainOptions::to_json() const {
-  return {{"model", model.name},
-          {"patch", model.patch},
-          {"dim", model.dim},
-          {"depth", model.depth},
-          {"heads", model.heads},
-          {"num_classes", model.num_classes},
-          {"input_size", model.input_size},
-          {"data", data_dir},
-          {"output", output_dir},
-          {"device", device},
-          {"epochs", epochs},
-          {"batch_size", batch_size},
-          {"accum_steps", accum_steps},
-          {"opt", opt},
-          {"lr", lr},
-          {"min_lr", min_lr},
-          {"warmup_lr", warmup_lr},
-          {"warmup_epochs", warmup_epochs},
-          {"weight_decay", weight_decay},
-          {"opt_eps", opt_eps},
-          {"clip_grad", clip_grad},
-          {"drop_path", drop_path},
-          {"three_augment", three_augment},
-          {"src", src},
-          {"rrc_scale_min", rrc_scale_min},
-          {"color_jitter", color_jitter},
-          {"eval_crop_ratio", eval_crop_ratio},
-          {"repeated_aug", repeated_aug},
-          {"mixup", mixup},
-          {"cutmix", cutmix},
-          {"mixup_switch_prob", mixup_switch_prob},
-          {"mixup_prob", mixup_prob},
-          {"smoothing", smoothing},
-          {"bce_loss", bce_loss},
-          {"model_ema", model_ema},
-          {"model_ema_decay", model_ema_decay},
-          {"resume", resume},
-          {"finetune", finetune},
-          {"seed", seed},
-          {"zero", zero},
-          {"cuda_graph", cuda_graph},
-          {"recompute_gelu", recompute_gelu},
-          {"grad_checkpointing", grad_checkpointing},
-          {"bucket_mb", bucket_mb}};
+  nlohmann::json j = nlohmann::json::object();
+  for_each_setting(*this, [&j](const char* key, const auto& value) { j[key] = value; });
+  // Absolute, so that a run resumed from another folder finds its data.
+  if (!data_dir.empty()) j["data"] = std::filesystem::absolute(data_dir).string();
+  return j;
+}
+
+TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json& saved) {
+  const std::string preset = model::preset_of(model);
+  TrainOptions o = preset.empty() ? TrainOptions{} : recipe_for(preset);
+  for_each_setting(o, [&saved](const char* key, auto& value) {
+    if (!saved.contains(key)) return;
+    try {
+      saved.at(key).get_to(value);
+    } catch (const nlohmann::json::exception&) {
+      throw std::runtime_error(std::string("its saved option '") + key + "' is " +
+                               saved.at(key).dump() + ", not a value of that option");
+    }
+  });
+  o.model = model;
+  o.num_classes_given = true;  // the checkpoint's head decides, not the dataset
+  o.output_dir.clear();
+  o.resume.clear();
+  o.finetune.clear();
+  return o;
 }
 
 std::vector<std::string> TrainOptions::differences_from(const nlohmann::json& saved) const {
   // What may change between a run and its resumption without changing the run's course: more
   // epochs, moved files, another device or launch, the memory savers (the same results).
-  static const std::set<std::string> kFree = {"model",
-                                              "data",
-                                              "output",
-                                              "device",
-                                              "epochs",
-                                              "resume",
-                                              "finetune",
-                                              "zero",
-                                              "cuda_graph",
-                                              "recompute_gelu",
-                                              "grad_checkpointing",
-                                              "bucket_mb"};
+  static const std::set<std::string> kFree = {
+      "model",    "workers",  "data", "output",     "device",         "epochs",
+      "resume",   "finetune", "zero", "cuda_graph", "recompute_gelu", "grad_checkpointing",
+      "bucket_mb"};
   const nlohmann::json now = to_json();  // items() refers to it: it must outlive the loop
   std::vector<std::string> differences;
   for (const auto& [key, value] : now.items())

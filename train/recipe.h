@@ -82,4 +82,11 @@ int64_t micro_batches_in_step(int64_t micro_batch, int64_t batches, int64_t accu
 // resolution S 224, B and L 192, H 160.
 TrainOptions recipe_for(const std::string& preset);
 
+// The options a run saved in its checkpoint (`saved`, its to_json()) for the run that continues
+// it: every saved setting, over the preset's recipe for a key an older checkpoint lacks, with the
+// checkpoint's `model`. The output folder and the --resume/--finetune paths are left empty for the
+// caller. Throws std::runtime_error (to be prefixed with the checkpoint) for a saved value of the
+// wrong type.
+TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json& saved);
+
 }  // namespace deit::train
