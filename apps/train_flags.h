@@ -1,8 +1,7 @@
-// The recipe flags of `deit train` (and the subset `deit demo` passes through). Each flag is
-// optional: unset, the value comes from the preset's recipe (train/recipe.h), so
-// `deit train --model deit3_base` trains with the paper's settings for ViT-B; or, with --resume,
-// from the settings the run saved in its checkpoint, so `deit train --resume RUN/checkpoint...`
-// continues a run by itself.
+// The recipe flags of `deit train`. Each flag is optional: unset, the value comes from the
+// preset's recipe (train/recipe.h), so `deit train --model deit3_base` trains with the paper's
+// settings for ViT-B; or, with --resume, from the settings the run saved in its checkpoint, so
+// `deit train --resume RUN/checkpoint.safetensors` continues a run by itself.
 #pragma once
 #include <optional>
 #include <string>
