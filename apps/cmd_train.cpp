@@ -5,11 +5,29 @@
 #include "apps/commands.h"
 #include "apps/train_flags.h"
 #include "train/progress.h"
+#include "train/stop_request.h"
 #include "train/trainer.h"
 
 namespace deit::apps {
 
-void print_train_summary(const train::TrainSummary& s) {
+namespace {
+
+void print_stop(const train::TrainSummary& s) {
+  const train::StoppedAt& at = s.stop;
+  std::string received = train::signal_name(at.signal);
+  if (s.world_size > 1) received += " on rank " + std::to_string(at.rank);
+  if (at.batches_done > 0)
+    std::printf("stopped by %s in epoch %lld, after %lld of its %lld batches\n", received.c_str(),
+                (long long)at.epoch + 1, (long long)at.batches_done, (long long)at.batches);
+  else
+    std::printf("stopped by %s after epoch %lld\n", received.c_str(), (long long)at.epoch);
+  std::printf(
+      "checkpoint %s holds the run there\nlog        %s\n"
+      "continue:  deit train --resume %s\n",
+      s.checkpoint.c_str(), s.log.c_str(), s.checkpoint.c_str());
+}
+
+void print_summary(const train::TrainSummary& s) {
   std::printf("trained %lld epoch%s in %s (%.0f images/s)\n", (long long)s.epochs_run,
               s.epochs_run == 1 ? "" : "s", train::format_duration(s.seconds).c_str(),
               s.train_images_per_second);
@@ -22,14 +40,21 @@ void print_train_summary(const train::TrainSummary& s) {
   std::printf("checkpoint %s\nlog        %s\n", s.checkpoint.c_str(), s.log.c_str());
 }
 
+}  // namespace
+
+void report_training(const train::TrainSummary& s) {
+  if (s.rank == 0) (s.stop.signal != 0 ? print_stop : print_summary)(s);  // once per run
+  if (s.stop.signal != 0) {
+    std::fflush(stdout);
+    throw ExitStatus{128 + s.stop.signal};
+  }
+}
+
 void add_train_command(CLI::App& app) {
   auto flags = std::make_shared<TrainFlags>();
   CLI::App* cmd = app.add_subcommand("train", "Train (or resume, or fine-tune) a DeiT III ViT");
   flags->add_to(*cmd);
-  cmd->callback([flags] {
-    const train::TrainSummary summary = train::train(flags->resolve());
-    if (summary.rank == 0) print_train_summary(summary);  // once per run, not per rank
-  });
+  cmd->callback([flags] { report_training(train::train(flags->resolve())); });
 }
 
 }  // namespace deit::apps

@@ -15,4 +15,9 @@ void add_bench_command(CLI::App& app);
 // `deit bench data` (apps/cmd_bench_data.cpp), registered under `deit bench` by add_bench_command.
 void add_bench_data_subcommand(CLI::App& bench);
 
+// Thrown by a command that has said why it ends, for `deit` to exit with `code` (main.cpp).
+struct ExitStatus {
+  int code;
+};
+
 }  // namespace deit::apps

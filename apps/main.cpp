@@ -67,6 +67,8 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const deit::apps::ExitStatus& status) {
+    return status.code;
   } catch (const deit::OutOfMemory& e) {
     std::fprintf(stderr,
                  "deit: error: %s\n"

@@ -39,7 +39,9 @@ struct TrainFlags {
   train::TrainOptions starting_options() const;
 };
 
-// The end-of-run report of `deit train` and `deit demo`: accuracy, time, where things are.
-void print_train_summary(const train::TrainSummary& summary);
+// The end-of-run report of `deit train` and `deit demo`, on rank 0: accuracy, time, where things
+// are. A run a signal stopped reports where it saved and how to go on, and ends deit with
+// 128 + the signal's number, as the signal would have (throws ExitStatus, on every rank).
+void report_training(const train::TrainSummary& summary);
 
 }  // namespace deit::apps

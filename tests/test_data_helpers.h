@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "data/image.h"
 #include "data/synthetic.h"
 
@@ -61,6 +63,15 @@ inline data::ImageU8 gradient_image(int height, int width, int seed = 0) {
 inline std::vector<uint8_t> read_bytes(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+// The lines of a run's log.txt, one JSON object per epoch.
+inline std::vector<nlohmann::json> log_lines(const std::string& path) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream log(path);
+  std::string line;
+  while (std::getline(log, line)) lines.push_back(nlohmann::json::parse(line));
+  return lines;
 }
 
 inline void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {

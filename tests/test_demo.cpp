@@ -4,7 +4,6 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
-#include <fstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -13,19 +12,8 @@
 #include "tests/test_data_helpers.h"
 
 using deit::test::CliResult;
+using deit::test::log_lines;
 using deit::test::run_deit;
-
-namespace {
-
-std::vector<nlohmann::json> log_lines(const std::string& path) {
-  std::vector<nlohmann::json> lines;
-  std::ifstream log(path);
-  std::string line;
-  while (std::getline(log, line)) lines.push_back(nlohmann::json::parse(line));
-  return lines;
-}
-
-}  // namespace
 
 TEST_CASE("deit demo makes its dataset, trains, evaluates and reports", "[demo][slow]") {
   deit::test::TempDir dir;

@@ -10,6 +10,7 @@
 // its CTest entry passes when the job then ends with rank 1's error rather than hanging. By hand:
 //   mpirun -np 2 build/tests/deit_tests "[mpi]~[.]"
 #include <catch2/catch.hpp>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -28,6 +29,7 @@
 #include "tests/step_report_checks.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_distributed_helpers.h"
+#include "train/stop_request.h"
 #include "train/trainer.h"
 
 using namespace deit;
@@ -226,6 +228,51 @@ TEST_CASE("mpi: a run resumes with the same number of ranks, across --zero, and 
     CHECK_THROWS_WITH(train::train(other_world, *alone()),
                       Catch::Contains("run of 2 process(es), this run has 1") &&
                           Catch::Contains("first/checkpoint.safetensors"));
+  }
+}
+
+TEST_CASE("mpi: a stop one rank is asked for stops both after the same step, and resumes exactly",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+  train::TrainOptions whole = tiny_run(data, dir.file("whole"), 4);
+  whole.epochs = 2;
+  whole.zero = true;  // the sharded optimizer state is gathered for the stop's checkpoint
+  train::train(whole, *comm);
+
+  // Rank 1 alone "receives" SIGTERM before the first step: both ranks stop after it.
+  train::TrainOptions stopped = whole;
+  stopped.output_dir = dir.file("stopped");
+  if (comm->rank() == 1) train::request_stop(SIGTERM);
+  const train::TrainSummary at = train::train(stopped, *comm);
+  CHECK(at.stop.signal == SIGTERM);
+  CHECK(at.stop.rank == 1);
+  CHECK(at.stop.epoch == 0);
+  CHECK(at.stop.batches_done == 1);
+  CHECK(at.stop.batches == 3);
+  CHECK(at.epochs_run == 0);
+
+  train::TrainOptions rest = stopped;
+  rest.resume = dir.file("stopped/checkpoint.safetensors");
+  const train::TrainSummary resumed = train::train(rest, *comm);
+  CHECK(resumed.stop.signal == 0);
+  CHECK(resumed.epochs_run == 2);
+
+  if (comm->rank() == 0) {
+    const model::Checkpoint a = model::read_checkpoint(dir.file("whole/checkpoint.safetensors"));
+    const model::Checkpoint b = model::read_checkpoint(dir.file("stopped/checkpoint.safetensors"));
+    CHECK(read_tensors(a.model) == read_tensors(b.model));
+    CHECK(read_tensors(a.extra) == read_tensors(b.extra));
+    CHECK_FALSE(b.state.contains("stopped_in_epoch"));
+    // The first epoch's loss sums the stopped run's batches and the resumed run's.
+    const std::vector<nlohmann::json> a_log = log_lines(dir.file("whole/log.txt"));
+    const std::vector<nlohmann::json> b_log = log_lines(dir.file("stopped/log.txt"));
+    REQUIRE(a_log.size() == 2);
+    REQUIRE(b_log.size() == 2);
+    for (size_t e = 0; e < 2; ++e)
+      CHECK(b_log[e]["train_loss"].get<double>() ==
+            Approx(a_log[e]["train_loss"].get<double>()).epsilon(1e-12));
   }
 }
 

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,14 +67,21 @@ std::string with_renamed_class(const test::TempDir& dir, const std::string& data
   return copy;
 }
 
-// Starts `deit args`, reads its (line-oriented, non-terminal) progress on stderr, and kills it
-// with SIGKILL as soon as a line starts with `kill_at`. Returns true when it was killed there.
-bool run_and_kill_at(const std::string& args, const std::string& kill_at) {
+// Starts `deit args`, reads its (line-oriented, non-terminal) progress on stderr, and sends it
+// `signal` as soon as a line starts with `signal_at`. Returns its wait status when the signal was
+// sent there, and what it wrote (stdout and stderr).
+struct Signalled {
+  int status;
+  std::string output;
+};
+std::optional<Signalled> run_and_signal_at(const std::string& args, const std::string& signal_at,
+                                           int signal) {
   int fds[2];
   REQUIRE(pipe(fds) == 0);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
   posix_spawn_file_actions_addclose(&actions, fds[0]);
   const std::string command = std::string(DEIT_BINARY) + " " + args;
   const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
@@ -85,19 +93,21 @@ bool run_and_kill_at(const std::string& args, const std::string& kill_at) {
   posix_spawn_file_actions_destroy(&actions);
   close(fds[1]);
   FILE* err = fdopen(fds[0], "r");
-  bool killed = false;
+  bool sent = false;
+  std::string output;
   char line[1024];
   while (fgets(line, sizeof line, err)) {
-    if (std::string(line).rfind(kill_at, 0) == 0) {
-      kill(pid, SIGKILL);
-      killed = true;
-      break;
+    output += line;
+    if (!sent && std::string(line).rfind(signal_at, 0) == 0) {
+      kill(pid, signal);
+      sent = true;
     }
   }
   fclose(err);
   int status = 0;
   waitpid(pid, &status, 0);
-  return killed && WIFSIGNALED(status);
+  if (!sent) return std::nullopt;
+  return Signalled{status, output};
 }
 
 }  // namespace
@@ -254,7 +264,10 @@ TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's 
 
   // Killed after the epoch-1 checkpoint, halfway through epoch 2 (progress lines come every tenth
   // of an epoch when stderr is not a terminal).
-  REQUIRE(run_and_kill_at(tiny_train_args(data, resumed, 3) + settings, "epoch 2/3  3/6"));
+  const auto killed =
+      run_and_signal_at(tiny_train_args(data, resumed, 3) + settings, "epoch 2/3  3/6", SIGKILL);
+  REQUIRE(killed);
+  REQUIRE(WIFSIGNALED(killed->status));
   // Normally the checkpoint of epoch index 0; on a very loaded machine the run may have saved the
   // one of the epoch it was in (index 1) before the signal landed. Either way it did not finish,
   // and resuming must finish it exactly.
@@ -266,6 +279,48 @@ TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's 
   CHECK_THAT(r.output, !Catch::Contains("warning: resuming"));  // the same settings
   CHECK(parameter_bytes(resumed + "/checkpoint.safetensors") ==
         parameter_bytes(straight + "/checkpoint.safetensors"));
+}
+
+TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from there exactly",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  const std::string straight = dir.file("straight"), stopped = dir.file("stopped");
+  // 24 batches an epoch, so that the signal lands well inside one, in optimizer steps of two.
+  const std::string small_steps = " --batch-size 4 --accum-steps 2";
+  REQUIRE(run_deit(tiny_train_args(data, straight, 3) + small_steps).exit_code == 0);
+
+  // Early in epoch 2: the run stops after the optimizer step it is in, a few batches later.
+  const auto signalled = run_and_signal_at(tiny_train_args(data, stopped, 3) + small_steps,
+                                           "epoch 2/3  3/24", SIGTERM);
+  REQUIRE(signalled);
+  INFO(signalled->output);
+  // It exits as SIGTERM would have (128 + 15), after saying where it saved and how to go on.
+  REQUIRE(WIFEXITED(signalled->status));
+  CHECK(WEXITSTATUS(signalled->status) == 143);
+  CHECK_THAT(signalled->output, Catch::Contains("deit: stopping once this optimizer step") &&
+                                    Catch::Contains("stopped by SIGTERM in epoch 2, after ") &&
+                                    Catch::Contains(" of its 24 batches") &&
+                                    Catch::Contains("continue:  deit train --resume " + stopped));
+  // Where a step ends: after an even number of batches.
+  const nlohmann::json at = model::read_checkpoint_header(stopped + "/checkpoint.safetensors")
+                                .state.at("stopped_in_epoch");
+  CHECK(at.at("epoch") == 1);
+  CHECK(static_cast<int64_t>(at.at("batches").get<double>()) % 2 == 0);
+  const CliResult r = run_deit("train --resume " + stopped + "/checkpoint.safetensors");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(parameter_bytes(stopped + "/checkpoint.safetensors") ==
+        parameter_bytes(straight + "/checkpoint.safetensors"));
+  // The log has each epoch once, with the whole epoch's loss, summed in the same order.
+  const std::vector<nlohmann::json> a = test::log_lines(straight + "/log.txt");
+  const std::vector<nlohmann::json> b = test::log_lines(stopped + "/log.txt");
+  REQUIRE(b.size() == 3);
+  for (size_t e = 0; e < 3; ++e) {
+    CHECK(b[e]["epoch"] == e);
+    CHECK(b[e]["train_loss"] == a[e]["train_loss"]);
+    CHECK(b[e]["test_acc1"] == a[e]["test_acc1"]);
+  }
 }
 
 TEST_CASE("resuming with settings other than the run's names each one that changed",

@@ -7,8 +7,8 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <csignal>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +20,7 @@
 #include "model/checkpoint.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
+#include "train/stop_request.h"
 #include "train/trainer.h"
 
 using namespace deit;
@@ -66,11 +67,9 @@ train::TrainOptions tiny_run(const std::string& data, const std::string& output,
   return o;
 }
 
+// The lines of the log of the run in `output`.
 std::vector<nlohmann::json> log_lines(const std::string& output) {
-  std::ifstream log(output + "/log.txt");
-  std::vector<nlohmann::json> lines;
-  for (std::string line; std::getline(log, line);) lines.push_back(nlohmann::json::parse(line));
-  return lines;
+  return test::log_lines(output + "/log.txt");
 }
 
 nlohmann::json eval_json(const std::string& checkpoint, const std::string& data,
@@ -222,6 +221,44 @@ TEST_CASE("deit train --cuda-graph trains as the eager CUDA run does, step for s
     INFO(ca.extra[i].first);
     if (ca.extra[i].second.dtype() == DType::f32)
       CHECK(relative_error(cb.extra[i].second, ca.extra[i].second) <= 1e-6);
+  }
+}
+
+TEST_CASE("a CUDA graph run stopped by a signal resumes from the step it saved",
+          "[gpu][train][graph][resume]") {
+  test::TempDir dir;
+  const std::string data = make_dataset(dir);
+  train::TrainOptions straight = tiny_run(data, dir.file("straight"), "cuda", 1);
+  straight.cuda_graph = true;
+  train::TrainOptions stopped = straight;
+  stopped.output_dir = dir.file("stopped");
+  const train::TrainSummary a = train::train(straight);
+
+  // As a signal would: the run stops after its first step (eager, before any capture), saves,
+  // and the resumed run captures and replays the epoch's other five.
+  train::request_stop(SIGTERM);
+  const train::TrainSummary at = train::train(stopped);
+  CHECK(at.stop.signal == SIGTERM);
+  CHECK(at.stop.batches_done == 1);
+  CHECK(at.stop.batches == 6);
+  train::TrainOptions rest = stopped;
+  rest.resume = stopped.output_dir + "/checkpoint.safetensors";
+  const train::TrainSummary b = train::train(rest);
+  CHECK(b.stop.signal == 0);
+  CHECK(b.epochs_run == 1);
+
+  const std::vector<nlohmann::json> a_log = log_lines(straight.output_dir);
+  const std::vector<nlohmann::json> b_log = log_lines(stopped.output_dir);
+  REQUIRE(b_log.size() == 1);
+  CHECK(b_log[0]["train_loss"].get<double>() ==
+        Approx(a_log[0]["train_loss"].get<double>()).epsilon(1e-6));
+  const model::Checkpoint ca = model::read_checkpoint(a.checkpoint);
+  const model::Checkpoint cb = model::read_checkpoint(b.checkpoint);
+  CHECK(cb.state["optimizer_steps"] == ca.state["optimizer_steps"]);
+  REQUIRE(ca.model.size() == cb.model.size());
+  for (size_t i = 0; i < ca.model.size(); ++i) {
+    INFO(ca.model[i].first);
+    CHECK(relative_error(cb.model[i].second, ca.model[i].second) <= 1e-6);
   }
 }
 

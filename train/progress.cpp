@@ -19,13 +19,16 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
-Progress::Progress(std::string label, int64_t total, bool enabled)
+Progress::Progress(std::string label, int64_t total, bool enabled, int64_t first)
     : label_(std::move(label)),
       total_(total),
+      first_(first),
       enabled_(enabled && total > 0),
       terminal_(isatty(STDERR_FILENO) != 0),
       start_(std::chrono::steady_clock::now()),
-      last_draw_(start_) {}
+      last_draw_(start_),
+      last_tenth_(total > 0 ? first * 10 / total : 0),
+      done_(first) {}
 
 void Progress::update(int64_t done, int64_t images, double loss) {
   done_ = done;
@@ -62,7 +65,7 @@ void Progress::draw(int64_t done, int64_t images, double loss, bool final_line) 
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double rate = elapsed > 0 ? images / elapsed : 0;
-  const double eta = done > 0 ? elapsed * (total_ - done) / done : 0;
+  const double eta = done > first_ ? elapsed * (total_ - done) / (done - first_) : 0;
   char stats[160];
   std::snprintf(stats, sizeof stats, "%lld/%lld  %.0f img/s  loss %.4f  %s %s",
                 (long long)done, (long long)total_, rate, loss,

@@ -10,8 +10,9 @@ namespace deit::train {
 
 class Progress {
  public:
-  // `total` steps of work called `label` (e.g. "epoch 3/20"); nothing is shown when !enabled.
-  Progress(std::string label, int64_t total, bool enabled);
+  // `total` steps of work called `label` (e.g. "epoch 3/20"), of which `first` were done before
+  // (a resumed epoch); nothing is shown when !enabled.
+  Progress(std::string label, int64_t total, bool enabled, int64_t first = 0);
   // After step `done` (1-based) of `total`, having processed `images` images in all so far.
   void update(int64_t done, int64_t images, double loss);
   // Ends the display (a terminal line is finished with a newline).
@@ -22,6 +23,7 @@ class Progress {
 
   std::string label_;
   int64_t total_;
+  int64_t first_;
   bool enabled_;
   bool terminal_;
   std::chrono::steady_clock::time_point start_, last_draw_;

@@ -28,6 +28,7 @@
 #include "train/input_feed.h"
 #include "train/progress.h"
 #include "train/step_readback.h"
+#include "train/stop_request.h"
 
 namespace deit::train {
 
@@ -203,9 +204,16 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   if (!o.finetune.empty()) load_finetune_weights(vit, o.finetune);
   std::optional<model::Checkpoint> resumed;
   int64_t start_epoch = 0;
+  // A run stopped in the middle of an epoch (StopSignals) goes on from the step it saved, with the
+  // epoch's sums so far (the whole run's; rank 0 adds them in at the epoch's end).
+  std::optional<nlohmann::json> stopped_in_epoch;
   if (!o.resume.empty()) {
     resumed = model::read_checkpoint(o.resume);
     start_epoch = resumed->state.at("epoch").get<int64_t>() + 1;
+    if (resumed->state.contains("stopped_in_epoch")) {
+      stopped_in_epoch = resumed->state.at("stopped_in_epoch");
+      start_epoch = stopped_in_epoch->at("epoch").get<int64_t>();
+    }
     if (start_epoch >= o.epochs)
       throw std::runtime_error("checkpoint '" + o.resume + "' has trained " +
                                std::to_string(start_epoch) + " epochs already, and --epochs is " +
@@ -283,6 +291,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   const data::PixelFormat format =
       device.is_cuda() ? data::PixelFormat::kSource : data::PixelFormat::kFloat32;
   auto train_loader = make_train_loader(train_source, o, shard, format);
+  uint64_t resume_position = 0;  // in this rank's entries of the epoch start_epoch
   if (resumed) {
     optimizer.load_state(unprefixed("optim.", resumed->extra));
     if (ema) {
@@ -301,6 +310,16 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       train_loader->sampler().check_resumable(saved);
     } catch (const std::exception& e) {
       throw std::runtime_error("cannot resume '" + o.resume + "' on '" + o.data_dir + "': " + e.what());
+    }
+    if (stopped_in_epoch) {
+      resume_position = saved.position;
+      if (resume_position % static_cast<uint64_t>(o.batch_size) != 0)
+        throw std::runtime_error(
+            "checkpoint '" + o.resume + "' stopped in the middle of epoch " +
+            std::to_string(start_epoch + 1) + " after " + std::to_string(resume_position) +
+            " images of each process, which batches of " + std::to_string(o.batch_size) +
+            " do not reach: resume it with its own --batch-size, " +
+            resumed->state.at("options").at("batch_size").dump());
     }
     resumed.reset();  // its tensors are copied into the model and the state
   }
@@ -347,19 +366,57 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
         });
   bool warm = false;  // an eager optimizer step has run
 
+  // Rank 0 writes it (every rank takes part: ZeRO's optimizer state is gathered): the weights, the
+  // optimizer and EMA state, and where the run stands. `epoch` is the last epoch completed;
+  // `stopped_in_epoch`, for a run stopped in the middle of the next one, says where in it.
+  auto write_checkpoint = [&](int64_t epoch, const nlohmann::json& stopped_in,
+                              const data::SamplerState& sampler) {
+    NamedTensors extra = prefixed("optim.", optimizer.gather_state());
+    if (!lead) return;
+    if (ema)
+      for (auto& entry : prefixed("ema.", ema->state())) extra.push_back(entry);
+    nlohmann::json state = {{"epoch", epoch},
+                            {"options", o.to_json()},
+                            {"best_acc1", summary.best_acc1},
+                            {"best_epoch", summary.best_epoch},
+                            {"sampler", sampler_to_json(sampler)},
+                            {"world_size", world},
+                            {"optimizer_steps", optimizer.step_count()}};
+    if (!stopped_in.is_null()) state["stopped_in_epoch"] = stopped_in;
+    model::save_checkpoint(checkpoint_path, vit, extra, state, train_source->class_names());
+  };
+  const StopSignals stop_signals(lead && o.progress);
+
   int64_t train_images = 0;
   double train_seconds = 0;
   for (int64_t epoch = start_epoch; epoch < o.epochs; ++epoch) {
     const auto epoch_start = std::chrono::steady_clock::now();
     const double lr = schedule.epoch_lr(epoch);
     optimizer.set_lr(lr);
-    train_feed.start_epoch(static_cast<uint64_t>(epoch));
-    // The same on every rank: each rank's share of an epoch has the same length.
-    const int64_t batches = static_cast<int64_t>(train_loader->batches_in_epoch());
+    const uint64_t start_position = epoch == start_epoch ? resume_position : 0;
+    train_feed.start_epoch(static_cast<uint64_t>(epoch), start_position);
+    // Batches are numbered from the epoch's start, also when it resumes in the middle: the number
+    // names the random streams. The same on every rank: each rank's share has the same length.
+    const int64_t first_batch = static_cast<int64_t>(start_position) / o.batch_size;
+    const int64_t batches = first_batch + static_cast<int64_t>(train_loader->batches_in_epoch());
     Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
-                      batches, o.progress && lead);
+                      batches, o.progress && lead, first_batch);
+    // The batch losses summed so far and their count; on rank 0 of a resumed epoch, starting from
+    // the sums of the stopped run (all its ranks'), so that one rank adds to the same sum in the
+    // same order as without the stop.
     double loss_sum = 0;
-    int64_t epoch_images = 0, done = 0, counted = 0;
+    int64_t counted = 0;
+    double carried_images = 0, carried_seconds = 0;  // the stopped run's part of the epoch
+    if (start_position > 0) {
+      carried_images = stopped_in_epoch->at("images");
+      carried_seconds = stopped_in_epoch->at("seconds");
+      if (lead) {
+        loss_sum = stopped_in_epoch->at("loss_sum");
+        counted = stopped_in_epoch->at("batches");
+      }
+    }
+    const int64_t counted_before = counted;
+    int64_t epoch_images = 0, done = first_batch;
     // The micro-batches of the current optimizer step whose loss is not counted yet, and their
     // losses once on the host: on the CPU each at once, on CUDA all at the end of the step.
     struct MicroBatch {
@@ -392,9 +449,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       uncounted_losses = values.losses;
       params.zero_grad();
     };
+    StopRequest stop;
     while (const FeedBatch* batch = train_feed.next()) {
+      const uint64_t number = static_cast<uint64_t>(first_batch) + batch->number;
       // Mixup and drop-path draw per rank and batch, as the reference's per-rank seeds do.
-      const uint64_t stream_batch = batch->number * static_cast<uint64_t>(world) + rank;
+      const uint64_t stream_batch = number * static_cast<uint64_t>(world) + rank;
       // The images are already on the device (augmented by the GPU stage on CUDA): fp32, which
       // the CUDA patch unfold casts to bf16 (engine/ops/tokens.cpp). They are mixed in place
       // there, with fp32 targets.
@@ -405,7 +464,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       Rng drop_path_rng = stream_rng(o.seed, Stream::kDropPath, epoch, stream_batch);
       const Tensor keep_scales =
           vit.draw_keep_scales(images.size(0), o.drop_path, drop_path_rng, DType::f32);
-      uncounted.push_back({batch->number, static_cast<int64_t>(batch->size)});
+      uncounted.push_back({number, static_cast<int64_t>(batch->size)});
       ++done;
       const bool step_now = done % o.accum_steps == 0 || done == batches;
       if (graph_step && warm && !graph_step->captured()) {
@@ -434,7 +493,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
           readback->record_loss(loss);
         } else {
           uncounted_losses.push_back(loss.item());
-          check_loss(uncounted_losses.back(), batch->number);
+          check_loss(uncounted_losses.back(), number);
         }
         const Tensor& seed = grad_loss_for(micro_batches_in_step(done, batches, o.accum_steps));
         if (step_now) {
@@ -463,58 +522,70 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
         loss_sum += uncounted_losses[i];
         epoch_images += uncounted[i].images;
         ++counted;
-        progress.update(counted, epoch_images, loss_sum / counted);
+        progress.update(first_batch + counted - counted_before, epoch_images, loss_sum / counted);
       }
       if (!uncounted_losses.empty()) {
         uncounted.clear();
         uncounted_losses.clear();
       }
+      // After a whole optimizer step (and before an epoch's last, which ends in a checkpoint of
+      // its own): every rank learns whether any was asked to stop.
+      if (step_now && done < batches && (stop = agreed_stop(comm)).signal != 0) break;
     }
     progress.finish();
-    const double epoch_train_seconds = seconds_since(epoch_start);
-    // The epoch's mean batch loss and its images, over every rank.
-    std::vector<double> totals{loss_sum, static_cast<double>(done),
-                               static_cast<double>(epoch_images)};
+    // The epoch's summed loss, batches and images so far, over every rank.
+    std::vector<double> totals{loss_sum, static_cast<double>(counted),
+                               epoch_images + (lead ? carried_images : 0)};
     comm.all_reduce_sum(totals);
+    const double epoch_train_seconds = seconds_since(epoch_start) + carried_seconds;
+    train_images += static_cast<int64_t>(totals[2] - carried_images);
+    train_seconds += seconds_since(epoch_start);
+    if (stop.signal != 0) {
+      // The step is saved with the epoch's sums, then the run ends (rank 0 alone holds the sums).
+      data::SamplerState sampler = train_loader->state();
+      sampler.position = static_cast<uint64_t>(done) * static_cast<uint64_t>(o.batch_size);
+      write_checkpoint(epoch - 1,
+                       {{"epoch", epoch},
+                        {"batches", totals[1]},
+                        {"loss_sum", totals[0]},
+                        {"images", totals[2]},
+                        {"seconds", epoch_train_seconds}},
+                       sampler);
+      summary.stop = {stop.signal, stop.rank, epoch, done, batches};
+      break;
+    }
     const double train_loss = totals[1] > 0 ? totals[0] / totals[1] : 0.0;
     epoch_images = static_cast<int64_t>(totals[2]);
-    train_images += epoch_images;
-    train_seconds += epoch_train_seconds;
 
     const EvalResult eval = evaluate(vit, val_feed, o.progress && lead, &comm);
     if (eval.acc1 > summary.best_acc1 || summary.best_epoch < 0) {
       summary.best_acc1 = eval.acc1;
       summary.best_epoch = epoch;
     }
-    NamedTensors extra = prefixed("optim.", optimizer.gather_state());
     summary.last = eval;
     ++summary.epochs_run;
-    if (!lead) continue;
-    append_log_line(log_path, {{"train_lr", lr},
-                               {"train_loss", train_loss},
-                               {"test_loss", eval.loss},
-                               {"test_acc1", eval.acc1},
-                               {"test_acc5", eval.acc5},
-                               {"epoch", epoch},
-                               {"n_parameters", summary.parameters},
-                               {"train_images_per_s", epoch_images / epoch_train_seconds},
-                               {"epoch_time_s", seconds_since(epoch_start)}});
-    if (ema)
-      for (auto& entry : prefixed("ema.", ema->state())) extra.push_back(entry);
-    model::save_checkpoint(checkpoint_path, vit, extra,
-                           {{"epoch", epoch},
-                            {"options", o.to_json()},
-                            {"best_acc1", summary.best_acc1},
-                            {"best_epoch", summary.best_epoch},
-                            {"sampler", sampler_to_json(train_loader->state())},
-                            {"world_size", world},
-                            {"optimizer_steps", optimizer.step_count()}},
-                           train_source->class_names());
-    if (!o.progress) continue;
-    std::fprintf(stderr, "epoch %lld/%lld  lr %.3g  train loss %.4f  val acc1 %.2f%%  acc5 %.2f%%  "
-                         "val loss %.4f  (%s)\n",
-                 (long long)epoch + 1, (long long)o.epochs, lr, train_loss, eval.acc1, eval.acc5,
-                 eval.loss, format_duration(seconds_since(epoch_start)).c_str());
+    if (lead)
+      append_log_line(log_path, {{"train_lr", lr},
+                                 {"train_loss", train_loss},
+                                 {"test_loss", eval.loss},
+                                 {"test_acc1", eval.acc1},
+                                 {"test_acc5", eval.acc5},
+                                 {"epoch", epoch},
+                                 {"n_parameters", summary.parameters},
+                                 {"train_images_per_s", epoch_images / epoch_train_seconds},
+                                 {"epoch_time_s", seconds_since(epoch_start) + carried_seconds}});
+    write_checkpoint(epoch, nullptr, train_loader->state());
+    if (lead && o.progress)
+      std::fprintf(stderr,
+                   "epoch %lld/%lld  lr %.3g  train loss %.4f  val acc1 %.2f%%  acc5 %.2f%%  "
+                   "val loss %.4f  (%s)\n",
+                   (long long)epoch + 1, (long long)o.epochs, lr, train_loss, eval.acc1, eval.acc5,
+                   eval.loss, format_duration(seconds_since(epoch_start)).c_str());
+    // A signal during the evaluation: the epoch's checkpoint is the place to stop.
+    if (epoch + 1 < o.epochs && (stop = agreed_stop(comm)).signal != 0) {
+      summary.stop = {stop.signal, stop.rank, epoch + 1, 0, batches};
+      break;
+    }
   }
   // When train() returns on any rank, rank 0's log and checkpoint are complete.
   comm.barrier();

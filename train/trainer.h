@@ -58,6 +58,15 @@ struct TrainingDiverged : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Where a run that a signal stopped (train/stop_request.h) saved its checkpoint.
+struct StoppedAt {
+  int signal = 0;            // 0: the run was not stopped
+  int rank = 0;              // the (lowest) rank that received it
+  int64_t epoch = 0;         // the epoch it stopped in (0-based)
+  int64_t batches_done = 0;  // of that epoch's batches; 0: before the epoch began
+  int64_t batches = 0;
+};
+
 struct TrainSummary {
   int64_t epochs_run = 0;        // in this invocation
   EvalResult last;               // evaluation after the final epoch
@@ -71,6 +80,7 @@ struct TrainSummary {
   int64_t parameters = 0;
   int rank = 0;        // of this process in the run
   int world_size = 1;  // processes in the run
+  StoppedAt stop;      // a stopped run has saved its checkpoint and not finished its epochs
 };
 
 // Trains with the ranks of `comm` (every rank calls it, with the same options); the summary's

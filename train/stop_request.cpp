@@ -1,0 +1,86 @@
+#include "train/stop_request.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <iterator>
+#include <vector>
+
+namespace deit::train {
+
+namespace {
+
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGUSR1};
+
+// Written by a signal handler: a lock-free atomic is safe to store from one.
+std::atomic<int> g_signal{0};
+std::atomic<bool> g_announce{false};
+static_assert(std::atomic<int>::is_always_lock_free);
+
+struct sigaction g_previous[std::size(kStopSignals)];
+
+void on_stop_signal(int signal) {
+  int none = 0;
+  if (!g_signal.compare_exchange_strong(none, signal)) {
+    // The second: what the signal would have done without us.
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+    return;
+  }
+  if (g_announce.load()) {
+    // write(2) is async-signal-safe; stdio is not.
+    static const char kMessage[] =
+        "\ndeit: stopping once this optimizer step (or evaluation) is done, to save a "
+        "checkpoint there (send the signal again to stop at once, losing what the last "
+        "checkpoint does not hold)\n";
+    [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  }
+}
+
+}  // namespace
+
+StopSignals::StopSignals(bool announce) {
+  g_announce = announce;
+  struct sigaction action = {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;  // reads and waits go on; the trainer looks at the flag itself
+  for (size_t i = 0; i < std::size(kStopSignals); ++i)
+    sigaction(kStopSignals[i], &action, &g_previous[i]);
+}
+
+StopSignals::~StopSignals() {
+  for (size_t i = 0; i < std::size(kStopSignals); ++i)
+    sigaction(kStopSignals[i], &g_previous[i], nullptr);
+  g_signal = 0;
+}
+
+void request_stop(int signal) { g_signal = signal; }
+
+StopRequest agreed_stop(Communicator& comm) {
+  const int local = g_signal.load();
+  if (comm.world_size() == 1) return {local, 0};
+  // Each rank's signal in its own slot: every rank learns which ranks were signalled.
+  std::vector<double> signals(static_cast<size_t>(comm.world_size()), 0.0);
+  signals[static_cast<size_t>(comm.rank())] = local;
+  comm.all_reduce_sum(signals);
+  for (size_t r = 0; r < signals.size(); ++r)
+    if (signals[r] != 0) return {static_cast<int>(signals[r]), static_cast<int>(r)};
+  return {};
+}
+
+std::string signal_name(int signal) {
+  switch (signal) {
+    case SIGINT:
+      return "SIGINT";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGUSR1:
+      return "SIGUSR1";
+    default:
+      return "signal " + std::to_string(signal);
+  }
+}
+
+}  // namespace deit::train

@@ -1,0 +1,41 @@
+// Stopping a run on request without losing its work: SIGINT (Ctrl-C), SIGTERM (what `kill`, a
+// cluster's preemption and Slurm's time limit send) and SIGUSR1 (the early warning Slurm sends
+// with `#SBATCH --signal=USR1@90`). While a StopSignals lives, the first such signal is recorded
+// and the trainer stops at the end of the optimizer step it is in, saves a checkpoint there and
+// exits; a second one ends the process at once, as without a handler.
+//
+// Every rank must stop after the same step, whichever received the signal (a cluster signals
+// each process at its own moment): agreed_stop() is a collective, called once per optimizer step
+// when there are several ranks.
+#pragma once
+#include <string>
+
+#include "engine/communicator.h"
+
+namespace deit::train {
+
+class StopSignals {
+ public:
+  // Installs the handlers; `announce`: the first signal prints what happens next (rank 0).
+  explicit StopSignals(bool announce);
+  // Restores the handlers there were, and forgets a recorded signal.
+  ~StopSignals();
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+};
+
+// Records `signal` as the handler does: how a test stops a run in the middle.
+void request_stop(int signal);
+
+// The signal this rank, or the lowest rank that has one, recorded (0: none); the same value on
+// every rank. Collective when `comm` has several ranks.
+struct StopRequest {
+  int signal = 0;
+  int rank = 0;  // where it was received
+};
+StopRequest agreed_stop(Communicator& comm);
+
+// "SIGTERM", "SIGINT", "SIGUSR1", else "signal N".
+std::string signal_name(int signal);
+
+}  // namespace deit::train
