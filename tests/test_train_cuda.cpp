@@ -92,6 +92,26 @@ double relative_error(const Tensor& got, const Tensor& want) {
   return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
 }
 
+// Two runs' checkpoints: the same optimizer step count, and weights and f32 state (optimizer
+// moments, EMA) within `tolerance` of each other, relative, tensor by tensor.
+void check_checkpoints_agree(const std::string& a_path, const std::string& b_path,
+                             double tolerance) {
+  const model::Checkpoint a = model::read_checkpoint(a_path);
+  const model::Checkpoint b = model::read_checkpoint(b_path);
+  CHECK(b.state["optimizer_steps"] == a.state["optimizer_steps"]);
+  REQUIRE(a.model.size() == b.model.size());
+  for (size_t i = 0; i < a.model.size(); ++i) {
+    INFO(a.model[i].first);
+    CHECK(relative_error(b.model[i].second, a.model[i].second) <= tolerance);
+  }
+  REQUIRE(a.extra.size() == b.extra.size());
+  for (size_t i = 0; i < a.extra.size(); ++i) {
+    INFO(a.extra[i].first);
+    if (a.extra[i].second.dtype() == DType::f32)
+      CHECK(relative_error(b.extra[i].second, a.extra[i].second) <= tolerance);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("deit train on CUDA follows the CPU run and writes a checkpoint the CPU evaluates",
@@ -208,20 +228,7 @@ TEST_CASE("deit train --cuda-graph trains as the eager CUDA run does, step for s
       CHECK(graph_log[epoch][key].get<double>() ==
             Approx(eager_log[epoch][key].get<double>()).epsilon(1e-6));
   }
-  const model::Checkpoint ca = model::read_checkpoint(a.checkpoint);
-  const model::Checkpoint cb = model::read_checkpoint(b.checkpoint);
-  CHECK(cb.state["optimizer_steps"] == ca.state["optimizer_steps"]);
-  REQUIRE(ca.model.size() == cb.model.size());
-  for (size_t i = 0; i < ca.model.size(); ++i) {
-    INFO(ca.model[i].first);
-    CHECK(relative_error(cb.model[i].second, ca.model[i].second) <= 1e-6);
-  }
-  REQUIRE(ca.extra.size() == cb.extra.size());  // optimizer moments and the EMA
-  for (size_t i = 0; i < ca.extra.size(); ++i) {
-    INFO(ca.extra[i].first);
-    if (ca.extra[i].second.dtype() == DType::f32)
-      CHECK(relative_error(cb.extra[i].second, ca.extra[i].second) <= 1e-6);
-  }
+  check_checkpoints_agree(a.checkpoint, b.checkpoint, 1e-6);
 }
 
 TEST_CASE("a CUDA graph run stopped by a signal resumes from the step it saved",
@@ -252,14 +259,7 @@ TEST_CASE("a CUDA graph run stopped by a signal resumes from the step it saved",
   REQUIRE(b_log.size() == 1);
   CHECK(b_log[0]["train_loss"].get<double>() ==
         Approx(a_log[0]["train_loss"].get<double>()).epsilon(1e-6));
-  const model::Checkpoint ca = model::read_checkpoint(a.checkpoint);
-  const model::Checkpoint cb = model::read_checkpoint(b.checkpoint);
-  CHECK(cb.state["optimizer_steps"] == ca.state["optimizer_steps"]);
-  REQUIRE(ca.model.size() == cb.model.size());
-  for (size_t i = 0; i < ca.model.size(); ++i) {
-    INFO(ca.model[i].first);
-    CHECK(relative_error(cb.model[i].second, ca.model[i].second) <= 1e-6);
-  }
+  check_checkpoints_agree(a.checkpoint, b.checkpoint, 1e-6);
 }
 
 #if DEIT_HAVE_NCCL
