@@ -172,6 +172,8 @@ TEST_CASE("a CUDA run resumed from its checkpoint continues where it stopped",
   const model::Checkpoint a = model::read_checkpoint(straight.checkpoint);
   const model::Checkpoint b = model::read_checkpoint(resumed.checkpoint);
   CHECK(b.state["epoch"] == 1);
+  // The bare --device cuda is saved as given: each process of a resumed run takes its own GPU.
+  CHECK(b.state["options"]["device"] == "cuda");
   // The optimizer state came back onto the device: its step count went on from the saved one.
   CHECK(b.state["optimizer_steps"] == a.state["optimizer_steps"]);
   const std::vector<nlohmann::json> straight_log = log_lines(dir.file("straight"));

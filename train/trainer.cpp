@@ -155,20 +155,25 @@ Tensor mix_batch(const TrainOptions& o, const data::MixParams& mix, Tensor& imag
   return targets;
 }
 
+// --device: cpu, cuda:N, or a bare cuda, the GPU of the process's local rank on its node. The
+// options keep the bare form, which the checkpoint saves: a resumed run of several processes
+// spreads over the GPUs again.
+Device run_device(const std::string& flag, int local_rank) {
+  return flag == "cuda" ? Device::cuda(local_rank) : parse_device(flag);
+}
+
 }  // namespace
 
 TrainSummary train(TrainOptions options) {
   const Rendezvous rendezvous = detect_rendezvous();
-  // A bare `--device cuda`: each process of a node takes the GPU of its local rank.
-  if (options.device == "cuda") options.device = Device::cuda(rendezvous.local_rank).str();
   const std::unique_ptr<Communicator> comm =
-      make_communicator(parse_device(options.device), rendezvous);
+      make_communicator(run_device(options.device, rendezvous.local_rank), rendezvous);
   return train(std::move(options), *comm);
 }
 
 TrainSummary train(TrainOptions o, Communicator& comm) {
   const auto run_start = std::chrono::steady_clock::now();
-  const Device device = parse_device(o.device);
+  const Device device = run_device(o.device, comm.local_rank());
   require_device(device);
   if (comm.device() != device)
     throw std::invalid_argument("train: a " + std::string(comm.backend()) + " communicator on " +
