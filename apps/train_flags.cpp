@@ -71,6 +71,9 @@ void TrainFlags::add_to(CLI::App& cmd) {
              "Keep an exponential moving average of the weights, saved in the checkpoint, not "
              "evaluated (on)");
   cmd.add_option("--model-ema-decay", model_ema_decay, "EMA decay (0.99996)");
+  cmd.add_option("--save-every", save_every,
+                 "Minutes: also save a checkpoint of the step the run is at this often within an "
+                 "epoch, which --resume continues from (0, the default: at each epoch's end only)");
   cmd.add_option("--resume", resume,
                  "Continue the run saved in this checkpoint, with the model, data and settings it "
                  "saved; a flag given as well changes that setting (a warning names each one "
@@ -166,6 +169,7 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(seed, o.seed);
   override_with(workers, o.workers);
   override_with(bucket_mb, o.bucket_mb);
+  override_with(save_every, o.save_every_minutes);
   override_with(zero, o.zero);
   override_with(cuda_graph, o.cuda_graph);
   override_with(recompute_gelu, o.recompute_gelu);

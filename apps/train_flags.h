@@ -27,7 +27,7 @@ struct TrainFlags {
       recompute_gelu, grad_checkpointing;
   std::optional<uint64_t> seed;
   std::optional<int> workers;
-  std::optional<double> bucket_mb;
+  std::optional<double> bucket_mb, save_every;
   bool quiet = false;
 
   void add_to(CLI::App& cmd);

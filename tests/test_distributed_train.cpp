@@ -264,7 +264,7 @@ TEST_CASE("mpi: a stop one rank is asked for stops both after the same step, and
     const model::Checkpoint b = model::read_checkpoint(dir.file("stopped/checkpoint.safetensors"));
     CHECK(read_tensors(a.model) == read_tensors(b.model));
     CHECK(read_tensors(a.extra) == read_tensors(b.extra));
-    CHECK_FALSE(b.state.contains("stopped_in_epoch"));
+    CHECK_FALSE(b.state.contains("within_epoch"));
     // The first epoch's loss sums the stopped run's batches and the resumed run's.
     const std::vector<nlohmann::json> a_log = log_lines(dir.file("whole/log.txt"));
     const std::vector<nlohmann::json> b_log = log_lines(dir.file("stopped/log.txt"));

@@ -279,6 +279,27 @@ TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's 
   CHECK_THAT(r.output, !Catch::Contains("warning: resuming"));  // the same settings
   CHECK(parameter_bytes(resumed + "/checkpoint.safetensors") ==
         parameter_bytes(straight + "/checkpoint.safetensors"));
+
+  // With --save-every (here: after every step), the killed run loses no more than a step: its
+  // checkpoint is of a step within epoch 2, and the run goes on from there.
+  const std::string saving = dir.file("saving");
+  const auto killed_saving =
+      run_and_signal_at(tiny_train_args(data, saving, 3) + settings + " --save-every 1e-6",
+                        "epoch 2/3  3/6", SIGKILL);
+  REQUIRE(killed_saving);
+  REQUIRE(WIFSIGNALED(killed_saving->status));
+  const nlohmann::json saved =
+      model::read_checkpoint_header(saving + "/checkpoint.safetensors").state;
+  INFO(saved.dump());
+  REQUIRE(saved.contains("within_epoch"));
+  CHECK(saved["within_epoch"]["epoch"] == 1);
+  // Step 2's save came before the line of step 3 was printed.
+  CHECK(saved["within_epoch"]["batches"].get<double>() >= 2);
+  const CliResult s = run_deit("train --resume " + saving + "/checkpoint.safetensors");
+  INFO(s.output);
+  REQUIRE(s.exit_code == 0);
+  CHECK(parameter_bytes(saving + "/checkpoint.safetensors") ==
+        parameter_bytes(straight + "/checkpoint.safetensors"));
 }
 
 TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from there exactly",
@@ -303,8 +324,8 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
                                     Catch::Contains(" of its 24 batches") &&
                                     Catch::Contains("continue:  deit train --resume " + stopped));
   // Where a step ends: after an even number of batches.
-  const nlohmann::json at = model::read_checkpoint_header(stopped + "/checkpoint.safetensors")
-                                .state.at("stopped_in_epoch");
+  const nlohmann::json at =
+      model::read_checkpoint_header(stopped + "/checkpoint.safetensors").state.at("within_epoch");
   CHECK(at.at("epoch") == 1);
   CHECK(static_cast<int64_t>(at.at("batches").get<double>()) % 2 == 0);
   const CliResult r = run_deit("train --resume " + stopped + "/checkpoint.safetensors");

@@ -86,6 +86,8 @@ void TrainOptions::validate() const {
     fail("--workers must be in [1, " + std::to_string(data::kMaxWorkers) + "], got " +
          std::to_string(workers));
   if (!(bucket_mb > 0)) fail("--bucket-mb must be positive");
+  if (!(save_every_minutes >= 0 && std::isfinite(save_every_minutes)))
+    fail("--save-every must not be negative (0: off), got " + number(save_every_minutes));
   if (!resume.empty() && !finetune.empty()) fail("--resume and --finetune cannot be combined");
   if (cuda_graph && device.rfind("cuda", 0) != 0)
     fail("--cuda-graph needs --device cuda, got --device " + device);
@@ -150,6 +152,7 @@ void for_each_setting(Options& o, F&& f) {
   f("recompute_gelu", o.recompute_gelu);
   f("grad_checkpointing", o.grad_checkpointing);
   f("bucket_mb", o.bucket_mb);
+  f("save_every_minutes", o.save_every_minutes);
 }
 
 }  // namespace
@@ -185,10 +188,13 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
 std::vector<std::string> TrainOptions::differences_from(const nlohmann::json& saved) const {
   // What may change between a run and its resumption without changing the run's course: more
   // epochs, moved files, another device or launch, the memory savers (the same results).
-  static const std::set<std::string> kFree = {
-      "model",    "workers",  "data", "output",     "device",         "epochs",
-      "resume",   "finetune", "zero", "cuda_graph", "recompute_gelu", "grad_checkpointing",
-      "bucket_mb"};
+  static const std::set<std::string> kFree = {"model",          "workers",
+                                              "data",           "output",
+                                              "device",         "epochs",
+                                              "resume",         "finetune",
+                                              "zero",           "cuda_graph",
+                                              "recompute_gelu", "grad_checkpointing",
+                                              "bucket_mb",      "save_every_minutes"};
   const nlohmann::json now = to_json();  // items() refers to it: it must outlive the loop
   std::vector<std::string> differences;
   for (const auto& [key, value] : now.items())

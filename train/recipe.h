@@ -54,6 +54,7 @@ struct TrainOptions {
   std::string finetune;  // checkpoint or weights to start from (new resolution / classes allowed)
   uint64_t seed = 0;
   int workers = 2;       // data loading threads
+  double save_every_minutes = 0;  // also checkpoint the step this often within an epoch (0: off)
   bool cuda_graph = false;  // CUDA: replay one captured step after the first (train/graph_step.h)
   bool recompute_gelu = false;  // GELU recomputed in backward (model/vit.h set_recompute_gelu)
   bool grad_checkpointing = false;  // blocks recomputed in backward (set_grad_checkpointing)

@@ -58,16 +58,25 @@ StopSignals::~StopSignals() {
 
 void request_stop(int signal) { g_signal = signal; }
 
-StopRequest agreed_stop(Communicator& comm) {
+AfterStep after_step(Communicator& comm, bool lead_saves) {
   const int local = g_signal.load();
-  if (comm.world_size() == 1) return {local, 0};
-  // Each rank's signal in its own slot: every rank learns which ranks were signalled.
-  std::vector<double> signals(static_cast<size_t>(comm.world_size()), 0.0);
-  signals[static_cast<size_t>(comm.rank())] = local;
-  comm.all_reduce_sum(signals);
-  for (size_t r = 0; r < signals.size(); ++r)
-    if (signals[r] != 0) return {static_cast<int>(signals[r]), static_cast<int>(r)};
-  return {};
+  if (comm.world_size() == 1) return {local, 0, lead_saves};
+  // Each rank's signal in its own slot, so that every rank learns which ranks were signalled;
+  // rank 0's wish to save in the last.
+  const auto world = static_cast<size_t>(comm.world_size());
+  std::vector<double> slots(world + 1, 0.0);
+  slots[static_cast<size_t>(comm.rank())] = local;
+  if (comm.rank() == 0) slots[world] = lead_saves ? 1 : 0;
+  comm.all_reduce_sum(slots);
+  AfterStep after;
+  after.save = slots[world] != 0;
+  for (size_t r = 0; r < world; ++r)
+    if (slots[r] != 0) {
+      after.signal = static_cast<int>(slots[r]);
+      after.rank = static_cast<int>(r);
+      break;
+    }
+  return after;
 }
 
 std::string signal_name(int signal) {

@@ -5,8 +5,9 @@
 // exits; a second one ends the process at once, as without a handler.
 //
 // Every rank must stop after the same step, whichever received the signal (a cluster signals
-// each process at its own moment): agreed_stop() is a collective, called once per optimizer step
-// when there are several ranks.
+// each process at its own moment): after_step() is a collective, called once per optimizer step
+// when there are several ranks. It also carries rank 0's decision to save a checkpoint of the
+// step (--save-every), which every rank must take part in.
 #pragma once
 #include <string>
 
@@ -27,13 +28,15 @@ class StopSignals {
 // Records `signal` as the handler does: how a test stops a run in the middle.
 void request_stop(int signal);
 
-// The signal this rank, or the lowest rank that has one, recorded (0: none); the same value on
-// every rank. Collective when `comm` has several ranks.
-struct StopRequest {
+// What every rank does after an optimizer step: the signal this rank, or the lowest rank that has
+// one, recorded (0: none), and whether to save a checkpoint there (`lead_saves`, rank 0's wish);
+// the same on every rank. Collective when `comm` has several ranks.
+struct AfterStep {
   int signal = 0;
-  int rank = 0;  // where it was received
+  int rank = 0;  // where the signal was received
+  bool save = false;
 };
-StopRequest agreed_stop(Communicator& comm);
+AfterStep after_step(Communicator& comm, bool lead_saves);
 
 // "SIGTERM", "SIGINT", "SIGUSR1", else "signal N".
 std::string signal_name(int signal);

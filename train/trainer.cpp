@@ -209,15 +209,15 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   if (!o.finetune.empty()) load_finetune_weights(vit, o.finetune);
   std::optional<model::Checkpoint> resumed;
   int64_t start_epoch = 0;
-  // A run stopped in the middle of an epoch (StopSignals) goes on from the step it saved, with the
-  // epoch's sums so far (the whole run's; rank 0 adds them in at the epoch's end).
-  std::optional<nlohmann::json> stopped_in_epoch;
+  // A checkpoint saved in the middle of an epoch (a stop signal, --save-every): the run goes on
+  // from the step it saved, with the epoch's sums so far (every rank's; rank 0 carries them).
+  std::optional<nlohmann::json> within_epoch;
   if (!o.resume.empty()) {
     resumed = model::read_checkpoint(o.resume);
     start_epoch = resumed->state.at("epoch").get<int64_t>() + 1;
-    if (resumed->state.contains("stopped_in_epoch")) {
-      stopped_in_epoch = resumed->state.at("stopped_in_epoch");
-      start_epoch = stopped_in_epoch->at("epoch").get<int64_t>();
+    if (resumed->state.contains("within_epoch")) {
+      within_epoch = resumed->state.at("within_epoch");
+      start_epoch = within_epoch->at("epoch").get<int64_t>();
     }
     if (start_epoch >= o.epochs)
       throw std::runtime_error("checkpoint '" + o.resume + "' has trained " +
@@ -316,11 +316,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     } catch (const std::exception& e) {
       throw std::runtime_error("cannot resume '" + o.resume + "' on '" + o.data_dir + "': " + e.what());
     }
-    if (stopped_in_epoch) {
+    if (within_epoch) {
       resume_position = saved.position;
       if (resume_position % static_cast<uint64_t>(o.batch_size) != 0)
         throw std::runtime_error(
-            "checkpoint '" + o.resume + "' stopped in the middle of epoch " +
+            "checkpoint '" + o.resume + "' was saved in the middle of epoch " +
             std::to_string(start_epoch + 1) + " after " + std::to_string(resume_position) +
             " images of each process, which batches of " + std::to_string(o.batch_size) +
             " do not reach: resume it with its own --batch-size, " +
@@ -373,9 +373,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
 
   // Rank 0 writes it (every rank takes part: ZeRO's optimizer state is gathered): the weights, the
   // optimizer and EMA state, and where the run stands. `epoch` is the last epoch completed;
-  // `stopped_in_epoch`, for a run stopped in the middle of the next one, says where in it.
-  auto write_checkpoint = [&](int64_t epoch, const nlohmann::json& stopped_in,
+  // `within`, for a checkpoint of a step in the middle of the next one, says where in it.
+  auto last_save = std::chrono::steady_clock::now();
+  auto write_checkpoint = [&](int64_t epoch, const nlohmann::json& within,
                               const data::SamplerState& sampler) {
+    last_save = std::chrono::steady_clock::now();
     NamedTensors extra = prefixed("optim.", optimizer.gather_state());
     if (!lead) return;
     if (ema)
@@ -387,7 +389,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                             {"sampler", sampler_to_json(sampler)},
                             {"world_size", world},
                             {"optimizer_steps", optimizer.step_count()}};
-    if (!stopped_in.is_null()) state["stopped_in_epoch"] = stopped_in;
+    if (!within.is_null()) state["within_epoch"] = within;
     model::save_checkpoint(checkpoint_path, vit, extra, state, train_source->class_names());
   };
   const StopSignals stop_signals(lead && o.progress);
@@ -407,17 +409,17 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
                       batches, o.progress && lead, first_batch);
     // The batch losses summed so far and their count; on rank 0 of a resumed epoch, starting from
-    // the sums of the stopped run (all its ranks'), so that one rank adds to the same sum in the
-    // same order as without the stop.
+    // the sums the checkpoint holds (all ranks'), so that one rank adds to the same sum in the
+    // same order as a run never stopped.
     double loss_sum = 0;
     int64_t counted = 0;
-    double carried_images = 0, carried_seconds = 0;  // the stopped run's part of the epoch
+    double carried_images = 0, carried_seconds = 0;  // the epoch before the resumption
     if (start_position > 0) {
-      carried_images = stopped_in_epoch->at("images");
-      carried_seconds = stopped_in_epoch->at("seconds");
+      carried_images = within_epoch->at("images");
+      carried_seconds = within_epoch->at("seconds");
       if (lead) {
-        loss_sum = stopped_in_epoch->at("loss_sum");
-        counted = stopped_in_epoch->at("batches");
+        loss_sum = within_epoch->at("loss_sum");
+        counted = within_epoch->at("batches");
       }
     }
     const int64_t counted_before = counted;
@@ -454,7 +456,23 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       uncounted_losses = values.losses;
       params.zero_grad();
     };
-    StopRequest stop;
+    // A checkpoint of the step the run is at: the data position and the epoch's sums over every
+    // rank (rank 0 carries them when the run resumes there).
+    auto save_within_epoch = [&] {
+      std::vector<double> totals{loss_sum, static_cast<double>(counted),
+                                 epoch_images + (lead ? carried_images : 0)};
+      comm.all_reduce_sum(totals);
+      data::SamplerState sampler = train_loader->state();
+      sampler.position = static_cast<uint64_t>(done) * static_cast<uint64_t>(o.batch_size);
+      write_checkpoint(epoch - 1,
+                       {{"epoch", epoch},
+                        {"batches", totals[1]},
+                        {"loss_sum", totals[0]},
+                        {"images", totals[2]},
+                        {"seconds", seconds_since(epoch_start) + carried_seconds}},
+                       sampler);
+    };
+    AfterStep after;
     while (const FeedBatch* batch = train_feed.next()) {
       const uint64_t number = static_cast<uint64_t>(first_batch) + batch->number;
       // Mixup and drop-path draw per rank and batch, as the reference's per-rank seeds do.
@@ -533,32 +551,29 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
         uncounted.clear();
         uncounted_losses.clear();
       }
-      // After a whole optimizer step (and before an epoch's last, which ends in a checkpoint of
-      // its own): every rank learns whether any was asked to stop.
-      if (step_now && done < batches && (stop = agreed_stop(comm)).signal != 0) break;
+      // After a whole optimizer step (but an epoch's last, which ends in a checkpoint of its own):
+      // every rank learns whether any was asked to stop, and whether rank 0 saves here.
+      if (step_now && done < batches) {
+        const bool save_due = lead && o.save_every_minutes > 0 &&
+                              seconds_since(last_save) >= 60 * o.save_every_minutes;
+        after = after_step(comm, save_due);
+        if (after.signal != 0) break;
+        if (after.save) save_within_epoch();
+      }
     }
     progress.finish();
-    // The epoch's summed loss, batches and images so far, over every rank.
+    if (after.signal != 0) {
+      save_within_epoch();
+      summary.stop = {after.signal, after.rank, epoch, done, batches};
+      break;
+    }
+    // The epoch's summed loss, batches and images, over every rank.
     std::vector<double> totals{loss_sum, static_cast<double>(counted),
                                epoch_images + (lead ? carried_images : 0)};
     comm.all_reduce_sum(totals);
     const double epoch_train_seconds = seconds_since(epoch_start) + carried_seconds;
     train_images += static_cast<int64_t>(totals[2] - carried_images);
     train_seconds += seconds_since(epoch_start);
-    if (stop.signal != 0) {
-      // The step is saved with the epoch's sums, then the run ends (rank 0 alone holds the sums).
-      data::SamplerState sampler = train_loader->state();
-      sampler.position = static_cast<uint64_t>(done) * static_cast<uint64_t>(o.batch_size);
-      write_checkpoint(epoch - 1,
-                       {{"epoch", epoch},
-                        {"batches", totals[1]},
-                        {"loss_sum", totals[0]},
-                        {"images", totals[2]},
-                        {"seconds", epoch_train_seconds}},
-                       sampler);
-      summary.stop = {stop.signal, stop.rank, epoch, done, batches};
-      break;
-    }
     const double train_loss = totals[1] > 0 ? totals[0] / totals[1] : 0.0;
     epoch_images = static_cast<int64_t>(totals[2]);
 
@@ -587,8 +602,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                    (long long)epoch + 1, (long long)o.epochs, lr, train_loss, eval.acc1, eval.acc5,
                    eval.loss, format_duration(seconds_since(epoch_start)).c_str());
     // A signal during the evaluation: the epoch's checkpoint is the place to stop.
-    if (epoch + 1 < o.epochs && (stop = agreed_stop(comm)).signal != 0) {
-      summary.stop = {stop.signal, stop.rank, epoch + 1, 0, batches};
+    if (epoch + 1 < o.epochs && (after = after_step(comm, false)).signal != 0) {
+      summary.stop = {after.signal, after.rank, epoch + 1, 0, batches};
       break;
     }
   }
