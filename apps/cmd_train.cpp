@@ -1,5 +1,6 @@
 // deit train: the DeiT III recipe on a dataset, with every flag of the reference code.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "apps/commands.h"
@@ -21,10 +22,12 @@ void print_stop(const train::TrainSummary& s) {
                 (long long)at.epoch + 1, (long long)at.batches_done, (long long)at.batches);
   else
     std::printf("stopped by %s after epoch %lld\n", received.c_str(), (long long)at.epoch);
-  std::printf(
-      "checkpoint %s holds the run there\nlog        %s\n"
-      "continue:  deit train --resume %s\n",
-      s.checkpoint.c_str(), s.log.c_str(), s.checkpoint.c_str());
+  std::printf("checkpoint %s holds the run there\n", s.checkpoint.c_str());
+  std::error_code ec;
+  if (std::filesystem::exists(s.log, ec)) std::printf("log        %s\n", s.log.c_str());
+  std::printf("continue:  deit train --resume %s", s.checkpoint.c_str());
+  if (s.world_size > 1) std::printf("  (launched as this run was, %d processes)", s.world_size);
+  std::printf("\n");
 }
 
 void print_summary(const train::TrainSummary& s) {
@@ -44,10 +47,7 @@ void print_summary(const train::TrainSummary& s) {
 
 void report_training(const train::TrainSummary& s) {
   if (s.rank == 0) (s.stop.signal != 0 ? print_stop : print_summary)(s);  // once per run
-  if (s.stop.signal != 0) {
-    std::fflush(stdout);
-    throw ExitStatus{128 + s.stop.signal};
-  }
+  if (s.stop.signal != 0) throw EndBySignal{s.stop.signal};
 }
 
 void add_train_command(CLI::App& app) {

@@ -15,9 +15,10 @@ void add_bench_command(CLI::App& app);
 // `deit bench data` (apps/cmd_bench_data.cpp), registered under `deit bench` by add_bench_command.
 void add_bench_data_subcommand(CLI::App& bench);
 
-// Thrown by a command that has said why it ends, for `deit` to exit with `code` (main.cpp).
-struct ExitStatus {
-  int code;
+// Thrown by a command that a signal stopped once it has saved and said so: `deit` then ends as
+// the signal would have ended it (main.cpp), so that a shell script running deit stops too.
+struct EndBySignal {
+  int signal;
 };
 
 }  // namespace deit::apps

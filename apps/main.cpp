@@ -1,6 +1,7 @@
 // deit: the one binary. Each subcommand is registered from its own apps/cmd_<name>.cpp.
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -67,8 +68,11 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
-  } catch (const deit::apps::ExitStatus& status) {
-    return status.code;
+  } catch (const deit::apps::EndBySignal& end) {
+    std::fflush(nullptr);
+    std::signal(end.signal, SIG_DFL);
+    std::raise(end.signal);
+    return 128 + end.signal;  // the shell's code for it, where the signal does not end a process
   } catch (const deit::OutOfMemory& e) {
     std::fprintf(stderr,
                  "deit: error: %s\n"

@@ -34,7 +34,7 @@ void TrainFlags::add_to(CLI::App& cmd) {
                  "the checkpoint's folder");
   cmd.add_option("--device", device,
                  "cpu or cuda[:N]; cuda alone: the GPU of this process's "
-                 "local rank (cpu)");
+                 "local rank (cpu; when resuming, the run's)");
   cmd.add_option("--epochs", epochs, "Epochs (recipe: 800)");
   cmd.add_option("--batch-size", batch_size, "Images per micro-batch and process (default 256); "
                                              "global batch: this x --accum-steps x processes");
@@ -75,7 +75,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
                  "Minutes: also save a checkpoint of the step the run is at this often within an "
                  "epoch, which --resume continues from (0, the default: at each epoch's end only)");
   cmd.add_option("--resume", resume,
-                 "Continue the run saved in this checkpoint, with the model, data and settings it "
+                 "Continue the run saved in this checkpoint (or in a run folder's "
+                 "checkpoint.safetensors), with the model, data and settings it "
                  "saved; a flag given as well changes that setting (a warning names each one "
                  "that changes the run's course)");
   cmd.add_option("--finetune", finetune, "Start from these weights (checkpoint or .safetensors); "
@@ -113,32 +114,47 @@ train::TrainOptions TrainFlags::starting_options() const {
     o.output_dir = output;
     return o;
   }
-  const model::Checkpoint saved = model::read_checkpoint_header(resume);
+  const std::string checkpoint = checkpoint_to_resume();
+  const model::Checkpoint saved = model::read_checkpoint_header(checkpoint);
   const std::string saved_preset = model::preset_of(saved.config);
   if (!model.model.empty() && model.model != saved_preset)
     throw std::invalid_argument("--model " + model.model + " is not the model of checkpoint '" +
-                                resume + "' (" + saved.config.name +
+                                checkpoint + "' (" + saved.config.name +
                                 "): leave --model out to resume it");
   train::TrainOptions o;
   try {
     o = train::resume_options(saved.config, saved.state.value("options", nlohmann::json::object()));
   } catch (const std::runtime_error& e) {
-    throw std::runtime_error("checkpoint '" + resume + "': " + e.what());
+    throw std::runtime_error("checkpoint '" + checkpoint + "': " + e.what());
   }
-  if (!data.empty()) o.data_dir = data;
-  if (o.data_dir.empty())
-    throw std::invalid_argument("--data is required: checkpoint '" + resume +
+  if (!data.empty()) {
+    o.data_dir = data;
+  } else if (o.data_dir.empty()) {
+    throw std::invalid_argument("--data is required: checkpoint '" + checkpoint +
                                 "' does not say where its run's data is");
-  const std::string folder = std::filesystem::path(resume).parent_path().string();
+  } else if (std::filesystem::path(o.data_dir).is_relative()) {
+    // Saved before runs kept an absolute path: relative to a folder the checkpoint does not name.
+    throw std::invalid_argument("--data is required: checkpoint '" + checkpoint +
+                                "' names its data by the relative path '" + o.data_dir +
+                                "', from wherever its run was started");
+  }
+  const std::string folder = std::filesystem::path(checkpoint).parent_path().string();
   o.output_dir = !output.empty() ? output : folder.empty() ? "." : folder;
+  o.resume = checkpoint;
   return o;
+}
+
+std::string TrainFlags::checkpoint_to_resume() const {
+  std::error_code ec;
+  if (std::filesystem::is_directory(resume, ec))
+    return (std::filesystem::path(resume) / "checkpoint.safetensors").string();
+  return resume;
 }
 
 train::TrainOptions TrainFlags::resolve() const {
   train::TrainOptions o = starting_options();
   o.model = model.apply_to(o.model);
   override_with(device, o.device);
-  o.resume = resume;
   o.finetune = finetune;
   if (!opt.empty()) o.opt = opt;
   override_with(epochs, o.epochs);

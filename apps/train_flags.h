@@ -37,11 +37,13 @@ struct TrainFlags {
 
  private:
   train::TrainOptions starting_options() const;
+  // --resume's checkpoint: the file, or the checkpoint in the run folder given.
+  std::string checkpoint_to_resume() const;
 };
 
 // The end-of-run report of `deit train` and `deit demo`, on rank 0: accuracy, time, where things
-// are. A run a signal stopped reports where it saved and how to go on, and ends deit with
-// 128 + the signal's number, as the signal would have (throws ExitStatus, on every rank).
+// are. A run a signal stopped reports where it saved and how to go on, and ends deit as the
+// signal would have (throws EndBySignal, on every rank).
 void report_training(const train::TrainSummary& summary);
 
 }  // namespace deit::apps

@@ -186,15 +186,22 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
 }
 
 std::vector<std::string> TrainOptions::differences_from(const nlohmann::json& saved) const {
-  // What may change between a run and its resumption without changing the run's course: more
-  // epochs, moved files, another device or launch, the memory savers (the same results).
-  static const std::set<std::string> kFree = {"model",          "workers",
-                                              "data",           "output",
-                                              "device",         "epochs",
-                                              "resume",         "finetune",
-                                              "zero",           "cuda_graph",
-                                              "recompute_gelu", "grad_checkpointing",
-                                              "bucket_mb",      "save_every_minutes"};
+  // What may change between a run and its resumption without changing the run's course: moved
+  // files, another device or launch, the memory savers (the same results). Not --epochs: the
+  // cosine schedule spans them.
+  static const std::set<std::string> kFree = {"model",
+                                              "workers",
+                                              "data",
+                                              "output",
+                                              "device",
+                                              "resume",
+                                              "finetune",
+                                              "zero",
+                                              "cuda_graph",
+                                              "recompute_gelu",
+                                              "grad_checkpointing",
+                                              "bucket_mb",
+                                              "save_every_minutes"};
   const nlohmann::json now = to_json();  // items() refers to it: it must outlive the loop
   std::vector<std::string> differences;
   for (const auto& [key, value] : now.items())

@@ -67,10 +67,10 @@ struct TrainOptions {
   // Throws std::invalid_argument naming the first bad value.
   void validate() const;
   nlohmann::json to_json() const;
-  // The settings that steer a run's course (the model, batch, optimizer, schedule, augmentation,
-  // loss, EMA and seed; not --epochs, the paths, the device or the memory savers, which leave it
-  // alone or are meant to change) where these options differ from `saved`, another run's
-  // to_json(): "name saved -> now" each, by name. Keys `saved` lacks are skipped.
+  // The settings that steer a run's course (the model, batch, optimizer, schedule and its
+  // --epochs, augmentation, loss, EMA and seed; not the paths, the device or the memory savers,
+  // which leave it alone) where these options differ from `saved`, another run's to_json():
+  // "name saved -> now" each, by name. Keys `saved` lacks are skipped.
   std::vector<std::string> differences_from(const nlohmann::json& saved) const;
 };
 

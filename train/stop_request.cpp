@@ -46,8 +46,12 @@ StopSignals::StopSignals(bool announce) {
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // reads and waits go on; the trainer looks at the flag itself
-  for (size_t i = 0; i < std::size(kStopSignals); ++i)
-    sigaction(kStopSignals[i], &action, &g_previous[i]);
+  for (size_t i = 0; i < std::size(kStopSignals); ++i) {
+    sigaction(kStopSignals[i], nullptr, &g_previous[i]);
+    // An ignored signal stays ignored: a shell starts background jobs with SIGINT ignored, so
+    // that a Ctrl-C meant for the script does not reach them.
+    if (g_previous[i].sa_handler != SIG_IGN) sigaction(kStopSignals[i], &action, nullptr);
+  }
 }
 
 StopSignals::~StopSignals() {

@@ -2,7 +2,8 @@
 // cluster's preemption and Slurm's time limit send) and SIGUSR1 (the early warning Slurm sends
 // with `#SBATCH --signal=USR1@90`). While a StopSignals lives, the first such signal is recorded
 // and the trainer stops at the end of the optimizer step it is in, saves a checkpoint there and
-// exits; a second one ends the process at once, as without a handler.
+// returns (deit then ends as the signal would have); a second one ends the process at once, as
+// without a handler. A signal ignored when the run starts stays ignored.
 //
 // Every rank must stop after the same step, whichever received the signal (a cluster signals
 // each process at its own moment): after_step() is a collective, called once per optimizer step

@@ -62,6 +62,11 @@ void prepare_output_dir(const std::string& dir, bool resuming) {
             (fs::path(dir) / "checkpoint.safetensors").string() + ", or give another --output");
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
+  // What a save cut short left (a second stop signal, a killed run):
+  // checkpoint.safetensors.tmp.PID.
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec))
+    if (entry.path().filename().string().rfind("checkpoint.safetensors.tmp.", 0) == 0)
+      fs::remove(entry.path(), ec);
   const fs::path probe = fs::path(dir) / ".deit-write-test";
   {
     std::ofstream f(probe);
@@ -242,17 +247,6 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                o.data_dir + "' holds (" + classes_differ + "): resume it on its " +
                                "own dataset, or start a new run from it with --finetune");
     model::load_checkpoint_model(vit, *resumed);
-    const std::vector<std::string> changed =
-        o.differences_from(resumed->state.value("options", nlohmann::json::object()));
-    if (lead && !changed.empty()) {
-      std::string list;
-      for (const std::string& c : changed) list += (list.empty() ? "" : ", ") + c;
-      std::fprintf(stderr,
-                   "warning: resuming '%s' with settings that differ from its run's: %s. "
-                   "The run goes on with the new ones, so it will not end where the "
-                   "uninterrupted run would have.\n",
-                   o.resume.c_str(), list.c_str());
-    }
   }
   ParameterRegistry& params = vit.parameters();
   // Every rank starts from rank 0's weights, whatever each read or drew on its own (the broadcast
@@ -325,6 +319,27 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
             " images of each process, which batches of " + std::to_string(o.batch_size) +
             " do not reach: resume it with its own --batch-size, " +
             resumed->state.at("options").at("batch_size").dump());
+      // Optimizer steps are counted from the epoch's start: the first must begin where it stopped.
+      const int64_t first_batch = static_cast<int64_t>(resume_position) / o.batch_size;
+      if (first_batch % o.accum_steps != 0)
+        throw std::runtime_error(
+            "checkpoint '" + o.resume + "' was saved in the middle of epoch " +
+            std::to_string(start_epoch + 1) + " after " + std::to_string(first_batch) +
+            " batches, where no step of --accum-steps " + std::to_string(o.accum_steps) +
+            " begins: resume it with its own --accum-steps, " +
+            resumed->state.at("options").at("accum_steps").dump());
+    }
+    // Only once nothing refuses the resumption:
+    const std::vector<std::string> changed =
+        o.differences_from(resumed->state.value("options", nlohmann::json::object()));
+    if (lead && !changed.empty()) {
+      std::string list;
+      for (const std::string& c : changed) list += (list.empty() ? "" : ", ") + c;
+      std::fprintf(stderr,
+                   "warning: resuming '%s' with settings that differ from its run's: %s. "
+                   "The run goes on with the new ones, so it will not end where the "
+                   "uninterrupted run would have.\n",
+                   o.resume.c_str(), list.c_str());
     }
     resumed.reset();  // its tensors are copied into the model and the state
   }
