@@ -540,6 +540,14 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   r = run_deit(tiny_train_args(data, out, 2) + " --resume " + checkpoint + " --model-ema");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("no EMA weights") && Catch::Contains("--no-model-ema"));
+  // Resumed into the folder of another run: refused as a new run there would be.
+  const std::string other = dir.file("other");
+  REQUIRE(run_deit(tiny_train_args(data, other, 1) + " --no-model-ema").exit_code == 0);
+  const std::vector<uint8_t> other_checkpoint = test::read_bytes(other + "/checkpoint.safetensors");
+  r = run_deit("train --epochs 2 --resume " + checkpoint + " --output " + other);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("already holds a run"));
+  CHECK(test::read_bytes(other + "/checkpoint.safetensors") == other_checkpoint);
   // Resumed on a dataset whose labels mean other classes.
   const std::string renamed = with_renamed_class(dir, data, "checkerboard", "zigzag");
   r = run_deit(tiny_train_args(renamed, out, 2) + " --resume " + checkpoint);

@@ -202,7 +202,12 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                 " is fewer than the " + std::to_string(classes) + " classes of '" +
                                 o.data_dir + "'");
   o.validate();
-  if (lead) prepare_output_dir(o.output_dir, !o.resume.empty());  // nothing made for a bad run
+  // Nothing is made for a bad run. A resumed run writes over its own checkpoint, in the folder
+  // that holds it, and refuses another run's folder as a new run does.
+  std::error_code ec;
+  const bool in_its_folder =
+      !o.resume.empty() && fs::equivalent(fs::absolute(o.resume).parent_path(), o.output_dir, ec);
+  if (lead) prepare_output_dir(o.output_dir, in_its_folder);
 
   // On CUDA: fp32 master weights with their bf16 copies (engine/parameters.h), initialised from
   // the host's random draws, so a CUDA run starts from the CPU run's weights.
