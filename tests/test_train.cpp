@@ -329,6 +329,14 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
       model::read_checkpoint_header(stopped + "/checkpoint.safetensors").state.at("within_epoch");
   CHECK(at.at("epoch") == 1);
   CHECK(static_cast<int64_t>(at.at("batches").get<double>()) % 2 == 0);
+  // Steps of 26 x 2 images cannot begin where steps of 4 x 2 stopped (a multiple of 8 below 96).
+  const CliResult refused =
+      run_deit("train --resume " + stopped + " --batch-size 26 --accum-steps 2");
+  CHECK(refused.exit_code != 0);
+  CHECK_THAT(refused.output, Catch::Contains("where no optimizer step of --batch-size 26 x "
+                                             "--accum-steps 2 begins: resume it with its own, "
+                                             "4 x 2"));
+  CHECK_THAT(refused.output, !Catch::Contains("warning: resuming"));
   const CliResult r = run_deit("train --resume " + stopped + "/checkpoint.safetensors");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);

@@ -317,22 +317,19 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     }
     if (within_epoch) {
       resume_position = saved.position;
-      if (resume_position % static_cast<uint64_t>(o.batch_size) != 0)
+      // Batches and optimizer steps are counted from the epoch's start: the resumed run's must
+      // begin where the saved run stopped.
+      const auto step_images = static_cast<uint64_t>(o.batch_size * o.accum_steps);
+      if (resume_position % step_images != 0) {
+        const nlohmann::json& saved_options = resumed->state.at("options");
         throw std::runtime_error(
             "checkpoint '" + o.resume + "' was saved in the middle of epoch " +
             std::to_string(start_epoch + 1) + " after " + std::to_string(resume_position) +
-            " images of each process, which batches of " + std::to_string(o.batch_size) +
-            " do not reach: resume it with its own --batch-size, " +
-            resumed->state.at("options").at("batch_size").dump());
-      // Optimizer steps are counted from the epoch's start: the first must begin where it stopped.
-      const int64_t first_batch = static_cast<int64_t>(resume_position) / o.batch_size;
-      if (first_batch % o.accum_steps != 0)
-        throw std::runtime_error(
-            "checkpoint '" + o.resume + "' was saved in the middle of epoch " +
-            std::to_string(start_epoch + 1) + " after " + std::to_string(first_batch) +
-            " batches, where no step of --accum-steps " + std::to_string(o.accum_steps) +
-            " begins: resume it with its own --accum-steps, " +
-            resumed->state.at("options").at("accum_steps").dump());
+            " images of each process, where no optimizer step of --batch-size " +
+            std::to_string(o.batch_size) + " x --accum-steps " + std::to_string(o.accum_steps) +
+            " begins: resume it with its own, " + saved_options.at("batch_size").dump() + " x " +
+            saved_options.at("accum_steps").dump());
+      }
     }
     // Only once nothing refuses the resumption:
     const std::vector<std::string> changed =
