@@ -31,8 +31,10 @@ void print_stop(const train::TrainSummary& s) {
 }
 
 void print_summary(const train::TrainSummary& s) {
-  std::printf("trained %lld epoch%s in %s (%.0f images/s)\n", (long long)s.epochs_run,
-              s.epochs_run == 1 ? "" : "s", train::format_duration(s.seconds).c_str(),
+  std::printf("trained %lld epoch%s", (long long)s.epochs_run, s.epochs_run == 1 ? "" : "s");
+  if (s.resumed_at_batch > 0)
+    std::printf(" (the first from its batch %lld)", (long long)s.resumed_at_batch + 1);
+  std::printf(" in %s (%.0f images/s)\n", train::format_duration(s.seconds).c_str(),
               s.train_images_per_second);
   std::printf("final     top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%lld val images)\n", s.last.acc1,
               s.last.acc5, s.last.loss, (long long)s.last.images);
@@ -41,12 +43,15 @@ void print_summary(const train::TrainSummary& s) {
     std::printf("skipped   %lld unusable image file%s (see the warnings above)\n",
                 (long long)s.skipped_images, s.skipped_images == 1 ? "" : "s");
   std::printf("checkpoint %s\nlog        %s\n", s.checkpoint.c_str(), s.log.c_str());
+  if (s.stop.finished)
+    std::printf("%s came during the last evaluation: the run finished before stopping\n",
+                train::signal_name(s.stop.signal).c_str());
 }
 
 }  // namespace
 
 void report_training(const train::TrainSummary& s) {
-  if (s.rank == 0) (s.stop.signal != 0 ? print_stop : print_summary)(s);  // once per run
+  if (s.rank == 0) (s.stop.signal != 0 && !s.stop.finished ? print_stop : print_summary)(s);
   if (s.stop.signal != 0) throw EndBySignal{s.stop.signal};
 }
 

@@ -258,6 +258,7 @@ TEST_CASE("mpi: a stop one rank is asked for stops both after the same step, and
   const train::TrainSummary resumed = train::train(rest, *comm);
   CHECK(resumed.stop.signal == 0);
   CHECK(resumed.epochs_run == 2);
+  CHECK(resumed.resumed_at_batch == 1);
 
   if (comm->rank() == 0) {
     const model::Checkpoint a = model::read_checkpoint(dir.file("whole/checkpoint.safetensors"));
@@ -274,6 +275,36 @@ TEST_CASE("mpi: a stop one rank is asked for stops both after the same step, and
       CHECK(b_log[e]["train_loss"].get<double>() ==
             Approx(a_log[e]["train_loss"].get<double>()).epsilon(1e-12));
   }
+}
+
+TEST_CASE("mpi: a stop asked for during an evaluation stops at the epoch's checkpoint", "[mpi]") {
+  auto comm = mpi_communicator();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+  // An epoch is one optimizer step (12 images per rank): no step of it is followed by another
+  // in the epoch, so a stop asked for before it is first seen after the epoch's evaluation.
+  train::TrainOptions run = tiny_run(data, dir.file("two"), 12);
+  run.epochs = 2;
+  if (comm->rank() == 1) train::request_stop(SIGUSR1);
+  const train::TrainSummary at_first = train::train(run, *comm);
+  CHECK(at_first.stop.signal == SIGUSR1);
+  CHECK(at_first.stop.rank == 1);
+  CHECK(at_first.stop.epoch == 1);
+  CHECK(at_first.stop.batches_done == 0);
+  CHECK_FALSE(at_first.stop.finished);
+  CHECK(at_first.epochs_run == 1);
+  if (comm->rank() == 0)
+    CHECK(model::read_checkpoint_header(dir.file("two/checkpoint.safetensors")).state["epoch"] ==
+          0);
+
+  // After the last epoch's evaluation the run has finished, and says so.
+  run.output_dir = dir.file("one");
+  run.epochs = 1;
+  if (comm->rank() == 1) train::request_stop(SIGUSR1);
+  const train::TrainSummary at_last = train::train(run, *comm);
+  CHECK(at_last.stop.signal == SIGUSR1);
+  CHECK(at_last.stop.finished);
+  CHECK(at_last.epochs_run == 1);
 }
 
 TEST_CASE("mpi: deit bench step over two ranks reports the communication, with --zero too",

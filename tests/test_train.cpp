@@ -328,7 +328,8 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
   const nlohmann::json at =
       model::read_checkpoint_header(stopped + "/checkpoint.safetensors").state.at("within_epoch");
   CHECK(at.at("epoch") == 1);
-  CHECK(static_cast<int64_t>(at.at("batches").get<double>()) % 2 == 0);
+  const auto batches_done = static_cast<int64_t>(at.at("batches").get<double>());
+  CHECK(batches_done % 2 == 0);
   // Steps of 26 x 2 images cannot begin where steps of 4 x 2 stopped (a multiple of 8 below 96).
   const CliResult refused =
       run_deit("train --resume " + stopped + " --batch-size 26 --accum-steps 2");
@@ -340,6 +341,8 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
   const CliResult r = run_deit("train --resume " + stopped + "/checkpoint.safetensors");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("trained 2 epochs (the first from its batch " +
+                                       std::to_string(batches_done + 1) + ") in "));
   CHECK(parameter_bytes(stopped + "/checkpoint.safetensors") ==
         parameter_bytes(straight + "/checkpoint.safetensors"));
   // The log has each epoch once, with the whole epoch's loss, summed in the same order.

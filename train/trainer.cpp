@@ -422,6 +422,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     // Batches are numbered from the epoch's start, also when it resumes in the middle: the number
     // names the random streams. The same on every rank: each rank's share has the same length.
     const int64_t first_batch = static_cast<int64_t>(start_position) / o.batch_size;
+    if (epoch == start_epoch) summary.resumed_at_batch = first_batch;
     const int64_t batches = first_batch + static_cast<int64_t>(train_loader->batches_in_epoch());
     Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
                       batches, o.progress && lead, first_batch);
@@ -618,9 +619,10 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                    "val loss %.4f  (%s)\n",
                    (long long)epoch + 1, (long long)o.epochs, lr, train_loss, eval.acc1, eval.acc5,
                    eval.loss, format_duration(seconds_since(epoch_start)).c_str());
-    // A signal during the evaluation: the epoch's checkpoint is the place to stop.
-    if (epoch + 1 < o.epochs && (after = after_step(comm, false)).signal != 0) {
-      summary.stop = {after.signal, after.rank, epoch + 1, 0, batches};
+    // A signal during the evaluation: the epoch's checkpoint is the place to stop. After the last
+    // epoch's there is nothing left to stop, but the run still ends as the signal asked.
+    if ((after = after_step(comm, false)).signal != 0) {
+      summary.stop = {after.signal, after.rank, epoch + 1, 0, batches, epoch + 1 == o.epochs};
       break;
     }
   }

@@ -65,10 +65,12 @@ struct StoppedAt {
   int64_t epoch = 0;         // the epoch it stopped in (0-based)
   int64_t batches_done = 0;  // of that epoch's batches; 0: before the epoch began
   int64_t batches = 0;
+  bool finished = false;  // it came during the last epoch's evaluation: the run had finished
 };
 
 struct TrainSummary {
-  int64_t epochs_run = 0;        // in this invocation
+  int64_t epochs_run = 0;        // in this invocation, the first perhaps in part:
+  int64_t resumed_at_batch = 0;  // where the first began, resumed within it (0: at its start)
   EvalResult last;               // evaluation after the final epoch
   double best_acc1 = 0;
   int64_t best_epoch = -1;
@@ -80,7 +82,8 @@ struct TrainSummary {
   int64_t parameters = 0;
   int rank = 0;        // of this process in the run
   int world_size = 1;  // processes in the run
-  StoppedAt stop;      // a stopped run has saved its checkpoint and not finished its epochs
+  StoppedAt stop;      // a stopped run has saved its checkpoint (and, unless finished, not
+                       // trained all its epochs)
 };
 
 // Trains with the ranks of `comm` (every rank calls it, with the same options); the summary's
