@@ -48,7 +48,8 @@ void run_eval(const EvalOptions& o) {
   require_device(device);
   std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));
   std::optional<model::Checkpoint> checkpoint;
-  if (!o.checkpoint.empty()) checkpoint = model::read_checkpoint(o.checkpoint, false);
+  if (!o.checkpoint.empty())
+    checkpoint = model::read_checkpoint(model::checkpoint_file(o.checkpoint), false);
   if (!checkpoint && o.model.model.empty())
     throw std::invalid_argument(
         "--model is required with --weights (a weights file does not say "
@@ -68,7 +69,7 @@ void run_eval(const EvalOptions& o) {
       source->class_names(), "the split");
   if (!classes_differ.empty())
     throw std::runtime_error(
-        (checkpoint ? "checkpoint '" + o.checkpoint : "weights file '" + o.weights) +
+        (checkpoint ? "checkpoint '" + checkpoint->path : "weights file '" + o.weights) +
         "' was trained on other classes than split '" + o.split + "' of '" + o.data + "' holds (" +
         classes_differ + "): its labels would be scored against the wrong classes");
   model::VisionTransformer vit(o.model.apply_to(base), device);
@@ -102,7 +103,8 @@ void add_eval_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("eval", "Top-1, top-5 and loss of trained weights on a split");
   opts->model.add_to(*cmd, "the checkpoint's training resolution, or 224", "--checkpoint");
   auto* source = cmd->add_option_group("weights", "Where the weights come from");
-  source->add_option("--checkpoint", opts->checkpoint, "A checkpoint of deit train");
+  source->add_option("--checkpoint", opts->checkpoint,
+                     "A checkpoint of deit train (or its run folder)");
   source->add_option("--weights", opts->weights, "A timm-compatible .safetensors file");
   source->require_option(1);
   cmd->add_option("--data", opts->data, "Dataset root")->required();

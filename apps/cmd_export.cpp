@@ -24,7 +24,8 @@ void run_export(const ExportOptions& opts) {
   if (model::is_checkpoint(opts.out))
     throw std::invalid_argument("--out '" + opts.out + "' is a training checkpoint; choose " +
                                 "another file name (export writes weights only)");
-  const model::Checkpoint ckpt = model::read_checkpoint(opts.checkpoint, /*with_extra=*/false);
+  const model::Checkpoint ckpt =
+      model::read_checkpoint(model::checkpoint_file(opts.checkpoint), /*with_extra=*/false);
   model::VisionTransformer vit(ckpt.config);
   model::load_checkpoint_model(vit, ckpt);
   model::save_weights(opts.out, vit, ckpt.class_names);
@@ -39,7 +40,8 @@ void add_export_command(CLI::App& app) {
   auto opts = std::make_shared<ExportOptions>();
   CLI::App* cmd = app.add_subcommand(
       "export", "Write a checkpoint's model weights as safetensors with timm's names");
-  cmd->add_option("--checkpoint", opts->checkpoint, "Checkpoint written by deit train")
+  cmd->add_option("--checkpoint", opts->checkpoint,
+                  "Checkpoint written by deit train (or its run folder)")
       ->required();
   cmd->add_option("--out", opts->out, "Weights file to write (.safetensors)")->required();
   cmd->callback([opts] { run_export(*opts); });

@@ -1,12 +1,21 @@
-// deit info: what a model costs before anyone trains it.
+// deit info: what a model costs before anyone trains it, and, given a checkpoint, where its run
+// stands and what it was trained with.
 #include <cstdio>
 #include <memory>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.h"
 #include "apps/model_options.h"
+#include "model/checkpoint.h"
 #include "model/cost.h"
+#include "train/recipe.h"
+#include "train/run_state.h"
 
 namespace deit::apps {
 
@@ -14,13 +23,123 @@ namespace {
 
 struct InfoOptions {
   ModelOptions model;
+  std::string checkpoint;
   bool recompute_gelu = false;
   bool grad_checkpointing = false;
   bool json = false;
 };
 
-void run_info(const InfoOptions& opts) {
-  const model::ViTConfig c = opts.model.apply_to(model::preset(opts.model.model));
+// A checkpoint's run: its state, and the settings it was trained with where they differ from its
+// model's recipe (the model's shape aside, which the model lines show).
+struct SavedRun {
+  std::string path;
+  train::RunState state;
+  std::vector<std::string> class_names;
+  std::string recipe;       // what the settings are compared with, "the deit3_base recipe"
+  std::string recipe_word;  // "recipe" or "default"
+  std::vector<train::TrainOptions::Difference> off_recipe;
+};
+
+SavedRun read_saved_run(const model::Checkpoint& checkpoint) {
+  SavedRun run;
+  run.path = checkpoint.path;
+  try {
+    run.state = train::run_state_from_json(checkpoint.state);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error("'" + checkpoint.path + "' holds no deit train run state (" +
+                             e.what() + ")");
+  }
+  run.class_names = checkpoint.class_names;
+  const std::string preset = model::preset_of(checkpoint.config);
+  run.recipe = preset.empty() ? "deit train's defaults" : "the " + preset + " recipe";
+  run.recipe_word = preset.empty() ? "default" : "recipe";
+  static const std::set<std::string> kShape = {"patch", "dim",         "depth",
+                                               "heads", "num_classes", "input_size"};
+  for (auto& d : train::recipe_of(checkpoint.config).course_differences(run.state.options))
+    if (!kShape.count(d.key)) run.off_recipe.push_back(std::move(d));
+  return run;
+}
+
+std::string saved_string(const nlohmann::json& options, const char* key) {
+  return options.contains(key) && options.at(key).is_string() ? options.at(key).get<std::string>()
+                                                              : "";
+}
+
+nlohmann::ordered_json run_to_json(const SavedRun& run) {
+  const train::RunState& s = run.state;
+  nlohmann::ordered_json j;
+  j["path"] = run.path;
+  j["epochs_done"] = s.epochs_done;
+  j["epochs"] = s.options.value("epochs", int64_t{0});
+  if (s.within_epoch)
+    j["within_epoch"] = {{"epoch", s.within_epoch->epoch},
+                         {"batches", s.within_epoch->batches / s.world_size},
+                         {"images", s.within_epoch->images}};
+  else
+    j["within_epoch"] = nullptr;
+  j["best_acc1"] = s.best_acc1;
+  j["best_epoch"] = s.best_epoch;
+  j["optimizer_steps"] = s.optimizer_steps;
+  j["world_size"] = s.world_size;
+  j["classes"] = run.class_names;
+  j["options"] = s.options;
+  nlohmann::ordered_json off = nlohmann::ordered_json::object();
+  for (const auto& d : run.off_recipe) off[d.key] = {{"saved", d.saved}, {"recipe", d.now}};
+  j["off_recipe"] = off;
+  return j;
+}
+
+void print_run(const SavedRun& run) {
+  const train::RunState& s = run.state;
+  const int64_t epochs = s.options.value("epochs", int64_t{0});
+  std::printf("checkpoint       %s\n", run.path.c_str());
+  std::printf("trained          %lld of %lld epochs", (long long)s.epochs_done, (long long)epochs);
+  if (s.within_epoch)
+    std::printf(", then %lld batches (%lld images) into epoch %lld",
+                (long long)(s.within_epoch->batches / s.world_size),
+                (long long)s.within_epoch->images, (long long)s.within_epoch->epoch + 1);
+  std::printf("; %lld optimizer steps, %lld process%s\n", (long long)s.optimizer_steps,
+              (long long)s.world_size, s.world_size == 1 ? "" : "es");
+  if (s.best_epoch >= 0)
+    std::printf("best             top-1 %.2f%% after epoch %lld\n", s.best_acc1,
+                (long long)s.best_epoch + 1);
+  if (!run.class_names.empty()) {
+    std::string names;
+    constexpr size_t kShown = 5;
+    for (size_t i = 0; i < run.class_names.size() && i < kShown; ++i)
+      names += (i ? ", " : "") + run.class_names[i];
+    if (run.class_names.size() > kShown) names += ", ...";
+    std::printf("classes          %zu (%s)\n", run.class_names.size(), names.c_str());
+  }
+  std::printf("data             %s\n", saved_string(s.options, "data").c_str());
+  std::printf("device           %s\n", saved_string(s.options, "device").c_str());
+  std::printf("settings         %s %s\n", run.off_recipe.empty() ? "those of" : "differ from",
+              (run.recipe + (run.off_recipe.empty() ? "" : " in")).c_str());
+  for (const auto& d : run.off_recipe)
+    std::printf("                   %s %s (%s: %s)\n", d.key.c_str(), d.saved.dump().c_str(),
+                run.recipe_word.c_str(), d.now.dump().c_str());
+  if (s.epochs_done < epochs)
+    std::printf("continue         deit train --resume %s\n", run.path.c_str());
+  else
+    std::printf("finished         (--resume with a larger --epochs trains further)\n");
+}
+
+void run_info(InfoOptions opts) {
+  if (opts.model.model.empty() && opts.checkpoint.empty())
+    throw std::runtime_error("--model or --checkpoint is required");
+  std::optional<SavedRun> run;
+  model::ViTConfig c;
+  if (!opts.checkpoint.empty()) {
+    const model::Checkpoint checkpoint =
+        model::read_checkpoint_header(model::checkpoint_file(opts.checkpoint));
+    run = read_saved_run(checkpoint);
+    c = checkpoint.config;
+    // Activation memory as the run kept it, unless a flag asks for more recomputation.
+    opts.recompute_gelu |= run->state.options.value("recompute_gelu", false);
+    opts.grad_checkpointing |= run->state.options.value("grad_checkpointing", false);
+  } else {
+    c = opts.model.apply_to(model::preset(opts.model.model));
+  }
   const int64_t params = model::parameter_count(c);
   const double gmacs = static_cast<double>(model::forward_macs(c)) / 1e9;
   const model::ActivationOptions kept{opts.recompute_gelu, opts.grad_checkpointing};
@@ -49,6 +168,7 @@ void run_info(const InfoOptions& opts) {
     j["activation_bytes_per_image_bf16"] = act_bf16;
     j["activation_bytes_per_image_f32"] = act_f32;
     j["recompute_bytes_per_image_bf16"] = recompute_bf16;
+    if (run) j["checkpoint"] = run_to_json(*run);
     std::printf("%s\n", j.dump().c_str());
     return;
   }
@@ -72,18 +192,30 @@ void run_info(const InfoOptions& opts) {
   if (opts.grad_checkpointing)
     std::printf("recompute        +%.1f MiB per image (bf16) while backward recomputes a block\n",
                 recompute_bf16 / MiB);
+  if (run) print_run(*run);
 }
 
 }  // namespace
 
 void add_info_command(CLI::App& app) {
   auto opts = std::make_shared<InfoOptions>();
-  CLI::App* cmd = app.add_subcommand("info", "Parameters, GMACs and activation memory of a model");
-  opts->model.add_to(*cmd, "224");
+  CLI::App* cmd = app.add_subcommand(
+      "info",
+      "Parameters, GMACs and activation memory of a model; where a checkpoint's run stands");
+  opts->model.add_to(*cmd, "224", "--checkpoint");
+  CLI::Option* checkpoint = cmd->add_option(
+      "--checkpoint", opts->checkpoint,
+      "A checkpoint of deit train (or its run folder): its model, and where its run stands "
+      "(epochs, position within "
+      "an epoch, best top-1, classes) and its settings that differ from the recipe");
+  for (const char* model_flag :
+       {"--model", "--patch", "--dim", "--depth", "--heads", "--num-classes", "--input-size"})
+    checkpoint->excludes(cmd->get_option(model_flag));
   cmd->add_flag("--recompute-gelu", opts->recompute_gelu,
-                "Activation memory as deit train --recompute-gelu keeps it");
+                "Activation memory as deit train --recompute-gelu keeps it (with --checkpoint: "
+                "as its run kept it, unless given)");
   cmd->add_flag("--grad-checkpointing", opts->grad_checkpointing,
-                "Activation memory as deit train --grad-checkpointing keeps it");
+                "Activation memory as deit train --grad-checkpointing keeps it (likewise)");
   cmd->add_flag("--json", opts->json, "Print one JSON object (fields include params, gmacs)");
   cmd->callback([opts] { run_info(*opts); });
 }

@@ -114,7 +114,7 @@ train::TrainOptions TrainFlags::starting_options() const {
     o.output_dir = output;
     return o;
   }
-  const std::string checkpoint = checkpoint_to_resume();
+  const std::string checkpoint = model::checkpoint_file(resume);
   const model::Checkpoint saved = model::read_checkpoint_header(checkpoint);
   const std::string saved_preset = model::preset_of(saved.config);
   if (!model.model.empty() && model.model != saved_preset)
@@ -142,13 +142,6 @@ train::TrainOptions TrainFlags::starting_options() const {
   o.output_dir = !output.empty() ? output : folder.empty() ? "." : folder;
   o.resume = checkpoint;
   return o;
-}
-
-std::string TrainFlags::checkpoint_to_resume() const {
-  std::error_code ec;
-  if (std::filesystem::is_directory(resume, ec))
-    return (std::filesystem::path(resume) / "checkpoint.safetensors").string();
-  return resume;
 }
 
 train::TrainOptions TrainFlags::resolve() const {

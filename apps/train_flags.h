@@ -37,8 +37,6 @@ struct TrainFlags {
 
  private:
   train::TrainOptions starting_options() const;
-  // --resume's checkpoint: the file, or the checkpoint in the run folder given.
-  std::string checkpoint_to_resume() const;
 };
 
 // The end-of-run report of `deit train` and `deit demo`, on rank 0: accuracy, time, where things

@@ -202,6 +202,13 @@ Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
       path, [&](const std::string& name) { return with_extra || starts_with(name, kModelPrefix); });
 }
 
+std::string checkpoint_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    return (std::filesystem::path(path) / "checkpoint.safetensors").string();
+  return path;
+}
+
 Checkpoint read_checkpoint_header(const std::string& path) {
   return read_checkpoint_tensors(path, [](const std::string&) { return false; });
 }

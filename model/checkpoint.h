@@ -54,6 +54,10 @@ Checkpoint read_checkpoint(const std::string& path, bool with_extra = true);
 // validated): what a resumed run's options and an evaluation's model are made from.
 Checkpoint read_checkpoint_header(const std::string& path);
 
+// The checkpoint `path` names: the file itself, or the checkpoint.safetensors of a run folder
+// (what `deit train --output` writes into).
+std::string checkpoint_file(const std::string& path);
+
 // Whether `path` is a readable deit checkpoint (by its header; false for a missing file, a
 // weights file or anything that is not safetensors).
 bool is_checkpoint(const std::string& path);

@@ -24,6 +24,7 @@
 #include "tests/test_data_helpers.h"
 #include "train/finetune.h"
 #include "train/recipe.h"
+#include "train/run_state.h"
 
 using namespace deit;
 using deit::test::CliResult;
@@ -135,6 +136,22 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
   const model::Checkpoint ck = model::read_checkpoint(out + "/checkpoint.safetensors");
   CHECK(ck.state["epoch"] == 1);
   CHECK(ck.config.num_classes == 4);  // taken from the dataset
+
+  // The run's folder names its checkpoint, to deit info, eval and export alike.
+  const CliResult info = run_deit("info --checkpoint " + out);
+  INFO(info.output);
+  REQUIRE(info.exit_code == 0);
+  CHECK_THAT(info.output,
+             Catch::Contains("trained          2 of 2 epochs; 12 optimizer steps, 1 process") &&
+                 Catch::Contains("classes          4 (checkerboard, concentric_rings, ") &&
+                 Catch::Contains("data             " + std::filesystem::absolute(data).string()) &&
+                 Catch::Contains("differ from the deit3_tiny recipe in\n") &&
+                 Catch::Contains("   batch_size 16 (recipe: 256)\n") &&
+                 Catch::Contains("   epochs 2 (recipe: 800)\n") && Catch::Contains("finished "));
+  CHECK_THAT(info.output, !Catch::Contains("patch 4 (recipe"));  // the model lines show it
+  CHECK(run_deit("eval --checkpoint " + out + " --data " + data).exit_code == 0);
+  CHECK(run_deit("export --checkpoint " + out + " --out " + dir.file("w.safetensors")).exit_code ==
+        0);
 }
 
 TEST_CASE("deit train --recompute-gelu or --grad-checkpointing trains bit for bit as without",
@@ -338,6 +355,25 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
                                              "--accum-steps 2 begins: resume it with its own, "
                                              "4 x 2"));
   CHECK_THAT(refused.output, !Catch::Contains("warning: resuming"));
+  // deit info says where it stands and how to go on.
+  const CliResult info = run_deit("info --json --checkpoint " + stopped);
+  REQUIRE(info.exit_code == 0);
+  const nlohmann::json run = nlohmann::json::parse(info.output).at("checkpoint");
+  INFO(run.dump());
+  CHECK(run["epochs_done"] == 1);
+  CHECK(run["epochs"] == 3);
+  CHECK(run["within_epoch"]["epoch"] == 1);
+  CHECK(run["within_epoch"]["batches"] == batches_done);
+  CHECK(run["within_epoch"]["images"] == 4 * batches_done);
+  CHECK(run["optimizer_steps"] == 12 + batches_done / 2);
+  CHECK(run["off_recipe"]["accum_steps"] == nlohmann::json({{"saved", 2}, {"recipe", 1}}));
+  CHECK(run["options"]["batch_size"] == 4);
+  CHECK_THAT(
+      run_deit("info --checkpoint " + stopped).output,
+      Catch::Contains("trained          1 of 3 epochs, then " + std::to_string(batches_done) +
+                      " batches (" + std::to_string(4 * batches_done) + " images) into epoch 2") &&
+          Catch::Contains("continue         deit train --resume " + stopped +
+                          "/checkpoint.safetensors"));
   const CliResult r = run_deit("train --resume " + stopped + "/checkpoint.safetensors");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
@@ -525,6 +561,34 @@ TEST_CASE("a run's saved options give back every setting to the run that resumes
   damaged["batch_size"] = "lots";
   CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
                     "its saved option 'batch_size' is \"lots\", not a value of that option");
+}
+
+TEST_CASE("a run's state reads back as it was written, an older checkpoint's with defaults",
+          "[train][resume]") {
+  train::RunState state;
+  state.epochs_done = 7;
+  state.within_epoch = train::WithinEpoch{7, 42, 12.5, 1344, 61.25};
+  state.options = train::recipe_for("deit3_small").to_json();
+  state.best_acc1 = 81.5;
+  state.best_epoch = 5;
+  state.sampler = {11, 5000, 7, 672, 3, 0, 2, 1};
+  state.world_size = 2;
+  state.optimizer_steps = 1234;
+  const nlohmann::json saved = state.to_json();
+  CHECK(saved["epoch"] == 6);  // the last epoch completed, as the reference code counts
+  const train::RunState back = train::run_state_from_json(saved);
+  CHECK(back.to_json() == saved);
+  REQUIRE(back.within_epoch);
+  CHECK(back.within_epoch->loss_sum == 12.5);
+  CHECK(back.sampler.position == 672);
+
+  nlohmann::json older = {{"epoch", 0}, {"sampler", saved["sampler"]}};
+  const train::RunState filled = train::run_state_from_json(older);
+  CHECK(filled.epochs_done == 1);
+  CHECK_FALSE(filled.within_epoch);
+  CHECK(filled.world_size == 1);
+  CHECK(filled.best_epoch == -1);
+  CHECK_THROWS(train::run_state_from_json({{"epoch", 0}}));
 }
 
 TEST_CASE("a diverging run, another model's checkpoint or a new run never replaces a good one",

@@ -165,9 +165,13 @@ nlohmann::json TrainOptions::to_json() const {
   return j;
 }
 
-TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json& saved) {
+TrainOptions recipe_of(const model::ViTConfig& model) {
   const std::string preset = model::preset_of(model);
-  TrainOptions o = preset.empty() ? TrainOptions{} : recipe_for(preset);
+  return preset.empty() ? TrainOptions{} : recipe_for(preset);
+}
+
+TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json& saved) {
+  TrainOptions o = recipe_of(model);
   for_each_setting(o, [&saved](const char* key, auto& value) {
     if (!saved.contains(key)) return;
     try {
@@ -185,7 +189,8 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
   return o;
 }
 
-std::vector<std::string> TrainOptions::differences_from(const nlohmann::json& saved) const {
+std::vector<TrainOptions::Difference> TrainOptions::course_differences(
+    const nlohmann::json& saved) const {
   // What may change between a run and its resumption without changing the run's course: moved
   // files, another device or launch, the memory savers (the same results). Not --epochs: the
   // cosine schedule spans them.
@@ -203,10 +208,10 @@ std::vector<std::string> TrainOptions::differences_from(const nlohmann::json& sa
                                               "bucket_mb",
                                               "save_every_minutes"};
   const nlohmann::json now = to_json();  // items() refers to it: it must outlive the loop
-  std::vector<std::string> differences;
+  std::vector<Difference> differences;
   for (const auto& [key, value] : now.items())
     if (!kFree.count(key) && saved.contains(key) && saved.at(key) != value)
-      differences.push_back(key + " " + saved.at(key).dump() + " -> " + value.dump());
+      differences.push_back({key, saved.at(key), value});
   return differences;
 }
 

@@ -69,9 +69,13 @@ struct TrainOptions {
   nlohmann::json to_json() const;
   // The settings that steer a run's course (the model, batch, optimizer, schedule and its
   // --epochs, augmentation, loss, EMA and seed; not the paths, the device or the memory savers,
-  // which leave it alone) where these options differ from `saved`, another run's to_json():
-  // "name saved -> now" each, by name. Keys `saved` lacks are skipped.
-  std::vector<std::string> differences_from(const nlohmann::json& saved) const;
+  // which leave it alone) where these options differ from `saved`, another run's to_json(), by
+  // key in alphabetical order. Keys `saved` lacks are skipped.
+  struct Difference {
+    std::string key;
+    nlohmann::json saved, now;
+  };
+  std::vector<Difference> course_differences(const nlohmann::json& saved) const;
 };
 
 // How many micro-batches make the optimizer step that micro-batch `micro_batch` (1-based, within an
@@ -82,6 +86,10 @@ int64_t micro_batches_in_step(int64_t micro_batch, int64_t batches, int64_t accu
 // drop-path S 0.05, B 0.2, L 0.45, H 0.6 (T 0, M 0.1: not in the paper, our choice); training
 // resolution S 224, B and L 192, H 160.
 TrainOptions recipe_for(const std::string& preset);
+
+// The recipe a run of `model` starts from: its preset's (recipe_for), or for a model of no preset
+// the defaults above.
+TrainOptions recipe_of(const model::ViTConfig& model);
 
 // The options a run saved in its checkpoint (`saved`, its to_json()) for the run that continues
 // it: every saved setting, over the preset's recipe for a key an older checkpoint lacks, with the

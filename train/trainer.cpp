@@ -27,6 +27,7 @@
 #include "train/graph_step.h"
 #include "train/input_feed.h"
 #include "train/progress.h"
+#include "train/run_state.h"
 #include "train/step_readback.h"
 #include "train/stop_request.h"
 
@@ -95,27 +96,6 @@ NamedTensors unprefixed(const std::string& prefix, const NamedTensors& tensors) 
   for (const auto& [name, t] : tensors)
     if (name.rfind(prefix, 0) == 0) out.emplace_back(name.substr(prefix.size()), t);
   return out;
-}
-
-// Where the data order stands, saved with every checkpoint: a resumed run checks that it reads the
-// same dataset with the same sampling before it continues.
-nlohmann::json sampler_to_json(const data::SamplerState& s) {
-  return {{"seed", s.seed},         {"dataset_size", s.dataset_size}, {"epoch", s.epoch},
-          {"position", s.position}, {"repeats", s.repeats},           {"rank", s.rank},
-          {"world_size", s.world_size}, {"shuffle", s.shuffle}};
-}
-
-data::SamplerState sampler_from_json(const nlohmann::json& j) {
-  data::SamplerState s;
-  s.seed = j.at("seed");
-  s.dataset_size = j.at("dataset_size");
-  s.epoch = j.at("epoch");
-  s.position = j.at("position");
-  s.repeats = j.at("repeats");
-  s.rank = j.at("rank");
-  s.world_size = j.at("world_size");
-  s.shuffle = j.at("shuffle");
-  return s;
 }
 
 // The batch's mixup / cutmix (lambda 1, no mixing, when both are off), drawn from its own stream.
@@ -218,30 +198,27 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   vit.initialize(init_rng);
   if (!o.finetune.empty()) load_finetune_weights(vit, o.finetune);
   std::optional<model::Checkpoint> resumed;
+  // Where the resumed run stands. A checkpoint saved in the middle of an epoch (a stop signal,
+  // --save-every): the run goes on from the step it saved, with the epoch's sums so far (every
+  // rank's; rank 0 carries them).
+  RunState saved_run;
   int64_t start_epoch = 0;
-  // A checkpoint saved in the middle of an epoch (a stop signal, --save-every): the run goes on
-  // from the step it saved, with the epoch's sums so far (every rank's; rank 0 carries them).
-  std::optional<nlohmann::json> within_epoch;
   if (!o.resume.empty()) {
     resumed = model::read_checkpoint(o.resume);
-    start_epoch = resumed->state.at("epoch").get<int64_t>() + 1;
-    if (resumed->state.contains("within_epoch")) {
-      within_epoch = resumed->state.at("within_epoch");
-      start_epoch = within_epoch->at("epoch").get<int64_t>();
-    }
+    saved_run = run_state_from_json(resumed->state);
+    start_epoch = saved_run.epochs_done;
     if (start_epoch >= o.epochs)
       throw std::runtime_error("checkpoint '" + o.resume + "' has trained " +
                                std::to_string(start_epoch) + " epochs already, and --epochs is " +
                                std::to_string(o.epochs) + ": nothing is left to train (give a " +
                                "larger --epochs to train further)");
-    const int64_t saved_world = resumed->state.value("world_size", int64_t{1});
+    const int64_t saved_world = saved_run.world_size;
     if (saved_world != world)
       throw std::runtime_error("checkpoint '" + o.resume + "' was written by a run of " +
                                std::to_string(saved_world) + " process(es), this run has " +
                                std::to_string(world) + ": resume with the same number (the data " +
                                "order and the global batch depend on it)");
-    const std::string saved_opt =
-        resumed->state.value("options", nlohmann::json::object()).value("opt", "");
+    const std::string saved_opt = saved_run.options.value("opt", "");
     if (saved_opt != o.opt)
       throw std::runtime_error("checkpoint '" + o.resume + "' was trained with --opt " + saved_opt +
                                ", this run asks for " + o.opt);
@@ -305,23 +282,23 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                  "had --no-model-ema): resume it with --no-model-ema");
       ema->load_state(saved_ema);
     }
-    summary.best_acc1 = resumed->state.value("best_acc1", 0.0);
-    summary.best_epoch = resumed->state.value("best_epoch", int64_t{-1});
+    summary.best_acc1 = saved_run.best_acc1;
+    summary.best_epoch = saved_run.best_epoch;
     // Rank 0's data position is saved; every rank's is the same but for its rank.
-    data::SamplerState saved = sampler_from_json(resumed->state.at("sampler"));
+    data::SamplerState saved = saved_run.sampler;
     saved.rank = static_cast<uint32_t>(rank);
     try {
       train_loader->sampler().check_resumable(saved);
     } catch (const std::exception& e) {
       throw std::runtime_error("cannot resume '" + o.resume + "' on '" + o.data_dir + "': " + e.what());
     }
-    if (within_epoch) {
+    if (saved_run.within_epoch) {
       resume_position = saved.position;
       // Batches and optimizer steps are counted from the epoch's start: the resumed run's must
       // begin where the saved run stopped.
       const auto step_images = static_cast<uint64_t>(o.batch_size * o.accum_steps);
       if (resume_position % step_images != 0) {
-        const nlohmann::json& saved_options = resumed->state.at("options");
+        const nlohmann::json& saved_options = saved_run.options;
         throw std::runtime_error(
             "checkpoint '" + o.resume + "' was saved in the middle of epoch " +
             std::to_string(start_epoch + 1) + " after " + std::to_string(resume_position) +
@@ -332,11 +309,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       }
     }
     // Only once nothing refuses the resumption:
-    const std::vector<std::string> changed =
-        o.differences_from(resumed->state.value("options", nlohmann::json::object()));
+    const std::vector<TrainOptions::Difference> changed = o.course_differences(saved_run.options);
     if (lead && !changed.empty()) {
       std::string list;
-      for (const std::string& c : changed) list += (list.empty() ? "" : ", ") + c;
+      for (const TrainOptions::Difference& c : changed)
+        list += (list.empty() ? "" : ", ") + c.key + " " + c.saved.dump() + " -> " + c.now.dump();
       std::fprintf(stderr,
                    "warning: resuming '%s' with settings that differ from its run's: %s. "
                    "The run goes on with the new ones, so it will not end where the "
@@ -389,25 +366,27 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   bool warm = false;  // an eager optimizer step has run
 
   // Rank 0 writes it (every rank takes part: ZeRO's optimizer state is gathered): the weights, the
-  // optimizer and EMA state, and where the run stands. `epoch` is the last epoch completed;
-  // `within`, for a checkpoint of a step in the middle of the next one, says where in it.
+  // optimizer and EMA state, and where the run stands (train/run_state.h): `epochs_done` whole
+  // epochs, and `within`, for a checkpoint of a step in the middle of the next one, where in it.
   auto last_save = std::chrono::steady_clock::now();
-  auto write_checkpoint = [&](int64_t epoch, const nlohmann::json& within,
+  auto write_checkpoint = [&](int64_t epochs_done, const std::optional<WithinEpoch>& within,
                               const data::SamplerState& sampler) {
     last_save = std::chrono::steady_clock::now();
     NamedTensors extra = prefixed("optim.", optimizer.gather_state());
     if (!lead) return;
     if (ema)
       for (auto& entry : prefixed("ema.", ema->state())) extra.push_back(entry);
-    nlohmann::json state = {{"epoch", epoch},
-                            {"options", o.to_json()},
-                            {"best_acc1", summary.best_acc1},
-                            {"best_epoch", summary.best_epoch},
-                            {"sampler", sampler_to_json(sampler)},
-                            {"world_size", world},
-                            {"optimizer_steps", optimizer.step_count()}};
-    if (!within.is_null()) state["within_epoch"] = within;
-    model::save_checkpoint(checkpoint_path, vit, extra, state, train_source->class_names());
+    RunState state;
+    state.epochs_done = epochs_done;
+    state.within_epoch = within;
+    state.options = o.to_json();
+    state.best_acc1 = summary.best_acc1;
+    state.best_epoch = summary.best_epoch;
+    state.sampler = sampler;
+    state.world_size = world;
+    state.optimizer_steps = optimizer.step_count();
+    model::save_checkpoint(checkpoint_path, vit, extra, state.to_json(),
+                           train_source->class_names());
   };
   const StopSignals stop_signals(lead && o.progress);
 
@@ -433,11 +412,12 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     int64_t counted = 0;
     double carried_images = 0, carried_seconds = 0;  // the epoch before the resumption
     if (start_position > 0) {
-      carried_images = within_epoch->at("images");
-      carried_seconds = within_epoch->at("seconds");
+      const WithinEpoch& saved_sums = *saved_run.within_epoch;
+      carried_images = saved_sums.images;
+      carried_seconds = saved_sums.seconds;
       if (lead) {
-        loss_sum = within_epoch->at("loss_sum");
-        counted = within_epoch->at("batches");
+        loss_sum = saved_sums.loss_sum;
+        counted = static_cast<int64_t>(saved_sums.batches);
       }
     }
     const int64_t counted_before = counted;
@@ -482,12 +462,9 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       comm.all_reduce_sum(totals);
       data::SamplerState sampler = train_loader->state();
       sampler.position = static_cast<uint64_t>(done) * static_cast<uint64_t>(o.batch_size);
-      write_checkpoint(epoch - 1,
-                       {{"epoch", epoch},
-                        {"batches", totals[1]},
-                        {"loss_sum", totals[0]},
-                        {"images", totals[2]},
-                        {"seconds", seconds_since(epoch_start) + carried_seconds}},
+      write_checkpoint(epoch,
+                       WithinEpoch{epoch, totals[1], totals[0], totals[2],
+                                   seconds_since(epoch_start) + carried_seconds},
                        sampler);
     };
     AfterStep after;
@@ -612,7 +589,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                  {"n_parameters", summary.parameters},
                                  {"train_images_per_s", epoch_images / epoch_train_seconds},
                                  {"epoch_time_s", seconds_since(epoch_start) + carried_seconds}});
-    write_checkpoint(epoch, nullptr, train_loader->state());
+    write_checkpoint(epoch + 1, std::nullopt, train_loader->state());
     if (lead && o.progress)
       std::fprintf(stderr,
                    "epoch %lld/%lld  lr %.3g  train loss %.4f  val acc1 %.2f%%  acc5 %.2f%%  "

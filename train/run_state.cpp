@@ -1,0 +1,67 @@
+#include "train/run_state.h"
+
+namespace deit::train {
+
+namespace {
+
+nlohmann::json sampler_to_json(const data::SamplerState& s) {
+  return {{"seed", s.seed},
+          {"dataset_size", s.dataset_size},
+          {"epoch", s.epoch},
+          {"position", s.position},
+          {"repeats", s.repeats},
+          {"rank", s.rank},
+          {"world_size", s.world_size},
+          {"shuffle", s.shuffle}};
+}
+
+data::SamplerState sampler_from_json(const nlohmann::json& j) {
+  data::SamplerState s;
+  s.seed = j.at("seed");
+  s.dataset_size = j.at("dataset_size");
+  s.epoch = j.at("epoch");
+  s.position = j.at("position");
+  s.repeats = j.at("repeats");
+  s.rank = j.at("rank");
+  s.world_size = j.at("world_size");
+  s.shuffle = j.at("shuffle");
+  return s;
+}
+
+}  // namespace
+
+nlohmann::json RunState::to_json() const {
+  nlohmann::json j = {{"epoch", epochs_done - 1},
+                      {"options", options},
+                      {"best_acc1", best_acc1},
+                      {"best_epoch", best_epoch},
+                      {"sampler", sampler_to_json(sampler)},
+                      {"world_size", world_size},
+                      {"optimizer_steps", optimizer_steps}};
+  if (within_epoch)
+    j["within_epoch"] = {{"epoch", within_epoch->epoch},
+                         {"batches", within_epoch->batches},
+                         {"loss_sum", within_epoch->loss_sum},
+                         {"images", within_epoch->images},
+                         {"seconds", within_epoch->seconds}};
+  return j;
+}
+
+RunState run_state_from_json(const nlohmann::json& state) {
+  RunState r;
+  r.epochs_done = state.at("epoch").get<int64_t>() + 1;
+  if (state.contains("within_epoch")) {
+    const nlohmann::json& w = state.at("within_epoch");
+    r.within_epoch = WithinEpoch{w.at("epoch"), w.at("batches"), w.at("loss_sum"), w.at("images"),
+                                 w.at("seconds")};
+  }
+  r.options = state.value("options", nlohmann::json::object());
+  r.best_acc1 = state.value("best_acc1", 0.0);
+  r.best_epoch = state.value("best_epoch", int64_t{-1});
+  r.sampler = sampler_from_json(state.at("sampler"));
+  r.world_size = state.value("world_size", int64_t{1});
+  r.optimizer_steps = state.value("optimizer_steps", int64_t{0});
+  return r;
+}
+
+}  // namespace deit::train
