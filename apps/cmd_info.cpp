@@ -73,7 +73,7 @@ nlohmann::ordered_json run_to_json(const SavedRun& run) {
   j["epochs"] = s.options.value("epochs", int64_t{0});
   if (s.within_epoch)
     j["within_epoch"] = {{"epoch", s.within_epoch->epoch},
-                         {"batches", s.within_epoch->batches / s.world_size},
+                         {"batches_per_process", s.within_epoch->batches / s.world_size},
                          {"images", s.within_epoch->images}};
   else
     j["within_epoch"] = nullptr;
@@ -95,9 +95,10 @@ void print_run(const SavedRun& run) {
   std::printf("checkpoint       %s\n", run.path.c_str());
   std::printf("trained          %lld of %lld epochs", (long long)s.epochs_done, (long long)epochs);
   if (s.within_epoch)
-    std::printf(", then %lld batches (%lld images) into epoch %lld",
+    std::printf(", then %lld batches%s (%lld images) into epoch %lld",
                 (long long)(s.within_epoch->batches / s.world_size),
-                (long long)s.within_epoch->images, (long long)s.within_epoch->epoch + 1);
+                s.world_size > 1 ? " per process" : "", (long long)s.within_epoch->images,
+                (long long)s.within_epoch->epoch + 1);
   std::printf("; %lld optimizer steps, %lld process%s\n", (long long)s.optimizer_steps,
               (long long)s.world_size, s.world_size == 1 ? "" : "es");
   if (s.best_epoch >= 0)

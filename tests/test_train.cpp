@@ -363,7 +363,7 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
   CHECK(run["epochs_done"] == 1);
   CHECK(run["epochs"] == 3);
   CHECK(run["within_epoch"]["epoch"] == 1);
-  CHECK(run["within_epoch"]["batches"] == batches_done);
+  CHECK(run["within_epoch"]["batches_per_process"] == batches_done);
   CHECK(run["within_epoch"]["images"] == 4 * batches_done);
   CHECK(run["optimizer_steps"] == 12 + batches_done / 2);
   CHECK(run["off_recipe"]["accum_steps"] == nlohmann::json({{"saved", 2}, {"recipe", 1}}));
