@@ -120,6 +120,9 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("top-1") && Catch::Contains("checkpoint.safetensors"));
+  // Each epoch's line says how long the rest will take, at its pace.
+  CHECK_THAT(r.output,
+             Catch::Contains("s; 1 more epoch, about ") && !Catch::Contains("0 more epochs"));
   std::ifstream log(out + "/log.txt");
   std::string line;
   int lines = 0;

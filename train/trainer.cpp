@@ -590,12 +590,21 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                  {"train_images_per_s", epoch_images / epoch_train_seconds},
                                  {"epoch_time_s", seconds_since(epoch_start) + carried_seconds}});
     write_checkpoint(epoch + 1, std::nullopt, train_loader->state());
-    if (lead && o.progress)
+    if (lead && o.progress) {
+      // What is left, at this epoch's pace (a resumed epoch's counted whole).
+      const int64_t epochs_left = o.epochs - epoch - 1;
+      const std::string left =
+          epochs_left == 0 ? ""
+                           : "; " + std::to_string(epochs_left) + " more epoch" +
+                                 (epochs_left == 1 ? "" : "s") + ", about " +
+                                 format_duration(static_cast<double>(epochs_left) *
+                                                 (seconds_since(epoch_start) + carried_seconds));
       std::fprintf(stderr,
                    "epoch %lld/%lld  lr %.3g  train loss %.4f  val acc1 %.2f%%  acc5 %.2f%%  "
-                   "val loss %.4f  (%s)\n",
+                   "val loss %.4f  (%s%s)\n",
                    (long long)epoch + 1, (long long)o.epochs, lr, train_loss, eval.acc1, eval.acc5,
-                   eval.loss, format_duration(seconds_since(epoch_start)).c_str());
+                   eval.loss, format_duration(seconds_since(epoch_start)).c_str(), left.c_str());
+    }
     // A signal during the evaluation: the epoch's checkpoint is the place to stop. After the last
     // epoch's there is nothing left to stop, but the run still ends as the signal asked.
     if ((after = after_step(comm, false)).signal != 0) {
