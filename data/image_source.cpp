@@ -55,14 +55,22 @@ void require_utf8_class_name(const std::string& name, const std::string& where) 
   }
 }
 
-void SkippedImages::record(const std::string& what, const std::string& message) {
+void SkippedImages::record(const std::string& what, const std::string& message, int label) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (seen_.insert(what).second) std::fprintf(stderr, "warning: skipped %s\n", message.c_str());
+  if (!seen_.insert(what).second) return;
+  std::fprintf(stderr, "warning: skipped %s\n", message.c_str());
+  if (label >= 0) ++per_class_[label];
 }
 
 size_t SkippedImages::count() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return seen_.size();
+}
+
+size_t SkippedImages::count_in_class(int label) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto found = per_class_.find(label);
+  return found == per_class_.end() ? 0 : found->second;
 }
 
 }  // namespace deit::data

@@ -53,7 +53,21 @@ PrefetchLoader::PrefetchLoader(std::shared_ptr<const ImageSource> source, Sample
     }
     slot.batch.number = kNoBatch;
   }
+  for (size_t i = 0; i < source_->size(); ++i) {
+    const auto label = static_cast<size_t>(source_->label(i));
+    if (label >= class_sizes_.size()) class_sizes_.resize(label + 1, 0);
+    ++class_sizes_[label];
+  }
   for (int i = 0; i < options_.num_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+std::vector<int> PrefetchLoader::classes_without_usable_images() const {
+  std::vector<int> classes;
+  for (size_t label = 0; label < class_sizes_.size(); ++label)
+    if (class_sizes_[label] > 0 &&
+        skipped_.count_in_class(static_cast<int>(label)) == class_sizes_[label])
+      classes.push_back(static_cast<int>(label));
+  return classes;
 }
 
 PrefetchLoader::~PrefetchLoader() {
@@ -195,7 +209,7 @@ ImageU8 PrefetchLoader::load_or_substitute(uint64_t index, uint64_t* used_index)
       *used_index = candidate;
       return image;
     } catch (const DataError& error) {
-      skipped_.record(source_->describe(candidate), error.what());
+      skipped_.record(source_->describe(candidate), error.what(), source_->label(candidate));
     }
   }
   throw DataError(source_->describe(index) + " and the " + std::to_string(attempts - 1) +

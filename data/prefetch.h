@@ -103,6 +103,10 @@ class PrefetchLoader {
   const Sampler& sampler() const { return sampler_; }
   const PrefetchOptions& options() const { return options_; }
   const SkippedImages& skipped() const { return skipped_; }
+  // The classes every image of which was met unusable so far (the loader meets an image when it
+  // is picked, or tried in place of one before it): a model trained on this loader never sees
+  // them.
+  std::vector<int> classes_without_usable_images() const;
 
  private:
   struct Slot {
@@ -120,6 +124,7 @@ class PrefetchLoader {
   PrefetchOptions options_;
   SampleTransform transform_;
   mutable SkippedImages skipped_;
+  std::vector<size_t> class_sizes_;  // images of each label in the source
 
   // Everything below is guarded by mutex_.
   mutable std::mutex mutex_;

@@ -206,6 +206,17 @@ TEST_CASE("Unusable images are replaced by the next usable one and counted once"
     CHECK(got.labels[0][3] == 0);    // image 5's label
   }
   CHECK(loader.skipped().count() == 3);
+  CHECK(loader.classes_without_usable_images().empty());
+
+  // Every image of class 3 (3, 8, ..., 38) unusable: the class is lost, and said to be.
+  std::set<size_t> class_3;
+  for (size_t i = 3; i < 40; i += 5) class_3.insert(i);
+  PrefetchLoader lost(std::make_shared<MemorySource>(40, class_3), Sampler(in_order),
+                      loader_options(2, 2), random_crop);
+  lost.start_epoch(0);
+  drain(lost);
+  CHECK(lost.skipped().count_in_class(3) == 8);
+  CHECK(lost.classes_without_usable_images() == std::vector<int>{3});
 
   // For evaluation the stand-ins are kept (the batch stays whole) but not labelled, so they are
   // not scored as the images they stand in for.

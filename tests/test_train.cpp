@@ -424,6 +424,22 @@ TEST_CASE("resuming with settings other than the run's names each one that chang
                            "16 -> 8, epochs 2 -> 3, lr 0.004 -> 0.001, model_ema true -> false."));
 }
 
+TEST_CASE("a class none of whose training images can be read is named", "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  for (const auto& file : std::filesystem::directory_iterator(data + "/train/disc"))
+    std::ofstream(file.path(), std::ios::binary | std::ios::trunc) << "not an image";
+  const CliResult r = run_deit(tiny_train_args(data, out, 2));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const std::string warning =
+      "warning: no training image of class 'disc' can be read (each was "
+      "skipped, see above): the model cannot learn that class";
+  CHECK_THAT(r.output, Catch::Contains(warning) && Catch::Contains("skipped   24 unusable image "));
+  // Once per run, not per epoch.
+  CHECK(r.output.find(warning) == r.output.rfind(warning));
+}
+
 TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "data/image_source.h"
 #include "data/mixup.h"
@@ -392,6 +393,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
 
   int64_t train_images = 0;
   double train_seconds = 0;
+  std::set<int> lost_classes;  // warned about
   for (int64_t epoch = start_epoch; epoch < o.epochs; ++epoch) {
     const auto epoch_start = std::chrono::steady_clock::now();
     const double lr = schedule.epoch_lr(epoch);
@@ -571,6 +573,14 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     train_seconds += seconds_since(epoch_start);
     const double train_loss = totals[1] > 0 ? totals[0] / totals[1] : 0.0;
     epoch_images = static_cast<int64_t>(totals[2]);
+
+    // Each unusable file was warned about as met; a class made only of them is lost altogether.
+    for (const int label : train_loader->classes_without_usable_images())
+      if (lost_classes.insert(label).second)
+        std::fprintf(stderr,
+                     "warning: no training image of class '%s' can be read (each was skipped, "
+                     "see above): the model cannot learn that class\n",
+                     train_source->class_names().at(static_cast<size_t>(label)).c_str());
 
     const EvalResult eval = evaluate(vit, val_feed, o.progress && lead, &comm);
     if (eval.acc1 > summary.best_acc1 || summary.best_epoch < 0) {
