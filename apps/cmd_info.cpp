@@ -12,6 +12,7 @@
 
 #include "apps/commands.h"
 #include "apps/model_options.h"
+#include "data/sampler.h"
 #include "model/checkpoint.h"
 #include "model/cost.h"
 #include "train/recipe.h"
@@ -38,20 +39,40 @@ struct SavedRun {
   std::string recipe;       // what the settings are compared with, "the deit3_base recipe"
   std::string recipe_word;  // "recipe" or "default"
   std::vector<train::TrainOptions::Difference> off_recipe;
+  int64_t epoch_batches = 0;  // of each process in an epoch (0: unknown)
 };
+
+// An epoch's batches on each process, from the saved data order and batch size (training drops
+// the last partial batch); 0 when the state does not say.
+int64_t batches_per_epoch(const train::RunState& s) {
+  const int64_t batch_size = s.options.value("batch_size", int64_t{0});
+  if (batch_size < 1) return 0;
+  data::SamplerOptions order;
+  order.dataset_size = s.sampler.dataset_size;
+  order.seed = s.sampler.seed;
+  order.shuffle = s.sampler.shuffle != 0;
+  order.repeats = s.sampler.repeats;
+  order.world_size = s.sampler.world_size;
+  try {
+    return static_cast<int64_t>(data::Sampler(order).epoch_length()) / batch_size;
+  } catch (const std::invalid_argument&) {
+    return 0;
+  }
+}
 
 SavedRun read_saved_run(const model::Checkpoint& checkpoint) {
   SavedRun run;
   run.path = checkpoint.path;
   try {
     run.state = train::run_state_from_json(checkpoint.state);
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error("'" + checkpoint.path + "' holds no deit train run state (" +
-                             e.what() + ")");
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint '" + checkpoint.path + "': " + e.what());
   }
+  run.epoch_batches = batches_per_epoch(run.state);
   run.class_names = checkpoint.class_names;
   const std::string preset = model::preset_of(checkpoint.config);
-  run.recipe = preset.empty() ? "deit train's defaults" : "the " + preset + " recipe";
+  run.recipe =
+      preset.empty() ? "deit train's defaults (deit3_small's recipe)" : "the " + preset + " recipe";
   run.recipe_word = preset.empty() ? "default" : "recipe";
   static const std::set<std::string> kShape = {"patch", "dim",         "depth",
                                                "heads", "num_classes", "input_size"};
@@ -72,9 +93,11 @@ nlohmann::ordered_json run_to_json(const SavedRun& run) {
   j["epochs_done"] = s.epochs_done;
   j["epochs"] = s.options.value("epochs", int64_t{0});
   if (s.within_epoch)
-    j["within_epoch"] = {{"epoch", s.within_epoch->epoch},
-                         {"batches_per_process", s.within_epoch->batches / s.world_size},
-                         {"images", s.within_epoch->images}};
+    j["within_epoch"] = {
+        {"epoch", s.within_epoch->epoch},
+        {"batches_per_process", static_cast<int64_t>(s.within_epoch->batches) / s.world_size},
+        {"epoch_batches_per_process", run.epoch_batches},
+        {"images", static_cast<int64_t>(s.within_epoch->images)}};
   else
     j["within_epoch"] = nullptr;
   j["best_acc1"] = s.best_acc1;
@@ -94,11 +117,12 @@ void print_run(const SavedRun& run) {
   const int64_t epochs = s.options.value("epochs", int64_t{0});
   std::printf("checkpoint       %s\n", run.path.c_str());
   std::printf("trained          %lld of %lld epochs", (long long)s.epochs_done, (long long)epochs);
-  if (s.within_epoch)
-    std::printf(", then %lld batches%s (%lld images) into epoch %lld",
-                (long long)(s.within_epoch->batches / s.world_size),
-                s.world_size > 1 ? " per process" : "", (long long)s.within_epoch->images,
-                (long long)s.within_epoch->epoch + 1);
+  if (s.within_epoch) {
+    std::printf(", then %lld", (long long)s.within_epoch->batches / s.world_size);
+    if (run.epoch_batches > 0) std::printf(" of the %lld", (long long)run.epoch_batches);
+    std::printf(" batches%s of epoch %lld (%lld images)", s.world_size > 1 ? " per process" : "",
+                (long long)s.within_epoch->epoch + 1, (long long)s.within_epoch->images);
+  }
   std::printf("; %lld optimizer steps, %lld process%s\n", (long long)s.optimizer_steps,
               (long long)s.world_size, s.world_size == 1 ? "" : "es");
   if (s.best_epoch >= 0)
@@ -113,15 +137,21 @@ void print_run(const SavedRun& run) {
     std::printf("classes          %zu (%s)\n", run.class_names.size(), names.c_str());
   }
   std::printf("data             %s\n", saved_string(s.options, "data").c_str());
+  const std::string finetuned_from = saved_string(s.options, "finetune");
+  if (!finetuned_from.empty())
+    std::printf("started from     %s (--finetune)\n", finetuned_from.c_str());
   std::printf("device           %s\n", saved_string(s.options, "device").c_str());
   std::printf("settings         %s %s\n", run.off_recipe.empty() ? "those of" : "differ from",
               (run.recipe + (run.off_recipe.empty() ? "" : " in")).c_str());
   for (const auto& d : run.off_recipe)
     std::printf("                   %s %s (%s: %s)\n", d.key.c_str(), d.saved.dump().c_str(),
                 run.recipe_word.c_str(), d.now.dump().c_str());
-  if (s.epochs_done < epochs)
-    std::printf("continue         deit train --resume %s\n", run.path.c_str());
-  else
+  if (s.epochs_done < epochs) {
+    std::printf("continue         deit train --resume %s", run.path.c_str());
+    if (s.world_size > 1)
+      std::printf("  (launched as this run was, %lld processes)", (long long)s.world_size);
+    std::printf("\n");
+  } else
     std::printf("finished         (--resume with a larger --epochs trains further)\n");
 }
 
@@ -213,11 +243,13 @@ void add_info_command(CLI::App& app) {
        {"--model", "--patch", "--dim", "--depth", "--heads", "--num-classes", "--input-size"})
     checkpoint->excludes(cmd->get_option(model_flag));
   cmd->add_flag("--recompute-gelu", opts->recompute_gelu,
-                "Activation memory as deit train --recompute-gelu keeps it (with --checkpoint: "
-                "as its run kept it, unless given)");
+                "Activation memory as deit train --recompute-gelu keeps it (with --checkpoint, "
+                "also when its run had it on)");
   cmd->add_flag("--grad-checkpointing", opts->grad_checkpointing,
                 "Activation memory as deit train --grad-checkpointing keeps it (likewise)");
-  cmd->add_flag("--json", opts->json, "Print one JSON object (fields include params, gmacs)");
+  cmd->add_flag("--json", opts->json,
+                "Print one JSON object (fields include params, gmacs; with --checkpoint, a "
+                "\"checkpoint\" object, whose epoch numbers count from 0 as log.txt's do)");
   cmd->callback([opts] { run_info(*opts); });
 }
 

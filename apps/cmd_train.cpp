@@ -33,7 +33,8 @@ void print_stop(const train::TrainSummary& s) {
 void print_summary(const train::TrainSummary& s) {
   std::printf("trained %lld epoch%s", (long long)s.epochs_run, s.epochs_run == 1 ? "" : "s");
   if (s.resumed_at_batch > 0)
-    std::printf(" (the first from its batch %lld)", (long long)s.resumed_at_batch + 1);
+    std::printf(" (%sresumed at its batch %lld of %lld)", s.epochs_run > 1 ? "the first " : "",
+                (long long)s.resumed_at_batch + 1, (long long)s.resumed_epoch_batches);
   std::printf(" in %s (%.0f images/s)\n", train::format_duration(s.seconds).c_str(),
               s.train_images_per_second);
   std::printf("final     top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%lld val images)\n", s.last.acc1,

@@ -79,8 +79,9 @@ void TrainFlags::add_to(CLI::App& cmd) {
                  "checkpoint.safetensors), with the model, data and settings it "
                  "saved; a flag given as well changes that setting (a warning names each one "
                  "that changes the run's course)");
-  cmd.add_option("--finetune", finetune, "Start from these weights (checkpoint or .safetensors); "
-                                         "pos_embed is resized, a new head made for new classes");
+  cmd.add_option("--finetune", finetune,
+                 "Start from these weights (a checkpoint or its run folder, or .safetensors); "
+                 "pos_embed is resized, a new head made for new classes");
   cmd.add_option("--seed", seed, "Seed of every random choice (0)")->check(unsigned_64bit());
   cmd.add_option("--workers", workers, "Data loading threads (2)");
   add_switch(cmd, zero, "zero",
@@ -148,7 +149,7 @@ train::TrainOptions TrainFlags::resolve() const {
   train::TrainOptions o = starting_options();
   o.model = model.apply_to(o.model);
   override_with(device, o.device);
-  o.finetune = finetune;
+  o.finetune = finetune.empty() ? "" : model::checkpoint_file(finetune);
   if (!opt.empty()) o.opt = opt;
   override_with(epochs, o.epochs);
   override_with(batch_size, o.batch_size);

@@ -39,20 +39,27 @@ std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const s
   return std::make_unique<ImageFolder>(folder.string());
 }
 
-void require_utf8_class_name(const std::string& name, const std::string& where) {
+std::string shown_if_not_utf8(const std::string& text) {
   try {
-    nlohmann::json(name).dump();  // what writing it into a checkpoint does
+    nlohmann::json(text).dump();  // what writing it into a checkpoint does
+    return "";
   } catch (const nlohmann::json::type_error&) {
-    std::string shown;  // printable ASCII as is, every other byte as \xNN
-    for (const char c : name) {
+    std::string shown;
+    for (const char c : text) {
       const auto b = static_cast<unsigned char>(c);
       char escaped[5];
       std::snprintf(escaped, sizeof escaped, "\\x%02x", b);
       shown += (b >= 0x20 && b < 0x7F) ? std::string(1, c) : std::string(escaped);
     }
+    return shown;
+  }
+}
+
+void require_utf8_class_name(const std::string& name, const std::string& where) {
+  const std::string shown = shown_if_not_utf8(name);
+  if (!shown.empty())
     throw DataError(where + ": the class name '" + shown + "' is not UTF-8 text (class names " +
                     "are saved in checkpoints as text): rename it");
-  }
 }
 
 void SkippedImages::record(const std::string& what, const std::string& message, int label) {

@@ -37,6 +37,11 @@ std::unique_ptr<ImageSource> open_image_source(const std::string& path);
 // packed before the folder changed would otherwise be trained on without a word).
 std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split);
 
+// "" when `text` is well-formed UTF-8 (as nlohmann::json checks what it writes: checkpoints and
+// JSON output hold class names and paths as text); otherwise `text` with each byte outside
+// printable ASCII shown as \xNN, for the message that refuses it.
+std::string shown_if_not_utf8(const std::string& text);
+
 // Throws DataError unless `name` is well-formed UTF-8 (as nlohmann::json checks it): class names
 // are written into checkpoints and JSON output as text, so a folder named in another encoding is
 // refused when the dataset opens rather than when the first checkpoint is written. `where` names

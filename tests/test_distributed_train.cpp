@@ -26,6 +26,7 @@
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "model/checkpoint.h"
+#include "tests/cli_runner.h"
 #include "tests/step_report_checks.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_distributed_helpers.h"
@@ -253,12 +254,21 @@ TEST_CASE("mpi: a stop one rank is asked for stops both after the same step, and
   CHECK(at.stop.batches == 3);
   CHECK(at.epochs_run == 0);
 
+  if (comm->rank() == 0) {
+    // deit info says the position is each process's, and how to go on.
+    const test::CliResult info = test::run_deit("info --checkpoint " + dir.file("stopped"));
+    INFO(info.output);
+    CHECK_THAT(info.output, Catch::Contains("then 1 of the 3 batches per process of epoch 1") &&
+                                Catch::Contains("(launched as this run was, 2 processes)"));
+  }
+
   train::TrainOptions rest = stopped;
   rest.resume = dir.file("stopped/checkpoint.safetensors");
   const train::TrainSummary resumed = train::train(rest, *comm);
   CHECK(resumed.stop.signal == 0);
   CHECK(resumed.epochs_run == 2);
   CHECK(resumed.resumed_at_batch == 1);
+  CHECK(resumed.resumed_epoch_batches == 3);
 
   if (comm->rank() == 0) {
     const model::Checkpoint a = model::read_checkpoint(dir.file("whole/checkpoint.safetensors"));

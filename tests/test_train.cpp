@@ -367,21 +367,23 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
   CHECK(run["epochs"] == 3);
   CHECK(run["within_epoch"]["epoch"] == 1);
   CHECK(run["within_epoch"]["batches_per_process"] == batches_done);
+  CHECK(run["within_epoch"]["epoch_batches_per_process"] == 24);
   CHECK(run["within_epoch"]["images"] == 4 * batches_done);
+  CHECK(run["within_epoch"]["images"].is_number_integer());
   CHECK(run["optimizer_steps"] == 12 + batches_done / 2);
   CHECK(run["off_recipe"]["accum_steps"] == nlohmann::json({{"saved", 2}, {"recipe", 1}}));
   CHECK(run["options"]["batch_size"] == 4);
-  CHECK_THAT(
-      run_deit("info --checkpoint " + stopped).output,
-      Catch::Contains("trained          1 of 3 epochs, then " + std::to_string(batches_done) +
-                      " batches (" + std::to_string(4 * batches_done) + " images) into epoch 2") &&
-          Catch::Contains("continue         deit train --resume " + stopped +
-                          "/checkpoint.safetensors"));
+  CHECK_THAT(run_deit("info --checkpoint " + stopped).output,
+             Catch::Contains("trained          1 of 3 epochs, then " +
+                             std::to_string(batches_done) + " of the 24 batches of epoch 2 (" +
+                             std::to_string(4 * batches_done) + " images)") &&
+                 Catch::Contains("continue         deit train --resume " + stopped +
+                                 "/checkpoint.safetensors"));
   const CliResult r = run_deit("train --resume " + stopped + "/checkpoint.safetensors");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
-  CHECK_THAT(r.output, Catch::Contains("trained 2 epochs (the first from its batch " +
-                                       std::to_string(batches_done + 1) + ") in "));
+  CHECK_THAT(r.output, Catch::Contains("trained 2 epochs (the first resumed at its batch " +
+                                       std::to_string(batches_done + 1) + " of 24) in "));
   CHECK(parameter_bytes(stopped + "/checkpoint.safetensors") ==
         parameter_bytes(straight + "/checkpoint.safetensors"));
   // The log has each epoch once, with the whole epoch's loss, summed in the same order.
@@ -468,6 +470,14 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   r = run_deit(tiny_train_args(data, blocked + "/run", 1));
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("blocked"));
+
+  // An output path a checkpoint could not hold as text is refused before the run (it would have
+  // ended at the first save): nothing is made.
+  const std::string latin1 = dir.file("caf\xe9");
+  r = run_deit(tiny_train_args(data, latin1, 1));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("caf\\xe9' is not UTF-8 text"));
+  CHECK_FALSE(std::filesystem::exists(latin1));
 
   r = run_deit(tiny_train_args(data, out, 1) + " --batch-size 15");
   CHECK(r.exit_code != 0);
@@ -651,8 +661,9 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   CHECK(test::read_bytes(out + "/log.txt") == log);
 
   // AdamW with an absurd learning rate: the weights blow up and the loss stops being finite.
+  // (--finetune takes the run's folder as well as its checkpoint.)
   r = run_deit(tiny_train_args(data, dir.file("diverge"), 3) +
-               " --opt adamw --lr 1e30 --warmup-epochs 0 --finetune " + checkpoint);
+               " --opt adamw --lr 1e30 --warmup-epochs 0 --finetune " + out);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("loss") || Catch::Contains("gradient"));
   CHECK_FALSE(std::filesystem::exists(dir.file("diverge") + "/checkpoint.safetensors"));

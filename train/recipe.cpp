@@ -7,6 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "data/image_source.h"
 #include "data/prefetch.h"
 
 namespace deit::train {
@@ -57,6 +58,16 @@ void TrainOptions::validate() const {
          std::to_string(batch_size));
   if (accum_steps < 1) fail("--accum-steps must be at least 1, got " + std::to_string(accum_steps));
   if (opt != "lamb" && opt != "adamw") fail("--opt must be lamb or adamw, got '" + opt + "'");
+  // Every checkpoint saves the settings as JSON text: a path that is not UTF-8 (the data's, made
+  // absolute, includes the working folder's) would stop the run at its first save.
+  const nlohmann::json saved = to_json();  // items() refers to it: it must outlive the loop
+  for (const auto& [key, value] : saved.items()) {
+    if (!value.is_string()) continue;
+    const std::string shown = data::shown_if_not_utf8(value.get<std::string>());
+    if (!shown.empty())
+      fail("--" + key + " '" + shown + "' is not UTF-8 text (a run saves its settings in its " +
+           "checkpoints as text): rename it");
+  }
   // Written so that NaN fails each check: every comparison with NaN is false.
   if (!(lr > 0 && std::isfinite(lr))) fail("--lr must be positive, got " + number(lr));
   if (!(min_lr >= 0 && warmup_lr >= 0 && std::isfinite(min_lr) && std::isfinite(warmup_lr)))

@@ -1,5 +1,7 @@
 #include "train/run_state.h"
 
+#include <stdexcept>
+
 namespace deit::train {
 
 namespace {
@@ -61,6 +63,9 @@ RunState run_state_from_json(const nlohmann::json& state) {
   r.sampler = sampler_from_json(state.at("sampler"));
   r.world_size = state.value("world_size", int64_t{1});
   r.optimizer_steps = state.value("optimizer_steps", int64_t{0});
+  if (r.epochs_done < 0 || r.world_size < 1 || r.optimizer_steps < 0 ||
+      (r.within_epoch && r.within_epoch->epoch != r.epochs_done))
+    throw std::invalid_argument("its run state is inconsistent: " + state.dump());
   return r;
 }
 

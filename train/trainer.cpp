@@ -206,7 +206,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   int64_t start_epoch = 0;
   if (!o.resume.empty()) {
     resumed = model::read_checkpoint(o.resume);
-    saved_run = run_state_from_json(resumed->state);
+    try {
+      saved_run = run_state_from_json(resumed->state);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("checkpoint '" + o.resume + "': " + e.what());
+    }
     start_epoch = saved_run.epochs_done;
     if (start_epoch >= o.epochs)
       throw std::runtime_error("checkpoint '" + o.resume + "' has trained " +
@@ -403,8 +407,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     // Batches are numbered from the epoch's start, also when it resumes in the middle: the number
     // names the random streams. The same on every rank: each rank's share has the same length.
     const int64_t first_batch = static_cast<int64_t>(start_position) / o.batch_size;
-    if (epoch == start_epoch) summary.resumed_at_batch = first_batch;
     const int64_t batches = first_batch + static_cast<int64_t>(train_loader->batches_in_epoch());
+    if (epoch == start_epoch) {
+      summary.resumed_at_batch = first_batch;
+      summary.resumed_epoch_batches = batches;
+    }
     Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs),
                       batches, o.progress && lead, first_batch);
     // The batch losses summed so far and their count; on rank 0 of a resumed epoch, starting from

@@ -70,7 +70,8 @@ struct StoppedAt {
 
 struct TrainSummary {
   int64_t epochs_run = 0;        // in this invocation, the first perhaps in part:
-  int64_t resumed_at_batch = 0;  // where the first began, resumed within it (0: at its start)
+  int64_t resumed_at_batch = 0;  // batches of it done before (0: it began at its start)...
+  int64_t resumed_epoch_batches = 0;  // ...of these
   EvalResult last;               // evaluation after the final epoch
   double best_acc1 = 0;
   int64_t best_epoch = -1;

@@ -98,10 +98,14 @@ const CublasLt::Plan& CublasLt::plan(const GemmSpec& s) {
   if (s.bias) {
     set_desc(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
     set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_16BF);
-    // The heuristic reads the bias pointer's value (never its data) as the bias alignment, and a
-    // null one looks perfectly aligned. The plan serves every bias of this shape, of which
-    // matmul() promises 16-byte alignment only, so plan for an address aligned to exactly that.
-    const void* bias_aligned_to_16 = reinterpret_cast<const void*>(uintptr_t{16});
+    // The heuristic takes the bias pointer's alignment into account, and a null one looks
+    // perfectly aligned. The plan serves every bias of this shape, of which matmul() promises
+    // 16-byte alignment only, so plan for an address aligned to exactly that: a real device
+    // address (16 bytes into the 256-byte aligned workspace, never read), in case the library
+    // inspects it.
+    const void* bias_aligned_to_16 =
+        workspace_ != nullptr ? static_cast<const void*>(static_cast<const char*>(workspace_) + 16)
+                              : reinterpret_cast<const void*>(uintptr_t{16});
     set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias_aligned_to_16);
   }
   // Stored shapes: a transposed operand is stored (k, m) (or (n, k)) and read transposed.
