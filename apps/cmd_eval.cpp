@@ -28,6 +28,7 @@ struct EvalOptions {
   int workers = 2;
   bool json = false;
   bool per_class = false;
+  bool ema = false;
 };
 
 // One line per class: its top-1 accuracy and the class its images are most often taken for.
@@ -49,7 +50,7 @@ void run_eval(const EvalOptions& o) {
   std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));
   std::optional<model::Checkpoint> checkpoint;
   if (!o.checkpoint.empty())
-    checkpoint = model::read_checkpoint(model::checkpoint_file(o.checkpoint), false);
+    checkpoint = model::read_checkpoint_model(model::checkpoint_file(o.checkpoint), o.ema);
   if (!checkpoint && o.model.model.empty())
     throw std::invalid_argument(
         "--model is required with --weights (a weights file does not say "
@@ -105,7 +106,8 @@ void add_eval_command(CLI::App& app) {
   auto* source = cmd->add_option_group("weights", "Where the weights come from");
   source->add_option("--checkpoint", opts->checkpoint,
                      "A checkpoint of deit train (or its run folder)");
-  source->add_option("--weights", opts->weights, "A timm-compatible .safetensors file");
+  CLI::Option* weights =
+      source->add_option("--weights", opts->weights, "A timm-compatible .safetensors file");
   source->require_option(1);
   cmd->add_option("--data", opts->data, "Dataset root")->required();
   cmd->add_option("--split", opts->split, "Split to evaluate")->capture_default_str();
@@ -118,6 +120,10 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, data::kMaxWorkers));
   cmd->add_option("--device", opts->device, "cpu or cuda[:N]")->capture_default_str();
+  cmd->add_flag("--ema", opts->ema,
+                "With --checkpoint: evaluate the moving average of the weights its run kept "
+                "(--model-ema) instead")
+      ->excludes(weights);
   cmd->add_flag("--json", opts->json,
                 "Print one JSON object: acc1, acc5, loss, images (scored), skipped (unusable)");
   cmd->add_flag("--per-class", opts->per_class,

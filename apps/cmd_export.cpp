@@ -16,6 +16,7 @@ namespace {
 struct ExportOptions {
   std::string checkpoint;
   std::string out;
+  bool ema = false;
 };
 
 void run_export(const ExportOptions& opts) {
@@ -25,13 +26,13 @@ void run_export(const ExportOptions& opts) {
     throw std::invalid_argument("--out '" + opts.out + "' is a training checkpoint; choose " +
                                 "another file name (export writes weights only)");
   const model::Checkpoint ckpt =
-      model::read_checkpoint(model::checkpoint_file(opts.checkpoint), /*with_extra=*/false);
+      model::read_checkpoint_model(model::checkpoint_file(opts.checkpoint), opts.ema);
   model::VisionTransformer vit(ckpt.config);
   model::load_checkpoint_model(vit, ckpt);
   model::save_weights(opts.out, vit, ckpt.class_names);
-  std::printf("wrote %s: %s, %zu tensors, %lld parameters, timm names\n", opts.out.c_str(),
-              ckpt.config.name.c_str(), vit.parameters().size(),
-              static_cast<long long>(vit.parameters().element_count()));
+  std::printf("wrote %s: %s%s, %zu tensors, %lld parameters, timm names\n", opts.out.c_str(),
+              ckpt.config.name.c_str(), opts.ema ? " (moving average)" : "",
+              vit.parameters().size(), static_cast<long long>(vit.parameters().element_count()));
 }
 
 }  // namespace
@@ -44,6 +45,8 @@ void add_export_command(CLI::App& app) {
                   "Checkpoint written by deit train (or its run folder)")
       ->required();
   cmd->add_option("--out", opts->out, "Weights file to write (.safetensors)")->required();
+  cmd->add_flag("--ema", opts->ema,
+                "Write the moving average of the weights the run kept (--model-ema) instead");
   cmd->callback([opts] { run_export(*opts); });
 }
 

@@ -202,6 +202,19 @@ Checkpoint read_checkpoint(const std::string& path, bool with_extra) {
       path, [&](const std::string& name) { return with_extra || starts_with(name, kModelPrefix); });
 }
 
+Checkpoint read_checkpoint_model(const std::string& path, bool ema) {
+  if (!ema) return read_checkpoint(path, false);
+  const std::string prefix = kEmaPrefix;
+  Checkpoint ckpt = read_checkpoint_tensors(
+      path, [&](const std::string& name) { return starts_with(name, prefix); });
+  for (auto& [name, t] : ckpt.extra) ckpt.model.emplace_back(name.substr(prefix.size()), t);
+  ckpt.extra.clear();
+  if (ckpt.model.empty())
+    throw std::runtime_error("checkpoint '" + path + "' holds no moving average of its weights " +
+                             "(its run had --no-model-ema)");
+  return ckpt;
+}
+
 std::string checkpoint_file(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))

@@ -50,6 +50,15 @@ struct Checkpoint {
 // export need only the model). Throws std::runtime_error naming the file for anything that is not
 // a deit checkpoint.
 Checkpoint read_checkpoint(const std::string& path, bool with_extra = true);
+// Where deit train saves its weights' exponential moving average (engine/ema.h) among the extra
+// tensors: each parameter's average under this prefix and the parameter's name, in f32.
+inline constexpr const char* kEmaPrefix = "ema.";
+
+// The checkpoint for its model alone (as read_checkpoint(path, false)); with `ema`, `model` holds
+// the moving average its run kept instead of the trained weights. Throws naming the file when it
+// holds no average (its run had --no-model-ema).
+Checkpoint read_checkpoint_model(const std::string& path, bool ema);
+
 // The checkpoint's model description, state and class names without its tensors (which are still
 // validated): what a resumed run's options and an evaluation's model are made from.
 Checkpoint read_checkpoint_header(const std::string& path);

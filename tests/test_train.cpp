@@ -155,6 +155,24 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
   CHECK(run_deit("eval --checkpoint " + out + " --data " + data).exit_code == 0);
   CHECK(run_deit("export --checkpoint " + out + " --out " + dir.file("w.safetensors")).exit_code ==
         0);
+
+  // The moving average of the weights the run kept (--model-ema, on by default) is evaluated and
+  // exported on request: exactly the averages the checkpoint holds.
+  CHECK(run_deit("eval --ema --checkpoint " + out + " --data " + data).exit_code == 0);
+  const std::string averaged = dir.file("ema.safetensors");
+  REQUIRE(run_deit("export --ema --checkpoint " + out + " --out " + averaged).exit_code == 0);
+  const model::Checkpoint with_ema = model::read_checkpoint(out + "/checkpoint.safetensors");
+  const model::SafetensorsContents exported = model::read_safetensors(averaged);
+  int compared = 0;
+  for (const auto& [name, t] : with_ema.extra) {
+    if (name != "ema.pos_embed" && name != "ema.head.weight") continue;
+    for (const auto& [exported_name, e] : exported.tensors)
+      if (exported_name == name.substr(4)) {
+        CHECK(e.to_vector<float>() == t.to_vector<float>());
+        ++compared;
+      }
+  }
+  CHECK(compared == 2);
 }
 
 TEST_CASE("deit train --recompute-gelu or --grad-checkpointing trains bit for bit as without",
@@ -628,10 +646,14 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   const std::string checkpoint = out + "/checkpoint.safetensors";
   const std::vector<uint8_t> good = test::read_bytes(checkpoint);
   const std::vector<uint8_t> log = test::read_bytes(out + "/log.txt");
+  CliResult r = run_deit("eval --ema --checkpoint " + out + " --data " + data);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("holds no moving average of its weights (its run had "
+                                       "--no-model-ema)"));
 
   // A new run in the finished run's folder, the run resumed past its end, and resumed with an EMA
   // it never kept: each refused, saying why.
-  CliResult r = run_deit(tiny_train_args(data, out, 1) + " --seed 5");
+  r = run_deit(tiny_train_args(data, out, 1) + " --seed 5");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("already holds a run") && Catch::Contains("--resume"));
   r = run_deit(tiny_train_args(data, out, 1) + " --resume " + checkpoint);

@@ -281,7 +281,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   if (resumed) {
     optimizer.load_state(unprefixed("optim.", resumed->extra));
     if (ema) {
-      const NamedTensors saved_ema = unprefixed("ema.", resumed->extra);
+      const NamedTensors saved_ema = unprefixed(model::kEmaPrefix, resumed->extra);
       if (saved_ema.empty())
         throw std::runtime_error("checkpoint '" + o.resume + "' holds no EMA weights (its run " +
                                  "had --no-model-ema): resume it with --no-model-ema");
@@ -380,7 +380,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     NamedTensors extra = prefixed("optim.", optimizer.gather_state());
     if (!lead) return;
     if (ema)
-      for (auto& entry : prefixed("ema.", ema->state())) extra.push_back(entry);
+      for (auto& entry : prefixed(model::kEmaPrefix, ema->state())) extra.push_back(entry);
     RunState state;
     state.epochs_done = epochs_done;
     state.within_epoch = within;
