@@ -19,8 +19,8 @@ std::vector<ParamSpec> vit_param_specs(const ViTConfig& c) {
 
   add("cls_token", {1, 1, C}, Init::trunc_normal, false);
   add("pos_embed", {1, c.num_patches(), C}, Init::trunc_normal, false);  // no class-token slot
-  add("patch_embed.proj.weight", {C, c.in_channels, P, P}, Init::trunc_normal, true);
-  add("patch_embed.proj.bias", {C}, Init::zeros, false);
+  add("patch_embed.proj.weight", {C, c.in_channels, P, P}, Init::conv_default, true);
+  add("patch_embed.proj.bias", {C}, Init::conv_default, false);
   for (int64_t i = 0; i < c.depth; ++i) {
     const std::string block = "blocks." + std::to_string(i);
     layernorm(block + ".norm1");

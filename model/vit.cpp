@@ -1,5 +1,6 @@
 #include "model/vit.h"
 
+#include <cmath>
 #include <stdexcept>
 
 #include "engine/autograd.h"
@@ -26,10 +27,16 @@ void VisionTransformer::initialize(Rng& rng) {
       case Init::zeros: value.fill_(0.0); break;
       case Init::ones: value.fill_(1.0); break;
       case Init::layerscale: value.fill_(config_.layerscale_init); break;
-      case Init::trunc_normal: {
+      case Init::trunc_normal:
+      case Init::conv_default: {
+        const double bound =
+            1.0 /
+            std::sqrt(static_cast<double>(config_.in_channels * config_.patch * config_.patch));
         Tensor host = Tensor::empty(spec.shape, DType::f64);
         double* v = host.data<double>();
-        for (int64_t i = 0; i < host.numel(); ++i) v[i] = rng.trunc_normal(0.02, -2.0, 2.0);
+        for (int64_t i = 0; i < host.numel(); ++i)
+          v[i] = spec.init == Init::trunc_normal ? rng.trunc_normal(0.02, -2.0, 2.0)
+                                                 : rng.uniform(-bound, bound);
         value.copy_from(host.to(value.dtype()).to(value.device()));
         break;
       }

@@ -1,6 +1,7 @@
 // The model's size contract (RECIPE.md section 1) and the engine at the shapes of every preset.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -114,6 +115,23 @@ TEST_CASE("initialisation follows the recipe", "[model]") {
   double sum2 = 0;
   for (float v : w) sum2 += double(v) * v;
   CHECK(std::sqrt(sum2 / w.size()) == Approx(0.02).epsilon(0.02));
+  // The patch projection, a Conv2d the reference leaves at PyTorch's default init: weight and
+  // bias uniform within 1/sqrt(fan_in), fan_in = 3 * 16 * 16.
+  const double bound = 1.0 / std::sqrt(3.0 * 16 * 16);
+  for (const char* name : {"patch_embed.proj.weight", "patch_embed.proj.bias"}) {
+    INFO(name);
+    const std::vector<float> u = p.get(name).to_vector<float>();
+    double lo = 1, hi = -1, square = 0;
+    for (float v : u) {
+      lo = std::min<double>(lo, v);
+      hi = std::max<double>(hi, v);
+      square += double(v) * v;
+    }
+    CHECK(lo >= -bound);
+    CHECK(hi <= bound);
+    // A uniform draw's root mean square is bound / sqrt(3).
+    CHECK(std::sqrt(square / u.size()) == Approx(bound / std::sqrt(3.0)).epsilon(0.1));
+  }
 }
 
 // Every preset at its real patch size, width and head count (every tensor shape the preset has),
