@@ -64,7 +64,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--cutmix", cutmix, "CutMix alpha, 0 = off (1.0)");
   cmd.add_option("--mixup-switch-prob", mixup_switch_prob, "Probability of CutMix over mixup (0.5)");
   cmd.add_option("--mixup-prob", mixup_prob, "Probability that a batch is mixed at all (1.0)");
-  cmd.add_option("--smoothing", smoothing, "Label smoothing (0)");
+  cmd.add_option("--smoothing", smoothing,
+                 "Label smoothing (0); for --no-bce-loss, as BCE binarises its targets");
   add_switch(cmd, bce_loss, "bce-loss", "Binary cross-entropy on binarised targets (on); off: "
                                         "soft-target cross-entropy");
   add_switch(cmd, model_ema, "model-ema",

@@ -506,13 +506,19 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   for (const std::string flag :
        {"--lr nan", "--lr -1", "--opt-eps -1", "--clip-grad nan", "--weight-decay -100",
         "--mixup-switch-prob 5", "--warmup-epochs nan", "--model-ema-decay 2", "--workers 20000",
-        "--num-classes 2"}) {
+        "--num-classes 2", "--smoothing 0.1"}) {
     INFO(flag);
     r = run_deit(tiny_train_args(data, dir.file("never"), 1) + " " + flag);
     CHECK(r.exit_code != 0);
     CHECK_THAT(r.output, Catch::Contains(flag.substr(0, flag.find(' '))));
     CHECK_FALSE(std::filesystem::exists(dir.file("never")));
   }
+
+  // Smoothing is for soft-target cross-entropy: BCE would binarise every smoothed target to 1.
+  CHECK_THAT(run_deit(tiny_train_args(data, dir.file("never"), 1) + " --smoothing 0.1").output,
+             Catch::Contains("--smoothing with --bce-loss would make every target 1"));
+  CHECK(run_deit(tiny_train_args(data, dir.file("smoothed"), 1) + " --smoothing 0.1 --no-bce-loss")
+            .exit_code == 0);
 
   r = run_deit("train --data " + data + " --output " + out);
   CHECK(r.exit_code != 0);

@@ -89,6 +89,13 @@ void TrainOptions::validate() const {
   if (!(mixup_switch_prob >= 0 && mixup_switch_prob <= 1))
     fail("--mixup-switch-prob must be in [0, 1]");
   if (!(smoothing >= 0 && smoothing < 1)) fail("--smoothing must be in [0, 1)");
+  // BCE binarises its targets (> 0 is 1, as the reference does), and smoothing makes every target
+  // positive: the model would learn that every class is present.
+  if (bce_loss && smoothing > 0)
+    fail(
+        "--smoothing with --bce-loss would make every target 1 (BCE's targets are binarised: "
+        "any positive value becomes 1): give --smoothing 0, or --no-bce-loss for soft-target "
+        "cross-entropy");
   if (!(eval_crop_ratio > 0 && eval_crop_ratio <= 1)) fail("--eval-crop-ratio must be in (0, 1]");
   if (!(color_jitter >= 0 && color_jitter < 1)) fail("--color-jitter must be in [0, 1)");
   if (!(rrc_scale_min > 0 && rrc_scale_min <= 1)) fail("--rrc-scale-min must be in (0, 1]");
