@@ -99,8 +99,6 @@ void run_demo(const DemoOptions& d, const std::string& program) {
     throw std::runtime_error(o.output_dir + " exists and is not a demo run; give deit demo "
                              "another --out");
   }
-  std::fprintf(stderr, "training %s on %s, %lld epoch%s\n", o.model.name.c_str(), data_dir.c_str(),
-               (long long)o.epochs, o.epochs == 1 ? "" : "s");
   report_training(train::train(o));
   std::printf("next: %s eval --checkpoint %s/run/checkpoint.safetensors --data %s --per-class\n",
               program.c_str(), d.out.c_str(), data_dir.c_str());

@@ -120,6 +120,12 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("top-1") && Catch::Contains("checkpoint.safetensors"));
+  // What the run is about to do, with the global batch the recipe's learning rate assumes.
+  CHECK_THAT(r.output, Catch::Contains("training deit3_tiny (custom) on " + data +
+                                       " (96 images, 4 "
+                                       "classes), 2 epochs of 6 optimizer steps, on cpu\n"
+                                       "global batch 16 = 16 per process x 1 process; the "
+                                       "deit3_tiny recipe's is 2048, which its lr assumes"));
   // Each epoch's line says how long the rest will take, at its pace.
   CHECK_THAT(r.output,
              Catch::Contains("s; 1 more epoch, about ") && !Catch::Contains("0 more epochs"));
@@ -400,6 +406,13 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
   const CliResult r = run_deit("train --resume " + stopped + "/checkpoint.safetensors");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("resuming " + stopped +
+                                       "/checkpoint.safetensors in epoch 2 "
+                                       "after " +
+                                       std::to_string(batches_done) +
+                                       " of its batches\n"
+                                       "global batch 8 = 4 per process x 2 accumulated x 1 "
+                                       "process;"));
   CHECK_THAT(r.output, Catch::Contains("trained 2 epochs (the first resumed at its batch " +
                                        std::to_string(batches_done + 1) + " of 24) in "));
   CHECK(parameter_bytes(stopped + "/checkpoint.safetensors") ==

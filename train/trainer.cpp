@@ -148,6 +148,39 @@ Device run_device(const std::string& flag, int local_rank) {
   return flag == "cuda" ? Device::cuda(local_rank) : parse_device(flag);
 }
 
+// What the run is about to do, on stderr before its first step: the model and data, the length of
+// an epoch, and the global batch, which the recipe's learning rate assumes (it is not scaled with
+// the batch, so a run on fewer processes than the recipe's trains differently).
+void print_run_start(const TrainOptions& o, const data::ImageSource& train_source, int world,
+                     int64_t batches_per_epoch, int64_t start_epoch, int64_t resumed_batches) {
+  const int64_t steps = (batches_per_epoch + o.accum_steps - 1) / o.accum_steps;
+  std::fprintf(stderr,
+               "training %s on %s (%zu images, %zu classes), %lld epochs of %lld optimizer "
+               "step%s, on %s\n",
+               o.model.name.c_str(), o.data_dir.c_str(), train_source.size(),
+               train_source.class_names().size(), (long long)o.epochs, (long long)steps,
+               steps == 1 ? "" : "s", o.device.c_str());
+  if (!o.resume.empty()) {
+    std::fprintf(stderr, "resuming %s in epoch %lld", o.resume.c_str(), (long long)start_epoch + 1);
+    if (resumed_batches > 0)
+      std::fprintf(stderr, " after %lld of its batches", (long long)resumed_batches);
+    std::fprintf(stderr, "\n");
+  }
+  const int64_t global_batch = o.batch_size * o.accum_steps * world;
+  std::fprintf(stderr, "global batch %lld = %lld per process", (long long)global_batch,
+               (long long)o.batch_size);
+  if (o.accum_steps > 1) std::fprintf(stderr, " x %lld accumulated", (long long)o.accum_steps);
+  std::fprintf(stderr, " x %d process%s", world, world == 1 ? "" : "es");
+  constexpr int64_t kRecipeGlobalBatch = 2048;  // RECIPE.md: 256 x 8 or 64 x 32 processes
+  const std::string preset = model::preset_of(o.model);
+  if (!preset.empty() && global_batch != kRecipeGlobalBatch)
+    std::fprintf(stderr,
+                 "; the %s recipe's is %lld, which its lr assumes (lr is not scaled with "
+                 "the batch)",
+                 preset.c_str(), (long long)kRecipeGlobalBatch);
+  std::fprintf(stderr, "\n");
+}
+
 }  // namespace
 
 TrainSummary train(TrainOptions options) {
@@ -394,6 +427,10 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                            train_source->class_names());
   };
   const StopSignals stop_signals(lead && o.progress);
+  if (lead && o.progress)
+    print_run_start(o, *train_source, world,
+                    static_cast<int64_t>(train_loader->sampler().epoch_length()) / o.batch_size,
+                    start_epoch, static_cast<int64_t>(resume_position) / o.batch_size);
 
   int64_t train_images = 0;
   double train_seconds = 0;
