@@ -707,6 +707,7 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
                " --opt adamw --lr 1e30 --warmup-epochs 0 --finetune " + out);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("loss") || Catch::Contains("gradient"));
+  CHECK_THAT(r.output, Catch::Contains("the deit3_tiny fine-tuning recipe's is 512"));
   CHECK_FALSE(std::filesystem::exists(dir.file("diverge") + "/checkpoint.safetensors"));
 
   r = run_deit(tiny_train_args(data, out, 3) + " --lr 1e30 --warmup-epochs 0 --opt lamb "

@@ -155,11 +155,11 @@ void print_run_start(const TrainOptions& o, const data::ImageSource& train_sourc
                      int64_t batches_per_epoch, int64_t start_epoch, int64_t resumed_batches) {
   const int64_t steps = (batches_per_epoch + o.accum_steps - 1) / o.accum_steps;
   std::fprintf(stderr,
-               "training %s on %s (%zu images, %zu classes), %lld epochs of %lld optimizer "
+               "training %s on %s (%zu images, %zu classes), %lld epoch%s of %lld optimizer "
                "step%s, on %s\n",
                o.model.name.c_str(), o.data_dir.c_str(), train_source.size(),
-               train_source.class_names().size(), (long long)o.epochs, (long long)steps,
-               steps == 1 ? "" : "s", o.device.c_str());
+               train_source.class_names().size(), (long long)o.epochs, o.epochs == 1 ? "" : "s",
+               (long long)steps, steps == 1 ? "" : "s", o.device.c_str());
   if (!o.resume.empty()) {
     std::fprintf(stderr, "resuming %s in epoch %lld", o.resume.c_str(), (long long)start_epoch + 1);
     if (resumed_batches > 0)
@@ -171,13 +171,15 @@ void print_run_start(const TrainOptions& o, const data::ImageSource& train_sourc
                (long long)o.batch_size);
   if (o.accum_steps > 1) std::fprintf(stderr, " x %lld accumulated", (long long)o.accum_steps);
   std::fprintf(stderr, " x %d process%s", world, world == 1 ? "" : "es");
-  constexpr int64_t kRecipeGlobalBatch = 2048;  // RECIPE.md: 256 x 8 or 64 x 32 processes
+  // RECIPE.md: pre-training 2048 (256 x 8 or 64 x 32 processes), fine-tuning 512.
+  const bool finetuning = !o.finetune.empty();
+  const int64_t recipe_global_batch = finetuning ? 512 : 2048;
   const std::string preset = model::preset_of(o.model);
-  if (!preset.empty() && global_batch != kRecipeGlobalBatch)
+  if (!preset.empty() && global_batch != recipe_global_batch)
     std::fprintf(stderr,
-                 "; the %s recipe's is %lld, which its lr assumes (lr is not scaled with "
-                 "the batch)",
-                 preset.c_str(), (long long)kRecipeGlobalBatch);
+                 "; the %s %srecipe's is %lld, which its lr assumes (lr is not scaled "
+                 "with the batch)",
+                 preset.c_str(), finetuning ? "fine-tuning " : "", (long long)recipe_global_batch);
   std::fprintf(stderr, "\n");
 }
 
