@@ -65,6 +65,7 @@ SavedRun read_saved_run(const model::Checkpoint& checkpoint) {
   run.path = checkpoint.path;
   try {
     run.state = train::run_state_from_json(checkpoint.state);
+    train::resume_options(checkpoint.config, run.state.options);  // each saved option's type
   } catch (const std::exception& e) {
     throw std::runtime_error("checkpoint '" + checkpoint.path + "': " + e.what());
   }

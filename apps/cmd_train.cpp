@@ -45,7 +45,7 @@ void print_summary(const train::TrainSummary& s) {
                 (long long)s.skipped_images, s.skipped_images == 1 ? "" : "s");
   std::printf("checkpoint %s\nlog        %s\n", s.checkpoint.c_str(), s.log.c_str());
   if (s.stop.finished)
-    std::printf("%s came during the last evaluation: the run finished before stopping\n",
+    std::printf("%s came during the last evaluation: the run had finished all its epochs\n",
                 train::signal_name(s.stop.signal).c_str());
 }
 
@@ -53,7 +53,9 @@ void print_summary(const train::TrainSummary& s) {
 
 void report_training(const train::TrainSummary& s) {
   if (s.rank == 0) (s.stop.signal != 0 && !s.stop.finished ? print_stop : print_summary)(s);
-  if (s.stop.signal != 0) throw EndBySignal{s.stop.signal};
+  // A run that had finished when the signal came ends as finished runs do (a job script that
+  // resumes after a stop signal would otherwise resume a run with nothing left to train).
+  if (s.stop.signal != 0 && !s.stop.finished) throw EndBySignal{s.stop.signal};
 }
 
 void add_train_command(CLI::App& app) {

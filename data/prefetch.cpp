@@ -21,7 +21,8 @@ PrefetchLoader::PrefetchLoader(std::shared_ptr<const ImageSource> source, Sample
     : source_(std::move(source)),
       sampler_(std::move(sampler)),
       options_(options),
-      transform_(std::move(transform)) {
+      transform_(std::move(transform)),
+      loaded_per_class_(source_ ? source_->class_names().size() : 0) {
   if (!source_ || !transform_)
     throw std::invalid_argument("prefetch: no image source or transform");
   if (sampler_.options().dataset_size != source_->size()) {
@@ -53,21 +54,13 @@ PrefetchLoader::PrefetchLoader(std::shared_ptr<const ImageSource> source, Sample
     }
     slot.batch.number = kNoBatch;
   }
-  for (size_t i = 0; i < source_->size(); ++i) {
-    const auto label = static_cast<size_t>(source_->label(i));
-    if (label >= class_sizes_.size()) class_sizes_.resize(label + 1, 0);
-    ++class_sizes_[label];
-  }
   for (int i = 0; i < options_.num_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
-std::vector<int> PrefetchLoader::classes_without_usable_images() const {
-  std::vector<int> classes;
-  for (size_t label = 0; label < class_sizes_.size(); ++label)
-    if (class_sizes_[label] > 0 &&
-        skipped_.count_in_class(static_cast<int>(label)) == class_sizes_[label])
-      classes.push_back(static_cast<int>(label));
-  return classes;
+std::vector<uint64_t> PrefetchLoader::loaded_per_class() const {
+  std::vector<uint64_t> loaded(loaded_per_class_.size());
+  for (size_t label = 0; label < loaded.size(); ++label) loaded[label] = loaded_per_class_[label];
+  return loaded;
 }
 
 PrefetchLoader::~PrefetchLoader() {
@@ -207,6 +200,7 @@ ImageU8 PrefetchLoader::load_or_substitute(uint64_t index, uint64_t* used_index)
     try {
       ImageU8 image = source_->load(candidate);
       *used_index = candidate;
+      ++loaded_per_class_.at(static_cast<size_t>(source_->label(candidate)));
       return image;
     } catch (const DataError& error) {
       skipped_.record(source_->describe(candidate), error.what(), source_->label(candidate));

@@ -12,6 +12,7 @@
 //    skipped(). An evaluation loader (PrefetchOptions::unlabel_stand_ins) gives the stand-in the
 //    label kUnscored, so that it is left out of the scores rather than counted twice.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -103,10 +104,10 @@ class PrefetchLoader {
   const Sampler& sampler() const { return sampler_; }
   const PrefetchOptions& options() const { return options_; }
   const SkippedImages& skipped() const { return skipped_; }
-  // The classes every image of which was met unusable so far (the loader meets an image when it
-  // is picked, or tried in place of one before it): a model trained on this loader never sees
-  // them.
-  std::vector<int> classes_without_usable_images() const;
+  // Images of each class (label) loaded so far, counted at every load: with skipped()'s
+  // count_in_class, a class whose every image met so far was unusable (none loaded, some skipped)
+  // is one a model trained on this loader never sees.
+  std::vector<uint64_t> loaded_per_class() const;
 
  private:
   struct Slot {
@@ -124,7 +125,7 @@ class PrefetchLoader {
   PrefetchOptions options_;
   SampleTransform transform_;
   mutable SkippedImages skipped_;
-  std::vector<size_t> class_sizes_;  // images of each label in the source
+  mutable std::vector<std::atomic<uint64_t>> loaded_per_class_;  // by the workers
 
   // Everything below is guarded by mutex_.
   mutable std::mutex mutex_;

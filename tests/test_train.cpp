@@ -25,6 +25,8 @@
 #include "train/finetune.h"
 #include "train/recipe.h"
 #include "train/run_state.h"
+#include "train/stop_request.h"
+#include "train/trainer.h"
 
 using namespace deit;
 using deit::test::CliResult;
@@ -179,6 +181,17 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
       }
   }
   CHECK(compared == 2);
+
+  // A fine-tune, resumed, is still one: its first lines and deit info say what it started from.
+  const std::string tuned = dir.file("tuned");
+  REQUIRE(run_deit(tiny_train_args(data, tuned, 1) + " --finetune " + out).exit_code == 0);
+  const CliResult resumed = run_deit("train --resume " + tuned + " --epochs 2");
+  INFO(resumed.output);
+  REQUIRE(resumed.exit_code == 0);
+  CHECK_THAT(resumed.output, Catch::Contains("the deit3_tiny fine-tuning recipe's is 512"));
+  CHECK_THAT(run_deit("info --checkpoint " + tuned).output,
+             Catch::Contains("started from     " + std::filesystem::absolute(out).string() +
+                             "/checkpoint.safetensors (--finetune)"));
 }
 
 TEST_CASE("deit train --recompute-gelu or --grad-checkpointing trains bit for bit as without",
@@ -428,6 +441,42 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
   }
 }
 
+TEST_CASE("a stop asked for during an evaluation stops at that epoch's checkpoint, or finishes",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  train::TrainOptions o = train::recipe_for("deit3_tiny");
+  o.model.patch = 4;
+  o.model.dim = 16;
+  o.model.depth = 2;
+  o.model.heads = 2;
+  o.model.input_size = 8;
+  o.data_dir = data;
+  o.output_dir = dir.file("two");
+  o.epochs = 2;
+  o.batch_size = 96;  // an epoch is one step: a stop asked for in it is seen after its evaluation
+  o.warmup_epochs = 0;
+  o.repeated_aug = false;
+  o.workers = 1;
+  o.progress = false;
+  train::request_stop(SIGUSR1);
+  const train::TrainSummary at_first = train::train(o);
+  CHECK(at_first.stop.signal == SIGUSR1);
+  CHECK(at_first.stop.epoch == 1);
+  CHECK_FALSE(at_first.stop.finished);
+  CHECK(at_first.epochs_run == 1);
+  CHECK(model::read_checkpoint_header(o.output_dir + "/checkpoint.safetensors").state["epoch"] ==
+        0);
+
+  o.output_dir = dir.file("one");
+  o.epochs = 1;
+  train::request_stop(SIGUSR1);
+  const train::TrainSummary at_last = train::train(o);
+  CHECK(at_last.stop.signal == SIGUSR1);
+  CHECK(at_last.stop.finished);
+  CHECK(at_last.epochs_run == 1);
+}
+
 TEST_CASE("resuming with settings other than the run's names each one that changed",
           "[train][resume]") {
   test::TempDir dir;
@@ -466,7 +515,7 @@ TEST_CASE("a class none of whose training images can be read is named", "[train]
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   const std::string warning =
-      "warning: no training image of class 'disc' can be read (each was "
+      "warning: no training image of class 'disc' could be read so far (each one met was "
       "skipped, see above): the model cannot learn that class";
   CHECK_THAT(r.output, Catch::Contains(warning) && Catch::Contains("skipped   24 unusable image "));
   // Once per run, not per epoch.
@@ -608,11 +657,13 @@ TEST_CASE("a run's saved options give back every setting to the run that resumes
   const nlohmann::json saved = run.to_json();
 
   const train::TrainOptions resumed = train::resume_options(run.model, saved);
-  nlohmann::json expected = saved;  // all but the paths this invocation decides
+  nlohmann::json expected = saved;  // all but the output folder, which this invocation decides
   expected["output"] = "";
-  expected["finetune"] = "";
   CHECK(resumed.to_json() == expected);
   CHECK(resumed.num_classes_given);  // the checkpoint's head, whatever the dataset holds
+  // A fine-tune resumed is no new fine-tune, but still says what it started from.
+  CHECK(resumed.finetune.empty());
+  CHECK(resumed.finetuned_from == "/weights/base.safetensors");
 
   // A checkpoint from before a setting was saved: the preset's recipe fills it in.
   nlohmann::json older = saved;

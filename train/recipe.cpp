@@ -180,6 +180,11 @@ nlohmann::json TrainOptions::to_json() const {
   for_each_setting(*this, [&j](const char* key, const auto& value) { j[key] = value; });
   // Absolute, so that a run resumed from another folder finds its data.
   if (!data_dir.empty()) j["data"] = std::filesystem::absolute(data_dir).string();
+  // What a fine-tune started from, also once resumed (deit info shows it).
+  if (!finetune.empty())
+    j["finetune"] = std::filesystem::absolute(finetune).string();
+  else
+    j["finetune"] = finetuned_from;
   return j;
 }
 
@@ -203,6 +208,7 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
   o.num_classes_given = true;  // the checkpoint's head decides, not the dataset
   o.output_dir.clear();
   o.resume.clear();
+  o.finetuned_from = o.finetune;
   o.finetune.clear();
   return o;
 }

@@ -52,6 +52,7 @@ struct TrainOptions {
 
   std::string resume;    // checkpoint to continue from
   std::string finetune;  // checkpoint or weights to start from (new resolution / classes allowed)
+  std::string finetuned_from;  // a resumed fine-tune: the weights its run started from
   uint64_t seed = 0;
   int workers = 2;       // data loading threads
   double save_every_minutes = 0;  // also checkpoint the step this often within an epoch (0: off)
@@ -93,7 +94,8 @@ TrainOptions recipe_of(const model::ViTConfig& model);
 
 // The options a run saved in its checkpoint (`saved`, its to_json()) for the run that continues
 // it: every saved setting, over the preset's recipe for a key an older checkpoint lacks, with the
-// checkpoint's `model`. The output folder and the --resume/--finetune paths are left empty for the
+// checkpoint's `model`. A fine-tune's starting weights become finetuned_from (saved again under
+// "finetune"). The output folder and the --resume/--finetune paths are left empty for the
 // caller. Throws std::runtime_error (to be prefixed with the checkpoint) for a saved value of the
 // wrong type.
 TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json& saved);

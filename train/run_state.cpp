@@ -58,6 +58,7 @@ RunState run_state_from_json(const nlohmann::json& state) {
                                  w.at("seconds")};
   }
   r.options = state.value("options", nlohmann::json::object());
+  if (!r.options.is_object()) throw std::invalid_argument("its saved options are not an object");
   r.best_acc1 = state.value("best_acc1", 0.0);
   r.best_epoch = state.value("best_epoch", int64_t{-1});
   r.sampler = sampler_from_json(state.at("sampler"));

@@ -172,7 +172,7 @@ void print_run_start(const TrainOptions& o, const data::ImageSource& train_sourc
   if (o.accum_steps > 1) std::fprintf(stderr, " x %lld accumulated", (long long)o.accum_steps);
   std::fprintf(stderr, " x %d process%s", world, world == 1 ? "" : "es");
   // RECIPE.md: pre-training 2048 (256 x 8 or 64 x 32 processes), fine-tuning 512.
-  const bool finetuning = !o.finetune.empty();
+  const bool finetuning = !o.finetune.empty() || !o.finetuned_from.empty();
   const int64_t recipe_global_batch = finetuning ? 512 : 2048;
   const std::string preset = model::preset_of(o.model);
   if (!preset.empty() && global_batch != recipe_global_batch)
@@ -620,13 +620,23 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     const double train_loss = totals[1] > 0 ? totals[0] / totals[1] : 0.0;
     epoch_images = static_cast<int64_t>(totals[2]);
 
-    // Each unusable file was warned about as met; a class made only of them is lost altogether.
-    for (const int label : train_loader->classes_without_usable_images())
-      if (lost_classes.insert(label).second)
+    // Each unusable file was warned about as met; a class made only of them is lost altogether:
+    // over every rank (each meets its own share), none of its images loaded and some were skipped.
+    const std::vector<uint64_t> loaded = train_loader->loaded_per_class();
+    std::vector<double> class_counts(2 * loaded.size());
+    for (size_t label = 0; label < loaded.size(); ++label) {
+      class_counts[label] = static_cast<double>(loaded[label]);
+      class_counts[loaded.size() + label] =
+          static_cast<double>(train_loader->skipped().count_in_class(static_cast<int>(label)));
+    }
+    comm.all_reduce_sum(class_counts);
+    for (size_t label = 0; label < loaded.size(); ++label)
+      if (class_counts[label] == 0 && class_counts[loaded.size() + label] > 0 &&
+          lost_classes.insert(static_cast<int>(label)).second && lead)
         std::fprintf(stderr,
-                     "warning: no training image of class '%s' can be read (each was skipped, "
-                     "see above): the model cannot learn that class\n",
-                     train_source->class_names().at(static_cast<size_t>(label)).c_str());
+                     "warning: no training image of class '%s' could be read so far (each one "
+                     "met was skipped, see above): the model cannot learn that class\n",
+                     train_source->class_names().at(label).c_str());
 
     const EvalResult eval = evaluate(vit, val_feed, o.progress && lead, &comm);
     if (eval.acc1 > summary.best_acc1 || summary.best_epoch < 0) {
@@ -662,7 +672,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                    eval.loss, format_duration(seconds_since(epoch_start)).c_str(), left.c_str());
     }
     // A signal during the evaluation: the epoch's checkpoint is the place to stop. After the last
-    // epoch's there is nothing left to stop, but the run still ends as the signal asked.
+    // epoch's there is nothing left to stop: the summary says the signal came.
     if ((after = after_step(comm, false)).signal != 0) {
       summary.stop = {after.signal, after.rank, epoch + 1, 0, batches, epoch + 1 == o.epochs};
       break;
