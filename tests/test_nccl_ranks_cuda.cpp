@@ -190,9 +190,13 @@ TEST_CASE("nccl, two ranks with batch b train like one process with batch 2b, wi
         "relative weight difference %.3g (replicated), %.3g (--zero), %.3g (2 micro-batches of "
         "2)\n",
         replicated, sharded, accumulated);
-    CHECK(replicated < 1e-4);
-    CHECK(sharded < 1e-4);
-    CHECK(accumulated < 1e-4);
+    // bf16 activations: the batch's split changes the order of the gradients' sums, and three
+    // LAMB steps carry that on. Measured on the emulated device: 1.6e-3, in blocks.1.attn.qkv.bias
+    // (1e-5 or less in most tensors); DESIGN.md allows a bf16 step 2e-2 per tensor. The same runs
+    // in fp32 on the CPU (test_distributed_train.cpp) hold the reducer's logic to a tighter bound.
+    CHECK(replicated < 5e-3);
+    CHECK(sharded < 5e-3);
+    CHECK(accumulated < 5e-3);
     // Replayed, each step is the eager one's.
     CHECK(max_relative_error(model_of(dir.file("graph/checkpoint.safetensors")),
                              model_of(dir.file("two/checkpoint.safetensors"))) < 1e-6);
