@@ -22,6 +22,7 @@
 #include "model/checkpoint.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
+#include "tests/test_distributed_helpers.h"
 #include "train/finetune.h"
 #include "train/recipe.h"
 #include "train/run_state.h"
@@ -445,20 +446,9 @@ TEST_CASE("a stop asked for during an evaluation stops at that epoch's checkpoin
           "[train][resume]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir);
-  train::TrainOptions o = train::recipe_for("deit3_tiny");
-  o.model.patch = 4;
-  o.model.dim = 16;
-  o.model.depth = 2;
-  o.model.heads = 2;
-  o.model.input_size = 8;
-  o.data_dir = data;
-  o.output_dir = dir.file("two");
+  // An epoch is one step: a stop asked for in it is seen after its evaluation.
+  train::TrainOptions o = test::tiny_run(data, dir.file("two"), 96);
   o.epochs = 2;
-  o.batch_size = 96;  // an epoch is one step: a stop asked for in it is seen after its evaluation
-  o.warmup_epochs = 0;
-  o.repeated_aug = false;
-  o.workers = 1;
-  o.progress = false;
   train::request_stop(SIGUSR1);
   const train::TrainSummary at_first = train::train(o);
   CHECK(at_first.stop.signal == SIGUSR1);
