@@ -52,10 +52,11 @@ void print_summary(const train::TrainSummary& s) {
 }  // namespace
 
 void report_training(const train::TrainSummary& s) {
-  if (s.rank == 0) (s.stop.signal != 0 && !s.stop.finished ? print_stop : print_summary)(s);
   // A run that had finished when the signal came ends as finished runs do (a job script that
   // resumes after a stop signal would otherwise resume a run with nothing left to train).
-  if (s.stop.signal != 0 && !s.stop.finished) throw EndBySignal{s.stop.signal};
+  const bool cut_short = s.stop.signal != 0 && !s.stop.finished;
+  if (s.rank == 0) (cut_short ? print_stop : print_summary)(s);  // once per run
+  if (cut_short) throw EndBySignal{s.stop.signal};
 }
 
 void add_train_command(CLI::App& app) {

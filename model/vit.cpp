@@ -21,25 +21,29 @@ VisionTransformer::VisionTransformer(const ViTConfig& config, Device device, DTy
 
 void VisionTransformer::initialize(Rng& rng) {
   NoGrad no_grad;
+  // PyTorch's Conv2d default bound, 1 / sqrt(fan_in), for the patch projection
+  // (Init::conv_default).
+  const double conv_bound =
+      1.0 / std::sqrt(static_cast<double>(config_.in_channels * config_.patch * config_.patch));
   for (const ParamSpec& spec : specs_) {
     Tensor value = params_.get(spec.name);
+    // Random draws in double on the host, in element order, then cast and moved to the device.
+    auto fill_drawn = [&](auto draw) {
+      Tensor host = Tensor::empty(spec.shape, DType::f64);
+      double* v = host.data<double>();
+      for (int64_t i = 0; i < host.numel(); ++i) v[i] = draw();
+      value.copy_from(host.to(value.dtype()).to(value.device()));
+    };
     switch (spec.init) {
       case Init::zeros: value.fill_(0.0); break;
       case Init::ones: value.fill_(1.0); break;
       case Init::layerscale: value.fill_(config_.layerscale_init); break;
       case Init::trunc_normal:
-      case Init::conv_default: {
-        const double bound =
-            1.0 /
-            std::sqrt(static_cast<double>(config_.in_channels * config_.patch * config_.patch));
-        Tensor host = Tensor::empty(spec.shape, DType::f64);
-        double* v = host.data<double>();
-        for (int64_t i = 0; i < host.numel(); ++i)
-          v[i] = spec.init == Init::trunc_normal ? rng.trunc_normal(0.02, -2.0, 2.0)
-                                                 : rng.uniform(-bound, bound);
-        value.copy_from(host.to(value.dtype()).to(value.device()));
+        fill_drawn([&] { return rng.trunc_normal(0.02, -2.0, 2.0); });
         break;
-      }
+      case Init::conv_default:
+        fill_drawn([&] { return rng.uniform(-conv_bound, conv_bound); });
+        break;
     }
   }
 }
