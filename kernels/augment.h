@@ -53,7 +53,40 @@ struct CropParams {
   int padding = 0;                            // kSimpleRandom only
 };
 
-// Everything about one view, in the order it is applied: crop, flip, 3-Augment op, colour jitter.
+// RandAugment (timm's rand_augment_transform, the recipe's fine-tuning augmentation in place of
+// 3-Augment and colour jitter): each step is one of timm's ops with its drawn argument, applied
+// as timm applies it to a PIL image. Rotate, ShearX/Y and TranslateX/YRel are all kAffine: the
+// sampler (data/augment_params.h) turns each into the matrix Pillow's transform receives.
+enum class RandAugmentOp : uint8_t {
+  kNone,          // a step that was not drawn, or drawn and skipped (timm applies each with p 0.5)
+  kAutoContrast,  // ImageOps.autocontrast: each channel stretched to [0, 255]
+  kEqualize,      // ImageOps.equalize: each channel's histogram equalised
+  kInvert,        // ImageOps.invert: 255 - v
+  kPosterize,     // ImageOps.posterize: keep the `level` high bits (0..8)
+  kSolarize,      // ImageOps.solarize: v >= `level` (0..256) becomes 255 - v
+  kSolarizeAdd,   // timm's solarize_add: v < 128 becomes min(255, v + `level`) (0..255)
+  kColor,         // ImageEnhance.Color(`factor`): the saturation blend of the colour jitter
+  kContrast,      // ImageEnhance.Contrast(`factor`)
+  kBrightness,    // ImageEnhance.Brightness(`factor`)
+  kSharpness,     // ImageEnhance.Sharpness(`factor`): blend with the 3x3 SMOOTH filter's output
+  kAffine,        // Image.transform(AFFINE, `affine`, BICUBIC, fillcolor=kRandAugmentFill)
+};
+
+struct RandAugmentStep {
+  RandAugmentOp op = RandAugmentOp::kNone;
+  int32_t level = 0;    // kPosterize, kSolarize, kSolarizeAdd
+  float factor = 1.0f;  // kColor, kContrast, kBrightness, kSharpness; float, as Pillow's blend
+  // kAffine: Pillow's AFFINE data (a, b, c, d, e, f). Output pixel (x, y) reads the input at
+  // (a x' + b y' + c, d x' + e y' + f), x' = x + 0.5 and y' = y + 0.5, bicubic; a point outside
+  // the input keeps the fill colour.
+  double affine[6] = {1, 0, 0, 0, 1, 0};
+};
+
+// RandAugment's most steps per view (timm's num_layers: the recipe's 2).
+constexpr int kMaxRandAugmentSteps = 4;
+
+// Everything about one view, in the order it is applied: crop, flip, 3-Augment op, colour jitter,
+// RandAugment's steps.
 struct AugmentParams {
   CropParams crop;
   bool flip = false;
@@ -64,6 +97,7 @@ struct AugmentParams {
   float brightness = 1.0f, contrast = 1.0f, saturation = 1.0f;
   std::array<JitterOp, 3> jitter_order = {JitterOp::kBrightness, JitterOp::kContrast,
                                           JitterOp::kSaturation};
+  std::array<RandAugmentStep, kMaxRandAugmentSteps> rand_augment{};
 };
 
 // One batch's mixing. lambda is the weight of the sample itself (1 = unchanged). With cutmix,
@@ -85,7 +119,8 @@ struct SourceImage {
 
 // Throws std::invalid_argument, saying what is wrong, unless `p` describes a size x size view
 // that lies inside a height x width source (crop box, padding, padded window), with a blur sigma
-// in [0, 1000] and finite colour factors >= 0. The batch functions check every sample with it
+// in [0, 1000], finite colour factors >= 0 and RandAugment steps whose arguments are in their
+// ranges (a finite affine matrix). The batch functions check every sample with it
 // before any work, so the CUDA kernels never read outside a source.
 void check_augment_params(const AugmentParams& p, int height, int width, int size);
 
@@ -105,7 +140,8 @@ void pad_reflect_cpu(const uint8_t* src, int h, int w, int p, uint8_t* dst);
 void resize_bicubic_cpu(const uint8_t* src, int h, int w, uint8_t* dst, int out_h, int out_w);
 // dst: (h, w, 3), the luma in all three channels.
 void grayscale_cpu(const uint8_t* src, int h, int w, uint8_t* dst);
-void solarize_cpu(const uint8_t* src, int h, int w, uint8_t* dst);
+// ImageOps.solarize: v >= threshold (0..256; 3-Augment's is 128) becomes 255 - v.
+void solarize_cpu(const uint8_t* src, int h, int w, uint8_t* dst, int threshold = 128);
 // Pillow's GaussianBlur(radius = sigma): 3 extended-box passes along the rows, then 3 along the
 // columns, each rounded to uint8. sigma in [0, 1000].
 void gaussian_blur_cpu(const uint8_t* src, int h, int w, float sigma, uint8_t* dst);
@@ -113,6 +149,20 @@ void gaussian_blur_cpu(const uint8_t* src, int h, int w, float sigma, uint8_t* d
 void adjust_brightness_cpu(const uint8_t* src, int h, int w, float factor, uint8_t* dst);
 void adjust_contrast_cpu(const uint8_t* src, int h, int w, float factor, uint8_t* dst);
 void adjust_saturation_cpu(const uint8_t* src, int h, int w, float factor, uint8_t* dst);
+// RandAugment's ops (RandAugmentOp says what each computes); dst: (h, w, 3).
+void autocontrast_cpu(const uint8_t* src, int h, int w, uint8_t* dst);
+void equalize_cpu(const uint8_t* src, int h, int w, uint8_t* dst);
+void invert_cpu(const uint8_t* src, int h, int w, uint8_t* dst);
+void posterize_cpu(const uint8_t* src, int h, int w, int bits, uint8_t* dst);
+void solarize_add_cpu(const uint8_t* src, int h, int w, int amount, uint8_t* dst);
+void adjust_sharpness_cpu(const uint8_t* src, int h, int w, float factor, uint8_t* dst);
+void affine_bicubic_cpu(const uint8_t* src, int h, int w, const double affine[6], uint8_t* dst);
+// Throws std::invalid_argument unless the step's op is known and its argument in its range.
+void check_rand_augment_step(const RandAugmentStep& step);
+// One step (kNone copies). Throws std::invalid_argument for an argument out of range.
+void rand_augment_step_cpu(const uint8_t* src, int h, int w, const RandAugmentStep& step,
+                           uint8_t* dst);
+
 // image: (h, w, 3) -> out: (3, h, w) float planes, (v / 255 - mean) / std.
 void normalize_cpu(const uint8_t* image, int h, int w, float* out);
 
@@ -128,7 +178,8 @@ void check_reflect_padding(int padding, int height, int width);
 void check_resize(int h, int w, int out_h, int out_w);
 
 // One view before normalisation: src (h, w, 3) -> out (size, size, 3): crop_view_cpu, flip, the
-// 3-Augment op, the colour jitter in p.jitter_order. Checks `p` (check_augment_params).
+// 3-Augment op, the colour jitter in p.jitter_order, RandAugment's steps. Checks `p`
+// (check_augment_params).
 void augment_image_cpu(const uint8_t* src, int h, int w, const AugmentParams& p, int size,
                        uint8_t* out);
 

@@ -149,8 +149,10 @@ DEIT_HD uint8_t luma(uint8_t r, uint8_t g, uint8_t b) {
   return static_cast<uint8_t>((r * 19595u + g * 38470u + b * 7471u + 0x8000u) >> 16);
 }
 
-// PIL ImageOps.solarize with threshold 128.
-DEIT_HD uint8_t solarize(uint8_t v) { return v >= 128 ? static_cast<uint8_t>(255 - v) : v; }
+// PIL ImageOps.solarize: values from `threshold` up are inverted (3-Augment's threshold: 128).
+DEIT_HD uint8_t solarize(uint8_t v, int threshold = 128) {
+  return v >= threshold ? static_cast<uint8_t>(255 - v) : v;
+}
 
 // Pillow's Image.blend(degenerate, image, factor) for one value: d + f * (v - d) in float32,
 // clamped to [0, 255] and truncated. The product and the sum are each rounded to float through

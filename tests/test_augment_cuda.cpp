@@ -14,12 +14,14 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/augment_params.h"
@@ -196,6 +198,55 @@ TEST_CASE("cuda augmentation: each op alone equals the CPU twin", "[gpu][augment
       Case s{"saturation " + std::to_string(factor), identity_view(size)};
       s.p.saturation = factor;
       cases.insert(cases.end(), {b, c, s});
+    }
+    // RandAugment's ops, each with arguments at its ends and inside.
+    auto step_case = [&](const std::string& name, RandAugmentStep step) {
+      Case c{name, identity_view(size)};
+      c.p.rand_augment[0] = step;
+      cases.push_back(c);
+    };
+    for (RandAugmentOp op :
+         {RandAugmentOp::kAutoContrast, RandAugmentOp::kEqualize, RandAugmentOp::kInvert}) {
+      RandAugmentStep step;
+      step.op = op;
+      step_case("rand op " + std::to_string(static_cast<int>(op)), step);
+    }
+    const std::pair<RandAugmentOp, std::vector<int>> levels[] = {
+        {RandAugmentOp::kPosterize, {0, 1, 4, 8}},
+        {RandAugmentOp::kSolarize, {0, 100, 256}},
+        {RandAugmentOp::kSolarizeAdd, {0, 40, 110}}};
+    for (const auto& [op, values] : levels)
+      for (int level : values) {
+        RandAugmentStep step;
+        step.op = op;
+        step.level = level;
+        step_case(
+            "rand op " + std::to_string(static_cast<int>(op)) + " level " + std::to_string(level),
+            step);
+      }
+    for (RandAugmentOp op : {RandAugmentOp::kColor, RandAugmentOp::kContrast,
+                             RandAugmentOp::kBrightness, RandAugmentOp::kSharpness})
+      for (float factor : {0.0f, 0.1f, 0.55f, 1.0f, 1.9f}) {
+        RandAugmentStep step;
+        step.op = op;
+        step.factor = factor;
+        step_case(
+            "rand op " + std::to_string(static_cast<int>(op)) + " factor " + std::to_string(factor),
+            step);
+      }
+    const double half = size / 2.0, turn = 0.5, cos_t = std::cos(turn), sin_t = std::sin(turn);
+    const std::vector<std::array<double, 6>> matrices = {
+        {cos_t, sin_t, half - cos_t * half - sin_t * half, -sin_t, cos_t,
+         half + sin_t * half - cos_t * half},
+        {1, 0.3, 0, 0, 1, 0},
+        {1, 0, 0, -0.27, 1, 0},
+        {1, 0, 0.45 * size, 0, 1, 0},
+        {1, 0, 0, 0, 1, -7.25}};
+    for (const auto& m : matrices) {
+      RandAugmentStep step;
+      step.op = RandAugmentOp::kAffine;
+      std::copy(m.begin(), m.end(), step.affine);
+      step_case("affine " + std::to_string(m[1]) + " " + std::to_string(m[2]), step);
     }
     for (const Case& c : cases) {
       INFO("size " << size << ", " << c.name);

@@ -135,6 +135,7 @@ void check_augment_params(const AugmentParams& p, int height, int width, int siz
   for (JitterOp op : p.jitter_order)
     if (static_cast<int>(op) > static_cast<int>(JitterOp::kSaturation))
       invalid("unknown colour jitter op " + to_string(static_cast<int>(op)));
+  for (const RandAugmentStep& step : p.rand_augment) check_rand_augment_step(step);
 }
 
 // ---- Per-op reference. ----
@@ -190,8 +191,10 @@ void grayscale_cpu(const uint8_t* src, int h, int w, uint8_t* dst) {
   }
 }
 
-void solarize_cpu(const uint8_t* src, int h, int w, uint8_t* dst) {
-  for (size_t i = 0; i < values(h, w); ++i) dst[i] = solarize(src[i]);
+void solarize_cpu(const uint8_t* src, int h, int w, uint8_t* dst, int threshold) {
+  if (threshold < 0 || threshold > 256)
+    invalid("solarize threshold must be in [0, 256], got " + to_string(threshold));
+  for (size_t i = 0; i < values(h, w); ++i) dst[i] = solarize(src[i], threshold);
 }
 
 void gaussian_blur_cpu(const uint8_t* src, int h, int w, float sigma, uint8_t* dst) {
@@ -338,6 +341,9 @@ void augment_image_cpu(const uint8_t* src, int h, int w, const AugmentParams& p,
         break;
     }
   }
+  for (const RandAugmentStep& step : p.rand_augment)
+    if (step.op != RandAugmentOp::kNone)
+      apply([&](const uint8_t* a, uint8_t* b) { rand_augment_step_cpu(a, size, size, step, b); });
   std::memcpy(out, image.data(), image.size());
 }
 

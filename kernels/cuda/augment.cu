@@ -17,9 +17,12 @@
 //   4. finish_kernel       one block of 1024 threads per sample: the 3-Augment op (grayscale,
 //                          solarize, or the 6 box-blur passes between two buffers), the colour
 //                          jitter in the sample's order (contrast's mean luma is a block reduction
-//                          of integers, so exact and deterministic), then normalisation to float
-//                          planes. __syncthreads() separates ops; each op reads the previous op's
-//                          uint8 output, as Pillow does.
+//                          of integers, so exact and deterministic), RandAugment's steps
+//                          (autocontrast and equalize build per-channel histograms with
+//                          shared-memory atomics, exact integer counts; sharpness and the affine
+//                          ops write the spare buffer first), then normalisation to float planes.
+//                          __syncthreads() separates ops; each op reads the previous op's uint8
+//                          output, as Pillow does.
 // Every value is computed by the functions of kernels/augment_arith.h that the CPU twin calls, in
 // the same order, so the output is the CPU twin's bit for bit (tests/test_augment_cuda.cpp).
 // mix_images_cuda / mix_targets_cuda: elementwise grid-stride kernels (256 threads).

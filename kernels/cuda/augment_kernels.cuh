@@ -16,6 +16,7 @@
 #include "kernels/augment_fused.h"
 #include "kernels/cuda/augment_launch.h"
 #include "kernels/cuda/common_device.cuh"
+#include "kernels/rand_augment_arith.h"
 
 namespace deit::kernels {
 namespace {
@@ -84,15 +85,124 @@ __device__ void blur_view(uint8_t* image, uint8_t* spare, int size, const BoxBlu
   }
 }
 
-// One block per sample: 3-Augment, colour jitter, normalisation (see the top of the file).
+// The ImageEnhance blends over the size x size view, by the whole block (each value reads only
+// its own pixel, so in place): Brightness blends with black, Contrast with the mean luma's grey
+// (a block reduction of integers, exact in any order), Color with each pixel's own luma.
+__device__ void brightness_view(uint8_t* image, int size, float factor) {
+  for (int i = threadIdx.x; i < size * size * 3; i += blockDim.x)
+    image[i] = blend(0, image[i], factor);
+}
+__device__ void contrast_view(uint8_t* image, int size, float factor,
+                              unsigned long long* warp_sums) {
+  const int pixels = size * size;
+  unsigned long long luma_sum = 0;
+  for (int q = threadIdx.x; q < pixels; q += blockDim.x)
+    luma_sum += luma(image[q * 3], image[q * 3 + 1], image[q * 3 + 2]);
+  const int grey = mean_grey(block_sum(luma_sum, warp_sums), pixels);
+  for (int i = threadIdx.x; i < pixels * 3; i += blockDim.x)
+    image[i] = blend(grey, image[i], factor);
+}
+__device__ void saturation_view(uint8_t* image, int size, float factor) {
+  for (int q = threadIdx.x; q < size * size; q += blockDim.x) {
+    uint8_t* px = image + q * 3;
+    const uint8_t grey = luma(px[0], px[1], px[2]);
+    for (int c = 0; c < 3; ++c) px[c] = blend(grey, px[c], factor);
+  }
+}
+
+// The block's shared state for RandAugment's histogram ops.
+struct ChannelTables {
+  uint32_t histograms[3][256];
+  uint8_t tables[3][256];
+};
+
+// ImageOps.autocontrast / equalize over the view: each channel's histogram (shared-memory
+// atomics: integer counts, the same in any order), then one thread per channel builds its table
+// (256 sequential steps, as Python does), then every value is looked up.
+__device__ void histogram_op_view(uint8_t* image, int size, RandAugmentOp op, ChannelTables& t) {
+  const int n = size * size * 3;
+  for (int i = threadIdx.x; i < 3 * 256; i += blockDim.x) t.histograms[i / 256][i % 256] = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) atomicAdd(&t.histograms[i % 3][image[i]], 1u);
+  __syncthreads();
+  if (threadIdx.x < 3) {
+    const int c = threadIdx.x;
+    if (op == RandAugmentOp::kEqualize) {
+      equalize_table(t.histograms[c], t.tables[c]);
+    } else {
+      int lo = 0, hi = 255;
+      while (lo < 255 && t.histograms[c][lo] == 0) ++lo;
+      while (hi > 0 && t.histograms[c][hi] == 0) --hi;
+      for (int v = 0; v < 256; ++v) t.tables[c][v] = autocontrast_value(v, lo, hi);
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) image[i] = t.tables[i % 3][image[i]];
+}
+
+// One RandAugment step over the view, by the whole block; ops that read neighbours (sharpness,
+// the affine transform) write `spare` first. Ends with the block synchronised.
+__device__ void rand_augment_view(uint8_t* image, uint8_t* spare, int size,
+                                  const RandAugmentStep& s, ChannelTables& tables,
+                                  unsigned long long* warp_sums) {
+  const int pixels = size * size, n = pixels * 3;
+  switch (s.op) {
+    case RandAugmentOp::kNone:
+      return;
+    case RandAugmentOp::kAutoContrast:
+    case RandAugmentOp::kEqualize:
+      histogram_op_view(image, size, s.op, tables);
+      break;
+    case RandAugmentOp::kInvert:
+      for (int i = threadIdx.x; i < n; i += blockDim.x) image[i] = invert(image[i]);
+      break;
+    case RandAugmentOp::kPosterize:
+      for (int i = threadIdx.x; i < n; i += blockDim.x) image[i] = posterize(image[i], s.level);
+      break;
+    case RandAugmentOp::kSolarize:
+      for (int i = threadIdx.x; i < n; i += blockDim.x) image[i] = solarize(image[i], s.level);
+      break;
+    case RandAugmentOp::kSolarizeAdd:
+      for (int i = threadIdx.x; i < n; i += blockDim.x) image[i] = solarize_add(image[i], s.level);
+      break;
+    case RandAugmentOp::kColor:
+      saturation_view(image, size, s.factor);
+      break;
+    case RandAugmentOp::kContrast:
+      contrast_view(image, size, s.factor, warp_sums);
+      break;
+    case RandAugmentOp::kBrightness:
+      brightness_view(image, size, s.factor);
+      break;
+    case RandAugmentOp::kSharpness:
+      for (int i = threadIdx.x; i < n; i += blockDim.x)
+        spare[i] = smooth_at(image, size, size, i / 3 / size, i / 3 % size, i % 3);
+      __syncthreads();
+      for (int i = threadIdx.x; i < n; i += blockDim.x)
+        image[i] = blend(spare[i], image[i], s.factor);
+      break;
+    case RandAugmentOp::kAffine:
+      for (int q = threadIdx.x; q < pixels; q += blockDim.x)
+        affine_bicubic_pixel(image, size, size, s.affine, q % size, q / size, spare + q * 3);
+      __syncthreads();
+      for (int i = threadIdx.x; i < n; i += blockDim.x) image[i] = spare[i];
+      break;
+  }
+  __syncthreads();
+}
+
+// One block per sample: 3-Augment, colour jitter, RandAugment, normalisation (see the top of the
+// file).
 __global__ void __launch_bounds__(kFinishThreads)
     finish_kernel(const SourceImage* sources, const AugmentParams* params, int size,
                   uint8_t* workspace, float* out) {
   __shared__ unsigned long long warp_sums[kFinishThreads / 32];
+  __shared__ ChannelTables tables;
   const int b = blockIdx.x;
   const SampleView v = sample_view(sources, params, b, size, workspace);
   const AugmentParams& p = params[b];
   uint8_t* image = v.scratch + v.l.image;
+  uint8_t* spare = v.scratch + v.l.spare;
   const int pixels = size * size, n = pixels * 3;
 
   switch (p.three_augment) {
@@ -108,7 +218,7 @@ __global__ void __launch_bounds__(kFinishThreads)
       for (int i = threadIdx.x; i < n; i += blockDim.x) image[i] = solarize(image[i]);
       break;
     case ThreeAugmentOp::kBlur:
-      blur_view(image, v.scratch + v.l.spare, size, box_blur(p.blur_sigma));
+      blur_view(image, spare, size, box_blur(p.blur_sigma));
       break;
   }
   __syncthreads();
@@ -116,28 +226,20 @@ __global__ void __launch_bounds__(kFinishThreads)
   for (int j = 0; j < 3; ++j) {
     switch (p.jitter_order[j]) {
       case JitterOp::kBrightness:
-        for (int i = threadIdx.x; i < n; i += blockDim.x)
-          image[i] = blend(0, image[i], p.brightness);
+        brightness_view(image, size, p.brightness);
         break;
-      case JitterOp::kContrast: {
-        unsigned long long luma_sum = 0;
-        for (int q = threadIdx.x; q < pixels; q += blockDim.x)
-          luma_sum += luma(image[q * 3], image[q * 3 + 1], image[q * 3 + 2]);
-        const int grey = mean_grey(block_sum(luma_sum, warp_sums), pixels);
-        for (int i = threadIdx.x; i < n; i += blockDim.x)
-          image[i] = blend(grey, image[i], p.contrast);
+      case JitterOp::kContrast:
+        contrast_view(image, size, p.contrast, warp_sums);
         break;
-      }
       case JitterOp::kSaturation:
-        for (int q = threadIdx.x; q < pixels; q += blockDim.x) {
-          uint8_t* px = image + q * 3;
-          const uint8_t grey = luma(px[0], px[1], px[2]);
-          for (int c = 0; c < 3; ++c) px[c] = blend(grey, px[c], p.saturation);
-        }
+        saturation_view(image, size, p.saturation);
         break;
     }
     __syncthreads();
   }
+
+  for (int j = 0; j < kMaxRandAugmentSteps; ++j)
+    rand_augment_view(image, spare, size, p.rand_augment[j], tables, warp_sums);
 
   // (size, size, 3) uint8 -> (3, size, size) float planes; consecutive threads write
   // consecutive floats.

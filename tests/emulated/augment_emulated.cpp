@@ -23,7 +23,9 @@
 //              (windows in the 4 corners, sources enlarged, shrunk and not resized), evaluation's
 //              resize + centre crop at S = 33, one sample at S = 131 (taps_kernel's second
 //              block), views of 1 and 2 pixels; every 3-Augment op with and without the flip,
-//              colour jitter in random orders (factors 0 and 2.5 among them); then mixup and
+//              colour jitter in random orders (factors 0 and 2.5 among them), RandAugment's
+//              ops (every fifth training sample, and two batches of fine-tuning views at S = 32
+//              and 5, each op first twice, random arguments and extremes); then mixup and
 //              cutmix of the even batches (targets too) and of the [gpu] test's 6 x 3 x 17 x 23
 //              images. About 1.5 s on one core of the development machine: the CTest entry
 //              augment_emulated.
@@ -160,11 +162,73 @@ void add_colour(AugmentParams& p, ThreeAugmentOp op, Rng& rng, float sigma = -1)
 const ThreeAugmentOp kOps[] = {ThreeAugmentOp::kNone, ThreeAugmentOp::kGrayscale,
                                ThreeAugmentOp::kSolarize, ThreeAugmentOp::kBlur};
 
+constexpr int kRandAugmentOps = static_cast<int>(RandAugmentOp::kAffine);  // kNone not counted
+
+// A RandAugment step of the given op with a random argument, at the extremes now and then; the
+// affine ones rotate (up to 30 degrees about the centre), shear (up to 0.3) or translate (up to
+// 0.45 of the view), as RandAugment draws them.
+RandAugmentStep random_step(RandAugmentOp op, int size, Rng& rng) {
+  RandAugmentStep s;
+  s.op = op;
+  const int extreme = uniform_int(rng, 0, 9);
+  switch (op) {
+    case RandAugmentOp::kPosterize:
+      s.level = uniform_int(rng, 0, 8);
+      break;
+    case RandAugmentOp::kSolarize:
+      s.level = uniform_int(rng, 0, 256);
+      break;
+    case RandAugmentOp::kSolarizeAdd:
+      s.level = uniform_int(rng, 0, 110);
+      break;
+    case RandAugmentOp::kColor:
+    case RandAugmentOp::kContrast:
+    case RandAugmentOp::kBrightness:
+    case RandAugmentOp::kSharpness:
+      s.factor = extreme == 0 ? 0.0f : (extreme == 1 ? 1.9f : uniform_float(rng, 0.1f, 1.9f));
+      break;
+    case RandAugmentOp::kAffine: {
+      const double half = size / 2.0, shift = uniform_float(rng, -0.45f, 0.45f) * size;
+      const double shear = uniform_float(rng, -0.3f, 0.3f);
+      const double angle = uniform_float(rng, -30.0f, 30.0f) * M_PI / 180.0;
+      const double cos_a = std::cos(angle), sin_a = std::sin(angle);
+      const double rotate[6] = {cos_a,  sin_a, half - cos_a * half - sin_a * half,
+                                -sin_a, cos_a, half + sin_a * half - cos_a * half};
+      const double shear_x[6] = {1, shear, 0, 0, 1, 0}, shear_y[6] = {1, 0, 0, shear, 1, 0};
+      const double move_x[6] = {1, 0, shift, 0, 1, 0}, move_y[6] = {1, 0, 0, 0, 1, shift};
+      const double* const kinds[] = {rotate, shear_x, shear_y, move_x, move_y};
+      std::copy_n(kinds[uniform_int(rng, 0, 4)], 6, s.affine);
+      break;
+    }
+    default:
+      break;
+  }
+  return s;
+}
+
+// RandAugment's steps: `first` (1..kRandAugmentOps) then 1 to 3 random ones, some skipped.
+void add_rand_augment(AugmentParams& p, int first, Rng& rng) {
+  const int size = p.crop.size, steps = uniform_int(rng, 2, kMaxRandAugmentSteps);
+  for (int j = 0; j < steps; ++j) {
+    const int op = j == 0 ? first : uniform_int(rng, 0, kRandAugmentOps);
+    p.rand_augment[j] = random_step(static_cast<RandAugmentOp>(op), size, rng);
+  }
+}
+
 // Sample i of a training batch: the 3-Augment ops in turn, every third one flipped (so that 12
-// samples in a row take every op both ways).
+// samples in a row take every op both ways), every fifth followed by RandAugment.
 Sample training_sample(int i, int height, int width, AugmentParams p, Rng& rng) {
   p.flip = i % 3 == 1;
   add_colour(p, kOps[i % 4], rng);
+  if (i % 5 == 4) add_rand_augment(p, 1 + i % kRandAugmentOps, rng);
+  return {height, width, p};
+}
+
+// A RandAugment view as fine-tuning makes it: no 3-Augment, no jitter; its first step takes the
+// ops in turn.
+Sample rand_augment_sample(int i, int height, int width, AugmentParams p, Rng& rng) {
+  p.flip = i % 3 == 1;
+  add_rand_augment(p, 1 + i % kRandAugmentOps, rng);
   return {height, width, p};
 }
 
@@ -179,6 +243,12 @@ std::string describe(const Sample& s) {
                  std::to_string(c.y) + ")";
   static const char* const kOpNames[] = {"", ", grayscale", ", solarize", ", blur"};
   d += kOpNames[static_cast<int>(s.p.three_augment)];
+  static const char* const kRandOpNames[] = {"",          "autocontrast", "equalize",     "invert",
+                                             "posterize", "solarize",     "solarize-add", "color",
+                                             "contrast",  "brightness",   "sharpness",    "affine"};
+  for (const RandAugmentStep& step : s.p.rand_augment)
+    if (step.op != RandAugmentOp::kNone)
+      d += std::string(", ") + kRandOpNames[static_cast<int>(step.op)];
   return d + (s.p.flip ? ", flipped" : "");
 }
 
@@ -217,6 +287,18 @@ Batch simple_random_batch(Rng& rng) {
   // 48 x 57 padded by 4: 56 x 65, so windows at x in [0, 17], y in [0, 8].
   for (const auto& [x, y] : {std::pair{0, 0}, std::pair{17, 0}, std::pair{0, 8}, std::pair{17, 8}})
     b.samples.push_back(training_sample(i++, 48, 57, window_crop(S, 48, 57, 4, x, y), rng));
+  return b;
+}
+
+// RandAugment at S = 32 as fine-tuning draws it, and at S = 5 (the 3 x 3 filter's border is most
+// of the view); every op first twice, sources enlarged, shrunk and elongated.
+Batch rand_augment_batch(int S, Rng& rng) {
+  Batch b{"RandAugment S=" + std::to_string(S), S, {}};
+  const std::pair<int, int> sources[] = {{64, 85}, {20, 30}, {97, 131}, {12, 200}};
+  for (int i = 0; i < 2 * kRandAugmentOps; ++i) {
+    const auto [h, w] = sources[i % 4];
+    b.samples.push_back(rand_augment_sample(i, h, w, random_resized_crop(h, w, S, rng), rng));
+  }
   return b;
 }
 
@@ -494,8 +576,9 @@ int main(int argc, char** argv) {
   Rng inputs(options.seed);
 
   std::vector<Batch> batches = {
-      random_resized_batch(inputs), simple_random_batch(inputs), eval_batch(),
-      wide_view_batch(inputs),      tiny_batch(1, inputs),       tiny_batch(2, inputs)};
+      random_resized_batch(inputs),   simple_random_batch(inputs),  eval_batch(),
+      wide_view_batch(inputs),        tiny_batch(1, inputs),        tiny_batch(2, inputs),
+      rand_augment_batch(32, inputs), rand_augment_batch(5, inputs)};
   if (options.full) {
     const std::vector<Batch> more = full_batches(inputs);
     batches.insert(batches.end(), more.begin(), more.end());

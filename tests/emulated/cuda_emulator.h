@@ -50,8 +50,12 @@
 // instructions, a thread that exits with copies in flight, a misaligned address) print what
 // happened and where (the caller's context string, kernel, block, thread) and exit with status 1.
 //
-// Not emulated: timing, reordering of one thread's memory accesses, partial-warp masks, atomics,
-// and anything of CUDA not named here.
+//  - atomicAdd: a plain read-modify-write. Threads of a block switch only where they wait for
+//    each other and blocks run one after another, so no other thread can come between the read
+//    and the write: it is atomic here as it is on the GPU.
+//
+// Not emulated: timing, reordering of one thread's memory accesses, partial-warp masks, the other
+// atomics, and anything of CUDA not named here.
 // Shared memory and global memory are plain host memory. CUDA's bf16 and vector types and their
 // conversions are the CUDA headers' own host versions; CUDA's integer min and max, __fmaf_rn and
 // isfinite are defined below; the other math functions are the C library's.
@@ -963,6 +967,14 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 // CUDA's fused multiply-add of floats, rounded once to nearest even (CUDA Math API, __fmaf_rn),
 // and isfinite, which device code calls unqualified for float and double alike.
 inline float __fmaf_rn(float x, float y, float z) { return std::fma(x, y, z); }
+
+// See the top of the file: no thread runs between the read and the write.
+template <typename T>
+inline T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
 using std::isfinite;
 
 // CUDA's integer min and max (its device overloads take two operands of one integer type).
