@@ -2,9 +2,10 @@
 //   deit augment --in IMG --out OUT.png --op OP[:ARG] [--op ...] [--seed S]
 //     applies named ops in order (data/transforms.h, apply_named_op), e.g. to compare one op with
 //     Pillow by eye or to reproduce a single step of the pipeline;
-//   deit augment --data DIR --grid OUT.png [--n 64] [--seed S] [--input-size N] [--src]
+//   deit augment --data DIR --grid OUT.png [--n 64] [--seed S] [--input-size N] [--src] [--aa SPEC]
 //     tiles random training views of DIR's training split, before normalisation, as the trainer
-//     draws them: the first thing to look at when accuracy is off.
+//     draws them (with --aa, as a fine-tune with that RandAugment spec does): the first thing to
+//     look at when accuracy is off.
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -38,6 +39,7 @@ struct AugmentCommandOptions {
   uint64_t seed = 0;
   int input_size = 224;
   bool src = false;
+  std::string aa = "none";
 };
 
 bool ends_with_png(const std::string& path) {
@@ -92,6 +94,16 @@ void run_grid(const AugmentCommandOptions& options) {
   data::AugmentConfig config;
   config.input_size = options.input_size;
   config.crop = options.src ? data::CropMode::kSimpleRandom : data::CropMode::kRandomResized;
+  // As `deit train --aa` resolves it: RandAugment in place of 3-Augment and colour jitter.
+  try {
+    config.rand_augment = data::rand_augment_option(options.aa);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument("--aa: " + std::string(e.what()));
+  }
+  if (config.rand_augment) {
+    config.three_augment = false;
+    config.color_jitter = 0;
+  }
 
   const int size = options.input_size;
   constexpr int kGap = 2;
@@ -128,9 +140,11 @@ void run_grid(const AugmentCommandOptions& options) {
   }
   data::write_png(options.grid, grid);
   std::printf(
-      "wrote %s: %d training views (%d x %d tiles of %d px, %s, seed %llu) from %zu images of %s",
+      "wrote %s: %d training views (%d x %d tiles of %d px, %s, %s, seed %llu) from %zu images "
+      "of %s",
       options.grid.c_str(), tiles, columns, rows, size,
       options.src ? "simple random crop" : "random resized crop",
+      config.rand_augment ? ("RandAugment " + options.aa).c_str() : "3-Augment, colour jitter",
       static_cast<unsigned long long>(options.seed), source->size(), options.data.c_str());
   if (skipped.count() > 0) std::printf("; skipped %zu unusable image(s)", skipped.count());
   std::printf("\n");
@@ -145,7 +159,12 @@ void add_augment_command(CLI::App& app) {
   command->footer(
       "Ops (applied in the order given):\n" + data::named_op_usage() +
       "\nrrc and src are the recipe's random crops (RandomResizedCrop, Simple Random Crop), "
-      "drawn from --seed.\n");
+      "drawn from --seed.\n"
+      "autocontrast to translate-y are RandAugment's ops with their argument given (timm's, as "
+      "Pillow\ncomputes them): rotate turns counterclockwise about the centre; translate-x:P "
+      "moves the image P pixels\nleft (the affine data (1, 0, P, 0, 1, 0) timm passes Pillow), "
+      "translate-y:P up; uncovered pixels take\nthe fill colour, the ImageNet mean "
+      "(124, 116, 104).\n");
   CLI::Option* in = command->add_option("--in", options->in, "Image to transform");
   command->add_option("--out", options->out, "Where to write the result (PNG)")->needs(in);
   command->add_option("--op", options->ops, "An op NAME or NAME:ARGS; repeat to chain")->needs(in);
@@ -167,6 +186,13 @@ void add_augment_command(CLI::App& app) {
   command
       ->add_flag("--src", options->src,
                  "Grid views with Simple Random Crop instead of RandomResizedCrop")
+      ->needs(data);
+  command
+      ->add_option("--aa", options->aa,
+                   "Grid views with RandAugment (timm's spec, as deit train --aa) in place of "
+                   "3-Augment and colour jitter")
+      ->type_name("SPEC")
+      ->default_val("none")
       ->needs(data);
   command->callback([options] {
     if (!options->data.empty()) {

@@ -58,6 +58,10 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--rrc-scale-min", rrc_scale_min,
                  "RandomResizedCrop's smallest crop, as a fraction of the image area (0.08)");
   cmd.add_option("--color-jitter", color_jitter, "Brightness/contrast/saturation jitter (0.3)");
+  cmd.add_option("--aa", aa,
+                 "RandAugment, timm's spec (rand-m9-mstd0.5-inc1 is the recipe's fine-tuning "
+                 "augmentation) in place of 3-Augment and colour jitter; none (default)")
+      ->type_name("SPEC");
   cmd.add_option("--eval-crop-ratio", eval_crop_ratio, "Evaluation crop ratio (1.0)");
   add_switch(cmd, repeated_aug, "repeated-aug", "Repeated augmentation, 3 repeats (on)");
   cmd.add_option("--mixup", mixup, "Mixup alpha, 0 = off (0.8)");
@@ -173,6 +177,13 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(smoothing, o.smoothing);
   override_with(model_ema_decay, o.model_ema_decay);
   override_with(three_augment, o.three_augment);
+  override_with(aa, o.aa);
+  // RandAugment takes the place of the preset's 3-Augment and colour jitter (validate() refuses
+  // both at once); either one given explicitly as well is left for validate() to name.
+  if (aa && *aa != "none") {
+    if (!three_augment) o.three_augment = false;
+    if (!color_jitter) o.color_jitter = 0;
+  }
   override_with(src, o.src);
   override_with(repeated_aug, o.repeated_aug);
   override_with(bce_loss, o.bce_loss);

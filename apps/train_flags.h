@@ -17,7 +17,7 @@ namespace deit::apps {
 struct TrainFlags {
   ModelOptions model;
   std::string data, output, resume, finetune, opt;
-  std::optional<std::string> device;
+  std::optional<std::string> device, aa;
   std::optional<int64_t> epochs, batch_size, accum_steps;
   std::optional<double> lr, min_lr, warmup_lr, warmup_epochs, weight_decay, opt_eps, clip_grad,
       drop_path, rrc_scale_min, color_jitter, eval_crop_ratio, mixup, cutmix, mixup_switch_prob,

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -37,12 +38,13 @@ struct NamedOp {
   const char* name;
   const char* usage;
   int arg_count;
+  bool arg_optional = false;  // NAME alone is allowed too
 };
 
 constexpr NamedOp kNamedOps[] = {
     {"hflip", "hflip", 0},
     {"grayscale", "grayscale", 0},
-    {"solarize", "solarize", 0},
+    {"solarize", "solarize[:THRESHOLD]", 1, true},
     {"blur", "blur:SIGMA", 1},
     {"brightness", "brightness:F", 1},
     {"contrast", "contrast:F", 1},
@@ -53,6 +55,17 @@ constexpr NamedOp kNamedOps[] = {
     {"pad-reflect", "pad-reflect:P", 1},
     {"rrc", "rrc:SIZE", 1},
     {"src", "src:SIZE", 1},
+    {"autocontrast", "autocontrast", 0},
+    {"equalize", "equalize", 0},
+    {"invert", "invert", 0},
+    {"posterize", "posterize:BITS", 1},
+    {"solarize-add", "solarize-add:AMOUNT", 1},
+    {"sharpness", "sharpness:F", 1},
+    {"rotate", "rotate:DEGREES", 1},
+    {"shear-x", "shear-x:F", 1},
+    {"shear-y", "shear-y:F", 1},
+    {"translate-x", "translate-x:PIXELS", 1},
+    {"translate-y", "translate-y:PIXELS", 1},
 };
 
 // The comma-separated numbers after "NAME:", exactly `count` of them.
@@ -64,6 +77,7 @@ std::vector<double> parse_numbers(const NamedOp& op, const std::string& args) {
                                   args + "'");
     return values;
   }
+  if (args.empty() && op.arg_optional) return values;
   if (args.empty())
     throw std::invalid_argument("op '" + std::string(op.name) + "' needs " +
                                 to_string(op.arg_count) + " argument(s) (usage: " + op.usage + ")");
@@ -93,6 +107,41 @@ int as_int(const NamedOp& op, double v) {
     throw std::invalid_argument("op '" + std::string(op.name) + "': " + to_string(v) +
                                 " is not an integer (usage: " + op.usage + ")");
   return static_cast<int>(v);
+}
+
+// The RandAugment ops among the named ones, as the step each applies; nullopt for another op.
+std::optional<RandAugmentStep> named_rand_augment_step(const NamedOp& op,
+                                                       const std::vector<double>& a,
+                                                       const ImageU8& image) {
+  const std::string name = op.name;
+  if (name == "rotate") return rotate_step(a[0], image.width, image.height);
+  if (name == "shear-x") return shear_x_step(a[0]);
+  if (name == "shear-y") return shear_y_step(a[0]);
+  if (name == "translate-x") return translate_x_step(a[0]);
+  if (name == "translate-y") return translate_y_step(a[0]);
+  RandAugmentStep step;
+  if (name == "autocontrast") {
+    step.op = RandAugmentOp::kAutoContrast;
+  } else if (name == "equalize") {
+    step.op = RandAugmentOp::kEqualize;
+  } else if (name == "invert") {
+    step.op = RandAugmentOp::kInvert;
+  } else if (name == "posterize") {
+    step.op = RandAugmentOp::kPosterize;
+    step.level = as_int(op, a[0]);
+  } else if (name == "solarize") {
+    step.op = RandAugmentOp::kSolarize;
+    step.level = a.empty() ? 128 : as_int(op, a[0]);  // bare: 3-Augment's threshold
+  } else if (name == "solarize-add") {
+    step.op = RandAugmentOp::kSolarizeAdd;
+    step.level = as_int(op, a[0]);
+  } else if (name == "sharpness") {
+    step.op = RandAugmentOp::kSharpness;
+    step.factor = static_cast<float>(a[0]);
+  } else {
+    return std::nullopt;
+  }
+  return step;
 }
 
 }  // namespace
@@ -210,6 +259,14 @@ ImageU8 eval_transform(const ImageU8& src, int size, double crop_ratio) {
   return apply_crop(src, eval_augment_params(src.height, src.width, size, crop_ratio).crop);
 }
 
+// ---- RandAugment. ----
+
+ImageU8 rand_augment_step(const ImageU8& src, const RandAugmentStep& step) {
+  ImageU8 out = blank(src.height, src.width);
+  kernels::rand_augment_step_cpu(src.pixels.data(), src.height, src.width, step, out.pixels.data());
+  return out;
+}
+
 // ---- To float. ----
 
 void normalize(const ImageU8& image, float* out) {
@@ -231,7 +288,6 @@ ImageU8 apply_named_op(const ImageU8& image, const std::string& spec, Rng& rng) 
 
   if (name == "hflip") return hflip(image);
   if (name == "grayscale") return grayscale(image);
-  if (name == "solarize") return solarize(image);
   if (name == "blur") return gaussian_blur(image, static_cast<float>(a[0]));
   if (name == "brightness") return adjust_brightness(image, static_cast<float>(a[0]));
   if (name == "contrast") return adjust_contrast(image, static_cast<float>(a[0]));
@@ -241,6 +297,8 @@ ImageU8 apply_named_op(const ImageU8& image, const std::string& spec, Rng& rng) 
   if (name == "crop")
     return crop(image, as_int(*op, a[0]), as_int(*op, a[1]), as_int(*op, a[2]), as_int(*op, a[3]));
   if (name == "pad-reflect") return pad_reflect(image, as_int(*op, a[0]));
+  if (const std::optional<RandAugmentStep> step = named_rand_augment_step(*op, a, image))
+    return rand_augment_step(image, *step);
   // rrc and src: the random crop of the recipe alone, at the given size.
   AugmentConfig config;
   config.input_size = as_int(*op, a[0]);

@@ -79,13 +79,19 @@ ImageU8 adjust_contrast(const ImageU8& src, float factor);
 // Degenerate image: the image's own luma (its grayscale version).
 ImageU8 adjust_saturation(const ImageU8& src, float factor);
 
+// ---- RandAugment (timm's, applied to PIL images: kernels/augment.h RandAugmentOp). ----
+
+// One step on the whole image (kNone copies it). Throws std::invalid_argument for an argument out
+// of range.
+ImageU8 rand_augment_step(const ImageU8& src, const RandAugmentStep& step);
+
 // ---- Whole transforms. ----
 
 // The crop of CropParams (random resized crop, or resize + reflect pad + crop).
 ImageU8 apply_crop(const ImageU8& src, const CropParams& crop);
 
-// One training view before normalisation: crop, flip, 3-Augment op, color jitter in order.
-// Output: (size, size, 3).
+// One training view before normalisation: crop, flip, 3-Augment op, color jitter in order,
+// RandAugment's steps. Output: (size, size, 3).
 ImageU8 augment_train(const ImageU8& src, const AugmentParams& params);
 
 // Evaluation: resize the shorter side to int(size / crop_ratio) (bicubic), centre crop size.
@@ -108,9 +114,14 @@ void normalize(const ImageU8& image, float* out);
 // ---- Named ops of `deit augment`. ----
 
 // One op given as NAME or NAME:ARGS, e.g. "hflip", "blur:1.5", "crop:0,0,16,16". Ops: hflip,
-// grayscale, solarize, blur:SIGMA, brightness:F, contrast:F, saturation:F, resize:SHORT_SIDE,
-// center-crop:SIZE, crop:X,Y,W,H, pad-reflect:P, and the random rrc:SIZE and src:SIZE (crop only,
-// drawn from rng). Throws std::invalid_argument naming the op and what is wrong with it.
+// grayscale, solarize[:THRESHOLD] (128 alone), blur:SIGMA, brightness:F, contrast:F,
+// saturation:F, resize:SHORT_SIDE, center-crop:SIZE, crop:X,Y,W,H, pad-reflect:P, the random
+// rrc:SIZE and src:SIZE (crop only, drawn from rng), and RandAugment's ops with explicit
+// arguments: autocontrast, equalize, invert, posterize:BITS, solarize-add:AMOUNT, sharpness:F,
+// rotate:DEGREES (about the centre, counterclockwise), shear-x:F, shear-y:F, translate-x:PIXELS,
+// translate-y:PIXELS (rand_augment_step; the geometric ones with augment_params.h's matrices).
+// Numbers are read as doubles. Throws std::invalid_argument naming the op and what is wrong
+// with it.
 ImageU8 apply_named_op(const ImageU8& image, const std::string& spec, Rng& rng);
 
 // The list of named ops with their arguments, one per line, for help and error messages.

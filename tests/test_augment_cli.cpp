@@ -77,6 +77,45 @@ TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cl
   CHECK(r.output.find("warning: skipped", first + 1) == std::string::npos);
 }
 
+TEST_CASE("deit augment applies RandAugment's ops and tiles RandAugment views with --aa",
+          "[augment][cli]") {
+  deit::test::TempDir dir;
+  const std::string out = dir.file("out.png");
+  const std::vector<std::string> ops = {"rotate:-13.5", "posterize:3", "translate-x:4.5",
+                                        "solarize:100"};
+  std::string args = "augment --in " + kInput + " --out " + out;
+  for (const std::string& op : ops) args += " --op " + op;
+  CliResult r = run_deit(args);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  deit::data::ImageU8 expected = deit::data::decode_image_file(kInput);
+  deit::Rng unused(0);
+  for (const std::string& op : ops) expected = deit::data::apply_named_op(expected, op, unused);
+  CHECK(deit::data::decode_image_file(out).pixels == expected.pixels);
+
+  for (int i = 0; i < 3; ++i)
+    deit::data::write_png(dir.file("data/train/a/" + std::to_string(i) + ".png"),
+                          deit::test::gradient_image(40 + 3 * i, 50, i));
+  const std::string grid = "augment --data " + dir.path() + "/data --n 4 --input-size 16";
+  r = run_deit(grid + " --grid " + dir.file("plain.png"));
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("3-Augment, colour jitter"));
+  r = run_deit(grid + " --aa rand-m9-mstd0.5-inc1 --grid " + dir.file("ra1.png"));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("RandAugment rand-m9-mstd0.5-inc1"));
+  REQUIRE(run_deit(grid + " --aa rand-m9-mstd0.5-inc1 --grid " + dir.file("ra2.png")).exit_code ==
+          0);
+  const auto ra = deit::test::read_bytes(dir.file("ra1.png"));
+  CHECK(ra == deit::test::read_bytes(dir.file("ra2.png")));
+  CHECK(ra != deit::test::read_bytes(dir.file("plain.png")));
+
+  r = run_deit(grid + " --aa rand-m12 --grid " + dir.file("bad.png"));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--aa: RandAugment spec 'rand-m12'") &&
+                           Catch::Contains("magnitude m must be in [0, 10]"));
+}
+
 TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[augment][cli]") {
   deit::test::TempDir dir;
   const std::string prefix = "augment --in " + kInput + " --out " + dir.file("o.png");

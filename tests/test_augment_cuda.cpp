@@ -335,22 +335,30 @@ TEST_CASE("cuda augmentation: the whole training chain matches the CPU twin", "[
   Stream stream;
   Rng rng(6004);
   for (int size : {224, 96, 33})
-    for (CropMode mode : {CropMode::kRandomResized, CropMode::kSimpleRandom}) {
-      data::AugmentConfig config;
-      config.input_size = size;
-      config.crop = mode;
-      HostBatch batch;
-      // An odd batch of mixed sizes, every 3-Augment op and jitter order among them.
-      for (int i = 0; i < 31; ++i) {
-        const int h = 16 + static_cast<int>(rng.below(300));
-        const int w = 16 + static_cast<int>(rng.below(300));
-        batch.add(test_image(h, w, rng), data::sample_augment_params(config, h, w, rng));
+    for (CropMode mode : {CropMode::kRandomResized, CropMode::kSimpleRandom})
+      for (bool fine_tune : {false, true}) {
+        data::AugmentConfig config;
+        config.input_size = size;
+        config.crop = mode;
+        if (fine_tune) {  // --aa rand-m9-mstd0.5-inc1 in place of 3-Augment and the jitter
+          config.rand_augment = data::RandAugmentConfig{};
+          config.three_augment = false;
+          config.color_jitter = 0;
+        }
+        HostBatch batch;
+        // An odd batch of mixed sizes, every 3-Augment op and jitter order among them (or, for a
+        // fine-tune, RandAugment's ops).
+        for (int i = 0; i < 31; ++i) {
+          const int h = 16 + static_cast<int>(rng.below(300));
+          const int w = 16 + static_cast<int>(rng.below(300));
+          batch.add(test_image(h, w, rng), data::sample_augment_params(config, h, w, rng));
+        }
+        INFO("size " << size << (mode == CropMode::kRandomResized ? " rrc" : " src")
+                     << (fine_tune ? " RandAugment" : ""));
+        const std::vector<float> first = run_gpu(batch, size, stream);
+        check_exact("whole chain", first, run_cpu(batch, size), size);
+        check_same_bits("a second run", first, run_gpu(batch, size, stream));
       }
-      INFO("size " << size << (mode == CropMode::kRandomResized ? " rrc" : " src"));
-      const std::vector<float> first = run_gpu(batch, size, stream);
-      check_exact("whole chain", first, run_cpu(batch, size), size);
-      check_same_bits("a second run", first, run_gpu(batch, size, stream));
-    }
 }
 
 TEST_CASE("cuda mixup and cutmix match the CPU twins", "[gpu][augment]") {

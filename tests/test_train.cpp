@@ -590,6 +590,71 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK_THROWS_WITH(graph.validate(), Catch::Contains("--accum-steps 1"));
 }
 
+TEST_CASE("deit train --aa fine-tunes with RandAugment in place of 3-Augment and jitter",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  const std::string aa = " --aa rand-m9-mstd0.5-inc1";
+  // The preset's 3-Augment and jitter are turned off by --aa; the run saves all three.
+  CliResult r = run_deit(tiny_train_args(data, out, 1) + aa + " --quiet");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  nlohmann::json options =
+      model::read_checkpoint_header(out + "/checkpoint.safetensors").state.at("options");
+  CHECK(options["aa"] == "rand-m9-mstd0.5-inc1");
+  CHECK(options["three_augment"] == false);
+  CHECK(options["color_jitter"] == 0.0);
+  // deit info names it among the settings off the recipe.
+  r = run_deit("info --checkpoint " + out);
+  INFO(r.output);
+  CHECK_THAT(r.output, Catch::Contains("aa") && Catch::Contains("rand-m9-mstd0.5-inc1"));
+  // Resumed, the run keeps it.
+  r = run_deit("train --resume " + out + " --epochs 2 --quiet");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("differ from its run's: epochs 1 -> 2."));
+  options = model::read_checkpoint_header(out + "/checkpoint.safetensors").state.at("options");
+  CHECK(options["aa"] == "rand-m9-mstd0.5-inc1");
+  CHECK(options["three_augment"] == false);
+
+  // Either of the pre-training augmentations asked for as well is refused, naming the flag to
+  // drop; so is a spec timm would not read. Nothing is made.
+  const std::string never = dir.file("never");
+  r = run_deit(tiny_train_args(data, never, 1) + aa + " --three-augment");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("timm applies RandAugment or the colour jitter, never both") &&
+                 Catch::Contains("drop --three-augment"));
+  r = run_deit(tiny_train_args(data, never, 1) + aa + " --color-jitter 0.3");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("drop --color-jitter"));
+  r = run_deit(tiny_train_args(data, never, 1) + " --aa rand-m9-w0");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--aa: RandAugment spec 'rand-m9-w0'") &&
+                           Catch::Contains("op weights"));
+  r = run_deit(tiny_train_args(data, never, 1) + " --aa autoaugment");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--aa: RandAugment spec 'autoaugment'"));
+  CHECK_FALSE(std::filesystem::exists(never));
+  // Turning them off by hand is the same run as letting --aa do it.
+  CHECK(run_deit(tiny_train_args(data, never, 1) + aa + " --no-three-augment --color-jitter 0")
+            .exit_code == 0);
+
+  // The options alone: validate() says the same.
+  train::TrainOptions o = train::recipe_for("deit3_tiny");
+  o.data_dir = data;
+  o.output_dir = out;
+  o.aa = "rand-m9-mstd0.5-inc1";
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("drop --three-augment and --color-jitter"));
+  o.three_augment = false;
+  o.color_jitter = 0;
+  CHECK_NOTHROW(o.validate());
+  o.aa = "rand-n9";
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--aa") && Catch::Contains("[1, 4]"));
+  const train::TrainOptions defaults;
+  CHECK(defaults.aa == "none");
+}
+
 TEST_CASE("an epoch's last optimizer step averages the micro-batches it has", "[train]") {
   using train::micro_batches_in_step;
   // 6 micro-batches in steps of 4: 4 + 2.
@@ -627,6 +692,7 @@ TEST_CASE("a run's saved options give back every setting to the run that resumes
   run.src = true;
   run.rrc_scale_min = 0.3;
   run.color_jitter = 0.1;
+  run.aa = "rand-m7-n3";
   run.eval_crop_ratio = 0.875;
   run.repeated_aug = false;
   run.mixup = 0.2;
@@ -659,9 +725,11 @@ TEST_CASE("a run's saved options give back every setting to the run that resumes
   nlohmann::json older = saved;
   older.erase("lr");
   older.erase("drop_path");
+  older.erase("aa");  // saved since RandAugment came: an older run had none
   const train::TrainOptions filled = train::resume_options(run.model, older);
   CHECK(filled.lr == train::recipe_for("deit3_base").lr);
   CHECK(filled.drop_path == train::recipe_for("deit3_base").drop_path);
+  CHECK(filled.aa == "none");
   CHECK(filled.batch_size == 64);
 
   nlohmann::json damaged = saved;

@@ -28,6 +28,7 @@ std::unique_ptr<data::PrefetchLoader> make_train_loader(
   augment.scale_min = o.rrc_scale_min;
   augment.three_augment = o.three_augment;
   augment.color_jitter = o.color_jitter;
+  augment.rand_augment = data::rand_augment_option(o.aa);
 
   data::SamplerOptions sampling;
   sampling.dataset_size = source->size();

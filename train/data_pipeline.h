@@ -1,7 +1,7 @@
 // The two input pipelines of a run, built from its options: training (the sampler with repeated
-// augmentation, RandomResizedCrop or Simple Random Crop, flip, 3-Augment, colour jitter,
-// normalisation) and evaluation (resize + centre crop, every image once, in order). Mixup/cutmix
-// happens per batch in the trainer.
+// augmentation, RandomResizedCrop or Simple Random Crop, flip, 3-Augment and colour jitter or
+// RandAugment (--aa), normalisation) and evaluation (resize + centre crop, every image once, in
+// order). Mixup/cutmix happens per batch in the trainer.
 //
 // `format` says where the pixels are augmented: kFloat32, on the loader's worker threads (the CPU
 // stage: CPU runs); kSource, later, by an InputFeed (train/input_feed.h; the GPU stage on CUDA):

@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 
+#include "data/augment_params.h"
 #include "data/image_source.h"
 #include "data/prefetch.h"
 
@@ -98,6 +100,21 @@ void TrainOptions::validate() const {
         "cross-entropy");
   if (!(eval_crop_ratio > 0 && eval_crop_ratio <= 1)) fail("--eval-crop-ratio must be in (0, 1]");
   if (!(color_jitter >= 0 && color_jitter < 1)) fail("--color-jitter must be in [0, 1)");
+  std::optional<data::RandAugmentConfig> rand_augment;
+  try {
+    rand_augment = data::rand_augment_option(aa);
+  } catch (const std::invalid_argument& e) {
+    fail("--aa: " + std::string(e.what()));
+  }
+  // timm's create_transform applies RandAugment or the colour jitter, never both, and the
+  // reference fine-tunes without 3-Augment: a run with either beside RandAugment follows neither.
+  if (rand_augment && (three_augment || color_jitter > 0)) {
+    const std::string given = three_augment && color_jitter > 0
+                                  ? "--three-augment and --color-jitter"
+                                  : (three_augment ? "--three-augment" : "--color-jitter");
+    fail("--aa " + aa + " takes the place of 3-Augment and colour jitter (timm applies " +
+         "RandAugment or the colour jitter, never both): drop " + given);
+  }
   if (!(rrc_scale_min > 0 && rrc_scale_min <= 1)) fail("--rrc-scale-min must be in (0, 1]");
   if (!(model_ema_decay >= 0 && model_ema_decay <= 1)) fail("--model-ema-decay must be in [0, 1]");
   if (workers < 1 || workers > data::kMaxWorkers)
@@ -151,6 +168,7 @@ void for_each_setting(Options& o, F&& f) {
   f("src", o.src);
   f("rrc_scale_min", o.rrc_scale_min);
   f("color_jitter", o.color_jitter);
+  f("aa", o.aa);
   f("eval_crop_ratio", o.eval_crop_ratio);
   f("repeated_aug", o.repeated_aug);
   f("mixup", o.mixup);

@@ -37,6 +37,9 @@ struct TrainOptions {
   bool src = false;  // Simple Random Crop instead of RandomResizedCrop (ImageNet-21k recipe)
   double rrc_scale_min = 0.08;  // RandomResizedCrop's smallest area fraction (torchvision's 0.08)
   double color_jitter = 0.3;
+  // RandAugment, timm's spec (data/augment_params.h parse_rand_augment), in place of 3-Augment and
+  // colour jitter: the recipe fine-tunes with rand-m9-mstd0.5-inc1. "none": off.
+  std::string aa = "none";
   double eval_crop_ratio = 1.0;
   bool repeated_aug = true;  // 3 repeats
   double mixup = 0.8;
