@@ -1,6 +1,7 @@
 // deit bench data: how fast the input path delivers training batches.
-//  - stage:    the augmentation stage alone (RandomResizedCrop, flip, 3-Augment, colour jitter,
-//              normalisation: kernels/augment.h), on sources already in memory (on the device for
+//  - stage:    the augmentation stage alone (RandomResizedCrop, flip, 3-Augment and colour jitter
+//              or, with --aa, RandAugment, normalisation: kernels/augment.h), on sources already in
+//              memory (on the device for
 //              --device cuda) whose shorter side is 256, at each input size.
 //  - pipeline: the whole path from a shard file to a batch on the device: the loader's worker
 //              threads read the records and draw the parameters, the feed (train/input_feed.h)
@@ -55,6 +56,7 @@ struct DataBenchOptions {
   int batch_size = 256;
   int batches = 20;
   int workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::string aa = "none";  // RandAugment's spec (fine-tuning) in place of 3-Augment and jitter
   bool json = false;
 };
 
@@ -91,9 +93,15 @@ struct PackedSources {
   }
 };
 
-PackedSources pack(const std::vector<data::ImageU8>& images, int size, Rng& rng) {
+PackedSources pack(const std::vector<data::ImageU8>& images, int size, const std::string& aa,
+                   Rng& rng) {
   data::AugmentConfig config;
   config.input_size = size;
+  config.rand_augment = data::rand_augment_option(aa);
+  if (config.rand_augment) {  // as deit train --aa: in place of 3-Augment and colour jitter
+    config.three_augment = false;
+    config.color_jitter = 0;
+  }
   data::Batch batch;
   batch.size = images.size();
   batch.sources = images;
@@ -187,6 +195,11 @@ double pipeline_images_per_second(const std::string& shard, const DataBenchOptio
   t.batch_size = o.batch_size;
   t.workers = o.workers;
   t.repeated_aug = false;
+  if (o.aa != "none") {
+    t.aa = o.aa;
+    t.three_augment = false;
+    t.color_jitter = 0;
+  }
   auto loader = train::make_train_loader(
       std::shared_ptr<const data::ImageSource>(data::open_image_source(shard)), t, {},
       device.is_cuda() ? data::PixelFormat::kSource : data::PixelFormat::kFloat32);
@@ -219,6 +232,11 @@ void run_bench_data(const DataBenchOptions& o) {
     throw CLI::ValidationError("bench data",
                                "--batch-size must be >= 2, --batches and "
                                "--workers >= 1");
+  try {
+    data::rand_augment_option(o.aa);
+  } catch (const std::invalid_argument& e) {
+    throw CLI::ValidationError("--aa", e.what());
+  }
   const std::vector<int> sizes =
       o.input_size ? std::vector<int>{*o.input_size} : std::vector<int>{224, 128};
   Rng rng(20260101);
@@ -229,11 +247,12 @@ void run_bench_data(const DataBenchOptions& o) {
                            {"batch_size", o.batch_size},
                            {"batches", o.batches},
                            {"workers", o.workers},
+                           {"aa", o.aa},
                            {"source_size", {kSourceShortSide, kSourceLongSide}},
                            {"stage", nlohmann::json::array()},
                            {"pipeline", nlohmann::json::array()}};
   for (int size : sizes) {
-    PackedSources packed = pack(images, size, rng);
+    PackedSources packed = pack(images, size, o.aa, rng);
     double stage = 0;
     if (device.is_cpu()) {
       stage = stage_images_per_second_cpu(packed, size, o.batches);
@@ -254,9 +273,11 @@ void run_bench_data(const DataBenchOptions& o) {
   if (o.json) {
     std::printf("%s\n", result.dump().c_str());
   } else {
-    std::printf("(%s, batch %d, %d batches timed, sources %dx%d, %d loader workers%s)\n",
+    std::printf("(%s, batch %d, %d batches timed, sources %dx%d, %d loader workers, %s%s)\n",
                 device.str().c_str(), o.batch_size, o.batches, kSourceShortSide, kSourceLongSide,
-                o.workers, device.is_cpu() ? "; CPU stage alone: one thread" : "");
+                o.workers,
+                o.aa == "none" ? "3-Augment and colour jitter" : ("RandAugment " + o.aa).c_str(),
+                device.is_cpu() ? "; CPU stage alone: one thread" : "");
   }
 }
 
@@ -278,8 +299,13 @@ void add_bench_data_subcommand(CLI::App& bench) {
   data->add_option("--workers", o->workers, "Loader threads of the whole path")
       ->capture_default_str()
       ->check(CLI::Range(1, deit::data::kMaxWorkers));
+  data->add_option("--aa", o->aa,
+                   "RandAugment's spec (as deit train --aa: the fine-tuning augmentation) in place "
+                   "of 3-Augment and colour jitter")
+      ->type_name("SPEC")
+      ->capture_default_str();
   data->add_flag("--json", o->json,
-                 "Print one JSON object: device, batch_size, batches, workers, source_size, "
+                 "Print one JSON object: device, batch_size, batches, workers, aa, source_size, "
                  "stage and pipeline (each a list of {input_size, images_per_s})");
   data->callback([o] { run_bench_data(*o); });
 }

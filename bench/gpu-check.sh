@@ -235,8 +235,11 @@ wanted racecheck "$tests" && run racecheck "$sanitizer_limit" compute-sanitizer 
   --error-exitcode 1 "$test_binary" "[gpu]~[nccl]"
 benchmarks=yes
 [ "$bench" = none ] && benchmarks=no
-# The GPU augmentation stage alone and the whole input path (issue 6's targets); JSON in the log.
-wanted bench_data "$benchmarks" && run bench_data 600 build-gpu/deit bench data --device cuda --json
+# The GPU augmentation stage alone and the whole input path (issue 6's targets), then the same at
+# 224 with fine-tuning's RandAugment in place of 3-Augment and jitter; JSON lines in the log.
+wanted bench_data "$benchmarks" && run bench_data 600 bash -c \
+  'build-gpu/deit bench data --device cuda --json &&
+   build-gpu/deit bench data --device cuda --input-size 224 --aa rand-m9-mstd0.5-inc1 --json'
 # Issue 8's number on one GPU: the step through NCCL (DEIT_NCCL_ONE_RANK), its gradient
 # all-reduce's time and the part backward does not hide (the JSON's "comm"), in the log.
 wanted bench_nccl "$benchmarks" && run bench_nccl 600 env DEIT_NCCL_ONE_RANK=1 \

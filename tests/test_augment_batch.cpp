@@ -203,4 +203,18 @@ TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole inp
   const test::CliResult bad = test::run_deit("bench data --device cpu --batch-size 1");
   CHECK(bad.exit_code != 0);
   CHECK_THAT(bad.output, Catch::Contains("--batch-size"));
+
+  // --aa measures the fine-tuning augmentation; a bad spec is refused before any work.
+  const test::CliResult fine_tune = test::run_deit(
+      "bench data --device cpu --input-size 32 --batch-size 4 --batches 2 --workers 1 --json "
+      "--aa rand-m9-mstd0.5-inc1");
+  INFO(fine_tune.output);
+  REQUIRE(fine_tune.exit_code == 0);
+  const nlohmann::json ft = nlohmann::json::parse(fine_tune.output);
+  CHECK(ft.at("aa") == "rand-m9-mstd0.5-inc1");
+  CHECK(ft.at("stage")[0].at("images_per_s").get<double>() > 0);
+  CHECK(j.at("aa") == "none");
+  const test::CliResult bad_spec = test::run_deit("bench data --device cpu --aa rand-w0");
+  CHECK(bad_spec.exit_code != 0);
+  CHECK_THAT(bad_spec.output, Catch::Contains("--aa"));
 }
