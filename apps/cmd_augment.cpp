@@ -94,15 +94,10 @@ void run_grid(const AugmentCommandOptions& options) {
   data::AugmentConfig config;
   config.input_size = options.input_size;
   config.crop = options.src ? data::CropMode::kSimpleRandom : data::CropMode::kRandomResized;
-  // As `deit train --aa` resolves it: RandAugment in place of 3-Augment and colour jitter.
   try {
-    config.rand_augment = data::rand_augment_option(options.aa);
+    data::use_rand_augment(config, options.aa);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument("--aa: " + std::string(e.what()));
-  }
-  if (config.rand_augment) {
-    config.three_augment = false;
-    config.color_jitter = 0;
   }
 
   const int size = options.input_size;

@@ -1,8 +1,8 @@
 // deit bench data: how fast the input path delivers training batches.
 //  - stage:    the augmentation stage alone (RandomResizedCrop, flip, 3-Augment and colour jitter
-//              or, with --aa, RandAugment, normalisation: kernels/augment.h), on sources already in
-//              memory (on the device for
-//              --device cuda) whose shorter side is 256, at each input size.
+//              or, with --aa, RandAugment, normalisation: kernels/augment.h), on sources
+//              already in memory (on the device for --device cuda) whose shorter side is 256, at
+//              each input size.
 //  - pipeline: the whole path from a shard file to a batch on the device: the loader's worker
 //              threads read the records and draw the parameters, the feed (train/input_feed.h)
 //              uploads them and runs the stage, as the trainer does.
@@ -97,11 +97,7 @@ PackedSources pack(const std::vector<data::ImageU8>& images, int size, const std
                    Rng& rng) {
   data::AugmentConfig config;
   config.input_size = size;
-  config.rand_augment = data::rand_augment_option(aa);
-  if (config.rand_augment) {  // as deit train --aa: in place of 3-Augment and colour jitter
-    config.three_augment = false;
-    config.color_jitter = 0;
-  }
+  data::use_rand_augment(config, aa);
   data::Batch batch;
   batch.size = images.size();
   batch.sources = images;

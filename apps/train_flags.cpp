@@ -177,13 +177,18 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(smoothing, o.smoothing);
   override_with(model_ema_decay, o.model_ema_decay);
   override_with(three_augment, o.three_augment);
-  override_with(aa, o.aa);
   // RandAugment takes the place of the preset's 3-Augment and colour jitter (validate() refuses
-  // both at once); either one given explicitly as well is left for validate() to name.
+  // both at once); either one given explicitly as well is left for validate() to name. Turned
+  // off (--aa none, resuming a run that had it), it gives their place back to the recipe's.
   if (aa && *aa != "none") {
     if (!three_augment) o.three_augment = false;
     if (!color_jitter) o.color_jitter = 0;
+  } else if (aa && o.aa != "none") {
+    const train::TrainOptions recipe = train::recipe_of(o.model);
+    if (!three_augment) o.three_augment = recipe.three_augment;
+    if (!color_jitter) o.color_jitter = recipe.color_jitter;
   }
+  override_with(aa, o.aa);
   override_with(src, o.src);
   override_with(repeated_aug, o.repeated_aug);
   override_with(bce_loss, o.bce_loss);

@@ -266,6 +266,13 @@ std::optional<RandAugmentConfig> rand_augment_option(const std::string& aa) {
   return parse_rand_augment(aa);
 }
 
+void use_rand_augment(AugmentConfig& config, const std::string& aa) {
+  config.rand_augment = rand_augment_option(aa);
+  if (!config.rand_augment) return;
+  config.three_augment = false;
+  config.color_jitter = 0;
+}
+
 RandAugmentStep rotate_step(double degrees, int width, int height) {
   // Pillow 9.4's Image.rotate(degrees, BICUBIC, expand=0), expression by expression. Its fast
   // paths (0 degrees: a copy; 180: a transpose; 90 and 270 on a square image: transposes) give

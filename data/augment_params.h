@@ -36,9 +36,9 @@ using kernels::ThreeAugmentOp;
 
 // timm's RandAugment (rand_augment_transform): num_layers ops drawn with replacement from its 15,
 // each applied with probability `prob` at a magnitude ~ N(magnitude, magnitude_std) clipped to
-// [0, 10] (magnitude_std infinite: U(0, magnitude)). The defaults are the recipe's fine-tuning
-// spec, rand-m9-mstd0.5-inc1; a spec's missing sections take timm's defaults instead
-// (parse_rand_augment).
+// [0, 10] (magnitude_std infinite: U(0, magnitude), later timm's rule; 0.3.2 ignores mstdinf).
+// The defaults are the recipe's fine-tuning spec, rand-m9-mstd0.5-inc1; a spec's missing sections
+// take timm's defaults instead (parse_rand_augment).
 struct RandAugmentConfig {
   int num_layers = 2;
   double magnitude = 9;
@@ -72,6 +72,11 @@ struct AugmentConfig {
   // Fine-tuning's augmentation, after the crop and flip; the recipe's pre-training has none.
   std::optional<RandAugmentConfig> rand_augment;
 };
+
+// The --aa option applied to `config` as deit train applies it: a spec sets RandAugment and turns
+// 3-Augment and the colour jitter off (timm applies one or the other); "none" leaves `config`
+// alone. Throws std::invalid_argument for a bad spec (parse_rand_augment).
+void use_rand_augment(AugmentConfig& config, const std::string& aa);
 
 // torchvision Resize(side) with an int: the shorter side becomes `side`, the longer side
 // int(side * long / short).

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -102,6 +103,14 @@ std::vector<double> parse_numbers(const NamedOp& op, const std::string& args) {
   return values;
 }
 
+// Pillow takes these arguments as float32: a value beyond its range would become inf.
+float as_float(const NamedOp& op, double v) {
+  if (std::fabs(v) > std::numeric_limits<float>::max())
+    throw std::invalid_argument("op '" + std::string(op.name) + "': " + to_string(v) +
+                                " is beyond a float's range (usage: " + op.usage + ")");
+  return static_cast<float>(v);
+}
+
 int as_int(const NamedOp& op, double v) {
   if (v != std::floor(v) || std::fabs(v) > 1e9)
     throw std::invalid_argument("op '" + std::string(op.name) + "': " + to_string(v) +
@@ -137,7 +146,7 @@ std::optional<RandAugmentStep> named_rand_augment_step(const NamedOp& op,
     step.level = as_int(op, a[0]);
   } else if (name == "sharpness") {
     step.op = RandAugmentOp::kSharpness;
-    step.factor = static_cast<float>(a[0]);
+    step.factor = as_float(op, a[0]);
   } else {
     return std::nullopt;
   }
@@ -288,10 +297,10 @@ ImageU8 apply_named_op(const ImageU8& image, const std::string& spec, Rng& rng) 
 
   if (name == "hflip") return hflip(image);
   if (name == "grayscale") return grayscale(image);
-  if (name == "blur") return gaussian_blur(image, static_cast<float>(a[0]));
-  if (name == "brightness") return adjust_brightness(image, static_cast<float>(a[0]));
-  if (name == "contrast") return adjust_contrast(image, static_cast<float>(a[0]));
-  if (name == "saturation") return adjust_saturation(image, static_cast<float>(a[0]));
+  if (name == "blur") return gaussian_blur(image, as_float(*op, a[0]));
+  if (name == "brightness") return adjust_brightness(image, as_float(*op, a[0]));
+  if (name == "contrast") return adjust_contrast(image, as_float(*op, a[0]));
+  if (name == "saturation") return adjust_saturation(image, as_float(*op, a[0]));
   if (name == "resize") return resize_shorter_side(image, as_int(*op, a[0]));
   if (name == "center-crop") return center_crop(image, as_int(*op, a[0]));
   if (name == "crop")

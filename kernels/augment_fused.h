@@ -56,7 +56,7 @@ struct ScratchLayout {
   int64_t weights;  // int32 (2, size, taps_stride)
   int64_t rows;     // uint8 (in_h, size, 3): the horizontal pass
   int64_t image;    // uint8 (size, size, 3): the view
-  int64_t spare;    // uint8 (size, size, 3): the blur's second buffer
+  int64_t spare;    // uint8 (size, size, 3): the second buffer of the blur, sharpness, affine
   int64_t bytes;
 };
 
@@ -76,6 +76,13 @@ DEIT_HD ScratchLayout scratch_layout(const Geometry& g, int size) {
   l.spare = align_up(l.image + view, 16);
   l.bytes = align_up(l.spare + view, 16);
   return l;
+}
+
+// Whether a view has RandAugment steps (rand_augment_kernel applies them).
+DEIT_HD bool has_rand_augment(const AugmentParams& p) {
+  for (const RandAugmentStep& step : p.rand_augment)
+    if (step.op != RandAugmentOp::kNone) return true;
+  return false;
 }
 
 // The bytes a sample's scratch takes in the workspace; samples start 256-byte aligned.

@@ -411,6 +411,7 @@ TEST_CASE("named ops reject bad names and arguments with a message", "[augment]"
   CHECK_THAT(message("blur:"), Catch::Contains("needs 1 argument"));
   CHECK_THAT(message("blur:abc"), Catch::Contains("'abc' is not a number"));
   CHECK_THAT(message("blur:-1"), Catch::Contains("sigma"));
+  CHECK_THAT(message("sharpness:1e39"), Catch::Contains("beyond a float's range"));
   CHECK_THAT(message("hflip:2"), Catch::Contains("takes no argument"));
   CHECK_THAT(message("crop:1,2,3"), Catch::Contains("needs 4 argument"));
   CHECK_THAT(message("crop:0,0,31,5"), Catch::Contains("not inside the 20x30 image"));

@@ -16,6 +16,7 @@
 #include "data/transforms.h"
 #include "engine/rng.h"
 #include "kernels/augment.h"
+#include "kernels/augment_fused.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
 #include "train/data_pipeline.h"
@@ -122,7 +123,13 @@ TEST_CASE("source loaders draw the float loaders' parameters, and a CPU feed aug
   o.batch_size = 4;
   o.workers = 2;
   o.src = GENERATE(false, true);
-  INFO("simple random crop: " << o.src);
+  const bool fine_tune = GENERATE(false, true);  // --aa: RandAugment steps in the parameters
+  if (fine_tune) {
+    o.aa = "rand-m9-mstd0.5-inc1";
+    o.three_augment = false;
+    o.color_jitter = 0;
+  }
+  INFO("simple random crop: " << o.src << ", RandAugment: " << fine_tune);
 
   auto floats = train::make_train_loader(split("train"), o);
   auto sources = train::make_train_loader(split("train"), o, {}, data::PixelFormat::kSource);
@@ -160,15 +167,25 @@ TEST_CASE("source loaders draw the float loaders' parameters, and a CPU feed aug
   CHECK(compare(float_feed, source_feed, 1) > 0);
   CHECK(compare(val_float_feed, val_source_feed, 0) == 3);
 
-  // The source batch itself: decoded images and the parameters drawn for them.
+  // The source batches themselves: decoded images and the parameters drawn for them, with
+  // RandAugment steps exactly when the run asks for them.
   sources->start_epoch(0);
-  const data::Batch* batch = sources->next_batch();
-  REQUIRE(batch != nullptr);
-  REQUIRE(batch->sources.size() >= batch->size);
-  for (size_t i = 0; i < batch->size; ++i) {
-    CHECK(batch->sources[i].height == 40);
-    CHECK(batch->params[i].crop.size == 24);
+  size_t views = 0, with_steps = 0;
+  while (const data::Batch* batch = sources->next_batch()) {
+    REQUIRE(batch->sources.size() >= batch->size);
+    for (size_t i = 0; i < batch->size; ++i) {
+      CHECK(batch->sources[i].height == 40);
+      CHECK(batch->params[i].crop.size == 24);
+      if (fine_tune) CHECK(batch->params[i].three_augment == data::ThreeAugmentOp::kNone);
+      ++views;
+      with_steps += kernels::augment_fused::has_rand_augment(batch->params[i]);
+    }
   }
+  REQUIRE(views >= 12);
+  if (fine_tune)
+    CHECK(with_steps >= views / 2);  // each view keeps a step with probability 3/4
+  else
+    CHECK(with_steps == 0);
 }
 
 TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole input path",

@@ -497,6 +497,28 @@ TEST_CASE("cuda augmentation planning rejects bad parameters before any launch",
   AugmentParams factor = good;
   factor.contrast = std::nanf("");
   CHECK_THROWS_WITH(plan(factor), Catch::Contains("contrast factor"));
+  // RandAugment steps: the check is all that stands between a bad step and a kernel (a posterize
+  // of 9 bits would shift by a negative amount on the device).
+  auto with_step = [&](RandAugmentStep step) {
+    AugmentParams p = good;
+    p.rand_augment[1] = step;
+    return p;
+  };
+  RandAugmentStep posterize;
+  posterize.op = RandAugmentOp::kPosterize;
+  posterize.level = 9;
+  CHECK_THROWS_WITH(plan(with_step(posterize)), Catch::Contains("posterize bits"));
+  RandAugmentStep unknown;
+  unknown.op = static_cast<RandAugmentOp>(99);
+  CHECK_THROWS_WITH(plan(with_step(unknown)), Catch::Contains("unknown RandAugment op 99"));
+  RandAugmentStep affine;
+  affine.op = RandAugmentOp::kAffine;
+  affine.affine[2] = std::nan("");
+  CHECK_THROWS_WITH(plan(with_step(affine)), Catch::Contains("affine matrix must be finite"));
+  RandAugmentStep sharpness;
+  sharpness.op = RandAugmentOp::kSharpness;
+  sharpness.factor = -0.5f;
+  CHECK_THROWS_WITH(plan(with_step(sharpness)), Catch::Contains("enhance factor"));
 
   // Scratch offsets: in order, aligned, each sample's region apart from the next.
   std::vector<SourceImage> many(3, sources[0]);

@@ -616,6 +616,18 @@ TEST_CASE("deit train --aa fine-tunes with RandAugment in place of 3-Augment and
   options = model::read_checkpoint_header(out + "/checkpoint.safetensors").state.at("options");
   CHECK(options["aa"] == "rand-m9-mstd0.5-inc1");
   CHECK(options["three_augment"] == false);
+  // Resumed with --aa none, the recipe's 3-Augment and jitter come back (not no augmentation),
+  // and the warning names all three changes.
+  r = run_deit("train --resume " + out + " --epochs 3 --aa none --quiet");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("aa \"rand-m9-mstd0.5-inc1\" -> \"none\"") &&
+                           Catch::Contains("three_augment false -> true") &&
+                           Catch::Contains("color_jitter 0"));
+  options = model::read_checkpoint_header(out + "/checkpoint.safetensors").state.at("options");
+  CHECK(options["aa"] == "none");
+  CHECK(options["three_augment"] == true);
+  CHECK(options["color_jitter"] == 0.3);
 
   // Either of the pre-training augmentations asked for as well is refused, naming the flag to
   // drop; so is a spec timm would not read. Nothing is made.
@@ -636,9 +648,17 @@ TEST_CASE("deit train --aa fine-tunes with RandAugment in place of 3-Augment and
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--aa: RandAugment spec 'autoaugment'"));
   CHECK_FALSE(std::filesystem::exists(never));
-  // Turning them off by hand is the same run as letting --aa do it.
-  CHECK(run_deit(tiny_train_args(data, never, 1) + aa + " --no-three-augment --color-jitter 0")
-            .exit_code == 0);
+  // Turning them off by hand is the same run as letting --aa do it: the same first epoch.
+  REQUIRE(run_deit(tiny_train_args(data, never, 1) + aa + " --no-three-augment --color-jitter 0")
+              .exit_code == 0);
+  auto first_epoch = [](const std::string& run) {
+    std::ifstream log(run + "/log.txt");
+    std::string line;
+    std::getline(log, line);
+    const nlohmann::json j = nlohmann::json::parse(line);
+    return std::vector<double>{j.at("train_loss"), j.at("test_loss"), j.at("test_acc1")};
+  };
+  CHECK(first_epoch(never) == first_epoch(out));
 
   // The options alone: validate() says the same.
   train::TrainOptions o = train::recipe_for("deit3_tiny");

@@ -1,7 +1,7 @@
 // The GPU augmentation stage (kernels/augment.h): a batch of variable-size uint8 source images and
 // their per-sample AugmentParams -> the normalised (B, 3, S, S) float32 batch; then mixup / cutmix.
 //
-// What it fuses, per batch, in four launches on one stream (each sample works in its own scratch,
+// What it fuses, per batch, in five launches on one stream (each sample works in its own scratch,
 // laid out by scratch_layout and placed by plan_augment_cuda; the per-pixel steps of launches 1-3
 // are in kernels/augment_fused.h, where a host test checks them without a GPU):
 //   1. taps_kernel         grid (ceil(S / 128), 2 axes, B), 128 threads: one thread per output
@@ -17,12 +17,17 @@
 //   4. finish_kernel       one block of 1024 threads per sample: the 3-Augment op (grayscale,
 //                          solarize, or the 6 box-blur passes between two buffers), the colour
 //                          jitter in the sample's order (contrast's mean luma is a block reduction
-//                          of integers, so exact and deterministic), RandAugment's steps
+//                          of integers, so exact and deterministic), then normalisation to float
+//                          planes, unless the sample has RandAugment steps.
+//   5. rand_augment_kernel the same blocks; those of samples with RandAugment steps apply them
 //                          (autocontrast and equalize build per-channel histograms with
 //                          shared-memory atomics, exact integer counts; sharpness and the affine
-//                          ops write the spare buffer first), then normalisation to float planes.
-//                          __syncthreads() separates ops; each op reads the previous op's uint8
-//                          output, as Pillow does.
+//                          ops write the spare buffer first), then normalise; the others return
+//                          at once. Its own kernel: the steps take 64 registers a thread where
+//                          finish_kernel takes 32 (ptxas, sm_80 and sm_90), so one kernel would
+//                          run half as many threads per SM for pre-training's views too, which
+//                          have no step.
+//   __syncthreads() separates ops; each op reads the previous op's uint8 output, as Pillow does.
 // Every value is computed by the functions of kernels/augment_arith.h that the CPU twin calls, in
 // the same order, so the output is the CPU twin's bit for bit (tests/test_augment_cuda.cpp).
 // mix_images_cuda / mix_targets_cuda: elementwise grid-stride kernels (256 threads).
@@ -80,6 +85,9 @@ void augment_batch_cuda(const uint8_t* pixels, const SourceImage* sources,
                                                                           workspace);
   DEIT_CUDA_CHECK_LAUNCH();
   finish_kernel<<<samples, kFinishThreads, 0, stream>>>(sources, params, size, workspace, out);
+  DEIT_CUDA_CHECK_LAUNCH();
+  rand_augment_kernel<<<samples, kFinishThreads, 0, stream>>>(sources, params, size, workspace,
+                                                              out);
   DEIT_CUDA_CHECK_LAUNCH();
 }
 

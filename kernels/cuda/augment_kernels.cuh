@@ -191,13 +191,25 @@ __device__ void rand_augment_view(uint8_t* image, uint8_t* spare, int size,
   __syncthreads();
 }
 
-// One block per sample: 3-Augment, colour jitter, RandAugment, normalisation (see the top of the
-// file).
-__global__ void __launch_bounds__(kFinishThreads)
+// The view (size, size, 3) uint8 -> sample b's (3, size, size) float planes, by the block;
+// consecutive threads write consecutive floats.
+__device__ void normalize_view(const uint8_t* image, int size, int b, float* out) {
+  const int pixels = size * size, n = pixels * 3;
+  float* planes = out + static_cast<int64_t>(b) * n;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int c = i / pixels, q = i % pixels;
+    planes[i] = normalize_value(image[q * 3 + c], c);
+  }
+}
+
+// One block per sample: 3-Augment, colour jitter, then normalisation, unless the sample has
+// RandAugment steps, which rand_augment_kernel applies and normalises (see the top of the file).
+// Two blocks per SM: ptxas fits it in 32 registers without spilling (sm_80, sm_90), where left
+// free it takes 42, which leaves room for one 1024-thread block.
+__global__ void __launch_bounds__(kFinishThreads, 2)
     finish_kernel(const SourceImage* sources, const AugmentParams* params, int size,
                   uint8_t* workspace, float* out) {
   __shared__ unsigned long long warp_sums[kFinishThreads / 32];
-  __shared__ ChannelTables tables;
   const int b = blockIdx.x;
   const SampleView v = sample_view(sources, params, b, size, workspace);
   const AugmentParams& p = params[b];
@@ -238,16 +250,25 @@ __global__ void __launch_bounds__(kFinishThreads)
     __syncthreads();
   }
 
-  for (int j = 0; j < kMaxRandAugmentSteps; ++j)
-    rand_augment_view(image, spare, size, p.rand_augment[j], tables, warp_sums);
+  if (!has_rand_augment(p)) normalize_view(image, size, b, out);
+}
 
-  // (size, size, 3) uint8 -> (3, size, size) float planes; consecutive threads write
-  // consecutive floats.
-  float* planes = out + static_cast<int64_t>(b) * n;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int c = i / pixels, q = i % pixels;
-    planes[i] = normalize_value(image[q * 3 + c], c);
-  }
+// One block per sample with RandAugment steps: the steps, then normalisation; the other blocks
+// return at once. A kernel of its own because the steps need twice finish_kernel's registers,
+// which would halve its occupancy in pre-training, where no view has a step.
+__global__ void __launch_bounds__(kFinishThreads)
+    rand_augment_kernel(const SourceImage* sources, const AugmentParams* params, int size,
+                        uint8_t* workspace, float* out) {
+  const int b = blockIdx.x;
+  const AugmentParams& p = params[b];
+  if (!has_rand_augment(p)) return;
+  __shared__ unsigned long long warp_sums[kFinishThreads / 32];
+  __shared__ ChannelTables tables;
+  const SampleView v = sample_view(sources, params, b, size, workspace);
+  uint8_t* image = v.scratch + v.l.image;
+  for (int j = 0; j < kMaxRandAugmentSteps; ++j)
+    rand_augment_view(image, v.scratch + v.l.spare, size, p.rand_augment[j], tables, warp_sums);
+  normalize_view(image, size, b, out);
 }
 
 // Pair (i, batch-1-i) for i < batch / 2, element k of a sample: both blended from the originals.

@@ -30,7 +30,8 @@ inline int64_t plan_augment_scratch(SourceImage* sources, const AugmentParams* p
 }
 
 // The x extents of augment_batch_cuda's grids for size x size views: taps_kernel runs on
-// (taps, 2, batch) blocks, the two resample kernels on (resample, batch), finish_kernel on batch.
+// (taps, 2, batch) blocks, the two resample kernels on (resample, batch), finish_kernel and
+// rand_augment_kernel on batch.
 struct AugmentGrids {
   unsigned taps, resample;
 };

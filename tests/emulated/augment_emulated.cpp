@@ -1,13 +1,14 @@
 // augment_emulated: the GPU augmentation stage (kernels/cuda/augment_kernels.cuh: taps_kernel,
-// resample_rows_kernel, resample_columns_kernel, finish_kernel, then mixup_kernel, cutmix_kernel
-// and mix_targets_kernel), from the very source nvcc compiles, run on the host by the emulator of
-// cuda_emulator.h and checked against the CPU twin (kernels/cpu/augment.cpp) the way the [gpu]
-// tests (tests/test_augment_cuda.cpp) check it on a GPU: fresh random sources and parameters,
-// outputs poisoned (NaN) and the workspace filled with 0xFF before every call, every value
-// compared, and every comparison exact, bit for bit, as there. A second run under other schedules
-// must give the same bits. CI machines have no GPU: this is what checks an edit to these kernels
-// there, including out-of-bounds accesses (sources, parameters, workspace and outputs end at a
-// guard page), missing barriers and misused shuffles (see cuda_emulator.h).
+// resample_rows_kernel, resample_columns_kernel, finish_kernel, rand_augment_kernel, then
+// mixup_kernel, cutmix_kernel and mix_targets_kernel), from the very source nvcc compiles, run on
+// the host by the emulator of cuda_emulator.h and checked against the CPU twin
+// (kernels/cpu/augment.cpp) the way the [gpu] tests (tests/test_augment_cuda.cpp) check it on a
+// GPU: fresh random sources and parameters, outputs poisoned (NaN) and the workspace filled with
+// 0xFF before every call, every value compared, and every comparison exact, bit for bit, as there.
+// A second run under other schedules must give the same bits. CI machines have no GPU: this is what
+// checks an edit to these kernels there, including out-of-bounds accesses (sources, parameters,
+// workspace and outputs end at a guard page), missing barriers and misused shuffles (see
+// cuda_emulator.h).
 //
 // What it cannot check: the device's own rounding. The host compiler evaluates
 // kernels/augment_arith.h's host branch (plain operators, no FMA under -ffp-contract=off), not
@@ -381,7 +382,7 @@ PackedBatch pack(const Batch& b, Rng& rng) {
   return packed;
 }
 
-// augment_batch_cuda's four launches -> (batch, 3, size, size).
+// augment_batch_cuda's five launches -> (batch, 3, size, size).
 std::vector<float> augment_batch(const PackedBatch& packed, int size) {
   std::vector<SourceImage> sources = packed.sources;
   const int64_t batch = static_cast<int64_t>(sources.size());
@@ -409,6 +410,8 @@ std::vector<float> augment_batch(const PackedBatch& packed, int size) {
               [=] { resample_columns_kernel(src, params, size, workspace); });
   emu::launch({"finish_kernel", samples, kFinishThreads, 0},
               [=] { finish_kernel(src, params, size, workspace, out); });
+  emu::launch({"rand_augment_kernel", samples, kFinishThreads, 0},
+              [=] { rand_augment_kernel(src, params, size, workspace, out); });
   return dev_out.download();
 }
 
@@ -452,7 +455,7 @@ std::vector<float> mix_targets(const MixParams& p, const std::vector<int32_t>& l
 // The whole stage against augment_batch_cpu, exactly; a second run must repeat its bits. Returns
 // the reference images, for the mixing checks.
 std::vector<float> check_augment(const Batch& b, Rng& rng, emu::ShapeChecks& checks) {
-  checks.part("taps, resample rows, resample columns, finish kernels");
+  checks.part("taps, resample rows, resample columns, finish, rand augment kernels");
   const PackedBatch packed = pack(b, rng);
   const int64_t batch = static_cast<int64_t>(b.samples.size());
   std::vector<float> ref(static_cast<size_t>(batch) * 3 * b.size * b.size);
