@@ -20,6 +20,7 @@
 #include "data/mixup.h"
 #include "data/transforms.h"
 #include "engine/rng.h"
+#include "tests/test_data_helpers.h"
 
 namespace {
 
@@ -396,15 +397,7 @@ TEST_CASE("mixup blends each sample and its target with its mirror in the batch"
 
 TEST_CASE("named ops reject bad names and arguments with a message", "[augment]") {
   const ImageU8 image = random_image(20, 30, 6);
-  deit::Rng rng(1);
-  auto message = [&](const std::string& spec) {
-    try {
-      apply_named_op(image, spec, rng);
-    } catch (const std::invalid_argument& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  auto message = [&](const std::string& spec) { return deit::test::named_op_error(image, spec); };
   CHECK_THAT(message("sharpen"),
              Catch::Contains("unknown op 'sharpen'") && Catch::Contains("blur:SIGMA"));
   CHECK_THAT(message("blur"), Catch::Contains("needs 1 argument"));

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,8 @@
 
 #include "data/image.h"
 #include "data/synthetic.h"
+#include "data/transforms.h"
+#include "engine/rng.h"
 
 namespace deit::test {
 
@@ -72,6 +75,17 @@ inline std::vector<nlohmann::json> log_lines(const std::string& path) {
   std::string line;
   while (std::getline(log, line)) lines.push_back(nlohmann::json::parse(line));
   return lines;
+}
+
+// What `deit augment --op SPEC` says is wrong with SPEC on `image` ("no error" if nothing).
+inline std::string named_op_error(const data::ImageU8& image, const std::string& spec) {
+  Rng rng(1);
+  try {
+    data::apply_named_op(image, spec, rng);
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "no error";
 }
 
 inline void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {

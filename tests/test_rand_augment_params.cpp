@@ -19,6 +19,7 @@
 #include "data/augment_params.h"
 #include "data/transforms.h"
 #include "engine/rng.h"
+#include "tests/test_data_helpers.h"
 
 namespace {
 
@@ -479,14 +480,7 @@ TEST_CASE("the RandAugment named ops apply one step with their argument", "[augm
   // Bare solarize is still 3-Augment's.
   CHECK(apply_named_op(image, "solarize", rng).pixels == solarize(image).pixels);
 
-  auto message = [&](const std::string& spec) {
-    try {
-      apply_named_op(image, spec, rng);
-    } catch (const std::invalid_argument& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  auto message = [&](const std::string& spec) { return deit::test::named_op_error(image, spec); };
   CHECK_THAT(message("invert:1"), Catch::Contains("'invert' takes no argument"));
   CHECK_THAT(message("posterize"), Catch::Contains("needs 1 argument"));
   CHECK_THAT(message("posterize:2.5"), Catch::Contains("not an integer"));

@@ -652,10 +652,7 @@ TEST_CASE("deit train --aa fine-tunes with RandAugment in place of 3-Augment and
   REQUIRE(run_deit(tiny_train_args(data, never, 1) + aa + " --no-three-augment --color-jitter 0")
               .exit_code == 0);
   auto first_epoch = [](const std::string& run) {
-    std::ifstream log(run + "/log.txt");
-    std::string line;
-    std::getline(log, line);
-    const nlohmann::json j = nlohmann::json::parse(line);
+    const nlohmann::json j = test::log_lines(run + "/log.txt").at(0);
     return std::vector<double>{j.at("train_loss"), j.at("test_loss"), j.at("test_acc1")};
   };
   CHECK(first_epoch(never) == first_epoch(out));
