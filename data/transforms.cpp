@@ -138,9 +138,6 @@ std::optional<RandAugmentStep> named_rand_augment_step(const NamedOp& op,
   } else if (name == "posterize") {
     step.op = RandAugmentOp::kPosterize;
     step.level = as_int(op, a[0]);
-  } else if (name == "solarize") {
-    step.op = RandAugmentOp::kSolarize;
-    step.level = a.empty() ? 128 : as_int(op, a[0]);  // bare: 3-Augment's threshold
   } else if (name == "solarize-add") {
     step.op = RandAugmentOp::kSolarizeAdd;
     step.level = as_int(op, a[0]);
@@ -211,9 +208,9 @@ ImageU8 grayscale(const ImageU8& src) {
   return out;
 }
 
-ImageU8 solarize(const ImageU8& src) {
+ImageU8 solarize(const ImageU8& src, int threshold) {
   ImageU8 out = blank(src.height, src.width);
-  kernels::solarize_cpu(src.pixels.data(), src.height, src.width, out.pixels.data());
+  kernels::solarize_cpu(src.pixels.data(), src.height, src.width, out.pixels.data(), threshold);
   return out;
 }
 
@@ -297,6 +294,7 @@ ImageU8 apply_named_op(const ImageU8& image, const std::string& spec, Rng& rng) 
 
   if (name == "hflip") return hflip(image);
   if (name == "grayscale") return grayscale(image);
+  if (name == "solarize") return a.empty() ? solarize(image) : solarize(image, as_int(*op, a[0]));
   if (name == "blur") return gaussian_blur(image, as_float(*op, a[0]));
   if (name == "brightness") return adjust_brightness(image, as_float(*op, a[0]));
   if (name == "contrast") return adjust_contrast(image, as_float(*op, a[0]));

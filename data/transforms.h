@@ -58,8 +58,9 @@ uint8_t luma(const uint8_t* rgb);
 // torchvision Grayscale(3): the luma copied to all three channels.
 ImageU8 grayscale(const ImageU8& src);
 
-// PIL ImageOps.solarize with threshold 128: every channel value v >= 128 becomes 255 - v.
-ImageU8 solarize(const ImageU8& src);
+// PIL ImageOps.solarize: every channel value v >= threshold becomes 255 - v (3-Augment's
+// threshold is 128; RandAugment's varies).
+ImageU8 solarize(const ImageU8& src, int threshold = 128);
 
 // PIL's ImageFilter.GaussianBlur(radius=sigma), which the reference's GaussianBlur class applies.
 // Pillow does not convolve with a sampled Gaussian: it runs 3 passes of an "extended box" filter

@@ -39,6 +39,14 @@ DEIT_HD uint8_t autocontrast_value(int v, int lo, int hi) {
   return static_cast<uint8_t>(stretched < 0 ? 0 : (stretched > 255 ? 255 : stretched));
 }
 
+// ImageOps.autocontrast's table for one channel. histogram: (256) counts -> table: (256).
+DEIT_HD void autocontrast_table(const uint32_t* histogram, uint8_t* table) {
+  int lo = 0, hi = 255;
+  while (lo < 255 && histogram[lo] == 0) ++lo;
+  while (hi > 0 && histogram[hi] == 0) --hi;
+  for (int v = 0; v < 256; ++v) table[v] = autocontrast_value(v, lo, hi);
+}
+
 // ImageOps.equalize's table for one channel. histogram: (256) counts -> table: (256).
 // Python's version: the counts of the values present; with at most one, or with
 // step = (their total - the last one's count) // 255 equal to 0, the identity; otherwise

@@ -71,12 +71,7 @@ void autocontrast_cpu(const uint8_t* src, int h, int w, uint8_t* dst) {
   uint32_t histograms[3][256];
   channel_histograms(src, h, w, histograms);
   uint8_t tables[3][256];
-  for (int c = 0; c < 3; ++c) {
-    int lo = 0, hi = 255;
-    while (lo < 255 && histograms[c][lo] == 0) ++lo;
-    while (hi > 0 && histograms[c][hi] == 0) --hi;
-    for (int v = 0; v < 256; ++v) tables[c][v] = autocontrast_value(v, lo, hi);
-  }
+  for (int c = 0; c < 3; ++c) autocontrast_table(histograms[c], tables[c]);
   apply_tables(src, h, w, tables, dst);
 }
 

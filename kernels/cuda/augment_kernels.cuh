@@ -127,14 +127,10 @@ __device__ void histogram_op_view(uint8_t* image, int size, RandAugmentOp op, Ch
   __syncthreads();
   if (threadIdx.x < 3) {
     const int c = threadIdx.x;
-    if (op == RandAugmentOp::kEqualize) {
+    if (op == RandAugmentOp::kEqualize)
       equalize_table(t.histograms[c], t.tables[c]);
-    } else {
-      int lo = 0, hi = 255;
-      while (lo < 255 && t.histograms[c][lo] == 0) ++lo;
-      while (hi > 0 && t.histograms[c][hi] == 0) --hi;
-      for (int v = 0; v < 256; ++v) t.tables[c][v] = autocontrast_value(v, lo, hi);
-    }
+    else
+      autocontrast_table(t.histograms[c], t.tables[c]);
   }
   __syncthreads();
   for (int i = threadIdx.x; i < n; i += blockDim.x) image[i] = t.tables[i % 3][image[i]];
