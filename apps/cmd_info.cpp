@@ -36,7 +36,7 @@ struct SavedRun {
   std::string path;
   train::RunState state;
   std::vector<std::string> class_names;
-  std::string recipe;       // what the settings are compared with, "the deit3_base recipe"
+  std::string recipe;       // what the settings are compared with, "the deit3_base pretrain recipe"
   std::string recipe_word;  // "recipe" or "default"
   std::vector<train::TrainOptions::Difference> off_recipe;
   int64_t epoch_batches = 0;  // of each process in an epoch (0: unknown)
@@ -63,21 +63,23 @@ int64_t batches_per_epoch(const train::RunState& s) {
 SavedRun read_saved_run(const model::Checkpoint& checkpoint) {
   SavedRun run;
   run.path = checkpoint.path;
+  std::string stage;
   try {
     run.state = train::run_state_from_json(checkpoint.state);
-    train::resume_options(checkpoint.config, run.state.options);  // each saved option's type
+    // Also checks each saved option's type.
+    stage = train::resume_options(checkpoint.config, run.state.options).recipe;
   } catch (const std::exception& e) {
     throw std::runtime_error("checkpoint '" + checkpoint.path + "': " + e.what());
   }
   run.epoch_batches = batches_per_epoch(run.state);
   run.class_names = checkpoint.class_names;
   const std::string preset = model::preset_of(checkpoint.config);
-  run.recipe =
-      preset.empty() ? "deit train's defaults (deit3_small's recipe)" : "the " + preset + " recipe";
+  run.recipe = preset.empty() ? "deit train's defaults (deit3_small's " + stage + " recipe)"
+                              : "the " + preset + " " + stage + " recipe";
   run.recipe_word = preset.empty() ? "default" : "recipe";
   static const std::set<std::string> kShape = {"patch", "dim",         "depth",
                                                "heads", "num_classes", "input_size"};
-  for (auto& d : train::recipe_of(checkpoint.config).course_differences(run.state.options))
+  for (auto& d : train::recipe_of(checkpoint.config, stage).course_differences(run.state.options))
     if (!kShape.count(d.key)) run.off_recipe.push_back(std::move(d));
   return run;
 }

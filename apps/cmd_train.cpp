@@ -63,10 +63,16 @@ void add_train_command(CLI::App& app) {
   auto flags = std::make_shared<TrainFlags>();
   CLI::App* cmd = app.add_subcommand("train", "Train (or resume, or fine-tune) a DeiT III ViT");
   flags->add_to(*cmd);
-  cmd->footer(
-      "Ctrl-C, SIGTERM or SIGUSR1 stops a run after the optimizer step it is in, with a "
-      "checkpoint of that step; --resume continues from there (a second signal stops at once).");
-  cmd->callback([flags] { report_training(train::train(flags->resolve())); });
+  cmd->footer(TrainFlags::recipes_help() +
+              "\nCtrl-C, SIGTERM or SIGUSR1 stops a run after the optimizer step it is in, with a "
+              "checkpoint of that step; --resume continues from there (a second signal stops at "
+              "once).");
+  cmd->callback([flags] {
+    const train::TrainOptions options = flags->resolve();
+    if (!flags->dry_run) return report_training(train::train(options));
+    options.validate();
+    std::printf("%s\n", options.to_json().dump(2).c_str());
+  });
 }
 
 }  // namespace deit::apps

@@ -24,7 +24,14 @@ void add_switch(CLI::App& cmd, std::optional<bool>& value, const std::string& na
 }  // namespace
 
 void TrainFlags::add_to(CLI::App& cmd) {
-  model.add_to(cmd, "the preset's training resolution: S 224, B/L 192, H 160", "--resume");
+  std::vector<std::string> stages;
+  for (const train::RecipeStage& r : train::recipe_stages()) stages.push_back(r.name);
+  cmd.add_option("--recipe", recipe,
+                 "The stage of the reference's training whose values every other flag defaults "
+                 "to (pretrain; see below)")
+      ->check(CLI::IsMember(stages))
+      ->type_name("STAGE");
+  model.add_to(cmd, "the recipe's: pretrain S 224, B/L 192, H 160", "--resume");
   cmd.add_option("--data", data,
                  "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or DIR/train.shard, "
                  "DIR/val.shard); required unless --resume");
@@ -35,43 +42,53 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--device", device,
                  "cpu or cuda[:N]; cuda alone: the GPU of this process's "
                  "local rank (cpu; when resuming, the run's)");
-  cmd.add_option("--epochs", epochs, "Epochs (recipe: 800)");
-  cmd.add_option("--batch-size", batch_size, "Images per micro-batch and process (default 256); "
-                                             "global batch: this x --accum-steps x processes");
+  cmd.add_option("--epochs", epochs, "Epochs (the recipe's; pretrain 800)");
+  cmd.add_option("--batch-size", batch_size,
+                 "Images per micro-batch and process (the recipe's; "
+                 "pretrain 256); global batch: this x --accum-steps "
+                 "x processes");
   cmd.add_option("--accum-steps", accum_steps, "Micro-batches per optimizer step (default 1)");
   cmd.add_option("--opt", opt,
-                 "Optimizer: lamb (pre-training, the default) or adamw (fine-tuning)");
+                 "Optimizer: lamb or adamw (the recipe's; finetune adamw, others lamb)");
   cmd.add_option("--lr", lr,
-                 "Peak learning rate, not scaled by batch size (T/S 4e-3, M/B/L/H 3e-3)");
+                 "Peak learning rate, not scaled by batch size (the recipe's; pretrain T/S 4e-3, "
+                 "M/B/L/H 3e-3)");
   cmd.add_option("--min-lr", min_lr, "Final learning rate of the cosine (1e-5)");
   cmd.add_option("--warmup-lr", warmup_lr, "Learning rate warm-up starts from (1e-6)");
   cmd.add_option("--warmup-epochs", warmup_epochs, "Linear warm-up epochs (5)");
-  cmd.add_option("--weight-decay", weight_decay, "Weight decay on weight matrices (0.05)");
+  cmd.add_option("--weight-decay", weight_decay,
+                 "Weight decay on weight matrices (the recipe's; pretrain 0.05)");
   cmd.add_option("--opt-eps", opt_eps, "Optimizer epsilon (1e-8)");
   cmd.add_option("--clip-grad", clip_grad, "Global-norm clipping before the optimizer (off; "
                                            "LAMB clips at 1.0 inside)");
   cmd.add_option("--drop-path", drop_path,
-                 "Stochastic depth rate, the same at every block "
-                 "(T 0, S 0.05, M 0.1, B 0.2, L 0.45, H 0.6)");
-  add_switch(cmd, three_augment, "three-augment", "3-Augment: grayscale, solarize or blur (on)");
-  add_switch(cmd, src, "src", "Simple Random Crop instead of RandomResizedCrop (off)");
+                 "Stochastic depth rate, the same at every block (the recipe's; pretrain T 0, "
+                 "S 0.05, M 0.1, B 0.2, L 0.45, H 0.6)");
+  add_switch(cmd, three_augment, "three-augment",
+             "3-Augment: grayscale, solarize or blur (on, but for finetune)");
+  add_switch(cmd, src, "src",
+             "Simple Random Crop instead of RandomResizedCrop (the in21k recipes' choice)");
   cmd.add_option("--rrc-scale-min", rrc_scale_min,
                  "RandomResizedCrop's smallest crop, as a fraction of the image area (0.08)");
-  cmd.add_option("--color-jitter", color_jitter, "Brightness/contrast/saturation jitter (0.3)");
+  cmd.add_option("--color-jitter", color_jitter,
+                 "Brightness/contrast/saturation jitter (0.3, but 0 for finetune)");
   cmd.add_option("--aa", aa,
-                 "RandAugment, timm's spec (rand-m9-mstd0.5-inc1 is the recipe's fine-tuning "
-                 "augmentation) in place of 3-Augment and colour jitter; none (default)")
+                 "RandAugment, timm's spec, in place of 3-Augment and colour jitter: none, but "
+                 "rand-m9-mstd0.5-inc1 for finetune")
       ->type_name("SPEC");
   cmd.add_option("--eval-crop-ratio", eval_crop_ratio, "Evaluation crop ratio (1.0)");
-  add_switch(cmd, repeated_aug, "repeated-aug", "Repeated augmentation, 3 repeats (on)");
-  cmd.add_option("--mixup", mixup, "Mixup alpha, 0 = off (0.8)");
+  add_switch(cmd, repeated_aug, "repeated-aug",
+             "Repeated augmentation, 3 repeats (pretrain's choice)");
+  cmd.add_option("--mixup", mixup, "Mixup alpha, 0 = off (0.8, but 0 for the in21k recipes)");
   cmd.add_option("--cutmix", cutmix, "CutMix alpha, 0 = off (1.0)");
   cmd.add_option("--mixup-switch-prob", mixup_switch_prob, "Probability of CutMix over mixup (0.5)");
   cmd.add_option("--mixup-prob", mixup_prob, "Probability that a batch is mixed at all (1.0)");
   cmd.add_option("--smoothing", smoothing,
-                 "Label smoothing (0); for --no-bce-loss, as BCE binarises its targets");
-  add_switch(cmd, bce_loss, "bce-loss", "Binary cross-entropy on binarised targets (on); off: "
-                                        "soft-target cross-entropy");
+                 "Label smoothing (0, but 0.1 where the recipe's loss is cross-entropy); for "
+                 "--no-bce-loss, as BCE binarises its targets");
+  add_switch(cmd, bce_loss, "bce-loss",
+             "Binary cross-entropy on binarised targets (pretrain's "
+             "choice); off: soft-target cross-entropy");
   add_switch(cmd, model_ema, "model-ema",
              "Keep an exponential moving average of the weights, saved in the checkpoint, not "
              "evaluated (on)");
@@ -108,18 +125,33 @@ void TrainFlags::add_to(CLI::App& cmd) {
              "later batch (one launch per step instead of every kernel; needs --accum-steps 1) "
              "(off)");
   cmd.add_flag("--quiet", quiet, "No progress output");
+  cmd.add_flag("--dry-run", dry_run,
+               "Print the settings the run would have (JSON, as its checkpoint saves them) and "
+               "exit, without reading the data");
+}
+
+std::string TrainFlags::recipes_help() {
+  std::string help = "Recipes (--recipe), the reference code's commands (README_revenge.md):\n";
+  for (const train::RecipeStage& r : train::recipe_stages())
+    help += "  " + std::string(r.name) + ": " + r.about + "\n";
+  return help + "Their values for each model (a flag given overrides any of them):\n" +
+         train::recipe_table();
 }
 
 train::TrainOptions TrainFlags::starting_options() const {
   if (resume.empty()) {
     if (model.model.empty())
       throw std::invalid_argument("--model is required (unless --resume continues a run)");
-    train::TrainOptions o = train::recipe_for(model.model);
+    train::TrainOptions o = train::recipe_for(model.model, recipe.empty() ? "pretrain" : recipe);
     o.num_classes_given = model.num_classes.has_value();
     o.data_dir = data;
     o.output_dir = output;
     return o;
   }
+  if (!recipe.empty())
+    throw std::invalid_argument(
+        "--recipe starts a new run: a resumed run keeps its own, and a "
+        "flag given with --resume changes that one setting");
   const std::string checkpoint = model::checkpoint_file(resume);
   const model::Checkpoint saved = model::read_checkpoint_header(checkpoint);
   const std::string saved_preset = model::preset_of(saved.config);
@@ -179,7 +211,8 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(three_augment, o.three_augment);
   // RandAugment takes the place of the preset's 3-Augment and colour jitter (validate() refuses
   // both at once); either one given explicitly as well is left for validate() to name. Turned
-  // off (--aa none, resuming a run that had it), it gives their place back to the recipe's.
+  // off (--aa none, on the finetune recipe or resuming a run that had it), it gives their place
+  // back to pre-training's.
   if (aa && *aa != "none") {
     if (!three_augment) o.three_augment = false;
     if (!color_jitter) o.color_jitter = 0;

@@ -1,6 +1,7 @@
 // The recipe flags of `deit train`. Each flag is optional: unset, the value comes from the
-// preset's recipe (train/recipe.h), so `deit train --model deit3_base` trains with the paper's
-// settings for ViT-B; or, with --resume, from the settings the run saved in its checkpoint, so
+// preset's recipe at the --recipe stage (train/recipe.h), so `deit train --model deit3_base`
+// pre-trains with the paper's settings for ViT-B and `--recipe finetune` fine-tunes with the
+// reference's; or, with --resume, from the settings the run saved in its checkpoint, so
 // `deit train --resume RUN/checkpoint.safetensors` continues a run by itself.
 #pragma once
 #include <optional>
@@ -16,7 +17,7 @@ namespace deit::apps {
 
 struct TrainFlags {
   ModelOptions model;
-  std::string data, output, resume, finetune, opt;
+  std::string recipe, data, output, resume, finetune, opt;
   std::optional<std::string> device, aa;
   std::optional<int64_t> epochs, batch_size, accum_steps;
   std::optional<double> lr, min_lr, warmup_lr, warmup_epochs, weight_decay, opt_eps, clip_grad,
@@ -29,11 +30,14 @@ struct TrainFlags {
   std::optional<int> workers;
   std::optional<double> bucket_mb, save_every;
   bool quiet = false;
+  bool dry_run = false;
 
   void add_to(CLI::App& cmd);
   // The options to start from (recipe_for(--model), or the --resume checkpoint's) with every given
   // flag applied. Throws std::invalid_argument for a missing or contradicting flag.
   train::TrainOptions resolve() const;
+  // What each --recipe stage sets, and its values for each model: for --help.
+  static std::string recipes_help();
 
  private:
   train::TrainOptions starting_options() const;

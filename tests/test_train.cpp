@@ -124,11 +124,13 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("top-1") && Catch::Contains("checkpoint.safetensors"));
   // What the run is about to do, with the global batch the recipe's learning rate assumes.
-  CHECK_THAT(r.output, Catch::Contains("training deit3_tiny (custom) on " + data +
-                                       " (96 images, 4 "
-                                       "classes), 2 epochs of 6 optimizer steps, on cpu\n"
-                                       "global batch 16 = 16 per process x 1 process; the "
-                                       "deit3_tiny recipe's is 2048, which its lr assumes"));
+  CHECK_THAT(r.output,
+             Catch::Contains("training deit3_tiny (custom) with the pretrain recipe on " + data +
+                             " (96 images, 4 "
+                             "classes), 2 epochs of 6 optimizer steps, on cpu\n"
+                             "global batch 16 = 16 per process x 1 process; the "
+                             "deit3_tiny pretrain recipe's is 2048, which its lr "
+                             "assumes"));
   // Each epoch's line says how long the rest will take, at its pace.
   CHECK_THAT(r.output,
              Catch::Contains("s; 1 more epoch, about ") && !Catch::Contains("0 more epochs"));
@@ -157,7 +159,7 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
              Catch::Contains("trained          2 of 2 epochs; 12 optimizer steps, 1 process") &&
                  Catch::Contains("classes          4 (checkerboard, concentric_rings, ") &&
                  Catch::Contains("data             " + std::filesystem::absolute(data).string()) &&
-                 Catch::Contains("differ from the deit3_tiny recipe in\n") &&
+                 Catch::Contains("differ from the deit3_tiny pretrain recipe in\n") &&
                  Catch::Contains("   batch_size 16 (recipe: 256)\n") &&
                  Catch::Contains("   epochs 2 (recipe: 800)\n") && Catch::Contains("finished "));
   CHECK_THAT(info.output, !Catch::Contains("patch 4 (recipe"));  // the model lines show it
@@ -185,14 +187,18 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
 
   // A fine-tune, resumed, is still one: its first lines and deit info say what it started from.
   const std::string tuned = dir.file("tuned");
-  REQUIRE(run_deit(tiny_train_args(data, tuned, 1) + " --finetune " + out).exit_code == 0);
+  REQUIRE(run_deit(tiny_train_args(data, tuned, 1) + " --recipe finetune --finetune " + out)
+              .exit_code == 0);
   const CliResult resumed = run_deit("train --resume " + tuned + " --epochs 2");
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
-  CHECK_THAT(resumed.output, Catch::Contains("the deit3_tiny fine-tuning recipe's is 512"));
+  CHECK_THAT(resumed.output, Catch::Contains("with the finetune recipe on") &&
+                                 Catch::Contains("the deit3_tiny finetune recipe's is 512"));
   CHECK_THAT(run_deit("info --checkpoint " + tuned).output,
              Catch::Contains("started from     " + std::filesystem::absolute(out).string() +
-                             "/checkpoint.safetensors (--finetune)"));
+                             "/checkpoint.safetensors (--finetune)") &&
+                 Catch::Contains("differ from the deit3_tiny finetune recipe in\n") &&
+                 Catch::Contains("   epochs 2 (recipe: 20)\n"));
 }
 
 TEST_CASE("deit train --recompute-gelu or --grad-checkpointing trains bit for bit as without",
@@ -685,7 +691,7 @@ TEST_CASE("an epoch's last optimizer step averages the micro-batches it has", "[
 
 TEST_CASE("a run's saved options give back every setting to the run that resumes it",
           "[train][resume]") {
-  train::TrainOptions run = train::recipe_for("deit3_base");
+  train::TrainOptions run = train::recipe_for("deit3_base", "in21k-finetune");
   run.model.dim = 96;
   run.model.name += " (custom)";
   run.model.num_classes = 7;
@@ -738,21 +744,34 @@ TEST_CASE("a run's saved options give back every setting to the run that resumes
   CHECK(resumed.finetune.empty());
   CHECK(resumed.finetuned_from == "/weights/base.safetensors");
 
-  // A checkpoint from before a setting was saved: the preset's recipe fills it in.
+  // A checkpoint from before a setting was saved: the preset's recipe at the run's stage fills it
+  // in; before the stage was saved, pretrain's.
   nlohmann::json older = saved;
   older.erase("lr");
   older.erase("drop_path");
   older.erase("aa");  // saved since RandAugment came: an older run had none
-  const train::TrainOptions filled = train::resume_options(run.model, older);
-  CHECK(filled.lr == train::recipe_for("deit3_base").lr);
-  CHECK(filled.drop_path == train::recipe_for("deit3_base").drop_path);
+  train::TrainOptions filled = train::resume_options(run.model, older);
+  CHECK(filled.lr == 3e-4);
+  CHECK(filled.drop_path == 0.15);
   CHECK(filled.aa == "none");
   CHECK(filled.batch_size == 64);
+  older.erase("recipe");
+  filled = train::resume_options(run.model, older);
+  CHECK(filled.recipe == "pretrain");
+  CHECK(filled.lr == train::recipe_for("deit3_base").lr);
+  CHECK(filled.drop_path == train::recipe_for("deit3_base").drop_path);
 
   nlohmann::json damaged = saved;
   damaged["batch_size"] = "lots";
   CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
                     "its saved option 'batch_size' is \"lots\", not a value of that option");
+  damaged = saved;
+  damaged["recipe"] = "warmup";
+  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
+                    "its saved option 'recipe' is \"warmup\", not a value of that option");
+  damaged["recipe"] = 3;
+  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
+                    "its saved option 'recipe' is 3, not a value of that option");
 }
 
 TEST_CASE("a run's state reads back as it was written, an older checkpoint's with defaults",
@@ -833,7 +852,8 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
                " --opt adamw --lr 1e30 --warmup-epochs 0 --finetune " + out);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("loss") || Catch::Contains("gradient"));
-  CHECK_THAT(r.output, Catch::Contains("the deit3_tiny fine-tuning recipe's is 512"));
+  CHECK_THAT(r.output, Catch::Contains("note: fine-tuning with the pretrain recipe's values where "
+                                       "no flag sets them; --recipe finetune"));
   CHECK_FALSE(std::filesystem::exists(dir.file("diverge") + "/checkpoint.safetensors"));
 
   r = run_deit(tiny_train_args(data, out, 3) + " --lr 1e30 --warmup-epochs 0 --opt lamb "

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <iomanip>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -23,34 +24,161 @@ std::string number(double value) {
   return s.str();
 }
 
+enum Stage { kPretrain, kFinetune, kIn21kPretrain, kIn21kFinetune };
+constexpr int kStages = 4;
+
+constexpr RecipeStage kRecipeStages[kStages] = {
+    {"pretrain",
+     "ImageNet-1k from scratch (the default): LAMB, weight decay 0.05, BCE, RandomResizedCrop, "
+     "3-Augment and colour jitter 0.3, mixup 0.8 / cutmix 1.0, 3 repeats; batch 256 per process",
+     2048, false},
+    {"finetune",
+     "after pretrain, at 224 (S at 384), from its weights: AdamW, weight decay 0.1, cross-entropy "
+     "with smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1 in place of 3-Augment and jitter, no "
+     "repeats; batch 64 per process",
+     512, true},
+    {"in21k-pretrain",
+     "ImageNet-21k: LAMB, weight decay 0.02, cross-entropy with smoothing 0.1, Simple Random "
+     "Crop, cutmix alone, 3-Augment and jitter, no repeats; batch 256 per process",
+     2048, false},
+    {"in21k-finetune", "ImageNet-1k from in21k-pretrain's weights: as in21k-pretrain, at 224", 2048,
+     true},
+};
+
+// What differs between the models at one stage.
+struct ModelRecipe {
+  double lr, drop_path;
+  int64_t input_size, epochs;
+};
+
+// README_revenge.md's commands, one per model and stage. T and M are not in the paper: their
+// values are our choice, between their neighbours'; huge52 takes huge's.
+struct PresetRecipes {
+  const char* preset;
+  ModelRecipe at[kStages];
+};
+constexpr PresetRecipes kPresetRecipes[] = {
+    // preset: {lr, drop-path, input size, epochs} at pretrain, finetune, in21k-pretrain and
+    // in21k-finetune
+    {"deit3_tiny",
+     {{4e-3, 0.0, 224, 800}, {1e-5, 0.0, 384, 20}, {1e-3, 0.0, 224, 240}, {3e-4, 0.0, 224, 50}}},
+    {"deit3_small",
+     {{4e-3, 0.05, 224, 800}, {1e-5, 0.0, 384, 20}, {1e-3, 0.05, 224, 240}, {3e-4, 0.05, 224, 50}}},
+    {"deit3_medium",
+     {{3e-3, 0.1, 224, 800}, {1e-5, 0.1, 384, 20}, {1e-3, 0.05, 224, 240}, {3e-4, 0.1, 224, 50}}},
+    {"deit3_base",
+     {{3e-3, 0.2, 192, 800}, {1e-5, 0.2, 224, 20}, {1e-3, 0.1, 224, 240}, {3e-4, 0.15, 224, 50}}},
+    {"deit3_large",
+     {{3e-3, 0.45, 192, 800}, {1e-5, 0.45, 224, 20}, {1e-3, 0.3, 224, 240}, {3e-4, 0.4, 224, 50}}},
+    {"deit3_huge",
+     {{3e-3, 0.6, 160, 800}, {1e-5, 0.55, 224, 20}, {1e-3, 0.5, 128, 90}, {3e-4, 0.45, 224, 50}}},
+    {"deit3_huge52",
+     {{3e-3, 0.6, 160, 800}, {1e-5, 0.55, 224, 20}, {1e-3, 0.5, 128, 90}, {3e-4, 0.45, 224, 50}}},
+};
+
+Stage stage_index(const std::string& name) {
+  for (int i = 0; i < kStages; ++i)
+    if (name == kRecipeStages[i].name) return static_cast<Stage>(i);
+  std::string known;
+  for (const RecipeStage& r : kRecipeStages)
+    known += (known.empty() ? "" : ", ") + std::string(r.name);
+  throw std::invalid_argument("unknown recipe '" + name + "' (known: " + known + ")");
+}
+
+// The settings every model shares at `stage`, on the defaults (which are pretrain's).
+TrainOptions stage_settings(Stage stage) {
+  TrainOptions o;
+  o.recipe = kRecipeStages[stage].name;
+  switch (stage) {
+    case kPretrain:
+      break;
+    case kFinetune:
+      o.batch_size = 64;
+      o.opt = "adamw";
+      o.weight_decay = 0.1;
+      o.smoothing = 0.1;
+      o.bce_loss = false;
+      o.repeated_aug = false;
+      o.aa = "rand-m9-mstd0.5-inc1";  // timm applies it in place of the colour jitter
+      o.three_augment = false;
+      o.color_jitter = 0;
+      break;
+    case kIn21kPretrain:
+    case kIn21kFinetune:
+      o.weight_decay = 0.02;
+      o.src = true;
+      o.mixup = 0;
+      o.smoothing = 0.1;
+      o.bce_loss = false;
+      o.repeated_aug = false;
+      break;
+  }
+  return o;
+}
+
 }  // namespace
 
-TrainOptions recipe_for(const std::string& preset) {
-  TrainOptions o;
+const std::vector<RecipeStage>& recipe_stages() {
+  static const std::vector<RecipeStage> stages(std::begin(kRecipeStages), std::end(kRecipeStages));
+  return stages;
+}
+
+const RecipeStage& recipe_stage(const std::string& name) {
+  return kRecipeStages[stage_index(name)];
+}
+
+TrainOptions recipe_for(const std::string& preset, const std::string& recipe) {
+  const Stage stage = stage_index(recipe);
+  TrainOptions o = stage_settings(stage);
   o.model = model::preset(preset);
-  struct PresetRecipe {
-    const char* name;
-    double lr, drop_path;
-    int64_t input_size;
-  };
-  static constexpr PresetRecipe kRecipes[] = {
-      {"deit3_tiny", 4e-3, 0.0, 224},   {"deit3_small", 4e-3, 0.05, 224},
-      {"deit3_medium", 3e-3, 0.1, 224}, {"deit3_base", 3e-3, 0.2, 192},
-      {"deit3_large", 3e-3, 0.45, 192}, {"deit3_huge", 3e-3, 0.6, 160},
-      {"deit3_huge52", 3e-3, 0.6, 160},
-  };
-  for (const auto& r : kRecipes)
-    if (preset == r.name) {
+  for (const PresetRecipes& p : kPresetRecipes)
+    if (preset == p.preset) {
+      const ModelRecipe& r = p.at[stage];
       o.lr = r.lr;
       o.drop_path = r.drop_path;
       o.model.input_size = r.input_size;
+      o.epochs = r.epochs;
     }
   return o;
+}
+
+std::string recipe_table() {
+  auto cell = [](const ModelRecipe& r) {
+    return number(r.lr) + ' ' + number(r.drop_path) + ' ' + std::to_string(r.input_size) + ' ' +
+           std::to_string(r.epochs);
+  };
+  // Columns of 21 characters, the last one unpadded.
+  auto row = [](const std::string& first, const std::vector<std::string>& cells) {
+    std::ostringstream line;
+    line << "  " << std::left << std::setw(15) << first;
+    for (size_t i = 0; i + 1 < cells.size(); ++i) line << std::setw(21) << cells[i];
+    line << cells.back() << "\n";
+    return line.str();
+  };
+  std::vector<std::string> names;
+  for (const RecipeStage& r : kRecipeStages) names.push_back(r.name);
+  std::string table = row("", names) + row("", {"(lr, drop-path, input size, epochs)"});
+  for (const PresetRecipes& p : kPresetRecipes) {
+    std::vector<std::string> cells;
+    for (const ModelRecipe& r : p.at) cells.push_back(cell(r));
+    table += row(p.preset, cells);
+  }
+  return table;
 }
 
 void TrainOptions::validate() const {
   auto fail = [](const std::string& what) { throw std::invalid_argument(what); };
   model.validate();
+  const RecipeStage* stage = nullptr;
+  try {
+    stage = &recipe_stage(recipe);
+  } catch (const std::invalid_argument& e) {
+    fail("--recipe: " + std::string(e.what()));
+  }
+  if (stage->starts_from_weights && finetune.empty() && resume.empty())
+    fail("--recipe " + recipe +
+         " fine-tunes pre-trained weights: give them with --finetune "
+         "(a checkpoint, its run folder or exported weights)");
   if (data_dir.empty()) fail("--data is required");
   if (output_dir.empty()) fail("--output is required");
   if (epochs < 1) fail("--epochs must be at least 1, got " + std::to_string(epochs));
@@ -142,6 +270,7 @@ namespace {
 // list serves saving and restoring.
 template <typename Options, typename F>
 void for_each_setting(Options& o, F&& f) {
+  f("recipe", o.recipe);
   f("model", o.model.name);
   f("patch", o.model.patch);
   f("dim", o.model.dim);
@@ -206,20 +335,35 @@ nlohmann::json TrainOptions::to_json() const {
   return j;
 }
 
-TrainOptions recipe_of(const model::ViTConfig& model) {
+TrainOptions recipe_of(const model::ViTConfig& model, const std::string& recipe) {
   const std::string preset = model::preset_of(model);
-  return preset.empty() ? TrainOptions{} : recipe_for(preset);
+  return recipe_for(preset.empty() ? "deit3_small" : preset, recipe);
 }
 
 TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json& saved) {
-  TrainOptions o = recipe_of(model);
-  for_each_setting(o, [&saved](const char* key, auto& value) {
+  auto not_a_value = [&saved](const std::string& key) {
+    return std::runtime_error("its saved option '" + key + "' is " + saved.at(key).dump() +
+                              ", not a value of that option");
+  };
+  // The stage the run started from fills in what an older checkpoint lacks; a checkpoint from
+  // before recipes were saved was a pretrain run's, or one that set its values by flags.
+  std::string recipe = "pretrain";
+  if (saved.contains("recipe")) {
+    if (!saved.at("recipe").is_string()) throw not_a_value("recipe");
+    recipe = saved.at("recipe").get<std::string>();
+    try {
+      recipe_stage(recipe);
+    } catch (const std::invalid_argument&) {
+      throw not_a_value("recipe");
+    }
+  }
+  TrainOptions o = recipe_of(model, recipe);
+  for_each_setting(o, [&saved, &not_a_value](const char* key, auto& value) {
     if (!saved.contains(key)) return;
     try {
       saved.at(key).get_to(value);
     } catch (const nlohmann::json::exception&) {
-      throw std::runtime_error(std::string("its saved option '") + key + "' is " +
-                               saved.at(key).dump() + ", not a value of that option");
+      throw not_a_value(key);
     }
   });
   o.model = model;

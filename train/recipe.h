@@ -12,7 +12,20 @@
 
 namespace deit::train {
 
+// The stages of the reference's training (README_revenge.md's commands), one recipe each: what
+// `--recipe` names and a run saves.
+struct RecipeStage {
+  const char* name;
+  const char* about;         // for --help
+  int64_t global_batch;      // the reference's (its lr assumes it: lr is not scaled with the batch)
+  bool starts_from_weights;  // a fine-tune: needs --finetune
+};
+const std::vector<RecipeStage>& recipe_stages();
+// The stage called `name`; throws std::invalid_argument naming the stages there are.
+const RecipeStage& recipe_stage(const std::string& name);
+
 struct TrainOptions {
+  std::string recipe = "pretrain";  // the stage whose values the others started from
   model::ViTConfig model;       // the architecture; num_classes from the dataset unless given
   bool num_classes_given = false;
   std::string data_dir;
@@ -86,14 +99,18 @@ struct TrainOptions {
 // epoch of `batches`) belongs to: --accum-steps, or what is left for the epoch's last step.
 int64_t micro_batches_in_step(int64_t micro_batch, int64_t batches, int64_t accum_steps);
 
-// The paper's values for `preset` (see RECIPE.md): lr 4e-3 for S (and T), 3e-3 for M/B/L/H;
-// drop-path S 0.05, B 0.2, L 0.45, H 0.6 (T 0, M 0.1: not in the paper, our choice); training
-// resolution S 224, B and L 192, H 160.
-TrainOptions recipe_for(const std::string& preset);
+// The reference's values for `preset` at stage `recipe` (recipe.cpp's table; RECIPE.md section
+// 2): for pretrain, lr 4e-3 for S (and T), 3e-3 for M/B/L/H; drop-path S 0.05, B 0.2, L 0.45,
+// H 0.6; training resolution S 224, B and L 192, H 160. T and M are not in the paper: their
+// values are our choice. Throws std::invalid_argument for an unknown preset or stage.
+TrainOptions recipe_for(const std::string& preset, const std::string& recipe = "pretrain");
 
 // The recipe a run of `model` starts from: its preset's (recipe_for), or for a model of no preset
-// the defaults above.
-TrainOptions recipe_of(const model::ViTConfig& model);
+// deit3_small's, whose pretrain values are the defaults above.
+TrainOptions recipe_of(const model::ViTConfig& model, const std::string& recipe = "pretrain");
+
+// The values of each preset at each stage, as a table for --help: one line per preset.
+std::string recipe_table();
 
 // The options a run saved in its checkpoint (`saved`, its to_json()) for the run that continues
 // it: every saved setting, over the preset's recipe for a key an older checkpoint lacks, with the

@@ -154,12 +154,13 @@ Device run_device(const std::string& flag, int local_rank) {
 void print_run_start(const TrainOptions& o, const data::ImageSource& train_source, int world,
                      int64_t batches_per_epoch, int64_t start_epoch, int64_t resumed_batches) {
   const int64_t steps = (batches_per_epoch + o.accum_steps - 1) / o.accum_steps;
-  std::fprintf(stderr,
-               "training %s on %s (%zu images, %zu classes), %lld epoch%s of %lld optimizer "
-               "step%s, on %s\n",
-               o.model.name.c_str(), o.data_dir.c_str(), train_source.size(),
-               train_source.class_names().size(), (long long)o.epochs, o.epochs == 1 ? "" : "s",
-               (long long)steps, steps == 1 ? "" : "s", o.device.c_str());
+  std::fprintf(
+      stderr,
+      "training %s with the %s recipe on %s (%zu images, %zu classes), %lld epoch%s of %lld "
+      "optimizer step%s, on %s\n",
+      o.model.name.c_str(), o.recipe.c_str(), o.data_dir.c_str(), train_source.size(),
+      train_source.class_names().size(), (long long)o.epochs, o.epochs == 1 ? "" : "s",
+      (long long)steps, steps == 1 ? "" : "s", o.device.c_str());
   if (!o.resume.empty()) {
     std::fprintf(stderr, "resuming %s in epoch %lld", o.resume.c_str(), (long long)start_epoch + 1);
     if (resumed_batches > 0)
@@ -171,16 +172,19 @@ void print_run_start(const TrainOptions& o, const data::ImageSource& train_sourc
                (long long)o.batch_size);
   if (o.accum_steps > 1) std::fprintf(stderr, " x %lld accumulated", (long long)o.accum_steps);
   std::fprintf(stderr, " x %d process%s", world, world == 1 ? "" : "es");
-  // RECIPE.md: pre-training 2048 (256 x 8 or 64 x 32 processes), fine-tuning 512.
-  const bool finetuning = !o.finetune.empty() || !o.finetuned_from.empty();
-  const int64_t recipe_global_batch = finetuning ? 512 : 2048;
+  const RecipeStage& stage = recipe_stage(o.recipe);
   const std::string preset = model::preset_of(o.model);
-  if (!preset.empty() && global_batch != recipe_global_batch)
+  if (!preset.empty() && global_batch != stage.global_batch)
     std::fprintf(stderr,
-                 "; the %s %srecipe's is %lld, which its lr assumes (lr is not scaled "
+                 "; the %s %s recipe's is %lld, which its lr assumes (lr is not scaled "
                  "with the batch)",
-                 preset.c_str(), finetuning ? "fine-tuning " : "", (long long)recipe_global_batch);
+                 preset.c_str(), stage.name, (long long)stage.global_batch);
   std::fprintf(stderr, "\n");
+  if (!o.finetune.empty() && !stage.starts_from_weights)
+    std::fprintf(stderr,
+                 "note: fine-tuning with the %s recipe's values where no flag sets them; "
+                 "--recipe finetune (or in21k-finetune) gives the reference's\n",
+                 stage.name);
 }
 
 }  // namespace

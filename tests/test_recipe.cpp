@@ -1,0 +1,173 @@
+// --recipe: each stage of the reference's training (README_revenge.md's commands) as a recipe
+// that every flag defaults to, seen through `deit train --dry-run`.
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/cli_runner.h"
+#include "tests/test_data_helpers.h"
+#include "train/recipe.h"
+
+using deit::test::CliResult;
+using deit::test::run_deit;
+
+namespace {
+
+// The settings `deit train FLAGS` would run with (it reads no data and writes nothing).
+nlohmann::json dry_run(const std::string& flags) {
+  const CliResult r =
+      run_deit("train --data /datasets/imagenet --output /runs/never --dry-run " + flags);
+  INFO(flags << "\n" << r.output);
+  REQUIRE(r.exit_code == 0);
+  return nlohmann::json::parse(r.output);
+}
+
+// What README_revenge.md's command for one model and stage passes, in deit's names: its --batch is
+// per GPU, and each command names every value below or leaves main.py's default (no 3-Augment, no
+// --src, bce off, colour jitter 0.3 that RandAugment replaces).
+struct ReferenceCommand {
+  std::string model, recipe;
+  int64_t input_size, epochs, batch_size;
+  std::string opt;
+  double lr, weight_decay, drop_path, smoothing, mixup;
+  bool bce_loss, repeated_aug, three_augment, src;
+  std::string aa;
+};
+
+}  // namespace
+
+TEST_CASE("each --recipe stage sets the values of the reference's command for it", "[train][cli]") {
+  // The batch of a process: the reference's per-GPU batch x GPUs / 8 processes (64 x 8 = 512 for
+  // every fine-tune; 256 x 8 = 2048 for the rest: its 128 x 16 and 64 x 32 as well).
+  const ReferenceCommand commands[] = {
+      {"deit3_small", "pretrain", 224, 800, 256, "lamb", 4e-3, 0.05, 0.05, 0.0, 0.8, true, true,
+       true, false, "none"},
+      {"deit3_base", "pretrain", 192, 800, 256, "lamb", 3e-3, 0.05, 0.2, 0.0, 0.8, true, true, true,
+       false, "none"},
+      {"deit3_large", "pretrain", 192, 800, 256, "lamb", 3e-3, 0.05, 0.45, 0.0, 0.8, true, true,
+       true, false, "none"},
+      {"deit3_huge", "pretrain", 160, 800, 256, "lamb", 3e-3, 0.05, 0.6, 0.0, 0.8, true, true, true,
+       false, "none"},
+      {"deit3_small", "finetune", 384, 20, 64, "adamw", 1e-5, 0.1, 0.0, 0.1, 0.8, false, false,
+       false, false, "rand-m9-mstd0.5-inc1"},
+      {"deit3_base", "finetune", 224, 20, 64, "adamw", 1e-5, 0.1, 0.2, 0.1, 0.8, false, false,
+       false, false, "rand-m9-mstd0.5-inc1"},
+      {"deit3_large", "finetune", 224, 20, 64, "adamw", 1e-5, 0.1, 0.45, 0.1, 0.8, false, false,
+       false, false, "rand-m9-mstd0.5-inc1"},
+      {"deit3_huge", "finetune", 224, 20, 64, "adamw", 1e-5, 0.1, 0.55, 0.1, 0.8, false, false,
+       false, false, "rand-m9-mstd0.5-inc1"},
+      {"deit3_small", "in21k-pretrain", 224, 240, 256, "lamb", 1e-3, 0.02, 0.05, 0.1, 0.0, false,
+       false, true, true, "none"},
+      {"deit3_base", "in21k-pretrain", 224, 240, 256, "lamb", 1e-3, 0.02, 0.1, 0.1, 0.0, false,
+       false, true, true, "none"},
+      {"deit3_large", "in21k-pretrain", 224, 240, 256, "lamb", 1e-3, 0.02, 0.3, 0.1, 0.0, false,
+       false, true, true, "none"},
+      {"deit3_huge", "in21k-pretrain", 128, 90, 256, "lamb", 1e-3, 0.02, 0.5, 0.1, 0.0, false,
+       false, true, true, "none"},
+      {"deit3_small", "in21k-finetune", 224, 50, 256, "lamb", 3e-4, 0.02, 0.05, 0.1, 0.0, false,
+       false, true, true, "none"},
+      {"deit3_base", "in21k-finetune", 224, 50, 256, "lamb", 3e-4, 0.02, 0.15, 0.1, 0.0, false,
+       false, true, true, "none"},
+      {"deit3_large", "in21k-finetune", 224, 50, 256, "lamb", 3e-4, 0.02, 0.4, 0.1, 0.0, false,
+       false, true, true, "none"},
+      {"deit3_huge", "in21k-finetune", 224, 50, 256, "lamb", 3e-4, 0.02, 0.45, 0.1, 0.0, false,
+       false, true, true, "none"},
+  };
+  for (const ReferenceCommand& c : commands) {
+    INFO(c.model << " " << c.recipe);
+    // Every command here shares these: cosine to 1e-5 after 5 warm-up epochs from 1e-6, cutmix
+    // 1.0, the EMA kept, no random erasing (which deit has not).
+    const bool fine_tunes = c.recipe == "finetune" || c.recipe == "in21k-finetune";
+    const nlohmann::json s = dry_run("--model " + c.model + " --recipe " + c.recipe +
+                                     (fine_tunes ? " --finetune /runs/before" : ""));
+    CHECK(s["recipe"] == c.recipe);
+    CHECK(s["input_size"] == c.input_size);
+    CHECK(s["epochs"] == c.epochs);
+    CHECK(s["batch_size"] == c.batch_size);
+    CHECK(s["opt"] == c.opt);
+    CHECK(s["lr"] == c.lr);
+    CHECK(s["weight_decay"] == c.weight_decay);
+    CHECK(s["drop_path"] == c.drop_path);
+    CHECK(s["smoothing"] == c.smoothing);
+    CHECK(s["mixup"] == c.mixup);
+    CHECK(s["bce_loss"] == c.bce_loss);
+    CHECK(s["repeated_aug"] == c.repeated_aug);
+    CHECK(s["three_augment"] == c.three_augment);
+    CHECK(s["src"] == c.src);
+    CHECK(s["aa"] == c.aa);
+    CHECK(s["color_jitter"] == (c.aa == "none" ? 0.3 : 0.0));
+    CHECK(s["min_lr"] == 1e-5);
+    CHECK(s["warmup_lr"] == 1e-6);
+    CHECK(s["warmup_epochs"] == 5.0);
+    CHECK(s["cutmix"] == 1.0);
+    CHECK(s["model_ema"] == true);
+    CHECK(s["finetune"] == (fine_tunes ? "/runs/before" : ""));
+  }
+  // The stages' global batches, which the trainer compares a run's with.
+  CHECK(deit::train::recipe_stage("pretrain").global_batch == 2048);
+  CHECK(deit::train::recipe_stage("finetune").global_batch == 512);
+  CHECK(deit::train::recipe_stage("in21k-pretrain").global_batch == 2048);
+  CHECK(deit::train::recipe_stage("in21k-finetune").global_batch == 2048);
+}
+
+TEST_CASE("a flag overrides any value of a recipe; a recipe that cannot apply is refused",
+          "[train][cli]") {
+  nlohmann::json s = dry_run(
+      "--model deit3_base --recipe finetune --finetune /runs/b --lr 2e-5 "
+      "--drop-path 0.1 --input-size 256");
+  CHECK(s["lr"] == 2e-5);
+  CHECK(s["drop_path"] == 0.1);
+  CHECK(s["input_size"] == 256);
+  CHECK(s["opt"] == "adamw");
+  // Without RandAugment, a fine-tune has pre-training's 3-Augment and jitter in its place.
+  s = dry_run("--model deit3_base --recipe finetune --finetune /runs/b --aa none");
+  CHECK(s["aa"] == "none");
+  CHECK(s["three_augment"] == true);
+  CHECK(s["color_jitter"] == 0.3);
+  // No --recipe: pretrain.
+  CHECK(dry_run("--model deit3_base")["recipe"] == "pretrain");
+
+  const std::string run = "train --data /datasets/imagenet --output /runs/never --dry-run ";
+  CliResult r = run_deit(run + "--model deit3_base --recipe finetune");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--recipe finetune fine-tunes pre-trained weights: give "
+                                       "them with --finetune"));
+  r = run_deit(run + "--model deit3_base --recipe in21k-finetune");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--recipe in21k-finetune fine-tunes pre-trained weights"));
+  r = run_deit(run + "--model deit3_base --recipe warmup");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--recipe") && Catch::Contains("warmup"));
+  // A flag the recipe's RandAugment excludes is named as before.
+  r = run_deit(run + "--model deit3_base --recipe finetune --finetune /runs/b --three-augment");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("drop --three-augment"));
+
+  // A resumed run keeps the recipe it started with.
+  deit::test::TempDir dir;
+  r = run_deit("train --resume " + dir.file("run") + " --recipe finetune --dry-run");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--recipe starts a new run: a resumed run keeps its own"));
+
+  // The options alone: validate() names the stages there are.
+  deit::train::TrainOptions o = deit::train::recipe_for("deit3_tiny");
+  o.data_dir = "/datasets/imagenet";
+  o.output_dir = "/runs/never";
+  o.recipe = "warmup";
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--recipe: unknown recipe 'warmup' (known: "
+                                                  "pretrain, finetune, in21k-pretrain, "
+                                                  "in21k-finetune)"));
+  CHECK_THROWS_WITH(deit::train::recipe_for("deit3_tiny", "warmup"),
+                    Catch::Contains("unknown recipe 'warmup'"));
+}
+
+TEST_CASE("deit train --help shows each recipe's values for each model", "[train][cli]") {
+  const CliResult r = run_deit("train --help");
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("  finetune: after pretrain, at 224 (S at 384)") &&
+                           Catch::Contains("(lr, drop-path, input size, epochs)") &&
+                           Catch::Contains("  deit3_huge     0.003 0.6 160 800    1e-05 0.55 224 "
+                                           "20    0.001 0.5 128 90     0.0003 0.45 224 50\n"));
+}
