@@ -36,8 +36,7 @@ struct SavedRun {
   std::string path;
   train::RunState state;
   std::vector<std::string> class_names;
-  std::string recipe;       // what the settings are compared with, "the deit3_base pretrain recipe"
-  std::string recipe_word;  // "recipe" or "default"
+  std::string recipe;  // what the settings are compared with, "the deit3_base pretrain recipe"
   std::vector<train::TrainOptions::Difference> off_recipe;
   int64_t epoch_batches = 0;  // of each process in an epoch (0: unknown)
 };
@@ -63,23 +62,24 @@ int64_t batches_per_epoch(const train::RunState& s) {
 SavedRun read_saved_run(const model::Checkpoint& checkpoint) {
   SavedRun run;
   run.path = checkpoint.path;
-  std::string stage;
+  std::string recipe_name;
   try {
     run.state = train::run_state_from_json(checkpoint.state);
     // Also checks each saved option's type.
-    stage = train::resume_options(checkpoint.config, run.state.options).recipe;
+    recipe_name = train::resume_options(checkpoint.config, run.state.options).recipe;
   } catch (const std::exception& e) {
     throw std::runtime_error("checkpoint '" + checkpoint.path + "': " + e.what());
   }
   run.epoch_batches = batches_per_epoch(run.state);
   run.class_names = checkpoint.class_names;
   const std::string preset = model::preset_of(checkpoint.config);
-  run.recipe = preset.empty() ? "deit train's defaults (deit3_small's " + stage + " recipe)"
-                              : "the " + preset + " " + stage + " recipe";
-  run.recipe_word = preset.empty() ? "default" : "recipe";
+  run.recipe = preset.empty()
+                   ? "deit3_small's " + recipe_name + " recipe (that of a model of no preset)"
+                   : "the " + preset + " " + recipe_name + " recipe";
   static const std::set<std::string> kShape = {"patch", "dim",         "depth",
                                                "heads", "num_classes", "input_size"};
-  for (auto& d : train::recipe_of(checkpoint.config, stage).course_differences(run.state.options))
+  for (auto& d :
+       train::recipe_of(checkpoint.config, recipe_name).course_differences(run.state.options))
     if (!kShape.count(d.key)) run.off_recipe.push_back(std::move(d));
   return run;
 }
@@ -147,8 +147,8 @@ void print_run(const SavedRun& run) {
   std::printf("settings         %s %s\n", run.off_recipe.empty() ? "those of" : "differ from",
               (run.recipe + (run.off_recipe.empty() ? "" : " in")).c_str());
   for (const auto& d : run.off_recipe)
-    std::printf("                   %s %s (%s: %s)\n", d.key.c_str(), d.saved.dump().c_str(),
-                run.recipe_word.c_str(), d.now.dump().c_str());
+    std::printf("                   %s %s (recipe: %s)\n", d.key.c_str(), d.saved.dump().c_str(),
+                d.now.dump().c_str());
   if (s.epochs_done < epochs) {
     std::printf("continue         deit train --resume %s", run.path.c_str());
     if (s.world_size > 1)

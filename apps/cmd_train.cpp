@@ -71,7 +71,9 @@ void add_train_command(CLI::App& app) {
     const train::TrainOptions options = flags->resolve();
     if (!flags->dry_run) return report_training(train::train(options));
     options.validate();
-    std::printf("%s\n", options.to_json().dump(2).c_str());
+    nlohmann::json settings = options.to_json();
+    if (!options.num_classes_given) settings["num_classes"] = "the dataset's";
+    std::printf("%s\n", settings.dump(2).c_str());
   });
 }
 

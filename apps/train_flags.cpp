@@ -126,8 +126,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
              "(off)");
   cmd.add_flag("--quiet", quiet, "No progress output");
   cmd.add_flag("--dry-run", dry_run,
-               "Print the settings the run would have (JSON, as its checkpoint saves them) and "
-               "exit, without reading the data");
+               "Print the settings the run would start with (JSON, under the names its checkpoint "
+               "saves) and exit, reading neither data nor weights");
 }
 
 std::string TrainFlags::recipes_help() {
@@ -211,15 +211,15 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(three_augment, o.three_augment);
   // RandAugment takes the place of the preset's 3-Augment and colour jitter (validate() refuses
   // both at once); either one given explicitly as well is left for validate() to name. Turned
-  // off (--aa none, on the finetune recipe or resuming a run that had it), it gives their place
-  // back to pre-training's.
+  // off (--aa none, under --recipe finetune or resuming a run that had it), timm's transform
+  // jitters the colours at main.py's default, and 3-Augment is the stage's choice (the reference's
+  // fine-tuning command has none).
   if (aa && *aa != "none") {
     if (!three_augment) o.three_augment = false;
     if (!color_jitter) o.color_jitter = 0;
   } else if (aa && o.aa != "none") {
-    const train::TrainOptions recipe = train::recipe_of(o.model);
-    if (!three_augment) o.three_augment = recipe.three_augment;
-    if (!color_jitter) o.color_jitter = recipe.color_jitter;
+    if (!three_augment) o.three_augment = train::recipe_of(o.model, o.recipe).three_augment;
+    if (!color_jitter) o.color_jitter = train::kColorJitter;
   }
   override_with(aa, o.aa);
   override_with(src, o.src);

@@ -42,17 +42,27 @@ std::set<std::string> repository_paths_in(const std::string& text) {
   return found;
 }
 
+// The README and every page in docs/.
+std::vector<fs::path> pages() {
+  const fs::path root = DEIT_SOURCE_DIR;
+  std::vector<fs::path> found{root / "README.md"};
+  for (const auto& entry : fs::directory_iterator(root / "docs"))
+    if (entry.path().extension() == ".md") found.push_back(entry.path());
+  return found;
+}
+
 // The commands a page shows: each line of a code block (a line ending in a backslash joined to
-// the next, as the shell would; in the synopsis, an indented line continues the one before) and
+// the next, as the shell would, and an indented line to the one before, as in the synopsis) and
 // each inline code span.
 std::vector<std::string> commands_in(const std::string& text) {
   std::vector<std::string> commands;
   std::istringstream lines(text);
   std::string line;
-  bool in_block = false;
+  bool in_block = false, block_start = false;
   while (std::getline(lines, line)) {
     if (line.rfind("```", 0) == 0) {
       in_block = !in_block;
+      block_start = true;
       continue;
     }
     if (!in_block) {
@@ -62,9 +72,10 @@ std::vector<std::string> commands_in(const std::string& text) {
         commands.push_back((*it)[1].str());
       continue;
     }
-    const bool continues = !commands.empty() && !commands.back().empty() &&
-                           (commands.back().back() == '\\' ||
-                            (!line.empty() && line[0] == ' ' && commands.back().back() == '|'));
+    const bool continues = !block_start && !commands.empty() &&
+                           ((!commands.back().empty() && commands.back().back() == '\\') ||
+                            (!line.empty() && line[0] == ' '));
+    block_start = false;
     if (continues)
       commands.back() += " " + line;
     else
@@ -73,56 +84,60 @@ std::vector<std::string> commands_in(const std::string& text) {
   return commands;
 }
 
+// The part of a command line that is deit's: up to a comment or the next command.
+std::string own_part(std::string line) {
+  for (const char* end : {" #", " && "})
+    if (line.find(end) != std::string::npos) line = line.substr(0, line.find(end));
+  return line;
+}
+
 }  // namespace
 
 TEST_CASE("every flag the README and docs/ give a deit command is one it takes", "[docs][cli]") {
-  const fs::path root = DEIT_SOURCE_DIR;
-  std::vector<fs::path> pages{root / "README.md"};
-  for (const auto& entry : fs::directory_iterator(root / "docs"))
-    if (entry.path().extension() == ".md") pages.push_back(entry.path());
-  // Each subcommand's --help, read once; bench's flags are those of its three benchmarks.
+  // Each (sub)command's options: the first column of its --help.
   std::map<std::string, std::string> help;
-  auto help_of = [&help](const std::string& command) -> const std::string& {
-    if (!help.count(command)) {
-      std::string text;
-      for (const std::string sub : command == "bench"
-                                       ? std::vector<std::string>{"kernels", "step", "data"}
-                                       : std::vector<std::string>{""})
-        text += deit::test::run_deit(command + (sub.empty() ? "" : " " + sub) + " --help").output;
-      help[command] = text;
-    }
-    return help[command];
+  auto takes = [&help](const std::string& command, const std::string& flag) {
+    if (!help.count(command))
+      help[command] = "\n" + deit::test::run_deit(command + " --help").output;
+    return std::regex_search(help[command], std::regex("\n +(-[a-zA-Z],)?" + flag + "[ ,=\n]"));
   };
-  static const std::regex command(R"(\bdeit (train|eval|demo|export|info|pack|augment|bench)\b)");
-  static const std::regex flag(R"((--[a-z][a-z0-9-]*))");
+  static const std::regex deit_command(
+      R"(\bdeit (train|eval|demo|export|info|pack|augment|bench)\b)");
+  static const std::regex flag(R"(--[a-z][a-z0-9-]*)");
+  static const std::regex benchmark(R"(^\s*\[?(kernels|step|data)\b)");
   size_t checked = 0;
-  for (const fs::path& page : pages)
-    for (std::string line : commands_in(read_text(page))) {
-      for (const char* end : {" #", " && "})  // a comment or the next command
-        if (line.find(end) != std::string::npos) line = line.substr(0, line.find(end));
-      std::smatch deit_command;
-      if (!std::regex_search(line, deit_command, command)) continue;
-      const std::string flags = deit_command.suffix().str();
-      for (auto it = std::sregex_iterator(flags.begin(), flags.end(), flag);
-           it != std::sregex_iterator(); ++it) {
-        const std::string given = (*it)[1].str();
-        INFO(page.filename().string()
-             << ": deit " << deit_command[1] << " ... " << given << "\n  in: " << line);
-        const std::string& text = help_of(deit_command[1]);
-        CHECK(std::regex_search(text, std::regex("(^|[\\s,])" + given + "([\\s,=]|$)")));
-        ++checked;
+  for (const fs::path& page : pages())
+    for (const std::string& line : commands_in(read_text(page))) {
+      const std::string own = own_part(line);
+      std::smatch found;
+      if (!std::regex_search(own, found, deit_command)) continue;
+      // A synopsis separates alternatives with " | ": bench's name the benchmark they are for.
+      const std::string rest = found.suffix().str();
+      std::string benchmark_name;
+      for (size_t from = 0; from != std::string::npos;) {
+        const size_t bar = rest.find(" | ", from);
+        const std::string part =
+            rest.substr(from, bar == std::string::npos ? std::string::npos : bar - from);
+        from = bar == std::string::npos ? bar : bar + 3;
+        std::smatch named;
+        if (std::regex_search(part, named, benchmark)) benchmark_name = named[1].str();
+        const std::string of = found[1] == "bench" ? "bench " + benchmark_name : found[1].str();
+        for (auto it = std::sregex_iterator(part.begin(), part.end(), flag);
+             it != std::sregex_iterator(); ++it) {
+          INFO(page.filename().string()
+               << ": deit " << of << " ... " << it->str() << "\n  in: " << line);
+          CHECK(takes(of, it->str()));
+          ++checked;
+        }
       }
     }
-  CHECK(checked > 40);  // the commands are still found
+  CHECK(checked > 100);  // the commands are still found
 }
 
 TEST_CASE("every file the README and docs/ name exists", "[docs]") {
   const fs::path root = DEIT_SOURCE_DIR;
-  std::vector<fs::path> pages{root / "README.md"};
-  for (const auto& entry : fs::directory_iterator(root / "docs"))
-    if (entry.path().extension() == ".md") pages.push_back(entry.path());
   size_t checked = 0;
-  for (const fs::path& page : pages) {
+  for (const fs::path& page : pages()) {
     for (const std::string& p : repository_paths_in(read_text(page))) {
       INFO(page.filename().string() << " names " << p);
       CHECK(fs::exists(root / p));

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/config.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
 #include "train/recipe.h"
@@ -105,11 +106,24 @@ TEST_CASE("each --recipe stage sets the values of the reference's command for it
     CHECK(s["model_ema"] == true);
     CHECK(s["finetune"] == (fine_tunes ? "/runs/before" : ""));
   }
-  // The stages' global batches, which the trainer compares a run's with.
+  // The stages' global batches, which the trainer compares a run's with: their batch on the 8
+  // processes of one node.
   CHECK(deit::train::recipe_stage("pretrain").global_batch == 2048);
   CHECK(deit::train::recipe_stage("finetune").global_batch == 512);
   CHECK(deit::train::recipe_stage("in21k-pretrain").global_batch == 2048);
   CHECK(deit::train::recipe_stage("in21k-finetune").global_batch == 2048);
+  for (const deit::train::RecipeStage& stage : deit::train::recipe_stages())
+    for (const char* preset : {"deit3_tiny", "deit3_huge52"})
+      CHECK(deit::train::recipe_for(preset, stage.name).batch_size * 8 == stage.global_batch);
+  // huge52 trains as huge does.
+  for (const deit::train::RecipeStage& stage : deit::train::recipe_stages()) {
+    const deit::train::TrainOptions huge = deit::train::recipe_for("deit3_huge", stage.name),
+                                    huge52 = deit::train::recipe_for("deit3_huge52", stage.name);
+    CHECK(huge52.lr == huge.lr);
+    CHECK(huge52.drop_path == huge.drop_path);
+    CHECK(huge52.epochs == huge.epochs);
+    CHECK(huge52.model.input_size == huge.model.input_size);
+  }
 }
 
 TEST_CASE("a flag overrides any value of a recipe; a recipe that cannot apply is refused",
@@ -121,13 +135,17 @@ TEST_CASE("a flag overrides any value of a recipe; a recipe that cannot apply is
   CHECK(s["drop_path"] == 0.1);
   CHECK(s["input_size"] == 256);
   CHECK(s["opt"] == "adamw");
-  // Without RandAugment, a fine-tune has pre-training's 3-Augment and jitter in its place.
+  // Without RandAugment, a fine-tune is the reference's command without --aa: timm's transform
+  // then jitters the colours (main.py's default 0.3), and there is no 3-Augment.
   s = dry_run("--model deit3_base --recipe finetune --finetune /runs/b --aa none");
   CHECK(s["aa"] == "none");
-  CHECK(s["three_augment"] == true);
+  CHECK(s["three_augment"] == false);
   CHECK(s["color_jitter"] == 0.3);
-  // No --recipe: pretrain.
-  CHECK(dry_run("--model deit3_base")["recipe"] == "pretrain");
+  // No --recipe: pretrain. The class count is the dataset's, which a dry run does not read.
+  s = dry_run("--model deit3_base");
+  CHECK(s["recipe"] == "pretrain");
+  CHECK(s["num_classes"] == "the dataset's");
+  CHECK(dry_run("--model deit3_base --num-classes 21841")["num_classes"] == 21841);
 
   const std::string run = "train --data /datasets/imagenet --output /runs/never --dry-run ";
   CliResult r = run_deit(run + "--model deit3_base --recipe finetune");
@@ -166,8 +184,11 @@ TEST_CASE("a flag overrides any value of a recipe; a recipe that cannot apply is
 TEST_CASE("deit train --help shows each recipe's values for each model", "[train][cli]") {
   const CliResult r = run_deit("train --help");
   REQUIRE(r.exit_code == 0);
-  CHECK_THAT(r.output, Catch::Contains("  finetune: after pretrain, at 224 (S at 384)") &&
+  CHECK_THAT(r.output, Catch::Contains("  finetune: after pretrain, at 224 (T, S and M at 384)") &&
                            Catch::Contains("(lr, drop-path, input size, epochs)") &&
                            Catch::Contains("  deit3_huge     0.003 0.6 160 800    1e-05 0.55 224 "
                                            "20    0.001 0.5 128 90     0.0003 0.45 224 50\n"));
+  // A row for every preset.
+  for (const std::string& preset : deit::model::preset_names())
+    CHECK_THAT(r.output, Catch::Contains("\n  " + preset + " "));
 }

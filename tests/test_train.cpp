@@ -193,7 +193,17 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
   CHECK_THAT(resumed.output, Catch::Contains("with the finetune recipe on") &&
-                                 Catch::Contains("the deit3_tiny finetune recipe's is 512"));
+                                 Catch::Contains("the deit3_tiny finetune recipe's is 512") &&
+                                 !Catch::Contains("note: fine-tuning with"));
+  // A dry run of resuming it: the settings it saved, the one given changed.
+  const CliResult dry = run_deit("train --resume " + tuned + " --epochs 3 --dry-run");
+  INFO(dry.output);
+  REQUIRE(dry.exit_code == 0);
+  const nlohmann::json settings = nlohmann::json::parse(dry.output);
+  CHECK(settings["recipe"] == "finetune");
+  CHECK(settings["epochs"] == 3);
+  CHECK(settings["batch_size"] == 16);
+  CHECK(settings["num_classes"] == 4);
   CHECK_THAT(run_deit("info --checkpoint " + tuned).output,
              Catch::Contains("started from     " + std::filesystem::absolute(out).string() +
                              "/checkpoint.safetensors (--finetune)") &&
@@ -755,11 +765,15 @@ TEST_CASE("a run's saved options give back every setting to the run that resumes
   CHECK(filled.drop_path == 0.15);
   CHECK(filled.aa == "none");
   CHECK(filled.batch_size == 64);
+  // Before recipes were saved every run started from pretrain's values, a fine-tune's as well
+  // (it set its own by flags): those fill in, and a run that started from weights is a fine-tune.
   older.erase("recipe");
   filled = train::resume_options(run.model, older);
-  CHECK(filled.recipe == "pretrain");
+  CHECK(filled.recipe == "finetune");
   CHECK(filled.lr == train::recipe_for("deit3_base").lr);
   CHECK(filled.drop_path == train::recipe_for("deit3_base").drop_path);
+  older.erase("finetune");
+  CHECK(train::resume_options(run.model, older).recipe == "pretrain");
 
   nlohmann::json damaged = saved;
   damaged["batch_size"] = "lots";

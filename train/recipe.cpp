@@ -33,7 +33,8 @@ constexpr RecipeStage kRecipeStages[kStages] = {
      "3-Augment and colour jitter 0.3, mixup 0.8 / cutmix 1.0, 3 repeats; batch 256 per process",
      2048, false},
     {"finetune",
-     "after pretrain, at 224 (S at 384), from its weights: AdamW, weight decay 0.1, cross-entropy "
+     "after pretrain, at 224 (T, S and M at 384), from its weights: AdamW, weight decay 0.1, "
+     "cross-entropy "
      "with smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1 in place of 3-Augment and jitter, no "
      "repeats; batch 64 per process",
      512, true},
@@ -52,7 +53,7 @@ struct ModelRecipe {
 };
 
 // README_revenge.md's commands, one per model and stage. T and M are not in the paper: their
-// values are our choice, between their neighbours'; huge52 takes huge's.
+// values are our choice, between their neighbours'.
 struct PresetRecipes {
   const char* preset;
   ModelRecipe at[kStages];
@@ -72,9 +73,12 @@ constexpr PresetRecipes kPresetRecipes[] = {
      {{3e-3, 0.45, 192, 800}, {1e-5, 0.45, 224, 20}, {1e-3, 0.3, 224, 240}, {3e-4, 0.4, 224, 50}}},
     {"deit3_huge",
      {{3e-3, 0.6, 160, 800}, {1e-5, 0.55, 224, 20}, {1e-3, 0.5, 128, 90}, {3e-4, 0.45, 224, 50}}},
-    {"deit3_huge52",
-     {{3e-3, 0.6, 160, 800}, {1e-5, 0.55, 224, 20}, {1e-3, 0.5, 128, 90}, {3e-4, 0.45, 224, 50}}},
 };
+
+// huge52 (not in the paper's recipes) trains as huge does.
+const char* recipe_preset(const std::string& preset) {
+  return preset == "deit3_huge52" ? "deit3_huge" : preset.c_str();
+}
 
 Stage stage_index(const std::string& name) {
   for (int i = 0; i < kStages; ++i)
@@ -132,14 +136,15 @@ TrainOptions recipe_for(const std::string& preset, const std::string& recipe) {
   TrainOptions o = stage_settings(stage);
   o.model = model::preset(preset);
   for (const PresetRecipes& p : kPresetRecipes)
-    if (preset == p.preset) {
+    if (std::string(recipe_preset(preset)) == p.preset) {
       const ModelRecipe& r = p.at[stage];
       o.lr = r.lr;
       o.drop_path = r.drop_path;
       o.model.input_size = r.input_size;
       o.epochs = r.epochs;
+      return o;
     }
-  return o;
+  throw std::logic_error("recipe.cpp's table has no row for preset " + preset);
 }
 
 std::string recipe_table() {
@@ -158,24 +163,26 @@ std::string recipe_table() {
   std::vector<std::string> names;
   for (const RecipeStage& r : kRecipeStages) names.push_back(r.name);
   std::string table = row("", names) + row("", {"(lr, drop-path, input size, epochs)"});
-  for (const PresetRecipes& p : kPresetRecipes) {
-    std::vector<std::string> cells;
-    for (const ModelRecipe& r : p.at) cells.push_back(cell(r));
-    table += row(p.preset, cells);
-  }
+  for (const std::string& preset : model::preset_names())
+    for (const PresetRecipes& p : kPresetRecipes)
+      if (std::string(recipe_preset(preset)) == p.preset) {
+        std::vector<std::string> cells;
+        for (const ModelRecipe& r : p.at) cells.push_back(cell(r));
+        table += row(preset, cells);
+      }
   return table;
 }
 
 void TrainOptions::validate() const {
   auto fail = [](const std::string& what) { throw std::invalid_argument(what); };
   model.validate();
-  const RecipeStage* stage = nullptr;
+  bool fine_tunes = false;
   try {
-    stage = &recipe_stage(recipe);
+    fine_tunes = recipe_stage(recipe).starts_from_weights;
   } catch (const std::invalid_argument& e) {
     fail("--recipe: " + std::string(e.what()));
   }
-  if (stage->starts_from_weights && finetune.empty() && resume.empty())
+  if (fine_tunes && finetune.empty() && resume.empty())
     fail("--recipe " + recipe +
          " fine-tunes pre-trained weights: give them with --finetune "
          "(a checkpoint, its run folder or exported weights)");
@@ -345,10 +352,12 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
     return std::runtime_error("its saved option '" + key + "' is " + saved.at(key).dump() +
                               ", not a value of that option");
   };
-  // The stage the run started from fills in what an older checkpoint lacks; a checkpoint from
-  // before recipes were saved was a pretrain run's, or one that set its values by flags.
+  // The stage the run started from fills in what an older checkpoint lacks. Before recipes were
+  // saved, every run started from pretrain's values (a fine-tune set its own by flags): those
+  // fill in, and a run that started from weights is called a fine-tune.
   std::string recipe = "pretrain";
-  if (saved.contains("recipe")) {
+  const bool labelled = saved.contains("recipe");
+  if (labelled) {
     if (!saved.at("recipe").is_string()) throw not_a_value("recipe");
     recipe = saved.at("recipe").get<std::string>();
     try {
@@ -358,6 +367,7 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
     }
   }
   TrainOptions o = recipe_of(model, recipe);
+  if (!labelled && saved.value("finetune", "") != "") o.recipe = "finetune";
   for_each_setting(o, [&saved, &not_a_value](const char* key, auto& value) {
     if (!saved.contains(key)) return;
     try {

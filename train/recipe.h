@@ -24,6 +24,10 @@ const std::vector<RecipeStage>& recipe_stages();
 // The stage called `name`; throws std::invalid_argument naming the stages there are.
 const RecipeStage& recipe_stage(const std::string& name);
 
+// main.py's --color-jitter default: every stage jitters the colours by it where RandAugment does
+// not take its place.
+constexpr double kColorJitter = 0.3;
+
 struct TrainOptions {
   std::string recipe = "pretrain";  // the stage whose values the others started from
   model::ViTConfig model;       // the architecture; num_classes from the dataset unless given
@@ -49,7 +53,7 @@ struct TrainOptions {
   bool three_augment = true;
   bool src = false;  // Simple Random Crop instead of RandomResizedCrop (ImageNet-21k recipe)
   double rrc_scale_min = 0.08;  // RandomResizedCrop's smallest area fraction (torchvision's 0.08)
-  double color_jitter = 0.3;
+  double color_jitter = kColorJitter;
   // RandAugment, timm's spec (data/augment_params.h parse_rand_augment), in place of 3-Augment and
   // colour jitter: the recipe fine-tunes with rand-m9-mstd0.5-inc1. "none": off.
   std::string aa = "none";
