@@ -1,9 +1,10 @@
 // [gpu] checks of the cuBLASLt linear layer (kernels/cuda/linear.cu) against its CPU twin: fresh
 // bf16-rounded random inputs (both sides see the same numbers), outputs poisoned with NaN before
 // every call, every element compared. Shapes: the ViT-S GEMMs at batch 64 (qkv, proj, fc1, fc2),
-// the head, an ImageNet-21k head (21841 classes: the bias gradient in column tiles), batch-1 and
-// 7-row GEMMs, and K, N that are not multiples of 8 (rows not 16-byte aligned: cuBLASLt's
-// non-tensor-core kernels, or a clear std::invalid_argument).
+// the head, the demo's 10-class head, an ImageNet-21k head (21841 classes: the bias gradient in
+// column tiles), batch-1 and 7-row GEMMs, and K, N that are not multiples of 8 (rows not 16-byte
+// aligned: cuBLASLt's non-tensor-core kernels, or a clear std::invalid_argument). The forward
+// also with the bias added apart (no epilogue), and captured into a CUDA graph.
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
@@ -49,6 +50,7 @@ const std::vector<LinearShape>& linear_shapes() {
       {kTokens, 384, 1536},  // fc1
       {kTokens, 1536, 384},  // fc2
       {64, 384, 1000},       // head
+      {64, 192, 10},         // the demo's head: 4-byte aligned rows of y
       {1, 384, 1152},        // batch 1, one token
       {7, 384, 384},         // 7 rows
       {7, 13, 5},            // K, N odd: 2-byte aligned rows
@@ -72,7 +74,8 @@ LinearData random_linear(Rng& rng, const LinearShape& s) {
 
 TEST_CASE("cuda linear forward matches the CPU twin", "[gpu][kernels][linear]") {
   Stream stream;
-  CublasLt lt;
+  CublasLt lt, unfused;
+  unfused.set_bias_epilogue(false);
   Rng rng(1201);
   for (const LinearShape& s : linear_shapes()) {
     INFO(s.str());
@@ -92,6 +95,12 @@ TEST_CASE("cuda linear forward matches the CPU twin", "[gpu][kernels][linear]") 
     linear_forward_cuda(x.get(), w.get(), b16.get(), y.get(), s.M, s.K, s.N, lt, stream);
     stream.sync();
     check_close("y with a 16-byte aligned bias", y, ref, kBf16Tol);
+
+    // The bias added by a kernel after the GEMM, as where no algorithm fuses it.
+    y.poison();
+    linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, unfused, stream);
+    stream.sync();
+    check_close("y with the bias added apart", y, ref, kBf16Tol);
 
     linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), nullptr, ref.data(), s.M, s.K,
                               s.N);
@@ -169,6 +178,44 @@ TEST_CASE("cuda linear plans each GEMM shape once", "[gpu][kernels][linear]") {
   step();
   stream.sync();
   CHECK(lt.plan_count() == 3);
+}
+
+TEST_CASE("cuda linear is captured into a CUDA graph once it has run, and refused before",
+          "[gpu][kernels][linear]") {
+  Stream stream;
+  CublasLt lt;
+  Rng rng(1205);
+  const LinearShape s{64, 192, 10};
+  const LinearData d = random_linear(rng, s);
+  Bf16Buffer x(d.x.bits), w(d.w.bits), b(d.b.bits), y(s.M * s.N);
+  auto forward = [&] {
+    linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, lt, stream);
+  };
+  // Planning runs cuBLASLt's heuristic, which a capture cannot hold: refused, naming the GEMM.
+  cudaGraph_t graph = nullptr;
+  DEIT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  CHECK_THROWS_WITH(forward(), Catch::Contains("m=10 n=64 k=192") &&
+                                   Catch::Contains("for the first time during CUDA graph capture"));
+  DEIT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  DEIT_CUDA_CHECK(cudaGraphDestroy(graph));
+  CHECK(lt.plan_count() == 0);
+
+  forward();  // plans it
+  stream.sync();
+  DEIT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  forward();
+  DEIT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  DEIT_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  y.poison();
+  DEIT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  stream.sync();
+  std::vector<float> ref(s.M * s.N);
+  linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), d.b.values.data(), ref.data(),
+                            s.M, s.K, s.N);
+  check_close("y replayed", y, ref, kBf16Tol);
+  DEIT_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  DEIT_CUDA_CHECK(cudaGraphDestroy(graph));
 }
 
 TEST_CASE("cuda linear handles empty batches and rejects bad arguments", "[gpu][kernels][linear]") {

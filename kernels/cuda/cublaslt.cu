@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
+#include <vector>
 
 #include "kernels/check.h"
 
@@ -16,7 +17,11 @@ namespace deit::kernels {
 struct CublasLt::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulAlgo_t algo{};
+  // The heuristic's algorithms, best first; none: cuBLASLt has no algorithm for the spec (the plan
+  // is kept all the same, so that the shape is not searched again).
+  std::vector<cublasLtMatmulAlgo_t> algos;
+  size_t chosen = 0;     // the algorithm in use; algos.size(): every one was refused
+  bool settled = false;  // `chosen` has run once
 
   Plan() = default;
   Plan(const Plan&) = delete;
@@ -88,8 +93,17 @@ CublasLt::~CublasLt() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-const CublasLt::Plan& CublasLt::plan(const GemmSpec& s) {
+CublasLt::Plan& CublasLt::plan(const GemmSpec& s, cudaStream_t stream) {
   if (auto it = plans_.find(s); it != plans_.end()) return *it->second;
+  // The heuristic is host work that a capture cannot record, and some CUDA versions fail it
+  // outright while a stream captures (CUBLAS_STATUS_INTERNAL_ERROR): a step is captured only
+  // after it has run once, so a new plan here means a GEMM the warm-up step did not run.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  DEIT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone)
+    throw std::logic_error("CublasLt: " + describe(s) +
+                           " is planned for the first time during CUDA graph capture: run it "
+                           "once before the capture");
 
   auto plan = std::make_unique<Plan>();
   DEIT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -123,20 +137,27 @@ const CublasLt::Plan& CublasLt::plan(const GemmSpec& s) {
   set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<uint32_t>(s.align_b));
   set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, static_cast<uint32_t>(s.align_d));
   set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<uint32_t>(s.align_d));
+  // Split-K partial sums in fp32 only: summed in the output type, a bf16 GEMM's partials would each
+  // be rounded to bf16 first (TransformerEngine turned that scheme off after losing precision).
+  set_pref(pref.p, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+           static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_INPLACE |
+                                 CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE));
 
-  cublasLtMatmulHeuristicResult_t result{};
+  // A few, best first: the first run falls back on the next when cuBLASLt refuses one.
+  constexpr int kAlgorithms = 8;
+  cublasLtMatmulHeuristicResult_t results[kAlgorithms] = {};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-      handle_, plan->desc, plan->a, plan->b, plan->d, plan->d, pref.p, 1, &result, &found);
-  if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0))
-    throw std::invalid_argument("cuBLASLt has no algorithm for " + describe(s));
-  DEIT_CUBLAS_CHECK(st);
-  plan->algo = result.algo;
+  const cublasStatus_t heuristic =
+      cublasLtMatmulAlgoGetHeuristic(handle_, plan->desc, plan->a, plan->b, plan->d, plan->d,
+                                     pref.p, kAlgorithms, results, &found);
+  if (heuristic != CUBLAS_STATUS_NOT_SUPPORTED) DEIT_CUBLAS_CHECK(heuristic);
+  for (int i = 0; i < found; ++i)  // a result's other fields mean something only on success
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) plan->algos.push_back(results[i].algo);
   return *plans_.emplace(s, std::move(plan)).first->second;
 }
 
-void CublasLt::matmul(const GemmSpec& spec, const void* A, const void* B, void* D,
-                      const void* bias, cudaStream_t stream) {
+bool CublasLt::try_matmul(const GemmSpec& spec, const void* A, const void* B, void* D,
+                          const void* bias, cudaStream_t stream) {
   if (spec.bias != (bias != nullptr))
     throw std::invalid_argument("CublasLt::matmul: bias pointer does not match the spec of " +
                                 describe(spec));
@@ -145,11 +166,26 @@ void CublasLt::matmul(const GemmSpec& spec, const void* A, const void* B, void* 
   if (bias && reinterpret_cast<uintptr_t>(bias) % 16 != 0)
     throw std::invalid_argument("CublasLt::matmul: the bias must be 16-byte aligned (" +
                                 describe(spec) + ")");
-  const Plan& p = plan(spec);
+  Plan& p = plan(spec, stream);
   if (bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   const float alpha = 1.f, beta = 0.f;
-  DEIT_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.d, D, p.d,
-                                   &p.algo, workspace_, workspace_bytes_, stream));
+  for (; p.chosen < p.algos.size(); ++p.chosen) {
+    const cublasStatus_t cublasLtMatmul_status =
+        cublasLtMatmul(handle_, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.d, D, p.d,
+                       &p.algos[p.chosen], workspace_, workspace_bytes_, stream);
+    // Refused for the actual call (nothing enqueued) before any has run: the next one offered.
+    if (cublasLtMatmul_status == CUBLAS_STATUS_NOT_SUPPORTED && !p.settled) continue;
+    DEIT_CUBLAS_CHECK(cublasLtMatmul_status);
+    p.settled = true;
+    return true;
+  }
+  return false;
+}
+
+void CublasLt::matmul(const GemmSpec& spec, const void* A, const void* B, void* D, const void* bias,
+                      cudaStream_t stream) {
+  if (!try_matmul(spec, A, B, D, bias, stream))
+    throw std::invalid_argument("cuBLASLt has no algorithm for " + describe(spec));
 }
 
 }  // namespace deit::kernels

@@ -1,8 +1,12 @@
 // The cuBLASLt handle, its workspace and the plans of the GEMMs run so far, created once and passed
 // to every GEMM entry point (kernels/linear.h). A plan (matmul descriptor, matrix layouts and the
-// algorithm cuBLASLt's heuristic picked) is made the first time a GEMM of that shape, those types
-// and those pointer alignments runs, and reused after that: a training step's GEMMs do no
-// heuristic search once the first step is done, and no allocation.
+// algorithms cuBLASLt's heuristic offers, best first) is made the first time a GEMM of that shape,
+// those types and those pointer alignments runs, and reused after that: a training step's GEMMs do
+// no heuristic search once the first step is done, and no allocation. The first run of a plan
+// settles its algorithm: an offered algorithm that cuBLASLt then refuses for the actual call
+// (CUBLAS_STATUS_NOT_SUPPORTED, which PyTorch has met with bias epilogues) gives way to the next.
+// Planning needs the heuristic, which must not run while a stream is being captured into a CUDA
+// graph: every GEMM of a captured step has to run once before the capture.
 //
 // One CublasLt serves one stream at a time: the workspace is shared by every GEMM it runs (stream
 // order keeps them apart), and a call sets the bias pointer on the cached descriptor, so two
@@ -59,14 +63,27 @@ class CublasLt {
 
   // Enqueues D = op(A) op(B) (+ bias) on `stream`, planning `spec` on first use. bias: bf16 of
   // length spec.m, 16-byte aligned, or nullptr exactly when !spec.bias. Throws
-  // std::invalid_argument naming the shape when cuBLASLt has no algorithm for it.
+  // std::invalid_argument naming the shape when cuBLASLt has no algorithm for it, and
+  // std::logic_error when it would plan while `stream` is being captured.
   void matmul(const GemmSpec& spec, const void* A, const void* B, void* D, const void* bias,
               cudaStream_t stream);
+  // As matmul(), but returns false, having enqueued nothing, where matmul() would throw
+  // std::invalid_argument: for a caller with another way to the same result (linear.cu adds a
+  // bias that no algorithm fuses with a kernel of its own).
+  bool try_matmul(const GemmSpec& spec, const void* A, const void* B, void* D, const void* bias,
+                  cudaStream_t stream);
+
+  // Whether GEMMs with a bias may fuse it (CUBLASLT_EPILOGUE_BIAS); on by default. Off, linear.cu
+  // always adds it with its own kernel: what a test of that path, and a measurement of what the
+  // epilogue saves, need.
+  bool bias_epilogue() const { return bias_epilogue_; }
+  void set_bias_epilogue(bool on) { bias_epilogue_ = on; }
 
  private:
   struct Plan;
-  const Plan& plan(const GemmSpec& spec);
+  Plan& plan(const GemmSpec& spec, cudaStream_t stream);
 
+  bool bias_epilogue_ = true;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;

@@ -5,7 +5,10 @@
 //   dx^T     (K, M)      = W^T (K, N) . dy^T (N, M): A = W stored (K, N), op N; B = dy, op N
 //   dW^T     (K, N)      = x^T (K, M) . dy (M, N):   A = x, op N;  B = dy stored (N, M), op T
 // Fuses: the bias add into the forward GEMM (CUBLASLT_EPILOGUE_BIAS, bias along D's rows = the
-// N output features); dW is written in fp32 straight from the accumulators.
+// N output features) where cuBLASLt has an algorithm for it (or CublasLt::set_bias_epilogue
+// allows it); otherwise the GEMM alone, then AddBiasRowsOp on the elementwise launcher, which
+// rounds to bf16 twice (the GEMM's output, then its sum with the bias) where the epilogue rounds
+// once: within the bf16 tolerance. dW is written in fp32 straight from the accumulators.
 // Launch: cuBLASLt's choice (heuristic, cached per shape in CublasLt). db, per tile of at most
 // 8192 columns: row_chunks(M, width) blocks of row_threads(width) threads, each thread summing 8
 // columns of dy over a fixed chunk of rows into fp32 partials in the CublasLt workspace, then
@@ -82,11 +85,20 @@ void linear_forward_cuda(const bf16_bits* x, const bf16_bits* weight, const bf16
   s.m = N, s.n = M, s.k = K;
   s.lda = K, s.ldb = K, s.ldd = N;
   s.d_type = CUDA_R_16BF;
-  s.bias = bias != nullptr;
   s.align_a = gemm_alignment(weight, K, kBf16Bytes);
   s.align_b = gemm_alignment(x, K, kBf16Bytes);
   s.align_d = gemm_alignment(y, N, kBf16Bytes);
-  lt.matmul(s, weight, x, y, bias, stream);
+  if (bias != nullptr && lt.bias_epilogue()) {
+    s.bias = true;
+    if (lt.try_matmul(s, weight, x, y, bias, stream)) return;
+    s.bias = false;
+  }
+  lt.matmul(s, weight, x, y, nullptr, stream);
+  if (bias == nullptr) return;
+  bf16* out = gpu::as_bf16(y);
+  const bf16* b = gpu::as_bf16(bias);
+  gpu::launch_elementwise(AddBiasRowsOp{out, b, N}, M * N, N % kVec == 0 && gpu::aligned16(out, b),
+                          stream);
 }
 
 void linear_backward_cuda(const bf16_bits* dy, const bf16_bits* x, const bf16_bits* weight,

@@ -1,6 +1,6 @@
-// The device code of the linear layer's bias gradient (kernels/cuda/linear.cu says how it is
-// launched; the GEMMs are cuBLASLt's): the per-chunk column sums of dy, which sum_partials
-// (kernels/cuda/common_kernels.cuh) then adds.
+// The device code of the linear layer (kernels/cuda/linear.cu says how it is launched; the GEMMs
+// are cuBLASLt's): the bias add where no GEMM epilogue fuses it, and the bias gradient's per-chunk
+// column sums of dy, which sum_partials (kernels/cuda/common_kernels.cuh) then adds.
 //
 // Included by linear.cu, and by the emulated test (tests/emulated/ops_emulated.cpp) after
 // tests/emulated/cuda_emulator.h, which runs this kernel lane by lane on machines without a GPU.
@@ -17,6 +17,23 @@ namespace {
 
 using gpu::bf16;
 using gpu::kVec;
+
+// y (rows, cols) += bias (cols), in place, for the elementwise launcher: N consecutive elements
+// of a vector lie in one row when cols is a multiple of N.
+struct AddBiasRowsOp {
+  bf16* y;
+  const bf16* bias;
+  int64_t cols;
+  template <int N>
+  __device__ void apply(int64_t i) const {
+    float v[N], b[N];
+    gpu::load<N>(y + i, v);
+    gpu::load<N>(bias + i % cols, b);
+#pragma unroll
+    for (int j = 0; j < N; ++j) v[j] += b[j];
+    gpu::store<N>(y + i, v);
+  }
+};
 
 // Block `chunk` writes the sums over rows [chunk * rows_per_chunk, ...) of dy (rows, C), whose
 // rows lie ld elements apart (a tile of C columns of a wider matrix), to partials[chunk * C + c].
