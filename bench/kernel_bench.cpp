@@ -41,14 +41,23 @@ std::string sizes(std::initializer_list<std::pair<const char*, int64_t>> named) 
   return s;
 }
 
+cudaStream_t make_nonblocking_stream() {
+  cudaStream_t stream = nullptr;
+  DEIT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  return stream;
+}
+
 class Runner {
  public:
+  // The stream first (members are built in declaration order): the flusher zeroes its buffer on it.
   Runner(int device, const KernelBenchOptions& options, KernelReport& report,
          const ProgressFn& progress)
-      : flusher_(device), random_(size_t{16} << 20, 20261126), options_(options), report_(report),
-        progress_(progress) {
-    DEIT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  }
+      : stream_(make_nonblocking_stream()),
+        flusher_(device, stream_),
+        random_(size_t{16} << 20, 20261126),
+        options_(options),
+        report_(report),
+        progress_(progress) {}
   ~Runner() { cudaStreamDestroy(stream_); }
   Runner(const Runner&) = delete;
   Runner& operator=(const Runner&) = delete;
@@ -283,42 +292,75 @@ void measure_bce(Runner& run, int64_t B) {
               });
 }
 
-// One (T, D) attention shape: ours forward and backward, cuDNN's forward on the same qkv.
-void measure_attention(Runner& run, int64_t Tn, int64_t D) {
-  // Heads of ViT-B (head dim 64) and ViT-H (head dim 80); the batch keeps ~50k tokens, a
-  // training step's worth at every sequence length.
-  const int64_t H = D == 64 ? 12 : 16;
-  const int64_t B = std::max<int64_t>(1, kRows / Tn);
-  const int64_t C = H * D, tokens = B * Tn;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  auto qkv = run.random_bf16(tokens * 3 * C), dout = run.random_bf16(tokens * C);
-  auto out = Runner::bf16s(tokens * C), dqkv = Runner::bf16s(tokens * 3 * C);
-  auto lse = Runner::floats(B * H * Tn);
-  auto ws = Runner::floats(kernels::attention_backward_cuda_workspace_floats(B, Tn, H));
-  const std::string shape = sizes({{"B", B}, {"T", Tn}, {"H", H}, {"D", D}});
-  const double fwd_flops = 4.0 * B * H * Tn * Tn * D;
-  run.measure("attention forward", "deit", shape, 0, fwd_flops, [&] {
+// One (T, D) attention job, ours and the rival's alike. Heads of ViT-B (head dim 64) and ViT-H
+// (head dim 80); the batch keeps ~50k tokens, a training step's worth at every sequence length.
+struct AttentionShape {
+  AttentionShape(int64_t tokens_per_image, int64_t head_dim)
+      : Tn(tokens_per_image),
+        D(head_dim),
+        H(head_dim == 64 ? 12 : 16),
+        B(std::max<int64_t>(1, kRows / tokens_per_image)),
+        C(H * D),
+        tokens(B * Tn),
+        scale(1.0 / std::sqrt(static_cast<double>(D))),
+        forward_flops(4.0 * B * H * Tn * Tn * D),
+        name(sizes({{"B", B}, {"T", Tn}, {"H", H}, {"D", D}})) {}
+  int64_t Tn, D, H, B, C, tokens;
+  double scale;
+  double forward_flops;
+  std::string name;
+};
+
+const std::vector<AttentionShape>& attention_shapes() {
+  static const std::vector<AttentionShape> shapes = [] {
+    std::vector<AttentionShape> all;
+    for (int64_t D : {64, 80})
+      for (int64_t Tn : {65, 145, 197, 257, 577}) all.emplace_back(Tn, D);
+    return all;
+  }();
+  return shapes;
+}
+
+// Our attention forward and backward at one shape.
+void measure_attention(Runner& run, const AttentionShape& s) {
+  auto qkv = run.random_bf16(s.tokens * 3 * s.C), dout = run.random_bf16(s.tokens * s.C);
+  auto out = Runner::bf16s(s.tokens * s.C), dqkv = Runner::bf16s(s.tokens * 3 * s.C);
+  auto lse = Runner::floats(s.B * s.H * s.Tn);
+  auto ws = Runner::floats(kernels::attention_backward_cuda_workspace_floats(s.B, s.Tn, s.H));
+  run.measure("attention forward", "deit", s.name, 0, s.forward_flops, [&] {
     kernels::attention_forward_cuda(qkv->as<bf16_bits>(), out->as<bf16_bits>(), lse->as<float>(),
-                                    B, Tn, H, D, scale, run.stream());
+                                    s.B, s.Tn, s.H, s.D, s.scale, run.stream());
   });
-  run.measure("attention backward", "deit", shape, 0, 2.5 * fwd_flops, [&] {
+  run.measure("attention backward", "deit", s.name, 0, 2.5 * s.forward_flops, [&] {
     kernels::attention_backward_cuda(qkv->as<bf16_bits>(), out->as<bf16_bits>(), lse->as<float>(),
-                                     dout->as<bf16_bits>(), dqkv->as<bf16_bits>(), B, Tn, H, D,
-                                     scale, ws->as<float>(), run.stream());
+                                     dout->as<bf16_bits>(), dqkv->as<bf16_bits>(), s.B, s.Tn, s.H,
+                                     s.D, s.scale, ws->as<float>(), run.stream());
   });
+}
+
+// cuDNN's attention forward at one shape, on the same inputs as ours (random_bf16 fills from the
+// start of one random source every time).
+void measure_cudnn_attention(Runner& run, const AttentionShape& s) {
 #if DEIT_HAVE_CUDNN
-  // The rival's failure, at its set-up or at its first execution (a cuDNN status, not a CUDA
-  // fault), makes a row that says why rather than ending the benchmark.
+  // The rival's failure, at its set-up or at its execution, makes a row that says why rather than
+  // ending the benchmark. (A CUDA fault it raises fails the rival rows after it too, and the
+  // report's error: see run_kernel_benchmarks.)
   try {
-    CudnnAttentionForward cudnn(B, Tn, H, D, scale);
-    run.measure("attention forward", "cudnn", shape, 0, fwd_flops, [&] {
-      cudnn.run(qkv->as<bf16_bits>(), out->as<bf16_bits>(), lse->as<float>(), run.stream());
-    }, cudnn.engine());
+    auto qkv = run.random_bf16(s.tokens * 3 * s.C);
+    auto out = Runner::bf16s(s.tokens * s.C);
+    auto lse = Runner::floats(s.B * s.H * s.Tn);
+    CudnnAttentionForward cudnn(s.B, s.Tn, s.H, s.D, s.scale);
+    run.measure(
+        "attention forward", "cudnn", s.name, 0, s.forward_flops,
+        [&] {
+          cudnn.run(qkv->as<bf16_bits>(), out->as<bf16_bits>(), lse->as<float>(), run.stream());
+        },
+        cudnn.engine());
   } catch (const std::exception& e) {
-    run.unavailable("attention forward", "cudnn", shape, e.what());
+    run.unavailable("attention forward", "cudnn", s.name, e.what());
   }
 #else
-  run.unavailable("attention forward", "cudnn", shape, "this deit was built without cuDNN");
+  run.unavailable("attention forward", "cudnn", s.name, "this deit was built without cuDNN");
 #endif
 }
 
@@ -347,8 +389,11 @@ KernelReport run_kernel_benchmarks(int device, const KernelBenchOptions& options
       measure_gelu(run, C);
     }
     for (int64_t B : {kBatch, 64 * kBatch}) measure_bce(run, B);
-    for (int64_t D : {64, 80})
-      for (int64_t Tn : {65, 145, 197, 257, 577}) measure_attention(run, Tn, D);
+    for (const AttentionShape& s : attention_shapes()) measure_attention(run, s);
+    // The library rivals last, after every row of ours: a fault a cuDNN kernel raises
+    // asynchronously is sticky, every CUDA call after it fails, so run earlier it would turn all
+    // of our later measurements into errors; here it can cost only the rival's own rows.
+    for (const AttentionShape& s : attention_shapes()) measure_cudnn_attention(run, s);
     DEIT_CUDA_CHECK(cudaStreamSynchronize(run.stream()));
   } catch (const std::exception& e) {
     report.error = e.what();

@@ -1,7 +1,9 @@
 #include "engine/cuda_graph.h"
 
 #if DEIT_HAVE_CUDA
+#include <cstdio>
 #include <stdexcept>
+#include <string>
 
 #include "engine/allocator.h"
 #include "engine/stream.h"
@@ -9,20 +11,50 @@
 
 namespace deit {
 
-CudaGraph::~CudaGraph() { reset(); }
+CudaGraph::~CudaGraph() {
+  // A destructor must not throw: report, and go on without the graph.
+  const std::string failure = reset();
+  if (!failure.empty())
+    std::fprintf(stderr, "deit: warning: destroying a CUDA graph: %s\n", failure.c_str());
+}
 
-void CudaGraph::reset() {
-  // No checks here: reset() runs in the destructor, which must not throw.
-  if (exec_) cudaGraphExecDestroy(exec_);
-  if (graph_) cudaGraphDestroy(graph_);
+std::string CudaGraph::reset() noexcept {
+  // Runs one step of the teardown, checked; its failure is kept (the first one) instead of thrown,
+  // so that the rest of the teardown still runs.
+  std::string failure;
+  const auto step = [&failure](auto&& call) {
+    try {
+      call();
+      return true;
+    } catch (const std::exception& e) {
+      if (failure.empty()) failure = e.what();
+      cudaGetLastError();  // reported by the caller, not left for the next launch check to find
+      return false;
+    }
+  };
+  // A replay queued by launch() may still be running and writing the pool's blocks. Handed back
+  // to the shared cache, they are safe only for later work on the same compute stream, yet they
+  // can also go to another stream (a collective, a copy) or back to the driver (release_cached),
+  // and nothing would order that after the replay. Every caller so far happened to synchronise
+  // first (the step reads its loss back); the graph must not depend on that, so it waits for its
+  // own replays. This runs once per capture or teardown, so the wait costs nothing.
+  bool replays_done = true;
+  if (exec_)
+    replays_done = step([&] { DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_stream(device_))); });
+  if (exec_) step([&] { DEIT_CUDA_CHECK(cudaGraphExecDestroy(exec_)); });
+  if (graph_) step([&] { DEIT_CUDA_CHECK(cudaGraphDestroy(graph_)); });
   exec_ = nullptr;
   graph_ = nullptr;
-  if (pool_) cuda_allocator(device_).release_pool(pool_);
+  // After a failed wait a replay may still write the pool: its blocks then serve nothing else, a
+  // leak that is harmless next to the device error that caused it.
+  if (pool_ && replays_done) step([&] { cuda_allocator(device_).release_pool(pool_); });
+  if (!replays_done) failure += " (the graph's memory pool is left unused)";
   pool_ = 0;
+  return failure;
 }
 
 void CudaGraph::capture(int device, const std::function<void()>& work) {
-  reset();
+  if (const std::string failure = reset(); !failure.empty()) throw std::runtime_error(failure);
   device_ = device;
   cudaStream_t stream = compute_stream(device);
   // Global mode: any call that is unsafe during capture (a synchronisation, a copy to or from
@@ -40,7 +72,7 @@ void CudaGraph::capture(int device, const std::function<void()>& work) {
     cudaStreamEndCapture(stream, &partial);  // the exception below is the error worth reporting
     if (partial) cudaGraphDestroy(partial);
     cudaGetLastError();
-    reset();
+    (void)reset();  // a teardown failure would matter less than the error rethrown
     throw;
   }
   allocator.end_pool();
@@ -53,7 +85,7 @@ void CudaGraph::capture(int device, const std::function<void()>& work) {
     // The caller may go on without a graph: the failure must not stay behind as the thread's
     // last error, where the next launch check would find it.
     cudaGetLastError();
-    reset();
+    (void)reset();  // a teardown failure would matter less than the error rethrown
     throw;
   }
 }

@@ -13,6 +13,7 @@
 // The blocks the captured work allocates belong to the graph until it is destroyed or captured
 // again (a private pool of the caching allocator, engine/allocator.h): a replay writes them, so
 // nothing else may be given them, even after the tensors that held them during capture are gone.
+// Destroying or recapturing a graph therefore first waits for its replays on the compute stream.
 //
 // Work that the captured stream hands to another stream through events, as the NCCL communicator
 // does with its communication stream (engine/communicator.h), is captured with it, provided it is
@@ -24,6 +25,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace deit {
 
@@ -45,7 +47,10 @@ class CudaGraph {
   bool captured() const { return exec_ != nullptr; }
 
  private:
-  void reset();
+  // Waits for the replays still queued on the compute stream, then destroys the graph and hands
+  // its pool back to the allocator. Returns what failed, "" if nothing: the destructor reports it
+  // (it must not throw), capture() throws it.
+  [[nodiscard]] std::string reset() noexcept;
 
   int device_ = 0;
   uint64_t pool_ = 0;  // the allocator pool of the captured work's blocks (0: none)

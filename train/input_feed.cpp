@@ -1,5 +1,6 @@
 #include "train/input_feed.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -41,6 +42,10 @@ void pack_batch(const data::Batch& batch, const PackedLayout& l, uint8_t* dst) {
     std::memcpy(dst + l.pixels + offset, image.pixels.data(), image.pixels.size());
     offset += static_cast<int64_t>(image.pixels.size());
   }
+}
+
+size_t grown_upload_bytes(size_t needed, size_t current) {
+  return std::max(needed + needed / 4, 2 * current);
 }
 
 #if DEIT_HAVE_CUDA
@@ -89,10 +94,11 @@ class InputFeed::DeviceStage {
     if (slot.layout.bytes > slot.host_bytes) {
       // The sizes follow the buffers only once they exist, so that a failed allocation leaves a
       // slot that is empty, not one that claims bytes it lacks.
+      const size_t old_bytes = slot.host_bytes;
       DEIT_CUDA_CHECK(cudaFreeHost(slot.host));
       slot.host = nullptr;
       slot.host_bytes = 0;
-      const size_t bytes = with_headroom(slot.layout.bytes);
+      const size_t bytes = grown_upload_bytes(slot.layout.bytes, old_bytes);
       DEIT_CUDA_CHECK(cudaHostAlloc(&slot.host, bytes, cudaHostAllocDefault));
       slot.host_bytes = bytes;
     }
@@ -105,10 +111,15 @@ class InputFeed::DeviceStage {
     if (slot.layout.bytes > slot.device_bytes) {
       // The kernels that read the old buffer must be done before it is freed.
       DEIT_CUDA_CHECK(cudaEventSynchronize(slot.consumed));
+      const size_t old_bytes = slot.device_bytes;
       DEIT_CUDA_CHECK(cudaFree(slot.device));
       slot.device = nullptr;
       slot.device_bytes = 0;
-      const size_t bytes = with_headroom(slot.layout.bytes);
+      // Straight from the driver, not the caching allocator (engine/allocator.h): the buffer is
+      // the feed's for its whole life and written on its own copy stream, outside the allocator's
+      // one-stream reuse rule (engine/stream.h). So the allocator's statistics, which a warm
+      // step's "no cudaMalloc" check reads, do not count this growth.
+      const size_t bytes = grown_upload_bytes(slot.layout.bytes, old_bytes);
       DEIT_CUDA_CHECK(cudaMalloc(&slot.device, bytes));
       slot.device_bytes = bytes;
     }
@@ -169,9 +180,6 @@ class InputFeed::DeviceStage {
     uint64_t number = 0;
     std::vector<int32_t> labels;
   };
-
-  // Sources vary in size: a little room avoids reallocating for every slightly larger batch.
-  static size_t with_headroom(size_t bytes) { return bytes + bytes / 4; }
 
   Device device_;
   int size_;

@@ -42,6 +42,14 @@ PackedLayout packed_layout(const data::Batch& batch);
 // dst: layout.bytes bytes.
 void pack_batch(const data::Batch& batch, const PackedLayout& layout, uint8_t* dst);
 
+// The bytes a CUDA source feed's upload buffer (pinned and device) grows to when a batch of
+// `needed` bytes does not fit in its `current` bytes. Growing frees and reallocates both buffers,
+// and freeing synchronises the device: a stall. Batches of source images vary in size (ImageNet's
+// widely), so the buffer at least doubles, which bounds the stalls by the logarithm of the
+// largest batch over the first (at most twice the largest batch is held); the first allocation
+// leaves a quarter of headroom.
+size_t grown_upload_bytes(size_t needed, size_t current);
+
 class InputFeed {
  public:
   // `loader` must outlive the feed; its PixelFormat is kFloat32 or kSource, with input_size x

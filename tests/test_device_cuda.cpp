@@ -1,0 +1,152 @@
+// How deit uses the CUDA runtime from the host, where a mistake shows only on a real GPU run:
+// - a failed device query (no driver, a driver older than the runtime, no device visible) is
+//   reported with the runtime's own words and its likely cause, not as "0 GPUs" (engine/device.h);
+// - a CUDA graph waits for its replays before its memory pool is handed back (engine/cuda_graph.h);
+// - the input feed's upload buffers grow geometrically, so that batches of varied sizes cause few
+//   reallocations, each a device synchronisation (train/input_feed.h).
+// The first and last cases are host logic and run everywhere (deit_tests); the graph case is
+// [gpu], run on the emulated runtime by CI (tests/emulated/runtime/).
+#include <cuda_runtime.h>
+
+#include <catch2/catch.hpp>
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/cuda_graph.h"
+#include "engine/device.h"
+#include "engine/ops.h"
+#include "engine/stream.h"
+#include "engine/tensor.h"
+#include "kernels/check.h"
+#include "train/input_feed.h"
+
+namespace {
+
+using namespace deit;
+using Catch::Contains;
+
+// A query that failed as the runtime reports `error`.
+CudaDeviceQuery failed_query(cudaError_t error, const char* name, const char* text,
+                             int driver_version) {
+  CudaDeviceQuery q;
+  q.error = static_cast<int>(error);
+  q.error_name = name;
+  q.error_text = text;
+  q.driver_version = driver_version;
+  q.runtime_version = 13000;
+  return q;
+}
+
+}  // namespace
+
+TEST_CASE("a CUDA device the runtime cannot use is reported with the runtime's error and cause",
+          "[device]") {
+  const Device gpu = Device::cuda(0);
+  // libcuda.so missing: the runtime says "insufficient driver" and the driver version is 0.
+  const std::string no_driver = missing_cuda_device_message(
+      gpu, failed_query(cudaErrorInsufficientDriver, "cudaErrorInsufficientDriver",
+                        "CUDA driver version is insufficient for CUDA runtime version", 0));
+  CHECK_THAT(no_driver, Contains("cuda:0") && Contains("cudaErrorInsufficientDriver") &&
+                            Contains("CUDA driver version is insufficient") &&
+                            Contains("no NVIDIA driver is installed") && Contains("--device cpu"));
+  // A driver too old for the CUDA 13 runtime: both versions, and what to do.
+  const std::string old_driver = missing_cuda_device_message(
+      gpu, failed_query(cudaErrorInsufficientDriver, "cudaErrorInsufficientDriver",
+                        "CUDA driver version is insufficient for CUDA runtime version", 12080));
+  CHECK_THAT(old_driver, Contains("supports CUDA 12.8") && Contains("CUDA 13.0 runtime") &&
+                             Contains("update the driver") && Contains("--device cpu"));
+  CHECK_THAT(old_driver, !Contains("no NVIDIA driver"));
+  // A container started without GPU access.
+  const std::string hidden =
+      missing_cuda_device_message(gpu, failed_query(cudaErrorNoDevice, "cudaErrorNoDevice",
+                                                    "no CUDA-capable device is detected", 13000));
+  CHECK_THAT(hidden, Contains("no CUDA-capable device is detected") &&
+                         Contains("no CUDA device is visible") && Contains("--gpus") &&
+                         Contains("CUDA_VISIBLE_DEVICES") && Contains("--device cpu"));
+  // Any other failure still carries the runtime's words.
+  const std::string other = missing_cuda_device_message(
+      gpu, failed_query(cudaErrorUnknown, "cudaErrorUnknown", "unknown error", 13000));
+  CHECK_THAT(other, Contains("cudaErrorUnknown (unknown error)") && Contains("--device cpu"));
+  // A query that worked: the machine has fewer devices than asked for.
+  CudaDeviceQuery one;
+  one.count = 1;
+  CHECK_THAT(missing_cuda_device_message(Device::cuda(1), one),
+             Contains("cuda:1") && Contains("this machine has 1") && Contains("--device cpu"));
+}
+
+TEST_CASE("require_device reports what this machine's CUDA runtime said", "[device]") {
+  // The real query: on a GPU machine it finds the devices; elsewhere (CI, the development
+  // machines) it fails, and the failure must reach the message, not turn into "0 GPUs".
+  const CudaDeviceQuery query = query_cuda_devices();
+  CHECK(cuda_device_count() == query.count);
+  if (query.count > 0) {
+    CHECK(query.error == cudaSuccess);
+    CHECK_NOTHROW(require_device(Device::cuda(0)));
+    CHECK_THROWS_WITH(require_device(Device::cuda(query.count)),
+                      Contains("this machine has " + std::to_string(query.count)));
+  } else {
+    // cudaGetDeviceCount does not succeed with no device: it says why there is none.
+    CHECK(query.error != cudaSuccess);
+    CHECK_FALSE(query.error_text.empty());
+    CHECK_FALSE(query.error_name.empty());
+    CHECK_THROWS_WITH(require_device(Device::cuda(0)),
+                      Contains(query.error_text) && Contains("--device cpu"));
+  }
+  CHECK_NOTHROW(require_device(Device::cpu()));
+}
+
+TEST_CASE("a CUDA graph waits for its replays before it is captured again or destroyed",
+          "[gpu][graph]") {
+  // The graph's pool goes back to the allocator then, and a replay still running would write
+  // blocks handed to someone else. CUDA itself does not wait: an executable graph destroyed in
+  // flight is freed when its replays end. So on a GPU, 16 replays over 8 MB queued just before
+  // are most likely still running unless the graph waited. (The emulated runtime's
+  // cudaGraphExecDestroy runs all queued work itself, so there this checks the contract only.)
+  NoGrad no_grad;
+  const Tensor x = Tensor::full({4096, 1024}, 0.5, DType::bf16, Device::cuda(0));
+  // Once eagerly first: the device's context (its cuBLASLt workspace) is made outside a capture.
+  CHECK(ops::gelu(x).to_vector<float>().size() == 4096 * 1024);
+  const auto capture_gelu = [&](CudaGraph& graph) {
+    graph.capture(0, [&] { const Tensor y = ops::gelu(x); });  // y's block: the graph's pool
+  };
+  cudaEvent_t replayed = nullptr;
+  DEIT_CUDA_CHECK(cudaEventCreateWithFlags(&replayed, cudaEventDisableTiming));
+  const auto replay_then_record = [&](CudaGraph& graph) {
+    for (int i = 0; i < 16; ++i) graph.launch();
+    DEIT_CUDA_CHECK(cudaEventRecord(replayed, compute_stream(0)));
+  };
+  {
+    CudaGraph graph;
+    capture_gelu(graph);
+    replay_then_record(graph);
+    capture_gelu(graph);
+    CHECK(cudaEventQuery(replayed) == cudaSuccess);
+    REQUIRE(graph.captured());
+    replay_then_record(graph);
+  }
+  CHECK(cudaEventQuery(replayed) == cudaSuccess);
+  DEIT_CUDA_CHECK(cudaEventDestroy(replayed));
+}
+
+TEST_CASE("the input feed's upload buffers grow geometrically with the batches", "[feed]") {
+  // Batches 1% larger each time, over a 100-fold rise (ImageNet's sources vary widely): a buffer
+  // that grew to 1.25x each need would be reallocated about 21 times, each a device sync.
+  size_t buffer = 0;
+  int reallocations = 0;
+  size_t largest = 0;
+  for (double need = 1e6; need < 1e8; need *= 1.01) {
+    const size_t needed = static_cast<size_t>(need);
+    largest = needed;
+    if (needed <= buffer) continue;
+    const size_t grown = train::grown_upload_bytes(needed, buffer);
+    CHECK(grown >= needed);
+    CHECK(grown >= 2 * buffer);
+    buffer = grown;
+    ++reallocations;
+  }
+  // log2(100 / 1.25) + 1 = 7.3, and the buffer stays within twice the largest batch.
+  CHECK(reallocations <= 8);
+  CHECK(buffer <= 2 * largest);
+  // The first allocation leaves a quarter of headroom.
+  CHECK(train::grown_upload_bytes(1000, 0) == 1250);
+}
