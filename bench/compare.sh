@@ -5,7 +5,8 @@
 # column: deit / PyTorch) to bench/results/DATE-DEVICE-compare.md with the date, device, commit and
 # command, and prints it.
 #
-#   bench/compare.sh [--quick | --every-model | --full | --cpu] [--build DIR] [--deadline SECONDS]
+#   bench/compare.sh [--quick | --every-model | --full | --cpu] [--models M,M,...] [--build DIR]
+#                    [--deadline SECONDS]
 #
 #   --quick (default) deit3_small and deit3_base at 224, batch 256 per GPU; kernels at ViT-B's
 #           width, 30 runs each. A few minutes on an H200, most of it torch.compile compiling.
@@ -19,6 +20,8 @@
 #           against PyTorch's CPU kernels), for the demo's model (64 px, batch 64) and deit3_tiny
 #           at 224 (batch 16), 10 timed steps each; no kernels. It runs the whole comparison where
 #           no GPU is, so the scripts are tried before a GPU's minutes are spent on them.
+#   --models  only the mode's runs of these models (e.g. deit3_large,deit3_huge: a lent machine's
+#           second call finishing a table whose other rows an earlier call measured)
 #   --build the build folder holding `deit` (default build-gpu, what bench/gpu-check.sh builds;
 #           with --cpu, build, what scripts/setup.sh builds)
 #   --deadline  finish within SECONDS: each run's time limit is cut to what is left, a run that
@@ -32,6 +35,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 mode=quick
 build=""
+models=""
 deadline_at=""
 invocation="bench/compare.sh $*"
 while [ $# -gt 0 ]; do
@@ -40,10 +44,11 @@ while [ $# -gt 0 ]; do
     --every-model) mode=every-model ;;
     --full) mode=full ;;
     --cpu) mode=cpu ;;
+    --models) models=",${2:?--models needs a list of models},"; shift ;;
     --build) build=$2; shift ;;
     --deadline) deadline_at=$(($(date +%s) + ${2:?--deadline needs seconds})); shift ;;
-    *) echo "usage: bench/compare.sh [--quick | --every-model | --full | --cpu] [--build DIR]" \
-         "[--deadline SECONDS]" >&2
+    *) echo "usage: bench/compare.sh [--quick | --every-model | --full | --cpu]" \
+         "[--models M,M,...] [--build DIR] [--deadline SECONDS]" >&2
        exit 2 ;;
   esac
   shift
@@ -158,6 +163,7 @@ fi
 for config in "${configs[@]}"; do
   # $flags stays unquoted below: no words, or several.
   read -r model size batch flags <<<"$config"
+  [ -n "$models" ] && [[ $models != *",$model,"* ]] && continue
   "$deit" info --model "$model" --input-size "$size" --json $flags >"$work/info.json"
   gflops=$(field "$work/info.json" train_gflops_per_image)
   # --cuda-graph: the step replayed as one graph too, a row of its own under the model's phases

@@ -113,6 +113,13 @@ target_compile_definitions(deit_config INTERFACE
   DEIT_HAVE_CBLAS=$<BOOL:${DEIT_HAVE_CBLAS}>
   DEIT_HAVE_MPI=$<BOOL:${DEIT_HAVE_MPI}>)
 target_include_directories(deit_config INTERFACE ${PROJECT_SOURCE_DIR})
+# The kernel headers declare the CUDA twins with cudaStream_t, so every file that includes them
+# needs the toolkit's headers, also the CPU-only ones g++ compiles (a machine that links them
+# into /usr/local/include hides their absence; the H200's image does not). SYSTEM: after the
+# emulated device's own cuda_runtime.h (tests/emulated), which must win there.
+if(DEIT_HAVE_CUDA)
+  target_include_directories(deit_config SYSTEM INTERFACE ${CUDAToolkit_INCLUDE_DIRS})
+endif()
 # No fused multiply-add on the host: the CPU augmentation matches Pillow and the GPU stage bit for
 # bit only when each product is rounded before its sum, which GCC's default (-ffp-contract=fast)
 # gives up wherever FMA exists (aarch64 hosts such as GH200, or -march=native on x86-64). The

@@ -191,10 +191,13 @@ TEST_CASE("nccl: a wait for the device gives up after DEIT_COMM_TIMEOUT and abor
   // A stream held up for 3 s stands for a collective whose peer never comes.
   const auto hold_up = [](void*) { std::this_thread::sleep_for(std::chrono::seconds(3)); };
   DEIT_CUDA_CHECK(cudaLaunchHostFunc(compute_stream(0), hold_up, nullptr));
+  // A wait that waited the stream out would return without throwing. How long the throw takes
+  // is not checked: ncclCommAbort frees device memory, which waits for the held-up stream (on an
+  // H200 the throw came after the whole 3 s); in a real hang NCCL's kernels see the abort and end.
   const auto start = std::chrono::steady_clock::now();
   CHECK_THROWS_WITH(comm->wait_for_device(),
                     Catch::Contains("rank 0 of 1") && Catch::Contains("did not complete in 1 s"));
-  CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(2500));
+  CHECK(std::chrono::steady_clock::now() - start >= std::chrono::seconds(1));
   CHECK_THROWS_WITH(comm->wait_for_device(), Catch::Contains("aborted"));
   sync_device();
   comm.reset();  // an aborted communicator is not destroyed again

@@ -409,7 +409,9 @@ TEST_CASE("a capture that waits for the host fails and leaves the stream usable"
   CHECK(x.to_vector<float>() == std::vector<float>(4, 3.0f));
 }
 
-TEST_CASE("a capture refused as it ends leaves no error for the next launch", "[gpu][step]") {
+// [api-error]: it makes cudaStreamEndCapture fail on purpose, which compute-sanitizer reports.
+TEST_CASE("a capture refused as it ends leaves no error for the next launch",
+          "[gpu][step][api-error]") {
   // Work forked onto a second stream and never joined back: cudaStreamEndCapture refuses the
   // graph. The trainer then goes on without one, so the failure must not stay behind as the
   // thread's last error, where the next kernel's launch check would find it.
