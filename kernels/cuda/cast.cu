@@ -2,7 +2,7 @@
 // copies, activations to fp32 for the host and the tests.
 // Launch: the elementwise launcher (256 threads, grid-stride over 8-element vectors when both
 // pointers are 16-byte aligned, scalar tail), one element of work per thread at least.
-// Measured speed: not yet measured on a GPU.
+// Measured speed: not timed alone (it runs outside the step's hot loop).
 //
 // Files: the device code is kernels/cuda/cast_kernels.cuh; this file is the host side (argument
 // checks, launches). The casts also run, lane by lane on the host, in the CTest entry ops_emulated

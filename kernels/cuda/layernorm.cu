@@ -10,7 +10,9 @@
 // aligned, scalar (strided) otherwise.
 // Forward: a grid-stride loop over rows, min(rows, 65536) blocks. Backward: row_chunks(rows, C)
 // blocks, each walking a fixed chunk of at least 8 consecutive rows.
-// Measured speed: not yet measured on a GPU.
+// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 768): forward
+// 0.085 ms (2731 GB/s, 64% of the copy bandwidth), backward 0.170 ms (53%); together 57%, short
+// of issue 7's 80%.
 //
 // Files: the device code is kernels/cuda/layernorm_kernels.cuh (the row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The

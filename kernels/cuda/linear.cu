@@ -13,7 +13,10 @@
 // 8192 columns: row_chunks(M, width) blocks of row_threads(width) threads, each thread summing 8
 // columns of dy over a fixed chunk of rows into fp32 partials in the CublasLt workspace, then
 // sum_partials adds the chunks in a fixed order.
-// Measured speed: not yet measured on a GPU.
+// Measured speed (one H200, 2026-12-04, `deit bench step`, deit3_small at 224, batch 256): the
+// forward GEMMs take 3.90 ms per step and the backward ones (bias gradients included) 8.49 ms,
+// where PyTorch's under torch.compile take 3.68 ms (addmm) and 6.61 ms (mm): the backward is
+// where the difference is, not yet explained.
 //
 // Files: the device code of the bias gradient is kernels/cuda/linear_kernels.cuh; this file is the
 // host side (the GEMMs, argument checks, launches). That kernel also runs, lane by lane on the

@@ -7,7 +7,9 @@
 // Launch: one block of 256 threads per row (grid-stride over rows, at most 65536 blocks), row loss
 // to workspace[b]; then sum_to_scalar (one block) adds the B row losses in index order and scales
 // to the mean. Both reductions are deterministic.
-// Measured speed: not yet measured on a GPU.
+// Measured speed (one H200, 2026-12-04, `deit bench kernels`): BCE loss + gradient over 256 x 1000
+// logits 0.010 ms (launch-bound: 5% of the copy bandwidth), over 16384 x 1000 0.074 ms (1775 GB/s,
+// 42% of the 4276 GB/s the same run's copy reached).
 //
 // Files: the device code is kernels/cuda/losses_kernels.cuh; this file is the host side (argument
 // checks, launches). The kernels also run, lane by lane on the host, in the CTest entry
