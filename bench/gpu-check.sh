@@ -19,7 +19,9 @@
 #   --only CHECKS   run just these of the checks (after the build), whatever the flags above say:
 #                   gpu_tests, demo_cuda, train_nccl (needs demo_cuda's data), cpu_tests,
 #                   memcheck, racecheck, bench_data, bench_nccl,
-#                   bench (compare.sh in the --bench mode, quick unless given). For lent minutes
+#                   bench (compare.sh in the --bench mode, quick unless given), ncu
+#                   (bench/ncu-profile.sh, only when named here; its reports come back in
+#                   logs.tar.gz). For lent minutes
 #                   split over calls, e.g. --only gpu_tests,demo_cuda, then --only
 #                   memcheck,racecheck (the second call reuses build-gpu/ while the machine is
 #                   warm).
@@ -63,7 +65,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-known_checks=,gpu_tests,demo_cuda,train_nccl,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench,
+known_checks=,gpu_tests,demo_cuda,train_nccl,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench,ncu,
 if [ -n "$only" ]; then
   for check in ${only//,/ }; do
     if [[ $known_checks != *",$check,"* ]]; then
@@ -289,6 +291,10 @@ if wanted bench "$benchmarks"; then
   # The report (bench/results/DATE-GPU-compare.md) goes back with the logs.
   report=$(sed -n 's/^written: //p' "$logs/bench.log" | tail -1)
   [ -n "$report" ] && cp "$report" "$out/"
+fi
+# Nsight Compute on the kernels where the step loses time, only when --only names it.
+if [[ $only == *",ncu,"* ]]; then
+  run ncu 600 bench/ncu-profile.sh --build build-gpu --out "$logs/ncu"
 fi
 
 echo

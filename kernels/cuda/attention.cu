@@ -39,9 +39,11 @@
 // Measured speed (one H200, 2026-12-04, `deit bench kernels`; the table is in bench/results/):
 // B=256 T=197 H=12 D=64 forward 0.315 ms (97 TFLOP/s) and backward 1.015 ms (75 TFLOP/s),
 // against cuDNN's 0.171 and 0.585 ms: 0.54x and 0.58x. Over all the ViT shapes, 0.49x to 0.97x of
-// the fastest rival. A likely cause, not yet measured: with 16 rows per warp each K or V fragment
-// that ldmatrix brings from shared memory feeds one m16 block, so shared-memory bandwidth rather
-// than the tensor cores sets the pace; FlashAttention-2's forward gives a warp 32 rows.
+// the fastest rival. Not yet explained. Neither obvious bound is reached: per key tile a warp
+// reads 18 KiB of shared memory (ldmatrix) for 64 mma.sync of 4096 FLOP each, so shared memory
+// would allow about 490 TFLOP/s on an H200 and mma.sync about 660; the forward reaches 146 at
+// T=577. The next suspects are the per-tile softmax (scaling, max, exp2, rescaling O) and the two
+// barriers per tile; profiling with ncu on a GPU should say (its counters work on the lent H200s).
 //
 // Files: the device code is kernels/cuda/attention_kernels.cuh and its PTX wrappers
 // kernels/cuda/mma.cuh; this file is the host side (argument checks, launches). The kernels also

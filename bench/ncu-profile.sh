@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Nsight Compute on the kernels where deit3_small's training step loses time to torch.compile's
+# (bench/results/2026-12-04-h200-gpu-check.md): the attention forward and its two backward
+# kernels, GELU forward and backward, the LayerNorm backward kernels, and a few of cuBLASLt's GEMMs
+# from forward and backward. Each kernel is profiled at the step's own shapes, one launch of it
+# taken after the first step's, with the sections that say what bounds it: speed of light,
+# occupancy, launch statistics, warp stall reasons, memory workload. One text report per kernel
+# goes to DIR (default build-gpu/ncu), with the command that made it on its first line.
+#
+#   bench/ncu-profile.sh [--build DIR] [--out DIR] [--model NAME] [--batch-size B]
+#
+# Needs ncu (Nsight Compute) and a machine whose runtime lets it read the counters (the lent
+# H200s on Firecracker do: KINDS.md of the device tool). --clock-control none leaves the clocks
+# as the benchmarks run them. Each kernel re-runs the step program, about 10 to 20 s apiece.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+build=build-gpu
+out=""
+model=deit3_small
+batch=256
+while [ $# -gt 0 ]; do
+  case $1 in
+    --build) build=$2; shift ;;
+    --out) out=$2; shift ;;
+    --model) model=$2; shift ;;
+    --batch-size) batch=$2; shift ;;
+    *) echo "usage: bench/ncu-profile.sh [--build DIR] [--out DIR] [--model NAME]" \
+         "[--batch-size B]" >&2
+       exit 2 ;;
+  esac
+  shift
+done
+out=${out:-$build/ncu}
+mkdir -p "$out"
+if ! command -v ncu >/dev/null; then
+  echo "ncu-profile.sh: no ncu (Nsight Compute) on this machine" >&2
+  exit 1
+fi
+
+# name, the kernel-name base ncu matches against, its regex, launches to skip, launches to take.
+# A deit3_small step runs each attention and GELU kernel 12 times, the LayerNorm backward kernels
+# about 24, and about 150 GEMMs (50 forward, then 100 backward); skipping past the first step's
+# launches takes a warm one, and the GEMMs' skip lands in the second step's backward.
+profiles=(
+  "attention_forward function ^attention_forward_kernel 14 1"
+  "attention_dkdv function ^attention_dkdv_kernel 14 1"
+  "attention_dq function ^attention_dq_kernel 14 1"
+  "gelu_forward demangled GeluForwardOp 14 1"
+  "gelu_backward demangled GeluBackwardOp 14 1"
+  "layerscale_layernorm_backward function ^layerscale_layernorm_backward_kernel 30 1"
+  "layernorm_backward function ^layernorm_backward_kernel 2 1"
+  "gemms function ^nvjet 205 12"
+)
+status=0
+for profile in "${profiles[@]}"; do
+  read -r name base regex skip count <<<"$profile"
+  report=$out/$name.txt
+  command=(ncu --clock-control none --kernel-name-base "$base" --kernel-name "regex:$regex"
+           --launch-skip "$skip" --launch-count "$count" --section SpeedOfLight
+           --section Occupancy --section LaunchStats --section WarpStateStats
+           --section MemoryWorkloadAnalysis --log-file "$report.tmp"
+           "$build/deit" bench step --model "$model" --batch-size "$batch" --device cuda
+           --warmup 1 --steps 1 --profile-steps 0 --json)
+  echo "== $name"
+  if "${command[@]}" >/dev/null 2>"$out/$name.err"; then
+    { echo "${command[*]}"; cat "$report.tmp"; } >"$report"
+    grep -E "^  [a-zA-Z_]|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy" \
+      "$report" | head -12
+  else
+    status=1
+    { echo "${command[*]}"; cat "$report.tmp" "$out/$name.err"; } >"$report" 2>/dev/null
+    echo "   FAIL (see $report)"
+  fi
+  rm -f "$report.tmp" "$out/$name.err"
+done
+exit $status
