@@ -80,11 +80,11 @@ void run_kernels(const KernelsOptions& o) {
   if (o.repeats.value_or(1) < 1 || o.warmup.value_or(0) < 0)
     throw std::invalid_argument("--repeats must be at least 1 and --warmup at least 0");
 #if DEIT_HAVE_CUDA
-  const int count = cuda_device_count();
-  if (device.index >= count)
-    throw std::runtime_error("deit bench kernels needs a CUDA device, and this machine has " +
-                             (count == 0 ? std::string("none") : "no " + device.str()) +
-                             "; run it on a GPU machine (bench/gpu-check.sh)");
+  const CudaDeviceQuery query = query_cuda_devices();
+  if (device.index >= query.count)
+    throw std::runtime_error(
+        "deit bench kernels needs a CUDA device: " +
+        missing_cuda_device_message(device, query, "run it on a GPU machine (bench/gpu-check.sh)"));
   bench::KernelBenchOptions options;
   options.all_widths = o.full;
   options.timing.warmup = o.warmup.value_or(o.full ? 10 : 5);

@@ -55,11 +55,12 @@ std::string cuda_version_text(int version) {
 }  // namespace
 #endif
 
-std::string missing_cuda_device_message(Device device, const CudaDeviceQuery& query) {
+std::string missing_cuda_device_message(Device device, const CudaDeviceQuery& query,
+                                        const std::string& instead) {
 #if DEIT_HAVE_CUDA
   if (query.error == cudaSuccess)
     return "no CUDA device " + device.str() + ": this machine has " + std::to_string(query.count) +
-           "; use --device cpu";
+           "; " + instead;
   std::string cause;
   switch (query.error) {
     case cudaErrorInsufficientDriver:
@@ -92,11 +93,10 @@ std::string missing_cuda_device_message(Device device, const CudaDeviceQuery& qu
       break;
   }
   return "cannot use CUDA device " + device.str() + ": cudaGetDeviceCount failed with " +
-         query.error_name + " (" + query.error_text + "); " + cause + "; or use --device cpu";
+         query.error_name + " (" + query.error_text + "); " + cause + "; or " + instead;
 #else
   (void)query;
-  return "this deit was built without CUDA, so " + device.str() +
-         " is not available; use --device cpu";
+  return "this deit was built without CUDA, so " + device.str() + " is not available; " + instead;
 #endif
 }
 

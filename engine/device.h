@@ -43,8 +43,10 @@ int cuda_device_count();
 
 // Why `device` cannot be used, given what `query` found: the runtime's own error text, the likely
 // cause (no driver, a driver older than the runtime, no device visible to this process) and what
-// to do instead. Separate from require_device so that each cause can be tested on any machine.
-std::string missing_cuda_device_message(Device device, const CudaDeviceQuery& query);
+// to do instead (`instead`: a command with no CPU path names its own). Separate from
+// require_device so that each cause can be tested on any machine.
+std::string missing_cuda_device_message(Device device, const CudaDeviceQuery& query,
+                                        const std::string& instead = "use --device cpu");
 
 // Throws std::runtime_error, naming the device and what to do instead, when `device` is a CUDA
 // device that this build or this machine does not have (missing_cuda_device_message): a command

@@ -237,4 +237,11 @@ TEST_CASE("deit bench kernels without a GPU fails and says why", "[cli][bench]")
   const CliResult r = run_deit("bench kernels --json");
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.output, Catch::Contains("deit bench kernels needs a CUDA device"));
+#if DEIT_HAVE_CUDA
+  // Why (the runtime's words and the likely cause), and where to run it instead: the kernels have
+  // no CPU path, so not "--device cpu".
+  CHECK_THAT(r.output,
+             Catch::Contains("cudaGetDeviceCount") || Catch::Contains("this machine has"));
+  CHECK_THAT(r.output, Catch::Contains("bench/gpu-check.sh") && !Catch::Contains("--device cpu"));
+#endif
 }

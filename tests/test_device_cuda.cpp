@@ -24,6 +24,7 @@ namespace {
 
 using namespace deit;
 using Catch::Contains;
+using Catch::EndsWith;
 
 // A query that failed as the runtime reports `error`.
 CudaDeviceQuery failed_query(cudaError_t error, const char* name, const char* text,
@@ -72,6 +73,13 @@ TEST_CASE("a CUDA device the runtime cannot use is reported with the runtime's e
   one.count = 1;
   CHECK_THAT(missing_cuda_device_message(Device::cuda(1), one),
              Contains("cuda:1") && Contains("this machine has 1") && Contains("--device cpu"));
+  // A command with no CPU path says what to do instead.
+  const std::string bench = missing_cuda_device_message(
+      gpu, failed_query(cudaErrorNoDevice, "cudaErrorNoDevice", "no CUDA-capable device", 13000),
+      "run it on a GPU machine");
+  CHECK_THAT(bench,
+             Contains("no CUDA device is visible") && EndsWith("or run it on a GPU machine"));
+  CHECK_THAT(bench, !Contains("--device cpu"));
 }
 
 TEST_CASE("require_device reports what this machine's CUDA runtime said", "[device]") {
