@@ -8,12 +8,15 @@
 # through NCCL on one GPU.
 #
 #   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|every-model|full|none]
-#                      [--sanitizer-limit SECONDS] [--only CHECK,CHECK,...] [--deadline SECONDS]
+#                      [--bench-models M,M,...] [--sanitizer-limit SECONDS]
+#                      [--only CHECK,CHECK,...] [--deadline SECONDS]
 #
 #   --no-tests      skip the tests and the sanitizers (e.g. a second call that only benchmarks,
 #                   reusing build-gpu/ from the first)
 #   --no-cpu-tests  skip the CPU tests (CI runs them; they take minutes a GPU session may not have)
 #   --bench MODE    bench/compare.sh --quick (default), --every-model, --full, or no benchmarks
+#   --bench-models  only these models of the mode (compare.sh --models), e.g. the rows an earlier
+#                   call did not finish
 #   --sanitizer-limit  seconds each of memcheck and racecheck may take (default 300): a lent
 #                   machine's minutes are few, and a check cut short is reported as such
 #   --only CHECKS   run just these of the checks (after the build), whatever the flags above say:
@@ -47,6 +50,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 tests=yes
 cpu_tests=yes
 bench=quick
+bench_models=""
 sanitizer_limit=300
 only=""
 deadline=""
@@ -56,10 +60,12 @@ while [ $# -gt 0 ]; do
     --no-tests) tests=no ;;
     --no-cpu-tests) cpu_tests=no ;;
     --bench) bench=$2; shift ;;
+    --bench-models) bench_models=${2:?--bench-models needs a list of models}; shift ;;
     --sanitizer-limit) sanitizer_limit=$2; shift ;;
     --deadline) deadline=${2:?--deadline needs seconds}; shift ;;
     *) echo "usage: bench/gpu-check.sh [--no-tests] [--no-cpu-tests]" \
-         "[--bench quick|every-model|full|none] [--sanitizer-limit SECONDS]" \
+         "[--bench quick|every-model|full|none] [--bench-models M,M,...]" \
+         "[--sanitizer-limit SECONDS]" \
          "[--only CHECK,CHECK,...] [--deadline SECONDS]" >&2
        exit 2 ;;
   esac
@@ -286,6 +292,7 @@ wanted bench_nccl "$benchmarks" && run bench_nccl 600 env DEIT_NCCL_ONE_RANK=1 \
 if wanted bench "$benchmarks"; then
   # compare.sh keeps to the deadline itself, so that it writes its report with what finished.
   compare_flags=("--$bench" --build build-gpu)
+  [ -n "$bench_models" ] && compare_flags+=(--models "$bench_models")
   [ -n "$deadline" ] && compare_flags+=(--deadline "$(time_left 7200)")
   run bench 7200 bench/compare.sh "${compare_flags[@]}"
   # The report (bench/results/DATE-GPU-compare.md) goes back with the logs.
