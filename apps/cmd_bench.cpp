@@ -118,6 +118,7 @@ struct StepOptions {
   bool cuda_graph = false;
   bool recompute_gelu = false;
   bool grad_checkpointing = false;
+  bool no_gemm_epilogues = false;
   bool zero = false;
   bool json = false;
 };
@@ -200,6 +201,7 @@ void run_step(const StepOptions& o) {
   options.cuda_graph = o.cuda_graph;
   options.recompute_gelu = o.recompute_gelu;
   options.grad_checkpointing = o.grad_checkpointing;
+  options.gemm_epilogues = !o.no_gemm_epilogues;
   options.zero = o.zero;
   if (options.batch_size < 1)
     throw std::invalid_argument("--batch-size must be at least 1, got " +
@@ -214,6 +216,11 @@ void run_step(const StepOptions& o) {
       o.device == "cuda" ? Device::cuda(rendezvous.local_rank).str() : o.device;
   if (o.cuda_graph && !parse_device(device).is_cuda())
     throw std::invalid_argument("--cuda-graph needs --device cuda (got " + device + ")");
+  if (o.no_gemm_epilogues && !parse_device(device).is_cuda())
+    throw std::invalid_argument(
+        "--no-gemm-epilogues is about cuBLASLt: it needs --device cuda "
+        "(got " +
+        device + ")");
   const std::unique_ptr<Communicator> comm = make_communicator(parse_device(device), rendezvous);
   if (o.zero && comm->collectives_are_noops())
     std::fprintf(stderr,
@@ -277,6 +284,9 @@ void add_bench_command(CLI::App& app) {
   step->add_flag("--grad-checkpointing", s->grad_checkpointing,
                  "Recompute every block's forward in backward, as deit train "
                  "--grad-checkpointing does");
+  step->add_flag("--no-gemm-epilogues", s->no_gemm_epilogues,
+                 "Add the biases and sum the bias gradients with deit's own kernels instead of "
+                 "cuBLASLt's epilogues: what the epilogues save (CUDA only)");
   step->add_flag("--zero", s->zero,
                  "Shard the optimizer state over the processes, as deit train --zero does "
                  "(gradients reduce-scattered, updates all-gathered; the all-gather is timed "

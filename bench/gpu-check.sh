@@ -21,7 +21,7 @@
 #                   machine's minutes are few, and a check cut short is reported as such
 #   --only CHECKS   run just these of the checks (after the build), whatever the flags above say:
 #                   gpu_tests, demo_cuda, train_nccl (needs demo_cuda's data), cpu_tests,
-#                   memcheck, racecheck, bench_data, bench_nccl,
+#                   memcheck, racecheck, bench_data, bench_nccl, bench_epilogues,
 #                   bench (compare.sh in the --bench mode, quick unless given), ncu
 #                   (bench/ncu-profile.sh, only when named here; its reports come back in
 #                   logs.tar.gz). For lent minutes
@@ -71,7 +71,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-known_checks=,gpu_tests,demo_cuda,train_nccl,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench,ncu,
+known_checks=,gpu_tests,demo_cuda,train_nccl,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench_epilogues,bench,ncu,
 if [ -n "$only" ]; then
   for check in ${only//,/ }; do
     if [[ $known_checks != *",$check,"* ]]; then
@@ -289,6 +289,13 @@ wanted bench_data "$benchmarks" && run bench_data 600 bash -c \
 wanted bench_nccl "$benchmarks" && run bench_nccl 600 env DEIT_NCCL_ONE_RANK=1 \
   build-gpu/deit bench step --model deit3_small --batch-size 256 --device cuda \
   --profile-steps 0 --json
+# What cuBLASLt's bias and bias-gradient epilogues save in deit3_small's step: the step with
+# them, then with deit's own kernels doing that work (--no-gemm-epilogues); JSON lines in the log.
+wanted bench_epilogues "$benchmarks" && run bench_epilogues 300 bash -c \
+  'for flag in "" --no-gemm-epilogues; do
+     build-gpu/deit bench step --model deit3_small --batch-size 256 --device cuda \
+       --profile-steps 1 --json $flag || exit
+   done'
 if wanted bench "$benchmarks"; then
   # compare.sh keeps to the deadline itself, so that it writes its report with what finished.
   compare_flags=("--$bench" --build build-gpu)

@@ -6,6 +6,7 @@
 #include "bench/op_profiler.h"
 #include "engine/allocator.h"
 #include "engine/autograd.h"
+#include "engine/device.h"
 #include "engine/gradient_reducer.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
@@ -18,8 +19,10 @@
 #include <cuda_runtime.h>
 
 #include "bench/cuda_timing.h"
+#include "engine/cuda_context.h"
 #include "engine/stream.h"
 #include "kernels/check.h"
+#include "kernels/cuda/cublaslt.h"
 #endif
 
 namespace deit::bench {
@@ -166,6 +169,19 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
   r.precision = device.is_cuda() ? "bf16" : "fp32";
 #if DEIT_HAVE_CUDA
   if (device.is_cuda()) r.device_name = device_name(device.index);
+  // The device's one CublasLt serves every GEMM of the process: its setting goes back as found.
+  struct EpilogueSetting {
+    kernels::CublasLt* lt = nullptr;
+    bool was = true;
+    ~EpilogueSetting() {
+      if (lt) lt->set_bias_epilogue(was);
+    }
+  } epilogues;
+  if (device.is_cuda()) {
+    epilogues.lt = cuda_context(device.index).cublas_lt.get();
+    epilogues.was = epilogues.lt->bias_epilogue();
+    epilogues.lt->set_bias_epilogue(o.gemm_epilogues);
+  }
 #endif
   r.train_gflops_per_image = 6.0 * static_cast<double>(model::forward_macs(o.model)) / 1e9;
   if (o.peak_tflops) {
@@ -363,6 +379,9 @@ nlohmann::ordered_json to_json(const StepReport& r) {
   j["drop_path"] = o.drop_path;
   j["recompute_gelu"] = o.recompute_gelu;
   j["grad_checkpointing"] = o.grad_checkpointing;
+  // null on the CPU, which has no GEMM epilogues
+  j["gemm_epilogues"] = parse_device(r.device).is_cuda() ? nlohmann::ordered_json(o.gemm_epilogues)
+                                                         : nlohmann::ordered_json(nullptr);
   j["zero"] = r.sharded;
   j["warmup_steps"] = o.warmup;
   j["timed_steps"] = std::max(1, o.steps);

@@ -18,8 +18,10 @@
 #include "bench/step_bench.h"
 #include "cuda_test_util.h"
 #include "engine/communicator.h"
+#include "engine/cuda_context.h"
 #include "engine/rendezvous.h"
 #include "kernels/attention.h"
+#include "kernels/cuda/cublaslt.h"
 #include "model/config.h"
 #include "tests/step_report_checks.h"
 
@@ -225,4 +227,16 @@ TEST_CASE("deit bench step on the GPU reports the documented fields", "[gpu][ben
   }
   CHECK(in_ops <= r.profiled_step_ms * (1 + 1e-6));
   CHECK_FALSE(r.comm_total_ms.has_value());
+}
+
+TEST_CASE("deit bench step --no-gemm-epilogues runs the step and leaves the setting as it found it",
+          "[gpu][bench]") {
+  deit::bench::StepBenchOptions o = small_step();
+  o.profile_steps = 0;
+  o.gemm_epilogues = false;
+  const auto comm = deit::make_communicator(deit::Device::cuda(0), deit::Rendezvous{});
+  const deit::bench::StepReport r = deit::bench::run_step_benchmark(o, *comm);
+  CHECK(r.step_ms > 0);
+  CHECK(deit::bench::to_json(r)["gemm_epilogues"] == false);
+  CHECK(deit::cuda_context(0).cublas_lt->bias_epilogue());
 }

@@ -48,6 +48,7 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
   CHECK(j["drop_path"].get<double>() == 0.0);  // the recipe's rate for deit3_tiny
   CHECK(j["recompute_gelu"] == false);
   CHECK(j["grad_checkpointing"] == false);
+  CHECK(j["gemm_epilogues"].is_null());  // the CPU has none
   CHECK(j["zero"] == false);
   CHECK(j["warmup_steps"] == 1);
   CHECK(j["timed_steps"] == 2);
