@@ -6,8 +6,9 @@
 // when every pointer is 16-byte aligned, scalar otherwise). In place (y == x, dx == dy) is allowed.
 // Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 3072): forward
 // 0.303 ms (48% of the copy bandwidth), backward 0.383 ms (57%). In deit3_small's step the 12
-// forwards take 1.90 ms where Inductor's fused GELU takes 1.35 ms: erfc costs more than the
-// bytes here.
+// forwards take 1.90 ms where Inductor's fused GELU (through erf) takes 1.35 ms: erfc cost more
+// than the bytes. Since then Phi goes through erf above x = -3 (gelu_kernels.cuh): not yet
+// measured.
 //
 // Files: the device code is kernels/cuda/gelu_kernels.cuh; this file is the host side (argument
 // checks, launches). The kernels also run, lane by lane on the host, in the CTest entry

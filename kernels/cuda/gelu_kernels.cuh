@@ -21,9 +21,15 @@ using gpu::bf16;
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
-// Through erfc, as the CPU twin: 1 + erf(x / sqrt 2) cancels in fp32 in the negative tail, to
-// exactly 0 below x = -5.6, where GELU is still about -6e-8 (a bf16 normal), not 0.
-__device__ __forceinline__ float gaussian_cdf(float x) { return 0.5f * erfcf(-x * kInvSqrt2); }
+// 1 + erf(x / sqrt 2) where that is exact enough, erfc(-x / sqrt 2) (the CPU twin's form) in the
+// negative tail. erf is the cheaper of the two (no division), and on an H200 the erfc form left
+// GELU compute-bound at under half the copy bandwidth. Above x = -3, Phi >= 1.3e-3 and the
+// rounding of 1 + erf (3e-8) is within 2.2e-5 of it, far under bf16's 3.9e-3; below, 1 + erf
+// cancels (to exactly 0 under x = -5.6, where GELU is still about -6e-8, a bf16 normal), and erfc
+// keeps every digit.
+__device__ __forceinline__ float gaussian_cdf(float x) {
+  return x > -3.f ? 0.5f * (1.f + erff(x * kInvSqrt2)) : 0.5f * erfcf(-x * kInvSqrt2);
+}
 
 struct GeluForwardOp {
   const bf16* x;
