@@ -132,33 +132,31 @@ TEST_CASE("cuda linear backward matches the CPU twin", "[gpu][kernels][linear]")
     check_close("dweight", dw, dw_ref, kF32Tol);
     check_close("dbias", db, db_ref, kF32Tol);
 
+    // dW and db alone (no dx) with `with`, db into `db_out`; dW checked against the CPU twin.
+    auto weight_and_bias_grads = [&](CublasLt& with, F32Buffer& db_out, const char* what) {
+      INFO(what);
+      dw.poison();
+      db_out.poison();
+      linear_backward_cuda(dy.get(), x.get(), w.get(), nullptr, dw.get(), db_out.get(), s.M, s.K,
+                           s.N, with, stream);
+      stream.sync();
+      check_close("dweight", dw, dw_ref, kF32Tol);
+    };
+
     // Same inputs, same bits: the GEMM plan is cached and the bias sum has a fixed order.
     const std::vector<float> dw_first = dw.download(), db_first = db.download();
-    dw.poison();
-    db.poison();
-    linear_backward_cuda(dy.get(), x.get(), w.get(), nullptr, dw.get(), db.get(), s.M, s.K, s.N,
-                         lt, stream);
-    stream.sync();
+    weight_and_bias_grads(lt, db, "rerun");
     check_same_bits("dweight rerun", dw.download(), dw_first);
     check_same_bits("dbias rerun", db.download(), db_first);
 
     // The bias gradient summed by our kernel, as where no algorithm fuses it into the dW GEMM.
-    dw.poison();
-    db.poison();
-    linear_backward_cuda(dy.get(), x.get(), w.get(), nullptr, dw.get(), db.get(), s.M, s.K, s.N,
-                         unfused, stream);
-    stream.sync();
-    check_close("dweight, dbias apart", dw, dw_ref, kF32Tol);
+    weight_and_bias_grads(unfused, db, "dbias apart");
     check_close("dbias apart", db, db_ref, kF32Tol);
 
     // A bias gradient 4 bytes past an aligned address, as in a packed reduction bucket: summed
     // apart, whatever the epilogue could do.
     F32Buffer db4(s.N, 1);
-    db4.poison();
-    linear_backward_cuda(dy.get(), x.get(), w.get(), nullptr, dw.get(), db4.get(), s.M, s.K, s.N,
-                         lt, stream);
-    stream.sync();
-    check_close("dweight with dbias at 4 bytes", dw, dw_ref, kF32Tol);
+    weight_and_bias_grads(lt, db4, "dbias at 4 bytes");
     check_close("dbias at 4 bytes", db4, db_ref, kF32Tol);
 
     // Each output alone: the others are left as they are.
