@@ -165,10 +165,8 @@ bool CublasLt::enqueue(const GemmSpec& spec, const void* A, const void* B, void*
   // Every plan's algorithm was chosen for a 16-byte aligned vector (see plan()): 16 bytes is what
   // every allocation gives, and a less aligned one could meet an algorithm that needs more.
   if (vector && reinterpret_cast<uintptr_t>(vector) % 16 != 0)
-    throw std::invalid_argument(
-        "CublasLt::matmul: the bias (or its gradient) must be 16-byte "
-        "aligned (" +
-        describe(spec) + ")");
+    throw std::invalid_argument("CublasLt::matmul: " + describe(spec) +
+                                ": its bias or bias gradient must be 16-byte aligned");
   Plan& p = plan(spec, stream);
   if (vector) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, vector);
   const float alpha = 1.f, beta = 0.f;
