@@ -217,10 +217,7 @@ void run_step(const StepOptions& o) {
   if (o.cuda_graph && !parse_device(device).is_cuda())
     throw std::invalid_argument("--cuda-graph needs --device cuda (got " + device + ")");
   if (o.no_gemm_epilogues && !parse_device(device).is_cuda())
-    throw std::invalid_argument(
-        "--no-gemm-epilogues is about cuBLASLt: it needs --device cuda "
-        "(got " +
-        device + ")");
+    throw std::invalid_argument("--no-gemm-epilogues needs --device cuda (got " + device + ")");
   const std::unique_ptr<Communicator> comm = make_communicator(parse_device(device), rendezvous);
   if (o.zero && comm->collectives_are_noops())
     std::fprintf(stderr,

@@ -2,9 +2,9 @@
 # The GPU check (DESIGN.md, "Verifying on a GPU"): on a CUDA machine with CMake but possibly
 # without Debian's packages or a network, configure, build, run the [gpu] tests (each case in a
 # process of its own, so that one faulting kernel does not fail the cases after it), run them again
-# (but the NCCL ones) under compute-sanitizer memcheck and racecheck, case by case too, run the
-# benchmarks next to PyTorch + timm (bench/compare.sh), and print a summary table last. The tests
-# include `deit demo --device cuda`, the whole training path on the GPU, and a short `deit train`
+# (but the NCCL ones) under compute-sanitizer memcheck and racecheck (racecheck case by case), run
+# the benchmarks next to PyTorch + timm (bench/compare.sh), and print a summary table last. The
+# tests include `deit demo --device cuda`, the whole training path on the GPU, and a short `deit train`
 # through NCCL on one GPU.
 #
 #   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|every-model|full|none]
@@ -161,6 +161,14 @@ not_run() {
   result[$1]="NOT RUN: the --deadline had come"
   echo "$1: ${result[$1]}" >>"$out/summary.txt"
 }
+# sanitizer_refused NAME: NAME's result says "not run" when its log shows compute-sanitizer
+# refusing the machine: gVisor machines refuse it whatever the program (KINDS.md of the device
+# tool), which says nothing of ours.
+sanitizer_refused() {
+  if grep -q "Device not supported" "$logs/$1.log"; then
+    result[$1]="NOT RUN: compute-sanitizer refuses this machine's runtime (see $1.log)"
+  fi
+}
 run() {  # name, time limit in seconds, command...
   local name=$1 limit
   limit=$(time_left "$2")
@@ -176,11 +184,7 @@ run() {  # name, time limit in seconds, command...
     124) result[$name]="STOPPED at its ${limit} s limit (see $name.log)" ;;
     *) result[$name]="FAIL (see $name.log)" ;;
   esac
-  # gVisor machines refuse compute-sanitizer whatever the program (KINDS.md of the device tool):
-  # that says nothing of ours.
-  if [ "$status" != 0 ] && grep -q "Device not supported" "$logs/$name.log"; then
-    result[$name]="NOT RUN: compute-sanitizer refuses this machine's runtime (see $name.log)"
-  fi
+  [ "$status" != 0 ] && sanitizer_refused "$name"
   result[$name]="${result[$name]}, $((SECONDS - start)) s"
   echo "$name: ${result[$name]}" >>"$out/summary.txt"
   bundle_logs
@@ -230,11 +234,7 @@ each_case() {
   done <"$list"
   result[$name]="$passed pass, ${#failed[@]} FAIL, $((SECONDS - start)) s"
   [ ${#failed[@]} -eq 0 ] && result[$name]="pass ($passed cases), $((SECONDS - start)) s"
-  # gVisor machines refuse compute-sanitizer whatever the program (KINDS.md of the device tool):
-  # that says nothing of ours.
-  if grep -q "Device not supported" "$case_logs"; then
-    result[$name]="NOT RUN: compute-sanitizer refuses this machine's runtime (see $name.log)"
-  fi
+  sanitizer_refused "$name"
   echo "$name: ${result[$name]}" >>"$out/summary.txt"
   for case in "${failed[@]}"; do echo "  FAIL: $case" | tee -a "$out/summary.txt"; done
   bundle_logs
