@@ -282,8 +282,8 @@ void add_bench_command(CLI::App& app) {
                  "Recompute every block's forward in backward, as deit train "
                  "--grad-checkpointing does");
   step->add_flag("--no-gemm-epilogues", s->no_gemm_epilogues,
-                 "Add the biases and sum the bias gradients with deit's own kernels instead of "
-                 "cuBLASLt's epilogues: what the epilogues save (CUDA only)");
+                 "Add the biases with deit's own kernel instead of cuBLASLt's bias epilogue: "
+                 "what the epilogue saves (CUDA only)");
   step->add_flag("--zero", s->zero,
                  "Shard the optimizer state over the processes, as deit train --zero does "
                  "(gradients reduce-scattered, updates all-gathered; the all-gather is timed "

@@ -289,8 +289,8 @@ wanted bench_data "$benchmarks" && run bench_data 600 bash -c \
 wanted bench_nccl "$benchmarks" && run bench_nccl 600 env DEIT_NCCL_ONE_RANK=1 \
   build-gpu/deit bench step --model deit3_small --batch-size 256 --device cuda \
   --profile-steps 0 --json
-# What cuBLASLt's bias and bias-gradient epilogues save in deit3_small's step: the step with
-# them, then with deit's own kernels doing that work (--no-gemm-epilogues); JSON lines in the log.
+# What cuBLASLt's bias epilogue saves in deit3_small's step: the step with it, then with deit's
+# own kernel adding the biases (--no-gemm-epilogues); JSON lines in the log.
 wanted bench_epilogues "$benchmarks" && run bench_epilogues 300 bash -c \
   'for flag in "" --no-gemm-epilogues; do
      build-gpu/deit bench step --model deit3_small --batch-size 256 --device cuda \

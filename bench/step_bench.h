@@ -83,8 +83,8 @@ struct StepBenchOptions {
   bool cuda_graph = false;            // also time the step replayed as a CUDA graph (CUDA only)
   bool recompute_gelu = false;        // VisionTransformer::set_recompute_gelu
   bool grad_checkpointing = false;    // VisionTransformer::set_grad_checkpointing
-  // cuBLASLt's bias and bias-gradient epilogues (CublasLt::set_bias_epilogue); off, deit's own
-  // kernels do that work: what the epilogues save. CUDA only.
+  // cuBLASLt's bias epilogue (CublasLt::set_bias_epilogue); off, deit's own kernel adds the
+  // biases: what the epilogue saves. CUDA only.
   bool gemm_epilogues = true;
   bool zero = false;  // shard the optimizer state as deit train --zero (several ranks)
   uint64_t seed = 0;

@@ -42,8 +42,8 @@ std::string describe(const GemmSpec& s) {
   o << "GEMM m=" << s.m << " n=" << s.n << " k=" << s.k << " op(A)=" << (s.trans_a ? "T" : "N")
     << " op(B)=" << (s.trans_b ? "T" : "N") << " lda=" << s.lda << " ldb=" << s.ldb
     << " ldd=" << s.ldd << " D=" << (s.d_type == CUDA_R_32F ? "fp32" : "bf16")
-    << (s.bias ? " +bias" : "") << (s.bias_grad ? " +bias gradient" : "")
-    << " alignments A/B/D=" << s.align_a << "/" << s.align_b << "/" << s.align_d << " bytes";
+    << (s.bias ? " +bias" : "") << " alignments A/B/D=" << s.align_a << "/" << s.align_b << "/"
+    << s.align_d << " bytes";
   return o.str();
 }
 
@@ -109,18 +109,14 @@ CublasLt::Plan& CublasLt::plan(const GemmSpec& s, cudaStream_t stream) {
   DEIT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   set_desc(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
   set_desc(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
-  if (s.bias && s.bias_grad)
-    throw std::invalid_argument("CublasLt: " + describe(s) + " asks for two epilogues");
-  if (s.bias || s.bias_grad) {
-    set_desc(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
-             s.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_BGRADB);
-    // The bias gradient in fp32, as the column sums it replaces (and the optimizer's gradients).
-    set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, s.bias ? CUDA_R_16BF : CUDA_R_32F);
+  if (s.bias) {
+    set_desc(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+    set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_16BF);
     // The heuristic takes the bias pointer's alignment into account, and a null one looks
-    // perfectly aligned. The plan serves every bias (or bias gradient) of this shape, of which
-    // matmul() promises 16-byte alignment only, so plan for an address aligned to exactly that: a
-    // real device address (16 bytes into the 256-byte aligned workspace, never touched), in case
-    // the library inspects it.
+    // perfectly aligned. The plan serves every bias of this shape, of which matmul() promises
+    // 16-byte alignment only, so plan for an address aligned to exactly that: a real device
+    // address (16 bytes into the 256-byte aligned workspace, never read), in case the library
+    // inspects it.
     const void* bias_aligned_to_16 =
         workspace_ != nullptr ? static_cast<const void*>(static_cast<const char*>(workspace_) + 16)
                               : reinterpret_cast<const void*>(uintptr_t{16});
@@ -160,15 +156,18 @@ CublasLt::Plan& CublasLt::plan(const GemmSpec& s, cudaStream_t stream) {
   return *plans_.emplace(s, std::move(plan)).first->second;
 }
 
-bool CublasLt::enqueue(const GemmSpec& spec, const void* A, const void* B, void* D,
-                       const void* vector, cudaStream_t stream) {
-  // Every plan's algorithm was chosen for a 16-byte aligned vector (see plan()): 16 bytes is what
-  // every allocation gives, and a less aligned one could meet an algorithm that needs more.
-  if (vector && reinterpret_cast<uintptr_t>(vector) % 16 != 0)
+bool CublasLt::try_matmul(const GemmSpec& spec, const void* A, const void* B, void* D,
+                          const void* bias, cudaStream_t stream) {
+  if (spec.bias != (bias != nullptr))
     throw std::invalid_argument("CublasLt::matmul: " + describe(spec) +
-                                ": its bias or bias gradient must be 16-byte aligned");
+                                ": the bias pointer does not match the spec");
+  // Every plan's algorithm was chosen for a 16-byte aligned bias (see plan()): 16 bytes is what
+  // every allocation gives, and a less aligned bias could meet an algorithm that needs more.
+  if (bias && reinterpret_cast<uintptr_t>(bias) % 16 != 0)
+    throw std::invalid_argument("CublasLt::matmul: " + describe(spec) +
+                                ": its bias must be 16-byte aligned");
   Plan& p = plan(spec, stream);
-  if (vector) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, vector);
+  if (bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   const float alpha = 1.f, beta = 0.f;
   for (; p.chosen < p.algos.size(); ++p.chosen) {
     const cublasStatus_t cublasLtMatmul_status =
@@ -181,26 +180,6 @@ bool CublasLt::enqueue(const GemmSpec& spec, const void* A, const void* B, void*
     return true;
   }
   return false;
-}
-
-bool CublasLt::try_matmul(const GemmSpec& spec, const void* A, const void* B, void* D,
-                          const void* bias, cudaStream_t stream) {
-  if (spec.bias_grad)
-    throw std::invalid_argument("CublasLt::matmul: " + describe(spec) +
-                                " goes through try_matmul_bias_grad");
-  if (spec.bias != (bias != nullptr))
-    throw std::invalid_argument("CublasLt::matmul: bias pointer does not match the spec of " +
-                                describe(spec));
-  return enqueue(spec, A, B, D, bias, stream);
-}
-
-bool CublasLt::try_matmul_bias_grad(const GemmSpec& spec, const void* A, const void* B, void* D,
-                                    float* dbias, cudaStream_t stream) {
-  if (!spec.bias_grad || spec.bias || dbias == nullptr)
-    throw std::invalid_argument(
-        "CublasLt::try_matmul_bias_grad: needs a spec with bias_grad alone and a dbias pointer (" +
-        describe(spec) + ")");
-  return enqueue(spec, A, B, D, dbias, stream);
 }
 
 void CublasLt::matmul(const GemmSpec& spec, const void* A, const void* B, void* D, const void* bias,

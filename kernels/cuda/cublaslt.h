@@ -32,9 +32,6 @@ struct GemmSpec {
   int64_t lda = 0, ldb = 0, ldd = 0;
   cudaDataType_t d_type = CUDA_R_16BF;
   bool bias = false;  // adds a bf16 bias of length m to every column (CUBLASLT_EPILOGUE_BIAS)
-  // Also writes the sums of op(B) over k, a bias gradient of length n in fp32
-  // (CUBLASLT_EPILOGUE_BGRADB): the weight-gradient GEMM then reads dy once for both.
-  bool bias_grad = false;
   // The largest power of two, at most 16, dividing every column start of the operand (its pointer
   // and its leading dimension in bytes): cuBLASLt's heuristic only offers algorithms that need no
   // more. Tensor-core kernels want 16.
@@ -42,7 +39,7 @@ struct GemmSpec {
 
   auto key() const {
     return std::make_tuple(trans_a, trans_b, m, n, k, lda, ldb, ldd, static_cast<int>(d_type), bias,
-                           bias_grad, align_a, align_b, align_d);
+                           align_a, align_b, align_d);
   }
   bool operator<(const GemmSpec& o) const { return key() < o.key(); }
 };
@@ -67,8 +64,7 @@ class CublasLt {
   // Enqueues D = op(A) op(B) (+ bias) on `stream`, planning `spec` on first use. bias: bf16 of
   // length spec.m, 16-byte aligned, or nullptr exactly when !spec.bias. Throws
   // std::invalid_argument naming the shape when cuBLASLt has no algorithm for it, and
-  // std::logic_error when it would plan while `stream` is being captured. Not for a spec with
-  // bias_grad (try_matmul_bias_grad).
+  // std::logic_error when it would plan while `stream` is being captured.
   void matmul(const GemmSpec& spec, const void* A, const void* B, void* D, const void* bias,
               cudaStream_t stream);
   // As matmul(), but returns false, having enqueued nothing, where matmul() would throw
@@ -76,25 +72,16 @@ class CublasLt {
   // bias that no algorithm fuses with a kernel of its own).
   bool try_matmul(const GemmSpec& spec, const void* A, const void* B, void* D, const void* bias,
                   cudaStream_t stream);
-  // As try_matmul() for a spec with bias_grad: D = op(A) op(B), and dbias (fp32 of length
-  // spec.n, 16-byte aligned) = op(B) summed over k. False, having enqueued nothing, where no
-  // algorithm does both (linear.cu then sums dy with a kernel of its own).
-  bool try_matmul_bias_grad(const GemmSpec& spec, const void* A, const void* B, void* D,
-                            float* dbias, cudaStream_t stream);
 
-  // Whether GEMMs may fuse the bias (CUBLASLT_EPILOGUE_BIAS) and the bias gradient
-  // (CUBLASLT_EPILOGUE_BGRADB); on by default. Off, linear.cu always adds the bias and sums the
-  // bias gradient with its own kernels: what a test of those paths, and a measurement of what the
-  // epilogues save, need.
+  // Whether GEMMs with a bias may fuse it (CUBLASLT_EPILOGUE_BIAS); on by default. Off, linear.cu
+  // always adds it with its own kernel: what a test of that path, and a measurement of what the
+  // epilogue saves, need.
   bool bias_epilogue() const { return bias_epilogue_; }
   void set_bias_epilogue(bool on) { bias_epilogue_ = on; }
 
  private:
   struct Plan;
   Plan& plan(const GemmSpec& spec, cudaStream_t stream);
-  // The one path of every GEMM: `vector` is the epilogue's bias or bias gradient, or nullptr.
-  bool enqueue(const GemmSpec& spec, const void* A, const void* B, void* D, const void* vector,
-               cudaStream_t stream);
 
   bool bias_epilogue_ = true;
   cublasLtHandle_t handle_ = nullptr;

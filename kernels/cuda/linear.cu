@@ -8,19 +8,18 @@
 // N output features) where cuBLASLt has an algorithm for it (or CublasLt::set_bias_epilogue
 // allows it); otherwise the GEMM alone, then AddBiasRowsOp on the elementwise launcher, which
 // rounds to bf16 twice (the GEMM's output, then its sum with the bias) where the epilogue rounds
-// once: within the bf16 tolerance. dW is written in fp32 straight from the accumulators. The
-// bias gradient db (dy summed over the rows) comes out of the dW GEMM too, which reads dy anyway
-// (CUBLASLT_EPILOGUE_BGRADB, fp32), where cuBLASLt has an algorithm for that and db is 16-byte
-// aligned; otherwise, or without dW, a kernel of ours sums dy.
-// Launch: cuBLASLt's choice (heuristic, cached per shape in CublasLt). db apart, per tile of at
-// most 8192 columns: row_chunks(M, width) blocks of row_threads(width) threads, each thread
-// summing 8 columns of dy over a fixed chunk of rows into fp32 partials in the CublasLt
-// workspace, then sum_partials adds the chunks in a fixed order.
+// once: within the bf16 tolerance. dW is written in fp32 straight from the accumulators.
+// Launch: cuBLASLt's choice (heuristic, cached per shape in CublasLt). db, per tile of at most
+// 8192 columns: row_chunks(M, width) blocks of row_threads(width) threads, each thread summing 8
+// columns of dy over a fixed chunk of rows into fp32 partials in the CublasLt workspace, then
+// sum_partials adds the chunks in a fixed order.
 // Measured speed (one H200, 2026-12-04, `deit bench step`, deit3_small at 224, batch 256): the
-// forward GEMMs take 3.90 ms per step and the backward ones 8.49 ms, which includes the bias
-// gradients' own pass over dy (4.2 GB a step: 1.0 ms at the copy bandwidth; that was
-// before db moved into the dW GEMM, not yet measured since), where PyTorch's under
-// torch.compile take 3.68 ms (addmm) and 6.61 ms (mm, its bias gradients fused elsewhere).
+// forward GEMMs take 3.84 ms per step (5.96 ms with the bias added apart: the epilogue saves
+// 2.1 ms) and the backward ones (bias gradients included) 8.49 ms, where PyTorch's under
+// torch.compile take 3.68 ms (addmm) and 6.61 ms (mm): the backward is where the difference is.
+// db from the dW GEMM itself (CUBLASLT_EPILOGUE_BGRADB, fp32) was tried and measured slower on
+// the H200: 9.21 ms of backward GEMMs per deit3_small step, 63.8 ms per deit3_huge step (62.4
+// with the pass of our own).
 //
 // Files: the device code of the bias gradient is kernels/cuda/linear_kernels.cuh; this file is the
 // host side (the GEMMs, argument checks, launches). That kernel also runs, lane by lane on the
@@ -137,13 +136,6 @@ void linear_backward_cuda(const bf16_bits* dy, const bf16_bits* x, const bf16_bi
     s.align_a = gemm_alignment(x, K, kBf16Bytes);
     s.align_b = gemm_alignment(dy, N, kBf16Bytes);
     s.align_d = gemm_alignment(dweight, K, kF32Bytes);
-    // The epilogue's plans assume a 16-byte aligned dbias (CublasLt::plan); a gradient packed
-    // into a reduction bucket (engine/gradient_reducer.cpp) may be less aligned.
-    if (dbias && lt.bias_epilogue() && gpu::aligned16(dbias)) {
-      s.bias_grad = true;
-      if (lt.try_matmul_bias_grad(s, x, dy, dweight, dbias, stream)) return;
-      s.bias_grad = false;
-    }
     lt.matmul(s, x, dy, dweight, nullptr, stream);
   }
   if (dbias) column_sums(dy, dbias, M, N, lt, stream);

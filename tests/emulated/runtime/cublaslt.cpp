@@ -1,8 +1,7 @@
 // The cuBLASLt calls of kernels/cuda/cublaslt.cu, on the emulated device (emulated_device.h): a
 // plain host GEMM, queued on the stream like any device work. It supports what deit asks for and
 // refuses the rest with CUBLAS_STATUS_NOT_SUPPORTED: bf16 A and B, bf16 or fp32 D with C = D,
-// fp32 compute and scale, alpha 1 and beta 0, the default, the bias epilogue (bf16 bias) or the
-// bias-gradient one of B (BGRADB, fp32).
+// fp32 compute and scale, alpha 1 and beta 0, the default or the bias epilogue (bf16 bias).
 //
 // What it checks as the library would (the failure is a message and CUBLAS_STATUS_INVALID_VALUE):
 // every operand lies in one device allocation; each pointer has the alignment the preference
@@ -197,8 +196,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   *found = 0;
   const Desc& ds = *as_desc(desc);
   const bool epilogue_ok = ds.epilogue == CUBLASLT_EPILOGUE_DEFAULT ||
-                           (ds.epilogue == CUBLASLT_EPILOGUE_BIAS && ds.bias_type == CUDA_R_16BF) ||
-                           (ds.epilogue == CUBLASLT_EPILOGUE_BGRADB && ds.bias_type == CUDA_R_32F);
+                           (ds.epilogue == CUBLASLT_EPILOGUE_BIAS && ds.bias_type == CUDA_R_16BF);
   const Layout &la = *as_layout(a), &lb = *as_layout(b), &lc = *as_layout(c), &ld = *as_layout(d);
   if (!ds.supported || !epilogue_ok || la.type != CUDA_R_16BF || lb.type != CUDA_R_16BF ||
       (ld.type != CUDA_R_16BF && ld.type != CUDA_R_32F) || lc.type != ld.type)
@@ -206,8 +204,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   if (requested < 1) return refuse("no algorithm requested");
   const Preference& p = *as_pref(pref);
   // The bias pointer's value stands for its alignment, as in the real heuristic.
-  if ((ds.epilogue == CUBLASLT_EPILOGUE_BIAS && !aligned(ds.bias, 2)) ||
-      (ds.epilogue == CUBLASLT_EPILOGUE_BGRADB && !aligned(ds.bias, 4)))
+  if (ds.epilogue == CUBLASLT_EPILOGUE_BIAS && !aligned(ds.bias, 2))
     return CUBLAS_STATUS_NOT_SUPPORTED;
   results[0] = cublasLtMatmulHeuristicResult_t{};
   const AlgoPromise promise{p.align_a, p.align_b, std::min(p.align_c, p.align_d),
@@ -267,12 +264,6 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
     if (!bias_read) return refuse("a bias outside every device allocation");
     footprint.accesses.push_back(*bias_read);
   }
-  const bool bias_grad = ds.epilogue == CUBLASLT_EPILOGUE_BGRADB;
-  if (bias_grad) {
-    const auto bias_written = deit_emu::range_access(ds.bias, n * 4, true);
-    if (!bias_written) return refuse("a bias gradient outside every device allocation");
-    footprint.accesses.push_back(*bias_written);
-  }
   const void* bias_ptr = ds.bias;
   const cudaError_t e = deit_emu::enqueue(stream, [=] {
     // D (m, n) = op(A) (m, k) . op(B) (k, n) column-major is, row-major, D^T (n, m) =
@@ -297,13 +288,6 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
         else
           static_cast<deit::kernels::bf16_bits*>(D)[at] =
               deit::kernels::float_to_bf16(y[j * m + i]);
-      }
-    // BGRADB: op(B) (k, n) summed over k, in fp32; x holds op(B)^T.
-    if (bias_grad)
-      for (uint64_t j = 0; j < n; ++j) {
-        float sum = 0.f;
-        for (uint64_t p = 0; p < k; ++p) sum += x[j * k + p];
-        static_cast<float*>(const_cast<void*>(bias_ptr))[j] = sum;
       }
   }, std::move(footprint));
   return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
