@@ -4,11 +4,12 @@
 // The bias add in front of GELU belongs to the fc1 GEMM (cuBLASLt's bias epilogue), not here.
 // Launch: the elementwise launcher (256 threads, grid-stride over 8-element vectors of 16 bytes
 // when every pointer is 16-byte aligned, scalar otherwise). In place (y == x, dx == dy) is allowed.
-// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 3072): forward
-// 0.303 ms (48% of the copy bandwidth), backward 0.383 ms (57%). In deit3_small's step the 12
-// forwards take 1.90 ms where Inductor's fused GELU (through erf) takes 1.35 ms: erfc cost more
-// than the bytes. Since then Phi goes through erf above x = -3 (gelu_kernels.cuh): not yet
-// measured.
+// Phi is a polynomial times one exponential, shared with phi (gelu_kernels.cuh says why, and how
+// exact). Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 3072, x in
+// [-1, 1]), with Phi through erfcf: forward 0.303 ms (48% of the copy bandwidth), backward
+// 0.383 ms (57%); through erff (erfcf in the tail): 0.255 ms and 0.332 ms, but in deit3_huge's
+// step 0.28 ms a forward where erfcf took 0.18, and Inductor's erf GELU 0.125. The polynomial
+// form is not yet measured.
 //
 // Files: the device code is kernels/cuda/gelu_kernels.cuh; this file is the host side (argument
 // checks, launches). The kernels also run, lane by lane on the host, in the CTest entry

@@ -18,17 +18,38 @@ namespace {
 
 using gpu::bf16;
 
-constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+constexpr float kMinusHalfLog2e = -0.72134752044448170f;  // exp(-x^2 / 2) = 2^(this x^2)
 
-// 1 + erf(x / sqrt 2) where that is exact enough, erfc(-x / sqrt 2) (the CPU twin's form) in the
-// negative tail. erf is the cheaper of the two (no division), and on an H200 the erfc form left
-// GELU compute-bound at under half the copy bandwidth. Above x = -3, Phi >= 1.3e-3 and the
-// rounding of 1 + erf (3e-8) is within 2.2e-5 of it, far under bf16's 3.9e-3; below, 1 + erf
-// cancels (to exactly 0 under x = -5.6, where GELU is still about -6e-8, a bf16 normal), and erfc
-// keeps every digit.
-__device__ __forceinline__ float gaussian_cdf(float x) {
-  return x > -3.f ? 0.5f * (1.f + erff(x * kInvSqrt2)) : 0.5f * erfcf(-x * kInvSqrt2);
+// Phi(x) and exp(-x^2 / 2), the normal CDF and (but for its 1 / sqrt(2 pi)) density, without a
+// branch on x and with one exponential:
+//   Phi(-|x|) = t exp(-x^2 / 2) S(t),   t = 1 / (1 + |x| / (2 sqrt 2)),
+// S a degree-6 polynomial fitted to erfc(u) exp(u^2) / (2 t), u = |x| / sqrt 2, for the least
+// worst relative error (1.1e-6; scripts/fit_gelu_phi.py derives the coefficients and checks the
+// float32 arithmetic below over every bf16 x: GELU within 2.2e-6 of exact). The relative error
+// holds deep in the negative tail, where 1 + erf(x / sqrt 2) would cancel to 0 (under x = -5.6)
+// while GELU is still a bf16 normal; for x >= 0, Phi = 1 - Phi(-x). Where x^2 / 2 leaves fp32's
+// range (|x| > 13.2), the exponential and so the tail flush to 0: GELU(-13.2) is about 1e-38.
+// Why not the math library (one H200, 2026-12-04): Phi through erfcf left GELU compute-bound at
+// under half the copy bandwidth; through erff (erfcf in the tail) it was faster on inputs in
+// [-1, 1] but slower in deit3_huge's step (0.28 ms a forward, from 0.18), its speed depending on
+// the data, as branches inside erff would make it. This form has none.
+struct NormalCdf {
+  float cdf;       // Phi(x)
+  float gaussian;  // exp(-x^2 / 2)
+};
+__device__ __forceinline__ NormalCdf normal_cdf(float x) {
+  const float t = 1.f / (1.f + 0.35355339059327377f * fabsf(x));
+  const float gaussian = exp2f(kMinusHalfLog2e * x * x);
+  float s = 0.044720292f;
+  s = s * t - 0.1805508f;
+  s = s * t + 0.19767576f;
+  s = s * t + 0.016768182f;
+  s = s * t + 0.14157249f;
+  s = s * t + 0.13863648f;
+  s = s * t + 0.14117701f;
+  const float tail = t * gaussian * s;
+  return {x < 0.f ? tail : 1.f - tail, gaussian};
 }
 
 struct GeluForwardOp {
@@ -39,7 +60,7 @@ struct GeluForwardOp {
     float v[N];
     gpu::load<N>(x + i, v);
 #pragma unroll
-    for (int j = 0; j < N; ++j) v[j] *= gaussian_cdf(v[j]);
+    for (int j = 0; j < N; ++j) v[j] *= normal_cdf(v[j]).cdf;
     gpu::store<N>(y + i, v);
   }
 };
@@ -54,8 +75,10 @@ struct GeluBackwardOp {
     gpu::load<N>(dy + i, g);
     gpu::load<N>(x + i, v);
 #pragma unroll
-    for (int j = 0; j < N; ++j)
-      g[j] *= gaussian_cdf(v[j]) + v[j] * kInvSqrt2Pi * expf(-0.5f * v[j] * v[j]);
+    for (int j = 0; j < N; ++j) {
+      const NormalCdf phi = normal_cdf(v[j]);
+      g[j] *= phi.cdf + v[j] * kInvSqrt2Pi * phi.gaussian;
+    }
     gpu::store<N>(dx + i, g);
   }
 };

@@ -6,7 +6,8 @@
 //  - the casts (kernels/cuda/cast_kernels.cuh) and the elementwise add, scale by a device scalar
 //    and fill (elementwise_kernels.cuh), fp32 and bf16: bit for bit, as the twins compute the same
 //    fp32 arithmetic and round it the same way;
-//  - exact GELU forward and backward (gelu_kernels.cuh): relative error <= 1e-2;
+//  - exact GELU forward and backward (gelu_kernels.cuh): relative error <= 1e-2, and at every
+//    bf16 x in [-13, 13] each value within 1e-2 of the twin's (the tails included);
 //  - BCE with logits and the soft-target softmax cross-entropy (losses_kernels.cuh), their row
 //    kernels then common_kernels.cuh's sum_to_scalar: loss <= 1e-4, dlogits <= 1e-2;
 //  - patch unfold and fold, position embedding + class token forward and backward, class-token
@@ -317,6 +318,60 @@ void check_add_scale_fill(const Elementwise& s, std::mt19937_64& rng, emu::Shape
   launch_elementwise(kF32 ? "FillOp<float>" : "FillOp<bf16>", FillOp<T>{as_t(dev_filled), factor},
                      n, gpu::aligned16(dev_filled.get()));
   checks.absolute("fill", got(dev_filled), stored(std::vector<float>(s.n, factor)), kExact);
+}
+
+// GELU at every bf16 value of x in [-13, 13], dy = 1: each output within bf16 rounding of the CPU
+// twin's, relative to it (the backward also within 1e-5 absolute, as it crosses 0 near x = -0.75),
+// the negative tail included, where GELU is tiny but no zero where it is a bf16 normal (down to
+// x = -13, where it is about -8e-38).
+// v in the fewest digits that name it ("-8.1e-38", not "-0.000000").
+std::string shortest(float v) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.9g", v);
+  return text;
+}
+
+bool check_gelu_every_bf16() {
+  emu::ShapeChecks checks("every bf16 x in [-13, 13]");
+  checks.part("gelu");
+  emu::set_context("gelu forward and backward at every bf16 x in [-13, 13]");
+  std::vector<bf16_bits> x_bits;
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    const float x = bf16_to_float(static_cast<bf16_bits>(bits));
+    if (std::fabs(x) <= 13.f) x_bits.push_back(static_cast<bf16_bits>(bits));
+  }
+  const auto n = static_cast<int64_t>(x_bits.size());
+  const std::vector<float> x = to_float(x_bits), ones(x_bits.size(), 1.f);
+  std::vector<float> y_ref(x.size()), dx_ref(x.size());
+  gelu_forward_cpu(x.data(), y_ref.data(), n);
+  gelu_backward_cpu(ones.data(), x.data(), dx_ref.data(), n);
+
+  const std::vector<bf16_bits> one_bits(x_bits.size(), float_to_bf16(1.f));
+  const Placed<bf16_bits> dev_x("x", x_bits, 0), dev_dy("dy", one_bits, 0);
+  const Placed<bf16_bits> dev_y("y", x_bits.size(), 0), dev_dx("dx", x_bits.size(), 0);
+  launch_elementwise("GeluForwardOp", GeluForwardOp{dev(dev_x), dev(dev_y)}, n,
+                     gpu::aligned16(dev_x.get(), dev_y.get()));
+  launch_elementwise("GeluBackwardOp", GeluBackwardOp{dev(dev_dy), dev(dev_x), dev(dev_dx)}, n,
+                     gpu::aligned16(dev_dy.get(), dev_x.get(), dev_dx.get()));
+  const std::vector<float> y = values(dev_y), dx = values(dev_dx);
+  // The first x where `close` fails for got against ref, named in the failure.
+  const auto first_miss = [&](const char* what, const std::vector<float>& got,
+                              const std::vector<float>& ref, auto close) {
+    for (size_t i = 0; i < x.size(); ++i)
+      if (!close(got[i], ref[i]))
+        return checks.expect(std::string(what) + " at x = " + shortest(x[i]) + ": " +
+                                 shortest(got[i]) + " for " + shortest(ref[i]),
+                             false);
+  };
+  first_miss("y", y, y_ref, [](float got, float ref) {
+    // Under the smallest normal, bf16's subnormals hold too few digits to judge.
+    return std::fabs(ref) < std::numeric_limits<float>::min() ||
+           (std::fabs(got - ref) <= 1e-2f * std::fabs(ref) && got != 0.f);
+  });
+  first_miss("dx", dx, dx_ref, [](float got, float ref) {
+    return std::fabs(got - ref) <= 1e-2f * std::fabs(ref) + 1e-5f;
+  });
+  return checks.print();
 }
 
 // One element; a vector and a tail; 1000 vectors over 4 blocks and a tail; a size that ends at
@@ -689,6 +744,7 @@ int main(int argc, char** argv) {
   };
   for (size_t n : joined(kDefaultSizes, kFullSizes, full))
     for (size_t offset : {0, 1}) count(check_elementwise({n, offset}, rng));
+  count(check_gelu_every_bf16());
   for (const LossShape& s : joined(kDefaultLossShapes, kFullLossShapes, full))
     count(check_losses(s, rng));
   for (const RowShape& s : joined(kDefaultRowShapes, kFullRowShapes, full))
