@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -304,6 +305,21 @@ TEST_CASE("a one-process CUDA run through NCCL (DEIT_NCCL_ONE_RANK) trains as wi
     INFO(ca.model[i].first);
     CHECK(relative_error(cb.model[i].second, ca.model[i].second) <= 1e-6);
   }
+}
+
+TEST_CASE("deit train through NCCL on one GPU says which library averages the gradients",
+          "[gpu][train][nccl]") {
+  test::TempDir dir;
+  const std::string data = make_dataset(dir);
+  // popen's shell inherits the variable.
+  REQUIRE(setenv("DEIT_NCCL_ONE_RANK", "1", 1) == 0);
+  const CliResult r =
+      run_deit("train " + std::string(kModelFlags) + "--input-size 32 --data " + data +
+               " --output " + dir.file("run") + " --device cuda --epochs 1 --batch-size 16");
+  unsetenv("DEIT_NCCL_ONE_RANK");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("x 1 process (gradients averaged through NCCL)"));
 }
 #endif
 

@@ -151,8 +151,10 @@ Device run_device(const std::string& flag, int local_rank) {
 // What the run is about to do, on stderr before its first step: the model and data, the length of
 // an epoch, and the global batch, which the recipe's learning rate assumes (it is not scaled with
 // the batch, so a run on fewer processes than the recipe's trains differently).
-void print_run_start(const TrainOptions& o, const data::ImageSource& train_source, int world,
-                     int64_t batches_per_epoch, int64_t start_epoch, int64_t resumed_batches) {
+void print_run_start(const TrainOptions& o, const data::ImageSource& train_source,
+                     const Communicator& comm, int64_t batches_per_epoch, int64_t start_epoch,
+                     int64_t resumed_batches) {
+  const int world = comm.world_size();
   const int64_t steps = (batches_per_epoch + o.accum_steps - 1) / o.accum_steps;
   std::fprintf(
       stderr,
@@ -172,6 +174,10 @@ void print_run_start(const TrainOptions& o, const data::ImageSource& train_sourc
                (long long)o.batch_size);
   if (o.accum_steps > 1) std::fprintf(stderr, " x %lld accumulated", (long long)o.accum_steps);
   std::fprintf(stderr, " x %d process%s", world, world == 1 ? "" : "es");
+  // Which library averages the gradients: a one-rank NCCL run (DEIT_NCCL_ONE_RANK) says so.
+  const std::string backend = comm.backend();
+  if (backend != "single")
+    std::fprintf(stderr, " (gradients averaged through %s)", backend == "nccl" ? "NCCL" : "MPI");
   const RecipeStage& stage = recipe_stage(o.recipe);
   const std::string preset = model::preset_of(o.model);
   if (!preset.empty() && global_batch != stage.global_batch)
@@ -434,7 +440,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   };
   const StopSignals stop_signals(lead && o.progress);
   if (lead && o.progress)
-    print_run_start(o, *train_source, world,
+    print_run_start(o, *train_source, comm,
                     static_cast<int64_t>(train_loader->sampler().epoch_length()) / o.batch_size,
                     start_epoch, static_cast<int64_t>(resume_position) / o.batch_size);
 
