@@ -30,20 +30,27 @@
 // block (bytes), head dim 32 / 64 / 80 / 128:
 //   forward  25600 / 46080 / 56320 / 52224     dK/dV  31744 / 56320 / 68608 / 70144
 //   dQ       30720 / 55296 / 67584 / 69632
-// Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128), no spills: forward 103 / 116 / 133 / 125,
-// dK/dV 152 / 168 / 237 / 254 (one below the limit: a change there will spill), dQ 128 / 161 /
-// 166 / 175. The sm_80 build spills a little: 20 bytes in dQ at 128, 8 bytes in dK/dV at 64.
+// Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128), no spills (sm_80 neither): forward 95 /
+// 128 / 127 / 128, dK/dV 144 / 164 / 214 / 251, dQ 128 / 154 / 162 / 166. dK/dV at head dims 32 and
+// 64 is held to 168 (__launch_bounds__ minimum of 3 blocks), which its shared memory allows
+// per SM; unbounded, ptxas takes 195 at 64 and an SM fits 2.
 // Any sequence length: rows past T load as zeros (cp.async zero-fill), keys past T get probability
-// 0, and only rows < T are stored.
+// 0, and only rows < T are stored. The padding costs little arithmetic: a warp whose 16 outer rows
+// all lie past T only helps load, and the products over an inner tile stop at its last group of
+// 16 rows holding one < T. At T = 197 a head's 64-row tiles span 256 rows, and the products cover
+// 208 of them on each side: about two thirds of the tile products the padding made before.
 //
-// Measured speed (one H200, 2026-12-04, `deit bench kernels`; the table is in bench/results/):
-// B=256 T=197 H=12 D=64 forward 0.315 ms (97 TFLOP/s) and backward 1.015 ms (75 TFLOP/s),
-// against cuDNN's 0.171 and 0.585 ms: 0.54x and 0.58x. Over all the ViT shapes, 0.49x to 0.97x of
-// the fastest rival. Not yet explained. Neither obvious bound is reached: per key tile a warp
-// reads 18 KiB of shared memory (ldmatrix) for 64 mma.sync of 4096 FLOP each, so shared memory
-// would allow about 490 TFLOP/s on an H200 and mma.sync about 660; the forward reaches 146 at
-// T=577. The next suspects are the per-tile softmax (scaling, max, exp2, rescaling O) and the two
-// barriers per tile; profiling with ncu on a GPU should say (its counters work on the lent H200s).
+// Measured speed (one H200, 2026-12-04, `deit bench kernels`; the table is in bench/results/),
+// before the padding was skipped: B=256 T=197 H=12 D=64 forward 0.315 ms (97 TFLOP/s) and
+// backward 1.015 ms (75 TFLOP/s), against cuDNN's 0.171 and 0.585 ms: 0.54x and 0.58x. Over all
+// the ViT shapes, 0.49x to 0.97x of the fastest rival. Neither obvious bound is reached: per key
+// tile a warp reads 18 KiB of shared memory (ldmatrix) for 64 mma.sync of 4096 FLOP each, so
+// shared memory would allow about 490 TFLOP/s on an H200 and mma.sync about 660; the forward
+// reaches 146 at T=577. Nsight Compute in deit3_small's step
+// (bench/results/2026-12-04-h200-ncu/): a quarter occupancy or less (forward 4 blocks of 4 warps
+// per SM, dK/dV and dQ 3: registers and shared memory both at their limit), SM throughput 49 to
+// 62%, DRAM under 20%; latency-bound, with the padding's products a quarter of the work at T=197.
+// Skipping the padding is not yet measured.
 //
 // Files: the device code is kernels/cuda/attention_kernels.cuh and its PTX wrappers
 // kernels/cuda/mma.cuh; this file is the host side (argument checks, launches). The kernels also

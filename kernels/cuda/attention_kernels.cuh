@@ -40,6 +40,9 @@ struct Tiles {
   static constexpr int kForwardSmem = (kRows + 4 * kCols) * kRowBytes;
   // K and V tiles + double-buffered Q, dO tiles + double-buffered lse and delta of those queries.
   static constexpr int kDkvSmem = (2 * kRows + 4 * kCols) * kRowBytes + 4 * kCols * 4;
+  // Up to head dim 64 three dK/dV blocks fit an SM's shared memory, and its registers only if the
+  // kernel keeps to 168 a thread: left alone, ptxas takes 195 at head dim 64 (and 2 blocks).
+  static constexpr int kDkvMinBlocks = D <= 64 ? 3 : 1;
   // Q and dO tiles + double-buffered K and V tiles.
   static constexpr int kDqSmem = (2 * kRows + 4 * kCols) * kRowBytes;
 };
@@ -49,12 +52,23 @@ struct Tiles {
 // Warp-level tile products. Accumulators are arrays of m16n8 C fragments: acc[n][0..3] holds
 // columns [8n, 8n + 8) of the warp's 16 rows in the mma_bf16 layout (mma.cuh).
 
+// The inner tiles' rows come in groups of 16 (an mma's k, or two of its n tiles). A sequence's last
+// tile may end in rows past T, zeros in shared memory whose products are all discarded: only the
+// first `live` groups of a tile whose first row is row0 hold a row < T, and the products below
+// skip the others (at T = 197, with 64-row tiles, that is 48 of the 256 rows a head's loop
+// walks).
+__device__ __forceinline__ int live_groups(int T, int row0, int rows) {
+  const int left = (T - row0 + 15) / 16;
+  return left < rows / 16 ? left : rows / 16;
+}
+
 // acc (16 x N) += A (16 x K) * B^T, with A's 16 rows and B's N rows of K elements each row-major
-// in shared memory (stride `stride` elements). This is the layout of every "rows times rows"
-// product here: Q K^T, dO V^T, K Q^T, V dO^T.
+// in shared memory (stride `stride` elements), for B's first 16 `live` rows only: the columns of
+// acc past them are left as they are. This is the layout of every "rows times rows" product here:
+// Q K^T, dO V^T, K Q^T, V dO^T.
 template <int N, int K>
 __device__ __forceinline__ void mma_rows_rows(float (&acc)[N / 8][4], const bf16* a, const bf16* b,
-                                              int stride) {
+                                              int stride, int live) {
   static_assert(N % 16 == 0 && K % 16 == 0, "tile sizes are multiples of 16");
   const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -65,6 +79,7 @@ __device__ __forceinline__ void mma_rows_rows(float (&acc)[N / 8][4], const bf16
     ldmatrix_x4(af, a + (lane % 16) * stride + ks * 16 + (lane / 16) * 8);
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
+      if (np >= live) break;
       // B^T rows are B's columns: matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
       // (n 8-15, k 8-15) are b[0], b[1] of n-tile 2np and b[0], b[1] of n-tile 2np + 1.
       uint32_t bf[4];
@@ -78,15 +93,17 @@ __device__ __forceinline__ void mma_rows_rows(float (&acc)[N / 8][4], const bf16
 
 // acc (16 x N) += P (16 x K) * B, with P held in registers as C fragments p[K / 8] (fp32, rounded
 // to bf16 here: the FlashAttention way of feeding probabilities back to the tensor cores without
-// a trip through shared memory) and B's K rows of N elements row-major in shared memory. This is
-// every "probabilities times rows" product: P V, P^T dO, dS^T Q, dS K.
+// a trip through shared memory) and B's K rows of N elements row-major in shared memory, over B's
+// first 16 `live` rows only (P is 0 in the columns past them). This is every "probabilities times
+// rows" product: P V, P^T dO, dS^T Q, dS K.
 template <int N, int K>
 __device__ __forceinline__ void mma_regs_rows(float (&acc)[N / 8][4], const float (&p)[K / 8][4],
-                                              const bf16* b, int stride) {
+                                              const bf16* b, int stride, int live) {
   static_assert(N % 16 == 0 && K % 16 == 0, "tile sizes are multiples of 16");
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int ks = 0; ks < K / 16; ++ks) {
+    if (ks >= live) break;
     // The C fragments of columns [16ks, 16ks + 8) and [16ks + 8, 16ks + 16) are exactly the A
     // fragment of k-step ks.
     const uint32_t af[4] = {pack_bf16x2(p[2 * ks][0], p[2 * ks][1]),
@@ -175,6 +192,8 @@ __device__ __forceinline__ void store_rows(bf16* dst, int64_t ld, int row0, int 
 // ---------------------------------------------------------------------------------------------
 // Forward. Block: query rows [q0, q0 + 64) of one (batch, head); warp w owns rows q0 + 16w ...
 // Scores are kept in base 2: x = s * scale * log2(e), so every exponential is one exp2.
+// In a sequence's last query tile, a warp whose rows all lie past T only helps load the key tiles
+// (at T = 197, three of the last tile's four warps).
 
 template <int D>
 __global__ void __launch_bounds__(kThreads)
@@ -207,6 +226,7 @@ __global__ void __launch_bounds__(kThreads)
   // Per thread: rows g and g + 8 of the warp. m: running max of x (quad-uniform); l: this
   // thread's partial sum of exp2(x - m) over its columns, summed across the quad at the end.
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int row0 = q0 + warp * kWarpRows;
 
   for (int j = 0; j < kv_tiles; ++j) {
     const int stage = j % 2;
@@ -218,52 +238,56 @@ __global__ void __launch_bounds__(kThreads)
       cp_async_wait<0>();
     }
     __syncthreads();
+    if (row0 < T) {  // warp-uniform: a warp whose rows all lie past T only loads
+      const int live = live_groups(T, j * kCols, kCols);
 
-    float s[kCols / 8][4];
-    zero(s);
-    mma_rows_rows<kCols, D>(s, sq + warp * kWarpRows * kStride, sk + stage * kCols * kStride,
-                            kStride);
+      float s[kCols / 8][4];
+      zero(s);
+      mma_rows_rows<kCols, D>(s, sq + warp * kWarpRows * kStride, sk + stage * kCols * kStride,
+                              kStride, live);
 
-    // Online softmax. Tile 0 always holds key 0, so m is finite from the first tile on, and the
-    // -inf of keys past T contribute exp2(-inf) = 0.
-    const int col0 = j * kCols + 2 * t;
+      // Online softmax. Tile 0 always holds key 0, so m is finite from the first tile on, and the
+      // -inf of keys past T contribute exp2(-inf) = 0.
+      const int col0 = j * kCols + 2 * t;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float mx = -INFINITY;
+      for (int half = 0; half < 2; ++half) {
+        float mx = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < kCols / 8; ++n)
+        for (int n = 0; n < kCols / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const bool valid = col0 + 8 * n + e < T;
-          float& x = s[n][2 * half + e];
-          x = valid ? x * scale_log2 : -INFINITY;
-          mx = fmaxf(mx, x);
+          for (int e = 0; e < 2; ++e) {
+            const bool valid = col0 + 8 * n + e < T;
+            float& x = s[n][2 * half + e];
+            x = valid ? x * scale_log2 : -INFINITY;
+            mx = fmaxf(mx, x);
+          }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad shares the row
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[half], mx);
+        const float correction = exp2f(m[half] - m_new);  // 0 on the first tile (m = -inf)
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < kCols / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& x = s[n][2 * half + e];
+            x = exp2f(x - m_new);
+            sum += x;
+          }
+        l[half] = l[half] * correction + sum;
+        m[half] = m_new;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[n][2 * half] *= correction;
+          o[n][2 * half + 1] *= correction;
         }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad shares the row
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[half], mx);
-      const float correction = exp2f(m[half] - m_new);  // 0 on the first tile (m = -inf)
-      float sum = 0.f;
-#pragma unroll
-      for (int n = 0; n < kCols / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[n][2 * half + e];
-          x = exp2f(x - m_new);
-          sum += x;
-        }
-      l[half] = l[half] * correction + sum;
-      m[half] = m_new;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[n][2 * half] *= correction;
-        o[n][2 * half + 1] *= correction;
       }
-    }
 
-    mma_regs_rows<D, kCols>(o, s, sv + stage * kCols * kStride, kStride);
+      mma_regs_rows<D, kCols>(o, s, sv + stage * kCols * kStride, kStride, live);
+    }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
+  if (row0 >= T) return;  // nothing to store
 
   float inv[2];
 #pragma unroll
@@ -279,7 +303,6 @@ __global__ void __launch_bounds__(kThreads)
     o[n][2] *= inv[1];
     o[n][3] *= inv[1];
   }
-  const int row0 = q0 + warp * kWarpRows;
   store_rows<D>(out + hv.o, hv.C, row0, T, o, 1.f);
   if (lse != nullptr && t == 0) {
 #pragma unroll
@@ -321,17 +344,17 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------------------------------------
 // Backward pass 2: dK and dV. Block: keys [k0, k0 + 64) of one (batch, head), warp w owns keys
-// k0 + 16w ...; the block walks every query tile. The products are written transposed (keys as
-// rows) so each warp's dK, dV rows accumulate in its own registers:
+// k0 + 16w ... (a warp whose keys all lie past T only helps load); the block walks every query
+// tile. The products are written transposed (keys as rows) so each warp's dK, dV rows accumulate
+// in its own registers:
 //   S^T = K Q^T,  P^T = exp2(S^T scale log2e - lse2[query]),  dV += P^T dO,
 //   dP^T = V dO^T,  dS^T = P^T (dP^T - delta[query]),  dK += dS^T Q  (times scale at the end).
 
 template <int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
     attention_dkdv_kernel(const bf16* __restrict__ qkv, const float* __restrict__ lse,
                           const bf16* __restrict__ dout, const float* __restrict__ delta,
-                          bf16* __restrict__ dqkv, int T, int H, float scale,
-                          float scale_log2) {
+                          bf16* __restrict__ dqkv, int T, int H, float scale, float scale_log2) {
   using Cfg = Tiles<D>;
   constexpr int kCols = Cfg::kCols, kStride = Cfg::kStride;
   unsigned char* smem = dynamic_smem();
@@ -376,7 +399,7 @@ __global__ void __launch_bounds__(kThreads)
   zero(dv);
   // Key rows past T are zeros in shared memory, but exp2(0 - lse2) may overflow: give them
   // probability 0 outright (they are never stored; this keeps every register finite).
-  const int key0 = k0 + warp * kWarpRows + g;
+  const int row0 = k0 + warp * kWarpRows, key0 = row0 + g;
   const bool key_valid[2] = {key0 < T, key0 + 8 < T};
 
   for (int i = 0; i < q_tiles; ++i) {
@@ -392,41 +415,45 @@ __global__ void __launch_bounds__(kThreads)
     const bf16* sdo_i = sdo + stage * kCols * kStride;
     const float* slse_i = slse + stage * kCols;
     const float* sdelta_i = sdelta + stage * kCols;
+    if (row0 < T) {  // warp-uniform
+      const int live = live_groups(T, i * kCols, kCols);
 
-    float p[kCols / 8][4];  // S^T, then P^T
-    zero(p);
-    mma_rows_rows<kCols, D>(p, sk + warp * kWarpRows * kStride, sq_i, kStride);
+      float p[kCols / 8][4];  // S^T, then P^T
+      zero(p);
+      mma_rows_rows<kCols, D>(p, sk + warp * kWarpRows * kStride, sq_i, kStride, live);
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n)
+      for (int n = 0; n < kCols / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = 8 * n + 2 * t + e % 2;
-        p[n][e] = key_valid[e / 2] ? exp2f(p[n][e] * scale_log2 - slse_i[col]) : 0.f;
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int col = 8 * n + 2 * t + e % 2;
+          p[n][e] = key_valid[e / 2] ? exp2f(p[n][e] * scale_log2 - slse_i[col]) : 0.f;
+        }
 
-    mma_regs_rows<D, kCols>(dv, p, sdo_i, kStride);
+      mma_regs_rows<D, kCols>(dv, p, sdo_i, kStride, live);
 
-    float ds[kCols / 8][4];  // dP^T, then dS^T
-    zero(ds);
-    mma_rows_rows<kCols, D>(ds, sv + warp * kWarpRows * kStride, sdo_i, kStride);
+      float ds[kCols / 8][4];  // dP^T, then dS^T
+      zero(ds);
+      mma_rows_rows<kCols, D>(ds, sv + warp * kWarpRows * kStride, sdo_i, kStride, live);
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n)
+      for (int n = 0; n < kCols / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - sdelta_i[8 * n + 2 * t + e % 2]);
+        for (int e = 0; e < 4; ++e)
+          ds[n][e] = p[n][e] * (ds[n][e] - sdelta_i[8 * n + 2 * t + e % 2]);
 
-    mma_regs_rows<D, kCols>(dk, ds, sq_i, kStride);
+      mma_regs_rows<D, kCols>(dk, ds, sq_i, kStride, live);
+    }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
+  if (row0 >= T) return;
   bf16* dk_head = dqkv + hv.qkv + C;
-  const int row0 = k0 + warp * kWarpRows;
   store_rows<D>(dk_head, hv.ld_qkv(), row0, T, dk, scale);
   store_rows<D>(dk_head + C, hv.ld_qkv(), row0, T, dv, 1.f);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward pass 3: dQ. Block: query rows [q0, q0 + 64) of one (batch, head), warp w owns rows
-// q0 + 16w ...; the block walks every key tile:
+// q0 + 16w ... (a warp whose rows all lie past T only helps load); the block walks every key tile:
 //   S = Q K^T,  P = exp2(S scale log2e - lse2[row]),  dP = dO V^T,  dS = P (dP - delta[row]),
 //   dQ += dS K  (times scale at the end).
 
@@ -484,31 +511,34 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     const bf16* sk_j = sk + stage * kCols * kStride;
+    if (row0 < T) {  // warp-uniform
+      const int live = live_groups(T, j * kCols, kCols);
 
-    float p[kCols / 8][4];  // S, then P
-    zero(p);
-    mma_rows_rows<kCols, D>(p, sq + warp * kWarpRows * kStride, sk_j, kStride);
-    const int col0 = j * kCols + 2 * t;
+      float p[kCols / 8][4];  // S, then P
+      zero(p);
+      mma_rows_rows<kCols, D>(p, sq + warp * kWarpRows * kStride, sk_j, kStride, live);
+      const int col0 = j * kCols + 2 * t;
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n)
+      for (int n = 0; n < kCols / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        p[n][e] = col0 + 8 * n + e % 2 < T ? exp2f(p[n][e] * scale_log2 - lse2[e / 2]) : 0.f;
+        for (int e = 0; e < 4; ++e)
+          p[n][e] = col0 + 8 * n + e % 2 < T ? exp2f(p[n][e] * scale_log2 - lse2[e / 2]) : 0.f;
 
-    float ds[kCols / 8][4];  // dP, then dS
-    zero(ds);
-    mma_rows_rows<kCols, D>(ds, sdo + warp * kWarpRows * kStride, sv + stage * kCols * kStride,
-                            kStride);
+      float ds[kCols / 8][4];  // dP, then dS
+      zero(ds);
+      mma_rows_rows<kCols, D>(ds, sdo + warp * kWarpRows * kStride, sv + stage * kCols * kStride,
+                              kStride, live);
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n)
+      for (int n = 0; n < kCols / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - row_delta[e / 2]);
+        for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - row_delta[e / 2]);
 
-    mma_regs_rows<D, kCols>(dq, ds, sk_j, kStride);
+      mma_regs_rows<D, kCols>(dq, ds, sk_j, kStride, live);
+    }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
-  store_rows<D>(dqkv + hv.qkv, hv.ld_qkv(), row0, T, dq, scale);
+  if (row0 < T) store_rows<D>(dqkv + hv.qkv, hv.ld_qkv(), row0, T, dq, scale);
 }
 
 }  // namespace
