@@ -30,15 +30,17 @@
 // block (bytes), head dim 32 / 64 / 80 / 128:
 //   forward  25600 / 46080 / 56320 / 52224     dK/dV  31744 / 56320 / 68608 / 70144
 //   dQ       30720 / 55296 / 67584 / 69632
-// Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128), no spills (sm_80 neither): forward 95 /
-// 128 / 127 / 128, dK/dV 144 / 164 / 214 / 251, dQ 128 / 154 / 162 / 166. dK/dV at head dims 32 and
-// 64 is held to 168 (__launch_bounds__ minimum of 3 blocks), which its shared memory allows
-// per SM; unbounded, ptxas takes 195 at 64 and an SM fits 2.
+// Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128), no spills (sm_80 neither): forward 94 /
+// 113 / 122 / 126, dK/dV 143 / 164 / 212 / 251, dQ 126 / 154 / 160 / 154. On sm_90 dK/dV at head
+// dims 32 and 64 is held to 168 (__launch_bounds__ minimum of 3 blocks), which its shared memory
+// allows per SM; unbounded, ptxas takes 195 at 64 and an SM fits 2.
 // Any sequence length: rows past T load as zeros (cp.async zero-fill), keys past T get probability
 // 0, and only rows < T are stored. The padding costs little arithmetic: a warp whose 16 outer rows
-// all lie past T only helps load, and the products over an inner tile stop at its last group of
-// 16 rows holding one < T. At T = 197 a head's 64-row tiles span 256 rows, and the products cover
-// 208 of them on each side: about two thirds of the tile products the padding made before.
+// all lie past T only helps load, and the products and exponentials over an inner tile stop at its
+// last group of 16 rows holding one < T. At T = 197 a head's 64-row tiles span 256 rows, and the
+// products cover 208 of them on each side: about two thirds of the tile products the padding made
+// before, and four fifths of the exponentials (which on Hopper cost about as much time as the
+// products: 16 per cycle per SM against 4096 FLOP).
 //
 // Measured speed (one H200, 2026-12-04, `deit bench kernels`; the table is in bench/results/),
 // before the padding was skipped: B=256 T=197 H=12 D=64 forward 0.315 ms (97 TFLOP/s) and

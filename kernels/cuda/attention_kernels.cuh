@@ -40,9 +40,14 @@ struct Tiles {
   static constexpr int kForwardSmem = (kRows + 4 * kCols) * kRowBytes;
   // K and V tiles + double-buffered Q, dO tiles + double-buffered lse and delta of those queries.
   static constexpr int kDkvSmem = (2 * kRows + 4 * kCols) * kRowBytes + 4 * kCols * 4;
-  // Up to head dim 64 three dK/dV blocks fit an SM's shared memory, and its registers only if the
-  // kernel keeps to 168 a thread: left alone, ptxas takes 195 at head dim 64 (and 2 blocks).
+  // On Hopper (228 KB of shared memory per SM) three dK/dV blocks fit up to head dim 64, and the
+  // registers only if the kernel keeps to 168 a thread: left alone, ptxas takes 195 at head dim 64
+  // (and an SM holds 2 blocks). An A100's 164 KB holds two at head dim 64 anyway.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  static constexpr int kDkvMinBlocks = 1;
+#else
   static constexpr int kDkvMinBlocks = D <= 64 ? 3 : 1;
+#endif
   // Q and dO tiles + double-buffered K and V tiles.
   static constexpr int kDqSmem = (2 * kRows + 4 * kCols) * kRowBytes;
 };
@@ -253,7 +258,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int half = 0; half < 2; ++half) {
         float mx = -INFINITY;
 #pragma unroll
-        for (int n = 0; n < kCols / 8; ++n)
+        for (int n = 0; n < kCols / 8; ++n) {
+          if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const bool valid = col0 + 8 * n + e < T;
@@ -261,19 +267,22 @@ __global__ void __launch_bounds__(kThreads)
             x = valid ? x * scale_log2 : -INFINITY;
             mx = fmaxf(mx, x);
           }
+        }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad shares the row
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float m_new = fmaxf(m[half], mx);
         const float correction = exp2f(m[half] - m_new);  // 0 on the first tile (m = -inf)
         float sum = 0.f;
 #pragma unroll
-        for (int n = 0; n < kCols / 8; ++n)
+        for (int n = 0; n < kCols / 8; ++n) {
+          if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& x = s[n][2 * half + e];
             x = exp2f(x - m_new);
             sum += x;
           }
+        }
         l[half] = l[half] * correction + sum;
         m[half] = m_new;
 #pragma unroll
@@ -422,12 +431,14 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
       zero(p);
       mma_rows_rows<kCols, D>(p, sk + warp * kWarpRows * kStride, sq_i, kStride, live);
 #pragma unroll
-      for (int n = 0; n < kCols / 8; ++n)
+      for (int n = 0; n < kCols / 8; ++n) {
+        if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int col = 8 * n + 2 * t + e % 2;
           p[n][e] = key_valid[e / 2] ? exp2f(p[n][e] * scale_log2 - slse_i[col]) : 0.f;
         }
+      }
 
       mma_regs_rows<D, kCols>(dv, p, sdo_i, kStride, live);
 
@@ -435,10 +446,12 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
       zero(ds);
       mma_rows_rows<kCols, D>(ds, sv + warp * kWarpRows * kStride, sdo_i, kStride, live);
 #pragma unroll
-      for (int n = 0; n < kCols / 8; ++n)
+      for (int n = 0; n < kCols / 8; ++n) {
+        if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
 #pragma unroll
         for (int e = 0; e < 4; ++e)
           ds[n][e] = p[n][e] * (ds[n][e] - sdelta_i[8 * n + 2 * t + e % 2]);
+      }
 
       mma_regs_rows<D, kCols>(dk, ds, sq_i, kStride, live);
     }
@@ -519,19 +532,23 @@ __global__ void __launch_bounds__(kThreads)
       mma_rows_rows<kCols, D>(p, sq + warp * kWarpRows * kStride, sk_j, kStride, live);
       const int col0 = j * kCols + 2 * t;
 #pragma unroll
-      for (int n = 0; n < kCols / 8; ++n)
+      for (int n = 0; n < kCols / 8; ++n) {
+        if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
 #pragma unroll
         for (int e = 0; e < 4; ++e)
           p[n][e] = col0 + 8 * n + e % 2 < T ? exp2f(p[n][e] * scale_log2 - lse2[e / 2]) : 0.f;
+      }
 
       float ds[kCols / 8][4];  // dP, then dS
       zero(ds);
       mma_rows_rows<kCols, D>(ds, sdo + warp * kWarpRows * kStride, sv + stage * kCols * kStride,
                               kStride, live);
 #pragma unroll
-      for (int n = 0; n < kCols / 8; ++n)
+      for (int n = 0; n < kCols / 8; ++n) {
+        if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
 #pragma unroll
         for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - row_delta[e / 2]);
+      }
 
       mma_regs_rows<D, kCols>(dq, ds, sk_j, kStride, live);
     }
