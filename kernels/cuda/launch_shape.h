@@ -49,6 +49,12 @@ constexpr int64_t kMaxRowWidth = int64_t{kVec} * 1024;
 // Threads of a row block for width C (1 <= C <= kMaxRowWidth): ceil(C / 8) rounded up to a warp.
 inline int row_threads(int64_t C) { return static_cast<int>(ceil_div(ceil_div(C, kVec), 32) * 32); }
 
+// A row kernel's variant for blocks of at most this many threads (rows up to 4096 wide, every ViT
+// width) may take up to 128 registers a thread (__launch_bounds__(512)) where the one for any
+// width has 64: enough to load all of a row's operands before its reductions.
+constexpr int kEarlyLoadThreads = 512;
+inline bool early_loads(int threads) { return threads <= kEarlyLoadThreads; }
+
 // ---------------------------------------------------------------------------------------------
 // Column sums over rows, deterministic. A fixed partition of the rows into chunks, a function of
 // (rows, C) only: block `chunk` of a row kernel walks rows [chunk * rows_per_chunk, ...) and writes

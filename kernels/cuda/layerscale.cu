@@ -16,9 +16,14 @@
 // backward, the gradient sum of the two consumers of out and LayerScale backward make 9). Launch:
 // the row layout of layernorm.cu (one block per row, forward grid-striding over at most 65536
 // blocks, backward over row_chunks), with dgamma, dln_weight and dln_bias as per-chunk partials.
+// Rows up to 4096 wide (blocks of at most 512 threads) take the fused backward's early-load
+// variant (layerscale_kernels.cuh): all four inputs of a row loaded before the LayerNorm's
+// reductions.
 // Measured speed (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768): LayerScale +
 // drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.104 ms (69%); fused with the
-// LayerNorm after it, forward 0.127 ms (85%), backward 0.271 ms (60%).
+// LayerNorm after it, forward 0.127 ms (85%), backward 0.271 ms (60%), before the early loads
+// (not yet measured); in deit3_small's step Nsight Compute had that backward at 71% of the DRAM
+// bandwidth and 46% occupancy, waiting on memory.
 //
 // Files: the device code is kernels/cuda/layerscale_kernels.cuh (the LayerNorm row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The
@@ -135,16 +140,24 @@ void layerscale_residual_layernorm_backward_cuda(
     const auto* gb = gpu::as_bf16(gamma);
     const auto* wb = gpu::as_bf16(ln_weight);
     auto* dbrb = gpu::as_bf16(dbranch);
-    if (C % kVec == 0 && gpu::aligned16(dout, dy, out, branch, gamma, ln_weight, dx, dbranch,
-                                        dgamma_partials, dw_partials, db_partials))
-      layerscale_layernorm_backward_kernel<kVec><<<grid, threads, 0, stream>>>(
-          dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx, dbrb, dgamma_partials,
-          dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
+    const auto launch = [&](auto kernel) {
+      kernel<<<grid, threads, 0, stream>>>(dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx,
+                                           dbrb, dgamma_partials, dw_partials, db_partials, rows,
+                                           Tn, C, part.rows_per_chunk);
+      DEIT_CUDA_CHECK_LAUNCH();
+    };
+    const bool vector =
+        C % kVec == 0 && gpu::aligned16(dout, dy, out, branch, gamma, ln_weight, dx, dbranch,
+                                        dgamma_partials, dw_partials, db_partials);
+    const bool early = gpu::early_loads(threads);
+    if (vector && early)
+      launch(layerscale_layernorm_backward_kernel<kVec, true>);
+    else if (vector)
+      launch(layerscale_layernorm_backward_kernel<kVec, false>);
+    else if (early)
+      launch(layerscale_layernorm_backward_kernel<1, true>);
     else
-      layerscale_layernorm_backward_kernel<1><<<grid, threads, 0, stream>>>(
-          dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx, dbrb, dgamma_partials,
-          dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
-    DEIT_CUDA_CHECK_LAUNCH();
+      launch(layerscale_layernorm_backward_kernel<1, false>);
   }
   if (dgamma) gpu::sum_partials(dgamma_partials, part.chunks, C, dgamma, stream);
   if (dln_weight) gpu::sum_partials(dw_partials, part.chunks, C, dln_weight, stream);

@@ -111,31 +111,44 @@ __global__ void __launch_bounds__(1024) layerscale_layernorm_forward_kernel(
 // d = dout + LayerNorm backward(dy) in fp32, written to dx; then d * keep is LayerScale's input
 // gradient: dbranch = d * keep * gamma, and d * keep * branch adds to the dgamma partials. Any of
 // dout, dbranch and the partials may be nullptr. gamma and ln_weight are re-read per row (from
-// L1) rather than held, to stay within the 64 registers of a 1024-thread block.
-template <int V>
-__global__ void __launch_bounds__(1024) layerscale_layernorm_backward_kernel(
-    const float* dout, const bf16* dy, const float* out, const bf16* branch, const bf16* gamma,
-    const float* keep_scale, const bf16* ln_weight, const float* mean, const float* rstd,
-    float* dx, bf16* dbranch, float* dgamma_partials, float* dw_partials, float* db_partials,
-    int64_t rows, int64_t Tn, int64_t C, int64_t rows_per_chunk) {
+// L1) rather than held. Early (blocks of at most kEarlyLoadThreads, so 128 registers a thread):
+// dout and branch are loaded with dy and out, before the LayerNorm's reductions, so that a row
+// waits for memory once; otherwise (the 64 registers of a 1024-thread block) after them, and a row
+// waits three times, each wait then a barrier's.
+template <int V, bool Early>
+__global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
+    layerscale_layernorm_backward_kernel(const float* dout, const bf16* dy, const float* out,
+                                         const bf16* branch, const bf16* gamma,
+                                         const float* keep_scale, const bf16* ln_weight,
+                                         const float* mean, const float* rstd, float* dx,
+                                         bf16* dbranch, float* dgamma_partials, float* dw_partials,
+                                         float* db_partials, int64_t rows, int64_t Tn, int64_t C,
+                                         int64_t rows_per_chunk) {
   __shared__ float scratch[64];
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
   float dgamma[kVec] = {}, dw[kVec] = {}, db[kVec] = {};
   for (int64_t r = r0; r < r1; ++r) {
-    float g[kVec], xh[kVec], t[kVec];
+    float g[kVec], xh[kVec], t[kVec], d[kVec];
+    float br[kVec] = {};  // read only where loaded; set, as the host compiler cannot see that
+    const auto load_dout = [&] {
+      if (dout) {
+        gpu::load_row<V>(dout + r * C, C, d);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) d[e] = 0.f;
+      }
+    };
     gpu::load_row<V>(dy + r * C, C, g);
     gpu::load_row<V>(out + r * C, C, xh);
+    if constexpr (Early) {
+      load_dout();
+      if (dgamma_partials) gpu::load_row<V>(branch + r * C, C, br);
+    }
     gpu::load_row<V>(ln_weight, C, t);
     gpu::layernorm_row_backward<V>(g, xh, t, mean[r], rstd[r], C, scratch, dw, db);
-    float d[kVec];
-    if (dout) {
-      gpu::load_row<V>(dout + r * C, C, d);
-    } else {
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) d[e] = 0.f;
-    }
-    // dx = dout + what flows back through the LayerNorm
+    if constexpr (!Early) load_dout();
+      // dx = dout + what flows back through the LayerNorm
 #pragma unroll
     for (int e = 0; e < kVec; ++e) d[e] += g[e];
     gpu::store_row<V>(dx + r * C, C, d);
@@ -143,9 +156,9 @@ __global__ void __launch_bounds__(1024) layerscale_layernorm_backward_kernel(
 #pragma unroll
     for (int e = 0; e < kVec; ++e) d[e] *= keep;
     if (dgamma_partials) {
-      gpu::load_row<V>(branch + r * C, C, t);
+      if constexpr (!Early) gpu::load_row<V>(branch + r * C, C, br);
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) dgamma[e] += d[e] * t[e];  // branch is 0 past C
+      for (int e = 0; e < kVec; ++e) dgamma[e] += d[e] * br[e];  // branch is 0 past C
     }
     if (dbranch) {
       gpu::load_row<V>(gamma, C, t);

@@ -191,14 +191,19 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
                                               a.dbranch, dgamma_partials, dw_partials, db_partials);
   with_width(vector_path, [&](auto width) {
     constexpr int V = decltype(width)::value;
-    emu::launch({kernel_name("layerscale_layernorm_backward_kernel", V),
-                 static_cast<unsigned>(part.chunks), threads, 0},
-                [=] {
-                  layerscale_layernorm_backward_kernel<V>(
-                      a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd, a.dx,
-                      a.dbranch, dgamma_partials, dw_partials, db_partials, rows, T, C,
-                      part.rows_per_chunk);
-                });
+    const auto launch = [&](auto kernel) {
+      emu::launch({kernel_name("layerscale_layernorm_backward_kernel", V),
+                   static_cast<unsigned>(part.chunks), threads, 0},
+                  [=] {
+                    kernel(a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd,
+                           a.dx, a.dbranch, dgamma_partials, dw_partials, db_partials, rows, T, C,
+                           part.rows_per_chunk);
+                  });
+    };
+    if (gpu::early_loads(static_cast<int>(threads)))
+      launch(layerscale_layernorm_backward_kernel<V, true>);
+    else
+      launch(layerscale_layernorm_backward_kernel<V, false>);
   });
 }
 
