@@ -6,6 +6,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace deit::kernels::gpu {
 
@@ -54,6 +55,26 @@ inline int row_threads(int64_t C) { return static_cast<int>(ceil_div(ceil_div(C,
 // width has 64: enough to load all of a row's operands before its reductions.
 constexpr int kEarlyLoadThreads = 512;
 inline bool early_loads(int threads) { return threads <= kEarlyLoadThreads; }
+
+// Calls f(width, early) with the variant of a row kernel to launch, each a std::integral_constant:
+// width kVec on the vector path (`vector`), 1 otherwise; early for blocks of `threads` that
+// early_loads allows.
+template <typename F>
+void with_row_variant(bool vector, int threads, F&& f) {
+  using Early = std::true_type;
+  using Late = std::false_type;
+  using Vector = std::integral_constant<int, kVec>;
+  using Scalar = std::integral_constant<int, 1>;
+  const bool early = early_loads(threads);
+  if (vector && early)
+    f(Vector{}, Early{});
+  else if (vector)
+    f(Vector{}, Late{});
+  else if (early)
+    f(Scalar{}, Early{});
+  else
+    f(Scalar{}, Late{});
+}
 
 // ---------------------------------------------------------------------------------------------
 // Column sums over rows, deterministic. A fixed partition of the rows into chunks, a function of

@@ -9,10 +9,11 @@
 // vector loads (16 bytes of bf16, 32 of fp32) when C % 8 == 0 and every pointer is 16-byte
 // aligned, scalar (strided) otherwise.
 // Forward: a grid-stride loop over rows, min(rows, 65536) blocks. Backward: row_chunks(rows, C)
-// blocks, each walking a fixed chunk of at least 8 consecutive rows.
+// blocks, each walking a fixed chunk of at least 8 consecutive rows; for rows up to 4096 wide
+// (blocks of at most 512 threads) it loads the next row while this one reduces.
 // Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 768): forward
 // 0.085 ms (2731 GB/s, 64% of the copy bandwidth), backward 0.170 ms (53%); together 57%, short
-// of issue 7's 80%.
+// of issue 7's 80%. The backward's next-row loads are not yet measured.
 //
 // Files: the device code is kernels/cuda/layernorm_kernels.cuh (the row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The
@@ -69,13 +70,13 @@ void layernorm_backward_cuda(const bf16_bits* dy, const float* x, const bf16_bit
     const int threads = gpu::row_threads(C);
     const auto* dyb = gpu::as_bf16(dy);
     const auto* wb = gpu::as_bf16(weight);
-    if (C % kVec == 0 && gpu::aligned16(dy, x, weight, dx, dw_partials, db_partials))
-      layernorm_backward_kernel<kVec><<<grid, threads, 0, stream>>>(
+    const bool vector =
+        C % kVec == 0 && gpu::aligned16(dy, x, weight, dx, dw_partials, db_partials);
+    gpu::with_row_variant(vector, threads, [&](auto width, auto early) {
+      layernorm_backward_kernel<width.value, early.value><<<grid, threads, 0, stream>>>(
           dyb, x, wb, mean, rstd, dx, dw_partials, db_partials, rows, C, part.rows_per_chunk);
-    else
-      layernorm_backward_kernel<1><<<grid, threads, 0, stream>>>(
-          dyb, x, wb, mean, rstd, dx, dw_partials, db_partials, rows, C, part.rows_per_chunk);
-    DEIT_CUDA_CHECK_LAUNCH();
+      DEIT_CUDA_CHECK_LAUNCH();
+    });
   }
   if (dweight) gpu::sum_partials(dw_partials, part.chunks, C, dweight, stream);
   if (dbias) gpu::sum_partials(db_partials, part.chunks, C, dbias, stream);

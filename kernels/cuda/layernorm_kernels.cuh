@@ -40,23 +40,41 @@ __global__ void __launch_bounds__(1024)
 }
 
 // Block `chunk` handles rows [chunk * rows_per_chunk, ...) and writes its column sums of
-// dy * xhat and dy to dw_partials / db_partials[chunk * C + c] (each may be nullptr).
-template <int V>
-__global__ void __launch_bounds__(1024)
-    layernorm_backward_kernel(const bf16* dy, const float* x, const bf16* weight,
-                              const float* mean, const float* rstd, float* dx, float* dw_partials,
-                              float* db_partials, int64_t rows, int64_t C, int64_t rows_per_chunk) {
+// dy * xhat and dy to dw_partials / db_partials[chunk * C + c] (each may be nullptr). Early
+// (blocks of at most kEarlyLoadThreads, so 128 registers a thread): the next row's dy and x load
+// while this row's reductions wait at their barriers, instead of after its dx is stored.
+template <int V, bool Early>
+__global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
+    layernorm_backward_kernel(const bf16* dy, const float* x, const bf16* weight, const float* mean,
+                              const float* rstd, float* dx, float* dw_partials, float* db_partials,
+                              int64_t rows, int64_t C, int64_t rows_per_chunk) {
   __shared__ float scratch[64];
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
   float w[kVec], dw[kVec] = {}, db[kVec] = {};
   gpu::load_row<V>(weight, C, w);
+  float g[kVec] = {}, xh[kVec] = {};  // row r's dy and x
+  const auto load = [&](int64_t r, float(&dy_row)[kVec], float(&x_row)[kVec]) {
+    gpu::load_row<V>(dy + r * C, C, dy_row);
+    gpu::load_row<V>(x + r * C, C, x_row);
+  };
+  if (Early && r0 < r1) load(r0, g, xh);
   for (int64_t r = r0; r < r1; ++r) {
-    float g[kVec], xh[kVec];
-    gpu::load_row<V>(dy + r * C, C, g);
-    gpu::load_row<V>(x + r * C, C, xh);
+    float next_g[kVec] = {}, next_x[kVec] = {};
+    if constexpr (Early) {
+      if (r + 1 < r1) load(r + 1, next_g, next_x);
+    } else {
+      load(r, g, xh);
+    }
     gpu::layernorm_row_backward<V>(g, xh, w, mean[r], rstd[r], C, scratch, dw, db);
     gpu::store_row<V>(dx + r * C, C, g);
+    if constexpr (Early) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        g[e] = next_g[e];
+        xh[e] = next_x[e];
+      }
+    }
   }
   if (dw_partials) gpu::store_row<V>(dw_partials + blockIdx.x * C, C, dw);
   if (db_partials) gpu::store_row<V>(db_partials + blockIdx.x * C, C, db);

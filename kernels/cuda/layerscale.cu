@@ -140,24 +140,15 @@ void layerscale_residual_layernorm_backward_cuda(
     const auto* gb = gpu::as_bf16(gamma);
     const auto* wb = gpu::as_bf16(ln_weight);
     auto* dbrb = gpu::as_bf16(dbranch);
-    const auto launch = [&](auto kernel) {
-      kernel<<<grid, threads, 0, stream>>>(dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx,
-                                           dbrb, dgamma_partials, dw_partials, db_partials, rows,
-                                           Tn, C, part.rows_per_chunk);
-      DEIT_CUDA_CHECK_LAUNCH();
-    };
     const bool vector =
         C % kVec == 0 && gpu::aligned16(dout, dy, out, branch, gamma, ln_weight, dx, dbranch,
                                         dgamma_partials, dw_partials, db_partials);
-    const bool early = gpu::early_loads(threads);
-    if (vector && early)
-      launch(layerscale_layernorm_backward_kernel<kVec, true>);
-    else if (vector)
-      launch(layerscale_layernorm_backward_kernel<kVec, false>);
-    else if (early)
-      launch(layerscale_layernorm_backward_kernel<1, true>);
-    else
-      launch(layerscale_layernorm_backward_kernel<1, false>);
+    gpu::with_row_variant(vector, threads, [&](auto width, auto early) {
+      layerscale_layernorm_backward_kernel<width.value, early.value><<<grid, threads, 0, stream>>>(
+          dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx, dbrb, dgamma_partials,
+          dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
+      DEIT_CUDA_CHECK_LAUNCH();
+    });
   }
   if (dgamma) gpu::sum_partials(dgamma_partials, part.chunks, C, dgamma, stream);
   if (dln_weight) gpu::sum_partials(dw_partials, part.chunks, C, dln_weight, stream);

@@ -99,18 +99,20 @@ void layernorm_backward(const bf16* dy, const float* x, const bf16* w, const flo
   const gpu::RowChunks part = gpu::row_chunks(rows, C);
   float* dw_partials = dweight ? workspace : nullptr;
   float* db_partials = dbias ? workspace + part.chunks * C : nullptr;
-  const auto threads = static_cast<unsigned>(gpu::row_threads(C));
-  with_width(C % gpu::kVec == 0 && gpu::aligned16(dy, x, w, dx, dw_partials, db_partials),
-             [&](auto width) {
-               constexpr int V = decltype(width)::value;
-               emu::launch({kernel_name("layernorm_backward_kernel", V),
-                            static_cast<unsigned>(part.chunks), threads, 0},
-                           [=] {
-                             layernorm_backward_kernel<V>(dy, x, w, mean, rstd, dx, dw_partials,
-                                                          db_partials, rows, C,
-                                                          part.rows_per_chunk);
-                           });
-             });
+  const int threads = gpu::row_threads(C);
+  gpu::with_row_variant(
+      C % gpu::kVec == 0 && gpu::aligned16(dy, x, w, dx, dw_partials, db_partials), threads,
+      [&](auto width, auto early) {
+        constexpr int V = decltype(width)::value;
+        constexpr bool kEarly = decltype(early)::value;
+        emu::launch({kernel_name("layernorm_backward_kernel", V),
+                     static_cast<unsigned>(part.chunks), static_cast<unsigned>(threads), 0},
+                    [=] {
+                      layernorm_backward_kernel<V, kEarly>(dy, x, w, mean, rstd, dx, dw_partials,
+                                                           db_partials, rows, C,
+                                                           part.rows_per_chunk);
+                    });
+      });
 }
 
 void layerscale_forward(const float* x, const bf16* branch, const bf16* gamma, const float* keep,
@@ -185,25 +187,21 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
   float* dgamma_partials = a.dgamma ? a.workspace : nullptr;
   float* dw_partials = a.dln_weight ? a.workspace + stride : nullptr;
   float* db_partials = a.dln_bias ? a.workspace + 2 * stride : nullptr;
-  const auto threads = static_cast<unsigned>(gpu::row_threads(C));
+  const int threads = gpu::row_threads(C);
   const bool vector_path =
       C % gpu::kVec == 0 && gpu::aligned16(a.dout, a.dy, a.out, a.branch, a.gamma, a.ln_w, a.dx,
                                               a.dbranch, dgamma_partials, dw_partials, db_partials);
-  with_width(vector_path, [&](auto width) {
+  gpu::with_row_variant(vector_path, threads, [&](auto width, auto early) {
     constexpr int V = decltype(width)::value;
-    const auto launch = [&](auto kernel) {
-      emu::launch({kernel_name("layerscale_layernorm_backward_kernel", V),
-                   static_cast<unsigned>(part.chunks), threads, 0},
-                  [=] {
-                    kernel(a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd,
-                           a.dx, a.dbranch, dgamma_partials, dw_partials, db_partials, rows, T, C,
-                           part.rows_per_chunk);
-                  });
-    };
-    if (gpu::early_loads(static_cast<int>(threads)))
-      launch(layerscale_layernorm_backward_kernel<V, true>);
-    else
-      launch(layerscale_layernorm_backward_kernel<V, false>);
+    constexpr bool kEarly = decltype(early)::value;
+    emu::launch({kernel_name("layerscale_layernorm_backward_kernel", V),
+                 static_cast<unsigned>(part.chunks), static_cast<unsigned>(threads), 0},
+                [=] {
+                  layerscale_layernorm_backward_kernel<V, kEarly>(
+                      a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd, a.dx,
+                      a.dbranch, dgamma_partials, dw_partials, db_partials, rows, T, C,
+                      part.rows_per_chunk);
+                });
   });
 }
 
