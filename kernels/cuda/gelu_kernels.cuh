@@ -4,9 +4,9 @@
 // Included by gelu.cu, and by the emulated test (tests/emulated/ops_emulated.cpp) after
 // tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without a GPU.
 // So the code here uses only common_device.cuh, CUDA's bf16 types and conversions, the math
-// library, and the built-ins the emulator provides; anything more needs a stand-in there. Each
-// includer is the only translation unit of its program with these kernels, hence the unnamed
-// namespace.
+// library, and the built-ins the emulator provides (__fdividef among them); anything more needs a
+// stand-in there. Each includer is the only translation unit of its program with these kernels,
+// hence the unnamed namespace.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -39,7 +39,9 @@ struct NormalCdf {
   float gaussian;  // exp(-x^2 / 2)
 };
 __device__ __forceinline__ NormalCdf normal_cdf(float x) {
-  const float t = 1.f / (1.f + 0.35355339059327377f * fabsf(x));
+  // The fast reciprocal (2 ulp; t >= 0 and finite): the IEEE one costs a few more instructions
+  // per element, and GELU has few to spare under the copy bandwidth.
+  const float t = __fdividef(1.f, 1.f + 0.35355339059327377f * fabsf(x));
   const float gaussian = exp2f(kMinusHalfLog2e * x * x);
   float s = 0.044720292f;
   s = s * t - 0.1805508f;

@@ -968,6 +968,10 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 // and isfinite, which device code calls unqualified for float and double alike.
 inline float __fmaf_rn(float x, float y, float z) { return std::fma(x, y, z); }
 
+// CUDA's fast float division (CUDA Math API, __fdividef: within 2 ulp for |y| in [2^-126,
+// 2^126]); the host divides exactly, which is within that.
+inline float __fdividef(float x, float y) { return x / y; }
+
 // See the top of the file: no thread runs between the read and the write.
 template <typename T>
 inline T atomicAdd(T* address, T value) {
