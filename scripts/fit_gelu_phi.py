@@ -15,7 +15,8 @@ digits deep in the negative tail, where 1 + erf(x / sqrt 2) would cancel.
 
 Prints the coefficients (highest power first, as the kernel's Horner loop takes them) and the
 worst relative error of GELU's forward and absolute one of its backward, the polynomial evaluated in
-float32 as the kernel does, over every bf16 value of x that GELU does not round to 0.
+float32 as the kernel does (but for t, divided exactly here where the kernel's fast reciprocal is
+within 2 ulp), over every bf16 value of x that GELU does not round to 0.
 
     /usr/bin/python3 scripts/fit_gelu_phi.py [--degree 6]
 """
