@@ -9,7 +9,7 @@
 #
 #   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|every-model|full|none]
 #                      [--bench-models M,M,...] [--sanitizer-limit SECONDS]
-#                      [--only CHECK,CHECK,...] [--deadline SECONDS]
+#                      [--sanitizer-cases SPEC] [--only CHECK,CHECK,...] [--deadline SECONDS]
 #
 #   --no-tests      skip the tests and the sanitizers (e.g. a second call that only benchmarks,
 #                   reusing build-gpu/ from the first)
@@ -19,6 +19,9 @@
 #                   call did not finish
 #   --sanitizer-limit  seconds each of memcheck and racecheck may take (default 300): a lent
 #                   machine's minutes are few, and a check cut short is reported as such
+#   --sanitizer-cases  the test cases memcheck and racecheck run, as a Catch2 test spec
+#                   (default "[gpu]~[nccl]~[api-error]"), e.g. the cases an earlier call did not
+#                   reach, or those of the kernels changed since the last run
 #   --only CHECKS   run just these of the checks (after the build), whatever the flags above say:
 #                   gpu_tests, demo_cuda, train_nccl (needs demo_cuda's data), cpu_tests,
 #                   memcheck, racecheck, bench_data, bench_nccl, bench_epilogues,
@@ -52,6 +55,11 @@ cpu_tests=yes
 bench=quick
 bench_models=""
 sanitizer_limit=300
+# Not the [nccl] cases: their own kernels are fills and copies, and NCCL's are not deit's to
+# fix, while NCCL under the sanitizer reports its driver-symbol probes and its 16-byte
+# over-reads of user buffers as errors, or hangs (NVIDIA/nccl issues 265, 727). Not the
+# [api-error] case either: it makes a CUDA call fail on purpose.
+sanitized_cases="[gpu]~[nccl]~[api-error]"
 only=""
 deadline=""
 while [ $# -gt 0 ]; do
@@ -62,10 +70,11 @@ while [ $# -gt 0 ]; do
     --bench) bench=$2; shift ;;
     --bench-models) bench_models=${2:?--bench-models needs a list of models}; shift ;;
     --sanitizer-limit) sanitizer_limit=$2; shift ;;
+    --sanitizer-cases) sanitized_cases=${2:?--sanitizer-cases needs a test spec}; shift ;;
     --deadline) deadline=${2:?--deadline needs seconds}; shift ;;
     *) echo "usage: bench/gpu-check.sh [--no-tests] [--no-cpu-tests]" \
          "[--bench quick|every-model|full|none] [--bench-models M,M,...]" \
-         "[--sanitizer-limit SECONDS]" \
+         "[--sanitizer-limit SECONDS] [--sanitizer-cases SPEC]" \
          "[--only CHECK,CHECK,...] [--deadline SECONDS]" >&2
        exit 2 ;;
   esac
@@ -262,11 +271,6 @@ fi
 cpu_tests_asked=no
 [ "$tests" = yes ] && [ "$cpu_tests" = yes ] && cpu_tests_asked=yes
 wanted cpu_tests "$cpu_tests_asked" && run cpu_tests 1200 "$test_binary" "~[gpu]"
-# Not the [nccl] cases: their own kernels are fills and copies, and NCCL's are not deit's to
-# fix, while NCCL under the sanitizer reports its driver-symbol probes and its 16-byte
-# over-reads of user buffers as errors, or hangs (NVIDIA/nccl issues 265, 727). Not the
-# [api-error] case either: it makes a CUDA call fail on purpose.
-sanitized_cases="[gpu]~[nccl]~[api-error]"
 # memcheck in one process: on an H200 it checked all of them in 22 s, where a process per case
 # would spend most of its time starting the sanitizer. `-d yes` names each case as it ends.
 wanted memcheck "$tests" && run memcheck "$sanitizer_limit" compute-sanitizer --tool memcheck \
