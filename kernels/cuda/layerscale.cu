@@ -16,8 +16,9 @@
 // backward, the gradient sum of the two consumers of out and LayerScale backward make 9). Launch:
 // the row layout of layernorm.cu (one block per row, forward grid-striding over at most 65536
 // blocks, backward over row_chunks), with dgamma, dln_weight and dln_bias as per-chunk partials.
-// Rows up to 4096 wide (blocks of at most 512 threads) take the fused backward's early-load
-// variant (layerscale_kernels.cuh): all four inputs of a row loaded before the LayerNorm's
+// Rows up to 4096 wide (blocks of at most 512 threads) take the early-load variants
+// (layerscale_kernels.cuh): forward on row_chunks' number of blocks, each loading its next row
+// while this one reduces; backward loading all four inputs of a row before the LayerNorm's
 // reductions.
 // Measured speed (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768): LayerScale +
 // drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.104 ms (69%); fused with the
@@ -94,7 +95,6 @@ void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits*
   gpu::check_row_width(fn, C);
   const int64_t rows = B * Tn;
   if (rows == 0 || C == 0) return;
-  const unsigned grid = static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
   const int threads = gpu::row_threads(C);
   const auto* brb = gpu::as_bf16(branch);
   const auto* gb = gpu::as_bf16(gamma);
@@ -102,13 +102,13 @@ void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits*
   const auto* bb = gpu::as_bf16(ln_bias);
   auto* yb = gpu::as_bf16(y);
   const float e = static_cast<float>(eps);
-  if (C % kVec == 0 && gpu::aligned16(x, branch, gamma, ln_weight, ln_bias, out, y))
-    layerscale_layernorm_forward_kernel<kVec><<<grid, threads, 0, stream>>>(
+  const bool vector = C % kVec == 0 && gpu::aligned16(x, branch, gamma, ln_weight, ln_bias, out, y);
+  gpu::with_row_variant(vector, threads, [&](auto width, auto early) {
+    const auto grid = static_cast<unsigned>(gpu::forward_row_grid(rows, C, early.value));
+    layerscale_layernorm_forward_kernel<width.value, early.value><<<grid, threads, 0, stream>>>(
         x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
-  else
-    layerscale_layernorm_forward_kernel<1><<<grid, threads, 0, stream>>>(
-        x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
-  DEIT_CUDA_CHECK_LAUNCH();
+    DEIT_CUDA_CHECK_LAUNCH();
+  });
 }
 
 int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, int64_t Tn,

@@ -33,6 +33,7 @@
 // the shape, the kernel and the tensor) or at the first emulation failure (its message names the
 // shape, kernel, block and thread); 2 on bad arguments.
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -74,22 +75,29 @@ constexpr double kEps = 1e-6;  // DeiT III's; the launchers pass it on as a floa
 constexpr float kDropRate = 0.25f;
 
 // ---------------------------------------------------------------------------------------------
-// The launches of layernorm.cu and layerscale.cu, with the same grids, blocks and vector-path
-// choices (a caller may ask for a smaller forward grid: the rows are grid-strided).
+// The launches of layernorm.cu and layerscale.cu, with the same grids, blocks and variant
+// choices (a caller may cap the forward grid: the rows are grid-strided).
 
-unsigned forward_grid(int64_t rows) {
-  return static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
+constexpr unsigned kLauncherGrid = UINT_MAX;  // no cap: the launcher's own grid
+
+// The forward grid of layernorm.cu and layerscale.cu, capped at `cap` blocks.
+unsigned forward_grid(int64_t rows, int64_t C, bool early, unsigned cap) {
+  return static_cast<unsigned>(std::min<int64_t>(gpu::forward_row_grid(rows, C, early), cap));
 }
 
 void layernorm_forward(const float* x, const bf16* w, const bf16* b, bf16* y, float* mean,
-                       float* rstd, int64_t rows, int64_t C, unsigned grid) {
-  const auto threads = static_cast<unsigned>(gpu::row_threads(C));
+                       float* rstd, int64_t rows, int64_t C, unsigned max_grid) {
+  const int threads = gpu::row_threads(C);
   const auto eps = static_cast<float>(kEps);
-  with_width(C % gpu::kVec == 0 && gpu::aligned16(x, w, b, y), [&](auto width) {
-    constexpr int V = decltype(width)::value;
-    emu::launch({kernel_name("layernorm_forward_kernel", V), grid, threads, 0},
-                [=] { layernorm_forward_kernel<V>(x, w, b, y, mean, rstd, rows, C, eps); });
-  });
+  gpu::with_row_variant(
+      C % gpu::kVec == 0 && gpu::aligned16(x, w, b, y), threads, [&](auto width, auto early) {
+        constexpr int V = decltype(width)::value;
+        constexpr bool kEarly = decltype(early)::value;
+        emu::launch(
+            {kernel_name("layernorm_forward_kernel", V), forward_grid(rows, C, kEarly, max_grid),
+             static_cast<unsigned>(threads), 0},
+            [=] { layernorm_forward_kernel<V, kEarly>(x, w, b, y, mean, rstd, rows, C, eps); });
+      });
 }
 
 // workspace: 2 * chunks * C floats, dweight's partials first (layernorm_backward_cuda's layout).
@@ -152,17 +160,20 @@ struct FusedForwardArgs {
   float *mean, *rstd;
 };
 
-void fused_forward(const FusedForwardArgs& a, int64_t B, int64_t T, int64_t C, unsigned grid) {
-  const auto threads = static_cast<unsigned>(gpu::row_threads(C));
-  with_width(
+void fused_forward(const FusedForwardArgs& a, int64_t B, int64_t T, int64_t C, unsigned max_grid) {
+  const int threads = gpu::row_threads(C);
+  gpu::with_row_variant(
       C % gpu::kVec == 0 && gpu::aligned16(a.x, a.branch, a.gamma, a.ln_w, a.ln_b, a.out, a.y),
-      [&](auto width) {
+      threads, [&](auto width, auto early) {
         constexpr int V = decltype(width)::value;
-        emu::launch({kernel_name("layerscale_layernorm_forward_kernel", V), grid, threads, 0}, [=] {
-          layerscale_layernorm_forward_kernel<V>(a.x, a.branch, a.gamma, a.keep, a.ln_w, a.ln_b,
-                                                 a.out, a.y, a.mean, a.rstd, B * T, T, C,
-                                                 static_cast<float>(kEps));
-        });
+        constexpr bool kEarly = decltype(early)::value;
+        emu::launch({kernel_name("layerscale_layernorm_forward_kernel", V),
+                     forward_grid(B * T, C, kEarly, max_grid), static_cast<unsigned>(threads), 0},
+                    [=] {
+                      layerscale_layernorm_forward_kernel<V, kEarly>(
+                          a.x, a.branch, a.gamma, a.keep, a.ln_w, a.ln_b, a.out, a.y, a.mean,
+                          a.rstd, B * T, T, C, static_cast<float>(kEps));
+                    });
       });
 }
 
@@ -305,7 +316,7 @@ void check_layernorm_forward(const RowShape& s, std::mt19937_64& rng,
   const auto dev_w = tight("weight", w.bits), dev_b = tight("bias", b.bits);
   const auto dev_mean = tight<float>("mean", rows), dev_rstd = tight<float>("rstd", rows);
   layernorm_forward(dev_x.get(), as_bf16(dev_w), as_bf16(dev_b), dev_y.get(), dev_mean.get(),
-                    dev_rstd.get(), s.rows(), s.C, forward_grid(s.rows()));
+                    dev_rstd.get(), s.rows(), s.C, kLauncherGrid);
   checks.relative("y", dev_y.values(), y_ref, kBf16Tol);
   checks.relative("mean", dev_mean.download(), mean_ref, kF32SumTol);
   checks.relative("rstd", dev_rstd.download(), rstd_ref, kF32SumTol);
@@ -314,7 +325,7 @@ void check_layernorm_forward(const RowShape& s, std::mt19937_64& rng,
   emu::set_context(s.str() + ", layernorm forward without statistics, 3 blocks");
   const Bf16Activation dev_y_inference("y (no statistics)", s.n(), s.offset);
   layernorm_forward(dev_x.get(), as_bf16(dev_w), as_bf16(dev_b), dev_y_inference.get(), nullptr,
-                    nullptr, s.rows(), s.C, std::min(forward_grid(s.rows()), 3u));
+                    nullptr, s.rows(), s.C, 3);
   checks.same_bits("y without statistics on 3 blocks", dev_y_inference.bits(), dev_y.bits());
 }
 
@@ -450,7 +461,7 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
     FusedForwardArgs a{dev_x.get(),       dev_branch.get(),  as_bf16(dev_gamma), dev_keep.get(),
                        as_bf16(dev_ln_w), as_bf16(dev_ln_b), dev_out.get(),      dev_y.get(),
                        dev_mean.get(),    dev_rstd.get()};
-    fused_forward(a, s.B, s.T, s.C, forward_grid(s.rows()));
+    fused_forward(a, s.B, s.T, s.C, kLauncherGrid);
     // out is stored in fp32 and normalised as stored: only fp32 rounding separates it and the
     // statistics from the twin, as in the [gpu] test.
     checks.relative("out", dev_out.values(), out_ref, kF32SumTol);
@@ -465,7 +476,7 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
     a.x = a.out = dev_x_in_place.get();
     a.y = dev_y_in_place.get();
     a.mean = a.rstd = nullptr;
-    fused_forward(a, s.B, s.T, s.C, std::min(forward_grid(s.rows()), 3u));
+    fused_forward(a, s.B, s.T, s.C, 3);
     checks.same_bits("out in place on 3 blocks", dev_x_in_place.bits(), dev_out.bits());
     checks.same_bits("y in place on 3 blocks", dev_y_in_place.bits(), dev_y.bits());
   }
