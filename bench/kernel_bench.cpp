@@ -15,6 +15,7 @@
 #include "kernels/gelu.h"
 #include "kernels/layernorm.h"
 #include "kernels/layerscale.h"
+#include "kernels/linear.h"
 #include "kernels/losses.h"
 
 #if DEIT_HAVE_CUDNN
@@ -276,6 +277,22 @@ void measure_gelu(Runner& run, int64_t C) {
   });
 }
 
+// The linear layer's bias gradient (dy summed over its rows) at fc1, whose dy is the widest (4 C):
+// a pass of its own over dy in the step, as cuBLASLt's bias-gradient epilogue measured slower
+// (kernels/cuda/linear.cu), so its bandwidth is what the step pays for it.
+void measure_bias_gradient(Runner& run, int64_t C) {
+  const int64_t N = 4 * C, n = kRows * N;
+  auto dy = run.random_bf16(n);
+  auto db = Runner::floats(N);
+  kernels::CublasLt lt;  // its workspace holds the per-chunk partial sums
+  run.measure("linear bias gradient", "deit", sizes({{"rows", kRows}, {"N", N}}), 2.0 * n + 4.0 * N,
+              0, [&] {
+                kernels::linear_backward_cuda(dy->as<bf16_bits>(), nullptr, nullptr, nullptr,
+                                              nullptr, db->as<float>(), kRows, C, N, lt,
+                                              run.stream());
+              });
+}
+
 // At a training step's batch the loss moves 2 MB: a few microseconds, mostly launch latency and
 // the reduction's tail, which says little about the kernel's bandwidth. A 64x larger batch
 // (131 MB) shows that.
@@ -393,6 +410,7 @@ KernelReport run_kernel_benchmarks(int device, const KernelBenchOptions& options
       measure_layernorm(run, C);
       measure_layerscale(run, C);
       measure_gelu(run, C);
+      measure_bias_gradient(run, C);
     }
     for (int64_t B : {kBatch, 64 * kBatch}) measure_bce(run, B);
     for (const AttentionShape& s : attention_shapes()) measure_attention(run, s);
