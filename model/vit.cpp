@@ -122,10 +122,13 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
   ops::ResidualAndNorm r = ops::layerscale_residual_layernorm(
       x, h, p(b + "ls1.gamma"), keep_attention, p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
 
-  h = ops::linear(r.normed, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias"));
+  const Tensor &fc1_weight = p(b + "mlp.fc1.weight"), &fc1_bias = p(b + "mlp.fc1.bias");
   const Tensor &fc2_weight = p(b + "mlp.fc2.weight"), &fc2_bias = p(b + "mlp.fc2.bias");
-  h = recompute_gelu_ ? ops::gelu_linear(h, fc2_weight, fc2_bias)
-                      : ops::linear(ops::gelu(h), fc2_weight, fc2_bias);
+  // GELU next to the linear layer whose output it keeps for backward: with fc1 (its bias gradient
+  // from GELU's backward pass), or, recomputed, with fc2 (fc2's input not kept).
+  h = recompute_gelu_
+          ? ops::gelu_linear(ops::linear(r.normed, fc1_weight, fc1_bias), fc2_weight, fc2_bias)
+          : ops::linear(ops::linear_gelu(r.normed, fc1_weight, fc1_bias), fc2_weight, fc2_bias);
   if (i + 1 == config_.depth)
     return {ops::layerscale_residual(r.residual, h, p(b + "ls2.gamma"), keep_mlp)};
   const std::string next = "blocks." + std::to_string(i + 1) + ".";

@@ -22,10 +22,12 @@
 #include "kernels/bf16.h"
 #include "kernels/cast.h"
 #include "kernels/check.h"
+#include "kernels/cuda/cublaslt.h"
 #include "kernels/elementwise.h"
 #include "kernels/gelu.h"
 #include "kernels/layernorm.h"
 #include "kernels/layerscale.h"
+#include "kernels/linear.h"
 #include "kernels/losses.h"
 #include "kernels/tokens.h"
 #include "tests/cuda_test_util.h"
@@ -136,6 +138,43 @@ TEST_CASE("cuda gelu forward and backward match the CPU twin", "[gpu][kernels]")
       stream.sync();
       check_close("gelu forward in place", dev_x, y_ref, kBf16Tol);
     }
+}
+
+TEST_CASE("cuda gelu backward with the bias gradient matches the CPU twin and the ops apart",
+          "[gpu][kernels]") {
+  Stream stream;
+  CublasLt lt;
+  Rng rng(5003);
+  // fc1 of ViT-S at batch 4 (vector path); a width not a multiple of 8 (scalar path), wider than
+  // a column tile (8192); one row.
+  for (const auto& [M, N] : {std::pair<int64_t, int64_t>{4 * 197, 1536}, {37, 8203}, {1, 40}}) {
+    INFO("M=" << M << " N=" << N);
+    const auto n = static_cast<size_t>(M * N);
+    const Bf16Host x = random_bf16(rng, n, -4, 4), dy = random_bf16(rng, n, -1, 1);
+    std::vector<float> dx_ref(n), db_ref(static_cast<size_t>(N));
+    gelu_backward_bias_grad_cpu(dy.values.data(), x.values.data(), dx_ref.data(), db_ref.data(), M,
+                                N);
+    Bf16Buffer dev_x(x.bits), dev_dy(dy.bits), dev_dx(n);
+    F32Buffer db(static_cast<size_t>(N)),
+        workspace(static_cast<size_t>(gelu_backward_bias_grad_cuda_workspace_floats(M, N)));
+    gelu_backward_bias_grad_cuda(dev_dy.get(), dev_x.get(), dev_dx.get(), db.get(), M, N,
+                                 workspace.get(), stream);
+    stream.sync();
+    check_close("dx", dev_dx, dx_ref, kBf16Tol);
+    // dbias sums dx as stored in bf16: within its rounding of the twin's exact sums.
+    check_close("dbias", db, db_ref, kBf16Tol);
+
+    // The ops apart, GELU's backward then the linear layer's bias gradient from its dx: the
+    // same bits.
+    Bf16Buffer apart_dx(n);
+    F32Buffer apart_db(static_cast<size_t>(N));
+    gelu_backward_cuda(dev_dy.get(), dev_x.get(), apart_dx.get(), static_cast<int64_t>(n), stream);
+    linear_backward_cuda(apart_dx.get(), nullptr, nullptr, nullptr, nullptr, apart_db.get(), M, 1,
+                         N, lt, stream);
+    stream.sync();
+    check_same_bits("dx, the ops apart", dev_dx.download(), apart_dx.download());
+    check_same_bits("dbias, the ops apart", db.download(), apart_db.download());
+  }
 }
 
 TEST_CASE("cuda gelu is within bf16 rounding of the CPU twin at every bf16 x in [-13, 13]",

@@ -192,6 +192,41 @@ TEST_CASE("gelu_linear equals linear of gelu, bit for bit, keeping less for back
   CHECK(saved[0] - saved[1] == 2 * 7 * 24 * sizeof(float));
 }
 
+TEST_CASE("linear_gelu op gradient (x, weight, bias) by finite differences", "[gradcheck][ops]") {
+  Rng rng(28);
+  check_op_gradients([](const auto& in) { return ops::linear_gelu(in[0], in[1], in[2]); },
+                     {random_f64({2, 3, 5}, rng), random_f64({4, 5}, rng), random_f64({4}, rng)},
+                     rng);
+}
+
+TEST_CASE("linear_gelu equals gelu of linear and keeps what they keep", "[ops]") {
+  Rng rng(29);
+  auto input = [&](const Shape& shape) {
+    return Tensor::randn(shape, rng).set_requires_grad(true);
+  };
+  const std::vector<Tensor> in{input({2, 7, 24}), input({6, 24}), input({6})};
+  const Tensor seed = Tensor::randn({2, 7, 6}, rng);
+  std::vector<std::vector<float>> results[2];
+  size_t saved[2];
+  for (int fused = 0; fused < 2; ++fused) {
+    const Tensor y =
+        fused ? ops::linear_gelu(in[0], in[1], in[2]) : ops::gelu(ops::linear(in[0], in[1], in[2]));
+    saved[fused] = tape_saved_bytes();
+    results[fused] = {y.to_vector<float>()};
+    backward(y, seed);
+    for (const Tensor& t : in) {
+      results[fused].push_back(t.grad().to_vector<float>());
+      t.impl().grad.reset();
+    }
+  }
+  // The bias gradient is the same column sums of the same GELU dx: every result bit for bit.
+  for (size_t i = 0; i < results[0].size(); ++i) {
+    INFO("result " << i);
+    CHECK(results[0][i] == results[1][i]);
+  }
+  CHECK(saved[0] == saved[1]);
+}
+
 TEST_CASE("bce_with_logits op gradient on soft targets by finite differences", "[gradcheck][ops]") {
   Rng rng(17);
   Tensor targets = Tensor::from_vector<double>({1, 0, 0.3, 0.7, 0, 1, 0.5, 0.5}, {2, 4});

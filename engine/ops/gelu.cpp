@@ -40,6 +40,31 @@ Tensor gelu_backward(const Tensor& dy, const Tensor& x) {
   return dx;
 }
 
+GeluBiasGrads gelu_backward_bias_grad(const Tensor& dy, const Tensor& x, const Tensor& bias) {
+  const int64_t N = x.size(-1), M = x.numel() / N;
+  check(bias.dim() == 1 && bias.size(0) == N, "gelu backward",
+        "bias " + bias.describe() + " for " + x.describe());
+  GeluBiasGrads g{Tensor::empty(x.shape(), x.dtype(), x.device()), empty_param_grad_if(true, bias)};
+  const char* op = "gelu backward";
+  dispatch(
+      op, {&dy, &x},
+      [&](auto zero) {
+        using T = decltype(zero);
+        kernels::gelu_backward_bias_grad_cpu<T>(dy.data<T>(), x.data<T>(), g.dx.data<T>(),
+                                                g.dbias.data<T>(), M, N);
+      },
+      DEIT_CUDA_PATH([&](CudaContext& cuda) {
+        const auto* dys = cuda_data<kernels::bf16_bits>(op, "dy", dy);
+        const auto* xs = cuda_data<kernels::bf16_bits>(op, "x", x);
+        Tensor workspace =
+            cuda_workspace(cuda, kernels::gelu_backward_bias_grad_cuda_workspace_floats(M, N));
+        kernels::gelu_backward_bias_grad_cuda(dys, xs, g.dx.data<kernels::bf16_bits>(),
+                                              g.dbias.data<float>(), M, N, workspace.data<float>(),
+                                              cuda.stream);
+      }));
+  return g;
+}
+
 }  // namespace detail
 
 Tensor gelu(const Tensor& x) {

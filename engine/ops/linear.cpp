@@ -93,4 +93,29 @@ Tensor gelu_linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return y;
 }
 
+Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  Tensor h = detail::linear_forward(x, weight, bias);
+  Tensor y = detail::gelu_forward(h);
+  if (needs_recording({&x, &weight, &bias}))
+    record("linear_gelu", y, {&x, &weight, &bias}, {x, weight, bias, h},
+           [](Node& node, const Tensor& dy) {
+             const Tensor &x = node.saved[0], &weight = node.saved[1], &bias = node.saved[2],
+                          &h = node.saved[3];
+             const bool want_dbias = node.needs_input_grad[2];
+             Tensor dh, dbias;
+             if (want_dbias) {
+               detail::GeluBiasGrads g = detail::gelu_backward_bias_grad(dy, h, bias);
+               dh = std::move(g.dx);
+               dbias = std::move(g.dbias);
+             } else {
+               dh = detail::gelu_backward(dy, h);
+             }
+             detail::LinearGrads g =
+                 detail::linear_backward(dh, x, weight, bias, node.needs_input_grad[0],
+                                         node.needs_input_grad[1], /*want_dbias=*/false);
+             return std::vector<Tensor>{g.dx, g.dweight, dbias};
+           });
+  return y;
+}
+
 }  // namespace deit::ops

@@ -13,6 +13,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 // one more GELU pass in backward (--recompute-gelu).
 Tensor gelu_linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
+// gelu(linear(x, weight, bias)), fc1 of an MLP, as one node: its backward takes the bias
+// gradient from GELU's backward pass over the (..., N) activations (the sums of GELU's dx as it
+// is written) instead of a pass of its own. The same values and gradients as the two ops apart;
+// it keeps what they keep (x, and the linear output for GELU's backward).
+Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
 namespace detail {
 // The kernels behind linear(), off the tape, for ops that reuse them.
 Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias);

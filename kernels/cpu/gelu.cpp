@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/cpu/reduce.h"
+
 namespace deit::kernels {
 namespace {
 
@@ -32,9 +34,17 @@ void gelu_backward_cpu(const T* dy, const T* x, T* dx, int64_t n) {
   }
 }
 
-#define DEIT_INSTANTIATE(T)                                 \
-  template void gelu_forward_cpu<T>(const T*, T*, int64_t); \
-  template void gelu_backward_cpu<T>(const T*, const T*, T*, int64_t);
+template <typename T>
+void gelu_backward_bias_grad_cpu(const T* dy, const T* x, T* dx, T* dbias, int64_t M, int64_t N) {
+  // dx: (M, N); dbias: (N) = sum over the M rows of dx
+  gelu_backward_cpu<T>(dy, x, dx, M * N);
+  column_sums(M, N, dbias, [=](int64_t m, int64_t n) { return dx[m * N + n]; });
+}
+
+#define DEIT_INSTANTIATE(T)                                            \
+  template void gelu_forward_cpu<T>(const T*, T*, int64_t);            \
+  template void gelu_backward_cpu<T>(const T*, const T*, T*, int64_t); \
+  template void gelu_backward_bias_grad_cpu<T>(const T*, const T*, T*, T*, int64_t, int64_t);
 DEIT_INSTANTIATE(float)
 DEIT_INSTANTIATE(double)
 #undef DEIT_INSTANTIATE

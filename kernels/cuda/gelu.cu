@@ -1,9 +1,14 @@
 // Exact (erf) GELU forward and backward on bf16 activations, computed in fp32.
 //   forward:  y = x * Phi(x),                      Phi(x) = erfc(-x / sqrt 2) / 2
 //   backward: dx = dy * (Phi(x) + x * phi(x)),     phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
-// The bias add in front of GELU belongs to the fc1 GEMM (cuBLASLt's bias epilogue), not here.
+// The bias add in front of GELU belongs to the fc1 GEMM (cuBLASLt's bias epilogue), not here; the
+// bias gradient of fc1 can come from here (gelu_backward_bias_grad_cuda): the column sums of dx,
+// taken as dx is written, save the linear layer's own pass over it (ops::linear_gelu).
 // Launch: the elementwise launcher (256 threads, grid-stride over 8-element vectors of 16 bytes
 // when every pointer is 16-byte aligned, scalar otherwise). In place (y == x, dx == dy) is allowed.
+// With the bias gradient: the row layout of the linear layer's bias gradient (linear.cu), per tile
+// of at most 8192 columns row_chunks(M, width) blocks of row_threads(width) threads, then
+// sum_partials.
 // Phi is a polynomial times one exponential, shared with phi (gelu_kernels.cuh says why, and how
 // exact). Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 3072, x in
 // [-1, 1]), with Phi through erfcf: forward 0.303 ms (48% of the copy bandwidth), backward
@@ -15,6 +20,8 @@
 // checks, launches). The kernels also run, lane by lane on the host, in the CTest entry
 // ops_emulated (tests/emulated/ops_emulated.cpp), which checks them against the CPU twins without a
 // GPU; its launches mirror the ones below, so change them together.
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/gelu.h"
 // The device code, after what it uses.
@@ -33,6 +40,42 @@ void gelu_backward_cuda(const bf16_bits* dy, const bf16_bits* x, bf16_bits* dx, 
   gpu::check_sizes("gelu_backward_cuda", {n});
   gpu::launch_elementwise(GeluBackwardOp{gpu::as_bf16(dy), gpu::as_bf16(x), gpu::as_bf16(dx)}, n,
                           gpu::aligned16(dy, x, dx), stream);
+}
+
+int64_t gelu_backward_bias_grad_cuda_workspace_floats(int64_t M, int64_t N) {
+  const int64_t width = std::min(N, gpu::kMaxRowWidth);  // the widest column tile
+  return width > 0 ? gpu::row_chunks(M, width).chunks * width : 0;
+}
+
+void gelu_backward_bias_grad_cuda(const bf16_bits* dy, const bf16_bits* x, bf16_bits* dx,
+                                  float* dbias, int64_t M, int64_t N, float* workspace,
+                                  cudaStream_t stream) {
+  const char* fn = "gelu_backward_bias_grad_cuda";
+  gpu::check_sizes(fn, {M, N});
+  if (N == 0) return;
+  if (M == 0) {  // sums over no rows
+    DEIT_CUDA_CHECK(cudaMemsetAsync(dbias, 0, N * sizeof(float), stream));
+    return;
+  }
+  gpu::check_workspace(fn, workspace, true);
+  const bool vectors = N % kVec == 0 && gpu::aligned16(dy, x, dx, workspace);  // tiles at x8
+  for (int64_t c0 = 0; c0 < N; c0 += gpu::kMaxRowWidth) {
+    const int64_t width = std::min(gpu::kMaxRowWidth, N - c0);
+    const gpu::RowChunks part = gpu::row_chunks(M, width);
+    const auto grid = static_cast<unsigned>(part.chunks);
+    const int threads = gpu::row_threads(width);
+    const bf16* dy_tile = gpu::as_bf16(dy) + c0;
+    const bf16* x_tile = gpu::as_bf16(x) + c0;
+    bf16* dx_tile = gpu::as_bf16(dx) + c0;
+    if (vectors)
+      gelu_backward_column_partials_kernel<kVec><<<grid, threads, 0, stream>>>(
+          dy_tile, x_tile, dx_tile, workspace, M, width, N, part.rows_per_chunk);
+    else
+      gelu_backward_column_partials_kernel<1><<<grid, threads, 0, stream>>>(
+          dy_tile, x_tile, dx_tile, workspace, M, width, N, part.rows_per_chunk);
+    DEIT_CUDA_CHECK_LAUNCH();
+    gpu::sum_partials(workspace, part.chunks, width, dbias + c0, stream);
+  }
 }
 
 }  // namespace deit::kernels

@@ -17,6 +17,7 @@ namespace deit::kernels {
 namespace {
 
 using gpu::bf16;
+using gpu::kVec;
 
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 constexpr float kMinusHalfLog2e = -0.72134752044448170f;  // exp(-x^2 / 2) = 2^(this x^2)
@@ -54,6 +55,12 @@ __device__ __forceinline__ NormalCdf normal_cdf(float x) {
   return {x < 0.f ? tail : 1.f - tail, gaussian};
 }
 
+// dy * GELU'(x) = dy * (Phi(x) + x phi(x)).
+__device__ __forceinline__ float gelu_backward_value(float dy, float x) {
+  const NormalCdf phi = normal_cdf(x);
+  return dy * (phi.cdf + x * kInvSqrt2Pi * phi.gaussian);
+}
+
 struct GeluForwardOp {
   const bf16* x;
   bf16* y;
@@ -77,13 +84,38 @@ struct GeluBackwardOp {
     gpu::load<N>(dy + i, g);
     gpu::load<N>(x + i, v);
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const NormalCdf phi = normal_cdf(v[j]);
-      g[j] *= phi.cdf + v[j] * kInvSqrt2Pi * phi.gaussian;
-    }
+    for (int j = 0; j < N; ++j) g[j] = gelu_backward_value(g[j], v[j]);
     gpu::store<N>(dx + i, g);
   }
 };
+
+// Block `chunk` handles rows [chunk * rows_per_chunk, ...) of a (rows, C) tile of wider matrices
+// whose rows lie ld elements apart (row layout, common_device.cuh): dx = dy * GELU'(x), stored in
+// bf16, and the column sums of dx as stored to partials[chunk * C + c], which sum_partials then
+// adds. The sums run over the rows in order, as column_partials_kernel (linear_kernels.cuh) sums a
+// stored dx: the same bits.
+template <int V>
+__global__ void __launch_bounds__(1024)
+    gelu_backward_column_partials_kernel(const bf16* dy, const bf16* x, bf16* dx, float* partials,
+                                         int64_t rows, int64_t C, int64_t ld,
+                                         int64_t rows_per_chunk) {
+  const int64_t r0 = blockIdx.x * rows_per_chunk;
+  const int64_t r1 = min(rows, r0 + rows_per_chunk);
+  float acc[kVec] = {};
+  for (int64_t r = r0; r < r1; ++r) {
+    float g[kVec], v[kVec];
+    gpu::load_row<V>(dy + r * ld, C, g);
+    gpu::load_row<V>(x + r * ld, C, v);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      // Rounded as stored; slots past C hold dy = 0, so they add 0.
+      g[e] = __bfloat162float(__float2bfloat16_rn(gelu_backward_value(g[e], v[e])));
+      acc[e] += g[e];
+    }
+    gpu::store_row<V>(dx + r * ld, C, g);
+  }
+  gpu::store_row<V>(partials + blockIdx.x * C, C, acc);
+}
 
 }  // namespace
 }  // namespace deit::kernels

@@ -13,6 +13,8 @@
 //  - patch unfold and fold, position embedding + class token forward and backward, class-token
 //    select and its backward (tokens_kernels.cuh): the gathers and the fp32 x + pos bit for bit,
 //    the batch sums dpos and dcls <= 1e-4;
+//  - GELU's backward with the bias gradient of the layer before it (gelu_kernels.cuh's column
+//    partials): dx <= 1e-2, dbias <= 1e-2 and the bits the linear layer's own sums give;
 //  - the linear layer's bias gradient (linear_kernels.cuh's column partials, then sum_partials of
 //    common_kernels.cuh, on its 2-D block): <= 1e-4;
 // and the same bits again where they must be the same: every deterministic reduction on a second
@@ -157,6 +159,28 @@ void bias_gradient(const bf16* dy, float* partials, float* dbias, int64_t M, int
       emu::launch({kernel_name("column_partials_kernel", V), static_cast<unsigned>(part.chunks),
                    threads, 0},
                   [=] { column_partials_kernel<V>(tile, partials, M, C, N, part.rows_per_chunk); });
+    });
+    sum_partials(partials, part.chunks, C, dbias + c0);
+  }
+}
+
+// gelu.cu's gelu_backward_bias_grad_cuda, per tile of at most max_width columns as bias_gradient
+// above: dx of dy and x (M, N), its per-chunk partials, then sum_partials into dbias.
+void gelu_bias_gradient(const bf16* dy, const bf16* x, bf16* dx, float* partials, float* dbias,
+                        int64_t M, int64_t N, int64_t max_width) {
+  const bool vectors = N % gpu::kVec == 0 && gpu::aligned16(dy, x, dx, partials);
+  for (int64_t c0 = 0; c0 < N; c0 += max_width) {
+    const int64_t C = std::min(max_width, N - c0);
+    const gpu::RowChunks part = gpu::row_chunks(M, C);
+    const auto threads = static_cast<unsigned>(gpu::row_threads(C));
+    with_width(vectors, [&](auto width) {
+      constexpr int V = decltype(width)::value;
+      emu::launch({kernel_name("gelu_backward_column_partials_kernel", V),
+                   static_cast<unsigned>(part.chunks), threads, 0},
+                  [=] {
+                    gelu_backward_column_partials_kernel<V>(dy + c0, x + c0, dx + c0, partials, M,
+                                                            C, N, part.rows_per_chunk);
+                  });
     });
     sum_partials(partials, part.chunks, C, dbias + c0);
   }
@@ -681,6 +705,26 @@ bool check_bias_gradient(const BiasShape& s, std::mt19937_64& rng) {
   const Result second = run("second run");
   checks.same_bits("partials, second run", second.partials, first.partials);
   checks.same_bits("dbias, second run", second.dbias, first.dbias);
+
+  // GELU's backward with the bias gradient of the layer before it (fc1): dx within bf16 rounding
+  // of the twin's; dbias, the sums of dx as stored, within that rounding of the twin's exact sums
+  // and the very bits of the linear layer's own sums of that dx.
+  checks.part("gelu backward with the bias gradient");
+  emu::set_context(s.str() + ", gelu backward with the bias gradient");
+  const Bf16Data x = random_bf16(rng, static_cast<size_t>(s.M) * N, -4, 4);
+  std::vector<float> dx_ref(x.values.size()), gelu_dbias_ref(N);
+  gelu_backward_bias_grad_cpu(dy.values.data(), x.values.data(), dx_ref.data(),
+                              gelu_dbias_ref.data(), s.M, s.N);
+  const Placed<bf16_bits> dev_x("x", x.bits, s.offset), dev_dx("dx", x.values.size(), s.offset);
+  const auto partials = tight<float>("partials", partials_size);
+  const auto dbias = tight<float>("dbias", N);
+  gelu_bias_gradient(dev(dev_dy), dev(dev_x), dev(dev_dx), partials.get(), dbias.get(), s.M, s.N,
+                     s.max_width);
+  checks.relative("dx", values(dev_dx), dx_ref, kBf16Tol);
+  checks.relative("dbias", dbias.download(), gelu_dbias_ref, kBf16Tol);
+  const auto apart = tight<float>("dbias of dx apart", N);
+  bias_gradient(dev(dev_dx), partials.get(), apart.get(), s.M, s.N, s.max_width);
+  checks.same_bits("dbias, the linear layer's sums of dx", dbias.download(), apart.download());
   return checks.print();
 }
 
