@@ -19,7 +19,8 @@
 // torch.compile take 3.68 ms (addmm) and 6.61 ms (mm): the backward is where the difference is.
 // db from the dW GEMM itself (CUBLASLT_EPILOGUE_BGRADB, fp32) was tried and measured slower on
 // the H200: 9.21 ms of backward GEMMs per deit3_small step, 63.8 ms per deit3_huge step (62.4
-// with the pass of our own).
+// with the pass of our own). fc1's db comes from GELU's backward pass instead (ops::linear_gelu,
+// gelu_backward_bias_grad_cuda), which writes the dy this would read.
 //
 // Files: the device code of the bias gradient is kernels/cuda/linear_kernels.cuh; this file is the
 // host side (the GEMMs, argument checks, launches). That kernel also runs, lane by lane on the
