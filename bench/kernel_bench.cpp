@@ -275,6 +275,16 @@ void measure_gelu(Runner& run, int64_t C) {
     kernels::gelu_backward_cuda(dy->as<bf16_bits>(), x->as<bf16_bits>(), dx->as<bf16_bits>(), n,
                                 run.stream());
   });
+  // With fc1's bias gradient taken on the way (ops::linear_gelu): against the row above plus
+  // "linear bias gradient", what the fusion saves.
+  const int64_t hidden = 4 * C;
+  auto db = Runner::floats(hidden);
+  auto ws = Runner::floats(kernels::gelu_backward_bias_grad_cuda_workspace_floats(kRows, hidden));
+  run.measure("gelu backward+bias gradient", "deit", shape, 3 * 2.0 * n + 4.0 * hidden, 0, [&] {
+    kernels::gelu_backward_bias_grad_cuda(dy->as<bf16_bits>(), x->as<bf16_bits>(),
+                                          dx->as<bf16_bits>(), db->as<float>(), kRows, hidden,
+                                          ws->as<float>(), run.stream());
+  });
 }
 
 // The linear layer's bias gradient (dy summed over its rows) at fc1, whose dy is the widest (4 C):
