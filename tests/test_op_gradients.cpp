@@ -46,6 +46,39 @@ void check_op_gradients(const OpFn& op, const std::vector<Tensor>& inputs, Rng& 
   }
 }
 
+// An fp32 MLP's fc1 input, weight and bias (x: (2, 7, 24) -> (2, 7, 6)), each requiring grad.
+std::vector<Tensor> mlp_inputs(Rng& rng) {
+  auto input = [&](const Shape& shape) {
+    return Tensor::randn(shape, rng).set_requires_grad(true);
+  };
+  return {input({2, 7, 24}), input({6, 24}), input({6})};
+}
+
+// One run of an op on the tape: its output, then each input's gradient (cleared after) when the
+// output's gradient is `seed`, and the bytes the tape kept for backward.
+struct TapedRun {
+  std::vector<std::vector<float>> results;
+  size_t saved_bytes;
+};
+TapedRun run_taped(const OpFn& op, const std::vector<Tensor>& inputs, const Tensor& seed) {
+  const Tensor y = op(inputs);
+  TapedRun run{{y.to_vector<float>()}, tape_saved_bytes()};
+  backward(y, seed);
+  for (const Tensor& t : inputs) {
+    run.results.push_back(t.grad().to_vector<float>());
+    t.impl().grad.reset();
+  }
+  return run;
+}
+
+void check_same_bits(const TapedRun& fused, const TapedRun& apart) {
+  REQUIRE(fused.results.size() == apart.results.size());
+  for (size_t i = 0; i < fused.results.size(); ++i) {
+    INFO("result " << i);
+    CHECK(fused.results[i] == apart.results[i]);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("linear op gradient (x, weight, bias) by finite differences", "[gradcheck][ops]") {
@@ -166,30 +199,15 @@ TEST_CASE("gelu_linear op gradient (x, weight, bias) by finite differences", "[g
 
 TEST_CASE("gelu_linear equals linear of gelu, bit for bit, keeping less for backward", "[ops]") {
   Rng rng(27);
-  auto input = [&](const Shape& shape) {
-    return Tensor::randn(shape, rng).set_requires_grad(true);
-  };
-  const std::vector<Tensor> in{input({2, 7, 24}), input({6, 24}), input({6})};
+  const std::vector<Tensor> in = mlp_inputs(rng);
   const Tensor seed = Tensor::randn({2, 7, 6}, rng);
-  std::vector<std::vector<float>> results[2];
-  size_t saved[2];
-  for (int fused = 0; fused < 2; ++fused) {
-    const Tensor y = fused ? ops::gelu_linear(in[0], in[1], in[2])
-                           : ops::linear(ops::gelu(in[0]), in[1], in[2]);
-    saved[fused] = tape_saved_bytes();
-    results[fused] = {y.to_vector<float>()};
-    backward(y, seed);
-    for (const Tensor& t : in) {
-      results[fused].push_back(t.grad().to_vector<float>());
-      t.impl().grad.reset();
-    }
-  }
-  for (size_t i = 0; i < results[0].size(); ++i) {
-    INFO("result " << i);
-    CHECK(results[0][i] == results[1][i]);
-  }
+  const TapedRun apart =
+      run_taped([](const auto& x) { return ops::linear(ops::gelu(x[0]), x[1], x[2]); }, in, seed);
+  const TapedRun fused =
+      run_taped([](const auto& x) { return ops::gelu_linear(x[0], x[1], x[2]); }, in, seed);
+  check_same_bits(fused, apart);
   // Apart: x (GELU's input) and gelu(x) (linear's), plus the weights; fused: x and the weights.
-  CHECK(saved[0] - saved[1] == 2 * 7 * 24 * sizeof(float));
+  CHECK(apart.saved_bytes - fused.saved_bytes == 2 * 7 * 24 * sizeof(float));
 }
 
 TEST_CASE("linear_gelu op gradient (x, weight, bias) by finite differences", "[gradcheck][ops]") {
@@ -201,30 +219,15 @@ TEST_CASE("linear_gelu op gradient (x, weight, bias) by finite differences", "[g
 
 TEST_CASE("linear_gelu equals gelu of linear and keeps what they keep", "[ops]") {
   Rng rng(29);
-  auto input = [&](const Shape& shape) {
-    return Tensor::randn(shape, rng).set_requires_grad(true);
-  };
-  const std::vector<Tensor> in{input({2, 7, 24}), input({6, 24}), input({6})};
+  const std::vector<Tensor> in = mlp_inputs(rng);
   const Tensor seed = Tensor::randn({2, 7, 6}, rng);
-  std::vector<std::vector<float>> results[2];
-  size_t saved[2];
-  for (int fused = 0; fused < 2; ++fused) {
-    const Tensor y =
-        fused ? ops::linear_gelu(in[0], in[1], in[2]) : ops::gelu(ops::linear(in[0], in[1], in[2]));
-    saved[fused] = tape_saved_bytes();
-    results[fused] = {y.to_vector<float>()};
-    backward(y, seed);
-    for (const Tensor& t : in) {
-      results[fused].push_back(t.grad().to_vector<float>());
-      t.impl().grad.reset();
-    }
-  }
+  const TapedRun apart =
+      run_taped([](const auto& x) { return ops::gelu(ops::linear(x[0], x[1], x[2])); }, in, seed);
+  const TapedRun fused =
+      run_taped([](const auto& x) { return ops::linear_gelu(x[0], x[1], x[2]); }, in, seed);
   // The bias gradient is the same column sums of the same GELU dx: every result bit for bit.
-  for (size_t i = 0; i < results[0].size(); ++i) {
-    INFO("result " << i);
-    CHECK(results[0][i] == results[1][i]);
-  }
-  CHECK(saved[0] == saved[1]);
+  check_same_bits(fused, apart);
+  CHECK(fused.saved_bytes == apart.saved_bytes);
 }
 
 TEST_CASE("bce_with_logits op gradient on soft targets by finite differences", "[gradcheck][ops]") {
