@@ -21,7 +21,10 @@
 #                   machine's minutes are few, and a check cut short is reported as such
 #   --sanitizer-cases  the test cases memcheck and racecheck run, as a Catch2 test spec
 #                   (default "[gpu]~[nccl]~[api-error]"), e.g. the cases an earlier call did not
-#                   reach, or those of the kernels changed since the last run
+#                   reach, or those of the kernels changed since the last run. It replaces the
+#                   default, exclusions included, and Catch2 matches names case-insensitively
+#                   ("CUDA*" is every "cuda ..." case too): list it first with
+#                   deit_tests SPEC --list-test-names-only
 #   --only CHECKS   run just these of the checks (after the build), whatever the flags above say:
 #                   gpu_tests, demo_cuda, train_nccl (needs demo_cuda's data), cpu_tests,
 #                   memcheck, racecheck, bench_data, bench_nccl, bench_epilogues,
