@@ -371,6 +371,8 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
   bf16* sv = sk + kRows * kStride;
   bf16* sq = sv + kRows * kStride;        // [2][kCols][kStride]
   bf16* sdo = sq + 2 * kCols * kStride;   // [2][kCols][kStride]
+  // The statistics are read two columns at a time (float2): 8-byte aligned.
+  static_assert((2 * kRows + 4 * kCols) * Cfg::kRowBytes % 8 == 0, "statistics 8-byte aligned");
   float* slse = reinterpret_cast<float*>(sdo + 2 * kCols * kStride);  // [2][kCols], base 2
   float* sdelta = slse + 2 * kCols;                                     // [2][kCols]
 
@@ -433,11 +435,13 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
 #pragma unroll
       for (int n = 0; n < kCols / 8; ++n) {
         if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
+        // Columns 2t and 2t + 1 of n-tile n: one 8-byte shared load (the tiles start 8-byte
+        // aligned) where the compiler, not knowing that, would make two.
+        const float2 lse_pair = *reinterpret_cast<const float2*>(slse_i + 8 * n + 2 * t);
+        const float lse_col[2] = {lse_pair.x, lse_pair.y};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = 8 * n + 2 * t + e % 2;
-          p[n][e] = key_valid[e / 2] ? exp2f(p[n][e] * scale_log2 - slse_i[col]) : 0.f;
-        }
+        for (int e = 0; e < 4; ++e)
+          p[n][e] = key_valid[e / 2] ? exp2f(p[n][e] * scale_log2 - lse_col[e % 2]) : 0.f;
       }
 
       mma_regs_rows<D, kCols>(dv, p, sdo_i, kStride, live);
@@ -448,9 +452,10 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
 #pragma unroll
       for (int n = 0; n < kCols / 8; ++n) {
         if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
+        const float2 delta_pair = *reinterpret_cast<const float2*>(sdelta_i + 8 * n + 2 * t);
+        const float delta_col[2] = {delta_pair.x, delta_pair.y};
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          ds[n][e] = p[n][e] * (ds[n][e] - sdelta_i[8 * n + 2 * t + e % 2]);
+        for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - delta_col[e % 2]);
       }
 
       mma_regs_rows<D, kCols>(dk, ds, sq_i, kStride, live);
