@@ -128,8 +128,13 @@ NamedTensors ShardedOptimizer::gather_state() {
                            : Tensor::empty(value.shape(), value.dtype(), value.device());
       comm_.broadcast(t, owner);
       // To the host at once: the whole state on rank 0's device is what sharding saves room
-      // for (ViT-H's LAMB moments), and the checkpoint is written from the host anyway.
-      if (keep) gathered.emplace_back(key, t.to(Device::cpu()));
+      // for (ViT-H's LAMB moments), and the checkpoint is written from the host anyway. After
+      // the communicator's wait for the device, which gives up after DEIT_COMM_TIMEOUT: a copy
+      // behind a broadcast that a lost rank never joins would otherwise wait forever.
+      if (keep) {
+        comm_.wait_for_device();
+        gathered.emplace_back(key, t.to(Device::cpu()));
+      }
     }
     if (keep)
       gathered.emplace_back(all[i].name + ".step",
