@@ -266,28 +266,6 @@ void Communicator::all_gather(const std::vector<Tensor>& tensors, const std::vec
   for (const Tensor& t : tensors) t.refresh_bf16_copy();
 }
 
-namespace {
-
-// World size 1: the sum and the mean over one rank are its own values (in a reduce-scatter too:
-// its run is the whole buffer), a broadcast or an all-gather from rank 0 is already done, and
-// there is nobody to wait for.
-class SingleProcessCommunicator final : public Communicator {
- public:
-  SingleProcessCommunicator(Device device, int local_rank)
-      : Communicator(device, 0, 1, local_rank) {}
-  const char* backend() const override { return "single"; }
-  void barrier() override {}
-  bool collectives_are_noops() const override { return true; }
-
- protected:
-  void all_reduce_flat(const Tensor&, ReduceOp) override {}
-  void broadcast_flat(const Tensor&, int) override {}
-  void reduce_scatter_flat(const Tensor&, const std::vector<int64_t>&, ReduceOp) override {}
-  void all_gather_flat(const Tensor&, const std::vector<int64_t>&) override {}
-};
-
-}  // namespace
-
 std::unique_ptr<Communicator> make_communicator(Device device, const Rendezvous& rendezvous) {
   if (rendezvous.world_size == 1 && !(device.is_cuda() && rendezvous.nccl_one_rank))
     return std::make_unique<SingleProcessCommunicator>(device, rendezvous.local_rank);

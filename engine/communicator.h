@@ -192,6 +192,25 @@ class Communicator {
   int local_rank_;
 };
 
+// World size 1: the sum and the mean over one rank are its own values (in a reduce-scatter too:
+// its run is the whole buffer), a broadcast or an all-gather from rank 0 is already done, and
+// there is nobody to wait for. (Not final: a test stands in for a one-rank backend whose
+// collectives run.)
+class SingleProcessCommunicator : public Communicator {
+ public:
+  SingleProcessCommunicator(Device device, int local_rank)
+      : Communicator(device, 0, 1, local_rank) {}
+  const char* backend() const override { return "single"; }
+  void barrier() override {}
+  bool collectives_are_noops() const override { return true; }
+
+ protected:
+  void all_reduce_flat(const Tensor&, ReduceOp) override {}
+  void broadcast_flat(const Tensor&, int) override {}
+  void reduce_scatter_flat(const Tensor&, const std::vector<int64_t>&, ReduceOp) override {}
+  void all_gather_flat(const Tensor&, const std::vector<int64_t>&) override {}
+};
+
 // World size 1 -> single (but NCCL on a CUDA device with rendezvous.nccl_one_rank); a CPU device
 // -> MPI; a CUDA device -> NCCL. Throws std::runtime_error
 // when the backend needed was not built in ("this deit was built without MPI"), or when the launch

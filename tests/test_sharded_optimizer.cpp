@@ -14,19 +14,12 @@ namespace {
 
 // World size 1 with collectives that are not no-ops (as NCCL on one GPU): a sum or a broadcast
 // over one rank leaves the values as they are.
-class CountingCommunicator final : public Communicator {
+class CountingCommunicator final : public SingleProcessCommunicator {
  public:
-  CountingCommunicator() : Communicator(Device::cpu(), 0, 1, 0) {}
-  const char* backend() const override { return "counting"; }
-  void barrier() override {}
+  CountingCommunicator() : SingleProcessCommunicator(Device::cpu(), 0) {}
+  bool collectives_are_noops() const override { return false; }
   void wait_for_device() override { ++waits; }
   int waits = 0;
-
- protected:
-  void all_reduce_flat(const Tensor&, ReduceOp) override {}
-  void broadcast_flat(const Tensor&, int) override {}
-  void reduce_scatter_flat(const Tensor&, const std::vector<int64_t>&, ReduceOp) override {}
-  void all_gather_flat(const Tensor&, const std::vector<int64_t>&) override {}
 };
 
 }  // namespace
