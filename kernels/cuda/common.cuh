@@ -54,6 +54,21 @@ void check_workspace(const char* fn, const float* workspace, bool needed);
 void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out,
                   cudaStream_t stream);
 
+// Deterministic column sums of an (M, N) matrix, tile by tile of at most kMaxRowWidth columns:
+// launch(c0, width, part) starts the row kernel that writes the per-chunk sums of columns
+// [c0, c0 + width) to `partials` (row_chunks(M, width) = part), then sum_partials adds them into
+// out + c0. The linear layer's bias gradient and GELU's backward with it share this.
+template <typename Launch>
+void column_sum_tiles(int64_t M, int64_t N, const float* partials, float* out, cudaStream_t stream,
+                      Launch&& launch) {
+  for (int64_t c0 = 0; c0 < N; c0 += kMaxRowWidth) {
+    const int64_t width = std::min(kMaxRowWidth, N - c0);
+    const RowChunks part = row_chunks(M, width);
+    launch(c0, width, part);
+    sum_partials(partials, part.chunks, width, out + c0, stream);
+  }
+}
+
 // *out = scale * sum of v[0..n), one block, fixed order.
 void sum_to_scalar(const float* v, int64_t n, float scale, float* out, cudaStream_t stream);
 

@@ -59,23 +59,21 @@ void gelu_backward_bias_grad_cuda(const bf16_bits* dy, const bf16_bits* x, bf16_
   }
   gpu::check_workspace(fn, workspace, true);
   const bool vectors = N % kVec == 0 && gpu::aligned16(dy, x, dx, workspace);  // tiles at x8
-  for (int64_t c0 = 0; c0 < N; c0 += gpu::kMaxRowWidth) {
-    const int64_t width = std::min(gpu::kMaxRowWidth, N - c0);
-    const gpu::RowChunks part = gpu::row_chunks(M, width);
-    const auto grid = static_cast<unsigned>(part.chunks);
-    const int threads = gpu::row_threads(width);
-    const bf16* dy_tile = gpu::as_bf16(dy) + c0;
-    const bf16* x_tile = gpu::as_bf16(x) + c0;
-    bf16* dx_tile = gpu::as_bf16(dx) + c0;
-    if (vectors)
-      gelu_backward_column_partials_kernel<kVec><<<grid, threads, 0, stream>>>(
-          dy_tile, x_tile, dx_tile, workspace, M, width, N, part.rows_per_chunk);
-    else
-      gelu_backward_column_partials_kernel<1><<<grid, threads, 0, stream>>>(
-          dy_tile, x_tile, dx_tile, workspace, M, width, N, part.rows_per_chunk);
-    DEIT_CUDA_CHECK_LAUNCH();
-    gpu::sum_partials(workspace, part.chunks, width, dbias + c0, stream);
-  }
+  gpu::column_sum_tiles(
+      M, N, workspace, dbias, stream, [&](int64_t c0, int64_t width, const gpu::RowChunks& part) {
+        const auto grid = static_cast<unsigned>(part.chunks);
+        const int threads = gpu::row_threads(width);
+        const bf16* dy_tile = gpu::as_bf16(dy) + c0;
+        const bf16* x_tile = gpu::as_bf16(x) + c0;
+        bf16* dx_tile = gpu::as_bf16(dx) + c0;
+        if (vectors)
+          gelu_backward_column_partials_kernel<kVec><<<grid, threads, 0, stream>>>(
+              dy_tile, x_tile, dx_tile, workspace, M, width, N, part.rows_per_chunk);
+        else
+          gelu_backward_column_partials_kernel<1><<<grid, threads, 0, stream>>>(
+              dy_tile, x_tile, dx_tile, workspace, M, width, N, part.rows_per_chunk);
+        DEIT_CUDA_CHECK_LAUNCH();
+      });
 }
 
 }  // namespace deit::kernels

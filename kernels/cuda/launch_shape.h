@@ -55,18 +55,17 @@ inline int row_threads(int64_t C) { return static_cast<int>(ceil_div(ceil_div(C,
 // width has 64: enough to load a row's operands ahead of its reductions (all of them, or the
 // next row's while this one reduces).
 constexpr int kEarlyLoadThreads = 512;
-inline bool early_loads(int threads) { return threads <= kEarlyLoadThreads; }
 
 // Calls f(width, early) with the variant of a row kernel to launch, each a std::integral_constant:
-// width kVec on the vector path (`vector`), 1 otherwise; early for blocks of `threads` that
-// early_loads allows.
+// width kVec on the vector path (`vector`), 1 otherwise; early for blocks of at most
+// kEarlyLoadThreads threads.
 template <typename F>
 void with_row_variant(bool vector, int threads, F&& f) {
   using Early = std::true_type;
   using Late = std::false_type;
   using Vector = std::integral_constant<int, kVec>;
   using Scalar = std::integral_constant<int, 1>;
-  const bool early = early_loads(threads);
+  const bool early = threads <= kEarlyLoadThreads;
   if (vector && early)
     f(Vector{}, Early{});
   else if (vector)

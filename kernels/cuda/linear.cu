@@ -51,26 +51,24 @@ void column_sums(const bf16_bits* dy, float* dbias, int64_t M, int64_t N, const 
   // from the tile before.
   float* partials = static_cast<float*>(lt.workspace());
   const bool vectors = N % kVec == 0 && gpu::aligned16(dy, partials);  // tiles start at x8 columns
-  for (int64_t c0 = 0; c0 < N; c0 += gpu::kMaxRowWidth) {
-    const int64_t width = std::min(gpu::kMaxRowWidth, N - c0);
-    const gpu::RowChunks part = gpu::row_chunks(M, width);
-    const size_t need = static_cast<size_t>(part.chunks * width) * kF32Bytes;
-    if (need > lt.workspace_bytes())
-      throw std::invalid_argument("linear_backward_cuda: the bias gradient needs " +
-                                  std::to_string(need) + " bytes of CublasLt workspace, it has " +
-                                  std::to_string(lt.workspace_bytes()));
-    const unsigned grid = static_cast<unsigned>(part.chunks);
-    const int threads = gpu::row_threads(width);
-    const bf16* tile = gpu::as_bf16(dy) + c0;
-    if (vectors)
-      column_partials_kernel<kVec><<<grid, threads, 0, stream>>>(tile, partials, M, width, N,
-                                                                 part.rows_per_chunk);
-    else
-      column_partials_kernel<1><<<grid, threads, 0, stream>>>(tile, partials, M, width, N,
-                                                              part.rows_per_chunk);
-    DEIT_CUDA_CHECK_LAUNCH();
-    gpu::sum_partials(partials, part.chunks, width, dbias + c0, stream);
-  }
+  gpu::column_sum_tiles(
+      M, N, partials, dbias, stream, [&](int64_t c0, int64_t width, const gpu::RowChunks& part) {
+        const size_t need = static_cast<size_t>(part.chunks * width) * kF32Bytes;
+        if (need > lt.workspace_bytes())
+          throw std::invalid_argument(
+              "linear_backward_cuda: the bias gradient needs " + std::to_string(need) +
+              " bytes of CublasLt workspace, it has " + std::to_string(lt.workspace_bytes()));
+        const unsigned grid = static_cast<unsigned>(part.chunks);
+        const int threads = gpu::row_threads(width);
+        const bf16* tile = gpu::as_bf16(dy) + c0;
+        if (vectors)
+          column_partials_kernel<kVec>
+              <<<grid, threads, 0, stream>>>(tile, partials, M, width, N, part.rows_per_chunk);
+        else
+          column_partials_kernel<1>
+              <<<grid, threads, 0, stream>>>(tile, partials, M, width, N, part.rows_per_chunk);
+        DEIT_CUDA_CHECK_LAUNCH();
+      });
 }
 
 void check_linear_sizes(const char* fn, int64_t M, int64_t K, int64_t N) {
