@@ -38,9 +38,11 @@ void attention_forward_cuda(const bf16_bits* qkv, bf16_bits* out, float* lse, in
                             int64_t Tn, int64_t H, int64_t D, double scale, cudaStream_t stream);
 
 // Backward: dqkv (B, T, 3, H, D) is overwritten with dq, dk, dv; deterministic (no atomics: same
-// inputs, same bits). `workspace` holds at least attention_backward_cuda_workspace_floats(B, T, H)
-// floats (the per-row delta = rowsum(dout * out)); its contents are not read before written, so
-// one buffer can serve every call on the same stream.
+// inputs, same bits). `workspace`, 16-byte aligned, holds at least
+// attention_backward_cuda_workspace_floats(B, T, H) floats: the per-row delta = rowsum(dout * out)
+// and the score gradients dS (B, H, T, T) in bf16, rows padded to 16 (about B H T^2 / 2 floats);
+// its contents are not read before written, so one buffer can serve every call on the same
+// stream.
 int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H);
 void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const float* lse,
                              const bf16_bits* dout, bf16_bits* dqkv, int64_t B, int64_t Tn,

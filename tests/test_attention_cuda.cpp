@@ -239,7 +239,8 @@ TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
 
   const AttnShape s{1, 9, 2, 64};
   Bf16Buffer qkv(s.qkv() + 8), out(s.out() + 8), dout(s.out()), dqkv(s.qkv());
-  F32Buffer lse(s.lse()), workspace(s.lse());
+  F32Buffer lse(s.lse()),
+      workspace(static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H)) + 4);
   // Head dims other than 32, 64, 80, 128.
   CHECK_THROWS_AS(attention_forward_cuda(qkv.get(), out.get(), lse.get(), 1, 9, 2, 48, 0.1,
                                          stream),
@@ -254,10 +255,14 @@ TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
   CHECK_THROWS_AS(attention_forward_cuda(qkv.get(), out.get() + 4, lse.get(), s.B, s.T, s.H, s.D,
                                          s.scale(), stream),
                   std::invalid_argument);
-  // Backward without its workspace, or without lse.
+  // Backward without its workspace, with one off 16-byte alignment, or without lse.
   CHECK_THROWS_AS(attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(),
                                           s.B, s.T, s.H, s.D, s.scale(), nullptr, stream),
                   std::invalid_argument);
+  CHECK_THROWS_AS(
+      attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(), s.B, s.T,
+                              s.H, s.D, s.scale(), workspace.get() + 1, stream),
+      std::invalid_argument);
   CHECK_THROWS_AS(attention_backward_cuda(qkv.get(), out.get(), nullptr, dout.get(), dqkv.get(),
                                           s.B, s.T, s.H, s.D, s.scale(), workspace.get(), stream),
                   std::invalid_argument);

@@ -11,29 +11,33 @@
 //             1. delta_i = sum_d dO_id O_id (one warp per row) into the fp32 workspace;
 //             2. per (key tile, batch, head): rebuild P^T = exp(scale K Q^T - lse) from the saved
 //                lse, dV = P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK = scale dS^T Q,
-//                looping over every query tile;
-//             3. per (query tile, batch, head): rebuild P and dS the same way and dQ = scale dS K,
-//                looping over every key tile.
-//             Pass 3 repeats two of pass 2's products (7 matrix products instead of the 5 of a
-//             single pass with fp32 atomics into dQ); that is the price of determinism without a
-//             (T, T)-sized or per-key-tile dQ scratch buffer.
+//                looping over every query tile, and write dS^T in bf16 to the workspace;
+//             3. per (query tile, batch, head): dQ = scale dS K, reading dS^T back, looping over
+//                every key tile.
+//             Five matrix products, as many as a single pass with fp32 atomics into dQ, and
+//             deterministic: the price is dS in bf16 in the workspace (B H T^2 2 bytes: 119 MB
+//             for deit3_small's batch of 256, written once and read once per layer). Until
+//             2026-12-04 pass 3 rebuilt P and dS itself (7 products, twice the exponentials).
 //
 // Launch shape (all three main kernels): 128 threads = 4 warps; a block owns kRows = 64 rows of its
 // outer operand (queries in the forward and dQ pass, keys in the dK/dV pass), 16 per warp, so each
 // warp's softmax rows and accumulators are its own and no warp ever reduces across warps. The
 // inner loop walks the other operand in tiles of kCols rows: 64 for head dims 32, 64, 80 and 32 for
-// head dim 128 (whose fp32 accumulators take twice the registers). Inner tiles are double-buffered
-// in shared memory with cp.async (the next tile loads while the tensor cores work on this one).
-// Products use mma.sync m16n8k16 (bf16 x bf16 -> fp32) with operands fetched by ldmatrix; shared
-// rows are padded by 16 bytes so the 8 row addresses of every ldmatrix fall in distinct banks.
+// head dim 128 (whose fp32 accumulators take twice the registers); the dQ pass, with only dQ to
+// accumulate, in tiles of 64 keys at every head dim. Inner tiles are double-buffered in shared
+// memory with cp.async (the next tile loads while the tensor cores work on this one). Products
+// use mma.sync m16n8k16 (bf16 x bf16 -> fp32) with operands fetched by ldmatrix (transposed for
+// dS, which pass 3 reads as pass 2 wrote it, keys as rows); shared rows are padded by 16 bytes so
+// the 8 row addresses of every ldmatrix fall in distinct banks.
 // Grid: one block per (tile, batch * head), flattened into gridDim.x. Dynamic shared memory per
 // block (bytes), head dim 32 / 64 / 80 / 128:
 //   forward  25600 / 46080 / 56320 / 52224     dK/dV  31744 / 56320 / 68608 / 70144
-//   dQ       30720 / 55296 / 67584 / 69632
+//   dQ       28672 / 36864 / 40960 / 53248
 // Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128), no spills (sm_80 neither): forward 94 /
-// 113 / 122 / 126, dK/dV 143 / 164 / 212 / 251, dQ 126 / 154 / 160 / 154. On sm_90 dK/dV at head
+// 113 / 122 / 126, dK/dV 150 / 168 / 220 / 254, dQ 94 / 110 / 118 / 128. On sm_90 dK/dV at head
 // dims 32 and 64 is held to 168 (__launch_bounds__ minimum of 3 blocks), which its shared memory
-// allows per SM; unbounded, ptxas takes 195 at 64 and an SM fits 2.
+// allows per SM; unbounded, ptxas takes 195 at 64 and an SM fits 2. dQ is held to 128 (4 blocks):
+// unbounded, ptxas spilled 8 bytes at head dim 80.
 // Any sequence length: rows past T load as zeros (cp.async zero-fill), keys past T get probability
 // 0, and only rows < T are stored. The padding costs little arithmetic: a warp whose 16 outer rows
 // all lie past T only helps load, and the products and exponentials over an inner tile stop at its
@@ -52,7 +56,7 @@
 // (bench/results/2026-12-04-h200-ncu/): a quarter occupancy or less (forward 4 blocks of 4 warps
 // per SM, dK/dV and dQ 3: registers and shared memory both at their limit), SM throughput 49 to
 // 62%, DRAM under 20%; latency-bound, with the padding's products a quarter of the work at T=197.
-// Skipping the padding is not yet measured.
+// Skipping the padding, and the dQ pass that reads dS back, are not yet measured.
 //
 // Files: the device code is kernels/cuda/attention_kernels.cuh and its PTX wrappers
 // kernels/cuda/mma.cuh; this file is the host side (argument checks, launches). The kernels also
@@ -118,7 +122,9 @@ void forward(const bf16* qkv, bf16* out, float* lse, int B, int T, int H, float 
 
 template <int D>
 void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* dout, bf16* dqkv,
-              int B, int T, int H, float scale, float* delta, cudaStream_t stream) {
+              int B, int T, int H, float scale, float* workspace, cudaStream_t stream) {
+  float* delta = workspace;
+  bf16* scores_t = reinterpret_cast<bf16*>(workspace + BackwardWorkspace::delta_floats(B, T, H));
   const int64_t rows = static_cast<int64_t>(B) * T * H;
   attention_delta_kernel<D><<<static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0,
                               stream>>>(out, dout, delta, rows, T, H);
@@ -128,11 +134,10 @@ void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* do
   constexpr int dkdv_smem = Tiles<D>::kDkvSmem, dq_smem = Tiles<D>::kDqSmem;
   set_smem(attention_dkdv_kernel<D>, dkdv_smem);
   attention_dkdv_kernel<D><<<blocks, kThreads, dkdv_smem, stream>>>(
-      qkv, lse, dout, delta, dqkv, T, H, scale, scale * kLog2e);
+      qkv, lse, dout, delta, dqkv, scores_t, T, H, scale, scale * kLog2e);
   DEIT_CUDA_CHECK_LAUNCH();
   set_smem(attention_dq_kernel<D>, dq_smem);
-  attention_dq_kernel<D><<<blocks, kThreads, dq_smem, stream>>>(qkv, lse, dout, delta, dqkv, T, H,
-                                                                scale, scale * kLog2e);
+  attention_dq_kernel<D><<<blocks, kThreads, dq_smem, stream>>>(qkv, scores_t, dqkv, T, H, scale);
   DEIT_CUDA_CHECK_LAUNCH();
 }
 
@@ -156,7 +161,7 @@ void attention_forward_cuda(const bf16_bits* qkv, bf16_bits* out, float* lse, in
 }
 
 int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H) {
-  return B * H * Tn;
+  return BackwardWorkspace::floats(B, Tn, H);
 }
 
 void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const float* lse,
@@ -166,6 +171,8 @@ void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const f
   check_args("attention_backward_cuda", {qkv, out, dout, dqkv}, B, Tn, H, D);
   if (B == 0 || Tn == 0 || H == 0) return;
   gpu::check_workspace("attention_backward_cuda", workspace, true);
+  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)  // dS moves in 16-byte chunks
+    throw std::invalid_argument("attention_backward_cuda: workspace must be 16-byte aligned");
   if (lse == nullptr)
     throw std::invalid_argument("attention_backward_cuda: lse is required");
   const auto run = [&](auto head_dim) {

@@ -26,6 +26,8 @@ constexpr int kWarpRows = 16;                 // the m of mma.m16n8k16
 constexpr int kRows = kWarps * kWarpRows;     // outer rows per block
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.69314718055994531f;
+constexpr int kDqKeys = 64;                   // key rows per inner tile of the dQ pass
+constexpr int kScoresTileStride = kRows + 8;  // shared row stride of a dS^T tile, elements
 
 // Tile shapes for one head dim. Shared rows hold D bf16 plus 8 of padding: a row stride of
 // 2D + 16 bytes puts the 8 consecutive rows an ldmatrix reads at 16-byte offsets that differ
@@ -48,10 +50,21 @@ struct Tiles {
 #else
   static constexpr int kDkvMinBlocks = D <= 64 ? 3 : 1;
 #endif
-  // Q and dO tiles + double-buffered K and V tiles.
-  static constexpr int kDqSmem = (2 * kRows + 4 * kCols) * kRowBytes;
+  // Double-buffered K tiles and dS^T tiles (kDqKeys keys of kRows queries each).
+  static constexpr int kDqSmem = 2 * kDqKeys * (kStride + kScoresTileStride) * 2;
 };
 
+// The backward's fp32 workspace: delta of every score row, (B, H, T), then from the next 16-byte
+// boundary dS^T of every head, (B, H, T, scores_stride(T)) bf16: the dK/dV pass writes it and the
+// dQ pass reads it. A row holds one key's scores against every query, padded to a whole number of
+// 16-query groups (the dK/dV pass writes whole groups: those that hold a query < T).
+__host__ __device__ inline int scores_stride(int T) { return (T + 15) / 16 * 16; }
+struct BackwardWorkspace {
+  static int64_t delta_floats(int64_t B, int64_t T, int64_t H) { return (B * H * T + 3) / 4 * 4; }
+  static int64_t floats(int64_t B, int64_t T, int64_t H) {
+    return delta_floats(B, T, H) + (B * H * T * scores_stride(static_cast<int>(T)) + 1) / 2;
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Warp-level tile products. Accumulators are arrays of m16n8 C fragments: acc[n][0..3] holds
@@ -128,6 +141,34 @@ __device__ __forceinline__ void mma_regs_rows(float (&acc)[N / 8][4], const floa
   }
 }
 
+// acc (16 x N) += A (16 x K) * B, with A stored transposed in shared memory (its K columns as
+// rows of stride a_stride, the warp's 16 rows at a_t[0..15] of each) and B's K rows of N elements
+// row-major (stride b_stride), over the first 16 `live` rows of both only. This is the dQ pass's
+// dS K, with dS^T as the dK/dV pass wrote it.
+template <int N, int K>
+__device__ __forceinline__ void mma_cols_rows(float (&acc)[N / 8][4], const bf16* a_t, int a_stride,
+                                              const bf16* b, int b_stride, int live) {
+  static_assert(N % 16 == 0 && K % 16 == 0, "tile sizes are multiples of 16");
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int ks = 0; ks < K / 16; ++ks) {
+    if (ks >= live) break;
+    // A^T stored [k][m]: transposed loads of matrices (k 0-7, m 0-7), (k 0-7, m 8-15),
+    // (k 8-15, m 0-7), (k 8-15, m 8-15) give a[0..3] (a thread gets A[g][2t..2t+1] of each).
+    uint32_t af[4];
+    ldmatrix_x4_trans(
+        af, a_t + (ks * 16 + (lane / 16) * 8 + lane % 8) * a_stride + ((lane / 8) % 2) * 8);
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t bf[4];  // as in mma_regs_rows
+      ldmatrix_x4_trans(bf, b + (ks * 16 + ((lane / 8) % 2) * 8 + lane % 8) * b_stride + np * 16 +
+                                (lane / 16) * 8);
+      mma_bf16(acc[2 * np], af, bf[0], bf[1]);
+      mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
 template <int N>
 __device__ __forceinline__ void zero(float (&acc)[N][4]) {
 #pragma unroll
@@ -151,19 +192,27 @@ __device__ __forceinline__ HeadView head_view(int64_t bh, int T, int H, int D) {
   return {b * T * 3 * C + h * D, b * T * C + h * D, bh * T, C};
 }
 
-// Starts the copy of rows [row0, row0 + ROWS) of a (T, D) matrix with row stride ld into a shared
-// tile, all threads of the block taking 16-byte chunks in turn; rows >= T become zeros, so every
-// product over them is finite (0, never NaN from stale shared memory).
+// Starts the copy of rows [row0, row0 + ROWS) and columns [0, COLS) of a matrix with row stride
+// ld into a shared tile of row stride STRIDE, all threads of the block taking 16-byte chunks in
+// turn; rows >= T, and chunks from column `cols` on, become zeros, so every product over them is
+// finite (0, never NaN from stale shared memory or unwritten global memory).
+template <int ROWS, int COLS, int STRIDE>
+__device__ __forceinline__ void load_block_async(bf16* tile, const bf16* src, int64_t ld, int row0,
+                                                 int T, int cols) {
+  constexpr int kChunks = COLS / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool valid = row0 + r < T && col < cols;
+    const bf16* from = valid ? src + static_cast<int64_t>(row0 + r) * ld + col : src;
+    cp_async_16(tile + r * STRIDE + col, from, valid);
+  }
+}
+
+// The same for whole rows of a (T, D) matrix (Q, K, V, dO) into a tile of row stride kStride.
 template <int ROWS, int D>
 __device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* src, int64_t ld, int row0,
                                                 int T) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool valid = row0 + r < T;
-    const bf16* from = valid ? src + static_cast<int64_t>(row0 + r) * ld + col : src;
-    cp_async_16(tile + r * Tiles<D>::kStride + col, from, valid);
-  }
+  load_block_async<ROWS, D, Tiles<D>::kStride>(tile, src, ld, row0, T, D);
 }
 
 // Starts the copy of key tile [row0, row0 + kCols) of K and V into stage `stage` of the
@@ -352,18 +401,21 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward pass 2: dK and dV. Block: keys [k0, k0 + 64) of one (batch, head), warp w owns keys
-// k0 + 16w ... (a warp whose keys all lie past T only helps load); the block walks every query
-// tile. The products are written transposed (keys as rows) so each warp's dK, dV rows accumulate
-// in its own registers:
+// Backward pass 2: dK and dV, and dS^T for pass 3. Block: keys [k0, k0 + 64) of one (batch,
+// head), warp w owns keys k0 + 16w ... (a warp whose keys all lie past T only helps load); the
+// block walks every query tile. The products are written transposed (keys as rows) so each warp's
+// dK, dV rows accumulate in its own registers:
 //   S^T = K Q^T,  P^T = exp2(S^T scale log2e - lse2[query]),  dV += P^T dO,
-//   dP^T = V dO^T,  dS^T = P^T (dP^T - delta[query]),  dK += dS^T Q  (times scale at the end).
+//   dP^T = V dO^T,  dS^T = P^T (dP^T - delta[query]),  dK += dS^T Q  (times scale at the end),
+// and dS^T, rounded to bf16 as the product dS^T Q takes it, goes to the head's rows of scores_t
+// ((T, scores_stride(T)), keys as rows), for the query groups that hold a query < T.
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
     attention_dkdv_kernel(const bf16* __restrict__ qkv, const float* __restrict__ lse,
                           const bf16* __restrict__ dout, const float* __restrict__ delta,
-                          bf16* __restrict__ dqkv, int T, int H, float scale, float scale_log2) {
+                          bf16* __restrict__ dqkv, bf16* __restrict__ scores_t, int T, int H,
+                          float scale, float scale_log2) {
   using Cfg = Tiles<D>;
   constexpr int kCols = Cfg::kCols, kStride = Cfg::kStride;
   unsigned char* smem = dynamic_smem();
@@ -412,6 +464,8 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
   // probability 0 outright (they are never stored; this keeps every register finite).
   const int row0 = k0 + warp * kWarpRows, key0 = row0 + g;
   const bool key_valid[2] = {key0 < T, key0 + 8 < T};
+  const int scores_ld = scores_stride(T);
+  bf16* scores_head = scores_t + bh * T * scores_ld;
 
   for (int i = 0; i < q_tiles; ++i) {
     const int stage = i % 2;
@@ -458,6 +512,20 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
         for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - delta_col[e % 2]);
       }
 
+      // Rows key0 and key0 + 8, columns i kCols + 8n + 2t and the next: a quad writes 16
+      // contiguous bytes of a row.
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        if (!key_valid[half]) continue;
+        uint32_t* row = reinterpret_cast<uint32_t*>(
+            scores_head + static_cast<int64_t>(key0 + 8 * half) * scores_ld + i * kCols + 2 * t);
+#pragma unroll
+        for (int n = 0; n < kCols / 8; ++n) {
+          if (n >= 2 * live) break;
+          row[4 * n] = pack_bf16x2(ds[n][2 * half], ds[n][2 * half + 1]);
+        }
+      }
+
       mma_regs_rows<D, kCols>(dk, ds, sq_i, kStride, live);
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
@@ -470,93 +538,57 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward pass 3: dQ. Block: query rows [q0, q0 + 64) of one (batch, head), warp w owns rows
-// q0 + 16w ... (a warp whose rows all lie past T only helps load); the block walks every key tile:
-//   S = Q K^T,  P = exp2(S scale log2e - lse2[row]),  dP = dO V^T,  dS = P (dP - delta[row]),
-//   dQ += dS K  (times scale at the end).
+// Backward pass 3: dQ = scale dS K, one product over what pass 2 left in scores_t. Block: query
+// rows [q0, q0 + 64) of one (batch, head), warp w owns rows q0 + 16w ... (a warp whose rows all
+// lie past T only helps load); the block walks every key tile of kDqKeys keys, bringing in the K
+// tile and the dS^T tile (those keys' rows of scores_t, the block's 64 query columns) together.
+// Key rows past T and query chunks past T load as zeros: pass 2 never wrote them.
 
 template <int D>
-__global__ void __launch_bounds__(kThreads)
-    attention_dq_kernel(const bf16* __restrict__ qkv, const float* __restrict__ lse,
-                        const bf16* __restrict__ dout, const float* __restrict__ delta,
-                        bf16* __restrict__ dqkv, int T, int H, float scale, float scale_log2) {
+__global__ void __launch_bounds__(kThreads, 4)
+    attention_dq_kernel(const bf16* __restrict__ qkv, const bf16* __restrict__ scores_t,
+                        bf16* __restrict__ dqkv, int T, int H, float scale) {
   using Cfg = Tiles<D>;
-  constexpr int kCols = Cfg::kCols, kStride = Cfg::kStride;
+  constexpr int kStride = Cfg::kStride;
   unsigned char* smem = dynamic_smem();
-  bf16* sq = reinterpret_cast<bf16*>(smem);
-  bf16* sdo = sq + kRows * kStride;
-  bf16* sk = sdo + kRows * kStride;      // [2][kCols][kStride]
-  bf16* sv = sk + 2 * kCols * kStride;   // [2][kCols][kStride]
+  bf16* sk = reinterpret_cast<bf16*>(smem);  // [2][kDqKeys][kStride]
+  bf16* sds = sk + 2 * kDqKeys * kStride;    // [2][kDqKeys][kScoresTileStride]
 
   const int q_tiles = (T + kRows - 1) / kRows;
   const int64_t bh = blockIdx.x / q_tiles;
   const int q0 = (blockIdx.x % q_tiles) * kRows;
   const HeadView hv = head_view(bh, T, H, D);
-  const int64_t C = hv.C;
-  const bf16* q = qkv + hv.qkv;
-  const bf16* k = q + C;
-  const bf16* v = q + 2 * C;
+  const bf16* k = qkv + hv.qkv + hv.C;
+  const int scores_ld = scores_stride(T);
+  const bf16* scores_block = scores_t + bh * T * scores_ld + q0;  // column q0 of key row 0
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int kv_tiles = (T + kCols - 1) / kCols;
+  const auto load_key_tile = [&](int j, int stage) {
+    load_tile_async<kDqKeys, D>(sk + stage * kDqKeys * kStride, k, hv.ld_qkv(), j * kDqKeys, T);
+    load_block_async<kDqKeys, kRows, kScoresTileStride>(
+        sds + stage * kDqKeys * kScoresTileStride, scores_block, scores_ld, j * kDqKeys, T, T - q0);
+    cp_async_commit();
+  };
 
-  load_tile_async<kRows, D>(sq, q, hv.ld_qkv(), q0, T);
-  load_tile_async<kRows, D>(sdo, dout + hv.o, hv.C, q0, T);
-  load_kv_tile_async<D>(sk, sv, 0, k, v, hv.ld_qkv(), 0, T);
-  cp_async_commit();
-
-  // Rows g and g + 8 of the warp. Rows past T (zeros in Q and dO) take lse = delta = 0: their
-  // P is 1 and dS is 0, finite, and they are never stored.
+  const int warp = threadIdx.x / 32;
   const int row0 = q0 + warp * kWarpRows;
-  float lse2[2], row_delta[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = row0 + g + 8 * half;
-    lse2[half] = row < T ? lse[hv.stat + row] * kLog2e : 0.f;
-    row_delta[half] = row < T ? delta[hv.stat + row] : 0.f;
-  }
+  const int key_tiles = (T + kDqKeys - 1) / kDqKeys;
+  load_key_tile(0, 0);
 
   float dq[D / 8][4];
   zero(dq);
-  for (int j = 0; j < kv_tiles; ++j) {
+  for (int j = 0; j < key_tiles; ++j) {
     const int stage = j % 2;
-    if (j + 1 < kv_tiles) {
-      load_kv_tile_async<D>(sk, sv, 1 - stage, k, v, hv.ld_qkv(), (j + 1) * kCols, T);
-      cp_async_commit();
+    if (j + 1 < key_tiles) {
+      load_key_tile(j + 1, 1 - stage);
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    const bf16* sk_j = sk + stage * kCols * kStride;
-    if (row0 < T) {  // warp-uniform
-      const int live = live_groups(T, j * kCols, kCols);
-
-      float p[kCols / 8][4];  // S, then P
-      zero(p);
-      mma_rows_rows<kCols, D>(p, sq + warp * kWarpRows * kStride, sk_j, kStride, live);
-      const int col0 = j * kCols + 2 * t;
-#pragma unroll
-      for (int n = 0; n < kCols / 8; ++n) {
-        if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          p[n][e] = col0 + 8 * n + e % 2 < T ? exp2f(p[n][e] * scale_log2 - lse2[e / 2]) : 0.f;
-      }
-
-      float ds[kCols / 8][4];  // dP, then dS
-      zero(ds);
-      mma_rows_rows<kCols, D>(ds, sdo + warp * kWarpRows * kStride, sv + stage * kCols * kStride,
-                              kStride, live);
-#pragma unroll
-      for (int n = 0; n < kCols / 8; ++n) {
-        if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
-#pragma unroll
-        for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - row_delta[e / 2]);
-      }
-
-      mma_regs_rows<D, kCols>(dq, ds, sk_j, kStride, live);
-    }
+    if (row0 < T)  // warp-uniform
+      mma_cols_rows<D, kDqKeys>(dq, sds + stage * kDqKeys * kScoresTileStride + warp * kWarpRows,
+                                kScoresTileStride, sk + stage * kDqKeys * kStride, kStride,
+                                live_groups(T, j * kDqKeys, kDqKeys));
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 

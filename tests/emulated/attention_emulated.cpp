@@ -63,20 +63,19 @@ void forward(const bf16* qkv, bf16* out, float* lse, int B, int T, int H, float 
 
 template <int D>
 void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* dout, bf16* dqkv,
-              int B, int T, int H, float scale, float* delta) {
+              int B, int T, int H, float scale, float* workspace) {
+  float* delta = workspace;
+  bf16* scores_t = reinterpret_cast<bf16*>(workspace + BackwardWorkspace::delta_floats(B, T, H));
   const int64_t rows = static_cast<int64_t>(B) * T * H;
   emu::launch({kernel_name("attention_delta_kernel", D),
                static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0},
               [=] { attention_delta_kernel<D>(out, dout, delta, rows, T, H); });
   const auto blocks = static_cast<unsigned>(B * H * gpu::ceil_div(T, kRows));
-  emu::launch({kernel_name("attention_dkdv_kernel", D), blocks, kThreads, Tiles<D>::kDkvSmem},
-              [=] {
-                attention_dkdv_kernel<D>(qkv, lse, dout, delta, dqkv, T, H, scale,
-                                         scale * kLog2e);
-              });
-  emu::launch({kernel_name("attention_dq_kernel", D), blocks, kThreads, Tiles<D>::kDqSmem}, [=] {
-    attention_dq_kernel<D>(qkv, lse, dout, delta, dqkv, T, H, scale, scale * kLog2e);
+  emu::launch({kernel_name("attention_dkdv_kernel", D), blocks, kThreads, Tiles<D>::kDkvSmem}, [=] {
+    attention_dkdv_kernel<D>(qkv, lse, dout, delta, dqkv, scores_t, T, H, scale, scale * kLog2e);
   });
+  emu::launch({kernel_name("attention_dq_kernel", D), blocks, kThreads, Tiles<D>::kDqSmem},
+              [=] { attention_dq_kernel<D>(qkv, scores_t, dqkv, T, H, scale); });
 }
 
 struct Shape {
@@ -163,7 +162,8 @@ bool check_shape(const Shape& s, std::mt19937_64& rng) {
                          dout.values.data(), dqkv_ref.data(), s.B, s.T, s.H, s.D, s.scale());
   const emu::DeviceBuffer<bf16_bits> dev_out("out", out.bits), dev_dout("dout", dout.bits),
       dev_dqkv("dqkv", s.qkv());
-  const emu::DeviceBuffer<float> dev_lse("lse", lse_ref), workspace("workspace", s.lse());
+  const emu::DeviceBuffer<float> dev_lse("lse", lse_ref),
+      workspace("workspace", static_cast<size_t>(BackwardWorkspace::floats(s.B, s.T, s.H)));
   backward<D>(qkv_ptr, reinterpret_cast<const bf16*>(dev_out.get()), dev_lse.get(),
               reinterpret_cast<const bf16*>(dev_dout.get()),
               reinterpret_cast<bf16*>(dev_dqkv.get()), s.B, s.T, s.H, scale, workspace.get());
