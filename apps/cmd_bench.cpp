@@ -119,6 +119,7 @@ struct StepOptions {
   bool recompute_gelu = false;
   bool grad_checkpointing = false;
   bool no_gemm_epilogues = false;
+  bool gemm_autotune = false;
   bool zero = false;
   bool json = false;
 };
@@ -157,6 +158,11 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
   else
     std::printf(" (MFU: peak unknown for this device; give --peak-tflops)\n");
   std::printf("peak memory   %9.2f GiB (caching allocator)\n", r.peak_memory_bytes / kGiB);
+  if (o.gemm_autotune && r.gemm_plans_off_first_choice)
+    std::printf(
+        "GEMMs         autotuned: %zu plans run another algorithm than cuBLASLt's first "
+        "choice\n",
+        *r.gemm_plans_off_first_choice);
   if (!r.breakdown.empty()) {
     std::printf("time per op (profiled step %.2f ms):\n", r.profiled_step_ms);
     int width = 13;  // "(outside ops)"
@@ -202,6 +208,7 @@ void run_step(const StepOptions& o) {
   options.recompute_gelu = o.recompute_gelu;
   options.grad_checkpointing = o.grad_checkpointing;
   options.gemm_epilogues = !o.no_gemm_epilogues;
+  options.gemm_autotune = o.gemm_autotune;
   options.zero = o.zero;
   if (options.batch_size < 1)
     throw std::invalid_argument("--batch-size must be at least 1, got " +
@@ -218,6 +225,8 @@ void run_step(const StepOptions& o) {
     throw std::invalid_argument("--cuda-graph needs --device cuda (got " + device + ")");
   if (o.no_gemm_epilogues && !parse_device(device).is_cuda())
     throw std::invalid_argument("--no-gemm-epilogues needs --device cuda (got " + device + ")");
+  if (o.gemm_autotune && !parse_device(device).is_cuda())
+    throw std::invalid_argument("--gemm-autotune needs --device cuda (got " + device + ")");
   const std::unique_ptr<Communicator> comm = make_communicator(parse_device(device), rendezvous);
   if (o.zero && comm->collectives_are_noops())
     std::fprintf(stderr,
@@ -284,6 +293,9 @@ void add_bench_command(CLI::App& app) {
   step->add_flag("--no-gemm-epilogues", s->no_gemm_epilogues,
                  "Add the biases with deit's own kernel instead of cuBLASLt's bias epilogue: "
                  "what the epilogue saves (CUDA only)");
+  step->add_flag("--gemm-autotune", s->gemm_autotune,
+                 "Time every algorithm cuBLASLt offers for each GEMM on its first run and keep "
+                 "the fastest, as deit train --gemm-autotune does (CUDA only)");
   step->add_flag("--zero", s->zero,
                  "Shard the optimizer state over the processes, as deit train --zero does "
                  "(gradients reduce-scattered, updates all-gathered; the all-gather is timed "

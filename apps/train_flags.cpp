@@ -124,6 +124,10 @@ void TrainFlags::add_to(CLI::App& cmd) {
              "CUDA: capture the training step once as a CUDA graph and replay it for every "
              "later batch (one launch per step instead of every kernel; needs --accum-steps 1) "
              "(off)");
+  add_switch(cmd, gemm_autotune, "gemm-autotune",
+             "CUDA: time every algorithm cuBLASLt offers for each GEMM on its first run and keep "
+             "the fastest (a few GEMMs more in the first step; the choice may vary from run to "
+             "run where two are about as fast, and with it the last bits of the results) (off)");
   cmd.add_flag("--quiet", quiet, "No progress output");
   cmd.add_flag("--dry-run", dry_run,
                "Print the settings the run would start with (JSON, under the names its checkpoint "
@@ -234,6 +238,7 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(cuda_graph, o.cuda_graph);
   override_with(recompute_gelu, o.recompute_gelu);
   override_with(grad_checkpointing, o.grad_checkpointing);
+  override_with(gemm_autotune, o.gemm_autotune);
   o.progress = !quiet;
   return o;
 }

@@ -27,7 +27,7 @@
 #                   deit_tests SPEC --list-test-names-only
 #   --only CHECKS   run just these of the checks (after the build), whatever the flags above say:
 #                   gpu_tests, demo_cuda, train_nccl (needs demo_cuda's data), cpu_tests,
-#                   memcheck, racecheck, bench_data, bench_nccl, bench_epilogues,
+#                   memcheck, racecheck, bench_data, bench_nccl, bench_gemms,
 #                   bench (compare.sh in the --bench mode, quick unless given), ncu
 #                   (bench/ncu-profile.sh, only when named here; its reports come back in
 #                   logs.tar.gz). For lent minutes
@@ -83,7 +83,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-known_checks=,gpu_tests,demo_cuda,train_nccl,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench_epilogues,bench,ncu,
+known_checks=,gpu_tests,demo_cuda,train_nccl,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench_gemms,bench,ncu,
 if [ -n "$only" ]; then
   for check in ${only//,/ }; do
     if [[ $known_checks != *",$check,"* ]]; then
@@ -296,10 +296,12 @@ wanted bench_data "$benchmarks" && run bench_data 600 bash -c \
 wanted bench_nccl "$benchmarks" && run bench_nccl 600 env DEIT_NCCL_ONE_RANK=1 \
   build-gpu/deit bench step --model deit3_small --batch-size 256 --device cuda \
   --profile-steps 0 --json
-# What cuBLASLt's bias epilogue saves in deit3_small's step: the step with it, then with deit's
-# own kernel adding the biases (--no-gemm-epilogues); JSON lines in the log.
-wanted bench_epilogues "$benchmarks" && run bench_epilogues 300 bash -c \
-  'for flag in "" --no-gemm-epilogues; do
+# The GEMM settings in deit3_small's step: as they are, with deit's own kernel adding the biases
+# instead of cuBLASLt's epilogue (--no-gemm-epilogues: what the epilogue saves), and with every
+# GEMM's algorithm timed among those cuBLASLt offers (--gemm-autotune: what the heuristic's first
+# choice leaves, and "gemm_plans_off_first_choice" how many it changed); JSON lines in the log.
+wanted bench_gemms "$benchmarks" && run bench_gemms 300 bash -c \
+  'for flag in "" --no-gemm-epilogues --gemm-autotune; do
      build-gpu/deit bench step --model deit3_small --batch-size 256 --device cuda \
        --profile-steps 1 --json $flag || exit
    done'

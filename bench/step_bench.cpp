@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 
 #include "bench/op_profiler.h"
 #include "engine/allocator.h"
@@ -169,18 +170,11 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
   r.precision = device.is_cuda() ? "bf16" : "fp32";
 #if DEIT_HAVE_CUDA
   if (device.is_cuda()) r.device_name = device_name(device.index);
-  // The device's one CublasLt serves every GEMM of the process: its setting goes back as found.
-  struct EpilogueSetting {
-    kernels::CublasLt* lt = nullptr;
-    bool was = true;
-    ~EpilogueSetting() {
-      if (lt) lt->set_bias_epilogue(was);
-    }
-  } epilogues;
+  std::optional<CublasLtSettingsScope> gemm_settings;
   if (device.is_cuda()) {
-    epilogues.lt = cuda_context(device.index).cublas_lt.get();
-    epilogues.was = epilogues.lt->bias_epilogue();
-    epilogues.lt->set_bias_epilogue(o.gemm_epilogues);
+    gemm_settings.emplace(device.index);
+    gemm_settings->lt().set_bias_epilogue(o.gemm_epilogues);
+    gemm_settings->lt().set_autotune(o.gemm_autotune);
   }
 #endif
   r.train_gflops_per_image = 6.0 * static_cast<double>(model::forward_macs(o.model)) / 1e9;
@@ -345,6 +339,9 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
       r.all_gather_ms = marks.since_first_ms().back() / n;
     }
   }
+#if DEIT_HAVE_CUDA
+  if (gemm_settings) r.gemm_plans_off_first_choice = gemm_settings->lt().plans_off_first_choice();
+#endif
   if (o.cuda_graph) {
     try {
       r.graph_step_ms = replayed_step_ms();
@@ -380,8 +377,13 @@ nlohmann::ordered_json to_json(const StepReport& r) {
   j["recompute_gelu"] = o.recompute_gelu;
   j["grad_checkpointing"] = o.grad_checkpointing;
   // null on the CPU, which has no GEMM epilogues
-  j["gemm_epilogues"] = parse_device(r.device).is_cuda() ? nlohmann::ordered_json(o.gemm_epilogues)
-                                                         : nlohmann::ordered_json(nullptr);
+  const bool cuda = parse_device(r.device).is_cuda();
+  j["gemm_epilogues"] = cuda ? nlohmann::ordered_json(o.gemm_epilogues) : nullptr;
+  j["gemm_autotune"] = cuda ? nlohmann::ordered_json(o.gemm_autotune) : nullptr;
+  // The process's GEMM plans, so far, that run another algorithm than cuBLASLt's first choice
+  j["gemm_plans_off_first_choice"] = r.gemm_plans_off_first_choice
+                                         ? nlohmann::ordered_json(*r.gemm_plans_off_first_choice)
+                                         : nullptr;
   j["zero"] = r.sharded;
   j["warmup_steps"] = o.warmup;
   j["timed_steps"] = std::max(1, o.steps);

@@ -86,6 +86,9 @@ struct StepBenchOptions {
   // cuBLASLt's bias epilogue (CublasLt::set_bias_epilogue); off, deit's own kernel adds the
   // biases: what the epilogue saves. CUDA only.
   bool gemm_epilogues = true;
+  // CublasLt::set_autotune: each GEMM's first run times the algorithms cuBLASLt offers and keeps
+  // the fastest. CUDA only.
+  bool gemm_autotune = false;
   bool zero = false;  // shard the optimizer state as deit train --zero (several ranks)
   uint64_t seed = 0;
 };
@@ -118,6 +121,9 @@ struct StepReport {
   std::optional<double> all_gather_ms;  // sharded only
   std::optional<double> graph_step_ms;
   std::string graph_error;  // empty: none
+  // CUDA: the device's GEMM plans (CublasLt, shared by the process) whose algorithm is not
+  // cuBLASLt's first choice, once the timed steps have run.
+  std::optional<size_t> gemm_plans_off_first_choice;
 };
 
 // Runs the benchmark on comm.device() (a CUDA device, or the CPU), every rank of `comm` alike.

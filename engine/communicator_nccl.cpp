@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "engine/stream.h"
+#include "kernels/cuda/event.h"
 
 namespace deit::detail {
 
@@ -62,22 +63,7 @@ ncclUniqueId exchange_unique_id(const Rendezvous& rendezvous) {
   return id;
 }
 
-// A CUDA event of the current device, destroyed with its owner.
-class Event {
- public:
-  explicit Event(unsigned flags) { DEIT_CUDA_CHECK(cudaEventCreateWithFlags(&event_, flags)); }
-  ~Event() {
-    if (event_) cudaEventDestroy(event_);
-  }
-  Event(Event&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-  Event& operator=(Event&&) = delete;
-  operator cudaEvent_t() const { return event_; }
-
- private:
-  cudaEvent_t event_ = nullptr;
-};
+using Event = kernels::CudaEvent;
 
 // Makes `waiter` wait, on the device, for the work queued on `producer` so far. The event may be
 // recorded again right after: a wait holds on to the record it was queued behind.

@@ -24,5 +24,27 @@ struct CudaContext {
 // Throws std::invalid_argument for a device index that does not exist.
 CudaContext& cuda_context(int device);
 
+// The device's GEMM settings (CublasLt::set_bias_epilogue, set_autotune) for a scope: set them
+// through lt(), and the destructor puts back what the constructor found. The process's one
+// CublasLt outlives a training run or a benchmark, and tests run many of those in one process.
+class CublasLtSettingsScope {
+ public:
+  explicit CublasLtSettingsScope(int device)
+      : lt_(*cuda_context(device).cublas_lt),
+        bias_epilogue_(lt_.bias_epilogue()),
+        autotune_(lt_.autotune()) {}
+  ~CublasLtSettingsScope() {
+    lt_.set_bias_epilogue(bias_epilogue_);
+    lt_.set_autotune(autotune_);
+  }
+  CublasLtSettingsScope(const CublasLtSettingsScope&) = delete;
+  CublasLtSettingsScope& operator=(const CublasLtSettingsScope&) = delete;
+  kernels::CublasLt& lt() const { return lt_; }
+
+ private:
+  kernels::CublasLt& lt_;
+  bool bias_epilogue_, autotune_;
+};
+
 }  // namespace deit
 #endif

@@ -24,6 +24,16 @@ using kernels::float_to_bf16;
 // ---------------------------------------------------------------------------------------------
 // Device plumbing.
 
+// Whether the current device is the emulated one of tests/emulated/runtime (its name says so),
+// where a test may rely on what that device does differently (cuda_emulator.h, cublaslt.cpp).
+inline bool on_emulated_device() {
+  int device = 0;
+  DEIT_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  DEIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return std::string(prop.name).rfind("emulated", 0) == 0;
+}
+
 class Stream {
  public:
   Stream() { DEIT_CUDA_CHECK(cudaStreamCreate(&s_)); }

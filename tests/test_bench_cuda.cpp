@@ -240,3 +240,24 @@ TEST_CASE("deit bench step --no-gemm-epilogues runs the step and leaves the sett
   CHECK(deit::bench::to_json(r)["gemm_epilogues"] == false);
   CHECK(deit::cuda_context(0).cublas_lt->bias_epilogue());
 }
+
+TEST_CASE("deit bench step --gemm-autotune runs the step and leaves the setting as it found it",
+          "[gpu][bench]") {
+  deit::bench::StepBenchOptions o = small_step();
+  o.profile_steps = 0;
+  o.gemm_autotune = true;
+  // A width no other case of this process runs, so that its GEMMs are planned (and tuned) here.
+  o.model.dim = 96;
+  o.model.heads = 3;
+  const auto comm = deit::make_communicator(deit::Device::cuda(0), deit::Rendezvous{});
+  const deit::bench::StepReport r = deit::bench::run_step_benchmark(o, *comm);
+  CHECK(r.step_ms > 0);
+  const nlohmann::ordered_json j = deit::bench::to_json(r);
+  CHECK(j["gemm_autotune"] == true);
+  REQUIRE(r.gemm_plans_off_first_choice.has_value());
+  CHECK(j["gemm_plans_off_first_choice"] == *r.gemm_plans_off_first_choice);
+  // The emulated heuristic's first choice is always the slower
+  // (tests/emulated/runtime/cublaslt.cpp).
+  if (deit::test::on_emulated_device()) CHECK(*r.gemm_plans_off_first_choice > 0);
+  CHECK_FALSE(deit::cuda_context(0).cublas_lt->autotune());
+}

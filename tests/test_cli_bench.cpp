@@ -49,6 +49,8 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
   CHECK(j["recompute_gelu"] == false);
   CHECK(j["grad_checkpointing"] == false);
   CHECK(j["gemm_epilogues"].is_null());  // the CPU has none
+  CHECK(j["gemm_autotune"].is_null());
+  CHECK(j["gemm_plans_off_first_choice"].is_null());
   CHECK(j["zero"] == false);
   CHECK(j["warmup_steps"] == 1);
   CHECK(j["timed_steps"] == 2);

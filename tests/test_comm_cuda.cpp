@@ -64,11 +64,7 @@ std::vector<Tensor> random_sources(Rng& rng, const std::vector<int64_t>& sizes) 
 // (tests/emulated/runtime) runs every other stream as soon as work is queued on it, so there a
 // collective that does not wait overtakes work of any length, and a long stretch would only cost
 // minutes of host time.
-int64_t busy_elements() {
-  cudaDeviceProp prop{};
-  DEIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, kGpu.index));
-  return std::string(prop.name).rfind("emulated", 0) == 0 ? 4096 : int64_t{1} << 26;
-}
+int64_t busy_elements() { return test::on_emulated_device() ? 4096 : int64_t{1} << 26; }
 
 // Queues on the compute stream: a long stretch of work on `busy`, then each input poisoned and
 // overwritten with its source. Returns at once. (Tensors are handles: the copies share storage.)

@@ -181,6 +181,51 @@ TEST_CASE("cuda linear plans each GEMM shape once", "[gpu][kernels][linear]") {
   CHECK(lt.plan_count() == 3);
 }
 
+TEST_CASE("cuda linear with the GEMM autotuner matches the CPU twin and keeps the fastest",
+          "[gpu][kernels][linear]") {
+  Stream stream;
+  CublasLt lt;
+  lt.set_autotune(true);
+  Rng rng(1206);
+  const LinearShape s{197, 384, 1152};
+  const LinearData d = random_linear(rng, s);
+  Bf16Buffer x(d.x.bits), w(d.w.bits), b(d.b.bits), y(s.M * s.N), dy(d.dy.bits), dx(s.M * s.K);
+  F32Buffer dw(s.N * s.K), db(s.N);
+  std::vector<float> y_ref(s.M * s.N), dx_ref(s.M * s.K), dw_ref(s.N * s.K), db_ref(s.N);
+  linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), d.b.values.data(), y_ref.data(),
+                            s.M, s.K, s.N);
+  linear_backward_cpu<float>(d.dy.values.data(), d.x.values.data(), d.w.values.data(),
+                             dx_ref.data(), dw_ref.data(), db_ref.data(), s.M, s.K, s.N);
+  // The first call of each GEMM times its algorithms on its own output, then writes it for real;
+  // the second runs the algorithm kept.
+  for (int call = 0; call < 2; ++call) {
+    INFO("call " << call);
+    y.poison();
+    dx.poison();
+    dw.poison();
+    linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, lt, stream);
+    linear_backward_cuda(dy.get(), x.get(), w.get(), dx.get(), dw.get(), db.get(), s.M, s.K, s.N,
+                         lt, stream);
+    stream.sync();
+    check_close("y", y, y_ref, kBf16Tol);
+    check_close("dx", dx, dx_ref, kBf16Tol);
+    check_close("dweight", dw, dw_ref, kF32Tol);
+  }
+  CHECK(lt.plan_count() == 3);
+  // The emulated heuristic offers first an algorithm one piece of work slower than its second
+  // (tests/emulated/runtime/cublaslt.cpp); a GPU's choices depend on the GPU.
+  if (on_emulated_device())
+    CHECK(lt.plans_off_first_choice() == 3);
+  else
+    CHECK(lt.plans_off_first_choice() <= 3);
+
+  // Off (the default), every plan runs the heuristic's first choice.
+  CublasLt untuned;
+  linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, untuned, stream);
+  stream.sync();
+  CHECK(untuned.plans_off_first_choice() == 0);
+}
+
 TEST_CASE("cuda linear is captured into a CUDA graph once it has run, and refused before",
           "[gpu][kernels][linear]") {
   Stream stream;

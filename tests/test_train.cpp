@@ -595,6 +595,9 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   r = run_deit(tiny_train_args(data, out, 1) + " --cuda-graph");  // the CPU has no graphs
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--cuda-graph needs --device cuda"));
+  r = run_deit(tiny_train_args(data, out, 1) + " --gemm-autotune");  // nor cuBLASLt
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--gemm-autotune needs --device cuda"));
   // (Checked before any device is needed, so also on machines without a GPU.)
   train::TrainOptions graph = train::recipe_for("deit3_tiny");
   graph.data_dir = data;

@@ -261,6 +261,8 @@ void TrainOptions::validate() const {
   if (!resume.empty() && !finetune.empty()) fail("--resume and --finetune cannot be combined");
   if (cuda_graph && device.rfind("cuda", 0) != 0)
     fail("--cuda-graph needs --device cuda, got --device " + device);
+  if (gemm_autotune && device.rfind("cuda", 0) != 0)
+    fail("--gemm-autotune needs --device cuda, got --device " + device);
   if (cuda_graph && accum_steps != 1)
     fail("--cuda-graph captures whole optimizer steps: it needs --accum-steps 1, got " +
          std::to_string(accum_steps));
@@ -323,6 +325,7 @@ void for_each_setting(Options& o, F&& f) {
   f("cuda_graph", o.cuda_graph);
   f("recompute_gelu", o.recompute_gelu);
   f("grad_checkpointing", o.grad_checkpointing);
+  f("gemm_autotune", o.gemm_autotune);
   f("bucket_mb", o.bucket_mb);
   f("save_every_minutes", o.save_every_minutes);
 }
@@ -401,6 +404,7 @@ std::vector<TrainOptions::Difference> TrainOptions::course_differences(
                                               "cuda_graph",
                                               "recompute_gelu",
                                               "grad_checkpointing",
+                                              "gemm_autotune",
                                               "bucket_mb",
                                               "save_every_minutes"};
   const nlohmann::json now = to_json();  // items() refers to it: it must outlive the loop

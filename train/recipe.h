@@ -79,6 +79,9 @@ struct TrainOptions {
   bool cuda_graph = false;  // CUDA: replay one captured step after the first (train/graph_step.h)
   bool recompute_gelu = false;  // GELU recomputed in backward (model/vit.h set_recompute_gelu)
   bool grad_checkpointing = false;  // blocks recomputed in backward (set_grad_checkpointing)
+  // CUDA: each GEMM's first run times the algorithms cuBLASLt offers and keeps the fastest
+  // (kernels/cuda/cublaslt.h, CublasLt::set_autotune)
+  bool gemm_autotune = false;
 
   // Data-parallel runs (one process per rank; see README "Multi-GPU / multi-node").
   bool zero = false;       // shard the optimizer state across the ranks (ZeRO stage 1)

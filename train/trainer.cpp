@@ -13,6 +13,7 @@
 #include "data/image_source.h"
 #include "data/mixup.h"
 #include "engine/autograd.h"
+#include "engine/cuda_context.h"
 #include "engine/ema.h"
 #include "engine/gradient_reducer.h"
 #include "engine/ops.h"
@@ -238,6 +239,14 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   // On CUDA: fp32 master weights with their bf16 copies (engine/parameters.h), initialised from
   // the host's random draws, so a CUDA run starts from the CPU run's weights.
   model::VisionTransformer vit(o.model, device);
+#if DEIT_HAVE_CUDA
+  // For this run: a GEMM's plan settles on its first run, in step one.
+  std::optional<CublasLtSettingsScope> gemm_settings;
+  if (device.is_cuda()) {
+    gemm_settings.emplace(device.index);
+    gemm_settings->lt().set_autotune(o.gemm_autotune);
+  }
+#endif
   vit.set_recompute_gelu(o.recompute_gelu);
   vit.set_grad_checkpointing(o.grad_checkpointing);
   Rng init_rng = stream_rng(o.seed, Stream::kInit);

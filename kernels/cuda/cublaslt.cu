@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/check.h"
+#include "kernels/cuda/event.h"
 
 namespace deit::kernels {
 
@@ -143,7 +144,8 @@ CublasLt::Plan& CublasLt::plan(const GemmSpec& s, cudaStream_t stream) {
            static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_INPLACE |
                                  CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE));
 
-  // A few, best first: the first run falls back on the next when cuBLASLt refuses one.
+  // A few, best first: the first run falls back on the next when cuBLASLt refuses one, and the
+  // autotuner times them all.
   constexpr int kAlgorithms = 8;
   cublasLtMatmulHeuristicResult_t results[kAlgorithms] = {};
   int found = 0;
@@ -154,6 +156,46 @@ CublasLt::Plan& CublasLt::plan(const GemmSpec& s, cudaStream_t stream) {
   for (int i = 0; i < found; ++i)  // a result's other fields mean something only on success
     if (results[i].state == CUBLAS_STATUS_SUCCESS) plan->algos.push_back(results[i].algo);
   return *plans_.emplace(s, std::move(plan)).first->second;
+}
+
+void CublasLt::tune(Plan& p, const void* A, const void* B, void* D, cudaStream_t stream) {
+  // The host waits for the timings below, which a capture cannot hold (plan() refuses to plan
+  // during one, so only a plan whose first call threw gets here capturing; it runs untimed).
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  DEIT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return;
+  constexpr int kTimedRuns = 3;  // after one untimed run, which also finds out a refusal
+  const CudaEvent start(cudaEventDefault), stop(cudaEventDefault);
+  const float alpha = 1.f, beta = 0.f;
+  float best_ms = 0.f;
+  size_t best = p.algos.size();
+  for (size_t i = 0; i < p.algos.size(); ++i) {
+    const auto run = [&] {
+      return cublasLtMatmul(handle_, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.d, D, p.d,
+                            &p.algos[i], workspace_, workspace_bytes_, stream);
+    };
+    const cublasStatus_t first = run();
+    if (first == CUBLAS_STATUS_NOT_SUPPORTED) continue;  // refused: nothing was enqueued
+    DEIT_CUBLAS_CHECK(first);
+    DEIT_CUDA_CHECK(cudaEventRecord(start, stream));
+    for (int r = 0; r < kTimedRuns; ++r) DEIT_CUBLAS_CHECK(run());
+    DEIT_CUDA_CHECK(cudaEventRecord(stop, stream));
+    DEIT_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.f;
+    DEIT_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (best == p.algos.size() || ms < best_ms) {
+      best = i;
+      best_ms = ms;
+    }
+  }
+  // None accepted: try_matmul goes through them again and reports it.
+  if (best < p.algos.size()) p.chosen = best;
+}
+
+size_t CublasLt::plans_off_first_choice() const {
+  size_t n = 0;
+  for (const auto& [spec, plan] : plans_) n += plan->settled && plan->chosen != 0 ? 1 : 0;
+  return n;
 }
 
 bool CublasLt::try_matmul(const GemmSpec& spec, const void* A, const void* B, void* D,
@@ -168,6 +210,7 @@ bool CublasLt::try_matmul(const GemmSpec& spec, const void* A, const void* B, vo
                                 ": its bias must be 16-byte aligned");
   Plan& p = plan(spec, stream);
   if (bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  if (autotune_ && !p.settled && p.algos.size() > 1) tune(p, A, B, D, stream);
   const float alpha = 1.f, beta = 0.f;
   for (; p.chosen < p.algos.size(); ++p.chosen) {
     const cublasStatus_t cublasLtMatmul_status =

@@ -60,6 +60,9 @@ class CublasLt {
   size_t workspace_bytes() const { return workspace_bytes_; }
   // Plans made so far (one per distinct GemmSpec).
   size_t plan_count() const { return plans_.size(); }
+  // Plans that have run an algorithm other than the heuristic's first choice: one the autotuner
+  // timed faster, or the next after one cuBLASLt refused.
+  size_t plans_off_first_choice() const;
 
   // Enqueues D = op(A) op(B) (+ bias) on `stream`, planning `spec` on first use. bias: bf16 of
   // length spec.m, 16-byte aligned, or nullptr exactly when !spec.bias. Throws
@@ -79,11 +82,21 @@ class CublasLt {
   bool bias_epilogue() const { return bias_epilogue_; }
   void set_bias_epilogue(bool on) { bias_epilogue_ = on; }
 
+  // Whether a plan's first run times every algorithm the heuristic offered, on that call's own
+  // operands (D is written several times over, then by the call itself), and keeps the fastest;
+  // off by default. It costs a few GEMMs and one host synchronisation per plan, in the first step
+  // only, and the choice may differ from run to run where two algorithms take about as long
+  // (their sums then differ in the last bits). Applies to plans that have not run yet.
+  bool autotune() const { return autotune_; }
+  void set_autotune(bool on) { autotune_ = on; }
+
  private:
   struct Plan;
   Plan& plan(const GemmSpec& spec, cudaStream_t stream);
+  void tune(Plan& plan, const void* A, const void* B, void* D, cudaStream_t stream);
 
   bool bias_epilogue_ = true;
+  bool autotune_ = false;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;

@@ -8,8 +8,14 @@
 // promised when the algorithm was chosen (the heuristic writes it into the algorithm, as the real
 // algorithms are specialised for it); the workspace is the one the preference allowed for, at
 // most its size.
+//
+// The heuristic offers two algorithms when asked for more than one, computing the same but the
+// first taking one piece of emulated time more (an idle piece of work queued before the GEMM;
+// cudaEventElapsedTime counts pieces), so that CublasLt's autotuner has a choice to make, and a
+// test can see it made.
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -44,6 +50,7 @@ struct Preference {
 struct AlgoPromise {
   uint32_t align_a, align_b, align_d;
   uint64_t workspace_bytes;
+  bool slower;  // queues an idle piece of work before the GEMM
 };
 static_assert(sizeof(AlgoPromise) <= sizeof(cublasLtMatmulAlgo_t::data));
 
@@ -206,14 +213,16 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   // The bias pointer's value stands for its alignment, as in the real heuristic.
   if (ds.epilogue == CUBLASLT_EPILOGUE_BIAS && !aligned(ds.bias, 2))
     return CUBLAS_STATUS_NOT_SUPPORTED;
-  results[0] = cublasLtMatmulHeuristicResult_t{};
-  const AlgoPromise promise{p.align_a, p.align_b, std::min(p.align_c, p.align_d),
-                            p.workspace_bytes};
-  std::memcpy(results[0].algo.data, &promise, sizeof promise);
-  results[0].workspaceSize = 0;
-  results[0].state = CUBLAS_STATUS_SUCCESS;
-  results[0].wavesCount = 1.f;
-  *found = 1;
+  *found = std::min(requested, 2);
+  for (int i = 0; i < *found; ++i) {
+    results[i] = cublasLtMatmulHeuristicResult_t{};
+    const AlgoPromise promise{p.align_a, p.align_b, std::min(p.align_c, p.align_d),
+                              p.workspace_bytes, /*slower=*/i == 0 && *found > 1};
+    std::memcpy(results[i].algo.data, &promise, sizeof promise);
+    results[i].workspaceSize = 0;
+    results[i].state = CUBLAS_STATUS_SUCCESS;
+    results[i].wavesCount = 1.f;
+  }
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -265,6 +274,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
     footprint.accesses.push_back(*bias_read);
   }
   const void* bias_ptr = ds.bias;
+  if (promise.slower)
+    if (const cudaError_t idle = deit_emu::enqueue(stream, [] {}); idle != cudaSuccess)
+      return CUBLAS_STATUS_EXECUTION_FAILED;
   const cudaError_t e = deit_emu::enqueue(stream, [=] {
     // D (m, n) = op(A) (m, k) . op(B) (k, n) column-major is, row-major, D^T (n, m) =
     // op(B)^T (n, k) . op(A)^T: the CPU twin's linear layer y = x W^T + b with x = op(B)^T,
