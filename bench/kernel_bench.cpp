@@ -359,16 +359,27 @@ void measure_attention(Runner& run, const AttentionShape& s) {
   auto qkv = run.random_bf16(s.tokens * 3 * s.C), dout = run.random_bf16(s.tokens * s.C);
   auto out = Runner::bf16s(s.tokens * s.C), dqkv = Runner::bf16s(s.tokens * 3 * s.C);
   auto lse = Runner::floats(s.B * s.H * s.Tn);
-  auto ws = Runner::floats(kernels::attention_backward_cuda_workspace_floats(s.B, s.Tn, s.H));
+  auto ws = Runner::floats(kernels::attention_backward_cuda_workspace_floats(s.B, s.Tn, s.H, s.D));
   run.measure("attention forward", "deit", s.name, 0, s.forward_flops, [&] {
     kernels::attention_forward_cuda(qkv->as<bf16_bits>(), out->as<bf16_bits>(), lse->as<float>(),
                                     s.B, s.Tn, s.H, s.D, s.scale, run.stream());
   });
   run.measure("attention backward", "deit", s.name, 0, 2.5 * s.forward_flops, [&] {
     kernels::attention_backward_cuda(qkv->as<bf16_bits>(), out->as<bf16_bits>(), lse->as<float>(),
-                                     dout->as<bf16_bits>(), dqkv->as<bf16_bits>(), s.B, s.Tn, s.H,
-                                     s.D, s.scale, ws->as<float>(), run.stream());
+                                     dout->as<bf16_bits>(), dqkv->as<bf16_bits>(), nullptr, s.B,
+                                     s.Tn, s.H, s.D, s.scale, ws->as<float>(), run.stream());
   });
+  // With the qkv layer's bias gradient taken on the way (ops::linear_attention), at deit3_base's
+  // shape: against the row above plus the bias gradient's own pass over dqkv, what it saves.
+  if (s.Tn != 197 || s.D != 64) return;
+  auto dbias = Runner::floats(3 * s.C);
+  run.measure(
+      "attention backward+qkv bias gradient", "deit", s.name, 0, 2.5 * s.forward_flops, [&] {
+        kernels::attention_backward_cuda(qkv->as<bf16_bits>(), out->as<bf16_bits>(),
+                                         lse->as<float>(), dout->as<bf16_bits>(),
+                                         dqkv->as<bf16_bits>(), dbias->as<float>(), s.B, s.Tn, s.H,
+                                         s.D, s.scale, ws->as<float>(), run.stream());
+      });
 }
 
 // cuDNN's attention forward at one shape, on the same inputs as ours (random_bf16 fills from the

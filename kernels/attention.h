@@ -19,10 +19,12 @@ template <typename T>
 void attention_forward_cpu(const T* qkv, T* out, T* lse, int64_t B, int64_t Tn, int64_t H,
                            int64_t D, double scale);
 
-// dout: (B, T, H, D)  ->  dqkv: (B, T, 3, H, D), overwritten.
+// dout: (B, T, H, D)  ->  dqkv: (B, T, 3, H, D), overwritten; and, unless dbias is nullptr, the
+// bias gradient of the qkv linear layer that made qkv: dbias (3 H D) = the column sums of dqkv
+// over its B T rows (ops::linear_attention takes it from here instead of another pass).
 template <typename T>
 void attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* dout, T* dqkv,
-                            int64_t B, int64_t Tn, int64_t H, int64_t D, double scale);
+                            T* dbias, int64_t B, int64_t Tn, int64_t H, int64_t D, double scale);
 
 // The head dims the CUDA kernels are built for (the CPU twins take any).
 inline bool attention_cuda_supports_head_dim(int64_t D) {
@@ -37,16 +39,18 @@ inline bool attention_cuda_supports_head_dim(int64_t D) {
 void attention_forward_cuda(const bf16_bits* qkv, bf16_bits* out, float* lse, int64_t B,
                             int64_t Tn, int64_t H, int64_t D, double scale, cudaStream_t stream);
 
-// Backward: dqkv (B, T, 3, H, D) is overwritten with dq, dk, dv; deterministic (no atomics: same
+// Backward: dqkv (B, T, 3, H, D) is overwritten with dq, dk, dv, and dbias (fp32, 3 H D; may be
+// nullptr) with their column sums (each block sums the rows it computes, in fp32 before the bf16
+// rounding, and the blocks' sums are added in a fixed order); deterministic (no atomics: same
 // inputs, same bits). `workspace`, 16-byte aligned, holds at least
-// attention_backward_cuda_workspace_floats(B, T, H) floats: the per-row delta = rowsum(dout * out)
-// and the score gradients dS (B, H, T, T) in bf16, rows padded to 16 (about B H T^2 / 2 floats);
-// its contents are not read before written, so one buffer can serve every call on the same
-// stream.
-int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H);
+// attention_backward_cuda_workspace_floats(B, T, H, D) floats: the per-row delta =
+// rowsum(dout * out), the score gradients dS (B, H, T, T) in bf16 with rows padded to 16 (about
+// B H T^2 / 2 floats) and the blocks' column sums (B ceil(T / 64) 3 H D); its contents are not
+// read before written, so one buffer can serve every call on the same stream.
+int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H, int64_t D);
 void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const float* lse,
-                             const bf16_bits* dout, bf16_bits* dqkv, int64_t B, int64_t Tn,
-                             int64_t H, int64_t D, double scale, float* workspace,
+                             const bf16_bits* dout, bf16_bits* dqkv, float* dbias, int64_t B,
+                             int64_t Tn, int64_t H, int64_t D, double scale, float* workspace,
                              cudaStream_t stream);
 #endif
 

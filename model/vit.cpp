@@ -116,8 +116,9 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
                                                      const Tensor& keep_mlp) const {
   const double eps = config_.layernorm_eps;
   const std::string b = "blocks." + std::to_string(i) + ".";
-  Tensor h = ops::linear(normed, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"));
-  h = ops::attention(h, config_.heads);
+  // The qkv projection with the attention: its bias gradient comes from the attention's backward.
+  Tensor h = ops::linear_attention(normed, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"),
+                                   config_.heads);
   h = ops::linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"));
   ops::ResidualAndNorm r = ops::layerscale_residual_layernorm(
       x, h, p(b + "ls1.gamma"), keep_attention, p(b + "norm2.weight"), p(b + "norm2.bias"), eps);

@@ -162,17 +162,20 @@ TEST_CASE("cuda attention backward matches the CPU twin", "[gpu][kernels][attent
                           s.scale());
     const Bf16Host out = round_to_bf16(out_f);
     const Bf16Host dout = random_bf16(rng, s.out(), -1, 1);
-    std::vector<float> dqkv_ref(s.qkv());
+    std::vector<float> dqkv_ref(s.qkv()), dbias_ref(3 * s.H * s.D);
     attention_backward_cpu(qkv.values.data(), out.values.data(), lse.data(), dout.values.data(),
-                           dqkv_ref.data(), s.B, s.T, s.H, s.D, s.scale());
+                           dqkv_ref.data(), dbias_ref.data(), s.B, s.T, s.H, s.D, s.scale());
 
     Bf16Buffer dev_qkv(qkv.bits), dev_out(out.bits), dev_dout(dout.bits), dev_dqkv(s.qkv());
-    F32Buffer dev_lse(lse);
-    F32Buffer workspace(static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H)));
+    F32Buffer dev_lse(lse), dev_dbias(dbias_ref.size());
+    F32Buffer workspace(
+        static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D)));
     attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
-                            dev_dqkv.get(), s.B, s.T, s.H, s.D, s.scale(), workspace.get(),
-                            stream);
+                            dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
+                            workspace.get(), stream);
     stream.sync();
+    // The qkv bias gradient: the column sums of dqkv, each block's of its rows before rounding.
+    check_close("dbias", dev_dbias, dbias_ref, kBf16Tol);
     const std::vector<float> dqkv = download_float(dev_dqkv);
     check_close("dqkv", dqkv, dqkv_ref, kBf16Tol);
     // Each part on its own, so an error confined to dq, dk or dv cannot hide in the others' norm.
@@ -193,36 +196,40 @@ TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels]
     const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
     const Bf16Host dout = random_bf16(rng, s.out(), -1, 1);
     Bf16Buffer dev_qkv(qkv.bits), dev_dout(dout.bits), dev_out(s.out()), dev_dqkv(s.qkv());
-    F32Buffer dev_lse(s.lse());
-    F32Buffer workspace(static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H)));
+    F32Buffer dev_lse(s.lse()), dev_dbias(3 * s.H * s.D);
+    F32Buffer workspace(
+        static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D)));
     // The chain as training runs it: the device forward's out and lse feed the device backward.
     const auto run = [&] {
       dev_out.poison();
       dev_lse.poison();
       dev_dqkv.poison();
+      dev_dbias.poison();
       workspace.poison();
       attention_forward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), s.B, s.T, s.H, s.D,
                              s.scale(), stream);
       attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
-                              dev_dqkv.get(), s.B, s.T, s.H, s.D, s.scale(), workspace.get(),
-                              stream);
+                              dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
+                              workspace.get(), stream);
       stream.sync();
     };
     run();
     const std::vector<bf16_bits> out_first = dev_out.download(), dqkv_first = dev_dqkv.download();
-    const std::vector<float> lse_first = dev_lse.download();
+    const std::vector<float> lse_first = dev_lse.download(), dbias_first = dev_dbias.download();
     run();
     check_same_bits("out, second run", dev_out.download(), out_first);
     check_same_bits("lse, second run", dev_lse.download(), lse_first);
     check_same_bits("dqkv, second run", dev_dqkv.download(), dqkv_first);
+    check_same_bits("dbias, second run", dev_dbias.download(), dbias_first);
 
     // And the chain is right: against the CPU twin on the device's own out and lse.
     std::vector<float> out_ref(s.out()), lse_ref(s.lse()), dqkv_ref(s.qkv());
     attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H, s.D,
                           s.scale());
     check_close("chained out", dev_out, out_ref, kBf16Tol);
-    attention_backward_cpu(qkv.values.data(), download_float(dev_out).data(), lse_first.data(),
-                           dout.values.data(), dqkv_ref.data(), s.B, s.T, s.H, s.D, s.scale());
+    attention_backward_cpu<float>(qkv.values.data(), download_float(dev_out).data(),
+                                  lse_first.data(), dout.values.data(), dqkv_ref.data(), nullptr,
+                                  s.B, s.T, s.H, s.D, s.scale());
     check_close("chained dqkv", dev_dqkv, dqkv_ref, kBf16Tol);
   }
 }
@@ -233,20 +240,26 @@ TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
   // Nothing to do: returns without touching the (null) buffers.
   attention_forward_cuda(nullptr, nullptr, nullptr, 0, 197, 6, 64, 0.125, stream);
   attention_forward_cuda(nullptr, nullptr, nullptr, 2, 0, 6, 64, 0.125, stream);
-  attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, 2, 0, 6, 64, 0.125,
+  attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 2, 0, 6, 64, 0.125,
                           nullptr, stream);
+  // The bias gradient of no rows: zeros.
+  F32Buffer empty_dbias(3 * 6 * 64);
+  attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, empty_dbias.get(), 0, 197, 6,
+                          64, 0.125, nullptr, stream);
   stream.sync();
+  CHECK(empty_dbias.download() == std::vector<float>(3 * 6 * 64, 0.f));
 
   const AttnShape s{1, 9, 2, 64};
   Bf16Buffer qkv(s.qkv() + 8), out(s.out() + 8), dout(s.out()), dqkv(s.qkv());
   F32Buffer lse(s.lse()),
-      workspace(static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H)) + 4);
+      workspace(static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D)) +
+                4);
   // Head dims other than 32, 64, 80, 128.
   CHECK_THROWS_AS(attention_forward_cuda(qkv.get(), out.get(), lse.get(), 1, 9, 2, 48, 0.1,
                                          stream),
                   std::invalid_argument);
   CHECK_THROWS_AS(attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(),
-                                          1, 9, 2, 256, 0.1, workspace.get(), stream),
+                                          nullptr, 1, 9, 2, 256, 0.1, workspace.get(), stream),
                   std::invalid_argument);
   // bf16 buffers off 16-byte alignment.
   CHECK_THROWS_AS(attention_forward_cuda(qkv.get() + 1, out.get(), lse.get(), s.B, s.T, s.H, s.D,
@@ -257,14 +270,15 @@ TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
                   std::invalid_argument);
   // Backward without its workspace, with one off 16-byte alignment, or without lse.
   CHECK_THROWS_AS(attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(),
-                                          s.B, s.T, s.H, s.D, s.scale(), nullptr, stream),
+                                          nullptr, s.B, s.T, s.H, s.D, s.scale(), nullptr, stream),
                   std::invalid_argument);
   CHECK_THROWS_AS(
-      attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(), s.B, s.T,
-                              s.H, s.D, s.scale(), workspace.get() + 1, stream),
+      attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(), nullptr, s.B,
+                              s.T, s.H, s.D, s.scale(), workspace.get() + 1, stream),
       std::invalid_argument);
-  CHECK_THROWS_AS(attention_backward_cuda(qkv.get(), out.get(), nullptr, dout.get(), dqkv.get(),
-                                          s.B, s.T, s.H, s.D, s.scale(), workspace.get(), stream),
-                  std::invalid_argument);
+  CHECK_THROWS_AS(
+      attention_backward_cuda(qkv.get(), out.get(), nullptr, dout.get(), dqkv.get(), nullptr, s.B,
+                              s.T, s.H, s.D, s.scale(), workspace.get(), stream),
+      std::invalid_argument);
   stream.sync();
 }

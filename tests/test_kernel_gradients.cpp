@@ -92,10 +92,26 @@ TEST_CASE("attention backward matches finite differences", "[gradcheck][attentio
     return dot(out, g);
   };
   loss();
-  Vec dqkv = nan_vector(qkv.size());
-  attention_backward_cpu(qkv.data(), out.data(), lse.data(), g.data(), dqkv.data(), B, Tn, H, D,
-                         scale);
+  Vec dqkv = nan_vector(qkv.size()), dbias = nan_vector(3 * H * D);
+  attention_backward_cpu(qkv.data(), out.data(), lse.data(), g.data(), dqkv.data(), dbias.data(), B,
+                         Tn, H, D, scale);
   CHECK(gradient_error(qkv, dqkv, loss) < kGradTolerance);
+
+  // dbias: the gradient of a bias added to every row of qkv (the qkv linear layer's).
+  Vec bias = random_vector(rng, 3 * H * D);
+  auto biased = [&] {
+    Vec v = qkv;
+    for (size_t i = 0; i < v.size(); ++i) v[i] += bias[i % bias.size()];
+    return v;
+  };
+  auto loss_of_bias = [&] {
+    attention_forward_cpu(biased().data(), out.data(), lse.data(), B, Tn, H, D, scale);
+    return dot(out, g);
+  };
+  loss_of_bias();  // out and lse at the unperturbed bias
+  attention_backward_cpu(biased().data(), out.data(), lse.data(), g.data(), dqkv.data(),
+                         dbias.data(), B, Tn, H, D, scale);
+  CHECK(gradient_error(bias, dbias, loss_of_bias) < kGradTolerance);
 }
 
 TEST_CASE("layerscale residual backward matches finite differences", "[gradcheck]") {

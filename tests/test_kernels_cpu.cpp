@@ -334,12 +334,14 @@ NamedOutputs<T> run_every_kernel(uint64_t seed) {
   }
   {
     const auto qkv = random(rows * 3 * C, -2.0, 2.0);
-    auto out = sized(rows * C), lse = sized(B * H * Tn), dqkv = sized(rows * 3 * C);
+    auto out = sized(rows * C), lse = sized(B * H * Tn), dqkv = sized(rows * 3 * C),
+         dbias = sized(3 * C);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
     attention_forward_cpu(qkv.data(), out.data(), lse.data(), B, Tn, H, D, scale);
-    attention_backward_cpu(qkv.data(), out.data(), lse.data(), dy.data(), dqkv.data(), B, Tn, H, D,
-                           scale);
-    keep("attention out", out), keep("attention lse", lse), keep("attention dqkv", dqkv);
+    attention_backward_cpu(qkv.data(), out.data(), lse.data(), dy.data(), dqkv.data(), dbias.data(),
+                           B, Tn, H, D, scale);
+    keep("attention out", out), keep("attention lse", lse), keep("attention dqkv", dqkv),
+        keep("attention dbias", dbias);
   }
   {
     const auto branch = random(rows * C), gamma = random(C);

@@ -114,6 +114,33 @@ TEST_CASE("attention op gradient over packed qkv by finite differences",
                      {random_f64({2, 5, 3 * 2 * 3}, rng)}, rng);
 }
 
+TEST_CASE("linear_attention op gradient (x, weight, bias) by finite differences",
+          "[gradcheck][ops][attention]") {
+  Rng rng(30);
+  // B=2, T=5, K=4 features in, heads=2, head_dim=3.
+  check_op_gradients(
+      [](const auto& in) { return ops::linear_attention(in[0], in[1], in[2], 2); },
+      {random_f64({2, 5, 4}, rng), random_f64({3 * 2 * 3, 4}, rng), random_f64({3 * 2 * 3}, rng)},
+      rng);
+}
+
+TEST_CASE("linear_attention equals attention of linear and keeps what they keep",
+          "[ops][attention]") {
+  Rng rng(31);
+  auto input = [&](const Shape& shape) {
+    return Tensor::randn(shape, rng).set_requires_grad(true);
+  };
+  const std::vector<Tensor> in{input({2, 7, 8}), input({3 * 2 * 4, 8}), input({3 * 2 * 4})};
+  const Tensor seed = Tensor::randn({2, 7, 2 * 4}, rng);
+  const TapedRun apart = run_taped(
+      [](const auto& x) { return ops::attention(ops::linear(x[0], x[1], x[2]), 2); }, in, seed);
+  const TapedRun fused =
+      run_taped([](const auto& x) { return ops::linear_attention(x[0], x[1], x[2], 2); }, in, seed);
+  // The bias gradient is the same column sums of the same dqkv: every result bit for bit.
+  check_same_bits(fused, apart);
+  CHECK(fused.saved_bytes == apart.saved_bytes);
+}
+
 TEST_CASE("layerscale residual op gradient (x, branch, gamma) by finite differences",
           "[gradcheck][ops]") {
   Rng rng(16);

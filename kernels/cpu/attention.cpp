@@ -77,7 +77,7 @@ void attention_forward_cpu(const T* qkv, T* out, T* lse, int64_t B, int64_t Tn, 
 
 template <typename T>
 void attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* dout, T* dqkv,
-                            int64_t B, int64_t Tn, int64_t H, int64_t D, double scale) {
+                            T* dbias, int64_t B, int64_t Tn, int64_t H, int64_t D, double scale) {
   const int64_t C = H * D;
 #pragma omp parallel
   {
@@ -111,12 +111,16 @@ void attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* d
                     T(0), dhead.k, dhead.ld);
       }
   }
+  // dbias (3 C) = the column sums of dqkv viewed as (B T, 3 C): the qkv linear layer's bias
+  // gradient, as linear_backward_cpu takes it.
+  if (dbias)
+    column_sums(B * Tn, 3 * C, dbias, [=](int64_t r, int64_t c) { return dqkv[r * 3 * C + c]; });
 }
 
-#define DEIT_INSTANTIATE(T)                                                                    \
-  template void attention_forward_cpu<T>(const T*, T*, T*, int64_t, int64_t, int64_t, int64_t, \
-                                         double);                                              \
-  template void attention_backward_cpu<T>(const T*, const T*, const T*, const T*, T*, int64_t, \
+#define DEIT_INSTANTIATE(T)                                                                        \
+  template void attention_forward_cpu<T>(const T*, T*, T*, int64_t, int64_t, int64_t, int64_t,     \
+                                         double);                                                  \
+  template void attention_backward_cpu<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t, \
                                           int64_t, int64_t, int64_t, double);
 DEIT_INSTANTIATE(float)
 DEIT_INSTANTIATE(double)

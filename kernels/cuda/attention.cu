@@ -14,6 +14,11 @@
 //                looping over every query tile, and write dS^T in bf16 to the workspace;
 //             3. per (query tile, batch, head): dQ = scale dS K, reading dS^T back, looping over
 //                every key tile.
+//             Asked for the qkv linear layer's bias gradient (ops::linear_attention), passes 2 and
+//             3 each end with the column sums of the rows they computed (fp32, before the bf16
+//             rounding: a warp's rows by shuffles, then the block's four warps in order) into the
+//             workspace, one row per (batch, tile), and sum_partials adds those rows: no pass of
+//             its own over dqkv (116 MB a layer for deit3_small's batch of 256).
 //             Five matrix products, as many as a single pass with fp32 atomics into dQ, and
 //             deterministic: the price is dS in bf16 in the workspace (B H T^2 2 bytes: 119 MB
 //             for deit3_small's batch of 256, written once and read once per layer). Until
@@ -34,7 +39,7 @@
 //   forward  25600 / 46080 / 56320 / 52224     dK/dV  31744 / 56320 / 68608 / 70144
 //   dQ       28672 / 36864 / 40960 / 53248
 // Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128), no spills (sm_80 neither): forward 94 /
-// 113 / 122 / 126, dK/dV 150 / 168 / 220 / 254, dQ 94 / 110 / 118 / 128. On sm_90 dK/dV at head
+// 113 / 122 / 126, dK/dV 154 / 168 / 226 / 245, dQ 91 / 110 / 121 / 128. On sm_90 dK/dV at head
 // dims 32 and 64 is held to 168 (__launch_bounds__ minimum of 3 blocks), which its shared memory
 // allows per SM; unbounded, ptxas takes 195 at 64 and an SM fits 2. dQ is held to 128 (4 blocks):
 // unbounded, ptxas spilled 8 bytes at head dim 80.
@@ -56,7 +61,8 @@
 // (bench/results/2026-12-04-h200-ncu/): a quarter occupancy or less (forward 4 blocks of 4 warps
 // per SM, dK/dV and dQ 3: registers and shared memory both at their limit), SM throughput 49 to
 // 62%, DRAM under 20%; latency-bound, with the padding's products a quarter of the work at T=197.
-// Skipping the padding, and the dQ pass that reads dS back, are not yet measured.
+// Skipping the padding, the dQ pass that reads dS back and the bias gradient's column sums are
+// not yet measured.
 //
 // Files: the device code is kernels/cuda/attention_kernels.cuh and its PTX wrappers
 // kernels/cuda/mma.cuh; this file is the host side (argument checks, launches). The kernels also
@@ -122,9 +128,12 @@ void forward(const bf16* qkv, bf16* out, float* lse, int B, int T, int H, float 
 
 template <int D>
 void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* dout, bf16* dqkv,
-              int B, int T, int H, float scale, float* workspace, cudaStream_t stream) {
+              float* dbias, int B, int T, int H, float scale, float* workspace,
+              cudaStream_t stream) {
   float* delta = workspace;
-  bf16* scores_t = reinterpret_cast<bf16*>(workspace + BackwardWorkspace::delta_floats(B, T, H));
+  float* const scores_begin = workspace + BackwardWorkspace::delta_floats(B, T, H);
+  bf16* scores_t = reinterpret_cast<bf16*>(scores_begin);
+  float* bias_partials = dbias ? scores_begin + BackwardWorkspace::scores_floats(B, T, H) : nullptr;
   const int64_t rows = static_cast<int64_t>(B) * T * H;
   attention_delta_kernel<D><<<static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0,
                               stream>>>(out, dout, delta, rows, T, H);
@@ -134,11 +143,15 @@ void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* do
   constexpr int dkdv_smem = Tiles<D>::kDkvSmem, dq_smem = Tiles<D>::kDqSmem;
   set_smem(attention_dkdv_kernel<D>, dkdv_smem);
   attention_dkdv_kernel<D><<<blocks, kThreads, dkdv_smem, stream>>>(
-      qkv, lse, dout, delta, dqkv, scores_t, T, H, scale, scale * kLog2e);
+      qkv, lse, dout, delta, dqkv, scores_t, bias_partials, T, H, scale, scale * kLog2e);
   DEIT_CUDA_CHECK_LAUNCH();
   set_smem(attention_dq_kernel<D>, dq_smem);
-  attention_dq_kernel<D><<<blocks, kThreads, dq_smem, stream>>>(qkv, scores_t, dqkv, T, H, scale);
+  attention_dq_kernel<D>
+      <<<blocks, kThreads, dq_smem, stream>>>(qkv, scores_t, dqkv, bias_partials, T, H, scale);
   DEIT_CUDA_CHECK_LAUNCH();
+  if (dbias)
+    gpu::sum_partials(bias_partials, BackwardWorkspace::partial_chunks(B, T),
+                      3 * static_cast<int64_t>(H) * D, dbias, stream);
 }
 
 }  // namespace
@@ -160,16 +173,19 @@ void attention_forward_cuda(const bf16_bits* qkv, bf16_bits* out, float* lse, in
   }
 }
 
-int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H) {
-  return BackwardWorkspace::floats(B, Tn, H);
+int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H, int64_t D) {
+  return BackwardWorkspace::floats(B, Tn, H, D);
 }
 
 void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const float* lse,
-                             const bf16_bits* dout, bf16_bits* dqkv, int64_t B, int64_t Tn,
-                             int64_t H, int64_t D, double scale, float* workspace,
+                             const bf16_bits* dout, bf16_bits* dqkv, float* dbias, int64_t B,
+                             int64_t Tn, int64_t H, int64_t D, double scale, float* workspace,
                              cudaStream_t stream) {
   check_args("attention_backward_cuda", {qkv, out, dout, dqkv}, B, Tn, H, D);
-  if (B == 0 || Tn == 0 || H == 0) return;
+  if (B == 0 || Tn == 0 || H == 0) {  // dbias: a sum over no rows
+    if (dbias) DEIT_CUDA_CHECK(cudaMemsetAsync(dbias, 0, 3 * H * D * sizeof(float), stream));
+    return;
+  }
   gpu::check_workspace("attention_backward_cuda", workspace, true);
   if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)  // dS moves in 16-byte chunks
     throw std::invalid_argument("attention_backward_cuda: workspace must be 16-byte aligned");
@@ -177,7 +193,7 @@ void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const f
     throw std::invalid_argument("attention_backward_cuda: lse is required");
   const auto run = [&](auto head_dim) {
     backward<decltype(head_dim)::value>(
-        gpu::as_bf16(qkv), gpu::as_bf16(out), lse, gpu::as_bf16(dout), gpu::as_bf16(dqkv),
+        gpu::as_bf16(qkv), gpu::as_bf16(out), lse, gpu::as_bf16(dout), gpu::as_bf16(dqkv), dbias,
         static_cast<int>(B), static_cast<int>(Tn), static_cast<int>(H), static_cast<float>(scale),
         workspace, stream);
   };

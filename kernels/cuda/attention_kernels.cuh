@@ -54,15 +54,21 @@ struct Tiles {
   static constexpr int kDqSmem = 2 * kDqKeys * (kStride + kScoresTileStride) * 2;
 };
 
-// The backward's fp32 workspace: delta of every score row, (B, H, T), then from the next 16-byte
+// The backward's fp32 workspace: delta of every score row, (B, H, T); then from the next 16-byte
 // boundary dS^T of every head, (B, H, T, scores_stride(T)) bf16: the dK/dV pass writes it and the
-// dQ pass reads it. A row holds one key's scores against every query, padded to a whole number of
-// 16-query groups (the dK/dV pass writes whole groups: those that hold a query < T).
+// dQ pass reads it (a row holds one key's scores against every query, padded to a whole number of
+// 16-query groups: the dK/dV pass writes whole groups, those that hold a query < T); then, for
+// the qkv bias gradient, every block's column sums of what it stores, (B, tiles, 3, H, D) fp32
+// with tiles = ceil(T / kRows), which sum_partials adds over (B, tiles).
 __host__ __device__ inline int scores_stride(int T) { return (T + 15) / 16 * 16; }
 struct BackwardWorkspace {
   static int64_t delta_floats(int64_t B, int64_t T, int64_t H) { return (B * H * T + 3) / 4 * 4; }
-  static int64_t floats(int64_t B, int64_t T, int64_t H) {
-    return delta_floats(B, T, H) + (B * H * T * scores_stride(static_cast<int>(T)) + 1) / 2;
+  static int64_t scores_floats(int64_t B, int64_t T, int64_t H) {
+    return (B * H * T * scores_stride(static_cast<int>(T)) + 7) / 8 * 4;  // bf16 pairs, 16 B
+  }
+  static int64_t partial_chunks(int64_t B, int64_t T) { return B * ((T + kRows - 1) / kRows); }
+  static int64_t floats(int64_t B, int64_t T, int64_t H, int64_t D) {
+    return delta_floats(B, T, H) + scores_floats(B, T, H) + partial_chunks(B, T) * 3 * H * D;
   }
 };
 
@@ -243,6 +249,35 @@ __device__ __forceinline__ void store_rows(bf16* dst, int64_t ld, int row0, int 
   }
 }
 
+// The column sums of the block's accumulator rows (each warp's 16, those flagged valid), times
+// `mul`, into dst[0, D): each warp sums its rows (a thread's two, then across the 8 row groups by
+// shuffles), then one thread per column adds the warps in a fixed order. `scratch`: kWarps * D
+// floats of shared memory no warp still reads. Every thread of the block must call it (it holds a
+// barrier, and the shuffles want whole warps); a warp past T passes no valid row.
+template <int D>
+__device__ __forceinline__ void block_column_sums(const float (&acc)[D / 8][4],
+                                                  const bool (&row_valid)[2], float mul,
+                                                  float* scratch, float* dst) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = (row_valid[0] ? acc[n][e] : 0.f) + (row_valid[1] ? acc[n][2 + e] : 0.f);
+      v += __shfl_xor_sync(0xffffffffu, v, 4);  // lanes of the other row groups, same column
+      v += __shfl_xor_sync(0xffffffffu, v, 8);
+      v += __shfl_xor_sync(0xffffffffu, v, 16);
+      if (g == 0) scratch[warp * D + 8 * n + 2 * t + e] = v;
+    }
+  __syncthreads();
+  for (int c = threadIdx.x; c < D; c += kThreads) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += scratch[w * D + c];
+    dst[c] = sum * mul;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward. Block: query rows [q0, q0 + 64) of one (batch, head); warp w owns rows q0 + 16w ...
 // Scores are kept in base 2: x = s * scale * log2(e), so every exponential is one exp2.
@@ -408,14 +443,17 @@ __global__ void __launch_bounds__(kThreads)
 //   S^T = K Q^T,  P^T = exp2(S^T scale log2e - lse2[query]),  dV += P^T dO,
 //   dP^T = V dO^T,  dS^T = P^T (dP^T - delta[query]),  dK += dS^T Q  (times scale at the end),
 // and dS^T, rounded to bf16 as the product dS^T Q takes it, goes to the head's rows of scores_t
-// ((T, scores_stride(T)), keys as rows), for the query groups that hold a query < T.
+// ((T, scores_stride(T)), keys as rows), for the query groups that hold a query < T. With
+// bias_partials, the block's column sums of dK and dV go to its chunk's row there (the dK, dV
+// parts of (B, tiles, 3, H, D)).
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
     attention_dkdv_kernel(const bf16* __restrict__ qkv, const float* __restrict__ lse,
                           const bf16* __restrict__ dout, const float* __restrict__ delta,
-                          bf16* __restrict__ dqkv, bf16* __restrict__ scores_t, int T, int H,
-                          float scale, float scale_log2) {
+                          bf16* __restrict__ dqkv, bf16* __restrict__ scores_t,
+                          float* __restrict__ bias_partials, int T, int H, float scale,
+                          float scale_log2) {
   using Cfg = Tiles<D>;
   constexpr int kCols = Cfg::kCols, kStride = Cfg::kStride;
   unsigned char* smem = dynamic_smem();
@@ -531,6 +569,12 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
+  if (bias_partials != nullptr) {  // block-uniform; the loop's last barrier freed the tiles
+    float* scratch = reinterpret_cast<float*>(smem);
+    float* partial = bias_partials + (bh / H * k_tiles + blockIdx.x % k_tiles) * 3 * C + bh % H * D;
+    block_column_sums<D>(dk, key_valid, scale, scratch, partial + C);
+    block_column_sums<D>(dv, key_valid, 1.f, scratch + kWarps * D, partial + 2 * C);
+  }
   if (row0 >= T) return;
   bf16* dk_head = dqkv + hv.qkv + C;
   store_rows<D>(dk_head, hv.ld_qkv(), row0, T, dk, scale);
@@ -542,12 +586,14 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
 // rows [q0, q0 + 64) of one (batch, head), warp w owns rows q0 + 16w ... (a warp whose rows all
 // lie past T only helps load); the block walks every key tile of kDqKeys keys, bringing in the K
 // tile and the dS^T tile (those keys' rows of scores_t, the block's 64 query columns) together.
-// Key rows past T and query chunks past T load as zeros: pass 2 never wrote them.
+// Key rows past T and query chunks past T load as zeros: pass 2 never wrote them. With
+// bias_partials, the block's column sums of dQ go to its chunk's row there (the dQ part).
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, 4)
     attention_dq_kernel(const bf16* __restrict__ qkv, const bf16* __restrict__ scores_t,
-                        bf16* __restrict__ dqkv, int T, int H, float scale) {
+                        bf16* __restrict__ dqkv, float* __restrict__ bias_partials, int T, int H,
+                        float scale) {
   using Cfg = Tiles<D>;
   constexpr int kStride = Cfg::kStride;
   unsigned char* smem = dynamic_smem();
@@ -592,6 +638,13 @@ __global__ void __launch_bounds__(kThreads, 4)
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
+  if (bias_partials != nullptr) {  // block-uniform; the loop's last barrier freed the tiles
+    const int g = threadIdx.x % 32 / 4;
+    const bool row_valid[2] = {row0 + g < T, row0 + g + 8 < T};
+    block_column_sums<D>(
+        dq, row_valid, scale, reinterpret_cast<float*>(smem),
+        bias_partials + (bh / H * q_tiles + blockIdx.x % q_tiles) * 3 * hv.C + bh % H * D);
+  }
   if (row0 < T) store_rows<D>(dqkv + hv.qkv, hv.ld_qkv(), row0, T, dq, scale);
 }
 

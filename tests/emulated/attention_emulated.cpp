@@ -63,19 +63,36 @@ void forward(const bf16* qkv, bf16* out, float* lse, int B, int T, int H, float 
 
 template <int D>
 void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* dout, bf16* dqkv,
-              int B, int T, int H, float scale, float* workspace) {
+              bool bias_grad, int B, int T, int H, float scale, float* workspace) {
   float* delta = workspace;
-  bf16* scores_t = reinterpret_cast<bf16*>(workspace + BackwardWorkspace::delta_floats(B, T, H));
+  float* const scores_begin = workspace + BackwardWorkspace::delta_floats(B, T, H);
+  bf16* scores_t = reinterpret_cast<bf16*>(scores_begin);
+  float* bias_partials =
+      bias_grad ? scores_begin + BackwardWorkspace::scores_floats(B, T, H) : nullptr;
   const int64_t rows = static_cast<int64_t>(B) * T * H;
   emu::launch({kernel_name("attention_delta_kernel", D),
                static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0},
               [=] { attention_delta_kernel<D>(out, dout, delta, rows, T, H); });
   const auto blocks = static_cast<unsigned>(B * H * gpu::ceil_div(T, kRows));
   emu::launch({kernel_name("attention_dkdv_kernel", D), blocks, kThreads, Tiles<D>::kDkvSmem}, [=] {
-    attention_dkdv_kernel<D>(qkv, lse, dout, delta, dqkv, scores_t, T, H, scale, scale * kLog2e);
+    attention_dkdv_kernel<D>(qkv, lse, dout, delta, dqkv, scores_t, bias_partials, T, H, scale,
+                             scale * kLog2e);
   });
   emu::launch({kernel_name("attention_dq_kernel", D), blocks, kThreads, Tiles<D>::kDqSmem},
-              [=] { attention_dq_kernel<D>(qkv, scores_t, dqkv, T, H, scale); });
+              [=] { attention_dq_kernel<D>(qkv, scores_t, dqkv, bias_partials, T, H, scale); });
+}
+
+// What sum_partials (common.cu) then makes of the blocks' column sums that backward<D> left in
+// the workspace: dbias (3 H D), the chunks added in order.
+std::vector<float> summed_bias_partials(const std::vector<float>& workspace, int B, int T, int H,
+                                        int D) {
+  const int64_t begin =
+      BackwardWorkspace::delta_floats(B, T, H) + BackwardWorkspace::scores_floats(B, T, H);
+  const int64_t cols = 3 * static_cast<int64_t>(H) * D;
+  std::vector<float> dbias(static_cast<size_t>(cols), 0.f);
+  for (int64_t chunk = 0; chunk < BackwardWorkspace::partial_chunks(B, T); ++chunk)
+    for (int64_t c = 0; c < cols; ++c) dbias[c] += workspace[begin + chunk * cols + c];
+  return dbias;
 }
 
 struct Shape {
@@ -157,22 +174,33 @@ bool check_shape(const Shape& s, std::mt19937_64& rng) {
   emu::set_context(s.str() + ", backward");
   const Bf16Data out = round_to_bf16(out_ref);
   const Bf16Data dout = random_bf16(rng, s.out(), -1, 1);
-  std::vector<float> dqkv_ref(s.qkv());
-  attention_backward_cpu(qkv.values.data(), out.values.data(), lse_ref.data(),
-                         dout.values.data(), dqkv_ref.data(), s.B, s.T, s.H, s.D, s.scale());
+  std::vector<float> dqkv_ref(s.qkv()), dbias_ref(3 * s.H * s.D);
+  attention_backward_cpu(qkv.values.data(), out.values.data(), lse_ref.data(), dout.values.data(),
+                         dqkv_ref.data(), dbias_ref.data(), s.B, s.T, s.H, s.D, s.scale());
   const emu::DeviceBuffer<bf16_bits> dev_out("out", out.bits), dev_dout("dout", dout.bits),
       dev_dqkv("dqkv", s.qkv());
   const emu::DeviceBuffer<float> dev_lse("lse", lse_ref),
-      workspace("workspace", static_cast<size_t>(BackwardWorkspace::floats(s.B, s.T, s.H)));
+      workspace("workspace", static_cast<size_t>(BackwardWorkspace::floats(s.B, s.T, s.H, s.D)));
+  // With the qkv bias gradient's column sums; a second run without them must store the same.
   backward<D>(qkv_ptr, reinterpret_cast<const bf16*>(dev_out.get()), dev_lse.get(),
               reinterpret_cast<const bf16*>(dev_dout.get()),
-              reinterpret_cast<bf16*>(dev_dqkv.get()), s.B, s.T, s.H, scale, workspace.get());
+              reinterpret_cast<bf16*>(dev_dqkv.get()), true, s.B, s.T, s.H, scale, workspace.get());
   const std::vector<float> dqkv = to_float(dev_dqkv.download());
   const double floor = 1e-3 * emu::norm(dqkv_ref);
   const char* names[3] = {"dq", "dk", "dv"};
   for (int part = 0; part < 3; ++part)
     checks.relative(names[part], qkv_part(dqkv, s, part), qkv_part(dqkv_ref, s, part), kBf16Tol,
                     floor);
+  checks.relative("dbias", summed_bias_partials(workspace.download(), s.B, s.T, s.H, s.D),
+                  dbias_ref, kBf16Tol);
+  emu::set_context(s.str() + ", backward without the bias gradient");
+  const emu::DeviceBuffer<bf16_bits> dev_dqkv_alone("dqkv (no bias gradient)", s.qkv());
+  backward<D>(qkv_ptr, reinterpret_cast<const bf16*>(dev_out.get()), dev_lse.get(),
+              reinterpret_cast<const bf16*>(dev_dout.get()),
+              reinterpret_cast<bf16*>(dev_dqkv_alone.get()), false, s.B, s.T, s.H, scale,
+              workspace.get());
+  checks.same_bits("dqkv without the bias gradient", dev_dqkv_alone.download(),
+                   dev_dqkv.download());
   return checks.print();
 }
 
