@@ -232,7 +232,7 @@ void measure_layerscale(Runner& run, int64_t C) {
   auto ln_w = run.random_bf16(C), ln_b = run.random_bf16(C), dy = run.random_bf16(n);
   auto y = Runner::bf16s(n), dx = Runner::floats(n);
   auto mean = Runner::floats(B * Tn), rstd = Runner::floats(B * Tn);
-  auto dln_w = Runner::floats(C), dln_b = Runner::floats(C);
+  auto dln_w = Runner::floats(C), dln_b = Runner::floats(C), dbias = Runner::floats(C);
   auto fused_ws = Runner::floats(
       kernels::layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C));
   const double stats = 8.0 * B * Tn;
@@ -250,9 +250,21 @@ void measure_layerscale(Runner& run, int64_t C) {
                 kernels::layerscale_residual_layernorm_backward_cuda(
                     dout->as<float>(), dy->as<bf16_bits>(), out->as<float>(),
                     branch->as<bf16_bits>(), gamma->as<bf16_bits>(), keep->as<float>(),
-                    ln_w->as<bf16_bits>(), mean->as<float>(), rstd->as<float>(),
-                    dx->as<float>(), dbranch->as<bf16_bits>(), dgamma->as<float>(),
-                    dln_w->as<float>(), dln_b->as<float>(), B, Tn, C, fused_ws->as<float>(),
+                    ln_w->as<bf16_bits>(), mean->as<float>(), rstd->as<float>(), dx->as<float>(),
+                    dbranch->as<bf16_bits>(), dgamma->as<float>(), dln_w->as<float>(),
+                    dln_b->as<float>(), nullptr, B, Tn, C, fused_ws->as<float>(), run.stream());
+              });
+  // With the branch's linear layer's bias gradient taken on the way
+  // (ops::linear_layerscale_residual_layernorm): against the row above plus "linear bias
+  // gradient" at this width, what it saves.
+  run.measure("layerscale+layernorm backward+bias gradient", "deit", shape,
+              3 * f32_act + 3 * bf16_act + params + 2.0 * C + stats + 4 * 4.0 * C, 0, [&] {
+                kernels::layerscale_residual_layernorm_backward_cuda(
+                    dout->as<float>(), dy->as<bf16_bits>(), out->as<float>(),
+                    branch->as<bf16_bits>(), gamma->as<bf16_bits>(), keep->as<float>(),
+                    ln_w->as<bf16_bits>(), mean->as<float>(), rstd->as<float>(), dx->as<float>(),
+                    dbranch->as<bf16_bits>(), dgamma->as<float>(), dln_w->as<float>(),
+                    dln_b->as<float>(), dbias->as<float>(), B, Tn, C, fused_ws->as<float>(),
                     run.stream());
               });
 }

@@ -43,14 +43,17 @@ void layerscale_residual_layernorm_forward_cpu(const T* x, const T* branch, cons
 // dout: (B, T, C), the gradient reaching `out` from later in the network (nullptr: none),
 // dy: (B, T, C), the gradient of y  ->  dx: (B, T, C), the whole gradient of `out` (dout plus
 // what flows back through the LayerNorm), which is also x's; dbranch: (B, T, C); dgamma,
-// dln_weight, dln_bias: (C). dbranch and the three (C) gradients may be nullptr.
+// dln_weight, dln_bias: (C); dbias: (C), the column sums of dbranch, i.e. the bias gradient of
+// the linear layer that made branch (ops::linear_layerscale_residual_layernorm takes it from
+// here instead of another pass). dbranch and the four (C) gradients may be nullptr, but dbias
+// needs dbranch.
 template <typename T>
 void layerscale_residual_layernorm_backward_cpu(const T* dout, const T* dy, const T* out,
                                                 const T* branch, const T* gamma,
                                                 const T* keep_scale, const T* ln_weight,
                                                 const T* mean, const T* rstd, T* dx, T* dbranch,
-                                                T* dgamma, T* dln_weight, T* dln_bias, int64_t B,
-                                                int64_t Tn, int64_t C);
+                                                T* dgamma, T* dln_weight, T* dln_bias, T* dbias,
+                                                int64_t B, int64_t Tn, int64_t C);
 
 #if DEIT_HAVE_CUDA
 // CUDA: the residual stream x, out and its gradient dout are fp32: with LayerScale's small gamma
@@ -79,10 +82,11 @@ void layerscale_residual_backward_cuda(const float* dout, const bf16_bits* branc
 // normalises `out` as stored (fp32), so its statistics match what backward reads. Forward: out
 // may alias x; mean and rstd may be nullptr (inference).
 // Backward keeps dx in fp32 between the LayerNorm and LayerScale halves, and sums dgamma,
-// dln_weight and dln_bias (fp32) over rows deterministically through `workspace`, at least
+// dln_weight, dln_bias and dbias (fp32; dbias from dbranch before its bf16 rounding) over rows
+// deterministically through `workspace`, at least
 // layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C) floats (nullptr is fine
-// when all three are nullptr). C <= kLayerNormCudaMaxWidth (kernels/layernorm.h;
-// std::invalid_argument beyond).
+// when all four are nullptr). C <= kLayerNormCudaMaxWidth (kernels/layernorm.h;
+// std::invalid_argument beyond, and for a dbias without dbranch).
 void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits* branch,
                                                 const bf16_bits* gamma, const float* keep_scale,
                                                 const bf16_bits* ln_weight,
@@ -93,11 +97,14 @@ void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits*
 
 int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, int64_t Tn,
                                                                       int64_t C);
-void layerscale_residual_layernorm_backward_cuda(
-    const float* dout, const bf16_bits* dy, const float* out, const bf16_bits* branch,
-    const bf16_bits* gamma, const float* keep_scale, const bf16_bits* ln_weight, const float* mean,
-    const float* rstd, float* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
-    float* dln_bias, int64_t B, int64_t Tn, int64_t C, float* workspace, cudaStream_t stream);
+void layerscale_residual_layernorm_backward_cuda(const float* dout, const bf16_bits* dy,
+                                                 const float* out, const bf16_bits* branch,
+                                                 const bf16_bits* gamma, const float* keep_scale,
+                                                 const bf16_bits* ln_weight, const float* mean,
+                                                 const float* rstd, float* dx, bf16_bits* dbranch,
+                                                 float* dgamma, float* dln_weight, float* dln_bias,
+                                                 float* dbias, int64_t B, int64_t Tn, int64_t C,
+                                                 float* workspace, cudaStream_t stream);
 #endif
 
 }  // namespace deit::kernels

@@ -116,25 +116,37 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
                                                      const Tensor& keep_mlp) const {
   const double eps = config_.layernorm_eps;
   const std::string b = "blocks." + std::to_string(i) + ".";
-  // The qkv projection with the attention: its bias gradient comes from the attention's backward.
+  // Each linear layer's bias gradient comes from the pass next to it: qkv's from the attention's
+  // backward, proj's and fc2's from the residual update's (with the LayerNorm after it), fc1's
+  // from GELU's.
   Tensor h = ops::linear_attention(normed, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"),
                                    config_.heads);
-  h = ops::linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"));
-  ops::ResidualAndNorm r = ops::layerscale_residual_layernorm(
-      x, h, p(b + "ls1.gamma"), keep_attention, p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
+  ops::ResidualAndNorm r = ops::linear_layerscale_residual_layernorm(
+      x, h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"), p(b + "ls1.gamma"), keep_attention,
+      p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
 
   const Tensor &fc1_weight = p(b + "mlp.fc1.weight"), &fc1_bias = p(b + "mlp.fc1.bias");
   const Tensor &fc2_weight = p(b + "mlp.fc2.weight"), &fc2_bias = p(b + "mlp.fc2.bias");
+  const Tensor& gamma = p(b + "ls2.gamma");
   // GELU next to the linear layer whose output it keeps for backward: with fc1 (its bias gradient
   // from GELU's backward pass), or, recomputed, with fc2 (fc2's input not kept).
-  h = recompute_gelu_
-          ? ops::gelu_linear(ops::linear(r.normed, fc1_weight, fc1_bias), fc2_weight, fc2_bias)
-          : ops::linear(ops::linear_gelu(r.normed, fc1_weight, fc1_bias), fc2_weight, fc2_bias);
-  if (i + 1 == config_.depth)
-    return {ops::layerscale_residual(r.residual, h, p(b + "ls2.gamma"), keep_mlp)};
+  const auto recomputed_mlp = [&] {
+    return ops::gelu_linear(ops::linear(r.normed, fc1_weight, fc1_bias), fc2_weight, fc2_bias);
+  };
+  if (i + 1 == config_.depth) {  // no LayerNorm after the last update: the head's reads cls only
+    const Tensor mlp =
+        recompute_gelu_
+            ? recomputed_mlp()
+            : ops::linear(ops::linear_gelu(r.normed, fc1_weight, fc1_bias), fc2_weight, fc2_bias);
+    return {ops::layerscale_residual(r.residual, mlp, gamma, keep_mlp)};
+  }
   const std::string next = "blocks." + std::to_string(i + 1) + ".";
-  r = ops::layerscale_residual_layernorm(r.residual, h, p(b + "ls2.gamma"), keep_mlp,
-                                         p(next + "norm1.weight"), p(next + "norm1.bias"), eps);
+  const Tensor &norm_weight = p(next + "norm1.weight"), &norm_bias = p(next + "norm1.bias");
+  r = recompute_gelu_ ? ops::layerscale_residual_layernorm(r.residual, recomputed_mlp(), gamma,
+                                                           keep_mlp, norm_weight, norm_bias, eps)
+                      : ops::linear_layerscale_residual_layernorm(
+                            r.residual, ops::linear_gelu(r.normed, fc1_weight, fc1_bias),
+                            fc2_weight, fc2_bias, gamma, keep_mlp, norm_weight, norm_bias, eps);
   return {r.residual, r.normed};
 }
 

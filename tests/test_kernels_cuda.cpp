@@ -481,15 +481,15 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
       layernorm_forward_cpu(out.data(), ln_w.values.data(), ln_b.values.data(), y.data(),
                             mean.data(), rstd.data(), s.rows(), s.C, 1e-6);
       struct Reference {
-        std::vector<float> dx, dbranch, dgamma, dw, db;
+        std::vector<float> dx, dbranch, dgamma, dw, db, dbias;
       };
       const auto reference = [&](const float* dout_values) {
         Reference r{std::vector<float>(s.n()), std::vector<float>(s.n()), std::vector<float>(C),
-                    std::vector<float>(C), std::vector<float>(C)};
+                    std::vector<float>(C),     std::vector<float>(C),     std::vector<float>(C)};
         layerscale_residual_layernorm_backward_cpu(
-            dout_values, dy.values.data(), out.data(), branch.values.data(),
-            gamma.values.data(), keep.data(), ln_w.values.data(), mean.data(), rstd.data(),
-            r.dx.data(), r.dbranch.data(), r.dgamma.data(), r.dw.data(), r.db.data(), s.B, s.T,
+            dout_values, dy.values.data(), out.data(), branch.values.data(), gamma.values.data(),
+            keep.data(), ln_w.values.data(), mean.data(), rstd.data(), r.dx.data(),
+            r.dbranch.data(), r.dgamma.data(), r.dw.data(), r.db.data(), r.dbias.data(), s.B, s.T,
             s.C);
         return r;
       };
@@ -499,24 +499,29 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
       Bf16Buffer dev_dy(dy.bits, s.offset), dev_branch(branch.bits, s.offset);
       Bf16Buffer dev_dbranch(s.n(), s.offset);
       F32Buffer dev_dout(dout, s.offset), dev_out(out, s.offset), dev_dx(s.n(), s.offset);
-      F32Buffer dev_mean(mean), dev_rstd(rstd), dev_dgamma(C), dev_dw(C), dev_db(C);
+      F32Buffer dev_mean(mean), dev_rstd(rstd), dev_dgamma(C), dev_dw(C), dev_db(C), dev_dbias(C);
       F32Buffer workspace(static_cast<size_t>(
           layerscale_residual_layernorm_backward_cuda_workspace_floats(s.B, s.T, s.C)));
-      const auto run = [&](const float* dout_device, bf16_bits* dbranch, float* dgamma,
-                           float* dw, float* db, float* work) {
+      const auto run = [&](const float* dout_device, bf16_bits* dbranch, float* dgamma, float* dw,
+                           float* db, float* work, float* dbias = nullptr) {
         layerscale_residual_layernorm_backward_cuda(
             dout_device, dev_dy.get(), dev_out.get(), dev_branch.get(), dev_gamma.get(),
             dev_keep.get(), dev_ln_w.get(), dev_mean.get(), dev_rstd.get(), dev_dx.get(), dbranch,
-            dgamma, dw, db, s.B, s.T, s.C, work, stream);
+            dgamma, dw, db, dbias, s.B, s.T, s.C, work, stream);
         stream.sync();
       };
       run(dev_dout.get(), dev_dbranch.get(), dev_dgamma.get(), dev_dw.get(), dev_db.get(),
-          workspace.get());
+          workspace.get(), dev_dbias.get());
       check_close("dx", dev_dx, with_dout.dx, kF32SumTol);
       check_close("dbranch", dev_dbranch, with_dout.dbranch, kBf16Tol);
       check_close("dgamma", dev_dgamma, with_dout.dgamma, kF32SumTol);
       check_close("dln_weight", dev_dw, with_dout.dw, kF32SumTol);
       check_close("dln_bias", dev_db, with_dout.db, kF32SumTol);
+      // The branch's linear layer's bias gradient: dbranch's column sums, before its rounding.
+      check_close("dbias", dev_dbias, with_dout.dbias, kF32SumTol);
+      CHECK_THROWS_AS(
+          run(dev_dout.get(), nullptr, nullptr, nullptr, nullptr, workspace.get(), dev_dbias.get()),
+          std::invalid_argument);
 
       const std::vector<float> dgamma_first = dev_dgamma.download();
       const std::vector<float> dw_first = dev_dw.download(), db_first = dev_db.download();
@@ -698,14 +703,15 @@ TEST_CASE("cuda kernels accept empty sizes and reject what they cannot do", "[gp
 
   // Sums over no rows are zero.
   F32Buffer dw(384), db(384), dgamma(384), dpos(4 * 8), dcls(8), loss(1);
-  F32Buffer fused_dgamma(384), fused_dw(384), fused_db(384);
+  F32Buffer fused_dgamma(384), fused_dw(384), fused_db(384), fused_dbias(384);
   layernorm_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, dw.get(), db.get(),
                           0, 384, nullptr, stream);
   layerscale_residual_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, dgamma.get(), 0,
                                     197, 384, nullptr, stream);
-  layerscale_residual_layernorm_backward_cuda(
-      nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-      nullptr, fused_dgamma.get(), fused_dw.get(), fused_db.get(), 0, 197, 384, nullptr, stream);
+  layerscale_residual_layernorm_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                              nullptr, nullptr, nullptr, nullptr, nullptr,
+                                              fused_dgamma.get(), fused_dw.get(), fused_db.get(),
+                                              fused_dbias.get(), 0, 197, 384, nullptr, stream);
   pos_embed_cls_backward_cuda(nullptr, nullptr, dpos.get(), dcls.get(), 0, 4, 8, stream);
   bce_with_logits_cuda(nullptr, nullptr, loss.get(), nullptr, 0, 1000, nullptr, stream);
   stream.sync();
@@ -716,6 +722,7 @@ TEST_CASE("cuda kernels accept empty sizes and reject what they cannot do", "[gp
   check_close("fused dgamma", fused_dgamma, zeros384, kExact);
   check_close("fused LayerNorm dweight", fused_dw, zeros384, kExact);
   check_close("fused LayerNorm dbias", fused_db, zeros384, kExact);
+  check_close("fused branch bias gradient", fused_dbias, zeros384, kExact);
   check_close("dpos", dpos, std::vector<float>(4 * 8, 0.f), kExact);
   check_close("dcls", dcls, std::vector<float>(8, 0.f), kExact);
   check_close("loss", loss, {0.f}, kExact);

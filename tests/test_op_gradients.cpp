@@ -217,6 +217,58 @@ TEST_CASE("layerscale residual + layernorm equals the two ops apart, bit for bit
   }
 }
 
+TEST_CASE("linear_layerscale_residual_layernorm op gradients by finite differences",
+          "[gradcheck][ops]") {
+  Rng rng(32);
+  const Tensor keep = Tensor::from_vector<double>({1.25, 0.0, 1.25}, {3});  // sample 1 dropped
+  // Both outputs differentiated (the sum of them), or the residual alone (the LayerNorm's weights
+  // then get no gradient), where the linear layer sums its bias gradient itself.
+  for (bool both : {true, false}) {
+    INFO((both ? "residual and normed" : "residual alone"));
+    check_op_gradients(
+        [keep, both](const auto& in) {
+          const ops::ResidualAndNorm r = ops::linear_layerscale_residual_layernorm(
+              in[0], in[1], in[2], in[3], in[4], keep, in[5], in[6], 1e-6);
+          return both ? ops::add(r.residual, r.normed) : r.residual;
+        },
+        {random_f64({3, 2, 5}, rng), random_f64({3, 2, 4}, rng), random_f64({5, 4}, rng),
+         random_f64({5}, rng), random_f64({5}, rng), random_f64({5}, rng, both),
+         random_f64({5}, rng, both)},
+        rng);
+  }
+}
+
+TEST_CASE("linear_layerscale_residual_layernorm equals the ops apart and keeps what they keep",
+          "[ops]") {
+  Rng rng(33);
+  const Tensor keep = Tensor::from_vector<float>({1.25f, 0.0f}, {2});
+  auto input = [&](const Shape& shape) {
+    return Tensor::randn(shape, rng).set_requires_grad(true);
+  };
+  const std::vector<Tensor> in{input({2, 7, 12}), input({2, 7, 6}), input({12, 6}), input({12}),
+                               input({12}),       input({12}),      input({12})};
+  const Tensor seed = Tensor::randn({2, 7, 12}, rng);
+  // Both outputs differentiated, with different gradients.
+  const auto both = [](const ops::ResidualAndNorm& r) {
+    return ops::add(r.residual, ops::gelu(r.normed));
+  };
+  const TapedRun apart = run_taped(
+      [&](const auto& x) {
+        return both(ops::layerscale_residual_layernorm(x[0], ops::linear(x[1], x[2], x[3]), x[4],
+                                                       keep, x[5], x[6], 1e-6));
+      },
+      in, seed);
+  const TapedRun fused = run_taped(
+      [&](const auto& x) {
+        return both(ops::linear_layerscale_residual_layernorm(x[0], x[1], x[2], x[3], x[4], keep,
+                                                              x[5], x[6], 1e-6));
+      },
+      in, seed);
+  // The bias gradient is the same column sums of the same dbranch: every result bit for bit.
+  check_same_bits(fused, apart);
+  CHECK(fused.saved_bytes == apart.saved_bytes);
+}
+
 TEST_CASE("gelu_linear op gradient (x, weight, bias) by finite differences", "[gradcheck][ops]") {
   Rng rng(26);
   check_op_gradients([](const auto& in) { return ops::gelu_linear(in[0], in[1], in[2]); },

@@ -1,6 +1,7 @@
 #include "engine/ops/layerscale.h"
 
 #include "engine/autograd.h"
+#include "engine/ops/linear.h"
 #include "engine/ops/op_utils.h"
 #include "engine/rng.h"
 #include "kernels/layerscale.h"
@@ -92,28 +93,41 @@ Tensor layerscale_residual(const Tensor& x, const Tensor& branch, const Tensor& 
   return out;
 }
 
-ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& branch,
-                                              const Tensor& gamma, const Tensor& keep_scale,
-                                              const Tensor& ln_weight, const Tensor& ln_bias,
-                                              double eps) {
-  const char* name = "layerscale_residual_layernorm";
+namespace {
+
+const char* const kResidualNorm = "layerscale_residual_layernorm";
+
+// layerscale_residual_layernorm's forward, off the tape: the outputs, and the LayerNorm's
+// statistics that backward reads.
+struct ResidualNormForward {
+  ResidualAndNorm result;
+  Tensor mean, rstd;
+};
+
+ResidualNormForward residual_norm_forward(const Tensor& x, const Tensor& branch,
+                                          const Tensor& gamma, const Tensor& keep_scale,
+                                          const Tensor& ln_weight, const Tensor& ln_bias,
+                                          double eps) {
+  const char* name = kResidualNorm;
   check_residual_operands(name, x, branch, gamma, keep_scale);
   const int64_t B = x.size(0), Tn = x.size(1), C = x.size(2), rows = B * Tn;
   check(ln_weight.shape() == Shape{C} && ln_bias.shape() == Shape{C}, name,
         "LayerNorm weight " + ln_weight.describe() + " / bias " + ln_bias.describe() +
             " for x " + x.describe());
   // The residual is fp32 on CUDA (x's dtype on the CPU), the normed output feeds the bf16 branch.
-  ResidualAndNorm result{Tensor::empty(x.shape(), detail::fp32_on_cuda(x), x.device()),
-                         Tensor::empty(x.shape(), detail::bf16_on_cuda(x), x.device())};
-  Tensor mean = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
-  Tensor rstd = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());
-  detail::dispatch(name, {&x, &branch, &gamma, &keep_scale, &ln_weight, &ln_bias},
+  ResidualNormForward f{{Tensor::empty(x.shape(), detail::fp32_on_cuda(x), x.device()),
+                         Tensor::empty(x.shape(), detail::bf16_on_cuda(x), x.device())},
+                        Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device()),
+                        Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device())};
+  ResidualAndNorm& result = f.result;
+  detail::dispatch(
+      name, {&x, &branch, &gamma, &keep_scale, &ln_weight, &ln_bias},
       [&](auto zero) {
         using T = decltype(zero);
         kernels::layerscale_residual_layernorm_forward_cpu<T>(
             x.data<T>(), branch.data<T>(), gamma.data<T>(), keep_scale.data<T>(),
             ln_weight.data<T>(), ln_bias.data<T>(), result.residual.data<T>(),
-            result.normed.data<T>(), mean.data<T>(), rstd.data<T>(), B, Tn, C, eps);
+            result.normed.data<T>(), f.mean.data<T>(), f.rstd.data<T>(), B, Tn, C, eps);
       },
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
         kernels::layerscale_residual_layernorm_forward_cuda(
@@ -122,64 +136,135 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
             detail::cuda_bf16_weights(name, "gamma", gamma),
             detail::cuda_data<float>(name, "keep_scale", keep_scale),
             detail::cuda_bf16_weights(name, "ln_weight", ln_weight),
-            detail::cuda_bf16_weights(name, "ln_bias", ln_bias),
-            result.residual.data<float>(), result.normed.data<kernels::bf16_bits>(),
-            mean.data<float>(), rstd.data<float>(), B, Tn, C, eps, cuda.stream);
+            detail::cuda_bf16_weights(name, "ln_bias", ln_bias), result.residual.data<float>(),
+            result.normed.data<kernels::bf16_bits>(), f.mean.data<float>(), f.rstd.data<float>(), B,
+            Tn, C, eps, cuda.stream);
       }));
-  if (!needs_recording({&x, &branch, &gamma, &ln_weight, &ln_bias})) return result;
-  record(name, {&result.residual, &result.normed}, {&x, &branch, &gamma, &ln_weight, &ln_bias},
-         {result.residual, branch, gamma, keep_scale, ln_weight, mean, rstd},
-         [B, Tn, C](Node& node, const std::vector<Tensor>& grads) {
-           const Tensor &dout = grads[0], &dy = grads[1];
-           const Tensor &out = node.saved[0], &branch = node.saved[1], &gamma = node.saved[2];
-           const Tensor &keep = node.saved[3], &ln_weight = node.saved[4];
-           const Tensor &mean = node.saved[5], &rstd = node.saved[6];
-           const bool want_dbranch = node.needs_input_grad[1];
-           const bool want_dgamma = node.needs_input_grad[2];
-           if (!dy.defined()) {
-             // Only the residual stream was differentiated: LayerScale's backward alone.
-             LayerscaleGrads ls = layerscale_backward(dout, branch, gamma, keep, want_dbranch,
-                                                      want_dgamma);
-             return std::vector<Tensor>{dout, ls.dbranch, ls.dgamma, Tensor(), Tensor()};
-           }
-           // dx is always computed: it is the gradient LayerScale's half reads. It has out's
-           // dtype (fp32 on CUDA: the residual stream's gradient).
-           Tensor dx = Tensor::empty(out.shape(), out.dtype(), out.device());
-           Tensor dbranch = empty_if(want_dbranch, branch);
-           Tensor dgamma = detail::empty_param_grad_if(want_dgamma, gamma);
-           Tensor dln_weight = detail::empty_param_grad_if(node.needs_input_grad[3], ln_weight);
-           // ln_bias is not saved: ln_weight has its shape.
-           Tensor dln_bias = detail::empty_param_grad_if(node.needs_input_grad[4], ln_weight);
-           const char* op = "layerscale_residual_layernorm backward";
-           detail::dispatch(op, {&dout, &dy, &out},
-               [&](auto zero) {
-                 using T = decltype(zero);
-                 kernels::layerscale_residual_layernorm_backward_cpu<T>(
-                     data_or_null<T>(dout), dy.data<T>(), out.data<T>(), branch.data<T>(),
-                     gamma.data<T>(), keep.data<T>(), ln_weight.data<T>(), mean.data<T>(),
-                     rstd.data<T>(), dx.data<T>(), data_or_null<T>(dbranch),
-                     data_or_null<T>(dgamma), data_or_null<T>(dln_weight),
-                     data_or_null<T>(dln_bias), B, Tn, C);
-               },
-               DEIT_CUDA_PATH([&](CudaContext& cuda) {
-                 const int64_t workspace_floats =
-                     kernels::layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn,
-                                                                                           C);
-                 Tensor workspace = detail::cuda_workspace(cuda, workspace_floats);
-                 kernels::layerscale_residual_layernorm_backward_cuda(
-                     detail::cuda_data<float>(op, "dout", dout),
-                     detail::cuda_data<kernels::bf16_bits>(op, "dy", dy), out.data<float>(),
-                     branch.data<kernels::bf16_bits>(),
-                     detail::cuda_bf16_weights(op, "gamma", gamma), keep.data<float>(),
-                     detail::cuda_bf16_weights(op, "ln_weight", ln_weight), mean.data<float>(),
-                     rstd.data<float>(), dx.data<float>(),
-                     data_or_null<kernels::bf16_bits>(dbranch), data_or_null<float>(dgamma),
-                     data_or_null<float>(dln_weight), data_or_null<float>(dln_bias), B, Tn, C,
-                     workspace.data<float>(), cuda.stream);
-               }));
-           return std::vector<Tensor>{dx, dbranch, dgamma, dln_weight, dln_bias};
+  return f;
+}
+
+// What backward reads, as the forward above left it.
+struct ResidualNormSaved {
+  Tensor out, branch, gamma, keep, ln_weight, mean, rstd;
+};
+
+// Which gradients backward makes. branch_bias: the bias of the linear layer that made branch,
+// whose gradient (the column sums of dbranch) is then taken on the way, or nullptr.
+struct ResidualNormWants {
+  bool dbranch, dgamma, dln_weight, dln_bias;
+  const Tensor* branch_bias;
+};
+
+struct ResidualNormGrads {
+  Tensor dx, dbranch, dgamma, dln_weight, dln_bias, dbranch_bias;
+};
+
+// layerscale_residual_layernorm's backward, given the gradients of residual (dout) and normed
+// (dy), either of which may be undefined. dbranch_bias stays undefined when only the residual
+// stream was differentiated (LayerScale's backward alone, which does not sum it).
+ResidualNormGrads residual_norm_backward(const Tensor& dout, const Tensor& dy,
+                                         const ResidualNormSaved& s,
+                                         const ResidualNormWants& want) {
+  const Tensor& out = s.out;
+  const int64_t B = out.size(0), Tn = out.size(1), C = out.size(2);
+  if (!dy.defined()) {
+    // Only the residual stream was differentiated: LayerScale's backward alone.
+    LayerscaleGrads ls =
+        layerscale_backward(dout, s.branch, s.gamma, s.keep, want.dbranch, want.dgamma);
+    return {dout, ls.dbranch, ls.dgamma, Tensor(), Tensor(), Tensor()};
+  }
+  // dx is always computed: it is the gradient LayerScale's half reads. It has out's dtype (fp32 on
+  // CUDA: the residual stream's gradient).
+  ResidualNormGrads g{
+      Tensor::empty(out.shape(), out.dtype(), out.device()), empty_if(want.dbranch, s.branch),
+      detail::empty_param_grad_if(want.dgamma, s.gamma),
+      detail::empty_param_grad_if(want.dln_weight, s.ln_weight),
+      // ln_bias is not saved: ln_weight has its shape.
+      detail::empty_param_grad_if(want.dln_bias, s.ln_weight),
+      want.branch_bias ? detail::empty_param_grad_if(true, *want.branch_bias) : Tensor()};
+  const char* op = "layerscale_residual_layernorm backward";
+  detail::dispatch(
+      op, {&dout, &dy, &out},
+      [&](auto zero) {
+        using T = decltype(zero);
+        kernels::layerscale_residual_layernorm_backward_cpu<T>(
+            data_or_null<T>(dout), dy.data<T>(), out.data<T>(), s.branch.data<T>(),
+            s.gamma.data<T>(), s.keep.data<T>(), s.ln_weight.data<T>(), s.mean.data<T>(),
+            s.rstd.data<T>(), g.dx.data<T>(), data_or_null<T>(g.dbranch), data_or_null<T>(g.dgamma),
+            data_or_null<T>(g.dln_weight), data_or_null<T>(g.dln_bias),
+            data_or_null<T>(g.dbranch_bias), B, Tn, C);
+      },
+      DEIT_CUDA_PATH([&](CudaContext& cuda) {
+        Tensor workspace = detail::cuda_workspace(
+            cuda, kernels::layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C));
+        kernels::layerscale_residual_layernorm_backward_cuda(
+            detail::cuda_data<float>(op, "dout", dout),
+            detail::cuda_data<kernels::bf16_bits>(op, "dy", dy), out.data<float>(),
+            s.branch.data<kernels::bf16_bits>(), detail::cuda_bf16_weights(op, "gamma", s.gamma),
+            s.keep.data<float>(), detail::cuda_bf16_weights(op, "ln_weight", s.ln_weight),
+            s.mean.data<float>(), s.rstd.data<float>(), g.dx.data<float>(),
+            data_or_null<kernels::bf16_bits>(g.dbranch), data_or_null<float>(g.dgamma),
+            data_or_null<float>(g.dln_weight), data_or_null<float>(g.dln_bias),
+            data_or_null<float>(g.dbranch_bias), B, Tn, C, workspace.data<float>(), cuda.stream);
+      }));
+  return g;
+}
+
+}  // namespace
+
+ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& branch,
+                                              const Tensor& gamma, const Tensor& keep_scale,
+                                              const Tensor& ln_weight, const Tensor& ln_bias,
+                                              double eps) {
+  ResidualNormForward f =
+      residual_norm_forward(x, branch, gamma, keep_scale, ln_weight, ln_bias, eps);
+  if (!needs_recording({&x, &branch, &gamma, &ln_weight, &ln_bias})) return f.result;
+  record(kResidualNorm, {&f.result.residual, &f.result.normed},
+         {&x, &branch, &gamma, &ln_weight, &ln_bias},
+         {f.result.residual, branch, gamma, keep_scale, ln_weight, f.mean, f.rstd},
+         [](Node& node, const std::vector<Tensor>& grads) {
+           const std::vector<Tensor>& v = node.saved;
+           const ResidualNormGrads g = residual_norm_backward(
+               grads[0], grads[1], {v[0], v[1], v[2], v[3], v[4], v[5], v[6]},
+               {node.needs_input_grad[1], node.needs_input_grad[2], node.needs_input_grad[3],
+                node.needs_input_grad[4], nullptr});
+           return std::vector<Tensor>{g.dx, g.dbranch, g.dgamma, g.dln_weight, g.dln_bias};
          });
-  return result;
+  return f.result;
+}
+
+ResidualAndNorm linear_layerscale_residual_layernorm(const Tensor& x, const Tensor& h,
+                                                     const Tensor& weight, const Tensor& bias,
+                                                     const Tensor& gamma, const Tensor& keep_scale,
+                                                     const Tensor& ln_weight, const Tensor& ln_bias,
+                                                     double eps) {
+  const Tensor branch = detail::linear_forward(h, weight, bias);
+  ResidualNormForward f =
+      residual_norm_forward(x, branch, gamma, keep_scale, ln_weight, ln_bias, eps);
+  if (!needs_recording({&x, &h, &weight, &bias, &gamma, &ln_weight, &ln_bias})) return f.result;
+  record("linear_layerscale_residual_layernorm", {&f.result.residual, &f.result.normed},
+         {&x, &h, &weight, &bias, &gamma, &ln_weight, &ln_bias},
+         {f.result.residual, branch, gamma, keep_scale, ln_weight, f.mean, f.rstd, h, weight, bias},
+         [](Node& node, const std::vector<Tensor>& grads) {
+           const std::vector<Tensor>& v = node.saved;
+           const Tensor &h = v[7], &weight = v[8], &bias = v[9];
+           const std::vector<bool>& want = node.needs_input_grad;
+           const bool want_dbranch = want[1] || want[2] || want[3];
+           const ResidualNormGrads g = residual_norm_backward(
+               grads[0], grads[1], {v[0], v[1], v[2], v[3], v[4], v[5], v[6]},
+               {want_dbranch, want[4], want[5], want[6], want[3] ? &bias : nullptr});
+           // The linear layer's own pass over dbranch sums its bias gradient only where the
+           // residual half did not (the residual stream alone differentiated).
+           const bool own_dbias = want[3] && !g.dbranch_bias.defined();
+           detail::LinearGrads linear = want_dbranch
+                                            ? detail::linear_backward(g.dbranch, h, weight, bias,
+                                                                      want[1], want[2], own_dbias)
+                                            : detail::LinearGrads{};
+           return std::vector<Tensor>{
+               g.dx,     linear.dx,    linear.dweight, own_dbias ? linear.dbias : g.dbranch_bias,
+               g.dgamma, g.dln_weight, g.dln_bias};
+         });
+  return f.result;
 }
 
 Tensor drop_path_keep_scales(int64_t B, double rate, Rng& rng, DType dtype) {

@@ -26,6 +26,18 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
                                               const Tensor& ln_weight, const Tensor& ln_bias,
                                               double eps);
 
+// layerscale_residual_layernorm(x, linear(h, weight, bias), gamma, ...), the branch's last linear
+// layer (the attention's proj, the MLP's fc2) with the residual update and the LayerNorm after it,
+// as one node: its backward takes the linear layer's bias gradient from the residual half's pass
+// over dbranch (the column sums of dbranch, fp32 before its rounding on CUDA) instead of a pass
+// of its own. The same values and gradients as the ops apart (on the CPU the same bits); it keeps
+// what they keep.
+ResidualAndNorm linear_layerscale_residual_layernorm(const Tensor& x, const Tensor& h,
+                                                     const Tensor& weight, const Tensor& bias,
+                                                     const Tensor& gamma, const Tensor& keep_scale,
+                                                     const Tensor& ln_weight, const Tensor& ln_bias,
+                                                     double eps);
+
 // Per-sample drop-path scales for a batch of B: each sample is kept with probability 1 - rate
 // and then scaled by 1 / (1 - rate), else 0. rate 0 (or eval) gives all ones.
 // Returns a (B) tensor of `dtype` in host memory, drawn from `rng`.

@@ -53,8 +53,8 @@ void layerscale_residual_layernorm_backward_cpu(const T* dout, const T* dy, cons
                                                 const T* branch, const T* gamma,
                                                 const T* keep_scale, const T* ln_weight,
                                                 const T* mean, const T* rstd, T* dx, T* dbranch,
-                                                T* dgamma, T* dln_weight, T* dln_bias, int64_t B,
-                                                int64_t Tn, int64_t C) {
+                                                T* dgamma, T* dln_weight, T* dln_bias, T* dbias,
+                                                int64_t B, int64_t Tn, int64_t C) {
   // `out` feeds two consumers, the LayerNorm and the rest of the residual stream, so its gradient
   // dx: (B*T, C) is the sum of theirs; x = out - (the branch term) gets the same gradient.
   const int64_t rows = B * Tn;
@@ -65,19 +65,21 @@ void layerscale_residual_layernorm_backward_cpu(const T* dout, const T* dy, cons
   }
   // Then LayerScale and drop-path see dx as the gradient of their output.
   layerscale_residual_backward_cpu(dx, branch, gamma, keep_scale, dbranch, dgamma, B, Tn, C);
+  // The branch's linear layer's bias gradient, as linear_backward_cpu takes it from its dy.
+  if (dbias) column_sums(rows, C, dbias, [=](int64_t r, int64_t c) { return dbranch[r * C + c]; });
 }
 
 #define DEIT_INSTANTIATE(T)                                                                     \
   template void layerscale_residual_forward_cpu<T>(const T*, const T*, const T*, const T*, T*,  \
                                                    int64_t, int64_t, int64_t);                  \
   template void layerscale_residual_backward_cpu<T>(const T*, const T*, const T*, const T*, T*, \
-                                                    T*, int64_t, int64_t, int64_t);              \
+                                                    T*, int64_t, int64_t, int64_t);             \
   template void layerscale_residual_layernorm_forward_cpu<T>(                                   \
       const T*, const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*, int64_t,      \
       int64_t, int64_t, double);                                                                \
   template void layerscale_residual_layernorm_backward_cpu<T>(                                  \
       const T*, const T*, const T*, const T*, const T*, const T*, const T*, const T*, const T*, \
-      T*, T*, T*, T*, T*, int64_t, int64_t, int64_t);
+      T*, T*, T*, T*, T*, T*, int64_t, int64_t, int64_t);
 DEIT_INSTANTIATE(float)
 DEIT_INSTANTIATE(double)
 #undef DEIT_INSTANTIATE

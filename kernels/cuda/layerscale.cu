@@ -15,11 +15,17 @@
 // the backward reads dy, out, dout and branch and writes dx and dbranch (6 passes where LayerNorm
 // backward, the gradient sum of the two consumers of out and LayerScale backward make 9). Launch:
 // the row layout of layernorm.cu (one block per row, forward grid-striding over at most 65536
-// blocks, backward over row_chunks), with dgamma, dln_weight and dln_bias as per-chunk partials.
+// blocks, backward over row_chunks), with dgamma, dln_weight and dln_bias as per-chunk partials,
+// and, for ops::linear_layerscale_residual_layernorm, the column sums of dbranch too: the bias
+// gradient of the linear layer that made branch (attention's proj, the MLP's fc2), without a pass
+// of its own over dbranch (39 MB a layer each for deit3_small's batch of 256).
 // Rows up to 4096 wide (blocks of at most 512 threads) take the early-load variants
 // (layerscale_kernels.cuh): forward on row_chunks' number of blocks, each loading its next row
 // while this one reduces; backward loading all four inputs of a row before the LayerNorm's
-// reductions.
+// reductions. Registers of the backward (ptxas, sm_90 / sm_80): the early variants 93 / 100
+// (vectors) and 110 / 108 (scalars), no spills; the 1024-thread ones, for rows past 4096 and
+// held to 64 registers, spill since they also sum dbias: 0 / 48 bytes (vectors, from 0 / 0)
+// and 280 / 224 (scalars, from 132 / 32). No ViT preset has rows that wide (ViT-H: 1280).
 // Measured speed (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768): LayerScale +
 // drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.104 ms (69%); fused with the
 // LayerNorm after it, forward 0.127 ms (85%), backward 0.271 ms (60%), before the early loads
@@ -32,6 +38,8 @@
 // (tests/emulated/layernorm_emulated.cpp), which checks them against the CPU twin without a GPU;
 // its launches mirror the ones below, so change them together.
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/layerscale.h"
@@ -113,25 +121,32 @@ void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits*
 
 int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, int64_t Tn,
                                                                       int64_t C) {
-  return 3 * gpu::row_chunks(B * Tn, C).chunks * C;
+  return 4 * gpu::row_chunks(B * Tn, C).chunks * C;
 }
 
-void layerscale_residual_layernorm_backward_cuda(
-    const float* dout, const bf16_bits* dy, const float* out, const bf16_bits* branch,
-    const bf16_bits* gamma, const float* keep_scale, const bf16_bits* ln_weight, const float* mean,
-    const float* rstd, float* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
-    float* dln_bias, int64_t B, int64_t Tn, int64_t C, float* workspace, cudaStream_t stream) {
+void layerscale_residual_layernorm_backward_cuda(const float* dout, const bf16_bits* dy,
+                                                 const float* out, const bf16_bits* branch,
+                                                 const bf16_bits* gamma, const float* keep_scale,
+                                                 const bf16_bits* ln_weight, const float* mean,
+                                                 const float* rstd, float* dx, bf16_bits* dbranch,
+                                                 float* dgamma, float* dln_weight, float* dln_bias,
+                                                 float* dbias, int64_t B, int64_t Tn, int64_t C,
+                                                 float* workspace, cudaStream_t stream) {
   const char* fn = "layerscale_residual_layernorm_backward_cuda";
   gpu::check_sizes(fn, {B, Tn, C});
   gpu::check_row_width(fn, C);
   if (C == 0) return;
   const int64_t rows = B * Tn;
+  if (dbias && !dbranch && rows > 0)
+    throw std::invalid_argument(std::string(fn) + ": dbias is summed from dbranch, which is null");
   const gpu::RowChunks part = gpu::row_chunks(rows, C);
-  gpu::check_workspace(fn, workspace, (dgamma || dln_weight || dln_bias) && part.chunks > 0);
+  gpu::check_workspace(fn, workspace,
+                       (dgamma || dln_weight || dln_bias || dbias) && part.chunks > 0);
   const int64_t stride = part.chunks * C;
   float* dgamma_partials = dgamma ? workspace : nullptr;
   float* dw_partials = dln_weight ? workspace + stride : nullptr;
   float* db_partials = dln_bias ? workspace + 2 * stride : nullptr;
+  float* dbias_partials = dbias ? workspace + 3 * stride : nullptr;
   if (part.chunks > 0) {
     const unsigned grid = static_cast<unsigned>(part.chunks);
     const int threads = gpu::row_threads(C);
@@ -142,17 +157,18 @@ void layerscale_residual_layernorm_backward_cuda(
     auto* dbrb = gpu::as_bf16(dbranch);
     const bool vector =
         C % kVec == 0 && gpu::aligned16(dout, dy, out, branch, gamma, ln_weight, dx, dbranch,
-                                        dgamma_partials, dw_partials, db_partials);
+                                        dgamma_partials, dw_partials, db_partials, dbias_partials);
     gpu::with_row_variant(vector, threads, [&](auto width, auto early) {
       layerscale_layernorm_backward_kernel<width.value, early.value><<<grid, threads, 0, stream>>>(
           dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx, dbrb, dgamma_partials,
-          dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
+          dw_partials, db_partials, dbias_partials, rows, Tn, C, part.rows_per_chunk);
       DEIT_CUDA_CHECK_LAUNCH();
     });
   }
   if (dgamma) gpu::sum_partials(dgamma_partials, part.chunks, C, dgamma, stream);
   if (dln_weight) gpu::sum_partials(dw_partials, part.chunks, C, dln_weight, stream);
   if (dln_bias) gpu::sum_partials(db_partials, part.chunks, C, dln_bias, stream);
+  if (dbias) gpu::sum_partials(dbias_partials, part.chunks, C, dbias, stream);
 }
 
 }  // namespace deit::kernels

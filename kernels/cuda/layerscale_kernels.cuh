@@ -128,8 +128,10 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
 
 // Block `chunk` handles rows [chunk * rows_per_chunk, ...) of the (B*T, C) view. Per row:
 // d = dout + LayerNorm backward(dy) in fp32, written to dx; then d * keep is LayerScale's input
-// gradient: dbranch = d * keep * gamma, and d * keep * branch adds to the dgamma partials. Any of
-// dout, dbranch and the partials may be nullptr. gamma and ln_weight are re-read per row (from
+// gradient: dbranch = d * keep * gamma, which (fp32, before its rounding) adds to the dbias
+// partials, the bias gradient of the linear layer that made branch; and d * keep * branch adds
+// to the dgamma partials. Any of dout, dbranch and the partials may be nullptr (the dbias
+// partials need dbranch). gamma and ln_weight are re-read per row (from
 // L1) rather than held. Early (blocks of at most kEarlyLoadThreads, so 128 registers a thread):
 // dout and branch are loaded with dy and out, before the LayerNorm's reductions, so that a row
 // waits for memory once; otherwise (the 64 registers of a 1024-thread block) after them, and a row
@@ -141,12 +143,12 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
                                          const float* keep_scale, const bf16* ln_weight,
                                          const float* mean, const float* rstd, float* dx,
                                          bf16* dbranch, float* dgamma_partials, float* dw_partials,
-                                         float* db_partials, int64_t rows, int64_t Tn, int64_t C,
-                                         int64_t rows_per_chunk) {
+                                         float* db_partials, float* dbias_partials, int64_t rows,
+                                         int64_t Tn, int64_t C, int64_t rows_per_chunk) {
   __shared__ float scratch[64];
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
-  float dgamma[kVec] = {}, dw[kVec] = {}, db[kVec] = {};
+  float dgamma[kVec] = {}, dw[kVec] = {}, db[kVec] = {}, dbias[kVec] = {};
   for (int64_t r = r0; r < r1; ++r) {
     float g[kVec], xh[kVec], t[kVec], d[kVec];
     float br[kVec] = {};  // read only where loaded; set, as the host compiler cannot see that
@@ -184,11 +186,16 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
 #pragma unroll
       for (int e = 0; e < kVec; ++e) d[e] *= t[e];
       gpu::store_row<V>(dbranch + r * C, C, d);
+      if (dbias_partials) {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) dbias[e] += d[e];
+      }
     }
   }
   if (dgamma_partials) gpu::store_row<V>(dgamma_partials + blockIdx.x * C, C, dgamma);
   if (dw_partials) gpu::store_row<V>(dw_partials + blockIdx.x * C, C, dw);
   if (db_partials) gpu::store_row<V>(db_partials + blockIdx.x * C, C, db);
+  if (dbias_partials) gpu::store_row<V>(dbias_partials + blockIdx.x * C, C, dbias);
 }
 
 }  // namespace

@@ -187,8 +187,8 @@ struct FusedBackwardArgs {
   const float *mean, *rstd;
   float* dx;
   bf16* dbranch;
-  float* workspace;  // 3 * chunks * C floats: dgamma's, dln_weight's, dln_bias's partials
-  bool dgamma, dln_weight, dln_bias;
+  float* workspace;  // 4 * chunks * C floats: dgamma's, dln_weight's, dln_bias's, dbias's partials
+  bool dgamma, dln_weight, dln_bias, dbias;
 };
 
 void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C) {
@@ -198,10 +198,12 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
   float* dgamma_partials = a.dgamma ? a.workspace : nullptr;
   float* dw_partials = a.dln_weight ? a.workspace + stride : nullptr;
   float* db_partials = a.dln_bias ? a.workspace + 2 * stride : nullptr;
+  float* dbias_partials = a.dbias ? a.workspace + 3 * stride : nullptr;
   const int threads = gpu::row_threads(C);
   const bool vector_path =
-      C % gpu::kVec == 0 && gpu::aligned16(a.dout, a.dy, a.out, a.branch, a.gamma, a.ln_w, a.dx,
-                                              a.dbranch, dgamma_partials, dw_partials, db_partials);
+      C % gpu::kVec == 0 &&
+      gpu::aligned16(a.dout, a.dy, a.out, a.branch, a.gamma, a.ln_w, a.dx, a.dbranch,
+                     dgamma_partials, dw_partials, db_partials, dbias_partials);
   gpu::with_row_variant(vector_path, threads, [&](auto width, auto early) {
     constexpr int V = decltype(width)::value;
     constexpr bool kEarly = decltype(early)::value;
@@ -210,8 +212,8 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
                 [=] {
                   layerscale_layernorm_backward_kernel<V, kEarly>(
                       a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd, a.dx,
-                      a.dbranch, dgamma_partials, dw_partials, db_partials, rows, T, C,
-                      part.rows_per_chunk);
+                      a.dbranch, dgamma_partials, dw_partials, db_partials, dbias_partials, rows, T,
+                      C, part.rows_per_chunk);
                 });
   });
 }
@@ -491,15 +493,15 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
   layernorm_forward_cpu(out.data(), ln_w.values.data(), ln_b.values.data(), y.data(), mean.data(),
                         rstd.data(), s.rows(), s.C, kEps);
   struct Reference {
-    std::vector<float> dx, dbranch, dgamma, dw, db;
+    std::vector<float> dx, dbranch, dgamma, dw, db, dbias;
   };
   const auto reference = [&](const float* dout_values) {
     Reference r{std::vector<float>(s.n()), std::vector<float>(s.n()), std::vector<float>(C),
-                std::vector<float>(C), std::vector<float>(C)};
+                std::vector<float>(C),     std::vector<float>(C),     std::vector<float>(C)};
     layerscale_residual_layernorm_backward_cpu(
         dout_values, dy.values.data(), out.data(), branch.values.data(), gamma.values.data(),
         keep.data(), ln_w.values.data(), mean.data(), rstd.data(), r.dx.data(), r.dbranch.data(),
-        r.dgamma.data(), r.dw.data(), r.db.data(), s.B, s.T, s.C);
+        r.dgamma.data(), r.dw.data(), r.db.data(), r.dbias.data(), s.B, s.T, s.C);
     return r;
   };
   const Reference with_dout = reference(dout.data());
@@ -513,14 +515,14 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
   struct Result {
     std::vector<float> dx;
     std::vector<bf16_bits> dbranch;
-    std::vector<float> dgamma, dw, db;  // the partials of each
+    std::vector<float> dgamma, dw, db, dbias;  // the partials of each
   };
   const auto run = [&](const char* what, bool with_dout_input, bool dbranch, bool dgamma, bool dw,
-                       bool db) {
+                       bool db, bool dbias) {
     emu::set_context(s.str() + ", layerscale + layernorm backward, " + what);
     const F32Activation dev_dx("dx", s.n(), s.offset);
     const Bf16Activation dev_dbranch("dbranch", s.n(), s.offset);
-    const auto workspace = tight<float>("workspace", 3 * stride);
+    const auto workspace = tight<float>("workspace", 4 * stride);
     const FusedBackwardArgs a{with_dout_input ? dev_dout.get() : nullptr,
                               dev_dy.get(),
                               dev_out.get(),
@@ -535,35 +537,41 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
                               workspace.get(),
                               dgamma,
                               dw,
-                              db};
+                              db,
+                              dbias};
     fused_backward(a, s.B, s.T, s.C);
     const std::vector<float> partials = workspace.download();
     const auto slice = [&](size_t i) {
       return std::vector<float>(partials.begin() + i * stride, partials.begin() + (i + 1) * stride);
     };
-    return Result{dev_dx.bits(), dev_dbranch.bits(), slice(0), slice(1), slice(2)};
+    return Result{dev_dx.bits(), dev_dbranch.bits(), slice(0), slice(1), slice(2), slice(3)};
   };
   const auto sum = [&](const std::vector<float>& partials) {
     return summed(partials, part.chunks, s.C);
   };
-  const Result first = run("first run", true, true, true, true, true);
+  const Result first = run("first run", true, true, true, true, true, true);
   checks.relative("dx", first.dx, with_dout.dx, kF32SumTol);
   checks.relative("dbranch", to_float(first.dbranch), with_dout.dbranch, kBf16Tol);
   checks.relative("dgamma", sum(first.dgamma), with_dout.dgamma, kF32SumTol);
   checks.relative("dln_weight", sum(first.dw), with_dout.dw, kF32SumTol);
   checks.relative("dln_bias", sum(first.db), with_dout.db, kF32SumTol);
+  checks.relative("dbias", sum(first.dbias), with_dout.dbias, kF32SumTol);
 
-  const Result second = run("second run without dbranch", true, false, true, true, true);
+  const Result second = run("second run without dbranch", true, false, true, true, true, false);
   checks.same_bits("dx without dbranch", second.dx, first.dx);
   checks.same_bits("dgamma partials, second run", second.dgamma, first.dgamma);
   checks.same_bits("dln_weight partials, second run", second.dw, first.dw);
   checks.same_bits("dln_bias partials, second run", second.db, first.db);
 
-  const Result no_dout = run("without dout", false, true, false, false, false);
+  const Result no_dout = run("without dout", false, true, false, false, false, false);
   checks.relative("dx without dout", no_dout.dx, without_dout.dx, kF32SumTol);
   checks.relative("dbranch without dout", to_float(no_dout.dbranch), without_dout.dbranch,
                   kBf16Tol);
-  const Result dgamma_alone = run("dgamma alone, without dout", false, false, true, false, false);
+  const Result with_dbias = run("dbias, without dout", false, true, false, false, false, true);
+  checks.same_bits("dbranch with dbias", with_dbias.dbranch, no_dout.dbranch);
+  checks.relative("dbias without dout", sum(with_dbias.dbias), without_dout.dbias, kF32SumTol);
+  const Result dgamma_alone =
+      run("dgamma alone, without dout", false, false, true, false, false, false);
   checks.relative("dgamma alone, without dout", sum(dgamma_alone.dgamma), without_dout.dgamma,
                   kF32SumTol);
 }
