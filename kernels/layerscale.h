@@ -82,8 +82,9 @@ void layerscale_residual_backward_cuda(const float* dout, const bf16_bits* branc
 // normalises `out` as stored (fp32), so its statistics match what backward reads. Forward: out
 // may alias x; mean and rstd may be nullptr (inference).
 // Backward keeps dx in fp32 between the LayerNorm and LayerScale halves, and sums dgamma,
-// dln_weight, dln_bias and dbias (fp32; dbias from dbranch before its bf16 rounding) over rows
-// deterministically through `workspace`, at least
+// dln_weight, dln_bias and dbias (fp32; dbias from dbranch as stored, in bf16, the bits
+// linear_backward_cuda would sum from it) over rows deterministically through `workspace`, at
+// least
 // layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C) floats (nullptr is fine
 // when all four are nullptr). C <= kLayerNormCudaMaxWidth (kernels/layernorm.h;
 // std::invalid_argument beyond, and for a dbias without dbranch).

@@ -517,8 +517,18 @@ TEST_CASE("cuda layerscale residual + layernorm forward and backward match the C
       check_close("dgamma", dev_dgamma, with_dout.dgamma, kF32SumTol);
       check_close("dln_weight", dev_dw, with_dout.dw, kF32SumTol);
       check_close("dln_bias", dev_db, with_dout.db, kF32SumTol);
-      // The branch's linear layer's bias gradient: dbranch's column sums, before its rounding.
-      check_close("dbias", dev_dbias, with_dout.dbias, kF32SumTol);
+      // The branch's linear layer's bias gradient: dbranch's column sums, the very bits that the
+      // linear layer's own pass over the stored dbranch sums.
+      check_close("dbias", dev_dbias, with_dout.dbias, kBf16Tol);
+      {
+        CublasLt lt;  // its workspace holds the linear layer's partial sums
+        F32Buffer linear_dbias(C);
+        linear_backward_cuda(dev_dbranch.get(), nullptr, nullptr, nullptr, nullptr,
+                             linear_dbias.get(), s.rows(), C, C, lt, stream);
+        stream.sync();
+        check_same_bits("dbias against the linear layer's", dev_dbias.download(),
+                        linear_dbias.download());
+      }
       CHECK_THROWS_AS(
           run(dev_dout.get(), nullptr, nullptr, nullptr, nullptr, workspace.get(), dev_dbias.get()),
           std::invalid_argument);

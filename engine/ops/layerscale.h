@@ -29,9 +29,9 @@ ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& bra
 // layerscale_residual_layernorm(x, linear(h, weight, bias), gamma, ...), the branch's last linear
 // layer (the attention's proj, the MLP's fc2) with the residual update and the LayerNorm after it,
 // as one node: its backward takes the linear layer's bias gradient from the residual half's pass
-// over dbranch (the column sums of dbranch, fp32 before its rounding on CUDA) instead of a pass
-// of its own. The same values and gradients as the ops apart (on the CPU the same bits); it keeps
-// what they keep.
+// over dbranch (the column sums of dbranch as stored) instead of a pass of its own. The same
+// values and gradients as the ops apart, bit for bit on the CPU and on CUDA; it keeps what they
+// keep.
 ResidualAndNorm linear_layerscale_residual_layernorm(const Tensor& x, const Tensor& h,
                                                      const Tensor& weight, const Tensor& bias,
                                                      const Tensor& gamma, const Tensor& keep_scale,

@@ -128,14 +128,15 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
 
 // Block `chunk` handles rows [chunk * rows_per_chunk, ...) of the (B*T, C) view. Per row:
 // d = dout + LayerNorm backward(dy) in fp32, written to dx; then d * keep is LayerScale's input
-// gradient: dbranch = d * keep * gamma, which (fp32, before its rounding) adds to the dbias
-// partials, the bias gradient of the linear layer that made branch; and d * keep * branch adds
-// to the dgamma partials. Any of dout, dbranch and the partials may be nullptr (the dbias
-// partials need dbranch). gamma and ln_weight are re-read per row (from
-// L1) rather than held. Early (blocks of at most kEarlyLoadThreads, so 128 registers a thread):
-// dout and branch are loaded with dy and out, before the LayerNorm's reductions, so that a row
-// waits for memory once; otherwise (the 64 registers of a 1024-thread block) after them, and a row
-// waits three times, each wait then a barrier's.
+// gradient: dbranch = d * keep * gamma, which (as stored, in bf16) adds to the dbias partials, the
+// bias gradient of the linear layer that made branch, in the order and chunks that the linear
+// layer's own pass over dbranch (column_partials_kernel) would sum it: the same bits; and
+// d * keep * branch adds to the dgamma partials. Any of dout, dbranch and the partials may be
+// nullptr (the dbias partials need dbranch). gamma and ln_weight are re-read per row (from L1)
+// rather than held. Early (blocks of at most kEarlyLoadThreads, so 128 registers a thread): dout
+// and branch are loaded with dy and out, before the LayerNorm's reductions, so that a row waits for
+// memory once; otherwise (the 64 registers of a 1024-thread block) after them, and a row waits
+// three times, each wait then a barrier's.
 template <int V, bool Early>
 __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
     layerscale_layernorm_backward_kernel(const float* dout, const bf16* dy, const float* out,
@@ -188,7 +189,8 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
       gpu::store_row<V>(dbranch + r * C, C, d);
       if (dbias_partials) {
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) dbias[e] += d[e];
+        for (int e = 0; e < kVec; ++e)  // as stored, as column_partials_kernel would sum it
+          dbias[e] += __bfloat162float(__float2bfloat16_rn(d[e]));
       }
     }
   }

@@ -260,6 +260,21 @@ std::vector<float> summed(const std::vector<float>& partials, int64_t chunks, in
   return sums;
 }
 
+// The partials the linear layer's bias gradient (column_partials_kernel, linear_kernels.cuh)
+// makes of a stored (rows, C) bf16 matrix: for each of row_chunks' chunks, every column's fp32
+// sum over the chunk's rows in order.
+std::vector<float> linear_bias_partials(const std::vector<bf16_bits>& m, int64_t rows, int64_t C) {
+  const gpu::RowChunks part = gpu::row_chunks(rows, C);
+  std::vector<float> partials(static_cast<size_t>(part.chunks * C), 0.f);
+  for (int64_t k = 0; k < part.chunks; ++k)
+    for (int64_t r = k * part.rows_per_chunk; r < std::min(rows, (k + 1) * part.rows_per_chunk);
+         ++r)
+      for (int64_t c = 0; c < C; ++c)
+        partials[static_cast<size_t>(k * C + c)] +=
+            bf16_to_float(m[static_cast<size_t>(r * C + c)]);
+  return partials;
+}
+
 // A (B, T, C) activation of E = bf16_bits (the branch side) or float (the residual stream),
 // `offset` elements into its buffer. Tight when offset == 0; with an offset, the buffer starts
 // 16-byte aligned as cudaMalloc's do, so that the activation does not.
@@ -555,7 +570,9 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
   checks.relative("dgamma", sum(first.dgamma), with_dout.dgamma, kF32SumTol);
   checks.relative("dln_weight", sum(first.dw), with_dout.dw, kF32SumTol);
   checks.relative("dln_bias", sum(first.db), with_dout.db, kF32SumTol);
-  checks.relative("dbias", sum(first.dbias), with_dout.dbias, kF32SumTol);
+  checks.relative("dbias", sum(first.dbias), with_dout.dbias, kBf16Tol);
+  checks.same_bits("dbias partials against the linear layer's", first.dbias,
+                   linear_bias_partials(first.dbranch, s.rows(), s.C));
 
   const Result second = run("second run without dbranch", true, false, true, true, true, false);
   checks.same_bits("dx without dbranch", second.dx, first.dx);
@@ -569,7 +586,7 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
                   kBf16Tol);
   const Result with_dbias = run("dbias, without dout", false, true, false, false, false, true);
   checks.same_bits("dbranch with dbias", with_dbias.dbranch, no_dout.dbranch);
-  checks.relative("dbias without dout", sum(with_dbias.dbias), without_dout.dbias, kF32SumTol);
+  checks.relative("dbias without dout", sum(with_dbias.dbias), without_dout.dbias, kBf16Tol);
   const Result dgamma_alone =
       run("dgamma alone, without dout", false, false, true, false, false, false);
   checks.relative("dgamma alone, without dout", sum(dgamma_alone.dgamma), without_dout.dgamma,
