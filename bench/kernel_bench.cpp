@@ -337,6 +337,46 @@ void measure_bce(Runner& run, int64_t B) {
               });
 }
 
+// The linear layers of a block of width C over a batch's tokens (deit3_base's at C = 768):
+// forward (with the bias epilogue), dx and dweight, each with cuBLASLt's first choice and with
+// the fastest of its offers (CublasLt::set_autotune, which times them in the warm-up runs), by
+// their FLOPs against the 8192^3 GEMM of the same run.
+void measure_linear_gemms(Runner& run, int64_t C) {
+  struct Layer {
+    const char* name;
+    int64_t K, N;  // in, out features
+  };
+  kernels::CublasLt first_choice, tuned;
+  tuned.set_autotune(true);
+  for (const Layer& l : {Layer{"qkv", C, 3 * C}, Layer{"proj", C, C}, Layer{"fc1", C, 4 * C},
+                         Layer{"fc2", 4 * C, C}}) {
+    auto x = run.random_bf16(kRows * l.K), w = run.random_bf16(l.N * l.K);
+    auto b = run.random_bf16(l.N), dy = run.random_bf16(kRows * l.N);
+    auto y = Runner::bf16s(kRows * l.N), dx = Runner::bf16s(kRows * l.K);
+    auto dw = Runner::floats(l.N * l.K);
+    const std::string shape =
+        std::string(l.name) + " " + sizes({{"M", kRows}, {"K", l.K}, {"N", l.N}});
+    const double flops = 2.0 * kRows * l.K * l.N;
+    for (kernels::CublasLt* lt : {&first_choice, &tuned}) {
+      const char* impl = lt == &tuned ? "cublaslt-autotuned" : "cublaslt";
+      run.measure("linear forward", impl, shape, 0, flops, [&] {
+        kernels::linear_forward_cuda(x->as<bf16_bits>(), w->as<bf16_bits>(), b->as<bf16_bits>(),
+                                     y->as<bf16_bits>(), kRows, l.K, l.N, *lt, run.stream());
+      });
+      run.measure("linear dx", impl, shape, 0, flops, [&] {
+        kernels::linear_backward_cuda(dy->as<bf16_bits>(), x->as<bf16_bits>(), w->as<bf16_bits>(),
+                                      dx->as<bf16_bits>(), nullptr, nullptr, kRows, l.K, l.N, *lt,
+                                      run.stream());
+      });
+      run.measure("linear dweight", impl, shape, 0, flops, [&] {
+        kernels::linear_backward_cuda(dy->as<bf16_bits>(), x->as<bf16_bits>(), w->as<bf16_bits>(),
+                                      nullptr, dw->as<float>(), nullptr, kRows, l.K, l.N, *lt,
+                                      run.stream());
+      });
+    }
+  }
+}
+
 // One (T, D) attention job, ours and the rival's alike. Heads of ViT-B (head dim 64) and ViT-H
 // (head dim 80); the batch keeps ~50k tokens, a training step's worth at every sequence length.
 struct AttentionShape {
@@ -447,6 +487,7 @@ KernelReport run_kernel_benchmarks(int device, const KernelBenchOptions& options
     }
     for (int64_t B : {kBatch, 64 * kBatch}) measure_bce(run, B);
     for (const AttentionShape& s : attention_shapes()) measure_attention(run, s);
+    for (int64_t C : widths) measure_linear_gemms(run, C);
     // The library rivals last, after every row of ours: a fault a cuDNN kernel raises
     // asynchronously is sticky, every CUDA call after it fails, so run earlier it would turn all
     // of our later measurements into errors; here it can cost only the rival's own rows.

@@ -210,7 +210,7 @@ def kernel_section(runs):
         rival_times = [ms(i) for i in impls[1:] if ms(i)]
         best = min(rival_times) if rival_times else None
         lines.append(
-            f"| {kernel.split()[-1]} | {shape} | " +
+            f"| {kernel.removeprefix('attention ')} | {shape} | " +
             " | ".join(fmt(ms(i), ".4f") for i in impls) +
             f" | {fmt(ours.get('tflops') if ours else None, '.1f')}"
             f" | {fmt(100 * ours['fraction_of_ceiling'], '.1f') + '%' if ours else '-'}"
@@ -219,6 +219,32 @@ def kernel_section(runs):
                     if not k.get("available") and k.get("note")})
     if notes:
         lines += ["", "Unavailable: " + "; ".join(notes)]
+    return lines + [""] + gemm_lines(deit)
+
+
+def gemm_lines(deit):
+    """The linear layers' GEMMs, with cuBLASLt's first choice and autotuned, if the run has them."""
+    gemms = {}
+    for k in deit["kernels"]:
+        if k["kernel"].startswith("linear ") and k["impl"].startswith("cublaslt"):
+            gemms.setdefault((k["kernel"], k["shape"]), {})[k["impl"]] = k
+    if not gemms:
+        return []
+    lines = ["GEMMs of a block's linear layers (M tokens, K in and N out features), judged by their "
+             "FLOPs (2 M K N) against the 8192^3 GEMM: cuBLASLt's first choice, and the fastest of "
+             "its offers (`--gemm-autotune`).", "",
+             "| pass | layer and shape | first choice ms | autotuned ms | speedup | TFLOP/s "
+             "| of GEMM |", "|---|---|---|---|---|---|---|"]
+    for (kernel, shape), by_impl in gemms.items():
+        first, tuned = by_impl.get("cublaslt"), by_impl.get("cublaslt-autotuned")
+        first_ms, tuned_ms = (k.get("median_ms") if k else None for k in (first, tuned))
+        best = min((k for k in (first, tuned) if k and k.get("median_ms")),
+                   key=lambda k: k["median_ms"], default=None)
+        lines.append(
+            f"| {kernel.removeprefix('linear ')} | {shape} | {fmt(first_ms, '.4f')} | "
+            f"{fmt(tuned_ms, '.4f')} | {fmt(ratio(first_ms, tuned_ms), '.2f')} | "
+            f"{fmt(best.get('tflops') if best else None, '.1f')} | "
+            f"{fmt(100 * best['fraction_of_ceiling'], '.1f') + '%' if best else '-'} |")
     return lines + [""]
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """bench/report.py on recorded runs made up here: the step table's ratios, a comparison of two
-different models refused, failures listed. Plain Python, as report.py; CTest runs it (report_py).
+different models refused, failures listed, the kernel tables (attention's passes, the GEMMs with
+and without autotuning). Plain Python, as report.py; CTest runs it (report_py).
 
   test_report.py PATH/TO/bench/report.py
 """
@@ -21,9 +22,27 @@ def step_result(impl, images_per_s, shape):
             "phases_ms": {"forward": 10.0, "backward": 20.0, "optimizer": 2.0}}
 
 
-def record(run_dir, index, label, result, rc=0, err=""):
+def kernel(name, impl, shape, ms, **fields):
+    return dict({"kernel": name, "impl": impl, "shape": shape, "available": True,
+                 "median_ms": ms}, **fields)
+
+
+KERNELS = {"device": "Test GPU", "copy_gbps": 4000.0, "gemm_tflops": 800.0, "repeats": 30,
+           "warmup": 5, "cudnn": "9.19.0", "kernels": [
+               kernel("attention backward", "deit", "T=197", 1.0, tflops=75.0,
+                      fraction_of_ceiling=0.09),
+               kernel("attention backward+qkv bias gradient", "deit", "T=197", 1.1, tflops=70.0,
+                      fraction_of_ceiling=0.09),
+               kernel("attention backward", "cudnn", "T=197", 0.5),
+               kernel("linear dweight", "cublaslt", "fc1 M=50432", 0.3, tflops=400.0,
+                      fraction_of_ceiling=0.5),
+               kernel("linear dweight", "cublaslt-autotuned", "fc1 M=50432", 0.2, tflops=600.0,
+                      fraction_of_ceiling=0.75)]}
+
+
+def record(run_dir, index, label, result, rc=0, err="", kind="step"):
     stem = os.path.join(run_dir, f"{index:03d}")
-    for ext, text in (("kind", "step"), ("label", label), ("cmd", f"step run {index}"),
+    for ext, text in (("kind", kind), ("label", label), ("cmd", f"{kind} run {index}"),
                       ("rc", str(rc)), ("json", json.dumps(result) if result else ""),
                       ("err", err)):
         with open(f"{stem}.{ext}", "w") as f:
@@ -45,6 +64,7 @@ def main():
         record(runs, 6, "deit3_small 160 64",
                step_result("torch.compile", 9000.0, dict(SMALL, depth=1)))
         record(runs, 7, "deit3_base 224 64", None, rc=1, err="CUDA error: out of memory")
+        record(runs, 8, "kernels", KERNELS, kind="kernels")
         out = os.path.join(tmp, "report.md")
         subprocess.run([sys.executable, report, runs, "--device", "Test GPU", "--commit", "abc",
                         "--command", "bench/compare.sh", "--out", out],
@@ -64,7 +84,12 @@ def main():
     assert "deit3_small 224 64:" not in text.split("different models")[1].split("Precision")[0]
     assert "## Failures" in text and "CUDA error: out of memory" in text, text
     assert "# deit vs PyTorch + timm on Test GPU" in text and "- commit: abc" in text, text
-    print("report.py: ratios, a model mismatch and a failure reported as expected")
+    # Attention's passes by name, the fused one whole; the GEMM with both choices and the speedup.
+    assert "| backward | T=197 | 1.0000 | 0.5000 |" in text, text
+    assert "| backward+qkv bias gradient | T=197 | 1.1000 | - |" in text, text
+    assert "| dweight | fc1 M=50432 | 0.3000 | 0.2000 | 1.50 | 600.0 | 75.0% |" in text, text
+    print("report.py: ratios, a model mismatch, a failure and the kernel tables reported as "
+          "expected")
 
 
 if __name__ == "__main__":
