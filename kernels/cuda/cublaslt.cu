@@ -144,9 +144,9 @@ CublasLt::Plan& CublasLt::plan(const GemmSpec& s, cudaStream_t stream) {
            static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_INPLACE |
                                  CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE));
 
-  // A few, best first: the first run falls back on the next when cuBLASLt refuses one, and the
-  // autotuner times them all.
-  constexpr int kAlgorithms = 8;
+  // Up to 16, best first: the first run falls back on the next when cuBLASLt refuses one, and the
+  // autotuner times them all (a few seconds in all for deit3_huge's plans, once).
+  constexpr int kAlgorithms = 16;
   cublasLtMatmulHeuristicResult_t results[kAlgorithms] = {};
   int found = 0;
   const cublasStatus_t heuristic =
