@@ -43,15 +43,21 @@ void attention_forward_cuda(const bf16_bits* qkv, bf16_bits* out, float* lse, in
 // nullptr) with their column sums (each block sums the rows it computes, in fp32 before the bf16
 // rounding, and the blocks' sums are added in a fixed order); deterministic (no atomics: same
 // inputs, same bits). `workspace`, 16-byte aligned, holds at least
-// attention_backward_cuda_workspace_floats(B, T, H, D) floats: the per-row delta =
-// rowsum(dout * out), the score gradients dS (B, H, T, T) in bf16 with rows padded to 16 (about
-// B H T^2 / 2 floats) and the blocks' column sums (B ceil(T / 64) 3 H D); its contents are not
-// read before written, so one buffer can serve every call on the same stream.
-int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H, int64_t D);
+// attention_backward_cuda_workspace_floats(B, T, H, D, scores_budget_bytes) floats: the per-row
+// delta = rowsum(dout * out), the score gradients dS in bf16 with rows padded to 16 (H T^2 bytes
+// per image, 2 for each of its H T^2 scores) of as many images at a time as scores_budget_bytes
+// holds (at least one: a larger batch runs a slice of its images at a time, the same bits), and
+// the blocks' column sums (B ceil(T / 64) 3 H D); its contents are not read before written, so one
+// buffer can serve every call on the same stream.
+constexpr int64_t kAttentionScoresBudgetBytes = int64_t{256} << 20;
+int64_t attention_backward_cuda_workspace_floats(
+    int64_t B, int64_t Tn, int64_t H, int64_t D,
+    int64_t scores_budget_bytes = kAttentionScoresBudgetBytes);
 void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const float* lse,
                              const bf16_bits* dout, bf16_bits* dqkv, float* dbias, int64_t B,
                              int64_t Tn, int64_t H, int64_t D, double scale, float* workspace,
-                             cudaStream_t stream);
+                             cudaStream_t stream,
+                             int64_t scores_budget_bytes = kAttentionScoresBudgetBytes);
 #endif
 
 }  // namespace deit::kernels

@@ -200,7 +200,8 @@ TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels]
     F32Buffer workspace(
         static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D)));
     // The chain as training runs it: the device forward's out and lse feed the device backward.
-    const auto run = [&] {
+    // budget: the bytes of dS the backward may hold at once; one makes it go an image at a time.
+    const auto run = [&](int64_t budget = kAttentionScoresBudgetBytes) {
       dev_out.poison();
       dev_lse.poison();
       dev_dqkv.poison();
@@ -210,7 +211,7 @@ TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels]
                              s.scale(), stream);
       attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
                               dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
-                              workspace.get(), stream);
+                              workspace.get(), stream, budget);
       stream.sync();
     };
     run();
@@ -221,6 +222,12 @@ TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels]
     check_same_bits("lse, second run", dev_lse.download(), lse_first);
     check_same_bits("dqkv, second run", dev_dqkv.download(), dqkv_first);
     check_same_bits("dbias, second run", dev_dbias.download(), dbias_first);
+    // A batch an image at a time (its dS in a workspace of one image's): the same bits.
+    const int64_t sliced_floats = attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D, 1);
+    if (s.B > 1) CHECK(sliced_floats < static_cast<int64_t>(workspace.size()));
+    run(1);
+    check_same_bits("dqkv an image at a time", dev_dqkv.download(), dqkv_first);
+    check_same_bits("dbias an image at a time", dev_dbias.download(), dbias_first);
 
     // And the chain is right: against the CPU twin on the device's own out and lse.
     std::vector<float> out_ref(s.out()), lse_ref(s.lse()), dqkv_ref(s.qkv());
@@ -268,6 +275,11 @@ TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
   CHECK_THROWS_AS(attention_forward_cuda(qkv.get(), out.get() + 4, lse.get(), s.B, s.T, s.H, s.D,
                                          s.scale(), stream),
                   std::invalid_argument);
+  // A budget for dS that holds nothing.
+  CHECK_THROWS_AS(
+      attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(), nullptr, s.B,
+                              s.T, s.H, s.D, s.scale(), workspace.get(), stream, 0),
+      std::invalid_argument);
   // Backward without its workspace, with one off 16-byte alignment, or without lse.
   CHECK_THROWS_AS(attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(),
                                           nullptr, s.B, s.T, s.H, s.D, s.scale(), nullptr, stream),

@@ -23,6 +23,10 @@
 //             deterministic: the price is dS in bf16 in the workspace (B H T^2 2 bytes: 119 MB
 //             for deit3_small's batch of 256, written once and read once per layer). Until
 //             2026-12-04 pass 3 rebuilt P and dS itself (7 products, twice the exponentials).
+//             Passes 2 and 3 run a slice of the batch at a time when its dS would take more than
+//             kAttentionScoresBudgetBytes (256 MiB; ViT-B at T = 577 takes 8 MiB an image), each
+//             slice's dS in the same space: the same bits, and each slice still fills the GPU
+//             (ViT-B at T = 577: 32 images, 3840 blocks a pass).
 //
 // Launch shape (all three main kernels): 128 threads = 4 warps; a block owns kRows = 64 rows of its
 // outer operand (queries in the forward and dQ pass, keys in the dK/dV pass), 16 per warp, so each
@@ -71,6 +75,7 @@
 // its launch shapes mirror forward<D> and backward<D> below, so change them together.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -128,30 +133,38 @@ void forward(const bf16* qkv, bf16* out, float* lse, int B, int T, int H, float 
 
 template <int D>
 void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* dout, bf16* dqkv,
-              float* dbias, int B, int T, int H, float scale, float* workspace,
-              cudaStream_t stream) {
-  float* delta = workspace;
-  float* const scores_begin = workspace + BackwardWorkspace::delta_floats(B, T, H);
-  bf16* scores_t = reinterpret_cast<bf16*>(scores_begin);
-  float* bias_partials = dbias ? scores_begin + BackwardWorkspace::scores_floats(B, T, H) : nullptr;
+              float* dbias, int B, int T, int H, float scale, const BackwardWorkspace& layout,
+              float* workspace, cudaStream_t stream) {
+  float* delta = layout.delta(workspace);
+  bf16* scores_t = layout.scores(workspace);
+  float* bias_partials = dbias ? layout.bias_partials(workspace) : nullptr;
   const int64_t rows = static_cast<int64_t>(B) * T * H;
   attention_delta_kernel<D><<<static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0,
                               stream>>>(out, dout, delta, rows, T, H);
   DEIT_CUDA_CHECK_LAUNCH();
 
-  const int blocks = B * H * static_cast<int>(gpu::ceil_div(T, kRows));
   constexpr int dkdv_smem = Tiles<D>::kDkvSmem, dq_smem = Tiles<D>::kDqSmem;
   set_smem(attention_dkdv_kernel<D>, dkdv_smem);
-  attention_dkdv_kernel<D><<<blocks, kThreads, dkdv_smem, stream>>>(
-      qkv, lse, dout, delta, dqkv, scores_t, bias_partials, T, H, scale, scale * kLog2e);
-  DEIT_CUDA_CHECK_LAUNCH();
   set_smem(attention_dq_kernel<D>, dq_smem);
-  attention_dq_kernel<D>
-      <<<blocks, kThreads, dq_smem, stream>>>(qkv, scores_t, dqkv, bias_partials, T, H, scale);
-  DEIT_CUDA_CHECK_LAUNCH();
+  // A slice of the batch at a time, its dS in the same space (stream order keeps a slice's dK/dV
+  // pass from overwriting what the previous slice's dQ pass still reads); the kernels index their
+  // slice from the pointers given.
+  const int64_t image_qkv = static_cast<int64_t>(T) * 3 * H * D, image_o = int64_t{T} * H * D;
+  const int64_t image_stat = int64_t{H} * T, image_partials = layout.tiles() * 3 * H * D;
+  for (int64_t b0 = 0; b0 < B; b0 += layout.slice) {
+    const int64_t images = std::min(layout.slice, B - b0);
+    const auto blocks = static_cast<unsigned>(images * H * layout.tiles());
+    float* slice_partials = bias_partials ? bias_partials + b0 * image_partials : nullptr;
+    attention_dkdv_kernel<D><<<blocks, kThreads, dkdv_smem, stream>>>(
+        qkv + b0 * image_qkv, lse + b0 * image_stat, dout + b0 * image_o, delta + b0 * image_stat,
+        dqkv + b0 * image_qkv, scores_t, slice_partials, T, H, scale, scale * kLog2e);
+    DEIT_CUDA_CHECK_LAUNCH();
+    attention_dq_kernel<D><<<blocks, kThreads, dq_smem, stream>>>(
+        qkv + b0 * image_qkv, scores_t, dqkv + b0 * image_qkv, slice_partials, T, H, scale);
+    DEIT_CUDA_CHECK_LAUNCH();
+  }
   if (dbias)
-    gpu::sum_partials(bias_partials, BackwardWorkspace::partial_chunks(B, T),
-                      3 * static_cast<int64_t>(H) * D, dbias, stream);
+    gpu::sum_partials(bias_partials, layout.partial_chunks(), 3 * int64_t{H} * D, dbias, stream);
 }
 
 }  // namespace
@@ -173,15 +186,20 @@ void attention_forward_cuda(const bf16_bits* qkv, bf16_bits* out, float* lse, in
   }
 }
 
-int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H, int64_t D) {
-  return BackwardWorkspace::floats(B, Tn, H, D);
+int64_t attention_backward_cuda_workspace_floats(int64_t B, int64_t Tn, int64_t H, int64_t D,
+                                                 int64_t scores_budget_bytes) {
+  return BackwardWorkspace(B, Tn, H, D, scores_budget_bytes).floats();
 }
 
 void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const float* lse,
                              const bf16_bits* dout, bf16_bits* dqkv, float* dbias, int64_t B,
                              int64_t Tn, int64_t H, int64_t D, double scale, float* workspace,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, int64_t scores_budget_bytes) {
   check_args("attention_backward_cuda", {qkv, out, dout, dqkv}, B, Tn, H, D);
+  if (scores_budget_bytes < 1)
+    throw std::invalid_argument(
+        "attention_backward_cuda: the budget for dS must be positive, got " +
+        std::to_string(scores_budget_bytes));
   if (B == 0 || Tn == 0 || H == 0) {  // dbias: a sum over no rows
     if (dbias) DEIT_CUDA_CHECK(cudaMemsetAsync(dbias, 0, 3 * H * D * sizeof(float), stream));
     return;
@@ -195,7 +213,7 @@ void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const f
     backward<decltype(head_dim)::value>(
         gpu::as_bf16(qkv), gpu::as_bf16(out), lse, gpu::as_bf16(dout), gpu::as_bf16(dqkv), dbias,
         static_cast<int>(B), static_cast<int>(Tn), static_cast<int>(H), static_cast<float>(scale),
-        workspace, stream);
+        BackwardWorkspace(B, Tn, H, D, scores_budget_bytes), workspace, stream);
   };
   switch (D) {
     case 32: return run(std::integral_constant<int, 32>{});

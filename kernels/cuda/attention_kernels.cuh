@@ -7,10 +7,12 @@
 // run these kernels lane by lane on machines without a GPU. So the code here uses only gpu:: of
 // common.cuh, the ptx:: wrappers of mma.cuh (shared memory comes from dynamic_smem()), CUDA's
 // bf16 types and conversions, the built-ins threadIdx, blockIdx, __syncthreads and
-// __shfl_xor_sync, and <cmath>; anything more needs a stand-in in tests/emulated/cuda_emulator.h.
+// __shfl_xor_sync, and <cmath> (and <algorithm> in host code); anything more needs a stand-in in
+// tests/emulated/cuda_emulator.h.
 // Each includer is the only translation unit of its program with these kernels, hence the unnamed
 // namespace.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -55,21 +57,33 @@ struct Tiles {
 };
 
 // The backward's fp32 workspace: delta of every score row, (B, H, T); then from the next 16-byte
-// boundary dS^T of every head, (B, H, T, scores_stride(T)) bf16: the dK/dV pass writes it and the
-// dQ pass reads it (a row holds one key's scores against every query, padded to a whole number of
-// 16-query groups: the dK/dV pass writes whole groups, those that hold a query < T); then, for
-// the qkv bias gradient, every block's column sums of what it stores, (B, tiles, 3, H, D) fp32
-// with tiles = ceil(T / kRows), which sum_partials adds over (B, tiles).
+// boundary dS^T of every head of a slice of the batch, (slice, H, T, scores_stride(T)) bf16: the
+// dK/dV pass writes it and the dQ pass reads it (a row holds one key's scores against every query,
+// padded to a whole number of 16-query groups: the dK/dV pass writes whole groups, those that hold
+// a query < T); then, for the qkv bias gradient, every block's column sums of what it stores,
+// (B, tiles, 3, H, D) fp32 with tiles = ceil(T / kRows), which sum_partials adds over (B, tiles).
+// The slice is as many images as the budget for dS allows (at least one, at most B): a larger
+// batch runs the two passes a slice at a time, each slice reusing the space.
 __host__ __device__ inline int scores_stride(int T) { return (T + 15) / 16 * 16; }
 struct BackwardWorkspace {
-  static int64_t delta_floats(int64_t B, int64_t T, int64_t H) { return (B * H * T + 3) / 4 * 4; }
-  static int64_t scores_floats(int64_t B, int64_t T, int64_t H) {
-    return (B * H * T * scores_stride(static_cast<int>(T)) + 7) / 8 * 4;  // bf16 pairs, 16 B
+  int64_t B, T, H, D, slice;
+
+  BackwardWorkspace(int64_t B_, int64_t T_, int64_t H_, int64_t D_, int64_t scores_budget_bytes)
+      : B(B_), T(T_), H(H_), D(D_) {
+    const int64_t per_image = H * T * scores_stride(static_cast<int>(T)) * 2;
+    slice = per_image > 0 ? std::max<int64_t>(1, std::min(B, scores_budget_bytes / per_image)) : B;
   }
-  static int64_t partial_chunks(int64_t B, int64_t T) { return B * ((T + kRows - 1) / kRows); }
-  static int64_t floats(int64_t B, int64_t T, int64_t H, int64_t D) {
-    return delta_floats(B, T, H) + scores_floats(B, T, H) + partial_chunks(B, T) * 3 * H * D;
+  int64_t delta_floats() const { return (B * H * T + 3) / 4 * 4; }
+  int64_t scores_floats() const {
+    return (slice * H * T * scores_stride(static_cast<int>(T)) + 7) / 8 * 4;  // bf16 pairs, 16 B
   }
+  int64_t tiles() const { return (T + kRows - 1) / kRows; }
+  int64_t partial_chunks() const { return B * tiles(); }
+  int64_t floats() const { return delta_floats() + scores_floats() + partial_chunks() * 3 * H * D; }
+  // Where each part starts in a workspace of floats() floats.
+  float* delta(float* w) const { return w; }
+  bf16* scores(float* w) const { return reinterpret_cast<bf16*>(w + delta_floats()); }
+  float* bias_partials(float* w) const { return w + delta_floats() + scores_floats(); }
 };
 
 // ---------------------------------------------------------------------------------------------

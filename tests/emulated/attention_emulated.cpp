@@ -63,34 +63,42 @@ void forward(const bf16* qkv, bf16* out, float* lse, int B, int T, int H, float 
 
 template <int D>
 void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* dout, bf16* dqkv,
-              bool bias_grad, int B, int T, int H, float scale, float* workspace) {
-  float* delta = workspace;
-  float* const scores_begin = workspace + BackwardWorkspace::delta_floats(B, T, H);
-  bf16* scores_t = reinterpret_cast<bf16*>(scores_begin);
-  float* bias_partials =
-      bias_grad ? scores_begin + BackwardWorkspace::scores_floats(B, T, H) : nullptr;
+              bool bias_grad, int B, int T, int H, float scale, const BackwardWorkspace& layout,
+              float* workspace) {
+  float* delta = layout.delta(workspace);
+  bf16* scores_t = layout.scores(workspace);
+  float* bias_partials = bias_grad ? layout.bias_partials(workspace) : nullptr;
   const int64_t rows = static_cast<int64_t>(B) * T * H;
   emu::launch({kernel_name("attention_delta_kernel", D),
                static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0},
               [=] { attention_delta_kernel<D>(out, dout, delta, rows, T, H); });
-  const auto blocks = static_cast<unsigned>(B * H * gpu::ceil_div(T, kRows));
-  emu::launch({kernel_name("attention_dkdv_kernel", D), blocks, kThreads, Tiles<D>::kDkvSmem}, [=] {
-    attention_dkdv_kernel<D>(qkv, lse, dout, delta, dqkv, scores_t, bias_partials, T, H, scale,
-                             scale * kLog2e);
-  });
-  emu::launch({kernel_name("attention_dq_kernel", D), blocks, kThreads, Tiles<D>::kDqSmem},
-              [=] { attention_dq_kernel<D>(qkv, scores_t, dqkv, bias_partials, T, H, scale); });
+  const int64_t image_qkv = static_cast<int64_t>(T) * 3 * H * D, image_o = int64_t{T} * H * D;
+  const int64_t image_stat = int64_t{H} * T, image_partials = layout.tiles() * 3 * H * D;
+  for (int64_t b0 = 0; b0 < B; b0 += layout.slice) {
+    const int64_t images = std::min(layout.slice, B - b0);
+    const auto blocks = static_cast<unsigned>(images * H * layout.tiles());
+    float* slice_partials = bias_partials ? bias_partials + b0 * image_partials : nullptr;
+    emu::launch(
+        {kernel_name("attention_dkdv_kernel", D), blocks, kThreads, Tiles<D>::kDkvSmem}, [=] {
+          attention_dkdv_kernel<D>(qkv + b0 * image_qkv, lse + b0 * image_stat, dout + b0 * image_o,
+                                   delta + b0 * image_stat, dqkv + b0 * image_qkv, scores_t,
+                                   slice_partials, T, H, scale, scale * kLog2e);
+        });
+    emu::launch({kernel_name("attention_dq_kernel", D), blocks, kThreads, Tiles<D>::kDqSmem}, [=] {
+      attention_dq_kernel<D>(qkv + b0 * image_qkv, scores_t, dqkv + b0 * image_qkv, slice_partials,
+                             T, H, scale);
+    });
+  }
 }
 
 // What sum_partials (common.cu) then makes of the blocks' column sums that backward<D> left in
 // the workspace: dbias (3 H D), the chunks added in order.
-std::vector<float> summed_bias_partials(const std::vector<float>& workspace, int B, int T, int H,
-                                        int D) {
-  const int64_t begin =
-      BackwardWorkspace::delta_floats(B, T, H) + BackwardWorkspace::scores_floats(B, T, H);
-  const int64_t cols = 3 * static_cast<int64_t>(H) * D;
+std::vector<float> summed_bias_partials(const std::vector<float>& workspace,
+                                        const BackwardWorkspace& layout) {
+  const int64_t begin = layout.delta_floats() + layout.scores_floats();
+  const int64_t cols = 3 * layout.H * layout.D;
   std::vector<float> dbias(static_cast<size_t>(cols), 0.f);
-  for (int64_t chunk = 0; chunk < BackwardWorkspace::partial_chunks(B, T); ++chunk)
+  for (int64_t chunk = 0; chunk < layout.partial_chunks(); ++chunk)
     for (int64_t c = 0; c < cols; ++c) dbias[c] += workspace[begin + chunk * cols + c];
   return dbias;
 }
@@ -179,26 +187,42 @@ bool check_shape(const Shape& s, std::mt19937_64& rng) {
                          dqkv_ref.data(), dbias_ref.data(), s.B, s.T, s.H, s.D, s.scale());
   const emu::DeviceBuffer<bf16_bits> dev_out("out", out.bits), dev_dout("dout", dout.bits),
       dev_dqkv("dqkv", s.qkv());
+  // The whole batch's dS at once (the default budget holds it for every shape here), with the
+  // qkv bias gradient's column sums.
+  const BackwardWorkspace whole(s.B, s.T, s.H, s.D, kAttentionScoresBudgetBytes);
   const emu::DeviceBuffer<float> dev_lse("lse", lse_ref),
-      workspace("workspace", static_cast<size_t>(BackwardWorkspace::floats(s.B, s.T, s.H, s.D)));
-  // With the qkv bias gradient's column sums; a second run without them must store the same.
-  backward<D>(qkv_ptr, reinterpret_cast<const bf16*>(dev_out.get()), dev_lse.get(),
-              reinterpret_cast<const bf16*>(dev_dout.get()),
-              reinterpret_cast<bf16*>(dev_dqkv.get()), true, s.B, s.T, s.H, scale, workspace.get());
+      workspace("workspace", static_cast<size_t>(whole.floats()));
+  const auto run = [&](const emu::DeviceBuffer<bf16_bits>& dqkv_out, bool bias_grad,
+                       const BackwardWorkspace& layout, const emu::DeviceBuffer<float>& space) {
+    backward<D>(qkv_ptr, reinterpret_cast<const bf16*>(dev_out.get()), dev_lse.get(),
+                reinterpret_cast<const bf16*>(dev_dout.get()),
+                reinterpret_cast<bf16*>(dqkv_out.get()), bias_grad, s.B, s.T, s.H, scale, layout,
+                space.get());
+  };
+  run(dev_dqkv, true, whole, workspace);
   const std::vector<float> dqkv = to_float(dev_dqkv.download());
   const double floor = 1e-3 * emu::norm(dqkv_ref);
   const char* names[3] = {"dq", "dk", "dv"};
   for (int part = 0; part < 3; ++part)
     checks.relative(names[part], qkv_part(dqkv, s, part), qkv_part(dqkv_ref, s, part), kBf16Tol,
                     floor);
-  checks.relative("dbias", summed_bias_partials(workspace.download(), s.B, s.T, s.H, s.D),
-                  dbias_ref, kBf16Tol);
+  const std::vector<float> dbias = summed_bias_partials(workspace.download(), whole);
+  checks.relative("dbias", dbias, dbias_ref, kBf16Tol);
+
+  // One image's dS at a time (a budget of one byte): the same bits, bias gradient included.
+  emu::set_context(s.str() + ", backward an image at a time");
+  const BackwardWorkspace sliced(s.B, s.T, s.H, s.D, 1);
+  const emu::DeviceBuffer<float> sliced_space("workspace (sliced)",
+                                              static_cast<size_t>(sliced.floats()));
+  const emu::DeviceBuffer<bf16_bits> dev_dqkv_sliced("dqkv (sliced)", s.qkv());
+  run(dev_dqkv_sliced, true, sliced, sliced_space);
+  checks.same_bits("dqkv an image at a time", dev_dqkv_sliced.download(), dev_dqkv.download());
+  checks.same_bits("dbias an image at a time",
+                   summed_bias_partials(sliced_space.download(), sliced), dbias);
+
   emu::set_context(s.str() + ", backward without the bias gradient");
   const emu::DeviceBuffer<bf16_bits> dev_dqkv_alone("dqkv (no bias gradient)", s.qkv());
-  backward<D>(qkv_ptr, reinterpret_cast<const bf16*>(dev_out.get()), dev_lse.get(),
-              reinterpret_cast<const bf16*>(dev_dout.get()),
-              reinterpret_cast<bf16*>(dev_dqkv_alone.get()), false, s.B, s.T, s.H, scale,
-              workspace.get());
+  run(dev_dqkv_alone, false, whole, workspace);
   checks.same_bits("dqkv without the bias gradient", dev_dqkv_alone.download(),
                    dev_dqkv.download());
   return checks.print();
