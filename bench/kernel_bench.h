@@ -37,7 +37,7 @@ struct KernelBenchOptions {
 
 struct KernelMeasurement {
   std::string kernel;  // "layernorm forward", "attention backward", "copy", ...
-  std::string impl;    // "deit", "cudnn", "cublaslt", "cuda"
+  std::string impl;    // "deit", "cudnn", "cublaslt", "cublaslt-autotuned", "cuda"
   std::string shape;   // the sizes, e.g. "B=256 T=197 H=12 D=64"
   bool available = true;
   std::string note;    // why a rival is unavailable, or which engine it ran
