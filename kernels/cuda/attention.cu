@@ -147,20 +147,16 @@ void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* do
   set_smem(attention_dkdv_kernel<D>, dkdv_smem);
   set_smem(attention_dq_kernel<D>, dq_smem);
   // A slice of the batch at a time, its dS in the same space (stream order keeps a slice's dK/dV
-  // pass from overwriting what the previous slice's dQ pass still reads); the kernels index their
-  // slice from the pointers given.
-  const int64_t image_qkv = static_cast<int64_t>(T) * 3 * H * D, image_o = int64_t{T} * H * D;
-  const int64_t image_stat = int64_t{H} * T, image_partials = layout.tiles() * 3 * H * D;
+  // pass from overwriting what the previous slice's dQ pass still reads).
+  const BackwardImages batch{qkv, lse, dout, delta, dqkv, bias_partials, B};
   for (int64_t b0 = 0; b0 < B; b0 += layout.slice) {
-    const int64_t images = std::min(layout.slice, B - b0);
-    const auto blocks = static_cast<unsigned>(images * H * layout.tiles());
-    float* slice_partials = bias_partials ? bias_partials + b0 * image_partials : nullptr;
-    attention_dkdv_kernel<D><<<blocks, kThreads, dkdv_smem, stream>>>(
-        qkv + b0 * image_qkv, lse + b0 * image_stat, dout + b0 * image_o, delta + b0 * image_stat,
-        dqkv + b0 * image_qkv, scores_t, slice_partials, T, H, scale, scale * kLog2e);
+    const BackwardImages s = layout.slice_at(batch, b0);
+    attention_dkdv_kernel<D><<<layout.blocks(s), kThreads, dkdv_smem, stream>>>(
+        s.qkv, s.lse, s.dout, s.delta, s.dqkv, scores_t, s.bias_partials, T, H, scale,
+        scale * kLog2e);
     DEIT_CUDA_CHECK_LAUNCH();
-    attention_dq_kernel<D><<<blocks, kThreads, dq_smem, stream>>>(
-        qkv + b0 * image_qkv, scores_t, dqkv + b0 * image_qkv, slice_partials, T, H, scale);
+    attention_dq_kernel<D><<<layout.blocks(s), kThreads, dq_smem, stream>>>(
+        s.qkv, scores_t, s.dqkv, s.bias_partials, T, H, scale);
     DEIT_CUDA_CHECK_LAUNCH();
   }
   if (dbias)

@@ -65,6 +65,19 @@ struct Tiles {
 // The slice is as many images as the budget for dS allows (at least one, at most B): a larger
 // batch runs the two passes a slice at a time, each slice reusing the space.
 __host__ __device__ inline int scores_stride(int T) { return (T + 15) / 16 * 16; }
+
+// What the dK/dV and dQ passes read and write of some images of the batch: the whole batch, or a
+// slice of it (the kernels index the images they are given from these pointers).
+struct BackwardImages {
+  const bf16* qkv;
+  const float* lse;
+  const bf16* dout;
+  const float* delta;
+  bf16* dqkv;
+  float* bias_partials;  // nullptr: no bias gradient
+  int64_t count;         // images
+};
+
 struct BackwardWorkspace {
   int64_t B, T, H, D, slice;
 
@@ -84,6 +97,21 @@ struct BackwardWorkspace {
   float* delta(float* w) const { return w; }
   bf16* scores(float* w) const { return reinterpret_cast<bf16*>(w + delta_floats()); }
   float* bias_partials(float* w) const { return w + delta_floats() + scores_floats(); }
+  // The slice of the whole batch's images that starts at image b0.
+  BackwardImages slice_at(const BackwardImages& whole, int64_t b0) const {
+    const int64_t qkv = T * 3 * H * D, o = T * H * D, stat = H * T, partials = tiles() * 3 * H * D;
+    return {whole.qkv + b0 * qkv,
+            whole.lse + b0 * stat,
+            whole.dout + b0 * o,
+            whole.delta + b0 * stat,
+            whole.dqkv + b0 * qkv,
+            whole.bias_partials ? whole.bias_partials + b0 * partials : nullptr,
+            std::min(slice, whole.count - b0)};
+  }
+  // Blocks of either pass over `images` images.
+  unsigned blocks(const BackwardImages& images) const {
+    return static_cast<unsigned>(images.count * H * tiles());
+  }
 };
 
 // ---------------------------------------------------------------------------------------------

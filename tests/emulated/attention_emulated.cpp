@@ -72,22 +72,18 @@ void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* do
   emu::launch({kernel_name("attention_delta_kernel", D),
                static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0},
               [=] { attention_delta_kernel<D>(out, dout, delta, rows, T, H); });
-  const int64_t image_qkv = static_cast<int64_t>(T) * 3 * H * D, image_o = int64_t{T} * H * D;
-  const int64_t image_stat = int64_t{H} * T, image_partials = layout.tiles() * 3 * H * D;
+  const BackwardImages batch{qkv, lse, dout, delta, dqkv, bias_partials, B};
   for (int64_t b0 = 0; b0 < B; b0 += layout.slice) {
-    const int64_t images = std::min(layout.slice, B - b0);
-    const auto blocks = static_cast<unsigned>(images * H * layout.tiles());
-    float* slice_partials = bias_partials ? bias_partials + b0 * image_partials : nullptr;
+    const BackwardImages s = layout.slice_at(batch, b0);
     emu::launch(
-        {kernel_name("attention_dkdv_kernel", D), blocks, kThreads, Tiles<D>::kDkvSmem}, [=] {
-          attention_dkdv_kernel<D>(qkv + b0 * image_qkv, lse + b0 * image_stat, dout + b0 * image_o,
-                                   delta + b0 * image_stat, dqkv + b0 * image_qkv, scores_t,
-                                   slice_partials, T, H, scale, scale * kLog2e);
+        {kernel_name("attention_dkdv_kernel", D), layout.blocks(s), kThreads, Tiles<D>::kDkvSmem},
+        [=] {
+          attention_dkdv_kernel<D>(s.qkv, s.lse, s.dout, s.delta, s.dqkv, scores_t, s.bias_partials,
+                                   T, H, scale, scale * kLog2e);
         });
-    emu::launch({kernel_name("attention_dq_kernel", D), blocks, kThreads, Tiles<D>::kDqSmem}, [=] {
-      attention_dq_kernel<D>(qkv + b0 * image_qkv, scores_t, dqkv + b0 * image_qkv, slice_partials,
-                             T, H, scale);
-    });
+    emu::launch(
+        {kernel_name("attention_dq_kernel", D), layout.blocks(s), kThreads, Tiles<D>::kDqSmem},
+        [=] { attention_dq_kernel<D>(s.qkv, scores_t, s.dqkv, s.bias_partials, T, H, scale); });
   }
 }
 
