@@ -53,7 +53,7 @@ inline int row_threads(int64_t C) { return static_cast<int>(ceil_div(ceil_div(C,
 // A row kernel's variant for blocks of at most this many threads (rows up to 4096 wide, every ViT
 // width) may take up to 128 registers a thread (__launch_bounds__(512)) where the one for any
 // width has 64: enough to load a row's operands ahead of its reductions (all of them, or the
-// next row's while this one reduces).
+// next row's while this one reduces: the backward kernels).
 constexpr int kEarlyLoadThreads = 512;
 
 // Calls f(width, early) with the variant of a row kernel to launch, each a std::integral_constant:
@@ -95,13 +95,6 @@ inline RowChunks row_chunks(int64_t rows, int64_t C) {
       std::max<int64_t>(1, kTargetThreads / row_threads(std::max<int64_t>(C, 1)));
   const int64_t rows_per_chunk = std::max(kMinRowsPerChunk, ceil_div(rows, max_chunks));
   return {ceil_div(rows, rows_per_chunk), rows_per_chunk};
-}
-
-// The grid of a forward row kernel, which grid-strides over the rows: a block per row, at most
-// kMaxBlocks; in the early-load variant, which loads a block's next row while this one reduces,
-// as many blocks as row_chunks makes, so that each walks several rows.
-inline int64_t forward_row_grid(int64_t rows, int64_t C, bool early) {
-  return std::min(early ? row_chunks(rows, C).chunks : rows, kMaxBlocks);
 }
 
 }  // namespace deit::kernels::gpu

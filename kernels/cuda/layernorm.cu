@@ -8,13 +8,14 @@
 // (C = 384: 64 threads, C = 1280: 160), each thread holding 8 columns of the row in registers,
 // vector loads (16 bytes of bf16, 32 of fp32) when C % 8 == 0 and every pointer is 16-byte
 // aligned, scalar (strided) otherwise.
-// Forward: a grid-stride loop over rows, min(rows, 65536) blocks; for rows up to 4096 wide (blocks
-// of at most 512 threads) only row_chunks' number of blocks, each loading its next row while this
-// one reduces. Backward: row_chunks(rows, C) blocks, each walking a fixed chunk of at least 8
-// consecutive rows, up to 4096 wide also loading the next row while this one reduces.
-// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 768): forward
-// 0.085 ms (2731 GB/s, 64% of the copy bandwidth), backward 0.170 ms (53%); together 57%, short
-// of issue 7's 80%. The next-row loads are not yet measured.
+// Forward: a grid-stride loop over rows, min(rows, 65536) blocks. Backward: row_chunks(rows, C)
+// blocks, each walking a fixed chunk of at least 8 consecutive rows; for rows up to 4096 wide
+// (blocks of at most 512 threads) it loads the next row while this one reduces.
+// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 768, commit d925502):
+// forward 0.083 ms (2794 GB/s, 66% of the copy bandwidth), backward 0.150 ms (61%; 0.161 before
+// the next-row loads); together 62%, short of issue 7's 80%. The forward's next-row variant of
+// that run was slower than one block per row (0.076 ms in the run before), so it is gone; the
+// forward row of the next run measures the return.
 //
 // Files: the device code is kernels/cuda/layernorm_kernels.cuh (the row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The
@@ -41,13 +42,14 @@ void layernorm_forward_cuda(const float* x, const bf16_bits* weight, const bf16_
   const auto* bb = gpu::as_bf16(bias);
   auto* yb = gpu::as_bf16(y);
   const float e = static_cast<float>(eps);
-  const bool vector = C % kVec == 0 && gpu::aligned16(x, weight, bias, y);
-  gpu::with_row_variant(vector, threads, [&](auto width, auto early) {
-    const auto grid = static_cast<unsigned>(gpu::forward_row_grid(rows, C, early.value));
-    layernorm_forward_kernel<width.value, early.value>
+  const auto grid = static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
+  if (C % kVec == 0 && gpu::aligned16(x, weight, bias, y))
+    layernorm_forward_kernel<kVec>
         <<<grid, threads, 0, stream>>>(x, wb, bb, yb, mean, rstd, rows, C, e);
-    DEIT_CUDA_CHECK_LAUNCH();
-  });
+  else
+    layernorm_forward_kernel<1>
+        <<<grid, threads, 0, stream>>>(x, wb, bb, yb, mean, rstd, rows, C, e);
+  DEIT_CUDA_CHECK_LAUNCH();
 }
 
 int64_t layernorm_backward_cuda_workspace_floats(int64_t rows, int64_t C) {

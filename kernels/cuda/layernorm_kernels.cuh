@@ -22,32 +22,23 @@ namespace {
 using gpu::bf16;
 using gpu::kVec;
 
-// Rows r = blockIdx.x, + gridDim.x, ... Early (blocks of at most kEarlyLoadThreads, launched on
-// forward_row_grid's fewer blocks): the block's next row loads while this one reduces.
-template <int V, bool Early>
-__global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
+// One block per row r, grid-striding over the rows. A block walking several rows with the next
+// row's loads issued early (session 17) measured slower on an H200: 0.083 against 0.076 ms at
+// 50432 x 768, and the fused forward 23% slower (bench/results/2026-12-04-h200-gpu-check-3.md).
+template <int V>
+__global__ void __launch_bounds__(1024)
     layernorm_forward_kernel(const float* x, const bf16* weight, const bf16* bias, bf16* y,
                              float* mean, float* rstd, int64_t rows, int64_t C, float eps) {
   __shared__ float scratch[32];
   float w[kVec], b[kVec];
   gpu::load_row<V>(weight, C, w);
   gpu::load_row<V>(bias, C, b);
-  float v[kVec] = {};  // row r
-  if (Early && blockIdx.x < rows) gpu::load_row<V>(x + blockIdx.x * C, C, v);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    float next[kVec] = {};
-    if constexpr (Early) {
-      if (r + gridDim.x < rows) gpu::load_row<V>(x + (r + gridDim.x) * C, C, next);
-    } else {
-      gpu::load_row<V>(x + r * C, C, v);
-    }
+    float v[kVec];
+    gpu::load_row<V>(x + r * C, C, v);
     gpu::layernorm_row_forward<V>(v, w, b, C, eps, scratch, mean ? mean + r : nullptr,
                                   rstd ? rstd + r : nullptr);
     gpu::store_row<V>(y + r * C, C, v);
-    if constexpr (Early) {
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) v[e] = next[e];
-    }
   }
 }
 

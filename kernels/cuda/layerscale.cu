@@ -19,18 +19,18 @@
 // and, for ops::linear_layerscale_residual_layernorm, the column sums of dbranch too: the bias
 // gradient of the linear layer that made branch (attention's proj, the MLP's fc2), without a pass
 // of its own over dbranch (39 MB a layer each for deit3_small's batch of 256).
-// Rows up to 4096 wide (blocks of at most 512 threads) take the early-load variants
-// (layerscale_kernels.cuh): forward on row_chunks' number of blocks, each loading its next row
-// while this one reduces; backward loading all four inputs of a row before the LayerNorm's
-// reductions. Registers of the backward (ptxas, sm_90 / sm_80): the early variants 93 / 100
-// (vectors) and 110 / 108 (scalars), no spills; the 1024-thread ones, for rows past 4096 and
-// held to 64 registers, spill since they also sum dbias: 0 / 48 bytes (vectors, from 0 / 0)
-// and 280 / 224 (scalars, from 132 / 32). No ViT preset has rows that wide (ViT-H: 1280).
-// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768): LayerScale +
-// drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.104 ms (69%); fused with the
-// LayerNorm after it, forward 0.127 ms (85%), backward 0.271 ms (60%), before the early loads
-// (not yet measured); in deit3_small's step Nsight Compute had that backward at 71% of the DRAM
-// bandwidth and 46% occupancy, waiting on memory.
+// Rows up to 4096 wide (blocks of at most 512 threads) take the backward's early-load variant
+// (layerscale_kernels.cuh): all four inputs of a row loaded before the LayerNorm's reductions.
+// Registers of the backward (ptxas, sm_90 / sm_80): the early variants 93 / 100 (vectors) and 110 /
+// 108 (scalars), no spills; the 1024-thread ones, for rows past 4096 and held to 64 registers,
+// spill since they also sum dbias: 0 / 48 bytes (vectors, from 0 / 0) and 280 / 224 (scalars, from
+// 132 / 32). No ViT preset has rows that wide (ViT-H: 1280). Measured speed (one H200, 2026-12-04,
+// `deit bench kernels`, 256 x 197 x 768, commit d925502): LayerScale + drop-path forward 0.095 ms
+// (95% of the copy bandwidth), backward 0.105 ms (69%); fused with the LayerNorm after it, backward
+// 0.209 ms (78%; 0.270 before the early loads), with the dbias partials 0.218 ms. The fused forward
+// took 0.158 ms there on a variant that walked several rows a block with the next row's loads
+// issued early, against 0.128 ms one row a block in the run before: that variant is gone, and the
+// next run measures the return.
 //
 // Files: the device code is kernels/cuda/layerscale_kernels.cuh (the LayerNorm row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The
@@ -110,13 +110,14 @@ void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits*
   const auto* bb = gpu::as_bf16(ln_bias);
   auto* yb = gpu::as_bf16(y);
   const float e = static_cast<float>(eps);
-  const bool vector = C % kVec == 0 && gpu::aligned16(x, branch, gamma, ln_weight, ln_bias, out, y);
-  gpu::with_row_variant(vector, threads, [&](auto width, auto early) {
-    const auto grid = static_cast<unsigned>(gpu::forward_row_grid(rows, C, early.value));
-    layerscale_layernorm_forward_kernel<width.value, early.value><<<grid, threads, 0, stream>>>(
+  const auto grid = static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
+  if (C % kVec == 0 && gpu::aligned16(x, branch, gamma, ln_weight, ln_bias, out, y))
+    layerscale_layernorm_forward_kernel<kVec><<<grid, threads, 0, stream>>>(
         x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
-    DEIT_CUDA_CHECK_LAUNCH();
-  });
+  else
+    layerscale_layernorm_forward_kernel<1><<<grid, threads, 0, stream>>>(
+        x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
+  DEIT_CUDA_CHECK_LAUNCH();
 }
 
 int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, int64_t Tn,

@@ -79,12 +79,12 @@ __global__ void __launch_bounds__(1024)
   if (partials) gpu::store_row<V>(partials + blockIdx.x * C, C, acc);
 }
 
-// Rows r = blockIdx.x, + gridDim.x, ... of the (B*T, C) view: out = x + keep * gamma * branch,
-// then y = LayerNorm(out), as layernorm_forward_kernel computes it. out is stored in fp32 as
-// computed, so the LayerNorm here normalises exactly what backward reads. Early, as there: the
-// block's next row loads while this one reduces.
-template <int V, bool Early>
-__global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
+// One block per row r of the (B*T, C) view, grid-striding: out = x + keep * gamma * branch, then
+// y = LayerNorm(out), as layernorm_forward_kernel computes it (one row a block, for the reason it
+// gives). out is stored in fp32 as computed, so the LayerNorm here normalises exactly what
+// backward reads.
+template <int V>
+__global__ void __launch_bounds__(1024)
     layerscale_layernorm_forward_kernel(const float* x, const bf16* branch, const bf16* gamma,
                                         const float* keep_scale, const bf16* ln_weight,
                                         const bf16* ln_bias, float* out, bf16* y, float* mean,
@@ -95,20 +95,11 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
   gpu::load_row<V>(gamma, C, g);
   gpu::load_row<V>(ln_weight, C, w);
   gpu::load_row<V>(ln_bias, C, b);
-  float v[kVec] = {}, br[kVec] = {};  // row r's x and branch
-  const auto load = [&](int64_t r, float(&x_row)[kVec], float(&branch_row)[kVec]) {
-    gpu::load_row<V>(x + r * C, C, x_row);
-    gpu::load_row<V>(branch + r * C, C, branch_row);
-  };
-  if (Early && blockIdx.x < rows) load(blockIdx.x, v, br);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float keep = keep_scale[r / Tn];
-    float next_x[kVec] = {}, next_branch[kVec] = {};
-    if constexpr (Early) {
-      if (r + gridDim.x < rows) load(r + gridDim.x, next_x, next_branch);
-    } else {
-      load(r, v, br);
-    }
+    float v[kVec], br[kVec];
+    gpu::load_row<V>(x + r * C, C, v);
+    gpu::load_row<V>(branch + r * C, C, br);
     // Slots past C stay 0 (0 + keep * 0 * 0).
 #pragma unroll
     for (int e = 0; e < kVec; ++e) v[e] += keep * g[e] * br[e];
@@ -116,13 +107,6 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
     gpu::layernorm_row_forward<V>(v, w, b, C, eps, scratch, mean ? mean + r : nullptr,
                                   rstd ? rstd + r : nullptr);
     gpu::store_row<V>(y + r * C, C, v);
-    if constexpr (Early) {
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        v[e] = next_x[e];
-        br[e] = next_branch[e];
-      }
-    }
   }
 }
 

@@ -80,24 +80,21 @@ constexpr float kDropRate = 0.25f;
 
 constexpr unsigned kLauncherGrid = UINT_MAX;  // no cap: the launcher's own grid
 
-// The forward grid of layernorm.cu and layerscale.cu, capped at `cap` blocks.
-unsigned forward_grid(int64_t rows, int64_t C, bool early, unsigned cap) {
-  return static_cast<unsigned>(std::min<int64_t>(gpu::forward_row_grid(rows, C, early), cap));
+// The forward grid of layernorm.cu and layerscale.cu (a block per row), capped at `cap` blocks.
+unsigned forward_grid(int64_t rows, unsigned cap) {
+  return static_cast<unsigned>(std::min<int64_t>({rows, gpu::kMaxBlocks, cap}));
 }
 
 void layernorm_forward(const float* x, const bf16* w, const bf16* b, bf16* y, float* mean,
                        float* rstd, int64_t rows, int64_t C, unsigned max_grid) {
-  const int threads = gpu::row_threads(C);
+  const auto threads = static_cast<unsigned>(gpu::row_threads(C));
   const auto eps = static_cast<float>(kEps);
-  gpu::with_row_variant(
-      C % gpu::kVec == 0 && gpu::aligned16(x, w, b, y), threads, [&](auto width, auto early) {
-        constexpr int V = decltype(width)::value;
-        constexpr bool kEarly = decltype(early)::value;
-        emu::launch(
-            {kernel_name("layernorm_forward_kernel", V), forward_grid(rows, C, kEarly, max_grid),
-             static_cast<unsigned>(threads), 0},
-            [=] { layernorm_forward_kernel<V, kEarly>(x, w, b, y, mean, rstd, rows, C, eps); });
-      });
+  with_width(C % gpu::kVec == 0 && gpu::aligned16(x, w, b, y), [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    emu::launch(
+        {kernel_name("layernorm_forward_kernel", V), forward_grid(rows, max_grid), threads, 0},
+        [=] { layernorm_forward_kernel<V>(x, w, b, y, mean, rstd, rows, C, eps); });
+  });
 }
 
 // workspace: 2 * chunks * C floats, dweight's partials first (layernorm_backward_cuda's layout).
@@ -161,18 +158,17 @@ struct FusedForwardArgs {
 };
 
 void fused_forward(const FusedForwardArgs& a, int64_t B, int64_t T, int64_t C, unsigned max_grid) {
-  const int threads = gpu::row_threads(C);
-  gpu::with_row_variant(
+  const auto threads = static_cast<unsigned>(gpu::row_threads(C));
+  with_width(
       C % gpu::kVec == 0 && gpu::aligned16(a.x, a.branch, a.gamma, a.ln_w, a.ln_b, a.out, a.y),
-      threads, [&](auto width, auto early) {
+      [&](auto width) {
         constexpr int V = decltype(width)::value;
-        constexpr bool kEarly = decltype(early)::value;
         emu::launch({kernel_name("layerscale_layernorm_forward_kernel", V),
-                     forward_grid(B * T, C, kEarly, max_grid), static_cast<unsigned>(threads), 0},
+                     forward_grid(B * T, max_grid), threads, 0},
                     [=] {
-                      layerscale_layernorm_forward_kernel<V, kEarly>(
-                          a.x, a.branch, a.gamma, a.keep, a.ln_w, a.ln_b, a.out, a.y, a.mean,
-                          a.rstd, B * T, T, C, static_cast<float>(kEps));
+                      layerscale_layernorm_forward_kernel<V>(a.x, a.branch, a.gamma, a.keep, a.ln_w,
+                                                             a.ln_b, a.out, a.y, a.mean, a.rstd,
+                                                             B * T, T, C, static_cast<float>(kEps));
                     });
       });
 }
