@@ -21,16 +21,17 @@
 // of its own over dbranch (39 MB a layer each for deit3_small's batch of 256).
 // Rows up to 4096 wide (blocks of at most 512 threads) take the backward's early-load variant
 // (layerscale_kernels.cuh): all four inputs of a row loaded before the LayerNorm's reductions.
-// Registers of the backward (ptxas, sm_90 / sm_80): the early variants 93 / 100 (vectors) and 110 /
-// 108 (scalars), no spills; the 1024-thread ones, for rows past 4096 and held to 64 registers,
-// spill since they also sum dbias: 0 / 48 bytes (vectors, from 0 / 0) and 280 / 224 (scalars, from
-// 132 / 32). No ViT preset has rows that wide (ViT-H: 1280). Measured speed (one H200, 2026-12-04,
-// `deit bench kernels`, 256 x 197 x 768, commit d925502): LayerScale + drop-path forward 0.095 ms
-// (95% of the copy bandwidth), backward 0.105 ms (69%); fused with the LayerNorm after it, backward
-// 0.209 ms (78%; 0.270 before the early loads), with the dbias partials 0.218 ms. The fused forward
-// took 0.158 ms there on a variant that walked several rows a block with the next row's loads
-// issued early, against 0.128 ms one row a block in the run before: that variant is gone, and the
-// next run measures the return.
+// Registers of the backward (ptxas, sm_90 / sm_80): the early variants 93 / 100 (vectors) and
+// 110 / 108 (scalars), no spills; the 1024-thread ones, for rows past 4096 and held to 64
+// registers, spill since they also sum dbias: 0 / 48 bytes (vectors, from 0 / 0) and 280 / 224
+// (scalars, from 132 / 32). No ViT preset has rows that wide (ViT-H: 1280). The forward's scalar
+// path (odd widths, unaligned pointers; no preset either) spills 44 bytes on sm_90.
+// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768, commit d925502):
+// LayerScale + drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.105 ms (69%);
+// fused with the LayerNorm after it, backward 0.209 ms (78%; 0.270 before the early loads), with
+// the dbias partials 0.218 ms. The fused forward took 0.158 ms there, on a variant that walked
+// several rows a block with each next row's loads issued early, against 0.128 ms one row a block
+// in the run before: that variant is gone, and the next run measures the return.
 //
 // Files: the device code is kernels/cuda/layerscale_kernels.cuh (the LayerNorm row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The
