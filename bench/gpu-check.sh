@@ -205,12 +205,13 @@ run() {  # name, time limit in seconds, command...
 # each_case NAME LIMIT SPEC [PREFIX...]: the test cases SPEC selects, each in a process of its
 # own (under PREFIX, e.g. compute-sanitizer, when given): a kernel that faults leaves its CUDA
 # context unusable, and in one process every later case would fail with it (a sanitizer's own
-# internal error does the same). NAME.log lists every case (pass / FAIL) with the first lines of
-# each failure's output; summary.txt names the failures. LIMIT bounds them all.
+# internal error does the same). NAME.log lists every case: pass (with its seconds), FAIL (with
+# the first lines of its output) or CUT (stopped by its time limit: unchecked rather than failed);
+# summary.txt names the failures and the cases cut short or not reached. LIMIT bounds them all.
 each_case() {
-  local name=$1 limit start=$SECONDS passed=0 status case case_limit
+  local name=$1 limit start=$SECONDS passed=0 status case case_limit case_start
   local list=build-gpu/$1-cases.txt spec=build-gpu/case.spec case_log=build-gpu/case.log
-  local failed=() case_logs=$logs/$1.log filter=$3
+  local failed=() cut=() case_logs=$logs/$1.log filter=$3
   limit=$(time_left "$2")
   shift 3
   not_run "$name" && return
@@ -225,7 +226,7 @@ each_case() {
   : >"$case_logs"
   while IFS= read -r case; do
     if ((SECONDS - start > limit)); then
-      failed+=("(the ${limit} s limit: not run from here on) $case")
+      cut+=("(not reached in the ${limit} s limit, nor the cases after it) $case")
       break
     fi
     # One name per line in an input file; Catch2 splits a name at an unescaped comma.
@@ -233,22 +234,31 @@ each_case() {
     # -w NoTests: a name that matched no case (an escaping slip) fails rather than passes.
     case_limit=$((limit - (SECONDS - start) + 1))
     ((case_limit > 180)) && case_limit=180
-    timeout "$(time_left "$case_limit")" "$@" "$test_binary" -w NoTests -f "$spec" </dev/null \
-      >"$case_log" 2>&1
+    case_limit=$(time_left "$case_limit")
+    case_start=$SECONDS
+    timeout "$case_limit" "$@" "$test_binary" -w NoTests -f "$spec" </dev/null >"$case_log" 2>&1
     status=$?
+    # Each case's seconds, so that a later call can size its limit to the cases it has left.
     if [ $status -eq 0 ]; then
       passed=$((passed + 1))
-      echo "pass  $case" >>"$case_logs"
+      echo "pass  $case ($((SECONDS - case_start)) s)" >>"$case_logs"
+    elif [ $status -eq 124 ]; then  # timeout's own status: the case ran out of time, no verdict
+      cut+=("$case")
+      echo "CUT   $case (stopped at its $case_limit s limit: unchecked, not failed)" >>"$case_logs"
     else
       failed+=("$case")
       { echo "FAIL  $case (exit $status)"; head -80 "$case_log"; echo; } >>"$case_logs"
     fi
   done <"$list"
-  result[$name]="$passed pass, ${#failed[@]} FAIL, $((SECONDS - start)) s"
-  [ ${#failed[@]} -eq 0 ] && result[$name]="pass ($passed cases), $((SECONDS - start)) s"
+  result[$name]="$passed pass, ${#failed[@]} FAIL, ${#cut[@]} cut short, $((SECONDS - start)) s"
+  [ ${#failed[@]} -eq 0 ] && [ ${#cut[@]} -eq 0 ] &&
+    result[$name]="pass ($passed cases), $((SECONDS - start)) s"
   sanitizer_refused "$name"
   echo "$name: ${result[$name]}" >>"$out/summary.txt"
   for case in "${failed[@]}"; do echo "  FAIL: $case" | tee -a "$out/summary.txt"; done
+  for case in "${cut[@]}"; do
+    echo "  CUT (its time limit, unchecked): $case" | tee -a "$out/summary.txt"
+  done
   bundle_logs
 }
 wanted gpu_tests "$tests" && each_case gpu_tests 600 "[gpu]"
