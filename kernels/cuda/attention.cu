@@ -42,18 +42,24 @@
 // block (bytes), head dim 32 / 64 / 80 / 128:
 //   forward  25600 / 46080 / 56320 / 52224     dK/dV  31744 / 56320 / 68608 / 70144
 //   dQ       28672 / 36864 / 40960 / 53248
-// Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128), no spills (sm_80 neither): forward 94 /
-// 113 / 122 / 126, dK/dV 154 / 168 / 226 / 245, dQ 91 / 110 / 121 / 128. On sm_90 dK/dV at head
-// dims 32 and 64 is held to 168 (__launch_bounds__ minimum of 3 blocks), which its shared memory
-// allows per SM; unbounded, ptxas takes 195 at 64 and an SM fits 2. dQ is held to 128 (4 blocks):
-// unbounded, ptxas spilled 8 bytes at head dim 80.
+// Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128): forward 105 / 128 / 126 / 128 (held to
+// 128, 4 blocks; 12 bytes spilled at 128), dK/dV 164 / 168 / 242 / 252 (held to 168 at 32 and 64,
+// 3 blocks, which its shared memory allows per SM; 4 bytes spilled at 64; unbounded, ptxas takes
+// 195 at 64 and an SM fits 2), dQ 62 / 96 / 100 / 128 (held to 128, 4 blocks; unbounded, ptxas
+// spilled 8 bytes at head dim 80). sm_80: no spills.
 // Any sequence length: rows past T load as zeros (cp.async zero-fill), keys past T get probability
-// 0, and only rows < T are stored. The padding costs little arithmetic: a warp whose 16 outer rows
-// all lie past T only helps load, and the products and exponentials over an inner tile stop at its
-// last group of 16 rows holding one < T. At T = 197 a head's 64-row tiles span 256 rows, and the
-// products cover 208 of them on each side: about two thirds of the tile products the padding made
-// before, and four fifths of the exponentials (which on Hopper cost about as much time as the
-// products: 16 per cycle per SM against 4096 FLOP).
+// 0, and only rows < T are stored. Only a sequence's last inner tile, when T is not a multiple of
+// its rows, pays for that: every other tile takes a path with no test per score (forward_tile and
+// dkdv_tile, <Partial = false>). The exponentials are bare MUFU.EX2 (ex2.approx.ftz), the scale
+// folded into one fused multiply-add per score, and each thread's tile loads advance a fixed
+// pointer: sm_90 SASS of the forward at head dim 64 is about 430 instructions per full key tile
+// of a warp (64 of them mma.sync), against about 900 before (static counts along the path;
+// the kernels measured 22 to 30 executed per mma.sync). The padding costs little arithmetic: a warp
+// whose 16 outer rows all lie past T only helps load, and the products and exponentials over an
+// inner tile stop at its last group of 16 rows holding one < T. At T = 197 a head's 64-row tiles
+// span 256 rows, and the products cover 208 of them on each side: about two thirds of the tile
+// products the padding made before, and four fifths of the exponentials (which on Hopper cost about
+// as much time as the products: 16 per cycle per SM against 4096 FLOP).
 //
 // Measured speed (one H200, 2026-12-04, `deit bench kernels`, commit d925502;
 // bench/results/2026-12-04-nvidia-h200-compare-small-base-2.md): B=256 T=197 H=12 D=64 forward

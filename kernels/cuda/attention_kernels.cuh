@@ -52,6 +52,15 @@ struct Tiles {
 #else
   static constexpr int kDkvMinBlocks = D <= 64 ? 3 : 1;
 #endif
+  // Four forward blocks fit an H200's shared memory at every head dim here, and the registers
+  // only if the kernel keeps to 128 a thread: left alone, ptxas takes 135 at head dim 80 and 155
+  // at 128 (an SM then holds 3), and spills 8 bytes at 32. Held to 128, it spills 12 bytes at head
+  // dim 128 (no ViT preset's). An A100's 164 KB holds three blocks at most.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  static constexpr int kForwardMinBlocks = 1;
+#else
+  static constexpr int kForwardMinBlocks = 4;
+#endif
   // Double-buffered K tiles and dS^T tiles (kDqKeys keys of kRows queries each).
   static constexpr int kDqSmem = 2 * kDqKeys * (kStride + kScoresTileStride) * 2;
 };
@@ -244,15 +253,29 @@ __device__ __forceinline__ HeadView head_view(int64_t bh, int T, int H, int D) {
 // ld into a shared tile of row stride STRIDE, all threads of the block taking 16-byte chunks in
 // turn; rows >= T, and chunks from column `cols` on, become zeros, so every product over them is
 // finite (0, never NaN from stale shared memory or unwritten global memory).
+// A thread takes the same column chunk of every kRowsPerPass-th row, so its source and destination
+// advance by a constant each pass (unrolled): a row's chunk count that does not divide the block
+// (head dim 80: 10 chunks, 12 rows a pass) leaves the last few threads idle. Row offsets are
+// 32-bit: a row stride of the (B, T, 3, H, D) buffer (3 * 1280 for the widest ViT) or of scores_t.
 template <int ROWS, int COLS, int STRIDE>
 __device__ __forceinline__ void load_block_async(bf16* tile, const bf16* src, int64_t ld, int row0,
                                                  int T, int cols) {
   constexpr int kChunks = COLS / 8;  // 16-byte chunks per row
-  for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool valid = row0 + r < T && col < cols;
-    const bf16* from = valid ? src + static_cast<int64_t>(row0 + r) * ld + col : src;
-    cp_async_16(tile + r * STRIDE + col, from, valid);
+  constexpr int kRowsPerPass = kThreads / kChunks;
+  static_assert(kRowsPerPass > 0, "a row of at most kThreads chunks");
+  const int r = threadIdx.x / kChunks, col = threadIdx.x % kChunks * 8;
+  if (r >= kRowsPerPass) return;
+  const int ld32 = static_cast<int>(ld), rows_left = T - row0;
+  const bf16* from = src + static_cast<int64_t>(row0 + r) * ld + col;
+  bf16* to = tile + r * STRIDE + col;
+#pragma unroll
+  for (int pass = 0; pass * kRowsPerPass < ROWS; ++pass) {
+    const int row = r + pass * kRowsPerPass;
+    if (ROWS % kRowsPerPass != 0 && row >= ROWS) break;
+    const bool valid = row < rows_left && col < cols;
+    cp_async_16(to, valid ? from : src, valid);
+    from += kRowsPerPass * ld32;
+    to += kRowsPerPass * STRIDE;
   }
 }
 
@@ -321,13 +344,75 @@ __device__ __forceinline__ void block_column_sums(const float (&acc)[D / 8][4],
 }
 
 // ---------------------------------------------------------------------------------------------
+// One key tile [key0, key0 + kCols) of the forward, for a warp's 16 query rows: S = Q K^T, the
+// online softmax's update of m, l and o, then o += P V. Partial: the tile holds keys past T (the
+// last tile, when T is not a multiple of kCols): their scores become -inf and the products stop at
+// the live groups. Every other tile takes the straight path, with no test per score.
+// The softmax is in base 2 on x = s * scale_log2 (scale_log2 > 0): the row max of x is the max of s
+// times scale_log2, and each exponent x - m is one fused multiply-add on the raw score.
+template <int D, bool Partial>
+__device__ __forceinline__ void forward_tile(const bf16* sq_warp, const bf16* sk, const bf16* sv,
+                                             int T, int key0, float scale_log2,
+                                             float (&o)[D / 8][4], float (&m)[2], float (&l)[2]) {
+  constexpr int kCols = Tiles<D>::kCols, kStride = Tiles<D>::kStride;
+  const int t = threadIdx.x % 4;
+  const int live = Partial ? live_groups(T, key0, kCols) : kCols / 16;
+
+  float s[kCols / 8][4];
+  zero(s);
+  mma_rows_rows<kCols, D>(s, sq_warp, sk, kStride, live);
+  if constexpr (Partial) {
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n) {
+      if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (key0 + 8 * n + 2 * t + e % 2 >= T) s[n][e] = -INFINITY;
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n) {
+      if (n >= 2 * live) break;
+      mx = fmaxf(mx, fmaxf(s[n][2 * half], s[n][2 * half + 1]));
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad shares the row
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    // Tile 0 always holds key 0, so m is finite from the first tile on, and the -inf of keys past
+    // T contribute exp2(-inf) = 0.
+    const float m_new = fmaxf(m[half], mx * scale_log2);
+    const float correction = exp2_ftz(m[half] - m_new);  // 0 on the first tile (m = -inf)
+    float sum = 0.f;
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n) {
+      if (n >= 2 * live) break;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float& x = s[n][2 * half + e];
+        x = exp2_ftz(fmaf(x, scale_log2, -m_new));
+        sum += x;
+      }
+    }
+    l[half] = l[half] * correction + sum;
+    m[half] = m_new;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][2 * half] *= correction;
+      o[n][2 * half + 1] *= correction;
+    }
+  }
+  mma_regs_rows<D, kCols>(o, s, sv, kStride, live);
+}
+
 // Forward. Block: query rows [q0, q0 + 64) of one (batch, head); warp w owns rows q0 + 16w ...
 // Scores are kept in base 2: x = s * scale * log2(e), so every exponential is one exp2.
 // In a sequence's last query tile, a warp whose rows all lie past T only helps load the key tiles
 // (at T = 197, three of the last tile's four warps).
 
 template <int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
     attention_forward_kernel(const bf16* __restrict__ qkv, bf16* __restrict__ out,
                              float* __restrict__ lse, int T, int H, float scale_log2) {
   using Cfg = Tiles<D>;
@@ -370,55 +455,13 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     if (row0 < T) {  // warp-uniform: a warp whose rows all lie past T only loads
-      const int live = live_groups(T, j * kCols, kCols);
-
-      float s[kCols / 8][4];
-      zero(s);
-      mma_rows_rows<kCols, D>(s, sq + warp * kWarpRows * kStride, sk + stage * kCols * kStride,
-                              kStride, live);
-
-      // Online softmax. Tile 0 always holds key 0, so m is finite from the first tile on, and the
-      // -inf of keys past T contribute exp2(-inf) = 0.
-      const int col0 = j * kCols + 2 * t;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < kCols / 8; ++n) {
-          if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const bool valid = col0 + 8 * n + e < T;
-            float& x = s[n][2 * half + e];
-            x = valid ? x * scale_log2 : -INFINITY;
-            mx = fmaxf(mx, x);
-          }
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad shares the row
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m[half], mx);
-        const float correction = exp2f(m[half] - m_new);  // 0 on the first tile (m = -inf)
-        float sum = 0.f;
-#pragma unroll
-        for (int n = 0; n < kCols / 8; ++n) {
-          if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& x = s[n][2 * half + e];
-            x = exp2f(x - m_new);
-            sum += x;
-          }
-        }
-        l[half] = l[half] * correction + sum;
-        m[half] = m_new;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          o[n][2 * half] *= correction;
-          o[n][2 * half + 1] *= correction;
-        }
-      }
-
-      mma_regs_rows<D, kCols>(o, s, sv + stage * kCols * kStride, kStride, live);
+      const bf16* sk_j = sk + stage * kCols * kStride;
+      const bf16* sv_j = sv + stage * kCols * kStride;
+      const bf16* sq_warp = sq + warp * kWarpRows * kStride;
+      if ((j + 1) * kCols <= T)
+        forward_tile<D, false>(sq_warp, sk_j, sv_j, T, j * kCols, scale_log2, o, m, l);
+      else
+        forward_tile<D, true>(sq_warp, sk_j, sv_j, T, j * kCols, scale_log2, o, m, l);
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
@@ -475,6 +518,68 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t h = row % H, bt = row / H, token = bt % T, b = bt / T;
     delta[(b * H + h) * T + token] = sum;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One query tile [query0, query0 + kCols) of the dK/dV pass, for a warp's 16 key rows (see the
+// kernel below for the products): P^T, dV += P^T dO, dS^T, its store to the scores rows
+// (scores_rows: the warp's rows key0 and key0 + 8 from column query0 + 2t, stride scores_ld), and
+// dK += dS^T Q. Partial: the tile holds queries past T (the last, when T is not a multiple of
+// kCols), whose products stop at the live groups; the others take the straight path. Queries past
+// T need no test per score: their lse of +inf gives P = 0.
+template <int D, bool Partial>
+__device__ __forceinline__ void dkdv_tile(const bf16* sk_warp, const bf16* sv_warp, const bf16* sq,
+                                          const bf16* sdo, const float* slse, const float* sdelta,
+                                          const bool (&key_valid)[2], float scale_log2, int T,
+                                          int query0, bf16* scores_rows, int scores_ld,
+                                          float (&dk)[D / 8][4], float (&dv)[D / 8][4]) {
+  constexpr int kCols = Tiles<D>::kCols, kStride = Tiles<D>::kStride;
+  const int t = threadIdx.x % 4;
+  const int live = Partial ? live_groups(T, query0, kCols) : kCols / 16;
+
+  float p[kCols / 8][4];  // S^T, then P^T
+  zero(p);
+  mma_rows_rows<kCols, D>(p, sk_warp, sq, kStride, live);
+#pragma unroll
+  for (int n = 0; n < kCols / 8; ++n) {
+    if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
+    // Columns 2t and 2t + 1 of n-tile n: one 8-byte shared load (the tiles start 8-byte aligned)
+    // where the compiler, not knowing that, would make two.
+    const float2 lse_pair = *reinterpret_cast<const float2*>(slse + 8 * n + 2 * t);
+    const float lse_col[2] = {lse_pair.x, lse_pair.y};
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      p[n][e] = key_valid[e / 2] ? exp2_ftz(fmaf(p[n][e], scale_log2, -lse_col[e % 2])) : 0.f;
+  }
+
+  mma_regs_rows<D, kCols>(dv, p, sdo, kStride, live);
+
+  float ds[kCols / 8][4];  // dP^T, then dS^T
+  zero(ds);
+  mma_rows_rows<kCols, D>(ds, sv_warp, sdo, kStride, live);
+#pragma unroll
+  for (int n = 0; n < kCols / 8; ++n) {
+    if (n >= 2 * live) break;
+    const float2 delta_pair = *reinterpret_cast<const float2*>(sdelta + 8 * n + 2 * t);
+    const float delta_col[2] = {delta_pair.x, delta_pair.y};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - delta_col[e % 2]);
+  }
+
+  // Rows key0 and key0 + 8, columns query0 + 8n + 2t and the next: a quad writes 16 contiguous
+  // bytes of a row.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (!key_valid[half]) continue;
+    uint32_t* row = reinterpret_cast<uint32_t*>(scores_rows + 8 * half * scores_ld);
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n) {
+      if (n >= 2 * live) break;
+      row[4 * n] = pack_bf16x2(ds[n][2 * half], ds[n][2 * half + 1]);
+    }
+  }
+
+  mma_regs_rows<D, kCols>(dk, ds, sq, kStride, live);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -561,52 +666,16 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
     const float* slse_i = slse + stage * kCols;
     const float* sdelta_i = sdelta + stage * kCols;
     if (row0 < T) {  // warp-uniform
-      const int live = live_groups(T, i * kCols, kCols);
-
-      float p[kCols / 8][4];  // S^T, then P^T
-      zero(p);
-      mma_rows_rows<kCols, D>(p, sk + warp * kWarpRows * kStride, sq_i, kStride, live);
-#pragma unroll
-      for (int n = 0; n < kCols / 8; ++n) {
-        if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
-        // Columns 2t and 2t + 1 of n-tile n: one 8-byte shared load (the tiles start 8-byte
-        // aligned) where the compiler, not knowing that, would make two.
-        const float2 lse_pair = *reinterpret_cast<const float2*>(slse_i + 8 * n + 2 * t);
-        const float lse_col[2] = {lse_pair.x, lse_pair.y};
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          p[n][e] = key_valid[e / 2] ? exp2f(p[n][e] * scale_log2 - lse_col[e % 2]) : 0.f;
-      }
-
-      mma_regs_rows<D, kCols>(dv, p, sdo_i, kStride, live);
-
-      float ds[kCols / 8][4];  // dP^T, then dS^T
-      zero(ds);
-      mma_rows_rows<kCols, D>(ds, sv + warp * kWarpRows * kStride, sdo_i, kStride, live);
-#pragma unroll
-      for (int n = 0; n < kCols / 8; ++n) {
-        if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
-        const float2 delta_pair = *reinterpret_cast<const float2*>(sdelta_i + 8 * n + 2 * t);
-        const float delta_col[2] = {delta_pair.x, delta_pair.y};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - delta_col[e % 2]);
-      }
-
-      // Rows key0 and key0 + 8, columns i kCols + 8n + 2t and the next: a quad writes 16
-      // contiguous bytes of a row.
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        if (!key_valid[half]) continue;
-        uint32_t* row = reinterpret_cast<uint32_t*>(
-            scores_head + static_cast<int64_t>(key0 + 8 * half) * scores_ld + i * kCols + 2 * t);
-#pragma unroll
-        for (int n = 0; n < kCols / 8; ++n) {
-          if (n >= 2 * live) break;
-          row[4 * n] = pack_bf16x2(ds[n][2 * half], ds[n][2 * half + 1]);
-        }
-      }
-
-      mma_regs_rows<D, kCols>(dk, ds, sq_i, kStride, live);
+      const bf16* sk_warp = sk + warp * kWarpRows * kStride;
+      const bf16* sv_warp = sv + warp * kWarpRows * kStride;
+      // Rows key0 and key0 + 8 of the head's dS^T, from query i kCols + 2t on.
+      bf16* scores_rows = scores_head + static_cast<int64_t>(key0) * scores_ld + i * kCols + 2 * t;
+      if ((i + 1) * kCols <= T)
+        dkdv_tile<D, false>(sk_warp, sv_warp, sq_i, sdo_i, slse_i, sdelta_i, key_valid, scale_log2,
+                            T, i * kCols, scores_rows, scores_ld, dk, dv);
+      else
+        dkdv_tile<D, true>(sk_warp, sv_warp, sq_i, sdo_i, slse_i, sdelta_i, key_valid, scale_log2,
+                           T, i * kCols, scores_rows, scores_ld, dk, dv);
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }

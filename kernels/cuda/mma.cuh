@@ -1,8 +1,8 @@
 // PTX wrappers of the tensor-core kernels (kernels/cuda/attention_kernels.cuh): cp.async (16-byte
 // global -> shared copies that bypass the registers, with zero-fill), ldmatrix (a warp loads 8x8
 // bf16 matrices from shared memory straight into mma fragments), mma.sync m16n8k16 (bf16 x bf16
-// -> fp32 on the tensor cores), the bf16 pair packing of those fragments, and dynamic_smem(), the
-// block's dynamic shared memory.
+// -> fp32 on the tensor cores), the softmax's exponential, the bf16 pair packing of those
+// fragments, and dynamic_smem(), the block's dynamic shared memory.
 //
 // Why a header of its own: inline PTX and the extern __shared__ array are what a host compiler
 // cannot build. The emulated test (tests/emulated/attention_emulated.cpp) includes the real kernel
@@ -57,6 +57,15 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 2^x on the special-function unit, denormal results flushed to zero: one MUFU.EX2. exp2f
+// without --use_fast_math wraps the same instruction in a rescaling for results below 2^-126
+// (compare, two conditional multiplies), which a probability that small does not need.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // Two fp32 -> one register of two bf16 (lo in the low half: the lower column index).

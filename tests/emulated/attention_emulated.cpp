@@ -9,9 +9,10 @@
 // instructions, which the emulator turns into failures (see cuda_emulator.h).
 //
 // Usage: attention_emulated [--full] [--seed N]
-//   (default)  16 shapes: every head dim (32, 64, 80, 128) at T = 1, at a small odd T (warps
+//   (default)  17 shapes: every head dim (32, 64, 80, 128) at T = 1, at a small odd T (warps
 //              full, partial and empty in one tile), at T = 65 (a last tile of one row) and at
-//              three or more inner tiles (T = 129 to 197); batch and heads above 1 in several.
+//              three or more inner tiles (T = 129 to 197), and T = 125 (a last tile of 61 rows);
+//              batch and heads above 1 in several.
 //              About 7 s on one core of the development machine: the CTest entry
 //              attention_emulated.
 //   --full     adds the review's sweep: every head dim at T = 2, 3, 5, 16, 17, 31, 32, 33, 63,
@@ -112,13 +113,15 @@ struct Shape {
 };
 
 // B, T, H, D: every head dim at T = 1; at a small odd T (warps full, partial and empty in one
-// tile); at T = 65 (a last tile of one row); and at three inner tiles or more, the least that
-// reuses a shared-memory stage while other warps may still read it (T = 197 is ViT-S at 224 px).
+// tile); at T = 65 (a last tile of one row); at three inner tiles or more, the least that
+// reuses a shared-memory stage while other warps may still read it (T = 197 is ViT-S at 224 px);
+// and T = 125, whose last 64-row tile is partial yet has all four of its 16-row groups live: the
+// kernels' partial-tile paths must tell it from a full tile by more than its live groups.
 const std::vector<Shape> kDefaultShapes = {
-    {2, 1, 3, 32},   {1, 1, 1, 64},   {1, 1, 2, 80},   {2, 1, 1, 128},
-    {1, 37, 2, 32},  {2, 5, 3, 64},   {1, 17, 1, 80},  {1, 33, 2, 128},
-    {1, 65, 1, 32},  {1, 65, 1, 64},  {1, 65, 2, 80},  {1, 65, 1, 128},
-    {1, 197, 1, 32}, {1, 197, 2, 64}, {1, 145, 1, 80}, {1, 129, 1, 128},
+    {2, 1, 3, 32},    {1, 1, 1, 64},   {1, 1, 2, 80},   {2, 1, 1, 128},  {1, 37, 2, 32},
+    {2, 5, 3, 64},    {1, 17, 1, 80},  {1, 33, 2, 128}, {1, 65, 1, 32},  {1, 65, 1, 64},
+    {1, 65, 2, 80},   {1, 65, 1, 128}, {1, 197, 1, 32}, {1, 197, 2, 64}, {1, 145, 1, 80},
+    {1, 129, 1, 128}, {1, 125, 1, 64},
 };
 
 // The [gpu] test's shapes with fewer batches and heads.

@@ -1038,6 +1038,14 @@ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_
   emu::detail::mma_m16n8k16(c, a, b0, b1);
 }
 
+// PTX ISA, "ex2.approx.ftz.f32": 2^x within 2 ulp (the host's exp2f is closer), subnormal inputs
+// and results flushed to zero (+0 for -inf, as the hardware gives).
+inline float exp2_ftz(float x) {
+  if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.f;
+  const float y = std::exp2(x);
+  return std::fpclassify(y) == FP_SUBNORMAL ? 0.f : y;
+}
+
 inline uint32_t pack_bf16x2(float lo, float hi) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
   uint32_t r;
