@@ -250,13 +250,13 @@ __device__ __forceinline__ HeadView head_view(int64_t bh, int T, int H, int D) {
 }
 
 // Starts the copy of rows [row0, row0 + ROWS) and columns [0, COLS) of a matrix with row stride
-// ld into a shared tile of row stride STRIDE, all threads of the block taking 16-byte chunks in
-// turn; rows >= T, and chunks from column `cols` on, become zeros, so every product over them is
-// finite (0, never NaN from stale shared memory or unwritten global memory).
-// A thread takes the same column chunk of every kRowsPerPass-th row, so its source and destination
-// advance by a constant each pass (unrolled): a row's chunk count that does not divide the block
-// (head dim 80: 10 chunks, 12 rows a pass) leaves the last few threads idle. Row offsets are
-// 32-bit: a row stride of the (B, T, 3, H, D) buffer (3 * 1280 for the widest ViT) or of scores_t.
+// ld into a shared tile of row stride STRIDE, in 16-byte chunks; rows >= T, and chunks from column
+// `cols` on, become zeros, so every product over them is finite (0, never NaN from stale shared
+// memory or unwritten global memory). A thread takes the same column chunk of every
+// kRowsPerPass-th row, so its source and destination advance by a constant each pass (unrolled):
+// a row's chunk count that does not divide the block (head dim 80: 10 chunks, 12 rows a pass)
+// leaves the last few threads idle. Row offsets are 32-bit: a row stride of the (B, T, 3, H, D)
+// buffer (3 * 1280 for the widest ViT) or of scores_t.
 template <int ROWS, int COLS, int STRIDE>
 __device__ __forceinline__ void load_block_async(bf16* tile, const bf16* src, int64_t ld, int row0,
                                                  int T, int cols) {
