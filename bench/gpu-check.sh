@@ -9,8 +9,7 @@
 #
 #   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|every-model|full|none]
 #                      [--bench-models M,M,...] [--sanitizer-limit SECONDS]
-#                      [--sanitizer-cases SPEC] [--racecheck-launches N]
-#                      [--only CHECK,CHECK,...] [--deadline SECONDS]
+#                      [--sanitizer-cases SPEC] [--only CHECK,CHECK,...] [--deadline SECONDS]
 #
 #   --no-tests      skip the tests and the sanitizers (e.g. a second call that only benchmarks,
 #                   reusing build-gpu/ from the first)
@@ -26,11 +25,6 @@
 #                   default, exclusions included, and Catch2 matches names case-insensitively
 #                   ("CUDA*" is every "cuda ..." case too): list it first with
 #                   deit_tests SPEC --list-test-names-only
-#   --racecheck-launches N  racecheck only each case's first N kernel launches (default 0: all of
-#                   them), the rest running unchecked: a whole training run (the deit train cases,
-#                   a replayed graph) repeats its first step's kernels, and checked in full each
-#                   such case took minutes on an H200. A few thousand cover a small ViT's first
-#                   steps.
 #   --only CHECKS   run just these of the checks (after the build), whatever the flags above say:
 #                   gpu_tests, demo_cuda, train_nccl (needs demo_cuda's data), cpu_tests,
 #                   memcheck, racecheck, bench_data, bench_nccl, bench_gemms,
@@ -69,7 +63,6 @@ sanitizer_limit=300
 # over-reads of user buffers as errors, or hangs (NVIDIA/nccl issues 265, 727). Not the
 # [api-error] case either: it makes a CUDA call fail on purpose.
 sanitized_cases="[gpu]~[nccl]~[api-error]"
-racecheck_launches=0
 only=""
 deadline=""
 while [ $# -gt 0 ]; do
@@ -81,11 +74,10 @@ while [ $# -gt 0 ]; do
     --bench-models) bench_models=${2:?--bench-models needs a list of models}; shift ;;
     --sanitizer-limit) sanitizer_limit=$2; shift ;;
     --sanitizer-cases) sanitized_cases=${2:?--sanitizer-cases needs a test spec}; shift ;;
-    --racecheck-launches) racecheck_launches=${2:?--racecheck-launches needs a count}; shift ;;
     --deadline) deadline=${2:?--deadline needs seconds}; shift ;;
     *) echo "usage: bench/gpu-check.sh [--no-tests] [--no-cpu-tests]" \
          "[--bench quick|every-model|full|none] [--bench-models M,M,...]" \
-         "[--sanitizer-limit SECONDS] [--sanitizer-cases SPEC] [--racecheck-launches N]" \
+         "[--sanitizer-limit SECONDS] [--sanitizer-cases SPEC]" \
          "[--only CHECK,CHECK,...] [--deadline SECONDS]" >&2
        exit 2 ;;
   esac
@@ -301,7 +293,7 @@ wanted memcheck "$tests" && run memcheck "$sanitizer_limit" compute-sanitizer --
 # reports hazards inside cuBLASLt's Hopper kernels (nvjet_*), which are not ours to fix, and its
 # own kernel filter ended every case with a GEMM in an internal error.
 wanted racecheck "$tests" && each_case racecheck "$sanitizer_limit" "$sanitized_cases" \
-  env RACECHECK_LAUNCHES="$racecheck_launches" bench/racecheck-deit.sh
+  bench/racecheck-deit.sh
 benchmarks=yes
 [ "$bench" = none ] && benchmarks=no
 # The GPU augmentation stage alone and the whole input path (issue 6's targets), then the same at

@@ -61,21 +61,21 @@
 // products the padding made before, and four fifths of the exponentials (which on Hopper cost about
 // as much time as the products: 16 per cycle per SM against 4096 FLOP).
 //
-// Measured speed (one H200, 2026-12-04, `deit bench kernels`, commit d925502;
-// bench/results/2026-12-04-nvidia-h200-compare-small-base-2.md): B=256 T=197 H=12 D=64 forward
-// 0.323 ms (95 TFLOP/s) and backward 0.910 ms (84 TFLOP/s; 0.956 with the qkv bias gradient),
-// against cuDNN's 0.172 and 0.588 ms: 0.53x and 0.65x (backward 1.018 ms before the padding was
-// skipped and dQ read dS back). Over all the ViT shapes, 0.44x to 1.01x of the fastest rival.
-// Neither obvious bound is reached: per key tile a warp reads 18 KiB of shared memory (ldmatrix)
-// for 64 mma.sync of 4096 FLOP each, so shared memory would allow about 490 TFLOP/s on an H200 and
-// mma.sync about 660; the forward reaches 146 at T=577. Nsight Compute in deit3_small's step
-// (bench/results/2026-12-04-h200-ncu-2/, H=6): a quarter occupancy or less (forward and dQ 4
-// blocks of 4 warps per SM, dK/dV 3: registers and shared memory both at their limit), issue
-// slots 41% (dK/dV) to 59% (forward) busy, DRAM under 25%; latency-bound, and heavy in
-// instructions: dK/dV 0.326 ms executes about 30 warp instructions per mma.sync, the forward
-// (0.166 ms) 22, the ALU pipe (integer and logic: addresses, masks) the busiest. The dQ pass
-// reading dS back takes 0.093 ms where the one that rebuilt P and dS took 0.199, but writing dS
-// made dK/dV 0.065 ms slower (0.261 before): a net 0.041 ms per layer at H=6.
+// Measured speed (one H200, 2026-12-04, `deit bench kernels`, commit 69df758;
+// bench/results/2026-12-04-nvidia-h200-compare-small-base-3.md): B=256 T=197 H=12 D=64 forward
+// 0.207 ms (147 TFLOP/s) and backward 0.712 ms (107 TFLOP/s; 0.745 with the qkv bias gradient),
+// against cuDNN's 0.173 and 0.585 ms: 0.83x and 0.82x (0.323 and 0.910 ms before the instruction
+// diet above). Over all the ViT shapes, 0.57x to 1.39x of the fastest rival: ahead or level at
+// T = 65 and 145, behind from 197 on, most at 577. Neither obvious bound is reached: per key tile
+// a warp reads 18 KiB of shared memory (ldmatrix) for 64 mma.sync of 4096 FLOP each, so shared
+// memory would allow about 490 TFLOP/s on an H200 and mma.sync about 660; the forward reaches 210
+// at T=577. Nsight Compute in deit3_small's step (bench/results/2026-12-04-h200-ncu-3/, H=6):
+// forward 0.109 ms, dK/dV 0.239, dQ 0.084, each executing about half the instructions of the
+// kernels before the diet (0.166, 0.326, 0.093 ms), with the time falling less: latency-bound at
+// a quarter occupancy or less (forward 4 blocks of 4 warps per SM, dQ 5, dK/dV 3: registers and
+// shared memory both at their limit), issue slots 31% (dK/dV) to 42% (forward) busy, dK/dV's warps
+// waiting on shared-memory and MUFU results, barriers and fixed latencies. dQ reads back the dS
+// that dK/dV writes at 2.7 TB/s: that round trip, not arithmetic, bounds it.
 //
 // Files: the device code is kernels/cuda/attention_kernels.cuh and its PTX wrappers
 // kernels/cuda/mma.cuh; this file is the host side (argument checks, launches). The kernels also

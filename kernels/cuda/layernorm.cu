@@ -11,11 +11,9 @@
 // Forward: a grid-stride loop over rows, min(rows, 65536) blocks. Backward: row_chunks(rows, C)
 // blocks, each walking a fixed chunk of at least 8 consecutive rows; for rows up to 4096 wide
 // (blocks of at most 512 threads) it loads the next row while this one reduces.
-// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 768, commit d925502):
-// forward 0.083 ms (2794 GB/s, 66% of the copy bandwidth), backward 0.150 ms (61%; 0.161 before
-// the next-row loads); together 62%, short of issue 7's 80%. The forward's next-row variant of
-// that run was slower than one block per row (0.076 ms in the run before), so it is gone; the
-// forward row of the next run measures the return.
+// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 768, commit 69df758):
+// forward 0.085 ms (2747 GB/s, 64% of the copy bandwidth), backward 0.148 ms (61%; 0.161 before
+// the next-row loads); together 62%, short of issue 7's 80%.
 //
 // Files: the device code is kernels/cuda/layernorm_kernels.cuh (the row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The

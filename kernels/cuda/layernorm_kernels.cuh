@@ -23,8 +23,9 @@ using gpu::bf16;
 using gpu::kVec;
 
 // One block per row r, grid-striding over the rows. A block walking several rows with the next
-// row's loads issued early (session 17) measured slower on an H200: 0.083 against 0.076 ms at
-// 50432 x 768, and the fused forward 23% slower (bench/results/2026-12-04-h200-gpu-check-3.md).
+// row's loads issued early (session 17) gained nothing here on an H200 (0.083 ms at 50432 x 768,
+// against 0.076 and 0.085 one row a block) and made the fused forward 0.158 ms against 0.128 and
+// 0.130 (bench/results/2026-12-04-h200-gpu-check-3.md and -4.md).
 template <int V>
 __global__ void __launch_bounds__(1024)
     layernorm_forward_kernel(const float* x, const bf16* weight, const bf16* bias, bf16* y,

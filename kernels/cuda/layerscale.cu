@@ -26,12 +26,13 @@
 // registers, spill since they also sum dbias: 0 / 48 bytes (vectors, from 0 / 0) and 280 / 224
 // (scalars, from 132 / 32). No ViT preset has rows that wide (ViT-H: 1280). The forward's scalar
 // path (odd widths, unaligned pointers; no preset either) spills 44 bytes on sm_90.
-// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768, commit d925502):
-// LayerScale + drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.105 ms (69%);
-// fused with the LayerNorm after it, backward 0.209 ms (78%; 0.270 before the early loads), with
-// the dbias partials 0.218 ms. The fused forward took 0.158 ms there, on a variant that walked
-// several rows a block with each next row's loads issued early, against 0.128 ms one row a block
-// in the run before: that variant is gone, and the next run measures the return.
+// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768, commit 69df758):
+// LayerScale + drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.103 ms (70%);
+// fused with the LayerNorm after it, forward 0.130 ms (84%; 0.158 on a variant walking several
+// rows a block, gone since), backward 0.209 ms (78%; 0.270 before the early loads), with the
+// dbias partials 0.216 ms. At C = 384 (deit3_small) the early backward, 93 registers on 64-thread
+// blocks, ran at 25% occupancy (0.110 ms in Nsight, bench/results/2026-12-04-h200-ncu-3/); the
+// late one (64 registers, 50%) has not been timed there with the dbias partials it now sums.
 //
 // Files: the device code is kernels/cuda/layerscale_kernels.cuh (the LayerNorm row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The
