@@ -2,7 +2,7 @@
 # Nsight Compute on the kernels where deit3_small's training step loses time to torch.compile's
 # (bench/results/2026-12-04-h200-gpu-check.md): the attention forward and its two backward
 # kernels, GELU forward and backward (the step's backward is the one that also sums fc1's bias
-# gradient), the fused residual + LayerNorm forward and backward, the LayerNorm backward, and a few
+# gradient), the fused residual + LayerNorm forward and backward, the LayerNorm forward and backward, and a few
 # of cuBLASLt's GEMMs from forward and backward. Each kernel is profiled at the step's own shapes, one launch of it
 # taken after the first step's, with the sections that say what bounds it: speed of light,
 # occupancy, launch statistics, warp states and what stalls them, memory and compute workload
@@ -41,8 +41,11 @@ fi
 
 # name, the kernel-name base ncu matches against, its regex, launches to skip, launches to take.
 # A deit3_small step runs each attention and GELU kernel 12 times, the fused residual + LayerNorm
-# kernels 23 (the LayerNorm alone 2), and about 150 GEMMs (50 forward, then 100 backward); skipping past the first step's
-# launches takes a warm one, and the GEMMs' skip lands in the second step's backward.
+# kernels 23, and about 150 GEMMs (50 forward, then 100 backward); skipping past the first step's
+# launches takes a warm one, and the GEMMs' skip lands in the second step's backward. The LayerNorm
+# alone runs twice a step: block 0's norm1 over every token (B x 197 rows, issue 7's row), and the
+# final norm over the class tokens only (B rows), forward in that order and backward in the other,
+# so the skips of 2 and 3 take the second step's wide one.
 profiles=(
   "attention_forward function ^attention_forward_kernel 14 1"
   "attention_dkdv function ^attention_dkdv_kernel 14 1"
@@ -51,7 +54,8 @@ profiles=(
   "gelu_backward function ^gelu_backward_column_partials_kernel 14 1"
   "layerscale_layernorm_forward function ^layerscale_layernorm_forward_kernel 30 1"
   "layerscale_layernorm_backward function ^layerscale_layernorm_backward_kernel 30 1"
-  "layernorm_backward function ^layernorm_backward_kernel 2 1"
+  "layernorm_forward function ^layernorm_forward_kernel 2 1"
+  "layernorm_backward function ^layernorm_backward_kernel 3 1"
   "gemms function ^nvjet 205 12"
 )
 # What each warp waits on, per issued instruction (barrier, long scoreboard = global memory, short
