@@ -6,7 +6,7 @@
 # command, and prints it.
 #
 #   bench/compare.sh [--quick | --every-model | --full | --cpu] [--models M,M,...] [--build DIR]
-#                    [--deadline SECONDS]
+#                    [--repeat N] [--deadline SECONDS]
 #
 #   --quick (default) deit3_small and deit3_base at 224, batch 256 per GPU; kernels at ViT-B's
 #           width, 30 runs each. A few minutes on an H200, most of it torch.compile compiling.
@@ -24,6 +24,11 @@
 #           second call finishing a table whose other rows an earlier call measured)
 #   --build the build folder holding `deit` (default build-gpu, what bench/gpu-check.sh builds;
 #           with --cpu, build, what scripts/setup.sh builds)
+#   --repeat  run each model's three steps (deit, PyTorch, torch.compile) N times in turn, each in
+#           a process of its own; the table takes each side's fastest run and lists them all. One
+#           run a side is at the mercy of its host: a torch.compile step whose kernels took the
+#           usual time measured 9% slow once, its GPU waiting on the CPU
+#           (bench/results/2026-12-04-h200-gpu-check-4.md).
 #   --deadline  finish within SECONDS: each run's time limit is cut to what is left, a run that
 #           would start with under a minute left is listed as not run, and the report is written
 #           with what finished (a lent GPU machine's minutes are few)
@@ -36,6 +41,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 mode=quick
 build=""
 models=""
+repeat=1
 deadline_at=""
 invocation="bench/compare.sh $*"
 while [ $# -gt 0 ]; do
@@ -46,13 +52,18 @@ while [ $# -gt 0 ]; do
     --cpu) mode=cpu ;;
     --models) models=",${2:?--models needs a list of models},"; shift ;;
     --build) build=$2; shift ;;
+    --repeat) repeat=${2:?--repeat needs a count}; shift ;;
     --deadline) deadline_at=$(($(date +%s) + ${2:?--deadline needs seconds})); shift ;;
     *) echo "usage: bench/compare.sh [--quick | --every-model | --full | --cpu]" \
-         "[--models M,M,...] [--build DIR] [--deadline SECONDS]" >&2
+         "[--models M,M,...] [--build DIR] [--repeat N] [--deadline SECONDS]" >&2
        exit 2 ;;
   esac
   shift
 done
+if ! [[ $repeat =~ ^[1-9][0-9]*$ ]]; then
+  echo "compare.sh: --repeat takes a count of at least 1, not '$repeat'" >&2
+  exit 2
+fi
 if [ -z "$build" ]; then
   build=build-gpu
   [ "$mode" = cpu ] && build=build
@@ -170,23 +181,31 @@ for config in "${configs[@]}"; do
   # (a failed capture is reported there and spares the eager numbers).
   # --opt adamw: the optimizer PyTorch runs (fused AdamW; torch has no fused LAMB), so that both
   # sides time the same step.
-  record step "$config" 900 "$deit" bench step --model "$model" --input-size "$size" \
-    --batch-size "$batch" --device "$device" "${step_flags[@]}" "${step_repeats[@]}" \
-    --opt adamw --json $flags
-  # PyTorch runs the model deit ran: its drop-path rate, its FLOP count, its peak for MFU.
-  drop_path=$(field "$last.json" drop_path)
-  peak=$(field "$last.json" peak_tflops)
-  torch_args=(--model "$model" --input-size "$size" --batch-size "$batch" --device "$device"
-              --drop-path "${drop_path:-0}" "${step_repeats[@]}" --json $flags)
-  [ -n "$gflops" ] && torch_args+=(--train-gflops-per-image "$gflops")
-  [ -n "$peak" ] && torch_args+=(--peak-tflops "$peak")
-  record step "$config" 900 "$python" bench/torch_baseline.py step "${torch_args[@]}"
-  record step "$config" 1200 "$python" bench/torch_baseline.py step "${torch_args[@]}" --compile
+  drop_path=""
+  peak=""
+  for ((round = 1; round <= repeat; round++)); do
+    record step "$config" 900 "$deit" bench step --model "$model" --input-size "$size" \
+      --batch-size "$batch" --device "$device" "${step_flags[@]}" "${step_repeats[@]}" \
+      --opt adamw --json $flags
+    # PyTorch runs the model deit ran: its drop-path rate, its FLOP count, its peak for MFU (from
+    # an earlier round's run if this one failed).
+    value=$(field "$last.json" drop_path) && [ -n "$value" ] && drop_path=$value
+    value=$(field "$last.json" peak_tflops) && [ -n "$value" ] && peak=$value
+    torch_args=(--model "$model" --input-size "$size" --batch-size "$batch" --device "$device"
+                --drop-path "${drop_path:-0}" "${step_repeats[@]}" --json $flags)
+    [ -n "$gflops" ] && torch_args+=(--train-gflops-per-image "$gflops")
+    [ -n "$peak" ] && torch_args+=(--peak-tflops "$peak")
+    record step "$config" 900 "$python" bench/torch_baseline.py step "${torch_args[@]}"
+    record step "$config" 1200 "$python" bench/torch_baseline.py step "${torch_args[@]}" --compile
+  done
 done
 
 slug=$(echo "$gpu" | tr '[:upper:] ' '[:lower:]-' | tr -cd 'a-z0-9-')
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y-%m-%d)-$slug-compare.md"
-python3 bench/report.py "$work" --device "$gpu" --commit "$commit" --command "$invocation" \
-  --out "$out"
+if ! python3 bench/report.py "$work" --device "$gpu" --commit "$commit" \
+  --command "$invocation" --out "$out"; then
+  echo "compare.sh: bench/report.py failed; the runs' outputs are kept in $work" >&2
+  exit 1
+fi
 echo "written: $out"

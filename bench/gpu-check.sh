@@ -8,7 +8,7 @@
 # through NCCL on one GPU.
 #
 #   bench/gpu-check.sh [--no-tests] [--no-cpu-tests] [--bench quick|every-model|full|none]
-#                      [--bench-models M,M,...] [--sanitizer-limit SECONDS]
+#                      [--bench-models M,M,...] [--bench-repeat N] [--sanitizer-limit SECONDS]
 #                      [--sanitizer-cases SPEC] [--only CHECK,CHECK,...] [--deadline SECONDS]
 #
 #   --no-tests      skip the tests and the sanitizers (e.g. a second call that only benchmarks,
@@ -17,6 +17,9 @@
 #   --bench MODE    bench/compare.sh --quick (default), --every-model, --full, or no benchmarks
 #   --bench-models  only these models of the mode (compare.sh --models), e.g. the rows an earlier
 #                   call did not finish
+#   --bench-repeat N  each model's steps run N times on both sides (compare.sh --repeat), the
+#                   fastest of each side counting: slower, but one side's off run does not set the
+#                   ratio
 #   --sanitizer-limit  seconds each of memcheck and racecheck may take (default 300): a lent
 #                   machine's minutes are few, and a check cut short is reported as such
 #   --sanitizer-cases  the test cases memcheck and racecheck run, as a Catch2 test spec
@@ -57,6 +60,7 @@ tests=yes
 cpu_tests=yes
 bench=quick
 bench_models=""
+bench_repeat=1
 sanitizer_limit=300
 # Not the [nccl] cases: their own kernels are fills and copies, and NCCL's are not deit's to
 # fix, while NCCL under the sanitizer reports its driver-symbol probes and its 16-byte
@@ -72,11 +76,12 @@ while [ $# -gt 0 ]; do
     --no-cpu-tests) cpu_tests=no ;;
     --bench) bench=$2; shift ;;
     --bench-models) bench_models=${2:?--bench-models needs a list of models}; shift ;;
+    --bench-repeat) bench_repeat=${2:?--bench-repeat needs a count}; shift ;;
     --sanitizer-limit) sanitizer_limit=$2; shift ;;
     --sanitizer-cases) sanitized_cases=${2:?--sanitizer-cases needs a test spec}; shift ;;
     --deadline) deadline=${2:?--deadline needs seconds}; shift ;;
     *) echo "usage: bench/gpu-check.sh [--no-tests] [--no-cpu-tests]" \
-         "[--bench quick|every-model|full|none] [--bench-models M,M,...]" \
+         "[--bench quick|every-model|full|none] [--bench-models M,M,...] [--bench-repeat N]" \
          "[--sanitizer-limit SECONDS] [--sanitizer-cases SPEC]" \
          "[--only CHECK,CHECK,...] [--deadline SECONDS]" >&2
        exit 2 ;;
@@ -319,6 +324,7 @@ if wanted bench "$benchmarks"; then
   # compare.sh keeps to the deadline itself, so that it writes its report with what finished.
   compare_flags=("--$bench" --build build-gpu)
   [ -n "$bench_models" ] && compare_flags+=(--models "$bench_models")
+  compare_flags+=(--repeat "$bench_repeat")
   [ -n "$deadline" ] && compare_flags+=(--deadline "$(time_left 7200)")
   run bench 7200 bench/compare.sh "${compare_flags[@]}"
   # The report (bench/results/DATE-GPU-compare.md) goes back with the logs.

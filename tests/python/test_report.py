@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""bench/report.py on recorded runs made up here: the step table's ratios, a comparison of two
-different models refused, failures listed, the kernel tables (attention's passes, the GEMMs with
-and without autotuning). Plain Python, as report.py; CTest runs it (report_py).
+"""bench/report.py on recorded runs made up here: the step table's ratios, each side's fastest of
+repeated runs (compare.sh --repeat), a comparison of two different models refused, failures listed,
+the kernel tables (attention's passes, the GEMMs with and without autotuning). Plain Python, as report.py; CTest runs it (report_py).
 
   test_report.py PATH/TO/bench/report.py
 """
@@ -65,6 +65,11 @@ def main():
                step_result("torch.compile", 9000.0, dict(SMALL, depth=1)))
         record(runs, 7, "deit3_base 224 64", None, rc=1, err="CUDA error: out of memory")
         record(runs, 8, "kernels", KERNELS, kind="kernels")
+        # Two rounds of one configuration: each side counts with its faster run, in either round.
+        for index, (impl, speed) in enumerate((("deit", 2400.0), ("torch", 1000.0),
+                                               ("torch.compile", 1500.0), ("deit", 2500.0),
+                                               ("torch", 1200.0), ("torch.compile", 1000.0))):
+            record(runs, 9 + index, "deit3_small 192 64", step_result(impl, speed, SMALL))
         out = os.path.join(tmp, "report.md")
         subprocess.run([sys.executable, report, runs, "--device", "Test GPU", "--commit", "abc",
                         "--command", "bench/compare.sh", "--out", out],
@@ -77,6 +82,11 @@ def main():
     # Columns: model, px, batch, deit, torch, compile, deit / torch, deit / compile, ...
     assert same[6:8] == ["2.00", "1.25"], same
     assert mismatched[6:8] == ["2.00", "n/a"], mismatched
+    repeated = rows["192"]
+    assert repeated[3:8] == ["2500", "1200", "1500", "2.08", "1.67"], repeated
+    assert ("- deit3_small 192 64: deit 2400, 2500; torch 1000, 1200; torch.compile 1500, 1000"
+            in text), text
+    assert "deit3_small 224 64: deit" not in text, text  # one run a side: nothing to list
     assert "**The sides measured different models:**" in text, text
     assert ("- deit3_small 160 64: deit ran patch 16, dim 384, depth 12, heads 6, num_classes "
             "1000; torch.compile ran patch 16, dim 384, depth 1, heads 6, num_classes 1000. "
@@ -88,8 +98,8 @@ def main():
     assert "| backward | T=197 | 1.0000 | 0.5000 |" in text, text
     assert "| backward+qkv bias gradient | T=197 | 1.1000 | - |" in text, text
     assert "| dweight | fc1 M=50432 | 0.3000 | 0.2000 | 1.50 | 600.0 | 75.0% |" in text, text
-    print("report.py: ratios, a model mismatch, a failure and the kernel tables reported as "
-          "expected")
+    print("report.py: ratios, repeated runs, a model mismatch, a failure and the kernel tables "
+          "reported as expected")
 
 
 if __name__ == "__main__":
