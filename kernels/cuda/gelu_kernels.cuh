@@ -1,12 +1,13 @@
 // The device code of the exact (erf) GELU (kernels/cuda/gelu.cu says what it computes and its
 // launch shape): the forward and backward ops of the elementwise launcher.
 //
-// Included by gelu.cu, and by the emulated test (tests/emulated/ops_emulated.cpp) after
-// tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without a GPU.
-// So the code here uses only common_device.cuh, CUDA's bf16 types and conversions, the math
-// library, and the built-ins the emulator provides (__fdividef among them); anything more needs a
-// stand-in there. Each includer is the only translation unit of its program with these kernels,
-// hence the unnamed namespace.
+// Included by gelu.cu after kernels/cuda/mma.cuh (its ptx:: special-function wrappers), and by
+// the emulated test (tests/emulated/ops_emulated.cpp) after tests/emulated/cuda_emulator.h, which
+// runs these kernels lane by lane on machines without a GPU and defines those wrappers' twins. So
+// the code here uses only common_device.cuh, CUDA's bf16 types and conversions, the ptx::
+// wrappers, and the built-ins the emulator provides; anything more needs a stand-in there. Each
+// includer is the only translation unit of its program with these kernels, hence the unnamed
+// namespace.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -34,16 +35,20 @@ constexpr float kMinusHalfLog2e = -0.72134752044448170f;  // exp(-x^2 / 2) = 2^(
 // Why not the math library (one H200, 2026-12-04): Phi through erfcf left GELU compute-bound at
 // under half the copy bandwidth; through erff (erfcf in the tail) it was faster on inputs in
 // [-1, 1] but slower in deit3_huge's step (0.28 ms a forward, from 0.18), its speed depending on
-// the data, as branches inside erff would make it. This form has none.
+// the data, as branches inside erff would make it. This form has none. Its reciprocal and
+// exponential are the bare MUFU instructions (ptx::rcp_ftz, ptx::exp2_ftz): __fdividef and
+// exp2f wrapped each in range guards (compares, a select, predicated multiplies: 7 instructions an
+// element, about a quarter of the forward's in sm_90 SASS) that never fire here: the divisor is at
+// least 1, and exponents under -126 are the tail flushed to 0 anyway.
 struct NormalCdf {
   float cdf;       // Phi(x)
   float gaussian;  // exp(-x^2 / 2)
 };
 __device__ __forceinline__ NormalCdf normal_cdf(float x) {
-  // The fast reciprocal (2 ulp; t >= 0 and finite): the IEEE one costs a few more instructions
-  // per element, and GELU has few to spare under the copy bandwidth.
-  const float t = __fdividef(1.f, 1.f + 0.35355339059327377f * fabsf(x));
-  const float gaussian = exp2f(kMinusHalfLog2e * x * x);
+  // The fast reciprocal (1 ulp; t in (0, 1]): the IEEE one costs a dozen instructions per
+  // element, and GELU has few to spare under the copy bandwidth.
+  const float t = ptx::rcp_ftz(1.f + 0.35355339059327377f * fabsf(x));
+  const float gaussian = ptx::exp2_ftz(kMinusHalfLog2e * x * x);
   float s = 0.044720292f;
   s = s * t - 0.1805508f;
   s = s * t + 0.19767576f;

@@ -1,14 +1,16 @@
 // PTX wrappers of the tensor-core kernels (kernels/cuda/attention_kernels.cuh): cp.async (16-byte
 // global -> shared copies that bypass the registers, with zero-fill), ldmatrix (a warp loads 8x8
 // bf16 matrices from shared memory straight into mma fragments), mma.sync m16n8k16 (bf16 x bf16
-// -> fp32 on the tensor cores), the softmax's exponential, the bf16 pair packing of those
-// fragments, and dynamic_smem(), the block's dynamic shared memory.
+// -> fp32 on the tensor cores), the bf16 pair packing of those fragments, and dynamic_smem(), the
+// block's dynamic shared memory; and the bare special-function instructions (2^x and 1/x) that the
+// softmax and GELU (kernels/cuda/gelu_kernels.cuh) compute with.
 //
 // Why a header of its own: inline PTX and the extern __shared__ array are what a host compiler
-// cannot build. The emulated test (tests/emulated/attention_emulated.cpp) includes the real kernel
-// header after its own definitions, in deit::kernels::ptx, of the names the kernels call from here:
-// lane-exact emulations (tests/emulated/cuda_emulator.h). So the kernels nvcc compiles are also
-// checked on machines without a GPU. A wrapper added here needs its emulated twin there.
+// cannot build. The emulated tests (tests/emulated/attention_emulated.cpp, ops_emulated.cpp)
+// include the real kernel headers after their own definitions, in deit::kernels::ptx, of the names
+// the kernels call from here: lane-exact emulations (tests/emulated/cuda_emulator.h). So the
+// kernels nvcc compiles are also checked on machines without a GPU. A wrapper added here needs its
+// emulated twin there.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -65,6 +67,15 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
 __device__ __forceinline__ float exp2_ftz(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// 1/x on the special-function unit (within 1 ulp), subnormals flushed to zero: one MUFU.RCP.
+// 1.f / x is the IEEE division, a dozen instructions, and __fdividef(1.f, x) guards the same
+// MUFU.RCP with a compare, a select and two multiplies for |x| outside [2^-126, 2^126].
+__device__ __forceinline__ float rcp_ftz(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
 

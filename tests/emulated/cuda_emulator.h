@@ -968,10 +968,6 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 // and isfinite, which device code calls unqualified for float and double alike.
 inline float __fmaf_rn(float x, float y, float z) { return std::fma(x, y, z); }
 
-// CUDA's fast float division (CUDA Math API, __fdividef: within 2 ulp for |y| in [2^-126,
-// 2^126]); the host divides exactly, which is within that.
-inline float __fdividef(float x, float y) { return x / y; }
-
 // See the top of the file: no thread runs between the read and the write.
 template <typename T>
 inline T atomicAdd(T* address, T value) {
@@ -1044,6 +1040,14 @@ inline float exp2_ftz(float x) {
   if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.f;
   const float y = std::exp2(x);
   return std::fpclassify(y) == FP_SUBNORMAL ? 0.f : y;
+}
+
+// PTX ISA, "rcp.approx.ftz.f32": 1/x within 1 ulp (the host divides exactly), subnormal inputs
+// (so 1/0 = +inf, keeping the sign) and results flushed to zero.
+inline float rcp_ftz(float x) {
+  if (std::fpclassify(x) == FP_SUBNORMAL) x = std::copysign(0.f, x);
+  const float y = 1.f / x;
+  return std::fpclassify(y) == FP_SUBNORMAL ? std::copysign(0.f, y) : y;
 }
 
 inline uint32_t pack_bf16x2(float lo, float hi) {
