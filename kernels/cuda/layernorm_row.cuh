@@ -28,7 +28,9 @@ __device__ __forceinline__ void layernorm_row_forward(float (&v)[kVec], const fl
     v[e] = owns_slot<V>(e, C) ? v[e] - mean : 0.f;
     q += v[e] * v[e];
   }
-  const float rstd = 1.f / sqrtf(block_sum(q, scratch) * inv_C + eps);
+  // rsqrtf (2 ulp): one MUFU.RSQ and its guard, where 1.f / sqrtf rounds twice through a square
+  // root and an IEEE division, with slow-path calls: about 20 instructions a thread a row.
+  const float rstd = rsqrtf(block_sum(q, scratch) * inv_C + eps);
 #pragma unroll
   for (int e = 0; e < kVec; ++e) v[e] = v[e] * rstd * w[e] + b[e];
   if (threadIdx.x == 0) {

@@ -968,6 +968,9 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 // and isfinite, which device code calls unqualified for float and double alike.
 inline float __fmaf_rn(float x, float y, float z) { return std::fma(x, y, z); }
 
+// CUDA's reciprocal square root (CUDA Math API, rsqrtf: within 2 ulp); the host's is closer.
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+
 // See the top of the file: no thread runs between the read and the write.
 template <typename T>
 inline T atomicAdd(T* address, T value) {
