@@ -244,29 +244,25 @@ void measure_layerscale(Runner& run, int64_t C) {
                     out->as<float>(), y->as<bf16_bits>(), mean->as<float>(), rstd->as<float>(),
                     B, Tn, C, 1e-6, run.stream());
               });
-  // Reads dy, out, dout and branch; writes dx and dbranch.
+  // Reads dy, out, dout and branch; writes dx and dbranch (and, given dbias_out, the column
+  // sums of dbranch).
+  const auto fused_backward = [&](float* dbias_out) {
+    kernels::layerscale_residual_layernorm_backward_cuda(
+        dout->as<float>(), dy->as<bf16_bits>(), out->as<float>(), branch->as<bf16_bits>(),
+        gamma->as<bf16_bits>(), keep->as<float>(), ln_w->as<bf16_bits>(), mean->as<float>(),
+        rstd->as<float>(), dx->as<float>(), dbranch->as<bf16_bits>(), dgamma->as<float>(),
+        dln_w->as<float>(), dln_b->as<float>(), dbias_out, B, Tn, C, fused_ws->as<float>(),
+        run.stream());
+  };
   run.measure("layerscale+layernorm backward", "deit", shape,
-              3 * f32_act + 3 * bf16_act + params + 2.0 * C + stats + 3 * 4.0 * C, 0, [&] {
-                kernels::layerscale_residual_layernorm_backward_cuda(
-                    dout->as<float>(), dy->as<bf16_bits>(), out->as<float>(),
-                    branch->as<bf16_bits>(), gamma->as<bf16_bits>(), keep->as<float>(),
-                    ln_w->as<bf16_bits>(), mean->as<float>(), rstd->as<float>(), dx->as<float>(),
-                    dbranch->as<bf16_bits>(), dgamma->as<float>(), dln_w->as<float>(),
-                    dln_b->as<float>(), nullptr, B, Tn, C, fused_ws->as<float>(), run.stream());
-              });
+              3 * f32_act + 3 * bf16_act + params + 2.0 * C + stats + 3 * 4.0 * C, 0,
+              [&] { fused_backward(nullptr); });
   // With the branch's linear layer's bias gradient taken on the way
   // (ops::linear_layerscale_residual_layernorm): against the row above plus "linear bias
   // gradient" at this width, what it saves.
   run.measure("layerscale+layernorm backward+bias gradient", "deit", shape,
-              3 * f32_act + 3 * bf16_act + params + 2.0 * C + stats + 4 * 4.0 * C, 0, [&] {
-                kernels::layerscale_residual_layernorm_backward_cuda(
-                    dout->as<float>(), dy->as<bf16_bits>(), out->as<float>(),
-                    branch->as<bf16_bits>(), gamma->as<bf16_bits>(), keep->as<float>(),
-                    ln_w->as<bf16_bits>(), mean->as<float>(), rstd->as<float>(), dx->as<float>(),
-                    dbranch->as<bf16_bits>(), dgamma->as<float>(), dln_w->as<float>(),
-                    dln_b->as<float>(), dbias->as<float>(), B, Tn, C, fused_ws->as<float>(),
-                    run.stream());
-              });
+              3 * f32_act + 3 * bf16_act + params + 2.0 * C + stats + 4 * 4.0 * C, 0,
+              [&] { fused_backward(dbias->as<float>()); });
 }
 
 // fc1's output: the MLP's hidden width is 4 C. x uniform in [-3, 3), not [-1, 1): fc1's outputs

@@ -60,6 +60,7 @@
 namespace deit::kernels {
 namespace {
 
+using deit::test::column_sums;
 using emu::Bf16Data;
 using emu::kernel_name;
 using emu::random_bf16;
@@ -244,13 +245,6 @@ std::vector<float> random_keep(std::mt19937_64& rng, int64_t B) {
   return keep;
 }
 
-// The column sums of the partials a backward kernel wrote (chunks rows of C). On the GPU
-// common.cu's sum_partials kernel adds them; ops_emulated checks that kernel (here it would cost a
-// 1024-thread block per 8 columns, a minute at C = 8192).
-std::vector<float> summed(const std::vector<float>& partials, int64_t chunks, int64_t C) {
-  return deit::test::column_sums(partials, chunks, C);
-}
-
 // The partials the linear layer's bias gradient (column_partials_kernel, linear_kernels.cuh)
 // makes of a stored (rows, C) bf16 matrix: for each of row_chunks' chunks, every column's fp32
 // sum over the chunk's rows in order.
@@ -375,8 +369,8 @@ void check_layernorm_backward(const RowShape& s, std::mt19937_64& rng,
   };
   const Result first = run("first run", true, true);
   checks.relative("dx", first.dx, dx_ref, kF32SumTol);
-  checks.relative("dweight", summed(first.dw, part.chunks, s.C), dw_ref, kF32SumTol);
-  checks.relative("dbias", summed(first.db, part.chunks, s.C), db_ref, kF32SumTol);
+  checks.relative("dweight", column_sums(first.dw, part.chunks, s.C), dw_ref, kF32SumTol);
+  checks.relative("dbias", column_sums(first.db, part.chunks, s.C), db_ref, kF32SumTol);
 
   const Result second = run("second run", true, true);
   checks.same_bits("dweight partials, second run", second.dw, first.dw);
@@ -434,8 +428,7 @@ void check_layerscale(const RowShape& s, std::mt19937_64& rng,
   };
   const Result first = run("first run", true, true);
   checks.relative("dbranch", to_float(first.dbranch), dbranch_ref, kBf16Tol);
-  checks.relative("dgamma", summed(first.dgamma, part.chunks, s.C), dgamma_ref,
-                  kF32SumTol);
+  checks.relative("dgamma", column_sums(first.dgamma, part.chunks, s.C), dgamma_ref, kF32SumTol);
   checks.same_bits("dgamma partials alone", run("dgamma alone", false, true).dgamma, first.dgamma);
   checks.same_bits("dbranch alone", run("dbranch alone", true, false).dbranch, first.dbranch);
 }
@@ -552,8 +545,11 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
     };
     return Result{dev_dx.bits(), dev_dbranch.bits(), slice(0), slice(1), slice(2), slice(3)};
   };
+  // The partials' column sums: on the GPU common.cu's sum_partials kernel adds them; ops_emulated
+  // checks that kernel (here it would cost a 1024-thread block per 8 columns, a minute at C =
+  // 8192).
   const auto sum = [&](const std::vector<float>& partials) {
-    return summed(partials, part.chunks, s.C);
+    return column_sums(partials, part.chunks, s.C);
   };
   const Result first = run("first run", true, true, true, true, true, true);
   checks.relative("dx", first.dx, with_dout.dx, kF32SumTol);
@@ -562,7 +558,7 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
   checks.relative("dln_weight", sum(first.dw), with_dout.dw, kF32SumTol);
   checks.relative("dln_bias", sum(first.db), with_dout.db, kF32SumTol);
   // dbias: the sums of dbranch as stored (tests/column_sums.h says why not the twin's).
-  checks.relative("dbias", sum(first.dbias), summed(to_float(first.dbranch), s.rows(), s.C),
+  checks.relative("dbias", sum(first.dbias), column_sums(to_float(first.dbranch), s.rows(), s.C),
                   kF32SumTol);
   checks.same_bits("dbias partials against the linear layer's", first.dbias,
                    linear_bias_partials(first.dbranch, s.rows(), s.C));
@@ -580,7 +576,7 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
   const Result with_dbias = run("dbias, without dout", false, true, false, false, false, true);
   checks.same_bits("dbranch with dbias", with_dbias.dbranch, no_dout.dbranch);
   checks.relative("dbias without dout", sum(with_dbias.dbias),
-                  summed(to_float(with_dbias.dbranch), s.rows(), s.C), kF32SumTol);
+                  column_sums(to_float(with_dbias.dbranch), s.rows(), s.C), kF32SumTol);
   const Result dgamma_alone =
       run("dgamma alone, without dout", false, false, true, false, false, false);
   checks.relative("dgamma alone, without dout", sum(dgamma_alone.dgamma), without_dout.dgamma,
