@@ -1,4 +1,6 @@
-// The host side of kernels/cuda/common.cuh and the two reduction kernels every family shares:
+// The host side of kernels/cuda/common.cuh and the reduction kernels the families share:
+//  - column_partials: per-chunk column sums of a bf16 matrix, row_chunks' blocks of
+//    row_threads(C) threads, each thread summing 8 columns over its chunk's rows in order;
 //  - sum_partials: adds per-chunk column partials (chunks, C) into (C). Launch: blocks of 8 columns
 //    x 128 chunk lanes, ceil(C / 8) blocks; lane y sums chunks y, y + 128, ... in order, then a
 //    fixed shared-memory tree adds the 128 lanes.
@@ -38,6 +40,20 @@ void check_row_width(const char* fn, int64_t C) {
 
 void check_workspace(const char* fn, const float* workspace, bool needed) {
   if (needed && !workspace) throw std::invalid_argument(std::string(fn) + ": workspace is nullptr");
+}
+
+void column_partials(const bf16* m, int64_t rows, int64_t C, int64_t ld, float* partials,
+                     const RowChunks& part, cudaStream_t stream) {
+  if (part.chunks == 0 || C <= 0) return;
+  const auto grid = static_cast<unsigned>(part.chunks);
+  const int threads = row_threads(C);
+  if (C % kVec == 0 && ld % kVec == 0 && aligned16(m, partials))
+    column_partials_kernel<kVec>
+        <<<grid, threads, 0, stream>>>(m, partials, rows, C, ld, part.rows_per_chunk);
+  else
+    column_partials_kernel<1>
+        <<<grid, threads, 0, stream>>>(m, partials, rows, C, ld, part.rows_per_chunk);
+  DEIT_CUDA_CHECK_LAUNCH();
 }
 
 void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out,

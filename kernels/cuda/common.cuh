@@ -50,6 +50,13 @@ void check_row_width(const char* fn, int64_t C);
 // Throws std::invalid_argument naming `fn` when the workspace is `needed` but nullptr.
 void check_workspace(const char* fn, const float* workspace, bool needed);
 
+// The first stage of a column sum of m (rows, C) bf16, its rows ld elements apart:
+// partials[chunk * C + c] = the sum of column c over the chunk's rows of `part` (row_chunks(rows,
+// C)), in row order. Vector loads when C and ld are multiples of 8 and m and partials 16-byte
+// aligned.
+void column_partials(const bf16* m, int64_t rows, int64_t C, int64_t ld, float* partials,
+                     const RowChunks& part, cudaStream_t stream);
+
 // out[c] = sum over chunks of partials[chunk * C + c], c < C (0 when chunks == 0).
 void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out,
                   cudaStream_t stream);

@@ -5,7 +5,9 @@
 //  - the elementwise kernel behind common.cuh's launch_elementwise;
 //  - deterministic block reductions (fixed shuffle tree + warps summed in index order);
 //  - the row layout of the kernels that give one block a whole row of width C: each thread owns at
-//    most 8 columns of every row, so per-column accumulators stay in registers across rows.
+//    most 8 columns of every row, so per-column accumulators stay in registers across rows;
+//  - BlockRow and WarpRow: that layout and the one with a warp per row, as the LayerNorm
+//    arithmetic (layernorm_row.cuh) sees them.
 //
 // Why a header of its own: a host compiler can read it (nothing here launches a kernel), so the
 // emulated tests (tests/emulated/) compile these helpers, unchanged, after the CUDA built-ins of
@@ -196,5 +198,140 @@ __device__ __forceinline__ void store_row(P* row, int64_t C, const float (&v)[kV
     if (c < C) store<V>(row + c, v + k * V);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The two layouts of a row over threads, for arithmetic written once for both (layernorm_row.cuh):
+// kSlots register slots a thread, owns(e) whether slot e is a column of the row, sum(v) the sums
+// over the row's threads of K values (every one of them gets the same bits), first() true on
+// one thread of the row.
+
+// A block per row, in the row layout above; scratch: 32 * K floats of shared memory for a sum of
+// K values.
+template <int V>
+struct BlockRow {
+  static constexpr int kSlots = kVec;
+  int64_t C;
+  float* scratch;
+  __device__ bool owns(int e) const { return owns_slot<V>(e, C); }
+  template <int K>
+  __device__ void sum(float (&v)[K]) const {
+    block_allreduce<SumOp, K>(v, scratch);
+  }
+  __device__ bool first() const { return threadIdx.x == 0; }
+};
+
+// A warp per row (launch_shape.h's warp row layout; vector path only): lane l holds G groups of
+// kVec slots, group k being the columns [(l + 32 k) * kVec, +kVec). Every lane of the warp calls
+// sum; no barrier, so the warps of a block walk their rows independently.
+template <int G>
+struct WarpRow {
+  static constexpr int kSlots = G * kVec;
+  int64_t C;
+  __device__ int64_t group_column(int k) const {
+    return (threadIdx.x % 32 + int64_t{32} * k) * kVec;
+  }
+  __device__ bool owns(int e) const { return group_column(e / kVec) < C; }
+  template <int K>
+  __device__ void sum(float (&v)[K]) const {
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = warp_allreduce<SumOp>(v[k]);
+  }
+  __device__ bool first() const { return threadIdx.x % 32 == 0; }
+  template <typename P>
+  __device__ void load(const P* row, float (&v)[kSlots]) const {
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      const int64_t c = group_column(k);
+      if (c < C) {
+        gpu::load<kVec>(row + c, v + k * kVec);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) v[k * kVec + j] = 0.f;
+      }
+    }
+  }
+  template <typename P>
+  __device__ void store(P* row, const float (&v)[kSlots]) const {
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      const int64_t c = group_column(k);
+      if (c < C) gpu::store<kVec>(row + c, v + k * kVec);
+    }
+  }
+  // v: the kVec values of `p` (bf16, a vector the width of the row) at slot group k's columns, 0
+  // past C.
+  __device__ void load_group(const bf16* p, int k, float (&v)[kVec]) const {
+    const int64_t c = group_column(k);
+    if (c < C) {
+      gpu::load<kVec>(p + c, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) v[j] = 0.f;
+    }
+  }
+};
+
+// The rows of a warp-row kernel that grid-strides over them, a row per warp: this warp's first
+// row and the stride.
+__device__ __forceinline__ int64_t warp_row_first() {
+  return int64_t{blockIdx.x} * (kWarpRowThreads / 32) + threadIdx.x / 32;
+}
+__device__ __forceinline__ int64_t warp_row_stride() {
+  return int64_t{gridDim.x} * (kWarpRowThreads / 32);
+}
+
+// K sets of column sums (one per gradient) for a backward kernel in the warp row layout, in
+// shared memory: each warp adds its rows' terms to its own row of each set, its lanes each to
+// their own columns (so no barrier until the end), and the block then adds its warps' sums in
+// warp order: the same bits on every run. Keeping them in shared memory rather than registers
+// leaves a thread's registers to the row in flight.
+template <int G, int K>
+struct WarpColumnSums {
+  static constexpr int kWarps = kWarpRowThreads / 32;
+  static constexpr int kColumns = G * static_cast<int>(kWarpRowColumns);
+  static constexpr int kFloat4s = K * kWarps * kColumns / 4;  // the shared memory it takes
+  float (*sums)[kWarps][kColumns];                            // sums[set][warp][column]
+
+  // storage: kFloat4s of shared memory.
+  __device__ explicit WarpColumnSums(float4* storage)
+      : sums(reinterpret_cast<float (*)[kWarps][kColumns]>(storage)) {}
+  // Zeroes this lane's columns of its warp's row in every set.
+  __device__ void zero(const WarpRow<G>& row) const {
+    const float zeros[kVec] = {};
+#pragma unroll
+    for (int s = 0; s < K; ++s)
+#pragma unroll
+      for (int k = 0; k < G; ++k) store<kVec>(mine(s, row, k), zeros);
+  }
+  // Adds v, this lane's slot group k of a row, to set s.
+  __device__ void add(int s, const WarpRow<G>& row, int k, const float* v) const {
+    float* p = mine(s, row, k);
+    float a[kVec];
+    load<kVec>(p, a);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) a[j] += v[j];
+    store<kVec>(p, a);
+  }
+  // After a barrier that follows every add: partials[c] = set s's sum over the block's warps of
+  // column c, for c < C (on the vector path: C % kVec == 0). Every thread of the block calls it.
+  __device__ void store_sums(int s, int64_t C, float* partials) const {
+    for (int64_t c = int64_t{threadIdx.x} * kVec; c < C; c += int64_t{blockDim.x} * kVec) {
+      float total[kVec];
+      load<kVec>(sums[s][0] + c, total);
+      for (int w = 1; w < kWarps; ++w) {
+        float t[kVec];
+        load<kVec>(sums[s][w] + c, t);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) total[j] += t[j];
+      }
+      store<kVec>(partials + c, total);
+    }
+  }
+
+ private:
+  __device__ float* mine(int s, const WarpRow<G>& row, int k) const {
+    return sums[s][threadIdx.x / 32] + row.group_column(k);
+  }
+};
 
 }  // namespace deit::kernels::gpu

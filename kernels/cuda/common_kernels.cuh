@@ -1,6 +1,8 @@
-// The device code of the two reductions every kernel family shares (kernels/cuda/common.cu says
-// what each adds and its launch shape): sum_partials_kernel, the second stage of every
-// deterministic column sum, and sum_to_scalar_kernel, the mean of the losses.
+// The device code of the reductions the kernel families share (kernels/cuda/common.cu says what
+// each adds and its launch shape): column_partials_kernel, the per-chunk column sums of a bf16
+// matrix (the linear layer's bias gradient, and the fused residual + LayerNorm backward's where
+// its rows take a warp each), sum_partials_kernel, the second stage of every deterministic column
+// sum, and sum_to_scalar_kernel, the mean of the losses.
 //
 // Included by common.cu, and by the emulated test (tests/emulated/ops_emulated.cpp) after
 // tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without a GPU.
@@ -19,6 +21,26 @@ constexpr int kPartialCols = 8;
 constexpr int kPartialLanes = 128;
 constexpr int kPartialThreads = kPartialCols * kPartialLanes;
 constexpr int kScalarThreads = 1024;
+
+// Block `chunk` writes the sums over rows [chunk * rows_per_chunk, ...) of m (rows, C), in row
+// order, whose rows lie ld elements apart (a tile of C columns of a wider matrix), to
+// partials[chunk * C + c]; row_threads(C) threads, each summing 8 columns (the row layout of
+// common_device.cuh).
+template <int V>
+__global__ void __launch_bounds__(1024)
+    column_partials_kernel(const bf16* m, float* partials, int64_t rows, int64_t C, int64_t ld,
+                           int64_t rows_per_chunk) {
+  const int64_t r0 = blockIdx.x * rows_per_chunk;
+  const int64_t r1 = min(rows, r0 + rows_per_chunk);
+  float acc[kVec] = {};
+  for (int64_t r = r0; r < r1; ++r) {
+    float d[kVec];
+    load_row<V>(m + r * ld, C, d);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) acc[e] += d[e];
+  }
+  store_row<V>(partials + blockIdx.x * C, C, acc);
+}
 
 __global__ void __launch_bounds__(kPartialThreads)
     sum_partials_kernel(const float* partials, int64_t chunks, int64_t C, float* out) {

@@ -97,7 +97,7 @@ struct GeluBackwardOp {
 // Block `chunk` handles rows [chunk * rows_per_chunk, ...) of a (rows, C) tile of wider matrices
 // whose rows lie ld elements apart (row layout, common_device.cuh): dx = dy * GELU'(x), stored in
 // bf16, and the column sums of dx as stored to partials[chunk * C + c], which sum_partials then
-// adds. The sums run over the rows in order, as column_partials_kernel (linear_kernels.cuh) sums a
+// adds. The sums run over the rows in order, as column_partials_kernel (common_kernels.cuh) sums a
 // stored dx: the same bits.
 template <int V>
 __global__ void __launch_bounds__(1024)

@@ -76,6 +76,42 @@ void with_row_variant(bool vector, int threads, F&& f) {
     f(Scalar{}, Late{});
 }
 
+// Warp row layout (common_device.cuh's WarpRow): a warp holds a whole row, lane l the slot groups
+// k < G = warp_row_groups(C), each the 8 columns [(l + 32 k) * 8, +8), in blocks of
+// kWarpRowThreads threads (a row per warp, the warps independent: no barrier per row). Taken on
+// the vector path for rows up to kWarpRowMaxGroups * 256 columns (every ViT width but ViT-H's
+// 1280), where a block per row would give each thread 8 columns to keep in flight: holding up to
+// 32, a thread keeps the memory system busier at the same occupancy.
+constexpr int kWarpRowThreads = 128;
+constexpr int kWarpRowMaxGroups = 4;
+constexpr int64_t kWarpRowColumns = int64_t{kVec} * 32;  // columns of one slot group of a warp
+
+inline int warp_row_groups(int64_t C) { return static_cast<int>(ceil_div(C, kWarpRowColumns)); }
+
+// Whether a row kernel of width C takes the warp row layout: on the vector path (`vector`), for
+// 1 <= C <= kWarpRowMaxGroups * 256.
+inline bool takes_warp_rows(bool vector, int64_t C) {
+  return vector && C >= 1 && warp_row_groups(C) <= kWarpRowMaxGroups;
+}
+
+// Calls f(groups) with `groups` as a std::integral_constant, for 1 <= groups <= MaxGroups.
+template <int G, int MaxGroups, typename F>
+void with_groups_from(int groups, F&& f) {
+  if constexpr (G < MaxGroups) {
+    if (groups > G) return with_groups_from<G + 1, MaxGroups>(groups, f);
+  }
+  f(std::integral_constant<int, G>{});
+}
+
+// Calls f(groups) with warp_row_groups(C) as a std::integral_constant (takes_warp_rows holds).
+template <typename F>
+void with_warp_row_groups(int64_t C, F&& f) {
+  with_groups_from<1, kWarpRowMaxGroups>(warp_row_groups(C), f);
+}
+
+// Blocks of a warp-row kernel that grid-strides over `rows` rows, a row per warp.
+inline unsigned warp_row_grid(int64_t rows) { return grid_for(rows, kWarpRowThreads / 32); }
+
 // ---------------------------------------------------------------------------------------------
 // Column sums over rows, deterministic. A fixed partition of the rows into chunks, a function of
 // (rows, C) only: block `chunk` of a row kernel walks rows [chunk * rows_per_chunk, ...) and writes

@@ -1,8 +1,10 @@
 // The device code of LayerNorm (kernels/cuda/layernorm.cu says what it fuses, its launch shapes
 // and its measured speed): the forward kernel and the backward kernel with its per-chunk partial
-// sums of dweight and dbias; the row arithmetic both share with the fused residual + LayerNorm
-// kernels is kernels/cuda/layernorm_row.cuh. x and dx are fp32: the LayerNorm alone reads the
-// fp32 residual stream (block 0's norm1, the final norm) and its dx joins that stream's gradient.
+// sums of dweight and dbias, each in two row layouts (a block per row, and a warp per row for
+// rows up to 1024 wide on the vector path); the row arithmetic they all share with the fused
+// residual + LayerNorm kernels is kernels/cuda/layernorm_row.cuh. x and dx are fp32: the LayerNorm
+// alone reads the fp32 residual stream (block 0's norm1, the final norm) and its dx joins that
+// stream's gradient.
 //
 // Included by layernorm.cu, and by the emulated test (tests/emulated/layernorm_emulated.cpp)
 // after tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without
@@ -82,6 +84,67 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
   }
   if (dw_partials) gpu::store_row<V>(dw_partials + blockIdx.x * C, C, dw);
   if (db_partials) gpu::store_row<V>(db_partials + blockIdx.x * C, C, db);
+}
+
+// The warp row layout (launch_shape.h; vector path, C <= 1024): a warp per row, grid-striding
+// over the rows, each lane holding G groups of 8 columns of x, with no barrier and no shared
+// memory: the weight and bias are read per row (from L1) after the statistics rather than held,
+// so that a thread's registers go to the row in flight.
+template <int G>
+__global__ void __launch_bounds__(gpu::kWarpRowThreads, gpu::forward_warp_row_min_blocks(G))
+    layernorm_forward_warp_kernel(const float* x, const bf16* weight, const bf16* bias, bf16* y,
+                                  float* mean, float* rstd, int64_t rows, int64_t C, float eps) {
+  using Row = gpu::WarpRow<G>;
+  const Row row{C};
+  for (int64_t r = gpu::warp_row_first(); r < rows; r += gpu::warp_row_stride()) {
+    float v[Row::kSlots];
+    row.load(x + r * C, v);
+    gpu::layernorm_row_normalize(v, row, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr);
+    gpu::layernorm_warp_row_affine(v, row, weight, bias);
+    row.store(y + r * C, v);
+  }
+}
+
+// The warp row layout's backward: block `chunk` handles rows [chunk * rows_per_chunk, ...) as
+// layernorm_backward_kernel does, its warp w the rows w, w + 4, ... of them, summing the dweight
+// and dbias terms in gpu::WarpColumnSums. Left alone, ptxas hoists the shared-memory loads of every
+// slot group and takes 56, 80, 112 and 124 registers at G = 1 to 4 (sm_90): 4 blocks an SM at G =
+// 3. Held to 8, 8, 6 and 5 blocks (64, 64, 80 and 96 registers) it spills nothing (8 bytes at
+// G = 4 on sm_80); fewer registers spill at G >= 3.
+constexpr int layernorm_backward_warp_min_blocks(int G) { return G <= 2 ? 8 : (G == 3 ? 6 : 5); }
+
+template <int G>
+__global__ void __launch_bounds__(gpu::kWarpRowThreads, layernorm_backward_warp_min_blocks(G))
+    layernorm_backward_warp_kernel(const bf16* dy, const float* x, const bf16* weight,
+                                   const float* mean, const float* rstd, float* dx,
+                                   float* dw_partials, float* db_partials, int64_t rows, int64_t C,
+                                   int64_t rows_per_chunk) {
+  using Row = gpu::WarpRow<G>;
+  using Sums = gpu::WarpColumnSums<G, 2>;  // dweight's, dbias's
+  __shared__ float4 sums_storage[Sums::kFloat4s];
+  const Sums sums(sums_storage);
+  const Row row{C};
+  sums.zero(row);
+  const int64_t r0 = blockIdx.x * rows_per_chunk;
+  const int64_t r1 = min(rows, r0 + rows_per_chunk);
+  for (int64_t r = r0 + threadIdx.x / 32; r < r1; r += Sums::kWarps) {
+    float g[Row::kSlots], xh[Row::kSlots];
+    row.load(dy + r * C, g);
+    row.load(x + r * C, xh);
+    gpu::layernorm_row_backward(
+        g, xh, mean[r], rstd[r], row, [&](int k, float(&w)[kVec]) { row.load_group(weight, k, w); },
+        [&](int k, const float* dyk, const float* xhat) {
+          float t[kVec];
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) t[j] = dyk[j] * xhat[j];
+          sums.add(0, row, k, t);
+          sums.add(1, row, k, dyk);
+        });
+    row.store(dx + r * C, g);
+  }
+  __syncthreads();
+  if (dw_partials) sums.store_sums(0, C, dw_partials + blockIdx.x * C);
+  if (db_partials) sums.store_sums(1, C, db_partials + blockIdx.x * C);
 }
 
 }  // namespace

@@ -14,19 +14,26 @@
 // branch and writes out and y (4 passes over a (B, T, C) tensor where the two ops apart make 5);
 // the backward reads dy, out, dout and branch and writes dx and dbranch (6 passes where LayerNorm
 // backward, the gradient sum of the two consumers of out and LayerScale backward make 9). Launch:
-// the row layout of layernorm.cu (one block per row, forward grid-striding over at most 65536
-// blocks, backward over row_chunks), with dgamma, dln_weight and dln_bias as per-chunk partials,
+// the row layouts of layernorm.cu, with dgamma, dln_weight and dln_bias as per-chunk partials,
 // and, for ops::linear_layerscale_residual_layernorm, the column sums of dbranch too: the bias
-// gradient of the linear layer that made branch (attention's proj, the MLP's fc2), without a pass
-// of its own over dbranch (39 MB a layer each for deit3_small's batch of 256).
-// Rows up to 4096 wide (blocks of at most 512 threads) take the backward's early-load variant
-// (layerscale_kernels.cuh): all four inputs of a row loaded before the LayerNorm's reductions.
+// gradient of the linear layer that made branch (attention's proj, the MLP's fc2), in the bits
+// that layer's own pass over dbranch would give, so that a step is the same with the MLP's GELU
+// recomputed (fc2 then sums its own). A warp per row on the vector path for rows up to 1024 wide
+// (deit3_small, base and large), the backward's warps taking a chunk's rows in turn and summing
+// in shared memory, which is another order than the linear layer's: there the dbias partials come
+// from common.cu's column_partials over dbranch after the kernel (the linear layer's own kernel; a
+// read of dbranch, 39 MB a layer for deit3_small's batch of 256, most of it still in L2). A block
+// per row otherwise (forward grid-striding over at most 65536 blocks, backward over row_chunks),
+// summing dbias itself, a row at a time; rows up to 4096 wide (blocks of at most 512 threads) take
+// the backward's early-load variant (layerscale_kernels.cuh). Both backwards load all four inputs
+// of a row before the LayerNorm's reductions.
 // Registers of the backward (ptxas, sm_90 / sm_80): the early variants 93 / 100 (vectors) and
 // 110 / 108 (scalars), no spills; the 1024-thread ones, for rows past 4096 and held to 64
 // registers, spill since they also sum dbias: 0 / 48 bytes (vectors, from 0 / 0) and 280 / 224
 // (scalars, from 132 / 32). No ViT preset has rows that wide (ViT-H: 1280). The forward's scalar
 // path (odd widths, unaligned pointers; no preset either) spills 44 bytes on sm_90.
-// Measured speed (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768, commit 69df758):
+// Measured speed, a block per row (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768,
+// commit 69df758; the warp per row is not yet measured, bench/PREDICTIONS.md):
 // LayerScale + drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.103 ms (70%);
 // fused with the LayerNorm after it, forward 0.130 ms (84%; 0.158 on a variant walking several
 // rows a block, gone since), backward 0.209 ms (78%; 0.270 before the early loads), with the
@@ -105,15 +112,25 @@ void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits*
   gpu::check_row_width(fn, C);
   const int64_t rows = B * Tn;
   if (rows == 0 || C == 0) return;
-  const int threads = gpu::row_threads(C);
   const auto* brb = gpu::as_bf16(branch);
   const auto* gb = gpu::as_bf16(gamma);
   const auto* wb = gpu::as_bf16(ln_weight);
   const auto* bb = gpu::as_bf16(ln_bias);
   auto* yb = gpu::as_bf16(y);
   const float e = static_cast<float>(eps);
+  const bool vector = C % kVec == 0 && gpu::aligned16(x, branch, gamma, ln_weight, ln_bias, out, y);
+  if (gpu::takes_warp_rows(vector, C)) {
+    gpu::with_warp_row_groups(C, [&](auto groups) {
+      layerscale_layernorm_forward_warp_kernel<groups.value>
+          <<<gpu::warp_row_grid(rows), gpu::kWarpRowThreads, 0, stream>>>(
+              x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
+      DEIT_CUDA_CHECK_LAUNCH();
+    });
+    return;
+  }
   const auto grid = static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
-  if (C % kVec == 0 && gpu::aligned16(x, branch, gamma, ln_weight, ln_bias, out, y))
+  const int threads = gpu::row_threads(C);
+  if (vector)
     layerscale_layernorm_forward_kernel<kVec><<<grid, threads, 0, stream>>>(
         x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
   else
@@ -161,12 +178,25 @@ void layerscale_residual_layernorm_backward_cuda(const float* dout, const bf16_b
     const bool vector =
         C % kVec == 0 && gpu::aligned16(dout, dy, out, branch, gamma, ln_weight, dx, dbranch,
                                         dgamma_partials, dw_partials, db_partials, dbias_partials);
-    gpu::with_row_variant(vector, threads, [&](auto width, auto early) {
-      layerscale_layernorm_backward_kernel<width.value, early.value><<<grid, threads, 0, stream>>>(
-          dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx, dbrb, dgamma_partials,
-          dw_partials, db_partials, dbias_partials, rows, Tn, C, part.rows_per_chunk);
-      DEIT_CUDA_CHECK_LAUNCH();
-    });
+    if (gpu::takes_warp_rows(vector, C)) {
+      gpu::with_warp_row_groups(C, [&](auto groups) {
+        layerscale_layernorm_backward_warp_kernel<groups.value>
+            <<<grid, gpu::kWarpRowThreads, 0, stream>>>(
+                dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx, dbrb, dgamma_partials,
+                dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
+        DEIT_CUDA_CHECK_LAUNCH();
+      });
+      // dbias as the linear layer sums it (the warp kernel's column sums run in another order).
+      if (dbias_partials) gpu::column_partials(dbrb, rows, C, C, dbias_partials, part, stream);
+    } else {
+      gpu::with_row_variant(vector, threads, [&](auto width, auto early) {
+        layerscale_layernorm_backward_kernel<width.value, early.value>
+            <<<grid, threads, 0, stream>>>(dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx,
+                                           dbrb, dgamma_partials, dw_partials, db_partials,
+                                           dbias_partials, rows, Tn, C, part.rows_per_chunk);
+        DEIT_CUDA_CHECK_LAUNCH();
+      });
+    }
   }
   if (dgamma) gpu::sum_partials(dgamma_partials, part.chunks, C, dgamma, stream);
   if (dln_weight) gpu::sum_partials(dw_partials, part.chunks, C, dln_weight, stream);

@@ -1,8 +1,9 @@
 // The device code of the residual update with LayerScale and drop-path, alone and fused with the
 // LayerNorm after it (kernels/cuda/layerscale.cu says what each fuses, its launch shapes and its
 // measured speed): the forward op of the elementwise launcher, the backward kernel with its
-// per-chunk partial sums of dgamma, and the fused forward and backward kernels, whose LayerNorm
-// arithmetic is kernels/cuda/layernorm_row.cuh. The residual stream (x, out) and its gradient
+// per-chunk partial sums of dgamma, and the fused forward and backward kernels (each in two row
+// layouts, a block per row and a warp per row), whose LayerNorm arithmetic is
+// kernels/cuda/layernorm_row.cuh. The residual stream (x, out) and its gradient
 // (dout, dx) are fp32, the branch side (branch, y, dy, dbranch) bf16: kernels/layerscale.h says
 // why.
 //
@@ -182,6 +183,124 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
   if (dw_partials) gpu::store_row<V>(dw_partials + blockIdx.x * C, C, dw);
   if (db_partials) gpu::store_row<V>(db_partials + blockIdx.x * C, C, db);
   if (dbias_partials) gpu::store_row<V>(dbias_partials + blockIdx.x * C, C, dbias);
+}
+
+// The warp row layout (launch_shape.h; vector path, C <= 1024), as layernorm_forward_warp_kernel:
+// a warp per row, grid-striding, no barrier; gamma and the LayerNorm's weight and bias are read
+// per row (from L1) rather than held.
+template <int G>
+__global__ void __launch_bounds__(gpu::kWarpRowThreads, gpu::forward_warp_row_min_blocks(G))
+    layerscale_layernorm_forward_warp_kernel(const float* x, const bf16* branch, const bf16* gamma,
+                                             const float* keep_scale, const bf16* ln_weight,
+                                             const bf16* ln_bias, float* out, bf16* y, float* mean,
+                                             float* rstd, int64_t rows, int64_t Tn, int64_t C,
+                                             float eps) {
+  using Row = gpu::WarpRow<G>;
+  const Row row{C};
+  for (int64_t r = gpu::warp_row_first(); r < rows; r += gpu::warp_row_stride()) {
+    const float keep = keep_scale[r / Tn];
+    float v[Row::kSlots], br[Row::kSlots];
+    row.load(x + r * C, v);
+    row.load(branch + r * C, br);
+#pragma unroll
+    for (int k = 0; k < G; ++k) {  // slots past C stay 0 (0 + keep * 0 * 0)
+      float g[kVec];
+      row.load_group(gamma, k, g);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) v[k * kVec + j] += keep * g[j] * br[k * kVec + j];
+    }
+    row.store(out + r * C, v);
+    gpu::layernorm_row_normalize(v, row, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr);
+    gpu::layernorm_warp_row_affine(v, row, ln_weight, ln_bias);
+    row.store(y + r * C, v);
+  }
+}
+
+// The warp row layout's backward (vector path, C <= 1024): what
+// layerscale_layernorm_backward_kernel<kVec, true> computes but the dbias partials, with the rows
+// of a chunk taken by the block's warps in turn (warp w: rows w, w + 4, ...) and dgamma, dln_weight
+// and dln_bias summed in gpu::WarpColumnSums. Not dbias: the bias gradient of the linear layer
+// that made branch must be the bits of that layer's own sums over dbranch, which run a row at a
+// time (column_partials_kernel), and the warps here sum in another order; layerscale.cu runs that
+// kernel over dbranch after this one.
+// Registers: left alone, ptxas takes 80, 108, 142 and 168 at G = 1 to 4 (sm_90); held to 5, 5, 4
+// and 3 blocks an SM, 72, 94, 128 and 161, no spills (held to 4 blocks at G = 4 it spills 104
+// bytes, to 6 at G = 2 some 16). deit3_small's rows (G = 2, the second group on half the lanes):
+// 20 warps an SM, each lane waiting for 144 bytes of a row on average, where the block per row
+// kept 10 blocks of 48 working threads waiting for 96 (93 registers on 64-thread blocks).
+constexpr int layerscale_backward_warp_min_blocks(int G) { return G <= 2 ? 5 : (G == 3 ? 4 : 3); }
+
+template <int G>
+__global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_backward_warp_min_blocks(G))
+    layerscale_layernorm_backward_warp_kernel(const float* dout, const bf16* dy, const float* out,
+                                              const bf16* branch, const bf16* gamma,
+                                              const float* keep_scale, const bf16* ln_weight,
+                                              const float* mean, const float* rstd, float* dx,
+                                              bf16* dbranch, float* dgamma_partials,
+                                              float* dw_partials, float* db_partials, int64_t rows,
+                                              int64_t Tn, int64_t C, int64_t rows_per_chunk) {
+  using Row = gpu::WarpRow<G>;
+  using Sums = gpu::WarpColumnSums<G, 3>;
+  enum Set { kDgamma, kDlnWeight, kDlnBias };
+  __shared__ float4 sums_storage[Sums::kFloat4s];
+  const Sums sums(sums_storage);
+  const Row row{C};
+  sums.zero(row);
+  const int64_t r0 = blockIdx.x * rows_per_chunk;
+  const int64_t r1 = min(rows, r0 + rows_per_chunk);
+  for (int64_t r = r0 + threadIdx.x / 32; r < r1; r += Sums::kWarps) {
+    // All four inputs of the row before the LayerNorm's reductions: a row waits for memory once.
+    float g[Row::kSlots], xh[Row::kSlots], d[Row::kSlots];
+    float br[Row::kSlots] = {};  // read only where loaded; set, as the host compiler cannot see it
+    row.load(dy + r * C, g);
+    row.load(out + r * C, xh);
+    if (dout) {
+      row.load(dout + r * C, d);
+    } else {
+#pragma unroll
+      for (int e = 0; e < Row::kSlots; ++e) d[e] = 0.f;
+    }
+    if (dgamma_partials) row.load(branch + r * C, br);
+    gpu::layernorm_row_backward(
+        g, xh, mean[r], rstd[r], row,
+        [&](int k, float(&w)[kVec]) { row.load_group(ln_weight, k, w); },
+        [&](int k, const float* dyk, const float* xhat) {
+          float t[kVec];
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) t[j] = dyk[j] * xhat[j];
+          sums.add(kDlnWeight, row, k, t);
+          sums.add(kDlnBias, row, k, dyk);
+        });
+    // dx = dout + what flows back through the LayerNorm
+#pragma unroll
+    for (int e = 0; e < Row::kSlots; ++e) d[e] += g[e];
+    row.store(dx + r * C, d);
+    const float keep = keep_scale[r / Tn];
+#pragma unroll
+    for (int e = 0; e < Row::kSlots; ++e) d[e] *= keep;
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      float* dk = d + k * kVec;
+      if (dgamma_partials) {
+        float t[kVec];
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) t[j] = dk[j] * br[k * kVec + j];  // branch is 0 past C
+        sums.add(kDgamma, row, k, t);
+      }
+      if (dbranch) {
+        float gamma_k[kVec];
+        row.load_group(gamma, k, gamma_k);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) dk[j] *= gamma_k[j];
+      }
+    }
+    if (dbranch) row.store(dbranch + r * C, d);
+  }
+  __syncthreads();
+  const int64_t at = blockIdx.x * C;
+  if (dgamma_partials) sums.store_sums(kDgamma, C, dgamma_partials + at);
+  if (dw_partials) sums.store_sums(kDlnWeight, C, dw_partials + at);
+  if (db_partials) sums.store_sums(kDlnBias, C, db_partials + at);
 }
 
 }  // namespace

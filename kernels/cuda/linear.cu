@@ -25,10 +25,12 @@
 // with the pass of our own). fc1's db comes from GELU's backward pass instead (ops::linear_gelu,
 // gelu_backward_bias_grad_cuda), which writes the dy this would read.
 //
-// Files: the device code of the bias gradient is kernels/cuda/linear_kernels.cuh; this file is the
-// host side (the GEMMs, argument checks, launches). That kernel also runs, lane by lane on the
-// host, in the CTest entry ops_emulated (tests/emulated/ops_emulated.cpp), which checks it against
-// the CPU twin without a GPU; its launch mirrors the one below, so change them together.
+// Files: the device code of the bias add is kernels/cuda/linear_kernels.cuh, that of the bias
+// gradient common_kernels.cuh's column_partials_kernel (launched by common.cu's column_partials);
+// this file is the host side (the GEMMs, argument checks, launches). Both kernels also run, lane
+// by lane on the host, in the CTest entry ops_emulated (tests/emulated/ops_emulated.cpp), which
+// checks them against the CPU twins without a GPU; its launches mirror the ones here and in
+// common.cu, so change them together.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -53,7 +55,6 @@ void column_sums(const bf16_bits* dy, float* dbias, int64_t M, int64_t N, const 
   // The partials borrow the GEMM workspace: stream order keeps them apart from every GEMM and
   // from the tile before.
   float* partials = static_cast<float*>(lt.workspace());
-  const bool vectors = N % kVec == 0 && gpu::aligned16(dy, partials);  // tiles start at x8 columns
   gpu::column_sum_tiles(
       M, N, partials, dbias, stream, [&](int64_t c0, int64_t width, const gpu::RowChunks& part) {
         const size_t need = static_cast<size_t>(part.chunks * width) * kF32Bytes;
@@ -61,16 +62,7 @@ void column_sums(const bf16_bits* dy, float* dbias, int64_t M, int64_t N, const 
           throw std::invalid_argument(
               "linear_backward_cuda: the bias gradient needs " + std::to_string(need) +
               " bytes of CublasLt workspace, it has " + std::to_string(lt.workspace_bytes()));
-        const unsigned grid = static_cast<unsigned>(part.chunks);
-        const int threads = gpu::row_threads(width);
-        const bf16* tile = gpu::as_bf16(dy) + c0;
-        if (vectors)
-          column_partials_kernel<kVec>
-              <<<grid, threads, 0, stream>>>(tile, partials, M, width, N, part.rows_per_chunk);
-        else
-          column_partials_kernel<1>
-              <<<grid, threads, 0, stream>>>(tile, partials, M, width, N, part.rows_per_chunk);
-        DEIT_CUDA_CHECK_LAUNCH();
+        gpu::column_partials(gpu::as_bf16(dy) + c0, M, width, N, partials, part, stream);
       });
 }
 

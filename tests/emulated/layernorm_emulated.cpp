@@ -20,10 +20,10 @@
 // host: ops_emulated checks the kernel that adds them on the GPU (common.cu's sum_partials).
 //
 // Usage: layernorm_emulated [--full] [--seed N]
-//   (default)  10 shapes: C = 384, 768 and 1280 (ViT-S, B, H), 8192 (the widest row: 1024
-//              threads), 200 (a warp with idle lanes), 196 and 5 (C % 8 != 0: the scalar path) and
-//              384 misaligned (the scalar path at a vector width); 1 row, a few rows, and row
-//              counts that end in a short chunk of the backward's 8-row chunks. About 2.5 s on
+//   (default)  11 shapes: C = 384, 768, 1024 and 1280 (ViT-S, B, L, H), 8192 (the widest
+//              row: 1024 threads), 200 (a warp with idle lanes), 196 and 5 (C % 8 != 0: the scalar
+//              path) and 384 misaligned (the scalar path at a vector width); 1 row, a few rows, and
+//              row counts that end in a short chunk of the backward's 8-row chunks. About 2.5 s on
 //              one core of the development machine: the CTest entry layernorm_emulated.
 //   --full     adds the [gpu] tests' shapes as they are (up to 788 rows of 384, 290 of 1280)
 //              and C = 8191. About 20 s.
@@ -91,7 +91,17 @@ void layernorm_forward(const float* x, const bf16* w, const bf16* b, bf16* y, fl
                        float* rstd, int64_t rows, int64_t C, unsigned max_grid) {
   const auto threads = static_cast<unsigned>(gpu::row_threads(C));
   const auto eps = static_cast<float>(kEps);
-  with_width(C % gpu::kVec == 0 && gpu::aligned16(x, w, b, y), [&](auto width) {
+  const bool vector = C % gpu::kVec == 0 && gpu::aligned16(x, w, b, y);
+  if (gpu::takes_warp_rows(vector, C)) {
+    gpu::with_warp_row_groups(C, [&](auto groups) {
+      constexpr int G = decltype(groups)::value;
+      emu::launch({kernel_name("layernorm_forward_warp_kernel", G),
+                   std::min(gpu::warp_row_grid(rows), max_grid), gpu::kWarpRowThreads, 0},
+                  [=] { layernorm_forward_warp_kernel<G>(x, w, b, y, mean, rstd, rows, C, eps); });
+    });
+    return;
+  }
+  with_width(vector, [&](auto width) {
     constexpr int V = decltype(width)::value;
     emu::launch(
         {kernel_name("layernorm_forward_kernel", V), forward_grid(rows, max_grid), threads, 0},
@@ -107,9 +117,21 @@ void layernorm_backward(const bf16* dy, const float* x, const bf16* w, const flo
   float* dw_partials = dweight ? workspace : nullptr;
   float* db_partials = dbias ? workspace + part.chunks * C : nullptr;
   const int threads = gpu::row_threads(C);
+  const bool vector = C % gpu::kVec == 0 && gpu::aligned16(dy, x, w, dx, dw_partials, db_partials);
+  if (gpu::takes_warp_rows(vector, C)) {
+    gpu::with_warp_row_groups(C, [&](auto groups) {
+      constexpr int G = decltype(groups)::value;
+      emu::launch({kernel_name("layernorm_backward_warp_kernel", G),
+                   static_cast<unsigned>(part.chunks), gpu::kWarpRowThreads, 0},
+                  [=] {
+                    layernorm_backward_warp_kernel<G>(dy, x, w, mean, rstd, dx, dw_partials,
+                                                      db_partials, rows, C, part.rows_per_chunk);
+                  });
+    });
+    return;
+  }
   gpu::with_row_variant(
-      C % gpu::kVec == 0 && gpu::aligned16(dy, x, w, dx, dw_partials, db_partials), threads,
-      [&](auto width, auto early) {
+      vector, threads, [&](auto width, auto early) {
         constexpr int V = decltype(width)::value;
         constexpr bool kEarly = decltype(early)::value;
         emu::launch({kernel_name("layernorm_backward_kernel", V),
@@ -161,9 +183,23 @@ struct FusedForwardArgs {
 
 void fused_forward(const FusedForwardArgs& a, int64_t B, int64_t T, int64_t C, unsigned max_grid) {
   const auto threads = static_cast<unsigned>(gpu::row_threads(C));
+  const bool vector =
+      C % gpu::kVec == 0 && gpu::aligned16(a.x, a.branch, a.gamma, a.ln_w, a.ln_b, a.out, a.y);
+  if (gpu::takes_warp_rows(vector, C)) {
+    gpu::with_warp_row_groups(C, [&](auto groups) {
+      constexpr int G = decltype(groups)::value;
+      emu::launch({kernel_name("layerscale_layernorm_forward_warp_kernel", G),
+                   std::min(gpu::warp_row_grid(B * T), max_grid), gpu::kWarpRowThreads, 0},
+                  [=] {
+                    layerscale_layernorm_forward_warp_kernel<G>(
+                        a.x, a.branch, a.gamma, a.keep, a.ln_w, a.ln_b, a.out, a.y, a.mean, a.rstd,
+                        B * T, T, C, static_cast<float>(kEps));
+                  });
+    });
+    return;
+  }
   with_width(
-      C % gpu::kVec == 0 && gpu::aligned16(a.x, a.branch, a.gamma, a.ln_w, a.ln_b, a.out, a.y),
-      [&](auto width) {
+      vector, [&](auto width) {
         constexpr int V = decltype(width)::value;
         emu::launch({kernel_name("layerscale_layernorm_forward_kernel", V),
                      forward_grid(B * T, max_grid), threads, 0},
@@ -202,6 +238,21 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
       C % gpu::kVec == 0 &&
       gpu::aligned16(a.dout, a.dy, a.out, a.branch, a.gamma, a.ln_w, a.dx, a.dbranch,
                      dgamma_partials, dw_partials, db_partials, dbias_partials);
+  if (gpu::takes_warp_rows(vector_path, C)) {
+    gpu::with_warp_row_groups(C, [&](auto groups) {
+      constexpr int G = decltype(groups)::value;
+      emu::launch({kernel_name("layerscale_layernorm_backward_warp_kernel", G),
+                   static_cast<unsigned>(part.chunks), gpu::kWarpRowThreads, 0},
+                  [=] {
+                    layerscale_layernorm_backward_warp_kernel<G>(
+                        a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd,
+                        a.dx, a.dbranch, dgamma_partials, dw_partials, db_partials, rows, T, C,
+                        part.rows_per_chunk);
+                  });
+    });
+    if (dbias_partials) emu::column_partials(a.dbranch, rows, C, C, dbias_partials, part);
+    return;
+  }
   gpu::with_row_variant(vector_path, threads, [&](auto width, auto early) {
     constexpr int V = decltype(width)::value;
     constexpr bool kEarly = decltype(early)::value;
@@ -219,12 +270,15 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
 // ---------------------------------------------------------------------------------------------
 // Shapes, buffers and checks.
 
-// 1 row; a few rows in one chunk; 10 and 5 chunks with a short last one (74 = 9 * 8 + 2,
-// 33 = 4 * 8 + 1); 5 warps (C = 1280) over two chunks; the widest row (32 warps); a warp with
-// idle lanes (C = 200: 25 of 32 threads own columns); the scalar path three ways.
+// 1 row; a few rows in one chunk; 10, 6 and 5 chunks with a short last one (74 = 9 * 8 + 2,
+// 46 = 5 * 8 + 6, 33 = 4 * 8 + 1); 5 warps (C = 1280) over two chunks; the widest row (32 warps);
+// a warp with idle lanes (C = 200: 25 of 32 threads own columns); the scalar path three ways.
+// The LayerNorm alone takes the warp row layout at C = 200, 384, 768 and 1024 (1 to 4 slot
+// groups; at 200 and 384 the last group has idle lanes) and the block row layout at the others.
 const std::vector<RowShape> kDefaultShapes = {
-    {1, 1, 384, 0},  {2, 37, 384, 0}, {1, 5, 768, 0},  {3, 11, 768, 0}, {1, 9, 1280, 0},
-    {1, 2, 8192, 0}, {1, 65, 200, 0}, {2, 19, 196, 0}, {3, 7, 5, 0},    {1, 33, 384, 1},
+    {1, 1, 384, 0},   {2, 37, 384, 0}, {1, 5, 768, 0},  {3, 11, 768, 0},
+    {2, 23, 1024, 0}, {1, 9, 1280, 0}, {1, 2, 8192, 0}, {1, 65, 200, 0},
+    {2, 19, 196, 0},  {3, 7, 5, 0},    {1, 33, 384, 1},
 };
 
 // --full: the [gpu] tests' row shapes as they are, and the widest row on the scalar path.
@@ -245,7 +299,7 @@ std::vector<float> random_keep(std::mt19937_64& rng, int64_t B) {
   return keep;
 }
 
-// The partials the linear layer's bias gradient (column_partials_kernel, linear_kernels.cuh)
+// The partials the linear layer's bias gradient (column_partials_kernel, common_kernels.cuh)
 // makes of a stored (rows, C) bf16 matrix: for each of row_chunks' chunks, every column's fp32
 // sum over the chunk's rows in order.
 std::vector<float> linear_bias_partials(const std::vector<bf16_bits>& m, int64_t rows, int64_t C) {

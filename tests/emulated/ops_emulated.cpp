@@ -16,7 +16,7 @@
 //  - GELU's backward with the bias gradient of the layer before it (gelu_kernels.cuh's column
 //    partials): dx <= 1e-2, dbias <= 1e-4 of the sums of dx as stored, and the bits the linear
 //    layer's own sums give;
-//  - the linear layer's bias gradient (linear_kernels.cuh's column partials, then sum_partials of
+//  - the linear layer's bias gradient (common_kernels.cuh's column partials, then sum_partials of
 //    common_kernels.cuh, on its 2-D block): <= 1e-4;
 // and the same bits again where they must be the same: every deterministic reduction on a second
 // run under other schedules, in place, without the optional outputs, on fewer blocks (so that the
@@ -150,18 +150,10 @@ void pos_embed_cls_backward(const float* dout, bf16* dx, float* dpos, float* dcl
 // per-chunk partials of dy (M, N), then sum_partials into dbias.
 void bias_gradient(const bf16* dy, float* partials, float* dbias, int64_t M, int64_t N,
                    int64_t max_width = gpu::kMaxRowWidth) {
-  const bool vectors = N % gpu::kVec == 0 && gpu::aligned16(dy, partials);
   for (int64_t c0 = 0; c0 < N; c0 += max_width) {
     const int64_t C = std::min(max_width, N - c0);
     const gpu::RowChunks part = gpu::row_chunks(M, C);
-    const auto threads = static_cast<unsigned>(gpu::row_threads(C));
-    const bf16* tile = dy + c0;
-    with_width(vectors, [&](auto width) {
-      constexpr int V = decltype(width)::value;
-      emu::launch({kernel_name("column_partials_kernel", V), static_cast<unsigned>(part.chunks),
-                   threads, 0},
-                  [=] { column_partials_kernel<V>(tile, partials, M, C, N, part.rows_per_chunk); });
-    });
+    emu::column_partials(dy + c0, M, C, N, partials, part);
     sum_partials(partials, part.chunks, C, dbias + c0);
   }
 }

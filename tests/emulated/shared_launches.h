@@ -38,6 +38,21 @@ void launch_elementwise(const char* op_name, const Op& op, int64_t n, bool vecto
          [=] { gpu::elementwise_kernel<Op>(op, n, w.nvec); });
 }
 
+// common.cu's column_partials: the per-chunk column sums of m (rows, C; rows ld elements apart)
+// over row_chunks' chunks `part`, into partials.
+inline void column_partials(const deit::kernels::gpu::bf16* m, int64_t rows, int64_t C, int64_t ld,
+                            float* partials, const deit::kernels::gpu::RowChunks& part) {
+  namespace gpu = deit::kernels::gpu;
+  if (part.chunks == 0 || C <= 0) return;
+  const bool vectors = C % gpu::kVec == 0 && ld % gpu::kVec == 0 && gpu::aligned16(m, partials);
+  with_width(vectors, [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    launch({"column_partials_kernel<" + std::to_string(V) + ">", static_cast<unsigned>(part.chunks),
+            static_cast<unsigned>(gpu::row_threads(C)), 0},
+           [=] { gpu::column_partials_kernel<V>(m, partials, rows, C, ld, part.rows_per_chunk); });
+  });
+}
+
 // common.cu's sum_partials: out[c] = the sum over chunks of partials[chunk * C + c].
 inline void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out) {
   namespace gpu = deit::kernels::gpu;
