@@ -2,21 +2,24 @@
 //  - patch unfold: image (B, Cin, H, W) fp32 -> patches (B, gh*gw, Cin*P*P) bf16, fusing the cast
 //    the patch-embedding GEMM needs; patch fold is its adjoint (fp32 image gradient, zero margins);
 //  - position embedding + class token: out[:, 0] = cls, out[:, 1:] = x + pos in one pass; its
-//    backward copies dx and sums dpos and dcls over the batch in one pass over dout, each output
-//    column summed by one thread in sample order (deterministic without partials). That is only
-//    (1 + N) * C / 8 threads (9.5k for ViT-S), each looping over the batch: splitting the batch
-//    into chunks with partials is the next step if the benchmark shows this kernel matters;
+//    backward copies dx and sums dpos and dcls over the batch in one pass over dout, each block
+//    summing 16 column vectors over the batch in 16 sample lanes, then the lanes in a fixed tree
+//    in shared memory (deterministic without partials in global memory). One thread per column
+//    vector, looping over the batch (9.5k threads for ViT-S), measured 0.143 ms a deit3_small
+//    step: 37 blocks, a quarter of an H200's SMs;
 //  - class-token select and its backward (zero except token 0).
 // The residual stream is fp32 on CUDA (in bf16, LayerScale's small block updates would round
 // away): pos_embed_cls writes it (from the bf16 patch embedding and the fp32 pos and cls master
 // weights) and takes its fp32 gradient, cls_select reads it; the patch tensors stay bf16.
 // Launch: the elementwise launcher (256 threads, grid-stride over 8-element vectors of the output
 // when C % 8 == 0 and every pointer is 16-byte aligned, scalar otherwise; unfold and fold gather
-// element by element and store 8 at a time). pos_embed_cls backward: 256 threads per block, one
-// thread per 8 columns (or per column) of a (1 + N, C) sample, grid-stride, loop over the batch.
+// element by element and store 8 at a time). pos_embed_cls backward: blocks of 16 x 16 threads,
+// 16 column vectors of 8 (or single columns) of a (1 + N, C) sample by 16 sample lanes,
+// grid-striding over the column groups: 591 blocks for ViT-S.
 // Measured speed (one H200, 2026-12-04, deit3_small's step at 224, batch 256): patch unfold
-// 0.130 ms, position embedding + class token 0.034 ms forward and 0.143 ms backward, class-token
-// select 0.005 / 0.045 ms.
+// 0.130 ms, position embedding + class token 0.034 ms forward and 0.143 ms backward (a thread
+// per column vector; the lanes are not yet measured, bench/PREDICTIONS.md), class-token select
+// 0.005 / 0.045 ms.
 //
 // Files: the device code is kernels/cuda/tokens_kernels.cuh; this file is the host side (argument
 // checks, launches). The kernels also run, lane by lane on the host, in the CTest entry
@@ -74,14 +77,14 @@ void pos_embed_cls_backward_cuda(const float* dout, bf16_bits* dx, float* dpos, 
   if (C == 0 || !(dx || dpos || dcls)) return;
   auto* dxb = gpu::as_bf16(dx);
   const int64_t cols = (N + 1) * C;
+  const dim3 block(kPosVectors, kPosLanes);
   if (C % kVec == 0 && gpu::aligned16(dout, dx, dpos, dcls))
     pos_embed_cls_backward_kernel<kVec>
-        <<<gpu::grid_for(cols / kVec, gpu::kThreads), gpu::kThreads, 0, stream>>>(dout, dxb, dpos,
-                                                                                  dcls, B, N, C);
+        <<<gpu::grid_for(cols / kVec, kPosVectors), block, 0, stream>>>(dout, dxb, dpos, dcls, B, N,
+                                                                        C);
   else
     pos_embed_cls_backward_kernel<1>
-        <<<gpu::grid_for(cols, gpu::kThreads), gpu::kThreads, 0, stream>>>(dout, dxb, dpos, dcls,
-                                                                           B, N, C);
+        <<<gpu::grid_for(cols, kPosVectors), block, 0, stream>>>(dout, dxb, dpos, dcls, B, N, C);
   DEIT_CUDA_CHECK_LAUNCH();
 }
 

@@ -128,33 +128,56 @@ struct PosEmbedClsForwardOp {
   }
 };
 
-// Thread per V columns j of one sample's (1 + N) * C block of dout: column j < C is the class
-// token's, the rest are patch tokens. With V = kVec, C % kVec == 0 keeps a vector in one token.
-// dout is the fp32 residual-stream gradient; dx goes to the patch-embedding GEMM in bf16.
+// Block of kPosVectors x kPosLanes threads: thread (x, y) takes the V columns j = (u0 + x) V of
+// one sample's (1 + N) * C block of dout, for the samples y, y + kPosLanes, ... in order, copying
+// them to dx and summing them; the block then adds its kPosLanes sums in a fixed tree (the same
+// bits on every run and grid). Column j < C is the class token's, the rest are patch tokens; with
+// V = kVec, C % kVec == 0 keeps a vector in one token. dout is the fp32 residual-stream gradient;
+// dx goes to the patch-embedding GEMM in bf16. Blocks grid-stride over the column groups.
+constexpr int kPosVectors = 16;
+constexpr int kPosLanes = 16;
+
 template <int V>
-__global__ void __launch_bounds__(gpu::kThreads)
-    pos_embed_cls_backward_kernel(const float* dout, bf16* dx, float* dpos, float* dcls,
-                                  int64_t B, int64_t N, int64_t C) {
+__global__ void __launch_bounds__(kPosVectors* kPosLanes)
+    pos_embed_cls_backward_kernel(const float* dout, bf16* dx, float* dpos, float* dcls, int64_t B,
+                                  int64_t N, int64_t C) {
+  __shared__ float lanes[kPosLanes][kPosVectors * V];
+  const int x = threadIdx.x, y = threadIdx.y;
   const int64_t cols = (N + 1) * C;
   const int64_t units = cols / V;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; u < units;
-       u += stride) {
-    const int64_t j = u * V;
+  for (int64_t u0 = static_cast<int64_t>(blockIdx.x) * kPosVectors; u0 < units;
+       u0 += static_cast<int64_t>(gridDim.x) * kPosVectors) {
+    const int64_t j = (u0 + x) * V;
     const bool is_cls = j < C;
     float acc[V] = {};
+    if (u0 + x < units) {
 #pragma unroll 4
-    for (int64_t b = 0; b < B; ++b) {
-      float v[V];
-      gpu::load<V>(dout + b * cols + j, v);
+      for (int64_t b = y; b < B; b += kPosLanes) {
+        float v[V];
+        gpu::load<V>(dout + b * cols + j, v);
 #pragma unroll
-      for (int e = 0; e < V; ++e) acc[e] += v[e];
-      if (!is_cls && dx) gpu::store<V>(dx + b * N * C + (j - C), v);
+        for (int e = 0; e < V; ++e) acc[e] += v[e];
+        if (!is_cls && dx) gpu::store<V>(dx + b * N * C + (j - C), v);
+      }
     }
-    if (is_cls) {
-      if (dcls) gpu::store<V>(dcls + j, acc);
-    } else if (dpos) {
-      gpu::store<V>(dpos + (j - C), acc);
+    // No barrier before: after the last one of the previous group's tree only lanes[0] is read,
+    // by the threads (y == 0) that write it here.
+#pragma unroll
+    for (int e = 0; e < V; ++e) lanes[y][x * V + e] = acc[e];
+    __syncthreads();
+#pragma unroll
+    for (int half = kPosLanes / 2; half > 0; half /= 2) {
+      if (y < half)
+#pragma unroll
+        for (int e = 0; e < V; ++e) lanes[y][x * V + e] += lanes[y + half][x * V + e];
+      __syncthreads();
+    }
+    if (y == 0 && u0 + x < units) {
+      if (is_cls) {
+        if (dcls) gpu::store<V>(dcls + j, lanes[0] + x * V);
+      } else if (dpos) {
+        gpu::store<V>(dpos + (j - C), lanes[0] + x * V);
+      }
     }
   }
 }
