@@ -12,14 +12,15 @@
 // away): pos_embed_cls writes it (from the bf16 patch embedding and the fp32 pos and cls master
 // weights) and takes its fp32 gradient, cls_select reads it; the patch tensors stay bf16.
 // Launch: the elementwise launcher (256 threads, grid-stride over 8-element vectors of the output
-// when C % 8 == 0 and every pointer is 16-byte aligned, scalar otherwise; unfold and fold gather
-// element by element and store 8 at a time). pos_embed_cls backward: blocks of 16 x 16 threads,
-// 16 column vectors of 8 (or single columns) of a (1 + N, C) sample by 16 sample lanes,
+// when C % 8 == 0 and every pointer is 16-byte aligned, scalar otherwise; fold gathers element by
+// element and stores 8 at a time, and so does unfold unless P % 8 == 0, where a vector is 8
+// pixels of one image row, loaded as two 16-byte words). pos_embed_cls backward: blocks of 16 x 16
+// threads, 16 column vectors of 8 (or single columns) of a (1 + N, C) sample by 16 sample lanes,
 // grid-striding over the column groups: 591 blocks for ViT-S.
 // Measured speed (one H200, 2026-12-04, deit3_small's step at 224, batch 256): patch unfold
-// 0.130 ms, position embedding + class token 0.034 ms forward and 0.143 ms backward (a thread
-// per column vector; the lanes are not yet measured, bench/PREDICTIONS.md), class-token select
-// 0.005 / 0.045 ms.
+// 0.130 ms (index by index; the pixel vectors are not yet measured), position embedding + class
+// token 0.034 ms forward and 0.143 ms backward (a thread per column vector; the lanes are not yet
+// measured, bench/PREDICTIONS.md), class-token select 0.005 / 0.045 ms.
 //
 // Files: the device code is kernels/cuda/tokens_kernels.cuh; this file is the host side (argument
 // checks, launches). The kernels also run, lane by lane on the host, in the CTest entry
@@ -52,7 +53,7 @@ PatchGeometry patch_geometry(const char* fn, int64_t B, int64_t Cin, int64_t H, 
 void patch_unfold_cuda(const float* image, bf16_bits* patches, int64_t B, int64_t Cin, int64_t H,
                        int64_t W, int64_t P, cudaStream_t stream) {
   const PatchGeometry g = patch_geometry("patch_unfold_cuda", B, Cin, H, W, P);
-  gpu::launch_elementwise(PatchUnfoldOp{image, gpu::as_bf16(patches), g},
+  gpu::launch_elementwise(PatchUnfoldOp::make(image, gpu::as_bf16(patches), g),
                           B * g.patches * g.patch_len, gpu::aligned16(patches), stream);
 }
 

@@ -629,7 +629,7 @@ bool check_patches(const ImageShape& s, std::mt19937_64& rng) {
 
   const Placed<float> dev_image("image", image, s.offset);
   const Placed<bf16_bits> dev_patches("patches", static_cast<size_t>(n_patches), s.offset);
-  launch_elementwise("PatchUnfoldOp", PatchUnfoldOp{dev_image.get(), dev(dev_patches), g},
+  launch_elementwise("PatchUnfoldOp", PatchUnfoldOp::make(dev_image.get(), dev(dev_patches), g),
                      n_patches, gpu::aligned16(dev_patches.get()));
   checks.absolute("patches", values(dev_patches), rounded(patches_ref), kExact);
 
