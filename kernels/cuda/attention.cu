@@ -8,7 +8,8 @@
 //             O = P V and the normalisation 1 / rowsum, and the log-sum-exp of every score row
 //             (fp32, natural log), in one kernel per (query tile, batch, head).
 //   backward: three launches, no atomics, so the same inputs give the same bits:
-//             1. delta_i = sum_d dO_id O_id (one warp per row) into the fp32 workspace;
+//             1. delta_i = sum_d dO_id O_id (8 lanes per row at D = 64) into the fp32
+//                workspace;
 //             2. per (key tile, batch, head): rebuild P^T = exp(scale K Q^T - lse) from the saved
 //                lse, dV = P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK = scale dS^T Q,
 //                looping over every query tile, and write dS^T in bf16 to the workspace;
@@ -111,7 +112,7 @@ void check_args(const char* fn, std::initializer_list<const void*> bf16_buffers,
     throw std::invalid_argument(std::string(fn) + ": head dim " + std::to_string(D) +
                                 " not supported (32, 64, 80 or 128)");
   // Grids are 1-D with int block indices: (batch * heads) * tiles blocks for the main kernels,
-  // (batch * tokens * heads) / 4 for delta; and row indices inside a head are int.
+  // at most (batch * tokens * heads) / 4 for delta; and row indices inside a head are int.
   if (Tn > INT_MAX / 2 || B * H * gpu::ceil_div(Tn, kRows) > INT_MAX ||
       gpu::ceil_div(B * Tn * H, kWarps) > INT_MAX)
     throw std::invalid_argument(std::string(fn) + ": too many rows for one launch");
@@ -148,8 +149,8 @@ void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* do
   bf16* scores_t = layout.scores(workspace);
   float* bias_partials = dbias ? layout.bias_partials(workspace) : nullptr;
   const int64_t rows = static_cast<int64_t>(B) * T * H;
-  attention_delta_kernel<D><<<static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0,
-                              stream>>>(out, dout, delta, rows, T, H);
+  attention_delta_kernel<D><<<static_cast<unsigned>(delta_blocks(rows, D)), kThreads, 0, stream>>>(
+      out, dout, delta, rows, T, H);
   DEIT_CUDA_CHECK_LAUNCH();
 
   constexpr int dkdv_smem = Tiles<D>::kDkvSmem, dq_smem = Tiles<D>::kDqSmem;

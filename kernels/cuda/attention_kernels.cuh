@@ -493,27 +493,45 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward pass 1: delta_i = sum_d dO_id O_id, the row sum of P * dP (because O = P V), one warp
-// per (batch, token, head) row; D <= 128 so one 8-element vector per lane covers the row.
+// Backward pass 1: delta_i = sum_d dO_id O_id, the row sum of P * dP (because O = P V), for every
+// (batch, token, head) row: a group of delta_lanes(D) lanes per row, a lane per 8-element vector of
+// it (D = 80: 10 of 16 lanes), the row sum by shuffles within the group, so a warp takes 32 /
+// delta_lanes(D) rows (4 at D = 64). One warp per row, as this was until 2026-12-04, left 24 of its
+// lanes idle at D = 64 and an SM 16 KB of loads in flight at most.
+
+constexpr int delta_lanes(int D) { return D <= 32 ? 4 : (D <= 64 ? 8 : 16); }
+
+// Blocks of the delta pass over `rows` rows.
+inline int64_t delta_blocks(int64_t rows, int D) {
+  const int64_t rows_per_block = int64_t{kWarps} * (32 / delta_lanes(D));
+  return (rows + rows_per_block - 1) / rows_per_block;
+}
 
 template <int D>
 __global__ void __launch_bounds__(kThreads)
     attention_delta_kernel(const bf16* __restrict__ out, const bf16* __restrict__ dout,
                            float* __restrict__ delta, int64_t rows, int T, int H) {
-  static_assert(D / gpu::kVec <= 32, "one vector per lane");
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (row >= rows) return;  // whole warps leave together: the shuffles below stay convergent
+  constexpr int kLanes = delta_lanes(D);
+  static_assert(D / gpu::kVec <= kLanes, "one vector per lane");
   const int lane = threadIdx.x % 32;
+  const int v = lane % kLanes;  // the vector of the row this lane takes
+  const int64_t row =
+      (static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32) * (32 / kLanes) +
+      lane / kLanes;
   float sum = 0.f;
-  if (lane < D / gpu::kVec) {
+  if (row < rows && v < D / gpu::kVec) {
     float a[gpu::kVec], b[gpu::kVec];
-    gpu::load<gpu::kVec>(out + row * D + lane * gpu::kVec, a);
-    gpu::load<gpu::kVec>(dout + row * D + lane * gpu::kVec, b);
+    gpu::load<gpu::kVec>(out + row * D + v * gpu::kVec, a);
+    gpu::load<gpu::kVec>(dout + row * D + v * gpu::kVec, b);
 #pragma unroll
     for (int e = 0; e < gpu::kVec; ++e) sum += a[e] * b[e];
   }
-  sum = gpu::warp_allreduce<gpu::SumOp>(sum);
-  if (lane == 0) {
+  // Every lane shuffles (rows past the last add nothing): the group's lanes differ only in the
+  // low bits that these offsets flip.
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2)
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (v == 0 && row < rows) {
     // row = (b * T + token) * H + h  ->  delta: (B, H, T)
     const int64_t h = row % H, bt = row / H, token = bt % T, b = bt / T;
     delta[(b * H + h) * T + token] = sum;

@@ -71,7 +71,7 @@ void backward(const bf16* qkv, const bf16* out, const float* lse, const bf16* do
   float* bias_partials = bias_grad ? layout.bias_partials(workspace) : nullptr;
   const int64_t rows = static_cast<int64_t>(B) * T * H;
   emu::launch({kernel_name("attention_delta_kernel", D),
-               static_cast<unsigned>(gpu::ceil_div(rows, kWarps)), kThreads, 0},
+               static_cast<unsigned>(delta_blocks(rows, D)), kThreads, 0},
               [=] { attention_delta_kernel<D>(out, dout, delta, rows, T, H); });
   const BackwardImages batch{qkv, lse, dout, delta, dqkv, bias_partials, B};
   for (int64_t b0 = 0; b0 < B; b0 += layout.slice) {
