@@ -45,16 +45,16 @@ fi
 # launches takes a warm one, and the GEMMs' skip lands in the second step's backward. The LayerNorm
 # alone runs twice a step: block 0's norm1 over every token (B x 197 rows, issue 7's row), and the
 # final norm over the class tokens only (B rows), forward in that order and backward in the other,
-# so the skips of 2 and 3 take the second step's wide one. Their regexes match either row layout's
-# kernels (a warp per row up to 1024 columns, a block per row above).
+# so the skips of 2 and 3 take the second step's wide one. The LayerNorm regexes, alone and fused,
+# match either row layout's kernels (a warp per row up to 1024 columns, a block per row above).
 profiles=(
   "attention_forward function ^attention_forward_kernel 14 1"
   "attention_dkdv function ^attention_dkdv_kernel 14 1"
   "attention_dq function ^attention_dq_kernel 14 1"
   "gelu_forward demangled GeluForwardOp 14 1"
   "gelu_backward function ^gelu_backward_column_partials_kernel 14 1"
-  "layerscale_layernorm_forward function ^layerscale_layernorm_forward_kernel 30 1"
-  "layerscale_layernorm_backward function ^layerscale_layernorm_backward_kernel 30 1"
+  "layerscale_layernorm_forward function ^layerscale_layernorm_forward_ 30 1"
+  "layerscale_layernorm_backward function ^layerscale_layernorm_backward_ 30 1"
   "layernorm_forward function ^layernorm_forward_ 2 1"
   "layernorm_backward function ^layernorm_backward_ 3 1"
   "gemms function ^nvjet 205 12"
