@@ -289,14 +289,10 @@ template <int G, int K>
 struct WarpColumnSums {
   static constexpr int kWarps = kWarpRowThreads / 32;
   static constexpr int kColumns = G * static_cast<int>(kWarpRowColumns);
-  static constexpr int kFloat4s = K * kWarps * kColumns / 4;  // the shared memory it takes
-  float (*sums)[kWarps][kColumns];                            // sums[set][warp][column]
+  float (*sums)[kWarps][kColumns];  // sums[set][warp][column], in shared memory
 
-  // storage: kFloat4s of shared memory.
-  __device__ explicit WarpColumnSums(float4* storage)
-      : sums(reinterpret_cast<float (*)[kWarps][kColumns]>(storage)) {}
   // Zeroes this lane's columns of its warp's row in every set.
-  __device__ void zero(const WarpRow<G>& row) const {
+  __device__ explicit WarpColumnSums(const WarpRow<G>& row) : sums(storage()) {
     const float zeros[kVec] = {};
 #pragma unroll
     for (int s = 0; s < K; ++s)
@@ -329,9 +325,25 @@ struct WarpColumnSums {
   }
 
  private:
+  // The block's sums: K * kWarps * kColumns floats (K * G * 4 KB), float4s for their alignment.
+  __device__ static float (*storage())[kWarps][kColumns] {
+    __shared__ float4 words[K * kWarps * kColumns / 4];
+    return reinterpret_cast<float(*)[kWarps][kColumns]>(words);
+  }
   __device__ float* mine(int s, const WarpRow<G>& row, int k) const {
     return sums[s][threadIdx.x / 32] + row.group_column(k);
   }
 };
+
+// The rows of the chunk of block blockIdx.x (row_chunks' chunks of rows_per_chunk rows) that this
+// warp takes in the warp row layout: first, first + kStep, ... below end.
+struct WarpChunkRows {
+  static constexpr int kStep = kWarpRowThreads / 32;
+  int64_t first, end;
+};
+__device__ __forceinline__ WarpChunkRows warp_chunk_rows(int64_t rows, int64_t rows_per_chunk) {
+  const int64_t r0 = blockIdx.x * rows_per_chunk;
+  return {r0 + threadIdx.x / 32, min(rows, r0 + rows_per_chunk)};
+}
 
 }  // namespace deit::kernels::gpu

@@ -99,8 +99,8 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, gpu::forward_warp_row_mi
   for (int64_t r = gpu::warp_row_first(); r < rows; r += gpu::warp_row_stride()) {
     float v[Row::kSlots];
     row.load(x + r * C, v);
-    gpu::layernorm_row_normalize(v, row, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr);
-    gpu::layernorm_warp_row_affine(v, row, weight, bias);
+    gpu::layernorm_warp_row_forward(v, row, weight, bias, eps, mean ? mean + r : nullptr,
+                                    rstd ? rstd + r : nullptr);
     row.store(y + r * C, v);
   }
 }
@@ -121,25 +121,14 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layernorm_backward_warp_
                                    int64_t rows_per_chunk) {
   using Row = gpu::WarpRow<G>;
   using Sums = gpu::WarpColumnSums<G, 2>;  // dweight's, dbias's
-  __shared__ float4 sums_storage[Sums::kFloat4s];
-  const Sums sums(sums_storage);
   const Row row{C};
-  sums.zero(row);
-  const int64_t r0 = blockIdx.x * rows_per_chunk;
-  const int64_t r1 = min(rows, r0 + rows_per_chunk);
-  for (int64_t r = r0 + threadIdx.x / 32; r < r1; r += Sums::kWarps) {
+  const Sums sums(row);
+  const gpu::WarpChunkRows chunk = gpu::warp_chunk_rows(rows, rows_per_chunk);
+  for (int64_t r = chunk.first; r < chunk.end; r += chunk.kStep) {
     float g[Row::kSlots], xh[Row::kSlots];
     row.load(dy + r * C, g);
     row.load(x + r * C, xh);
-    gpu::layernorm_row_backward(
-        g, xh, mean[r], rstd[r], row, [&](int k, float(&w)[kVec]) { row.load_group(weight, k, w); },
-        [&](int k, const float* dyk, const float* xhat) {
-          float t[kVec];
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) t[j] = dyk[j] * xhat[j];
-          sums.add(0, row, k, t);
-          sums.add(1, row, k, dyk);
-        });
+    gpu::layernorm_warp_row_backward(g, xh, mean[r], rstd[r], row, weight, sums, 0);
     row.store(dx + r * C, g);
   }
   __syncthreads();

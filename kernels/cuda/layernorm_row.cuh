@@ -60,12 +60,16 @@ __device__ __forceinline__ void layernorm_row_forward(float (&v)[kVec], const fl
 // G = 4, the LayerNorm spills 88 bytes).
 constexpr int forward_warp_row_min_blocks(int G) { return G <= 3 ? 10 : 8; }
 
-// A warp per row: v: xhat -> y = xhat * w + b, the weight and bias read a slot group at a time
-// (from L1: every warp of an SM reads the same) rather than held in registers.
+// A warp per row: v: the row x -> y = xhat * w + b (layernorm_row_normalize), the weight and bias
+// read a slot group at a time (from L1: every warp of an SM reads the same) rather than held in
+// registers.
 template <int G>
-__device__ __forceinline__ void layernorm_warp_row_affine(float (&v)[WarpRow<G>::kSlots],
-                                                          const WarpRow<G>& row, const bf16* weight,
-                                                          const bf16* bias) {
+__device__ __forceinline__ void layernorm_warp_row_forward(float (&v)[WarpRow<G>::kSlots],
+                                                           const WarpRow<G>& row,
+                                                           const bf16* weight, const bf16* bias,
+                                                           float eps, float* mean_out,
+                                                           float* rstd_out) {
+  layernorm_row_normalize(v, row, eps, mean_out, rstd_out);
 #pragma unroll
   for (int k = 0; k < G; ++k) {
     float w[kVec], b[kVec];
@@ -131,6 +135,23 @@ __device__ __forceinline__ void layernorm_row_backward(float (&g)[kVec], float (
           dw[j] += dy[j] * xhat[j];
           db[j] += dy[j];
         }
+      });
+}
+
+// A warp per row: layernorm_row_backward with the weight read a slot group at a time (from L1),
+// adding dy * xhat to set `dw_set` of `sums` and dy to set `dw_set + 1`.
+template <int G, typename Sums>
+__device__ __forceinline__ void layernorm_warp_row_backward(
+    float (&g)[WarpRow<G>::kSlots], float (&x)[WarpRow<G>::kSlots], float mean, float rstd,
+    const WarpRow<G>& row, const bf16* weight, const Sums& sums, int dw_set) {
+  layernorm_row_backward(
+      g, x, mean, rstd, row, [&](int k, float(&w)[kVec]) { row.load_group(weight, k, w); },
+      [&](int k, const float* dy, const float* xhat) {
+        float t[kVec];
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) t[j] = dy[j] * xhat[j];
+        sums.add(dw_set, row, k, t);
+        sums.add(dw_set + 1, row, k, dy);
       });
 }
 

@@ -210,8 +210,8 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, gpu::forward_warp_row_mi
       for (int j = 0; j < kVec; ++j) v[k * kVec + j] += keep * g[j] * br[k * kVec + j];
     }
     row.store(out + r * C, v);
-    gpu::layernorm_row_normalize(v, row, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr);
-    gpu::layernorm_warp_row_affine(v, row, ln_weight, ln_bias);
+    gpu::layernorm_warp_row_forward(v, row, ln_weight, ln_bias, eps, mean ? mean + r : nullptr,
+                                    rstd ? rstd + r : nullptr);
     row.store(y + r * C, v);
   }
 }
@@ -241,14 +241,11 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_backward_warp
                                               int64_t Tn, int64_t C, int64_t rows_per_chunk) {
   using Row = gpu::WarpRow<G>;
   using Sums = gpu::WarpColumnSums<G, 3>;
-  enum Set { kDgamma, kDlnWeight, kDlnBias };
-  __shared__ float4 sums_storage[Sums::kFloat4s];
-  const Sums sums(sums_storage);
+  enum Set { kDgamma, kDlnWeight, kDlnBias };  // kDlnBias next to kDlnWeight: the LayerNorm's pair
   const Row row{C};
-  sums.zero(row);
-  const int64_t r0 = blockIdx.x * rows_per_chunk;
-  const int64_t r1 = min(rows, r0 + rows_per_chunk);
-  for (int64_t r = r0 + threadIdx.x / 32; r < r1; r += Sums::kWarps) {
+  const Sums sums(row);
+  const gpu::WarpChunkRows chunk = gpu::warp_chunk_rows(rows, rows_per_chunk);
+  for (int64_t r = chunk.first; r < chunk.end; r += chunk.kStep) {
     // All four inputs of the row before the LayerNorm's reductions: a row waits for memory once.
     float g[Row::kSlots], xh[Row::kSlots], d[Row::kSlots];
     float br[Row::kSlots] = {};  // read only where loaded; set, as the host compiler cannot see it
@@ -261,16 +258,7 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_backward_warp
       for (int e = 0; e < Row::kSlots; ++e) d[e] = 0.f;
     }
     if (dgamma_partials) row.load(branch + r * C, br);
-    gpu::layernorm_row_backward(
-        g, xh, mean[r], rstd[r], row,
-        [&](int k, float(&w)[kVec]) { row.load_group(ln_weight, k, w); },
-        [&](int k, const float* dyk, const float* xhat) {
-          float t[kVec];
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) t[j] = dyk[j] * xhat[j];
-          sums.add(kDlnWeight, row, k, t);
-          sums.add(kDlnBias, row, k, dyk);
-        });
+    gpu::layernorm_warp_row_backward(g, xh, mean[r], rstd[r], row, ln_weight, sums, kDlnWeight);
     // dx = dout + what flows back through the LayerNorm
 #pragma unroll
     for (int e = 0; e < Row::kSlots; ++e) d[e] += g[e];
