@@ -77,6 +77,8 @@
 // shared memory both at their limit), issue slots 31% (dK/dV) to 42% (forward) busy, dK/dV's warps
 // waiting on shared-memory and MUFU results, barriers and fixed latencies. dQ reads back the dS
 // that dK/dV writes at 2.7 TB/s: that round trip, not arithmetic, bounds it.
+// The delta pass's lane groups (pass 1 above) came after that run: not measured yet
+// (bench/PREDICTIONS.md).
 //
 // Files: the device code is kernels/cuda/attention_kernels.cuh and its PTX wrappers
 // kernels/cuda/mma.cuh; this file is the host side (argument checks, launches). The kernels also

@@ -18,7 +18,8 @@
 // with the bias gradient; in deit3_small's step 1.16 ms forward and 1.80 backward a step, where
 // Inductor's take 1.35 and 1.83 + 0.77 (its bias gradient). The forward, compute-bound there (SM
 // throughput 77% in Nsight), has since lost the range guards of its reciprocal and exponential
-// (gelu_kernels.cuh): not measured yet (bench/PREDICTIONS.md).
+// (gelu_kernels.cuh), and the backward with the bias gradient loads two rows ahead: neither
+// measured yet (bench/PREDICTIONS.md).
 //
 // Files: the device code is kernels/cuda/gelu_kernels.cuh; this file is the host side (argument
 // checks, launches). The kernels also run, lane by lane on the host, in the CTest entry
