@@ -159,6 +159,26 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The second stage of up to kMaxPartialSets column sums of the same shape (chunks, C), in one
+// launch (common.cuh's sum_partial_sets): a kernel argument, so plain pointers.
+
+constexpr int kMaxPartialSets = 4;
+
+struct PartialSets {
+  const float* partials[kMaxPartialSets] = {};
+  float* out[kMaxPartialSets] = {};
+  int count = 0;
+  // Adds a set when `out` is given (a gradient not asked for is skipped); at most
+  // kMaxPartialSets of them.
+  void add(const float* set_partials, float* set_out) {
+    if (set_out == nullptr) return;
+    partials[count] = set_partials;
+    out[count] = set_out;
+    ++count;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
 // Row layout: one block walks whole rows of width C with row_threads(C) threads (common.cuh);
 // thread t holds kVec register slots per row. V = kVec (C % 8 == 0, every row pointer 16-byte
 // aligned): the slots are columns [8t, 8t + 8). V = 1: slot k is column t + k * blockDim.x. Either

@@ -54,8 +54,13 @@ __global__ void __launch_bounds__(1024)
   store_row<V>(partials + blockIdx.x * C, C, acc);
 }
 
+// Block (x, s): columns [8x, 8x + 8) of set s of `sets`. __grid_constant__: indexed by blockIdx,
+// `sets` is read where the launch put it; a plain by-value parameter was copied to a 72-byte stack
+// frame first.
 __global__ void __launch_bounds__(kPartialThreads)
-    sum_partials_kernel(const float* partials, int64_t chunks, int64_t C, float* out) {
+    sum_partials_kernel(const __grid_constant__ PartialSets sets, int64_t chunks, int64_t C) {
+  const float* partials = sets.partials[blockIdx.y];
+  float* out = sets.out[blockIdx.y];
   __shared__ float acc[kPartialLanes][kPartialCols];
   const int x = threadIdx.x, y = threadIdx.y;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kPartialCols + x;

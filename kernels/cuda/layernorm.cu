@@ -106,8 +106,10 @@ void layernorm_backward_cuda(const bf16_bits* dy, const float* x, const bf16_bit
         DEIT_CUDA_CHECK_LAUNCH();
       });
   }
-  if (dweight) gpu::sum_partials(dw_partials, part.chunks, C, dweight, stream);
-  if (dbias) gpu::sum_partials(db_partials, part.chunks, C, dbias, stream);
+  gpu::PartialSets sums;
+  sums.add(dw_partials, dweight);
+  sums.add(db_partials, dbias);
+  gpu::sum_partial_sets(sums, part.chunks, C, stream);
 }
 
 }  // namespace deit::kernels

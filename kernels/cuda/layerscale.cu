@@ -198,10 +198,12 @@ void layerscale_residual_layernorm_backward_cuda(const float* dout, const bf16_b
       });
     }
   }
-  if (dgamma) gpu::sum_partials(dgamma_partials, part.chunks, C, dgamma, stream);
-  if (dln_weight) gpu::sum_partials(dw_partials, part.chunks, C, dln_weight, stream);
-  if (dln_bias) gpu::sum_partials(db_partials, part.chunks, C, dln_bias, stream);
-  if (dbias) gpu::sum_partials(dbias_partials, part.chunks, C, dbias, stream);
+  gpu::PartialSets sums;
+  sums.add(dgamma_partials, dgamma);
+  sums.add(dw_partials, dln_weight);
+  sums.add(db_partials, dln_bias);
+  sums.add(dbias_partials, dbias);
+  gpu::sum_partial_sets(sums, part.chunks, C, stream);
 }
 
 }  // namespace deit::kernels

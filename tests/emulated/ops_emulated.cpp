@@ -738,6 +738,24 @@ bool check_reductions(std::mt19937_64& rng) {
   sum_partials(dev_none.get(), 0, kColumns, dev_zeros.get());
   checks.absolute("sums", dev_zeros.download(), std::vector<float>(kColumns, 0.f), kExact);
 
+  // Three sets in one launch (the fused LayerNorm backwards' gradients): the bits of a launch
+  // each, over more chunks than sum_partials' 128 lanes.
+  checks.part("sum_partial_sets of 3 sets");
+  emu::set_context("sum_partial_sets of 3 sets");
+  constexpr int64_t kChunks = 130;
+  constexpr int kSets = 3;
+  const auto dev_partials = tight("partials", random_f32(rng, kSets * kChunks * kColumns, -1, 1));
+  const auto dev_together = tight<float>("sums together", kSets * kColumns);
+  const auto dev_apart = tight<float>("sums apart", kSets * kColumns);
+  deit::kernels::gpu::PartialSets sets;
+  for (int set = 0; set < kSets; ++set)
+    sets.add(dev_partials.get() + set * kChunks * kColumns, dev_together.get() + set * kColumns);
+  emu::sum_partial_sets(sets, kChunks, kColumns);
+  for (int set = 0; set < kSets; ++set)
+    sum_partials(dev_partials.get() + set * kChunks * kColumns, kChunks, kColumns,
+                 dev_apart.get() + set * kColumns);
+  checks.same_bits("3 sets together and apart", dev_together.download(), dev_apart.download());
+
   checks.part("sum_to_scalar of 3001 values");
   constexpr size_t kValues = 3001;
   constexpr float kScale = 0.25f;

@@ -1,6 +1,7 @@
 // What the emulated tests share of the launchers: the choice between a kernel's vector and scalar
 // paths, and the launches every kernel family makes, with the grids and blocks of
-// kernels/cuda/common.cuh and common.cu: the elementwise kernel, sum_partials (the second stage of
+// kernels/cuda/common.cuh and common.cu: the elementwise kernel, sum_partials and sum_partial_sets
+// (the second stage of
 // every deterministic column sum) and sum_to_scalar.
 #pragma once
 #include <algorithm>
@@ -53,13 +54,22 @@ inline void column_partials(const deit::kernels::gpu::bf16* m, int64_t rows, int
   });
 }
 
-// common.cu's sum_partials: out[c] = the sum over chunks of partials[chunk * C + c].
-inline void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out) {
+// common.cu's sum_partial_sets: for each set, out[c] = the sum over chunks of
+// partials[chunk * C + c], in one launch.
+inline void sum_partial_sets(const deit::kernels::gpu::PartialSets& sets, int64_t chunks,
+                             int64_t C) {
   namespace gpu = deit::kernels::gpu;
-  if (C <= 0) return;
-  const auto grid = static_cast<unsigned>(gpu::ceil_div(C, gpu::kPartialCols));
+  if (C <= 0 || sets.count == 0) return;
+  const dim3 grid(static_cast<unsigned>(gpu::ceil_div(C, gpu::kPartialCols)), sets.count);
   launch({"sum_partials_kernel", grid, dim3(gpu::kPartialCols, gpu::kPartialLanes), 0},
-         [=] { gpu::sum_partials_kernel(partials, chunks, C, out); });
+         [=] { gpu::sum_partials_kernel(sets, chunks, C); });
+}
+
+// common.cu's sum_partials: one set.
+inline void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out) {
+  deit::kernels::gpu::PartialSets set;
+  set.add(partials, out);
+  sum_partial_sets(set, chunks, C);
 }
 
 // common.cu's sum_to_scalar: *out = scale * the sum of v[0, n).
