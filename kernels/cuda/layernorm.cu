@@ -3,7 +3,8 @@
 // Forward fuses the mean, the variance (two passes over the row held in registers, not
 // E[x^2] - E[x]^2), the normalisation and the affine transform into one read of x and one write
 // of y. Backward fuses dx (both row reductions) with the per-chunk partial sums of dweight and
-// dbias, so dy and x are read once; sum_partials then adds the chunks in a fixed order.
+// dbias, so dy and x are read once; sum_partial_sets then adds both gradients' chunks in a fixed
+// order, in one launch.
 // Launch, rows up to 1024 wide on the vector path (C % 8 == 0, every pointer 16-byte aligned;
 // every ViT but ViT-H): a warp per row, blocks of 4 warps, lane l holding the 8-column groups
 // l, l + 32, ... of the row in registers (C = 384: 2 groups, the second on 16 lanes; C = 768: 3),
@@ -20,7 +21,7 @@
 // H200 measured that layout at 64% (forward) and 61% (backward) of the copy bandwidth, while the
 // fused residual + LayerNorm forward, whose threads wait for 48 bytes a row, reached 84%. A warp
 // per row gives a thread 64 to 128 bytes of x (C = 384 to 1024) at the same or better occupancy
-// (forward: 47 registers at C = 768 against the block kernel's 59), and no barrier.
+// (forward: 48 registers at C = 768 against the block kernel's 59), and no barrier.
 // Measured speed, block per row (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 768,
 // commit 69df758): forward 0.085 ms (2747 GB/s, 64% of the copy bandwidth), backward 0.148 ms
 // (61%; 0.161 before the next-row loads); together 62%, short of issue 7's 80%. The warp per row

@@ -26,7 +26,8 @@
 // per row otherwise (forward grid-striding over at most 65536 blocks, backward over row_chunks),
 // summing dbias itself, a row at a time; rows up to 4096 wide (blocks of at most 512 threads) take
 // the backward's early-load variant (layerscale_kernels.cuh). Both backwards load all four inputs
-// of a row before the LayerNorm's reductions.
+// of a row before the LayerNorm's reductions, and sum_partial_sets adds all the gradients' chunks
+// in one launch.
 // Registers of the backward (ptxas, sm_90 / sm_80): the early variants 93 / 100 (vectors) and
 // 110 / 108 (scalars), no spills; the 1024-thread ones, for rows past 4096 and held to 64
 // registers, spill since they also sum dbias: 0 / 48 bytes (vectors, from 0 / 0) and 280 / 224
