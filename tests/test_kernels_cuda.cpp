@@ -64,6 +64,7 @@ struct RowShape {
 const std::vector<RowShape>& row_shapes() {
   static const std::vector<RowShape> shapes = {
       {4, 197, 384, 0},   // ViT-S at 224
+      {2, 33, 1024, 0},   // ViT-L's width: the LayerNorm kernels' widest warp rows (4 groups)
       {2, 145, 1280, 0},  // ViT-H at 160
       {3, 101, 768, 0},   // odd token count
       {1, 65, 200, 0},    // batch 1
