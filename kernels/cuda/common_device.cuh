@@ -260,15 +260,7 @@ struct WarpRow {
   template <typename P>
   __device__ void load(const P* row, float (&v)[kSlots]) const {
 #pragma unroll
-    for (int k = 0; k < G; ++k) {
-      const int64_t c = group_column(k);
-      if (c < C) {
-        gpu::load<kVec>(row + c, v + k * kVec);
-      } else {
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) v[k * kVec + j] = 0.f;
-      }
-    }
+    for (int k = 0; k < G; ++k) load_group(row, k, v + k * kVec);
   }
   template <typename P>
   __device__ void store(P* row, const float (&v)[kSlots]) const {
@@ -278,9 +270,10 @@ struct WarpRow {
       if (c < C) gpu::store<kVec>(row + c, v + k * kVec);
     }
   }
-  // v: the kVec values of `p` (bf16, a vector the width of the row) at slot group k's columns, 0
-  // past C.
-  __device__ void load_group(const bf16* p, int k, float (&v)[kVec]) const {
+  // v[0, kVec): the values of `p` (a row, or a vector the width of the row) at slot group k's
+  // columns, 0 past C.
+  template <typename P>
+  __device__ void load_group(const P* p, int k, float* v) const {
     const int64_t c = group_column(k);
     if (c < C) {
       gpu::load<kVec>(p + c, v);

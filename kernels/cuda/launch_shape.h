@@ -94,19 +94,13 @@ inline bool takes_warp_rows(bool vector, int64_t C) {
   return vector && C >= 1 && warp_row_groups(C) <= kWarpRowMaxGroups;
 }
 
-// Calls f(groups) with `groups` as a std::integral_constant, for 1 <= groups <= MaxGroups.
-template <int G, int MaxGroups, typename F>
-void with_groups_from(int groups, F&& f) {
-  if constexpr (G < MaxGroups) {
-    if (groups > G) return with_groups_from<G + 1, MaxGroups>(groups, f);
+// Calls f(groups) with warp_row_groups(C) as a std::integral_constant (takes_warp_rows holds).
+template <int G = 1, typename F>
+void with_warp_row_groups(int64_t C, F&& f) {
+  if constexpr (G < kWarpRowMaxGroups) {
+    if (warp_row_groups(C) > G) return with_warp_row_groups<G + 1>(C, f);
   }
   f(std::integral_constant<int, G>{});
-}
-
-// Calls f(groups) with warp_row_groups(C) as a std::integral_constant (takes_warp_rows holds).
-template <typename F>
-void with_warp_row_groups(int64_t C, F&& f) {
-  with_groups_from<1, kWarpRowMaxGroups>(warp_row_groups(C), f);
 }
 
 // Blocks of a warp-row kernel that grid-strides over `rows` rows, a row per warp.
