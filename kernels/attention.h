@@ -26,6 +26,23 @@ template <typename T>
 void attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* dout, T* dqkv,
                             T* dbias, int64_t B, int64_t Tn, int64_t H, int64_t D, double scale);
 
+// The class token's attention alone: token 0's query against every token's key and value. All a
+// ViT's last block needs, since the head reads nothing but the class token (model/vit.cpp), and
+// about T times less work than the whole attention.
+// qkv: (B, T, 3, H, D)  ->  out: (B, H, D) = (B, C), lse: (B, H); the same values as token 0's
+// row of attention_forward_cpu's out and lse.
+template <typename T>
+void class_attention_forward_cpu(const T* qkv, T* out, T* lse, int64_t B, int64_t Tn, int64_t H,
+                                 int64_t D, double scale);
+
+// dout: (B, C)  ->  dqkv: (B, T, 3, H, D), overwritten: attention_backward_cpu's dqkv for a dout
+// that is zero in every token but the class token's. So dq is zero past token 0, while dk and dv
+// fill every token. dbias: as attention_backward_cpu's (nullptr: not computed).
+template <typename T>
+void class_attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* dout, T* dqkv,
+                                  T* dbias, int64_t B, int64_t Tn, int64_t H, int64_t D,
+                                  double scale);
+
 // The head dims the CUDA kernels are built for (the CPU twins take any).
 inline bool attention_cuda_supports_head_dim(int64_t D) {
   return D == 32 || D == 64 || D == 80 || D == 128;
@@ -58,6 +75,22 @@ void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const f
                              int64_t Tn, int64_t H, int64_t D, double scale, float* workspace,
                              cudaStream_t stream,
                              int64_t scores_budget_bytes = kAttentionScoresBudgetBytes);
+
+// The class token's attention (kernels/cuda/class_attention.cu), with the types, head dims,
+// alignment and checks of the whole attention's kernels above. Forward: out (B, C) bf16, lse
+// (B, H) fp32 (may be nullptr). Backward: dqkv (B, T, 3, H, D) overwritten, every element (the
+// zeros of dq past token 0 too); dbias (fp32, 3 H D, may be nullptr) the column sums of dqkv, each
+// block's in fp32 before the bf16 rounding, added in a fixed order: deterministic. `workspace`,
+// 16-byte aligned, holds class_attention_backward_cuda_workspace_floats(B, H, D) floats (the
+// blocks' column sums; without dbias it is not used and may be nullptr); not read before written.
+void class_attention_forward_cuda(const bf16_bits* qkv, bf16_bits* out, float* lse, int64_t B,
+                                  int64_t Tn, int64_t H, int64_t D, double scale,
+                                  cudaStream_t stream);
+int64_t class_attention_backward_cuda_workspace_floats(int64_t B, int64_t H, int64_t D);
+void class_attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const float* lse,
+                                   const bf16_bits* dout, bf16_bits* dqkv, float* dbias, int64_t B,
+                                   int64_t Tn, int64_t H, int64_t D, double scale, float* workspace,
+                                   cudaStream_t stream);
 #endif
 
 }  // namespace deit::kernels

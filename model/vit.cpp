@@ -105,8 +105,9 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
     x = out[0];
     if (out.size() > 1) h = out[1];
   }
-  Tensor cls = ops::layernorm(ops::cls_select(x), p("norm.weight"), p("norm.bias"),
-                              c.layernorm_eps);
+  // The last block left the class token alone, (B, 1, C).
+  Tensor cls =
+      ops::layernorm(ops::reshape(x, {B, C}), p("norm.weight"), p("norm.bias"), c.layernorm_eps);
   return ops::linear(cls, p("head.weight"), p("head.bias"));
 }
 
@@ -116,14 +117,22 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
                                                      const Tensor& keep_mlp) const {
   const double eps = config_.layernorm_eps;
   const std::string b = "blocks." + std::to_string(i) + ".";
+  const bool last = i + 1 == config_.depth;
   // Each linear layer's bias gradient comes from the pass next to it: qkv's from the attention's
   // backward, proj's and fc2's from the residual update's (with the LayerNorm after it), fc1's
   // from GELU's.
-  Tensor h = ops::linear_attention(normed, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias"),
-                                   config_.heads);
+  // The last block's output is read at the class token only (the head's input), and each token's
+  // output depends on its own query, proj and MLP rows: so past the qkv layer (every token's keys
+  // and values) the last block computes the class token alone. The same logits and gradients as
+  // the whole block (timm computes the other tokens and drops them), for about a quarter of its
+  // work.
+  const Tensor &qkv_weight = p(b + "attn.qkv.weight"), &qkv_bias = p(b + "attn.qkv.bias");
+  const Tensor h = last ? ops::linear_class_attention(normed, qkv_weight, qkv_bias, config_.heads)
+                        : ops::linear_attention(normed, qkv_weight, qkv_bias, config_.heads);
+  const Tensor stream = last ? ops::reshape(ops::cls_select(x), {x.size(0), 1, x.size(2)}) : x;
   ops::ResidualAndNorm r = ops::linear_layerscale_residual_layernorm(
-      x, h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"), p(b + "ls1.gamma"), keep_attention,
-      p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
+      stream, h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"), p(b + "ls1.gamma"),
+      keep_attention, p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
 
   const Tensor &fc1_weight = p(b + "mlp.fc1.weight"), &fc1_bias = p(b + "mlp.fc1.bias");
   const Tensor &fc2_weight = p(b + "mlp.fc2.weight"), &fc2_bias = p(b + "mlp.fc2.bias");
@@ -133,7 +142,7 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
   const auto recomputed_mlp = [&] {
     return ops::gelu_linear(ops::linear(r.normed, fc1_weight, fc1_bias), fc2_weight, fc2_bias);
   };
-  if (i + 1 == config_.depth) {  // no LayerNorm after the last update: the head's reads cls only
+  if (last) {  // no LayerNorm after the last update: the head's comes after it
     const Tensor mlp =
         recompute_gelu_
             ? recomputed_mlp()

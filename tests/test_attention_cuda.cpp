@@ -187,6 +187,29 @@ TEST_CASE("cuda attention backward matches the CPU twin", "[gpu][kernels][attent
   }
 }
 
+namespace {
+
+// What a forward + backward chain wrote on the device, downloaded: a later run must give the same
+// bits.
+struct ChainedRun {
+  std::vector<bf16_bits> out, dqkv;
+  std::vector<float> lse, dbias;
+  ChainedRun(const Bf16Buffer& out_, const F32Buffer& lse_, const Bf16Buffer& dqkv_,
+             const F32Buffer& dbias_)
+      : out(out_.download()),
+        dqkv(dqkv_.download()),
+        lse(lse_.download()),
+        dbias(dbias_.download()) {}
+  void check_same_bits_as(const ChainedRun& first, const std::string& run) const {
+    check_same_bits("out, " + run, out, first.out);
+    check_same_bits("lse, " + run, lse, first.lse);
+    check_same_bits("dqkv, " + run, dqkv, first.dqkv);
+    check_same_bits("dbias, " + run, dbias, first.dbias);
+  }
+};
+
+}  // namespace
+
 TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels][attention]") {
   Stream stream;
   Rng rng(6003);
@@ -215,19 +238,15 @@ TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels]
       stream.sync();
     };
     run();
-    const std::vector<bf16_bits> out_first = dev_out.download(), dqkv_first = dev_dqkv.download();
-    const std::vector<float> lse_first = dev_lse.download(), dbias_first = dev_dbias.download();
+    const ChainedRun first(dev_out, dev_lse, dev_dqkv, dev_dbias);
     run();
-    check_same_bits("out, second run", dev_out.download(), out_first);
-    check_same_bits("lse, second run", dev_lse.download(), lse_first);
-    check_same_bits("dqkv, second run", dev_dqkv.download(), dqkv_first);
-    check_same_bits("dbias, second run", dev_dbias.download(), dbias_first);
+    ChainedRun(dev_out, dev_lse, dev_dqkv, dev_dbias).check_same_bits_as(first, "second run");
     // A batch an image at a time (its dS in a workspace of one image's): the same bits.
     const int64_t sliced_floats = attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D, 1);
     if (s.B > 1) CHECK(sliced_floats < static_cast<int64_t>(workspace.size()));
     run(1);
-    check_same_bits("dqkv an image at a time", dev_dqkv.download(), dqkv_first);
-    check_same_bits("dbias an image at a time", dev_dbias.download(), dbias_first);
+    check_same_bits("dqkv an image at a time", dev_dqkv.download(), first.dqkv);
+    check_same_bits("dbias an image at a time", dev_dbias.download(), first.dbias);
 
     // And the chain is right: against the CPU twin on the device's own out and lse.
     std::vector<float> out_ref(s.out()), lse_ref(s.lse()), dqkv_ref(s.qkv());
@@ -235,7 +254,7 @@ TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels]
                           s.scale());
     check_close("chained out", dev_out, out_ref, kBf16Tol);
     attention_backward_cpu<float>(qkv.values.data(), download_float(dev_out).data(),
-                                  lse_first.data(), dout.values.data(), dqkv_ref.data(), nullptr,
+                                  first.lse.data(), dout.values.data(), dqkv_ref.data(), nullptr,
                                   s.B, s.T, s.H, s.D, s.scale());
     check_close("chained dqkv", dev_dqkv, dqkv_ref, kBf16Tol);
   }
@@ -291,6 +310,222 @@ TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
   CHECK_THROWS_AS(
       attention_backward_cuda(qkv.get(), out.get(), nullptr, dout.get(), dqkv.get(), nullptr, s.B,
                               s.T, s.H, s.D, s.scale(), workspace.get(), stream),
+      std::invalid_argument);
+  stream.sync();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The class token's attention (kernels/cuda/class_attention.cu) against its CPU twins: token 0's
+// query against every key and value. Its lane groups take 4, 8 or 16 lanes a key (head dim 32,
+// 64, 80 / 128) and a block 32, 16 or 8 keys a round: the shapes above give every head dim one
+// round or less (T = 1, 5), several with a partial last one, and blocks whose warps see no key at
+// all (T = 5: three of the four warps at head dim 64).
+
+namespace {
+
+const std::vector<AttnShape>& class_attn_shapes() {
+  static const std::vector<AttnShape> shapes = [] {
+    std::vector<AttnShape> s = attn_shapes();
+    // One token at every head dim: a softmax of one score, every warp but the first idle.
+    for (const AttnShape& one :
+         {AttnShape{3, 1, 2, 32}, AttnShape{2, 1, 3, 80}, AttnShape{1, 1, 2, 128}})
+      s.push_back(one);
+    return s;
+  }();
+  return shapes;
+}
+
+size_t class_out(const AttnShape& s) { return static_cast<size_t>(s.B * s.H * s.D); }
+size_t class_lse(const AttnShape& s) { return static_cast<size_t>(s.B * s.H); }
+
+}  // namespace
+
+TEST_CASE("cuda class-token attention forward matches the CPU twin", "[gpu][kernels][attention]") {
+  Stream stream;
+  Rng rng(6011);
+  for (const AttnShape& s : class_attn_shapes()) {
+    INFO(s.str());
+    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+    std::vector<float> out_ref(class_out(s)), lse_ref(class_lse(s));
+    class_attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H,
+                                s.D, s.scale());
+
+    Bf16Buffer dev_qkv(qkv.bits), dev_out(class_out(s));
+    F32Buffer dev_lse(class_lse(s));
+    class_attention_forward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), s.B, s.T, s.H, s.D,
+                                 s.scale(), stream);
+    stream.sync();
+    check_close("out", dev_out, out_ref, kBf16Tol);
+    check_close("lse", dev_lse, lse_ref, kLseTol);
+
+    // Inference (no lse): the same output, bit for bit.
+    const std::vector<bf16_bits> out_first = dev_out.download();
+    dev_out.poison();
+    class_attention_forward_cuda(dev_qkv.get(), dev_out.get(), nullptr, s.B, s.T, s.H, s.D,
+                                 s.scale(), stream);
+    stream.sync();
+    check_same_bits("out without lse", dev_out.download(), out_first);
+  }
+}
+
+TEST_CASE("cuda class-token attention backward matches the CPU twin", "[gpu][kernels][attention]") {
+  Stream stream;
+  Rng rng(6012);
+  for (const AttnShape& s : class_attn_shapes()) {
+    INFO(s.str());
+    // Backward alone, as in the whole attention's test: the same qkv, out (the twin's, rounded to
+    // bf16), fp32 lse and dout on both sides.
+    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+    std::vector<float> out_f(class_out(s)), lse(class_lse(s));
+    class_attention_forward_cpu(qkv.values.data(), out_f.data(), lse.data(), s.B, s.T, s.H, s.D,
+                                s.scale());
+    const Bf16Host out = round_to_bf16(out_f);
+    const Bf16Host dout = random_bf16(rng, class_out(s), -1, 1);
+    std::vector<float> dqkv_ref(s.qkv()), dbias_ref(3 * s.H * s.D);
+    class_attention_backward_cpu(qkv.values.data(), out.values.data(), lse.data(),
+                                 dout.values.data(), dqkv_ref.data(), dbias_ref.data(), s.B, s.T,
+                                 s.H, s.D, s.scale());
+
+    Bf16Buffer dev_qkv(qkv.bits), dev_out(out.bits), dev_dout(dout.bits), dev_dqkv(s.qkv());
+    F32Buffer dev_lse(lse), dev_dbias(dbias_ref.size());
+    F32Buffer workspace(
+        static_cast<size_t>(class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D)));
+    class_attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                                  dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
+                                  workspace.get(), stream);
+    stream.sync();
+    check_close("dbias", dev_dbias, dbias_ref, kBf16Tol);
+    const std::vector<float> dqkv = download_float(dev_dqkv);
+    const double floor = 1e-3 * norm(dqkv_ref);
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int part = 0; part < 3; ++part)
+      check_close_floor(names[part], qkv_part(dqkv, s, part), qkv_part(dqkv_ref, s, part), kBf16Tol,
+                        floor);
+    // dq past the class token: exactly zero (the buffer started as NaN), not merely small.
+    const std::vector<float> dq = qkv_part(dqkv, s, 0);
+    const size_t C = static_cast<size_t>(s.H * s.D);
+    size_t nonzero = 0;
+    for (size_t b = 0; b < static_cast<size_t>(s.B); ++b)
+      for (size_t t = 1; t < static_cast<size_t>(s.T); ++t)
+        for (size_t c = 0; c < C; ++c)
+          if (dq[(b * s.T + t) * C + c] != 0.f) ++nonzero;
+    INFO(nonzero << " elements of dq past token 0 are not 0");
+    CHECK(nonzero == 0);
+
+    // Without the bias gradient (and so without a workspace): the same dqkv, bit for bit.
+    const std::vector<bf16_bits> dqkv_first = dev_dqkv.download();
+    dev_dqkv.poison();
+    class_attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                                  dev_dqkv.get(), nullptr, s.B, s.T, s.H, s.D, s.scale(), nullptr,
+                                  stream);
+    stream.sync();
+    check_same_bits("dqkv without dbias", dev_dqkv.download(), dqkv_first);
+  }
+}
+
+TEST_CASE("cuda class-token attention forward + backward are deterministic",
+          "[gpu][kernels][attention]") {
+  Stream stream;
+  Rng rng(6013);
+  for (const AttnShape& s : {AttnShape{2, 197, 6, 64}, AttnShape{2, 257, 4, 128},
+                             AttnShape{1, 577, 2, 32}, AttnShape{2, 101, 16, 80}}) {
+    INFO(s.str());
+    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+    const Bf16Host dout = random_bf16(rng, class_out(s), -1, 1);
+    Bf16Buffer dev_qkv(qkv.bits), dev_dout(dout.bits), dev_out(class_out(s)), dev_dqkv(s.qkv());
+    F32Buffer dev_lse(class_lse(s)), dev_dbias(3 * s.H * s.D);
+    F32Buffer workspace(
+        static_cast<size_t>(class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D)));
+    // The chain as training runs it: the device forward's out and lse feed the device backward.
+    const auto run = [&] {
+      dev_out.poison();
+      dev_lse.poison();
+      dev_dqkv.poison();
+      dev_dbias.poison();
+      workspace.poison();
+      class_attention_forward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), s.B, s.T, s.H, s.D,
+                                   s.scale(), stream);
+      class_attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                                    dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
+                                    workspace.get(), stream);
+      stream.sync();
+    };
+    run();
+    const ChainedRun first(dev_out, dev_lse, dev_dqkv, dev_dbias);
+    run();
+    ChainedRun(dev_out, dev_lse, dev_dqkv, dev_dbias).check_same_bits_as(first, "second run");
+
+    // And the chain is right: against the CPU twins on the device's own out and lse.
+    std::vector<float> out_ref(class_out(s)), lse_ref(class_lse(s)), dqkv_ref(s.qkv()),
+        dbias_ref(3 * s.H * s.D);
+    class_attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H,
+                                s.D, s.scale());
+    check_close("chained out", dev_out, out_ref, kBf16Tol);
+    class_attention_backward_cpu<float>(qkv.values.data(), download_float(dev_out).data(),
+                                        first.lse.data(), dout.values.data(), dqkv_ref.data(),
+                                        dbias_ref.data(), s.B, s.T, s.H, s.D, s.scale());
+    check_close("chained dqkv", dev_dqkv, dqkv_ref, kBf16Tol);
+    check_close("chained dbias", dev_dbias, dbias_ref, kBf16Tol);
+  }
+}
+
+TEST_CASE("cuda class-token attention accepts empty sizes and rejects what it cannot do",
+          "[gpu][kernels][attention]") {
+  Stream stream;
+  // Nothing to do: returns without touching the (null) buffers.
+  class_attention_forward_cuda(nullptr, nullptr, nullptr, 0, 197, 6, 64, 0.125, stream);
+  class_attention_forward_cuda(nullptr, nullptr, nullptr, 2, 0, 6, 64, 0.125, stream);
+  class_attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 2, 0, 6, 64,
+                                0.125, nullptr, stream);
+  // The bias gradient of no rows: zeros.
+  F32Buffer empty_dbias(3 * 6 * 64);
+  class_attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, empty_dbias.get(), 0,
+                                197, 6, 64, 0.125, nullptr, stream);
+  stream.sync();
+  CHECK(empty_dbias.download() == std::vector<float>(3 * 6 * 64, 0.f));
+
+  const AttnShape s{1, 9, 2, 64};
+  Bf16Buffer qkv(s.qkv() + 8), out(class_out(s) + 8), dout(class_out(s)), dqkv(s.qkv());
+  F32Buffer lse(class_lse(s)), dbias(3 * s.H * s.D),
+      workspace(static_cast<size_t>(class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D)) +
+                4);
+  CHECK(class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D) >= 3 * s.B * s.H * s.D);
+  // Head dims other than 32, 64, 80, 128.
+  CHECK_THROWS_AS(
+      class_attention_forward_cuda(qkv.get(), out.get(), lse.get(), 1, 9, 2, 48, 0.1, stream),
+      std::invalid_argument);
+  CHECK_THROWS_AS(
+      class_attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(),
+                                    nullptr, 1, 9, 2, 256, 0.1, workspace.get(), stream),
+      std::invalid_argument);
+  // Negative sizes.
+  CHECK_THROWS_AS(
+      class_attention_forward_cuda(qkv.get(), out.get(), lse.get(), 1, -1, 2, 64, 0.1, stream),
+      std::invalid_argument);
+  // bf16 buffers off 16-byte alignment.
+  CHECK_THROWS_AS(class_attention_forward_cuda(qkv.get() + 1, out.get(), lse.get(), s.B, s.T, s.H,
+                                               s.D, s.scale(), stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(class_attention_forward_cuda(qkv.get(), out.get() + 4, lse.get(), s.B, s.T, s.H,
+                                               s.D, s.scale(), stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(class_attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(),
+                                                dqkv.get() + 4, nullptr, s.B, s.T, s.H, s.D,
+                                                s.scale(), workspace.get(), stream),
+                  std::invalid_argument);
+  // The bias gradient without its workspace, or with one off 16-byte alignment; backward
+  // without lse.
+  CHECK_THROWS_AS(
+      class_attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(), dqkv.get(),
+                                    dbias.get(), s.B, s.T, s.H, s.D, s.scale(), nullptr, stream),
+      std::invalid_argument);
+  CHECK_THROWS_AS(class_attention_backward_cuda(qkv.get(), out.get(), lse.get(), dout.get(),
+                                                dqkv.get(), dbias.get(), s.B, s.T, s.H, s.D,
+                                                s.scale(), workspace.get() + 1, stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(
+      class_attention_backward_cuda(qkv.get(), out.get(), nullptr, dout.get(), dqkv.get(), nullptr,
+                                    s.B, s.T, s.H, s.D, s.scale(), workspace.get(), stream),
       std::invalid_argument);
   stream.sync();
 }

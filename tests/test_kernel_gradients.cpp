@@ -114,6 +114,24 @@ TEST_CASE("attention backward matches finite differences", "[gradcheck][attentio
   CHECK(gradient_error(bias, dbias, loss_of_bias) < kGradTolerance);
 }
 
+TEST_CASE("class-token attention backward matches finite differences", "[gradcheck][attention]") {
+  const int64_t B = 2, Tn = 5, H = 2, D = 3;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  Rng rng(106);
+  Vec qkv = random_vector(rng, B * Tn * 3 * H * D, -2.0, 2.0);
+  const Vec g = random_vector(rng, B * H * D);
+  Vec out(B * H * D), lse(B * H);
+  auto loss = [&] {
+    class_attention_forward_cpu(qkv.data(), out.data(), lse.data(), B, Tn, H, D, scale);
+    return dot(out, g);
+  };
+  loss();
+  Vec dqkv = nan_vector(qkv.size());
+  class_attention_backward_cpu<double>(qkv.data(), out.data(), lse.data(), g.data(), dqkv.data(),
+                                       nullptr, B, Tn, H, D, scale);
+  CHECK(gradient_error(qkv, dqkv, loss) < kGradTolerance);
+}
+
 TEST_CASE("layerscale residual backward matches finite differences", "[gradcheck]") {
   const int64_t B = 4, Tn = 3, C = 5;
   const double rate = 0.25;

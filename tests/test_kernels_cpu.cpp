@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -146,6 +147,43 @@ TEST_CASE("attention forward matches an explicit softmax matrix for every (b, h)
       }
   CHECK(relative_error(out, expected_out) < 1e-13);
   CHECK(relative_error(lse, expected_lse) < 1e-13);
+}
+
+TEST_CASE("class-token attention is the class token's row of the whole attention",
+          "[kernels][attention]") {
+  const int64_t B = 2, Tn = 7, H = 3, D = 4, C = H * D;
+  const double scale = 0.5;
+  Rng rng(205);
+  const Vec qkv = random_vector(rng, B * Tn * 3 * C, -2.0, 2.0);
+  Vec out(B * Tn * C), lse(B * H * Tn);
+  attention_forward_cpu(qkv.data(), out.data(), lse.data(), B, Tn, H, D, scale);
+  Vec class_out = nan_vector(B * C), class_lse = nan_vector(B * H);
+  class_attention_forward_cpu(qkv.data(), class_out.data(), class_lse.data(), B, Tn, H, D, scale);
+  Vec row0_out, row0_lse;  // token 0 of out (B, T, C) and of lse (B, H, T)
+  for (int64_t b = 0; b < B; ++b) {
+    row0_out.insert(row0_out.end(), out.begin() + b * Tn * C, out.begin() + b * Tn * C + C);
+    for (int64_t h = 0; h < H; ++h) row0_lse.push_back(lse[(b * H + h) * Tn]);
+  }
+  CHECK(relative_error(class_out, row0_out) < 1e-13);
+  CHECK(relative_error(class_lse, row0_lse) < 1e-13);
+
+  // Backward: the whole attention's with dout zero in every token but the class token.
+  const Vec class_dout = random_vector(rng, B * C);
+  Vec dout(B * Tn * C, 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(class_dout.begin() + b * C, class_dout.begin() + (b + 1) * C,
+              dout.begin() + b * Tn * C);
+  Vec dqkv(B * Tn * 3 * C), dbias(3 * C);
+  attention_backward_cpu(qkv.data(), out.data(), lse.data(), dout.data(), dqkv.data(), dbias.data(),
+                         B, Tn, H, D, scale);
+  Vec class_dqkv = nan_vector(dqkv.size()), class_dbias = nan_vector(dbias.size());
+  class_attention_backward_cpu(qkv.data(), class_out.data(), class_lse.data(), class_dout.data(),
+                               class_dqkv.data(), class_dbias.data(), B, Tn, H, D, scale);
+  CHECK(relative_error(class_dqkv, dqkv) < 1e-13);
+  CHECK(relative_error(class_dbias, dbias) < 1e-13);
+  for (int64_t b = 0; b < B; ++b)  // dq past the class token: zeros, not merely small
+    for (int64_t t = 1; t < Tn; ++t)
+      for (int64_t c = 0; c < C; ++c) CHECK(class_dqkv[(b * Tn + t) * 3 * C + c] == 0.0);
 }
 
 TEST_CASE("bce with logits matches hand-computed values, large logits included", "[kernels]") {
@@ -342,6 +380,12 @@ NamedOutputs<T> run_every_kernel(uint64_t seed) {
                            B, Tn, H, D, scale);
     keep("attention out", out), keep("attention lse", lse), keep("attention dqkv", dqkv),
         keep("attention dbias", dbias);
+    auto class_out = sized(B * C), class_lse = sized(B * H);
+    class_attention_forward_cpu(qkv.data(), class_out.data(), class_lse.data(), B, Tn, H, D, scale);
+    class_attention_backward_cpu(qkv.data(), class_out.data(), class_lse.data(), dy.data(),
+                                 dqkv.data(), dbias.data(), B, Tn, H, D, scale);
+    keep("class attention out", class_out), keep("class attention lse", class_lse),
+        keep("class attention dqkv", dqkv), keep("class attention dbias", dbias);
   }
   {
     const auto branch = random(rows * C), gamma = random(C);

@@ -141,6 +141,36 @@ TEST_CASE("linear_attention equals attention of linear and keeps what they keep"
   CHECK(fused.saved_bytes == apart.saved_bytes);
 }
 
+TEST_CASE("linear_class_attention op gradient (x, weight, bias) by finite differences",
+          "[gradcheck][ops][attention]") {
+  Rng rng(32);
+  check_op_gradients(
+      [](const auto& in) { return ops::linear_class_attention(in[0], in[1], in[2], 2); },
+      {random_f64({2, 5, 4}, rng), random_f64({3 * 2 * 3, 4}, rng), random_f64({3 * 2 * 3}, rng)},
+      rng);
+}
+
+TEST_CASE("class_attention is the class token of attention, gradients included",
+          "[ops][attention]") {
+  Rng rng(33);
+  const std::vector<Tensor> in{Tensor::randn({2, 7, 3 * 2 * 4}, rng).set_requires_grad(true)};
+  const Tensor seed = Tensor::randn({2, 1, 2 * 4}, rng);
+  const TapedRun whole = run_taped(
+      [](const auto& x) {
+        const Tensor out = ops::attention(x[0], 2);
+        return ops::reshape(ops::cls_select(out), {out.size(0), 1, out.size(2)});
+      },
+      in, seed);
+  const TapedRun class_token =
+      run_taped([](const auto& x) { return ops::class_attention(x[0], 2); }, in, seed);
+  // float tensors, summed in another order (the whole attention's GEMMs, the twin's double sums)
+  REQUIRE(class_token.results.size() == whole.results.size());
+  for (size_t i = 0; i < whole.results.size(); ++i) {  // the output, then the gradient of qkv
+    const std::vector<float>&ours = class_token.results[i], &theirs = whole.results[i];
+    CHECK(test::relative_error({ours.begin(), ours.end()}, {theirs.begin(), theirs.end()}) < 1e-5);
+  }
+}
+
 TEST_CASE("layerscale residual op gradient (x, branch, gamma) by finite differences",
           "[gradcheck][ops]") {
   Rng rng(16);

@@ -13,18 +13,26 @@ using detail::check;
 
 namespace {
 
+// Whose queries the attention answers: every token's, or the class token's alone (token 0).
+enum class Queries { every_token, class_token };
+
 // The attention's sizes, from qkv (B, T, 3 * heads * head_dim).
 struct AttentionShape {
   int64_t B, Tn, heads, C, D;
   double scale;
+  Queries queries;
+  int64_t query_tokens() const { return queries == Queries::every_token ? Tn : 1; }
 };
 
-AttentionShape attention_shape(const Tensor& qkv, int64_t heads) {
+AttentionShape attention_shape(const Tensor& qkv, int64_t heads, Queries queries) {
   check(qkv.dim() == 3 && heads > 0 && qkv.size(2) % (3 * heads) == 0, "attention",
         "qkv " + qkv.describe() + " is not (B, T, 3 * heads * head_dim) for " +
             std::to_string(heads) + " heads");
+  check(queries == Queries::every_token || qkv.size(1) > 0, "attention",
+        "the class token's attention needs a class token, and qkv " + qkv.describe() +
+            " has no token");
   const int64_t C = qkv.size(2) / 3, D = C / heads;
-  return {qkv.size(0), qkv.size(1), heads, C, D, 1.0 / std::sqrt(static_cast<double>(D))};
+  return {qkv.size(0), qkv.size(1), heads, C, D, 1.0 / std::sqrt(static_cast<double>(D)), queries};
 }
 
 struct AttentionOutputs {
@@ -33,20 +41,24 @@ struct AttentionOutputs {
 
 AttentionOutputs attention_forward(const Tensor& qkv, const AttentionShape& s) {
   // The kernel's dtype, not qkv's: a wrong qkv then fails its own check below, by name.
-  AttentionOutputs o{Tensor::empty({s.B, s.Tn, s.C}, detail::bf16_on_cuda(qkv), qkv.device()),
-                     Tensor::empty({s.B, s.heads, s.Tn}, detail::fp32_on_cuda(qkv), qkv.device())};
+  const int64_t Tq = s.query_tokens();
+  AttentionOutputs o{Tensor::empty({s.B, Tq, s.C}, detail::bf16_on_cuda(qkv), qkv.device()),
+                     Tensor::empty({s.B, s.heads, Tq}, detail::fp32_on_cuda(qkv), qkv.device())};
+  const bool every_token = s.queries == Queries::every_token;
   detail::dispatch(
       "attention", {&qkv},
       [&](auto zero) {
         using T = decltype(zero);
-        kernels::attention_forward_cpu<T>(qkv.data<T>(), o.out.data<T>(), o.lse.data<T>(), s.B,
-                                          s.Tn, s.heads, s.D, s.scale);
+        const auto forward = every_token ? kernels::attention_forward_cpu<T>
+                                         : kernels::class_attention_forward_cpu<T>;
+        forward(qkv.data<T>(), o.out.data<T>(), o.lse.data<T>(), s.B, s.Tn, s.heads, s.D, s.scale);
       },
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
-        kernels::attention_forward_cuda(
-            detail::cuda_data<kernels::bf16_bits>("attention", "qkv", qkv),
-            o.out.data<kernels::bf16_bits>(), o.lse.data<float>(), s.B, s.Tn, s.heads, s.D, s.scale,
-            cuda.stream);
+        const auto forward =
+            every_token ? kernels::attention_forward_cuda : kernels::class_attention_forward_cuda;
+        forward(detail::cuda_data<kernels::bf16_bits>("attention", "qkv", qkv),
+                o.out.data<kernels::bf16_bits>(), o.lse.data<float>(), s.B, s.Tn, s.heads, s.D,
+                s.scale, cuda.stream);
       }));
   return o;
 }
@@ -60,45 +72,56 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& qkv, const T
   AttentionGrads g{Tensor::empty(qkv.shape(), qkv.dtype(), qkv.device()),
                    bias ? detail::empty_param_grad_if(true, *bias) : Tensor()};
   const char* op = "attention backward";
+  const bool every_token = s.queries == Queries::every_token;
   detail::dispatch(
       op, {&dout, &qkv},
       [&](auto zero) {
         using T = decltype(zero);
-        kernels::attention_backward_cpu<T>(
-            qkv.data<T>(), out.data<T>(), lse.data<T>(), dout.data<T>(), g.dqkv.data<T>(),
-            detail::data_or_null<T>(g.dbias), s.B, s.Tn, s.heads, s.D, s.scale);
+        const auto backward = every_token ? kernels::attention_backward_cpu<T>
+                                          : kernels::class_attention_backward_cpu<T>;
+        backward(qkv.data<T>(), out.data<T>(), lse.data<T>(), dout.data<T>(), g.dqkv.data<T>(),
+                 detail::data_or_null<T>(g.dbias), s.B, s.Tn, s.heads, s.D, s.scale);
       },
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
         Tensor workspace = detail::cuda_workspace(
-            cuda, kernels::attention_backward_cuda_workspace_floats(s.B, s.Tn, s.heads, s.D));
-        kernels::attention_backward_cuda(
-            qkv.data<kernels::bf16_bits>(), out.data<kernels::bf16_bits>(), lse.data<float>(),
-            detail::cuda_data<kernels::bf16_bits>(op, "dout", dout),
-            g.dqkv.data<kernels::bf16_bits>(), detail::data_or_null<float>(g.dbias), s.B, s.Tn,
-            s.heads, s.D, s.scale, workspace.data<float>(), cuda.stream);
+            cuda, every_token
+                      ? kernels::attention_backward_cuda_workspace_floats(s.B, s.Tn, s.heads, s.D)
+                      : kernels::class_attention_backward_cuda_workspace_floats(s.B, s.heads, s.D));
+        const auto run = [&](auto backward) {
+          backward(qkv.data<kernels::bf16_bits>(), out.data<kernels::bf16_bits>(),
+                   lse.data<float>(), detail::cuda_data<kernels::bf16_bits>(op, "dout", dout),
+                   g.dqkv.data<kernels::bf16_bits>(), detail::data_or_null<float>(g.dbias), s.B,
+                   s.Tn, s.heads, s.D, s.scale, workspace.data<float>(), cuda.stream);
+        };
+        if (every_token)
+          run([](auto... args) { kernels::attention_backward_cuda(args...); });
+        else
+          run([](auto... args) { kernels::class_attention_backward_cuda(args...); });
       }));
   return g;
 }
 
-}  // namespace
-
-Tensor attention(const Tensor& qkv, int64_t heads) {
-  const AttentionShape s = attention_shape(qkv, heads);
+Tensor attention_op(const Tensor& qkv, int64_t heads, Queries queries) {
+  const AttentionShape s = attention_shape(qkv, heads, queries);
   AttentionOutputs o = attention_forward(qkv, s);
+  const char* name = queries == Queries::every_token ? "attention" : "class_attention";
   if (needs_recording({&qkv}))
-    record("attention", o.out, {&qkv}, {qkv, o.out, o.lse}, [s](Node& node, const Tensor& dout) {
+    record(name, o.out, {&qkv}, {qkv, o.out, o.lse}, [s](Node& node, const Tensor& dout) {
       return std::vector<Tensor>{
           attention_backward(dout, node.saved[0], node.saved[1], node.saved[2], s, nullptr).dqkv};
     });
   return o.out;
 }
 
-Tensor linear_attention(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t heads) {
+Tensor linear_attention_op(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t heads,
+                           Queries queries) {
   Tensor qkv = detail::linear_forward(x, weight, bias);
-  const AttentionShape s = attention_shape(qkv, heads);
+  const AttentionShape s = attention_shape(qkv, heads, queries);
   AttentionOutputs o = attention_forward(qkv, s);
+  const char* name =
+      queries == Queries::every_token ? "linear_attention" : "linear_class_attention";
   if (needs_recording({&x, &weight, &bias}))
-    record("linear_attention", o.out, {&x, &weight, &bias}, {x, weight, bias, qkv, o.out, o.lse},
+    record(name, o.out, {&x, &weight, &bias}, {x, weight, bias, qkv, o.out, o.lse},
            [s](Node& node, const Tensor& dout) {
              const Tensor &x = node.saved[0], &weight = node.saved[1], &bias = node.saved[2];
              const bool want_dbias = node.needs_input_grad[2];
@@ -110,6 +133,25 @@ Tensor linear_attention(const Tensor& x, const Tensor& weight, const Tensor& bia
              return std::vector<Tensor>{g.dx, g.dweight, a.dbias};
            });
   return o.out;
+}
+
+}  // namespace
+
+Tensor attention(const Tensor& qkv, int64_t heads) {
+  return attention_op(qkv, heads, Queries::every_token);
+}
+
+Tensor class_attention(const Tensor& qkv, int64_t heads) {
+  return attention_op(qkv, heads, Queries::class_token);
+}
+
+Tensor linear_attention(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t heads) {
+  return linear_attention_op(x, weight, bias, heads, Queries::every_token);
+}
+
+Tensor linear_class_attention(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              int64_t heads) {
+  return linear_attention_op(x, weight, bias, heads, Queries::class_token);
 }
 
 }  // namespace deit::ops

@@ -117,11 +117,95 @@ void attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* d
     column_sums(B * Tn, 3 * C, dbias, [=](int64_t r, int64_t c) { return dqkv[r * 3 * C + c]; });
 }
 
+// The class token's row of the two functions above, in plain loops: per (batch, head), one score
+// row s_j = scale q . k_j over the T keys, its log-sum-exp, and the probability-weighted sums. The
+// scores are recomputed in backward from the saved lse, as above.
+
+template <typename T>
+void class_attention_forward_cpu(const T* qkv, T* out, T* lse, int64_t B, int64_t Tn, int64_t H,
+                                 int64_t D, double scale) {
+  const int64_t C = H * D;
+#pragma omp parallel
+  {
+    std::vector<double> s(static_cast<size_t>(Tn));  // the class token's scores, then exp(s - lse)
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        const auto head = packed_head(qkv, b, h, Tn, H, D);  // head.q: the class token's query
+        for (int64_t j = 0; j < Tn; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d)
+            dot += static_cast<double>(head.q[d]) * head.k[j * head.ld + d];
+          s[j] = scale * dot;
+        }
+        const double row_lse = logsumexp(s.data(), Tn);
+        lse[b * H + h] = static_cast<T>(row_lse);
+        for (int64_t j = 0; j < Tn; ++j) s[j] = std::exp(s[j] - row_lse);
+        T* o = out + b * C + h * D;  // (D)
+        for (int64_t d = 0; d < D; ++d) {
+          double sum = 0;
+          for (int64_t j = 0; j < Tn; ++j) sum += s[j] * head.v[j * head.ld + d];
+          o[d] = static_cast<T>(sum);
+        }
+      }
+  }
+}
+
+template <typename T>
+void class_attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* dout, T* dqkv,
+                                  T* dbias, int64_t B, int64_t Tn, int64_t H, int64_t D,
+                                  double scale) {
+  const int64_t C = H * D;
+#pragma omp parallel
+  {
+    std::vector<double> p(static_cast<size_t>(Tn)), ds(static_cast<size_t>(Tn));
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        const auto head = packed_head(qkv, b, h, Tn, H, D);
+        const auto dhead = packed_head(dqkv, b, h, Tn, H, D);
+        const T* o = out + b * C + h * D;        // (D)
+        const T* dout_h = dout + b * C + h * D;  // (D)
+        // delta = dO . O, the row sum of P * dP as in attention_backward_cpu.
+        double delta = 0;
+        for (int64_t d = 0; d < D; ++d) delta += static_cast<double>(dout_h[d]) * o[d];
+        for (int64_t j = 0; j < Tn; ++j) {
+          double dot = 0, dp = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            dot += static_cast<double>(head.q[d]) * head.k[j * head.ld + d];
+            dp += static_cast<double>(dout_h[d]) * head.v[j * head.ld + d];
+          }
+          p[j] = std::exp(scale * dot - static_cast<double>(lse[b * H + h]));
+          ds[j] = p[j] * (dp - delta);
+        }
+        // dV_j = p_j dO and dK_j = scale dS_j q for every token j; dq = scale sum_j dS_j k_j for
+        // the class token, and 0 for the others (their queries were never asked for).
+        for (int64_t j = 0; j < Tn; ++j)
+          for (int64_t d = 0; d < D; ++d) {
+            dhead.v[j * dhead.ld + d] = static_cast<T>(p[j] * dout_h[d]);
+            dhead.k[j * dhead.ld + d] = static_cast<T>(scale * ds[j] * head.q[d]);
+            dhead.q[j * dhead.ld + d] = T(0);
+          }
+        for (int64_t d = 0; d < D; ++d) {
+          double sum = 0;
+          for (int64_t j = 0; j < Tn; ++j) sum += ds[j] * head.k[j * head.ld + d];
+          dhead.q[d] = static_cast<T>(scale * sum);
+        }
+      }
+  }
+  if (dbias)  // as in attention_backward_cpu
+    column_sums(B * Tn, 3 * C, dbias, [=](int64_t r, int64_t c) { return dqkv[r * 3 * C + c]; });
+}
+
 #define DEIT_INSTANTIATE(T)                                                                        \
   template void attention_forward_cpu<T>(const T*, T*, T*, int64_t, int64_t, int64_t, int64_t,     \
                                          double);                                                  \
   template void attention_backward_cpu<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t, \
-                                          int64_t, int64_t, int64_t, double);
+                                          int64_t, int64_t, int64_t, double);                      \
+  template void class_attention_forward_cpu<T>(const T*, T*, T*, int64_t, int64_t, int64_t,        \
+                                               int64_t, double);                                   \
+  template void class_attention_backward_cpu<T>(const T*, const T*, const T*, const T*, T*, T*,    \
+                                                int64_t, int64_t, int64_t, int64_t, double);
 DEIT_INSTANTIATE(float)
 DEIT_INSTANTIATE(double)
 #undef DEIT_INSTANTIATE

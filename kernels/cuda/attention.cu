@@ -109,19 +109,12 @@ namespace {
 
 void check_args(const char* fn, std::initializer_list<const void*> bf16_buffers, int64_t B,
                 int64_t Tn, int64_t H, int64_t D) {
-  gpu::check_sizes(fn, {B, Tn, H, D});
-  if (!attention_cuda_supports_head_dim(D))
-    throw std::invalid_argument(std::string(fn) + ": head dim " + std::to_string(D) +
-                                " not supported (32, 64, 80 or 128)");
+  gpu::check_attention_args(fn, bf16_buffers, B, Tn, H, D);
   // Grids are 1-D with int block indices: (batch * heads) * tiles blocks for the main kernels,
   // at most (batch * tokens * heads) / 4 for delta; and row indices inside a head are int.
   if (Tn > INT_MAX / 2 || B * H * gpu::ceil_div(Tn, kRows) > INT_MAX ||
       gpu::ceil_div(B * Tn * H, kWarps) > INT_MAX)
     throw std::invalid_argument(std::string(fn) + ": too many rows for one launch");
-  // Tiles move in 16-byte chunks (cp.async, vector loads); D % 8 == 0 keeps every row aligned.
-  for (const void* p : bf16_buffers)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
-      throw std::invalid_argument(std::string(fn) + ": bf16 buffers must be 16-byte aligned");
 }
 
 // Dynamic shared memory above 48 KB needs an opt-in per kernel; set it on every call (cheap, and
@@ -213,8 +206,7 @@ void attention_backward_cuda(const bf16_bits* qkv, const bf16_bits* out, const f
     return;
   }
   gpu::check_workspace("attention_backward_cuda", workspace, true);
-  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)  // dS moves in 16-byte chunks
-    throw std::invalid_argument("attention_backward_cuda: workspace must be 16-byte aligned");
+  gpu::check_aligned_16("attention_backward_cuda", "workspace", workspace);  // dS: 16-byte chunks
   if (lse == nullptr)
     throw std::invalid_argument("attention_backward_cuda: lse is required");
   const auto run = [&](auto head_dim) {

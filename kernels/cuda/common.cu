@@ -14,9 +14,11 @@
 // ops_emulated (tests/emulated/ops_emulated.cpp), which checks them against the CPU twins without a
 // GPU; its launches mirror the ones below, so change them together.
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
+#include "kernels/attention.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/layernorm.h"
 // The device code, after what it uses.
@@ -37,6 +39,20 @@ void check_row_width(const char* fn, int64_t C) {
     throw std::invalid_argument(std::string(fn) + ": rows of " + std::to_string(C) +
                                 " elements; the CUDA kernel handles at most " +
                                 std::to_string(kMaxRowWidth));
+}
+
+void check_aligned_16(const char* fn, const char* what, const void* p) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+    throw std::invalid_argument(std::string(fn) + ": " + what + " must be 16-byte aligned");
+}
+
+void check_attention_args(const char* fn, std::initializer_list<const void*> bf16_buffers,
+                          int64_t B, int64_t Tn, int64_t H, int64_t D) {
+  check_sizes(fn, {B, Tn, H, D});
+  if (!attention_cuda_supports_head_dim(D))
+    throw std::invalid_argument(std::string(fn) + ": head dim " + std::to_string(D) +
+                                " not supported (32, 64, 80 or 128)");
+  for (const void* p : bf16_buffers) check_aligned_16(fn, "bf16 buffers", p);
 }
 
 void check_workspace(const char* fn, const float* workspace, bool needed) {

@@ -29,6 +29,16 @@ inline bf16* as_bf16(bf16_bits* p) { return reinterpret_cast<bf16*>(p); }
 // Throws std::invalid_argument naming `fn` when any size is negative.
 void check_sizes(const char* fn, std::initializer_list<int64_t> sizes);
 
+// Throws std::invalid_argument naming `fn` and `what` when p is not 16-byte aligned, as kernels
+// that move 16-byte chunks (cp.async, vector loads) need.
+void check_aligned_16(const char* fn, const char* what, const void* p);
+
+// The attention kernels' checks (attention.cu, class_attention.cu): sizes not negative, a head dim
+// they are built for (attention_cuda_supports_head_dim), every bf16 buffer 16-byte aligned.
+// Throws std::invalid_argument naming `fn`.
+void check_attention_args(const char* fn, std::initializer_list<const void*> bf16_buffers,
+                          int64_t B, int64_t Tn, int64_t H, int64_t D);
+
 // ---------------------------------------------------------------------------------------------
 // Elementwise launcher (the kernel is common_device.cuh's elementwise_kernel).
 
