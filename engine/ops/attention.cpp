@@ -22,6 +22,13 @@ struct AttentionShape {
   double scale;
   Queries queries;
   int64_t query_tokens() const { return queries == Queries::every_token ? Tn : 1; }
+  // The kernels' name in errors and in deit bench step's time per op.
+  const char* op() const {
+    return queries == Queries::every_token ? "attention" : "class_attention";
+  }
+  const char* backward_op() const {
+    return queries == Queries::every_token ? "attention backward" : "class_attention backward";
+  }
 };
 
 AttentionShape attention_shape(const Tensor& qkv, int64_t heads, Queries queries) {
@@ -46,7 +53,7 @@ AttentionOutputs attention_forward(const Tensor& qkv, const AttentionShape& s) {
                      Tensor::empty({s.B, s.heads, Tq}, detail::fp32_on_cuda(qkv), qkv.device())};
   const bool every_token = s.queries == Queries::every_token;
   detail::dispatch(
-      "attention", {&qkv},
+      s.op(), {&qkv},
       [&](auto zero) {
         using T = decltype(zero);
         const auto forward = every_token ? kernels::attention_forward_cpu<T>
@@ -56,7 +63,7 @@ AttentionOutputs attention_forward(const Tensor& qkv, const AttentionShape& s) {
       DEIT_CUDA_PATH([&](CudaContext& cuda) {
         const auto forward =
             every_token ? kernels::attention_forward_cuda : kernels::class_attention_forward_cuda;
-        forward(detail::cuda_data<kernels::bf16_bits>("attention", "qkv", qkv),
+        forward(detail::cuda_data<kernels::bf16_bits>(s.op(), "qkv", qkv),
                 o.out.data<kernels::bf16_bits>(), o.lse.data<float>(), s.B, s.Tn, s.heads, s.D,
                 s.scale, cuda.stream);
       }));
@@ -71,7 +78,7 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& qkv, const T
                                   const Tensor& lse, const AttentionShape& s, const Tensor* bias) {
   AttentionGrads g{Tensor::empty(qkv.shape(), qkv.dtype(), qkv.device()),
                    bias ? detail::empty_param_grad_if(true, *bias) : Tensor()};
-  const char* op = "attention backward";
+  const char* op = s.backward_op();
   const bool every_token = s.queries == Queries::every_token;
   detail::dispatch(
       op, {&dout, &qkv},
@@ -104,9 +111,8 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& qkv, const T
 Tensor attention_op(const Tensor& qkv, int64_t heads, Queries queries) {
   const AttentionShape s = attention_shape(qkv, heads, queries);
   AttentionOutputs o = attention_forward(qkv, s);
-  const char* name = queries == Queries::every_token ? "attention" : "class_attention";
   if (needs_recording({&qkv}))
-    record(name, o.out, {&qkv}, {qkv, o.out, o.lse}, [s](Node& node, const Tensor& dout) {
+    record(s.op(), o.out, {&qkv}, {qkv, o.out, o.lse}, [s](Node& node, const Tensor& dout) {
       return std::vector<Tensor>{
           attention_backward(dout, node.saved[0], node.saved[1], node.saved[2], s, nullptr).dqkv};
     });
