@@ -428,6 +428,27 @@ void measure_attention(Runner& run, const AttentionShape& s) {
                                          dqkv->as<bf16_bits>(), dbias->as<float>(), s.B, s.Tn, s.H,
                                          s.D, s.scale, ws->as<float>(), run.stream());
       });
+
+  // The last block's attention, the class token's query alone (ops::linear_class_attention):
+  // memory-bound, judged by the bytes it must move. Forward: K and V read. Backward: K and V read
+  // again, dqkv written whole.
+  const double kv_bytes = 2.0 * s.tokens * 2 * s.C, dqkv_bytes = 2.0 * s.tokens * 3 * s.C;
+  auto class_out = Runner::bf16s(s.B * s.C), class_dout = run.random_bf16(s.B * s.C);
+  auto class_lse = Runner::floats(s.B * s.H);
+  auto class_ws =
+      Runner::floats(kernels::class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D));
+  run.measure("class-token attention forward", "deit", s.name, kv_bytes, 0, [&] {
+    kernels::class_attention_forward_cuda(qkv->as<bf16_bits>(), class_out->as<bf16_bits>(),
+                                          class_lse->as<float>(), s.B, s.Tn, s.H, s.D, s.scale,
+                                          run.stream());
+  });
+  run.measure("class-token attention backward+qkv bias gradient", "deit", s.name,
+              kv_bytes + dqkv_bytes, 0, [&] {
+                kernels::class_attention_backward_cuda(
+                    qkv->as<bf16_bits>(), class_out->as<bf16_bits>(), class_lse->as<float>(),
+                    class_dout->as<bf16_bits>(), dqkv->as<bf16_bits>(), dbias->as<float>(), s.B,
+                    s.Tn, s.H, s.D, s.scale, class_ws->as<float>(), run.stream());
+              });
 }
 
 // cuDNN's attention forward at one shape, on the same inputs as ours (random_bf16 fills from the

@@ -6,7 +6,8 @@
 // (8192^3, bf16 in and out, fp32 accumulation, random data) for attention.
 //
 // What a kernel is judged by:
-//   - memory-bound kernels (LayerNorm, LayerScale + drop-path, GELU, BCE): the bytes the job must
+//   - memory-bound kernels (LayerNorm, LayerScale + drop-path, GELU, BCE, the last block's
+//     class-token attention): the bytes the job must
 //     move at least, i.e. each input read once and each output written once (scratch and re-reads
 //     are the kernel's own cost), over its time, against the copy bandwidth;
 //   - attention: its matmul FLOPs, forward 4 B H T^2 D (QK^T and PV), backward 10 B H T^2 D
