@@ -301,7 +301,8 @@ void add_bench_command(CLI::App& app) {
                  "(gradients reduce-scattered, updates all-gathered; the all-gather is timed "
                  "too)");
   step->add_flag("--cuda-graph", s->cuda_graph,
-                 "Also time the step captured once as a CUDA graph and replayed (CUDA only)");
+                 "Also time the step captured once as a CUDA graph and replayed (CUDA only; "
+                 "drop-path's branches then run on the whole batch)");
   step->add_flag("--json", s->json,
                  "Print one JSON object (fields: bench/step_bench.h; the same as "
                  "bench/torch_baseline.py)");

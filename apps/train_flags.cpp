@@ -122,8 +122,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
              "more compute; same results) (off)");
   add_switch(cmd, cuda_graph, "cuda-graph",
              "CUDA: capture the training step once as a CUDA graph and replay it for every "
-             "later batch (one launch per step instead of every kernel; needs --accum-steps 1) "
-             "(off)");
+             "later batch (one launch per step instead of every kernel; needs --accum-steps 1; "
+             "its shapes are fixed, so drop-path's branches run on the whole batch) (off)");
   add_switch(cmd, gemm_autotune, "gemm-autotune",
              "CUDA: time every algorithm cuBLASLt offers for each GEMM on its first run and keep "
              "the fastest (a few GEMMs more in the first step; the choice may vary from run to "

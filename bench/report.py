@@ -72,7 +72,11 @@ def step_section(runs):
              "Images/s per process (one GPU each) on a synthetic batch already on the device; "
              "MFU against the dense bf16 peak deit reports (`peak_tflops`), with deit's FLOP "
              "count (6 x forward MACs) on both sides. Peak memory: each side's caching "
-             "allocator (torch keeps none for the CPU).", "",
+             "allocator (torch keeps none for the CPU). Both sides train the same model with "
+             "the same drop-path rate (`drop_path`), but deit skips work timm does and then "
+             "discards: its last block computes the class token alone past the qkv layer, and "
+             "a branch that drop-path drops for more than 10% of the batch runs on the kept "
+             "samples alone (docs/training-step.md); its MFU counts the whole model anyway.", "",
              "| model | px | batch | deit img/s | torch img/s | torch.compile img/s | "
              "deit / torch | deit / compile | deit MFU | compile MFU | deit peak GiB | "
              "compile peak GiB |",

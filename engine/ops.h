@@ -7,5 +7,6 @@
 #include "engine/ops/layerscale.h"
 #include "engine/ops/linear.h"
 #include "engine/ops/losses.h"
+#include "engine/ops/samples.h"
 #include "engine/ops/shape.h"
 #include "engine/ops/tokens.h"

@@ -59,18 +59,31 @@ Tensor VisionTransformer::forward(const Tensor& images, double drop_path_rate,
                                   Rng* drop_path_rng) const {
   const Tensor& any_param = p("cls_token");
   const int64_t B = images.dim() > 0 ? images.size(0) : 0;
-  // Every residual branch's keep scales go up together: on CUDA one upload before the forward's
-  // kernels are queued, rather than a host wait in the middle of them at every branch.
-  const Tensor keep_scales =
-      drop_path_rng
-          ? upload_without_waiting(
-                draw_keep_scales(B, drop_path_rate, *drop_path_rng, any_param.dtype()),
-                any_param.device())
-          : Tensor::full({2 * config_.depth, B}, 1.0, any_param.dtype(), any_param.device());
-  return forward(images, keep_scales);
+  if (!drop_path_rng)
+    return forward(
+        images, Tensor::full({2 * config_.depth, B}, 1.0, any_param.dtype(), any_param.device()));
+  return forward_drawn(images,
+                       draw_keep_scales(B, drop_path_rate, *drop_path_rng, any_param.dtype()));
+}
+
+Tensor VisionTransformer::forward_drawn(const Tensor& images,
+                                        const Tensor& drawn_keep_scales) const {
+  const Device device = p("cls_token").device();
+  const int64_t B = drawn_keep_scales.dim() == 2 ? drawn_keep_scales.size(1) : 0;
+  // Every residual branch's keep scales, and the kept samples where a branch will run on them
+  // alone, go up together: on CUDA one upload each before the forward's kernels are queued,
+  // rather than a host wait in the middle of them at every branch.
+  const auto max_selected = static_cast<int64_t>(kSelectedShare * static_cast<double>(B));
+  return forward(images, upload_without_waiting(drawn_keep_scales, device),
+                 ops::nonzero_samples(drawn_keep_scales, max_selected, device));
 }
 
 Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scales) const {
+  return forward(images, keep_scales, {});
+}
+
+Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scales,
+                                  const std::vector<ops::SampleSelection>& kept) const {
   const ViTConfig& c = config_;
   if (images.dim() != 4 || images.size(1) != c.in_channels || images.size(2) != c.input_size ||
       images.size(3) != c.input_size)
@@ -84,6 +97,10 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
                                 " for a batch of " + std::to_string(B) + " (want (" +
                                 std::to_string(2 * c.depth) + ", " + std::to_string(B) + "))");
   auto keep_scales_row = [&](int64_t row) { return keep_scales.slice(row, row + 1).view({B}); };
+  const ops::SampleSelection whole_batch;
+  auto kept_row = [&](int64_t row) -> const ops::SampleSelection& {
+    return row < static_cast<int64_t>(kept.size()) ? kept[row] : whole_batch;
+  };
 
   Tensor patch_weight = ops::reshape(p("patch_embed.proj.weight"), {C, -1});
   Tensor x = ops::linear(ops::patch_unfold(images, c.patch), patch_weight, p("patch_embed.proj.bias"));
@@ -95,8 +112,9 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
                             c.layernorm_eps);
   for (int64_t i = 0; i < c.depth; ++i) {
     const Tensor keep_attention = keep_scales_row(2 * i), keep_mlp = keep_scales_row(2 * i + 1);
-    auto block = [this, i](const std::vector<Tensor>& in) {
-      return block_forward(i, in[0], in[1], in[2], in[3]);
+    auto block = [this, i, attention_kept = kept_row(2 * i),
+                  mlp_kept = kept_row(2 * i + 1)](const std::vector<Tensor>& in) {
+      return block_forward(i, in[0], in[1], in[2], in[3], attention_kept, mlp_kept);
     };
     const std::vector<Tensor> inputs{x, h, keep_attention, keep_mlp};
     const std::vector<Tensor> out = grad_checkpointing_
@@ -114,7 +132,9 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
 std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
                                                      const Tensor& normed,
                                                      const Tensor& keep_attention,
-                                                     const Tensor& keep_mlp) const {
+                                                     const Tensor& keep_mlp,
+                                                     const ops::SampleSelection& attention_kept,
+                                                     const ops::SampleSelection& mlp_kept) const {
   const double eps = config_.layernorm_eps;
   const std::string b = "blocks." + std::to_string(i) + ".";
   const bool last = i + 1 == config_.depth;
@@ -126,36 +146,61 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
   // and values) the last block computes the class token alone. The same logits and gradients as
   // the whole block (timm computes the other tokens and drops them), for about a quarter of its
   // work.
+  // A branch with a selection runs on the samples drop-path keeps, gathered, and its output is
+  // scattered back with zeros for the dropped ones, which the keep scale (0) would have zeroed:
+  // the same values and gradients, for the kept share of the work. Then the linear layer before
+  // the residual update stands apart (it sees the kept samples, the update all of them).
   const Tensor &qkv_weight = p(b + "attn.qkv.weight"), &qkv_bias = p(b + "attn.qkv.bias");
-  const Tensor h = last ? ops::linear_class_attention(normed, qkv_weight, qkv_bias, config_.heads)
-                        : ops::linear_attention(normed, qkv_weight, qkv_bias, config_.heads);
+  const Tensor &proj_weight = p(b + "attn.proj.weight"), &proj_bias = p(b + "attn.proj.bias");
+  const Tensor attention_in =
+      attention_kept.empty() ? normed : ops::gather_samples(normed, attention_kept);
+  const Tensor h =
+      last ? ops::linear_class_attention(attention_in, qkv_weight, qkv_bias, config_.heads)
+           : ops::linear_attention(attention_in, qkv_weight, qkv_bias, config_.heads);
   const Tensor stream = last ? ops::reshape(ops::cls_select(x), {x.size(0), 1, x.size(2)}) : x;
-  ops::ResidualAndNorm r = ops::linear_layerscale_residual_layernorm(
-      stream, h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"), p(b + "ls1.gamma"),
-      keep_attention, p(b + "norm2.weight"), p(b + "norm2.bias"), eps);
+  const Tensor &gamma1 = p(b + "ls1.gamma"), &norm2_weight = p(b + "norm2.weight"),
+               &norm2_bias = p(b + "norm2.bias");
+  ops::ResidualAndNorm r =
+      attention_kept.empty()
+          ? ops::linear_layerscale_residual_layernorm(stream, h, proj_weight, proj_bias, gamma1,
+                                                      keep_attention, norm2_weight, norm2_bias, eps)
+          : ops::layerscale_residual_layernorm(
+                stream,
+                ops::scatter_samples(ops::linear(h, proj_weight, proj_bias), attention_kept),
+                gamma1, keep_attention, norm2_weight, norm2_bias, eps);
 
   const Tensor &fc1_weight = p(b + "mlp.fc1.weight"), &fc1_bias = p(b + "mlp.fc1.bias");
   const Tensor &fc2_weight = p(b + "mlp.fc2.weight"), &fc2_bias = p(b + "mlp.fc2.bias");
   const Tensor& gamma = p(b + "ls2.gamma");
   // GELU next to the linear layer whose output it keeps for backward: with fc1 (its bias gradient
   // from GELU's backward pass), or, recomputed, with fc2 (fc2's input not kept).
-  const auto recomputed_mlp = [&] {
-    return ops::gelu_linear(ops::linear(r.normed, fc1_weight, fc1_bias), fc2_weight, fc2_bias);
+  const auto mlp_hidden = [&](const Tensor& in) {  // gelu(fc1(in)), unless recomputed
+    return ops::linear_gelu(in, fc1_weight, fc1_bias);
   };
-  if (last) {  // no LayerNorm after the last update: the head's comes after it
-    const Tensor mlp =
-        recompute_gelu_
-            ? recomputed_mlp()
-            : ops::linear(ops::linear_gelu(r.normed, fc1_weight, fc1_bias), fc2_weight, fc2_bias);
-    return {ops::layerscale_residual(r.residual, mlp, gamma, keep_mlp)};
-  }
+  const auto mlp = [&](const Tensor& in) {
+    return recompute_gelu_
+               ? ops::gelu_linear(ops::linear(in, fc1_weight, fc1_bias), fc2_weight, fc2_bias)
+               : ops::linear(mlp_hidden(in), fc2_weight, fc2_bias);
+  };
+  // The MLP branch's output before the residual update: over the whole batch, or scattered back
+  // from the kept samples.
+  const auto mlp_branch = [&] {
+    return mlp_kept.empty()
+               ? mlp(r.normed)
+               : ops::scatter_samples(mlp(ops::gather_samples(r.normed, mlp_kept)), mlp_kept);
+  };
+  if (last)  // no LayerNorm after the last update: the head's comes after it
+    return {ops::layerscale_residual(r.residual, mlp_branch(), gamma, keep_mlp)};
   const std::string next = "blocks." + std::to_string(i + 1) + ".";
   const Tensor &norm_weight = p(next + "norm1.weight"), &norm_bias = p(next + "norm1.bias");
-  r = recompute_gelu_ ? ops::layerscale_residual_layernorm(r.residual, recomputed_mlp(), gamma,
-                                                           keep_mlp, norm_weight, norm_bias, eps)
-                      : ops::linear_layerscale_residual_layernorm(
-                            r.residual, ops::linear_gelu(r.normed, fc1_weight, fc1_bias),
-                            fc2_weight, fc2_bias, gamma, keep_mlp, norm_weight, norm_bias, eps);
+  // Over the whole batch without recomputation, fc2 goes with the residual update (its bias
+  // gradient from the update's pass).
+  r = recompute_gelu_ || !mlp_kept.empty()
+          ? ops::layerscale_residual_layernorm(r.residual, mlp_branch(), gamma, keep_mlp,
+                                               norm_weight, norm_bias, eps)
+          : ops::linear_layerscale_residual_layernorm(r.residual, mlp_hidden(r.normed), fc2_weight,
+                                                      fc2_bias, gamma, keep_mlp, norm_weight,
+                                                      norm_bias, eps);
   return {r.residual, r.normed};
 }
 

@@ -8,8 +8,15 @@
 //   logits = head(norm(x[:, 0]))                 (B, num_classes)
 //
 // The final norm is applied to the class token alone: LayerNorm works per token, so this equals
-// timm's norm-then-select while saving the other tokens' activations.
+// timm's norm-then-select while saving the other tokens' activations. Two more shortcuts give the
+// same logits and gradients as timm's model while skipping work whose result it multiplies by 0
+// or drops: the last block computes the class token's path alone past its qkv layer, and in
+// training a residual branch that drop-path drops for many samples runs on the kept ones alone
+// (block_forward).
 #pragma once
+#include <vector>
+
+#include "engine/ops/samples.h"
 #include "engine/parameters.h"
 #include "engine/rng.h"
 #include "model/config.h"
@@ -28,7 +35,8 @@ class VisionTransformer {
 
   // images: (B, 3, H, W) normalised, H and W = config.input_size -> logits (B, num_classes).
   // With drop_path_rng, every block drops its branches per sample at drop_path_rate (training);
-  // without it, nothing is dropped (evaluation).
+  // without it, nothing is dropped (evaluation). A branch that keeps at most kSelectedShare of the
+  // batch is computed for the kept samples alone.
   Tensor forward(const Tensor& images, double drop_path_rate = 0.0,
                  Rng* drop_path_rng = nullptr) const;
   // The same with the drop-path keep scales given: (2 * depth, B) on the parameters' device and
@@ -38,6 +46,10 @@ class VisionTransformer {
   Tensor forward(const Tensor& images, const Tensor& keep_scales) const;
   // What the first form draws from `rng`, on the host: (2 * depth, B) in `dtype`.
   Tensor draw_keep_scales(int64_t B, double drop_path_rate, Rng& rng, DType dtype) const;
+  // The first form with its keep scales drawn already (draw_keep_scales, on the host): uploaded
+  // here, and each branch that keeps at most kSelectedShare of the batch computed for the kept
+  // samples alone.
+  Tensor forward_drawn(const Tensor& images, const Tensor& drawn_keep_scales) const;
 
   // Training memory against time: GELU's output (fc2's input) is recomputed in backward rather
   // than kept from forward to backward (ops::gelu_linear): 4 of a block's 18 T x C activations,
@@ -55,10 +67,22 @@ class VisionTransformer {
 
  private:
   const Tensor& p(const std::string& name) const { return params_.get(name); }
+  // A drop-path branch runs on its kept samples alone when they are at most this share of the
+  // batch: below it, the computation saved outweighs gathering the kept samples' rows and
+  // scattering the branch's back (four passes over them, forward and backward).
+  static constexpr double kSelectedShare = 0.9;
+
+  // forward(images, keep_scales), with the samples each branch keeps (a selection per row of
+  // keep_scales; an empty one, or none at all, for a branch computed over the whole batch).
+  Tensor forward(const Tensor& images, const Tensor& keep_scales,
+                 const std::vector<ops::SampleSelection>& kept) const;
   // Block i's two residual updates: from the residual stream x and norm1(x) to the new stream and
-  // the next block's norm1 of it, or to the stream alone after the last block.
+  // the next block's norm1 of it, or to the stream alone after the last block. Each branch runs
+  // on the samples its selection keeps (all, if it is empty).
   std::vector<Tensor> block_forward(int64_t i, const Tensor& x, const Tensor& normed,
-                                    const Tensor& keep_attention, const Tensor& keep_mlp) const;
+                                    const Tensor& keep_attention, const Tensor& keep_mlp,
+                                    const ops::SampleSelection& attention_kept,
+                                    const ops::SampleSelection& mlp_kept) const;
 
   ViTConfig config_;
   bool recompute_gelu_ = false;

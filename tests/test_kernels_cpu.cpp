@@ -22,6 +22,7 @@
 #include "kernels/layerscale.h"
 #include "kernels/linear.h"
 #include "kernels/losses.h"
+#include "kernels/samples.h"
 #include "kernels/tokens.h"
 #include "tests/gradcheck.h"
 
@@ -469,4 +470,93 @@ TEST_CASE("kernels are deterministic whatever the thread count", "[kernels]") {
       CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
     }
   }
+}
+
+namespace {
+
+// Gather and scatter of whole samples in precision T (a copy: T only changes the element size).
+template <typename T>
+void check_sample_gather_scatter() {
+  INFO("element size " << sizeof(T));
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const auto values = [](std::vector<double> v) { return std::vector<T>(v.begin(), v.end()); };
+  const auto same = [](const std::vector<T>& got, const std::vector<T>& want) {
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO("element " << i);
+      CHECK(got[i] == want[i]);  // zeros included: NaN != 0
+    }
+  };
+  // x: (B = 5, S = 3), x[b, s] = 10 (b + 1) + s, so every value names its sample and element.
+  const int64_t B = 5, S = 3;
+  const std::vector<T> x = values({10, 11, 12, 20, 21, 22, 30, 31, 32, 40, 41, 42, 50, 51, 52});
+
+  // Samples 1, 3 and 4 kept (not contiguous, the last one included).
+  const std::vector<int32_t> index = {1, 3, 4}, slot = {-1, 0, -1, 1, 2};
+  // One row more than gather writes: it must stay NaN.
+  std::vector<T> gathered(4 * S, nan);
+  gather_samples_cpu(x.data(), index.data(), gathered.data(), 3, S);
+  same(std::vector<T>(gathered.begin(), gathered.begin() + 3 * S),
+       values({20, 21, 22, 40, 41, 42, 50, 51, 52}));
+  for (int64_t i = 3 * S; i < 4 * S; ++i) CHECK(std::isnan(gathered[i]));
+  const std::vector<T> y = values({1, 2, 3, 4, 5, 6, 7, 8, 9});  // (n = 3, S)
+  std::vector<T> scattered(B * S, nan);
+  scatter_samples_cpu(y.data(), slot.data(), scattered.data(), B, S);
+  same(scattered, values({0, 0, 0, 1, 2, 3, 0, 0, 0, 4, 5, 6, 7, 8, 9}));
+
+  // None kept: gather writes nothing, scatter writes zeros over every sample.
+  std::vector<T> untouched(S, nan);
+  gather_samples_cpu(x.data(), index.data(), untouched.data(), 0, S);
+  for (T v : untouched) CHECK(std::isnan(v));
+  const std::vector<int32_t> none(B, -1);
+  std::vector<T> zeros(B * S, nan);
+  scatter_samples_cpu(y.data(), none.data(), zeros.data(), B, S);
+  same(zeros, std::vector<T>(B * S, T(0)));
+
+  // All kept: both are plain copies; a permutation moves whole rows.
+  const std::vector<int32_t> all = {0, 1, 2, 3, 4};
+  std::vector<T> copy(B * S, nan);
+  gather_samples_cpu(x.data(), all.data(), copy.data(), B, S);
+  same(copy, x);
+  std::fill(copy.begin(), copy.end(), nan);
+  scatter_samples_cpu(x.data(), all.data(), copy.data(), B, S);
+  same(copy, x);
+  const std::vector<int32_t> reversed = {4, 3, 2, 1, 0};
+  std::fill(copy.begin(), copy.end(), nan);
+  gather_samples_cpu(x.data(), reversed.data(), copy.data(), B, S);
+  same(copy, values({50, 51, 52, 40, 41, 42, 30, 31, 32, 20, 21, 22, 10, 11, 12}));
+
+  // scatter(gather(x)) keeps the kept samples and zeroes the others, for random data and
+  // selections (B = 9, S = 7), the empty and the full one among them.
+  Rng rng(sizeof(T) == sizeof(float) ? 311 : 312);
+  const int64_t B2 = 9, S2 = 7;
+  std::vector<T> x2(B2 * S2);
+  for (T& v : x2) v = static_cast<T>(static_cast<float>(rng.uniform(0.5, 2.0)));  // never 0
+  for (int trial = 0; trial < 8; ++trial) {
+    std::vector<int32_t> keep_index, keep_slot(B2, -1);
+    for (int64_t b = 0; b < B2; ++b) {
+      const bool kept = trial == 0 ? false : (trial == 1 ? true : rng.uniform(0.0, 1.0) < 0.6);
+      if (kept) {
+        keep_slot[b] = static_cast<int32_t>(keep_index.size());
+        keep_index.push_back(static_cast<int32_t>(b));
+      }
+    }
+    const auto n = static_cast<int64_t>(keep_index.size());
+    INFO("trial " << trial << ", " << n << " kept");
+    std::vector<T> kept(n * S2, nan), back(B2 * S2, nan);
+    gather_samples_cpu(x2.data(), keep_index.data(), kept.data(), n, S2);
+    scatter_samples_cpu(kept.data(), keep_slot.data(), back.data(), B2, S2);
+    std::vector<T> want(B2 * S2, T(0));
+    for (int64_t b = 0; b < B2; ++b)
+      if (keep_slot[b] >= 0)
+        std::copy(x2.begin() + b * S2, x2.begin() + (b + 1) * S2, want.begin() + b * S2);
+    same(back, want);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gather and scatter of samples move whole rows and zero the dropped ones", "[kernels]") {
+  check_sample_gather_scatter<float>();
+  check_sample_gather_scatter<double>();
 }

@@ -4,9 +4,11 @@
 // the same numbers; the fp32 residual stream's operands unrounded), device outputs poisoned with
 // NaN before every call, every element compared, no NaN or infinity allowed. Shapes: ViT-S
 // (C = 384), ViT-H at 160 px (T = 145, C = 1280), and awkward ones: odd token counts, batch 1,
-// C % 8 != 0 and misaligned pointers (the scalar paths), tiny and empty sizes.
+// C % 8 != 0 and misaligned pointers (the scalar paths), tiny and empty sizes. The samples
+// family's gather and scatter (copies of any element type) are compared bit for bit.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
@@ -15,6 +17,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -29,6 +32,7 @@
 #include "kernels/layerscale.h"
 #include "kernels/linear.h"
 #include "kernels/losses.h"
+#include "kernels/samples.h"
 #include "kernels/tokens.h"
 #include "tests/column_sums.h"
 #include "tests/cuda_test_util.h"
@@ -756,4 +760,176 @@ TEST_CASE("cuda kernels accept empty sizes and reject what they cannot do", "[gp
                                           dw.get(), nullptr, 4, 384, nullptr, stream),
                   std::invalid_argument);
   stream.sync();
+}
+
+namespace {
+
+// A selection of the samples of a batch, in kernels/samples.h's two forms.
+struct Selection {
+  int64_t B;
+  std::vector<int32_t> index;  // the kept samples, ascending
+  std::vector<int32_t> slot;   // each sample's place in index, or -1
+  int64_t n() const { return static_cast<int64_t>(index.size()); }
+};
+
+Selection select_samples(int64_t B, std::vector<int32_t> index) {
+  std::vector<int32_t> slot(static_cast<size_t>(B), -1);
+  for (size_t j = 0; j < index.size(); ++j)
+    slot[static_cast<size_t>(index[j])] = static_cast<int32_t>(j);
+  return {B, std::move(index), std::move(slot)};
+}
+
+const std::vector<Selection>& sample_selections() {
+  static const std::vector<Selection> selections = {
+      select_samples(1, {0}),                    // batch 1
+      select_samples(1, {}),                     // batch 1, dropped
+      select_samples(7, {1, 4, 6}),              // a few, not contiguous, the last included
+      select_samples(7, {0, 1, 2, 3, 4, 5, 6}),  // all kept
+      select_samples(7, {}),                     // none kept
+  };
+  return selections;
+}
+
+// Random elements of type E, never 0 (a dropped sample's zeros stand out), and their values for
+// the CPU twin: bf16 as its bits (exact in fp32), fp32, and plain bytes.
+float sample_value(bf16_bits v) { return bf16_to_float(v); }
+float sample_value(float v) { return v; }
+float sample_value(uint8_t v) { return v; }
+void from_value(float v, bf16_bits& out) { out = float_to_bf16(v); }
+void from_value(float v, float& out) { out = v; }
+void from_value(float v, uint8_t& out) { out = static_cast<uint8_t>(v); }
+
+template <typename E>
+std::vector<E> random_samples(Rng& rng, size_t n) {
+  std::vector<E> v(n);
+  for (E& e : v) {
+    if constexpr (std::is_same_v<E, uint8_t>)
+      e = static_cast<uint8_t>(rng.uniform(1.0, 256.0));
+    else
+      from_value(static_cast<float>(rng.uniform(0.25, 2.0) * (rng.uniform() < 0.5 ? -1 : 1)), e);
+  }
+  return v;
+}
+
+// The CPU twin (fp32) on elements of type E: run converts E to fp32 and back, exactly.
+template <typename E, typename Twin>
+std::vector<E> twin_on(const std::vector<E>& in, size_t n_out, Twin twin) {
+  std::vector<float> values(in.size()), out(n_out);
+  for (size_t i = 0; i < in.size(); ++i) values[i] = sample_value(in[i]);
+  twin(values.data(), out.data());
+  std::vector<E> result(n_out);
+  for (size_t i = 0; i < n_out; ++i) from_value(out[i], result[i]);
+  return result;
+}
+
+// got's first want.size() elements are want's bits; the rest (one sample past the output) are
+// still the 0xFF poison.
+template <typename E>
+void check_copied(const std::string& what, const std::vector<E>& got, const std::vector<E>& want) {
+  INFO(what);
+  REQUIRE(got.size() >= want.size());
+  size_t wrong = 0, first_wrong = want.size();
+  for (size_t i = 0; i < want.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(E)) != 0) {
+      ++wrong;
+      first_wrong = std::min(first_wrong, i);
+    }
+  INFO(wrong << " of " << want.size() << " elements differ, the first at " << first_wrong);
+  CHECK(wrong == 0);
+  const auto* tail = reinterpret_cast<const unsigned char*>(got.data() + want.size());
+  const size_t tail_bytes = (got.size() - want.size()) * sizeof(E);
+  CHECK(std::count(tail, tail + tail_bytes, 0xFF) == static_cast<std::ptrdiff_t>(tail_bytes));
+}
+
+// Gather and scatter of samples of S elements of type E, `offset` elements past an aligned
+// allocation, on every selection of sample_selections(), against the CPU twins, bit for bit.
+template <typename E>
+void check_samples_cuda(Rng& rng, const Stream& stream, int64_t S, size_t offset) {
+  const int64_t sample_bytes = S * static_cast<int64_t>(sizeof(E));
+  for (const Selection& sel : sample_selections()) {
+    INFO("element size " << sizeof(E) << ", S=" << S << " (" << sample_bytes
+                         << " bytes), offset=" << offset << ", B=" << sel.B << ", n=" << sel.n());
+    const size_t s = static_cast<size_t>(S), B = static_cast<size_t>(sel.B);
+    const size_t n = static_cast<size_t>(sel.n());
+    const std::vector<E> x = random_samples<E>(rng, B * s), y = random_samples<E>(rng, n * s);
+    const std::vector<E> gathered = twin_on(x, n * s, [&](const float* in, float* out) {
+      gather_samples_cpu(in, sel.index.data(), out, sel.n(), S);
+    });
+    const std::vector<E> scattered = twin_on(y, B * s, [&](const float* in, float* out) {
+      scatter_samples_cpu(in, sel.slot.data(), out, sel.B, S);
+    });
+
+    // Outputs one sample longer than written, poisoned: the extra sample must stay so.
+    DeviceBuffer<E> dev_x(x, offset), dev_y(y, offset);
+    DeviceBuffer<E> dev_gathered(n * s + s, offset), dev_scattered(B * s + s, offset);
+    DeviceBuffer<int32_t> dev_index(sel.index), dev_slot(sel.slot);
+    gather_samples_cuda(dev_x.get(), dev_index.get(), dev_gathered.get(), sel.n(), sample_bytes,
+                        stream);
+    scatter_samples_cuda(dev_y.get(), dev_slot.get(), dev_scattered.get(), sel.B, sample_bytes,
+                         stream);
+    stream.sync();
+    check_copied("gather", dev_gathered.download(), gathered);
+    check_copied("scatter", dev_scattered.download(), scattered);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda sample gather and scatter match the CPU twins bit for bit", "[gpu][kernels]") {
+  // The copy unit is the widest of 16, 8, 4, 2, 1 bytes dividing the sample and both addresses;
+  // each shape below names the one it takes.
+  Stream stream;
+  Rng rng(5010);
+  // bf16, as its bits.
+  check_samples_cuda<bf16_bits>(rng, stream, 24, 0);    // 48 bytes: 16-byte units
+  check_samples_cuda<bf16_bits>(rng, stream, 2400, 0);  // 300 units: two blocks along a sample
+  check_samples_cuda<bf16_bits>(rng, stream, 4, 0);     // 8 bytes: 8-byte units
+  check_samples_cuda<bf16_bits>(rng, stream, 3, 0);     // 6 bytes: 2-byte units
+  check_samples_cuda<bf16_bits>(rng, stream, 24, 1);    // 2 bytes past 16-byte alignment: 2
+  // fp32.
+  check_samples_cuda<float>(rng, stream, 12, 0);  // 48 bytes: 16
+  check_samples_cuda<float>(rng, stream, 2, 0);   // 8 bytes: 8
+  check_samples_cuda<float>(rng, stream, 3, 0);   // 12 bytes: 4
+  check_samples_cuda<float>(rng, stream, 12, 1);  // 4 bytes past 16-byte alignment: 4
+  // Any element type: bytes.
+  check_samples_cuda<uint8_t>(rng, stream, 5, 0);   // 5 bytes: 1
+  check_samples_cuda<uint8_t>(rng, stream, 48, 1);  // 1 byte past 16-byte alignment: 1
+}
+
+TEST_CASE("cuda sample gather and scatter accept empty sizes and reject bad arguments",
+          "[gpu][kernels]") {
+  Stream stream;
+  // Nothing to do: no launch, no error, no pointer touched.
+  REQUIRE_NOTHROW(gather_samples_cuda(nullptr, nullptr, nullptr, 0, 64, stream));
+  REQUIRE_NOTHROW(gather_samples_cuda(nullptr, nullptr, nullptr, 5, 0, stream));
+  REQUIRE_NOTHROW(scatter_samples_cuda(nullptr, nullptr, nullptr, 0, 64, stream));
+  REQUIRE_NOTHROW(scatter_samples_cuda(nullptr, nullptr, nullptr, 5, 0, stream));
+  stream.sync();
+
+  Bf16Buffer x(4 * 8), out(4 * 8);
+  DeviceBuffer<int32_t> index(std::vector<int32_t>{0, 2}), dropped(std::vector<int32_t>(4, -1));
+  CHECK_THROWS_AS(gather_samples_cuda(x.get(), index.get(), out.get(), -1, 16, stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(gather_samples_cuda(x.get(), index.get(), out.get(), 2, -16, stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(scatter_samples_cuda(x.get(), index.get(), out.get(), -4, 16, stream),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(scatter_samples_cuda(x.get(), index.get(), out.get(), 4, -16, stream),
+                  std::invalid_argument);
+  CHECK_THROWS_WITH(gather_samples_cuda(x.get(), nullptr, out.get(), 2, 16, stream),
+                    Catch::Contains("gather_samples_cuda") && Catch::Contains("index"));
+  CHECK_THROWS_WITH(gather_samples_cuda(x.get(), index.get(), nullptr, 2, 16, stream),
+                    Catch::Contains("gather_samples_cuda") && Catch::Contains("out"));
+  CHECK_THROWS_WITH(scatter_samples_cuda(x.get(), nullptr, out.get(), 4, 16, stream),
+                    Catch::Contains("scatter_samples_cuda") && Catch::Contains("slot"));
+  CHECK_THROWS_WITH(scatter_samples_cuda(x.get(), dropped.get(), nullptr, 4, 16, stream),
+                    Catch::Contains("scatter_samples_cuda") && Catch::Contains("out"));
+  stream.sync();
+  // Nothing was launched: out is still poisoned.
+  for (bf16_bits v : out.download()) CHECK(v == 0xFFFF);
+
+  // Every sample dropped: y (no kept samples) may be nullptr; out is all zeros.
+  scatter_samples_cuda(nullptr, dropped.get(), out.get(), 4, 16, stream);
+  stream.sync();
+  for (bf16_bits v : out.download()) CHECK(v == 0);
 }

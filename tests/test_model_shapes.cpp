@@ -148,8 +148,9 @@ TEST_CASE("every preset runs forward and backward through the tape", "[model][pr
     VisionTransformer vit(c);
     for (auto& p : vit.parameters().all()) p.value.fill_(0.01);
     Rng rng(1);
+    // Without drop-path draws: the branches run on the whole batch, as cost.h counts.
     auto saved_bytes = [&](int64_t B) {
-      Tensor logits = vit.forward(Tensor::randn({B, 3, c.input_size, c.input_size}, rng), 0.1, &rng);
+      Tensor logits = vit.forward(Tensor::randn({B, 3, c.input_size, c.input_size}, rng));
       REQUIRE(logits.shape() == Shape{B, c.num_classes});
       const size_t bytes = tape_saved_bytes();
       clear_tape();
@@ -205,5 +206,61 @@ TEST_CASE("grad checkpointing changes neither the logits nor any gradient", "[mo
   for (size_t i = 0; i < params.size(); ++i) {
     INFO(params[i].name);
     CHECK(grads[1][i] == grads[0][i]);
+  }
+}
+
+// A branch that drop-path drops for many samples runs on the kept ones alone (gathered, computed,
+// scattered back): the logits and every gradient must be those of the branch over the whole
+// batch with the same keep scales, while the tape keeps less.
+TEST_CASE("branches run on their kept samples alone change neither the logits nor any gradient",
+          "[model]") {
+  ViTConfig c = preset("deit3_tiny");
+  c.input_size = 32;
+  c.depth = 3;
+  c.num_classes = 5;
+  VisionTransformer vit(c);
+  Rng init(17);
+  vit.initialize(init);
+  for (auto& p : vit.parameters().all())
+    if (p.name.find("gamma") != std::string::npos) p.value.fill_(0.5);  // blocks that matter
+  Rng data(18);
+  const int64_t B = 6;
+  const Tensor images = Tensor::randn({B, 3, 32, 32}, data);
+  const Tensor targets = Tensor::full({B, 5}, 0.25);
+  const double rate = 0.5;
+  for (bool recompute_gelu : {false, true}) {
+    INFO("recompute GELU " << recompute_gelu);
+    vit.set_recompute_gelu(recompute_gelu);
+    std::vector<float> logits[2];
+    std::vector<std::vector<float>> grads[2];
+    size_t saved[2];
+    for (int selected = 0; selected < 2; ++selected) {
+      vit.parameters().zero_grad();
+      Rng drop_path(19);  // the same draws both times
+      const Tensor out =
+          selected ? vit.forward(images, rate, &drop_path)
+                   : vit.forward(images, vit.draw_keep_scales(B, rate, drop_path, DType::f32));
+      saved[selected] = tape_saved_bytes();
+      backward(ops::bce_with_logits(out, targets));
+      logits[selected] = out.to_vector<float>();
+      for (const auto& p : vit.parameters().all())
+        grads[selected].push_back(p.value.grad().to_vector<float>());
+    }
+    CHECK(saved[1] < saved[0]);  // some branch did run on fewer samples
+    // Relative to b's norm (a parameter of a branch dropped for every sample has none).
+    const auto close = [](const std::vector<float>& a, const std::vector<float>& b) {
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        diff += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+        norm += double{b[i]} * b[i];
+      }
+      return a.size() == b.size() && std::sqrt(diff) <= 1e-5 * std::sqrt(norm);
+    };
+    CHECK(close(logits[1], logits[0]));
+    const auto& params = vit.parameters().all();
+    for (size_t i = 0; i < params.size(); ++i) {
+      INFO(params[i].name);
+      CHECK(close(grads[1][i], grads[0][i]));
+    }
   }
 }

@@ -19,7 +19,6 @@
 #include "engine/ops.h"
 #include "engine/schedule.h"
 #include "engine/sharded_optimizer.h"
-#include "engine/staged_upload.h"
 #include "engine/stream.h"
 #include "kernels/augment.h"
 #include "model/checkpoint.h"
@@ -572,8 +571,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                               [&] { optimizer.begin_step_async(); }));
         finish_cuda_step();
       } else {
-        const Tensor loss =
-            loss_of(vit.forward(images, upload_without_waiting(keep_scales, device)), targets);
+        const Tensor loss = loss_of(vit.forward_drawn(images, keep_scales), targets);
         if (readback) {
           readback->record_loss(loss);
         } else {

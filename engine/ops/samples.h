@@ -1,0 +1,32 @@
+#pragma once
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace deit::ops {
+
+// Some samples of a batch of B (kernels/samples.h): index (n), the chosen sample numbers in
+// ascending order, and slot (B), each sample's place among them or -1; i32 tensors on the device
+// of the tensors they select from.
+// An empty selection (no tensors) stands for the whole batch.
+struct SampleSelection {
+  Tensor index, slot;
+  bool empty() const { return !index.defined(); }
+  int64_t count() const { return index.numel(); }
+  int64_t batch() const { return slot.numel(); }
+};
+
+// One selection per row of `keep_scales` (rows, B), a host tensor: the samples whose scale is not
+// 0, i.e. those drop-path keeps in each residual branch, for the rows where they number from 1 to
+// max_count; the other rows get an empty selection. What is selected reaches `device` in one
+// upload the host does not wait for (engine/staged_upload.h), or none if nothing is.
+std::vector<SampleSelection> nonzero_samples(const Tensor& keep_scales, int64_t max_count,
+                                             Device device);
+
+// x (B, ...) -> (n, ...): the selected samples, in order.
+Tensor gather_samples(const Tensor& x, const SampleSelection& selection);
+
+// y (n, ...) -> (B, ...): each selected sample's row of y in its place, zeros in the others.
+Tensor scatter_samples(const Tensor& y, const SampleSelection& selection);
+
+}  // namespace deit::ops
