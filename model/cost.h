@@ -29,7 +29,9 @@ int64_t forward_macs(const ViTConfig& config);
 // its qkv layer: norm1's output and input, its statistics and qkv for every token, the rest for
 // one. Around the blocks: the unfolded patches (the patch GEMM's input), and the class token
 // before (residual stream) and after the final norm (model/vit.h).
-// Weights are not counted; the loss is not part of the model.
+// Weights are not counted; the loss is not part of the model. A branch that drop-path runs on
+// its kept samples alone (model/vit.h) keeps its activations for those alone: this counts every
+// branch over the whole batch, the most a step can keep.
 // With recompute_gelu (VisionTransformer::set_recompute_gelu) the GELU output is not kept: 12.
 // With grad_checkpointing (set_grad_checkpointing) a block keeps only its two inputs, the residual
 // stream and its first LayerNorm's output (plus its drop-path scales), and the first block's
