@@ -119,75 +119,72 @@ Bf16Host round_to_bf16(const std::vector<float>& v) {
 // across tiles, flat enough that every key matters.
 constexpr double kQkvRange = 2.0;
 
-}  // namespace
+// ---------------------------------------------------------------------------------------------
+// The two attentions: every token's queries (kernels/cuda/attention.cu), and the class token's
+// alone (kernels/cuda/class_attention.cu, the last block's: token 0's query against every key and
+// value, out (B, H, D) and lse (B, H)), each against its CPU twins. The class token's kernel takes
+// 4, 8 or 16 lanes a key (head dim 32, 64, 80 / 128) and a block 32, 16 or 8 keys a round: the
+// shapes give every head dim one round or less (T = 1, 5), several with a partial last one, and
+// blocks whose warps see no key at all (T = 5: three of the four warps at head dim 64).
 
-TEST_CASE("cuda attention forward matches the CPU twin", "[gpu][kernels][attention]") {
-  Stream stream;
-  Rng rng(6001);
-  for (const AttnShape& s : attn_shapes()) {
-    INFO(s.str());
-    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
-    std::vector<float> out_ref(s.out()), lse_ref(s.lse());
-    attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H, s.D,
-                          s.scale());
-
-    Bf16Buffer dev_qkv(qkv.bits), dev_out(s.out());
-    F32Buffer dev_lse(s.lse());
-    attention_forward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), s.B, s.T, s.H, s.D,
-                           s.scale(), stream);
-    stream.sync();
-    check_close("out", dev_out, out_ref, kBf16Tol);
-    check_close("lse", dev_lse, lse_ref, kLseTol);
-
-    // Inference (no lse): the same output, bit for bit.
-    const std::vector<bf16_bits> out_first = dev_out.download();
-    dev_out.poison();
-    attention_forward_cuda(dev_qkv.get(), dev_out.get(), nullptr, s.B, s.T, s.H, s.D, s.scale(),
-                           stream);
-    stream.sync();
-    check_same_bits("out without lse", dev_out.download(), out_first);
-  }
+const std::vector<AttnShape>& class_attn_shapes() {
+  static const std::vector<AttnShape> shapes = [] {
+    std::vector<AttnShape> s = attn_shapes();
+    // One token at every head dim: a softmax of one score, every warp but the first idle.
+    for (const AttnShape& one :
+         {AttnShape{3, 1, 2, 32}, AttnShape{2, 1, 3, 80}, AttnShape{1, 1, 2, 128}})
+      s.push_back(one);
+    return s;
+  }();
+  return shapes;
 }
 
-TEST_CASE("cuda attention backward matches the CPU twin", "[gpu][kernels][attention]") {
-  Stream stream;
-  Rng rng(6002);
-  for (const AttnShape& s : attn_shapes()) {
-    INFO(s.str());
-    // Backward alone: both sides get the same qkv, the same out (the twin's, rounded to bf16 as
-    // the device stores it), the same fp32 lse and the same dout.
-    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
-    std::vector<float> out_f(s.out()), lse(s.lse());
-    attention_forward_cpu(qkv.values.data(), out_f.data(), lse.data(), s.B, s.T, s.H, s.D,
-                          s.scale());
-    const Bf16Host out = round_to_bf16(out_f);
-    const Bf16Host dout = random_bf16(rng, s.out(), -1, 1);
-    std::vector<float> dqkv_ref(s.qkv()), dbias_ref(3 * s.H * s.D);
-    attention_backward_cpu(qkv.values.data(), out.values.data(), lse.data(), dout.values.data(),
-                           dqkv_ref.data(), dbias_ref.data(), s.B, s.T, s.H, s.D, s.scale());
+struct Attention {
+  const char* name;
+  bool class_token;
 
-    Bf16Buffer dev_qkv(qkv.bits), dev_out(out.bits), dev_dout(dout.bits), dev_dqkv(s.qkv());
-    F32Buffer dev_lse(lse), dev_dbias(dbias_ref.size());
-    F32Buffer workspace(
-        static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D)));
-    attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
-                            dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
-                            workspace.get(), stream);
-    stream.sync();
-    // The qkv bias gradient: the column sums of dqkv, each block's of its rows before rounding.
-    check_close("dbias", dev_dbias, dbias_ref, kBf16Tol);
-    const std::vector<float> dqkv = download_float(dev_dqkv);
-    check_close("dqkv", dqkv, dqkv_ref, kBf16Tol);
-    // Each part on its own, so an error confined to dq, dk or dv cannot hide in the others' norm.
-    const double floor = 1e-3 * norm(dqkv_ref);
-    const char* names[3] = {"dq", "dk", "dv"};
-    for (int part = 0; part < 3; ++part)
-      check_close_floor(names[part], qkv_part(dqkv, s, part), qkv_part(dqkv_ref, s, part),
-                        kBf16Tol, floor);
+  size_t out(const AttnShape& s) const {
+    return class_token ? static_cast<size_t>(s.B * s.H * s.D) : s.out();
   }
-}
+  size_t lse(const AttnShape& s) const {
+    return class_token ? static_cast<size_t>(s.B * s.H) : s.lse();
+  }
+  const std::vector<AttnShape>& shapes() const {
+    return class_token ? class_attn_shapes() : attn_shapes();
+  }
+  void forward_cpu(const AttnShape& s, const float* qkv, float* out, float* lse) const {
+    (class_token ? class_attention_forward_cpu<float>
+                 : attention_forward_cpu<float>)(qkv, out, lse, s.B, s.T, s.H, s.D, s.scale());
+  }
+  void backward_cpu(const AttnShape& s, const float* qkv, const float* out, const float* lse,
+                    const float* dout, float* dqkv, float* dbias) const {
+    (class_token ? class_attention_backward_cpu<float>
+                 : attention_backward_cpu<float>)(qkv, out, lse, dout, dqkv, dbias, s.B, s.T, s.H,
+                                                  s.D, s.scale());
+  }
+  void forward_cuda(const AttnShape& s, const bf16_bits* qkv, bf16_bits* out, float* lse,
+                    cudaStream_t stream) const {
+    (class_token ? class_attention_forward_cuda : attention_forward_cuda)(
+        qkv, out, lse, s.B, s.T, s.H, s.D, s.scale(), stream);
+  }
+  int64_t workspace_floats(const AttnShape& s) const {
+    return class_token ? class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D)
+                       : attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D);
+  }
+  void backward_cuda(const AttnShape& s, const bf16_bits* qkv, const bf16_bits* out,
+                     const float* lse, const bf16_bits* dout, bf16_bits* dqkv, float* dbias,
+                     float* workspace, cudaStream_t stream) const {
+    if (class_token)
+      class_attention_backward_cuda(qkv, out, lse, dout, dqkv, dbias, s.B, s.T, s.H, s.D, s.scale(),
+                                    workspace, stream);
+    else
+      attention_backward_cuda(qkv, out, lse, dout, dqkv, dbias, s.B, s.T, s.H, s.D, s.scale(),
+                              workspace, stream);
+  }
+};
 
-namespace {
+const Attention kAttentions[] = {{"every token's attention", false},
+                                 {"the class token's attention", true}};
 
 // What a forward + backward chain wrote on the device, downloaded: a later run must give the same
 // bits.
@@ -210,54 +207,141 @@ struct ChainedRun {
 
 }  // namespace
 
+TEST_CASE("cuda attention forward matches the CPU twin", "[gpu][kernels][attention]") {
+  Stream stream;
+  Rng rng(6001);
+  for (const Attention& a : kAttentions)
+    for (const AttnShape& s : a.shapes()) {
+      INFO(a.name << " " << s.str());
+      const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+      std::vector<float> out_ref(a.out(s)), lse_ref(a.lse(s));
+      a.forward_cpu(s, qkv.values.data(), out_ref.data(), lse_ref.data());
+
+      Bf16Buffer dev_qkv(qkv.bits), dev_out(a.out(s));
+      F32Buffer dev_lse(a.lse(s));
+      a.forward_cuda(s, dev_qkv.get(), dev_out.get(), dev_lse.get(), stream);
+      stream.sync();
+      check_close("out", dev_out, out_ref, kBf16Tol);
+      check_close("lse", dev_lse, lse_ref, kLseTol);
+
+      // Inference (no lse): the same output, bit for bit.
+      const std::vector<bf16_bits> out_first = dev_out.download();
+      dev_out.poison();
+      a.forward_cuda(s, dev_qkv.get(), dev_out.get(), nullptr, stream);
+      stream.sync();
+      check_same_bits("out without lse", dev_out.download(), out_first);
+    }
+}
+
+TEST_CASE("cuda attention backward matches the CPU twin", "[gpu][kernels][attention]") {
+  Stream stream;
+  Rng rng(6002);
+  for (const Attention& a : kAttentions)
+    for (const AttnShape& s : a.shapes()) {
+      INFO(a.name << " " << s.str());
+      // Backward alone: both sides get the same qkv, the same out (the twin's, rounded to bf16 as
+      // the device stores it), the same fp32 lse and the same dout.
+      const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+      std::vector<float> out_f(a.out(s)), lse(a.lse(s));
+      a.forward_cpu(s, qkv.values.data(), out_f.data(), lse.data());
+      const Bf16Host out = round_to_bf16(out_f);
+      const Bf16Host dout = random_bf16(rng, a.out(s), -1, 1);
+      std::vector<float> dqkv_ref(s.qkv()), dbias_ref(3 * s.H * s.D);
+      a.backward_cpu(s, qkv.values.data(), out.values.data(), lse.data(), dout.values.data(),
+                     dqkv_ref.data(), dbias_ref.data());
+
+      Bf16Buffer dev_qkv(qkv.bits), dev_out(out.bits), dev_dout(dout.bits), dev_dqkv(s.qkv());
+      F32Buffer dev_lse(lse), dev_dbias(dbias_ref.size());
+      F32Buffer workspace(static_cast<size_t>(a.workspace_floats(s)));
+      a.backward_cuda(s, dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                      dev_dqkv.get(), dev_dbias.get(), workspace.get(), stream);
+      stream.sync();
+      // The qkv bias gradient: the column sums of dqkv, each block's of its rows before rounding.
+      check_close("dbias", dev_dbias, dbias_ref, kBf16Tol);
+      const std::vector<float> dqkv = download_float(dev_dqkv);
+      check_close("dqkv", dqkv, dqkv_ref, kBf16Tol);
+      // Each part on its own, so an error confined to dq, dk or dv cannot hide in the others'
+      // norm.
+      const double floor = 1e-3 * norm(dqkv_ref);
+      const char* names[3] = {"dq", "dk", "dv"};
+      for (int part = 0; part < 3; ++part)
+        check_close_floor(names[part], qkv_part(dqkv, s, part), qkv_part(dqkv_ref, s, part),
+                          kBf16Tol, floor);
+      if (a.class_token) {
+        // dq past the class token: exactly zero (the buffer started as NaN), not merely small.
+        const std::vector<float> dq = qkv_part(dqkv, s, 0);
+        const size_t C = static_cast<size_t>(s.H * s.D);
+        size_t nonzero = 0;
+        for (size_t b = 0; b < static_cast<size_t>(s.B); ++b)
+          for (size_t t = 1; t < static_cast<size_t>(s.T); ++t)
+            for (size_t c = 0; c < C; ++c)
+              if (dq[(b * s.T + t) * C + c] != 0.f) ++nonzero;
+        INFO(nonzero << " elements of dq past token 0 are not 0");
+        CHECK(nonzero == 0);
+      }
+
+      // Without the bias gradient: the same dqkv, bit for bit.
+      const std::vector<bf16_bits> dqkv_first = dev_dqkv.download();
+      dev_dqkv.poison();
+      a.backward_cuda(s, dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                      dev_dqkv.get(), nullptr, workspace.get(), stream);
+      stream.sync();
+      check_same_bits("dqkv without dbias", dev_dqkv.download(), dqkv_first);
+    }
+}
+
 TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels][attention]") {
   Stream stream;
   Rng rng(6003);
-  for (const AttnShape& s : {AttnShape{2, 197, 6, 64}, AttnShape{2, 257, 4, 128},
-                             AttnShape{1, 577, 2, 32}, AttnShape{2, 101, 16, 80}}) {
-    INFO(s.str());
-    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
-    const Bf16Host dout = random_bf16(rng, s.out(), -1, 1);
-    Bf16Buffer dev_qkv(qkv.bits), dev_dout(dout.bits), dev_out(s.out()), dev_dqkv(s.qkv());
-    F32Buffer dev_lse(s.lse()), dev_dbias(3 * s.H * s.D);
-    F32Buffer workspace(
-        static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D)));
-    // The chain as training runs it: the device forward's out and lse feed the device backward.
-    // budget: the bytes of dS the backward may hold at once; one makes it go an image at a time.
-    const auto run = [&](int64_t budget = kAttentionScoresBudgetBytes) {
-      dev_out.poison();
-      dev_lse.poison();
-      dev_dqkv.poison();
-      dev_dbias.poison();
-      workspace.poison();
-      attention_forward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), s.B, s.T, s.H, s.D,
-                             s.scale(), stream);
-      attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
-                              dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
-                              workspace.get(), stream, budget);
-      stream.sync();
-    };
-    run();
-    const ChainedRun first(dev_out, dev_lse, dev_dqkv, dev_dbias);
-    run();
-    ChainedRun(dev_out, dev_lse, dev_dqkv, dev_dbias).check_same_bits_as(first, "second run");
-    // A batch an image at a time (its dS in a workspace of one image's): the same bits.
-    const int64_t sliced_floats = attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D, 1);
-    if (s.B > 1) CHECK(sliced_floats < static_cast<int64_t>(workspace.size()));
-    run(1);
-    check_same_bits("dqkv an image at a time", dev_dqkv.download(), first.dqkv);
-    check_same_bits("dbias an image at a time", dev_dbias.download(), first.dbias);
+  for (const Attention& a : kAttentions)
+    for (const AttnShape& s : {AttnShape{2, 197, 6, 64}, AttnShape{2, 257, 4, 128},
+                               AttnShape{1, 577, 2, 32}, AttnShape{2, 101, 16, 80}}) {
+      INFO(a.name << " " << s.str());
+      const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+      const Bf16Host dout = random_bf16(rng, a.out(s), -1, 1);
+      Bf16Buffer dev_qkv(qkv.bits), dev_dout(dout.bits), dev_out(a.out(s)), dev_dqkv(s.qkv());
+      F32Buffer dev_lse(a.lse(s)), dev_dbias(3 * s.H * s.D);
+      F32Buffer workspace(static_cast<size_t>(a.workspace_floats(s)));
+      // The chain as training runs it: the device forward's out and lse feed the device backward.
+      const auto run = [&] {
+        dev_out.poison();
+        dev_lse.poison();
+        dev_dqkv.poison();
+        dev_dbias.poison();
+        workspace.poison();
+        a.forward_cuda(s, dev_qkv.get(), dev_out.get(), dev_lse.get(), stream);
+        a.backward_cuda(s, dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                        dev_dqkv.get(), dev_dbias.get(), workspace.get(), stream);
+        stream.sync();
+      };
+      run();
+      const ChainedRun first(dev_out, dev_lse, dev_dqkv, dev_dbias);
+      run();
+      ChainedRun(dev_out, dev_lse, dev_dqkv, dev_dbias).check_same_bits_as(first, "second run");
 
-    // And the chain is right: against the CPU twin on the device's own out and lse.
-    std::vector<float> out_ref(s.out()), lse_ref(s.lse()), dqkv_ref(s.qkv());
-    attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H, s.D,
-                          s.scale());
-    check_close("chained out", dev_out, out_ref, kBf16Tol);
-    attention_backward_cpu<float>(qkv.values.data(), download_float(dev_out).data(),
-                                  first.lse.data(), dout.values.data(), dqkv_ref.data(), nullptr,
-                                  s.B, s.T, s.H, s.D, s.scale());
-    check_close("chained dqkv", dev_dqkv, dqkv_ref, kBf16Tol);
-  }
+      if (!a.class_token) {
+        // A batch an image at a time (its dS in a workspace of one image's): the same bits.
+        const int64_t sliced_floats =
+            attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D, 1);
+        if (s.B > 1) CHECK(sliced_floats < static_cast<int64_t>(workspace.size()));
+        attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                                dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
+                                workspace.get(), stream, 1);
+        stream.sync();
+        check_same_bits("dqkv an image at a time", dev_dqkv.download(), first.dqkv);
+        check_same_bits("dbias an image at a time", dev_dbias.download(), first.dbias);
+      }
+
+      // And the chain is right: against the CPU twins on the device's own out and lse.
+      std::vector<float> out_ref(a.out(s)), lse_ref(a.lse(s)), dqkv_ref(s.qkv()),
+          dbias_ref(3 * s.H * s.D);
+      a.forward_cpu(s, qkv.values.data(), out_ref.data(), lse_ref.data());
+      check_close("chained out", dev_out, out_ref, kBf16Tol);
+      a.backward_cpu(s, qkv.values.data(), download_float(dev_out).data(), first.lse.data(),
+                     dout.values.data(), dqkv_ref.data(), dbias_ref.data());
+      check_close("chained dqkv", dev_dqkv, dqkv_ref, kBf16Tol);
+      check_close("chained dbias", dev_dbias, dbias_ref, kBf16Tol);
+    }
 }
 
 TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
@@ -314,161 +398,6 @@ TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
   stream.sync();
 }
 
-// ---------------------------------------------------------------------------------------------
-// The class token's attention (kernels/cuda/class_attention.cu) against its CPU twins: token 0's
-// query against every key and value. Its lane groups take 4, 8 or 16 lanes a key (head dim 32,
-// 64, 80 / 128) and a block 32, 16 or 8 keys a round: the shapes above give every head dim one
-// round or less (T = 1, 5), several with a partial last one, and blocks whose warps see no key at
-// all (T = 5: three of the four warps at head dim 64).
-
-namespace {
-
-const std::vector<AttnShape>& class_attn_shapes() {
-  static const std::vector<AttnShape> shapes = [] {
-    std::vector<AttnShape> s = attn_shapes();
-    // One token at every head dim: a softmax of one score, every warp but the first idle.
-    for (const AttnShape& one :
-         {AttnShape{3, 1, 2, 32}, AttnShape{2, 1, 3, 80}, AttnShape{1, 1, 2, 128}})
-      s.push_back(one);
-    return s;
-  }();
-  return shapes;
-}
-
-size_t class_out(const AttnShape& s) { return static_cast<size_t>(s.B * s.H * s.D); }
-size_t class_lse(const AttnShape& s) { return static_cast<size_t>(s.B * s.H); }
-
-}  // namespace
-
-TEST_CASE("cuda class-token attention forward matches the CPU twin", "[gpu][kernels][attention]") {
-  Stream stream;
-  Rng rng(6011);
-  for (const AttnShape& s : class_attn_shapes()) {
-    INFO(s.str());
-    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
-    std::vector<float> out_ref(class_out(s)), lse_ref(class_lse(s));
-    class_attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H,
-                                s.D, s.scale());
-
-    Bf16Buffer dev_qkv(qkv.bits), dev_out(class_out(s));
-    F32Buffer dev_lse(class_lse(s));
-    class_attention_forward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), s.B, s.T, s.H, s.D,
-                                 s.scale(), stream);
-    stream.sync();
-    check_close("out", dev_out, out_ref, kBf16Tol);
-    check_close("lse", dev_lse, lse_ref, kLseTol);
-
-    // Inference (no lse): the same output, bit for bit.
-    const std::vector<bf16_bits> out_first = dev_out.download();
-    dev_out.poison();
-    class_attention_forward_cuda(dev_qkv.get(), dev_out.get(), nullptr, s.B, s.T, s.H, s.D,
-                                 s.scale(), stream);
-    stream.sync();
-    check_same_bits("out without lse", dev_out.download(), out_first);
-  }
-}
-
-TEST_CASE("cuda class-token attention backward matches the CPU twin", "[gpu][kernels][attention]") {
-  Stream stream;
-  Rng rng(6012);
-  for (const AttnShape& s : class_attn_shapes()) {
-    INFO(s.str());
-    // Backward alone, as in the whole attention's test: the same qkv, out (the twin's, rounded to
-    // bf16), fp32 lse and dout on both sides.
-    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
-    std::vector<float> out_f(class_out(s)), lse(class_lse(s));
-    class_attention_forward_cpu(qkv.values.data(), out_f.data(), lse.data(), s.B, s.T, s.H, s.D,
-                                s.scale());
-    const Bf16Host out = round_to_bf16(out_f);
-    const Bf16Host dout = random_bf16(rng, class_out(s), -1, 1);
-    std::vector<float> dqkv_ref(s.qkv()), dbias_ref(3 * s.H * s.D);
-    class_attention_backward_cpu(qkv.values.data(), out.values.data(), lse.data(),
-                                 dout.values.data(), dqkv_ref.data(), dbias_ref.data(), s.B, s.T,
-                                 s.H, s.D, s.scale());
-
-    Bf16Buffer dev_qkv(qkv.bits), dev_out(out.bits), dev_dout(dout.bits), dev_dqkv(s.qkv());
-    F32Buffer dev_lse(lse), dev_dbias(dbias_ref.size());
-    F32Buffer workspace(
-        static_cast<size_t>(class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D)));
-    class_attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
-                                  dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
-                                  workspace.get(), stream);
-    stream.sync();
-    check_close("dbias", dev_dbias, dbias_ref, kBf16Tol);
-    const std::vector<float> dqkv = download_float(dev_dqkv);
-    const double floor = 1e-3 * norm(dqkv_ref);
-    const char* names[3] = {"dq", "dk", "dv"};
-    for (int part = 0; part < 3; ++part)
-      check_close_floor(names[part], qkv_part(dqkv, s, part), qkv_part(dqkv_ref, s, part), kBf16Tol,
-                        floor);
-    // dq past the class token: exactly zero (the buffer started as NaN), not merely small.
-    const std::vector<float> dq = qkv_part(dqkv, s, 0);
-    const size_t C = static_cast<size_t>(s.H * s.D);
-    size_t nonzero = 0;
-    for (size_t b = 0; b < static_cast<size_t>(s.B); ++b)
-      for (size_t t = 1; t < static_cast<size_t>(s.T); ++t)
-        for (size_t c = 0; c < C; ++c)
-          if (dq[(b * s.T + t) * C + c] != 0.f) ++nonzero;
-    INFO(nonzero << " elements of dq past token 0 are not 0");
-    CHECK(nonzero == 0);
-
-    // Without the bias gradient (and so without a workspace): the same dqkv, bit for bit.
-    const std::vector<bf16_bits> dqkv_first = dev_dqkv.download();
-    dev_dqkv.poison();
-    class_attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
-                                  dev_dqkv.get(), nullptr, s.B, s.T, s.H, s.D, s.scale(), nullptr,
-                                  stream);
-    stream.sync();
-    check_same_bits("dqkv without dbias", dev_dqkv.download(), dqkv_first);
-  }
-}
-
-TEST_CASE("cuda class-token attention forward + backward are deterministic",
-          "[gpu][kernels][attention]") {
-  Stream stream;
-  Rng rng(6013);
-  for (const AttnShape& s : {AttnShape{2, 197, 6, 64}, AttnShape{2, 257, 4, 128},
-                             AttnShape{1, 577, 2, 32}, AttnShape{2, 101, 16, 80}}) {
-    INFO(s.str());
-    const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
-    const Bf16Host dout = random_bf16(rng, class_out(s), -1, 1);
-    Bf16Buffer dev_qkv(qkv.bits), dev_dout(dout.bits), dev_out(class_out(s)), dev_dqkv(s.qkv());
-    F32Buffer dev_lse(class_lse(s)), dev_dbias(3 * s.H * s.D);
-    F32Buffer workspace(
-        static_cast<size_t>(class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D)));
-    // The chain as training runs it: the device forward's out and lse feed the device backward.
-    const auto run = [&] {
-      dev_out.poison();
-      dev_lse.poison();
-      dev_dqkv.poison();
-      dev_dbias.poison();
-      workspace.poison();
-      class_attention_forward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), s.B, s.T, s.H, s.D,
-                                   s.scale(), stream);
-      class_attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
-                                    dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
-                                    workspace.get(), stream);
-      stream.sync();
-    };
-    run();
-    const ChainedRun first(dev_out, dev_lse, dev_dqkv, dev_dbias);
-    run();
-    ChainedRun(dev_out, dev_lse, dev_dqkv, dev_dbias).check_same_bits_as(first, "second run");
-
-    // And the chain is right: against the CPU twins on the device's own out and lse.
-    std::vector<float> out_ref(class_out(s)), lse_ref(class_lse(s)), dqkv_ref(s.qkv()),
-        dbias_ref(3 * s.H * s.D);
-    class_attention_forward_cpu(qkv.values.data(), out_ref.data(), lse_ref.data(), s.B, s.T, s.H,
-                                s.D, s.scale());
-    check_close("chained out", dev_out, out_ref, kBf16Tol);
-    class_attention_backward_cpu<float>(qkv.values.data(), download_float(dev_out).data(),
-                                        first.lse.data(), dout.values.data(), dqkv_ref.data(),
-                                        dbias_ref.data(), s.B, s.T, s.H, s.D, s.scale());
-    check_close("chained dqkv", dev_dqkv, dqkv_ref, kBf16Tol);
-    check_close("chained dbias", dev_dbias, dbias_ref, kBf16Tol);
-  }
-}
-
 TEST_CASE("cuda class-token attention accepts empty sizes and rejects what it cannot do",
           "[gpu][kernels][attention]") {
   Stream stream;
@@ -485,8 +414,9 @@ TEST_CASE("cuda class-token attention accepts empty sizes and rejects what it ca
   CHECK(empty_dbias.download() == std::vector<float>(3 * 6 * 64, 0.f));
 
   const AttnShape s{1, 9, 2, 64};
-  Bf16Buffer qkv(s.qkv() + 8), out(class_out(s) + 8), dout(class_out(s)), dqkv(s.qkv());
-  F32Buffer lse(class_lse(s)), dbias(3 * s.H * s.D),
+  Bf16Buffer qkv(s.qkv() + 8), out(static_cast<size_t>(s.B * s.H * s.D) + 8),
+      dout(static_cast<size_t>(s.B * s.H * s.D)), dqkv(s.qkv());
+  F32Buffer lse(static_cast<size_t>(s.B * s.H)), dbias(3 * s.H * s.D),
       workspace(static_cast<size_t>(class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D)) +
                 4);
   CHECK(class_attention_backward_cuda_workspace_floats(s.B, s.H, s.D) >= 3 * s.B * s.H * s.D);
