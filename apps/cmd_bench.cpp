@@ -117,6 +117,7 @@ struct StepOptions {
   uint64_t seed = 0;
   bool cuda_graph = false;
   bool recompute_gelu = false;
+  bool whole_batch_branches = false;
   bool grad_checkpointing = false;
   bool no_gemm_epilogues = false;
   bool gemm_autotune = false;
@@ -206,6 +207,7 @@ void run_step(const StepOptions& o) {
   options.seed = o.seed;
   options.cuda_graph = o.cuda_graph;
   options.recompute_gelu = o.recompute_gelu;
+  options.whole_batch_branches = o.whole_batch_branches;
   options.grad_checkpointing = o.grad_checkpointing;
   options.gemm_epilogues = !o.no_gemm_epilogues;
   options.gemm_autotune = o.gemm_autotune;
@@ -287,6 +289,10 @@ void add_bench_command(CLI::App& app) {
       ->check(unsigned_64bit());
   step->add_flag("--recompute-gelu", s->recompute_gelu,
                  "Recompute GELU in backward, as deit train --recompute-gelu does");
+  step->add_flag("--whole-batch-branches", s->whole_batch_branches,
+                 "Run every drop-path branch over the whole batch, as deit train "
+                 "--whole-batch-branches does and timm always: what computing the kept samples "
+                 "alone saves");
   step->add_flag("--grad-checkpointing", s->grad_checkpointing,
                  "Recompute every block's forward in backward, as deit train "
                  "--grad-checkpointing does");

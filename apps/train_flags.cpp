@@ -116,6 +116,10 @@ void TrainFlags::add_to(CLI::App& cmd) {
   add_switch(cmd, recompute_gelu, "recompute-gelu",
              "Recompute GELU's output in backward instead of keeping it: 4 of a block's 18 "
              "saved activations, for one more GELU pass (same results) (off)");
+  add_switch(cmd, whole_batch_branches, "whole-batch-branches",
+             "Run every drop-path branch over the whole batch, dropped samples multiplied by 0 "
+             "as timm does, instead of a branch that keeps at most 90% of the batch on the kept "
+             "samples alone (same results up to rounding; more compute) (off)");
   add_switch(cmd, grad_checkpointing, "grad-checkpointing",
              "Keep only each block's two inputs and recompute its forward in backward "
              "(activation checkpointing: a fraction of the activation memory for about a third "
@@ -237,6 +241,7 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(zero, o.zero);
   override_with(cuda_graph, o.cuda_graph);
   override_with(recompute_gelu, o.recompute_gelu);
+  override_with(whole_batch_branches, o.whole_batch_branches);
   override_with(grad_checkpointing, o.grad_checkpointing);
   override_with(gemm_autotune, o.gemm_autotune);
   o.progress = !quiet;

@@ -25,7 +25,7 @@ struct TrainFlags {
       mixup_prob, smoothing,
       model_ema_decay;
   std::optional<bool> three_augment, src, repeated_aug, bce_loss, model_ema, zero, cuda_graph,
-      recompute_gelu, grad_checkpointing, gemm_autotune;
+      recompute_gelu, whole_batch_branches, grad_checkpointing, gemm_autotune;
   std::optional<uint64_t> seed;
   std::optional<int> workers;
   std::optional<double> bucket_mb, save_every;

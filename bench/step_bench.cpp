@@ -12,6 +12,7 @@
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "engine/sharded_optimizer.h"
+#include "engine/staged_upload.h"
 #include "model/cost.h"
 #include "model/vit.h"
 #include "train/graph_step.h"
@@ -188,6 +189,7 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
 
   model::VisionTransformer vit(o.model, device);
   vit.set_recompute_gelu(o.recompute_gelu);
+  vit.set_whole_batch_branches(o.whole_batch_branches);
   vit.set_grad_checkpointing(o.grad_checkpointing);
   Rng init_rng(o.seed);
   vit.initialize(init_rng);
@@ -247,6 +249,14 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
     auto keep_scales = [&] {
       return vit.draw_keep_scales(B, o.drop_path, drop_path_rng, DType::f32);
     };
+    // The eager steps above may have run drop-path's branches on their kept samples; one eager
+    // step over the whole batch first warms the captured step's own shapes (cuBLASLt plans, the
+    // allocator's cache).
+    params.zero_grad();
+    backward(ops::bce_with_logits(
+                 vit.forward(batch.images, upload_without_waiting(keep_scales(), device)),
+                 batch.targets),
+             grad_loss);
     params.zero_grad();
     const std::string failure = graph.capture(batch.images, batch.targets, keep_scales(), comm);
     if (!failure.empty()) {
@@ -375,6 +385,7 @@ nlohmann::ordered_json to_json(const StepReport& r) {
   j["optimizer"] = o.opt;
   j["drop_path"] = o.drop_path;
   j["recompute_gelu"] = o.recompute_gelu;
+  j["whole_batch_branches"] = o.whole_batch_branches;
   j["grad_checkpointing"] = o.grad_checkpointing;
   // null on the CPU, which has no GEMM epilogues
   const bool cuda = parse_device(r.device).is_cuda();

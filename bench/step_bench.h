@@ -12,7 +12,7 @@
 //   shape                {patch, dim, depth, heads, num_classes}: the model measured, overrides
 //                        included, so a comparison can check that both sides ran the same one
 //   input_size, batch_size (per process), world_size, device, device_name, precision,
-//   optimizer, drop_path, recompute_gelu, grad_checkpointing
+//   optimizer, drop_path, recompute_gelu, whole_batch_branches, grad_checkpointing
 //   zero                 whether the optimizer state was sharded (ZeRO-1, --zero): the gradient
 //                        buckets reduce-scattered, the updates all-gathered after the optimizer
 //                        (in phases_ms' optimizer). False in one process without
@@ -82,6 +82,7 @@ struct StepBenchOptions {
   std::optional<double> peak_tflops;  // overrides the table of known GPUs
   bool cuda_graph = false;            // also time the step replayed as a CUDA graph (CUDA only)
   bool recompute_gelu = false;        // VisionTransformer::set_recompute_gelu
+  bool whole_batch_branches = false;  // VisionTransformer::set_whole_batch_branches
   bool grad_checkpointing = false;    // VisionTransformer::set_grad_checkpointing
   // cuBLASLt's bias epilogue (CublasLt::set_bias_epilogue); off, deit's own kernel adds the
   // biases: what the epilogue saves. CUDA only.

@@ -73,8 +73,10 @@ Tensor VisionTransformer::forward_drawn(const Tensor& images,
   // Every residual branch's keep scales, and the kept samples where a branch will run on them
   // alone, go up together: on CUDA one upload each before the forward's kernels are queued,
   // rather than a host wait in the middle of them at every branch.
+  const Tensor keep_scales = upload_without_waiting(drawn_keep_scales, device);
+  if (whole_batch_branches_) return forward(images, keep_scales);
   const auto max_selected = static_cast<int64_t>(kSelectedShare * static_cast<double>(B));
-  return forward(images, upload_without_waiting(drawn_keep_scales, device),
+  return forward(images, keep_scales,
                  ops::nonzero_samples(drawn_keep_scales, max_selected, device));
 }
 

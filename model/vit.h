@@ -48,7 +48,7 @@ class VisionTransformer {
   Tensor draw_keep_scales(int64_t B, double drop_path_rate, Rng& rng, DType dtype) const;
   // The first form with its keep scales drawn already (draw_keep_scales, on the host): uploaded
   // here, and each branch that keeps at most kSelectedShare of the batch computed for the kept
-  // samples alone.
+  // samples alone (unless set_whole_batch_branches).
   Tensor forward_drawn(const Tensor& images, const Tensor& drawn_keep_scales) const;
 
   // Training memory against time: GELU's output (fc2's input) is recomputed in backward rather
@@ -60,6 +60,11 @@ class VisionTransformer {
   // at a time. About a third more compute for a fraction of the memory (model/cost.h); the values
   // and gradients do not change. Off by default.
   void set_grad_checkpointing(bool checkpoint) { grad_checkpointing_ = checkpoint; }
+  // Every drop-path branch over the whole batch, its dropped samples multiplied by 0, as timm
+  // computes them; off by default, when a branch that keeps at most kSelectedShare of the batch
+  // runs on the kept samples alone. The same values and gradients up to rounding: for comparing
+  // the two, and for a run whose shapes must not change from step to step (a CUDA graph's).
+  void set_whole_batch_branches(bool whole) { whole_batch_branches_ = whole; }
 
   const ViTConfig& config() const { return config_; }
   ParameterRegistry& parameters() { return params_; }
@@ -87,6 +92,7 @@ class VisionTransformer {
   ViTConfig config_;
   bool recompute_gelu_ = false;
   bool grad_checkpointing_ = false;
+  bool whole_batch_branches_ = false;
   std::vector<ParamSpec> specs_;
   ParameterRegistry params_;
 };

@@ -250,3 +250,22 @@ TEST_CASE("deit bench kernels without a GPU fails and says why", "[cli][bench]")
   CHECK_THAT(r.output, Catch::Contains("bench/gpu-check.sh") && !Catch::Contains("--device cpu"));
 #endif
 }
+
+TEST_CASE("deit bench step runs drop-path branches on the kept samples unless told otherwise",
+          "[cli][bench]") {
+  // A batch of 8 at a rate of 0.5: some branch keeps at most 7 of its samples (all but certainly),
+  // and runs on them alone: gathered and scattered back.
+  const std::string step = std::string(kTinyStep) + " --batch-size 8 --drop-path 0.5";
+  for (const bool whole : {false, true}) {
+    const CliResult r = run_deit(step + (whole ? " --whole-batch-branches" : ""));
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    const auto j = nlohmann::json::parse(r.output);
+    CHECK(j["whole_batch_branches"] == whole);
+    CHECK(j["batch_size"] == 8);  // the later --batch-size
+    std::set<std::string> ops;
+    for (const auto& op : j["breakdown"]) ops.insert(op["op"].get<std::string>());
+    CHECK(ops.count("gather_samples") == (whole ? 0 : 1));
+    CHECK(ops.count("scatter_samples") == (whole ? 0 : 1));
+  }
+}

@@ -324,6 +324,7 @@ void for_each_setting(Options& o, F&& f) {
   f("zero", o.zero);
   f("cuda_graph", o.cuda_graph);
   f("recompute_gelu", o.recompute_gelu);
+  f("whole_batch_branches", o.whole_batch_branches);
   f("grad_checkpointing", o.grad_checkpointing);
   f("gemm_autotune", o.gemm_autotune);
   f("bucket_mb", o.bucket_mb);
@@ -403,6 +404,7 @@ std::vector<TrainOptions::Difference> TrainOptions::course_differences(
                                               "zero",
                                               "cuda_graph",
                                               "recompute_gelu",
+                                              "whole_batch_branches",
                                               "grad_checkpointing",
                                               "gemm_autotune",
                                               "bucket_mb",

@@ -78,6 +78,9 @@ struct TrainOptions {
   double save_every_minutes = 0;  // also checkpoint the step this often within an epoch (0: off)
   bool cuda_graph = false;  // CUDA: replay one captured step after the first (train/graph_step.h)
   bool recompute_gelu = false;  // GELU recomputed in backward (model/vit.h set_recompute_gelu)
+  // Drop-path branches over the whole batch (model/vit.h set_whole_batch_branches); a CUDA graph
+  // run's always are.
+  bool whole_batch_branches = false;
   bool grad_checkpointing = false;  // blocks recomputed in backward (set_grad_checkpointing)
   // CUDA: each GEMM's first run times the algorithms cuBLASLt offers and keeps the fastest
   // (kernels/cuda/cublaslt.h, CublasLt::set_autotune)

@@ -247,6 +247,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   }
 #endif
   vit.set_recompute_gelu(o.recompute_gelu);
+  // A CUDA graph's shapes are fixed, and its first, eager steps warm those shapes.
+  vit.set_whole_batch_branches(o.whole_batch_branches || o.cuda_graph);
   vit.set_grad_checkpointing(o.grad_checkpointing);
   Rng init_rng = stream_rng(o.seed, Stream::kInit);
   vit.initialize(init_rng);
