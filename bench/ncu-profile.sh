@@ -40,9 +40,12 @@ if ! command -v ncu >/dev/null; then
 fi
 
 # name, the kernel-name base ncu matches against, its regex, launches to skip, launches to take.
-# A deit3_small step runs each attention and GELU kernel 12 times, the fused residual + LayerNorm
-# kernels 23, and about 150 GEMMs (50 forward, then 100 backward); skipping past the first step's
-# launches takes a warm one, and the GEMMs' skip lands in the second step's backward. The LayerNorm
+# A deit3_small step runs each attention kernel 11 times (the last block's attention is the class
+# token's, kernels/cuda/class_attention.cu), GELU 12 (the last block's on one row an image), the
+# fused residual + LayerNorm kernels 23 (the last block's first on one row an image, last in
+# forward order and first in backward), and about 150 GEMMs (50 forward, then 100 backward);
+# skipping past the first step's launches takes a warm, whole-batch one, and the GEMMs' skip lands
+# in the second step's backward. The LayerNorm
 # alone runs twice a step: block 0's norm1 over every token (B x 197 rows, issue 7's row), and the
 # final norm over the class tokens only (B rows), forward in that order and backward in the other,
 # so the skips of 2 and 3 take the second step's wide one. The LayerNorm regexes, alone and fused,
