@@ -176,7 +176,7 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
   const Tensor& gamma = p(b + "ls2.gamma");
   // GELU next to the linear layer whose output it keeps for backward: with fc1 (its bias gradient
   // from GELU's backward pass), or, recomputed, with fc2 (fc2's input not kept).
-  const auto mlp_hidden = [&](const Tensor& in) {  // gelu(fc1(in)), unless recomputed
+  const auto mlp_hidden = [&](const Tensor& in) {  // gelu(fc1(in)), kept for fc2's backward
     return ops::linear_gelu(in, fc1_weight, fc1_bias);
   };
   const auto mlp = [&](const Tensor& in) {
