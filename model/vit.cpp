@@ -1,5 +1,6 @@
 #include "model/vit.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -76,8 +77,9 @@ Tensor VisionTransformer::forward_drawn(const Tensor& images,
   const Tensor keep_scales = upload_without_waiting(drawn_keep_scales, device);
   if (whole_batch_branches_) return forward(images, keep_scales);
   const auto max_selected = static_cast<int64_t>(kSelectedShare * static_cast<double>(B));
+  const int64_t granularity = std::max<int64_t>(1, (B + kSelectionSteps - 1) / kSelectionSteps);
   return forward(images, keep_scales,
-                 ops::nonzero_samples(drawn_keep_scales, max_selected, device));
+                 ops::kept_samples(drawn_keep_scales, granularity, max_selected, device));
 }
 
 Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scales) const {

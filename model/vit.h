@@ -76,6 +76,11 @@ class VisionTransformer {
   // batch: below it, the computation saved outweighs gathering the kept samples' rows and
   // scattering the branch's back (four passes over them, forward and backward).
   static constexpr double kSelectedShare = 0.9;
+  // A selection is rounded up to a multiple of 1/kSelectionSteps of the batch with dropped samples
+  // (ops::kept_samples), so that a branch takes few shapes from step to step: about 3% of the
+  // batch more on average (half a step), for cuBLASLt plans and cached device blocks that serve
+  // every step after the first few.
+  static constexpr int64_t kSelectionSteps = 16;
 
   // forward(images, keep_scales), with the samples each branch keeps (a selection per row of
   // keep_scales; an empty one, or none at all, for a branch computed over the whole batch).

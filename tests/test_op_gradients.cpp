@@ -409,7 +409,7 @@ TEST_CASE("gather_samples and scatter_samples op gradients by finite differences
   Rng rng(34);
   // Samples 0 and 2 of 4, as drop-path keeps them (engine/ops/samples.h).
   const Tensor keep = Tensor::from_vector<double>({1.5, 0.0, 2.0, 0.0}, {1, 4});
-  const ops::SampleSelection kept = ops::nonzero_samples(keep, 4, Device::cpu())[0];
+  const ops::SampleSelection kept = ops::kept_samples(keep, 1, 4, Device::cpu())[0];
   REQUIRE(kept.count() == 2);
   check_op_gradients([kept](const auto& in) { return ops::gather_samples(in[0], kept); },
                      {random_f64({4, 3, 2}, rng)}, rng);
@@ -417,14 +417,14 @@ TEST_CASE("gather_samples and scatter_samples op gradients by finite differences
                      {random_f64({2, 3, 2}, rng)}, rng);
 }
 
-TEST_CASE("nonzero_samples selects the kept samples of the rows it may", "[ops]") {
+TEST_CASE("kept_samples selects the kept samples of the rows it may, in whole steps", "[ops]") {
   const Tensor keep = Tensor::from_vector<double>(
       {0, 2, 0, 2,   // two of four kept: selected
        2, 2, 2, 2,   // all kept: more than max_count, the whole batch
        0, 0, 0, 0,   // none kept: the whole batch (its branch is zeroed by the scales)
        2, 0, 2, 2},  // three kept: selected
       {4, 4});
-  const std::vector<ops::SampleSelection> s = ops::nonzero_samples(keep, 3, Device::cpu());
+  const std::vector<ops::SampleSelection> s = ops::kept_samples(keep, 1, 3, Device::cpu());
   REQUIRE(s.size() == 4);
   CHECK(s[0].index.to_vector<int32_t>() == std::vector<int32_t>{1, 3});
   CHECK(s[0].slot.to_vector<int32_t>() == std::vector<int32_t>{-1, 0, -1, 1});
@@ -433,6 +433,15 @@ TEST_CASE("nonzero_samples selects the kept samples of the rows it may", "[ops]"
   CHECK(s[3].index.to_vector<int32_t>() == std::vector<int32_t>{0, 2, 3});
   CHECK(s[3].slot.to_vector<int32_t>() == std::vector<int32_t>{0, -1, 1, 2});
   // Nothing to select: no upload, every row the whole batch.
-  for (const ops::SampleSelection& row : ops::nonzero_samples(keep, 1, Device::cpu()))
+  for (const ops::SampleSelection& row : ops::kept_samples(keep, 1, 1, Device::cpu()))
     CHECK(row.empty());
+  // In steps of 2 samples: row 0 keeps its two; row 3's three become four, the whole batch, past
+  // max_count 3; and in steps of 3, row 0's two become three with the first dropped sample.
+  const std::vector<ops::SampleSelection> pairs = ops::kept_samples(keep, 2, 3, Device::cpu());
+  CHECK(pairs[0].index.to_vector<int32_t>() == std::vector<int32_t>{1, 3});
+  CHECK(pairs[3].empty());
+  const std::vector<ops::SampleSelection> threes = ops::kept_samples(keep, 3, 3, Device::cpu());
+  CHECK(threes[0].index.to_vector<int32_t>() == std::vector<int32_t>{0, 1, 3});
+  CHECK(threes[0].slot.to_vector<int32_t>() == std::vector<int32_t>{0, 1, -1, 2});
+  CHECK(threes[3].index.to_vector<int32_t>() == std::vector<int32_t>{0, 2, 3});
 }

@@ -1,6 +1,8 @@
 #include "engine/ops/samples.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "engine/autograd.h"
 #include "engine/ops/op_utils.h"
@@ -11,24 +13,32 @@ namespace deit::ops {
 
 using detail::check;
 
-std::vector<SampleSelection> nonzero_samples(const Tensor& keep_scales, int64_t max_count,
-                                             Device device) {
-  check(keep_scales.dim() == 2 && keep_scales.device().is_cpu(), "nonzero_samples",
+std::vector<SampleSelection> kept_samples(const Tensor& keep_scales, int64_t granularity,
+                                          int64_t max_count, Device device) {
+  check(keep_scales.dim() == 2 && keep_scales.device().is_cpu(), "kept_samples",
         "keep scales " + keep_scales.describe() + " are not (rows, B) on the host");
+  check(granularity >= 1, "kept_samples",
+        "granularity " + std::to_string(granularity) + " is not positive");
   const int64_t rows = keep_scales.size(0), B = keep_scales.size(1);
   const std::vector<double> scales = keep_scales.to_vector<double>();
   // Each selected row's index, then its slot, back to back in one i32 tensor: one upload for all.
   std::vector<int32_t> packed;
   std::vector<int64_t> counts(static_cast<size_t>(rows), 0);
   for (int64_t r = 0; r < rows; ++r) {
+    int64_t kept = 0;
+    for (int64_t b = 0; b < B; ++b) kept += scales[r * B + b] != 0;
+    const int64_t count = std::min(B, (kept + granularity - 1) / granularity * granularity);
+    if (kept == 0 || count > max_count) continue;
+    // The kept samples and the first count - kept dropped ones, in sample order.
     std::vector<int32_t> index, slot(static_cast<size_t>(B), -1);
-    for (int64_t b = 0; b < B; ++b)
-      if (scales[r * B + b] != 0) {
-        slot[b] = static_cast<int32_t>(index.size());
-        index.push_back(static_cast<int32_t>(b));
-      }
-    if (index.empty() || static_cast<int64_t>(index.size()) > max_count) continue;
-    counts[r] = static_cast<int64_t>(index.size());
+    for (int64_t b = 0, dropped_taken = 0; b < B; ++b) {
+      const bool dropped = scales[r * B + b] == 0;
+      if (dropped && dropped_taken == count - kept) continue;
+      dropped_taken += dropped;
+      slot[b] = static_cast<int32_t>(index.size());
+      index.push_back(static_cast<int32_t>(b));
+    }
+    counts[r] = count;
     packed.insert(packed.end(), index.begin(), index.end());
     packed.insert(packed.end(), slot.begin(), slot.end());
   }
