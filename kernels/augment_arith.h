@@ -16,11 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DEIT_HD __host__ __device__ __forceinline__
-#else
-#define DEIT_HD inline
-#endif
+#include "kernels/host_device.h"
 
 namespace deit::kernels::augment_arith {
 

@@ -8,10 +8,15 @@
 // both from one read of x and branch, and in backward adds the LayerNorm's input gradient to the
 // residual stream's and feeds the sum to LayerScale in the same pass (kernels/layernorm.h has the
 // LayerNorm alone).
+//
+// A branch that drop-path drops for many samples runs on the others alone (model/vit.cpp), and so
+// may the branch after the update: SampleSlots then says which samples the fused pair's branch side
+// holds, so that it reads and writes those rows in place of a gather and a scatter around it.
 #pragma once
 #include <cstdint>
 
 #include "kernels/bf16.h"
+#include "kernels/samples.h"
 
 #if DEIT_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -30,30 +35,42 @@ void layerscale_residual_backward_cpu(const T* dout, const T* branch, const T* g
                                       const T* keep_scale, T* dbranch, T* dgamma, int64_t B,
                                       int64_t Tn, int64_t C);
 
+// The samples of the batch whose rows the fused pair's branch side holds, as slot maps (B) of
+// selections (kernels/samples.h), each nullptr for the whole batch in order. branch: branch and
+// dbranch hold (branch_samples, T, C), sample b's rows at branch_slot[b]; a sample without a slot
+// has no branch rows and adds nothing to out (it is one drop-path dropped: keep_scale 0). normed:
+// y and dy hold the rows of the samples it selects (the next branch's input); a sample without a
+// slot has no y, and its dy is 0.
+struct SampleSlots {
+  const int32_t* branch = nullptr;
+  int64_t branch_samples = 0;
+  const int32_t* normed = nullptr;
+};
+
 // The residual update and the LayerNorm after it:
 //   out = x + keep_scale[b] * gamma[c] * branch,   y = LayerNorm(out; ln_weight, ln_bias, eps)
-// x, branch: (B, T, C), gamma, ln_weight, ln_bias: (C), keep_scale: (B)
-//   ->  out, y: (B, T, C), mean, rstd: (B*T) saved for backward
+// x: (B, T, C), branch: (B, T, C) or slots.branch's rows, gamma, ln_weight, ln_bias: (C),
+// keep_scale: (B)  ->  out: (B, T, C), y: (B, T, C) or slots.normed's rows, mean, rstd: (B*T)
+// saved for backward (every row's)
 template <typename T>
 void layerscale_residual_layernorm_forward_cpu(const T* x, const T* branch, const T* gamma,
                                                const T* keep_scale, const T* ln_weight,
                                                const T* ln_bias, T* out, T* y, T* mean, T* rstd,
-                                               int64_t B, int64_t Tn, int64_t C, double eps);
+                                               int64_t B, int64_t Tn, int64_t C, double eps,
+                                               const SampleSlots& slots = {});
 
 // dout: (B, T, C), the gradient reaching `out` from later in the network (nullptr: none),
-// dy: (B, T, C), the gradient of y  ->  dx: (B, T, C), the whole gradient of `out` (dout plus
-// what flows back through the LayerNorm), which is also x's; dbranch: (B, T, C); dgamma,
+// dy: the gradient of y (y's rows)  ->  dx: (B, T, C), the whole gradient of `out` (dout plus
+// what flows back through the LayerNorm), which is also x's; dbranch: branch's rows; dgamma,
 // dln_weight, dln_bias: (C); dbias: (C), the column sums of dbranch, i.e. the bias gradient of
 // the linear layer that made branch (ops::linear_layerscale_residual_layernorm takes it from
 // here instead of another pass). dbranch and the four (C) gradients may be nullptr, but dbias
 // needs dbranch.
 template <typename T>
-void layerscale_residual_layernorm_backward_cpu(const T* dout, const T* dy, const T* out,
-                                                const T* branch, const T* gamma,
-                                                const T* keep_scale, const T* ln_weight,
-                                                const T* mean, const T* rstd, T* dx, T* dbranch,
-                                                T* dgamma, T* dln_weight, T* dln_bias, T* dbias,
-                                                int64_t B, int64_t Tn, int64_t C);
+void layerscale_residual_layernorm_backward_cpu(
+    const T* dout, const T* dy, const T* out, const T* branch, const T* gamma, const T* keep_scale,
+    const T* ln_weight, const T* mean, const T* rstd, T* dx, T* dbranch, T* dgamma, T* dln_weight,
+    T* dln_bias, T* dbias, int64_t B, int64_t Tn, int64_t C, const SampleSlots& slots = {});
 
 #if DEIT_HAVE_CUDA
 // CUDA: the residual stream x, out and its gradient dout are fp32: with LayerScale's small gamma
@@ -85,27 +102,28 @@ void layerscale_residual_backward_cuda(const float* dout, const bf16_bits* branc
 // dln_weight, dln_bias and dbias (fp32; dbias from dbranch as stored, in bf16, the bits
 // linear_backward_cuda would sum from it) over rows deterministically through `workspace`, at
 // least
-// layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C) floats (nullptr is fine
-// when all four are nullptr). C <= kLayerNormCudaMaxWidth (kernels/layernorm.h;
-// std::invalid_argument beyond, and for a dbias without dbranch).
+// layerscale_residual_layernorm_backward_cuda_workspace_floats(B, Tn, C, slots) floats (nullptr
+// is fine when all four are nullptr). C <= kLayerNormCudaMaxWidth (kernels/layernorm.h;
+// std::invalid_argument beyond, for a dbias without dbranch, and for branch_samples outside
+// [0, B] with a branch slot map). The slot maps are device arrays, trusted to hold what
+// kernels/samples.h says.
 void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits* branch,
                                                 const bf16_bits* gamma, const float* keep_scale,
                                                 const bf16_bits* ln_weight,
-                                                const bf16_bits* ln_bias, float* out,
-                                                bf16_bits* y, float* mean, float* rstd, int64_t B,
-                                                int64_t Tn, int64_t C, double eps,
-                                                cudaStream_t stream);
+                                                const bf16_bits* ln_bias, float* out, bf16_bits* y,
+                                                float* mean, float* rstd, int64_t B, int64_t Tn,
+                                                int64_t C, double eps, cudaStream_t stream,
+                                                const SampleSlots& slots = {});
 
 int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, int64_t Tn,
-                                                                      int64_t C);
-void layerscale_residual_layernorm_backward_cuda(const float* dout, const bf16_bits* dy,
-                                                 const float* out, const bf16_bits* branch,
-                                                 const bf16_bits* gamma, const float* keep_scale,
-                                                 const bf16_bits* ln_weight, const float* mean,
-                                                 const float* rstd, float* dx, bf16_bits* dbranch,
-                                                 float* dgamma, float* dln_weight, float* dln_bias,
-                                                 float* dbias, int64_t B, int64_t Tn, int64_t C,
-                                                 float* workspace, cudaStream_t stream);
+                                                                     int64_t C,
+                                                                     const SampleSlots& slots = {});
+void layerscale_residual_layernorm_backward_cuda(
+    const float* dout, const bf16_bits* dy, const float* out, const bf16_bits* branch,
+    const bf16_bits* gamma, const float* keep_scale, const bf16_bits* ln_weight, const float* mean,
+    const float* rstd, float* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
+    float* dln_bias, float* dbias, int64_t B, int64_t Tn, int64_t C, float* workspace,
+    cudaStream_t stream, const SampleSlots& slots = {});
 #endif
 
 }  // namespace deit::kernels

@@ -9,6 +9,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/host_device.h"
+
 #if DEIT_HAVE_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -33,5 +35,13 @@ void gather_samples_cuda(const void* x, const int32_t* index, void* out, int64_t
 void scatter_samples_cuda(const void* y, const int32_t* slot, void* out, int64_t B,
                           int64_t sample_bytes, cudaStream_t stream);
 #endif
+
+// The row of a selection's (n, T, ...) rows that holds row r of the batch's (B * T, ...) rows (r
+// of sample r / T): r itself with no selection (slot nullptr), -1 for a sample it leaves out.
+DEIT_HD int64_t selected_row(const int32_t* slot, int64_t r, int64_t T) {
+  if (!slot) return r;
+  const int64_t b = r / T;
+  return slot[b] < 0 ? -1 : slot[b] * T + (r - b * T);
+}
 
 }  // namespace deit::kernels

@@ -112,13 +112,16 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
 
   // Pre-norm blocks. Each residual update is fused with the LayerNorm that reads its result
   // (norm2, or the next block's norm1); only the first norm1 and the last update stand alone.
+  // h, a LayerNorm's output, is always the next branch's input: the rows of the samples it runs on.
   Tensor h = ops::layernorm(x, p("blocks.0.norm1.weight"), p("blocks.0.norm1.bias"),
                             c.layernorm_eps);
+  if (!kept_row(0).empty()) h = ops::gather_samples(h, kept_row(0));
   for (int64_t i = 0; i < c.depth; ++i) {
     const Tensor keep_attention = keep_scales_row(2 * i), keep_mlp = keep_scales_row(2 * i + 1);
-    auto block = [this, i, attention_kept = kept_row(2 * i),
-                  mlp_kept = kept_row(2 * i + 1)](const std::vector<Tensor>& in) {
-      return block_forward(i, in[0], in[1], in[2], in[3], attention_kept, mlp_kept);
+    auto block = [this, i,
+                  kept = BlockSamples{kept_row(2 * i), kept_row(2 * i + 1), kept_row(2 * i + 2)}](
+                     const std::vector<Tensor>& in) {
+      return block_forward(i, in[0], in[1], in[2], in[3], kept);
     };
     const std::vector<Tensor> inputs{x, h, keep_attention, keep_mlp};
     const std::vector<Tensor> out = grad_checkpointing_
@@ -137,8 +140,7 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
                                                      const Tensor& normed,
                                                      const Tensor& keep_attention,
                                                      const Tensor& keep_mlp,
-                                                     const ops::SampleSelection& attention_kept,
-                                                     const ops::SampleSelection& mlp_kept) const {
+                                                     const BlockSamples& kept) const {
   const double eps = config_.layernorm_eps;
   const std::string b = "blocks." + std::to_string(i) + ".";
   const bool last = i + 1 == config_.depth;
@@ -150,61 +152,42 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
   // and values) the last block computes the class token alone. The same logits and gradients as
   // the whole block (timm computes the other tokens and drops them), for about a quarter of its
   // work.
-  // A branch with a selection runs on the samples drop-path keeps, gathered, and its output is
-  // scattered back with zeros for the dropped ones, which the keep scale (0) would have zeroed:
-  // the same values and gradients, for the kept share of the work. Then the linear layer before
-  // the residual update stands apart (it sees the kept samples, the update all of them).
+  // A branch with a selection runs on the samples drop-path keeps: its input (normed, and the
+  // LayerNorm's output for the next branch) holds their rows alone, and the residual update reads
+  // its output from them, a dropped sample's adding 0 as its keep scale (0) would have made it.
+  // The same values and gradients as the whole batch's branch, for the kept share of the work.
   const Tensor &qkv_weight = p(b + "attn.qkv.weight"), &qkv_bias = p(b + "attn.qkv.bias");
   const Tensor &proj_weight = p(b + "attn.proj.weight"), &proj_bias = p(b + "attn.proj.bias");
-  const Tensor attention_in =
-      attention_kept.empty() ? normed : ops::gather_samples(normed, attention_kept);
-  const Tensor h =
-      last ? ops::linear_class_attention(attention_in, qkv_weight, qkv_bias, config_.heads)
-           : ops::linear_attention(attention_in, qkv_weight, qkv_bias, config_.heads);
+  const Tensor h = last ? ops::linear_class_attention(normed, qkv_weight, qkv_bias, config_.heads)
+                        : ops::linear_attention(normed, qkv_weight, qkv_bias, config_.heads);
   const Tensor stream = last ? ops::reshape(ops::cls_select(x), {x.size(0), 1, x.size(2)}) : x;
-  const Tensor &gamma1 = p(b + "ls1.gamma"), &norm2_weight = p(b + "norm2.weight"),
-               &norm2_bias = p(b + "norm2.bias");
-  ops::ResidualAndNorm r =
-      attention_kept.empty()
-          ? ops::linear_layerscale_residual_layernorm(stream, h, proj_weight, proj_bias, gamma1,
-                                                      keep_attention, norm2_weight, norm2_bias, eps)
-          : ops::layerscale_residual_layernorm(
-                stream,
-                ops::scatter_samples(ops::linear(h, proj_weight, proj_bias), attention_kept),
-                gamma1, keep_attention, norm2_weight, norm2_bias, eps);
+  ops::ResidualAndNorm r = ops::linear_layerscale_residual_layernorm(
+      stream, h, proj_weight, proj_bias, p(b + "ls1.gamma"), keep_attention, p(b + "norm2.weight"),
+      p(b + "norm2.bias"), eps, {kept.attention, kept.mlp});
 
   const Tensor &fc1_weight = p(b + "mlp.fc1.weight"), &fc1_bias = p(b + "mlp.fc1.bias");
   const Tensor &fc2_weight = p(b + "mlp.fc2.weight"), &fc2_bias = p(b + "mlp.fc2.bias");
   const Tensor& gamma = p(b + "ls2.gamma");
   // GELU next to the linear layer whose output it keeps for backward: with fc1 (its bias gradient
   // from GELU's backward pass), or, recomputed, with fc2 (fc2's input not kept).
-  const auto mlp_hidden = [&](const Tensor& in) {  // gelu(fc1(in)), kept for fc2's backward
-    return ops::linear_gelu(in, fc1_weight, fc1_bias);
-  };
-  const auto mlp = [&](const Tensor& in) {
-    return recompute_gelu_
-               ? ops::gelu_linear(ops::linear(in, fc1_weight, fc1_bias), fc2_weight, fc2_bias)
-               : ops::linear(mlp_hidden(in), fc2_weight, fc2_bias);
-  };
-  // The MLP branch's output before the residual update: over the whole batch, or scattered back
-  // from the kept samples.
-  const auto mlp_branch = [&] {
-    return mlp_kept.empty()
-               ? mlp(r.normed)
-               : ops::scatter_samples(mlp(ops::gather_samples(r.normed, mlp_kept)), mlp_kept);
-  };
-  if (last)  // no LayerNorm after the last update: the head's comes after it
-    return {ops::layerscale_residual(r.residual, mlp_branch(), gamma, keep_mlp)};
+  const Tensor hidden = recompute_gelu_ ? ops::linear(r.normed, fc1_weight, fc1_bias)
+                                        : ops::linear_gelu(r.normed, fc1_weight, fc1_bias);
+  if (last) {  // no LayerNorm after the last update (the head's comes after it), and one row
+    const Tensor mlp = recompute_gelu_ ? ops::gelu_linear(hidden, fc2_weight, fc2_bias)
+                                       : ops::linear(hidden, fc2_weight, fc2_bias);
+    return {ops::layerscale_residual(
+        r.residual, kept.mlp.empty() ? mlp : ops::scatter_samples(mlp, kept.mlp), gamma, keep_mlp)};
+  }
   const std::string next = "blocks." + std::to_string(i + 1) + ".";
   const Tensor &norm_weight = p(next + "norm1.weight"), &norm_bias = p(next + "norm1.bias");
-  // Over the whole batch without recomputation, fc2 goes with the residual update (its bias
-  // gradient from the update's pass).
-  r = recompute_gelu_ || !mlp_kept.empty()
-          ? ops::layerscale_residual_layernorm(r.residual, mlp_branch(), gamma, keep_mlp,
-                                               norm_weight, norm_bias, eps)
-          : ops::linear_layerscale_residual_layernorm(r.residual, mlp_hidden(r.normed), fc2_weight,
-                                                      fc2_bias, gamma, keep_mlp, norm_weight,
-                                                      norm_bias, eps);
+  // fc2 goes with the residual update (its bias gradient from the update's pass), unless GELU is
+  // recomputed with it.
+  r = recompute_gelu_ ? ops::layerscale_residual_layernorm(
+                            r.residual, ops::gelu_linear(hidden, fc2_weight, fc2_bias), gamma,
+                            keep_mlp, norm_weight, norm_bias, eps, {kept.mlp, kept.next_attention})
+                      : ops::linear_layerscale_residual_layernorm(
+                            r.residual, hidden, fc2_weight, fc2_bias, gamma, keep_mlp, norm_weight,
+                            norm_bias, eps, {kept.mlp, kept.next_attention});
   return {r.residual, r.normed};
 }
 

@@ -73,8 +73,8 @@ class VisionTransformer {
  private:
   const Tensor& p(const std::string& name) const { return params_.get(name); }
   // A drop-path branch runs on its kept samples alone when they are at most this share of the
-  // batch: below it, the computation saved outweighs gathering the kept samples' rows and
-  // scattering the branch's back (four passes over them, forward and backward).
+  // batch: the saved computation then outweighs what the selection costs (cuBLASLt plans and
+  // cached blocks for another shape, a gather before the first block, a scatter after the last).
   static constexpr double kSelectedShare = 0.9;
   // A selection is rounded up to a multiple of 1/kSelectionSteps of the batch with dropped samples
   // (ops::kept_samples), so that a branch takes few shapes from step to step: about 3% of the
@@ -86,13 +86,18 @@ class VisionTransformer {
   // keep_scales; an empty one, or none at all, for a branch computed over the whole batch).
   Tensor forward(const Tensor& images, const Tensor& keep_scales,
                  const std::vector<ops::SampleSelection>& kept) const;
+  // The samples block i's branches run on, and the next block's attention branch (empty
+  // selections: the whole batch).
+  struct BlockSamples {
+    ops::SampleSelection attention, mlp, next_attention;
+  };
   // Block i's two residual updates: from the residual stream x and norm1(x) to the new stream and
   // the next block's norm1 of it, or to the stream alone after the last block. Each branch runs
-  // on the samples its selection keeps (all, if it is empty).
+  // on the samples its selection keeps (all, if it is empty): normed holds the rows of those of
+  // the attention branch, and the norm1 returned those of the next block's.
   std::vector<Tensor> block_forward(int64_t i, const Tensor& x, const Tensor& normed,
                                     const Tensor& keep_attention, const Tensor& keep_mlp,
-                                    const ops::SampleSelection& attention_kept,
-                                    const ops::SampleSelection& mlp_kept) const;
+                                    const BlockSamples& kept) const;
 
   ViTConfig config_;
   bool recompute_gelu_ = false;

@@ -253,8 +253,9 @@ TEST_CASE("deit bench kernels without a GPU fails and says why", "[cli][bench]")
 
 TEST_CASE("deit bench step runs drop-path branches on the kept samples unless told otherwise",
           "[cli][bench]") {
-  // A batch of 8 at a rate of 0.5: some branch keeps at most 7 of its samples (all but certainly),
-  // and runs on them alone: gathered and scattered back.
+  // A batch of 8 at a rate of 0.5: the first block's attention branch and the last one's MLP keep
+  // from 1 to 7 of their samples (all but certainly: the bench's draws are seeded) and run on them
+  // alone, the first gathered from the whole batch's norm1 and the last scattered back into it.
   const std::string step = std::string(kTinyStep) + " --batch-size 8 --drop-path 0.5";
   for (const bool whole : {false, true}) {
     const CliResult r = run_deit(step + (whole ? " --whole-batch-branches" : ""));

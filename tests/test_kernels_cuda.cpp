@@ -933,3 +933,102 @@ TEST_CASE("cuda sample gather and scatter accept empty sizes and reject bad argu
   stream.sync();
   for (bf16_bits v : out.download()) CHECK(v == 0);
 }
+
+TEST_CASE("cuda layerscale residual + layernorm on selected samples matches the CPU twin",
+          "[gpu][kernels]") {
+  // A branch computed for some samples alone (kernels/layerscale.h's SampleSlots): branch and
+  // dbranch hold the rows of samples 0, 2 and 3 (3 dropped, but selected, as a count rounded up
+  // selects some), y and dy those of samples 1, 2 and 4, the next branch's.
+  Stream stream;
+  Rng rng(5020);
+  const std::vector<float> keep = {1.25f, 0.f, 1.25f, 0.f, 1.25f};
+  const Selection branch_samples = select_samples(5, {0, 2, 3});
+  const Selection normed_samples = select_samples(5, {1, 2, 4});
+  DeviceBuffer<int32_t> dev_branch_slot(branch_samples.slot), dev_normed_slot(normed_samples.slot);
+  const SampleSlots host_slots{branch_samples.slot.data(), 3, normed_samples.slot.data()};
+  const SampleSlots slots{dev_branch_slot.get(), 3, dev_normed_slot.get()};
+  F32Buffer dev_keep(keep);
+  const std::vector<RowShape> shapes = {
+      {5, 197, 384, 0},  // a warp per row, 2 slot groups (deit3_small)
+      {5, 33, 768, 0},   // 3 slot groups (deit3_base)
+      {5, 17, 1024, 0},  // 4 slot groups (deit3_large)
+      {5, 13, 1280, 0},  // a block per row (deit3_huge)
+      {5, 9, 196, 0},    // C % 8 != 0: scalar path
+      {5, 9, 384, 1},    // misaligned pointers: scalar path
+  };
+  for (const RowShape& s : shapes) {
+    INFO(s.str());
+    const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
+    const size_t selected = 3 * static_cast<size_t>(s.T) * C;  // elements of 3 samples' rows
+    const Bf16Host branch = random_bf16(rng, selected, -2, 2);
+    const Bf16Host gamma = random_bf16(rng, C, -1, 1);
+    const Bf16Host ln_w = random_bf16(rng, C, 0.5, 1.5);
+    const Bf16Host ln_b = random_bf16(rng, C, -0.5, 0.5);
+    Bf16Buffer dev_gamma(gamma.bits), dev_ln_w(ln_w.bits), dev_ln_b(ln_b.bits);
+    Bf16Buffer dev_branch(branch.bits, s.offset);
+    {
+      INFO("forward");
+      const std::vector<float> x = random_f32(rng, s.n(), 1.0, 3.0);
+      std::vector<float> out_ref(s.n()), y_ref(selected), mean_ref(rows), rstd_ref(rows);
+      layerscale_residual_layernorm_forward_cpu(x.data(), branch.values.data(), gamma.values.data(),
+                                                keep.data(), ln_w.values.data(), ln_b.values.data(),
+                                                out_ref.data(), y_ref.data(), mean_ref.data(),
+                                                rstd_ref.data(), s.B, s.T, s.C, 1e-6, host_slots);
+      F32Buffer dev_x(x, s.offset), dev_out(s.n(), s.offset), dev_mean(rows), dev_rstd(rows);
+      Bf16Buffer dev_y(selected, s.offset);
+      layerscale_residual_layernorm_forward_cuda(
+          dev_x.get(), dev_branch.get(), dev_gamma.get(), dev_keep.get(), dev_ln_w.get(),
+          dev_ln_b.get(), dev_out.get(), dev_y.get(), dev_mean.get(), dev_rstd.get(), s.B, s.T, s.C,
+          1e-6, stream, slots);
+      stream.sync();
+      check_close("out", dev_out, out_ref, kF32SumTol);
+      check_close("y", dev_y, y_ref, kBf16Tol);
+      check_close("mean", dev_mean, mean_ref, kF32SumTol);
+      check_close("rstd", dev_rstd, rstd_ref, kF32SumTol);
+    }
+    {
+      INFO("backward");
+      const std::vector<float> out = random_f32(rng, s.n(), -2, 3);
+      const std::vector<float> dout = random_f32(rng, s.n(), -1, 1);
+      const Bf16Host dy = random_bf16(rng, selected, -1, 1);
+      std::vector<float> y(s.n()), mean(rows), rstd(rows);
+      layernorm_forward_cpu(out.data(), ln_w.values.data(), ln_b.values.data(), y.data(),
+                            mean.data(), rstd.data(), s.rows(), s.C, 1e-6);
+      std::vector<float> dx_ref(s.n()), dbranch_ref(selected), dgamma_ref(C), dw_ref(C), db_ref(C);
+      layerscale_residual_layernorm_backward_cpu(
+          dout.data(), dy.values.data(), out.data(), branch.values.data(), gamma.values.data(),
+          keep.data(), ln_w.values.data(), mean.data(), rstd.data(), dx_ref.data(),
+          dbranch_ref.data(), dgamma_ref.data(), dw_ref.data(), db_ref.data(),
+          static_cast<float*>(nullptr), s.B, s.T, s.C, host_slots);
+
+      Bf16Buffer dev_dy(dy.bits, s.offset), dev_dbranch(selected, s.offset);
+      F32Buffer dev_dout(dout, s.offset), dev_out(out, s.offset), dev_dx(s.n(), s.offset);
+      F32Buffer dev_mean(mean), dev_rstd(rstd), dev_dgamma(C), dev_dw(C), dev_db(C), dev_dbias(C);
+      F32Buffer workspace(static_cast<size_t>(
+          layerscale_residual_layernorm_backward_cuda_workspace_floats(s.B, s.T, s.C, slots)));
+      layerscale_residual_layernorm_backward_cuda(
+          dev_dout.get(), dev_dy.get(), dev_out.get(), dev_branch.get(), dev_gamma.get(),
+          dev_keep.get(), dev_ln_w.get(), dev_mean.get(), dev_rstd.get(), dev_dx.get(),
+          dev_dbranch.get(), dev_dgamma.get(), dev_dw.get(), dev_db.get(), dev_dbias.get(), s.B,
+          s.T, s.C, workspace.get(), stream, slots);
+      stream.sync();
+      check_close("dx", dev_dx, dx_ref, kF32SumTol);
+      check_close("dbranch", dev_dbranch, dbranch_ref, kBf16Tol);
+      check_close("dgamma", dev_dgamma, dgamma_ref, kF32SumTol);
+      check_close("dln_weight", dev_dw, dw_ref, kF32SumTol);
+      check_close("dln_bias", dev_db, db_ref, kF32SumTol);
+      // Sample 3's rows (its slot 2): dropped, so exactly 0.
+      const std::vector<float> dbranch = download_float(dev_dbranch);
+      CHECK(std::all_of(dbranch.begin() + 2 * s.T * s.C, dbranch.end(),
+                        [](float v) { return v == 0.f; }));
+      // The bias gradient: the bits the linear layer's own pass over the 3 samples' rows sums.
+      CublasLt lt;
+      F32Buffer linear_dbias(C);
+      linear_backward_cuda(dev_dbranch.get(), nullptr, nullptr, nullptr, nullptr,
+                           linear_dbias.get(), 3 * s.T, C, C, lt, stream);
+      stream.sync();
+      check_same_bits("dbias against the linear layer's", dev_dbias.download(),
+                      linear_dbias.download());
+    }
+  }
+}

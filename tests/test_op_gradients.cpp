@@ -299,6 +299,105 @@ TEST_CASE("linear_layerscale_residual_layernorm equals the ops apart and keeps w
   CHECK(fused.saved_bytes == apart.saved_bytes);
 }
 
+namespace {
+
+// Two selections of a batch of 4 as kept_samples makes them: the branch's (samples 0, 2 and 3:
+// sample 1 dropped, sample 3 dropped too but selected, as a rounded-up count selects some), and
+// the next branch's (samples 1 and 2).
+struct TwoSelections {
+  Tensor keep;  // the branch's keep scales, (4)
+  ops::BranchSamples samples;
+};
+TwoSelections two_selections(DType dtype) {
+  const Tensor keep = Tensor::from_vector<double>({1.5, 0.0, 1.5, 0.0, 0.0, 1.5, 1.5, 0.0}, {2, 4});
+  const std::vector<ops::SampleSelection> branch = ops::kept_samples(keep, 3, 4, Device::cpu());
+  const std::vector<ops::SampleSelection> normed = ops::kept_samples(keep, 1, 4, Device::cpu());
+  return {keep.slice(0, 1).view({4}).to(dtype), {branch[0], normed[1]}};
+}
+
+}  // namespace
+
+TEST_CASE(
+    "the residual update + layernorm ops on selected samples: gradients by finite "
+    "differences",
+    "[gradcheck][ops]") {
+  Rng rng(35);
+  const TwoSelections s = two_selections(DType::f64);
+  REQUIRE(s.samples.branch.count() == 3);
+  REQUIRE(s.samples.normed.count() == 2);
+  // Both outputs differentiated, or the residual alone (the LayerNorm's weights then get none).
+  for (bool both : {true, false}) {
+    INFO((both ? "residual and normed" : "residual alone"));
+    const auto output = [both](const ops::ResidualAndNorm& r, const ops::SampleSelection& n) {
+      // normed holds 2 of the 4 samples: scattered back to add it to the residual.
+      return both ? ops::add(r.residual, ops::scatter_samples(r.normed, n)) : r.residual;
+    };
+    check_op_gradients(
+        [&](const auto& in) {
+          return output(ops::layerscale_residual_layernorm(in[0], in[1], in[2], s.keep, in[3],
+                                                           in[4], 1e-6, s.samples),
+                        s.samples.normed);
+        },
+        {random_f64({4, 2, 5}, rng), random_f64({3, 2, 5}, rng), random_f64({5}, rng),
+         random_f64({5}, rng, both), random_f64({5}, rng, both)},
+        rng);
+    check_op_gradients(
+        [&](const auto& in) {
+          return output(
+              ops::linear_layerscale_residual_layernorm(in[0], in[1], in[2], in[3], in[4], s.keep,
+                                                        in[5], in[6], 1e-6, s.samples),
+              s.samples.normed);
+        },
+        {random_f64({4, 2, 5}, rng), random_f64({3, 2, 4}, rng), random_f64({5, 4}, rng),
+         random_f64({5}, rng), random_f64({5}, rng), random_f64({5}, rng, both),
+         random_f64({5}, rng, both)},
+        rng);
+  }
+}
+
+TEST_CASE(
+    "the residual update + layernorm ops on selected samples equal a scatter before and a "
+    "gather after, bit for bit on the CPU",
+    "[ops]") {
+  Rng rng(36);
+  const TwoSelections s = two_selections(DType::f32);
+  auto input = [&](const Shape& shape) {
+    return Tensor::randn(shape, rng).set_requires_grad(true);
+  };
+  // x, the branch's input h (3 selected samples), proj, gamma, the LayerNorm's weight and bias.
+  const std::vector<Tensor> in{input({4, 7, 12}), input({3, 7, 6}), input({12, 6}), input({12}),
+                               input({12}),       input({12}),      input({12})};
+  const Tensor seed = Tensor::randn({4, 7, 12}, rng);
+  const auto both = [&](const ops::ResidualAndNorm& r) {
+    return ops::add(r.residual, ops::scatter_samples(ops::gelu(r.normed), s.samples.normed));
+  };
+  const TapedRun apart = run_taped(
+      [&](const auto& x) {
+        const Tensor branch = ops::scatter_samples(ops::linear(x[1], x[2], x[3]), s.samples.branch);
+        ops::ResidualAndNorm r =
+            ops::layerscale_residual_layernorm(x[0], branch, x[4], s.keep, x[5], x[6], 1e-6);
+        r.normed = ops::gather_samples(r.normed, s.samples.normed);
+        return both(r);
+      },
+      in, seed);
+  const TapedRun selected = run_taped(
+      [&](const auto& x) {
+        return both(ops::layerscale_residual_layernorm(x[0], ops::linear(x[1], x[2], x[3]), x[4],
+                                                       s.keep, x[5], x[6], 1e-6, s.samples));
+      },
+      in, seed);
+  const TapedRun fused = run_taped(
+      [&](const auto& x) {
+        return both(ops::linear_layerscale_residual_layernorm(x[0], x[1], x[2], x[3], x[4], s.keep,
+                                                              x[5], x[6], 1e-6, s.samples));
+      },
+      in, seed);
+  check_same_bits(selected, apart);
+  check_same_bits(fused, apart);
+  // The update keeps the branch for backward: the selection's 3 samples' rows, not all 4.
+  CHECK(apart.saved_bytes - selected.saved_bytes == 7 * 12 * sizeof(float));
+}
+
 TEST_CASE("gelu_linear op gradient (x, weight, bias) by finite differences", "[gradcheck][ops]") {
   Rng rng(26);
   check_op_gradients([](const auto& in) { return ops::gelu_linear(in[0], in[1], in[2]); },
@@ -444,4 +543,14 @@ TEST_CASE("kept_samples selects the kept samples of the rows it may, in whole st
   CHECK(threes[0].index.to_vector<int32_t>() == std::vector<int32_t>{0, 1, 3});
   CHECK(threes[0].slot.to_vector<int32_t>() == std::vector<int32_t>{0, 1, -1, 2});
   CHECK(threes[3].index.to_vector<int32_t>() == std::vector<int32_t>{0, 2, 3});
+}
+
+TEST_CASE("scatter_samples of a selection of no samples gives the whole batch's zeros", "[ops]") {
+  // kept_samples never makes one (a branch that keeps nothing runs on the whole batch, zeroed by
+  // its scales), but a selection may be made by hand: every sample's row is still a row of zeros.
+  const ops::SampleSelection none{Tensor::empty({0}, DType::i32),
+                                  Tensor::full({3}, -1.0, DType::i32)};
+  const Tensor out = ops::scatter_samples(Tensor::empty({0, 2, 4}), none);
+  CHECK(out.shape() == Shape{3, 2, 4});
+  CHECK(out.to_vector<float>() == std::vector<float>(24, 0.f));
 }

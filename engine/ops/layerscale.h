@@ -1,4 +1,5 @@
 #pragma once
+#include "engine/ops/samples.h"
 #include "engine/tensor.h"
 
 namespace deit {
@@ -21,10 +22,18 @@ struct ResidualAndNorm {
   Tensor residual;
   Tensor normed;
 };
+// Branches computed for some samples of the batch alone (drop-path's kept ones, model/vit.cpp):
+// `branch` is the selection the branch was computed for (branch: (n, T, C), the selected samples'
+// rows in order), `normed` the one the next branch will be (normed: its samples' rows alone). The
+// same values and gradients as scatter_samples(branch) in and gather_samples(normed) out, without
+// those copies. Empty selections: the whole batch.
+struct BranchSamples {
+  SampleSelection branch, normed;
+};
 ResidualAndNorm layerscale_residual_layernorm(const Tensor& x, const Tensor& branch,
                                               const Tensor& gamma, const Tensor& keep_scale,
                                               const Tensor& ln_weight, const Tensor& ln_bias,
-                                              double eps);
+                                              double eps, const BranchSamples& samples = {});
 
 // layerscale_residual_layernorm(x, linear(h, weight, bias), gamma, ...), the branch's last linear
 // layer (the attention's proj, the MLP's fc2) with the residual update and the LayerNorm after it,
@@ -36,7 +45,7 @@ ResidualAndNorm linear_layerscale_residual_layernorm(const Tensor& x, const Tens
                                                      const Tensor& weight, const Tensor& bias,
                                                      const Tensor& gamma, const Tensor& keep_scale,
                                                      const Tensor& ln_weight, const Tensor& ln_bias,
-                                                     double eps);
+                                                     double eps, const BranchSamples& samples = {});
 
 // Per-sample drop-path scales for a batch of B: each sample is kept with probability 1 - rate
 // and then scaled by 1 / (1 - rate), else 0. rate 0 (or eval) gives all ones.

@@ -67,7 +67,9 @@ int64_t sample_elements(const char* op, const Tensor& t, int64_t samples,
   check(s.index.dtype() == DType::i32 && s.slot.dtype() == DType::i32 &&
             s.index.device() == t.device() && s.slot.device() == t.device(),
         op, "the selection is not i32 on " + t.describe() + "'s device");
-  return samples == 0 ? 0 : t.numel() / samples;
+  int64_t elements = 1;  // from the shape: a selection of no samples still has whole samples
+  for (int64_t d = 1; d < t.dim(); ++d) elements *= t.size(d);
+  return elements;
 }
 
 Shape with_samples(const Tensor& t, int64_t samples) {

@@ -158,7 +158,7 @@ struct KeysInFlight {
     for (int i = 0; i < kKeysInFlight; ++i) {
       key[i] = round0 + i * KeyRows<D>::kGroups + me.group;
       valid[i] = key[i] < T;
-      const bf16* row = token0 + (valid[i] ? key[i] : 0) * 3 * C;  // tokens are 3 C apart
+      const bf16* row = token0 + (valid[i] ? int64_t{key[i]} : 0) * 3 * C;  // tokens 3 C apart
       load_or_zero(row + C, valid[i] && me.holds, k[i]);
       load_or_zero(row + 2 * C, valid[i] && me.holds, v[i]);
     }

@@ -270,6 +270,23 @@ struct WarpRow {
       if (c < C) gpu::store<kVec>(row + c, v + k * kVec);
     }
   }
+  // load(row, v), or zeros where row is nullptr (a row a selection leaves out): the same test per
+  // slot group as for the columns past C, rather than a branch around the loads, which made ptxas
+  // spill the fused LayerScale + LayerNorm kernels' rows (up to 196 bytes at G = 4).
+  template <typename P>
+  __device__ void load_or_zeros(const P* row, float (&v)[kSlots]) const {
+    const int64_t width = row ? C : 0;
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      const int64_t c = group_column(k);
+      if (c < width) {
+        gpu::load<kVec>(row + c, v + k * kVec);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) v[k * kVec + j] = 0.f;
+      }
+    }
+  }
   // v[0, kVec): the values of `p` (a row, or a vector the width of the row) at slot group k's
   // columns, 0 past C.
   template <typename P>

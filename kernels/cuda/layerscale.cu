@@ -28,11 +28,17 @@
 // the backward's early-load variant (layerscale_kernels.cuh). Both backwards load all four inputs
 // of a row before the LayerNorm's reductions, and sum_partial_sets adds all the gradients' chunks
 // in one launch.
-// Registers of the backward (ptxas, sm_90 / sm_80): the early variants 93 / 100 (vectors) and
-// 110 / 108 (scalars), no spills; the 1024-thread ones, for rows past 4096 and held to 64
-// registers, spill since they also sum dbias: 0 / 48 bytes (vectors, from 0 / 0) and 280 / 224
-// (scalars, from 132 / 32). No ViT preset has rows that wide (ViT-H: 1280). The forward's scalar
-// path (odd widths, unaligned pointers; no preset either) spills 44 bytes on sm_90.
+// A branch computed for some samples alone (kernels/layerscale.h's SampleSlots): the kernels find
+// each row's branch, y, dy and dbranch rows through the slot maps and read and write them where
+// the branches keep them. That replaces four copies a branch (the gather of its input and the
+// scatter of its output, and their gradients), each over the selected share of a (B, T, C)
+// activation. dbias is then summed by column_partials over dbranch's rows, as the linear layer
+// would.
+// Registers of the backward (ptxas, sm_90 / sm_80; with the slot maps): the early variants 100 /
+// 100 (vectors) and 126 / 122 (scalars), no spills; the 1024-thread ones, for rows past 4096 and
+// held to 64 registers, spill since they also sum dbias: none (vectors) and 192 / 156 bytes
+// (scalars). No ViT preset has rows that wide (ViT-H: 1280). The forward's scalar path (odd
+// widths, unaligned pointers; no preset either) spills 32 bytes on sm_80.
 // Measured speed, a block per row (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768,
 // commit 69df758; the warp per row is not yet measured, bench/PREDICTIONS.md):
 // LayerScale + drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.103 ms (70%);
@@ -101,16 +107,32 @@ void layerscale_residual_backward_cuda(const float* dout, const bf16_bits* branc
   if (dgamma) gpu::sum_partials(partials, part.chunks, C, dgamma, stream);
 }
 
+namespace {
+
+// The rows branch and dbranch hold: the whole batch's, or the selected samples'.
+int64_t branch_rows(const SampleSlots& slots, int64_t B, int64_t Tn) {
+  return (slots.branch ? slots.branch_samples : B) * Tn;
+}
+
+void check_slots(const char* fn, const SampleSlots& slots, int64_t B) {
+  if (slots.branch && (slots.branch_samples < 0 || slots.branch_samples > B))
+    throw std::invalid_argument(std::string(fn) + ": " + std::to_string(slots.branch_samples) +
+                                " selected samples of a batch of " + std::to_string(B));
+}
+
+}  // namespace
+
 void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits* branch,
                                                 const bf16_bits* gamma, const float* keep_scale,
                                                 const bf16_bits* ln_weight,
-                                                const bf16_bits* ln_bias, float* out,
-                                                bf16_bits* y, float* mean, float* rstd, int64_t B,
-                                                int64_t Tn, int64_t C, double eps,
-                                                cudaStream_t stream) {
+                                                const bf16_bits* ln_bias, float* out, bf16_bits* y,
+                                                float* mean, float* rstd, int64_t B, int64_t Tn,
+                                                int64_t C, double eps, cudaStream_t stream,
+                                                const SampleSlots& slots) {
   const char* fn = "layerscale_residual_layernorm_forward_cuda";
   gpu::check_sizes(fn, {B, Tn, C});
   gpu::check_row_width(fn, C);
+  check_slots(fn, slots, B);
   const int64_t rows = B * Tn;
   if (rows == 0 || C == 0) return;
   const auto* brb = gpu::as_bf16(branch);
@@ -124,7 +146,8 @@ void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits*
     gpu::with_warp_row_groups(C, [&](auto groups) {
       layerscale_layernorm_forward_warp_kernel<groups.value>
           <<<gpu::warp_row_grid(rows), gpu::kWarpRowThreads, 0, stream>>>(
-              x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
+              x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e, slots.branch,
+              slots.normed);
       DEIT_CUDA_CHECK_LAUNCH();
     });
     return;
@@ -132,35 +155,44 @@ void layerscale_residual_layernorm_forward_cuda(const float* x, const bf16_bits*
   const auto grid = static_cast<unsigned>(std::min(rows, gpu::kMaxBlocks));
   const int threads = gpu::row_threads(C);
   if (vector)
-    layerscale_layernorm_forward_kernel<kVec><<<grid, threads, 0, stream>>>(
-        x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
+    layerscale_layernorm_forward_kernel<kVec>
+        <<<grid, threads, 0, stream>>>(x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows,
+                                       Tn, C, e, slots.branch, slots.normed);
   else
-    layerscale_layernorm_forward_kernel<1><<<grid, threads, 0, stream>>>(
-        x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows, Tn, C, e);
+    layerscale_layernorm_forward_kernel<1>
+        <<<grid, threads, 0, stream>>>(x, brb, gb, keep_scale, wb, bb, out, yb, mean, rstd, rows,
+                                       Tn, C, e, slots.branch, slots.normed);
   DEIT_CUDA_CHECK_LAUNCH();
 }
 
+// dgamma's, dln_weight's and dln_bias's partials over the whole batch's rows, then dbias's over
+// dbranch's rows (row_chunks is not monotonic in the rows: a selection's may take more chunks).
 int64_t layerscale_residual_layernorm_backward_cuda_workspace_floats(int64_t B, int64_t Tn,
-                                                                      int64_t C) {
-  return 4 * gpu::row_chunks(B * Tn, C).chunks * C;
+                                                                     int64_t C,
+                                                                     const SampleSlots& slots) {
+  return (3 * gpu::row_chunks(B * Tn, C).chunks +
+          gpu::row_chunks(branch_rows(slots, B, Tn), C).chunks) *
+         C;
 }
 
-void layerscale_residual_layernorm_backward_cuda(const float* dout, const bf16_bits* dy,
-                                                 const float* out, const bf16_bits* branch,
-                                                 const bf16_bits* gamma, const float* keep_scale,
-                                                 const bf16_bits* ln_weight, const float* mean,
-                                                 const float* rstd, float* dx, bf16_bits* dbranch,
-                                                 float* dgamma, float* dln_weight, float* dln_bias,
-                                                 float* dbias, int64_t B, int64_t Tn, int64_t C,
-                                                 float* workspace, cudaStream_t stream) {
+void layerscale_residual_layernorm_backward_cuda(
+    const float* dout, const bf16_bits* dy, const float* out, const bf16_bits* branch,
+    const bf16_bits* gamma, const float* keep_scale, const bf16_bits* ln_weight, const float* mean,
+    const float* rstd, float* dx, bf16_bits* dbranch, float* dgamma, float* dln_weight,
+    float* dln_bias, float* dbias, int64_t B, int64_t Tn, int64_t C, float* workspace,
+    cudaStream_t stream, const SampleSlots& slots) {
   const char* fn = "layerscale_residual_layernorm_backward_cuda";
   gpu::check_sizes(fn, {B, Tn, C});
   gpu::check_row_width(fn, C);
+  check_slots(fn, slots, B);
   if (C == 0) return;
   const int64_t rows = B * Tn;
   if (dbias && !dbranch && rows > 0)
     throw std::invalid_argument(std::string(fn) + ": dbias is summed from dbranch, which is null");
   const gpu::RowChunks part = gpu::row_chunks(rows, C);
+  // dbias is summed over dbranch's rows in the chunks of the linear layer's own pass over them.
+  const int64_t dbranch_rows = branch_rows(slots, B, Tn);
+  const gpu::RowChunks dbias_part = gpu::row_chunks(dbranch_rows, C);
   gpu::check_workspace(fn, workspace,
                        (dgamma || dln_weight || dln_bias || dbias) && part.chunks > 0);
   const int64_t stride = part.chunks * C;
@@ -179,32 +211,43 @@ void layerscale_residual_layernorm_backward_cuda(const float* dout, const bf16_b
     const bool vector =
         C % kVec == 0 && gpu::aligned16(dout, dy, out, branch, gamma, ln_weight, dx, dbranch,
                                         dgamma_partials, dw_partials, db_partials, dbias_partials);
+    // The block per row sums dbias on its way over the whole batch's rows, a row at a time as the
+    // linear layer would; otherwise (the warps' order, or a selection's rows) that layer's own
+    // kernel sums it after.
+    bool dbias_on_the_way = false;
     if (gpu::takes_warp_rows(vector, C)) {
       gpu::with_warp_row_groups(C, [&](auto groups) {
         layerscale_layernorm_backward_warp_kernel<groups.value>
             <<<grid, gpu::kWarpRowThreads, 0, stream>>>(
                 dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx, dbrb, dgamma_partials,
-                dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk);
+                dw_partials, db_partials, rows, Tn, C, part.rows_per_chunk, slots.branch,
+                slots.normed);
         DEIT_CUDA_CHECK_LAUNCH();
       });
-      // dbias as the linear layer sums it (the warp kernel's column sums run in another order).
-      if (dbias_partials) gpu::column_partials(dbrb, rows, C, C, dbias_partials, part, stream);
     } else {
+      dbias_on_the_way = !slots.branch;
+      float* fused_dbias_partials = dbias_on_the_way ? dbias_partials : nullptr;
       gpu::with_row_variant(vector, threads, [&](auto width, auto early) {
         layerscale_layernorm_backward_kernel<width.value, early.value>
             <<<grid, threads, 0, stream>>>(dout, dyb, out, brb, gb, keep_scale, wb, mean, rstd, dx,
                                            dbrb, dgamma_partials, dw_partials, db_partials,
-                                           dbias_partials, rows, Tn, C, part.rows_per_chunk);
+                                           fused_dbias_partials, rows, Tn, C, part.rows_per_chunk,
+                                           slots.branch, slots.normed);
         DEIT_CUDA_CHECK_LAUNCH();
       });
     }
+    if (dbias_partials && !dbias_on_the_way && dbias_part.chunks > 0)
+      gpu::column_partials(dbrb, dbranch_rows, C, C, dbias_partials, dbias_part, stream);
   }
   gpu::PartialSets sums;
   sums.add(dgamma_partials, dgamma);
   sums.add(dw_partials, dln_weight);
   sums.add(db_partials, dln_bias);
-  sums.add(dbias_partials, dbias);
+  const bool dbias_with_the_others = dbias_part.chunks == part.chunks;
+  if (dbias_with_the_others) sums.add(dbias_partials, dbias);
   gpu::sum_partial_sets(sums, part.chunks, C, stream);
+  if (dbias && !dbias_with_the_others)
+    gpu::sum_partials(dbias_partials, dbias_part.chunks, C, dbias, stream);
 }
 
 }  // namespace deit::kernels

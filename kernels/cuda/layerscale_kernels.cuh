@@ -18,6 +18,7 @@
 
 #include "kernels/cuda/common_device.cuh"
 #include "kernels/cuda/layernorm_row.cuh"
+#include "kernels/samples.h"
 
 namespace deit::kernels {
 namespace {
@@ -83,14 +84,16 @@ __global__ void __launch_bounds__(1024)
 // One block per row r of the (B*T, C) view, grid-striding: out = x + keep * gamma * branch, then
 // y = LayerNorm(out), as layernorm_forward_kernel computes it (one row a block, for the reason it
 // gives). out is stored in fp32 as computed, so the LayerNorm here normalises exactly what
-// backward reads.
+// backward reads. branch_slot, normed_slot: the slot maps of kernels/layerscale.h's SampleSlots
+// (selected_row finds a row's branch and y rows; a row without branch rows adds 0, one without a
+// y row stores only out and the statistics).
 template <int V>
 __global__ void __launch_bounds__(1024)
     layerscale_layernorm_forward_kernel(const float* x, const bf16* branch, const bf16* gamma,
                                         const float* keep_scale, const bf16* ln_weight,
                                         const bf16* ln_bias, float* out, bf16* y, float* mean,
-                                        float* rstd, int64_t rows, int64_t Tn, int64_t C,
-                                        float eps) {
+                                        float* rstd, int64_t rows, int64_t Tn, int64_t C, float eps,
+                                        const int32_t* branch_slot, const int32_t* normed_slot) {
   __shared__ float scratch[32];
   float g[kVec], w[kVec], b[kVec];
   gpu::load_row<V>(gamma, C, g);
@@ -98,16 +101,18 @@ __global__ void __launch_bounds__(1024)
   gpu::load_row<V>(ln_bias, C, b);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float keep = keep_scale[r / Tn];
-    float v[kVec], br[kVec];
+    const int64_t branch_row = selected_row(branch_slot, r, Tn);
+    float v[kVec], br[kVec] = {};
     gpu::load_row<V>(x + r * C, C, v);
-    gpu::load_row<V>(branch + r * C, C, br);
-    // Slots past C stay 0 (0 + keep * 0 * 0).
+    if (branch_row >= 0) gpu::load_row<V>(branch + branch_row * C, C, br);
+      // Slots past C stay 0 (0 + keep * 0 * 0).
 #pragma unroll
     for (int e = 0; e < kVec; ++e) v[e] += keep * g[e] * br[e];
     gpu::store_row<V>(out + r * C, C, v);
     gpu::layernorm_row_forward<V>(v, w, b, C, eps, scratch, mean ? mean + r : nullptr,
                                   rstd ? rstd + r : nullptr);
-    gpu::store_row<V>(y + r * C, C, v);
+    const int64_t y_row = selected_row(normed_slot, r, Tn);
+    if (y_row >= 0) gpu::store_row<V>(y + y_row * C, C, v);
   }
 }
 
@@ -117,11 +122,12 @@ __global__ void __launch_bounds__(1024)
 // bias gradient of the linear layer that made branch, in the order and chunks that the linear
 // layer's own pass over dbranch (column_partials_kernel) would sum it: the same bits; and
 // d * keep * branch adds to the dgamma partials. Any of dout, dbranch and the partials may be
-// nullptr (the dbias partials need dbranch). gamma and ln_weight are re-read per row (from L1)
-// rather than held. Early (blocks of at most kEarlyLoadThreads, so 128 registers a thread): dout
-// and branch are loaded with dy and out, before the LayerNorm's reductions, so that a row waits for
-// memory once; otherwise (the 64 registers of a 1024-thread block) after them, and a row waits
-// three times, each wait then a barrier's.
+// nullptr (the dbias partials need dbranch, and the whole batch's rows: no branch_slot). The slot
+// maps as in the forward: a row without a dy row has dy 0, one without branch rows no dbranch.
+// gamma and ln_weight are re-read per row (from L1) rather than held. Early (blocks of at most
+// kEarlyLoadThreads, so 128 registers a thread): dout and branch are loaded with dy and out, before
+// the LayerNorm's reductions, so that a row waits for memory once; otherwise (the 64 registers of a
+// 1024-thread block) after them, and a row waits three times, each wait then a barrier's.
 template <int V, bool Early>
 __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
     layerscale_layernorm_backward_kernel(const float* dout, const bf16* dy, const float* out,
@@ -130,14 +136,17 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
                                          const float* mean, const float* rstd, float* dx,
                                          bf16* dbranch, float* dgamma_partials, float* dw_partials,
                                          float* db_partials, float* dbias_partials, int64_t rows,
-                                         int64_t Tn, int64_t C, int64_t rows_per_chunk) {
+                                         int64_t Tn, int64_t C, int64_t rows_per_chunk,
+                                         const int32_t* branch_slot, const int32_t* normed_slot) {
   __shared__ float scratch[64];
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
   float dgamma[kVec] = {}, dw[kVec] = {}, db[kVec] = {}, dbias[kVec] = {};
   for (int64_t r = r0; r < r1; ++r) {
-    float g[kVec], xh[kVec], t[kVec], d[kVec];
-    float br[kVec] = {};  // read only where loaded; set, as the host compiler cannot see that
+    const int64_t y_row = selected_row(normed_slot, r, Tn);
+    const int64_t branch_row = selected_row(branch_slot, r, Tn);
+    float g[kVec] = {}, xh[kVec], t[kVec], d[kVec];
+    float br[kVec] = {};  // 0 where not loaded
     const auto load_dout = [&] {
       if (dout) {
         gpu::load_row<V>(dout + r * C, C, d);
@@ -146,11 +155,11 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
         for (int e = 0; e < kVec; ++e) d[e] = 0.f;
       }
     };
-    gpu::load_row<V>(dy + r * C, C, g);
+    if (y_row >= 0) gpu::load_row<V>(dy + y_row * C, C, g);
     gpu::load_row<V>(out + r * C, C, xh);
     if constexpr (Early) {
       load_dout();
-      if (dgamma_partials) gpu::load_row<V>(branch + r * C, C, br);
+      if (dgamma_partials && branch_row >= 0) gpu::load_row<V>(branch + branch_row * C, C, br);
     }
     gpu::load_row<V>(ln_weight, C, t);
     gpu::layernorm_row_backward<V>(g, xh, t, mean[r], rstd[r], C, scratch, dw, db);
@@ -163,15 +172,17 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
 #pragma unroll
     for (int e = 0; e < kVec; ++e) d[e] *= keep;
     if (dgamma_partials) {
-      if constexpr (!Early) gpu::load_row<V>(branch + r * C, C, br);
+      if constexpr (!Early) {
+        if (branch_row >= 0) gpu::load_row<V>(branch + branch_row * C, C, br);
+      }
 #pragma unroll
       for (int e = 0; e < kVec; ++e) dgamma[e] += d[e] * br[e];  // branch is 0 past C
     }
-    if (dbranch) {
+    if (dbranch && branch_row >= 0) {
       gpu::load_row<V>(gamma, C, t);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) d[e] *= t[e];
-      gpu::store_row<V>(dbranch + r * C, C, d);
+      gpu::store_row<V>(dbranch + branch_row * C, C, d);
       if (dbias_partials) {
 #pragma unroll
         for (int e = 0; e < kVec; ++e)  // as stored, as column_partials_kernel would sum it
@@ -187,21 +198,30 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
 
 // The warp row layout (launch_shape.h; vector path, C <= 1024), as layernorm_forward_warp_kernel:
 // a warp per row, grid-striding, no barrier; gamma and the LayerNorm's weight and bias are read
-// per row (from L1) rather than held.
+// per row (from L1) rather than held. The slot maps as in the block per row.
+// Blocks an SM: those of the LayerNorm alone but at G = 3 (deit3_base's rows), where the slot maps'
+// row arithmetic does not fit the 48 registers of 10 blocks (60 bytes spilled, sm_90) and 9 blocks
+// give it 56, no spills.
+constexpr int layerscale_forward_warp_min_blocks(int G) {
+  return G == 3 ? 9 : gpu::forward_warp_row_min_blocks(G);
+}
+
 template <int G>
-__global__ void __launch_bounds__(gpu::kWarpRowThreads, gpu::forward_warp_row_min_blocks(G))
+__global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_forward_warp_min_blocks(G))
     layerscale_layernorm_forward_warp_kernel(const float* x, const bf16* branch, const bf16* gamma,
                                              const float* keep_scale, const bf16* ln_weight,
                                              const bf16* ln_bias, float* out, bf16* y, float* mean,
                                              float* rstd, int64_t rows, int64_t Tn, int64_t C,
-                                             float eps) {
+                                             float eps, const int32_t* branch_slot,
+                                             const int32_t* normed_slot) {
   using Row = gpu::WarpRow<G>;
   const Row row{C};
   for (int64_t r = gpu::warp_row_first(); r < rows; r += gpu::warp_row_stride()) {
     const float keep = keep_scale[r / Tn];
+    const int64_t branch_row = selected_row(branch_slot, r, Tn);
     float v[Row::kSlots], br[Row::kSlots];
     row.load(x + r * C, v);
-    row.load(branch + r * C, br);
+    row.load_or_zeros(branch_row >= 0 ? branch + branch_row * C : nullptr, br);
 #pragma unroll
     for (int k = 0; k < G; ++k) {  // slots past C stay 0 (0 + keep * 0 * 0)
       float g[kVec];
@@ -212,33 +232,34 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, gpu::forward_warp_row_mi
     row.store(out + r * C, v);
     gpu::layernorm_warp_row_forward(v, row, ln_weight, ln_bias, eps, mean ? mean + r : nullptr,
                                     rstd ? rstd + r : nullptr);
-    row.store(y + r * C, v);
+    const int64_t y_row = selected_row(normed_slot, r, Tn);
+    if (y_row >= 0) row.store(y + y_row * C, v);
   }
 }
 
 // The warp row layout's backward (vector path, C <= 1024): what
 // layerscale_layernorm_backward_kernel<kVec, true> computes but the dbias partials, with the rows
 // of a chunk taken by the block's warps in turn (warp w: rows w, w + 4, ...) and dgamma, dln_weight
-// and dln_bias summed in gpu::WarpColumnSums. Not dbias: the bias gradient of the linear layer
-// that made branch must be the bits of that layer's own sums over dbranch, which run a row at a
-// time (column_partials_kernel), and the warps here sum in another order; layerscale.cu runs that
-// kernel over dbranch after this one.
-// Registers: left alone, ptxas takes 80, 108, 142 and 168 at G = 1 to 4 (sm_90); held to 5, 5, 4
-// and 3 blocks an SM, 72, 94, 128 and 161, no spills (held to 4 blocks at G = 4 it spills 104
-// bytes, to 6 at G = 2 some 16). deit3_small's rows (G = 2, the second group on half the lanes):
-// 20 warps an SM, each lane waiting for 144 bytes of a row on average, where the block per row
-// kept 10 blocks of 48 working threads waiting for 96 (93 registers on 64-thread blocks).
+// and dln_bias summed in gpu::WarpColumnSums, and the slot maps as there. Not dbias: the bias
+// gradient of the linear layer that made branch must be the bits of that layer's own sums over
+// dbranch, which run a row at a time (column_partials_kernel), and the warps here sum in another
+// order; layerscale.cu runs that kernel over dbranch after this one. Registers: left alone, ptxas
+// takes 80, 108, 142 and 168 at G = 1 to 4 (sm_90, before the slot maps); held to 5, 5, 4 and 3
+// blocks an SM, 69, 95, 128 and 168, no spills (held to 4 blocks at G = 4 it spilled 104 bytes, to
+// 6 at G = 2 some 16).
+// deit3_small's rows (G = 2, the second group on half the lanes): 20 warps an SM, each lane waiting
+// for 144 bytes of a row on average, where the block per row kept 10 blocks of 48 working threads
+// waiting for 96 (93 registers on 64-thread blocks).
 constexpr int layerscale_backward_warp_min_blocks(int G) { return G <= 2 ? 5 : (G == 3 ? 4 : 3); }
 
 template <int G>
 __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_backward_warp_min_blocks(G))
-    layerscale_layernorm_backward_warp_kernel(const float* dout, const bf16* dy, const float* out,
-                                              const bf16* branch, const bf16* gamma,
-                                              const float* keep_scale, const bf16* ln_weight,
-                                              const float* mean, const float* rstd, float* dx,
-                                              bf16* dbranch, float* dgamma_partials,
-                                              float* dw_partials, float* db_partials, int64_t rows,
-                                              int64_t Tn, int64_t C, int64_t rows_per_chunk) {
+    layerscale_layernorm_backward_warp_kernel(
+        const float* dout, const bf16* dy, const float* out, const bf16* branch, const bf16* gamma,
+        const float* keep_scale, const bf16* ln_weight, const float* mean, const float* rstd,
+        float* dx, bf16* dbranch, float* dgamma_partials, float* dw_partials, float* db_partials,
+        int64_t rows, int64_t Tn, int64_t C, int64_t rows_per_chunk, const int32_t* branch_slot,
+        const int32_t* normed_slot) {
   using Row = gpu::WarpRow<G>;
   using Sums = gpu::WarpColumnSums<G, 3>;
   enum Set { kDgamma, kDlnWeight, kDlnBias };  // kDlnBias next to kDlnWeight: the LayerNorm's pair
@@ -247,9 +268,11 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_backward_warp
   const gpu::WarpChunkRows chunk = gpu::warp_chunk_rows(rows, rows_per_chunk);
   for (int64_t r = chunk.first; r < chunk.end; r += chunk.kStep) {
     // All four inputs of the row before the LayerNorm's reductions: a row waits for memory once.
+    const int64_t y_row = selected_row(normed_slot, r, Tn);
+    const int64_t branch_row = selected_row(branch_slot, r, Tn);
     float g[Row::kSlots], xh[Row::kSlots], d[Row::kSlots];
-    float br[Row::kSlots] = {};  // read only where loaded; set, as the host compiler cannot see it
-    row.load(dy + r * C, g);
+    float br[Row::kSlots] = {};  // 0 where not loaded
+    row.load_or_zeros(y_row >= 0 ? dy + y_row * C : nullptr, g);
     row.load(out + r * C, xh);
     if (dout) {
       row.load(dout + r * C, d);
@@ -257,7 +280,7 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_backward_warp
 #pragma unroll
       for (int e = 0; e < Row::kSlots; ++e) d[e] = 0.f;
     }
-    if (dgamma_partials) row.load(branch + r * C, br);
+    if (dgamma_partials) row.load_or_zeros(branch_row >= 0 ? branch + branch_row * C : nullptr, br);
     gpu::layernorm_warp_row_backward(g, xh, mean[r], rstd[r], row, ln_weight, sums, kDlnWeight);
     // dx = dout + what flows back through the LayerNorm
 #pragma unroll
@@ -275,14 +298,14 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_backward_warp
         for (int j = 0; j < kVec; ++j) t[j] = dk[j] * br[k * kVec + j];  // branch is 0 past C
         sums.add(kDgamma, row, k, t);
       }
-      if (dbranch) {
+      if (dbranch && branch_row >= 0) {
         float gamma_k[kVec];
         row.load_group(gamma, k, gamma_k);
 #pragma unroll
         for (int j = 0; j < kVec; ++j) dk[j] *= gamma_k[j];
       }
     }
-    if (dbranch) row.store(dbranch + r * C, d);
+    if (dbranch && branch_row >= 0) row.store(dbranch + branch_row * C, d);
   }
   __syncthreads();
   const int64_t at = blockIdx.x * C;

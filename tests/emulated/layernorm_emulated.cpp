@@ -193,7 +193,7 @@ void fused_forward(const FusedForwardArgs& a, int64_t B, int64_t T, int64_t C, u
                   [=] {
                     layerscale_layernorm_forward_warp_kernel<G>(
                         a.x, a.branch, a.gamma, a.keep, a.ln_w, a.ln_b, a.out, a.y, a.mean, a.rstd,
-                        B * T, T, C, static_cast<float>(kEps));
+                        B * T, T, C, static_cast<float>(kEps), nullptr, nullptr);
                   });
     });
     return;
@@ -204,9 +204,9 @@ void fused_forward(const FusedForwardArgs& a, int64_t B, int64_t T, int64_t C, u
         emu::launch({kernel_name("layerscale_layernorm_forward_kernel", V),
                      forward_grid(B * T, max_grid), threads, 0},
                     [=] {
-                      layerscale_layernorm_forward_kernel<V>(a.x, a.branch, a.gamma, a.keep, a.ln_w,
-                                                             a.ln_b, a.out, a.y, a.mean, a.rstd,
-                                                             B * T, T, C, static_cast<float>(kEps));
+                      layerscale_layernorm_forward_kernel<V>(
+                          a.x, a.branch, a.gamma, a.keep, a.ln_w, a.ln_b, a.out, a.y, a.mean,
+                          a.rstd, B * T, T, C, static_cast<float>(kEps), nullptr, nullptr);
                     });
       });
 }
@@ -247,7 +247,7 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
                     layerscale_layernorm_backward_warp_kernel<G>(
                         a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd,
                         a.dx, a.dbranch, dgamma_partials, dw_partials, db_partials, rows, T, C,
-                        part.rows_per_chunk);
+                        part.rows_per_chunk, nullptr, nullptr);
                   });
     });
     if (dbias_partials) emu::column_partials(a.dbranch, rows, C, C, dbias_partials, part);
@@ -262,7 +262,7 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
                   layerscale_layernorm_backward_kernel<V, kEarly>(
                       a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd, a.dx,
                       a.dbranch, dgamma_partials, dw_partials, db_partials, dbias_partials, rows, T,
-                      C, part.rows_per_chunk);
+                      C, part.rows_per_chunk, nullptr, nullptr);
                 });
   });
 }
