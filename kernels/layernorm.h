@@ -11,15 +11,21 @@
 
 namespace deit::kernels {
 
-// x: (rows, C), weight, bias: (C)  ->  y: (rows, C), mean, rstd: (rows) saved for backward
+// x: (rows, C), weight, bias: (C)  ->  y: (rows, C), mean, rstd: (rows) saved for backward.
+// With y_slot, the rows are B samples of Tn tokens, and y holds the rows of the samples the slot
+// map selects alone (kernels/samples.h; the next branch's input when a branch runs on some
+// samples, kernels/layerscale.h), every row's mean and rstd still saved.
 template <typename T>
 void layernorm_forward_cpu(const T* x, const T* weight, const T* bias, T* y, T* mean, T* rstd,
-                           int64_t rows, int64_t C, double eps);
+                           int64_t rows, int64_t C, double eps, const int32_t* y_slot = nullptr,
+                           int64_t Tn = 1);
 
-// dy: (rows, C)  ->  dx: (rows, C), dweight, dbias: (C). dweight/dbias may be nullptr.
+// dy: (rows, C)  ->  dx: (rows, C), dweight, dbias: (C). dweight/dbias may be nullptr. With
+// dy_slot, dy holds the rows of the samples it selects as y did, and the others' dy is 0.
 template <typename T>
-void layernorm_backward_cpu(const T* dy, const T* x, const T* weight, const T* mean,
-                            const T* rstd, T* dx, T* dweight, T* dbias, int64_t rows, int64_t C);
+void layernorm_backward_cpu(const T* dy, const T* x, const T* weight, const T* mean, const T* rstd,
+                            T* dx, T* dweight, T* dbias, int64_t rows, int64_t C,
+                            const int32_t* dy_slot = nullptr, int64_t Tn = 1);
 
 // The widest row the CUDA LayerNorm and LayerScale kernels take: a block of at most 1024 threads
 // holds a row in registers, 8 elements per thread (the CPU twins take any width).

@@ -24,16 +24,19 @@
 
 namespace deit::kernels {
 
-// x, branch: (B, T, C), gamma: (C), keep_scale: (B)  ->  out: (B, T, C)
+// x, branch: (B, T, C), gamma: (C), keep_scale: (B)  ->  out: (B, T, C). With branch_slot (a
+// selection's slot map, kernels/samples.h), branch holds the rows of the samples it selects, and
+// a sample without any adds nothing (SampleSlots below).
 template <typename T>
 void layerscale_residual_forward_cpu(const T* x, const T* branch, const T* gamma,
-                                     const T* keep_scale, T* out, int64_t B, int64_t Tn, int64_t C);
+                                     const T* keep_scale, T* out, int64_t B, int64_t Tn, int64_t C,
+                                     const int32_t* branch_slot = nullptr);
 
-// dout: (B, T, C)  ->  dbranch: (B, T, C), dgamma: (C). Either may be nullptr.
+// dout: (B, T, C)  ->  dbranch: branch's rows, dgamma: (C). Either may be nullptr.
 template <typename T>
 void layerscale_residual_backward_cpu(const T* dout, const T* branch, const T* gamma,
                                       const T* keep_scale, T* dbranch, T* dgamma, int64_t B,
-                                      int64_t Tn, int64_t C);
+                                      int64_t Tn, int64_t C, const int32_t* branch_slot = nullptr);
 
 // The samples of the batch whose rows the fused pair's branch side holds, as slot maps (B) of
 // selections (kernels/samples.h), each nullptr for the whole batch in order. branch: branch and
