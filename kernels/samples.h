@@ -1,7 +1,9 @@
 // Whole samples of a batch picked by index: the samples a residual branch keeps under drop-path.
 // A dropped sample's branch output is multiplied by 0, so model/vit.cpp runs a branch on the kept
-// samples (and a few dropped ones that round their count up, engine/ops/samples.h) alone: gather
-// them, compute, and scatter the result back with zeros for the others.
+// samples (and a few dropped ones that round their count up, engine/ops/samples.h) alone. Between
+// branches the fused residual + LayerNorm kernels find the selected rows themselves (selected_row
+// below, kernels/layerscale.h); before the first block the kept samples are gathered, and after
+// the last the branch's result is scattered back with zeros for the others.
 //
 // A selection of n of B samples is given twice, for the two directions: index (n), the selected
 // sample numbers in ascending order, and slot (B), each sample's place in index or -1.

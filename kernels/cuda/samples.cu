@@ -1,5 +1,7 @@
 // Whole samples of a batch moved by index (kernels/samples.h), so that a residual branch under
-// drop-path runs on its kept samples alone (model/vit.cpp): gather copies x[index[j]] to out[j]
+// drop-path runs on its kept samples alone (model/vit.cpp; the first block's input and the last
+// block's output, the fused residual + LayerNorm kernels doing it in between): gather copies
+// x[index[j]] to out[j]
 // for the n kept samples, scatter copies y[slot[b]] to out[b] and writes zeros where slot[b] < 0,
 // every element of out either way. The CPU twins (kernels/cpu/samples.cpp) are the same in loops.
 //
