@@ -220,9 +220,11 @@ TEST_CASE("grad checkpointing changes neither the logits nor any gradient", "[mo
   }
 }
 
-// A branch that drop-path drops for many samples runs on the kept ones alone (gathered, computed,
-// scattered back): the logits and every gradient must be those of the branch over the whole
-// batch with the same keep scales, while the tape keeps less.
+// A branch that drop-path drops for many samples runs on the kept ones alone (the LayerNorm before
+// it writes their rows, the residual update after it reads them): the logits and every gradient
+// must be those of the branch over the whole batch with the same keep scales, while the tape keeps
+// less; with GELU recomputed, and with every block checkpointed (its forward run again in
+// backward on the same selections).
 TEST_CASE("branches run on their kept samples alone change neither the logits nor any gradient",
           "[model]") {
   VisionTransformer vit = small_model(17);
@@ -231,9 +233,11 @@ TEST_CASE("branches run on their kept samples alone change neither the logits no
   const Tensor images = Tensor::randn({B, 3, 32, 32}, data);
   const Tensor targets = Tensor::full({B, 5}, 0.25);
   const double rate = 0.5;
-  for (bool recompute_gelu : {false, true}) {
-    INFO("recompute GELU " << recompute_gelu);
+  const std::pair<bool, bool> variants[] = {{false, false}, {true, false}, {false, true}};
+  for (const auto& [recompute_gelu, checkpointing] : variants) {
+    INFO("recompute GELU " << recompute_gelu << ", blocks checkpointed " << checkpointing);
     vit.set_recompute_gelu(recompute_gelu);
+    vit.set_grad_checkpointing(checkpointing);
     std::vector<float> logits[2];
     std::vector<std::vector<float>> grads[2];
     size_t saved[2];
