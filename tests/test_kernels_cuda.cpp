@@ -756,6 +756,18 @@ TEST_CASE("cuda kernels accept empty sizes and reject what they cannot do", "[gp
                                                              nullptr, nullptr, 1, 1, 8193, 1e-6,
                                                              stream),
                   std::invalid_argument);
+  // A branch selection of more samples than the batch has.
+  DeviceBuffer<int32_t> slot(std::vector<int32_t>{0, 1});
+  const SampleSlots three_of_two{slot.get(), 3, nullptr};
+  CHECK_THROWS_AS(layerscale_residual_layernorm_forward_cuda(
+                      nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                      nullptr, nullptr, 2, 1, 384, 1e-6, stream, three_of_two),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(
+      layerscale_residual_layernorm_backward_cuda(
+          nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+          nullptr, nullptr, nullptr, nullptr, nullptr, 2, 1, 384, nullptr, stream, three_of_two),
+      std::invalid_argument);
   CHECK_THROWS_AS(layernorm_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                           dw.get(), nullptr, 4, 384, nullptr, stream),
                   std::invalid_argument);
