@@ -23,8 +23,9 @@
 //                          (autocontrast and equalize build per-channel histograms with
 //                          shared-memory atomics, exact integer counts; sharpness and the affine
 //                          ops write the spare buffer first), then normalise; the others return
-//                          at once. Its own kernel: the steps take 64 registers a thread where
-//                          finish_kernel takes 32 (ptxas, sm_80 and sm_90), so one kernel would
+//                          at once. Its own kernel: the steps take 64 registers a thread (and
+//                          spill 32 bytes on sm_90, 8 on sm_80: the 1024-thread launch bound
+//                          allows no more) where finish_kernel takes 32, so one kernel would
 //                          run half as many threads per SM for pre-training's views too, which
 //                          have no step.
 //   __syncthreads() separates ops; each op reads the previous op's uint8 output, as Pillow does.
