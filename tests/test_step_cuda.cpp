@@ -96,6 +96,14 @@ Batch make_batch(uint64_t seed, Device device) {
   return b;
 }
 
+// B random images on the GPU, every target 0.25: for drop-path's draws over a batch of B.
+Batch drop_path_batch(int64_t B, uint64_t seed) {
+  const ViTConfig c = small_config();
+  Rng rng(seed);
+  return {Tensor::randn({B, 3, c.input_size, c.input_size}, rng, 1.0, DType::f32, kGpu),
+          Tensor::full({B, c.num_classes}, 0.25, DType::f32, kGpu)};
+}
+
 // Forward, loss and backward from fresh gradients; returns the loss.
 Tensor forward_backward(VisionTransformer& vit, const Batch& batch) {
   vit.parameters().zero_grad();
@@ -230,12 +238,7 @@ TEST_CASE("CUDA branches run on their kept samples give the whole batch's loss a
   // rows: only the GEMMs' choice of algorithm for the other row count may change the last bits.
   VisionTransformer gpu(small_config(), kGpu);
   copy_weights(make_cpu_model(51), gpu);
-  const ViTConfig c = small_config();
-  Rng data(52);
-  constexpr int64_t B = 8;
-  const Tensor images =
-      Tensor::randn({B, 3, c.input_size, c.input_size}, data, 1.0, DType::f32, kGpu);
-  const Tensor targets = Tensor::full({B, c.num_classes}, 0.25, DType::f32, kGpu);
+  const auto [images, targets] = drop_path_batch(8, 52);
   double losses[2];
   size_t saved[2];
   std::vector<std::vector<float>> grads[2];
@@ -412,12 +415,7 @@ TEST_CASE("warm CUDA steps with branches on their kept samples seldom allocate d
   // from an empty cache: 231 blocks in the first step, 23 more by step 14 and 5 more by step 30.
   VisionTransformer gpu(small_config(), kGpu);
   copy_weights(make_cpu_model(71), gpu);
-  const ViTConfig c = small_config();
-  Rng data(72);
-  constexpr int64_t B = 32;  // counts in steps of 2 samples, at most 28
-  const Tensor images =
-      Tensor::randn({B, 3, c.input_size, c.input_size}, data, 1.0, DType::f32, kGpu);
-  const Tensor targets = Tensor::full({B, c.num_classes}, 0.25, DType::f32, kGpu);
+  const auto [images, targets] = drop_path_batch(32, 72);  // counts in steps of 2, at most 28
   auto opt = make_optimizer("lamb", gpu.parameters(), test_options());
   CachingAllocator& allocator = cuda_allocator(0);
   sync_device();
