@@ -270,23 +270,11 @@ struct WarpRow {
       if (c < C) gpu::store<kVec>(row + c, v + k * kVec);
     }
   }
-  // load(row, v), or zeros where row is nullptr (a row a selection leaves out): the same test per
-  // slot group as for the columns past C, rather than a branch around the loads, which made ptxas
-  // spill the fused LayerScale + LayerNorm kernels' rows (up to 196 bytes at G = 4).
-  template <typename P>
-  __device__ void load_or_zeros(const P* row, float (&v)[kSlots]) const {
-    const int64_t width = row ? C : 0;
-#pragma unroll
-    for (int k = 0; k < G; ++k) {
-      const int64_t c = group_column(k);
-      if (c < width) {
-        gpu::load<kVec>(row + c, v + k * kVec);
-      } else {
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) v[k * kVec + j] = 0.f;
-      }
-    }
-  }
+  // This layout for a row that may be missing (one a selection leaves out): the same, or with no
+  // columns, so that every load through it gives zeros and no store writes. Its loads test each
+  // slot group as they test the columns past C rather than branching around them, which kept
+  // ptxas from spilling the fused LayerScale + LayerNorm kernels' rows (up to 196 bytes at G = 4).
+  __device__ WarpRow or_none(bool present) const { return {present ? C : 0}; }
   // v[0, kVec): the values of `p` (a row, or a vector the width of the row) at slot group k's
   // columns, 0 past C.
   template <typename P>

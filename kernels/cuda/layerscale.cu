@@ -32,8 +32,9 @@
 // each row's branch, y, dy and dbranch rows through the slot maps and read and write them where
 // the branches keep them. That replaces four copies a branch (the gather of its input and the
 // scatter of its output, and their gradients), each over the selected share of a (B, T, C)
-// activation. dbias is then summed by column_partials over dbranch's rows, as the linear layer
-// would.
+// activation. The backward reads neither dy nor out in a row the next branch did not take (its dy
+// is 0: the LayerNorm passes nothing back), nor branch where the branch has no row. dbias is then
+// summed by column_partials over dbranch's rows, as the linear layer would.
 // Registers of the backward (ptxas, sm_90 / sm_80; with the slot maps): the early variants 100 /
 // 100 (vectors) and 126 / 122 (scalars), no spills; the 1024-thread ones, for rows past 4096 and
 // held to 64 registers, spill since they also sum dbias: none (vectors) and 192 / 156 bytes

@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t y_row = selected_row(normed_slot, r, Tn);
     const int64_t branch_row = selected_row(branch_slot, r, Tn);
-    float g[kVec] = {}, xh[kVec], t[kVec], d[kVec];
+    float g[kVec] = {}, xh[kVec] = {}, t[kVec], d[kVec];
     float br[kVec] = {};  // 0 where not loaded
     const auto load_dout = [&] {
       if (dout) {
@@ -155,8 +155,11 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
         for (int e = 0; e < kVec; ++e) d[e] = 0.f;
       }
     };
-    if (y_row >= 0) gpu::load_row<V>(dy + y_row * C, C, g);
-    gpu::load_row<V>(out + r * C, C, xh);
+    // A row without dy (0) adds nothing through the LayerNorm, whatever out holds: not read.
+    if (y_row >= 0) {
+      gpu::load_row<V>(dy + y_row * C, C, g);
+      gpu::load_row<V>(out + r * C, C, xh);
+    }
     if constexpr (Early) {
       load_dout();
       if (dgamma_partials && branch_row >= 0) gpu::load_row<V>(branch + branch_row * C, C, br);
@@ -221,7 +224,7 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_forward_warp_
     const int64_t branch_row = selected_row(branch_slot, r, Tn);
     float v[Row::kSlots], br[Row::kSlots];
     row.load(x + r * C, v);
-    row.load_or_zeros(branch_row >= 0 ? branch + branch_row * C : nullptr, br);
+    row.or_none(branch_row >= 0).load(branch + max(branch_row, int64_t{0}) * C, br);
 #pragma unroll
     for (int k = 0; k < G; ++k) {  // slots past C stay 0 (0 + keep * 0 * 0)
       float g[kVec];
@@ -272,15 +275,18 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_backward_warp
     const int64_t branch_row = selected_row(branch_slot, r, Tn);
     float g[Row::kSlots], xh[Row::kSlots], d[Row::kSlots];
     float br[Row::kSlots] = {};  // 0 where not loaded
-    row.load_or_zeros(y_row >= 0 ? dy + y_row * C : nullptr, g);
-    row.load(out + r * C, xh);
+    // A row without dy (0) adds nothing through the LayerNorm, whatever out holds: not read.
+    const Row dy_cols = row.or_none(y_row >= 0);
+    dy_cols.load(dy + max(y_row, int64_t{0}) * C, g);
+    dy_cols.load(out + r * C, xh);
     if (dout) {
       row.load(dout + r * C, d);
     } else {
 #pragma unroll
       for (int e = 0; e < Row::kSlots; ++e) d[e] = 0.f;
     }
-    if (dgamma_partials) row.load_or_zeros(branch_row >= 0 ? branch + branch_row * C : nullptr, br);
+    if (dgamma_partials)
+      row.or_none(branch_row >= 0).load(branch + max(branch_row, int64_t{0}) * C, br);
     gpu::layernorm_warp_row_backward(g, xh, mean[r], rstd[r], row, ln_weight, sums, kDlnWeight);
     // dx = dout + what flows back through the LayerNorm
 #pragma unroll
