@@ -146,6 +146,11 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
               r.step_ms, r.forward_ms, r.backward_ms, r.optimizer_ms, j["timed_steps"].get<int>(),
               o.warmup);
   std::printf("throughput    %9.1f images/s per process\n", r.images_per_s);
+  if (r.branch_sample_share < 1)
+    std::printf(
+        "branches      %9.1f%% of the samples (drop-path's kept ones alone; "
+        "--whole-batch-branches: all)\n",
+        100.0 * r.branch_sample_share);
   if (r.graph_step_ms)
     std::printf("CUDA graph    %9.2f ms per replayed step, %.1f images/s per process\n",
                 *r.graph_step_ms, j["graph_images_per_s"].get<double>());

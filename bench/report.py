@@ -159,6 +159,11 @@ def phase_details(label, ours, eager, compiled):
         if r.get("graph_error"):
             lines.append(f"\n{name}: the CUDA graph of the step failed: {r['graph_error']}")
     for name, r in sides:
+        share = r.get("branch_sample_share")
+        if share is not None and share < 1:
+            lines.append(f"\n{name}'s residual branches ran on {fmt(100 * share, '.1f')}% of the "
+                         "samples (drop-path's kept ones alone; the FLOP count is the whole batch's).")
+    for name, r in sides:
         if not r.get("breakdown"):
             continue
         lines += ["", f"{name}, top ops of a profiled step ({fmt(r['profiled_step_ms'], '.2f')} ms; "

@@ -205,11 +205,20 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
   const Tensor grad_loss = Tensor::full({1}, 1.0, DType::f32, device);
   Rng drop_path_rng(o.seed, 2 + comm.rank());
 
-  // One training step as the trainer runs it; `marks` (if any) hears the phase boundaries.
+  // The samples the timed steps' residual branches ran on, and the most they could have.
+  int64_t branch_samples = 0, branch_batches = 0;
+  // One training step as the trainer runs it; `marks` (if any: a timed step) hears the phase
+  // boundaries.
   auto step = [&](bool reduce_gradients, Marks* marks) {
     if (marks) marks->mark();
-    const Tensor loss = ops::bce_with_logits(
-        vit.forward(batch.images, o.drop_path, &drop_path_rng), batch.targets);
+    // vit.forward(images, rate, &rng), with the draws in hand to count the branches' samples.
+    const Tensor drawn = vit.draw_keep_scales(o.batch_size, o.drop_path, drop_path_rng, DType::f32);
+    if (marks)
+      for (const int64_t n : vit.branch_samples(drawn)) {
+        branch_samples += n;
+        branch_batches += o.batch_size;
+      }
+    const Tensor loss = ops::bce_with_logits(vit.forward_drawn(batch.images, drawn), batch.targets);
     if (marks) marks->mark();
     if (reduce_gradients)
       reducer.backward(loss, grad_loss);
@@ -289,6 +298,9 @@ StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
   r.backward_ms = phases[1];
   r.optimizer_ms = phases[2];
   r.images_per_s = r.step_ms > 0 ? 1000.0 * static_cast<double>(o.batch_size) / r.step_ms : 0;
+  r.branch_sample_share =
+      branch_batches > 0 ? static_cast<double>(branch_samples) / static_cast<double>(branch_batches)
+                         : 1.0;
   const CachingAllocator& allocator =
       device.is_cuda() ? cuda_allocator(device.index) : cpu_allocator();
   r.peak_memory_bytes = static_cast<int64_t>(allocator.stats().peak_bytes_in_use);
@@ -386,6 +398,7 @@ nlohmann::ordered_json to_json(const StepReport& r) {
   j["drop_path"] = o.drop_path;
   j["recompute_gelu"] = o.recompute_gelu;
   j["whole_batch_branches"] = o.whole_batch_branches;
+  j["branch_sample_share"] = r.branch_sample_share;
   j["grad_checkpointing"] = o.grad_checkpointing;
   // null on the CPU, which has no GEMM epilogues
   const bool cuda = parse_device(r.device).is_cuda();

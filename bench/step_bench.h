@@ -13,6 +13,9 @@
 //                        included, so a comparison can check that both sides ran the same one
 //   input_size, batch_size (per process), world_size, device, device_name, precision,
 //   optimizer, drop_path, recompute_gelu, whole_batch_branches, grad_checkpointing
+//   branch_sample_share  the share of the batch the timed steps' residual branches ran on, over
+//                        every branch: 1 over the whole batch, less where drop-path's kept samples
+//                        ran alone (model/vit.h); train_gflops_per_image counts them all anyway
 //   zero                 whether the optimizer state was sharded (ZeRO-1, --zero): the gradient
 //                        buckets reduce-scattered, the updates all-gathered after the optimizer
 //                        (in phases_ms' optimizer). False in one process without
@@ -108,6 +111,7 @@ struct StepReport {
   std::string precision;
   double step_ms = 0;
   double images_per_s = 0;
+  double branch_sample_share = 1;
   double train_gflops_per_image = 0;
   std::optional<double> peak_tflops;
   std::string peak_tflops_source;

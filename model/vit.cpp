@@ -76,10 +76,26 @@ Tensor VisionTransformer::forward_drawn(const Tensor& images,
   // rather than a host wait in the middle of them at every branch.
   const Tensor keep_scales = upload_without_waiting(drawn_keep_scales, device);
   if (whole_batch_branches_) return forward(images, keep_scales);
-  const auto max_selected = static_cast<int64_t>(kSelectedShare * static_cast<double>(B));
-  const int64_t granularity = std::max<int64_t>(1, (B + kSelectionSteps - 1) / kSelectionSteps);
+  const SelectionRule rule = selection_rule(B);
   return forward(images, keep_scales,
-                 ops::kept_samples(drawn_keep_scales, granularity, max_selected, device));
+                 ops::kept_samples(drawn_keep_scales, rule.granularity, rule.max_count, device));
+}
+
+VisionTransformer::SelectionRule VisionTransformer::selection_rule(int64_t B) {
+  return {std::max<int64_t>(1, (B + kSelectionSteps - 1) / kSelectionSteps),
+          static_cast<int64_t>(kSelectedShare * static_cast<double>(B))};
+}
+
+std::vector<int64_t> VisionTransformer::branch_samples(const Tensor& drawn_keep_scales) const {
+  const int64_t B = drawn_keep_scales.dim() == 2 ? drawn_keep_scales.size(1) : 0;
+  std::vector<int64_t> counts(static_cast<size_t>(2 * config_.depth), B);
+  if (whole_batch_branches_) return counts;
+  const SelectionRule rule = selection_rule(B);
+  const std::vector<int64_t> selected =
+      ops::kept_sample_counts(drawn_keep_scales, rule.granularity, rule.max_count);
+  for (size_t i = 0; i < counts.size() && i < selected.size(); ++i)
+    if (selected[i] > 0) counts[i] = selected[i];
+  return counts;
 }
 
 Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scales) const {

@@ -50,6 +50,9 @@ class VisionTransformer {
   // here, and each branch that keeps at most kSelectedShare of the batch computed for the kept
   // samples alone (unless set_whole_batch_branches).
   Tensor forward_drawn(const Tensor& images, const Tensor& drawn_keep_scales) const;
+  // The samples each residual branch of forward_drawn(images, drawn_keep_scales) runs on, in the
+  // keep scales' row order: the batch size for a branch over the whole batch.
+  std::vector<int64_t> branch_samples(const Tensor& drawn_keep_scales) const;
 
   // Training memory against time: GELU's output (fc2's input) is recomputed in backward rather
   // than kept from forward to backward (ops::gelu_linear): 4 of a block's 18 T x C activations,
@@ -81,6 +84,11 @@ class VisionTransformer {
   // batch more on average (half a step), for cuBLASLt plans and cached device blocks that serve
   // every step after the first few.
   static constexpr int64_t kSelectionSteps = 16;
+  // ops::kept_samples' granularity and max_count for a batch of B, from the two above.
+  struct SelectionRule {
+    int64_t granularity, max_count;
+  };
+  static SelectionRule selection_rule(int64_t B);
 
   // forward(images, keep_scales), with the samples each branch keeps (a selection per row of
   // keep_scales; an empty one, or none at all, for a branch computed over the whole batch).

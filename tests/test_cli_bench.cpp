@@ -268,5 +268,11 @@ TEST_CASE("deit bench step runs drop-path branches on the kept samples unless to
     for (const auto& op : j["breakdown"]) ops.insert(op["op"].get<std::string>());
     CHECK(ops.count("gather_samples") == (whole ? 0 : 1));
     CHECK(ops.count("scatter_samples") == (whole ? 0 : 1));
+    // Near half the samples a branch (1 to 7 of 8 where selected, all 8 where not).
+    const double share = j["branch_sample_share"].get<double>();
+    if (whole)
+      CHECK(share == 1.0);
+    else
+      CHECK((share > 0.3 && share < 0.8));
   }
 }

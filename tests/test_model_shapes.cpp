@@ -271,3 +271,25 @@ TEST_CASE("branches run on their kept samples alone change neither the logits no
     }
   }
 }
+
+TEST_CASE("branch_samples says how many samples each branch of forward_drawn runs on", "[model]") {
+  VisionTransformer vit = small_model(23);
+  const int64_t B = 6, branches = 2 * vit.config().depth;
+  Rng drop_path(24);
+  const Tensor drawn = vit.draw_keep_scales(B, 0.5, drop_path, DType::f32);
+  const std::vector<float> scales = drawn.to_vector<float>();
+  const std::vector<int64_t> counts = vit.branch_samples(drawn);
+  REQUIRE(static_cast<int64_t>(counts.size()) == branches);
+  bool some_selected = false;
+  for (int64_t i = 0; i < branches; ++i) {
+    int64_t kept = 0;
+    for (int64_t b = 0; b < B; ++b) kept += scales[i * B + b] != 0;
+    INFO("branch " << i << ": " << kept << " kept, runs on " << counts[i]);
+    // Its kept samples at least (rounded up, at most 90% of the batch), or the whole batch.
+    CHECK((counts[i] == B || (counts[i] >= kept && counts[i] <= B * 9 / 10)));
+    some_selected = some_selected || counts[i] < B;
+  }
+  CHECK(some_selected);
+  vit.set_whole_batch_branches(true);
+  CHECK(vit.branch_samples(drawn) == std::vector<int64_t>(branches, B));
+}

@@ -13,32 +13,45 @@ namespace deit::ops {
 
 using detail::check;
 
-std::vector<SampleSelection> kept_samples(const Tensor& keep_scales, int64_t granularity,
-                                          int64_t max_count, Device device) {
+std::vector<int64_t> kept_sample_counts(const Tensor& keep_scales, int64_t granularity,
+                                        int64_t max_count) {
   check(keep_scales.dim() == 2 && keep_scales.device().is_cpu(), "kept_samples",
         "keep scales " + keep_scales.describe() + " are not (rows, B) on the host");
   check(granularity >= 1, "kept_samples",
         "granularity " + std::to_string(granularity) + " is not positive");
   const int64_t rows = keep_scales.size(0), B = keep_scales.size(1);
   const std::vector<double> scales = keep_scales.to_vector<double>();
-  // Each selected row's index, then its slot, back to back in one i32 tensor: one upload for all.
-  std::vector<int32_t> packed;
   std::vector<int64_t> counts(static_cast<size_t>(rows), 0);
   for (int64_t r = 0; r < rows; ++r) {
     int64_t kept = 0;
     for (int64_t b = 0; b < B; ++b) kept += scales[r * B + b] != 0;
     const int64_t count = std::min(B, (kept + granularity - 1) / granularity * granularity);
-    if (kept == 0 || count > max_count) continue;
-    // The kept samples and the first count - kept dropped ones, in sample order.
+    if (kept > 0 && count <= max_count) counts[r] = count;
+  }
+  return counts;
+}
+
+std::vector<SampleSelection> kept_samples(const Tensor& keep_scales, int64_t granularity,
+                                          int64_t max_count, Device device) {
+  const std::vector<int64_t> counts = kept_sample_counts(keep_scales, granularity, max_count);
+  const int64_t rows = keep_scales.size(0), B = keep_scales.size(1);
+  const std::vector<double> scales = keep_scales.to_vector<double>();
+  // Each selected row's index, then its slot, back to back in one i32 tensor: one upload for all.
+  std::vector<int32_t> packed;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t count = counts[r];
+    if (count == 0) continue;
+    // The kept samples and the first dropped ones up to count, in sample order.
+    int64_t dropped_left = count;
+    for (int64_t b = 0; b < B; ++b) dropped_left -= scales[r * B + b] != 0;
     std::vector<int32_t> index, slot(static_cast<size_t>(B), -1);
-    for (int64_t b = 0, dropped_taken = 0; b < B; ++b) {
+    for (int64_t b = 0; b < B; ++b) {
       const bool dropped = scales[r * B + b] == 0;
-      if (dropped && dropped_taken == count - kept) continue;
-      dropped_taken += dropped;
+      if (dropped && dropped_left == 0) continue;
+      dropped_left -= dropped;
       slot[b] = static_cast<int32_t>(index.size());
       index.push_back(static_cast<int32_t>(b));
     }
-    counts[r] = count;
     packed.insert(packed.end(), index.begin(), index.end());
     packed.insert(packed.end(), slot.begin(), slot.end());
   }

@@ -26,6 +26,9 @@ struct SampleSelection {
 // or none if nothing is.
 std::vector<SampleSelection> kept_samples(const Tensor& keep_scales, int64_t granularity,
                                           int64_t max_count, Device device);
+// The number of samples kept_samples selects in each row: 0 for a row it leaves to the whole batch.
+std::vector<int64_t> kept_sample_counts(const Tensor& keep_scales, int64_t granularity,
+                                        int64_t max_count);
 
 // x (B, ...) -> (n, ...): the selected samples, in order.
 Tensor gather_samples(const Tensor& x, const SampleSelection& selection);

@@ -56,7 +56,8 @@ def main():
         os.mkdir(runs)
         # One configuration where every side ran deit3_small, one where torch.compile ran a model
         # of one block (as a stale or mistyped flag would make it).
-        record(runs, 1, "deit3_small 224 64", step_result("deit", 2000.0, SMALL))
+        record(runs, 1, "deit3_small 224 64",
+               dict(step_result("deit", 2000.0, SMALL), branch_sample_share=0.83))
         record(runs, 2, "deit3_small 224 64", step_result("torch", 1000.0, SMALL))
         record(runs, 3, "deit3_small 224 64", step_result("torch.compile", 1600.0, SMALL))
         record(runs, 4, "deit3_small 160 64", step_result("deit", 3000.0, SMALL))
@@ -93,13 +94,15 @@ def main():
             "No ratio is given.") in text, text
     assert "deit3_small 224 64:" not in text.split("different models")[1].split("Precision")[0]
     assert "## Failures" in text and "CUDA error: out of memory" in text, text
+    # deit's branches on their kept samples, said once (the run that reported it).
+    assert text.count("deit's residual branches ran on 83.0% of the samples") == 1, text
     assert "# deit vs PyTorch + timm on Test GPU" in text and "- commit: abc" in text, text
     # Attention's passes by name, the fused one whole; the GEMM with both choices and the speedup.
     assert "| backward | T=197 | 1.0000 | 0.5000 |" in text, text
     assert "| backward+qkv bias gradient | T=197 | 1.1000 | - |" in text, text
     assert "| dweight | fc1 M=50432 | 0.3000 | 0.2000 | 1.50 | 600.0 | 75.0% |" in text, text
-    print("report.py: ratios, repeated runs, a model mismatch, a failure and the kernel tables "
-          "reported as expected")
+    print("report.py: ratios, repeated runs, a model mismatch, a failure, the branches' share and "
+          "the kernel tables reported as expected")
 
 
 if __name__ == "__main__":
