@@ -211,6 +211,7 @@ TEST_CASE("deit bench step on the GPU reports the documented fields", "[gpu][ben
   CHECK(r.forward_ms > 0);
   CHECK(r.backward_ms > 0);
   CHECK(r.optimizer_ms > 0);
+  CHECK((r.branch_sample_share > 0 && r.branch_sample_share <= 1));
   // The peak MFU is taken against is known for the GPUs deit is benchmarked on.
   if (deit::bench::known_peak_tflops(r.device_name)) CHECK(r.peak_tflops.has_value());
   std::set<std::string> ops;

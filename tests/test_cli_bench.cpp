@@ -46,6 +46,7 @@ TEST_CASE("deit bench step --device cpu --json prints one object with the docume
   CHECK(j["precision"] == "fp32");
   CHECK(j["optimizer"] == "lamb");
   CHECK(j["drop_path"].get<double>() == 0.0);  // the recipe's rate for deit3_tiny
+  CHECK(j["branch_sample_share"].get<double>() == 1.0);  // no drop-path: every branch whole
   CHECK(j["recompute_gelu"] == false);
   CHECK(j["grad_checkpointing"] == false);
   CHECK(j["gemm_epilogues"].is_null());  // the CPU has none
