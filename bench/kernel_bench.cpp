@@ -393,8 +393,9 @@ struct AttentionShape {
 };
 
 // The ViT sequence lengths at both head dims, and T = 192 at head dim 64: 197 less the 5 rows that
-// make its fourth 64-row tile (a block of 4 warps, 3 of them idle but holding their place on the
-// SM). The pair's FLOP rates say what that nearly empty tile costs.
+// make its fourth 64-row tile, whose block's 4 warps split the work of that one live group of 16
+// rows (attention.cu). Every tile of T = 192 is full: the pair's FLOP rates say what the nearly
+// empty tile still costs.
 const std::vector<AttentionShape>& attention_shapes() {
   static const std::vector<AttentionShape> shapes = [] {
     std::vector<AttentionShape> all;

@@ -31,23 +31,31 @@
 //
 // Launch shape (all three main kernels): 128 threads = 4 warps; a block owns kRows = 64 rows of its
 // outer operand (queries in the forward and dQ pass, keys in the dK/dV pass), 16 per warp, so each
-// warp's softmax rows and accumulators are its own and no warp ever reduces across warps. The
-// inner loop walks the other operand in tiles of kCols rows: 64 for head dims 32, 64, 80 and 32 for
-// head dim 128 (whose fp32 accumulators take twice the registers); the dQ pass, with only dQ to
-// accumulate, in tiles of 64 keys at every head dim. Inner tiles are double-buffered in shared
-// memory with cp.async (the next tile loads while the tensor cores work on this one). Products
-// use mma.sync m16n8k16 (bf16 x bf16 -> fp32) with operands fetched by ldmatrix (transposed for
-// dS, which pass 3 reads as pass 2 wrote it, keys as rows); shared rows are padded by 16 bytes so
-// the 8 row addresses of every ldmatrix fall in distinct banks.
-// Grid: one block per (tile, batch * head), flattened into gridDim.x. Dynamic shared memory per
-// block (bytes), head dim 32 / 64 / 80 / 128:
+// warp's softmax rows and accumulators are its own, and warps reduce across warps only in a
+// sequence's last tile: where its rows past T leave one or two 16-row groups live (T = 65, 197,
+// 257, 577: one; 145: two), each group takes 4 or 2 warps that split every inner tile's rows
+// between them, and the group's first warp merges their results through shared memory at the end
+// (warp_share in attention_kernels.cuh; the forward rescales the shares' o and l to their largest
+// running max as the online softmax does between tiles). One warp per group, as this was until
+// 2026-12-05, left three of the four warps of that tile's block only loading at T = 197 while
+// the block held an SM slot about as long as a full block: 16 warp slots a head for 13 warps of
+// work. The inner loop walks the other operand in tiles of kCols rows: 64 for head dims 32, 64, 80
+// and 32 for head dim 128 (whose fp32 accumulators take twice the registers); the dQ pass, with
+// only dQ to accumulate, in tiles of 64 keys at every head dim. Inner tiles are double-buffered in
+// shared memory with cp.async (the next tile loads while the tensor cores work on this one).
+// Products use mma.sync m16n8k16 (bf16 x bf16 -> fp32) with operands fetched by ldmatrix
+// (transposed for dS, which pass 3 reads as pass 2 wrote it, keys as rows); shared rows are padded
+// by 16 bytes so the 8 row addresses of every ldmatrix fall in distinct banks. Grid: one block per
+// (tile, batch * head), flattened into gridDim.x. Dynamic shared memory per block (bytes), head dim
+// 32 / 64 / 80 / 128:
 //   forward  25600 / 46080 / 56320 / 52224     dK/dV  31744 / 56320 / 68608 / 70144
 //   dQ       28672 / 36864 / 40960 / 53248
-// Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128): forward 105 / 128 / 126 / 128 (held to
-// 128, 4 blocks; 12 bytes spilled at 128), dK/dV 164 / 168 / 242 / 252 (held to 168 at 32 and 64,
+// Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128): forward 108 / 127 / 128 / 128 (held to
+// 128, 4 blocks; 12 bytes spilled at 128), dK/dV 165 / 168 / 238 / 248 (held to 168 at 32 and 64,
 // 3 blocks, which its shared memory allows per SM; 4 bytes spilled at 64; unbounded, ptxas takes
-// 195 at 64 and an SM fits 2), dQ 62 / 96 / 100 / 128 (held to 128, 4 blocks; unbounded, ptxas
-// spilled 8 bytes at head dim 80). sm_80: no spills.
+// 195 at 64 and an SM fits 2), dQ 72 / 94 / 103 / 128 (held to 128, 4 blocks; unbounded, ptxas
+// spilled 8 bytes at head dim 80). sm_80: no spills (forward 107 / 136 / 149 / 168: an A100's
+// shared memory holds 3 forward blocks at head dim 64 and 2 at 80 anyway).
 // Any sequence length: rows past T load as zeros (cp.async zero-fill), keys past T get probability
 // 0, and only rows < T are stored. Only a sequence's last inner tile, when T is not a multiple of
 // its rows, pays for that: every other tile takes a path with no test per score (forward_tile and
@@ -55,12 +63,13 @@
 // folded into one fused multiply-add per score, and each thread's tile loads advance a fixed
 // pointer: sm_90 SASS of the forward at head dim 64 is about 430 instructions per full key tile
 // of a warp (64 of them mma.sync), against about 900 before (static counts along the path;
-// the kernels measured 22 to 30 executed per mma.sync). The padding costs little arithmetic: a warp
-// whose 16 outer rows all lie past T only helps load, and the products and exponentials over an
-// inner tile stop at its last group of 16 rows holding one < T. At T = 197 a head's 64-row tiles
-// span 256 rows, and the products cover 208 of them on each side: about two thirds of the tile
-// products the padding made before, and four fifths of the exponentials (which on Hopper cost about
-// as much time as the products: 16 per cycle per SM against 4096 FLOP).
+// the kernels measured 22 to 30 executed per mma.sync). The padding costs little arithmetic: a
+// group of 16 outer rows all past T gets no warp of its own (its warps split a live group's work,
+// or, in a last tile with three live groups, the fourth warp only helps load), and the products
+// and exponentials over an inner tile stop at its last group of 16 rows holding one < T. At T = 197
+// a head's 64-row tiles span 256 rows, and the products cover 208 of them on each side: about two
+// thirds of the tile products the padding made before, and four fifths of the exponentials (which
+// on Hopper cost about as much time as the products: 16 per cycle per SM against 4096 FLOP).
 //
 // Measured speed (one H200, 2026-12-04, `deit bench kernels`, commit 69df758;
 // bench/results/2026-12-04-nvidia-h200-compare-small-base-3.md): B=256 T=197 H=12 D=64 forward
@@ -77,8 +86,8 @@
 // shared memory both at their limit), issue slots 31% (dK/dV) to 42% (forward) busy, dK/dV's warps
 // waiting on shared-memory and MUFU results, barriers and fixed latencies. dQ reads back the dS
 // that dK/dV writes at 2.7 TB/s: that round trip, not arithmetic, bounds it.
-// The delta pass's lane groups (pass 1 above) came after that run: not measured yet
-// (bench/PREDICTIONS.md).
+// The delta pass's lane groups (pass 1 above) and the split warps of the last tile came after that
+// run: not measured yet (bench/PREDICTIONS.md).
 //
 // Files: the device code is kernels/cuda/attention_kernels.cuh and its PTX wrappers
 // kernels/cuda/mma.cuh; this file is the host side (argument checks, launches). The kernels also

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace deit::kernels {
 namespace {
@@ -135,6 +136,81 @@ struct BackwardWorkspace {
 __device__ __forceinline__ int live_groups(int T, int row0, int rows) {
   const int left = (T - row0 + 15) / 16;
   return left < rows / 16 ? left : rows / 16;
+}
+
+// A warp's place in its block: the 16 outer rows it works on, [row0, row0 + 16), and its share of
+// every inner tile. A block whose outer rows run past T with one or two 16-row groups live (the
+// last tile at T = 65, 197, 257 and 577: one; at T = 145: two) gives each live group 4 or 2 warps,
+// each taking an equal share of every inner tile's rows (part `part` of `split`). Left as one
+// warp per group, three or two of its four warps would only help load while the block held an
+// SM's slot about as long as a full block: at T = 197, 16 warp slots a head for 13 warps of work.
+// The shares keep 16 rows at least (an mma's k, or two of its n tiles), so a 32-row inner tile
+// splits in two at most. The group's first warp (part 0) adds up the shares' results at the end
+// (sum_shares, or the forward's rescaling merge) and stores them.
+struct WarpShare {
+  int split, part, row0;
+};
+
+__device__ __forceinline__ WarpShare warp_share(int T, int outer0, int inner_rows) {
+  const int live = live_groups(T, outer0, kRows), warp = threadIdx.x / 32;
+  int split = live == 1 ? 4 : (live == 2 ? 2 : 1);
+  if (split > inner_rows / 16) split = inner_rows / 16;
+  return {split, warp % split, outer0 + warp / split * kWarpRows};
+}
+
+// Calls tile(std::integral_constant<int, Rows>{}, first) for the warp's share of an inner tile of
+// kInner rows: Rows = kInner / split rows from the tile's row `first`.
+template <int kInner, typename Tile>
+__device__ __forceinline__ void on_share(const WarpShare& share, Tile&& tile) {
+  if (share.split == 1) {
+    tile(std::integral_constant<int, kInner>{}, 0);
+  } else if (share.split == 2) {
+    tile(std::integral_constant<int, kInner / 2>{}, share.part * (kInner / 2));
+  } else if constexpr (kInner / 4 >= 16) {
+    tile(std::integral_constant<int, kInner / 4>{}, share.part * (kInner / 4));
+  }
+}
+
+// The warps of a split group hand what they accumulated to the group's first warp through shared
+// memory, a slot per warp: element i of a lane's fragments at [i * 32 + lane], so a warp's lanes
+// touch 32 consecutive floats (no bank conflicts), and each lane of part 0 finds its partners'
+// values at its own fragment positions.
+template <int N>
+__device__ __forceinline__ void put_fragments(float* slot, const float (&acc)[N][4]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int n = 0; n < N; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) slot[(4 * n + e) * 32 + lane] = acc[n][e];
+}
+
+// acc += a slot's fragments, rows g times mul_g and rows g + 8 times mul_g8.
+template <int N>
+__device__ __forceinline__ void add_fragments(float (&acc)[N][4], const float* slot, float mul_g,
+                                              float mul_g8) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int n = 0; n < N; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      acc[n][e] += slot[(4 * n + e) * 32 + lane] * (e < 2 ? mul_g : mul_g8);
+}
+
+// acc of each split group's first warp += its partners' (parts 1, 2, 3 in order: the same bits
+// every run). Every thread of the block calls it (barriers); `scratch`: kWarps slots of N * 128
+// floats of shared memory no warp still reads, free again on return.
+template <int N>
+__device__ __forceinline__ void sum_shares(float (&acc)[N][4], const WarpShare& share,
+                                           float* scratch) {
+  if (share.split == 1) return;  // block-uniform
+  constexpr int kSlot = N * 4 * 32;
+  const int warp = threadIdx.x / 32;
+  if (share.part > 0) put_fragments(scratch + warp * kSlot, acc);
+  __syncthreads();
+  if (share.part == 0)
+    for (int p = 1; p < share.split; ++p)
+      add_fragments(acc, scratch + (warp + p) * kSlot, 1.f, 1.f);
+  __syncthreads();
 }
 
 // acc (16 x N) += A (16 x K) * B^T, with A's 16 rows and B's N rows of K elements each row-major
@@ -344,26 +420,29 @@ __device__ __forceinline__ void block_column_sums(const float (&acc)[D / 8][4],
 }
 
 // ---------------------------------------------------------------------------------------------
-// One key tile [key0, key0 + kCols) of the forward, for a warp's 16 query rows: S = Q K^T, the
-// online softmax's update of m, l and o, then o += P V. Partial: the tile holds keys past T (the
-// last tile, when T is not a multiple of kCols): their scores become -inf and the products stop at
-// the live groups. Every other tile takes the straight path, with no test per score.
+// Keys [key0, key0 + Cols) of the forward (a key tile, or a warp's share of one; sk and sv point
+// at their rows), for a warp's 16 query rows: S = Q K^T, the online softmax's update of m, l and
+// o, then o += P V. Partial: the keys run past T (the last tile, when T is not a multiple of
+// kCols, and every share of a split group's tiles): their scores become -inf and the products stop
+// at the live groups, and a share with no key < T is skipped. Every other tile takes the straight
+// path, with no test per score.
 // The softmax is in base 2 on x = s * scale_log2 (scale_log2 > 0): the row max of x is the max of s
 // times scale_log2, and each exponent x - m is one fused multiply-add on the raw score.
-template <int D, bool Partial>
+template <int D, int Cols, bool Partial>
 __device__ __forceinline__ void forward_tile(const bf16* sq_warp, const bf16* sk, const bf16* sv,
                                              int T, int key0, float scale_log2,
                                              float (&o)[D / 8][4], float (&m)[2], float (&l)[2]) {
-  constexpr int kCols = Tiles<D>::kCols, kStride = Tiles<D>::kStride;
+  constexpr int kStride = Tiles<D>::kStride;
   const int t = threadIdx.x % 4;
-  const int live = Partial ? live_groups(T, key0, kCols) : kCols / 16;
+  const int live = Partial ? live_groups(T, key0, Cols) : Cols / 16;
+  if (Partial && live <= 0) return;
 
-  float s[kCols / 8][4];
+  float s[Cols / 8][4];
   zero(s);
-  mma_rows_rows<kCols, D>(s, sq_warp, sk, kStride, live);
+  mma_rows_rows<Cols, D>(s, sq_warp, sk, kStride, live);
   if constexpr (Partial) {
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n) {
+    for (int n = 0; n < Cols / 8; ++n) {
       if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
 #pragma unroll
       for (int e = 0; e < 4; ++e)
@@ -374,19 +453,19 @@ __device__ __forceinline__ void forward_tile(const bf16* sq_warp, const bf16* sk
   for (int half = 0; half < 2; ++half) {
     float mx = -INFINITY;
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n) {
+    for (int n = 0; n < Cols / 8; ++n) {
       if (n >= 2 * live) break;
       mx = fmaxf(mx, fmaxf(s[n][2 * half], s[n][2 * half + 1]));
     }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad shares the row
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    // Tile 0 always holds key 0, so m is finite from the first tile on, and the -inf of keys past
-    // T contribute exp2(-inf) = 0.
+    // A warp's first keys hold one < T (shares without one are skipped), so m is finite from
+    // them on, and the -inf of keys past T contribute exp2(-inf) = 0.
     const float m_new = fmaxf(m[half], mx * scale_log2);
     const float correction = exp2_ftz(m[half] - m_new);  // 0 on the first tile (m = -inf)
     float sum = 0.f;
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n) {
+    for (int n = 0; n < Cols / 8; ++n) {
       if (n >= 2 * live) break;
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
@@ -403,13 +482,61 @@ __device__ __forceinline__ void forward_tile(const bf16* sq_warp, const bf16* sk
       o[n][2 * half + 1] *= correction;
     }
   }
-  mma_regs_rows<D, kCols>(o, s, sv, kStride, live);
+  mma_regs_rows<D, Cols>(o, s, sv, kStride, live);
 }
 
 // Forward. Block: query rows [q0, q0 + 64) of one (batch, head); warp w owns rows q0 + 16w ...
-// Scores are kept in base 2: x = s * scale * log2(e), so every exponential is one exp2.
-// In a sequence's last query tile, a warp whose rows all lie past T only helps load the key tiles
-// (at T = 197, three of the last tile's four warps).
+// (in a sequence's last query tile with one or two live groups, a group's warps split every key
+// tile between them: warp_share). Scores are kept in base 2: x = s * scale * log2(e), so every
+// exponential is one exp2. In a last query tile with three live groups the fourth warp only helps
+// load the key tiles.
+
+// The forward's merge of a split group's shares: each warp holds o, m and l (l summed over the
+// quad) over its share of the keys; the group's first warp rescales them all to the largest m, as
+// the online softmax does between key tiles, and adds them up (parts in order). Every thread of
+// the block calls it; `scratch`: shared memory no warp still reads.
+template <int D>
+__device__ __forceinline__ void merge_forward_shares(const WarpShare& share, float* scratch,
+                                                     float (&o)[D / 8][4], float (&m)[2],
+                                                     float (&l)[2]) {
+  if (share.split == 1) return;  // block-uniform
+  constexpr int kFragments = D / 8 * 4 * 32, kSlot = kFragments + 4 * 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (share.part > 0) {
+    float* slot = scratch + warp * kSlot;
+    put_fragments(slot, o);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      slot[kFragments + half * 32 + lane] = m[half];
+      slot[kFragments + (2 + half) * 32 + lane] = l[half];
+    }
+  }
+  __syncthreads();
+  if (share.part > 0) return;
+  for (int p = 1; p < share.split; ++p) {
+    const float* slot = scratch + (warp + p) * kSlot;
+    float mine[2], theirs[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      // m of part 0 is finite (its keys hold key 0); a share that saw no key < T has m = -inf,
+      // l = 0 and o = 0, and weighs exp2(-inf) = 0.
+      const float m_other = slot[kFragments + half * 32 + lane];
+      const float m_new = fmaxf(m[half], m_other);
+      mine[half] = exp2_ftz(m[half] - m_new);
+      theirs[half] = exp2_ftz(m_other - m_new);
+      l[half] = l[half] * mine[half] + slot[kFragments + (2 + half) * 32 + lane] * theirs[half];
+      m[half] = m_new;
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= mine[0];
+      o[n][1] *= mine[0];
+      o[n][2] *= mine[1];
+      o[n][3] *= mine[1];
+    }
+    add_fragments(o, slot, theirs[0], theirs[1]);
+  }
+}
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
@@ -417,6 +544,7 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
                              float* __restrict__ lse, int T, int H, float scale_log2) {
   using Cfg = Tiles<D>;
   constexpr int kCols = Cfg::kCols, kStride = Cfg::kStride;
+  static_assert(kWarps * (D / 2 + 4) * 32 * 4 <= Cfg::kForwardSmem, "merge slots fit the tiles");
   unsigned char* smem = dynamic_smem();
   bf16* sq = reinterpret_cast<bf16*>(smem);
   bf16* sk = sq + kRows * kStride;     // [2][kCols][kStride]
@@ -430,8 +558,10 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
   const bf16* k = q + hv.C;
   const bf16* v = q + 2 * hv.C;
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
+  const int lane = threadIdx.x % 32, t = lane % 4;
   const int kv_tiles = (T + kCols - 1) / kCols;
+  const WarpShare share = warp_share(T, q0, kCols);
+  const int row0 = share.row0;
 
   load_tile_async<kRows, D>(sq, q, hv.ld_qkv(), q0, T);
   load_kv_tile_async<D>(sk, sv, 0, k, v, hv.ld_qkv(), 0, T);
@@ -442,7 +572,6 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
   // Per thread: rows g and g + 8 of the warp. m: running max of x (quad-uniform); l: this
   // thread's partial sum of exp2(x - m) over its columns, summed across the quad at the end.
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  const int row0 = q0 + warp * kWarpRows;
 
   for (int j = 0; j < kv_tiles; ++j) {
     const int stage = j % 2;
@@ -455,25 +584,31 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
     }
     __syncthreads();
     if (row0 < T) {  // warp-uniform: a warp whose rows all lie past T only loads
-      const bf16* sk_j = sk + stage * kCols * kStride;
-      const bf16* sv_j = sv + stage * kCols * kStride;
-      const bf16* sq_warp = sq + warp * kWarpRows * kStride;
-      if ((j + 1) * kCols <= T)
-        forward_tile<D, false>(sq_warp, sk_j, sv_j, T, j * kCols, scale_log2, o, m, l);
-      else
-        forward_tile<D, true>(sq_warp, sk_j, sv_j, T, j * kCols, scale_log2, o, m, l);
+      const bf16* sq_warp = sq + (row0 - q0) * kStride;
+      on_share<kCols>(share, [&](auto rows, int first) {
+        constexpr int kShare = decltype(rows)::value;
+        const int key0 = j * kCols + first;
+        const bf16* sk_share = sk + (stage * kCols + first) * kStride;
+        const bf16* sv_share = sv + (stage * kCols + first) * kStride;
+        if (kShare == kCols && key0 + kCols <= T)
+          forward_tile<D, kShare, false>(sq_warp, sk_share, sv_share, T, key0, scale_log2, o, m, l);
+        else
+          forward_tile<D, kShare, true>(sq_warp, sk_share, sv_share, T, key0, scale_log2, o, m, l);
+      });
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
-  if (row0 >= T) return;  // nothing to store
-
-  float inv[2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     l[half] += __shfl_xor_sync(0xffffffffu, l[half], 1);
     l[half] += __shfl_xor_sync(0xffffffffu, l[half], 2);
-    inv[half] = 1.f / l[half];  // l >= 1: the row max contributes exp2(0)
   }
+  merge_forward_shares<D>(share, reinterpret_cast<float*>(smem), o, m, l);
+  if (row0 >= T || share.part > 0) return;  // nothing to store
+
+  float inv[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) inv[half] = 1.f / l[half];  // l >= 1: the max gives exp2(0)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
     o[n][0] *= inv[0];
@@ -539,27 +674,30 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// One query tile [query0, query0 + kCols) of the dK/dV pass, for a warp's 16 key rows (see the
-// kernel below for the products): P^T, dV += P^T dO, dS^T, its store to the scores rows
-// (scores_rows: the warp's rows key0 and key0 + 8 from column query0 + 2t, stride scores_ld), and
-// dK += dS^T Q. Partial: the tile holds queries past T (the last, when T is not a multiple of
-// kCols), whose products stop at the live groups; the others take the straight path. Queries past
-// T need no test per score: their lse of +inf gives P = 0.
-template <int D, bool Partial>
+// Queries [query0, query0 + Cols) of the dK/dV pass (a query tile, or a warp's share of one; sq,
+// sdo, slse and sdelta point at their rows), for a warp's 16 key rows (see the kernel below for
+// the products): P^T, dV += P^T dO, dS^T, its store to the scores rows (scores_rows: the warp's
+// rows key0 and key0 + 8 from column query0 + 2t, stride scores_ld), and dK += dS^T Q. Partial:
+// the queries run past T (the last tile, when T is not a multiple of kCols, and every share of a
+// split group's tiles), whose products stop at the live groups, and a share with no query < T is
+// skipped; the others take the straight path. Queries past T need no test per score: their lse of
+// +inf gives P = 0.
+template <int D, int Cols, bool Partial>
 __device__ __forceinline__ void dkdv_tile(const bf16* sk_warp, const bf16* sv_warp, const bf16* sq,
                                           const bf16* sdo, const float* slse, const float* sdelta,
                                           const bool (&key_valid)[2], float scale_log2, int T,
                                           int query0, bf16* scores_rows, int scores_ld,
                                           float (&dk)[D / 8][4], float (&dv)[D / 8][4]) {
-  constexpr int kCols = Tiles<D>::kCols, kStride = Tiles<D>::kStride;
+  constexpr int kStride = Tiles<D>::kStride;
   const int t = threadIdx.x % 4;
-  const int live = Partial ? live_groups(T, query0, kCols) : kCols / 16;
+  const int live = Partial ? live_groups(T, query0, Cols) : Cols / 16;
+  if (Partial && live <= 0) return;
 
-  float p[kCols / 8][4];  // S^T, then P^T
+  float p[Cols / 8][4];  // S^T, then P^T
   zero(p);
-  mma_rows_rows<kCols, D>(p, sk_warp, sq, kStride, live);
+  mma_rows_rows<Cols, D>(p, sk_warp, sq, kStride, live);
 #pragma unroll
-  for (int n = 0; n < kCols / 8; ++n) {
+  for (int n = 0; n < Cols / 8; ++n) {
     if (n >= 2 * live) break;  // past the live groups: no column < T, and no product reads it
     // Columns 2t and 2t + 1 of n-tile n: one 8-byte shared load (the tiles start 8-byte aligned)
     // where the compiler, not knowing that, would make two.
@@ -570,13 +708,13 @@ __device__ __forceinline__ void dkdv_tile(const bf16* sk_warp, const bf16* sv_wa
       p[n][e] = key_valid[e / 2] ? exp2_ftz(fmaf(p[n][e], scale_log2, -lse_col[e % 2])) : 0.f;
   }
 
-  mma_regs_rows<D, kCols>(dv, p, sdo, kStride, live);
+  mma_regs_rows<D, Cols>(dv, p, sdo, kStride, live);
 
-  float ds[kCols / 8][4];  // dP^T, then dS^T
+  float ds[Cols / 8][4];  // dP^T, then dS^T
   zero(ds);
-  mma_rows_rows<kCols, D>(ds, sv_warp, sdo, kStride, live);
+  mma_rows_rows<Cols, D>(ds, sv_warp, sdo, kStride, live);
 #pragma unroll
-  for (int n = 0; n < kCols / 8; ++n) {
+  for (int n = 0; n < Cols / 8; ++n) {
     if (n >= 2 * live) break;
     const float2 delta_pair = *reinterpret_cast<const float2*>(sdelta + 8 * n + 2 * t);
     const float delta_col[2] = {delta_pair.x, delta_pair.y};
@@ -591,20 +729,21 @@ __device__ __forceinline__ void dkdv_tile(const bf16* sk_warp, const bf16* sv_wa
     if (!key_valid[half]) continue;
     uint32_t* row = reinterpret_cast<uint32_t*>(scores_rows + 8 * half * scores_ld);
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n) {
+    for (int n = 0; n < Cols / 8; ++n) {
       if (n >= 2 * live) break;
       row[4 * n] = pack_bf16x2(ds[n][2 * half], ds[n][2 * half + 1]);
     }
   }
 
-  mma_regs_rows<D, kCols>(dk, ds, sq, kStride, live);
+  mma_regs_rows<D, Cols>(dk, ds, sq, kStride, live);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward pass 2: dK and dV, and dS^T for pass 3. Block: keys [k0, k0 + 64) of one (batch,
-// head), warp w owns keys k0 + 16w ... (a warp whose keys all lie past T only helps load); the
-// block walks every query tile. The products are written transposed (keys as rows) so each warp's
-// dK, dV rows accumulate in its own registers:
+// head), warp w owns keys k0 + 16w ... (a warp whose keys all lie past T only helps load; in a
+// last key tile with one or two live groups, a group's warps split every query tile between
+// them: warp_share); the block walks every query tile. The products are written transposed (keys as
+// rows) so each warp's dK, dV rows accumulate in its own registers:
 //   S^T = K Q^T,  P^T = exp2(S^T scale log2e - lse2[query]),  dV += P^T dO,
 //   dP^T = V dO^T,  dS^T = P^T (dP^T - delta[query]),  dK += dS^T Q  (times scale at the end),
 // and dS^T, rounded to bf16 as the product dS^T Q takes it, goes to the head's rows of scores_t
@@ -621,6 +760,7 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
                           float scale_log2) {
   using Cfg = Tiles<D>;
   constexpr int kCols = Cfg::kCols, kStride = Cfg::kStride;
+  static_assert(kWarps * D / 2 * 32 * 4 <= Cfg::kDkvSmem, "share slots fit the tiles");
   unsigned char* smem = dynamic_smem();
   bf16* sk = reinterpret_cast<bf16*>(smem);
   bf16* sv = sk + kRows * kStride;
@@ -639,8 +779,9 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
   const bf16* q = qkv + hv.qkv;
   const bf16* do_head = dout + hv.o;
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int q_tiles = (T + kCols - 1) / kCols;
+  const WarpShare share = warp_share(T, k0, kCols);
 
   // Statistics of queries [q0, q0 + kCols) into stage `stage`. Queries past T get lse = +inf, so
   // their probabilities are exp2(-inf) = 0, and delta = 0. Plain stores: the __syncthreads that
@@ -665,7 +806,7 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
   zero(dv);
   // Key rows past T are zeros in shared memory, but exp2(0 - lse2) may overflow: give them
   // probability 0 outright (they are never stored; this keeps every register finite).
-  const int row0 = k0 + warp * kWarpRows, key0 = row0 + g;
+  const int row0 = share.row0, key0 = row0 + g;
   const bool key_valid[2] = {key0 < T, key0 + 8 < T};
   const int scores_ld = scores_stride(T);
   bf16* scores_head = scores_t + bh * T * scores_ld;
@@ -679,32 +820,43 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
       cp_async_wait<0>();
     }
     __syncthreads();
-    const bf16* sq_i = sq + stage * kCols * kStride;
-    const bf16* sdo_i = sdo + stage * kCols * kStride;
-    const float* slse_i = slse + stage * kCols;
-    const float* sdelta_i = sdelta + stage * kCols;
     if (row0 < T) {  // warp-uniform
-      const bf16* sk_warp = sk + warp * kWarpRows * kStride;
-      const bf16* sv_warp = sv + warp * kWarpRows * kStride;
-      // Rows key0 and key0 + 8 of the head's dS^T, from query i kCols + 2t on.
-      bf16* scores_rows = scores_head + static_cast<int64_t>(key0) * scores_ld + i * kCols + 2 * t;
-      if ((i + 1) * kCols <= T)
-        dkdv_tile<D, false>(sk_warp, sv_warp, sq_i, sdo_i, slse_i, sdelta_i, key_valid, scale_log2,
-                            T, i * kCols, scores_rows, scores_ld, dk, dv);
-      else
-        dkdv_tile<D, true>(sk_warp, sv_warp, sq_i, sdo_i, slse_i, sdelta_i, key_valid, scale_log2,
-                           T, i * kCols, scores_rows, scores_ld, dk, dv);
+      const bf16* sk_warp = sk + (row0 - k0) * kStride;
+      const bf16* sv_warp = sv + (row0 - k0) * kStride;
+      on_share<kCols>(share, [&](auto cols, int first) {
+        constexpr int kShare = decltype(cols)::value;
+        const int query0 = i * kCols + first;
+        const bf16* sq_share = sq + (stage * kCols + first) * kStride;
+        const bf16* sdo_share = sdo + (stage * kCols + first) * kStride;
+        const float* slse_share = slse + stage * kCols + first;
+        const float* sdelta_share = sdelta + stage * kCols + first;
+        // Rows key0 and key0 + 8 of the head's dS^T, from query query0 + 2t on.
+        bf16* scores_rows = scores_head + static_cast<int64_t>(key0) * scores_ld + query0 + 2 * t;
+        if (kShare == kCols && query0 + kCols <= T)
+          dkdv_tile<D, kShare, false>(sk_warp, sv_warp, sq_share, sdo_share, slse_share,
+                                      sdelta_share, key_valid, scale_log2, T, query0, scores_rows,
+                                      scores_ld, dk, dv);
+        else
+          dkdv_tile<D, kShare, true>(sk_warp, sv_warp, sq_share, sdo_share, slse_share,
+                                     sdelta_share, key_valid, scale_log2, T, query0, scores_rows,
+                                     scores_ld, dk, dv);
+      });
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
-  if (bias_partials != nullptr) {  // block-uniform; the loop's last barrier freed the tiles
-    float* scratch = reinterpret_cast<float*>(smem);
+  // The loop's last barrier freed the tiles.
+  float* scratch = reinterpret_cast<float*>(smem);
+  sum_shares(dk, share, scratch);
+  sum_shares(dv, share, scratch);
+  const bool stores = share.part == 0;  // a split group's sums are its first warp's
+  if (bias_partials != nullptr) {       // block-uniform
+    const bool rows_summed[2] = {stores && key_valid[0], stores && key_valid[1]};
     float* partial = bias_partials + (bh / H * k_tiles + blockIdx.x % k_tiles) * 3 * C + bh % H * D;
-    block_column_sums<D>(dk, key_valid, scale, scratch, partial + C);
-    block_column_sums<D>(dv, key_valid, 1.f, scratch + kWarps * D, partial + 2 * C);
+    block_column_sums<D>(dk, rows_summed, scale, scratch, partial + C);
+    block_column_sums<D>(dv, rows_summed, 1.f, scratch + kWarps * D, partial + 2 * C);
   }
-  if (row0 >= T) return;
+  if (row0 >= T || !stores) return;
   bf16* dk_head = dqkv + hv.qkv + C;
   store_rows<D>(dk_head, hv.ld_qkv(), row0, T, dk, scale);
   store_rows<D>(dk_head + C, hv.ld_qkv(), row0, T, dv, 1.f);
@@ -713,10 +865,12 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
 // ---------------------------------------------------------------------------------------------
 // Backward pass 3: dQ = scale dS K, one product over what pass 2 left in scores_t. Block: query
 // rows [q0, q0 + 64) of one (batch, head), warp w owns rows q0 + 16w ... (a warp whose rows all
-// lie past T only helps load); the block walks every key tile of kDqKeys keys, bringing in the K
-// tile and the dS^T tile (those keys' rows of scores_t, the block's 64 query columns) together.
-// Key rows past T and query chunks past T load as zeros: pass 2 never wrote them. With
-// bias_partials, the block's column sums of dQ go to its chunk's row there (the dQ part).
+// lie past T only helps load; in a last query tile with one or two live groups, a group's warps
+// split every key tile between them: warp_share); the block walks every key tile of kDqKeys keys,
+// bringing in the K tile and the dS^T tile (those keys' rows of scores_t, the block's 64 query
+// columns) together. Key rows past T and query chunks past T load as zeros: pass 2 never wrote
+// them. With bias_partials, the block's column sums of dQ go to its chunk's row there (the dQ
+// part).
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, 4)
@@ -725,6 +879,7 @@ __global__ void __launch_bounds__(kThreads, 4)
                         float scale) {
   using Cfg = Tiles<D>;
   constexpr int kStride = Cfg::kStride;
+  static_assert(kWarps * D / 2 * 32 * 4 <= Cfg::kDqSmem, "share slots fit the tiles");
   unsigned char* smem = dynamic_smem();
   bf16* sk = reinterpret_cast<bf16*>(smem);  // [2][kDqKeys][kStride]
   bf16* sds = sk + 2 * kDqKeys * kStride;    // [2][kDqKeys][kScoresTileStride]
@@ -744,8 +899,8 @@ __global__ void __launch_bounds__(kThreads, 4)
     cp_async_commit();
   };
 
-  const int warp = threadIdx.x / 32;
-  const int row0 = q0 + warp * kWarpRows;
+  const WarpShare share = warp_share(T, q0, kDqKeys);
+  const int row0 = share.row0;
   const int key_tiles = (T + kDqKeys - 1) / kDqKeys;
   load_key_tile(0, 0);
 
@@ -760,21 +915,31 @@ __global__ void __launch_bounds__(kThreads, 4)
       cp_async_wait<0>();
     }
     __syncthreads();
-    if (row0 < T)  // warp-uniform
-      mma_cols_rows<D, kDqKeys>(dq, sds + stage * kDqKeys * kScoresTileStride + warp * kWarpRows,
-                                kScoresTileStride, sk + stage * kDqKeys * kStride, kStride,
-                                live_groups(T, j * kDqKeys, kDqKeys));
+    if (row0 < T) {  // warp-uniform
+      on_share<kDqKeys>(share, [&](auto keys, int first) {
+        constexpr int kShare = decltype(keys)::value;
+        // The warp's queries are columns row0 - q0 ... of the dS^T tile.
+        mma_cols_rows<D, kShare>(dq,
+                                 sds + (stage * kDqKeys + first) * kScoresTileStride + (row0 - q0),
+                                 kScoresTileStride, sk + (stage * kDqKeys + first) * kStride,
+                                 kStride, live_groups(T, j * kDqKeys + first, kShare));
+      });
+    }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
-  if (bias_partials != nullptr) {  // block-uniform; the loop's last barrier freed the tiles
+  // The loop's last barrier freed the tiles.
+  float* scratch = reinterpret_cast<float*>(smem);
+  sum_shares(dq, share, scratch);
+  const bool stores = share.part == 0;  // a split group's sum is its first warp's
+  if (bias_partials != nullptr) {       // block-uniform
     const int g = threadIdx.x % 32 / 4;
-    const bool row_valid[2] = {row0 + g < T, row0 + g + 8 < T};
+    const bool rows_summed[2] = {stores && row0 + g < T, stores && row0 + g + 8 < T};
     block_column_sums<D>(
-        dq, row_valid, scale, reinterpret_cast<float*>(smem),
+        dq, rows_summed, scale, scratch,
         bias_partials + (bh / H * q_tiles + blockIdx.x % q_tiles) * 3 * hv.C + bh % H * D);
   }
-  if (row0 < T) store_rows<D>(dqkv + hv.qkv, hv.ld_qkv(), row0, T, dq, scale);
+  if (row0 < T && stores) store_rows<D>(dqkv + hv.qkv, hv.ld_qkv(), row0, T, dq, scale);
 }
 
 }  // namespace
