@@ -34,20 +34,21 @@
 // warp's softmax rows and accumulators are its own, and warps reduce across warps only in a
 // sequence's last tile: where its rows past T leave one or two 16-row groups live (T = 65, 197,
 // 257, 577: one; 145: two), each group takes 4 or 2 warps that split every inner tile's rows
-// between them, and the group's first warp merges their results through shared memory at the end
-// (warp_share in attention_kernels.cuh; the forward rescales the shares' o and l to their largest
-// running max as the online softmax does between tiles). One warp per group, as this was until
-// 2026-12-05, left three of the four warps of that tile's block only loading at T = 197 while
-// the block held an SM slot about as long as a full block: 16 warp slots a head for 13 warps of
-// work. The inner loop walks the other operand in tiles of kCols rows: 64 for head dims 32, 64, 80
-// and 32 for head dim 128 (whose fp32 accumulators take twice the registers); the dQ pass, with
-// only dQ to accumulate, in tiles of 64 keys at every head dim. Inner tiles are double-buffered in
-// shared memory with cp.async (the next tile loads while the tensor cores work on this one).
-// Products use mma.sync m16n8k16 (bf16 x bf16 -> fp32) with operands fetched by ldmatrix
-// (transposed for dS, which pass 3 reads as pass 2 wrote it, keys as rows); shared rows are padded
-// by 16 bytes so the 8 row addresses of every ldmatrix fall in distinct banks. Grid: one block per
-// (tile, batch * head), flattened into gridDim.x. Dynamic shared memory per block (bytes), head dim
-// 32 / 64 / 80 / 128:
+// between them (2 at most in the forward and dK/dV pass at head dim 128, whose inner tiles have
+// 32 rows: there two warps of such a block still only load), and the group's first warp merges
+// their results through shared memory at the end (warp_share in attention_kernels.cuh; the forward
+// rescales the shares' o and l to their largest running max as the online softmax does between
+// tiles). One warp per group, as this was until 2026-12-05, left three of the four warps of that
+// tile's block only loading at T = 197 while the block held an SM slot about as long as a full
+// block: 16 warp slots a head for 13 warps of work. The inner loop walks the other operand in tiles
+// of kCols rows: 64 for head dims 32, 64, 80 and 32 for head dim 128 (whose fp32 accumulators take
+// twice the registers); the dQ pass, with only dQ to accumulate, in tiles of 64 keys at every head
+// dim. Inner tiles are double-buffered in shared memory with cp.async (the next tile loads while
+// the tensor cores work on this one). Products use mma.sync m16n8k16 (bf16 x bf16 -> fp32) with
+// operands fetched by ldmatrix (transposed for dS, which pass 3 reads as pass 2 wrote it, keys as
+// rows); shared rows are padded by 16 bytes so the 8 row addresses of every ldmatrix fall in
+// distinct banks. Grid: one block per (tile, batch * head), flattened into gridDim.x. Dynamic
+// shared memory per block (bytes), head dim 32 / 64 / 80 / 128:
 //   forward  25600 / 46080 / 56320 / 52224     dK/dV  31744 / 56320 / 68608 / 70144
 //   dQ       28672 / 36864 / 40960 / 53248
 // Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128): forward 108 / 127 / 128 / 128 (held to
@@ -64,8 +65,9 @@
 // pointer: sm_90 SASS of the forward at head dim 64 is about 430 instructions per full key tile
 // of a warp (64 of them mma.sync), against about 900 before (static counts along the path;
 // the kernels measured 22 to 30 executed per mma.sync). The padding costs little arithmetic: a
-// group of 16 outer rows all past T gets no warp of its own (its warps split a live group's work,
-// or, in a last tile with three live groups, the fourth warp only helps load), and the products
+// group of 16 outer rows all past T mostly gets no warp of its own (its warps split a live group's
+// work; in a last tile with three live groups, or past head dim 128's split in two, they only help
+// load), and the products
 // and exponentials over an inner tile stop at its last group of 16 rows holding one < T. At T = 197
 // a head's 64-row tiles span 256 rows, and the products cover 208 of them on each side: about two
 // thirds of the tile products the padding made before, and four fifths of the exponentials (which

@@ -144,22 +144,27 @@ __device__ __forceinline__ int live_groups(int T, int row0, int rows) {
 // each taking an equal share of every inner tile's rows (part `part` of `split`). Left as one
 // warp per group, three or two of its four warps would only help load while the block held an
 // SM's slot about as long as a full block: at T = 197, 16 warp slots a head for 13 warps of work.
-// The shares keep 16 rows at least (an mma's k, or two of its n tiles), so a 32-row inner tile
-// splits in two at most. The group's first warp (part 0) adds up the shares' results at the end
-// (sum_shares, or the forward's rescaling merge) and stores them.
+// The shares keep 16 rows at least (an mma's k, or two of its n tiles), so the 32-row inner tiles
+// of the forward and dK/dV pass at head dim 128 split in two at most: there a last tile with one
+// live group still leaves two warps only loading (no ViT preset has head dim 128). The group's
+// first warp (part 0) adds up the shares' results at the end (sum_shares, or the forward's
+// rescaling merge) and stores them.
 struct WarpShare {
   int split, part, row0;
 };
 
-__device__ __forceinline__ WarpShare warp_share(int T, int outer0, int inner_rows) {
+// kInner: the rows of the inner tiles the warps share, as on_share<kInner> is then called with.
+template <int kInner>
+__device__ __forceinline__ WarpShare warp_share(int T, int outer0) {
   const int live = live_groups(T, outer0, kRows), warp = threadIdx.x / 32;
   int split = live == 1 ? 4 : (live == 2 ? 2 : 1);
-  if (split > inner_rows / 16) split = inner_rows / 16;
+  if (split > kInner / 16) split = kInner / 16;
   return {split, warp % split, outer0 + warp / split * kWarpRows};
 }
 
 // Calls tile(std::integral_constant<int, Rows>{}, first) for the warp's share of an inner tile of
-// kInner rows: Rows = kInner / split rows from the tile's row `first`.
+// kInner rows: Rows = kInner / split rows from the tile's row `first` (warp_share<kInner> never
+// splits a tile into shares of fewer than 16 rows).
 template <int kInner, typename Tile>
 __device__ __forceinline__ void on_share(const WarpShare& share, Tile&& tile) {
   if (share.split == 1) {
@@ -459,8 +464,9 @@ __device__ __forceinline__ void forward_tile(const bf16* sq_warp, const bf16* sk
     }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad shares the row
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    // A warp's first keys hold one < T (shares without one are skipped), so m is finite from
-    // them on, and the -inf of keys past T contribute exp2(-inf) = 0.
+    // The first share a warp does not skip holds a key < T, so m is finite from it on (before
+    // it m = -inf, and its correction exp2(-inf) = 0 clears nothing), and the -inf of keys past T
+    // contribute exp2(-inf) = 0.
     const float m_new = fmaxf(m[half], mx * scale_log2);
     const float correction = exp2_ftz(m[half] - m_new);  // 0 on the first tile (m = -inf)
     float sum = 0.f;
@@ -496,7 +502,7 @@ __device__ __forceinline__ void forward_tile(const bf16* sq_warp, const bf16* sk
 // the online softmax does between key tiles, and adds them up (parts in order). Every thread of
 // the block calls it; `scratch`: shared memory no warp still reads.
 template <int D>
-__device__ __forceinline__ void merge_forward_shares(const WarpShare& share, float* scratch,
+__device__ __forceinline__ void merge_forward_shares(const WarpShare& share, int T, float* scratch,
                                                      float (&o)[D / 8][4], float (&m)[2],
                                                      float (&l)[2]) {
   if (share.split == 1) return;  // block-uniform
@@ -512,7 +518,9 @@ __device__ __forceinline__ void merge_forward_shares(const WarpShare& share, flo
     }
   }
   __syncthreads();
-  if (share.part > 0) return;
+  // A group past T (head dim 128's split in two leaves one) has nothing to merge: its m = -inf
+  // would make exp2(-inf - -inf) a NaN.
+  if (share.part > 0 || share.row0 >= T) return;
   for (int p = 1; p < share.split; ++p) {
     const float* slot = scratch + (warp + p) * kSlot;
     float mine[2], theirs[2];
@@ -560,7 +568,7 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
 
   const int lane = threadIdx.x % 32, t = lane % 4;
   const int kv_tiles = (T + kCols - 1) / kCols;
-  const WarpShare share = warp_share(T, q0, kCols);
+  const WarpShare share = warp_share<kCols>(T, q0);
   const int row0 = share.row0;
 
   load_tile_async<kRows, D>(sq, q, hv.ld_qkv(), q0, T);
@@ -603,7 +611,7 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
     l[half] += __shfl_xor_sync(0xffffffffu, l[half], 1);
     l[half] += __shfl_xor_sync(0xffffffffu, l[half], 2);
   }
-  merge_forward_shares<D>(share, reinterpret_cast<float*>(smem), o, m, l);
+  merge_forward_shares<D>(share, T, reinterpret_cast<float*>(smem), o, m, l);
   if (row0 >= T || share.part > 0) return;  // nothing to store
 
   float inv[2];
@@ -781,7 +789,7 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
 
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int q_tiles = (T + kCols - 1) / kCols;
-  const WarpShare share = warp_share(T, k0, kCols);
+  const WarpShare share = warp_share<kCols>(T, k0);
 
   // Statistics of queries [q0, q0 + kCols) into stage `stage`. Queries past T get lse = +inf, so
   // their probabilities are exp2(-inf) = 0, and delta = 0. Plain stores: the __syncthreads that
@@ -899,7 +907,7 @@ __global__ void __launch_bounds__(kThreads, 4)
     cp_async_commit();
   };
 
-  const WarpShare share = warp_share(T, q0, kDqKeys);
+  const WarpShare share = warp_share<kDqKeys>(T, q0);
   const int row0 = share.row0;
   const int key_tiles = (T + kDqKeys - 1) / kDqKeys;
   load_key_tile(0, 0);

@@ -118,8 +118,9 @@ struct Shape {
 // and T = 125, whose last 64-row tile is partial yet has all four of its 16-row groups live: the
 // kernels' partial-tile paths must tell it from a full tile by more than its live groups. The last
 // tiles with one live 16-row group (T = 1, 5, 65, 197) split their inner tiles among the four warps
-// (two at head dim 128, whose inner tiles have 32 rows), with shares that see no row < T at T = 1
-// and 5; those with two (T = 17, 145) among two warps a group; T = 37 and 33 leave a warp idle.
+// (the forward and dK/dV pass split in two at head dim 128, whose inner tiles have 32 rows), with
+// shares that see no row < T at T = 1 and 5; those with two (T = 17, 145) among two warps a group;
+// T = 37 and 33 leave a warp idle.
 const std::vector<Shape> kDefaultShapes = {
     {2, 1, 3, 32},    {1, 1, 1, 64},   {1, 1, 2, 80},   {2, 1, 1, 128},  {1, 37, 2, 32},
     {2, 5, 3, 64},    {1, 17, 1, 80},  {1, 33, 2, 128}, {1, 65, 1, 32},  {1, 65, 1, 64},
