@@ -2,7 +2,8 @@
 // (kernels/cpu/attention.cpp, run in float on the same bf16-rounded inputs), as DESIGN.md says:
 // fresh random inputs, device outputs poisoned with NaN before every call, every element compared,
 // no NaN or infinity allowed. Shapes: the ViT head dims 32, 64, 80, 128 at the token counts of
-// 224, 160, 128 and 384 px inputs (197, 145, 65, 577 ...) and awkward ones (T = 1, T = 5, odd T,
+// 224, 192, 128 and 384 px inputs with 16-px patches (197, 145, 65, 577) and ViT-H's 257 (224 px,
+// 14-px patches), and awkward ones (T = 1, T = 5, odd T,
 // batch 1, one head), so every partial tile and every tile-count path runs.
 #include <cuda_runtime.h>
 
@@ -53,15 +54,17 @@ const std::vector<AttnShape>& attn_shapes() {
   static const std::vector<AttnShape> shapes = {
       {2, 197, 6, 64},   // ViT-S at 224
       {1, 65, 16, 80},   // ViT-H at 128 (head dim 80), batch 1
-      {3, 145, 12, 64},  // ViT-B at 160
+      {3, 145, 12, 64},  // ViT-B at 192 (patch 16)
+      {1, 257, 16, 80},  // ViT-H at 224 (patch 14)
       {2, 257, 4, 128},  // head dim 128 (its 32-row inner tiles), T = 256 + 1
       {1, 577, 2, 32},   // ViT at 384, head dim 32, many tiles
       {4, 5, 3, 64},     // one partial tile
       {1, 1, 1, 64},     // one token: softmax of one score
       {2, 101, 16, 80},  // odd T, head dim 80
-      // The last tiles of these leave warps full, partial and empty at once (T mod 64 = 37 and
-      // 17, T mod 32 = 5 for head dim 128's inner tiles), for the head dims above that only see a
-      // remainder of one; and ViT-B at 384 px.
+      // The last tiles of these hold three live 16-row groups (T mod 64 = 37: one warp only
+      // loads), two (17: two warps a group, each taking half of every inner tile) and, at head
+      // dim 128, a 32-row inner tile cut at 5 rows, for the head dims above that only see a last
+      // tile of one row (all four warps sharing its group); and ViT-B at 384 px.
       {1, 101, 2, 128},
       {2, 145, 3, 32},
       {1, 577, 2, 64},

@@ -3,7 +3,7 @@
 // DESIGN.md's tolerances say: fresh random inputs (bf16 operands rounded once, so both sides see
 // the same numbers; the fp32 residual stream's operands unrounded), device outputs poisoned with
 // NaN before every call, every element compared, no NaN or infinity allowed. Shapes: ViT-S
-// (C = 384), ViT-H at 160 px (T = 145, C = 1280), and awkward ones: odd token counts, batch 1,
+// (C = 384), ViT-H's width at 145 tokens (C = 1280), and awkward ones: odd token counts, batch 1,
 // C % 8 != 0 and misaligned pointers (the scalar paths), tiny and empty sizes. The samples
 // family's gather and scatter (copies of any element type) are compared bit for bit.
 #include <cuda_runtime.h>
@@ -69,7 +69,7 @@ const std::vector<RowShape>& row_shapes() {
   static const std::vector<RowShape> shapes = {
       {4, 197, 384, 0},   // ViT-S at 224
       {2, 33, 1024, 0},   // ViT-L's width: the LayerNorm kernels' widest warp rows (4 groups)
-      {2, 145, 1280, 0},  // ViT-H at 160
+      {2, 145, 1280, 0},  // ViT-H's width (at 160 px it has 122 tokens)
       {3, 101, 768, 0},   // odd token count
       {1, 65, 200, 0},    // batch 1
       {2, 257, 196, 0},   // C % 8 != 0: scalar path
