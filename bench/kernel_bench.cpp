@@ -435,6 +435,18 @@ void measure_attention(Runner& run, const AttentionShape& s) {
                                          dqkv->as<bf16_bits>(), dbias->as<float>(), s.B, s.Tn, s.H,
                                          s.D, s.scale, ws->as<float>(), run.stream());
       });
+  // dS in slices of the batch small enough for an H200's 50 MB L2 to hold one between the dK/dV
+  // pass that writes it and the dQ pass that reads it back: in one slice (the default budget,
+  // kAttentionScoresBudgetBytes) this shape's 252 MB of dS makes a round trip through DRAM. What
+  // that trip costs, against 8 slices' 16 launches and their partly filled last waves.
+  constexpr int64_t kL2SliceBudget = int64_t{32} << 20;
+  run.measure(
+      "attention backward, dS in 32 MiB slices", "deit", s.name, 0, 2.5 * s.forward_flops, [&] {
+        kernels::attention_backward_cuda(qkv->as<bf16_bits>(), out->as<bf16_bits>(),
+                                         lse->as<float>(), dout->as<bf16_bits>(),
+                                         dqkv->as<bf16_bits>(), nullptr, s.B, s.Tn, s.H, s.D,
+                                         s.scale, ws->as<float>(), run.stream(), kL2SliceBudget);
+      });
 
   // The last block's attention, the class token's query alone (ops::linear_class_attention):
   // memory-bound, judged by the bytes it must move. Forward: K and V read. Backward: K and V read
