@@ -31,11 +31,12 @@
 // (forward: the (max, sum, o) states, the lower group's first, so that every lane gets the same
 // bits even where the compiler fuses a multiply and an add; backward: sums), then the four warps
 // through static shared memory, in warp order, by the lanes of warp 0's first group.
-// Registers (ptxas, head dim 32 / 64 / 80 / 128): forward 48 / 48 / 52 / 48 on sm_90 and sm_80
-// (10 blocks an SM; 9 at 52); backward 76 / 80 / 80 / 80 on sm_90, 94 / 80 / 78 / 80 on sm_80 (6
-// blocks an SM at 80, about 48 KB of K and V loads in flight; held to 64 for 8 blocks, ptxas spills
-// 16 to 24 bytes on sm_90). No spills.
-// Static shared memory: the 4 warps' states, 16 D + 32 bytes.
+// Registers (ptxas, head dim 32 / 64 / 80 / 128): forward 48 / 48 / 51 / 48 on sm_90, 48 / 48 /
+// 56 / 53 on sm_80 (10 blocks an SM up to 51 registers, 9 at 53 and 56); backward 80 / 80 / 72 / 80
+// on both (held to 6 blocks an SM, 80 registers: about 48 KB of K and V loads in flight; held to 64
+// for 8 blocks, ptxas spills 16 to 24 bytes on sm_90, and left alone it took 72 at head dim 64 and
+// spilled 16 once bf16 vectors moved as 16-byte words). No spills. Static shared memory: the 4
+// warps' states, 16 D + 32 bytes.
 //
 // Speed: not measured (no GPU in the session that wrote it). It moves about B T 2C 2 bytes forward
 // (K and V read once) and B T 5C 2 backward (K and V read, dQ, dK, dV written): for deit3_small's
@@ -303,7 +304,7 @@ struct alignas(16) BackwardWarpSums {
 
 // bias_partials: nullptr, or the (B, 3, H, D) rows of the blocks' column sums.
 template <int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 6)
     class_attention_backward_kernel(const bf16* __restrict__ qkv, const bf16* __restrict__ out,
                                     const float* __restrict__ lse, const bf16* __restrict__ dout,
                                     bf16* __restrict__ dqkv, float* __restrict__ bias_partials,

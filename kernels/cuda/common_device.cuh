@@ -1,7 +1,7 @@
 // Private to kernels/cuda/: the device code the CUDA kernels share (common.cuh, which includes
 // this, has the host side: launchers, grid sizes, argument checks, the column-sum entry points).
-//  - bf16 / fp32 loads and stores of one element or of one 8-element vector (16 bytes of bf16, two
-//    16-byte words of fp32), converting to fp32 registers;
+//  - bf16 / fp32 loads and stores of one element or of one 8-element vector (one 16-byte word of
+//    bf16, two of fp32), converting to fp32 registers;
 //  - the elementwise kernel behind common.cuh's launch_elementwise;
 //  - deterministic block reductions (fixed shuffle tree + warps summed in index order);
 //  - the row layout of the kernels that give one block a whole row of width C: each thread owns at
@@ -17,6 +17,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/cuda/launch_shape.h"
 
@@ -29,21 +30,38 @@ constexpr int kThreads = 256;            // block size of the elementwise and pe
 // ---------------------------------------------------------------------------------------------
 // Loads and stores of N consecutive elements (N = 1 or kVec) to / from fp32 registers v[0..N).
 // For N = kVec the address must be 16-byte aligned.
+//
+// Eight bf16 move as one uint4, one 16-byte instruction (LDG.E.128 / STG.E.128). Until
+// 2026-12-05 they moved as a struct of four __nv_bfloat162, whose copy constructor made nvcc
+// split every such load and store into four 4-byte ones (sm_80 and sm_90 SASS): the same bytes
+// from DRAM, but four times the instructions and L1 wavefronts in every bf16 row the memory-bound
+// kernels read or write. A bf16 is the high half of the fp32 with the same bits, so a load
+// widens each 32-bit word (element 2j in its low half, 2j + 1 in its high half) by shifts alone.
 
-struct alignas(16) Bf16x8 {
-  __nv_bfloat162 h[kVec / 2];
-};
+__device__ __forceinline__ float bits_to_float(uint32_t bits) {
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Two floats rounded to bf16 (nearest even; NaN stays NaN), lo in the low half.
+__device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  uint32_t bits;
+  memcpy(&bits, &h, sizeof bits);
+  return bits;
+}
 
 template <int N>
 __device__ __forceinline__ void load(const bf16* p, float* v) {
   static_assert(N == 1 || N == kVec, "N is 1 or kVec");
   if constexpr (N == kVec) {
-    const Bf16x8 raw = *reinterpret_cast<const Bf16x8*>(p);
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const uint32_t words[kVec / 2] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
     for (int j = 0; j < kVec / 2; ++j) {
-      const float2 f = __bfloat1622float2(raw.h[j]);
-      v[2 * j] = f.x;
-      v[2 * j + 1] = f.y;
+      v[2 * j] = bits_to_float(words[j] << 16);
+      v[2 * j + 1] = bits_to_float(words[j] & 0xffff0000u);
     }
   } else {
     v[0] = __bfloat162float(*p);
@@ -68,10 +86,8 @@ template <int N>
 __device__ __forceinline__ void store(bf16* p, const float* v) {
   static_assert(N == 1 || N == kVec, "N is 1 or kVec");
   if constexpr (N == kVec) {
-    Bf16x8 raw;
-#pragma unroll
-    for (int j = 0; j < kVec / 2; ++j) raw.h[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-    *reinterpret_cast<Bf16x8*>(p) = raw;
+    *reinterpret_cast<uint4*>(p) = make_uint4(bf16x2_bits(v[0], v[1]), bf16x2_bits(v[2], v[3]),
+                                              bf16x2_bits(v[4], v[5]), bf16x2_bits(v[6], v[7]));
   } else {
     *p = __float2bfloat16_rn(v[0]);
   }

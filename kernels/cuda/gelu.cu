@@ -18,7 +18,8 @@
 // with the bias gradient; in deit3_small's step 1.16 ms forward and 1.80 backward a step, where
 // Inductor's take 1.35 and 1.83 + 0.77 (its bias gradient). The forward, compute-bound there (SM
 // throughput 77% in Nsight), has since lost the range guards of its reciprocal and exponential
-// (gelu_kernels.cuh), and the backward with the bias gradient loads two rows ahead: neither
+// (gelu_kernels.cuh), the backward with the bias gradient loads two rows ahead, and both move 8
+// bf16 in one 16-byte load or store where they took four (common_device.cuh): none of it
 // measured yet (bench/PREDICTIONS.md).
 //
 // Files: the device code is kernels/cuda/gelu_kernels.cuh; this file is the host side (argument

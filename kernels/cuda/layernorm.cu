@@ -21,7 +21,10 @@
 // H200 measured that layout at 64% (forward) and 61% (backward) of the copy bandwidth, while the
 // fused residual + LayerNorm forward, whose threads wait for 48 bytes a row, reached 84%. A warp
 // per row gives a thread 64 to 128 bytes of x (C = 384 to 1024) at the same or better occupancy
-// (forward: 48 registers at C = 768 against the block kernel's 59), and no barrier.
+// (forward: 56 registers at C = 768 against the block kernel's 59), and no barrier.
+// Registers and spills: layernorm_kernels.cuh and layernorm_row.cuh give them per kernel; the
+// scalar backward on 1024-thread blocks (odd widths past 4096 columns, no ViT preset) spills 80
+// bytes on sm_90 and 68 on sm_80: a 1024-thread block leaves a thread 64 registers.
 // Measured speed, block per row (one H200, 2026-12-04, `deit bench kernels`, 50432 rows of 768,
 // commit 69df758): forward 0.085 ms (2747 GB/s, 64% of the copy bandwidth), backward 0.148 ms
 // (61%; 0.161 before the next-row loads); together 62%, short of issue 7's 80%. The warp per row

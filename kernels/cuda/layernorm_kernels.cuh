@@ -109,8 +109,10 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, gpu::forward_warp_row_mi
 // layernorm_backward_kernel does, its warp w the rows w, w + 4, ... of them, summing the dweight
 // and dbias terms in gpu::WarpColumnSums. Left alone, ptxas hoists the shared-memory loads of every
 // slot group and takes 56, 80, 112 and 124 registers at G = 1 to 4 (sm_90): 4 blocks an SM at G =
-// 3. Held to 8, 8, 6 and 5 blocks (64, 64, 80 and 96 registers) it spills nothing; fewer
-// registers spill at G >= 3. At G = 4 an A100 SM's 164 KB of shared memory holds only 4 blocks
+// 3. Held to 8, 8, 6 and 5 blocks (64, 64, 80 and 96 registers) it spilled nothing until the
+// 16-byte bf16 loads, which cost 4 bytes at G = 4 (sm_90; 8 at G = 2 on sm_80): a value that
+// stays the same across rows, stored once and read back once a row (from L1). Fewer registers
+// spill more at G >= 3. At G = 4 an A100 SM's 164 KB of shared memory holds only 4 blocks
 // of the kernel's 32 KB (and 1 KB reserved each): held to 5 there it spilled 8 bytes for nothing,
 // held to 4 (109 registers) it spills none.
 constexpr int layernorm_backward_warp_min_blocks(int G) {

@@ -54,11 +54,13 @@ __device__ __forceinline__ void layernorm_row_forward(float (&v)[kVec], const fl
 }
 
 // The blocks an SM that the forward kernels in the warp row layout (the LayerNorm alone and fused
-// with the residual update) are held to: 10 (48 registers) up to G = 3 slot groups, 8 (64) at
-// G = 4. Left alone, ptxas hoists the weight and bias loads and takes up to 56 registers at G = 3
-// (the LayerNorm, sm_90) and 71 at G = 4 (fused); held to these neither spills (held to 48 at
-// G = 4, the LayerNorm spills 88 bytes).
-constexpr int forward_warp_row_min_blocks(int G) { return G <= 3 ? 10 : 8; }
+// with the residual update) are held to: 10 (48 registers) up to G = 2 slot groups, 9 (56) at
+// G = 3 and 8 (64) at G = 4. Left alone, ptxas hoists the weight and bias loads and takes up to 56
+// registers at G = 3 (the LayerNorm, sm_90) and 71 at G = 4 (fused); held to these neither spills
+// (held to 48 at G = 4, the LayerNorm spills 88 bytes). G = 3 had 10 blocks until the fused
+// kernel's slot maps (60 bytes spilled there, sm_90) and the 16-byte bf16 loads (8 bytes in the
+// LayerNorm alone) needed more than 48 registers.
+constexpr int forward_warp_row_min_blocks(int G) { return G <= 2 ? 10 : (G == 3 ? 9 : 8); }
 
 // A warp per row: v: the row x -> y = xhat * w + b (layernorm_row_normalize), the weight and bias
 // read a slot group at a time (from L1: every warp of an SM reads the same) rather than held in

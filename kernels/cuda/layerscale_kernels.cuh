@@ -201,16 +201,12 @@ __global__ void __launch_bounds__(Early ? gpu::kEarlyLoadThreads : 1024)
 
 // The warp row layout (launch_shape.h; vector path, C <= 1024), as layernorm_forward_warp_kernel:
 // a warp per row, grid-striding, no barrier; gamma and the LayerNorm's weight and bias are read
-// per row (from L1) rather than held. The slot maps as in the block per row.
-// Blocks an SM: those of the LayerNorm alone but at G = 3 (deit3_base's rows), where the slot maps'
-// row arithmetic does not fit the 48 registers of 10 blocks (60 bytes spilled, sm_90) and 9 blocks
-// give it 56, no spills.
-constexpr int layerscale_forward_warp_min_blocks(int G) {
-  return G == 3 ? 9 : gpu::forward_warp_row_min_blocks(G);
-}
-
+// per row (from L1) rather than held. The slot maps as in the block per row. Blocks an SM: those of
+// the LayerNorm alone. The branch is read a slot group at a time beside gamma, which ptxas still
+// hoists: loaded whole before the sum, as until 2026-12-05, its 16-byte words spilled 68 bytes at
+// G = 4 (sm_90).
 template <int G>
-__global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_forward_warp_min_blocks(G))
+__global__ void __launch_bounds__(gpu::kWarpRowThreads, gpu::forward_warp_row_min_blocks(G))
     layerscale_layernorm_forward_warp_kernel(const float* x, const bf16* branch, const bf16* gamma,
                                              const float* keep_scale, const bf16* ln_weight,
                                              const bf16* ln_bias, float* out, bf16* y, float* mean,
@@ -222,15 +218,17 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_forward_warp_
   for (int64_t r = gpu::warp_row_first(); r < rows; r += gpu::warp_row_stride()) {
     const float keep = keep_scale[r / Tn];
     const int64_t branch_row = selected_row(branch_slot, r, Tn);
-    float v[Row::kSlots], br[Row::kSlots];
+    float v[Row::kSlots];
     row.load(x + r * C, v);
-    row.or_none(branch_row >= 0).load(branch + max(branch_row, int64_t{0}) * C, br);
+    const Row branch_cols = row.or_none(branch_row >= 0);
+    const bf16* branch_row_ptr = branch + max(branch_row, int64_t{0}) * C;
 #pragma unroll
     for (int k = 0; k < G; ++k) {  // slots past C stay 0 (0 + keep * 0 * 0)
-      float g[kVec];
+      float g[kVec], br[kVec];
+      branch_cols.load_group(branch_row_ptr, k, br);
       row.load_group(gamma, k, g);
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) v[k * kVec + j] += keep * g[j] * br[k * kVec + j];
+      for (int j = 0; j < kVec; ++j) v[k * kVec + j] += keep * g[j] * br[j];
     }
     row.store(out + r * C, v);
     gpu::layernorm_warp_row_forward(v, row, ln_weight, ln_bias, eps, mean ? mean + r : nullptr,
@@ -248,11 +246,10 @@ __global__ void __launch_bounds__(gpu::kWarpRowThreads, layerscale_forward_warp_
 // dbranch, which run a row at a time (column_partials_kernel), and the warps here sum in another
 // order; layerscale.cu runs that kernel over dbranch after this one. Registers: left alone, ptxas
 // takes 80, 108, 142 and 168 at G = 1 to 4 (sm_90, before the slot maps); held to 5, 5, 4 and 3
-// blocks an SM, 69, 95, 128 and 168, no spills (held to 4 blocks at G = 4 it spilled 104 bytes, to
-// 6 at G = 2 some 16).
-// deit3_small's rows (G = 2, the second group on half the lanes): 20 warps an SM, each lane waiting
-// for 144 bytes of a row on average, where the block per row kept 10 blocks of 48 working threads
-// waiting for 96 (93 registers on 64-thread blocks).
+// blocks an SM, 72, 96, 128 and 167 (sm_80: 69, 95, 128, 168), no spills (held to 4 blocks at G = 4
+// it spilled 104 bytes, to 6 at G = 2 some 16). deit3_small's rows (G = 2, the second group on half
+// the lanes): 20 warps an SM, each lane waiting for 144 bytes of a row on average, where the block
+// per row kept 10 blocks of 48 working threads waiting for 96 (93 registers on 64-thread blocks).
 constexpr int layerscale_backward_warp_min_blocks(int G) { return G <= 2 ? 5 : (G == 3 ? 4 : 3); }
 
 template <int G>
