@@ -35,19 +35,19 @@
 // activation. The backward reads neither dy nor out in a row the next branch did not take (its dy
 // is 0: the LayerNorm passes nothing back), nor branch where the branch has no row. dbias is then
 // summed by column_partials over dbranch's rows, as the linear layer would.
-// Registers of the backward (ptxas, sm_90 / sm_80; with the slot maps and 16-byte bf16 loads): the
+// Registers of the backward (ptxas, sm_90 / sm_80; with the slot maps, 16-byte bf16 loads): the
 // early variants 106 / 99 (vectors) and 115 / 125 (scalars), no spills; the 1024-thread ones, for
 // rows past 4096 and held to 64 registers, spill since they also sum dbias: none (vectors) and
 // 148 / 148 bytes (scalars). No ViT preset has rows that wide (ViT-H: 1280). The forward's scalar
-// path (odd widths, unaligned pointers; no preset either) spills 32 bytes on sm_80. Measured speed,
-// a block per row (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768, commit 69df758; the
-// warp per row is not yet measured, bench/PREDICTIONS.md): LayerScale + drop-path forward 0.095 ms
-// (95% of the copy bandwidth), backward 0.103 ms (70%); fused with the LayerNorm after it, forward
-// 0.130 ms (84%; 0.158 on a variant walking several rows a block, gone since), backward 0.209 ms
-// (78%; 0.270 before the early loads), with the dbias partials 0.216 ms. At C = 384 (deit3_small)
-// the early backward, 93 registers on 64-thread blocks, ran at 25% occupancy (0.110 ms in Nsight,
-// bench/results/2026-12-04-h200-ncu-3/); the late one (64 registers, 50%) has not been timed there
-// with the dbias partials it now sums.
+// path (odd widths, unaligned pointers; no preset either) spills 32 bytes on sm_80.
+// Measured speed, a block per row (one H200, 2026-12-04, `deit bench kernels`, 256 x 197 x 768,
+// commit 69df758; the warp per row is not yet measured, bench/PREDICTIONS.md):
+// LayerScale + drop-path forward 0.095 ms (95% of the copy bandwidth), backward 0.103 ms (70%);
+// fused with the LayerNorm after it, forward 0.130 ms (84%; 0.158 on a variant walking several
+// rows a block, gone since), backward 0.209 ms (78%; 0.270 before the early loads), with the
+// dbias partials 0.216 ms. At C = 384 (deit3_small) the early backward, 93 registers on 64-thread
+// blocks, ran at 25% occupancy (0.110 ms in Nsight, bench/results/2026-12-04-h200-ncu-3/); the
+// late one (64 registers, 50%) has not been timed there with the dbias partials it now sums.
 //
 // Files: the device code is kernels/cuda/layerscale_kernels.cuh (the LayerNorm row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The
