@@ -31,24 +31,25 @@
 //
 // Launch shape (all three main kernels): 128 threads = 4 warps; a block owns kRows = 64 rows of its
 // outer operand (queries in the forward and dQ pass, keys in the dK/dV pass), 16 per warp, so each
-// warp's softmax rows and accumulators are its own, and warps reduce across warps only in a
-// sequence's last tile: where its rows past T leave one or two 16-row groups live (T = 65, 197,
+// warp's softmax rows and accumulators are its own. The inner loop walks the other operand in
+// tiles of kCols rows: 64 for head dims 32, 64, 80 and 32 for head dim 128 (whose fp32
+// accumulators take twice the registers); the dQ pass, with only dQ to accumulate, in tiles of 64
+// keys at every head dim. Inner tiles are double-buffered in shared memory with cp.async (the next
+// tile loads while the tensor cores work on this one). Products use mma.sync m16n8k16 (bf16 x
+// bf16 -> fp32) with operands fetched by ldmatrix (transposed for dS, which pass 3 reads as pass 2
+// wrote it, keys as rows); shared rows are padded by 16 bytes so the 8 row addresses of every
+// ldmatrix fall in distinct banks.
+// A sequence's last tile: where its rows past T leave one or two 16-row groups live (T = 65, 197,
 // 257, 577: one; 145: two), each group takes 4 or 2 warps that split every inner tile's rows
 // between them (2 at most in the forward and dK/dV pass at head dim 128, whose inner tiles have
 // 32 rows: there two warps of such a block still only load), and the group's first warp merges
-// their results through shared memory at the end (warp_share in attention_kernels.cuh; the forward
-// rescales the shares' o and l to their largest running max as the online softmax does between
-// tiles). One warp per group, as this was until 2026-12-05, left three of the four warps of that
-// tile's block only loading at T = 197 while the block held an SM slot about as long as a full
-// block: 16 warp slots a head for 13 warps of work. The inner loop walks the other operand in tiles
-// of kCols rows: 64 for head dims 32, 64, 80 and 32 for head dim 128 (whose fp32 accumulators take
-// twice the registers); the dQ pass, with only dQ to accumulate, in tiles of 64 keys at every head
-// dim. Inner tiles are double-buffered in shared memory with cp.async (the next tile loads while
-// the tensor cores work on this one). Products use mma.sync m16n8k16 (bf16 x bf16 -> fp32) with
-// operands fetched by ldmatrix (transposed for dS, which pass 3 reads as pass 2 wrote it, keys as
-// rows); shared rows are padded by 16 bytes so the 8 row addresses of every ldmatrix fall in
-// distinct banks. Grid: one block per (tile, batch * head), flattened into gridDim.x. Dynamic
-// shared memory per block (bytes), head dim 32 / 64 / 80 / 128:
+// their results through shared memory at the end (warp_share in attention_kernels.cuh; the
+// forward rescales the shares' o and l to their largest running max as the online softmax does
+// between tiles). One warp per group, as this was until 2026-12-05, left three of the four warps
+// of that tile's block only loading at T = 197 while the block held an SM slot about as long as a
+// full block: 16 warp slots a head for 13 warps of work.
+// Grid: one block per (tile, batch * head), flattened into gridDim.x. Dynamic shared memory per
+// block (bytes), head dim 32 / 64 / 80 / 128:
 //   forward  25600 / 46080 / 56320 / 52224     dK/dV  31744 / 56320 / 68608 / 70144
 //   dQ       28672 / 36864 / 40960 / 53248
 // Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128): forward 108 / 127 / 128 / 128 (held to
