@@ -226,6 +226,18 @@ __device__ __forceinline__ void load_row(const P* row, int64_t C, float (&v)[kVe
   }
 }
 
+// load_row for a thread that already knows it owns a column (c = slot_column<V>(0) < C, tested
+// once outside the row loop): the vector path loads its 8 columns unconditionally, the scalar path
+// as load_row. The column-sum kernels load several rows ahead through it: with load_row's test
+// per row between them, each row's load waited for the previous row's use (sm_90 SASS).
+template <int V, typename P>
+__device__ __forceinline__ void load_owned_row(const P* row, int64_t C, float (&v)[kVec]) {
+  if constexpr (V == kVec)
+    load<kVec>(row + slot_column<kVec>(0), v);
+  else
+    load_row<V>(row, C, v);
+}
+
 template <int V, typename P>
 __device__ __forceinline__ void store_row(P* row, int64_t C, const float (&v)[kVec]) {
 #pragma unroll

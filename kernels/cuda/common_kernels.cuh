@@ -27,8 +27,12 @@ constexpr int kScalarThreads = 1024;
 // partials[chunk * C + c]; row_threads(C) threads, each summing 8 columns (the row layout of
 // common_device.cuh). On the vector path a thread loads 4 rows before adding them, in order: the
 // same bits as a row at a time, with four times the bytes in flight (a block of deit3_small's 384
-// columns has 48 working threads, each otherwise waiting on 16 bytes at a time). The scalar path
-// (odd widths) keeps to one: four spill 8 bytes on sm_80.
+// columns has 48 working threads, each otherwise waiting on 16 bytes at a time). sm_90 SASS issues
+// the 4 loads back to back with the column test out of the row loop and the chunk's last rows in
+// a loop of their own (2026-12-05; before, each load waited for the previous row's use, and so
+// it did with the test moved out but the last group's rows clamped, as in the GELU kernel, whose
+// two rows ahead that form does keep together). The scalar path (odd widths) takes one row at a
+// time.
 template <int V>
 constexpr int kColumnPartialsRowsAhead = V == kVec ? 4 : 1;
 
@@ -39,16 +43,23 @@ __global__ void __launch_bounds__(1024)
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
   float acc[kVec] = {};
-  for (int64_t r = r0; r < r1; r += kColumnPartialsRowsAhead<V>) {
-    float d[kColumnPartialsRowsAhead<V>][kVec];
+  if (slot_column<V>(0) < C) {  // a thread past the row's columns sums nothing
+    constexpr int kAhead = kColumnPartialsRowsAhead<V>;
+    int64_t r = r0;
+    for (; r + kAhead <= r1; r += kAhead) {  // whole groups of rows, then the rest one at a time
+      float d[kAhead][kVec];
 #pragma unroll
-    for (int i = 0; i < kColumnPartialsRowsAhead<V>; ++i)  // past the chunk: its last row again
-      load_row<V>(m + min(r + i, r1 - 1) * ld, C, d[i]);
+      for (int i = 0; i < kAhead; ++i) load_owned_row<V>(m + (r + i) * ld, C, d[i]);
 #pragma unroll
-    for (int i = 0; i < kColumnPartialsRowsAhead<V>; ++i) {
-      if (r + i >= r1) break;  // not + 0: that would turn a -0 sum into +0
+      for (int i = 0; i < kAhead; ++i)
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) acc[e] += d[i][e];
+        for (int e = 0; e < kVec; ++e) acc[e] += d[i][e];
+    }
+    for (; r < r1; ++r) {
+      float d[kVec];
+      load_owned_row<V>(m + r * ld, C, d);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) acc[e] += d[e];
     }
   }
   store_row<V>(partials + blockIdx.x * C, C, acc);

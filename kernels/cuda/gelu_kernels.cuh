@@ -101,8 +101,10 @@ struct GeluBackwardOp {
 // stored dx: the same bits. A thread loads kGeluRowsAhead rows before working on them: an H200
 // measured this kernel at 76% of the copy bandwidth a row at a time (0.286 ms at 50432 x 3072,
 // bench/results/2026-12-04-nvidia-h200-compare-small-base-3.md) against the elementwise backward's
-// 97%: its row_chunks blocks hold about 31 warps an SM, each waiting on 32 bytes a row. The
-// scalar path (odd widths, no ViT's) keeps to a row at a time: two spill 176 bytes there.
+// 97%: its row_chunks blocks hold about 31 warps an SM, each waiting on 32 bytes a row
+// (sm_90 SASS issues both rows' loads together since the column test moved out of the row loop,
+// 2026-12-05; before, each row's loads waited for the previous row's use). The scalar path (odd
+// widths, no ViT's) keeps to a row at a time.
 template <int V>
 constexpr int kGeluRowsAhead = V == kVec ? 2 : 1;
 
@@ -114,24 +116,30 @@ __global__ void __launch_bounds__(1024)
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
   float acc[kVec] = {};
-  for (int64_t r = r0; r < r1; r += kGeluRowsAhead<V>) {
-    float g[kGeluRowsAhead<V>][kVec], v[kGeluRowsAhead<V>][kVec];
+  if (gpu::slot_column<V>(0) < C) {  // a thread past the row's columns has nothing to do
+    for (int64_t r = r0; r < r1; r += kGeluRowsAhead<V>) {
+      float g[kGeluRowsAhead<V>][kVec], v[kGeluRowsAhead<V>][kVec];
 #pragma unroll
-    for (int i = 0; i < kGeluRowsAhead<V>; ++i) {
-      if (r + i >= r1) break;
-      gpu::load_row<V>(dy + (r + i) * ld, C, g[i]);
-      gpu::load_row<V>(x + (r + i) * ld, C, v[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < kGeluRowsAhead<V>; ++i) {
-      if (r + i >= r1) break;
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        // Rounded as stored; slots past C hold dy = 0, so they add 0.
-        g[i][e] = __bfloat162float(__float2bfloat16_rn(gelu_backward_value(g[i][e], v[i][e])));
-        acc[e] += g[i][e];
+      for (int i = 0; i < kGeluRowsAhead<V>; ++i) {  // past the chunk: its last row again
+        const int64_t row = min(r + i, r1 - 1);
+        gpu::load_owned_row<V>(dy + row * ld, C, g[i]);
+        gpu::load_owned_row<V>(x + row * ld, C, v[i]);
       }
-      gpu::store_row<V>(dx + (r + i) * ld, C, g[i]);
+#pragma unroll
+      for (int i = 0; i < kGeluRowsAhead<V>; ++i) {
+        if (r + i >= r1) break;
+          // Rounded to bf16 as stored, a pair at a time; slots past C hold dy = 0, so they add 0.
+#pragma unroll
+        for (int e = 0; e < kVec; e += 2) {
+          const uint32_t bits = gpu::bf16x2_bits(gelu_backward_value(g[i][e], v[i][e]),
+                                                 gelu_backward_value(g[i][e + 1], v[i][e + 1]));
+          g[i][e] = gpu::bits_to_float(bits << 16);
+          g[i][e + 1] = gpu::bits_to_float(bits & 0xffff0000u);
+          acc[e] += g[i][e];
+          acc[e + 1] += g[i][e + 1];
+        }
+        gpu::store_row<V>(dx + (r + i) * ld, C, g[i]);
+      }
     }
   }
   gpu::store_row<V>(partials + blockIdx.x * C, C, acc);
