@@ -189,6 +189,18 @@ __device__ __forceinline__ void put_fragments(float* slot, const float (&acc)[N]
     for (int e = 0; e < 4; ++e) slot[(4 * n + e) * 32 + lane] = acc[n][e];
 }
 
+// acc's rows g times mul_g and rows g + 8 times mul_g8.
+template <int N>
+__device__ __forceinline__ void scale_rows(float (&acc)[N][4], float mul_g, float mul_g8) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    acc[n][0] *= mul_g;
+    acc[n][1] *= mul_g;
+    acc[n][2] *= mul_g8;
+    acc[n][3] *= mul_g8;
+  }
+}
+
 // acc += a slot's fragments, rows g times mul_g and rows g + 8 times mul_g8.
 template <int N>
 __device__ __forceinline__ void add_fragments(float (&acc)[N][4], const float* slot, float mul_g,
@@ -535,13 +547,7 @@ __device__ __forceinline__ void merge_forward_shares(const WarpShare& share, int
       l[half] = l[half] * mine[half] + slot[kFragments + (2 + half) * 32 + lane] * theirs[half];
       m[half] = m_new;
     }
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][0] *= mine[0];
-      o[n][1] *= mine[0];
-      o[n][2] *= mine[1];
-      o[n][3] *= mine[1];
-    }
+    scale_rows(o, mine[0], mine[1]);
     add_fragments(o, slot, theirs[0], theirs[1]);
   }
 }
@@ -614,16 +620,7 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kForwardMinBlocks)
   merge_forward_shares<D>(share, T, reinterpret_cast<float*>(smem), o, m, l);
   if (row0 >= T || share.part > 0) return;  // nothing to store
 
-  float inv[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) inv[half] = 1.f / l[half];  // l >= 1: the max gives exp2(0)
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    o[n][0] *= inv[0];
-    o[n][1] *= inv[0];
-    o[n][2] *= inv[1];
-    o[n][3] *= inv[1];
-  }
+  scale_rows(o, 1.f / l[0], 1.f / l[1]);  // l >= 1: the row max gives exp2(0)
   store_rows<D>(out + hv.o, hv.C, row0, T, o, 1.f);
   if (lse != nullptr && t == 0) {
 #pragma unroll
