@@ -1044,3 +1044,40 @@ TEST_CASE("cuda layerscale residual + layernorm on selected samples matches the 
     }
   }
 }
+
+TEST_CASE("cuda residual + layernorm backward of a branch run on no sample gives dbias 0",
+          "[gpu][kernels]") {
+  // A selection of no samples (SampleSlots allows 0 of B): the branch and dbranch have no rows,
+  // so dbranch may be null while dbias, a sum over none of them, is asked for.
+  Stream stream;
+  Rng rng(5030);
+  const int64_t B = 3, T = 5, C = 384;
+  const size_t n = static_cast<size_t>(B * T * C), rows = static_cast<size_t>(B * T);
+  const Selection none = select_samples(B, {});
+  DeviceBuffer<int32_t> dev_slot(none.slot);
+  const SampleSlots slots{dev_slot.get(), 0, nullptr};
+  const Bf16Host dy = random_bf16(rng, n, -1, 1), gamma = random_bf16(rng, C, -1, 1);
+  const Bf16Host ln_w = random_bf16(rng, C, 0.5, 1.5), ln_b = random_bf16(rng, C, -0.5, 0.5);
+  const std::vector<float> out = random_f32(rng, n, -2, 3), dout = random_f32(rng, n, -1, 1);
+  std::vector<float> y(n), mean(rows), rstd(rows);
+  layernorm_forward_cpu(out.data(), ln_w.values.data(), ln_b.values.data(), y.data(), mean.data(),
+                        rstd.data(), static_cast<int64_t>(rows), C, 1e-6);
+  Bf16Buffer dev_dy(dy.bits), dev_gamma(gamma.bits), dev_ln_w(ln_w.bits);
+  F32Buffer dev_out(out), dev_dout(dout), dev_mean(mean), dev_rstd(rstd), dev_dx(n);
+  F32Buffer dev_keep(std::vector<float>(static_cast<size_t>(B), 0.f)), dev_dbias(C);
+  F32Buffer workspace(static_cast<size_t>(
+      layerscale_residual_layernorm_backward_cuda_workspace_floats(B, T, C, slots)));
+  layerscale_residual_layernorm_backward_cuda(
+      dev_dout.get(), dev_dy.get(), dev_out.get(), nullptr, dev_gamma.get(), dev_keep.get(),
+      dev_ln_w.get(), dev_mean.get(), dev_rstd.get(), dev_dx.get(), nullptr, nullptr, nullptr,
+      nullptr, dev_dbias.get(), B, T, C, workspace.get(), stream, slots);
+  stream.sync();
+  CHECK(dev_dbias.download() == std::vector<float>(C, 0.f));
+  // dx: dout plus what flows back through the LayerNorm, as the CPU twin without a branch.
+  std::vector<float> dx_ref(n);
+  layernorm_backward_cpu(dy.values.data(), out.data(), ln_w.values.data(), mean.data(), rstd.data(),
+                         dx_ref.data(), static_cast<float*>(nullptr), static_cast<float*>(nullptr),
+                         static_cast<int64_t>(rows), C);
+  for (size_t i = 0; i < n; ++i) dx_ref[i] += dout[i];
+  check_close("dx", dev_dx, dx_ref, kF32SumTol);
+}

@@ -188,11 +188,12 @@ void layerscale_residual_layernorm_backward_cuda(
   check_slots(fn, slots, B);
   if (C == 0) return;
   const int64_t rows = B * Tn;
-  if (dbias && !dbranch && rows > 0)
+  // dbias is summed over dbranch's rows in the chunks of the linear layer's own pass over them
+  // (none when the branch ran on no sample: dbias is then 0, and dbranch may be null).
+  const int64_t dbranch_rows = branch_rows(slots, B, Tn);
+  if (dbias && !dbranch && dbranch_rows > 0)
     throw std::invalid_argument(std::string(fn) + ": dbias is summed from dbranch, which is null");
   const gpu::RowChunks part = gpu::row_chunks(rows, C);
-  // dbias is summed over dbranch's rows in the chunks of the linear layer's own pass over them.
-  const int64_t dbranch_rows = branch_rows(slots, B, Tn);
   const gpu::RowChunks dbias_part = gpu::row_chunks(dbranch_rows, C);
   gpu::check_workspace(fn, workspace,
                        (dgamma || dln_weight || dln_bias || dbias) && part.chunks > 0);
