@@ -21,6 +21,7 @@ namespace deit::kernels {
 namespace {
 
 using gpu::bf16;
+using gpu::bf16x2_bits;  // two fp32 -> one register of two bf16, lo in the low half
 using namespace ptx;  // mma.cuh's wrappers, or the emulator's twins of them
 
 constexpr int kWarps = 4;
@@ -274,10 +275,10 @@ __device__ __forceinline__ void mma_regs_rows(float (&acc)[N / 8][4], const floa
     if (ks >= live) break;
     // The C fragments of columns [16ks, 16ks + 8) and [16ks + 8, 16ks + 16) are exactly the A
     // fragment of k-step ks.
-    const uint32_t af[4] = {pack_bf16x2(p[2 * ks][0], p[2 * ks][1]),
-                            pack_bf16x2(p[2 * ks][2], p[2 * ks][3]),
-                            pack_bf16x2(p[2 * ks + 1][0], p[2 * ks + 1][1]),
-                            pack_bf16x2(p[2 * ks + 1][2], p[2 * ks + 1][3])};
+    const uint32_t af[4] = {bf16x2_bits(p[2 * ks][0], p[2 * ks][1]),
+                            bf16x2_bits(p[2 * ks][2], p[2 * ks][3]),
+                            bf16x2_bits(p[2 * ks + 1][0], p[2 * ks + 1][1]),
+                            bf16x2_bits(p[2 * ks + 1][2], p[2 * ks + 1][3])};
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
       // B stored [k][n]: transposed loads of matrices (k 0-7, n 0-7), (k 8-15, n 0-7),
@@ -736,7 +737,7 @@ __device__ __forceinline__ void dkdv_tile(const bf16* sk_warp, const bf16* sv_wa
 #pragma unroll
     for (int n = 0; n < Cols / 8; ++n) {
       if (n >= 2 * live) break;
-      row[4 * n] = pack_bf16x2(ds[n][2 * half], ds[n][2 * half + 1]);
+      row[4 * n] = bf16x2_bits(ds[n][2 * half], ds[n][2 * half + 1]);
     }
   }
 

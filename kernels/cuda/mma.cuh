@@ -1,9 +1,9 @@
 // PTX wrappers of the tensor-core kernels (kernels/cuda/attention_kernels.cuh): cp.async (16-byte
 // global -> shared copies that bypass the registers, with zero-fill), ldmatrix (a warp loads 8x8
 // bf16 matrices from shared memory straight into mma fragments), mma.sync m16n8k16 (bf16 x bf16
-// -> fp32 on the tensor cores), the bf16 pair packing of those fragments, and dynamic_smem(), the
-// block's dynamic shared memory; and the bare special-function instructions (2^x and 1/x) that the
-// softmax and GELU (kernels/cuda/gelu_kernels.cuh) compute with.
+// -> fp32 on the tensor cores; common_device.cuh's bf16x2_bits packs fragments of bf16 pairs), and
+// dynamic_smem(), the block's dynamic shared memory; and the bare special-function instructions
+// (2^x and 1/x) that the softmax and GELU (kernels/cuda/gelu_kernels.cuh) compute with.
 //
 // Why a header of its own: inline PTX and the extern __shared__ array are what a host compiler
 // cannot build. The emulated tests (tests/emulated/attention_emulated.cpp, ops_emulated.cpp)
@@ -77,12 +77,6 @@ __device__ __forceinline__ float rcp_ftz(float x) {
   float y;
   asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
-}
-
-// Two fp32 -> one register of two bf16 (lo in the low half: the lower column index).
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
 }
 
 // The block's dynamic shared memory (the bytes given at launch), 16-byte aligned. Kernels take it

@@ -1053,13 +1053,6 @@ inline float rcp_ftz(float x) {
   return std::fpclassify(y) == FP_SUBNORMAL ? std::copysign(0.f, y) : y;
 }
 
-inline uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  uint32_t r;
-  std::memcpy(&r, &h, sizeof r);
-  return r;
-}
-
 inline unsigned char* dynamic_smem() { return emu::detail::g_machine.shared; }
 
 }  // namespace deit::kernels::ptx
