@@ -53,7 +53,7 @@
 //   forward  25600 / 46080 / 56320 / 52224     dK/dV  31744 / 56320 / 68608 / 70144
 //   dQ       28672 / 36864 / 40960 / 53248
 // Registers (ptxas, sm_90, head dim 32 / 64 / 80 / 128): forward 108 / 127 / 128 / 128 (held to
-// 128, 4 blocks; 12 bytes spilled at 128), dK/dV 165 / 168 / 238 / 248 (held to 168 at 32 and 64,
+// 128, 4 blocks; 12 bytes spilled at 128), dK/dV 165 / 168 / 240 / 248 (held to 168 at 32 and 64,
 // 3 blocks, which its shared memory allows per SM; 4 bytes spilled at 64; unbounded, ptxas takes
 // 195 at 64 and an SM fits 2), dQ 72 / 94 / 103 / 128 (held to 128, 4 blocks; unbounded, ptxas
 // spilled 8 bytes at head dim 80). sm_80: no spills (forward 107 / 136 / 149 / 168: an A100's

@@ -686,8 +686,8 @@ __global__ void __launch_bounds__(kThreads)
 // rows key0 and key0 + 8 from column query0 + 2t, stride scores_ld), and dK += dS^T Q. Partial:
 // the queries run past T (the last tile, when T is not a multiple of kCols, and every share of a
 // split group's tiles), whose products stop at the live groups, and a share with no query < T is
-// skipped; the others take the straight path. Queries past T need no test per score: their lse of
-// +inf gives P = 0.
+// skipped; the others take the straight path. Queries past T need no test per score: their Q and
+// dO rows are zeros (see the kernel's load_query_tile).
 template <int D, int Cols, bool Partial>
 __device__ __forceinline__ void dkdv_tile(const bf16* sk_warp, const bf16* sv_warp, const bf16* sq,
                                           const bf16* sdo, const float* slse, const float* sdelta,
@@ -774,7 +774,7 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
   bf16* sdo = sq + 2 * kCols * kStride;   // [2][kCols][kStride]
   // The statistics are read two columns at a time (float2): 8-byte aligned.
   static_assert((2 * kRows + 4 * kCols) * Cfg::kRowBytes % 8 == 0, "statistics 8-byte aligned");
-  float* slse = reinterpret_cast<float*>(sdo + 2 * kCols * kStride);  // [2][kCols], base 2
+  float* slse = reinterpret_cast<float*>(sdo + 2 * kCols * kStride);    // [2][kCols], base 2 once
   float* sdelta = slse + 2 * kCols;                                     // [2][kCols]
 
   const int k_tiles = (T + kRows - 1) / kRows;
@@ -789,18 +789,20 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
   const int q_tiles = (T + kCols - 1) / kCols;
   const WarpShare share = warp_share<kCols>(T, k0);
 
-  // Statistics of queries [q0, q0 + kCols) into stage `stage`. Queries past T get lse = +inf, so
-  // their probabilities are exp2(-inf) = 0, and delta = 0. Plain stores: the __syncthreads that
-  // precedes the tile's use publishes them, like the cp.async data.
+  // Query tile [q0, q0 + kCols) into stage `stage`: its Q and dO rows, and its lse and delta (a
+  // float a thread, in the same cp.async group, so they arrive with the rows rather than stalling
+  // the warps that loaded them by hand before the barrier; lse is taken to base 2 after the wait).
+  // Queries past T load zeros: zero Q and dO rows make S^T = 0, P^T = exp2(0 - 0) = 1, dP^T = 0
+  // and dS^T = 1 (0 - 0) = 0 there, which add nothing to dV or dK.
+  static_assert(2 * kCols <= kThreads, "a thread per statistic");
   const auto load_query_tile = [&](int q0, int stage) {
     load_tile_async<kCols, D>(sq + stage * kCols * kStride, q, hv.ld_qkv(), q0, T);
     load_tile_async<kCols, D>(sdo + stage * kCols * kStride, do_head, hv.C, q0, T);
+    const int column = threadIdx.x % kCols, row = q0 + column;
+    const float* from = threadIdx.x < kCols ? lse : delta;
+    float* to = (threadIdx.x < kCols ? slse : sdelta) + stage * kCols + column;
+    if (threadIdx.x < 2 * kCols) cp_async_4(to, row < T ? from + hv.stat + row : from, row < T);
     cp_async_commit();
-    if (threadIdx.x < kCols) {
-      const int row = q0 + threadIdx.x;
-      slse[stage * kCols + threadIdx.x] = row < T ? lse[hv.stat + row] * kLog2e : INFINITY;
-      sdelta[stage * kCols + threadIdx.x] = row < T ? delta[hv.stat + row] : 0.f;
-    }
   };
 
   load_tile_async<kRows, D>(sk, q + C, hv.ld_qkv(), k0, T);
@@ -825,6 +827,8 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
     } else {
       cp_async_wait<0>();
     }
+    // A thread's own copy has landed for it: each lse goes to base 2 where it was copied.
+    if (threadIdx.x < kCols) slse[stage * kCols + threadIdx.x] *= kLog2e;
     __syncthreads();
     if (row0 < T) {  // warp-uniform
       const bf16* sk_warp = sk + (row0 - k0) * kStride;

@@ -1,6 +1,6 @@
-// PTX wrappers of the tensor-core kernels (kernels/cuda/attention_kernels.cuh): cp.async (16-byte
-// global -> shared copies that bypass the registers, with zero-fill), ldmatrix (a warp loads 8x8
-// bf16 matrices from shared memory straight into mma fragments), mma.sync m16n8k16 (bf16 x bf16
+// PTX wrappers of the tensor-core kernels (kernels/cuda/attention_kernels.cuh): cp.async (16- and
+// 4-byte global -> shared copies that bypass the registers, with zero-fill), ldmatrix (a warp loads
+// 8x8 bf16 matrices from shared memory straight into mma fragments), mma.sync m16n8k16 (bf16 x bf16
 // -> fp32 on the tensor cores; common_device.cuh's bf16x2_bits packs fragments of bf16 pairs), and
 // dynamic_smem(), the block's dynamic shared memory; and the bare special-function instructions
 // (2^x and 1/x) that the softmax and GELU (kernels/cuda/gelu_kernels.cuh) compute with.
@@ -29,6 +29,12 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(valid ? 16 : 0));
+}
+// The same for 4 bytes (one float), through L1 (.ca: the only cache mode that takes 4 bytes); both
+// addresses 4-byte aligned.
+__device__ __forceinline__ void cp_async_4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 4 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>

@@ -362,6 +362,7 @@ constexpr size_t kStackBytes = 256 << 10;
 struct PendingCopy {
   void* dst;
   const void* src;
+  int bytes;
   bool valid;
   bool landed;
 };
@@ -512,9 +513,9 @@ inline void release(std::vector<Fiber*>& queue) {
 inline void land(PendingCopy& c) {
   if (c.landed) return;
   if (c.valid)
-    std::memcpy(c.dst, c.src, 16);
+    std::memcpy(c.dst, c.src, c.bytes);
   else
-    std::memset(c.dst, 0, 16);
+    std::memset(c.dst, 0, c.bytes);
   c.landed = true;
 }
 
@@ -694,14 +695,15 @@ inline LaneOut warp_collective(Collective kind, const LaneIn& in, Compute&& comp
   return w.out[lane];
 }
 
+// n bytes at p, aligned to n (what cp.async and ldmatrix ask of their shared addresses).
 inline void check_shared(const void* p, size_t n, const char* what) {
   const GuardedRegion& s = *g_machine.shared_region;
   if (!s.contains(p, n))
     fail(std::string(what) + ": shared address out of range (offset " +
          std::to_string(static_cast<const unsigned char*>(p) - s.begin()) + " of " +
          std::to_string(s.size()) + " bytes)");
-  if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
-    fail(std::string(what) + ": shared address not 16-byte aligned");
+  if (reinterpret_cast<uintptr_t>(p) % n != 0)
+    fail(std::string(what) + ": shared address not " + std::to_string(n) + "-byte aligned");
 }
 
 inline uint16_t load_u16(const void* p) {
@@ -995,18 +997,20 @@ inline T max(T a, T b) {
 
 namespace deit::kernels::ptx {
 
-// PTX ISA, "cp.async": copies cp-size (16) bytes global -> shared, or src-size 0: writes 16 zero
-// bytes and reads nothing; both addresses 16-byte aligned. Whether it lands now or at the
-// wait_group that retires it is the block's draw (see CopyLanding).
-inline void cp_async_16(void* dst, const void* src, bool valid) {
+// PTX ISA, "cp.async": copies cp-size (16 or 4) bytes global -> shared, or src-size 0: writes
+// cp-size zero bytes and reads nothing; both addresses cp-size aligned. Whether it lands now or at
+// the wait_group that retires it is the block's draw (see CopyLanding).
+inline void cp_async(void* dst, const void* src, int bytes, bool valid) {
   emu::detail::Machine& m = emu::detail::g_machine;
-  emu::detail::check_shared(dst, 16, "cp.async destination");
-  emu::check_global(src, 16, 16, "cp.async source");
-  emu::detail::PendingCopy copy{dst, src, valid, false};
+  emu::detail::check_shared(dst, bytes, "cp.async destination");
+  emu::check_global(src, bytes, bytes, "cp.async source");
+  emu::detail::PendingCopy copy{dst, src, bytes, valid, false};
   if (m.landing == emu::detail::CopyLanding::kAtIssue) emu::detail::land(copy);
   emu::detail::current().uncommitted.push_back(copy);
   ++m.copies;
 }
+inline void cp_async_16(void* dst, const void* src, bool valid) { cp_async(dst, src, 16, valid); }
+inline void cp_async_4(void* dst, const void* src, bool valid) { cp_async(dst, src, 4, valid); }
 
 // PTX ISA, "cp.async.commit_group": the copies issued since the last commit become one group.
 inline void cp_async_commit() {
