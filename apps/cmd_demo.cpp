@@ -75,10 +75,13 @@ void run_demo(const DemoOptions& d, const std::string& program) {
   const std::string data_dir = (fs::path(d.out) / "data").string();
   data::SyntheticOptions synthetic;
   synthetic.seed = d.seed;
-  if (!data::synthetic_dataset_matches(data_dir, synthetic)) {
-    // Only a synthetic dataset of another seed is replaced, never a folder of someone else's.
+  const std::string difference = data::synthetic_dataset_difference(data_dir, synthetic);
+  if (!difference.empty()) {
+    // Only a synthetic dataset (of another seed, or damaged) is replaced, never a folder of
+    // someone else's.
     if (fs::exists(fs::path(data_dir) / "synthetic.json")) {
-      std::fprintf(stderr, "%s was made for another seed: replacing it\n", data_dir.c_str());
+      std::fprintf(stderr, "%s is not the demo's dataset (%s): making it again\n", data_dir.c_str(),
+                   difference.c_str());
       fs::remove_all(data_dir);
     } else if (fs::exists(data_dir)) {
       throw std::runtime_error(data_dir + " exists and is not a deit synthetic dataset; give "

@@ -2,6 +2,7 @@
 // timm.create_model('deit3_small_patch16_224').load_state_dict(safetensors.torch.load_file(F))
 // accepts, and `deit eval --weights` reads.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -21,10 +22,18 @@ struct ExportOptions {
 
 void run_export(const ExportOptions& opts) {
   // Writing over a checkpoint (this one, or another run's) would replace a run's optimizer state
-  // with bare weights; a weights file may be replaced.
+  // with bare weights, and over any other file (a run's log, a dataset's shard) lose it: only a
+  // weights file may be replaced.
+  if (std::filesystem::path(opts.out).extension() != ".safetensors")
+    throw std::invalid_argument("--out '" + opts.out + "' does not end in .safetensors (export " +
+                                "writes a safetensors weights file)");
   if (model::is_checkpoint(opts.out))
     throw std::invalid_argument("--out '" + opts.out + "' is a training checkpoint; choose " +
                                 "another file name (export writes weights only)");
+  std::error_code ec;
+  if (std::filesystem::exists(opts.out, ec) && !model::is_safetensors(opts.out))
+    throw std::invalid_argument("--out '" + opts.out + "' exists and is not a safetensors file; " +
+                                "choose another file name");
   const model::Checkpoint ckpt =
       model::read_checkpoint_model(model::checkpoint_file(opts.checkpoint), opts.ema);
   model::VisionTransformer vit(ckpt.config);

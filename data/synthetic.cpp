@@ -156,6 +156,14 @@ void write_manifest(const fs::path& path, const SyntheticOptions& options) {
   if (std::fclose(file) != 0 || !written) throw DataError(path.string() + ": write failed");
 }
 
+const char* const kSplits[2] = {"train", "val"};
+
+std::string image_file_name(const std::string& class_name, int number) {
+  char file_name[64];
+  std::snprintf(file_name, sizeof file_name, "%s_%05d.png", class_name.c_str(), number);
+  return file_name;
+}
+
 struct ImageJob {
   int split;  // 0 train, 1 val
   int label;
@@ -216,11 +224,39 @@ ImageU8 render_synthetic_image(int label, int size, Rng& rng) {
   return image;
 }
 
-bool synthetic_dataset_matches(const std::string& dir, const SyntheticOptions& options) {
+std::string synthetic_dataset_difference(const std::string& dir, const SyntheticOptions& options) {
   std::ifstream manifest(fs::path(dir) / "synthetic.json");
   std::stringstream content;
   content << manifest.rdbuf();
-  return manifest && content.str() == manifest_line(options);
+  if (!manifest) return "it has no synthetic.json";
+  if (content.str() != manifest_line(options)) return "it was made with other settings";
+  // Each split holds its class folders and each folder its images, no more: by name and count
+  // (the images are not decoded).
+  const auto entries = [](const fs::path& folder) {
+    std::error_code error;
+    int64_t n = 0;
+    for (fs::directory_iterator it(folder, error), end; !error && it != end; it.increment(error))
+      ++n;
+    return error ? int64_t{-1} : n;
+  };
+  for (int split = 0; split < 2; ++split) {
+    const fs::path split_dir = fs::path(dir) / kSplits[split];
+    if (entries(split_dir) != options.num_classes)
+      return split_dir.string() + " does not hold its " + std::to_string(options.num_classes) +
+             " class folders alone";
+    for (int label = 0; label < options.num_classes; ++label) {
+      const std::string& name = synthetic_class_names()[label];
+      const int per_class = split == 0 ? options.train_per_class : options.val_per_class;
+      for (int number = 0; number < per_class; ++number) {
+        const fs::path file = split_dir / name / image_file_name(name, number);
+        std::error_code error;
+        if (!fs::is_regular_file(file, error)) return file.string() + " is missing";
+      }
+      if (entries(split_dir / name) != per_class)
+        return (split_dir / name).string() + " holds other files than its images";
+    }
+  }
+  return "";
 }
 
 void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& options) {
@@ -230,7 +266,6 @@ void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& 
   const fs::path partial = dir + ".partial";
   fs::remove_all(partial, error);  // left over from an interrupted run
 
-  const char* const kSplits[2] = {"train", "val"};
   const int per_class[2] = {options.train_per_class, options.val_per_class};
   std::vector<ImageJob> jobs;
   for (int split = 0; split < 2; ++split) {
@@ -240,11 +275,8 @@ void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& 
       if (!fs::create_directories(folder, error) && error) {
         throw DataError(folder.string() + ": cannot create (" + error.message() + ")");
       }
-      for (int number = 0; number < per_class[split]; ++number) {
-        char file_name[64];
-        std::snprintf(file_name, sizeof file_name, "%s_%05d.png", name.c_str(), number);
-        jobs.push_back({split, label, number, (folder / file_name).string()});
-      }
+      for (int number = 0; number < per_class[split]; ++number)
+        jobs.push_back({split, label, number, (folder / image_file_name(name, number)).string()});
     }
   }
 

@@ -43,7 +43,9 @@ ImageU8 render_synthetic_image(int label, int size, Rng& rng);
 // absent. Throws DataError when DIR already exists or cannot be written.
 void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& options);
 
-// Whether DIR holds a complete dataset that generate_synthetic_dataset made with these options.
-bool synthetic_dataset_matches(const std::string& dir, const SyntheticOptions& options);
+// Why DIR is not the complete dataset that generate_synthetic_dataset makes with these options
+// ("it has no synthetic.json", "it was made with other settings", a file missing or one too many),
+// or "" when it is. Files are checked by name and count, not decoded.
+std::string synthetic_dataset_difference(const std::string& dir, const SyntheticOptions& options);
 
 }  // namespace deit::data

@@ -310,16 +310,26 @@ std::string class_difference(const std::vector<std::string>& a, const std::strin
          b[first] + "' in " + b_where;
 }
 
-bool is_checkpoint(const std::string& path) {
+namespace {
+
+// The file's header alone (no tensor is selected), or nothing where it is not safetensors.
+std::optional<SafetensorsContents> read_header(const std::string& path) {
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) return false;
+  if (!std::filesystem::is_regular_file(path, ec)) return std::nullopt;
   try {
-    // The header alone (no tensor is selected) tells a checkpoint from a weights file.
-    return read_safetensors(path, [](const std::string&) { return false; })
-        .metadata.count(kConfigKey);
+    return read_safetensors(path, [](const std::string&) { return false; });
   } catch (const std::exception&) {
-    return false;
+    return std::nullopt;
   }
+}
+
+}  // namespace
+
+bool is_safetensors(const std::string& path) { return read_header(path).has_value(); }
+
+bool is_checkpoint(const std::string& path) {
+  const std::optional<SafetensorsContents> header = read_header(path);
+  return header && header->metadata.count(kConfigKey);  // a weights file has no config
 }
 
 NamedTensors read_model_tensors(const std::string& path) {

@@ -67,6 +67,9 @@ Checkpoint read_checkpoint_header(const std::string& path);
 // (what `deit train --output` writes into).
 std::string checkpoint_file(const std::string& path);
 
+// Whether `path` is a readable safetensors file (by its header; false for a missing file).
+bool is_safetensors(const std::string& path);
+
 // Whether `path` is a readable deit checkpoint (by its header; false for a missing file, a
 // weights file or anything that is not safetensors).
 bool is_checkpoint(const std::string& path);

@@ -105,6 +105,18 @@ TEST_CASE("deit export rejects bad input with a clear message and a non-zero exi
     CHECK_THAT(r.output, Contains("'" + target + "' is a training checkpoint"));
   }
   CHECK(deit::test::read_bytes(other_run) == other_good);
+  // Over anything else but a weights file (a run's log, a dataset's shard): refused, untouched.
+  const std::string log = dir.file("log.txt"), shard = dir.file("train.safetensors");
+  deit::test::write_bytes(log, {'{', '}', '\n'});
+  deit::test::write_bytes(shard, {'D', 'E', 'I', 'T', 0, 0, 0, 0, 1, 2, 3, 4});
+  r = run_deit("export --checkpoint " + checkpoint + " --out " + log);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("'" + log + "' does not end in .safetensors"));
+  r = run_deit("export --checkpoint " + checkpoint + " --out " + shard);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("'" + shard + "' exists and is not a safetensors file"));
+  CHECK(deit::test::read_bytes(log) == std::vector<uint8_t>{'{', '}', '\n'});
+  CHECK(deit::test::read_bytes(shard).size() == 12);
 
   CHECK_FALSE(std::filesystem::exists(out));
   CHECK(deit::test::read_bytes(checkpoint) == good);

@@ -65,3 +65,29 @@ TEST_CASE("Synthetic dataset options are checked", "[data]") {
   CHECK_THROWS_WITH(generate_synthetic_dataset(dir.path() + "/x", options),
                     Contains("num_classes"));
 }
+
+TEST_CASE("A synthetic dataset that lost or gained files, or another seed's, is told apart",
+          "[data]") {
+  TempDir dir;
+  const std::string root = dir.path() + "/synthetic";
+  generate_synthetic_dataset(root, small_options(3));
+  CHECK(synthetic_dataset_difference(root, small_options(3)).empty());
+  CHECK(synthetic_dataset_difference(root, small_options(4)) == "it was made with other settings");
+  CHECK(synthetic_dataset_difference(dir.path() + "/nowhere", small_options(3)) ==
+        "it has no synthetic.json");
+
+  const std::string image = root + "/val/rays/rays_00001.png";
+  const std::vector<uint8_t> bytes = read_bytes(image);
+  std::filesystem::remove(image);
+  CHECK(synthetic_dataset_difference(root, small_options(3)) == image + " is missing");
+  deit::test::write_bytes(image, bytes);
+  deit::test::write_bytes(root + "/train/disc/extra.png", bytes);
+  CHECK(synthetic_dataset_difference(root, small_options(3)) ==
+        root + "/train/disc holds other files than its images");
+  std::filesystem::remove(root + "/train/disc/extra.png");
+  std::filesystem::rename(root + "/val/rays", dir.path() + "/rays");
+  CHECK_THAT(synthetic_dataset_difference(root, small_options(3)),
+             Contains(root + "/val does not hold its 10 class folders alone"));
+  std::filesystem::rename(dir.path() + "/rays", root + "/val/rays");
+  CHECK(synthetic_dataset_difference(root, small_options(3)).empty());
+}

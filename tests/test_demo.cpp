@@ -44,6 +44,17 @@ TEST_CASE("deit demo makes its dataset, trains, evaluates and reports", "[demo][
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, !Catch::Contains("making the synthetic dataset"));
   CHECK(log_lines(out + "/run/log.txt").size() == 1);
+
+  // A dataset of its own that lost a class is made again, not trained on (nor the run replaced
+  // first, to fail on it).
+  std::filesystem::remove_all(out + "/data/val/rays");
+  r = run_deit("demo --epochs 1 --quiet --out " + out);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("is not the demo's dataset (" + out +
+                                       "/data/val does not hold its 10 class folders alone): "
+                                       "making it again"));
+  CHECK(std::filesystem::exists(out + "/data/val/rays"));
 }
 
 TEST_CASE("deit demo leaves a data folder that is not its own alone", "[demo]") {

@@ -528,6 +528,31 @@ TEST_CASE("a class none of whose training images can be read is named", "[train]
   CHECK(r.output.find(warning) == r.output.rfind(warning));
 }
 
+TEST_CASE("a val split that cannot be read keeps the epoch's training, to resume", "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  const std::string val = dir.file("val");
+  std::filesystem::rename(data + "/val", val);
+  std::filesystem::copy(val, data + "/val", std::filesystem::copy_options::recursive);
+  for (const auto& file : std::filesystem::recursive_directory_iterator(data + "/val"))
+    if (file.is_regular_file())
+      std::ofstream(file.path(), std::ios::binary | std::ios::trunc) << "not an image";
+  CliResult r = run_deit(tiny_train_args(data, out, 2));
+  INFO(r.output);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("all unusable: giving up") &&
+                           Catch::Contains("epoch 1's training is saved, without its evaluation"));
+  // No log line for an epoch that was not evaluated.
+  CHECK_FALSE(std::filesystem::exists(out + "/log.txt"));
+  std::filesystem::remove_all(data + "/val");
+  std::filesystem::rename(val, data + "/val");
+  r = run_deit("train --resume " + out);
+  CHECK(r.exit_code == 0);
+  const std::vector<nlohmann::json> log = test::log_lines(out + "/log.txt");
+  REQUIRE(log.size() == 1);
+  CHECK(log[0]["epoch"] == 1);  // the second epoch alone
+}
+
 TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");
@@ -855,6 +880,23 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("already holds a run"));
   CHECK(test::read_bytes(other + "/checkpoint.safetensors") == other_checkpoint);
+  // Resumed from a copy of its checkpoint kept beside it (its folder is the default --output):
+  // the run's own checkpoint.safetensors is not written over.
+  const std::string kept = out + "/epoch1.safetensors";
+  std::filesystem::copy_file(checkpoint, kept);
+  r = run_deit("train --epochs 2 --resume " + kept);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("already holds a run (checkpoint.safetensors)") &&
+                           Catch::Contains("give another --output"));
+  CHECK(test::read_bytes(checkpoint) == good);
+  std::filesystem::remove(kept);
+  // A folder with a log and no checkpoint (its first save failed): no advice to resume it.
+  const std::string log_only = dir.file("log_only");
+  std::filesystem::create_directories(log_only);
+  std::filesystem::copy_file(out + "/log.txt", log_only + "/log.txt");
+  r = run_deit(tiny_train_args(data, log_only, 1));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("holds the log of a run but no checkpoint"));
   // Resumed on a dataset whose labels mean other classes.
   const std::string renamed = with_renamed_class(dir, data, "checkerboard", "zigzag");
   r = run_deit(tiny_train_args(renamed, out, 2) + " --resume " + checkpoint);

@@ -53,15 +53,20 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }
 
 // Fails before any work when the run could not save what it computes, or when it would overwrite
-// another run's checkpoint and log (a run continues there only with --resume).
-void prepare_output_dir(const std::string& dir, bool resuming) {
+// another run's checkpoint and log (a run continues there only by resuming the folder's own
+// checkpoint: resuming a copy of it, or of another run's, must not write over it).
+void prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
   std::error_code ec;
-  if (!resuming)
-    for (const char* file : {"checkpoint.safetensors", "log.txt"})
-      if (fs::exists(fs::path(dir) / file, ec))
-        throw std::runtime_error(
-            "'" + dir + "' already holds a run (" + file + "): continue it with --resume " +
-            (fs::path(dir) / "checkpoint.safetensors").string() + ", or give another --output");
+  const fs::path checkpoint = fs::path(dir) / "checkpoint.safetensors";
+  if (!resuming_its_checkpoint) {
+    if (fs::exists(checkpoint, ec))
+      throw std::runtime_error("'" + dir + "' already holds a run (checkpoint.safetensors): " +
+                               "continue it with --resume " + checkpoint.string() +
+                               ", or give another --output");
+    if (fs::exists(fs::path(dir) / "log.txt", ec))
+      throw std::runtime_error("'" + dir + "' holds the log of a run but no checkpoint " +
+                               "(log.txt): give another --output, or remove log.txt to use it");
+  }
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
   // What a save cut short left (a second stop signal, a killed run):
@@ -228,12 +233,13 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                 " is fewer than the " + std::to_string(classes) + " classes of '" +
                                 o.data_dir + "'");
   o.validate();
-  // Nothing is made for a bad run. A resumed run writes over its own checkpoint, in the folder
-  // that holds it, and refuses another run's folder as a new run does.
+  // Nothing is made for a bad run. A run resumed from its folder's checkpoint.safetensors writes
+  // over it; any other folder that holds a run is refused, as for a new run.
   std::error_code ec;
-  const bool in_its_folder =
-      !o.resume.empty() && fs::equivalent(fs::absolute(o.resume).parent_path(), o.output_dir, ec);
-  if (lead) prepare_output_dir(o.output_dir, in_its_folder);
+  const bool resumes_its_checkpoint =
+      !o.resume.empty() &&
+      fs::equivalent(o.resume, fs::path(o.output_dir) / "checkpoint.safetensors", ec);
+  if (lead) prepare_output_dir(o.output_dir, resumes_its_checkpoint);
 
   // On CUDA: fp32 master weights with their bf16 copies (engine/parameters.h), initialised from
   // the host's random draws, so a CUDA run starts from the CPU run's weights.
@@ -657,13 +663,28 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                      "met was skipped, see above): the model cannot learn that class\n",
                      train_source->class_names().at(label).c_str());
 
-    const EvalResult eval = evaluate(vit, val_feed, o.progress && lead, &comm);
+    EvalResult eval;
+    try {
+      eval = evaluate(vit, val_feed, o.progress && lead, &comm);
+    } catch (const std::exception& e) {
+      // A val split that fails to read must not cost the epoch's training. Alone, the process
+      // saves it (with several, the others wait in the evaluation's collectives).
+      if (world > 1) throw;
+      write_checkpoint(epoch + 1, std::nullopt, train_loader->state());
+      throw std::runtime_error(std::string(e.what()) + "\nepoch " + std::to_string(epoch + 1) +
+                               "'s training is saved, without its evaluation, in " +
+                               checkpoint_path + ": resume it there once the val split reads");
+    }
     if (eval.acc1 > summary.best_acc1 || summary.best_epoch < 0) {
       summary.best_acc1 = eval.acc1;
       summary.best_epoch = epoch;
     }
     summary.last = eval;
     ++summary.epochs_run;
+    // The checkpoint first: a log line stands for a saved epoch, so a save that fails leaves the
+    // folder as the last one left it, to resume or start again.
+    const double epoch_seconds = seconds_since(epoch_start) + carried_seconds;
+    write_checkpoint(epoch + 1, std::nullopt, train_loader->state());
     if (lead)
       append_log_line(log_path, {{"train_lr", lr},
                                  {"train_loss", train_loss},
@@ -673,8 +694,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                  {"epoch", epoch},
                                  {"n_parameters", summary.parameters},
                                  {"train_images_per_s", epoch_images / epoch_train_seconds},
-                                 {"epoch_time_s", seconds_since(epoch_start) + carried_seconds}});
-    write_checkpoint(epoch + 1, std::nullopt, train_loader->state());
+                                 {"epoch_time_s", epoch_seconds}});
     if (lead && o.progress) {
       // What is left, at this epoch's pace (a resumed epoch's counted whole).
       const int64_t epochs_left = o.epochs - epoch - 1;
