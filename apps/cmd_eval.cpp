@@ -23,7 +23,7 @@ namespace {
 struct EvalOptions {
   ModelOptions model;
   std::string checkpoint, weights, data, split = "val", device = "cpu";
-  double crop_ratio = 1.0;
+  std::optional<double> crop_ratio;  // default: the checkpoint's run's, else 1
   int64_t batch_size = 128;
   int workers = 2;
   bool json = false;
@@ -45,6 +45,8 @@ void print_per_class(const nlohmann::json& rows) {
 }
 
 void run_eval(const EvalOptions& o) {
+  if (o.crop_ratio && !(*o.crop_ratio > 0 && *o.crop_ratio <= 1))
+    throw std::invalid_argument("--eval-crop-ratio must be in (0, 1]");
   const Device device = parse_device(o.device);
   require_device(device);
   std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));
@@ -78,8 +80,15 @@ void run_eval(const EvalOptions& o) {
     model::load_checkpoint_model(vit, *checkpoint);
   else
     model::load_weights(vit, o.weights);
-  auto loader = train::make_eval_loader(source, vit.config().input_size, o.crop_ratio,
-                                        o.batch_size, o.workers);
+  // A checkpoint is evaluated as its run evaluated it, unless told otherwise.
+  double crop_ratio = 1.0;
+  if (o.crop_ratio)
+    crop_ratio = *o.crop_ratio;
+  else if (checkpoint)
+    crop_ratio = checkpoint->state.value("options", nlohmann::json::object())
+                     .value("eval_crop_ratio", crop_ratio);
+  auto loader =
+      train::make_eval_loader(source, vit.config().input_size, crop_ratio, o.batch_size, o.workers);
   const train::EvalResult r = train::evaluate(vit, *loader, !o.json);
   const nlohmann::json per_class =
       o.per_class ? r.per_class_json(source->class_names()) : nlohmann::json();
@@ -111,8 +120,9 @@ void add_eval_command(CLI::App& app) {
   source->require_option(1);
   cmd->add_option("--data", opts->data, "Dataset root")->required();
   cmd->add_option("--split", opts->split, "Split to evaluate")->capture_default_str();
-  cmd->add_option("--eval-crop-ratio", opts->crop_ratio, "Resize to size / ratio, centre crop size")
-      ->capture_default_str();
+  cmd->add_option("--eval-crop-ratio", opts->crop_ratio,
+                  "Resize to size / ratio, centre crop size (default: the checkpoint's run's, "
+                  "else 1)");
   cmd->add_option("--batch-size", opts->batch_size, "Images per batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000000));

@@ -252,6 +252,22 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--batch-size: Value 0 not in range 1"));
 
+  // A run's --eval-crop-ratio is the evaluation's, unless --eval-crop-ratio says otherwise.
+  const std::string cropped = dir.file("cropped");
+  REQUIRE(run_deit(tiny_train_args(data, cropped, 1) + " --eval-crop-ratio 0.5").exit_code == 0);
+  const double cropped_loss = test::log_lines(cropped + "/log.txt").at(0)["test_loss"];
+  r = run_deit("eval --checkpoint " + cropped + " --data " + data + " --json");
+  REQUIRE(r.exit_code == 0);
+  // The same images, batches and weights as the run's evaluation: the same sum (this near-chance
+  // model's loss moves in the 7th digit with the crop).
+  CHECK(nlohmann::json::parse(r.output)["loss"].get<double>() == cropped_loss);
+  r = run_deit("eval --checkpoint " + cropped + " --data " + data + " --json --eval-crop-ratio 1");
+  REQUIRE(r.exit_code == 0);
+  CHECK(nlohmann::json::parse(r.output)["loss"].get<double>() != cropped_loss);
+  r = run_deit("eval --checkpoint " + cropped + " --data " + data + " --eval-crop-ratio 1.5");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--eval-crop-ratio must be in (0, 1]"));
+
   // An unusable image is left out, not scored as the image that stands in for it.
   const std::string damaged = dir.file("damaged");
   std::filesystem::copy(data, damaged, std::filesystem::copy_options::recursive);
