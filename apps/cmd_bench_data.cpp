@@ -8,10 +8,14 @@
 //              uploads them and runs the stage, as the trainer does.
 // On --device cpu both measure the CPU stage: the batch twin on one thread, and the training
 // loader's workers augmenting and normalising, as CPU training runs it.
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -155,31 +159,79 @@ double stage_images_per_second_cuda(PackedSources& p, int size, int batches, Dev
 // A shard of 2 batches of sources, in a temporary directory removed with it.
 // `copies` batches of the images: enough for one epoch to span every measured batch, since a new
 // epoch restarts the loader's read-ahead, which a real epoch of thousands of batches rarely does.
+// The temporary shard's file and folder, for the handler below; a handler may call only
+// async-signal-safe functions (unlink, rmdir, sigaction, raise), so the paths are kept ready.
+char g_shard_file[4096];
+char g_shard_dir[4096];
+constexpr int kInterruptSignals[2] = {SIGINT, SIGTERM};
+struct sigaction g_previous_actions[2];
+
+// Ctrl-C or a kill during the benchmark: the shard (1.5 GB by default) goes, then the signal does
+// what it would have done.
+extern "C" void remove_shard_and_reraise(int signal) {
+  unlink(g_shard_file);
+  rmdir(g_shard_dir);
+  for (size_t i = 0; i < std::size(kInterruptSignals); ++i)
+    sigaction(kInterruptSignals[i], &g_previous_actions[i], nullptr);
+  raise(signal);
+}
+
+// A folder that is removed when it goes out of scope, or on Ctrl-C or a kill (its shard first).
+class RemovedFolder {
+ public:
+  RemovedFolder(const fs::path& dir, const fs::path& shard) : dir_(dir) {
+    if (shard.string().size() >= sizeof g_shard_file)
+      throw std::runtime_error("bench data: the temporary directory's path is too long");
+    std::snprintf(g_shard_file, sizeof g_shard_file, "%s", shard.c_str());
+    std::snprintf(g_shard_dir, sizeof g_shard_dir, "%s", dir.c_str());
+    struct sigaction action = {};
+    action.sa_handler = remove_shard_and_reraise;
+    sigemptyset(&action.sa_mask);
+    for (size_t i = 0; i < std::size(kInterruptSignals); ++i) {
+      sigaction(kInterruptSignals[i], nullptr, &g_previous_actions[i]);
+      if (g_previous_actions[i].sa_handler != SIG_IGN)
+        sigaction(kInterruptSignals[i], &action, nullptr);
+    }
+  }
+  ~RemovedFolder() {
+    for (size_t i = 0; i < std::size(kInterruptSignals); ++i)
+      sigaction(kInterruptSignals[i], &g_previous_actions[i], nullptr);
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+  RemovedFolder(const RemovedFolder&) = delete;
+  RemovedFolder& operator=(const RemovedFolder&) = delete;
+
+ private:
+  fs::path dir_;
+};
+
+// The benchmark's shard, `copies` times the images, in a folder of its own under the temporary
+// directory, removed when the benchmark ends, however it ends.
 class TemporaryShard {
  public:
-  TemporaryShard(const std::vector<data::ImageU8>& images, int copies) {
+  TemporaryShard(const std::vector<data::ImageU8>& images, int copies)
+      : dir_(temporary_folder()), removed_(dir_, path()) {
+    fs::create_directories(dir_);
+    data::ShardWriter writer(path(), {"a", "b"}, images.size() * copies, kSourceShortSide);
+    for (int copy = 0; copy < copies; ++copy)
+      for (size_t i = 0; i < images.size(); ++i) writer.add(images[i], static_cast<int>(i % 2));
+    writer.finish();
+  }
+  std::string path() const { return (dir_ / "train.shard").string(); }
+
+ private:
+  static fs::path temporary_folder() {
     std::error_code error;
     const fs::path temp = fs::temp_directory_path(error);
     if (error)
       throw std::runtime_error("bench data: no folder for its temporary shard (" + error.message() +
                                "); set TMPDIR to a writable folder");
-    dir_ = temp / ("deit-bench-data-" +
+    return temp / ("deit-bench-data-" +
                    std::to_string(static_cast<uint64_t>(Clock::now().time_since_epoch().count())));
-    fs::create_directories(dir_);
-    data::ShardWriter writer((dir_ / "train.shard").string(), {"a", "b"}, images.size() * copies,
-                             kSourceShortSide);
-    for (int copy = 0; copy < copies; ++copy)
-      for (size_t i = 0; i < images.size(); ++i) writer.add(images[i], static_cast<int>(i % 2));
-    writer.finish();
   }
-  ~TemporaryShard() {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  std::string path() const { return (dir_ / "train.shard").string(); }
-
- private:
   fs::path dir_;
+  RemovedFolder removed_;
 };
 
 // Batches from the shard to the device, as the trainer takes them (with the upload of the next
@@ -265,6 +317,7 @@ void run_bench_data(const DataBenchOptions& o) {
           "input %3d px: stage alone %10.0f images/s   shard -> device batch %10.0f "
           "images/s\n",
           size, stage, pipeline);
+    std::fflush(stdout);  // each size's line as it is measured, also into a pipe
   }
   if (o.json) {
     std::printf("%s\n", result.dump().c_str());

@@ -1,10 +1,14 @@
 // Runs the built `deit` binary as a user would, for the command-line tests.
 #pragma once
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <catch2/catch.hpp>
@@ -27,6 +31,49 @@ inline CliResult run_deit(const std::string& args, const std::string& cwd = "") 
   while (size_t n = fread(buf.data(), 1, buf.size(), pipe.get())) out.append(buf.data(), n);
   const int status = pclose(pipe.release());
   return {WEXITSTATUS(status), out};
+}
+
+// Starts `deit args`, reads its (line-oriented, non-terminal) progress on stderr, and sends it
+// `signal` as soon as a line starts with `signal_at`. Returns its wait status when the signal was
+// sent there, and what it wrote (stdout and stderr).
+struct Signalled {
+  int status;
+  std::string output;
+};
+inline std::optional<Signalled> run_and_signal_at(const std::string& args,
+                                                  const std::string& signal_at, int signal) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  const std::string command = std::string(DEIT_BINARY) + " " + args;
+  const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
+  // exec replaces the shell, so the pid is the trainer's own.
+  const std::string exec_command = "exec " + command;
+  argv[2] = exec_command.c_str();
+  pid_t pid = 0;
+  REQUIRE(posix_spawn(&pid, "/bin/sh", &actions, nullptr, const_cast<char**>(argv), environ) == 0);
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  FILE* err = fdopen(fds[0], "r");
+  bool sent = false;
+  std::string output;
+  char line[1024];
+  while (fgets(line, sizeof line, err)) {
+    output += line;
+    if (!sent && std::string(line).rfind(signal_at, 0) == 0) {
+      kill(pid, signal);
+      sent = true;
+    }
+  }
+  fclose(err);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!sent) return std::nullopt;
+  return Signalled{status, output};
 }
 
 }  // namespace deit::test

@@ -4,8 +4,10 @@
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -234,4 +236,23 @@ TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole inp
   const test::CliResult bad_spec = test::run_deit("bench data --device cpu --aa rand-w0");
   CHECK(bad_spec.exit_code != 0);
   CHECK_THAT(bad_spec.output, Catch::Contains("--aa"));
+}
+
+TEST_CASE("deit bench data stopped by Ctrl-C removes its temporary shard", "[augment][cli]") {
+  test::TempDir dir;
+  const char* tmpdir = std::getenv("TMPDIR");
+  const std::string saved = tmpdir ? tmpdir : "";
+  setenv("TMPDIR", dir.path().c_str(), 1);
+  // Stopped while it measures its second input size (128 px, after 224's line).
+  const std::optional<test::Signalled> stopped = test::run_and_signal_at(
+      "bench data --device cpu --batch-size 2 --batches 50 --workers 1", "input 224 px", SIGINT);
+  if (tmpdir)
+    setenv("TMPDIR", saved.c_str(), 1);
+  else
+    unsetenv("TMPDIR");
+  REQUIRE(stopped);
+  INFO(stopped->output);
+  CHECK(WIFSIGNALED(stopped->status));
+  CHECK(WTERMSIG(stopped->status) == SIGINT);
+  CHECK(std::filesystem::is_empty(dir.path()));
 }

@@ -71,49 +71,6 @@ std::string with_renamed_class(const test::TempDir& dir, const std::string& data
   return copy;
 }
 
-// Starts `deit args`, reads its (line-oriented, non-terminal) progress on stderr, and sends it
-// `signal` as soon as a line starts with `signal_at`. Returns its wait status when the signal was
-// sent there, and what it wrote (stdout and stderr).
-struct Signalled {
-  int status;
-  std::string output;
-};
-std::optional<Signalled> run_and_signal_at(const std::string& args, const std::string& signal_at,
-                                           int signal) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, fds[0]);
-  const std::string command = std::string(DEIT_BINARY) + " " + args;
-  const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
-  // exec replaces the shell, so the pid is the trainer's own.
-  const std::string exec_command = "exec " + command;
-  argv[2] = exec_command.c_str();
-  pid_t pid = 0;
-  REQUIRE(posix_spawn(&pid, "/bin/sh", &actions, nullptr, const_cast<char**>(argv), environ) == 0);
-  posix_spawn_file_actions_destroy(&actions);
-  close(fds[1]);
-  FILE* err = fdopen(fds[0], "r");
-  bool sent = false;
-  std::string output;
-  char line[1024];
-  while (fgets(line, sizeof line, err)) {
-    output += line;
-    if (!sent && std::string(line).rfind(signal_at, 0) == 0) {
-      kill(pid, signal);
-      sent = true;
-    }
-  }
-  fclose(err);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (!sent) return std::nullopt;
-  return Signalled{status, output};
-}
-
 }  // namespace
 
 TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary", "[train]") {
@@ -354,8 +311,8 @@ TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's 
 
   // Killed after the epoch-1 checkpoint, halfway through epoch 2 (progress lines come every tenth
   // of an epoch when stderr is not a terminal).
-  const auto killed =
-      run_and_signal_at(tiny_train_args(data, resumed, 3) + settings, "epoch 2/3  3/6", SIGKILL);
+  const auto killed = test::run_and_signal_at(tiny_train_args(data, resumed, 3) + settings,
+                                              "epoch 2/3  3/6", SIGKILL);
   REQUIRE(killed);
   REQUIRE(WIFSIGNALED(killed->status));
   // Normally the checkpoint of epoch index 0; on a very loaded machine the run may have saved the
@@ -374,8 +331,8 @@ TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's 
   // checkpoint is of a step within epoch 2, and the run goes on from there.
   const std::string saving = dir.file("saving");
   const auto killed_saving =
-      run_and_signal_at(tiny_train_args(data, saving, 3) + settings + " --save-every 1e-6",
-                        "epoch 2/3  3/6", SIGKILL);
+      test::run_and_signal_at(tiny_train_args(data, saving, 3) + settings + " --save-every 1e-6",
+                              "epoch 2/3  3/6", SIGKILL);
   REQUIRE(killed_saving);
   REQUIRE(WIFSIGNALED(killed_saving->status));
   const nlohmann::json saved =
@@ -402,8 +359,8 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
   REQUIRE(run_deit(tiny_train_args(data, straight, 3) + small_steps).exit_code == 0);
 
   // Early in epoch 2: the run stops after the optimizer step it is in, a few batches later.
-  const auto signalled = run_and_signal_at(tiny_train_args(data, stopped, 3) + small_steps,
-                                           "epoch 2/3  3/24", SIGTERM);
+  const auto signalled = test::run_and_signal_at(tiny_train_args(data, stopped, 3) + small_steps,
+                                                 "epoch 2/3  3/24", SIGTERM);
   REQUIRE(signalled);
   INFO(signalled->output);
   // It ends as SIGTERM would have ended it (so a script running it stops too), after saying
