@@ -80,4 +80,13 @@ size_t SkippedImages::count_in_class(int label) const {
   return found == per_class_.end() ? 0 : found->second;
 }
 
+bool lies_within(const std::string& path, const std::string& folder) {
+  std::error_code path_error, folder_error;
+  const std::filesystem::path resolved = std::filesystem::weakly_canonical(path, path_error);
+  const std::filesystem::path root = std::filesystem::canonical(folder, folder_error);
+  if (path_error || folder_error) return false;
+  const std::filesystem::path inside = resolved.lexically_relative(root);
+  return !inside.empty() && *inside.begin() != "..";
+}
+
 }  // namespace deit::data

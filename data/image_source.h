@@ -37,6 +37,10 @@ std::unique_ptr<ImageSource> open_image_source(const std::string& path);
 // packed before the folder changed would otherwise be trained on without a word).
 std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split);
 
+// Whether `path` (which need not exist yet) is `folder` or lies inside it, links resolved: a file
+// written there would be read as part of the folder's images (false when `folder` does not exist).
+bool lies_within(const std::string& path, const std::string& folder);
+
 // "" when `text` is well-formed UTF-8 (as nlohmann::json checks what it writes: checkpoints and
 // JSON output hold class names and paths as text); otherwise `text` with each byte outside
 // printable ASCII shown as \xNN, for the message that refuses it.

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "data/image_folder.h"
+#include "data/image_source.h"
 #include "data/shard.h"
 #include "data/transforms.h"
 
@@ -17,11 +18,7 @@ PackSummary pack_image_folder(const std::string& src, const std::string& out,
                               const PackOptions& options, const PackProgress& progress) {
   const ImageFolder folder(src);
   // A shard inside the folder would be written over one of its images, or packed next time.
-  std::error_code out_error, src_error;
-  const std::filesystem::path out_path = std::filesystem::weakly_canonical(out, out_error);
-  const std::filesystem::path src_path = std::filesystem::canonical(src, src_error);
-  const std::filesystem::path inside = out_path.lexically_relative(src_path);
-  if (!out_error && !src_error && !inside.empty() && *inside.begin() != "..")
+  if (lies_within(out, src))
     throw DataError(out + ": lies inside the folder being packed (" + src + "); write the shard " +
                     "elsewhere");
   const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();

@@ -549,6 +549,12 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK_THAT(r.output, Catch::Contains("have different classes (class 0 is 'checkerboard' in "
                                        "train, 'concentric_rings' in val)"));
 
+  // A run folder inside a split would become one of its classes: refused, nothing made.
+  r = run_deit(tiny_train_args(data, data + "/train/run", 1));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("lies inside the train split of '" + data + "'"));
+  CHECK_FALSE(std::filesystem::exists(data + "/train/run"));
+
   const std::string blocked = dir.file("blocked");
   { std::ofstream(blocked) << "a file where the output folder should be"; }
   r = run_deit(tiny_train_args(data, blocked + "/run", 1));

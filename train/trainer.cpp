@@ -233,6 +233,13 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                 " is fewer than the " + std::to_string(classes) + " classes of '" +
                                 o.data_dir + "'");
   o.validate();
+  // A run folder inside a split would be read as one of its classes, by this run and every later
+  // one on the dataset.
+  for (const char* split : {"train", "val"})
+    if (data::lies_within(o.output_dir, (fs::path(o.data_dir) / split).string()))
+      throw std::invalid_argument("--output '" + o.output_dir + "' lies inside the " + split +
+                                  " split of '" + o.data_dir + "', where its files would be read " +
+                                  "as images: give a folder outside it");
   // Nothing is made for a bad run. A run resumed from its folder's checkpoint.safetensors writes
   // over it; any other folder that holds a run is refused, as for a new run.
   std::error_code ec;
