@@ -288,7 +288,8 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   step->add_option("--peak-tflops", s->peak_tflops,
                    "Peak TFLOP/s for MFU (default: known GPUs' dense bf16 peak, e.g. 989 for "
-                   "H100/H200 SXM)");
+                   "H100/H200 SXM)")
+      ->check(CLI::PositiveNumber);
   step->add_option("--seed", s->seed, "Seed of the weights and the synthetic batch")
       ->capture_default_str()
       ->check(unsigned_64bit());

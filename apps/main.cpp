@@ -21,26 +21,30 @@ static void prefer_passive_openmp_waiting(char** argv) {
   execv("/proc/self/exe", argv);  // returns only on failure: then run with the default policy
 }
 
-// CLI11 answers a misspelt command ("deit trian", "deit bench stpe") with "A subcommand is
-// required". Returns what to say instead, or "" when argv names its commands correctly.
+// CLI11 answers a misspelt command ("deit trian", "deit bench stpe"), or an option where a command
+// should be ("deit --epochs 3"), with "A subcommand is required". Returns what to say instead, or
+// "" when argv names its commands correctly.
 static std::string unknown_command(const CLI::App& app, int argc, char** argv) {
   const CLI::App* current = &app;
   std::string path = "deit";
-  for (int i = 1; i < argc && argv[i][0] != '-'; ++i) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (current->get_require_subcommand_min() == 0) return "";  // options and values from here
     std::string names;
     const CLI::App* next = nullptr;
     for (const CLI::App* sub : current->get_subcommands([](const CLI::App*) { return true; })) {
       names += (names.empty() ? "" : ", ") + sub->get_name();
-      if (sub->get_name() == argv[i]) next = sub;
+      if (sub->get_name() == arg) next = sub;
     }
     if (next) {
       current = next;
       path += " " + next->get_name();
       continue;
     }
-    if (current->get_require_subcommand_min() == 0) return "";  // a positional value
-    return "unknown command '" + std::string(argv[i]) + "'; the commands of " + path + " are " +
-           names + " (" + path + " --help describes them)";
+    if (arg == "-h" || arg == "--help" || (current == &app && arg == "--version")) return "";
+    return (arg[0] == '-' ? "option '" + arg + "' where a command should be"
+                          : "unknown command '" + arg + "'") +
+           "; the commands of " + path + " are " + names + " (" + path + " --help describes them)";
   }
   return "";
 }
@@ -62,12 +66,16 @@ int main(int argc, char** argv) {
   deit::apps::add_bench_command(app);
   if (const std::string unknown = unknown_command(app, argc, argv); !unknown.empty()) {
     std::fprintf(stderr, "deit: error: %s\n", unknown.c_str());
-    return 1;
+    return 2;  // a command line that does not parse, as below
   }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version come this way too, to print and exit 0. A command line that does not
+    // parse exits 2, as argparse's (the reference code's) do, its message like every other error.
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "deit: error: %s (--help lists the options)\n", e.what());
+    return 2;
   } catch (const deit::apps::EndBySignal& end) {
     std::fflush(nullptr);
     std::signal(end.signal, SIG_DFL);

@@ -232,6 +232,9 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
   r = run_deit("bench");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("subcommand is required"));
+  r = run_deit("bench step --model deit3_tiny --device cpu --peak-tflops -1");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--peak-tflops"));
 }
 
 TEST_CASE("deit bench kernels without a GPU fails and says why", "[cli][bench]") {

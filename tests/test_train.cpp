@@ -549,6 +549,12 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK_THAT(r.output, Catch::Contains("have different classes (class 0 is 'checkerboard' in "
                                        "train, 'concentric_rings' in val)"));
 
+  // An input size the patches do not tile: trained, with a warning of the pixels left unseen.
+  r = run_deit(tiny_train_args(data, dir.file("odd"), 1) + " --input-size 10");
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: --input-size 10 is not a multiple of the 4-pixel "
+                                       "patch: the last 2 pixels"));
+
   // A run folder inside a split would become one of its classes: refused, nothing made.
   r = run_deit(tiny_train_args(data, data + "/train/run", 1));
   CHECK(r.exit_code != 0);

@@ -247,6 +247,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       !o.resume.empty() &&
       fs::equivalent(o.resume, fs::path(o.output_dir) / "checkpoint.safetensors", ec);
   if (lead) prepare_output_dir(o.output_dir, resumes_its_checkpoint);
+  if (const int64_t unseen = o.model.input_size % o.model.patch; lead && unseen != 0)
+    std::fprintf(stderr,
+                 "warning: --input-size %lld is not a multiple of the %lld-pixel patch: the last "
+                 "%lld pixels of each row and column of an image are never seen (as in timm)\n",
+                 (long long)o.model.input_size, (long long)o.model.patch, (long long)unseen);
 
   // On CUDA: fp32 master weights with their bf16 copies (engine/parameters.h), initialised from
   // the host's random draws, so a CUDA run starts from the CPU run's weights.
@@ -281,10 +286,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     }
     start_epoch = saved_run.epochs_done;
     if (start_epoch >= o.epochs)
-      throw std::runtime_error("checkpoint '" + o.resume + "' has trained " +
-                               std::to_string(start_epoch) + " epochs already, and --epochs is " +
-                               std::to_string(o.epochs) + ": nothing is left to train (give a " +
-                               "larger --epochs to train further)");
+      throw std::runtime_error(
+          "checkpoint '" + o.resume + "' has trained " + std::to_string(start_epoch) +
+          (start_epoch == 1 ? " epoch" : " epochs") + " already, and --epochs is " +
+          std::to_string(o.epochs) + ": nothing is left to train (give a " +
+          "larger --epochs to train further)");
     const int64_t saved_world = saved_run.world_size;
     if (saved_world != world)
       throw std::runtime_error("checkpoint '" + o.resume + "' was written by a run of " +
