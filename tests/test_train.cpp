@@ -549,6 +549,13 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK_THAT(r.output, Catch::Contains("have different classes (class 0 is 'checkerboard' in "
                                        "train, 'concentric_rings' in val)"));
 
+  // A batch larger than an epoch: refused before room for it is made (50 million images of
+  // 3 x 8 x 8 floats would ask for 38 GB).
+  r = run_deit(tiny_train_args(data, dir.file("huge"), 1) + " --batch-size 50000000");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("has fewer images than one batch of 50000000; lower "
+                                       "--batch-size"));
+
   // An input size the patches do not tile: trained, with a warning of the pixels left unseen.
   r = run_deit(tiny_train_args(data, dir.file("odd"), 1) + " --input-size 10");
   CHECK(r.exit_code == 0);

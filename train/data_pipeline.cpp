@@ -53,8 +53,16 @@ std::unique_ptr<data::PrefetchLoader> make_train_loader(
       data::normalize(data::augment_train(image, params), out.f32);
     }
   };
-  return std::make_unique<data::PrefetchLoader>(std::move(source), data::Sampler(sampling),
-                                                prefetch, transform);
+  // Before the loader makes room for batches: a batch larger than an epoch never fills, and the
+  // room alone may exceed the machine's memory (--batch-size 2000000 was killed by the kernel).
+  data::Sampler sampler(sampling);
+  if (sampler.epoch_length() < prefetch.batch_size)
+    throw std::runtime_error("an epoch of '" + o.data_dir +
+                             "' has fewer images than one batch of " +
+                             std::to_string(o.batch_size) +
+                             (shard.world_size > 1 ? " per process" : "") + "; lower --batch-size");
+  return std::make_unique<data::PrefetchLoader>(std::move(source), std::move(sampler), prefetch,
+                                                transform);
 }
 
 std::unique_ptr<data::PrefetchLoader> make_eval_loader(

@@ -405,10 +405,6 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                      o.batch_size, o.workers, shard, format);
   InputFeed train_feed(*train_loader, device, o.model.input_size);
   InputFeed val_feed(*val_loader, device, o.model.input_size);
-  if (train_loader->sampler().epoch_length() < static_cast<uint64_t>(o.batch_size))
-    throw std::runtime_error("an epoch of '" + o.data_dir + "' has fewer images than one batch of " +
-                             std::to_string(o.batch_size) +
-                             (world > 1 ? " per process" : "") + "; lower --batch-size");
 
   // CUDA: the host reads each optimizer step's losses and gradient norm with one wait.
   std::optional<StepReadback> readback;
