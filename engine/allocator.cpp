@@ -1,5 +1,7 @@
 #include "engine/allocator.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <memory>
 #include <stdexcept>
@@ -40,15 +42,20 @@ void* CachingAllocator::allocate(size_t bytes) {
   void* ptr = capturing_pool_ ? take_cached(pool_cached_[capturing_pool_], size, block) : nullptr;
   if (!ptr) ptr = take_cached(cached_, size, block);
   if (!ptr) {
-    ptr = system_allocate(size);
+    ptr = system_allocate_within_capacity(size);
     // Not while a graph is captured: giving the cache back frees memory, which capture refuses.
     if (!ptr && !capturing_pool_) {
       release_cached_locked();
-      ptr = system_allocate(size);
+      ptr = system_allocate_within_capacity(size);
     }
     if (!ptr)
-      throw OutOfMemory(name_ + ": out of memory allocating " + std::to_string(size >> 20) +
-                        " MiB (" + std::to_string(stats_.bytes_in_use >> 20) + " MiB in use)");
+      throw OutOfMemory(
+          name_ + ": out of memory allocating " + std::to_string(size >> 20) + " MiB (" +
+          std::to_string(stats_.bytes_in_use >> 20) + " MiB in use" +
+          (system_capacity() == SIZE_MAX
+               ? ""
+               : " of the machine's " + std::to_string(system_capacity() >> 20) + " MiB") +
+          ")");
     ++stats_.system_allocations;
   }
   in_use_[ptr] = block;
@@ -56,6 +63,12 @@ void* CachingAllocator::allocate(size_t bytes) {
   stats_.bytes_in_use += block;
   if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
   return ptr;
+}
+
+void* CachingAllocator::system_allocate_within_capacity(size_t size) {
+  const size_t held = stats_.bytes_in_use + stats_.bytes_cached;
+  if (size > system_capacity() || held > system_capacity() - size) return nullptr;
+  return system_allocate(size);
 }
 
 void CachingAllocator::deallocate(void* ptr) {
@@ -135,6 +148,17 @@ class HostAllocator final : public CachingAllocator {
   // 64-byte alignment: whole cache lines, and aligned for any SIMD load.
   void* system_allocate(size_t bytes) override { return std::aligned_alloc(64, bytes); }
   void system_free(void* ptr) override { std::free(ptr); }
+  // The machine's memory. Past it malloc may still succeed (Linux overcommits), and the process
+  // is then killed without a word as it touches the pages: refused here, it ends in OutOfMemory,
+  // which deit answers with what needs less.
+  size_t system_capacity() const override {
+    static const size_t physical = [] {
+      const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+      return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page)
+                                   : SIZE_MAX;  // unknown: no bound of its own
+    }();
+    return physical;
+  }
 };
 
 #if DEIT_HAVE_CUDA

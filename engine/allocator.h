@@ -63,9 +63,13 @@ class CachingAllocator {
  protected:
   virtual void* system_allocate(size_t bytes) = 0;  // nullptr when out of memory
   virtual void system_free(void* ptr) = 0;
+  // The most this allocator may hold from the system, cached blocks included.
+  virtual size_t system_capacity() const { return SIZE_MAX; }
 
  private:
   void release_cached_locked();
+  // A new block of `size` from the system, within system_capacity(); nullptr when refused.
+  void* system_allocate_within_capacity(size_t size);
 
   // The smallest block of `cache` that fits `size`, unless it would waste more than half of
   // itself; removed from the cache. nullptr when none.

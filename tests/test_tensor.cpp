@@ -1,4 +1,5 @@
 // Tensor basics and the caching allocator.
+#include <unistd.h>
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -95,6 +96,28 @@ TEST_CASE("the caching allocator hands freed blocks out again", "[tensor][alloca
   }
   alloc.release_cached();
   CHECK(alloc.stats().bytes_cached == 0);
+}
+
+TEST_CASE("the host allocator holds no more than the machine's memory", "[tensor][allocator]") {
+  // Two blocks of 60% of the memory each: Linux would hand out both (their pages untouched), and
+  // a process that touched them would be killed; the second is refused as out of memory.
+  const size_t physical =
+      static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  CachingAllocator& alloc = cpu_allocator();
+  const size_t block = physical / 10 * 6;
+  void* first = nullptr;
+  try {
+    first = alloc.allocate(block);
+  } catch (const OutOfMemory&) {
+    WARN(
+        "the system refused a block of 60% of the memory (strict overcommit, or memory in use): "
+        "nothing left to check");
+    return;
+  }
+  CHECK_THROWS_AS(alloc.allocate(block), OutOfMemory);
+  alloc.deallocate(first);
+  alloc.release_cached();  // the block goes back to the system: nothing held from here
+  CHECK(alloc.stats().bytes_in_use + alloc.stats().bytes_cached < block);
 }
 
 TEST_CASE("blocks a graph capture allocated serve nothing else until the graph is released",
