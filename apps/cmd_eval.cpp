@@ -15,6 +15,7 @@
 #include "model/checkpoint.h"
 #include "train/data_pipeline.h"
 #include "train/evaluate.h"
+#include "train/finetune.h"
 
 namespace deit::apps {
 
@@ -76,10 +77,21 @@ void run_eval(const EvalOptions& o) {
         "' was trained on other classes than split '" + o.split + "' of '" + o.data + "' holds (" +
         classes_differ + "): its labels would be scored against the wrong classes");
   model::VisionTransformer vit(o.model.apply_to(base), device);
-  if (checkpoint)
-    model::load_checkpoint_model(vit, *checkpoint);
-  else
-    model::load_weights(vit, o.weights);
+  // At another resolution than the weights were trained at, their position embedding is resized
+  // over its patch grid (bicubic), as --finetune does.
+  const std::string weights_source =
+      checkpoint ? "checkpoint '" + checkpoint->path + "'" : "weights file '" + o.weights + "'";
+  NamedTensors tensors =
+      checkpoint ? std::move(checkpoint->model) : model::read_model_tensors(o.weights);
+  if (train::fit_pos_embed(tensors, vit.config(), weights_source)) {
+    std::fprintf(stderr,
+                 "note: evaluating at %lld px weights trained at another resolution: their "
+                 "position embedding is resized to a %lldx%lld patch grid (bicubic)\n",
+                 (long long)vit.config().input_size, (long long)vit.config().grid(),
+                 (long long)vit.config().grid());
+    if (checkpoint) checkpoint->config.input_size = vit.config().input_size;
+  }
+  model::load_parameters(vit, tensors, weights_source, checkpoint ? &checkpoint->config : nullptr);
   // A checkpoint is evaluated as its run evaluated it, unless told otherwise.
   double crop_ratio = 1.0;
   if (o.crop_ratio)

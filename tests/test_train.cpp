@@ -275,6 +275,20 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   r = run_deit("eval --weights " + weights + " --data " + data);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--model is required with --weights"));
+  // At another resolution than trained at (8 px, 2x2 patches), from either file: the position
+  // embedding resized, and a note says so.
+  for (const std::string& source : {"--checkpoint " + out,
+                                    "--model deit3_tiny --patch 4 --dim 16 --depth 2 --heads 2 "
+                                    "--weights " +
+                                        weights}) {
+    INFO(source);
+    r = run_deit("eval " + source + " --input-size 12 --data " + data + " --json");
+    REQUIRE(r.exit_code == 0);
+    CHECK_THAT(r.output, Catch::Contains("note: evaluating at 12 px weights trained at another "
+                                         "resolution: their position embedding is resized to a "
+                                         "3x3 patch grid"));
+    CHECK(nlohmann::json::parse(r.output.substr(r.output.find('{')))["images"] == 16);
+  }
 
   // Both files name the classes the model learned; a dataset whose label 0 is another class is
   // refused, as is one with fewer classes.

@@ -65,19 +65,27 @@ Tensor resize_pos_embed(const Tensor& pos, int64_t old_grid, int64_t new_grid) {
   return Tensor::from_vector(out, {1, new_grid * new_grid, C}).to(pos.dtype());
 }
 
-void load_finetune_weights(model::VisionTransformer& vit, const std::string& path) {
-  model::NamedTensors tensors = model::read_model_tensors(path);
-  const model::ViTConfig& c = vit.config();
-  const Shape head_shape = vit.parameters().get("head.weight").shape();
-  model::NamedTensors adapted;
+bool fit_pos_embed(NamedTensors& tensors, const model::ViTConfig& config,
+                   const std::string& source) {
   for (auto& [name, t] : tensors) {
-    if (name == "pos_embed" && t.dim() == 3 && t.size(1) != c.num_patches()) {
-      const auto old_grid = static_cast<int64_t>(std::llround(std::sqrt(double(t.size(1)))));
-      if (old_grid * old_grid != t.size(1))
-        throw std::runtime_error("'" + path + "': pos_embed " + t.describe() +
-                                 " is not a square patch grid");
-      adapted.emplace_back(name, resize_pos_embed(t, old_grid, c.grid()));
-    } else if ((name == "head.weight" || name == "head.bias") && t.size(0) != head_shape[0]) {
+    if (name != "pos_embed" || t.dim() != 3 || t.size(1) == config.num_patches()) continue;
+    const auto old_grid = static_cast<int64_t>(std::llround(std::sqrt(double(t.size(1)))));
+    if (old_grid * old_grid != t.size(1))
+      throw std::runtime_error(source + ": pos_embed " + t.describe() +
+                               " is not a square patch grid");
+    t = resize_pos_embed(t, old_grid, config.grid());
+    return true;
+  }
+  return false;
+}
+
+void load_finetune_weights(model::VisionTransformer& vit, const std::string& path) {
+  NamedTensors tensors = model::read_model_tensors(path);
+  fit_pos_embed(tensors, vit.config(), "'" + path + "'");
+  const Shape head_shape = vit.parameters().get("head.weight").shape();
+  NamedTensors adapted;
+  for (auto& [name, t] : tensors) {
+    if ((name == "head.weight" || name == "head.bias") && t.size(0) != head_shape[0]) {
       adapted.emplace_back(name, vit.parameters().get(name).clone());  // a new head for new classes
     } else {
       adapted.emplace_back(name, t);
