@@ -156,20 +156,20 @@ double stage_images_per_second_cuda(PackedSources& p, int size, int batches, Dev
 }
 #endif
 
-// A shard of 2 batches of sources, in a temporary directory removed with it.
-// `copies` batches of the images: enough for one epoch to span every measured batch, since a new
-// epoch restarts the loader's read-ahead, which a real epoch of thousands of batches rarely does.
-// The temporary shard's file and folder, for the handler below; a handler may call only
-// async-signal-safe functions (unlink, rmdir, sigaction, raise), so the paths are kept ready.
+// The temporary shard's file, the file it is written as until complete, and their folder, for the
+// handler below; a handler may call only async-signal-safe functions (unlink, rmdir, sigaction,
+// raise), so the paths are kept ready.
 char g_shard_file[4096];
+char g_partial_file[4096];
 char g_shard_dir[4096];
 constexpr int kInterruptSignals[2] = {SIGINT, SIGTERM};
 struct sigaction g_previous_actions[2];
 
-// Ctrl-C or a kill during the benchmark: the shard (1.5 GB by default) goes, then the signal does
-// what it would have done.
+// Ctrl-C or a kill during the benchmark: the shard (1.5 GB by default), whole or being written,
+// goes, then the signal does what it would have done.
 extern "C" void remove_shard_and_reraise(int signal) {
   unlink(g_shard_file);
+  unlink(g_partial_file);
   rmdir(g_shard_dir);
   for (size_t i = 0; i < std::size(kInterruptSignals); ++i)
     sigaction(kInterruptSignals[i], &g_previous_actions[i], nullptr);
@@ -180,9 +180,11 @@ extern "C" void remove_shard_and_reraise(int signal) {
 class RemovedFolder {
  public:
   RemovedFolder(const fs::path& dir, const fs::path& shard) : dir_(dir) {
-    if (shard.string().size() >= sizeof g_shard_file)
+    const std::string partial = data::ShardWriter::partial_path(shard.string());
+    if (partial.size() >= sizeof g_partial_file)
       throw std::runtime_error("bench data: the temporary directory's path is too long");
     std::snprintf(g_shard_file, sizeof g_shard_file, "%s", shard.c_str());
+    std::snprintf(g_partial_file, sizeof g_partial_file, "%s", partial.c_str());
     std::snprintf(g_shard_dir, sizeof g_shard_dir, "%s", dir.c_str());
     struct sigaction action = {};
     action.sa_handler = remove_shard_and_reraise;
@@ -206,13 +208,18 @@ class RemovedFolder {
   fs::path dir_;
 };
 
-// The benchmark's shard, `copies` times the images, in a folder of its own under the temporary
-// directory, removed when the benchmark ends, however it ends.
+// The benchmark's shard, `copies` times the images (enough for one epoch to span every measured
+// batch, since a new epoch restarts the loader's read-ahead, which a real epoch of thousands of
+// batches rarely does), in a folder of its own under the temporary directory, removed when the
+// benchmark ends, however it ends.
 class TemporaryShard {
  public:
-  TemporaryShard(const std::vector<data::ImageU8>& images, int copies)
+  TemporaryShard(const std::vector<data::ImageU8>& images, int copies, bool quiet)
       : dir_(temporary_folder()), removed_(dir_, path()) {
     fs::create_directories(dir_);
+    if (!quiet)
+      std::fprintf(stderr, "writing a temporary shard of %zu images to %s\n",
+                   images.size() * copies, path().c_str());
     data::ShardWriter writer(path(), {"a", "b"}, images.size() * copies, kSourceShortSide);
     for (int copy = 0; copy < copies; ++copy)
       for (size_t i = 0; i < images.size(); ++i) writer.add(images[i], static_cast<int>(i % 2));
@@ -289,7 +296,7 @@ void run_bench_data(const DataBenchOptions& o) {
       o.input_size ? std::vector<int>{*o.input_size} : std::vector<int>{224, 128};
   Rng rng(20260101);
   const std::vector<data::ImageU8> images = make_sources(o.batch_size, rng);
-  const TemporaryShard shard(images, kWarmupBatches + o.batches + 1);
+  const TemporaryShard shard(images, kWarmupBatches + o.batches + 1, o.json);
 
   nlohmann::json result = {{"device", device.str()},
                            {"batch_size", o.batch_size},

@@ -83,15 +83,15 @@ void run_eval(const EvalOptions& o) {
       checkpoint ? "checkpoint '" + checkpoint->path + "'" : "weights file '" + o.weights + "'";
   NamedTensors tensors =
       checkpoint ? std::move(checkpoint->model) : model::read_model_tensors(o.weights);
-  if (train::fit_pos_embed(tensors, vit.config(), weights_source)) {
+  const bool resized = train::fit_pos_embed(tensors, vit.config(), weights_source);
+  if (resized && checkpoint) checkpoint->config.input_size = vit.config().input_size;
+  model::load_parameters(vit, tensors, weights_source, checkpoint ? &checkpoint->config : nullptr);
+  if (resized)  // once the weights are known to be this model's
     std::fprintf(stderr,
                  "note: evaluating at %lld px weights trained at another resolution: their "
                  "position embedding is resized to a %lldx%lld patch grid (bicubic)\n",
                  (long long)vit.config().input_size, (long long)vit.config().grid(),
                  (long long)vit.config().grid());
-    if (checkpoint) checkpoint->config.input_size = vit.config().input_size;
-  }
-  model::load_parameters(vit, tensors, weights_source, checkpoint ? &checkpoint->config : nullptr);
   // A checkpoint is evaluated as its run evaluated it, unless told otherwise.
   double crop_ratio = 1.0;
   if (o.crop_ratio)

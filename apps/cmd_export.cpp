@@ -1,6 +1,8 @@
 // deit export: a training checkpoint -> a weights file with timm's names and shapes, which
 // timm.create_model('deit3_small_patch16_224').load_state_dict(safetensors.torch.load_file(F))
 // accepts, and `deit eval --weights` reads.
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -24,7 +26,10 @@ void run_export(const ExportOptions& opts) {
   // Writing over a checkpoint (this one, or another run's) would replace a run's optimizer state
   // with bare weights, and over any other file (a run's log, a dataset's shard) lose it: only a
   // weights file may be replaced.
-  if (std::filesystem::path(opts.out).extension() != ".safetensors")
+  std::string extension = std::filesystem::path(opts.out).extension().string();
+  std::transform(extension.begin(), extension.end(), extension.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (extension != ".safetensors")
     throw std::invalid_argument("--out '" + opts.out + "' does not end in .safetensors (export " +
                                 "writes a safetensors weights file)");
   if (model::is_checkpoint(opts.out))

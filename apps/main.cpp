@@ -66,16 +66,16 @@ int main(int argc, char** argv) {
   deit::apps::add_bench_command(app);
   if (const std::string unknown = unknown_command(app, argc, argv); !unknown.empty()) {
     std::fprintf(stderr, "deit: error: %s\n", unknown.c_str());
-    return 2;  // a command line that does not parse, as below
+    return 1;
   }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     // --help and --version come this way too, to print and exit 0. A command line that does not
-    // parse exits 2, as argparse's (the reference code's) do, its message like every other error.
+    // parse is an error like any other: its message, exit code 1.
     if (e.get_exit_code() == 0) return app.exit(e);
     std::fprintf(stderr, "deit: error: %s (--help lists the options)\n", e.what());
-    return 2;
+    return 1;
   } catch (const deit::apps::EndBySignal& end) {
     std::fflush(nullptr);
     std::signal(end.signal, SIG_DFL);

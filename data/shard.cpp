@@ -157,7 +157,7 @@ bool is_shard_file(const std::string& path) {
 ShardWriter::ShardWriter(std::string path, std::vector<std::string> class_names, uint64_t capacity,
                          uint32_t short_side)
     : path_(std::move(path)),
-      partial_path_(path_ + ".partial"),
+      partial_path_(partial_path(path_)),
       class_names_(std::move(class_names)),
       class_table_(encode_class_table(class_names_)),
       capacity_(capacity),

@@ -83,6 +83,9 @@ class ShardWriter {
   // Writes the header and index, flushes to disk and renames. Returns the file size in bytes.
   uint64_t finish();
 
+  // Where the shard for `path` is written until finish() renames it into place.
+  static std::string partial_path(const std::string& path) { return path + ".partial"; }
+
  private:
   void write_at(uint64_t offset, const void* data, size_t size);
 

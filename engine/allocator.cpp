@@ -2,9 +2,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #if DEIT_HAVE_CUDA
@@ -49,13 +52,13 @@ void* CachingAllocator::allocate(size_t bytes) {
       ptr = system_allocate_within_capacity(size);
     }
     if (!ptr)
-      throw OutOfMemory(
-          name_ + ": out of memory allocating " + std::to_string(size >> 20) + " MiB (" +
-          std::to_string(stats_.bytes_in_use >> 20) + " MiB in use" +
-          (system_capacity() == SIZE_MAX
-               ? ""
-               : " of the machine's " + std::to_string(system_capacity() >> 20) + " MiB") +
-          ")");
+      throw OutOfMemory(name_ + ": out of memory allocating " + std::to_string(size >> 20) +
+                        " MiB (" + std::to_string(stats_.bytes_in_use >> 20) + " MiB in use" +
+                        (system_capacity() == SIZE_MAX
+                             ? ""
+                             : ", " + std::to_string(system_capacity() >> 20) +
+                                   " MiB at most: the machine's memory or its limit") +
+                        ")");
     ++stats_.system_allocations;
   }
   in_use_[ptr] = block;
@@ -148,16 +151,42 @@ class HostAllocator final : public CachingAllocator {
   // 64-byte alignment: whole cache lines, and aligned for any SIMD load.
   void* system_allocate(size_t bytes) override { return std::aligned_alloc(64, bytes); }
   void system_free(void* ptr) override { std::free(ptr); }
-  // The machine's memory. Past it malloc may still succeed (Linux overcommits), and the process
-  // is then killed without a word as it touches the pages: refused here, it ends in OutOfMemory,
-  // which deit answers with what needs less.
+  // The machine's memory, or the process's control group's limit (a container's, a Slurm job's)
+  // where lower. Past it malloc may still succeed (Linux overcommits), and the process is then
+  // killed without a word as it touches the pages: refused here, it ends in OutOfMemory, which
+  // deit answers with what needs less.
   size_t system_capacity() const override {
-    static const size_t physical = [] {
+    static const size_t capacity = [] {
       const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-      return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page)
-                                   : SIZE_MAX;  // unknown: no bound of its own
+      const size_t physical = pages > 0 && page > 0
+                                  ? static_cast<size_t>(pages) * static_cast<size_t>(page)
+                                  : SIZE_MAX;  // unknown: no bound of its own
+      return std::min(physical, cgroup_memory_limit());
     }();
-    return physical;
+    return capacity;
+  }
+
+ private:
+  // The memory limit of the process's control group (v2 memory.max, else v1
+  // memory.limit_in_bytes, in the group /proc/self/cgroup names or at the root a container sees);
+  // SIZE_MAX where there is none or it cannot be read.
+  static size_t cgroup_memory_limit() {
+    std::string v2_group, v1_group;
+    std::ifstream groups("/proc/self/cgroup");
+    for (std::string line; std::getline(groups, line);) {
+      if (line.rfind("0::", 0) == 0) v2_group = line.substr(3);
+      const size_t memory = line.find(":memory:");
+      if (memory != std::string::npos) v1_group = line.substr(memory + 8);
+    }
+    const std::string candidates[] = {"/sys/fs/cgroup" + v2_group + "/memory.max",
+                                      "/sys/fs/cgroup/memory" + v1_group + "/memory.limit_in_bytes",
+                                      "/sys/fs/cgroup/memory/memory.limit_in_bytes"};
+    for (const std::string& file : candidates) {
+      std::ifstream limit(file);
+      unsigned long long bytes = 0;
+      if (limit >> bytes) return static_cast<size_t>(bytes);  // "max" reads as no number
+    }
+    return SIZE_MAX;
   }
 };
 

@@ -44,6 +44,8 @@ class CachingAllocator {
   // Returns every cached block to the system.
   void release_cached();
   AllocatorStats stats() const;
+  // The most it will hold from the system, cached blocks included (beyond: OutOfMemory).
+  size_t capacity() const { return system_capacity(); }
 
   // Private pools for CUDA graphs (engine/cuda_graph.h). A replay writes the addresses its capture
   // saw, so a block the captured work allocated must never serve anything else while the graph

@@ -49,11 +49,9 @@ inline std::optional<Signalled> run_and_signal_at(const std::string& args,
   posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
   posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
   posix_spawn_file_actions_addclose(&actions, fds[0]);
-  const std::string command = std::string(DEIT_BINARY) + " " + args;
-  const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
-  // exec replaces the shell, so the pid is the trainer's own.
-  const std::string exec_command = "exec " + command;
-  argv[2] = exec_command.c_str();
+  // exec replaces the shell, so the pid is deit's own.
+  const std::string exec_command = "exec " + std::string(DEIT_BINARY) + " " + args;
+  const char* argv[] = {"/bin/sh", "-c", exec_command.c_str(), nullptr};
   pid_t pid = 0;
   REQUIRE(posix_spawn(&pid, "/bin/sh", &actions, nullptr, const_cast<char**>(argv), environ) == 0);
   posix_spawn_file_actions_destroy(&actions);

@@ -243,9 +243,11 @@ TEST_CASE("deit bench data stopped by Ctrl-C removes its temporary shard", "[aug
   const char* tmpdir = std::getenv("TMPDIR");
   const std::string saved = tmpdir ? tmpdir : "";
   setenv("TMPDIR", dir.path().c_str(), 1);
-  // Stopped while it measures its second input size (128 px, after 224's line).
-  const std::optional<test::Signalled> stopped = test::run_and_signal_at(
-      "bench data --device cpu --batch-size 2 --batches 50 --workers 1", "input 224 px", SIGINT);
+  // Stopped as it starts writing its shard (what follows, writing 806 images of 256 x 341 and
+  // measuring two input sizes over 400 batches, takes seconds: the signal lands within it).
+  const std::optional<test::Signalled> stopped =
+      test::run_and_signal_at("bench data --device cpu --batch-size 2 --batches 400 --workers 1",
+                              "writing a temporary shard of 806 images", SIGINT);
   if (tmpdir)
     setenv("TMPDIR", saved.c_str(), 1);
   else

@@ -15,19 +15,19 @@ TEST_CASE("a misspelt command is named, with the commands there are", "[cli]") {
   CHECK_THAT(r.output, Catch::Contains("unknown command 'trian'") &&
                            Catch::Contains("the commands of deit are") && Catch::Contains("train"));
   r = run_deit("bench stpe");
-  CHECK(r.exit_code == 2);
+  CHECK(r.exit_code == 1);
   CHECK_THAT(r.output, Catch::Contains("unknown command 'stpe'; the commands of deit bench are") &&
                            Catch::Contains("step"));
   // An option where the command should be.
   r = run_deit("--epochs 3 train");
-  CHECK(r.exit_code == 2);
+  CHECK(r.exit_code == 1);
   CHECK_THAT(r.output, Catch::Contains("deit: error: option '--epochs' where a command should be; "
                                        "the commands of deit are"));
 }
 
-TEST_CASE("a command line that does not parse is an error like any other, exit code 2", "[cli]") {
+TEST_CASE("a command line that does not parse is an error like any other, exit code 1", "[cli]") {
   const CliResult r = run_deit("info --model deit3_small --input-size big");
-  CHECK(r.exit_code == 2);
+  CHECK(r.exit_code == 1);
   CHECK_THAT(r.output, Catch::StartsWith("deit: error: ") && Catch::Contains("--input-size") &&
                            Catch::Contains("(--help lists the options)"));
   CHECK(run_deit("info --help").exit_code == 0);

@@ -528,9 +528,16 @@ TEST_CASE("a val split that cannot be read keeps the epoch's training, to resume
   INFO(r.output);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("all unusable: giving up") &&
-                           Catch::Contains("epoch 1's training is saved, without its evaluation"));
+                           Catch::Contains("epoch 1's training is saved, without its evaluation") &&
+                           Catch::Contains("resume it there once the val split reads"));
   // No log line for an epoch that was not evaluated.
   CHECK_FALSE(std::filesystem::exists(out + "/log.txt"));
+  // The last epoch's: nothing is left to resume, deit eval is the way to its evaluation.
+  r = run_deit(tiny_train_args(data, dir.file("last"), 1));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("that was the run's last epoch: `deit eval --checkpoint " +
+                                       dir.file("last") + "/checkpoint.safetensors` evaluates it"));
+  CHECK(std::filesystem::exists(dir.file("last") + "/checkpoint.safetensors"));
   std::filesystem::remove_all(data + "/val");
   std::filesystem::rename(val, data + "/val");
   r = run_deit("train --resume " + out);

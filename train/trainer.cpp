@@ -10,6 +10,7 @@
 #include <optional>
 #include <set>
 
+#include "data/image.h"
 #include "data/image_source.h"
 #include "data/mixup.h"
 #include "engine/autograd.h"
@@ -672,17 +673,27 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                      "met was skipped, see above): the model cannot learn that class\n",
                      train_source->class_names().at(label).c_str());
 
+    auto save_epoch = [&] { write_checkpoint(epoch + 1, std::nullopt, train_loader->state()); };
     EvalResult eval;
     try {
       eval = evaluate(vit, val_feed, o.progress && lead, &comm);
-    } catch (const std::exception& e) {
+    } catch (const data::DataError& e) {
       // A val split that fails to read must not cost the epoch's training. Alone, the process
       // saves it (with several, the others wait in the evaluation's collectives).
       if (world > 1) throw;
-      write_checkpoint(epoch + 1, std::nullopt, train_loader->state());
-      throw std::runtime_error(std::string(e.what()) + "\nepoch " + std::to_string(epoch + 1) +
-                               "'s training is saved, without its evaluation, in " +
-                               checkpoint_path + ": resume it there once the val split reads");
+      try {
+        save_epoch();
+      } catch (const std::exception& save_error) {
+        throw data::DataError(std::string(e.what()) +
+                              "\nand saving the epoch failed too: " + save_error.what());
+      }
+      const std::string then =
+          epoch + 1 < o.epochs ? "resume it there once the val split reads"
+                               : "that was the run's last epoch: `deit eval --checkpoint " +
+                                     checkpoint_path + "` evaluates it once the val split reads";
+      throw data::DataError(std::string(e.what()) + "\nepoch " + std::to_string(epoch + 1) +
+                            "'s training is saved, without its evaluation, in " + checkpoint_path +
+                            ": " + then);
     }
     if (eval.acc1 > summary.best_acc1 || summary.best_epoch < 0) {
       summary.best_acc1 = eval.acc1;
@@ -690,10 +701,10 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     }
     summary.last = eval;
     ++summary.epochs_run;
-    // The checkpoint first: a log line stands for a saved epoch, so a save that fails leaves the
-    // folder as the last one left it, to resume or start again.
+    // The checkpoint first: a log line stands for a saved and evaluated epoch, so a save that
+    // fails leaves the folder as the last one left it, to resume or start again.
     const double epoch_seconds = seconds_since(epoch_start) + carried_seconds;
-    write_checkpoint(epoch + 1, std::nullopt, train_loader->state());
+    save_epoch();
     if (lead)
       append_log_line(log_path, {{"train_lr", lr},
                                  {"train_loss", train_loss},

@@ -774,8 +774,9 @@ __global__ void __launch_bounds__(kThreads, Tiles<D>::kDkvMinBlocks)
   bf16* sdo = sq + 2 * kCols * kStride;   // [2][kCols][kStride]
   // The statistics are read two columns at a time (float2): 8-byte aligned.
   static_assert((2 * kRows + 4 * kCols) * Cfg::kRowBytes % 8 == 0, "statistics 8-byte aligned");
-  float* slse = reinterpret_cast<float*>(sdo + 2 * kCols * kStride);    // [2][kCols], base 2 once
-  float* sdelta = slse + 2 * kCols;                                     // [2][kCols]
+  // [2][kCols] each; lse in base 2 from the wait for its tile on (see load_query_tile).
+  float* slse = reinterpret_cast<float*>(sdo + 2 * kCols * kStride);
+  float* sdelta = slse + 2 * kCols;
 
   const int k_tiles = (T + kRows - 1) / kRows;
   const int64_t bh = blockIdx.x / k_tiles;
