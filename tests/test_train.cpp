@@ -576,6 +576,7 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("has fewer images than one batch of 50000000; lower "
                                        "--batch-size"));
+  CHECK_FALSE(std::filesystem::exists(dir.file("huge")));  // the folder it made, removed again
 
   // An input size the patches do not tile: trained, with a warning of the pixels left unseen.
   r = run_deit(tiny_train_args(data, dir.file("odd"), 1) + " --input-size 10");

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -56,7 +57,8 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 // Fails before any work when the run could not save what it computes, or when it would overwrite
 // another run's checkpoint and log (a run continues there only by resuming the folder's own
 // checkpoint: resuming a copy of it, or of another run's, must not write over it).
-void prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
+// Returns whether it made the folder.
+bool prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
   std::error_code ec;
   const fs::path checkpoint = fs::path(dir) / "checkpoint.safetensors";
   if (!resuming_its_checkpoint) {
@@ -68,7 +70,7 @@ void prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
       throw std::runtime_error("'" + dir + "' holds the log of a run but no checkpoint " +
                                "(log.txt): give another --output, or remove log.txt to use it");
   }
-  fs::create_directories(dir, ec);
+  const bool made = fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
   // What a save cut short left (a second stop signal, a killed run):
   // checkpoint.safetensors.tmp.PID.
@@ -81,7 +83,28 @@ void prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
     if (!(f << "ok")) throw std::runtime_error("output directory '" + dir + "' is not writable");
   }
   fs::remove(probe, ec);
+  return made;
 }
+
+// The output folder a run made, removed again if the run ends in an error before anything was
+// written there (a bad --finetune source, a batch too large for the dataset, ...).
+class MadeFolder {
+ public:
+  MadeFolder(std::string dir, bool made)
+      : dir_(std::move(dir)), made_(made), exceptions_(std::uncaught_exceptions()) {}
+  ~MadeFolder() {
+    if (!made_ || std::uncaught_exceptions() <= exceptions_) return;
+    std::error_code ec;
+    if (fs::is_empty(dir_, ec) && !ec) fs::remove(dir_, ec);
+  }
+  MadeFolder(const MadeFolder&) = delete;
+  MadeFolder& operator=(const MadeFolder&) = delete;
+
+ private:
+  std::string dir_;
+  bool made_;
+  int exceptions_;
+};
 
 void append_log_line(const std::string& path, const nlohmann::json& line) {
   std::ofstream f(path, std::ios::app);
@@ -247,7 +270,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   const bool resumes_its_checkpoint =
       !o.resume.empty() &&
       fs::equivalent(o.resume, fs::path(o.output_dir) / "checkpoint.safetensors", ec);
-  if (lead) prepare_output_dir(o.output_dir, resumes_its_checkpoint);
+  const MadeFolder output_folder(o.output_dir,
+                                 lead && prepare_output_dir(o.output_dir, resumes_its_checkpoint));
   if (const int64_t unseen = o.model.input_size % o.model.patch; lead && unseen != 0)
     std::fprintf(stderr,
                  "warning: --input-size %lld is not a multiple of the %lld-pixel patch: the last "
