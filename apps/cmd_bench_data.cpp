@@ -8,14 +8,10 @@
 //              uploads them and runs the stage, as the trainer does.
 // On --device cpu both measure the CPU stage: the batch twin on one thread, and the training
 // loader's workers augmenting and normalising, as CPU training runs it.
-#include <signal.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -26,6 +22,7 @@
 #include <vector>
 
 #include "apps/commands.h"
+#include "apps/removed_on_interrupt.h"
 #include "data/augment_params.h"
 #include "data/prefetch.h"
 #include "data/shard.h"
@@ -156,48 +153,11 @@ double stage_images_per_second_cuda(PackedSources& p, int size, int batches, Dev
 }
 #endif
 
-// The temporary shard's file, the file it is written as until complete, and their folder, for the
-// handler below; a handler may call only async-signal-safe functions (unlink, rmdir, sigaction,
-// raise), so the paths are kept ready.
-char g_shard_file[4096];
-char g_partial_file[4096];
-char g_shard_dir[4096];
-constexpr int kInterruptSignals[2] = {SIGINT, SIGTERM};
-struct sigaction g_previous_actions[2];
-
-// Ctrl-C or a kill during the benchmark: the shard (1.5 GB by default), whole or being written,
-// goes, then the signal does what it would have done.
-extern "C" void remove_shard_and_reraise(int signal) {
-  unlink(g_shard_file);
-  unlink(g_partial_file);
-  rmdir(g_shard_dir);
-  for (size_t i = 0; i < std::size(kInterruptSignals); ++i)
-    sigaction(kInterruptSignals[i], &g_previous_actions[i], nullptr);
-  raise(signal);
-}
-
-// A folder that is removed when it goes out of scope, or on Ctrl-C or a kill (its shard first).
+// Removes a folder and what it holds when it goes out of scope.
 class RemovedFolder {
  public:
-  RemovedFolder(const fs::path& dir, const fs::path& shard) : dir_(dir) {
-    const std::string partial = data::ShardWriter::partial_path(shard.string());
-    if (partial.size() >= sizeof g_partial_file)
-      throw std::runtime_error("bench data: the temporary directory's path is too long");
-    std::snprintf(g_shard_file, sizeof g_shard_file, "%s", shard.c_str());
-    std::snprintf(g_partial_file, sizeof g_partial_file, "%s", partial.c_str());
-    std::snprintf(g_shard_dir, sizeof g_shard_dir, "%s", dir.c_str());
-    struct sigaction action = {};
-    action.sa_handler = remove_shard_and_reraise;
-    sigemptyset(&action.sa_mask);
-    for (size_t i = 0; i < std::size(kInterruptSignals); ++i) {
-      sigaction(kInterruptSignals[i], nullptr, &g_previous_actions[i]);
-      if (g_previous_actions[i].sa_handler != SIG_IGN)
-        sigaction(kInterruptSignals[i], &action, nullptr);
-    }
-  }
+  explicit RemovedFolder(fs::path dir) : dir_(std::move(dir)) {}
   ~RemovedFolder() {
-    for (size_t i = 0; i < std::size(kInterruptSignals); ++i)
-      sigaction(kInterruptSignals[i], &g_previous_actions[i], nullptr);
     std::error_code ignored;
     fs::remove_all(dir_, ignored);
   }
@@ -215,7 +175,9 @@ class RemovedFolder {
 class TemporaryShard {
  public:
   TemporaryShard(const std::vector<data::ImageU8>& images, int copies, bool quiet)
-      : dir_(temporary_folder()), removed_(dir_, path()) {
+      : dir_(temporary_folder()),
+        removed_(dir_),
+        interrupted_({path(), data::ShardWriter::partial_path(path()), dir_.string()}) {
     fs::create_directories(dir_);
     if (!quiet)
       std::fprintf(stderr, "writing a temporary shard of %zu images to %s\n",
@@ -239,6 +201,7 @@ class TemporaryShard {
   }
   fs::path dir_;
   RemovedFolder removed_;
+  RemovedOnInterrupt interrupted_;  // the shard (whole or being written), then its folder
 };
 
 // Batches from the shard to the device, as the trainer takes them (with the upload of the next

@@ -7,8 +7,10 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "apps/removed_on_interrupt.h"
 #include "data/pack.h"
 #include "data/prefetch.h"
+#include "data/shard.h"
 
 namespace deit::apps {
 
@@ -45,6 +47,8 @@ class PackProgressLine {
 };
 
 void run_pack(const PackCommandOptions& options) {
+  // Stopped, the pack leaves nothing: its shard is written whole or not at all.
+  const RemovedOnInterrupt interrupted({data::ShardWriter::partial_path(options.out)});
   PackProgressLine progress;
   const data::PackSummary summary = data::pack_image_folder(
       options.src, options.out, options.pack,

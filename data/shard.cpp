@@ -154,6 +154,10 @@ bool is_shard_file(const std::string& path) {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
+std::string ShardWriter::partial_path(const std::string& path) {
+  return path + ".partial." + std::to_string(getpid());
+}
+
 ShardWriter::ShardWriter(std::string path, std::vector<std::string> class_names, uint64_t capacity,
                          uint32_t short_side)
     : path_(std::move(path)),

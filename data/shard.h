@@ -68,7 +68,7 @@ uint64_t xxhash64(const void* data, size_t size, uint64_t seed = 0);
 // True when `path` is a regular file that starts with the shard magic.
 bool is_shard_file(const std::string& path);
 
-// Writes a shard. Records go to `<path>.partial` and the file is renamed to `path` by finish();
+// Writes a shard. Records go to partial_path(path) and the file is renamed to `path` by finish();
 // a writer destroyed before finish() removes its partial file, so `path` is never half written.
 class ShardWriter {
  public:
@@ -83,8 +83,9 @@ class ShardWriter {
   // Writes the header and index, flushes to disk and renames. Returns the file size in bytes.
   uint64_t finish();
 
-  // Where the shard for `path` is written until finish() renames it into place.
-  static std::string partial_path(const std::string& path) { return path + ".partial"; }
+  // Where this process writes the shard for `path` until finish() renames it into place: a name
+  // of its own (PID), so two writers of one `path` never write into one file.
+  static std::string partial_path(const std::string& path);
 
  private:
   void write_at(uint64_t offset, const void* data, size_t size);

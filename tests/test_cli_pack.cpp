@@ -1,10 +1,17 @@
 // `deit pack` as a user runs it: an image folder becomes a shard the loader reads, and bad input
 // gets a message naming the path and a non-zero exit.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <catch2/catch.hpp>
 
 #include <filesystem>
+#include <optional>
+#include <string>
 
+#include "data/image.h"
 #include "data/image_source.h"
+#include "data/shard.h"
 #include "data/synthetic.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
@@ -58,4 +65,33 @@ TEST_CASE("deit pack reports a missing source and an unwritable output", "[data]
   r = run_deit("pack --src " + dir.file("src") + " --out " + blocked + "/x.shard");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("blocked"));
+}
+
+TEST_CASE("deit pack stopped by Ctrl-C or a kill leaves no partial shard", "[data][cli]") {
+  // 400 copies of a 512 x 512 image: seconds of decoding on one thread, so the signal sent at the
+  // first progress line (after the first 32 images) lands while the shard is being written.
+  test::TempDir dir;
+  const std::string image = dir.file("one.png");
+  data::write_png(image, test::gradient_image(512, 512));
+  for (const char* label : {"a", "b"}) {
+    std::filesystem::create_directories(dir.file(std::string("src/") + label));
+    for (int i = 0; i < 200; ++i)
+      std::filesystem::copy_file(
+          image, dir.file(std::string("src/") + label + "/" + std::to_string(i) + ".png"));
+  }
+  for (const int signal : {SIGINT, SIGTERM}) {
+    INFO(signal);
+    const std::optional<test::Signalled> stopped =
+        test::run_and_signal_at("pack --src " + dir.file("src") + " --out " +
+                                    dir.file("out/train.shard") + " --threads 1 --short-side 64",
+                                "packing: ", signal);
+    REQUIRE(stopped);
+    INFO(stopped->output);
+    CHECK(WIFSIGNALED(stopped->status));
+    CHECK(WTERMSIG(stopped->status) == signal);
+    CHECK(std::filesystem::is_empty(dir.file("out")));
+  }
+  // Each process writes its own partial file: two packs of one shard never mix their records.
+  CHECK(data::ShardWriter::partial_path("x.shard") ==
+        "x.shard.partial." + std::to_string(getpid()));
 }

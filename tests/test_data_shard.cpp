@@ -59,7 +59,7 @@ TEST_CASE("A shard returns the images, labels and classes it was written with", 
   const std::string path = dir.file("train.shard");
   const std::vector<ImageU8> images = write_test_shard(path);
 
-  CHECK_FALSE(std::filesystem::exists(path + ".partial"));
+  CHECK_FALSE(std::filesystem::exists(ShardWriter::partial_path(path)));
   REQUIRE(is_shard_file(path));
   const ShardReader reader(path);
   CHECK(reader.class_names() == kClasses);
@@ -186,7 +186,7 @@ TEST_CASE("An unfinished shard leaves no file behind", "[data]") {
     CHECK_THROWS_WITH(writer.add(gradient_image(3, 3), 7), Contains("label 7"));
   }
   CHECK_FALSE(std::filesystem::exists(path));
-  CHECK_FALSE(std::filesystem::exists(path + ".partial"));
+  CHECK_FALSE(std::filesystem::exists(ShardWriter::partial_path(path)));
 }
 
 TEST_CASE("pack_image_folder shrinks, packs in folder order and skips bad files", "[data]") {
@@ -264,7 +264,7 @@ TEST_CASE("pack_image_folder refuses a folder whose images are all unusable", "[
   CHECK_THROWS_WITH(pack_image_folder(dir.path() + "/train", out, PackOptions{}),
                     Contains("none of its 1 image files"));
   CHECK_FALSE(std::filesystem::exists(out));
-  CHECK_FALSE(std::filesystem::exists(out + ".partial"));
+  CHECK_FALSE(std::filesystem::exists(ShardWriter::partial_path(out)));
 }
 
 TEST_CASE("A shard packed at full size feeds the loader what its folder does", "[data]") {
