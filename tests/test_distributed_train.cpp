@@ -333,6 +333,37 @@ TEST_CASE("mpi: deit bench step over two ranks reports the communication, with -
   check_comm_report(r, "mpi", o.zero);
 }
 
+TEST_CASE("mpi: ranks that differ in settings or classes all stop before training, saying where",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+  // Another batch size and learning rate on rank 1: every rank throws (none waits for the others).
+  train::TrainOptions o = tiny_run(data, dir.file("settings"), 4);
+  if (comm->rank() == 1) {
+    o.batch_size = 2;
+    o.lr = 1e-3;
+  }
+  CHECK_THROWS_WITH(train::train(o, *comm),
+                    Catch::Contains("the 2 processes of this run differ in batch_size, lr: every "
+                                    "process must run the same command"));
+  // Rank 1's copy of the dataset names a class otherwise.
+  const std::string renamed = dir.file("renamed");
+  if (comm->rank() == 0) {
+    std::filesystem::copy(data, renamed, std::filesystem::copy_options::recursive);
+    const std::string first = data::synthetic_class_names()[0];
+    for (const char* split : {"/train/", "/val/"})
+      std::filesystem::rename(renamed + split + first, renamed + split + "zigzag");
+  }
+  comm->barrier();
+  CHECK_THROWS_WITH(
+      train::train(tiny_run(comm->rank() == 1 ? renamed : data, dir.file("classes"), 4), *comm),
+      Catch::Contains("differ in the dataset's classes"));
+  // Nothing was made for either run.
+  CHECK_FALSE(std::filesystem::exists(dir.file("settings")));
+  CHECK_FALSE(std::filesystem::exists(dir.file("classes")));
+}
+
 TEST_CASE("mpi: a rank whose training fails ends the job", "[mpi][.mpi_rank_train_fails]") {
   auto comm = mpi_communicator();
   // mpirun ends rank 0 before it could clean up: a fixed folder beside the test binary (so two
@@ -342,7 +373,7 @@ TEST_CASE("mpi: a rank whose training fails ends the job", "[mpi][.mpi_rank_trai
   if (comm->rank() == 0) std::filesystem::remove_all(dir);
   const std::string data = write_dataset(*comm, (dir / "data").string());
   // Rank 1 cannot open its data and leaves by the exception, while rank 0 goes on to the first
-  // collective of training (the broadcast of the weights) and waits there until mpirun ends it.
+  // collective of training (the ranks' agreement check) and waits there until mpirun ends it.
   const std::string rank_data = comm->rank() == 1 ? data + "/missing" : data;
   if (comm->rank() == 1) {
     std::printf("rank 1 trains on a dataset that is not there\n");

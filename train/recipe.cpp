@@ -389,11 +389,10 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
   return o;
 }
 
-std::vector<TrainOptions::Difference> TrainOptions::course_differences(
-    const nlohmann::json& saved) const {
-  // What may change between a run and its resumption without changing the run's course: moved
-  // files, another device or launch, the memory savers (the same results). Not --epochs: the
-  // cosine schedule spans them.
+nlohmann::json TrainOptions::course_json() const {
+  // What may change between a run and its resumption, or differ between its processes, without
+  // changing the run's course: moved files, another device or launch, the memory savers (the same
+  // results). Not --epochs: the cosine schedule spans them.
   static const std::set<std::string> kFree = {"model",
                                               "workers",
                                               "data",
@@ -409,10 +408,17 @@ std::vector<TrainOptions::Difference> TrainOptions::course_differences(
                                               "gemm_autotune",
                                               "bucket_mb",
                                               "save_every_minutes"};
-  const nlohmann::json now = to_json();  // items() refers to it: it must outlive the loop
+  nlohmann::json course = to_json();
+  for (const std::string& key : kFree) course.erase(key);
+  return course;
+}
+
+std::vector<TrainOptions::Difference> TrainOptions::course_differences(
+    const nlohmann::json& saved) const {
+  const nlohmann::json now = course_json();  // items() refers to it: it must outlive the loop
   std::vector<Difference> differences;
   for (const auto& [key, value] : now.items())
-    if (!kFree.count(key) && saved.contains(key) && saved.at(key) != value)
+    if (saved.contains(key) && saved.at(key) != value)
       differences.push_back({key, saved.at(key), value});
   return differences;
 }

@@ -103,6 +103,8 @@ struct TrainOptions {
     nlohmann::json saved, now;
   };
   std::vector<Difference> course_differences(const nlohmann::json& saved) const;
+  // to_json() but those that leave the course alone: what every process of a run must share.
+  nlohmann::json course_json() const;
 };
 
 // How many micro-batches make the optimizer step that micro-batch `micro_batch` (1-based, within an

@@ -30,6 +30,7 @@
 #include "train/graph_step.h"
 #include "train/input_feed.h"
 #include "train/progress.h"
+#include "train/rank_agreement.h"
 #include "train/run_state.h"
 #include "train/step_readback.h"
 #include "train/stop_request.h"
@@ -257,6 +258,23 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                 " is fewer than the " + std::to_string(classes) + " classes of '" +
                                 o.data_dir + "'");
   o.validate();
+  // Before the first collective that depends on them (the weights' broadcast): every process runs
+  // the same command on the same classes, or all stop here, saying where they differ.
+  if (world > 1) {
+    std::vector<std::pair<std::string, std::string>> entries;
+    const nlohmann::json course = o.course_json();  // items() refers to it
+    for (const auto& [key, value] : course.items()) entries.emplace_back(key, value.dump());
+    entries.emplace_back("the dataset's classes",
+                         nlohmann::json(train_source->class_names()).dump());
+    const std::vector<std::string> differ = entries_that_differ(comm, entries);
+    if (!differ.empty()) {
+      std::string list;
+      for (const std::string& name : differ) list += (list.empty() ? "" : ", ") + name;
+      throw std::invalid_argument("the " + std::to_string(world) + " processes of this run " +
+                                  "differ in " + list + ": every process must run the same " +
+                                  "command on a copy of the same dataset");
+    }
+  }
   // A run folder inside a split would be read as one of its classes, by this run and every later
   // one on the dataset.
   for (const char* split : {"train", "val"})

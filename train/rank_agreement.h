@@ -1,0 +1,19 @@
+// Data parallelism needs every process to run the same command on the same dataset. A rank whose
+// model, classes or training settings differ from the others' used to surface as a truncated
+// broadcast, a corrupted heap or a hang; the trainer checks first (train/trainer.cpp).
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/communicator.h"
+
+namespace deit::train {
+
+// The names of `entries` (name, value) whose values are not the same on every rank; empty when
+// all agree. The same answer on every rank, so all stop together. Collective: every rank passes
+// the same names in the same order.
+std::vector<std::string> entries_that_differ(
+    Communicator& comm, const std::vector<std::pair<std::string, std::string>>& entries);
+
+}  // namespace deit::train
