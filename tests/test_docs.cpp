@@ -146,3 +146,14 @@ TEST_CASE("every file the README and docs/ name exists", "[docs]") {
   }
   CHECK(checked > 50);  // the pattern still finds the paths the pages are full of
 }
+
+TEST_CASE("the README's deit info example is what deit info prints", "[docs][cli]") {
+  // The block after the line `$ ./build/deit info --model deit3_base`, to its closing fence.
+  const std::string readme = read_text(fs::path(DEIT_SOURCE_DIR) / "README.md");
+  const std::string command = "$ ./build/deit info --model deit3_base\n";
+  const size_t start = readme.find(command);
+  REQUIRE(start != std::string::npos);
+  const size_t body = start + command.size();
+  const std::string shown = readme.substr(body, readme.find("```", body) - body);
+  CHECK(deit::test::run_deit("info --model deit3_base").output == shown);
+}
