@@ -85,6 +85,12 @@ void run_ops(const AugmentCommandOptions& options) {
 // stream the prefetch pipeline gives that sample (data/sampler.h sample_stream).
 void run_grid(const AugmentCommandOptions& options) {
   require_png("--grid", options.grid);
+  // A grid written into a split would be read as one of its images from then on.
+  for (const char* split : {"train", "val"})
+    if (data::lies_within(options.grid, options.data + "/" + split))
+      throw std::invalid_argument("--grid '" + options.grid + "' lies inside the " + split +
+                                  " split of '" + options.data + "', where it would be read " +
+                                  "as an image: write it elsewhere");
   const std::unique_ptr<data::ImageSource> source = data::open_dataset_split(options.data, "train");
   data::SamplerOptions sampler_options;
   sampler_options.dataset_size = source->size();
@@ -135,9 +141,9 @@ void run_grid(const AugmentCommandOptions& options) {
   }
   data::write_png(options.grid, grid);
   std::printf(
-      "wrote %s: %d training views (%d x %d tiles of %d px, %s, %s, seed %llu) from %zu images "
+      "wrote %s: %d training view%s (%d x %d tiles of %d px, %s, %s, seed %llu) from %zu images "
       "of %s",
-      options.grid.c_str(), tiles, columns, rows, size,
+      options.grid.c_str(), tiles, tiles == 1 ? "" : "s", columns, rows, size,
       options.src ? "simple random crop" : "random resized crop",
       config.rand_augment ? ("RandAugment " + options.aa).c_str() : "3-Augment, colour jitter",
       static_cast<unsigned long long>(options.seed), source->size(), options.data.c_str());

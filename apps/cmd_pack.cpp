@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -47,6 +48,15 @@ class PackProgressLine {
 };
 
 void run_pack(const PackCommandOptions& options) {
+  // A dataset root given for a split: its classes would be "train" and "val".
+  std::error_code error;
+  const std::filesystem::path src(options.src);
+  if (std::filesystem::is_directory(src / "train", error) &&
+      std::filesystem::is_directory(src / "val", error))
+    std::fprintf(stderr,
+                 "warning: '%s' holds train/ and val/, which become the shard's 2 classes; a "
+                 "dataset packs a split at a time: --src %s --out %s\n",
+                 options.src.c_str(), (src / "train").c_str(), (src / "train.shard").c_str());
   // Stopped, the pack leaves nothing: its shard is written whole or not at all.
   const RemovedOnInterrupt interrupted({data::ShardWriter::partial_path(options.out)});
   PackProgressLine progress;

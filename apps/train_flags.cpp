@@ -47,7 +47,9 @@ void TrainFlags::add_to(CLI::App& cmd) {
                  "Images per micro-batch and process (the recipe's; "
                  "pretrain 256); global batch: this x --accum-steps "
                  "x processes");
-  cmd.add_option("--accum-steps", accum_steps, "Micro-batches per optimizer step (default 1)");
+  cmd.add_option("--accum-steps", accum_steps,
+                 "Micro-batches per optimizer step (default 1); an epoch's last step takes the "
+                 "micro-batches left, where a --batch-size this many times larger would drop them");
   cmd.add_option("--opt", opt,
                  "Optimizer: lamb or adamw (the recipe's; finetune adamw, others lamb)");
   cmd.add_option("--lr", lr,

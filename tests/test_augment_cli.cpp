@@ -2,6 +2,7 @@
 // the promised layout and is reproducible from its seed, and bad input gets a clear message and a
 // non-zero exit.
 #include <catch2/catch.hpp>
+#include <filesystem>
 
 #include <cstdint>
 #include <string>
@@ -75,6 +76,15 @@ TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cl
   const size_t first = r.output.find("warning: skipped");
   REQUIRE(first != std::string::npos);
   CHECK(r.output.find("warning: skipped", first + 1) == std::string::npos);
+
+  // Into the dataset, the grid would be one of its images from then on: refused.
+  r = run_deit(args + " --grid " + dir.file("data/train/a/grid.png"));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("lies inside the train split"));
+  CHECK_FALSE(std::filesystem::exists(dir.file("data/train/a/grid.png")));
+  r = run_deit("augment --data " + dir.path() + "/data --n 1 --input-size 16 --grid " +
+               dir.file("g5.png"));
+  CHECK_THAT(r.output, Catch::Contains(": 1 training view (1 x 1 tiles"));
 }
 
 TEST_CASE("deit augment applies RandAugment's ops and tiles RandAugment views with --aa",

@@ -49,6 +49,13 @@ TEST_CASE("deit pack turns an image folder into a shard with the same images", "
   CHECK(grid.exit_code == 0);
   CHECK_THAT(grid.output, Catch::Contains("has both train.shard and a folder train/") &&
                               Catch::Contains("reading the shard"));
+
+  // The dataset root in place of a split: packed as asked, with a warning of what it made.
+  const CliResult whole = run_deit("pack --src " + root + " --out " + dir.file("root.shard"));
+  CHECK(whole.exit_code == 0);
+  CHECK_THAT(whole.output, Catch::Contains("holds train/ and val/, which become the shard's 2 "
+                                           "classes; a dataset packs a split at a time: --src " +
+                                           root + "/train --out " + root + "/train.shard"));
 }
 
 TEST_CASE("deit pack reports a missing source and an unwritable output", "[data][cli]") {
