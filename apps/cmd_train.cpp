@@ -70,7 +70,7 @@ void add_train_command(CLI::App& app) {
   cmd->callback([flags] {
     const train::TrainOptions options = flags->resolve();
     if (!flags->dry_run) return report_training(train::train(options));
-    options.validate();
+    train::check_before_data(options);
     nlohmann::json settings = options.to_json();
     if (!options.num_classes_given) settings["num_classes"] = "the dataset's";
     std::printf("%s\n", settings.dump(2).c_str());

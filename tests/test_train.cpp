@@ -876,6 +876,10 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   r = run_deit(tiny_train_args(data, out, 1) + " --seed 5");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("already holds a run") && Catch::Contains("--resume"));
+  // --dry-run refuses it too (it reads no data, but knows where the run would write).
+  r = run_deit(tiny_train_args(data, out, 1) + " --seed 5 --dry-run");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("already holds a run"));
   r = run_deit(tiny_train_args(data, out, 1) + " --resume " + checkpoint);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("nothing is left to train"));

@@ -55,22 +55,26 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// Fails before any work when the run could not save what it computes, or when it would overwrite
-// another run's checkpoint and log (a run continues there only by resuming the folder's own
-// checkpoint: resuming a copy of it, or of another run's, must not write over it).
-// Returns whether it made the folder.
-bool prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
+// A folder that holds a run is written over only by resuming that run's checkpoint.safetensors
+// there: not by a new run, nor by resuming a copy of it or another run's checkpoint.
+void refuse_other_run(const std::string& dir, bool resuming_its_checkpoint) {
+  if (resuming_its_checkpoint) return;
   std::error_code ec;
   const fs::path checkpoint = fs::path(dir) / "checkpoint.safetensors";
-  if (!resuming_its_checkpoint) {
-    if (fs::exists(checkpoint, ec))
-      throw std::runtime_error("'" + dir + "' already holds a run (checkpoint.safetensors): " +
-                               "continue it with --resume " + checkpoint.string() +
-                               ", or give another --output");
-    if (fs::exists(fs::path(dir) / "log.txt", ec))
-      throw std::runtime_error("'" + dir + "' holds the log of a run but no checkpoint " +
-                               "(log.txt): give another --output, or remove log.txt to use it");
-  }
+  if (fs::exists(checkpoint, ec))
+    throw std::runtime_error("'" + dir + "' already holds a run (checkpoint.safetensors): " +
+                             "continue it with --resume " + checkpoint.string() +
+                             ", or give another --output");
+  if (fs::exists(fs::path(dir) / "log.txt", ec))
+    throw std::runtime_error("'" + dir + "' holds the log of a run but no checkpoint " +
+                             "(log.txt): give another --output, or remove log.txt to use it");
+}
+
+// Fails before any work when the run could not save what it computes, or when it would overwrite
+// another run's checkpoint and log. Returns whether it made the folder.
+bool prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
+  refuse_other_run(dir, resuming_its_checkpoint);
+  std::error_code ec;
   const bool made = fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
   // What a save cut short left (a second stop signal, a killed run):
@@ -85,6 +89,23 @@ bool prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
   }
   fs::remove(probe, ec);
   return made;
+}
+
+// Whether the run resumes its output folder's own checkpoint.safetensors.
+bool resumes_its_checkpoint(const TrainOptions& o) {
+  std::error_code ec;
+  return !o.resume.empty() &&
+         fs::equivalent(o.resume, fs::path(o.output_dir) / "checkpoint.safetensors", ec);
+}
+
+// A run folder inside a split would be read as one of its classes, by this run and every later
+// one on the dataset.
+void refuse_output_in_splits(const TrainOptions& o) {
+  for (const char* split : {"train", "val"})
+    if (data::lies_within(o.output_dir, (fs::path(o.data_dir) / split).string()))
+      throw std::invalid_argument("--output '" + o.output_dir + "' lies inside the " + split +
+                                  " split of '" + o.data_dir + "', where its files would be read " +
+                                  "as images: give a folder outside it");
 }
 
 // The output folder a run made, removed again if the run ends in an error before anything was
@@ -232,6 +253,12 @@ TrainSummary train(TrainOptions options) {
   return train(std::move(options), *comm);
 }
 
+void check_before_data(const TrainOptions& o) {
+  o.validate();
+  refuse_output_in_splits(o);
+  refuse_other_run(o.output_dir, resumes_its_checkpoint(o));
+}
+
 TrainSummary train(TrainOptions o, Communicator& comm) {
   const auto run_start = std::chrono::steady_clock::now();
   const Device device = run_device(o.device, comm.local_rank());
@@ -275,21 +302,10 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                   "command on a copy of the same dataset");
     }
   }
-  // A run folder inside a split would be read as one of its classes, by this run and every later
-  // one on the dataset.
-  for (const char* split : {"train", "val"})
-    if (data::lies_within(o.output_dir, (fs::path(o.data_dir) / split).string()))
-      throw std::invalid_argument("--output '" + o.output_dir + "' lies inside the " + split +
-                                  " split of '" + o.data_dir + "', where its files would be read " +
-                                  "as images: give a folder outside it");
-  // Nothing is made for a bad run. A run resumed from its folder's checkpoint.safetensors writes
-  // over it; any other folder that holds a run is refused, as for a new run.
-  std::error_code ec;
-  const bool resumes_its_checkpoint =
-      !o.resume.empty() &&
-      fs::equivalent(o.resume, fs::path(o.output_dir) / "checkpoint.safetensors", ec);
-  const MadeFolder output_folder(o.output_dir,
-                                 lead && prepare_output_dir(o.output_dir, resumes_its_checkpoint));
+  // Nothing is made for a bad run.
+  refuse_output_in_splits(o);
+  const MadeFolder output_folder(
+      o.output_dir, lead && prepare_output_dir(o.output_dir, resumes_its_checkpoint(o)));
   if (const int64_t unseen = o.model.input_size % o.model.patch; lead && unseen != 0)
     std::fprintf(stderr,
                  "warning: --input-size %lld is not a multiple of the %lld-pixel patch: the last "

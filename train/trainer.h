@@ -90,6 +90,11 @@ struct TrainSummary {
 // Trains with the ranks of `comm` (every rank calls it, with the same options); the summary's
 // numbers are those of the whole run on every rank.
 TrainSummary train(TrainOptions options, Communicator& comm);
+
+// What train() refuses before it reads any data, but for the device (a run may be planned on a
+// machine without the GPU it will train on): invalid options, an --output that holds another run
+// or lies inside the dataset's splits. What --dry-run checks.
+void check_before_data(const TrainOptions& options);
 // As above, with the communicator of this process's launch (make_communicator: alone when not
 // started by mpirun, torchrun or srun). `--device cuda` becomes cuda:LOCAL_RANK.
 TrainSummary train(TrainOptions options);
