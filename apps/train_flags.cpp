@@ -1,8 +1,10 @@
 #include "apps/train_flags.h"
 
+#include <cstdio>
 #include <filesystem>
 
 #include "apps/cli_checks.h"
+#include "engine/rendezvous.h"
 #include "model/checkpoint.h"
 
 namespace deit::apps {
@@ -248,6 +250,15 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(grad_checkpointing, o.grad_checkpointing);
   override_with(gemm_autotune, o.gemm_autotune);
   o.progress = !quiet;
+  // Flags given that the run's other settings leave without effect: said once, by rank 0.
+  if (detect_rendezvous().rank == 0) {
+    if (rrc_scale_min && o.src)
+      std::fprintf(stderr,
+                   "warning: --rrc-scale-min has no effect with --src (Simple Random Crop "
+                   "draws no scale)\n");
+    if (model_ema_decay && !o.model_ema)
+      std::fprintf(stderr, "warning: --model-ema-decay has no effect without --model-ema\n");
+  }
   return o;
 }
 

@@ -162,6 +162,16 @@ TEST_CASE("a flag overrides any value of a recipe; a recipe that cannot apply is
   r = run_deit(run + "--model deit3_base --recipe finetune --finetune /runs/b --three-augment");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("drop --three-augment"));
+  // A flag the other settings leave without effect: taken, with a warning.
+  r = run_deit(run +
+               "--model deit3_base --src --rrc-scale-min 0.3 --no-model-ema "
+               "--model-ema-decay 0.9");
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: --rrc-scale-min has no effect with --src") &&
+                           Catch::Contains("warning: --model-ema-decay has no effect without "
+                                           "--model-ema"));
+  CHECK_THAT(run_deit(run + "--model deit3_base --rrc-scale-min 0.3").output,
+             !Catch::Contains("warning"));
 
   // A resumed run keeps the recipe it started with.
   deit::test::TempDir dir;
