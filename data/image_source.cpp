@@ -34,6 +34,9 @@ std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const s
     return std::make_unique<ShardReader>(shard.string());
   }
   if (!fs::is_directory(folder, error)) {
+    if (fs::is_regular_file(root, error))
+      throw DataError(root + ": a file, where the dataset's folder is asked for: give the folder " +
+                      "that holds " + split + ".shard or " + split + "/");
     throw DataError(root + ": has neither " + shard.string() + " nor a folder " + folder.string());
   }
   return std::make_unique<ImageFolder>(folder.string());

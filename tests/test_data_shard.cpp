@@ -302,3 +302,17 @@ TEST_CASE("A shard packed at full size feeds the loader what its folder does", "
   CHECK(from_folder.first.size() == 28 * 16 * 16 * 3);  // 30 images, drop_last batches of 4
   CHECK(from_shard == from_folder);
 }
+
+TEST_CASE("A shard file given where the dataset's folder belongs is named as such", "[data]") {
+  TempDir dir;
+  const std::string shard = dir.path() + "/train.shard";
+  {
+    ShardWriter writer(shard, {"a"}, 1, 0);
+    writer.add(gradient_image(8, 8), 0);
+    writer.finish();
+  }
+  CHECK_THROWS_WITH(open_dataset_split(shard, "train"),
+                    Contains("a file, where the dataset's folder is asked for: give the folder "
+                             "that holds train.shard or train/"));
+  CHECK_THROWS_WITH(open_dataset_split(dir.path() + "/none", "val"), Contains("has neither"));
+}
