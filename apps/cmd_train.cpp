@@ -5,6 +5,7 @@
 
 #include "apps/commands.h"
 #include "apps/train_flags.h"
+#include "model/checkpoint.h"
 #include "train/progress.h"
 #include "train/stop_request.h"
 #include "train/trainer.h"
@@ -71,6 +72,9 @@ void add_train_command(CLI::App& app) {
     const train::TrainOptions options = flags->resolve();
     if (!flags->dry_run) return report_training(train::train(options));
     train::check_before_data(options);
+    if (!options.resume.empty())
+      train::warn_of_course_changes(options, model::read_checkpoint_header(options.resume)
+                                                 .state.value("options", nlohmann::json::object()));
     nlohmann::json settings = options.to_json();
     if (!options.num_classes_given) settings["num_classes"] = "the dataset's";
     std::printf("%s\n", settings.dump(2).c_str());

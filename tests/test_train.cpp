@@ -153,10 +153,14 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
                                  Catch::Contains("the deit3_tiny finetune recipe's is 512") &&
                                  !Catch::Contains("note: fine-tuning with"));
   // A dry run of resuming it: the settings it saved, the one given changed.
+  // (The warning the resumed run would print comes first, on stderr.)
   const CliResult dry = run_deit("train --resume " + tuned + " --epochs 3 --dry-run");
   INFO(dry.output);
   REQUIRE(dry.exit_code == 0);
-  const nlohmann::json settings = nlohmann::json::parse(dry.output);
+  CHECK_THAT(dry.output, Catch::StartsWith("warning: resuming '" + tuned +
+                                           "/checkpoint.safetensors' with settings that differ "
+                                           "from its run's: epochs 2 -> 3."));
+  const nlohmann::json settings = nlohmann::json::parse(dry.output.substr(dry.output.find('{')));
   CHECK(settings["recipe"] == "finetune");
   CHECK(settings["epochs"] == 3);
   CHECK(settings["batch_size"] == 16);

@@ -253,6 +253,18 @@ TrainSummary train(TrainOptions options) {
   return train(std::move(options), *comm);
 }
 
+void warn_of_course_changes(const TrainOptions& o, const nlohmann::json& saved_options) {
+  const std::vector<TrainOptions::Difference> changed = o.course_differences(saved_options);
+  if (changed.empty()) return;
+  std::string list;
+  for (const TrainOptions::Difference& c : changed)
+    list += (list.empty() ? "" : ", ") + c.key + " " + c.saved.dump() + " -> " + c.now.dump();
+  std::fprintf(stderr,
+               "warning: resuming '%s' with settings that differ from its run's: %s. The run goes "
+               "on with the new ones, so it will not end where the uninterrupted run would have.\n",
+               o.resume.c_str(), list.c_str());
+}
+
 void check_before_data(const TrainOptions& o) {
   o.validate();
   refuse_output_in_splits(o);
@@ -447,17 +459,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       }
     }
     // Only once nothing refuses the resumption:
-    const std::vector<TrainOptions::Difference> changed = o.course_differences(saved_run.options);
-    if (lead && !changed.empty()) {
-      std::string list;
-      for (const TrainOptions::Difference& c : changed)
-        list += (list.empty() ? "" : ", ") + c.key + " " + c.saved.dump() + " -> " + c.now.dump();
-      std::fprintf(stderr,
-                   "warning: resuming '%s' with settings that differ from its run's: %s. "
-                   "The run goes on with the new ones, so it will not end where the "
-                   "uninterrupted run would have.\n",
-                   o.resume.c_str(), list.c_str());
-    }
+    if (lead) warn_of_course_changes(o, saved_run.options);
     resumed.reset();  // its tensors are copied into the model and the state
   }
   auto val_loader = make_eval_loader(val_source, o.model.input_size, o.eval_crop_ratio,

@@ -95,6 +95,10 @@ TrainSummary train(TrainOptions options, Communicator& comm);
 // machine without the GPU it will train on): invalid options, an --output that holds another run
 // or lies inside the dataset's splits. What --dry-run checks.
 void check_before_data(const TrainOptions& options);
+
+// The warning of a resumed run whose settings change its course (those of
+// TrainOptions::course_differences against the options its checkpoint saved), if any.
+void warn_of_course_changes(const TrainOptions& options, const nlohmann::json& saved_options);
 // As above, with the communicator of this process's launch (make_communicator: alone when not
 // started by mpirun, torchrun or srun). `--device cuda` becomes cuda:LOCAL_RANK.
 TrainSummary train(TrainOptions options);
