@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <vector>
 
 #include "apps/cli_checks.h"
 #include "engine/rendezvous.h"
@@ -250,15 +251,20 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(grad_checkpointing, o.grad_checkpointing);
   override_with(gemm_autotune, o.gemm_autotune);
   o.progress = !quiet;
-  // Flags given that the run's other settings leave without effect: said once, by rank 0.
-  if (detect_rendezvous().rank == 0) {
-    if (rrc_scale_min && o.src)
-      std::fprintf(stderr,
-                   "warning: --rrc-scale-min has no effect with --src (Simple Random Crop "
-                   "draws no scale)\n");
-    if (model_ema_decay && !o.model_ema)
-      std::fprintf(stderr, "warning: --model-ema-decay has no effect without --model-ema\n");
+  // Flags given that the run's other settings leave without effect: said once, by rank 0 (a launch
+  // the environment describes wrongly is for the run to refuse, not this).
+  std::vector<const char*> idle;
+  if (rrc_scale_min && o.src)
+    idle.push_back("--rrc-scale-min has no effect with --src (Simple Random Crop draws no scale)");
+  if (model_ema_decay && !o.model_ema)
+    idle.push_back("--model-ema-decay has no effect without --model-ema");
+  int rank = 0;
+  try {
+    if (!idle.empty()) rank = detect_rendezvous().rank;
+  } catch (const std::invalid_argument&) {
   }
+  if (rank == 0)
+    for (const char* warning : idle) std::fprintf(stderr, "warning: %s\n", warning);
   return o;
 }
 

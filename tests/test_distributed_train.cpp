@@ -13,6 +13,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -347,6 +348,14 @@ TEST_CASE("mpi: ranks that differ in settings or classes all stop before trainin
   CHECK_THROWS_WITH(train::train(o, *comm),
                     Catch::Contains("the 2 processes of this run differ in batch_size, lr: every "
                                     "process must run the same command"));
+  // Settings that leave a run's course alone but decide its collectives must agree as well.
+  train::TrainOptions collectives = tiny_run(data, dir.file("collectives"), 4);
+  if (comm->rank() == 1) {
+    collectives.zero = true;
+    collectives.bucket_mb = 1;
+  }
+  CHECK_THROWS_WITH(train::train(collectives, *comm),
+                    Catch::Contains("differ in bucket_mb, zero: every process"));
   // Rank 1's copy of the dataset names a class otherwise.
   const std::string renamed = dir.file("renamed");
   if (comm->rank() == 0) {
@@ -359,8 +368,20 @@ TEST_CASE("mpi: ranks that differ in settings or classes all stop before trainin
   CHECK_THROWS_WITH(
       train::train(tiny_run(comm->rank() == 1 ? renamed : data, dir.file("classes"), 4), *comm),
       Catch::Contains("differ in the dataset's classes"));
-  // Nothing was made for either run.
+  // Rank 0 refuses its --output (a folder holding another run's log): every rank stops.
+  if (comm->rank() == 0) {
+    std::filesystem::create_directories(dir.file("held"));
+    std::ofstream(dir.file("held/log.txt")) << "{}\n";
+  }
+  comm->barrier();
+  CHECK_THROWS_WITH(train::train(tiny_run(data, dir.file("held"), 4), *comm),
+                    Catch::Contains(comm->rank() == 0 ? "holds the log of a run"
+                                                      : "rank 0 refused the run's --output"));
+  // Nothing was made for any of the runs (rank 0 removed what it had made once the others are
+  // past their refusals).
+  comm->barrier();
   CHECK_FALSE(std::filesystem::exists(dir.file("settings")));
+  CHECK_FALSE(std::filesystem::exists(dir.file("collectives")));
   CHECK_FALSE(std::filesystem::exists(dir.file("classes")));
 }
 

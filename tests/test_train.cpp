@@ -576,11 +576,11 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
 
   // A batch larger than an epoch: refused before room for it is made (50 million images of
   // 3 x 8 x 8 floats would ask for 38 GB).
-  r = run_deit(tiny_train_args(data, dir.file("huge"), 1) + " --batch-size 50000000");
+  r = run_deit(tiny_train_args(data, dir.path() + "/huge/runs/1/", 1) + " --batch-size 50000000");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("has fewer images than one batch of 50000000; lower "
                                        "--batch-size"));
-  CHECK_FALSE(std::filesystem::exists(dir.file("huge")));  // the folder it made, removed again
+  CHECK_FALSE(std::filesystem::exists(dir.path() + "/huge"));  // the folders it made, removed
 
   // An input size the patches do not tile: trained, with a warning of the pixels left unseen.
   r = run_deit(tiny_train_args(data, dir.file("odd"), 1) + " --input-size 10");

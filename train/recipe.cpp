@@ -390,9 +390,9 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
 }
 
 nlohmann::json TrainOptions::course_json() const {
-  // What may change between a run and its resumption, or differ between its processes, without
-  // changing the run's course: moved files, another device or launch, the memory savers (the same
-  // results). Not --epochs: the cosine schedule spans them.
+  // What may change between a run and its resumption without changing the run's course: moved
+  // files, another device or launch, the memory savers (the same results). Not --epochs: the
+  // cosine schedule spans them.
   static const std::set<std::string> kFree = {"model",
                                               "workers",
                                               "data",

@@ -103,7 +103,7 @@ struct TrainOptions {
     nlohmann::json saved, now;
   };
   std::vector<Difference> course_differences(const nlohmann::json& saved) const;
-  // to_json() but those that leave the course alone: what every process of a run must share.
+  // to_json() but the settings that leave the course alone.
   nlohmann::json course_json() const;
 };
 

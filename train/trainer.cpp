@@ -70,12 +70,22 @@ void refuse_other_run(const std::string& dir, bool resuming_its_checkpoint) {
                              "(log.txt): give another --output, or remove log.txt to use it");
 }
 
+// `dir` as an absolute path without a trailing separator, whose parent_path() is its parent.
+fs::path folder_path(const std::string& dir) {
+  fs::path p = fs::absolute(dir).lexically_normal();
+  return p.has_filename() ? p : p.parent_path();
+}
+
 // Fails before any work when the run could not save what it computes, or when it would overwrite
-// another run's checkpoint and log. Returns whether it made the folder.
-bool prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
+// another run's checkpoint and log. Returns the outermost folder it made ("" when none).
+fs::path prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
   refuse_other_run(dir, resuming_its_checkpoint);
   std::error_code ec;
-  const bool made = fs::create_directories(dir, ec);
+  fs::path made;
+  for (fs::path p = folder_path(dir); !fs::exists(p, ec) && p != p.parent_path();
+       p = p.parent_path())
+    made = p;
+  fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
   // What a save cut short left (a second stop signal, a killed run):
   // checkpoint.safetensors.tmp.PID.
@@ -108,23 +118,26 @@ void refuse_output_in_splits(const TrainOptions& o) {
                                   "as images: give a folder outside it");
 }
 
-// The output folder a run made, removed again if the run ends in an error before anything was
-// written there (a bad --finetune source, a batch too large for the dataset, ...).
+// The output folders a run made (`dir` and its parents up to `outermost`), removed again if the
+// run ends in an error before anything was written there (a bad --finetune source, a batch too
+// large for the dataset, ...).
 class MadeFolder {
  public:
-  MadeFolder(std::string dir, bool made)
-      : dir_(std::move(dir)), made_(made), exceptions_(std::uncaught_exceptions()) {}
+  MadeFolder(const std::string& dir, fs::path outermost)
+      : dir_(folder_path(dir)),
+        outermost_(std::move(outermost)),
+        exceptions_(std::uncaught_exceptions()) {}
   ~MadeFolder() {
-    if (!made_ || std::uncaught_exceptions() <= exceptions_) return;
+    if (outermost_.empty() || std::uncaught_exceptions() <= exceptions_) return;
     std::error_code ec;
-    if (fs::is_empty(dir_, ec) && !ec) fs::remove(dir_, ec);
+    for (fs::path p = dir_; fs::is_empty(p, ec) && !ec && fs::remove(p, ec); p = p.parent_path())
+      if (p == outermost_) break;
   }
   MadeFolder(const MadeFolder&) = delete;
   MadeFolder& operator=(const MadeFolder&) = delete;
 
  private:
-  std::string dir_;
-  bool made_;
+  fs::path dir_, outermost_;
   int exceptions_;
 };
 
@@ -297,12 +310,37 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                 " is fewer than the " + std::to_string(classes) + " classes of '" +
                                 o.data_dir + "'");
   o.validate();
+  // Nothing is made for a bad run. Rank 0 alone writes to --output, and its refusal of it stops
+  // every rank (below), as a collective it would miss would hang them.
+  refuse_output_in_splits(o);
+  std::string output_refusal;
+  fs::path made_output;
+  if (lead) {
+    try {
+      made_output = prepare_output_dir(o.output_dir, resumes_its_checkpoint(o));
+    } catch (const std::exception& e) {
+      if (world == 1) throw;
+      output_refusal = e.what();
+    }
+  }
+  const MadeFolder output_folder(o.output_dir, made_output);
   // Before the first collective that depends on them (the weights' broadcast): every process runs
-  // the same command on the same classes, or all stop here, saying where they differ.
+  // the same command on the same classes, or all stop here, saying where they differ. Only the
+  // paths, the device and the loader's threads may differ; every other setting steers the run or
+  // which collectives it runs (--zero, --bucket-mb, --cuda-graph).
   if (world > 1) {
+    std::vector<double> refused{output_refusal.empty() ? 0.0 : 1.0};
+    comm.all_reduce_sum(refused);
+    if (!output_refusal.empty()) throw std::runtime_error(output_refusal);
+    if (refused[0] > 0)
+      throw std::runtime_error("rank 0 refused the run's --output (its message says why)");
+    static const std::set<std::string> kMayDiffer = {"data",   "output",   "device", "workers",
+                                                     "resume", "finetune", "model"};
     std::vector<std::pair<std::string, std::string>> entries;
-    const nlohmann::json course = o.course_json();  // items() refers to it
-    for (const auto& [key, value] : course.items()) entries.emplace_back(key, value.dump());
+    const nlohmann::json settings = o.to_json();  // items() refers to it
+    for (const auto& [key, value] : settings.items())
+      if (!kMayDiffer.count(key)) entries.emplace_back(key, value.dump());
+    entries.emplace_back("resume", o.resume.empty() ? "no" : "yes");
     entries.emplace_back("the dataset's classes",
                          nlohmann::json(train_source->class_names()).dump());
     const std::vector<std::string> differ = entries_that_differ(comm, entries);
@@ -314,10 +352,6 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                   "command on a copy of the same dataset");
     }
   }
-  // Nothing is made for a bad run.
-  refuse_output_in_splits(o);
-  const MadeFolder output_folder(
-      o.output_dir, lead && prepare_output_dir(o.output_dir, resumes_its_checkpoint(o)));
   if (const int64_t unseen = o.model.input_size % o.model.patch; lead && unseen != 0)
     std::fprintf(stderr,
                  "warning: --input-size %lld is not a multiple of the %lld-pixel patch: the last "
