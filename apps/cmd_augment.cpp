@@ -86,11 +86,10 @@ void run_ops(const AugmentCommandOptions& options) {
 void run_grid(const AugmentCommandOptions& options) {
   require_png("--grid", options.grid);
   // A grid written into a split would be read as one of its images from then on.
-  for (const char* split : {"train", "val"})
-    if (data::lies_within(options.grid, options.data + "/" + split))
-      throw std::invalid_argument("--grid '" + options.grid + "' lies inside the " + split +
-                                  " split of '" + options.data + "', where it would be read " +
-                                  "as an image: write it elsewhere");
+  if (const char* split = data::split_holding(options.grid, options.data))
+    throw std::invalid_argument("--grid '" + options.grid + "' lies inside the " + split +
+                                " split of '" + options.data + "', where it would be read " +
+                                "as an image: write it elsewhere");
   const std::unique_ptr<data::ImageSource> source = data::open_dataset_split(options.data, "train");
   data::SamplerOptions sampler_options;
   sampler_options.dataset_size = source->size();

@@ -92,4 +92,10 @@ bool lies_within(const std::string& path, const std::string& folder) {
   return !inside.empty() && *inside.begin() != "..";
 }
 
+const char* split_holding(const std::string& path, const std::string& root) {
+  for (const char* split : {"train", "val"})
+    if (lies_within(path, (std::filesystem::path(root) / split).string())) return split;
+  return nullptr;
+}
+
 }  // namespace deit::data

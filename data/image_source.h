@@ -41,6 +41,10 @@ std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const s
 // written there would be read as part of the folder's images (false when `folder` does not exist).
 bool lies_within(const std::string& path, const std::string& folder);
 
+// The split of dataset `root` ("train" or "val") that `path` lies within, or nullptr: what a run's
+// folder or a written image must stay out of, lest it be read as images of the dataset.
+const char* split_holding(const std::string& path, const std::string& root);
+
 // "" when `text` is well-formed UTF-8 (as nlohmann::json checks what it writes: checkpoints and
 // JSON output hold class names and paths as text); otherwise `text` with each byte outside
 // printable ASCII shown as \xNN, for the message that refuses it.

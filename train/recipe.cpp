@@ -389,7 +389,8 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
   return o;
 }
 
-nlohmann::json TrainOptions::course_json() const {
+std::vector<TrainOptions::Difference> TrainOptions::course_differences(
+    const nlohmann::json& saved) const {
   // What may change between a run and its resumption without changing the run's course: moved
   // files, another device or launch, the memory savers (the same results). Not --epochs: the
   // cosine schedule spans them.
@@ -408,17 +409,10 @@ nlohmann::json TrainOptions::course_json() const {
                                               "gemm_autotune",
                                               "bucket_mb",
                                               "save_every_minutes"};
-  nlohmann::json course = to_json();
-  for (const std::string& key : kFree) course.erase(key);
-  return course;
-}
-
-std::vector<TrainOptions::Difference> TrainOptions::course_differences(
-    const nlohmann::json& saved) const {
-  const nlohmann::json now = course_json();  // items() refers to it: it must outlive the loop
+  const nlohmann::json now = to_json();  // items() refers to it: it must outlive the loop
   std::vector<Difference> differences;
   for (const auto& [key, value] : now.items())
-    if (saved.contains(key) && saved.at(key) != value)
+    if (!kFree.count(key) && saved.contains(key) && saved.at(key) != value)
       differences.push_back({key, saved.at(key), value});
   return differences;
 }

@@ -103,8 +103,6 @@ struct TrainOptions {
     nlohmann::json saved, now;
   };
   std::vector<Difference> course_differences(const nlohmann::json& saved) const;
-  // to_json() but the settings that leave the course alone.
-  nlohmann::json course_json() const;
 };
 
 // How many micro-batches make the optimizer step that micro-batch `micro_batch` (1-based, within an

@@ -111,11 +111,10 @@ bool resumes_its_checkpoint(const TrainOptions& o) {
 // A run folder inside a split would be read as one of its classes, by this run and every later
 // one on the dataset.
 void refuse_output_in_splits(const TrainOptions& o) {
-  for (const char* split : {"train", "val"})
-    if (data::lies_within(o.output_dir, (fs::path(o.data_dir) / split).string()))
-      throw std::invalid_argument("--output '" + o.output_dir + "' lies inside the " + split +
-                                  " split of '" + o.data_dir + "', where its files would be read " +
-                                  "as images: give a folder outside it");
+  if (const char* split = data::split_holding(o.output_dir, o.data_dir))
+    throw std::invalid_argument("--output '" + o.output_dir + "' lies inside the " + split +
+                                " split of '" + o.data_dir + "', where its files would be read " +
+                                "as images: give a folder outside it");
 }
 
 // The output folders a run made (`dir` and its parents up to `outermost`), removed again if the

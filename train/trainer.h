@@ -90,6 +90,9 @@ struct TrainSummary {
 // Trains with the ranks of `comm` (every rank calls it, with the same options); the summary's
 // numbers are those of the whole run on every rank.
 TrainSummary train(TrainOptions options, Communicator& comm);
+// As above, with the communicator of this process's launch (make_communicator: alone when not
+// started by mpirun, torchrun or srun). `--device cuda` becomes cuda:LOCAL_RANK.
+TrainSummary train(TrainOptions options);
 
 // What train() refuses before it reads any data, but for the device (a run may be planned on a
 // machine without the GPU it will train on): invalid options, an --output that holds another run
@@ -99,8 +102,5 @@ void check_before_data(const TrainOptions& options);
 // The warning of a resumed run whose settings change its course (those of
 // TrainOptions::course_differences against the options its checkpoint saved), if any.
 void warn_of_course_changes(const TrainOptions& options, const nlohmann::json& saved_options);
-// As above, with the communicator of this process's launch (make_communicator: alone when not
-// started by mpirun, torchrun or srun). `--device cuda` becomes cuda:LOCAL_RANK.
-TrainSummary train(TrainOptions options);
 
 }  // namespace deit::train
