@@ -176,8 +176,8 @@ class TemporaryShard {
  public:
   TemporaryShard(const std::vector<data::ImageU8>& images, int copies, bool quiet)
       : dir_(temporary_folder()),
-        removed_(dir_),
-        interrupted_({path(), data::ShardWriter::partial_path(path()), dir_.string()}) {
+        interrupted_({path(), data::ShardWriter::partial_path(path()), dir_.string()}),
+        removed_(dir_) {
     fs::create_directories(dir_);
     if (!quiet)
       std::fprintf(stderr, "writing a temporary shard of %zu images to %s\n",
@@ -200,8 +200,10 @@ class TemporaryShard {
                    std::to_string(static_cast<uint64_t>(Clock::now().time_since_epoch().count())));
   }
   fs::path dir_;
+  // The shard (whole or being written), then its folder. Declared before removed_, so that it
+  // still stands while the folder is removed on the normal way out.
+  RemovedOnInterrupt interrupted_;
   RemovedFolder removed_;
-  RemovedOnInterrupt interrupted_;  // the shard (whole or being written), then its folder
 };
 
 // Batches from the shard to the device, as the trainer takes them (with the upload of the next

@@ -47,6 +47,23 @@ class PackProgressLine {
   int next_logged_percent_ = 0;
 };
 
+// Partial shards of `out` that other packs left: a pack killed by SIGKILL, or one still running
+// (each process writes its own, so this pack does not touch them).
+void note_other_partial_shards(const std::string& out) {
+  const std::filesystem::path path(out);
+  const std::filesystem::path folder = path.parent_path().empty() ? "." : path.parent_path();
+  const std::string prefix = path.filename().string() + ".partial.";
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(folder, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0)
+      std::fprintf(stderr,
+                   "note: %s is the partial shard of another pack of %s, killed or still "
+                   "running: delete it once no such pack runs\n",
+                   entry.path().c_str(), out.c_str());
+  }
+}
+
 void run_pack(const PackCommandOptions& options) {
   // A dataset root given for a split: its classes would be "train" and "val".
   std::error_code error;
@@ -57,6 +74,7 @@ void run_pack(const PackCommandOptions& options) {
                  "warning: '%s' holds train/ and val/, which become the shard's 2 classes; a "
                  "dataset packs a split at a time: --src %s --out %s\n",
                  options.src.c_str(), (src / "train").c_str(), (src / "train.shard").c_str());
+  note_other_partial_shards(options.out);
   // Stopped, the pack leaves nothing: its shard is written whole or not at all.
   const RemovedOnInterrupt interrupted({data::ShardWriter::partial_path(options.out)});
   PackProgressLine progress;

@@ -16,6 +16,7 @@ namespace {
 constexpr size_t kMaxPaths = 4;
 char g_paths[kMaxPaths][4096];
 size_t g_path_count = 0;
+bool g_in_use = false;  // the paths and g_previous have room for one owner
 constexpr int kInterruptSignals[2] = {SIGINT, SIGTERM};
 struct sigaction g_previous[std::size(kInterruptSignals)];
 
@@ -34,6 +35,7 @@ extern "C" void remove_and_reraise(int signal) {
 }  // namespace
 
 RemovedOnInterrupt::RemovedOnInterrupt(const std::vector<std::string>& paths) {
+  if (g_in_use) throw std::logic_error("RemovedOnInterrupt: one at a time");
   if (paths.size() > kMaxPaths) throw std::logic_error("RemovedOnInterrupt: too many paths");
   for (size_t i = 0; i < paths.size(); ++i) {
     if (paths[i].size() >= sizeof g_paths[i])
@@ -41,6 +43,7 @@ RemovedOnInterrupt::RemovedOnInterrupt(const std::vector<std::string>& paths) {
     std::snprintf(g_paths[i], sizeof g_paths[i], "%s", paths[i].c_str());
   }
   g_path_count = paths.size();
+  g_in_use = true;
   struct sigaction action = {};
   action.sa_handler = remove_and_reraise;
   sigemptyset(&action.sa_mask);
@@ -50,6 +53,9 @@ RemovedOnInterrupt::RemovedOnInterrupt(const std::vector<std::string>& paths) {
   }
 }
 
-RemovedOnInterrupt::~RemovedOnInterrupt() { restore_handlers(); }
+RemovedOnInterrupt::~RemovedOnInterrupt() {
+  restore_handlers();
+  g_in_use = false;
+}
 
 }  // namespace deit::apps

@@ -29,10 +29,14 @@ TEST_CASE("deit pack turns an image folder into a shard with the same images", "
   options.val_per_class = 2;
   const std::string root = test::write_synthetic_dataset(dir, options);
 
-  const std::string shard = dir.file("train.shard");
+  // The partial shard of a pack killed beforehand (or running beside) is named, not touched.
+  const std::string shard = dir.file("train.shard"), left = shard + ".partial.4194305";
+  test::write_bytes(left, {1, 2, 3});
   const CliResult r = run_deit("pack --src " + root + "/train --out " + shard + " --short-side 16");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("note: " + left + " is the partial shard of another pack"));
+  CHECK(test::read_bytes(left) == std::vector<uint8_t>{1, 2, 3});
   const auto source = data::open_image_source(shard);
   CHECK(source->size() == 15);
   CHECK(source->class_names() == std::vector<std::string>(data::synthetic_class_names().begin(),

@@ -887,6 +887,13 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   r = run_deit(tiny_train_args(data, out, 1) + " --resume " + checkpoint);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("nothing is left to train"));
+  // --dry-run reads the checkpoint's header: it refuses as the run would.
+  r = run_deit("train --resume " + out + " --dry-run");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("nothing is left to train"));
+  r = run_deit("train --resume " + out + " --epochs 2 --opt adamw --dry-run");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("was trained with --opt lamb, this run asks for adamw"));
   r = run_deit("train --resume " + checkpoint + " --model deit3_small --epochs 2");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--model deit3_small is not the model of checkpoint") &&

@@ -256,6 +256,29 @@ void print_run_start(const TrainOptions& o, const data::ImageSource& train_sourc
                  stage.name);
 }
 
+RunState saved_run_of(const std::string& checkpoint, const nlohmann::json& state) {
+  try {
+    return run_state_from_json(state);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint '" + checkpoint + "': " + e.what());
+  }
+}
+
+// What refuses to resume the run `saved` with `o`, whatever the data and the launch: a run with
+// nothing left to train, another optimizer (its state would not fit).
+void refuse_unresumable(const TrainOptions& o, const RunState& saved) {
+  if (saved.epochs_done >= o.epochs)
+    throw std::runtime_error(
+        "checkpoint '" + o.resume + "' has trained " + std::to_string(saved.epochs_done) +
+        (saved.epochs_done == 1 ? " epoch" : " epochs") + " already, and --epochs is " +
+        std::to_string(o.epochs) +
+        ": nothing is left to train (give a larger --epochs to train further)");
+  const std::string saved_opt = saved.options.value("opt", "");
+  if (saved_opt != o.opt)
+    throw std::runtime_error("checkpoint '" + o.resume + "' was trained with --opt " + saved_opt +
+                             ", this run asks for " + o.opt);
+}
+
 }  // namespace
 
 TrainSummary train(TrainOptions options) {
@@ -281,6 +304,8 @@ void check_before_data(const TrainOptions& o) {
   o.validate();
   refuse_output_in_splits(o);
   refuse_other_run(o.output_dir, resumes_its_checkpoint(o));
+  if (!o.resume.empty())
+    refuse_unresumable(o, saved_run_of(o.resume, model::read_checkpoint_header(o.resume).state));
 }
 
 TrainSummary train(TrainOptions o, Communicator& comm) {
@@ -383,28 +408,15 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   int64_t start_epoch = 0;
   if (!o.resume.empty()) {
     resumed = model::read_checkpoint(o.resume);
-    try {
-      saved_run = run_state_from_json(resumed->state);
-    } catch (const std::exception& e) {
-      throw std::runtime_error("checkpoint '" + o.resume + "': " + e.what());
-    }
+    saved_run = saved_run_of(o.resume, resumed->state);
+    refuse_unresumable(o, saved_run);
     start_epoch = saved_run.epochs_done;
-    if (start_epoch >= o.epochs)
-      throw std::runtime_error(
-          "checkpoint '" + o.resume + "' has trained " + std::to_string(start_epoch) +
-          (start_epoch == 1 ? " epoch" : " epochs") + " already, and --epochs is " +
-          std::to_string(o.epochs) + ": nothing is left to train (give a " +
-          "larger --epochs to train further)");
     const int64_t saved_world = saved_run.world_size;
     if (saved_world != world)
       throw std::runtime_error("checkpoint '" + o.resume + "' was written by a run of " +
                                std::to_string(saved_world) + " process(es), this run has " +
                                std::to_string(world) + ": resume with the same number (the data " +
                                "order and the global batch depend on it)");
-    const std::string saved_opt = saved_run.options.value("opt", "");
-    if (saved_opt != o.opt)
-      throw std::runtime_error("checkpoint '" + o.resume + "' was trained with --opt " + saved_opt +
-                               ", this run asks for " + o.opt);
     const std::string classes_differ = model::class_difference(
         resumed->class_names, "the checkpoint", train_source->class_names(), "the dataset");
     if (!classes_differ.empty())

@@ -96,7 +96,8 @@ TrainSummary train(TrainOptions options);
 
 // What train() refuses before it reads any data, but for the device (a run may be planned on a
 // machine without the GPU it will train on): invalid options, an --output that holds another run
-// or lies inside the dataset's splits. What --dry-run checks.
+// or lies inside the dataset's splits, a resumed run with nothing left to train or another
+// optimizer. What --dry-run checks.
 void check_before_data(const TrainOptions& options);
 
 // The warning of a resumed run whose settings change its course (those of
