@@ -260,8 +260,9 @@ void add_bench_command(CLI::App& app) {
   auto k = std::make_shared<KernelsOptions>();
   CLI::App* kernels = bench->add_subcommand(
       "kernels",
-      "Every CUDA kernel against the copy bandwidth and cuBLASLt GEMM rate measured in the same "
-      "run, and attention against cuDNN's. Needs a CUDA device: without one it fails (exit 1).");
+      "The memory-bound kernels against the copy bandwidth, attention and the linear GEMMs "
+      "against a large cuBLASLt GEMM's rate, both measured in the same run, and attention against "
+      "cuDNN's. Needs a CUDA device: without one it fails (exit 1).");
   kernels->add_option("--device", k->device, "CUDA device (cuda or cuda:N)")
       ->capture_default_str();
   kernels->add_flag("--full", k->full,

@@ -59,10 +59,11 @@
 // spilled 8 bytes at head dim 80). sm_80: no spills (forward 107 / 136 / 149 / 168: an A100's
 // shared memory holds 3 forward blocks at head dim 64 and 2 at 80 anyway).
 // Any sequence length: rows past T load as zeros (cp.async zero-fill), keys past T get probability
-// 0, and only rows < T are stored. Only a sequence's last inner tile, when T is not a multiple of
-// its rows, pays for that: every other tile takes a path with no test per score (forward_tile and
-// dkdv_tile, <Partial = false>). The exponentials are bare MUFU.EX2 (ex2.approx.ftz), the scale
-// folded into one fused multiply-add per score, and each thread's tile loads advance a fixed
+// 0, and only rows < T are stored. Only a sequence's last inner tile (when T is not a multiple of
+// its rows) and, in a last outer tile whose warps split its work, every share of every inner tile
+// pay for that (forward_tile and dkdv_tile, <Partial = true>); every other tile takes a path with
+// no test per score (<Partial = false>). The exponentials are bare MUFU.EX2 (ex2.approx.ftz), the
+// scale folded into one fused multiply-add per score, and each thread's tile loads advance a fixed
 // pointer: sm_90 SASS of the forward at head dim 64 is about 430 instructions per full key tile
 // of a warp (64 of them mma.sync), against about 900 before (static counts along the path;
 // the kernels measured 22 to 30 executed per mma.sync). The padding costs little arithmetic: a
@@ -89,8 +90,9 @@
 // shared memory both at their limit), issue slots 31% (dK/dV) to 42% (forward) busy, dK/dV's warps
 // waiting on shared-memory and MUFU results, barriers and fixed latencies. dQ reads back the dS
 // that dK/dV writes at 2.7 TB/s: that round trip, not arithmetic, bounds it.
-// The delta pass's lane groups (pass 1 above) and the split warps of the last tile came after that
-// run: not measured yet (bench/PREDICTIONS.md).
+// The delta pass's lane groups (pass 1 above), the split warps of the last tile, dK/dV's lse and
+// delta by cp.async and the 16-byte bf16 loads came after that run: not measured yet
+// (bench/PREDICTIONS.md).
 //
 // Files: the device code is kernels/cuda/attention_kernels.cuh and its PTX wrappers
 // kernels/cuda/mma.cuh; this file is the host side (argument checks, launches). The kernels also

@@ -37,7 +37,8 @@
 // Mixup then blends the same float32 values the CPU reference blends, and the extra bytes are
 // small: 0.6 MB per 224 px image, ~30 GB/s at 50,000 images/s, under 1% of an H200's bandwidth.
 //
-// Measured (one H200, 2026-12-04, `deit bench data --device cuda`, batch 256 from 256 x 341
+// Measured (one H200, 2026-12-04, commit 2868e8c, bench/results/2026-12-04-h200-gpu-check.md;
+// `deit bench data --device cuda`, batch 256 from 256 x 341
 // sources): the stage alone 140,387 images/s at 224 and 362,848 at 128, 187,102 at 224 with
 // RandAugment in place of 3-Augment and jitter; the whole input path from shards 27,000 images/s,
 // set by its 16 CPU workers.

@@ -1,7 +1,7 @@
 // The device code of the GPU augmentation stage (kernels/cuda/augment.cu says what each launch
-// does and how the four per-sample launches fit together): the tap, resample and finish kernels,
-// whose per-pixel steps are kernels/augment_fused.h's and whose arithmetic is
-// kernels/augment_arith.h's, then the mixup, cutmix and target kernels.
+// does and how the five per-sample launches fit together): the tap, resample, finish and
+// rand_augment kernels, whose per-pixel steps are kernels/augment_fused.h's and whose arithmetic
+// is kernels/augment_arith.h's, then the mixup, cutmix and target kernels.
 //
 // Included by augment.cu, and by the emulated test (tests/emulated/augment_emulated.cpp) after
 // tests/emulated/cuda_emulator.h, which runs these kernels lane by lane on machines without a GPU.

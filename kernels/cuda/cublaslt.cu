@@ -1,6 +1,7 @@
 // The cuBLASLt handle, workspace and plan cache of kernels/cuda/cublaslt.h. Host code only: no
 // kernel of its own, cuBLASLt picks and launches the GEMM kernels.
-// Measured speed (one H200, 2026-12-04, `deit bench kernels`): a bf16 GEMM of 8192^3, 805 TFLOP/s.
+// Measured speed (one H200, 2026-12-04, commit b67bc05, `deit bench kernels`,
+// bench/results/2026-12-04-nvidia-h200-compare-huge.md): a bf16 GEMM of 8192^3, 805 TFLOP/s.
 #include "kernels/cuda/cublaslt.h"
 
 #include <cstdint>

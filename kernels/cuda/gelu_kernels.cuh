@@ -1,5 +1,6 @@
 // The device code of the exact (erf) GELU (kernels/cuda/gelu.cu says what it computes and its
-// launch shape): the forward and backward ops of the elementwise launcher.
+// launch shape): the forward and backward ops of the elementwise launcher, and the backward kernel
+// that also sums fc1's bias-gradient partials.
 //
 // Included by gelu.cu after kernels/cuda/mma.cuh (its ptx:: special-function wrappers), and by
 // the emulated test (tests/emulated/ops_emulated.cpp) after tests/emulated/cuda_emulator.h, which

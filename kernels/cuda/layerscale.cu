@@ -46,8 +46,9 @@
 // fused with the LayerNorm after it, forward 0.130 ms (84%; 0.158 on a variant walking several
 // rows a block, gone since), backward 0.209 ms (78%; 0.270 before the early loads), with the
 // dbias partials 0.216 ms. At C = 384 (deit3_small) the early backward, 93 registers on 64-thread
-// blocks, ran at 25% occupancy (0.110 ms in Nsight, bench/results/2026-12-04-h200-ncu-3/); the
-// late one (64 registers, 50%) has not been timed there with the dbias partials it now sums.
+// blocks, ran at 25% occupancy (0.110 ms in Nsight, bench/results/2026-12-04-h200-ncu-3/). Since
+// then C = 384 takes the warp per row (96 registers, 5 blocks an SM, dbias from column_partials
+// after it), not yet measured.
 //
 // Files: the device code is kernels/cuda/layerscale_kernels.cuh (the LayerNorm row arithmetic
 // kernels/cuda/layernorm_row.cuh); this file is the host side (argument checks, launches). The

@@ -18,8 +18,8 @@
 // d925502): the forward GEMMs take 3.83 ms per step (5.94 ms with the bias added apart: the
 // epilogue saves 2.1 ms) and the backward ones 6.91 ms, where PyTorch's under torch.compile take
 // 3.66 ms (addmm) and 6.58 ms (mm). Only the layers with no neighbouring pass to give their bias
-// gradient (the patch embedding, the head, the last block's fc2) still sum it here: 8.49 ms a
-// step when every layer did.
+// gradient (the patch embedding, the head, the last block's fc2; with --recompute-gelu also fc1
+// and every fc2) still sum it here: 8.49 ms a step when every layer did.
 // db from the dW GEMM itself (CUBLASLT_EPILOGUE_BGRADB, fp32) was tried and measured slower on
 // the H200: 9.21 ms of backward GEMMs per deit3_small step, 63.8 ms per deit3_huge step (62.4
 // with the pass of our own). fc1's db comes from GELU's backward pass instead (ops::linear_gelu,

@@ -4,9 +4,9 @@
 //  - position embedding + class token: out[:, 0] = cls, out[:, 1:] = x + pos in one pass; its
 //    backward copies dx and sums dpos and dcls over the batch in one pass over dout, each block
 //    summing 16 column vectors over the batch in 16 sample lanes, then the lanes in a fixed tree
-//    in shared memory (deterministic without partials in global memory). One thread per column
-//    vector, looping over the batch (9.5k threads for ViT-S), measured 0.143 ms a deit3_small
-//    step: 37 blocks, a quarter of an H200's SMs;
+//    in shared memory (deterministic without partials in global memory). It replaced a thread per
+//    column vector looping over the batch (9.5k threads for ViT-S, 37 blocks, a quarter of an
+//    H200's SMs), measured at 0.143 ms a deit3_small step;
 //  - class-token select and its backward (zero except token 0).
 // The residual stream is fp32 on CUDA (in bf16, LayerScale's small block updates would round
 // away): pos_embed_cls writes it (from the bf16 patch embedding and the fp32 pos and cls master
@@ -17,7 +17,9 @@
 // pixels of one image row, loaded as two 16-byte words). pos_embed_cls backward: blocks of 16 x 16
 // threads, 16 column vectors of 8 (or single columns) of a (1 + N, C) sample by 16 sample lanes,
 // grid-striding over the column groups: 591 blocks for ViT-S.
-// Measured speed (one H200, 2026-12-04, deit3_small's step at 224, batch 256): patch unfold
+// Measured speed (one H200, 2026-12-04, commit 2868e8c,
+// bench/results/2026-12-04-nvidia-h200-compare-small-base.md; deit3_small's step at 224, batch
+// 256): patch unfold
 // 0.130 ms (index by index; the pixel vectors are not yet measured), position embedding + class
 // token 0.034 ms forward and 0.143 ms backward (a thread per column vector; the lanes are not yet
 // measured, bench/PREDICTIONS.md), class-token select 0.005 / 0.045 ms.
