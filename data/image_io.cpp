@@ -7,6 +7,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 
@@ -14,6 +15,8 @@
 
 namespace deit::data {
 namespace {
+
+constexpr const char* kLargerThan2GiB = "file larger than 2 GiB (stb_image reads up to 2^31 bytes)";
 
 [[noreturn]] void fail(const std::string& name, const std::string& reason) {
   throw DataError(name + ": " + reason);
@@ -24,26 +27,44 @@ const char* stb_reason() {
   return reason && *reason ? reason : "no reason given";
 }
 
-bool has_marker(const uint8_t* bytes, size_t size, uint8_t second, size_t* found) {
-  for (size_t i = size; i-- > 1;) {
-    if (bytes[i - 1] == 0xFF && bytes[i] == second) {
-      *found = i - 1;
-      return true;
-    }
+// The offset of the first marker at or after `from` in a JPEG's entropy-coded data: there 0xFF is
+// always followed by 0x00 (a stuffed byte), a restart marker (D0 to D7) or another 0xFF (fill).
+// `size` when the data runs to the end of the file.
+size_t next_marker_in_scan(const uint8_t* bytes, size_t size, size_t from) {
+  for (size_t i = from; i + 1 < size; ++i) {
+    const void* found = std::memchr(bytes + i, 0xFF, size - 1 - i);
+    if (!found) break;
+    i = static_cast<size_t>(static_cast<const uint8_t*>(found) - bytes);
+    const uint8_t next = bytes[i + 1];
+    if (next != 0x00 && next != 0xFF && (next < 0xD0 || next > 0xD7)) return i;
   }
-  return false;
+  return size;
 }
 
 // stb_image decodes a truncated JPEG without complaint (the missing scan data comes out grey), as
-// Pillow would not. Inside entropy-coded data 0xFF is always followed by 0x00 or a restart marker,
-// so a complete file has an end-of-image marker (FF D9) after the start of its last scan (FF DA).
+// Pillow would not. So the file's segments are walked from its start, through each scan's
+// entropy-coded data, to its end-of-image marker (FF D9): a file that ends first is truncated.
+// What follows that marker is not the image's (phones append a video to "motion photos", cameras
+// their own trailers) and is ignored, as decoders ignore it.
 void check_jpeg_complete(const uint8_t* bytes, size_t size, const std::string& name) {
-  size_t last_scan = 0;
-  size_t end_marker = 0;
-  if (!has_marker(bytes, size, 0xDA, &last_scan) || !has_marker(bytes, size, 0xD9, &end_marker) ||
-      end_marker < last_scan) {
-    fail(name, "truncated JPEG (no end-of-image marker after the last scan)");
+  size_t i = 2;  // past the start-of-image marker
+  while (i + 1 < size) {
+    if (bytes[i] != 0xFF) {  // stray bytes before a marker: decoders skip them, and so does this
+      ++i;
+      continue;
+    }
+    const uint8_t marker = bytes[i + 1];
+    if (marker == 0xD9) return;  // end of image
+    if (marker == 0xFF || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {
+      i += marker == 0xFF ? 1 : 2;  // fill byte, or a marker without a length
+      continue;
+    }
+    if (i + 4 > size) break;
+    const size_t length = size_t{bytes[i + 2]} << 8 | bytes[i + 3];  // counts its own 2 bytes
+    i += 2 + length;
+    if (marker == 0xDA) i = next_marker_in_scan(bytes, size, i);
   }
+  fail(name, "truncated JPEG (it ends before its end-of-image marker)");
 }
 
 uint32_t read_le32(const uint8_t* p) {
@@ -83,13 +104,17 @@ void check_complete(const uint8_t* bytes, size_t size, const std::string& name) 
 
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name) {
   if (size == 0) fail(name, "empty file (0 bytes)");
-  if (size > static_cast<size_t>(INT32_MAX)) fail(name, "file larger than 2 GiB");
+  if (size > static_cast<size_t>(INT32_MAX)) fail(name, kLargerThan2GiB);
   const int length = static_cast<int>(size);
 
   int width = 0, height = 0, channels = 0;
   if (!stbi_info_from_memory(bytes, length, &width, &height, &channels)) {
-    fail(name,
-         std::string("not an image format stb_image reads (stb_image: ") + stb_reason() + ")");
+    const bool jpeg = size >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8;
+    const bool png = size >= 4 && std::memcmp(bytes, "\x89PNG", 4) == 0;
+    fail(name, std::string(jpeg  ? "truncated or corrupt JPEG header"
+                           : png ? "truncated or corrupt PNG header"
+                                 : "not an image format stb_image reads") +
+                   " (stb_image: " + stb_reason() + ")");
   }
   if (width <= 0 || height <= 0 || width > kMaxImageSide || height > kMaxImageSide ||
       static_cast<uint64_t>(width) * static_cast<uint64_t>(height) > kMaxImagePixels) {
@@ -112,10 +137,16 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
 }
 
 ImageU8 decode_image_file(const std::string& path) {
+  // Opening a named pipe would wait for a writer, for ever: only regular files (links followed).
+  std::error_code error;
+  const std::filesystem::file_status status = std::filesystem::status(path, error);
+  if (!error && !std::filesystem::is_regular_file(status)) fail(path, "not a regular file");
   std::ifstream file(path, std::ios::binary | std::ios::ate);
   if (!file) fail(path, std::string("cannot open (") + std::strerror(errno) + ")");
   const std::streamoff size = file.tellg();
   if (size < 0) fail(path, "cannot determine the file size");
+  // Before its bytes are read: a file larger than memory would end the process.
+  if (size > INT32_MAX) fail(path, kLargerThan2GiB);
   std::vector<uint8_t> bytes(static_cast<size_t>(size));
   file.seekg(0);
   if (size > 0 && !file.read(reinterpret_cast<char*>(bytes.data()), size)) {

@@ -1,6 +1,7 @@
 // Decoding with stb_image (every format the datasets use, grayscale and alpha made RGB), the
 // checks that turn bad files into DataErrors naming them, and the ImageFolder scan.
 #include <stb_image_write.h>
+#include <sys/stat.h>
 
 #include <catch2/catch.hpp>
 #include <cstdlib>
@@ -162,6 +163,42 @@ TEST_CASE("bad image files throw a DataError naming the file and the problem", "
     write_bytes(bmp, bytes);
     CHECK_THROWS_WITH(decode_image_file(bmp), Contains(bmp) && Contains("absurd dimensions"));
   }
+}
+
+TEST_CASE("a JPEG is complete at its end-of-image marker, whatever follows it", "[data]") {
+  TempDir dir;
+  const std::string path = dir.file("t.jpg");
+  write_with_stb(path, gradient_image(32, 48));
+  const std::vector<uint8_t> jpeg = read_bytes(path);
+  const ImageU8 expected = decode_image_file(path);
+
+  // A phone's "motion photo" appends a video; its bytes may hold anything, a scan marker too.
+  const std::vector<uint8_t> trailer = {'T', 'R', 'A', 'I', 'L', 0xFF, 0xDA, 0x00, 0x01, 0xFF};
+  std::vector<uint8_t> trailed = jpeg;
+  trailed.insert(trailed.end(), trailer.begin(), trailer.end());
+  const std::string trailed_path = dir.file("trailed.jpg");
+  write_bytes(trailed_path, trailed);
+  CHECK(decode_image_file(trailed_path).pixels == expected.pixels);
+
+  // Without its end-of-image marker, or cut inside its header, it is not.
+  const std::string cut = dir.file("cut.jpg");
+  write_bytes(cut, std::vector<uint8_t>(jpeg.begin(), jpeg.end() - 2));
+  CHECK_THROWS_WITH(decode_image_file(cut), Contains(cut) && Contains("truncated JPEG"));
+  write_bytes(cut, std::vector<uint8_t>(jpeg.begin(), jpeg.begin() + 100));
+  CHECK_THROWS_WITH(decode_image_file(cut), Contains("truncated or corrupt JPEG header"));
+}
+
+TEST_CASE("a file that is not an image is refused before it is read", "[data]") {
+  TempDir dir;
+  // A named pipe: opening it would wait for a writer.
+  const std::string pipe = dir.file("pipe.jpg");
+  REQUIRE(mkfifo(pipe.c_str(), 0600) == 0);
+  CHECK_THROWS_WITH(decode_image_file(pipe), Contains(pipe) && Contains("not a regular file"));
+  // 3 GiB (sparse): read whole, it would take more memory than a machine may have.
+  const std::string huge = dir.file("huge.jpg");
+  write_bytes(huge, {0xFF, 0xD8});
+  std::filesystem::resize_file(huge, uint64_t{3} << 30);
+  CHECK_THROWS_WITH(decode_image_file(huge), Contains(huge) && Contains("larger than 2 GiB"));
 }
 
 TEST_CASE("write_png round-trips and names the path it cannot write", "[data]") {
