@@ -95,9 +95,38 @@ void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& na
   }
 }
 
+// stb_image decodes a GIF cut inside its first frame as if the rest were there (Pillow says
+// "truncated"). stb reads that frame alone, so the blocks are walked to its last data sub-block.
+void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+  // The colour table a packed field announces: 3 x 2^(n + 1) bytes when its top bit is set.
+  auto colour_table_bytes = [](uint8_t packed) {
+    return packed & 0x80 ? size_t{3} << ((packed & 7) + 1) : 0;
+  };
+  // Past a chain of sub-blocks (a length byte and that many bytes each, 0 ends it); 0 if cut.
+  auto past_sub_blocks = [&](size_t i) -> size_t {
+    while (i < size && bytes[i] != 0) i += 1 + bytes[i];
+    return i < size ? i + 1 : 0;
+  };
+  constexpr size_t kScreenDescriptorEnd = 13;  // "GIF89a", then 7 bytes
+  size_t i =
+      size >= kScreenDescriptorEnd ? kScreenDescriptorEnd + colour_table_bytes(bytes[10]) : 0;
+  while (i != 0 && i < size) {
+    if (bytes[i] == 0x21) {  // an extension: its label, then sub-blocks
+      i = past_sub_blocks(i + 2);
+    } else if (bytes[i] == 0x2C) {  // the first image: a 10-byte descriptor, LZW code size, data
+      if (i + 10 <= size && past_sub_blocks(i + 11 + colour_table_bytes(bytes[i + 9])) != 0) return;
+      break;
+    } else {
+      return;  // the trailer, or a block stb refuses itself
+    }
+  }
+  fail(name, "truncated GIF (its first image's data ends early)");
+}
+
 void check_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   if (size >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8) check_jpeg_complete(bytes, size, name);
   if (size >= 2 && bytes[0] == 'B' && bytes[1] == 'M') check_bmp_complete(bytes, size, name);
+  if (size >= 3 && std::memcmp(bytes, "GIF", 3) == 0) check_gif_complete(bytes, size, name);
 }
 
 }  // namespace

@@ -188,6 +188,23 @@ TEST_CASE("a JPEG is complete at its end-of-image marker, whatever follows it", 
   CHECK_THROWS_WITH(decode_image_file(cut), Contains("truncated or corrupt JPEG header"));
 }
 
+TEST_CASE("a GIF cut inside its first image is refused", "[data]") {
+  TempDir dir;
+  // 1 x 1, white: the screen with a 2-colour table, the image's descriptor, LZW code size 2, one
+  // 2-byte data sub-block and its terminator, the trailer.
+  const std::vector<uint8_t> gif = {'G', 'I',  'F',  '8',  '9', 'a', 1, 0,    1,    0, 0x80, 0,
+                                    0,   0xFF, 0xFF, 0xFF, 0,   0,   0, 0x2C, 0,    0, 0,    0,
+                                    1,   0,    1,    0,    0,   2,   2, 0x44, 0x01, 0, 0x3B};
+  const std::string path = dir.file("white.gif");
+  write_bytes(path, gif);
+  CHECK(decode_image_file(path).pixels == std::vector<uint8_t>{255, 255, 255});
+  for (size_t keep = 20; keep < gif.size() - 1; ++keep) {
+    INFO(keep);
+    write_bytes(path, std::vector<uint8_t>(gif.begin(), gif.begin() + keep));
+    CHECK_THROWS_AS(decode_image_file(path), DataError);
+  }
+}
+
 TEST_CASE("a file that is not an image is refused before it is read", "[data]") {
   TempDir dir;
   // A named pipe: opening it would wait for a writer.
