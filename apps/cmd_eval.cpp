@@ -32,11 +32,16 @@ struct EvalOptions {
   bool ema = false;
 };
 
-// One line per class: its top-1 accuracy and the class its images are most often taken for.
+// One line per class: its top-1 accuracy (n/a when none of its images was scored) and the class
+// its images are most often taken for.
 void print_per_class(const nlohmann::json& rows) {
   for (const auto& row : rows) {
-    std::printf("  %-24s top-1 %6.2f%%  of %lld", row["class"].get<std::string>().c_str(),
-                row["acc1"].get<double>(), (long long)row["images"].get<int64_t>());
+    std::printf("  %-24s top-1 ", row["class"].get<std::string>().c_str());
+    if (row["acc1"].is_null())
+      std::printf("%7s", "n/a");
+    else
+      std::printf("%6.2f%%", row["acc1"].get<double>());
+    std::printf("  of %lld", (long long)row["images"].get<int64_t>());
     if (!row["most_confused_with"].is_null())
       std::printf("   most confused with %s (%lld)",
                   row["most_confused_with"].get<std::string>().c_str(),
@@ -68,7 +73,7 @@ void run_eval(const EvalOptions& o) {
     base.num_classes = static_cast<int64_t>(source->class_names().size());
     if (checkpoint) base.input_size = checkpoint->config.input_size;
   }
-  const std::string classes_differ = model::class_difference(
+  const std::string classes_differ = data::class_difference(
       checkpoint ? checkpoint->class_names : model::read_class_names(o.weights), "the weights",
       source->class_names(), "the split");
   if (!classes_differ.empty())

@@ -97,7 +97,10 @@ void add_pack_command(CLI::App& app) {
   CLI::App* command = app.add_subcommand(
       "pack", "Pack an image folder (SRC/<class>/<images>) into one shard file of resized pixels");
   command->add_option("--src", options->src, "Image folder: one subfolder per class")->required();
-  command->add_option("--out", options->out, "Shard file to write (written whole, or not at all)")
+  command
+      ->add_option("--out", options->out,
+                   "Shard file to write (written whole, or not at all; its folder is created if "
+                   "missing)")
       ->required();
   command
       ->add_option("--short-side", options->pack.short_side,

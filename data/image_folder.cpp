@@ -15,18 +15,55 @@ namespace {
 
 bool is_hidden(const fs::path& path) { return path.filename().string().rfind('.', 0) == 0; }
 
+// A link in `root` whose target does not exist (an unmounted drive, a moved folder): not a class
+// folder the scan can see, yet most likely meant as one.
+void warn_of_broken_link(const fs::path& link) {
+  std::error_code error;
+  const fs::path target = fs::read_symlink(link, error);
+  std::fprintf(stderr,
+               "warning: %s: a link to %s, which does not exist: not read as a class folder "
+               "(mount or fix its target, or remove the link)\n",
+               link.c_str(), target.c_str());
+}
+
+// The class folders of `root`, sorted. What the scan leaves out there but was likely meant to be
+// read is warned about: broken links, and image files outside any class folder.
 std::vector<std::string> sorted_class_folders(const std::string& root) {
   std::error_code error;
   if (!fs::exists(root, error)) throw DataError(root + ": no such directory");
   if (!fs::is_directory(root, error)) throw DataError(root + ": not a directory");
   std::vector<std::string> names;
+  size_t loose_images = 0;
+  std::string loose_example;
   for (const auto& entry : fs::directory_iterator(root, error)) {
-    if (entry.is_directory() && !is_hidden(entry.path())) names.push_back(entry.path().filename());
+    if (is_hidden(entry.path())) continue;
+    std::error_code entry_error;
+    if (entry.is_directory(entry_error)) {
+      names.push_back(entry.path().filename());
+    } else if (entry.is_symlink(entry_error) && !entry.exists(entry_error)) {
+      warn_of_broken_link(entry.path());
+    } else if (has_image_extension(entry.path().string())) {
+      // The first by name: the same example each time.
+      if (loose_images++ == 0 || entry.path().string() < loose_example)
+        loose_example = entry.path().string();
+    }
   }
   if (error) throw DataError(root + ": cannot list (" + error.message() + ")");
+  if (loose_images > 0)
+    std::fprintf(stderr,
+                 "warning: %s: %zu image file(s) lie directly in it, outside any class folder, "
+                 "and are not read (e.g. %s): move them into %s/<class>/\n",
+                 root.c_str(), loose_images, loose_example.c_str(), root.c_str());
   for (const std::string& name : names) require_utf8_class_name(name, root);
   std::sort(names.begin(), names.end());
   return names;
+}
+
+// The folder that advancing `it` reads next, for the error when that fails: the entry itself when
+// the iterator is about to descend into it, else the folder the entry lies in.
+fs::path folder_read_next(const fs::recursive_directory_iterator& it) {
+  std::error_code error;
+  return it.recursion_pending() && it->is_directory(error) ? it->path() : it->path().parent_path();
 }
 
 // Every file under `folder`, at any depth, as torchvision's os.walk(followlinks=True) finds them.
@@ -35,7 +72,8 @@ std::vector<std::string> files_under(const fs::path& folder) {
   std::error_code error;
   const auto options = fs::directory_options::follow_directory_symlink;
   fs::recursive_directory_iterator it(folder, options, error), end;
-  for (; !error && it != end; it.increment(error)) {
+  fs::path reading = folder;
+  for (; !error && it != end; reading = folder_read_next(it), it.increment(error)) {
     std::error_code entry_error;
     const bool directory = it->is_directory(entry_error);
     if (is_hidden(it->path())) {
@@ -58,7 +96,7 @@ std::vector<std::string> files_under(const fs::path& folder) {
       it.disable_recursion_pending();
     }
   }
-  if (error) throw DataError(folder.string() + ": cannot list (" + error.message() + ")");
+  if (error) throw DataError(reading.string() + ": cannot list (" + error.message() + ")");
   std::sort(paths.begin(), paths.end());
   return paths;
 }
@@ -72,9 +110,10 @@ std::string lowercase_extension(const std::string& path) {
 }  // namespace
 
 bool has_image_extension(const std::string& path) {
-  static const std::array<const char*, 12> kExtensions = {".jpg", ".jpeg", ".png", ".bmp",
-                                                          ".gif", ".tga",  ".psd", ".hdr",
-                                                          ".pic", ".ppm",  ".pgm", ".pnm"};
+  // .jfif is JPEG under another name; stb_image tells formats apart by their content.
+  static const std::array<const char*, 13> kExtensions = {".jpg", ".jpeg", ".jfif", ".png", ".bmp",
+                                                          ".gif", ".tga",  ".psd",  ".hdr", ".pic",
+                                                          ".ppm", ".pgm",  ".pnm"};
   const std::string extension = lowercase_extension(path);
   return std::find(kExtensions.begin(), kExtensions.end(), extension) != kExtensions.end();
 }
@@ -84,28 +123,23 @@ ImageFolder::ImageFolder(const std::string& root) : root_(root) {
   if (class_names_.empty()) {
     throw DataError(root + ": no class folders (expected " + root + "/<class>/<image files>)");
   }
-  std::map<std::string, size_t> ignored_by_extension;
+  // By extension: how many files were ignored, and one of them, so that they can be found.
+  std::map<std::string, std::pair<size_t, std::string>> ignored_by_extension;
   for (size_t label = 0; label < class_names_.size(); ++label) {
-    const fs::path class_folder = fs::path(root) / class_names_[label];
-    size_t images_in_class = 0;
-    for (std::string& path : files_under(class_folder)) {
-      if (!has_image_extension(path)) {
-        ++ignored_by_extension[lowercase_extension(path)];
+    for (std::string& path : files_under(fs::path(root) / class_names_[label])) {
+      if (has_image_extension(path)) {
+        files_.push_back({std::move(path), static_cast<int>(label)});
         continue;
       }
-      files_.push_back({std::move(path), static_cast<int>(label)});
-      ++images_in_class;
-    }
-    // The class keeps its number (labels must agree between train and val), but say so.
-    if (images_in_class == 0) {
-      std::fprintf(stderr, "warning: %s: class folder has no images\n", class_folder.c_str());
+      auto& [count, example] = ignored_by_extension[lowercase_extension(path)];
+      if (count++ == 0) example = path;
     }
   }
-  for (const auto& [extension, count] : ignored_by_extension) {
+  for (const auto& [extension, ignored] : ignored_by_extension) {
     std::fprintf(stderr,
-                 "warning: %s: ignored %zu file(s) with extension '%s' (not an image "
-                 "format stb_image reads)\n",
-                 root.c_str(), count, extension.c_str());
+                 "warning: %s: ignored %zu file(s) with extension '%s' (not an image format "
+                 "stb_image reads), e.g. %s\n",
+                 root.c_str(), ignored.first, extension.c_str(), ignored.second.c_str());
   }
   if (files_.empty()) {
     throw DataError(root + ": no images in any of its " + std::to_string(class_names_.size()) +

@@ -34,8 +34,28 @@ std::unique_ptr<ImageSource> open_image_source(const std::string& path);
 
 // Opens one split of a dataset root: `root/<split>.shard` when that file exists, otherwise the
 // image folder `root/<split>/`. When both exist it says on stderr that the shard is read (a shard
-// packed before the folder changed would otherwise be trained on without a word).
+// packed before the folder changed would otherwise be trained on without a word), and it warns of
+// each class the split has no image of (warn_of_empty_classes).
 std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split);
+
+// How many images of each class `source` holds, by label.
+std::vector<size_t> images_per_class(const ImageSource& source);
+
+// Warns on stderr, naming `where`, of each class of `class_names` that `images_per_class` (by
+// label) gives no image: such a class keeps its label (labels must agree between splits), so
+// nothing else would say that a model cannot learn it or be scored on it. `why` ends the line.
+void warn_of_empty_classes(const std::vector<std::string>& class_names,
+                           const std::vector<size_t>& images_per_class, const std::string& where,
+                           const std::string& why);
+
+// How two lists of class names differ, each side named by where it is: "10 classes in the
+// checkpoint, 9 in the dataset" or "class 3 is 'star' in the checkpoint, 'triangle' in the
+// dataset", then the names each side lacks (the first few): "; only in the checkpoint: 'star'".
+// Where names are missing on both sides, a name with bytes outside printable ASCII is also shown
+// escaped, so that look-alikes (NFC 'café' and NFD 'cafe\u0301') can be told apart. Empty when
+// they agree, or when `a` is empty (a file that does not say).
+std::string class_difference(const std::vector<std::string>& a, const std::string& a_where,
+                             const std::vector<std::string>& b, const std::string& b_where);
 
 // Whether `path` (which need not exist yet) is `folder` or lies inside it, links resolved: a file
 // written there would be read as part of the folder's images (false when `folder` does not exist).
@@ -44,6 +64,9 @@ bool lies_within(const std::string& path, const std::string& folder);
 // The split of dataset `root` ("train" or "val") that `path` lies within, or nullptr: what a run's
 // folder or a written image must stay out of, lest it be read as images of the dataset.
 const char* split_holding(const std::string& path, const std::string& root);
+
+// `text` with each byte outside printable ASCII shown as \xNN.
+std::string escaped_bytes(const std::string& text);
 
 // "" when `text` is well-formed UTF-8 (as nlohmann::json checks what it writes: checkpoints and
 // JSON output hold class names and paths as text); otherwise `text` with each byte outside

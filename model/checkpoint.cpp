@@ -298,18 +298,6 @@ std::vector<std::string> read_class_names(const std::string& path) {
   return class_names_in(header.metadata, "'" + path + "'");
 }
 
-std::string class_difference(const std::vector<std::string>& a, const std::string& a_where,
-                             const std::vector<std::string>& b, const std::string& b_where) {
-  if (a.empty() || a == b) return "";
-  if (a.size() != b.size())
-    return std::to_string(a.size()) + " classes in " + a_where + ", " + std::to_string(b.size()) +
-           " in " + b_where;
-  size_t first = 0;
-  while (a[first] == b[first]) ++first;
-  return "class " + std::to_string(first) + " is '" + a[first] + "' in " + a_where + ", '" +
-         b[first] + "' in " + b_where;
-}
-
 namespace {
 
 // The file's header alone (no tensor is selected), or nothing where it is not safetensors.

@@ -96,12 +96,6 @@ void save_weights(const std::string& path, const VisionTransformer& model,
 // Reads the file's header only.
 std::vector<std::string> read_class_names(const std::string& path);
 
-// How two lists of class names differ, each side named by where it is: e.g. "10 classes in the
-// checkpoint, 9 in the dataset" or "class 3 is 'star' in the checkpoint, 'triangle' in the
-// dataset". Empty when they agree, or when `a` is empty (a file that does not say).
-std::string class_difference(const std::vector<std::string>& a, const std::string& a_where,
-                             const std::vector<std::string>& b, const std::string& b_where);
-
 // The model tensors of a weights file or of a checkpoint (whose extra state is not read), under
 // timm's names: the reference code's blocks.{i}.gamma_1 / gamma_2 become blocks.{i}.ls1.gamma /
 // ls2.gamma. For callers that adapt the tensors before load_parameters (fine-tuning).

@@ -106,3 +106,47 @@ TEST_CASE("deit pack stopped by Ctrl-C or a kill leaves no partial shard", "[dat
   CHECK(data::ShardWriter::partial_path("x.shard") ==
         "x.shard.partial." + std::to_string(getpid()));
 }
+
+TEST_CASE("deit pack names what the folder scan leaves out and each class it packs no image of",
+          "[data][cli]") {
+  test::TempDir dir;
+  const std::string src = dir.file("src");
+  std::filesystem::create_directories(src + "/cat");
+  std::filesystem::create_directories(src + "/dog");
+  data::write_png(src + "/cat/one.png", test::gradient_image(8, 8));
+  // JPEG's other extension is read (the decoder goes by the content).
+  data::write_png(src + "/cat/two.jfif", test::gradient_image(8, 8, 1));
+  test::write_bytes(src + "/cat/README", {'h', 'i'});
+  test::write_bytes(src + "/dog/bad.jpg", {'n', 'o', 't'});
+  data::write_png(src + "/stray.png", test::gradient_image(8, 8, 2));
+  data::write_png(src + "/another.png", test::gradient_image(8, 8, 3));
+  std::filesystem::create_directory_symlink("/nonexistent/bird", src + "/bird");
+
+  const std::string out = dir.file("train.shard");
+  const CliResult r = run_deit("pack --src " + src + " --out " + out);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("wrote " + out + ": 2 images"));
+  CHECK_THAT(r.output, Catch::Contains("warning: " + src + "/bird: a link to /nonexistent/bird, " +
+                                       "which does not exist: not read as a class folder"));
+  CHECK_THAT(r.output, Catch::Contains("warning: " + src + ": 2 image file(s) lie directly in " +
+                                       "it, outside any class folder, and are not read (e.g. " +
+                                       src + "/another.png): move them into " + src + "/<class>/"));
+  CHECK_THAT(r.output, Catch::Contains("ignored 1 file(s) with extension '' (not an image format "
+                                       "stb_image reads), e.g. " +
+                                       src + "/cat/README"));
+  CHECK_THAT(r.output, Catch::Contains("warning: " + out + ": class 'dog' has no images (its " +
+                                       "folder holds no image file, or none could be decoded"));
+  CHECK(data::open_image_source(out)->class_names() == std::vector<std::string>{"cat", "dog"});
+}
+
+TEST_CASE("deit pack makes the folder of its --out", "[data][cli]") {
+  test::TempDir dir;
+  std::filesystem::create_directories(dir.file("src/a"));
+  data::write_png(dir.file("src/a/one.png"), test::gradient_image(8, 8));
+  const std::string out = dir.path() + "/packed/train/x.shard";
+  const CliResult r = run_deit("pack --src " + dir.file("src") + " --out " + out);
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(data::is_shard_file(out));
+}

@@ -315,7 +315,8 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " +
                renamed);
   CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("4 classes in the weights, 3 in the split"));
+  CHECK_THAT(r.output, Catch::Contains("4 classes in the weights, 3 in the split; only in the "
+                                       "weights: 'checkerboard'"));
 }
 
 TEST_CASE("a run killed mid-epoch and resumed ends with the uninterrupted run's weights",
@@ -519,6 +520,63 @@ TEST_CASE("a class none of whose training images can be read is named", "[train]
   CHECK(r.output.find(warning) == r.output.rfind(warning));
 }
 
+TEST_CASE("a class with no image in a packed train split is named by pack and by train",
+          "[data][train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  for (const auto& file : std::filesystem::directory_iterator(data + "/train/disc"))
+    std::ofstream(file.path(), std::ios::binary | std::ios::trunc) << "not an image";
+  const std::string shard = data + "/train.shard";
+  CliResult r = run_deit("pack --src " + data + "/train --out " + shard);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: " + shard + ": class 'disc' has no images"));
+  std::filesystem::remove_all(data + "/train");
+  r = run_deit(tiny_train_args(data, out, 1));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: " + shard + ": class 'disc' has no images: it " +
+                                       "keeps its label, but nothing of it can be learned"));
+}
+
+TEST_CASE("a dataset of a single class trains with a warning that it is meaningless",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  const std::vector<std::string> classes(data::synthetic_class_names().begin(),
+                                         data::synthetic_class_names().begin() + 4);
+  for (const char* split : {"/train/", "/val/"})
+    for (size_t k = 1; k < classes.size(); ++k)
+      std::filesystem::remove_all(data + split + classes[k]);
+  const CliResult r = run_deit(tiny_train_args(data, out, 1));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: '" + data + "' has a single class ('" +
+                                       classes[0] + "'): a classifier of one class scores 100%"));
+}
+
+TEST_CASE("deit eval --per-class says n/a for a class with no image scored", "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  for (const auto& file : std::filesystem::directory_iterator(data + "/val/disc"))
+    std::filesystem::remove(file.path());
+  CliResult r = run_deit("eval --checkpoint " + out + " --data " + data + " --per-class");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("\n  disc" + std::string(20, ' ') + " top-1     n/a  of 0\n"));
+  const std::string warning = "class 'disc' has no images";
+  CHECK(r.output.find(warning) != std::string::npos);
+  CHECK(r.output.find(warning) == r.output.rfind(warning));  // once
+  r = run_deit("eval --checkpoint " + out + " --data " + data + " --per-class --json");
+  const auto json = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  for (const auto& row : json["per_class"]) {
+    INFO(row.dump());
+    CHECK(row["acc1"].is_null() == (row["class"] == "disc"));
+  }
+}
+
 TEST_CASE("a val split that cannot be read keeps the epoch's training, to resume", "[train][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");
@@ -566,13 +624,14 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("empty"));
 
-  // Splits with other classes: the first difference named.
+  // Splits with other classes: the first difference named, and the classes each split lacks.
   const std::string mismatched = with_renamed_class(dir, data, "checkerboard", "zigzag");
   std::filesystem::rename(mismatched + "/train/zigzag", mismatched + "/train/checkerboard");
   r = run_deit(tiny_train_args(mismatched, out, 1));
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("have different classes (class 0 is 'checkerboard' in "
-                                       "train, 'concentric_rings' in val)"));
+                                       "train, 'concentric_rings' in val; only in train: "
+                                       "'checkerboard'; only in val: 'zigzag')"));
 
   // A batch larger than an epoch: refused before room for it is made (50 million images of
   // 3 x 8 x 8 floats would ask for 38 GB).

@@ -22,9 +22,10 @@ nlohmann::json EvalResult::per_class_json(const std::vector<std::string>& class_
       if (k != truth && row[k] > 0 && (confused_with < 0 || row[k] > row[confused_with]))
         confused_with = k;
     }
-    nlohmann::json entry = {{"class", class_names[truth]},
-                            {"images", count},
-                            {"acc1", count > 0 ? 100.0 * row[truth] / count : 0.0}};
+    nlohmann::json entry = {
+        {"class", class_names[truth]},
+        {"images", count},
+        {"acc1", count > 0 ? nlohmann::json(100.0 * row[truth] / count) : nlohmann::json(nullptr)}};
     entry["most_confused_with"] =
         confused_with < 0 ? nlohmann::json(nullptr) : nlohmann::json(class_names[confused_with]);
     entry["most_confused_images"] = confused_with < 0 ? 0 : row[confused_with];

@@ -25,8 +25,8 @@ struct EvalResult {
 
   // acc1, acc5, loss, images, skipped.
   nlohmann::json to_json() const;
-  // Per class: images, top-1 accuracy (percent), and the class its images are most often
-  // mistaken for (-1 when never), from `confusion`.
+  // Per class: images, top-1 accuracy (percent; null when no image of it was scored), and the
+  // class its images are most often mistaken for (null when never), from `confusion`.
   nlohmann::json per_class_json(const std::vector<std::string>& class_names) const;
 };
 

@@ -324,8 +324,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   if (train_source->class_names() != val_source->class_names())
     throw std::runtime_error("the train and val splits of '" + o.data_dir +
                              "' have different classes (" +
-                             model::class_difference(train_source->class_names(), "train",
-                                                     val_source->class_names(), "val") +
+                             data::class_difference(train_source->class_names(), "train",
+                                                    val_source->class_names(), "val") +
                              ")");
   const auto classes = static_cast<int64_t>(train_source->class_names().size());
   if (!o.num_classes_given) o.model.num_classes = classes;
@@ -381,6 +381,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                  "warning: --input-size %lld is not a multiple of the %lld-pixel patch: the last "
                  "%lld pixels of each row and column of an image are never seen (as in timm)\n",
                  (long long)o.model.input_size, (long long)o.model.patch, (long long)unseen);
+  if (lead && classes == 1)
+    std::fprintf(stderr,
+                 "warning: '%s' has a single class ('%s'): a classifier of one class scores 100%% "
+                 "whatever it learns (each subfolder of train/ and val/ is a class)\n",
+                 o.data_dir.c_str(), train_source->class_names()[0].c_str());
 
   // On CUDA: fp32 master weights with their bf16 copies (engine/parameters.h), initialised from
   // the host's random draws, so a CUDA run starts from the CPU run's weights.
@@ -417,7 +422,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                std::to_string(saved_world) + " process(es), this run has " +
                                std::to_string(world) + ": resume with the same number (the data " +
                                "order and the global batch depend on it)");
-    const std::string classes_differ = model::class_difference(
+    const std::string classes_differ = data::class_difference(
         resumed->class_names, "the checkpoint", train_source->class_names(), "the dataset");
     if (!classes_differ.empty())
       throw std::runtime_error("checkpoint '" + o.resume + "' was trained on other classes than '" +

@@ -1,0 +1,140 @@
+// What reading a dataset tells its user when the data is not what it should be: classes that
+// differ between two lists, a split given where the dataset's root belongs, a folder that cannot
+// be listed, and a pack whose decoding fails in a way that is no unusable image.
+#include <grp.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "data/image_folder.h"
+#include "data/image_source.h"
+#include "data/pack.h"
+#include "tests/test_data_helpers.h"
+
+namespace {
+
+using namespace deit::data;
+using Catch::Matchers::Contains;
+using deit::test::gradient_image;
+using deit::test::TempDir;
+
+// Four images of classes "a" and "b"; loading image 2 runs out of memory.
+class RunsOutOfMemory : public ImageSource {
+ public:
+  size_t size() const override { return 4; }
+  const std::vector<std::string>& class_names() const override { return names_; }
+  int label(size_t index) const override { return static_cast<int>(index % 2); }
+  ImageU8 load(size_t index) const override {
+    if (index == 2) throw std::bad_alloc();
+    return gradient_image(8, 8);
+  }
+  std::string describe(size_t index) const override { return "image " + std::to_string(index); }
+
+ private:
+  std::vector<std::string> names_ = {"a", "b"};
+};
+
+// What listing the image folder `root` throws ("no error" when nothing), read as a user that folder
+// modes bind: root reads any folder whatever its mode, so a test run as root lists it in a child
+// process that has become user nobody. "cannot drop root" when that is not allowed here.
+std::string listing_error_as_unprivileged_user(const std::string& root) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    std::string message = "no error";
+    const uid_t nobody = 65534;
+    const bool stays_root = geteuid() == 0 && (setgroups(0, nullptr) != 0 || setgid(nobody) != 0 ||
+                                               setuid(nobody) != 0);
+    if (stays_root) {
+      message = "cannot drop root";
+    } else {
+      try {
+        ImageFolder folder(root);
+      } catch (const std::exception& e) {
+        message = e.what();
+      }
+    }
+    const ssize_t written = write(fds[1], message.data(), message.size());
+    _exit(written == static_cast<ssize_t>(message.size()) ? 0 : 1);
+  }
+  close(fds[1]);
+  std::string message;
+  char buffer[512];
+  for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status));
+  return message;
+}
+
+}  // namespace
+
+TEST_CASE("Class lists that differ name the classes each side lacks", "[data]") {
+  CHECK(class_difference({"bird", "cat", "dog"}, "train", {"bird", "cat"}, "val") ==
+        "3 classes in train, 2 in val; only in train: 'dog'");
+  CHECK(class_difference({"a", "b", "c", "d", "e", "f"}, "the weights", {"a", "z"}, "the split") ==
+        "6 classes in the weights, 2 in the split; only in the weights: 'b', 'c', 'd' and 2 more; "
+        "only in the split: 'z'");
+  // The same name in NFC and in NFD: alike on screen, so their bytes are shown.
+  CHECK(class_difference({"bird", "caf\xc3\xa9"}, "train", {"bird", "cafe\xcc\x81"}, "val") ==
+        "class 1 is 'caf\xc3\xa9' in train, 'cafe\xcc\x81' in val; only in train: 'caf\xc3\xa9' "
+        "(caf\\xc3\\xa9); only in val: 'cafe\xcc\x81' (cafe\\xcc\\x81)");
+  // Missing on one side only, a name cannot be mistaken for another: shown as it is.
+  CHECK(class_difference({"caf\xc3\xa9", "dog"}, "train", {"dog"}, "val") ==
+        "2 classes in train, 1 in val; only in train: 'caf\xc3\xa9'");
+  CHECK(class_difference({}, "the weights", {"a"}, "the split").empty());
+  CHECK(class_difference({"a"}, "the weights", {"a"}, "the split").empty());
+}
+
+TEST_CASE("A split given as the dataset's root is named as one", "[data]") {
+  TempDir dir;
+  std::filesystem::create_directories(dir.file("data/train/cat"));
+  write_png(dir.file("data/train/cat/one.png"), gradient_image(8, 8));
+  const std::string split = dir.path() + "/data/train";
+  CHECK_THROWS_WITH(open_dataset_split(split, "train"),
+                    Contains("has neither " + split + "/train.shard nor a folder " + split +
+                             "/train; '" + split + "' looks like a split (its subfolders hold " +
+                             "images, as classes do): --data takes the folder above it"));
+  // A dataset root with its val split missing is no split.
+  CHECK_THROWS_WITH(open_dataset_split(dir.path() + "/data", "val"),
+                    Contains("has neither") && !Contains("looks like a split"));
+}
+
+TEST_CASE("A folder inside a class that cannot be listed is named rather than its class",
+          "[data]") {
+  TempDir dir;
+  std::filesystem::create_directories(dir.file("src/cat/locked"));
+  write_png(dir.file("src/cat/one.png"), gradient_image(8, 8));
+  const std::string locked = dir.path() + "/src/cat/locked";
+  using std::filesystem::perms;
+  // User nobody must reach the class folder to find the one it cannot list.
+  std::filesystem::permissions(dir.path(),
+                               perms::owner_all | perms::group_exec | perms::others_exec);
+  std::filesystem::permissions(locked, perms::none);
+  const std::string error = listing_error_as_unprivileged_user(dir.path() + "/src");
+  std::filesystem::permissions(locked, perms::owner_all);
+  if (error == "cannot drop root") {
+    WARN("running as root, which may not become another user here: no folder mode can stop it");
+    return;
+  }
+  CHECK(error == locked + ": cannot list (Permission denied)");
+}
+
+TEST_CASE("An exception a decoding thread of a pack throws reaches the caller", "[data]") {
+  TempDir dir;
+  const std::string out = dir.file("out/x.shard");
+  PackOptions options;
+  options.threads = 2;
+  CHECK_THROWS_WITH(pack_image_source(RunsOutOfMemory(), "memory", out, options),
+                    "image 2: out of memory while packing it; no shard written");
+  CHECK(std::filesystem::is_empty(dir.path() + "/out"));  // no partial shard left
+}
