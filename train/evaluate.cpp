@@ -53,18 +53,22 @@ BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32
     }
     ++score.scored;
     const float* row = logits.data() + b * K;
-    const float truth = row[labels[b]];
-    // The label's rank: how many classes score strictly higher (ties go to the label).
-    int64_t higher = 0, argmax = 0;
+    const int64_t label = labels[b];
+    const float truth = row[label];
+    // The label's rank: how many classes come before it when the scores are sorted, a tie going
+    // to the lower class index (argmax's first maximum), a NaN before every number (as torch's
+    // topk sorts). A model whose outputs are all equal, or NaN, scores at chance or nothing, not
+    // 100%.
+    int64_t ahead = std::isnan(truth) ? K : 0, argmax = 0;
     double max = row[0];
     for (int64_t k = 0; k < K; ++k) {
-      higher += row[k] > truth;
+      ahead += std::isnan(row[k]) || row[k] > truth || (row[k] == truth && k < label);
       if (row[k] > max) argmax = k;
       max = std::max(max, static_cast<double>(row[k]));
     }
-    score.top1 += higher < 1;
-    ++confusion[labels[b] * K + (higher < 1 ? labels[b] : argmax)];
-    score.top5 += higher < 5;
+    score.top1 += ahead < 1;
+    ++confusion[label * K + (ahead < 1 ? label : argmax)];
+    score.top5 += ahead < 5;
     double sum = 0;
     for (int64_t k = 0; k < K; ++k) sum += std::exp(row[k] - max);
     score.loss_sum += max + std::log(sum) - truth;  // -log softmax(row)[label]
