@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -46,6 +47,21 @@ bool parse_safetensors_dtype(const std::string& name, DType& out) {
 
 using File = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
 
+// Each tensor's CRC-32 (zlib's), as 8 hex digits, in a JSON object under this metadata key: a bit
+// flipped on a disk or a copy cut short and padded (the header stays valid) is found when the
+// tensor is read, instead of training on from damaged weights. A fixed width, so the header can
+// be written before the data and its checksums filled in after. Files without it (written by
+// another program, or by deit before it) are read unchecked.
+constexpr const char* kChecksumsKey = "deit_crc32";
+
+std::string crc32_hex(const Tensor& host) {
+  uLong crc = crc32_z(0L, Z_NULL, 0);
+  crc = crc32_z(crc, static_cast<const Bytef*>(host.raw_data()), host.nbytes());
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08lx", crc);
+  return hex;
+}
+
 std::string errno_text() { return std::strerror(errno); }
 
 // ---------------------------------------------------------------------------------------------
@@ -71,6 +87,15 @@ class PendingFile {
   void write(const void* data, size_t bytes) {
     if (bytes > 0 && std::fwrite(data, 1, bytes, file_) != bytes)
       fail("writing '" + temp_ + "' failed: " + errno_text());
+  }
+
+  // Writes `bytes` over what the file holds from `offset`, then goes back to its end.
+  void write_at(uint64_t offset, const void* data, size_t bytes) {
+    if (::fseeko(file_, static_cast<off_t>(offset), SEEK_SET) != 0)
+      fail("seeking in '" + temp_ + "' failed: " + errno_text());
+    write(data, bytes);
+    if (::fseeko(file_, 0, SEEK_END) != 0)
+      fail("seeking in '" + temp_ + "' failed: " + errno_text());
   }
 
   // Flushes to disk (a checkpoint must survive a crash right after the rename), then renames.
@@ -253,28 +278,39 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
     return dtype_size(tensors[a].second.dtype()) > dtype_size(tensors[b].second.dtype());
   });
 
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
-  uint64_t offset = 0;
-  for (size_t i : order) {
-    const Tensor& t = tensors[i].second;
-    header[tensors[i].first] = {{"dtype", safetensors_dtype_name(t.dtype())},
-                                {"shape", t.shape()},
-                                {"data_offsets", {offset, offset + t.nbytes()}}};
-    offset += t.nbytes();
-  }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as the reference does
-  const uint64_t header_bytes = text.size();
+  nlohmann::ordered_json checksums = nlohmann::ordered_json::object();
+  for (size_t i : order) checksums[tensors[i].first] = "00000000";  // filled in as they are written
+  auto header_text = [&] {
+    Metadata with_checksums = metadata;
+    with_checksums[kChecksumsKey] = checksums.dump();
+    nlohmann::ordered_json header = nlohmann::ordered_json::object();
+    header["__metadata__"] = with_checksums;
+    uint64_t offset = 0;
+    for (size_t i : order) {
+      const Tensor& t = tensors[i].second;
+      header[tensors[i].first] = {{"dtype", safetensors_dtype_name(t.dtype())},
+                                  {"shape", t.shape()},
+                                  {"data_offsets", {offset, offset + t.nbytes()}}};
+      offset += t.nbytes();
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');  // data 8-byte aligned, as the reference does
+    return text;
+  };
+  const std::string provisional = header_text();
+  const uint64_t header_bytes = provisional.size();
 
   PendingFile file(path);
   file.open();
   file.write(&header_bytes, sizeof header_bytes);
-  file.write(text.data(), text.size());
+  file.write(provisional.data(), provisional.size());
   for (size_t i : order) {
     const Tensor host = tensors[i].second.to(Device::cpu());
     file.write(host.raw_data(), host.nbytes());
+    checksums[tensors[i].first] = crc32_hex(host);
   }
+  const std::string text = header_text();  // as long as the provisional one: 8 digits a checksum
+  file.write_at(sizeof header_bytes, text.data(), text.size());
   file.commit();
 }
 
@@ -310,6 +346,12 @@ SafetensorsContents read_safetensors(const std::string& path,
   std::vector<Entry> entries;
   parser.parse(text, file_bytes - 8 - header_bytes, out, entries);
 
+  nlohmann::json checksums = nlohmann::json::object();
+  if (const auto found = out.metadata.find(kChecksumsKey); found != out.metadata.end()) {
+    checksums = nlohmann::json::parse(found->second, nullptr, /*allow_exceptions=*/false);
+    if (!checksums.is_object()) parser.fail(std::string("its ") + kChecksumsKey + " is damaged");
+    out.metadata.erase(found);  // the file's own business, not its writer's metadata
+  }
   const uint64_t data_start = 8 + header_bytes;
   for (Entry& e : entries) {
     if (select && !select(e.name)) continue;
@@ -317,6 +359,11 @@ SafetensorsContents read_safetensors(const std::string& path,
     if (::fseeko(file.get(), static_cast<off_t>(data_start + e.begin), SEEK_SET) != 0)
       parser.fail("seeking to tensor '" + e.name + "' failed: " + errno_text());
     read_exactly(t.raw_data(), e.end - e.begin, "tensor '" + e.name + "'");
+    const auto checksum = checksums.find(e.name);
+    if (checksum != checksums.end() && *checksum != crc32_hex(t))
+      throw std::runtime_error("'" + path + "' is damaged: the bytes of tensor '" + e.name +
+                               "' are not those written (CRC-32 " + crc32_hex(t) + ", written " +
+                               checksum->dump() + "); the file changed after deit wrote it");
     out.tensors.emplace_back(std::move(e.name), std::move(t));
   }
   return out;

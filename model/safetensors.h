@@ -11,7 +11,10 @@
 // Supported dtypes are those a deit Tensor has: F32, F64, BF16, I32, U8. Reading validates the
 // whole header before it reads any data and throws std::runtime_error naming the file and the
 // problem; writing goes to a temporary file beside the target and is renamed over it only once
-// complete, so a failed write never leaves a partial file or destroys the previous one.
+// complete, so a failed write never leaves a partial file or destroys the previous one. deit also
+// writes each tensor's CRC-32 into the metadata (key "deit_crc32"; readers that do not know it
+// ignore it, as timm does), and checks every tensor it reads against it, throwing when the bytes
+// changed after they were written (a flipped bit, a copy cut short and padded).
 #pragma once
 #include <functional>
 #include <map>
@@ -37,7 +40,7 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
 
 struct SafetensorsContents {
   NamedTensors tensors;  // host tensors, in the order of their bytes in the file
-  Metadata metadata;
+  Metadata metadata;     // as the writer gave it (without the checksums)
 };
 
 // Reads and validates `path`. With `select`, only the tensors it accepts are read (the others are

@@ -12,6 +12,7 @@ packages=(
   libstb-dev             # stb_image / stb_image_write: decoding and writing images
   libcli11-dev           # the command line
   nlohmann-json3-dev     # JSON output, logs and checkpoints' metadata
+  zlib1g-dev             # CRC-32 checksums of the tensors in checkpoints and weights files
   libopenmpi-dev openmpi-bin  # the CPU data-parallel backend and its tests
   python3                # bench/report.py's test (the benchmark scripts are Python)
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Copies the header-only dependencies installed by scripts/setup.sh (Catch2 v2 with its CMake
-# helpers, stb, CLI11, nlohmann/json) into .deps/, for building on a machine without Debian's
-# packages, such as a lent GPU machine (bench/gpu-check.sh reads them from there).
+# helpers, stb, CLI11, nlohmann/json), and zlib's headers and static library, into .deps/, for
+# building on a machine without Debian's packages, such as a lent GPU machine
+# (bench/gpu-check.sh reads them from there).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deps=.deps
@@ -9,4 +10,6 @@ rm -rf "$deps"
 mkdir -p "$deps/include" "$deps/lib/cmake"
 cp -r /usr/include/catch2 /usr/include/stb /usr/include/CLI /usr/include/nlohmann "$deps/include/"
 cp -r /usr/lib/cmake/Catch2 "$deps/lib/cmake/"
+cp /usr/include/zlib.h /usr/include/zconf.h "$deps/include/"
+cp "/usr/lib/$(gcc -print-multiarch)/libz.a" "$deps/lib/"
 du -sh "$deps"

@@ -110,7 +110,12 @@ TEST_CASE("safetensors files have the reference layout", "[io]") {
   std::memcpy(&header_length, bytes.data(), 8);
   CHECK(header_length % 8 == 0);  // so the data starts 8-byte aligned
   const auto header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + header_length);
-  CHECK(header["__metadata__"] == nlohmann::json{{"format", "pt"}});
+  // The writer's metadata, and each tensor's CRC-32 in 8 hex digits (of no bytes, 0).
+  CHECK(header["__metadata__"]["format"] == "pt");
+  const auto checksums =
+      nlohmann::json::parse(header["__metadata__"]["deit_crc32"].get<std::string>());
+  CHECK(checksums.size() == every_dtype().size());
+  CHECK(checksums["empty"] == "00000000");
   CHECK(header["weights"]["dtype"] == "F32");
   CHECK(header["weights"]["shape"] == nlohmann::json{2, 3});
   CHECK(header["half"]["dtype"] == "BF16");
@@ -212,6 +217,36 @@ TEST_CASE("safetensors rejects damaged files, naming the file and the problem", 
     deit::test::write_bytes(path, c.bytes);
     CHECK_THROWS_WITH(read_safetensors(path), Contains("'" + path + "'") && Contains(c.message));
   }
+}
+
+TEST_CASE("safetensors finds a tensor whose bytes changed after they were written", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("flipped.safetensors");
+  // CRC-32 as everyone computes it: "123456789" checks to cbf43926.
+  const std::string digits = "123456789";
+  NamedTensors tensors = every_dtype();
+  tensors.emplace_back(
+      "digits", Tensor::from_vector(std::vector<uint8_t>(digits.begin(), digits.end()), {9}));
+  write_safetensors(path, tensors);
+  std::vector<uint8_t> bytes = deit::test::read_bytes(path);
+  uint64_t header_length = 0;
+  std::memcpy(&header_length, bytes.data(), 8);
+  const auto header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + header_length);
+  CHECK(nlohmann::json::parse(header["__metadata__"]["deit_crc32"].get<std::string>())["digits"] ==
+        "cbf43926");
+
+  // One bit of "weights" flipped: reading it says so; the other tensors still read.
+  const uint64_t weights_at =
+      8 + header_length + header["weights"]["data_offsets"][0].get<uint64_t>();
+  bytes[weights_at + 5] ^= 0x10;
+  deit::test::write_bytes(path, bytes);
+  CHECK_THROWS_WITH(read_safetensors(path),
+                    Contains("'" + path +
+                             "' is damaged: the bytes of tensor 'weights' are not "
+                             "those written"));
+  CHECK(read_safetensors(path, [](const std::string& name) {
+          return name != "weights";
+        }).tensors.size() == tensors.size() - 1);
 }
 
 TEST_CASE("safetensors detects a truncated file and a missing one", "[io]") {
