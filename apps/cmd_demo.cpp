@@ -12,6 +12,7 @@
 #include "apps/train_flags.h"
 #include "data/synthetic.h"
 #include "engine/device.h"
+#include "train/output_lock.h"
 #include "train/trainer.h"
 
 namespace deit::apps {
@@ -67,11 +68,27 @@ train::TrainOptions demo_recipe(const DemoOptions& d, const std::string& data_di
   return o;
 }
 
+// Whether `run_dir` holds only what a run killed before its first checkpoint leaves: its lock file
+// and the temporary file of a save it did not finish.
+bool holds_only_leftovers_of_a_killed_run(const std::filesystem::path& run_dir) {
+  std::error_code error;
+  bool any = false;
+  for (const auto& entry : std::filesystem::directory_iterator(run_dir, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name != ".lock" && name.rfind("checkpoint.safetensors.tmp.", 0) != 0) return false;
+    any = true;
+  }
+  return any && !error;
+}
+
 // `program`: how deit was started (argv[0]), so the command printed at the end runs as shown.
 void run_demo(const DemoOptions& d, const std::string& program) {
   namespace fs = std::filesystem;
   // Before anything is made or replaced: a device this machine lacks ends the demo at once.
   require_device(parse_device(d.device));
+  // One demo at a time in --out: a second would remake the dataset or remove the run under it.
+  fs::create_directories(d.out);
+  const train::OutputLock one_demo(d.out, "--out");
   const std::string data_dir = (fs::path(d.out) / "data").string();
   data::SyntheticOptions synthetic;
   synthetic.seed = d.seed;
@@ -97,6 +114,8 @@ void run_demo(const DemoOptions& d, const std::string& program) {
   const fs::path run_dir = o.output_dir;
   if (fs::exists(run_dir / "log.txt") || fs::exists(run_dir / "checkpoint.safetensors")) {
     std::fprintf(stderr, "replacing the previous demo run in %s\n", o.output_dir.c_str());
+    fs::remove_all(run_dir);
+  } else if (holds_only_leftovers_of_a_killed_run(run_dir)) {
     fs::remove_all(run_dir);
   } else if (fs::exists(run_dir) && !fs::is_empty(run_dir)) {
     throw std::runtime_error(o.output_dir + " exists and is not a demo run; give deit demo "

@@ -14,6 +14,18 @@ namespace deit::apps {
 
 namespace {
 
+// `word` as the shell reads it back: as it is when it has nothing the shell treats specially,
+// else in single quotes (a single quote in it closed, escaped and reopened), so that the command
+// printed with it runs when pasted.
+std::string shell_quoted(const std::string& word) {
+  constexpr char kPlain[] =
+      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+=.,/:@%";
+  if (!word.empty() && word.find_first_not_of(kPlain) == std::string::npos) return word;
+  std::string quoted = "'";
+  for (const char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
 void print_stop(const train::TrainSummary& s) {
   const train::StoppedAt& at = s.stop;
   std::string received = train::signal_name(at.signal);
@@ -26,7 +38,7 @@ void print_stop(const train::TrainSummary& s) {
   std::printf("checkpoint %s holds the run there\n", s.checkpoint.c_str());
   std::error_code ec;
   if (std::filesystem::exists(s.log, ec)) std::printf("log        %s\n", s.log.c_str());
-  std::printf("continue:  deit train --resume %s", s.checkpoint.c_str());
+  std::printf("continue:  deit train --resume %s", shell_quoted(s.checkpoint).c_str());
   if (s.world_size > 1) std::printf("  (launched as this run was, %d processes)", s.world_size);
   std::printf("\n");
 }

@@ -4,12 +4,14 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
+#include "train/output_lock.h"
 
 using deit::test::CliResult;
 using deit::test::log_lines;
@@ -66,4 +68,27 @@ TEST_CASE("deit demo leaves a data folder that is not its own alone", "[demo]") 
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("is not a deit synthetic dataset"));
   CHECK(std::filesystem::exists(mine));
+}
+
+TEST_CASE("deit demo runs one at a time in its folder, and clears a killed demo's run",
+          "[demo][slow]") {
+  deit::test::TempDir dir;
+  const std::string out = dir.file("demo");
+  std::filesystem::create_directories(out);
+  {
+    const deit::train::OutputLock running(out, "--out");  // as a demo running there holds it
+    const CliResult r = run_deit("demo --epochs 1 --quiet --out " + out);
+    INFO(r.output);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Catch::Contains("'" + out + "' is in use by another deit process") &&
+                             Catch::Contains("give another --out"));
+  }
+  // A demo killed before its first checkpoint left its run's lock file and an unfinished save.
+  std::filesystem::create_directories(out + "/run");
+  std::ofstream(out + "/run/.lock") << "pid 1 on elsewhere\n";
+  std::ofstream(out + "/run/checkpoint.safetensors.tmp.77") << "half a checkpoint";
+  const CliResult r = run_deit("demo --epochs 1 --quiet --out " + out);
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(log_lines(out + "/run/log.txt").size() == 1);
 }

@@ -24,6 +24,7 @@
 #include "tests/test_data_helpers.h"
 #include "tests/test_distributed_helpers.h"
 #include "train/finetune.h"
+#include "train/output_lock.h"
 #include "train/recipe.h"
 #include "train/run_state.h"
 #include "train/stop_request.h"
@@ -1032,5 +1033,107 @@ TEST_CASE("the position embedding is resized as torch's bicubic interpolate does
   for (int64_t i = 0; i < 6; ++i) {
     CHECK(r[(2 * 6 + i) * C + 1] == Approx(row2[i]).epsilon(1e-6));
     CHECK(r[(i * 6 + 5) * C + 1] == Approx(column5[i]).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("a run's output folder is locked: a second run into it is refused while it trains",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1) + " --quiet").exit_code == 0);
+  const std::string checkpoint = out + "/checkpoint.safetensors";
+  const std::vector<uint8_t> saved = test::read_bytes(checkpoint);
+  const std::vector<uint8_t> log = test::read_bytes(out + "/log.txt");
+  // What a live run's save looks like halfway: a second run must not delete it.
+  const std::string unfinished = checkpoint + ".tmp.999999";
+  { std::ofstream(unfinished) << "half a checkpoint"; }
+  {
+    const train::OutputLock held(out, "--output");  // as the run writing the folder holds it
+    for (const std::string& args :
+         {"train --resume " + out + " --epochs 2", tiny_train_args(data, out, 1) + " --seed 2"}) {
+      const CliResult r = run_deit(args);
+      INFO(r.output);
+      CHECK(r.exit_code != 0);
+      CHECK_THAT(r.output, Catch::Contains("deit: error: '" + out +
+                                           "' is in use by another deit "
+                                           "process (pid " +
+                                           std::to_string(getpid()) + " on ") &&
+                               Catch::Contains("): wait for it to end, or give another --output"));
+    }
+    CHECK(std::filesystem::exists(unfinished));
+    CHECK(test::read_bytes(checkpoint) == saved);
+    CHECK(test::read_bytes(out + "/log.txt") == log);
+    // A dry run writes nothing, and may plan the run that follows the one holding the folder.
+    CHECK(run_deit("train --resume " + out + " --epochs 2 --dry-run").exit_code == 0);
+  }
+  // Released, the resume runs: it clears what an interrupted save left, and its lock file goes.
+  CliResult r = run_deit("train --resume " + out + " --epochs 2 --quiet");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_FALSE(std::filesystem::exists(unfinished));
+  CHECK_FALSE(std::filesystem::exists(out + "/.lock"));
+  CHECK(test::log_lines(out + "/log.txt").size() == 2);
+  // The lock file a killed run leaves is no lock: the kernel dropped its lock with the process.
+  { std::ofstream(out + "/.lock") << "pid 999999 on a node that crashed\n"; }
+  r = run_deit("train --resume " + out + " --epochs 3 --quiet");
+  CHECK(r.exit_code == 0);
+  CHECK_FALSE(std::filesystem::exists(out + "/.lock"));
+}
+
+TEST_CASE("a log line that cannot be written says the epoch is saved and how to go on",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1) + " --quiet").exit_code == 0);
+  // A folder where the log should be: unwritable even to root, whom permissions do not stop.
+  std::filesystem::remove(out + "/log.txt");
+  std::filesystem::create_directory(out + "/log.txt");
+  const std::string cannot_append = "cannot append to log '" + out + "/log.txt': Is a directory; ";
+  CliResult r = run_deit("train --resume " + out + " --epochs 3 --quiet");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains(cannot_append + "epoch 2 is saved in " + out +
+                                       "/checkpoint.safetensors: fix the log's permissions and "
+                                       "--resume (the log lacks the epoch's line: {") &&
+                           Catch::Contains("\"epoch\":1,"));
+  CHECK(model::read_checkpoint_header(out + "/checkpoint.safetensors").state["epoch"] == 1);
+  // After the last epoch there is nothing left to resume.
+  r = run_deit("train --resume " + out + " --epochs 3 --quiet");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains(cannot_append + "epoch 3, the run's last, is saved in " +
+                                       out + "/checkpoint.safetensors (the log lacks"));
+}
+
+TEST_CASE("a stopped run's way to continue is quoted for the shell where it has to be",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  const std::string out = dir.path() + "/it's a run";
+  const auto stopped = test::run_and_signal_at(
+      tiny_train_args(data, "'" + dir.path() + "/it'\\''s a run'", 1) + " --batch-size 4",
+      "epoch 1/1  3/24", SIGTERM);
+  REQUIRE(stopped);
+  INFO(stopped->output);
+  const std::string quoted = "'" + dir.path() + "/it'\\''s a run/checkpoint.safetensors'";
+  const std::string line = "continue:  deit train --resume " + quoted + "\n";
+  REQUIRE_THAT(stopped->output, Catch::Contains(line));
+  // The command as printed, pasted into a shell, goes on with the run.
+  const CliResult r = run_deit("train --resume " + quoted + " --quiet");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(test::log_lines(out + "/log.txt").size() == 1);
+}
+
+TEST_CASE("deit train refuses a --save-every that is not a finite number of minutes",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), never = dir.file("never");
+  for (const std::string value : {"nan", "inf", "-1"}) {
+    const CliResult r = run_deit(tiny_train_args(data, never, 1) + " --save-every " + value);
+    INFO(r.output);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Catch::Contains("--save-every must be a finite number of minutes >= 0 "
+                                         "(0: off), got " +
+                                         value));
+    CHECK_FALSE(std::filesystem::exists(never));
   }
 }

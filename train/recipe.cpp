@@ -257,7 +257,8 @@ void TrainOptions::validate() const {
          std::to_string(workers));
   if (!(bucket_mb > 0)) fail("--bucket-mb must be positive");
   if (!(save_every_minutes >= 0 && std::isfinite(save_every_minutes)))
-    fail("--save-every must not be negative (0: off), got " + number(save_every_minutes));
+    fail("--save-every must be a finite number of minutes >= 0 (0: off), got " +
+         number(save_every_minutes));
   if (!resume.empty() && !finetune.empty()) fail("--resume and --finetune cannot be combined");
   if (cuda_graph && device.rfind("cuda", 0) != 0)
     fail("--cuda-graph needs --device cuda, got --device " + device);

@@ -1,12 +1,13 @@
 #include "train/trainer.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
@@ -29,6 +30,7 @@
 #include "train/finetune.h"
 #include "train/graph_step.h"
 #include "train/input_feed.h"
+#include "train/output_lock.h"
 #include "train/progress.h"
 #include "train/rank_agreement.h"
 #include "train/run_state.h"
@@ -76,29 +78,13 @@ fs::path folder_path(const std::string& dir) {
   return p.has_filename() ? p : p.parent_path();
 }
 
-// Fails before any work when the run could not save what it computes, or when it would overwrite
-// another run's checkpoint and log. Returns the outermost folder it made ("" when none).
-fs::path prepare_output_dir(const std::string& dir, bool resuming_its_checkpoint) {
-  refuse_other_run(dir, resuming_its_checkpoint);
+// What a save cut short left (a second stop signal, a killed run): checkpoint.safetensors.tmp.PID.
+// Only under the folder's lock, which keeps out a live run's save.
+void remove_unfinished_saves(const std::string& dir) {
   std::error_code ec;
-  fs::path made;
-  for (fs::path p = folder_path(dir); !fs::exists(p, ec) && p != p.parent_path();
-       p = p.parent_path())
-    made = p;
-  fs::create_directories(dir, ec);
-  if (ec) throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
-  // What a save cut short left (a second stop signal, a killed run):
-  // checkpoint.safetensors.tmp.PID.
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec))
     if (entry.path().filename().string().rfind("checkpoint.safetensors.tmp.", 0) == 0)
       fs::remove(entry.path(), ec);
-  const fs::path probe = fs::path(dir) / ".deit-write-test";
-  {
-    std::ofstream f(probe);
-    if (!(f << "ok")) throw std::runtime_error("output directory '" + dir + "' is not writable");
-  }
-  fs::remove(probe, ec);
-  return made;
 }
 
 // Whether the run resumes its output folder's own checkpoint.safetensors.
@@ -117,15 +103,21 @@ void refuse_output_in_splits(const TrainOptions& o) {
                                 "as images: give a folder outside it");
 }
 
-// The output folders a run made (`dir` and its parents up to `outermost`), removed again if the
-// run ends in an error before anything was written there (a bad --finetune source, a batch too
-// large for the dataset, ...).
+// The output folders a run made (`dir` and the parents it made with it), removed again if the run
+// ends in an error before anything was written there (a bad --finetune source, a batch too large
+// for the dataset, ...).
 class MadeFolder {
  public:
-  MadeFolder(const std::string& dir, fs::path outermost)
-      : dir_(folder_path(dir)),
-        outermost_(std::move(outermost)),
-        exceptions_(std::uncaught_exceptions()) {}
+  // Makes `dir`, with its parents where they are missing.
+  explicit MadeFolder(const std::string& dir)
+      : dir_(folder_path(dir)), exceptions_(std::uncaught_exceptions()) {
+    std::error_code ec;
+    for (fs::path p = dir_; !fs::exists(p, ec) && p != p.parent_path(); p = p.parent_path())
+      outermost_ = p;
+    fs::create_directories(dir, ec);
+    if (ec)
+      throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
+  }
   ~MadeFolder() {
     if (outermost_.empty() || std::uncaught_exceptions() <= exceptions_) return;
     std::error_code ec;
@@ -136,13 +128,43 @@ class MadeFolder {
   MadeFolder& operator=(const MadeFolder&) = delete;
 
  private:
-  fs::path dir_, outermost_;
+  fs::path dir_, outermost_;  // outermost_: "" when the folder was there
   int exceptions_;
 };
 
-void append_log_line(const std::string& path, const nlohmann::json& line) {
-  std::ofstream f(path, std::ios::app);
-  if (!(f << line.dump() << "\n")) throw std::runtime_error("cannot append to log '" + path + "'");
+// Rank 0's hold on the output folder for the run's life: made where missing, locked against other
+// runs, refused when it holds another run, cleared of what an interrupted save left. Fails before
+// any work when the run could not save what it computes.
+class OutputFolder {
+ public:
+  OutputFolder(const std::string& dir, bool resuming_its_checkpoint)
+      : made_(dir), lock_(dir, "--output") {
+    // Under the lock: a run that is writing the folder is refused as in use, not as finished.
+    refuse_other_run(dir, resuming_its_checkpoint);
+    remove_unfinished_saves(dir);
+  }
+
+ private:
+  MadeFolder made_;  // destroyed after the lock, whose file would keep a failed run's folder
+  OutputLock lock_;
+};
+
+// Appends an epoch's line to log.txt, after its checkpoint was saved. A failure says that the epoch
+// is saved, and gives the line, which the log would lack for good: a resumed run goes on from the
+// next epoch.
+void append_log_line(const std::string& path, const nlohmann::json& line,
+                     const std::string& checkpoint, bool last_epoch) {
+  const std::string text = line.dump() + "\n";
+  std::FILE* f = std::fopen(path.c_str(), "a");
+  const bool written = f && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  if ((f && std::fclose(f) != 0) || !written) {
+    const std::string epoch = std::to_string(line.at("epoch").get<int64_t>() + 1);
+    throw std::runtime_error(
+        "cannot append to log '" + path + "': " + std::strerror(errno) + "; epoch " + epoch +
+        (last_epoch ? ", the run's last, is saved in " + checkpoint
+                    : " is saved in " + checkpoint + ": fix the log's permissions and --resume") +
+        " (the log lacks the epoch's line: " + line.dump() + ")");
+  }
 }
 
 std::shared_ptr<const data::ImageSource> open_split(const std::string& root, const char* split) {
@@ -338,16 +360,15 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   // every rank (below), as a collective it would miss would hang them.
   refuse_output_in_splits(o);
   std::string output_refusal;
-  fs::path made_output;
+  std::optional<OutputFolder> output_folder;
   if (lead) {
     try {
-      made_output = prepare_output_dir(o.output_dir, resumes_its_checkpoint(o));
+      output_folder.emplace(o.output_dir, resumes_its_checkpoint(o));
     } catch (const std::exception& e) {
       if (world == 1) throw;
       output_refusal = e.what();
     }
   }
-  const MadeFolder output_folder(o.output_dir, made_output);
   // Before the first collective that depends on them (the weights' broadcast): every process runs
   // the same command on the same classes, or all stop here, saying where they differ. Only the
   // paths, the device and the loader's threads may differ; every other setting steers the run or
@@ -816,15 +837,17 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     const double epoch_seconds = seconds_since(epoch_start) + carried_seconds;
     save_epoch();
     if (lead)
-      append_log_line(log_path, {{"train_lr", lr},
-                                 {"train_loss", train_loss},
-                                 {"test_loss", eval.loss},
-                                 {"test_acc1", eval.acc1},
-                                 {"test_acc5", eval.acc5},
-                                 {"epoch", epoch},
-                                 {"n_parameters", summary.parameters},
-                                 {"train_images_per_s", epoch_images / epoch_train_seconds},
-                                 {"epoch_time_s", epoch_seconds}});
+      append_log_line(log_path,
+                      {{"train_lr", lr},
+                       {"train_loss", train_loss},
+                       {"test_loss", eval.loss},
+                       {"test_acc1", eval.acc1},
+                       {"test_acc5", eval.acc5},
+                       {"epoch", epoch},
+                       {"n_parameters", summary.parameters},
+                       {"train_images_per_s", epoch_images / epoch_train_seconds},
+                       {"epoch_time_s", epoch_seconds}},
+                      checkpoint_path, epoch + 1 == o.epochs);
     if (lead && o.progress) {
       // What is left, at this epoch's pace (a resumed epoch's counted whole).
       const int64_t epochs_left = o.epochs - epoch - 1;
