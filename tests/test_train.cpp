@@ -1000,6 +1000,7 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
                " --opt adamw --lr 1e30 --warmup-epochs 0 --finetune " + out);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("loss") || Catch::Contains("gradient"));
+  CHECK_THAT(r.output, Catch::Contains(" at epoch 1"));  // counted from 1, as the progress lines
   CHECK_THAT(r.output, Catch::Contains("note: fine-tuning with the pretrain recipe's values where "
                                        "no flag sets them; --recipe finetune"));
   CHECK_FALSE(std::filesystem::exists(dir.file("diverge") + "/checkpoint.safetensors"));
@@ -1136,4 +1137,49 @@ TEST_CASE("deit train refuses a --save-every that is not a finite number of minu
                                          value));
     CHECK_FALSE(std::filesystem::exists(never));
   }
+}
+
+TEST_CASE("a train split that changed size resumes between epochs, with a warning, not within one",
+          "[train][resume][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  // Stopped within epoch 1 (SIGTERM: the run saves the step it is at).
+  const auto stopped =
+      test::run_and_signal_at(tiny_train_args(data, out, 2), "epoch 1/2  3/6", SIGTERM);
+  REQUIRE(stopped);
+  const std::string first =
+      data + "/train/checkerboard/" +
+      std::filesystem::directory_iterator(data + "/train/checkerboard")->path().filename().string();
+  const std::vector<uint8_t> image = test::read_bytes(first);
+  std::filesystem::remove(first);
+  CliResult r = run_deit("train --resume " + out);
+  INFO(r.output);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("the saved dataset size is 96, this run's is 95") &&
+                           Catch::Contains("put the train split back as it was"));
+  // Put back, the epoch finishes; then, between epochs, one image fewer goes on with a warning.
+  test::write_bytes(first, image);
+  REQUIRE(run_deit("train --resume " + out + " --epochs 1").exit_code == 0);
+  std::filesystem::remove(first);
+  r = run_deit("train --resume " + out + " --epochs 2");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: the train split of '" + data +
+                                       "' holds 95 images, 96 when"));
+  CHECK(test::log_lines(out + "/log.txt").size() == 2);
+}
+
+TEST_CASE("a resumed run whose log lacks epochs its checkpoint trained says so", "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  std::filesystem::remove(out + "/log.txt");  // or a run killed between its checkpoint and log
+  const CliResult r = run_deit("train --resume " + out + " --epochs 2");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: " + out +
+                                       "/log.txt holds 0 epoch lines, its "
+                                       "checkpoint 1 epoch: the lines of the epochs between are "
+                                       "lost"));
+  CHECK(test::log_lines(out + "/log.txt").size() == 1);
 }

@@ -149,6 +149,23 @@ class OutputFolder {
   OutputLock lock_;
 };
 
+// Warns when the run's log has fewer epoch lines than its checkpoint has trained epochs: a run
+// killed between saving an epoch and logging it, or a log removed. The lines are kept nowhere else.
+void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done) {
+  int64_t lines = 0;
+  if (std::FILE* log = std::fopen(log_path.c_str(), "r")) {
+    for (int c; (c = std::fgetc(log)) != EOF;) lines += c == '\n';
+    std::fclose(log);
+  }
+  if (lines < epochs_done)
+    std::fprintf(stderr,
+                 "warning: %s holds %lld epoch line%s, its checkpoint %lld epoch%s: the lines of "
+                 "the epochs between are lost (a run stopped between saving an epoch and logging "
+                 "it, or a log removed); the log goes on from epoch %lld\n",
+                 log_path.c_str(), (long long)lines, lines == 1 ? "" : "s", (long long)epochs_done,
+                 epochs_done == 1 ? "" : "s", (long long)epochs_done + 1);
+}
+
 // Appends an epoch's line to log.txt, after its checkpoint was saved. A failure says that the epoch
 // is saved, and gives the line, which the log would lack for good: a resumed run goes on from the
 // next epoch.
@@ -483,6 +500,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   TrainSummary summary;
   summary.checkpoint = checkpoint_path;
   summary.log = log_path;
+  if (lead && resumed && resumes_its_checkpoint(o))
+    warn_of_missing_log_lines(log_path, start_epoch);
   summary.parameters = params.element_count();
   summary.rank = rank;
   summary.world_size = world;
@@ -508,10 +527,29 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     // Rank 0's data position is saved; every rank's is the same but for its rank.
     data::SamplerState saved = saved_run.sampler;
     saved.rank = static_cast<uint32_t>(rank);
+    // Between epochs the next epoch's order depends on the images there are, not on the last's:
+    // a train split that gained or lost images (one found unreadable, say) can go on.
+    const uint64_t images_now = train_loader->sampler().state(0, 0).dataset_size;
+    if (!saved_run.within_epoch && saved.dataset_size != images_now) {
+      if (lead)
+        std::fprintf(stderr,
+                     "warning: the train split of '%s' holds %llu images, %llu when '%s' was "
+                     "saved: the run goes on with the images there are now, so it will not end "
+                     "where the uninterrupted run would have\n",
+                     o.data_dir.c_str(), (unsigned long long)images_now,
+                     (unsigned long long)saved.dataset_size, o.resume.c_str());
+      saved.dataset_size = images_now;
+      saved.position = 0;
+    }
     try {
       train_loader->sampler().check_resumable(saved);
     } catch (const std::exception& e) {
-      throw std::runtime_error("cannot resume '" + o.resume + "' on '" + o.data_dir + "': " + e.what());
+      throw std::runtime_error(
+          "cannot resume '" + o.resume + "' on '" + o.data_dir + "': " + e.what() +
+          (saved_run.within_epoch && saved.dataset_size != images_now
+               ? " (it was saved within an epoch, whose order is that of the images it had: put "
+                 "the train split back as it was to finish the epoch)"
+               : ""));
     }
     if (saved_run.within_epoch) {
       resume_position = saved.position;
@@ -648,11 +686,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     auto check_loss = [&](double loss_value, uint64_t batch_number) {
       if (std::isfinite(loss_value)) return;
       clear_tape();
-      throw TrainingDiverged("the loss is " + std::to_string(loss_value) + " at epoch " +
-                             std::to_string(epoch) + ", batch " + std::to_string(batch_number) +
-                             (world > 1 ? " of rank " + std::to_string(rank) : "") +
-                             "; nothing of this epoch was saved (the last checkpoint, if any, is " +
-                             "untouched)");
+      throw TrainingDiverged(
+          "the loss is " + std::to_string(loss_value) + " at epoch " + std::to_string(epoch + 1) +
+          ", batch " + std::to_string(batch_number + 1) +
+          (world > 1 ? " of rank " + std::to_string(rank) : "") +
+          "; nothing of this epoch was saved (the last checkpoint, if any, is " + "untouched)");
     };
     // CUDA: the end of a queued optimizer step. The device works through it while the next batch
     // goes up; then one wait reads its values: the losses first (a non-finite loss makes the
@@ -665,7 +703,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       if (!std::isfinite(values.grad_norm))
         throw TrainingDiverged("optimizer: the global gradient norm is " +
                                std::to_string(values.grad_norm) + " at epoch " +
-                               std::to_string(epoch) + "; nothing of this epoch was saved");
+                               std::to_string(epoch + 1) + "; nothing of this epoch was saved");
       uncounted_losses = values.losses;
       params.zero_grad();
     };
@@ -739,7 +777,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
               optimizer.step();
             } catch (const NonFiniteGradient& e) {
               throw TrainingDiverged(std::string(e.what()) + " at epoch " +
-                                     std::to_string(epoch) + "; nothing of this epoch was saved");
+                                     std::to_string(epoch + 1) +
+                                     "; nothing of this epoch was saved");
             }
             params.zero_grad();
             if (ema) ema->update(params);
