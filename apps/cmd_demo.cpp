@@ -9,6 +9,7 @@
 
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
+#include "apps/shell_quoted.h"
 #include "apps/train_flags.h"
 #include "data/synthetic.h"
 #include "engine/device.h"
@@ -122,8 +123,10 @@ void run_demo(const DemoOptions& d, const std::string& program) {
                              "another --out");
   }
   report_training(train::train(o));
-  std::printf("next: %s eval --checkpoint %s/run/checkpoint.safetensors --data %s --per-class\n",
-              program.c_str(), d.out.c_str(), data_dir.c_str());
+  std::printf("next: %s eval --checkpoint %s --data %s --per-class\n",
+              shell_quoted(program).c_str(),
+              shell_quoted((fs::path(d.out) / "run" / "checkpoint.safetensors").string()).c_str(),
+              shell_quoted(data_dir).c_str());
 }
 
 }  // namespace

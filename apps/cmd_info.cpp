@@ -12,6 +12,7 @@
 
 #include "apps/commands.h"
 #include "apps/model_options.h"
+#include "apps/shell_quoted.h"
 #include "data/sampler.h"
 #include "model/checkpoint.h"
 #include "model/cost.h"
@@ -150,7 +151,7 @@ void print_run(const SavedRun& run) {
     std::printf("                   %s %s (recipe: %s)\n", d.key.c_str(), d.saved.dump().c_str(),
                 d.now.dump().c_str());
   if (s.epochs_done < epochs) {
-    std::printf("continue         deit train --resume %s", run.path.c_str());
+    std::printf("continue         deit train --resume %s", shell_quoted(run.path).c_str());
     if (s.world_size > 1)
       std::printf("  (launched as this run was, %lld processes)", (long long)s.world_size);
     std::printf("\n");

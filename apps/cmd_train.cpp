@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "apps/commands.h"
+#include "apps/shell_quoted.h"
 #include "apps/train_flags.h"
 #include "model/checkpoint.h"
 #include "train/progress.h"
@@ -13,18 +14,6 @@
 namespace deit::apps {
 
 namespace {
-
-// `word` as the shell reads it back: as it is when it has nothing the shell treats specially,
-// else in single quotes (a single quote in it closed, escaped and reopened), so that the command
-// printed with it runs when pasted.
-std::string shell_quoted(const std::string& word) {
-  constexpr char kPlain[] =
-      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+=.,/:@%";
-  if (!word.empty() && word.find_first_not_of(kPlain) == std::string::npos) return word;
-  std::string quoted = "'";
-  for (const char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return quoted + "'";
-}
 
 void print_stop(const train::TrainSummary& s) {
   const train::StoppedAt& at = s.stop;
