@@ -69,17 +69,15 @@ train::TrainOptions demo_recipe(const DemoOptions& d, const std::string& data_di
   return o;
 }
 
-// Whether `run_dir` holds only what a run killed before its first checkpoint leaves: its lock file
-// and the temporary file of a save it did not finish.
+// Whether `run_dir` holds only what a run killed before its first checkpoint leaves (its lock file
+// and the temporary file of a save it did not finish), or nothing.
 bool holds_only_leftovers_of_a_killed_run(const std::filesystem::path& run_dir) {
   std::error_code error;
-  bool any = false;
   for (const auto& entry : std::filesystem::directory_iterator(run_dir, error)) {
     const std::string name = entry.path().filename().string();
     if (name != ".lock" && name.rfind("checkpoint.safetensors.tmp.", 0) != 0) return false;
-    any = true;
   }
-  return any && !error;
+  return !error;
 }
 
 // `program`: how deit was started (argv[0]), so the command printed at the end runs as shown.
@@ -113,14 +111,20 @@ void run_demo(const DemoOptions& d, const std::string& program) {
   // A demo starts over: the previous demo run's log and checkpoint would otherwise mix with this
   // one's (deit train appends to log.txt, as the reference code does).
   const fs::path run_dir = o.output_dir;
-  if (fs::exists(run_dir / "log.txt") || fs::exists(run_dir / "checkpoint.safetensors")) {
-    std::fprintf(stderr, "replacing the previous demo run in %s\n", o.output_dir.c_str());
-    fs::remove_all(run_dir);
-  } else if (holds_only_leftovers_of_a_killed_run(run_dir)) {
-    fs::remove_all(run_dir);
-  } else if (fs::exists(run_dir) && !fs::is_empty(run_dir)) {
-    throw std::runtime_error(o.output_dir + " exists and is not a demo run; give deit demo "
-                             "another --out");
+  if (fs::exists(run_dir)) {
+    // Under the run's own lock: a deit train still writing there (the demo run resumed by hand)
+    // is refused, not removed.
+    const train::OutputLock run_lock(run_dir, "--out");
+    if (fs::exists(run_dir / "log.txt") || fs::exists(run_dir / "checkpoint.safetensors")) {
+      std::fprintf(stderr, "replacing the previous demo run in %s\n", o.output_dir.c_str());
+      fs::remove_all(run_dir);
+    } else if (holds_only_leftovers_of_a_killed_run(run_dir)) {
+      fs::remove_all(run_dir);
+    } else {
+      throw std::runtime_error(o.output_dir +
+                               " exists and is not a demo run; give deit demo "
+                               "another --out");
+    }
   }
   report_training(train::train(o));
   std::printf("next: %s eval --checkpoint %s --data %s --per-class\n",

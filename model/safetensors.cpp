@@ -310,6 +310,8 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
     checksums[tensors[i].first] = crc32_hex(host);
   }
   const std::string text = header_text();  // as long as the provisional one: 8 digits a checksum
+  if (text.size() != header_bytes)
+    throw std::logic_error("write_safetensors: the header changed length with its checksums");
   file.write_at(sizeof header_bytes, text.data(), text.size());
   file.commit();
 }
@@ -363,7 +365,9 @@ SafetensorsContents read_safetensors(const std::string& path,
     if (checksum != checksums.end() && *checksum != crc32_hex(t))
       throw std::runtime_error("'" + path + "' is damaged: the bytes of tensor '" + e.name +
                                "' are not those written (CRC-32 " + crc32_hex(t) + ", written " +
-                               checksum->dump() + "); the file changed after deit wrote it");
+                               checksum->dump() + "); the file changed after deit wrote it (a " +
+                               "file rewritten on purpose must leave out its metadata's " +
+                               kChecksumsKey + ")");
     out.tensors.emplace_back(std::move(e.name), std::move(t));
   }
   return out;

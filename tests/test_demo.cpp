@@ -83,8 +83,19 @@ TEST_CASE("deit demo runs one at a time in its folder, and clears a killed demo'
     CHECK_THAT(r.output, Catch::Contains("'" + out + "' is in use by another deit process") &&
                              Catch::Contains("give another --out"));
   }
-  // A demo killed before its first checkpoint left its run's lock file and an unfinished save.
+  // The demo's run resumed by hand and still training: not replaced under it.
   std::filesystem::create_directories(out + "/run");
+  std::ofstream(out + "/run/log.txt") << "{}\n";
+  {
+    const deit::train::OutputLock training(out + "/run", "--output");
+    const CliResult r = run_deit("demo --epochs 1 --quiet --out " + out);
+    INFO(r.output);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Catch::Contains("'" + out + "/run' is in use by another deit process"));
+    CHECK(std::filesystem::exists(out + "/run/log.txt"));
+  }
+  std::filesystem::remove(out + "/run/log.txt");
+  // A demo killed before its first checkpoint left its run's lock file and an unfinished save.
   std::ofstream(out + "/run/.lock") << "pid 1 on elsewhere\n";
   std::ofstream(out + "/run/checkpoint.safetensors.tmp.77") << "half a checkpoint";
   const CliResult r = run_deit("demo --epochs 1 --quiet --out " + out);

@@ -368,6 +368,17 @@ TEST_CASE("mpi: ranks that differ in settings or classes all stop before trainin
   CHECK_THROWS_WITH(
       train::train(tiny_run(comm->rank() == 1 ? renamed : data, dir.file("classes"), 4), *comm),
       Catch::Contains("differ in the dataset's classes"));
+  // Rank 1's copy lacks a training image: the ranks would shard different orders.
+  const std::string fewer = dir.file("fewer");
+  if (comm->rank() == 0) {
+    std::filesystem::copy(data, fewer, std::filesystem::copy_options::recursive);
+    const std::string first_class = fewer + "/train/" + data::synthetic_class_names()[0];
+    std::filesystem::remove(std::filesystem::directory_iterator(first_class)->path());
+  }
+  comm->barrier();
+  CHECK_THROWS_WITH(
+      train::train(tiny_run(comm->rank() == 1 ? fewer : data, dir.file("fewer_run"), 4), *comm),
+      Catch::Contains("differ in the train split's image count"));
   // Rank 0 refuses its --output (a folder holding another run's log): every rank stops.
   if (comm->rank() == 0) {
     std::filesystem::create_directories(dir.file("held"));

@@ -43,6 +43,17 @@ struct BatchScore {
   double loss_sum = 0;
 };
 
+// Whether class `a` comes before class `b` when an image's scores `row` are sorted as torch's
+// topk sorts them: NaN before every number, a larger score before a smaller, and a tie to the lower
+// class index (argmax's first maximum). A model whose outputs are all equal, or all NaN, scores at
+// chance, where ties going to the label had scored it 100%.
+bool comes_before(const float* row, int64_t a, int64_t b) {
+  const bool a_nan = std::isnan(row[a]), b_nan = std::isnan(row[b]);
+  if (a_nan != b_nan) return a_nan;
+  if (!a_nan && row[a] != row[b]) return row[a] > row[b];
+  return a < b;
+}
+
 BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32_t>& labels,
                        int64_t K, std::vector<int64_t>& confusion) {
   BatchScore score;
@@ -54,24 +65,20 @@ BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32
     ++score.scored;
     const float* row = logits.data() + b * K;
     const int64_t label = labels[b];
-    const float truth = row[label];
-    // The label's rank: how many classes come before it when the scores are sorted, a tie going
-    // to the lower class index (argmax's first maximum), a NaN before every number (as torch's
-    // topk sorts). A model whose outputs are all equal, or NaN, scores at chance or nothing, not
-    // 100%.
-    int64_t ahead = std::isnan(truth) ? K : 0, argmax = 0;
+    // The label's rank (classes before it) and the prediction (the class before all others).
+    int64_t ahead = 0, predicted = 0;
     double max = row[0];
     for (int64_t k = 0; k < K; ++k) {
-      ahead += std::isnan(row[k]) || row[k] > truth || (row[k] == truth && k < label);
-      if (row[k] > max) argmax = k;
+      ahead += k != label && comes_before(row, k, label);
+      if (comes_before(row, k, predicted)) predicted = k;
       max = std::max(max, static_cast<double>(row[k]));
     }
     score.top1 += ahead < 1;
-    ++confusion[label * K + (ahead < 1 ? label : argmax)];
+    ++confusion[label * K + predicted];  // predicted == label exactly when ahead == 0
     score.top5 += ahead < 5;
     double sum = 0;
     for (int64_t k = 0; k < K; ++k) sum += std::exp(row[k] - max);
-    score.loss_sum += max + std::log(sum) - truth;  // -log softmax(row)[label]
+    score.loss_sum += max + std::log(sum) - row[label];  // -log softmax(row)[label]
   }
   return score;
 }

@@ -40,6 +40,10 @@ void record_holder(int fd, const std::string& path) {
                              ": give a folder this user can write to");
 }
 
+bool same_file(const struct stat& a, const struct stat& b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 // Whether the open file is still the one at `path`: its holder removes it as it ends, perhaps
 // between this process's open and its lock.
 bool is_file_at(int fd, const std::string& path) {
@@ -51,7 +55,7 @@ bool is_file_at(int fd, const std::string& path) {
     if (errno == ENOENT) return false;
     throw std::runtime_error("cannot stat the lock file '" + path + "': " + errno_text());
   }
-  return opened.st_dev == named.st_dev && opened.st_ino == named.st_ino;
+  return same_file(opened, named);
 }
 
 // Errors of a file system that has no locks, where the run goes on without one.
@@ -74,8 +78,12 @@ OutputLock::OutputLock(const std::string& dir, const std::string& option)
 
 OutputLock::~OutputLock() {
   // Removed while still held, so that no run can lock it in between and go on in a folder this run
-  // still writes. A failure leaves a file that the next run locks as its own.
-  ::unlink(path_.c_str());
+  // still writes; only if it is still this run's (the folder may have been removed, or moved and
+  // made again). A failure leaves a file that the next run locks as its own.
+  struct stat opened = {};
+  struct stat named = {};
+  if (::fstat(fd_, &opened) == 0 && ::stat(path_.c_str(), &named) == 0 && same_file(opened, named))
+    ::unlink(path_.c_str());
   ::close(fd_);
 }
 

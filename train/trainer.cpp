@@ -150,7 +150,8 @@ class OutputFolder {
 };
 
 // Warns when the run's log has fewer epoch lines than its checkpoint has trained epochs: a run
-// killed between saving an epoch and logging it, or a log removed. The lines are kept nowhere else.
+// killed between saving an epoch and logging it, an epoch saved unevaluated (its val split failed
+// to read), or a log removed. The lines are kept nowhere else.
 void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done) {
   int64_t lines = 0;
   if (std::FILE* log = std::fopen(log_path.c_str(), "r")) {
@@ -161,7 +162,8 @@ void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done)
     std::fprintf(stderr,
                  "warning: %s holds %lld epoch line%s, its checkpoint %lld epoch%s: the lines of "
                  "the epochs between are lost (a run stopped between saving an epoch and logging "
-                 "it, or a log removed); the log goes on from epoch %lld\n",
+                 "it, an epoch saved unevaluated when its val split failed to read, or a log "
+                 "removed); the log goes on from epoch %lld\n",
                  log_path.c_str(), (long long)lines, lines == 1 ? "" : "s", (long long)epochs_done,
                  epochs_done == 1 ? "" : "s", (long long)epochs_done + 1);
 }
@@ -405,6 +407,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     entries.emplace_back("resume", o.resume.empty() ? "no" : "yes");
     entries.emplace_back("the dataset's classes",
                          nlohmann::json(train_source->class_names()).dump());
+    // Each rank draws its share of one global order of the train split's images.
+    entries.emplace_back("the train split's image count", std::to_string(train_source->size()));
     const std::vector<std::string> differ = entries_that_differ(comm, entries);
     if (!differ.empty()) {
       std::string list;
