@@ -43,7 +43,9 @@ struct DemoOptions {
 //  - 10% of the batches are mixed (mixup 0.8 / cutmix 1.0): mixing more of them with binarised
 //    BCE targets slows a tiny ViT down (half of them: 91.0% after 14 epochs);
 //  - no repeated augmentation: with 5000 images, three repeats would show a third of them per
-//    epoch.
+//    epoch;
+//  - the moving average of the weights decays at 0.995 a step (not 0.99996, whose average would
+//    still be 96% the initial weights after 1100 steps): `deit eval --ema` scores it.
 // Measured: see README.md and bench/results/ (*-cpu-demo.md).
 train::TrainOptions demo_recipe(const DemoOptions& d, const std::string& data_dir) {
   train::TrainOptions o = train::recipe_for("deit3_small");
@@ -64,6 +66,7 @@ train::TrainOptions demo_recipe(const DemoOptions& d, const std::string& data_di
   o.mixup_prob = 0.1;
   o.repeated_aug = false;
   o.drop_path = 0.05;
+  o.model_ema_decay = 0.995;
   o.seed = d.seed;
   o.progress = !d.quiet;
   return o;

@@ -1,4 +1,5 @@
 // deit eval: top-1, top-5 and loss of trained weights on a split, with the evaluation transform.
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -16,6 +17,7 @@
 #include "train/data_pipeline.h"
 #include "train/evaluate.h"
 #include "train/finetune.h"
+#include "train/run_state.h"
 
 namespace deit::apps {
 
@@ -57,8 +59,10 @@ void run_eval(const EvalOptions& o) {
   require_device(device);
   std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));
   std::optional<model::Checkpoint> checkpoint;
-  if (!o.checkpoint.empty())
+  if (!o.checkpoint.empty()) {
     checkpoint = model::read_checkpoint_model(model::checkpoint_file(o.checkpoint), o.ema);
+    if (o.ema) train::warn_if_moving_average_is_young(checkpoint->path, checkpoint->state);
+  }
   if (!checkpoint && o.model.model.empty())
     throw std::invalid_argument(
         "--model is required with --weights (a weights file does not say "
@@ -81,13 +85,22 @@ void run_eval(const EvalOptions& o) {
         (checkpoint ? "checkpoint '" + checkpoint->path : "weights file '" + o.weights) +
         "' was trained on other classes than split '" + o.split + "' of '" + o.data + "' holds (" +
         classes_differ + "): its labels would be scored against the wrong classes");
-  model::VisionTransformer vit(o.model.apply_to(base), device);
-  // At another resolution than the weights were trained at, their position embedding is resized
-  // over its patch grid (bicubic), as --finetune does.
   const std::string weights_source =
       checkpoint ? "checkpoint '" + checkpoint->path + "'" : "weights file '" + o.weights + "'";
   NamedTensors tensors =
       checkpoint ? std::move(checkpoint->model) : model::read_model_tensors(o.weights);
+  // A weights file does not say its resolution, but its position embedding does (a patch grid of
+  // side sqrt(tokens)): the default, rather than the preset's.
+  if (!checkpoint && !o.model.input_size)
+    if (const Tensor* pos_embed = model::find_tensor(tensors, "pos_embed");
+        pos_embed && pos_embed->dim() == 3) {
+      const auto grid = static_cast<int64_t>(std::lround(std::sqrt(pos_embed->size(1))));
+      if (grid * grid == pos_embed->size(1))
+        base.input_size = grid * (o.model.patch ? *o.model.patch : base.patch);
+    }
+  model::VisionTransformer vit(o.model.apply_to(base), device);
+  // At another resolution than the weights were trained at, their position embedding is resized
+  // over its patch grid (bicubic), as --finetune does.
   const bool resized = train::fit_pos_embed(tensors, vit.config(), weights_source);
   if (resized && checkpoint) checkpoint->config.input_size = vit.config().input_size;
   model::load_parameters(vit, tensors, weights_source, checkpoint ? &checkpoint->config : nullptr);
@@ -128,7 +141,7 @@ void run_eval(const EvalOptions& o) {
 void add_eval_command(CLI::App& app) {
   auto opts = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "Top-1, top-5 and loss of trained weights on a split");
-  opts->model.add_to(*cmd, "the checkpoint's training resolution, or 224", "--checkpoint");
+  opts->model.add_to(*cmd, "the resolution the weights were trained at", "--checkpoint");
   auto* source = cmd->add_option_group("weights", "Where the weights come from");
   source->add_option("--checkpoint", opts->checkpoint,
                      "A checkpoint of deit train (or its run folder)");

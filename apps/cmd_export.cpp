@@ -11,6 +11,7 @@
 
 #include "apps/commands.h"
 #include "model/checkpoint.h"
+#include "train/run_state.h"
 
 namespace deit::apps {
 
@@ -41,8 +42,16 @@ void run_export(const ExportOptions& opts) {
                                 "choose another file name");
   const model::Checkpoint ckpt =
       model::read_checkpoint_model(model::checkpoint_file(opts.checkpoint), opts.ema);
+  if (opts.ema) train::warn_if_moving_average_is_young(ckpt.path, ckpt.state);
   model::VisionTransformer vit(ckpt.config);
   model::load_checkpoint_model(vit, ckpt);
+  // Its folder is made where missing, as deit train makes its --output.
+  const std::filesystem::path folder = std::filesystem::path(opts.out).parent_path();
+  std::error_code error;
+  if (!folder.empty()) std::filesystem::create_directories(folder, error);
+  if (error)
+    throw std::runtime_error("cannot write '" + opts.out + "': cannot make its folder (" +
+                             error.message() + ")");
   model::save_weights(opts.out, vit, ckpt.class_names);
   std::printf("wrote %s: %s%s, %zu tensors, %lld parameters, timm names\n", opts.out.c_str(),
               ckpt.config.name.c_str(), opts.ema ? " (moving average)" : "",
@@ -58,7 +67,9 @@ void add_export_command(CLI::App& app) {
   cmd->add_option("--checkpoint", opts->checkpoint,
                   "Checkpoint written by deit train (or its run folder)")
       ->required();
-  cmd->add_option("--out", opts->out, "Weights file to write (.safetensors)")->required();
+  cmd->add_option("--out", opts->out,
+                  "Weights file to write (.safetensors; its folder is made if missing)")
+      ->required();
   cmd->add_flag("--ema", opts->ema,
                 "Write the moving average of the weights the run kept (--model-ema) instead");
   cmd->callback([opts] { run_export(*opts); });

@@ -60,6 +60,10 @@ TEST_CASE("deit export writes the model's tensors under timm's names", "[io][cli
   }
   // An earlier export is replaced.
   CHECK(run_deit("export --checkpoint " + checkpoint + " --out " + out).exit_code == 0);
+  // A folder of --out that is missing is made.
+  const std::string deeper = dir.file("exports/tiny/weights.safetensors");
+  CHECK(run_deit("export --checkpoint " + checkpoint + " --out " + deeper).exit_code == 0);
+  CHECK(read_safetensors(deeper).tensors.size() == vit.parameters().size());
 }
 
 TEST_CASE("deit export rejects bad input with a clear message and a non-zero exit", "[io][cli]") {
@@ -90,10 +94,10 @@ TEST_CASE("deit export rejects bad input with a clear message and a non-zero exi
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("'" + weights + "': not a deit checkpoint"));
 
-  const std::string no_dir = dir.path() + "/missing/out.safetensors";
-  r = run_deit("export --checkpoint " + checkpoint + " --out " + no_dir);
+  const std::string under_a_file = checkpoint + "/out.safetensors";  // its folder cannot be made
+  r = run_deit("export --checkpoint " + checkpoint + " --out " + under_a_file);
   CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Contains("cannot write '" + no_dir + "'"));
+  CHECK_THAT(r.output, Contains("cannot write '" + under_a_file + "': cannot make its folder"));
 
   // Over the checkpoint itself, or over another run's: refused.
   const std::string other_run = dir.file("other_run.safetensors");

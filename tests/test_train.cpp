@@ -127,7 +127,13 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
 
   // The moving average of the weights the run kept (--model-ema, on by default) is evaluated and
   // exported on request: exactly the averages the checkpoint holds.
-  CHECK(run_deit("eval --ema --checkpoint " + out + " --data " + data).exit_code == 0);
+  // After a few steps at the recipe's decay it is still mostly the initial weights, and both say
+  // so.
+  const CliResult ema_eval = run_deit("eval --ema --checkpoint " + out + " --data " + data);
+  CHECK(ema_eval.exit_code == 0);
+  CHECK_THAT(ema_eval.output, Catch::Contains("warning: the moving average in '" + out +
+                                              "/checkpoint.safetensors' has had 12 optimizer steps "
+                                              "at decay 0.99996: 100% of it is still the weights"));
   const std::string averaged = dir.file("ema.safetensors");
   REQUIRE(run_deit("export --ema --checkpoint " + out + " --out " + averaged).exit_code == 0);
   const model::Checkpoint with_ema = model::read_checkpoint(out + "/checkpoint.safetensors");
@@ -277,6 +283,13 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   REQUIRE(r.exit_code == 0);
   j = nlohmann::json::parse(r.output);
   CHECK(j["acc1"].get<double>() == Approx(logged["test_acc1"].get<double>()));
+  // Without --input-size: the resolution its position embedding was trained at (8 px, 2x2).
+  r = run_deit("eval " + model + "--weights " + weights + " --data " + data + " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, !Catch::Contains("resized"));
+  CHECK(nlohmann::json::parse(r.output)["acc1"].get<double>() ==
+        Approx(logged["test_acc1"].get<double>()));
   r = run_deit("eval --weights " + weights + " --data " + data);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--model is required with --weights"));

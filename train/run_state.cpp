@@ -1,5 +1,7 @@
 #include "train/run_state.h"
 
+#include <cmath>
+#include <cstdio>
 #include <stdexcept>
 
 namespace deit::train {
@@ -68,6 +70,21 @@ RunState run_state_from_json(const nlohmann::json& state) {
       (r.within_epoch && r.within_epoch->epoch != r.epochs_done))
     throw std::invalid_argument("its run state is inconsistent: " + state.dump());
   return r;
+}
+
+void warn_if_moving_average_is_young(const std::string& path, const nlohmann::json& state) {
+  const nlohmann::json& options = state.value("options", nlohmann::json::object());
+  if (!state.contains("optimizer_steps") || !options.contains("model_ema_decay")) return;
+  const auto steps = state.at("optimizer_steps").get<int64_t>();
+  const double decay = options.at("model_ema_decay").get<double>();
+  const double start_share = std::pow(decay, static_cast<double>(steps));
+  if (start_share > 0.1)
+    std::fprintf(stderr,
+                 "warning: the moving average in '%s' has had %lld optimizer steps at decay %g: "
+                 "%.0f%% of it is still the weights its run started from (to fall to 10%% it needs "
+                 "%.0f steps), so it scores far below the trained weights\n",
+                 path.c_str(), static_cast<long long>(steps), decay, 100 * start_share,
+                 std::ceil(std::log(0.1) / std::log(decay)));
 }
 
 }  // namespace deit::train

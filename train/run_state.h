@@ -11,6 +11,7 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -45,5 +46,12 @@ struct RunState {
 // checkpoint's); the other keys fall back to their defaults, as checkpoints of older deit lack
 // some.
 RunState run_state_from_json(const nlohmann::json& state);
+
+// Warns on stderr when the moving average of the weights that the checkpoint at `path` holds
+// (--model-ema) is still mostly the weights its run started from: after S optimizer steps at decay
+// d, their share is d^S, and the recipe's d = 0.99996 takes some 17,000 steps to halve it, so a
+// short run's average scores near chance though its trained weights do not. `state` is the
+// checkpoint's run state; nothing is said for one that does not say its steps and decay.
+void warn_if_moving_average_is_young(const std::string& path, const nlohmann::json& state);
 
 }  // namespace deit::train
