@@ -75,8 +75,10 @@ void TrainFlags::add_to(CLI::App& cmd) {
              "Simple Random Crop instead of RandomResizedCrop (the in21k recipes' choice)");
   cmd.add_option("--rrc-scale-min", rrc_scale_min,
                  "RandomResizedCrop's smallest crop, as a fraction of the image area (0.08)");
-  cmd.add_option("--color-jitter", color_jitter,
-                 "Brightness/contrast/saturation jitter (0.3, but 0 for finetune)");
+  cmd.add_option(
+      "--color-jitter", color_jitter,
+      "Brightness/contrast/saturation jitter (0.3; off while --aa's RandAugment takes its "
+      "place, as in finetune)");
   cmd.add_option("--aa", aa,
                  "RandAugment, timm's spec, in place of 3-Augment and colour jitter: none, but "
                  "rand-m9-mstd0.5-inc1 for finetune")

@@ -1,14 +1,18 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Plots a run's training curves: train loss, validation loss and top-1/top-5 accuracy per epoch.
 
 Usage: scripts/plot_log.py RUN_DIR [OUT.png]   (reads RUN_DIR/log.txt; default RUN_DIR/curves.png)
-Needs matplotlib (Debian: apt-get install python3-matplotlib).
+Needs matplotlib (Debian: apt-get install python3-matplotlib, for /usr/bin/python3, which the
+first line names: a python3 found first on PATH may lack it).
 """
 import json
 import sys
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    sys.exit("plot_log: needs matplotlib (Debian: apt-get install python3-matplotlib)")
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,7 +42,7 @@ def main() -> int:
     acc_ax.plot(epochs, [r["test_acc5"] for r in rows], label="val top-5")
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("%")
-    acc_ax.set_ylim(0, 100)
+    acc_ax.set_ylim(0, 101)  # a top-5 of 100% stays in sight
     acc_ax.legend()
     fig.suptitle(str(run))
     fig.tight_layout()

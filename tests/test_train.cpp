@@ -567,6 +567,9 @@ TEST_CASE("a dataset of a single class trains with a warning that it is meaningl
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("warning: '" + data + "' has a single class ('" +
                                        classes[0] + "'): a classifier of one class scores 100%"));
+  // One epoch of one warm-up epoch: the learning rate never leaves its ramp.
+  CHECK_THAT(r.output, Catch::Contains("warning: the run's 1 epoch ends within its 1 warm-up "
+                                       "epoch: its learning rate never reaches --lr"));
 }
 
 TEST_CASE("deit eval --per-class says n/a for a class with no image scored", "[train][cli]") {

@@ -423,6 +423,13 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                  "warning: --input-size %lld is not a multiple of the %lld-pixel patch: the last "
                  "%lld pixels of each row and column of an image are never seen (as in timm)\n",
                  (long long)o.model.input_size, (long long)o.model.patch, (long long)unseen);
+  if (lead && o.resume.empty() && o.epochs <= o.warmup_epochs)
+    std::fprintf(stderr,
+                 "warning: the run's %lld epoch%s end%s within its %g warm-up epoch%s: its "
+                 "learning rate never reaches --lr %g (a short trial run wants --warmup-epochs "
+                 "0)\n",
+                 (long long)o.epochs, o.epochs == 1 ? "" : "s", o.epochs == 1 ? "s" : "",
+                 o.warmup_epochs, o.warmup_epochs == 1 ? "" : "s", o.lr);
   if (lead && classes == 1)
     std::fprintf(stderr,
                  "warning: '%s' has a single class ('%s'): a classifier of one class scores 100%% "
