@@ -13,7 +13,11 @@ scripts/torch_reference.py, since timm is not a Debian package); this closes the
   4. timm scores the same images: top-1 and top-5 must agree to within one image (an argmax may
      flip on a near-tie between fp32 sums taken in another order), the loss to 1e-4 relative;
   5. a deit3_small checkpoint (one step of training at 224) is exported and loaded, strictly, into
-     timm.create_model("deit3_small_patch16_224").
+     timm.create_model("deit3_small_patch16_224");
+  6. the other way: timm's own weights (a demo-sized model of timm's with random weights of order
+     0.2 everywhere, so that no block is near the identity and no logit ties, saved with
+     safetensors.torch.save_file as the Hub's files are) evaluated by `deit eval --weights` on the
+     same images score as timm scores them.
 
 Needs torch, torchvision (timm imports it), timm, safetensors and Pillow. On Debian 12:
     apt-get install python3-torch python3-torchvision python3-yaml python3-pil
@@ -32,7 +36,7 @@ import numpy as np
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,6 +130,25 @@ def main():
             checks.append(("demo model: loss to 1e-4", relative < 1e-4,
                            f"timm {loss / images:.6f}, deit {ours['loss']:.6f} "
                            f"(relative {relative:.1e})"))
+
+            # timm's weights read by deit: what timm computes with them, deit computes.
+            theirs = deit3_like(weights, DEMO_HEADS)
+            torch.manual_seed(0)
+            with torch.no_grad():
+                for parameter in theirs.parameters():
+                    parameter.normal_(0, 0.2)
+            timm_file = os.path.join(work, "timm.safetensors")
+            save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, timm_file)
+            top1, top5, loss, images = timm_scores(theirs, os.path.join(data, "val"), classes)
+            read = json.loads(deit(binary, "eval", "--model", "deit3_small", "--dim",
+                                   str(theirs.embed_dim), "--depth", str(len(theirs.blocks)),
+                                   "--heads", str(DEMO_HEADS), "--weights", timm_file, "--data",
+                                   data, "--eval-crop-ratio", "1", "--json"))
+            relative = abs(loss / images - read["loss"]) / read["loss"]
+            checks.append(("timm's weights: deit eval scores them as timm does",
+                           relative < 1e-4 and abs(top1 - round(read["acc1"] * images / 100)) <= 1,
+                           f"loss timm {loss / images:.6f}, deit {read['loss']:.6f}; top-1 timm "
+                           f"{top1}, deit {round(read['acc1'] * images / 100)}"))
 
         # deit3_small at 224: one step on a few of the demo's images, enough to make a checkpoint.
         few = os.path.join(work, "few")
