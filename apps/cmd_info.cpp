@@ -75,7 +75,7 @@ SavedRun read_saved_run(const model::Checkpoint& checkpoint) {
   run.class_names = checkpoint.class_names;
   const std::string preset = model::preset_of(checkpoint.config);
   run.recipe = preset.empty()
-                   ? "deit3_small's " + recipe_name + " recipe (that of a model of no preset)"
+                   ? "the deit3_small " + recipe_name + " recipe (which a custom model takes)"
                    : "the " + preset + " " + recipe_name + " recipe";
   static const std::set<std::string> kShape = {"patch", "dim",         "depth",
                                                "heads", "num_classes", "input_size"};
