@@ -27,8 +27,8 @@ void warn_of_broken_link(const fs::path& link) {
 }
 
 // The class folders of `root`, sorted. What the scan leaves out there but was likely meant to be
-// read is warned about: broken links, and image files outside any class folder.
-std::vector<std::string> sorted_class_folders(const std::string& root) {
+// read is warned about (with `warn`): broken links, and image files outside any class folder.
+std::vector<std::string> sorted_class_folders(const std::string& root, bool warn) {
   std::error_code error;
   if (!fs::exists(root, error)) throw DataError(root + ": no such directory");
   if (!fs::is_directory(root, error)) throw DataError(root + ": not a directory");
@@ -41,7 +41,7 @@ std::vector<std::string> sorted_class_folders(const std::string& root) {
     if (entry.is_directory(entry_error)) {
       names.push_back(entry.path().filename());
     } else if (entry.is_symlink(entry_error) && !entry.exists(entry_error)) {
-      warn_of_broken_link(entry.path());
+      if (warn) warn_of_broken_link(entry.path());
     } else if (has_image_extension(entry.path().string())) {
       // The first by name: the same example each time.
       if (loose_images++ == 0 || entry.path().string() < loose_example)
@@ -49,7 +49,7 @@ std::vector<std::string> sorted_class_folders(const std::string& root) {
     }
   }
   if (error) throw DataError(root + ": cannot list (" + error.message() + ")");
-  if (loose_images > 0)
+  if (warn && loose_images > 0)
     std::fprintf(stderr,
                  "warning: %s: %zu image file(s) lie directly in it, outside any class folder, "
                  "and are not read (e.g. %s): move them into %s/<class>/\n",
@@ -67,7 +67,7 @@ fs::path folder_read_next(const fs::recursive_directory_iterator& it) {
 }
 
 // Every file under `folder`, at any depth, as torchvision's os.walk(followlinks=True) finds them.
-std::vector<std::string> files_under(const fs::path& folder) {
+std::vector<std::string> files_under(const fs::path& folder, bool warn) {
   std::vector<std::string> paths;
   std::error_code error;
   const auto options = fs::directory_options::follow_directory_symlink;
@@ -91,8 +91,9 @@ std::vector<std::string> files_under(const fs::path& folder) {
     const fs::path parent = fs::canonical(it->path().parent_path(), parent_error);
     const fs::path above = parent.lexically_relative(real);
     if (real_error || parent_error || above.empty() || *above.begin() != "..") {
-      std::fprintf(stderr, "warning: not following %s: it leads back into a folder above it\n",
-                   it->path().c_str());
+      if (warn)
+        std::fprintf(stderr, "warning: not following %s: it leads back into a folder above it\n",
+                     it->path().c_str());
       it.disable_recursion_pending();
     }
   }
@@ -118,15 +119,15 @@ bool has_image_extension(const std::string& path) {
   return std::find(kExtensions.begin(), kExtensions.end(), extension) != kExtensions.end();
 }
 
-ImageFolder::ImageFolder(const std::string& root) : root_(root) {
-  class_names_ = sorted_class_folders(root);
+ImageFolder::ImageFolder(const std::string& root, bool warn) : root_(root) {
+  class_names_ = sorted_class_folders(root, warn);
   if (class_names_.empty()) {
     throw DataError(root + ": no class folders (expected " + root + "/<class>/<image files>)");
   }
   // By extension: how many files were ignored, and one of them, so that they can be found.
   std::map<std::string, std::pair<size_t, std::string>> ignored_by_extension;
   for (size_t label = 0; label < class_names_.size(); ++label) {
-    for (std::string& path : files_under(fs::path(root) / class_names_[label])) {
+    for (std::string& path : files_under(fs::path(root) / class_names_[label], warn)) {
       if (has_image_extension(path)) {
         files_.push_back({std::move(path), static_cast<int>(label)});
         continue;
@@ -135,12 +136,12 @@ ImageFolder::ImageFolder(const std::string& root) : root_(root) {
       if (count++ == 0) example = path;
     }
   }
-  for (const auto& [extension, ignored] : ignored_by_extension) {
-    std::fprintf(stderr,
-                 "warning: %s: ignored %zu file(s) with extension '%s' (not an image format "
-                 "stb_image reads), e.g. %s\n",
-                 root.c_str(), ignored.first, extension.c_str(), ignored.second.c_str());
-  }
+  for (const auto& [extension, ignored] : ignored_by_extension)
+    if (warn)
+      std::fprintf(stderr,
+                   "warning: %s: ignored %zu file(s) with extension '%s' (not an image format "
+                   "stb_image reads), e.g. %s\n",
+                   root.c_str(), ignored.first, extension.c_str(), ignored.second.c_str());
   if (files_.empty()) {
     throw DataError(root + ": no images in any of its " + std::to_string(class_names_.size()) +
                     " class folders");

@@ -15,8 +15,9 @@ class ImageFolder : public ImageSource {
   // extension stb_image cannot decode, with a warning per extension that counts them and names
   // one. Broken links and image files directly in `root` are left out with a warning. Throws
   // DataError naming `root` when it is missing, has no class folders, or has no images at all,
-  // and naming the folder that cannot be listed.
-  explicit ImageFolder(const std::string& root);
+  // and naming the folder that cannot be listed. `warn` false keeps these warnings to itself (the
+  // ranks of a data-parallel run but the first, which would repeat its).
+  explicit ImageFolder(const std::string& root, bool warn = true);
 
   size_t size() const override { return files_.size(); }
   const std::vector<std::string>& class_names() const override { return class_names_; }

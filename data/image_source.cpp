@@ -57,12 +57,13 @@ bool looks_like_a_split(const fs::path& root) {
 
 }  // namespace
 
-std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split) {
+std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split,
+                                                bool warn) {
   const fs::path shard = fs::path(root) / (split + ".shard");
   const fs::path folder = fs::path(root) / split;
   std::error_code error;
   const bool from_shard = fs::is_regular_file(shard, error);
-  if (from_shard && fs::is_directory(folder, error))
+  if (warn && from_shard && fs::is_directory(folder, error))
     std::fprintf(stderr,
                  "warning: %s has both %s and a folder %s/: reading the shard (pack it again "
                  "after changing the folder, or remove it)\n",
@@ -73,11 +74,12 @@ std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const s
   if (from_shard)
     source = std::make_unique<ShardReader>(shard.string());
   else
-    source = std::make_unique<ImageFolder>(folder.string());
-  warn_of_empty_classes(source->class_names(), images_per_class(*source),
-                        (from_shard ? shard : folder).string(),
-                        ": it keeps its label, but nothing of it can be learned or scored from "
-                        "this split");
+    source = std::make_unique<ImageFolder>(folder.string(), warn);
+  if (warn)
+    warn_of_empty_classes(source->class_names(), images_per_class(*source),
+                          (from_shard ? shard : folder).string(),
+                          ": it keeps its label, but nothing of it can be learned or scored from "
+                          "this split");
   return source;
 }
 

@@ -35,8 +35,10 @@ std::unique_ptr<ImageSource> open_image_source(const std::string& path);
 // Opens one split of a dataset root: `root/<split>.shard` when that file exists, otherwise the
 // image folder `root/<split>/`. When both exist it says on stderr that the shard is read (a shard
 // packed before the folder changed would otherwise be trained on without a word), and it warns of
-// each class the split has no image of (warn_of_empty_classes).
-std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split);
+// each class the split has no image of (warn_of_empty_classes). `warn` false keeps every such
+// warning, and the folder's (ImageFolder), to itself.
+std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split,
+                                                bool warn = true);
 
 // How many images of each class `source` holds, by label.
 std::vector<size_t> images_per_class(const ImageSource& source);

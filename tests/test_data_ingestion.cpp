@@ -1,12 +1,15 @@
 // What reading a dataset tells its user when the data is not what it should be: classes that
 // differ between two lists, a split given where the dataset's root belongs, a folder that cannot
 // be listed, and a pack whose decoding fails in a way that is no unusable image.
+#include <fcntl.h>
 #include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <new>
 #include <string>
 #include <vector>
@@ -137,4 +140,33 @@ TEST_CASE("An exception a decoding thread of a pack throws reaches the caller", 
   CHECK_THROWS_WITH(pack_image_source(RunsOutOfMemory(), "memory", out, options),
                     "image 2: out of memory while packing it; no shard written");
   CHECK(std::filesystem::is_empty(dir.path() + "/out"));  // no partial shard left
+}
+
+TEST_CASE("A dataset opened without warnings keeps what its listing found to itself", "[data]") {
+  // The ranks of a data-parallel run but the first open it so: their warnings would repeat its.
+  TempDir dir;
+  std::filesystem::create_directories(dir.file("data/train/cat"));
+  write_png(dir.file("data/train/cat/one.png"), gradient_image(8, 8));
+  std::ofstream(dir.file("data/train/cat/notes.txt")) << "not an image";
+  std::filesystem::create_directories(dir.file("data/train/dog"));  // a class with no image
+  const std::string root = dir.path() + "/data";
+  // What opening the train split writes to stderr.
+  auto warnings_of = [&](bool warn) {
+    const std::string captured = dir.file("stderr.txt");
+    std::fflush(stderr);
+    const int saved = dup(STDERR_FILENO);
+    const int file = open(captured.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    REQUIRE(dup2(file, STDERR_FILENO) >= 0);
+    close(file);
+    open_dataset_split(root, "train", warn);
+    std::fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    const std::vector<uint8_t> bytes = deit::test::read_bytes(captured);
+    return std::string(bytes.begin(), bytes.end());
+  };
+  const std::string shown = warnings_of(true);
+  CHECK_THAT(shown, Contains("ignored 1 file(s) with extension '.txt'") &&
+                        Contains("class 'dog' has no images"));
+  CHECK(warnings_of(false).empty());
 }

@@ -186,8 +186,11 @@ void append_log_line(const std::string& path, const nlohmann::json& line,
   }
 }
 
-std::shared_ptr<const data::ImageSource> open_split(const std::string& root, const char* split) {
-  return std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, split));
+// A split of the dataset; `warn`: whether to say what its listing found amiss (rank 0 alone, so
+// that a data-parallel run says it once).
+std::shared_ptr<const data::ImageSource> open_split(const std::string& root, const char* split,
+                                                    bool warn) {
+  return std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, split, warn));
 }
 
 NamedTensors prefixed(const std::string& prefix, const NamedTensors& tensors) {
@@ -360,8 +363,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   // Rank 0 alone writes the run's files and shows progress; the other ranks never touch OUTPUT.
   const bool lead = rank == 0;
   o.validate();  // before anything is created; again once the dataset gives the class count
-  auto train_source = open_split(o.data_dir, "train");
-  auto val_source = open_split(o.data_dir, "val");
+  auto train_source = open_split(o.data_dir, "train", lead);
+  auto val_source = open_split(o.data_dir, "val", lead);
   if (train_source->class_names() != val_source->class_names())
     throw std::runtime_error("the train and val splits of '" + o.data_dir +
                              "' have different classes (" +
