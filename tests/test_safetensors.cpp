@@ -3,6 +3,9 @@
 // named, and atomic writes.
 #include <catch2/catch.hpp>
 
+#include <array>
+#include <cstdio>
+
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -247,6 +250,35 @@ TEST_CASE("safetensors finds a tensor whose bytes changed after they were writte
   CHECK(read_safetensors(path, [](const std::string& name) {
           return name != "weights";
         }).tensors.size() == tensors.size() - 1);
+}
+
+TEST_CASE("safetensors checksums a tensor larger than one CRC piece as a whole", "[io]") {
+  // The writer sums 64 MiB pieces on every core and combines them: the result must be the CRC-32
+  // of the whole, here computed a byte at a time from the polynomial.
+  std::array<uint32_t, 256> table{};
+  for (uint32_t n = 0; n < 256; ++n) {
+    uint32_t c = n;
+    for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    table[n] = c;
+  }
+  std::vector<uint8_t> bytes((size_t{150} << 20) + 12345);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 2654435761u >> 24);
+  uint32_t crc = 0xFFFFFFFFu;
+  for (const uint8_t b : bytes) crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8);
+  char expected[9];
+  std::snprintf(expected, sizeof expected, "%08x", crc ^ 0xFFFFFFFFu);
+
+  TempDir dir;
+  const std::string path = dir.file("large.safetensors");
+  write_safetensors(path,
+                    {{"large", Tensor::from_vector(bytes, {static_cast<int64_t>(bytes.size())})}});
+  const std::vector<uint8_t> file = deit::test::read_bytes(path);
+  uint64_t header_length = 0;
+  std::memcpy(&header_length, file.data(), 8);
+  const auto header = nlohmann::json::parse(file.begin() + 8, file.begin() + 8 + header_length);
+  CHECK(nlohmann::json::parse(header["__metadata__"]["deit_crc32"].get<std::string>())["large"] ==
+        expected);
+  CHECK(read_safetensors(path).tensors.size() == 1);
 }
 
 TEST_CASE("safetensors detects a truncated file and a missing one", "[io]") {
