@@ -1199,3 +1199,20 @@ TEST_CASE("a resumed run whose log lacks epochs its checkpoint trained says so",
                                        "lost"));
   CHECK(test::log_lines(out + "/log.txt").size() == 1);
 }
+
+TEST_CASE("a resumed run whose val split changed says its best top-1 was scored on the other",
+          "[train][resume][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  std::filesystem::remove(
+      std::filesystem::directory_iterator(data + "/val/" + data::synthetic_class_names()[0])
+          ->path());
+  const CliResult r = run_deit("train --resume " + out + " --epochs 2");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: the val split of '" + data +
+                                       "' holds 15 images, "
+                                       "16 when") &&
+                           Catch::Contains("the run's best top-1 so far"));
+}

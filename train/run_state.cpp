@@ -41,7 +41,8 @@ nlohmann::json RunState::to_json() const {
                       {"best_epoch", best_epoch},
                       {"sampler", sampler_to_json(sampler)},
                       {"world_size", world_size},
-                      {"optimizer_steps", optimizer_steps}};
+                      {"optimizer_steps", optimizer_steps},
+                      {"val_images", val_images}};
   if (within_epoch)
     j["within_epoch"] = {{"epoch", within_epoch->epoch},
                          {"batches", within_epoch->batches},
@@ -66,6 +67,7 @@ RunState run_state_from_json(const nlohmann::json& state) {
   r.sampler = sampler_from_json(state.at("sampler"));
   r.world_size = state.value("world_size", int64_t{1});
   r.optimizer_steps = state.value("optimizer_steps", int64_t{0});
+  r.val_images = state.value("val_images", int64_t{-1});
   if (r.epochs_done < 0 || r.world_size < 1 || r.optimizer_steps < 0 ||
       (r.within_epoch && r.within_epoch->epoch != r.epochs_done))
     throw std::invalid_argument("its run state is inconsistent: " + state.dump());

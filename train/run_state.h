@@ -6,6 +6,7 @@
 //    "best_acc1": A, "best_epoch": B,
 //    "sampler": {...},            rank 0's data order and position (data/sampler.h)
 //    "world_size": W, "optimizer_steps": S,
+//    "val_images": V,             the val split's images when it was saved (-1: not said)
 //    "within_epoch": {...}}       only for a checkpoint of a step inside epoch E + 1 (a stop
 //                                 signal, --save-every): see WithinEpoch
 #pragma once
@@ -38,6 +39,7 @@ struct RunState {
   data::SamplerState sampler;
   int64_t world_size = 1;
   int64_t optimizer_steps = 0;
+  int64_t val_images = -1;  // -1: a checkpoint of a deit that did not save it
 
   nlohmann::json to_json() const;
 };

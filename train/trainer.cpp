@@ -538,6 +538,15 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     }
     summary.best_acc1 = saved_run.best_acc1;
     summary.best_epoch = saved_run.best_epoch;
+    const auto val_images = static_cast<int64_t>(val_source->size());
+    if (lead && saved_run.val_images >= 0 && saved_run.val_images != val_images &&
+        saved_run.best_epoch >= 0)
+      std::fprintf(stderr,
+                   "warning: the val split of '%s' holds %lld images, %lld when '%s' was saved: "
+                   "the run's best top-1 so far (%.2f%%, epoch %lld) was scored on the other, and "
+                   "the epochs from here score on this one\n",
+                   o.data_dir.c_str(), (long long)val_images, (long long)saved_run.val_images,
+                   o.resume.c_str(), saved_run.best_acc1, (long long)saved_run.best_epoch + 1);
     // Rank 0's data position is saved; every rank's is the same but for its rank.
     data::SamplerState saved = saved_run.sampler;
     saved.rank = static_cast<uint32_t>(rank);
@@ -644,6 +653,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     state.sampler = sampler;
     state.world_size = world;
     state.optimizer_steps = optimizer.step_count();
+    state.val_images = static_cast<int64_t>(val_source->size());
     model::save_checkpoint(checkpoint_path, vit, extra, state.to_json(),
                            train_source->class_names());
   };
