@@ -552,7 +552,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     saved.rank = static_cast<uint32_t>(rank);
     // Between epochs the next epoch's order depends on the images there are, not on the last's:
     // a train split that gained or lost images (one found unreadable, say) can go on.
-    const uint64_t images_now = train_loader->sampler().state(0, 0).dataset_size;
+    const uint64_t images_now = train_source->size();
     if (!saved_run.within_epoch && saved.dataset_size != images_now) {
       if (lead)
         std::fprintf(stderr,
@@ -714,7 +714,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
           "the loss is " + std::to_string(loss_value) + " at epoch " + std::to_string(epoch + 1) +
           ", batch " + std::to_string(batch_number + 1) +
           (world > 1 ? " of rank " + std::to_string(rank) : "") +
-          "; nothing of this epoch was saved (the last checkpoint, if any, is " + "untouched)");
+          "; nothing of this epoch was saved (the last checkpoint, if any, is untouched)");
     };
     // CUDA: the end of a queued optimizer step. The device works through it while the next batch
     // goes up; then one wait reads its values: the losses first (a non-finite loss makes the
