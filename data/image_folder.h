@@ -24,6 +24,7 @@ class ImageFolder : public ImageSource {
   int label(size_t index) const override { return files_.at(index).label; }
   ImageU8 load(size_t index) const override;
   std::string describe(size_t index) const override { return files_.at(index).path; }
+  std::string listing_fingerprint() const override;
 
   const std::string& root() const { return root_; }
 

@@ -26,6 +26,13 @@ class ImageSource {
   virtual ImageU8 load(size_t index) const = 0;
   // Where image `index` comes from, for messages: a file path or "<shard> record <n>".
   virtual std::string describe(size_t index) const = 0;
+  // Which image each index holds, in 16 hex digits after the kind of source: equal for two
+  // listings that put the same images at the same indices. A folder says it by relative path and
+  // label ("folder:..."; the root may move), a shard by each record's pixel checksum and label
+  // ("shard:..."), so two sources of one kind can be compared, and a folder and its shard cannot.
+  // "" for a source that cannot say. A resumed run tells by it a split whose files were exchanged
+  // for as many others.
+  virtual std::string listing_fingerprint() const { return ""; }
 };
 
 // Opens `path` as a shard file when it is a regular file, as an image folder when it is a

@@ -61,10 +61,6 @@ struct ShardIndexEntry {
 };
 static_assert(sizeof(ShardIndexEntry) == 32, "ShardIndexEntry is a file format: no padding");
 
-// XXH64 (Yann Collet's xxHash, 64-bit variant), written out here: fast enough (several GB/s per
-// core) to verify every record on every read.
-uint64_t xxhash64(const void* data, size_t size, uint64_t seed = 0);
-
 // True when `path` is a regular file that starts with the shard magic.
 bool is_shard_file(const std::string& path);
 
@@ -117,6 +113,7 @@ class ShardReader : public ImageSource {
   int label(size_t index) const override { return index_.at(index).label; }
   ImageU8 load(size_t index) const override;
   std::string describe(size_t index) const override;
+  std::string listing_fingerprint() const override;
 
   uint32_t short_side() const { return short_side_; }
 

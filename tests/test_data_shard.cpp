@@ -12,6 +12,7 @@
 #include "data/prefetch.h"
 #include "data/shard.h"
 #include "data/synthetic.h"
+#include "data/xxhash64.h"
 #include "tests/test_data_helpers.h"
 
 namespace {
@@ -301,6 +302,35 @@ TEST_CASE("A shard packed at full size feeds the loader what its folder does", "
   const auto from_shard = run(open_dataset_split(dir.path() + "/synthetic", "train"));
   CHECK(from_folder.first.size() == 28 * 16 * 16 * 3);  // 30 images, drop_last batches of 4
   CHECK(from_shard == from_folder);
+}
+
+TEST_CASE("A listing's fingerprint tells which image each index holds, wherever the root lies",
+          "[data]") {
+  TempDir dir;
+  write_png(dir.file("one/train/a/x.png"), gradient_image(8, 8, 1));
+  write_png(dir.file("one/train/a/y.png"), gradient_image(8, 8, 2));
+  write_png(dir.file("one/train/b/z.png"), gradient_image(8, 8, 3));
+  std::filesystem::copy(dir.file("one"), dir.file("two"), std::filesystem::copy_options::recursive);
+  const std::string folder = ImageFolder(dir.file("one/train")).listing_fingerprint();
+  CHECK_THAT(folder, Catch::Matches("folder:[0-9a-f]{16}"));
+  // Moved elsewhere, or named with a trailing slash: the same listing.
+  CHECK(ImageFolder(dir.file("two/train")).listing_fingerprint() == folder);
+  CHECK(ImageFolder(dir.file("two/train/")).listing_fingerprint() == folder);
+  // As many images, one of them under another name, or in another class: another listing.
+  std::filesystem::rename(dir.file("two/train/a/y.png"), dir.file("two/train/a/w.png"));
+  CHECK(ImageFolder(dir.file("two/train")).listing_fingerprint() != folder);
+  std::filesystem::rename(dir.file("two/train/a/w.png"), dir.file("two/train/b/y.png"));
+  CHECK(ImageFolder(dir.file("two/train")).listing_fingerprint() != folder);
+
+  // A shard's says it by content: two packs of one folder agree, another image does not.
+  pack_image_folder(dir.file("one/train"), dir.file("one.shard"), PackOptions{0, 1});
+  pack_image_folder(dir.file("one/train"), dir.file("again.shard"), PackOptions{0, 2});
+  const std::string shard = ShardReader(dir.file("one.shard")).listing_fingerprint();
+  CHECK_THAT(shard, Catch::Matches("shard:[0-9a-f]{16}"));
+  CHECK(ShardReader(dir.file("again.shard")).listing_fingerprint() == shard);
+  write_png(dir.file("one/train/a/y.png"), gradient_image(8, 8, 4));
+  pack_image_folder(dir.file("one/train"), dir.file("other.shard"), PackOptions{0, 1});
+  CHECK(ShardReader(dir.file("other.shard")).listing_fingerprint() != shard);
 }
 
 TEST_CASE("A shard file given where the dataset's folder belongs is named as such", "[data]") {

@@ -379,6 +379,19 @@ TEST_CASE("mpi: ranks that differ in settings or classes all stop before trainin
   CHECK_THROWS_WITH(
       train::train(tiny_run(comm->rank() == 1 ? fewer : data, dir.file("fewer_run"), 4), *comm),
       Catch::Contains("differ in the train split's image count"));
+  // Rank 1's copy holds as many training images, one under another name: its indices would pick
+  // other images than rank 0's.
+  const std::string other = dir.file("other");
+  if (comm->rank() == 0) {
+    std::filesystem::copy(data, other, std::filesystem::copy_options::recursive);
+    const std::string first_class = other + "/train/" + data::synthetic_class_names()[0];
+    const std::filesystem::path first = std::filesystem::directory_iterator(first_class)->path();
+    std::filesystem::rename(first, first_class + "/renamed.png");
+  }
+  comm->barrier();
+  CHECK_THROWS_WITH(
+      train::train(tiny_run(comm->rank() == 1 ? other : data, dir.file("other_run"), 4), *comm),
+      Catch::Contains("differ in the train split's images (by relative path"));
   // Rank 0 refuses its --output (a folder holding another run's log): every rank stops.
   if (comm->rank() == 0) {
     std::filesystem::create_directories(dir.file("held"));

@@ -1155,7 +1155,7 @@ TEST_CASE("deit train refuses a --save-every that is not a finite number of minu
   }
 }
 
-TEST_CASE("a train split that changed size resumes between epochs, with a warning, not within one",
+TEST_CASE("a train split that changed resumes between epochs, with a warning, not within one",
           "[train][resume][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");
@@ -1171,18 +1171,35 @@ TEST_CASE("a train split that changed size resumes between epochs, with a warnin
   CliResult r = run_deit("train --resume " + out);
   INFO(r.output);
   CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("the saved dataset size is 96, this run's is 95") &&
+  CHECK_THAT(r.output, Catch::Contains("and the split holds 95 images, 96 when") &&
                            Catch::Contains("put the train split back as it was"));
-  // Put back, the epoch finishes; then, between epochs, one image fewer goes on with a warning.
-  test::write_bytes(first, image);
+  // As many images, but one under another name: the saved order would now pick other images.
+  const std::string renamed = data + "/train/checkerboard/renamed.png";
+  test::write_bytes(renamed, image);
+  r = run_deit("train --resume " + out);
+  INFO(r.output);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("and the split holds other images than when '" + out +
+                                       "/checkpoint.safetensors' was saved (as many, 96, but not "
+                                       "the same files)") &&
+                           Catch::Contains("put the train split back as it was"));
+  // Put back, the epoch finishes; then, between epochs, other files and one image fewer each go on
+  // with a warning.
+  std::filesystem::rename(renamed, first);
   REQUIRE(run_deit("train --resume " + out + " --epochs 1").exit_code == 0);
-  std::filesystem::remove(first);
+  std::filesystem::rename(first, renamed);
   r = run_deit("train --resume " + out + " --epochs 2");
   INFO(r.output);
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("warning: the train split of '" + data +
+                                       "' holds other images than when"));
+  std::filesystem::remove(renamed);
+  r = run_deit("train --resume " + out + " --epochs 3");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: the train split of '" + data +
                                        "' holds 95 images, 96 when"));
-  CHECK(test::log_lines(out + "/log.txt").size() == 2);
+  CHECK(test::log_lines(out + "/log.txt").size() == 3);
 }
 
 TEST_CASE("a resumed run whose log lacks epochs its checkpoint trained says so", "[train][cli]") {

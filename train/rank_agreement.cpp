@@ -2,7 +2,7 @@
 
 #include <cstdint>
 
-#include "data/shard.h"
+#include "data/xxhash64.h"
 
 namespace deit::train {
 

@@ -7,6 +7,8 @@
 //    "sampler": {...},            rank 0's data order and position (data/sampler.h)
 //    "world_size": W, "optimizer_steps": S,
 //    "val_images": V,             the val split's images when it was saved (-1: not said)
+//    "train_listing": "...",      which image each index of the train split held
+//                                 (ImageSource::listing_fingerprint; "": not said)
 //    "within_epoch": {...}}       only for a checkpoint of a step inside epoch E + 1 (a stop
 //                                 signal, --save-every): see WithinEpoch
 #pragma once
@@ -40,6 +42,7 @@ struct RunState {
   int64_t world_size = 1;
   int64_t optimizer_steps = 0;
   int64_t val_images = -1;  // -1: a checkpoint of a deit that did not save it
+  std::string train_listing;  // "": a checkpoint of a deit that did not save it
 
   nlohmann::json to_json() const;
 };

@@ -168,6 +168,14 @@ void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done)
                  epochs_done == 1 ? "" : "s", (long long)epochs_done + 1);
 }
 
+// Whether two fingerprints of a split's listing (ImageSource::listing_fingerprint) say that its
+// indices hold other images: only two of one kind of source ("folder:", "shard:") can tell.
+bool listings_differ(const std::string& saved, const std::string& now) {
+  const size_t kind_end = saved.find(':');
+  return kind_end != std::string::npos &&
+         now.compare(0, kind_end + 1, saved, 0, kind_end + 1) == 0 && now != saved;
+}
+
 // Appends an epoch's line to log.txt, after its checkpoint was saved. A failure says that the epoch
 // is saved, and gives the line, which the log would lack for good: a resumed run goes on from the
 // next epoch.
@@ -365,6 +373,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   o.validate();  // before anything is created; again once the dataset gives the class count
   auto train_source = open_split(o.data_dir, "train", lead);
   auto val_source = open_split(o.data_dir, "val", lead);
+  const std::string train_listing = train_source->listing_fingerprint();
   if (train_source->class_names() != val_source->class_names())
     throw std::runtime_error("the train and val splits of '" + o.data_dir +
                              "' have different classes (" +
@@ -412,6 +421,8 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                          nlohmann::json(train_source->class_names()).dump());
     // Each rank draws its share of one global order of the train split's images.
     entries.emplace_back("the train split's image count", std::to_string(train_source->size()));
+    entries.emplace_back("the train split's images (by relative path, or a shard's content)",
+                         train_listing);
     const std::vector<std::string> differ = entries_that_differ(comm, entries);
     if (!differ.empty()) {
       std::string list;
@@ -553,26 +564,33 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     // Between epochs the next epoch's order depends on the images there are, not on the last's:
     // a train split that gained or lost images (one found unreadable, say) can go on.
     const uint64_t images_now = train_source->size();
-    if (!saved_run.within_epoch && saved.dataset_size != images_now) {
+    const std::string change =
+        saved.dataset_size != images_now
+            ? "holds " + std::to_string(images_now) + " images, " +
+                  std::to_string(saved.dataset_size) + " when '" + o.resume + "' was saved"
+        : listings_differ(saved_run.train_listing, train_listing)
+            ? "holds other images than when '" + o.resume + "' was saved (as many, " +
+                  std::to_string(images_now) + ", but not the same files)"
+            : "";
+    if (!saved_run.within_epoch && !change.empty()) {
       if (lead)
         std::fprintf(stderr,
-                     "warning: the train split of '%s' holds %llu images, %llu when '%s' was "
-                     "saved: the run goes on with the images there are now, so it will not end "
-                     "where the uninterrupted run would have\n",
-                     o.data_dir.c_str(), (unsigned long long)images_now,
-                     (unsigned long long)saved.dataset_size, o.resume.c_str());
+                     "warning: the train split of '%s' %s: the run goes on with the images there "
+                     "are now, so it will not end where the uninterrupted run would have\n",
+                     o.data_dir.c_str(), change.c_str());
       saved.dataset_size = images_now;
       saved.position = 0;
     }
+    if (saved_run.within_epoch && !change.empty())
+      throw std::runtime_error("cannot resume '" + o.resume + "' on '" + o.data_dir +
+                               "': it was saved within an epoch, whose order is that of the " +
+                               "images its train split held, and the split " + change +
+                               ": put the train split back as it was to finish the epoch");
     try {
       train_loader->sampler().check_resumable(saved);
     } catch (const std::exception& e) {
-      throw std::runtime_error(
-          "cannot resume '" + o.resume + "' on '" + o.data_dir + "': " + e.what() +
-          (saved_run.within_epoch && saved.dataset_size != images_now
-               ? " (it was saved within an epoch, whose order is that of the images it had: put "
-                 "the train split back as it was to finish the epoch)"
-               : ""));
+      throw std::runtime_error("cannot resume '" + o.resume + "' on '" + o.data_dir +
+                               "': " + e.what());
     }
     if (saved_run.within_epoch) {
       resume_position = saved.position;
@@ -654,6 +672,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     state.world_size = world;
     state.optimizer_steps = optimizer.step_count();
     state.val_images = static_cast<int64_t>(val_source->size());
+    state.train_listing = train_listing;
     model::save_checkpoint(checkpoint_path, vit, extra, state.to_json(),
                            train_source->class_names());
   };
