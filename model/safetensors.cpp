@@ -52,16 +52,21 @@ using File = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
 // flipped on a disk or a copy cut short and padded (the header stays valid) is found when the
 // tensor is read, instead of training on from damaged weights. A fixed width, so the header can
 // be written before the data and its checksums filled in after. Files without it (written by
-// another program, or by deit before it) are read unchecked.
+// another program, or by deit before it) are read unchecked. The writer's other metadata (a run's
+// state, classes and model) has its own, under kMetadataChecksum: a digit flipped there would
+// resume another epoch or learning rate without a word.
 constexpr const char* kChecksumsKey = "deit_crc32";
+constexpr const char* kMetadataChecksum = "__metadata__";  // never a tensor's name
+constexpr const char* kChangedAfterWriting =
+    "; the file changed after deit wrote it (a file rewritten on purpose must leave out its "
+    "metadata's deit_crc32)";
 
 // A large tensor's CRC is summed in 64 MiB pieces on every core, then combined: one core's 2.3 GB/s
 // (measured on the development VM) would add seconds to each save and load of a large model's
 // checkpoint.
-std::string crc32_hex(const Tensor& host) {
+std::string crc32_hex(const void* data, size_t size) {
   constexpr size_t kPiece = size_t{64} << 20;
-  const auto* bytes = static_cast<const Bytef*>(host.raw_data());
-  const size_t size = host.nbytes();
+  const auto* bytes = static_cast<const Bytef*>(data);
   const auto pieces = static_cast<int64_t>((size + kPiece - 1) / kPiece);
   std::vector<uLong> piece_crcs(static_cast<size_t>(pieces));
 #pragma omp parallel for schedule(static) if (pieces > 1)
@@ -77,6 +82,15 @@ std::string crc32_hex(const Tensor& host) {
   char hex[9];
   std::snprintf(hex, sizeof hex, "%08lx", crc);
   return hex;
+}
+
+std::string crc32_hex(const Tensor& host) { return crc32_hex(host.raw_data(), host.nbytes()); }
+
+// The metadata's entries in their (sorted) order, each key and value ended by a NUL.
+std::string metadata_crc32_hex(const Metadata& metadata) {
+  std::string text;
+  for (const auto& [key, value] : metadata) text += key + '\0' + value + '\0';
+  return crc32_hex(text.data(), text.size());
 }
 
 std::string errno_text() { return std::strerror(errno); }
@@ -295,7 +309,7 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
     return dtype_size(tensors[a].second.dtype()) > dtype_size(tensors[b].second.dtype());
   });
 
-  nlohmann::ordered_json checksums = nlohmann::ordered_json::object();
+  nlohmann::ordered_json checksums = {{kMetadataChecksum, metadata_crc32_hex(metadata)}};
   for (size_t i : order) checksums[tensors[i].first] = "00000000";  // filled in as they are written
   auto header_text = [&] {
     Metadata with_checksums = metadata;
@@ -371,6 +385,13 @@ SafetensorsContents read_safetensors(const std::string& path,
     if (!checksums.is_object()) parser.fail(std::string("its ") + kChecksumsKey + " is damaged");
     out.metadata.erase(found);  // the file's own business, not its writer's metadata
   }
+  if (const auto written = checksums.find(kMetadataChecksum); written != checksums.end()) {
+    const std::string actual = metadata_crc32_hex(out.metadata);
+    if (*written != actual)
+      throw std::runtime_error("'" + path + "' is damaged: its metadata (a run's state, classes " +
+                               "and model) is not what was written (CRC-32 " + actual +
+                               ", written " + written->dump() + ")" + kChangedAfterWriting);
+  }
   const uint64_t data_start = 8 + header_bytes;
   for (Entry& e : entries) {
     if (select && !select(e.name)) continue;
@@ -382,9 +403,7 @@ SafetensorsContents read_safetensors(const std::string& path,
     if (checksum != checksums.end() && *checksum != crc32_hex(t))
       throw std::runtime_error("'" + path + "' is damaged: the bytes of tensor '" + e.name +
                                "' are not those written (CRC-32 " + crc32_hex(t) + ", written " +
-                               checksum->dump() + "); the file changed after deit wrote it (a " +
-                               "file rewritten on purpose must leave out its metadata's " +
-                               kChecksumsKey + ")");
+                               checksum->dump() + ")" + kChangedAfterWriting);
     out.tensors.emplace_back(std::move(e.name), std::move(t));
   }
   return out;

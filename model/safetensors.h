@@ -12,9 +12,10 @@
 // whole header before it reads any data and throws std::runtime_error naming the file and the
 // problem; writing goes to a temporary file beside the target and is renamed over it only once
 // complete, so a failed write never leaves a partial file or destroys the previous one. deit also
-// writes each tensor's CRC-32 into the metadata (key "deit_crc32"; readers that do not know it
-// ignore it, as timm does), and checks every tensor it reads against it, throwing when the bytes
-// changed after they were written (a flipped bit, a copy cut short and padded).
+// writes each tensor's CRC-32, and one of the rest of the metadata, into the metadata (key
+// "deit_crc32"; readers that do not know it ignore it, as timm does), and checks the metadata and
+// every tensor it reads against them, throwing when the bytes changed after they were written (a
+// flipped bit, a copy cut short and padded).
 #pragma once
 #include <functional>
 #include <map>

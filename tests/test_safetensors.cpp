@@ -30,6 +30,21 @@ using Catch::Contains;
 
 namespace {
 
+// CRC-32 as everyone computes it, a byte at a time from the polynomial, in 8 hex digits.
+std::string crc32_of_bytes(const std::string& bytes) {
+  std::array<uint32_t, 256> table{};
+  for (uint32_t n = 0; n < 256; ++n) {
+    uint32_t c = n;
+    for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    table[n] = c;
+  }
+  uint32_t crc = 0xFFFFFFFFu;
+  for (const char b : bytes) crc = table[(crc ^ static_cast<uint8_t>(b)) & 0xFF] ^ (crc >> 8);
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08x", crc ^ 0xFFFFFFFFu);
+  return hex;
+}
+
 // One tensor of each dtype, odd sizes so that alignment matters, plus a 0-d and an empty tensor;
 // listed smallest element first so the writer has to reorder them.
 NamedTensors every_dtype() {
@@ -113,11 +128,13 @@ TEST_CASE("safetensors files have the reference layout", "[io]") {
   std::memcpy(&header_length, bytes.data(), 8);
   CHECK(header_length % 8 == 0);  // so the data starts 8-byte aligned
   const auto header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + header_length);
-  // The writer's metadata, and each tensor's CRC-32 in 8 hex digits (of no bytes, 0).
+  // The writer's metadata, and the CRC-32 of each tensor (of no bytes, 0) and of the metadata
+  // (of "format\0pt\0") in 8 hex digits.
   CHECK(header["__metadata__"]["format"] == "pt");
   const auto checksums =
       nlohmann::json::parse(header["__metadata__"]["deit_crc32"].get<std::string>());
-  CHECK(checksums.size() == every_dtype().size());
+  CHECK(checksums.size() == every_dtype().size() + 1);
+  CHECK(checksums["__metadata__"] == crc32_of_bytes(std::string("format\0pt\0", 10)));
   CHECK(checksums["empty"] == "00000000");
   CHECK(header["weights"]["dtype"] == "F32");
   CHECK(header["weights"]["shape"] == nlohmann::json{2, 3});
@@ -225,7 +242,7 @@ TEST_CASE("safetensors rejects damaged files, naming the file and the problem", 
 TEST_CASE("safetensors finds a tensor whose bytes changed after they were written", "[io]") {
   TempDir dir;
   const std::string path = dir.file("flipped.safetensors");
-  // CRC-32 as everyone computes it: "123456789" checks to cbf43926.
+  // "123456789" checks to cbf43926, as everyone computes CRC-32.
   const std::string digits = "123456789";
   NamedTensors tensors = every_dtype();
   tensors.emplace_back(
@@ -252,21 +269,30 @@ TEST_CASE("safetensors finds a tensor whose bytes changed after they were writte
         }).tensors.size() == tensors.size() - 1);
 }
 
+TEST_CASE("safetensors finds metadata that changed after it was written", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("state.safetensors");
+  write_safetensors(path, every_dtype(), {{"deit", R"({"epoch":4,"lr":0.003})"}});
+  REQUIRE(read_safetensors(path).metadata.at("deit") == R"({"epoch":4,"lr":0.003})");
+  // One digit of the run's state changed (the header is still valid JSON, the run another one).
+  std::vector<uint8_t> bytes = deit::test::read_bytes(path);
+  const std::string text(bytes.begin(), bytes.end());
+  const size_t epoch_at = text.find(R"(\"epoch\":4)");
+  REQUIRE(epoch_at != std::string::npos);
+  bytes[epoch_at + std::strlen(R"(\"epoch\":)")] = '7';
+  deit::test::write_bytes(path, bytes);
+  CHECK_THROWS_WITH(read_safetensors(path),
+                    Contains("'" + path +
+                             "' is damaged: its metadata (a run's state, classes and model) is "
+                             "not what was written"));
+}
+
 TEST_CASE("safetensors checksums a tensor larger than one CRC piece as a whole", "[io]") {
   // The writer sums 64 MiB pieces on every core and combines them: the result must be the CRC-32
   // of the whole, here computed a byte at a time from the polynomial.
-  std::array<uint32_t, 256> table{};
-  for (uint32_t n = 0; n < 256; ++n) {
-    uint32_t c = n;
-    for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    table[n] = c;
-  }
   std::vector<uint8_t> bytes((size_t{150} << 20) + 12345);
   for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 2654435761u >> 24);
-  uint32_t crc = 0xFFFFFFFFu;
-  for (const uint8_t b : bytes) crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8);
-  char expected[9];
-  std::snprintf(expected, sizeof expected, "%08x", crc ^ 0xFFFFFFFFu);
+  const std::string expected = crc32_of_bytes(std::string(bytes.begin(), bytes.end()));
 
   TempDir dir;
   const std::string path = dir.file("large.safetensors");
