@@ -11,6 +11,7 @@
 #include "apps/commands.h"
 #include "apps/shell_quoted.h"
 #include "apps/train_flags.h"
+#include "data/made_folder.h"
 #include "data/synthetic.h"
 #include "engine/device.h"
 #include "train/output_lock.h"
@@ -89,7 +90,7 @@ void run_demo(const DemoOptions& d, const std::string& program) {
   // Before anything is made or replaced: a device this machine lacks ends the demo at once.
   require_device(parse_device(d.device));
   // One demo at a time in --out: a second would remake the dataset or remove the run under it.
-  fs::create_directories(d.out);
+  const data::MadeFolder out_folder(d.out);
   const train::OutputLock one_demo(d.out, "--out");
   const std::string data_dir = (fs::path(d.out) / "data").string();
   data::SyntheticOptions synthetic;

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "data/made_folder.h"
 #include "model/checkpoint.h"
 #include "train/run_state.h"
 
@@ -45,13 +46,7 @@ void run_export(const ExportOptions& opts) {
   if (opts.ema) train::warn_if_moving_average_is_young(ckpt.path, ckpt.state);
   model::VisionTransformer vit(ckpt.config);
   model::load_checkpoint_model(vit, ckpt);
-  // Its folder is made where missing, as deit train makes its --output.
-  const std::filesystem::path folder = std::filesystem::path(opts.out).parent_path();
-  std::error_code error;
-  if (!folder.empty()) std::filesystem::create_directories(folder, error);
-  if (error)
-    throw std::runtime_error("cannot write '" + opts.out + "': cannot make its folder (" +
-                             error.message() + ")");
+  const data::MadeFolder made(std::filesystem::path(opts.out).parent_path().string());
   model::save_weights(opts.out, vit, ckpt.class_names);
   std::printf("wrote %s: %s%s, %zu tensors, %lld parameters, timm names\n", opts.out.c_str(),
               ckpt.config.name.c_str(), opts.ema ? " (moving average)" : "",

@@ -13,6 +13,7 @@
 
 #include "data/image_folder.h"
 #include "data/image_source.h"
+#include "data/made_folder.h"
 #include "data/shard.h"
 #include "data/transforms.h"
 
@@ -22,14 +23,23 @@ namespace {
 
 // The first exception the decoding threads met that is not an unusable image (which is skipped):
 // it may not leave its OpenMP thread, where it would end the process without a word, so it is
-// kept, with the image it came from, and thrown again from the calling thread.
+// kept, with the index of the image it came from, and thrown again from the calling thread.
 class FirstFailure {
  public:
   // Called from a catch block: keeps the exception being handled, unless one is kept already.
-  void capture(const std::string& image) {
+  // Allocates nothing, so that nothing escapes the thread from here.
+  void capture(size_t index) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (error_) return;
+    error_ = std::current_exception();
+    index_ = index;
+  }
+  // Throws what was kept, naming its image of `source`.
+  void throw_if_any(const ImageSource& source) const {
+    if (!error_) return;
     std::string what;
     try {
-      throw;
+      std::rethrow_exception(error_);
     } catch (const std::bad_alloc&) {
       what = "out of memory";
     } catch (const std::exception& e) {
@@ -37,28 +47,15 @@ class FirstFailure {
     } catch (...) {
       what = "an unknown error";
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (message_.empty()) message_ = image + ": " + what + " while packing it; no shard written";
-  }
-  void throw_if_any() const {
-    if (!message_.empty()) throw std::runtime_error(message_);
+    throw std::runtime_error(source.describe(index_) + ": " + what +
+                             " while packing it; no shard written");
   }
 
  private:
   std::mutex mutex_;
-  std::string message_;
+  std::exception_ptr error_;
+  size_t index_ = 0;
 };
-
-// Makes the folder `out` goes in, as deit train makes its --output.
-void create_folder_of(const std::string& out) {
-  const std::filesystem::path folder = std::filesystem::path(out).parent_path();
-  std::error_code error;
-  if (folder.empty() || std::filesystem::is_directory(folder, error)) return;
-  std::filesystem::create_directories(folder, error);
-  if (error)
-    throw DataError(out + ": cannot create its folder " + folder.string() + " (" + error.message() +
-                    ")");
-}
 
 }  // namespace
 
@@ -69,7 +66,7 @@ PackSummary pack_image_folder(const std::string& src, const std::string& out,
   if (lies_within(out, src))
     throw DataError(out + ": lies inside the folder being packed (" + src + "); write the shard " +
                     "elsewhere");
-  create_folder_of(out);
+  const MadeFolder made(std::filesystem::path(out).parent_path().string());
   return pack_image_source(folder, src, out, options, progress);
 }
 
@@ -93,18 +90,21 @@ PackSummary pack_image_source(const ImageSource& source, const std::string& name
     for (size_t i = 0; i < count; ++i) {
       images[i].reset();
       try {
-        ImageU8 image = source.load(first + i);
-        if (short_side > 0 && std::min(image.height, image.width) > static_cast<int>(short_side)) {
-          image = resize_shorter_side(image, static_cast<int>(short_side));
+        try {
+          ImageU8 image = source.load(first + i);
+          if (short_side > 0 &&
+              std::min(image.height, image.width) > static_cast<int>(short_side)) {
+            image = resize_shorter_side(image, static_cast<int>(short_side));
+          }
+          images[i] = std::move(image);
+        } catch (const DataError& error) {
+          skipped.record(source.describe(first + i), error.what());
         }
-        images[i] = std::move(image);
-      } catch (const DataError& error) {
-        skipped.record(source.describe(first + i), error.what());
-      } catch (...) {
-        failure.capture(source.describe(first + i));
+      } catch (...) {  // recording a skipped image can fail too (out of memory)
+        failure.capture(first + i);
       }
     }
-    failure.throw_if_any();
+    failure.throw_if_any(source);
     for (size_t i = 0; i < count; ++i) {
       if (!images[i]) continue;
       writer.add(*images[i], source.label(first + i));

@@ -149,4 +149,11 @@ TEST_CASE("deit pack makes the folder of its --out", "[data][cli]") {
   INFO(r.output);
   CHECK(r.exit_code == 0);
   CHECK(data::is_shard_file(out));
+  // A pack that fails (no image decodes) leaves none of the folders it made.
+  test::write_bytes(dir.file("garbage/a/bad.png"), std::vector<uint8_t>(64, 7));
+  const CliResult failed =
+      run_deit("pack --src " + dir.file("garbage") + " --out " + dir.path() + "/made/deep/x.shard");
+  INFO(failed.output);
+  CHECK_THAT(failed.output, Catch::Contains("could be decoded; no shard written"));
+  CHECK_FALSE(std::filesystem::exists(dir.path() + "/made"));
 }

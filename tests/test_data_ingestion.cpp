@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -40,6 +41,23 @@ class RunsOutOfMemory : public ImageSource {
 
  private:
   std::vector<std::string> names_ = {"a", "b"};
+};
+
+// Image 1 is unusable, and naming it for the first time runs out of memory: recording it as
+// skipped fails inside its decoding thread.
+class RunsOutOfMemoryNamingABadImage : public RunsOutOfMemory {
+ public:
+  ImageU8 load(size_t index) const override {
+    if (index == 1) throw DataError("image 1: corrupt");
+    return gradient_image(8, 8);
+  }
+  std::string describe(size_t index) const override {
+    if (index == 1 && !named_.exchange(true)) throw std::bad_alloc();
+    return RunsOutOfMemory::describe(index);
+  }
+
+ private:
+  mutable std::atomic<bool> named_{false};
 };
 
 // What listing the image folder `root` throws ("no error" when nothing), read as a user that folder
@@ -140,6 +158,9 @@ TEST_CASE("An exception a decoding thread of a pack throws reaches the caller", 
   CHECK_THROWS_WITH(pack_image_source(RunsOutOfMemory(), "memory", out, options),
                     "image 2: out of memory while packing it; no shard written");
   CHECK(std::filesystem::is_empty(dir.path() + "/out"));  // no partial shard left
+  CHECK_THROWS_WITH(pack_image_source(RunsOutOfMemoryNamingABadImage(), "memory", out, options),
+                    "image 1: out of memory while packing it; no shard written");
+  CHECK(std::filesystem::is_empty(dir.path() + "/out"));
 }
 
 TEST_CASE("A dataset opened without warnings keeps what its listing found to itself", "[data]") {

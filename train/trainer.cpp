@@ -14,6 +14,7 @@
 
 #include "data/image.h"
 #include "data/image_source.h"
+#include "data/made_folder.h"
 #include "data/mixup.h"
 #include "engine/autograd.h"
 #include "engine/cuda_context.h"
@@ -72,12 +73,6 @@ void refuse_other_run(const std::string& dir, bool resuming_its_checkpoint) {
                              "(log.txt): give another --output, or remove log.txt to use it");
 }
 
-// `dir` as an absolute path without a trailing separator, whose parent_path() is its parent.
-fs::path folder_path(const std::string& dir) {
-  fs::path p = fs::absolute(dir).lexically_normal();
-  return p.has_filename() ? p : p.parent_path();
-}
-
 // What a save cut short left (a second stop signal, a killed run): checkpoint.safetensors.tmp.PID.
 // Only under the folder's lock, which keeps out a live run's save.
 void remove_unfinished_saves(const std::string& dir) {
@@ -103,35 +98,6 @@ void refuse_output_in_splits(const TrainOptions& o) {
                                 "as images: give a folder outside it");
 }
 
-// The output folders a run made (`dir` and the parents it made with it), removed again if the run
-// ends in an error before anything was written there (a bad --finetune source, a batch too large
-// for the dataset, ...).
-class MadeFolder {
- public:
-  // Makes `dir`, with its parents where they are missing.
-  explicit MadeFolder(const std::string& dir)
-      : dir_(folder_path(dir)), exceptions_(std::uncaught_exceptions()) {
-    std::error_code ec;
-    for (fs::path p = dir_; !fs::exists(p, ec) && p != p.parent_path(); p = p.parent_path())
-      outermost_ = p;
-    fs::create_directories(dir, ec);
-    if (ec)
-      throw std::runtime_error("cannot create output directory '" + dir + "': " + ec.message());
-  }
-  ~MadeFolder() {
-    if (outermost_.empty() || std::uncaught_exceptions() <= exceptions_) return;
-    std::error_code ec;
-    for (fs::path p = dir_; fs::is_empty(p, ec) && !ec && fs::remove(p, ec); p = p.parent_path())
-      if (p == outermost_) break;
-  }
-  MadeFolder(const MadeFolder&) = delete;
-  MadeFolder& operator=(const MadeFolder&) = delete;
-
- private:
-  fs::path dir_, outermost_;  // outermost_: "" when the folder was there
-  int exceptions_;
-};
-
 // Rank 0's hold on the output folder for the run's life: made where missing, locked against other
 // runs, refused when it holds another run, cleared of what an interrupted save left. Fails before
 // any work when the run could not save what it computes.
@@ -145,7 +111,7 @@ class OutputFolder {
   }
 
  private:
-  MadeFolder made_;  // destroyed after the lock, whose file would keep a failed run's folder
+  data::MadeFolder made_;  // destroyed after the lock, whose file would keep a failed run's folder
   OutputLock lock_;
 };
 

@@ -1,0 +1,26 @@
+// A command's output folder, made where missing: deit train's --output, the folder of deit pack's
+// and deit export's --out.
+#pragma once
+#include <filesystem>
+#include <string>
+
+namespace deit::data {
+
+// Makes a folder with the parents it lacks. Destroyed by an exception (a bad --finetune source, a
+// dataset with no usable image, a write that failed), it removes again what it made, where still
+// empty, so that a command that failed leaves no folder behind that it invented.
+class MadeFolder {
+ public:
+  // Makes `dir` ("": the current folder, nothing to make). Throws std::runtime_error naming `dir`
+  // and the reason when it cannot (a file in the way, no permission).
+  explicit MadeFolder(const std::string& dir);
+  ~MadeFolder();
+  MadeFolder(const MadeFolder&) = delete;
+  MadeFolder& operator=(const MadeFolder&) = delete;
+
+ private:
+  std::filesystem::path dir_, outermost_;  // outermost_: "" when the folder was there
+  int exceptions_;
+};
+
+}  // namespace deit::data
