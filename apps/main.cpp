@@ -10,6 +10,7 @@
 
 #include "apps/commands.h"
 #include "engine/allocator.h"
+#include "engine/rendezvous.h"
 
 // OpenMP threads that spin while they wait for work steal the cores from the data-loading threads
 // (and from everything else on a shared machine): measured 20x slower training steps on a busy
@@ -49,6 +50,18 @@ static std::string unknown_command(const CLI::App& app, int argc, char** argv) {
   return "";
 }
 
+// "" when `command` may run here; else why not. Only train and bench run across processes: any
+// other command a launcher started would run once in each, every one printing (or writing) the
+// same.
+static std::string refusal_of_several_processes(const std::string& command) {
+  if (command.empty() || command[0] == '-' || command == "train" || command == "bench") return "";
+  const deit::Rendezvous launch = deit::detect_rendezvous();
+  if (launch.world_size == 1) return "";
+  return "deit " + command + " runs as one process, and this one was started as " +
+         launch.describe() + ": start it without the launcher (deit train and deit bench are " +
+         "the commands that run across processes)";
+}
+
 int main(int argc, char** argv) {
   prefer_passive_openmp_waiting(argv);
   CLI::App app{"deit: train Vision Transformers with the DeiT III recipe (C++/CUDA)."};
@@ -69,6 +82,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   try {
+    if (const std::string refusal = refusal_of_several_processes(argc > 1 ? argv[1] : "");
+        !refusal.empty()) {
+      std::fprintf(stderr, "deit: error: %s\n", refusal.c_str());
+      return 1;
+    }
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     // --help and --version come this way too, to print and exit 0. A command line that does not

@@ -2,6 +2,7 @@
 // would read wrongly on its own.
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <string>
 
 #include "tests/cli_runner.h"
@@ -23,6 +24,26 @@ TEST_CASE("a misspelt command is named, with the commands there are", "[cli]") {
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.output, Catch::Contains("deit: error: option '--epochs' where a command should be; "
                                        "the commands of deit are"));
+}
+
+TEST_CASE("a command that runs as one process refuses a launch of several", "[cli]") {
+  // As mpirun -n 2 would start it (rank 0 of 2); deit train and bench run across processes.
+  setenv("OMPI_COMM_WORLD_RANK", "0", 1);
+  setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "0", 1);
+  const CliResult eval = run_deit("eval --checkpoint nowhere --data nowhere");
+  const CliResult demo = run_deit("demo --out nowhere");
+  const CliResult help = run_deit("--help");
+  for (const char* name :
+       {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"})
+    unsetenv(name);
+  INFO(eval.output);
+  CHECK(eval.exit_code == 1);
+  CHECK_THAT(eval.output, Catch::Contains("deit: error: deit eval runs as one process, and this "
+                                          "one was started as mpirun: rank 0 of 2") &&
+                              Catch::Contains("start it without the launcher"));
+  CHECK_THAT(demo.output, Catch::Contains("deit demo runs as one process"));
+  CHECK(help.exit_code == 0);
 }
 
 TEST_CASE("a command line that does not parse is an error like any other, exit code 1", "[cli]") {

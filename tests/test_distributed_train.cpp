@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -231,6 +232,18 @@ TEST_CASE("mpi: a run resumes with the same number of ranks, across --zero, and 
                       Catch::Contains("run of 2 process(es), this run has 1") &&
                           Catch::Contains("first/checkpoint.safetensors"));
   }
+  // Rank 1 resumes a stale copy (the run an epoch earlier, as a node's own folder might hold):
+  // every rank stops before training, and the run's checkpoint is left as it was.
+  const std::vector<uint8_t> saved =
+      deit::test::read_bytes(dir.file("rest/checkpoint.safetensors"));
+  train::TrainOptions stale = run;
+  stale.epochs = 3;
+  stale.output_dir = dir.file(comm->rank() == 0 ? "rest" : "first");
+  stale.resume = stale.output_dir + "/checkpoint.safetensors";
+  CHECK_THROWS_WITH(train::train(stale, *comm),
+                    Catch::Contains("processes of this run resume different checkpoints"));
+  comm->barrier();
+  CHECK(deit::test::read_bytes(dir.file("rest/checkpoint.safetensors")) == saved);
 }
 
 TEST_CASE("mpi: a stop one rank is asked for stops both after the same step, and resumes exactly",
@@ -256,8 +269,17 @@ TEST_CASE("mpi: a stop one rank is asked for stops both after the same step, and
   CHECK(at.epochs_run == 0);
 
   if (comm->rank() == 0) {
-    // deit info says the position is each process's, and how to go on.
+    // deit info says the position is each process's, and how to go on. Run as a person would run
+    // it: outside the launch, whose variables a process started by a rank inherits.
+    std::map<std::string, std::string> launch;
+    for (const char* name :
+         {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"})
+      if (const char* value = std::getenv(name)) {
+        launch[name] = value;
+        unsetenv(name);
+      }
     const test::CliResult info = test::run_deit("info --checkpoint " + dir.file("stopped"));
+    for (const auto& [name, value] : launch) setenv(name.c_str(), value.c_str(), 1);
     INFO(info.output);
     CHECK_THAT(info.output, Catch::Contains("then 1 of the 3 batches per process of epoch 1") &&
                                 Catch::Contains("(launched as this run was, 2 processes)"));
@@ -392,6 +414,18 @@ TEST_CASE("mpi: ranks that differ in settings or classes all stop before trainin
   CHECK_THROWS_WITH(
       train::train(tiny_run(comm->rank() == 1 ? other : data, dir.file("other_run"), 4), *comm),
       Catch::Contains("differ in the train split's images (by relative path"));
+  // Rank 1's copy lacks a val image: the ranks' shares would not tile one split.
+  const std::string fewer_val = dir.file("fewer_val");
+  if (comm->rank() == 0) {
+    std::filesystem::copy(data, fewer_val, std::filesystem::copy_options::recursive);
+    const std::string first_class = fewer_val + "/val/" + data::synthetic_class_names()[0];
+    std::filesystem::remove(std::filesystem::directory_iterator(first_class)->path());
+  }
+  comm->barrier();
+  CHECK_THROWS_WITH(
+      train::train(tiny_run(comm->rank() == 1 ? fewer_val : data, dir.file("fewer_val_run"), 4),
+                   *comm),
+      Catch::Contains("differ in the val split's images"));
   // Rank 0 refuses its --output (a folder holding another run's log): every rank stops.
   if (comm->rank() == 0) {
     std::filesystem::create_directories(dir.file("held"));

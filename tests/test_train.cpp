@@ -654,7 +654,7 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   // 3 x 8 x 8 floats would ask for 38 GB).
   r = run_deit(tiny_train_args(data, dir.path() + "/huge/runs/1/", 1) + " --batch-size 50000000");
   CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("has fewer images than one batch of 50000000; lower "
+  CHECK_THAT(r.output, Catch::Contains("has 96 images, fewer than one batch of 50000000; lower "
                                        "--batch-size"));
   CHECK_FALSE(std::filesystem::exists(dir.path() + "/huge"));  // the folders it made, removed
 

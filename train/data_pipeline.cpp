@@ -57,10 +57,13 @@ std::unique_ptr<data::PrefetchLoader> make_train_loader(
   // room alone may exceed the machine's memory (--batch-size 2000000 was killed by the kernel).
   data::Sampler sampler(sampling);
   if (sampler.epoch_length() < prefetch.batch_size)
-    throw std::runtime_error("an epoch of '" + o.data_dir +
-                             "' has fewer images than one batch of " +
-                             std::to_string(o.batch_size) +
-                             (shard.world_size > 1 ? " per process" : "") + "; lower --batch-size");
+    throw std::runtime_error(
+        (shard.world_size > 1
+             ? "each of the " + std::to_string(shard.world_size) +
+                   " processes trains its share of an epoch of '" + o.data_dir + "', "
+             : "an epoch of '" + o.data_dir + "' has ") +
+        std::to_string(sampler.epoch_length()) + " images, fewer than one batch of " +
+        std::to_string(o.batch_size) + "; lower --batch-size");
   return std::make_unique<data::PrefetchLoader>(std::move(source), std::move(sampler), prefetch,
                                                 transform);
 }

@@ -16,6 +16,7 @@
 #include "data/image_source.h"
 #include "data/made_folder.h"
 #include "data/mixup.h"
+#include "data/xxhash64.h"
 #include "engine/autograd.h"
 #include "engine/cuda_context.h"
 #include "engine/ema.h"
@@ -132,6 +133,18 @@ void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done)
                  "removed); the log goes on from epoch %lld\n",
                  log_path.c_str(), (long long)lines, lines == 1 ? "" : "s", (long long)epochs_done,
                  epochs_done == 1 ? "" : "s", (long long)epochs_done + 1);
+}
+
+// What a resumed checkpoint holds beside the weights, which rank 0 broadcasts: its run state, its
+// optimizer moments and its EMA. Copies of one checkpoint agree (rank 0 alone writes them).
+std::string resumed_state_fingerprint(const model::Checkpoint& checkpoint) {
+  const std::string state = checkpoint.state.dump();
+  uint64_t hash = data::xxhash64(state.data(), state.size());
+  for (const auto& [name, tensor] : checkpoint.extra) {
+    hash = data::xxhash64(name.data(), name.size(), hash);
+    hash = data::xxhash64(tensor.raw_data(), tensor.nbytes(), hash);
+  }
+  return std::to_string(hash);
 }
 
 // Whether two fingerprints of a split's listing (ImageSource::listing_fingerprint) say that its
@@ -389,6 +402,10 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     entries.emplace_back("the train split's image count", std::to_string(train_source->size()));
     entries.emplace_back("the train split's images (by relative path, or a shard's content)",
                          train_listing);
+    // Each rank scores its share of one val split, and the shares' counts are summed.
+    entries.emplace_back(
+        "the val split's images (by relative path, or a shard's content)",
+        std::to_string(val_source->size()) + " " + val_source->listing_fingerprint());
     const std::vector<std::string> differ = entries_that_differ(comm, entries);
     if (!differ.empty()) {
       std::string list;
@@ -458,6 +475,14 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                o.data_dir + "' holds (" + classes_differ + "): resume it on its " +
                                "own dataset, or start a new run from it with --finetune");
     model::load_checkpoint_model(vit, *resumed);
+    // Each rank reads its own copy (a folder on each node, say): a stale or another one would go
+    // on from its own data position, optimizer moments and EMA under rank 0's weights.
+    if (world > 1 &&
+        !entries_that_differ(comm, {{"checkpoint", resumed_state_fingerprint(*resumed)}}).empty())
+      throw std::runtime_error("the " + std::to_string(world) + " processes of this run resume " +
+                               "different checkpoints (this one '" + o.resume + "', " +
+                               std::to_string(start_epoch) + " epochs done): every process " +
+                               "must resume a copy of the same one");
   }
   ParameterRegistry& params = vit.parameters();
   // Every rank starts from rank 0's weights, whatever each read or drew on its own (the broadcast
@@ -802,7 +827,10 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
         loss_sum += uncounted_losses[i];
         epoch_images += uncounted[i].images;
         ++counted;
-        progress.update(first_batch + counted - counted_before, epoch_images, loss_sum / counted);
+        // Every process trains as many images a step: the run's rate is this one's times the
+        // processes.
+        progress.update(first_batch + counted - counted_before, epoch_images * world,
+                        loss_sum / counted);
       }
       if (!uncounted_losses.empty()) {
         uncounted.clear();
