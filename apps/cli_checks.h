@@ -4,9 +4,11 @@
 
 namespace deit::apps {
 
-// For the 64-bit seeds: CLI11 2.1 reads "-1" into an unsigned option as 2^64 - 1, and a number
-// too large for it as the largest value, both without a word. This refuses anything but a whole
-// number from 0 to 2^64 - 1.
-CLI::Validator unsigned_64bit();
+// Adds to every option of `app` and its subcommands (call it once they are all made) the checks
+// CLI11 2.1 makes of no value: an empty value is refused (CLI11 takes it for the default: `--epochs
+// ''` trained the recipe's 800 epochs, `--finetune ''` from scratch), and a whole number must be
+// written in decimal (CLI11 reads 0042 as octal 34 and 0x10 as 16) and fit its 64 bits (CLI11 took
+// the largest value for a larger one, and -1 for an unsigned one as 2^64 - 1).
+void check_every_value(CLI::App& app);
 
 }  // namespace deit::apps

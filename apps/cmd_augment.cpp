@@ -16,7 +16,6 @@
 #include <string>
 #include <vector>
 
-#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "data/augment_params.h"
 #include "data/image.h"
@@ -176,9 +175,7 @@ void add_augment_command(CLI::App& app) {
       ->default_val(64)
       ->check(CLI::Range(1, 1024))
       ->needs(data);
-  command->add_option("--seed", options->seed, "Seed of the random ops and views")
-      ->default_val(0)
-      ->check(unsigned_64bit());
+  command->add_option("--seed", options->seed, "Seed of the random ops and views")->default_val(0);
   command->add_option("--input-size", options->input_size, "Training crop size of the grid's views")
       ->default_val(224)
       ->check(CLI::Range(8, 1024))

@@ -12,7 +12,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "bench/step_bench.h"
@@ -294,8 +293,7 @@ void add_bench_command(CLI::App& app) {
                    "Peak TFLOP/s for MFU (default: known GPUs' dense bf16 peak, e.g. 989 for "
                    "H100/H200 SXM)");
   step->add_option("--seed", s->seed, "Seed of the weights and the synthetic batch")
-      ->capture_default_str()
-      ->check(unsigned_64bit());
+      ->capture_default_str();
   step->add_flag("--recompute-gelu", s->recompute_gelu,
                  "Recompute GELU in backward, as deit train --recompute-gelu does");
   step->add_flag("--whole-batch-branches", s->whole_batch_branches,

@@ -7,7 +7,6 @@
 #include <memory>
 #include <stdexcept>
 
-#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "apps/shell_quoted.h"
 #include "apps/train_flags.h"
@@ -152,9 +151,7 @@ void add_demo_command(CLI::App& app) {
   cmd->add_option("--epochs", opts->epochs,
                   "Epochs (default: the demo's " + std::to_string(kDemoEpochs) + ")")
       ->check(CLI::Range(1, 1000000));
-  cmd->add_option("--seed", opts->seed, "Seed of the dataset and the run")
-      ->capture_default_str()
-      ->check(unsigned_64bit());
+  cmd->add_option("--seed", opts->seed, "Seed of the dataset and the run")->capture_default_str();
   cmd->add_flag("--quiet", opts->quiet, "No progress output");
   // CLI11 names the top-level app after argv[0] as it parses.
   cmd->callback([opts, cmd] { run_demo(*opts, cmd->get_parent()->get_name()); });

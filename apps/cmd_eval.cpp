@@ -10,6 +10,7 @@
 
 #include "apps/commands.h"
 #include "apps/model_options.h"
+#include "data/augment_params.h"
 #include "data/image_source.h"
 #include "data/prefetch.h"
 #include "engine/device.h"
@@ -53,8 +54,8 @@ void print_per_class(const nlohmann::json& rows) {
 }
 
 void run_eval(const EvalOptions& o) {
-  if (o.crop_ratio && !(*o.crop_ratio > 0 && *o.crop_ratio <= 1))
-    throw std::invalid_argument("--eval-crop-ratio must be in (0, 1]");
+  if (o.crop_ratio && !(*o.crop_ratio > 0 && *o.crop_ratio <= 1))  // before the data is listed
+    throw std::invalid_argument(data::eval_crop_ratio_problem(*o.crop_ratio, 1));
   const Device device = parse_device(o.device);
   require_device(device);
   std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));
@@ -117,6 +118,10 @@ void run_eval(const EvalOptions& o) {
   else if (checkpoint)
     crop_ratio = checkpoint->state.value("options", nlohmann::json::object())
                      .value("eval_crop_ratio", crop_ratio);
+  if (const std::string problem =
+          data::eval_crop_ratio_problem(crop_ratio, vit.config().input_size);
+      !problem.empty())
+    throw std::invalid_argument(problem);
   auto loader =
       train::make_eval_loader(source, vit.config().input_size, crop_ratio, o.batch_size, o.workers);
   const train::EvalResult r = train::evaluate(vit, *loader, !o.json);

@@ -8,6 +8,7 @@
 #include <new>
 #include <string>
 
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "engine/allocator.h"
 #include "engine/rendezvous.h"
@@ -77,6 +78,7 @@ int main(int argc, char** argv) {
   deit::apps::add_augment_command(app);
   deit::apps::add_export_command(app);
   deit::apps::add_bench_command(app);
+  deit::apps::check_every_value(app);
   if (const std::string unknown = unknown_command(app, argc, argv); !unknown.empty()) {
     std::fprintf(stderr, "deit: error: %s\n", unknown.c_str());
     return 1;

@@ -4,7 +4,6 @@
 #include <filesystem>
 #include <vector>
 
-#include "apps/cli_checks.h"
 #include "engine/rendezvous.h"
 #include "model/checkpoint.h"
 
@@ -111,7 +110,7 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--finetune", finetune,
                  "Start from these weights (a checkpoint or its run folder, or .safetensors); "
                  "pos_embed is resized, a new head made for new classes");
-  cmd.add_option("--seed", seed, "Seed of every random choice (0)")->check(unsigned_64bit());
+  cmd.add_option("--seed", seed, "Seed of every random choice (0)");
   cmd.add_option("--workers", workers, "Data loading threads (2)");
   add_switch(cmd, zero, "zero",
              "Several ranks: shard the optimizer state across them (ZeRO-1: 1/ranks of the "

@@ -10,6 +10,8 @@
 #include <string>
 #include <utility>
 
+#include "data/image.h"
+
 namespace deit::data {
 
 int python_round(double v) { return static_cast<int>(std::nearbyint(v)); }
@@ -350,13 +352,24 @@ AugmentParams sample_augment_params(const AugmentConfig& config, int height, int
   return p;
 }
 
+std::string eval_crop_ratio_problem(double crop_ratio, int64_t size) {
+  char ratio[32];
+  std::snprintf(ratio, sizeof ratio, "%g", crop_ratio);
+  if (!(crop_ratio > 0.0 && crop_ratio <= 1.0))
+    return std::string("--eval-crop-ratio must be in (0, 1], got ") + ratio;
+  if (size / crop_ratio > kMaxImageSide)
+    return std::string("--eval-crop-ratio ") + ratio +
+           " would resize images to a shorter side of " + "--input-size " + std::to_string(size) +
+           " / " + ratio + ", more than " + std::to_string(kMaxImageSide) + " pixels";
+  return "";
+}
+
 AugmentParams eval_augment_params(int height, int width, int size, double crop_ratio) {
   if (height <= 0 || width <= 0)
     throw std::invalid_argument("cannot crop an empty image (" + std::to_string(height) + "x" +
                                 std::to_string(width) + ")");
-  if (!(crop_ratio > 0.0 && crop_ratio <= 1.0))
-    throw std::invalid_argument("eval crop ratio must be in (0, 1], got " +
-                                std::to_string(crop_ratio));
+  if (const std::string problem = eval_crop_ratio_problem(crop_ratio, size); !problem.empty())
+    throw std::invalid_argument(problem);
   const ResizedSize resized =
       shorter_side_resize(height, width, static_cast<int>(size / crop_ratio));
   AugmentParams p;

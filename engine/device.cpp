@@ -14,8 +14,12 @@ Device parse_device(const std::string& text) {
   if (text == "cuda") return Device::cuda(0);
   if (text.rfind("cuda:", 0) == 0) {
     const std::string index = text.substr(5);
-    if (!index.empty() && index.find_first_not_of("0123456789") == std::string::npos)
+    if (!index.empty() && index.find_first_not_of("0123456789") == std::string::npos) {
+      // No machine has a billion GPUs, and std::stoi would throw a bare "stoi" past 2^31.
+      if (index.size() > 9)
+        throw std::invalid_argument("device '" + text + "': no GPU has index " + index);
       return Device::cuda(std::stoi(index));
+    }
   }
   throw std::invalid_argument("unknown device '" + text + "' (expected cpu, cuda or cuda:N)");
 }

@@ -41,10 +41,18 @@ Storage::Storage(size_t bytes_, Device device_) : bytes(bytes_), device(device_)
 Storage::~Storage() { allocator_for(device).deallocate(data); }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  for (int64_t d : shape)
+  // The bytes, counted without overflow: a size from a command line (--batch-size 2^62) would
+  // otherwise wrap to a small allocation that the tensor's writes run past.
+  int64_t bytes = static_cast<int64_t>(dtype_size(dtype));
+  const bool no_elements = std::find(shape.begin(), shape.end(), 0) != shape.end();
+  for (int64_t d : shape) {
     if (d < 0) throw std::invalid_argument("negative dimension in shape " + shape_str(shape));
+    if (!no_elements && __builtin_mul_overflow(bytes, d, &bytes))
+      throw OutOfMemory("cannot make a tensor of shape " + shape_str(shape) +
+                        ": it would hold more than 2^63 bytes");
+  }
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(shape_numel(shape) * dtype_size(dtype), device);
+  impl->storage = std::make_shared<Storage>(no_elements ? 0 : static_cast<size_t>(bytes), device);
   impl->shape = shape;
   impl->dtype = dtype;
   return Tensor(std::move(impl));

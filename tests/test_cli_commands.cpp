@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tests/cli_runner.h"
 
@@ -24,6 +26,33 @@ TEST_CASE("a misspelt command is named, with the commands there are", "[cli]") {
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.output, Catch::Contains("deit: error: option '--epochs' where a command should be; "
                                        "the commands of deit are"));
+}
+
+TEST_CASE("whole numbers are read in decimal, and an empty or out-of-range value is refused",
+          "[cli]") {
+  const std::string dry_run = "train --model deit3_tiny --data nowhere --output nowhere --dry-run ";
+  // Zero-padded, as a script may write them: decimal, not octal.
+  const CliResult padded = run_deit(dry_run + "--seed 0042 --epochs 0100 --input-size 0224");
+  INFO(padded.output);
+  CHECK(padded.exit_code == 0);
+  CHECK_THAT(padded.output, Catch::Contains("\"seed\": 42") && Catch::Contains("\"epochs\": 100") &&
+                                Catch::Contains("\"input_size\": 224"));
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"--epochs 0x10", "--epochs: '0x10' is not a whole number written in decimal"},
+      {"--epochs ''", "--epochs: an empty value (leave the option out for its default)"},
+      {"--finetune ''", "--finetune: an empty value"},
+      {"--lr ''", "--lr: an empty value"},
+      {"--epochs 99999999999999999999",
+       "--epochs: '99999999999999999999' is out of range (at most 9223372036854775807)"},
+      {"--seed -1", "--seed: '-1' is not a whole number from 0 written in decimal"}};
+  for (const auto& [args, message] : refused) {
+    const CliResult r = run_deit(dry_run + args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Catch::Contains(message));
+  }
+  CHECK_THAT(run_deit("eval --checkpoint '' --data nowhere").output,
+             Catch::Contains("--checkpoint: an empty value"));
 }
 
 TEST_CASE("a command that runs as one process refuses a launch of several", "[cli]") {
@@ -57,14 +86,18 @@ TEST_CASE("a command line that does not parse is an error like any other, exit c
 
 TEST_CASE("a seed is a whole number from 0 to 2^64 - 1", "[cli]") {
   // CLI11 alone reads -1 as 2^64 - 1 and an overflowing number as the largest.
-  for (const std::string seed : {"-1", "18446744073709551616", "3x"}) {
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"-1", "is not a whole number from 0 written in decimal"},
+      {"3x", "is not a whole number from 0 written in decimal"},
+      {"18446744073709551616", "is out of range (at most 18446744073709551615)"}};
+  for (const auto& [seed, why] : refused) {
     INFO(seed);
     const CliResult r = run_deit(
         "bench step --model deit3_tiny --depth 1 --input-size 32 "
         "--batch-size 2 --steps 1 --warmup 0 --profile-steps 0 --device cpu --seed " +
         seed);
     CHECK(r.exit_code != 0);
-    CHECK_THAT(r.output, Catch::Contains("--seed: '" + seed + "' is not a whole number"));
+    CHECK_THAT(r.output, Catch::Contains("--seed: '" + seed + "' " + why));
   }
   CHECK(run_deit("bench step --model deit3_tiny --depth 1 --input-size 32 --batch-size 2 "
                  "--steps 1 --warmup 0 --device cpu --seed 18446744073709551615")

@@ -443,6 +443,19 @@ TEST_CASE("mpi: ranks that differ in settings or classes all stop before trainin
   CHECK_FALSE(std::filesystem::exists(dir.file("classes")));
 }
 
+TEST_CASE("mpi: every rank's summary counts the unusable files any rank met", "[mpi]") {
+  auto comm = mpi_communicator();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+  // A val image sorted second of four: rank 1's to score (each rank takes every other one).
+  if (comm->rank() == 0)
+    test::write_bytes(data + "/val/" + data::synthetic_class_names()[0] + "/zz_broken.png",
+                      std::vector<uint8_t>(64, 7));
+  comm->barrier();
+  const train::TrainSummary summary = train::train(tiny_run(data, dir.file("run"), 4), *comm);
+  CHECK(summary.skipped_images == 1);
+}
+
 TEST_CASE("mpi: a rank whose training fails ends the job", "[mpi][.mpi_rank_train_fails]") {
   auto comm = mpi_communicator();
   // mpirun ends rank 0 before it could clean up: a fixed folder beside the test binary (so two

@@ -1,6 +1,7 @@
 // --recipe: each stage of the reference's training (README_revenge.md's commands) as a recipe
 // that every flag defaults to, seen through `deit train --dry-run`.
 #include <catch2/catch.hpp>
+#include <limits>
 
 #include <string>
 
@@ -189,6 +190,35 @@ TEST_CASE("a flag overrides any value of a recipe; a recipe that cannot apply is
                                                   "in21k-finetune)"));
   CHECK_THROWS_WITH(deit::train::recipe_for("deit3_tiny", "warmup"),
                     Catch::Contains("unknown recipe 'warmup'"));
+}
+
+TEST_CASE("settings that could only fail later are refused when a run is set up", "[train]") {
+  deit::train::TrainOptions o = deit::train::recipe_for("deit3_tiny");
+  o.data_dir = "/datasets/imagenet";
+  o.output_dir = "/runs/never";
+  // An infinity is no learning rate, nor a positive one in any useful sense.
+  o.lr = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--lr must be a finite number > 0, got inf"));
+  o.lr = 4e-3;
+  // A crop ratio that would resize the val images past any image size failed after the epoch's
+  // training, in a loader thread, as "cannot resize 64x64 to -2147483648x-2147483648".
+  o.eval_crop_ratio = 1e-9;
+  CHECK_THROWS_WITH(o.validate(),
+                    Catch::Contains("--eval-crop-ratio 1e-09 would resize images to a shorter "
+                                    "side of --input-size 224 / 1e-09, more than 32768 pixels"));
+  o.eval_crop_ratio = 0.875;
+  CHECK_NOTHROW(o.validate());
+  // A device the run could not name (--dry-run said nothing of it).
+  for (const char* device : {"gpu", "CPU", " cpu", "cuda:abc"}) {
+    o.device = device;
+    CHECK_THROWS_WITH(o.validate(), Catch::Contains(std::string("--device: unknown device '") +
+                                                    device + "' (expected cpu, cuda or cuda:N)"));
+  }
+  o.device = "cuda:99999999999";
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--device: device 'cuda:99999999999': no GPU "
+                                                  "has index 99999999999"));
+  o.device = "cuda:1";
+  CHECK_NOTHROW(o.validate());
 }
 
 TEST_CASE("deit train --help shows each recipe's values for each model", "[train][cli]") {

@@ -26,6 +26,14 @@ TEST_CASE("tensors of every dtype are created, filled and read back", "[tensor]"
   }
 }
 
+TEST_CASE("a tensor too large to count in bytes is refused, not allocated wrapped", "[tensor]") {
+  // 2^62 f32 elements are 2^64 bytes, which a 64-bit count wraps to 0.
+  CHECK_THROWS_AS(Tensor::empty({int64_t{1} << 62}, DType::f32), deit::OutOfMemory);
+  CHECK_THROWS_WITH(Tensor::empty({int64_t{1} << 31, int64_t{1} << 31, 3}, DType::bf16),
+                    Catch::Contains("cannot make a tensor of shape (2147483648, 2147483648, 3)"));
+  CHECK(Tensor::empty({int64_t{1} << 62, 0, int64_t{1} << 62}, DType::f32).numel() == 0);
+}
+
 TEST_CASE("dtype conversions round trip and round bf16 to nearest even", "[tensor]") {
   Tensor f = Tensor::from_vector<float>({1.0f, -2.5f, 1.00390625f, 1.01171875f, 3.14159265f}, {5});
   Tensor h = f.to(DType::bf16);

@@ -1009,6 +1009,18 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   CHECK_THAT(r.output, Catch::Contains("was trained on other classes than '" + renamed + "'") &&
                            Catch::Contains("--finetune"));
   CHECK(test::read_bytes(out + "/log.txt") == log);
+  // Resumed on a dataset of more classes than its model has: said as such, not as a --num-classes
+  // the command did not give.
+  const std::string more = dir.file("more");
+  std::filesystem::copy(data, more, std::filesystem::copy_options::recursive);
+  for (const char* split : {"/train/", "/val/"})
+    std::filesystem::copy(more + split + "checkerboard", more + split + "zzz_extra",
+                          std::filesystem::copy_options::recursive);
+  r = run_deit("train --epochs 2 --resume " + checkpoint + " --data " + more);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("checkpoint '" + checkpoint + "' holds a model of ") &&
+                           Catch::Contains("resume it on its own dataset") &&
+                           !Catch::Contains("--num-classes"));
 
   // AdamW with an absurd learning rate: the weights blow up and the loss stops being finite.
   // (--finetune takes the run's folder as well as its checkpoint.)

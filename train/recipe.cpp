@@ -12,6 +12,7 @@
 #include "data/augment_params.h"
 #include "data/image_source.h"
 #include "data/prefetch.h"
+#include "engine/device.h"
 
 namespace deit::train {
 
@@ -206,21 +207,21 @@ void TrainOptions::validate() const {
            "checkpoints as text): rename it");
   }
   // Written so that NaN fails each check: every comparison with NaN is false.
-  if (!(lr > 0 && std::isfinite(lr))) fail("--lr must be positive, got " + number(lr));
+  if (!(lr > 0 && std::isfinite(lr))) fail("--lr must be a finite number > 0, got " + number(lr));
   if (!(min_lr >= 0 && warmup_lr >= 0 && std::isfinite(min_lr) && std::isfinite(warmup_lr)))
-    fail("--min-lr and --warmup-lr must not be negative, got " + number(min_lr) + " and " +
+    fail("--min-lr and --warmup-lr must be finite numbers >= 0, got " + number(min_lr) + " and " +
          number(warmup_lr));
   if (!(warmup_epochs >= 0 && std::isfinite(warmup_epochs)))
-    fail("--warmup-epochs must not be negative, got " + number(warmup_epochs));
+    fail("--warmup-epochs must be a finite number >= 0, got " + number(warmup_epochs));
   if (!(weight_decay >= 0 && std::isfinite(weight_decay)))
-    fail("--weight-decay must not be negative, got " + number(weight_decay));
+    fail("--weight-decay must be a finite number >= 0, got " + number(weight_decay));
   if (!(opt_eps > 0 && std::isfinite(opt_eps)))
-    fail("--opt-eps must be positive, got " + number(opt_eps));
+    fail("--opt-eps must be a finite number > 0, got " + number(opt_eps));
   if (!(clip_grad >= 0 && std::isfinite(clip_grad)))
-    fail("--clip-grad must not be negative (0: off), got " + number(clip_grad));
+    fail("--clip-grad must be a finite number >= 0 (0: off), got " + number(clip_grad));
   if (!(drop_path >= 0 && drop_path < 1)) fail("--drop-path must be in [0, 1)");
   if (!(mixup >= 0 && cutmix >= 0 && std::isfinite(mixup) && std::isfinite(cutmix)))
-    fail("--mixup and --cutmix must not be negative, got " + number(mixup) + " and " +
+    fail("--mixup and --cutmix must be finite numbers >= 0, got " + number(mixup) + " and " +
          number(cutmix));
   if (!(mixup_prob >= 0 && mixup_prob <= 1)) fail("--mixup-prob must be in [0, 1]");
   if (!(mixup_switch_prob >= 0 && mixup_switch_prob <= 1))
@@ -233,7 +234,9 @@ void TrainOptions::validate() const {
         "--smoothing with --bce-loss would make every target 1 (BCE's targets are binarised: "
         "any positive value becomes 1): give --smoothing 0, or --no-bce-loss for soft-target "
         "cross-entropy");
-  if (!(eval_crop_ratio > 0 && eval_crop_ratio <= 1)) fail("--eval-crop-ratio must be in (0, 1]");
+  if (const std::string problem = data::eval_crop_ratio_problem(eval_crop_ratio, model.input_size);
+      !problem.empty())
+    fail(problem);
   if (!(color_jitter >= 0 && color_jitter < 1)) fail("--color-jitter must be in [0, 1)");
   std::optional<data::RandAugmentConfig> rand_augment;
   try {
@@ -260,6 +263,12 @@ void TrainOptions::validate() const {
     fail("--save-every must be a finite number of minutes >= 0 (0: off), got " +
          number(save_every_minutes));
   if (!resume.empty() && !finetune.empty()) fail("--resume and --finetune cannot be combined");
+  // As the run will read it: --dry-run says no more than the run would.
+  try {
+    parse_device(device);
+  } catch (const std::invalid_argument& e) {
+    fail("--device: " + std::string(e.what()));
+  }
   if (cuda_graph && device.rfind("cuda", 0) != 0)
     fail("--cuda-graph needs --device cuda, got --device " + device);
   if (gemm_autotune && device.rfind("cuda", 0) != 0)

@@ -362,9 +362,14 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   const auto classes = static_cast<int64_t>(train_source->class_names().size());
   if (!o.num_classes_given) o.model.num_classes = classes;
   if (o.model.num_classes < classes)
-    throw std::invalid_argument("--num-classes " + std::to_string(o.model.num_classes) +
-                                " is fewer than the " + std::to_string(classes) + " classes of '" +
-                                o.data_dir + "'");
+    throw std::invalid_argument(
+        (o.resume.empty() ? "--num-classes " + std::to_string(o.model.num_classes) + " is"
+                          : "checkpoint '" + o.resume + "' holds a model of " +
+                                std::to_string(o.model.num_classes) + " classes,") +
+        " fewer than the " + std::to_string(classes) + " classes of '" + o.data_dir + "'" +
+        (o.resume.empty() ? ""
+                          : ": resume it on its own dataset, or start a new run from it "
+                            "with --finetune"));
   o.validate();
   // Nothing is made for a bad run. Rank 0 alone writes to --output, and its refusal of it stops
   // every rank (below), as a collective it would miss would hang them.
@@ -946,12 +951,14 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       break;
     }
   }
-  // When train() returns on any rank, rank 0's log and checkpoint are complete.
-  comm.barrier();
+  // Each rank met its own share of the unusable files. The sum waits for every rank, so when
+  // train() returns on any, rank 0's log and checkpoint are complete.
+  std::vector<double> skipped{
+      static_cast<double>(train_loader->skipped().count() + val_loader->skipped().count())};
+  comm.all_reduce_sum(skipped);
   summary.seconds = seconds_since(run_start);
   summary.train_images_per_second = train_seconds > 0 ? train_images / train_seconds : 0;
-  summary.skipped_images = static_cast<int64_t>(train_loader->skipped().count() +
-                                                val_loader->skipped().count());
+  summary.skipped_images = static_cast<int64_t>(skipped[0]);
   return summary;
 }
 
