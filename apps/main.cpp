@@ -63,6 +63,19 @@ static std::string refusal_of_several_processes(const std::string& command) {
          "the commands that run across processes)";
 }
 
+// How an error begins: in a launch of several processes, with the rank, so that the error of one
+// process can be told from the same error of every one.
+static std::string error_prefix() {
+  try {
+    const deit::Rendezvous launch = deit::detect_rendezvous();
+    if (launch.world_size > 1)
+      return "deit: error (rank " + std::to_string(launch.rank) + " of " +
+             std::to_string(launch.world_size) + "): ";
+  } catch (const std::exception&) {  // a launch it cannot read: its own error says so
+  }
+  return "deit: error: ";
+}
+
 int main(int argc, char** argv) {
   prefer_passive_openmp_waiting(argv);
   CLI::App app{"deit: train Vision Transformers with the DeiT III recipe (C++/CUDA)."};
@@ -94,7 +107,7 @@ int main(int argc, char** argv) {
     // --help and --version come this way too, to print and exit 0. A command line that does not
     // parse is an error like any other: its message, exit code 1.
     if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "deit: error: %s (--help lists the options)\n", e.what());
+    std::fprintf(stderr, "%s%s (--help lists the options)\n", error_prefix().c_str(), e.what());
     return 1;
   } catch (const deit::apps::EndBySignal& end) {
     std::fflush(nullptr);
@@ -103,21 +116,22 @@ int main(int argc, char** argv) {
     return 128 + end.signal;  // the shell's code for it, where the signal does not end a process
   } catch (const deit::OutOfMemory& e) {
     std::fprintf(stderr,
-                 "deit: error: %s\n"
+                 "%s%s\n"
                  "A smaller --batch-size needs less; so do, when training, --grad-checkpointing "
                  "(a block keeps 2 of its 18 activations) and --recompute-gelu (14 of 18). "
                  "`deit info --model NAME` shows the activation memory per image.\n",
-                 e.what());
+                 error_prefix().c_str(), e.what());
     return 1;
   } catch (const std::bad_alloc&) {
     // A host allocation the caching allocator does not make (image buffers, host tables): the
     // sizes asked for (batch, image or model sizes) need more memory than the machine has.
     std::fprintf(stderr,
-                 "deit: error: out of host memory: the sizes asked for (batch, image or "
-                 "model size) need more memory than this machine has\n");
+                 "%sout of host memory: the sizes asked for (batch, image or model size) need "
+                 "more memory than this machine has\n",
+                 error_prefix().c_str());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "deit: error: %s\n", e.what());
+    std::fprintf(stderr, "%s%s\n", error_prefix().c_str(), e.what());
     return 1;
   }
   return 0;

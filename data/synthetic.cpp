@@ -1,8 +1,10 @@
 #include "data/synthetic.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -150,10 +152,12 @@ std::string manifest_line(const SyntheticOptions& options) {
 
 void write_manifest(const fs::path& path, const SyntheticOptions& options) {
   std::FILE* file = std::fopen(path.c_str(), "w");
-  if (!file) throw DataError(path.string() + ": cannot create");
+  if (!file) throw DataError(path.string() + ": cannot create (" + std::strerror(errno) + ")");
   const std::string line = manifest_line(options);
   const bool written = std::fputs(line.c_str(), file) >= 0;
-  if (std::fclose(file) != 0 || !written) throw DataError(path.string() + ": write failed");
+  // A full disk shows at the close, when the buffer is written out.
+  if (std::fclose(file) != 0 || !written)
+    throw DataError(path.string() + ": write failed (" + std::strerror(errno) + ")");
 }
 
 const char* const kSplits[2] = {"train", "val"};

@@ -55,7 +55,9 @@ TEST_CASE("whole numbers are read in decimal, and an empty or out-of-range value
              Catch::Contains("--checkpoint: an empty value"));
 }
 
-TEST_CASE("a command that runs as one process refuses a launch of several", "[cli]") {
+TEST_CASE(
+    "a command that runs as one process refuses a launch of several, and errors name the rank",
+    "[cli]") {
   // As mpirun -n 2 would start it (rank 0 of 2); deit train and bench run across processes.
   setenv("OMPI_COMM_WORLD_RANK", "0", 1);
   setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
@@ -63,6 +65,7 @@ TEST_CASE("a command that runs as one process refuses a launch of several", "[cl
   const CliResult eval = run_deit("eval --checkpoint nowhere --data nowhere");
   const CliResult demo = run_deit("demo --out nowhere");
   const CliResult help = run_deit("--help");
+  const CliResult error = run_deit("train --epochs many");
   for (const char* name :
        {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"})
     unsetenv(name);
@@ -73,6 +76,8 @@ TEST_CASE("a command that runs as one process refuses a launch of several", "[cl
                               Catch::Contains("start it without the launcher"));
   CHECK_THAT(demo.output, Catch::Contains("deit demo runs as one process"));
   CHECK(help.exit_code == 0);
+  // Each process of a launch prints its own errors: which one, it says.
+  CHECK_THAT(error.output, Catch::StartsWith("deit: error (rank 0 of 2): --epochs: "));
 }
 
 TEST_CASE("a command line that does not parse is an error like any other, exit code 1", "[cli]") {
