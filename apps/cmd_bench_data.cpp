@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -190,9 +191,17 @@ class TemporaryShard {
   std::string path() const { return (dir_ / "train.shard").string(); }
 
  private:
+  // The system's temporary directory. An empty TMPDIR means an unset one, /tmp, as POSIX tools
+  // take it: temp_directory_path() would take it for a folder named "" and fail.
+  static fs::path temporary_directory(std::error_code& error) {
+    const char* tmpdir = std::getenv("TMPDIR");
+    if (tmpdir && *tmpdir == '\0') return "/tmp";
+    return fs::temp_directory_path(error);
+  }
+
   static fs::path temporary_folder() {
     std::error_code error;
-    const fs::path temp = fs::temp_directory_path(error);
+    const fs::path temp = temporary_directory(error);
     if (error)
       throw std::runtime_error("bench data: no folder for its temporary shard (" + error.message() +
                                "); set TMPDIR to a writable folder");

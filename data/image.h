@@ -36,7 +36,9 @@ struct DataError : std::runtime_error {
 ImageU8 decode_image_file(const std::string& path);
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name);
 
-// Writes a PNG; throws DataError naming `path` when it cannot.
+// Writes a PNG whole or not at all (through a temporary file beside `path`, renamed over it once
+// complete; a device such as /dev/stdout is written in place). Throws DataError naming `path` and
+// the reason (e.g. "No space left on device") when it cannot, leaving no partial file behind.
 void write_png(const std::string& path, const ImageU8& image);
 
 }  // namespace deit::data

@@ -1,10 +1,13 @@
 // Decoding and writing images with stb, with the checks that turn a bad file into a DataError
-// naming it instead of a crash, a huge allocation or a silently half-grey picture.
+// naming it instead of a crash, a huge allocation or a silently half-grey picture, and a failed
+// write (a full disk) into one instead of a truncated file.
 #include <stb_image.h>
 #include <stb_image_write.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -129,6 +132,63 @@ void check_complete(const uint8_t* bytes, size_t size, const std::string& name) 
   if (size >= 3 && std::memcmp(bytes, "GIF", 3) == 0) check_gif_complete(bytes, size, name);
 }
 
+// stb_image_write's output callback: appends what it encoded to a std::vector<uint8_t>.
+void append_bytes(void* context, void* data, int size) {
+  auto& buffer = *static_cast<std::vector<uint8_t>*>(context);
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  buffer.insert(buffer.end(), bytes, bytes + size);
+}
+
+// Writes all of `bytes` to `file` and closes it. A full disk often shows only at the flush or the
+// close, so each is checked. Returns the first failure's reason, "" if none.
+std::string write_and_close(std::FILE* file, const std::vector<uint8_t>& bytes) {
+  std::string reason;
+  if (std::fwrite(bytes.data(), 1, bytes.size(), file) != bytes.size() || std::fflush(file) != 0) {
+    reason = std::strerror(errno);
+  }
+  if (std::fclose(file) != 0 && reason.empty()) reason = std::strerror(errno);
+  return reason;
+}
+
+// A device or a named pipe (/dev/stdout, a FIFO read by another program) is written in place:
+// renaming a file over it would replace it.
+void write_special_file(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::FILE* file = std::fopen(path.c_str(), "wb");
+  if (!file) fail(path, std::string("cannot open for writing (") + std::strerror(errno) + ")");
+  const std::string reason = write_and_close(file, bytes);
+  if (!reason.empty()) fail(path, "cannot write (" + reason + ")");
+}
+
+// Writes `bytes` to `path` whole or not at all: to a temporary file beside it, renamed over it
+// once written, so a full disk or a killed process never leaves a truncated file under its name
+// (nor destroys the file it replaces). Not synced: the thousands of images a dataset's generation
+// writes would each wait for the disk. A symbolic link stays: the file it points to is replaced.
+void write_file_whole(const std::string& path, const std::vector<uint8_t>& bytes) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (fs::exists(status) && !fs::is_regular_file(status)) {
+    write_special_file(path, bytes);
+    return;
+  }
+  const fs::path resolved = fs::weakly_canonical(path, error);
+  const std::string target = error ? path : resolved.string();
+  const std::string temp = target + ".tmp." + std::to_string(::getpid());
+  std::FILE* file = std::fopen(temp.c_str(), "wb");
+  if (!file) {
+    fail(path, "cannot create the temporary file '" + temp + "' (" + std::strerror(errno) +
+                   "); check that its folder exists and is writable");
+  }
+  std::string reason = write_and_close(file, bytes);
+  if (reason.empty() && std::rename(temp.c_str(), target.c_str()) != 0) {
+    reason = "renaming '" + temp + "' to it failed: " + std::strerror(errno);
+  }
+  if (!reason.empty()) {
+    std::remove(temp.c_str());
+    fail(path, "cannot write (" + reason + ")");
+  }
+}
+
 }  // namespace
 
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name) {
@@ -196,10 +256,12 @@ void write_png(const std::string& path, const ImageU8& image) {
     fail(path, "cannot write a " + std::to_string(image.width) + "x" +
                    std::to_string(image.height) + " image as PNG: larger than stb_image_write " +
                    "encodes ((3 x width + 1) x height must stay under 2^31 bytes)");
-  if (!stbi_write_png(path.c_str(), image.width, image.height, 3, image.pixels.data(),
-                      image.width * 3)) {
-    fail(path, std::string("cannot write PNG (") + std::strerror(errno) + ")");
+  std::vector<uint8_t> png;
+  if (!stbi_write_png_to_func(append_bytes, &png, image.width, image.height, 3, image.pixels.data(),
+                              image.width * 3)) {
+    fail(path, "cannot encode PNG (stb_image_write ran out of memory)");
   }
+  write_file_whole(path, png);
 }
 
 }  // namespace deit::data

@@ -43,7 +43,8 @@ void apply_mix(const MixParams& params, float* images, int batch, int channels, 
 void mix_targets(const MixParams& params, const int32_t* labels, int batch, int num_classes,
                  double label_smoothing, float* targets, bool binarize = false);
 
-// A Beta(a, b) draw (two Gamma draws, Marsaglia-Tsang), exposed for its tests.
+// A Beta(a, b) draw (two Gamma draws, Marsaglia-Tsang), exposed for its tests. In [0, 1] for any
+// positive a and b, however small (both draws underflowing is handled through their logarithms).
 double sample_beta(double a, double b, Rng& rng);
 
 }  // namespace deit::data

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <set>
 #include <stdexcept>
@@ -168,6 +169,16 @@ class PendingFile {
 
 // ---------------------------------------------------------------------------------------------
 // Reading
+
+// Opening a named pipe would wait for a writer, for ever (a checkpoint path given by mistake
+// would hang eval, info, export and resume): only regular files are read (links followed). A
+// missing file is left to fopen, whose error says so.
+void check_regular_file(const std::string& path) {
+  std::error_code error;
+  const std::filesystem::file_status status = std::filesystem::status(path, error);
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status))
+    throw std::runtime_error("cannot read '" + path + "': not a regular file");
+}
 
 struct Entry {
   std::string name;
@@ -349,6 +360,7 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
 
 SafetensorsContents read_safetensors(const std::string& path,
                                      const std::function<bool(const std::string&)>& select) {
+  check_regular_file(path);
   File file(std::fopen(path.c_str(), "rb"), std::fclose);
   if (!file) throw std::runtime_error("cannot read '" + path + "': " + errno_text());
   const HeaderParser parser(path);

@@ -307,6 +307,33 @@ TEST_CASE("mixup and cutmix lambdas follow their Beta distributions and the swit
   for (int i = 0; i < 100; ++i) REQUIRE(sample_mix_params(cutmix_only, 32, 32, rng).cutmix);
 }
 
+TEST_CASE("a tiny mixup alpha gives lambdas of 0 or 1, as a fair coin", "[augment]") {
+  // Beta(a, a) tends to a fair coin between 0 and 1 as a goes to 0: mean 1/2, variance
+  // 1 / (4 (2a + 1)), about 1/4. Both Gamma draws underflow to 0 there, which once gave 0 / 0.
+  for (const double alpha : {1e-3, 1e-30, 1e-320}) {
+    INFO("alpha " << alpha);
+    deit::Rng rng(19);
+    double sum = 0.0, sq = 0.0;
+    for (int i = 0; i < kDraws; ++i) {
+      const double lambda = sample_beta(alpha, alpha, rng);
+      REQUIRE(std::isfinite(lambda));
+      REQUIRE(lambda >= 0.0);
+      REQUIRE(lambda <= 1.0);
+      sum += lambda;
+      sq += lambda * lambda;
+    }
+    const double mean = sum / kDraws;
+    CHECK(mean == Approx(0.5).margin(0.02));
+    CHECK(sq / kDraws - mean * mean == Approx(0.25 / (2 * alpha + 1)).margin(0.01));
+
+    MixupConfig mixup_only;
+    mixup_only.mixup_alpha = alpha;
+    mixup_only.cutmix_alpha = 0.0;
+    const MixParams p = sample_mix_params(mixup_only, 32, 32, rng);
+    CHECK((p.lambda >= 0.0 && p.lambda <= 1.0));
+  }
+}
+
 TEST_CASE("cutmix pastes the partner's box and its lambda is the area left", "[augment]") {
   const int batch = 4, channels = 3, height = 20, width = 28;
   const size_t sample = size_t(channels) * height * width;

@@ -88,7 +88,8 @@ TEST_CASE("evaluation's crop parameters give torchvision's resize + centre crop"
       // With the identity colour ops of a default AugmentParams, the whole-view path agrees.
       CHECK(data::augment_train(image, p).pixels == reference.pixels);
     }
-  CHECK_THROWS_WITH(data::eval_augment_params(10, 10, 8, 1.5), Catch::Contains("crop ratio"));
+  CHECK_THROWS_WITH(data::eval_augment_params(10, 10, 8, 1.5),
+                    Catch::Contains("--eval-crop-ratio must be in (0, 1], got 1.5"));
   CHECK_THROWS_WITH(data::eval_augment_params(0, 10, 8, 1.0), Catch::Contains("empty"));
 }
 

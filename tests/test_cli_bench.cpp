@@ -2,8 +2,11 @@
 // fields on the CPU, with a model small enough for CI; the kernel benchmark's refusal without a
 // GPU. The numbers themselves are speeds and are not tested (DESIGN: no timing in tests); what is
 // tested is that each field is there and means what bench/step_bench.h says.
+// (`deit bench data` is tested with the augmentation, in test_augment_batch.cpp; here only where
+// it puts its temporary shard.)
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <map>
 #include <set>
 #include <sstream>
@@ -235,6 +238,21 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
   r = run_deit("bench step --model deit3_tiny --device cpu --peak-tflops -1");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--peak-tflops must be a positive number"));
+}
+
+TEST_CASE("deit bench data takes an empty TMPDIR for an unset one, as POSIX tools do",
+          "[cli][bench]") {
+  const char* tmpdir = std::getenv("TMPDIR");
+  const std::string saved = tmpdir ? tmpdir : "";
+  setenv("TMPDIR", "", 1);
+  const CliResult r = run_deit(
+      "bench data --device cpu --input-size 32 --batch-size 4 --batches 2 --workers 1 --json");
+  if (tmpdir)
+    setenv("TMPDIR", saved.c_str(), 1);
+  else
+    unsetenv("TMPDIR");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
 }
 
 TEST_CASE("deit bench kernels without a GPU fails and says why", "[cli][bench]") {

@@ -9,7 +9,9 @@
 
 #include "data/image_folder.h"
 #include "data/image_source.h"
+#include "engine/rng.h"
 #include "tests/test_data_helpers.h"
+#include "tests/test_io_helpers.h"
 
 namespace {
 
@@ -44,6 +46,14 @@ void write_with_stb(const std::string& path, const ImageU8& image) {
   if (extension == ".tga") ok = stbi_write_tga(path.c_str(), w, h, 3, data);
   if (extension == ".jpg") ok = stbi_write_jpg(path.c_str(), w, h, 3, data, 100);
   REQUIRE(ok != 0);
+}
+
+// Random pixels: PNG cannot compress them, so the file is about as large as the pixels.
+ImageU8 noise_image(int height, int width) {
+  ImageU8 image = gradient_image(height, width);
+  deit::Rng rng(5);
+  for (uint8_t& value : image.pixels) value = static_cast<uint8_t>(rng.next_u64() >> 56);
+  return image;
 }
 
 std::string truncated_copy(const TempDir& dir, const std::string& path, double keep) {
@@ -226,6 +236,39 @@ TEST_CASE("write_png round-trips and names the path it cannot write", "[data]") 
   CHECK(decode_image_file(path).pixels == image.pixels);
   const std::string unwritable = dir.path() + "/no/such/folder/out.png";
   CHECK_THROWS_WITH(write_png(unwritable, image), Contains(unwritable));
+  // Through a symbolic link, the file it points to is replaced and the link stays.
+  const std::string link = dir.file("link.png");
+  std::filesystem::create_symlink(path, link);
+  write_png(link, gradient_image(3, 5));
+  CHECK(std::filesystem::is_symlink(link));
+  CHECK(decode_image_file(path).width == 5);
+}
+
+TEST_CASE("write_png on a full disk throws naming the path and leaves no partial file", "[data]") {
+  TempDir dir;
+  const ImageU8 image = noise_image(64, 64);  // a PNG of about 12 KiB
+  const std::string path = dir.file("out.png");
+  {
+    deit::test::FileSizeLimit limit(4096);  // the disk "fills up" part-way through
+    CHECK_THROWS_WITH(write_png(path, image), Contains(path) && Contains("File too large"));
+  }
+  CHECK(std::filesystem::is_empty(dir.path()));  // neither the PNG nor its temporary file
+
+  // The file a failed write would have replaced is kept whole.
+  const ImageU8 previous = gradient_image(4, 6);
+  write_png(path, previous);
+  {
+    deit::test::FileSizeLimit limit(4096);
+    CHECK_THROWS_WITH(write_png(path, image), Contains(path));
+  }
+  CHECK(decode_image_file(path).pixels == previous.pixels);
+  CHECK(std::distance(std::filesystem::directory_iterator(dir.path()), {}) == 1);
+
+  // A device is written in place (not replaced), and its errors count too: /dev/full is full.
+  const std::string full = dir.file("full.png");
+  std::filesystem::create_symlink("/dev/full", full);
+  CHECK_THROWS_WITH(write_png(full, image), Contains(full) && Contains("No space left on device"));
+  CHECK(std::filesystem::is_character_file(full));
 }
 
 TEST_CASE("ImageFolder numbers sorted classes and lists images in sorted order", "[data]") {

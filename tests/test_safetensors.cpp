@@ -1,6 +1,10 @@
 // The safetensors reader and writer (model/safetensors.h): exact round trips of every dtype and
 // of the metadata, the reference layout, rejection of every kind of damaged file with the file
 // named, and atomic writes.
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 
 #include <array>
@@ -84,6 +88,37 @@ std::vector<uint8_t> file_bytes(const std::string& header, size_t data_bytes,
 }
 std::vector<uint8_t> file_bytes(const std::string& header, size_t data_bytes) {
   return file_bytes(header, data_bytes, header.size());
+}
+
+// What read_safetensors(path) throws, asked in a child process that an alarm ends after 10 s, so
+// that a read waiting for ever (on a named pipe nobody writes to) fails the test, not hangs it.
+std::string read_error_within_10s(const std::string& path) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    alarm(10);
+    std::string message = "no error";
+    try {
+      read_safetensors(path);
+    } catch (const std::exception& e) {
+      message = e.what();
+    }
+    const ssize_t written = write(fds[1], message.data(), message.size());
+    _exit(written == static_cast<ssize_t>(message.size()) ? 0 : 1);
+  }
+  close(fds[1]);
+  std::string message;
+  char buffer[512];
+  for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) return "still waiting after 10 s";
+  CHECK(WIFEXITED(status));
+  return message;
 }
 
 size_t files_in(const std::string& dir) {
@@ -321,6 +356,20 @@ TEST_CASE("safetensors detects a truncated file and a missing one", "[io]") {
   const std::string missing = dir.path() + "/nothing.safetensors";
   CHECK_THROWS_WITH(read_safetensors(missing),
                     Contains("cannot read '" + missing + "'") && Contains("No such file"));
+}
+
+TEST_CASE("safetensors refuses a named pipe or a folder instead of waiting on it", "[io]") {
+  TempDir dir;
+  const std::string pipe = dir.file("weights.safetensors");
+  REQUIRE(mkfifo(pipe.c_str(), 0600) == 0);
+  CHECK_THAT(read_error_within_10s(pipe),
+             Contains("cannot read '" + pipe + "': not a regular file"));
+  const std::string link = dir.file("link.safetensors");  // links are followed
+  std::filesystem::create_symlink(pipe, link);
+  CHECK_THAT(read_error_within_10s(link),
+             Contains("cannot read '" + link + "': not a regular file"));
+  CHECK_THROWS_WITH(read_safetensors(dir.path()),
+                    Contains("cannot read '" + dir.path() + "': not a regular file"));
 }
 
 TEST_CASE("a failed safetensors write leaves the previous file intact", "[io]") {
