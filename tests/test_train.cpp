@@ -1217,16 +1217,50 @@ TEST_CASE("a train split that changed resumes between epochs, with a warning, no
 TEST_CASE("a resumed run whose log lacks epochs its checkpoint trained says so", "[train][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");
-  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
-  std::filesystem::remove(out + "/log.txt");  // or a run killed between its checkpoint and log
-  const CliResult r = run_deit("train --resume " + out + " --epochs 2");
+  REQUIRE(run_deit(tiny_train_args(data, out, 2)).exit_code == 0);
+  std::filesystem::remove(out + "/log.txt");
+  const CliResult r = run_deit("train --resume " + out + " --epochs 3");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("warning: " + out +
                                        "/log.txt holds 0 epoch lines, its "
-                                       "checkpoint 1 epoch: the lines of the epochs between are "
+                                       "checkpoint 2 epochs: the lines of the epochs between are "
                                        "lost"));
   CHECK(test::log_lines(out + "/log.txt").size() == 1);
+}
+
+TEST_CASE("a run stopped between saving an epoch and logging it logs the epoch when resumed",
+          "[train][resume][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 2)).exit_code == 0);
+  const std::string log = out + "/log.txt";
+  const std::vector<uint8_t> whole = test::read_bytes(log);
+  // As a kill in the moment after the last epoch's save leaves it: the run had finished. The
+  // refusal to train further comes with the line written back, byte for byte.
+  const auto second_line = std::find(whole.begin(), whole.end(), '\n') + 1;
+  test::write_bytes(log, {whole.begin(), second_line});
+  CliResult r = run_deit("train --resume " + out);
+  INFO(r.output);
+  CHECK_THAT(r.output, Catch::Contains("note: " + log +
+                                       " lacked the line of epoch 2, whose checkpoint was saved "
+                                       "before the run stopped: written from the checkpoint") &&
+                           Catch::Contains("nothing is left to train"));
+  CHECK(test::read_bytes(log) == whole);
+  // Stopped so after the first epoch, the run goes on with a whole log: the uninterrupted run's,
+  // but for the times.
+  REQUIRE(run_deit(tiny_train_args(data, dir.file("first"), 1)).exit_code == 0);
+  test::write_bytes(dir.file("first/log.txt"), {});
+  r = run_deit("train --resume " + dir.file("first") + " --epochs 2");
+  REQUIRE(r.exit_code == 0);
+  auto untimed = [](std::vector<nlohmann::json> lines) {
+    for (nlohmann::json& line : lines) {
+      line.erase("train_images_per_s");
+      line.erase("epoch_time_s");
+    }
+    return lines;
+  };
+  CHECK(untimed(test::log_lines(dir.file("first/log.txt"))) == untimed(test::log_lines(log)));
 }
 
 TEST_CASE("a resumed run whose val split changed says its best top-1 was scored on the other",

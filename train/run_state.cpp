@@ -44,6 +44,7 @@ nlohmann::json RunState::to_json() const {
                       {"optimizer_steps", optimizer_steps},
                       {"val_images", val_images},
                       {"train_listing", train_listing}};
+  if (!last_log_line.is_null()) j["last_log_line"] = last_log_line;
   if (within_epoch)
     j["within_epoch"] = {{"epoch", within_epoch->epoch},
                          {"batches", within_epoch->batches},
@@ -70,6 +71,7 @@ RunState run_state_from_json(const nlohmann::json& state) {
   r.optimizer_steps = state.value("optimizer_steps", int64_t{0});
   r.val_images = state.value("val_images", int64_t{-1});
   r.train_listing = state.value("train_listing", std::string());
+  r.last_log_line = state.value("last_log_line", nlohmann::json());
   if (r.epochs_done < 0 || r.world_size < 1 || r.optimizer_steps < 0 ||
       (r.within_epoch && r.within_epoch->epoch != r.epochs_done))
     throw std::invalid_argument("its run state is inconsistent: " + state.dump());

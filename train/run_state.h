@@ -9,6 +9,9 @@
 //    "val_images": V,             the val split's images when it was saved (-1: not said)
 //    "train_listing": "...",      which image each index of the train split held
 //                                 (ImageSource::listing_fingerprint; "": not said)
+//    "last_log_line": {...},      log.txt's line of the last epoch done (absent: none yet, or
+//                                 a deit that did not save it): a run stopped between saving an
+//                                 epoch and logging it writes the line when it resumes
 //    "within_epoch": {...}}       only for a checkpoint of a step inside epoch E + 1 (a stop
 //                                 signal, --save-every): see WithinEpoch
 #pragma once
@@ -43,6 +46,7 @@ struct RunState {
   int64_t optimizer_steps = 0;
   int64_t val_images = -1;  // -1: a checkpoint of a deit that did not save it
   std::string train_listing;  // "": a checkpoint of a deit that did not save it
+  nlohmann::json last_log_line;  // null: none
 
   nlohmann::json to_json() const;
 };

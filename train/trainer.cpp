@@ -155,6 +155,33 @@ bool listings_differ(const std::string& saved, const std::string& now) {
          now.compare(0, kind_end + 1, saved, 0, kind_end + 1) == 0 && now != saved;
 }
 
+// Writes the line of the checkpoint's last epoch into the run's log where the run stopped between
+// saving that epoch and logging it (a kill in that millisecond; a retrying script's kills can land
+// there every time): the line is in the checkpoint too. Other gaps are for
+// warn_of_missing_log_lines.
+void restore_last_log_line(const std::string& log_path, const RunState& saved) {
+  if (!saved.last_log_line.is_object() ||
+      saved.last_log_line.value("epoch", int64_t{-1}) != saved.epochs_done - 1)
+    return;
+  int64_t lines = 0;
+  if (std::FILE* log = std::fopen(log_path.c_str(), "r")) {
+    for (int c; (c = std::fgetc(log)) != EOF;) lines += c == '\n';
+    std::fclose(log);
+  }
+  if (lines != saved.epochs_done - 1) return;
+  const std::string text = saved.last_log_line.dump() + "\n";
+  std::FILE* log = std::fopen(log_path.c_str(), "a");
+  const bool written = log && std::fputs(text.c_str(), log) >= 0;
+  if (!log || std::fclose(log) != 0 || !written)
+    throw std::runtime_error("cannot append to " + log_path + " (" + std::strerror(errno) +
+                             ") the line of epoch " + std::to_string(saved.epochs_done) +
+                             ", which the run stopped before logging: " + text);
+  std::fprintf(stderr,
+               "note: %s lacked the line of epoch %lld, whose checkpoint was saved before the "
+               "run stopped: written from the checkpoint\n",
+               log_path.c_str(), (long long)saved.epochs_done);
+}
+
 // Appends an epoch's line to log.txt, after its checkpoint was saved. A failure says that the epoch
 // is saved, and gives the line, which the log would lack for good: a resumed run goes on from the
 // next epoch.
@@ -465,6 +492,9 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   if (!o.resume.empty()) {
     resumed = model::read_checkpoint(o.resume);
     saved_run = saved_run_of(o.resume, resumed->state);
+    // Before a finished run is refused: its last line may be the one missing.
+    if (lead && resumes_its_checkpoint(o))
+      restore_last_log_line((fs::path(o.output_dir) / "log.txt").string(), saved_run);
     refuse_unresumable(o, saved_run);
     start_epoch = saved_run.epochs_done;
     const int64_t saved_world = saved_run.world_size;
@@ -651,6 +681,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   // optimizer and EMA state, and where the run stands (train/run_state.h): `epochs_done` whole
   // epochs, and `within`, for a checkpoint of a step in the middle of the next one, where in it.
   auto last_save = std::chrono::steady_clock::now();
+  nlohmann::json last_log_line = saved_run.last_log_line;  // each checkpoint keeps it
   auto write_checkpoint = [&](int64_t epochs_done, const std::optional<WithinEpoch>& within,
                               const data::SamplerState& sampler) {
     last_save = std::chrono::steady_clock::now();
@@ -669,6 +700,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     state.optimizer_steps = optimizer.step_count();
     state.val_images = static_cast<int64_t>(val_source->size());
     state.train_listing = train_listing;
+    state.last_log_line = last_log_line;
     model::save_checkpoint(checkpoint_path, vit, extra, state.to_json(),
                            train_source->class_names());
   };
@@ -914,21 +946,20 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     summary.last = eval;
     ++summary.epochs_run;
     // The checkpoint first: a log line stands for a saved and evaluated epoch, so a save that
-    // fails leaves the folder as the last one left it, to resume or start again.
+    // fails leaves the folder as the last one left it, to resume or start again. The checkpoint
+    // holds the line too, for a run stopped before it is logged (restore_last_log_line).
     const double epoch_seconds = seconds_since(epoch_start) + carried_seconds;
+    last_log_line = {{"train_lr", lr},
+                     {"train_loss", train_loss},
+                     {"test_loss", eval.loss},
+                     {"test_acc1", eval.acc1},
+                     {"test_acc5", eval.acc5},
+                     {"epoch", epoch},
+                     {"n_parameters", summary.parameters},
+                     {"train_images_per_s", epoch_images / epoch_train_seconds},
+                     {"epoch_time_s", epoch_seconds}};
     save_epoch();
-    if (lead)
-      append_log_line(log_path,
-                      {{"train_lr", lr},
-                       {"train_loss", train_loss},
-                       {"test_loss", eval.loss},
-                       {"test_acc1", eval.acc1},
-                       {"test_acc5", eval.acc5},
-                       {"epoch", epoch},
-                       {"n_parameters", summary.parameters},
-                       {"train_images_per_s", epoch_images / epoch_train_seconds},
-                       {"epoch_time_s", epoch_seconds}},
-                      checkpoint_path, epoch + 1 == o.epochs);
+    if (lead) append_log_line(log_path, last_log_line, checkpoint_path, epoch + 1 == o.epochs);
     if (lead && o.progress) {
       // What is left, at this epoch's pace (a resumed epoch's counted whole).
       const int64_t epochs_left = o.epochs - epoch - 1;
