@@ -89,6 +89,17 @@ void run_grid(const AugmentCommandOptions& options) {
     throw std::invalid_argument("--grid '" + options.grid + "' lies inside the " + split +
                                 " split of '" + options.data + "', where it would be read " +
                                 "as an image: write it elsewhere");
+  const int size = options.input_size;
+  constexpr int kGap = 2;
+  const int columns = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(options.n))));
+  const int rows = (options.n + columns - 1) / columns;
+  data::ImageU8 grid{rows * (size + kGap) - kGap, columns * (size + kGap) - kGap, {}};
+  // Before a view is made: the grid's size is known already.
+  if (!data::png_encodable(grid.width, grid.height))
+    throw std::invalid_argument("--n " + std::to_string(options.n) + " views of --input-size " +
+                                std::to_string(size) + " make a " + std::to_string(grid.width) +
+                                "x" + std::to_string(grid.height) + " grid, larger than a PNG " +
+                                "deit writes: give a smaller --n or --input-size");
   const std::unique_ptr<data::ImageSource> source = data::open_dataset_split(options.data, "train");
   data::SamplerOptions sampler_options;
   sampler_options.dataset_size = source->size();
@@ -104,11 +115,6 @@ void run_grid(const AugmentCommandOptions& options) {
     throw std::invalid_argument("--aa: " + std::string(e.what()));
   }
 
-  const int size = options.input_size;
-  constexpr int kGap = 2;
-  const int columns = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(options.n))));
-  const int rows = (options.n + columns - 1) / columns;
-  data::ImageU8 grid{rows * (size + kGap) - kGap, columns * (size + kGap) - kGap, {}};
   grid.pixels.assign(static_cast<size_t>(grid.height) * grid.width * 3, 32);  // dark grey gaps
 
   int tiles = 0;

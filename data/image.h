@@ -40,5 +40,8 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
 // complete; a device such as /dev/stdout is written in place). Throws DataError naming `path` and
 // the reason (e.g. "No space left on device") when it cannot, leaving no partial file behind.
 void write_png(const std::string& path, const ImageU8& image);
+// Whether write_png can encode a `width` x `height` image: stb_image_write sizes its buffer,
+// (3 x width + 1) x height bytes, in an int.
+bool png_encodable(int width, int height);
 
 }  // namespace deit::data

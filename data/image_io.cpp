@@ -189,6 +189,28 @@ void write_file_whole(const std::string& path, const std::vector<uint8_t>& bytes
   }
 }
 
+// The width and height a PNG's header (its IHDR chunk, first) gives; false where it has none.
+bool png_header_size(const uint8_t* bytes, size_t size, int& width, int& height) {
+  if (size < 24 || std::memcmp(bytes + 12, "IHDR", 4) != 0) return false;
+  auto big_endian = [&](size_t at) {
+    return static_cast<uint32_t>(bytes[at]) << 24 | static_cast<uint32_t>(bytes[at + 1]) << 16 |
+           static_cast<uint32_t>(bytes[at + 2]) << 8 | bytes[at + 3];
+  };
+  width = static_cast<int>(std::min<uint32_t>(big_endian(16), INT32_MAX));
+  height = static_cast<int>(std::min<uint32_t>(big_endian(20), INT32_MAX));
+  return true;
+}
+
+// Throws DataError for dimensions past what deit decodes; returns for the others.
+void refuse_too_large(const std::string& name, int width, int height) {
+  if (width > 0 && height > 0 && width <= kMaxImageSide && height <= kMaxImageSide &&
+      static_cast<uint64_t>(width) * static_cast<uint64_t>(height) <= kMaxImagePixels)
+    return;
+  fail(name, "dimensions " + std::to_string(width) + "x" + std::to_string(height) +
+                 ": deit reads images of up to " + std::to_string(kMaxImageSide) +
+                 " pixels a side and 2^28 pixels (a corrupt header, or an image to shrink first)");
+}
+
 }  // namespace
 
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name) {
@@ -200,17 +222,14 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   if (!stbi_info_from_memory(bytes, length, &width, &height, &channels)) {
     const bool jpeg = size >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8;
     const bool png = size >= 4 && std::memcmp(bytes, "\x89PNG", 4) == 0;
+    // stb_image refuses a PNG of over 2^28 pixels as if its header were corrupt.
+    if (png && png_header_size(bytes, size, width, height)) refuse_too_large(name, width, height);
     fail(name, std::string(jpeg  ? "truncated or corrupt JPEG header"
                            : png ? "truncated or corrupt PNG header"
                                  : "not an image format stb_image reads") +
                    " (stb_image: " + stb_reason() + ")");
   }
-  if (width <= 0 || height <= 0 || width > kMaxImageSide || height > kMaxImageSide ||
-      static_cast<uint64_t>(width) * static_cast<uint64_t>(height) > kMaxImagePixels) {
-    fail(name, "absurd dimensions " + std::to_string(width) + "x" + std::to_string(height) +
-                   " (deit reads images of up to " + std::to_string(kMaxImageSide) +
-                   " pixels a side and 2^28 pixels)");
-  }
+  refuse_too_large(name, width, height);
   check_complete(bytes, size, name);
 
   // Asking for 3 channels makes stb expand grayscale and drop alpha, as Pillow's convert("RGB").
@@ -244,6 +263,10 @@ ImageU8 decode_image_file(const std::string& path) {
   return decode_image_memory(bytes.data(), bytes.size(), path);
 }
 
+bool png_encodable(int width, int height) {
+  return (3 * static_cast<int64_t>(width) + 1) * height <= INT_MAX;
+}
+
 void write_png(const std::string& path, const ImageU8& image) {
   if (image.width <= 0 || image.height <= 0 ||
       image.pixels.size() != static_cast<size_t>(image.width) * image.height * 3) {
@@ -251,8 +274,7 @@ void write_png(const std::string& path, const ImageU8& image) {
                    std::to_string(image.height) + ", " + std::to_string(image.pixels.size()) +
                    " bytes)");
   }
-  // stb_image_write sizes its buffer, (3 x width + 1) x height bytes, in an int.
-  if ((3 * static_cast<int64_t>(image.width) + 1) * image.height > INT_MAX)
+  if (!png_encodable(image.width, image.height))
     fail(path, "cannot write a " + std::to_string(image.width) + "x" +
                    std::to_string(image.height) + " image as PNG: larger than stb_image_write " +
                    "encodes ((3 x width + 1) x height must stay under 2^31 bytes)");

@@ -85,6 +85,13 @@ TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cl
   r = run_deit("augment --data " + dir.path() + "/data --n 1 --input-size 16 --grid " +
                dir.file("g5.png"));
   CHECK_THAT(r.output, Catch::Contains(": 1 training view (1 x 1 tiles"));
+  // A grid too large to write as PNG is refused before its views are made (it took a minute and
+  // 3 GB to fail at the end).
+  r = run_deit("augment --data " + dir.path() + "/data --n 1024 --input-size 1024 --grid " +
+               dir.file("g6.png"));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--n 1024 views of --input-size 1024 make a 32830x32830 "
+                                       "grid, larger than a PNG deit writes"));
 }
 
 TEST_CASE("deit augment applies RandAugment's ops and tiles RandAugment views with --aa",
