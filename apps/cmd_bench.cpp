@@ -159,7 +159,7 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
   std::printf("compute       %9.2f GFLOP per image (6 x forward MACs) -> %.2f TFLOP/s",
               r.train_gflops_per_image, j["achieved_tflops"].get<double>());
   if (r.peak_tflops)
-    std::printf(", MFU %.1f%% of %.0f TFLOP/s (%s)\n", 100.0 * j["mfu"].get<double>(),
+    std::printf(", MFU %.1f%% of %.4g TFLOP/s (%s)\n", 100.0 * j["mfu"].get<double>(),
                 *r.peak_tflops, r.peak_tflops_source.c_str());
   else
     std::printf(" (MFU: peak unknown for this device; give --peak-tflops)\n");

@@ -1107,6 +1107,9 @@ TEST_CASE("a run's output folder is locked: a second run into it is refused whil
   r = run_deit("train --resume " + out + " --epochs 3 --quiet");
   CHECK(r.exit_code == 0);
   CHECK_FALSE(std::filesystem::exists(out + "/.lock"));
+  // A file where the folder should be is named as such (it was blamed on permissions).
+  CHECK_THROWS_WITH(train::OutputLock(checkpoint, "--out"),
+                    Catch::Contains("'" + checkpoint + "' is not a folder"));
 }
 
 TEST_CASE("a log line that cannot be written says the epoch is saved and how to go on",

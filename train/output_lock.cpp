@@ -70,6 +70,9 @@ OutputLock::OutputLock(const std::string& dir, const std::string& option)
   do {
     if (fd_ >= 0) ::close(fd_);  // a lock file its holder removed: lock the one there now
     fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0 && errno == ENOTDIR)
+      throw std::runtime_error("'" + dir + "' is not a folder (a file of that name is in the " +
+                               "way): give another " + option_ + ", or move the file");
     if (fd_ < 0)
       throw std::runtime_error("cannot create the lock file '" + path_ + "': " + errno_text() +
                                ": give an " + option_ + " this user can write to");
