@@ -54,8 +54,6 @@ void print_per_class(const nlohmann::json& rows) {
 }
 
 void run_eval(const EvalOptions& o) {
-  if (o.crop_ratio && !(*o.crop_ratio > 0 && *o.crop_ratio <= 1))  // before the data is listed
-    throw std::invalid_argument(data::eval_crop_ratio_problem(*o.crop_ratio, 1));
   const Device device = parse_device(o.device);
   require_device(device);
   std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));

@@ -43,10 +43,8 @@ void print_summary(const train::TrainSummary& s) {
               s.last.acc5, s.last.loss, (long long)s.last.images);
   std::printf("best      top-1 %.2f%% after epoch %lld\n", s.best_acc1, (long long)s.best_epoch + 1);
   if (s.skipped_images > 0)
-    std::printf(
-        "skipped   %lld unusable image file%s (see the warnings above%s)\n",
-        (long long)s.skipped_images, s.skipped_images == 1 ? "" : "s",
-        s.world_size > 1 ? "; summed over the processes, which may each meet one file" : "");
+    std::printf("skipped   %lld unusable image file%s (see the warnings above)\n",
+                (long long)s.skipped_images, s.skipped_images == 1 ? "" : "s");
   std::printf("checkpoint %s\nlog        %s\n", s.checkpoint.c_str(), s.log.c_str());
   if (s.stop.finished)
     std::printf("%s came during the last evaluation: the run had finished all its epochs\n",

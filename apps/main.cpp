@@ -7,6 +7,7 @@
 #include <exception>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
@@ -51,16 +52,25 @@ static std::string unknown_command(const CLI::App& app, int argc, char** argv) {
   return "";
 }
 
-// "" when `command` may run here; else why not. Only train and bench run across processes: any
-// other command a launcher started would run once in each, every one printing (or writing) the
-// same.
-static std::string refusal_of_several_processes(const std::string& command) {
-  if (command.empty() || command[0] == '-' || command == "train" || command == "bench") return "";
-  const deit::Rendezvous launch = deit::detect_rendezvous();
+// "" when the command `words` name (deit's first arguments) may run here; else why not. Only
+// train and bench step run across processes: another command a launcher started would run once in
+// each process, every one doing and printing the same. deit info, which reads and prints, may run
+// anywhere (a job's script may call it, and its processes inherit the launch's variables).
+static std::string refusal_of_several_processes(const std::vector<std::string>& words) {
+  if (words.empty() || words[0][0] == '-') return "";
+  const std::string command =
+      words[0] == "bench" && words.size() > 1 ? "bench " + words[1] : words[0];
+  if (command == "train" || command == "bench step" || command == "info") return "";
+  deit::Rendezvous launch;
+  try {
+    launch = deit::detect_rendezvous();
+  } catch (const std::invalid_argument&) {  // stray variables of no launch this command needs
+    return "";
+  }
   if (launch.world_size == 1) return "";
   return "deit " + command + " runs as one process, and this one was started as " +
-         launch.describe() + ": start it without the launcher (deit train and deit bench are " +
-         "the commands that run across processes)";
+         launch.describe() + ": start it without the launcher (deit train and deit bench step " +
+         "are the commands that run across processes)";
 }
 
 // How an error begins: in a launch of several processes, with the rank, so that the error of one
@@ -97,7 +107,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   try {
-    if (const std::string refusal = refusal_of_several_processes(argc > 1 ? argv[1] : "");
+    if (const std::string refusal =
+            refusal_of_several_processes(std::vector<std::string>(argv + 1, argv + argc));
         !refusal.empty()) {
       std::fprintf(stderr, "deit: error: %s\n", refusal.c_str());
       return 1;

@@ -359,7 +359,7 @@ std::string eval_crop_ratio_problem(double crop_ratio, int64_t size) {
     return std::string("--eval-crop-ratio must be in (0, 1], got ") + ratio;
   if (size / crop_ratio > kMaxImageSide)
     return std::string("--eval-crop-ratio ") + ratio +
-           " would resize images to a shorter side of " + "--input-size " + std::to_string(size) +
+           " would resize images to a shorter side of --input-size " + std::to_string(size) +
            " / " + ratio + ", more than " + std::to_string(kMaxImageSide) + " pixels";
   return "";
 }

@@ -153,13 +153,12 @@ ImageFolder::ImageFolder(const std::string& root, bool warn) : root_(root) {
 ImageU8 ImageFolder::load(size_t index) const { return decode_image_file(files_.at(index).path); }
 
 std::string ImageFolder::listing_fingerprint() const {
-  // Paths relative to the root: a dataset copied, moved or mounted elsewhere keeps its fingerprint.
-  const std::string prefix = (fs::path(root_) / "").string();
+  // Paths relative to the root (every listed path starts with it): a dataset copied, moved or
+  // mounted elsewhere keeps its fingerprint.
+  const size_t root_length = (fs::path(root_) / "").string().size();
   uint64_t hash = 0;
   for (const File& file : files_) {
-    const bool under_root = file.path.compare(0, prefix.size(), prefix) == 0;
-    const std::string entry = (under_root ? file.path.substr(prefix.size()) : file.path) + '\0' +
-                              std::to_string(file.label);
+    const std::string entry = file.path.substr(root_length) + '\0' + std::to_string(file.label);
     hash = xxhash64(entry.data(), entry.size(), hash);
   }
   char text[32];

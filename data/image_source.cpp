@@ -178,11 +178,18 @@ void require_utf8_class_name(const std::string& name, const std::string& where) 
                     "are saved in checkpoints as text): rename it");
 }
 
-void SkippedImages::record(const std::string& what, const std::string& message, int label) {
+void SkippedImages::record(const std::string& what, const std::string& message, int label,
+                           int64_t index) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!seen_.insert(what).second) return;
   std::fprintf(stderr, "warning: skipped %s\n", message.c_str());
   if (label >= 0) ++per_class_[label];
+  if (index >= 0) indices_.push_back(index);
+}
+
+std::vector<int64_t> SkippedImages::indices() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return indices_;
 }
 
 size_t SkippedImages::count() const {

@@ -3,6 +3,7 @@
 // files it had to skip.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -93,16 +94,21 @@ void require_utf8_class_name(const std::string& name, const std::string& where);
 class SkippedImages {
  public:
   // `what` identifies the image (ImageSource::describe), `message` says what is wrong with it (a
-  // DataError's text, which names the file); `label`, its class where known.
-  void record(const std::string& what, const std::string& message, int label = -1);
+  // DataError's text, which names the file); `label`, its class, and `index`, its index in its
+  // source, where known.
+  void record(const std::string& what, const std::string& message, int label = -1,
+              int64_t index = -1);
   size_t count() const;
   // The images of class `label` recorded.
   size_t count_in_class(int label) const;
+  // The source indices of the images recorded with one.
+  std::vector<int64_t> indices() const;
 
  private:
   mutable std::mutex mutex_;
   std::set<std::string> seen_;
   std::map<int, size_t> per_class_;
+  std::vector<int64_t> indices_;
 };
 
 }  // namespace deit::data

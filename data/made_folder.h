@@ -1,5 +1,5 @@
-// A command's output folder, made where missing: deit train's --output, the folder of deit pack's
-// and deit export's --out.
+// A command's output folder, made where missing: deit train's --output, deit demo's --out, the
+// folder of deit pack's and deit export's --out.
 #pragma once
 #include <filesystem>
 #include <string>

@@ -203,7 +203,8 @@ ImageU8 PrefetchLoader::load_or_substitute(uint64_t index, uint64_t* used_index)
       ++loaded_per_class_.at(static_cast<size_t>(source_->label(candidate)));
       return image;
     } catch (const DataError& error) {
-      skipped_.record(source_->describe(candidate), error.what(), source_->label(candidate));
+      skipped_.record(source_->describe(candidate), error.what(), source_->label(candidate),
+                      static_cast<int64_t>(candidate));
     }
   }
   throw DataError(source_->describe(index) + " and the " + std::to_string(attempts - 1) +

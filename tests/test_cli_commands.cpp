@@ -66,6 +66,8 @@ TEST_CASE(
   const CliResult demo = run_deit("demo --out nowhere");
   const CliResult help = run_deit("--help");
   const CliResult error = run_deit("train --epochs many");
+  const CliResult kernels = run_deit("bench kernels --device cpu");
+  const CliResult info = run_deit("info --model deit3_tiny");
   for (const char* name :
        {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"})
     unsetenv(name);
@@ -75,9 +77,20 @@ TEST_CASE(
                                           "one was started as mpirun: rank 0 of 2") &&
                               Catch::Contains("start it without the launcher"));
   CHECK_THAT(demo.output, Catch::Contains("deit demo runs as one process"));
+  CHECK_THAT(kernels.output, Catch::Contains("deit bench kernels runs as one process"));
+  CHECK(info.exit_code == 0);  // it reads and prints: a job's script may call it from a rank
   CHECK(help.exit_code == 0);
   // Each process of a launch prints its own errors: which one, it says.
   CHECK_THAT(error.output, Catch::StartsWith("deit: error (rank 0 of 2): --epochs: "));
+  // A stray variable of a launch that is not one (torchrun's RANK alone) stops no command.
+  setenv("RANK", "0", 1);
+  const CliResult stray = run_deit("info --model deit3_tiny");
+  const CliResult stray_export = run_deit("export --checkpoint nowhere --out nowhere.safetensors");
+  unsetenv("RANK");
+  CHECK(stray.exit_code == 0);
+  CHECK_THAT(stray_export.output, Catch::Contains("nowhere") &&
+                                      !Catch::Contains("runs as one process") &&
+                                      !Catch::Contains("WORLD_SIZE"));
 }
 
 TEST_CASE("a command line that does not parse is an error like any other, exit code 1", "[cli]") {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
@@ -116,15 +117,27 @@ class OutputFolder {
   OutputLock lock_;
 };
 
+// The lines of the run's log (none where it cannot be read).
+std::vector<std::string> log_file_lines(const std::string& log_path) {
+  std::vector<std::string> lines;
+  std::ifstream log(log_path);
+  for (std::string line; std::getline(log, line);) lines.push_back(line);
+  return lines;
+}
+
+// Appends `text` to the file at `path`; false, with errno set, when it could not.
+bool append_to_file(const std::string& path, const std::string& text) {
+  std::FILE* file = std::fopen(path.c_str(), "a");
+  if (!file) return false;
+  const bool written = std::fwrite(text.data(), 1, text.size(), file) == text.size();
+  return std::fclose(file) == 0 && written;
+}
+
 // Warns when the run's log has fewer epoch lines than its checkpoint has trained epochs: a run
 // killed between saving an epoch and logging it, an epoch saved unevaluated (its val split failed
 // to read), or a log removed. The lines are kept nowhere else.
 void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done) {
-  int64_t lines = 0;
-  if (std::FILE* log = std::fopen(log_path.c_str(), "r")) {
-    for (int c; (c = std::fgetc(log)) != EOF;) lines += c == '\n';
-    std::fclose(log);
-  }
+  const auto lines = static_cast<int64_t>(log_file_lines(log_path).size());
   if (lines < epochs_done)
     std::fprintf(stderr,
                  "warning: %s holds %lld epoch line%s, its checkpoint %lld epoch%s: the lines of "
@@ -147,6 +160,19 @@ std::string resumed_state_fingerprint(const model::Checkpoint& checkpoint) {
   return std::to_string(hash);
 }
 
+// How many of a split's `images` some rank found unusable, each counted once: the train split is
+// dealt out anew each epoch, so one file may be met by several ranks. Collective.
+int64_t files_skipped_by_any_rank(Communicator& comm, const data::SkippedImages& skipped,
+                                  size_t images) {
+  std::vector<double> any{static_cast<double>(skipped.count())};
+  comm.all_reduce_sum(any);
+  if (any[0] == 0) return 0;
+  std::vector<double> met(images, 0.0);  // by index, summed over the ranks
+  for (const int64_t index : skipped.indices()) met.at(static_cast<size_t>(index)) = 1;
+  comm.all_reduce_sum(met);
+  return std::count_if(met.begin(), met.end(), [](double ranks) { return ranks > 0; });
+}
+
 // Whether two fingerprints of a split's listing (ImageSource::listing_fingerprint) say that its
 // indices hold other images: only two of one kind of source ("folder:", "shard:") can tell.
 bool listings_differ(const std::string& saved, const std::string& now) {
@@ -157,25 +183,26 @@ bool listings_differ(const std::string& saved, const std::string& now) {
 
 // Writes the line of the checkpoint's last epoch into the run's log where the run stopped between
 // saving that epoch and logging it (a kill in that millisecond; a retrying script's kills can land
-// there every time): the line is in the checkpoint too. Other gaps are for
-// warn_of_missing_log_lines.
+// there every time): the line is in the checkpoint too. Known by the log's last line, which is of
+// an earlier epoch; other gaps are for warn_of_missing_log_lines. A failure is warned about: the
+// run can go on without the line, as it could before.
 void restore_last_log_line(const std::string& log_path, const RunState& saved) {
+  const int64_t last_epoch = saved.epochs_done - 1;
   if (!saved.last_log_line.is_object() ||
-      saved.last_log_line.value("epoch", int64_t{-1}) != saved.epochs_done - 1)
+      saved.last_log_line.value("epoch", int64_t{-1}) != last_epoch)
     return;
-  int64_t lines = 0;
-  if (std::FILE* log = std::fopen(log_path.c_str(), "r")) {
-    for (int c; (c = std::fgetc(log)) != EOF;) lines += c == '\n';
-    std::fclose(log);
+  const std::vector<std::string> lines = log_file_lines(log_path);
+  if (!lines.empty()) {
+    const nlohmann::json logged = nlohmann::json::parse(lines.back(), nullptr, false);
+    if (!logged.is_object() || logged.value("epoch", last_epoch) >= last_epoch) return;
   }
-  if (lines != saved.epochs_done - 1) return;
   const std::string text = saved.last_log_line.dump() + "\n";
-  std::FILE* log = std::fopen(log_path.c_str(), "a");
-  const bool written = log && std::fputs(text.c_str(), log) >= 0;
-  if (!log || std::fclose(log) != 0 || !written)
-    throw std::runtime_error("cannot append to " + log_path + " (" + std::strerror(errno) +
-                             ") the line of epoch " + std::to_string(saved.epochs_done) +
-                             ", which the run stopped before logging: " + text);
+  if (!append_to_file(log_path, text)) {
+    std::fprintf(stderr, "warning: cannot append to %s (%s) the line of epoch %lld: %s",
+                 log_path.c_str(), std::strerror(errno), (long long)saved.epochs_done,
+                 text.c_str());
+    return;
+  }
   std::fprintf(stderr,
                "note: %s lacked the line of epoch %lld, whose checkpoint was saved before the "
                "run stopped: written from the checkpoint\n",
@@ -187,10 +214,7 @@ void restore_last_log_line(const std::string& log_path, const RunState& saved) {
 // next epoch.
 void append_log_line(const std::string& path, const nlohmann::json& line,
                      const std::string& checkpoint, bool last_epoch) {
-  const std::string text = line.dump() + "\n";
-  std::FILE* f = std::fopen(path.c_str(), "a");
-  const bool written = f && std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  if ((f && std::fclose(f) != 0) || !written) {
+  if (!append_to_file(path, line.dump() + "\n")) {
     const std::string epoch = std::to_string(line.at("epoch").get<int64_t>() + 1);
     throw std::runtime_error(
         "cannot append to log '" + path + "': " + std::strerror(errno) + "; epoch " + epoch +
@@ -490,7 +514,24 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
   RunState saved_run;
   int64_t start_epoch = 0;
   if (!o.resume.empty()) {
-    resumed = model::read_checkpoint(o.resume);
+    std::string read_error;
+    try {
+      resumed = model::read_checkpoint(o.resume);
+    } catch (const std::exception& e) {
+      read_error = e.what();
+    }
+    // Each rank reads its own copy (a folder on each node, say): a stale or another one would go
+    // on from its own data position, optimizer moments and EMA under rank 0's weights. Compared
+    // before any rank refuses on its own, which would leave the others waiting here.
+    if (world > 1) {
+      const std::string fingerprint =
+          read_error.empty() ? resumed_state_fingerprint(*resumed) : "unreadable";
+      if (!entries_that_differ(comm, {{"checkpoint", fingerprint}}).empty() && read_error.empty())
+        throw std::runtime_error("the " + std::to_string(world) + " processes of this run " +
+                                 "resume different checkpoints (this one '" + o.resume +
+                                 "'): every process must resume a copy of the same one");
+    }
+    if (!read_error.empty()) throw std::runtime_error(read_error);
     saved_run = saved_run_of(o.resume, resumed->state);
     // Before a finished run is refused: its last line may be the one missing.
     if (lead && resumes_its_checkpoint(o))
@@ -510,14 +551,6 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
                                o.data_dir + "' holds (" + classes_differ + "): resume it on its " +
                                "own dataset, or start a new run from it with --finetune");
     model::load_checkpoint_model(vit, *resumed);
-    // Each rank reads its own copy (a folder on each node, say): a stale or another one would go
-    // on from its own data position, optimizer moments and EMA under rank 0's weights.
-    if (world > 1 &&
-        !entries_that_differ(comm, {{"checkpoint", resumed_state_fingerprint(*resumed)}}).empty())
-      throw std::runtime_error("the " + std::to_string(world) + " processes of this run resume " +
-                               "different checkpoints (this one '" + o.resume + "', " +
-                               std::to_string(start_epoch) + " epochs done): every process " +
-                               "must resume a copy of the same one");
   }
   ParameterRegistry& params = vit.parameters();
   // Every rank starts from rank 0's weights, whatever each read or drew on its own (the broadcast
@@ -982,14 +1015,12 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       break;
     }
   }
-  // Each rank met its own share of the unusable files. The sum waits for every rank, so when
-  // train() returns on any, rank 0's log and checkpoint are complete.
-  std::vector<double> skipped{
-      static_cast<double>(train_loader->skipped().count() + val_loader->skipped().count())};
-  comm.all_reduce_sum(skipped);
+  // Collectives: when train() returns on any rank, rank 0's log and checkpoint are complete.
+  summary.skipped_images =
+      files_skipped_by_any_rank(comm, train_loader->skipped(), train_source->size()) +
+      files_skipped_by_any_rank(comm, val_loader->skipped(), val_source->size());
   summary.seconds = seconds_since(run_start);
   summary.train_images_per_second = train_seconds > 0 ? train_images / train_seconds : 0;
-  summary.skipped_images = static_cast<int64_t>(skipped[0]);
   return summary;
 }
 

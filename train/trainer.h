@@ -77,7 +77,7 @@ struct TrainSummary {
   int64_t best_epoch = -1;
   double seconds = 0;
   double train_images_per_second = 0;
-  int64_t skipped_images = 0;    // unusable files met in the data, summed over the ranks
+  int64_t skipped_images = 0;    // unusable files any rank met in the data
   std::string checkpoint;        // path of the last checkpoint
   std::string log;               // path of log.txt
   int64_t parameters = 0;
