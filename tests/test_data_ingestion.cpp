@@ -18,6 +18,7 @@
 #include "data/image_folder.h"
 #include "data/image_source.h"
 #include "data/pack.h"
+#include "tests/child_process.h"
 #include "tests/test_data_helpers.h"
 
 namespace {
@@ -64,37 +65,20 @@ class RunsOutOfMemoryNamingABadImage : public RunsOutOfMemory {
 // modes bind: root reads any folder whatever its mode, so a test run as root lists it in a child
 // process that has become user nobody. "cannot drop root" when that is not allowed here.
 std::string listing_error_as_unprivileged_user(const std::string& root) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    close(fds[0]);
-    std::string message = "no error";
+  const deit::test::ChildResult child = deit::test::run_in_child([&]() -> std::string {
     const uid_t nobody = 65534;
-    const bool stays_root = geteuid() == 0 && (setgroups(0, nullptr) != 0 || setgid(nobody) != 0 ||
-                                               setuid(nobody) != 0);
-    if (stays_root) {
-      message = "cannot drop root";
-    } else {
-      try {
-        ImageFolder folder(root);
-      } catch (const std::exception& e) {
-        message = e.what();
-      }
+    if (geteuid() == 0 &&
+        (setgroups(0, nullptr) != 0 || setgid(nobody) != 0 || setuid(nobody) != 0))
+      return "cannot drop root";
+    try {
+      ImageFolder folder(root);
+    } catch (const std::exception& e) {
+      return e.what();
     }
-    const ssize_t written = write(fds[1], message.data(), message.size());
-    _exit(written == static_cast<ssize_t>(message.size()) ? 0 : 1);
-  }
-  close(fds[1]);
-  std::string message;
-  char buffer[512];
-  for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  CHECK(WIFEXITED(status));
-  return message;
+    return "no error";
+  });
+  CHECK(WIFEXITED(child.status));
+  return child.message;
 }
 
 }  // namespace

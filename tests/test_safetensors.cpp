@@ -21,6 +21,7 @@
 
 #include "kernels/bf16.h"
 #include "model/safetensors.h"
+#include "tests/child_process.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_io_helpers.h"
 
@@ -93,32 +94,20 @@ std::vector<uint8_t> file_bytes(const std::string& header, size_t data_bytes) {
 // What read_safetensors(path) throws, asked in a child process that an alarm ends after 10 s, so
 // that a read waiting for ever (on a named pipe nobody writes to) fails the test, not hangs it.
 std::string read_error_within_10s(const std::string& path) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    close(fds[0]);
-    alarm(10);
-    std::string message = "no error";
-    try {
-      read_safetensors(path);
-    } catch (const std::exception& e) {
-      message = e.what();
-    }
-    const ssize_t written = write(fds[1], message.data(), message.size());
-    _exit(written == static_cast<ssize_t>(message.size()) ? 0 : 1);
-  }
-  close(fds[1]);
-  std::string message;
-  char buffer[512];
-  for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) return "still waiting after 10 s";
-  CHECK(WIFEXITED(status));
-  return message;
+  const deit::test::ChildResult child = deit::test::run_in_child(
+      [&]() -> std::string {
+        try {
+          read_safetensors(path);
+        } catch (const std::exception& e) {
+          return e.what();
+        }
+        return "no error";
+      },
+      10);
+  if (WIFSIGNALED(child.status) && WTERMSIG(child.status) == SIGALRM)
+    return "still waiting after 10 s";
+  CHECK(WIFEXITED(child.status));
+  return child.message;
 }
 
 size_t files_in(const std::string& dir) {
