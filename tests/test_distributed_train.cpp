@@ -370,54 +370,51 @@ TEST_CASE("mpi: ranks that differ in settings or classes all stop before trainin
   }
   CHECK_THROWS_WITH(train::train(collectives, *comm),
                     Catch::Contains("differ in bucket_mb, zero: every process"));
-  // Rank 1's copy of the dataset names a class otherwise.
-  const std::string renamed = dir.file("renamed");
-  if (comm->rank() == 0) {
-    std::filesystem::copy(data, renamed, std::filesystem::copy_options::recursive);
-    const std::string first = data::synthetic_class_names()[0];
-    for (const char* split : {"/train/", "/val/"})
-      std::filesystem::rename(renamed + split + first, renamed + split + "zigzag");
-  }
-  comm->barrier();
-  CHECK_THROWS_WITH(
-      train::train(tiny_run(comm->rank() == 1 ? renamed : data, dir.file("classes"), 4), *comm),
-      Catch::Contains("differ in the dataset's classes"));
-  // Rank 1's copy lacks a training image: the ranks would shard different orders.
-  const std::string fewer = dir.file("fewer");
-  if (comm->rank() == 0) {
-    std::filesystem::copy(data, fewer, std::filesystem::copy_options::recursive);
-    const std::string first_class = fewer + "/train/" + data::synthetic_class_names()[0];
-    std::filesystem::remove(std::filesystem::directory_iterator(first_class)->path());
-  }
-  comm->barrier();
-  CHECK_THROWS_WITH(
-      train::train(tiny_run(comm->rank() == 1 ? fewer : data, dir.file("fewer_run"), 4), *comm),
-      Catch::Contains("differ in the train split's image count"));
-  // Rank 1's copy holds as many training images, one under another name: its indices would pick
-  // other images than rank 0's.
-  const std::string other = dir.file("other");
-  if (comm->rank() == 0) {
-    std::filesystem::copy(data, other, std::filesystem::copy_options::recursive);
-    const std::string first_class = other + "/train/" + data::synthetic_class_names()[0];
-    const std::filesystem::path first = std::filesystem::directory_iterator(first_class)->path();
-    std::filesystem::rename(first, first_class + "/renamed.png");
-  }
-  comm->barrier();
-  CHECK_THROWS_WITH(
-      train::train(tiny_run(comm->rank() == 1 ? other : data, dir.file("other_run"), 4), *comm),
-      Catch::Contains("differ in the train split's images (by relative path"));
-  // Rank 1's copy lacks a val image: the ranks' shares would not tile one split.
-  const std::string fewer_val = dir.file("fewer_val");
-  if (comm->rank() == 0) {
-    std::filesystem::copy(data, fewer_val, std::filesystem::copy_options::recursive);
-    const std::string first_class = fewer_val + "/val/" + data::synthetic_class_names()[0];
-    std::filesystem::remove(std::filesystem::directory_iterator(first_class)->path());
-  }
-  comm->barrier();
-  CHECK_THROWS_WITH(
-      train::train(tiny_run(comm->rank() == 1 ? fewer_val : data, dir.file("fewer_val_run"), 4),
-                   *comm),
-      Catch::Contains("differ in the val split's images"));
+  // Rank 1 trains on a copy of the dataset that `change` alters (rank 0 makes it): every rank
+  // stops, naming `what` differs.
+  auto refused_with_rank1_copy = [&](const std::string& name,
+                                     const std::function<void(const std::string&)>& change,
+                                     const std::string& what) {
+    const std::string copy = dir.file(name);
+    if (comm->rank() == 0) {
+      std::filesystem::copy(data, copy, std::filesystem::copy_options::recursive);
+      change(copy);
+    }
+    comm->barrier();
+    CHECK_THROWS_WITH(
+        train::train(tiny_run(comm->rank() == 1 ? copy : data, dir.file(name + "_run"), 4), *comm),
+        Catch::Contains("differ in " + what));
+  };
+  const std::string first_class = data::synthetic_class_names()[0];
+  auto first_image = [&](const std::string& folder) {
+    return std::filesystem::directory_iterator(folder + "/" + first_class)->path();
+  };
+  // A class named otherwise.
+  refused_with_rank1_copy(
+      "renamed",
+      [&](const std::string& copy) {
+        for (const char* split : {"/train/", "/val/"})
+          std::filesystem::rename(copy + split + first_class, copy + split + "zigzag");
+      },
+      "the dataset's classes");
+  // A training image fewer: the ranks would shard different orders.
+  refused_with_rank1_copy(
+      "fewer",
+      [&](const std::string& copy) { std::filesystem::remove(first_image(copy + "/train")); },
+      "the train split's image count");
+  // As many training images, one under another name: its indices would pick other images.
+  refused_with_rank1_copy(
+      "other",
+      [&](const std::string& copy) {
+        std::filesystem::rename(first_image(copy + "/train"),
+                                copy + "/train/" + first_class + "/renamed.png");
+      },
+      "the train split's images (by relative path");
+  // A val image fewer: the ranks' shares would not tile one split.
+  refused_with_rank1_copy(
+      "fewer_val",
+      [&](const std::string& copy) { std::filesystem::remove(first_image(copy + "/val")); },
+      "the val split's images");
   // Rank 0 refuses its --output (a folder holding another run's log): every rank stops.
   if (comm->rank() == 0) {
     std::filesystem::create_directories(dir.file("held"));
@@ -432,7 +429,7 @@ TEST_CASE("mpi: ranks that differ in settings or classes all stop before trainin
   comm->barrier();
   CHECK_FALSE(std::filesystem::exists(dir.file("settings")));
   CHECK_FALSE(std::filesystem::exists(dir.file("collectives")));
-  CHECK_FALSE(std::filesystem::exists(dir.file("classes")));
+  CHECK_FALSE(std::filesystem::exists(dir.file("renamed_run")));
 }
 
 TEST_CASE("mpi: every rank's summary counts the unusable files any rank met", "[mpi]") {
