@@ -1,5 +1,6 @@
 #include "engine/allocator.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -152,16 +153,21 @@ class HostAllocator final : public CachingAllocator {
   void* system_allocate(size_t bytes) override { return std::aligned_alloc(64, bytes); }
   void system_free(void* ptr) override { std::free(ptr); }
   // The machine's memory, or the process's control group's limit (a container's, a Slurm job's)
-  // where lower. Past it malloc may still succeed (Linux overcommits), and the process is then
-  // killed without a word as it touches the pages: refused here, it ends in OutOfMemory, which
-  // deit answers with what needs less.
+  // or address-space limit (ulimit -v) where lower. Past it malloc may still succeed (Linux
+  // overcommits), and the process is then killed without a word as it touches the pages: refused
+  // here, it ends in OutOfMemory, which deit answers with what needs less.
   size_t system_capacity() const override {
     static const size_t capacity = [] {
       const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
       const size_t physical = pages > 0 && page > 0
                                   ? static_cast<size_t>(pages) * static_cast<size_t>(page)
                                   : SIZE_MAX;  // unknown: no bound of its own
-      return std::min(physical, cgroup_memory_limit());
+      rlimit address_space{};
+      const size_t address_space_limit =
+          getrlimit(RLIMIT_AS, &address_space) == 0 && address_space.rlim_cur != RLIM_INFINITY
+              ? static_cast<size_t>(address_space.rlim_cur)
+              : SIZE_MAX;
+      return std::min({physical, cgroup_memory_limit(), address_space_limit});
     }();
     return capacity;
   }

@@ -20,17 +20,21 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-// `args` is appended to the binary's path and run through the shell, in folder `cwd` if given.
-inline CliResult run_deit(const std::string& args, const std::string& cwd = "") {
-  const std::string command =
-      (cwd.empty() ? "" : "cd '" + cwd + "' && ") + std::string(DEIT_BINARY) + " " + args + " 2>&1";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
+// Runs `command` through the shell, stdout and stderr together.
+inline CliResult run_shell(const std::string& command) {
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen((command + " 2>&1").c_str(), "r"), pclose);
   REQUIRE(pipe);
   std::string out;
   std::array<char, 4096> buf{};
   while (size_t n = fread(buf.data(), 1, buf.size(), pipe.get())) out.append(buf.data(), n);
   const int status = pclose(pipe.release());
   return {WEXITSTATUS(status), out};
+}
+
+// `args` is appended to the binary's path and run through the shell, in folder `cwd` if given.
+inline CliResult run_deit(const std::string& args, const std::string& cwd = "") {
+  return run_shell((cwd.empty() ? "" : "cd '" + cwd + "' && ") + std::string(DEIT_BINARY) + " " +
+                   args);
 }
 
 // Starts `deit args`, reads its (line-oriented, non-terminal) progress on stderr, and sends it

@@ -4,6 +4,8 @@
 // tested is that each field is there and means what bench/step_bench.h says.
 // (`deit bench data` is tested with the augmentation, in test_augment_batch.cpp; here only where
 // it puts its temporary shard.)
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
@@ -297,4 +299,22 @@ TEST_CASE("deit bench step runs drop-path branches on the kept samples unless to
     else
       CHECK((share > 0.3 && share < 0.8));
   }
+}
+
+TEST_CASE("out of memory under an address-space limit (ulimit -v) gives that limit",
+          "[cli][bench]") {
+  // 8 GiB (wide enough for the libraries a CUDA build maps). The message gave the machine's memory,
+  // which the process could never have. The first batch, 800,000 x 3 x 32 x 32 floats (9.4 GiB),
+  // is refused before it is allocated.
+  const CliResult r = deit::test::run_shell(
+      "ulimit -v 8388608 && " + std::string(DEIT_BINARY) +
+      " bench step --model deit3_tiny --dim 32 --depth 1 --heads 2 --input-size 32 --device cpu "
+      "--batch-size 800000 --warmup 0 --steps 1 --profile-steps 0");
+  INFO(r.output);
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.output, Catch::Contains("out of memory allocating"));
+  const double physical_gib = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                              static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 30);
+  if (physical_gib > 8)
+    CHECK_THAT(r.output, Catch::Contains(", 8192 MiB at most: the machine's memory or its limit"));
 }
