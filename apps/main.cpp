@@ -1,6 +1,7 @@
 // deit: the one binary. Each subcommand is registered from its own apps/cmd_<name>.cpp.
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -57,7 +58,9 @@ static std::string unknown_command(const CLI::App& app, int argc, char** argv) {
 // each process, every one doing and printing the same. deit info, which reads and prints, may run
 // anywhere (a job's script may call it, and its processes inherit the launch's variables).
 static std::string refusal_of_several_processes(const std::vector<std::string>& words) {
-  if (words.empty() || words[0][0] == '-') return "";
+  const bool help = std::find(words.begin(), words.end(), "--help") != words.end() ||
+                    std::find(words.begin(), words.end(), "-h") != words.end();
+  if (words.empty() || words[0][0] == '-' || help) return "";
   const std::string command =
       words[0] == "bench" && words.size() > 1 ? "bench " + words[1] : words[0];
   if (command == "train" || command == "bench step" || command == "info") return "";

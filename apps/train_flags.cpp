@@ -38,7 +38,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
                  "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or DIR/train.shard, "
                  "DIR/val.shard); required unless --resume");
   cmd.add_option("--output", output,
-                 "Run directory: log.txt and checkpoint.safetensors (a new run refuses one that "
+                 "Run directory, made where missing: log.txt and checkpoint.safetensors (a new "
+                 "run refuses one that "
                  "holds a run; --resume continues it); required unless --resume, whose default is "
                  "the checkpoint's folder");
   cmd.add_option("--device", device,

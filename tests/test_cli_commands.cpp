@@ -68,6 +68,7 @@ TEST_CASE(
   const CliResult error = run_deit("train --epochs many");
   const CliResult kernels = run_deit("bench kernels --device cpu");
   const CliResult info = run_deit("info --model deit3_tiny");
+  const CliResult eval_help = run_deit("eval --help");
   for (const char* name :
        {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"})
     unsetenv(name);
@@ -80,6 +81,7 @@ TEST_CASE(
   CHECK_THAT(kernels.output, Catch::Contains("deit bench kernels runs as one process"));
   CHECK(info.exit_code == 0);  // it reads and prints: a job's script may call it from a rank
   CHECK(help.exit_code == 0);
+  CHECK(eval_help.exit_code == 0);
   // Each process of a launch prints its own errors: which one, it says.
   CHECK_THAT(error.output, Catch::StartsWith("deit: error (rank 0 of 2): --epochs: "));
   // A stray variable of a launch that is not one (torchrun's RANK alone) stops no command.
