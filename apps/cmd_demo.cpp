@@ -12,6 +12,7 @@
 #include "apps/train_flags.h"
 #include "data/made_folder.h"
 #include "data/synthetic.h"
+#include "engine/communicator.h"
 #include "engine/device.h"
 #include "train/output_lock.h"
 #include "train/trainer.h"
@@ -129,7 +130,10 @@ void run_demo(const DemoOptions& d, const std::string& program) {
                                "another --out");
     }
   }
-  report_training(train::train(o));
+  // As one process, whatever launch variables it inherited: main refuses a launch of several, and
+  // a stray one (RANK alone) describes no launch of the demo's.
+  const std::unique_ptr<Communicator> alone = make_communicator(parse_device(o.device), {});
+  report_training(train::train(o, *alone));
   std::printf("next: %s eval --checkpoint %s --data %s --per-class\n",
               shell_quoted(program).c_str(),
               shell_quoted((fs::path(d.out) / "run" / "checkpoint.safetensors").string()).c_str(),
