@@ -3,7 +3,6 @@
 // write (a full disk) into one instead of a truncated file.
 #include <stb_image.h>
 #include <stb_image_write.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <climits>
@@ -15,6 +14,7 @@
 #include <memory>
 
 #include "data/image.h"
+#include "data/pending_file.h"
 
 namespace deit::data {
 namespace {
@@ -139,30 +139,21 @@ void append_bytes(void* context, void* data, int size) {
   buffer.insert(buffer.end(), bytes, bytes + size);
 }
 
-// Writes all of `bytes` to `file` and closes it. A full disk often shows only at the flush or the
-// close, so each is checked. Returns the first failure's reason, "" if none.
-std::string write_and_close(std::FILE* file, const std::vector<uint8_t>& bytes) {
-  std::string reason;
-  if (std::fwrite(bytes.data(), 1, bytes.size(), file) != bytes.size() || std::fflush(file) != 0) {
-    reason = std::strerror(errno);
-  }
-  if (std::fclose(file) != 0 && reason.empty()) reason = std::strerror(errno);
-  return reason;
-}
-
 // A device or a named pipe (/dev/stdout, a FIFO read by another program) is written in place:
-// renaming a file over it would replace it.
+// renaming a file over it would replace it. A full disk often shows only at the flush or the close.
 void write_special_file(const std::string& path, const std::vector<uint8_t>& bytes) {
   std::FILE* file = std::fopen(path.c_str(), "wb");
   if (!file) fail(path, std::string("cannot open for writing (") + std::strerror(errno) + ")");
-  const std::string reason = write_and_close(file, bytes);
+  std::string reason;
+  if (std::fwrite(bytes.data(), 1, bytes.size(), file) != bytes.size() || std::fflush(file) != 0)
+    reason = std::strerror(errno);
+  if (std::fclose(file) != 0 && reason.empty()) reason = std::strerror(errno);
   if (!reason.empty()) fail(path, "cannot write (" + reason + ")");
 }
 
-// Writes `bytes` to `path` whole or not at all: to a temporary file beside it, renamed over it
-// once written, so a full disk or a killed process never leaves a truncated file under its name
-// (nor destroys the file it replaces). Not synced: the thousands of images a dataset's generation
-// writes would each wait for the disk. A symbolic link stays: the file it points to is replaced.
+// Writes `bytes` to `path` whole or not at all (PendingFile), not synced: the thousands of images
+// a dataset's generation writes would each wait for the disk. A symbolic link stays: the file it
+// points to is replaced.
 void write_file_whole(const std::string& path, const std::vector<uint8_t>& bytes) {
   namespace fs = std::filesystem;
   std::error_code error;
@@ -172,21 +163,10 @@ void write_file_whole(const std::string& path, const std::vector<uint8_t>& bytes
     return;
   }
   const fs::path resolved = fs::weakly_canonical(path, error);
-  const std::string target = error ? path : resolved.string();
-  const std::string temp = target + ".tmp." + std::to_string(::getpid());
-  std::FILE* file = std::fopen(temp.c_str(), "wb");
-  if (!file) {
-    fail(path, "cannot create the temporary file '" + temp + "' (" + std::strerror(errno) +
-                   "); check that its folder exists and is writable");
-  }
-  std::string reason = write_and_close(file, bytes);
-  if (reason.empty() && std::rename(temp.c_str(), target.c_str()) != 0) {
-    reason = "renaming '" + temp + "' to it failed: " + std::strerror(errno);
-  }
-  if (!reason.empty()) {
-    std::remove(temp.c_str());
-    fail(path, "cannot write (" + reason + ")");
-  }
+  PendingFile file(error ? path : resolved.string());
+  file.open();
+  file.write(bytes.data(), bytes.size());
+  file.commit(/*durable=*/false);
 }
 
 // The width and height a PNG's header (its IHDR chunk, first) gives; false where it has none.

@@ -1,7 +1,5 @@
 #include "model/safetensors.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -15,6 +13,8 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "data/pending_file.h"
 
 namespace deit::model {
 
@@ -98,74 +98,6 @@ std::string errno_text() { return std::strerror(errno); }
 
 // ---------------------------------------------------------------------------------------------
 // Writing
-
-// The temporary file a write goes to; removed unless commit() renamed it over the target.
-class PendingFile {
- public:
-  explicit PendingFile(const std::string& target)
-      : target_(target), temp_(target + ".tmp." + std::to_string(::getpid())) {}
-  ~PendingFile() {
-    if (file_) std::fclose(file_);
-    if (!committed_) std::remove(temp_.c_str());
-  }
-  PendingFile(const PendingFile&) = delete;
-  PendingFile& operator=(const PendingFile&) = delete;
-
-  void open() {
-    file_ = std::fopen(temp_.c_str(), "wb");
-    if (!file_) fail("cannot create the temporary file '" + temp_ + "': " + errno_text());
-  }
-
-  void write(const void* data, size_t bytes) {
-    if (bytes > 0 && std::fwrite(data, 1, bytes, file_) != bytes)
-      fail("writing '" + temp_ + "' failed: " + errno_text());
-  }
-
-  // Writes `bytes` over what the file holds from `offset`, then goes back to its end.
-  void write_at(uint64_t offset, const void* data, size_t bytes) {
-    if (::fseeko(file_, static_cast<off_t>(offset), SEEK_SET) != 0)
-      fail("seeking in '" + temp_ + "' failed: " + errno_text());
-    write(data, bytes);
-    if (::fseeko(file_, 0, SEEK_END) != 0)
-      fail("seeking in '" + temp_ + "' failed: " + errno_text());
-  }
-
-  // Flushes to disk (a checkpoint must survive a crash right after the rename), then renames.
-  void commit() {
-    std::FILE* f = file_;
-    file_ = nullptr;
-    if (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0) {
-      const std::string why = errno_text();
-      std::fclose(f);
-      fail("writing '" + temp_ + "' failed: " + why);
-    }
-    if (std::fclose(f) != 0) fail("closing '" + temp_ + "' failed: " + errno_text());
-    if (std::rename(temp_.c_str(), target_.c_str()) != 0)
-      fail("renaming '" + temp_ + "' to it failed: " + errno_text());
-    committed_ = true;
-    sync_directory();
-  }
-
- private:
-  [[noreturn]] void fail(const std::string& why) const {
-    throw std::runtime_error("cannot write '" + target_ + "': " + why);
-  }
-
-  // Makes the rename itself durable. Best effort: the data is already safe in the file, and some
-  // file systems cannot sync a directory.
-  void sync_directory() const {
-    const size_t slash = target_.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : target_.substr(0, slash + 1);
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return;
-    ::fsync(fd);
-    ::close(fd);
-  }
-
-  std::string target_, temp_;
-  std::FILE* file_ = nullptr;
-  bool committed_ = false;
-};
 
 // ---------------------------------------------------------------------------------------------
 // Reading
@@ -342,7 +274,7 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
   const std::string provisional = header_text();
   const uint64_t header_bytes = provisional.size();
 
-  PendingFile file(path);
+  data::PendingFile file(path);
   file.open();
   file.write(&header_bytes, sizeof header_bytes);
   file.write(provisional.data(), provisional.size());
