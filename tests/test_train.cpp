@@ -20,6 +20,7 @@
 
 #include "data/synthetic.h"
 #include "model/checkpoint.h"
+#include "tests/child_process.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_distributed_helpers.h"
@@ -487,6 +488,35 @@ TEST_CASE("a stop asked for during an evaluation stops at that epoch's checkpoin
   CHECK(at_last.stop.signal == SIGUSR1);
   CHECK(at_last.stop.finished);
   CHECK(at_last.epochs_run == 1);
+}
+
+TEST_CASE("the first stop signal says what the run will do, for one process or several",
+          "[train][resume]") {
+  // What a signal makes rank 0 print, on the stderr of a child that installs the handlers.
+  auto announcement = [](train::StopSignals::Announce announce) {
+    return test::run_in_child([announce] {
+             int fds[2];
+             if (pipe(fds) != 0 || dup2(fds[1], STDERR_FILENO) < 0) return std::string("no pipe");
+             const train::StopSignals signals(announce);
+             raise(SIGUSR1);
+             close(fds[1]);
+             close(STDERR_FILENO);
+             std::string printed(4096, '\0');
+             const ssize_t n = read(fds[0], printed.data(), printed.size());
+             printed.resize(n > 0 ? static_cast<size_t>(n) : 0);
+             return printed;
+           })
+        .message;
+  };
+  const std::string one = announcement(train::StopSignals::Announce::kOneProcess);
+  const std::string several = announcement(train::StopSignals::Announce::kSeveralProcesses);
+  CHECK_THAT(one, Catch::StartsWith("\ndeit: stopping once this optimizer step (or evaluation) "
+                                    "is done, to save a checkpoint there (send the signal again"));
+  // A process that died stops the others' collectives: the checkpoint is not promised.
+  CHECK_THAT(several, Catch::Contains("to save a checkpoint there with every process of the run "
+                                      "(if one has died, the run ends without it; send the "
+                                      "signal again"));
+  CHECK(announcement(train::StopSignals::Announce::kNothing).empty());
 }
 
 TEST_CASE("resuming with settings other than the run's names each one that changed",
@@ -1254,6 +1284,17 @@ TEST_CASE("a run stopped between saving an epoch and logging it logs the epoch w
                                        " lacked the line of epoch 2, whose checkpoint was saved "
                                        "before the run stopped: written from the checkpoint") &&
                            Catch::Contains("nothing is left to train"));
+  CHECK(test::read_bytes(log) == whole);
+  // A write cut short left half the last line, without its newline: cut off, then written back
+  // whole from the checkpoint (appended to, it would have made one line of two).
+  const auto half_last_line = second_line + (whole.end() - second_line) / 2;
+  test::write_bytes(log, {whole.begin(), half_last_line});
+  r = run_deit("train --resume " + out);
+  INFO(r.output);
+  CHECK_THAT(r.output, Catch::Contains("note: " + log + " ended in an unfinished line (" +
+                                       std::to_string(half_last_line - second_line) +
+                                       " bytes, a write cut short): removed") &&
+                           Catch::Contains("written from the checkpoint"));
   CHECK(test::read_bytes(log) == whole);
   // A log whose last line is there has nothing written back, whatever it lacks before: an earlier
   // gap (an epoch saved unevaluated) is only warned about.

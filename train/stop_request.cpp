@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstring>
 #include <iterator>
 #include <vector>
 
@@ -15,8 +16,11 @@ constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGUSR1};
 
 // Written by a signal handler: a lock-free atomic is safe to store from one.
 std::atomic<int> g_signal{0};
-std::atomic<bool> g_announce{false};
-static_assert(std::atomic<int>::is_always_lock_free);
+// What the first signal prints (rank 0; null: nothing): a string literal, which the handler may
+// read.
+std::atomic<const char*> g_announcement{nullptr};
+static_assert(std::atomic<int>::is_always_lock_free &&
+              std::atomic<const char*>::is_always_lock_free);
 
 struct sigaction g_previous[std::size(kStopSignals)];
 
@@ -28,20 +32,29 @@ void on_stop_signal(int signal) {
     std::raise(signal);
     return;
   }
-  if (g_announce.load()) {
-    // write(2) is async-signal-safe; stdio is not.
-    static const char kMessage[] =
-        "\ndeit: stopping once this optimizer step (or evaluation) is done, to save a "
-        "checkpoint there (send the signal again to stop at once, losing what the last "
-        "checkpoint does not hold)\n";
-    [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  // write(2) is async-signal-safe; stdio is not.
+  if (const char* announcement = g_announcement.load()) {
+    [[maybe_unused]] const ssize_t written =
+        write(STDERR_FILENO, announcement, std::strlen(announcement));
   }
 }
 
 }  // namespace
 
-StopSignals::StopSignals(bool announce) {
-  g_announce = announce;
+StopSignals::StopSignals(Announce announce) {
+  // A run of several processes saves only with every process: one that died (a kill -9, a lost
+  // node) leaves the others' collectives waiting until the launcher ends them.
+  static const char kOneProcess[] =
+      "\ndeit: stopping once this optimizer step (or evaluation) is done, to save a checkpoint "
+      "there (send the signal again to stop at once, losing what the last checkpoint does not "
+      "hold)\n";
+  static const char kSeveralProcesses[] =
+      "\ndeit: stopping once this optimizer step (or evaluation) is done, to save a checkpoint "
+      "there with every process of the run (if one has died, the run ends without it; send the "
+      "signal again to stop at once, losing what the last checkpoint does not hold)\n";
+  g_announcement = announce == Announce::kNothing      ? nullptr
+                   : announce == Announce::kOneProcess ? kOneProcess
+                                                       : kSeveralProcesses;
   struct sigaction action = {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);

@@ -18,8 +18,10 @@ namespace deit::train {
 
 class StopSignals {
  public:
-  // Installs the handlers; `announce`: the first signal prints what happens next (rank 0).
-  explicit StopSignals(bool announce);
+  // Whether the first signal prints what happens next (rank 0 alone), and for how many processes.
+  enum class Announce { kNothing, kOneProcess, kSeveralProcesses };
+  // Installs the handlers.
+  explicit StopSignals(Announce announce);
   // Restores the handlers there were, and forgets a recorded signal.
   ~StopSignals();
   StopSignals(const StopSignals&) = delete;

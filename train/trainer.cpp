@@ -181,6 +181,30 @@ bool listings_differ(const std::string& saved, const std::string& now) {
          now.compare(0, kind_end + 1, saved, 0, kind_end + 1) == 0 && now != saved;
 }
 
+// Cuts from the run's log a last line that lacks its newline: what a write cut short left (a full
+// disk, a kill inside it). The epoch it began is in the checkpoint, whose line
+// restore_last_log_line writes back whole; left there, the next line would be appended to it.
+void drop_unfinished_last_line(const std::string& log_path) {
+  std::error_code error;
+  const uintmax_t size = fs::file_size(log_path, error);
+  if (error || size == 0) return;
+  std::ifstream log(log_path, std::ios::binary);
+  std::string text(size, '\0');
+  if (!log.read(text.data(), static_cast<std::streamsize>(size)) || text.back() == '\n') return;
+  const size_t kept = text.rfind('\n') + 1;  // 0 where the log has no whole line
+  fs::resize_file(log_path, kept, error);
+  if (error) {
+    std::fprintf(stderr,
+                 "warning: %s ends in an unfinished line (%zu bytes, a write cut short) that "
+                 "cannot be removed (%s): the next line will be appended to it\n",
+                 log_path.c_str(), text.size() - kept, error.message().c_str());
+    return;
+  }
+  std::fprintf(stderr,
+               "note: %s ended in an unfinished line (%zu bytes, a write cut short): removed\n",
+               log_path.c_str(), text.size() - kept);
+}
+
 // Writes the line of the checkpoint's last epoch into the run's log where the run stopped between
 // saving that epoch and logging it (a kill in that millisecond; a retrying script's kills can land
 // there every time): the line is in the checkpoint too. Known by the log's last line, which is of
@@ -534,8 +558,11 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     if (!read_error.empty()) throw std::runtime_error(read_error);
     saved_run = saved_run_of(o.resume, resumed->state);
     // Before a finished run is refused: its last line may be the one missing.
-    if (lead && resumes_its_checkpoint(o))
-      restore_last_log_line((fs::path(o.output_dir) / "log.txt").string(), saved_run);
+    if (lead && resumes_its_checkpoint(o)) {
+      const std::string log_path = (fs::path(o.output_dir) / "log.txt").string();
+      drop_unfinished_last_line(log_path);
+      restore_last_log_line(log_path, saved_run);
+    }
     refuse_unresumable(o, saved_run);
     start_epoch = saved_run.epochs_done;
     const int64_t saved_world = saved_run.world_size;
@@ -737,7 +764,9 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
     model::save_checkpoint(checkpoint_path, vit, extra, state.to_json(),
                            train_source->class_names());
   };
-  const StopSignals stop_signals(lead && o.progress);
+  const StopSignals stop_signals(!(lead && o.progress) ? StopSignals::Announce::kNothing
+                                 : world == 1          ? StopSignals::Announce::kOneProcess
+                                                       : StopSignals::Announce::kSeveralProcesses);
   if (lead && o.progress)
     print_run_start(o, *train_source, comm,
                     static_cast<int64_t>(train_loader->sampler().epoch_length()) / o.batch_size,
