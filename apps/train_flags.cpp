@@ -83,7 +83,9 @@ void TrainFlags::add_to(CLI::App& cmd) {
                  "RandAugment, timm's spec, in place of 3-Augment and colour jitter: none, but "
                  "rand-m9-mstd0.5-inc1 for finetune")
       ->type_name("SPEC");
-  cmd.add_option("--eval-crop-ratio", eval_crop_ratio, "Evaluation crop ratio (1.0)");
+  cmd.add_option("--eval-crop-ratio", eval_crop_ratio,
+                 "Evaluation: resize to size / ratio, centre crop size (1.0, the crop of the "
+                 "published top-1; the reference code's log.txt is scored at 0.875)");
   add_switch(cmd, repeated_aug, "repeated-aug",
              "Repeated augmentation, 3 repeats (pretrain's choice)");
   cmd.add_option("--mixup", mixup, "Mixup alpha, 0 = off (0.8, but 0 for the in21k recipes)");

@@ -9,6 +9,7 @@
 namespace deit {
 
 namespace {
+// Grad mode, per thread: ops record on the tape only while it is on (NoGrad turns it off).
 thread_local bool t_grad_enabled = true;
 thread_local std::vector<std::shared_ptr<Node>> t_tape;
 // Whether the backward walk under way copies a leaf's first gradient (the hooked form, autograd.h):
@@ -45,8 +46,6 @@ class FreshTape {
   std::vector<std::shared_ptr<Node>> outer_;
 };
 }  // namespace
-
-bool grad_enabled() { return t_grad_enabled; }
 
 NoGrad::NoGrad() : previous_(t_grad_enabled) { t_grad_enabled = false; }
 NoGrad::~NoGrad() { t_grad_enabled = previous_; }

@@ -38,9 +38,6 @@ struct Node {
   bool released = false;
 };
 
-// Is grad mode on for this thread (default: yes)?
-bool grad_enabled();
-
 // Turns grad recording off for its lifetime (evaluation, optimizer updates).
 class NoGrad {
  public:
@@ -73,7 +70,7 @@ void backward(const Tensor& root, const Tensor& grad_root);
 // Told about a leaf (a handle sharing it) as soon as its .grad is final for this backward: the walk
 // has passed the earliest-recorded node that uses it, so no node still to be walked can route a
 // gradient to it. Data-parallel training starts reducing a bucket of gradients there, while the
-// rest of backward runs (train/gradient_reducer.h).
+// rest of backward runs (engine/gradient_reducer.h).
 using GradReadyHook = std::function<void(const Tensor& leaf)>;
 // As backward(root, grad_root), calling `on_grad_ready` once for every leaf that some recorded node
 // takes as an input needing a gradient, in the order their gradients become final (a leaf no node

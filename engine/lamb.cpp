@@ -26,8 +26,11 @@ void Lamb::update(const std::vector<Slot*>& active, double grad_scale, double gr
                                   slot->exp_avg_sq.data<T>(), update.data<T>(), param.numel(),
                                   adam, weight_decay);
     });
-    // Layer-wise adaptation (the trust ratio) only where weight decay applies (timm's
-    // always_adapt=False): biases, norms, gammas, pos_embed and cls_token take plain Adam steps.
+    // Layer-wise adaptation (You et al., LAMB): the step is rescaled by trust = ||p|| / ||update||
+    // so that each tensor moves by lr times its own norm, whatever its gradients' scale,
+    // which is what lets large batches train at large learning rates. Only where weight decay
+    // applies (timm's always_adapt=False): biases, norms, gammas, pos_embed and cls_token take
+    // plain Adam steps.
     // A zero weight norm (a freshly zeroed tensor) or a zero update norm leaves the ratio at 1.
     double trust = 1.0;
     if (weight_decay != 0) {

@@ -172,7 +172,8 @@ void Optimizer::update_async() {
 #endif
 }
 
-void Optimizer::sum_grad_squares_with(std::function<void(const Tensor&)> sum_over_ranks) {
+void Optimizer::sum_grad_squares_with(
+    [[maybe_unused]] std::function<void(const Tensor&)> sum_over_ranks) {
   if (!on_cuda())
     throw std::logic_error("optimizer: sum_grad_squares_with() is for CUDA parameters");
 #if DEIT_HAVE_CUDA

@@ -35,6 +35,8 @@ class ParameterRegistry {
 
   size_t size() const { return params_.size(); }
   int64_t element_count() const;
+  // Drops every parameter's .grad (PyTorch's zero_grad(set_to_none=True)): the next backward's
+  // first gradient starts it afresh, in its gradient home if it has one.
   void zero_grad();
 
  private:

@@ -1,7 +1,8 @@
 // The one random number generator of the project: xoshiro256** seeded through splitmix64.
-// Its state is four words, so checkpoints save it exactly, and independent streams come from
-// (seed, stream id) without sharing state between threads: Rng(seed, epoch * N + sample) gives the
-// same augmentation for a sample no matter which worker thread draws it.
+// Independent streams come from (seed, stream id) without sharing state between threads, so a
+// stream named by what it is for (an epoch and a sample's position, say) gives the same draws no
+// matter which worker thread makes them, and no generator state has to be carried across steps
+// or saved in a checkpoint.
 // Distributions are written here rather than taken from <random>, whose outputs differ between
 // standard libraries.
 #pragma once
@@ -60,10 +61,6 @@ class Rng {
     }
   }
 
-  using State = std::array<uint64_t, 4>;
-  const State& state() const { return state_; }
-  void set_state(const State& s) { state_ = s; }
-
  private:
   static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
   static uint64_t splitmix64(uint64_t& s) {
@@ -72,7 +69,7 @@ class Rng {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
   }
-  State state_{};
+  std::array<uint64_t, 4> state_{};
 };
 
 }  // namespace deit

@@ -21,7 +21,8 @@ void scale_cpu(const T* x, T s, T* out, int64_t n);
 
 #if DEIT_HAVE_CUDA
 // CUDA, fp32 arithmetic whatever the storage type; out may alias a, b or x.
-// add: fp32 for parameter gradients, bf16 for activation gradients that meet (the residual stream).
+// add: fp32 for parameter gradients and the residual stream's (fp32 on CUDA, kernels/layerscale.h),
+// bf16 for the gradients of branch activations that feed two ops.
 void add_cuda(const float* a, const float* b, float* out, int64_t n, cudaStream_t stream);
 void add_cuda(const bf16_bits* a, const bf16_bits* b, bf16_bits* out, int64_t n,
               cudaStream_t stream);

@@ -26,7 +26,7 @@ struct AdamStep {
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
-  double bias_correction1 = 1;  // 1 - beta1^t for the step number t (1 for the first step)
+  double bias_correction1 = 1;  // 1 - beta1^t, t the step number (t = 1 at the first step)
   double bias_correction2 = 1;  // 1 - beta2^t
   double grad_scale = 1;        // the gradient is read as grad * grad_scale (global-norm clipping)
 };

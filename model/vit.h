@@ -30,7 +30,9 @@ class VisionTransformer {
   VisionTransformer(const ViTConfig& config, Device device = Device::cpu(),
                     DType dtype = DType::f32);
 
-  // Truncated normal (std 0.02) weights, zero biases, unit norms, LayerScale gammas at 1e-4.
+  // As model/param_table.h's Init says: truncated normal (std 0.02) linear weights, pos_embed and
+  // cls_token, PyTorch's Conv2d default for the patch projection, zero biases, unit norms,
+  // LayerScale gammas at layerscale_init (1e-4).
   void initialize(Rng& rng);
 
   // images: (B, 3, H, W) normalised, H and W = config.input_size -> logits (B, num_classes).

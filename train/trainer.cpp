@@ -28,7 +28,6 @@
 #include "engine/stream.h"
 #include "kernels/augment.h"
 #include "model/checkpoint.h"
-#include "model/cost.h"
 #include "train/data_pipeline.h"
 #include "train/finetune.h"
 #include "train/graph_step.h"
@@ -840,12 +839,17 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       uncounted_losses = values.losses;
       params.zero_grad();
     };
-    // A checkpoint of the step the run is at: the data position and the epoch's sums over every
-    // rank (rank 0 carries them when the run resumes there).
-    auto save_within_epoch = [&] {
+    // The epoch's summed loss, batches and images so far, over every rank. Collective.
+    auto epoch_totals = [&] {
       std::vector<double> totals{loss_sum, static_cast<double>(counted),
                                  epoch_images + (lead ? carried_images : 0)};
       comm.all_reduce_sum(totals);
+      return totals;
+    };
+    // A checkpoint of the step the run is at: the data position and the epoch's sums over every
+    // rank (rank 0 carries them when the run resumes there).
+    auto save_within_epoch = [&] {
+      const std::vector<double> totals = epoch_totals();
       data::SamplerState sampler = train_loader->state();
       sampler.position = static_cast<uint64_t>(done) * static_cast<uint64_t>(o.batch_size);
       write_checkpoint(epoch,
@@ -951,10 +955,7 @@ TrainSummary train(TrainOptions o, Communicator& comm) {
       summary.stop = {after.signal, after.rank, epoch, done, batches};
       break;
     }
-    // The epoch's summed loss, batches and images, over every rank.
-    std::vector<double> totals{loss_sum, static_cast<double>(counted),
-                               epoch_images + (lead ? carried_images : 0)};
-    comm.all_reduce_sum(totals);
+    const std::vector<double> totals = epoch_totals();
     const double epoch_train_seconds = seconds_since(epoch_start) + carried_seconds;
     train_images += static_cast<int64_t>(totals[2] - carried_images);
     train_seconds += seconds_since(epoch_start);

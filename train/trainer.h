@@ -1,7 +1,7 @@
 // The training loop of the DeiT III recipe, one loop for the CPU and CUDA backends (--device):
 //
 //   for each epoch:  lr = cosine schedule with warm-up, set once per epoch (as timm steps it)
-//     for each batch of the sampler (3 repeated augmentations per image):
+//     for each batch of the sampler (3 augmented views of each image with --repeated-aug):
 //       images, labels -> mixup or cutmix (one lambda per batch) -> targets, binarised for BCE
 //       logits = ViT(images) with per-sample drop-path -> BCE (or soft-target cross-entropy)
 //       backward; every accum_steps micro-batches: LAMB / AdamW step, grads zeroed, EMA update
@@ -35,13 +35,13 @@
 // (engine/sharded_optimizer.h). The collectives are MPI's on the CPU and NCCL's on CUDA
 // (engine/communicator.h); on CUDA each bucket is reduced on a communication stream while backward
 // goes on, and the optimizer waits for the buckets. Validation is sharded and its counts summed,
-// every image counted once. The train loss and throughput are summed over the ranks. Rank 0 alone prints progress and
-// writes log.txt and the checkpoint, which records the world size: --resume needs the same one.
-// Random streams across ranks: the augmentation of a sample is named by its global position, so
-// it is the same whatever the number of ranks; mixup (one lambda per batch, as timm) and drop-path
-// are drawn per rank and batch, as the reference's per-rank seeds make them. With mixup, cutmix
-// and drop-path off, w ranks with batch b therefore train like one process with batch w * b, up
-// to the order of floating-point sums (tests/test_distributed_train.cpp).
+// every image counted once. The train loss and throughput are summed over the ranks. Rank 0 alone
+// prints progress and writes log.txt and the checkpoint, which records the world size: --resume
+// needs the same one. Random streams across ranks: the augmentation of a sample is named by its
+// global position, so it is the same whatever the number of ranks; mixup (one lambda per batch, as
+// timm) and drop-path are drawn per rank and batch, as the reference's per-rank seeds make them.
+// With mixup, cutmix and drop-path off, w ranks with batch b therefore train like one process with
+// batch w * b, up to the order of floating-point sums (tests/test_distributed_train.cpp).
 #pragma once
 #include <cstdint>
 #include <stdexcept>

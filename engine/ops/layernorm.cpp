@@ -8,7 +8,6 @@ namespace deit::ops {
 
 using detail::check;
 using detail::data_or_null;
-using detail::empty_if;
 
 Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   const int64_t C = x.size(-1), rows = x.numel() / C;

@@ -7,10 +7,6 @@
 
 namespace deit::ops {
 
-using detail::check;
-using detail::data_or_null;
-using detail::empty_if;
-
 namespace detail {
 
 Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {

@@ -49,8 +49,8 @@ inline DType fp32_on_cuda(const Tensor& like) {
   return like.device().is_cuda() ? DType::f32 : like.dtype();
 }
 
-// The element type of a branch activation computed from an fp32 residual stream tensor `like`
-// (a LayerNorm's y): bf16 on CUDA, the tensor's own dtype on the CPU.
+// The element type of an activation made from `like` (a GEMM's input or output, a LayerNorm's y,
+// whether `like` is the fp32 residual stream or bf16): bf16 on CUDA, `like`'s dtype on the CPU.
 inline DType bf16_on_cuda(const Tensor& like) {
   return like.device().is_cuda() ? DType::bf16 : like.dtype();
 }

@@ -8,7 +8,6 @@ namespace deit::ops {
 
 using detail::check;
 using detail::data_or_null;
-using detail::empty_if;
 
 Tensor patch_unfold(const Tensor& image, int64_t patch) {
   check(image.dim() == 4 && patch > 0 && image.size(2) >= patch && image.size(3) >= patch,
@@ -18,9 +17,8 @@ Tensor patch_unfold(const Tensor& image, int64_t patch) {
   const int64_t patches_per_image = (H / patch) * (W / patch);
   // On CUDA the image is fp32 (the augmentation stage's output) and the patches bf16: the unfold
   // kernel does the cast the patch-embedding GEMM needs.
-  const DType patch_dtype = image.device().is_cuda() ? DType::bf16 : image.dtype();
-  Tensor out = Tensor::empty({B, patches_per_image, Cin * patch * patch}, patch_dtype,
-                             image.device());
+  Tensor out = Tensor::empty({B, patches_per_image, Cin * patch * patch},
+                             detail::bf16_on_cuda(image), image.device());
   detail::dispatch("patch_unfold", {&image},
       [&](auto zero) {
         using T = decltype(zero);
@@ -76,9 +74,9 @@ Tensor pos_embed_cls(const Tensor& x, const Tensor& pos, const Tensor& cls) {
     record("pos_embed_cls", out, {&x, &pos, &cls}, {}, [B, N, C](Node& node, const Tensor& dout) {
       // dout is fp32 (f64 in the CPU gradient checks); on CUDA dx goes to the GEMM in bf16.
       const DType param_grad_dtype = detail::fp32_on_cuda(dout);
-      const DType dx_dtype = dout.device().is_cuda() ? DType::bf16 : dout.dtype();
-      Tensor dx = node.needs_input_grad[0] ? Tensor::empty({B, N, C}, dx_dtype, dout.device())
-                                           : Tensor();
+      Tensor dx = node.needs_input_grad[0]
+                      ? Tensor::empty({B, N, C}, detail::bf16_on_cuda(dout), dout.device())
+                      : Tensor();
       Tensor dpos = node.needs_input_grad[1]
                         ? Tensor::empty({1, N, C}, param_grad_dtype, dout.device()) : Tensor();
       Tensor dcls = node.needs_input_grad[2]

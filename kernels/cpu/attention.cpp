@@ -113,8 +113,7 @@ void attention_backward_cpu(const T* qkv, const T* out, const T* lse, const T* d
   }
   // dbias (3 C) = the column sums of dqkv viewed as (B T, 3 C): the qkv linear layer's bias
   // gradient, as linear_backward_cpu takes it.
-  if (dbias)
-    column_sums(B * Tn, 3 * C, dbias, [=](int64_t r, int64_t c) { return dqkv[r * 3 * C + c]; });
+  if (dbias) linear_bias_grad(dqkv, dbias, B * Tn, 3 * C);
 }
 
 // The class token's row of the two functions above, in plain loops: per (batch, head), one score
@@ -193,8 +192,7 @@ void class_attention_backward_cpu(const T* qkv, const T* out, const T* lse, cons
         }
       }
   }
-  if (dbias)  // as in attention_backward_cpu
-    column_sums(B * Tn, 3 * C, dbias, [=](int64_t r, int64_t c) { return dqkv[r * 3 * C + c]; });
+  if (dbias) linear_bias_grad(dqkv, dbias, B * Tn, 3 * C);  // as in attention_backward_cpu
 }
 
 #define DEIT_INSTANTIATE(T)                                                                        \

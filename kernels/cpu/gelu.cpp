@@ -38,7 +38,7 @@ template <typename T>
 void gelu_backward_bias_grad_cpu(const T* dy, const T* x, T* dx, T* dbias, int64_t M, int64_t N) {
   // dx: (M, N); dbias: (N) = sum over the M rows of dx
   gelu_backward_cpu<T>(dy, x, dx, M * N);
-  column_sums(M, N, dbias, [=](int64_t m, int64_t n) { return dx[m * N + n]; });
+  linear_bias_grad(dx, dbias, M, N);
 }
 
 #define DEIT_INSTANTIATE(T)                                            \

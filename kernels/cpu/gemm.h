@@ -8,9 +8,10 @@ namespace deit::kernels {
 // trans_a: A is stored as (K, M); trans_b: B is stored as (N, K). lda, ldb, ldc are row strides in
 // elements, so a matrix may be a strided view into a larger buffer (attention reads one head's
 // rows out of the packed qkv this way). beta == 0 overwrites C without reading it, as BLAS does.
-// Calls CBLAS when the build found it (DEIT_HAVE_CBLAS), plain loops otherwise. It parallelises
-// itself, so call it from serial code: called from many OpenMP threads at once it stays correct,
-// but OpenBLAS's pthread pool then serialises the calls and oversubscribes the cores.
+// Calls CBLAS when the build found it (DEIT_HAVE_CBLAS), plain loops otherwise. Called from serial
+// code it parallelises itself; called inside an OpenMP parallel region it runs on the calling
+// thread alone (the loops' nested region, and the OpenMP build of OpenBLAS that
+// cmake/DeitDependencies.cmake picks), which the attention kernels use to run one head per thread.
 template <typename T>
 void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
               int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);

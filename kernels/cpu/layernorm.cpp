@@ -46,8 +46,9 @@ void layernorm_backward_cpu(const T* dy, const T* x, const T* weight, const T* m
   const std::vector<const T*> dy_rows = selected_rows(dy, dy_slot, rows, Tn, C);
   const T* const* dy_row = dy_rows.data();
   const auto dy_at = [=](int64_t r, int64_t c) { return dy_row[r] ? dy_row[r][c] : T(0); };
-  // With g = dy * weight, the gradient through the mean and the variance is
-  // dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)).
+  // y = xhat * weight + bias, so g = dy * weight is the gradient of xhat. Each x[c] moves xhat
+  // directly (rstd * g) and through the row's mean (the - mean_c(g) term) and variance (the
+  // - xhat * mean_c(g * xhat) term):  dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)).
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     double g_mean = 0, gx_mean = 0;

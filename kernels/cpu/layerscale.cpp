@@ -83,8 +83,7 @@ void layerscale_residual_layernorm_backward_cpu(
                                    slots.branch);
   // The branch's linear layer's bias gradient, as linear_backward_cpu takes it from its dy.
   const int64_t branch_rows = (slots.branch ? slots.branch_samples : B) * Tn;
-  if (dbias)
-    column_sums(branch_rows, C, dbias, [=](int64_t r, int64_t c) { return dbranch[r * C + c]; });
+  if (dbias) linear_bias_grad(dbranch, dbias, branch_rows, C);
 }
 
 #define DEIT_INSTANTIATE(T)                                                                       \

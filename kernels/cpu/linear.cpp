@@ -26,7 +26,7 @@ void linear_backward_cpu(const T* dy, const T* x, const T* weight, T* dx, T* dwe
   // dweight: (N, K) = dy^T (N, M) . x (M, K)
   if (dweight) gemm_cpu<T>(true, false, N, K, M, T(1), dy, N, x, K, T(0), dweight, K);
   // dbias: (N) = sum over the M rows of dy
-  if (dbias) column_sums(M, N, dbias, [=](int64_t m, int64_t n) { return dy[m * N + n]; });
+  if (dbias) linear_bias_grad(dy, dbias, M, N);
 }
 
 #define DEIT_INSTANTIATE(T)                                                                        \

@@ -25,8 +25,10 @@ void bce_with_logits_cpu(const T* logits, const T* targets, T* loss, T* dlogits,
     double row = 0;
     for (int64_t k = b * K; k < (b + 1) * K; ++k) {
       const double z = logits[k], t = targets[k];
-      // -t log s(z) - (1 - t) log(1 - s(z)) rewritten without log(0) or exp overflow.
+      // With s the sigmoid, -t log s(z) - (1 - t) log(1 - s(z)) = log(1 + e^z) - t z, written as
+      // max(z, 0) + log(1 + e^-|z|) - t z so that neither log(0) nor an overflowing exp occurs.
       row += std::max(z, 0.0) - z * t + std::log1p(std::exp(-std::abs(z)));
+      // d/dz [log(1 + e^z) - t z] = s(z) - t, divided by the count the loss is a mean over.
       if (dlogits) dlogits[k] = static_cast<T>((sigmoid(z) - t) / count);
     }
     return row;

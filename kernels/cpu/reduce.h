@@ -29,6 +29,14 @@ void column_sums(int64_t rows, int64_t cols, T* out, Term term) {
   }
 }
 
+// dbias: (N) = the column sums of dy: (M, N). The bias gradient of a linear layer y = x W^T + b
+// whose output gradient is dy, since b is added to every row of y; the fused backward kernels
+// (GELU, attention, LayerScale) take it from the dy they write, for the linear layer before them.
+template <typename T>
+void linear_bias_grad(const T* dy, T* dbias, int64_t M, int64_t N) {
+  column_sums(M, N, dbias, [=](int64_t m, int64_t n) { return dy[m * N + n]; });
+}
+
 // sum_{i < n} value(i), with the values computed in parallel (value(i) may also write outputs of
 // its own, such as row i of a gradient) and added serially in index order. A single value is
 // computed on the calling thread: a parallel region would only wake the team.

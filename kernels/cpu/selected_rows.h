@@ -1,6 +1,6 @@
 // Where each row of the batch lies in a tensor that holds some samples' rows alone (a selection's,
-// kernels/samples.h): the CPU twins of the ops a drop-path branch computed for its kept samples
-// feeds look their rows up here once, rather than dividing by T for every element.
+// kernels/samples.h): the CPU twins that read or write a branch computed for drop-path's kept
+// samples alone look their rows up here once, rather than dividing by T for every element.
 #pragma once
 #include <cstdint>
 #include <vector>
