@@ -50,10 +50,11 @@
 # A lent machine's copy of the tree has no .git: name the commit for the benchmark report with
 # DEIT_COMMIT=$(git rev-parse --short HEAD) in the command sent there.
 #
-# Header-only dependencies and zlib come from .deps/ (make it with scripts/vendor_headers.sh on a
-# machine that ran scripts/setup.sh, and carry it along). cuDNN and NCCL come from the CUDA toolkit, or
-# else from the wheels PyTorch installed (nvidia-cudnn-*, nvidia-nccl-*); without either, deit is
-# built without them and says so. Results go to $OUT when set, else build-gpu/.
+# Header-only dependencies, zlib and libjpeg-turbo come from .deps/ (make it with
+# scripts/vendor_headers.sh on a machine that ran scripts/setup.sh, and carry it along). cuDNN and
+# NCCL come from the CUDA toolkit, or else from the wheels PyTorch installed (nvidia-cudnn-*,
+# nvidia-nccl-*); without either, deit is built without them and says so. Results go to $OUT when
+# set, else build-gpu/.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 tests=yes
@@ -155,6 +156,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCATCH2_INCLUDE_DIR="$deps/include" -DSTB_INCLUDE_DIR="$deps/include/stb" \
   -DCLI11_INCLUDE_DIR="$deps/include" -DJSON_INCLUDE_DIR="$deps/include" -DZLIB_ROOT="$deps" \
+  -DJPEG_ROOT="$deps" \
   -DCUDNN_ROOT="$cudnn_root" -DNCCL_ROOT="$nccl_root" 2>&1 | tail -9
 log "build"
 build_start=$SECONDS

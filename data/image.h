@@ -30,9 +30,9 @@ struct DataError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Decodes any format stb_image reads (JPEG, PNG, BMP, GIF, TGA, PSD, HDR, PIC, PNM); grayscale
-// and alpha become RGB. Throws DataError naming `path` for a missing, empty, truncated,
-// undecodable or absurdly large file.
+// Decodes JPEG as Pillow does (libjpeg-turbo, data/jpeg_decode.h) and the formats stb_image reads
+// (PNG, BMP, GIF, TGA, PSD, HDR, PIC, PNM); grayscale, CMYK and alpha become RGB. Throws DataError
+// naming `path` for a missing, empty, truncated, undecodable or absurdly large file.
 ImageU8 decode_image_file(const std::string& path);
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name);
 

@@ -142,7 +142,7 @@ ImageFolder::ImageFolder(const std::string& root, bool warn) : root_(root) {
     if (warn)
       std::fprintf(stderr,
                    "warning: %s: ignored %zu file(s) with extension '%s' (not an image format "
-                   "stb_image reads), e.g. %s\n",
+                   "deit reads), e.g. %s\n",
                    root.c_str(), ignored.first, extension.c_str(), ignored.second.c_str());
   if (files_.empty()) {
     throw DataError(root + ": no images in any of its " + std::to_string(class_names_.size()) +

@@ -1,6 +1,7 @@
-// Decoding and writing images with stb, with the checks that turn a bad file into a DataError
-// naming it instead of a crash, a huge allocation or a silently half-grey picture, and a failed
-// write (a full disk) into one instead of a truncated file.
+// Decoding images with libjpeg-turbo (JPEG, data/jpeg_decode.h) and stb_image (PNG, BMP, GIF, TGA,
+// PNM, PSD, HDR), and writing them with stb_image_write, with the checks that turn a bad file into
+// a DataError naming it instead of a crash, a huge allocation or a silently half-grey picture, and
+// a failed write (a full disk) into one instead of a truncated file.
 #include <stb_image.h>
 #include <stb_image_write.h>
 
@@ -14,6 +15,7 @@
 #include <memory>
 
 #include "data/image.h"
+#include "data/jpeg_decode.h"
 #include "data/pending_file.h"
 
 namespace deit::data {
@@ -28,46 +30,6 @@ constexpr const char* kLargerThan2GiB = "file larger than 2 GiB (stb_image reads
 const char* stb_reason() {
   const char* reason = stbi_failure_reason();
   return reason && *reason ? reason : "no reason given";
-}
-
-// The offset of the first marker at or after `from` in a JPEG's entropy-coded data: there 0xFF is
-// always followed by 0x00 (a stuffed byte), a restart marker (D0 to D7) or another 0xFF (fill).
-// `size` when the data runs to the end of the file.
-size_t next_marker_in_scan(const uint8_t* bytes, size_t size, size_t from) {
-  for (size_t i = from; i + 1 < size; ++i) {
-    const void* found = std::memchr(bytes + i, 0xFF, size - 1 - i);
-    if (!found) break;
-    i = static_cast<size_t>(static_cast<const uint8_t*>(found) - bytes);
-    const uint8_t next = bytes[i + 1];
-    if (next != 0x00 && next != 0xFF && (next < 0xD0 || next > 0xD7)) return i;
-  }
-  return size;
-}
-
-// stb_image decodes a truncated JPEG without complaint (the missing scan data comes out grey), as
-// Pillow would not. So the file's segments are walked from its start, through each scan's
-// entropy-coded data, to its end-of-image marker (FF D9): a file that ends first is truncated.
-// What follows that marker is not the image's (phones append a video to "motion photos", cameras
-// their own trailers) and is ignored, as decoders ignore it.
-void check_jpeg_complete(const uint8_t* bytes, size_t size, const std::string& name) {
-  size_t i = 2;  // past the start-of-image marker
-  while (i + 1 < size) {
-    if (bytes[i] != 0xFF) {  // stray bytes before a marker: decoders skip them, and so does this
-      ++i;
-      continue;
-    }
-    const uint8_t marker = bytes[i + 1];
-    if (marker == 0xD9) return;  // end of image
-    if (marker == 0xFF || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {
-      i += marker == 0xFF ? 1 : 2;  // fill byte, or a marker without a length
-      continue;
-    }
-    if (i + 4 > size) break;
-    const size_t length = size_t{bytes[i + 2]} << 8 | bytes[i + 3];  // counts its own 2 bytes
-    i += 2 + length;
-    if (marker == 0xDA) i = next_marker_in_scan(bytes, size, i);
-  }
-  fail(name, "truncated JPEG (it ends before its end-of-image marker)");
 }
 
 uint32_t read_le32(const uint8_t* p) {
@@ -127,7 +89,6 @@ void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& na
 }
 
 void check_complete(const uint8_t* bytes, size_t size, const std::string& name) {
-  if (size >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8) check_jpeg_complete(bytes, size, name);
   if (size >= 2 && bytes[0] == 'B' && bytes[1] == 'M') check_bmp_complete(bytes, size, name);
   if (size >= 3 && std::memcmp(bytes, "GIF", 3) == 0) check_gif_complete(bytes, size, name);
 }
@@ -196,18 +157,19 @@ void refuse_too_large(const std::string& name, int width, int height) {
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name) {
   if (size == 0) fail(name, "empty file (0 bytes)");
   if (size > static_cast<size_t>(INT32_MAX)) fail(name, kLargerThan2GiB);
+  if (is_jpeg(bytes, size))
+    return decode_jpeg(bytes, size, name,
+                       [&](int width, int height) { refuse_too_large(name, width, height); });
   const int length = static_cast<int>(size);
 
   int width = 0, height = 0, channels = 0;
   if (!stbi_info_from_memory(bytes, length, &width, &height, &channels)) {
-    const bool jpeg = size >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8;
     const bool png = size >= 4 && std::memcmp(bytes, "\x89PNG", 4) == 0;
     // stb_image refuses a PNG of over 2^28 pixels as if its header were corrupt.
     if (png && png_header_size(bytes, size, width, height)) refuse_too_large(name, width, height);
-    fail(name, std::string(jpeg  ? "truncated or corrupt JPEG header"
-                           : png ? "truncated or corrupt PNG header"
-                                 : "not an image format stb_image reads") +
-                   " (stb_image: " + stb_reason() + ")");
+    fail(name,
+         std::string(png ? "truncated or corrupt PNG header" : "not an image format deit reads") +
+             " (stb_image: " + stb_reason() + ")");
   }
   refuse_too_large(name, width, height);
   check_complete(bytes, size, name);

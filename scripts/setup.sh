@@ -10,6 +10,7 @@ packages=(
   libopenblas-openmp-dev # CBLAS for the CPU reference GEMMs, on the OpenMP thread pool
   catch2                 # Catch2 v2, the test framework
   libstb-dev             # stb_image / stb_image_write: decoding and writing images
+  libjpeg62-turbo-dev    # libjpeg-turbo: JPEGs decoded as Pillow decodes them
   libcli11-dev           # the command line
   nlohmann-json3-dev     # JSON output, logs and checkpoints' metadata
   zlib1g-dev             # CRC-32 checksums of the tensors in checkpoints and weights files

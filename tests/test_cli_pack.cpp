@@ -133,7 +133,7 @@ TEST_CASE("deit pack names what the folder scan leaves out and each class it pac
                                        "it, outside any class folder, and are not read (e.g. " +
                                        src + "/another.png): move them into " + src + "/<class>/"));
   CHECK_THAT(r.output, Catch::Contains("ignored 1 file(s) with extension '' (not an image format "
-                                       "stb_image reads), e.g. " +
+                                       "deit reads), e.g. " +
                                        src + "/cat/README"));
   CHECK_THAT(r.output, Catch::Contains("warning: " + out + ": class 'dog' has no images (its " +
                                        "folder holds no image file, or none could be decoded"));

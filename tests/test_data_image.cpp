@@ -1,8 +1,10 @@
-// Decoding with stb_image (every format the datasets use, grayscale and alpha made RGB), the
-// checks that turn bad files into DataErrors naming them, and the ImageFolder scan.
+// Decoding (JPEG with libjpeg-turbo as Pillow decodes it, the other formats with stb_image;
+// grayscale, CMYK and alpha made RGB), the checks that turn bad files into DataErrors naming them,
+// and the ImageFolder scan.
 #include <stb_image_write.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
@@ -202,6 +204,40 @@ TEST_CASE("a JPEG is complete at its end-of-image marker, whatever follows it", 
   CHECK_THROWS_WITH(decode_image_file(cut), Contains(cut) && Contains("truncated JPEG"));
   write_bytes(cut, std::vector<uint8_t>(jpeg.begin(), jpeg.begin() + 100));
   CHECK_THROWS_WITH(decode_image_file(cut), Contains("truncated or corrupt JPEG header"));
+}
+
+// tests/data/jpeg: JPEGs and the pixels Pillow decodes from them (scripts/make_jpeg_reference.py),
+// as the reference's loader reads ImageNet. stb_image's decoding was up to 3 levels off.
+TEST_CASE("JPEGs decode to Pillow's pixels, bit for bit", "[data]") {
+  const std::string dir = std::string(DEIT_SOURCE_DIR) + "/tests/data/jpeg/";
+  for (const char* name :
+       {"baseline_420", "progressive_422", "baseline_444", "grayscale", "cmyk"}) {
+    INFO(name);
+    const ImageU8 decoded = decode_image_file(dir + name + ".jpg");
+    const ImageU8 pillow = decode_image_file(dir + name + ".ppm");
+    REQUIRE(decoded.width == pillow.width);
+    REQUIRE(decoded.height == pillow.height);
+    CHECK(decoded.pixels == pillow.pixels);
+  }
+}
+
+TEST_CASE("a JPEG that libjpeg cannot decode is named with libjpeg's reason", "[data]") {
+  TempDir dir;
+  const std::vector<uint8_t> jpeg =
+      read_bytes(std::string(DEIT_SOURCE_DIR) + "/tests/data/jpeg/progressive_422.jpg");
+  // The second scan's header (the first is read with the file's header): its spectral selection
+  // start past the 64 coefficients of a block.
+  const uint8_t kStartOfScan[] = {0xFF, 0xDA};
+  auto first = std::search(jpeg.begin(), jpeg.end(), kStartOfScan, kStartOfScan + 2);
+  auto second = std::search(first + 2, jpeg.end(), kStartOfScan, kStartOfScan + 2);
+  REQUIRE(second != jpeg.end());
+  std::vector<uint8_t> bad = jpeg;
+  const size_t components = bad[(second - jpeg.begin()) + 4];
+  bad[(second - jpeg.begin()) + 5 + 2 * components] = 70;  // Ss
+  const std::string path = dir.file("bad_scan.jpg");
+  write_bytes(path, bad);
+  CHECK_THROWS_WITH(decode_image_file(path),
+                    Contains(path + ": corrupt JPEG (libjpeg: Invalid progressive parameters"));
 }
 
 TEST_CASE("a GIF cut inside its first image is refused", "[data]") {
