@@ -3,8 +3,8 @@
 // libjpeg with its defaults, the accurate integer IDCT and fancy upsampling. deit asks libjpeg
 // for the same, so its pixels are Pillow's bit for bit (tests/data/jpeg, written by
 // scripts/make_jpeg_reference.py). stb_image, which decodes deit's other formats, has its own
-// IDCT and upsampling: a 4:2:0 JPEG came out up to 3 levels off in 6% of its values, and twice as
-// slow (bench/results/2026-12-05-cpu-jpeg-decoding.md).
+// IDCT and upsampling: a 4:2:0 JPEG came out up to 3 levels off in 6% of its values, and it
+// decoded 1.3x to 2.5x slower (bench/results/2026-12-05-cpu-jpeg-decoding.md).
 #pragma once
 #include <cstddef>
 #include <cstdint>
