@@ -104,7 +104,8 @@ void add_pack_command(CLI::App& app) {
       ->required();
   command
       ->add_option("--short-side", options->pack.short_side,
-                   "Shrink images so their shorter side is N pixels (0: keep sizes)")
+                   "Shrink images so their shorter side is N pixels (0: keep sizes, as the "
+                   "reference, which crops from the original files)")
       ->default_val(256)
       ->check(CLI::Range(0, 65536));
   command->add_option("--threads", options->pack.threads, "Decoding threads (0: all cores)")
