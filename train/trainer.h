@@ -5,8 +5,11 @@
 //       images, labels -> mixup or cutmix (one lambda per batch) -> targets, binarised for BCE
 //       logits = ViT(images) with per-sample drop-path -> BCE (or soft-target cross-entropy)
 //       backward; every accum_steps micro-batches: LAMB / AdamW step, grads zeroed, EMA update
-//     evaluate on the validation split; append a JSON line to OUTPUT/log.txt;
-//     write OUTPUT/checkpoint.safetensors (temporary file, then rename)
+//     evaluate on the validation split; write OUTPUT/checkpoint.safetensors (temporary file,
+//     then rename), then append the epoch's JSON line to OUTPUT/log.txt (train/run_log.h)
+//
+// train() in trainer.cpp reads as that outline: each stage is a method of its Run, the state the
+// stages share. train/output_folder.h says which runs may write OUTPUT.
 //
 // On CUDA (DESIGN.md "Precision") the parameters are fp32 masters with bf16 copies on the device,
 // initialised from the host's random draws, so a run starts from the CPU run's weights. The worker
