@@ -12,7 +12,7 @@ class ImageFolder : public ImageSource {
  public:
   // Lists the images under `root` (decoding nothing: a bad file is found, warned about and skipped
   // when it is loaded). Hidden files and folders (".name") are left out, and so are files whose
-  // extension stb_image cannot decode, with a warning per extension that counts them and names
+  // extension deit cannot decode, with a warning per extension that counts them and names
   // one. Broken links and image files directly in `root` are left out with a warning. Throws
   // DataError naming `root` when it is missing, has no class folders, or has no images at all,
   // and naming the folder that cannot be listed. `warn` false keeps these warnings to itself (the
@@ -38,7 +38,7 @@ class ImageFolder : public ImageSource {
   std::vector<File> files_;
 };
 
-// True for the extensions stb_image decodes (case-insensitive): jpg jpeg jfif png bmp gif tga psd
+// True for the extensions deit decodes (case-insensitive): jpg jpeg jfif png bmp gif tga psd
 // hdr pic ppm pgm pnm.
 bool has_image_extension(const std::string& path);
 

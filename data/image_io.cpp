@@ -21,7 +21,7 @@
 namespace deit::data {
 namespace {
 
-constexpr const char* kLargerThan2GiB = "file larger than 2 GiB (stb_image reads up to 2^31 bytes)";
+constexpr const char* kLargerThan2GiB = "file larger than 2 GiB (deit reads up to 2^31 bytes)";
 
 [[noreturn]] void fail(const std::string& name, const std::string& reason) {
   throw DataError(name + ": " + reason);

@@ -139,7 +139,7 @@ ImageU8 decode_jpeg(const uint8_t* bytes, size_t size, const std::string& name,
     }
     jpeg_finish_decompress(&info);
   });
-  if (!pixels_read) fail(name, std::string("corrupt JPEG (libjpeg: ") + d.message + ")");
+  if (!pixels_read) fail(name, std::string("cannot decode JPEG (libjpeg: ") + d.message + ")");
 
   ImageU8 image;
   image.width = static_cast<int>(width);

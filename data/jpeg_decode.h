@@ -21,7 +21,7 @@ bool is_jpeg(const uint8_t* bytes, size_t size);
 // Decodes the JPEG in `bytes` to RGB: grayscale repeated over the three channels, CMYK and YCCK
 // converted as Pillow converts them. `check_dimensions(width, height)` sees the header's size
 // before any pixel is decoded, and throws to refuse it. Throws DataError naming `name` for a
-// corrupt or truncated file.
+// corrupt or truncated file, and for one libjpeg does not decode (12-bit, lossless, 2 components).
 ImageU8 decode_jpeg(const uint8_t* bytes, size_t size, const std::string& name,
                     const std::function<void(int width, int height)>& check_dimensions);
 

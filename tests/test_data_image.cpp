@@ -180,6 +180,23 @@ TEST_CASE("bad image files throw a DataError naming the file and the problem", "
     for (int offset : {18, 22}) bytes[offset] = 0x20, bytes[offset + 1] = 0x4E;
     write_bytes(bmp, bytes);
     CHECK_THROWS_WITH(decode_image_file(bmp), Contains(bmp) && Contains("dimensions 20000x20000"));
+
+    // A JPEG's frame header (FF C0: length, precision, then height and width, big-endian), read
+    // by libjpeg: 40000 wide, then 20000 x 20000.
+    const std::string jpeg = dir.file("huge.jpg");
+    write_with_stb(jpeg, image);
+    bytes = read_bytes(jpeg);
+    const uint8_t kStartOfFrame[] = {0xFF, 0xC0};
+    const size_t frame =
+        std::search(bytes.begin(), bytes.end(), kStartOfFrame, kStartOfFrame + 2) - bytes.begin();
+    REQUIRE(frame + 9 <= bytes.size());
+    bytes[frame + 7] = 0x9C, bytes[frame + 8] = 0x40;
+    write_bytes(jpeg, bytes);
+    CHECK_THROWS_WITH(decode_image_file(jpeg), Contains(jpeg + ": dimensions 40000x"));
+    bytes[frame + 5] = 0x4E, bytes[frame + 6] = 0x20, bytes[frame + 7] = 0x4E,
+                  bytes[frame + 8] = 0x20;
+    write_bytes(jpeg, bytes);
+    CHECK_THROWS_WITH(decode_image_file(jpeg), Contains("dimensions 20000x20000"));
   }
 }
 
@@ -236,8 +253,9 @@ TEST_CASE("a JPEG that libjpeg cannot decode is named with libjpeg's reason", "[
   bad[(second - jpeg.begin()) + 5 + 2 * components] = 70;  // Ss
   const std::string path = dir.file("bad_scan.jpg");
   write_bytes(path, bad);
-  CHECK_THROWS_WITH(decode_image_file(path),
-                    Contains(path + ": corrupt JPEG (libjpeg: Invalid progressive parameters"));
+  CHECK_THROWS_WITH(
+      decode_image_file(path),
+      Contains(path + ": cannot decode JPEG (libjpeg: Invalid progressive parameters"));
 }
 
 TEST_CASE("a GIF cut inside its first image is refused", "[data]") {
@@ -385,7 +403,7 @@ TEST_CASE("An image folder without images is an error naming the folder", "[data
   CHECK_THROWS_WITH(open_image_source(missing), Contains(missing));
 }
 
-TEST_CASE("has_image_extension accepts what stb_image decodes", "[data]") {
+TEST_CASE("has_image_extension accepts what deit decodes", "[data]") {
   CHECK(has_image_extension("a/b.JPEG"));
   CHECK(has_image_extension("x.bmp"));
   CHECK(has_image_extension("x.pgm"));
