@@ -12,6 +12,8 @@ scripts/torch_reference.py, since timm is not a Debian package); this closes the
      deit3_* models, loads with strict=True (every name and shape must match, none left over);
   4. timm scores the same images: top-1 and top-5 must agree to within one image (an argmax may
      flip on a near-tie between fp32 sums taken in another order), the loss to 1e-4 relative;
+     then the same images saved as JPEGs by Pillow, which deit must decode to Pillow's pixels:
+     the loss to 1e-6 relative (stb_image's decoding, deit's before libjpeg-turbo, missed it);
   5. a deit3_small checkpoint (one step of training at 224) is exported and loaded, strictly, into
      timm.create_model("deit3_small_patch16_224");
   6. the other way: timm's own weights (a demo-sized model of timm's with random weights of order
@@ -129,6 +131,24 @@ def main():
             relative = abs(loss / images - ours["loss"]) / ours["loss"]
             checks.append(("demo model: loss to 1e-4", relative < 1e-4,
                            f"timm {loss / images:.6f}, deit {ours['loss']:.6f} "
+                           f"(relative {relative:.1e})"))
+
+            # The same images as JPEGs, as ImageNet holds them (Pillow, quality 90, 4:2:0): deit
+            # decodes them to Pillow's pixels, so the loss agrees as closely as for the PNGs.
+            jpeg_data = os.path.join(work, "jpeg")
+            for name in classes:
+                source = os.path.join(data, "val", name)
+                target = os.path.join(jpeg_data, "val", name)
+                os.makedirs(target)
+                for f in sorted(os.listdir(source)):
+                    Image.open(os.path.join(source, f)).convert("RGB").save(
+                        os.path.join(target, os.path.splitext(f)[0] + ".jpg"), quality=90)
+            on_jpeg = json.loads(deit(binary, "eval", "--checkpoint", run, "--data", jpeg_data,
+                                      "--eval-crop-ratio", "1", "--json"))
+            _, _, loss, images = timm_scores(model, os.path.join(jpeg_data, "val"), classes)
+            relative = abs(loss / images - on_jpeg["loss"]) / on_jpeg["loss"]
+            checks.append(("demo model on JPEGs: loss to 1e-6 (Pillow's pixels)", relative < 1e-6,
+                           f"timm {loss / images:.8f}, deit {on_jpeg['loss']:.8f} "
                            f"(relative {relative:.1e})"))
 
             # timm's weights read by deit: what timm computes with them, deit computes.
