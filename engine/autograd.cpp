@@ -90,7 +90,8 @@ void record(const std::string& op, const std::vector<Tensor*>& outputs,
   t_tape.push_back(std::move(node));
 }
 
-void accumulate_grad(Tensor& dst, const Tensor& g) {
+// dst += g, out of place, so a gradient tensor handed to several consumers is never modified.
+static void accumulate_grad(Tensor& dst, const Tensor& g) {
   if (!dst.defined()) {
     dst = g;
     return;

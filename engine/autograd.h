@@ -102,7 +102,4 @@ size_t tape_saved_bytes();
 // Drops the tape without running backward (e.g. after a forward that will not be differentiated).
 void clear_tape();
 
-// dst += g, out of place, so a gradient tensor handed to several consumers is never modified.
-void accumulate_grad(Tensor& dst, const Tensor& g);
-
 }  // namespace deit
