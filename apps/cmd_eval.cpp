@@ -120,8 +120,13 @@ void run_eval(const EvalOptions& o) {
           data::eval_crop_ratio_problem(crop_ratio, vit.config().input_size);
       !problem.empty())
     throw std::invalid_argument(problem);
-  auto loader =
-      train::make_eval_loader(source, vit.config().input_size, crop_ratio, o.batch_size, o.workers);
+  const int64_t size = vit.config().input_size;
+  if (const std::string warning =
+          data::packed_below(*source, data::eval_resize_side(size, crop_ratio),
+                             "evaluation at " + std::to_string(size) + " resizes to");
+      !warning.empty())
+    std::fprintf(stderr, "%s\n", warning.c_str());
+  auto loader = train::make_eval_loader(source, size, crop_ratio, o.batch_size, o.workers);
   const train::EvalResult r = train::evaluate(vit, *loader, !o.json);
   const nlohmann::json per_class =
       o.per_class ? r.per_class_json(source->class_names()) : nlohmann::json();

@@ -364,6 +364,10 @@ std::string eval_crop_ratio_problem(double crop_ratio, int64_t size) {
   return "";
 }
 
+int eval_resize_side(int64_t size, double crop_ratio) {
+  return static_cast<int>(static_cast<double>(size) / crop_ratio);
+}
+
 AugmentParams eval_augment_params(int height, int width, int size, double crop_ratio) {
   if (height <= 0 || width <= 0)
     throw std::invalid_argument("cannot crop an empty image (" + std::to_string(height) + "x" +
@@ -371,7 +375,7 @@ AugmentParams eval_augment_params(int height, int width, int size, double crop_r
   if (const std::string problem = eval_crop_ratio_problem(crop_ratio, size); !problem.empty())
     throw std::invalid_argument(problem);
   const ResizedSize resized =
-      shorter_side_resize(height, width, static_cast<int>(size / crop_ratio));
+      shorter_side_resize(height, width, eval_resize_side(size, crop_ratio));
   AugmentParams p;
   p.crop.mode = CropMode::kSimpleRandom;
   p.crop.size = p.crop.w = p.crop.h = size;

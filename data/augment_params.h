@@ -115,6 +115,8 @@ RandAugmentStep translate_y_step(double pixels);
 // RandAugment step.
 // Throws std::invalid_argument for an empty image or a crop ratio outside (0, 1].
 AugmentParams eval_augment_params(int height, int width, int size, double crop_ratio);
+// The shorter side evaluation resizes images to: int(size / crop_ratio), as Python's int().
+int eval_resize_side(int64_t size, double crop_ratio);
 // What is wrong with evaluating at `size` pixels with `crop_ratio` ("" when nothing): the ratio
 // must lie in (0, 1], and the shorter side it resizes images to (size / crop_ratio) within
 // kMaxImageSide. Worded for the command line's --eval-crop-ratio.

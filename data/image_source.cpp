@@ -83,6 +83,15 @@ std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const s
   return source;
 }
 
+std::string packed_below(const ImageSource& source, int64_t needed, const std::string& use) {
+  const auto* shard = dynamic_cast<const ShardReader*>(&source);
+  if (!shard || shard->short_side() == 0 || shard->short_side() >= needed) return "";
+  return "warning: " + shard->path() + " holds images shrunk to a shorter side of " +
+         std::to_string(shard->short_side()) + " pixels, below the " + std::to_string(needed) +
+         " that " + use + ": they are enlarged from fewer pixels than they are shown with " +
+         "(deit pack --short-side " + std::to_string(needed) + " or more keeps them)";
+}
+
 std::vector<size_t> images_per_class(const ImageSource& source) {
   std::vector<size_t> counts(source.class_names().size(), 0);
   for (size_t index = 0; index < source.size(); ++index) ++counts.at(source.label(index));

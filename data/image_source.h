@@ -48,6 +48,12 @@ std::unique_ptr<ImageSource> open_image_source(const std::string& path);
 std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const std::string& split,
                                                 bool warn = true);
 
+// A warning ("" for none) when `source` is a shard whose images `deit pack` shrank to a shorter
+// side below the `needed` pixels that `use` ("training at 224 needs", "evaluation at 224 resizes
+// to") scales them to: each is then enlarged from fewer pixels than it is shown with (a shard
+// packed for 160-pixel training, fine-tuned at 224). An image folder keeps its files' sizes.
+std::string packed_below(const ImageSource& source, int64_t needed, const std::string& use);
+
 // How many images of each class `source` holds, by label.
 std::vector<size_t> images_per_class(const ImageSource& source);
 

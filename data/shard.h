@@ -115,6 +115,7 @@ class ShardReader : public ImageSource {
   std::string describe(size_t index) const override;
   std::string listing_fingerprint() const override;
 
+  const std::string& path() const { return path_; }
   uint32_t short_side() const { return short_side_; }
 
  private:

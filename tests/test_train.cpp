@@ -1319,6 +1319,42 @@ TEST_CASE("a run stopped between saving an epoch and logging it logs the epoch w
   CHECK(untimed(test::log_lines(dir.file("first/log.txt"))) == untimed(uninterrupted));
 }
 
+TEST_CASE("shards packed smaller than training or evaluation needs are warned about",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), shards = dir.file("shards");
+  // Packed at a shorter side of 6, the 16-pixel images are below the 8 the runs need.
+  auto pack = [&](const std::string& short_side) {
+    for (const char* split : {"train", "val"})
+      REQUIRE(run_deit("pack --src " + data + "/" + split + " --out " + shards + "/" + split +
+                       ".shard --short-side " + short_side)
+                  .exit_code == 0);
+  };
+  pack("6");
+  CliResult r = run_deit(tiny_train_args(shards, dir.file("run"), 1));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("warning: " + shards +
+                             "/train.shard holds images shrunk to a shorter "
+                             "side of 6 pixels, below the 8 that training at 8 needs: they are "
+                             "enlarged") &&
+                 Catch::Contains("warning: " + shards +
+                                 "/val.shard holds images shrunk to a "
+                                 "shorter side of 6 pixels, below the 8 that evaluation at 8 "
+                                 "resizes to") &&
+                 Catch::Contains("(deit pack --short-side 8 or more keeps them)"));
+  // deit eval: at crop ratio 0.5, 8-pixel crops of images resized to 16.
+  r = run_deit("eval --checkpoint " + dir.file("run") + " --data " + shards +
+               " --eval-crop-ratio 0.5");
+  CHECK_THAT(r.output, Catch::Contains("below the 16 that evaluation at 8 resizes to"));
+  // Packed at 8, nothing is enlarged at crop ratio 1.
+  pack("8");
+  r = run_deit(tiny_train_args(shards, dir.file("again"), 1));
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, !Catch::Contains("shrunk"));
+}
+
 TEST_CASE("a resumed run whose val split changed says its best top-1 was scored on the other",
           "[train][resume][cli]") {
   test::TempDir dir;

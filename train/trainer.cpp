@@ -10,6 +10,7 @@
 #include <optional>
 #include <set>
 
+#include "data/augment_params.h"
 #include "data/image.h"
 #include "data/image_source.h"
 #include "data/mixup.h"
@@ -481,6 +482,13 @@ void Run::warn_of_doubtful_settings() {
                  "warning: '%s' has a single class ('%s'): a classifier of one class scores 100%% "
                  "whatever it learns (each subfolder of train/ and val/ is a class)\n",
                  o.data_dir.c_str(), train_source->class_names()[0].c_str());
+  const std::string size = std::to_string(o.model.input_size);
+  for (const std::string& warning :
+       {data::packed_below(*train_source, o.model.input_size, "training at " + size + " needs"),
+        data::packed_below(*val_source,
+                           data::eval_resize_side(o.model.input_size, o.eval_crop_ratio),
+                           "evaluation at " + size + " resizes to")})
+    if (lead && !warning.empty()) std::fprintf(stderr, "%s\n", warning.c_str());
 }
 
 // The model, initialised from the run's seed, or from --finetune's weights.
