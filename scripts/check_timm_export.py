@@ -14,6 +14,8 @@ scripts/torch_reference.py, since timm is not a Debian package); this closes the
      flip on a near-tie between fp32 sums taken in another order), the loss to 1e-4 relative;
      then the same images saved as JPEGs by Pillow, which deit must decode to Pillow's pixels:
      the loss to 1e-6 relative (stb_image's decoding, deit's before libjpeg-turbo, missed it);
+     then JPEGs of other sizes through the reference's evaluation transform at crop ratio 0.875
+     (torchvision's Resize and CenterCrop), against deit eval --eval-crop-ratio 0.875;
   5. a deit3_small checkpoint (one step of training at 224) is exported and loaded, strictly, into
      timm.create_model("deit3_small_patch16_224");
   6. the other way: timm's own weights (a demo-sized model of timm's with random weights of order
@@ -40,6 +42,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,10 +77,16 @@ def load_strict(model, weights):
         return False, str(e).splitlines()[0]
 
 
-def timm_scores(model, split, classes):
-    """Top-1 and top-5 counts and the summed cross-entropy of `model` over split/<class>/*."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+def normalised(image):
+    """A PIL image as the model's input, with no resize or crop: ToTensor, then Normalize."""
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+
+
+def timm_scores(model, split, classes, transform=normalised):
+    """Top-1 and top-5 counts and the summed cross-entropy of `model` over split/<class>/*, each
+    image opened by Pillow and made the model's input by `transform`."""
     top1 = top5 = 0
     loss = 0.0
     images = 0
@@ -84,9 +94,8 @@ def timm_scores(model, split, classes):
     for label, name in enumerate(classes):
         folder = os.path.join(split, name)
         files = sorted(os.listdir(folder))
-        pixels = np.stack([np.asarray(Image.open(os.path.join(folder, f)).convert("RGB"))
-                           for f in files])
-        x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        x = torch.stack([transform(Image.open(os.path.join(folder, f)).convert("RGB"))
+                         for f in files])
         with torch.no_grad():
             logits = model(x)
         target = torch.full((len(files),), label)
@@ -149,6 +158,33 @@ def main():
             relative = abs(loss / images - on_jpeg["loss"]) / on_jpeg["loss"]
             checks.append(("demo model on JPEGs: loss to 1e-6 (Pillow's pixels)", relative < 1e-6,
                            f"timm {loss / images:.8f}, deit {on_jpeg['loss']:.8f} "
+                           f"(relative {relative:.1e})"))
+
+            # JPEGs of other sizes, evaluated as the reference's main.py evaluates at crop ratio
+            # 0.875: Resize(int(64 / 0.875), bicubic), CenterCrop(64), ToTensor, Normalize.
+            sized_data = os.path.join(work, "sized")
+            rng = np.random.default_rng(0)
+            for name in classes:
+                source = os.path.join(data, "val", name)
+                target = os.path.join(sized_data, "val", name)
+                os.makedirs(target)
+                for f in sorted(os.listdir(source)):
+                    size = tuple(int(side) for side in rng.integers(64, 129, 2))
+                    Image.open(os.path.join(source, f)).convert("RGB").resize(
+                        size, Image.BICUBIC).save(
+                            os.path.join(target, os.path.splitext(f)[0] + ".jpg"), quality=90)
+            on_sized = json.loads(deit(binary, "eval", "--checkpoint", run, "--data", sized_data,
+                                       "--eval-crop-ratio", "0.875", "--json"))
+            reference_eval = transforms.Compose([
+                transforms.Resize(int(64 / 0.875), interpolation=InterpolationMode.BICUBIC),
+                transforms.CenterCrop(64), transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+            _, _, loss, images = timm_scores(model, os.path.join(sized_data, "val"), classes,
+                                             reference_eval)
+            relative = abs(loss / images - on_sized["loss"]) / on_sized["loss"]
+            checks.append(("JPEGs of 64 to 128 px at crop ratio 0.875: loss to 1e-6 (the "
+                           "reference's eval transform)", relative < 1e-6,
+                           f"timm {loss / images:.8f}, deit {on_sized['loss']:.8f} "
                            f"(relative {relative:.1e})"))
 
             # timm's weights read by deit: what timm computes with them, deit computes.
