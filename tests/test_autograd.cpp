@@ -188,8 +188,8 @@ TEST_CASE("the parameter registry names, counts and zeroes parameters", "[autogr
   CHECK_THROWS_WITH(params.add("blocks.0.attn.qkv.bias", Tensor::zeros({6}), false),
                     Catch::Contains("twice"));
   Rng rng(5);
-  backward(ops::soft_cross_entropy(ops::linear(Tensor::randn({1, 2}, rng), w, Tensor()),
-                                   Tensor::full({1, 6}, 1.0 / 6)));
+  backward(ops::softmax_cross_entropy(ops::linear(Tensor::randn({1, 2}, rng), w, Tensor()),
+                                      Tensor::full({1, 6}, 1.0 / 6)));
   CHECK(w.grad().defined());
   params.zero_grad();
   CHECK_FALSE(w.grad().defined());

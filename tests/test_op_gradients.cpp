@@ -445,12 +445,13 @@ TEST_CASE("bce_with_logits op gradient on soft targets by finite differences", "
                      {random_f64({2, 4}, rng)}, rng);
 }
 
-TEST_CASE("soft_cross_entropy op gradient on soft targets by finite differences",
+TEST_CASE("softmax_cross_entropy op gradient on soft targets by finite differences",
           "[gradcheck][ops]") {
   Rng rng(18);
   Tensor targets = Tensor::from_vector<double>({0.9, 0.05, 0.05, 0, 0.2, 0.8}, {2, 3});
-  check_op_gradients([targets](const auto& in) { return ops::soft_cross_entropy(in[0], targets); },
-                     {random_f64({2, 3}, rng)}, rng);
+  check_op_gradients(
+      [targets](const auto& in) { return ops::softmax_cross_entropy(in[0], targets); },
+      {random_f64({2, 3}, rng)}, rng);
 }
 
 TEST_CASE("patch_unfold op gradient by finite differences (size not a multiple of the patch)",

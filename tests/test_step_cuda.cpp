@@ -208,7 +208,7 @@ TEST_CASE("CUDA gradients match the CPU with drop-path, soft cross-entropy and a
     Rng drop_rng(44);
     for (const Batch* batch : {&a, &b}) {
       const Tensor loss =
-          ops::soft_cross_entropy(vit.forward(batch->images, 0.25, &drop_rng), batch->targets);
+          ops::softmax_cross_entropy(vit.forward(batch->images, 0.25, &drop_rng), batch->targets);
       backward(loss);
       total += loss.item();
     }

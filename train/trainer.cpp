@@ -711,7 +711,7 @@ void Run::prepare_steps() {
 
 Tensor Run::loss_of(const Tensor& logits, const Tensor& targets) const {
   return o.bce_loss ? ops::bce_with_logits(logits, targets)
-                    : ops::soft_cross_entropy(logits, targets);
+                    : ops::softmax_cross_entropy(logits, targets);
 }
 
 // Micro-batch losses are averaged over an optimizer step, as one large batch would be: each

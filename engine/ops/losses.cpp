@@ -55,9 +55,9 @@ Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
       DEIT_CUDA_PATH([](auto... args) { kernels::bce_with_logits_cuda(args...); }));
 }
 
-Tensor soft_cross_entropy(const Tensor& logits, const Tensor& targets) {
+Tensor softmax_cross_entropy(const Tensor& logits, const Tensor& targets) {
   return fused_loss(
-      "soft_cross_entropy", logits, targets,
+      "softmax_cross_entropy", logits, targets,
       [](auto... args) { kernels::softmax_cross_entropy_cpu(args...); },
       DEIT_CUDA_PATH([](auto... args) { kernels::softmax_cross_entropy_cuda(args...); }));
 }

@@ -9,6 +9,6 @@ Tensor bce_with_logits(const Tensor& logits, const Tensor& targets);
 
 // Softmax cross-entropy with soft targets, mean over the batch.
 // logits, targets: (B, K) -> scalar (shape {1}).
-Tensor soft_cross_entropy(const Tensor& logits, const Tensor& targets);
+Tensor softmax_cross_entropy(const Tensor& logits, const Tensor& targets);
 
 }  // namespace deit::ops
