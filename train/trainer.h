@@ -8,8 +8,9 @@
 //     evaluate on the validation split; write OUTPUT/checkpoint.safetensors (temporary file,
 //     then rename), then append the epoch's JSON line to OUTPUT/log.txt (train/run_log.h)
 //
-// train() in trainer.cpp reads as that outline: each stage is a method of its Run, the state the
-// stages share. train/output_folder.h says which runs may write OUTPUT.
+// train() in trainer.cpp reads as that outline: each stage is a method of a Run (train/run.h),
+// the state the stages share, defined in train/run_setup.cpp (up to the first step) and
+// train/run_epoch.cpp (each epoch). train/output_folder.h says which runs may write OUTPUT.
 //
 // On CUDA (DESIGN.md "Precision") the parameters are fp32 masters with bf16 copies on the device,
 // initialised from the host's random draws, so a run starts from the CPU run's weights. The worker
