@@ -69,7 +69,8 @@ enum class RandAugmentOp : uint8_t {
   kContrast,      // ImageEnhance.Contrast(`factor`)
   kBrightness,    // ImageEnhance.Brightness(`factor`)
   kSharpness,     // ImageEnhance.Sharpness(`factor`): blend with the 3x3 SMOOTH filter's output
-  kAffine,        // Image.transform(AFFINE, `affine`, BICUBIC, fillcolor=kRandAugmentFill)
+  kAffine,        // Image.transform(AFFINE, `affine`, BICUBIC, fillcolor=timm's img_mean; see
+                  // rand_augment_fill in kernels/rand_augment_arith.h)
 };
 
 struct RandAugmentStep {
@@ -120,8 +121,9 @@ struct SourceImage {
 // Throws std::invalid_argument, saying what is wrong, unless `p` describes a size x size view
 // that lies inside a height x width source (crop box, padding, padded window), with a blur sigma
 // in [0, 1000], finite colour factors >= 0 and RandAugment steps whose arguments are in their
-// ranges (a finite affine matrix). The batch functions check every sample with it
-// before any work, so the CUDA kernels never read outside a source.
+// ranges (a finite affine matrix). augment_image_cpu checks its sample with it first, and
+// plan_augment_cuda checks every sample before any kernel runs, so the CUDA kernels never read
+// outside a source.
 void check_augment_params(const AugmentParams& p, int height, int width, int size);
 
 // ---------------------------------------------------------------------------------------------

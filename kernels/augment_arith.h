@@ -1,8 +1,8 @@
 // The per-value arithmetic of the augment family (kernels/augment.h), written once and compiled
-// for both sides: kernels/cpu/augment.cpp loops over it plainly, kernels/cuda/augment.cu calls the
-// same functions from its threads. That is why the GPU stage reproduces the CPU reference (and so
-// Pillow, data/transforms.h) to the last uint8 level: both sides evaluate the same expressions in
-// the same order.
+// for both sides: kernels/cpu/augment.cpp loops over it plainly, kernels/cuda/augment_kernels.cuh
+// (compiled into kernels/cuda/augment.cu) calls the same functions from its threads. That is why
+// the GPU stage reproduces the CPU reference (and so Pillow, data/transforms.h) to the last uint8
+// level: both sides evaluate the same expressions in the same order.
 //
 // One trap is closed explicitly. nvcc fuses a * b + c into one FMA (one rounding instead of two),
 // and the host compiler does not (x86-64 without -march has no FMA). Every product that feeds a sum
@@ -70,7 +70,10 @@ DEIT_HD int reflect_index(int i, int n) { return i < 0 ? -i : (i >= n ? 2 * (n -
 // value, minus 2 of headroom because the kernel's negative lobes let partial sums leave [0, 255].
 constexpr int kResamplePrecisionBits = 22;
 
-// Keys' cubic convolution kernel, a = -0.5 (Pillow's bicubic_filter).
+// Keys' cubic convolution kernel, a = -0.5 (Pillow's bicubic_filter; R. Keys, "Cubic convolution
+// interpolation for digital image processing", 1981), evaluated below in Horner form:
+//   |x| < 1:      (a + 2)|x|^3 - (a + 3)|x|^2 + 1
+//   1 <= |x| < 2: a (|x|^3 - 5|x|^2 + 8|x| - 4)
 DEIT_HD double bicubic_kernel(double x) {
   constexpr double a = -0.5;
   x = ::fabs(x);
@@ -140,7 +143,8 @@ DEIT_HD uint8_t resample_at(const uint8_t* p, ptrdiff_t step, const int32_t* wei
 
 // ---- Colour. ----
 
-// ITU-R 601-2 luma as Pillow's convert('L') computes it, in 16-bit fixed point with rounding.
+// ITU-R 601-2 luma as Pillow's convert('L') computes it, L = 0.299 R + 0.587 G + 0.114 B, in
+// 16-bit fixed point (19595 = 0.299 * 2^16, ...) with rounding (+ 0x8000 before the shift).
 DEIT_HD uint8_t luma(uint8_t r, uint8_t g, uint8_t b) {
   return static_cast<uint8_t>((r * 19595u + g * 38470u + b * 7471u + 0x8000u) >> 16);
 }
@@ -177,9 +181,12 @@ struct BoxBlur {
   uint32_t ww = 0, fw = 0;
 };
 
-// The extended box whose 3-fold convolution has variance sigma^2 (Pillow's _gaussian_blur_radius:
-// integer part l plus fractional part a), in Pillow's float arithmetic (the sqrt and floor in
-// double, as C promotes them), then the weights (the division in float, as Pillow computes it).
+// The extended box whose 3-fold convolution has variance sigma^2 (Pillow's _gaussian_blur_radius,
+// after Gwosdek et al., "Theoretical foundations of Gaussian convolution by extended box
+// filtering", SSVM 2011: radius = integer part l plus fractional part a). `sigma2` is Pillow's
+// name for the variance of one pass, sigma^2 / 3. In Pillow's float arithmetic (the sqrt and
+// floor in double, as C promotes them), then the weights (the division in float, as Pillow
+// computes it).
 DEIT_HD BoxBlur box_blur(float sigma) {
   const float sigma2 = div(mul(sigma, sigma), 3.0f);
   const float box_length = static_cast<float>(::sqrt(add(mul(12.0, double{sigma2}), 1.0)));

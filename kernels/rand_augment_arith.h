@@ -15,6 +15,7 @@ namespace deit::kernels::augment_arith {
 
 // ---- Table lookups (ImageOps and timm's solarize_add): exact integer formulas. ----
 
+// ImageOps.invert.
 DEIT_HD uint8_t invert(uint8_t v) { return static_cast<uint8_t>(255 - v); }
 
 // ImageOps.posterize: keep the top `bits` (0..8) bits.
@@ -48,7 +49,7 @@ DEIT_HD void autocontrast_table(const uint32_t* histogram, uint8_t* table) {
 }
 
 // ImageOps.equalize's table for one channel. histogram: (256) counts -> table: (256).
-// Python's version: the counts of the values present; with at most one, or with
+// Pillow's Python code: the counts of the values present; with at most one, or with
 // step = (their total - the last one's count) // 255 equal to 0, the identity; otherwise
 // table[i] = n // step with n running from step // 2 and growing by histogram[i] after each entry.
 // The top present value can map past 255: Pillow clips the table to uint8 when it applies it.
@@ -100,7 +101,8 @@ DEIT_HD uint8_t smooth_at(const uint8_t* image, int h, int w, int y, int x, int 
 // timm's fill colour for the geometric ops: its img_mean, round(255 * ImageNet mean).
 DEIT_HD constexpr uint8_t rand_augment_fill(int c) { return c == 0 ? 124 : (c == 1 ? 116 : 104); }
 
-// libImaging/Geometry.c's BICUBIC: the cubic through v1..v4 at d in [0, 1) between v2 and v3.
+// libImaging/Geometry.c's BICUBIC: the cubic convolution of v1..v4 at d in [0, 1) between v2 and
+// v3 (v2 at d = 0, v3 at d = 1; it does not pass through v1 and v4).
 // Its kernel is Keys' with a = -1 (not the a = -0.5 of Image.resize). With integer v's every step
 // is exact, so the first pass equals Pillow's int arithmetic.
 DEIT_HD double geometry_cubic(double v1, double v2, double v3, double v4, double d) {

@@ -22,6 +22,7 @@ using std::to_string;
 
 using Pixels = std::vector<uint8_t>;
 
+// The number of uint8 values in an (h, w, 3) image.
 size_t values(int h, int w) { return static_cast<size_t>(h) * w * 3; }
 
 [[noreturn]] void invalid(const std::string& what) {
@@ -223,12 +224,14 @@ void gaussian_blur_cpu(const uint8_t* src, int h, int w, float sigma, uint8_t* d
 
 void adjust_brightness_cpu(const uint8_t* src, int h, int w, float factor, uint8_t* dst) {
   check_factor("brightness", factor);
+  // ImageEnhance.Brightness (torchvision's adjust_brightness on PIL): blend with black.
   for (size_t i = 0; i < values(h, w); ++i) dst[i] = blend(0, src[i], factor);
 }
 
 void adjust_contrast_cpu(const uint8_t* src, int h, int w, float factor, uint8_t* dst) {
   check_factor("contrast", factor);
-  // ImageEnhance.Contrast: int(ImageStat.Stat(image.convert('L')).mean + 0.5).
+  // ImageEnhance.Contrast (torchvision's adjust_contrast on PIL): blend with a uniform grey, the
+  // image's mean luma, int(ImageStat.Stat(image.convert('L')).mean[0] + 0.5).
   const size_t pixels = static_cast<size_t>(h) * w;
   unsigned long long luma_sum = 0;
   for (size_t i = 0; i < pixels; ++i) luma_sum += luma(src[i * 3], src[i * 3 + 1], src[i * 3 + 2]);
@@ -238,6 +241,8 @@ void adjust_contrast_cpu(const uint8_t* src, int h, int w, float factor, uint8_t
 
 void adjust_saturation_cpu(const uint8_t* src, int h, int w, float factor, uint8_t* dst) {
   check_factor("saturation", factor);
+  // ImageEnhance.Color (torchvision's adjust_saturation on PIL): blend each pixel with its own
+  // luma, image.convert('L').
   for (size_t i = 0; i < static_cast<size_t>(h) * w; ++i) {
     const uint8_t* px = src + i * 3;
     const uint8_t grey = luma(px[0], px[1], px[2]);
@@ -261,10 +266,10 @@ void crop_view_cpu(const uint8_t* src, int h, int w, const CropParams& c, uint8_
     return;
   }
   // Simple Random Crop and evaluation: resize, reflect-pad, crop. Only the resized pixels the
-  // crop reads are made (a 20000 x 2 image resized whole to a shorter side of 224 would be
-  // 2,240,000 wide): padded pixel (y, x) is resized pixel (reflect(y - p), reflect(x - p)), and a
-  // resized pixel is resize_bicubic_cpu's: the vertical pass over the horizontal pass's uint8
-  // rows, each pass skipped where its size stays.
+  // crop reads are made (a 2-row, 20000-column image resized whole to a shorter side of 224
+  // would be 2,240,000 wide): padded pixel (y, x) is resized pixel (reflect(y - p),
+  // reflect(x - p)), and a resized pixel is resize_bicubic_cpu's: the vertical pass over the
+  // horizontal pass's uint8 rows, each pass skipped where its size stays.
   const int rh = c.resized_height, rw = c.resized_width, size = c.size;
   std::vector<int32_t> weights(std::max(resample_max_taps(w, rw), resample_max_taps(h, rh)));
   // Horizontal: every source row, at the resized columns the crop reads -> (h, size, 3).

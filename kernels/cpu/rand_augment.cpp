@@ -97,7 +97,9 @@ void solarize_add_cpu(const uint8_t* src, int h, int w, int amount, uint8_t* dst
   for (size_t i = 0; i < values(h, w); ++i) dst[i] = solarize_add(src[i], amount);
 }
 
+// ImageEnhance.Sharpness: Image.blend(image.filter(ImageFilter.SMOOTH), image, factor).
 void adjust_sharpness_cpu(const uint8_t* src, int h, int w, float factor, uint8_t* dst) {
+  // The factor's check is check_rand_augment_step's, so wrap it in a step.
   RandAugmentStep step;
   step.op = RandAugmentOp::kSharpness;
   step.factor = factor;
@@ -110,6 +112,8 @@ void adjust_sharpness_cpu(const uint8_t* src, int h, int w, float factor, uint8_
       }
 }
 
+// Image.transform(size, AFFINE, affine, BICUBIC, fillcolor=timm's img_mean): timm's Rotate,
+// ShearX/Y and TranslateX/YRel (affine_bicubic_pixel has the arithmetic).
 void affine_bicubic_cpu(const uint8_t* src, int h, int w, const double affine[6], uint8_t* dst) {
   RandAugmentStep step;
   step.op = RandAugmentOp::kAffine;
