@@ -246,13 +246,14 @@ void Run::warn_of_doubtful_settings() {
                  "warning: '%s' has a single class ('%s'): a classifier of one class scores 100%% "
                  "whatever it learns (each subfolder of train/ and val/ is a class)\n",
                  o.data_dir.c_str(), train_source->class_names()[0].c_str());
+  if (!lead) return;
   const std::string size = std::to_string(o.model.input_size);
   for (const std::string& warning :
        {data::packed_below(*train_source, o.model.input_size, "training at " + size + " needs"),
         data::packed_below(*val_source,
                            data::eval_resize_side(o.model.input_size, o.eval_crop_ratio),
                            "evaluation at " + size + " resizes to")})
-    if (lead && !warning.empty()) std::fprintf(stderr, "%s\n", warning.c_str());
+    if (!warning.empty()) std::fprintf(stderr, "%s\n", warning.c_str());
 }
 
 // The model, initialised from the run's seed, or from --finetune's weights.
