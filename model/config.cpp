@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include <cmath>
+#include <regex>
 #include <stdexcept>
 
 #include "kernels/attention.h"
@@ -73,6 +74,33 @@ constexpr Preset kPresets[] = {
     {"deit3_large", 16, 1024, 24, 16}, {"deit3_huge", 14, 1280, 32, 16},
     {"deit3_huge52", 14, 1280, 52, 16},
 };
+
+// People arrive with the names of the reference code (models_v2.py: "deit_base_patch16_LS",
+// "deit_huge_patch14_52_LS") or of timm ("deit3_base_patch16_384.fb_in22k_ft_in1k"). deit keeps
+// one name a shape, and the input size apart (the recipe trains one model at two sizes), so such a
+// name is answered with the preset and, where the name carries one, the --input-size it means.
+// timm's "deit_base_patch16_224" is DeiT I, without LayerScale: no preset of deit's.
+std::string other_name_hint(const std::string& name) {
+  static const std::regex kReferenceName(
+      R"(deit_(tiny|small|medium|base|large|huge)_patch(\d+)(_52)?_LS)");
+  static const std::regex kTimmName(
+      R"(deit3_(tiny|small|medium|base|large|huge)_patch(\d+)_(\d+)(\.\w+)?)");
+  std::smatch m;
+  std::string ours, input_size;
+  if (std::regex_match(name, m, kReferenceName)) {
+    ours = "deit3_" + m[1].str() + (m[3].matched ? "52" : "");
+  } else if (std::regex_match(name, m, kTimmName)) {
+    ours = "deit3_" + m[1].str();
+    input_size = m[3].str();
+  } else {
+    return "";
+  }
+  for (const auto& p : kPresets)
+    if (ours == p.name && m[2].str() == std::to_string(p.patch))
+      return ": deit calls it " + ours +
+             (input_size.empty() ? std::string() : " with --input-size " + input_size);
+  return "";
+}
 }  // namespace
 
 const std::vector<std::string>& preset_names() {
@@ -97,7 +125,8 @@ ViTConfig preset(const std::string& name) {
   }
   std::string known;
   for (const auto& n : preset_names()) known += (known.empty() ? "" : ", ") + n;
-  throw std::invalid_argument("unknown model '" + name + "' (known: " + known + ")");
+  throw std::invalid_argument("unknown model '" + name + "'" + other_name_hint(name) +
+                              " (known: " + known + ")");
 }
 
 std::string preset_of(const ViTConfig& c) {

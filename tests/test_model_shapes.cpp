@@ -43,6 +43,18 @@ TEST_CASE("ViT-H at 160 px sees an 11 x 11 patch grid", "[model]") {
 TEST_CASE("configuration errors say what is wrong", "[model]") {
   CHECK_THROWS_WITH(preset("deit3_gigantic"), Catch::Contains("deit3_gigantic") &&
                                                   Catch::Contains("deit3_small"));
+  // The reference code's and timm's names for a preset are answered with deit's.
+  CHECK_THROWS_WITH(preset("deit_base_patch16_LS"),
+                    Catch::Contains("'deit_base_patch16_LS': deit calls it deit3_base ("));
+  CHECK_THROWS_WITH(preset("deit_huge_patch14_52_LS"), Catch::Contains("calls it deit3_huge52 ("));
+  CHECK_THROWS_WITH(preset("deit3_large_patch16_384.fb_in22k_ft_in1k"),
+                    Catch::Contains("calls it deit3_large with --input-size 384 ("));
+  CHECK_THROWS_WITH(preset("deit3_huge_patch14_224"),
+                    Catch::Contains("calls it deit3_huge with --input-size 224"));
+  // DeiT I (no LayerScale) and a patch size no preset has get no such answer.
+  for (const char* other : {"deit_small_patch16_224", "deit3_small_patch14_224",
+                            "deit_huge_patch16_LS", "deit3_base_patch16_52_224"})
+    CHECK_THROWS_WITH(preset(other), !Catch::Contains("calls it"));
   ViTConfig c = preset("deit3_small");
   c.heads = 5;
   CHECK_THROWS_WITH(c.validate(), Catch::Contains("divisible"));
