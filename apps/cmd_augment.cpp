@@ -66,7 +66,7 @@ void run_ops(const AugmentCommandOptions& options) {
   if (std::filesystem::equivalent(options.in, options.out, ec))
     throw std::invalid_argument("--out '" + options.out +
                                 "' is the input image itself; choose another file name");
-  data::ImageU8 image = data::decode_image_file(options.in);
+  data::ImageU8 image = data::decode_image_file_or_pipe(options.in);
   Rng rng(options.seed);
   for (size_t i = 0; i < options.ops.size(); ++i) {
     try {
@@ -170,7 +170,8 @@ void add_augment_command(CLI::App& app) {
       "moves the image P pixels\nleft (the affine data (1, 0, P, 0, 1, 0) timm passes Pillow), "
       "translate-y:P up; uncovered pixels take\nthe fill colour, the ImageNet mean "
       "(124, 116, 104).\n");
-  CLI::Option* in = command->add_option("--in", options->in, "Image to transform");
+  CLI::Option* in =
+      command->add_option("--in", options->in, "Image to transform (- reads standard input)");
   command->add_option("--out", options->out, "Where to write the result (PNG)")->needs(in);
   command->add_option("--op", options->ops, "An op NAME or NAME:ARGS; repeat to chain")->needs(in);
   CLI::Option* data =

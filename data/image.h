@@ -35,6 +35,10 @@ struct DataError : std::runtime_error {
 // naming `path` for a missing, empty, truncated, undecodable or absurdly large file.
 ImageU8 decode_image_file(const std::string& path);
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name);
+// decode_image_file, and also standard input ("-") and pipes (`--in <(curl -s URL)`), read to
+// their end: for a command's one input image, where a writer is expected (a pipe among training
+// images would stall the loader, so decode_image_file refuses one).
+ImageU8 decode_image_file_or_pipe(const std::string& path);
 
 // Writes a PNG whole or not at all (through a temporary file beside `path`, renamed over it once
 // complete; a device such as /dev/stdout is written in place). Throws DataError naming `path` and

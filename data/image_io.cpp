@@ -205,6 +205,31 @@ ImageU8 decode_image_file(const std::string& path) {
   return decode_image_memory(bytes.data(), bytes.size(), path);
 }
 
+ImageU8 decode_image_file_or_pipe(const std::string& path) {
+  std::FILE* stream = stdin;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> opened(nullptr, std::fclose);
+  if (path != "-") {
+    std::error_code error;
+    const std::filesystem::file_type type = std::filesystem::status(path, error).type();
+    if (error ||
+        (type != std::filesystem::file_type::fifo && type != std::filesystem::file_type::character))
+      return decode_image_file(path);
+    opened.reset(std::fopen(path.c_str(), "rb"));
+    if (!opened) fail(path, std::string("cannot open (") + std::strerror(errno) + ")");
+    stream = opened.get();
+  }
+  const std::string name = path == "-" ? "standard input" : path;
+  // A pipe's size is known only at its end: read in chunks, up to the limit a file has.
+  std::vector<uint8_t> bytes;
+  std::vector<uint8_t> chunk(size_t{1} << 20);
+  while (const size_t got = std::fread(chunk.data(), 1, chunk.size(), stream)) {
+    if (bytes.size() + got > static_cast<size_t>(INT32_MAX)) fail(name, kLargerThan2GiB);
+    bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(got));
+  }
+  if (std::ferror(stream)) fail(name, std::string("read error (") + std::strerror(errno) + ")");
+  return decode_image_memory(bytes.data(), bytes.size(), name);
+}
+
 bool png_encodable(int width, int height) {
   return (3 * static_cast<int64_t>(width) + 1) * height <= INT_MAX;
 }

@@ -16,6 +16,7 @@
 
 using deit::test::CliResult;
 using deit::test::run_deit;
+using deit::test::run_shell;
 
 namespace {
 
@@ -39,6 +40,30 @@ TEST_CASE("deit augment applies named ops in order, as the library does", "[augm
   CHECK(got.height == 25);
   CHECK(got.width == 30);
   CHECK(got.pixels == expected.pixels);
+}
+
+TEST_CASE("deit augment reads its image from standard input or a pipe", "[augment][cli]") {
+  deit::test::TempDir dir;
+  deit::data::ImageU8 expected = deit::data::decode_image_file(kInput);
+  deit::Rng unused(0);
+  expected = deit::data::apply_named_op(expected, "hflip", unused);
+  const std::string fifo = dir.file("input.fifo");
+  const std::string from_stdin = "cat " + kInput + " | ";
+  const std::string into_fifo = "mkfifo " + fifo + " && (cat " + kInput + " > " + fifo + " &) && ";
+  for (const auto& [before, in] :
+       std::vector<std::pair<std::string, std::string>>{{from_stdin, "-"}, {into_fifo, fifo}}) {
+    INFO(in);
+    const std::string out = dir.file("out.png");
+    const CliResult r =
+        run_shell(before + DEIT_BINARY + " augment --in " + in + " --out " + out + " --op hflip");
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    CHECK(deit::data::decode_image_file(out).pixels == expected.pixels);
+  }
+  const CliResult empty = run_shell(std::string(DEIT_BINARY) + " augment --in - --out " +
+                                    dir.file("e.png") + " --op hflip < /dev/null");
+  CHECK(empty.exit_code != 0);
+  CHECK_THAT(empty.output, Catch::Contains("standard input: empty file"));
 }
 
 TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cli]") {
