@@ -1,5 +1,7 @@
 // The ImageFolder layout torchvision reads: ROOT/<class>/**/<image>, one class per subfolder,
-// classes sorted by name and numbered from 0, images sorted by path within a class.
+// classes sorted by name and numbered from 0, images sorted by their whole path within a class
+// (torchvision sorts folder by folder: a class with subfolders lists the same images, maybe in
+// another order).
 #pragma once
 #include <string>
 #include <vector>

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <utility>
 
 namespace deit::data {
@@ -54,7 +55,20 @@ PrefetchLoader::PrefetchLoader(std::shared_ptr<const ImageSource> source, Sample
     }
     slot.batch.number = kNoBatch;
   }
-  for (int i = 0; i < options_.num_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  // A thread can fail to start (a process or memory limit): the ones started are stopped before
+  // the error leaves, as the destructor, which does not run for a constructor that throws, would.
+  try {
+    for (int i = 0; i < options_.num_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  } catch (const std::system_error& e) {
+    const size_t started = workers_.size();
+    stop_workers();
+    throw std::runtime_error("prefetch: cannot start worker thread " + std::to_string(started + 1) +
+                             " of " + std::to_string(options_.num_workers) + " (" + e.what() +
+                             "); ask for fewer workers");
+  } catch (...) {
+    stop_workers();
+    throw;
+  }
 }
 
 std::vector<uint64_t> PrefetchLoader::loaded_per_class() const {
@@ -63,7 +77,9 @@ std::vector<uint64_t> PrefetchLoader::loaded_per_class() const {
   return loaded;
 }
 
-PrefetchLoader::~PrefetchLoader() {
+PrefetchLoader::~PrefetchLoader() { stop_workers(); }
+
+void PrefetchLoader::stop_workers() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
@@ -74,7 +90,8 @@ PrefetchLoader::~PrefetchLoader() {
 
 void PrefetchLoader::start_epoch(uint64_t epoch, uint64_t position) {
   std::unique_lock<std::mutex> lock(mutex_);
-  // Let the samples already claimed finish before their buffers and picks are replaced.
+  // Let the samples already claimed finish before their buffers and picks are replaced; with no
+  // samples left in the epoch, no worker claims another meanwhile.
   samples_in_epoch_ = 0;
   batch_ready_.wait(lock, [this] { return in_flight_ == 0; });
 
@@ -123,6 +140,8 @@ const Batch* PrefetchLoader::next_batch() {
   return &slot.batch;
 }
 
+// Batch b fills slot b % slots, so it may start once the trainer has released batch b - slots,
+// the slot's last: the slots hold the batch the trainer has and those filled ahead of it.
 bool PrefetchLoader::can_claim() const {
   return !error_ && next_sample_ < samples_in_epoch_ &&
          next_sample_ / options_.batch_size < released_ + slots_.size();
@@ -138,7 +157,7 @@ void PrefetchLoader::worker_loop() {
     const uint64_t batch_number = sample / options_.batch_size;
     const size_t row = sample % options_.batch_size;
     Slot& slot = slots_[batch_number % slots_.size()];
-    if (row == 0) {  // the first sample of a batch claims its slot
+    if (row == 0) {  // the first sample of a batch claims its slot, free by now (can_claim)
       slot.batch.epoch = epoch_;
       slot.batch.number = batch_number;
       slot.batch.size = std::min<uint64_t>(options_.batch_size,

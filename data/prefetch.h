@@ -79,6 +79,8 @@ struct Batch {
 
 class PrefetchLoader {
  public:
+  // Starts the worker threads. Throws std::invalid_argument for unusable options, and
+  // std::runtime_error, with no worker left running, when a thread cannot be started.
   PrefetchLoader(std::shared_ptr<const ImageSource> source, Sampler sampler,
                  PrefetchOptions options, SampleTransform transform);
   ~PrefetchLoader();
@@ -99,7 +101,9 @@ class PrefetchLoader {
 
   // Batches the current epoch delivers from its start position.
   uint64_t batches_in_epoch() const { return num_batches_; }
-  // The position after the last batch handed out: save it with a checkpoint.
+  // The position after the last batch handed out: save it with a checkpoint. A feed that takes
+  // a batch ahead of the step (train/input_feed.h on CUDA) has been handed one the trainer has
+  // not trained on yet; the trainer then saves the position of the batches it stepped on.
   SamplerState state() const;
   const Sampler& sampler() const { return sampler_; }
   const PrefetchOptions& options() const { return options_; }
@@ -116,6 +120,9 @@ class PrefetchLoader {
   };
 
   void worker_loop();
+  // Tells the workers to return and joins them: destroying a std::thread still running would end
+  // the process.
+  void stop_workers();
   bool can_claim() const;
   void process(const SamplePick& pick, uint64_t epoch, size_t row, Batch& batch);
   ImageU8 load_or_substitute(uint64_t index, uint64_t* used_index) const;

@@ -1,9 +1,11 @@
 // Which images an epoch visits, in which order, on which rank: the reference code's samplers
 // (facebookresearch/deit samplers.py RASampler; torch DistributedSampler otherwise), driven by the
-// project's Rng instead of torch.randperm.
+// project's Rng instead of torch.randperm. The reference's main.py takes them at any world size,
+// one process included (its `if True:  # args.distributed:`), and so does deit.
 //
 // An epoch, for a dataset of n images, `repeats` = k, `world_size` = w and rank r:
-//  1. order: a permutation of 0..n-1 drawn from Rng(seed, epoch) (the identity when not shuffling);
+//  1. order: a permutation of 0..n-1 drawn from Rng(seed, epoch) (the identity when not shuffling;
+//     RASampler seeds torch.randperm with the epoch alone, DistributedSampler with seed + epoch);
 //  2. repeat: each entry of the order repeated k times in place: a a a b b b c c c ... (k = 1: no
 //     repetition);
 //  3. pad: to total = ceil(n * k / w) * w entries, by continuing from the start of the repeated
@@ -11,9 +13,10 @@
 //  4. shard: rank r takes global positions r, r + w, r + 2w, ...;
 //  5. truncate: with k > 1, rank r keeps only its first floor(floor(n / 256) * 256 / w) entries,
 //     exactly as RASampler does, so an epoch has the usual length (about n / w per rank) and sees
-//     roughly 1/k of the distinct images, each k times, on different ranks. For n < 256 that length
-//     would be 0; we then keep ceil(n / w) (RASampler's commented-out formula). With k = 1 nothing
-//     is truncated: ceil(n / w) per rank, like DistributedSampler(drop_last=False).
+//     roughly 1/k of the distinct images, each k times (on k different ranks when w >= k, since
+//     the k copies hold consecutive global positions). For n < 256 that length would be 0; we
+//     then keep ceil(n / w) (RASampler's commented-out formula). With k = 1 nothing is
+//     truncated: ceil(n / w) per rank, like DistributedSampler(drop_last=False).
 // Batches (and dropping the last partial one) are the loader's business, not the sampler's.
 // Evaluation shards without padding (pad = false, repeats 1): rank r takes positions r, r + w, ...
 // below n, so across the ranks every image is seen exactly once, and the ranks' epoch lengths
@@ -23,7 +26,7 @@
 //   stream = epoch                                   the permutation of `epoch`
 //   stream = (epoch + 1) * 2^40 + global position    the augmentation of one sample (sample_stream)
 // The global position (step 4's index before sharding) identifies a sample across ranks, so the
-// k repeats of an image, which land on different ranks, are augmented differently.
+// k repeats of an image, whichever ranks they land on, are augmented differently.
 #pragma once
 #include <cstdint>
 #include <vector>

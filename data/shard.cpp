@@ -53,8 +53,8 @@ std::vector<uint8_t> encode_class_table(const std::vector<std::string>& class_na
   return table;
 }
 
-// The header of a mapped shard, checked: magic, version, checksum, offsets, and enough bytes for
-// the tables.
+// The header of a shard (its first bytes, read), checked: magic, version, checksum, offsets, and
+// a file of `actual_bytes` long enough for the tables.
 ShardHeader read_header(const std::string& path, const uint8_t* bytes, uint64_t actual_bytes) {
   ShardHeader header;
   std::memcpy(&header, bytes, sizeof header);
@@ -204,8 +204,12 @@ uint64_t ShardWriter::finish() {
     throw DataError(partial_path_ + ": cannot flush to disk (" + errno_text() + ")");
   }
   const int close_status = std::fclose(file_);
-  file_ = nullptr;
-  if (close_status != 0) throw DataError(partial_path_ + ": close failed (" + errno_text() + ")");
+  file_ = nullptr;  // closed, even when fclose fails: the destructor no longer removes the file
+  if (close_status != 0) {
+    const std::string why = errno_text();
+    std::remove(partial_path_.c_str());
+    throw DataError(partial_path_ + ": close failed (" + why + ")");
+  }
   if (std::rename(partial_path_.c_str(), path_.c_str()) != 0) {
     std::remove(partial_path_.c_str());
     throw DataError(path_ + ": cannot rename " + partial_path_ + " into place (" + errno_text() +

@@ -1,12 +1,16 @@
 // The prefetch pipeline: batches identical whatever the thread count, resumable mid-epoch, bad
 // images replaced and counted, worker errors surfacing in the trainer's thread.
+#include <sys/resource.h>
+
 #include <catch2/catch.hpp>
+#include <fstream>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "data/prefetch.h"
+#include "tests/child_process.h"
 #include "tests/test_data_helpers.h"
 
 namespace {
@@ -254,6 +258,28 @@ TEST_CASE("Errors from workers reach the trainer", "[data]") {
     CHECK_THROWS_WITH(loader.next_batch(), Contains("transform failed"));
     loader.start_epoch(1);  // the loader stays usable: a new epoch starts afresh
     CHECK_THROWS_WITH(loader.next_batch(), Contains("transform failed"));
+  }
+  SECTION("a worker thread that cannot be started") {
+    // A child process whose address space has room for a few thread stacks, not for kMaxWorkers
+    // (a limit on processes, as containers set, does not bind root, which tests may run as): the
+    // threads started before the failure must be stopped, not left to end the process.
+    const deit::test::ChildResult child = deit::test::run_in_child([]() -> std::string {
+      size_t pages = 0;
+      std::ifstream("/proc/self/statm") >> pages;
+      const rlim_t room = pages * static_cast<rlim_t>(sysconf(_SC_PAGESIZE)) + (64 << 20);
+      const rlimit limit{room, room};
+      if (setrlimit(RLIMIT_AS, &limit) != 0) return "cannot limit the address space";
+      PrefetchOptions options = loader_options(kMaxWorkers, 1);
+      try {
+        PrefetchLoader loader(std::make_shared<MemorySource>(20), Sampler(sampler_options(20)),
+                              options, random_crop);
+      } catch (const std::exception& e) {
+        return e.what();
+      }
+      return "every thread started";
+    });
+    REQUIRE(WIFEXITED(child.status));
+    CHECK_THAT(child.message, Contains("worker thread") && Contains(std::to_string(kMaxWorkers)));
   }
   SECTION("a sampler for another dataset") {
     auto source = std::make_shared<MemorySource>(20);

@@ -125,6 +125,42 @@ TEST_CASE("Ranks share out every image, and the repeats of an image go to differ
   }
 }
 
+TEST_CASE("A rank's entries are samplers.py's list operations on the epoch's permutation",
+          "[data]") {
+  // RASampler.__iter__ (DistributedSampler's for k = 1, without the truncation), transcribed:
+  // repeat_interleave, pad from the start, take every w-th from the rank, keep the first few.
+  auto reference = [](const std::vector<uint64_t>& permutation, uint32_t k, uint32_t rank,
+                      uint32_t w) {
+    std::vector<uint64_t> indices;
+    for (uint64_t index : permutation) indices.insert(indices.end(), k, index);
+    const size_t n = permutation.size();
+    const size_t num_samples = (n * k + w - 1) / w;
+    const size_t total_size = num_samples * w;
+    for (size_t i = 0; indices.size() < total_size; ++i) indices.push_back(indices[i]);
+    std::vector<uint64_t> mine;
+    for (size_t i = rank; i < total_size; i += w) mine.push_back(indices[i]);
+    // num_selected_samples, or, where n < 256 makes it 0, the commented-out ceil(n / w).
+    size_t selected = n / 256 * 256 / w;
+    if (selected == 0) selected = (n + w - 1) / w;
+    if (k > 1) mine.resize(selected);
+    return mine;
+  };
+  for (uint64_t n : {1, 5, 255, 256, 700, 1000}) {
+    // The permutation of (seed, epoch), as a sampler of one rank without repeats delivers it.
+    const std::vector<uint64_t> permutation =
+        indices_of(Sampler(options(n, 1, 0, 1)).epoch_picks(9));
+    for (uint32_t k : {1, 3}) {
+      for (uint32_t w : {1, 2, 3, 8}) {
+        for (uint32_t rank = 0; rank < w; ++rank) {
+          INFO("n " << n << ", repeats " << k << ", rank " << rank << " of " << w);
+          CHECK(indices_of(Sampler(options(n, k, rank, w)).epoch_picks(9)) ==
+                reference(permutation, k, rank, w));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("Resuming from a saved position continues the same order", "[data]") {
   const Sampler sampler(options(500, 3, 1, 2));
   const std::vector<SamplePick> whole = sampler.epoch_picks(7);

@@ -296,6 +296,7 @@ std::vector<double> Run::epoch_totals(const Epoch& epoch) {
 void Run::save_within_epoch(const Epoch& epoch) {
   const std::vector<double> totals = epoch_totals(epoch);
   data::SamplerState sampler = train_loader->state();
+  // The batches trained, not the loader's count, which includes the one a CUDA feed staged ahead.
   sampler.position = static_cast<uint64_t>(epoch.done) * static_cast<uint64_t>(o.batch_size);
   write_checkpoint(epoch.number,
                    WithinEpoch{epoch.number, totals[1], totals[0], totals[2],
