@@ -97,6 +97,9 @@ std::vector<std::string> decode_class_table(const std::string& path, const uint8
 }  // namespace
 
 bool is_shard_file(const std::string& path) {
+  // Before opening it: opening a named pipe would wait for a writer.
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) return false;
   std::FILE* file = std::fopen(path.c_str(), "rb");
   if (!file) return false;
   char magic[sizeof kShardMagic] = {};
@@ -241,6 +244,10 @@ size_t read_at(int fd, const std::string& path, uint64_t offset, void* dst, size
 }  // namespace
 
 ShardReader::ShardReader(const std::string& path) : path_(path) {
+  std::error_code error;
+  const std::filesystem::file_status status = std::filesystem::status(path, error);
+  if (!error && !std::filesystem::is_regular_file(status))
+    throw DataError(path + ": not a regular file (a shard is one)");
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw DataError(path + ": cannot open (" + errno_text() + ")");
   try {

@@ -161,6 +161,13 @@ TEST_CASE("A damaged header, index or foreign file is refused when the shard ope
     CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("not a deit shard"));
     CHECK_THROWS_WITH(open_image_source(path), Contains(path) && Contains("neither"));
   }
+  SECTION("a named pipe, which opening would wait on for a writer") {
+    std::filesystem::remove(path);
+    REQUIRE(mkfifo(path.c_str(), 0600) == 0);
+    CHECK_FALSE(is_shard_file(path));
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("not a regular file"));
+    CHECK_THROWS_WITH(open_image_source(path), Contains(path) && Contains("neither"));
+  }
   SECTION("a newer version") {
     header.version = kShardVersion + 1;
     std::memcpy(bytes.data(), &header, sizeof header);
