@@ -48,28 +48,38 @@ double clip_grad_coefficient(double grad_norm, double max_norm) {
   return std::min(1.0, max_norm / (grad_norm + 1e-6));
 }
 
-void load_named_tensors(const std::string& what, const NamedTensors& destination,
-                        const NamedTensors& source) {
+void check_named_tensors(const std::string& what, const std::vector<TensorLayout>& expected,
+                         const NamedTensors& source) {
   std::map<std::string, const Tensor*> given;
   for (const auto& [name, tensor] : source)
     if (!given.emplace(name, &tensor).second)
       throw std::runtime_error(what + ": entry '" + name + "' appears twice");
-  // Check everything first so that a bad entry leaves the destination untouched.
   std::set<std::string> wanted;
-  for (const auto& [name, tensor] : destination) {
-    auto it = given.find(name);
-    if (it == given.end()) throw std::runtime_error(what + ": missing entry '" + name + "'");
+  for (const TensorLayout& entry : expected) {
+    auto it = given.find(entry.name);
+    if (it == given.end()) throw std::runtime_error(what + ": missing entry '" + entry.name + "'");
     const Tensor& src = *it->second;
-    if (!src.defined() || src.shape() != tensor.shape() || src.dtype() != tensor.dtype())
-      throw std::runtime_error(what + ": entry '" + name + "' is " +
+    if (!src.defined() || src.shape() != entry.shape || src.dtype() != entry.dtype)
+      throw std::runtime_error(what + ": entry '" + entry.name + "' is " +
                                (src.defined() ? src.describe() : std::string("undefined")) +
-                               ", expected " + tensor.describe());
-    wanted.insert(name);
+                               ", expected " + dtype_name(entry.dtype) + " " +
+                               shape_str(entry.shape));
+    wanted.insert(entry.name);
   }
   for (const auto& entry : source)
     if (!wanted.count(entry.first))
       throw std::runtime_error(what + ": unexpected entry '" + entry.first +
                                "' (state of another model?)");
+}
+
+void load_named_tensors(const std::string& what, const NamedTensors& destination,
+                        const NamedTensors& source) {
+  std::vector<TensorLayout> layout;
+  for (const auto& [name, tensor] : destination)
+    layout.push_back({name, tensor.shape(), tensor.dtype()});
+  check_named_tensors(what, layout, source);
+  std::map<std::string, const Tensor*> given;
+  for (const auto& [name, tensor] : source) given.emplace(name, &tensor);
   for (const auto& [name, tensor] : destination) {
     Tensor dst = tensor;
     dst.copy_from(*given.at(name));
@@ -242,6 +252,16 @@ NamedTensors Optimizer::state() const {
     out.emplace_back(slot.param.name + ".step", step_tensor(slot.steps));
   }
   return out;
+}
+
+std::vector<TensorLayout> Optimizer::state_layout(const ParameterRegistry& params) {
+  std::vector<TensorLayout> layout{{"step", {1}, DType::i32}};
+  for (const Parameter& p : params.all()) {
+    layout.push_back({p.name + ".exp_avg", p.value.shape(), p.value.dtype()});
+    layout.push_back({p.name + ".exp_avg_sq", p.value.shape(), p.value.dtype()});
+    layout.push_back({p.name + ".step", {1}, DType::i32});
+  }
+  return layout;
 }
 
 void Optimizer::load_state(const NamedTensors& saved) {

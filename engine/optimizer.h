@@ -72,9 +72,20 @@ double global_grad_norm(const ParameterRegistry& params);
 // clip_grad_norm_'s factor: min(1, max_norm / (grad_norm + 1e-6)); 1 when max_norm <= 0.
 double clip_grad_coefficient(double grad_norm, double max_norm);
 
-// Copies `source` into `destination`, matched by name. Every destination name must appear once in
-// source with the same shape and dtype, and source may hold no other name; otherwise throws
-// std::runtime_error naming `what` and the entry, before anything is copied.
+// The name, shape and dtype that one entry of a NamedTensors list must have.
+struct TensorLayout {
+  std::string name;
+  Shape shape;
+  DType dtype;
+};
+
+// Every name of `expected` must appear once in `source` with its shape and dtype, and source may
+// hold no other name; otherwise throws std::runtime_error naming `what` and the entry.
+void check_named_tensors(const std::string& what, const std::vector<TensorLayout>& expected,
+                         const NamedTensors& source);
+
+// Copies `source` into `destination`, matched by name, once check_named_tensors has found source
+// to fit destination's layout: a bad entry throws before anything is copied.
 void load_named_tensors(const std::string& what, const NamedTensors& destination,
                         const NamedTensors& source);
 
@@ -131,6 +142,9 @@ class Optimizer {
   // updates this parameter received). The tensors are the live state, not copies: save them
   // before the next step().
   NamedTensors state() const;
+  // state()'s names, shapes and dtypes for an optimizer over `params`, without making one: what a
+  // sharded optimizer checks a whole state against on every rank, though it keeps only its share.
+  static std::vector<TensorLayout> state_layout(const ParameterRegistry& params);
   // Restores what state() returned (by name, in any order), into an optimizer built over the same
   // parameters. Throws std::runtime_error naming a missing, unexpected or mis-shaped entry, with
   // nothing modified.

@@ -12,6 +12,8 @@ namespace deit {
 std::vector<int> partition_parameters(const ParameterRegistry& params, int world_size) {
   if (world_size < 1) throw std::invalid_argument("partition_parameters: world size < 1");
   const double total = static_cast<double>(params.element_count());
+  // No elements to share (only empty tensors): rank 0 keeps them all, rather than a 0 / 0 owner.
+  if (total == 0) return std::vector<int>(params.size(), 0);
   std::vector<int> owner;
   double before = 0;  // elements of the tensors registered earlier
   for (const Parameter& p : params.all()) {
@@ -148,20 +150,17 @@ void ShardedOptimizer::load_state(const NamedTensors& state) {
     local_->load_state(state);
     return;
   }
-  const std::string what = std::string(local_->name()) + " optimizer state";
-  std::set<std::string> whole{"step"};
-  for (const Parameter& p : params_.all())
-    for (const char* suffix : {".exp_avg", ".exp_avg_sq", ".step"}) whole.insert(p.name + suffix);
+  // Every rank checks the whole state, not only its share: an entry missing or mis-shaped for one
+  // rank then stops every rank alike, before any has loaded anything, rather than that rank alone
+  // while the others go on to wait for it in their next collective.
+  check_named_tensors(std::string(local_->name()) + " optimizer state",
+                      Optimizer::state_layout(params_), state);
   std::set<std::string> mine;
   for (const auto& entry : local_->state()) mine.insert(entry.first);
   NamedTensors share;
-  for (const auto& entry : state) {
-    if (!whole.count(entry.first))
-      throw std::runtime_error(what + ": unexpected entry '" + entry.first +
-                               "' (state of another model?)");
+  for (const auto& entry : state)
     if (mine.count(entry.first)) share.push_back(entry);
-  }
-  local_->load_state(share);  // checks for missing, duplicated and mis-shaped entries
+  local_->load_state(share);
 }
 
 }  // namespace deit

@@ -8,9 +8,10 @@
 //    and updates, only the tensors it owns. The gradient reducer, given gradient_owners(),
 //    reduce-scatters the gradients, so each average is made on its owner only; after the update
 //    an all-gather (Communicator::all_gather) brings every owner's tensors to the other ranks.
-//    That moves two model sizes per step where an all-reduce of the gradients and a broadcast of
-//    the updates moved three. The optimizer state per rank (two moments, twice the model in fp32)
-//    shrinks by the world size, which is what lets ViT-H's LAMB state fit beside a large batch.
+//    An all-reduce is itself a reduce-scatter followed by an all-gather, so the two move about
+//    the bytes the replicated run's all-reduce moves: what sharding saves is memory. The
+//    optimizer state per rank (two moments, twice the model in fp32) shrinks by the world size,
+//    which is what lets ViT-H's LAMB state fit beside a large batch.
 // Clipping (--clip-grad, LAMB's max_grad_norm) needs the norm of every gradient, which no rank has
 // all of when sharded. On the CPU each rank computes the squared norms of its own gradients, one
 // per tensor; a sum over the ranks fills in the others' (exactly: each entry has one non-zero
@@ -43,7 +44,10 @@ namespace deit {
 
 // The rank that owns each parameter (by registration index) when `params` is sharded over
 // `world_size` ranks: a tensor belongs to the rank whose equal share of the elements holds its
-// middle element. Contiguous and non-decreasing; a rank may own nothing when tensors are few.
+// middle element, so a rank's elements differ from an equal share by at most half a tensor at
+// each end of its run. Contiguous and non-decreasing (the order the reducer's runs and
+// Communicator::all_gather need); a rank may own nothing when tensors are few, and with no
+// elements at all rank 0 owns every tensor.
 std::vector<int> partition_parameters(const ParameterRegistry& params, int world_size);
 
 class ShardedOptimizer {
@@ -60,9 +64,9 @@ class ShardedOptimizer {
   // modified, on every rank alike when a gradient is not finite.
   double step();
   // CUDA parameters: Optimizer::step_async (one update enqueued, no wait; then, when sharded, the
-  // owners' broadcasts) and the device_grad_norm() it leaves on the device, the global norm. Also
-  // in the two halves Optimizer describes for CUDA graphs: update_async() is what a graph
-  // captures, begin_step_async() what runs before each replay.
+  // all-gather of the owners' tensors) and the device_grad_norm() it leaves on the device, the
+  // global norm. Also in the two halves Optimizer describes for CUDA graphs: update_async() is
+  // what a graph captures, begin_step_async() what runs before each replay.
   void step_async();
   void begin_step_async() { local_->begin_step_async(); }
   void update_async();
@@ -83,7 +87,7 @@ class ShardedOptimizer {
   NamedTensors gather_state();
   // Every rank passes the whole state (Optimizer::state()'s layout, as gather_state() returned it)
   // and keeps its share. Throws std::runtime_error naming a missing, unexpected or mis-shaped
-  // entry, with nothing modified.
+  // entry, on every rank alike (each checks the whole state), with nothing modified.
   void load_state(const NamedTensors& state);
 
  private:

@@ -26,6 +26,9 @@ struct AdamStep {
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
+  // The moments start at 0, so after t steps m is (1 - beta1^t) times a weighted mean of the
+  // gradients (the weights (1 - beta1) beta1^k sum to 1 - beta1^t): dividing by that undoes the
+  // pull towards 0 of the early steps (Kingma & Ba, Adam, section 3).
   double bias_correction1 = 1;  // 1 - beta1^t, t the step number (t = 1 at the first step)
   double bias_correction2 = 1;  // 1 - beta2^t
   double grad_scale = 1;        // the gradient is read as grad * grad_scale (global-norm clipping)

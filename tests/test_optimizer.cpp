@@ -423,6 +423,19 @@ TEST_CASE("loading optimizer state names the bad entry and changes nothing", "[o
   }
 }
 
+TEST_CASE("state_layout describes state() without an optimizer", "[optim]") {
+  Toy toy(31, deit::DType::f64);
+  const NamedTensors state = deit::AdamW(toy.params, OptimizerOptions{}).state();
+  const std::vector<deit::TensorLayout> layout = deit::Optimizer::state_layout(toy.params);
+  REQUIRE(layout.size() == state.size());
+  for (size_t i = 0; i < state.size(); ++i) {
+    INFO("entry " << i << ", " << state[i].first);
+    CHECK(layout[i].name == state[i].first);
+    CHECK(layout[i].shape == state[i].second.shape());
+    CHECK(layout[i].dtype == state[i].second.dtype());
+  }
+}
+
 TEST_CASE("optimizer step rejects non-finite and mismatched gradients untouched", "[optim]") {
   Toy toy(31, deit::DType::f32);
   deit::AdamW adamw(toy.params, OptimizerOptions{});

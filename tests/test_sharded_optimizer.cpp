@@ -1,6 +1,8 @@
 // engine/sharded_optimizer.h without a second rank: what a sharded optimizer asks of its
 // communicator, with a one-rank stand-in whose collectives run (so the state is sharded, to the
-// one rank) and which counts the waits for the device. Several ranks: test_distributed_train.cpp.
+// one rank) and which counts the waits for the device; how the parameters are shared out; and
+// what rank 1 of two does on its own (a stand-in whose collectives never run) when it loads a
+// state. Several ranks: test_distributed_train.cpp.
 #include <catch2/catch.hpp>
 #include <string>
 
@@ -41,4 +43,86 @@ TEST_CASE("a sharded optimizer's gathered state reaches the host through the tim
     INFO(name);
     CHECK(tensor.device().is_cpu());
   }
+}
+
+namespace {
+
+// Rank 1 of a world of 2 whose collectives never run: enough for what a sharded optimizer does
+// without its peers (sharding, loading a state), and a failure if it ever tried to communicate.
+class SecondRankCommunicator final : public Communicator {
+ public:
+  SecondRankCommunicator() : Communicator(Device::cpu(), 1, 2, 1) {}
+  const char* backend() const override { return "second rank"; }
+  void barrier() override { FAIL("barrier"); }
+
+ protected:
+  void all_reduce_flat(const Tensor&, ReduceOp) override { FAIL("all_reduce"); }
+  void broadcast_flat(const Tensor&, int) override { FAIL("broadcast"); }
+  void reduce_scatter_flat(const Tensor&, const std::vector<int64_t>&, ReduceOp) override {
+    FAIL("reduce_scatter");
+  }
+  void all_gather_flat(const Tensor&, const std::vector<int64_t>&) override { FAIL("all_gather"); }
+};
+
+}  // namespace
+
+TEST_CASE("partition_parameters: contiguous owners in range, even with no elements to share",
+          "[optimizer][comm]") {
+  ParameterRegistry params;
+  params.add("a", Tensor::zeros({4}), true);
+  params.add("b", Tensor::zeros({4}), true);
+  CHECK(partition_parameters(params, 2) == std::vector<int>{0, 1});
+  CHECK(partition_parameters(params, 1) == std::vector<int>{0, 0});
+  // Fewer tensors than ranks: whole tensors, so some ranks own nothing.
+  CHECK(partition_parameters(params, 4) == std::vector<int>{1, 3});
+
+  // Nothing to share out (0 / 0 elements): every tensor stays with rank 0.
+  ParameterRegistry empty;
+  empty.add("e", Tensor::zeros({0}), true);
+  empty.add("f", Tensor::zeros({0, 3}), false);
+  CHECK(partition_parameters(empty, 2) == std::vector<int>{0, 0});
+}
+
+TEST_CASE("a sharded optimizer checks the whole state on every rank before loading its share",
+          "[optimizer][comm]") {
+  // Rank 1 owns b only. A state without one of rank 0's entries must stop rank 1 too, with its
+  // share untouched: a rank that loaded and went on would wait for rank 0 in its first collective.
+  ParameterRegistry params;
+  params.add("a", Tensor::zeros({4}), true);
+  params.add("b", Tensor::zeros({4}), true);
+  SecondRankCommunicator comm;
+  ShardedOptimizer optimizer("adamw", params, OptimizerOptions{}, comm, /*shard_state=*/true);
+  REQUIRE(optimizer.sharded());
+  REQUIRE(optimizer.owned() == std::vector<size_t>{1});
+
+  const auto whole_state = [] {
+    NamedTensors state{{"step", Tensor::from_vector<int32_t>({3}, {1})}};
+    for (const char* name : {"a", "b"}) {
+      const std::string p = name;
+      state.emplace_back(p + ".exp_avg", Tensor::full({4}, 0.5f));
+      state.emplace_back(p + ".exp_avg_sq", Tensor::full({4}, 0.25f));
+      state.emplace_back(p + ".step", Tensor::from_vector<int32_t>({3}, {1}));
+    }
+    return state;
+  };
+  const auto without = [&](const std::string& name) {
+    NamedTensors state;
+    for (const auto& entry : whole_state())
+      if (entry.first != name) state.push_back(entry);
+    return state;
+  };
+  const auto misshaped = [&](const std::string& name) {
+    NamedTensors state = whole_state();
+    for (auto& entry : state)
+      if (entry.first == name) entry.second = Tensor::zeros({5});
+    return state;
+  };
+  CHECK_THROWS_WITH(optimizer.load_state(without("a.exp_avg")),
+                    Catch::Contains("missing entry 'a.exp_avg'"));
+  CHECK_THROWS_WITH(optimizer.load_state(misshaped("a.exp_avg_sq")),
+                    Catch::Contains("'a.exp_avg_sq'"));
+  CHECK(optimizer.step_count() == 0);
+
+  optimizer.load_state(whole_state());
+  CHECK(optimizer.step_count() == 3);
 }
