@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 
 #include "apps/commands.h"
@@ -93,13 +94,39 @@ void run_demo(const DemoOptions& d, const std::string& program) {
   const data::MadeFolder out_folder(d.out);
   const train::OutputLock one_demo(d.out, "--out");
   const std::string data_dir = (fs::path(d.out) / "data").string();
+  const train::TrainOptions o = demo_recipe(d, data_dir);
+  o.validate();  // before the previous run is removed
+  // A demo starts over: the previous demo run's log and checkpoint would otherwise mix with this
+  // one's (deit train appends to log.txt, as the reference code does). A folder that is no demo
+  // run is refused before the dataset is made, which takes a while; the run is removed after, so
+  // that a dataset the demo refuses to replace leaves it too.
+  const fs::path run_dir = o.output_dir;
+  std::optional<train::OutputLock> run_lock;
+  bool previous_run = false;
+  if (fs::exists(run_dir)) {
+    // Under the run's own lock: a deit train still writing there (the demo run resumed by hand)
+    // is refused, not removed.
+    run_lock.emplace(run_dir, "--out");
+    previous_run =
+        fs::exists(run_dir / "log.txt") || fs::exists(run_dir / "checkpoint.safetensors");
+    if (!previous_run && !holds_only_leftovers_of_a_killed_run(run_dir))
+      throw std::runtime_error(o.output_dir +
+                               " exists and is not a demo run; give deit demo "
+                               "another --out");
+  }
   data::SyntheticOptions synthetic;
   synthetic.seed = d.seed;
   const std::string difference = data::synthetic_dataset_difference(data_dir, synthetic);
   if (!difference.empty()) {
-    // Only a synthetic dataset (of another seed, or damaged) is replaced, never a folder of
-    // someone else's.
+    // Only a synthetic dataset (of another seed, or damaged) is replaced, and only while it holds
+    // nothing else: never a folder of someone else's, nor a file someone put in the demo's.
     if (fs::exists(fs::path(data_dir) / "synthetic.json")) {
+      const std::string foreign = data::first_file_not_synthetic(data_dir);
+      if (!foreign.empty())
+        throw std::runtime_error(data_dir + " is not the demo's dataset (" + difference +
+                                 ") and holds what the demo did not make (" + foreign +
+                                 "): not removing it to make the dataset again; move that out "
+                                 "or give deit demo another --out");
       std::fprintf(stderr, "%s is not the demo's dataset (%s): making it again\n", data_dir.c_str(),
                    difference.c_str());
       fs::remove_all(data_dir);
@@ -110,25 +137,11 @@ void run_demo(const DemoOptions& d, const std::string& program) {
     std::fprintf(stderr, "making the synthetic dataset in %s ...\n", data_dir.c_str());
     data::generate_synthetic_dataset(data_dir, synthetic);
   }
-  const train::TrainOptions o = demo_recipe(d, data_dir);
-  o.validate();  // before the previous run is removed
-  // A demo starts over: the previous demo run's log and checkpoint would otherwise mix with this
-  // one's (deit train appends to log.txt, as the reference code does).
-  const fs::path run_dir = o.output_dir;
-  if (fs::exists(run_dir)) {
-    // Under the run's own lock: a deit train still writing there (the demo run resumed by hand)
-    // is refused, not removed.
-    const train::OutputLock run_lock(run_dir, "--out");
-    if (fs::exists(run_dir / "log.txt") || fs::exists(run_dir / "checkpoint.safetensors")) {
+  if (run_lock) {
+    if (previous_run)
       std::fprintf(stderr, "replacing the previous demo run in %s\n", o.output_dir.c_str());
-      fs::remove_all(run_dir);
-    } else if (holds_only_leftovers_of_a_killed_run(run_dir)) {
-      fs::remove_all(run_dir);
-    } else {
-      throw std::runtime_error(o.output_dir +
-                               " exists and is not a demo run; give deit demo "
-                               "another --out");
-    }
+    fs::remove_all(run_dir);
+    run_lock.reset();
   }
   // As one process, whatever launch variables it inherited: main refuses a launch of several, and
   // a stray one (RANK alone) describes no launch of the demo's.

@@ -263,6 +263,45 @@ std::string synthetic_dataset_difference(const std::string& dir, const Synthetic
   return "";
 }
 
+std::string first_file_not_synthetic(const std::string& dir) {
+  const auto is_class_name = [](const std::string& name) {
+    const auto& names = synthetic_class_names();
+    return std::find(names.begin(), names.end(), name) != names.end();
+  };
+  const auto is_image_of = [](const std::string& name, const std::string& class_name) {
+    const std::string prefix = class_name + "_", suffix = ".png";
+    constexpr size_t kDigits = 5;  // image_file_name's %05d
+    if (name.size() != prefix.size() + kDigits + suffix.size() || name.rfind(prefix, 0) != 0 ||
+        name.compare(prefix.size() + kDigits, suffix.size(), suffix) != 0)
+      return false;
+    return std::all_of(name.begin() + prefix.size(), name.begin() + prefix.size() + kDigits,
+                       [](char c) { return c >= '0' && c <= '9'; });
+  };
+  std::error_code error;
+  fs::recursive_directory_iterator it(dir, error), end;
+  for (; !error && it != end; it.increment(error)) {
+    const fs::path& path = it->path();
+    const std::string name = path.filename().string();
+    const fs::file_type type = it->symlink_status(error).type();
+    bool made_here = false;
+    switch (it.depth()) {
+      case 0:
+        made_here =
+            (name == "synthetic.json" && type == fs::file_type::regular) ||
+            ((name == kSplits[0] || name == kSplits[1]) && type == fs::file_type::directory);
+        break;
+      case 1:
+        made_here = is_class_name(name) && type == fs::file_type::directory;
+        break;
+      default:  // 2: the recursion stops at files
+        made_here = is_image_of(name, path.parent_path().filename().string()) &&
+                    type == fs::file_type::regular;
+    }
+    if (!made_here) return path.string();
+  }
+  return error ? dir + " (cannot be listed: " + error.message() + ")" : "";
+}
+
 void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& options) {
   validate(options);
   std::error_code error;
@@ -299,7 +338,10 @@ void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& 
       if (!first_error) first_error = std::current_exception();
     }
   }
-  if (first_error) std::rethrow_exception(first_error);
+  if (first_error) {
+    fs::remove_all(partial, error);  // most often a full disk, which the half-made copy would keep
+    std::rethrow_exception(first_error);
+  }
 
   write_manifest(partial / "synthetic.json", options);
   fs::rename(partial, dir, error);

@@ -48,4 +48,10 @@ void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& 
 // or "" when it is. Files are checked by name and count, not decoded.
 std::string synthetic_dataset_difference(const std::string& dir, const SyntheticOptions& options);
 
+// The first file or folder under DIR that generate_synthetic_dataset, with any options, does not
+// make (its synthetic.json, train/ and val/, their class folders and <class>_NNNNN.png files), or
+// "" when there is none: whether a dataset of other settings may be removed to be made again
+// without taking a file of someone else's with it.
+std::string first_file_not_synthetic(const std::string& dir);
+
 }  // namespace deit::data

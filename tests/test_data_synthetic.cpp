@@ -91,3 +91,36 @@ TEST_CASE("A synthetic dataset that lost or gained files, or another seed's, is 
   std::filesystem::rename(dir.path() + "/rays", root + "/val/rays");
   CHECK(synthetic_dataset_difference(root, small_options(3)).empty());
 }
+
+TEST_CASE("What the synthetic dataset's generator did not make is found", "[data]") {
+  TempDir dir;
+  const std::string root = dir.path() + "/synthetic";
+  generate_synthetic_dataset(root, small_options(3));
+  CHECK(first_file_not_synthetic(root).empty());
+  // A file missing is a damaged dataset, not a foreign file.
+  std::filesystem::remove(root + "/val/rays/rays_00001.png");
+  CHECK(first_file_not_synthetic(root).empty());
+
+  const std::vector<uint8_t> image = read_bytes(root + "/val/rays/rays_00000.png");
+  const std::string foreign[] = {root + "/notes.txt",
+                                 root + "/test",
+                                 root + "/train/zz_mine",  // a class of the user's
+                                 root + "/train/disc/extra.png",
+                                 root + "/val/rays/rays_1.png",
+                                 root + "/val/rays/disc_00000.png",
+                                 root + "/val/rays/rays_0000x.png",
+                                 root + "/train/disc/disc_00009.png.bak"};
+  for (const std::string& path : foreign) {
+    INFO(path);
+    if (!std::filesystem::path(path).has_extension())
+      std::filesystem::create_directories(path);
+    else
+      deit::test::write_bytes(path, image);
+    CHECK(first_file_not_synthetic(root) == path);
+    std::filesystem::remove_all(path);
+  }
+  // A link, even to a file of the dataset's, is not one the generator makes.
+  std::filesystem::create_symlink(root + "/val/rays/rays_00000.png",
+                                  root + "/val/rays/rays_00007.png");
+  CHECK(first_file_not_synthetic(root) == root + "/val/rays/rays_00007.png");
+}

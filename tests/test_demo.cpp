@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/synthetic.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
 #include "train/output_lock.h"
@@ -71,6 +72,42 @@ TEST_CASE("deit demo leaves a data folder that is not its own alone", "[demo]") 
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("is not a deit synthetic dataset"));
   CHECK(std::filesystem::exists(mine));
+}
+
+TEST_CASE("deit demo makes its dataset again only while it holds nothing else", "[demo]") {
+  // A synthetic dataset of other settings, to which someone added a class and a note, beside a
+  // previous demo run: refused before anything is made or removed, all of it left as it was.
+  deit::test::TempDir dir;
+  const std::string out = dir.file("demo");
+  deit::data::SyntheticOptions other;
+  other.train_per_class = 2;
+  other.val_per_class = 1;
+  deit::data::generate_synthetic_dataset(out + "/data", other);
+  const std::string added = out + "/data/train/zz_mine/photo.png";
+  std::filesystem::create_directories(out + "/data/train/zz_mine");
+  std::filesystem::copy_file(out + "/data/train/disc/disc_00000.png", added);
+  std::filesystem::create_directories(out + "/run");
+  std::ofstream(out + "/run/log.txt") << "{}\n";
+  const CliResult r = run_deit("demo --epochs 1 --quiet --out " + out);
+  INFO(r.output);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("holds what the demo did not make (" + out + "/data/train/zz_mine)") &&
+                 Catch::Contains("not removing it"));
+  CHECK(std::filesystem::exists(added));
+  CHECK(std::filesystem::exists(out + "/data/synthetic.json"));
+  CHECK(std::filesystem::exists(out + "/run/log.txt"));
+
+  // A run folder that is no demo run's is refused before the dataset is made, not after.
+  const std::string fresh = dir.file("fresh");
+  std::filesystem::create_directories(fresh + "/run");
+  std::ofstream(fresh + "/run/notes.txt") << "mine";
+  const CliResult refused = run_deit("demo --epochs 1 --quiet --out " + fresh);
+  INFO(refused.output);
+  CHECK(refused.exit_code != 0);
+  CHECK_THAT(refused.output, Catch::Contains("exists and is not a demo run"));
+  CHECK_FALSE(std::filesystem::exists(fresh + "/data"));
+  CHECK(std::filesystem::exists(fresh + "/run/notes.txt"));
 }
 
 TEST_CASE("deit demo runs one at a time in its folder, and clears a killed demo's run",
