@@ -2,6 +2,8 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "engine/rendezvous.h"
@@ -16,11 +18,27 @@ void override_with(const std::optional<T>& flag, T& value) {
   if (flag) value = *flag;
 }
 
-// A boolean recipe switch with its negation: --NAME / --no-NAME.
+// A boolean recipe switch with its negation: --NAME / --no-NAME, the last given winning, as a
+// value given twice does. CLI11 runs the callbacks in the order the options were added, not the
+// order they were given, so each looks up which of the two came last.
 void add_switch(CLI::App& cmd, std::optional<bool>& value, const std::string& name,
                 const std::string& help) {
-  cmd.add_flag_callback("--" + name, [&value] { value = true; }, help);
-  cmd.add_flag_callback("--no-" + name, [&value] { value = false; }, "Turn off --" + name);
+  struct Pair {
+    CLI::Option* on = nullptr;
+    CLI::Option* off = nullptr;
+  };
+  auto pair = std::make_shared<Pair>();
+  auto settle = [&cmd, &value, pair] {
+    const std::vector<CLI::Option*>& given = cmd.parse_order();
+    for (auto it = given.rbegin(); it != given.rend(); ++it) {
+      if (*it == pair->on || *it == pair->off) {
+        value = *it == pair->on;
+        return;
+      }
+    }
+  };
+  pair->on = cmd.add_flag_callback("--" + name, settle, help);
+  pair->off = cmd.add_flag_callback("--no-" + name, settle, "Turn off --" + name);
 }
 
 }  // namespace

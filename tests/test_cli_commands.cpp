@@ -95,6 +95,24 @@ TEST_CASE(
                                       !Catch::Contains("WORLD_SIZE"));
 }
 
+TEST_CASE("of a value or a switch given twice, the last given counts", "[cli]") {
+  // So that a script can append an override to a command line.
+  const std::string dry_run = "train --model deit3_tiny --data nowhere --output nowhere --dry-run ";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--epochs 3 --epochs 5", "\"epochs\": 5"},
+      {"--no-src --src", "\"src\": true"},
+      {"--src --no-src", "\"src\": false"},
+      {"--no-repeated-aug --zero --repeated-aug", "\"repeated_aug\": true"},
+      {"--bce-loss --no-bce-loss --smoothing 0.1", "\"bce_loss\": false"},
+      {"--no-model-ema --model-ema --no-model-ema", "\"model_ema\": false"}};
+  for (const auto& [args, expected] : cases) {
+    const CliResult r = run_deit(dry_run + args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.exit_code == 0);
+    CHECK_THAT(r.output, Catch::Contains(expected));
+  }
+}
+
 TEST_CASE("a command line that does not parse is an error like any other, exit code 1", "[cli]") {
   const CliResult r = run_deit("info --model deit3_small --input-size big");
   CHECK(r.exit_code == 1);
