@@ -12,6 +12,7 @@
 
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
+#include "apps/reference_flags.h"
 #include "engine/allocator.h"
 #include "engine/rendezvous.h"
 
@@ -117,6 +118,16 @@ int main(int argc, char** argv) {
       return 1;
     }
     app.parse(argc, argv);
+  } catch (const CLI::ExtrasError&) {
+    // CLI11 2.1 lists them last first ("/x --data-path"): in the order given, with notes for the
+    // reference code's.
+    std::string extras;
+    for (const std::string& arg : app.remaining(true)) extras += " " + arg;
+    std::fprintf(stderr, "%sarguments this command does not take:%s (--help lists the options)\n",
+                 error_prefix().c_str(), extras.c_str());
+    for (const std::string& note : deit::apps::reference_option_notes(app.remaining(true)))
+      std::fprintf(stderr, "deit: note: %s\n", note.c_str());
+    return 1;
   } catch (const CLI::ParseError& e) {
     // --help and --version come this way too, to print and exit 0. A command line that does not
     // parse is an error like any other: its message, exit code 1.

@@ -113,6 +113,30 @@ TEST_CASE("of a value or a switch given twice, the last given counts", "[cli]") 
   }
 }
 
+TEST_CASE("the reference code's options are answered with deit's", "[cli]") {
+  // README_revenge.md's pre-training command, as far as deit differs.
+  const CliResult r = run_deit(
+      "train --model deit3_base --data-path /imagenet --batch 256 --unscale-lr --reprob 0.0 "
+      "--output_dir out --ThreeAugment --sched cosine --drop 0.0 --nodes 8 --ngpus 8 --frobnicate");
+  INFO(r.output);
+  CHECK(r.exit_code == 1);
+  // The arguments in the order given (CLI11 2.1 lists them last first).
+  CHECK_THAT(r.output, Catch::Contains("does not take: --data-path /imagenet --batch 256 "
+                                       "--unscale-lr --reprob 0.0 --output_dir out"));
+  for (const char* note :
+       {"--data-path is --data here", "--batch (argparse's abbreviation",
+        "--unscale-lr is how deit always reads --lr", "--reprob (random erasing)",
+        "--output_dir is --output here", "--ThreeAugment is --three-augment",
+        "--sched has one value", "--drop (dropout)", "--nodes", "--ngpus"})
+    CHECK_THAT(r.output, Catch::Contains("deit: note: the reference code's " + std::string(note)));
+  CHECK_THAT(r.output, !Catch::Contains("reference code's --frobnicate"));
+  const CliResult opt = run_deit(
+      "train --model deit3_base --data nowhere --output nowhere --dry-run --opt fusedlamb");
+  CHECK(opt.exit_code == 1);
+  CHECK_THAT(opt.output,
+             Catch::Contains("the reference code's fusedlamb, apex's FusedLAMB, is lamb"));
+}
+
 TEST_CASE("a command line that does not parse is an error like any other, exit code 1", "[cli]") {
   const CliResult r = run_deit("info --model deit3_small --input-size big");
   CHECK(r.exit_code == 1);

@@ -195,7 +195,10 @@ void TrainOptions::validate() const {
     fail("--batch-size must be even with mixup/cutmix (samples are mixed in pairs), got " +
          std::to_string(batch_size));
   if (accum_steps < 1) fail("--accum-steps must be at least 1, got " + std::to_string(accum_steps));
-  if (opt != "lamb" && opt != "adamw") fail("--opt must be lamb or adamw, got '" + opt + "'");
+  if (opt != "lamb" && opt != "adamw")
+    fail("--opt must be lamb or adamw, got '" + opt + "'" +
+         (opt == "fusedlamb" ? " (the reference code's fusedlamb, apex's FusedLAMB, is lamb here)"
+                             : ""));
   // Every checkpoint saves the settings as JSON text: a path that is not UTF-8 (the data's, made
   // absolute, includes the working folder's) would stop the run at its first save.
   const nlohmann::json saved = to_json();  // items() refers to it: it must outlive the loop
