@@ -111,8 +111,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--mixup-switch-prob", mixup_switch_prob, "Probability of CutMix over mixup (0.5)");
   cmd.add_option("--mixup-prob", mixup_prob, "Probability that a batch is mixed at all (1.0)");
   cmd.add_option("--smoothing", smoothing,
-                 "Label smoothing (0, but 0.1 where the recipe's loss is cross-entropy); for "
-                 "--no-bce-loss, as BCE binarises its targets");
+                 "Label smoothing (0, but 0.1 where the recipe's loss is cross-entropy and "
+                 "--bce-loss is not given); for --no-bce-loss, as BCE binarises its targets");
   add_switch(cmd, bce_loss, "bce-loss",
              "Binary cross-entropy on binarised targets (pretrain's "
              "choice); off: soft-target cross-entropy");
@@ -260,6 +260,9 @@ train::TrainOptions TrainFlags::resolve() const {
   override_with(aa, o.aa);
   override_with(src, o.src);
   override_with(repeated_aug, o.repeated_aug);
+  // BCE takes no smoothing (validate() says why): --bce-loss over a stage whose cross-entropy
+  // smooths (in21k-pretrain) leaves the stage's smoothing behind, as --aa does its jitter.
+  if (bce_loss && *bce_loss && !smoothing) o.smoothing = 0;
   override_with(bce_loss, o.bce_loss);
   override_with(model_ema, o.model_ema);
   override_with(seed, o.seed);

@@ -113,6 +113,21 @@ TEST_CASE("of a value or a switch given twice, the last given counts", "[cli]") 
   }
 }
 
+TEST_CASE("--bce-loss over a stage whose cross-entropy smooths leaves the smoothing behind",
+          "[cli]") {
+  const std::string dry_run =
+      "train --model deit3_tiny --data nowhere --output nowhere --dry-run --recipe in21k-pretrain ";
+  CHECK_THAT(run_deit(dry_run).output, Catch::Contains("\"smoothing\": 0.1"));
+  const CliResult bce = run_deit(dry_run + "--bce-loss");
+  INFO(bce.output);
+  CHECK(bce.exit_code == 0);
+  CHECK_THAT(bce.output, Catch::Contains("\"smoothing\": 0.0"));
+  // Smoothing asked for as well is still refused, naming why.
+  const CliResult both = run_deit(dry_run + "--bce-loss --smoothing 0.1");
+  CHECK(both.exit_code == 1);
+  CHECK_THAT(both.output, Catch::Contains("would make every target 1"));
+}
+
 TEST_CASE("the reference code's options are answered with deit's", "[cli]") {
   // README_revenge.md's pre-training command, as far as deit differs.
   const CliResult r = run_deit(
