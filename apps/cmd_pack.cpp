@@ -9,6 +9,7 @@
 
 #include "apps/commands.h"
 #include "apps/removed_on_interrupt.h"
+#include "data/made_folder.h"
 #include "data/pack.h"
 #include "data/prefetch.h"
 #include "data/shard.h"
@@ -75,8 +76,12 @@ void run_pack(const PackCommandOptions& options) {
                  "dataset packs a split at a time: --src %s --out %s\n",
                  options.src.c_str(), (src / "train").c_str(), (src / "train.shard").c_str());
   note_other_partial_shards(options.out);
-  // Stopped, the pack leaves nothing: its shard is written whole or not at all.
-  const RemovedOnInterrupt interrupted({data::ShardWriter::partial_path(options.out)});
+  // Stopped, the pack leaves nothing: its shard is written whole or not at all, and the folders
+  // made for it are removed again.
+  const data::MadeFolder out_folder(std::filesystem::path(options.out).parent_path().string());
+  std::vector<std::string> removed = {data::ShardWriter::partial_path(options.out)};
+  for (const std::string& folder : out_folder.made()) removed.push_back(folder);
+  const RemovedOnInterrupt interrupted(removed);
   PackProgressLine progress;
   const data::PackSummary summary = data::pack_image_folder(
       options.src, options.out, options.pack,

@@ -33,4 +33,14 @@ MadeFolder::~MadeFolder() {
     if (p == outermost_) break;
 }
 
+std::vector<std::string> MadeFolder::made() const {
+  std::vector<std::string> folders;
+  if (outermost_.empty()) return folders;
+  for (fs::path p = dir_;; p = p.parent_path()) {
+    folders.push_back(p.string());
+    if (p == outermost_) break;
+  }
+  return folders;
+}
+
 }  // namespace deit::data

@@ -3,6 +3,7 @@
 #pragma once
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace deit::data {
 
@@ -16,6 +17,9 @@ class MadeFolder {
   explicit MadeFolder(const std::string& dir);
   ~MadeFolder();
   MadeFolder(const MadeFolder&) = delete;
+  // The folders it made, innermost first (none when `dir` was there): what a command stopped by a
+  // signal removes, where still empty (apps/removed_on_interrupt.h), as no destructor runs then.
+  std::vector<std::string> made() const;
   MadeFolder& operator=(const MadeFolder&) = delete;
 
  private:
