@@ -146,7 +146,7 @@ void run_demo(const DemoOptions& d, const std::string& program) {
   // As one process, whatever launch variables it inherited: main refuses a launch of several, and
   // a stray one (RANK alone) describes no launch of the demo's.
   const std::unique_ptr<Communicator> alone = make_communicator(parse_device(o.device), {});
-  report_training(train::train(o, *alone));
+  report_training(train::train(o, *alone), program);
   std::printf("next: %s eval --checkpoint %s --data %s --per-class\n",
               shell_quoted(program).c_str(),
               shell_quoted((fs::path(d.out) / "run" / "checkpoint.safetensors").string()).c_str(),

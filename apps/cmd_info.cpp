@@ -116,7 +116,8 @@ nlohmann::ordered_json run_to_json(const SavedRun& run) {
   return j;
 }
 
-void print_run(const SavedRun& run) {
+// `program`: how deit was started (argv[0]), so that the command to go on runs as printed.
+void print_run(const SavedRun& run, const std::string& program) {
   const train::RunState& s = run.state;
   const int64_t epochs = s.options.value("epochs", int64_t{0});
   std::printf("checkpoint       %s\n", run.path.c_str());
@@ -151,7 +152,8 @@ void print_run(const SavedRun& run) {
     std::printf("                   %s %s (recipe: %s)\n", d.key.c_str(), d.saved.dump().c_str(),
                 d.now.dump().c_str());
   if (s.epochs_done < epochs) {
-    std::printf("continue         deit train --resume %s", shell_quoted(run.path).c_str());
+    std::printf("continue         %s train --resume %s", shell_quoted(program).c_str(),
+                shell_quoted(run.path).c_str());
     if (s.world_size > 1)
       std::printf("  (launched as this run was, %lld processes)", (long long)s.world_size);
     std::printf("\n");
@@ -159,7 +161,7 @@ void print_run(const SavedRun& run) {
     std::printf("finished         (--resume with a larger --epochs trains further)\n");
 }
 
-void run_info(InfoOptions opts) {
+void run_info(InfoOptions opts, const std::string& program) {
   if (opts.model.model.empty() && opts.checkpoint.empty())
     throw std::runtime_error("--model or --checkpoint is required");
   std::optional<SavedRun> run;
@@ -227,7 +229,7 @@ void run_info(InfoOptions opts) {
   if (opts.grad_checkpointing)
     std::printf("recompute        +%.1f MiB per image (bf16) while backward recomputes a block\n",
                 recompute_bf16 / MiB);
-  if (run) print_run(*run);
+  if (run) print_run(*run, program);
 }
 
 }  // namespace
@@ -254,7 +256,8 @@ void add_info_command(CLI::App& app) {
   cmd->add_flag("--json", opts->json,
                 "Print one JSON object (fields include params, gmacs; with --checkpoint, a "
                 "\"checkpoint\" object, whose epoch numbers count from 0 as log.txt's do)");
-  cmd->callback([opts] { run_info(*opts); });
+  // CLI11 names the top-level app after argv[0] as it parses.
+  cmd->callback([opts, cmd] { run_info(*opts, cmd->get_parent()->get_name()); });
 }
 
 }  // namespace deit::apps

@@ -15,7 +15,7 @@ namespace deit::apps {
 
 namespace {
 
-void print_stop(const train::TrainSummary& s) {
+void print_stop(const train::TrainSummary& s, const std::string& program) {
   const train::StoppedAt& at = s.stop;
   std::string received = train::signal_name(at.signal);
   if (s.world_size > 1) received += " on rank " + std::to_string(at.rank);
@@ -27,7 +27,8 @@ void print_stop(const train::TrainSummary& s) {
   std::printf("checkpoint %s holds the run there\n", s.checkpoint.c_str());
   std::error_code ec;
   if (std::filesystem::exists(s.log, ec)) std::printf("log        %s\n", s.log.c_str());
-  std::printf("continue:  deit train --resume %s", shell_quoted(s.checkpoint).c_str());
+  std::printf("continue:  %s train --resume %s", shell_quoted(program).c_str(),
+              shell_quoted(s.checkpoint).c_str());
   if (s.world_size > 1) std::printf("  (launched as this run was, %d processes)", s.world_size);
   std::printf("\n");
 }
@@ -53,11 +54,16 @@ void print_summary(const train::TrainSummary& s) {
 
 }  // namespace
 
-void report_training(const train::TrainSummary& s) {
+void report_training(const train::TrainSummary& s, const std::string& program) {
   // A run that had finished when the signal came ends as finished runs do (a job script that
   // resumes after a stop signal would otherwise resume a run with nothing left to train).
   const bool cut_short = s.stop.signal != 0 && !s.stop.finished;
-  if (s.rank == 0) (cut_short ? print_stop : print_summary)(s);  // once per run
+  if (s.rank == 0) {  // once per run
+    if (cut_short)
+      print_stop(s, program);
+    else
+      print_summary(s);
+  }
   if (cut_short) throw EndBySignal{s.stop.signal};
 }
 
@@ -69,15 +75,17 @@ void add_train_command(CLI::App& app) {
               "\nCtrl-C, SIGTERM or SIGUSR1 stops a run after the optimizer step it is in, with a "
               "checkpoint of that step; --resume continues from there (a second signal stops at "
               "once).");
-  cmd->callback([flags] {
+  // CLI11 names the top-level app after argv[0] as it parses.
+  cmd->callback([flags, cmd] {
     const train::TrainOptions options = flags->resolve();
-    if (!flags->dry_run) return report_training(train::train(options));
+    if (!flags->dry_run)
+      return report_training(train::train(options), cmd->get_parent()->get_name());
     train::check_before_data(options);
     if (!options.resume.empty())
       train::warn_of_course_changes(options, model::read_checkpoint_header(options.resume)
                                                  .state.value("options", nlohmann::json::object()));
     nlohmann::json settings = options.to_json();
-    if (!options.num_classes_given) settings["num_classes"] = "the dataset's";
+    if (!options.num_classes_given) settings["num_classes"] = nullptr;  // the dataset's, unread
     std::printf("%s\n", settings.dump(2).c_str());
   });
 }

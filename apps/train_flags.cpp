@@ -162,7 +162,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
   cmd.add_flag("--quiet", quiet, "No progress output");
   cmd.add_flag("--dry-run", dry_run,
                "Print the settings the run would start with (JSON, under the names its checkpoint "
-               "saves) and exit, reading neither data nor weights; refused as the run would be "
+               "saves; num_classes null: the dataset's) and exit, reading neither data nor "
+               "weights; refused as the run would be "
                "for bad settings or an --output that holds another run (not for a missing GPU)");
 }
 

@@ -45,7 +45,8 @@ struct TrainFlags {
 
 // The end-of-run report of `deit train` and `deit demo`, on rank 0: accuracy, time, where things
 // are. A run a signal stopped reports where it saved and how to go on, and ends deit as the
-// signal would have (throws EndBySignal, on every rank).
-void report_training(const train::TrainSummary& summary);
+// signal would have (throws EndBySignal, on every rank). `program`: how deit was started (argv[0]),
+// so that the command printed to go on runs as shown.
+void report_training(const train::TrainSummary& summary, const std::string& program);
 
 }  // namespace deit::apps

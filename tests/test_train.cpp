@@ -404,7 +404,8 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
   CHECK_THAT(signalled->output, Catch::Contains("deit: stopping once this optimizer step") &&
                                     Catch::Contains("stopped by SIGTERM in epoch 2, after ") &&
                                     Catch::Contains(" of its 24 batches") &&
-                                    Catch::Contains("continue:  deit train --resume " + stopped));
+                                    Catch::Contains("continue:  " + std::string(DEIT_BINARY) +
+                                                    " train --resume " + stopped));
   // Where a step ends: after an even number of batches.
   const nlohmann::json at =
       model::read_checkpoint_header(stopped + "/checkpoint.safetensors").state.at("within_epoch");
@@ -438,8 +439,8 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
              Catch::Contains("trained          1 of 3 epochs, then " +
                              std::to_string(batches_done) + " of the 24 batches of epoch 2 (" +
                              std::to_string(4 * batches_done) + " images)") &&
-                 Catch::Contains("continue         deit train --resume " + stopped +
-                                 "/checkpoint.safetensors"));
+                 Catch::Contains("continue         " + std::string(DEIT_BINARY) +
+                                 " train --resume " + stopped + "/checkpoint.safetensors"));
   const CliResult r = run_deit("train --resume " + stopped + "/checkpoint.safetensors");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
@@ -1176,10 +1177,10 @@ TEST_CASE("a stopped run's way to continue is quoted for the shell where it has 
   REQUIRE(stopped);
   INFO(stopped->output);
   const std::string quoted = "'" + dir.path() + "/it'\\''s a run/checkpoint.safetensors'";
-  const std::string line = "continue:  deit train --resume " + quoted + "\n";
-  REQUIRE_THAT(stopped->output, Catch::Contains(line));
+  const std::string command = std::string(DEIT_BINARY) + " train --resume " + quoted;
+  REQUIRE_THAT(stopped->output, Catch::Contains("continue:  " + command + "\n"));
   // The command as printed, pasted into a shell, goes on with the run.
-  const CliResult r = run_deit("train --resume " + quoted + " --quiet");
+  const CliResult r = test::run_shell(command + " --quiet");
   INFO(r.output);
   CHECK(r.exit_code == 0);
   CHECK(test::log_lines(out + "/log.txt").size() == 1);
