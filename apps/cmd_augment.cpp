@@ -20,6 +20,7 @@
 #include "data/augment_params.h"
 #include "data/image.h"
 #include "data/image_source.h"
+#include "data/made_folder.h"
 #include "data/sampler.h"
 #include "data/transforms.h"
 #include "engine/rng.h"
@@ -76,6 +77,7 @@ void run_ops(const AugmentCommandOptions& options) {
                                   " of " + std::to_string(options.ops.size()) + "): " + e.what());
     }
   }
+  const data::MadeFolder out_folder(std::filesystem::path(options.out).parent_path().string());
   data::write_png(options.out, image);
   std::printf("wrote %s (%d x %d)\n", options.out.c_str(), image.width, image.height);
 }
@@ -143,6 +145,7 @@ void run_grid(const AugmentCommandOptions& options) {
       ++tiles;
     }
   }
+  const data::MadeFolder grid_folder(std::filesystem::path(options.grid).parent_path().string());
   data::write_png(options.grid, grid);
   std::printf(
       "wrote %s: %d training view%s (%d x %d tiles of %d px, %s, %s, seed %llu) from %zu images "

@@ -42,6 +42,21 @@ TEST_CASE("deit augment applies named ops in order, as the library does", "[augm
   CHECK(got.pixels == expected.pixels);
 }
 
+TEST_CASE("deit augment makes the folders of its output, as the other commands do",
+          "[augment][cli]") {
+  deit::test::TempDir dir;
+  const std::string out = dir.path() + "/views/hflip/out.png";
+  const CliResult r = run_deit("augment --in " + kInput + " --out " + out + " --op hflip");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(std::filesystem::is_regular_file(out));
+  // A command that fails leaves none of them behind.
+  const CliResult failed = run_deit("augment --in " + dir.path() + "/missing.png --out " +
+                                    dir.path() + "/more/out.png" + " --op hflip");
+  CHECK(failed.exit_code != 0);
+  CHECK_FALSE(std::filesystem::exists(dir.path() + "/more"));
+}
+
 TEST_CASE("deit augment reads its image from standard input or a pipe", "[augment][cli]") {
   deit::test::TempDir dir;
   deit::data::ImageU8 expected = deit::data::decode_image_file(kInput);
