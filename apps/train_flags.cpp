@@ -212,6 +212,10 @@ train::TrainOptions TrainFlags::starting_options() const {
     throw std::invalid_argument("--data is required: checkpoint '" + checkpoint +
                                 "' names its data by the relative path '" + o.data_dir +
                                 "', from wherever its run was started");
+  } else if (std::error_code error; !std::filesystem::exists(o.data_dir, error)) {
+    throw std::invalid_argument("--data is required: the data of checkpoint '" + checkpoint +
+                                "''s run, '" + o.data_dir +
+                                "', is not there now (moved?): give --data with where it is");
   }
   const std::string folder = std::filesystem::path(checkpoint).parent_path().string();
   o.output_dir = !output.empty() ? output : folder.empty() ? "." : folder;

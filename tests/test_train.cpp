@@ -603,6 +603,31 @@ TEST_CASE("a dataset of a single class trains with a warning that it is meaningl
                                        "epoch: its learning rate never reaches --lr"));
 }
 
+TEST_CASE("settings that train without effect or against themselves are warned about",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  CliResult r = run_deit(tiny_train_args(data, dir.file("run"), 1) +
+                         " --lr 1e-3 --min-lr 1e-2 --num-classes 12");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: --min-lr 0.01 is above --lr 0.001"));
+  CHECK_THAT(r.output, Catch::Contains("warning: --num-classes 12 is more than the 4 classes of '" +
+                                       data + "': the head's last 8 outputs have no images"));
+  // Resumed after its dataset moved: the checkpoint's path is not there, and --data says where.
+  std::filesystem::rename(data, data + "-moved");
+  r = run_deit("train --resume " + dir.file("run") + " --epochs 2");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("the data of checkpoint") &&
+                 Catch::Contains("'" + data + "', is not there now (moved?): give --data"));
+  r = run_deit("train --resume " + dir.file("run") + " --epochs 2 --quiet --data " + data +
+               "-moved");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, !Catch::Contains("is more than the 4 classes"));
+}
+
 TEST_CASE("deit eval --per-class says n/a for a class with no image scored", "[train][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");

@@ -247,6 +247,17 @@ void Run::warn_of_doubtful_settings() {
                  "whatever it learns (each subfolder of train/ and val/ is a class)\n",
                  o.data_dir.c_str(), train_source->class_names()[0].c_str());
   if (!lead) return;
+  if (o.min_lr > o.lr)
+    std::fprintf(stderr,
+                 "warning: --min-lr %g is above --lr %g: the cosine climbs to --min-lr instead of "
+                 "decaying from --lr\n",
+                 o.min_lr, o.lr);
+  if (o.resume.empty() && o.model.num_classes > classes)
+    std::fprintf(stderr,
+                 "warning: --num-classes %lld is more than the %lld classes of '%s': the head's "
+                 "last %lld outputs have no images, and learn only to stay off\n",
+                 (long long)o.model.num_classes, (long long)classes, o.data_dir.c_str(),
+                 (long long)(o.model.num_classes - classes));
   const std::string size = std::to_string(o.model.input_size);
   for (const std::string& warning :
        {data::packed_below(*train_source, o.model.input_size, "training at " + size + " needs"),
