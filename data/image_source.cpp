@@ -86,10 +86,16 @@ std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const s
 std::string packed_below(const ImageSource& source, int64_t needed, const std::string& use) {
   const auto* shard = dynamic_cast<const ShardReader*>(&source);
   if (!shard || shard->short_side() == 0 || shard->short_side() >= needed) return "";
-  return "warning: " + shard->path() + " holds images shrunk to a shorter side of " +
-         std::to_string(shard->short_side()) + " pixels, below the " + std::to_string(needed) +
-         " that " + use + ": they are enlarged from fewer pixels than they are shown with " +
-         "(deit pack --short-side " + std::to_string(needed) + " or more keeps them)";
+  // Images already smaller were packed as they were: packing again would change none of them.
+  if (shard->largest_short_side() < shard->short_side()) return "";
+  const std::string packed = std::to_string(shard->short_side());
+  return "warning: " + shard->path() + " was packed with --short-side " + packed + ", below the " +
+         std::to_string(needed) + " pixels that " + use +
+         ": those of its images whose shorter side was above " + packed + " were shrunk to " +
+         packed +
+         " and are enlarged again, from fewer pixels than they are shown with (deit pack "
+         "--short-side " +
+         std::to_string(needed) + " or more keeps them)";
 }
 
 std::vector<size_t> images_per_class(const ImageSource& source) {

@@ -51,7 +51,8 @@ std::unique_ptr<ImageSource> open_dataset_split(const std::string& root, const s
 // A warning ("" for none) when `source` is a shard whose images `deit pack` shrank to a shorter
 // side below the `needed` pixels that `use` ("training at 224 needs", "evaluation at 224 resizes
 // to") scales them to: each is then enlarged from fewer pixels than it is shown with (a shard
-// packed for 160-pixel training, fine-tuned at 224). An image folder keeps its files' sizes.
+// packed for 160-pixel training, fine-tuned at 224). An image folder keeps its files' sizes, and
+// so does a shard of images all smaller than its --short-side.
 std::string packed_below(const ImageSource& source, int64_t needed, const std::string& use);
 
 // How many images of each class `source` holds, by label.

@@ -313,6 +313,13 @@ void ShardReader::validate_index(const ShardHeader& header, uint64_t actual_byte
 
 ShardReader::~ShardReader() { ::close(fd_); }
 
+uint32_t ShardReader::largest_short_side() const {
+  uint32_t largest = 0;
+  for (const ShardIndexEntry& entry : index_)
+    largest = std::max(largest, std::min(entry.height, entry.width));
+  return largest;
+}
+
 std::string ShardReader::describe(size_t index) const {
   return path_ + " record " + std::to_string(index);
 }

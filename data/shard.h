@@ -117,6 +117,8 @@ class ShardReader : public ImageSource {
 
   const std::string& path() const { return path_; }
   uint32_t short_side() const { return short_side_; }
+  // The largest of its images' shorter sides: below short_side(), deit pack shrank none of them.
+  uint32_t largest_short_side() const;
 
  private:
   void validate_index(const ShardHeader& header, uint64_t actual_bytes) const;

@@ -1362,23 +1362,29 @@ TEST_CASE("shards packed smaller than training or evaluation needs are warned ab
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output,
              Catch::Contains("warning: " + shards +
-                             "/train.shard holds images shrunk to a shorter "
-                             "side of 6 pixels, below the 8 that training at 8 needs: they are "
-                             "enlarged") &&
+                             "/train.shard was packed with --short-side 6, below the 8 pixels "
+                             "that training at 8 needs: those of its images whose shorter side "
+                             "was above 6 were shrunk to 6 and are enlarged again") &&
                  Catch::Contains("warning: " + shards +
-                                 "/val.shard holds images shrunk to a "
-                                 "shorter side of 6 pixels, below the 8 that evaluation at 8 "
-                                 "resizes to") &&
+                                 "/val.shard was packed with --short-side 6, below the 8 pixels "
+                                 "that evaluation at 8 resizes to") &&
                  Catch::Contains("(deit pack --short-side 8 or more keeps them)"));
   // deit eval: at crop ratio 0.5, 8-pixel crops of images resized to 16.
   r = run_deit("eval --checkpoint " + dir.file("run") + " --data " + shards +
                " --eval-crop-ratio 0.5");
-  CHECK_THAT(r.output, Catch::Contains("below the 16 that evaluation at 8 resizes to"));
+  CHECK_THAT(r.output, Catch::Contains("below the 16 pixels that evaluation at 8 resizes to"));
   // Packed at 8, nothing is enlarged at crop ratio 1.
   pack("8");
   r = run_deit(tiny_train_args(shards, dir.file("again"), 1));
   REQUIRE(r.exit_code == 0);
-  CHECK_THAT(r.output, !Catch::Contains("shrunk"));
+  CHECK_THAT(r.output, !Catch::Contains("was packed with"));
+  // Packed at 20, the 16-pixel images were kept as they are, though the runs need 24: packing
+  // again would change nothing, so nothing is said.
+  pack("20");
+  r = run_deit(tiny_train_args(shards, dir.file("native"), 1) + " --input-size 24");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, !Catch::Contains("was packed with"));
 }
 
 TEST_CASE("a resumed run whose val split changed says its best top-1 was scored on the other",
