@@ -1,6 +1,7 @@
 // deit eval: top-1, top-5 and loss of trained weights on a split, with the evaluation transform.
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -31,6 +32,7 @@ struct EvalOptions {
   int64_t batch_size = 128;
   int workers = 2;
   bool json = false;
+  bool quiet = false;
   bool per_class = false;
   bool ema = false;
 };
@@ -58,23 +60,35 @@ void run_eval(const EvalOptions& o) {
   require_device(device);
   std::shared_ptr<const data::ImageSource> source(data::open_dataset_split(o.data, o.split));
   std::optional<model::Checkpoint> checkpoint;
+  // The model the file says it holds: a checkpoint's, or a deit export's (timm's weights, and
+  // exports older than that entry, do not say).
+  std::optional<model::ViTConfig> saved_config;
   if (!o.checkpoint.empty()) {
     checkpoint = model::read_checkpoint_model(model::checkpoint_file(o.checkpoint), o.ema);
     if (o.ema) train::warn_if_moving_average_is_young(checkpoint->path, checkpoint->state);
+    saved_config = checkpoint->config;
+  } else {
+    std::error_code ec;
+    if (std::filesystem::is_directory(o.weights, ec))
+      throw std::invalid_argument("--weights '" + o.weights + "' is a folder, not a weights " +
+                                  "file: a run folder of deit train is read with --checkpoint '" +
+                                  o.weights + "'");
+    saved_config = model::read_model_config(o.weights);
   }
-  if (!checkpoint && o.model.model.empty())
-    throw std::invalid_argument(
-        "--model is required with --weights (a weights file does not say "
-        "which model it holds)");
-  // The checkpoint's own model unless --model names one; a preset's resolution is the one it was
-  // trained at, unless told otherwise.
+  if (!saved_config && o.model.model.empty())
+    throw std::invalid_argument("--model is required with --weights '" + o.weights +
+                                "': the file does not say which model it holds (timm's weights "
+                                "and older exports of deit do not)");
+  // The file's own model unless --model names one; a preset's resolution is the one it was
+  // trained at, unless told otherwise. --model and the overrides are checked against the file's
+  // model when loading (load_parameters names each field that differs).
   model::ViTConfig base;
   if (o.model.model.empty()) {
-    base = checkpoint->config;
+    base = *saved_config;
   } else {
     base = model::preset(o.model.model);
     base.num_classes = static_cast<int64_t>(source->class_names().size());
-    if (checkpoint) base.input_size = checkpoint->config.input_size;
+    if (saved_config) base.input_size = saved_config->input_size;
   }
   const std::string classes_differ = data::class_difference(
       checkpoint ? checkpoint->class_names : model::read_class_names(o.weights), "the weights",
@@ -88,9 +102,9 @@ void run_eval(const EvalOptions& o) {
       checkpoint ? "checkpoint '" + checkpoint->path + "'" : "weights file '" + o.weights + "'";
   NamedTensors tensors =
       checkpoint ? std::move(checkpoint->model) : model::read_model_tensors(o.weights);
-  // A weights file does not say its resolution, but its position embedding does (a patch grid of
-  // side sqrt(tokens)): the default, rather than the preset's.
-  if (!checkpoint && !o.model.input_size)
+  // A weights file that does not say its model does not say its resolution, but its position
+  // embedding does (a patch grid of side sqrt(tokens)): the default, rather than the preset's.
+  if (!saved_config && !o.model.input_size)
     if (const Tensor* pos_embed = model::find_tensor(tensors, "pos_embed");
         pos_embed && pos_embed->dim() == 3) {
       const auto grid = static_cast<int64_t>(std::lround(std::sqrt(pos_embed->size(1))));
@@ -101,8 +115,8 @@ void run_eval(const EvalOptions& o) {
   // At another resolution than the weights were trained at, their position embedding is resized
   // over its patch grid (bicubic), as --finetune does.
   const bool resized = train::fit_pos_embed(tensors, vit.config(), weights_source);
-  if (resized && checkpoint) checkpoint->config.input_size = vit.config().input_size;
-  model::load_parameters(vit, tensors, weights_source, checkpoint ? &checkpoint->config : nullptr);
+  if (resized && saved_config) saved_config->input_size = vit.config().input_size;
+  model::load_parameters(vit, tensors, weights_source, saved_config ? &*saved_config : nullptr);
   if (resized)  // once the weights are known to be this model's
     std::fprintf(stderr,
                  "note: evaluating at %lld px weights trained at another resolution: their "
@@ -127,7 +141,7 @@ void run_eval(const EvalOptions& o) {
       !warning.empty())
     std::fprintf(stderr, "%s\n", warning.c_str());
   auto loader = train::make_eval_loader(source, size, crop_ratio, o.batch_size, o.workers);
-  const train::EvalResult r = train::evaluate(vit, *loader, !o.json);
+  const train::EvalResult r = train::evaluate(vit, *loader, !o.json && !o.quiet);
   const nlohmann::json per_class =
       o.per_class ? r.per_class_json(source->class_names()) : nlohmann::json();
   if (o.json) {
@@ -149,12 +163,14 @@ void run_eval(const EvalOptions& o) {
 void add_eval_command(CLI::App& app) {
   auto opts = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "Top-1, top-5 and loss of trained weights on a split");
-  opts->model.add_to(*cmd, "the resolution the weights were trained at", "--checkpoint");
+  opts->model.add_to(*cmd, "the resolution the weights were trained at",
+                     "--checkpoint, or --weights of a file deit export wrote: both name their "
+                     "model");
   auto* source = cmd->add_option_group("weights", "Where the weights come from");
   source->add_option("--checkpoint", opts->checkpoint,
                      "A checkpoint of deit train (or its run folder)");
-  CLI::Option* weights =
-      source->add_option("--weights", opts->weights, "A timm-compatible .safetensors file");
+  CLI::Option* weights = source->add_option("--weights", opts->weights,
+                                            "A .safetensors weights file: deit export's or timm's");
   source->require_option(1);
   cmd->add_option("--data", opts->data, "Dataset root")->required();
   cmd->add_option("--split", opts->split, "Split to evaluate")->capture_default_str();
@@ -174,6 +190,7 @@ void add_eval_command(CLI::App& app) {
       ->excludes(weights);
   cmd->add_flag("--json", opts->json,
                 "Print one JSON object: acc1, acc5, loss, images (scored), skipped (unusable)");
+  cmd->add_flag("--quiet", opts->quiet, "No progress output");
   cmd->add_flag("--per-class", opts->per_class,
                 "Also each class's top-1 and the class it is most confused with (in JSON: "
                 "per_class)");

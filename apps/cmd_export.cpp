@@ -1,6 +1,7 @@
 // deit export: a training checkpoint -> a weights file with timm's names and shapes, which
 // timm.create_model('deit3_small_patch16_224').load_state_dict(safetensors.torch.load_file(F))
-// accepts, and `deit eval --weights` reads.
+// accepts, and `deit eval --weights` reads (the model's description and class names ride along
+// as metadata, which timm ignores).
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -38,6 +39,10 @@ void run_export(const ExportOptions& opts) {
     throw std::invalid_argument("--out '" + opts.out + "' is a training checkpoint; choose " +
                                 "another file name (export writes weights only)");
   std::error_code ec;
+  if (std::filesystem::is_directory(opts.out, ec))
+    throw std::invalid_argument("--out '" + opts.out + "' is a folder; give a file name (e.g. '" +
+                                (std::filesystem::path(opts.out) / "model.safetensors").string() +
+                                "')");
   if (std::filesystem::exists(opts.out, ec) && !model::is_safetensors(opts.out))
     throw std::invalid_argument("--out '" + opts.out + "' exists and is not a safetensors file; " +
                                 "choose another file name");

@@ -118,6 +118,25 @@ std::vector<std::string> class_names_in(const Metadata& metadata,
   }
 }
 
+// The "deit_model" entry of checkpoints and deit's weights files: the model's ViTConfig.
+std::pair<const std::string, std::string> model_metadata(const ViTConfig& config) {
+  return {kConfigKey, config_to_json(config).dump()};
+}
+
+// The ViTConfig "deit_model" of `metadata` describes (nothing when absent); `describe_file`
+// names the file in errors.
+std::optional<ViTConfig> model_config_in(const Metadata& metadata,
+                                         const std::string& describe_file) {
+  const auto it = metadata.find(kConfigKey);
+  if (it == metadata.end()) return std::nullopt;
+  try {
+    return config_from_json(nlohmann::json::parse(it->second));
+  } catch (const std::exception& e) {
+    throw std::runtime_error(describe_file + ": its deit_model metadata is not a valid model " +
+                             "description: " + e.what());
+  }
+}
+
 // `metadata` with the class names added, when there are any.
 Metadata with_class_names(Metadata metadata, const std::vector<std::string>& class_names) {
   if (!class_names.empty()) metadata[kClassesKey] = nlohmann::json(class_names).dump();
@@ -152,8 +171,7 @@ void save_checkpoint(const std::string& path, const VisionTransformer& model,
                                   name + "' uses the prefix reserved for the model");
     tensors.emplace_back(name, t);
   }
-  const Metadata metadata = {{kStateKey, state.dump()},
-                             {kConfigKey, config_to_json(model.config()).dump()}};
+  const Metadata metadata = {{kStateKey, state.dump()}, model_metadata(model.config())};
   write_safetensors(path, tensors, with_class_names(metadata, class_names));
 }
 
@@ -175,11 +193,7 @@ Checkpoint read_checkpoint_tensors(const std::string& path,
 
   Checkpoint ckpt;
   ckpt.path = path;
-  try {
-    ckpt.config = config_from_json(nlohmann::json::parse(config_it->second));
-  } catch (const std::exception& e) {
-    fail(std::string("its deit_model metadata is not a valid model description: ") + e.what());
-  }
+  ckpt.config = *model_config_in(contents.metadata, "checkpoint '" + path + "'");
   try {
     ckpt.state = nlohmann::json::parse(state_it->second);
   } catch (const nlohmann::json::exception& e) {
@@ -290,12 +304,19 @@ void save_weights(const std::string& path, const VisionTransformer& model,
   for (const Parameter& p : model.parameters().all())
     tensors.emplace_back(p.name, p.value.to(DType::f32));
   // "format": "pt" is what PyTorch-side writers put there; Hugging Face loaders look for it.
-  write_safetensors(path, tensors, with_class_names({{"format", "pt"}}, class_names));
+  write_safetensors(
+      path, tensors,
+      with_class_names({{"format", "pt"}, model_metadata(model.config())}, class_names));
 }
 
 std::vector<std::string> read_class_names(const std::string& path) {
   const auto header = read_safetensors(path, [](const std::string&) { return false; });
   return class_names_in(header.metadata, "'" + path + "'");
+}
+
+std::optional<ViTConfig> read_model_config(const std::string& path) {
+  const auto header = read_safetensors(path, [](const std::string&) { return false; });
+  return model_config_in(header.metadata, "'" + path + "'");
 }
 
 namespace {
@@ -317,7 +338,8 @@ bool is_safetensors(const std::string& path) { return read_header(path).has_valu
 
 bool is_checkpoint(const std::string& path) {
   const std::optional<SafetensorsContents> header = read_header(path);
-  return header && header->metadata.count(kConfigKey);  // a weights file has no config
+  // deit's weights files have a config too, but no run state.
+  return header && header->metadata.count(kConfigKey) && header->metadata.count(kStateKey);
 }
 
 NamedTensors read_model_tensors(const std::string& path) {

@@ -13,12 +13,16 @@
 // A weights file holds the parameters alone, as f32 under timm's names and shapes (RECIPE.md
 // section 1): what `deit export` writes, what timm's deit3_* models load, and what
 // `deit eval --weights` reads (timm's own safetensors weights included, and checkpoints too).
+// deit's own also keep the model's ViTConfig under "deit_model", as a checkpoint does (timm
+// ignores metadata), since the shapes alone do not show every field (a head count, say); what
+// tells a checkpoint from a weights file is the "deit" state, which only a checkpoint has.
 //
 // Both kinds keep the names of the classes the model was trained on, in label order, when the
 // writer knows them: label 3 means a class only through the dataset's folder order, so a model
 // evaluated or resumed on a dataset with other classes would be scored against the wrong labels
 // without a word. Files written before deit kept them, and timm's weights, have none.
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -74,6 +78,12 @@ bool is_safetensors(const std::string& path);
 // weights file or anything that is not safetensors).
 bool is_checkpoint(const std::string& path);
 
+// The model a checkpoint or a weights file of deit export says it holds (its "deit_model"
+// metadata), read from the header alone; nothing for a file that does not say (timm's weights,
+// exports written before deit kept it). Throws naming the file when it cannot be read or its
+// description is not valid.
+std::optional<ViTConfig> read_model_config(const std::string& path);
+
 // Copies the checkpoint's parameters into `model` (any device and dtype) after checking that it
 // was saved from the same model: see load_parameters.
 void load_checkpoint_model(VisionTransformer& model, const Checkpoint& checkpoint);
@@ -87,8 +97,8 @@ void load_checkpoint_model(VisionTransformer& model, const Checkpoint& checkpoin
 void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
                      const std::string& source, const ViTConfig* source_config = nullptr);
 
-// Writes the model's parameters as a timm-compatible weights file, with the names of its classes
-// when given (timm ignores them).
+// Writes the model's parameters as a timm-compatible weights file, with its ViTConfig and the
+// names of its classes when given (metadata, which timm ignores).
 void save_weights(const std::string& path, const VisionTransformer& model,
                   const std::vector<std::string>& class_names = {});
 

@@ -8,7 +8,9 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -248,7 +250,50 @@ TEST_CASE("weights files carry exactly timm's names and shapes for deit3_small",
     CHECK(t.dtype() == DType::f32);
   }
   CHECK(written == timm_deit3_small());
-  CHECK(contents.metadata == Metadata{{"format", "pt"}});
+  // Metadata only beside the tensors (timm ignores it): the model's description, as a checkpoint
+  // keeps it.
+  REQUIRE(contents.metadata.size() == 2);
+  CHECK(contents.metadata.at("format") == "pt");
+  CHECK(nlohmann::json::parse(contents.metadata.at("deit_model"))["heads"] == 6);
+}
+
+TEST_CASE("a weights file names its model, and is still not taken for a checkpoint", "[io]") {
+  TempDir dir;
+  const ViTConfig config = tiny("tiny_a", 32, /*heads=*/2);
+  const VisionTransformer vit = initialised(config, 1);
+  const std::string weights = dir.file("weights.safetensors");
+  save_weights(weights, vit, {"a", "b"});
+  const std::optional<ViTConfig> saved = read_model_config(weights);
+  REQUIRE(saved.has_value());
+  CHECK(saved->name == "tiny_a");
+  CHECK(saved->heads == 2);  // which the tensors' shapes do not show
+  CHECK(saved->dim == 32);
+  CHECK(saved->depth == 2);
+  CHECK(saved->patch == 4);
+  CHECK(saved->num_classes == 10);
+  CHECK(saved->input_size == 16);
+  CHECK(read_class_names(weights) == std::vector<std::string>{"a", "b"});
+  // A weights file, all the same: read as one, and never refused as a checkpoint to write over.
+  CHECK_FALSE(is_checkpoint(weights));
+  CHECK(is_safetensors(weights));
+  CHECK(read_model_tensors(weights).size() == vit.parameters().size());
+  CHECK_THROWS_WITH(read_checkpoint(weights), Contains("not a deit checkpoint"));
+  // A checkpoint says its model the same way.
+  const std::string checkpoint = dir.file("checkpoint.safetensors");
+  save_checkpoint(checkpoint, vit, {}, {{"epoch", 0}});
+  CHECK(is_checkpoint(checkpoint));
+  REQUIRE(read_model_config(checkpoint).has_value());
+  CHECK(read_model_config(checkpoint)->heads == 2);
+  // timm's weights (and deit's older exports) do not say.
+  const std::string bare = dir.file("bare.safetensors");
+  write_safetensors(bare, parameters_of(vit), {{"format", "pt"}});
+  CHECK_FALSE(read_model_config(bare).has_value());
+  // A description that is not one is refused, naming the file.
+  const std::string broken = dir.file("broken.safetensors");
+  write_safetensors(broken, parameters_of(vit), {{"deit_model", R"({"name": "x"})"}});
+  CHECK_THROWS_WITH(read_model_config(broken),
+                    Contains("'" + broken + "'") &&
+                        Contains("deit_model metadata is not a valid model description"));
 }
 
 TEST_CASE("weights files load back, also under the reference code's gamma names", "[io]") {

@@ -6,7 +6,11 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "data/synthetic.h"
 #include "engine/rng.h"
 #include "model/checkpoint.h"
 #include "tests/cli_runner.h"
@@ -31,6 +35,23 @@ VisionTransformer tiny_model() {
   c.input_size = 16;
   VisionTransformer vit(c);
   Rng rng(11);
+  vit.initialize(rng);
+  return vit;
+}
+
+// deit3_tiny as `deit train --model deit3_tiny --patch 4 --dim 16 --depth 2 --heads 2
+// --input-size 8` makes it, for `classes` classes.
+VisionTransformer custom_tiny(int64_t classes) {
+  ViTConfig c = preset("deit3_tiny");
+  c.name += " (custom)";
+  c.patch = 4;
+  c.dim = 16;
+  c.depth = 2;
+  c.heads = 2;
+  c.num_classes = classes;
+  c.input_size = 8;
+  VisionTransformer vit(c);
+  Rng rng(3);
   vit.initialize(rng);
   return vit;
 }
@@ -119,9 +140,91 @@ TEST_CASE("deit export rejects bad input with a clear message and a non-zero exi
   r = run_deit("export --checkpoint " + checkpoint + " --out " + shard);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("'" + shard + "' exists and is not a safetensors file"));
+  // A folder of that name: said so.
+  const std::string folder = dir.file("exp/dir.safetensors");
+  std::filesystem::create_directories(folder);
+  r = run_deit("export --checkpoint " + checkpoint + " --out " + folder);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("--out '" + folder + "' is a folder; give a file name"));
+  CHECK(std::filesystem::is_empty(folder));
   CHECK(deit::test::read_bytes(log) == std::vector<uint8_t>{'{', '}', '\n'});
   CHECK(deit::test::read_bytes(shard).size() == 12);
 
   CHECK_FALSE(std::filesystem::exists(out));
   CHECK(deit::test::read_bytes(checkpoint) == good);
+}
+
+TEST_CASE("deit eval --weights takes the model a deit export names, and refuses another",
+          "[io][cli]") {
+  TempDir dir;
+  data::SyntheticOptions options;
+  options.image_size = 16;
+  options.num_classes = 4;
+  options.train_per_class = 1;
+  options.val_per_class = 4;
+  const std::string data = deit::test::write_synthetic_dataset(dir, options);
+  const std::vector<std::string> classes(data::synthetic_class_names().begin(),
+                                         data::synthetic_class_names().begin() + 4);
+  const std::string weights = dir.file("w.safetensors");
+  save_checkpoint(dir.file("run/checkpoint.safetensors"), custom_tiny(4), {}, {{"epoch", 0}},
+                  classes);
+  const std::string run = dir.file("run");
+  REQUIRE(run_deit("export --checkpoint " + run + " --out " + weights).exit_code == 0);
+
+  // The file says its model: --model may be left out, and the scores are those of the checkpoint.
+  auto r = run_deit("eval --checkpoint " + run + " --data " + data + " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const double checkpoint_loss = nlohmann::json::parse(r.output)["loss"];
+  r = run_deit("eval --weights " + weights + " --data " + data + " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(nlohmann::json::parse(r.output)["loss"].get<double>() == checkpoint_loss);
+  const std::string model = "--model deit3_tiny --patch 4 --dim 16 --depth 2 ";
+  r = run_deit("eval " + model + "--heads 2 --weights " + weights + " --data " + data + " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(nlohmann::json::parse(r.output)["loss"].get<double>() == checkpoint_loss);
+  // A wrong --heads fits every tensor's shape, but not the model the file names: refused.
+  r = run_deit("eval " + model + "--heads 4 --weights " + weights + " --data " + data);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("weights file '" + weights + "' is for deit3_tiny (custom) " +
+                                "(heads 2) but the model is deit3_tiny (custom) (heads 4)"));
+  r = run_deit("eval --heads 4 --weights " + weights + " --data " + data);  // without --model too
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("(heads 2) but the model is deit3_tiny (custom) (heads 4)"));
+  r = run_deit("eval --model deit3_small --input-size 32 --weights " + weights + " --data " + data);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("is for deit3_tiny (custom) (patch 4, dim 16, depth 2, heads 2, "
+                                "mlp 64) but the model is deit3_small (patch 16, dim 384, "
+                                "depth 12, heads 6, mlp 1536)"));
+
+  // A file that does not say (timm's, an older export of deit) needs --model, as before, and
+  // cannot be checked beyond its shapes.
+  const std::string bare = dir.file("bare.safetensors");
+  write_safetensors(bare, read_safetensors(weights).tensors,
+                    {{"format", "pt"}, {"deit_classes", nlohmann::json(classes).dump()}});
+  r = run_deit("eval --weights " + bare + " --data " + data);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("--model is required with --weights '" + bare + "'"));
+  r = run_deit("eval " + model + "--heads 2 --weights " + bare + " --data " + data + " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(nlohmann::json::parse(r.output)["loss"].get<double>() == checkpoint_loss);
+
+  // A run folder given as --weights: pointed to --checkpoint.
+  r = run_deit("eval --weights " + run + " --data " + data);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("--weights '" + run + "' is a folder") &&
+                           Contains("read with --checkpoint '" + run + "'"));
+
+  // Progress on stderr unless --quiet, as for deit train; the scores either way.
+  r = run_deit("eval --weights " + weights + " --data " + data);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("eval  1/1") && Contains("top-1"));
+  r = run_deit("eval --quiet --weights " + weights + " --data " + data);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, !Contains("eval  1/1") && Contains("top-1"));
 }

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/synthetic.h"
+#include "engine/rng.h"
 #include "model/checkpoint.h"
 #include "tests/child_process.h"
 #include "tests/cli_runner.h"
@@ -291,9 +292,12 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   CHECK_THAT(r.output, !Catch::Contains("resized"));
   CHECK(nlohmann::json::parse(r.output)["acc1"].get<double>() ==
         Approx(logged["test_acc1"].get<double>()));
-  r = run_deit("eval --weights " + weights + " --data " + data);
-  CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("--model is required with --weights"));
+  // Without --model: the export names its model, as the checkpoint does.
+  r = run_deit("eval --weights " + weights + " --data " + data + " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(nlohmann::json::parse(r.output)["acc1"].get<double>() ==
+        Approx(logged["test_acc1"].get<double>()));
   // At another resolution than trained at (8 px, 2x2 patches), from either file: the position
   // embedding resized, and a note says so.
   for (const std::string& source : {"--checkpoint " + out,
@@ -1094,6 +1098,82 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("dim 16") && Catch::Contains("dim 32"));
   CHECK(test::read_bytes(checkpoint) == good);
+}
+
+namespace {
+
+// The model tiny_train_args trains, with `classes` classes, at `input_size` px.
+model::VisionTransformer tiny_trained_model(int64_t classes, int64_t input_size) {
+  model::ViTConfig c = model::preset("deit3_tiny");
+  c.name += " (custom)";
+  c.patch = 4;
+  c.dim = 16;
+  c.depth = 2;
+  c.heads = 2;
+  c.num_classes = classes;
+  c.input_size = input_size;
+  model::VisionTransformer vit(c);
+  Rng rng(5);
+  vit.initialize(rng);
+  return vit;
+}
+
+}  // namespace
+
+TEST_CASE("--finetune says what it changed of the weights it starts from", "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  const auto& names = data::synthetic_class_names();
+  const std::vector<std::string> ten(names.begin(), names.begin() + 10),
+      four(names.begin(), names.begin() + 4), other_four(names.begin() + 4, names.begin() + 8);
+  const std::string args =
+      "train --model deit3_tiny --patch 4 --dim 16 --depth 2 --heads 2 "
+      "--batch-size 16 --epochs 1 --warmup-epochs 0 --workers 2 "
+      "--no-repeated-aug --data " +
+      data;
+
+  // 10 classes at 8 px (2x2 patches) -> the dataset's 4 at 16 px (4x4): a new head, a resized
+  // position embedding, one line each.
+  const std::string ten_at_8 = dir.file("ten/checkpoint.safetensors");
+  model::save_checkpoint(ten_at_8, tiny_trained_model(10, 8), {}, {{"epoch", 0}}, ten);
+  CliResult r = run_deit(args + " --input-size 16 --output " + dir.file("a") + " --finetune " +
+                         dir.file("ten"));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("--finetune: head: new, 10 -> 4 classes") &&
+                           Catch::Contains("--finetune: pos_embed resized (bicubic), grid 2x2 -> "
+                                           "4x4") &&
+                           !Catch::Contains("head: kept"));
+
+  // Another head count fits every tensor's shape, but not the model the source names.
+  r = run_deit(args + " --input-size 16 --output " + dir.file("heads") + " --finetune " +
+               dir.file("ten") + " --heads 4");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--finetune source '" + ten_at_8 +
+                                       "' is for deit3_tiny "
+                                       "(custom) (heads 2) but the model is deit3_tiny (custom) "
+                                       "(heads 4)"));
+
+  // As many classes, under other names (a weights file, which names them too): the head is kept,
+  // with a warning; the same classes at the same size: nothing to say.
+  const std::string other = dir.file("other.safetensors"), same = dir.file("same.safetensors");
+  model::save_weights(other, tiny_trained_model(4, 8), other_four);
+  model::save_weights(same, tiny_trained_model(4, 8), four);
+  r = run_deit(args + " --input-size 8 --output " + dir.file("b") + " --finetune " + other);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("warning: --finetune: head: kept (4 classes), although "
+                             "--finetune source '" +
+                             other +
+                             "' was trained on other "
+                             "classes than the dataset's (class 0 is '" +
+                             other_four[0] + "' in the source, '" + four[0] + "' in the dataset") &&
+                 !Catch::Contains("head: new") && !Catch::Contains("pos_embed"));
+  r = run_deit(args + " --input-size 8 --output " + dir.file("c") + " --finetune " + same);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, !Catch::Contains("--finetune:"));
 }
 
 TEST_CASE("the position embedding is resized as torch's bicubic interpolate does", "[train]") {

@@ -1,9 +1,11 @@
 #include "train/finetune.h"
 
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
+#include "data/image_source.h"
 #include "model/checkpoint.h"
 
 namespace deit::train {
@@ -79,19 +81,60 @@ bool fit_pos_embed(NamedTensors& tensors, const model::ViTConfig& config,
   return false;
 }
 
-void load_finetune_weights(model::VisionTransformer& vit, const std::string& path) {
+std::vector<std::string> load_finetune_weights(model::VisionTransformer& vit,
+                                               const std::string& path,
+                                               const std::vector<std::string>& class_names) {
   NamedTensors tensors = model::read_model_tensors(path);
-  fit_pos_embed(tensors, vit.config(), "'" + path + "'");
+  const Tensor* pos_embed = model::find_tensor(tensors, "pos_embed");
+  const int64_t old_tokens = pos_embed && pos_embed->dim() == 3 ? pos_embed->size(1) : 0;
+  const bool resized = fit_pos_embed(tensors, vit.config(), "'" + path + "'");
   const Shape head_shape = vit.parameters().get("head.weight").shape();
   NamedTensors adapted;
+  int64_t source_classes = -1;  // the source head's outputs where the head is made new
   for (auto& [name, t] : tensors) {
-    if ((name == "head.weight" || name == "head.bias") && t.size(0) != head_shape[0]) {
+    if ((name == "head.weight" || name == "head.bias") && t.dim() >= 1 &&
+        t.size(0) != head_shape[0]) {
       adapted.emplace_back(name, vit.parameters().get(name).clone());  // a new head for new classes
+      source_classes = t.size(0);
     } else {
       adapted.emplace_back(name, t);
     }
   }
-  model::load_parameters(vit, adapted, "--finetune source '" + path + "'");
+  const std::string source = "--finetune source '" + path + "'";
+  // A source that names its model (a checkpoint, deit's export) is checked against it too: a head
+  // count shows in no tensor's shape. Its classes and resolution are the ones adapted above.
+  std::optional<model::ViTConfig> source_config = model::read_model_config(path);
+  if (source_config) {
+    source_config->num_classes = head_shape[0];
+    source_config->input_size = vit.config().input_size;
+  }
+  model::load_parameters(vit, adapted, source, source_config ? &*source_config : nullptr);
+
+  // Said once the weights are known to fit.
+  std::vector<std::string> notes;
+  const std::string grid = std::to_string(vit.config().grid());
+  if (resized) {
+    const std::string old_grid =
+        std::to_string(std::llround(std::sqrt(static_cast<double>(old_tokens))));
+    notes.push_back("--finetune: pos_embed resized (bicubic), grid " + old_grid + "x" + old_grid +
+                    " -> " + grid + "x" + grid);
+  }
+  if (source_classes >= 0) {
+    notes.push_back("--finetune: head: new, " + std::to_string(source_classes) + " -> " +
+                    std::to_string(head_shape[0]) + " classes (initialised afresh)");
+  } else if (!class_names.empty()) {
+    const std::vector<std::string> source_names = model::read_class_names(path);
+    const std::string differ =
+        source_names.empty()
+            ? ""
+            : data::class_difference(source_names, "the source", class_names, "the dataset");
+    if (!differ.empty())
+      notes.push_back("warning: --finetune: head: kept (" + std::to_string(head_shape[0]) +
+                      " classes), although " + source + " was trained on other classes than " +
+                      "the dataset's (" + differ + "): each label starts from the output the " +
+                      "source learned for another class");
+  }
+  return notes;
 }
 
 }  // namespace deit::train

@@ -282,7 +282,10 @@ void Run::build_model() {
   vit->set_grad_checkpointing(o.grad_checkpointing);
   Rng init_rng = stream_rng(o.seed, Stream::kInit);
   vit->initialize(init_rng);
-  if (!o.finetune.empty()) load_finetune_weights(*vit, o.finetune);
+  if (!o.finetune.empty())
+    for (const std::string& note :
+         load_finetune_weights(*vit, o.finetune, train_source->class_names()))
+      if (lead) std::fprintf(stderr, "%s\n", note.c_str());
 }
 
 // --resume: reads the checkpoint, refuses one this run cannot go on from, and loads its weights
