@@ -186,10 +186,12 @@ Checkpoint read_checkpoint_tensors(const std::string& path,
   const auto config_it = contents.metadata.find(kConfigKey);
   const auto state_it = contents.metadata.find(kStateKey);
   if (config_it == contents.metadata.end() || state_it == contents.metadata.end())
-    fail(
-        "not a deit checkpoint (no deit_model and deit metadata; a weights file, such as deit "
-        "export or timm writes, is read by deit eval --weights, and deit train starts from one "
-        "with --finetune)");
+    fail(std::string("not a deit checkpoint (") +
+         (state_it == contents.metadata.end() && config_it != contents.metadata.end()
+              ? "no run state: the weights file deit export writes"
+              : "no deit_model and deit metadata") +
+         "; a weights file, such as deit export or timm writes, is read by deit eval --weights, "
+         "and deit train starts from one with --finetune)");
 
   Checkpoint ckpt;
   ckpt.path = path;

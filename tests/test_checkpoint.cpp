@@ -277,7 +277,8 @@ TEST_CASE("a weights file names its model, and is still not taken for a checkpoi
   CHECK_FALSE(is_checkpoint(weights));
   CHECK(is_safetensors(weights));
   CHECK(read_model_tensors(weights).size() == vit.parameters().size());
-  CHECK_THROWS_WITH(read_checkpoint(weights), Contains("not a deit checkpoint"));
+  CHECK_THROWS_WITH(read_checkpoint(weights),
+                    Contains("not a deit checkpoint (no run state: the weights file deit export"));
   // A checkpoint says its model the same way.
   const std::string checkpoint = dir.file("checkpoint.safetensors");
   save_checkpoint(checkpoint, vit, {}, {{"epoch", 0}});
