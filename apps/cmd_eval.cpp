@@ -164,8 +164,8 @@ void add_eval_command(CLI::App& app) {
   auto opts = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "Top-1, top-5 and loss of trained weights on a split");
   opts->model.add_to(*cmd, "the resolution the weights were trained at",
-                     "--checkpoint, or --weights of a file deit export wrote: both name their "
-                     "model");
+                     "--checkpoint, or --weights of a file deit export wrote since 2026-12-05: "
+                     "both name their model");
   auto* source = cmd->add_option_group("weights", "Where the weights come from");
   source->add_option("--checkpoint", opts->checkpoint,
                      "A checkpoint of deit train (or its run folder)");

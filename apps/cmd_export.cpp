@@ -29,6 +29,11 @@ void run_export(const ExportOptions& opts) {
   // Writing over a checkpoint (this one, or another run's) would replace a run's optimizer state
   // with bare weights, and over any other file (a run's log, a dataset's shard) lose it: only a
   // weights file may be replaced.
+  std::error_code ec;
+  if (std::filesystem::is_directory(opts.out, ec))
+    throw std::invalid_argument("--out '" + opts.out + "' is a folder; give a file name (e.g. '" +
+                                (std::filesystem::path(opts.out) / "model.safetensors").string() +
+                                "')");
   std::string extension = std::filesystem::path(opts.out).extension().string();
   std::transform(extension.begin(), extension.end(), extension.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -38,11 +43,6 @@ void run_export(const ExportOptions& opts) {
   if (model::is_checkpoint(opts.out))
     throw std::invalid_argument("--out '" + opts.out + "' is a training checkpoint; choose " +
                                 "another file name (export writes weights only)");
-  std::error_code ec;
-  if (std::filesystem::is_directory(opts.out, ec))
-    throw std::invalid_argument("--out '" + opts.out + "' is a folder; give a file name (e.g. '" +
-                                (std::filesystem::path(opts.out) / "model.safetensors").string() +
-                                "')");
   if (std::filesystem::exists(opts.out, ec) && !model::is_safetensors(opts.out))
     throw std::invalid_argument("--out '" + opts.out + "' exists and is not a safetensors file; " +
                                 "choose another file name");

@@ -118,21 +118,24 @@ int main(int argc, char** argv) {
       return 1;
     }
     app.parse(argc, argv);
-  } catch (const CLI::ExtrasError&) {
-    // CLI11 2.1 lists them last first ("/x --data-path"): in the order given, with notes for the
-    // reference code's.
-    std::string extras;
-    for (const std::string& arg : app.remaining(true)) extras += " " + arg;
-    std::fprintf(stderr, "%sarguments this command does not take:%s (--help lists the options)\n",
-                 error_prefix().c_str(), extras.c_str());
-    for (const std::string& note : deit::apps::reference_option_notes(app.remaining(true)))
-      std::fprintf(stderr, "deit: note: %s\n", note.c_str());
-    return 1;
   } catch (const CLI::ParseError& e) {
     // --help and --version come this way too, to print and exit 0. A command line that does not
     // parse is an error like any other: its message, exit code 1.
     if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "%s%s (--help lists the options)\n", error_prefix().c_str(), e.what());
+    const std::vector<std::string> extras = app.remaining(true);
+    if (dynamic_cast<const CLI::ExtrasError*>(&e)) {
+      // CLI11 2.1 lists them last first ("/x --data-path"): in the order given.
+      std::string listed;
+      for (const std::string& arg : extras) listed += " " + arg;
+      std::fprintf(stderr, "%sarguments this command does not take:%s (--help lists the options)\n",
+                   error_prefix().c_str(), listed.c_str());
+    } else {
+      std::fprintf(stderr, "%s%s (--help lists the options)\n", error_prefix().c_str(), e.what());
+    }
+    // The reference code's options among them, whichever error CLI11 met first (a --data that
+    // --data-path was meant to give is missing, say).
+    for (const std::string& note : deit::apps::reference_option_notes(extras))
+      std::fprintf(stderr, "deit: note: %s\n", note.c_str());
     return 1;
   } catch (const deit::apps::EndBySignal& end) {
     std::fflush(nullptr);

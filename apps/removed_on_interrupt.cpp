@@ -3,19 +3,19 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <iterator>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace deit::apps {
 
 namespace {
 
-// The handler may call only async-signal-safe functions (unlink, rmdir, sigaction, raise), so the
-// paths wait in fixed buffers.
-constexpr size_t kMaxPaths = 4;
-char g_paths[kMaxPaths][4096];
-size_t g_path_count = 0;
+// The handler may call only async-signal-safe functions (unlink, rmdir, sigaction, raise): the
+// paths are copied in before it is installed and cleared after it is removed, so that it only
+// reads them, however many they are (deit pack: its shard and each folder it made for it).
+std::vector<std::string> g_paths;
 bool g_in_use = false;  // the paths and g_previous have room for one owner
 constexpr int kInterruptSignals[2] = {SIGINT, SIGTERM};
 struct sigaction g_previous[std::size(kInterruptSignals)];
@@ -26,8 +26,8 @@ void restore_handlers() {
 }
 
 extern "C" void remove_and_reraise(int signal) {
-  for (size_t i = 0; i < g_path_count; ++i)
-    if (unlink(g_paths[i]) != 0) rmdir(g_paths[i]);
+  for (const std::string& path : g_paths)
+    if (unlink(path.c_str()) != 0) rmdir(path.c_str());
   restore_handlers();
   raise(signal);
 }
@@ -36,13 +36,7 @@ extern "C" void remove_and_reraise(int signal) {
 
 RemovedOnInterrupt::RemovedOnInterrupt(const std::vector<std::string>& paths) {
   if (g_in_use) throw std::logic_error("RemovedOnInterrupt: one at a time");
-  if (paths.size() > kMaxPaths) throw std::logic_error("RemovedOnInterrupt: too many paths");
-  for (size_t i = 0; i < paths.size(); ++i) {
-    if (paths[i].size() >= sizeof g_paths[i])
-      throw std::runtime_error("'" + paths[i] + "': path too long");
-    std::snprintf(g_paths[i], sizeof g_paths[i], "%s", paths[i].c_str());
-  }
-  g_path_count = paths.size();
+  g_paths = paths;
   g_in_use = true;
   struct sigaction action = {};
   action.sa_handler = remove_and_reraise;
@@ -55,6 +49,7 @@ RemovedOnInterrupt::RemovedOnInterrupt(const std::vector<std::string>& paths) {
 
 RemovedOnInterrupt::~RemovedOnInterrupt() {
   restore_handlers();
+  g_paths.clear();
   g_in_use = false;
 }
 

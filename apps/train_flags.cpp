@@ -18,27 +18,37 @@ void override_with(const std::optional<T>& flag, T& value) {
   if (flag) value = *flag;
 }
 
-// A boolean recipe switch with its negation: --NAME / --no-NAME, the last given winning, as a
-// value given twice does. CLI11 runs the callbacks in the order the options were added, not the
-// order they were given, so each looks up which of the two came last.
+// A boolean recipe switch with its negation: --NAME / --no-NAME (each also as --NAME=false and the
+// like), the last given winning, as a value given twice does. CLI11 2.1 checks the options in the
+// order they were added, not given, and fires a flag's callback only when it is true: each flag
+// keeps the value it was given, and both look up in the parse order which of them came last.
 void add_switch(CLI::App& cmd, std::optional<bool>& value, const std::string& name,
                 const std::string& help) {
   struct Pair {
     CLI::Option* on = nullptr;
     CLI::Option* off = nullptr;
+    bool on_given = true, off_given = true;
   };
   auto pair = std::make_shared<Pair>();
-  auto settle = [&cmd, &value, pair] {
-    const std::vector<CLI::Option*>& given = cmd.parse_order();
-    for (auto it = given.rbegin(); it != given.rend(); ++it) {
-      if (*it == pair->on || *it == pair->off) {
-        value = *it == pair->on;
-        return;
+  const auto keep = [&cmd, &value, pair](bool Pair::*given_value) {
+    return [&cmd, &value, pair, given_value](const std::string& given) {
+      bool flag = false;
+      if (!CLI::detail::lexical_cast(given, flag))
+        throw CLI::ValidationError("'" + given + "' is not true or false");
+      (*pair).*given_value = flag;
+      const std::vector<CLI::Option*>& order = cmd.parse_order();
+      for (auto it = order.rbegin(); it != order.rend(); ++it) {
+        if (*it == pair->on || *it == pair->off) {
+          value = *it == pair->on ? pair->on_given : !pair->off_given;
+          return;
+        }
       }
-    }
+    };
   };
-  pair->on = cmd.add_flag_callback("--" + name, settle, help);
-  pair->off = cmd.add_flag_callback("--no-" + name, settle, "Turn off --" + name);
+  // add_flag(name, description) would take the description for a variable to write.
+  pair->on = cmd.add_flag("--" + name)->description(help)->each(keep(&Pair::on_given));
+  pair->off =
+      cmd.add_flag("--no-" + name)->description("Turn off --" + name)->each(keep(&Pair::off_given));
 }
 
 }  // namespace
@@ -213,9 +223,10 @@ train::TrainOptions TrainFlags::starting_options() const {
                                 "' names its data by the relative path '" + o.data_dir +
                                 "', from wherever its run was started");
   } else if (std::error_code error; !std::filesystem::exists(o.data_dir, error)) {
-    throw std::invalid_argument("--data is required: the data of checkpoint '" + checkpoint +
-                                "''s run, '" + o.data_dir +
-                                "', is not there now (moved?): give --data with where it is");
+    throw std::invalid_argument(
+        "--data is required: the run of checkpoint '" + checkpoint + "' trained on '" + o.data_dir +
+        "', which " + (error ? "cannot be reached (" + error.message() + ")" : "is not there now") +
+        ": give --data with where that dataset is");
   }
   const std::string folder = std::filesystem::path(checkpoint).parent_path().string();
   o.output_dir = !output.empty() ? output : folder.empty() ? "." : folder;

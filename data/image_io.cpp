@@ -211,9 +211,8 @@ ImageU8 decode_image_file_or_pipe(const std::string& path) {
   if (path != "-") {
     std::error_code error;
     const std::filesystem::file_type type = std::filesystem::status(path, error).type();
-    if (error ||
-        (type != std::filesystem::file_type::fifo && type != std::filesystem::file_type::character))
-      return decode_image_file(path);
+    // Not a device such as /dev/zero either, which would be read up to the 2 GiB limit.
+    if (error || type != std::filesystem::file_type::fifo) return decode_image_file(path);
     opened.reset(std::fopen(path.c_str(), "rb"));
     if (!opened) fail(path, std::string("cannot open (") + std::strerror(errno) + ")");
     stream = opened.get();

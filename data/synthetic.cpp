@@ -270,11 +270,11 @@ std::string first_file_not_synthetic(const std::string& dir) {
   };
   const auto is_image_of = [](const std::string& name, const std::string& class_name) {
     const std::string prefix = class_name + "_", suffix = ".png";
-    constexpr size_t kDigits = 5;  // image_file_name's %05d
-    if (name.size() != prefix.size() + kDigits + suffix.size() || name.rfind(prefix, 0) != 0 ||
-        name.compare(prefix.size() + kDigits, suffix.size(), suffix) != 0)
+    constexpr size_t kMinDigits = 5;  // image_file_name's %05d
+    if (name.size() < prefix.size() + kMinDigits + suffix.size() || name.rfind(prefix, 0) != 0 ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
       return false;
-    return std::all_of(name.begin() + prefix.size(), name.begin() + prefix.size() + kDigits,
+    return std::all_of(name.begin() + prefix.size(), name.end() - suffix.size(),
                        [](char c) { return c >= '0' && c <= '9'; });
   };
   std::error_code error;
@@ -338,16 +338,17 @@ void generate_synthetic_dataset(const std::string& dir, const SyntheticOptions& 
       if (!first_error) first_error = std::current_exception();
     }
   }
-  if (first_error) {
+  try {
+    if (first_error) std::rethrow_exception(first_error);
+    write_manifest(partial / "synthetic.json", options);
+    fs::rename(partial, dir, error);
+    if (error)
+      throw DataError(dir + ": cannot rename " + partial.string() + " into place (" +
+                      error.message() + ")");
+  } catch (...) {
     fs::remove_all(partial, error);  // most often a full disk, which the half-made copy would keep
-    std::rethrow_exception(first_error);
+    throw;
   }
-
-  write_manifest(partial / "synthetic.json", options);
-  fs::rename(partial, dir, error);
-  if (error)
-    throw DataError(dir + ": cannot rename " + partial.string() + " into place (" +
-                    error.message() + ")");
 }
 
 }  // namespace deit::data

@@ -15,6 +15,9 @@ namespace {
 const std::string kModelPrefix = "model.";
 const char* const kStateKey = "deit";
 const char* const kConfigKey = "deit_model";
+// A weights file's ViTConfig has a key of its own: deit builds older than it took any file with
+// "deit_model" for a checkpoint.
+const char* const kWeightsConfigKey = "deit_weights_model";
 const char* const kClassesKey = "deit_classes";
 
 bool starts_with(const std::string& s, const std::string& prefix) {
@@ -118,23 +121,26 @@ std::vector<std::string> class_names_in(const Metadata& metadata,
   }
 }
 
-// The "deit_model" entry of checkpoints and deit's weights files: the model's ViTConfig.
-std::pair<const std::string, std::string> model_metadata(const ViTConfig& config) {
-  return {kConfigKey, config_to_json(config).dump()};
+// The metadata entry `key` (kConfigKey or kWeightsConfigKey) holding the model's ViTConfig.
+std::pair<const std::string, std::string> model_metadata(const char* key, const ViTConfig& config) {
+  return {key, config_to_json(config).dump()};
 }
 
-// The ViTConfig "deit_model" of `metadata` describes (nothing when absent); `describe_file`
-// names the file in errors.
+// The ViTConfig of a checkpoint's "deit_model" or a weights file's "deit_weights_model" in
+// `metadata` (nothing when neither is there); `describe_file` names the file in errors.
 std::optional<ViTConfig> model_config_in(const Metadata& metadata,
                                          const std::string& describe_file) {
-  const auto it = metadata.find(kConfigKey);
-  if (it == metadata.end()) return std::nullopt;
-  try {
-    return config_from_json(nlohmann::json::parse(it->second));
-  } catch (const std::exception& e) {
-    throw std::runtime_error(describe_file + ": its deit_model metadata is not a valid model " +
-                             "description: " + e.what());
+  for (const char* key : {kConfigKey, kWeightsConfigKey}) {
+    const auto it = metadata.find(key);
+    if (it == metadata.end()) continue;
+    try {
+      return config_from_json(nlohmann::json::parse(it->second));
+    } catch (const std::exception& e) {
+      throw std::runtime_error(describe_file + ": its " + key + " metadata is not a valid model " +
+                               "description: " + e.what());
+    }
   }
+  return std::nullopt;
 }
 
 // `metadata` with the class names added, when there are any.
@@ -171,7 +177,7 @@ void save_checkpoint(const std::string& path, const VisionTransformer& model,
                                   name + "' uses the prefix reserved for the model");
     tensors.emplace_back(name, t);
   }
-  const Metadata metadata = {{kStateKey, state.dump()}, model_metadata(model.config())};
+  const Metadata metadata = {{kStateKey, state.dump()}, model_metadata(kConfigKey, model.config())};
   write_safetensors(path, tensors, with_class_names(metadata, class_names));
 }
 
@@ -187,9 +193,8 @@ Checkpoint read_checkpoint_tensors(const std::string& path,
   const auto state_it = contents.metadata.find(kStateKey);
   if (config_it == contents.metadata.end() || state_it == contents.metadata.end())
     fail(std::string("not a deit checkpoint (") +
-         (state_it == contents.metadata.end() && config_it != contents.metadata.end()
-              ? "no run state: the weights file deit export writes"
-              : "no deit_model and deit metadata") +
+         (contents.metadata.count(kWeightsConfigKey) ? "the weights file deit export writes"
+                                                     : "no deit_model and deit metadata") +
          "; a weights file, such as deit export or timm writes, is read by deit eval --weights, "
          "and deit train starts from one with --finetune)");
 
@@ -308,7 +313,8 @@ void save_weights(const std::string& path, const VisionTransformer& model,
   // "format": "pt" is what PyTorch-side writers put there; Hugging Face loaders look for it.
   write_safetensors(
       path, tensors,
-      with_class_names({{"format", "pt"}, model_metadata(model.config())}, class_names));
+      with_class_names({{"format", "pt"}, model_metadata(kWeightsConfigKey, model.config())},
+                       class_names));
 }
 
 std::vector<std::string> read_class_names(const std::string& path) {
@@ -340,8 +346,7 @@ bool is_safetensors(const std::string& path) { return read_header(path).has_valu
 
 bool is_checkpoint(const std::string& path) {
   const std::optional<SafetensorsContents> header = read_header(path);
-  // deit's weights files have a config too, but no run state.
-  return header && header->metadata.count(kConfigKey) && header->metadata.count(kStateKey);
+  return header && header->metadata.count(kConfigKey);  // a weights file has no deit_model
 }
 
 NamedTensors read_model_tensors(const std::string& path) {

@@ -13,9 +13,9 @@
 // A weights file holds the parameters alone, as f32 under timm's names and shapes (RECIPE.md
 // section 1): what `deit export` writes, what timm's deit3_* models load, and what
 // `deit eval --weights` reads (timm's own safetensors weights included, and checkpoints too).
-// deit's own also keep the model's ViTConfig under "deit_model", as a checkpoint does (timm
-// ignores metadata), since the shapes alone do not show every field (a head count, say); what
-// tells a checkpoint from a weights file is the "deit" state, which only a checkpoint has.
+// deit's own also keep the model's ViTConfig, under "deit_weights_model" (timm ignores metadata),
+// since the shapes alone do not show every field (a head count, say); not under a checkpoint's
+// "deit_model", which tells a checkpoint from a weights file, to deit builds older than this too.
 //
 // Both kinds keep the names of the classes the model was trained on, in label order, when the
 // writer knows them: label 3 means a class only through the dataset's folder order, so a model
@@ -78,10 +78,10 @@ bool is_safetensors(const std::string& path);
 // weights file or anything that is not safetensors).
 bool is_checkpoint(const std::string& path);
 
-// The model a checkpoint or a weights file of deit export says it holds (its "deit_model"
-// metadata), read from the header alone; nothing for a file that does not say (timm's weights,
-// exports written before deit kept it). Throws naming the file when it cannot be read or its
-// description is not valid.
+// The model a checkpoint or a weights file of deit export says it holds (its "deit_model" or
+// "deit_weights_model" metadata), read from the header alone; nothing for a file that does not say
+// (timm's weights, exports written before deit kept it). Throws naming the file when it cannot be
+// read or its description is not valid.
 std::optional<ViTConfig> read_model_config(const std::string& path);
 
 // Copies the checkpoint's parameters into `model` (any device and dtype) after checking that it

@@ -104,17 +104,26 @@ TEST_CASE("of a value or a switch given twice, the last given counts", "[cli]") 
       {"--src --no-src", "\"src\": false"},
       {"--no-repeated-aug --zero --repeated-aug", "\"repeated_aug\": true"},
       {"--bce-loss --no-bce-loss --smoothing 0.1", "\"bce_loss\": false"},
-      {"--no-model-ema --model-ema --no-model-ema", "\"model_ema\": false"}};
+      {"--no-model-ema --model-ema --no-model-ema", "\"model_ema\": false"},
+      // With values, as argparse-minded scripts write them.
+      {"--src --no-src=false", "\"src\": true"},
+      {"--no-src --src=false", "\"src\": false"},
+      {"--recipe in21k-pretrain --src=false", "\"src\": false"},
+      {"--src=yes", "\"src\": true"}};
   for (const auto& [args, expected] : cases) {
     const CliResult r = run_deit(dry_run + args);
     INFO(args << "\n" << r.output);
     CHECK(r.exit_code == 0);
     CHECK_THAT(r.output, Catch::Contains(expected));
   }
+  const CliResult maybe = run_deit(dry_run + "--src=maybe");
+  CHECK(maybe.exit_code == 1);
+  CHECK_THAT(maybe.output, Catch::Contains("'maybe' is not true or false"));
 }
 
-TEST_CASE("--bce-loss over a stage whose cross-entropy smooths leaves the smoothing behind",
-          "[cli]") {
+TEST_CASE(
+    "deit train --bce-loss over a stage whose cross-entropy smooths leaves the smoothing behind",
+    "[cli]") {
   const std::string dry_run =
       "train --model deit3_tiny --data nowhere --output nowhere --dry-run --recipe in21k-pretrain ";
   CHECK_THAT(run_deit(dry_run).output, Catch::Contains("\"smoothing\": 0.1"));
@@ -145,6 +154,11 @@ TEST_CASE("the reference code's options are answered with deit's", "[cli]") {
         "--sched has one value", "--drop (dropout)", "--nodes", "--ngpus"})
     CHECK_THAT(r.output, Catch::Contains("deit: note: the reference code's " + std::string(note)));
   CHECK_THAT(r.output, !Catch::Contains("reference code's --frobnicate"));
+  // Noted also where CLI11 first misses what the reference's option was meant to give.
+  const CliResult missing = run_deit("eval --checkpoint run --data-path /imagenet");
+  CHECK(missing.exit_code == 1);
+  CHECK_THAT(missing.output, Catch::Contains("--data is required") &&
+                                 Catch::Contains("the reference code's --data-path is --data"));
   const CliResult opt = run_deit(
       "train --model deit3_base --data nowhere --output nowhere --dry-run --opt fusedlamb");
   CHECK(opt.exit_code == 1);

@@ -15,6 +15,7 @@
 #include "model/checkpoint.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
+#include "tests/test_model_helpers.h"
 
 using namespace deit;
 using namespace deit::model;
@@ -35,23 +36,6 @@ VisionTransformer tiny_model() {
   c.input_size = 16;
   VisionTransformer vit(c);
   Rng rng(11);
-  vit.initialize(rng);
-  return vit;
-}
-
-// deit3_tiny as `deit train --model deit3_tiny --patch 4 --dim 16 --depth 2 --heads 2
-// --input-size 8` makes it, for `classes` classes.
-VisionTransformer custom_tiny(int64_t classes) {
-  ViTConfig c = preset("deit3_tiny");
-  c.name += " (custom)";
-  c.patch = 4;
-  c.dim = 16;
-  c.depth = 2;
-  c.heads = 2;
-  c.num_classes = classes;
-  c.input_size = 8;
-  VisionTransformer vit(c);
-  Rng rng(3);
   vit.initialize(rng);
   return vit;
 }
@@ -147,6 +131,9 @@ TEST_CASE("deit export rejects bad input with a clear message and a non-zero exi
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("--out '" + folder + "' is a folder; give a file name"));
   CHECK(std::filesystem::is_empty(folder));
+  // And whatever its name ends in.
+  r = run_deit("export --checkpoint " + checkpoint + " --out " + dir.path() + "/exp");
+  CHECK_THAT(r.output, Contains("--out '" + dir.path() + "/exp' is a folder"));
   CHECK(deit::test::read_bytes(log) == std::vector<uint8_t>{'{', '}', '\n'});
   CHECK(deit::test::read_bytes(shard).size() == 12);
 
@@ -166,8 +153,8 @@ TEST_CASE("deit eval --weights takes the model a deit export names, and refuses 
   const std::vector<std::string> classes(data::synthetic_class_names().begin(),
                                          data::synthetic_class_names().begin() + 4);
   const std::string weights = dir.file("w.safetensors");
-  save_checkpoint(dir.file("run/checkpoint.safetensors"), custom_tiny(4), {}, {{"epoch", 0}},
-                  classes);
+  save_checkpoint(dir.file("run/checkpoint.safetensors"), deit::test::tiny_cli_model(4, 8, 3), {},
+                  {{"epoch", 0}}, classes);
   const std::string run = dir.file("run");
   REQUIRE(run_deit("export --checkpoint " + run + " --out " + weights).exit_code == 0);
 

@@ -100,7 +100,7 @@ TEST_CASE("deit pack stopped by Ctrl-C or a kill leaves no partial shard", "[dat
     INFO(stopped->output);
     CHECK(WIFSIGNALED(stopped->status));
     CHECK(WTERMSIG(stopped->status) == signal);
-    // The folders it made for the shard, too.
+    // The folders it made for the shard too, however many (out/a/b/c).
     CHECK_FALSE(std::filesystem::exists(dir.path() + "/out"));
   }
   // Each process writes its own partial file: two packs of one shard never mix their records.

@@ -6,6 +6,7 @@
 #include "data/image_folder.h"
 #include "data/synthetic.h"
 #include "tests/test_data_helpers.h"
+#include "tests/test_io_helpers.h"
 
 namespace {
 
@@ -97,6 +98,11 @@ TEST_CASE("What the synthetic dataset's generator did not make is found", "[data
   const std::string root = dir.path() + "/synthetic";
   generate_synthetic_dataset(root, small_options(3));
   CHECK(first_file_not_synthetic(root).empty());
+  // Past 99999 images a class, %05d writes more digits.
+  deit::test::write_bytes(root + "/train/disc/disc_123456.png",
+                          read_bytes(root + "/train/disc/disc_00000.png"));
+  CHECK(first_file_not_synthetic(root).empty());
+  std::filesystem::remove(root + "/train/disc/disc_123456.png");
   // A file missing is a damaged dataset, not a foreign file.
   std::filesystem::remove(root + "/val/rays/rays_00001.png");
   CHECK(first_file_not_synthetic(root).empty());
@@ -109,7 +115,8 @@ TEST_CASE("What the synthetic dataset's generator did not make is found", "[data
                                  root + "/val/rays/rays_1.png",
                                  root + "/val/rays/disc_00000.png",
                                  root + "/val/rays/rays_0000x.png",
-                                 root + "/train/disc/disc_00009.png.bak"};
+                                 root + "/train/disc/disc_00009.png.bak",
+                                 root + "/train/disc/disc_0001.png"};
   for (const std::string& path : foreign) {
     INFO(path);
     if (!std::filesystem::path(path).has_extension())
@@ -123,4 +130,16 @@ TEST_CASE("What the synthetic dataset's generator did not make is found", "[data
   std::filesystem::create_symlink(root + "/val/rays/rays_00000.png",
                                   root + "/val/rays/rays_00007.png");
   CHECK(first_file_not_synthetic(root) == root + "/val/rays/rays_00007.png");
+}
+
+TEST_CASE("A synthetic dataset that cannot be written whole leaves no half-made copy", "[data]") {
+  // A disk that fills up part-way: each image is larger than the 200 bytes a file may grow to.
+  TempDir dir;
+  const std::string root = dir.path() + "/synthetic";
+  {
+    deit::test::FileSizeLimit full_disk(200);
+    CHECK_THROWS(generate_synthetic_dataset(root, small_options(3)));
+  }
+  CHECK_FALSE(std::filesystem::exists(root));
+  CHECK_FALSE(std::filesystem::exists(root + ".partial"));
 }

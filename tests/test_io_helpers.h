@@ -1,4 +1,4 @@
-// Shared by the safetensors and checkpoint tests: a way to make a file write fail part-way, as a
+// Shared by the tests of the files deit writes: a way to make a file write fail part-way, as a
 // full disk does.
 #pragma once
 #include <sys/resource.h>

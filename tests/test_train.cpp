@@ -25,6 +25,7 @@
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_distributed_helpers.h"
+#include "tests/test_model_helpers.h"
 #include "train/finetune.h"
 #include "train/output_lock.h"
 #include "train/recipe.h"
@@ -623,8 +624,8 @@ TEST_CASE("settings that train without effect or against themselves are warned a
   r = run_deit("train --resume " + dir.file("run") + " --epochs 2");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output,
-             Catch::Contains("the data of checkpoint") &&
-                 Catch::Contains("'" + data + "', is not there now (moved?): give --data"));
+             Catch::Contains("--data is required: the run of checkpoint") &&
+                 Catch::Contains("trained on '" + data + "', which is not there now: give --data"));
   r = run_deit("train --resume " + dir.file("run") + " --epochs 2 --quiet --data " + data +
                "-moved");
   INFO(r.output);
@@ -1100,27 +1101,8 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   CHECK(test::read_bytes(checkpoint) == good);
 }
 
-namespace {
-
-// The model tiny_train_args trains, with `classes` classes, at `input_size` px.
-model::VisionTransformer tiny_trained_model(int64_t classes, int64_t input_size) {
-  model::ViTConfig c = model::preset("deit3_tiny");
-  c.name += " (custom)";
-  c.patch = 4;
-  c.dim = 16;
-  c.depth = 2;
-  c.heads = 2;
-  c.num_classes = classes;
-  c.input_size = input_size;
-  model::VisionTransformer vit(c);
-  Rng rng(5);
-  vit.initialize(rng);
-  return vit;
-}
-
-}  // namespace
-
-TEST_CASE("--finetune says what it changed of the weights it starts from", "[train][cli]") {
+TEST_CASE("deit train --finetune says what it changed of the weights it starts from",
+          "[train][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir);
   const auto& names = data::synthetic_class_names();
@@ -1135,7 +1117,7 @@ TEST_CASE("--finetune says what it changed of the weights it starts from", "[tra
   // 10 classes at 8 px (2x2 patches) -> the dataset's 4 at 16 px (4x4): a new head, a resized
   // position embedding, one line each.
   const std::string ten_at_8 = dir.file("ten/checkpoint.safetensors");
-  model::save_checkpoint(ten_at_8, tiny_trained_model(10, 8), {}, {{"epoch", 0}}, ten);
+  model::save_checkpoint(ten_at_8, test::tiny_cli_model(10, 8, 5), {}, {{"epoch", 0}}, ten);
   CliResult r = run_deit(args + " --input-size 16 --output " + dir.file("a") + " --finetune " +
                          dir.file("ten"));
   INFO(r.output);
@@ -1157,8 +1139,8 @@ TEST_CASE("--finetune says what it changed of the weights it starts from", "[tra
   // As many classes, under other names (a weights file, which names them too): the head is kept,
   // with a warning; the same classes at the same size: nothing to say.
   const std::string other = dir.file("other.safetensors"), same = dir.file("same.safetensors");
-  model::save_weights(other, tiny_trained_model(4, 8), other_four);
-  model::save_weights(same, tiny_trained_model(4, 8), four);
+  model::save_weights(other, test::tiny_cli_model(4, 8, 5), other_four);
+  model::save_weights(same, test::tiny_cli_model(4, 8, 5), four);
   r = run_deit(args + " --input-size 8 --output " + dir.file("b") + " --finetune " + other);
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
