@@ -32,7 +32,7 @@ struct InfoOptions {
 };
 
 // A checkpoint's run: its state, and the settings it was trained with where they differ from its
-// model's recipe (the model's shape aside, which the model lines show).
+// model's recipe (the model's shape aside, which the model lines show, but a preset's input size).
 struct SavedRun {
   std::string path;
   train::RunState state;
@@ -79,9 +79,13 @@ SavedRun read_saved_run(const model::Checkpoint& checkpoint) {
                    : "the " + preset + " " + recipe_name + " recipe";
   static const std::set<std::string> kShape = {"patch", "dim",         "depth",
                                                "heads", "num_classes", "input_size"};
+  // A preset's input size is a recipe setting (each stage has its own), which the shape line
+  // alone would not show to differ; a custom model's is part of its shape.
+  const bool preset_model = !preset.empty() && checkpoint.config.name == preset;
   for (auto& d :
        train::recipe_of(checkpoint.config, recipe_name).course_differences(run.state.options))
-    if (!kShape.count(d.key)) run.off_recipe.push_back(std::move(d));
+    if (!kShape.count(d.key) || (preset_model && d.key == "input_size"))
+      run.off_recipe.push_back(std::move(d));
   return run;
 }
 

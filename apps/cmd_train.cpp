@@ -6,6 +6,7 @@
 #include "apps/commands.h"
 #include "apps/shell_quoted.h"
 #include "apps/train_flags.h"
+#include "engine/rendezvous.h"
 #include "model/checkpoint.h"
 #include "train/progress.h"
 #include "train/stop_request.h"
@@ -81,6 +82,8 @@ void add_train_command(CLI::App& app) {
     if (!flags->dry_run)
       return report_training(train::train(options), cmd->get_parent()->get_name());
     train::check_before_data(options);
+    // Under a launch of several processes, one says it: the settings are every rank's.
+    if (launch_rank_or_zero() != 0) return;
     if (!options.resume.empty())
       train::warn_of_course_changes(options, model::read_checkpoint_header(options.resume)
                                                  .state.value("options", nlohmann::json::object()));

@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
     if (const std::string refusal =
             refusal_of_several_processes(std::vector<std::string>(argv + 1, argv + argc));
         !refusal.empty()) {
-      std::fprintf(stderr, "deit: error: %s\n", refusal.c_str());
+      std::fprintf(stderr, "%s%s\n", error_prefix().c_str(), refusal.c_str());
       return 1;
     }
     app.parse(argc, argv);

@@ -8,6 +8,7 @@
 
 #include "engine/rendezvous.h"
 #include "model/checkpoint.h"
+#include "train/output_lock.h"
 
 namespace deit::apps {
 
@@ -200,6 +201,15 @@ train::TrainOptions TrainFlags::starting_options() const {
         "--recipe starts a new run: a resumed run keeps its own, and a "
         "flag given with --resume changes that one setting");
   const std::string checkpoint = model::checkpoint_file(resume);
+  std::error_code error;
+  if (const std::filesystem::path folder = std::filesystem::path(checkpoint).parent_path();
+      !std::filesystem::exists(checkpoint, error) && !folder.empty() &&
+      std::filesystem::is_directory(folder, error) && launch_rank_or_zero() == 0) {
+    // A run still in its first epoch has no checkpoint yet: that it runs is the reason to give
+    // (the lock names its process), not the missing file. Rank 0 alone looks, as another rank
+    // would find rank 0 looking.
+    const train::OutputLock running(folder.string(), "--resume");
+  }
   const model::Checkpoint saved = model::read_checkpoint_header(checkpoint);
   const std::string saved_preset = model::preset_of(saved.config);
   if (!model.model.empty() && model.model != saved_preset)
@@ -299,12 +309,7 @@ train::TrainOptions TrainFlags::resolve() const {
     idle.push_back("--rrc-scale-min has no effect with --src (Simple Random Crop draws no scale)");
   if (model_ema_decay && !o.model_ema)
     idle.push_back("--model-ema-decay has no effect without --model-ema");
-  int rank = 0;
-  try {
-    if (!idle.empty()) rank = detect_rendezvous().rank;
-  } catch (const std::invalid_argument&) {
-  }
-  if (rank == 0)
+  if (!idle.empty() && launch_rank_or_zero() == 0)
     for (const char* warning : idle) std::fprintf(stderr, "warning: %s\n", warning);
   return o;
 }

@@ -180,6 +180,14 @@ Environment process_environment() {
 
 Rendezvous detect_rendezvous() { return parse_rendezvous(process_environment()); }
 
+int launch_rank_or_zero() {
+  try {
+    return detect_rendezvous().rank;
+  } catch (const std::invalid_argument&) {
+    return 0;
+  }
+}
+
 std::string first_slurm_host(const std::string& nodelist) {
   // The first entry ends at the first comma outside brackets; each bracketed range in it
   // contributes its first value, zero padding and all.

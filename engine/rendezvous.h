@@ -55,6 +55,10 @@ Rendezvous parse_rendezvous(const Environment& env);
 Environment process_environment();
 // parse_rendezvous(process_environment()).
 Rendezvous detect_rendezvous();
+// This process's rank in the launch its environment describes; 0 where it describes none it can
+// make sense of (the launch itself then refuses it, where it matters): who of several processes
+// says what only one should.
+int launch_rank_or_zero();
 
 // The first host of a Slurm node list: "gpu[07-09,12],cpu3" -> "gpu07".
 std::string first_slurm_host(const std::string& nodelist);

@@ -16,6 +16,7 @@ except ImportError:
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def main() -> int:
@@ -44,6 +45,8 @@ def main() -> int:
     acc_ax.set_ylabel("%")
     acc_ax.set_ylim(0, 101)  # a top-5 of 100% stays in sight
     acc_ax.legend()
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 tick
     fig.suptitle(str(run))
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -74,8 +74,9 @@ TEST_CASE(
     unsetenv(name);
   INFO(eval.output);
   CHECK(eval.exit_code == 1);
-  CHECK_THAT(eval.output, Catch::Contains("deit: error: deit eval runs as one process, and this "
-                                          "one was started as mpirun: rank 0 of 2") &&
+  CHECK_THAT(eval.output, Catch::Contains("deit: error (rank 0 of 2): deit eval runs as one "
+                                          "process, and this one was started as mpirun: rank 0 "
+                                          "of 2") &&
                               Catch::Contains("start it without the launcher"));
   CHECK_THAT(demo.output, Catch::Contains("deit demo runs as one process"));
   CHECK_THAT(kernels.output, Catch::Contains("deit bench kernels runs as one process"));
@@ -119,6 +120,21 @@ TEST_CASE("of a value or a switch given twice, the last given counts", "[cli]") 
   const CliResult maybe = run_deit(dry_run + "--src=maybe");
   CHECK(maybe.exit_code == 1);
   CHECK_THAT(maybe.output, Catch::Contains("'maybe' is not true or false"));
+}
+
+TEST_CASE("deit train --dry-run under a launch of several processes prints the settings once",
+          "[cli]") {
+  const std::string dry_run = std::string(DEIT_BINARY) +
+                              " train --model deit3_tiny --data nowhere --output nowhere --dry-run";
+  const std::string mpirun_rank =
+      "OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_LOCAL_RANK=0 "
+      "OMPI_COMM_WORLD_RANK=";
+  const CliResult first = deit::test::run_shell(mpirun_rank + "0 " + dry_run);
+  CHECK(first.exit_code == 0);
+  CHECK_THAT(first.output, Catch::Contains("\"model\": \"deit3_tiny\""));
+  const CliResult second = deit::test::run_shell(mpirun_rank + "1 " + dry_run);
+  CHECK(second.exit_code == 0);
+  CHECK(second.output.empty());
 }
 
 TEST_CASE(

@@ -85,13 +85,14 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("top-1") && Catch::Contains("checkpoint.safetensors"));
   // What the run is about to do, with the global batch the recipe's learning rate assumes.
-  CHECK_THAT(r.output,
-             Catch::Contains("training deit3_tiny (custom) with the pretrain recipe on " + data +
-                             " (96 images, 4 "
-                             "classes), 2 epochs of 6 optimizer steps, on cpu\n"
-                             "global batch 16 = 16 per process x 1 process; the "
-                             "deit3_tiny pretrain recipe's is 2048, which its lr "
-                             "assumes"));
+  CHECK_THAT(
+      r.output,
+      Catch::Contains("training deit3_tiny (custom) at 8 px with the pretrain recipe on " + data +
+                      " (96 images, 4 "
+                      "classes), 2 epochs of 6 optimizer steps, on cpu\n"
+                      "global batch 16 = 16 per process x 1 process; the "
+                      "deit3_tiny pretrain recipe's is 2048, which its lr "
+                      "assumes"));
   // Each epoch's line says how long the rest will take, at its pace.
   CHECK_THAT(r.output,
              Catch::Contains("s; 1 more epoch, about ") && !Catch::Contains("0 more epochs"));
@@ -606,6 +607,25 @@ TEST_CASE("a dataset of a single class trains with a warning that it is meaningl
   // One epoch of one warm-up epoch: the learning rate never leaves its ramp.
   CHECK_THAT(r.output, Catch::Contains("warning: the run's 1 epoch ends within its 1 warm-up "
                                        "epoch: its learning rate never reaches --lr"));
+}
+
+TEST_CASE("deit info names a preset's input size among the settings off its recipe",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  const CliResult trained = run_deit(
+      "train --model deit3_tiny --input-size 32 --epochs 1 "
+      "--batch-size 16 --warmup-epochs 0 --workers 1 --quiet "
+      "--data " +
+      data + " --output " + out);
+  INFO(trained.output);
+  REQUIRE(trained.exit_code == 0);
+  const CliResult info = run_deit("info --json --checkpoint " + out);
+  REQUIRE(info.exit_code == 0);
+  const nlohmann::json off = nlohmann::json::parse(info.output).at("checkpoint").at("off_recipe");
+  INFO(off.dump());
+  CHECK(off.at("input_size") == nlohmann::json({{"saved", 32}, {"recipe", 224}}));
+  CHECK_FALSE(off.contains("num_classes"));  // the dataset's, a shape
 }
 
 TEST_CASE("settings that train without effect or against themselves are warned about",
@@ -1212,6 +1232,15 @@ TEST_CASE("a run's output folder is locked: a second run into it is refused whil
     CHECK(test::read_bytes(out + "/log.txt") == log);
     // A dry run writes nothing, and may plan the run that follows the one holding the folder.
     CHECK(run_deit("train --resume " + out + " --epochs 2 --dry-run").exit_code == 0);
+  }
+  {
+    // A run in its first epoch has no checkpoint yet: a resume of it is told it runs.
+    const std::string folder = dir.path() + "/starting";
+    std::filesystem::create_directories(folder);
+    const train::OutputLock held(folder, "--output");
+    const CliResult r = run_deit("train --resume " + folder);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Catch::Contains("'" + folder + "' is in use by another deit process"));
   }
   // Released, the resume runs: it clears what an interrupted save left, and its lock file goes.
   CliResult r = run_deit("train --resume " + out + " --epochs 2 --quiet");

@@ -63,11 +63,11 @@ void print_run_start(const TrainOptions& o, const data::ImageSource& train_sourc
   const int64_t steps = (batches_per_epoch + o.accum_steps - 1) / o.accum_steps;
   std::fprintf(
       stderr,
-      "training %s with the %s recipe on %s (%zu images, %zu classes), %lld epoch%s of %lld "
-      "optimizer step%s, on %s\n",
-      o.model.name.c_str(), o.recipe.c_str(), o.data_dir.c_str(), train_source.size(),
-      train_source.class_names().size(), (long long)o.epochs, o.epochs == 1 ? "" : "s",
-      (long long)steps, steps == 1 ? "" : "s", o.device.c_str());
+      "training %s at %lld px with the %s recipe on %s (%zu images, %zu classes), %lld epoch%s of "
+      "%lld optimizer step%s, on %s\n",
+      o.model.name.c_str(), (long long)o.model.input_size, o.recipe.c_str(), o.data_dir.c_str(),
+      train_source.size(), train_source.class_names().size(), (long long)o.epochs,
+      o.epochs == 1 ? "" : "s", (long long)steps, steps == 1 ? "" : "s", o.device.c_str());
   if (!o.resume.empty()) {
     std::fprintf(stderr, "resuming %s in epoch %lld", o.resume.c_str(), (long long)start_epoch + 1);
     if (resumed_batches > 0)
