@@ -51,7 +51,7 @@ struct DemoOptions {
 // Measured: see README.md and bench/results/ (*-cpu-demo.md).
 train::TrainOptions demo_recipe(const DemoOptions& d, const std::string& data_dir) {
   train::TrainOptions o = train::recipe_for("deit3_small");
-  o.model.name = "demo (deit3, patch 16, dim 96, depth 4, heads 3, 64 px)";
+  o.model.name = "demo (deit3, patch 16, dim 96, depth 4, heads 3)";
   o.model.patch = 16;
   o.model.dim = 96;
   o.model.depth = 4;
