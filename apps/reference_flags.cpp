@@ -8,6 +8,11 @@ namespace {
 
 // What follows "the reference code's --NAME" in a note.
 const std::map<std::string, std::string>& reference_options() {
+  static const std::string submitit_launch =
+      "(run_with_submitit.py's) is the launcher's business here: mpirun, srun or torchrun "
+      "(README.md, Multi-GPU / multi-node)";
+  static const std::string distillation =
+      "belongs to DeiT I's distillation, which deit does not train";
   static const std::map<std::string, std::string> notes = {
       {"--data-path", "is --data here"},
       {"--output_dir", "is --output here"},
@@ -26,17 +31,13 @@ const std::map<std::string, std::string>& reference_options() {
       {"--pin-mem", "is how deit always copies batches to a GPU: leave it out"},
       {"--train-interpolation", "is bicubic in DeiT III, as in deit: leave it out"},
       {"--eval", "is the command `deit eval` here"},
-      {"--nodes",
-       "(run_with_submitit.py's) is the launcher's business here: mpirun, srun or "
-       "torchrun (README.md, Multi-GPU / multi-node)"},
-      {"--ngpus",
-       "(run_with_submitit.py's) is the launcher's business here: mpirun, srun or "
-       "torchrun (README.md, Multi-GPU / multi-node)"},
+      {"--nodes", submitit_launch},
+      {"--ngpus", submitit_launch},
       {"--world_size", "comes from the launcher here (mpirun, srun or torchrun)"},
       {"--dist_url", "comes from the launcher here (MASTER_ADDR and MASTER_PORT, or Slurm's)"},
       {"--start_epoch", "is read from the checkpoint --resume continues"},
-      {"--teacher-model", "belongs to DeiT I's distillation, which deit does not train"},
-      {"--distillation-type", "belongs to DeiT I's distillation, which deit does not train"},
+      {"--teacher-model", distillation},
+      {"--distillation-type", distillation},
   };
   return notes;
 }
