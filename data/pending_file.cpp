@@ -15,8 +15,12 @@ std::string errno_text() { return std::strerror(errno); }
 
 }  // namespace
 
-PendingFile::PendingFile(const std::string& target)
-    : target_(target), temp_(target + ".tmp." + std::to_string(::getpid())) {}
+std::string PendingFile::temp_path(const std::string& target, const std::string& kind) {
+  return target + "." + kind + "." + std::to_string(::getpid());
+}
+
+PendingFile::PendingFile(const std::string& target, const std::string& kind)
+    : target_(target), temp_(temp_path(target, kind)) {}
 
 PendingFile::~PendingFile() {
   if (file_) std::fclose(file_);

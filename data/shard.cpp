@@ -113,13 +113,13 @@ bool is_shard_file(const std::string& path) {
 // Writing
 
 std::string ShardWriter::partial_path(const std::string& path) {
-  return path + ".partial." + std::to_string(getpid());
+  return PendingFile::temp_path(path, "partial");
 }
 
 ShardWriter::ShardWriter(std::string path, std::vector<std::string> class_names, uint64_t capacity,
                          uint32_t short_side)
     : path_(std::move(path)),
-      partial_path_(partial_path(path_)),
+      file_(path_, "partial"),
       class_names_(std::move(class_names)),
       class_table_(encode_class_table(class_names_)),
       capacity_(capacity),
@@ -140,25 +140,7 @@ ShardWriter::ShardWriter(std::string path, std::vector<std::string> class_names,
   data_offset_ =
       align_up(sizeof(ShardHeader) + class_table_.size() + capacity_ * sizeof(ShardIndexEntry));
   end_offset_ = data_offset_;
-  file_ = std::fopen(partial_path_.c_str(), "wb");
-  if (!file_) {
-    throw DataError(path_ + ": cannot create its temporary file " + partial_path_ + " (" +
-                    errno_text() + ")");
-  }
-}
-
-ShardWriter::~ShardWriter() {
-  if (file_) {
-    std::fclose(file_);
-    std::remove(partial_path_.c_str());
-  }
-}
-
-void ShardWriter::write_at(uint64_t offset, const void* data, size_t size) {
-  if (fseeko(file_, static_cast<off_t>(offset), SEEK_SET) != 0 ||
-      std::fwrite(data, 1, size, file_) != size) {
-    throw DataError(partial_path_ + ": write failed (" + errno_text() + ")");
-  }
+  file_.open();
 }
 
 void ShardWriter::add(const ImageU8& image, int label) {
@@ -175,7 +157,7 @@ void ShardWriter::add(const ImageU8& image, int label) {
   entry.width = static_cast<uint32_t>(image.width);
   entry.label = label;
   entry.checksum = xxhash64(image.pixels.data(), image.pixels.size());
-  write_at(entry.offset, image.pixels.data(), image.pixels.size());
+  file_.write_at(entry.offset, image.pixels.data(), image.pixels.size());
   end_offset_ = entry.offset + image.pixels.size();
   index_.push_back(entry);
 }
@@ -198,26 +180,16 @@ uint64_t ShardWriter::finish() {
       tables_checksum(class_table_.data(), class_table_.size(), index_.data(), index_.size());
   header.header_checksum = header_checksum(header);
 
-  write_at(0, &header, sizeof header);
-  write_at(sizeof header, class_table_.data(), class_table_.size());
-  write_at(header.index_offset, full_index.data(), full_index.size() * sizeof(ShardIndexEntry));
-  // With no records the file would end at the index: make it as long as the header says.
-  if (ftruncate(fileno(file_), static_cast<off_t>(end_offset_)) != 0 || std::fflush(file_) != 0 ||
-      fsync(fileno(file_)) != 0) {
-    throw DataError(partial_path_ + ": cannot flush to disk (" + errno_text() + ")");
+  file_.write_at(0, &header, sizeof header);
+  file_.write_at(sizeof header, class_table_.data(), class_table_.size());
+  const uint64_t index_end = header.index_offset + full_index.size() * sizeof(ShardIndexEntry);
+  file_.write_at(header.index_offset, full_index.data(), index_end - header.index_offset);
+  // With no records the file would end at the index: as long as the header says, zeros after it.
+  if (index_.empty() && index_end < end_offset_) {
+    const std::vector<uint8_t> padding(end_offset_ - index_end, 0);
+    file_.write_at(index_end, padding.data(), padding.size());
   }
-  const int close_status = std::fclose(file_);
-  file_ = nullptr;  // closed, even when fclose fails: the destructor no longer removes the file
-  if (close_status != 0) {
-    const std::string why = errno_text();
-    std::remove(partial_path_.c_str());
-    throw DataError(partial_path_ + ": close failed (" + why + ")");
-  }
-  if (std::rename(partial_path_.c_str(), path_.c_str()) != 0) {
-    std::remove(partial_path_.c_str());
-    throw DataError(path_ + ": cannot rename " + partial_path_ + " into place (" + errno_text() +
-                    ")");
-  }
+  file_.commit();  // synced to disk, then renamed onto `path`
   return end_offset_;
 }
 

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "data/image_source.h"
+#include "data/pending_file.h"
 
 namespace deit::data {
 
@@ -65,13 +66,13 @@ static_assert(sizeof(ShardIndexEntry) == 32, "ShardIndexEntry is a file format: 
 bool is_shard_file(const std::string& path);
 
 // Writes a shard. Records go to partial_path(path) and the file is renamed to `path` by finish();
-// a writer destroyed before finish() removes its partial file, so `path` is never half written.
+// a writer destroyed before finish() removes its partial file, so `path` is never half written
+// (a PendingFile, data/pending_file.h). Write failures throw std::runtime_error naming `path`.
 class ShardWriter {
  public:
   // `capacity` bounds the number of records (the index is reserved up front).
   ShardWriter(std::string path, std::vector<std::string> class_names, uint64_t capacity,
               uint32_t short_side);
-  ~ShardWriter();
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
 
@@ -84,10 +85,8 @@ class ShardWriter {
   static std::string partial_path(const std::string& path);
 
  private:
-  void write_at(uint64_t offset, const void* data, size_t size);
-
   std::string path_;
-  std::string partial_path_;
+  PendingFile file_;
   std::vector<std::string> class_names_;
   std::vector<uint8_t> class_table_;
   std::vector<ShardIndexEntry> index_;
@@ -95,7 +94,6 @@ class ShardWriter {
   uint32_t short_side_;
   uint64_t data_offset_;
   uint64_t end_offset_;
-  std::FILE* file_ = nullptr;
 };
 
 // Reads a shard with pread, each record straight into its image. Opening checks the header, the

@@ -14,6 +14,7 @@
 #include "data/synthetic.h"
 #include "data/xxhash64.h"
 #include "tests/test_data_helpers.h"
+#include "tests/test_io_helpers.h"
 
 namespace {
 
@@ -195,6 +196,30 @@ TEST_CASE("An unfinished shard leaves no file behind", "[data]") {
   }
   CHECK_FALSE(std::filesystem::exists(path));
   CHECK_FALSE(std::filesystem::exists(ShardWriter::partial_path(path)));
+
+  // A disk that fills up part-way: the write fails naming the shard, and nothing is left.
+  {
+    ShardWriter writer(path, kClasses, 4, 0);
+    const deit::test::FileSizeLimit full_disk(64 << 10);
+    const auto write_and_finish = [&] {
+      writer.add(gradient_image(200, 200), 0);
+      writer.finish();
+    };
+    CHECK_THROWS_WITH(write_and_finish(), Contains("cannot write '" + path + "'"));
+  }
+  CHECK_FALSE(std::filesystem::exists(path));
+  CHECK_FALSE(std::filesystem::exists(ShardWriter::partial_path(path)));
+}
+
+TEST_CASE("A shard of no records is as long as its header says", "[data]") {
+  TempDir dir;
+  const std::string path = dir.file("empty.shard");
+  ShardWriter writer(path, kClasses, 3, 0);
+  const uint64_t bytes = writer.finish();
+  CHECK(std::filesystem::file_size(path) == bytes);
+  const ShardReader reader(path);
+  CHECK(reader.size() == 0);
+  CHECK(reader.class_names() == kClasses);
 }
 
 TEST_CASE("pack_image_folder shrinks, packs in folder order and skips bad files", "[data]") {
