@@ -204,10 +204,11 @@ train::TrainOptions TrainFlags::starting_options() const {
   std::error_code error;
   if (const std::filesystem::path folder = std::filesystem::path(checkpoint).parent_path();
       !std::filesystem::exists(checkpoint, error) && !folder.empty() &&
-      std::filesystem::is_directory(folder, error) && launch_rank_or_zero() == 0) {
-    // A run still in its first epoch has no checkpoint yet: that it runs is the reason to give
-    // (the lock names its process), not the missing file. Rank 0 alone looks, as another rank
-    // would find rank 0 looking.
+      std::filesystem::exists(folder / ".lock", error) && launch_rank_or_zero() == 0) {
+    // A run still in its first epoch has no checkpoint yet, but its lock file: that it runs is the
+    // reason to give (the lock names its process), not the missing file. Only a folder with a
+    // lock file is looked at, so that a mistyped path locks nothing; rank 0 alone looks, as
+    // another rank would find rank 0 looking.
     const train::OutputLock running(folder.string(), "--resume");
   }
   const model::Checkpoint saved = model::read_checkpoint_header(checkpoint);
@@ -232,7 +233,7 @@ train::TrainOptions TrainFlags::starting_options() const {
     throw std::invalid_argument("--data is required: checkpoint '" + checkpoint +
                                 "' names its data by the relative path '" + o.data_dir +
                                 "', from wherever its run was started");
-  } else if (std::error_code error; !std::filesystem::exists(o.data_dir, error)) {
+  } else if (!std::filesystem::exists(o.data_dir, error)) {
     throw std::invalid_argument(
         "--data is required: the run of checkpoint '" + checkpoint + "' trained on '" + o.data_dir +
         "', which " + (error ? "cannot be reached (" + error.message() + ")" : "is not there now") +
