@@ -97,11 +97,12 @@ void run_grid(const AugmentCommandOptions& options) {
   const int rows = (options.n + columns - 1) / columns;
   data::ImageU8 grid{rows * (size + kGap) - kGap, columns * (size + kGap) - kGap, {}};
   // Before a view is made: the grid's size is known already.
-  if (!data::png_encodable(grid.width, grid.height))
+  if (!data::within_image_limits(grid.width, grid.height))
     throw std::invalid_argument("--n " + std::to_string(options.n) + " views of --input-size " +
                                 std::to_string(size) + " make a " + std::to_string(grid.width) +
-                                "x" + std::to_string(grid.height) + " grid, larger than a PNG " +
-                                "deit writes: give a smaller --n or --input-size");
+                                "x" + std::to_string(grid.height) + " grid, larger than an image " +
+                                "deit writes (" + std::to_string(data::kMaxImageSide) +
+                                " pixels a side, 2^28 pixels): give a smaller --n or --input-size");
   const std::unique_ptr<data::ImageSource> source = data::open_dataset_split(options.data, "train");
   data::SamplerOptions sampler_options;
   sampler_options.dataset_size = source->size();

@@ -24,6 +24,10 @@ struct ImageU8 {
 // is taken for a corrupt header, and an op asked for more is refused before it allocates.
 inline constexpr int kMaxImageSide = 32768;
 inline constexpr uint64_t kMaxImagePixels = uint64_t{1} << 28;
+inline bool within_image_limits(int64_t width, int64_t height) {
+  return width <= kMaxImageSide && height <= kMaxImageSide &&
+         static_cast<uint64_t>(width) * static_cast<uint64_t>(height) <= kMaxImagePixels;
+}
 
 // A file that cannot be used as an image; the message names the file and the reason.
 struct DataError : std::runtime_error {
@@ -43,9 +47,7 @@ ImageU8 decode_image_file_or_pipe(const std::string& path);
 // Writes a PNG whole or not at all (through a temporary file beside `path`, renamed over it once
 // complete; a device such as /dev/stdout is written in place). Throws DataError naming `path` and
 // the reason (e.g. "No space left on device") when it cannot, leaving no partial file behind.
+// Refuses an image past within_image_limits: deit writes nothing it would not read back.
 void write_png(const std::string& path, const ImageU8& image);
-// Whether write_png can encode a `width` x `height` image: stb_image_write sizes its buffer,
-// (3 x width + 1) x height bytes, in an int.
-bool png_encodable(int width, int height);
 
 }  // namespace deit::data

@@ -6,7 +6,6 @@
 #include <stb_image_write.h>
 
 #include <cerrno>
-#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -144,9 +143,7 @@ bool png_header_size(const uint8_t* bytes, size_t size, int& width, int& height)
 
 // Throws DataError for dimensions past what deit decodes; returns for the others.
 void refuse_too_large(const std::string& name, int width, int height) {
-  if (width > 0 && height > 0 && width <= kMaxImageSide && height <= kMaxImageSide &&
-      static_cast<uint64_t>(width) * static_cast<uint64_t>(height) <= kMaxImagePixels)
-    return;
+  if (width > 0 && height > 0 && within_image_limits(width, height)) return;
   fail(name, "dimensions " + std::to_string(width) + "x" + std::to_string(height) +
                  ": deit reads images of up to " + std::to_string(kMaxImageSide) +
                  " pixels a side and 2^28 pixels (a corrupt header, or an image to shrink first)");
@@ -229,10 +226,6 @@ ImageU8 decode_image_file_or_pipe(const std::string& path) {
   return decode_image_memory(bytes.data(), bytes.size(), name);
 }
 
-bool png_encodable(int width, int height) {
-  return (3 * static_cast<int64_t>(width) + 1) * height <= INT_MAX;
-}
-
 void write_png(const std::string& path, const ImageU8& image) {
   if (image.width <= 0 || image.height <= 0 ||
       image.pixels.size() != static_cast<size_t>(image.width) * image.height * 3) {
@@ -240,10 +233,11 @@ void write_png(const std::string& path, const ImageU8& image) {
                    std::to_string(image.height) + ", " + std::to_string(image.pixels.size()) +
                    " bytes)");
   }
-  if (!png_encodable(image.width, image.height))
+  // Within these limits stb_image_write's buffer, (3 x width + 1) x height bytes, fits its int.
+  if (!within_image_limits(image.width, image.height))
     fail(path, "cannot write a " + std::to_string(image.width) + "x" +
-                   std::to_string(image.height) + " image as PNG: larger than stb_image_write " +
-                   "encodes ((3 x width + 1) x height must stay under 2^31 bytes)");
+                   std::to_string(image.height) + " image: deit writes images of up to " +
+                   std::to_string(kMaxImageSide) + " pixels a side and 2^28 pixels, as it reads");
   std::vector<uint8_t> png;
   if (!stbi_write_png_to_func(append_bytes, &png, image.width, image.height, 3, image.pixels.data(),
                               image.width * 3)) {

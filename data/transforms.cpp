@@ -21,16 +21,16 @@ using std::to_string;
 
 // Every op makes its result here, so a size past the limits is refused before it is allocated.
 ImageU8 blank(int height, int width) {
-  if (height > kMaxImageSide || width > kMaxImageSide ||
-      static_cast<uint64_t>(height) * static_cast<uint64_t>(width) > kMaxImagePixels)
-    throw std::invalid_argument("a " + to_string(height) + "x" + to_string(width) + " result is " +
+  if (!within_image_limits(width, height))
+    throw std::invalid_argument("a " + to_string(width) + "x" + to_string(height) + " result is " +
                                 "larger than deit makes (" + to_string(kMaxImageSide) +
                                 " pixels a side, 2^28 pixels)");
   return ImageU8{height, width, std::vector<uint8_t>(static_cast<size_t>(height) * width * 3)};
 }
 
+// width x height, as deit prints an image's size everywhere.
 std::string dims(const ImageU8& image) {
-  return to_string(image.height) + "x" + to_string(image.width);
+  return to_string(image.width) + "x" + to_string(image.height);
 }
 
 // ---- Named ops. ----

@@ -434,7 +434,7 @@ TEST_CASE("named ops reject bad names and arguments with a message", "[augment]"
   CHECK_THAT(message("sharpness:1e39"), Catch::Contains("beyond a float's range"));
   CHECK_THAT(message("hflip:2"), Catch::Contains("takes no argument"));
   CHECK_THAT(message("crop:1,2,3"), Catch::Contains("needs 4 argument"));
-  CHECK_THAT(message("crop:0,0,31,5"), Catch::Contains("not inside the 20x30 image"));
+  CHECK_THAT(message("crop:0,0,31,5"), Catch::Contains("not inside the 30x20 image"));
   CHECK_THAT(message("resize:2.5"), Catch::Contains("not an integer"));
   CHECK_THAT(message("center-crop:21"), Catch::Contains("center crop size"));
   CHECK_THAT(message("pad-reflect:20"), Catch::Contains("reflect padding"));

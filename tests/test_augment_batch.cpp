@@ -194,7 +194,7 @@ TEST_CASE("source loaders draw the float loaders' parameters, and a CPU feed aug
 TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole input path",
           "[augment][cli]") {
   const test::CliResult r = test::run_deit(
-      "bench data --device cpu --input-size 32 --batch-size 4 --batches 2 --workers 1 --json");
+      "bench data --device cpu --input-size 32 --batch-size 4 --batches 20 --workers 1 --json");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   const nlohmann::json j = nlohmann::json::parse(r.output);
@@ -213,7 +213,7 @@ TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole inp
   const std::string saved = tmpdir ? tmpdir : "";
   setenv("TMPDIR", "/nonexistent/deit-test", 1);
   const test::CliResult no_temp = test::run_deit(
-      "bench data --device cpu --input-size 32 --batch-size 4 --batches 2 --workers 1 --json");
+      "bench data --device cpu --input-size 32 --batch-size 4 --batches 20 --workers 1 --json");
   if (tmpdir)
     setenv("TMPDIR", saved.c_str(), 1);
   else
@@ -223,10 +223,18 @@ TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole inp
   const test::CliResult bad = test::run_deit("bench data --device cpu --batch-size 1");
   CHECK(bad.exit_code != 0);
   CHECK_THAT(bad.output, Catch::Contains("--batch-size"));
+  // Few timed batches gave the whole path rates the machine cannot reach (the loader's bursts),
+  // and an input size is checked before the shard is written.
+  const test::CliResult few = test::run_deit("bench data --device cpu --batches 3");
+  CHECK(few.exit_code != 0);
+  CHECK_THAT(few.output, Catch::Contains("--batches: at least 20"));
+  const test::CliResult no_size = test::run_deit("bench data --device cpu --input-size 0");
+  CHECK(no_size.exit_code != 0);
+  CHECK_THAT(no_size.output, Catch::Contains("--input-size") && !Catch::Contains("writing"));
 
   // --aa measures the fine-tuning augmentation; a bad spec is refused before any work.
   const test::CliResult fine_tune = test::run_deit(
-      "bench data --device cpu --input-size 32 --batch-size 4 --batches 2 --workers 1 --json "
+      "bench data --device cpu --input-size 32 --batch-size 4 --batches 20 --workers 1 --json "
       "--aa rand-m9-mstd0.5-inc1");
   INFO(fine_tune.output);
   REQUIRE(fine_tune.exit_code == 0);
@@ -244,11 +252,11 @@ TEST_CASE("deit bench data stopped by Ctrl-C removes its temporary shard", "[aug
   const char* tmpdir = std::getenv("TMPDIR");
   const std::string saved = tmpdir ? tmpdir : "";
   setenv("TMPDIR", dir.path().c_str(), 1);
-  // Stopped as it starts writing its shard (what follows, writing 806 images of 256 x 341 and
+  // Stopped as it starts writing its shard (what follows, writing 816 images of 256 x 341 and
   // measuring two input sizes over 400 batches, takes seconds: the signal lands within it).
   const std::optional<test::Signalled> stopped =
       test::run_and_signal_at("bench data --device cpu --batch-size 2 --batches 400 --workers 1",
-                              "writing a temporary shard of 806 images", SIGINT);
+                              "writing a temporary shard of 816 images", SIGINT);
   if (tmpdir)
     setenv("TMPDIR", saved.c_str(), 1);
   else

@@ -125,13 +125,20 @@ TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cl
   r = run_deit("augment --data " + dir.path() + "/data --n 1 --input-size 16 --grid " +
                dir.file("g5.png"));
   CHECK_THAT(r.output, Catch::Contains(": 1 training view (1 x 1 tiles"));
-  // A grid too large to write as PNG is refused before its views are made (it took a minute and
-  // 3 GB to fail at the end).
+  // A grid past the image limits is refused before its views are made (it took a minute and
+  // 3 GB to fail at the end): past a side, and past the pixel count with sides under the limit
+  // (a 16414x16414 grid was written, which deit then refused to read).
   r = run_deit("augment --data " + dir.path() + "/data --n 1024 --input-size 1024 --grid " +
                dir.file("g6.png"));
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--n 1024 views of --input-size 1024 make a 32830x32830 "
-                                       "grid, larger than a PNG deit writes"));
+                                       "grid, larger than an image deit writes"));
+  r = run_deit("augment --data " + dir.path() + "/data --n 256 --input-size 1024 --grid " +
+               dir.file("g6.png"));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("make a 16414x16414 grid, larger than an image deit writes"));
+  CHECK_FALSE(std::filesystem::exists(dir.file("g6.png")));
 }
 
 TEST_CASE("deit augment applies RandAugment's ops and tiles RandAugment views with --aa",
@@ -185,7 +192,7 @@ TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[a
                            Catch::Contains("'wide' is not a number"));
   r = run_deit(prefix + " --op crop:0,0,100,5");
   CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Catch::Contains("not inside the 40x48 image"));
+  CHECK_THAT(r.output, Catch::Contains("not inside the 48x40 image"));
   r = run_deit(prefix);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("at least one --op"));
@@ -194,7 +201,7 @@ TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[a
   r = run_deit(prefix + " --op resize:65536");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("'resize:65536'") &&
-                           Catch::Contains("65536x78643 result is larger than deit makes"));
+                           Catch::Contains("78643x65536 result is larger than deit makes"));
   r = run_deit("augment --in " + kInput + " --out " + dir.file("o.jpg") + " --op hflip");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("name it *.png"));

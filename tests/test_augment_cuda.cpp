@@ -478,7 +478,7 @@ TEST_CASE("cuda augmentation planning rejects bad parameters before any launch",
   CHECK(plan(good) > 0);
   AugmentParams box = good;
   box.crop.x = W - S + 1;
-  CHECK_THROWS_WITH(plan(box), Catch::Contains("not inside the 30x40 image"));
+  CHECK_THROWS_WITH(plan(box), Catch::Contains("not inside the 40x30 image"));
   AugmentParams size = good;
   size.crop.size = S + 1;
   CHECK_THROWS_WITH(plan(size), Catch::Contains("the view is 17 pixels"));
@@ -490,7 +490,7 @@ TEST_CASE("cuda augmentation planning rejects bad parameters before any launch",
   CHECK_THROWS_WITH(plan(pad), Catch::Contains("reflect padding"));
   pad.crop.padding = 2;
   pad.crop.x = 10;                                                              // 10 + 16 > 21 + 4
-  CHECK_THROWS_WITH(plan(pad), Catch::Contains("not inside the 20x25 image"));  // padded
+  CHECK_THROWS_WITH(plan(pad), Catch::Contains("not inside the 25x20 image"));  // padded
   AugmentParams sigma = good;
   sigma.blur_sigma = -1.0f;
   CHECK_THROWS_WITH(plan(sigma), Catch::Contains("blur sigma"));

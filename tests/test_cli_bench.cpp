@@ -248,7 +248,7 @@ TEST_CASE("deit bench data takes an empty TMPDIR for an unset one, as POSIX tool
   const std::string saved = tmpdir ? tmpdir : "";
   setenv("TMPDIR", "", 1);
   const CliResult r = run_deit(
-      "bench data --device cpu --input-size 32 --batch-size 4 --batches 2 --workers 1 --json");
+      "bench data --device cpu --input-size 32 --batch-size 4 --batches 20 --workers 1 --json");
   if (tmpdir)
     setenv("TMPDIR", saved.c_str(), 1);
   else

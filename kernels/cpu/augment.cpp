@@ -33,7 +33,8 @@ std::string box(int x, int y, int w, int h) {
   return "x=" + to_string(x) + " y=" + to_string(y) + " w=" + to_string(w) + " h=" + to_string(h);
 }
 
-std::string dims(int h, int w) { return to_string(h) + "x" + to_string(w); }
+// An image's size as deit prints it everywhere (image files, written results): width x height.
+std::string dims(int h, int w) { return to_string(w) + "x" + to_string(h); }
 
 // The argument checks of the ops that do not size their output (check_crop_box & co are public).
 
