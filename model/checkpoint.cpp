@@ -20,6 +20,10 @@ const char* const kConfigKey = "deit_model";
 const char* const kWeightsConfigKey = "deit_weights_model";
 const char* const kClassesKey = "deit_classes";
 
+// The select of read_safetensors that takes no tensor: the header alone is read (and every
+// tensor's entry in it checked), for what the metadata says.
+bool no_tensor(const std::string&) { return false; }
+
 bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
@@ -244,7 +248,7 @@ std::string checkpoint_file(const std::string& path) {
 }
 
 Checkpoint read_checkpoint_header(const std::string& path) {
-  return read_checkpoint_tensors(path, [](const std::string&) { return false; });
+  return read_checkpoint_tensors(path, no_tensor);
 }
 
 void load_checkpoint_model(VisionTransformer& model, const Checkpoint& checkpoint) {
@@ -254,7 +258,13 @@ void load_checkpoint_model(VisionTransformer& model, const Checkpoint& checkpoin
 
 void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
                      const std::string& source, const ViTConfig* source_config) {
-  std::unordered_map<std::string, Tensor> by_name(tensors.begin(), tensors.end());
+  // Two tensors under one name (a file with both the reference code's blocks.0.gamma_1 and
+  // timm's blocks.0.ls1.gamma, which read_model_tensors renames to one) would load whichever
+  // came first without a word.
+  std::unordered_map<std::string, Tensor> by_name;
+  for (const auto& [name, t] : tensors)
+    if (!by_name.emplace(name, t).second)
+      throw std::runtime_error(source + " holds two tensors for " + name);
   const ViTConfig& target = model.config();
 
   // Another model altogether: say which, by the fields that differ.
@@ -281,10 +291,13 @@ void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
     auto it = by_name.find(p.name);
     if (it == by_name.end())
       missing.push_back(p.name);
-    else if (it->second.shape() != p.value.shape() || !is_float(it->second.dtype()))
+    else if (it->second.shape() != p.value.shape())
       wrong.push_back(p.name + " is " + dtype_name(it->second.dtype()) + " " +
                       shape_str(it->second.shape()) + " in the file but " +
                       shape_str(p.value.shape()) + " in the model");
+    else if (!is_float(it->second.dtype()))
+      wrong.push_back(p.name + " is " + dtype_name(it->second.dtype()) +
+                      " in the file, not a floating-point type");
   }
   for (const auto& [name, t] : tensors)
     if (!expected.count(name)) unexpected.push_back(name);
@@ -318,12 +331,12 @@ void save_weights(const std::string& path, const VisionTransformer& model,
 }
 
 std::vector<std::string> read_class_names(const std::string& path) {
-  const auto header = read_safetensors(path, [](const std::string&) { return false; });
+  const auto header = read_safetensors(path, no_tensor);
   return class_names_in(header.metadata, "'" + path + "'");
 }
 
 std::optional<ViTConfig> read_model_config(const std::string& path) {
-  const auto header = read_safetensors(path, [](const std::string&) { return false; });
+  const auto header = read_safetensors(path, no_tensor);
   return model_config_in(header.metadata, "'" + path + "'");
 }
 
@@ -334,7 +347,7 @@ std::optional<SafetensorsContents> read_header(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) return std::nullopt;
   try {
-    return read_safetensors(path, [](const std::string&) { return false; });
+    return read_safetensors(path, no_tensor);
   } catch (const std::exception&) {
     return std::nullopt;
   }

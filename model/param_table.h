@@ -12,7 +12,8 @@ namespace deit::model {
 
 enum class Init {
   trunc_normal,  // std 0.02, truncated to [-2, 2] (timm's trunc_normal_): pos_embed, cls_token,
-                 // every linear weight
+                 // every linear weight. The bounds are absolute, not in std units: 100 std, so
+                 // nothing is ever cut and the draw is in effect a plain normal, as in timm
   conv_default,  // U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = channels * patch^2: the patch
                  // projection's weight and bias, a Conv2d the reference leaves at PyTorch's
                  // default (kaiming_uniform with a = sqrt(5)); its _init_weights covers nn.Linear

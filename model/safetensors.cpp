@@ -97,9 +97,6 @@ std::string metadata_crc32_hex(const Metadata& metadata) {
 std::string errno_text() { return std::strerror(errno); }
 
 // ---------------------------------------------------------------------------------------------
-// Writing
-
-// ---------------------------------------------------------------------------------------------
 // Reading
 
 // Opening a named pipe would wait for a writer, for ever (a checkpoint path given by mistake
@@ -130,12 +127,27 @@ class HeaderParser {
   // Parses and checks every entry of the header; `data_bytes` is what the file holds after it.
   void parse(const std::string& text, uint64_t data_bytes, SafetensorsContents& out,
              std::vector<Entry>& entries) const {
+    // JSON parsers keep one of two entries under the same name, silently: a tensor described
+    // twice would otherwise be refused for a gap in the data its other entry leaves, or read
+    // from either entry's bytes.
+    std::vector<std::set<std::string>> keys;  // of each object open at this point of the parse
+    std::string twice;
+    auto note_duplicates = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+      using Event = nlohmann::json::parse_event_t;
+      if (event == Event::object_start) keys.emplace_back();
+      if (event == Event::object_end) keys.pop_back();
+      if (event == Event::key && !keys.back().insert(parsed.get<std::string>()).second &&
+          twice.empty())
+        twice = parsed.get<std::string>();
+      return true;
+    };
     nlohmann::json header;
     try {
-      header = nlohmann::json::parse(text);
+      header = nlohmann::json::parse(text, note_duplicates);
     } catch (const nlohmann::json::parse_error& e) {
       fail(std::string("the header is not JSON (") + e.what() + ")");
     }
+    if (!twice.empty()) fail("its header names '" + twice + "' twice in one object");
     if (!header.is_object()) fail("the header is not a JSON object");
     for (const auto& [name, value] : header.items()) {
       if (name == "__metadata__")
@@ -245,6 +257,12 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
       throw std::invalid_argument("cannot write '" + path + "': tensor '" + name +
                                   "' is undefined");
   }
+
+  // The reader takes the key for deit's own and drops it before it checks the rest: a caller's
+  // entry under it would be lost, and the metadata checksum, which covers it, would then fail.
+  if (metadata.count(kChecksumsKey))
+    throw std::invalid_argument("cannot write '" + path + "': the metadata key '" + kChecksumsKey +
+                                "' is deit's own (the file's checksums)");
 
   std::vector<size_t> order(tensors.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;

@@ -34,8 +34,9 @@ using Metadata = std::map<std::string, std::string>;
 const Tensor* find_tensor(const NamedTensors& tensors, const std::string& name);
 
 // Writes `tensors` (any device; copied to the host one at a time) and `metadata` to `path`
-// atomically. Names must be unique, non-empty and not "__metadata__". Larger element types come
-// first in the data, so every tensor's bytes are aligned to its element size.
+// atomically. Names must be unique, non-empty and not "__metadata__"; the metadata must not use
+// the key "deit_crc32", which holds the checksums. Larger element types come first in the data,
+// so every tensor's bytes are aligned to its element size.
 void write_safetensors(const std::string& path, const NamedTensors& tensors,
                        const Metadata& metadata = {});
 

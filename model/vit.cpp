@@ -28,7 +28,8 @@ void VisionTransformer::initialize(Rng& rng) {
       1.0 / std::sqrt(static_cast<double>(config_.in_channels * config_.patch * config_.patch));
   for (const ParamSpec& spec : specs_) {
     Tensor value = params_.get(spec.name);
-    // Random draws in double on the host, in element order, then cast and moved to the device.
+    // Random draws in double on the host, in element order, then cast and moved to the device:
+    // one seed gives the same weights on the CPU and the GPU, in any dtype.
     auto fill_drawn = [&](auto draw) {
       Tensor host = Tensor::empty(spec.shape, DType::f64);
       double* v = host.data<double>();
@@ -122,6 +123,8 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
     return row < static_cast<int64_t>(kept.size()) ? kept[row] : whole_batch;
   };
 
+  // timm's conv weight (C, 3, P, P), flattened, is in the (cin, ky, kx) order patch_unfold gives
+  // each patch's pixels: the conv is this one GEMM, with the weight as timm stores it.
   Tensor patch_weight = ops::reshape(p("patch_embed.proj.weight"), {C, -1});
   Tensor x = ops::linear(ops::patch_unfold(images, c.patch), patch_weight, p("patch_embed.proj.bias"));
   x = ops::pos_embed_cls(x, p("pos_embed"), p("cls_token"));

@@ -192,6 +192,19 @@ TEST_CASE("missing, unexpected and mis-shaped tensors are listed", "[io]") {
           Contains("missing tensors: head.bias") &&
           Contains("unexpected tensors: blocks.0.attn.relative_position_bias") &&
           Contains("norm.weight is f32 (31) in the file but (32) in the model"));
+
+  // The right shape in a type that is not a weight's: the type named, not the equal shapes.
+  NamedTensors integers = parameters_of(vit);
+  for (auto& [name, t] : integers)
+    if (name == "norm.weight") t = Tensor::from_vector(std::vector<int32_t>(32, 1), {32});
+  CHECK_THROWS_WITH(load_parameters(vit, integers, "weights file 'w.safetensors'"),
+                    Contains("norm.weight is i32 in the file, not a floating-point type"));
+
+  // Two tensors under one name are refused, not loaded from whichever comes first.
+  NamedTensors twice = parameters_of(vit);
+  twice.emplace_back("head.bias", Tensor::zeros({10}));
+  CHECK_THROWS_WITH(load_parameters(vit, twice, "weights file 'w.safetensors'"),
+                    Contains("weights file 'w.safetensors' holds two tensors for head.bias"));
 }
 
 TEST_CASE("a failed checkpoint save keeps the previous checkpoint", "[io]") {
@@ -322,6 +335,17 @@ TEST_CASE("weights files load back, also under the reference code's gamma names"
   write_safetensors(reference_names, renamed);
   VisionTransformer from_reference(tiny("tiny_a"));
   load_weights(from_reference, reference_names);
+  CHECK(same_parameters(from_reference, vit));
+
+  // Both names for one gamma: which one was meant is not for the loader to guess.
+  NamedTensors both = read_safetensors(timm_names).tensors;
+  both.emplace_back("blocks.1.gamma_2", Tensor::zeros({32}));
+  const std::string both_names = dir.file("both.safetensors");
+  write_safetensors(both_names, both);
+  CHECK_THROWS_WITH(load_weights(from_reference, both_names),
+                    Contains("weights file '" + both_names +
+                             "' holds two tensors for "
+                             "blocks.1.ls2.gamma"));
   CHECK(same_parameters(from_reference, vit));
 }
 

@@ -254,6 +254,15 @@ TEST_CASE("safetensors rejects damaged files, naming the file and the problem", 
        "holds 9 bytes of data but the tensors use 4"},
       {"metadata value not a string", file_bytes(R"({"__metadata__":{"epoch":3}})", 0),
        "__metadata__ entry 'epoch' is not a string"},
+      // A JSON parser keeps one of the two: named, not a gap in the data the other one leaves.
+      {"tensor described twice",
+       file_bytes(R"({"a":)" + f32_entry + R"([0,4]},"a":)" + f32_entry + "[4,8]}}", 8),
+       "its header names 'a' twice in one object"},
+      {"tensor described twice alike",
+       file_bytes(R"({"a":)" + f32_entry + R"([0,4]},"a":)" + f32_entry + "[0,4]}}", 4),
+       "its header names 'a' twice in one object"},
+      {"metadata key given twice", file_bytes(R"({"__metadata__":{"k":"1","k":"2"}})", 0),
+       "its header names 'k' twice in one object"},
   };
   for (const Case& c : cases) {
     INFO(c.what);
@@ -391,5 +400,8 @@ TEST_CASE("safetensors refuses to write ambiguous names", "[io]") {
   CHECK_THROWS_WITH(write_safetensors(path, {{"__metadata__", t}}),
                     Contains("invalid tensor name '__metadata__'"));
   CHECK_THROWS_WITH(write_safetensors(path, {{"", t}}), Contains("invalid tensor name ''"));
+  // The checksums' key: a caller's entry under it would make a file that fails its own check.
+  CHECK_THROWS_WITH(write_safetensors(path, {{"a", t}}, {{"deit_crc32", "{}"}}),
+                    Contains("cannot write '" + path + "': the metadata key 'deit_crc32'"));
   CHECK_FALSE(std::filesystem::exists(path));
 }

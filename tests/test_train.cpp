@@ -1203,6 +1203,23 @@ TEST_CASE("the position embedding is resized as torch's bicubic interpolate does
   }
 }
 
+TEST_CASE("a pos_embed with a class-token slot is named as another ViT's", "[train]") {
+  model::ViTConfig c;
+  c.patch = 4;
+  c.dim = 8;
+  c.heads = 2;
+  c.depth = 1;
+  c.input_size = 16;  // a 4 x 4 grid; the file's is 3 x 3 + 1 (DeiT I's layout)
+  NamedTensors tensors = {{"pos_embed", Tensor::zeros({1, 10, 8})}};
+  CHECK_THROWS_WITH(train::fit_pos_embed(tensors, c, "'w.safetensors'"),
+                    Catch::Contains("'w.safetensors': pos_embed") &&
+                        Catch::Contains("is not a square patch grid (3x3 + 1: the weights of a "
+                                        "ViT with a class-token slot in its pos_embed"));
+  tensors = {{"pos_embed", Tensor::zeros({1, 11, 8})}};
+  CHECK_THROWS_WITH(train::fit_pos_embed(tensors, c, "'w.safetensors'"),
+                    Catch::EndsWith("is not a square patch grid"));
+}
+
 TEST_CASE("a run's output folder is locked: a second run into it is refused while it trains",
           "[train][cli]") {
   test::TempDir dir;

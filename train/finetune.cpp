@@ -72,9 +72,19 @@ bool fit_pos_embed(NamedTensors& tensors, const model::ViTConfig& config,
   for (auto& [name, t] : tensors) {
     if (name != "pos_embed" || t.dim() != 3 || t.size(1) == config.num_patches()) continue;
     const auto old_grid = static_cast<int64_t>(std::llround(std::sqrt(double(t.size(1)))));
-    if (old_grid * old_grid != t.size(1))
+    if (old_grid * old_grid != t.size(1)) {
+      // One more than a square: the slot for the class token that DeiT I and timm's vit_* models
+      // keep, which a DeiT III ViT has not (it adds no position to the class token).
+      const auto grid = static_cast<int64_t>(std::llround(std::sqrt(double(t.size(1) - 1))));
+      const std::string slot =
+          grid * grid + 1 == t.size(1)
+              ? " (" + std::to_string(grid) + "x" + std::to_string(grid) + " + 1: the weights " +
+                    "of a ViT with a class-token slot in its pos_embed, such as DeiT I or " +
+                    "timm's vit_* models, which are not DeiT III's)"
+              : "";
       throw std::runtime_error(source + ": pos_embed " + t.describe() +
-                               " is not a square patch grid");
+                               " is not a square patch grid" + slot);
+    }
     t = resize_pos_embed(t, old_grid, config.grid());
     return true;
   }
