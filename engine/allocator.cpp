@@ -38,6 +38,10 @@ void* CachingAllocator::take_cached(std::multimap<size_t, void*>& cache, size_t 
 }
 
 void* CachingAllocator::allocate(size_t bytes) {
+  // Near SIZE_MAX the rounding up would wrap to a small block that the caller's writes run past
+  // (and 2 * size in take_cached would wrap too). No machine has half of 2^64 bytes to give.
+  if (bytes > SIZE_MAX / 2)
+    throw OutOfMemory(name_ + ": cannot allocate " + std::to_string(bytes) + " bytes");
   const size_t size = round_size(bytes);
   std::lock_guard<std::mutex> lock(mutex_);
   size_t block = size;

@@ -65,6 +65,29 @@ void record(const std::string& op, Tensor& output, const std::vector<const Tenso
          });
 }
 
+// The edge a gradient for `t` travels (t requires grad).
+static Edge edge_to(const Tensor& t) {
+  const TensorImpl& impl = t.impl();
+  Edge edge;
+  if (impl.grad_fn) {
+    edge.node = impl.grad_fn;
+    edge.output = impl.grad_fn_output;
+  } else {
+    edge.leaf = t.impl_ptr();
+  }
+  edge.shape = impl.shape;
+  return edge;
+}
+
+// Drops what a node holds once its backward can no longer run.
+static void release(Node& node) {
+  node.inputs.clear();
+  node.saved.clear();
+  node.grad_outputs.clear();
+  node.backward = nullptr;  // its captures too (sample selections, a recomputed segment)
+  node.released = true;
+}
+
 void record(const std::string& op, const std::vector<Tensor*>& outputs,
             const std::vector<const Tensor*>& inputs, std::vector<Tensor> saved,
             Node::MultiBackwardFn backward_fn) {
@@ -72,10 +95,11 @@ void record(const std::string& op, const std::vector<Tensor*>& outputs,
   node->op = op;
   for (const Tensor* t : inputs) {
     const bool wants = t && t->defined() && t->requires_grad();
-    node->inputs.push_back(wants ? t->impl_ptr() : nullptr);
+    node->inputs.push_back(wants ? edge_to(*t) : Edge());
     node->needs_input_grad.push_back(wants);
   }
-  // Saved tensors are kept as detached views: a saved output must not point back at its own node.
+  // Saved tensors are kept as detached views (no grad_fn): a saved output pointing back at its own
+  // node would make a shared_ptr cycle, node -> saved tensor -> node, that is never freed.
   for (Tensor& t : saved)
     if (t.defined()) t = t.view(t.shape());
   node->saved = std::move(saved);
@@ -102,15 +126,16 @@ static void accumulate_grad(Tensor& dst, const Tensor& g) {
   dst = ops::add(dst, g);
 }
 
-// Sends a gradient to where it belongs: the node that produced the tensor, or the leaf's .grad.
+// Sends a gradient along an edge: to the node that produced the tensor, or to the leaf's .grad.
 // A leaf with a gradient home accumulates there in place. Otherwise, with `copy_into_leaf`, a
 // leaf's first gradient is copied rather than shared (see the hooked backward in autograd.h).
-static void route_grad(TensorImpl& target, const Tensor& g, bool copy_into_leaf) {
-  if (target.grad_fn) {
-    if (target.grad_fn->released)
+static void route_grad(const Edge& edge, const Tensor& g, bool copy_into_leaf) {
+  if (edge.node) {
+    if (edge.node->released)
       throw std::logic_error("backward through a graph whose tape was already used or cleared");
-    accumulate_grad(target.grad_fn->grad_outputs.at(target.grad_fn_output), g);
+    accumulate_grad(edge.node->grad_outputs.at(edge.output), g);
   } else {
+    TensorImpl& target = *edge.leaf;
     Tensor grad(target.grad);
     Tensor home(target.grad_home);
     if (home.defined() && !grad.defined()) {
@@ -133,9 +158,8 @@ static std::vector<std::vector<std::shared_ptr<TensorImpl>>> leaves_by_first_use
   std::vector<std::vector<std::shared_ptr<TensorImpl>>> final_after(t_tape.size());
   std::unordered_set<const TensorImpl*> seen;
   for (size_t i = 0; i < t_tape.size(); ++i)
-    for (const auto& input : t_tape[i]->inputs)
-      if (input && !input->grad_fn && seen.insert(input.get()).second)
-        final_after[i].push_back(input);
+    for (const Edge& input : t_tape[i]->inputs)
+      if (input.leaf && seen.insert(input.leaf.get()).second) final_after[i].push_back(input.leaf);
   return final_after;
 }
 
@@ -157,11 +181,11 @@ static void run_backward(const std::vector<Tensor>& roots, const std::vector<Ten
   const Restore<bool> copy_mode(t_copy_into_leaf, copy_into_leaf);
   const auto final_after = hook ? leaves_by_first_use()
                                 : std::vector<std::vector<std::shared_ptr<TensorImpl>>>();
-  auto route = [&](TensorImpl& target, const Tensor& g) {
-    route_grad(target, g, copy_into_leaf && private_leaves.count(&target) == 0);
+  auto route = [&](const Edge& edge, const Tensor& g) {
+    route_grad(edge, g, copy_into_leaf && !(edge.leaf && private_leaves.count(edge.leaf.get())));
   };
   for (size_t k = 0; k < roots.size(); ++k)
-    if (grad_roots[k].defined()) route(roots[k].impl(), grad_roots[k]);
+    if (grad_roots[k].defined()) route(edge_to(roots[k]), grad_roots[k]);
   for (size_t i = t_tape.size(); i-- > 0;) {
     Node& node = *t_tape[i];
     const bool reached = std::any_of(node.grad_outputs.begin(), node.grad_outputs.end(),
@@ -171,12 +195,19 @@ static void run_backward(const std::vector<Tensor>& roots, const std::vector<Ten
       if (grads.size() != node.inputs.size())
         throw std::logic_error("op " + node.op + " returned " + std::to_string(grads.size()) +
                                " gradients for " + std::to_string(node.inputs.size()) + " inputs");
-      for (size_t k = 0; k < grads.size(); ++k)
-        if (node.needs_input_grad[k] && grads[k].defined()) route(*node.inputs[k], grads[k]);
+      for (size_t k = 0; k < grads.size(); ++k) {
+        if (!node.needs_input_grad[k] || !grads[k].defined()) continue;
+        // Checked here, where the op is known: a wrong shape caught later names no op, or none
+        // at all (a leaf's first gradient is taken as it is).
+        if (grads[k].shape() != node.inputs[k].shape)
+          throw std::logic_error("op " + node.op + " returned a gradient of shape " +
+                                 shape_str(grads[k].shape()) + " for its input " +
+                                 std::to_string(k) + " of shape " +
+                                 shape_str(node.inputs[k].shape));
+        route(node.inputs[k], grads[k]);
+      }
     }
-    node.grad_outputs.clear();
-    node.saved.clear();
-    node.released = true;
+    release(node);
     if (hook)
       for (const auto& leaf : final_after[i]) (*hook)(Tensor(leaf));
   }
@@ -190,18 +221,26 @@ void backward(const Tensor& root) {
   backward(root, Tensor::full(root.shape(), 1.0, root.dtype(), root.device()));
 }
 
-static void require_gradient(const Tensor& grad_root) {
+// What backward() needs beyond run_backward's checks: a gradient, and the root's node (if any) on
+// this thread's tape. A root another thread recorded would take its gradient into a node this walk
+// never reaches: no error, and no gradients anywhere.
+static void check_root(const Tensor& root, const Tensor& grad_root) {
   if (!grad_root.defined())
     throw std::invalid_argument("backward(): no gradient given for the root");
+  const std::shared_ptr<Node> node = root.defined() ? root.impl().grad_fn : nullptr;
+  if (node && !node->released && std::find(t_tape.begin(), t_tape.end(), node) == t_tape.end())
+    throw std::logic_error("backward(): the root " + root.describe() +
+                           " was recorded on another thread's tape; a thread can differentiate "
+                           "only what it recorded");
 }
 
 void backward(const Tensor& root, const Tensor& grad_root) {
-  require_gradient(grad_root);
+  check_root(root, grad_root);
   run_backward({root}, {grad_root}, nullptr, false);
 }
 
 void backward(const Tensor& root, const Tensor& grad_root, const GradReadyHook& on_grad_ready) {
-  require_gradient(grad_root);
+  check_root(root, grad_root);
   run_backward({root}, {grad_root}, &on_grad_ready, true);
 }
 
@@ -257,8 +296,8 @@ std::vector<Tensor> recompute_in_backward(const std::string& name, const Segment
     for (const Tensor& input : inputs)
       if (input.defined()) seen.insert(&input.impl());
     for (const auto& node : t_tape)
-      for (const auto& input : node->inputs)
-        if (input && !input->grad_fn && seen.insert(input.get()).second) leaves.emplace_back(input);
+      for (const Edge& input : node->inputs)
+        if (input.leaf && seen.insert(input.leaf.get()).second) leaves.emplace_back(input.leaf);
   }
   std::vector<Tensor*> recorded_outputs;
   for (Tensor& output : outputs) {
@@ -287,10 +326,7 @@ size_t tape_saved_bytes() {
 }
 
 void clear_tape() {
-  for (auto& node : t_tape) {
-    node->saved.clear();
-    node->released = true;
-  }
+  for (auto& node : t_tape) release(*node);
   t_tape.clear();
 }
 

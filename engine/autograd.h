@@ -1,15 +1,22 @@
 // Define-by-run autograd on a tape.
 //
 // An op called while grad mode is on, with an input that requires grad, appends a Node to the
-// current thread's tape: which inputs want gradients and where to send them, the tensors it saves
-// for backward, and its backward function. backward(loss) seeds d loss = 1 and walks the tape in
-// reverse recording order (a valid topological order), handing each node the gradients of its
-// outputs and routing the input gradients it returns: to the producing node, or, for a leaf
-// (a parameter or an input marked requires_grad), added into the leaf's .grad. Leaf gradients
-// accumulate across calls, so gradient accumulation over micro-batches needs nothing special;
-// zero them (ParameterRegistry::zero_grad) when a step is done. The tape is cleared after backward,
-// freeing every saved activation. recompute_in_backward trades time for memory: a segment of the
-// forward keeps only its inputs, and its activations are recomputed when backward reaches it.
+// current thread's tape: which inputs want gradients and where to send them (Edge), the tensors it
+// saves for backward, and its backward function. backward(loss) seeds d loss = 1 and walks the tape
+// in reverse recording order, which is a valid topological order (an op can only read tensors that
+// already exist, so the node of each of its inputs was recorded before its own), handing each node
+// the gradients of its outputs and routing the input gradients it returns: to the producing node,
+// or, for a leaf (a parameter or an input marked requires_grad), added into the leaf's .grad. Leaf
+// gradients accumulate across calls, so gradient accumulation over micro-batches needs nothing
+// special; zero them (ParameterRegistry::zero_grad) when a step is done.
+//
+// The tape, not the tensors, owns the nodes: what a forward's ops saved stays alive until backward
+// or clear_tape(), even after every output is gone (unlike PyTorch, where dropping the loss frees
+// the graph), so run forwards that will not be differentiated under NoGrad. Each thread has its own
+// tape and grad mode, and differentiates only what it recorded itself. The tape is cleared after
+// backward, freeing every saved activation. recompute_in_backward trades time for memory: a
+// segment of the forward keeps only its inputs, and its activations are recomputed when backward
+// reaches it.
 #pragma once
 #include <functional>
 #include <memory>
@@ -19,6 +26,20 @@
 #include "engine/tensor.h"
 
 namespace deit {
+
+struct Node;
+
+// Where the gradient of one input of a recorded op goes: for a tensor some op produced, that op's
+// node and which of its outputs the tensor is; for a leaf, the leaf itself (its .grad). An edge
+// names the producer rather than holding the input tensor, so an activation outlives forward only
+// if an op saved it for backward (Node::saved), not merely because a later op read it.
+struct Edge {
+  std::shared_ptr<Node> node;        // the producing node, for a produced input
+  size_t output = 0;                 // which of node's outputs the input is
+  std::shared_ptr<TensorImpl> leaf;  // for a leaf
+  Shape shape;                       // the input's: the gradient sent along the edge must match it
+  bool defined() const { return node || leaf; }
+};
 
 struct Node {
   // Gradients for the inputs, given the gradient of the output. An entry may be left undefined
@@ -30,11 +51,14 @@ struct Node {
       std::function<std::vector<Tensor>(Node& self, const std::vector<Tensor>& grad_outputs)>;
 
   std::string op;
-  std::vector<std::shared_ptr<TensorImpl>> inputs;  // only those that need a gradient, else null
+  std::vector<Edge> inputs;  // one per input: undefined where the input needs no gradient
   std::vector<bool> needs_input_grad;
   std::vector<Tensor> saved;
   MultiBackwardFn backward;
   std::vector<Tensor> grad_outputs;  // one per output, accumulated during backward
+  // Set once backward has run the node or the tape was cleared: its saved tensors, edges and
+  // backward function are gone, so a tensor kept after backward (a loss kept for logging) holds
+  // one empty node, not the whole graph behind it.
   bool released = false;
 };
 
@@ -64,6 +88,9 @@ void record(const std::string& op, const std::vector<Tensor*>& outputs,
             Node::MultiBackwardFn backward);
 
 // Backpropagates from a one-element tensor (seed 1) or from any tensor with a given gradient.
+// The walk covers, and then clears, the thread's whole tape: every graph recorded since the last
+// backward, not only the root's (the others' nodes are passed over and released). For two losses
+// from one forward, differentiate their sum rather than each in turn.
 void backward(const Tensor& root);
 void backward(const Tensor& root, const Tensor& grad_root);
 

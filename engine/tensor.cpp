@@ -282,28 +282,47 @@ void Tensor::fill_(double value) {
   }
 }
 
+// A TensorImpl for a view of `impl`'s storage. Autograd state belongs to a tensor, not to its
+// storage, so the view starts with none: no .grad, no producing node, no gradient home (a view
+// marked requires_grad is a leaf of its own, whose gradient must not land in the home of the
+// tensor it views).
+static std::shared_ptr<TensorImpl> view_impl(const TensorImpl& impl) {
+  auto view = std::make_shared<TensorImpl>(impl);
+  view->requires_grad = false;
+  view->grad.reset();
+  view->grad_home.reset();
+  view->grad_fn.reset();
+  view->grad_fn_output = 0;
+  return view;
+}
+
 Tensor Tensor::view(const Shape& new_shape) const {
+  const auto cannot = [&](const std::string& why) {
+    return std::invalid_argument("view: cannot view " + describe() + " as " + shape_str(new_shape) +
+                                 why);
+  };
   Shape shape_out = new_shape;
   int64_t known = 1;
   int infer = -1;
   for (size_t i = 0; i < shape_out.size(); ++i) {
     if (shape_out[i] == -1) {
-      if (infer >= 0) throw std::invalid_argument("view: more than one -1 in " + shape_str(new_shape));
+      if (infer >= 0) throw cannot(": more than one -1");
       infer = static_cast<int>(i);
-    } else {
-      known *= shape_out[i];
+    } else if (shape_out[i] < 0) {
+      throw cannot(": a negative size");
+    } else if (__builtin_mul_overflow(known, shape_out[i], &known)) {
+      throw cannot("");
     }
   }
-  if (infer >= 0 && known > 0) shape_out[infer] = numel() / known;
-  if (shape_numel(shape_out) != numel())
-    throw std::invalid_argument("view: cannot view " + describe() + " as " + shape_str(new_shape));
-  auto impl = std::make_shared<TensorImpl>(*impl_);
+  if (infer >= 0) {
+    // With no elements in the other dimensions, any size fits the -1: refused, as PyTorch does.
+    if (known == 0) throw cannot(": the -1 could be any size");
+    shape_out[infer] = numel() / known;
+  }
+  if (shape_numel(shape_out) != numel()) throw cannot("");
+  auto impl = view_impl(*impl_);
   impl->shape = shape_out;
   if (impl->bf16_copy) impl->bf16_copy = bf16_copy().view(shape_out).impl_ptr();
-  impl->grad.reset();
-  impl->grad_fn.reset();
-  impl->grad_fn_output = 0;
-  impl->requires_grad = false;
   return Tensor(std::move(impl));
 }
 
@@ -315,14 +334,10 @@ Tensor Tensor::slice(int64_t begin, int64_t end) const {
   size_t row_elements = 1;
   for (size_t d = 1; d < shape().size(); ++d) row_elements *= static_cast<size_t>(shape()[d]);
   const size_t row_bytes = row_elements * dtype_size(dtype());
-  auto impl = std::make_shared<TensorImpl>(*impl_);
+  auto impl = view_impl(*impl_);
   impl->shape[0] = end - begin;
   impl->offset += begin * row_bytes;
   if (impl->bf16_copy) impl->bf16_copy = bf16_copy().slice(begin, end).impl_ptr();
-  impl->grad.reset();
-  impl->grad_fn.reset();
-  impl->grad_fn_output = 0;
-  impl->requires_grad = false;
   return Tensor(std::move(impl));
 }
 

@@ -86,7 +86,7 @@ class Tensor {
                              dtype_name(dtype_of<T>::value));
     return static_cast<T*>(raw_data());
   }
-  // Host copy of the elements, converted to T (f32, f64, bf16 sources).
+  // Host copy of the elements, converted to T (float, double or int32_t) from any dtype.
   template <typename T>
   std::vector<T> to_vector() const;
   double item() const;  // the single element of a one-element tensor, as double
@@ -100,7 +100,8 @@ class Tensor {
   void fill_(double value);  // on a CUDA device: a kernel, no host copy
   void zero_() { fill_(0.0); }
 
-  // Views (shared storage, no autograd: engine/ops/shape.h has the recorded reshape).
+  // Views: shared storage, and none of the viewed tensor's autograd state (requires_grad, .grad,
+  // producing node, gradient home); engine/ops/shape.h has the recorded reshape.
   Tensor view(const Shape& shape) const;  // one dimension may be -1
   Tensor slice(int64_t begin, int64_t end) const;  // rows [begin, end) of the leading dimension
 

@@ -1,6 +1,9 @@
 // The tape itself: what is recorded, when, how gradients accumulate, and what is freed.
 #include <catch2/catch.hpp>
 
+#include <memory>
+#include <thread>
+
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/parameters.h"
@@ -81,6 +84,37 @@ TEST_CASE("a leaf with a gradient home accumulates its gradient there, in place"
   CHECK(w.grad().to_vector<float>() == w_once);
 }
 
+// A view is a tensor of its own: marked requires_grad (as a recomputed segment's replay marks its
+// inputs) it is a leaf whose gradient must not land in the home of the tensor it views.
+TEST_CASE("a view of a leaf does not share the leaf's gradient home", "[autograd][recompute]") {
+  Rng rng(7);
+  Tensor w = Tensor::randn({2, 3}, rng).set_requires_grad(true);
+  const Tensor home = Tensor::zeros({2, 3});
+  w.set_grad_home(home);
+  CHECK_FALSE(w.view({6}).grad_home().defined());
+  CHECK_FALSE(w.slice(0, 1).grad_home().defined());
+
+  // Two micro-batches through a segment that takes w as an input: the home gets their sum.
+  const Segment segment = [](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::linear(in[1], in[0], Tensor())};
+  };
+  const Tensor x1 = Tensor::randn({4, 3}, rng), x2 = Tensor::randn({4, 3}, rng);
+  auto micro_batch = [&](const Tensor& x, bool recompute) {
+    const std::vector<Tensor> out =
+        recompute ? recompute_in_backward("segment", segment, {w, x}) : segment({w, x});
+    backward(ops::bce_with_logits(out[0], Tensor::zeros({4, 2})));
+  };
+  micro_batch(x1, false);
+  micro_batch(x2, false);
+  const std::vector<float> expected = home.to_vector<float>();
+  w.set_grad(Tensor());
+  micro_batch(x1, true);
+  micro_batch(x2, true);
+  CHECK(w.grad().raw_data() == home.raw_data());
+  const std::vector<float> got = home.to_vector<float>();
+  for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(expected[i]));
+}
+
 TEST_CASE("backward frees the tape and refuses to run through it twice", "[autograd]") {
   Rng rng(3);
   Tensor x = Tensor::randn({4, 8}, rng).set_requires_grad(true);
@@ -92,6 +126,51 @@ TEST_CASE("backward frees the tape and refuses to run through it twice", "[autog
   CHECK(tape_size() == 0);
   CHECK(tape_saved_bytes() == 0);
   CHECK_THROWS_WITH(backward(loss), Catch::Contains("already used"));
+}
+
+TEST_CASE("the graph holds what its ops saved, not every tensor they read", "[autograd]") {
+  Rng rng(6);
+  Tensor x = Tensor::randn({2, 3}, rng).set_requires_grad(true);
+  Tensor h = ops::gelu(x);  // gelu saves x, not h; add saves nothing: h is no longer needed
+  Tensor logits = ops::add(h, Tensor::zeros({2, 3}));
+  const std::weak_ptr<Storage> h_memory = h.impl().storage;
+  h = Tensor();
+  CHECK(h_memory.expired());
+
+  // After backward a tensor kept from the graph (a loss kept for logging) holds one empty node.
+  const Tensor loss = ops::bce_with_logits(logits, Tensor::zeros({2, 3}));
+  const std::weak_ptr<Node> add_node = logits.impl().grad_fn;
+  const std::weak_ptr<Storage> logits_memory = logits.impl().storage;
+  logits = Tensor();
+  backward(loss);
+  CHECK(x.grad().defined());
+  CHECK(add_node.expired());
+  CHECK(logits_memory.expired());
+  CHECK(loss.impl().grad_fn->inputs.empty());
+  CHECK(loss.impl().grad_fn->backward == nullptr);
+}
+
+TEST_CASE("a gradient of the wrong shape is refused, naming the op", "[autograd]") {
+  Tensor x = Tensor::zeros({2, 3}).set_requires_grad(true);
+  Tensor y = x.clone();
+  record("bad_op", y, {&x}, {}, [](Node&, const Tensor&) {
+    return std::vector<Tensor>{Tensor::zeros({3, 2})};  // (3, 2) for a (2, 3) input
+  });
+  CHECK_THROWS_WITH(backward(y, Tensor::zeros({2, 3})), Catch::Contains("bad_op") &&
+                                                            Catch::Contains("(3, 2)") &&
+                                                            Catch::Contains("(2, 3)"));
+  CHECK_FALSE(x.grad().defined());
+  clear_tape();
+}
+
+// The tape is the recording thread's: another thread's backward would find nothing to walk.
+TEST_CASE("backward refuses a root recorded on another thread", "[autograd]") {
+  Tensor x = Tensor::zeros({2}).set_requires_grad(true);
+  Tensor y;
+  std::thread([&] { y = ops::gelu(x); }).join();
+  REQUIRE(y.requires_grad());
+  CHECK_THROWS_WITH(backward(y, Tensor::zeros({2})), Catch::Contains("another thread"));
+  CHECK_FALSE(x.grad().defined());
 }
 
 TEST_CASE("the grad-ready hook reports each leaf once, when its gradient is final", "[autograd]") {
@@ -203,4 +282,5 @@ TEST_CASE("op argument errors name the op and the shapes", "[autograd]") {
                     Catch::Contains("layernorm"));
   CHECK_THROWS_WITH(ops::attention(Tensor::zeros({1, 2, 10}), 2), Catch::Contains("attention"));
   CHECK_THROWS_WITH(ops::add(x, Tensor::zeros({2, 3}, DType::f64)), Catch::Contains("dtype"));
+  CHECK_THROWS_WITH(ops::cls_select(Tensor::zeros({2, 0, 3})), Catch::Contains("class token"));
 }

@@ -59,6 +59,10 @@ TEST_CASE("views share storage; shape errors are reported", "[tensor]") {
   rows.fill_(9);
   CHECK(t.to_vector<float>() == std::vector<float>{0, 1, 9, 9, 9, 9});
   CHECK_THROWS_WITH(t.view({4, 2}), Catch::Contains("(4, 2)"));
+  CHECK_THROWS_WITH(t.view({-2, -3}), Catch::Contains("negative"));  // 6 elements, but no shape
+  CHECK_THROWS_WITH(t.view({-1, -1}), Catch::Contains("more than one -1"));
+  CHECK(Tensor::zeros({0, 4}).view({-1, 4}).shape() == Shape{0, 4});
+  CHECK_THROWS_WITH(Tensor::zeros({0, 4}).view({-1, 0}), Catch::Contains("any size"));
   CHECK_THROWS(t.slice(2, 4));
   CHECK(Tensor::zeros({0, 3}).slice(0, 0).shape() == Shape{0, 3});  // no rows: nothing to divide
   CHECK_THROWS_WITH(t.data<double>(), Catch::Contains("f32"));
@@ -105,6 +109,11 @@ TEST_CASE("the caching allocator hands freed blocks out again", "[tensor][alloca
   }
   alloc.release_cached();
   CHECK(alloc.stats().bytes_cached == 0);
+  // A size the rounding would wrap to a small block is refused.
+  const size_t in_use = alloc.stats().bytes_in_use;
+  CHECK_THROWS_AS(alloc.allocate(SIZE_MAX), OutOfMemory);
+  CHECK_THROWS_AS(alloc.allocate(SIZE_MAX - 100), OutOfMemory);
+  CHECK(alloc.stats().bytes_in_use == in_use);
 }
 
 TEST_CASE("the host allocator holds no more than the machine's memory", "[tensor][allocator]") {

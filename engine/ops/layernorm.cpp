@@ -41,6 +41,7 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
              // x's dtype (fp32 on CUDA: the residual stream's gradient).
              Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
              Tensor dw = detail::empty_param_grad_if(node.needs_input_grad[1], w);
+             // bias is not saved (backward never reads its values): weight has its shape.
              Tensor db = detail::empty_param_grad_if(node.needs_input_grad[2], w);
              const char* op = "layernorm backward";
              detail::dispatch(op, {&dy, &x},

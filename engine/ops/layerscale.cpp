@@ -94,7 +94,9 @@ Tensor layerscale_residual(const Tensor& x, const Tensor& branch, const Tensor& 
              LayerscaleGrads grads =
                  layerscale_backward(dout, node.saved[0], node.saved[1], node.saved[2],
                                      node.needs_input_grad[1], node.needs_input_grad[2]);
-             // d out / d x is the identity: the residual stream's gradient passes through.
+             // d out / d x is the identity: the residual stream's gradient passes through, as the
+             // same tensor. Sharing it is safe: backward never writes a gradient in place
+             // (engine/autograd.cpp, accumulate_grad).
              return std::vector<Tensor>{dout, grads.dbranch, grads.dgamma};
            });
   return out;

@@ -100,7 +100,9 @@ Tensor pos_embed_cls(const Tensor& x, const Tensor& pos, const Tensor& cls) {
 }
 
 Tensor cls_select(const Tensor& x) {
-  check(x.dim() == 3, "cls_select", "x " + x.describe() + " is not (B, T, C)");
+  // T >= 1: with no token the kernel would read a class token that is not there.
+  check(x.dim() == 3 && x.size(1) >= 1, "cls_select",
+        "x " + x.describe() + " is not (B, T, C) with a class token (T >= 1)");
   const int64_t B = x.size(0), Tn = x.size(1), C = x.size(2);
   // The kernel's dtype, not x's: a wrong x then fails its own check below, by name.
   Tensor out = Tensor::empty({B, C}, detail::fp32_on_cuda(x), x.device());
