@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -236,7 +237,8 @@ TEST_CASE("grad checkpointing changes neither the logits nor any gradient", "[mo
 // it writes their rows, the residual update after it reads them): the logits and every gradient
 // must be those of the branch over the whole batch with the same keep scales, while the tape keeps
 // less; with GELU recomputed, and with every block checkpointed (its forward run again in
-// backward on the same selections).
+// backward on the same selections). At rate 0.9 most branches keep no sample of the 6 and run on
+// one dropped sample: their parameters' gradients must still be there, as zeros.
 TEST_CASE("branches run on their kept samples alone change neither the logits nor any gradient",
           "[model]") {
   VisionTransformer vit = small_model(17);
@@ -244,10 +246,11 @@ TEST_CASE("branches run on their kept samples alone change neither the logits no
   const int64_t B = 6;
   const Tensor images = Tensor::randn({B, 3, 32, 32}, data);
   const Tensor targets = Tensor::full({B, 5}, 0.25);
-  const double rate = 0.5;
-  const std::pair<bool, bool> variants[] = {{false, false}, {true, false}, {false, true}};
-  for (const auto& [recompute_gelu, checkpointing] : variants) {
-    INFO("recompute GELU " << recompute_gelu << ", blocks checkpointed " << checkpointing);
+  const std::tuple<double, bool, bool> variants[] = {
+      {0.5, false, false}, {0.5, true, false}, {0.5, false, true}, {0.9, false, false}};
+  for (const auto& [rate, recompute_gelu, checkpointing] : variants) {
+    INFO("rate " << rate << ", recompute GELU " << recompute_gelu << ", blocks checkpointed "
+                 << checkpointing);
     vit.set_recompute_gelu(recompute_gelu);
     vit.set_grad_checkpointing(checkpointing);
     std::vector<float> logits[2];
@@ -304,4 +307,19 @@ TEST_CASE("branch_samples says how many samples each branch of forward_drawn run
   CHECK(some_selected);
   vit.set_whole_batch_branches(true);
   CHECK(vit.branch_samples(drawn) == std::vector<int64_t>(branches, B));
+
+  // A branch that keeps none runs on one sample (6 / 16, rounded up), not on the whole batch.
+  vit.set_whole_batch_branches(false);
+  const Tensor most_dropped = vit.draw_keep_scales(B, 0.95, drop_path, DType::f32);
+  const std::vector<float> most_scales = most_dropped.to_vector<float>();
+  const std::vector<int64_t> most_counts = vit.branch_samples(most_dropped);
+  int64_t none_kept = 0;
+  for (int64_t i = 0; i < branches; ++i) {
+    if (std::any_of(most_scales.begin() + i * B, most_scales.begin() + (i + 1) * B,
+                    [](float s) { return s != 0; }))
+      continue;
+    ++none_kept;
+    CHECK(most_counts[i] == 1);
+  }
+  CHECK(none_kept > 0);
 }

@@ -521,7 +521,7 @@ TEST_CASE("kept_samples selects the kept samples of the rows it may, in whole st
   const Tensor keep = Tensor::from_vector<double>(
       {0, 2, 0, 2,   // two of four kept: selected
        2, 2, 2, 2,   // all kept: more than max_count, the whole batch
-       0, 0, 0, 0,   // none kept: the whole batch (its branch is zeroed by the scales)
+       0, 0, 0, 0,   // none kept: the first dropped one (its output is zeroed by the scale)
        2, 0, 2, 2},  // three kept: selected
       {4, 4});
   const std::vector<ops::SampleSelection> s = ops::kept_samples(keep, 1, 3, Device::cpu());
@@ -529,16 +529,18 @@ TEST_CASE("kept_samples selects the kept samples of the rows it may, in whole st
   CHECK(s[0].index.to_vector<int32_t>() == std::vector<int32_t>{1, 3});
   CHECK(s[0].slot.to_vector<int32_t>() == std::vector<int32_t>{-1, 0, -1, 1});
   CHECK(s[1].empty());
-  CHECK(s[2].empty());
+  CHECK(s[2].index.to_vector<int32_t>() == std::vector<int32_t>{0});
+  CHECK(s[2].slot.to_vector<int32_t>() == std::vector<int32_t>{0, -1, -1, -1});
   CHECK(s[3].index.to_vector<int32_t>() == std::vector<int32_t>{0, 2, 3});
   CHECK(s[3].slot.to_vector<int32_t>() == std::vector<int32_t>{0, -1, 1, 2});
   // Nothing to select: no upload, every row the whole batch.
-  for (const ops::SampleSelection& row : ops::kept_samples(keep, 1, 1, Device::cpu()))
+  for (const ops::SampleSelection& row : ops::kept_samples(keep, 1, 0, Device::cpu()))
     CHECK(row.empty());
   // In steps of 2 samples: row 0 keeps its two; row 3's three become four, the whole batch, past
   // max_count 3; and in steps of 3, row 0's two become three with the first dropped sample.
   const std::vector<ops::SampleSelection> pairs = ops::kept_samples(keep, 2, 3, Device::cpu());
   CHECK(pairs[0].index.to_vector<int32_t>() == std::vector<int32_t>{1, 3});
+  CHECK(pairs[2].index.to_vector<int32_t>() == std::vector<int32_t>{0, 1});
   CHECK(pairs[3].empty());
   const std::vector<ops::SampleSelection> threes = ops::kept_samples(keep, 3, 3, Device::cpu());
   CHECK(threes[0].index.to_vector<int32_t>() == std::vector<int32_t>{0, 1, 3});
@@ -547,8 +549,8 @@ TEST_CASE("kept_samples selects the kept samples of the rows it may, in whole st
 }
 
 TEST_CASE("scatter_samples of a selection of no samples gives the whole batch's zeros", "[ops]") {
-  // kept_samples never makes one (a branch that keeps nothing runs on the whole batch, zeroed by
-  // its scales), but a selection may be made by hand: every sample's row is still a row of zeros.
+  // kept_samples never makes one (a branch that keeps nothing runs on its first dropped samples),
+  // but a selection may be made by hand: every sample's row is still a row of zeros.
   const ops::SampleSelection none{Tensor::empty({0}, DType::i32),
                                   Tensor::full({3}, -1.0, DType::i32)};
   const Tensor out = ops::scatter_samples(Tensor::empty({0, 2, 4}), none);

@@ -25,8 +25,12 @@ std::vector<int64_t> kept_sample_counts(const Tensor& keep_scales, int64_t granu
   for (int64_t r = 0; r < rows; ++r) {
     int64_t kept = 0;
     for (int64_t b = 0; b < B; ++b) kept += scales[r * B + b] != 0;
-    const int64_t count = std::min(B, (kept + granularity - 1) / granularity * granularity);
-    if (kept > 0 && count <= max_count) counts[r] = count;
+    // A branch that keeps no sample still runs, on its first dropped ones, for its parameters'
+    // gradients (zeros, as on the whole batch): the whole batch did that work for nothing (at
+    // drop rate 0.6 and 4 samples a process, 13% of ViT-H's branches keep none).
+    const int64_t count =
+        std::min(B, (std::max<int64_t>(kept, 1) + granularity - 1) / granularity * granularity);
+    if (count <= max_count) counts[r] = count;
   }
   return counts;
 }

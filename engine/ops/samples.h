@@ -19,8 +19,9 @@ struct SampleSelection {
 // One selection per row of `keep_scales` (rows, B), a host tensor: the samples whose scale is not
 // 0, i.e. those drop-path keeps in each residual branch, then the first dropped ones up to a
 // multiple of `granularity` samples (a dropped sample's branch output is multiplied by its scale,
-// 0, whether it was computed or not), for the rows where that count is from 1 to max_count; the
-// other rows get an empty selection. Few counts make few shapes for the work on the selection:
+// 0, whether it was computed or not), for the rows where that count is from 1 to max_count (a row
+// that keeps none selects its first `granularity` samples); the other rows get an empty
+// selection. Few counts make few shapes for the work on the selection:
 // cuBLASLt plans and the allocator's cached blocks serve every step after the first few. What is
 // selected reaches `device` in one upload the host does not wait for (engine/staged_upload.h),
 // or none if nothing is.
