@@ -221,9 +221,17 @@ void run_info(InfoOptions opts, const std::string& program) {
   std::printf("input            %lld x %lld px -> %lld x %lld patches + class token = %lld tokens\n",
               (long long)c.input_size, (long long)c.input_size, (long long)c.grid(),
               (long long)c.grid(), (long long)c.tokens());
-  std::printf("parameters       %lld (%.1fM)\n", (long long)params, params / 1e6);
-  std::printf("forward          %.2f GMACs per image (training ~%.1f GFLOP per image)\n", gmacs,
-              6.0 * gmacs);
+  // In M as the paper gives them, in K for the small test models that would read 0.0M.
+  std::printf(
+      params >= 100'000 ? "parameters       %lld (%.1fM)\n" : "parameters       %lld (%.1fK)\n",
+      (long long)params, params >= 100'000 ? params / 1e6 : params / 1e3);
+  // In G as the paper gives them, in M for the small test models that would read 0.00 GMACs.
+  if (gmacs >= 0.1)
+    std::printf("forward          %.2f GMACs per image (training ~%.1f GFLOP per image)\n", gmacs,
+                6.0 * gmacs);
+  else
+    std::printf("forward          %.2g MMACs per image (training ~%.2g MFLOP per image)\n",
+                gmacs * 1e3, 6e3 * gmacs);
   std::printf("activations      %.1f MiB per image saved for backward (CUDA: bf16, with an fp32 "
               "residual stream), %.1f MiB in fp32%s\n",
               act_bf16 / MiB, act_f32 / MiB,

@@ -322,13 +322,25 @@ SafetensorsContents read_safetensors(const std::string& path,
 
   if (::fseeko(file.get(), 0, SEEK_END) != 0)
     throw std::runtime_error("cannot read '" + path + "': " + errno_text());
-  const uint64_t file_bytes = static_cast<uint64_t>(::ftello(file.get()));
+  const off_t end = ::ftello(file.get());
+  if (end < 0) throw std::runtime_error("cannot read '" + path + "': " + errno_text());
+  const uint64_t file_bytes = static_cast<uint64_t>(end);
   std::rewind(file.get());
   if (file_bytes < 8)
     parser.fail("it is " + std::to_string(file_bytes) + " bytes long, shorter than the 8-byte "
                 "header length");
   uint64_t header_bytes = 0;
   read_exactly(&header_bytes, sizeof header_bytes, "the header length");
+  if (header_bytes > kMaxHeaderBytes || header_bytes > file_bytes - 8) {
+    // Any file's first 8 bytes read as some length: where it cannot be one, the header's first
+    // byte tells another kind of file (a PNG or a text given by mistake) from a damaged one.
+    char first = '\0';
+    read_exactly(&first, file_bytes > 8 ? 1 : 0, "the header");
+    if (first != '{')
+      parser.fail(
+          "another kind of file (a safetensors file starts with its header's length in 8 "
+          "bytes, then the header, a JSON object: '{' at byte 8)");
+  }
   if (header_bytes > kMaxHeaderBytes)
     parser.fail("the header length " + std::to_string(header_bytes) + " exceeds the 100 MB limit");
   if (header_bytes > file_bytes - 8)

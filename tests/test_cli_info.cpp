@@ -29,6 +29,14 @@ TEST_CASE("deit info accepts custom sizes", "[cli]") {
                         (64 * 256 + 256) + (256 * 64 + 64) + 64;
   const int64_t expected = 64 + 4 * 64 + (64 * 768 + 64) + 2 * block + 2 * 64 + (64 * 10 + 10);
   CHECK(j["params"] == expected);
+  // In the text, a model this small is counted in K and MMACs (it read 0.0M and 0.00 GMACs).
+  const CliResult text = run_deit(
+      "info --model deit3_small --depth 1 --dim 32 --heads 2 "
+      "--num-classes 10 --input-size 32");
+  REQUIRE(text.exit_code == 0);
+  CHECK_THAT(text.output, Catch::Contains("parameters       37930 (37.9K)") &&
+                              Catch::Contains("forward          0.16 MMACs per image (training "
+                                              "~0.97 MFLOP per image)"));
 }
 
 TEST_CASE("deit info --recompute-gelu counts the activations without GELU's output", "[cli]") {
