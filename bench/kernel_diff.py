@@ -34,9 +34,12 @@ def deit_rows(run):
 
 
 def table(before, after):
-    lines = [f"Before: {before['device']}; after: {after['device']}.", "",
-             "| kernel | shape | before ms | after ms | speedup | after, of ceiling |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"Before: {before['device']}; after: {after['device']}.", ""]
+    if before.get("device") != after.get("device"):
+        lines += ["**Two different devices: the speedups compare the GPUs as much as the "
+                  "kernels.**", ""]
+    lines += ["| kernel | shape | before ms | after ms | speedup | after, of ceiling |",
+              "|---|---|---|---|---|---|"]
     old, new = deit_rows(before), deit_rows(after)
     for key in [k for k in new if k in old]:
         b, a = old[key]["median_ms"], new[key]["median_ms"]

@@ -52,7 +52,15 @@ def ratio(ours, theirs):
 
 def shape_text(result):
     shape = result.get("shape")
-    return ", ".join(f"{k} {v}" for k, v in shape.items()) if shape else "an unstated shape"
+    text = ", ".join(f"{k} {v}" for k, v in shape.items()) if shape else "an unstated shape"
+    return f"{text}, drop-path {result.get('drop_path')}"
+
+
+def same_model(ours, theirs):
+    """Both sides trained the same model: its shape and its drop-path rate (compare.sh gives
+    PyTorch deit's rate, or 0 when no deit run of the configuration reported one yet)."""
+    return ours.get("shape") == theirs.get("shape") and \
+        ours.get("drop_path") == theirs.get("drop_path")
 
 
 def step_section(runs):
@@ -76,11 +84,14 @@ def step_section(runs):
              "the same drop-path rate (`drop_path`), but deit skips work timm does and then "
              "discards: its last block computes the class token alone past the qkv layer, and "
              "a branch that drop-path drops for more than 10% of the batch runs on the kept "
-             "samples alone (docs/training-step.md); its MFU counts the whole model anyway.", "",
+             "samples alone (docs/training-step.md); its MFU counts the whole model anyway. "
+             "`deit branches`: the share of the samples deit's residual branches ran on (timm: "
+             "100%); under 100%, part of deit's lead is work it skipped (`deit bench step "
+             "--whole-batch-branches` measures it without).", "",
              "| model | px | batch | deit img/s | torch img/s | torch.compile img/s | "
              "deit / torch | deit / compile | deit MFU | compile MFU | deit peak GiB | "
-             "compile peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "compile peak GiB | deit branches |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     details, mismatches = [], []
     for label, config in by_config.items():
         model, size, batch, *flags = label.split()  # flags: what both sides ran with
@@ -90,7 +101,7 @@ def step_section(runs):
         # A ratio means something only when both sides trained the same model.
         comparable = {}
         for side, theirs in (("torch", eager), ("torch.compile", compiled)):
-            comparable[side] = not ours or not theirs or ours.get("shape") == theirs.get("shape")
+            comparable[side] = not ours or not theirs or same_model(ours, theirs)
             if not comparable[side]:
                 mismatches.append(f"- {label}: deit ran {shape_text(ours)}; {side} ran "
                                   f"{shape_text(theirs)}. No ratio is given.")
@@ -110,12 +121,17 @@ def step_section(runs):
             peak = get(result, "peak_memory_bytes")
             return "-" if peak is None else fmt(peak / GIB, ".1f")
 
+        def branches(result):
+            share = get(result, "branch_sample_share")
+            return "-" if share is None else fmt(100 * share, ".1f") + "%"
+
         lines.append(
             f"| {model} | {size} | {batch} | {fmt(get(ours, 'images_per_s'), '.0f')} | "
             f"{fmt(get(eager, 'images_per_s'), '.0f')} | "
             f"{fmt(get(compiled, 'images_per_s'), '.0f')} | "
             f"{speedup(eager, 'torch')} | {speedup(compiled, 'torch.compile')} | "
-            f"{pct(ours)} | {pct(compiled)} | {gib(ours)} | {gib(compiled)} |")
+            f"{pct(ours)} | {pct(compiled)} | {gib(ours)} | {gib(compiled)} | "
+            f"{branches(ours)} |")
         details += phase_details(label, ours, eager, compiled)
     optimizers = sorted({f"{r['impl']}: {r['optimizer']}" for c in by_config.values()
                          for r in c.values()})

@@ -4,10 +4,11 @@
   torch_baseline.py step --model NAME --input-size S --batch-size B [--compile]
                         [--grad-checkpointing] [--device cuda|cpu] [--json] ...
       One DeiT III training step in PyTorch as people run it: timm's deit3_* model, bf16 autocast,
-      SDPA attention (timm's fused_attn: torch picks the backend), BCE on binarised targets, and a
-      fused optimizer. --device cpu runs it in fp32 without autocast, as `deit bench step --device
-      cpu` does, timed by the host's clock (bench/compare.sh --cpu: the comparison where no GPU
-      is). torch has no LAMB, let alone a fused one, so the default is torch's fused
+      SDPA attention (timm's fused_attn: torch picks the backend), BCE on binarised targets, a
+      fused optimizer, and cudnn.benchmark on (as timm's train.py and DeiT's main.py set it).
+      --device cpu runs it in fp32 without autocast, as `deit bench step --device cpu` does,
+      timed by the host's clock (bench/compare.sh --cpu: the comparison where no GPU is). torch
+      has no LAMB, let alone a fused one, so the default is torch's fused
       AdamW as the stand-in (--opt lamb takes timm's Lamb, which is not fused). Prints the fields
       of `deit bench step --json` (bench/step_bench.h), with impl "torch" or "torch.compile".
       FLOPs per image, the peak for MFU and the drop-path rate are deit's
@@ -157,10 +158,23 @@ def op_breakdown(step, steps, device):
     return rows, profiled_step_ms, max(0.0, profiled_step_ms - in_ops)
 
 
+def configure_backends():
+    """The backend settings of the training scripts people run: timm's train.py and DeiT's main.py
+    both set cudnn.benchmark, which lets cuDNN time its algorithms for the patch embedding's
+    convolution (3 input channels, a 16x16 stride-16 kernel). Without it, cuDNN's heuristic choice
+    took 1.7 ms forward and 0.9 ms backward a step for deit3_small at batch 256 on an H200
+    (bench/results/2026-12-04-nvidia-h200-compare-small-base-3.md), 8% of torch.compile's step,
+    for 30 GFLOP a pass (a twentieth of a ms at the GEMM rate); what benchmark mode saves there is
+    not yet measured. Returns the settings for the report."""
+    torch.backends.cudnn.benchmark = True
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
 def run_step(args):
     torch.manual_seed(args.seed)
     device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
     on_gpu = device.type == "cuda"
+    backends = configure_backends()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     model = make_model(args).to(device).train()
@@ -217,7 +231,13 @@ def run_step(args):
         "device": str(device), "device_name": device_name(device),
         "precision": "bf16" if on_gpu else "fp32", "optimizer": optimizer_name,
         "drop_path": args.drop_path,
-        "grad_checkpointing": args.grad_checkpointing, "zero": False,
+        # timm keeps every activation and runs drop-path's branches over the whole batch, dropped
+        # samples included (its DropPath multiplies them by 0).
+        "recompute_gelu": False, "whole_batch_branches": True, "branch_sample_share": 1.0,
+        "grad_checkpointing": args.grad_checkpointing,
+        # deit's cuBLASLt settings: not PyTorch's to choose.
+        "gemm_epilogues": None, "gemm_autotune": None, "gemm_plans_off_first_choice": None,
+        "zero": False,
         "warmup_steps": args.warmup, "timed_steps": args.steps,
         "step_ms": step_ms, "images_per_s": images_per_s,
         "train_gflops_per_image": args.train_gflops_per_image,
@@ -225,9 +245,13 @@ def run_step(args):
         "peak_tflops_source": "--peak-tflops" if args.peak_tflops else None, "mfu": None,
         "peak_memory_bytes": peak_memory,
         "phases_ms": {"forward": phases[0], "backward": phases[1], "optimizer": phases[2]},
-        "breakdown": None, "comm": None,
+        "breakdown": None,
+        # deit's --cuda-graph rows; no CUDA graph is captured here.
+        "graph_step_ms": None, "graph_images_per_s": None, "graph_error": None,
+        "comm": None,
         # PyTorch's side only:
         "warmup_s": warmup_s,  # with --compile: the compilation, mostly
+        **backends,
         "torch_version": torch.__version__, "timm_version": __import__("timm").__version__,
         "sdpa_backends_enabled": {
             "flash": torch.backends.cuda.flash_sdp_enabled(),
@@ -279,6 +303,19 @@ def attention_shapes(path):
     return shapes
 
 
+def attention_tensors(B, T, H, D, device="cuda", dtype=torch.bfloat16):
+    """Q, K, V and the output's gradient, (B, H, T, D) each, laid out as timm's Attention hands
+    them to SDPA in a training step: Q, K and V strided views of the packed qkv linear output
+    (B, T, 3, H, D), and the gradient that of out.transpose(1, 2).reshape(B, T, C), i.e. a
+    (B, T, H, D) buffer seen as (B, H, T, D), as deit's kernel gets it. (A contiguous (B, H, T, D)
+    gradient, which no ViT produces, makes torch's cuDNN backward copy it into the output's layout
+    first, inside the timed region, on cuDNN before 9.5.1.)"""
+    qkv = torch.rand(B, T, 3, H, D, device=device, dtype=dtype) * 2 - 1
+    q, k, v = (t.detach().requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
+    dout = (torch.rand(B, T, H, D, device=device, dtype=dtype) * 2 - 1).transpose(1, 2)
+    return q, k, v, dout
+
+
 def run_attention(args):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     flusher = L2Flusher()
@@ -287,10 +324,7 @@ def run_attention(args):
         B, T, H, D = s["B"], s["T"], s["H"], s["D"]
         shape = f"B={B} T={T} H={H} D={D}"
         fwd_flops = 4.0 * B * H * T * T * D
-        # Q, K, V as timm's Attention makes them: strided views of the packed qkv linear output.
-        qkv = torch.rand(B, T, 3, H, D, device="cuda", dtype=torch.bfloat16) * 2 - 1
-        q, k, v = (t.detach().requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
-        dout = torch.rand(B, H, T, D, device="cuda", dtype=torch.bfloat16) * 2 - 1
+        q, k, v, dout = attention_tensors(B, T, H, D)
         for name, backend in (("torch-cudnn", SDPBackend.CUDNN_ATTENTION),
                               ("torch-flash", SDPBackend.FLASH_ATTENTION)):
             with sdpa_kernel([backend]):

@@ -47,6 +47,15 @@ def main():
         assert "- layernorm forward C=768 (before)" in out, out
         assert "- linear bias gradient N=3072 (after)" in out, out
 
+        assert "Two different devices" not in out, out
+        elsewhere = os.path.join(tmp, "elsewhere.json")
+        with open(elsewhere, "w") as f:
+            json.dump(dict(run(kernel("gelu forward", "rows=8 hidden=32", 0.3)),
+                           device="NVIDIA H100 80GB HBM3"), f)
+        other = subprocess.run([sys.executable, script, before, elsewhere], capture_output=True,
+                               text=True, check=True).stdout
+        assert "**Two different devices" in other, other
+
         empty = os.path.join(tmp, "empty.md")
         with open(empty, "w") as f:
             f.write("no JSON here\n")

@@ -16,7 +16,8 @@ SMALL = {"patch": 16, "dim": 384, "depth": 12, "heads": 6, "num_classes": 1000}
 
 def step_result(impl, images_per_s, shape):
     return {"impl": impl, "model": "deit3_small", "shape": shape, "input_size": 224,
-            "batch_size": 64, "optimizer": "lamb" if impl == "deit" else "adamw",
+            "batch_size": 64, "drop_path": 0.05,
+            "optimizer": "lamb" if impl == "deit" else "adamw",
             "precision": "bf16", "images_per_s": images_per_s, "step_ms": 64000 / images_per_s,
             "mfu": 0.25, "peak_memory_bytes": 2 * 1024 ** 3,
             "phases_ms": {"forward": 10.0, "backward": 20.0, "optimizer": 2.0}}
@@ -71,6 +72,10 @@ def main():
                                                ("torch.compile", 1500.0), ("deit", 2500.0),
                                                ("torch", 1200.0), ("torch.compile", 1000.0))):
             record(runs, 9 + index, "deit3_small 192 64", step_result(impl, speed, SMALL))
+        record(runs, 15, "deit3_small 128 64", step_result("deit", 4000.0, SMALL))
+        record(runs, 16, "deit3_small 128 64", dict(step_result("torch", 2000.0, SMALL),
+                                                    drop_path=0.0))
+        record(runs, 17, "deit3_small 128 64", step_result("torch.compile", 2000.0, SMALL))
         out = os.path.join(tmp, "report.md")
         subprocess.run([sys.executable, report, runs, "--device", "Test GPU", "--commit", "abc",
                         "--command", "bench/compare.sh", "--out", out],
@@ -90,10 +95,21 @@ def main():
     assert "deit3_small 224 64: deit" not in text, text  # one run a side: nothing to list
     assert "**The sides measured different models:**" in text, text
     assert ("- deit3_small 160 64: deit ran patch 16, dim 384, depth 12, heads 6, num_classes "
-            "1000; torch.compile ran patch 16, dim 384, depth 1, heads 6, num_classes 1000. "
-            "No ratio is given.") in text, text
+            "1000, drop-path 0.05; torch.compile ran patch 16, dim 384, depth 1, heads 6, "
+            "num_classes 1000, drop-path 0.05. No ratio is given.") in text, text
+    # The same shape at another drop-path rate (PyTorch's run after deit's failed: rate 0) is
+    # another model too.
+    other_rate = rows["128"]
+    assert other_rate[6:8] == ["n/a", "2.00"], other_rate
+    assert ("- deit3_small 128 64: deit ran patch 16, dim 384, depth 12, heads 6, num_classes "
+            "1000, drop-path 0.05; torch ran patch 16, dim 384, depth 12, heads 6, num_classes "
+            "1000, drop-path 0.0. No ratio is given.") in text, text
     assert "deit3_small 224 64:" not in text.split("different models")[1].split("Precision")[0]
     assert "## Failures" in text and "CUDA error: out of memory" in text, text
+    # ... and in the table's row, so that a ratio built on skipped work is seen where it is read
+    # (the last column); a row whose deit run reported no share says nothing.
+    assert same[-1] == "83.0% |", same
+    assert repeated[-1] == "- |", repeated
     # deit's branches on their kept samples, said once (the run that reported it).
     assert text.count("deit's residual branches ran on 83.0% of the samples") == 1, text
     assert "# deit vs PyTorch + timm on Test GPU" in text and "- commit: abc" in text, text
