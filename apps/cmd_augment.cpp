@@ -132,7 +132,11 @@ void run_grid(const AugmentCommandOptions& options) {
       } catch (const data::DataError& e) {
         skipped.record(source->describe(pick.index), e.what());  // the message names the file
         if (++unusable_picks > 16 + 2 * static_cast<size_t>(options.n))
-          throw data::DataError("augment: too many unusable images in " + options.data);
+          throw data::DataError(skipped.count() == source->size()
+                                    ? "augment: none of the " + std::to_string(source->size()) +
+                                          " images of " + options.data +
+                                          "'s train split could be read"
+                                    : "augment: too many unusable images in " + options.data);
         continue;
       }
       Rng rng(options.seed, data::sample_stream(epoch, pick.global_position));

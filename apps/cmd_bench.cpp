@@ -72,7 +72,12 @@ void print_kernel_table(const bench::KernelReport& r) {
 #endif
 
 void run_kernels(const KernelsOptions& o) {
-  const Device device = parse_device(o.device);
+  // Any name but cuda's gets this command's message: parse_device's would offer cpu too.
+  Device device;
+  try {
+    device = parse_device(o.device);
+  } catch (const std::invalid_argument&) {
+  }
   if (!device.is_cuda())
     throw std::invalid_argument("deit bench kernels times the CUDA kernels: --device must be "
                                 "cuda or cuda:N, got '" + o.device + "'");
@@ -241,6 +246,12 @@ void run_step(const StepOptions& o) {
     std::fprintf(stderr,
                  "bench step: --zero shards the optimizer state over several processes; "
                  "in one there is nothing to shard, and the step is timed unsharded\n");
+  // A CPU step of a real model takes seconds: say what is running before the report comes.
+  if (!o.json && comm->rank() == 0)
+    std::fprintf(stderr,
+                 "timing %s at batch %lld on %s: %d warm-up, %d timed and %d profiled steps\n",
+                 options.model_name.c_str(), static_cast<long long>(options.batch_size),
+                 device.c_str(), options.warmup, options.steps, options.profile_steps);
   const bench::StepReport report = bench::run_step_benchmark(options, *comm);
   if (comm->rank() != 0) return;
   const nlohmann::ordered_json j = bench::to_json(report);

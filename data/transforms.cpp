@@ -106,14 +106,14 @@ std::vector<double> parse_numbers(const NamedOp& op, const std::string& args) {
 // Pillow takes these arguments as float32: a value beyond its range would become inf.
 float as_float(const NamedOp& op, double v) {
   if (std::fabs(v) > std::numeric_limits<float>::max())
-    throw std::invalid_argument("op '" + std::string(op.name) + "': " + to_string(v) +
+    throw std::invalid_argument("op '" + std::string(op.name) + "': " + kernels::number_text(v) +
                                 " is beyond a float's range (usage: " + op.usage + ")");
   return static_cast<float>(v);
 }
 
 int as_int(const NamedOp& op, double v) {
   if (v != std::floor(v) || std::fabs(v) > 1e9)
-    throw std::invalid_argument("op '" + std::string(op.name) + "': " + to_string(v) +
+    throw std::invalid_argument("op '" + std::string(op.name) + "': " + kernels::number_text(v) +
                                 " is not an integer (usage: " + op.usage + ")");
   return static_cast<int>(v);
 }

@@ -19,6 +19,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <string>
 
 #if DEIT_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -178,6 +179,9 @@ void crop_view_cpu(const uint8_t* src, int h, int w, const CropParams& c, uint8_
 void check_crop_box(int x, int y, int w, int h, int height, int width);
 void check_reflect_padding(int padding, int height, int width);
 void check_resize(int h, int w, int out_h, int out_w);
+// A number in these checks' messages, as a user writes it: 128.5 and -1, not 128.500000 and
+// -1.000000.
+std::string number_text(double v);
 
 // One view before normalisation: src (h, w, 3) -> out (size, size, 3): crop_view_cpu, flip, the
 // 3-Augment op, the colour jitter in p.jitter_order, RandAugment's steps. Checks `p`

@@ -116,6 +116,14 @@ TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cl
   const size_t first = r.output.find("warning: skipped");
   REQUIRE(first != std::string::npos);
   CHECK(r.output.find("warning: skipped", first + 1) == std::string::npos);
+  // A dataset none of whose images can be read says so, not that there were "too many".
+  deit::test::write_bytes(dir.file("broken/train/a/0.png"), {'n', 'o'});
+  deit::test::write_bytes(dir.file("broken/train/b/0.png"), {'n', 'o'});
+  r = run_deit("augment --data " + dir.path() + "/broken --n 4 --input-size 16 --grid " +
+               dir.file("g7.png"));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("none of the 2 images of " + dir.path() +
+                                       "/broken's train split could be read"));
 
   // Into the dataset, the grid would be one of its images from then on: refused.
   r = run_deit(args + " --grid " + dir.file("data/train/a/grid.png"));

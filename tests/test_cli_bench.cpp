@@ -186,8 +186,10 @@ TEST_CASE("deit bench step's text names a custom model's sizes and aligns its op
       "--batch-size 2 --device cpu --warmup 0 --steps 1 --profile-steps 1");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
-  CHECK(r.output.rfind("deit3_tiny (custom: patch 16, dim 192, depth 1, heads 3) at 32 px", 0) ==
-        0);
+  // What runs is said first (on stderr), then the report's first line.
+  CHECK(r.output.rfind("timing deit3_tiny at batch 2 on cpu: 0 warm-up, 1 timed and 1 profiled "
+                       "steps\ndeit3_tiny (custom: patch 16, dim 192, depth 1, heads 3) at 32 px",
+                       0) == 0);
   // Every op row (the longest name included) has its milliseconds in the same column.
   std::set<size_t> ms_columns;
   std::istringstream lines(r.output.substr(r.output.find("time per op")));
@@ -231,6 +233,11 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
   r = run_deit("bench kernels --device cpu");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--device must be cuda"));
+  // A name that is no device at all gets the same answer (it offered cpu, which is refused).
+  r = run_deit("bench kernels --device gpu");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--device must be cuda or cuda:N, got 'gpu'") &&
+                           !Catch::Contains("expected cpu"));
   r = run_deit("bench kernels --repeats 0");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--repeats must be at least 1"));

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -41,12 +42,12 @@ std::string dims(int h, int w) { return to_string(w) + "x" + to_string(h); }
 // The bound keeps the box radius an int and the O(width * radius) passes short.
 void check_sigma(float sigma) {
   if (!(sigma >= 0.0f && sigma <= 1000.0f))
-    invalid("blur sigma must be in [0, 1000], got " + to_string(sigma));
+    invalid("blur sigma must be in [0, 1000], got " + number_text(sigma));
 }
 
 void check_factor(const char* what, float factor) {
   if (!(factor >= 0.0f) || !std::isfinite(factor))
-    invalid(std::string(what) + " factor must be a finite number >= 0, got " + to_string(factor));
+    invalid(std::string(what) + " factor must be a finite number >= 0, got " + number_text(factor));
 }
 
 // The taps of every output pixel along one axis: windows[o] and its weights from
@@ -93,6 +94,12 @@ void resample_vertical(const uint8_t* src, int h, int w, uint8_t* dst, int out_h
 }
 
 }  // namespace
+
+std::string number_text(double v) {
+  std::ostringstream text;
+  text << v;
+  return text.str();
+}
 
 void check_crop_box(int x, int y, int w, int h, int height, int width) {
   if (x < 0 || y < 0 || w <= 0 || h <= 0 || x + w > width || y + h > height)
