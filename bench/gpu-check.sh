@@ -30,7 +30,7 @@
 #                   deit_tests SPEC --list-test-names-only
 #   --only CHECKS   run just these of the checks (after the build), whatever the flags above say:
 #                   gpu_tests, demo_cuda, train_nccl (needs demo_cuda's data), cpu_tests,
-#                   memcheck, racecheck, bench_data, bench_nccl, bench_gemms,
+#                   memcheck, racecheck, bench_data, bench_nccl, bench_gemms, bench_whole_batch,
 #                   bench (compare.sh in the --bench mode, quick unless given), ncu
 #                   (bench/ncu-profile.sh, only when named here; its reports come back in
 #                   logs.tar.gz). For lent minutes
@@ -89,7 +89,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-known_checks=,gpu_tests,demo_cuda,train_nccl,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench_gemms,bench,ncu,
+known_checks=,gpu_tests,demo_cuda,train_nccl,cpu_tests,memcheck,racecheck,bench_data,bench_nccl,bench_gemms,bench_whole_batch,bench,ncu,
 if [ -n "$only" ]; then
   for check in ${only//,/ }; do
     if [[ $known_checks != *",$check,"* ]]; then
@@ -321,6 +321,15 @@ wanted bench_gemms "$benchmarks" && run bench_gemms 300 bash -c \
   'for flag in "" --no-gemm-epilogues --gemm-autotune; do
      build-gpu/deit bench step --model deit3_small --batch-size 256 --device cuda \
        --profile-steps 1 --json $flag || exit
+   done'
+# deit3_small's and deit3_base's steps with every residual branch run on the whole batch, dropped
+# samples included, as timm runs them (--whole-batch-branches): the kernels' speed alone, without
+# the work deit skips for the samples drop-path drops. compare.sh's table sets deit's default step
+# against PyTorch's; its "deit branches" column says how much of the batch the branches ran on.
+wanted bench_whole_batch "$benchmarks" && run bench_whole_batch 300 bash -c \
+  'for model in deit3_small deit3_base; do
+     build-gpu/deit bench step --model $model --batch-size 256 --device cuda --opt adamw \
+       --whole-batch-branches --profile-steps 0 --json || exit
    done'
 if wanted bench "$benchmarks"; then
   # compare.sh keeps to the deadline itself, so that it writes its report with what finished.
