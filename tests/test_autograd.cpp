@@ -283,4 +283,10 @@ TEST_CASE("op argument errors name the op and the shapes", "[autograd]") {
   CHECK_THROWS_WITH(ops::attention(Tensor::zeros({1, 2, 10}), 2), Catch::Contains("attention"));
   CHECK_THROWS_WITH(ops::add(x, Tensor::zeros({2, 3}, DType::f64)), Catch::Contains("dtype"));
   CHECK_THROWS_WITH(ops::cls_select(Tensor::zeros({2, 0, 3})), Catch::Contains("class token"));
+  // Width 0: the rows are numel / width (an integer division by zero ended the process).
+  CHECK_THROWS_WITH(ops::linear(Tensor::zeros({2, 0}), Tensor::zeros({3, 0}), Tensor()),
+                    Catch::Contains("linear") && Catch::Contains("no features"));
+  CHECK_THROWS_WITH(
+      ops::layernorm(Tensor::zeros({2, 0}), Tensor::zeros({0}), Tensor::zeros({0}), 1e-6),
+      Catch::Contains("layernorm") && Catch::Contains("no features"));
 }

@@ -41,6 +41,8 @@ Tensor gelu_backward(const Tensor& dy, const Tensor& x) {
 }
 
 GeluBiasGrads gelu_backward_bias_grad(const Tensor& dy, const Tensor& x, const Tensor& bias) {
+  check(x.dim() >= 1 && x.size(-1) > 0, "gelu backward",
+        "input " + x.describe() + " has no features");
   const int64_t N = x.size(-1), M = x.numel() / N;
   check(bias.dim() == 1 && bias.size(0) == N, "gelu backward",
         "bias " + bias.describe() + " for " + x.describe());

@@ -10,6 +10,8 @@ using detail::check;
 using detail::data_or_null;
 
 Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  check(x.dim() >= 1 && x.size(-1) > 0, "layernorm",
+        "input " + x.describe() + " has no features to normalise");
   const int64_t C = x.size(-1), rows = x.numel() / C;
   check(weight.shape() == Shape{C} && bias.shape() == Shape{C}, "layernorm",
         "weight " + weight.describe() + " / bias " + bias.describe() + " for input " + x.describe());

@@ -12,6 +12,8 @@ namespace detail {
 Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   check(x.dim() >= 1 && weight.dim() == 2 && weight.size(1) == x.size(-1), "linear",
         "input " + x.describe() + " does not match weight " + weight.describe());
+  // The rows are x.numel() / K, here and in backward.
+  check(x.size(-1) > 0, "linear", "input " + x.describe() + " has no features");
   const int64_t K = x.size(-1), N = weight.size(0), M = x.numel() / K;
   check(!bias.defined() || (bias.dim() == 1 && bias.size(0) == N), "linear",
         "bias " + (bias.defined() ? bias.describe() : "") + " for weight " + weight.describe());
