@@ -83,8 +83,9 @@ constexpr Preset kPresets[] = {
 std::string other_name_hint(const std::string& name) {
   static const std::regex kReferenceName(
       R"(deit_(tiny|small|medium|base|large|huge)_patch(\d+)(_52)?_LS)");
+  // timm's names, with a pretrained tag (.fb_in22k_ft_in1k) or timm 0.6's suffix (_in21ft1k).
   static const std::regex kTimmName(
-      R"(deit3_(tiny|small|medium|base|large|huge)_patch(\d+)_(\d+)(\.\w+)?)");
+      R"(deit3_(tiny|small|medium|base|large|huge)_patch(\d+)_(\d+)(_in21ft1k)?(\.\w+)?)");
   std::smatch m;
   std::string ours, input_size;
   if (std::regex_match(name, m, kReferenceName)) {

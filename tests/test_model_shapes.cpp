@@ -52,6 +52,8 @@ TEST_CASE("configuration errors say what is wrong", "[model]") {
                     Catch::Contains("calls it deit3_large with --input-size 384 ("));
   CHECK_THROWS_WITH(preset("deit3_huge_patch14_224"),
                     Catch::Contains("calls it deit3_huge with --input-size 224"));
+  CHECK_THROWS_WITH(preset("deit3_small_patch16_384_in21ft1k"),  // timm 0.6's names
+                    Catch::Contains("calls it deit3_small with --input-size 384"));
   // DeiT I (no LayerScale) and a patch size no preset has get no such answer.
   for (const char* other : {"deit_small_patch16_224", "deit3_small_patch14_224",
                             "deit_huge_patch16_LS", "deit3_base_patch16_52_224"})
