@@ -72,11 +72,13 @@ void print_kernel_table(const bench::KernelReport& r) {
 #endif
 
 void run_kernels(const KernelsOptions& o) {
-  // Any name but cuda's gets this command's message: parse_device's would offer cpu too.
+  // A name that is not cuda's gets this command's message (parse_device's would offer cpu too);
+  // a malformed cuda one keeps parse_device's, which says what is wrong with it.
   Device device;
   try {
     device = parse_device(o.device);
   } catch (const std::invalid_argument&) {
+    if (o.device.rfind("cuda", 0) == 0) throw;
   }
   if (!device.is_cuda())
     throw std::invalid_argument("deit bench kernels times the CUDA kernels: --device must be "

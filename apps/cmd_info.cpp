@@ -165,6 +165,14 @@ void print_run(const SavedRun& run, const std::string& program) {
     std::printf("finished         (--resume with a larger --epochs trains further)\n");
 }
 
+// A count in the text report: two significant digits below 100 (0.16, 2.5, 34), whole numbers
+// from there (205, 564), where %.2g would switch to an exponent (2e+02).
+static std::string two_digits(double v) {
+  char text[32];
+  std::snprintf(text, sizeof text, v < 99.5 ? "%.2g" : "%.0f", v);
+  return text;
+}
+
 void run_info(InfoOptions opts, const std::string& program) {
   if (opts.model.model.empty() && opts.checkpoint.empty())
     throw std::runtime_error("--model or --checkpoint is required");
@@ -230,8 +238,9 @@ void run_info(InfoOptions opts, const std::string& program) {
     std::printf("forward          %.2f GMACs per image (training ~%.1f GFLOP per image)\n", gmacs,
                 6.0 * gmacs);
   else
-    std::printf("forward          %.2g MMACs per image (training ~%.2g MFLOP per image)\n",
-                gmacs * 1e3, 6e3 * gmacs);
+    // Two significant digits, but never an exponent (%.2g printed 205 MFLOP as 2e+02).
+    std::printf("forward          %s MMACs per image (training ~%s MFLOP per image)\n",
+                two_digits(gmacs * 1e3).c_str(), two_digits(6e3 * gmacs).c_str());
   std::printf("activations      %.1f MiB per image saved for backward (CUDA: bf16, with an fp32 "
               "residual stream), %.1f MiB in fp32%s\n",
               act_bf16 / MiB, act_f32 / MiB,

@@ -53,14 +53,16 @@ def ratio(ours, theirs):
 def shape_text(result):
     shape = result.get("shape")
     text = ", ".join(f"{k} {v}" for k, v in shape.items()) if shape else "an unstated shape"
-    return f"{text}, drop-path {result.get('drop_path')}"
+    rate = result.get("drop_path")
+    return text if rate is None else f"{text}, drop-path {rate}"
 
 
 def same_model(ours, theirs):
     """Both sides trained the same model: its shape and its drop-path rate (compare.sh gives
     PyTorch deit's rate, or 0 when no deit run of the configuration reported one yet)."""
+    rates = (ours.get("drop_path"), theirs.get("drop_path"))
     return ours.get("shape") == theirs.get("shape") and \
-        ours.get("drop_path") == theirs.get("drop_path")
+        (None in rates or rates[0] == rates[1])  # results from before the rate was recorded
 
 
 def step_section(runs):

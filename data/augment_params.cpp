@@ -304,8 +304,8 @@ ResizedSize shorter_side_resize(int height, int width, int side) {
 
 CropParams sample_crop_params(const AugmentConfig& config, int height, int width, Rng& rng) {
   if (height <= 0 || width <= 0)
-    throw std::invalid_argument("cannot crop an empty image (" + std::to_string(height) + "x" +
-                                std::to_string(width) + ")");
+    throw std::invalid_argument("cannot crop an empty image (" + std::to_string(width) + "x" +
+                                std::to_string(height) + ")");
   if (config.input_size <= 0)
     throw std::invalid_argument("crop size must be positive, got " +
                                 std::to_string(config.input_size));
@@ -370,8 +370,8 @@ int eval_resize_side(int64_t size, double crop_ratio) {
 
 AugmentParams eval_augment_params(int height, int width, int size, double crop_ratio) {
   if (height <= 0 || width <= 0)
-    throw std::invalid_argument("cannot crop an empty image (" + std::to_string(height) + "x" +
-                                std::to_string(width) + ")");
+    throw std::invalid_argument("cannot crop an empty image (" + std::to_string(width) + "x" +
+                                std::to_string(height) + ")");
   if (const std::string problem = eval_crop_ratio_problem(crop_ratio, size); !problem.empty())
     throw std::invalid_argument(problem);
   const ResizedSize resized =

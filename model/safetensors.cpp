@@ -331,11 +331,11 @@ SafetensorsContents read_safetensors(const std::string& path,
                 "header length");
   uint64_t header_bytes = 0;
   read_exactly(&header_bytes, sizeof header_bytes, "the header length");
-  if (header_bytes > kMaxHeaderBytes || header_bytes > file_bytes - 8) {
+  if (file_bytes > 8 && (header_bytes > kMaxHeaderBytes || header_bytes > file_bytes - 8)) {
     // Any file's first 8 bytes read as some length: where it cannot be one, the header's first
     // byte tells another kind of file (a PNG or a text given by mistake) from a damaged one.
     char first = '\0';
-    read_exactly(&first, file_bytes > 8 ? 1 : 0, "the header");
+    read_exactly(&first, 1, "the header");
     if (first != '{')
       parser.fail(
           "another kind of file (a safetensors file starts with its header's length in 8 "

@@ -130,6 +130,9 @@ TEST_CASE("RandomResizedCrop falls back to the centred crop as torchvision does"
   CHECK(c.h == 13);
   CHECK(c.x == 0);
   CHECK(c.y == (1000 - 13) / 2);
+  // An empty image's size as deit prints every image's: width x height.
+  CHECK_THROWS_WITH(sample_crop_params(config, 0, 7, rng), Catch::Contains("(7x0)"));
+  CHECK_THROWS_WITH(eval_augment_params(7, 0, 8, 0.875), Catch::Contains("(0x7)"));
 }
 
 TEST_CASE("Simple Random Crop resizes the shorter side and crops inside the padded image",
@@ -433,6 +436,7 @@ TEST_CASE("named ops reject bad names and arguments with a message", "[augment]"
   // Numbers as they were written (to_string gave -1.000000 and 128.500000).
   CHECK_THAT(message("blur:-1"), Catch::Contains("sigma") && Catch::EndsWith("got -1"));
   CHECK_THAT(message("solarize:128.5"), Catch::Contains(": 128.5 is not an integer"));
+  CHECK_THAT(message("solarize:1234567.5"), Catch::Contains(": 1234567.5 is not an integer"));
   CHECK_THAT(message("sharpness:1e39"), Catch::Contains("beyond a float's range"));
   CHECK_THAT(message("hflip:2"), Catch::Contains("takes no argument"));
   CHECK_THAT(message("crop:1,2,3"), Catch::Contains("needs 4 argument"));

@@ -238,6 +238,9 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--device must be cuda or cuda:N, got 'gpu'") &&
                            !Catch::Contains("expected cpu"));
+  r = run_deit("bench kernels --device cuda:x");  // parse_device's message says what is wrong
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("cuda:x") && !Catch::Contains("--device must be cuda"));
   r = run_deit("bench kernels --repeats 0");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--repeats must be at least 1"));

@@ -37,6 +37,13 @@ TEST_CASE("deit info accepts custom sizes", "[cli]") {
   CHECK_THAT(text.output, Catch::Contains("parameters       37930 (37.9K)") &&
                               Catch::Contains("forward          0.16 MMACs per image (training "
                                               "~0.97 MFLOP per image)"));
+  // Past 100 MFLOP (16.7 to 100 MMACs) no exponent: %.2g printed ~2e+02 MFLOP.
+  const CliResult mid = run_deit(
+      "info --model deit3_small --depth 4 --dim 128 --heads 2 --num-classes 10 --input-size 96");
+  REQUIRE(mid.exit_code == 0);
+  CHECK_THAT(mid.output, Catch::Contains("forward          34 MMACs per image (training ~204 "
+                                         "MFLOP per image)") &&
+                             !Catch::Contains("e+"));
 }
 
 TEST_CASE("deit info --recompute-gelu counts the activations without GELU's output", "[cli]") {

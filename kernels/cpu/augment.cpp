@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <iomanip>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -97,7 +98,7 @@ void resample_vertical(const uint8_t* src, int h, int w, uint8_t* dst, int out_h
 
 std::string number_text(double v) {
   std::ostringstream text;
-  text << v;
+  text << std::setprecision(15) << v;
   return text.str();
 }
 
