@@ -13,12 +13,17 @@
 
 namespace deit::kernels {
 
+// Shapes: B images of T tokens (the argument Tn: T is the element type's name in the templates),
+// H heads of D = head_dim channels each, C = H * D the model width.
+
 // qkv: (B, T, 3, H, D)  [timm's layout: qkv linear output viewed as (B, T, 3, heads, head_dim)]
 //  ->  out: (B, T, H, D) = (B, T, C), lse: (B, H, T)
 template <typename T>
 void attention_forward_cpu(const T* qkv, T* out, T* lse, int64_t B, int64_t Tn, int64_t H,
                            int64_t D, double scale);
 
+// qkv, out, lse: what attention_forward_cpu read and wrote (out for the softmax backward's row
+// sums, lse to rebuild the probabilities).
 // dout: (B, T, H, D)  ->  dqkv: (B, T, 3, H, D), overwritten; and, unless dbias is nullptr, the
 // bias gradient of the qkv linear layer that made qkv: dbias (3 H D) = the column sums of dqkv
 // over its B T rows (ops::linear_attention takes it from here instead of another pass).
@@ -35,6 +40,7 @@ template <typename T>
 void class_attention_forward_cpu(const T* qkv, T* out, T* lse, int64_t B, int64_t Tn, int64_t H,
                                  int64_t D, double scale);
 
+// qkv, out, lse: what class_attention_forward_cpu read and wrote.
 // dout: (B, C)  ->  dqkv: (B, T, 3, H, D), overwritten: attention_backward_cpu's dqkv for a dout
 // that is zero in every token but the class token's. So dq is zero past token 0, while dk and dv
 // fill every token. dbias: as attention_backward_cpu's (nullptr: not computed).

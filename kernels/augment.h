@@ -198,7 +198,9 @@ void augment_batch_cpu(const uint8_t* pixels, const SourceImage* sources,
                        const AugmentParams* params, int64_t batch, int size, float* out);
 
 // images: (batch, channels, height, width) float, mixed in place: sample i with sample
-// batch-1-i (blended with mixup, the box swapped with cutmix). batch must be even.
+// batch-1-i (blended with mixup, the box swapped with cutmix). batch must be even (it throws
+// otherwise), and a cutmix box must lie inside height x width (not checked, by either twin:
+// data/mixup.h draws it clipped, as timm's rand_bbox does).
 void mix_images_cpu(const MixParams& p, float* images, int64_t batch, int channels, int height,
                     int width);
 

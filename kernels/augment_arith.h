@@ -156,8 +156,9 @@ DEIT_HD uint8_t solarize(uint8_t v, int threshold = 128) {
 
 // Pillow's Image.blend(degenerate, image, factor) for one value: d + f * (v - d) in float32,
 // clamped to [0, 255] and truncated. The product and the sum are each rounded to float through
-// double, where both are exact (a 24-bit float times a 9-bit integer), so no fusing can change
-// them.
+// double, so no fusing can change them: the product is exact in double (a 24-bit float times a
+// 9-bit integer), and so is the sum unless the product is so small against d that d is the float
+// result either way.
 DEIT_HD uint8_t blend(int degenerate, int value, float factor) {
   const float scaled = static_cast<float>(static_cast<double>(factor) * (value - degenerate));
   const float mixed = static_cast<float>(degenerate + static_cast<double>(scaled));
@@ -166,7 +167,8 @@ DEIT_HD uint8_t blend(int degenerate, int value, float factor) {
   return static_cast<uint8_t>(mixed);
 }
 
-// ImageEnhance.Contrast's degenerate grey: int(mean luma + 0.5).
+// ImageEnhance.Contrast's degenerate grey: int(mean luma + 0.5) (an empty image's is 0: its sum
+// is divided by 1, not by 0).
 DEIT_HD int mean_grey(unsigned long long luma_sum, long long pixels) {
   const double n = pixels > 1 ? static_cast<double>(pixels) : 1.0;
   return static_cast<int>(static_cast<double>(luma_sum) / n + 0.5);

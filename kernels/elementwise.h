@@ -1,5 +1,7 @@
 // Elementwise arithmetic the engine itself needs (gradient accumulation, scaling by an upstream
-// scalar gradient, filling a tensor with a constant).
+// scalar gradient, filling a tensor with a constant). The CPU side needs fewer twins: its scalar
+// is already on the host, so scale_cpu takes it by value (the twin of
+// scale_by_device_scalar_cuda), and a host fill is std::fill (Tensor::fill_, engine/tensor.cpp).
 #pragma once
 #include <cstdint>
 

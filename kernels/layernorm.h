@@ -20,6 +20,8 @@ void layernorm_forward_cpu(const T* x, const T* weight, const T* bias, T* y, T* 
                            int64_t rows, int64_t C, double eps, const int32_t* y_slot = nullptr,
                            int64_t Tn = 1);
 
+// x, mean, rstd: the forward's input and saved statistics (the normalised rows are rebuilt from
+// them, not stored).
 // dy: (rows, C)  ->  dx: (rows, C), dweight, dbias: (C). dweight/dbias may be nullptr. With
 // dy_slot, dy holds the rows of the samples it selects as y did, and the others' dy is 0.
 template <typename T>

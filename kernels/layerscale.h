@@ -24,6 +24,9 @@
 
 namespace deit::kernels {
 
+// Shapes: B samples of T tokens (the argument Tn: T is the element type's name in the templates)
+// and C channels.
+
 // x, branch: (B, T, C), gamma: (C), keep_scale: (B)  ->  out: (B, T, C). With branch_slot (a
 // selection's slot map, kernels/samples.h), branch holds the rows of the samples it selects, and
 // a sample without any adds nothing (SampleSlots below).
@@ -68,7 +71,8 @@ void layerscale_residual_layernorm_forward_cpu(const T* x, const T* branch, cons
 // dln_weight, dln_bias: (C); dbias: (C), the column sums of dbranch, i.e. the bias gradient of
 // the linear layer that made branch (ops::linear_layerscale_residual_layernorm takes it from
 // here instead of another pass). dbranch and the four (C) gradients may be nullptr, but dbias
-// needs dbranch.
+// needs dbranch. dx must not overlap dout or dy: the CPU twin writes the LayerNorm's share into dx
+// before it adds dout.
 template <typename T>
 void layerscale_residual_layernorm_backward_cpu(
     const T* dout, const T* dy, const T* out, const T* branch, const T* gamma, const T* keep_scale,

@@ -46,7 +46,10 @@ template <typename T>
 void lamb_update_cpu(const T* param, const T* grad, T* exp_avg, T* exp_avg_sq, T* update,
                      int64_t n, const AdamStep& step, double weight_decay);
 
-// x, y: (n) -> x += alpha * y. LAMB's second half: param += (-lr * trust_ratio) * update.
+// x, y: (n) -> x += alpha * y. LAMB's second half: param += (-lr * trust_ratio) * update, with
+// trust_ratio = ||param|| / ||update|| (sum_squares_cpu of each) for a tensor whose weight decay
+// is nonzero, and 1 for the others (biases, norms, LayerScale, pos_embed, cls_token: timm's
+// always_adapt=False) or when either norm is 0; engine/lamb.cpp computes it between the halves.
 template <typename T>
 void add_scaled_cpu(T* x, const T* y, double alpha, int64_t n);
 

@@ -246,6 +246,20 @@ TEST_CASE("softmax cross-entropy matches hand-computed values, large logits incl
   CHECK(gradf[2] == 0.f);
 }
 
+TEST_CASE("both losses of an empty batch are 0, as their CUDA twins write", "[kernels]") {
+  // A mean over no terms: kernels/losses.h promises 0 for B == 0 or K == 0 (and
+  // tests/test_kernels_cuda.cpp checks the CUDA twins for it), not the 0 / 0 = NaN of a plain mean.
+  const Vec none;
+  for (const auto& [B, K] : {std::pair<int64_t, int64_t>{0, 5}, {3, 0}, {0, 0}}) {
+    INFO("B = " << B << ", K = " << K);
+    double bce = NAN, ce = NAN;
+    bce_with_logits_cpu<double>(none.data(), none.data(), &bce, nullptr, B, K);
+    softmax_cross_entropy_cpu<double>(none.data(), none.data(), &ce, nullptr, B, K);
+    CHECK(bce == 0.0);
+    CHECK(ce == 0.0);
+  }
+}
+
 TEST_CASE("gelu is exact (erf) GELU at known points", "[kernels]") {
   // x Phi(x) and Phi(x) + x phi(x), with Phi(1) = 0.8413447460685429, phi(1) = 0.2419707245191434,
   // Phi(3) = 0.9986501019683699.

@@ -15,21 +15,16 @@
 #include <vector>
 
 #include "kernels/augment_arith.h"
+#include "kernels/cpu/augment_checks.h"
 
 namespace deit::kernels {
 namespace {
 
 using namespace augment_arith;
+using namespace augment_checks;
 using std::to_string;
 
 using Pixels = std::vector<uint8_t>;
-
-// The number of uint8 values in an (h, w, 3) image.
-size_t values(int h, int w) { return static_cast<size_t>(h) * w * 3; }
-
-[[noreturn]] void invalid(const std::string& what) {
-  throw std::invalid_argument("augment: " + what);
-}
 
 std::string box(int x, int y, int w, int h) {
   return "x=" + to_string(x) + " y=" + to_string(y) + " w=" + to_string(w) + " h=" + to_string(h);
@@ -44,11 +39,6 @@ std::string dims(int h, int w) { return to_string(w) + "x" + to_string(h); }
 void check_sigma(float sigma) {
   if (!(sigma >= 0.0f && sigma <= 1000.0f))
     invalid("blur sigma must be in [0, 1000], got " + number_text(sigma));
-}
-
-void check_factor(const char* what, float factor) {
-  if (!(factor >= 0.0f) || !std::isfinite(factor))
-    invalid(std::string(what) + " factor must be a finite number >= 0, got " + number_text(factor));
 }
 
 // The taps of every output pixel along one axis: windows[o] and its weights from
@@ -287,13 +277,15 @@ void crop_view_cpu(const uint8_t* src, int h, int w, const CropParams& c, uint8_
     const int column = reflect_index(c.x + x - c.padding, rw);
     const ResampleWindow window = resample_window(w, rw, column);
     resample_weights(window, weights.data());
+    // `column` counts resized columns; with rw == w the horizontal pass is skipped and it is the
+    // source column itself, else the window's taps say which source columns it reads.
     for (int y = 0; y < h; ++y)
       for (int ch = 0; ch < 3; ++ch) {
-        const uint8_t* in = src + (static_cast<size_t>(y) * w + column) * 3 + ch;
+        const uint8_t* line = src + static_cast<size_t>(y) * w * 3 + ch;  // row y, channel ch
         rows[(static_cast<size_t>(y) * size + x) * 3 + ch] =
-            rw == w ? *in
-                    : resample_at(src + (static_cast<size_t>(y) * w + window.first) * 3 + ch, 3,
-                                  weights.data(), window.count);
+            rw == w ? line[static_cast<size_t>(column) * 3]
+                    : resample_at(line + static_cast<size_t>(window.first) * 3, 3, weights.data(),
+                                  window.count);
       }
   }
   // Vertical: the resized rows the crop reads -> (size, size, 3).

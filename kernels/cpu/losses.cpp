@@ -21,6 +21,10 @@ void bce_with_logits_cpu(const T* logits, const T* targets, T* loss, T* dlogits,
                          int64_t K) {
   // logits, targets, dlogits: (B, K). Every (b, k) is its own binary problem.
   const double count = static_cast<double>(B * K);
+  if (count == 0) {  // an empty mean: 0, as the CUDA twin writes (not 0 / 0 = NaN)
+    *loss = T(0);
+    return;
+  }
   const double total = ordered_sum(B, [=](int64_t b) {
     double row = 0;
     for (int64_t k = b * K; k < (b + 1) * K; ++k) {
@@ -40,6 +44,11 @@ template <typename T>
 void softmax_cross_entropy_cpu(const T* logits, const T* targets, T* loss, T* dlogits, int64_t B,
                                int64_t K) {
   // logits, targets, dlogits: (B, K). -log softmax(z)_k = lse(z) - z_k.
+  if (B == 0) {  // an empty mean: 0, as the CUDA twin writes (not 0 / 0 = NaN)
+    *loss = T(0);
+    return;
+  }
+  // K == 0 needs no case of its own: each row's sum is empty, so the loss is 0 / B = 0.
   const double total = ordered_sum(B, [=](int64_t b) {
     const T* z = logits + b * K;
     const T* t = targets + b * K;

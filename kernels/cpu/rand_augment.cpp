@@ -6,19 +6,15 @@
 #include <string>
 
 #include "kernels/augment.h"
+#include "kernels/cpu/augment_checks.h"
 #include "kernels/rand_augment_arith.h"
 
 namespace deit::kernels {
 namespace {
 
 using namespace augment_arith;
+using namespace augment_checks;
 using std::to_string;
-
-size_t values(int h, int w) { return static_cast<size_t>(h) * w * 3; }
-
-[[noreturn]] void invalid(const std::string& what) {
-  throw std::invalid_argument("augment: " + what);
-}
 
 void check_level(const char* what, int level, int lo, int hi) {
   if (level < lo || level > hi)
@@ -30,6 +26,13 @@ void check_level(const char* what, int level, int lo, int hi) {
 void channel_histograms(const uint8_t* src, int h, int w, uint32_t histograms[3][256]) {
   std::memset(histograms, 0, 3 * 256 * sizeof(uint32_t));
   for (size_t i = 0; i < values(h, w); ++i) ++histograms[i % 3][src[i]];
+}
+
+// Pillow's AFFINE data (a, b, c, d, e, f), RandAugmentStep::affine.
+void check_affine(const double affine[6]) {
+  for (int i = 0; i < 6; ++i)
+    if (!std::isfinite(affine[i]))
+      invalid("affine matrix must be finite, got " + number_text(affine[i]));
 }
 
 // dst: (h, w, 3) = tables[c][src value] for channel c. tables: (3, 256).
@@ -56,13 +59,9 @@ void check_rand_augment_step(const RandAugmentStep& s) {
     case RandAugmentOp::kContrast:
     case RandAugmentOp::kBrightness:
     case RandAugmentOp::kSharpness:
-      if (!(s.factor >= 0.0f) || !std::isfinite(s.factor))
-        invalid("enhance factor must be a finite number >= 0, got " + to_string(s.factor));
-      return;
+      return check_factor("enhance", s.factor);
     case RandAugmentOp::kAffine:
-      for (double v : s.affine)
-        if (!std::isfinite(v)) invalid("affine matrix must be finite, got " + to_string(v));
-      return;
+      return check_affine(s.affine);
   }
   invalid("unknown RandAugment op " + to_string(static_cast<int>(s.op)));
 }
@@ -99,11 +98,7 @@ void solarize_add_cpu(const uint8_t* src, int h, int w, int amount, uint8_t* dst
 
 // ImageEnhance.Sharpness: Image.blend(image.filter(ImageFilter.SMOOTH), image, factor).
 void adjust_sharpness_cpu(const uint8_t* src, int h, int w, float factor, uint8_t* dst) {
-  // The factor's check is check_rand_augment_step's, so wrap it in a step.
-  RandAugmentStep step;
-  step.op = RandAugmentOp::kSharpness;
-  step.factor = factor;
-  check_rand_augment_step(step);
+  check_factor("sharpness", factor);
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x)
       for (int c = 0; c < 3; ++c) {
@@ -115,10 +110,7 @@ void adjust_sharpness_cpu(const uint8_t* src, int h, int w, float factor, uint8_
 // Image.transform(size, AFFINE, affine, BICUBIC, fillcolor=timm's img_mean): timm's Rotate,
 // ShearX/Y and TranslateX/YRel (affine_bicubic_pixel has the arithmetic).
 void affine_bicubic_cpu(const uint8_t* src, int h, int w, const double affine[6], uint8_t* dst) {
-  RandAugmentStep step;
-  step.op = RandAugmentOp::kAffine;
-  std::memcpy(step.affine, affine, sizeof(step.affine));
-  check_rand_augment_step(step);
+  check_affine(affine);
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x)
       affine_bicubic_pixel(src, h, w, affine, x, y, dst + (static_cast<size_t>(y) * w + x) * 3);

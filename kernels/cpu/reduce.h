@@ -50,7 +50,9 @@ double ordered_sum(int64_t n, Value value) {
   return total;
 }
 
-// log sum_i exp(x[i]) for i < n, shifted by the maximum so that no exp overflows.
+// log sum_i exp(x[i]) for i < n, shifted by the maximum so that no exp overflows (every term is
+// then <= 1, and the largest is exactly 1, so the sum cannot underflow to 0 either). -inf for an
+// empty row (n = 0).
 template <typename T>
 double logsumexp(const T* x, int64_t n) {
   double max = -std::numeric_limits<double>::infinity();

@@ -7,9 +7,9 @@
 namespace deit::kernels {
 namespace {
 
-// Calls visit(image_index, patch_index) once for every pixel that lies in a whole patch, pairing
-// its offset in image: (B, Cin, H, W) with its offset in patches: (B, gh*gw, Cin*P*P). Patches do
-// not overlap (stride = size), so unfold and fold are the same pairing copied in opposite
+// Calls visit(pixel, patch) once for every pixel that lies in a whole patch, with `pixel` its
+// offset in image: (B, Cin, H, W) and `patch` its offset in patches: (B, gh*gw, Cin*P*P). Patches
+// do not overlap (stride = size), so unfold and fold are the same pairing copied in opposite
 // directions, and every pixel has at most one partner.
 template <typename Visit>
 void for_each_patch_pixel(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t P, Visit visit) {
@@ -35,7 +35,7 @@ template <typename T>
 void patch_unfold_cpu(const T* image, T* patches, int64_t B, int64_t Cin, int64_t H, int64_t W,
                       int64_t P) {
   for_each_patch_pixel(B, Cin, H, W, P,
-                       [=](int64_t pixel, int64_t slot) { patches[slot] = image[pixel]; });
+                       [=](int64_t pixel, int64_t patch) { patches[patch] = image[pixel]; });
 }
 
 template <typename T>
@@ -44,7 +44,7 @@ void patch_fold_cpu(const T* dpatches, T* dimage, int64_t B, int64_t Cin, int64_
   // The right and bottom margins that no patch reads get zero gradient.
   std::fill(dimage, dimage + B * Cin * H * W, T(0));
   for_each_patch_pixel(B, Cin, H, W, P,
-                       [=](int64_t pixel, int64_t slot) { dimage[pixel] = dpatches[slot]; });
+                       [=](int64_t pixel, int64_t patch) { dimage[pixel] = dpatches[patch]; });
 }
 
 template <typename T>
