@@ -5,7 +5,8 @@
 //              each input size.
 //  - pipeline: the whole path from a shard file to a batch on the device: the loader's worker
 //              threads read the records and draw the parameters, the feed (train/input_feed.h)
-//              uploads them and runs the stage, as the trainer does.
+//              uploads them and runs the stage, as the trainer does. With --data, from that
+//              dataset's train split instead (its JPEG decoding included), as deit train reads it.
 // On --device cpu both measure the CPU stage: the batch twin on one thread, and the training
 // loader's workers augmenting and normalising, as CPU training runs it.
 #include <algorithm>
@@ -69,6 +70,7 @@ struct DataBenchOptions {
   int batches = 20;
   int workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::string aa = "none";  // RandAugment's spec (fine-tuning) in place of 3-Augment and jitter
+  std::string data;         // a dataset root whose train split the whole path reads; "": synthetic
   bool json = false;
 };
 
@@ -241,11 +243,12 @@ class TemporaryShard {
   RemovedFolder removed_;
 };
 
-// Batches from the shard to the device, as the trainer takes them (with the upload of the next
+// Batches from `source` to the device, as the trainer takes them (with the upload of the next
 // batch overlapping the current one on CUDA).
-double pipeline_images_per_second(const std::string& shard, const DataBenchOptions& o, int size,
-                                  Device device) {
+double pipeline_images_per_second(const std::shared_ptr<const data::ImageSource>& source,
+                                  const DataBenchOptions& o, int size, Device device) {
   train::TrainOptions t = train::recipe_for("deit3_small");
+  t.data_dir = o.data.empty() ? "the temporary shard" : o.data;  // for the loader's messages
   t.model.input_size = size;
   t.batch_size = o.batch_size;
   t.workers = o.workers;
@@ -256,8 +259,7 @@ double pipeline_images_per_second(const std::string& shard, const DataBenchOptio
     t.color_jitter = 0;
   }
   auto loader = train::make_train_loader(
-      std::shared_ptr<const data::ImageSource>(data::open_image_source(shard)), t, {},
-      device.is_cuda() ? data::PixelFormat::kSource : data::PixelFormat::kFloat32);
+      source, t, {}, device.is_cuda() ? data::PixelFormat::kSource : data::PixelFormat::kFloat32);
   train::InputFeed feed(*loader, device, size);
   uint64_t epoch = 0;
   feed.start_epoch(epoch);
@@ -298,7 +300,24 @@ void run_bench_data(const DataBenchOptions& o) {
       o.input_size ? std::vector<int>{*o.input_size} : std::vector<int>{224, 128};
   Rng rng(20260101);
   const std::vector<data::ImageU8> images = make_sources(o.batch_size, rng);
-  const TemporaryShard shard(images, kPipelineWarmupBatches + o.batches + 1, o.json);
+  // The whole path reads the user's dataset, or a shard of the synthetic sources written for it.
+  std::optional<TemporaryShard> shard;
+  std::shared_ptr<const data::ImageSource> source;
+  if (o.data.empty()) {
+    shard.emplace(images, kPipelineWarmupBatches + o.batches + 1, o.json);
+    source = data::open_image_source(shard->path());
+  } else {
+    source = data::open_dataset_split(o.data, "train");
+    const uint64_t epoch_batches = source->size() / static_cast<uint64_t>(o.batch_size);
+    const uint64_t needed = kPipelineWarmupBatches + o.batches;
+    if (!o.json && epoch_batches > 0 && epoch_batches < needed)
+      std::fprintf(stderr,
+                   "note: an epoch of %s is %llu batches, fewer than the %llu taken here: each "
+                   "new epoch restarts the loader's read-ahead, which a real epoch of thousands "
+                   "of batches rarely does, so the whole path's rate reads low\n",
+                   o.data.c_str(), static_cast<unsigned long long>(epoch_batches),
+                   static_cast<unsigned long long>(needed));
+  }
 
   nlohmann::json result = {{"device", device.str()},
                            {"batch_size", o.batch_size},
@@ -306,6 +325,7 @@ void run_bench_data(const DataBenchOptions& o) {
                            {"workers", o.workers},
                            {"aa", o.aa},
                            {"source_size", {kSourceShortSide, kSourceLongSide}},
+                           {"data", o.data.empty() ? nlohmann::json() : nlohmann::json(o.data)},
                            {"stage", nlohmann::json::array()},
                            {"pipeline", nlohmann::json::array()}};
   for (int size : sizes) {
@@ -320,23 +340,28 @@ void run_bench_data(const DataBenchOptions& o) {
       stage = stage_images_per_second_cuda(packed, size, o.batches, device);
 #endif
     }
-    const double pipeline = pipeline_images_per_second(shard.path(), o, size, device);
+    const double pipeline = pipeline_images_per_second(source, o, size, device);
     result["stage"].push_back({{"input_size", size}, {"images_per_s", stage}});
     result["pipeline"].push_back({{"input_size", size}, {"images_per_s", pipeline}});
     if (!o.json)
-      std::printf("input %3d px: stage alone %10s images/s   shard -> device batch %10s images/s\n",
-                  size, rate_text(stage).c_str(), rate_text(pipeline).c_str());
+      std::printf("input %3d px: stage alone %10s images/s   %s -> device batch %10s images/s\n",
+                  size, rate_text(stage).c_str(), o.data.empty() ? "shard" : "train split",
+                  rate_text(pipeline).c_str());
     std::fflush(stdout);  // each size's line as it is measured, also into a pipe
   }
   if (o.json) {
     std::printf("%s\n", result.dump().c_str());
   } else {
+    const std::string whole_path = o.data.empty()
+                                       ? ""
+                                       : "; the whole path from " + o.data + "'s train split, " +
+                                             std::to_string(source->size()) + " images";
     std::printf(
-        "(%s, batch %d, %d batches timed, sources %dx%d and %dx%d, %d loader workers, %s%s)\n",
+        "(%s, batch %d, %d batches timed, sources %dx%d and %dx%d, %d loader workers, %s%s%s)\n",
         device.str().c_str(), o.batch_size, o.batches, kSourceLongSide, kSourceShortSide,
         kSourceShortSide, kSourceLongSide, o.workers,
         o.aa == "none" ? "3-Augment and colour jitter" : ("RandAugment " + o.aa).c_str(),
-        device.is_cpu() ? "; CPU stage alone: one thread" : "");
+        device.is_cpu() ? "; CPU stage alone: one thread" : "", whole_path.c_str());
   }
 }
 
@@ -368,10 +393,15 @@ void add_bench_data_subcommand(CLI::App& bench) {
                    "of 3-Augment and colour jitter")
       ->type_name("SPEC")
       ->capture_default_str();
+  data->add_option("--data", o->data,
+                   "Time the whole path on this dataset's train split (DIR/train or "
+                   "DIR/train.shard, as deit train --data reads it, decoding included) instead of "
+                   "a temporary shard of synthetic sources; the stage alone is timed as without")
+      ->type_name("DIR");
   data->add_flag(
       "--json", o->json,
       "Print one JSON object: device, batch_size, batches, workers, aa, source_size (the "
-      "sources' shorter and longer side), "
+      "sources' shorter and longer side), data (null without --data), "
       "stage and pipeline (each a list of {input_size, images_per_s})");
   data->callback([o] { run_bench_data(*o); });
 }

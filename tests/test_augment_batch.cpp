@@ -247,6 +247,35 @@ TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole inp
   CHECK_THAT(bad_spec.output, Catch::Contains("--aa"));
 }
 
+TEST_CASE("deit bench data --data times the whole path on a dataset's train split",
+          "[augment][cli]") {
+  test::TempDir dir;
+  for (int i = 0; i < 6; ++i)
+    data::write_png(
+        dir.file("data/train/" + std::string(i % 2 ? "a" : "b") + "/" + std::to_string(i) + ".png"),
+        test::gradient_image(40 + i, 50, i));
+  const test::CliResult r =
+      test::run_deit("bench data --device cpu --input-size 32 --batch-size 2 --workers 1 --data " +
+                     dir.path() + "/data --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.output);
+  CHECK(j.at("data") == dir.path() + "/data");
+  CHECK(j.at("pipeline")[0].at("images_per_s").get<double>() > 0);
+  // In text: the line names the split, and an epoch of 3 batches is said to read low.
+  const test::CliResult text =
+      test::run_deit("bench data --device cpu --input-size 32 --batch-size 2 --workers 1 --data " +
+                     dir.path() + "/data");
+  REQUIRE(text.exit_code == 0);
+  CHECK_THAT(text.output, Catch::Contains("train split -> device batch") &&
+                              Catch::Contains("is 3 batches, fewer than the 27 taken here") &&
+                              !Catch::Contains("temporary shard"));
+  const test::CliResult missing =
+      test::run_deit("bench data --device cpu --data " + dir.path() + "/nothing");
+  CHECK(missing.exit_code != 0);
+  CHECK_THAT(missing.output, Catch::Contains(dir.path() + "/nothing"));
+}
+
 TEST_CASE("deit bench data stopped by Ctrl-C removes its temporary shard", "[augment][cli]") {
   test::TempDir dir;
   const char* tmpdir = std::getenv("TMPDIR");
