@@ -290,6 +290,11 @@ ImageU8 apply_named_op(const ImageU8& image, const std::string& spec, Rng& rng) 
     if (name == candidate.name) op = &candidate;
   if (op == nullptr)
     throw std::invalid_argument("unknown op '" + name + "'; the ops are:\n" + named_op_usage());
+  // "hflip:" or "solarize:": a value left out by mistake, or a stray colon; either way not the
+  // op's usage (parse_numbers cannot tell it from no colon).
+  if (colon != std::string::npos && args.empty())
+    throw std::invalid_argument("op '" + name + "': nothing after the ':' (usage: " + op->usage +
+                                ")");
   const std::vector<double> a = parse_numbers(*op, args);
 
   if (name == "hflip") return hflip(image);
