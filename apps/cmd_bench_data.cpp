@@ -308,6 +308,12 @@ void run_bench_data(const DataBenchOptions& o) {
     source = data::open_image_source(shard->path());
   } else {
     source = data::open_dataset_split(o.data, "train");
+    // Before the stage alone is timed (seconds), as the loader would refuse it after.
+    if (source->size() < static_cast<uint64_t>(o.batch_size))
+      throw std::invalid_argument("the train split of '" + o.data + "' has " +
+                                  std::to_string(source->size()) +
+                                  " images, fewer than one batch of " +
+                                  std::to_string(o.batch_size) + "; lower --batch-size");
     const uint64_t epoch_batches = source->size() / static_cast<uint64_t>(o.batch_size);
     const uint64_t needed = kPipelineWarmupBatches + o.batches;
     if (!o.json && epoch_batches > 0 && epoch_batches < needed)
@@ -352,16 +358,18 @@ void run_bench_data(const DataBenchOptions& o) {
   if (o.json) {
     std::printf("%s\n", result.dump().c_str());
   } else {
-    const std::string whole_path = o.data.empty()
-                                       ? ""
-                                       : "; the whole path from " + o.data + "'s train split, " +
-                                             std::to_string(source->size()) + " images";
+    // What each figure timed: they differ in sources and threads, so neither bounds the other.
+    const std::string whole_path = o.data.empty() ? "the temporary shard of those sources"
+                                                  : o.data + "'s train split (" +
+                                                        std::to_string(source->size()) +
+                                                        " images, of their own sizes)";
     std::printf(
-        "(%s, batch %d, %d batches timed, sources %dx%d and %dx%d, %d loader workers, %s%s%s)\n",
-        device.str().c_str(), o.batch_size, o.batches, kSourceLongSide, kSourceShortSide,
-        kSourceShortSide, kSourceLongSide, o.workers,
+        "(%s, batch %d, %d batches timed, %s; stage alone: synthetic sources of %dx%d and %dx%d "
+        "in memory%s; whole path: %s, %d loader workers)\n",
+        device.str().c_str(), o.batch_size, o.batches,
         o.aa == "none" ? "3-Augment and colour jitter" : ("RandAugment " + o.aa).c_str(),
-        device.is_cpu() ? "; CPU stage alone: one thread" : "", whole_path.c_str());
+        kSourceLongSide, kSourceShortSide, kSourceShortSide, kSourceLongSide,
+        device.is_cpu() ? ", one thread" : "", whole_path.c_str(), o.workers);
   }
 }
 

@@ -9,13 +9,13 @@
 #include <stdexcept>
 
 #include "apps/commands.h"
-#include "apps/shell_quoted.h"
 #include "apps/train_flags.h"
 #include "data/made_folder.h"
 #include "data/synthetic.h"
 #include "engine/communicator.h"
 #include "engine/device.h"
 #include "train/output_lock.h"
+#include "train/shell_quoted.h"
 #include "train/trainer.h"
 
 namespace deit::apps {

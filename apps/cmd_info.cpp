@@ -12,12 +12,12 @@
 
 #include "apps/commands.h"
 #include "apps/model_options.h"
-#include "apps/shell_quoted.h"
 #include "data/sampler.h"
 #include "model/checkpoint.h"
 #include "model/cost.h"
 #include "train/recipe.h"
 #include "train/run_state.h"
+#include "train/shell_quoted.h"
 
 namespace deit::apps {
 

@@ -4,11 +4,11 @@
 #include <memory>
 
 #include "apps/commands.h"
-#include "apps/shell_quoted.h"
 #include "apps/train_flags.h"
 #include "engine/rendezvous.h"
 #include "model/checkpoint.h"
 #include "train/progress.h"
+#include "train/shell_quoted.h"
 #include "train/stop_request.h"
 #include "train/trainer.h"
 

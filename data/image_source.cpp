@@ -52,6 +52,12 @@ bool looks_like_a_split(const fs::path& root) {
   if (looks_like_a_split(root))
     message += "; '" + root + "' looks like a split (its subfolders hold images, as classes " +
                "do): --data takes the folder above it";
+  else if (split == "val" && (fs::is_directory(fs::path(root) / "train", error) ||
+                              fs::is_regular_file(fs::path(root) / "train.shard", error)))
+    message +=
+        "; every epoch of deit train ends by scoring the val split, as deit eval does: "
+        "move some of each class's images from train/<class>/ into " +
+        folder.string() + "/<class>/";
   throw DataError(message);
 }
 

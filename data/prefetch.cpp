@@ -227,7 +227,8 @@ ImageU8 PrefetchLoader::load_or_substitute(uint64_t index, uint64_t* used_index)
     }
   }
   throw DataError(source_->describe(index) + " and the " + std::to_string(attempts - 1) +
-                  " images after it are all unusable: giving up (is the dataset damaged?)");
+                  " images after it in the dataset's order are all unusable: giving up (is the "
+                  "dataset damaged?)");
 }
 
 }  // namespace deit::data

@@ -269,7 +269,16 @@ TEST_CASE("deit bench data --data times the whole path on a dataset's train spli
   REQUIRE(text.exit_code == 0);
   CHECK_THAT(text.output, Catch::Contains("train split -> device batch") &&
                               Catch::Contains("is 3 batches, fewer than the 27 taken here") &&
+                              Catch::Contains("whole path: " + dir.path() +
+                                              "/data's train split (6 images, of their own "
+                                              "sizes), 1 loader workers)") &&
                               !Catch::Contains("temporary shard"));
+  // A split smaller than a batch is refused before anything is timed.
+  const test::CliResult small =
+      test::run_deit("bench data --device cpu --data " + dir.path() + "/data");
+  CHECK(small.exit_code != 0);
+  CHECK_THAT(small.output, Catch::Contains("has 6 images, fewer than one batch of 256") &&
+                               !Catch::Contains("timing"));
   const test::CliResult missing =
       test::run_deit("bench data --device cpu --data " + dir.path() + "/nothing");
   CHECK(missing.exit_code != 0);

@@ -109,9 +109,11 @@ TEST_CASE("A split given as the dataset's root is named as one", "[data]") {
                     Contains("has neither " + split + "/train.shard nor a folder " + split +
                              "/train; '" + split + "' looks like a split (its subfolders hold " +
                              "images, as classes do): --data takes the folder above it"));
-  // A dataset root with its val split missing is no split.
+  // A dataset root with its val split missing is no split; it is told to make one.
   CHECK_THROWS_WITH(open_dataset_split(dir.path() + "/data", "val"),
-                    Contains("has neither") && !Contains("looks like a split"));
+                    Contains("has neither") && !Contains("looks like a split") &&
+                        Contains("move some of each class's images from train/<class>/ into " +
+                                 dir.path() + "/data/val/<class>/"));
 }
 
 TEST_CASE("A folder inside a class that cannot be listed is named rather than its class",

@@ -730,6 +730,14 @@ TEST_CASE("bad input stops deit train with a clear message", "[train][cli]") {
   CHECK_THAT(r.output, Catch::Contains("have different classes (class 0 is 'checkerboard' in "
                                        "train, 'concentric_rings' in val; only in train: "
                                        "'checkerboard'; only in val: 'zigzag')"));
+  // A val folder lacking a class is told how to keep the labels in line: an empty folder.
+  std::filesystem::remove_all(mismatched + "/val/zigzag");
+  r = run_deit(tiny_train_args(mismatched, out, 1));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("only in train: 'checkerboard'); an empty val folder for a "
+                                       "class keeps the labels in line (evaluation then has no "
+                                       "image of it): mkdir " +
+                                       mismatched + "/val/checkerboard"));
 
   // A batch larger than an epoch: refused before room for it is made (50 million images of
   // 3 x 8 x 8 floats would ask for 38 GB).

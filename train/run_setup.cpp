@@ -12,6 +12,7 @@
 #include "train/rank_agreement.h"
 #include "train/run.h"
 #include "train/run_log.h"
+#include "train/shell_quoted.h"
 
 namespace deit::train::detail {
 
@@ -153,12 +154,29 @@ void Run::open_data() {
   train_source = open_split(o.data_dir, "train", lead);
   val_source = open_split(o.data_dir, "val", lead);
   train_listing = train_source->listing_fingerprint();
-  if (train_source->class_names() != val_source->class_names())
-    throw std::runtime_error("the train and val splits of '" + o.data_dir +
-                             "' have different classes (" +
-                             data::class_difference(train_source->class_names(), "train",
-                                                    val_source->class_names(), "val") +
-                             ")");
+  const std::vector<std::string>& train_classes = train_source->class_names();
+  const std::vector<std::string>& val_classes = val_source->class_names();
+  if (train_classes != val_classes) {
+    // A val folder that lacks some classes (a small dataset split by hand) needs only an empty
+    // folder for each: its labels then line up with train's (torchvision would shift them).
+    const fs::path val_folder = fs::path(o.data_dir) / "val";
+    std::error_code error;
+    const bool val_subset = fs::is_directory(val_folder, error) &&
+                            !fs::exists(fs::path(o.data_dir) / "val.shard", error) &&
+                            std::includes(train_classes.begin(), train_classes.end(),
+                                          val_classes.begin(), val_classes.end());
+    std::string missing;
+    for (const std::string& name : train_classes)
+      if (!std::binary_search(val_classes.begin(), val_classes.end(), name) && missing.size() < 200)
+        missing += " " + shell_quoted((val_folder / name).string());
+    throw std::runtime_error(
+        "the train and val splits of '" + o.data_dir + "' have different classes (" +
+        data::class_difference(train_classes, "train", val_classes, "val") + ")" +
+        (val_subset ? "; an empty val folder for a class keeps the labels in line (evaluation "
+                      "then has no image of it): mkdir" +
+                          missing
+                    : ""));
+  }
   classes = static_cast<int64_t>(train_source->class_names().size());
   if (!o.num_classes_given) o.model.num_classes = classes;
   if (o.model.num_classes < classes)

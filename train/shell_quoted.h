@@ -1,8 +1,9 @@
-// Paths in the commands deit prints for its user to run next (continue a run, evaluate it).
+// Paths in the commands deit prints for its user to run next (continue a run, evaluate it, make
+// a missing folder). In namespace deit: the commands (apps/) and the trainer (train/) print them.
 #pragma once
 #include <string>
 
-namespace deit::apps {
+namespace deit {
 
 // `word` as the shell reads it back: as it is when it has nothing the shell treats specially,
 // else in single quotes (a single quote in it closed, escaped and reopened), so that the command
@@ -16,4 +17,4 @@ inline std::string shell_quoted(const std::string& word) {
   return quoted + "'";
 }
 
-}  // namespace deit::apps
+}  // namespace deit
