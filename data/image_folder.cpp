@@ -17,20 +17,32 @@ namespace {
 
 bool is_hidden(const fs::path& path) { return path.filename().string().rfind('.', 0) == 0; }
 
-// A link in `root` whose target does not exist (an unmounted drive, a moved folder): not a class
-// folder the scan can see, yet most likely meant as one.
-void warn_of_broken_link(const fs::path& link) {
+// The hidden files and folders a listing passes over (.DS_Store, macOS's ._IMG.JPEG, a
+// .ipynb_checkpoints folder), told in one warning: torchvision's ImageFolder lists hidden files
+// (and fails on ._ ones), so a count that differs from its says why.
+struct HiddenEntries {
+  size_t count = 0;
+  std::string example;  // the first by name
+  void add(const fs::path& path) {
+    if (count++ == 0 || path.string() < example) example = path.string();
+  }
+};
+
+// A link whose target does not exist (an unmounted drive, a moved folder): not the class folder
+// or image (`meant_as`) the scan can see, yet most likely meant as one.
+void warn_of_broken_link(const fs::path& link, const char* meant_as) {
   std::error_code error;
   const fs::path target = fs::read_symlink(link, error);
   std::fprintf(stderr,
-               "warning: %s: a link to %s, which does not exist: not read as a class folder "
-               "(mount or fix its target, or remove the link)\n",
-               link.c_str(), target.c_str());
+               "warning: %s: a link to %s, which does not exist: not read as %s (mount or fix "
+               "its target, or remove the link)\n",
+               link.c_str(), target.c_str(), meant_as);
 }
 
 // The class folders of `root`, sorted. What the scan leaves out there but was likely meant to be
 // read is warned about (with `warn`): broken links, and image files outside any class folder.
-std::vector<std::string> sorted_class_folders(const std::string& root, bool warn) {
+std::vector<std::string> sorted_class_folders(const std::string& root, bool warn,
+                                              HiddenEntries& hidden) {
   std::error_code error;
   if (!fs::exists(root, error)) throw DataError(root + ": no such directory");
   if (!fs::is_directory(root, error)) throw DataError(root + ": not a directory");
@@ -38,12 +50,15 @@ std::vector<std::string> sorted_class_folders(const std::string& root, bool warn
   size_t loose_images = 0;
   std::string loose_example;
   for (const auto& entry : fs::directory_iterator(root, error)) {
-    if (is_hidden(entry.path())) continue;
+    if (is_hidden(entry.path())) {
+      hidden.add(entry.path());
+      continue;
+    }
     std::error_code entry_error;
     if (entry.is_directory(entry_error)) {
       names.push_back(entry.path().filename());
     } else if (entry.is_symlink(entry_error) && !entry.exists(entry_error)) {
-      if (warn) warn_of_broken_link(entry.path());
+      if (warn) warn_of_broken_link(entry.path(), "a class folder");
     } else if (has_image_extension(entry.path().string())) {
       // The first by name: the same example each time.
       if (loose_images++ == 0 || entry.path().string() < loose_example)
@@ -68,8 +83,10 @@ fs::path folder_read_next(const fs::recursive_directory_iterator& it) {
   return it.recursion_pending() && it->is_directory(error) ? it->path() : it->path().parent_path();
 }
 
-// Every file under `folder`, at any depth, as torchvision's os.walk(followlinks=True) finds them.
-std::vector<std::string> files_under(const fs::path& folder, bool warn) {
+// Every file under `folder`, at any depth, as torchvision's os.walk(followlinks=True) finds them,
+// but for hidden ones (counted in `hidden`) and links to nothing (warned about: every read of one
+// would fail, and a short run might never meet it to say so).
+std::vector<std::string> files_under(const fs::path& folder, bool warn, HiddenEntries& hidden) {
   std::vector<std::string> paths;
   std::error_code error;
   const auto options = fs::directory_options::follow_directory_symlink;
@@ -80,9 +97,15 @@ std::vector<std::string> files_under(const fs::path& folder, bool warn) {
     const bool directory = it->is_directory(entry_error);
     if (is_hidden(it->path())) {
       if (directory) it.disable_recursion_pending();
+      hidden.add(it->path());
       continue;
     }
     if (!directory) {
+      // is_symlink reads the listing's entry type; only a link costs a look at its target.
+      if (it->is_symlink(entry_error) && !fs::exists(it->path(), entry_error)) {
+        if (warn) warn_of_broken_link(it->path(), "an image");
+        continue;
+      }
       paths.push_back(it->path().string());
       continue;
     }
@@ -122,14 +145,15 @@ bool has_image_extension(const std::string& path) {
 }
 
 ImageFolder::ImageFolder(const std::string& root, bool warn) : root_(root) {
-  class_names_ = sorted_class_folders(root, warn);
+  HiddenEntries hidden;
+  class_names_ = sorted_class_folders(root, warn, hidden);
   if (class_names_.empty()) {
     throw DataError(root + ": no class folders (expected " + root + "/<class>/<image files>)");
   }
   // By extension: how many files were ignored, and one of them, so that they can be found.
   std::map<std::string, std::pair<size_t, std::string>> ignored_by_extension;
   for (size_t label = 0; label < class_names_.size(); ++label) {
-    for (std::string& path : files_under(fs::path(root) / class_names_[label], warn)) {
+    for (std::string& path : files_under(fs::path(root) / class_names_[label], warn, hidden)) {
       if (has_image_extension(path)) {
         files_.push_back({std::move(path), static_cast<int>(label)});
         continue;
@@ -138,6 +162,11 @@ ImageFolder::ImageFolder(const std::string& root, bool warn) : root_(root) {
       if (count++ == 0) example = path;
     }
   }
+  if (warn && hidden.count > 0)
+    std::fprintf(stderr,
+                 "warning: %s: ignored %zu hidden file(s) or folder(s) (names starting with '.'), "
+                 "e.g. %s\n",
+                 root.c_str(), hidden.count, hidden.example.c_str());
   for (const auto& [extension, ignored] : ignored_by_extension)
     if (warn)
       std::fprintf(stderr,

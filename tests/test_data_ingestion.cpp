@@ -156,6 +156,12 @@ TEST_CASE("A dataset opened without warnings keeps what its listing found to its
   write_png(dir.file("data/train/cat/one.png"), gradient_image(8, 8));
   std::ofstream(dir.file("data/train/cat/notes.txt")) << "not an image";
   std::filesystem::create_directories(dir.file("data/train/dog"));  // a class with no image
+  // Hidden entries (a Finder file, macOS's copy of an image's metadata, a thumbnail folder) and a
+  // link to nothing: passed over, each kind said once.
+  std::ofstream(dir.file("data/train/cat/.DS_Store")) << "finder";
+  write_png(dir.file("data/train/cat/._one.png"), gradient_image(8, 8));
+  write_png(dir.file("data/train/cat/.thumbnails/one.png"), gradient_image(8, 8));
+  std::filesystem::create_symlink(dir.file("nowhere.png"), dir.file("data/train/cat/gone.png"));
   const std::string root = dir.path() + "/data";
   // What opening the train split writes to stderr.
   auto warnings_of = [&](bool warn) {
@@ -173,7 +179,15 @@ TEST_CASE("A dataset opened without warnings keeps what its listing found to its
     return std::string(bytes.begin(), bytes.end());
   };
   const std::string shown = warnings_of(true);
-  CHECK_THAT(shown, Contains("ignored 1 file(s) with extension '.txt'") &&
-                        Contains("class 'dog' has no images"));
+  CHECK_THAT(shown,
+             Contains("ignored 1 file(s) with extension '.txt'") &&
+                 Contains("class 'dog' has no images") &&
+                 Contains("ignored 3 hidden file(s) or folder(s) (names starting with "
+                          "'.'), e.g. " +
+                          root + "/train/cat/.DS_Store") &&
+                 Contains(root + "/train/cat/gone.png: a link to " + dir.file("nowhere.png") +
+                          ", which does not exist: not read as "
+                          "an image"));
   CHECK(warnings_of(false).empty());
+  CHECK(open_dataset_split(root, "train", false)->size() == 1);  // one.png alone
 }
