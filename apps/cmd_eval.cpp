@@ -41,7 +41,13 @@ struct EvalOptions {
 // its images are most often taken for.
 void print_per_class(const nlohmann::json& rows) {
   for (const auto& row : rows) {
-    std::printf("  %-24s top-1 ", row["class"].get<std::string>().c_str());
+    // Padded to 24 characters, not bytes (printf's width counts bytes: 'éclair' came out short).
+    // Class names are UTF-8 (data/image_folder.h); a character is a byte that is no continuation.
+    const std::string name = row["class"].get<std::string>();
+    size_t characters = 0;
+    for (const char c : name) characters += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+    std::printf("  %s%*s top-1 ", name.c_str(),
+                static_cast<int>(characters < 24 ? 24 - characters : 0), "");
     if (row["acc1"].is_null())
       std::printf("%7s", "n/a");
     else

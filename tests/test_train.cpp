@@ -675,6 +675,18 @@ TEST_CASE("deit eval --per-class says n/a for a class with no image scored", "[t
   }
 }
 
+TEST_CASE("deit eval --per-class aligns class names by characters, not bytes", "[train][cli]") {
+  test::TempDir dir;
+  // 'dísc': five bytes, four characters; padded by bytes, its row came out one column short.
+  const std::string data = with_renamed_class(dir, make_tiny_dataset(dir), "disc", "d\xc3\xadsc");
+  const std::string out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  const CliResult r = run_deit("eval --checkpoint " + out + " --data " + data + " --per-class");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("\n  d\xc3\xadsc" + std::string(20, ' ') + " top-1 "));
+}
+
 TEST_CASE("a val split that cannot be read keeps the epoch's training, to resume", "[train][cli]") {
   test::TempDir dir;
   const std::string data = make_tiny_dataset(dir), out = dir.file("run");
