@@ -142,7 +142,7 @@ void print_run(const SavedRun& run, const std::string& program) {
     constexpr size_t kShown = 5;
     for (size_t i = 0; i < run.class_names.size() && i < kShown; ++i)
       names += (i ? ", " : "") + run.class_names[i];
-    if (run.class_names.size() > kShown) names += ", ...";
+    if (run.class_names.size() > kShown) names += ", ... (--json lists all, in label order)";
     std::printf("classes          %zu (%s)\n", run.class_names.size(), names.c_str());
   }
   std::printf("data             %s\n", saved_string(s.options, "data").c_str());

@@ -196,11 +196,12 @@ Checkpoint read_checkpoint_tensors(const std::string& path,
   const auto config_it = contents.metadata.find(kConfigKey);
   const auto state_it = contents.metadata.find(kStateKey);
   if (config_it == contents.metadata.end() || state_it == contents.metadata.end())
-    fail(std::string("not a deit checkpoint (") +
-         (contents.metadata.count(kWeightsConfigKey) ? "the weights file deit export writes"
-                                                     : "no deit_model and deit metadata") +
-         "; a weights file, such as deit export or timm writes, is read by deit eval --weights, "
-         "and deit train starts from one with --finetune)");
+    fail(contents.metadata.count(kWeightsConfigKey)
+             ? "not a deit checkpoint but a weights file, as deit export writes: deit eval "
+               "--weights reads it, and deit train --finetune starts from it"
+             : "not a deit checkpoint (its metadata lacks the deit_model and deit entries a "
+               "checkpoint holds); a weights file, such as deit export or timm writes, is read by "
+               "deit eval --weights, and deit train starts from one with --finetune");
 
   Checkpoint ckpt;
   ckpt.path = path;

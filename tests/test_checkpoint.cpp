@@ -292,8 +292,10 @@ TEST_CASE("a weights file names its model, and is still not taken for a checkpoi
   CHECK_FALSE(is_checkpoint(weights));
   CHECK(is_safetensors(weights));
   CHECK(read_model_tensors(weights).size() == vit.parameters().size());
-  CHECK_THROWS_WITH(read_checkpoint(weights),
-                    Contains("not a deit checkpoint (the weights file deit export writes"));
+  CHECK_THROWS_WITH(
+      read_checkpoint(weights),
+      Contains("not a deit checkpoint but a weights file, as deit export writes: deit eval "
+               "--weights reads it"));
   // A checkpoint says its model the same way.
   const std::string checkpoint = dir.file("checkpoint.safetensors");
   save_checkpoint(checkpoint, vit, {}, {{"epoch", 0}});
