@@ -119,11 +119,6 @@ void warn_of_empty_classes(const std::vector<std::string>& class_names,
                    class_names[label].c_str(), why.c_str());
 }
 
-namespace {
-
-constexpr size_t kClassesNamed = 3;  // in a list of differing classes; the rest are counted
-
-// The names of `names` that `other` lacks, in order.
 std::vector<std::string> names_missing_from(const std::vector<std::string>& names,
                                             const std::vector<std::string>& other) {
   const std::set<std::string> present(other.begin(), other.end());
@@ -132,6 +127,10 @@ std::vector<std::string> names_missing_from(const std::vector<std::string>& name
     if (!present.count(name)) missing.push_back(name);
   return missing;
 }
+
+namespace {
+
+constexpr size_t kClassesNamed = 3;  // in a list of differing classes; the rest are counted
 
 // "'a', 'b', 'c' and 2 more", each name followed by its bytes where `escape` and it has any
 // outside printable ASCII.

@@ -73,6 +73,9 @@ void warn_of_empty_classes(const std::vector<std::string>& class_names,
 // they agree, or when `a` is empty (a file that does not say).
 std::string class_difference(const std::vector<std::string>& a, const std::string& a_where,
                              const std::vector<std::string>& b, const std::string& b_where);
+// The names of `names` that `other` lacks, in order.
+std::vector<std::string> names_missing_from(const std::vector<std::string>& names,
+                                            const std::vector<std::string>& other);
 
 // Whether `path` (which need not exist yet) is `folder` or lies inside it, links resolved: a file
 // written there would be read as part of the folder's images (false when `folder` does not exist).

@@ -38,7 +38,6 @@ struct Edge {
   size_t output = 0;                 // which of node's outputs the input is
   std::shared_ptr<TensorImpl> leaf;  // for a leaf
   Shape shape;                       // the input's: the gradient sent along the edge must match it
-  bool defined() const { return node || leaf; }
 };
 
 struct Node {
@@ -51,7 +50,7 @@ struct Node {
       std::function<std::vector<Tensor>(Node& self, const std::vector<Tensor>& grad_outputs)>;
 
   std::string op;
-  std::vector<Edge> inputs;  // one per input: undefined where the input needs no gradient
+  std::vector<Edge> inputs;  // one per input: empty where the input needs no gradient
   std::vector<bool> needs_input_grad;
   std::vector<Tensor> saved;
   MultiBackwardFn backward;

@@ -161,21 +161,26 @@ void Run::open_data() {
     // folder for each: its labels then line up with train's (torchvision would shift them).
     const fs::path val_folder = fs::path(o.data_dir) / "val";
     std::error_code error;
-    const bool val_subset = fs::is_directory(val_folder, error) &&
-                            !fs::exists(fs::path(o.data_dir) / "val.shard", error) &&
-                            std::includes(train_classes.begin(), train_classes.end(),
-                                          val_classes.begin(), val_classes.end());
-    std::string missing;
-    for (const std::string& name : train_classes)
-      if (!std::binary_search(val_classes.begin(), val_classes.end(), name) && missing.size() < 200)
-        missing += " " + shell_quoted((val_folder / name).string());
+    std::string hint;
+    if (fs::is_directory(val_folder, error) &&
+        !fs::exists(fs::path(o.data_dir) / "val.shard", error) &&
+        data::names_missing_from(val_classes, train_classes).empty()) {
+      const std::vector<std::string> missing = data::names_missing_from(train_classes, val_classes);
+      hint =
+          "; an empty val folder for a class keeps the labels in line (evaluation then has no "
+          "image of it): ";
+      if (missing.size() <= 5) {
+        hint += "mkdir";
+        for (const std::string& name : missing)
+          hint += " " + shell_quoted((val_folder / name).string());
+      } else {
+        hint += "make " + val_folder.string() + "/<class> for each of the " +
+                std::to_string(missing.size()) + " classes only in train";
+      }
+    }
     throw std::runtime_error(
         "the train and val splits of '" + o.data_dir + "' have different classes (" +
-        data::class_difference(train_classes, "train", val_classes, "val") + ")" +
-        (val_subset ? "; an empty val folder for a class keeps the labels in line (evaluation "
-                      "then has no image of it): mkdir" +
-                          missing
-                    : ""));
+        data::class_difference(train_classes, "train", val_classes, "val") + ")" + hint);
   }
   classes = static_cast<int64_t>(train_source->class_names().size());
   if (!o.num_classes_given) o.model.num_classes = classes;
