@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "apps/commands.h"
@@ -65,16 +66,37 @@ void note_other_partial_shards(const std::string& out) {
   }
 }
 
-void run_pack(const PackCommandOptions& options) {
-  // A dataset root given for a split: its classes would be "train" and "val".
+// A dataset root given where a split belongs: its class folders are the splits (train/, val/,
+// maybe test/), and packing it would spend the whole pass making a shard of 2 or 3 "classes".
+// Refused before anything is read; a root that also has other folders is only warned about, as
+// those could be classes of that name.
+void check_not_a_dataset_root(const std::filesystem::path& src) {
   std::error_code error;
-  const std::filesystem::path src(options.src);
-  if (std::filesystem::is_directory(src / "train", error) &&
-      std::filesystem::is_directory(src / "val", error))
-    std::fprintf(stderr,
-                 "warning: '%s' holds train/ and val/, which become the shard's 2 classes; a "
-                 "dataset packs a split at a time: --src %s --out %s\n",
-                 options.src.c_str(), (src / "train").c_str(), (src / "train.shard").c_str());
+  if (!std::filesystem::is_directory(src / "train", error) ||
+      !std::filesystem::is_directory(src / "val", error))
+    return;
+  bool only_splits = true;
+  for (const auto& entry : std::filesystem::directory_iterator(src, error)) {
+    const std::string name = entry.path().filename().string();
+    std::error_code entry_error;
+    if (name.rfind('.', 0) == 0 || !entry.is_directory(entry_error)) continue;
+    if (name != "train" && name != "val" && name != "test") only_splits = false;
+  }
+  const std::string advice = "a dataset packs a split at a time: --src " +
+                             (src / "train").string() + " --out " + (src / "train.shard").string() +
+                             ", then the same for val";
+  if (only_splits)
+    throw std::runtime_error("'" + src.string() +
+                             "' is a dataset's root (its folders are the splits train/ and val/), "
+                             "not a split: " +
+                             advice);
+  std::fprintf(stderr,
+               "warning: '%s' holds train/ and val/, which become 2 of the shard's classes; %s\n",
+               src.c_str(), advice.c_str());
+}
+
+void run_pack(const PackCommandOptions& options) {
+  check_not_a_dataset_root(options.src);
   note_other_partial_shards(options.out);
   // Stopped, the pack leaves nothing: its shard is written whole or not at all, and the folders
   // made for it are removed again.

@@ -54,12 +54,25 @@ TEST_CASE("deit pack turns an image folder into a shard with the same images", "
   CHECK_THAT(grid.output, Catch::Contains("has both train.shard and a folder train/") &&
                               Catch::Contains("reading the shard"));
 
-  // The dataset root in place of a split: packed as asked, with a warning of what it made.
+  // The dataset root in place of a split: refused before a pass over it, nothing written.
+  const std::string advice =
+      "a dataset packs a split at a time: --src " + root + "/train --out " + root + "/train.shard";
   const CliResult whole = run_deit("pack --src " + root + " --out " + dir.file("root.shard"));
-  CHECK(whole.exit_code == 0);
-  CHECK_THAT(whole.output, Catch::Contains("holds train/ and val/, which become the shard's 2 "
-                                           "classes; a dataset packs a split at a time: --src " +
-                                           root + "/train --out " + root + "/train.shard"));
+  CHECK(whole.exit_code != 0);
+  CHECK_THAT(whole.output, Catch::Contains("is a dataset's root (its folders are the splits "
+                                           "train/ and val/), not a split: " +
+                                           advice));
+  CHECK_FALSE(std::filesystem::exists(dir.file("root.shard")));
+  // With a folder that could be a class beside the splits: packed as asked, with a warning.
+  std::filesystem::create_directories(root + "/zebra");
+  data::write_png(root + "/zebra/one.png", test::gradient_image(8, 8));
+  const CliResult mixed = run_deit("pack --src " + root + " --out " + dir.file("root.shard"));
+  CHECK(mixed.exit_code == 0);
+  CHECK_THAT(
+      mixed.output,
+      Catch::Contains("holds train/ and val/, which become 2 of the shard's classes; " + advice));
+  CHECK(data::open_image_source(dir.file("root.shard"))->class_names() ==
+        std::vector<std::string>{"train", "val", "zebra"});
 }
 
 TEST_CASE("deit pack reports a missing source and an unwritable output", "[data][cli]") {
