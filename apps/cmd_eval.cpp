@@ -147,7 +147,8 @@ void run_eval(const EvalOptions& o) {
       !warning.empty())
     std::fprintf(stderr, "%s\n", warning.c_str());
   auto loader = train::make_eval_loader(source, size, crop_ratio, o.batch_size, o.workers);
-  const train::EvalResult r = train::evaluate(vit, *loader, !o.json && !o.quiet);
+  const train::EvalResult r = train::evaluate(vit, *loader, !o.json && !o.quiet,
+                                              /*across=*/nullptr, /*with_confusion=*/o.per_class);
   const nlohmann::json per_class =
       o.per_class ? r.per_class_json(source->class_names()) : nlohmann::json();
   if (o.json) {

@@ -1,20 +1,28 @@
 // How deit eval scores logits that do not single out a class, as torch's topk sorts them: ties
 // between classes go to the lower class index (argmax's first maximum), and a NaN comes before
 // every number. A model whose outputs are all equal or NaN scores at chance, where ties going to
-// the label had scored it 100%; the per-class table agrees with the top-1.
+// the label had scored it 100%; the per-class table agrees with the top-1, also for a head with
+// outputs beyond the dataset's classes. The confusion matrix behind that table is counted only
+// when asked for.
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <stdexcept>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "data/image_source.h"
 #include "data/synthetic.h"
 #include "engine/rng.h"
 #include "model/checkpoint.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
+#include "tests/test_model_helpers.h"
+#include "train/data_pipeline.h"
+#include "train/evaluate.h"
 
 using namespace deit;
 using deit::test::run_deit;
@@ -23,17 +31,27 @@ namespace {
 
 constexpr int kClasses = 6, kImagesPerClass = 2;
 
+std::string write_dataset(const test::TempDir& dir) {
+  data::SyntheticOptions options;
+  options.image_size = 16;
+  options.num_classes = kClasses;
+  options.train_per_class = 1;
+  options.val_per_class = kImagesPerClass;
+  return test::write_synthetic_dataset(dir, options);
+}
+
 // The eval's JSON (with --per-class) for weights whose head gives every class the score 0 but
-// class `odd_class` `odd_score`.
+// class `odd_class` `odd_score`; the head has `outputs` outputs, the first kClasses the
+// dataset's classes.
 nlohmann::json eval_with_flat_head(const test::TempDir& dir, const std::string& data, int odd_class,
-                                   float odd_score) {
+                                   float odd_score, int outputs = kClasses) {
   model::ViTConfig c;
-  c.name = "deit3_tiny";
+  c.name = "deit3_tiny (custom)";
   c.patch = 4;
   c.dim = 16;
   c.depth = 1;
   c.heads = 2;
-  c.num_classes = kClasses;
+  c.num_classes = outputs;
   c.input_size = 8;
   model::VisionTransformer vit(c);
   Rng rng(3);
@@ -46,10 +64,9 @@ nlohmann::json eval_with_flat_head(const test::TempDir& dir, const std::string& 
   model::save_weights(weights, vit,
                       std::vector<std::string>(data::synthetic_class_names().begin(),
                                                data::synthetic_class_names().begin() + kClasses));
-  const test::CliResult r = run_deit(
-      "eval --model deit3_tiny --patch 4 --dim 16 --depth 1 --heads 2 --input-size 8 "
-      "--weights " +
-      weights + " --data " + data + " --per-class --json");
+  // The model the weights name (deit export's metadata), head and all.
+  const test::CliResult r =
+      run_deit("eval --weights " + weights + " --data " + data + " --per-class --json");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   return nlohmann::json::parse(r.output.substr(r.output.find('{')));
@@ -59,12 +76,7 @@ nlohmann::json eval_with_flat_head(const test::TempDir& dir, const std::string& 
 
 TEST_CASE("deit eval scores tied and NaN logits as misses, not hits", "[train][cli]") {
   test::TempDir dir;
-  data::SyntheticOptions options;
-  options.image_size = 16;
-  options.num_classes = kClasses;
-  options.train_per_class = 1;
-  options.val_per_class = kImagesPerClass;
-  const std::string data = test::write_synthetic_dataset(dir, options);
+  const std::string data = write_dataset(dir);
   const double per_class = 100.0 / kClasses;
 
   // All six scores equal: top-1 is class 0 for every image, top-5 classes 0 to 4.
@@ -83,4 +95,44 @@ TEST_CASE("deit eval scores tied and NaN logits as misses, not hits", "[train][c
     CHECK(row["acc1"].get<double>() ==
           (row["class"] == data::synthetic_class_names()[3] ? 100 : 0));
   }
+}
+
+TEST_CASE("deit eval --per-class of a head with outputs beyond the dataset's classes",
+          "[train][cli]") {
+  // Two outputs more than classes (deit train --num-classes): every image goes to output 7.
+  test::TempDir dir;
+  const std::string data = write_dataset(dir);
+  const nlohmann::json j = eval_with_flat_head(dir, data, kClasses + 1, 1.f, kClasses + 2);
+  CHECK(j["acc1"] == 0.0);
+  REQUIRE(j["per_class"].size() == kClasses);
+  for (int k = 0; k < kClasses; ++k) {
+    const nlohmann::json& row = j["per_class"][k];
+    INFO(row.dump());
+    CHECK(row["class"] == data::synthetic_class_names()[k]);
+    CHECK(row["images"] == kImagesPerClass);
+    CHECK(row["acc1"] == 0.0);
+    CHECK(row["most_confused_with"] == "output 7 (no class)");
+    CHECK(row["most_confused_images"] == kImagesPerClass);
+  }
+}
+
+TEST_CASE("an evaluation counts its K x K confusion matrix only when asked", "[train]") {
+  // The trainer evaluates after every epoch without it: at ImageNet-21k's classes it is gigabytes.
+  test::TempDir dir;
+  const std::string data = write_dataset(dir);
+  const model::VisionTransformer vit = test::tiny_cli_model(kClasses, 8, 5);
+  const std::shared_ptr<const data::ImageSource> val(data::open_dataset_split(data, "val", false));
+  const auto loader = train::make_eval_loader(val, 8, 1.0, 4, 1);
+  const train::EvalResult plain = train::evaluate(vit, *loader, false);
+  CHECK(plain.images == kClasses * kImagesPerClass);
+  CHECK(plain.confusion.empty());
+  CHECK_THROWS_AS(plain.per_class_json(val->class_names()), std::logic_error);
+
+  const train::EvalResult counted = train::evaluate(vit, *loader, false, nullptr, true);
+  REQUIRE(counted.confusion.size() == kClasses * kClasses);
+  int64_t images = 0;
+  for (const int64_t n : counted.confusion) images += n;
+  CHECK(images == counted.images);
+  CHECK(counted.acc1 == plain.acc1);
+  CHECK(counted.loss == plain.loss);
 }

@@ -605,8 +605,32 @@ TEST_CASE("a dataset of a single class trains with a warning that it is meaningl
   CHECK_THAT(r.output, Catch::Contains("warning: '" + data + "' has a single class ('" +
                                        classes[0] + "'): a classifier of one class scores 100%"));
   // One epoch of one warm-up epoch: the learning rate never leaves its ramp.
-  CHECK_THAT(r.output, Catch::Contains("warning: the run's 1 epoch ends within its 1 warm-up "
-                                       "epoch: its learning rate never reaches --lr"));
+  CHECK_THAT(r.output, Catch::Contains("warning: the run's 1 epoch trains at warm-up rates only "
+                                       "(1 warm-up epoch,"));
+}
+
+TEST_CASE(
+    "a run that ends before the schedule, stepped after each epoch, leaves its warm-up is "
+    "warned about",
+    "[train][cli]") {
+  // Epoch e trains at the schedule's rate at time e - 1 (engine/schedule.h): with one warm-up
+  // epoch, epochs 0 and 1 both train at --warmup-lr, and epoch 2 is the first past the ramp.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  CliResult r = run_deit(tiny_train_args(data, dir.file("two"), 2) + " --quiet");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("warning: the run's 2 epochs train at warm-up rates only "
+                                       "(1 warm-up epoch,") &&
+                           Catch::Contains("its learning rate never reaches --lr"));
+  std::ifstream log(dir.file("two") + "/log.txt");
+  for (std::string line; std::getline(log, line);)
+    CHECK(nlohmann::json::parse(line).at("train_lr") == 1e-6);
+
+  r = run_deit(tiny_train_args(data, dir.file("three"), 3) + " --quiet");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, !Catch::Contains("warm-up rates only"));
 }
 
 TEST_CASE("deit info names a preset's input size among the settings off its recipe",

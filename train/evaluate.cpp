@@ -1,6 +1,8 @@
 #include "train/evaluate.h"
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "engine/autograd.h"
 #include "train/progress.h"
@@ -12,9 +14,15 @@ nlohmann::json EvalResult::to_json() const {
 }
 
 nlohmann::json EvalResult::per_class_json(const std::vector<std::string>& class_names) const {
-  const int64_t K = static_cast<int64_t>(class_names.size());
+  const int64_t K = outputs, named = static_cast<int64_t>(class_names.size());
+  if (confusion.size() != static_cast<size_t>(K * K) || named > K)
+    throw std::logic_error("per_class_json: no confusion matrix of " + std::to_string(named) +
+                           " classes or more (evaluate's with_confusion)");
+  auto name_of = [&](int64_t k) {
+    return k < named ? class_names[k] : "output " + std::to_string(k) + " (no class)";
+  };
   nlohmann::json rows = nlohmann::json::array();
-  for (int64_t truth = 0; truth < K; ++truth) {
+  for (int64_t truth = 0; truth < named; ++truth) {
     const int64_t* row = confusion.data() + truth * K;
     int64_t count = 0, confused_with = -1;
     for (int64_t k = 0; k < K; ++k) {
@@ -27,7 +35,7 @@ nlohmann::json EvalResult::per_class_json(const std::vector<std::string>& class_
         {"images", count},
         {"acc1", count > 0 ? nlohmann::json(100.0 * row[truth] / count) : nlohmann::json(nullptr)}};
     entry["most_confused_with"] =
-        confused_with < 0 ? nlohmann::json(nullptr) : nlohmann::json(class_names[confused_with]);
+        confused_with < 0 ? nlohmann::json(nullptr) : nlohmann::json(name_of(confused_with));
     entry["most_confused_images"] = confused_with < 0 ? 0 : row[confused_with];
     rows.push_back(entry);
   }
@@ -37,7 +45,7 @@ nlohmann::json EvalResult::per_class_json(const std::vector<std::string>& class_
 namespace {
 
 // Top-1 / top-5 hits and the summed cross-entropy of one batch of logits (B, K) on the host; the
-// top-1 predictions go into `confusion` (K, K).
+// top-1 predictions go into `confusion` (K, K) unless it is empty.
 struct BatchScore {
   int64_t scored = 0, unscored = 0, top1 = 0, top5 = 0;
   double loss_sum = 0;
@@ -74,7 +82,7 @@ BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32
       max = std::max(max, static_cast<double>(row[k]));
     }
     score.top1 += ahead < 1;
-    ++confusion[label * K + predicted];  // predicted == label exactly when ahead == 0
+    if (!confusion.empty()) ++confusion[label * K + predicted];  // == label exactly when ahead == 0
     score.top5 += ahead < 5;
     double sum = 0;
     for (int64_t k = 0; k < K; ++k) sum += std::exp(row[k] - max);
@@ -86,19 +94,20 @@ BatchScore score_batch(const std::vector<float>& logits, const std::vector<int32
 }  // namespace
 
 EvalResult evaluate(const model::VisionTransformer& model, data::PrefetchLoader& loader,
-                    bool show_progress, Communicator* across) {
+                    bool show_progress, Communicator* across, bool with_confusion) {
   InputFeed feed(loader, model.parameters().get("cls_token").device(), model.config().input_size);
-  return evaluate(model, feed, show_progress, across);
+  return evaluate(model, feed, show_progress, across, with_confusion);
 }
 
 EvalResult evaluate(const model::VisionTransformer& model, InputFeed& feed, bool show_progress,
-                    Communicator* across) {
+                    Communicator* across, bool with_confusion) {
   NoGrad no_grad;
   const model::ViTConfig& c = model.config();
   feed.start_epoch(0);
   Progress progress("eval", static_cast<int64_t>(feed.loader().batches_in_epoch()), show_progress);
   EvalResult result;
-  result.confusion.assign(c.num_classes * c.num_classes, 0);
+  result.outputs = c.num_classes;
+  if (with_confusion) result.confusion.assign(c.num_classes * c.num_classes, 0);
   int64_t top1 = 0, top5 = 0, batches = 0;
   double loss_sum = 0;
   while (const FeedBatch* batch = feed.next()) {
@@ -124,10 +133,12 @@ EvalResult evaluate(const model::VisionTransformer& model, InputFeed& feed, bool
     loss_sum = counts[2];
     result.images = static_cast<int64_t>(counts[3]);
     result.skipped = static_cast<int64_t>(counts[4]);
-    std::vector<double> confusion(result.confusion.begin(), result.confusion.end());
-    across->all_reduce_sum(confusion);
-    for (size_t i = 0; i < confusion.size(); ++i)
-      result.confusion[i] = static_cast<int64_t>(confusion[i]);
+    if (with_confusion) {
+      std::vector<double> confusion(result.confusion.begin(), result.confusion.end());
+      across->all_reduce_sum(confusion);
+      for (size_t i = 0; i < confusion.size(); ++i)
+        result.confusion[i] = static_cast<int64_t>(confusion[i]);
+    }
   }
   if (result.images > 0) {
     result.acc1 = 100.0 * top1 / result.images;

@@ -1,6 +1,7 @@
 // Data parallelism needs every process to run the same command on the same dataset. A rank whose
 // model, classes or training settings differ from the others' used to surface as a truncated
-// broadcast, a corrupted heap or a hang; the trainer checks first (train/trainer.cpp).
+// broadcast, a corrupted heap or a hang; the trainer checks first (Run::agree_across_ranks and
+// Run::resume_model, train/run_setup.cpp).
 #pragma once
 #include <string>
 #include <utility>

@@ -101,9 +101,6 @@ void print_run_start(const TrainOptions& o, const data::ImageSource& train_sourc
 
 }  // namespace
 
-// --device: cpu, cuda:N, or a bare cuda, the GPU of the process's local rank on its node. The
-// options keep the bare form, which the checkpoint saves: a resumed run of several processes
-// spreads over the GPUs again.
 Device run_device(const std::string& flag, int local_rank) {
   return flag == "cuda" ? Device::cuda(local_rank) : parse_device(flag);
 }
@@ -116,8 +113,6 @@ RunState saved_run_of(const std::string& checkpoint, const nlohmann::json& state
   }
 }
 
-// What refuses to resume the run `saved` with `o`, whatever the data and the launch: a run with
-// nothing left to train, another optimizer (its state would not fit).
 void refuse_unresumable(const TrainOptions& o, const RunState& saved) {
   if (saved.epochs_done >= o.epochs)
     throw std::runtime_error(
@@ -257,11 +252,14 @@ void Run::warn_of_doubtful_settings() {
                  "warning: --input-size %lld is not a multiple of the %lld-pixel patch: the last "
                  "%lld pixels of each row and column of an image are never seen (as in timm)\n",
                  (long long)o.model.input_size, (long long)o.model.patch, (long long)unseen);
-  if (lead && o.resume.empty() && o.epochs <= o.warmup_epochs)
+  // The schedule steps after each epoch, as main.py's does (engine/schedule.h): epoch e trains at
+  // the rate of time e - 1, so the last epoch, E - 1, is still warming up while E - 2 < warm-up.
+  if (lead && o.resume.empty() && o.warmup_epochs > 0 && o.epochs < o.warmup_epochs + 2)
     std::fprintf(stderr,
-                 "warning: the run's %lld epoch%s end%s within its %g warm-up epoch%s: its "
-                 "learning rate never reaches --lr %g (a short trial run wants --warmup-epochs "
-                 "0)\n",
+                 "warning: the run's %lld epoch%s train%s at warm-up rates only (%g warm-up "
+                 "epoch%s, and each epoch trains at the rate the schedule reached after the one "
+                 "before, as main.py steps it): its learning rate never reaches --lr %g (a short "
+                 "trial run wants --warmup-epochs 0)\n",
                  (long long)o.epochs, o.epochs == 1 ? "" : "s", o.epochs == 1 ? "s" : "",
                  o.warmup_epochs, o.warmup_epochs == 1 ? "" : "s", o.lr);
   if (lead && classes == 1)

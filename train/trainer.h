@@ -1,6 +1,7 @@
 // The training loop of the DeiT III recipe, one loop for the CPU and CUDA backends (--device):
 //
-//   for each epoch:  lr = cosine schedule with warm-up, set once per epoch (as timm steps it)
+//   for each epoch:  lr = cosine schedule with warm-up, set once per epoch (as main.py steps
+//                    timm's: epoch e trains at the schedule's value at e - 1, engine/schedule.h)
 //     for each batch of the sampler (3 augmented views of each image with --repeated-aug):
 //       images, labels -> mixup or cutmix (one lambda per batch) -> targets, binarised for BCE
 //       logits = ViT(images) with per-sample drop-path -> BCE (or soft-target cross-entropy)
