@@ -208,6 +208,20 @@ TEST_CASE("settings that could only fail later are refused when a run is set up"
                                     "side of --input-size 224 / 1e-09, more than 32768 pixels"));
   o.eval_crop_ratio = 0.875;
   CHECK_NOTHROW(o.validate());
+  // Each rate's refusal names the value it was given.
+  o.drop_path = 1.5;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--drop-path must be in [0, 1), got 1.5"));
+  o.drop_path = 0.05;
+  o.smoothing = -0.1;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--smoothing must be in [0, 1), got -0.1"));
+  o.smoothing = 0;
+  o.mixup_prob = 2;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--mixup-prob must be in [0, 1], got 2"));
+  o.mixup_prob = 1;
+  o.mixup_switch_prob = 3;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--mixup-switch-prob must be in [0, 1], got 3"));
+  o.mixup_switch_prob = 0.5;
+  CHECK_NOTHROW(o.validate());
   // A device the run could not name (--dry-run said nothing of it).
   for (const char* device : {"gpu", "CPU", " cpu", "cuda:abc"}) {
     o.device = device;

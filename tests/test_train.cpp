@@ -1474,6 +1474,15 @@ TEST_CASE("a run stopped between saving an epoch and logging it logs the epoch w
                                        " bytes, a write cut short): removed") &&
                            Catch::Contains("written from the checkpoint"));
   CHECK(test::read_bytes(log) == whole);
+  // A last line edited by hand into no epoch line is left as it is (its epoch a word threw
+  // nlohmann's type error, ending the resume).
+  std::string edited(whole.begin(), second_line);
+  edited += "{\"epoch\": \"two\"}\n";
+  test::write_bytes(log, {edited.begin(), edited.end()});
+  r = run_deit("train --resume " + out);
+  CHECK_THAT(r.output, Catch::Contains("nothing is left to train") &&
+                           !Catch::Contains("type_error") && !Catch::Contains("written from"));
+  CHECK(test::read_bytes(log) == std::vector<uint8_t>(edited.begin(), edited.end()));
   // A log whose last line is there has nothing written back, whatever it lacks before: an earlier
   // gap (an epoch saved unevaluated) is only warned about.
   test::write_bytes(log, {second_line, whole.end()});

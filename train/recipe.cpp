@@ -222,14 +222,17 @@ void TrainOptions::validate() const {
     fail("--opt-eps must be a finite number > 0, got " + number(opt_eps));
   if (!(clip_grad >= 0 && std::isfinite(clip_grad)))
     fail("--clip-grad must be a finite number >= 0 (0: off), got " + number(clip_grad));
-  if (!(drop_path >= 0 && drop_path < 1)) fail("--drop-path must be in [0, 1)");
+  if (!(drop_path >= 0 && drop_path < 1))
+    fail("--drop-path must be in [0, 1), got " + number(drop_path));
   if (!(mixup >= 0 && cutmix >= 0 && std::isfinite(mixup) && std::isfinite(cutmix)))
     fail("--mixup and --cutmix must be finite numbers >= 0, got " + number(mixup) + " and " +
          number(cutmix));
-  if (!(mixup_prob >= 0 && mixup_prob <= 1)) fail("--mixup-prob must be in [0, 1]");
+  if (!(mixup_prob >= 0 && mixup_prob <= 1))
+    fail("--mixup-prob must be in [0, 1], got " + number(mixup_prob));
   if (!(mixup_switch_prob >= 0 && mixup_switch_prob <= 1))
-    fail("--mixup-switch-prob must be in [0, 1]");
-  if (!(smoothing >= 0 && smoothing < 1)) fail("--smoothing must be in [0, 1)");
+    fail("--mixup-switch-prob must be in [0, 1], got " + number(mixup_switch_prob));
+  if (!(smoothing >= 0 && smoothing < 1))
+    fail("--smoothing must be in [0, 1), got " + number(smoothing));
   // BCE binarises its targets (> 0 is 1, as the reference does), and smoothing makes every target
   // positive: the model would learn that every class is present.
   if (bce_loss && smoothing > 0)

@@ -422,9 +422,7 @@ void Run::save_and_log_epoch(const Epoch& epoch, const EvalResult& eval) {
         epochs_left == 0
             ? ""
             : "; " + std::to_string(epochs_left) + " more epoch" + (epochs_left == 1 ? "" : "s") +
-                  ", about " +
-                  format_duration(static_cast<double>(epochs_left) *
-                                  (seconds_since(epoch.start) + epoch.carried_seconds));
+                  ", about " + format_duration(static_cast<double>(epochs_left) * epoch_seconds);
     std::fprintf(stderr,
                  "epoch %lld/%lld  lr %.3g  train loss %.4f  val acc1 %.2f%%  acc5 %.2f%%  "
                  "val loss %.4f  (%s%s)\n",

@@ -73,7 +73,11 @@ void restore_last_log_line(const std::string& log_path, const RunState& saved) {
   const std::vector<std::string> lines = log_file_lines(log_path);
   if (!lines.empty()) {
     const nlohmann::json logged = nlohmann::json::parse(lines.back(), nullptr, false);
-    if (!logged.is_object() || logged.value("epoch", last_epoch) >= last_epoch) return;
+    // A line that is no log line of an earlier epoch (edited by hand, say) is left as it is.
+    const bool earlier_epoch = logged.is_object() && logged.contains("epoch") &&
+                               logged["epoch"].is_number_integer() &&
+                               logged["epoch"].get<int64_t>() < last_epoch;
+    if (!earlier_epoch) return;
   }
   const std::string text = saved.last_log_line.dump() + "\n";
   if (!append_to_file(log_path, text)) {
