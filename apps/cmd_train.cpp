@@ -73,9 +73,9 @@ void add_train_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("train", "Train (or resume, or fine-tune) a DeiT III ViT");
   flags->add_to(*cmd);
   cmd->footer(TrainFlags::recipes_help() +
-              "\nCtrl-C, SIGTERM or SIGUSR1 stops a run after the optimizer step it is in, with a "
-              "checkpoint of that step; --resume continues from there (a second signal stops at "
-              "once).");
+              "\nCtrl-C, SIGTERM, SIGUSR1 or SIGHUP (the terminal closed) stops a run after the "
+              "optimizer step it is in, with a checkpoint of that step; --resume continues from "
+              "there (a second signal stops at once).");
   // CLI11 names the top-level app after argv[0] as it parses.
   cmd->callback([flags, cmd] {
     const train::TrainOptions options = flags->resolve();

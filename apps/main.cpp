@@ -138,6 +138,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "deit: note: %s\n", note.c_str());
     return 1;
   } catch (const deit::apps::EndBySignal& end) {
+    // What is left to print may go to a pipe whose reader the same signal ended (Ctrl-C on
+    // `deit train | tee`): the process ends by the signal, not by SIGPIPE.
+    std::signal(SIGPIPE, SIG_IGN);
     std::fflush(nullptr);
     std::signal(end.signal, SIG_DFL);
     std::raise(end.signal);

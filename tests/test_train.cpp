@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -472,6 +473,31 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
   }
 }
 
+TEST_CASE("a run stopped by a signal that also ended the reader of its output saves all the same",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  const std::string piped = dir.file("piped");
+  // Ctrl-C on `deit train ... | tee run.txt` ends tee too: deit's writes to the pipe (the stop's
+  // announcement, progress lines, the summary) then fail, and must not end the run (SIGPIPE)
+  // before it has saved the step it stopped at.
+  const auto signalled =
+      test::run_and_signal_at(tiny_train_args(data, piped, 3) + " --batch-size 4 --accum-steps 2",
+                              "epoch 2/3  3/24", SIGTERM, /*reader_gone=*/true);
+  REQUIRE(signalled);
+  REQUIRE(WIFSIGNALED(signalled->status));
+  CHECK(WTERMSIG(signalled->status) == SIGTERM);
+  const nlohmann::json state =
+      model::read_checkpoint_header(piped + "/checkpoint.safetensors").state;
+  INFO(state.dump());
+  REQUIRE(state.contains("within_epoch"));
+  CHECK(state["within_epoch"]["epoch"] == 1);
+  const CliResult r = run_deit("train --resume " + piped);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(test::log_lines(piped + "/log.txt").size() == 3);
+}
+
 TEST_CASE("a stop asked for during an evaluation stops at that epoch's checkpoint, or finishes",
           "[train][resume]") {
   test::TempDir dir;
@@ -524,6 +550,21 @@ TEST_CASE("the first stop signal says what the run will do, for one process or s
                                       "(if one has died, the run ends without it; send the "
                                       "signal again"));
   CHECK(announcement(train::StopSignals::Announce::kNothing).empty());
+}
+
+TEST_CASE("SIGHUP (the terminal closed) stops a run as the other stop signals do",
+          "[train][resume]") {
+  // A run started from a terminal whose ssh session drops gets SIGHUP: recorded, so that the run
+  // saves where it stops, rather than ending it at once with the work of its epoch.
+  const test::ChildResult child = test::run_in_child([] {
+    std::signal(SIGHUP, SIG_DFL);  // as in a terminal's session, whatever the test runner has
+    const train::StopSignals signals(train::StopSignals::Announce::kNothing);
+    raise(SIGHUP);
+    SingleProcessCommunicator comm(Device::cpu(), 0);
+    return train::signal_name(train::after_step(comm, false).signal);
+  });
+  CHECK(WIFEXITED(child.status));
+  CHECK(child.message == "SIGHUP");
 }
 
 TEST_CASE("resuming with settings other than the run's names each one that changed",

@@ -12,7 +12,8 @@ namespace deit::train {
 
 namespace {
 
-constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGUSR1};
+// SIGHUP: the terminal a run was started from has closed (a dropped ssh session).
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGUSR1, SIGHUP};
 
 // Written by a signal handler: a lock-free atomic is safe to store from one.
 std::atomic<int> g_signal{0};
@@ -23,6 +24,7 @@ static_assert(std::atomic<int>::is_always_lock_free &&
               std::atomic<const char*>::is_always_lock_free);
 
 struct sigaction g_previous[std::size(kStopSignals)];
+struct sigaction g_previous_pipe;
 
 void on_stop_signal(int signal) {
   int none = 0;
@@ -65,11 +67,19 @@ StopSignals::StopSignals(Announce announce) {
     // that a Ctrl-C meant for the script does not reach them.
     if (g_previous[i].sa_handler != SIG_IGN) sigaction(kStopSignals[i], &action, nullptr);
   }
+  // A stop signal sent to a pipeline's process group (Ctrl-C) also ends the process that reads
+  // deit's output: the announcement or the next progress line would raise SIGPIPE, whose default
+  // ends the run without its checkpoint.
+  struct sigaction ignore = {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  sigaction(SIGPIPE, &ignore, &g_previous_pipe);
 }
 
 StopSignals::~StopSignals() {
   for (size_t i = 0; i < std::size(kStopSignals); ++i)
     sigaction(kStopSignals[i], &g_previous[i], nullptr);
+  sigaction(SIGPIPE, &g_previous_pipe, nullptr);
   g_signal = 0;
 }
 
@@ -104,6 +114,8 @@ std::string signal_name(int signal) {
       return "SIGTERM";
     case SIGUSR1:
       return "SIGUSR1";
+    case SIGHUP:
+      return "SIGHUP";
     default:
       return "signal " + std::to_string(signal);
   }

@@ -1,9 +1,12 @@
 // Stopping a run on request without losing its work: SIGINT (Ctrl-C), SIGTERM (what `kill`, a
-// cluster's preemption and Slurm's time limit send) and SIGUSR1 (the early warning Slurm sends
-// with `#SBATCH --signal=USR1@90`). While a StopSignals lives, the first such signal is recorded
-// and the trainer stops at the end of the optimizer step it is in, saves a checkpoint there and
+// cluster's preemption and Slurm's time limit send), SIGUSR1 (the early warning Slurm sends with
+// `#SBATCH --signal=USR1@90`) and SIGHUP (the terminal it was started from has closed: a dropped
+// ssh session; nohup ignores it). While a StopSignals lives, the first such signal is recorded and
+// the trainer stops at the end of the optimizer step it is in, saves a checkpoint there and
 // returns (deit then ends as the signal would have); a second one ends the process at once, as
-// without a handler. A signal ignored when the run starts stays ignored.
+// without a handler. A signal ignored when the run starts stays ignored. SIGPIPE is ignored while
+// it lives: Ctrl-C on `deit train ... | tee run.txt` ends tee too, and a write to the pipe it read
+// would otherwise end the run before it saves (the writes fail instead, unseen).
 //
 // Every rank must stop after the same step, whichever received the signal (a cluster signals
 // each process at its own moment): after_step() is a collective, called once per optimizer step
@@ -41,7 +44,7 @@ struct AfterStep {
 };
 AfterStep after_step(Communicator& comm, bool lead_saves);
 
-// "SIGTERM", "SIGINT", "SIGUSR1", else "signal N".
+// "SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP", else "signal N".
 std::string signal_name(int signal);
 
 }  // namespace deit::train
