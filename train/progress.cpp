@@ -30,7 +30,8 @@ Progress::Progress(std::string label, int64_t total, bool enabled, int64_t first
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_),
       last_tenth_(total > 0 ? first * 10 / total : 0),
-      done_(first) {}
+      done_(first),
+      last_line_done_(first) {}
 
 void Progress::update(int64_t done, int64_t images, double loss) {
   done_ = done;
@@ -56,7 +57,8 @@ void Progress::finish() {
   if (terminal_) {
     draw(done_, images_, loss_, false);
     std::fputc('\n', stderr);
-  } else if (last_tenth_ < 10) {
+  } else if (done_ != last_line_done_) {
+    // Where the work stopped between two tenths (a stop signal): that step, once.
     draw(done_, images_, loss_, true);
   }
   std::fflush(stderr);
@@ -73,6 +75,7 @@ void Progress::draw(int64_t done, int64_t images, double loss, bool final_line) 
                 (long long)done, (long long)total_, rate, loss,
                 done < total_ ? "eta" : "took", format_duration(done < total_ ? eta : elapsed).c_str());
   if (final_line) {
+    last_line_done_ = done;
     std::fprintf(stderr, "%s  %s\n", label_.c_str(), stats);
     return;
   }

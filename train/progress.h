@@ -29,6 +29,7 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_draw_;
   int64_t last_tenth_ = 0;
   int64_t done_ = 0, images_ = 0;
+  int64_t last_line_done_ = 0;  // the step of the last plain line (`first` before any)
   double loss_ = 0;
 };
 
