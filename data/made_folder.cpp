@@ -23,7 +23,14 @@ MadeFolder::MadeFolder(const std::string& dir)
   for (fs::path p = dir_; !fs::exists(p, ec) && p != p.parent_path(); p = p.parent_path())
     outermost_ = p;
   fs::create_directories(dir_, ec);
-  if (ec) throw std::runtime_error("cannot create the folder '" + dir + "': " + ec.message());
+  if (!ec) return;
+  // "Not a directory" from the kernel: name what stands where a folder is needed.
+  const fs::path in_the_way = outermost_.empty() ? dir_ : outermost_.parent_path();
+  std::error_code type_error;
+  if (fs::exists(in_the_way, type_error) && !fs::is_directory(in_the_way, type_error))
+    throw std::runtime_error("cannot create the folder '" + dir + "': '" + in_the_way.string() +
+                             "' is a file, not a folder");
+  throw std::runtime_error("cannot create the folder '" + dir + "': " + ec.message());
 }
 
 MadeFolder::~MadeFolder() {

@@ -102,7 +102,8 @@ TEST_CASE("deit export rejects bad input with a clear message and a non-zero exi
   const std::string under_a_file = checkpoint + "/out.safetensors";  // its folder cannot be made
   r = run_deit("export --checkpoint " + checkpoint + " --out " + under_a_file);
   CHECK(r.exit_code != 0);
-  CHECK_THAT(r.output, Contains("cannot create the folder '" + checkpoint + "'"));
+  CHECK_THAT(r.output, Contains("cannot create the folder '" + checkpoint + "': '" + checkpoint +
+                                "' is a file, not a folder"));
 
   // Over the checkpoint itself, or over another run's: refused.
   const std::string other_run = dir.file("other_run.safetensors");
