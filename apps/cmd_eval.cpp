@@ -171,6 +171,7 @@ void add_eval_command(CLI::App& app) {
   auto opts = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "Top-1, top-5 and loss of trained weights on a split");
   opts->model.add_to(*cmd, "the resolution the weights were trained at",
+                     "the weights' own, else the dataset's",
                      "--checkpoint, or --weights of a file deit export wrote since 2026-12-05: "
                      "both name their model");
   auto* source = cmd->add_option_group("weights", "Where the weights come from");

@@ -260,7 +260,7 @@ void add_info_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "info",
       "Parameters, GMACs and activation memory of a model; where a checkpoint's run stands");
-  opts->model.add_to(*cmd, "224", "--checkpoint");
+  opts->model.add_to(*cmd, "224", "1000, ImageNet-1k's", "--checkpoint");
   CLI::Option* checkpoint = cmd->add_option(
       "--checkpoint", opts->checkpoint,
       "A checkpoint of deit train (or its run folder): its model, and where its run stands "

@@ -3,6 +3,7 @@
 namespace deit::apps {
 
 void ModelOptions::add_to(CLI::App& cmd, const std::string& input_size_default,
+                          const std::string& num_classes_default,
                           const std::string& required_unless) {
   std::string names;
   for (const auto& n : model::preset_names()) names += (names.empty() ? "" : ", ") + n;
@@ -16,7 +17,7 @@ void ModelOptions::add_to(CLI::App& cmd, const std::string& input_size_default,
   cmd.add_option("--depth", depth, "Override the number of blocks");
   cmd.add_option("--heads", heads, "Override the number of attention heads");
   cmd.add_option("--num-classes", num_classes,
-                 "Number of classes (default: the dataset's, or 1000 where there is none)");
+                 "Number of classes (default " + num_classes_default + ")");
   cmd.add_option("--input-size", input_size, "Image side in pixels (default " + input_size_default + ")");
 }
 

@@ -191,6 +191,21 @@ TEST_CASE("a command line that does not parse is an error like any other, exit c
   CHECK(run_deit("--version").exit_code == 0);
 }
 
+TEST_CASE("each command's --help says where its class count comes from", "[cli]") {
+  // info and bench step read no dataset: "the dataset's" was no default of theirs.
+  const std::vector<std::pair<std::string, std::string>> defaults = {
+      {"info", "1000, ImageNet-1k's"},
+      {"bench step", "1000, ImageNet-1k's"},
+      {"eval", "the weights' own, else the dataset's"},
+      {"train", "the dataset's"}};
+  for (const auto& [command, from] : defaults) {
+    const CliResult help = run_deit(command + " --help");
+    INFO(command);
+    CHECK(help.exit_code == 0);
+    CHECK_THAT(help.output, Catch::Contains("Number of classes (default " + from + ")"));
+  }
+}
+
 TEST_CASE("a seed is a whole number from 0 to 2^64 - 1", "[cli]") {
   // CLI11 alone reads -1 as 2^64 - 1 and an overflowing number as the largest.
   const std::vector<std::pair<std::string, std::string>> refused = {
