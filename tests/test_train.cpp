@@ -1483,6 +1483,16 @@ TEST_CASE("a resumed run whose log lacks epochs its checkpoint trained says so",
   REQUIRE(lines.size() == 2);
   CHECK(lines[0]["epoch"] == 1);
   CHECK(lines[1]["epoch"] == 2);
+  // Resumed into a folder of its own: its log starts there, and says where the rest is.
+  const std::string branch = dir.file("branch");
+  const CliResult apart = run_deit("train --resume " + out + " --epochs 4 --output " + branch);
+  INFO(apart.output);
+  REQUIRE(apart.exit_code == 0);
+  CHECK_THAT(apart.output, Catch::Contains("note: " + branch +
+                                           "/log.txt starts at epoch 4: the lines of the 3 epochs "
+                                           "before are in " +
+                                           out + "/log.txt"));
+  CHECK(test::log_lines(branch + "/log.txt").size() == 1);
 }
 
 TEST_CASE("a run stopped between saving an epoch and logging it logs the epoch when resumed",

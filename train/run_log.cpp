@@ -44,6 +44,19 @@ void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done)
                  epochs_done == 1 ? "" : "s", (long long)epochs_done + 1);
 }
 
+void note_log_starts_apart(const std::string& log_path, const std::string& resumed_log,
+                           int64_t epochs_done) {
+  if (!log_file_lines(log_path).empty()) return;
+  std::error_code error;
+  const std::string where =
+      fs::exists(resumed_log, error)
+          ? "are in " + resumed_log
+          : "were in the resumed run's log, which is not beside its checkpoint";
+  std::fprintf(stderr, "note: %s starts at epoch %lld: the lines of the %lld epoch%s before %s\n",
+               log_path.c_str(), (long long)epochs_done + 1, (long long)epochs_done,
+               epochs_done == 1 ? "" : "s", where.c_str());
+}
+
 void drop_unfinished_last_line(const std::string& log_path) {
   std::error_code error;
   const uintmax_t size = fs::file_size(log_path, error);

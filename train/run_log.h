@@ -17,6 +17,12 @@ namespace deit::train {
 // to read), or a log removed. Only the last epoch's line is kept elsewhere (restore_last_log_line).
 void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done);
 
+// Says, where a run resumed into another folder (--resume CK --output NEW) starts a log of its
+// own, that the lines of its first `epochs_done` epochs are in `resumed_log` (the checkpoint's
+// folder's), not in `log_path`: a plot of one log alone shows part of the run.
+void note_log_starts_apart(const std::string& log_path, const std::string& resumed_log,
+                           int64_t epochs_done);
+
 // Cuts from the run's log a last line that lacks its newline: what a write cut short left (a full
 // disk, a kill inside it). The epoch it began is in the checkpoint, whose line
 // restore_last_log_line writes back whole; left there, the next line would be appended to it.

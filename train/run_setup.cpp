@@ -395,6 +395,9 @@ void Run::begin_summary(bool resuming) {
   summary.log = log_path;
   if (lead && resuming && resumes_its_checkpoint(o))
     warn_of_missing_log_lines(log_path, start_epoch);
+  else if (lead && resuming && start_epoch > 0)
+    note_log_starts_apart(log_path, (fs::path(o.resume).parent_path() / "log.txt").string(),
+                          start_epoch);
   summary.parameters = params().element_count();
   summary.rank = rank;
   summary.world_size = world;
