@@ -9,6 +9,9 @@
 // The hidden [mpi][.mpi_rank_train_fails] case makes rank 1's training fail while rank 0 trains;
 // its CTest entry passes when the job then ends with rank 1's error rather than hanging. By hand:
 //   mpirun -np 2 build/tests/deit_tests "[mpi]~[.]"
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <csignal>
 #include <cstdio>
@@ -18,6 +21,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -332,6 +336,38 @@ TEST_CASE("mpi: a stop asked for during an evaluation stops at the epoch's check
   CHECK(at_last.epochs_run == 1);
 }
 
+TEST_CASE("mpi: rank 0's progress ends an evaluation with the whole split's loss", "[mpi]") {
+  auto comm = mpi_communicator();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+  train::TrainOptions run = tiny_run(data, dir.file("two"), 4);
+  run.progress = true;  // rank 0 alone shows it
+  // Rank 0's stderr while it trains: its progress lines, plain (not a terminal).
+  const std::string captured = dir.file("stderr.txt");
+  std::fflush(stderr);
+  const int saved = dup(STDERR_FILENO);
+  if (comm->rank() == 0) {
+    const int file = open(captured.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    REQUIRE(dup2(file, STDERR_FILENO) >= 0);
+    close(file);
+  }
+  const train::TrainSummary summary = train::train(run, *comm);
+  std::fflush(stderr);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  if (comm->rank() != 0) return;
+  // Rank 0 scores 2 of the 3 val images, rank 1 the third: the last eval line shows the loss over
+  // all 3, which the epoch's line reports after it, not rank 0's share's.
+  const std::vector<uint8_t> bytes = read_bytes(captured);
+  std::istringstream lines(std::string(bytes.begin(), bytes.end()));
+  std::string line, last_eval;
+  while (std::getline(lines, line))
+    if (line.rfind("eval ", 0) == 0) last_eval = line;
+  char loss[32];
+  std::snprintf(loss, sizeof loss, "loss %.4f ", summary.last.loss);
+  CHECK_THAT(last_eval, Catch::Contains("took") && Catch::Contains(loss));
+}
+
 TEST_CASE("mpi: deit bench step over two ranks reports the communication, with --zero too",
           "[mpi]") {
   auto comm = mpi_communicator();
@@ -346,6 +382,23 @@ TEST_CASE("mpi: deit bench step over two ranks reports the communication, with -
   const bench::StepReport r = bench::run_step_benchmark(o, *comm);
   CHECK(r.world_size == 2);
   check_comm_report(r, "mpi", o.zero);
+}
+
+TEST_CASE("mpi: deit bench step on ranks that differ stops on every rank, naming the flag",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  bench::StepBenchOptions o;
+  o.model_name = "deit3_tiny";
+  o.model = tiny_run("", "", 2).model;
+  o.warmup = 1;
+  o.steps = 1;
+  o.profile_steps = 0;
+  // The gradients are of the same sizes, so the steps would run, and rank 0 report a batch of 2
+  // per process that rank 1 did not use.
+  o.batch_size = 2 + comm->rank();
+  CHECK_THROWS_WITH(bench::run_step_benchmark(o, *comm),
+                    Catch::Contains("differ in --batch-size") &&
+                        Catch::Contains("the same deit bench step command"));
 }
 
 TEST_CASE("mpi: ranks that differ in settings or classes all stop before training, saying where",

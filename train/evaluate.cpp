@@ -104,7 +104,11 @@ EvalResult evaluate(const model::VisionTransformer& model, InputFeed& feed, bool
   NoGrad no_grad;
   const model::ViTConfig& c = model.config();
   feed.start_epoch(0);
-  Progress progress("eval", static_cast<int64_t>(feed.loader().batches_in_epoch()), show_progress);
+  const int64_t batches_in_share = static_cast<int64_t>(feed.loader().batches_in_epoch());
+  Progress progress("eval", batches_in_share, show_progress);
+  // Each process scores its share: as in training, the rate shown is this one's times the
+  // processes, and the last line, after the counts are summed, the run's images/s and loss.
+  const int processes = across ? across->world_size() : 1;
   EvalResult result;
   result.outputs = c.num_classes;
   if (with_confusion) result.confusion.assign(c.num_classes * c.num_classes, 0);
@@ -120,9 +124,10 @@ EvalResult evaluate(const model::VisionTransformer& model, InputFeed& feed, bool
     loss_sum += s.loss_sum;
     result.images += s.scored;
     result.skipped += s.unscored;
-    progress.update(++batches, result.images, result.images ? loss_sum / result.images : 0.0);
+    if (++batches < batches_in_share)
+      progress.update(batches, result.images * processes,
+                      result.images ? loss_sum / result.images : 0.0);
   }
-  progress.finish();
   if (across) {
     std::vector<double> counts{static_cast<double>(top1), static_cast<double>(top5), loss_sum,
                                static_cast<double>(result.images),
@@ -145,6 +150,7 @@ EvalResult evaluate(const model::VisionTransformer& model, InputFeed& feed, bool
     result.acc5 = 100.0 * top5 / result.images;
     result.loss = loss_sum / result.images;
   }
+  progress.finish(batches, result.images, result.loss);
   return result;
 }
 

@@ -65,6 +65,13 @@ void Progress::finish() {
   enabled_ = false;
 }
 
+void Progress::finish(int64_t done, int64_t images, double loss) {
+  done_ = done;
+  images_ = images;
+  loss_ = loss;
+  finish();
+}
+
 void Progress::draw(int64_t done, int64_t images, double loss, bool final_line) {
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();

@@ -17,6 +17,10 @@ class Progress {
   void update(int64_t done, int64_t images, double loss);
   // Ends the display (a terminal line is finished with a newline).
   void finish();
+  // The last update and the end together: the last line shows these figures. Where each process
+  // counts its own share (an evaluation across processes), the caller updates up to the step
+  // before the last and ends with the totals over every process, so the last line is the run's.
+  void finish(int64_t done, int64_t images, double loss);
 
  private:
   void draw(int64_t done, int64_t images, double loss, bool final_line);
