@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "bench/op_profiler.h"
 #include "engine/allocator.h"
@@ -16,6 +20,7 @@
 #include "model/cost.h"
 #include "model/vit.h"
 #include "train/graph_step.h"
+#include "train/rank_agreement.h"
 
 #if DEIT_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -148,6 +153,45 @@ double reduction_alone_ms(Communicator& comm, const ParameterRegistry& params,
   return marks.since_first_ms().back() / steps;
 }
 
+// Every process runs the same benchmark, or all stop here, naming the flags that differ: a rank
+// with another model or step count meets the others' collectives with buffers of other sizes
+// (MPI_ERR_TRUNCATE) or waits for one they never call, and one with another batch size makes
+// rank 0's report describe a run that did not happen.
+void agree_across_ranks(const StepBenchOptions& o, Communicator& comm) {
+  if (comm.world_size() == 1) return;
+  const auto flag = [](bool on) { return std::string(on ? "on" : "off"); };
+  const model::ViTConfig& m = o.model;
+  const std::vector<std::pair<std::string, std::string>> entries = {
+      {"--model", o.model_name},
+      {"--patch", std::to_string(m.patch)},
+      {"--dim", std::to_string(m.dim)},
+      {"--depth", std::to_string(m.depth)},
+      {"--heads", std::to_string(m.heads)},
+      {"--num-classes", std::to_string(m.num_classes)},
+      {"--input-size", std::to_string(m.input_size)},
+      {"--batch-size", std::to_string(o.batch_size)},
+      {"--opt", o.opt},
+      {"--drop-path", nlohmann::json(o.drop_path).dump()},
+      {"--warmup", std::to_string(o.warmup)},
+      {"--steps", std::to_string(o.steps)},
+      {"--profile-steps", std::to_string(o.profile_steps)},
+      {"--seed", std::to_string(o.seed)},
+      {"--recompute-gelu", flag(o.recompute_gelu)},
+      {"--whole-batch-branches", flag(o.whole_batch_branches)},
+      {"--grad-checkpointing", flag(o.grad_checkpointing)},
+      {"--no-gemm-epilogues", flag(!o.gemm_epilogues)},
+      {"--gemm-autotune", flag(o.gemm_autotune)},
+      {"--zero", flag(o.zero)},
+      {"--cuda-graph", flag(o.cuda_graph)}};
+  const std::vector<std::string> differ = train::entries_that_differ(comm, entries);
+  if (differ.empty()) return;
+  std::string list;
+  for (const std::string& name : differ) list += (list.empty() ? "" : ", ") + name;
+  throw std::invalid_argument("the " + std::to_string(comm.world_size()) +
+                              " processes of this benchmark differ in " + list +
+                              ": every process must run the same deit bench step command");
+}
+
 }  // namespace
 
 std::optional<double> known_peak_tflops(const std::string& name) {
@@ -163,6 +207,7 @@ std::optional<double> known_peak_tflops(const std::string& name) {
 StepReport run_step_benchmark(const StepBenchOptions& o, Communicator& comm) {
   const Device device = comm.device();
   require_device(device);
+  agree_across_ranks(o, comm);
   StepReport r;
   r.options = o;
   r.world_size = comm.world_size();
