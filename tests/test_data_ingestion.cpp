@@ -1,7 +1,6 @@
 // What reading a dataset tells its user when the data is not what it should be: classes that
 // differ between two lists, a split given where the dataset's root belongs, a folder that cannot
 // be listed, and a pack whose decoding fails in a way that is no unusable image.
-#include <fcntl.h>
 #include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +17,7 @@
 #include "data/image_folder.h"
 #include "data/image_source.h"
 #include "data/pack.h"
+#include "tests/captured_stderr.h"
 #include "tests/child_process.h"
 #include "tests/test_data_helpers.h"
 
@@ -165,18 +165,8 @@ TEST_CASE("A dataset opened without warnings keeps what its listing found to its
   const std::string root = dir.path() + "/data";
   // What opening the train split writes to stderr.
   auto warnings_of = [&](bool warn) {
-    const std::string captured = dir.file("stderr.txt");
-    std::fflush(stderr);
-    const int saved = dup(STDERR_FILENO);
-    const int file = open(captured.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    REQUIRE(dup2(file, STDERR_FILENO) >= 0);
-    close(file);
-    open_dataset_split(root, "train", warn);
-    std::fflush(stderr);
-    dup2(saved, STDERR_FILENO);
-    close(saved);
-    const std::vector<uint8_t> bytes = deit::test::read_bytes(captured);
-    return std::string(bytes.begin(), bytes.end());
+    return deit::test::stderr_of(dir.file("stderr.txt"),
+                                 [&] { open_dataset_split(root, "train", warn); });
   };
   const std::string shown = warnings_of(true);
   CHECK_THAT(shown,

@@ -9,9 +9,6 @@
 // The hidden [mpi][.mpi_rank_train_fails] case makes rank 1's training fail while rank 0 trains;
 // its CTest entry passes when the job then ends with rank 1's error rather than hanging. By hand:
 //   mpirun -np 2 build/tests/deit_tests "[mpi]~[.]"
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <csignal>
 #include <cstdio>
@@ -32,6 +29,7 @@
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "model/checkpoint.h"
+#include "tests/captured_stderr.h"
 #include "tests/cli_runner.h"
 #include "tests/step_report_checks.h"
 #include "tests/test_data_helpers.h"
@@ -343,23 +341,13 @@ TEST_CASE("mpi: rank 0's progress ends an evaluation with the whole split's loss
   train::TrainOptions run = tiny_run(data, dir.file("two"), 4);
   run.progress = true;  // rank 0 alone shows it
   // Rank 0's stderr while it trains: its progress lines, plain (not a terminal).
-  const std::string captured = dir.file("stderr.txt");
-  std::fflush(stderr);
-  const int saved = dup(STDERR_FILENO);
-  if (comm->rank() == 0) {
-    const int file = open(captured.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    REQUIRE(dup2(file, STDERR_FILENO) >= 0);
-    close(file);
-  }
-  const train::TrainSummary summary = train::train(run, *comm);
-  std::fflush(stderr);
-  dup2(saved, STDERR_FILENO);
-  close(saved);
-  if (comm->rank() != 0) return;
+  train::TrainSummary summary;
+  const auto train_run = [&] { summary = train::train(run, *comm); };
+  if (comm->rank() != 0) return train_run();
+  const std::string captured = test::stderr_of(dir.file("stderr.txt"), train_run);
   // Rank 0 scores 2 of the 3 val images, rank 1 the third: the last eval line shows the loss over
   // all 3, which the epoch's line reports after it, not rank 0's share's.
-  const std::vector<uint8_t> bytes = read_bytes(captured);
-  std::istringstream lines(std::string(bytes.begin(), bytes.end()));
+  std::istringstream lines(captured);
   std::string line, last_eval;
   while (std::getline(lines, line))
     if (line.rfind("eval ", 0) == 0) last_eval = line;

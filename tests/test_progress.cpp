@@ -1,13 +1,11 @@
 // What train::Progress writes to stderr where it is not a terminal (a log file, CI).
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "tests/captured_stderr.h"
 #include "tests/test_data_helpers.h"
 #include "train/progress.h"
 
@@ -16,20 +14,9 @@ namespace {
 using deit::test::TempDir;
 using deit::train::Progress;
 
-// What `show` writes to stderr, redirected to a file (not a terminal: plain lines).
+// What `show` writes to stderr, there a file (not a terminal: plain lines).
 std::string stderr_of(const TempDir& dir, const std::function<void()>& show) {
-  const std::string captured = dir.file("stderr.txt");
-  std::fflush(stderr);
-  const int saved = dup(STDERR_FILENO);
-  const int file = open(captured.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  REQUIRE(dup2(file, STDERR_FILENO) >= 0);
-  close(file);
-  show();
-  std::fflush(stderr);
-  dup2(saved, STDERR_FILENO);
-  close(saved);
-  const std::vector<uint8_t> bytes = deit::test::read_bytes(captured);
-  return std::string(bytes.begin(), bytes.end());
+  return deit::test::stderr_of(dir.file("stderr.txt"), show);
 }
 
 size_t lines_in(const std::string& text) {
