@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -246,17 +247,53 @@ int ms_left(Clock::time_point deadline) {
   return static_cast<int>(std::max<int64_t>(0, left.count()));
 }
 
-// Waits until `fd` is ready for `events`; throws "timed out <what>" at the deadline.
-void wait_ready(int fd, short events, Clock::time_point deadline, const std::string& what) {
+// Waits until `fd` is ready for `events` or `until` has come: true when it is ready.
+bool ready_before(int fd, short events, Clock::time_point until, const std::string& what) {
   for (;;) {
     pollfd p{fd, events, 0};
-    const int n = ::poll(&p, 1, ms_left(deadline));
-    if (n > 0) return;
-    if (n == 0) throw std::runtime_error("rendezvous: timed out " + what);
+    const int n = ::poll(&p, 1, ms_left(until));
+    if (n > 0) return true;
+    if (n == 0) return false;
     if (errno != EINTR)
       throw std::runtime_error("rendezvous: poll failed " + what + ": " + errno_text());
   }
 }
+
+// Waits until `fd` is ready for `events`; throws "timed out <what>" at the deadline.
+void wait_ready(int fd, short events, Clock::time_point deadline, const std::string& what) {
+  if (!ready_before(fd, events, deadline, what))
+    throw std::runtime_error("rendezvous: timed out " + what);
+}
+
+// Whole seconds, for the notes below.
+long long seconds(Clock::duration d) {
+  return static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
+}
+
+// The notes on stderr of a long wait for the other ranks: once `every` has passed, and each
+// `every` after, what this rank still waits for and when it gives up. A rank that never starts,
+// or a MASTER_ADDR that names the wrong host, would otherwise leave every rank silent until the
+// deadline (minutes: ranks on other nodes may start that much later).
+class WaitNotes {
+ public:
+  WaitNotes(std::chrono::milliseconds every, Clock::time_point deadline)
+      : every_(every), start_(Clock::now()), next_(start_ + every), deadline_(deadline) {}
+  // When to wake up next to say something (or give up).
+  Clock::time_point next() const { return std::min(next_, deadline_); }
+  // `waiting` as "rank 1 cannot reach rank 0 at node0:29500 (Connection refused)"; `advice` what
+  // to check. Says it once the time has come.
+  void say_when_due(const std::string& waiting, const std::string& advice) {
+    const Clock::time_point now = Clock::now();
+    if (now < next_ || now >= deadline_) return;
+    std::fprintf(stderr, "deit: rendezvous: %s after %lld s: %s; giving up in %lld s\n",
+                 waiting.c_str(), seconds(now - start_), advice.c_str(), seconds(deadline_ - now));
+    while (next_ <= now) next_ += every_;
+  }
+
+ private:
+  std::chrono::milliseconds every_;
+  Clock::time_point start_, next_, deadline_;
+};
 
 void send_all(int fd, const void* data, size_t bytes, Clock::time_point deadline,
               const std::string& what) {
@@ -336,14 +373,21 @@ std::string ranks_not_served(const std::vector<bool>& served) {
 }
 
 // Rank 0: serves the payload to each other rank once.
-void serve(const Rendezvous& rv, const std::vector<uint8_t>& payload, Clock::time_point deadline) {
+void serve(const Rendezvous& rv, const std::vector<uint8_t>& payload, Clock::time_point deadline,
+           WaitNotes& notes) {
   Socket listener = listen_on(rv.master_port);
   std::vector<bool> served(rv.world_size, false);
   served[0] = true;
+  const std::string port = std::to_string(rv.master_port);
   for (int missing = rv.world_size - 1; missing > 0;) {
-    wait_ready(listener.fd(), POLLIN, deadline,
-               "waiting on port " + std::to_string(rv.master_port) + " for rank(s) " +
-                   ranks_not_served(served));
+    const std::string waiting =
+        "waiting on port " + port + " for rank(s) " + ranks_not_served(served);
+    while (!ready_before(listener.fd(), POLLIN, notes.next(), waiting)) {
+      if (Clock::now() >= deadline) throw std::runtime_error("rendezvous: timed out " + waiting);
+      notes.say_when_due(
+          "rank 0 is still " + waiting,
+          "is each started, with MASTER_ADDR naming this host and MASTER_PORT " + port + "?");
+    }
     Socket peer(::accept(listener.fd(), nullptr, nullptr));
     if (peer.fd() < 0) continue;  // the connection went away before it was accepted
     std::vector<uint32_t> hello;
@@ -410,7 +454,7 @@ Socket try_connect(const addrinfo& ai, Clock::time_point deadline, std::string& 
 
 // Ranks other than 0: connect, retrying while rank 0 is not listening yet (ranks start in any
 // order, and a host name may not resolve until its node is up).
-Socket connect_to_rank0(const Rendezvous& rv, Clock::time_point deadline) {
+Socket connect_to_rank0(const Rendezvous& rv, Clock::time_point deadline, WaitNotes& notes) {
   const std::string where = rv.master_addr + ":" + std::to_string(rv.master_port);
   std::string error;
   for (;;) {
@@ -432,12 +476,15 @@ Socket connect_to_rank0(const Rendezvous& rv, Clock::time_point deadline) {
     if (Clock::now() >= deadline)
       throw std::runtime_error("rendezvous: rank " + std::to_string(rv.rank) +
                                " could not reach rank 0 at " + where + ": " + error);
+    notes.say_when_due("rank " + std::to_string(rv.rank) + " still cannot reach rank 0 at " +
+                           where + " (" + error + ")",
+                       "is rank 0 started, and is " + rv.master_addr + " its host?");
     std::this_thread::sleep_for(std::chrono::milliseconds(std::min(200, ms_left(deadline))));
   }
 }
 
-std::vector<uint8_t> receive(const Rendezvous& rv, Clock::time_point deadline) {
-  Socket s = connect_to_rank0(rv, deadline);
+std::vector<uint8_t> receive(const Rendezvous& rv, Clock::time_point deadline, WaitNotes& notes) {
+  Socket s = connect_to_rank0(rv, deadline, notes);
   const std::string what =
       "waiting for rank 0 at " + rv.master_addr + ":" + std::to_string(rv.master_port);
   send_words(s.fd(), {kMagic, static_cast<uint32_t>(rv.rank), static_cast<uint32_t>(rv.world_size)},
@@ -460,7 +507,8 @@ std::vector<uint8_t> receive(const Rendezvous& rv, Clock::time_point deadline) {
 
 std::vector<uint8_t> tcp_broadcast_from_rank0(const Rendezvous& rendezvous,
                                               const std::vector<uint8_t>& payload,
-                                              std::chrono::milliseconds timeout) {
+                                              std::chrono::milliseconds timeout,
+                                              std::chrono::milliseconds note_every) {
   if (rendezvous.world_size == 1) return payload;
   if (rendezvous.master_port == 0 || (rendezvous.rank != 0 && rendezvous.master_addr.empty()))
     throw std::invalid_argument("rendezvous: the TCP exchange needs rank 0's address and port (" +
@@ -469,8 +517,9 @@ std::vector<uint8_t> tcp_broadcast_from_rank0(const Rendezvous& rendezvous,
     throw std::invalid_argument("rendezvous: a TCP payload of " + std::to_string(payload.size()) +
                                 " bytes is over the limit");
   const Clock::time_point deadline = Clock::now() + timeout;
-  if (rendezvous.rank != 0) return receive(rendezvous, deadline);
-  serve(rendezvous, payload, deadline);
+  WaitNotes notes(note_every, deadline);
+  if (rendezvous.rank != 0) return receive(rendezvous, deadline, notes);
+  serve(rendezvous, payload, deadline, notes);
   return payload;
 }
 

@@ -68,8 +68,11 @@ std::string first_slurm_host(const std::string& nodelist);
 // retrying while rank 0 is not up yet. Each connecting rank says its rank and world size, so a
 // stray process or a second job on the same port is refused with a clear error rather than
 // handed the payload. Throws std::runtime_error when `timeout` passes before every rank is served.
-std::vector<uint8_t> tcp_broadcast_from_rank0(const Rendezvous& rendezvous,
-                                              const std::vector<uint8_t>& payload,
-                                              std::chrono::milliseconds timeout);
+// A wait longer than `note_every` is told on stderr, each `note_every`: what the rank waits for,
+// what to check, and when it gives up.
+std::vector<uint8_t> tcp_broadcast_from_rank0(
+    const Rendezvous& rendezvous, const std::vector<uint8_t>& payload,
+    std::chrono::milliseconds timeout,
+    std::chrono::milliseconds note_every = std::chrono::seconds(30));
 
 }  // namespace deit

@@ -12,6 +12,8 @@
 
 #include "engine/communicator.h"
 #include "engine/rendezvous.h"
+#include "tests/captured_stderr.h"
+#include "tests/test_data_helpers.h"
 
 using namespace deit;
 using namespace std::chrono_literals;
@@ -261,6 +263,41 @@ TEST_CASE("the TCP exchange refuses a rank of another job and times out clearly"
   // And rank 0 waiting for a rank that never comes says which.
   CHECK_THROWS_WITH(tcp_broadcast_from_rank0(rank_of(0, 3, silent), id, 300ms),
                     Catch::Contains("for rank(s) 1, 2"));
+}
+
+TEST_CASE("a long wait of the TCP exchange says what it waits for", "[rendezvous]") {
+  // Every note_every (30 s in deit), rather than silence until the deadline (10 minutes).
+  const test::TempDir dir;
+  const int silent = free_port();
+  const std::string where = "127.0.0.1:" + std::to_string(silent);
+  const std::string rank1 = test::stderr_of(dir.file("rank1.txt"), [&] {
+    CHECK_THROWS(tcp_broadcast_from_rank0(rank_of(1, 2, silent), {}, 1s, 300ms));
+  });
+  CHECK_THAT(rank1,
+             Catch::Contains("deit: rendezvous: rank 1 still cannot reach rank 0 at " + where +
+                             " (Connection refused) after 0 s: is rank 0 started, "
+                             "and is 127.0.0.1 its host?; giving up in 0 s"));
+  const std::string rank0 = test::stderr_of(dir.file("rank0.txt"), [&] {
+    CHECK_THROWS(tcp_broadcast_from_rank0(rank_of(0, 3, silent), {7}, 1s, 300ms));
+  });
+  CHECK_THAT(rank0, Catch::Contains("deit: rendezvous: rank 0 is still waiting on port " +
+                                    std::to_string(silent) +
+                                    " for rank(s) 1, 2 after 0 s: is each started, with "
+                                    "MASTER_ADDR naming this host and MASTER_PORT " +
+                                    std::to_string(silent) + "?; giving up in 0 s"));
+  // At most three notes in the second, one each 300 ms (fewer where the machine is slow to wake
+  // the rank): not one per retry, every 200 ms.
+  size_t notes = 0;
+  for (size_t at = rank1.find("rendezvous:"); at != std::string::npos;
+       at = rank1.find("rendezvous:", at + 1))
+    ++notes;
+  CHECK(notes >= 1);
+  CHECK(notes <= 3);
+  // None where the wait is short.
+  const std::string quick = test::stderr_of(dir.file("quick.txt"), [&] {
+    CHECK_THROWS(tcp_broadcast_from_rank0(rank_of(1, 2, silent), {}, 200ms, 300ms));
+  });
+  CHECK(quick.empty());
 }
 
 TEST_CASE("the TCP exchange needs to know where rank 0 is", "[rendezvous]") {
