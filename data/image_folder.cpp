@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <system_error>
+#include <vector>
 
 #include "data/xxhash64.h"
 
@@ -17,12 +18,11 @@ namespace {
 
 bool is_hidden(const fs::path& path) { return path.filename().string().rfind('.', 0) == 0; }
 
-// The hidden files and folders a listing passes over (.DS_Store, macOS's ._IMG.JPEG, a
-// .ipynb_checkpoints folder), told in one warning: torchvision's ImageFolder lists hidden files
-// (and fails on ._ ones), so a count that differs from its says why.
-struct HiddenEntries {
+// Entries of one kind that the listing passes over, told in one warning that counts them and
+// names the first by name (the same example every time).
+struct PassedOver {
   size_t count = 0;
-  std::string example;  // the first by name
+  std::string example;
   void add(const fs::path& path) {
     if (count++ == 0 || path.string() < example) example = path.string();
   }
@@ -42,13 +42,12 @@ void warn_of_broken_link(const fs::path& link, const char* meant_as) {
 // The class folders of `root`, sorted. What the scan leaves out there but was likely meant to be
 // read is warned about (with `warn`): broken links, and image files outside any class folder.
 std::vector<std::string> sorted_class_folders(const std::string& root, bool warn,
-                                              HiddenEntries& hidden) {
+                                              PassedOver& hidden) {
   std::error_code error;
   if (!fs::exists(root, error)) throw DataError(root + ": no such directory");
   if (!fs::is_directory(root, error)) throw DataError(root + ": not a directory");
   std::vector<std::string> names;
-  size_t loose_images = 0;
-  std::string loose_example;
+  PassedOver loose_images;
   for (const auto& entry : fs::directory_iterator(root, error)) {
     if (is_hidden(entry.path())) {
       hidden.add(entry.path());
@@ -60,17 +59,15 @@ std::vector<std::string> sorted_class_folders(const std::string& root, bool warn
     } else if (entry.is_symlink(entry_error) && !entry.exists(entry_error)) {
       if (warn) warn_of_broken_link(entry.path(), "a class folder");
     } else if (has_image_extension(entry.path().string())) {
-      // The first by name: the same example each time.
-      if (loose_images++ == 0 || entry.path().string() < loose_example)
-        loose_example = entry.path().string();
+      loose_images.add(entry.path());
     }
   }
   if (error) throw DataError(root + ": cannot list (" + error.message() + ")");
-  if (warn && loose_images > 0)
+  if (warn && loose_images.count > 0)
     std::fprintf(stderr,
                  "warning: %s: %zu image file(s) lie directly in it, outside any class folder, "
                  "and are not read (e.g. %s): move them into %s/<class>/\n",
-                 root.c_str(), loose_images, loose_example.c_str(), root.c_str());
+                 root.c_str(), loose_images.count, loose_images.example.c_str(), root.c_str());
   for (const std::string& name : names) require_utf8_class_name(name, root);
   std::sort(names.begin(), names.end());
   return names;
@@ -86,11 +83,15 @@ fs::path folder_read_next(const fs::recursive_directory_iterator& it) {
 // Every file under `folder`, at any depth, as torchvision's os.walk(followlinks=True) finds them,
 // but for hidden ones (counted in `hidden`) and links to nothing (warned about: every read of one
 // would fail, and a short run might never meet it to say so).
-std::vector<std::string> files_under(const fs::path& folder, bool warn, HiddenEntries& hidden) {
+std::vector<std::string> files_under(const fs::path& folder, bool warn, PassedOver& hidden) {
   std::vector<std::string> paths;
   std::error_code error;
   const auto options = fs::directory_options::follow_directory_symlink;
   fs::recursive_directory_iterator it(folder, options, error), end;
+  // The folders the walk is inside, links resolved: walk_path[d] is the one whose entries have
+  // depth d.
+  std::error_code real_error;
+  std::vector<fs::path> walk_path = {fs::canonical(folder, real_error)};
   fs::path reading = folder;
   for (; !error && it != end; reading = folder_read_next(it), it.increment(error)) {
     std::error_code entry_error;
@@ -109,18 +110,23 @@ std::vector<std::string> files_under(const fs::path& folder, bool warn, HiddenEn
       paths.push_back(it->path().string());
       continue;
     }
-    // A link to a folder above it (or to itself) would be walked until the path is too long,
+    // A folder that holds one the walk is inside (through a link to itself, to a folder above
+    // it, or to a folder with a link back here) would be walked until the path is too long,
     // listing every image once per turn.
-    std::error_code real_error, parent_error;
+    walk_path.resize(static_cast<size_t>(it.depth()) + 1);
     const fs::path real = fs::canonical(it->path(), real_error);
-    const fs::path parent = fs::canonical(it->path().parent_path(), parent_error);
-    const fs::path above = parent.lexically_relative(real);
-    if (real_error || parent_error || above.empty() || *above.begin() != "..") {
+    const auto lies_in_real = [&](const fs::path& walked) {
+      const fs::path up = walked.lexically_relative(real);
+      return up.empty() || *up.begin() != "..";  // empty: cannot tell, so not followed
+    };
+    if (real_error || std::any_of(walk_path.begin(), walk_path.end(), lies_in_real)) {
       if (warn)
         std::fprintf(stderr, "warning: not following %s: it leads back into a folder above it\n",
                      it->path().c_str());
       it.disable_recursion_pending();
+      continue;
     }
+    walk_path.push_back(real);
   }
   if (error) throw DataError(reading.string() + ": cannot list (" + error.message() + ")");
   std::sort(paths.begin(), paths.end());
@@ -145,21 +151,22 @@ bool has_image_extension(const std::string& path) {
 }
 
 ImageFolder::ImageFolder(const std::string& root, bool warn) : root_(root) {
-  HiddenEntries hidden;
+  // Hidden files and folders (.DS_Store, macOS's ._IMG.JPEG, a .ipynb_checkpoints folder):
+  // torchvision's ImageFolder lists them (and fails on ._ ones), so a count that differs from its
+  // says why.
+  PassedOver hidden;
   class_names_ = sorted_class_folders(root, warn, hidden);
   if (class_names_.empty()) {
     throw DataError(root + ": no class folders (expected " + root + "/<class>/<image files>)");
   }
-  // By extension: how many files were ignored, and one of them, so that they can be found.
-  std::map<std::string, std::pair<size_t, std::string>> ignored_by_extension;
+  std::map<std::string, PassedOver> ignored_by_extension;
   for (size_t label = 0; label < class_names_.size(); ++label) {
     for (std::string& path : files_under(fs::path(root) / class_names_[label], warn, hidden)) {
       if (has_image_extension(path)) {
         files_.push_back({std::move(path), static_cast<int>(label)});
         continue;
       }
-      auto& [count, example] = ignored_by_extension[lowercase_extension(path)];
-      if (count++ == 0) example = path;
+      ignored_by_extension[lowercase_extension(path)].add(path);
     }
   }
   if (warn && hidden.count > 0)
@@ -167,12 +174,12 @@ ImageFolder::ImageFolder(const std::string& root, bool warn) : root_(root) {
                  "warning: %s: ignored %zu hidden file(s) or folder(s) (names starting with '.'), "
                  "e.g. %s\n",
                  root.c_str(), hidden.count, hidden.example.c_str());
-  for (const auto& [extension, ignored] : ignored_by_extension)
-    if (warn)
+  if (warn)
+    for (const auto& [extension, ignored] : ignored_by_extension)
       std::fprintf(stderr,
                    "warning: %s: ignored %zu file(s) with extension '%s' (not an image format "
                    "deit reads), e.g. %s\n",
-                   root.c_str(), ignored.first, extension.c_str(), ignored.second.c_str());
+                   root.c_str(), ignored.count, extension.c_str(), ignored.example.c_str());
   if (files_.empty()) {
     throw DataError(root + ": no images in any of its " + std::to_string(class_names_.size()) +
                     " class folders");

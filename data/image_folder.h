@@ -28,8 +28,6 @@ class ImageFolder : public ImageSource {
   std::string describe(size_t index) const override { return files_.at(index).path; }
   std::string listing_fingerprint() const override;
 
-  const std::string& root() const { return root_; }
-
  private:
   struct File {
     std::string path;

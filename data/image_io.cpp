@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <stdexcept>
 
 #include "data/image.h"
 #include "data/jpeg_decode.h"
@@ -124,9 +125,14 @@ void write_file_whole(const std::string& path, const std::vector<uint8_t>& bytes
   }
   const fs::path resolved = fs::weakly_canonical(path, error);
   PendingFile file(error ? path : resolved.string());
-  file.open();
-  file.write(bytes.data(), bytes.size());
-  file.commit(/*durable=*/false);
+  // PendingFile's errors name the file; write_png promises them as DataError, as its others.
+  try {
+    file.open();
+    file.write(bytes.data(), bytes.size());
+    file.commit(/*durable=*/false);
+  } catch (const std::runtime_error& e) {
+    throw DataError(e.what());
+  }
 }
 
 // The width and height a PNG's header (its IHDR chunk, first) gives; false where it has none.

@@ -19,7 +19,6 @@ struct MixupConfig {
   double cutmix_alpha = 1.0;  // Beta(alpha, alpha) for cutmix's lambda; 0 disables cutmix
   double prob = 1.0;          // probability that a batch is mixed at all
   double switch_prob = 0.5;   // probability of cutmix when both are enabled
-  double label_smoothing = 0.0;
 };
 
 // One batch's mixing: the augment kernels' own struct (kernels/augment.h), which the CPU reference

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "data/image.h"
 #include "data/xxhash64.h"
 
 namespace deit::data {
@@ -68,9 +69,14 @@ ShardHeader read_header(const std::string& path, const uint8_t* bytes, uint64_t 
   if (header.header_checksum != header_checksum(header)) {
     throw DataError(path + ": corrupt header (checksum mismatch)");
   }
-  const uint64_t tables_end = header.index_offset + header.index_capacity * sizeof(ShardIndexEntry);
-  if (header.record_count > header.index_capacity || header.index_offset < sizeof header ||
-      tables_end > header.data_offset || header.data_offset > header.file_bytes) {
+  // The class table, then the index, then the records, each inside the file; written as
+  // differences, which cannot overflow as a sum of offsets read from a damaged file can.
+  const bool ordered = header.index_offset >= sizeof header &&
+                       header.index_offset <= header.data_offset &&
+                       header.data_offset <= header.file_bytes;
+  if (!ordered || header.record_count > header.index_capacity ||
+      header.index_capacity >
+          (header.data_offset - header.index_offset) / sizeof(ShardIndexEntry)) {
     throw DataError(path + ": corrupt header (inconsistent offsets)");
   }
   if (actual_bytes < header.data_offset) {
@@ -264,9 +270,13 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
 void ShardReader::validate_index(const ShardHeader& header, uint64_t actual_bytes) const {
   for (size_t record = 0; record < index_.size(); ++record) {
     const ShardIndexEntry& entry = index_[record];
+    // Sizes past deit's image limits (which pack keeps to) are damage: their byte count could
+    // overflow (and pass for a few bytes), and load() gives an image int sizes.
+    const bool sized =
+        entry.height > 0 && entry.width > 0 && within_image_limits(entry.width, entry.height);
     const uint64_t end = entry.offset + record_bytes(entry);
-    if (entry.offset < header.data_offset || entry.offset % kShardRecordAlignment != 0 ||
-        entry.height == 0 || entry.width == 0 || end > header.file_bytes || entry.label < 0 ||
+    if (!sized || entry.offset < header.data_offset || entry.offset % kShardRecordAlignment != 0 ||
+        end < entry.offset || end > header.file_bytes || entry.label < 0 ||
         static_cast<uint32_t>(entry.label) >= header.num_classes) {
       throw DataError(describe(record) + ": corrupt index entry");
     }

@@ -32,8 +32,8 @@ enum class Figure {
 };
 constexpr int kFigureCount = 10;
 constexpr double kPi = 3.14159265358979323846;
-constexpr int kSupersampling =
-    2;  // per axis: 2x2 samples anti-alias edges well enough under the noise
+// Samples per pixel along each axis: 2x2 anti-alias edges well enough under the noise.
+constexpr int kSupersampling = 2;
 
 // Everything random about one image's figure. Lengths are in pixels.
 struct Scene {
@@ -134,8 +134,7 @@ void validate(const SyntheticOptions& options) {
   }
   if (options.train_per_class < 1 || options.val_per_class < 1) {
     throw std::invalid_argument(
-        "synthetic dataset: need at least one train and one val image per "
-        "class");
+        "synthetic dataset: need at least one train and one val image per class");
   }
 }
 

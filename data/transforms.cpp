@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "kernels/augment.h"
-#include "kernels/augment_arith.h"
 
 namespace deit::data {
 namespace {
@@ -199,8 +198,6 @@ ImageU8 center_crop(const ImageU8& src, int size) {
 }
 
 // ---- 3-Augment. ----
-
-uint8_t luma(const uint8_t* rgb) { return kernels::augment_arith::luma(rgb[0], rgb[1], rgb[2]); }
 
 ImageU8 grayscale(const ImageU8& src) {
   ImageU8 out = blank(src.height, src.width);

@@ -51,11 +51,8 @@ ImageU8 center_crop(const ImageU8& src, int size);
 
 // ---- 3-Augment. ----
 
-// ITU-R 601-2 luma as Pillow's convert('L') computes it, in 16-bit fixed point with rounding:
-// (19595 R + 38470 G + 7471 B + 32768) >> 16.
-uint8_t luma(const uint8_t* rgb);
-
-// torchvision Grayscale(3): the luma copied to all three channels.
+// torchvision Grayscale(3): ITU-R 601-2 luma as Pillow's convert('L') computes it, in 16-bit fixed
+// point with rounding, (19595 R + 38470 G + 7471 B + 32768) >> 16, copied to all three channels.
 ImageU8 grayscale(const ImageU8& src);
 
 // PIL ImageOps.solarize: every channel value v >= threshold becomes 255 - v (3-Augment's

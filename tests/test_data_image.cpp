@@ -311,6 +311,7 @@ TEST_CASE("write_png on a full disk throws naming the path and leaves no partial
   {
     deit::test::FileSizeLimit limit(4096);  // the disk "fills up" part-way through
     CHECK_THROWS_WITH(write_png(path, image), Contains(path) && Contains("File too large"));
+    CHECK_THROWS_AS(write_png(path, image), DataError);  // as the other failures to write
   }
   CHECK(std::filesystem::is_empty(dir.path()));  // neither the PNG nor its temporary file
 
@@ -382,6 +383,19 @@ TEST_CASE("ImageFolder follows folder links but not the ones that loop back", "[
   REQUIRE(folder.size() == 2);  // each image once
   CHECK(folder.describe(0) == root + "/cat/a.png");
   CHECK(folder.describe(1) == root + "/cat/linked/b.png");
+
+  // Two folders that link to each other: each link is followed once (its image listed twice, as
+  // os.walk lists it), not once per turn of the loop they make together.
+  write_png(dir.file("train/dog/x/x.png"), gradient_image(4, 4));
+  write_png(dir.file("train/dog/y/y.png"), gradient_image(4, 4));
+  std::filesystem::create_directory_symlink("../y", root + "/dog/x/to_y");
+  std::filesystem::create_directory_symlink("../x", root + "/dog/y/to_x");
+  const ImageFolder linked(root);
+  REQUIRE(linked.size() == 6);
+  CHECK(linked.describe(2) == root + "/dog/x/to_y/y.png");
+  CHECK(linked.describe(3) == root + "/dog/x/x.png");
+  CHECK(linked.describe(4) == root + "/dog/y/to_x/x.png");
+  CHECK(linked.describe(5) == root + "/dog/y/y.png");
 }
 
 TEST_CASE("An image folder without images is an error naming the folder", "[data]") {

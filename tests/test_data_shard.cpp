@@ -45,6 +45,17 @@ uint64_t record_offset(const std::vector<uint8_t>& file, size_t record) {
   return entry.offset;
 }
 
+// Writes `header` over the start of `bytes` with its checksums made to match the tables and the
+// header as they now are: damage that no checksum catches (a file made to pass them).
+void reseal(std::vector<uint8_t>& bytes, ShardHeader header) {
+  const uint8_t* class_table = bytes.data() + sizeof header;
+  header.tables_checksum =
+      xxhash64(bytes.data() + header.index_offset, header.record_count * sizeof(ShardIndexEntry),
+               xxhash64(class_table, header.index_offset - sizeof header));
+  header.header_checksum = xxhash64(&header, offsetof(ShardHeader, header_checksum));
+  std::memcpy(bytes.data(), &header, sizeof header);
+}
+
 }  // namespace
 
 TEST_CASE("xxhash64 matches the reference vectors", "[data]") {
@@ -149,6 +160,24 @@ TEST_CASE("A damaged header, index or foreign file is refused when the shard ope
     write_bytes(path, bytes);
     CHECK_THROWS_WITH(ShardReader(path),
                       Contains(path) && Contains("corrupt class table or index"));
+  }
+  SECTION("an index capacity whose byte count overflows to the real one, checksums intact") {
+    header.index_capacity += uint64_t{1} << 59;  // times 32 bytes: 2^64 more, wrapped away
+    reseal(bytes, header);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("inconsistent offsets"));
+  }
+  SECTION("record sizes whose byte count overflows to a few bytes, checksums intact") {
+    ShardIndexEntry entry;
+    const size_t at = header.index_offset;  // record 0's entry
+    std::memcpy(&entry, bytes.data() + at, sizeof entry);
+    entry.height = 2007567422;  // x 3062868337 x 3 = 2^64 + 26
+    entry.width = 3062868337;
+    entry.checksum = xxhash64(bytes.data() + entry.offset, 26);
+    std::memcpy(bytes.data() + at, &entry, sizeof entry);
+    reseal(bytes, header);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path + " record 0: corrupt index entry"));
   }
   SECTION("trailing bytes") {
     bytes.resize(bytes.size() + 100, 0);
