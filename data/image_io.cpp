@@ -5,6 +5,7 @@
 #include <stb_image.h>
 #include <stb_image_write.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -36,9 +37,18 @@ uint32_t read_le32(const uint8_t* p) {
   return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
 }
 
-// stb_image reads past the end of a BMP as zeros, so a truncated BMP decodes "successfully". For
-// the uncompressed encodings the pixel array's size follows from the header: check that it fits.
-// (TGA and PNM have the same problem and are not checked: they are rare in datasets.)
+// stb_image reads past the end of a BMP, a TGA or a binary PNM as zeros, so a truncated one
+// decodes "successfully" (Pillow says "image file is truncated"). Their headers say how many bytes
+// the pixels take: the checks below compare that with what the file holds.
+
+// "truncated FORMAT (pixel data needs N bytes, file has M)".
+[[noreturn]] void fail_truncated(const std::string& name, const char* format, uint64_t needed,
+                                 size_t size) {
+  fail(name, std::string("truncated ") + format + " (pixel data needs " + std::to_string(needed) +
+                 " bytes, file has " + std::to_string(size) + ")");
+}
+
+// For the uncompressed encodings the pixel array's size follows from the header.
 void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   constexpr size_t kHeaderBytes = 34;  // file header + the info header fields read below
   if (size < kHeaderBytes) fail(name, "truncated BMP header");
@@ -54,10 +64,54 @@ void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& na
   const uint64_t row_bytes =
       (static_cast<uint64_t>(std::llabs(width)) * bits_per_pixel + 31) / 32 * 4;
   const uint64_t needed = pixel_offset + row_bytes * static_cast<uint64_t>(std::llabs(height));
-  if (needed > size) {
-    fail(name, "truncated BMP (pixel data needs " + std::to_string(needed) + " bytes, file has " +
-                   std::to_string(size) + ")");
+  if (needed > size) fail_truncated(name, "BMP", needed, size);
+}
+
+// A binary PNM (P5 gray, P6 RGB): the magic, then width, height and the largest sample value in
+// decimal, each after whitespace and '#' comment lines, then one whitespace byte and the samples
+// (2 bytes each above 255). Parsed as stb_image parses it.
+void check_pnm_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+  size_t i = 2;
+  uint64_t fields[3] = {};  // width, height, largest value
+  for (uint64_t& field : fields) {
+    for (;;) {
+      while (i < size && std::isspace(bytes[i])) ++i;
+      if (i >= size || bytes[i] != '#') break;
+      while (i < size && bytes[i] != '\n' && bytes[i] != '\r') ++i;
+    }
+    if (i >= size || !std::isdigit(bytes[i])) return;  // stb_image refuses it itself
+    for (; i < size && std::isdigit(bytes[i]) && field < (uint64_t{1} << 32); ++i)
+      field = field * 10 + (bytes[i] - '0');
   }
+  const uint64_t sample_bytes = fields[2] > 255 ? 2 : 1, channels = bytes[1] == '6' ? 3 : 1;
+  const uint64_t needed = i + 1 + fields[0] * fields[1] * channels * sample_bytes;
+  if (needed > size) fail_truncated(name, "PNM", needed, size);
+}
+
+// A TGA: an 18-byte header (the ID's length, whether a colour map follows and its entries and their
+// bits, the image type, width, height, bits a pixel), the ID, the colour map, then the pixels:
+// plain (types 1 to 3) or run-length coded in packets (9 to 11), each a byte (top bit: one value
+// repeated; low 7 bits: the count - 1) and its values.
+void check_tga_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+  constexpr size_t kHeaderBytes = 18;
+  if (size < kHeaderBytes) fail(name, "truncated TGA header");
+  auto le16 = [&](size_t at) { return uint64_t{bytes[at]} | uint64_t{bytes[at + 1]} << 8; };
+  const uint64_t map_bytes = bytes[1] ? le16(5) * ((bytes[7] + 7u) / 8) : 0;
+  const uint64_t pixel_bytes = (bytes[16] + 7u) / 8, pixels = le16(12) * le16(14);
+  uint64_t at = kHeaderBytes + bytes[0] + map_bytes;
+  if (bytes[2] < 8) {
+    if (at + pixels * pixel_bytes > size)
+      fail_truncated(name, "TGA", at + pixels * pixel_bytes, size);
+    return;
+  }
+  for (uint64_t done = 0; done < pixels;) {
+    if (at >= size) fail(name, "truncated TGA (its run-length coded pixels end early)");
+    const uint8_t packet = bytes[at++];
+    const uint64_t count = (packet & 0x7f) + 1u;
+    at += (packet & 0x80 ? 1 : count) * pixel_bytes;
+    done += count;
+  }
+  if (at > size) fail(name, "truncated TGA (its run-length coded pixels end early)");
 }
 
 // stb_image decodes a GIF cut inside its first frame as if the rest were there (Pillow says
@@ -88,9 +142,18 @@ void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& na
   fail(name, "truncated GIF (its first image's data ends early)");
 }
 
+// The formats stb_image tells apart by a magic number (PSD, PIC, HDR: it reads them whole or
+// fails); a file it reads that has none of these is a TGA, which has none.
 void check_complete(const uint8_t* bytes, size_t size, const std::string& name) {
-  if (size >= 2 && bytes[0] == 'B' && bytes[1] == 'M') check_bmp_complete(bytes, size, name);
-  if (size >= 3 && std::memcmp(bytes, "GIF", 3) == 0) check_gif_complete(bytes, size, name);
+  auto starts_with = [&](const char* magic, size_t n) {
+    return size >= n && std::memcmp(bytes, magic, n) == 0;
+  };
+  if (starts_with("BM", 2)) return check_bmp_complete(bytes, size, name);
+  if (starts_with("GIF", 3)) return check_gif_complete(bytes, size, name);
+  if (starts_with("P5", 2) || starts_with("P6", 2)) return check_pnm_complete(bytes, size, name);
+  const bool has_magic = starts_with("\x89PNG", 4) || starts_with("8BPS", 4) ||
+                         starts_with("\x53\x80\xf6\x34", 4) || starts_with("#?", 2);
+  if (!has_magic) check_tga_complete(bytes, size, name);
 }
 
 // stb_image_write's output callback: appends what it encoded to a std::vector<uint8_t>.

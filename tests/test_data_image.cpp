@@ -131,6 +131,49 @@ TEST_CASE("grayscale and alpha images become RGB", "[data]") {
   }
 }
 
+TEST_CASE("TGA and PNM files cut short are refused, as Pillow refuses them", "[data]") {
+  // stb_image reads past their end as zeros: the pixels the header promises are counted instead.
+  TempDir dir;
+  const ImageU8 image = noise_image(12, 10);
+  // A TGA run-length coded (stb_image_write's default) and one plain; a binary PPM (P6), a 16-bit
+  // PGM (P5) whose header has a comment. Whole, each decodes; cut anywhere in its pixels, none.
+  std::vector<std::string> whole;
+  whole.push_back(dir.file("rle.tga"));
+  write_with_stb(whole.back(), image);
+  stbi_write_tga_with_rle = 0;
+  whole.push_back(dir.file("plain.tga"));
+  write_with_stb(whole.back(), image);
+  stbi_write_tga_with_rle = 1;
+  const std::string ppm_header = "P6\n10 12\n255\n";
+  std::vector<uint8_t> ppm(ppm_header.begin(), ppm_header.end());
+  ppm.insert(ppm.end(), image.pixels.begin(), image.pixels.end());
+  whole.push_back(dir.file("rgb.ppm"));
+  write_bytes(whole.back(), ppm);
+  const std::string pgm_header = "P5 # 16-bit gray\n10\t12 # size\n65535\n";
+  std::vector<uint8_t> pgm(pgm_header.begin(), pgm_header.end());
+  for (int i = 0; i < 10 * 12; ++i) {
+    pgm.push_back(image.pixels[3 * i]);  // the high byte first: the value 257 * v
+    pgm.push_back(image.pixels[3 * i]);
+  }
+  whole.push_back(dir.file("gray16.pgm"));
+  write_bytes(whole.back(), pgm);
+  for (const std::string& path : whole) {
+    INFO(path);
+    const ImageU8 decoded = decode_image_file(path);
+    CHECK(decoded.width == 10);
+    CHECK(decoded.height == 12);
+    if (path.find("gray") == std::string::npos) CHECK(decoded.pixels == image.pixels);
+    const size_t size = read_bytes(path).size();
+    for (const size_t missing : {size_t{1}, size_t{7}, size / 3}) {
+      std::vector<uint8_t> bytes = read_bytes(path);
+      bytes.resize(size - missing);
+      const std::string cut = dir.file("cut_" + std::filesystem::path(path).filename().string());
+      write_bytes(cut, bytes);
+      CHECK_THROWS_WITH(decode_image_file(cut), Contains(cut) && Contains("truncated"));
+    }
+  }
+}
+
 TEST_CASE("bad image files throw a DataError naming the file and the problem", "[data]") {
   TempDir dir;
   const ImageU8 image = gradient_image(32, 48);
@@ -146,7 +189,7 @@ TEST_CASE("bad image files throw a DataError naming the file and the problem", "
   const std::string missing = dir.path() + "/missing.png";
   CHECK_THROWS_WITH(decode_image_file(missing), Contains(missing) && Contains("cannot open"));
 
-  for (const char* name : {"t.png", "t.jpg", "t.bmp"}) {
+  for (const char* name : {"t.png", "t.jpg", "t.bmp", "t.tga"}) {
     INFO(name);
     const std::string path = dir.file(name);
     write_with_stb(path, image);
