@@ -25,7 +25,7 @@ struct ImageU8 {
 inline constexpr int kMaxImageSide = 32768;
 inline constexpr uint64_t kMaxImagePixels = uint64_t{1} << 28;
 inline bool within_image_limits(int64_t width, int64_t height) {
-  return width <= kMaxImageSide && height <= kMaxImageSide &&
+  return width >= 0 && height >= 0 && width <= kMaxImageSide && height <= kMaxImageSide &&
          static_cast<uint64_t>(width) * static_cast<uint64_t>(height) <= kMaxImagePixels;
 }
 

@@ -226,6 +226,9 @@ ImageU8 PrefetchLoader::load_or_substitute(uint64_t index, uint64_t* used_index)
                       static_cast<int64_t>(candidate));
     }
   }
+  if (n == 1)
+    throw DataError(source_->describe(index) +
+                    ", the dataset's only image, is unusable: giving up (is the dataset damaged?)");
   throw DataError(source_->describe(index) + " and the " + std::to_string(attempts - 1) +
                   " images after it in the dataset's order are all unusable: giving up (is the "
                   "dataset damaged?)");

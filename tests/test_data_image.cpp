@@ -131,6 +131,16 @@ TEST_CASE("grayscale and alpha images become RGB", "[data]") {
   }
 }
 
+TEST_CASE("within_image_limits: up to 32768 pixels a side and 2^28 pixels", "[data]") {
+  CHECK(within_image_limits(32768, 8192));
+  CHECK(within_image_limits(0, 0));
+  CHECK_FALSE(within_image_limits(32769, 1));
+  CHECK_FALSE(within_image_limits(16385, 16384));
+  // Two negative sides multiply to a positive count: a size, not a count, is checked first.
+  CHECK_FALSE(within_image_limits(-4, -4));
+  CHECK_FALSE(within_image_limits(-1, 1));
+}
+
 TEST_CASE("TGA and PNM files cut short are refused, as Pillow refuses them", "[data]") {
   // stb_image reads past their end as zeros: the pixels the header promises are counted instead.
   TempDir dir;

@@ -246,7 +246,17 @@ TEST_CASE("Errors from workers reach the trainer", "[data]") {
     auto source = std::make_shared<MemorySource>(20, all);
     PrefetchLoader loader(source, Sampler(sampler_options(20)), loader_options(2, 2), random_crop);
     loader.start_epoch(0);
-    CHECK_THROWS_WITH(loader.next_batch(), Contains("unusable: giving up"));
+    CHECK_THROWS_WITH(loader.next_batch(), Contains(" and the 19 images after it in "
+                                                    "the dataset's order are all unusable"));
+  }
+  SECTION("a dataset of one bad image") {
+    auto source = std::make_shared<MemorySource>(1, std::set<size_t>{0});
+    PrefetchOptions one_batch = loader_options(1, 1, /*drop_last=*/false);
+    one_batch.batch_size = 1;
+    PrefetchLoader loader(source, Sampler(sampler_options(1)), one_batch, random_crop);
+    loader.start_epoch(0);
+    CHECK_THROWS_WITH(loader.next_batch(),
+                      Contains("memory image 0, the dataset's only image, is unusable: giving up"));
   }
   SECTION("a transform that throws") {
     auto source = std::make_shared<MemorySource>(20);
