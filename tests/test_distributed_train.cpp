@@ -52,6 +52,18 @@ std::unique_ptr<Communicator> mpi_communicator() {
 // A communicator for a run of this process alone, beside the MPI job it belongs to.
 std::unique_ptr<Communicator> alone() { return make_communicator(Device::cpu(), Rendezvous{}); }
 
+// A deit bench step of the tiny model, `steps` timed after one warm-up, no profile.
+bench::StepBenchOptions tiny_step_bench(int64_t batch_size, int steps) {
+  bench::StepBenchOptions o;
+  o.model_name = "deit3_tiny";
+  o.model = tiny_run("", "", 2).model;
+  o.batch_size = batch_size;
+  o.warmup = 1;
+  o.steps = steps;
+  o.profile_steps = 0;
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, once per step",
@@ -359,13 +371,7 @@ TEST_CASE("mpi: rank 0's progress ends an evaluation with the whole split's loss
 TEST_CASE("mpi: deit bench step over two ranks reports the communication, with --zero too",
           "[mpi]") {
   auto comm = mpi_communicator();
-  bench::StepBenchOptions o;
-  o.model_name = "deit3_tiny";
-  o.model = tiny_run("", "", 2).model;
-  o.batch_size = 2;
-  o.warmup = 1;
-  o.steps = 2;
-  o.profile_steps = 0;
+  bench::StepBenchOptions o = tiny_step_bench(2, 2);
   o.zero = GENERATE(false, true);
   const bench::StepReport r = bench::run_step_benchmark(o, *comm);
   CHECK(r.world_size == 2);
@@ -375,15 +381,9 @@ TEST_CASE("mpi: deit bench step over two ranks reports the communication, with -
 TEST_CASE("mpi: deit bench step on ranks that differ stops on every rank, naming the flag",
           "[mpi]") {
   auto comm = mpi_communicator();
-  bench::StepBenchOptions o;
-  o.model_name = "deit3_tiny";
-  o.model = tiny_run("", "", 2).model;
-  o.warmup = 1;
-  o.steps = 1;
-  o.profile_steps = 0;
   // The gradients are of the same sizes, so the steps would run, and rank 0 report a batch of 2
   // per process that rank 1 did not use.
-  o.batch_size = 2 + comm->rank();
+  const bench::StepBenchOptions o = tiny_step_bench(2 + comm->rank(), 1);
   CHECK_THROWS_WITH(bench::run_step_benchmark(o, *comm),
                     Catch::Contains("differ in --batch-size") &&
                         Catch::Contains("the same deit bench step command"));
