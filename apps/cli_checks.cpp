@@ -42,9 +42,13 @@ void check_every_value(CLI::App& app) {
     const std::string type = option->get_type_name();
     const bool is_unsigned = type.rfind("UINT", 0) == 0;
     const bool is_whole_number = is_unsigned || type.rfind("INT", 0) == 0;
+    // A required option has no default to fall back on.
+    const std::string empty_refusal = option->get_required()
+                                          ? "an empty value"
+                                          : "an empty value (leave the option out for its default)";
     option->transform(CLI::Validator(
-        [is_unsigned, is_whole_number](std::string& value) -> std::string {
-          if (value.empty()) return "an empty value (leave the option out for its default)";
+        [is_unsigned, is_whole_number, empty_refusal](std::string& value) -> std::string {
+          if (value.empty()) return empty_refusal;
           return is_whole_number ? check_whole_number(value, is_unsigned) : "";
         },
         ""));

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -50,10 +51,21 @@ bool ends_with_png(const std::string& path) {
   return ext == ".png";
 }
 
+// An output named *.png that is a PNG already, or nothing yet. The file a link points to is
+// replaced (data/image.h write_png): a link named *.png to a checkpoint, or a JPEG named *.png,
+// would be lost.
 void require_png(const char* flag, const std::string& path) {
   if (!ends_with_png(path))
     throw std::invalid_argument(std::string(flag) + " " + path +
                                 ": the output is written as PNG; name it *.png");
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return;  // new, or a folder write_png refuses
+  constexpr char kSignature[8] = {'\x89', 'P', 'N', 'G', '\r', '\n', '\x1a', '\n'};
+  char start[sizeof kSignature] = {};
+  std::ifstream(path, std::ios::binary).read(start, sizeof start);
+  if (!std::equal(start, start + sizeof start, kSignature))
+    throw std::invalid_argument(std::string(flag) + " " + path +
+                                ": exists and is not a PNG file; choose another file name");
 }
 
 void run_ops(const AugmentCommandOptions& options) {
@@ -103,12 +115,6 @@ void run_grid(const AugmentCommandOptions& options) {
                                 "x" + std::to_string(grid.height) + " grid, larger than an image " +
                                 "deit writes (" + std::to_string(data::kMaxImageSide) +
                                 " pixels a side, 2^28 pixels): give a smaller --n or --input-size");
-  const std::unique_ptr<data::ImageSource> source = data::open_dataset_split(options.data, "train");
-  data::SamplerOptions sampler_options;
-  sampler_options.dataset_size = source->size();
-  sampler_options.seed = options.seed;
-  const data::Sampler sampler(sampler_options);
-
   data::AugmentConfig config;
   config.input_size = options.input_size;
   config.crop = options.src ? data::CropMode::kSimpleRandom : data::CropMode::kRandomResized;
@@ -117,6 +123,12 @@ void run_grid(const AugmentCommandOptions& options) {
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument("--aa: " + std::string(e.what()));
   }
+  // Once the flags are known to be right: an image folder's scan takes minutes for ImageNet.
+  const std::unique_ptr<data::ImageSource> source = data::open_dataset_split(options.data, "train");
+  data::SamplerOptions sampler_options;
+  sampler_options.dataset_size = source->size();
+  sampler_options.seed = options.seed;
+  const data::Sampler sampler(sampler_options);
 
   grid.pixels.assign(static_cast<size_t>(grid.height) * grid.width * 3, 32);  // dark grey gaps
 

@@ -243,6 +243,8 @@ void run_step(const StepOptions& o) {
     throw std::invalid_argument("--no-gemm-epilogues needs --device cuda (got " + device + ")");
   if (o.gemm_autotune && !parse_device(device).is_cuda())
     throw std::invalid_argument("--gemm-autotune needs --device cuda (got " + device + ")");
+  // Before the line that says what is being timed: a device this machine lacks ends it at once.
+  require_device(parse_device(device));
   const std::unique_ptr<Communicator> comm = make_communicator(parse_device(device), rendezvous);
   if (o.zero && comm->collectives_are_noops())
     std::fprintf(stderr,
@@ -296,7 +298,9 @@ void add_bench_command(CLI::App& app) {
                   "1000, ImageNet-1k's");
   step->add_option("--batch-size", s->batch_size, "Images per process (default 64)");
   step->add_option("--device", s->device, "cpu, cuda or cuda:N")->capture_default_str();
-  step->add_option("--opt", s->opt, "Optimizer: lamb or adamw")->capture_default_str();
+  step->add_option("--opt", s->opt, "Optimizer: lamb or adamw")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"lamb", "adamw"}));
   step->add_option("--drop-path", s->drop_path, "Drop-path rate (default: the recipe's)");
   step->add_option("--warmup", s->warmup, "Untimed steps first")->capture_default_str();
   step->add_option("--steps", s->steps, "Timed steps")->capture_default_str();

@@ -285,8 +285,6 @@ double pipeline_images_per_second(const std::shared_ptr<const data::ImageSource>
 void run_bench_data(const DataBenchOptions& o) {
   const Device device = parse_device(o.device);
   require_device(device);
-  if (o.batch_size < 2 || o.workers < 1)
-    throw CLI::ValidationError("bench data", "--batch-size must be >= 2, --workers >= 1");
   if (o.batches < kMinTimedBatches)
     throw CLI::ValidationError("--batches", "at least " + std::to_string(kMinTimedBatches) +
                                                 ": the loader hands out batches in bursts, and "
@@ -386,7 +384,9 @@ void add_bench_data_subcommand(CLI::App& bench) {
   data->add_option("--input-size", o->input_size,
                    "One input size (8 to 1024) instead of 224 and 128")
       ->check(CLI::Range(8, 1024));
-  data->add_option("--batch-size", o->batch_size, "Images per batch")->capture_default_str();
+  data->add_option("--batch-size", o->batch_size, "Images per batch")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1000000));
   data->add_option("--batches", o->batches, "Timed batches per measurement (20 or more)")
       ->capture_default_str();
   data->add_option("--workers", o->workers, "Loader threads of the whole path")

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <stdexcept>
+#include <string>
 
 #include "apps/commands.h"
 #include "apps/train_flags.h"
@@ -74,15 +75,19 @@ train::TrainOptions demo_recipe(const DemoOptions& d, const std::string& data_di
   return o;
 }
 
-// Whether `run_dir` holds only what a run killed before its first checkpoint leaves (its lock file
-// and the temporary file of a save it did not finish), or nothing.
-bool holds_only_leftovers_of_a_killed_run(const std::filesystem::path& run_dir) {
+// The first entry of `run_dir` that is none of what the next demo replaces, "" when there is none:
+// what a demo run writes (its log, its checkpoint, its lock file and the temporary file of a save
+// it did not finish, all a killed run may leave) and the curves scripts/plot_log.py draws beside
+// them. Anything else (weights exported next to the checkpoint, notes) is someone's own.
+std::string first_entry_not_of_a_demo_run(const std::filesystem::path& run_dir) {
   std::error_code error;
   for (const auto& entry : std::filesystem::directory_iterator(run_dir, error)) {
     const std::string name = entry.path().filename().string();
-    if (name != ".lock" && name.rfind("checkpoint.safetensors.tmp.", 0) != 0) return false;
+    if (name != "log.txt" && name != "checkpoint.safetensors" && name != ".lock" &&
+        name != "curves.png" && name.rfind("checkpoint.safetensors.tmp.", 0) != 0)
+      return entry.path().string();
   }
-  return !error;
+  return error ? run_dir.string() + " (" + error.message() + ")" : "";
 }
 
 // `program`: how deit was started (argv[0]), so the command printed at the end runs as shown.
@@ -109,10 +114,14 @@ void run_demo(const DemoOptions& d, const std::string& program) {
     run_lock.emplace(run_dir, "--out");
     previous_run =
         fs::exists(run_dir / "log.txt") || fs::exists(run_dir / "checkpoint.safetensors");
-    if (!previous_run && !holds_only_leftovers_of_a_killed_run(run_dir))
-      throw std::runtime_error(o.output_dir +
-                               " exists and is not a demo run; give deit demo "
-                               "another --out");
+    if (const std::string foreign = first_entry_not_of_a_demo_run(run_dir); !foreign.empty())
+      throw std::runtime_error(
+          previous_run ? o.output_dir + " holds what the demo did not make (" + foreign +
+                             "): not removing it to replace the previous demo run; move that "
+                             "out or give deit demo another --out"
+                       : o.output_dir +
+                             " exists and is not a demo run; give deit demo another "
+                             "--out");
   }
   data::SyntheticOptions synthetic;
   synthetic.seed = d.seed;
@@ -162,7 +171,7 @@ void add_demo_command(CLI::App& app) {
               "recipe, evaluate and report");
   cmd->add_option("--out", opts->out,
                   "Where the dataset (DIR/data, kept for the next demo) and the run (DIR/run, "
-                  "replaced by the next demo) go")
+                  "replaced by the next demo while it holds nothing of yours) go")
       ->capture_default_str();
   cmd->add_option("--device", opts->device, "cpu or cuda[:N]")->capture_default_str();
   cmd->add_option("--epochs", opts->epochs,

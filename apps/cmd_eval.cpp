@@ -96,16 +96,15 @@ void run_eval(const EvalOptions& o) {
     base.num_classes = static_cast<int64_t>(source->class_names().size());
     if (saved_config) base.input_size = saved_config->input_size;
   }
+  const std::string weights_source =
+      checkpoint ? "checkpoint '" + checkpoint->path + "'" : "weights file '" + o.weights + "'";
   const std::string classes_differ = data::class_difference(
       checkpoint ? checkpoint->class_names : model::read_class_names(o.weights), "the weights",
       source->class_names(), "the split");
   if (!classes_differ.empty())
-    throw std::runtime_error(
-        (checkpoint ? "checkpoint '" + checkpoint->path : "weights file '" + o.weights) +
-        "' was trained on other classes than split '" + o.split + "' of '" + o.data + "' holds (" +
-        classes_differ + "): its labels would be scored against the wrong classes");
-  const std::string weights_source =
-      checkpoint ? "checkpoint '" + checkpoint->path + "'" : "weights file '" + o.weights + "'";
+    throw std::runtime_error(weights_source + " was trained on other classes than split '" +
+                             o.split + "' of '" + o.data + "' holds (" + classes_differ +
+                             "): its labels would be scored against the wrong classes");
   NamedTensors tensors =
       checkpoint ? std::move(checkpoint->model) : model::read_model_tensors(o.weights);
   // A weights file that does not say its model does not say its resolution, but its position

@@ -167,9 +167,20 @@ void print_run(const SavedRun& run, const std::string& program) {
 
 // A count in the text report: two significant digits below 100 (0.16, 2.5, 34), whole numbers
 // from there (205, 564), where %.2g would switch to an exponent (2e+02).
-static std::string two_digits(double v) {
+std::string two_digits(double v) {
   char text[32];
   std::snprintf(text, sizeof text, v < 99.5 ? "%.2g" : "%.0f", v);
+  return text;
+}
+
+// Memory in MiB, in KiB for the small test models that would read 0.0 MiB.
+std::string memory_text(int64_t bytes) {
+  constexpr double kKiB = 1024.0, kMiB = 1024.0 * 1024.0;
+  char text[32];
+  if (bytes >= 0.1 * kMiB)
+    std::snprintf(text, sizeof text, "%.1f MiB", bytes / kMiB);
+  else
+    std::snprintf(text, sizeof text, "%.1f KiB", bytes / kKiB);
   return text;
 }
 
@@ -195,11 +206,9 @@ void run_info(InfoOptions opts, const std::string& program) {
   const int64_t act_bf16 = model::activation_bytes_per_image(c, 2, 4, kept);
   const int64_t act_f32 = model::activation_bytes_per_image(c, 4, 4, kept);
   // With checkpointing, backward also holds the block it is recomputing.
-  const int64_t recompute_bf16 =
-      opts.grad_checkpointing
-          ? model::block_activation_bytes_per_image(c, 2, 4, opts.recompute_gelu)
-          : 0;
-  constexpr double MiB = 1024.0 * 1024.0;
+  const int64_t recompute_bf16 = opts.grad_checkpointing ? model::block_activation_bytes_per_image(
+                                                               c, 2, 4, opts.recompute_gelu)
+                                                         : 0;
   if (opts.json) {
     nlohmann::ordered_json j;
     j["model"] = c.name;
@@ -226,9 +235,11 @@ void run_info(InfoOptions opts, const std::string& program) {
               "%lld classes\n",
               (long long)c.patch, (long long)c.dim, (long long)c.depth, (long long)c.heads,
               (long long)c.head_dim(), (long long)c.num_classes);
-  std::printf("input            %lld x %lld px -> %lld x %lld patches + class token = %lld tokens\n",
-              (long long)c.input_size, (long long)c.input_size, (long long)c.grid(),
-              (long long)c.grid(), (long long)c.tokens());
+  std::printf(
+      "input            %lld x %lld px -> %lld x %lld patches + class token = %lld "
+      "tokens\n",
+      (long long)c.input_size, (long long)c.input_size, (long long)c.grid(), (long long)c.grid(),
+      (long long)c.tokens());
   // In M as the paper gives them, in K for the small test models that would read 0.0M.
   std::printf(
       params >= 100'000 ? "parameters       %lld (%.1fM)\n" : "parameters       %lld (%.1fK)\n",
@@ -241,15 +252,16 @@ void run_info(InfoOptions opts, const std::string& program) {
     // Two significant digits, but never an exponent (%.2g printed 205 MFLOP as 2e+02).
     std::printf("forward          %s MMACs per image (training ~%s MFLOP per image)\n",
                 two_digits(gmacs * 1e3).c_str(), two_digits(6e3 * gmacs).c_str());
-  std::printf("activations      %.1f MiB per image saved for backward (CUDA: bf16, with an fp32 "
-              "residual stream), %.1f MiB in fp32%s\n",
-              act_bf16 / MiB, act_f32 / MiB,
-              opts.grad_checkpointing ? ", blocks checkpointed"
-              : opts.recompute_gelu   ? ", GELU recomputed"
-                                      : "");
+  std::printf(
+      "activations      %s per image saved for backward (CUDA: bf16, with an fp32 "
+      "residual stream), %s in fp32%s\n",
+      memory_text(act_bf16).c_str(), memory_text(act_f32).c_str(),
+      opts.grad_checkpointing ? ", blocks checkpointed"
+      : opts.recompute_gelu   ? ", GELU recomputed"
+                              : "");
   if (opts.grad_checkpointing)
-    std::printf("recompute        +%.1f MiB per image (bf16) while backward recomputes a block\n",
-                recompute_bf16 / MiB);
+    std::printf("recompute        +%s per image (bf16) while backward recomputes a block\n",
+                memory_text(recompute_bf16).c_str());
   if (run) print_run(*run, program);
 }
 
@@ -264,8 +276,8 @@ void add_info_command(CLI::App& app) {
   CLI::Option* checkpoint = cmd->add_option(
       "--checkpoint", opts->checkpoint,
       "A checkpoint of deit train (or its run folder): its model, and where its run stands "
-      "(epochs, position within "
-      "an epoch, best top-1, classes) and its settings that differ from the recipe");
+      "(epochs, position within an epoch, best top-1, classes) and its settings that differ "
+      "from the recipe");
   for (const char* model_flag :
        {"--model", "--patch", "--dim", "--depth", "--heads", "--num-classes", "--input-size"})
     checkpoint->excludes(cmd->get_option(model_flag));

@@ -18,7 +18,8 @@ void ModelOptions::add_to(CLI::App& cmd, const std::string& input_size_default,
   cmd.add_option("--heads", heads, "Override the number of attention heads");
   cmd.add_option("--num-classes", num_classes,
                  "Number of classes (default " + num_classes_default + ")");
-  cmd.add_option("--input-size", input_size, "Image side in pixels (default " + input_size_default + ")");
+  cmd.add_option("--input-size", input_size,
+                 "Image side in pixels (default " + input_size_default + ")");
 }
 
 model::ViTConfig ModelOptions::apply_to(model::ViTConfig c) const {

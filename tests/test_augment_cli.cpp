@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include <cstdint>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -186,6 +187,12 @@ TEST_CASE("deit augment applies RandAugment's ops and tiles RandAugment views wi
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--aa: RandAugment spec 'rand-m12'") &&
                            Catch::Contains("magnitude m must be in [0, 10]"));
+  // Before the dataset is read (an image folder's scan takes minutes for ImageNet).
+  r = run_deit("augment --data " + dir.file("missing") + " --aa rand-m12 --grid " +
+               dir.file("bad.png"));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("--aa: RandAugment spec 'rand-m12'") && !Catch::Contains("missing"));
 }
 
 TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[augment][cli]") {
@@ -228,4 +235,19 @@ TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[a
   r = run_deit("augment --data " + dir.path() + " --grid " + dir.file("g.png"));
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains(dir.path()));
+  // Nor a file that is no PNG: a JPEG named *.png, or what a link named *.png points to (the
+  // PNG replaced a checkpoint that way).
+  const std::string notes = dir.file("notes.txt");
+  std::ofstream(notes) << "not an image";
+  const std::vector<uint8_t> kept = deit::test::read_bytes(notes);
+  std::filesystem::create_symlink(notes, dir.file("link.png"));
+  r = run_deit("augment --in " + kInput + " --out " + dir.file("link.png") + " --op hflip");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("link.png: exists and is not a PNG file"));
+  r = run_deit("augment --data " + dir.path() + " --grid " + dir.file("link.png"));
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("link.png: exists and is not a PNG file"));
+  CHECK(deit::test::read_bytes(notes) == kept);
+  // A PNG is replaced, as before.
+  CHECK(run_deit("augment --in " + kInput + " --out " + png + " --op hflip").exit_code == 0);
 }

@@ -250,6 +250,14 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
   r = run_deit("bench step --model deit3_tiny --device cpu --peak-tflops -1");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--peak-tflops must be a positive number"));
+  // Refused before the line that announces the timing, not after it.
+  r = run_deit("bench step --model deit3_tiny --device cpu --opt sgd");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("--opt: sgd not in {lamb,adamw}") && !Catch::Contains("timing"));
+  r = run_deit("bench step --model deit3_tiny --device cuda:99");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("cuda:99") && !Catch::Contains("timing"));
 }
 
 TEST_CASE("deit bench data takes an empty TMPDIR for an unset one, as POSIX tools do",

@@ -53,6 +53,11 @@ TEST_CASE("whole numbers are read in decimal, and an empty or out-of-range value
   }
   CHECK_THAT(run_deit("eval --checkpoint '' --data nowhere").output,
              Catch::Contains("--checkpoint: an empty value"));
+  // A required option has no default to leave it out for.
+  const CliResult required = run_deit("pack --src nowhere --out ''");
+  CHECK(required.exit_code == 1);
+  CHECK_THAT(required.output,
+             Catch::Contains("--out: an empty value") && !Catch::Contains("default"));
 }
 
 TEST_CASE(

@@ -1,6 +1,7 @@
 // `deit info` as a user runs it: JSON on stdout, clear errors and non-zero exits on bad input.
 #include <catch2/catch.hpp>
 
+#include <cstdio>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -37,6 +38,28 @@ TEST_CASE("deit info accepts custom sizes", "[cli]") {
   CHECK_THAT(text.output, Catch::Contains("parameters       37930 (37.9K)") &&
                               Catch::Contains("forward          0.16 MMACs per image (training "
                                               "~0.97 MFLOP per image)"));
+  // And its activations in KiB (they read 0.0 MiB).
+  const auto small = nlohmann::json::parse(
+      run_deit("info --model deit3_small --depth 1 --dim 32 --heads 2 --num-classes 10 "
+               "--input-size 32 --grad-checkpointing --json")
+          .output);
+  const auto kib = [](const nlohmann::json& bytes) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.1f KiB", bytes.get<double>() / 1024);
+    return std::string(text);
+  };
+  const CliResult checkpointed = run_deit(
+      "info --model deit3_small --depth 1 --dim 32 --heads 2 --num-classes 10 --input-size 32 "
+      "--grad-checkpointing");
+  INFO(checkpointed.output);
+  CHECK_THAT(
+      checkpointed.output,
+      Catch::Contains("activations      " + kib(small["activation_bytes_per_image_bf16"]) +
+                      " per image saved for backward") &&
+          Catch::Contains(", " + kib(small["activation_bytes_per_image_f32"]) + " in fp32") &&
+          Catch::Contains("recompute        +" + kib(small["recompute_bytes_per_image_bf16"]) +
+                          " per image") &&
+          !Catch::Contains("0.0 MiB"));
   // Past 100 MFLOP (16.7 to 100 MMACs) no exponent: %.2g printed ~2e+02 MFLOP.
   const CliResult mid = run_deit(
       "info --model deit3_small --depth 4 --dim 128 --heads 2 --num-classes 10 --input-size 96");

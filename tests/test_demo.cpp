@@ -110,6 +110,26 @@ TEST_CASE("deit demo makes its dataset again only while it holds nothing else", 
   CHECK(std::filesystem::exists(fresh + "/run/notes.txt"));
 }
 
+TEST_CASE("deit demo replaces its previous run only while the run holds nothing else", "[demo]") {
+  // Weights exported beside the previous demo's checkpoint are someone's: refused before anything
+  // is made or removed. What the run and scripts/plot_log.py wrote alone is replaced.
+  deit::test::TempDir dir;
+  const std::string out = dir.file("demo");
+  std::filesystem::create_directories(out + "/run");
+  std::ofstream(out + "/run/log.txt") << "{}\n";
+  std::ofstream(out + "/run/curves.png") << "curves";
+  std::ofstream(out + "/run/model.safetensors") << "exported weights";
+  const CliResult r = run_deit("demo --epochs 1 --quiet --out " + out);
+  INFO(r.output);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains(out + "/run holds what the demo did not make (" + out +
+                                       "/run/model.safetensors)") &&
+                           Catch::Contains("not removing it"));
+  CHECK(std::filesystem::exists(out + "/run/model.safetensors"));
+  CHECK(std::filesystem::exists(out + "/run/log.txt"));
+  CHECK_FALSE(std::filesystem::exists(out + "/data"));
+}
+
 TEST_CASE("deit demo runs one at a time in its folder, and clears a killed demo's run",
           "[demo][slow]") {
   deit::test::TempDir dir;
