@@ -75,7 +75,7 @@ void add_train_command(CLI::App& app) {
   cmd->footer(TrainFlags::recipes_help() +
               "\nCtrl-C, SIGTERM, SIGUSR1 or SIGHUP (the terminal closed) stops a run after the "
               "optimizer step it is in, with a checkpoint of that step; --resume continues from "
-              "there (a second signal stops at once).");
+              "there (a second signal, SIGHUP aside, stops at once).");
   // CLI11 names the top-level app after argv[0] as it parses.
   cmd->callback([flags, cmd] {
     const train::TrainOptions options = flags->resolve();

@@ -29,6 +29,10 @@ struct sigaction g_previous_pipe;
 void on_stop_signal(int signal) {
   int none = 0;
   if (!g_signal.compare_exchange_strong(none, signal)) {
+    // A hangup is no one asking again: a terminal's end often sends it twice (bash passes the one
+    // it gets on to its jobs, and the kernel sends another to the terminal's last foreground job
+    // as bash exits), which would otherwise end the run before it saves.
+    if (signal == SIGHUP) return;
     // The second: what the signal would have done without us.
     std::signal(signal, SIG_DFL);
     std::raise(signal);

@@ -4,9 +4,10 @@
 // ssh session; nohup ignores it). While a StopSignals lives, the first such signal is recorded and
 // the trainer stops at the end of the optimizer step it is in, saves a checkpoint there and
 // returns (deit then ends as the signal would have); a second one ends the process at once, as
-// without a handler. A signal ignored when the run starts stays ignored. SIGPIPE is ignored while
-// it lives: Ctrl-C on `deit train ... | tee run.txt` ends tee too, and a write to the pipe it read
-// would otherwise end the run before it saves (the writes fail instead, unseen).
+// without a handler, unless it is SIGHUP (a terminal's end may send two). A signal ignored when the
+// run starts stays ignored. SIGPIPE is ignored while it lives: Ctrl-C on `deit train ... | tee
+// run.txt` ends tee too, and a write to the pipe it read would otherwise end the run before it
+// saves (the writes fail instead, unseen).
 //
 // Every rank must stop after the same step, whichever received the signal (a cluster signals
 // each process at its own moment): after_step() is a collective, called once per optimizer step
