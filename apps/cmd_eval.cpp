@@ -122,6 +122,15 @@ void run_eval(const EvalOptions& o) {
   const bool resized = train::fit_pos_embed(tensors, vit.config(), weights_source);
   if (resized && saved_config) saved_config->input_size = vit.config().input_size;
   model::load_parameters(vit, tensors, weights_source, saved_config ? &*saved_config : nullptr);
+  // Weights that do not name their classes (timm's) are not compared with the split's above: a
+  // label past the head's outputs would be scored against logits that are not there (and counted
+  // outside --per-class's matrix). Refused, as deit train refuses such a head.
+  const auto classes = static_cast<int64_t>(source->class_names().size());
+  if (vit.config().num_classes < classes)
+    throw std::invalid_argument(weights_source + " holds a model of " +
+                                std::to_string(vit.config().num_classes) + " classes, fewer than " +
+                                "the " + std::to_string(classes) + " classes of split '" + o.split +
+                                "' of '" + o.data + "'");
   if (resized)  // once the weights are known to be this model's
     std::fprintf(stderr,
                  "note: evaluating at %lld px weights trained at another resolution: their "

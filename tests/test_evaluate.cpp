@@ -136,3 +136,25 @@ TEST_CASE("an evaluation counts its K x K confusion matrix only when asked", "[t
   CHECK(counted.acc1 == plain.acc1);
   CHECK(counted.loss == plain.loss);
 }
+
+TEST_CASE("deit eval refuses a split with more classes than the head has outputs", "[train][cli]") {
+  // Weights that do not name their classes (timm's) cannot be compared with the split's by name:
+  // labels past the head's outputs had been scored against logits that are not there (acc5 100%
+  // with 4 outputs), and --per-class counted them outside its matrix (a corrupted heap).
+  test::TempDir dir;
+  const std::string data = write_dataset(dir);
+  const model::VisionTransformer vit = test::tiny_cli_model(kClasses - 2, 8, 5);
+  const std::string weights = dir.file("unnamed.safetensors");
+  model::save_weights(weights, vit, {});
+  const std::string refusal = "weights file '" + weights +
+                              "' holds a model of 4 classes, fewer than the 6 classes of split "
+                              "'val' of '" +
+                              data + "'";
+  for (const char* per_class : {"", " --per-class"}) {
+    const test::CliResult r =
+        run_deit("eval --weights " + weights + " --data " + data + per_class + " --json");
+    INFO(r.output);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Catch::Contains(refusal));
+  }
+}
