@@ -513,6 +513,8 @@ std::vector<uint8_t> tcp_broadcast_from_rank0(const Rendezvous& rendezvous,
   if (rendezvous.master_port == 0 || (rendezvous.rank != 0 && rendezvous.master_addr.empty()))
     throw std::invalid_argument("rendezvous: the TCP exchange needs rank 0's address and port (" +
                                 rendezvous.describe() + "); set MASTER_ADDR and MASTER_PORT");
+  if (note_every.count() <= 0)
+    throw std::invalid_argument("rendezvous: the notes of a long wait need a positive interval");
   if (payload.size() > kMaxMessageBytes)
     throw std::invalid_argument("rendezvous: a TCP payload of " + std::to_string(payload.size()) +
                                 " bytes is over the limit");
