@@ -62,7 +62,7 @@ void TrainFlags::add_to(CLI::App& cmd) {
                  "to (pretrain; see below)")
       ->check(CLI::IsMember(stages))
       ->type_name("STAGE");
-  model.add_to(cmd, "the recipe's: pretrain S 224, B/L 192, H 160", "the dataset's", "--resume");
+  model.add_to(cmd, "the recipe's: pretrain T/S/M 224, B/L 192, H 160", "the dataset's", "--resume");
   cmd.add_option("--data", data,
                  "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or DIR/train.shard, "
                  "DIR/val.shard); required unless --resume");
