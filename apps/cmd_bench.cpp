@@ -294,7 +294,9 @@ void add_bench_command(CLI::App& app) {
       "Training step speed on a synthetic batch already on the device: images/s, MFU, peak "
       "memory, time per op, and under mpirun/torchrun (or with DEIT_NCCL_ONE_RANK=1 on one GPU) "
       "the communication not hidden by backward");
-  s->model.add_to(*step, "the recipe's training resolution: 224 for T, S and M, 192 for B and L, 160 for H",
+  s->model.add_to(*step,
+                  "the recipe's training resolution: 224 for T, S and M, 192 for B and L, 160 "
+                  "for H",
                   "1000, ImageNet-1k's");
   step->add_option("--batch-size", s->batch_size, "Images per process (default 64)");
   step->add_option("--device", s->device, "cpu, cuda or cuda:N")->capture_default_str();

@@ -183,13 +183,8 @@ void agree_across_ranks(const StepBenchOptions& o, Communicator& comm) {
       {"--gemm-autotune", flag(o.gemm_autotune)},
       {"--zero", flag(o.zero)},
       {"--cuda-graph", flag(o.cuda_graph)}};
-  const std::vector<std::string> differ = train::entries_that_differ(comm, entries);
-  if (differ.empty()) return;
-  std::string list;
-  for (const std::string& name : differ) list += (list.empty() ? "" : ", ") + name;
-  throw std::invalid_argument("the " + std::to_string(comm.world_size()) +
-                              " processes of this benchmark differ in " + list +
-                              ": every process must run the same deit bench step command");
+  train::require_agreement(comm, entries, "benchmark",
+                           "every process must run the same deit bench step command");
 }
 
 }  // namespace

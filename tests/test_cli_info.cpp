@@ -31,26 +31,22 @@ TEST_CASE("deit info accepts custom sizes", "[cli]") {
   const int64_t expected = 64 + 4 * 64 + (64 * 768 + 64) + 2 * block + 2 * 64 + (64 * 10 + 10);
   CHECK(j["params"] == expected);
   // In the text, a model this small is counted in K and MMACs (it read 0.0M and 0.00 GMACs).
-  const CliResult text = run_deit(
-      "info --model deit3_small --depth 1 --dim 32 --heads 2 "
-      "--num-classes 10 --input-size 32");
+  const std::string small_model =
+      "info --model deit3_small --depth 1 --dim 32 --heads 2 --num-classes 10 --input-size 32 ";
+  const CliResult text = run_deit(small_model);
   REQUIRE(text.exit_code == 0);
   CHECK_THAT(text.output, Catch::Contains("parameters       37930 (37.9K)") &&
                               Catch::Contains("forward          0.16 MMACs per image (training "
                                               "~0.97 MFLOP per image)"));
   // And its activations in KiB (they read 0.0 MiB).
-  const auto small = nlohmann::json::parse(
-      run_deit("info --model deit3_small --depth 1 --dim 32 --heads 2 --num-classes 10 "
-               "--input-size 32 --grad-checkpointing --json")
-          .output);
+  const auto small =
+      nlohmann::json::parse(run_deit(small_model + "--grad-checkpointing --json").output);
   const auto kib = [](const nlohmann::json& bytes) {
     char text[32];
     std::snprintf(text, sizeof text, "%.1f KiB", bytes.get<double>() / 1024);
     return std::string(text);
   };
-  const CliResult checkpointed = run_deit(
-      "info --model deit3_small --depth 1 --dim 32 --heads 2 --num-classes 10 --input-size 32 "
-      "--grad-checkpointing");
+  const CliResult checkpointed = run_deit(small_model + "--grad-checkpointing");
   INFO(checkpointed.output);
   CHECK_THAT(
       checkpointed.output,

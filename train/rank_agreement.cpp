@@ -1,6 +1,7 @@
 #include "train/rank_agreement.h"
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "data/xxhash64.h"
 
@@ -35,6 +36,17 @@ std::vector<std::string> entries_that_differ(
     }
   }
   return differ;
+}
+
+void require_agreement(Communicator& comm,
+                       const std::vector<std::pair<std::string, std::string>>& entries,
+                       const std::string& job, const std::string& advice) {
+  const std::vector<std::string> differ = entries_that_differ(comm, entries);
+  if (differ.empty()) return;
+  std::string list;
+  for (const std::string& name : differ) list += (list.empty() ? "" : ", ") + name;
+  throw std::invalid_argument("the " + std::to_string(comm.world_size()) + " processes of this " +
+                              job + " differ in " + list + ": " + advice);
 }
 
 }  // namespace deit::train

@@ -17,4 +17,10 @@ namespace deit::train {
 std::vector<std::string> entries_that_differ(
     Communicator& comm, const std::vector<std::pair<std::string, std::string>>& entries);
 
+// Throws std::invalid_argument on every rank where some of `entries` differ: "the N processes of
+// this `job` differ in NAME, NAME: `advice`". Collective, as entries_that_differ.
+void require_agreement(Communicator& comm,
+                       const std::vector<std::pair<std::string, std::string>>& entries,
+                       const std::string& job, const std::string& advice);
+
 }  // namespace deit::train

@@ -235,14 +235,8 @@ void Run::agree_across_ranks(const std::string& output_refusal) {
   entries.emplace_back(
       "the val split's images (by relative path, or a shard's content)",
       std::to_string(val_source->size()) + " " + val_source->listing_fingerprint());
-  const std::vector<std::string> differ = entries_that_differ(comm, entries);
-  if (!differ.empty()) {
-    std::string list;
-    for (const std::string& name : differ) list += (list.empty() ? "" : ", ") + name;
-    throw std::invalid_argument("the " + std::to_string(world) + " processes of this run " +
-                                "differ in " + list + ": every process must run the same " +
-                                "command on a copy of the same dataset");
-  }
+  require_agreement(comm, entries, "run",
+                    "every process must run the same command on a copy of the same dataset");
 }
 
 // Settings that run but waste part of the work or mislead: said once, by rank 0.
