@@ -100,18 +100,19 @@ void check_tga_complete(const uint8_t* bytes, size_t size, const std::string& na
   const uint64_t pixel_bytes = (bytes[16] + 7u) / 8, pixels = le16(12) * le16(14);
   uint64_t at = kHeaderBytes + bytes[0] + map_bytes;
   if (bytes[2] < 8) {
-    if (at + pixels * pixel_bytes > size)
-      fail_truncated(name, "TGA", at + pixels * pixel_bytes, size);
+    const uint64_t needed = at + pixels * pixel_bytes;
+    if (needed > size) fail_truncated(name, "TGA", needed, size);
     return;
   }
-  for (uint64_t done = 0; done < pixels;) {
-    if (at >= size) fail(name, "truncated TGA (its run-length coded pixels end early)");
+  uint64_t done = 0;
+  while (done < pixels && at < size) {
     const uint8_t packet = bytes[at++];
     const uint64_t count = (packet & 0x7f) + 1u;
     at += (packet & 0x80 ? 1 : count) * pixel_bytes;
     done += count;
   }
-  if (at > size) fail(name, "truncated TGA (its run-length coded pixels end early)");
+  if (done < pixels || at > size)
+    fail(name, "truncated TGA (its run-length coded pixels end early)");
 }
 
 // stb_image decodes a GIF cut inside its first frame as if the rest were there (Pillow says
