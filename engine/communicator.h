@@ -35,8 +35,10 @@
 // exception must not wait for the others on its way out: its communicator then skips MPI_Finalize
 // (which synchronises all ranks in Open MPI) and NCCL's orderly teardown, and the process exits
 // without them. Where no launcher ends them (a peer that hangs rather than dies, srun without
-// --kill-on-bad-exit), NCCL ranks end themselves: the host waits for the device through
-// wait_for_device(), which gives up after DEIT_COMM_TIMEOUT seconds (Rendezvous::comm_timeout).
+// --kill-on-bad-exit), the ranks end themselves after DEIT_COMM_TIMEOUT seconds
+// (Rendezvous::comm_timeout): MPI's collectives are waited for against that deadline, and NCCL's
+// through wait_for_device(), which gives up after it; the rank that gives up throws (exiting
+// without the teardown above), and its exit ends the job as a death does.
 #pragma once
 #include <cstddef>
 #include <memory>

@@ -1,16 +1,24 @@
 // The MPI backend: CPU tensors, reduced with MPI_Allreduce (MPI_Reduce_scatter, MPI_Allgatherv
 // for the runs of sharded state) on a private duplicate of MPI_COMM_WORLD whose errors come back
 // as return codes (MPI_ERRORS_RETURN) and leave as exceptions.
+//
+// Each collective is started as its non-blocking form (MPI_Iallreduce, ...) and waited for with
+// MPI_Test against the rendezvous's comm_timeout: a peer that hangs (stopped, swapping, stuck on a
+// dead file system) never ends the job through the launcher as a dead one does, and a blocking
+// call would wait for it for ever. Past the deadline this rank throws, skipping MPI's teardown
+// (mpi_record_failure), and its non-zero exit makes mpirun end the job, the hung rank too.
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_MPI
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/elementwise.h"
@@ -104,7 +112,8 @@ void divide_by(int ranks, const Tensor& flat) {
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(Device device, const Rendezvous& rendezvous)
-      : Communicator(device, rendezvous.rank, rendezvous.world_size, rendezvous.local_rank) {
+      : Communicator(device, rendezvous.rank, rendezvous.world_size, rendezvous.local_rank),
+        timeout_(rendezvous.comm_timeout) {
     if (!device.is_cpu())
       throw std::invalid_argument("the MPI communicator moves CPU tensors, not " + device.str());
     mpi_init(rendezvous);
@@ -128,12 +137,18 @@ class MpiCommunicator final : public Communicator {
 
   const char* backend() const override { return "mpi"; }
 
-  void barrier() override { DEIT_MPI_CHECK(MPI_Barrier(comm_)); }
+  void barrier() override {
+    MPI_Request request;
+    DEIT_MPI_CHECK(MPI_Ibarrier(comm_, &request));
+    wait_for(request, "MPI_Ibarrier");
+  }
 
  protected:
   void all_reduce_flat(const Tensor& flat, ReduceOp op) override {
-    DEIT_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, flat.raw_data(), mpi_count(flat),
-                                 mpi_type(flat.dtype()), MPI_SUM, comm_));
+    MPI_Request request;
+    DEIT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, flat.raw_data(), mpi_count(flat),
+                                  mpi_type(flat.dtype()), MPI_SUM, comm_, &request));
+    wait_for(request, "MPI_Iallreduce");
     if (op == ReduceOp::mean) divide_by(world_size(), flat);
   }
 
@@ -145,8 +160,10 @@ class MpiCommunicator final : public Communicator {
     const Runs runs = mpi_runs(counts);
     const int mine = runs.counts[rank()];
     const Tensor result = Tensor::empty({mine}, flat.dtype(), device());
-    DEIT_MPI_CHECK(MPI_Reduce_scatter(flat.raw_data(), result.raw_data(), runs.counts.data(),
-                                      mpi_type(flat.dtype()), MPI_SUM, comm_));
+    MPI_Request request;
+    DEIT_MPI_CHECK(MPI_Ireduce_scatter(flat.raw_data(), result.raw_data(), runs.counts.data(),
+                                       mpi_type(flat.dtype()), MPI_SUM, comm_, &request));
+    wait_for(request, "MPI_Ireduce_scatter");
     if (op == ReduceOp::mean) divide_by(world_size(), result);
     flat.slice(runs.offsets[rank()], runs.offsets[rank()] + mine).copy_from(result);
   }
@@ -154,17 +171,44 @@ class MpiCommunicator final : public Communicator {
   void all_gather_flat(const Tensor& flat, const std::vector<int64_t>& counts) override {
     mpi_count(flat);
     const Runs runs = mpi_runs(counts);
-    DEIT_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, flat.raw_data(),
-                                  runs.counts.data(), runs.offsets.data(), mpi_type(flat.dtype()),
-                                  comm_));
+    MPI_Request request;
+    DEIT_MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, flat.raw_data(),
+                                   runs.counts.data(), runs.offsets.data(), mpi_type(flat.dtype()),
+                                   comm_, &request));
+    wait_for(request, "MPI_Iallgatherv");
   }
 
   void broadcast_flat(const Tensor& flat, int root) override {
-    DEIT_MPI_CHECK(
-        MPI_Bcast(flat.raw_data(), mpi_count(flat), mpi_type(flat.dtype()), root, comm_));
+    MPI_Request request;
+    DEIT_MPI_CHECK(MPI_Ibcast(flat.raw_data(), mpi_count(flat), mpi_type(flat.dtype()), root, comm_,
+                              &request));
+    wait_for(request, "MPI_Ibcast");
   }
 
  private:
+  // Polls `request` until it completes, or throws once timeout_ has passed. It spins as a
+  // blocking MPI call does (Open MPI moves a message along only inside its calls, so a sleep
+  // between polls would slow a large all-reduce), yielding the core after the first millisecond
+  // to whatever else is runnable: ranks may share cores with each other and the data loader.
+  void wait_for(MPI_Request& request, const char* call) {
+    using Clock = std::chrono::steady_clock;
+    const Clock::time_point start = Clock::now();
+    for (int flag = 0;;) {
+      DEIT_MPI_CHECK(MPI_Test(&request, &flag, MPI_STATUS_IGNORE));
+      if (flag) return;
+      const Clock::duration waited = Clock::now() - start;
+      if (waited > timeout_) {
+        mpi_record_failure();
+        throw std::runtime_error(
+            "rank " + std::to_string(rank()) + " of " + std::to_string(world_size()) + ": " + call +
+            " did not finish within " + std::to_string(timeout_.count()) +
+            " s; a peer may have hung or died (DEIT_COMM_TIMEOUT sets the wait)");
+      }
+      if (waited > std::chrono::milliseconds(1)) std::this_thread::yield();
+    }
+  }
+
+  std::chrono::seconds timeout_;
   MPI_Comm comm_ = MPI_COMM_NULL;
 };
 

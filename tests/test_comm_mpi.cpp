@@ -3,11 +3,14 @@
 // Rng(seed, rank), so every rank can compute what the reduction of all ranks' inputs must be and
 // check it on its own.
 //
-// The hidden [mpi][.mpi_rank_exits] and [mpi][.mpi_rank_throws] cases make rank 1 fail on purpose;
-// their CTest entries pass when the job then ends with an error rather than hanging. By hand:
+// The hidden [mpi][.mpi_rank_exits], [mpi][.mpi_rank_throws] and [mpi][.mpi_rank_hangs] cases make
+// rank 1 fail on purpose; their CTest entries pass when the job then ends with an error rather than
+// hanging. By hand:
 //   mpirun -np 2 build/tests/deit_tests "[mpi]~[.]"   (without ~[.] the hidden cases run too)
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -252,6 +255,18 @@ TEST_CASE("mpi: a rank that leaves by an exception ends the job", "[mpi][.mpi_ra
   // by and leaves MPI unfinalised, so the exit does not wait for rank 0, which sits in the
   // all-reduce below until mpirun ends it.
   if (comm->rank() == 1) throw std::runtime_error("rank 1 fails on purpose");
+  comm->all_reduce_sum(Tensor::full({4}, 1.0));
+  FAIL("the all-reduce returned without rank 1");
+}
+
+TEST_CASE("mpi: a rank that hangs ends the job after the wait for it", "[mpi][.mpi_rank_hangs]") {
+  Rendezvous rendezvous = detect_rendezvous();
+  rendezvous.comm_timeout = std::chrono::seconds(2);
+  auto comm = make_communicator(Device::cpu(), rendezvous);
+  comm->barrier();
+  // Stopped, rank 1 neither dies nor answers: nothing tells mpirun to end the job until rank 0
+  // gives up on its all-reduce and exits by the exception, which Catch reports.
+  if (comm->rank() == 1) std::raise(SIGSTOP);
   comm->all_reduce_sum(Tensor::full({4}, 1.0));
   FAIL("the all-reduce returned without rank 1");
 }
