@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <exception>
 #include <new>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,16 +15,26 @@
 #include "apps/commands.h"
 #include "apps/reference_flags.h"
 #include "engine/allocator.h"
+#include "engine/openmp_environment.h"
 #include "engine/rendezvous.h"
 
-// OpenMP threads that spin while they wait for work steal the cores from the data-loading threads
-// (and from everything else on a shared machine): measured 20x slower training steps on a busy
-// 2-core machine. GNU OpenMP reads OMP_WAIT_POLICY once, as the library loads, before main runs,
-// so unless the user chose a policy, deit restarts itself with the passive one.
-static void prefer_passive_openmp_waiting(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY")) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  execv("/proc/self/exe", argv);  // returns only on failure: then run with the default policy
+// GNU OpenMP reads its settings once, as the library loads, before main runs; so unless the user
+// chose them, deit sets them and restarts itself. OMP_WAIT_POLICY: OpenMP threads that spin while
+// they wait for work steal the cores from the data-loading threads (and from everything else on a
+// shared machine): measured 20x slower training steps on a busy 2-core machine; the passive policy
+// sleeps. OMP_NUM_THREADS: the process's share of the cores, where a launcher started several on
+// one machine without binding them (engine/openmp_environment.h).
+static void choose_openmp_settings(char** argv) {
+  bool changed = false;
+  if (!std::getenv("OMP_WAIT_POLICY")) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    changed = true;
+  }
+  if (const std::optional<int> threads = deit::openmp_threads_for_this_process()) {
+    setenv("OMP_NUM_THREADS", std::to_string(*threads).c_str(), 1);
+    changed = true;
+  }
+  if (changed) execv("/proc/self/exe", argv);  // returns only on failure: run with the defaults
 }
 
 // CLI11 answers a misspelt command ("deit trian", "deit bench stpe"), or an option where a command
@@ -91,7 +102,7 @@ static std::string error_prefix() {
 }
 
 int main(int argc, char** argv) {
-  prefer_passive_openmp_waiting(argv);
+  choose_openmp_settings(argv);
   CLI::App app{"deit: train Vision Transformers with the DeiT III recipe (C++/CUDA)."};
   app.set_version_flag("--version", "deit 0.1.0");
   app.require_subcommand(1);

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "engine/communicator.h"
+#include "engine/openmp_environment.h"
 #include "engine/rendezvous.h"
 #include "tests/captured_stderr.h"
 #include "tests/test_data_helpers.h"
@@ -25,6 +26,21 @@ TEST_CASE("no launcher variables: a single process", "[rendezvous]") {
   CHECK(r.world_size == 1);
   CHECK(r.local_rank == 0);
   CHECK(r.describe() == "single process");
+}
+
+TEST_CASE("processes a launcher leaves unbound on one machine share its cores", "[rendezvous]") {
+  const Environment two_by_mpirun = {{"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}};
+  CHECK(openmp_threads_per_process(two_by_mpirun, 16, 16) == 8);
+  CHECK(openmp_threads_per_process({{"LOCAL_WORLD_SIZE", "4"}}, 16, 16) == 4);
+  CHECK(openmp_threads_per_process({{"LOCAL_WORLD_SIZE", "3"}}, 2, 2) == 1);  // at least one
+  // OpenMP's default is right: the user chose, the launcher bound each process, or it is alone.
+  Environment chosen = two_by_mpirun;
+  chosen["OMP_NUM_THREADS"] = "16";
+  CHECK_FALSE(openmp_threads_per_process(chosen, 16, 16));
+  CHECK_FALSE(openmp_threads_per_process(two_by_mpirun, 1, 16));
+  CHECK_FALSE(openmp_threads_per_process({{"OMPI_COMM_WORLD_LOCAL_SIZE", "1"}}, 16, 16));
+  CHECK_FALSE(openmp_threads_per_process({}, 16, 16));
+  CHECK_FALSE(openmp_threads_per_process({{"LOCAL_WORLD_SIZE", "many"}}, 16, 16));
 }
 
 TEST_CASE("DEIT_COMM_TIMEOUT sets how long a rank waits for lost peers", "[rendezvous]") {
