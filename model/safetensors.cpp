@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -111,10 +112,28 @@ void check_regular_file(const std::string& path) {
 
 struct Entry {
   std::string name;
-  DType dtype;
+  DType dtype;  // the tensor's
   Shape shape;
   uint64_t begin, end;  // byte range within the data part
+  bool ieee_half = false;  // F16 in the file, widened to the f32 tensor as it is read
 };
+
+// IEEE 754 binary16 to float, exactly: every half is a float. PyTorch writes F16 for a model saved
+// after .half(); deit has no such dtype, so the weights arrive as f32 (they train in fp32 anyway).
+float float_from_ieee_half(uint16_t half) {
+  const uint32_t sign = static_cast<uint32_t>(half & 0x8000) << 16;
+  const uint32_t exponent = (half >> 10) & 0x1f;
+  const uint32_t mantissa = half & 0x3ff;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+    return sign ? -magnitude : magnitude;
+  }
+  const uint32_t bits = exponent == 0x1f ? sign | 0x7f800000u | (mantissa << 13)  // inf, NaN
+                                         : sign | ((exponent + 112) << 23) | (mantissa << 13);
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
 
 class HeaderParser {
  public:
@@ -176,9 +195,12 @@ class HeaderParser {
     e.name = name;
     const auto& dtype = value["dtype"];
     if (!dtype.is_string()) fail(where + " has a dtype that is not a string");
-    if (!parse_safetensors_dtype(dtype.get<std::string>(), e.dtype))
+    e.ieee_half = dtype.get<std::string>() == "F16";
+    if (e.ieee_half)
+      e.dtype = DType::f32;
+    else if (!parse_safetensors_dtype(dtype.get<std::string>(), e.dtype))
       fail(where + " has dtype '" + dtype.get<std::string>() +
-           "', which deit does not read (it reads F32, F64, BF16, I32, U8)");
+           "', which deit does not read (it reads F32, F64, F16, BF16, I32, U8)");
 
     const auto& shape = value["shape"];
     if (!shape.is_array()) fail(where + " has a shape that is not an array");
@@ -200,7 +222,8 @@ class HeaderParser {
     e.end = offsets[1].get<uint64_t>();
     if (e.end < e.begin) fail(where + " ends before it begins: " + offsets.dump());
     uint64_t bytes = 0;
-    if (__builtin_mul_overflow(numel, dtype_size(e.dtype), &bytes) || bytes != e.end - e.begin)
+    const uint64_t element_bytes = e.ieee_half ? 2 : dtype_size(e.dtype);
+    if (__builtin_mul_overflow(numel, element_bytes, &bytes) || bytes != e.end - e.begin)
       fail(where + " is " + dtype.get<std::string>() + " " + shape_str(e.shape) + " (" +
            std::to_string(numel) + " elements) but its data_offsets " + offsets.dump() + " span " +
            std::to_string(e.end - e.begin) + " bytes");
@@ -369,15 +392,22 @@ SafetensorsContents read_safetensors(const std::string& path,
   const uint64_t data_start = 8 + header_bytes;
   for (Entry& e : entries) {
     if (select && !select(e.name)) continue;
+    // The file's bytes: the tensor's own, or the halves it is widened from.
     Tensor t = Tensor::empty(e.shape, e.dtype);
+    const Tensor stored = e.ieee_half ? Tensor::empty({t.numel(), 2}, DType::u8) : t;
     if (::fseeko(file.get(), static_cast<off_t>(data_start + e.begin), SEEK_SET) != 0)
       parser.fail("seeking to tensor '" + e.name + "' failed: " + errno_text());
-    read_exactly(t.raw_data(), e.end - e.begin, "tensor '" + e.name + "'");
+    read_exactly(stored.raw_data(), e.end - e.begin, "tensor '" + e.name + "'");
     const auto checksum = checksums.find(e.name);
-    if (checksum != checksums.end() && *checksum != crc32_hex(t))
+    if (checksum != checksums.end() && *checksum != crc32_hex(stored))
       throw std::runtime_error("'" + path + "' is damaged: the bytes of tensor '" + e.name +
-                               "' are not those written (CRC-32 " + crc32_hex(t) + ", written " +
-                               checksum->dump() + ")" + kChangedAfterWriting);
+                               "' are not those written (CRC-32 " + crc32_hex(stored) +
+                               ", written " + checksum->dump() + ")" + kChangedAfterWriting);
+    if (e.ieee_half) {
+      const auto* halves = static_cast<const uint16_t*>(stored.raw_data());
+      float* values = t.data<float>();
+      for (int64_t i = 0; i < t.numel(); ++i) values[i] = float_from_ieee_half(halves[i]);
+    }
     out.tensors.emplace_back(std::move(e.name), std::move(t));
   }
   return out;

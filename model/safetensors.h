@@ -8,7 +8,8 @@
 //              and the tensors tile it exactly (no gaps, no overlaps), as the reference
 //              implementation requires
 //
-// Supported dtypes are those a deit Tensor has: F32, F64, BF16, I32, U8. Reading validates the
+// Supported dtypes are those a deit Tensor has: F32, F64, BF16, I32, U8; reading also takes F16 (a
+// model saved after PyTorch's .half()), widened to F32 exactly. Reading validates the
 // whole header before it reads any data and throws std::runtime_error naming the file and the
 // problem; writing goes to a temporary file beside the target and is renamed over it only once
 // complete, so a failed write never leaves a partial file or destroys the previous one. deit also

@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdio>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -200,6 +201,35 @@ TEST_CASE("safetensors reads files from other writers: unpadded header, no metad
   CHECK(contents.tensors[1].second.to_vector<int32_t>() == std::vector<int32_t>{9, 8, 7});
 }
 
+TEST_CASE("safetensors reads F16 tensors (PyTorch's .half()) as exact F32", "[io]") {
+  TempDir dir;
+  const std::string path = dir.file("half.safetensors");
+  const std::vector<uint16_t> halves = {0x3c00, 0xc000, 0x7bff, 0x3555, 0x0001,
+                                        0x03ff, 0x8000, 0x7c00, 0xfc00, 0x7e00};
+  std::vector<uint8_t> bytes =
+      file_bytes(R"({"w":{"dtype":"F16","shape":[2,5],"data_offsets":[0,20]}})", 0);
+  const auto* p = reinterpret_cast<const uint8_t*>(halves.data());
+  bytes.insert(bytes.end(), p, p + 2 * halves.size());
+  deit::test::write_bytes(path, bytes);
+
+  const auto contents = read_safetensors(path);
+  REQUIRE(contents.tensors.size() == 1);
+  const Tensor& w = contents.tensors[0].second;
+  CHECK(w.dtype() == deit::DType::f32);
+  CHECK(w.shape() == deit::Shape{2, 5});
+  const std::vector<float> v = w.to_vector<float>();
+  CHECK(v[0] == 1.0f);
+  CHECK(v[1] == -2.0f);
+  CHECK(v[2] == 65504.0f);                      // the largest half
+  CHECK(v[3] == 0.333251953125f);               // 1365 / 4096
+  CHECK(v[4] == std::ldexp(1.0f, -24));         // the smallest subnormal
+  CHECK(v[5] == std::ldexp(1023.0f, -24));      // the largest subnormal
+  CHECK((v[6] == 0.0f && std::signbit(v[6])));  // -0
+  CHECK(v[7] == std::numeric_limits<float>::infinity());
+  CHECK(v[8] == -std::numeric_limits<float>::infinity());
+  CHECK(std::isnan(v[9]));
+}
+
 TEST_CASE("safetensors reads only the selected tensors", "[io]") {
   TempDir dir;
   const std::string path = dir.file("select.safetensors");
@@ -233,8 +263,11 @@ TEST_CASE("safetensors rejects damaged files, naming the file and the problem", 
       {"header not an object", file_bytes("[1, 2]", 0), "not a JSON object"},
       {"entry not an object", file_bytes(R"({"a": 3})", 0), "tensor 'a' is not described"},
       {"unsupported dtype",
-       file_bytes(R"({"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}})", 2),
-       "tensor 'a' has dtype 'F16', which deit does not read"},
+       file_bytes(R"({"a":{"dtype":"F8_E4M3","shape":[1],"data_offsets":[0,1]}})", 1),
+       "tensor 'a' has dtype 'F8_E4M3', which deit does not read"},
+      {"F16 counted as 4 bytes",
+       file_bytes(R"({"a":{"dtype":"F16","shape":[1],"data_offsets":[0,4]}})", 4),
+       "is F16 (1) (1 elements) but its data_offsets [0,4] span 4 bytes"},
       {"unknown dtype", file_bytes(R"({"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}})", 1),
        "dtype 'Q4'"},
       {"missing data_offsets", file_bytes(R"({"a":{"dtype":"F32","shape":[1]}})", 4),
