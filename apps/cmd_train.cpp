@@ -43,7 +43,8 @@ void print_summary(const train::TrainSummary& s) {
               s.train_images_per_second);
   std::printf("final     top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%lld val images)\n", s.last.acc1,
               s.last.acc5, s.last.loss, (long long)s.last.images);
-  std::printf("best      top-1 %.2f%% after epoch %lld\n", s.best_acc1, (long long)s.best_epoch + 1);
+  std::printf("best      top-1 %.2f%% after epoch %lld\n", s.best_acc1,
+              (long long)s.best_epoch + 1);
   if (s.skipped_images > 0)
     std::printf("skipped   %lld unusable image file%s (see the warnings above)\n",
                 (long long)s.skipped_images, s.skipped_images == 1 ? "" : "s");

@@ -62,7 +62,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
                  "to (pretrain; see below)")
       ->check(CLI::IsMember(stages))
       ->type_name("STAGE");
-  model.add_to(cmd, "the recipe's: pretrain T/S/M 224, B/L 192, H 160", "the dataset's", "--resume");
+  model.add_to(cmd, "the recipe's: pretrain T/S/M 224, B/L 192, H 160", "the dataset's",
+               "--resume");
   cmd.add_option("--data", data,
                  "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or DIR/train.shard, "
                  "DIR/val.shard); required unless --resume");
@@ -119,7 +120,8 @@ void TrainFlags::add_to(CLI::App& cmd) {
              "Repeated augmentation, 3 repeats (pretrain's choice)");
   cmd.add_option("--mixup", mixup, "Mixup alpha, 0 = off (0.8, but 0 for the in21k recipes)");
   cmd.add_option("--cutmix", cutmix, "CutMix alpha, 0 = off (1.0)");
-  cmd.add_option("--mixup-switch-prob", mixup_switch_prob, "Probability of CutMix over mixup (0.5)");
+  cmd.add_option("--mixup-switch-prob", mixup_switch_prob,
+                 "Probability of CutMix over mixup (0.5)");
   cmd.add_option("--mixup-prob", mixup_prob, "Probability that a batch is mixed at all (1.0)");
   cmd.add_option("--smoothing", smoothing,
                  "Label smoothing (0, but 0.1 where the recipe's loss is cross-entropy and "

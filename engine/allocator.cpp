@@ -69,7 +69,8 @@ void* CachingAllocator::allocate(size_t bytes) {
   in_use_[ptr] = block;
   if (capturing_pool_) pool_of_[ptr] = capturing_pool_;
   stats_.bytes_in_use += block;
-  if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
+  if (stats_.bytes_in_use > stats_.peak_bytes_in_use)
+    stats_.peak_bytes_in_use = stats_.bytes_in_use;
   return ptr;
 }
 
@@ -256,8 +257,8 @@ CachingAllocator& cuda_allocator(int device) {
   int count = 0;
   DEIT_CUDA_CHECK(cudaGetDeviceCount(&count));
   if (device < 0 || device >= count)
-    throw std::invalid_argument("no CUDA device cuda:" + std::to_string(device) + " (this machine has " +
-                                std::to_string(count) + ")");
+    throw std::invalid_argument("no CUDA device cuda:" + std::to_string(device) +
+                                " (this machine has " + std::to_string(count) + ")");
   if (allocators->size() < static_cast<size_t>(count)) allocators->resize(count);
   auto& slot = (*allocators)[device];
   if (!slot) slot = std::make_unique<DeviceAllocator>(device);

@@ -321,7 +321,8 @@ size_t tape_saved_bytes() {
   size_t bytes = 0;
   for (const auto& node : t_tape)
     for (const Tensor& t : node->saved)
-      if (t.defined() && seen.insert(t.impl().storage.get()).second) bytes += t.impl().storage->bytes;
+      if (t.defined() && seen.insert(t.impl().storage.get()).second)
+        bytes += t.impl().storage->bytes;
   return bytes;
 }
 

@@ -1,5 +1,6 @@
 // Element types. f32 is the CPU reference and the master-weight type; bf16 the CUDA activation
-// type; f64 exists for the CPU finite-difference gradient checks; u8 images; i32 labels and indices.
+// type; f64 exists for the CPU finite-difference gradient checks; u8 images; i32 labels and
+// indices.
 #pragma once
 #include <cstddef>
 #include <cstdint>

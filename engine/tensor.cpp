@@ -221,7 +221,8 @@ Tensor Tensor::to(DType target) const {
   } else if (dtype() == DType::bf16 && target == DType::f32) {
     kernels::cast_bf16_to_f32_cpu(data<kernels::bf16_bits>(), out.data<float>(), n);
   } else if (target == DType::f32) {
-    for (int64_t i = 0; i < n; ++i) out.data<float>()[i] = static_cast<float>(host_element_as_double(*this, i));
+    for (int64_t i = 0; i < n; ++i)
+      out.data<float>()[i] = static_cast<float>(host_element_as_double(*this, i));
   } else if (target == DType::f64) {
     for (int64_t i = 0; i < n; ++i) out.data<double>()[i] = host_element_as_double(*this, i);
   } else if (target == DType::bf16) {
@@ -237,7 +238,8 @@ template <typename T>
 std::vector<T> Tensor::to_vector() const {
   const Tensor host = to(Device::cpu());
   std::vector<T> values(host.numel());
-  for (int64_t i = 0; i < host.numel(); ++i) values[i] = static_cast<T>(host_element_as_double(host, i));
+  for (int64_t i = 0; i < host.numel(); ++i)
+    values[i] = static_cast<T>(host_element_as_double(host, i));
   return values;
 }
 template std::vector<float> Tensor::to_vector() const;

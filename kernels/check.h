@@ -25,10 +25,11 @@ namespace deit::detail {
 // After a kernel launch: reports bad launch configurations at the launch site.
 #define DEIT_CUDA_CHECK_LAUNCH() DEIT_CUDA_CHECK(cudaGetLastError())
 
-#define DEIT_CUBLAS_CHECK(call)                                                                  \
-  do {                                                                                           \
-    cublasStatus_t deit_st_ = (call);                                                            \
-    if (deit_st_ != CUBLAS_STATUS_SUCCESS)                                                       \
-      ::deit::detail::throw_call_error(cublasLtGetStatusString(deit_st_), #call, __FILE__, __LINE__); \
+#define DEIT_CUBLAS_CHECK(call)                                                            \
+  do {                                                                                     \
+    cublasStatus_t deit_st_ = (call);                                                      \
+    if (deit_st_ != CUBLAS_STATUS_SUCCESS)                                                 \
+      ::deit::detail::throw_call_error(cublasLtGetStatusString(deit_st_), #call, __FILE__, \
+                                       __LINE__);                                          \
   } while (0)
 #endif

@@ -1,5 +1,5 @@
-// LayerNorm over the last dimension: y = (x - mean) * rstd * weight + bias, rstd = 1/sqrt(var + eps)
-// with the biased variance, as torch.nn.LayerNorm. DeiT III uses eps = 1e-6.
+// LayerNorm over the last dimension: y = (x - mean) * rstd * weight + bias, where
+// rstd = 1/sqrt(var + eps) of the biased variance, as torch.nn.LayerNorm. DeiT III uses eps = 1e-6.
 #pragma once
 #include <cstdint>
 

@@ -1,5 +1,5 @@
-// Linear layer y = x W^T + b, the GEMM behind qkv, proj, fc1, fc2, the patch embedding and the head.
-// Weights use PyTorch's (out, in) layout so they map one-to-one onto timm's tensors.
+// Linear layer y = x W^T + b, the GEMM behind qkv, proj, fc1, fc2, the patch embedding and the
+// head. Weights use PyTorch's (out, in) layout so they map one-to-one onto timm's tensors.
 #pragma once
 #include <cstdint>
 

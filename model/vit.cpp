@@ -126,7 +126,8 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
   // timm's conv weight (C, 3, P, P), flattened, is in the (cin, ky, kx) order patch_unfold gives
   // each patch's pixels: the conv is this one GEMM, with the weight as timm stores it.
   Tensor patch_weight = ops::reshape(p("patch_embed.proj.weight"), {C, -1});
-  Tensor x = ops::linear(ops::patch_unfold(images, c.patch), patch_weight, p("patch_embed.proj.bias"));
+  Tensor x =
+      ops::linear(ops::patch_unfold(images, c.patch), patch_weight, p("patch_embed.proj.bias"));
   x = ops::pos_embed_cls(x, p("pos_embed"), p("cls_token"));
 
   // Pre-norm blocks. Each residual update is fused with the LayerNorm that reads its result

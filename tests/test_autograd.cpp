@@ -199,7 +199,8 @@ TEST_CASE("the grad-ready hook reports each leaf once, when its gradient is fina
   Tensor reported[] = {shift, w2, w1, b1};
   for (Tensor& t : reported) t.set_grad(Tensor());
   h = ops::gelu(ops::linear(ops::linear(x, w1, b1), w1, Tensor()));
-  backward(ops::bce_with_logits(ops::add(ops::linear(h, w2, Tensor()), shift), Tensor::zeros({3, 2})));
+  backward(
+      ops::bce_with_logits(ops::add(ops::linear(h, w2, Tensor()), shift), Tensor::zeros({3, 2})));
   for (size_t i = 0; i < order.size(); ++i) {
     INFO(order[i]);
     CHECK(at_report[i] == reported[i].grad().to_vector<float>());

@@ -39,8 +39,9 @@ TEST_CASE("deit pack turns an image folder into a shard with the same images", "
   CHECK(test::read_bytes(left) == std::vector<uint8_t>{1, 2, 3});
   const auto source = data::open_image_source(shard);
   CHECK(source->size() == 15);
-  CHECK(source->class_names() == std::vector<std::string>(data::synthetic_class_names().begin(),
-                                                          data::synthetic_class_names().begin() + 3));
+  CHECK(source->class_names() ==
+        std::vector<std::string>(data::synthetic_class_names().begin(),
+                                 data::synthetic_class_names().begin() + 3));
   const data::ImageU8 image = source->load(0);
   CHECK(std::min(image.height, image.width) == 16);
 

@@ -1,6 +1,7 @@
 // The communicator without other processes: how lists of tensors are cut into buckets, the
 // single-process backend (every collective, gradient buckets included, leaves values as they are,
-// but misuse is still refused), and the choice of backend. The MPI backend runs under mpirun: tests/test_comm_mpi.cpp.
+// but misuse is still refused), and the choice of backend. The MPI backend runs under mpirun:
+// tests/test_comm_mpi.cpp.
 #include <catch2/catch.hpp>
 
 #include "engine/communicator.h"

@@ -212,7 +212,8 @@ TEST_CASE("mpi: 2 ranks with batch b train like 1 process with batch 2b, with Ze
     CHECK(max_relative_error(model_of(dir.file("init/checkpoint.safetensors")), reference) > 1e-3);
 
     // ZeRO-1 makes the replicated update bit for bit, and gathers the same optimizer state.
-    const model::Checkpoint zero_ck = model::read_checkpoint(dir.file("zero/checkpoint.safetensors"));
+    const model::Checkpoint zero_ck =
+        model::read_checkpoint(dir.file("zero/checkpoint.safetensors"));
     const model::Checkpoint two_ck = model::read_checkpoint(dir.file("two/checkpoint.safetensors"));
     CHECK(read_tensors(zero_ck.model) == read_tensors(two_ck.model));
     CHECK(read_tensors(zero_ck.extra) == read_tensors(two_ck.extra));

@@ -211,8 +211,8 @@ TEST_CASE("deit eval reports what training logged, from a checkpoint or exported
   const auto logged = nlohmann::json::parse(line);
 
   const std::string model = "--model deit3_tiny --patch 4 --dim 16 --depth 2 --heads 2 ";
-  CliResult r = run_deit("eval " + model + "--checkpoint " + out + "/checkpoint.safetensors --data " +
-                         data + " --json");
+  CliResult r = run_deit("eval " + model + "--checkpoint " + out +
+                         "/checkpoint.safetensors --data " + data + " --json");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   auto j = nlohmann::json::parse(r.output);

@@ -161,7 +161,8 @@ TEST_CASE("a CUDA run resumed from its checkpoint continues where it stopped",
           "[gpu][train][resume]") {
   test::TempDir dir;
   const std::string data = make_dataset(dir);
-  const train::TrainSummary straight = train::train(tiny_run(data, dir.file("straight"), "cuda", 2));
+  const train::TrainSummary straight =
+      train::train(tiny_run(data, dir.file("straight"), "cuda", 2));
 
   // Epoch 0 runs at the warm-up's first learning rate whatever the number of epochs, so a one-epoch
   // run saves what the first epoch of the two-epoch run saves; the resumed run does the second.

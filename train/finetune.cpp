@@ -50,7 +50,8 @@ Tensor resize_pos_embed(const Tensor& pos, int64_t old_grid, int64_t new_grid) {
   const int64_t C = pos.size(-1);
   if (pos.shape() != Shape{1, old_grid * old_grid, C})
     throw std::invalid_argument("pos_embed " + pos.describe() + " is not a " +
-                                std::to_string(old_grid) + "x" + std::to_string(old_grid) + " grid");
+                                std::to_string(old_grid) + "x" + std::to_string(old_grid) +
+                                " grid");
   const std::vector<float> src = pos.to(DType::f32).to_vector<float>();  // (old, old, C)
   const std::vector<Taps> taps = bicubic_taps(old_grid, new_grid);
   std::vector<float> out(static_cast<size_t>(new_grid * new_grid * C));  // (new, new, C)

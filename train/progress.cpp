@@ -78,9 +78,9 @@ void Progress::draw(int64_t done, int64_t images, double loss, bool final_line) 
   const double rate = elapsed > 0 ? images / elapsed : 0;
   const double eta = done > first_ ? elapsed * (total_ - done) / (done - first_) : 0;
   char stats[160];
-  std::snprintf(stats, sizeof stats, "%lld/%lld  %.0f img/s  loss %.4f  %s %s",
-                (long long)done, (long long)total_, rate, loss,
-                done < total_ ? "eta" : "took", format_duration(done < total_ ? eta : elapsed).c_str());
+  std::snprintf(stats, sizeof stats, "%lld/%lld  %.0f img/s  loss %.4f  %s %s", (long long)done,
+                (long long)total_, rate, loss, done < total_ ? "eta" : "took",
+                format_duration(done < total_ ? eta : elapsed).c_str());
   if (final_line) {
     last_line_done_ = done;
     std::fprintf(stderr, "%s  %s\n", label_.c_str(), stats);

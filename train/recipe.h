@@ -38,7 +38,7 @@ struct TrainOptions {
 
   int64_t epochs = 800;
   int64_t batch_size = 256;  // per process and per optimizer micro-step
-  int64_t accum_steps = 1;   // micro-batches per optimizer step: global batch = batch * accum * ranks
+  int64_t accum_steps = 1;  // micro-batches per optimizer step: global = batch * accum * ranks
   std::string opt = "lamb";
   double lr = 4e-3;
   double min_lr = 1e-5;

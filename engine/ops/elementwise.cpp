@@ -9,7 +9,8 @@ namespace deit::ops {
 using detail::check;
 
 Tensor add(const Tensor& a, const Tensor& b) {
-  check(a.shape() == b.shape(), "add", "shapes " + shape_str(a.shape()) + " and " + shape_str(b.shape()));
+  check(a.shape() == b.shape(), "add",
+        "shapes " + shape_str(a.shape()) + " and " + shape_str(b.shape()));
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
   detail::dispatch("add", {&a, &b},
       [&](auto zero) {
@@ -28,7 +29,9 @@ Tensor add(const Tensor& a, const Tensor& b) {
                             a.numel(), cuda.stream);
       }));
   if (needs_recording({&a, &b}))
-    record("add", out, {&a, &b}, {}, [](Node&, const Tensor& g) { return std::vector<Tensor>{g, g}; });
+    record("add", out, {&a, &b}, {}, [](Node&, const Tensor& g) {
+      return std::vector<Tensor>{g, g};
+    });
   return out;
 }
 

@@ -13,8 +13,9 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
   check(x.dim() >= 1 && x.size(-1) > 0, "layernorm",
         "input " + x.describe() + " has no features to normalise");
   const int64_t C = x.size(-1), rows = x.numel() / C;
-  check(weight.shape() == Shape{C} && bias.shape() == Shape{C}, "layernorm",
-        "weight " + weight.describe() + " / bias " + bias.describe() + " for input " + x.describe());
+  check(
+      weight.shape() == Shape{C} && bias.shape() == Shape{C}, "layernorm",
+      "weight " + weight.describe() + " / bias " + bias.describe() + " for input " + x.describe());
   // On CUDA x is the fp32 residual stream and y feeds the bf16 branch.
   Tensor y = Tensor::empty(x.shape(), detail::bf16_on_cuda(x), x.device());
   Tensor mean = Tensor::empty({rows}, detail::fp32_on_cuda(x), x.device());

@@ -307,10 +307,12 @@ ResidualAndNorm linear_layerscale_residual_layernorm(const Tensor& x, const Tens
 }
 
 Tensor drop_path_keep_scales(int64_t B, double rate, Rng& rng, DType dtype) {
-  check(rate >= 0.0 && rate < 1.0, "drop_path", "rate must be in [0, 1), got " + std::to_string(rate));
+  check(rate >= 0.0 && rate < 1.0, "drop_path",
+        "rate must be in [0, 1), got " + std::to_string(rate));
   Tensor scales = Tensor::empty({B}, DType::f64);
   double* s = scales.data<double>();
-  for (int64_t b = 0; b < B; ++b) s[b] = rate == 0.0 ? 1.0 : (rng.bernoulli(1.0 - rate) ? 1.0 / (1.0 - rate) : 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    s[b] = rate == 0.0 ? 1.0 : (rng.bernoulli(1.0 - rate) ? 1.0 / (1.0 - rate) : 0.0);
   return scales.to(dtype);
 }
 
