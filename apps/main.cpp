@@ -15,6 +15,7 @@
 #include "apps/commands.h"
 #include "apps/reference_flags.h"
 #include "engine/allocator.h"
+#include "engine/build_fingerprint.h"
 #include "engine/openmp_environment.h"
 #include "engine/rendezvous.h"
 
@@ -104,7 +105,9 @@ static std::string error_prefix() {
 int main(int argc, char** argv) {
   choose_openmp_settings(argv);
   CLI::App app{"deit: train Vision Transformers with the DeiT III recipe (C++/CUDA)."};
-  app.set_version_flag("--version", "deit 0.1.0");
+  // The build, which every process of a job must share (train/rank_agreement.h: agree_on_build).
+  app.set_version_flag("--version", std::string("deit 0.1.0 (build ") + deit::build_fingerprint() +
+                                        ": " + deit::build_features() + ")");
   app.require_subcommand(1);
   // As with argparse, a flag given twice takes its last value, so a script can append overrides.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);

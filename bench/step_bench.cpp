@@ -11,6 +11,7 @@
 #include "bench/op_profiler.h"
 #include "engine/allocator.h"
 #include "engine/autograd.h"
+#include "engine/build_fingerprint.h"
 #include "engine/device.h"
 #include "engine/gradient_reducer.h"
 #include "engine/ops.h"
@@ -159,6 +160,8 @@ double reduction_alone_ms(Communicator& comm, const ParameterRegistry& params,
 // rank 0's report describe a run that did not happen.
 void agree_across_ranks(const StepBenchOptions& o, Communicator& comm) {
   if (comm.world_size() == 1) return;
+  // First: another build may compare other flags, in a collective of another size.
+  train::agree_on_build(comm, build_fingerprint(), "benchmark");
   const auto flag = [](bool on) { return std::string(on ? "on" : "off"); };
   const model::ViTConfig& m = o.model;
   const std::vector<std::pair<std::string, std::string>> entries = {

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/build_fingerprint.h"
 #include "tests/cli_runner.h"
 
 using deit::test::CliResult;
@@ -194,6 +195,20 @@ TEST_CASE("a command line that does not parse is an error like any other, exit c
                            Catch::Contains("(--help lists the options)"));
   CHECK(run_deit("info --help").exit_code == 0);
   CHECK(run_deit("--version").exit_code == 0);
+}
+
+TEST_CASE("deit --version names the build the processes of a job compare", "[cli]") {
+  // 16 hex digits (train/rank_agreement.h: agree_on_build takes 16 characters).
+  const std::string fingerprint = deit::build_fingerprint();
+  CHECK(fingerprint.size() == 16);
+  CHECK(fingerprint.find_first_not_of("0123456789abcdef") == std::string::npos);
+  const std::string features = deit::build_features();
+  CHECK_THAT(features, Catch::StartsWith(DEIT_HAVE_CUDA ? "cuda" : "cpu"));
+  CHECK((features.find("mpi") != std::string::npos) == bool(DEIT_HAVE_MPI));
+  // The binary and these tests are linked from one build.
+  const CliResult r = run_deit("--version");
+  CHECK(r.exit_code == 0);
+  CHECK(r.output == "deit 0.1.0 (build " + fingerprint + ": " + features + ")\n");
 }
 
 TEST_CASE("each command's --help says where its class count comes from", "[cli]") {

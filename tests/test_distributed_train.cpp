@@ -3,8 +3,8 @@
 // one process with batch 2b; sharding the optimizer state (ZeRO-1) changes nothing in the result; a
 // run resumes with the same number of ranks (also across --zero and back) and refuses another
 // number clearly; `deit bench step` over the two ranks reports the communication (the step time
-// difference), with --zero too. The one-process reference runs in rank 0's process, with a
-// communicator of its own.
+// difference), with --zero too; processes of two deit builds stop at their first collective. The
+// one-process reference runs in rank 0's process, with a communicator of its own.
 //
 // The hidden [mpi][.mpi_rank_train_fails] case makes rank 1's training fail while rank 0 trains;
 // its CTest entry passes when the job then ends with rank 1's error rather than hanging. By hand:
@@ -24,6 +24,7 @@
 
 #include "bench/step_bench.h"
 #include "engine/autograd.h"
+#include "engine/build_fingerprint.h"
 #include "engine/communicator.h"
 #include "engine/gradient_reducer.h"
 #include "engine/ops.h"
@@ -34,6 +35,7 @@
 #include "tests/step_report_checks.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_distributed_helpers.h"
+#include "train/rank_agreement.h"
 #include "train/stop_request.h"
 #include "train/trainer.h"
 
@@ -472,6 +474,42 @@ TEST_CASE("mpi: ranks that differ in settings or classes all stop before trainin
   CHECK_FALSE(std::filesystem::exists(dir.file("settings")));
   CHECK_FALSE(std::filesystem::exists(dir.file("collectives")));
   CHECK_FALSE(std::filesystem::exists(dir.file("renamed_run")));
+}
+
+TEST_CASE("mpi: processes of two deit builds stop at their first collective, naming the builds",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  const std::string ours = build_fingerprint();
+  std::string other = ours;  // another build's, on rank 1
+  other.back() = other.back() == '0' ? '1' : '0';
+  const std::string differ = "differ in the deit build (rank 0 runs build " + ours;
+  // The same build: nothing to say, and the ranks go on to the next collective together.
+  train::agree_on_build(*comm, ours, "run");
+  CHECK(from_rank0(*comm, "after") == "after");
+  // Each rank names rank 0's build, and its own where that differs.
+  CHECK_THROWS_WITH(
+      train::agree_on_build(*comm, comm->rank() == 1 ? other : ours, "run"),
+      Catch::Contains("the 2 processes of this run " + differ +
+                      (comm->rank() == 1 ? ", this process build " + other : "") +
+                      "): every process must run the same deit build (`deit --version` shows it)"));
+
+  // Rank 1 stands for a build whose first collective is the build check, as every build's is: in
+  // a run or a benchmark, rank 0's first collective must meet it (another collective before it,
+  // such as the older builds' refusal of --output, of another size, fails as MPI_ERR_TRUNCATE or
+  // hangs).
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+  if (comm->rank() == 0) {
+    CHECK_THROWS_WITH(train::train(tiny_run(data, dir.file("run"), 4), *comm),
+                      Catch::Contains("the 2 processes of this run " + differ));
+    CHECK_THROWS_WITH(bench::run_step_benchmark(tiny_step_bench(2, 1), *comm),
+                      Catch::Contains("the 2 processes of this benchmark " + differ));
+  } else {
+    CHECK_THROWS_WITH(train::agree_on_build(*comm, other, "run"), Catch::Contains(differ));
+    CHECK_THROWS_WITH(train::agree_on_build(*comm, other, "benchmark"), Catch::Contains(differ));
+  }
+  comm->barrier();
+  CHECK_FALSE(std::filesystem::exists(dir.file("run")));  // rank 0 made nothing for it
 }
 
 TEST_CASE("mpi: every rank's summary counts the unusable files any rank met", "[mpi]") {

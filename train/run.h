@@ -106,6 +106,7 @@ struct Run {
   Run(TrainOptions options, Communicator& comm);
 
   // The stages of a run, in the order train() calls them.
+  void agree_on_build();
   void open_data();
   std::string claim_output_folder();
   void agree_across_ranks(const std::string& output_refusal);

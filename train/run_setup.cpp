@@ -7,6 +7,7 @@
 
 #include "data/augment_params.h"
 #include "data/xxhash64.h"
+#include "engine/build_fingerprint.h"
 #include "engine/ops.h"
 #include "train/finetune.h"
 #include "train/rank_agreement.h"
@@ -140,6 +141,13 @@ Run::Run(TrainOptions options, Communicator& communicator)
   if (comm.device() != device)
     throw std::invalid_argument("train: a " + std::string(comm.backend()) + " communicator on " +
                                 comm.device().str() + " for a run on " + device.str());
+}
+
+// Before anything else, as two builds may differ in anything else: in what they accept (the
+// dataset, --output), in the entries agree_across_ranks compares, and so in the size of its
+// collectives. Its collective is one that every build keeps (agree_on_build).
+void Run::agree_on_build() {
+  if (world > 1) train::agree_on_build(comm, build_fingerprint(), "run");
 }
 
 // Opens the train and val splits, which must have the same classes, and settles the model's

@@ -48,6 +48,7 @@ void check_before_data(const TrainOptions& o) {
 // checkpoints' gathering of the optimizer state, the evaluation's sums).
 TrainSummary train(TrainOptions o, Communicator& comm) {
   Run run(std::move(o), comm);  // its device, its rank
+  run.agree_on_build();         // the first collective: another build may call others
   run.open_data();
   const std::string output_refusal = run.claim_output_folder();
   run.agree_across_ranks(output_refusal);
