@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 namespace deit::apps {
@@ -55,6 +56,19 @@ void check_every_value(CLI::App& app) {
   }
   for (CLI::App* command : app.get_subcommands([](CLI::App*) { return true; }))
     check_every_value(*command);
+}
+
+CLI::Validator int_at_least(int min) {
+  // Named, so that --help shows "at least MIN" rather than the largest int.
+  return CLI::Range(min, std::numeric_limits<int>::max(), "at least " + std::to_string(min));
+}
+
+bool ends_with_ignoring_case(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() &&
+         std::equal(suffix.begin(), suffix.end(), text.end() - suffix.size(), [](char a, char b) {
+           return std::tolower(static_cast<unsigned char>(a)) ==
+                  std::tolower(static_cast<unsigned char>(b));
+         });
 }
 
 }  // namespace deit::apps

@@ -7,7 +7,6 @@
 //     draws them (with --aa, as a fine-tune with that RandAugment spec does): the first thing to
 //     look at when accuracy is off.
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -17,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "data/augment_params.h"
 #include "data/image.h"
@@ -43,19 +43,11 @@ struct AugmentCommandOptions {
   std::string aa = "none";
 };
 
-bool ends_with_png(const std::string& path) {
-  if (path.size() < 4) return false;
-  std::string ext = path.substr(path.size() - 4);
-  std::transform(ext.begin(), ext.end(), ext.begin(),
-                 [](unsigned char c) { return std::tolower(c); });
-  return ext == ".png";
-}
-
 // An output named *.png that is a PNG already, or nothing yet. The file a link points to is
 // replaced (data/image.h write_png): a link named *.png to a checkpoint, or a JPEG named *.png,
 // would be lost.
 void require_png(const char* flag, const std::string& path) {
-  if (!ends_with_png(path))
+  if (!ends_with_ignoring_case(path, ".png"))
     throw std::invalid_argument(std::string(flag) + " " + path +
                                 ": the output is written as PNG; name it *.png");
   std::error_code ec;
@@ -66,6 +58,13 @@ void require_png(const char* flag, const std::string& path) {
   if (!std::equal(start, start + sizeof start, kSignature))
     throw std::invalid_argument(std::string(flag) + " " + path +
                                 ": exists and is not a PNG file; choose another file name");
+}
+
+// The error of op `i` of `ops`, which says which of them it is.
+std::invalid_argument op_error(const std::vector<std::string>& ops, size_t i,
+                               const std::invalid_argument& e) {
+  return std::invalid_argument("--op '" + ops[i] + "' (op " + std::to_string(i + 1) + " of " +
+                               std::to_string(ops.size()) + "): " + e.what());
 }
 
 void run_ops(const AugmentCommandOptions& options) {
@@ -79,14 +78,22 @@ void run_ops(const AugmentCommandOptions& options) {
   if (std::filesystem::equivalent(options.in, options.out, ec))
     throw std::invalid_argument("--out '" + options.out +
                                 "' is the input image itself; choose another file name");
+  // Each op's name and numbers before the image is decoded, which a large image or a pipe makes
+  // slow: what is wrong with the command line is said at once.
+  for (size_t i = 0; i < options.ops.size(); ++i) {
+    try {
+      data::check_named_op(options.ops[i]);
+    } catch (const std::invalid_argument& e) {
+      throw op_error(options.ops, i, e);
+    }
+  }
   data::ImageU8 image = data::decode_image_file_or_pipe(options.in);
   Rng rng(options.seed);
   for (size_t i = 0; i < options.ops.size(); ++i) {
     try {
       image = data::apply_named_op(image, options.ops[i], rng);
     } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument("--op '" + options.ops[i] + "' (op " + std::to_string(i + 1) +
-                                  " of " + std::to_string(options.ops.size()) + "): " + e.what());
+      throw op_error(options.ops, i, e);
     }
   }
   const data::MadeFolder out_folder(std::filesystem::path(options.out).parent_path().string());

@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "apps/model_options.h"
 #include "bench/step_bench.h"
@@ -81,11 +82,10 @@ void run_kernels(const KernelsOptions& o) {
     if (o.device.rfind("cuda", 0) == 0) throw;
   }
   if (!device.is_cuda())
-    throw std::invalid_argument("deit bench kernels times the CUDA kernels: --device must be "
-                                "cuda or cuda:N, got '" + o.device + "'");
-  // The report states both counts, and the timing loop would run once where zero runs were asked.
-  if (o.repeats.value_or(1) < 1 || o.warmup.value_or(0) < 0)
-    throw std::invalid_argument("--repeats must be at least 1 and --warmup at least 0");
+    throw std::invalid_argument(
+        "deit bench kernels times the CUDA kernels: --device must be "
+        "cuda or cuda:N, got '" +
+        o.device + "'");
 #if DEIT_HAVE_CUDA
   const CudaDeviceQuery query = query_cuda_devices();
   if (device.index >= query.count)
@@ -229,9 +229,6 @@ void run_step(const StepOptions& o) {
   if (options.batch_size < 1)
     throw std::invalid_argument("--batch-size must be at least 1, got " +
                                 std::to_string(options.batch_size));
-  if (options.steps < 1 || options.warmup < 0 || options.profile_steps < 0)
-    throw std::invalid_argument("--steps must be at least 1, --warmup and --profile-steps at "
-                                "least 0");
 
   const Rendezvous rendezvous = detect_rendezvous();
   // As `deit train`: a bare --device cuda takes the GPU of the process's local rank.
@@ -282,9 +279,12 @@ void add_bench_command(CLI::App& app) {
   kernels->add_flag("--full", k->full,
                     "Every preset width for the memory-bound kernels, 100 runs each (default: "
                     "ViT-B's width, 30 runs)");
-  kernels->add_option("--warmup", k->warmup, "Untimed runs before timing (default 5; 10 --full)");
-  kernels->add_option("--repeats", k->repeats, "Timed runs, median reported (default 30; 100 "
-                                               "--full)");
+  // The report states both counts, and the timing loop would run once where zero runs were asked.
+  kernels->add_option("--warmup", k->warmup, "Untimed runs before timing (default 5; 10 --full)")
+      ->check(int_at_least(0));
+  kernels
+      ->add_option("--repeats", k->repeats, "Timed runs, median reported (default 30; 100 --full)")
+      ->check(int_at_least(1));
   kernels->add_flag("--json", k->json, "Print one JSON object (progress goes to stderr)");
   kernels->callback([k] { run_kernels(*k); });
 
@@ -304,11 +304,16 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember({"lamb", "adamw"}));
   step->add_option("--drop-path", s->drop_path, "Drop-path rate (default: the recipe's)");
-  step->add_option("--warmup", s->warmup, "Untimed steps first")->capture_default_str();
-  step->add_option("--steps", s->steps, "Timed steps")->capture_default_str();
+  step->add_option("--warmup", s->warmup, "Untimed steps first")
+      ->capture_default_str()
+      ->check(int_at_least(0));
+  step->add_option("--steps", s->steps, "Timed steps")
+      ->capture_default_str()
+      ->check(int_at_least(1));
   step->add_option("--profile-steps", s->profile_steps,
                    "Steps run again with per-op timing for the breakdown (0: none)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(int_at_least(0));
   step->add_option("--peak-tflops", s->peak_tflops,
                    "Peak TFLOP/s for MFU (default: known GPUs' dense bf16 peak, e.g. 989 for "
                    "H100/H200 SXM)");

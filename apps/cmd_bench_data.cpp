@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "apps/removed_on_interrupt.h"
 #include "data/augment_params.h"
@@ -285,14 +286,10 @@ double pipeline_images_per_second(const std::shared_ptr<const data::ImageSource>
 void run_bench_data(const DataBenchOptions& o) {
   const Device device = parse_device(o.device);
   require_device(device);
-  if (o.batches < kMinTimedBatches)
-    throw CLI::ValidationError("--batches", "at least " + std::to_string(kMinTimedBatches) +
-                                                ": the loader hands out batches in bursts, and "
-                                                "fewer timed batches misstate its rate");
   try {
     data::rand_augment_option(o.aa);
   } catch (const std::invalid_argument& e) {
-    throw CLI::ValidationError("--aa", e.what());
+    throw std::invalid_argument("--aa: " + std::string(e.what()));
   }
   const std::vector<int> sizes =
       o.input_size ? std::vector<int>{*o.input_size} : std::vector<int>{224, 128};
@@ -387,8 +384,12 @@ void add_bench_data_subcommand(CLI::App& bench) {
   data->add_option("--batch-size", o->batch_size, "Images per batch")
       ->capture_default_str()
       ->check(CLI::Range(2, 1000000));
-  data->add_option("--batches", o->batches, "Timed batches per measurement (20 or more)")
-      ->capture_default_str();
+  data->add_option("--batches", o->batches,
+                   "Timed batches per measurement (" + std::to_string(kMinTimedBatches) +
+                       " or more: the loader hands out batches in bursts, and fewer timed "
+                       "batches misstate its rate)")
+      ->capture_default_str()
+      ->check(int_at_least(kMinTimedBatches));
   data->add_option("--workers", o->workers, "Loader threads of the whole path")
       ->capture_default_str()
       ->check(CLI::Range(1, deit::data::kMaxWorkers));

@@ -61,6 +61,18 @@ void print_per_class(const nlohmann::json& rows) {
   }
 }
 
+// "" when `split` names a split inside the dataset root (val, or a relative path such as v2/val),
+// else what to pass instead: an absolute path or one that climbs out through ".." would read
+// another dataset's split (--data ds --split ../other/train) under --data's name.
+std::string split_problem(const std::string& split) {
+  const std::filesystem::path normal = std::filesystem::path(split).lexically_normal();
+  if (normal.empty() || normal.is_absolute() || normal == "." || *normal.begin() == "..")
+    return "'" + split + "' is not a split inside --data: give a split's name (--split val " +
+           "reads --data's val/ or val.shard), and for a split of another dataset that " +
+           "dataset's folder as --data";
+  return "";
+}
+
 void run_eval(const EvalOptions& o) {
   const Device device = parse_device(o.device);
   require_device(device);
@@ -189,7 +201,10 @@ void add_eval_command(CLI::App& app) {
                                             "A .safetensors weights file: deit export's or timm's");
   source->require_option(1);
   cmd->add_option("--data", opts->data, "Dataset root")->required();
-  cmd->add_option("--split", opts->split, "Split to evaluate")->capture_default_str();
+  cmd->add_option("--split", opts->split,
+                  "Split to evaluate: DIR/SPLIT/ or DIR/SPLIT.shard of --data DIR")
+      ->capture_default_str()
+      ->check(split_problem);
   cmd->add_option("--eval-crop-ratio", opts->crop_ratio,
                   "Resize to size / ratio, centre crop size (default: the checkpoint's run's, "
                   "else 1)");

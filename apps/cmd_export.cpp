@@ -2,14 +2,13 @@
 // timm.create_model('deit3_small_patch16_224').load_state_dict(safetensors.torch.load_file(F))
 // accepts, and `deit eval --weights` reads (the model's description and class names ride along
 // as metadata, which timm ignores).
-#include <algorithm>
-#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <string>
 
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "data/made_folder.h"
 #include "model/checkpoint.h"
@@ -34,10 +33,7 @@ void run_export(const ExportOptions& opts) {
     throw std::invalid_argument("--out '" + opts.out + "' is a folder; give a file name (e.g. '" +
                                 (std::filesystem::path(opts.out) / "model.safetensors").string() +
                                 "')");
-  std::string extension = std::filesystem::path(opts.out).extension().string();
-  std::transform(extension.begin(), extension.end(), extension.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  if (extension != ".safetensors")
+  if (!ends_with_ignoring_case(opts.out, ".safetensors"))
     throw std::invalid_argument("--out '" + opts.out + "' does not end in .safetensors (export " +
                                 "writes a safetensors weights file)");
   if (model::is_checkpoint(opts.out))

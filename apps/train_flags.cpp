@@ -6,6 +6,7 @@
 #include <optional>
 #include <vector>
 
+#include "data/prefetch.h"
 #include "engine/rendezvous.h"
 #include "model/checkpoint.h"
 #include "train/output_lock.h"
@@ -145,7 +146,10 @@ void TrainFlags::add_to(CLI::App& cmd) {
                  "Start from these weights (a checkpoint or its run folder, or .safetensors); "
                  "pos_embed is resized, a new head made for new classes");
   cmd.add_option("--seed", seed, "Seed of every random choice (0)");
-  cmd.add_option("--workers", workers, "Data loading threads (2)");
+  // Here too, not only in the recipe's checks (which also see a checkpoint's value): CLI11 alone
+  // answers a value past an int's range with "Could not convert", naming no range.
+  cmd.add_option("--workers", workers, "Data loading threads (2)")
+      ->check(CLI::Range(1, data::kMaxWorkers));
   add_switch(cmd, zero, "zero",
              "Several ranks: shard the optimizer state across them (ZeRO-1: 1/ranks of the "
              "state memory per rank; gradients reduce-scattered, updates all-gathered; the "

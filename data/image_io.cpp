@@ -15,8 +15,10 @@
 #include <memory>
 #include <stdexcept>
 
+#include "data/file_error.h"
 #include "data/image.h"
 #include "data/jpeg_decode.h"
+#include "data/little_endian.h"
 #include "data/pending_file.h"
 
 namespace deit::data {
@@ -24,17 +26,9 @@ namespace {
 
 constexpr const char* kLargerThan2GiB = "file larger than 2 GiB (deit reads up to 2^31 bytes)";
 
-[[noreturn]] void fail(const std::string& name, const std::string& reason) {
-  throw DataError(name + ": " + reason);
-}
-
 const char* stb_reason() {
   const char* reason = stbi_failure_reason();
   return reason && *reason ? reason : "no reason given";
-}
-
-uint32_t read_le32(const uint8_t* p) {
-  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
 }
 
 // stb_image reads past the end of a BMP, a TGA or a binary PNM as zeros, so a truncated one
@@ -44,14 +38,14 @@ uint32_t read_le32(const uint8_t* p) {
 // "truncated FORMAT (pixel data needs N bytes, file has M)".
 [[noreturn]] void fail_truncated(const std::string& name, const char* format, uint64_t needed,
                                  size_t size) {
-  fail(name, std::string("truncated ") + format + " (pixel data needs " + std::to_string(needed) +
-                 " bytes, file has " + std::to_string(size) + ")");
+  fail_file(name, std::string("truncated ") + format + " (pixel data needs " +
+                      std::to_string(needed) + " bytes, file has " + std::to_string(size) + ")");
 }
 
 // For the uncompressed encodings the pixel array's size follows from the header.
 void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   constexpr size_t kHeaderBytes = 34;  // file header + the info header fields read below
-  if (size < kHeaderBytes) fail(name, "truncated BMP header");
+  if (size < kHeaderBytes) fail_file(name, "truncated BMP header");
   const uint32_t pixel_offset = read_le32(bytes + 10);
   const uint32_t info_size = read_le32(bytes + 14);
   if (info_size < 40) return;  // old OS/2 headers: rare, left to stb
@@ -94,7 +88,7 @@ void check_pnm_complete(const uint8_t* bytes, size_t size, const std::string& na
 // repeated; low 7 bits: the count - 1) and its values.
 void check_tga_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   constexpr size_t kHeaderBytes = 18;
-  if (size < kHeaderBytes) fail(name, "truncated TGA header");
+  if (size < kHeaderBytes) fail_file(name, "truncated TGA header");
   auto le16 = [&](size_t at) { return uint64_t{bytes[at]} | uint64_t{bytes[at + 1]} << 8; };
   const uint64_t map_bytes = bytes[1] ? le16(5) * ((bytes[7] + 7u) / 8) : 0;
   const uint64_t pixel_bytes = (bytes[16] + 7u) / 8, pixels = le16(12) * le16(14);
@@ -112,7 +106,7 @@ void check_tga_complete(const uint8_t* bytes, size_t size, const std::string& na
     done += count;
   }
   if (done < pixels || at > size)
-    fail(name, "truncated TGA (its run-length coded pixels end early)");
+    fail_file(name, "truncated TGA (its run-length coded pixels end early)");
 }
 
 // stb_image decodes a GIF cut inside its first frame as if the rest were there (Pillow says
@@ -140,7 +134,7 @@ void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& na
       return;  // the trailer, or a block stb refuses itself
     }
   }
-  fail(name, "truncated GIF (its first image's data ends early)");
+  fail_file(name, "truncated GIF (its first image's data ends early)");
 }
 
 // The formats stb_image tells apart by a magic number (PSD, PIC, HDR: it reads them whole or
@@ -168,12 +162,12 @@ void append_bytes(void* context, void* data, int size) {
 // renaming a file over it would replace it. A full disk often shows only at the flush or the close.
 void write_special_file(const std::string& path, const std::vector<uint8_t>& bytes) {
   std::FILE* file = std::fopen(path.c_str(), "wb");
-  if (!file) fail(path, std::string("cannot open for writing (") + std::strerror(errno) + ")");
+  if (!file) fail_file(path, std::string("cannot open for writing (") + std::strerror(errno) + ")");
   std::string reason;
   if (std::fwrite(bytes.data(), 1, bytes.size(), file) != bytes.size() || std::fflush(file) != 0)
     reason = std::strerror(errno);
   if (std::fclose(file) != 0 && reason.empty()) reason = std::strerror(errno);
-  if (!reason.empty()) fail(path, "cannot write (" + reason + ")");
+  if (!reason.empty()) fail_file(path, "cannot write (" + reason + ")");
 }
 
 // Writes `bytes` to `path` whole or not at all (PendingFile), not synced: the thousands of images
@@ -214,16 +208,17 @@ bool png_header_size(const uint8_t* bytes, size_t size, int& width, int& height)
 // Throws DataError for dimensions past what deit decodes; returns for the others.
 void refuse_too_large(const std::string& name, int width, int height) {
   if (width > 0 && height > 0 && within_image_limits(width, height)) return;
-  fail(name, "dimensions " + std::to_string(width) + "x" + std::to_string(height) +
-                 ": deit reads images of up to " + std::to_string(kMaxImageSide) +
-                 " pixels a side and 2^28 pixels (a corrupt header, or an image to shrink first)");
+  fail_file(name,
+            "dimensions " + std::to_string(width) + "x" + std::to_string(height) +
+                ": deit reads images of up to " + std::to_string(kMaxImageSide) +
+                " pixels a side and 2^28 pixels (a corrupt header, or an image to shrink first)");
 }
 
 }  // namespace
 
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name) {
-  if (size == 0) fail(name, "empty file (0 bytes)");
-  if (size > static_cast<size_t>(INT32_MAX)) fail(name, kLargerThan2GiB);
+  if (size == 0) fail_file(name, "empty file (0 bytes)");
+  if (size > static_cast<size_t>(INT32_MAX)) fail_file(name, kLargerThan2GiB);
   if (is_jpeg(bytes, size))
     return decode_jpeg(bytes, size, name,
                        [&](int width, int height) { refuse_too_large(name, width, height); });
@@ -234,9 +229,9 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
     const bool png = size >= 4 && std::memcmp(bytes, "\x89PNG", 4) == 0;
     // stb_image refuses a PNG of over 2^28 pixels as if its header were corrupt.
     if (png && png_header_size(bytes, size, width, height)) refuse_too_large(name, width, height);
-    fail(name,
-         std::string(png ? "truncated or corrupt PNG header" : "not an image format deit reads") +
-             " (stb_image: " + stb_reason() + ")");
+    fail_file(name, std::string(png ? "truncated or corrupt PNG header"
+                                    : "not an image format deit reads") +
+                        " (stb_image: " + stb_reason() + ")");
   }
   refuse_too_large(name, width, height);
   check_complete(bytes, size, name);
@@ -244,7 +239,8 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   // Asking for 3 channels makes stb expand grayscale and drop alpha, as Pillow's convert("RGB").
   std::unique_ptr<uint8_t, void (*)(void*)> decoded(
       stbi_load_from_memory(bytes, length, &width, &height, &channels, 3), stbi_image_free);
-  if (!decoded) fail(name, std::string("corrupt or truncated (stb_image: ") + stb_reason() + ")");
+  if (!decoded)
+    fail_file(name, std::string("corrupt or truncated (stb_image: ") + stb_reason() + ")");
 
   ImageU8 image;
   image.height = height;
@@ -257,17 +253,17 @@ ImageU8 decode_image_file(const std::string& path) {
   // Opening a named pipe would wait for a writer, for ever: only regular files (links followed).
   std::error_code error;
   const std::filesystem::file_status status = std::filesystem::status(path, error);
-  if (!error && !std::filesystem::is_regular_file(status)) fail(path, "not a regular file");
+  if (!error && !std::filesystem::is_regular_file(status)) fail_file(path, "not a regular file");
   std::ifstream file(path, std::ios::binary | std::ios::ate);
-  if (!file) fail(path, std::string("cannot open (") + std::strerror(errno) + ")");
+  if (!file) fail_file(path, std::string("cannot open (") + std::strerror(errno) + ")");
   const std::streamoff size = file.tellg();
-  if (size < 0) fail(path, "cannot determine the file size");
+  if (size < 0) fail_file(path, "cannot determine the file size");
   // Before its bytes are read: a file larger than memory would end the process.
-  if (size > INT32_MAX) fail(path, kLargerThan2GiB);
+  if (size > INT32_MAX) fail_file(path, kLargerThan2GiB);
   std::vector<uint8_t> bytes(static_cast<size_t>(size));
   file.seekg(0);
   if (size > 0 && !file.read(reinterpret_cast<char*>(bytes.data()), size)) {
-    fail(path, "read error");
+    fail_file(path, "read error");
   }
   return decode_image_memory(bytes.data(), bytes.size(), path);
 }
@@ -281,7 +277,7 @@ ImageU8 decode_image_file_or_pipe(const std::string& path) {
     // Not a device such as /dev/zero either, which would be read up to the 2 GiB limit.
     if (error || type != std::filesystem::file_type::fifo) return decode_image_file(path);
     opened.reset(std::fopen(path.c_str(), "rb"));
-    if (!opened) fail(path, std::string("cannot open (") + std::strerror(errno) + ")");
+    if (!opened) fail_file(path, std::string("cannot open (") + std::strerror(errno) + ")");
     stream = opened.get();
   }
   const std::string name = path == "-" ? "standard input" : path;
@@ -289,29 +285,31 @@ ImageU8 decode_image_file_or_pipe(const std::string& path) {
   std::vector<uint8_t> bytes;
   std::vector<uint8_t> chunk(size_t{1} << 20);
   while (const size_t got = std::fread(chunk.data(), 1, chunk.size(), stream)) {
-    if (bytes.size() + got > static_cast<size_t>(INT32_MAX)) fail(name, kLargerThan2GiB);
+    if (bytes.size() + got > static_cast<size_t>(INT32_MAX)) fail_file(name, kLargerThan2GiB);
     bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(got));
   }
-  if (std::ferror(stream)) fail(name, std::string("read error (") + std::strerror(errno) + ")");
+  if (std::ferror(stream))
+    fail_file(name, std::string("read error (") + std::strerror(errno) + ")");
   return decode_image_memory(bytes.data(), bytes.size(), name);
 }
 
 void write_png(const std::string& path, const ImageU8& image) {
   if (image.width <= 0 || image.height <= 0 ||
       image.pixels.size() != static_cast<size_t>(image.width) * image.height * 3) {
-    fail(path, "cannot write an empty or inconsistent image (" + std::to_string(image.width) + "x" +
-                   std::to_string(image.height) + ", " + std::to_string(image.pixels.size()) +
-                   " bytes)");
+    fail_file(path, "cannot write an empty or inconsistent image (" + std::to_string(image.width) +
+                        "x" + std::to_string(image.height) + ", " +
+                        std::to_string(image.pixels.size()) + " bytes)");
   }
   // Within these limits stb_image_write's buffer, (3 x width + 1) x height bytes, fits its int.
   if (!within_image_limits(image.width, image.height))
-    fail(path, "cannot write a " + std::to_string(image.width) + "x" +
-                   std::to_string(image.height) + " image: deit writes images of up to " +
-                   std::to_string(kMaxImageSide) + " pixels a side and 2^28 pixels, as it reads");
+    fail_file(path, "cannot write a " + std::to_string(image.width) + "x" +
+                        std::to_string(image.height) + " image: deit writes images of up to " +
+                        std::to_string(kMaxImageSide) +
+                        " pixels a side and 2^28 pixels, as it reads");
   std::vector<uint8_t> png;
   if (!stbi_write_png_to_func(append_bytes, &png, image.width, image.height, 3, image.pixels.data(),
                               image.width * 3)) {
-    fail(path, "cannot encode PNG (stb_image_write ran out of memory)");
+    fail_file(path, "cannot encode PNG (stb_image_write ran out of memory)");
   }
   write_file_whole(path, png);
 }

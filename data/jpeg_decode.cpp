@@ -7,12 +7,10 @@
 
 #include <jpeglib.h>
 
+#include "data/file_error.h"
+
 namespace deit::data {
 namespace {
-
-[[noreturn]] void fail(const std::string& name, const std::string& reason) {
-  throw DataError(name + ": " + reason);
-}
 
 // The offset of the first marker at or after `from` in a JPEG's entropy-coded data: there 0xFF is
 // always followed by 0x00 (a stuffed byte), a restart marker (D0 to D7) or another 0xFF (fill).
@@ -51,7 +49,7 @@ void check_jpeg_complete(const uint8_t* bytes, size_t size, const std::string& n
     i += 2 + length;
     if (marker == 0xDA) i = next_marker_in_scan(bytes, size, i);
   }
-  fail(name, "truncated JPEG (it ends before its end-of-image marker)");
+  fail_file(name, "truncated JPEG (it ends before its end-of-image marker)");
 }
 
 // libjpeg's state for one image. A fatal error in libjpeg calls error_exit, which must not return:
@@ -120,7 +118,7 @@ ImageU8 decode_jpeg(const uint8_t* bytes, size_t size, const std::string& name,
     jpeg_read_header(&info, TRUE);
   });
   if (!header_read)
-    fail(name, std::string("truncated or corrupt JPEG header (libjpeg: ") + d.message + ")");
+    fail_file(name, std::string("truncated or corrupt JPEG header (libjpeg: ") + d.message + ")");
   // JPEG's sizes are 16-bit.
   check_dimensions(static_cast<int>(info.image_width), static_cast<int>(info.image_height));
   check_jpeg_complete(bytes, size, name);
@@ -139,7 +137,7 @@ ImageU8 decode_jpeg(const uint8_t* bytes, size_t size, const std::string& name,
     }
     jpeg_finish_decompress(&info);
   });
-  if (!pixels_read) fail(name, std::string("cannot decode JPEG (libjpeg: ") + d.message + ")");
+  if (!pixels_read) fail_file(name, std::string("cannot decode JPEG (libjpeg: ") + d.message + ")");
 
   ImageU8 image;
   image.width = static_cast<int>(width);

@@ -3,17 +3,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <stdexcept>
 
+#include "data/file_error.h"
+
 namespace deit::data {
-
-namespace {
-
-std::string errno_text() { return std::strerror(errno); }
-
-}  // namespace
 
 std::string PendingFile::temp_path(const std::string& target, const std::string& kind) {
   return target + "." + kind + "." + std::to_string(::getpid());

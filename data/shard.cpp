@@ -8,7 +8,9 @@
 #include <cstring>
 #include <filesystem>
 
+#include "data/file_error.h"
 #include "data/image.h"
+#include "data/little_endian.h"
 #include "data/xxhash64.h"
 
 namespace deit::data {
@@ -17,12 +19,6 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "shard files are little
 
 namespace {
 
-uint32_t read32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
 uint64_t align_up(uint64_t offset) {
   return (offset + kShardRecordAlignment - 1) / kShardRecordAlignment * kShardRecordAlignment;
 }
@@ -30,8 +26,6 @@ uint64_t align_up(uint64_t offset) {
 uint64_t record_bytes(const ShardIndexEntry& entry) {
   return uint64_t{entry.height} * entry.width * 3;
 }
-
-std::string errno_text() { return std::strerror(errno); }
 
 uint64_t header_checksum(const ShardHeader& header) {
   return xxhash64(&header, offsetof(ShardHeader, header_checksum));
@@ -90,7 +84,7 @@ std::vector<std::string> decode_class_table(const std::string& path, const uint8
                                             size_t bytes) {
   std::vector<std::string> names;
   for (size_t offset = 0; offset < bytes;) {
-    const uint32_t length = offset + 4 <= bytes ? read32(table + offset) : 0;
+    const uint32_t length = offset + 4 <= bytes ? read_le32(table + offset) : 0;
     if (offset + 4 + uint64_t{length} > bytes) {
       throw DataError(path + ": corrupt class table (a name runs past its end)");
     }

@@ -102,6 +102,29 @@ std::vector<double> parse_numbers(const NamedOp& op, const std::string& args) {
   return values;
 }
 
+// An op as written, NAME or NAME:ARGS, with its numbers.
+struct ParsedOp {
+  const NamedOp* op;
+  std::vector<double> args;
+};
+
+ParsedOp parse_named_op(const std::string& spec) {
+  const size_t colon = spec.find(':');
+  const std::string name = spec.substr(0, colon);
+  const std::string args = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  const NamedOp* op = nullptr;
+  for (const NamedOp& candidate : kNamedOps)
+    if (name == candidate.name) op = &candidate;
+  if (op == nullptr)
+    throw std::invalid_argument("unknown op '" + name + "'; the ops are:\n" + named_op_usage());
+  // "hflip:" or "solarize:": a value left out by mistake, or a stray colon; either way not the
+  // op's usage (parse_numbers cannot tell it from no colon).
+  if (colon != std::string::npos && args.empty())
+    throw std::invalid_argument("op '" + name + "': nothing after the ':' (usage: " + op->usage +
+                                ")");
+  return {op, parse_numbers(*op, args)};
+}
+
 // Pillow takes these arguments as float32: a value beyond its range would become inf.
 float as_float(const NamedOp& op, double v) {
   if (std::fabs(v) > std::numeric_limits<float>::max())
@@ -278,21 +301,11 @@ void normalize(const ImageU8& image, float* out) {
 
 // ---- Named ops. ----
 
+void check_named_op(const std::string& spec) { parse_named_op(spec); }
+
 ImageU8 apply_named_op(const ImageU8& image, const std::string& spec, Rng& rng) {
-  const size_t colon = spec.find(':');
-  const std::string name = spec.substr(0, colon);
-  const std::string args = colon == std::string::npos ? "" : spec.substr(colon + 1);
-  const NamedOp* op = nullptr;
-  for (const NamedOp& candidate : kNamedOps)
-    if (name == candidate.name) op = &candidate;
-  if (op == nullptr)
-    throw std::invalid_argument("unknown op '" + name + "'; the ops are:\n" + named_op_usage());
-  // "hflip:" or "solarize:": a value left out by mistake, or a stray colon; either way not the
-  // op's usage (parse_numbers cannot tell it from no colon).
-  if (colon != std::string::npos && args.empty())
-    throw std::invalid_argument("op '" + name + "': nothing after the ':' (usage: " + op->usage +
-                                ")");
-  const std::vector<double> a = parse_numbers(*op, args);
+  const auto [op, a] = parse_named_op(spec);
+  const std::string name = op->name;
 
   if (name == "hflip") return hflip(image);
   if (name == "grayscale") return grayscale(image);

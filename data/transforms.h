@@ -122,6 +122,11 @@ void normalize(const ImageU8& image, float* out);
 // with it.
 ImageU8 apply_named_op(const ImageU8& image, const std::string& spec, Rng& rng);
 
+// Throws what apply_named_op throws for an unknown op, or arguments that are not its count of
+// numbers: what can be said of `spec` before there is an image (slow to decode, or to read from a
+// pipe) to apply it to.
+void check_named_op(const std::string& spec);
+
 // The list of named ops with their arguments, one per line, for help and error messages.
 std::string named_op_usage();
 

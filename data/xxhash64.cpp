@@ -1,6 +1,6 @@
 #include "data/xxhash64.h"
 
-#include <cstring>
+#include "data/little_endian.h"
 
 namespace deit::data {
 
@@ -13,16 +13,6 @@ constexpr uint64_t kPrime4 = 0x85EBCA77C2B2AE63ull;
 constexpr uint64_t kPrime5 = 0x27D4EB2F165667C5ull;
 
 uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-uint64_t read64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-uint32_t read32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
 uint64_t xxh_round(uint64_t acc, uint64_t input) {
   return rotl(acc + input * kPrime2, 31) * kPrime1;
 }
@@ -40,7 +30,7 @@ uint64_t xxhash64(const void* data, size_t size, uint64_t seed) {
     uint64_t lanes[4] = {seed + kPrime1 + kPrime2, seed + kPrime2, seed, seed - kPrime1};
     for (; end - p >= 32; p += 32) {
       for (int lane = 0; lane < 4; ++lane)
-        lanes[lane] = xxh_round(lanes[lane], read64(p + 8 * lane));
+        lanes[lane] = xxh_round(lanes[lane], read_le64(p + 8 * lane));
     }
     hash = rotl(lanes[0], 1) + rotl(lanes[1], 7) + rotl(lanes[2], 12) + rotl(lanes[3], 18);
     for (uint64_t lane : lanes) hash = xxh_merge(hash, lane);
@@ -48,9 +38,10 @@ uint64_t xxhash64(const void* data, size_t size, uint64_t seed) {
     hash = seed + kPrime5;
   }
   hash += size;
-  for (; end - p >= 8; p += 8) hash = rotl(hash ^ xxh_round(0, read64(p)), 27) * kPrime1 + kPrime4;
+  for (; end - p >= 8; p += 8)
+    hash = rotl(hash ^ xxh_round(0, read_le64(p)), 27) * kPrime1 + kPrime4;
   if (end - p >= 4) {
-    hash = rotl(hash ^ (read32(p) * kPrime1), 23) * kPrime2 + kPrime3;
+    hash = rotl(hash ^ (read_le32(p) * kPrime1), 23) * kPrime2 + kPrime3;
     p += 4;
   }
   for (; p < end; ++p) hash = rotl(hash ^ (*p * kPrime5), 11) * kPrime1;

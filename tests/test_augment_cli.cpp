@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/image.h"
@@ -250,4 +251,23 @@ TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[a
   CHECK(deit::test::read_bytes(notes) == kept);
   // A PNG is replaced, as before.
   CHECK(run_deit("augment --in " + kInput + " --out " + png + " --op hflip").exit_code == 0);
+}
+
+TEST_CASE("deit augment checks every --op before it reads the image", "[augment][cli]") {
+  // A large image, or one read from a pipe, takes a while to decode: a misspelt op, or one without
+  // its numbers, is said first, not after (the input here does not exist, so that reading it
+  // fails).
+  deit::test::TempDir dir;
+  const std::string prefix =
+      "augment --in " + dir.file("missing.png") + " --out " + dir.file("o.png") + " --op hflip";
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {" --op hflp", "--op 'hflp' (op 2 of 2): unknown op 'hflp'"},
+      {" --op blur:wide", "--op 'blur:wide' (op 2 of 2): op 'blur': 'wide' is not a number"},
+      {" --op crop:0,0", "--op 'crop:0,0' (op 2 of 2): op 'crop' needs 4 argument(s)"}};
+  for (const auto& [op, message] : refused) {
+    const CliResult r = run_deit(prefix + op);
+    INFO(r.output);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Catch::Contains(message) && !Catch::Contains("missing.png"));
+  }
 }

@@ -226,6 +226,25 @@ TEST_CASE("each command's --help says where its class count comes from", "[cli]"
   }
 }
 
+TEST_CASE("an int option refuses a value past 32 bits with its name and range", "[cli]") {
+  // CLI11 said only "Could not convert: --steps = 99999999999".
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"bench step --steps 99999999999", "--steps: Value 99999999999 not in range 1 to 2147483647"},
+      {"bench step --warmup -3000000000", "--warmup: Value -3000000000 not in range 0 to"},
+      {"bench step --profile-steps 4294967296", "--profile-steps: Value 4294967296 not in range 0"},
+      {"bench kernels --warmup 99999999999", "--warmup: Value 99999999999 not in range 0 to"},
+      {"bench kernels --repeats 99999999999", "--repeats: Value 99999999999 not in range 1 to"},
+      {"bench data --batches 99999999999", "--batches: Value 99999999999 not in range 20 to"},
+      {"train --model deit3_tiny --data nowhere --output nowhere --dry-run --workers 99999999999",
+       "--workers: Value 99999999999 not in range 1 to 256"}};
+  for (const auto& [args, message] : refused) {
+    const CliResult r = run_deit(args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Catch::Contains(message));
+  }
+}
+
 TEST_CASE("a seed is a whole number from 0 to 2^64 - 1", "[cli]") {
   // CLI11 alone reads -1 as 2^64 - 1 and an overflowing number as the largest.
   const std::vector<std::pair<std::string, std::string>> refused = {

@@ -69,6 +69,15 @@ TEST_CASE("deit export writes the model's tensors under timm's names", "[io][cli
   const std::string deeper = dir.file("exports/tiny/weights.safetensors");
   CHECK(run_deit("export --checkpoint " + checkpoint + " --out " + deeper).exit_code == 0);
   CHECK(read_safetensors(deeper).tensors.size() == vit.parameters().size());
+  // Any name that ends in .safetensors, in either case, as deit augment takes *.PNG: the name
+  // .safetensors too, which "has no extension" to std::filesystem and was refused for not ending
+  // in .safetensors.
+  for (const std::string name : {"upper.SafeTensors", "hidden/.safetensors"}) {
+    INFO(name);
+    const auto written = run_deit("export --checkpoint " + checkpoint + " --out " + dir.file(name));
+    CHECK(written.exit_code == 0);
+    CHECK(read_safetensors(dir.file(name)).tensors.size() == vit.parameters().size());
+  }
 }
 
 TEST_CASE("deit export rejects bad input with a clear message and a non-zero exit", "[io][cli]") {

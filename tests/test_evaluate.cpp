@@ -158,3 +158,24 @@ TEST_CASE("deit eval refuses a split with more classes than the head has outputs
     CHECK_THAT(r.output, Catch::Contains(refusal));
   }
 }
+
+TEST_CASE("deit eval --split takes a split inside --data and refuses a path out of it",
+          "[train][cli]") {
+  // --data DATA/train --split ../val read DATA/val: a split outside the root --data names.
+  test::TempDir dir;
+  const std::string data = write_dataset(dir);
+  const std::string weights = dir.file("weights.safetensors");
+  model::save_weights(weights, test::tiny_cli_model(kClasses, 8, 5), {});
+  const std::string eval = "eval --weights " + weights + " --json ";
+  for (const std::string& split : {std::string("../val"), data + "/val", std::string(".")}) {
+    const test::CliResult r = run_deit(eval + "--data " + data + "/train --split " + split);
+    INFO(r.output);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Catch::Contains("--split: '" + split + "' is not a split inside --data") &&
+                             Catch::Contains("--split val"));
+  }
+  // A relative path that stays inside is a split's.
+  const test::CliResult inside = run_deit(eval + "--data " + data + " --split train/../val");
+  INFO(inside.output);
+  CHECK(inside.exit_code == 0);
+}
