@@ -17,6 +17,8 @@
 #include <thread>
 #include <utility>
 
+#include "engine/errno_text.h"
+
 extern char** environ;
 
 namespace deit {
@@ -239,8 +241,6 @@ class Socket {
  private:
   int fd_;
 };
-
-std::string errno_text() { return std::strerror(errno); }
 
 int ms_left(Clock::time_point deadline) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/pending_file.h"
+#include "engine/errno_text.h"
 
 namespace deit::model {
 
@@ -94,8 +95,6 @@ std::string metadata_crc32_hex(const Metadata& metadata) {
   for (const auto& [key, value] : metadata) text += key + '\0' + value + '\0';
   return crc32_hex(text.data(), text.size());
 }
-
-std::string errno_text() { return std::strerror(errno); }
 
 // ---------------------------------------------------------------------------------------------
 // Reading

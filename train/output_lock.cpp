@@ -12,11 +12,11 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "engine/errno_text.h"
+
 namespace deit::train {
 
 namespace {
-
-std::string errno_text() { return std::strerror(errno); }
 
 // Who holds the lock, as its holder wrote it ("" before it has).
 std::string holder_of(int fd) {
