@@ -21,7 +21,7 @@ scripts/torch_reference.py, since timm is not a Debian package); this closes the
   6. the other way: timm's own weights (a demo-sized model of timm's with random weights of order
      0.2 everywhere, so that no block is near the identity and no logit ties, saved with
      safetensors.torch.save_file as the Hub's files are) evaluated by `deit eval --weights` on the
-     same images score as timm scores them.
+     same images score as timm scores them; so do the same weights saved in F16 (after .half()).
 
 Needs torch, torchvision (timm imports it), timm, safetensors and Pillow. On Debian 12:
     apt-get install python3-torch python3-torchvision python3-yaml python3-pil
@@ -193,18 +193,32 @@ def main():
             with torch.no_grad():
                 for parameter in theirs.parameters():
                     parameter.normal_(0, 0.2)
-            timm_file = os.path.join(work, "timm.safetensors")
-            save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, timm_file)
-            top1, top5, loss, images = timm_scores(theirs, os.path.join(data, "val"), classes)
-            read = json.loads(deit(binary, "eval", "--model", "deit3_small", "--dim",
-                                   str(theirs.embed_dim), "--depth", str(len(theirs.blocks)),
-                                   "--heads", str(DEMO_HEADS), "--weights", timm_file, "--data",
-                                   data, "--eval-crop-ratio", "1", "--json"))
-            relative = abs(loss / images - read["loss"]) / read["loss"]
-            checks.append(("timm's weights: deit eval scores them as timm does",
-                           relative < 1e-4 and abs(top1 - round(read["acc1"] * images / 100)) <= 1,
-                           f"loss timm {loss / images:.6f}, deit {read['loss']:.6f}; top-1 timm "
-                           f"{top1}, deit {round(read['acc1'] * images / 100)}"))
+            def deit_scores_weights(state_dict, name):
+                path = os.path.join(work, name)
+                save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
+                return json.loads(deit(binary, "eval", "--model", "deit3_small", "--dim",
+                                       str(theirs.embed_dim), "--depth", str(len(theirs.blocks)),
+                                       "--heads", str(DEMO_HEADS), "--weights", path, "--data",
+                                       data, "--eval-crop-ratio", "1", "--json"))
+
+            def check_scores(what, read):
+                top1, top5, loss, images = timm_scores(theirs, os.path.join(data, "val"), classes)
+                relative = abs(loss / images - read["loss"]) / read["loss"]
+                checks.append((what, relative < 1e-4 and
+                               abs(top1 - round(read["acc1"] * images / 100)) <= 1,
+                               f"loss timm {loss / images:.6f}, deit {read['loss']:.6f}; top-1 "
+                               f"timm {top1}, deit {round(read['acc1'] * images / 100)}"))
+
+            check_scores("timm's weights: deit eval scores them as timm does",
+                         deit_scores_weights(theirs.state_dict(), "timm.safetensors"))
+            # Saved after .half() (F16 in the file): deit widens them to fp32, as timm does the
+            # same half weights here.
+            half = {k: v.half() for k, v in theirs.state_dict().items()}
+            with torch.no_grad():
+                for parameter in theirs.parameters():
+                    parameter.copy_(parameter.half().float())
+            check_scores("timm's weights in F16: deit eval scores them as timm does",
+                         deit_scores_weights(half, "timm-f16.safetensors"))
 
         # deit3_small at 224: one step on a few of the demo's images, enough to make a checkpoint.
         few = os.path.join(work, "few")
