@@ -71,8 +71,8 @@ void layerscale_residual_layernorm_forward_cpu(const T* x, const T* branch, cons
 // dln_weight, dln_bias: (C); dbias: (C), the column sums of dbranch, i.e. the bias gradient of
 // the linear layer that made branch (ops::linear_layerscale_residual_layernorm takes it from
 // here instead of another pass). dbranch and the four (C) gradients may be nullptr, but dbias
-// needs dbranch. dx must not overlap dout or dy: the CPU twin writes the LayerNorm's share into dx
-// before it adds dout.
+// needs dbranch (std::invalid_argument without it, unless the branch has no rows). dx must not
+// overlap dout or dy: the CPU twin writes the LayerNorm's share into dx before it adds dout.
 template <typename T>
 void layerscale_residual_layernorm_backward_cpu(
     const T* dout, const T* dy, const T* out, const T* branch, const T* gamma, const T* keep_scale,

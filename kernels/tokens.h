@@ -48,8 +48,9 @@ void cls_select_backward_cpu(const T* dout, T* dx, int64_t B, int64_t Tn, int64_
 // CUDA. The patch tensors (unfold's output, pos_embed_cls's x and dx) are bf16, the operands of
 // the patch-embedding GEMM. The residual stream that pos_embed_cls starts and cls_select ends is
 // fp32, and so is its gradient (dout of pos_embed_cls, both sides of cls_select): in bf16,
-// LayerScale's small block updates would round away. pos and cls are the fp32 master weights
-// (out = x + pos is then exact); dpos and dcls are fp32, summed over the batch in sample order
+// LayerScale's small block updates would round away. pos and cls are the fp32 master weights,
+// read unrounded (out = x + pos is one fp32 addition, as on the CPU in fp32; the class token is
+// copied as it is); dpos and dcls are fp32, summed over the batch in sample order
 // (deterministic). The image is fp32 (the augmentation stage's normalised output), so unfold also
 // does the cast to bf16 that the patch-embedding GEMM needs; the image gradient (only for
 // completeness: training never needs it) is fp32 likewise.

@@ -15,9 +15,9 @@ struct ViTConfig {
   int64_t num_classes = 1000;
   int64_t input_size = 224;  // square images; the patch grid is input_size / patch, floored
   int64_t in_channels = 3;
-  int64_t mlp_ratio = 4;
-  double layerscale_init = 1e-4;
-  double layernorm_eps = 1e-6;
+  int64_t mlp_ratio = 4;          // fc1 widens dim to mlp_ratio * dim (hidden())
+  double layerscale_init = 1e-4;  // every LayerScale gamma's initial value (RECIPE.md: 1e-4)
+  double layernorm_eps = 1e-6;    // every LayerNorm's eps (RECIPE.md: 1e-6)
 
   int64_t grid() const { return input_size / patch; }
   int64_t num_patches() const { return grid() * grid(); }

@@ -11,6 +11,7 @@ int64_t parameter_count(const ViTConfig& config) {
 }
 
 int64_t forward_macs(const ViTConfig& c) {
+  c.validate();  // its bounds keep every product below in int64
   const int64_t T = c.tokens(), C = c.dim, hidden = c.hidden();
   const int64_t patch_embed = c.num_patches() * (c.in_channels * c.patch * c.patch) * C;
   const int64_t per_block = T * C * 3 * C     // qkv
@@ -43,11 +44,13 @@ int64_t block_bytes(const ViTConfig& c, int64_t Tq, int64_t activation_bytes, in
 
 int64_t block_activation_bytes_per_image(const ViTConfig& c, int64_t activation_bytes,
                                          int64_t fp32_bytes, bool recompute_gelu) {
+  c.validate();
   return block_bytes(c, c.tokens(), activation_bytes, fp32_bytes, recompute_gelu);
 }
 
 int64_t activation_bytes_per_image(const ViTConfig& c, int64_t activation_bytes,
                                    int64_t fp32_bytes, ActivationOptions options) {
+  c.validate();
   const int64_t T = c.tokens(), C = c.dim;
   // Checkpointed: each block keeps its residual-stream input, norm1 of it and its drop-path
   // scales; the first norm1's statistics stay outside the blocks.

@@ -1,5 +1,7 @@
 // What a ViT costs: parameters, multiply-accumulates of one forward pass, and the activation
-// memory one training image holds between forward and backward.
+// memory one training image holds between forward and backward. Each throws
+// std::invalid_argument for a config that ViTConfig::validate refuses (its bounds keep these sums
+// inside int64).
 #pragma once
 #include <cstdint>
 

@@ -3,6 +3,7 @@
 namespace deit::model {
 
 std::vector<ParamSpec> vit_param_specs(const ViTConfig& c) {
+  c.validate();  // before any size is derived from it: a patch of 0 would divide by zero below
   const int64_t C = c.dim, P = c.patch, hidden = c.hidden();
   std::vector<ParamSpec> specs;
   auto add = [&](std::string name, Shape shape, Init init, bool decay) {

@@ -32,6 +32,8 @@ struct ParamSpec {
   bool weight_decay;
 };
 
+// In the order VisionTransformer registers them.
+// Throws std::invalid_argument for a config that ViTConfig::validate refuses.
 std::vector<ParamSpec> vit_param_specs(const ViTConfig& config);
 
 }  // namespace deit::model

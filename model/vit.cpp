@@ -11,11 +11,8 @@
 namespace deit::model {
 
 VisionTransformer::VisionTransformer(const ViTConfig& config, Device device, DType dtype)
-    : config_(config), specs_(vit_param_specs(config)) {
-  if (device.is_cuda())
-    config_.validate_for_cuda();
-  else
-    config_.validate();
+    : config_(config), specs_(vit_param_specs(config)) {  // vit_param_specs validates config
+  if (device.is_cuda()) config_.validate_for_cuda();
   for (const ParamSpec& spec : specs_)
     params_.add(spec.name, Tensor::empty(spec.shape, dtype, device), spec.weight_decay);
 }
@@ -123,16 +120,19 @@ Tensor VisionTransformer::forward(const Tensor& images, const Tensor& keep_scale
     return row < static_cast<int64_t>(kept.size()) ? kept[row] : whole_batch;
   };
 
-  // timm's conv weight (C, 3, P, P), flattened, is in the (cin, ky, kx) order patch_unfold gives
-  // each patch's pixels: the conv is this one GEMM, with the weight as timm stores it.
-  Tensor patch_weight = ops::reshape(p("patch_embed.proj.weight"), {C, -1});
+  // timm's conv weight (C, Cin, P, P), flattened, is in the (cin, ky, kx) order patch_unfold
+  // gives each patch's pixels: the conv is this one GEMM, with the weight as timm stores it.
+  Tensor patch_weight = ops::reshape(p("patch_embed.proj.weight"), {C, -1});  // (C, Cin P^2)
+  // images (B, Cin, H, W) -> patches (B, N, Cin P^2) -> x (B, N, C)
   Tensor x =
       ops::linear(ops::patch_unfold(images, c.patch), patch_weight, p("patch_embed.proj.bias"));
+  // x (B, T, C), T = 1 + N: the class token, then the patches plus pos_embed. The residual stream.
   x = ops::pos_embed_cls(x, p("pos_embed"), p("cls_token"));
 
   // Pre-norm blocks. Each residual update is fused with the LayerNorm that reads its result
   // (norm2, or the next block's norm1); only the first norm1 and the last update stand alone.
-  // h, a LayerNorm's output, is always the next branch's input: the rows of the samples it runs on.
+  // h, a LayerNorm's output, is always the next branch's input: the rows of the samples it runs on,
+  // (B, T, C), or (n, T, C) for a branch that runs on n kept samples.
   Tensor h = ops::layernorm(x, p("blocks.0.norm1.weight"), p("blocks.0.norm1.bias"),
                             c.layernorm_eps);
   if (!kept_row(0).empty()) h = ops::gather_samples(h, kept_row(0));
@@ -178,16 +178,18 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
   // The same values and gradients as the whole batch's branch, for the kept share of the work.
   const Tensor &qkv_weight = p(b + "attn.qkv.weight"), &qkv_bias = p(b + "attn.qkv.bias");
   const Tensor &proj_weight = p(b + "attn.proj.weight"), &proj_bias = p(b + "attn.proj.bias");
-  const Tensor h = last ? ops::linear_class_attention(normed, qkv_weight, qkv_bias, config_.heads)
-                        : ops::linear_attention(normed, qkv_weight, qkv_bias, config_.heads);
+  // The heads' concatenated outputs, proj's input: (n, T, C), or (n, 1, C) in the last block.
+  const Tensor attn = last
+                          ? ops::linear_class_attention(normed, qkv_weight, qkv_bias, config_.heads)
+                          : ops::linear_attention(normed, qkv_weight, qkv_bias, config_.heads);
   const Tensor stream = last ? ops::reshape(ops::cls_select(x), {x.size(0), 1, x.size(2)}) : x;
   ops::ResidualAndNorm r = ops::linear_layerscale_residual_layernorm(
-      stream, h, proj_weight, proj_bias, p(b + "ls1.gamma"), keep_attention, p(b + "norm2.weight"),
-      p(b + "norm2.bias"), eps, {kept.attention, kept.mlp});
+      stream, attn, proj_weight, proj_bias, p(b + "ls1.gamma"), keep_attention,
+      p(b + "norm2.weight"), p(b + "norm2.bias"), eps, {kept.attention, kept.mlp});
 
   const Tensor &fc1_weight = p(b + "mlp.fc1.weight"), &fc1_bias = p(b + "mlp.fc1.bias");
   const Tensor &fc2_weight = p(b + "mlp.fc2.weight"), &fc2_bias = p(b + "mlp.fc2.bias");
-  const Tensor& gamma = p(b + "ls2.gamma");
+  const Tensor& ls2_gamma = p(b + "ls2.gamma");
   // GELU next to the linear layer whose output it keeps for backward: with fc1 (its bias gradient
   // from GELU's backward pass), or, recomputed, with fc2 (fc2's input not kept).
   const Tensor hidden = recompute_gelu_ ? ops::linear(r.normed, fc1_weight, fc1_bias)
@@ -195,19 +197,20 @@ std::vector<Tensor> VisionTransformer::block_forward(int64_t i, const Tensor& x,
   if (last) {  // no LayerNorm after the last update (the head's comes after it), and one row
     const Tensor mlp = recompute_gelu_ ? ops::gelu_linear(hidden, fc2_weight, fc2_bias)
                                        : ops::linear(hidden, fc2_weight, fc2_bias);
-    return {ops::layerscale_residual(
-        r.residual, kept.mlp.empty() ? mlp : ops::scatter_samples(mlp, kept.mlp), gamma, keep_mlp)};
+    return {ops::layerscale_residual(r.residual,
+                                     kept.mlp.empty() ? mlp : ops::scatter_samples(mlp, kept.mlp),
+                                     ls2_gamma, keep_mlp)};
   }
   const std::string next = "blocks." + std::to_string(i + 1) + ".";
   const Tensor &norm_weight = p(next + "norm1.weight"), &norm_bias = p(next + "norm1.bias");
   // fc2 goes with the residual update (its bias gradient from the update's pass), unless GELU is
   // recomputed with it.
   r = recompute_gelu_ ? ops::layerscale_residual_layernorm(
-                            r.residual, ops::gelu_linear(hidden, fc2_weight, fc2_bias), gamma,
+                            r.residual, ops::gelu_linear(hidden, fc2_weight, fc2_bias), ls2_gamma,
                             keep_mlp, norm_weight, norm_bias, eps, {kept.mlp, kept.next_attention})
                       : ops::linear_layerscale_residual_layernorm(
-                            r.residual, hidden, fc2_weight, fc2_bias, gamma, keep_mlp, norm_weight,
-                            norm_bias, eps, {kept.mlp, kept.next_attention});
+                            r.residual, hidden, fc2_weight, fc2_bias, ls2_gamma, keep_mlp,
+                            norm_weight, norm_bias, eps, {kept.mlp, kept.next_attention});
   return {r.residual, r.normed};
 }
 

@@ -26,7 +26,9 @@ namespace deit::model {
 
 class VisionTransformer {
  public:
-  // Allocates every parameter of `config` (uninitialised) on `device` in `dtype`.
+  // Allocates every parameter of `config` (uninitialised) on `device` in `dtype`. Throws
+  // std::invalid_argument, before anything is allocated, for a config that ViTConfig::validate
+  // (on CUDA validate_for_cuda) refuses.
   VisionTransformer(const ViTConfig& config, Device device = Device::cpu(),
                     DType dtype = DType::f32);
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <stdexcept>
@@ -20,6 +21,7 @@
 #include "data/mixup.h"
 #include "data/transforms.h"
 #include "engine/rng.h"
+#include "kernels/augment.h"
 #include "tests/test_data_helpers.h"
 
 namespace {
@@ -458,6 +460,20 @@ TEST_CASE("named ops reject bad names and arguments with a message", "[augment]"
   const ImageU8 sa = apply_named_op(image, "src:16", a);
   CHECK(sa.height == 16);
   CHECK(sa.width == 16);
+}
+
+TEST_CASE("a crop box whose far edge passes INT_MAX is refused", "[augment]") {
+  // x + w in int overflowed (undefined; in practice a negative sum that passed the bounds check,
+  // after which crop_cpu would read gigabytes past the source). deit augment's crop:X,Y,W,H caps
+  // each number at 1e9, so only other callers of the kernel could reach it.
+  constexpr int kMax = std::numeric_limits<int>::max();
+  CHECK_THROWS_WITH(deit::kernels::check_crop_box(kMax, 0, 1, 1, 20, 30),
+                    Catch::Contains("not inside the 30x20 image"));
+  CHECK_THROWS_WITH(deit::kernels::check_crop_box(0, kMax, 1, 1, 20, 30),
+                    Catch::Contains("not inside the 30x20 image"));
+  CHECK_THROWS_WITH(deit::kernels::check_crop_box(2, 0, kMax, 1, 20, 30),
+                    Catch::Contains("not inside the 30x20 image"));
+  CHECK_NOTHROW(deit::kernels::check_crop_box(29, 19, 1, 1, 20, 30));
 }
 
 TEST_CASE("geometry ops compose as expected", "[augment]") {

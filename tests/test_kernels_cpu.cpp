@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -66,6 +67,20 @@ TEST_CASE("gemm_cpu matches a naive product for every transpose, stride and beta
                 REQUIRE(C[i * ldc + j] == expected[i * ldc + j]);
             }
         }
+}
+
+TEST_CASE("gemm_cpu refuses a size past CBLAS's int instead of cutting it", "[kernels]") {
+  // (2^32 + 1) x 1 x 1: cut to 32 bits it would be a 1 x 1 x 1 product, computed without a word.
+  // The check comes before any element is touched, so one-element buffers do.
+  Vec A(1, 1.0), B(1, 2.0), C(1, 0.0);
+  const int64_t huge = (int64_t{1} << 32) + 1;
+  CHECK_THROWS_AS(
+      gemm_cpu<double>(false, true, huge, 1, 1, 1.0, A.data(), 1, B.data(), 1, 0.0, C.data(), 1),
+      std::invalid_argument);
+  CHECK_THROWS_AS(
+      gemm_cpu<double>(false, false, 1, 1, 1, 1.0, A.data(), 1, B.data(), 1, 0.0, C.data(), huge),
+      std::invalid_argument);
+  CHECK(C[0] == 0.0);
 }
 
 TEST_CASE("linear forward matches a naive matrix product", "[kernels]") {
@@ -573,4 +588,33 @@ void check_sample_gather_scatter() {
 TEST_CASE("gather and scatter of samples move whole rows and zero the dropped ones", "[kernels]") {
   check_sample_gather_scatter<float>();
   check_sample_gather_scatter<double>();
+}
+
+TEST_CASE("the fused residual + LayerNorm backward refuses dbias without dbranch", "[kernels]") {
+  // B = 1 sample of T = 2 tokens, C = 3 channels.
+  const int64_t B = 1, Tn = 2, C = 3;
+  Rng rng(231);
+  const Vec dy = random_vector(rng, B * Tn * C), out = random_vector(rng, B * Tn * C),
+            branch = random_vector(rng, B * Tn * C), gamma = random_vector(rng, C),
+            ln_weight = random_vector(rng, C), mean = random_vector(rng, B * Tn);
+  const Vec keep_scale(B, 1.0), rstd(B * Tn, 2.0);
+  Vec dx(B * Tn * C), dbias(C, -1.0);
+  // dbias is the column sums of dbranch: without dbranch there is nothing to sum (it read through
+  // a null pointer).
+  CHECK_THROWS_AS(layerscale_residual_layernorm_backward_cpu<double>(
+                      nullptr, dy.data(), out.data(), branch.data(), gamma.data(),
+                      keep_scale.data(), ln_weight.data(), mean.data(), rstd.data(), dx.data(),
+                      nullptr, nullptr, nullptr, nullptr, dbias.data(), B, Tn, C),
+                  std::invalid_argument);
+  // A branch that ran on no sample has no rows to sum: dbias is 0, dbranch not needed (the CUDA
+  // twin's rule).
+  const int32_t no_slot[1] = {-1};
+  SampleSlots slots;
+  slots.branch = no_slot;
+  slots.branch_samples = 0;
+  layerscale_residual_layernorm_backward_cpu<double>(
+      nullptr, dy.data(), out.data(), nullptr, gamma.data(), keep_scale.data(), ln_weight.data(),
+      mean.data(), rstd.data(), dx.data(), nullptr, nullptr, nullptr, nullptr, dbias.data(), B, Tn,
+      C, slots);
+  CHECK(dbias == Vec(C, 0.0));
 }

@@ -75,6 +75,16 @@ TEST_CASE("configuration errors say what is wrong", "[model]") {
     if (field == "patch size") c.patch = c.input_size = value;
     CHECK_THROWS_WITH(c.validate(), Catch::Contains(field + " must be at most"));
   }
+  // The model and the cost model check a configuration before they derive any size from it: a
+  // patch of 0 divided by zero in the parameter table (a crash, not this error), and a depth of
+  // 10^11 made a table of 1.6 * 10^12 entries first.
+  c = preset("deit3_small");
+  c.patch = 0;
+  CHECK_THROWS_WITH(VisionTransformer(c), Catch::Contains("patch size must be at least 1"));
+  CHECK_THROWS_WITH(parameter_count(c), Catch::Contains("patch size must be at least 1"));
+  CHECK_THROWS_WITH(forward_macs(c), Catch::Contains("patch size must be at least 1"));
+  CHECK_THROWS_WITH(activation_bytes_per_image(c, 2, 4),
+                    Catch::Contains("patch size must be at least 1"));
   c = preset("deit3_huge52");
   c.input_size = 16384;
   CHECK_THROWS_WITH(c.validate(), Catch::Contains("1e15 multiply-adds"));

@@ -93,7 +93,9 @@ std::string number_text(double v) {
 }
 
 void check_crop_box(int x, int y, int w, int h, int height, int width) {
-  if (x < 0 || y < 0 || w <= 0 || h <= 0 || x + w > width || y + h > height)
+  // The box's far edges in int64: x + w in int overflows for a box far outside the image, and a
+  // wrapped sum would pass the test and read outside the source.
+  if (x < 0 || y < 0 || w <= 0 || h <= 0 || int64_t{x} + w > width || int64_t{y} + h > height)
     invalid("crop box " + box(x, y, w, h) + " is not inside the " + dims(height, width) + " image");
 }
 

@@ -1,5 +1,9 @@
 #include "kernels/cpu/gemm.h"
 
+#include <initializer_list>
+#include <limits>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #if DEIT_HAVE_CBLAS
@@ -22,7 +26,7 @@ void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
   const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
-  const auto i = [](int64_t v) { return static_cast<int>(v); };  // CBLAS takes 32-bit sizes
+  const auto i = [](int64_t v) { return static_cast<int>(v); };  // in range: gemm_cpu checks
   if constexpr (std::is_same_v<T, float>)
     cblas_sgemm(CblasRowMajor, ta, tb, i(M), i(N), i(K), alpha, A, i(lda), B, i(ldb), beta, C,
                 i(ldc));
@@ -68,6 +72,15 @@ void gemm_loops(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T a
 template <typename T>
 void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
               int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  // CBLAS takes int sizes: a larger one would be cut to its low 32 bits, a wrong product without
+  // a word. Both builds refuse them, so that a shape works or fails the same with and without BLAS.
+  constexpr int64_t kMaxSize = std::numeric_limits<int>::max();
+  for (const int64_t v : {M, N, K, lda, ldb, ldc})
+    if (v < 0 || v > kMaxSize)
+      throw std::invalid_argument("gemm_cpu: M " + std::to_string(M) + ", N " + std::to_string(N) +
+                                  ", K " + std::to_string(K) + ", lda " + std::to_string(lda) +
+                                  ", ldb " + std::to_string(ldb) + ", ldc " + std::to_string(ldc) +
+                                  ": every size and leading dimension must be in [0, 2^31)");
 #if DEIT_HAVE_CBLAS
   if (M == 0 || N == 0) return;
   // BLAS rejects K == 0 (a leading dimension of 0 is illegal); the product is then beta * C.

@@ -1,5 +1,6 @@
 #include "kernels/layerscale.h"
 
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/cpu/reduce.h"
@@ -69,6 +70,12 @@ void layerscale_residual_layernorm_backward_cpu(
     const T* dout, const T* dy, const T* out, const T* branch, const T* gamma, const T* keep_scale,
     const T* ln_weight, const T* mean, const T* rstd, T* dx, T* dbranch, T* dgamma, T* dln_weight,
     T* dln_bias, T* dbias, int64_t B, int64_t Tn, int64_t C, const SampleSlots& slots) {
+  // dbias is summed from dbranch: refused up front, as the CUDA twin refuses it, rather than read
+  // through a null pointer after the LayerNorm's half has run.
+  const int64_t branch_rows = (slots.branch ? slots.branch_samples : B) * Tn;
+  if (dbias && !dbranch && branch_rows > 0)
+    throw std::invalid_argument(
+        "layerscale_residual_layernorm_backward_cpu: dbias is summed from dbranch, which is null");
   // `out` feeds two consumers, the LayerNorm and the rest of the residual stream, so its gradient
   // dx: (B*T, C) is the sum of theirs; x = out - (the branch term) gets the same gradient.
   const int64_t rows = B * Tn;
@@ -82,7 +89,6 @@ void layerscale_residual_layernorm_backward_cpu(
   layerscale_residual_backward_cpu(dx, branch, gamma, keep_scale, dbranch, dgamma, B, Tn, C,
                                    slots.branch);
   // The branch's linear layer's bias gradient, as linear_backward_cpu takes it from its dy.
-  const int64_t branch_rows = (slots.branch ? slots.branch_samples : B) * Tn;
   if (dbias) linear_bias_grad(dbranch, dbias, branch_rows, C);
 }
 

@@ -35,8 +35,15 @@ void check_affine(const double affine[6]) {
       invalid("affine matrix must be finite, got " + number_text(affine[i]));
 }
 
-// dst: (h, w, 3) = tables[c][src value] for channel c. tables: (3, 256).
-void apply_tables(const uint8_t* src, int h, int w, const uint8_t tables[3][256], uint8_t* dst) {
+// The point ops that look at the whole image first (autocontrast, equalize): each channel's
+// histogram makes that channel's table, make_table(histogram (256), table (256)), and
+// dst: (h, w, 3) = tables[c][src value] for channel c.
+template <typename MakeTable>
+void apply_histogram_tables(const uint8_t* src, int h, int w, MakeTable make_table, uint8_t* dst) {
+  uint32_t histograms[3][256];
+  channel_histograms(src, h, w, histograms);
+  uint8_t tables[3][256];
+  for (int c = 0; c < 3; ++c) make_table(histograms[c], tables[c]);
   for (size_t i = 0; i < values(h, w); ++i) dst[i] = tables[i % 3][src[i]];
 }
 
@@ -67,19 +74,11 @@ void check_rand_augment_step(const RandAugmentStep& s) {
 }
 
 void autocontrast_cpu(const uint8_t* src, int h, int w, uint8_t* dst) {
-  uint32_t histograms[3][256];
-  channel_histograms(src, h, w, histograms);
-  uint8_t tables[3][256];
-  for (int c = 0; c < 3; ++c) autocontrast_table(histograms[c], tables[c]);
-  apply_tables(src, h, w, tables, dst);
+  apply_histogram_tables(src, h, w, autocontrast_table, dst);
 }
 
 void equalize_cpu(const uint8_t* src, int h, int w, uint8_t* dst) {
-  uint32_t histograms[3][256];
-  channel_histograms(src, h, w, histograms);
-  uint8_t tables[3][256];
-  for (int c = 0; c < 3; ++c) equalize_table(histograms[c], tables[c]);
-  apply_tables(src, h, w, tables, dst);
+  apply_histogram_tables(src, h, w, equalize_table, dst);
 }
 
 void invert_cpu(const uint8_t* src, int h, int w, uint8_t* dst) {
