@@ -28,7 +28,8 @@ class WeightEma {
   // The averaged weights under the parameters' names: what evaluation or export of the EMA model
   // reads, and what a checkpoint saves. Live tensors, not copies.
   const NamedTensors& state() const { return averages_; }
-  // Restores what state() returned; same errors as Optimizer::load_state.
+  // Restores what state() returned (by name, in any order). Throws std::runtime_error naming a
+  // missing, unexpected or mis-shaped entry, with nothing modified (load_named_tensors).
   void load_state(const NamedTensors& state);
 
  private:

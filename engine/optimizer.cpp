@@ -233,6 +233,11 @@ double Optimizer::step(std::optional<double> global_grad_norm) {
     sum += squares;
     active.push_back(&slot);
   }
+  // A given norm covers gradients this optimizer did not see (the other ranks' shares): one of
+  // them not finite would otherwise scale the update by NaN, or leave it unclipped.
+  if (global_grad_norm && !std::isfinite(*global_grad_norm))
+    throw NonFiniteGradient("optimizer: the global gradient norm is " +
+                            std::to_string(*global_grad_norm) + "; step skipped, nothing modified");
   const double grad_norm = global_grad_norm.value_or(std::sqrt(sum));
   const double grad_scale = clip_grad_coefficient(grad_norm, options_.clip_grad);
   ++step_count_;
@@ -264,11 +269,30 @@ std::vector<TensorLayout> Optimizer::state_layout(const ParameterRegistry& param
   return layout;
 }
 
+void Optimizer::check_state(const std::string& what, const std::vector<TensorLayout>& layout,
+                            const NamedTensors& state) {
+  check_named_tensors(what, layout, state);
+  std::map<std::string, const Tensor*> given;
+  for (const auto& [name, tensor] : state) given.emplace(name, &tensor);
+  for (const TensorLayout& entry : layout) {
+    if (entry.dtype != DType::i32) continue;  // the moments
+    const int32_t steps = given.at(entry.name)->data<int32_t>()[0];
+    if (steps < 0)
+      throw std::runtime_error(what + ": entry '" + entry.name + "' counts " +
+                               std::to_string(steps) + " steps (a corrupt checkpoint?)");
+  }
+}
+
 void Optimizer::load_state(const NamedTensors& saved) {
   // state() gives the live moments plus fresh step tensors: loading into it fills the moments in
   // place, and the counts are read back from the step tensors.
   const NamedTensors live = state();
-  load_named_tensors(std::string(name()) + " optimizer state", live, saved);
+  const std::string what = std::string(name()) + " optimizer state";
+  std::vector<TensorLayout> layout;
+  for (const auto& [entry, tensor] : live)
+    layout.push_back({entry, tensor.shape(), tensor.dtype()});
+  check_state(what, layout, saved);
+  load_named_tensors(what, live, saved);
   step_count_ = live[0].second.data<int32_t>()[0];
   for (size_t i = 0; i < slots_.size(); ++i)
     slots_[i].steps = live[1 + 3 * i + 2].second.data<int32_t>()[0];

@@ -18,11 +18,12 @@
 // On CUDA the update runs over every parameter at once with the multi-tensor kernels
 // (kernels/optimizer.h, CudaParamTable): the global gradient norm, the clipping factor and LAMB's
 // trust ratios stay on the device, and each update also rewrites the bf16 copies. The gradients
-// are fresh tensors from autograd each step: each update first points the table at them
-// (set_grads_cuda, one launch per 256 tensors), rather than copying them into fixed buffers. Every
-// parameter needs a gradient at every step there (a ViT's do). The
-// learning rate and the step count's bias corrections reach the kernels through device memory
-// (begin_step_async), so that a CUDA graph of the update can be replayed step after step.
+// may lie anywhere (new memory from autograd each step, or the gradient reducer's homes,
+// engine/gradient_reducer.h): each update first points the table at them (set_grads_cuda, one
+// launch per 256 tensors), rather than copying them into fixed buffers. Every parameter needs a
+// gradient at every step there (a ViT's do). The learning rate and the step count's bias
+// corrections reach the kernels through device memory (begin_step_async), so that a CUDA graph of
+// the update can be replayed step after step.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -102,7 +103,8 @@ class Optimizer {
   // (what the trainer logs). Throws NonFiniteGradient, leaving everything unchanged, when a
   // gradient is not finite. `global_grad_norm`, when given, is the norm clipping uses instead of
   // the one over this optimizer's own gradients: an optimizer over one rank's shard of the model
-  // (ZeRO-1, engine/sharded_optimizer.h) must clip by the norm of all of them.
+  // (ZeRO-1, engine/sharded_optimizer.h) must clip by the norm of all of them. A given norm that
+  // is not finite throws NonFiniteGradient too (another rank's gradient was not finite).
   double step(std::optional<double> global_grad_norm = std::nullopt);
 
   // CUDA parameters only: enqueues one update on the compute stream and returns without waiting.
@@ -134,7 +136,8 @@ class Optimizer {
   double lr() const { return options_.lr; }
   void set_lr(double lr) { options_.lr = lr; }
   const OptimizerOptions& options() const { return options_; }
-  int64_t step_count() const { return step_count_; }   // step() calls so far
+  // Updates so far: the step() calls that did not throw, and the begin_step_async() calls.
+  int64_t step_count() const { return step_count_; }
   double last_grad_norm() const { return last_grad_norm_; }  // what the last step() returned
 
   // The state, for checkpoints: "step" (i32, shape (1)), then per parameter "<name>.exp_avg",
@@ -146,9 +149,15 @@ class Optimizer {
   // sharded optimizer checks a whole state against on every rank, though it keeps only its share.
   static std::vector<TensorLayout> state_layout(const ParameterRegistry& params);
   // Restores what state() returned (by name, in any order), into an optimizer built over the same
-  // parameters. Throws std::runtime_error naming a missing, unexpected or mis-shaped entry, with
-  // nothing modified.
+  // parameters. Throws std::runtime_error naming a missing, unexpected or mis-shaped entry, or a
+  // negative step count, with nothing modified.
   void load_state(const NamedTensors& state);
+  // What load_state checks before it loads anything: check_named_tensors(what, layout, state),
+  // then that every step count (the layout's i32 entries) is at least 0. A count below 0 would
+  // make the next update's bias correction 1 - beta^t zero or negative, and the update divide by
+  // it: the weights would turn to NaN or jump the wrong way, with no error.
+  static void check_state(const std::string& what, const std::vector<TensorLayout>& layout,
+                          const NamedTensors& state);
 
  protected:
   struct Slot {

@@ -404,7 +404,11 @@ void serve(const Rendezvous& rv, const std::vector<uint8_t>& payload, Clock::tim
     else if (world != static_cast<uint32_t>(rv.world_size))
       refusal = "rank 0 here runs a job of world size " + std::to_string(rv.world_size) + ", not " +
                 std::to_string(world) + " (two jobs on one port?)";
-    else if (rank == 0 || rank >= world || served[rank])
+    else if (rank == 0 || rank >= world)
+      refusal = "rank " + std::to_string(rank) + " is out of range for world size " +
+                std::to_string(world) + " (rank 0 serves ranks 1 to " + std::to_string(world - 1) +
+                ")";
+    else if (served[rank])
       refusal = "rank " + std::to_string(rank) + " has already been served (two jobs on one port?)";
     if (!refusal.empty()) {
       try {

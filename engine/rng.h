@@ -9,6 +9,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 
 namespace deit {
 
@@ -35,8 +36,10 @@ class Rng {
   double uniform() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }
   double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
 
-  // Uniform integer in [0, n), unbiased (rejection of the short last interval).
+  // Uniform integer in [0, n), unbiased (rejection of the short last interval). n >= 1:
+  // std::invalid_argument for 0, where there is no such integer (and n % 0 would divide by 0).
   uint64_t below(uint64_t n) {
+    if (n == 0) throw std::invalid_argument("Rng::below(0): no integer in [0, 0)");
     const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
     uint64_t r;
     do r = next_u64();

@@ -1,6 +1,7 @@
 #include "engine/schedule.h"
 
 #include <cmath>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -21,6 +22,12 @@ CosineSchedule::CosineSchedule(const CosineScheduleOptions& options) : options_(
 double CosineSchedule::lr_at(double t) const {
   // Written in the order of timm's expressions, so the doubles match Python's.
   const CosineScheduleOptions& o = options_;
+  if (!(t >= 0)) {  // NaN too
+    char text[32];
+    std::snprintf(text, sizeof text, "%g", t);
+    throw std::invalid_argument(std::string("cosine schedule: time ") + text +
+                                " is before the start (t >= 0 epochs)");
+  }
   if (t < o.warmup_epochs) return o.warmup_lr + t * ((o.lr - o.warmup_lr) / o.warmup_epochs);
   if (o.warmup_prefix) t -= o.warmup_epochs;
 

@@ -43,7 +43,8 @@ class CosineSchedule {
   // negative rates or warm-up, cycle_mul <= 0, cycle_limit < 1).
   explicit CosineSchedule(const CosineScheduleOptions& options);
 
-  // timm's value at t (CosineLRScheduler._get_lr(t)); t >= 0, fractional t for per-step use.
+  // timm's value at t (CosineLRScheduler._get_lr(t)); fractional t for per-step use. Throws
+  // std::invalid_argument for t < 0 (or NaN), where the formulas give no rate of the schedule's.
   double lr_at(double t) const;
   // The learning rate main.py trains epoch `epoch` (0-based) with: the initial value (warmup_lr,
   // or lr without warm-up) for epoch 0, lr_at(epoch - 1) after.

@@ -84,11 +84,8 @@ double ShardedOptimizer::step() {
     return grad_norm;
   }
   // The norm a replicated step computes, the same on every rank: a non-finite gradient stops
-  // every rank alike.
+  // every rank alike (Optimizer::step throws for a given norm that is not finite).
   const double grad_norm = sharded_grad_norm();
-  if (!std::isfinite(grad_norm))
-    throw NonFiniteGradient("optimizer: the global gradient norm is " + std::to_string(grad_norm) +
-                            "; step skipped, nothing modified");
   local_->step(grad_norm);
   gather_updates();
   return grad_norm;
@@ -153,8 +150,8 @@ void ShardedOptimizer::load_state(const NamedTensors& state) {
   // Every rank checks the whole state, not only its share: an entry missing or mis-shaped for one
   // rank then stops every rank alike, before any has loaded anything, rather than that rank alone
   // while the others go on to wait for it in their next collective.
-  check_named_tensors(std::string(local_->name()) + " optimizer state",
-                      Optimizer::state_layout(params_), state);
+  Optimizer::check_state(std::string(local_->name()) + " optimizer state",
+                         Optimizer::state_layout(params_), state);
   std::set<std::string> mine;
   for (const auto& entry : local_->state()) mine.insert(entry.first);
   NamedTensors share;

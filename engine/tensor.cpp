@@ -1,6 +1,8 @@
 #include "engine/tensor.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <sstream>
 
@@ -252,6 +254,15 @@ double Tensor::item() const {
 }
 
 void Tensor::fill_(double value) {
+  // Converting a double an integer type cannot hold (a fraction, out of range, NaN) is undefined
+  // behaviour in C++, not a wrapped or rounded value: refused, as for an empty tensor too.
+  const auto holds = [value](double lowest, double highest) {
+    return value >= lowest && value <= highest && value == std::trunc(value);
+  };
+  if ((dtype() == DType::u8 && !holds(0, 255)) ||
+      (dtype() == DType::i32 && !holds(INT32_MIN, INT32_MAX)))
+    throw std::invalid_argument("fill_: " + std::to_string(value) + " is not a value of " +
+                                describe());
   if (numel() == 0) return;
   if (device().is_cuda()) {
 #if DEIT_HAVE_CUDA

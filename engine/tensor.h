@@ -91,13 +91,19 @@ class Tensor {
   std::vector<T> to_vector() const;
   double item() const;  // the single element of a one-element tensor, as double
 
+  // A copy on `device` (*this itself when it is there already).
   Tensor to(Device device) const;
+  // The values converted to `dtype` (*this itself when it is that already): from any dtype to f32,
+  // f64 or bf16 (rounded to nearest even); a conversion to u8 or i32 throws std::invalid_argument.
   Tensor to(DType dtype) const;
   Tensor clone() const;  // the values only (no grad, no bf16 copy)
   // Same shape and dtype, any devices. A copy that involves the host waits for it to finish; a copy
   // between device tensors is only enqueued on the compute stream.
   void copy_from(const Tensor& src);
-  void fill_(double value);  // on a CUDA device: a kernel, no host copy
+  // Every element set to `value`, rounded to f32 / bf16 as a cast does. u8 and i32 take only the
+  // whole numbers they hold (std::invalid_argument otherwise). On a CUDA device f32, bf16 (and any
+  // dtype for 0) are filled by a kernel, without a host copy; other dtypes copy a host tensor.
+  void fill_(double value);
   void zero_() { fill_(0.0); }
 
   // Views: shared storage, and none of the viewed tensor's autograd state (requires_grad, .grad,

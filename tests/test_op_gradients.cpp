@@ -114,6 +114,12 @@ TEST_CASE("attention op gradient over packed qkv by finite differences",
                      {random_f64({2, 5, 3 * 2 * 3}, rng)}, rng);
 }
 
+TEST_CASE("attention refuses heads of no features", "[ops][attention]") {
+  // head_dim 0: the scale 0^-0.5 is infinite, and it multiplies dot products of no terms.
+  for (const auto& op : {ops::attention, ops::class_attention})
+    CHECK_THROWS_WITH(op(Tensor::zeros({1, 2, 0}), 1), Catch::Contains("head_dim"));
+}
+
 TEST_CASE("linear_attention op gradient (x, weight, bias) by finite differences",
           "[gradcheck][ops][attention]") {
   Rng rng(30);
@@ -546,6 +552,15 @@ TEST_CASE("kept_samples selects the kept samples of the rows it may, in whole st
   CHECK(threes[0].index.to_vector<int32_t>() == std::vector<int32_t>{0, 1, 3});
   CHECK(threes[0].slot.to_vector<int32_t>() == std::vector<int32_t>{0, 1, -1, 2});
   CHECK(threes[3].index.to_vector<int32_t>() == std::vector<int32_t>{0, 2, 3});
+}
+
+TEST_CASE("gather_samples and scatter_samples of an empty selection are the whole batch", "[ops]") {
+  // SampleSelection's empty() stands for the whole batch (kept_samples' rows past max_count).
+  const Tensor x = Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {3, 2});
+  const ops::SampleSelection whole;
+  REQUIRE(whole.empty());
+  CHECK(ops::gather_samples(x, whole).to_vector<float>() == x.to_vector<float>());
+  CHECK(ops::scatter_samples(x, whole).to_vector<float>() == x.to_vector<float>());
 }
 
 TEST_CASE("scatter_samples of a selection of no samples gives the whole batch's zeros", "[ops]") {

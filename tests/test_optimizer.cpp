@@ -415,6 +415,16 @@ TEST_CASE("loading optimizer state names the bad entry and changes nothing", "[o
     state.push_back(good[1]);
     rejects(state, "entry 'fc.weight.exp_avg' appears twice");
   }
+  SECTION("negative step count") {
+    // -1 + 1 = 0 steps at the next update: a bias correction 1 - beta^0 = 0 to divide by.
+    for (const char* name : {"step", "fc.weight.step"}) {
+      INFO(name);
+      NamedTensors state;
+      for (const auto& [n, t] : good)
+        state.emplace_back(n, n == name ? Tensor::from_vector<int32_t>({-1}, {1}) : t);
+      rejects(state, std::string("entry '") + name + "' counts -1 steps");
+    }
+  }
   SECTION("good state loads") {
     fresh.load_state(good);
     CHECK(fresh.step_count() == 1);
@@ -451,6 +461,14 @@ TEST_CASE("optimizer step rejects non-finite and mismatched gradients untouched"
   SECTION("wrong shape") {
     toy.params.all()[0].value.set_grad(Tensor::zeros({4, 5}));
     CHECK_THROWS_WITH(adamw.step(), Catch::Contains("gradient of 'fc.weight' is f32 (4, 5)"));
+  }
+  SECTION("a given global norm that is not finite (another rank's NaN)") {
+    // Every gradient here is finite: only the norm says one elsewhere was not.
+    for (double norm :
+         {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+      CHECK_THROWS_AS(adamw.step(norm), deit::NonFiniteGradient);
+      CHECK_THROWS_WITH(adamw.step(norm), Catch::Contains("global gradient norm"));
+    }
   }
   CHECK(adamw.step_count() == 0);
   for (size_t i = 0; i < before.size(); ++i) CHECK(values(toy.params.all()[i].value) == before[i]);

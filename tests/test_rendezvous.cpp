@@ -268,6 +268,9 @@ TEST_CASE("the TCP exchange refuses a rank of another job and times out clearly"
   // A rank of a 3-rank job that picked the same port is told so, and rank 0 keeps serving.
   CHECK_THROWS_WITH(tcp_broadcast_from_rank0(rank_of(1, 3, port), {}, 20s),
                     Catch::Contains("world size 2, not 3"));
+  // One that claims a rank the job does not have is told that, not that it was served already.
+  CHECK_THROWS_WITH(tcp_broadcast_from_rank0(rank_of(5, 2, port), {}, 20s),
+                    Catch::Contains("rank 5 is out of range for world size 2"));
   CHECK(tcp_broadcast_from_rank0(rank_of(1, 2, port), {}, 20s) == id);
   CHECK(root.get() == id);
 

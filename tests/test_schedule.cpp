@@ -102,6 +102,11 @@ TEST_CASE("cosine schedule without warm-up starts at lr and rejects bad settings
   CHECK(s.epoch_lr(0) == 4e-3);
   CHECK(s.lr_at(0) == Approx(4e-3).epsilon(1e-15));
   CHECK_THROWS_AS(s.epoch_lr(-1), std::invalid_argument);
+  // Before the start the formulas give no learning rate of timm's: below warmup_lr in the warm-up
+  // (negative further back), lr / cycle_decay in cycle -1 without one.
+  CHECK_THROWS_WITH(s.lr_at(-0.5), Catch::Contains("time -0.5"));
+  CHECK_THROWS_WITH(CosineSchedule(deit3_small_800()).lr_at(-1), Catch::Contains("time -1"));
+  CHECK_THROWS_AS(s.lr_at(std::nan("")), std::invalid_argument);
 
   const auto rejects = [](void (*edit)(CosineScheduleOptions&), const char* message) {
     CosineScheduleOptions bad = deit3_small_800();

@@ -121,6 +121,11 @@ TEST_CASE("a sharded optimizer checks the whole state on every rank before loadi
                     Catch::Contains("missing entry 'a.exp_avg'"));
   CHECK_THROWS_WITH(optimizer.load_state(misshaped("a.exp_avg_sq")),
                     Catch::Contains("'a.exp_avg_sq'"));
+  // A negative count of one of rank 0's parameters stops rank 1 as well.
+  NamedTensors negative = whole_state();
+  for (auto& entry : negative)
+    if (entry.first == "a.step") entry.second = Tensor::from_vector<int32_t>({-2}, {1});
+  CHECK_THROWS_WITH(optimizer.load_state(negative), Catch::Contains("'a.step' counts -2 steps"));
   CHECK(optimizer.step_count() == 0);
 
   optimizer.load_state(whole_state());

@@ -1,4 +1,4 @@
-// Tensor basics and the caching allocator.
+// Tensor basics, the caching allocator and Rng.
 #include <unistd.h>
 #include <catch2/catch.hpp>
 
@@ -24,6 +24,18 @@ TEST_CASE("tensors of every dtype are created, filled and read back", "[tensor]"
     CHECK(t.size(-1) == 4);
     for (double v : t.to_vector<double>()) CHECK(v == 3.0);
   }
+}
+
+TEST_CASE("an integer tensor is filled only with a value it holds", "[tensor]") {
+  // The cast from double of any of these is undefined behaviour, not a wrap or a rounding.
+  for (double bad : {256.0, -1.0, 0.5, std::nan("")})
+    CHECK_THROWS_WITH(Tensor::full({2}, bad, DType::u8), Catch::Contains("is not a value of u8"));
+  for (double bad : {2147483648.0, -2147483649.0, 1.5, HUGE_VAL})
+    CHECK_THROWS_WITH(Tensor::zeros({2}, DType::i32).fill_(bad),
+                      Catch::Contains("is not a value of i32"));
+  CHECK(Tensor::full({2}, 255.0, DType::u8).to_vector<int32_t>() == std::vector<int32_t>{255, 255});
+  CHECK(Tensor::full({1}, -2147483648.0, DType::i32).to_vector<int32_t>()[0] == INT32_MIN);
+  CHECK(Tensor::full({1}, 0.5, DType::f32).item() == 0.5);
 }
 
 TEST_CASE("a tensor too large to count in bytes is refused, not allocated wrapped", "[tensor]") {
@@ -251,4 +263,12 @@ TEST_CASE("drop-path keeps each sample with probability 1 - rate and rescales it
   for (double v : ops::drop_path_keep_scales(8, 0.0, rng, DType::f64).to_vector<double>())
     CHECK(v == 1.0);
   CHECK_THROWS(ops::drop_path_keep_scales(8, 1.0, rng, DType::f64));
+}
+
+TEST_CASE("Rng::below draws in [0, n) and refuses n = 0", "[rng]") {
+  Rng rng(11);
+  for (int i = 0; i < 100; ++i) CHECK(rng.below(3) < 3);
+  CHECK(rng.below(1) == 0);
+  // [0, 0) holds no integer; the rejection bound would divide by 0.
+  CHECK_THROWS_AS(rng.below(0), std::invalid_argument);
 }

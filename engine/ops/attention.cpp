@@ -32,9 +32,10 @@ struct AttentionShape {
 };
 
 AttentionShape attention_shape(const Tensor& qkv, int64_t heads, Queries queries) {
-  check(qkv.dim() == 3 && heads > 0 && qkv.size(2) % (3 * heads) == 0, "attention",
+  check(qkv.dim() == 3 && heads > 0 && qkv.size(2) > 0 && qkv.size(2) % (3 * heads) == 0,
+        "attention",
         "qkv " + qkv.describe() + " is not (B, T, 3 * heads * head_dim) for " +
-            std::to_string(heads) + " heads");
+            std::to_string(heads) + " heads and a head_dim of at least 1");
   check(queries == Queries::every_token || qkv.size(1) > 0, "attention",
         "the class token's attention needs a class token, and qkv " + qkv.describe() +
             " has no token");

@@ -134,6 +134,7 @@ Tensor scatter(const Tensor& y, const SampleSelection& s, const char* op) {
 }  // namespace
 
 Tensor gather_samples(const Tensor& x, const SampleSelection& selection) {
+  if (selection.empty()) return x;  // the whole batch
   Tensor out = gather(x, selection, "gather_samples");
   if (needs_recording({&x}))
     record("gather_samples", out, {&x}, {}, [selection](Node&, const Tensor& dout) {
@@ -143,6 +144,7 @@ Tensor gather_samples(const Tensor& x, const SampleSelection& selection) {
 }
 
 Tensor scatter_samples(const Tensor& y, const SampleSelection& selection) {
+  if (selection.empty()) return y;  // the whole batch
   Tensor out = scatter(y, selection, "scatter_samples");
   if (needs_recording({&y}))
     record("scatter_samples", out, {&y}, {}, [selection](Node&, const Tensor& dout) {

@@ -31,10 +31,12 @@ std::vector<SampleSelection> kept_samples(const Tensor& keep_scales, int64_t gra
 std::vector<int64_t> kept_sample_counts(const Tensor& keep_scales, int64_t granularity,
                                         int64_t max_count);
 
-// x (B, ...) -> (n, ...): the selected samples, in order.
+// x (B, ...) -> (n, ...): the selected samples, in order. An empty selection (the whole batch)
+// returns x itself.
 Tensor gather_samples(const Tensor& x, const SampleSelection& selection);
 
-// y (n, ...) -> (B, ...): each selected sample's row of y in its place, zeros in the others.
+// y (n, ...) -> (B, ...): each selected sample's row of y in its place, zeros in the others. An
+// empty selection (the whole batch) returns y itself.
 Tensor scatter_samples(const Tensor& y, const SampleSelection& selection);
 
 }  // namespace deit::ops

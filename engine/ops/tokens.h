@@ -4,7 +4,8 @@
 namespace deit::ops {
 
 // The patch convolution's input side: image (B, Cin, H, W) -> patches (B, (H/P)*(W/P), Cin*P*P),
-// each patch ordered (cin, ky, kx) like a flattened conv weight (dim, Cin, P, P).
+// each patch ordered (cin, ky, kx) like a flattened conv weight (dim, Cin, P, P). Pixels past the
+// last whole patch are not read (as by a stride-P convolution); their gradient is 0.
 Tensor patch_unfold(const Tensor& image, int64_t patch);
 
 // Position embedding + class token: x (B, N, C), pos (1, N, C), cls (1, 1, C) -> (B, 1 + N, C)
