@@ -127,7 +127,7 @@ TEST_CASE("each --recipe stage sets the values of the reference's command for it
   }
 }
 
-TEST_CASE("a flag overrides any value of a recipe; a recipe that cannot apply is refused",
+TEST_CASE("a flag overrides any value of a recipe, and a recipe that cannot apply is refused",
           "[train][cli]") {
   nlohmann::json s = dry_run(
       "--model deit3_base --recipe finetune --finetune /runs/b --lr 2e-5 "

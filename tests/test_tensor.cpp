@@ -60,7 +60,7 @@ TEST_CASE("dtype conversions round trip and round bf16 to nearest even", "[tenso
   CHECK(Tensor::from_vector<int32_t>({7, -1}, {2}).to(DType::f32).to_vector<float>()[1] == -1.0f);
 }
 
-TEST_CASE("views share storage; shape errors are reported", "[tensor]") {
+TEST_CASE("views share storage, and shape errors are reported", "[tensor]") {
   Tensor t = Tensor::from_vector<float>({0, 1, 2, 3, 4, 5}, {3, 2});
   Tensor v = t.view({2, -1});
   CHECK(v.shape() == Shape{2, 3});
@@ -265,7 +265,7 @@ TEST_CASE("drop-path keeps each sample with probability 1 - rate and rescales it
   CHECK_THROWS(ops::drop_path_keep_scales(8, 1.0, rng, DType::f64));
 }
 
-TEST_CASE("Rng::below draws in [0, n) and refuses n = 0", "[rng]") {
+TEST_CASE("Rng::below draws from 0 to n - 1 and refuses n = 0", "[rng]") {
   Rng rng(11);
   for (int i = 0; i < 100; ++i) CHECK(rng.below(3) < 3);
   CHECK(rng.below(1) == 0);
