@@ -25,6 +25,14 @@ Tensor step_tensor(int64_t steps) {
   return Tensor::from_vector<int32_t>({static_cast<int32_t>(steps)}, {1});
 }
 
+// The names, shapes and dtypes of `tensors`: what a state loaded into them must have.
+std::vector<TensorLayout> layout_of(const NamedTensors& tensors) {
+  std::vector<TensorLayout> layout;
+  for (const auto& [name, tensor] : tensors)
+    layout.push_back({name, tensor.shape(), tensor.dtype()});
+  return layout;
+}
+
 }  // namespace
 
 double squared_norm(const Tensor& t) {
@@ -74,10 +82,7 @@ void check_named_tensors(const std::string& what, const std::vector<TensorLayout
 
 void load_named_tensors(const std::string& what, const NamedTensors& destination,
                         const NamedTensors& source) {
-  std::vector<TensorLayout> layout;
-  for (const auto& [name, tensor] : destination)
-    layout.push_back({name, tensor.shape(), tensor.dtype()});
-  check_named_tensors(what, layout, source);
+  check_named_tensors(what, layout_of(destination), source);
   std::map<std::string, const Tensor*> given;
   for (const auto& [name, tensor] : source) given.emplace(name, &tensor);
   for (const auto& [name, tensor] : destination) {
@@ -288,10 +293,7 @@ void Optimizer::load_state(const NamedTensors& saved) {
   // place, and the counts are read back from the step tensors.
   const NamedTensors live = state();
   const std::string what = std::string(name()) + " optimizer state";
-  std::vector<TensorLayout> layout;
-  for (const auto& [entry, tensor] : live)
-    layout.push_back({entry, tensor.shape(), tensor.dtype()});
-  check_state(what, layout, saved);
+  check_state(what, layout_of(live), saved);
   load_named_tensors(what, live, saved);
   step_count_ = live[0].second.data<int32_t>()[0];
   for (size_t i = 0; i < slots_.size(); ++i)
