@@ -18,7 +18,8 @@ namespace deit::detail {
 // Initialises MPI once per process (for calls from one thread) and checks that MPI's world is the
 // one the launcher described. MPI is finalised at exit unless a failure was recorded: Open MPI's
 // MPI_Finalize waits for every rank, so a rank that fails while the others sit in a collective
-// must exit without it; mpirun then ends the job.
+// must exit without it; mpirun then ends the job. A rank whose peers do not reach the exit within
+// the rendezvous's comm_timeout also leaves without it, with a failed status.
 void mpi_init(const Rendezvous& rendezvous);
 void mpi_record_failure();
 

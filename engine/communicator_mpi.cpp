@@ -2,17 +2,20 @@
 // for the runs of sharded state) on a private duplicate of MPI_COMM_WORLD whose errors come back
 // as return codes (MPI_ERRORS_RETURN) and leave as exceptions.
 //
-// Each collective is started as its non-blocking form (MPI_Iallreduce, ...) and waited for with
-// MPI_Test against the rendezvous's comm_timeout: a peer that hangs (stopped, swapping, stuck on a
-// dead file system) never ends the job through the launcher as a dead one does, and a blocking
-// call would wait for it for ever. Past the deadline this rank throws, skipping MPI's teardown
-// (mpi_record_failure), and its non-zero exit makes mpirun end the job, the hung rank too.
+// Each collective, and the duplicate's making, is started as its non-blocking form
+// (MPI_Iallreduce, MPI_Comm_idup, ...) and waited for with MPI_Test against the rendezvous's
+// comm_timeout: a peer that hangs (stopped, swapping, stuck on a dead file system) never ends the
+// job through the launcher as a dead one does, and a blocking call would wait for it for ever.
+// Past the deadline this rank throws, skipping MPI's teardown (mpi_record_failure), and its
+// non-zero exit makes mpirun end the job, the hung rank too. MPI_Finalize at exit, which waits for
+// every rank, comes after a barrier under the same deadline.
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_MPI
 #include <atomic>
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
@@ -27,12 +30,50 @@ namespace deit::detail {
 
 namespace {
 
+// Polls `request` until it completes (true) or `timeout` has passed (false). It spins as a
+// blocking MPI call does (Open MPI moves a message along only inside its calls, so a sleep
+// between polls would slow a large all-reduce), yielding the core after the first millisecond
+// to whatever else is runnable: ranks may share cores with each other and the data loader.
+bool completes_within(MPI_Request& request, std::chrono::seconds timeout) {
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  for (int flag = 0;;) {
+    DEIT_MPI_CHECK(MPI_Test(&request, &flag, MPI_STATUS_IGNORE));
+    if (flag) return true;
+    const Clock::duration waited = Clock::now() - start;
+    if (waited > timeout) return false;
+    if (waited > std::chrono::milliseconds(1)) std::this_thread::yield();
+  }
+}
+
 std::atomic<bool> mpi_failed{false};
 
+// The longest a rank waits for its peers, in seconds: the last rendezvous's comm_timeout.
+std::atomic<int64_t> peer_wait_seconds{600};
+
+// MPI_Finalize waits for every rank, and a peer that hangs after the last collective (stopped,
+// stuck writing a checkpoint on a dead file system) would hold this rank there for ever. A barrier
+// under the deadline first: once every rank has reached it, the teardown has nobody to wait for.
 void finalize_at_exit() {
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized && !mpi_failed) MPI_Finalize();
+  if (finalized || mpi_failed) return;
+  const std::chrono::seconds timeout(peer_wait_seconds.load());
+  MPI_Request request;
+  if (MPI_Ibarrier(MPI_COMM_WORLD, &request) == MPI_SUCCESS && completes_within(request, timeout)) {
+    MPI_Finalize();
+    return;
+  }
+  int rank = 0, size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "deit: rank %d of %d: the other ranks did not reach the end within %lld s; a peer "
+               "may have hung (DEIT_COMM_TIMEOUT sets the wait). Leaving without MPI_Finalize.\n",
+               rank, size, static_cast<long long>(timeout.count()));
+  // A failed exit, so that the launcher ends the job and the hung peer with it.
+  std::_Exit(EXIT_FAILURE);
 }
 
 }  // namespace
@@ -61,6 +102,7 @@ void mpi_init(const Rendezvous& rendezvous) {
     DEIT_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
     std::atexit(finalize_at_exit);
   });
+  peer_wait_seconds = rendezvous.comm_timeout.count();
   int rank = 0, size = 0;
   DEIT_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   DEIT_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
@@ -119,7 +161,9 @@ class MpiCommunicator final : public Communicator {
     mpi_init(rendezvous);
     // A duplicate, so the error handler set here and the collectives issued here stay apart from
     // anything else in the process that uses MPI_COMM_WORLD.
-    DEIT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm_));
+    MPI_Request request;
+    DEIT_MPI_CHECK(MPI_Comm_idup(MPI_COMM_WORLD, &comm_, &request));
+    wait_for(request, "MPI_Comm_idup");
     DEIT_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   }
 
@@ -186,26 +230,14 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
-  // Polls `request` until it completes, or throws once timeout_ has passed. It spins as a
-  // blocking MPI call does (Open MPI moves a message along only inside its calls, so a sleep
-  // between polls would slow a large all-reduce), yielding the core after the first millisecond
-  // to whatever else is runnable: ranks may share cores with each other and the data loader.
+  // Throws once timeout_ has passed without the request completing.
   void wait_for(MPI_Request& request, const char* call) {
-    using Clock = std::chrono::steady_clock;
-    const Clock::time_point start = Clock::now();
-    for (int flag = 0;;) {
-      DEIT_MPI_CHECK(MPI_Test(&request, &flag, MPI_STATUS_IGNORE));
-      if (flag) return;
-      const Clock::duration waited = Clock::now() - start;
-      if (waited > timeout_) {
-        mpi_record_failure();
-        throw std::runtime_error(
-            "rank " + std::to_string(rank()) + " of " + std::to_string(world_size()) + ": " + call +
-            " did not finish within " + std::to_string(timeout_.count()) +
-            " s; a peer may have hung or died (DEIT_COMM_TIMEOUT sets the wait)");
-      }
-      if (waited > std::chrono::milliseconds(1)) std::this_thread::yield();
-    }
+    if (completes_within(request, timeout_)) return;
+    mpi_record_failure();
+    throw std::runtime_error("rank " + std::to_string(rank()) + " of " +
+                             std::to_string(world_size()) + ": " + call +
+                             " did not finish within " + std::to_string(timeout_.count()) +
+                             " s; a peer may have hung or died (DEIT_COMM_TIMEOUT sets the wait)");
   }
 
   std::chrono::seconds timeout_;

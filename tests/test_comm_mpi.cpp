@@ -3,7 +3,7 @@
 // Rng(seed, rank), so every rank can compute what the reduction of all ranks' inputs must be and
 // check it on its own.
 //
-// The hidden [mpi][.mpi_rank_exits], [mpi][.mpi_rank_throws] and [mpi][.mpi_rank_hangs] cases make
+// The hidden [mpi][.mpi_rank_*] cases (exits, throws, hangs, hangs_at_start, hangs_at_exit) make
 // rank 1 fail on purpose; their CTest entries pass when the job then ends with an error rather than
 // hanging. By hand:
 //   mpirun -np 2 build/tests/deit_tests "[mpi]~[.]"   (without ~[.] the hidden cases run too)
@@ -269,4 +269,28 @@ TEST_CASE("mpi: a rank that hangs ends the job after the wait for it", "[mpi][.m
   if (comm->rank() == 1) std::raise(SIGSTOP);
   comm->all_reduce_sum(Tensor::full({4}, 1.0));
   FAIL("the all-reduce returned without rank 1");
+}
+
+TEST_CASE("mpi: a rank that hangs before a communicator is made ends the job after the wait",
+          "[mpi][.mpi_rank_hangs_at_start]") {
+  Rendezvous rendezvous = detect_rendezvous();
+  rendezvous.comm_timeout = std::chrono::seconds(2);
+  auto first = make_communicator(Device::cpu(), rendezvous);  // MPI is running on both ranks
+  first->barrier();
+  if (first->rank() == 1) std::raise(SIGSTOP);
+  // Making a communicator is collective: rank 0 waits in it for rank 1.
+  make_communicator(Device::cpu(), rendezvous);
+  FAIL("a communicator was made without rank 1");
+}
+
+TEST_CASE("mpi: a rank that hangs after the last collective ends the job after the wait",
+          "[mpi][.mpi_rank_hangs_at_exit]") {
+  Rendezvous rendezvous = detect_rendezvous();
+  rendezvous.comm_timeout = std::chrono::seconds(2);
+  auto comm = make_communicator(Device::cpu(), rendezvous);
+  comm->barrier();
+  if (comm->rank() == 1) std::raise(SIGSTOP);
+  // Rank 0 passes: its exit waits for rank 1 (MPI_Finalize is collective) until the deadline.
+  std::printf("rank 0 goes on to its exit without rank 1\n");
+  std::fflush(stdout);
 }
