@@ -13,18 +13,28 @@ WeightEma::WeightEma(const ParameterRegistry& params, double decay) : decay_(dec
   if (!(decay >= 0 && decay <= 1))
     throw std::invalid_argument("weight EMA: decay must be in [0, 1], got " +
                                 std::to_string(decay));
+  const std::vector<Parameter>& all = params.all();
+  // The averages live beside the parameters, and on CUDA one launch on the first one's device
+  // updates them all: parameters on several devices are refused here, where that can be said,
+  // rather than met in update() as tensors this EMA was not built over.
+  for (const Parameter& p : all)
+    if (p.value.device() != all.front().value.device())
+      throw std::invalid_argument("weight EMA: parameter '" + p.name + "' is on " +
+                                  p.value.device().str() + ", '" + all.front().name + "' on " +
+                                  all.front().value.device().str() +
+                                  "; all parameters must be on one device");
   averages_.reserve(params.size());
-  for (const Parameter& p : params.all()) averages_.emplace_back(p.name, p.value.clone());
+  for (const Parameter& p : all) averages_.emplace_back(p.name, p.value.clone());
   const bool on_cuda = !averages_.empty() && averages_.front().second.device().is_cuda();
   if (!on_cuda) return;
 #if DEIT_HAVE_CUDA
   std::vector<kernels::CudaParam> table;
   for (size_t i = 0; i < averages_.size(); ++i) {
-    const Tensor& value = params.all()[i].value;
+    const Tensor& value = all[i].value;
     Tensor& average = averages_[i].second;
-    if (average.dtype() != DType::f32 || average.device() != averages_.front().second.device())
+    if (average.dtype() != DType::f32)
       throw std::invalid_argument("weight EMA: parameter '" + averages_[i].first + "' is " +
-                                  value.describe() + "; on CUDA all must be f32 on one device");
+                                  value.describe() + "; CUDA parameters must be f32");
     kernels::CudaParam entry;
     entry.param = value.data<float>();
     entry.ema = average.data<float>();

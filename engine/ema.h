@@ -16,6 +16,7 @@ class WeightEma {
   // Copies the current values of every parameter (main.py builds its EMA right after the model,
   // before any step, and after loading --finetune weights). On CUDA the averages are fp32 on the
   // parameters' device and one multi-tensor launch updates them all (kernels/optimizer.h).
+  // std::invalid_argument for parameters on more than one device, or CUDA parameters not f32.
   explicit WeightEma(const ParameterRegistry& params, double decay = 0.99996);
   ~WeightEma();
 

@@ -27,8 +27,9 @@ class ParameterRegistry {
   // returns it (a handle sharing it); throws if the name is taken.
   Tensor add(const std::string& name, Tensor value, bool weight_decay);
 
+  // Read-only: a name, position or tensor changed through it would leave find() and get() behind.
+  // The values are written through the tensors (a Tensor is a handle: a copy of one shares it).
   const std::vector<Parameter>& all() const { return params_; }
-  std::vector<Parameter>& all() { return params_; }
   const Parameter* find(const std::string& name) const;
   // Throws std::out_of_range naming the missing parameter.
   const Tensor& get(const std::string& name) const;

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 
 namespace deit {
 
@@ -57,11 +58,21 @@ class Rng {
   }
 
   // Normal(0, std) truncated to [lo, hi] by rejection (timm's trunc_normal_ uses [-2, 2] absolute).
+  // Rejection takes about 1 / P(lo <= v <= hi) draws (one for the model's std 0.02 in [-2, 2]),
+  // for ever where that is 0 in double: an interval that a million draws miss is refused
+  // (std::invalid_argument), as are std <= 0 and lo >= hi.
   double trunc_normal(double std, double lo, double hi) {
-    for (;;) {
-      const double v = std * normal();
-      if (v >= lo && v <= hi) return v;
-    }
+    constexpr int kMaxDraws = 1000000;
+    if (std > 0 && std::isfinite(std) && lo < hi)
+      for (int draw = 0; draw < kMaxDraws; ++draw) {
+        const double v = std * normal();
+        if (v >= lo && v <= hi) return v;
+      }
+    throw std::invalid_argument("Rng::trunc_normal: Normal(0, " + std::to_string(std) +
+                                ") truncated to [" + std::to_string(lo) + ", " +
+                                std::to_string(hi) +
+                                "] needs a positive std and an interval that holds some of the "
+                                "distribution (rejection missed it a million times)");
   }
 
  private:

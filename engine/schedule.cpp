@@ -35,7 +35,11 @@ double CosineSchedule::lr_at(double t) const {
   double i, t_i, t_curr;
   if (o.cycle_mul != 1) {
     // Cycle lengths form a geometric series: cycle i starts at epochs * (mul^i - 1) / (mul - 1).
-    i = std::floor(std::log(1 - t / o.epochs * (1 - o.cycle_mul)) / std::log(o.cycle_mul));
+    // Below 1 it converges: from epochs / (1 - mul) on, every cycle has ended and the log has no
+    // argument (NaN here, a math domain error in timm).
+    const double cycle_log_argument = 1 - t / o.epochs * (1 - o.cycle_mul);
+    if (!(cycle_log_argument > 0)) return o.min_lr;
+    i = std::floor(std::log(cycle_log_argument) / std::log(o.cycle_mul));
     t_i = std::pow(o.cycle_mul, i) * o.epochs;
     t_curr = t - (1 - std::pow(o.cycle_mul, i)) / (1 - o.cycle_mul) * o.epochs;
   } else {

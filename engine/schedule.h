@@ -8,6 +8,8 @@
 //   with peak lr_i = lr * cycle_decay^i:
 //     i < cycle_limit:  min_lr + 0.5 * (lr_i - min_lr) * (1 + cos(pi * t_curr^k / t_i^k))
 //     after the last:   min_lr
+// Cycles that shrink (cycle_mul < 1) have all ended by t = epochs / (1 - cycle_mul), where timm's
+// log of the cycle index has no argument (a math domain error): min_lr from there on too.
 // With warmup_prefix false (create_scheduler's choice) the cosine's t counts from 0, not from the
 // end of the warm-up: the warm-up eats the first warmup_epochs of the cosine, and the cosine
 // reaches min_lr at t = epochs, not epochs + warmup_epochs.

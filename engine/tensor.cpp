@@ -26,9 +26,25 @@ std::string shape_str(const Shape& shape) {
   return out.str();
 }
 
+// factor * the dimensions of `shape`, in *product; false where that passes int64. A dimension of 0
+// makes it 0 however large the others are; a negative one is refused.
+static bool shape_product(const Shape& shape, int64_t factor, int64_t* product) {
+  for (int64_t d : shape)
+    if (d < 0) throw std::invalid_argument("negative dimension in shape " + shape_str(shape));
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) {
+    *product = 0;
+    return true;
+  }
+  *product = factor;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(*product, d, product)) return false;
+  return true;
+}
+
 int64_t shape_numel(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  int64_t n = 0;
+  if (!shape_product(shape, 1, &n))
+    throw std::invalid_argument("shape " + shape_str(shape) + " has more than 2^63 - 1 elements");
   return n;
 }
 
@@ -45,16 +61,12 @@ Storage::~Storage() { allocator_for(device).deallocate(data); }
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   // The bytes, counted without overflow: a size from a command line (--batch-size 2^62) would
   // otherwise wrap to a small allocation that the tensor's writes run past.
-  int64_t bytes = static_cast<int64_t>(dtype_size(dtype));
-  const bool no_elements = std::find(shape.begin(), shape.end(), 0) != shape.end();
-  for (int64_t d : shape) {
-    if (d < 0) throw std::invalid_argument("negative dimension in shape " + shape_str(shape));
-    if (!no_elements && __builtin_mul_overflow(bytes, d, &bytes))
-      throw OutOfMemory("cannot make a tensor of shape " + shape_str(shape) +
-                        ": it would hold more than 2^63 bytes");
-  }
+  int64_t bytes = 0;
+  if (!shape_product(shape, static_cast<int64_t>(dtype_size(dtype)), &bytes))
+    throw OutOfMemory("cannot make a tensor of shape " + shape_str(shape) +
+                      ": it would hold more than 2^63 bytes");
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(no_elements ? 0 : static_cast<size_t>(bytes), device);
+  impl->storage = std::make_shared<Storage>(static_cast<size_t>(bytes), device);
   impl->shape = shape;
   impl->dtype = dtype;
   return Tensor(std::move(impl));
@@ -141,6 +153,17 @@ void Tensor::copy_from(const Tensor& src) {
   if (src.shape() != shape() || src.dtype() != dtype())
     throw std::invalid_argument("copy_from: " + src.describe() + " into " + describe());
   if (nbytes() == 0) return;
+  if (same_storage(src)) {
+    // Views of one storage (slices of its rows) may overlap, which neither memcpy nor
+    // cudaMemcpyAsync defines. Refused, as PyTorch's copy_ refuses it, on every device alike; a
+    // tensor copied onto itself is left as it is.
+    const size_t to = impl().offset, from = src.impl().offset;
+    if (to == from) return;
+    if (to < from + nbytes() && from < to + nbytes())
+      throw std::invalid_argument("copy_from: the source " + src.describe() +
+                                  " partly overlaps the tensor (views of one storage); copy a "
+                                  "clone() of it");
+  }
   if (device().is_cpu() && src.device().is_cpu()) {
     std::memcpy(raw_data(), src.raw_data(), nbytes());
     return;

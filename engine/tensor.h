@@ -19,6 +19,8 @@ namespace deit {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);
+// The element count. std::invalid_argument naming the shape for a negative dimension, or for a
+// count past int64 (a size from a command line or a file, multiplied out).
 int64_t shape_numel(const Shape& shape);
 
 class Rng;
@@ -98,7 +100,8 @@ class Tensor {
   Tensor to(DType dtype) const;
   Tensor clone() const;  // the values only (no grad, no bf16 copy)
   // Same shape and dtype, any devices. A copy that involves the host waits for it to finish; a copy
-  // between device tensors is only enqueued on the compute stream.
+  // between device tensors is only enqueued on the compute stream. std::invalid_argument for a
+  // source that partly overlaps the tensor (views of one storage); copy a clone() of it instead.
   void copy_from(const Tensor& src);
   // Every element set to `value`, rounded to f32 / bf16 as a cast does. u8 and i32 take only the
   // whole numbers they hold (std::invalid_argument otherwise). On a CUDA device f32, bf16 (and any

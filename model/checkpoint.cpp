@@ -313,9 +313,9 @@ void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
     throw std::runtime_error(source + " does not fit the model " + target.name + ": " + why);
   }
 
-  for (Parameter& p : model.parameters().all()) {
+  for (const Parameter& p : model.parameters().all()) {
     const Tensor& src = by_name.at(p.name);
-    p.value.copy_from(src.to(p.value.dtype()).to(p.value.device()));
+    Tensor(p.value).copy_from(src.to(p.value.dtype()).to(p.value.device()));
   }
 }
 

@@ -3,6 +3,8 @@
 
 #include <memory>
 #include <thread>
+#include <type_traits>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
@@ -273,6 +275,12 @@ TEST_CASE("the parameter registry names, counts and zeroes parameters", "[autogr
   CHECK(w.grad().defined());
   params.zero_grad();
   CHECK_FALSE(w.grad().defined());
+
+  // Its list is read-only (a parameter renamed or replaced through it would leave find() and get()
+  // behind); values are written through a handle to the tensor.
+  STATIC_REQUIRE(std::is_const_v<std::remove_reference_t<decltype(params.all())>>);
+  Tensor(params.all().front().value).fill_(2.0);
+  CHECK(w.to_vector<float>() == std::vector<float>(12, 2.0f));
 }
 
 TEST_CASE("op argument errors name the op and the shapes", "[autograd]") {

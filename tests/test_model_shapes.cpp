@@ -171,7 +171,7 @@ TEST_CASE("every preset runs forward and backward through the tape", "[model][pr
     c.input_size = 2 * c.patch;
     c.depth = 2;
     VisionTransformer vit(c);
-    for (auto& p : vit.parameters().all()) p.value.fill_(0.01);
+    for (const auto& p : vit.parameters().all()) Tensor(p.value).fill_(0.01);
     Rng rng(1);
     // Without drop-path draws: the branches run on the whole batch, as cost.h counts.
     auto saved_bytes = [&](int64_t B) {
@@ -211,8 +211,8 @@ VisionTransformer small_model(uint64_t seed) {
   VisionTransformer vit(c);
   Rng init(seed);
   vit.initialize(init);
-  for (auto& p : vit.parameters().all())
-    if (p.name.find("gamma") != std::string::npos) p.value.fill_(0.5);
+  for (const auto& p : vit.parameters().all())
+    if (p.name.find("gamma") != std::string::npos) Tensor(p.value).fill_(0.5);
   return vit;
 }
 

@@ -113,7 +113,7 @@ struct Toy {
         for (int64_t k = 0; k < g.numel(); ++k) g.data<double>()[k] *= scale;
       else
         for (int64_t k = 0; k < g.numel(); ++k) g.data<float>()[k] *= static_cast<float>(scale);
-      params.all()[i].value.set_grad(g);
+      Tensor(params.all()[i].value).set_grad(g);
     }
   }
 
@@ -152,17 +152,17 @@ TEST_CASE("LAMB and AdamW follow timm 0.6 and torch step by step", "[optim]") {
       INFO("step " << step_number);
       params.zero_grad();
       std::map<std::string, Vec> before;
-      for (Parameter& p : params.all()) {
+      for (const Parameter& p : params.all()) {
         before[p.name] = values(p.value);
         const json& g = step["grads"][p.name];
-        if (!g.is_null()) p.value.set_grad(f32_tensor(g, p.value.shape()));
+        if (!g.is_null()) Tensor(p.value).set_grad(f32_tensor(g, p.value.shape()));
       }
       opt->set_lr(step["lr"].get<double>());
       const double norm = opt->step();
       CHECK(norm == Approx(step["grad_norm"].get<double>()).epsilon(1e-12));
       CHECK(opt->last_grad_norm() == norm);
       const NamedTensors state = opt->state();
-      for (Parameter& p : params.all()) {
+      for (const Parameter& p : params.all()) {
         INFO("parameter " << p.name);
         const json& after = step["after"][p.name];
         const Vec torch_after = after["param"].get<Vec>();
@@ -292,7 +292,7 @@ TEST_CASE("AdamW counts steps per parameter and LAMB per optimizer", "[optim]") 
     Toy toy(13, deit::DType::f32);
     const auto opt = deit::make_optimizer(name, toy.params, OptimizerOptions{});
     toy.set_grads();
-    toy.params.all()[1].value.set_grad(Tensor());  // fc.bias: no gradient in step 1
+    Tensor(toy.params.all()[1].value).set_grad(Tensor());  // fc.bias: no gradient in step 1
     const Vec bias_before = values(toy.params.all()[1].value);
     opt->step();
     CHECK(values(toy.params.all()[1].value) == bias_before);
@@ -342,7 +342,7 @@ TEST_CASE("optimizer state round trip continues bit-identically", "[optim]") {
     Toy straight(19, deit::DType::f32);
     const auto a = deit::make_optimizer(name, straight.params, o);
     straight.set_grads(3.0);
-    straight.params.all()[1].value.set_grad(Tensor());
+    Tensor(straight.params.all()[1].value).set_grad(Tensor());
     a->step();
     straight.set_grads(0.5);
     a->step();
@@ -351,13 +351,13 @@ TEST_CASE("optimizer state round trip continues bit-identically", "[optim]") {
     Toy first(19, deit::DType::f32);
     const auto b = deit::make_optimizer(name, first.params, o);
     first.set_grads(3.0);
-    first.params.all()[1].value.set_grad(Tensor());
+    Tensor(first.params.all()[1].value).set_grad(Tensor());
     b->step();
     NamedTensors saved;
     for (const auto& [n, t] : b->state()) saved.emplace_back(n, t.clone());
     Toy resumed(19, deit::DType::f32);
     for (size_t i = 0; i < resumed.params.size(); ++i)
-      resumed.params.all()[i].value.copy_from(first.params.all()[i].value);
+      Tensor(resumed.params.all()[i].value).copy_from(first.params.all()[i].value);
     const auto c = deit::make_optimizer(name, resumed.params, o);
     c->load_state(saved);
     CHECK(c->step_count() == 1);
@@ -459,7 +459,7 @@ TEST_CASE("optimizer step rejects non-finite and mismatched gradients untouched"
     CHECK_THROWS_WITH(adamw.step(), Catch::Contains("'pos_embed'"));
   }
   SECTION("wrong shape") {
-    toy.params.all()[0].value.set_grad(Tensor::zeros({4, 5}));
+    Tensor(toy.params.all()[0].value).set_grad(Tensor::zeros({4, 5}));
     CHECK_THROWS_WITH(adamw.step(), Catch::Contains("gradient of 'fc.weight' is f32 (4, 5)"));
   }
   SECTION("a given global norm that is not finite (another rank's NaN)") {
@@ -497,8 +497,8 @@ TEST_CASE("weight EMA follows timm ModelEma", "[optim]") {
                  true);
     deit::WeightEma ema(params, c["decay"].get<double>());
     for (const json& step : c["steps"]) {
-      for (Parameter& p : params.all())
-        p.value.copy_from(f32_tensor(step["weights"][p.name], p.value.shape()));
+      for (const Parameter& p : params.all())
+        Tensor(p.value).copy_from(f32_tensor(step["weights"][p.name], p.value.shape()));
       ema.update(params);
       for (const auto& [name, average] : ema.state()) {
         INFO(name);
@@ -516,7 +516,7 @@ TEST_CASE("weight EMA starts as a copy and round-trips its state and checks its 
   for (size_t i = 0; i < toy.params.size(); ++i)
     CHECK(same_bits(ema.state()[i].second, toy.params.all()[i].value));
   const Vec w0 = values(toy.params.all()[0].value);
-  toy.params.all()[0].value.fill_(1.0);
+  Tensor(toy.params.all()[0].value).fill_(1.0);
   ema.update(toy.params);
   const Vec avg = values(ema.state()[0].second);
   for (size_t k = 0; k < w0.size(); ++k)

@@ -119,3 +119,34 @@ TEST_CASE("cosine schedule without warm-up starts at lr and rejects bad settings
   rejects([](CosineScheduleOptions& b) { b.cycle_mul = 0; }, "cycle_mul");
   rejects([](CosineScheduleOptions& b) { b.cycle_limit = 0; }, "cycle_limit");
 }
+
+TEST_CASE("cycles that shrink end by epochs / (1 - cycle_mul), and min_lr follows", "[schedule]") {
+  // Cycles of 10, 5, 2.5, ... epochs: all of them have ended by t = 20, where timm's log of the
+  // cycle index has no argument.
+  CosineScheduleOptions o;
+  o.lr = 1e-3;
+  o.min_lr = 1e-5;
+  o.warmup_epochs = 0;
+  o.epochs = 10;
+  o.cycle_mul = 0.5;
+  o.cycle_decay = 0.5;
+  const double pi = 3.141592653589793;
+  for (int64_t limit : {1, 2, 1000}) {
+    INFO("cycle_limit " << limit);
+    o.cycle_limit = limit;
+    const CosineSchedule s(o);
+    if (limit >= 2)  // cycle 1: epochs 10 to 15, peak lr * cycle_decay, 2 epochs in at t = 12
+      CHECK(s.lr_at(12) ==
+            Approx(1e-5 + 0.5 * (5e-4 - 1e-5) * (1 + std::cos(pi * 2 / 5))).epsilon(1e-14));
+    else
+      CHECK(s.lr_at(12) == 1e-5);
+    if (limit == 1000) {  // cycle 10, of 10 / 2^10 epochs, from min_lr to its peak lr / 2^10
+      CHECK(s.lr_at(19.99) >= 1e-3 / 1024);
+      CHECK(s.lr_at(19.99) <= 1e-5);
+    }
+    for (double t : {20.0, 20.5, 21.0, 300.0, HUGE_VAL}) {
+      INFO("t " << t);
+      CHECK(s.lr_at(t) == 1e-5);
+    }
+  }
+}

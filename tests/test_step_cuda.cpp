@@ -67,17 +67,17 @@ VisionTransformer make_cpu_model(uint64_t seed, const ViTConfig& config = small_
   VisionTransformer vit(config);
   Rng rng(seed);
   vit.initialize(rng);
-  for (Parameter& p : vit.parameters().all())
-    p.value.copy_from(p.value.to(DType::bf16).to(DType::f32));
+  for (const Parameter& p : vit.parameters().all())
+    Tensor(p.value).copy_from(p.value.to(DType::bf16).to(DType::f32));
   return vit;
 }
 
 // Copies every parameter value of `from` into `to` (any devices; refreshes bf16 copies).
 void copy_weights(const VisionTransformer& from, VisionTransformer& to) {
   const auto& src = from.parameters().all();
-  auto& dst = to.parameters().all();
+  const auto& dst = to.parameters().all();
   REQUIRE(src.size() == dst.size());
-  for (size_t i = 0; i < src.size(); ++i) dst[i].value.copy_from(src[i].value);
+  for (size_t i = 0; i < src.size(); ++i) Tensor(dst[i].value).copy_from(src[i].value);
 }
 
 struct Batch {
@@ -145,7 +145,7 @@ TEST_CASE("CUDA training step matches the CPU step: loss, gradients, LAMB, EMA",
   CHECK(gpu_loss.item() == Approx(cpu_loss.item()).epsilon(1e-2));
 
   // Per-tensor gradients, DESIGN.md's whole-step tolerance for bf16.
-  auto& cpu_params = cpu.parameters().all();
+  const auto& cpu_params = cpu.parameters().all();
   const auto& gpu_params = gpu.parameters().all();
   for (size_t i = 0; i < cpu_params.size(); ++i) {
     const Tensor g = gpu_params[i].value.grad();
@@ -162,7 +162,7 @@ TEST_CASE("CUDA training step matches the CPU step: loss, gradients, LAMB, EMA",
   // gradients, so the comparison measures the update arithmetic alone (fp32 on the device vs
   // double-rounded-to-fp32 on the CPU), not the gradient noise of bf16.
   for (size_t i = 0; i < cpu_params.size(); ++i)
-    cpu_params[i].value.set_grad(gpu_params[i].value.grad().to(Device::cpu()));
+    Tensor(cpu_params[i].value).set_grad(gpu_params[i].value.grad().to(Device::cpu()));
   WeightEma cpu_ema(cpu.parameters(), 0.9);
   WeightEma gpu_ema(gpu.parameters(), 0.9);
   const OptimizerOptions options = test_options();
@@ -564,6 +564,26 @@ TEST_CASE("CUDA ops name the operand whose dtype or device is wrong", "[gpu][ste
                     Catch::Contains("x is") && Catch::Contains("the CUDA kernel takes f32"));
   CHECK_THROWS_WITH(ops::add(x, Tensor::zeros({2, 8}, DType::bf16)),
                     Catch::Contains("different devices"));
+}
+
+TEST_CASE("a weight EMA over parameters on two devices names them, whichever comes first",
+          "[gpu][step]") {
+  // With the host's first, the EMA used to be built and its update() to call the CUDA one a
+  // tensor it was not built over.
+  ParameterRegistry host_first;
+  host_first.add("w_host", Tensor::zeros({4}), true);
+  host_first.add("w_gpu", Tensor::zeros({4}, DType::f32, kGpu), true);
+  CHECK_THROWS_WITH(WeightEma(host_first, 0.5),
+                    Catch::Contains("'w_gpu' is on cuda:0, 'w_host' on cpu") &&
+                        Catch::Contains("all parameters must be on one device"));
+  ParameterRegistry gpu_first;
+  gpu_first.add("w_gpu", Tensor::zeros({4}, DType::f32, kGpu), true);
+  gpu_first.add("w_host", Tensor::zeros({4}), true);
+  CHECK_THROWS_WITH(WeightEma(gpu_first, 0.5),
+                    Catch::Contains("'w_host' is on cpu, 'w_gpu' on cuda:0"));
+  ParameterRegistry bf16;
+  bf16.add("w_bf16", Tensor::zeros({4}, DType::bf16, kGpu), true);
+  CHECK_THROWS_WITH(WeightEma(bf16, 0.5), Catch::Contains("CUDA parameters must be f32"));
 }
 
 #if DEIT_HAVE_NCCL

@@ -2,9 +2,11 @@
 #include <unistd.h>
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cmath>
 #include <fstream>
 #include <optional>
+#include <vector>
 
 #include "engine/allocator.h"
 #include "engine/ops/layerscale.h"
@@ -44,6 +46,19 @@ TEST_CASE("a tensor too large to count in bytes is refused, not allocated wrappe
   CHECK_THROWS_WITH(Tensor::empty({int64_t{1} << 31, int64_t{1} << 31, 3}, DType::bf16),
                     Catch::Contains("cannot make a tensor of shape (2147483648, 2147483648, 3)"));
   CHECK(Tensor::empty({int64_t{1} << 62, 0, int64_t{1} << 62}, DType::f32).numel() == 0);
+}
+
+TEST_CASE("an element count past int64 or a negative dimension is refused, naming the shape",
+          "[tensor]") {
+  // 2^32 * 2^32 wraps to 0 in int64: a buffer sized from it would be empty.
+  CHECK_THROWS_WITH(shape_numel({int64_t{1} << 32, int64_t{1} << 32}),
+                    Catch::Contains("shape (4294967296, 4294967296)"));
+  CHECK_THROWS_AS(shape_numel({int64_t{1} << 62, 2}), std::invalid_argument);  // 2^63
+  CHECK_THROWS_WITH(shape_numel({2, -3}), Catch::Contains("negative dimension in shape (2, -3)"));
+  // A dimension of 0 holds no elements however large the others are, as Tensor::empty counts.
+  CHECK(shape_numel({int64_t{1} << 62, int64_t{1} << 62, 0}) == 0);
+  CHECK(shape_numel({INT64_MAX, 1}) == INT64_MAX);
+  CHECK(shape_numel({}) == 1);
 }
 
 TEST_CASE("dtype conversions round trip and round bf16 to nearest even", "[tensor]") {
@@ -88,6 +103,22 @@ TEST_CASE("clone copies, copy_from checks shapes", "[tensor]") {
   CHECK_FALSE(b.same_storage(a));
   CHECK(b.to_vector<float>() == a.to_vector<float>());
   CHECK_THROWS(b.copy_from(Tensor::zeros({4})));
+}
+
+TEST_CASE("copy_from refuses a source that partly overlaps it, and copying onto itself keeps it",
+          "[tensor]") {
+  // Rows 0-2 and 1-3 of one tensor share rows 1 and 2: memcpy (and cudaMemcpyAsync) leave such a
+  // copy undefined.
+  Tensor t = Tensor::from_vector<float>({0, 1, 2, 3, 4, 5, 6, 7}, {4, 2});
+  CHECK_THROWS_WITH(t.slice(0, 3).copy_from(t.slice(1, 4)), Catch::Contains("overlaps"));
+  CHECK_THROWS_WITH(t.slice(1, 4).copy_from(t.slice(0, 3)), Catch::Contains("clone()"));
+  CHECK(t.to_vector<float>() == std::vector<float>{0, 1, 2, 3, 4, 5, 6, 7});
+  t.slice(0, 3).copy_from(t.slice(1, 4).clone());  // the way to shift rows
+  CHECK(t.to_vector<float>() == std::vector<float>{2, 3, 4, 5, 6, 7, 6, 7});
+  t.view({8}).copy_from(t.view({2, 4}).view({8}));  // the same elements: nothing to do
+  CHECK(t.to_vector<float>() == std::vector<float>{2, 3, 4, 5, 6, 7, 6, 7});
+  t.slice(0, 2).copy_from(t.slice(2, 4));  // views of one storage that do not overlap
+  CHECK(t.to_vector<float>() == std::vector<float>{6, 7, 6, 7, 6, 7, 6, 7});
 }
 
 TEST_CASE("the caching allocator hands freed blocks out again", "[tensor][allocator]") {
@@ -271,4 +302,35 @@ TEST_CASE("Rng::below draws from 0 to n - 1 and refuses n = 0", "[rng]") {
   CHECK(rng.below(1) == 0);
   // [0, 0) holds no integer; the rejection bound would divide by 0.
   CHECK_THROWS_AS(rng.below(0), std::invalid_argument);
+}
+
+TEST_CASE("Rng::trunc_normal keeps the model's draws and refuses intervals it cannot hit",
+          "[rng]") {
+  // The model's initialisation (std 0.02 in [-2, 2], a bound 100 std out): every draw is the
+  // first normal draw.
+  Rng pinned(0);
+  CHECK(pinned.trunc_normal(0.02, -2, 2) == -0.00389874184158957);
+  CHECK(pinned.trunc_normal(0.02, -2, 2) == 0.015184771961573711);
+  CHECK(pinned.trunc_normal(0.02, -2, 2) == 0.002900928566635898);
+  Rng rng(42, 3), twin(42, 3);
+  for (int i = 0; i < 10000; ++i) REQUIRE(rng.trunc_normal(0.02, -2, 2) == 0.02 * twin.normal());
+
+  // An unlikely interval is still drawn from (about 760 draws each for [3, 4]).
+  for (int i = 0; i < 100; ++i) {
+    const double v = rng.trunc_normal(1, 3, 4);
+    REQUIRE((v >= 3 && v <= 4));
+  }
+  // [50, 60] holds 0 of the distribution in double, and 1e-12 around 0.5 too little: rejection
+  // would search them for ever. Empty or reversed intervals, no spread: refused as well.
+  CHECK_THROWS_WITH(rng.trunc_normal(1, 50, 60),
+                    Catch::Contains("Normal(0, 1.000000) truncated to [50.000000, 60.000000]"));
+  for (const auto& [spread, lo, hi] : std::vector<std::array<double, 3>>{{1, 0.5, 0.5 + 1e-12},
+                                                                         {1, 2, 1},
+                                                                         {1, 1, 1},
+                                                                         {0, -1, 1},
+                                                                         {-1, -1, 1},
+                                                                         {std::nan(""), -1, 1},
+                                                                         {HUGE_VAL, -1, 1},
+                                                                         {1, std::nan(""), 1}})
+    CHECK_THROWS_AS(rng.trunc_normal(spread, lo, hi), std::invalid_argument);
 }
