@@ -76,7 +76,13 @@ void add_train_command(CLI::App& app) {
   cmd->footer(TrainFlags::recipes_help() +
               "\nCtrl-C, SIGTERM, SIGUSR1 or SIGHUP (the terminal closed) stops a run after the "
               "optimizer step it is in, with a checkpoint of that step; --resume continues from "
-              "there (a second signal, SIGHUP aside, stops at once).");
+              "there (a second signal, SIGHUP aside, stops at once).\n"
+              "\nSeveral processes (one per GPU, data-parallel): launch this command with mpirun "
+              "-np N, torchrun --nproc-per-node N --no-python, or srun; each reads its rank from "
+              "its launcher. A process waits DEIT_COMM_TIMEOUT seconds (" +
+              std::to_string(Rendezvous{}.comm_timeout.count()) +
+              ") for the others before it ends the job with an error (README, \"Multi-GPU / "
+              "multi-node\").");
   // CLI11 names the top-level app after argv[0] as it parses.
   cmd->callback([flags, cmd] {
     const train::TrainOptions options = flags->resolve();

@@ -246,3 +246,12 @@ TEST_CASE("deit train --help shows each recipe's values for each model", "[train
   for (const std::string& preset : deit::model::preset_names())
     CHECK_THAT(r.output, Catch::Contains("\n  " + preset + " "));
 }
+
+TEST_CASE("deit train --help says how to launch several processes and how long they wait",
+          "[train][cli]") {
+  const CliResult r = run_deit("train --help");
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("launch this command with mpirun -np N, torchrun "
+                                       "--nproc-per-node N --no-python, or srun") &&
+                           Catch::Contains("DEIT_COMM_TIMEOUT seconds (600)"));
+}
