@@ -69,8 +69,9 @@ void finalize_at_exit() {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   std::fflush(stdout);
   std::fprintf(stderr,
-               "deit: rank %d of %d: the other ranks did not reach the end within %lld s; a peer "
-               "may have hung (DEIT_COMM_TIMEOUT sets the wait). Leaving without MPI_Finalize.\n",
+               "deit: error (rank %d of %d): the other ranks did not reach the end within %lld s; "
+               "a peer may have hung (DEIT_COMM_TIMEOUT sets the wait). Leaving without "
+               "MPI_Finalize.\n",
                rank, size, static_cast<long long>(timeout.count()));
   // A failed exit, so that the launcher ends the job and the hung peer with it.
   std::_Exit(EXIT_FAILURE);
