@@ -194,6 +194,9 @@ void agree_across_ranks(const StepBenchOptions& o, Communicator& comm) {
 
 std::optional<double> known_peak_tflops(const std::string& name) {
   auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+  // A MIG instance ("NVIDIA H100 80GB HBM3 MIG 3g.40gb") has a share of the GPU's SMs that its
+  // name does not give as a fraction: no peak rather than the whole GPU's.
+  if (has("MIG")) return std::nullopt;
   // Dense bf16 peaks from NVIDIA's datasheets; the PCIe and NVL cards run at lower clocks.
   if (has("H100") && has("PCIe")) return 756.0;
   if ((has("H100") || has("H200")) && has("NVL")) return 835.0;

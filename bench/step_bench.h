@@ -135,7 +135,8 @@ struct StepReport {
 StepReport run_step_benchmark(const StepBenchOptions& options, Communicator& comm);
 
 // The dense bf16 tensor-core peak of a GPU from its name (NVIDIA's datasheets: H100 / H200 SXM
-// 989 TFLOP/s, H100 PCIe 756, A100 312), and where the number comes from; nullopt when unknown.
+// 989 TFLOP/s, H100 PCIe 756, H100 / H200 NVL 835, A100 312); nullopt when unknown, and for a MIG
+// instance (a share of a GPU).
 std::optional<double> known_peak_tflops(const std::string& device_name);
 
 nlohmann::ordered_json to_json(const StepReport& report);

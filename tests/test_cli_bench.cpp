@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/step_bench.h"
 #include "engine/device.h"
 #include "model/config.h"
 #include "model/cost.h"
@@ -177,6 +178,22 @@ TEST_CASE("deit bench step takes a peak for MFU and the recipe's overrides", "[c
   CHECK(j["optimizer"] == "adamw");
   CHECK(j["drop_path"].get<double>() == 0.5);
   CHECK(j["breakdown"].is_null());
+}
+
+TEST_CASE("MFU's peak is the datasheet's for the GPU named, and none for a MIG instance",
+          "[cli][bench]") {
+  using deit::bench::known_peak_tflops;
+  // The names as the CUDA driver gives them.
+  CHECK(known_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0);
+  CHECK(known_peak_tflops("NVIDIA H200") == 989.0);
+  CHECK(known_peak_tflops("NVIDIA GH200 480GB") == 989.0);
+  CHECK(known_peak_tflops("NVIDIA H100 PCIe") == 756.0);
+  CHECK(known_peak_tflops("NVIDIA H100 NVL") == 835.0);
+  CHECK(known_peak_tflops("NVIDIA H200 NVL") == 835.0);
+  CHECK(known_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0);
+  CHECK_FALSE(known_peak_tflops("NVIDIA H100 80GB HBM3 MIG 3g.40gb"));
+  CHECK_FALSE(known_peak_tflops("NVIDIA A100-SXM4-40GB MIG 1g.5gb"));
+  CHECK_FALSE(known_peak_tflops("NVIDIA L40S"));
 }
 
 TEST_CASE("deit bench step's text names a custom model's sizes and aligns its op table",
