@@ -2,6 +2,7 @@
 // NCCL call goes through (a failure throws with the call, file and line, as kernels/check.h does
 // for CUDA), MPI's process-wide lifetime, and the backend factories make_communicator picks from.
 #pragma once
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -22,6 +23,10 @@ namespace deit::detail {
 // the rendezvous's comm_timeout also leaves without it, with a failed status.
 void mpi_init(const Rendezvous& rendezvous);
 void mpi_record_failure();
+// Waits for a non-blocking MPI call's `request` for at most `timeout` (the rendezvous's
+// comm_timeout); past it, records the failure and throws naming `call` and the rank.
+void mpi_wait(MPI_Request& request, const char* call, int rank, int world_size,
+              std::chrono::seconds timeout);
 
 std::unique_ptr<Communicator> make_mpi_communicator(Device device, const Rendezvous& rendezvous);
 

@@ -81,6 +81,16 @@ void finalize_at_exit() {
 
 void mpi_record_failure() { mpi_failed = true; }
 
+void mpi_wait(MPI_Request& request, const char* call, int rank, int world_size,
+              std::chrono::seconds timeout) {
+  if (completes_within(request, timeout)) return;
+  mpi_record_failure();
+  throw std::runtime_error("rank " + std::to_string(rank) + " of " + std::to_string(world_size) +
+                           ": " + call + " did not finish within " +
+                           std::to_string(timeout.count()) +
+                           " s; a peer may have hung or died (DEIT_COMM_TIMEOUT sets the wait)");
+}
+
 void mpi_call_failed(int code, const char* call, const char* file, int line) {
   mpi_record_failure();
   char text[MPI_MAX_ERROR_STRING];
@@ -231,14 +241,8 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
-  // Throws once timeout_ has passed without the request completing.
   void wait_for(MPI_Request& request, const char* call) {
-    if (completes_within(request, timeout_)) return;
-    mpi_record_failure();
-    throw std::runtime_error("rank " + std::to_string(rank()) + " of " +
-                             std::to_string(world_size()) + ": " + call +
-                             " did not finish within " + std::to_string(timeout_.count()) +
-                             " s; a peer may have hung or died (DEIT_COMM_TIMEOUT sets the wait)");
+    mpi_wait(request, call, rank(), world_size(), timeout_);
   }
 
   std::chrono::seconds timeout_;

@@ -49,7 +49,10 @@ ncclUniqueId exchange_unique_id(const Rendezvous& rendezvous) {
 #if DEIT_HAVE_MPI
   if (rendezvous.launcher == Launcher::mpirun) {
     mpi_init(rendezvous);
-    DEIT_MPI_CHECK(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, MPI_COMM_WORLD));
+    MPI_Request request;
+    DEIT_MPI_CHECK(MPI_Ibcast(&id, sizeof(id), MPI_BYTE, 0, MPI_COMM_WORLD, &request));
+    mpi_wait(request, "MPI_Ibcast of NCCL's id", rendezvous.rank, rendezvous.world_size,
+             rendezvous.comm_timeout);
     return id;
   }
 #endif

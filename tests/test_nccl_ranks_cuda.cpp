@@ -5,12 +5,15 @@
 // all-gather). Every rank of the job must run these cases, so they are hidden from the other
 // entries: CI runs them on two emulated devices (nccl_ranks_emulated_*,
 // tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are MPI's); on a machine with two
-// GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`.
+// GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`. The hidden [.nccl_rank_hangs] case
+// stops rank 0 on purpose; its entry (nccl_rank_hangs_emulated) passes when the job then fails.
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL && DEIT_HAVE_MPI
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -251,5 +254,20 @@ TEST_CASE("nccl, two ranks: deit bench step times the buckets, eager and replaye
   INFO(r.graph_error);
   CHECK(r.graph_error.empty());
   CHECK(r.graph_step_ms.has_value());
+}
+
+TEST_CASE(
+    "nccl, two ranks: a rank 0 that hangs before sending NCCL's id ends the job after the "
+    "wait",
+    "[mpi][.nccl_rank_hangs]") {
+  Rendezvous rendezvous = detect_rendezvous();
+  rendezvous.comm_timeout = std::chrono::seconds(2);
+  auto host = make_communicator(Device::cpu(), rendezvous);  // MPI is running on both ranks
+  host->barrier();
+  // Stopped, rank 0 never broadcasts the id: rank 1 gives up on it and exits by the exception,
+  // which Catch reports, and mpirun ends the job.
+  if (host->rank() == 0) std::raise(SIGSTOP);
+  make_communicator(this_gpu(), rendezvous);
+  FAIL("an NCCL communicator was made without rank 0");
 }
 #endif
