@@ -8,15 +8,14 @@
 // hanging. By hand:
 //   mpirun -np 2 build/tests/deit_tests "[mpi]~[.]"   (without ~[.] the hidden cases run too)
 #include <catch2/catch.hpp>
-#include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 #include "engine/communicator.h"
 #include "engine/rng.h"
+#include "tests/test_distributed_helpers.h"
 
 using namespace deit;
 
@@ -260,36 +259,24 @@ TEST_CASE("mpi: a rank that leaves by an exception ends the job", "[mpi][.mpi_ra
 }
 
 TEST_CASE("mpi: a rank that hangs ends the job after the wait for it", "[mpi][.mpi_rank_hangs]") {
-  Rendezvous rendezvous = detect_rendezvous();
-  rendezvous.comm_timeout = std::chrono::seconds(2);
-  auto comm = make_communicator(Device::cpu(), rendezvous);
-  comm->barrier();
   // Stopped, rank 1 neither dies nor answers: nothing tells mpirun to end the job until rank 0
   // gives up on its all-reduce and exits by the exception, which Catch reports.
-  if (comm->rank() == 1) std::raise(SIGSTOP);
-  comm->all_reduce_sum(Tensor::full({4}, 1.0));
+  const test::StoppedRank job = test::stop_rank(1);
+  job.comm->all_reduce_sum(Tensor::full({4}, 1.0));
   FAIL("the all-reduce returned without rank 1");
 }
 
 TEST_CASE("mpi: a rank that hangs before a communicator is made ends the job after the wait",
           "[mpi][.mpi_rank_hangs_at_start]") {
-  Rendezvous rendezvous = detect_rendezvous();
-  rendezvous.comm_timeout = std::chrono::seconds(2);
-  auto first = make_communicator(Device::cpu(), rendezvous);  // MPI is running on both ranks
-  first->barrier();
-  if (first->rank() == 1) std::raise(SIGSTOP);
+  const test::StoppedRank job = test::stop_rank(1);
   // Making a communicator is collective: rank 0 waits in it for rank 1.
-  make_communicator(Device::cpu(), rendezvous);
+  make_communicator(Device::cpu(), job.rendezvous);
   FAIL("a communicator was made without rank 1");
 }
 
 TEST_CASE("mpi: a rank that hangs after the last collective ends the job after the wait",
           "[mpi][.mpi_rank_hangs_at_exit]") {
-  Rendezvous rendezvous = detect_rendezvous();
-  rendezvous.comm_timeout = std::chrono::seconds(2);
-  auto comm = make_communicator(Device::cpu(), rendezvous);
-  comm->barrier();
-  if (comm->rank() == 1) std::raise(SIGSTOP);
+  const test::StoppedRank job = test::stop_rank(1);
   // Rank 0 passes: its exit waits for rank 1 (MPI_Finalize is collective) until the deadline.
   std::printf("rank 0 goes on to its exit without rank 1\n");
   std::fflush(stdout);

@@ -1,8 +1,11 @@
-// Shared by the data-parallel training tests of the CPU (test_distributed_train.cpp, over MPI)
-// and of CUDA (test_nccl_ranks_cuda.cpp, over NCCL): every rank of one job calls them alike.
+// Shared by the data-parallel tests of the CPU (test_distributed_train.cpp and test_comm_mpi.cpp,
+// over MPI) and of CUDA (test_nccl_ranks_cuda.cpp, over NCCL): every rank of one job calls them
+// alike.
 #pragma once
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <exception>
 #include <map>
 #include <memory>
@@ -16,6 +19,23 @@
 #include "train/trainer.h"
 
 namespace deit::test {
+
+// For the cases that make a rank hang on purpose: every rank makes a CPU communicator (so MPI is
+// running on all of them) under a rendezvous whose waits give up after 2 s, passes a barrier, and
+// rank `stopped` then stops (SIGSTOP) until mpirun ends it. The others get the communicator and
+// the rendezvous.
+struct StoppedRank {
+  Rendezvous rendezvous;
+  std::unique_ptr<Communicator> comm;
+};
+inline StoppedRank stop_rank(int stopped) {
+  StoppedRank job{detect_rendezvous(), nullptr};
+  job.rendezvous.comm_timeout = std::chrono::seconds(2);
+  job.comm = make_communicator(Device::cpu(), job.rendezvous);
+  job.comm->barrier();
+  if (job.comm->rank() == stopped) std::raise(SIGSTOP);
+  return job;
+}
 
 // Rank 0's text on every rank (the communicator moves floating-point values: one byte in each).
 inline std::string from_rank0(Communicator& comm, const std::string& text) {

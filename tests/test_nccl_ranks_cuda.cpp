@@ -11,9 +11,7 @@
 
 #if DEIT_HAVE_NCCL && DEIT_HAVE_MPI
 #include <catch2/catch.hpp>
-#include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -260,14 +258,10 @@ TEST_CASE(
     "nccl, two ranks: a rank 0 that hangs before sending NCCL's id ends the job after the "
     "wait",
     "[mpi][.nccl_rank_hangs]") {
-  Rendezvous rendezvous = detect_rendezvous();
-  rendezvous.comm_timeout = std::chrono::seconds(2);
-  auto host = make_communicator(Device::cpu(), rendezvous);  // MPI is running on both ranks
-  host->barrier();
   // Stopped, rank 0 never broadcasts the id: rank 1 gives up on it and exits by the exception,
   // which Catch reports, and mpirun ends the job.
-  if (host->rank() == 0) std::raise(SIGSTOP);
-  make_communicator(this_gpu(), rendezvous);
+  const StoppedRank job = stop_rank(0);
+  make_communicator(this_gpu(), job.rendezvous);
   FAIL("an NCCL communicator was made without rank 0");
 }
 #endif
