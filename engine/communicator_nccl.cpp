@@ -14,7 +14,9 @@
 // NCCL reports a dead peer by never completing: a collective waits on the GPU. The launcher is
 // what ends the other ranks when one exits abnormally (engine/communicator.h, "Failures"); where
 // it does not, the host's wait for the device gives up after the rendezvous's comm_timeout
-// (wait_for_device).
+// (wait_for_device). The calls that make and free the communicator block until the other ranks
+// (of the job, or of the node) take part; past the same deadline they end the process instead
+// (engine/watchdog.h).
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL
@@ -30,6 +32,7 @@
 #include <vector>
 
 #include "engine/stream.h"
+#include "engine/watchdog.h"
 #include "kernels/cuda/event.h"
 
 namespace deit::detail {
@@ -94,7 +97,8 @@ class NcclCommunicator final : public Communicator {
         drained_(cudaEventDisableTiming),
         timeout_(rendezvous.comm_timeout) {
     const ncclUniqueId id = exchange_unique_id(rendezvous);
-    DEIT_NCCL_CHECK(ncclCommInitRank(&comm_, world_size(), id, rank()));
+    within_deadline("ncclCommInitRank",
+                    [&] { DEIT_NCCL_CHECK(ncclCommInitRank(&comm_, world_size(), id, rank())); });
   }
 
   ~NcclCommunicator() override {
@@ -102,13 +106,13 @@ class NcclCommunicator final : public Communicator {
     // ranks that will never join them, and ncclCommDestroy would wait with them; ncclCommAbort
     // does not. If MPI carried the id, it must not be finalised either (see engine/comm_check.h).
     if (std::uncaught_exceptions() > 0 || !comm_) {
-      if (comm_) ncclCommAbort(comm_);
+      if (comm_) abort_communicator();
 #if DEIT_HAVE_MPI
       mpi_record_failure();
 #endif
       return;
     }
-    ncclCommDestroy(comm_);
+    within_deadline("ncclCommDestroy", [&] { ncclCommDestroy(comm_); });
   }
 
   const char* backend() const override { return "nccl"; }
@@ -251,9 +255,19 @@ class NcclCommunicator final : public Communicator {
   }
 
   [[noreturn]] void abort_and_throw(const std::string& what) {
-    ncclCommAbort(comm_);
-    comm_ = nullptr;
+    abort_communicator();
     throw std::runtime_error(lost_peers_message(what));
+  }
+
+  void abort_communicator() {
+    within_deadline("ncclCommAbort", [&] { ncclCommAbort(comm_); });
+    comm_ = nullptr;
+  }
+
+  // Runs `call`, which waits for other ranks inside NCCL, under the rendezvous's deadline.
+  void within_deadline(const char* call, const std::function<void()>& run) const {
+    exit_unless_returns_within(
+        timeout_, lost_peers_message(std::string(call) + " did not return in time"), run);
   }
 
   // Makes `device` current; returns its index.

@@ -5,13 +5,16 @@
 // all-gather). Every rank of the job must run these cases, so they are hidden from the other
 // entries: CI runs them on two emulated devices (nccl_ranks_emulated_*,
 // tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are MPI's); on a machine with two
-// GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`. The hidden [.nccl_rank_hangs] case
-// stops rank 0 on purpose; its entry (nccl_rank_hangs_emulated) passes when the job then fails.
+// GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`. The hidden [.nccl_rank_hangs*]
+// cases stop rank 0 on purpose; their entries (nccl_rank_hangs*_emulated) pass when the job then
+// fails with rank 1's message.
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL && DEIT_HAVE_MPI
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -263,5 +266,28 @@ TEST_CASE(
   const StoppedRank job = stop_rank(0);
   make_communicator(this_gpu(), job.rendezvous);
   FAIL("an NCCL communicator was made without rank 0");
+}
+
+TEST_CASE("nccl, two ranks: a rank 0 that hangs in ncclCommInitRank ends the job after the wait",
+          "[mpi][.nccl_rank_hangs_in_init]") {
+  // The entry stops rank 0 inside the emulated ncclCommInitRank (DEIT_EMULATED_NCCL_STOP_IN_INIT),
+  // after the id went out: rank 1 waits there for it until the watchdog ends the process.
+  Rendezvous rendezvous = detect_rendezvous();
+  rendezvous.comm_timeout = std::chrono::seconds(2);
+  make_communicator(this_gpu(), rendezvous);
+  FAIL("an NCCL communicator was made without rank 0");
+}
+
+TEST_CASE(
+    "nccl, two ranks: a rank 0 that hangs after the last collective ends the job after the "
+    "wait",
+    "[mpi][.nccl_rank_hangs_at_exit]") {
+  Rendezvous rendezvous = detect_rendezvous();
+  rendezvous.comm_timeout = std::chrono::seconds(2);
+  const auto comm = make_communicator(this_gpu(), rendezvous);
+  comm->barrier();
+  if (comm->rank() == 0) std::raise(SIGSTOP);
+  // Rank 1 goes on to free the communicator, which waits for rank 0 (ncclCommDestroy is a
+  // collective of the node's ranks) until the watchdog ends the process.
 }
 #endif

@@ -468,6 +468,14 @@ cudaError_t cudaFree(void* p) {
   return cudaSuccess;
 }
 
+cudaError_t cudaDeviceSynchronize() {
+  Lock lock(api_lock());
+  if (const cudaError_t e = deit_emu::check_unsafe_call(); e != cudaSuccess) return record_error(e);
+  deit_emu::run_everything();
+  deit_emu::host_waited_for_everything();
+  return cudaSuccess;
+}
+
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) {
   Lock lock(api_lock());
   *p = nullptr;

@@ -9,12 +9,20 @@
 //    Every rank runs its collectives in the order it queued them on its one communication stream,
 //    so the ranks meet in the same order, whenever each stream runs its work.
 // A group (ncclGroupStart/End) runs its calls as they come; an end without a start is refused.
+// Over several ranks, making a communicator waits for every rank (an MPI_Comm_dup), and so does
+// ncclCommDestroy, which NCCL's documentation calls a collective of the ranks of a node: it runs
+// the device's queued work, then passes a barrier. ncclCommAbort waits for nobody. For the cases
+// that make a rank hang on purpose, DEIT_EMULATED_NCCL_STOP_IN_INIT=<rank> stops that rank
+// (SIGSTOP) in ncclCommInitRank, as a peer whose GPU or network hangs there would.
+#include <cuda_runtime.h>
 #include <nccl.h>
 
 #include <climits>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "tests/emulated/runtime/emulated_device.h"
 
@@ -151,6 +159,9 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId, int ra
                              : "is not initialised: launch with mpirun");
     return ncclInvalidUsage;
   }
+  if (const char* stopped = std::getenv("DEIT_EMULATED_NCCL_STOP_IN_INIT");
+      stopped && std::to_string(rank) == stopped)
+    std::raise(SIGSTOP);
   auto made = new ncclComm{rank, nranks};
   if (MPI_Comm_dup(MPI_COMM_WORLD, &made->mpi) != MPI_SUCCESS) {
     delete made;
@@ -171,6 +182,12 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
   return ncclSuccess;
 }
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+#if DEIT_HAVE_MPI
+  if (comm && comm->size > 1) {
+    if (cudaDeviceSynchronize() != cudaSuccess) return ncclUnhandledCudaError;
+    if (MPI_Barrier(comm->mpi) != MPI_SUCCESS) return ncclSystemError;
+  }
+#endif
   delete comm;
   return ncclSuccess;
 }

@@ -1,0 +1,56 @@
+// engine/watchdog.h: the deadline on the blocking NCCL calls that wait for other ranks. Its expiry
+// ends the process, so that case runs in a child (tests/child_process.h).
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "engine/watchdog.h"
+#include "tests/captured_stderr.h"
+#include "tests/child_process.h"
+#include "tests/test_data_helpers.h"
+
+using namespace deit;
+using namespace std::chrono_literals;
+
+TEST_CASE("a call that returns within the watchdog's limit returns as usual", "[watchdog]") {
+  int calls = 0;
+  const auto start = std::chrono::steady_clock::now();
+  exit_unless_returns_within(60s, "unused", [&] { ++calls; });
+  CHECK(calls == 1);
+  // The watchdog does not sit out its limit once the call has returned.
+  CHECK(std::chrono::steady_clock::now() - start < 10s);
+}
+
+TEST_CASE("an exception leaves the watchdog's call as it came", "[watchdog]") {
+  CHECK_THROWS_WITH(
+      exit_unless_returns_within(60s, "unused", [] { throw std::runtime_error("from the call"); }),
+      "from the call");
+}
+
+TEST_CASE("a call still blocked at the watchdog's limit ends the process with the message",
+          "[watchdog]") {
+  test::TempDir dir;
+  const std::string log = dir.file("stderr.txt");
+  const test::ChildResult child = test::run_in_child(
+      [&] {
+        test::stderr_of(log, [] {
+          exit_unless_returns_within(200ms, "rank 1 of 2: ncclCommInitRank did not return in time",
+                                     [] { std::this_thread::sleep_for(60s); });
+        });
+        return std::string("the blocked call returned");
+      },
+      /*alarm_seconds=*/30);
+  CHECK(child.message.empty());
+  REQUIRE(WIFEXITED(child.status));
+  CHECK(WEXITSTATUS(child.status) == EXIT_FAILURE);
+  std::ifstream in(log);
+  const std::string written{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  CHECK(written == "deit: error: rank 1 of 2: ncclCommInitRank did not return in time\n");
+}
