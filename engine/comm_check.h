@@ -8,6 +8,19 @@
 
 #include "engine/communicator.h"
 
+namespace deit::detail {
+
+// How each wait for the other ranks that gives up says so: "rank R of N: <what>; a peer may have
+// died or hung (DEIT_COMM_TIMEOUT sets the wait, now T s)".
+inline std::string lost_peers_message(int rank, int world_size, const std::string& what,
+                                      std::chrono::seconds timeout) {
+  return "rank " + std::to_string(rank) + " of " + std::to_string(world_size) + ": " + what +
+         "; a peer may have died or hung (DEIT_COMM_TIMEOUT sets the wait, now " +
+         std::to_string(timeout.count()) + " s)";
+}
+
+}  // namespace deit::detail
+
 #if DEIT_HAVE_MPI
 #include <mpi.h>
 
@@ -20,7 +33,8 @@ namespace deit::detail {
 // one the launcher described. MPI is finalised at exit unless a failure was recorded: Open MPI's
 // MPI_Finalize waits for every rank, so a rank that fails while the others sit in a collective
 // must exit without it; mpirun then ends the job. A rank whose peers do not reach the exit within
-// the rendezvous's comm_timeout also leaves without it, with a failed status.
+// the rendezvous's comm_timeout also leaves without it, with a failed status, and so does one
+// that waits longer than that in MPI_Init for peers that hung before it.
 void mpi_init(const Rendezvous& rendezvous);
 void mpi_record_failure();
 // Waits for a non-blocking MPI call's `request` for at most `timeout` (the rendezvous's

@@ -38,9 +38,10 @@
 // --kill-on-bad-exit), the ranks end themselves after DEIT_COMM_TIMEOUT seconds
 // (Rendezvous::comm_timeout): MPI's collectives are waited for against that deadline, and NCCL's
 // through wait_for_device(), which gives up after it; the rank that gives up throws (exiting
-// without the teardown above), and its exit ends the job as a death does. NCCL's calls that make
-// and free a communicator block until the other ranks take part, and cannot be interrupted: past
-// the deadline, a watchdog ends the process from another thread (engine/watchdog.h).
+// without the teardown above), and its exit ends the job as a death does. MPI_Init and NCCL's
+// calls that make and free a communicator block until the other ranks take part, and cannot be
+// interrupted: past the deadline, a watchdog ends the process from another thread
+// (engine/watchdog.h).
 #pragma once
 #include <cstddef>
 #include <memory>

@@ -8,7 +8,8 @@
 // job through the launcher as a dead one does, and a blocking call would wait for it for ever.
 // Past the deadline this rank throws, skipping MPI's teardown (mpi_record_failure), and its
 // non-zero exit makes mpirun end the job, the hung rank too. MPI_Finalize at exit, which waits for
-// every rank, comes after a barrier under the same deadline.
+// every rank, comes after a barrier under the same deadline; MPI_Init, which waits for them too
+// and cannot be polled, runs under a watchdog (engine/watchdog.h).
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_MPI
@@ -24,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/watchdog.h"
 #include "kernels/elementwise.h"
 
 namespace deit::detail {
@@ -68,11 +70,10 @@ void finalize_at_exit() {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   std::fflush(stdout);
-  std::fprintf(stderr,
-               "deit: error (rank %d of %d): the other ranks did not reach the end within %lld s; "
-               "a peer may have hung (DEIT_COMM_TIMEOUT sets the wait). Leaving without "
-               "MPI_Finalize.\n",
-               rank, size, static_cast<long long>(timeout.count()));
+  std::fprintf(
+      stderr, "deit: error: %s\n",
+      lost_peers_message(rank, size, "the other ranks did not reach the end in time", timeout)
+          .c_str());
   // A failed exit, so that the launcher ends the job and the hung peer with it.
   std::_Exit(EXIT_FAILURE);
 }
@@ -85,10 +86,8 @@ void mpi_wait(MPI_Request& request, const char* call, int rank, int world_size,
               std::chrono::seconds timeout) {
   if (completes_within(request, timeout)) return;
   mpi_record_failure();
-  throw std::runtime_error("rank " + std::to_string(rank) + " of " + std::to_string(world_size) +
-                           ": " + call + " did not finish within " +
-                           std::to_string(timeout.count()) +
-                           " s; a peer may have hung or died (DEIT_COMM_TIMEOUT sets the wait)");
+  throw std::runtime_error(
+      lost_peers_message(rank, world_size, std::string(call) + " did not finish in time", timeout));
 }
 
 void mpi_call_failed(int code, const char* call, const char* file, int line) {
@@ -104,13 +103,19 @@ void mpi_call_failed(int code, const char* call, const char* file, int line) {
 
 void mpi_init(const Rendezvous& rendezvous) {
   static std::once_flag once;
-  std::call_once(once, [] {
+  std::call_once(once, [&] {
     int initialized = 0;
     DEIT_MPI_CHECK(MPI_Initialized(&initialized));
     if (initialized) return;  // the host program owns MPI's lifetime
     // Only the thread that made the communicator calls MPI; the data loader's threads never do.
+    // Open MPI's MPI_Init waits for every rank to start (PMIx's fence), and nothing can interrupt
+    // it: a peer that hangs before it would hold this rank there for ever.
     int provided = 0;
-    DEIT_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+    exit_unless_returns_within(
+        rendezvous.comm_timeout,
+        lost_peers_message(rendezvous.rank, rendezvous.world_size,
+                           "MPI_Init_thread did not return in time", rendezvous.comm_timeout),
+        [&] { DEIT_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided)); });
     std::atexit(finalize_at_exit);
   });
   peer_wait_seconds = rendezvous.comm_timeout.count();

@@ -249,9 +249,7 @@ class NcclCommunicator final : public Communicator {
   };
 
   std::string lost_peers_message(const std::string& what) const {
-    return "rank " + std::to_string(rank()) + " of " + std::to_string(world_size()) + ": " + what +
-           "; a peer may have died or hung (DEIT_COMM_TIMEOUT sets the wait, now " +
-           std::to_string(timeout_.count()) + " s)";
+    return detail::lost_peers_message(rank(), world_size(), what, timeout_);
   }
 
   [[noreturn]] void abort_and_throw(const std::string& what) {

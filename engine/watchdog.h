@@ -1,8 +1,9 @@
-// A deadline for a blocking call that can be neither polled nor cancelled. NCCL's communicator
-// calls are such (in the blocking mode deit uses): ncclCommInitRank waits for every rank to join,
-// and ncclCommDestroy and ncclCommAbort may wait for the other ranks of the node before they free
-// memory those ranks might still touch. A peer that hangs (stopped, stuck on a dead file system)
-// would hold this rank in them for ever, and the launcher ends a job only when a rank exits.
+// A deadline for a blocking call that can be neither polled nor cancelled. MPI_Init is one (Open
+// MPI's waits for every rank to start), and so are NCCL's communicator calls in the blocking mode
+// deit uses: ncclCommInitRank waits for every rank to join, and ncclCommDestroy and ncclCommAbort
+// may wait for the other ranks of the node before they free memory those ranks might still touch. A
+// peer that hangs (stopped, stuck on a dead file system) would hold this rank in them for ever, and
+// the launcher ends a job only when a rank exits.
 #pragma once
 #include <chrono>
 #include <functional>

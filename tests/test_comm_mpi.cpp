@@ -274,6 +274,15 @@ TEST_CASE("mpi: a rank that hangs before a communicator is made ends the job aft
   FAIL("a communicator was made without rank 1");
 }
 
+TEST_CASE("mpi: a rank that hangs before MPI starts ends the job after the wait",
+          "[mpi][.mpi_rank_hangs_before_init]") {
+  Rendezvous rendezvous = detect_rendezvous();
+  rendezvous.comm_timeout = std::chrono::seconds(2);
+  if (rendezvous.rank == 1) std::raise(SIGSTOP);
+  make_communicator(Device::cpu(), rendezvous);
+  FAIL("a communicator was made without rank 1");
+}
+
 TEST_CASE("mpi: a rank that hangs after the last collective ends the job after the wait",
           "[mpi][.mpi_rank_hangs_at_exit]") {
   const test::StoppedRank job = test::stop_rank(1);
