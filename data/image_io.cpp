@@ -5,6 +5,7 @@
 #include <stb_image.h>
 #include <stb_image_write.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <fstream>
 #include <memory>
 #include <stdexcept>
+#include <vector>
 
 #include "data/file_error.h"
 #include "data/image.h"
@@ -109,32 +111,57 @@ void check_tga_complete(const uint8_t* bytes, size_t size, const std::string& na
     fail_file(name, "truncated TGA (its run-length coded pixels end early)");
 }
 
+// The colour table a GIF's packed field announces: 3 x 2^(n + 1) bytes when its top bit is set.
+size_t gif_colour_table_bytes(uint8_t packed) {
+  return packed & 0x80 ? size_t{3} << ((packed & 7) + 1) : 0;
+}
+
+// Past a GIF's chain of sub-blocks at `i` (a length byte and that many bytes each, 0 ends it); 0
+// if the file ends first.
+size_t past_gif_sub_blocks(const uint8_t* bytes, size_t size, size_t i) {
+  while (i < size && bytes[i] != 0) i += 1 + bytes[i];
+  return i < size ? i + 1 : 0;
+}
+
+constexpr size_t kGifScreenDescriptorEnd = 13;  // "GIF89a", then 7 bytes
+
 // stb_image decodes a GIF cut inside its first frame as if the rest were there (Pillow says
 // "truncated"). stb reads that frame alone, so the blocks are walked to its last data sub-block.
 void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& name) {
-  // The colour table a packed field announces: 3 x 2^(n + 1) bytes when its top bit is set.
-  auto colour_table_bytes = [](uint8_t packed) {
-    return packed & 0x80 ? size_t{3} << ((packed & 7) + 1) : 0;
-  };
-  // Past a chain of sub-blocks (a length byte and that many bytes each, 0 ends it); 0 if cut.
-  auto past_sub_blocks = [&](size_t i) -> size_t {
-    while (i < size && bytes[i] != 0) i += 1 + bytes[i];
-    return i < size ? i + 1 : 0;
-  };
-  constexpr size_t kScreenDescriptorEnd = 13;  // "GIF89a", then 7 bytes
-  size_t i =
-      size >= kScreenDescriptorEnd ? kScreenDescriptorEnd + colour_table_bytes(bytes[10]) : 0;
+  size_t i = size >= kGifScreenDescriptorEnd
+                 ? kGifScreenDescriptorEnd + gif_colour_table_bytes(bytes[10])
+                 : 0;
   while (i != 0 && i < size) {
     if (bytes[i] == 0x21) {  // an extension: its label, then sub-blocks
-      i = past_sub_blocks(i + 2);
+      i = past_gif_sub_blocks(bytes, size, i + 2);
     } else if (bytes[i] == 0x2C) {  // the first image: a 10-byte descriptor, LZW code size, data
-      if (i + 10 <= size && past_sub_blocks(i + 11 + colour_table_bytes(bytes[i + 9])) != 0) return;
+      if (i + 10 <= size &&
+          past_gif_sub_blocks(bytes, size, i + 11 + gif_colour_table_bytes(bytes[i + 9])) != 0)
+        return;
       break;
     } else {
       return;  // the trailer, or a block stb refuses itself
     }
   }
   fail_file(name, "truncated GIF (its first image's data ends early)");
+}
+
+// stb_image leaves the transparent pixels of a GIF's first image black, where Pillow's
+// convert("RGB") gives them their colour in the palette, as if none were transparent. So the
+// transparency flag of each graphic control extension before that image (label F9, 4 bytes: the
+// flag is bit 0 of the first) is cleared in a copy, which stb_image decodes. Empty where none is
+// set.
+std::vector<uint8_t> gif_without_transparency(const uint8_t* bytes, size_t size) {
+  std::vector<uint8_t> opaque;
+  size_t i = kGifScreenDescriptorEnd + gif_colour_table_bytes(bytes[10]);
+  while (i + 3 < size && bytes[i] == 0x21) {
+    if (bytes[i + 1] == 0xF9 && bytes[i + 2] == 4 && (bytes[i + 3] & 1)) {
+      if (opaque.empty()) opaque.assign(bytes, bytes + size);
+      opaque[i + 3] &= 0xFE;
+    }
+    i = past_gif_sub_blocks(bytes, size, i + 2);
+  }
+  return opaque;
 }
 
 // The formats stb_image tells apart by a magic number (PSD, PIC, HDR: it reads them whole or
@@ -193,16 +220,46 @@ void write_file_whole(const std::string& path, const std::vector<uint8_t>& bytes
   }
 }
 
+// PNG's numbers are big-endian.
+uint32_t read_be32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 |
+         static_cast<uint32_t>(p[2]) << 8 | p[3];
+}
+
 // The width and height a PNG's header (its IHDR chunk, first) gives; false where it has none.
 bool png_header_size(const uint8_t* bytes, size_t size, int& width, int& height) {
   if (size < 24 || std::memcmp(bytes + 12, "IHDR", 4) != 0) return false;
-  auto big_endian = [&](size_t at) {
-    return static_cast<uint32_t>(bytes[at]) << 24 | static_cast<uint32_t>(bytes[at + 1]) << 16 |
-           static_cast<uint32_t>(bytes[at + 2]) << 8 | bytes[at + 3];
-  };
-  width = static_cast<int>(std::min<uint32_t>(big_endian(16), INT32_MAX));
-  height = static_cast<int>(std::min<uint32_t>(big_endian(20), INT32_MAX));
+  width = static_cast<int>(std::min<uint32_t>(read_be32(bytes + 16), INT32_MAX));
+  height = static_cast<int>(std::min<uint32_t>(read_be32(bytes + 20), INT32_MAX));
   return true;
+}
+
+// stb_image decodes a PNG's pixels when it meets the IEND chunk, and fails, giving no reason, on a
+// file that ends before one; Pillow decodes them once its IDAT data holds every row, and reads no
+// further (a download cut in its last bytes, an encoder that leaves IEND out). So a PNG that ends
+// early is given an IEND where it ends, its last IDAT cut to the bytes there are: stb_image then
+// decodes it where Pillow does, and where the data is short still fails. Empty for a PNG with its
+// IEND.
+std::vector<uint8_t> png_ended_where_cut(const uint8_t* bytes, size_t size) {
+  constexpr size_t kSignatureBytes = 8;
+  size_t chunk = kSignatureBytes;  // a chunk: length, type, that many bytes of data, a CRC
+  while (chunk + 8 <= size && std::memcmp(bytes + chunk + 4, "IEND", 4) != 0 &&
+         chunk + 12 + uint64_t{read_be32(bytes + chunk)} <= size)
+    chunk += 12 + read_be32(bytes + chunk);
+  if (chunk + 8 <= size && std::memcmp(bytes + chunk + 4, "IEND", 4) == 0) return {};
+  std::vector<uint8_t> ended(bytes, bytes + chunk);
+  if (chunk + 8 < size && std::memcmp(bytes + chunk + 4, "IDAT", 4) == 0) {
+    const uint32_t kept =
+        static_cast<uint32_t>(std::min<uint64_t>(read_be32(bytes + chunk), size - chunk - 8));
+    const uint8_t length[4] = {static_cast<uint8_t>(kept >> 24), static_cast<uint8_t>(kept >> 16),
+                               static_cast<uint8_t>(kept >> 8), static_cast<uint8_t>(kept)};
+    ended.insert(ended.end(), length, length + 4);
+    ended.insert(ended.end(), bytes + chunk + 4, bytes + chunk + 8 + kept);
+    ended.insert(ended.end(), 4, 0);  // its CRC, which stb_image does not check
+  }
+  const uint8_t kIend[] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82};
+  ended.insert(ended.end(), kIend, kIend + sizeof kIend);
+  return ended;
 }
 
 // Throws DataError for dimensions past what deit decodes; returns for the others.
@@ -235,10 +292,24 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   }
   refuse_too_large(name, width, height);
   check_complete(bytes, size, name);
+  // What stb_image decodes: the file, or a copy changed to decode as Pillow does. (The file is
+  // longer than the magic numbers compared: stb_image has read its header.)
+  const bool png = std::memcmp(bytes, "\x89PNG", 4) == 0;
+  std::vector<uint8_t> changed;
+  if (png) changed = png_ended_where_cut(bytes, size);
+  if (std::memcmp(bytes, "GIF", 3) == 0) changed = gif_without_transparency(bytes, size);
+  if (changed.size() > static_cast<size_t>(INT32_MAX)) fail_file(name, kLargerThan2GiB);
 
   // Asking for 3 channels makes stb expand grayscale and drop alpha, as Pillow's convert("RGB").
   std::unique_ptr<uint8_t, void (*)(void*)> decoded(
-      stbi_load_from_memory(bytes, length, &width, &height, &channels, 3), stbi_image_free);
+      changed.empty() ? stbi_load_from_memory(bytes, length, &width, &height, &channels, 3)
+                      : stbi_load_from_memory(changed.data(), static_cast<int>(changed.size()),
+                                              &width, &height, &channels, 3),
+      stbi_image_free);
+  if (!decoded && png && !changed.empty())
+    fail_file(name, std::string("truncated PNG (it ends before its image data is complete; "
+                                "stb_image: ") +
+                        stb_reason() + ")");
   if (!decoded)
     fail_file(name, std::string("corrupt or truncated (stb_image: ") + stb_reason() + ")");
 

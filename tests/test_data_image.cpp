@@ -184,6 +184,27 @@ TEST_CASE("TGA and PNM files cut short are refused, as Pillow refuses them", "[d
   }
 }
 
+TEST_CASE("a PNG cut after its image data decodes as Pillow decodes it", "[data]") {
+  // Pillow stops reading once the IDAT data holds every row; stb_image alone failed without its
+  // IEND chunk, with no reason given.
+  TempDir dir;
+  const ImageU8 image = noise_image(12, 10);
+  const std::string path = dir.file("whole.png");
+  write_with_stb(path, image);
+  const std::vector<uint8_t> png = read_bytes(path);
+  const size_t iend = png.size() - 12;  // stb_image_write's one IDAT chunk ends there
+  REQUIRE(std::string(png.begin() + iend + 4, png.begin() + iend + 8) == "IEND");
+  const std::string cut = dir.file("cut.png");
+  // No IEND, half of it, half the IDAT's CRC, none of it, the last byte of the zlib checksum.
+  for (const size_t keep : {iend, iend + 6, iend - 2, iend - 4, iend - 5}) {
+    INFO(keep);
+    write_bytes(cut, std::vector<uint8_t>(png.begin(), png.begin() + keep));
+    CHECK(decode_image_file(cut).pixels == image.pixels);
+  }
+  write_bytes(cut, std::vector<uint8_t>(png.begin(), png.begin() + iend / 2));
+  CHECK_THROWS_WITH(decode_image_file(cut), Contains(cut + ": truncated PNG"));
+}
+
 TEST_CASE("bad image files throw a DataError naming the file and the problem", "[data]") {
   TempDir dir;
   const ImageU8 image = gradient_image(32, 48);
@@ -203,7 +224,8 @@ TEST_CASE("bad image files throw a DataError naming the file and the problem", "
     INFO(name);
     const std::string path = dir.file(name);
     write_with_stb(path, image);
-    for (double keep : {0.9, 0.5, 0.2}) {
+    // Not 0.9: that cuts only the PNG's last checksum and IEND, which Pillow reads without.
+    for (double keep : {0.8, 0.5, 0.2}) {
       const std::string truncated = truncated_copy(dir, path, keep);
       CHECK_THROWS_AS(decode_image_file(truncated), DataError);
       CHECK_THROWS_WITH(decode_image_file(truncated), Contains(truncated));
@@ -326,6 +348,19 @@ TEST_CASE("a GIF cut inside its first image is refused", "[data]") {
     write_bytes(path, std::vector<uint8_t>(gif.begin(), gif.begin() + keep));
     CHECK_THROWS_AS(decode_image_file(path), DataError);
   }
+}
+
+TEST_CASE("a GIF's transparent pixels take their palette colour, as Pillow gives them", "[data]") {
+  TempDir dir;
+  // 2 x 1: a red and a blue palette entry, a graphic control extension making entry 0 (red)
+  // transparent, then the image, LZW code size 2: clear, 0, 1, end (3 bits each).
+  const std::vector<uint8_t> gif = {'G', 'I', 'F',  '8', '9', 'a',  2,    0,    1,    0,    0x80,
+                                    0,   0,   0xFF, 0,   0,   0,    0,    0xFF, 0x21, 0xF9, 4,
+                                    1,   0,   0,    0,   0,   0x2C, 0,    0,    0,    0,    2,
+                                    0,   1,   0,    0,   2,   2,    0x44, 0x0A, 0,    0x3B};
+  const std::string path = dir.file("transparent.gif");
+  write_bytes(path, gif);
+  CHECK(decode_image_file(path).pixels == std::vector<uint8_t>{255, 0, 0, 0, 0, 255});
 }
 
 TEST_CASE("a file that is not an image is refused before it is read", "[data]") {
