@@ -125,7 +125,7 @@ void run_eval(const EvalOptions& o) {
     if (const Tensor* pos_embed = model::find_tensor(tensors, "pos_embed");
         pos_embed && pos_embed->dim() == 3) {
       const auto grid = static_cast<int64_t>(std::lround(std::sqrt(pos_embed->size(1))));
-      if (grid * grid == pos_embed->size(1))
+      if (grid > 0 && grid * grid == pos_embed->size(1))
         base.input_size = grid * (o.model.patch ? *o.model.patch : base.patch);
     }
   model::VisionTransformer vit(o.model.apply_to(base), device);

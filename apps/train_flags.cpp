@@ -53,6 +53,39 @@ void add_switch(CLI::App& cmd, std::optional<bool>& value, const std::string& na
       cmd.add_flag("--no-" + name)->description("Turn off --" + name)->each(keep(&Pair::off_given));
 }
 
+// A resumed run goes on with its checkpoint's weights, which fit their own model alone: a model
+// flag that changes it is refused here, naming the flag, rather than as a mismatch of the whole
+// model once the weights are read. --finetune starts a new run from them with another head or
+// resolution.
+void refuse_another_model(const ModelOptions& flags, const model::ViTConfig& saved,
+                          const std::string& checkpoint) {
+  const auto refuse = [&](const std::string& asked, const std::string& kept, bool finetunes) {
+    throw std::invalid_argument(asked + " does not fit the weights of checkpoint '" + checkpoint +
+                                "' (" + kept + "): a resumed run keeps its model" +
+                                (finetunes ? "; start a new run from those weights with "
+                                             "--finetune " +
+                                                 checkpoint
+                                           : ""));
+  };
+  const auto check = [&](const char* flag, const std::optional<int64_t>& given, int64_t kept,
+                         bool finetunes) {
+    if (given && *given != kept)
+      refuse(std::string(flag) + " " + std::to_string(*given),
+             std::string(flag + 2) + " " + std::to_string(kept), finetunes);
+  };
+  check("--patch", flags.patch, saved.patch, false);
+  check("--dim", flags.dim, saved.dim, false);
+  check("--depth", flags.depth, saved.depth, false);
+  check("--heads", flags.heads, saved.heads, false);
+  check("--num-classes", flags.num_classes, saved.num_classes, true);
+  // Another input size with the same patch grid fits the same position embedding.
+  const auto grid = [](int64_t side) { return std::to_string(side) + "x" + std::to_string(side); };
+  if (flags.input_size && *flags.input_size / saved.patch != saved.grid())
+    refuse("--input-size " + std::to_string(*flags.input_size) + " (a " +
+               grid(*flags.input_size / saved.patch) + " patch grid)",
+           "a " + grid(saved.grid()) + " grid", true);
+}
+
 }  // namespace
 
 void TrainFlags::add_to(CLI::App& cmd) {
@@ -253,6 +286,7 @@ train::TrainOptions TrainFlags::starting_options() const {
 
 train::TrainOptions TrainFlags::resolve() const {
   train::TrainOptions o = starting_options();
+  if (!o.resume.empty()) refuse_another_model(model, o.model, o.resume);
   o.model = model.apply_to(o.model);
   override_with(device, o.device);
   o.finetune = finetune.empty() ? "" : model::checkpoint_file(finetune);

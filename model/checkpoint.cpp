@@ -211,6 +211,14 @@ Checkpoint read_checkpoint_tensors(const std::string& path,
   } catch (const nlohmann::json::exception& e) {
     fail(std::string("its deit metadata is not JSON: ") + e.what());
   }
+  // Every reader looks keys up in it (and in its options), which throws, without the file's name,
+  // on anything but an object. No state at all (a caller's {}, which is JSON null) has no keys.
+  if (ckpt.state.is_null()) ckpt.state = nlohmann::json::object();
+  if (!ckpt.state.is_object())
+    fail(std::string("its deit metadata is a JSON ") + ckpt.state.type_name() + ", not an object");
+  if (ckpt.state.contains("options") && !ckpt.state.at("options").is_object())
+    fail(std::string("its deit metadata's options are a JSON ") +
+         ckpt.state.at("options").type_name() + ", not an object");
   ckpt.class_names = class_names_in(contents.metadata, "checkpoint '" + path + "'");
   for (auto& [name, t] : contents.tensors) {
     if (starts_with(name, kModelPrefix))

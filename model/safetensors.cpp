@@ -162,7 +162,7 @@ class HeaderParser {
     nlohmann::json header;
     try {
       header = nlohmann::json::parse(text, note_duplicates);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // also a number past a double's range
       fail(std::string("the header is not JSON (") + e.what() + ")");
     }
     if (!twice.empty()) fail("its header names '" + twice + "' twice in one object");

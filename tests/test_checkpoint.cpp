@@ -246,6 +246,18 @@ TEST_CASE("read_checkpoint refuses files that are not deit checkpoints", "[io]")
   CHECK_THROWS_WITH(read_checkpoint(broken),
                     Contains("checkpoint '" + broken + "'") &&
                         Contains("deit_model metadata is not a valid model description"));
+
+  // Its state JSON, and the run's options in it, are looked into by key: anything but an object
+  // is refused here, naming the file, not by an unnamed JSON type error in eval or --resume.
+  const std::string listed = dir.file("listed.safetensors");
+  save_checkpoint(listed, vit, {}, nlohmann::json::array({1}));
+  CHECK_THROWS_WITH(read_checkpoint_header(listed),
+                    Contains("checkpoint '" + listed + "': its deit metadata is a JSON array, " +
+                             "not an object"));
+  save_checkpoint(listed, vit, {}, {{"epoch", 0}, {"options", 5}});
+  CHECK_THROWS_WITH(read_checkpoint(listed),
+                    Contains("checkpoint '" + listed + "': its deit metadata's options are a " +
+                             "JSON number, not an object"));
 }
 
 TEST_CASE("weights files carry exactly timm's names and shapes for deit3_small", "[io]") {

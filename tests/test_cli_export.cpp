@@ -225,3 +225,30 @@ TEST_CASE("deit eval --weights takes the model a deit export names, and refuses 
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, !Contains("eval  1/1") && Contains("top-1"));
 }
+
+TEST_CASE("deit eval --weights refuses a pos_embed of no position, naming the file", "[io][cli]") {
+  TempDir dir;
+  data::SyntheticOptions options;
+  options.image_size = 16;
+  options.num_classes = 4;
+  options.train_per_class = 1;
+  options.val_per_class = 1;
+  const std::string data = deit::test::write_synthetic_dataset(dir, options);
+  const VisionTransformer vit = deit::test::tiny_cli_model(4, 8, 3);
+  NamedTensors tensors;
+  for (const Parameter& p : vit.parameters().all())
+    tensors.emplace_back(p.name, p.name == "pos_embed" ? Tensor::zeros({1, 0, 16}) : p.value);
+  const std::string weights = dir.file("w.safetensors");
+  write_safetensors(weights, tensors);
+
+  // Its resolution is not taken from a grid of no patch (input size 0), and the embedding is not
+  // resized from one (which read out of bounds).
+  const std::string model = "eval --model deit3_tiny --patch 4 --dim 16 --depth 2 --heads 2 ";
+  for (const std::string size : {"", "--input-size 8 "}) {
+    INFO(size);
+    const auto r = run_deit(model + size + "--weights " + weights + " --data " + data);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Contains("weights file '" + weights + "': pos_embed") &&
+                             Contains("is not a square patch grid"));
+  }
+}

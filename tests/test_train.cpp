@@ -1201,6 +1201,22 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   CHECK_THAT(r.output, Catch::Contains("checkpoint '" + checkpoint + "' holds a model of ") &&
                            Catch::Contains("resume it on its own dataset") &&
                            !Catch::Contains("--num-classes"));
+  // A model flag that changes the model is refused, naming the flag, before the weights are read
+  // (the classes as well: not said as the checkpoint's).
+  r = run_deit("train --epochs 2 --resume " + checkpoint + " --data " + more + " --num-classes 2");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--num-classes 2 does not fit the weights of checkpoint '" +
+                                       checkpoint +
+                                       "' (num-classes 4): a resumed run keeps its "
+                                       "model; start a new run from those weights with "
+                                       "--finetune " +
+                                       checkpoint));
+  r = run_deit("train --epochs 2 --resume " + checkpoint + " --input-size 16");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--input-size 16 (a 4x4 patch grid) does not fit the "
+                                       "weights of checkpoint '" +
+                                       checkpoint + "' (a 2x2 grid)"));
+  CHECK(test::read_bytes(out + "/log.txt") == log);
 
   // AdamW with an absurd learning rate: the weights blow up and the loss stops being finite.
   // (--finetune takes the run's folder as well as its checkpoint.)
@@ -1507,6 +1523,29 @@ TEST_CASE("a resumed run whose log lacks epochs its checkpoint trained says so",
                                            "before are in " +
                                            out + "/log.txt"));
   CHECK(test::log_lines(branch + "/log.txt").size() == 1);
+}
+
+TEST_CASE("a checkpoint whose optimizer or EMA state does not fit is named when resumed",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1)).exit_code == 0);
+  // A copy with one state tensor left out (a checkpoint trimmed by hand, say).
+  const model::SafetensorsContents saved = model::read_safetensors(out + "/checkpoint.safetensors");
+  for (const std::string left_out : {"optim.step", "ema.head.bias"}) {
+    INFO(left_out);
+    NamedTensors kept;
+    for (const auto& [name, t] : saved.tensors)
+      if (name != left_out) kept.emplace_back(name, t);
+    const std::string trimmed = dir.file("trimmed.safetensors");
+    model::write_safetensors(trimmed, kept, saved.metadata);
+    const CliResult r = run_deit("train --resume " + trimmed + " --epochs 2 --output " +
+                                 dir.file("resumed_" + left_out));
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Catch::Contains("checkpoint '" + trimmed + "': ") &&
+                             Catch::Contains(" state: missing entry '" +
+                                             left_out.substr(left_out.find('.') + 1) + "'"));
+  }
 }
 
 TEST_CASE("a run stopped between saving an epoch and logging it logs the epoch when resumed",

@@ -1,5 +1,6 @@
 #include "train/finetune.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <stdexcept>
@@ -73,10 +74,13 @@ bool fit_pos_embed(NamedTensors& tensors, const model::ViTConfig& config,
   for (auto& [name, t] : tensors) {
     if (name != "pos_embed" || t.dim() != 3 || t.size(1) == config.num_patches()) continue;
     const auto old_grid = static_cast<int64_t>(std::llround(std::sqrt(double(t.size(1)))));
-    if (old_grid * old_grid != t.size(1)) {
+    // A grid of no patch (a file's pos_embed of no position) has nothing to resize: its taps
+    // would index before the start.
+    if (old_grid == 0 || old_grid * old_grid != t.size(1)) {
       // One more than a square: the slot for the class token that DeiT I and timm's vit_* models
       // keep, which a DeiT III ViT has not (it adds no position to the class token).
-      const auto grid = static_cast<int64_t>(std::llround(std::sqrt(double(t.size(1) - 1))));
+      const auto grid = static_cast<int64_t>(
+          std::llround(std::sqrt(double(std::max<int64_t>(t.size(1) - 1, 0)))));
       const std::string slot =
           grid * grid + 1 == t.size(1)
               ? " (" + std::to_string(grid) + "x" + std::to_string(grid) + " + 1: the weights " +

@@ -416,13 +416,17 @@ void Run::open_train_loader() {
 
 // --resume: the optimizer's moments, the EMA and the best score so far, from the checkpoint.
 void Run::resume_optimizer(const model::Checkpoint& resumed) {
-  optimizer->load_state(unprefixed("optim.", resumed.extra));
-  if (ema) {
-    const NamedTensors saved_ema = unprefixed(model::kEmaPrefix, resumed.extra);
-    if (saved_ema.empty())
-      throw std::runtime_error("checkpoint '" + o.resume + "' holds no EMA weights (its run " +
-                               "had --no-model-ema): resume it with --no-model-ema");
-    ema->load_state(saved_ema);
+  const NamedTensors saved_ema =
+      ema ? unprefixed(model::kEmaPrefix, resumed.extra) : NamedTensors();
+  if (ema && saved_ema.empty())
+    throw std::runtime_error("checkpoint '" + o.resume + "' holds no EMA weights (its run " +
+                             "had --no-model-ema): resume it with --no-model-ema");
+  // Their errors name the state ("lamb optimizer state: missing entry 'step'"), not the file.
+  try {
+    optimizer->load_state(unprefixed("optim.", resumed.extra));
+    if (ema) ema->load_state(saved_ema);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("checkpoint '" + o.resume + "': " + e.what());
   }
   summary.best_acc1 = saved_run.best_acc1;
   summary.best_epoch = saved_run.best_epoch;
