@@ -40,6 +40,16 @@ VisionTransformer tiny_model() {
   return vit;
 }
 
+// 4 classes of 16 x 16 images: one to train on and `val_per_class` to evaluate on, each.
+std::string four_class_dataset(const TempDir& dir, int val_per_class) {
+  data::SyntheticOptions options;
+  options.image_size = 16;
+  options.num_classes = 4;
+  options.train_per_class = 1;
+  options.val_per_class = val_per_class;
+  return deit::test::write_synthetic_dataset(dir, options);
+}
+
 }  // namespace
 
 TEST_CASE("deit export writes the model's tensors under timm's names", "[io][cli]") {
@@ -154,12 +164,7 @@ TEST_CASE("deit export rejects bad input with a clear message and a non-zero exi
 TEST_CASE("deit eval --weights takes the model a deit export names, and refuses another",
           "[io][cli]") {
   TempDir dir;
-  data::SyntheticOptions options;
-  options.image_size = 16;
-  options.num_classes = 4;
-  options.train_per_class = 1;
-  options.val_per_class = 4;
-  const std::string data = deit::test::write_synthetic_dataset(dir, options);
+  const std::string data = four_class_dataset(dir, 4);
   const std::vector<std::string> classes(data::synthetic_class_names().begin(),
                                          data::synthetic_class_names().begin() + 4);
   const std::string weights = dir.file("w.safetensors");
@@ -228,12 +233,7 @@ TEST_CASE("deit eval --weights takes the model a deit export names, and refuses 
 
 TEST_CASE("deit eval --weights refuses a pos_embed of no position, naming the file", "[io][cli]") {
   TempDir dir;
-  data::SyntheticOptions options;
-  options.image_size = 16;
-  options.num_classes = 4;
-  options.train_per_class = 1;
-  options.val_per_class = 1;
-  const std::string data = deit::test::write_synthetic_dataset(dir, options);
+  const std::string data = four_class_dataset(dir, 1);
   const VisionTransformer vit = deit::test::tiny_cli_model(4, 8, 3);
   NamedTensors tensors;
   for (const Parameter& p : vit.parameters().all())
