@@ -1225,6 +1225,7 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("loss") || Catch::Contains("gradient"));
   CHECK_THAT(r.output, Catch::Contains(" at epoch 1"));  // counted from 1, as the progress lines
+  CHECK_THAT(r.output, Catch::Contains("nothing since the last checkpoint was saved"));
   CHECK_THAT(r.output, Catch::Contains("note: fine-tuning with the pretrain recipe's values where "
                                        "no flag sets them; --recipe finetune"));
   CHECK_FALSE(std::filesystem::exists(dir.file("diverge") + "/checkpoint.safetensors"));

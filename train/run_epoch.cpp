@@ -18,6 +18,11 @@ namespace deit::train::detail {
 
 namespace {
 
+// What a run that diverged has kept: its last checkpoint, which may hold part of the epoch
+// (--save-every, or the checkpoint a run resumed mid-epoch from).
+constexpr const char* kNothingSavedSinceCheckpoint =
+    "; nothing since the last checkpoint was saved (that checkpoint, if any, is untouched)";
+
 // How many of a split's images some rank found unusable, each counted once: the train split is
 // dealt out anew each epoch, so one file may be met by several ranks. The ranks' lists of indices
 // are gathered (each rank writes its own run of a buffer the all-reduce sums), not marked in a
@@ -235,8 +240,7 @@ void Run::run_eager_step(Epoch& epoch, const Tensor& images, const Tensor& targe
         optimizer->step();
       } catch (const NonFiniteGradient& e) {
         throw TrainingDiverged(std::string(e.what()) + " at epoch " +
-                               std::to_string(epoch.number + 1) +
-                               "; nothing of this epoch was saved");
+                               std::to_string(epoch.number + 1) + kNothingSavedSinceCheckpoint);
       }
       params().zero_grad();
       if (ema) ema->update(params());
@@ -259,7 +263,7 @@ void Run::finish_cuda_step(Epoch& epoch) {
   if (!std::isfinite(values.grad_norm))
     throw TrainingDiverged("optimizer: the global gradient norm is " +
                            std::to_string(values.grad_norm) + " at epoch " +
-                           std::to_string(epoch.number + 1) + "; nothing of this epoch was saved");
+                           std::to_string(epoch.number + 1) + kNothingSavedSinceCheckpoint);
   epoch.uncounted_losses = values.losses;
   params().zero_grad();
 }
@@ -271,8 +275,7 @@ void Run::check_loss(const Epoch& epoch, double loss_value, uint64_t batch_numbe
   throw TrainingDiverged(
       "the loss is " + std::to_string(loss_value) + " at epoch " +
       std::to_string(epoch.number + 1) + ", batch " + std::to_string(batch_number + 1) +
-      (world > 1 ? " of rank " + std::to_string(rank) : "") +
-      "; nothing of this epoch was saved (the last checkpoint, if any, is untouched)");
+      (world > 1 ? " of rank " + std::to_string(rank) : "") + kNothingSavedSinceCheckpoint);
 }
 
 // Adds the losses read back so far to the epoch's sums, and shows them.
