@@ -106,7 +106,10 @@ void run_eval(const EvalOptions& o) {
   } else {
     base = model::preset(o.model.model);
     base.num_classes = static_cast<int64_t>(source->class_names().size());
-    if (saved_config) base.input_size = saved_config->input_size;
+    // Only at the file's patch size: a file's 8-pixel input is no model of 16-pixel patches, and
+    // the error would blame that size rather than name the fields in which the models differ.
+    if (saved_config && o.model.patch.value_or(base.patch) == saved_config->patch)
+      base.input_size = saved_config->input_size;
   }
   const std::string weights_source =
       checkpoint ? "checkpoint '" + checkpoint->path + "'" : "weights file '" + o.weights + "'";
@@ -130,9 +133,10 @@ void run_eval(const EvalOptions& o) {
     }
   model::VisionTransformer vit(o.model.apply_to(base), device);
   // At another resolution than the weights were trained at, their position embedding is resized
-  // over its patch grid (bicubic), as --finetune does.
+  // over its patch grid (bicubic), as --finetune does. The file's model is then at that grid, in
+  // its own patches: another patch size is a difference of the models, not of their grids.
   const bool resized = train::fit_pos_embed(tensors, vit.config(), weights_source);
-  if (resized && saved_config) saved_config->input_size = vit.config().input_size;
+  if (resized && saved_config) saved_config->input_size = vit.config().grid() * saved_config->patch;
   model::load_parameters(vit, tensors, weights_source, saved_config ? &*saved_config : nullptr);
   // Weights that do not name their classes (timm's) are not compared with the split's above: a
   // label past the head's outputs would be scored against logits that are not there (and counted

@@ -200,6 +200,16 @@ TEST_CASE("deit eval --weights takes the model a deit export names, and refuses 
   CHECK_THAT(r.output, Contains("is for deit3_tiny (custom) (patch 4, dim 16, depth 2, heads 2, "
                                 "mlp 64) but the model is deit3_small (patch 16, dim 384, "
                                 "depth 12, heads 6, mlp 1536)"));
+  // Without --input-size, the file's 8 px were taken for deit3_small's 16-pixel patches: refused
+  // as "input size 8 is smaller than one 16-pixel patch", naming no field of the file's model.
+  for (const std::string& file : {"--weights " + weights, "--checkpoint " + run}) {
+    r = run_deit("eval --model deit3_small " + file + " --data " + data);
+    INFO(r.output);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Contains("is for deit3_tiny (custom) (patch 4, dim 16, depth 2, heads 2, "
+                                  "mlp 64) but the model is deit3_small (patch 16, dim 384, "
+                                  "depth 12, heads 6, mlp 1536)"));
+  }
 
   // A file that does not say (timm's, an older export of deit) needs --model, as before, and
   // cannot be checked beyond its shapes.

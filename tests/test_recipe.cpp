@@ -222,6 +222,14 @@ TEST_CASE("settings that could only fail later are refused when a run is set up"
   CHECK_THROWS_WITH(o.validate(), Catch::Contains("--mixup-switch-prob must be in [0, 1], got 3"));
   o.mixup_switch_prob = 0.5;
   CHECK_NOTHROW(o.validate());
+  // A bucket past a size_t's bytes became buckets of one byte: a collective per tensor.
+  for (const double mb : {std::numeric_limits<double>::infinity(), 1e30, 0.0}) {
+    o.bucket_mb = mb;
+    CHECK_THROWS_WITH(o.validate(),
+                      Catch::Contains("--bucket-mb must be a number of MiB in (0, 1048576], got "));
+  }
+  o.bucket_mb = 1 << 20;
+  CHECK_NOTHROW(o.validate());
   // A device the run could not name (--dry-run said nothing of it).
   for (const char* device : {"gpu", "CPU", " cpu", "cuda:abc"}) {
     o.device = device;

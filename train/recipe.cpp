@@ -264,7 +264,12 @@ void TrainOptions::validate() const {
   if (workers < 1 || workers > data::kMaxWorkers)
     fail("--workers must be in [1, " + std::to_string(data::kMaxWorkers) + "], got " +
          std::to_string(workers));
-  if (!(bucket_mb > 0)) fail("--bucket-mb must be positive");
+  // Its bytes must fit the reducer's size_t: a larger value, or inf, came out as buckets of one
+  // byte, a collective for every tensor, where one bucket for all of them was asked for.
+  constexpr int64_t kMaxBucketMb = int64_t{1} << 20;  // 1 TiB: one bucket for any model
+  if (!(bucket_mb > 0 && bucket_mb <= kMaxBucketMb))
+    fail("--bucket-mb must be a number of MiB in (0, " + std::to_string(kMaxBucketMb) + "], got " +
+         number(bucket_mb));
   if (!(save_every_minutes >= 0 && std::isfinite(save_every_minutes)))
     fail("--save-every must be a finite number of minutes >= 0 (0: off), got " +
          number(save_every_minutes));
