@@ -17,6 +17,16 @@ fs::path folder_path(const std::string& dir) {
 
 }  // namespace
 
+void refuse_file_in_the_way(const std::string& dir) {
+  std::error_code ec;
+  fs::path nearest = folder_path(dir);  // the folder, or its nearest parent that is there
+  while (!fs::exists(nearest, ec) && nearest != nearest.parent_path())
+    nearest = nearest.parent_path();
+  if (fs::exists(nearest, ec) && !fs::is_directory(nearest, ec))
+    throw std::runtime_error("cannot create the folder '" + dir + "': '" + nearest.string() +
+                             "' is a file, not a folder");
+}
+
 MadeFolder::MadeFolder(const std::string& dir)
     : dir_(folder_path(dir)), exceptions_(std::uncaught_exceptions()) {
   std::error_code ec;
@@ -24,12 +34,7 @@ MadeFolder::MadeFolder(const std::string& dir)
     outermost_ = p;
   fs::create_directories(dir_, ec);
   if (!ec) return;
-  // "Not a directory" from the kernel: name what stands where a folder is needed.
-  const fs::path in_the_way = outermost_.empty() ? dir_ : outermost_.parent_path();
-  std::error_code type_error;
-  if (fs::exists(in_the_way, type_error) && !fs::is_directory(in_the_way, type_error))
-    throw std::runtime_error("cannot create the folder '" + dir + "': '" + in_the_way.string() +
-                             "' is a file, not a folder");
+  refuse_file_in_the_way(dir);  // "Not a directory" from the kernel: name what stands there
   throw std::runtime_error("cannot create the folder '" + dir + "': " + ec.message());
 }
 

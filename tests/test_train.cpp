@@ -1140,6 +1140,12 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   r = run_deit(tiny_train_args(data, out, 1) + " --seed 5 --dry-run");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("already holds a run"));
+  // An --output that is a file, or lies under one: the run could not make its folder.
+  for (const std::string& in_file : {checkpoint, checkpoint + "/sub"}) {
+    r = run_deit(tiny_train_args(data, in_file, 1) + " --dry-run");
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Catch::Contains("'" + checkpoint + "' is a file, not a folder"));
+  }
   r = run_deit(tiny_train_args(data, out, 1) + " --resume " + checkpoint);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("nothing is left to train"));

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "data/made_folder.h"
 #include "engine/rendezvous.h"
 #include "model/checkpoint.h"
 #include "train/output_folder.h"
@@ -38,6 +39,7 @@ void warn_of_course_changes(const TrainOptions& o, const nlohmann::json& saved_o
 void check_before_data(const TrainOptions& o) {
   o.validate();
   refuse_output_in_splits(o);
+  data::refuse_file_in_the_way(o.output_dir);
   refuse_other_run(o.output_dir, resumes_its_checkpoint(o));
   if (!o.resume.empty())
     refuse_unresumable(o, saved_run_of(o.resume, model::read_checkpoint_header(o.resume).state));

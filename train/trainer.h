@@ -100,10 +100,11 @@ TrainSummary train(TrainOptions options, Communicator& comm);
 TrainSummary train(TrainOptions options);
 
 // What train() refuses before it reads any data, but for the device (a run may be planned on a
-// machine without the GPU it will train on): invalid options, an --output that holds another run
-// or lies inside the dataset's splits, a resumed run with nothing left to train or another
-// optimizer. What --dry-run checks; not the folder's lock (train/output_lock.h), as a dry run
-// often plans a run that starts once the one holding it has ended.
+// machine without the GPU it will train on): invalid options, an --output that holds another run,
+// lies inside the dataset's splits or cannot be a folder (a file stands there), a resumed run with
+// nothing left to train or another optimizer. What --dry-run checks; not the folder's lock
+// (train/output_lock.h), as a dry run often plans a run that starts once the one holding it has
+// ended.
 void check_before_data(const TrainOptions& options);
 
 // The warning of a resumed run whose settings change its course (those of
