@@ -212,6 +212,12 @@ void run_step(const StepOptions& o) {
   options.opt = o.opt;
   options.lr = recipe.lr;
   options.drop_path = o.drop_path.value_or(recipe.drop_path);
+  // Before the model is built and timed, in deit train's words.
+  if (!(options.drop_path >= 0 && options.drop_path < 1)) {
+    char given[32];
+    std::snprintf(given, sizeof given, "%g", options.drop_path);
+    throw std::invalid_argument(std::string("--drop-path must be in [0, 1), got ") + given);
+  }
   options.warmup = o.warmup;
   options.steps = o.steps;
   options.profile_steps = o.profile_steps;

@@ -267,6 +267,10 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
   r = run_deit("bench step --model deit3_tiny --device cpu --peak-tflops -1");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--peak-tflops must be a positive number"));
+  r = run_deit("bench step --model deit3_tiny --device cpu --drop-path 1");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("--drop-path must be in [0, 1), got 1") && !Catch::Contains("timing"));
   // Refused before the line that announces the timing, not after it.
   r = run_deit("bench step --model deit3_tiny --device cpu --opt sgd");
   CHECK(r.exit_code != 0);
