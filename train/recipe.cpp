@@ -257,7 +257,8 @@ void TrainOptions::validate() const {
                                   ? "--three-augment and --color-jitter"
                                   : (three_augment ? "--three-augment" : "--color-jitter");
     fail("--aa " + aa + " takes the place of 3-Augment and colour jitter (timm applies " +
-         "RandAugment or the colour jitter, never both): drop " + given);
+         "RandAugment or the colour jitter, never both): drop " + given +
+         ", or give --aa none to train without RandAugment");
   }
   if (!(rrc_scale_min > 0 && rrc_scale_min <= 1)) fail("--rrc-scale-min must be in (0, 1]");
   if (!(model_ema_decay >= 0 && model_ema_decay <= 1)) fail("--model-ema-decay must be in [0, 1]");
