@@ -7,13 +7,13 @@
 
 namespace deit::data {
 
-// Makes a folder with the parents it lacks. Destroyed by an exception (a bad --finetune source, a
-// dataset with no usable image, a write that failed), it removes again what it made, where still
-// empty, so that a command that failed leaves no folder behind that it invented.
 // Throws std::runtime_error, as MadeFolder would, when a file stands where `dir` or one of its
 // parents must be a folder: for a command that only checks its settings (deit train --dry-run).
 void refuse_file_in_the_way(const std::string& dir);
 
+// Makes a folder with the parents it lacks. Destroyed by an exception (a bad --finetune source, a
+// dataset with no usable image, a write that failed), it removes again what it made, where still
+// empty, so that a command that failed leaves no folder behind that it invented.
 class MadeFolder {
  public:
   // Makes `dir` ("": the current folder, nothing to make). Throws std::runtime_error naming `dir`
