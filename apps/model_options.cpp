@@ -23,15 +23,18 @@ void ModelOptions::add_to(CLI::App& cmd, const std::string& input_size_default,
 }
 
 model::ViTConfig ModelOptions::apply_to(model::ViTConfig c) const {
+  const model::ViTConfig base = c;
   if (patch) c.patch = *patch;
   if (dim) c.dim = *dim;
   if (depth) c.depth = *depth;
   if (heads) c.heads = *heads;
   if (num_classes) c.num_classes = *num_classes;
   if (input_size) c.input_size = *input_size;
-  // A resumed custom model is named so already.
-  if ((patch || dim || depth || heads) && c.name.find(" (custom)") == std::string::npos)
-    c.name += " (custom)";
+  // Other sizes make another model, named after the one it was made from. A description in
+  // parentheses no longer holds ("demo (deit3, patch 16, ...)" with --patch 8), and a custom
+  // model is named so already.
+  if (c.patch != base.patch || c.dim != base.dim || c.depth != base.depth || c.heads != base.heads)
+    c.name = c.name.substr(0, c.name.find(" (")) + " (custom)";
   c.validate();
   return c;
 }

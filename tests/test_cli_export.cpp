@@ -195,6 +195,16 @@ TEST_CASE("deit eval --weights takes the model a deit export names, and refuses 
   r = run_deit("eval --heads 4 --weights " + weights + " --data " + data);  // without --model too
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("(heads 2) but the model is deit3_tiny (custom) (heads 4)"));
+  // With other sizes, a model whose name describes it (the demo's) is named after it, without the
+  // description that no longer holds.
+  model::ViTConfig described = deit::test::tiny_cli_model(4, 8, 3).config();
+  described.name = "demo (deit3, patch 4, dim 16, depth 2, heads 2)";
+  save_checkpoint(dir.file("demo/checkpoint.safetensors"), model::VisionTransformer(described), {},
+                  {{"epoch", 0}}, classes);
+  r = run_deit("eval --patch 2 --checkpoint " + dir.file("demo") + " --data " + data);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("is for demo (deit3, patch 4, dim 16, depth 2, heads 2) (patch 4) "
+                                "but the model is demo (custom) (patch 2)"));
   r = run_deit("eval --model deit3_small --input-size 32 --weights " + weights + " --data " + data);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("is for deit3_tiny (custom) (patch 4, dim 16, depth 2, heads 2, "

@@ -20,6 +20,18 @@ TEST_CASE("deit info --json prints one object with the exact parameter count", "
   CHECK(j["tokens"] == 197);
 }
 
+TEST_CASE("a model is named custom only when its sizes differ from what it was made from",
+          "[cli]") {
+  const auto name_of = [](const std::string& flags) {
+    const CliResult r = run_deit("info " + flags + " --json");
+    REQUIRE(r.exit_code == 0);
+    return nlohmann::json::parse(r.output)["model"].get<std::string>();
+  };
+  CHECK(name_of("--model deit3_small --dim 384 --heads 6") == "deit3_small");
+  CHECK(name_of("--model deit3_small --num-classes 10 --input-size 96") == "deit3_small");
+  CHECK(name_of("--model deit3_small --dim 192") == "deit3_small (custom)");
+}
+
 TEST_CASE("deit info accepts custom sizes", "[cli]") {
   const CliResult r = run_deit("info --model deit3_small --depth 2 --dim 64 --heads 2 "
                                "--num-classes 10 --input-size 32 --json");
