@@ -43,10 +43,12 @@ void check_every_value(CLI::App& app) {
     const std::string type = option->get_type_name();
     const bool is_unsigned = type.rfind("UINT", 0) == 0;
     const bool is_whole_number = is_unsigned || type.rfind("INT", 0) == 0;
-    // A required option has no default to fall back on.
-    const std::string empty_refusal = option->get_required()
-                                          ? "an empty value"
-                                          : "an empty value (leave the option out for its default)";
+    // A required option has no default to fall back on, nor has one that --help says is required
+    // unless another is given (train's --model without --resume).
+    const bool has_default = !option->get_required() &&
+                             option->get_description().find("required unless") == std::string::npos;
+    const std::string empty_refusal =
+        has_default ? "an empty value (leave the option out for its default)" : "an empty value";
     option->transform(CLI::Validator(
         [is_unsigned, is_whole_number, empty_refusal](std::string& value) -> std::string {
           if (value.empty()) return empty_refusal;

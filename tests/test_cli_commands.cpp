@@ -59,6 +59,14 @@ TEST_CASE("whole numbers are read in decimal, and an empty or out-of-range value
   CHECK(required.exit_code == 1);
   CHECK_THAT(required.output,
              Catch::Contains("--out: an empty value") && !Catch::Contains("default"));
+  // Nor has one required unless another option is given.
+  for (const std::string& args :
+       {"train --model '' --data nowhere --output nowhere", "eval --model '' --data nowhere"}) {
+    const CliResult r = run_deit(args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Catch::Contains("--model: an empty value") && !Catch::Contains("default"));
+  }
 }
 
 TEST_CASE(
