@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -194,6 +195,40 @@ TEST_CASE("the reference code's options are answered with deit's", "[cli]") {
   CHECK(opt.exit_code == 1);
   CHECK_THAT(opt.output,
              Catch::Contains("the reference code's fusedlamb, apex's FusedLAMB, is lamb"));
+}
+
+TEST_CASE("every option of the reference code is deit train's or answered with a note", "[cli]") {
+  // main.py's argparse options in facebookresearch/deit (DeiT III's version) and
+  // run_with_submitit.py's own.
+  const std::string reference =
+      "--batch-size --epochs --bce-loss --unscale-lr --model --input-size --drop "
+      "--drop-path --model-ema --no-model-ema --model-ema-decay --model-ema-force-cpu "
+      "--opt --opt-eps --opt-betas --clip-grad --momentum --weight-decay --sched --lr "
+      "--lr-noise --lr-noise-pct --lr-noise-std --warmup-lr --min-lr --decay-epochs "
+      "--warmup-epochs --cooldown-epochs --patience-epochs --decay-rate --dr "
+      "--color-jitter --aa --smoothing --train-interpolation --repeated-aug "
+      "--no-repeated-aug --train-mode --no-train-mode --ThreeAugment --src --reprob "
+      "--remode --recount --resplit --mixup --cutmix --cutmix-minmax --mixup-prob "
+      "--mixup-switch-prob --mixup-mode --teacher-model --teacher-path --distillation-type "
+      "--distillation-alpha --distillation-tau --cosub --finetune --attn-only --data-path "
+      "--data-set --inat-category --output_dir --device --seed --resume --start_epoch "
+      "--eval --eval-crop-ratio --dist-eval --num_workers --pin-mem --no-pin-mem "
+      "--distributed --world_size --dist_url --ngpus --nodes --timeout --job_dir "
+      "--partition --use_volta32 --comment";
+  const std::string help = run_deit("train --help").output;
+  std::string not_deits;
+  std::istringstream reference_options(reference);
+  for (std::string option; reference_options >> option;)
+    if (help.find("  " + option + " ") == std::string::npos &&
+        help.find(", " + option + " ") == std::string::npos)
+      not_deits += " " + option;
+  const CliResult r = run_deit("train" + not_deits);
+  CHECK(r.exit_code == 1);
+  std::istringstream options(not_deits);
+  for (std::string option; options >> option;) {
+    INFO(option);
+    CHECK_THAT(r.output, Catch::Contains("deit: note: the reference code's " + option + " "));
+  }
 }
 
 TEST_CASE("a command line that does not parse is an error like any other, exit code 1", "[cli]") {
