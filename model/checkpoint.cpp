@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 namespace deit::model {
 
@@ -101,6 +102,35 @@ std::vector<ShapeField> shape_fields(const std::unordered_map<std::string, Tenso
     if (grid * grid == *n) fields.push_back({"grid", grid});
   }
   return fields;
+}
+
+// The fields in which two descriptions of a model differ, as each describes them ("dim 96, depth
+// 400" and "dim 192, depth 4"); empty strings when none do. A field only one shows is left out.
+std::pair<std::string, std::string> differing_fields(const std::vector<ShapeField>& a,
+                                                     const std::vector<ShapeField>& b) {
+  std::string a_diff, b_diff;
+  for (const ShapeField& of_a : a) {
+    for (const ShapeField& of_b : b) {
+      if (of_b.label != of_a.label || of_b.value == of_a.value) continue;
+      a_diff += (a_diff.empty() ? "" : ", ") + describe(of_a);
+      b_diff += (b_diff.empty() ? "" : ", ") + describe(of_b);
+    }
+  }
+  return {a_diff, b_diff};
+}
+
+// A file whose model description says another model than its tensors hold was changed after deit
+// wrote it (its deit_crc32 left out with it). Every later error would describe the model by the
+// description: "missing tensors" for blocks that never were, a model built at a size the tensors
+// do not have.
+void check_description_fits_tensors(const ViTConfig& described, const NamedTensors& tensors,
+                                    const std::string& describe_file) {
+  const std::unordered_map<std::string, Tensor> by_name(tensors.begin(), tensors.end());
+  const auto [said, held] = differing_fields(shape_fields(described), shape_fields(by_name));
+  if (!said.empty())
+    throw std::runtime_error(describe_file + " is damaged: its model description says " + said +
+                             " but its tensors hold " + held +
+                             "; the file was changed after deit wrote it");
 }
 
 // "a, b, c (and 4 more)"
@@ -226,6 +256,8 @@ Checkpoint read_checkpoint_tensors(const std::string& path,
     else
       ckpt.extra.emplace_back(std::move(name), std::move(t));
   }
+  if (!ckpt.model.empty())
+    check_description_fits_tensors(ckpt.config, ckpt.model, "checkpoint '" + path + "'");
   return ckpt;
 }
 
@@ -246,6 +278,7 @@ Checkpoint read_checkpoint_model(const std::string& path, bool ema) {
   if (ckpt.model.empty())
     throw std::runtime_error("checkpoint '" + path + "' holds no moving average of its weights " +
                              "(its run had --no-model-ema)");
+  check_description_fits_tensors(ckpt.config, ckpt.model, "checkpoint '" + path + "'");
   return ckpt;
 }
 
@@ -277,16 +310,8 @@ void load_parameters(VisionTransformer& model, const NamedTensors& tensors,
   const ViTConfig& target = model.config();
 
   // Another model altogether: say which, by the fields that differ.
-  const std::vector<ShapeField> theirs =
-      source_config ? shape_fields(*source_config) : shape_fields(by_name);
-  std::string their_diff, our_diff;
-  for (const ShapeField& ours : shape_fields(target)) {
-    for (const ShapeField& their : theirs) {
-      if (their.label != ours.label || their.value == ours.value) continue;
-      their_diff += (their_diff.empty() ? "" : ", ") + describe(their);
-      our_diff += (our_diff.empty() ? "" : ", ") + describe(ours);
-    }
-  }
+  const auto [their_diff, our_diff] = differing_fields(
+      source_config ? shape_fields(*source_config) : shape_fields(by_name), shape_fields(target));
   if (!their_diff.empty())
     throw std::runtime_error(source + " is for " + (source_config ? source_config->name : "a ViT") +
                              " (" + their_diff + ") but the model is " + target.name + " (" +
@@ -374,9 +399,12 @@ bool is_checkpoint(const std::string& path) {
 NamedTensors read_model_tensors(const std::string& path) {
   // A checkpoint's optimizer state need not be read.
   if (is_checkpoint(path)) return read_checkpoint(path, /*with_extra=*/false).model;
+  SafetensorsContents contents = read_safetensors(path);
   NamedTensors tensors;
-  for (auto& [name, t] : read_safetensors(path).tensors)
-    tensors.emplace_back(timm_name(name), std::move(t));
+  for (auto& [name, t] : contents.tensors) tensors.emplace_back(timm_name(name), std::move(t));
+  const std::string describe_file = "weights file '" + path + "'";
+  if (const auto described = model_config_in(contents.metadata, describe_file))
+    check_description_fits_tensors(*described, tensors, describe_file);
   return tensors;
 }
 

@@ -326,6 +326,54 @@ TEST_CASE("a weights file names its model, and is still not taken for a checkpoi
                         Contains("deit_weights_model metadata is not a valid model description"));
 }
 
+namespace {
+
+// `path` written again with its model description's `field` set to `value`, as a hand edit
+// would: a whole file (its checksums made anew), not a damaged one.
+void edit_model_description(const std::string& path, const char* key, const char* field,
+                            int64_t value) {
+  SafetensorsContents contents = read_safetensors(path);
+  nlohmann::json description = nlohmann::json::parse(contents.metadata.at(key));
+  description[field] = value;
+  contents.metadata[key] = description.dump();
+  write_safetensors(path, contents.tensors, contents.metadata);
+}
+
+}  // namespace
+
+TEST_CASE("a file whose model description is not the model of its tensors is refused", "[io]") {
+  TempDir dir;
+  const VisionTransformer vit = initialised(tiny("tiny_a"), 1);
+  // Without the check, later errors described the model by the edited description: "missing
+  // tensors" for a third block, or a model built at a size the tensors do not have.
+  const std::string checkpoint = dir.file("checkpoint.safetensors");
+  save_checkpoint(checkpoint, vit, {}, {{"epoch", 0}});
+  edit_model_description(checkpoint, "deit_model", "depth", 3);
+  for (const bool ema : {false, true}) {
+    if (ema) {
+      save_checkpoint(checkpoint, vit,
+                      {{std::string(kEmaPrefix) + "cls_token", vit.parameters().get("cls_token")}},
+                      {{"epoch", 0}});
+      edit_model_description(checkpoint, "deit_model", "dim", 48);
+    }
+    CHECK_THROWS_WITH(
+        read_checkpoint_model(checkpoint, ema),
+        Contains("checkpoint '" + checkpoint + "' is damaged: its model description " + "says " +
+                 (ema ? "dim 48" : "depth 3") + " but its tensors hold " +
+                 (ema ? "dim 32" : "depth 2") + "; the file was changed after deit " + "wrote it"));
+  }
+  const std::string weights = dir.file("weights.safetensors");
+  save_weights(weights, vit);
+  edit_model_description(weights, "deit_weights_model", "num_classes", 5);
+  CHECK_THROWS_WITH(read_model_tensors(weights),
+                    Contains("weights file '" + weights + "' is damaged: its model description " +
+                             "says 5 classes but its tensors hold 10 classes"));
+  // What the tensors do not show (the heads) cannot be checked, and is taken as described.
+  edit_model_description(weights, "deit_weights_model", "num_classes", 10);
+  edit_model_description(weights, "deit_weights_model", "heads", 2);
+  CHECK(read_model_tensors(weights).size() == vit.parameters().size());
+}
+
 TEST_CASE("weights files load back, also under the reference code's gamma names", "[io]") {
   TempDir dir;
   const VisionTransformer vit = initialised(tiny("tiny_a"), 1);
