@@ -73,6 +73,17 @@ std::string split_problem(const std::string& split) {
   return "";
 }
 
+// The --eval-crop-ratio a checkpoint's run evaluated with, if it saved one.
+std::optional<double> saved_crop_ratio(const model::Checkpoint& checkpoint) {
+  const nlohmann::json options = checkpoint.state.value("options", nlohmann::json::object());
+  const auto it = options.find("eval_crop_ratio");
+  if (it == options.end()) return std::nullopt;
+  if (!it->is_number())
+    throw std::runtime_error("checkpoint '" + checkpoint.path + "': its saved option " +
+                             "'eval_crop_ratio' is " + it->dump() + ", not a value of that option");
+  return it->get<double>();
+}
+
 void run_eval(const EvalOptions& o) {
   const Device device = parse_device(o.device);
   require_device(device);
@@ -158,8 +169,7 @@ void run_eval(const EvalOptions& o) {
   if (o.crop_ratio)
     crop_ratio = *o.crop_ratio;
   else if (checkpoint)
-    crop_ratio = checkpoint->state.value("options", nlohmann::json::object())
-                     .value("eval_crop_ratio", crop_ratio);
+    crop_ratio = saved_crop_ratio(*checkpoint).value_or(crop_ratio);
   if (const std::string problem =
           data::eval_crop_ratio_problem(crop_ratio, vit.config().input_size);
       !problem.empty())

@@ -205,6 +205,15 @@ TEST_CASE("deit eval --weights takes the model a deit export names, and refuses 
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("is for demo (deit3, patch 4, dim 16, depth 2, heads 2) (patch 4) "
                                 "but the model is demo (custom) (patch 2)"));
+  // A saved crop ratio that is no number is refused naming the checkpoint (an unnamed JSON type
+  // error before).
+  save_checkpoint(dir.file("wide/checkpoint.safetensors"), deit::test::tiny_cli_model(4, 8, 3), {},
+                  {{"epoch", 0}, {"options", {{"eval_crop_ratio", "wide"}}}}, classes);
+  r = run_deit("eval --checkpoint " + dir.file("wide") + " --data " + data);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("checkpoint '" + dir.file("wide/checkpoint.safetensors") +
+                                "': its saved option 'eval_crop_ratio' is \"wide\", not a value " +
+                                "of that option"));
   r = run_deit("eval --model deit3_small --input-size 32 --weights " + weights + " --data " + data);
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("is for deit3_tiny (custom) (patch 4, dim 16, depth 2, heads 2, "

@@ -1089,6 +1089,18 @@ TEST_CASE("a run's saved options give back every setting to the run that resumes
   damaged["recipe"] = 3;
   CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
                     "its saved option 'recipe' is 3, not a value of that option");
+  // Numbers that the option's type would change without a word (3 workers, a negative count).
+  damaged = saved;
+  damaged["workers"] = 3.5;
+  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
+                    "its saved option 'workers' is 3.5, not a value of that option");
+  damaged["workers"] = uint64_t{1} << 63;
+  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
+                    "its saved option 'workers' is 9223372036854775808, not a value of that "
+                    "option");
+  // A whole number saved as a float (4.0) is that number.
+  damaged["workers"] = 4.0;
+  CHECK(train::resume_options(run.model, damaged).workers == 4);
 }
 
 TEST_CASE("a run's state reads back as it was written, an older checkpoint's with defaults",

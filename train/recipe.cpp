@@ -401,6 +401,8 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
     } catch (const nlohmann::json::exception&) {
       throw not_a_value(key);
     }
+    // nlohmann converts numbers without a word: 3.5 workers became 3, and 2^63 a negative count.
+    if (nlohmann::json(value) != saved.at(key)) throw not_a_value(key);
   });
   o.model = model;
   o.num_classes_given = true;  // the checkpoint's head decides, not the dataset
