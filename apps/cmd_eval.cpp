@@ -133,8 +133,13 @@ void run_eval(const EvalOptions& o) {
                              "): its labels would be scored against the wrong classes");
   NamedTensors tensors =
       checkpoint ? std::move(checkpoint->model) : model::read_model_tensors(o.weights);
-  // A weights file that does not say its model does not say its resolution, but its position
-  // embedding does (a patch grid of side sqrt(tokens)): the default, rather than the preset's.
+  // A weights file that does not say its model does not say its classes, but its head does:
+  // those, rather than the split's (timm's ImageNet weights on a split of 10 of its classes).
+  if (!saved_config && !o.model.num_classes)
+    if (const Tensor* head = model::find_tensor(tensors, "head.weight"); head && head->dim() == 2)
+      base.num_classes = head->size(0);
+  // Nor its resolution, but its position embedding does (a patch grid of side sqrt(tokens)): the
+  // default, rather than the preset's.
   if (!saved_config && !o.model.input_size)
     if (const Tensor* pos_embed = model::find_tensor(tensors, "pos_embed");
         pos_embed && pos_embed->dim() == 3) {

@@ -18,11 +18,13 @@
 #include "model/checkpoint.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_io_helpers.h"
+#include "tests/test_model_helpers.h"
 
 using namespace deit;
 using namespace deit::model;
-using deit::test::TempDir;
 using Catch::Contains;
+using deit::test::parameters_of;
+using deit::test::TempDir;
 
 namespace {
 
@@ -55,12 +57,6 @@ bool same_parameters(const VisionTransformer& a, const VisionTransformer& b) {
   for (const Parameter& p : a.parameters().all())
     if (!same_bytes(p.value, b.parameters().get(p.name))) return false;
   return a.parameters().size() == b.parameters().size();
-}
-
-NamedTensors parameters_of(const VisionTransformer& vit) {
-  NamedTensors out;
-  for (const Parameter& p : vit.parameters().all()) out.emplace_back(p.name, p.value);
-  return out;
 }
 
 // timm's state_dict of deit3_small_patch16_224: names and shapes, written out from RECIPE.md

@@ -243,6 +243,26 @@ TEST_CASE("deit eval --weights takes the model a deit export names, and refuses 
   REQUIRE(r.exit_code == 0);
   CHECK(nlohmann::json::parse(r.output)["loss"].get<double>() == checkpoint_loss);
 
+  // Its head says its classes: those, not the split's, unless --num-classes says otherwise.
+  for (const int64_t head : {6, 3}) {
+    const std::string timm = dir.file("timm" + std::to_string(head) + ".safetensors");
+    write_safetensors(timm, deit::test::parameters_of(deit::test::tiny_cli_model(head, 8, 3)),
+                      {{"format", "pt"}});
+    r = run_deit("eval " + model + "--heads 2 --weights " + timm + " --data " + data + " --json");
+    INFO(r.output);
+    if (head == 6) {
+      CHECK(r.exit_code == 0);
+    } else {
+      CHECK(r.exit_code != 0);
+      CHECK_THAT(r.output, Contains("holds a model of 3 classes, fewer than the 4 classes"));
+    }
+    r = run_deit("eval " + model + "--heads 2 --num-classes 4 --weights " + timm + " --data " +
+                 data);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Contains("is for a ViT (" + std::to_string(head) + " classes) but the " +
+                                  "model is deit3_tiny (custom) (4 classes)"));
+  }
+
   // A run folder given as --weights: pointed to --checkpoint.
   r = run_deit("eval --weights " + run + " --data " + data);
   CHECK(r.exit_code != 0);

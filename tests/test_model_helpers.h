@@ -26,4 +26,11 @@ inline model::VisionTransformer tiny_cli_model(int64_t classes, int64_t input_si
   return vit;
 }
 
+// The model's parameters under their names, as a weights file holds them.
+inline NamedTensors parameters_of(const model::VisionTransformer& vit) {
+  NamedTensors out;
+  for (const Parameter& p : vit.parameters().all()) out.emplace_back(p.name, p.value);
+  return out;
+}
+
 }  // namespace deit::test
