@@ -55,8 +55,8 @@ bool looks_like_a_split(const fs::path& root) {
   else if (split == "val" && (fs::is_directory(fs::path(root) / "train", error) ||
                               fs::is_regular_file(fs::path(root) / "train.shard", error)))
     message +=
-        "; every epoch of deit train ends by scoring the val split, as deit eval does: "
-        "move some of each class's images from train/<class>/ into " +
+        "; deit train scores the val split after every epoch, and deit eval scores it unless "
+        "--split names another: move some of each class's images from train/<class>/ into " +
         folder.string() + "/<class>/";
   throw DataError(message);
 }

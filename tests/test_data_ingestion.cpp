@@ -112,6 +112,7 @@ TEST_CASE("A split given as the dataset's root is named as one", "[data]") {
   // A dataset root with its val split missing is no split; it is told to make one.
   CHECK_THROWS_WITH(open_dataset_split(dir.path() + "/data", "val"),
                     Contains("has neither") && !Contains("looks like a split") &&
+                        Contains("deit eval scores it unless --split names another") &&
                         Contains("move some of each class's images from train/<class>/ into " +
                                  dir.path() + "/data/val/<class>/"));
 }
