@@ -97,7 +97,7 @@ void TrainFlags::add_to(CLI::App& cmd) {
       ->check(CLI::IsMember(stages))
       ->type_name("STAGE");
   model.add_to(cmd, "the recipe's: pretrain T/S/M 224, B/L 192, H 160", "the dataset's",
-               "--resume");
+               "--resume, or --finetune of a file that names its model");
   cmd.add_option("--data", data,
                  "Dataset root: DIR/train/<class>/*, DIR/val/<class>/* (or DIR/train.shard, "
                  "DIR/val.shard); required unless --resume");
@@ -227,9 +227,28 @@ std::string TrainFlags::recipes_help() {
 
 train::TrainOptions TrainFlags::starting_options() const {
   if (resume.empty()) {
-    if (model.model.empty())
-      throw std::invalid_argument("--model is required (unless --resume continues a run)");
-    train::TrainOptions o = train::recipe_for(model.model, recipe.empty() ? "pretrain" : recipe);
+    const std::string stage = recipe.empty() ? "pretrain" : recipe;
+    train::TrainOptions o;
+    if (!model.model.empty()) {
+      o = train::recipe_for(model.model, stage);
+    } else {
+      // A file that names its model (a checkpoint, deit's export) gives it: the demo's model, or
+      // another of custom sizes, has no --model to name it.
+      const std::optional<model::ViTConfig> source =
+          finetune.empty() ? std::nullopt
+                           : model::read_model_config(model::checkpoint_file(finetune));
+      if (!source)
+        throw std::invalid_argument(
+            "--model is required (unless --resume continues a run, or --finetune starts from a "
+            "file that names its model: a checkpoint, or weights deit export wrote)");
+      o = train::recipe_of(*source, stage);
+      // A preset at the stage's resolution (B pre-trained at 192 is fine-tuned at 224); a model of
+      // other sizes at its own.
+      const int64_t input_size =
+          source->name == model::preset_of(*source) ? o.model.input_size : source->input_size;
+      o.model = *source;
+      o.model.input_size = input_size;
+    }
     o.num_classes_given = model.num_classes.has_value();
     o.data_dir = data;
     o.output_dir = output;

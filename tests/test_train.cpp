@@ -1311,6 +1311,38 @@ TEST_CASE("deit train --finetune says what it changed of the weights it starts f
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, !Catch::Contains("--finetune:"));
+
+  // Without --model, the model the source names: one of custom sizes at its own resolution, a
+  // preset at the stage's (not the 96 it was trained at).
+  const std::string no_model = "train --dry-run --data " + data + " --output " + dir.file("d");
+  r = run_deit(no_model + " --finetune " + dir.file("ten"));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  nlohmann::json options = nlohmann::json::parse(r.output);
+  CHECK(options["model"] == "deit3_tiny (custom)");
+  CHECK(options["dim"] == 16);
+  CHECK(options["depth"] == 2);
+  CHECK(options["heads"] == 2);
+  CHECK(options["input_size"] == 8);
+  model::ViTConfig tiny_at_96 = model::preset("deit3_tiny");
+  tiny_at_96.input_size = 96;
+  const std::string preset_weights = dir.file("preset.safetensors");
+  model::save_weights(preset_weights, model::VisionTransformer(tiny_at_96), ten);
+  r = run_deit(no_model + " --finetune " + preset_weights + " --recipe finetune");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  options = nlohmann::json::parse(r.output);
+  CHECK(options["model"] == "deit3_tiny");
+  const train::TrainOptions finetune_recipe = train::recipe_for("deit3_tiny", "finetune");
+  CHECK(options["input_size"] == finetune_recipe.model.input_size);
+  CHECK(options["lr"] == finetune_recipe.lr);
+  // A file that does not name its model (timm's) leaves --model to be given.
+  const std::string bare = dir.file("bare.safetensors");
+  model::write_safetensors(bare, test::parameters_of(test::tiny_cli_model(4, 8, 5)));
+  r = run_deit(no_model + " --finetune " + bare);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--model is required (unless --resume continues a run, or "
+                                       "--finetune starts from a file that names its model"));
 }
 
 TEST_CASE("the position embedding is resized as torch's bicubic interpolate does", "[train]") {
