@@ -181,10 +181,12 @@ void print_step(const bench::StepReport& r, const nlohmann::ordered_json& j) {
     int width = 13;  // "(outside ops)"
     for (const auto& op : j["breakdown"])
       width = std::max(width, static_cast<int>(op["op"].get<std::string>().size()));
-    for (const auto& op : j["breakdown"])
-      std::printf("  %-*s %9.3f ms %6.1f%%  %5.0f calls\n", width,
-                  op["op"].get<std::string>().c_str(), op["ms_per_step"].get<double>(),
-                  100.0 * op["fraction_of_step"].get<double>(), op["calls_per_step"].get<double>());
+    for (const auto& op : j["breakdown"]) {
+      const double calls = op["calls_per_step"].get<double>();
+      std::printf("  %-*s %9.3f ms %6.1f%%  %5.0f %s\n", width, op["op"].get<std::string>().c_str(),
+                  op["ms_per_step"].get<double>(), 100.0 * op["fraction_of_step"].get<double>(),
+                  calls, std::lround(calls) == 1 ? "call" : "calls");
+    }
     std::printf("  %-*s %9.3f ms\n", width, "(outside ops)", j["other_ms"].get<double>());
   }
   // By step time difference the exposed part is what the reduction adds to the step, waiting for

@@ -214,6 +214,8 @@ TEST_CASE("deit bench step's text names a custom model's sizes and aligns its op
   std::getline(lines, line);
   while (std::getline(lines, line) && line.rfind("  ", 0) == 0) ms_columns.insert(line.find(" ms"));
   CHECK(ms_columns.size() == 1);
+  // An op run once a step (one block's) is counted in the singular.
+  CHECK_THAT(r.output, Catch::Contains("     1 call\n") && !Catch::Contains(" 1 calls"));
 }
 
 TEST_CASE("deit bench step --zero in one process says it shards nothing", "[cli][bench]") {
