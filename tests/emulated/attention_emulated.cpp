@@ -9,10 +9,11 @@
 // instructions, which the emulator turns into failures (see cuda_emulator.h).
 //
 // Usage: attention_emulated [--full] [--seed N]
-//   (default)  17 shapes: every head dim (32, 64, 80, 128) at T = 1, at a small odd T (warps
+//   (default)  20 shapes: every head dim (32, 64, 80, 128) at T = 1, at a small odd T (warps
 //              full, partial and empty in one tile), at T = 65 (a last tile of one row) and at
-//              three or more inner tiles (T = 129 to 197), and T = 125 (a last tile of 61 rows);
-//              batch and heads above 1 in several.
+//              three or more inner tiles (T = 129 to 197), T = 125 (a last tile of 61 rows),
+//              T = 63 and 9 (a key tile one key short, a last key in a row group's upper half),
+//              and one shape with scores of several hundred; batch and heads above 1 in several.
 //              About 7 s on one core of the development machine: the CTest entry
 //              attention_emulated.
 //   --full     adds the review's sweep: every head dim at T = 2, 3, 5, 16, 17, 31, 32, 33, 63,
@@ -102,13 +103,15 @@ std::vector<float> summed_bias_partials(const std::vector<float>& workspace,
 
 struct Shape {
   int B, T, H, D;
+  float range = kQkvRange;  // q, k, v uniform in [-range, range]
   size_t qkv() const { return static_cast<size_t>(B) * T * 3 * H * D; }
   size_t out() const { return static_cast<size_t>(B) * T * H * D; }
   size_t lse() const { return static_cast<size_t>(B) * H * T; }
   double scale() const { return 1.0 / std::sqrt(static_cast<double>(D)); }
   std::string str() const {
     return "D=" + std::to_string(D) + " B=" + std::to_string(B) + " T=" + std::to_string(T) +
-           " H=" + std::to_string(H);
+           " H=" + std::to_string(H) +
+           (range != kQkvRange ? " range=" + std::to_string(static_cast<int>(range)) : "");
   }
 };
 
@@ -120,12 +123,19 @@ struct Shape {
 // tiles with one live 16-row group (T = 1, 5, 65, 197) split their inner tiles among the four warps
 // (the forward and dK/dV pass split in two at head dim 128, whose inner tiles have 32 rows), with
 // shares that see no row < T at T = 1 and 5; those with two (T = 17, 145) among two warps a group;
-// T = 37 and 33 leave a warp idle.
+// T = 37 and 33 leave a warp idle. T = 63 at head dim 128 ends its last key tile one key short on
+// warps that take whole tiles: a bound that sent such a tile down the unmasked path would show at
+// no other T here. T = 9 puts the last key in a row group's upper half (rows g + 8, T % 16 >= 8):
+// a key-validity test off by one there lets the zero key row T into the qkv bias gradient by
+// about 1 / T, under the tolerance at T = 125 but not at 9. Range 6 makes scores of several
+// hundred before the scale: an online softmax whose running max is not of the scaled scores
+// underflows every exponential there, while at range 2 any bound on the max gives the same
+// result.
 const std::vector<Shape> kDefaultShapes = {
     {2, 1, 3, 32},    {1, 1, 1, 64},   {1, 1, 2, 80},   {2, 1, 1, 128},  {1, 37, 2, 32},
     {2, 5, 3, 64},    {1, 17, 1, 80},  {1, 33, 2, 128}, {1, 65, 1, 32},  {1, 65, 1, 64},
     {1, 65, 2, 80},   {1, 65, 1, 128}, {1, 197, 1, 32}, {1, 197, 2, 64}, {1, 145, 1, 80},
-    {1, 129, 1, 128}, {1, 125, 1, 64},
+    {1, 129, 1, 128}, {1, 125, 1, 64}, {1, 63, 1, 128}, {2, 9, 2, 64},   {1, 65, 1, 64, 6.f},
 };
 
 // The [gpu] test's shapes with fewer batches and heads.
@@ -156,7 +166,7 @@ template <int D>
 bool check_shape(const Shape& s, std::mt19937_64& rng) {
   emu::ShapeChecks checks(s.str());
   const auto scale = static_cast<float>(s.scale());
-  const Bf16Data qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+  const Bf16Data qkv = random_bf16(rng, s.qkv(), -s.range, s.range);
   const emu::DeviceBuffer<bf16_bits> dev_qkv("qkv", qkv.bits);
   const auto* qkv_ptr = reinterpret_cast<const bf16*>(dev_qkv.get());
 

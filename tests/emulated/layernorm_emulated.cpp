@@ -23,8 +23,10 @@
 //   (default)  11 shapes: C = 384, 768, 1024 and 1280 (ViT-S, B, L, H), 8192 (the widest
 //              row: 1024 threads), 200 (a warp with idle lanes), 196 and 5 (C % 8 != 0: the scalar
 //              path) and 384 misaligned (the scalar path at a vector width); 1 row, a few rows, and
-//              row counts that end in a short chunk of the backward's 8-row chunks. About 2.5 s on
-//              one core of the development machine: the CTest entry layernorm_emulated.
+//              row counts that end in a short chunk of the backward's 8-row chunks; each with a
+//              nearly constant row in the forwards (eps). Then the fused pair on selected samples
+//              (slot maps) at C = 384, 1280 and 196. About 2.5 s on one core of the development
+//              machine: the CTest entry layernorm_emulated.
 //   --full     adds the [gpu] tests' shapes as they are (up to 788 rows of 384, 290 of 1280)
 //              and C = 8191. About 20 s.
 //   --seed N   repeats a run: the inputs and every schedule come from N; each run prints its
@@ -179,6 +181,9 @@ struct FusedForwardArgs {
   float* out;
   bf16* y;
   float *mean, *rstd;
+  // kernels/layerscale.h's SampleSlots on the device: nullptr, the whole batch in order.
+  const int32_t* branch_slot = nullptr;
+  const int32_t* normed_slot = nullptr;
 };
 
 void fused_forward(const FusedForwardArgs& a, int64_t B, int64_t T, int64_t C, unsigned max_grid) {
@@ -193,7 +198,7 @@ void fused_forward(const FusedForwardArgs& a, int64_t B, int64_t T, int64_t C, u
                   [=] {
                     layerscale_layernorm_forward_warp_kernel<G>(
                         a.x, a.branch, a.gamma, a.keep, a.ln_w, a.ln_b, a.out, a.y, a.mean, a.rstd,
-                        B * T, T, C, static_cast<float>(kEps), nullptr, nullptr);
+                        B * T, T, C, static_cast<float>(kEps), a.branch_slot, a.normed_slot);
                   });
     });
     return;
@@ -204,9 +209,10 @@ void fused_forward(const FusedForwardArgs& a, int64_t B, int64_t T, int64_t C, u
         emu::launch({kernel_name("layerscale_layernorm_forward_kernel", V),
                      forward_grid(B * T, max_grid), threads, 0},
                     [=] {
-                      layerscale_layernorm_forward_kernel<V>(
-                          a.x, a.branch, a.gamma, a.keep, a.ln_w, a.ln_b, a.out, a.y, a.mean,
-                          a.rstd, B * T, T, C, static_cast<float>(kEps), nullptr, nullptr);
+                      layerscale_layernorm_forward_kernel<V>(a.x, a.branch, a.gamma, a.keep, a.ln_w,
+                                                             a.ln_b, a.out, a.y, a.mean, a.rstd,
+                                                             B * T, T, C, static_cast<float>(kEps),
+                                                             a.branch_slot, a.normed_slot);
                     });
       });
 }
@@ -223,6 +229,10 @@ struct FusedBackwardArgs {
   bf16* dbranch;
   float* workspace;  // 4 * chunks * C floats: dgamma's, dln_weight's, dln_bias's, dbias's partials
   bool dgamma, dln_weight, dln_bias, dbias;
+  // As FusedForwardArgs'. With a branch slot map, dbias is not mirrored (the launcher sums it over
+  // dbranch's rows in chunks of their own): the checks ask none then.
+  const int32_t* branch_slot = nullptr;
+  const int32_t* normed_slot = nullptr;
 };
 
 void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C) {
@@ -247,7 +257,7 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
                     layerscale_layernorm_backward_warp_kernel<G>(
                         a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd,
                         a.dx, a.dbranch, dgamma_partials, dw_partials, db_partials, rows, T, C,
-                        part.rows_per_chunk, nullptr, nullptr);
+                        part.rows_per_chunk, a.branch_slot, a.normed_slot);
                   });
     });
     if (dbias_partials) emu::column_partials(a.dbranch, rows, C, C, dbias_partials, part);
@@ -262,7 +272,7 @@ void fused_backward(const FusedBackwardArgs& a, int64_t B, int64_t T, int64_t C)
                   layerscale_layernorm_backward_kernel<V, kEarly>(
                       a.dout, a.dy, a.out, a.branch, a.gamma, a.keep, a.ln_w, a.mean, a.rstd, a.dx,
                       a.dbranch, dgamma_partials, dw_partials, db_partials, dbias_partials, rows, T,
-                      C, part.rows_per_chunk, nullptr, nullptr);
+                      C, part.rows_per_chunk, a.branch_slot, a.normed_slot);
                 });
   });
 }
@@ -297,6 +307,15 @@ std::vector<float> random_keep(std::mt19937_64& rng, int64_t B) {
   if (B > 1) keep.front() = 0.f;
   keep.back() = kept;
   return keep;
+}
+
+// Row `row` of x (C columns) made nearly constant: 3 plus noise uniform in [-2e-3, 2e-3], a
+// variance (1.3e-6) near eps (1e-6), where eps moves rstd by a quarter. On the random rows
+// (variance 0.3 and up) eps moves rstd by 1e-6 at most, under every tolerance: a LayerNorm that
+// dropped eps would pass them all, and give inf on a constant row.
+void nearly_constant_row(std::vector<float>& x, size_t C, size_t row, std::mt19937_64& rng) {
+  const std::vector<float> noise = random_f32(rng, C, -2e-3f, 2e-3f);
+  for (size_t c = 0; c < C; ++c) x[row * C + c] = 3.f + noise[c];
 }
 
 // The partials the linear layer's bias gradient (column_partials_kernel, common_kernels.cuh)
@@ -359,8 +378,10 @@ void check_layernorm_forward(const RowShape& s, std::mt19937_64& rng,
   checks.part("layernorm forward");
   emu::set_context(s.str() + ", layernorm forward");
   const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
-  // x: the fp32 residual stream, its mean far from 0 (tests the centring).
-  const std::vector<float> x = random_f32(rng, s.n(), 1.5f, 4.5f);
+  // x: the fp32 residual stream, its mean far from 0 (tests the centring); its last row nearly
+  // constant (tests eps).
+  std::vector<float> x = random_f32(rng, s.n(), 1.5f, 4.5f);
+  nearly_constant_row(x, C, rows - 1, rng);
   const Bf16Data w = random_bf16(rng, C, 0.5f, 1.5f);
   const Bf16Data b = random_bf16(rng, C, -0.5f, 0.5f);
   std::vector<float> y_ref(s.n()), mean_ref(rows), rstd_ref(rows);
@@ -503,8 +524,13 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
   const auto dev_keep = tight("keep_scale", keep);
 
   {
-    // x: the fp32 residual stream, away from 0 so that the LayerNorm's centring matters.
-    const std::vector<float> x = random_f32(rng, s.n(), 1.f, 3.f);
+    // x: the fp32 residual stream, away from 0 so that the LayerNorm's centring matters. Its last
+    // row less what the update adds to it is nearly constant, so that out's is (tests eps).
+    std::vector<float> x = random_f32(rng, s.n(), 1.f, 3.f);
+    nearly_constant_row(x, C, rows - 1, rng);
+    const float last_keep = keep.back();  // the kernels' fp32 update: out = x + keep * g * b
+    for (size_t c = 0; c < C; ++c)
+      x[(rows - 1) * C + c] -= last_keep * gamma.values[c] * branch.values[(rows - 1) * C + c];
     std::vector<float> out_ref(s.n()), y_ref(s.n()), mean_ref(rows), rstd_ref(rows);
     layerscale_residual_layernorm_forward_cpu(x.data(), branch.values.data(), gamma.values.data(),
                                               keep.data(), ln_w.values.data(), ln_b.values.data(),
@@ -637,6 +663,114 @@ void check_fused(const RowShape& s, std::mt19937_64& rng,
                   kF32SumTol);
 }
 
+// The fused pair on selected samples (kernels/layerscale.h's SampleSlots), as the [gpu] test
+// (tests/test_kernels_cuda.cpp) draws them: of 5 samples, branch and dbranch hold the rows of
+// samples 0, 2 and 3 (3 dropped but selected), y and dy those of 1, 2 and 4. The whole-batch
+// checks pass no slot maps, where every selected row is the row itself: a kernel reading or
+// writing the branch, y or dy at a row's own index would pass them.
+const std::vector<RowShape> kSelectedShapes = {
+    {5, 9, 384, 0},   // a warp per row, 2 slot groups
+    {5, 5, 1280, 0},  // a block per row
+    {5, 7, 196, 0},   // the scalar path
+};
+
+// Slot maps (B) of the samples `index` selects, in order: each sample's place there or -1.
+std::vector<int32_t> slot_map(int64_t B, const std::vector<int32_t>& index) {
+  std::vector<int32_t> slot(static_cast<size_t>(B), -1);
+  for (size_t i = 0; i < index.size(); ++i)
+    slot[static_cast<size_t>(index[i])] = static_cast<int32_t>(i);
+  return slot;
+}
+
+bool check_selected(const RowShape& s, std::mt19937_64& rng) {
+  emu::ShapeChecks checks(s.str() + " selected samples");
+  const size_t C = static_cast<size_t>(s.C), rows = static_cast<size_t>(s.rows());
+  const size_t selected = 3 * static_cast<size_t>(s.T) * C;  // 3 samples' rows
+  const float kept = 1.f / (1.f - kDropRate);
+  const std::vector<float> keep = {kept, 0.f, kept, 0.f, kept};
+  const std::vector<int32_t> branch_slot = slot_map(s.B, {0, 2, 3});
+  const std::vector<int32_t> normed_slot = slot_map(s.B, {1, 2, 4});
+  const SampleSlots host_slots{branch_slot.data(), 3, normed_slot.data()};
+  const auto dev_branch_slot = tight("branch slot map", branch_slot);
+  const auto dev_normed_slot = tight("normed slot map", normed_slot);
+  const Bf16Data branch = random_bf16(rng, selected, -2.f, 2.f);
+  const Bf16Data gamma = random_bf16(rng, C, -1.f, 1.f);
+  const Bf16Data ln_w = random_bf16(rng, C, 0.5f, 1.5f);
+  const Bf16Data ln_b = random_bf16(rng, C, -0.5f, 0.5f);
+  const Bf16Activation dev_branch("branch", branch.bits, s.offset);
+  const auto dev_gamma = tight("gamma", gamma.bits), dev_ln_w = tight("ln_weight", ln_w.bits),
+             dev_ln_b = tight("ln_bias", ln_b.bits);
+  const auto dev_keep = tight("keep_scale", keep);
+
+  checks.part("layerscale + layernorm forward");
+  emu::set_context(s.str() + ", layerscale + layernorm forward on selected samples");
+  {
+    const std::vector<float> x = random_f32(rng, s.n(), 1.f, 3.f);
+    std::vector<float> out_ref(s.n()), y_ref(selected), mean_ref(rows), rstd_ref(rows);
+    layerscale_residual_layernorm_forward_cpu(x.data(), branch.values.data(), gamma.values.data(),
+                                              keep.data(), ln_w.values.data(), ln_b.values.data(),
+                                              out_ref.data(), y_ref.data(), mean_ref.data(),
+                                              rstd_ref.data(), s.B, s.T, s.C, kEps, host_slots);
+    const F32Activation dev_x("x", x, s.offset), dev_out("out", s.n(), s.offset);
+    const Bf16Activation dev_y("y", selected, s.offset);
+    const auto dev_mean = tight<float>("mean", rows), dev_rstd = tight<float>("rstd", rows);
+    FusedForwardArgs a{dev_x.get(),       dev_branch.get(),  as_bf16(dev_gamma), dev_keep.get(),
+                       as_bf16(dev_ln_w), as_bf16(dev_ln_b), dev_out.get(),      dev_y.get(),
+                       dev_mean.get(),    dev_rstd.get()};
+    a.branch_slot = dev_branch_slot.get();
+    a.normed_slot = dev_normed_slot.get();
+    fused_forward(a, s.B, s.T, s.C, kLauncherGrid);
+    checks.relative("out", dev_out.values(), out_ref, kF32SumTol);
+    checks.relative("y", dev_y.values(), y_ref, kBf16Tol);
+    checks.relative("mean", dev_mean.download(), mean_ref, kF32SumTol);
+    checks.relative("rstd", dev_rstd.download(), rstd_ref, kF32SumTol);
+  }
+
+  checks.part("layerscale + layernorm backward");
+  emu::set_context(s.str() + ", layerscale + layernorm backward on selected samples");
+  const std::vector<float> out = random_f32(rng, s.n(), -2.f, 3.f);
+  const std::vector<float> dout = random_f32(rng, s.n(), -1.f, 1.f);
+  const Bf16Data dy = random_bf16(rng, selected, -1.f, 1.f);
+  std::vector<float> y(s.n()), mean(rows), rstd(rows);
+  layernorm_forward_cpu(out.data(), ln_w.values.data(), ln_b.values.data(), y.data(), mean.data(),
+                        rstd.data(), s.rows(), s.C, kEps);
+  std::vector<float> dx_ref(s.n()), dbranch_ref(selected), dgamma_ref(C), dw_ref(C), db_ref(C);
+  layerscale_residual_layernorm_backward_cpu(
+      dout.data(), dy.values.data(), out.data(), branch.values.data(), gamma.values.data(),
+      keep.data(), ln_w.values.data(), mean.data(), rstd.data(), dx_ref.data(), dbranch_ref.data(),
+      dgamma_ref.data(), dw_ref.data(), db_ref.data(), static_cast<float*>(nullptr), s.B, s.T, s.C,
+      host_slots);
+  const gpu::RowChunks part = gpu::row_chunks(s.rows(), s.C);
+  const size_t stride = static_cast<size_t>(part.chunks) * C;
+  const F32Activation dev_dout("dout", dout, s.offset), dev_out("out", out, s.offset);
+  const F32Activation dev_dx("dx", s.n(), s.offset);
+  const Bf16Activation dev_dy("dy", dy.bits, s.offset), dev_dbranch("dbranch", selected, s.offset);
+  const auto dev_mean = tight("mean", mean), dev_rstd = tight("rstd", rstd);
+  const auto workspace = tight<float>("workspace", 4 * stride);
+  FusedBackwardArgs a{dev_dout.get(),      dev_dy.get(),   dev_out.get(),     dev_branch.get(),
+                      as_bf16(dev_gamma),  dev_keep.get(), as_bf16(dev_ln_w), dev_mean.get(),
+                      dev_rstd.get(),      dev_dx.get(),   dev_dbranch.get(), workspace.get(),
+                      /*dgamma=*/true,
+                      /*dln_weight=*/true,
+                      /*dln_bias=*/true,
+                      /*dbias=*/false};
+  a.branch_slot = dev_branch_slot.get();
+  a.normed_slot = dev_normed_slot.get();
+  fused_backward(a, s.B, s.T, s.C);
+  const std::vector<float> partials = workspace.download();
+  const auto sum = [&](size_t i) {
+    return column_sums(
+        std::vector<float>(partials.begin() + i * stride, partials.begin() + (i + 1) * stride),
+        part.chunks, s.C);
+  };
+  checks.relative("dx", dev_dx.values(), dx_ref, kF32SumTol);
+  checks.relative("dbranch", dev_dbranch.values(), dbranch_ref, kBf16Tol);
+  checks.relative("dgamma", sum(0), dgamma_ref, kF32SumTol);
+  checks.relative("dln_weight", sum(1), dw_ref, kF32SumTol);
+  checks.relative("dln_bias", sum(2), db_ref, kF32SumTol);
+  return checks.print();
+}
+
 bool check_shape(const RowShape& s, std::mt19937_64& rng) {
   emu::ShapeChecks checks(s.str());
   check_layernorm_forward(s, rng, checks);
@@ -700,11 +834,12 @@ int main(int argc, char** argv) {
   std::vector<RowShape> shapes = kDefaultShapes;
   if (full) shapes.insert(shapes.end(), kGpuTestShapes.begin(), kGpuTestShapes.end());
   for (const RowShape& s : shapes) failed += check_shape(s, inputs) ? 0 : 1;
+  for (const RowShape& s : kSelectedShapes) failed += check_selected(s, inputs) ? 0 : 1;
 
   const emu::Totals t = emu::totals();
   std::printf(
-      "%d of %zu checks failed (the emulator's shuffles, then every shape); emulated "
-      "%lld blocks, %lld warp-wide instructions, %lld thread switches\n",
-      failed, shapes.size() + 1, t.blocks, t.collectives, t.switches);
+      "%d of %zu checks failed (the emulator's shuffles, every shape, then selected samples); "
+      "emulated %lld blocks, %lld warp-wide instructions, %lld thread switches\n",
+      failed, shapes.size() + kSelectedShapes.size() + 1, t.blocks, t.collectives, t.switches);
   return failed == 0 ? 0 : 1;
 }

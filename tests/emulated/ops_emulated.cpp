@@ -17,7 +17,8 @@
 //    partials): dx <= 1e-2, dbias <= 1e-4 of the sums of dx as stored, and the bits the linear
 //    layer's own sums give;
 //  - the linear layer's bias gradient (common_kernels.cuh's column partials, then sum_partials of
-//    common_kernels.cuh, on its 2-D block): <= 1e-4;
+//    common_kernels.cuh, on its 2-D block): <= 1e-4; and its bias add where the GEMM takes no
+//    bias epilogue (linear_kernels.cuh): bit for bit;
 // and the same bits again where they must be the same: every deterministic reduction on a second
 // run under other schedules, in place, without the optional outputs, on fewer blocks (so that the
 // grid-stride loops run). CI machines have no GPU: this is what checks an edit to these kernels
@@ -144,6 +145,12 @@ void pos_embed_cls_backward(const float* dout, bf16* dx, float* dpos, float* dcl
         {kernel_name("pos_embed_cls_backward_kernel", V), grid, dim3(kPosVectors, kPosLanes), 0},
         [=] { pos_embed_cls_backward_kernel<V>(dout, dx, dpos, dcls, B, N, C); });
   });
+}
+
+// linear.cu's bias add after a GEMM without the bias epilogue: y (M, N) += bias in place.
+void add_bias_rows(bf16* y, const bf16* bias, int64_t M, int64_t N) {
+  launch_elementwise("AddBiasRowsOp", AddBiasRowsOp{y, bias, N}, M * N,
+                     N % gpu::kVec == 0 && gpu::aligned16(y, bias));
 }
 
 // linear.cu's column_sums: per tile of at most max_width columns (the launcher's is
@@ -674,8 +681,20 @@ const std::vector<BiasShape> kFullBiasShapes = {
 
 bool check_bias_gradient(const BiasShape& s, std::mt19937_64& rng) {
   emu::ShapeChecks checks(s.str());
-  checks.part("bias gradient");
   const auto N = static_cast<size_t>(s.N);
+  // The forward's bias add first: the twin's fp32 sums rounded to bf16 as the kernel stores them.
+  checks.part("bias add");
+  emu::set_context(s.str() + ", bias add");
+  const Bf16Data y = random_bf16(rng, static_cast<size_t>(s.M) * N, -2, 2);
+  const Bf16Data bias = random_bf16(rng, N, -1, 1);
+  std::vector<float> y_ref(y.values.size());
+  for (size_t i = 0; i < y_ref.size(); ++i) y_ref[i] = y.values[i] + bias.values[i % N];
+  const Placed<bf16_bits> dev_y("y", y.bits, s.offset);
+  const auto dev_bias = tight("bias", bias.bits);
+  add_bias_rows(dev(dev_y), dev(dev_bias), s.M, s.N);
+  checks.absolute("y + bias", values(dev_y), rounded(y_ref), kExact);
+
+  checks.part("bias gradient");
   const Bf16Data dy = random_bf16(rng, static_cast<size_t>(s.M) * N, -1, 1);
   std::vector<float> dbias_ref(N);
   linear_backward_cpu<float>(dy.values.data(), nullptr, nullptr, nullptr, nullptr, dbias_ref.data(),

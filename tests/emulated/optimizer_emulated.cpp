@@ -23,17 +23,17 @@
 // starts at zero, so that reading what no kernel wrote shows.
 //
 // Usage: optimizer_emulated [--full] [--seed N]
-//   (default)  an awkward table of 18 tensors, 21 chunks: sizes 0, 1, 2, 5, 7, 8, 13, 384, 1000,
-//              1003, 2048, 4096, 4099, one whole chunk (16384), a chunk and one element (16385),
-//              three chunks ending in a vector and a scalar tail (32781), two chunks on the scalar
-//              path (20001); 16-byte aligned (the vector path, with a scalar tail where n % 8 !=
-//              0), ending at a guard page, one element off alignment, or aligned but for the bf16
-//              copy or the gradient; weight decay on some; a zero parameter tensor (LAMB's
-//              zero-norm case) and a zero gradient tensor. Five LAMB steps and three AdamW steps, a
-//              NaN and an infinite gradient, the EMA over the table and over an EMA-only table;
-//              lamb_trust_kernel alone over 300 tensors (three blocks); an empty table, and the
-//              arguments table_layout and step_scalars refuse. About 1 s on one core of the
-//              development machine: the CTest entry optimizer_emulated.
+//   (default)  an awkward table of 19 tensors, 22 chunks: sizes 0, 1, 2, 5, 7, 8, 13, 384, 512,
+//              1000, 1003, 2048, 4096, 4099, one whole chunk (16384), a chunk and one element
+//              (16385), three chunks ending in a vector and a scalar tail (32781), two chunks on
+//              the scalar path (20001); 16-byte aligned (the vector path, with a scalar tail where
+//              n % 8 != 0), ending at a guard page, one element off alignment, or aligned but for
+//              the bf16 copy, the gradient or the EMA; weight decay on some; a zero parameter
+//              tensor (LAMB's zero-norm case) and a zero gradient tensor. Five LAMB steps and
+//              three AdamW steps, a NaN and an infinite gradient, the EMA over the table and over
+//              an EMA-only table; lamb_trust_kernel alone over 300 tensors (three blocks); an
+//              empty table, and the arguments table_layout and step_scalars refuse. About 1 s on
+//              one core of the development machine: the CTest entry optimizer_emulated.
 //   --full     adds the [gpu] test's table as it is: 20 tensors of 1 to 300000 elements, 64
 //              chunks. About 4 s.
 //   --seed N   repeats a run: the inputs and every schedule come from N; each run prints its
@@ -84,12 +84,13 @@ enum class Fill { kRandom, kZeroParam, kZeroGrad };
 // with a scalar tail when n % 8 != 0). kTight: ending right at a guard page, so that a read one
 // element past the end faults (the vector path when n % 8 == 0, else the scalar path). kOffset:
 // one element into 16-byte aligned buffers, as the [gpu] test's misaligned tensor (the scalar
-// path). kBf16Offset: aligned but for the bf16 copy, kGradOffset but for the gradient (the scalar
-// path: every pointer counts; set_grads_kernel derives it anew from the gradient's).
-enum class Placement { kAligned, kTight, kOffset, kBf16Offset, kGradOffset };
+// path). kBf16Offset: aligned but for the bf16 copy, kGradOffset but for the gradient, kEmaOffset
+// but for the EMA (the scalar path: every pointer counts; set_grads_kernel derives it anew from
+// the gradient's).
+enum class Placement { kAligned, kTight, kOffset, kBf16Offset, kGradOffset, kEmaOffset };
 
-// Which of a tensor's buffers is placed: the two that a placement may put apart, or another.
-enum class Buffer { kBf16Copy, kGrad, kOther };
+// Which of a tensor's buffers is placed: the three that a placement may put apart, or another.
+enum class Buffer { kBf16Copy, kGrad, kEma, kOther };
 
 struct TensorSpec {
   int64_t n;
@@ -127,6 +128,7 @@ Table awkward_table() {
               {20001, true, P::kOffset, r, true},
               {1000, true, P::kTight, r, false},
               {4096, true, P::kGradOffset, r, true},
+              {512, false, P::kEmaOffset, r, true},
           }};
 }
 
@@ -212,7 +214,8 @@ std::unique_ptr<Placed<T>> place(const std::string& name, const TensorSpec& s,
                                  Buffer buffer = Buffer::kOther) {
   const bool offset = s.placement == Placement::kOffset ||
                       (s.placement == Placement::kBf16Offset && buffer == Buffer::kBf16Copy) ||
-                      (s.placement == Placement::kGradOffset && buffer == Buffer::kGrad);
+                      (s.placement == Placement::kGradOffset && buffer == Buffer::kGrad) ||
+                      (s.placement == Placement::kEmaOffset && buffer == Buffer::kEma);
   return std::make_unique<Placed<T>>(name, static_cast<size_t>(s.n),
                                      s.placement == Placement::kTight, offset ? 1 : 0);
 }
@@ -288,7 +291,7 @@ class DeviceState {
       grad.push_back(place<float>(name + "grad", s, Buffer::kGrad));
       exp_avg.push_back(place<float>(name + "exp_avg", s));
       exp_avg_sq.push_back(place<float>(name + "exp_avg_sq", s));
-      ema.push_back(place<float>(name + "ema", s));
+      ema.push_back(place<float>(name + "ema", s, Buffer::kEma));
       param[i]->upload(h.param[i]);
       exp_avg[i]->upload(h.exp_avg[i]);
       exp_avg_sq[i]->upload(h.exp_avg_sq[i]);
