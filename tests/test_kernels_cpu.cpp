@@ -132,6 +132,31 @@ TEST_CASE("layernorm forward normalises every row, then applies the affine", "[k
   CHECK(relative_error(z, expected) < 1e-12);
 }
 
+TEST_CASE("layernorm's eps sits inside the square root, as torch.nn.LayerNorm's", "[kernels]") {
+  // y = (x - mean) / sqrt(var + eps): the test above has var ~ 4/3, where eps moves y by ~4e-7,
+  // within its tolerance. Here eps is of the variance's size or larger, so where it goes shows.
+  const int64_t C = 8;
+  const double eps = 1e-6;
+  // Row 0: 0.5 +- sqrt(eps), var = eps, so y = +-sqrt(eps) / sqrt(2 eps) = +-1/sqrt(2) (without eps
+  // +-1). Row 1: constant, var = 0, so y is the bias and rstd = 1/sqrt(eps) (without eps 0/0).
+  Vec x(2 * C);
+  for (int64_t c = 0; c < C; ++c) {
+    x[c] = 0.5 + (c % 2 ? 1.0 : -1.0) * std::sqrt(eps);
+    x[C + c] = -3.0;
+  }
+  const Vec ones(C, 1.0), bias(C, 0.25);
+  Vec y = nan_vector(2 * C), mean = nan_vector(2), rstd = nan_vector(2);
+  layernorm_forward_cpu(x.data(), ones.data(), bias.data(), y.data(), mean.data(), rstd.data(), 2,
+                        C, eps);
+  CHECK(rstd[0] == Approx(1 / std::sqrt(2 * eps)).epsilon(1e-9));
+  CHECK(rstd[1] == Approx(1 / std::sqrt(eps)).epsilon(1e-12));
+  for (int64_t c = 0; c < C; ++c) {
+    INFO("column " << c);
+    CHECK(y[c] == Approx(0.25 + (c % 2 ? 1.0 : -1.0) / std::sqrt(2.0)).epsilon(1e-9));
+    CHECK(y[C + c] == 0.25);
+  }
+}
+
 TEST_CASE("attention forward matches an explicit softmax matrix for every (b, h)",
           "[kernels][attention]") {
   const int64_t B = 2, Tn = 7, H = 3, D = 4, C = H * D;

@@ -284,6 +284,57 @@ TEST_CASE("global-norm clipping: LAMB max_grad_norm and --clip-grad as clip_grad
   }
 }
 
+TEST_CASE("LAMB clips the --clip-grad-clipped gradients, so both clips give max_grad_norm / norm",
+          "[optim]") {
+  // timm's training loop clips (clip_grad_norm_) before Lamb.step(), which then measures the
+  // clipped gradients: with clip_grad 2 above max_grad_norm 1, the first scales the gradients by
+  // 2 / (norm + 1e-6), the second by 1 / (their norm) on top, a factor 1 / norm in all. The
+  // optimizer.json cases have clip_grad below max_grad_norm, where LAMB's clip never acts.
+  Toy toy(11, deit::DType::f64);
+  const double norm = toy.grad_norm();
+  REQUIRE(norm > 2.0);
+  OptimizerOptions o;
+  o.clip_grad = 2.0;
+  o.max_grad_norm = 1.0;
+  deit::Lamb lamb(toy.params, o);
+  toy.set_grads();
+  CHECK(lamb.step() == Approx(norm).epsilon(1e-14));
+  // After one step exp_avg = (1 - beta1) * g * scale.
+  const Vec m = values(entry(lamb.state(), "fc.weight.exp_avg"));
+  const Vec g = values(toy.grads[0]);
+  for (size_t k = 0; k < g.size(); ++k) CHECK(m[k] == Approx(0.1 * g[k] / norm).epsilon(1e-12));
+}
+
+TEST_CASE("LAMB's trust ratio is not capped: large weights move by lr * ||w||", "[optim]") {
+  // timm 0.6's Lamb (trust_clip off, as DeiT III runs it) takes ||w|| / ||update|| whatever its
+  // size. Weights of ~100 against a first-step update of ~1 + wd * 100 per element make it ~20,
+  // above the caps other LAMBs use (1 in timm's trust_clip, 10 in NVIDIA's): the step is still
+  // exactly lr * ||w|| long.
+  ParameterRegistry params;
+  deit::Rng rng(41);
+  params.add("big.weight", Tensor::randn({6, 5}, rng, 100.0, deit::DType::f64), true);
+  const Tensor grad = Tensor::randn({6, 5}, rng, 1.0, deit::DType::f64);
+  OptimizerOptions o;
+  o.lr = 1e-3;
+  o.weight_decay = 0.05;
+  o.eps = 1e-8;
+  o.max_grad_norm = 0;
+  deit::Lamb lamb(params, o);
+  const Vec w = values(params.all()[0].value), g = values(grad);
+  Tensor(params.all()[0].value).set_grad(grad.clone());
+  lamb.step();
+  const Vec after = values(params.all()[0].value);
+  Vec update(w.size());
+  for (size_t k = 0; k < w.size(); ++k)
+    update[k] = g[k] / (std::abs(g[k]) + o.eps) + o.weight_decay * w[k];
+  const Vec zero(w.size(), 0.0);
+  const double trust = distance(w, zero) / distance(update, zero);
+  REQUIRE(trust > 10.0);
+  CHECK(distance(after, w) == Approx(o.lr * distance(w, zero)).epsilon(1e-12));
+  for (size_t k = 0; k < w.size(); ++k)
+    CHECK(after[k] == Approx(w[k] - o.lr * trust * update[k]).epsilon(1e-12));
+}
+
 TEST_CASE("AdamW counts steps per parameter and LAMB per optimizer", "[optim]") {
   // A parameter without a gradient is skipped. torch's AdamW then has a smaller step count (and
   // bias correction) for it; timm's Lamb advances its group's count anyway.

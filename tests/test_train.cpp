@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -1000,6 +1001,36 @@ TEST_CASE("an epoch's last optimizer step averages the micro-batches it has", "[
   for (int64_t b = 1; b <= 3; ++b) CHECK(micro_batches_in_step(b, 3, 1000) == 3);
   for (int64_t b = 1; b <= 6; ++b) CHECK(micro_batches_in_step(b, 6, 1) == 1);
   for (int64_t b = 1; b <= 6; ++b) CHECK(micro_batches_in_step(b, 6, 3) == 3);
+}
+
+TEST_CASE("an epoch's left-over micro-batches make a step, after which the EMA is updated",
+          "[train]") {
+  // 6 micro-batches in steps of 4: a step of 4, then one of the 2 left (not carried into the next
+  // epoch's first step, nor dropped). At --model-ema-decay 0 the average is the weights as the
+  // last step left them: an EMA taken before the step would hold the weights before it.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  const CliResult r =
+      run_deit(tiny_train_args(data, out, 1) + " --accum-steps 4 --model-ema-decay 0");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const model::Checkpoint ck = model::read_checkpoint(out + "/checkpoint.safetensors");
+  int found = 0;
+  for (const auto& [name, t] : ck.extra)
+    if (name == "optim.step") {
+      CHECK(t.item() == 2);
+      ++found;
+    }
+  CHECK(found == 1);
+  REQUIRE(!ck.model.empty());
+  for (const auto& [name, weights] : ck.model) {
+    INFO(name);
+    const std::string ema_name = std::string(model::kEmaPrefix) + name;
+    const auto average = std::find_if(ck.extra.begin(), ck.extra.end(),
+                                      [&](const auto& entry) { return entry.first == ema_name; });
+    REQUIRE(average != ck.extra.end());
+    CHECK(average->second.to_vector<float>() == weights.to_vector<float>());
+  }
 }
 
 TEST_CASE("a run's saved options give back every setting to the run that resumes it",
