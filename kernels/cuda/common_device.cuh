@@ -38,6 +38,13 @@ constexpr int kThreads = 256;            // block size of the elementwise and pe
 // kernels read or write. A bf16 is the high half of the fp32 with the same bits, so a load
 // widens each 32-bit word (element 2j in its low half, 2j + 1 in its high half) by shifts alone.
 
+// A 16-byte access at an address that is not 16-byte aligned is an error on the GPU, while the
+// host the kernels are emulated on (tests/emulated/cuda_emulator.h) reads most such addresses
+// without a fault: the emulator defines this to check every vector load and store. Nothing here.
+#ifndef DEIT_CHECK_ALIGNED16
+#define DEIT_CHECK_ALIGNED16(p, what)
+#endif
+
 __device__ __forceinline__ float bits_to_float(uint32_t bits) {
   float f;
   memcpy(&f, &bits, sizeof f);
@@ -56,6 +63,7 @@ template <int N>
 __device__ __forceinline__ void load(const bf16* p, float* v) {
   static_assert(N == 1 || N == kVec, "N is 1 or kVec");
   if constexpr (N == kVec) {
+    DEIT_CHECK_ALIGNED16(p, "gpu::load<kVec> of bf16");
     const uint4 raw = *reinterpret_cast<const uint4*>(p);
     const uint32_t words[kVec / 2] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -72,6 +80,7 @@ template <int N>
 __device__ __forceinline__ void load(const float* p, float* v) {
   static_assert(N == 1 || N == kVec, "N is 1 or kVec");
   if constexpr (N == kVec) {
+    DEIT_CHECK_ALIGNED16(p, "gpu::load<kVec> of fp32");
     const float4 a = reinterpret_cast<const float4*>(p)[0];
     const float4 b = reinterpret_cast<const float4*>(p)[1];
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
@@ -86,6 +95,7 @@ template <int N>
 __device__ __forceinline__ void store(bf16* p, const float* v) {
   static_assert(N == 1 || N == kVec, "N is 1 or kVec");
   if constexpr (N == kVec) {
+    DEIT_CHECK_ALIGNED16(p, "gpu::store<kVec> of bf16");
     *reinterpret_cast<uint4*>(p) = make_uint4(bf16x2_bits(v[0], v[1]), bf16x2_bits(v[2], v[3]),
                                               bf16x2_bits(v[4], v[5]), bf16x2_bits(v[6], v[7]));
   } else {
@@ -97,6 +107,7 @@ template <int N>
 __device__ __forceinline__ void store(float* p, const float* v) {
   static_assert(N == 1 || N == kVec, "N is 1 or kVec");
   if constexpr (N == kVec) {
+    DEIT_CHECK_ALIGNED16(p, "gpu::store<kVec> of fp32");
     reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
     reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
   } else {

@@ -32,11 +32,12 @@
 //    slack bytes between a buffer and the guard page before it (and the few after it, when its
 //    size is no multiple of its alignment) hold a canary, checked after every block and launch.
 //    ldmatrix and cp.async addresses, and the global addresses of cp.async, are checked against
-//    the buffers before use. Other global accesses are plain C++ (common_device.cuh's loads and
-//    stores among them): the guard pages and canaries catch them, not an alignment check, and a
-//    test places a buffer "tight" (DeviceBuffer's `align`) where a read just past its end must
-//    fault. Shared memory, dynamic and static, starts every block filled with 0xFF bytes, a NaN
-//    in bf16 and fp32, so reading what no thread wrote poisons the results.
+//    the buffers before use. Other global accesses are plain C++: the guard pages and canaries
+//    catch them, and common_device.cuh's 16-byte loads and stores also check their alignment
+//    (DEIT_CHECK_ALIGNED16, at the end of this file); a test places a buffer "tight"
+//    (DeviceBuffer's `align`) where a read just past its end must fault. Shared memory, dynamic
+//    and static, starts every block filled with 0xFF bytes, a NaN in bf16 and fp32, so reading
+//    what no thread wrote poisons the results.
 //  - Static shared memory (`__shared__ float scratch[32];` in a kernel): `__shared__` becomes
 //    `static thread_local`, one copy for every fiber of the block (they share one OS thread), and
 //    the program's thread_local storage (its PT_TLS segment, found with dl_iterate_phdr) is what
@@ -1063,6 +1064,15 @@ inline unsigned char* dynamic_smem() { return emu::detail::g_machine.shared; }
 
 // ---------------------------------------------------------------------------------------------
 // The kernels' shared device helpers (loads and stores, block reductions, the row layout), the
-// very code nvcc compiles, on top of the built-ins above.
+// very code nvcc compiles, on top of the built-ins above. Their 16-byte loads and stores, global
+// or shared, check their address: the host reads most misaligned ones without a fault.
 
+namespace emu {
+inline void check_aligned16(const void* p, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+    fail(std::string(what) + ": address not 16-byte aligned");
+}
+}  // namespace emu
+
+#define DEIT_CHECK_ALIGNED16(p, what) ::emu::check_aligned16(p, what)
 #include "kernels/cuda/common_device.cuh"
