@@ -1033,6 +1033,40 @@ TEST_CASE("an epoch's left-over micro-batches make a step, after which the EMA i
   }
 }
 
+TEST_CASE("micro-batches accumulated over a step give the gradients of one batch of them all",
+          "[train]") {
+  // Each micro-batch's backward is seeded with 1 / (the step's micro-batches). LAMB's steps hardly
+  // change when the gradients are scaled, so the weights cannot tell a sum from the mean; its
+  // first moments, the running mean of the gradients, can. Without mixing or drop-path (one draw
+  // per batch, and per sample of a batch) a step over 16 images is the same in one batch or two.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  const std::string whole = dir.file("whole"), halves = dir.file("halves");
+  const std::string exact = " --mixup 0 --cutmix 0 --drop-path 0";
+  REQUIRE(run_deit(tiny_train_args(data, whole, 1) + exact).exit_code == 0);
+  REQUIRE(run_deit(tiny_train_args(data, halves, 1) + exact + " --batch-size 8 --accum-steps 2")
+              .exit_code == 0);
+  const model::Checkpoint a = model::read_checkpoint(whole + "/checkpoint.safetensors");
+  const model::Checkpoint b = model::read_checkpoint(halves + "/checkpoint.safetensors");
+  REQUIRE(a.extra.size() == b.extra.size());
+  int moments = 0;
+  for (size_t i = 0; i < a.extra.size(); ++i) {
+    const auto& [name, first] = a.extra[i];
+    if (name.size() < 8 || name.compare(name.size() - 8, 8, ".exp_avg") != 0) continue;
+    INFO(name);
+    REQUIRE(b.extra[i].first == name);
+    const std::vector<float> x = first.to_vector<float>(), y = b.extra[i].second.to_vector<float>();
+    double difference = 0, size = 0;
+    for (size_t k = 0; k < x.size(); ++k) {
+      difference += (x[k] - y[k]) * static_cast<double>(x[k] - y[k]);
+      size += x[k] * static_cast<double>(x[k]);
+    }
+    CHECK(std::sqrt(difference / size) < 1e-3);
+    ++moments;
+  }
+  CHECK(moments > 20);
+}
+
 TEST_CASE("a run's saved options give back every setting to the run that resumes it",
           "[train][resume]") {
   train::TrainOptions run = train::recipe_for("deit3_base", "in21k-finetune");
