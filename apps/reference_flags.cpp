@@ -65,8 +65,7 @@ const std::map<std::string, std::string>& reference_options() {
       {"--dist-eval", "is how deit always evaluates with several processes: leave it out"},
       {"--pin-mem", "is how deit always copies batches to a GPU: leave it out"},
       {"--no-pin-mem",
-       "turns off pinned memory, which deit always copies batches from: leave "
-       "it out"},
+       "turns off pinned memory, which deit always copies batches from: leave it out"},
       {"--train-interpolation", "is bicubic in DeiT III, as in deit: leave it out"},
       {"--eval", "is the command `deit eval` here"},
       {"--nodes", submitit_launch},
