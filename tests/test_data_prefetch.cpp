@@ -171,7 +171,10 @@ TEST_CASE("A loader resumed from a saved state delivers what the uninterrupted r
   PrefetchLoader resumed(source, Sampler(sampler_options(150, 3)), loader_options(3, 1),
                          random_crop);
   resumed.resume(saved);
+  // A checkpoint of the resumed run, before or after more batches, counts from the epoch's start.
+  CHECK(resumed.state().position == saved.position);
   const Delivered second_part = drain(resumed);
+  CHECK(resumed.state().position == (first_part.data.size() + second_part.data.size()) * 8);
   REQUIRE(first_part.data.size() + second_part.data.size() == uninterrupted.data.size());
   for (size_t b = 0; b < uninterrupted.data.size(); ++b) {
     const Delivered& part = b < 6 ? first_part : second_part;

@@ -179,6 +179,11 @@ TEST_CASE("Resuming from a saved position continues the same order", "[data]") {
                     Contains("dataset size") && Contains("500") && Contains("501"));
   CHECK_THROWS_WITH(Sampler(options(500, 3, 1, 4)).check_resumable(saved), Contains("world size"));
   CHECK_THROWS_WITH(Sampler(options(500, 1, 1, 2)).check_resumable(saved), Contains("repeat"));
+  // Another rank's saved position, or an unshuffled run's, would resume another order.
+  CHECK_THROWS_WITH(Sampler(options(500, 3, 0, 2)).check_resumable(saved), Contains("rank"));
+  SamplerOptions in_order = options(500, 3, 1, 2);
+  in_order.shuffle = false;
+  CHECK_THROWS_WITH(Sampler(in_order).check_resumable(saved), Contains("shuffle"));
   SamplerState past_end = saved;
   past_end.position = sampler.epoch_length() + 1;
   CHECK_THROWS_WITH(sampler.check_resumable(past_end), Contains("past the end"));
@@ -198,4 +203,19 @@ TEST_CASE("Augmentation streams never collide with each other or with the shuffl
       CHECK(streams.insert(sample_stream(epoch, position)).second);
     }
   }
+}
+
+TEST_CASE("Every ordering of a few images is drawn by some seed", "[data]") {
+  // A Fisher-Yates shuffle that stops a step early, or never leaves an image in place (Sattolo's
+  // variant), still gives permutations, but only some of them: epochs would share orderings.
+  std::set<std::vector<uint64_t>> two, three;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    SamplerOptions o = options(2, 1, 0, 1);
+    o.seed = seed;
+    two.insert(indices_of(Sampler(o).epoch_picks(0)));
+    o.dataset_size = 3;
+    three.insert(indices_of(Sampler(o).epoch_picks(0)));
+  }
+  CHECK(two.size() == 2);
+  CHECK(three.size() == 6);
 }

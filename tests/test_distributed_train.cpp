@@ -225,6 +225,34 @@ TEST_CASE("mpi: 2 ranks with batch b train like 1 process with batch 2b, with Ze
   }
 }
 
+TEST_CASE("mpi: every rank starts from rank 0's weights, whatever it loaded itself", "[mpi]") {
+  auto comm = mpi_communicator();
+  const SharedDir dir(*comm);
+  const std::string data = write_dataset(*comm, dir.file("data"));
+  // Two sets of starting weights: untrained runs of two seeds.
+  for (const uint64_t seed : {1, 2}) {
+    train::TrainOptions untrained = tiny_run(data, dir.file("init" + std::to_string(seed)), 4);
+    untrained.seed = seed;
+    untrained.lr = 1e-30;
+    train::train(untrained, *comm);
+  }
+  const std::string a = dir.file("init1/checkpoint.safetensors");
+  const std::string b = dir.file("init2/checkpoint.safetensors");
+  // --finetune may name another file on each rank (node-local copies): rank 1's own weights
+  // must not reach the gradients it contributes.
+  train::TrainOptions same = tiny_run(data, dir.file("same"), 4);
+  same.finetune = a;
+  train::train(same, *comm);
+  train::TrainOptions differing = tiny_run(data, dir.file("differing"), 4);
+  differing.finetune = comm->rank() == 0 ? a : b;
+  train::train(differing, *comm);
+  if (comm->rank() == 0) {
+    REQUIRE(model_of(a) != model_of(b));
+    CHECK(model_of(dir.file("differing/checkpoint.safetensors")) ==
+          model_of(dir.file("same/checkpoint.safetensors")));
+  }
+}
+
 TEST_CASE("mpi: a run resumes with the same number of ranks, across --zero, and not with another",
           "[mpi]") {
   auto comm = mpi_communicator();
