@@ -249,6 +249,13 @@ TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[a
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("link.png: exists and is not a PNG file"));
   CHECK(deit::test::read_bytes(notes) == kept);
+  // All 8 bytes of the signature, not its first 4 ("\x89PNG" then text).
+  const std::string half_png = dir.file("half.png");
+  deit::test::write_bytes(half_png, {0x89, 'P', 'N', 'G', ' ', 'n', 'o', '!', '\n'});
+  r = run_deit("augment --in " + kInput + " --out " + half_png + " --op hflip");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("half.png: exists and is not a PNG file"));
+  CHECK(deit::test::read_bytes(half_png).size() == 9);
   // A PNG is replaced, as before.
   CHECK(run_deit("augment --in " + kInput + " --out " + png + " --op hflip").exit_code == 0);
 }

@@ -425,3 +425,34 @@ TEST_CASE("load_weights also reads a checkpoint's model, and refuses other model
                     Contains("weights file '" + weights + "' is for a ViT (dim 32, mlp 128) but "
                              "the model is tiny_b (dim 16, mlp 64)"));
 }
+
+TEST_CASE("a list of tensors names five and counts the rest", "[io]") {
+  VisionTransformer vit = initialised(tiny("tiny_a"), 1);
+  const NamedTensors all = parameters_of(vit);
+  // The last `n` parameters left out of the file.
+  auto without_last = [&](size_t n) { return NamedTensors(all.begin(), all.end() - n); };
+  std::vector<std::string> last_six;
+  for (size_t i = all.size() - 6; i < all.size(); ++i) last_six.push_back(all[i].first);
+  std::string five;
+  for (size_t i = 1; i < 6; ++i) five += (i > 1 ? ", " : "") + last_six[i];
+  CHECK_THROWS_WITH(load_parameters(vit, without_last(5), "weights file 'w.safetensors'"),
+                    Catch::EndsWith("missing tensors: " + five));
+  CHECK_THROWS_WITH(load_parameters(vit, without_last(6), "weights file 'w.safetensors'"),
+                    Catch::EndsWith("missing tensors: " + last_six[0] + ", " +
+                                    five.substr(0, five.rfind(", ")) + " (and 1 more)"));
+}
+
+TEST_CASE("a pos_embed that is not a square grid is listed by its shape, not read as a grid",
+          "[io]") {
+  // 3 x 3 + 1 positions (a class-token slot, as DeiT I keeps) for a model of a 4 x 4 grid: not a
+  // 3 x 3 ViT's, which the fields that differ would say.
+  VisionTransformer vit = initialised(tiny("tiny_a"), 1);
+  NamedTensors tensors = parameters_of(vit);
+  for (auto& [name, t] : tensors)
+    if (name == "pos_embed") t = Tensor::zeros({1, 10, 32});
+  CHECK_THROWS_WITH(load_parameters(vit, tensors, "weights file 'w.safetensors'"),
+                    Contains("weights file 'w.safetensors' does not fit the model tiny_a: "
+                             "pos_embed is f32 (1, 10, 32) in the file but (1, 16, 32) in the "
+                             "model") &&
+                        !Contains("patches"));
+}

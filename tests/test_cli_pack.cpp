@@ -35,7 +35,8 @@ TEST_CASE("deit pack turns an image folder into a shard with the same images", "
   const CliResult r = run_deit("pack --src " + root + "/train --out " + shard + " --short-side 16");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
-  CHECK_THAT(r.output, Catch::Contains("note: " + left + " is the partial shard of another pack"));
+  CHECK_THAT(r.output, Catch::Contains("note: " + left + " is the partial shard of another pack") &&
+                           !Catch::Contains("skipped"));
   CHECK(test::read_bytes(left) == std::vector<uint8_t>{1, 2, 3});
   const auto source = data::open_image_source(shard);
   CHECK(source->size() == 15);
@@ -64,6 +65,15 @@ TEST_CASE("deit pack turns an image folder into a shard with the same images", "
                                            "train/ and val/), not a split: " +
                                            advice));
   CHECK_FALSE(std::filesystem::exists(dir.file("root.shard")));
+  // A test/ split beside them is a split too.
+  std::filesystem::create_directories(root + "/test/" + data::synthetic_class_names()[0]);
+  data::write_png(root + "/test/" + data::synthetic_class_names()[0] + "/one.png",
+                  test::gradient_image(8, 8));
+  const CliResult three = run_deit("pack --src " + root + " --out " + dir.file("root.shard"));
+  CHECK(three.exit_code != 0);
+  CHECK_THAT(three.output, Catch::Contains("is a dataset's root"));
+  CHECK_FALSE(std::filesystem::exists(dir.file("root.shard")));
+  std::filesystem::remove_all(root + "/test");
   // With a folder that could be a class beside the splits: packed as asked, with a warning.
   std::filesystem::create_directories(root + "/zebra");
   data::write_png(root + "/zebra/one.png", test::gradient_image(8, 8));

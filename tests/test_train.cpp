@@ -26,10 +26,12 @@
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_distributed_helpers.h"
+#include "tests/test_io_helpers.h"
 #include "tests/test_model_helpers.h"
 #include "train/finetune.h"
 #include "train/output_lock.h"
 #include "train/recipe.h"
+#include "train/run_log.h"
 #include "train/run_state.h"
 #include "train/stop_request.h"
 #include "train/trainer.h"
@@ -140,7 +142,13 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
                                               "/checkpoint.safetensors' has had 12 optimizer steps "
                                               "at decay 0.99996: 100% of it is still the weights"));
   const std::string averaged = dir.file("ema.safetensors");
-  REQUIRE(run_deit("export --ema --checkpoint " + out + " --out " + averaged).exit_code == 0);
+  const CliResult ema_export = run_deit("export --ema --checkpoint " + out + " --out " + averaged);
+  REQUIRE(ema_export.exit_code == 0);
+  CHECK_THAT(ema_export.output, Catch::Contains("warning: the moving average in '" + out +
+                                                "/checkpoint.safetensors' has had 12 optimizer "
+                                                "steps at decay 0.99996: 100% of it is still the "
+                                                "weights") &&
+                                    Catch::Contains("(moving average)"));
   const model::Checkpoint with_ema = model::read_checkpoint(out + "/checkpoint.safetensors");
   const model::SafetensorsContents exported = model::read_safetensors(averaged);
   int compared = 0;
@@ -705,6 +713,50 @@ TEST_CASE("deit info names a preset's input size among the settings off its reci
   INFO(off.dump());
   CHECK(off.at("input_size") == nlohmann::json({{"saved", 32}, {"recipe", 224}}));
   CHECK_FALSE(off.contains("num_classes"));  // the dataset's, a shape
+}
+
+TEST_CASE("deit info counts the batches of a run of several processes per process",
+          "[train][cli]") {
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  REQUIRE(run_deit(tiny_train_args(data, out, 1) + " --quiet").exit_code == 0);
+  // The checkpoint rewritten as a run of 2 processes and 2 epochs, with 5 classes, would have
+  // saved it 4 batches (2 on each process) into its second epoch: a whole file, checksums anew.
+  const std::string checkpoint = out + "/checkpoint.safetensors";
+  model::SafetensorsContents contents = model::read_safetensors(checkpoint);
+  nlohmann::json state = nlohmann::json::parse(contents.metadata.at("deit"));
+  state["world_size"] = 2;
+  state["sampler"]["world_size"] = 2;
+  state["options"]["epochs"] = 2;
+  state["within_epoch"] = {
+      {"epoch", 1}, {"batches", 4}, {"loss_sum", 5.0}, {"images", 64}, {"seconds", 1.0}};
+  contents.metadata["deit"] = state.dump();
+  contents.metadata["deit_classes"] = nlohmann::json({"a", "b", "c", "d", "e"}).dump();
+  model::write_safetensors(checkpoint, contents.tensors, contents.metadata);
+
+  const CliResult json = run_deit("info --json --checkpoint " + out);
+  INFO(json.output);
+  REQUIRE(json.exit_code == 0);
+  const nlohmann::json run = nlohmann::json::parse(json.output).at("checkpoint");
+  CHECK(run["world_size"] == 2);
+  CHECK(run["within_epoch"]["batches_per_process"] == 2);
+  CHECK(run["within_epoch"]["epoch_batches_per_process"] == 3);  // 96 images / 2 / 16
+  CHECK(run["within_epoch"]["images"] == 64);
+  const CliResult text = run_deit("info --checkpoint " + out);
+  INFO(text.output);
+  REQUIRE(text.exit_code == 0);
+  CHECK_THAT(text.output,
+             Catch::Contains("trained          1 of 2 epochs, then 2 of the 3 batches per process "
+                             "of epoch 2 (64 images); ") &&
+                 Catch::Contains("(launched as this run was, 2 processes)") &&
+                 Catch::Contains("classes          5 (a, b, c, d, e)\n") &&
+                 Catch::Contains("best             top-1 ") && Catch::Contains(" after epoch 1\n"));
+
+  // A flag asks for more recomputation than the run kept (it had none): the flag counts.
+  const CliResult kept = run_deit("info --json --checkpoint " + out + " --recompute-gelu");
+  REQUIRE(kept.exit_code == 0);
+  CHECK(nlohmann::json::parse(kept.output)["activation_bytes_per_image_f32"] <
+        nlohmann::json::parse(json.output)["activation_bytes_per_image_f32"]);
 }
 
 TEST_CASE("settings that train without effect or against themselves are warned about",
@@ -1515,6 +1567,24 @@ TEST_CASE("a log line that cannot be written says the epoch is saved and how to 
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains(cannot_append + "epoch 3, the run's last, is saved in " +
                                        out + "/checkpoint.safetensors (the log lacks"));
+}
+
+TEST_CASE("a log line that the disk cannot take is an error, not lost at the close", "[train]") {
+  // The line fits the stdio buffer, so its write fails only when the file is closed, as on a full
+  // disk: that must be reported as any other failed append.
+  test::TempDir dir;
+  const std::string log = dir.file("log.txt");
+  test::write_bytes(log, std::vector<uint8_t>(100, ' '));
+  const nlohmann::json line = {{"epoch", 4}, {"train_loss", 1.5}};
+  {
+    test::FileSizeLimit limit(100);
+    CHECK_THROWS_WITH(train::append_log_line(log, line, "run/checkpoint.safetensors", false),
+                      Catch::Contains("cannot append to log '" + log +
+                                      "': File too large; epoch 5 "
+                                      "is saved in run/checkpoint.safetensors"));
+  }
+  train::append_log_line(log, line, "run/checkpoint.safetensors", false);
+  CHECK(std::filesystem::file_size(log) == 100 + line.dump().size() + 1);
 }
 
 TEST_CASE("a stopped run's way to continue is quoted for the shell where it has to be",
