@@ -2,11 +2,13 @@
 #include <catch2/catch.hpp>
 
 #include <memory>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/op_observer.h"
 #include "engine/ops.h"
 #include "engine/parameters.h"
 #include "engine/rng.h"
@@ -254,6 +256,7 @@ TEST_CASE("backward needs a scalar or an explicit gradient of the right shape", 
   Tensor y = ops::gelu(x);
   CHECK_THROWS_WITH(backward(y), Catch::Contains("one-element"));
   CHECK_THROWS_WITH(backward(y, Tensor::zeros({3})), Catch::Contains("gradient"));
+  CHECK_THROWS_WITH(backward(Tensor::zeros({1})), Catch::Contains("does not require grad"));
   clear_tape();
 }
 
@@ -298,4 +301,106 @@ TEST_CASE("op argument errors name the op and the shapes", "[autograd]") {
   CHECK_THROWS_WITH(
       ops::layernorm(Tensor::zeros({2, 0}), Tensor::zeros({0}), Tensor::zeros({0}), 1e-6),
       Catch::Contains("layernorm") && Catch::Contains("no features"));
+  // Shapes of as many elements are not the same shape.
+  CHECK_THROWS_WITH(ops::add(x, Tensor::zeros({3, 2})),
+                    Catch::Contains("add") && Catch::Contains("(3, 2)"));
+  CHECK_THROWS_WITH(ops::bce_with_logits(x, Tensor::zeros({3, 2})),
+                    Catch::Contains("bce_with_logits") && Catch::Contains("(3, 2)"));
+  CHECK_THROWS_WITH(ops::softmax_cross_entropy(x, Tensor::zeros({2, 3}).set_requires_grad(true)),
+                    Catch::Contains("targets are not differentiable"));
+  CHECK_THROWS_WITH(ops::linear(x, Tensor::zeros({4, 3}), Tensor::zeros({3})),
+                    Catch::Contains("linear") && Catch::Contains("bias"));
+  CHECK_THROWS_WITH(ops::layernorm(x, Tensor::zeros({3}), Tensor::zeros({2}), 1e-6),
+                    Catch::Contains("layernorm") && Catch::Contains("bias"));
+  CHECK_THROWS_WITH(ops::class_attention(Tensor::zeros({1, 0, 6}), 1),
+                    Catch::Contains("class_attention") || Catch::Contains("class token"));
+  CHECK_THROWS_WITH(ops::patch_unfold(Tensor::zeros({1, 3, 4, 2}), 4),
+                    Catch::Contains("patch_unfold"));
+  // pos_embed (1, N, C) = (1, 2, 3) for x (B, N, C) = (2, 2, 3), not its transpose.
+  CHECK_THROWS_WITH(ops::pos_embed_cls(Tensor::zeros({2, 2, 3}), Tensor::zeros({1, 3, 2}),
+                                       Tensor::zeros({1, 1, 3})),
+                    Catch::Contains("pos_embed_cls"));
+  // The residual update: keep_scale (B) for x (B, T, C), not differentiable; LayerNorm's bias (C).
+  const Tensor x3 = Tensor::zeros({2, 4, 3}), gamma = Tensor::zeros({3});
+  CHECK_THROWS_WITH(ops::layerscale_residual(x3, x3, gamma, Tensor::zeros({4})),
+                    Catch::Contains("keep_scale"));
+  CHECK_THROWS_WITH(
+      ops::layerscale_residual(x3, x3, gamma, Tensor::zeros({2}).set_requires_grad(true)),
+      Catch::Contains("keep_scale is not differentiable"));
+  CHECK_THROWS_WITH(ops::layerscale_residual_layernorm(x3, x3, gamma, Tensor::zeros({2}), gamma,
+                                                       Tensor::zeros({2}), 1e-6),
+                    Catch::Contains("LayerNorm"));
+}
+
+// A view starts with none of the viewed tensor's autograd state (engine/tensor.h): not a leaf that
+// requires grad, nor one holding the leaf's gradient. An op on it records nothing.
+TEST_CASE("a view of a leaf neither requires grad nor holds the leaf's gradient", "[autograd]") {
+  Rng rng(8);
+  Tensor w = Tensor::randn({2, 3}, rng).set_requires_grad(true);
+  backward(ops::bce_with_logits(ops::reshape(w, {1, 6}), Tensor::zeros({1, 6})));
+  REQUIRE(w.grad().defined());
+  for (const Tensor& view : {w.view({6}), w.slice(0, 1)}) {
+    INFO(view.describe());
+    CHECK_FALSE(view.requires_grad());
+    CHECK_FALSE(view.grad().defined());
+    ops::gelu(view);
+    CHECK(tape_size() == 0);
+  }
+}
+
+// backward walks the whole tape: a graph it does not reach from the root is passed over and
+// released all the same, as a cleared tape's nodes are. What their ops saved is freed, and a
+// tensor kept from them cannot be differentiated any more.
+TEST_CASE("backward and clear_tape release the nodes backward does not reach", "[autograd]") {
+  Rng rng(9);
+  Tensor x = Tensor::randn({2, 3}, rng).set_requires_grad(true);
+  // other = gelu(x + x): gelu saves its input, h.
+  auto other_graph = [&](std::weak_ptr<Storage>* h_memory) {
+    const Tensor h = ops::add(x, x);
+    *h_memory = h.impl().storage;
+    return ops::gelu(h);
+  };
+  std::weak_ptr<Storage> h_memory;
+  Tensor other = other_graph(&h_memory);
+  backward(ops::bce_with_logits(ops::reshape(ops::gelu(x), {1, 6}), Tensor::zeros({1, 6})));
+  CHECK(h_memory.expired());
+  CHECK_THROWS_WITH(backward(other, Tensor::zeros({2, 3})), Catch::Contains("already used"));
+
+  other = other_graph(&h_memory);
+  clear_tape();
+  CHECK(h_memory.expired());
+  CHECK_THROWS_WITH(backward(other, Tensor::zeros({2, 3})), Catch::Contains("cleared"));
+}
+
+namespace {
+
+// Records every op it is told about, as `deit bench step`'s profiler does.
+struct RecordingObserver : OpObserver {
+  std::vector<std::string> begun, ended;
+  void begin(const char* op, Device) override { begun.emplace_back(op); }
+  void end(const char* op, Device) noexcept override { ended.emplace_back(op); }
+};
+
+}  // namespace
+
+TEST_CASE("an op observer sees its thread's ops until a nested one takes over, then again",
+          "[autograd]") {
+  const Tensor x = Tensor::zeros({2, 3});
+  RecordingObserver outer, inner;
+  {
+    const ObserveOps observe(outer);
+    ops::gelu(x);
+    {
+      const ObserveOps nested(inner);
+      ops::layernorm(x, Tensor::full({3}, 1.0), Tensor::zeros({3}), 1e-6);
+    }
+    // Refused inside dispatch (mixed dtypes): the op still ends for the observer.
+    CHECK_THROWS(ops::add(x, Tensor::zeros({2, 3}, DType::f64)));
+  }
+  CHECK(op_observer() == nullptr);
+  ops::gelu(x);  // no observer: nobody is told
+  CHECK(outer.begun == std::vector<std::string>{"gelu", "add"});
+  CHECK(outer.ended == outer.begun);
+  CHECK(inner.begun == std::vector<std::string>{"layernorm"});
+  CHECK(inner.ended == inner.begun);
 }

@@ -12,6 +12,7 @@
 #include "engine/ops.h"
 #include "model/cost.h"
 #include "model/vit.h"
+#include "tests/gradcheck.h"
 
 using namespace deit;
 using namespace deit::model;
@@ -94,6 +95,17 @@ TEST_CASE("configuration errors say what is wrong", "[model]") {
   c = preset("deit3_small");
   c.layernorm_eps = std::nan("");
   CHECK_THROWS_WITH(c.validate(), Catch::Contains("layernorm_eps"));
+  c.layernorm_eps = 0;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("layernorm_eps must be positive"));
+  c = preset("deit3_small");
+  c.layerscale_init = HUGE_VAL;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("layerscale_init must be finite"));
+  c = preset("deit3_small");
+  c.in_channels = 0;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("in_channels must be at least 1"));
+  c = preset("deit3_small");
+  c.heads = 0;  // before dim % heads divides by it
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("heads must be at least 1"));
   for (const std::string& name : preset_names()) CHECK_NOTHROW(preset(name).validate());
   // The GPU's attention kernels take head dims 32, 64, 80 and 128: every preset fits, a custom
   // 384 / 4 = 96 does not, and says so before any memory is taken.
@@ -151,6 +163,14 @@ TEST_CASE("initialisation follows the recipe", "[model]") {
   double sum2 = 0;
   for (float v : w) sum2 += double(v) * v;
   CHECK(std::sqrt(sum2 / w.size()) == Approx(0.02).epsilon(0.02));
+  // The class token and the position embedding are drawn as the weights are (not zeros).
+  for (const char* name : {"cls_token", "pos_embed"}) {
+    INFO(name);
+    double square = 0;
+    const std::vector<float> v = p.get(name).to_vector<float>();
+    for (float e : v) square += double(e) * e;
+    CHECK(std::sqrt(square / v.size()) == Approx(0.02).epsilon(0.25));
+  }
   // The patch projection, a Conv2d the reference leaves at PyTorch's default init: weight and
   // bias uniform within 1/sqrt(fan_in), fan_in = 3 * 16 * 16.
   const double bound = 1.0 / std::sqrt(3.0 * 16 * 16);
@@ -168,6 +188,54 @@ TEST_CASE("initialisation follows the recipe", "[model]") {
     // A uniform draw's root mean square is bound / sqrt(3).
     CHECK(std::sqrt(square / u.size()) == Approx(bound / std::sqrt(3.0)).epsilon(0.1));
   }
+  // A LayerScale init other than the recipe's is the one the gammas get.
+  c.layerscale_init = 0.25;
+  VisionTransformer custom(c);
+  custom.initialize(rng);
+  for (float v : custom.parameters().get("blocks.1.ls2.gamma").to_vector<float>())
+    CHECK(v == 0.25f);
+}
+
+TEST_CASE("forward MACs and activation bytes of a small model, counted by hand", "[model]") {
+  ViTConfig c;
+  c.patch = 4;
+  c.dim = 8;
+  c.depth = 1;
+  c.heads = 2;
+  c.num_classes = 3;
+  c.input_size = 8;                                 // 2 x 2 patches, T = 5 tokens; hidden 32
+  const int64_t patch_embed = 4 * (3 * 4 * 4) * 8;  // 1536
+  const int64_t block = 5 * 8 * 24 + 2 * 5 * 5 * 8 + 5 * 8 * 8 + 2 * 5 * 8 * 32;  // 4240
+  const int64_t head = 8 * 3;
+  CHECK(forward_macs(c) == patch_embed + block + head);
+  // In units of the activation type (a) and of fp32 (f): the patches (4 x 48 a); the one block,
+  // the last, with the class token alone past qkv ((4 x 5 + 12) x 8 a, its residual-stream inputs
+  // (5 + 1) x 8 f, statistics (2 x 5 + 4 + 2) f); the final norm's (8 + 2) f and the head's 8 a.
+  const int64_t a = 2, f = 4;  // bf16 activations, as on CUDA
+  CHECK(activation_bytes_per_image(c, a, f) == (192 + 256 + 8) * a + (48 + 16 + 10) * f);
+}
+
+TEST_CASE("every preset's heads are 64 wide, ViT-H's 80", "[model][presets]") {
+  for (const std::string& name : preset_names()) {
+    INFO(name);
+    const ViTConfig c = preset(name);
+    CHECK(c.head_dim() * c.heads == c.dim);
+    CHECK(c.head_dim() == (name.rfind("deit3_huge", 0) == 0 ? 80 : 64));
+  }
+}
+
+TEST_CASE("preset_of names the preset a configuration was made from", "[model][presets]") {
+  for (const std::string& name : preset_names()) {
+    INFO(name);
+    ViTConfig c = preset(name);
+    CHECK(preset_of(c) == name);
+    c.name += " (custom)";  // changed sizes keep the preset's name in front
+    CHECK(preset_of(c) == name);
+  }
+  CHECK(preset_of(ViTConfig{}) == "");
+  ViTConfig c;
+  c.name = "deit3_smaller";
+  CHECK(preset_of(c) == "");
 }
 
 // Every preset at its real patch size, width and head count (every tensor shape the preset has),
@@ -345,4 +413,51 @@ TEST_CASE("branch_samples says how many samples each branch of forward_drawn run
     CHECK(most_counts[i] == 1);
   }
   CHECK(none_kept > 0);
+  // A batch of 40 selects in steps of 3 (40 / 16, rounded up): a branch that keeps none runs on 3.
+  CHECK(vit.branch_samples(Tensor::zeros({branches, 40})) == std::vector<int64_t>(branches, 3));
+}
+
+// The model is timm's pre-norm Block, op by op: x + ls1 * attn(norm1(x)), then
+// x + ls2 * mlp(norm2(x)), with every LayerNorm at the configured eps. Written here with the
+// unfused ops and a large eps (0.5), against which the fused forward, the last block's class-token
+// shortcut included, must agree.
+TEST_CASE("the forward is the unfused blocks' with the configured LayerNorm eps", "[model]") {
+  ViTConfig c = preset("deit3_tiny");
+  c.input_size = 32;
+  c.depth = 2;
+  c.num_classes = 5;
+  c.layernorm_eps = 0.5;
+  VisionTransformer vit(c);
+  Rng init(41);
+  vit.initialize(init);
+  const ParameterRegistry& params = vit.parameters();
+  for (const auto& p : params.all())  // order-one values everywhere, so that each norm matters
+    if (p.value.dim() == 1) Tensor(p.value).copy_from(Tensor::randn(p.value.shape(), init, 0.5));
+  auto p = [&](const std::string& name) { return params.get(name); };
+  Rng data(42);
+  const Tensor images = Tensor::randn({2, 3, 32, 32}, data);
+  NoGrad no_grad;
+  const int64_t C = c.dim;
+  Tensor x =
+      ops::linear(ops::patch_unfold(images, c.patch),
+                  ops::reshape(p("patch_embed.proj.weight"), {C, -1}), p("patch_embed.proj.bias"));
+  x = ops::pos_embed_cls(x, p("pos_embed"), p("cls_token"));
+  const Tensor keep = Tensor::full({2}, 1.0);
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    Tensor h = ops::layernorm(x, p(b + "norm1.weight"), p(b + "norm1.bias"), c.layernorm_eps);
+    h = ops::attention(ops::linear(h, p(b + "attn.qkv.weight"), p(b + "attn.qkv.bias")), c.heads);
+    h = ops::linear(h, p(b + "attn.proj.weight"), p(b + "attn.proj.bias"));
+    x = ops::layerscale_residual(x, h, p(b + "ls1.gamma"), keep);
+    h = ops::layernorm(x, p(b + "norm2.weight"), p(b + "norm2.bias"), c.layernorm_eps);
+    h = ops::linear_gelu(h, p(b + "mlp.fc1.weight"), p(b + "mlp.fc1.bias"));
+    h = ops::linear(h, p(b + "mlp.fc2.weight"), p(b + "mlp.fc2.bias"));
+    x = ops::layerscale_residual(x, h, p(b + "ls2.gamma"), keep);
+  }
+  const Tensor cls =
+      ops::layernorm(ops::cls_select(x), p("norm.weight"), p("norm.bias"), c.layernorm_eps);
+  const Tensor expected = ops::linear(cls, p("head.weight"), p("head.bias"));
+  const std::vector<float> ours = vit.forward(images).to_vector<float>();
+  const std::vector<float> theirs = expected.to_vector<float>();
+  CHECK(test::relative_error({ours.begin(), ours.end()}, {theirs.begin(), theirs.end()}) < 1e-5);
 }

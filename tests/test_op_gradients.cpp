@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 
 #include <functional>
+#include <string>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
@@ -404,6 +406,28 @@ TEST_CASE(
   CHECK(apart.saved_bytes - selected.saved_bytes == 7 * 12 * sizeof(float));
 }
 
+// With the residual stream alone differentiated, the update's backward still reads the branch's
+// gradient through the selection's slots: here samples 1 and 3 of 4, not the first two.
+TEST_CASE(
+    "the residual update on selected samples, the residual alone differentiated: gradients by "
+    "finite differences",
+    "[gradcheck][ops]") {
+  Rng rng(38);
+  const Tensor keep = Tensor::from_vector<double>({0.0, 2.0, 0.0, 2.0}, {1, 4});
+  const ops::SampleSelection kept = ops::kept_samples(keep, 1, 4, Device::cpu())[0];
+  REQUIRE(kept.index.to_vector<int32_t>() == std::vector<int32_t>{1, 3});
+  const Tensor keep_row = keep.view({4});
+  check_op_gradients(
+      [&](const auto& in) {
+        return ops::layerscale_residual_layernorm(in[0], in[1], in[2], keep_row, in[3], in[4], 1e-6,
+                                                  {kept, {}})
+            .residual;
+      },
+      {random_f64({4, 2, 5}, rng), random_f64({2, 2, 5}, rng), random_f64({5}, rng),
+       random_f64({5}, rng, false), random_f64({5}, rng, false)},
+      rng);
+}
+
 TEST_CASE("gelu_linear op gradient (x, weight, bias) by finite differences", "[gradcheck][ops]") {
   Rng rng(26);
   check_op_gradients([](const auto& in) { return ops::gelu_linear(in[0], in[1], in[2]); },
@@ -552,6 +576,8 @@ TEST_CASE("kept_samples selects the kept samples of the rows it may, in whole st
   CHECK(threes[0].index.to_vector<int32_t>() == std::vector<int32_t>{0, 1, 3});
   CHECK(threes[0].slot.to_vector<int32_t>() == std::vector<int32_t>{0, 1, -1, 2});
   CHECK(threes[3].index.to_vector<int32_t>() == std::vector<int32_t>{0, 2, 3});
+  // Rounded up past the batch, a count is the batch's: 3 kept of 3, in steps of 2.
+  CHECK(ops::kept_sample_counts(Tensor::full({1, 3}, 2.0), 2, 3) == std::vector<int64_t>{3});
 }
 
 TEST_CASE("gather_samples and scatter_samples of an empty selection are the whole batch", "[ops]") {
@@ -571,4 +597,86 @@ TEST_CASE("scatter_samples of a selection of no samples gives the whole batch's 
   const Tensor out = ops::scatter_samples(Tensor::empty({0, 2, 4}), none);
   CHECK(out.shape() == Shape{3, 2, 4});
   CHECK(out.to_vector<float>() == std::vector<float>(24, 0.f));
+}
+
+TEST_CASE("sample selections are refused for a tensor of another batch or sample count", "[ops]") {
+  // Samples 0 and 2 of a batch of 4.
+  const Tensor keep = Tensor::from_vector<double>({1.5, 0.0, 2.0, 0.0}, {1, 4});
+  const ops::SampleSelection kept = ops::kept_samples(keep, 1, 4, Device::cpu())[0];
+  REQUIRE(kept.count() == 2);
+  CHECK_THROWS_WITH(ops::gather_samples(Tensor::zeros({3, 2}), kept),
+                    Catch::Contains("gather_samples") && Catch::Contains("2 of 4"));
+  CHECK_THROWS_WITH(ops::scatter_samples(Tensor::zeros({3, 2}), kept),
+                    Catch::Contains("scatter_samples") && Catch::Contains("2 of 4"));
+  // The residual update of x (5, T, C) with a branch of 2 samples selected from a batch of 4.
+  const Tensor x = Tensor::zeros({5, 1, 3}), c = Tensor::zeros({3});
+  CHECK_THROWS_WITH(ops::layerscale_residual_layernorm(x, Tensor::zeros({2, 1, 3}), c,
+                                                       Tensor::zeros({5}), c, c, 1e-6, {kept, {}}),
+                    Catch::Contains("selection of 2 of 4"));
+  CHECK_THROWS_WITH(ops::kept_samples(keep, 0, 4, Device::cpu()), Catch::Contains("granularity"));
+}
+
+// An op with one of its inputs alone requiring a gradient (a frozen weight, a fixed input): that
+// input's gradient is still right, whichever it is. The fused ops decide from which inputs want a
+// gradient what their backward computes (a bias gradient from whichever pass is next to it), and
+// whether they are recorded at all.
+TEST_CASE("fused op gradients by finite differences, one input at a time requiring grad",
+          "[gradcheck][ops]") {
+  Rng rng(37);
+  const Tensor keep = Tensor::from_vector<double>({1.25, 0.0, 1.25}, {3});  // sample 1 dropped
+  struct Case {
+    const char* name;
+    OpFn op;
+    std::vector<Shape> shapes;
+  };
+  const auto both = [](const ops::ResidualAndNorm& r) { return ops::add(r.residual, r.normed); };
+  const std::vector<Case> cases{
+      {"linear_gelu",
+       [](const auto& in) { return ops::linear_gelu(in[0], in[1], in[2]); },
+       {{3, 2, 4}, {5, 4}, {5}}},
+      {"gelu_linear",
+       [](const auto& in) { return ops::gelu_linear(in[0], in[1], in[2]); },
+       {{3, 2, 4}, {5, 4}, {5}}},
+      {"linear_attention",
+       [](const auto& in) { return ops::linear_attention(in[0], in[1], in[2], 2); },
+       {{3, 2, 4}, {3 * 2 * 2, 4}, {3 * 2 * 2}}},
+      {"layernorm",
+       [](const auto& in) { return ops::layernorm(in[0], in[1], in[2], 1e-6); },
+       {{3, 2, 5}, {5}, {5}}},
+      {"layerscale_residual",
+       [keep](const auto& in) { return ops::layerscale_residual(in[0], in[1], in[2], keep); },
+       {{3, 2, 5}, {3, 2, 5}, {5}}},
+      {"layerscale_residual_layernorm",
+       [keep, both](const auto& in) {
+         return both(
+             ops::layerscale_residual_layernorm(in[0], in[1], in[2], keep, in[3], in[4], 1e-6));
+       },
+       {{3, 2, 5}, {3, 2, 5}, {5}, {5}, {5}}},
+      {"linear_layerscale_residual_layernorm",
+       [keep, both](const auto& in) {
+         return both(ops::linear_layerscale_residual_layernorm(in[0], in[1], in[2], in[3], in[4],
+                                                               keep, in[5], in[6], 1e-6));
+       },
+       {{3, 2, 5}, {3, 2, 4}, {5, 4}, {5}, {5}, {5}, {5}}},
+      {"linear_layerscale_residual_layernorm, the residual alone",
+       [keep](const auto& in) {
+         return ops::linear_layerscale_residual_layernorm(in[0], in[1], in[2], in[3], in[4], keep,
+                                                          in[5], in[6], 1e-6)
+             .residual;
+       },
+       {{3, 2, 5}, {3, 2, 4}, {5, 4}, {5}, {5}, {5}, {5}}},
+      {"pos_embed_cls",
+       [](const auto& in) { return ops::pos_embed_cls(in[0], in[1], in[2]); },
+       {{3, 2, 4}, {1, 2, 4}, {1, 1, 4}}}};
+  for (const Case& c : cases) {
+    for (size_t wanted = 0; wanted < c.shapes.size(); ++wanted) {
+      INFO(c.name << ", input " << wanted << " alone requiring grad");
+      std::vector<Tensor> inputs;
+      for (size_t i = 0; i < c.shapes.size(); ++i)
+        inputs.push_back(random_f64(c.shapes[i], rng, i == wanted));
+      // The residual alone gives the LayerNorm's parameters no gradient.
+      if (std::string(c.name).find("alone") != std::string::npos && wanted >= 5) continue;
+      check_op_gradients(c.op, inputs, rng);
+    }
+  }
 }

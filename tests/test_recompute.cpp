@@ -157,3 +157,51 @@ TEST_CASE("the grad-ready hook reports a recomputed segment's parameters after i
     CHECK(at_report[i] == unhooked[index_of_reported[i]]);
   }
 }
+
+TEST_CASE("a segment with nothing to differentiate runs once and is not recorded",
+          "[autograd][recompute]") {
+  Rng rng(14);
+  const Tensor w = Tensor::randn({4, 4}, rng);  // requires no grad, nor does the input
+  int runs = 0;
+  const Segment segment = [&](const std::vector<Tensor>& in) {
+    ++runs;
+    return std::vector<Tensor>{ops::linear(in[0], w, Tensor())};
+  };
+  const std::vector<Tensor> out =
+      recompute_in_backward("segment", segment, {Tensor::randn({3, 4}, rng)});
+  CHECK(runs == 1);
+  CHECK(tape_size() == 0);
+  CHECK_FALSE(out[0].requires_grad());
+}
+
+// add() hands one gradient tensor to both of its inputs. Inside a recomputed segment one of them
+// is the segment's input, whose gradient travels on through the outer tape, and the other a
+// parameter: its first gradient must be a copy, as outside a segment, so that the grad-ready hook
+// may change it in place.
+TEST_CASE("the grad-ready hook may modify a recomputed segment's parameter gradient in place",
+          "[autograd][recompute]") {
+  Rng rng(15);
+  Tensor x0 = Tensor::randn({3, 4}, rng).set_requires_grad(true).set_name("x0");
+  Tensor shift = Tensor::randn({3, 4}, rng).set_requires_grad(true).set_name("shift");
+  const Segment segment = [&shift](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::add(in[0], shift)};
+  };
+  auto loss = [&] {
+    const std::vector<Tensor> out = recompute_in_backward("segment", segment, {ops::gelu(x0)});
+    return ops::bce_with_logits(out[0], Tensor::zeros({3, 4}));
+  };
+  backward(loss());
+  const auto unhooked = grads_of({x0, shift});
+  reset_grads({x0, shift});
+
+  std::vector<std::string> order;
+  backward(loss(), Tensor::full({1}, 1.0), [&](const Tensor& leaf) {
+    order.push_back(leaf.name());
+    if (leaf.name() == "shift") {
+      CHECK(leaf.grad().to_vector<float>() == unhooked[1]);
+      leaf.grad().fill_(0.5);  // in place: must not reach x0's gradient, still on its way
+    }
+  });
+  REQUIRE(order == std::vector<std::string>{"shift", "x0"});
+  CHECK(x0.grad().to_vector<float>() == unhooked[0]);
+}
