@@ -79,10 +79,13 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
   const Tensor w1 = params.add("w1", Tensor::randn({8, 6}, init), true);
   const Tensor b1 = params.add("b1", Tensor::randn({8}, init), false);
   const Tensor w2 = params.add("w2", Tensor::randn({3, 8}, init), true);
-  // One micro-batch of rank `rank`: its own inputs, so the ranks' gradients differ.
+  // One micro-batch of rank `rank`: its own inputs, so the ranks' gradients differ. An input that
+  // requires grad gets one, which is no parameter's and in no bucket.
+  bool input_requires_grad = false;
   auto loss_of = [&](int rank, int micro_batch) {
     Rng rng(100 + micro_batch, static_cast<uint64_t>(rank));
-    const Tensor x = Tensor::randn({4, 6}, rng);
+    Tensor x = Tensor::randn({4, 6}, rng);
+    x.set_requires_grad(input_requires_grad);
     const Tensor h = ops::gelu(ops::linear(x, w1, b1));
     return ops::bce_with_logits(ops::linear(h, w2, Tensor()), Tensor::zeros({4, 3}));
   };
@@ -150,6 +153,19 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
             w1.grad_home().raw_data());
     });
     CHECK(buckets == 1);
+  }
+  SECTION("one bucket whose middle parameter backward never reaches: through the scratch") {
+    // In the homes, w1's gradient lies past the gap that unused's leaves: the bucket's gradients
+    // do not lie packed there, so its home cannot be where they are packed.
+    ParameterRegistry gap;
+    gap.add("w1", w1, true);
+    gap.add("unused", unused, false);
+    gap.add("w2", w2, true);
+    CHECK(reduce_and_check(gap, 1 << 20) == 1);
+  }
+  SECTION("an input that requires grad: its gradient, in no bucket, changes nothing") {
+    input_requires_grad = true;
+    CHECK(reduce_and_check(params, 64) == 4);
   }
   // Sharded optimizer state: rank 0 owns the first parameters, rank 1 the others.
   SECTION("reduce-scatter, 64-byte buckets: each tensor alone, averaged on its owner") {
