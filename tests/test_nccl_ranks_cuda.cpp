@@ -1,13 +1,13 @@
-// Data parallelism over NCCL between the two processes of `mpirun -np 2`, one GPU each (the one
-// its local rank picks): the collectives give every rank (or each tensor's owner) the reduction of
-// both ranks' values, two ranks with batch b train like one process with batch 2b, with sharded
-// optimizer state (--zero) too, and `deit bench step` times the buckets (and with --zero the
-// all-gather). Every rank of the job must run these cases, so they are hidden from the other
-// entries: CI runs them on two emulated devices (nccl_ranks_emulated_*,
-// tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are MPI's); on a machine with two
-// GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`. The hidden [.nccl_rank_hangs*]
-// cases stop rank 0 on purpose; their entries (nccl_rank_hangs*_emulated) pass when the job then
-// fails with rank 1's message.
+// Data parallelism over NCCL between the two processes of `mpirun -np 2`, one GPU each (the one its
+// local rank picks): the collectives give every rank (or each tensor's owner) the reduction of both
+// ranks' values, a sharded optimizer's step() leaves both with every owner's update, two ranks with
+// batch b train like one process with batch 2b, with sharded optimizer state (--zero) too, and
+// `deit bench step` times the buckets (and with --zero the all-gather). Every rank of the job must
+// run these cases, so they are hidden from the other entries: CI runs them on two emulated devices
+// (nccl_ranks_emulated_*, tests/emulated/runtime/CMakeLists.txt, where NCCL's collectives are
+// MPI's); on a machine with two GPUs, `mpirun -np 2 build/tests/deit_tests "[nccl_ranks]"`. The
+// hidden [.nccl_rank_hangs*] cases stop rank 0 on purpose; their entries
+// (nccl_rank_hangs*_emulated) pass when the job then fails with rank 1's message.
 #include "engine/comm_check.h"
 
 #if DEIT_HAVE_NCCL && DEIT_HAVE_MPI
@@ -23,6 +23,7 @@
 #include "bench/step_bench.h"
 #include "engine/communicator.h"
 #include "engine/rng.h"
+#include "engine/sharded_optimizer.h"
 #include "model/config.h"
 #include "tests/step_report_checks.h"
 #include "tests/test_distributed_helpers.h"
@@ -141,6 +142,42 @@ TEST_CASE("nccl, two ranks: every collective reduces or spreads both ranks' valu
   std::vector<double> metrics = {rank + 1.0, 0.5};
   comm->all_reduce_sum(metrics);
   CHECK(metrics == std::vector<double>{3.0, 1.0});
+  comm->barrier();
+}
+
+TEST_CASE("nccl, two ranks: a sharded optimizer's step() brings every owner's update to both ranks",
+          "[mpi][.nccl_ranks]") {
+  // Training calls step_async(); step() on CUDA waits for the norm and must all-gather too. Every
+  // rank starts from the same weights and gradients (as averaged ones are), so each tensor must
+  // end as a replicated optimizer's update of it, whichever rank owns it.
+  auto comm = nccl_ranks();
+  const Device gpu = comm->device();
+  const std::vector<int64_t> sizes = {96, 7, 64, 33};
+  auto weights = [&](ParameterRegistry& registry) {
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      Tensor value = host_input(0, sizes[i], 70 + i).to(gpu);
+      value.set_grad(host_input(1, sizes[i], 80 + i).to(gpu));
+      registry.add("p" + std::to_string(i), value, /*weight_decay=*/i % 2 == 0);
+    }
+  };
+  ParameterRegistry sharded_params, replicated_params;
+  weights(sharded_params);
+  weights(replicated_params);
+  ShardedOptimizer sharded("adamw", sharded_params, OptimizerOptions{}, *comm, true);
+  ShardedOptimizer replicated("adamw", replicated_params, OptimizerOptions{}, *comm, false);
+  REQUIRE(sharded.sharded());
+  REQUIRE(sharded.owned().size() < sizes.size());  // the other rank owns some
+  const double sharded_norm = sharded.step();
+  CHECK(sharded_norm == Approx(replicated.step()).epsilon(1e-6));
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    INFO("p" << i);
+    const std::vector<double> got =
+        sharded_params.all()[i].value.to(Device::cpu()).to_vector<double>();
+    const std::vector<double> want =
+        replicated_params.all()[i].value.to(Device::cpu()).to_vector<double>();
+    REQUIRE(got.size() == want.size());
+    for (size_t k = 0; k < got.size(); ++k) CHECK(got[k] == Approx(want[k]).epsilon(1e-6));
+  }
   comm->barrier();
 }
 
