@@ -3,7 +3,6 @@
 // evaluation's transform as a crop, the binarised targets, and `deit bench data --device cpu`.
 #include <catch2/catch.hpp>
 #include <cstdint>
-#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -20,6 +19,7 @@
 #include "kernels/augment.h"
 #include "kernels/augment_fused.h"
 #include "tests/cli_runner.h"
+#include "tests/scoped_environment.h"
 #include "tests/test_data_helpers.h"
 #include "train/data_pipeline.h"
 #include "train/input_feed.h"
@@ -209,15 +209,11 @@ TEST_CASE("deit bench data --device cpu measures the CPU stage and the whole inp
   }
 
   // Without a usable temporary folder it names the variable to set.
-  const char* tmpdir = std::getenv("TMPDIR");
-  const std::string saved = tmpdir ? tmpdir : "";
-  setenv("TMPDIR", "/nonexistent/deit-test", 1);
-  const test::CliResult no_temp = test::run_deit(
-      "bench data --device cpu --input-size 32 --batch-size 4 --batches 20 --workers 1 --json");
-  if (tmpdir)
-    setenv("TMPDIR", saved.c_str(), 1);
-  else
-    unsetenv("TMPDIR");
+  const test::CliResult no_temp = [] {
+    const test::ScopedEnvironment no_tmpdir("TMPDIR", "/nonexistent/deit-test");
+    return test::run_deit(
+        "bench data --device cpu --input-size 32 --batch-size 4 --batches 20 --workers 1 --json");
+  }();
   CHECK(no_temp.exit_code != 0);
   CHECK_THAT(no_temp.output, Catch::Contains("set TMPDIR to a writable folder"));
   const test::CliResult bad = test::run_deit("bench data --device cpu --batch-size 1");
@@ -298,18 +294,14 @@ TEST_CASE("deit bench data --data times the whole path on a dataset's train spli
 
 TEST_CASE("deit bench data stopped by Ctrl-C removes its temporary shard", "[augment][cli]") {
   test::TempDir dir;
-  const char* tmpdir = std::getenv("TMPDIR");
-  const std::string saved = tmpdir ? tmpdir : "";
-  setenv("TMPDIR", dir.path().c_str(), 1);
   // Stopped as it starts writing its shard (what follows, writing 816 images of 256 x 341 and
   // measuring two input sizes over 400 batches, takes seconds: the signal lands within it).
-  const std::optional<test::Signalled> stopped =
-      test::run_and_signal_at("bench data --device cpu --batch-size 2 --batches 400 --workers 1",
-                              "writing a temporary shard of 816 images", SIGINT);
-  if (tmpdir)
-    setenv("TMPDIR", saved.c_str(), 1);
-  else
-    unsetenv("TMPDIR");
+  const std::optional<test::Signalled> stopped = [&] {
+    const test::ScopedEnvironment tmpdir("TMPDIR", dir.path());
+    return test::run_and_signal_at(
+        "bench data --device cpu --batch-size 2 --batches 400 --workers 1",
+        "writing a temporary shard of 816 images", SIGINT);
+  }();
   REQUIRE(stopped);
   INFO(stopped->output);
   CHECK(WIFSIGNALED(stopped->status));

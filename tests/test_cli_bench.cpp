@@ -8,7 +8,6 @@
 
 #include <catch2/catch.hpp>
 
-#include <cstdlib>
 #include <map>
 #include <set>
 #include <sstream>
@@ -21,9 +20,11 @@
 #include "model/config.h"
 #include "model/cost.h"
 #include "tests/cli_runner.h"
+#include "tests/scoped_environment.h"
 
 using deit::test::CliResult;
 using deit::test::run_deit;
+using deit::test::ScopedEnvironment;
 
 namespace {
 
@@ -285,15 +286,11 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
 
 TEST_CASE("deit bench data takes an empty TMPDIR for an unset one, as POSIX tools do",
           "[cli][bench]") {
-  const char* tmpdir = std::getenv("TMPDIR");
-  const std::string saved = tmpdir ? tmpdir : "";
-  setenv("TMPDIR", "", 1);
-  const CliResult r = run_deit(
-      "bench data --device cpu --input-size 32 --batch-size 4 --batches 20 --workers 1 --json");
-  if (tmpdir)
-    setenv("TMPDIR", saved.c_str(), 1);
-  else
-    unsetenv("TMPDIR");
+  const CliResult r = [] {
+    const ScopedEnvironment empty_tmpdir("TMPDIR", "");
+    return run_deit(
+        "bench data --device cpu --input-size 32 --batch-size 4 --batches 20 --workers 1 --json");
+  }();
   INFO(r.output);
   CHECK(r.exit_code == 0);
 }

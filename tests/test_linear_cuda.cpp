@@ -4,7 +4,8 @@
 // the head, the demo's 10-class head, an ImageNet-21k head (21841 classes: the bias gradient in
 // column tiles), batch-1 and 7-row GEMMs, and K, N that are not multiples of 8 (rows not 16-byte
 // aligned: cuBLASLt's non-tensor-core kernels, or a clear std::invalid_argument). The forward
-// also with the bias added apart (no epilogue), and captured into a CUDA graph.
+// also with the bias added apart (no epilogue), and captured into a CUDA graph; the fallbacks
+// where cuBLASLt has no bias epilogue or refuses an algorithm it offered.
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
@@ -19,6 +20,7 @@
 #include "kernels/cuda/cublaslt.h"
 #include "kernels/linear.h"
 #include "tests/cuda_test_util.h"
+#include "tests/scoped_environment.h"
 
 using namespace deit::kernels;
 using deit::Rng;
@@ -224,6 +226,52 @@ TEST_CASE("cuda linear with the GEMM autotuner matches the CPU twin and keeps th
   linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, untuned, stream);
   stream.sync();
   CHECK(untuned.plans_off_first_choice() == 0);
+}
+
+TEST_CASE("cuda linear falls back when cuBLASLt has no bias epilogue or refuses an algorithm",
+          "[gpu][kernels][linear]") {
+  // A GPU's cuBLASLt refuses as it will; the emulated one as DEIT_EMULATED_CUBLASLT_REFUSE says
+  // (tests/emulated/runtime/cublaslt.cpp), so that there the fallbacks run: the bias added by a
+  // kernel of linear.cu, the heuristic's next algorithm (also for the autotuner).
+  const std::string refusal = GENERATE(as<std::string>{}, "bias", "first");
+  const bool autotune = GENERATE(false, true);
+  INFO("refused: " << refusal << (autotune ? ", autotuned" : ""));
+  const ScopedEnvironment refuse("DEIT_EMULATED_CUBLASLT_REFUSE", refusal);
+  Stream stream;
+  CublasLt lt;
+  lt.set_autotune(autotune);
+  Rng rng(1206);
+  const LinearShape s{37, 64, 24};
+  const LinearData d = random_linear(rng, s);
+  Bf16Buffer x(d.x.bits), w(d.w.bits), b(d.b.bits), y(s.M * s.N), dy(d.dy.bits), dx(s.M * s.K);
+  F32Buffer dw(s.N * s.K), db(s.N);
+  std::vector<float> y_ref(s.M * s.N), dx_ref(s.M * s.K), dw_ref(s.N * s.K), db_ref(s.N);
+  linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), d.b.values.data(), y_ref.data(),
+                            s.M, s.K, s.N);
+  linear_backward_cpu<float>(d.dy.values.data(), d.x.values.data(), d.w.values.data(),
+                             dx_ref.data(), dw_ref.data(), db_ref.data(), s.M, s.K, s.N);
+  for (int call = 0; call < 2; ++call) {  // planned (and refused) by the first, kept by the second
+    INFO("call " << call);
+    y.poison();
+    dx.poison();
+    dw.poison();
+    linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, lt, stream);
+    linear_backward_cuda(dy.get(), x.get(), w.get(), dx.get(), dw.get(), db.get(), s.M, s.K, s.N,
+                         lt, stream);
+    stream.sync();
+    check_close("y", y, y_ref, kBf16Tol);
+    check_close("dx", dx, dx_ref, kBf16Tol);
+    check_close("dweight", dw, dw_ref, kF32Tol);
+  }
+  if (!on_emulated_device()) return;
+  if (refusal == "bias") {
+    // The forward's plan with the epilogue, kept with no algorithm, then the one without.
+    CHECK(lt.plan_count() == 4);
+    CHECK(lt.plans_off_first_choice() == (autotune ? 3 : 0));
+  } else {
+    CHECK(lt.plan_count() == 3);
+    CHECK(lt.plans_off_first_choice() == 3);
+  }
 }
 
 TEST_CASE("cuda linear is captured into a CUDA graph once it has run, and refused before",

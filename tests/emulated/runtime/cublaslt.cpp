@@ -13,11 +13,18 @@
 // first taking one piece of emulated time more (an idle piece of work queued before the GEMM;
 // cudaEventElapsedTime counts pieces), so that CublasLt's autotuner has a choice to make, and a
 // test can see it made.
+//
+// A real cuBLASLt may have no algorithm for the bias epilogue, or refuse an algorithm its own
+// heuristic offered once it sees the actual call; CublasLt and the linear layer fall back on
+// something else then. DEIT_EMULATED_CUBLASLT_REFUSE, read at every call so that a test can set it
+// around the calls it means, makes this one do the same: "bias", the heuristic offers nothing for
+// the bias epilogue; "first", every GEMM refuses the heuristic's first algorithm.
 #include <cublasLt.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -51,6 +58,7 @@ struct AlgoPromise {
   uint32_t align_a, align_b, align_d;
   uint64_t workspace_bytes;
   bool slower;  // queues an idle piece of work before the GEMM
+  bool first;   // the heuristic's first offer
 };
 static_assert(sizeof(AlgoPromise) <= sizeof(cublasLtMatmulAlgo_t::data));
 
@@ -82,6 +90,12 @@ size_t span_bytes(const Layout& l) {
 }
 
 bool aligned(const void* p, uint32_t align) { return reinterpret_cast<uintptr_t>(p) % align == 0; }
+
+// Whether DEIT_EMULATED_CUBLASLT_REFUSE names `what` (see the top of this file).
+bool told_to_refuse(const char* what) {
+  const char* refuse = std::getenv("DEIT_EMULATED_CUBLASLT_REFUSE");
+  return refuse != nullptr && std::strcmp(refuse, what) == 0;
+}
 
 }  // namespace
 
@@ -211,13 +225,17 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   if (requested < 1) return refuse("no algorithm requested");
   const Preference& p = *as_pref(pref);
   // The bias pointer's value stands for its alignment, as in the real heuristic.
-  if (ds.epilogue == CUBLASLT_EPILOGUE_BIAS && !aligned(ds.bias, 2))
+  if (ds.epilogue == CUBLASLT_EPILOGUE_BIAS && (!aligned(ds.bias, 2) || told_to_refuse("bias")))
     return CUBLAS_STATUS_NOT_SUPPORTED;
   *found = std::min(requested, 2);
   for (int i = 0; i < *found; ++i) {
     results[i] = cublasLtMatmulHeuristicResult_t{};
-    const AlgoPromise promise{p.align_a, p.align_b, std::min(p.align_c, p.align_d),
-                              p.workspace_bytes, /*slower=*/i == 0 && *found > 1};
+    const AlgoPromise promise{p.align_a,
+                              p.align_b,
+                              std::min(p.align_c, p.align_d),
+                              p.workspace_bytes,
+                              /*slower=*/i == 0 && *found > 1,
+                              /*first=*/i == 0};
     std::memcpy(results[i].algo.data, &promise, sizeof promise);
     results[i].workspaceSize = 0;
     results[i].state = CUBLAS_STATUS_SUCCESS;
@@ -242,6 +260,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
     return CUBLAS_STATUS_NOT_SUPPORTED;
   AlgoPromise promise;
   std::memcpy(&promise, algo->data, sizeof promise);
+  if (promise.first && told_to_refuse("first")) return CUBLAS_STATUS_NOT_SUPPORTED;
 
   const bool ta = ds.trans_a == CUBLAS_OP_T, tb = ds.trans_b == CUBLAS_OP_T;
   const uint64_t m = ld.rows, n = ld.cols, k = ta ? la.rows : la.cols;
