@@ -347,6 +347,58 @@ TEST_CASE("cuda attention forward + backward are deterministic", "[gpu][kernels]
     }
 }
 
+TEST_CASE("cuda attention backward in batch slices shortens the last slice to the batch's end",
+          "[gpu][kernels][attention]") {
+  // Batch 3 with room for the dS of 2 images: slices of 2 and 1 images. The last slice must run
+  // over the one image left, not a whole slice's worth past the end of the batch; the result is
+  // the one slice's (every image at once), bit for bit, and the CPU twin's.
+  Stream stream;
+  Rng rng(6004);
+  const AttnShape s{3, 65, 2, 64};
+  const int64_t image_scores_bytes = s.H * s.T * ((s.T + 15) / 16 * 16) * 2;  // bf16 dS^T
+  const int64_t two_images = 2 * image_scores_bytes;
+  // The workspace for slices of 2 is smaller than for the whole batch, larger than for 1.
+  REQUIRE(attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D, two_images) <
+          attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D));
+  REQUIRE(attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D, two_images) >
+          attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D, image_scores_bytes));
+  const Bf16Host qkv = random_bf16(rng, s.qkv(), -kQkvRange, kQkvRange);
+  std::vector<float> out_f(s.out()), lse(s.lse());
+  attention_forward_cpu<float>(qkv.values.data(), out_f.data(), lse.data(), s.B, s.T, s.H, s.D,
+                               s.scale());
+  const Bf16Host out = round_to_bf16(out_f);
+  const Bf16Host dout = random_bf16(rng, s.out(), -1, 1);
+  std::vector<float> dqkv_ref(s.qkv()), dbias_ref(3 * s.H * s.D);
+  attention_backward_cpu<float>(qkv.values.data(), out.values.data(), lse.data(),
+                                dout.values.data(), dqkv_ref.data(), dbias_ref.data(), s.B, s.T,
+                                s.H, s.D, s.scale());
+
+  Bf16Buffer dev_qkv(qkv.bits), dev_out(out.bits), dev_dout(dout.bits), dev_dqkv(s.qkv());
+  F32Buffer dev_lse(lse), dev_dbias(dbias_ref.size());
+  F32Buffer whole_workspace(
+      static_cast<size_t>(attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D)));
+  attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                          dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
+                          whole_workspace.get(), stream);
+  stream.sync();
+  const std::vector<bf16_bits> whole_dqkv = dev_dqkv.download();
+  const std::vector<float> whole_dbias = dev_dbias.download();
+
+  // Tight: the workspace for slices of 2 and not a float more.
+  F32Buffer sliced_workspace(static_cast<size_t>(
+      attention_backward_cuda_workspace_floats(s.B, s.T, s.H, s.D, two_images)));
+  dev_dqkv.poison();
+  dev_dbias.poison();
+  attention_backward_cuda(dev_qkv.get(), dev_out.get(), dev_lse.get(), dev_dout.get(),
+                          dev_dqkv.get(), dev_dbias.get(), s.B, s.T, s.H, s.D, s.scale(),
+                          sliced_workspace.get(), stream, two_images);
+  stream.sync();
+  check_same_bits("dqkv in slices of 2 and 1", dev_dqkv.download(), whole_dqkv);
+  check_same_bits("dbias in slices of 2 and 1", dev_dbias.download(), whole_dbias);
+  check_close("dqkv", dev_dqkv, dqkv_ref, kBf16Tol);
+  check_close("dbias", dev_dbias, dbias_ref, kBf16Tol);
+}
+
 TEST_CASE("cuda attention accepts empty sizes and rejects what it cannot do",
           "[gpu][kernels][attention]") {
   Stream stream;

@@ -28,6 +28,7 @@
 #include "data/image.h"
 #include "data/prefetch.h"
 #include "engine/rng.h"
+#include "engine/stream.h"
 #include "kernels/augment.h"
 #include "tests/cuda_test_util.h"
 #include "tests/test_data_helpers.h"
@@ -466,6 +467,71 @@ TEST_CASE("cuda input feed delivers the CPU feed's batches over whole epochs", "
   gpu_feed.prefetch();
   CHECK(compare_epoch(cpu_feed, gpu_feed, 3, true) == 4);
   CHECK(compare_epoch(cpu_eval, gpu_eval, 0, true) == 2);
+}
+
+TEST_CASE("cuda input feeds refill a pinned buffer only after its upload when nothing is read back",
+          "[gpu][augment]") {
+  // The feed packs batch n+2 into the pinned buffer that batch n was uploaded from. Nothing in
+  // a training loop waits for that upload in between (the step's one wait comes later, and a
+  // loop that reads nothing back between batches has none), so the feed must itself wait for the
+  // upload before it packs: else the copy, still queued, uploads batch n+2's bytes as batch n's.
+  // Each batch's images and device labels are copied aside on the compute stream, and read only
+  // at the end. The emulated device shows the missing wait where both the compute stream and the
+  // feed's copy stream run late (a stream that runs early runs what it waits for at once): each
+  // feed has a copy stream of its own, so of two feeds one has a late one. Under the
+  // DEIT_EMULATED_EAGER setting that runs the compute stream early, the upload runs when its
+  // batch is handed out, and only a GPU can show the missing wait.
+  TempDir dir;
+  data::SyntheticOptions synthetic;
+  synthetic.image_size = 48;
+  synthetic.num_classes = 4;
+  synthetic.train_per_class = 5;  // 20 images: 5 batches of 4, each slot used thrice or twice
+  synthetic.val_per_class = 1;
+  const std::string root = write_synthetic_dataset(dir, synthetic);
+  train::TrainOptions o = train::recipe_for("deit3_tiny");
+  o.model.input_size = 32;
+  o.batch_size = 4;
+  o.workers = 2;
+  o.repeated_aug = false;
+  const auto train_split =
+      std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, "train"));
+  auto cpu_loader = train::make_train_loader(train_split, o, {}, data::PixelFormat::kSource);
+  auto first_loader = train::make_train_loader(train_split, o, {}, data::PixelFormat::kSource);
+  auto second_loader = train::make_train_loader(train_split, o, {}, data::PixelFormat::kSource);
+  train::InputFeed cpu_feed(*cpu_loader, Device::cpu(), 32);
+  train::InputFeed first_feed(*first_loader, Device::cuda(0), 32);
+  train::InputFeed second_feed(*second_loader, Device::cuda(0), 32);
+
+  std::vector<std::vector<float>> want_images;
+  std::vector<std::vector<int32_t>> want_labels;
+  cpu_feed.start_epoch(0);
+  while (const train::FeedBatch* want = cpu_feed.next()) {
+    want_images.push_back(want->images.to_vector<float>());
+    want_labels.push_back(*want->labels);
+  }
+  REQUIRE(want_images.size() == 5);
+
+  int feed_index = 0;
+  for (train::InputFeed* feed : {&first_feed, &second_feed}) {
+    std::vector<Tensor> images, labels;
+    feed->start_epoch(0);
+    while (const train::FeedBatch* got = feed->next()) {
+      feed->prefetch();
+      images.push_back(got->images.clone());
+      const int64_t n = static_cast<int64_t>(got->size);
+      labels.push_back(Tensor::empty({n}, DType::i32, Device::cuda(0)));
+      DEIT_CUDA_CHECK(cudaMemcpyAsync(labels.back().raw_data(), got->device_labels,
+                                      got->size * sizeof(int32_t), cudaMemcpyDeviceToDevice,
+                                      compute_stream(0)));
+    }
+    REQUIRE(images.size() == want_images.size());
+    for (size_t i = 0; i < images.size(); ++i) {
+      INFO("feed " << feed_index << ", batch " << i);
+      CHECK(labels[i].to_vector<int32_t>() == want_labels[i]);
+      check_exact("feed images", images[i].to_vector<float>(), want_images[i], 32);
+    }
+    ++feed_index;
+  }
 }
 
 TEST_CASE("cuda augmentation planning rejects bad parameters before any launch", "[augment]") {

@@ -17,9 +17,12 @@
 #if DEIT_HAVE_NCCL
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -174,6 +177,30 @@ TEST_CASE("nccl: a wait that found the device busy leaves no error for the next 
   CHECK(cudaPeekAtLastError() == cudaSuccess);
   const Tensor zero = Tensor::zeros({2, 8}, DType::bf16, kGpu);
   CHECK(ops::gelu(zero).to_vector<float>() == std::vector<float>(16, 0.0f));  // launch + check
+}
+
+TEST_CASE("nccl: a wait for the device covers the compute stream's work and not only collectives",
+          "[gpu][nccl]") {
+  // The step reads its values back after this one wait (train/step_readback.cpp), so the wait must
+  // cover the compute stream's kernels, not only the collectives on the communication stream. A
+  // synchronous copy runs on the legacy stream, which does not wait for the (non-blocking)
+  // compute stream: it reads the values only because the host waited. The emulated device fails
+  // a copy that is not ordered after the work that wrote what it reads (stream_order.h),
+  // whichever streams run early.
+  std::unique_ptr<Communicator> comm = one_rank_nccl();
+  const Tensor values = Tensor::zeros({4096}, DType::f32, kGpu);
+  sync_device();
+  DEIT_CUDA_CHECK(cudaMemsetAsync(values.raw_data(), 0x3f, values.nbytes(), compute_stream(0)));
+  std::atomic<bool> ran{false};
+  const auto mark = [](void* flag) { static_cast<std::atomic<bool>*>(flag)->store(true); };
+  DEIT_CUDA_CHECK(cudaLaunchHostFunc(compute_stream(0), mark, &ran));
+  comm->wait_for_device();
+  CHECK(ran.load());
+  std::vector<unsigned char> bytes(values.nbytes());
+  DEIT_CUDA_CHECK(
+      cudaMemcpy(bytes.data(), values.raw_data(), bytes.size(), cudaMemcpyDeviceToHost));
+  CHECK(std::count(bytes.begin(), bytes.end(), 0x3f) == static_cast<std::ptrdiff_t>(bytes.size()));
+  sync_device();
 }
 
 // [concurrent]: it needs a device that runs while the host waits, which the emulated one does not.

@@ -1,17 +1,24 @@
 // How deit uses the CUDA runtime from the host, where a mistake shows only on a real GPU run:
 // - a failed device query (no driver, a driver older than the runtime, no device visible) is
 //   reported with the runtime's own words and its likely cause, not as "0 GPUs" (engine/device.h);
-// - a CUDA graph waits for its replays before its memory pool is handed back (engine/cuda_graph.h);
+// - a device index past the last device is refused by name (engine/device.h, cuda_context.h,
+//   allocator.h);
+// - a CUDA graph waits for its replays before its memory pool is handed back, and hands it back
+//   when destroyed or recaptured (engine/cuda_graph.h); a capture may make the allocator call
+//   cudaMalloc, which must leave the thread's capture mode as it was (engine/allocator.cpp); a
+//   capture that fails leaves no error behind for the next launch;
 // - the input feed's upload buffers grow geometrically, so that batches of varied sizes cause few
 //   reallocations, each a device synchronisation (train/input_feed.h).
-// The first and last cases are host logic and run everywhere (deit_tests); the graph case is
+// The [device] and [feed] cases are host logic and run everywhere (deit_tests); the others are
 // [gpu], run on the emulated runtime by CI (tests/emulated/runtime/).
 #include <cuda_runtime.h>
 
 #include <catch2/catch.hpp>
 #include <string>
 
+#include "engine/allocator.h"
 #include "engine/autograd.h"
+#include "engine/cuda_context.h"
 #include "engine/cuda_graph.h"
 #include "engine/device.h"
 #include "engine/ops.h"
@@ -36,6 +43,15 @@ CudaDeviceQuery failed_query(cudaError_t error, const char* name, const char* te
   q.driver_version = driver_version;
   q.runtime_version = 13000;
   return q;
+}
+
+// This thread's stream-capture mode (cudaThreadExchangeStreamCaptureMode), left as it was.
+cudaStreamCaptureMode thread_capture_mode() {
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  DEIT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+  cudaStreamCaptureMode back = mode;
+  DEIT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&back));
+  return mode;
 }
 
 }  // namespace
@@ -103,6 +119,20 @@ TEST_CASE("require_device reports what this machine's CUDA runtime said", "[devi
   CHECK_NOTHROW(require_device(Device::cpu()));
 }
 
+TEST_CASE("cuda:N with N the device count is refused with a clear error", "[gpu][device]") {
+  // Device indices run from 0 to count - 1: the first index past them is the one an off-by-one
+  // check lets through, to fail later in a driver call that names no device.
+  const int count = cuda_device_count();
+  REQUIRE(count > 0);
+  const std::string past = "cuda:" + std::to_string(count);
+  CHECK_NOTHROW(require_device(Device::cuda(count - 1)));
+  CHECK_THROWS_WITH(
+      require_device(Device::cuda(count)),
+      Contains("no CUDA device " + past) && Contains("this machine has " + std::to_string(count)));
+  CHECK_THROWS_WITH(cuda_context(count), Contains("no CUDA device " + past));
+  CHECK_THROWS_WITH(cuda_allocator(count), Contains("no CUDA device " + past));
+}
+
 TEST_CASE("a CUDA graph waits for its replays before it is captured again or destroyed",
           "[gpu][graph]") {
   // The graph's pool goes back to the allocator then, and a replay still running would write
@@ -134,6 +164,89 @@ TEST_CASE("a CUDA graph waits for its replays before it is captured again or des
   }
   CHECK(cudaEventQuery(replayed) == cudaSuccess);
   DEIT_CUDA_CHECK(cudaEventDestroy(replayed));
+}
+
+TEST_CASE("a capture that needs a fresh cudaMalloc succeeds and restores the thread's capture mode",
+          "[gpu][graph]") {
+  // A capture in global mode refuses cudaMalloc; the caching allocator relaxes this thread's mode
+  // for its own call and must put it back: left relaxed, a synchronisation or a pageable copy this
+  // thread issues during a later capture would be let through instead of failing loudly.
+  NoGrad no_grad;
+  const Tensor x = Tensor::full({997, 1001}, 0.5, DType::bf16, Device::cuda(0));
+  // Once eagerly first: the device's context is made outside a capture.
+  CHECK(ops::gelu(x).to_vector<float>().size() == 997 * 1001);
+  CachingAllocator& allocator = cuda_allocator(0);
+  allocator.release_cached();  // nothing cached: the captured gelu's block needs a cudaMalloc
+  const uint64_t system_allocations = allocator.stats().system_allocations;
+  CHECK(thread_capture_mode() == cudaStreamCaptureModeGlobal);  // after the eager cudaMalloc
+  cudaStreamCaptureMode mode_after_allocation = cudaStreamCaptureModeRelaxed;
+  CudaGraph graph;
+  REQUIRE_NOTHROW(graph.capture(0, [&] {
+    const Tensor y = ops::gelu(x);
+    mode_after_allocation = thread_capture_mode();
+  }));
+  CHECK(allocator.stats().system_allocations > system_allocations);
+  CHECK(mode_after_allocation == cudaStreamCaptureModeGlobal);
+  CHECK(thread_capture_mode() == cudaStreamCaptureModeGlobal);
+  REQUIRE(graph.captured());
+  graph.launch();
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_stream(0)));
+  DEIT_CUDA_CHECK(cudaGetLastError());
+}
+
+TEST_CASE("a destroyed or recaptured CUDA graph hands its memory pool back to the allocator",
+          "[gpu][graph]") {
+  // Kept by a dead pool, the graph's blocks would serve nothing again: every capture of a step
+  // (each epoch's, each resize's) would leak its activations.
+  NoGrad no_grad;
+  const Shape shape = {991, 1003};
+  const Tensor x = Tensor::full(shape, 0.5, DType::bf16, Device::cuda(0));
+  CHECK(ops::gelu(x).to_vector<float>().size() == 991 * 1003);
+  CachingAllocator& allocator = cuda_allocator(0);
+  allocator.release_cached();  // the graphs' blocks are then the only ones of their size
+  void* first_block = nullptr;
+  void* second_block = nullptr;
+  {
+    CudaGraph graph;
+    graph.capture(0, [&] { first_block = ops::gelu(x).raw_data(); });
+    graph.launch();
+    // Recaptured: the first capture's pool goes back to the shared cache, where the second
+    // capture finds the block (its own pool is still empty).
+    const uint64_t system_allocations = allocator.stats().system_allocations;
+    graph.capture(0, [&] { second_block = ops::gelu(x).raw_data(); });
+    CHECK(second_block == first_block);
+    CHECK(allocator.stats().system_allocations == system_allocations);
+    graph.launch();
+  }
+  // Destroyed: the block serves the next allocation of its size, outside any capture.
+  const uint64_t system_allocations = allocator.stats().system_allocations;
+  const Tensor z = Tensor::empty(shape, DType::bf16, Device::cuda(0));
+  CHECK(z.raw_data() == second_block);
+  CHECK(allocator.stats().system_allocations == system_allocations);
+}
+
+TEST_CASE("a capture broken by a refused call leaves no error for the next launch",
+          "[gpu][graph]") {
+  // A synchronisation during a global-mode capture is refused and invalidates the capture, and
+  // ending it reports that too. The caller may go on without the graph (eagerly): neither error
+  // may stay behind as the thread's last error, which the next launch check would report as its
+  // own.
+  NoGrad no_grad;
+  const Tensor x = Tensor::zeros({4, 16}, DType::bf16, Device::cuda(0));
+  CHECK(ops::gelu(x).to_vector<float>() == std::vector<float>(64, 0.0f));
+  CudaGraph graph;
+  CHECK_THROWS(graph.capture(0, [&] {
+    const Tensor y = ops::gelu(x);
+    DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_stream(0)));
+  }));
+  CHECK_FALSE(graph.captured());
+  CHECK(cudaPeekAtLastError() == cudaSuccess);
+  std::vector<float> eager;
+  CHECK_NOTHROW(eager = ops::gelu(x).to_vector<float>());  // a launch and its check
+  CHECK(eager == std::vector<float>(64, 0.0f));
+  // And the graph can be captured afresh.
+  CHECK_NOTHROW(graph.capture(0, [&] { const Tensor y = ops::gelu(x); }));
+  CHECK(graph.captured());
 }
 
 TEST_CASE("the input feed's upload buffers grow geometrically with the batches", "[feed]") {

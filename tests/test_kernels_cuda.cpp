@@ -853,14 +853,17 @@ void check_copied(const std::string& what, const std::vector<E>& got, const std:
   CHECK(std::count(tail, tail + tail_bytes, 0xFF) == static_cast<std::ptrdiff_t>(tail_bytes));
 }
 
-// Gather and scatter of samples of S elements of type E, `offset` elements past an aligned
-// allocation, on every selection of sample_selections(), against the CPU twins, bit for bit.
+// Gather and scatter of samples of S elements of type E, the inputs `offset` elements and the
+// outputs `out_offset` elements past an aligned allocation, on every selection of
+// sample_selections(), against the CPU twins, bit for bit.
 template <typename E>
-void check_samples_cuda(Rng& rng, const Stream& stream, int64_t S, size_t offset) {
+void check_samples_cuda(Rng& rng, const Stream& stream, int64_t S, size_t offset,
+                        size_t out_offset) {
   const int64_t sample_bytes = S * static_cast<int64_t>(sizeof(E));
   for (const Selection& sel : sample_selections()) {
     INFO("element size " << sizeof(E) << ", S=" << S << " (" << sample_bytes
-                         << " bytes), offset=" << offset << ", B=" << sel.B << ", n=" << sel.n());
+                         << " bytes), offset=" << offset << ", out_offset=" << out_offset
+                         << ", B=" << sel.B << ", n=" << sel.n());
     const size_t s = static_cast<size_t>(S), B = static_cast<size_t>(sel.B);
     const size_t n = static_cast<size_t>(sel.n());
     const std::vector<E> x = random_samples<E>(rng, B * s), y = random_samples<E>(rng, n * s);
@@ -873,7 +876,7 @@ void check_samples_cuda(Rng& rng, const Stream& stream, int64_t S, size_t offset
 
     // Outputs one sample longer than written, poisoned: the extra sample must stay so.
     DeviceBuffer<E> dev_x(x, offset), dev_y(y, offset);
-    DeviceBuffer<E> dev_gathered(n * s + s, offset), dev_scattered(B * s + s, offset);
+    DeviceBuffer<E> dev_gathered(n * s + s, out_offset), dev_scattered(B * s + s, out_offset);
     DeviceBuffer<int32_t> dev_index(sel.index), dev_slot(sel.slot);
     gather_samples_cuda(dev_x.get(), dev_index.get(), dev_gathered.get(), sel.n(), sample_bytes,
                         stream);
@@ -883,6 +886,12 @@ void check_samples_cuda(Rng& rng, const Stream& stream, int64_t S, size_t offset
     check_copied("gather", dev_gathered.download(), gathered);
     check_copied("scatter", dev_scattered.download(), scattered);
   }
+}
+
+// As above, inputs and outputs equally far past their allocations.
+template <typename E>
+void check_samples_cuda(Rng& rng, const Stream& stream, int64_t S, size_t offset) {
+  check_samples_cuda<E>(rng, stream, S, offset, offset);
 }
 
 }  // namespace
@@ -906,6 +915,20 @@ TEST_CASE("cuda sample gather and scatter match the CPU twins bit for bit", "[gp
   // Any element type: bytes.
   check_samples_cuda<uint8_t>(rng, stream, 5, 0);   // 5 bytes: 1
   check_samples_cuda<uint8_t>(rng, stream, 48, 1);  // 1 byte past 16-byte alignment: 1
+}
+
+TEST_CASE("cuda sample gather and scatter take the unit both their input and output allow",
+          "[gpu][kernels]") {
+  // Input and output aligned differently: the unit must divide both addresses. A 16-byte unit
+  // chosen from the aligned one alone would load or store uint4 at an address 2 (or 4) bytes
+  // past 16-byte alignment, which faults on a GPU (and on the emulated device's host, whose
+  // compiler moves the 16-byte units with aligned vector instructions).
+  Stream stream;
+  Rng rng(5011);
+  check_samples_cuda<bf16_bits>(rng, stream, 24, 0, 1);  // input aligned, output 2 bytes off: 2
+  check_samples_cuda<bf16_bits>(rng, stream, 24, 1, 0);  // input 2 bytes off, output aligned: 2
+  check_samples_cuda<bf16_bits>(rng, stream, 24, 4, 0);  // input 8 bytes off: 8-byte units
+  check_samples_cuda<float>(rng, stream, 12, 0, 1);      // output 4 bytes off: 4
 }
 
 TEST_CASE("cuda sample gather and scatter accept empty sizes and reject bad arguments",

@@ -183,6 +183,48 @@ TEST_CASE("cuda linear plans each GEMM shape once", "[gpu][kernels][linear]") {
   CHECK(lt.plan_count() == 3);
 }
 
+TEST_CASE("cuda linear plans for the alignment of each operand's pointer and row length together",
+          "[gpu][kernels][linear]") {
+  // cuBLASLt's algorithm is chosen for the alignments the plan promises for A, B and D, each that
+  // of the pointer and of the leading dimension together, and a plan is reused only for the same
+  // promises: the emulated cuBLASLt refuses an operand less aligned than its algorithm was chosen
+  // for (a real GPU may fault or read wrong elements). K odd with N a multiple of 8: x's rows are
+  // 2-byte aligned whatever N is. Then, on the same handle, x (and for dx, dy) one element past
+  // its allocation: the same shape, but 2-byte aligned operands that need a plan of their own.
+  Stream stream;
+  CublasLt lt;
+  Rng rng(1204);
+  for (const LinearShape& s : {LinearShape{9, 13, 16}, LinearShape{9, 16, 24}}) {
+    INFO(s.str());
+    const LinearData d = random_linear(rng, s);
+    Bf16Buffer x(d.x.bits), x_off(d.x.bits, 1), w(d.w.bits), y(s.M * s.N);
+    Bf16Buffer dy(d.dy.bits), dy_off(d.dy.bits, 1), dx(s.M * s.K);
+    std::vector<float> ref(s.M * s.N);
+    linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), nullptr, ref.data(), s.M, s.K,
+                              s.N);
+    linear_forward_cuda(x.get(), w.get(), nullptr, y.get(), s.M, s.K, s.N, lt, stream);
+    stream.sync();
+    check_close("y", y, ref, kBf16Tol);
+    y.poison();
+    linear_forward_cuda(x_off.get(), w.get(), nullptr, y.get(), s.M, s.K, s.N, lt, stream);
+    stream.sync();
+    check_close("y of x one element off", y, ref, kBf16Tol);
+
+    std::vector<float> dx_ref(s.M * s.K), dw_ref(s.N * s.K), db_ref(s.N);
+    linear_backward_cpu<float>(d.dy.values.data(), d.x.values.data(), d.w.values.data(),
+                               dx_ref.data(), dw_ref.data(), db_ref.data(), s.M, s.K, s.N);
+    linear_backward_cuda(dy.get(), x.get(), w.get(), dx.get(), nullptr, nullptr, s.M, s.K, s.N, lt,
+                         stream);
+    stream.sync();
+    check_close("dx", dx, dx_ref, kBf16Tol);
+    dx.poison();
+    linear_backward_cuda(dy_off.get(), x.get(), w.get(), dx.get(), nullptr, nullptr, s.M, s.K, s.N,
+                         lt, stream);
+    stream.sync();
+    check_close("dx of dy one element off", dx, dx_ref, kBf16Tol);
+  }
+}
+
 TEST_CASE("cuda linear with the GEMM autotuner matches the CPU twin and keeps the fastest",
           "[gpu][kernels][linear]") {
   Stream stream;
