@@ -290,6 +290,10 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
                                     : "not an image format deit reads") +
                         " (stb_image: " + stb_reason() + ")");
   }
+  // A BMP stored top-down says so by a negative height, which stbi_info passes on as it is (its
+  // decoder reads the magnitude): such a file was refused as "dimensions 5x-6".
+  const bool bmp = std::memcmp(bytes, "BM", 2) == 0;
+  if (bmp && height < 0 && height != INT32_MIN) height = -height;
   refuse_too_large(name, width, height);
   check_complete(bytes, size, name);
   // What stb_image decodes: the file, or a copy changed to decode as Pillow does. (The file is

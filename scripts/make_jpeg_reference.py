@@ -4,9 +4,9 @@ deit decodes JPEG as the DeiT III reference's loader does (torchvision's ImageFo
 PIL.Image.open(path).convert("RGB")).
 
 Writes under tests/data/jpeg/ one small JPEG per kind the datasets hold (baseline and progressive,
-4:2:0, 4:2:2 and 4:4:4 chroma, grayscale, CMYK, odd sizes that leave partial blocks) and, beside
-each, NAME.ppm: binary PPM (P6) of Pillow's RGB pixels. The images are smooth noise, so that the
-IDCT and the chroma upsampling are exercised at every pixel.
+4:2:0, 4:2:2 and 4:4:4 chroma, grayscale, CMYK, restart markers, odd sizes that leave partial
+blocks) and, beside each, NAME.ppm: binary PPM (P6) of Pillow's RGB pixels. The images are smooth
+noise, so that the IDCT and the chroma upsampling are exercised at every pixel.
 
 Run with Pillow 10 or later (its CMYK conversion is the one deit follows), e.g. in a venv:
     python3 -m venv /tmp/pil && /tmp/pil/bin/pip install pillow numpy
@@ -29,6 +29,9 @@ CASES = [
     ("baseline_444", "RGB", (40, 24), dict(quality=95, subsampling=0)),
     ("grayscale", "L", (37, 29), dict(quality=90)),
     ("cmyk", "CMYK", (33, 21), dict(quality=90)),
+    # A restart marker after every MCU row, as cameras write them: the check that a file is whole
+    # must step over them inside the scans (data/jpeg_decode.cpp).
+    ("restart_420", "RGB", (96, 64), dict(quality=90, subsampling=2, restart_marker_rows=1)),
 ]
 
 

@@ -11,6 +11,7 @@
 
 #include "data/image_folder.h"
 #include "data/image_source.h"
+#include "data/little_endian.h"
 #include "engine/rng.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_io_helpers.h"
@@ -184,6 +185,119 @@ TEST_CASE("TGA and PNM files cut short are refused, as Pillow refuses them", "[d
   }
 }
 
+namespace {
+
+void put_le16(std::vector<uint8_t>& bytes, size_t at, uint32_t value) {
+  bytes[at] = static_cast<uint8_t>(value);
+  bytes[at + 1] = static_cast<uint8_t>(value >> 8);
+}
+
+void put_le32(std::vector<uint8_t>& bytes, size_t at, uint32_t value) {
+  put_le16(bytes, at, value & 0xFFFF);
+  put_le16(bytes, at + 2, value >> 16);
+}
+
+// A 32-bit BMP with bit fields (BI_BITFIELDS): the file header, a 40-byte info header, the red,
+// green and blue masks, then bottom-up rows of BGRX pixels.
+std::vector<uint8_t> bitfields_bmp(const ImageU8& image) {
+  constexpr size_t kPixels = 14 + 40 + 12;
+  std::vector<uint8_t> bytes(kPixels);
+  bytes[0] = 'B', bytes[1] = 'M';
+  put_le32(bytes, 10, kPixels);
+  put_le32(bytes, 14, 40);
+  put_le32(bytes, 18, image.width);
+  put_le32(bytes, 22, image.height);
+  put_le16(bytes, 26, 1);   // planes
+  put_le16(bytes, 28, 32);  // bits a pixel
+  put_le32(bytes, 30, 3);   // BI_BITFIELDS
+  put_le32(bytes, 54, 0x00FF0000);
+  put_le32(bytes, 58, 0x0000FF00);
+  put_le32(bytes, 62, 0x000000FF);
+  for (int y = image.height - 1; y >= 0; --y)
+    for (int x = 0; x < image.width; ++x) {
+      const uint8_t* rgb = image.at(y, x);
+      bytes.insert(bytes.end(), {rgb[2], rgb[1], rgb[0], 0});
+    }
+  put_le32(bytes, 2, static_cast<uint32_t>(bytes.size()));
+  return bytes;
+}
+
+// Whole, `bytes` decode to `expected`; without their last byte, they are refused as truncated.
+void check_whole_and_cut(const TempDir& dir, const std::string& name,
+                         const std::vector<uint8_t>& bytes, const ImageU8& expected) {
+  INFO(name);
+  const std::string path = dir.file(name);
+  write_bytes(path, bytes);
+  const ImageU8 decoded = decode_image_file(path);
+  CHECK(decoded.width == expected.width);
+  CHECK(decoded.height == expected.height);
+  CHECK(decoded.pixels == expected.pixels);
+  write_bytes(path, std::vector<uint8_t>(bytes.begin(), bytes.end() - 1));
+  CHECK_THROWS_WITH(decode_image_file(path), Contains(path) && Contains("truncated"));
+}
+
+}  // namespace
+
+TEST_CASE("BMP and TGA layouts stb_image_write does not make are read whole and refused cut",
+          "[data]") {
+  // A BMP's rows padded to 4 bytes, stored top-down, or in bit fields; a TGA with an image ID, a
+  // colour map, or runs in its run-length coding: each changes where the pixels end.
+  TempDir dir;
+  const ImageU8 image = noise_image(6, 5);  // rows of 15 bytes in a BMP: 1 byte of padding
+
+  const std::string bmp = dir.file("bottom_up.bmp");
+  write_with_stb(bmp, image);
+  const std::vector<uint8_t> bottom_up = read_bytes(bmp);
+  check_whole_and_cut(dir, "padded.bmp", bottom_up, image);
+  std::vector<uint8_t> top_down = bottom_up;
+  const size_t pixels = read_le32(bottom_up.data() + 10), row = 16;
+  put_le32(top_down, 22, static_cast<uint32_t>(-image.height));
+  for (int y = 0; y < image.height; ++y)
+    std::copy_n(bottom_up.begin() + pixels + (image.height - 1 - y) * row, row,
+                top_down.begin() + pixels + y * row);
+  check_whole_and_cut(dir, "top_down.bmp", top_down, image);
+  check_whole_and_cut(dir, "bitfields.bmp", bitfields_bmp(image), image);
+
+  stbi_write_tga_with_rle = 0;
+  const std::string tga = dir.file("plain.tga");
+  write_with_stb(tga, image);
+  stbi_write_tga_with_rle = 1;
+  std::vector<uint8_t> with_id = read_bytes(tga);
+  with_id[0] = 4;
+  with_id.insert(with_id.begin() + 18, {'d', 'e', 'i', 't'});
+  check_whole_and_cut(dir, "with_id.tga", with_id, image);
+
+  // 2 x 2, top row first: a 3-entry colour map of 24-bit BGR entries, then 1-byte indices.
+  const std::vector<uint8_t> mapped = {0, 1,    1,    0,    0,    3, 0,    24,   0, 0, 0,
+                                       0, 2,    0,    2,    0,    8, 0x20, 0xFF, 0, 0, 0,
+                                       0, 0xFF, 0x10, 0x20, 0x30, 2, 1,    0,    2};
+  ImageU8 colours{2, 2, {0x30, 0x20, 0x10, 0xFF, 0, 0, 0, 0, 0xFF, 0x30, 0x20, 0x10}};
+  check_whole_and_cut(dir, "mapped.tga", mapped, colours);
+
+  // Halves of one colour: run packets, each one pixel's bytes for many pixels.
+  ImageU8 halves = image;
+  for (int y = 0; y < halves.height; ++y)
+    for (int x = 0; x < halves.width; ++x)
+      std::fill_n(halves.at(y, x), 3, static_cast<uint8_t>(y < halves.height / 2 ? 40 : 210));
+  const std::string runs = dir.file("runs.tga");
+  write_with_stb(runs, halves);
+  check_whole_and_cut(dir, "runs.tga", read_bytes(runs), halves);
+}
+
+TEST_CASE("a GIF whose image has a colour table of its own is read whole", "[data]") {
+  TempDir dir;
+  // 1 x 1: no global colour table; the image's descriptor announces a local one of 2 colours
+  // (white, black), then LZW code size 2 and its data, as in the cut GIF's case above.
+  const std::vector<uint8_t> gif = {'G',  'I',  'F', '8', '9', 'a', 1, 0,    1,    0, 0,    0,
+                                    0,    0x2C, 0,   0,   0,   0,   1, 0,    1,    0, 0x80, 0xFF,
+                                    0xFF, 0xFF, 0,   0,   0,   2,   2, 0x44, 0x01, 0, 0x3B};
+  const std::string path = dir.file("local.gif");
+  write_bytes(path, gif);
+  CHECK(decode_image_file(path).pixels == std::vector<uint8_t>{255, 255, 255});
+  write_bytes(path, std::vector<uint8_t>(gif.begin(), gif.end() - 3));
+  CHECK_THROWS_WITH(decode_image_file(path), Contains("truncated GIF"));
+}
+
 TEST_CASE("a PNG cut after its image data decodes as Pillow decodes it", "[data]") {
   // Pillow stops reading once the IDAT data holds every row; stb_image alone failed without its
   // IEND chunk, with no reason given.
@@ -247,6 +361,10 @@ TEST_CASE("bad image files throw a DataError naming the file and the problem", "
     write_bytes(path, bytes);
     CHECK_THROWS_WITH(decode_image_file(path),
                       Contains(path + ": dimensions 20000x20000: deit reads images of up to"));
+    // A width past an int's range: reported as the largest int, not as a negative number.
+    bytes[16] = bytes[17] = bytes[18] = bytes[19] = 0xFF;
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(decode_image_file(path), Contains(path + ": dimensions 2147483647x20000"));
 
     const std::string bmp = dir.file("huge.bmp");
     write_with_stb(bmp, image);
@@ -298,12 +416,57 @@ TEST_CASE("a JPEG is complete at its end-of-image marker, whatever follows it", 
   CHECK_THROWS_WITH(decode_image_file(cut), Contains("truncated or corrupt JPEG header"));
 }
 
+TEST_CASE("a JPEG's fill bytes and stray bytes before a marker are stepped over as libjpeg does",
+          "[data]") {
+  // Fill bytes (FF, any number of them) may precede a marker; stray bytes are damage that libjpeg
+  // warns about and skips. Neither makes the file incomplete.
+  TempDir dir;
+  const std::string source = std::string(DEIT_SOURCE_DIR) + "/tests/data/jpeg/baseline_420.jpg";
+  const std::vector<uint8_t> jpeg = read_bytes(source);
+  const ImageU8 expected = decode_image_file(source);
+  const uint8_t kStartOfScan[] = {0xFF, 0xDA};
+  const auto scan = std::search(jpeg.begin(), jpeg.end(), kStartOfScan, kStartOfScan + 2);
+  REQUIRE(scan != jpeg.end());
+  const std::string path = dir.file("t.jpg");
+  for (const std::vector<uint8_t>& inserted :
+       {std::vector<uint8_t>{0xFF}, std::vector<uint8_t>{0x00, 0x12, 0x34}}) {
+    INFO(inserted.size() << " bytes before the scan's marker");
+    std::vector<uint8_t> bytes(jpeg.begin(), scan);
+    bytes.insert(bytes.end(), inserted.begin(), inserted.end());
+    bytes.insert(bytes.end(), scan, jpeg.end());
+    write_bytes(path, bytes);
+    CHECK(decode_image_file(path).pixels == expected.pixels);
+  }
+}
+
+TEST_CASE("a progressive JPEG cut at a later scan's marker is truncated", "[data]") {
+  // libjpeg reads the header up to the first scan, and decodes a file that ends in a later one
+  // with a warning only (the missing scans' detail comes out flat).
+  TempDir dir;
+  const std::vector<uint8_t> jpeg =
+      read_bytes(std::string(DEIT_SOURCE_DIR) + "/tests/data/jpeg/progressive_422.jpg");
+  const uint8_t kStartOfScan[] = {0xFF, 0xDA};
+  const auto first = std::search(jpeg.begin(), jpeg.end(), kStartOfScan, kStartOfScan + 2);
+  const auto second = std::search(first + 2, jpeg.end(), kStartOfScan, kStartOfScan + 2);
+  REQUIRE(second != jpeg.end());
+  const std::string path = dir.file("cut.jpg");
+  // In the marker's length, and just after it.
+  for (const ptrdiff_t keep : {3, 4}) {
+    INFO(keep << " bytes of the marker kept");
+    write_bytes(path, std::vector<uint8_t>(jpeg.begin(), second + keep));
+    CHECK_THROWS_WITH(decode_image_file(path), Contains(path) && Contains("truncated JPEG"));
+  }
+  // Its start-of-image marker alone.
+  write_bytes(path, {0xFF, 0xD8});
+  CHECK_THROWS_WITH(decode_image_file(path), Contains("truncated or corrupt JPEG header"));
+}
+
 // tests/data/jpeg: JPEGs and the pixels Pillow decodes from them (scripts/make_jpeg_reference.py),
 // as the reference's loader reads ImageNet. stb_image's decoding was up to 3 levels off.
 TEST_CASE("JPEGs decode to Pillow's pixels, bit for bit", "[data]") {
   const std::string dir = std::string(DEIT_SOURCE_DIR) + "/tests/data/jpeg/";
   for (const char* name :
-       {"baseline_420", "progressive_422", "baseline_444", "grayscale", "cmyk"}) {
+       {"baseline_420", "progressive_422", "baseline_444", "grayscale", "cmyk", "restart_420"}) {
     INFO(name);
     const ImageU8 decoded = decode_image_file(dir + name + ".jpg");
     const ImageU8 pillow = decode_image_file(dir + name + ".ppm");
@@ -382,6 +545,11 @@ TEST_CASE("write_png round-trips and names the path it cannot write", "[data]") 
   const std::string path = dir.file("out.png");
   write_png(path, image);
   CHECK(decode_image_file(path).pixels == image.pixels);
+  // One pixel wider than deit reads: refused before anything is encoded.
+  const std::string wide = dir.file("wide.png");
+  CHECK_THROWS_WITH(write_png(wide, ImageU8{1, 32769, std::vector<uint8_t>(32769 * 3)}),
+                    Contains(wide) && Contains("up to 32768 pixels a side"));
+  CHECK_FALSE(std::filesystem::exists(wide));
   const std::string unwritable = dir.path() + "/no/such/folder/out.png";
   CHECK_THROWS_WITH(write_png(unwritable, image), Contains(unwritable));
   // Through a symbolic link, the file it points to is replaced and the link stays.
