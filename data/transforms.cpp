@@ -133,10 +133,14 @@ float as_float(const NamedOp& op, double v) {
   return static_cast<float>(v);
 }
 
+// Up to 1e9 either way: every size, offset and level of an op fits an int with room to spare.
 int as_int(const NamedOp& op, double v) {
-  if (v != std::floor(v) || std::fabs(v) > 1e9)
+  const char* problem = v != std::floor(v)   ? " is not an integer"
+                        : std::fabs(v) > 1e9 ? " is out of range (at most 1e9 either way)"
+                                             : nullptr;
+  if (problem)
     throw std::invalid_argument("op '" + std::string(op.name) + "': " + kernels::number_text(v) +
-                                " is not an integer (usage: " + op.usage + ")");
+                                problem + " (usage: " + op.usage + ")");
   return static_cast<int>(v);
 }
 

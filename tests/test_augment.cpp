@@ -432,11 +432,14 @@ TEST_CASE("named ops reject bad names and arguments with a message", "[augment]"
   auto message = [&](const std::string& spec) { return deit::test::named_op_error(image, spec); };
   CHECK_THAT(message("sharpen"),
              Catch::Contains("unknown op 'sharpen'") && Catch::Contains("blur:SIGMA"));
+  CHECK_THAT(named_op_usage(), Catch::StartsWith("  hflip\n  grayscale\n"));
   CHECK_THAT(message("blur"), Catch::Contains("needs 1 argument"));
   CHECK_THAT(message("blur:"), Catch::Contains("nothing after the ':'") &&
                                  Catch::Contains("blur:SIGMA"));
   CHECK_THAT(message("hflip:"), Catch::Contains("nothing after the ':'"));  // was accepted
   CHECK_THAT(message("blur:abc"), Catch::Contains("'abc' is not a number"));
+  CHECK_THAT(message("crop:1,,2,3"), Catch::Contains("'' is not a number"));
+  CHECK_THAT(message("crop:1,2,3,"), Catch::Contains("'' is not a number"));
   // Numbers as they were written (to_string gave -1.000000 and 128.500000).
   CHECK_THAT(message("blur:-1"), Catch::Contains("sigma") && Catch::EndsWith("got -1"));
   CHECK_THAT(message("solarize:128.5"), Catch::Contains(": 128.5 is not an integer"));
@@ -446,8 +449,14 @@ TEST_CASE("named ops reject bad names and arguments with a message", "[augment]"
   CHECK_THAT(message("crop:1,2,3"), Catch::Contains("needs 4 argument"));
   CHECK_THAT(message("crop:0,0,31,5"), Catch::Contains("not inside the 30x20 image"));
   CHECK_THAT(message("resize:2.5"), Catch::Contains("not an integer"));
+  CHECK_THAT(message("resize:1e12"), Catch::Contains(": 1000000000000 is out of range"));
+  CHECK_THAT(message("resize:0"), Catch::Contains("a shorter side of 0"));
   CHECK_THAT(message("center-crop:21"), Catch::Contains("center crop size"));
+  CHECK_THAT(message("center-crop:0"), Catch::Contains("center crop size"));
   CHECK_THAT(message("pad-reflect:20"), Catch::Contains("reflect padding"));
+  // Boxes and paddings far past the image are refused as such, before their result is made.
+  CHECK_THAT(message("crop:0,0,30000,30000"), Catch::Contains("not inside the 30x20 image"));
+  CHECK_THAT(message("pad-reflect:20000"), Catch::Contains("reflect padding"));
   CHECK_THAT(message("contrast:-0.5"), Catch::Contains("contrast factor"));
   CHECK_THAT(message("src:4"), Catch::Contains("reflect padding"));
 
