@@ -382,6 +382,10 @@ TEST_CASE("A listing's fingerprint tells which image each index holds, wherever 
   CHECK(ImageFolder(dir.file("two/train")).listing_fingerprint() != folder);
   std::filesystem::rename(dir.file("two/train/a/w.png"), dir.file("two/train/b/y.png"));
   CHECK(ImageFolder(dir.file("two/train")).listing_fingerprint() != folder);
+  // The same files under labels shifted by one, by a class folder without images sorted first.
+  std::filesystem::create_directory(dir.file("one/train/0"));
+  CHECK(ImageFolder(dir.file("one/train")).listing_fingerprint() != folder);
+  std::filesystem::remove(dir.file("one/train/0"));
 
   // A shard's says it by content: two packs of one folder agree, another image does not.
   pack_image_folder(dir.file("one/train"), dir.file("one.shard"), PackOptions{0, 1});
