@@ -77,6 +77,7 @@ TEST_CASE("A shard returns the images, labels and classes it was written with", 
   const ShardReader reader(path);
   CHECK(reader.class_names() == kClasses);
   CHECK(reader.short_side() == 256);
+  CHECK(reader.largest_short_side() == 20);  // the 30 x 20 image's
   REQUIRE(reader.size() == images.size());
   for (size_t i = 0; i < images.size(); ++i) {
     const ImageU8 loaded = reader.load(i);
@@ -179,6 +180,56 @@ TEST_CASE("A damaged header, index or foreign file is refused when the shard ope
     write_bytes(path, bytes);
     CHECK_THROWS_WITH(ShardReader(path), Contains(path + " record 0: corrupt index entry"));
   }
+  SECTION("header offsets out of order or past the file, its checksum intact") {
+    // The header is checked before the tables: only its own checksum needs making to match.
+    ShardHeader damaged = header;
+    const int which = GENERATE(range(0, 4));
+    if (which == 0) damaged.index_offset = sizeof header - 8;        // inside the header
+    if (which == 1) damaged.index_offset = header.data_offset + 64;  // after the records' start
+    if (which == 2) damaged.data_offset = header.file_bytes + 64;    // past the file's end
+    if (which == 3) damaged.record_count = header.index_capacity + 1;
+    INFO("damage " << which);
+    damaged.header_checksum = xxhash64(&damaged, offsetof(ShardHeader, header_checksum));
+    std::memcpy(bytes.data(), &damaged, sizeof damaged);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("inconsistent offsets"));
+  }
+  SECTION("a file cut inside its index") {
+    bytes.resize(header.data_offset - 10);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path) && Contains("truncated inside its index") &&
+                                             Contains("the header says"));
+  }
+  SECTION("an index entry no writer makes, checksums intact") {
+    ShardIndexEntry entry;
+    const size_t at = header.index_offset;  // record 0's entry: 5 x 7 at a 64-byte boundary
+    std::memcpy(&entry, bytes.data() + at, sizeof entry);
+    const int which = GENERATE(range(0, 4));
+    if (which == 0) entry.height = 0;
+    if (which == 1) entry.offset += 1;                 // off the record alignment
+    if (which == 2) entry.offset = ~uint64_t{0} - 63;  // its end wraps past 2^64
+    if (which == 3) entry.label = static_cast<int32_t>(kClasses.size());  // one past the last
+    INFO("damage " << which);
+    std::memcpy(bytes.data() + at, &entry, sizeof entry);
+    reseal(bytes, header);
+    write_bytes(path, bytes);
+    CHECK_THROWS_WITH(ShardReader(path), Contains(path + " record 0: corrupt index entry"));
+  }
+  SECTION("a class table that disagrees with the header, checksums intact") {
+    SECTION("more classes in the header") {
+      header.num_classes += 1;
+      reseal(bytes, header);
+      write_bytes(path, bytes);
+      CHECK_THROWS_WITH(ShardReader(path), Contains("3 names for 4 classes"));
+    }
+    SECTION("the last name one byte longer than the table") {
+      // "cat", "dog", "emu", each after its 4-byte length: emu's length is at byte 14.
+      bytes[sizeof header + 14] = 4;
+      reseal(bytes, header);
+      write_bytes(path, bytes);
+      CHECK_THROWS_WITH(ShardReader(path), Contains("a name runs past its end"));
+    }
+  }
   SECTION("trailing bytes") {
     bytes.resize(bytes.size() + 100, 0);
     write_bytes(path, bytes);
@@ -222,6 +273,9 @@ TEST_CASE("An unfinished shard leaves no file behind", "[data]") {
     ShardWriter writer(path, kClasses, 4, 0);
     writer.add(gradient_image(3, 3), 0);
     CHECK_THROWS_WITH(writer.add(gradient_image(3, 3), 7), Contains("label 7"));
+    for (int i = 0; i < 3; ++i) writer.add(gradient_image(3, 3), 1);
+    CHECK_THROWS_WITH(writer.add(gradient_image(3, 3), 1),
+                      Contains(path + ": more records than the 4 reserved"));
   }
   CHECK_FALSE(std::filesystem::exists(path));
   CHECK_FALSE(std::filesystem::exists(ShardWriter::partial_path(path)));
@@ -396,6 +450,17 @@ TEST_CASE("A listing's fingerprint tells which image each index holds, wherever 
   write_png(dir.file("one/train/a/y.png"), gradient_image(8, 8, 4));
   pack_image_folder(dir.file("one/train"), dir.file("other.shard"), PackOptions{0, 1});
   CHECK(ShardReader(dir.file("other.shard")).listing_fingerprint() != shard);
+  // The same pixels under another label.
+  for (const int label : {0, 1}) {
+    ShardWriter writer(dir.file("label.shard"), {"a", "b"}, 1, 0);
+    writer.add(gradient_image(8, 8, 1), label);
+    writer.finish();
+    const std::string fingerprint = ShardReader(dir.file("label.shard")).listing_fingerprint();
+    if (label == 0)
+      std::filesystem::rename(dir.file("label.shard"), dir.file("label0.shard"));
+    else
+      CHECK(fingerprint != ShardReader(dir.file("label0.shard")).listing_fingerprint());
+  }
 }
 
 TEST_CASE("A shard file given where the dataset's folder belongs is named as such", "[data]") {
