@@ -72,6 +72,49 @@ LinearData random_linear(Rng& rng, const LinearShape& s) {
           random_bf16(rng, s.N, -0.5, 0.5), random_bf16(rng, s.M * s.N, -1, 1)};
 }
 
+// One layer's random operands on the device, its gradient outputs too.
+struct LinearBuffers {
+  Bf16Buffer x, w, b, y, dy, dx;
+  F32Buffer dw, db;
+  explicit LinearBuffers(const LinearData& d, const LinearShape& s)
+      : x(d.x.bits),
+        w(d.w.bits),
+        b(d.b.bits),
+        y(s.M * s.N),
+        dy(d.dy.bits),
+        dx(s.M * s.K),
+        dw(s.N * s.K),
+        db(s.N) {}
+};
+
+// Two steps of a linear layer with bias on `lt` (forward and backward, outputs poisoned before
+// each), each against the CPU twin: the first call of a GEMM plans it, the second runs the plan
+// kept. Returns the operands, for more calls.
+LinearBuffers check_two_steps(CublasLt& lt, const Stream& stream, Rng& rng, const LinearShape& s) {
+  const LinearData d = random_linear(rng, s);
+  LinearBuffers dev(d, s);
+  std::vector<float> y_ref(s.M * s.N), dx_ref(s.M * s.K), dw_ref(s.N * s.K), db_ref(s.N);
+  linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), d.b.values.data(), y_ref.data(),
+                            s.M, s.K, s.N);
+  linear_backward_cpu<float>(d.dy.values.data(), d.x.values.data(), d.w.values.data(),
+                             dx_ref.data(), dw_ref.data(), db_ref.data(), s.M, s.K, s.N);
+  for (int call = 0; call < 2; ++call) {
+    INFO("call " << call);
+    dev.y.poison();
+    dev.dx.poison();
+    dev.dw.poison();
+    linear_forward_cuda(dev.x.get(), dev.w.get(), dev.b.get(), dev.y.get(), s.M, s.K, s.N, lt,
+                        stream);
+    linear_backward_cuda(dev.dy.get(), dev.x.get(), dev.w.get(), dev.dx.get(), dev.dw.get(),
+                         dev.db.get(), s.M, s.K, s.N, lt, stream);
+    stream.sync();
+    check_close("y", dev.y, y_ref, kBf16Tol);
+    check_close("dx", dev.dx, dx_ref, kBf16Tol);
+    check_close("dweight", dev.dw, dw_ref, kF32Tol);
+  }
+  return dev;
+}
+
 }  // namespace
 
 TEST_CASE("cuda linear forward matches the CPU twin", "[gpu][kernels][linear]") {
@@ -232,29 +275,9 @@ TEST_CASE("cuda linear with the GEMM autotuner matches the CPU twin and keeps th
   lt.set_autotune(true);
   Rng rng(1206);
   const LinearShape s{197, 384, 1152};
-  const LinearData d = random_linear(rng, s);
-  Bf16Buffer x(d.x.bits), w(d.w.bits), b(d.b.bits), y(s.M * s.N), dy(d.dy.bits), dx(s.M * s.K);
-  F32Buffer dw(s.N * s.K), db(s.N);
-  std::vector<float> y_ref(s.M * s.N), dx_ref(s.M * s.K), dw_ref(s.N * s.K), db_ref(s.N);
-  linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), d.b.values.data(), y_ref.data(),
-                            s.M, s.K, s.N);
-  linear_backward_cpu<float>(d.dy.values.data(), d.x.values.data(), d.w.values.data(),
-                             dx_ref.data(), dw_ref.data(), db_ref.data(), s.M, s.K, s.N);
   // The first call of each GEMM times its algorithms on its own output, then writes it for real;
   // the second runs the algorithm kept.
-  for (int call = 0; call < 2; ++call) {
-    INFO("call " << call);
-    y.poison();
-    dx.poison();
-    dw.poison();
-    linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, lt, stream);
-    linear_backward_cuda(dy.get(), x.get(), w.get(), dx.get(), dw.get(), db.get(), s.M, s.K, s.N,
-                         lt, stream);
-    stream.sync();
-    check_close("y", y, y_ref, kBf16Tol);
-    check_close("dx", dx, dx_ref, kBf16Tol);
-    check_close("dweight", dw, dw_ref, kF32Tol);
-  }
+  const LinearBuffers buffers = check_two_steps(lt, stream, rng, s);
   CHECK(lt.plan_count() == 3);
   // The emulated heuristic offers first an algorithm one piece of work slower than its second
   // (tests/emulated/runtime/cublaslt.cpp); a GPU's choices depend on the GPU.
@@ -265,7 +288,8 @@ TEST_CASE("cuda linear with the GEMM autotuner matches the CPU twin and keeps th
 
   // Off (the default), every plan runs the heuristic's first choice.
   CublasLt untuned;
-  linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, untuned, stream);
+  linear_forward_cuda(buffers.x.get(), buffers.w.get(), buffers.b.get(), buffers.y.get(), s.M, s.K,
+                      s.N, untuned, stream);
   stream.sync();
   CHECK(untuned.plans_off_first_choice() == 0);
 }
@@ -283,28 +307,7 @@ TEST_CASE("cuda linear falls back when cuBLASLt has no bias epilogue or refuses 
   CublasLt lt;
   lt.set_autotune(autotune);
   Rng rng(1206);
-  const LinearShape s{37, 64, 24};
-  const LinearData d = random_linear(rng, s);
-  Bf16Buffer x(d.x.bits), w(d.w.bits), b(d.b.bits), y(s.M * s.N), dy(d.dy.bits), dx(s.M * s.K);
-  F32Buffer dw(s.N * s.K), db(s.N);
-  std::vector<float> y_ref(s.M * s.N), dx_ref(s.M * s.K), dw_ref(s.N * s.K), db_ref(s.N);
-  linear_forward_cpu<float>(d.x.values.data(), d.w.values.data(), d.b.values.data(), y_ref.data(),
-                            s.M, s.K, s.N);
-  linear_backward_cpu<float>(d.dy.values.data(), d.x.values.data(), d.w.values.data(),
-                             dx_ref.data(), dw_ref.data(), db_ref.data(), s.M, s.K, s.N);
-  for (int call = 0; call < 2; ++call) {  // planned (and refused) by the first, kept by the second
-    INFO("call " << call);
-    y.poison();
-    dx.poison();
-    dw.poison();
-    linear_forward_cuda(x.get(), w.get(), b.get(), y.get(), s.M, s.K, s.N, lt, stream);
-    linear_backward_cuda(dy.get(), x.get(), w.get(), dx.get(), dw.get(), db.get(), s.M, s.K, s.N,
-                         lt, stream);
-    stream.sync();
-    check_close("y", y, y_ref, kBf16Tol);
-    check_close("dx", dx, dx_ref, kBf16Tol);
-    check_close("dweight", dw, dw_ref, kF32Tol);
-  }
+  check_two_steps(lt, stream, rng, {37, 64, 24});  // planned (and refused) by the first call
   if (!on_emulated_device()) return;
   if (refusal == "bias") {
     // The forward's plan with the epilogue, kept with no algorithm, then the one without.
