@@ -287,7 +287,7 @@ TEST_CASE("BMP and TGA layouts stb_image_write does not make are read whole and 
 TEST_CASE("a GIF whose image has a colour table of its own is read whole", "[data]") {
   TempDir dir;
   // 1 x 1: no global colour table; the image's descriptor announces a local one of 2 colours
-  // (white, black), then LZW code size 2 and its data, as in the cut GIF's case above.
+  // (white, black), then LZW code size 2 and its data, as in the cut GIF's case below.
   const std::vector<uint8_t> gif = {'G',  'I',  'F', '8', '9', 'a', 1, 0,    1,    0, 0,    0,
                                     0,    0x2C, 0,   0,   0,   0,   1, 0,    1,    0, 0x80, 0xFF,
                                     0xFF, 0xFF, 0,   0,   0,   2,   2, 0x44, 0x01, 0, 0x3B};
