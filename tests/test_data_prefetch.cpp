@@ -1,12 +1,17 @@
 // The prefetch pipeline: batches identical whatever the thread count, resumable mid-epoch, bad
 // images replaced and counted, worker errors surfacing in the trainer's thread.
+#include <pthread.h>
 #include <sys/resource.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <fstream>
+#include <future>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "data/prefetch.h"
@@ -18,6 +23,7 @@ namespace {
 using namespace deit::data;
 using Catch::Matchers::Contains;
 using deit::test::gradient_image;
+using namespace std::chrono_literals;
 
 constexpr int kCrop = 4;
 
@@ -150,6 +156,8 @@ TEST_CASE("Batches hold the sampler's order, labels and a kept short last batch"
   CHECK(got.data.empty());  // uint8 output only
   CHECK(got.data_u8.size() == 3);
   CHECK(loader.next_batch() == nullptr);  // the epoch stays over
+  // The short last batch ends the epoch: its state says all 21, not three whole batches.
+  CHECK(loader.state().position == 21);
 }
 
 TEST_CASE("A loader resumed from a saved state delivers what the uninterrupted run did", "[data]") {
@@ -272,6 +280,54 @@ TEST_CASE("Errors from workers reach the trainer", "[data]") {
     loader.start_epoch(1);  // the loader stays usable: a new epoch starts afresh
     CHECK_THROWS_WITH(loader.next_batch(), Contains("transform failed"));
   }
+  SECTION("after an error the workers claim no more samples") {
+    // The epoch cannot be delivered any more: work on it would be wasted.
+    std::atomic<int> calls{0};
+    auto source = std::make_shared<MemorySource>(40);
+    PrefetchLoader loader(source, Sampler(sampler_options(40)), loader_options(1, 2),
+                          [&](const ImageU8&, deit::Rng&, SampleOutput) {
+                            ++calls;
+                            throw std::runtime_error("transform failed");
+                          });
+    loader.start_epoch(0);
+    CHECK_THROWS_WITH(loader.next_batch(), Contains("transform failed"));
+    std::this_thread::sleep_for(100ms);  // time for the worker to claim more, were it to
+    CHECK(calls == 1);
+  }
+  SECTION("an epoch after a failed one starts without the old error") {
+    auto source = std::make_shared<MemorySource>(20);
+    const Delivered expected = run_epoch(source, loader_options(2, 2), 1);
+    std::atomic<bool> fail{true};
+    PrefetchLoader loader(source, Sampler(sampler_options(20)), loader_options(2, 2),
+                          [&](const ImageU8& image, deit::Rng& rng, SampleOutput out) {
+                            if (fail) throw std::runtime_error("transform failed");
+                            random_crop(image, rng, out);
+                          });
+    loader.start_epoch(0);
+    CHECK_THROWS_WITH(loader.next_batch(), Contains("transform failed"));
+    fail = false;  // the cause is gone (a file restored): the next epoch runs
+    loader.start_epoch(1);
+    CHECK(drain(loader) == expected);
+  }
+  SECTION("a failure other than an unusable image") {
+    // Only a DataError means a bad image to stand in for; anything else (a full disk, no memory)
+    // stops the loader rather than being skipped.
+    class BrokenSource : public MemorySource {
+     public:
+      using MemorySource::MemorySource;
+      ImageU8 load(size_t index) const override {
+        if (index == 5) throw std::runtime_error("read failed: device gone");
+        return MemorySource::load(index);
+      }
+    };
+    auto source = std::make_shared<BrokenSource>(20);
+    SamplerOptions in_order = sampler_options(20);
+    in_order.shuffle = false;
+    PrefetchLoader loader(source, Sampler(in_order), loader_options(2, 2), random_crop);
+    loader.start_epoch(0);
+    CHECK_THROWS_WITH(drain(loader), Contains("read failed: device gone"));
+    CHECK(loader.skipped().count() == 0);
+  }
   SECTION("a worker thread that cannot be started") {
     // A child process whose address space has room for a few thread stacks, not for kMaxWorkers
     // (a limit on processes, as containers set, does not bind root, which tests may run as): the
@@ -294,10 +350,179 @@ TEST_CASE("Errors from workers reach the trainer", "[data]") {
     REQUIRE(WIFEXITED(child.status));
     CHECK_THAT(child.message, Contains("worker thread") && Contains(std::to_string(kMaxWorkers)));
   }
+  SECTION("the first worker thread cannot be started") {
+    // Thread stacks larger than the address space left: no stack the runner's threads left cached
+    // fits, so the very first thread fails, and the message counts it as thread 1.
+    const deit::test::ChildResult child = deit::test::run_in_child([]() -> std::string {
+      pthread_attr_t attributes;
+      pthread_attr_init(&attributes);
+      pthread_attr_setstacksize(&attributes, size_t{1} << 30);
+      if (pthread_setattr_default_np(&attributes) != 0) return "cannot set the stack size";
+      size_t pages = 0;
+      std::ifstream("/proc/self/statm") >> pages;
+      const rlim_t room = pages * static_cast<rlim_t>(sysconf(_SC_PAGESIZE)) + (64 << 20);
+      const rlimit limit{room, room};
+      if (setrlimit(RLIMIT_AS, &limit) != 0) return "cannot limit the address space";
+      try {
+        PrefetchLoader loader(std::make_shared<MemorySource>(20), Sampler(sampler_options(20)),
+                              loader_options(2, 1), random_crop);
+      } catch (const std::exception& e) {
+        return e.what();
+      }
+      return "every thread started";
+    });
+    REQUIRE(WIFEXITED(child.status));
+    CHECK_THAT(child.message, Contains("cannot start worker thread 1 of 2 ("));
+  }
   SECTION("a sampler for another dataset") {
     auto source = std::make_shared<MemorySource>(20);
     CHECK_THROWS_WITH(
         PrefetchLoader(source, Sampler(sampler_options(21)), loader_options(1, 1), random_crop),
         Contains("21") && Contains("20"));
   }
+}
+
+TEST_CASE("A loader refuses options it cannot work with", "[data]") {
+  auto source = std::make_shared<MemorySource>(20);
+  const Sampler sampler(sampler_options(20));
+  CHECK_THROWS_AS(PrefetchLoader(nullptr, sampler, loader_options(1, 1), random_crop),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(PrefetchLoader(source, sampler, loader_options(1, 1), nullptr),
+                  std::invalid_argument);
+  PrefetchOptions options = loader_options(1, 1);
+  options.batch_size = 0;
+  CHECK_THROWS_AS(PrefetchLoader(source, sampler, options, random_crop), std::invalid_argument);
+  options = loader_options(1, 1);
+  options.sample_elements = 0;
+  CHECK_THROWS_AS(PrefetchLoader(source, sampler, options, random_crop), std::invalid_argument);
+  CHECK_THROWS_AS(PrefetchLoader(source, sampler, loader_options(0, 1), random_crop),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(PrefetchLoader(source, sampler, loader_options(1, 0), random_crop),
+                  std::invalid_argument);
+  // Decoded images kept whole have no fixed sample size.
+  options = loader_options(1, 1, true, PixelFormat::kSource);
+  options.sample_elements = 0;
+  CHECK_NOTHROW(PrefetchLoader(source, sampler, options, random_crop));
+}
+
+TEST_CASE("Batches say their epoch and count from the position they start at", "[data]") {
+  auto source = std::make_shared<MemorySource>(100);
+  const Sampler sampler(sampler_options(100));
+  PrefetchLoader loader(source, sampler, loader_options(2, 2), random_crop);
+  loader.resume(sampler.state(3, 16));
+  uint64_t expected_number = 0;
+  while (const Batch* batch = loader.next_batch()) {
+    CHECK(batch->epoch == 3);
+    CHECK(batch->number == expected_number++);
+  }
+  CHECK(expected_number == (100 - 16) / 8);
+}
+
+TEST_CASE("Each sample's transform draws from the stream of its epoch and global position",
+          "[data]") {
+  // Repeats: the copies of an image differ by global position alone.
+  auto source = std::make_shared<MemorySource>(40);
+  const Sampler sampler(sampler_options(40, 3));
+  PrefetchOptions options = loader_options(3, 2);
+  options.sample_elements = 2;
+  PrefetchLoader loader(source, sampler, options,
+                        [](const ImageU8&, deit::Rng& rng, SampleOutput out) {
+                          const float draw = static_cast<float>(rng.below(1 << 20));
+                          out.f32[0] = draw;
+                          out.f32[1] = -draw;
+                        });
+  loader.start_epoch(2);
+  const std::vector<SamplePick> picks = sampler.epoch_picks(2);
+  size_t i = 0;
+  while (const Batch* batch = loader.next_batch()) {
+    for (size_t row = 0; row < batch->size; ++row, ++i) {
+      deit::Rng expected(sampler.options().seed, sample_stream(2, picks[i].global_position));
+      const float draw = static_cast<float>(expected.below(1 << 20));
+      INFO("sample " << i);
+      CHECK(batch->f32[2 * row] == draw);
+      CHECK(batch->f32[2 * row + 1] == -draw);
+    }
+  }
+  CHECK(i == picks.size() / 8 * 8);
+}
+
+TEST_CASE("A skipped image is counted in its own class under its own index", "[data]") {
+  // 3 and 4 unusable: image 3 is stood in for by 5, and 4, met on the way, is counted as itself.
+  auto source = std::make_shared<MemorySource>(16, std::set<size_t>{3, 4});
+  SamplerOptions in_order = sampler_options(16);
+  in_order.shuffle = false;
+  PrefetchLoader loader(source, Sampler(in_order), loader_options(1, 1), random_crop);
+  loader.start_epoch(0);
+  drain(loader);
+  CHECK(loader.skipped().count() == 2);
+  CHECK(loader.skipped().count_in_class(3) == 1);
+  CHECK(loader.skipped().count_in_class(4) == 1);
+  CHECK(loader.skipped().indices() == std::vector<int64_t>{3, 4});
+}
+
+namespace {
+
+// Waits up to 20 s for `calls` to reach `count`.
+bool reaches(const std::atomic<int>& calls, int count) {
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (calls < count && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  return calls >= count;
+}
+
+}  // namespace
+
+TEST_CASE("Workers fill prefetch_batches batches ahead and leave the held one alone", "[data]") {
+  auto source = std::make_shared<MemorySource>(100);
+  std::atomic<int> calls{0};
+  PrefetchLoader loader(source, Sampler(sampler_options(100)), loader_options(2, 3),
+                        [&](const ImageU8& image, deit::Rng& rng, SampleOutput out) {
+                          random_crop(image, rng, out);
+                          ++calls;
+                        });
+  // A whole epoch first: how far the trainer got in it must not let the next one run ahead.
+  loader.start_epoch(0);
+  drain(loader);
+  std::this_thread::sleep_for(100ms);  // every worker back to waiting: only start_epoch wakes it
+  calls = 0;
+  loader.start_epoch(1);
+  // Before the trainer takes a batch the workers fill every slot: 4 batches of 8 samples.
+  CHECK(reaches(calls, 4 * 8));
+  std::this_thread::sleep_for(100ms);  // time for a worker that oversteps to do so
+  CHECK(calls == 4 * 8);
+  const Batch* held = loader.next_batch();
+  REQUIRE(held != nullptr);
+  const Batch copy = *held;
+  // Then the held batch and 3 ahead of it: the same 4 batches, and the workers wait for the
+  // trainer.
+  std::this_thread::sleep_for(100ms);
+  CHECK(calls == 4 * 8);
+  CHECK(held->number == 0);
+  CHECK(held->f32 == copy.f32);
+  CHECK(held->indices == copy.indices);
+  CHECK(held->labels == copy.labels);
+}
+
+TEST_CASE("Starting an epoch waits for the samples workers are still writing", "[data]") {
+  auto source = std::make_shared<MemorySource>(100);
+  const Delivered expected = run_epoch(source, loader_options(1, 1), 1);
+  std::promise<void> entered;
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<bool> first{true};
+  PrefetchLoader loader(source, Sampler(sampler_options(100)), loader_options(1, 1),
+                        [&](const ImageU8& image, deit::Rng& rng, SampleOutput out) {
+                          random_crop(image, rng, out);
+                          if (first.exchange(false)) {
+                            entered.set_value();
+                            released.wait();
+                          }
+                        });
+  loader.start_epoch(0);
+  entered.get_future().wait();  // the only worker holds epoch 0's first sample
+  auto restart = std::async(std::launch::async, [&] { loader.start_epoch(1); });
+  CHECK(restart.wait_for(200ms) == std::future_status::timeout);
+  release.set_value();
+  REQUIRE(restart.wait_for(20s) == std::future_status::ready);
+  CHECK(drain(loader) == expected);
 }

@@ -1,19 +1,24 @@
 // Rendezvous: reading each launcher's variables, the errors for launches that make no sense, Slurm
 // node lists, and the TCP exchange that carries NCCL's unique id (run here over loopback, one
 // thread per rank).
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdlib>
 #include <future>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "engine/communicator.h"
 #include "engine/openmp_environment.h"
 #include "engine/rendezvous.h"
 #include "tests/captured_stderr.h"
+#include "tests/scoped_environment.h"
 #include "tests/test_data_helpers.h"
 
 using namespace deit;
@@ -127,6 +132,8 @@ TEST_CASE("torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT", "[
     CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("MASTER_PORT=70000"));
     env["MASTER_PORT"] = "0";
     CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("MASTER_PORT=0"));
+    env["MASTER_PORT"] = "65536";  // one past the last port
+    CHECK_THROWS_WITH(parse_rendezvous(env), Catch::Contains("MASTER_PORT=65536"));
   }
 }
 
@@ -145,6 +152,11 @@ TEST_CASE("Slurm: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and rank 0's node", 
   SECTION("outside srun (the shell of salloc or sbatch) deit runs alone") {
     env.erase("SLURM_STEP_ID");
     CHECK(parse_rendezvous(env).launcher == Launcher::none);
+  }
+  SECTION("the older SLURM_NODELIST serves where SLURM_JOB_NODELIST is not set") {
+    env.erase("SLURM_JOB_NODELIST");
+    env["SLURM_NODELIST"] = "cpu[3-4]";
+    CHECK(parse_rendezvous(env).master_addr == "cpu3");
   }
   SECTION("the step's node list comes before the job's") {
     env["SLURM_STEP_NODELIST"] = "gpu[09-12]";
@@ -182,6 +194,11 @@ TEST_CASE("mpirun and torchrun started inside a Slurm allocation describe the jo
       {{"RANK", "11"}, {"WORLD_SIZE", "16"}, {"MASTER_ADDR", "n1"}, {"MASTER_PORT", "29500"}});
   CHECK(parse_rendezvous(env).launcher == Launcher::torchrun);
   CHECK(parse_rendezvous(env).rank == 11);
+
+  // Where both mpirun's and torchrun's variables are present, mpirun's win (the header's order).
+  env.insert({{"OMPI_COMM_WORLD_RANK", "6"}, {"OMPI_COMM_WORLD_SIZE", "16"}});
+  CHECK(parse_rendezvous(env).launcher == Launcher::mpirun);
+  CHECK(parse_rendezvous(env).rank == 6);
 }
 
 TEST_CASE("inconsistent launcher variables are refused, naming the variable", "[rendezvous]") {
@@ -200,8 +217,9 @@ TEST_CASE("inconsistent launcher variables are refused, naming the variable", "[
                                       {"MASTER_PORT", "1"}}),
                     Catch::Contains("LOCAL_RANK=2 is not below WORLD_SIZE=2"));
   CHECK_THROWS_WITH(parse_rendezvous({{"RANK", "0"}, {"WORLD_SIZE", "0"}}),
-                    Catch::Contains("WORLD_SIZE=0"));
-  for (const char* bad : {"", "-1", "1.5", "two", "12345678901"})
+                    Catch::Contains("WORLD_SIZE=0: the world needs a rank"));
+  // 2147483648 has ten digits and does not fit an int.
+  for (const char* bad : {"", "-1", "1.5", "two", "12345678901", "2147483648"})
     CHECK_THROWS_WITH(
         parse_rendezvous({{"RANK", bad}, {"WORLD_SIZE", "2"}}),
         Catch::Contains(std::string("RANK='") + bad + "' is not a non-negative integer"));
@@ -323,6 +341,157 @@ TEST_CASE("a long wait of the TCP exchange says what it waits for", "[rendezvous
 TEST_CASE("the TCP exchange needs to know where rank 0 is", "[rendezvous]") {
   Rendezvous r = rank_of(1, 2, 0);
   CHECK_THROWS_WITH(tcp_broadcast_from_rank0(r, {}, 1s), Catch::Contains("MASTER_PORT"));
+  // A rank other than 0 needs rank 0's host too (rank 0 itself listens on every interface).
+  r = rank_of(1, 2, free_port());
+  r.master_addr.clear();
+  CHECK_THROWS_AS(tcp_broadcast_from_rank0(r, {}, 1s), std::invalid_argument);
   const std::vector<uint8_t> id = {9};
   CHECK(tcp_broadcast_from_rank0(Rendezvous{}, id, 1s) == id);  // alone: nothing to send
+}
+
+TEST_CASE("the TCP exchange refuses arguments it cannot work with", "[rendezvous]") {
+  // Checked before any connection is tried, so these fail at once rather than at the deadline.
+  const Rendezvous root = rank_of(0, 2, free_port());
+  CHECK_THROWS_AS(tcp_broadcast_from_rank0(root, {1}, 20s, 0ms), std::invalid_argument);
+  const std::vector<uint8_t> huge(4u << 20);
+  CHECK_THROWS_WITH(tcp_broadcast_from_rank0(root, huge, 20s), Catch::Contains("over the limit"));
+}
+
+TEST_CASE("the process's own launch: its rank or zero", "[rendezvous]") {
+  if (std::getenv("OMPI_COMM_WORLD_RANK") || std::getenv("SLURM_STEP_ID")) {
+    WARN("run by a launcher whose variables would win over the ones this case sets");
+    return;
+  }
+  const test::ScopedEnvironment rank("RANK", "1");
+  const test::ScopedEnvironment world("WORLD_SIZE", "2");
+  const test::ScopedEnvironment addr("MASTER_ADDR", "127.0.0.1");
+  const test::ScopedEnvironment port("MASTER_PORT", "29500");
+  CHECK(process_environment().at("MASTER_ADDR") == "127.0.0.1");
+  CHECK(detect_rendezvous().describe() ==
+        "torchrun: rank 1 of 2, local rank 0, rank 0 at "
+        "127.0.0.1:29500");
+  CHECK(launch_rank_or_zero() == 1);
+  // A launch that makes no sense is refused where it matters; here it is rank 0.
+  const test::ScopedEnvironment bad_rank("RANK", "one");
+  CHECK(launch_rank_or_zero() == 0);
+}
+
+namespace {
+
+// A socket connected to 127.0.0.1:`port`, retrying while nothing listens there yet.
+int connect_when_listening(int port) {
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return fd;
+    ::close(fd);
+    std::this_thread::sleep_for(50ms);
+  }
+  FAIL("nothing listens on port " << port);
+  return -1;
+}
+
+// Reads rank 0's answer on `fd`: its status word and text (the reason of a refusal).
+std::pair<uint32_t, std::string> read_answer(int fd) {
+  uint32_t header[3] = {};
+  size_t got = 0;
+  char* bytes = reinterpret_cast<char*>(header);
+  for (ssize_t n; got < sizeof header && (n = ::recv(fd, bytes + got, sizeof header - got, 0)) > 0;)
+    got += static_cast<size_t>(n);
+  REQUIRE(got == sizeof header);
+  std::string text(ntohl(header[2]), '\0');
+  got = 0;
+  for (ssize_t n; got < text.size() && (n = ::recv(fd, &text[got], text.size() - got, 0)) > 0;)
+    got += static_cast<size_t>(n);
+  return {ntohl(header[1]), text};
+}
+
+// Plays rank 0 of another protocol: accepts one connection on `port`, reads its hello and answers
+// with `header` (three words, sent in network order).
+std::future<void> fake_rank0(int port, std::vector<uint32_t> header) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  const int one = 1;
+  ::setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(::listen(listener, 4) == 0);
+  return std::async(std::launch::async, [listener, header] {
+    const int peer = ::accept(listener, nullptr, nullptr);
+    char hello[12];
+    size_t got = 0;
+    for (ssize_t n;
+         got < sizeof hello && (n = ::recv(peer, hello + got, sizeof hello - got, 0)) > 0;)
+      got += static_cast<size_t>(n);
+    std::vector<uint32_t> wire;
+    for (uint32_t word : header) wire.push_back(htonl(word));
+    (void)!::send(peer, wire.data(), wire.size() * sizeof(uint32_t), MSG_NOSIGNAL);
+    std::this_thread::sleep_for(500ms);  // the rank reads what it was sent before the close
+    ::close(peer);
+    ::close(listener);
+  });
+}
+
+constexpr uint32_t kDeitMagic = 0x44454954;  // "DEIT", the first word of every message
+
+}  // namespace
+
+TEST_CASE("rank 0 refuses a second connection for a rank it has served", "[rendezvous]") {
+  const int port = free_port();
+  const std::vector<uint8_t> id = {3, 1, 4};
+  auto root = std::async(std::launch::async,
+                         [=] { return tcp_broadcast_from_rank0(rank_of(0, 3, port), id, 20s); });
+  CHECK(tcp_broadcast_from_rank0(rank_of(1, 3, port), {}, 20s) == id);
+  CHECK_THROWS_WITH(tcp_broadcast_from_rank0(rank_of(1, 3, port), {}, 5s),
+                    Catch::Contains("rank 1 has already been served"));
+  // The rank just past the last is out of range too.
+  CHECK_THROWS_WITH(tcp_broadcast_from_rank0(rank_of(3, 3, port), {}, 5s),
+                    Catch::Contains("rank 3 is out of range for world size 3"));
+  CHECK(tcp_broadcast_from_rank0(rank_of(2, 3, port), {}, 5s) == id);
+  CHECK(root.get() == id);
+}
+
+TEST_CASE("rank 0 turns away connections that are not deit ranks and serves its own",
+          "[rendezvous]") {
+  const int port = free_port();
+  const std::vector<uint8_t> id = {8, 8};
+  auto root = std::async(std::launch::async,
+                         [=] { return tcp_broadcast_from_rank0(rank_of(0, 2, port), id, 20s); });
+  // A client that connects and leaves without a word (a port scan).
+  ::close(connect_when_listening(port));
+  // One that speaks another protocol is told so.
+  const int stranger = connect_when_listening(port);
+  const char request[12] = {'G', 'E', 'T', ' ', '/', ' ', 'H', 'T', 'T', 'P', '/', '1'};
+  REQUIRE(::send(stranger, request, sizeof request, MSG_NOSIGNAL) == sizeof request);
+  const auto [status, reason] = read_answer(stranger);
+  ::close(stranger);
+  CHECK(status == 1);  // refused
+  CHECK(reason == "not a deit rendezvous");
+  // Neither kept rank 0 from serving the job's rank.
+  CHECK(tcp_broadcast_from_rank0(rank_of(1, 2, port), {}, 20s) == id);
+  CHECK(root.get() == id);
+}
+
+TEST_CASE("a rank refuses an answer that is not from a deit rank 0", "[rendezvous]") {
+  SECTION("another protocol") {
+    const int port = free_port();
+    auto server = fake_rank0(port, {0x48545450, 0, 4});  // "HTTP"
+    CHECK_THROWS_WITH(
+        tcp_broadcast_from_rank0(rank_of(1, 2, port), {}, 20s),
+        Catch::Contains("127.0.0.1:" + std::to_string(port) + " is not a deit rank 0"));
+    server.get();
+  }
+  SECTION("a size no rank 0 sends") {
+    const int port = free_port();
+    // 64 MiB: far more than any payload rank 0 may send (an NCCL id is 128 bytes).
+    auto server = fake_rank0(port, {kDeitMagic, 0, 64u << 20});
+    CHECK_THROWS_WITH(tcp_broadcast_from_rank0(rank_of(1, 2, port), {}, 20s),
+                      Catch::Contains("is not a deit rank 0"));
+    server.get();
+  }
 }

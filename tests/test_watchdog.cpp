@@ -1,9 +1,11 @@
 // engine/watchdog.h: the deadline on the blocking NCCL calls that wait for other ranks. Its expiry
 // ends the process, so that case runs in a child (tests/child_process.h).
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -26,6 +28,32 @@ TEST_CASE("a call that returns within the watchdog's limit returns as usual", "[
   CHECK(calls == 1);
   // The watchdog does not sit out its limit once the call has returned.
   CHECK(std::chrono::steady_clock::now() - start < 10s);
+}
+
+TEST_CASE("the watchdog lets go as soon as a call that took a while returns", "[watchdog]") {
+  // A call longer than it takes the watching thread to start waiting: only the signal of the
+  // return, not the end of the limit, lets it go.
+  const auto start = std::chrono::steady_clock::now();
+  exit_unless_returns_within(60s, "unused", [] { std::this_thread::sleep_for(200ms); });
+  CHECK(std::chrono::steady_clock::now() - start < 10s);
+}
+
+TEST_CASE("a call that outlasts the watchdog's limit is ended at the limit and not later",
+          "[watchdog]") {
+  // Returning 1.5 s after the limit (slack for a loaded machine), well before twice the limit.
+  test::TempDir dir;
+  const test::ChildResult child = test::run_in_child(
+      [&] {
+        test::stderr_of(dir.file("stderr.txt"), [] {
+          exit_unless_returns_within(2s, "the call did not return in time",
+                                     [] { std::this_thread::sleep_for(3500ms); });
+        });
+        return std::string("the call returned after its limit");
+      },
+      /*alarm_seconds=*/30);
+  CHECK(child.message.empty());
+  REQUIRE(WIFEXITED(child.status));
+  CHECK(WEXITSTATUS(child.status) == EXIT_FAILURE);
 }
 
 TEST_CASE("an exception leaves the watchdog's call as it came", "[watchdog]") {
@@ -53,4 +81,31 @@ TEST_CASE("a call still blocked at the watchdog's limit ends the process with th
   std::ifstream in(log);
   const std::string written{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
   CHECK(written == "deit: error: rank 1 of 2: ncclCommInitRank did not return in time\n");
+}
+
+TEST_CASE("what the process wrote to stdout before the watchdog ended it is not lost",
+          "[watchdog]") {
+  // stdout to a file is block-buffered, and std::_Exit does not flush it: the watchdog must, or the
+  // last lines of a hung rank's log (where it was, what it did) are lost.
+  test::TempDir dir;
+  const std::string log = dir.file("stdout.txt");
+  std::fflush(stdout);  // the child starts with nothing of the runner's own output pending
+  const test::ChildResult child = test::run_in_child(
+      [&] {
+        FILE* file = std::fopen(log.c_str(), "w");
+        if (!file || dup2(fileno(file), STDOUT_FILENO) < 0) return std::string("no stdout file");
+        std::printf("step 7 of 10 done; ");  // no newline: buffered whatever the buffering
+        test::stderr_of(dir.file("stderr.txt"), [] {
+          exit_unless_returns_within(200ms, "the call did not return in time",
+                                     [] { std::this_thread::sleep_for(60s); });
+        });
+        return std::string("the blocked call returned");
+      },
+      /*alarm_seconds=*/30);
+  CHECK(child.message.empty());
+  REQUIRE(WIFEXITED(child.status));
+  CHECK(WEXITSTATUS(child.status) == EXIT_FAILURE);
+  std::ifstream in(log);
+  const std::string written{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  CHECK(written == "step 7 of 10 done; ");
 }
