@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <stdexcept>
 #include <string>
@@ -20,6 +21,34 @@
 
 using namespace deit;
 using namespace std::chrono_literals;
+
+namespace {
+
+// Runs `call` under a watchdog of `limit` in a child process whose stderr goes to `stderr_path`
+// (after `prepare`, which returns what went wrong or ""), and checks that the watchdog, not the
+// call's return, ended the child.
+void check_ended_by_watchdog(
+    std::chrono::milliseconds limit, const char* what, const std::function<void()>& call,
+    const std::string& stderr_path,
+    const std::function<std::string()>& prepare = [] { return std::string(); }) {
+  const test::ChildResult child = test::run_in_child(
+      [&] {
+        if (const std::string failed = prepare(); !failed.empty()) return failed;
+        test::stderr_of(stderr_path, [&] { exit_unless_returns_within(limit, what, call); });
+        return std::string("the call returned, and the watchdog let it");
+      },
+      /*alarm_seconds=*/30);
+  CHECK(child.message.empty());
+  REQUIRE(WIFEXITED(child.status));
+  CHECK(WEXITSTATUS(child.status) == EXIT_FAILURE);
+}
+
+std::string contents(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
 
 TEST_CASE("a call that returns within the watchdog's limit returns as usual", "[watchdog]") {
   int calls = 0;
@@ -42,18 +71,9 @@ TEST_CASE("a call that outlasts the watchdog's limit is ended at the limit and n
           "[watchdog]") {
   // Returning 1.5 s after the limit (slack for a loaded machine), well before twice the limit.
   test::TempDir dir;
-  const test::ChildResult child = test::run_in_child(
-      [&] {
-        test::stderr_of(dir.file("stderr.txt"), [] {
-          exit_unless_returns_within(2s, "the call did not return in time",
-                                     [] { std::this_thread::sleep_for(3500ms); });
-        });
-        return std::string("the call returned after its limit");
-      },
-      /*alarm_seconds=*/30);
-  CHECK(child.message.empty());
-  REQUIRE(WIFEXITED(child.status));
-  CHECK(WEXITSTATUS(child.status) == EXIT_FAILURE);
+  check_ended_by_watchdog(
+      2s, "the call did not return in time", [] { std::this_thread::sleep_for(3500ms); },
+      dir.file("stderr.txt"));
 }
 
 TEST_CASE("an exception leaves the watchdog's call as it came", "[watchdog]") {
@@ -66,21 +86,10 @@ TEST_CASE("a call still blocked at the watchdog's limit ends the process with th
           "[watchdog]") {
   test::TempDir dir;
   const std::string log = dir.file("stderr.txt");
-  const test::ChildResult child = test::run_in_child(
-      [&] {
-        test::stderr_of(log, [] {
-          exit_unless_returns_within(200ms, "rank 1 of 2: ncclCommInitRank did not return in time",
-                                     [] { std::this_thread::sleep_for(60s); });
-        });
-        return std::string("the blocked call returned");
-      },
-      /*alarm_seconds=*/30);
-  CHECK(child.message.empty());
-  REQUIRE(WIFEXITED(child.status));
-  CHECK(WEXITSTATUS(child.status) == EXIT_FAILURE);
-  std::ifstream in(log);
-  const std::string written{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  CHECK(written == "deit: error: rank 1 of 2: ncclCommInitRank did not return in time\n");
+  check_ended_by_watchdog(
+      200ms, "rank 1 of 2: ncclCommInitRank did not return in time",
+      [] { std::this_thread::sleep_for(60s); }, log);
+  CHECK(contents(log) == "deit: error: rank 1 of 2: ncclCommInitRank did not return in time\n");
 }
 
 TEST_CASE("what the process wrote to stdout before the watchdog ended it is not lost",
@@ -90,22 +99,14 @@ TEST_CASE("what the process wrote to stdout before the watchdog ended it is not 
   test::TempDir dir;
   const std::string log = dir.file("stdout.txt");
   std::fflush(stdout);  // the child starts with nothing of the runner's own output pending
-  const test::ChildResult child = test::run_in_child(
+  check_ended_by_watchdog(
+      200ms, "the call did not return in time", [] { std::this_thread::sleep_for(60s); },
+      dir.file("stderr.txt"),
       [&] {
         FILE* file = std::fopen(log.c_str(), "w");
         if (!file || dup2(fileno(file), STDOUT_FILENO) < 0) return std::string("no stdout file");
         std::printf("step 7 of 10 done; ");  // no newline: buffered whatever the buffering
-        test::stderr_of(dir.file("stderr.txt"), [] {
-          exit_unless_returns_within(200ms, "the call did not return in time",
-                                     [] { std::this_thread::sleep_for(60s); });
-        });
-        return std::string("the blocked call returned");
-      },
-      /*alarm_seconds=*/30);
-  CHECK(child.message.empty());
-  REQUIRE(WIFEXITED(child.status));
-  CHECK(WEXITSTATUS(child.status) == EXIT_FAILURE);
-  std::ifstream in(log);
-  const std::string written{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  CHECK(written == "step 7 of 10 done; ");
+        return std::string();
+      });
+  CHECK(contents(log) == "step 7 of 10 done; ");
 }
