@@ -164,6 +164,29 @@ AugmentParams identity_view(int size) {
   return p;
 }
 
+// What the input feed's cases compare CPU and CUDA feeds on: a synthetic dataset of 4 classes of
+// 48-pixel images, and the deit3_tiny recipe's options at 32 pixels, 2 workers, no repeated
+// augmentation.
+struct FeedDataset {
+  std::string root;
+  train::TrainOptions options;
+};
+
+FeedDataset feed_dataset(const TempDir& dir, int train_per_class, int val_per_class,
+                         int64_t batch_size) {
+  data::SyntheticOptions synthetic;
+  synthetic.image_size = 48;
+  synthetic.num_classes = 4;
+  synthetic.train_per_class = train_per_class;
+  synthetic.val_per_class = val_per_class;
+  FeedDataset d{write_synthetic_dataset(dir, synthetic), train::recipe_for("deit3_tiny")};
+  d.options.model.input_size = 32;
+  d.options.batch_size = batch_size;
+  d.options.workers = 2;
+  d.options.repeated_aug = false;
+  return d;
+}
+
 }  // namespace
 
 TEST_CASE("cuda augmentation: each op alone equals the CPU twin", "[gpu][augment]") {
@@ -408,17 +431,9 @@ TEST_CASE("cuda mixup and cutmix match the CPU twins", "[gpu][augment]") {
 
 TEST_CASE("cuda input feed delivers the CPU feed's batches over whole epochs", "[gpu][augment]") {
   TempDir dir;
-  data::SyntheticOptions synthetic;
-  synthetic.image_size = 48;
-  synthetic.num_classes = 4;
-  synthetic.train_per_class = 9;  // 36 images: 4 full batches of 8 and a dropped remainder
-  synthetic.val_per_class = 3;    // 12 images: batches of 8 and 4
-  const std::string root = write_synthetic_dataset(dir, synthetic);
-  train::TrainOptions o = train::recipe_for("deit3_tiny");
-  o.model.input_size = 32;
-  o.batch_size = 8;
-  o.workers = 2;
-  o.repeated_aug = false;
+  // 36 training images: 4 full batches of 8 and a dropped remainder; 12 validation images:
+  // batches of 8 and 4.
+  const auto [root, o] = feed_dataset(dir, 9, 3, 8);
   auto split = [&](const char* name) {
     return std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, name));
   };
@@ -482,17 +497,8 @@ TEST_CASE("cuda input feeds refill a pinned buffer only after its upload when no
   // DEIT_EMULATED_EAGER setting that runs the compute stream early, the upload runs when its
   // batch is handed out, and only a GPU can show the missing wait.
   TempDir dir;
-  data::SyntheticOptions synthetic;
-  synthetic.image_size = 48;
-  synthetic.num_classes = 4;
-  synthetic.train_per_class = 5;  // 20 images: 5 batches of 4, each slot used thrice or twice
-  synthetic.val_per_class = 1;
-  const std::string root = write_synthetic_dataset(dir, synthetic);
-  train::TrainOptions o = train::recipe_for("deit3_tiny");
-  o.model.input_size = 32;
-  o.batch_size = 4;
-  o.workers = 2;
-  o.repeated_aug = false;
+  // 20 training images: 5 batches of 4, each pinned slot used thrice or twice.
+  const auto [root, o] = feed_dataset(dir, 5, 1, 4);
   const auto train_split =
       std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, "train"));
   auto cpu_loader = train::make_train_loader(train_split, o, {}, data::PixelFormat::kSource);

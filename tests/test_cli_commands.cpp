@@ -2,7 +2,6 @@
 // would read wrongly on its own.
 #include <catch2/catch.hpp>
 
-#include <cstdlib>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -10,9 +9,11 @@
 
 #include "engine/build_fingerprint.h"
 #include "tests/cli_runner.h"
+#include "tests/scoped_environment.h"
 
 using deit::test::CliResult;
 using deit::test::run_deit;
+using deit::test::ScopedEnvironment;
 
 TEST_CASE("a misspelt command is named, with the commands there are", "[cli]") {
   CliResult r = run_deit("trian --data x");
@@ -61,7 +62,7 @@ TEST_CASE("whole numbers are read in decimal, and an empty or out-of-range value
   CHECK_THAT(required.output,
              Catch::Contains("--out: an empty value") && !Catch::Contains("default"));
   // Nor has one required unless another option is given.
-  for (const std::string& args :
+  for (const char* args :
        {"train --model '' --data nowhere --output nowhere", "eval --model '' --data nowhere"}) {
     const CliResult r = run_deit(args);
     INFO(args << "\n" << r.output);
@@ -74,19 +75,19 @@ TEST_CASE(
     "a command that runs as one process refuses a launch of several, and errors name the rank",
     "[cli]") {
   // As mpirun -n 2 would start it (rank 0 of 2); deit train and bench run across processes.
-  setenv("OMPI_COMM_WORLD_RANK", "0", 1);
-  setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
-  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "0", 1);
-  const CliResult eval = run_deit("eval --checkpoint nowhere --data nowhere");
-  const CliResult demo = run_deit("demo --out nowhere");
-  const CliResult help = run_deit("--help");
-  const CliResult error = run_deit("train --epochs many");
-  const CliResult kernels = run_deit("bench kernels --device cpu");
-  const CliResult info = run_deit("info --model deit3_tiny");
-  const CliResult eval_help = run_deit("eval --help");
-  for (const char* name :
-       {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"})
-    unsetenv(name);
+  CliResult eval, demo, help, error, kernels, info, eval_help;
+  {
+    const ScopedEnvironment rank("OMPI_COMM_WORLD_RANK", "0");
+    const ScopedEnvironment size("OMPI_COMM_WORLD_SIZE", "2");
+    const ScopedEnvironment local_rank("OMPI_COMM_WORLD_LOCAL_RANK", "0");
+    eval = run_deit("eval --checkpoint nowhere --data nowhere");
+    demo = run_deit("demo --out nowhere");
+    help = run_deit("--help");
+    error = run_deit("train --epochs many");
+    kernels = run_deit("bench kernels --device cpu");
+    info = run_deit("info --model deit3_tiny");
+    eval_help = run_deit("eval --help");
+  }
   INFO(eval.output);
   CHECK(eval.exit_code == 1);
   CHECK_THAT(eval.output, Catch::Contains("deit: error (rank 0 of 2): deit eval runs as one "
@@ -101,10 +102,12 @@ TEST_CASE(
   // Each process of a launch prints its own errors: which one, it says.
   CHECK_THAT(error.output, Catch::StartsWith("deit: error (rank 0 of 2): --epochs: "));
   // A stray variable of a launch that is not one (torchrun's RANK alone) stops no command.
-  setenv("RANK", "0", 1);
-  const CliResult stray = run_deit("info --model deit3_tiny");
-  const CliResult stray_export = run_deit("export --checkpoint nowhere --out nowhere.safetensors");
-  unsetenv("RANK");
+  CliResult stray, stray_export;
+  {
+    const ScopedEnvironment rank("RANK", "0");
+    stray = run_deit("info --model deit3_tiny");
+    stray_export = run_deit("export --checkpoint nowhere --out nowhere.safetensors");
+  }
   CHECK(stray.exit_code == 0);
   CHECK_THAT(stray_export.output, Catch::Contains("nowhere") &&
                                       !Catch::Contains("runs as one process") &&

@@ -22,6 +22,7 @@
 #include "model/checkpoint.h"
 #include "tests/cli_runner.h"
 #include "tests/cuda_test_util.h"
+#include "tests/scoped_environment.h"
 #include "tests/test_data_helpers.h"
 #include "train/stop_request.h"
 #include "train/trainer.h"
@@ -337,12 +338,11 @@ TEST_CASE("deit train through NCCL on one GPU says which library averages the gr
           "[gpu][train][nccl]") {
   test::TempDir dir;
   const std::string data = make_dataset(dir);
-  // popen's shell inherits the variable.
-  REQUIRE(setenv("DEIT_NCCL_ONE_RANK", "1", 1) == 0);
-  const CliResult r =
-      run_deit("train " + std::string(kModelFlags) + "--input-size 32 --data " + data +
-               " --output " + dir.file("run") + " --device cuda --epochs 1 --batch-size 16");
-  unsetenv("DEIT_NCCL_ONE_RANK");
+  const CliResult r = [&] {
+    const test::ScopedEnvironment one_rank("DEIT_NCCL_ONE_RANK", "1");  // popen's shell inherits it
+    return run_deit("train " + std::string(kModelFlags) + "--input-size 32 --data " + data +
+                    " --output " + dir.file("run") + " --device cuda --epochs 1 --batch-size 16");
+  }();
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("x 1 process (gradients averaged through NCCL)"));
