@@ -1,6 +1,7 @@
 // The CPU side of the GPU augmentation stage: the batch twin of the augment kernels, the loaders
 // that hand out sources and parameters instead of augmented floats (what the GPU stage reads),
 // evaluation's transform as a crop, the binarised targets, and `deit bench data --device cpu`.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <filesystem>
@@ -55,6 +56,11 @@ TEST_CASE("the batch twin augments each packed source as augment_train + normali
     expected.insert(expected.end(), planes.begin(), planes.end());
   }
   const train::PackedLayout layout = train::packed_layout(batch);
+  // Each part starts on 16 bytes, as train/input_feed.h promises for the buffer the GPU reads its
+  // arrays from (5 labels are 20 bytes: unpadded, the pixels would start off a boundary).
+  CHECK(layout.sources % 16 == 0);
+  CHECK(layout.labels % 16 == 0);
+  CHECK(layout.pixels % 16 == 0);
   std::vector<uint8_t> packed(layout.bytes);
   train::pack_batch(batch, layout, packed.data());
   const auto* sources =
@@ -107,6 +113,87 @@ TEST_CASE("binarised targets are the mixed targets thresholded at 0", "[augment]
   CHECK(hard[0] == 1.0f);
   CHECK(hard[1] == 1.0f);
   CHECK(hard[2] == 0.0f);
+}
+
+TEST_CASE("the loaders take the run's sampling and crop settings and keep whole training batches",
+          "[augment][data]") {
+  test::TempDir dir;
+  data::SyntheticOptions synthetic;
+  synthetic.image_size = 40;
+  synthetic.num_classes = 3;
+  synthetic.train_per_class = 6;  // 18 images: 4 batches of 4 and 2 left over
+  synthetic.val_per_class = 3;    // 9 images
+  const std::string root = test::write_synthetic_dataset(dir, synthetic);
+  auto split = [&](const char* name) {
+    return std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, name));
+  };
+  train::TrainOptions o = train::recipe_for("deit3_tiny");
+  o.model.input_size = 24;
+  o.batch_size = 4;
+  o.workers = 1;
+  // Each epoch's batches, as the dataset index of each of their samples.
+  auto epoch = [](data::PrefetchLoader& loader) {
+    std::vector<std::vector<uint64_t>> batches;
+    loader.start_epoch(0);
+    while (const data::Batch* batch = loader.next_batch())
+      batches.emplace_back(batch->indices.begin(), batch->indices.begin() + batch->size);
+    return batches;
+  };
+
+  // Without repeated augmentation: each image at most once, and the 2 left over after the last
+  // whole batch are not trained on (a short batch would change the step's statistics).
+  o.repeated_aug = false;
+  const auto once = train::make_train_loader(split("train"), o, {}, data::PixelFormat::kSource);
+  CHECK(once->state().repeats == 1);
+  const std::vector<std::vector<uint64_t>> plain = epoch(*once);
+  CHECK(plain.size() == 4);
+  std::vector<uint64_t> seen;
+  for (const std::vector<uint64_t>& batch : plain) {
+    CHECK(batch.size() == 4);
+    seen.insert(seen.end(), batch.begin(), batch.end());
+  }
+  std::sort(seen.begin(), seen.end());
+  CHECK(std::adjacent_find(seen.begin(), seen.end()) == seen.end());
+  // With it (the recipe's default): each image three times over, one after another.
+  o.repeated_aug = true;
+  const auto thrice = train::make_train_loader(split("train"), o, {}, data::PixelFormat::kSource);
+  CHECK(thrice->state().repeats == 3);
+  const std::vector<std::vector<uint64_t>> repeated = epoch(*thrice);
+  REQUIRE_FALSE(repeated.empty());
+  CHECK(repeated[0][0] == repeated[0][1]);
+  CHECK(repeated[0][1] == repeated[0][2]);
+
+  // --rrc-scale-min bounds the area each random resized crop keeps: at 0.95 nearly all of it
+  // (rounding aside), where the default 0.08 would keep far less for most of 18 images.
+  o.repeated_aug = false;
+  o.rrc_scale_min = 0.95;
+  const auto large = train::make_train_loader(split("train"), o, {}, data::PixelFormat::kSource);
+  large->start_epoch(0);
+  int crops = 0;
+  while (const data::Batch* batch = large->next_batch())
+    for (size_t i = 0; i < batch->size; ++i, ++crops) {
+      const data::ImageU8& source = batch->sources[i];
+      const auto& crop = batch->params[i].crop;
+      INFO("crop " << crop.w << " x " << crop.h << " of " << source.width << " x "
+                   << source.height);
+      CHECK(crop.w * crop.h >= 0.85 * source.width * source.height);
+    }
+  CHECK(crops == 16);
+
+  // Evaluation is not padded: rank 1 of 2 scores its 4 of the 9 images, each once, and no image
+  // of rank 0's share (a padded split would count one image twice).
+  const auto val = train::make_eval_loader(split("val"), 24, 0.875, 100, 1, {1, 2});
+  std::vector<uint64_t> scored;
+  for (const std::vector<uint64_t>& batch : epoch(*val))
+    scored.insert(scored.end(), batch.begin(), batch.end());
+  CHECK(scored == std::vector<uint64_t>{1, 3, 5, 7});
+
+  // The loaders make augmented floats or sources for the input feed, nothing else.
+  CHECK_THROWS_AS(train::make_train_loader(split("train"), o, {}, data::PixelFormat::kUint8),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(
+      train::make_eval_loader(split("val"), 24, 0.875, 4, 1, {}, data::PixelFormat::kUint8),
+      std::invalid_argument);
 }
 
 TEST_CASE("source loaders draw the float loaders' parameters, and a CPU feed augments them alike",

@@ -8,8 +8,10 @@
 #include <vector>
 
 #include "engine/build_fingerprint.h"
+#include "engine/communicator.h"
 #include "tests/cli_runner.h"
 #include "tests/scoped_environment.h"
+#include "train/rank_agreement.h"
 
 using deit::test::CliResult;
 using deit::test::run_deit;
@@ -248,6 +250,12 @@ TEST_CASE("deit --version names the build the processes of a job compare", "[cli
   const std::string fingerprint = deit::build_fingerprint();
   CHECK(fingerprint.size() == 16);
   CHECK(fingerprint.find_first_not_of("0123456789abcdef") == std::string::npos);
+  // The build check's collective has a fixed size that every deit build shares: a fingerprint of
+  // another length is refused before it could be sent.
+  deit::SingleProcessCommunicator comm(deit::Device::cpu(), 0);
+  CHECK_NOTHROW(deit::train::agree_on_build(comm, fingerprint, "run"));
+  CHECK_THROWS_WITH(deit::train::agree_on_build(comm, fingerprint + "0", "run"),
+                    Catch::Contains("a fingerprint of 16 characters"));
   const std::string features = deit::build_features();
   CHECK_THAT(features, Catch::StartsWith(DEIT_HAVE_CUDA ? "cuda" : "cpu"));
   CHECK((features.find("mpi") != std::string::npos) == bool(DEIT_HAVE_MPI));

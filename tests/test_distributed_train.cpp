@@ -393,6 +393,24 @@ TEST_CASE("mpi: a stop asked for during an evaluation stops at the epoch's check
   CHECK(at_last.epochs_run == 1);
 }
 
+TEST_CASE("mpi: every rank learns rank 0's wish to save and the first rank a signal reached",
+          "[mpi]") {
+  // --save-every's clock is rank 0's alone: every rank must save with it, or rank 0 would wait in
+  // the save's collectives for ranks that went on training.
+  auto comm = mpi_communicator();
+  train::AfterStep after = train::after_step(*comm, comm->rank() == 0);
+  CHECK(after.save);
+  CHECK(after.signal == 0);
+  after = train::after_step(*comm, comm->rank() == 1);  // only rank 0's wish counts
+  CHECK_FALSE(after.save);
+  // Signals on both ranks: every rank names the same one, the lowest rank's.
+  train::request_stop(comm->rank() == 0 ? SIGUSR1 : SIGTERM);
+  after = train::after_step(*comm, false);
+  train::request_stop(0);  // nothing left pending for the cases after this one
+  CHECK(after.signal == SIGUSR1);
+  CHECK(after.rank == 0);
+}
+
 TEST_CASE("mpi: rank 0's progress ends an evaluation with the whole split's loss", "[mpi]") {
   auto comm = mpi_communicator();
   const SharedDir dir(*comm);

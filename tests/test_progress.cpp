@@ -1,17 +1,22 @@
 // What train::Progress writes to stderr where it is not a terminal (a log file, CI).
+#include <fcntl.h>
+#include <unistd.h>
 #include <catch2/catch.hpp>
+
 #include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "tests/captured_stderr.h"
+#include "tests/child_process.h"
 #include "tests/test_data_helpers.h"
 #include "train/progress.h"
 
 namespace {
 
 using deit::test::TempDir;
+using deit::train::format_duration;
 using deit::train::Progress;
 
 // What `show` writes to stderr, there a file (not a terminal: plain lines).
@@ -69,4 +74,89 @@ TEST_CASE("progress lines: one every tenth, none repeated when work stops betwee
     progress.finish();
   });
   CHECK(nothing_new.empty());
+}
+
+TEST_CASE("durations read as seconds, minutes and seconds, or hours and minutes",
+          "[train][progress]") {
+  CHECK(format_duration(0) == "0s");
+  CHECK(format_duration(-3) == "0s");  // a clock that stepped back is no negative time
+  CHECK(format_duration(59.4) == "59s");
+  CHECK(format_duration(59.6) == "1m00s");
+  CHECK(format_duration(3599) == "59m59s");
+  CHECK(format_duration(3600) == "1h00m");
+  CHECK(format_duration(7 * 3600 + 5 * 60 + 59) == "7h05m");
+  CHECK(format_duration(30 * 3600) == "30h00m");
+}
+
+TEST_CASE("a resumed epoch's progress lines fall on the tenths, and its last shows the final loss",
+          "[train][progress]") {
+  TempDir dir;
+  // Resumed after 6 of 20 steps (3 tenths): step 7 is in the same tenth, so the first line is 8.
+  const std::string resumed = stderr_of(dir, [] {
+    Progress progress("epoch 2/2", 20, true, 6);
+    progress.update(7, 56, 0.5);
+    progress.update(8, 64, 0.5);
+    progress.finish();
+  });
+  INFO(resumed);
+  CHECK(lines_in(resumed) == 1);
+  CHECK(resumed.rfind("epoch 2/2  8/20  ", 0) == 0);
+
+  // An evaluation ends with the loss over the whole split, which it learns only at the end: the
+  // last line shows that one, not the last update's.
+  const std::string eval = stderr_of(dir, [] {
+    Progress progress("eval", 4, true);
+    progress.update(2, 16, 0.5);
+    progress.finish(4, 32, 0.25);
+  });
+  INFO(eval);
+  REQUIRE(lines_in(eval) == 2);
+  CHECK(eval.substr(eval.find('\n') + 1).rfind("eval  4/4  ", 0) == 0);
+  CHECK(eval.find("loss 0.2500") != std::string::npos);
+
+  // Nothing to do (a split with no batch for this process): no line, and no division by zero.
+  const std::string empty = stderr_of(dir, [] {
+    Progress progress("eval", 0, true);
+    progress.update(0, 0, 0.0);
+    progress.finish();
+  });
+  CHECK(empty.empty());
+}
+
+TEST_CASE("on a terminal the progress bar redraws one line and ends it when done",
+          "[train][progress]") {
+  // In a child whose stderr is a pseudo-terminal, so that Progress draws its bar; what it drew is
+  // read back from the terminal's other end.
+  const deit::test::ChildResult child = deit::test::run_in_child(
+      [] {
+        const int master = posix_openpt(O_RDWR | O_NOCTTY);
+        if (master < 0 || grantpt(master) != 0 || unlockpt(master) != 0) return std::string("pty");
+        const int terminal = open(ptsname(master), O_RDWR | O_NOCTTY);
+        if (terminal < 0 || dup2(terminal, STDERR_FILENO) < 0) return std::string("pty");
+        {
+          Progress progress("epoch 1/1", 4, true);
+          for (int64_t done = 1; done <= 4; ++done) progress.update(done, done * 8, 0.5);
+          progress.finish();
+        }
+        std::fflush(stderr);
+        fcntl(master, F_SETFL, O_NONBLOCK);
+        std::string drawn;
+        char buffer[512];
+        for (ssize_t n; (n = read(master, buffer, sizeof buffer)) > 0;) drawn.append(buffer, n);
+        return drawn;
+      },
+      30);
+  const std::string& drawn = child.message;
+  INFO(drawn);
+  REQUIRE(WIFEXITED(child.status));
+  // Each drawing returns to the line's start and clears what a longer one left after it. (Steps
+  // before the last are drawn only 100 ms apart, which a loaded machine can reach.)
+  CHECK_THAT(drawn, Catch::StartsWith("\repoch 1/1 ["));
+  CHECK(drawn.find("\repoch 1/1 [########################] 4/4  ") != std::string::npos);
+  CHECK(drawn.find("\x1b[K") != std::string::npos);
+  // The last step is drawn whatever the time since the one before, and the line is ended (the
+  // terminal shows "\n" as "\r\n"), so that what follows starts on a line of its own.
+  CHECK(lines_in(drawn) == 1);
+  CHECK_THAT(drawn, Catch::EndsWith("\x1b[K\r\n"));
+  CHECK(drawn.find(" took ") != std::string::npos);
 }

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "data/synthetic.h"
 #include "engine/rng.h"
 #include "model/checkpoint.h"
+#include "tests/captured_stderr.h"
 #include "tests/child_process.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
@@ -33,6 +35,7 @@
 #include "train/recipe.h"
 #include "train/run_log.h"
 #include "train/run_state.h"
+#include "train/step_readback.h"
 #include "train/stop_request.h"
 #include "train/trainer.h"
 
@@ -589,6 +592,40 @@ TEST_CASE("SIGHUP (the terminal closed) stops a run as the other stop signals do
   CHECK(WTERMSIG(twice.status) == SIGTERM);
 }
 
+TEST_CASE("stop handlers leave an ignored signal ignored and put back what was there before",
+          "[train][resume]") {
+  const test::ChildResult child = test::run_in_child([] {
+    SingleProcessCommunicator comm(Device::cpu(), 0);
+    std::signal(SIGPIPE, SIG_DFL);  // as a process starts, whatever the test runner has
+    // A shell starts a background job with SIGINT ignored: a Ctrl-C meant for the script must
+    // not stop the run.
+    std::signal(SIGINT, SIG_IGN);
+    static volatile sig_atomic_t own_handler_ran = 0;
+    std::signal(SIGUSR1, [](int) { own_handler_ran = 1; });
+    std::string seen;
+    {
+      const train::StopSignals signals(train::StopSignals::Announce::kNothing);
+      raise(SIGINT);
+      seen += "ignored SIGINT: " + std::to_string(train::after_step(comm, false).signal) + "\n";
+      raise(SIGUSR1);
+      seen += "SIGUSR1: " + train::signal_name(train::after_step(comm, false).signal) + "\n";
+    }
+    // Out of scope: no stop is left pending for a later run in this process, and the handlers
+    // that were there before are back.
+    seen += "after: " + std::to_string(train::after_step(comm, false).signal) + "\n";
+    raise(SIGUSR1);
+    seen += "own handler ran: " + std::to_string(own_handler_ran) + "\n";
+    struct sigaction on_pipe = {};
+    sigaction(SIGPIPE, nullptr, &on_pipe);
+    seen += std::string("SIGPIPE default: ") + (on_pipe.sa_handler == SIG_DFL ? "yes" : "no");
+    return seen + "\n";
+  });
+  CHECK(WIFEXITED(child.status));
+  CHECK(child.message ==
+        "ignored SIGINT: 0\nSIGUSR1: SIGUSR1\nafter: 0\nown handler ran: 1\n"
+        "SIGPIPE default: yes\n");
+}
+
 TEST_CASE("resuming with settings other than the run's names each one that changed",
           "[train][resume]") {
   test::TempDir dir;
@@ -1043,6 +1080,31 @@ TEST_CASE("deit train --aa fine-tunes with RandAugment in place of 3-Augment and
   CHECK(defaults.aa == "none");
 }
 
+TEST_CASE("a step's readback gives each step's losses in order and its gradient norm", "[train]") {
+  // On CUDA each micro-batch's loss and the step's gradient norm reach the host through it: a
+  // value lost or misplaced here would be what the progress line, the log and the divergence
+  // check see. Its bookkeeping is the same on the CPU.
+  SingleProcessCommunicator comm(Device::cpu(), 0);
+  train::StepReadback readback(Device::cpu(), 2);
+  auto scalar = [](float v) { return Tensor::from_vector(std::vector<float>{v}, {1}); };
+  readback.record_loss(scalar(1.5f));
+  readback.record_loss(scalar(2.5f));
+  // A third loss in a step of two micro-batches would overwrite the gradient norm's slot.
+  CHECK_THROWS_AS(readback.record_loss(scalar(9.0f)), std::logic_error);
+  train::StepReadback::Values step = readback.read(scalar(0.75f), comm);
+  CHECK(step.losses == std::vector<double>{1.5, 2.5});
+  CHECK(step.grad_norm == 0.75);
+  // The next step starts from its first micro-batch again; a short step (an epoch's last) gives
+  // only the losses it recorded.
+  readback.record_loss(scalar(4.0f));
+  step = readback.read(scalar(0.5f), comm);
+  CHECK(step.losses == std::vector<double>{4.0});
+  CHECK(step.grad_norm == 0.5);
+  readback.record_loss(scalar(5.0f));
+  readback.record_loss(scalar(6.0f));
+  CHECK(readback.read(scalar(0.25f), comm).losses == std::vector<double>{5.0, 6.0});
+}
+
 TEST_CASE("an epoch's last optimizer step averages the micro-batches it has", "[train]") {
   using train::micro_batches_in_step;
   // 6 micro-batches in steps of 4: 4 + 2.
@@ -1217,6 +1279,10 @@ TEST_CASE("a run's state reads back as it was written, an older checkpoint's wit
   state.sampler = {11, 5000, 7, 672, 3, 0, 2, 1};
   state.world_size = 2;
   state.optimizer_steps = 1234;
+  // Not their defaults, so that a key read back wrong or not at all shows.
+  state.val_images = 500;
+  state.train_listing = "0123456789abcdef";
+  state.last_log_line = {{"epoch", 6}, {"train_loss", 2.25}};
   const nlohmann::json saved = state.to_json();
   CHECK(saved["epoch"] == 6);  // the last epoch completed, as the reference code counts
   const train::RunState back = train::run_state_from_json(saved);
@@ -1224,6 +1290,9 @@ TEST_CASE("a run's state reads back as it was written, an older checkpoint's wit
   REQUIRE(back.within_epoch);
   CHECK(back.within_epoch->loss_sum == 12.5);
   CHECK(back.sampler.position == 672);
+  CHECK(back.val_images == 500);
+  CHECK(back.train_listing == "0123456789abcdef");
+  CHECK(back.last_log_line == state.last_log_line);
 
   nlohmann::json older = {{"epoch", 0}, {"sampler", saved["sampler"]}};
   const train::RunState filled = train::run_state_from_json(older);
@@ -1232,6 +1301,60 @@ TEST_CASE("a run's state reads back as it was written, an older checkpoint's wit
   CHECK(filled.world_size == 1);
   CHECK(filled.best_epoch == -1);
   CHECK_THROWS(train::run_state_from_json({{"epoch", 0}}));
+}
+
+TEST_CASE("a run state that contradicts itself is refused rather than resumed", "[train][resume]") {
+  train::RunState state;
+  state.epochs_done = 3;
+  state.within_epoch = train::WithinEpoch{3, 4, 8.0, 64, 2.5};
+  const nlohmann::json good = state.to_json();
+  REQUIRE_NOTHROW(train::run_state_from_json(good));
+  // Each of these would resume at a place no run could have saved: the position inside an epoch
+  // other than the one after the last epoch done, no processes, a negative step count or epoch.
+  auto with = [&](const std::string& key, const nlohmann::json& value) {
+    nlohmann::json j = good;
+    j[key] = value;
+    return j;
+  };
+  nlohmann::json other_epoch = good;
+  other_epoch["within_epoch"]["epoch"] = 2;
+  CHECK_THROWS_WITH(train::run_state_from_json(other_epoch),
+                    Catch::Contains("its run state is inconsistent"));
+  CHECK_THROWS_WITH(train::run_state_from_json(with("world_size", 0)),
+                    Catch::Contains("its run state is inconsistent"));
+  CHECK_THROWS_WITH(train::run_state_from_json(with("optimizer_steps", -1)),
+                    Catch::Contains("its run state is inconsistent"));
+  nlohmann::json before_any = with("epoch", -2);
+  before_any.erase("within_epoch");
+  CHECK_THROWS_WITH(train::run_state_from_json(before_any),
+                    Catch::Contains("its run state is inconsistent"));
+  CHECK_THROWS_WITH(train::run_state_from_json(with("options", "deit3_small")),
+                    Catch::Contains("its saved options are not an object"));
+}
+
+TEST_CASE("the moving average is warned about only while over a tenth of it is the start weights",
+          "[train][resume]") {
+  test::TempDir dir;
+  auto warning = [&](int64_t steps) {
+    const nlohmann::json state = {{"optimizer_steps", steps},
+                                  {"options", {{"model_ema_decay", 0.99}}}};
+    return test::stderr_of(dir.file("stderr.txt"), [&] {
+      train::warn_if_moving_average_is_young("run/checkpoint.safetensors", state);
+    });
+  };
+  // 0.99^229 is just above 0.1, 0.99^230 just below: it takes 230 steps to fall to a tenth.
+  const std::string young = warning(229);
+  CHECK_THAT(young, Catch::Contains("warning: the moving average in 'run/checkpoint.safetensors' "
+                                    "has had 229 optimizer steps at decay 0.99: 10% of it is still "
+                                    "the weights its run started from (to fall to 10% it needs "
+                                    "230 steps)"));
+  CHECK(warning(230).empty());
+  CHECK(warning(100000).empty());
+  // A checkpoint of a deit that did not count its steps: nothing to say, and no error.
+  const nlohmann::json uncounted = {{"options", {{"model_ema_decay", 0.99}}}};
+  CHECK(test::stderr_of(dir.file("stderr.txt"), [&] {
+          train::warn_if_moving_average_is_young("old.safetensors", uncounted);
+        }).empty());
 }
 
 TEST_CASE("a diverging run, another model's checkpoint or a new run never replaces a good one",
@@ -1546,6 +1669,34 @@ TEST_CASE("a run's output folder is locked: a second run into it is refused whil
                     Catch::Contains("'" + checkpoint + "' is not a folder"));
 }
 
+TEST_CASE("an output folder's lock refuses a second holder, naming the first on one line",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string folder = dir.path() + "/run";
+  std::filesystem::create_directories(folder);
+  char host[256] = {};
+  REQUIRE(gethostname(host, sizeof host - 1) == 0);
+  {
+    const train::OutputLock held(folder, "--output");
+    // flock conflicts between two opens of the file even within one process.
+    CHECK_THROWS_WITH(train::OutputLock(folder, "--output"),
+                      "'" + folder + "' is in use by another deit process (pid " +
+                          std::to_string(getpid()) + " on " + host +
+                          "): wait for it to end, or give another --output");
+  }
+  // Released: the lock file is gone, and the folder can be locked again.
+  CHECK_FALSE(std::filesystem::exists(folder + "/.lock"));
+  {
+    const train::OutputLock again(folder, "--output");
+    // The folder moved away and made again while held (by hand, or by another run that holds it
+    // now): the release must not remove the lock file now at the path, which is not this lock's.
+    std::filesystem::rename(folder, dir.path() + "/moved");
+    std::filesystem::create_directories(folder);
+    test::write_bytes(folder + "/.lock", {'x'});
+  }
+  CHECK(std::filesystem::exists(folder + "/.lock"));
+}
+
 TEST_CASE("a log line that cannot be written says the epoch is saved and how to go on",
           "[train][cli]") {
   test::TempDir dir;
@@ -1585,6 +1736,37 @@ TEST_CASE("a log line that the disk cannot take is an error, not lost at the clo
   }
   train::append_log_line(log, line, "run/checkpoint.safetensors", false);
   CHECK(std::filesystem::file_size(log) == 100 + line.dump().size() + 1);
+}
+
+TEST_CASE("a resumed run's log is left alone, and unremarked, when it holds what it should",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string log = dir.file("run/log.txt");
+  const std::string two_lines = "{\"epoch\":0}\n{\"epoch\":1}\n";
+  test::write_bytes(log, {two_lines.begin(), two_lines.end()});
+  auto said = [&](const std::function<void()>& check) {
+    return test::stderr_of(dir.file("stderr.txt"), check);
+  };
+  // A line for each epoch the checkpoint trained: no warning, and nothing cut off the log.
+  CHECK(said([&] { train::warn_of_missing_log_lines(log, 2); }).empty());
+  CHECK(said([&] { train::drop_unfinished_last_line(log); }).empty());
+  CHECK(test::read_bytes(log) == std::vector<uint8_t>(two_lines.begin(), two_lines.end()));
+  CHECK_THAT(said([&] { train::warn_of_missing_log_lines(log, 3); }),
+             Catch::Contains("holds 2 epoch lines, its checkpoint 3 epochs"));
+  // Resumed into another folder: only a log that starts there gets the note of where the rest
+  // is, and that says so when the resumed run's log is not beside its checkpoint either.
+  CHECK(said([&] { train::note_log_starts_apart(log, dir.file("gone/log.txt"), 2); }).empty());
+  const std::string fresh = dir.file("branch/log.txt");
+  CHECK(said([&] { train::note_log_starts_apart(fresh, dir.file("gone/log.txt"), 1); }) ==
+        "note: " + fresh +
+            " starts at epoch 2: the lines of the 1 epoch before were in the "
+            "resumed run's log, which is not beside its checkpoint\n");
+  // A log whose only line was cut short is emptied, not kept as half a line.
+  const std::string half = "{\"epoch\":0,\"tra";
+  test::write_bytes(fresh, {half.begin(), half.end()});
+  CHECK_THAT(said([&] { train::drop_unfinished_last_line(fresh); }),
+             Catch::Contains("(15 bytes, a write cut short): removed"));
+  CHECK(std::filesystem::file_size(fresh) == 0);
 }
 
 TEST_CASE("a stopped run's way to continue is quoted for the shell where it has to be",
