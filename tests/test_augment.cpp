@@ -13,6 +13,7 @@
 #include <limits>
 #include <map>
 #include <numeric>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -165,6 +166,126 @@ TEST_CASE("Simple Random Crop resizes the shorter side and crops inside the padd
       augment_train(random_image(60, 90, 1), sample_augment_params(config, 60, 90, rng));
   CHECK(view.height == 24);
   CHECK(view.width == 24);
+}
+
+TEST_CASE("RandomResizedCrop places its box uniformly over the room the image leaves",
+          "[augment]") {
+  // torchvision draws the offset uniformly in [0, side - box]: its mean is half that room, and
+  // both ends occur. A box kept to one half of the image would still lie inside it.
+  AugmentConfig config;
+  config.input_size = 32;
+  deit::Rng rng(41);
+  double x_sum = 0.0, y_sum = 0.0;
+  int x_count = 0, y_count = 0;
+  bool x_at_end = false, y_at_end = false;
+  for (int i = 0; i < kDraws; ++i) {
+    const CropParams c = sample_crop_params(config, 120, 160, rng);
+    if (c.w < 160) {
+      x_sum += double(c.x) / (160 - c.w);
+      ++x_count;
+      x_at_end |= c.x == 160 - c.w;
+    }
+    if (c.h < 120) {
+      y_sum += double(c.y) / (120 - c.h);
+      ++y_count;
+      y_at_end |= c.y == 120 - c.h;
+    }
+  }
+  CHECK(x_sum / x_count == Approx(0.5).margin(0.015));  // sd about 0.29 / sqrt(N)
+  CHECK(y_sum / y_count == Approx(0.5).margin(0.015));
+  CHECK(x_at_end);
+  CHECK(y_at_end);
+}
+
+TEST_CASE("RandomResizedCrop keeps a box as wide as the image, at a random height", "[augment]") {
+  // torchvision accepts w <= width: on a 100 x 400 image, half the area at ratio 1/2 is exactly
+  // 100 x 200, kept on the first try at any height. Refused, it would end in the centred
+  // fallback, at height 100 every time.
+  AugmentConfig config;
+  config.input_size = 32;
+  config.scale_min = config.scale_max = 0.5;
+  config.ratio_min = config.ratio_max = 0.5;
+  deit::Rng rng(47);
+  std::set<int> heights;
+  for (int i = 0; i < 100; ++i) {
+    const CropParams c = sample_crop_params(config, 400, 100, rng);
+    REQUIRE(c.w == 100);
+    REQUIRE(c.h == 200);
+    REQUIRE(c.x == 0);
+    heights.insert(c.y);
+  }
+  CHECK(heights.size() > 50);
+}
+
+TEST_CASE("a colour jitter above 1 gives factors from 0, never below", "[augment]") {
+  // ColorJitter's range is [max(0, 1 - j), 1 + j]: a negative brightness would turn the view
+  // into garbage.
+  AugmentConfig config;
+  config.three_augment = false;
+  config.color_jitter = 1.5;
+  deit::Rng rng(43);
+  float lowest = 1.0f;
+  for (int i = 0; i < 2000; ++i) {
+    const AugmentParams p = sample_augment_params(config, 50, 60, rng);
+    for (float f : {p.brightness, p.contrast, p.saturation}) {
+      REQUIRE(f >= 0.0f);
+      REQUIRE(f <= 2.5f);
+      lowest = std::min(lowest, f);
+    }
+  }
+  CHECK(lowest < 0.01f);
+}
+
+TEST_CASE("crop sizes follow torchvision's truncation and rounding", "[augment]") {
+  // Resize(32) on 100 x 333: the longer side is int(32 * 333 / 100) = int(106.56) = 106.
+  const ResizedSize resized = shorter_side_resize(100, 333, 32);
+  CHECK(resized.height == 32);
+  CHECK(resized.width == 106);
+  const ResizedSize tall = shorter_side_resize(333, 100, 32);
+  CHECK(tall.height == 106);
+  CHECK(tall.width == 32);
+  // DeiT's eval resize is int(input_size / crop_ratio): int(13 / 0.875) = int(14.86) = 14.
+  CHECK(eval_resize_side(13, 0.875) == 14);
+  CHECK(eval_augment_params(50, 50, 13, 0.875).crop.resized_width == 14);
+  // CenterCrop's offsets are round((side - size) / 2) with Python's round, half to even:
+  // round(2.5) = 2 and round(3.5) = 4.
+  CHECK(eval_augment_params(8, 13, 8, 1.0).crop.x == 2);
+  CHECK(eval_augment_params(8, 15, 8, 1.0).crop.x == 4);
+  CHECK(eval_augment_params(15, 8, 8, 1.0).crop.y == 4);
+  CHECK(python_round(2.5) == 2);
+  CHECK(python_round(-3.5) == -4);
+}
+
+TEST_CASE("crop settings no crop could honour are refused", "[augment]") {
+  deit::Rng rng(1);
+  AugmentConfig config;
+  config.input_size = 0;
+  CHECK_THROWS_WITH(sample_crop_params(config, 20, 20, rng),
+                    Catch::Contains("crop size must be positive, got 0"));
+  // Reflect padding needs more pixels than it mirrors: a crop of 4 with padding 4 cannot be made.
+  config.crop = CropMode::kSimpleRandom;
+  config.input_size = 4;
+  config.src_padding = 4;
+  CHECK_THROWS_WITH(sample_crop_params(config, 20, 20, rng),
+                    Catch::Contains("reflect padding 4 needs a crop size above it, got 4"));
+  config.input_size = 5;
+  CHECK(sample_crop_params(config, 20, 20, rng).size == 5);
+}
+
+TEST_CASE("use_rand_augment turns 3-Augment and the colour jitter off, and none leaves them",
+          "[augment]") {
+  // --aa as deit augment and deit bench data apply it: timm applies RandAugment or 3-Augment and
+  // the jitter, never both.
+  AugmentConfig config;
+  use_rand_augment(config, "none");
+  CHECK_FALSE(config.rand_augment);
+  CHECK(config.three_augment);
+  CHECK(config.color_jitter == 0.3);
+  use_rand_augment(config, "rand-m9-mstd0.5-inc1");
+  REQUIRE(config.rand_augment);
+  CHECK(config.rand_augment->magnitude == 9);
+  CHECK_FALSE(config.three_augment);
+  CHECK(config.color_jitter == 0.0);
 }
 
 TEST_CASE(
@@ -392,6 +513,88 @@ TEST_CASE("cutmix pastes the partner's box and its lambda is the area left", "[a
     }
   }
   CHECK(checked > 150);  // most draws paste a non-empty box
+}
+
+TEST_CASE("cutmix's box is timm's rand_bbox of the drawn lambda and centre", "[augment]") {
+  // The check above holds for any box that lambda is corrected to; this one replays the draws
+  // (the mix, lambda, then the centre's row and column) on a copy of the generator and builds the
+  // box as timm does: sides int(side * sqrt(1 - lambda)), centred, clipped. A tall, narrow image
+  // shows sides or centre ranges that swap height and width.
+  const int height = 40, width = 12;
+  MixupConfig config;
+  config.mixup_alpha = 0.0;  // cutmix only: no switch draw
+  config.cutmix_alpha = 0.4;
+  deit::Rng rng(29);
+  int touches_bottom = 0, touches_right = 0;
+  for (int draw = 0; draw < 500; ++draw) {
+    INFO("draw " << draw);
+    deit::Rng replay = rng;
+    const MixParams p = sample_mix_params(config, height, width, rng);
+    REQUIRE(replay.bernoulli(config.prob));
+    const double lambda = sample_beta(config.cutmix_alpha, config.cutmix_alpha, replay);
+    const int cut_h = static_cast<int>(height * std::sqrt(1.0 - lambda));
+    const int cut_w = static_cast<int>(width * std::sqrt(1.0 - lambda));
+    const int cy = static_cast<int>(replay.below(height));
+    const int cx = static_cast<int>(replay.below(width));
+    REQUIRE(p.cutmix);
+    REQUIRE(p.y0 == std::clamp(cy - cut_h / 2, 0, height));
+    REQUIRE(p.y1 == std::clamp(cy + cut_h / 2, 0, height));
+    REQUIRE(p.x0 == std::clamp(cx - cut_w / 2, 0, width));
+    REQUIRE(p.x1 == std::clamp(cx + cut_w / 2, 0, width));
+    touches_bottom += p.y1 == height;
+    touches_right += p.x1 == width;
+  }
+  // The clipping lets boxes reach the last row and column.
+  CHECK(touches_bottom > 0);
+  CHECK(touches_right > 0);
+}
+
+TEST_CASE("the mixup switch probability is the chance of cutmix, whatever its value", "[augment]") {
+  // At the recipe's 0.5 the probability and its complement look alike; --mixup-switch-prob
+  // 0.8 must give cutmix 80% of the time, not 20%.
+  MixupConfig config;
+  config.switch_prob = 0.8;
+  deit::Rng rng(31);
+  int cutmix = 0;
+  for (int i = 0; i < kDraws; ++i) cutmix += sample_mix_params(config, 16, 16, rng).cutmix;
+  CHECK(std::abs(cutmix / double(kDraws) - 0.8) < 0.02);  // sd 0.0028
+}
+
+TEST_CASE("sample_beta draws Beta(a, b) with a and b in their places", "[augment]") {
+  // Mixup draws Beta(alpha, alpha) only, where a draw and one minus it look alike; a Beta of
+  // two shapes tells the first from the second, and a wrongly scaled Gamma draw shows.
+  struct Case {
+    double a, b, mean, variance;
+  };
+  // Mean a / (a + b), variance ab / ((a + b)^2 (a + b + 1)); shapes below 1 take the other
+  // Gamma path. Shapes so small that both draws underflow make a coin that lands on 1 with
+  // probability a / (a + b).
+  for (const Case& c :
+       {Case{2.0, 5.0, 2.0 / 7, 10.0 / (49 * 8)}, Case{0.5, 2.0, 0.2, 1.0 / (6.25 * 3.5)},
+        Case{1e-300, 3e-300, 0.25, 0.25 * 0.75}}) {
+    INFO("Beta(" << c.a << ", " << c.b << ")");
+    deit::Rng rng(37);
+    double sum = 0.0, sq = 0.0;
+    for (int i = 0; i < kDraws; ++i) {
+      const double v = sample_beta(c.a, c.b, rng);
+      REQUIRE(v >= 0.0);
+      REQUIRE(v <= 1.0);
+      sum += v;
+      sq += v * v;
+    }
+    const double mean = sum / kDraws;
+    CHECK(mean == Approx(c.mean).margin(0.02));  // sd at most 0.0035
+    CHECK(sq / kDraws - mean * mean == Approx(c.variance).margin(0.01));
+  }
+  // Either shape unchecked would loop for ever on a negative or NaN shape: REQUIRE stops at the
+  // first shape let through, which is 0 (a draw of 1, made at once).
+  deit::Rng rng(1);
+  for (const auto& [a, b] : {std::pair{1.0, 0.0}, std::pair{0.0, 1.0}, std::pair{1.0, -2.0},
+                             std::pair{std::nan(""), 1.0}, std::pair{1.0, std::nan("")}}) {
+    INFO("Beta(" << a << ", " << b << ")");
+    REQUIRE_THROWS_WITH(sample_beta(a, b, rng),
+                        Catch::Contains("Beta parameters must be positive"));
+  }
 }
 
 TEST_CASE("mixup blends each sample and its target with its mirror in the batch", "[augment]") {

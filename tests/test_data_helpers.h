@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/image.h"
+#include "data/image_source.h"
 #include "data/synthetic.h"
 #include "data/transforms.h"
 #include "engine/rng.h"
@@ -62,6 +64,28 @@ inline data::ImageU8 gradient_image(int height, int width, int seed = 0) {
   }
   return image;
 }
+
+// Images of varying sizes made on the fly, image i of class i % 5 ("a" to "e"); the listed
+// indices are unusable (DataError, as a corrupt file).
+class MemorySource : public data::ImageSource {
+ public:
+  explicit MemorySource(size_t size, std::set<size_t> bad = {}) : size_(size), bad_(bad) {}
+  size_t size() const override { return size_; }
+  const std::vector<std::string>& class_names() const override { return names_; }
+  int label(size_t index) const override { return static_cast<int>(index % 5); }
+  data::ImageU8 load(size_t index) const override {
+    if (bad_.count(index)) throw data::DataError(describe(index) + ": unusable on purpose");
+    return gradient_image(6 + index % 4, 7 + index % 3, static_cast<int>(index));
+  }
+  std::string describe(size_t index) const override {
+    return "memory image " + std::to_string(index);
+  }
+
+ private:
+  size_t size_;
+  std::set<size_t> bad_;
+  std::vector<std::string> names_ = {"a", "b", "c", "d", "e"};
+};
 
 inline std::vector<uint8_t> read_bytes(const std::string& path) {
   std::ifstream file(path, std::ios::binary);

@@ -17,6 +17,7 @@
 #include "data/image_folder.h"
 #include "data/image_source.h"
 #include "data/pack.h"
+#include "data/shard.h"
 #include "tests/captured_stderr.h"
 #include "tests/child_process.h"
 #include "tests/test_data_helpers.h"
@@ -26,6 +27,7 @@ namespace {
 using namespace deit::data;
 using Catch::Matchers::Contains;
 using deit::test::gradient_image;
+using deit::test::MemorySource;
 using deit::test::TempDir;
 
 // Four images of classes "a" and "b"; loading image 2 runs out of memory.
@@ -59,6 +61,15 @@ class RunsOutOfMemoryNamingABadImage : public RunsOutOfMemory {
 
  private:
   mutable std::atomic<bool> named_{false};
+};
+
+// Loading images 1 and 3 runs out of memory.
+class RunsOutOfMemoryTwice : public RunsOutOfMemory {
+ public:
+  ImageU8 load(size_t index) const override {
+    if (index == 1 || index == 3) throw std::bad_alloc();
+    return gradient_image(8, 8);
+  }
 };
 
 // What listing the image folder `root` throws ("no error" when nothing), read as a user that folder
@@ -148,6 +159,65 @@ TEST_CASE("An exception a decoding thread of a pack throws reaches the caller", 
   CHECK_THROWS_WITH(pack_image_source(RunsOutOfMemoryNamingABadImage(), "memory", out, options),
                     "image 1: out of memory while packing it; no shard written");
   CHECK(std::filesystem::is_empty(dir.path() + "/out"));
+  // Of two failures, the first met is named: with one thread, the lower index.
+  options.threads = 1;
+  CHECK_THROWS_WITH(pack_image_source(RunsOutOfMemoryTwice(), "memory", out, options),
+                    "image 1: out of memory while packing it; no shard written");
+}
+
+TEST_CASE("An unusable image in a later chunk of a pack leaves no earlier image in its place",
+          "[data]") {
+  // One thread decodes chunks of 32 images into the same slots; image 32, the first of the second
+  // chunk, is unusable, so its slot must not still hold image 0 when the chunk is written.
+  TempDir dir;
+  const std::string out = dir.file("x.shard");
+  PackOptions options;
+  options.short_side = 0;
+  options.threads = 1;
+  const PackSummary summary = pack_image_source(MemorySource(40, {32}), "memory", out, options);
+  CHECK(summary.images == 39);
+  CHECK(summary.skipped == 1);
+  const ShardReader reader(out);
+  REQUIRE(reader.size() == 39);
+  for (size_t record = 30; record < 39; ++record) {
+    INFO("record " << record);
+    const size_t image = record < 32 ? record : record + 1;
+    CHECK(reader.load(record).pixels == MemorySource(40).load(image).pixels);
+    CHECK(reader.label(record) == static_cast<int>(image % 5));
+  }
+}
+
+TEST_CASE("A pack warns of the classes it wrote no record of, and of no other", "[data]") {
+  TempDir dir;
+  const std::string out = dir.file("x.shard");
+  PackOptions options;
+  options.threads = 2;
+  // Class c's images (2 and 7) are both unusable.
+  const std::string warnings = deit::test::stderr_of(dir.file("stderr.txt"), [&] {
+    pack_image_source(MemorySource(10, {2, 7}), "memory", out, options);
+  });
+  CHECK_THAT(warnings, Contains("warning: " + out + ": class 'c' has no images"));
+  for (const char* name : {"a", "b", "d", "e"})
+    CHECK_THAT(warnings, !Contains("class '" + std::string(name) + "'"));
+}
+
+TEST_CASE("A pack records the shorter side it shrank to, and a negative one keeps sizes",
+          "[data]") {
+  // The header's short side is what a run checks --input-size against before training.
+  TempDir dir;
+  PackOptions options;
+  options.threads = 1;
+  options.short_side = 3;
+  pack_image_source(MemorySource(2), "memory", dir.file("three.shard"), options);
+  const ShardReader shrunk(dir.file("three.shard"));
+  CHECK(shrunk.short_side() == 3);
+  CHECK(shrunk.load(1).height == 3);  // image 1 is 7 x 8: 3 x int(3 * 8 / 7)
+  CHECK(shrunk.load(1).width == 3);
+  options.short_side = -1;  // as 0: no shrinking
+  pack_image_source(MemorySource(2), "memory", dir.file("kept.shard"), options);
+  const ShardReader kept(dir.file("kept.shard"));
+  CHECK(kept.short_side() == 0);
+  CHECK(kept.load(1).pixels == MemorySource(2).load(1).pixels);
 }
 
 TEST_CASE("A dataset opened without warnings keeps what its listing found to itself", "[data]") {

@@ -23,30 +23,10 @@ namespace {
 using namespace deit::data;
 using Catch::Matchers::Contains;
 using deit::test::gradient_image;
+using deit::test::MemorySource;
 using namespace std::chrono_literals;
 
 constexpr int kCrop = 4;
-
-// Images of varying sizes made on the fly; the listed indices are unusable.
-class MemorySource : public ImageSource {
- public:
-  explicit MemorySource(size_t size, std::set<size_t> bad = {}) : size_(size), bad_(bad) {}
-  size_t size() const override { return size_; }
-  const std::vector<std::string>& class_names() const override { return names_; }
-  int label(size_t index) const override { return static_cast<int>(index % 5); }
-  ImageU8 load(size_t index) const override {
-    if (bad_.count(index)) throw DataError(describe(index) + ": unusable on purpose");
-    return gradient_image(6 + index % 4, 7 + index % 3, static_cast<int>(index));
-  }
-  std::string describe(size_t index) const override {
-    return "memory image " + std::to_string(index);
-  }
-
- private:
-  size_t size_;
-  std::set<size_t> bad_;
-  std::vector<std::string> names_ = {"a", "b", "c", "d", "e"};
-};
 
 // A random kCrop x kCrop crop, scaled to [0, 1]: enough randomness to see the streams at work.
 void random_crop(const ImageU8& image, deit::Rng& rng, SampleOutput out) {

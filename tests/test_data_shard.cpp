@@ -340,6 +340,20 @@ TEST_CASE("pack_image_folder shrinks, packs in folder order and skips bad files"
   CHECK(reader.load(2).pixels == small.pixels);
 }
 
+TEST_CASE("pack_image_folder shrinks by the shorter side alone, into a folder it makes", "[data]") {
+  // A long strip whose shorter side is within --short-side is stored as it is, however long;
+  // enlarging its shorter side would only cost space. The shard's folder does not exist yet.
+  TempDir dir;
+  const ImageU8 strip = gradient_image(20, 100, 3);
+  write_png(dir.file("train/a/strip.png"), strip);
+  const std::string out = dir.path() + "/packed/small/train.shard";
+  pack_image_folder(dir.path() + "/train", out, PackOptions{32, 1});
+  const ShardReader reader(out);
+  REQUIRE(reader.size() == 1);
+  CHECK(reader.load(0).pixels == strip.pixels);
+  CHECK(reader.load(0).height == 20);
+}
+
 TEST_CASE("Packing replaces an earlier shard and nothing else", "[data]") {
   TempDir dir;
   const std::string src = dir.path() + "/train";
@@ -378,7 +392,7 @@ TEST_CASE("pack_image_folder refuses a folder whose images are all unusable", "[
   write_bytes(dir.file("train/a/empty.png"), {});
   const std::string out = dir.path() + "/train.shard";
   CHECK_THROWS_WITH(pack_image_folder(dir.path() + "/train", out, PackOptions{}),
-                    Contains("none of its 1 image files"));
+                    Contains(dir.path() + "/train: none of its 1 image files"));
   CHECK_FALSE(std::filesystem::exists(out));
   CHECK_FALSE(std::filesystem::exists(ShardWriter::partial_path(out)));
 }

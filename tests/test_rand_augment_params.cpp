@@ -313,6 +313,7 @@ TEST_CASE("RandAugment's arguments follow timm's level-to-argument functions", "
       if (kind == Kind::kSolarize) REQUIRE(s.level == 256 - 230);
       if (kind == Kind::kSolarizeAdd) REQUIRE(s.level == 99);
       if (kind == Kind::kShearX) REQUIRE(std::abs(s.affine[1]) == 0.9 * 0.3);
+      if (kind == Kind::kShearY) REQUIRE(std::abs(s.affine[3]) == 0.9 * 0.3);
       if (kind == Kind::kTranslateX) REQUIRE(std::abs(s.affine[2]) == 0.9 * 0.45 * kSize);
       if (kind == Kind::kTranslateY) REQUIRE(std::abs(s.affine[5]) == 0.9 * 0.45 * kSize);
       if (kind == Kind::kColor)
@@ -340,6 +341,49 @@ TEST_CASE("RandAugment's arguments follow timm's level-to-argument functions", "
       ++count;
     }
     CHECK(std::abs(sum / count - 54.5) < 3.0);  // sd 32 / sqrt(2700)
+
+    // Below m10 the range is [0, m], not timm's whole [0, 10]: at m5, int(U(0, 0.5) * 110).
+    sum = 0;
+    count = 0;
+    for (const RandAugmentStep& s : draw_steps("rand-m5-mstdinf", kViews, 1.0)) {
+      if (kind_of(s) != Kind::kSolarizeAdd) continue;
+      REQUIRE(s.level <= 55);
+      sum += s.level;
+      ++count;
+    }
+    CHECK(std::abs(sum / count - 27.0) < 1.5);  // sd 16 / sqrt(2700)
+  }
+
+  SECTION("magnitudes drawn below 0 are clipped to 0") {
+    // N(1, 5) falls below 0 four times in ten; timm clips the magnitude to [0, 10] before any
+    // level-to-argument function, so no argument leaves its range.
+    int posterized = 0;  // the range checks below ran
+    for (const RandAugmentStep& s : draw_steps("rand-m1-mstd5-inc1", kViews, 1.0)) {
+      switch (kind_of(s)) {
+        case Kind::kPosterize:
+          REQUIRE(s.level >= 0);
+          REQUIRE(s.level <= 4);
+          ++posterized;
+          break;
+        case Kind::kSolarize:
+          REQUIRE(s.level >= 0);
+          REQUIRE(s.level <= 256);
+          break;
+        case Kind::kSolarizeAdd:
+          REQUIRE(s.level >= 0);
+          REQUIRE(s.level <= 110);
+          break;
+        case Kind::kColor:
+        case Kind::kContrast:
+        case Kind::kBrightness:
+        case Kind::kSharpness:
+          REQUIRE(std::abs(s.factor - 1.0f) <= 0.9f + 1e-6f);
+          break;
+        default:
+          break;
+      }
+    }
+    CHECK(posterized > 0);
   }
 }
 
