@@ -1,19 +1,22 @@
-// Decoding images with libjpeg-turbo (JPEG, data/jpeg_decode.h) and stb_image (PNG, BMP, GIF, TGA,
-// PNM, PSD, HDR), and writing them with stb_image_write, with the checks that turn a bad file into
-// a DataError naming it instead of a crash, a huge allocation or a silently half-grey picture, and
-// a failed write (a full disk) into one instead of a truncated file.
+// Decoding images with libjpeg-turbo (JPEG, data/jpeg_decode.h), by hand (binary PNM) and with
+// stb_image (PNG, BMP, GIF, TGA, PSD, HDR, PIC), and writing them with stb_image_write, with the
+// checks that turn a bad file into a DataError naming it instead of a crash, a huge allocation or a
+// silently half-grey picture, and a failed write (a full disk) into one instead of a truncated
+// file.
 #include <stb_image.h>
 #include <stb_image_write.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -33,9 +36,10 @@ const char* stb_reason() {
   return reason && *reason ? reason : "no reason given";
 }
 
-// stb_image reads past the end of a BMP, a TGA or a binary PNM as zeros, so a truncated one
-// decodes "successfully" (Pillow says "image file is truncated"). Their headers say how many bytes
-// the pixels take: the checks below compare that with what the file holds.
+// stb_image reads past the end of a BMP or a TGA as zeros, so a truncated one decodes
+// "successfully" (Pillow says "image file is truncated"); the binary PNM decoder below would read
+// past the buffer. Their headers say how many bytes the pixels take: the checks below compare that
+// with what the file holds.
 
 // "truncated FORMAT (pixel data needs N bytes, file has M)".
 [[noreturn]] void fail_truncated(const std::string& name, const char* format, uint64_t needed,
@@ -65,8 +69,18 @@ void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& na
 
 // A binary PNM (P5 gray, P6 RGB): the magic, then width, height and the largest sample value in
 // decimal, each after whitespace and '#' comment lines, then one whitespace byte and the samples
-// (2 bytes each above 255). Parsed as stb_image parses it.
-void check_pnm_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+// (2 bytes each, big-endian, above 255).
+struct PnmHeader {
+  uint64_t width = 0, height = 0, max_value = 0;
+  uint64_t channels = 0;      // 1 (P5) or 3 (P6)
+  size_t pixel_offset = 0;    // where the samples start
+  uint64_t sample_bytes = 0;  // 1, or 2 above 255
+};
+
+// Parsed as stb_image parses it (whose stbi_info has accepted the file); nullopt for a file that
+// is no binary PNM.
+std::optional<PnmHeader> read_pnm_header(const uint8_t* bytes, size_t size) {
+  if (size < 2 || bytes[0] != 'P' || (bytes[1] != '5' && bytes[1] != '6')) return std::nullopt;
   size_t i = 2;
   uint64_t fields[3] = {};  // width, height, largest value
   for (uint64_t& field : fields) {
@@ -75,12 +89,25 @@ void check_pnm_complete(const uint8_t* bytes, size_t size, const std::string& na
       if (i >= size || bytes[i] != '#') break;
       while (i < size && bytes[i] != '\n' && bytes[i] != '\r') ++i;
     }
-    if (i >= size || !std::isdigit(bytes[i])) return;  // stb_image refuses it itself
+    if (i >= size || !std::isdigit(bytes[i])) return std::nullopt;  // stb_image refuses it
     for (; i < size && std::isdigit(bytes[i]) && field < (uint64_t{1} << 32); ++i)
       field = field * 10 + (bytes[i] - '0');
   }
-  const uint64_t sample_bytes = fields[2] > 255 ? 2 : 1, channels = bytes[1] == '6' ? 3 : 1;
-  const uint64_t needed = i + 1 + fields[0] * fields[1] * channels * sample_bytes;
+  PnmHeader header;
+  header.width = fields[0];
+  header.height = fields[1];
+  header.max_value = fields[2];
+  header.channels = bytes[1] == '6' ? 3 : 1;
+  header.pixel_offset = i + 1;
+  header.sample_bytes = header.max_value > 255 ? 2 : 1;
+  return header;
+}
+
+void check_pnm_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+  const std::optional<PnmHeader> header = read_pnm_header(bytes, size);
+  if (!header) return;
+  const uint64_t needed = header->pixel_offset +
+                          header->width * header->height * header->channels * header->sample_bytes;
   if (needed > size) fail_truncated(name, "PNM", needed, size);
 }
 
@@ -262,6 +289,35 @@ std::vector<uint8_t> png_ended_where_cut(const uint8_t* bytes, size_t size) {
   return ended;
 }
 
+// A complete binary PNM's pixels as Pillow's open and convert("RGB") leave them. Each sample v
+// becomes round(v / max_value * top), half to even as Python's round, at most top: top is 255,
+// except for a P5 of 16 bits, which Pillow opens as 32-bit integers (top 65535) and convert("RGB")
+// then clips at 255, so all but its darkest values turn white. (stb_image does not scale by the
+// largest value, and its 2.27, Debian 12's, reads a P5 of 16 bits past the end of its buffer:
+// CVE-2021-42716.)
+ImageU8 decode_binary_pnm(const uint8_t* bytes, const PnmHeader& header, const std::string& name) {
+  if (header.max_value == 0) fail_file(name, "corrupt PNM header (largest sample value 0)");
+  const double top = header.channels == 1 && header.sample_bytes == 2 ? 65535.0 : 255.0;
+  ImageU8 image;
+  image.height = static_cast<int>(header.height);
+  image.width = static_cast<int>(header.width);
+  const size_t pixels = header.width * header.height;
+  image.pixels.resize(pixels * 3);
+  const uint8_t* sample = bytes + header.pixel_offset;
+  for (size_t p = 0; p < pixels; ++p)
+    for (uint64_t c = 0; c < header.channels; ++c, sample += header.sample_bytes) {
+      const uint32_t v = header.sample_bytes == 2 ? uint32_t{sample[0]} << 8 | sample[1] : *sample;
+      const double scaled = std::min(top, std::nearbyint(double(v) / header.max_value * top));
+      const auto value = static_cast<uint8_t>(std::min(scaled, 255.0));
+      if (header.channels == 3) {
+        image.pixels[3 * p + c] = value;
+      } else {
+        std::fill_n(&image.pixels[3 * p], 3, value);
+      }
+    }
+  return image;
+}
+
 // Throws DataError for dimensions past what deit decodes; returns for the others.
 void refuse_too_large(const std::string& name, int width, int height) {
   if (width > 0 && height > 0 && within_image_limits(width, height)) return;
@@ -296,6 +352,8 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   if (bmp && height < 0 && height != INT32_MIN) height = -height;
   refuse_too_large(name, width, height);
   check_complete(bytes, size, name);
+  if (const std::optional<PnmHeader> pnm = read_pnm_header(bytes, size))
+    return decode_binary_pnm(bytes, *pnm, name);
   // What stb_image decodes: the file, or a copy changed to decode as Pillow does. (The file is
   // longer than the magic numbers compared: stb_image has read its header.)
   const bool png = std::memcmp(bytes, "\x89PNG", 4) == 0;

@@ -238,6 +238,50 @@ void check_whole_and_cut(const TempDir& dir, const std::string& name,
 
 }  // namespace
 
+TEST_CASE("binary PNMs of any largest sample value decode to Pillow's pixels", "[data]") {
+  // Pillow 13.0's Image.open(path).convert("RGB") of each file, one row: samples are scaled to the
+  // largest value (rounded half to even: 253 / 510 * 255 = 126.5 gives 126, 257 / 510 * 255 =
+  // 128.5 gives 128), and a P5 of 16 bits, Pillow's mode "I", is clipped at 255. stb_image
+  // scaled nothing and read a 16-bit P5 past its buffer (CVE-2021-42716).
+  struct Case {
+    std::string magic;
+    int max_value;
+    std::vector<int> samples;
+    std::vector<uint8_t> pillow;
+  };
+  auto gray = [](std::vector<uint8_t> values) {
+    std::vector<uint8_t> rgb;
+    for (uint8_t v : values) rgb.insert(rgb.end(), {v, v, v});
+    return rgb;
+  };
+  const Case cases[] = {
+      {"P6", 255, {0, 1, 127, 128, 254, 255}, {0, 1, 127, 128, 254, 255}},
+      {"P6", 100, {0, 1, 50, 99, 100, 101}, {0, 3, 128, 252, 255, 255}},
+      {"P5", 100, {0, 1, 50, 99, 100, 101}, gray({0, 3, 128, 252, 255, 255})},
+      {"P6", 510, {0, 253, 255, 257, 509, 511}, {0, 126, 128, 128, 254, 255}},
+      {"P6", 65535, {0, 255, 256, 1000, 32768, 65535}, {0, 1, 1, 4, 128, 255}},
+      {"P5", 1000, {0, 1, 2, 3, 4, 1000}, gray({0, 66, 131, 197, 255, 255})},
+      {"P5", 65535, {0, 1, 254, 255, 256, 65535}, gray({0, 1, 254, 255, 255, 255})},
+  };
+  TempDir dir;
+  for (const Case& c : cases) {
+    const int width = static_cast<int>(c.samples.size()) / (c.magic == "P6" ? 3 : 1);
+    const std::string header =
+        c.magic + "\n" + std::to_string(width) + " 1\n" + std::to_string(c.max_value) + "\n";
+    std::vector<uint8_t> bytes(header.begin(), header.end());
+    for (const int v : c.samples) {
+      if (c.max_value > 255) bytes.push_back(static_cast<uint8_t>(v >> 8));
+      bytes.push_back(static_cast<uint8_t>(v));
+    }
+    check_whole_and_cut(dir, c.magic + "_" + std::to_string(c.max_value) + ".pnm", bytes,
+                        ImageU8{1, width, c.pillow});
+  }
+  // A largest value of 0 scales nothing: Pillow refuses the file.
+  const std::string zero = dir.file("zero.pgm");
+  write_bytes(zero, {'P', '5', ' ', '1', ' ', '1', ' ', '0', '\n', 0});
+  CHECK_THROWS_WITH(decode_image_file(zero), Contains(zero) && Contains("largest sample value 0"));
+}
+
 TEST_CASE("BMP and TGA layouts stb_image_write does not make are read whole and refused cut",
           "[data]") {
   // A BMP's rows padded to 4 bytes, stored top-down, or in bit fields; a TGA with an image ID, a
