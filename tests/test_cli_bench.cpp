@@ -340,7 +340,7 @@ TEST_CASE("deit bench step runs drop-path branches on the kept samples unless to
 }
 
 TEST_CASE("out of memory under an address-space limit (ulimit -v) gives that limit",
-          "[cli][bench]") {
+          "[cli][bench][address_space]") {
   // 8 GiB (wide enough for the libraries a CUDA build maps). The message gave the machine's memory,
   // which the process could never have. The first batch, 800,000 x 3 x 32 x 32 floats (9.4 GiB),
   // is refused before it is allocated.
