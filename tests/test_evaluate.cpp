@@ -84,6 +84,14 @@ TEST_CASE("deit eval scores tied and NaN logits as misses, not hits", "[train][c
   CHECK(j["images"] == kClasses * kImagesPerClass);
   CHECK(j["acc1"].get<double>() == Approx(per_class));
   CHECK(j["acc5"].get<double>() == Approx(5 * per_class));
+  // The tie goes to class 0, the lowest index, not the highest: the same accuracy either way,
+  // which only the per-class table tells apart.
+  for (const auto& row : j["per_class"]) {
+    INFO(row.dump());
+    const bool first = row["class"] == data::synthetic_class_names()[0];
+    CHECK(row["acc1"].get<double>() == (first ? 100 : 0));
+    if (!first) CHECK(row["most_confused_with"] == data::synthetic_class_names()[0]);
+  }
 
   // Class 3's score NaN: it comes first for every image, then the tie among the rest in class
   // order, so class l (l != 3) is at rank l + 1 below 3 and l above: classes 0 to 4 make the top 5.
@@ -178,4 +186,31 @@ TEST_CASE("deit eval --split takes a split inside --data and refuses a path out 
   const test::CliResult inside = run_deit(eval + "--data " + data + " --split train/../val");
   INFO(inside.output);
   CHECK(inside.exit_code == 0);
+}
+
+TEST_CASE("deit eval's loss is the mean cross-entropy of the softmax over every output",
+          "[train][cli]") {
+  // Class 0 scores 2 and the other five 0 for every image: class 0 is every image's top-1, and
+  // classes 0 to 4 its top 5 (ties in class order). The loss is exact: -log softmax(label), so
+  // log(e^2 + 5) - 2 for the 2 images of class 0 and log(e^2 + 5) for the other 10. A loss that
+  // left out the largest logit it subtracts for stability, or averaged otherwise, is off by far.
+  test::TempDir dir;
+  const std::string data = write_dataset(dir);
+  const nlohmann::json j = eval_with_flat_head(dir, data, 0, 2.f);
+  const double images = kClasses * kImagesPerClass;
+  REQUIRE(j["images"] == images);
+  const double log_sum = std::log(std::exp(2.0) + (kClasses - 1));
+  CHECK(j["loss"].get<double>() == Approx(log_sum - 2.0 * kImagesPerClass / images).epsilon(1e-5));
+  CHECK(j["acc1"].get<double>() == Approx(100.0 / kClasses));
+  CHECK(j["acc5"].get<double>() == Approx(500.0 / kClasses));
+  for (const auto& row : j["per_class"]) {
+    INFO(row.dump());
+    const bool first = row["class"] == data::synthetic_class_names()[0];
+    CHECK(row["images"] == kImagesPerClass);
+    CHECK(row["acc1"].get<double>() == (first ? 100 : 0));
+    if (!first) {
+      CHECK(row["most_confused_with"] == data::synthetic_class_names()[0]);
+      CHECK(row["most_confused_images"] == kImagesPerClass);
+    }
+  }
 }

@@ -560,6 +560,21 @@ TEST_CASE("weight EMA follows timm ModelEma", "[optim]") {
   }
 }
 
+TEST_CASE("weight EMA takes any decay from 0 to 1, 1 keeping the start weights", "[optim]") {
+  // Decay 1 is timm's frozen average (the weights it was built from, ever after): allowed, as
+  // 0 is (the weights of the last step). Outside [0, 1], or NaN, is no average at all.
+  Toy toy(11, deit::DType::f32);
+  const Vec start = values(toy.params.all()[0].value);
+  deit::WeightEma frozen(toy.params, 1.0);
+  Tensor(toy.params.all()[0].value).fill_(3.0);
+  frozen.update(toy.params);
+  CHECK(values(frozen.state()[0].second) == start);
+  for (double bad : {-0.25, 1.5, std::nan("")}) {
+    INFO("decay " << bad);
+    CHECK_THROWS_WITH(deit::WeightEma(toy.params, bad), Catch::Contains("decay must be in [0, 1]"));
+  }
+}
+
 TEST_CASE("weight EMA starts as a copy and round-trips its state and checks its registry",
           "[optim]") {
   Toy toy(37, deit::DType::f32);
@@ -585,4 +600,16 @@ TEST_CASE("weight EMA starts as a copy and round-trips its state and checks its 
   ParameterRegistry other;
   other.add("fc.weight", Tensor::zeros({5, 4}), true);
   CHECK_THROWS_WITH(ema.update(other), Catch::Contains("built over 5 parameters"));
+  // As many parameters, the first named or shaped otherwise: another model's, not averaged into
+  // this one's (nor read past its end).
+  const std::vector<std::pair<std::string, Shape>> firsts{{"fc.renamed", {5, 4}},
+                                                          {"fc.weight", {4, 5}}};
+  for (const auto& [name, shape] : firsts) {
+    INFO(name);
+    ParameterRegistry swapped;
+    swapped.add(name, Tensor::zeros(shape), true);
+    for (size_t i = 1; i < toy.params.size(); ++i)
+      swapped.add(toy.params.all()[i].name, toy.params.all()[i].value.clone(), true);
+    CHECK_THROWS_WITH(ema.update(swapped), Catch::Contains("the EMA holds 'fc.weight'"));
+  }
 }

@@ -1,9 +1,12 @@
 // --recipe: each stage of the reference's training (README_revenge.md's commands) as a recipe
 // that every flag defaults to, seen through `deit train --dry-run`.
 #include <catch2/catch.hpp>
-#include <limits>
 
+#include <functional>
+#include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -243,6 +246,50 @@ TEST_CASE("settings that could only fail later are refused when a run is set up"
   CHECK_NOTHROW(o.validate());
 }
 
+TEST_CASE("a rate at the edge of its range is refused or taken as the recipe allows", "[train]") {
+  // RECIPE.md section 1: drop-path keeps a branch with probability 1 - rate and scales it by
+  // 1 / (1 - rate): at 1 it would keep nothing and divide by 0. Smoothing 1 leaves no weight on
+  // the label, and colour jitter 1 lets a factor reach 0 (a black or grey image). The recipe's
+  // own values sit inside: they are taken.
+  deit::train::TrainOptions o = deit::train::recipe_for("deit3_huge");  // drop-path 0.6
+  o.data_dir = "/datasets/imagenet";
+  o.output_dir = "/runs/never";
+  CHECK_NOTHROW(o.validate());
+  o.drop_path = 1;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--drop-path must be in [0, 1), got 1"));
+  o.drop_path = 0.99;
+  CHECK_NOTHROW(o.validate());
+  o.drop_path = 0.6;
+  o.color_jitter = 1;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--color-jitter must be in [0, 1)"));
+  o.color_jitter = deit::train::kColorJitter;
+  o.bce_loss = false;  // smoothing is refused beside BCE
+  o.smoothing = 1;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--smoothing must be in [0, 1), got 1"));
+  o.smoothing = 0.1;  // the fine-tunes' and ImageNet-21k's
+  CHECK_NOTHROW(o.validate());
+}
+
+TEST_CASE("counts below one and a resumed fine-tune from new weights are refused by the options",
+          "[train]") {
+  // validate() guards train::train as well as the command line: no epoch or no micro-batch per
+  // step trains nothing, and a run cannot both go on from a checkpoint and start afresh from
+  // other weights.
+  deit::train::TrainOptions o = deit::train::recipe_for("deit3_tiny");
+  o.data_dir = "/datasets/imagenet";
+  o.output_dir = "/runs/never";
+  o.epochs = 0;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--epochs must be at least 1, got 0"));
+  o.epochs = 1;
+  o.accum_steps = 0;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--accum-steps must be at least 1, got 0"));
+  o.accum_steps = 1;
+  CHECK_NOTHROW(o.validate());
+  o.resume = "/runs/a/checkpoint.safetensors";
+  o.finetune = "/runs/b/checkpoint.safetensors";
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--resume and --finetune cannot be combined"));
+}
+
 TEST_CASE("deit train --help shows each recipe's values for each model", "[train][cli]") {
   const CliResult r = run_deit("train --help");
   REQUIRE(r.exit_code == 0);
@@ -262,4 +309,129 @@ TEST_CASE("deit train --help says how to launch several processes and how long t
   CHECK_THAT(r.output, Catch::Contains("launch this command with mpirun -np N, torchrun "
                                        "--nproc-per-node N --no-python, or srun") &&
                            Catch::Contains("DEIT_COMM_TIMEOUT seconds (600)"));
+}
+
+TEST_CASE("deit3_tiny and deit3_medium keep the recipe values chosen for them at every stage",
+          "[train]") {
+  // T and M are not in the paper (RECIPE.md section 2 lists S, B, L and H): recipe.h documents
+  // the values chosen for them, between their neighbours', and --help shows them. Each is pinned
+  // here, as nothing else (a dry run of a reference command) would notice one changed.
+  struct Row {
+    const char* preset;
+    const char* recipe;
+    double lr, drop_path;
+    int64_t input_size, epochs;
+  };
+  const Row rows[] = {
+      // Pretrain: lr 4e-3 for T (as S), 3e-3 for M (as B/L/H); at 224, 800 epochs.
+      {"deit3_tiny", "pretrain", 4e-3, 0.0, 224, 800},
+      {"deit3_medium", "pretrain", 3e-3, 0.1, 224, 800},
+      // Fine-tuning of the models pretrained at 224: at 384, as S (--help: "T, S and M at 384").
+      {"deit3_tiny", "finetune", 1e-5, 0.0, 384, 20},
+      {"deit3_medium", "finetune", 1e-5, 0.1, 384, 20},
+      {"deit3_tiny", "in21k-pretrain", 1e-3, 0.0, 224, 240},
+      {"deit3_medium", "in21k-pretrain", 1e-3, 0.05, 224, 240},
+      {"deit3_tiny", "in21k-finetune", 3e-4, 0.0, 224, 50},
+      {"deit3_medium", "in21k-finetune", 3e-4, 0.1, 224, 50},
+  };
+  for (const Row& row : rows) {
+    INFO(row.preset << " " << row.recipe);
+    const deit::train::TrainOptions o = deit::train::recipe_for(row.preset, row.recipe);
+    CHECK(o.recipe == row.recipe);
+    CHECK(o.model.name == row.preset);
+    CHECK(o.lr == row.lr);
+    CHECK(o.drop_path == row.drop_path);
+    CHECK(o.model.input_size == row.input_size);
+    CHECK(o.epochs == row.epochs);
+    // Between the neighbours: no more drop-path than the next larger model's, no less than the
+    // smaller one's.
+    const std::string larger =
+        row.preset == std::string("deit3_tiny") ? "deit3_small" : "deit3_base";
+    const std::string smaller = row.preset == std::string("deit3_tiny") ? "" : "deit3_small";
+    CHECK(o.drop_path <= deit::train::recipe_for(larger, row.recipe).drop_path);
+    if (!smaller.empty())
+      CHECK(o.drop_path >= deit::train::recipe_for(smaller, row.recipe).drop_path);
+  }
+}
+
+TEST_CASE("a model of no preset starts from deit3_small's recipe, the trainer's defaults",
+          "[train]") {
+  // recipe.h: a model of custom sizes takes deit3_small's values, which are the defaults of
+  // TrainOptions (RECIPE.md section 2: lr 4e-3, drop-path 0.05 at 224 for S). A resumed run of
+  // such a model whose checkpoint predates a setting is filled in from them.
+  deit::model::ViTConfig custom = deit::model::preset("deit3_base");
+  custom.name = "vit_custom";  // a preset's name, or one it starts, is that preset's
+  REQUIRE(deit::model::preset_of(custom).empty());
+  for (const deit::train::RecipeStage& stage : deit::train::recipe_stages()) {
+    INFO(stage.name);
+    const deit::train::TrainOptions of = deit::train::recipe_of(custom, stage.name),
+                                    small = deit::train::recipe_for("deit3_small", stage.name);
+    CHECK(of.lr == small.lr);
+    CHECK(of.drop_path == small.drop_path);
+    CHECK(of.epochs == small.epochs);
+    CHECK(of.model.input_size == small.model.input_size);
+  }
+  const deit::train::TrainOptions defaults;
+  const deit::train::TrainOptions pretrain = deit::train::recipe_of(custom);
+  CHECK(pretrain.lr == defaults.lr);
+  CHECK(pretrain.drop_path == defaults.drop_path);
+  CHECK(pretrain.model.input_size == 224);
+}
+
+TEST_CASE("a resumed run's course differences name every setting that steers training",
+          "[train][resume]") {
+  // Each of these changes what the resumed run trains (its optimizer, schedule, augmentation,
+  // loss or data order): a resumption with another value must be named, not pass in silence.
+  using deit::train::TrainOptions;
+  const TrainOptions run = deit::train::recipe_for("deit3_small", "finetune");
+  const nlohmann::json saved = run.to_json();
+  CHECK(run.course_differences(saved).empty());
+  const std::vector<std::pair<std::string, std::function<void(TrainOptions&)>>> changes = {
+      {"recipe", [](TrainOptions& o) { o.recipe = "in21k-finetune"; }},
+      {"input_size", [](TrainOptions& o) { o.model.input_size = 224; }},
+      {"epochs", [](TrainOptions& o) { o.epochs = 30; }},
+      {"batch_size", [](TrainOptions& o) { o.batch_size = 32; }},
+      {"accum_steps", [](TrainOptions& o) { o.accum_steps = 2; }},
+      {"opt", [](TrainOptions& o) { o.opt = "lamb"; }},
+      {"lr", [](TrainOptions& o) { o.lr = 2e-5; }},
+      {"min_lr", [](TrainOptions& o) { o.min_lr = 0; }},
+      {"warmup_lr", [](TrainOptions& o) { o.warmup_lr = 0; }},
+      {"warmup_epochs", [](TrainOptions& o) { o.warmup_epochs = 1; }},
+      {"weight_decay", [](TrainOptions& o) { o.weight_decay = 0.05; }},
+      {"opt_eps", [](TrainOptions& o) { o.opt_eps = 1e-6; }},
+      {"clip_grad", [](TrainOptions& o) { o.clip_grad = 1; }},
+      {"drop_path", [](TrainOptions& o) { o.drop_path = 0.1; }},
+      {"three_augment", [](TrainOptions& o) { o.three_augment = true; }},
+      {"src", [](TrainOptions& o) { o.src = true; }},
+      {"rrc_scale_min", [](TrainOptions& o) { o.rrc_scale_min = 0.3; }},
+      {"color_jitter", [](TrainOptions& o) { o.color_jitter = 0.3; }},
+      {"aa", [](TrainOptions& o) { o.aa = "none"; }},
+      {"eval_crop_ratio", [](TrainOptions& o) { o.eval_crop_ratio = 0.875; }},
+      {"repeated_aug", [](TrainOptions& o) { o.repeated_aug = true; }},
+      {"mixup", [](TrainOptions& o) { o.mixup = 0; }},
+      {"cutmix", [](TrainOptions& o) { o.cutmix = 0; }},
+      {"mixup_switch_prob", [](TrainOptions& o) { o.mixup_switch_prob = 0; }},
+      {"mixup_prob", [](TrainOptions& o) { o.mixup_prob = 0.5; }},
+      {"smoothing", [](TrainOptions& o) { o.smoothing = 0; }},
+      {"bce_loss", [](TrainOptions& o) { o.bce_loss = true; }},
+      {"model_ema", [](TrainOptions& o) { o.model_ema = false; }},
+      {"model_ema_decay", [](TrainOptions& o) { o.model_ema_decay = 0.999; }},
+      {"seed", [](TrainOptions& o) { o.seed = 1; }},
+  };
+  for (const auto& [key, change] : changes) {
+    INFO(key);
+    TrainOptions now = run;
+    change(now);
+    const std::vector<TrainOptions::Difference> differences = now.course_differences(saved);
+    REQUIRE(differences.size() == 1);
+    CHECK(differences[0].key == key);
+    CHECK(differences[0].saved == saved.at(key));
+  }
+  // Where the files are, the device and the loader's threads leave the course alone.
+  TrainOptions moved = run;
+  moved.data_dir = "/elsewhere/imagenet";
+  moved.output_dir = "/elsewhere/run";
+  moved.device = "cuda:1";
+  moved.workers = 7;
+  CHECK(moved.course_differences(saved).empty());
 }

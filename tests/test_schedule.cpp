@@ -101,7 +101,11 @@ TEST_CASE("cosine schedule without warm-up starts at lr and rejects bad settings
   const CosineSchedule s(o);
   CHECK(s.epoch_lr(0) == 4e-3);
   CHECK(s.lr_at(0) == Approx(4e-3).epsilon(1e-15));
-  CHECK_THROWS_AS(s.epoch_lr(-1), std::invalid_argument);
+  CHECK_THROWS_WITH(s.epoch_lr(-1), Catch::Contains("negative epoch -1"));
+  // Rates of 0 are a schedule too (a frozen run, or a warm-up from 0): only negative ones are not.
+  CosineScheduleOptions zero = deit3_small_800();
+  zero.lr = zero.min_lr = zero.warmup_lr = 0;
+  CHECK(CosineSchedule(zero).epoch_lr(10) == 0);
   // Before the start the formulas give no learning rate of timm's: below warmup_lr in the warm-up
   // (negative further back), lr / cycle_decay in cycle -1 without one.
   CHECK_THROWS_WITH(s.lr_at(-0.5), Catch::Contains("time -0.5"));

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -167,8 +168,13 @@ TEST_CASE("deit train writes the reference log keys, a checkpoint and a summary"
 
   // A fine-tune, resumed, is still one: its first lines and deit info say what it started from.
   const std::string tuned = dir.file("tuned");
-  REQUIRE(run_deit(tiny_train_args(data, tuned, 1) + " --recipe finetune --finetune " + out)
-              .exit_code == 0);
+  const CliResult tuning =
+      run_deit(tiny_train_args(data, tuned, 1) + " --recipe finetune --finetune " + out);
+  INFO(tuning.output);
+  REQUIRE(tuning.exit_code == 0);
+  // The note on a fine-tune with another recipe's values is not for the finetune recipe's.
+  CHECK_THAT(tuning.output, Catch::Contains("with the finetune recipe on") &&
+                                !Catch::Contains("note: fine-tuning with"));
   const CliResult resumed = run_deit("train --resume " + tuned + " --epochs 2");
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
@@ -1167,6 +1173,172 @@ TEST_CASE("micro-batches accumulated over a step give the gradients of one batch
   CHECK(test::max_relative_error(b, a) < 1e-3);
 }
 
+TEST_CASE("an epoch's last step of fewer micro-batches than --accum-steps averages what it has",
+          "[train]") {
+  // Steps of 4 micro-batches of 48 over an epoch of 96 images: one step of the 2 there are, whose
+  // backwards are each seeded with 1/2 (not 1/4). Its gradient is then that of one batch of 96.
+  // Without --clip-grad, LAMB's first moments are the gradient times (1 - beta1), so a step that
+  // divided by --accum-steps would leave them at half of the whole batch's.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  train::TrainOptions whole = test::tiny_run(data, dir.file("whole"), 96);
+  whole.clip_grad = 0;
+  train::TrainOptions split = whole;
+  split.output_dir = dir.file("split");
+  split.batch_size = 48;
+  split.accum_steps = 4;
+  train::train(whole);
+  train::train(split);
+  const auto first_moments = [](const std::string& run) {
+    test::Tensors moments;
+    for (auto& [name, values] :
+         test::read_tensors(model::read_checkpoint(run + "/checkpoint.safetensors").extra))
+      if (name.size() > 8 && name.compare(name.size() - 8, 8, ".exp_avg") == 0)
+        moments.emplace(name, std::move(values));
+    return moments;
+  };
+  const test::Tensors a = first_moments(whole.output_dir), b = first_moments(split.output_dir);
+  CHECK(a.size() > 20);
+  CHECK(test::max_relative_error(b, a) < 1e-3);
+}
+
+TEST_CASE("the moving average takes one update per optimizer step, after it, at its decay",
+          "[train]") {
+  // timm's ModelEma after each step: ema = decay * ema + (1 - decay) * weights. Epochs of one
+  // step, without warm-up: a run of one epoch is the first epoch of a run of two, so the longer
+  // run's average after its second step follows from the shorter one's and its own weights.
+  // An average updated twice a step, or before it, or at another decay, does not.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  train::TrainOptions one = test::tiny_run(data, dir.file("one"), 96);
+  one.model_ema_decay = 0.75;
+  train::TrainOptions two = one;
+  two.output_dir = dir.file("two");
+  two.epochs = 2;
+  train::train(one);
+  train::train(two);
+  const model::Checkpoint a = model::read_checkpoint(one.output_dir + "/checkpoint.safetensors");
+  const model::Checkpoint b = model::read_checkpoint(two.output_dir + "/checkpoint.safetensors");
+  REQUIRE(!b.model.empty());
+  for (const auto& [name, weights] : b.model) {
+    INFO(name);
+    const Tensor* first = model::find_tensor(a.extra, model::kEmaPrefix + name);
+    const Tensor* second = model::find_tensor(b.extra, model::kEmaPrefix + name);
+    REQUIRE(first != nullptr);
+    REQUIRE(second != nullptr);
+    const std::vector<float> e1 = first->to_vector<float>(), w2 = weights.to_vector<float>();
+    const std::vector<float> e2 = second->to_vector<float>();
+    REQUIRE(e2.size() == w2.size());
+    double worst = 0;
+    for (size_t k = 0; k < e2.size(); ++k) {
+      const double expected = 0.75 * e1[k] + 0.25 * w2[k];
+      worst = std::max(worst, std::abs(e2[k] - expected) / (std::abs(expected) + 1e-6));
+    }
+    CHECK(worst < 1e-6);
+  }
+}
+
+TEST_CASE("an epoch trains at the rate its schedule gives it, and logs the mean of its losses",
+          "[train]") {
+  // Epochs 0 and 1 of a warm-up train at --warmup-lr (engine/schedule.h). From a warm-up rate of
+  // 0 they leave the weights as they started, whatever --lr is: two runs that differ only in
+  // their --lr end alike, bit for bit. An optimizer left at the rate it was built with (--lr)
+  // would move them, each its own way.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  train::TrainOptions still = test::tiny_run(data, dir.file("still"), 16);
+  still.lr = 1e-3;
+  still.warmup_lr = 0;
+  still.warmup_epochs = 2;
+  still.epochs = 2;
+  train::TrainOptions ramp = test::tiny_run(data, dir.file("ramp"), 16);
+  ramp.lr = 0.01;
+  ramp.warmup_lr = 0;
+  ramp.warmup_epochs = 1;
+  const train::TrainSummary still_run = train::train(still);
+  train::train(ramp);
+  CHECK(parameter_bytes(ramp.output_dir + "/checkpoint.safetensors") ==
+        parameter_bytes(still.output_dir + "/checkpoint.safetensors"));
+  const std::vector<nlohmann::json> ramp_log = test::log_lines(ramp.output_dir + "/log.txt");
+  REQUIRE(ramp_log.size() == 1);
+  CHECK(ramp_log[0]["train_lr"] == 0.0);
+
+  // The untrained model's logits are near 0, so each batch's BCE is near ln 2 and so is their
+  // mean: a sum over another count (images, or none counted) lands far from it.
+  const std::vector<nlohmann::json> still_log = test::log_lines(still.output_dir + "/log.txt");
+  REQUIRE(still_log.size() == 2);
+  for (const nlohmann::json& line : still_log) {
+    INFO(line.dump());
+    CHECK(line["train_lr"] == 0.0);
+    CHECK(line["train_loss"].get<double>() == Approx(std::log(2.0)).margin(0.02));
+  }
+  // Both epochs score the same weights alike: the best is the first that reached it.
+  CHECK(still_log[1]["test_acc1"] == still_log[0]["test_acc1"]);
+  CHECK(still_run.best_epoch == 0);
+  CHECK(still_run.epochs_run == 2);
+}
+
+TEST_CASE("a run stopped twice in one epoch carries its counts through both resumptions",
+          "[train][resume]") {
+  // A stop asked for before the run starts is seen after its first optimizer step: each resumed
+  // run below trains one step of 16 images and saves. The second checkpoint's sums hold the first
+  // one's too (carried by rank 0), and the epoch's logged loss is the uninterrupted run's.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  train::TrainOptions straight = test::tiny_run(data, dir.file("straight"), 16);
+  train::train(straight);
+  train::TrainOptions o = straight;
+  o.output_dir = dir.file("stopped");
+  const std::string checkpoint = o.output_dir + "/checkpoint.safetensors";
+  const auto within = [&] {
+    return model::read_checkpoint_header(checkpoint).state.at("within_epoch");
+  };
+  train::request_stop(SIGUSR1);
+  const train::TrainSummary first = train::train(o);
+  CHECK(first.stop.batches_done == 1);
+  const nlohmann::json once = within();
+  INFO(once.dump());
+  CHECK(once["batches"] == 1);
+  CHECK(once["images"] == 16);
+  o.resume = checkpoint;
+  train::request_stop(SIGUSR1);
+  const train::TrainSummary second = train::train(o);
+  CHECK(second.resumed_at_batch == 1);
+  CHECK(second.stop.batches_done == 2);
+  const nlohmann::json twice = within();
+  INFO(twice.dump());
+  CHECK(twice["batches"] == 2);
+  CHECK(twice["images"] == 32);
+  CHECK(twice["loss_sum"].get<double>() > once["loss_sum"].get<double>());
+  const train::TrainSummary rest = train::train(o);
+  CHECK(rest.epochs_run == 1);
+  CHECK(rest.stop.signal == 0);
+  const std::vector<nlohmann::json> a = test::log_lines(straight.output_dir + "/log.txt");
+  const std::vector<nlohmann::json> b = test::log_lines(o.output_dir + "/log.txt");
+  REQUIRE(a.size() == 1);
+  REQUIRE(b.size() == 1);
+  CHECK(b[0]["train_loss"] == a[0]["train_loss"]);
+  CHECK(parameter_bytes(checkpoint) ==
+        parameter_bytes(straight.output_dir + "/checkpoint.safetensors"));
+}
+
+TEST_CASE("a loss that stops being finite stops the run at the batch it came in", "[train]") {
+  // AdamW at an absurd rate: the first step throws the weights out of float's range, so the
+  // second batch's forward is no longer finite. The run stops there, naming the loss and the
+  // batch, before its backward turns the gradients to NaN and leaves the optimizer to notice.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  train::TrainOptions o = test::tiny_run(data, dir.file("run"), 16);
+  o.opt = "adamw";
+  o.lr = 1e30;
+  o.clip_grad = 0;
+  CHECK_THROWS_AS(train::train(o), train::TrainingDiverged);
+  o.output_dir = dir.file("again");
+  CHECK_THROWS_WITH(train::train(o), Catch::Contains("the loss is ") &&
+                                         Catch::Contains(" at epoch 1, batch 2") &&
+                                         Catch::Contains("nothing since the last checkpoint"));
+}
+
 TEST_CASE("a run's saved options give back every setting to the run that resumes it",
           "[train][resume]") {
   train::TrainOptions run = train::recipe_for("deit3_base", "in21k-finetune");
@@ -2022,4 +2194,127 @@ TEST_CASE("a resumed run whose val split changed says its best top-1 was scored 
                                        "' holds 15 images, "
                                        "16 when") &&
                            Catch::Contains("the run's best top-1 so far"));
+}
+
+TEST_CASE("a fine-tune starts from the source's weights, with a fresh head for new classes",
+          "[train]") {
+  // RECIPE.md section 2: fine-tuning starts from the pre-trained weights; the position embedding
+  // is resized (bicubic) over its patch grid, and the head is re-initialised only when the class
+  // count changes. Every other tensor must be the source's exactly: notes about the resize and
+  // the head are no proof that the weights were loaded at all.
+  test::TempDir dir;
+  const auto& names = data::synthetic_class_names();
+  const std::vector<std::string> ten(names.begin(), names.begin() + 10),
+      four(names.begin(), names.begin() + 4);
+  const std::string weights = dir.file("source.safetensors");
+  const model::VisionTransformer source = test::tiny_cli_model(10, 8, 5);  // a 2 x 2 grid
+  model::save_weights(weights, source, ten);
+  const test::Tensors source_tensors = test::read_tensors(test::parameters_of(source));
+
+  // Another seed, 4 classes at 16 px (a 4 x 4 grid).
+  model::VisionTransformer target = test::tiny_cli_model(4, 16, 6);
+  const test::Tensors initial = test::read_tensors(test::parameters_of(target));
+  const std::vector<std::string> notes = train::load_finetune_weights(target, weights, four);
+  CHECK(notes.size() == 2);
+  const test::Tensors loaded = test::read_tensors(test::parameters_of(target));
+  const NamedTensors source_parameters = test::parameters_of(source);
+  const Tensor* source_pos = model::find_tensor(source_parameters, "pos_embed");
+  REQUIRE(source_pos != nullptr);
+  const std::vector<double> resized =
+      train::resize_pos_embed(*source_pos, 2, 4).to_vector<double>();
+  REQUIRE(loaded.size() == initial.size());
+  for (const auto& [name, values] : loaded) {
+    INFO(name);
+    if (name == "head.weight" || name == "head.bias")
+      CHECK(values == initial.at(name));  // 10 -> 4 classes: the target's own initialisation
+    else if (name == "pos_embed")
+      CHECK(values == resized);
+    else
+      CHECK(values == source_tensors.at(name));
+  }
+
+  // Fewer classes in the source than in the dataset: a fresh head as well, not a refusal.
+  model::VisionTransformer more = test::tiny_cli_model(12, 8, 6);
+  const test::Tensors more_initial = test::read_tensors(test::parameters_of(more));
+  const std::vector<std::string> more_notes = train::load_finetune_weights(more, weights, {});
+  REQUIRE(more_notes.size() == 1);
+  CHECK(more_notes[0] == "--finetune: head: new, 10 -> 12 classes (initialised afresh)");
+  const test::Tensors more_loaded = test::read_tensors(test::parameters_of(more));
+  CHECK(more_loaded.at("head.weight") == more_initial.at("head.weight"));
+  CHECK(more_loaded.at("blocks.0.attn.qkv.weight") ==
+        source_tensors.at("blocks.0.attn.qkv.weight"));
+
+  // As many classes at the same size: every tensor, the head too, is the source's.
+  model::VisionTransformer same = test::tiny_cli_model(10, 8, 6);
+  CHECK(train::load_finetune_weights(same, weights, ten).empty());
+  CHECK(test::read_tensors(test::parameters_of(same)) == source_tensors);
+}
+
+TEST_CASE("a run trains each epoch at the rate its schedule flags give", "[train][cli]") {
+  // RECIPE.md section 2: cosine from --lr to --min-lr over --epochs after a linear warm-up from
+  // --warmup-lr, stepped per epoch as main.py does (engine/schedule.h): epoch e trains at the
+  // schedule's value at e - 1, epoch 0 at the initial one. None of the values is the default, so a
+  // flag that did not reach the schedule shows in the log's train_lr.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir), out = dir.file("run");
+  const CliResult r =
+      run_deit(tiny_train_args(data, out, 4) +
+               " --quiet --warmup-epochs 2 --warmup-lr 2e-4 --lr 4e-3 --min-lr 1e-3");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const std::vector<nlohmann::json> lines = test::log_lines(out + "/log.txt");
+  REQUIRE(lines.size() == 4);
+  const double expected[] = {
+      2e-4,                      // the initial value: --warmup-lr
+      2e-4,                      // time 0: the warm-up's start
+      2e-4 + (4e-3 - 2e-4) / 2,  // time 1: half-way up the linear warm-up of 2 epochs
+      1e-3 + 0.5 * (4e-3 - 1e-3) * (1 + std::cos(M_PI * 2 / 4)),  // time 2 of the 4-epoch cosine
+  };
+  for (size_t e = 0; e < lines.size(); ++e) {
+    INFO("epoch " << e);
+    CHECK(lines[e].at("train_lr").get<double>() == Approx(expected[e]).epsilon(1e-9));
+  }
+}
+
+TEST_CASE("a run's weight decay, optimizer epsilon and gradient clipping reach its optimizer",
+          "[train][cli]") {
+  // Each flag steers the update (RECIPE.md section 2: weight decay 0.05 for pretraining, 0.1 for
+  // fine-tuning; eps 1e-8; the reference's clipping): a run with another value of one of them
+  // must end with other weights than the run with the defaults, from the same seed and data.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  const auto weights_after = [&](const std::string& name, const std::string& flags) {
+    const std::string out = dir.file(name);
+    const CliResult r = run_deit(tiny_train_args(data, out, 1) + " --quiet --warmup-epochs 0 " +
+                                 "--mixup 0 --cutmix 0 " + flags);
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    return parameter_bytes(out + "/checkpoint.safetensors");
+  };
+  const std::vector<uint8_t> defaults = weights_after("defaults", "");
+  CHECK(weights_after("again", "") == defaults);  // the comparison means something
+  CHECK(weights_after("decay", "--weight-decay 0.5") != defaults);
+  CHECK(weights_after("eps", "--opt-eps 0.01") != defaults);
+  CHECK(weights_after("clip", "--clip-grad 1e-6") != defaults);
+}
+
+TEST_CASE("a run says when its global batch is above its recipe's, and counts a partial step",
+          "[train][cli]") {
+  // The recipe's lr assumes its global batch (RECIPE.md section 2: 2048, not scaled): a larger
+  // one is as far from it as a smaller one. 6 micro-batches in steps of 200: one optimizer step,
+  // the epoch's left-over (micro_batches_in_step), not 0.
+  test::TempDir dir;
+  const std::string data = make_tiny_dataset(dir);
+  CliResult r = run_deit(tiny_train_args(data, dir.file("big"), 1) + " --accum-steps 200");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains("1 epoch of 1 optimizer step, on cpu\n"
+                                       "global batch 3200 = 16 per process x 200 accumulated x 1 "
+                                       "process; the deit3_tiny pretrain recipe's is 2048"));
+  // The head has as many outputs as the dataset has classes: nothing to warn about.
+  CHECK_THAT(r.output, !Catch::Contains("is more than the"));
+  // A head of fewer outputs than the dataset's 4 classes could not score them all.
+  r = run_deit(tiny_train_args(data, dir.file("few"), 1) + " --num-classes 3");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Contains("--num-classes 3 is fewer than the 4 classes of '" + data));
 }
