@@ -36,6 +36,33 @@ data::ImageU8 noise_image(int height, int width, Rng& rng) {
   return image;
 }
 
+// A synthetic dataset of 3 classes at 40 pixels a side, 6 training images (4 batches of 4 and 2
+// left over) and 3 val images each, written under `dir`; `split` opens one of its splits.
+struct SmallDataset {
+  std::string root;
+  std::shared_ptr<const data::ImageSource> split(const char* name) const {
+    return std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, name));
+  }
+};
+
+SmallDataset small_dataset(const test::TempDir& dir) {
+  data::SyntheticOptions synthetic;
+  synthetic.image_size = 40;
+  synthetic.num_classes = 3;
+  synthetic.train_per_class = 6;
+  synthetic.val_per_class = 3;
+  return {test::write_synthetic_dataset(dir, synthetic)};
+}
+
+// deit3_tiny's recipe at input 24, batches of 4.
+train::TrainOptions small_run(int workers) {
+  train::TrainOptions o = train::recipe_for("deit3_tiny");
+  o.model.input_size = 24;
+  o.batch_size = 4;
+  o.workers = workers;
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("the batch twin augments each packed source as augment_train + normalize do",
@@ -118,19 +145,9 @@ TEST_CASE("binarised targets are the mixed targets thresholded at 0", "[augment]
 TEST_CASE("the loaders take the run's sampling and crop settings and keep whole training batches",
           "[augment][data]") {
   test::TempDir dir;
-  data::SyntheticOptions synthetic;
-  synthetic.image_size = 40;
-  synthetic.num_classes = 3;
-  synthetic.train_per_class = 6;  // 18 images: 4 batches of 4 and 2 left over
-  synthetic.val_per_class = 3;    // 9 images
-  const std::string root = test::write_synthetic_dataset(dir, synthetic);
-  auto split = [&](const char* name) {
-    return std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, name));
-  };
-  train::TrainOptions o = train::recipe_for("deit3_tiny");
-  o.model.input_size = 24;
-  o.batch_size = 4;
-  o.workers = 1;
+  const SmallDataset dataset = small_dataset(dir);  // 18 training images, 9 val
+  auto split = [&](const char* name) { return dataset.split(name); };
+  train::TrainOptions o = small_run(1);
   // Each epoch's batches, as the dataset index of each of their samples.
   auto epoch = [](data::PrefetchLoader& loader) {
     std::vector<std::vector<uint64_t>> batches;
@@ -199,19 +216,9 @@ TEST_CASE("the loaders take the run's sampling and crop settings and keep whole 
 TEST_CASE("source loaders draw the float loaders' parameters, and a CPU feed augments them alike",
           "[augment][data]") {
   test::TempDir dir;
-  data::SyntheticOptions synthetic;
-  synthetic.image_size = 40;
-  synthetic.num_classes = 3;
-  synthetic.train_per_class = 6;
-  synthetic.val_per_class = 3;
-  const std::string root = test::write_synthetic_dataset(dir, synthetic);
-  auto split = [&](const char* name) {
-    return std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, name));
-  };
-  train::TrainOptions o = train::recipe_for("deit3_tiny");
-  o.model.input_size = 24;
-  o.batch_size = 4;
-  o.workers = 2;
+  const SmallDataset dataset = small_dataset(dir);
+  auto split = [&](const char* name) { return dataset.split(name); };
+  train::TrainOptions o = small_run(2);
   o.src = GENERATE(false, true);
   const bool fine_tune = GENERATE(false, true);  // --aa: RandAugment steps in the parameters
   if (fine_tune) {

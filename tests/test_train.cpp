@@ -1146,6 +1146,20 @@ TEST_CASE("an epoch's left-over micro-batches make a step, after which the EMA i
   }
 }
 
+namespace {
+
+// The first moments of every parameter of a run's checkpoint (LAMB's exp_avg), by name.
+test::Tensors first_moments(const std::string& run) {
+  test::Tensors moments;
+  for (auto& [name, values] :
+       test::read_tensors(model::read_checkpoint(run + "/checkpoint.safetensors").extra))
+    if (name.size() > 8 && name.compare(name.size() - 8, 8, ".exp_avg") == 0)
+      moments.emplace(name, std::move(values));
+  return moments;
+}
+
+}  // namespace
+
 TEST_CASE("micro-batches accumulated over a step give the gradients of one batch of them all",
           "[train]") {
   // Each micro-batch's backward is seeded with 1 / (the step's micro-batches). LAMB's steps hardly
@@ -1159,15 +1173,6 @@ TEST_CASE("micro-batches accumulated over a step give the gradients of one batch
   REQUIRE(run_deit(tiny_train_args(data, whole, 1) + exact).exit_code == 0);
   REQUIRE(run_deit(tiny_train_args(data, halves, 1) + exact + " --batch-size 8 --accum-steps 2")
               .exit_code == 0);
-  // The first moments of every parameter, by name.
-  const auto first_moments = [](const std::string& run) {
-    test::Tensors moments;
-    for (auto& [name, values] :
-         test::read_tensors(model::read_checkpoint(run + "/checkpoint.safetensors").extra))
-      if (name.size() > 8 && name.compare(name.size() - 8, 8, ".exp_avg") == 0)
-        moments.emplace(name, std::move(values));
-    return moments;
-  };
   const test::Tensors a = first_moments(whole), b = first_moments(halves);
   CHECK(a.size() > 20);
   CHECK(test::max_relative_error(b, a) < 1e-3);
@@ -1189,14 +1194,6 @@ TEST_CASE("an epoch's last step of fewer micro-batches than --accum-steps averag
   split.accum_steps = 4;
   train::train(whole);
   train::train(split);
-  const auto first_moments = [](const std::string& run) {
-    test::Tensors moments;
-    for (auto& [name, values] :
-         test::read_tensors(model::read_checkpoint(run + "/checkpoint.safetensors").extra))
-      if (name.size() > 8 && name.compare(name.size() - 8, 8, ".exp_avg") == 0)
-        moments.emplace(name, std::move(values));
-    return moments;
-  };
   const test::Tensors a = first_moments(whole.output_dir), b = first_moments(split.output_dir);
   CHECK(a.size() > 20);
   CHECK(test::max_relative_error(b, a) < 1e-3);
