@@ -16,7 +16,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -37,9 +36,8 @@ const char* stb_reason() {
 }
 
 // stb_image reads past the end of a BMP or a TGA as zeros, so a truncated one decodes
-// "successfully" (Pillow says "image file is truncated"); the binary PNM decoder below would read
-// past the buffer. Their headers say how many bytes the pixels take: the checks below compare that
-// with what the file holds.
+// "successfully" (Pillow says "image file is truncated"). Their headers say how many bytes the
+// pixels take: the checks below compare that with what the file holds.
 
 // "truncated FORMAT (pixel data needs N bytes, file has M)".
 [[noreturn]] void fail_truncated(const std::string& name, const char* format, uint64_t needed,
@@ -77,10 +75,8 @@ struct PnmHeader {
   uint64_t sample_bytes = 0;  // 1, or 2 above 255
 };
 
-// Parsed as stb_image parses it (whose stbi_info has accepted the file); nullopt for a file that
-// is no binary PNM.
-std::optional<PnmHeader> read_pnm_header(const uint8_t* bytes, size_t size) {
-  if (size < 2 || bytes[0] != 'P' || (bytes[1] != '5' && bytes[1] != '6')) return std::nullopt;
+// Parsed as stb_image parses it; throws DataError naming the file for a header it cannot read.
+PnmHeader read_pnm_header(const uint8_t* bytes, size_t size, const std::string& name) {
   size_t i = 2;
   uint64_t fields[3] = {};  // width, height, largest value
   for (uint64_t& field : fields) {
@@ -89,7 +85,7 @@ std::optional<PnmHeader> read_pnm_header(const uint8_t* bytes, size_t size) {
       if (i >= size || bytes[i] != '#') break;
       while (i < size && bytes[i] != '\n' && bytes[i] != '\r') ++i;
     }
-    if (i >= size || !std::isdigit(bytes[i])) return std::nullopt;  // stb_image refuses it
+    if (i >= size || !std::isdigit(bytes[i])) fail_file(name, "corrupt PNM header");
     for (; i < size && std::isdigit(bytes[i]) && field < (uint64_t{1} << 32); ++i)
       field = field * 10 + (bytes[i] - '0');
   }
@@ -101,14 +97,6 @@ std::optional<PnmHeader> read_pnm_header(const uint8_t* bytes, size_t size) {
   header.pixel_offset = i + 1;
   header.sample_bytes = header.max_value > 255 ? 2 : 1;
   return header;
-}
-
-void check_pnm_complete(const uint8_t* bytes, size_t size, const std::string& name) {
-  const std::optional<PnmHeader> header = read_pnm_header(bytes, size);
-  if (!header) return;
-  const uint64_t needed = header->pixel_offset +
-                          header->width * header->height * header->channels * header->sample_bytes;
-  if (needed > size) fail_truncated(name, "PNM", needed, size);
 }
 
 // A TGA: an 18-byte header (the ID's length, whether a colour map follows and its entries and their
@@ -192,14 +180,14 @@ std::vector<uint8_t> gif_without_transparency(const uint8_t* bytes, size_t size)
 }
 
 // The formats stb_image tells apart by a magic number (PSD, PIC, HDR: it reads them whole or
-// fails); a file it reads that has none of these is a TGA, which has none.
+// fails); a file it reads that has none of these is a TGA, which has none. (Binary PNMs, which
+// deit decodes itself, do not come here.)
 void check_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   auto starts_with = [&](const char* magic, size_t n) {
     return size >= n && std::memcmp(bytes, magic, n) == 0;
   };
   if (starts_with("BM", 2)) return check_bmp_complete(bytes, size, name);
   if (starts_with("GIF", 3)) return check_gif_complete(bytes, size, name);
-  if (starts_with("P5", 2) || starts_with("P6", 2)) return check_pnm_complete(bytes, size, name);
   const bool has_magic = starts_with("\x89PNG", 4) || starts_with("8BPS", 4) ||
                          starts_with("\x53\x80\xf6\x34", 4) || starts_with("#?", 2);
   if (!has_magic) check_tga_complete(bytes, size, name);
@@ -289,14 +277,19 @@ std::vector<uint8_t> png_ended_where_cut(const uint8_t* bytes, size_t size) {
   return ended;
 }
 
-// A complete binary PNM's pixels as Pillow's open and convert("RGB") leave them. Each sample v
+// A binary PNM's pixels as Pillow's open and convert("RGB") leave them, or DataError for one cut
+// short (Pillow: "image file is truncated") or with a largest value of 0. Each sample v
 // becomes round(v / max_value * top), half to even as Python's round, at most top: top is 255,
 // except for a P5 of 16 bits, which Pillow opens as 32-bit integers (top 65535) and convert("RGB")
 // then clips at 255, so all but its darkest values turn white. (stb_image does not scale by the
 // largest value, and its 2.27, Debian 12's, reads a P5 of 16 bits past the end of its buffer:
 // CVE-2021-42716.)
-ImageU8 decode_binary_pnm(const uint8_t* bytes, const PnmHeader& header, const std::string& name) {
+ImageU8 decode_binary_pnm(const uint8_t* bytes, size_t size, const std::string& name) {
+  const PnmHeader header = read_pnm_header(bytes, size, name);
   if (header.max_value == 0) fail_file(name, "corrupt PNM header (largest sample value 0)");
+  const uint64_t needed =
+      header.pixel_offset + header.width * header.height * header.channels * header.sample_bytes;
+  if (needed > size) fail_truncated(name, "PNM", needed, size);
   const double top = header.channels == 1 && header.sample_bytes == 2 ? 65535.0 : 255.0;
   ImageU8 image;
   image.height = static_cast<int>(header.height);
@@ -351,9 +344,9 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   const bool bmp = std::memcmp(bytes, "BM", 2) == 0;
   if (bmp && height < 0 && height != INT32_MIN) height = -height;
   refuse_too_large(name, width, height);
+  if (std::memcmp(bytes, "P5", 2) == 0 || std::memcmp(bytes, "P6", 2) == 0)
+    return decode_binary_pnm(bytes, size, name);
   check_complete(bytes, size, name);
-  if (const std::optional<PnmHeader> pnm = read_pnm_header(bytes, size))
-    return decode_binary_pnm(bytes, *pnm, name);
   // What stb_image decodes: the file, or a copy changed to decode as Pillow does. (The file is
   // longer than the magic numbers compared: stb_image has read its header.)
   const bool png = std::memcmp(bytes, "\x89PNG", 4) == 0;
