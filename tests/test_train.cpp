@@ -444,6 +444,14 @@ TEST_CASE("a run stopped by SIGTERM saves the step it is at and resumes from the
                                              "--accum-steps 2 begins: resume it with its own, "
                                              "4 x 2"));
   CHECK_THAT(refused.output, !Catch::Contains("warning: resuming"));
+  // Nor can steps of the same batch accumulated over more of them, though each batch can.
+  const std::string longer_steps = std::to_string(batches_done + 1);
+  const CliResult refused_longer =
+      run_deit("train --resume " + stopped + " --batch-size 4 --accum-steps " + longer_steps);
+  CHECK(refused_longer.exit_code != 0);
+  CHECK_THAT(refused_longer.output,
+             Catch::Contains("where no optimizer step of --batch-size 4 x --accum-steps " +
+                             longer_steps + " begins"));
   // deit info says where it stands and how to go on.
   const CliResult info = run_deit("info --json --checkpoint " + stopped);
   REQUIRE(info.exit_code == 0);
