@@ -3,9 +3,12 @@
 #include <unistd.h>
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/captured_stderr.h"
@@ -121,6 +124,29 @@ TEST_CASE("a resumed epoch's progress lines fall on the tenths, and its last sho
     progress.finish();
   });
   CHECK(empty.empty());
+}
+
+TEST_CASE("a resumed epoch's time to go is paced by the steps this run took",
+          "[train][progress]") {
+  TempDir dir;
+  // Resumed after 10 of 20 steps, two steps taken in about 0.4 s: 8 such steps remain, about
+  // 1.6 s. Paced by every step done (12), the resumed ones taking no time, it would say 0.3 s.
+  constexpr double kStepSeconds = 0.4;
+  const auto started = std::chrono::steady_clock::now();
+  const std::string resumed = stderr_of(dir, [&] {
+    Progress progress("epoch 2/2", 20, true, 10);
+    std::this_thread::sleep_for(std::chrono::duration<double>(kStepSeconds));
+    progress.update(12, 16, 0.5);
+  });
+  const double most = std::chrono::duration<double>(std::chrono::steady_clock::now() - started)
+                          .count();
+  INFO(resumed);
+  const size_t eta_at = resumed.find(" eta ");
+  REQUIRE(eta_at != std::string::npos);
+  const double eta = std::stod(resumed.substr(eta_at + 5));  // whole seconds, "4s"
+  // 8 steps to go at half the elapsed time each, shown to the second.
+  CHECK(eta >= std::floor(4 * kStepSeconds));
+  CHECK(eta <= std::ceil(4 * most));
 }
 
 TEST_CASE("on a terminal the progress bar redraws one line and ends it when done",
