@@ -34,10 +34,9 @@ struct DataError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Decodes JPEG (libjpeg-turbo, data/jpeg_decode.h) and binary PNM (P5, P6) as Pillow does, and the
-// formats stb_image reads (PNG, BMP, GIF, TGA, PSD, HDR, PIC); grayscale, CMYK and alpha become
-// RGB. Throws DataError naming `path` for a missing, empty, truncated, undecodable or absurdly
-// large file.
+// Decodes JPEG (libjpeg-turbo, data/jpeg_decode.h) and binary PNM (P5, P6) as Pillow does, and
+// PNG, BMP, GIF, TGA and PSD with stb_image; grayscale, CMYK and alpha become RGB. Throws DataError
+// naming `path` for a missing, empty, truncated, undecodable or absurdly large file.
 ImageU8 decode_image_file(const std::string& path);
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name);
 // decode_image_file, and also standard input ("-") and pipes (`--in <(curl -s URL)`), read to

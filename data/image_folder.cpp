@@ -143,9 +143,8 @@ std::string lowercase_extension(const std::string& path) {
 
 bool has_image_extension(const std::string& path) {
   // .jfif is JPEG under another name; stb_image tells formats apart by their content.
-  static const std::array<const char*, 13> kExtensions = {".jpg", ".jpeg", ".jfif", ".png", ".bmp",
-                                                          ".gif", ".tga",  ".psd",  ".hdr", ".pic",
-                                                          ".ppm", ".pgm",  ".pnm"};
+  static const std::array<const char*, 11> kExtensions = {
+      ".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tga", ".psd", ".ppm", ".pgm", ".pnm"};
   const std::string extension = lowercase_extension(path);
   return std::find(kExtensions.begin(), kExtensions.end(), extension) != kExtensions.end();
 }

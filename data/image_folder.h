@@ -39,7 +39,7 @@ class ImageFolder : public ImageSource {
 };
 
 // True for the extensions deit decodes (case-insensitive): jpg jpeg jfif png bmp gif tga psd
-// hdr pic ppm pgm pnm.
+// ppm pgm pnm.
 bool has_image_extension(const std::string& path);
 
 }  // namespace deit::data

@@ -1,5 +1,5 @@
 // Decoding images with libjpeg-turbo (JPEG, data/jpeg_decode.h), by hand (binary PNM) and with
-// stb_image (PNG, BMP, GIF, TGA, PSD, HDR, PIC), and writing them with stb_image_write, with the
+// stb_image (PNG, BMP, GIF, TGA, PSD), and writing them with stb_image_write, with the
 // checks that turn a bad file into a DataError naming it instead of a crash, a huge allocation or a
 // silently half-grey picture, and a failed write (a full disk) into one instead of a truncated
 // file.
@@ -65,6 +65,15 @@ void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& na
   if (needed > size) fail_truncated(name, "BMP", needed, size);
 }
 
+// Throws DataError for dimensions past what deit decodes; returns for the others.
+void refuse_too_large(const std::string& name, int64_t width, int64_t height) {
+  if (width > 0 && height > 0 && within_image_limits(width, height)) return;
+  fail_file(name,
+            "dimensions " + std::to_string(width) + "x" + std::to_string(height) +
+                ": deit reads images of up to " + std::to_string(kMaxImageSide) +
+                " pixels a side and 2^28 pixels (a corrupt header, or an image to shrink first)");
+}
+
 // A binary PNM (P5 gray, P6 RGB): the magic, then width, height and the largest sample value in
 // decimal, each after whitespace and '#' comment lines, then one whitespace byte and the samples
 // (2 bytes each, big-endian, above 255).
@@ -75,7 +84,7 @@ struct PnmHeader {
   uint64_t sample_bytes = 0;  // 1, or 2 above 255
 };
 
-// Parsed as stb_image parses it; throws DataError naming the file for a header it cannot read.
+// Throws DataError naming the file for a header it cannot read.
 PnmHeader read_pnm_header(const uint8_t* bytes, size_t size, const std::string& name) {
   size_t i = 2;
   uint64_t fields[3] = {};  // width, height, largest value
@@ -179,18 +188,15 @@ std::vector<uint8_t> gif_without_transparency(const uint8_t* bytes, size_t size)
   return opaque;
 }
 
-// The formats stb_image tells apart by a magic number (PSD, PIC, HDR: it reads them whole or
-// fails); a file it reads that has none of these is a TGA, which has none. (Binary PNMs, which
-// deit decodes itself, do not come here.)
+// The formats stb_image tells apart by a magic number (PSD: it reads it whole or fails); a file it
+// reads that has none of these is a TGA, which has none.
 void check_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   auto starts_with = [&](const char* magic, size_t n) {
     return size >= n && std::memcmp(bytes, magic, n) == 0;
   };
   if (starts_with("BM", 2)) return check_bmp_complete(bytes, size, name);
   if (starts_with("GIF", 3)) return check_gif_complete(bytes, size, name);
-  const bool has_magic = starts_with("\x89PNG", 4) || starts_with("8BPS", 4) ||
-                         starts_with("\x53\x80\xf6\x34", 4) || starts_with("#?", 2);
-  if (!has_magic) check_tga_complete(bytes, size, name);
+  if (!starts_with("\x89PNG", 4) && !starts_with("8BPS", 4)) check_tga_complete(bytes, size, name);
 }
 
 // stb_image_write's output callback: appends what it encoded to a std::vector<uint8_t>.
@@ -286,7 +292,10 @@ std::vector<uint8_t> png_ended_where_cut(const uint8_t* bytes, size_t size) {
 // CVE-2021-42716.)
 ImageU8 decode_binary_pnm(const uint8_t* bytes, size_t size, const std::string& name) {
   const PnmHeader header = read_pnm_header(bytes, size, name);
-  if (header.max_value == 0) fail_file(name, "corrupt PNM header (largest sample value 0)");
+  if (header.max_value == 0 || header.max_value > 65535)
+    fail_file(name, "corrupt PNM header (largest sample value " + std::to_string(header.max_value) +
+                        ", where PNM allows 1 to 65535)");
+  refuse_too_large(name, static_cast<int64_t>(header.width), static_cast<int64_t>(header.height));
   const uint64_t needed =
       header.pixel_offset + header.width * header.height * header.channels * header.sample_bytes;
   if (needed > size) fail_truncated(name, "PNM", needed, size);
@@ -311,15 +320,6 @@ ImageU8 decode_binary_pnm(const uint8_t* bytes, size_t size, const std::string& 
   return image;
 }
 
-// Throws DataError for dimensions past what deit decodes; returns for the others.
-void refuse_too_large(const std::string& name, int width, int height) {
-  if (width > 0 && height > 0 && within_image_limits(width, height)) return;
-  fail_file(name,
-            "dimensions " + std::to_string(width) + "x" + std::to_string(height) +
-                ": deit reads images of up to " + std::to_string(kMaxImageSide) +
-                " pixels a side and 2^28 pixels (a corrupt header, or an image to shrink first)");
-}
-
 }  // namespace
 
 ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string& name) {
@@ -328,6 +328,8 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   if (is_jpeg(bytes, size))
     return decode_jpeg(bytes, size, name,
                        [&](int width, int height) { refuse_too_large(name, width, height); });
+  if (size >= 2 && (std::memcmp(bytes, "P5", 2) == 0 || std::memcmp(bytes, "P6", 2) == 0))
+    return decode_binary_pnm(bytes, size, name);
   const int length = static_cast<int>(size);
 
   int width = 0, height = 0, channels = 0;
@@ -344,8 +346,6 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   const bool bmp = std::memcmp(bytes, "BM", 2) == 0;
   if (bmp && height < 0 && height != INT32_MIN) height = -height;
   refuse_too_large(name, width, height);
-  if (std::memcmp(bytes, "P5", 2) == 0 || std::memcmp(bytes, "P6", 2) == 0)
-    return decode_binary_pnm(bytes, size, name);
   check_complete(bytes, size, name);
   // What stb_image decodes: the file, or a copy changed to decode as Pillow does. (The file is
   // longer than the magic numbers compared: stb_image has read its header.)
