@@ -1,5 +1,5 @@
-// An environment variable set for a scope: what a test needs around a call that reads it (TMPDIR,
-// the emulated device's switches), without leaking the setting into the cases after it.
+// An environment variable set (or unset) for a scope: what a test needs around a call that reads
+// it (TMPDIR, the emulated device's switches), without leaking the setting into the cases after it.
 #pragma once
 #include <cstdlib>
 #include <optional>
@@ -12,6 +12,11 @@ class ScopedEnvironment {
   ScopedEnvironment(const char* name, const std::string& value) : name_(name) {
     if (const char* before = std::getenv(name)) saved_ = before;
     setenv(name, value.c_str(), 1);
+  }
+  // Unset for the scope.
+  ScopedEnvironment(const char* name, std::nullopt_t) : name_(name) {
+    if (const char* before = std::getenv(name)) saved_ = before;
+    unsetenv(name);
   }
   ~ScopedEnvironment() {
     if (saved_)

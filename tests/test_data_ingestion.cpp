@@ -1,6 +1,8 @@
 // What reading a dataset tells its user when the data is not what it should be: classes that
 // differ between two lists, a split given where the dataset's root belongs, a folder that cannot
-// be listed, and a pack whose decoding fails in a way that is no unusable image.
+// be listed, and a pack whose decoding fails in a way that is no unusable image; and the helpers
+// of data/image_source.h behind such messages (skipped images, shards packed too small, paths
+// that lie within a split).
 #include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -251,4 +253,127 @@ TEST_CASE("A dataset opened without warnings keeps what its listing found to its
                           "an image"));
   CHECK(warnings_of(false).empty());
   CHECK(open_dataset_split(root, "train", false)->size() == 1);  // one.png alone
+}
+
+TEST_CASE("open_image_source names a path that is neither a folder nor a shard", "[data]") {
+  TempDir dir;
+  write_png(dir.file("train/a/x.png"), gradient_image(8, 8));
+  const std::string missing = dir.path() + "/none", image = dir.path() + "/train/a/x.png";
+  CHECK_THROWS_WITH(open_image_source(missing), Contains(missing + ": no such file or directory"));
+  CHECK_THROWS_WITH(open_image_source(image),
+                    Contains(image + ": neither an image folder nor a deit shard file"));
+}
+
+TEST_CASE("A split read from its shard warns of a folder beside it and names the shard", "[data]") {
+  TempDir dir;
+  const std::string root = dir.path() + "/data";
+  write_png(dir.file("data/train/a/x.png"), gradient_image(8, 8));
+  std::filesystem::create_directories(root + "/train/b");  // a class with no image
+  deit::test::stderr_of(dir.file("pack.txt"), [&] {
+    pack_image_folder(root + "/train", root + "/train.shard", PackOptions{0, 1});
+  });
+  const auto warnings_of = [&](bool warn) {
+    return deit::test::stderr_of(dir.file("stderr.txt"),
+                                 [&] { open_dataset_split(root, "train", warn); });
+  };
+  CHECK_THAT(warnings_of(true),
+             Contains("warning: " + root + " has both train.shard and a folder train/") &&
+                 Contains("warning: " + root + "/train.shard: class 'b' has no images"));
+  CHECK(warnings_of(false).empty());
+  std::filesystem::remove_all(root + "/train");
+  CHECK_THAT(warnings_of(true), !Contains("has both"));
+  // Its val split missing: the train shard alone is what tells a dataset root.
+  CHECK_THROWS_WITH(open_dataset_split(root, "val"),
+                    Contains("deit eval scores it unless --split names another"));
+}
+
+TEST_CASE("A root with a split folder, or no image files in its subfolders, is no split",
+          "[data]") {
+  TempDir dir;
+  const std::string root = dir.path() + "/data";
+  std::ofstream(dir.file("data/docs/readme.txt")) << "notes";
+  CHECK_THROWS_WITH(open_dataset_split(root, "train"),
+                    Contains("has neither") && !Contains("looks like a split"));
+  // Images right inside train/ or val/ (no class folders): a dataset root all the same.
+  write_png(dir.file("data/train/x.png"), gradient_image(8, 8));
+  CHECK_THROWS_WITH(open_dataset_split(root, "val"), !Contains("looks like a split"));
+  std::filesystem::rename(root + "/train", root + "/val");
+  CHECK_THROWS_WITH(open_dataset_split(root, "train"), !Contains("looks like a split"));
+}
+
+TEST_CASE("packed_below warns of a shard shrunk below the size it is used at", "[data]") {
+  TempDir dir;
+  const auto pack = [&](int short_side) {
+    PackOptions options;
+    options.threads = 1;
+    options.short_side = short_side;
+    const std::string path = dir.file(std::to_string(short_side) + ".shard");
+    // Shorter sides 6 and 7; classes c to e have no image, which the pack warns of.
+    deit::test::stderr_of(dir.file("pack.txt"),
+                          [&] { pack_image_source(MemorySource(2), "memory", path, options); });
+    return ShardReader(path);
+  };
+  const ShardReader seven = pack(7);  // image 1 (7 pixels) at exactly --short-side: kept
+  CHECK_THAT(packed_below(seven, 8, "training at 8 needs"),
+             Contains("was packed with --short-side 7, below the 8 pixels that training at 8 "
+                      "needs"));
+  // Shown at the size it was packed to, or none shrunk, or sizes kept: no warning.
+  CHECK(packed_below(seven, 7, "training at 7 needs").empty());
+  CHECK(packed_below(pack(10), 16, "training at 16 needs").empty());
+  CHECK(packed_below(pack(0), 16, "training at 16 needs").empty());
+  CHECK(packed_below(MemorySource(2), 16, "training at 16 needs").empty());
+}
+
+TEST_CASE("Classes without images are counted and warned of by name", "[data]") {
+  CHECK(images_per_class(MemorySource(7)) == std::vector<size_t>{2, 2, 1, 1, 1});
+  TempDir dir;
+  CHECK(deit::test::stderr_of(dir.file("stderr.txt"), [] {
+          warn_of_empty_classes({"a", "b", "c"}, {1, 0, 2}, "here", ": so be it");
+        }) == "warning: here: class 'b' has no images: so be it\n");
+}
+
+TEST_CASE("Class lists name exactly three differing classes before counting the rest", "[data]") {
+  CHECK(class_difference({"a", "b", "c", "d"}, "x", {"a"}, "y") ==
+        "4 classes in x, 1 in y; only in x: 'b', 'c', 'd'");
+  CHECK(names_missing_from({"a", "b", "c"}, {"c", "a"}) == std::vector<std::string>{"b"});
+}
+
+TEST_CASE("Bytes outside printable ASCII are shown escaped, and only they", "[data]") {
+  CHECK(escaped_bytes(std::string("a ~\x1f\x7f\xff", 6)) == "a ~\\x1f\\x7f\\xff");
+  CHECK(shown_if_not_utf8("caf\xc3\xa9").empty());
+  CHECK(shown_if_not_utf8("caf\xe9") == "caf\\xe9");
+}
+
+TEST_CASE("A skipped image is warned of and counted once, by class and index", "[data]") {
+  TempDir dir;
+  SkippedImages skipped;
+  const std::string warnings = deit::test::stderr_of(dir.file("stderr.txt"), [&] {
+    skipped.record("x", "x: corrupt", 0, 0);
+    skipped.record("x", "x: corrupt", 0, 0);  // met again in a later epoch
+    skipped.record("y", "y: corrupt", 1, 5);
+    skipped.record("z", "z: corrupt");  // class and index unknown
+  });
+  CHECK(warnings ==
+        "warning: skipped x: corrupt\nwarning: skipped y: corrupt\n"
+        "warning: skipped z: corrupt\n");
+  CHECK(skipped.count() == 3);
+  CHECK(skipped.count_in_class(0) == 1);
+  CHECK(skipped.count_in_class(1) == 1);
+  CHECK(skipped.count_in_class(2) == 0);
+  CHECK(skipped.indices() == std::vector<int64_t>{0, 5});
+}
+
+TEST_CASE("What lies within a split is found through links, the split itself included", "[data]") {
+  TempDir dir;
+  const std::string root = dir.path() + "/data";
+  std::filesystem::create_directories(root + "/train/a");
+  std::filesystem::create_directories(root + "/val");
+  std::filesystem::create_directory_symlink(root + "/val", dir.path() + "/link");
+  CHECK(lies_within(root + "/train", root + "/train"));
+  CHECK(lies_within(root + "/train/a/new/run", root + "/train"));
+  CHECK_FALSE(lies_within(root + "/trainer", root + "/train"));
+  CHECK_FALSE(lies_within(root + "/train", root + "/none"));
+  REQUIRE(split_holding(dir.path() + "/link/run", root));
+  CHECK(std::string(split_holding(dir.path() + "/link/run", root)) == "val");
+  CHECK(split_holding(dir.path() + "/run", root) == nullptr);
 }

@@ -1,6 +1,8 @@
 // Packed shard files: the checksum, a write/read round trip, `deit pack`'s folder packing, and the
-// detection of corrupt and truncated files with the record to blame.
+// detection of corrupt and truncated files with the record to blame; and what writing them rests
+// on: a file written whole or not at all (PendingFile), a folder made for it (MadeFolder).
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstring>
@@ -8,7 +10,9 @@
 #include <string>
 
 #include "data/image_folder.h"
+#include "data/made_folder.h"
 #include "data/pack.h"
+#include "data/pending_file.h"
 #include "data/prefetch.h"
 #include "data/shard.h"
 #include "data/synthetic.h"
@@ -489,4 +493,90 @@ TEST_CASE("A shard file given where the dataset's folder belongs is named as suc
                     Contains("a file, where the dataset's folder is asked for: give the folder "
                              "that holds train.shard or train/"));
   CHECK_THROWS_WITH(open_dataset_split(dir.path() + "/none", "val"), Contains("has neither"));
+}
+
+TEST_CASE("A pending file appears whole at commit, and one that fails leaves nothing", "[data]") {
+  TempDir dir;
+  const std::string target = dir.file("out.bin");
+  const std::string temp = PendingFile::temp_path(target, "partial");
+  CHECK(temp == target + ".partial." + std::to_string(getpid()));
+  const auto open_files = [] {
+    return std::distance(std::filesystem::directory_iterator("/proc/self/fd"), {});
+  };
+  const auto files_before = open_files();
+  {
+    PendingFile file(target, "partial");
+    file.open();
+    file.write("abcdef", 6);
+    file.write_at(1, "XY", 2);  // a header patched in place, as a shard's
+    file.write("!", 1);         // goes to the end again
+    CHECK(std::filesystem::exists(temp));
+    CHECK_FALSE(std::filesystem::exists(target));
+    file.commit(false);
+  }
+  CHECK(read_bytes(target) == std::vector<uint8_t>{'a', 'X', 'Y', 'd', 'e', 'f', '!'});
+  CHECK_FALSE(std::filesystem::exists(temp));
+  {
+    PendingFile abandoned(target);  // an exception between open() and commit()
+    abandoned.open();
+    abandoned.write("zz", 2);
+  }
+  // A full disk that shows only at the flush: the write is what failed, and nothing is left.
+  {
+    PendingFile file(target);
+    file.open();
+    file.write(std::string(3000, 'x').data(), 3000);  // within stdio's buffer
+    const deit::test::FileSizeLimit full_disk(1024);
+    CHECK_THROWS_WITH(file.commit(false), Contains("cannot write '" + target + "': writing '" +
+                                                   PendingFile::temp_path(target) + "' failed"));
+  }
+  CHECK(std::distance(std::filesystem::directory_iterator(dir.path()), {}) == 1);  // the target
+  CHECK(read_bytes(target).size() == 7);
+  CHECK(open_files() == files_before);  // each temporary file closed
+  // A folder in the target's place: the rename fails, and is said to.
+  const std::string folder = dir.file("folder/inside");
+  write_bytes(folder, {1});
+  {
+    PendingFile file(dir.path() + "/folder");
+    file.open();
+    CHECK_THROWS_WITH(file.commit(false), Contains("renaming '"));
+  }
+  CHECK(std::distance(std::filesystem::directory_iterator(dir.path()), {}) == 2);
+}
+
+TEST_CASE("A made folder is kept, or removed as far as it was made when an exception unwinds",
+          "[data]") {
+  TempDir dir;
+  const std::string there = dir.path() + "/there";  // empty, but not made by the MadeFolder
+  std::filesystem::create_directories(there);
+  CHECK(MadeFolder("").made().empty());  // the current folder
+  {
+    const MadeFolder made(there + "/a/b/");  // a trailing separator: the same folder
+    CHECK(made.made() == std::vector<std::string>{there + "/a/b", there + "/a"});
+  }
+  CHECK(std::filesystem::is_directory(there + "/a/b"));  // no exception: kept, even empty
+  std::filesystem::remove_all(there + "/a");
+  const auto fail_within = [](const std::string& folder) {
+    try {
+      const MadeFolder made(folder);
+      throw std::runtime_error("the command failed");
+    } catch (const std::runtime_error&) {
+    }
+  };
+  fail_within(there + "/a/b");
+  CHECK_FALSE(std::filesystem::exists(there + "/a"));
+  CHECK(std::filesystem::is_directory(there));
+  fail_within(there);  // there already: neither made nor removed
+  CHECK(std::filesystem::is_directory(there));
+  // A file in the way, however far above the folder, is named (also where deit train --dry-run
+  // checks its --output without making it).
+  const std::string file = dir.file("file");
+  write_bytes(file, {1});
+  CHECK_THROWS_WITH(refuse_file_in_the_way(file + "/a/b"),
+                    Contains("'" + file + "' is a file, not a folder"));
+  CHECK_NOTHROW(refuse_file_in_the_way(there + "/c/d"));
+  // A folder that cannot be made is said so, whatever the reason.
+  const std::string too_long = there + "/" + std::string(300, 'x');
+  CHECK_THROWS_WITH(MadeFolder(too_long),
+                    Contains("cannot create the folder '" + too_long + "': File name too long"));
 }

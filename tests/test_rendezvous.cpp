@@ -3,13 +3,16 @@
 // thread per rank).
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <future>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,6 +49,37 @@ TEST_CASE("processes a launcher leaves unbound on one machine share its cores", 
   CHECK_FALSE(openmp_threads_per_process({{"OMPI_COMM_WORLD_LOCAL_SIZE", "1"}}, 16, 16));
   CHECK_FALSE(openmp_threads_per_process({}, 16, 16));
   CHECK_FALSE(openmp_threads_per_process({{"LOCAL_WORLD_SIZE", "many"}}, 16, 16));
+  // Nor does a count that is no count of processes, which the rendezvous refuses later.
+  CHECK_FALSE(openmp_threads_per_process({{"LOCAL_WORLD_SIZE", "-2"}}, 16, 16));
+  CHECK_FALSE(openmp_threads_per_process(
+      {{"OMPI_COMM_WORLD_LOCAL_SIZE", "many"}, {"LOCAL_WORLD_SIZE", "2"}}, 16, 16));
+  // mpirun's count wins over torchrun's, as its variables win in the rendezvous.
+  CHECK(openmp_threads_per_process({{"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}, {"LOCAL_WORLD_SIZE", "4"}},
+                                   16, 16) == 8);
+}
+
+TEST_CASE("this process's thread count reads its own environment and CPU affinity",
+          "[rendezvous]") {
+  const test::ScopedEnvironment unchosen("OMP_NUM_THREADS", std::nullopt);
+  const test::ScopedEnvironment two_by_mpirun("OMPI_COMM_WORLD_LOCAL_SIZE", "2");
+  cpu_set_t all;
+  REQUIRE(sched_getaffinity(0, sizeof(all), &all) == 0);
+  const int online = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  if (CPU_COUNT(&all) == online)  // unbound: its share of the machine
+    CHECK(openmp_threads_for_this_process() == std::max(1, online / 2));
+  // Bound to one CPU (the affinity is this thread's own, restored below): OpenMP's default.
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &all)) {
+      CPU_SET(cpu, &one);
+      break;
+    }
+  }
+  REQUIRE(sched_setaffinity(0, sizeof(one), &one) == 0);
+  const std::optional<int> bound = openmp_threads_for_this_process();
+  REQUIRE(sched_setaffinity(0, sizeof(all), &all) == 0);
+  if (online > 1) CHECK_FALSE(bound);
 }
 
 TEST_CASE("DEIT_COMM_TIMEOUT sets how long a rank waits for lost peers", "[rendezvous]") {
