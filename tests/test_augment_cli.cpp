@@ -6,11 +6,15 @@
 
 #include <cstdint>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "data/augment_params.h"
 #include "data/image.h"
+#include "data/image_source.h"
+#include "data/sampler.h"
 #include "data/transforms.h"
 #include "engine/rng.h"
 #include "tests/cli_runner.h"
@@ -42,6 +46,17 @@ TEST_CASE("deit augment applies named ops in order, as the library does", "[augm
   CHECK(got.height == 25);
   CHECK(got.width == 30);
   CHECK(got.pixels == expected.pixels);
+  // A random op draws from --seed, as the library's from its Rng.
+  for (const uint64_t seed : {1, 2}) {
+    const std::string cropped = dir.file("rrc" + std::to_string(seed) + ".png");
+    const CliResult rrc = run_deit("augment --in " + kInput + " --out " + cropped +
+                                   " --op rrc:16 --seed " + std::to_string(seed));
+    INFO(rrc.output);
+    REQUIRE(rrc.exit_code == 0);
+    deit::Rng rng(seed);
+    CHECK(deit::data::decode_image_file(cropped).pixels ==
+          deit::data::apply_named_op(deit::data::decode_image_file(kInput), "rrc:16", rng).pixels);
+  }
 }
 
 TEST_CASE("deit augment makes the folders of its output, as the other commands do",
@@ -95,6 +110,8 @@ TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cl
   CliResult r = run_deit(args + " --seed 3 --grid " + dir.file("g1.png"));
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Catch::Contains(": 5 training views (3 x 2 tiles of 16 px, random resized "
+                                       "crop, 3-Augment, colour jitter, seed 3) from 8 images"));
   r = run_deit(args + " --seed 3 --grid " + dir.file("g2.png"));
   REQUIRE(r.exit_code == 0);
 
@@ -107,6 +124,31 @@ TEST_CASE("deit augment --grid tiles reproducible training views", "[augment][cl
   r = run_deit(args + " --seed 4 --grid " + dir.file("g3.png"));
   REQUIRE(r.exit_code == 0);
   CHECK(deit::test::read_bytes(dir.file("g1.png")) != deit::test::read_bytes(dir.file("g3.png")));
+  // A view is the trainer's: the sampler's first pick, augmented from its own stream with the
+  // crop asked for (--src: Simple Random Crop, which the grid says).
+  const std::unique_ptr<deit::data::ImageSource> source =
+      deit::data::open_dataset_split(dir.path() + "/data", "train");
+  deit::data::SamplerOptions order;
+  order.dataset_size = source->size();
+  order.seed = 3;
+  const deit::data::SamplePick pick = deit::data::Sampler(order).epoch_picks(0).at(0);
+  const deit::data::ImageU8 picked = source->load(pick.index);
+  for (const bool src : {false, true}) {
+    INFO("--src " << src);
+    const std::string one = dir.file(src ? "one_src.png" : "one.png");
+    r = run_deit("augment --data " + dir.path() + "/data --n 1 --input-size 16 --seed 3" +
+                 (src ? " --src" : "") + " --grid " + one);
+    REQUIRE(r.exit_code == 0);
+    CHECK_THAT(r.output, Catch::Contains(src ? "16 px, simple random crop, "
+                                             : "16 px, random resized crop, "));
+    deit::data::AugmentConfig config;
+    config.input_size = 16;
+    config.crop = src ? deit::data::CropMode::kSimpleRandom : deit::data::CropMode::kRandomResized;
+    deit::Rng rng(3, deit::data::sample_stream(0, pick.global_position));
+    const deit::data::ImageU8 view = deit::data::augment_train(
+        picked, deit::data::sample_augment_params(config, picked.height, picked.width, rng));
+    CHECK(deit::data::decode_image_file(one).pixels == view.pixels);
+  }
 
   // An unusable file met in several epochs' picks is warned about and counted once.
   deit::test::write_bytes(dir.file("data/train/b/broken.png"), {'n', 'o'});
@@ -236,6 +278,22 @@ TEST_CASE("deit augment rejects bad ops and arguments with a non-zero exit", "[a
   r = run_deit("augment --data " + dir.path() + " --grid " + dir.file("g.png"));
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains(dir.path()));
+  // A grid's sizes out of range (--n 0 would divide by its 0 columns), a grid without its file,
+  // and the options of both modes at once are refused before any image is read.
+  const std::string grid = "augment --data " + dir.path();
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {grid + " --n 0 --grid " + dir.file("g.png"), "--n: Value 0 not in range 1 to 1024"},
+      {grid + " --n 1025 --grid " + dir.file("g.png"), "--n: Value 1025 not in range 1 to 1024"},
+      {grid + " --input-size 7 --grid " + dir.file("g.png"),
+       "--input-size: Value 7 not in range 8 to 1024"},
+      {grid, "augment: --data needs --grid OUT.png"},
+      {grid + " --in " + kInput + " --grid " + dir.file("g.png"), "--in excludes --data"}};
+  for (const auto& [args, message] : refused) {
+    const CliResult refusal = run_deit(args);
+    INFO(args << "\n" << refusal.output);
+    CHECK(refusal.exit_code == 1);
+    CHECK_THAT(refusal.output, Catch::Contains(message));
+  }
   // Nor a file that is no PNG: a JPEG named *.png, or what a link named *.png points to (the
   // PNG replaced a checkpoint that way).
   const std::string notes = dir.file("notes.txt");

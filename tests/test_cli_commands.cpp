@@ -2,6 +2,7 @@
 // would read wrongly on its own.
 #include <catch2/catch.hpp>
 
+#include <regex>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -36,12 +37,14 @@ TEST_CASE("a misspelt command is named, with the commands there are", "[cli]") {
 TEST_CASE("whole numbers are read in decimal, and an empty or out-of-range value is refused",
           "[cli]") {
   const std::string dry_run = "train --model deit3_tiny --data nowhere --output nowhere --dry-run ";
-  // Zero-padded, as a script may write them: decimal, not octal.
-  const CliResult padded = run_deit(dry_run + "--seed 0042 --epochs 0100 --input-size 0224");
+  // Zero-padded, as a script may write them: decimal, not octal; with a sign as well.
+  const CliResult padded =
+      run_deit(dry_run + "--seed 0042 --epochs 0100 --input-size 0224 --accum-steps +02");
   INFO(padded.output);
   CHECK(padded.exit_code == 0);
   CHECK_THAT(padded.output, Catch::Contains("\"seed\": 42") && Catch::Contains("\"epochs\": 100") &&
-                                Catch::Contains("\"input_size\": 224"));
+                                Catch::Contains("\"input_size\": 224") &&
+                                Catch::Contains("\"accum_steps\": 2"));
   const std::vector<std::pair<std::string, std::string>> refused = {
       {"--epochs 0x10", "--epochs: '0x10' is not a whole number written in decimal"},
       {"--epochs ''", "--epochs: an empty value (leave the option out for its default)"},
@@ -234,6 +237,31 @@ TEST_CASE("every option of the reference code is deit train's or answered with a
     INFO(option);
     CHECK_THAT(r.output, Catch::Contains("deit: note: the reference code's " + option + " "));
   }
+}
+
+TEST_CASE("a reference option given as --NAME=VALUE is noted, naming an option deit takes",
+          "[cli]") {
+  // argparse takes --data-path=/imagenet as well as --data-path /imagenet.
+  const CliResult r = run_deit(
+      "train --model deit3_base --data-path=/imagenet --batch=64 --nb_classes=10 --num_workers=8 "
+      "--output_dir=out --ThreeAugment --no-train-mode");
+  INFO(r.output);
+  CHECK(r.exit_code == 1);
+  const std::string help = run_deit("train --help").output;
+  // Each note that gives deit's name for the option: "... is --workers here".
+  static const std::regex deits_name(
+      R"(deit: note: the reference code's (--\S+) .*\bis (--[a-z-]+))");
+  std::vector<std::string> noted;
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch found;
+    if (!std::regex_search(line, found, deits_name)) continue;
+    INFO(line);
+    noted.push_back(found[1]);
+    CHECK(help.find("  " + found[2].str() + " ") != std::string::npos);
+  }
+  CHECK(noted == std::vector<std::string>{"--data-path", "--batch", "--nb_classes", "--num_workers",
+                                          "--output_dir", "--ThreeAugment", "--no-train-mode"});
 }
 
 TEST_CASE("a command line that does not parse is an error like any other, exit code 1", "[cli]") {

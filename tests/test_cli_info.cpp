@@ -18,6 +18,12 @@ TEST_CASE("deit info --json prints one object with the exact parameter count", "
   CHECK(j["params"] == 86585320);
   CHECK(j["gmacs"].get<double>() == Approx(17.56).epsilon(0.01));
   CHECK(j["tokens"] == 197);
+  // The fields a script reads besides the counts: the shape as given, and training's 6 FLOPs per
+  // MAC (2 forward, 4 backward).
+  CHECK(j["head_dim"] == 64);
+  CHECK(j["input_size"] == 224);
+  CHECK(j["train_gflops_per_image"].get<double>() == Approx(6 * j["gmacs"].get<double>()));
+  CHECK(j["recompute_bytes_per_image_bf16"] == 0);  // nothing recomputed without checkpointing
 }
 
 TEST_CASE("a model is named custom only when its sizes differ from what it was made from",
@@ -29,7 +35,11 @@ TEST_CASE("a model is named custom only when its sizes differ from what it was m
   };
   CHECK(name_of("--model deit3_small --dim 384 --heads 6") == "deit3_small");
   CHECK(name_of("--model deit3_small --num-classes 10 --input-size 96") == "deit3_small");
-  CHECK(name_of("--model deit3_small --dim 192") == "deit3_small (custom)");
+  // Each size on its own makes another model.
+  for (const char* size : {"--dim 192", "--patch 8", "--depth 6", "--heads 3"}) {
+    INFO(size);
+    CHECK(name_of("--model deit3_small " + std::string(size)) == "deit3_small (custom)");
+  }
 }
 
 TEST_CASE("deit info accepts custom sizes", "[cli]") {
@@ -92,6 +102,9 @@ TEST_CASE("deit info --recompute-gelu counts the activations without GELU's outp
   CHECK(a["activation_bytes_per_image_f32"].get<int64_t>() -
             b["activation_bytes_per_image_f32"].get<int64_t>() ==
         4 * gelu_outputs);
+  // The text says which activations it counts.
+  CHECK_THAT(run_deit("info --model deit3_small --recompute-gelu").output,
+             Catch::Contains(" in fp32, GELU recomputed\n"));
 }
 
 TEST_CASE("deit info --grad-checkpointing counts two activations per block and the recompute",

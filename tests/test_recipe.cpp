@@ -195,6 +195,74 @@ TEST_CASE("a flag overrides any value of a recipe, and a recipe that cannot appl
                     Catch::Contains("unknown recipe 'warmup'"));
 }
 
+TEST_CASE("every recipe flag of deit train sets the setting of its own name", "[train][cli]") {
+  // Each at a value no recipe has: a flag that set another setting, or none, shows here.
+  struct Given {
+    std::string flags;
+    std::vector<std::pair<std::string, nlohmann::json>> settings;
+  };
+  const std::vector<Given> runs = {
+      {"--device cuda:1 --epochs 7 --batch-size 12 --accum-steps 3 --opt adamw --lr 0.002 "
+       "--min-lr 2e-5 --warmup-lr 3e-6 --warmup-epochs 2 --weight-decay 0.07 --opt-eps 1e-7 "
+       "--clip-grad 2.5 --drop-path 0.15 --no-three-augment --rrc-scale-min 0.25 "
+       "--color-jitter 0.2 --eval-crop-ratio 0.9 --mixup 0.6 --cutmix 0.7 "
+       "--mixup-switch-prob 0.4 --mixup-prob 0.9 --no-bce-loss --smoothing 0.05 "
+       "--model-ema-decay 0.999 --seed 11 --workers 3 --zero --bucket-mb 10 --save-every 30 "
+       "--recompute-gelu --whole-batch-branches --grad-checkpointing",
+       {{"device", "cuda:1"},
+        {"epochs", 7},
+        {"batch_size", 12},
+        {"accum_steps", 3},
+        {"opt", "adamw"},
+        {"lr", 0.002},
+        {"min_lr", 2e-5},
+        {"warmup_lr", 3e-6},
+        {"warmup_epochs", 2.0},
+        {"weight_decay", 0.07},
+        {"opt_eps", 1e-7},
+        {"clip_grad", 2.5},
+        {"drop_path", 0.15},
+        {"three_augment", false},
+        {"rrc_scale_min", 0.25},
+        {"color_jitter", 0.2},
+        {"eval_crop_ratio", 0.9},
+        {"mixup", 0.6},
+        {"cutmix", 0.7},
+        {"mixup_switch_prob", 0.4},
+        {"mixup_prob", 0.9},
+        {"bce_loss", false},
+        {"smoothing", 0.05},
+        {"model_ema_decay", 0.999},
+        {"seed", 11},
+        {"workers", 3},
+        {"zero", true},
+        {"bucket_mb", 10.0},
+        {"save_every_minutes", 30.0},
+        {"recompute_gelu", true},
+        {"whole_batch_branches", true},
+        {"grad_checkpointing", true},
+        {"src", false},
+        {"cuda_graph", false},
+        {"gemm_autotune", false}}},
+      {"--device cuda --src --no-repeated-aug --no-model-ema --cuda-graph --gemm-autotune "
+       "--aa rand-m7-mstd0.5",
+       {{"src", true},
+        {"repeated_aug", false},
+        {"model_ema", false},
+        {"cuda_graph", true},
+        {"gemm_autotune", true},
+        {"aa", "rand-m7-mstd0.5"},
+        {"three_augment", false},
+        {"color_jitter", 0.0}}}};
+  for (const Given& run : runs) {
+    const nlohmann::json s = dry_run("--model deit3_tiny " + run.flags);
+    for (const auto& [key, value] : run.settings) {
+      INFO(key);
+      CHECK(s[key] == value);
+    }
+  }
+}
+
 TEST_CASE("settings that could only fail later are refused when a run is set up", "[train]") {
   deit::train::TrainOptions o = deit::train::recipe_for("deit3_tiny");
   o.data_dir = "/datasets/imagenet";

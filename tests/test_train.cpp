@@ -737,6 +737,8 @@ TEST_CASE(
   CHECK_THAT(r.output, Catch::Contains("warning: the run's 2 epochs train at warm-up rates only "
                                        "(1 warm-up epoch,") &&
                            Catch::Contains("its learning rate never reaches --lr"));
+  // --quiet keeps the warnings and drops the progress: the run's start line and epoch lines.
+  CHECK_THAT(r.output, !Catch::Contains("epoch 1/2") && !Catch::Contains("training deit3_tiny"));
   std::ifstream log(dir.file("two") + "/log.txt");
   for (std::string line; std::getline(log, line);)
     CHECK(nlohmann::json::parse(line).at("train_lr") == 1e-6);
@@ -808,6 +810,18 @@ TEST_CASE("deit info counts the batches of a run of several processes per proces
   REQUIRE(kept.exit_code == 0);
   CHECK(nlohmann::json::parse(kept.output)["activation_bytes_per_image_f32"] <
         nlohmann::json::parse(json.output)["activation_bytes_per_image_f32"]);
+  // A run that had it on is counted so without the flag.
+  state["options"]["recompute_gelu"] = true;
+  contents.metadata["deit"] = state.dump();
+  model::write_safetensors(checkpoint, contents.tensors, contents.metadata);
+  const CliResult saved = run_deit("info --json --checkpoint " + out);
+  REQUIRE(saved.exit_code == 0);
+  CHECK(nlohmann::json::parse(saved.output)["activation_bytes_per_image_f32"] ==
+        nlohmann::json::parse(kept.output)["activation_bytes_per_image_f32"]);
+  // The checkpoint's model is the one counted: a model flag is refused, not left without effect.
+  const CliResult sized = run_deit("info --checkpoint " + out + " --input-size 96");
+  CHECK(sized.exit_code == 1);
+  CHECK_THAT(sized.output, Catch::Contains("excludes") && Catch::Contains("--input-size"));
 }
 
 TEST_CASE("settings that train without effect or against themselves are warned about",
@@ -1638,6 +1652,17 @@ TEST_CASE("a diverging run, another model's checkpoint or a new run never replac
   CHECK_THAT(r.output, Catch::Contains("--input-size 16 (a 4x4 patch grid) does not fit the "
                                        "weights of checkpoint '" +
                                        checkpoint + "' (a 2x2 grid)"));
+  // Each other size alike, where the whole model would be refused only once its weights are
+  // read (--patch 2 at 4 px keeps the 2x2 grid, so that --patch is what is named).
+  for (const auto& [flags, refusal] : std::vector<std::pair<std::string, std::string>>{
+           {" --patch 2 --input-size 4", "--patch 2 does not fit the weights of checkpoint '"},
+           {" --heads 4", "--heads 4 does not fit the weights of checkpoint '"},
+           {" --depth 1", "--depth 1 does not fit the weights of checkpoint '"}}) {
+    r = run_deit("train --epochs 2 --resume " + checkpoint + flags);
+    INFO(flags << "\n" << r.output);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Catch::Contains(refusal) && !Catch::Contains("--finetune"));
+  }
   CHECK(test::read_bytes(out + "/log.txt") == log);
 
   // AdamW with an absurd learning rate: the weights blow up and the loss stops being finite.
