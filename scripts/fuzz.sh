@@ -18,18 +18,8 @@ targets="${1:-all}"
 seconds="${2:-300}"
 [[ $targets == all ]] && targets="image shard safetensors"
 
-packages=(clang libclang-rt-14-dev libomp-14-dev)  # Debian 12's Clang, its libFuzzer, OpenMP
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "fuzz: installing ${missing[*]}"
-  sudo=""
-  [[ $(id -u) -ne 0 ]] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# Debian 12's Clang, its libFuzzer and OpenMP.
+scripts/install_missing.sh clang libclang-rt-14-dev libomp-14-dev
 
 flags="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer"
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \

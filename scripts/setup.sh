@@ -18,17 +18,7 @@ packages=(
   python3                # bench/report.py's test (the benchmark scripts are Python)
 )
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}"
-  sudo=""
-  [[ $(id -u) -ne 0 ]] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/install_missing.sh "${packages[@]}"
 
 cmake_args=(-S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release)
 # The CUDA toolkit is often installed without being on PATH.
