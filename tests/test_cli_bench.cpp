@@ -244,6 +244,13 @@ TEST_CASE("deit bench rejects bad input with a clear message and a non-zero exit
   r = run_deit("bench step --model deit3_tiny --device cpu --batch-size 0");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--batch-size"));
+  // A shape no model has is refused as the flags are read, before the benchmark says what it
+  // times (without the check in ModelOptions::apply_to it was refused only once the model was
+  // built, after "timing deit3_tiny at batch 64 ...").
+  r = run_deit("bench step --model deit3_tiny --heads 5 --device cpu");
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.output, Catch::Contains("dim 192 is not divisible by heads 5") &&
+                           !Catch::Contains("timing"));
   r = run_deit("bench step --device cpu");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Catch::Contains("--model"));
