@@ -29,7 +29,7 @@ cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=
 cmake --build build-fuzz -j "$(nproc)" --target $(printf 'fuzz_%s ' $targets)
 
 export ASAN_OPTIONS="detect_leaks=1"
-export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$PWD/scripts/ubsan_suppressions.txt"
 failed=()
 for target in $targets; do
   corpus=build-fuzz/corpus/$target findings=build-fuzz/findings/$target
