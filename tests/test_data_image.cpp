@@ -310,7 +310,8 @@ TEST_CASE("files of formats Pillow does not open are refused", "[data]") {
   // stb_image can decode these too, but its 2.27 (Debian 12's) does harm on bad ones, found by
   // fuzzing: its JPEG decoder, which took a JPEG with fill bytes before its start marker (Pillow
   // opens only FF D8 FF), writes past a Huffman table (nothings/stb#1289); its Radiance HDR
-  // decoder loops for ever on a run cut short (CVE-2021-42715). Softimage PIC is the third it reads.
+  // decoder loops for ever on a run cut short (CVE-2021-42715). Softimage PIC is the third it
+  // reads.
   TempDir dir;
   const std::string jpeg = dir.file("t.jpg");
   write_with_stb(jpeg, gradient_image(8, 8));
