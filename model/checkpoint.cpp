@@ -9,6 +9,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "model/json_exact.h"
+
 namespace deit::model {
 
 namespace {
@@ -45,17 +47,17 @@ nlohmann::json config_to_json(const ViTConfig& c) {
 
 ViTConfig config_from_json(const nlohmann::json& j) {
   ViTConfig c;
-  j.at("name").get_to(c.name);
-  j.at("patch").get_to(c.patch);
-  j.at("dim").get_to(c.dim);
-  j.at("depth").get_to(c.depth);
-  j.at("heads").get_to(c.heads);
-  j.at("num_classes").get_to(c.num_classes);
-  j.at("input_size").get_to(c.input_size);
-  j.at("in_channels").get_to(c.in_channels);
-  j.at("mlp_ratio").get_to(c.mlp_ratio);
-  j.at("layerscale_init").get_to(c.layerscale_init);
-  j.at("layernorm_eps").get_to(c.layernorm_eps);
+  c.name = read_exactly<std::string>(j, "name");
+  c.patch = read_exactly<int64_t>(j, "patch");
+  c.dim = read_exactly<int64_t>(j, "dim");
+  c.depth = read_exactly<int64_t>(j, "depth");
+  c.heads = read_exactly<int64_t>(j, "heads");
+  c.num_classes = read_exactly<int64_t>(j, "num_classes");
+  c.input_size = read_exactly<int64_t>(j, "input_size");
+  c.in_channels = read_exactly<int64_t>(j, "in_channels");
+  c.mlp_ratio = read_exactly<int64_t>(j, "mlp_ratio");
+  c.layerscale_init = read_exactly<double>(j, "layerscale_init");
+  c.layernorm_eps = read_exactly<double>(j, "layernorm_eps");
   c.validate();
   return c;
 }

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (libFuzzer, with AddressSanitizer and UndefinedBehaviorSanitizer) of the
 # readers that take files from outside: image decoding, shards, safetensors and checkpoints'
-# metadata (tests/fuzz/fuzz_*.cpp). A bad file must give an error naming it, never a crash, a hang
-# or a read out of bounds. It found stb_image 2.27's JPEG, HDR and PNM troubles (data/stb_impl.cpp).
+# metadata, and the run state a checkpoint carries (tests/fuzz/fuzz_*.cpp). A bad file must give an
+# error naming it, never a crash, a hang or a read out of bounds. It found stb_image 2.27's JPEG,
+# HDR and PNM troubles (data/stb_impl.cpp), and run-state numbers converted past their range.
 # Not part of CI: it needs Clang, and a fuzzer finds things in minutes to hours, not seconds.
 #
 # Usage: scripts/fuzz.sh [TARGET] [SECONDS]
-#   TARGET   image, shard, safetensors, or all (the default: each in turn)
+#   TARGET   image, shard, safetensors, run_state, or all (the default: each in turn)
 #   SECONDS  how long each target runs (default 300)
 # The build goes into build-fuzz/ (Clang, CPU only). Each target's corpus grows in
 # build-fuzz/corpus/TARGET between runs, starting from tests/fuzz/seeds/TARGET; inputs that crash,
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 targets="${1:-all}"
 seconds="${2:-300}"
-[[ $targets == all ]] && targets="image shard safetensors"
+[[ $targets == all ]] && targets="image shard safetensors run_state"
 
 # Debian 12's Clang, its libFuzzer and OpenMP.
 scripts/install_missing.sh clang libclang-rt-14-dev libomp-14-dev
@@ -36,7 +37,10 @@ for target in $targets; do
   mkdir -p "$corpus" "$findings"
   echo "fuzz: $target for ${seconds}s"
   # -fork=1 goes on past a finding (each is kept) until the time is up.
-  build-fuzz/tests/fuzz/fuzz_"$target" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 \
+  # A target's dictionary (tests/fuzz/TARGET.dict) holds tokens its format needs whole.
+  dictionary=()
+  [[ -f tests/fuzz/$target.dict ]] && dictionary=(-dict="tests/fuzz/$target.dict")
+  build-fuzz/tests/fuzz/fuzz_"$target" "${dictionary[@]}" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 \
     -ignore_ooms=1 -timeout=10 -rss_limit_mb=4096 -max_len=8192 -max_total_time="$seconds" \
     -artifact_prefix="$findings/" "$corpus" "tests/fuzz/seeds/$target" \
     >"build-fuzz/$target.log" 2>&1 || true

@@ -16,6 +16,7 @@
 
 #include "engine/rng.h"
 #include "model/checkpoint.h"
+#include "model/json_exact.h"
 #include "tests/test_data_helpers.h"
 #include "tests/test_io_helpers.h"
 #include "tests/test_model_helpers.h"
@@ -254,6 +255,64 @@ TEST_CASE("read_checkpoint refuses files that are not deit checkpoints", "[io]")
   CHECK_THROWS_WITH(read_checkpoint(listed),
                     Contains("checkpoint '" + listed + "': its deit metadata's options are a " +
                              "JSON number, not an object"));
+}
+
+TEST_CASE("metadata values are read only where their type holds them exactly", "[io]") {
+  using nlohmann::json;
+  // Whole numbers within the type's range, written as integers or as 4.0.
+  CHECK(holds_exactly<int64_t>(json(INT64_MAX)));
+  CHECK(holds_exactly<int64_t>(json(INT64_MIN)));
+  CHECK_FALSE(holds_exactly<int64_t>(json::parse("9223372036854775808")));
+  CHECK(holds_exactly<uint64_t>(json::parse("18446744073709551615")));
+  CHECK_FALSE(holds_exactly<uint64_t>(json(-1)));
+  CHECK(holds_exactly<uint32_t>(json(int64_t{4294967295})));
+  CHECK_FALSE(holds_exactly<uint32_t>(json(int64_t{4294967296})));
+  CHECK_FALSE(holds_exactly<uint32_t>(json::parse("4294967296")));
+  CHECK(holds_exactly<int>(json(int64_t{-2147483648})));
+  CHECK_FALSE(holds_exactly<int>(json(int64_t{-2147483649})));
+  CHECK(holds_exactly<int64_t>(json(4.0)));
+  CHECK(holds_exactly<int64_t>(json(-9223372036854775808.0)));       // -2^63, INT64_MIN itself
+  CHECK_FALSE(holds_exactly<int64_t>(json(9223372036854775808.0)));  // 2^63, one past the max
+  CHECK(holds_exactly<uint32_t>(json(4294967295.0)));
+  CHECK_FALSE(holds_exactly<uint32_t>(json(4294967296.0)));
+  CHECK_FALSE(holds_exactly<uint64_t>(json(-1.0)));
+  CHECK_FALSE(holds_exactly<int64_t>(json(4.5)));
+  CHECK_FALSE(holds_exactly<int64_t>(json(1e300)));
+  CHECK_FALSE(holds_exactly<int64_t>(json("4")));
+  CHECK_FALSE(holds_exactly<int64_t>(json(true)));
+  // Any number for a double; a float's range is smaller.
+  CHECK(holds_exactly<double>(json(1e300)));
+  CHECK(holds_exactly<double>(json(-3)));
+  CHECK(holds_exactly<float>(json(-3.5)));
+  CHECK_FALSE(holds_exactly<float>(json(1e300)));
+  CHECK_FALSE(holds_exactly<double>(json("1")));
+  CHECK(holds_exactly<bool>(json(false)));
+  CHECK_FALSE(holds_exactly<bool>(json(0)));
+  CHECK(holds_exactly<std::string>(json("")));
+  CHECK_FALSE(holds_exactly<std::string>(json(nullptr)));
+
+  const json object = {{"workers", 3.5}, {"seed", 7}, {"name", 1}, {"lr", "high"}, {"zero", 1}};
+  CHECK(read_exactly<uint64_t>(object, "seed") == 7);
+  CHECK_THROWS_WITH(read_exactly<int>(object, "workers"),
+                    "'workers' is 3.5, not a whole number of its range");
+  CHECK_THROWS_WITH(read_exactly<std::string>(object, "name"), "'name' is 1, not a string");
+  CHECK_THROWS_WITH(read_exactly<double>(object, "lr"),
+                    "'lr' is \"high\", not a number of its range");
+  CHECK_THROWS_WITH(read_exactly<bool>(object, "zero"), "'zero' is 1, not true or false");
+  CHECK_THROWS_AS(read_exactly<int>(object, "epochs"), json::out_of_range);
+
+  // A model description with a number past its field's range: converting it was undefined
+  // behaviour (a fuzzer's finding), and its patch came out as whatever the machine made of it.
+  TempDir dir;
+  const std::string file = dir.file("model.safetensors");
+  write_safetensors(file, {},
+                    {{"deit_model", R"({"name": "tiny", "patch": 1e300, "dim": 32, "depth": 1,
+                                        "heads": 2, "num_classes": 10, "input_size": 32,
+                                        "in_channels": 3, "mlp_ratio": 4,
+                                        "layerscale_init": 1e-4, "layernorm_eps": 1e-6})"}});
+  CHECK_THROWS_WITH(read_model_config(file),
+                    Contains("deit_model metadata is not a valid model description: 'patch' is "
+                             "1e+300, not a whole number of its range"));
 }
 
 TEST_CASE("weights files carry exactly timm's names and shapes for deit3_small", "[io]") {

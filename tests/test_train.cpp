@@ -1457,6 +1457,29 @@ TEST_CASE("a run's saved options give back every setting to the run that resumes
   // A whole number saved as a float (4.0) is that number.
   damaged["workers"] = 4.0;
   CHECK(train::resume_options(run.model, damaged).workers == 4);
+  // A count of 64 bits: 2^63 became -2^63, which nlohmann's comparison then found equal to 2^63;
+  // a seed of -1 became 2^64 - 1 the same way; 1e300 was undefined behaviour.
+  damaged = saved;
+  damaged["batch_size"] = uint64_t{1} << 63;
+  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
+                    "its saved option 'batch_size' is 9223372036854775808, not a value of that "
+                    "option");
+  damaged = saved;
+  damaged["seed"] = -1;
+  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
+                    "its saved option 'seed' is -1, not a value of that option");
+  damaged = saved;
+  damaged["epochs"] = 1e300;
+  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
+                    "its saved option 'epochs' is 1e+300, not a value of that option");
+  // What the recipe of an older checkpoint is taken from, of the wrong type: refused as the
+  // option it is, where nlohmann's type error said nothing of it.
+  older.erase("recipe");
+  older["finetune"] = 5;
+  CHECK_THROWS_WITH(train::resume_options(run.model, older),
+                    "its saved option 'finetune' is 5, not a value of that option");
+  CHECK_THROWS_WITH(train::resume_options(run.model, "deit3_small"),
+                    "its saved options are not an object");
 }
 
 TEST_CASE("a run's state reads back as it was written, an older checkpoint's with defaults",
@@ -1523,6 +1546,54 @@ TEST_CASE("a run state that contradicts itself is refused rather than resumed", 
                     Catch::Contains("its saved options are not an object"));
 }
 
+TEST_CASE("a run state's numbers are read only where their fields hold them exactly",
+          "[train][resume]") {
+  train::RunState state;
+  state.epochs_done = 3;
+  state.within_epoch = train::WithinEpoch{3, 4, 8.0, 64, 2.5};
+  const nlohmann::json good = state.to_json();
+  auto refusal = [](const nlohmann::json& saved) -> std::string {
+    try {
+      train::run_state_from_json(saved);
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "read";
+  };
+  // Each was converted without a word (1e300 into an integer is undefined behaviour; a fuzzer's
+  // finding), or ended the command with a JSON type error that named no field.
+  nlohmann::json changed = good;
+  changed["epoch"] = 1e300;
+  CHECK(refusal(changed) == "'epoch' is 1e+300, not a whole number of its range");
+  changed = good;
+  changed["sampler"]["seed"] = -1;
+  CHECK(refusal(changed) == "its sampler's 'seed' is -1, not a whole number of its range");
+  changed = good;
+  changed["sampler"]["rank"] = uint64_t{1} << 32;
+  CHECK(refusal(changed) == "its sampler's 'rank' is 4294967296, not a whole number of its range");
+  changed = good;
+  changed["within_epoch"]["epoch"] = "3";
+  CHECK(refusal(changed) == "its within_epoch's 'epoch' is \"3\", not a whole number of its range");
+  changed = good;
+  changed["within_epoch"]["loss_sum"] = nullptr;
+  CHECK(refusal(changed) == "its within_epoch's 'loss_sum' is null, not a number of its range");
+  changed = good;
+  changed["best_acc1"] = "81.5";
+  CHECK(refusal(changed) == "'best_acc1' is \"81.5\", not a number of its range");
+  changed = good;
+  changed["train_listing"] = 5;
+  CHECK(refusal(changed) == "'train_listing' is 5, not a string");
+  // The last epoch index there is: the epochs done, one more, would not fit.
+  changed = good;
+  changed.erase("within_epoch");
+  changed["epoch"] = INT64_MAX;
+  CHECK(refusal(changed) == "its 'epoch' is 9223372036854775807: no epoch can follow it");
+  // Whole numbers written as floats are those numbers.
+  changed = good;
+  changed["sampler"]["position"] = 672.0;
+  CHECK(train::run_state_from_json(changed).sampler.position == 672);
+}
+
 TEST_CASE("the moving average is warned about only while over a tenth of it is the start weights",
           "[train][resume]") {
   test::TempDir dir;
@@ -1546,6 +1617,47 @@ TEST_CASE("the moving average is warned about only while over a tenth of it is t
   CHECK(test::stderr_of(dir.file("stderr.txt"), [&] {
           train::warn_if_moving_average_is_young("old.safetensors", uncounted);
         }).empty());
+  // Nor for one that does not say them as numbers (edited by hand): it threw a JSON type error,
+  // which ended deit eval --ema and export --ema naming no file.
+  for (const nlohmann::json& unsaid :
+       {nlohmann::json{{"optimizer_steps", "229"}, {"options", {{"model_ema_decay", 0.99}}}},
+        nlohmann::json{{"optimizer_steps", 229}, {"options", {{"model_ema_decay", "0.99"}}}},
+        nlohmann::json{{"optimizer_steps", 1e300}, {"options", {{"model_ema_decay", 0.99}}}},
+        nlohmann::json{{"optimizer_steps", 229}, {"options", "deit3_small"}}}) {
+    INFO(unsaid.dump());
+    CHECK(test::stderr_of(dir.file("stderr.txt"), [&] {
+            train::warn_if_moving_average_is_young("edited.safetensors", unsaid);
+          }).empty());
+  }
+}
+
+TEST_CASE("a saved log line is written back only for the epoch the checkpoint says",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string log = dir.file("log.txt");
+  train::RunState saved;
+  saved.epochs_done = 3;
+  // An epoch that is not a whole number (the checkpoint edited by hand) threw a JSON type error
+  // that ended the resume; 2^64 - 1 read as an int64_t is -1, so it matched a run of no epoch.
+  for (const nlohmann::json& epoch :
+       {nlohmann::json("2"), nlohmann::json(2.5), nlohmann::json::parse("18446744073709551615")}) {
+    INFO(epoch.dump());
+    test::write_bytes(log, {});
+    saved.last_log_line = {{"epoch", epoch}, {"train_loss", 2.25}};
+    CHECK_NOTHROW(train::restore_last_log_line(log, saved));
+    CHECK(test::read_bytes(log).empty());
+  }
+  saved.epochs_done = 0;
+  saved.last_log_line = {{"epoch", nlohmann::json::parse("18446744073709551615")}};
+  train::restore_last_log_line(log, saved);
+  CHECK(test::read_bytes(log).empty());
+  saved.epochs_done = 3;
+  saved.last_log_line = {{"epoch", 2}, {"train_loss", 2.25}};
+  const std::string written =
+      test::stderr_of(dir.file("stderr.txt"), [&] { train::restore_last_log_line(log, saved); });
+  CHECK_THAT(written, Catch::Contains("lacked the line of epoch 3"));
+  const std::vector<uint8_t> line = test::read_bytes(log);
+  CHECK(std::string(line.begin(), line.end()) == "{\"epoch\":2,\"train_loss\":2.25}\n");
 }
 
 TEST_CASE("a diverging run, another model's checkpoint or a new run never replaces a good one",

@@ -8,11 +8,13 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <type_traits>
 
 #include "data/augment_params.h"
 #include "data/image_source.h"
 #include "data/prefetch.h"
 #include "engine/device.h"
+#include "model/json_exact.h"
 
 namespace deit::train {
 
@@ -378,6 +380,7 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
     return std::runtime_error("its saved option '" + key + "' is " + saved.at(key).dump() +
                               ", not a value of that option");
   };
+  if (!saved.is_object()) throw std::runtime_error("its saved options are not an object");
   // The stage the run started from fills in what an older checkpoint lacks. Before recipes were
   // saved, every run started from pretrain's values (a fine-tune set its own by flags): those
   // fill in, and a run that started from weights is called a fine-tune.
@@ -393,16 +396,11 @@ TrainOptions resume_options(const model::ViTConfig& model, const nlohmann::json&
     }
   }
   TrainOptions o = recipe_of(model, recipe);
-  if (!labelled && saved.value("finetune", "") != "") o.recipe = "finetune";
+  if (!labelled && saved.contains("finetune") && saved.at("finetune") != "") o.recipe = "finetune";
   for_each_setting(o, [&saved, &not_a_value](const char* key, auto& value) {
     if (!saved.contains(key)) return;
-    try {
-      saved.at(key).get_to(value);
-    } catch (const nlohmann::json::exception&) {
-      throw not_a_value(key);
-    }
-    // nlohmann converts numbers without a word: 3.5 workers became 3, and 2^63 a negative count.
-    if (nlohmann::json(value) != saved.at(key)) throw not_a_value(key);
+    if (!model::holds_exactly<std::decay_t<decltype(value)>>(saved.at(key))) throw not_a_value(key);
+    saved.at(key).get_to(value);
   });
   o.model = model;
   o.num_classes_given = true;  // the checkpoint's head decides, not the dataset

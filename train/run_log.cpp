@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "model/json_exact.h"
+
 namespace deit::train {
 
 namespace {
@@ -80,19 +82,20 @@ void drop_unfinished_last_line(const std::string& log_path) {
 
 void restore_last_log_line(const std::string& log_path, const RunState& saved) {
   const int64_t last_epoch = saved.epochs_done - 1;
-  if (!saved.last_log_line.is_object() ||
-      saved.last_log_line.value("epoch", int64_t{-1}) != last_epoch)
+  const nlohmann::json& line = saved.last_log_line;
+  if (!line.is_object() || !line.contains("epoch") ||
+      !model::holds_exactly<int64_t>(line.at("epoch")) || line.at("epoch") != last_epoch)
     return;
   const std::vector<std::string> lines = log_file_lines(log_path);
   if (!lines.empty()) {
     const nlohmann::json logged = nlohmann::json::parse(lines.back(), nullptr, false);
     // A line that is no log line of an earlier epoch (edited by hand, say) is left as it is.
     const bool earlier_epoch = logged.is_object() && logged.contains("epoch") &&
-                               logged["epoch"].is_number_integer() &&
+                               model::holds_exactly<int64_t>(logged["epoch"]) &&
                                logged["epoch"].get<int64_t>() < last_epoch;
     if (!earlier_epoch) return;
   }
-  const std::string text = saved.last_log_line.dump() + "\n";
+  const std::string text = line.dump() + "\n";
   if (!append_to_file(log_path, text)) {
     std::fprintf(stderr, "warning: cannot append to %s (%s) the line of epoch %lld: %s",
                  log_path.c_str(), std::strerror(errno), (long long)saved.epochs_done,
