@@ -630,6 +630,18 @@ TEST_CASE("mixup blends each sample and its target with its mirror in the batch"
   CHECK_THROWS_AS(apply_mix(p, odd.data(), 5, channels, height, width), std::invalid_argument);
 }
 
+TEST_CASE("mixed targets refuse a label outside the classes", "[augment]") {
+  MixParams p;
+  std::vector<float> targets(2 * 5);
+  auto mix_pair = [&](int32_t first, int32_t second) {
+    const int32_t labels[2] = {first, second};
+    mix_targets(p, labels, 2, 5, 0.0, targets.data());
+  };
+  CHECK_NOTHROW(mix_pair(0, 4));
+  CHECK_THROWS_WITH(mix_pair(5, 0), Catch::Contains("label 5 is outside [0, 5)"));
+  CHECK_THROWS_WITH(mix_pair(0, -1), Catch::Contains("label -1 is outside [0, 5)"));
+}
+
 TEST_CASE("named ops reject bad names and arguments with a message", "[augment]") {
   const ImageU8 image = random_image(20, 30, 6);
   auto message = [&](const std::string& spec) { return deit::test::named_op_error(image, spec); };
@@ -648,13 +660,22 @@ TEST_CASE("named ops reject bad names and arguments with a message", "[augment]"
   CHECK_THAT(message("solarize:128.5"), Catch::Contains(": 128.5 is not an integer"));
   CHECK_THAT(message("solarize:1234567.5"), Catch::Contains(": 1234567.5 is not an integer"));
   CHECK_THAT(message("sharpness:1e39"), Catch::Contains("beyond a float's range"));
+  CHECK_THAT(message("sharpness:-1e39"), Catch::Contains("beyond a float's range"));
   CHECK_THAT(message("hflip:2"), Catch::Contains("takes no argument"));
   CHECK_THAT(message("crop:1,2,3"), Catch::Contains("needs 4 argument"));
   CHECK_THAT(message("crop:0,0,31,5"), Catch::Contains("not inside the 30x20 image"));
   CHECK_THAT(message("resize:2.5"), Catch::Contains("not an integer"));
   CHECK_THAT(message("resize:1e12"), Catch::Contains(": 1000000000000 is out of range"));
+  // 1e9 is the last number taken: a box placed there is refused as a box, not as a number.
+  CHECK_THAT(message("crop:1000000000,0,1,1"), Catch::Contains("not inside the 30x20 image"));
+  CHECK_THAT(message("crop:2000000000,0,1,1"), Catch::Contains(": 2000000000 is out of range"));
+  CHECK_THAT(message("crop:-2000000000,0,1,1"), Catch::Contains(": -2000000000 is out of range"));
+  // A result past the image limits is refused before it is allocated.
+  CHECK_THAT(message("resize:1000000000"),
+             Catch::Contains("1500000000x1000000000 result is larger than deit makes"));
   CHECK_THAT(message("resize:0"), Catch::Contains("a shorter side of 0"));
-  CHECK_THAT(message("center-crop:21"), Catch::Contains("center crop size"));
+  CHECK_THAT(message("center-crop:21"),
+             Catch::Contains("center crop size") && Catch::Contains("for the 30x20 image"));
   CHECK_THAT(message("center-crop:0"), Catch::Contains("center crop size"));
   CHECK_THAT(message("pad-reflect:20"), Catch::Contains("reflect padding"));
   // Boxes and paddings far past the image are refused as such, before their result is made.
@@ -686,6 +707,125 @@ TEST_CASE("a crop box whose far edge passes INT_MAX is refused", "[augment]") {
   CHECK_THROWS_WITH(deit::kernels::check_crop_box(2, 0, kMax, 1, 20, 30),
                     Catch::Contains("not inside the 30x20 image"));
   CHECK_NOTHROW(deit::kernels::check_crop_box(29, 19, 1, 1, 20, 30));
+}
+
+TEST_CASE("augment parameters are taken up to each bound and refused past it", "[augment]") {
+  // The GPU stage relies on these checks alone (test_augment_cuda.cpp tries its refusals); here
+  // each bound is tried on both sides, on the host.
+  constexpr int kHeight = 20, kWidth = 30, kSize = 8;
+  auto problem = [](const AugmentParams& p) -> std::string {
+    try {
+      deit::kernels::check_augment_params(p, kHeight, kWidth, kSize);
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "";
+  };
+  AugmentParams corner;  // the view's box in the source's bottom-right corner
+  corner.crop.size = corner.crop.w = corner.crop.h = kSize;
+  corner.crop.x = kWidth - kSize;
+  corner.crop.y = kHeight - kSize;
+  CHECK(problem(corner).empty());
+  CHECK_THROWS_WITH(deit::kernels::check_augment_params(corner, 0, kWidth, kSize),
+                    Catch::Contains("empty source image (30x0)"));
+  AugmentParams p = corner;
+  ++p.crop.y;
+  CHECK_THAT(problem(p), Catch::Contains("not inside the 30x20 image"));
+  for (int* origin : {&p.crop.x, &p.crop.y}) {
+    p = corner;
+    *origin = -1;
+    CHECK_THAT(problem(p), Catch::Contains("not inside the 30x20 image"));
+  }
+  p = corner;
+  p.crop.w = 0;
+  CHECK_THAT(problem(p), Catch::Contains("not inside the 30x20 image"));
+  p = corner;
+  p.crop.size = kSize + 1;
+  CHECK_THAT(problem(p), Catch::Contains("the view is 9 pixels, the batch's 8"));
+  p = corner;
+  p.crop.mode = static_cast<CropMode>(2);
+  CHECK_THAT(problem(p), Catch::Contains("unknown crop mode 2"));
+
+  // Simple Random Crop: 10 x 12 resized, padded by 2 to 14 x 16, the view in its far corner.
+  AugmentParams simple;
+  simple.crop.mode = CropMode::kSimpleRandom;
+  simple.crop.size = simple.crop.w = simple.crop.h = kSize;
+  simple.crop.resized_height = 10;
+  simple.crop.resized_width = 12;
+  simple.crop.padding = 2;
+  simple.crop.x = 16 - kSize;
+  simple.crop.y = 14 - kSize;
+  CHECK(problem(simple).empty());
+  p = simple;
+  for (int padding : {10, -1}) {  // reflection reads within the image: 0 <= padding < 10
+    p.crop.padding = padding;
+    CHECK_THAT(problem(p), Catch::Contains("reflect padding"));
+  }
+  p = simple;
+  p.crop.h = kSize - 1;
+  CHECK_THAT(problem(p), Catch::Contains("is not the 8-pixel view"));
+  p = simple;
+  p.crop.resized_width = 0;
+  CHECK_THAT(problem(p), Catch::Contains("cannot resize 30x20 to 0x10"));
+  CHECK_THROWS_WITH(deit::kernels::check_resize(0, 5, 4, 4), Catch::Contains("cannot resize 5x0"));
+
+  p = corner;
+  p.three_augment = ThreeAugmentOp::kBlur;
+  p.blur_sigma = 1000.0f;
+  CHECK(problem(p).empty());
+  p.blur_sigma = std::nextafter(1000.0f, 2000.0f);
+  CHECK_THAT(problem(p), Catch::Contains("blur sigma"));
+  p.blur_sigma = -0.5f;
+  CHECK_THAT(problem(p), Catch::Contains("blur sigma"));
+  p.three_augment = static_cast<ThreeAugmentOp>(4);
+  p.blur_sigma = 1.0f;
+  CHECK_THAT(problem(p), Catch::Contains("unknown 3-Augment op 4"));
+  p = corner;
+  p.jitter_order[2] = static_cast<JitterOp>(3);
+  CHECK_THAT(problem(p), Catch::Contains("unknown colour jitter op 3"));
+
+  // RandAugment steps: each level at both ends of its range and one past.
+  auto with_step = [&](RandAugmentOp op, int level, float factor) {
+    AugmentParams q = corner;
+    q.rand_augment[1].op = op;
+    q.rand_augment[1].level = level;
+    q.rand_augment[1].factor = factor;
+    return q;
+  };
+  const struct {
+    RandAugmentOp op;
+    int lo, hi;
+    const char* what;
+  } levels[] = {{RandAugmentOp::kPosterize, 0, 8, "posterize bits must be in [0, 8]"},
+                {RandAugmentOp::kSolarize, 0, 256, "solarize threshold must be in [0, 256]"},
+                {RandAugmentOp::kSolarizeAdd, 0, 255, "solarize-add amount must be in [0, 255]"}};
+  for (const auto& l : levels) {
+    INFO(l.what);
+    CHECK(problem(with_step(l.op, l.lo, 1.0f)).empty());
+    CHECK(problem(with_step(l.op, l.hi, 1.0f)).empty());
+    CHECK_THAT(problem(with_step(l.op, l.lo - 1, 1.0f)), Catch::Contains(l.what));
+    CHECK_THAT(problem(with_step(l.op, l.hi + 1, 1.0f)), Catch::Contains(l.what));
+  }
+  for (RandAugmentOp op : {RandAugmentOp::kColor, RandAugmentOp::kContrast,
+                           RandAugmentOp::kBrightness, RandAugmentOp::kSharpness}) {
+    INFO("op " << static_cast<int>(op));
+    CHECK(problem(with_step(op, 0, 0.0f)).empty());
+    CHECK_THAT(problem(with_step(op, 0, -0.5f)), Catch::Contains("enhance factor"));
+  }
+  p = with_step(RandAugmentOp::kAffine, 0, 1.0f);
+  p.rand_augment[1].affine[5] = std::numeric_limits<double>::infinity();
+  CHECK_THAT(problem(p), Catch::Contains("affine matrix must be finite"));
+  p.rand_augment[1].op = static_cast<RandAugmentOp>(99);
+  CHECK_THAT(problem(p), Catch::Contains("unknown RandAugment op 99"));
+
+  // The RandAugment kernels check their own argument too, for callers that skip this check.
+  std::vector<uint8_t> pixel(3), out(3);
+  CHECK_THROWS_WITH(deit::kernels::posterize_cpu(pixel.data(), 1, 1, 9, out.data()),
+                    Catch::Contains("posterize bits"));
+  CHECK_THROWS_WITH(deit::kernels::solarize_add_cpu(pixel.data(), 1, 1, 256, out.data()),
+                    Catch::Contains("solarize-add amount"));
+  CHECK_THROWS_WITH(deit::kernels::adjust_sharpness_cpu(pixel.data(), 1, 1, -0.5f, out.data()),
+                    Catch::Contains("sharpness factor"));
 }
 
 TEST_CASE("geometry ops compose as expected", "[augment]") {

@@ -117,6 +117,9 @@ TEST_CASE("a communicator refuses what no backend could reduce, even alone", "[c
   CHECK_THROWS_WITH(comm->all_reduce_sum(Tensor()), Catch::Contains("undefined"));
   CHECK_THROWS_WITH(comm->broadcast(Tensor::zeros({3}), 1),
                     Catch::Contains("root 1 in a world of 1"));
+  // A list too, though alone it has nothing to send.
+  CHECK_THROWS_WITH(comm->broadcast(std::vector<Tensor>{Tensor::zeros({3})}, 1),
+                    Catch::Contains("root 1 in a world of 1"));
   auto on_gpu = make_communicator(Device::cuda(0), Rendezvous{});
   CHECK_THROWS_WITH(on_gpu->all_reduce_sum(Tensor::zeros({3})),
                     Catch::Contains("communicator on cuda:0"));

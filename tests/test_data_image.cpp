@@ -515,10 +515,31 @@ TEST_CASE("a JPEG is complete at its end-of-image marker, whatever follows it", 
   CHECK_THROWS_WITH(decode_image_file(cut), Contains("truncated or corrupt JPEG header"));
 }
 
+TEST_CASE("a JPEG segment holding an end-of-image marker's bytes does not end the file", "[data]") {
+  // A segment's length says where it ends, whatever its bytes: a comment ending in FF D9 is text.
+  TempDir dir;
+  const std::string source = std::string(DEIT_SOURCE_DIR) + "/tests/data/jpeg/baseline_420.jpg";
+  const std::vector<uint8_t> jpeg = read_bytes(source);
+  const uint8_t kStartOfScan[] = {0xFF, 0xDA};
+  const auto scan = std::search(jpeg.begin(), jpeg.end(), kStartOfScan, kStartOfScan + 2);
+  REQUIRE(scan != jpeg.end());
+  const std::vector<uint8_t> comment = {0xFF, 0xFE, 0x00, 0x06, 'a', 'b', 0xFF, 0xD9};
+  std::vector<uint8_t> bytes(jpeg.begin(), scan);
+  bytes.insert(bytes.end(), comment.begin(), comment.end());
+  bytes.insert(bytes.end(), scan, jpeg.end());
+  const std::string path = dir.file("t.jpg");
+  write_bytes(path, bytes);
+  CHECK(decode_image_file(path).pixels == decode_image_file(source).pixels);
+  bytes.resize(bytes.size() - 2);  // its own end-of-image marker cut off
+  write_bytes(path, bytes);
+  CHECK_THROWS_WITH(decode_image_file(path), Contains(path) && Contains("truncated JPEG"));
+}
+
 TEST_CASE("a JPEG's fill bytes and stray bytes before a marker are stepped over as libjpeg does",
           "[data]") {
   // Fill bytes (FF, any number of them) may precede a marker; stray bytes are damage that libjpeg
-  // warns about and skips. Neither makes the file incomplete.
+  // warns about and skips; a restart marker between segments has no length, and libjpeg (and
+  // Pillow) pass over it. None makes the file incomplete.
   TempDir dir;
   const std::string source = std::string(DEIT_SOURCE_DIR) + "/tests/data/jpeg/baseline_420.jpg";
   const std::vector<uint8_t> jpeg = read_bytes(source);
@@ -528,13 +549,36 @@ TEST_CASE("a JPEG's fill bytes and stray bytes before a marker are stepped over 
   REQUIRE(scan != jpeg.end());
   const std::string path = dir.file("t.jpg");
   for (const std::vector<uint8_t>& inserted :
-       {std::vector<uint8_t>{0xFF}, std::vector<uint8_t>{0x00, 0x12, 0x34}}) {
+       {std::vector<uint8_t>{0xFF}, std::vector<uint8_t>{0x00, 0x12, 0x34},
+        std::vector<uint8_t>{0xFF, 0xD0}}) {
     INFO(inserted.size() << " bytes before the scan's marker");
     std::vector<uint8_t> bytes(jpeg.begin(), scan);
     bytes.insert(bytes.end(), inserted.begin(), inserted.end());
     bytes.insert(bytes.end(), scan, jpeg.end());
     write_bytes(path, bytes);
     CHECK(decode_image_file(path).pixels == expected.pixels);
+  }
+}
+
+TEST_CASE("a restart marker of any number inside a scan leaves the JPEG whole", "[data]") {
+  // restart_420's scan holds RST0 to RST2 only; a longer image's numbers cycle through RST7.
+  // libjpeg resynchronises past a restart marker of an unexpected number (with a warning), as
+  // Pillow does.
+  TempDir dir;
+  std::vector<uint8_t> jpeg =
+      read_bytes(std::string(DEIT_SOURCE_DIR) + "/tests/data/jpeg/restart_420.jpg");
+  const uint8_t kFirstRestart[] = {0xFF, 0xD0};
+  const auto restart = std::search(jpeg.begin(), jpeg.end(), kFirstRestart, kFirstRestart + 2);
+  REQUIRE(restart != jpeg.end());
+  const std::string path = dir.file("t.jpg");
+  for (uint8_t marker = 0xD0; marker <= 0xD7; ++marker) {
+    INFO("restart marker FF " << std::hex << int{marker});
+    *(restart + 1) = marker;
+    write_bytes(path, jpeg);
+    ImageU8 decoded;
+    CHECK_NOTHROW(decoded = decode_image_file(path));
+    CHECK(decoded.width == 96);
+    CHECK(decoded.height == 64);
   }
 }
 

@@ -29,6 +29,7 @@
 #include "engine/gradient_reducer.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#include "engine/sharded_optimizer.h"
 #include "model/checkpoint.h"
 #include "tests/captured_stderr.h"
 #include "tests/cli_runner.h"
@@ -105,6 +106,19 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
     params.zero_grad();
   }
 
+  // The gradients of `registry` against `expected` (with `owners`, only this rank's).
+  auto check_averages = [&](const ParameterRegistry& registry, const std::vector<int>& owners) {
+    for (size_t k = 0; k < registry.size(); ++k) {
+      const Parameter& p = registry.all()[k];
+      if (!p.value.grad().defined() || (!owners.empty() && owners[k] != comm->rank())) continue;
+      INFO(p.name);
+      const std::vector<double> got = p.value.grad().to_vector<double>();
+      const std::vector<double>& want = expected.at(p.name);
+      REQUIRE(got.size() == want.size());
+      for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-5));
+    }
+  };
+
   // The same two micro-batches through a reducer: plain backward, then the reducer's. With
   // `owners` (a reduce-scatter), only this rank's gradients are checked. `while_homed` runs while
   // the reducer (and the homes it gave) exist.
@@ -117,18 +131,13 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
     backward(loss_of(comm->rank(), 0), half);  // plain backward: accumulates on this rank only
     reducer->backward(loss_of(comm->rank(), 1), half);
     CHECK_FALSE(unused.grad().defined());
-    for (size_t k = 0; k < registry.size(); ++k) {
-      const Parameter& p = registry.all()[k];
-      if (!p.value.grad().defined()) continue;
+    for (const Parameter& p : registry.all()) {
       INFO(p.name);
       // Accumulated in its home, and reduced there or through the scratch.
-      CHECK(p.value.grad().impl_ptr() == p.value.grad_home().impl_ptr());
-      if (!owners.empty() && owners[k] != comm->rank()) continue;
-      const std::vector<double> got = p.value.grad().to_vector<double>();
-      const std::vector<double>& want = expected.at(p.name);
-      REQUIRE(got.size() == want.size());
-      for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-5));
+      if (p.value.grad().defined())
+        CHECK(p.value.grad().impl_ptr() == p.value.grad_home().impl_ptr());
     }
+    check_averages(registry, owners);
     while_homed();
     const size_t buckets = reducer->bucket_count();
     reducer.reset();
@@ -163,6 +172,33 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
     gap.add("w2", w2, true);
     CHECK(reduce_and_check(gap, 1 << 20) == 1);
   }
+  SECTION("two buckets through the scratch, the larger first: the scratch fits the largest") {
+    // In reduction order: w2, unused and b1 (37 elements, 32 of them gradients to pack), then e1
+    // and e2 (8, without gradients), then w1 alone.
+    ParameterRegistry two;
+    two.add("w1", w1, true);
+    two.add("e2", Tensor::zeros({4}), false);
+    two.add("e1", Tensor::zeros({4}), false);
+    two.add("b1", b1, false);
+    two.add("unused", unused, false);
+    two.add("w2", w2, true);
+    CHECK(reduce_and_check(two, 160) == 3);
+  }
+  SECTION("a bucket of two with a gradient away from its home: through the scratch") {
+    // A gradient set by hand before backward accumulates out of place, so the bucket is packed:
+    // a bucket of two needs the scratch as much as a larger one.
+    ParameterRegistry pair;
+    pair.add("b1", b1, false);
+    pair.add("w2", w2, true);
+    params.zero_grad();
+    GradientReducer reducer(pair, *comm, 1 << 20);
+    REQUIRE(reducer.bucket_count() == 1);
+    Tensor(b1).set_grad(Tensor::zeros({8}));
+    backward(loss_of(comm->rank(), 0), half);
+    reducer.backward(loss_of(comm->rank(), 1), half);
+    CHECK(b1.grad().impl_ptr() != b1.grad_home().impl_ptr());
+    check_averages(pair, {});
+  }
   SECTION("an input that requires grad: its gradient, in no bucket, changes nothing") {
     input_requires_grad = true;
     CHECK(reduce_and_check(params, 64) == 4);
@@ -187,6 +223,66 @@ TEST_CASE("mpi: the gradient reducer averages every gradient over the ranks, onc
             b1.grad_home().raw_data());
     });
     CHECK(buckets == 1);
+  }
+}
+
+TEST_CASE("mpi: a sharded optimizer steps, clips and gathers its state as a replicated one does",
+          "[mpi]") {
+  auto comm = mpi_communicator();
+  // 16 elements: rank 0 owns a and b (8), rank 1 c and d (8).
+  const std::vector<int64_t> sizes = {6, 2, 5, 3};
+  auto make = [&](ParameterRegistry& params) {
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      Rng rng(20 + k);
+      params.add(std::string(1, static_cast<char>('a' + k)), Tensor::randn({sizes[k]}, rng),
+                 k % 2 == 0);
+    }
+  };
+  // The same averages on every rank, as the reducer leaves them: parameter k's gradient is all
+  // (k + 1) * (step + 1), a norm of (step + 1) * sqrt(6 + 2 * 4 + 5 * 9 + 3 * 16). Past both clip
+  // thresholds, so a norm of one rank's share alone would move the weights otherwise.
+  auto set_grads = [&](const ParameterRegistry& params, int step) {
+    for (size_t k = 0; k < sizes.size(); ++k)
+      Tensor(params.all()[k].value).set_grad(Tensor::full({sizes[k]}, (k + 1.0) * (step + 1)));
+  };
+  for (const char* name : {"lamb", "adamw"}) {
+    INFO(name);
+    OptimizerOptions options;
+    options.lr = 0.01;
+    options.clip_grad = 2;
+    ParameterRegistry replicated_params, sharded_params;
+    make(replicated_params);
+    make(sharded_params);
+    ShardedOptimizer replicated(name, replicated_params, options, *comm, /*shard_state=*/false);
+    ShardedOptimizer sharded(name, sharded_params, options, *comm, /*shard_state=*/true);
+    REQUIRE(sharded.gradient_owners() == std::vector<int>{0, 0, 1, 1});
+    // Unsharded, every rank keeps the state of every parameter.
+    CHECK(replicated.owned() == std::vector<size_t>{0, 1, 2, 3});
+    for (int step = 0; step < 2; ++step) {
+      set_grads(replicated_params, step);
+      set_grads(sharded_params, step);
+      const double norm = (step + 1) * std::sqrt(107.0);
+      CHECK(replicated.step() == Approx(norm).epsilon(1e-12));
+      CHECK(sharded.step() == Approx(norm).epsilon(1e-12));
+    }
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      INFO(replicated_params.all()[k].name);
+      CHECK(sharded_params.all()[k].value.to_vector<float>() ==
+            replicated_params.all()[k].value.to_vector<float>());
+    }
+    // Rank 0 gets the whole state, in the replicated layout and with its values; the others none.
+    const NamedTensors whole = replicated.gather_state();
+    const NamedTensors gathered = sharded.gather_state();
+    if (comm->rank() != 0) {
+      CHECK(gathered.empty());
+      continue;
+    }
+    REQUIRE(gathered.size() == whole.size());
+    for (size_t i = 0; i < whole.size(); ++i) {
+      INFO(whole[i].first);
+      CHECK(gathered[i].first == whole[i].first);
+      CHECK(gathered[i].second.to_vector<double>() == whole[i].second.to_vector<double>());
+    }
   }
 }
 

@@ -549,3 +549,25 @@ TEST_CASE("the RandAugment named ops apply one step with their argument", "[augm
   CHECK_THAT(message("translate-y:1,2"), Catch::Contains("needs 1 argument"));
   CHECK_THAT(message("rotate"), Catch::Contains("needs 1 argument"));
 }
+
+TEST_CASE("RandAugment's enhance ops are the colour jitter's Pillow ops", "[augment]") {
+  // timm's enhance ops are ImageEnhance.Color, Contrast and Brightness, as torchvision's
+  // adjust_saturation, adjust_contrast and adjust_brightness on a PIL image are (those are checked
+  // against Pillow in test_augment_reference.cpp).
+  const ImageU8 image = random_image(12, 17, 8);
+  auto step_of = [](RandAugmentOp op, float factor) {
+    RandAugmentStep s;
+    s.op = op;
+    s.factor = factor;
+    return s;
+  };
+  for (const float factor : {0.0f, 0.4f, 1.6f}) {
+    INFO("factor " << factor);
+    CHECK(rand_augment_step(image, step_of(RandAugmentOp::kColor, factor)).pixels ==
+          adjust_saturation(image, factor).pixels);
+    CHECK(rand_augment_step(image, step_of(RandAugmentOp::kContrast, factor)).pixels ==
+          adjust_contrast(image, factor).pixels);
+    CHECK(rand_augment_step(image, step_of(RandAugmentOp::kBrightness, factor)).pixels ==
+          adjust_brightness(image, factor).pixels);
+  }
+}
