@@ -1434,44 +1434,30 @@ TEST_CASE("a run's saved options give back every setting to the run that resumes
   older.erase("finetune");
   CHECK(train::resume_options(run.model, older).recipe == "pretrain");
 
-  nlohmann::json damaged = saved;
-  damaged["batch_size"] = "lots";
-  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
-                    "its saved option 'batch_size' is \"lots\", not a value of that option");
-  damaged = saved;
-  damaged["recipe"] = "warmup";
-  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
-                    "its saved option 'recipe' is \"warmup\", not a value of that option");
-  damaged["recipe"] = 3;
-  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
-                    "its saved option 'recipe' is 3, not a value of that option");
-  // Numbers that the option's type would change without a word (3 workers, a negative count).
-  damaged = saved;
-  damaged["workers"] = 3.5;
-  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
-                    "its saved option 'workers' is 3.5, not a value of that option");
-  damaged["workers"] = uint64_t{1} << 63;
-  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
-                    "its saved option 'workers' is 9223372036854775808, not a value of that "
-                    "option");
+  // Each value is refused naming its option, whose type would not hold it as written: numbers
+  // nlohmann converted without a word (3.5 workers became 3, 2^63 a negative count, which its
+  // comparison then found equal to 2^63, and a seed of -1 became 2^64 - 1; 1e300 was undefined
+  // behaviour), other types, and recipes there are none of.
+  const std::vector<std::pair<std::string, nlohmann::json>> not_values = {
+      {"batch_size", "lots"},
+      {"recipe", "warmup"},
+      {"recipe", 3},
+      {"workers", 3.5},
+      {"workers", uint64_t{1} << 63},
+      {"batch_size", uint64_t{1} << 63},
+      {"seed", -1},
+      {"epochs", 1e300}};
+  for (const auto& [key, value] : not_values) {
+    nlohmann::json damaged = saved;
+    damaged[key] = value;
+    CHECK_THROWS_WITH(
+        train::resume_options(run.model, damaged),
+        "its saved option '" + key + "' is " + value.dump() + ", not a value of that option");
+  }
   // A whole number saved as a float (4.0) is that number.
+  nlohmann::json damaged = saved;
   damaged["workers"] = 4.0;
   CHECK(train::resume_options(run.model, damaged).workers == 4);
-  // A count of 64 bits: 2^63 became -2^63, which nlohmann's comparison then found equal to 2^63;
-  // a seed of -1 became 2^64 - 1 the same way; 1e300 was undefined behaviour.
-  damaged = saved;
-  damaged["batch_size"] = uint64_t{1} << 63;
-  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
-                    "its saved option 'batch_size' is 9223372036854775808, not a value of that "
-                    "option");
-  damaged = saved;
-  damaged["seed"] = -1;
-  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
-                    "its saved option 'seed' is -1, not a value of that option");
-  damaged = saved;
-  damaged["epochs"] = 1e300;
-  CHECK_THROWS_WITH(train::resume_options(run.model, damaged),
-                    "its saved option 'epochs' is 1e+300, not a value of that option");
   // What the recipe of an older checkpoint is taken from, of the wrong type: refused as the
   // option it is, where nlohmann's type error said nothing of it.
   older.erase("recipe");
