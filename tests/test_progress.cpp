@@ -33,6 +33,46 @@ size_t lines_in(const std::string& text) {
   return n;
 }
 
+size_t occurrences(const std::string& what, const std::string& text) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// What `show` drew, and the time it took, where stderr is a terminal: it runs in a child whose
+// stderr is a pseudo-terminal, read back from the terminal's other end.
+struct Drawn {
+  std::string text;
+  std::chrono::nanoseconds took;
+};
+
+Drawn drawn_on_a_terminal(const std::function<void()>& show) {
+  const deit::test::ChildResult child = deit::test::run_in_child(
+      [&] {
+        const int master = posix_openpt(O_RDWR | O_NOCTTY);
+        if (master < 0 || grantpt(master) != 0 || unlockpt(master) != 0) return std::string("pty");
+        const int terminal = open(ptsname(master), O_RDWR | O_NOCTTY);
+        if (terminal < 0 || dup2(terminal, STDERR_FILENO) < 0) return std::string("pty");
+        const auto started = std::chrono::steady_clock::now();
+        show();
+        const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::steady_clock::now() - started);
+        std::fflush(stderr);
+        fcntl(master, F_SETFL, O_NONBLOCK);
+        std::string drawn = std::to_string(took.count()) + "\n";
+        char buffer[512];
+        for (ssize_t n; (n = read(master, buffer, sizeof buffer)) > 0;) drawn.append(buffer, n);
+        return drawn;
+      },
+      30);
+  INFO(child.message);
+  REQUIRE(WIFEXITED(child.status));
+  const size_t took_end = child.message.find('\n');
+  REQUIRE(took_end != std::string::npos);
+  return {child.message.substr(took_end + 1),
+          std::chrono::nanoseconds(std::stoll(child.message.substr(0, took_end)))};
+}
+
 }  // namespace
 
 TEST_CASE("progress lines: one every tenth, none repeated when work stops between them",
@@ -151,30 +191,13 @@ TEST_CASE("a resumed epoch's time to go is paced by the steps this run took",
 
 TEST_CASE("on a terminal the progress bar redraws one line and ends it when done",
           "[train][progress]") {
-  // In a child whose stderr is a pseudo-terminal, so that Progress draws its bar; what it drew is
-  // read back from the terminal's other end.
-  const deit::test::ChildResult child = deit::test::run_in_child(
-      [] {
-        const int master = posix_openpt(O_RDWR | O_NOCTTY);
-        if (master < 0 || grantpt(master) != 0 || unlockpt(master) != 0) return std::string("pty");
-        const int terminal = open(ptsname(master), O_RDWR | O_NOCTTY);
-        if (terminal < 0 || dup2(terminal, STDERR_FILENO) < 0) return std::string("pty");
-        {
-          Progress progress("epoch 1/1", 4, true);
-          for (int64_t done = 1; done <= 4; ++done) progress.update(done, done * 8, 0.5);
-          progress.finish();
-        }
-        std::fflush(stderr);
-        fcntl(master, F_SETFL, O_NONBLOCK);
-        std::string drawn;
-        char buffer[512];
-        for (ssize_t n; (n = read(master, buffer, sizeof buffer)) > 0;) drawn.append(buffer, n);
-        return drawn;
-      },
-      30);
-  const std::string& drawn = child.message;
+  const std::string drawn = drawn_on_a_terminal([] {
+                              Progress progress("epoch 1/1", 4, true);
+                              for (int64_t done = 1; done <= 4; ++done)
+                                progress.update(done, done * 8, 0.5);
+                              progress.finish();
+                            }).text;
   INFO(drawn);
-  REQUIRE(WIFEXITED(child.status));
   // Each drawing returns to the line's start and clears what a longer one left after it. (Steps
   // before the last are drawn only 100 ms apart, which a loaded machine can reach.)
   CHECK_THAT(drawn, Catch::StartsWith("\repoch 1/1 ["));
@@ -185,4 +208,32 @@ TEST_CASE("on a terminal the progress bar redraws one line and ends it when done
   CHECK(lines_in(drawn) == 1);
   CHECK_THAT(drawn, Catch::EndsWith("\x1b[K\r\n"));
   CHECK(drawn.find(" took ") != std::string::npos);
+}
+
+TEST_CASE(
+    "on a terminal the progress bar is redrawn at most ten times a second, the last step at once",
+    "[train][progress]") {
+  // Steps 4 ms apart or more, for over 200 ms: each drawing comes 100 ms or more after the one
+  // before (the first after the start), so there are at most as many as tenths of a second gone,
+  // and at least the one after the first 100 ms.
+  constexpr int64_t kSteps = 60;
+  const Drawn steps = drawn_on_a_terminal([] {
+    Progress progress("epoch 1/1", kSteps + 1, true);
+    for (int64_t done = 1; done <= kSteps; ++done) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(4));
+      progress.update(done, done * 8, 0.5);
+    }
+  });
+  INFO(steps.text);
+  INFO("drawn over " << steps.took.count() << " ns");
+  const size_t drawings = occurrences("\repoch 1/1 [", steps.text);
+  CHECK(drawings >= 1);
+  CHECK(drawings <= static_cast<size_t>(steps.took / std::chrono::milliseconds(100)));
+  // The last step, which a person waits for, is drawn even right after the start (or after
+  // another drawing), before whatever the run does next.
+  const std::string last = drawn_on_a_terminal([] {
+                             Progress progress("eval", 4, true);
+                             progress.update(4, 32, 0.5);
+                           }).text;
+  CHECK_THAT(last, Catch::StartsWith("\reval [########################] 4/4  "));
 }

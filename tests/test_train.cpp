@@ -3,20 +3,27 @@
 // stops a run with a clear message without harming a good checkpoint.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/file.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -32,6 +39,7 @@
 #include "tests/test_io_helpers.h"
 #include "tests/test_model_helpers.h"
 #include "train/finetune.h"
+#include "train/output_folder.h"
 #include "train/output_lock.h"
 #include "train/recipe.h"
 #include "train/run_log.h"
@@ -69,6 +77,12 @@ std::vector<uint8_t> parameter_bytes(const std::string& checkpoint) {
     bytes.insert(bytes.end(), p, p + t.nbytes());
   }
   return bytes;
+}
+
+// The file at `path`, as text.
+std::string text_of(const std::string& path) {
+  const std::vector<uint8_t> bytes = test::read_bytes(path);
+  return std::string(bytes.begin(), bytes.end());
 }
 
 // A copy of the dataset at `data` whose class `from` (a folder in each split) is called `to`:
@@ -1646,6 +1660,42 @@ TEST_CASE("a saved log line is written back only for the epoch the checkpoint sa
   CHECK(std::string(line.begin(), line.end()) == "{\"epoch\":2,\"train_loss\":2.25}\n");
 }
 
+TEST_CASE("a saved log line is written back only after a line of an earlier epoch",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string log = dir.file("log.txt");
+  auto said = [&](const std::function<void()>& check) {
+    return test::stderr_of(dir.file("stderr.txt"), check);
+  };
+  train::RunState saved;
+  saved.epochs_done = 3;
+  saved.last_log_line = {{"epoch", 2}, {"train_loss", 2.25}};
+  const std::string line = "{\"epoch\":2,\"train_loss\":2.25}\n";
+  // The log holds the epoch's line already, or ends in a line that is no epoch's (edited by hand):
+  // left as it is, and unremarked.
+  for (const std::string& kept :
+       {"{\"epoch\":1}\n" + line, std::string("{\"epoch\":1}\nnotes\n")}) {
+    INFO(kept);
+    test::write_bytes(log, {kept.begin(), kept.end()});
+    CHECK(said([&] { train::restore_last_log_line(log, saved); }).empty());
+    CHECK(text_of(log) == kept);
+  }
+  // A checkpoint whose line is of an epoch before its last (written by another build): not its
+  // last epoch's, so not written as that.
+  test::write_bytes(log, {});
+  saved.last_log_line["epoch"] = 1;
+  train::restore_last_log_line(log, saved);
+  CHECK(text_of(log).empty());
+  // A log that cannot take the line: the line is given with the warning, and nothing says it was
+  // written.
+  saved.last_log_line["epoch"] = 2;
+  const std::string unwritable = dir.file("folder");
+  std::filesystem::create_directory(unwritable);
+  CHECK(said([&] { train::restore_last_log_line(unwritable, saved); }) ==
+        "warning: cannot append to " + unwritable +
+            " (Is a directory) the line of epoch 3: " + line);
+}
+
 TEST_CASE("a diverging run, another model's checkpoint or a new run never replaces a good one",
           "[train][cli]") {
   test::TempDir dir;
@@ -1997,6 +2047,166 @@ TEST_CASE("an output folder's lock refuses a second holder, naming the first on 
   CHECK(std::filesystem::exists(folder + "/.lock"));
 }
 
+namespace {
+
+// Runs instead of this process's next flock(2), once: a holder that ends between another run's
+// open and its lock, and a file system without locks, cannot be arranged from outside OutputLock.
+std::function<int(int, int)> g_next_flock;
+
+int real_flock(int fd, int operation) {
+  return static_cast<int>(syscall(SYS_flock, fd, operation));
+}
+
+// What a lock file holds for its holder, this process.
+std::string this_holder() {
+  char host[256] = {};
+  REQUIRE(gethostname(host, sizeof host - 1) == 0);
+  return "pid " + std::to_string(getpid()) + " on " + host + "\n";
+}
+
+// The descriptors open in this process that refer to `path` (all of them where it is "").
+std::vector<int> descriptors_of(const std::string& path = "") {
+  std::vector<int> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code error;
+    const std::filesystem::path target = std::filesystem::read_symlink(entry.path(), error);
+    if (!error && (path.empty() || target == std::filesystem::canonical(path)))
+      found.push_back(std::stoi(entry.path().filename().string()));
+  }
+  return found;
+}
+
+}  // namespace
+
+// Takes the place of the C library's for this test binary, whose flock calls are OutputLock's.
+extern "C" int flock(int fd, int operation) noexcept {
+  if (!g_next_flock) return real_flock(fd, operation);
+  const std::function<int(int, int)> instead = std::exchange(g_next_flock, nullptr);
+  return instead(fd, operation);
+}
+
+TEST_CASE("an output folder's lock whose holder ends as it is taken is taken on the file there now",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string folder = dir.path() + "/run";
+  std::filesystem::create_directories(folder);
+  const size_t descriptors = descriptors_of().size();
+  // The holder ends, removing its lock file, after the next run opened that file and before it
+  // locks it; perhaps a third run makes the file anew, not yet locked, in between.
+  for (const bool made_anew : {false, true}) {
+    INFO("lock file made anew: " << made_anew);
+    auto holder = std::make_unique<train::OutputLock>(folder, "--output");
+    g_next_flock = [&](int fd, int operation) {
+      holder.reset();
+      if (made_anew) test::write_bytes(folder + "/.lock", {});
+      return real_flock(fd, operation);
+    };
+    {
+      const train::OutputLock next(folder, "--output");
+      CHECK_FALSE(g_next_flock);
+      // A lock on the removed file would keep no run out: the one at the path is this run's.
+      CHECK(text_of(folder + "/.lock") == this_holder());
+      CHECK_THROWS_WITH(train::OutputLock(folder, "--output"),
+                        Catch::Contains("' is in use by another deit process (pid "));
+    }
+    CHECK_FALSE(std::filesystem::exists(folder + "/.lock"));
+    // Neither the removed file's descriptor nor the refused run's is left open.
+    CHECK(descriptors_of().size() == descriptors);
+  }
+}
+
+TEST_CASE("an output folder's lock file holds its holder alone, open to no child process",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string folder = dir.path() + "/run";
+  std::filesystem::create_directories(folder);
+  // What a crashed run on a host of a longer name left.
+  const std::string crashed = "pid 999999 on a node whose name is longer than any machine's here\n";
+  test::write_bytes(folder + "/.lock", {crashed.begin(), crashed.end()});
+  const train::OutputLock held(folder, "--output");
+  CHECK(text_of(folder + "/.lock") == this_holder());
+  // A child that kept the descriptor (a shell, a worker that execs) would hold the lock past the
+  // run's end, refusing its resume.
+  const std::vector<int> lock_descriptors = descriptors_of(folder + "/.lock");
+  REQUIRE(lock_descriptors.size() == 1);
+  CHECK((fcntl(lock_descriptors[0], F_GETFD) & FD_CLOEXEC) != 0);
+}
+
+TEST_CASE("an output folder's lock goes without on a file system without locks, and no further",
+          "[train][resume]") {
+  test::TempDir dir;
+  const std::string folder = dir.path() + "/run";
+  std::filesystem::create_directories(folder);
+  const std::string lock_file = folder + "/.lock";
+  const size_t descriptors = descriptors_of().size();
+  // What Lustre without -o flock, and file systems that have no locks at all, answer.
+  for (const int error : {ENOLCK, ENOSYS, EOPNOTSUPP}) {
+    INFO(std::strerror(error));
+    g_next_flock = [error](int, int) {
+      errno = error;
+      return -1;
+    };
+    std::optional<train::OutputLock> unlocked;
+    CHECK(test::stderr_of(dir.file("stderr.txt"), [&] { unlocked.emplace(folder, "--output"); }) ==
+          "warning: cannot lock '" + lock_file + "' (" + std::strerror(error) +
+              "): a second deit train into '" + folder +
+              "' at the same time would not be refused\n");
+    // Written all the same: that is what shows the run can write to its folder.
+    CHECK(text_of(lock_file) == this_holder());
+  }
+  // Any other failure stops the run.
+  g_next_flock = [](int, int) {
+    errno = EIO;
+    return -1;
+  };
+  CHECK_THROWS_WITH(train::OutputLock(folder, "--output"),
+                    "cannot lock '" + lock_file + "': " + std::strerror(EIO));
+  CHECK(descriptors_of().size() == descriptors);
+  // A holder that has locked the file but not yet written it is not named as "()".
+  test::write_bytes(lock_file, {});
+  const int locked = open(lock_file.c_str(), O_RDWR);
+  REQUIRE(locked >= 0);
+  REQUIRE(real_flock(locked, LOCK_EX) == 0);
+  CHECK_THROWS_WITH(train::OutputLock(folder, "--output"),
+                    "'" + folder +
+                        "' is in use by another deit process: wait for it to end, or give "
+                        "another --output");
+  close(locked);
+}
+
+TEST_CASE(
+    "an output folder is cleared of unfinished saves alone, and names its checkpoint to resume",
+    "[train][resume]") {
+  test::TempDir dir;
+  const std::string folder = dir.path() + "/run";
+  std::filesystem::create_directories(folder);
+  // Two saves cut short, the run's files, and a file of the user's whose name merely holds a
+  // save's.
+  for (const std::string name :
+       {"checkpoint.safetensors.tmp.4242", "checkpoint.safetensors.tmp.17",
+        "checkpoint.safetensors", "log.txt", "old.checkpoint.safetensors.tmp.1"})
+    test::write_bytes(folder + "/" + name, {'x'});
+  { const train::OutputFolder resumed(folder, true); }
+  std::vector<std::string> left;
+  for (const auto& entry : std::filesystem::directory_iterator(folder))
+    left.push_back(entry.path().filename().string());
+  std::sort(left.begin(), left.end());
+  CHECK(left == std::vector<std::string>{"checkpoint.safetensors", "log.txt",
+                                         "old.checkpoint.safetensors.tmp.1"});
+  CHECK_THROWS_WITH(
+      train::OutputFolder(folder, false),
+      "'" + folder + "' already holds a run (checkpoint.safetensors): continue it with --resume " +
+          folder + "/checkpoint.safetensors, or give another --output");
+  // The folder's own checkpoint however its path is spelled; not a copy of it beside it.
+  train::TrainOptions o;
+  o.output_dir = folder;
+  o.resume = dir.path() + "/./run/../run/checkpoint.safetensors";
+  CHECK(train::resumes_its_checkpoint(o));
+  std::filesystem::copy_file(folder + "/checkpoint.safetensors", folder + "/epoch1.safetensors");
+  o.resume = folder + "/epoch1.safetensors";
+  CHECK_FALSE(train::resumes_its_checkpoint(o));
+}
+
 TEST_CASE("a log line that cannot be written says the epoch is saved and how to go on",
           "[train][cli]") {
   test::TempDir dir;
@@ -2067,6 +2277,39 @@ TEST_CASE("a resumed run's log is left alone, and unremarked, when it holds what
   CHECK_THAT(said([&] { train::drop_unfinished_last_line(fresh); }),
              Catch::Contains("(15 bytes, a write cut short): removed"));
   CHECK(std::filesystem::file_size(fresh) == 0);
+}
+
+TEST_CASE("a resumed run's log is told what it lacks in its own numbers", "[train][resume]") {
+  test::TempDir dir;
+  const std::string log = dir.file("run/log.txt");
+  auto said = [&](const std::function<void()>& check) {
+    return test::stderr_of(dir.file("stderr.txt"), check);
+  };
+  const std::string first = "{\"epoch\":0}\n";
+  test::write_bytes(log, {first.begin(), first.end()});
+  const std::string one_of_two = said([&] { train::warn_of_missing_log_lines(log, 2); });
+  CHECK_THAT(one_of_two, Catch::StartsWith("warning: " + log +
+                                           " holds 1 epoch line, its checkpoint 2 epochs: ") &&
+                             Catch::EndsWith("; the log goes on from epoch 3\n"));
+  const std::string fresh = dir.file("branch/log.txt");
+  test::write_bytes(fresh, {});
+  CHECK_THAT(said([&] { train::warn_of_missing_log_lines(fresh, 1); }),
+             Catch::Contains(" holds 0 epoch lines, its checkpoint 1 epoch: ") &&
+                 Catch::EndsWith("; the log goes on from epoch 2\n"));
+  // An empty log has no unfinished line to cut.
+  CHECK(said([&] { train::drop_unfinished_last_line(fresh); }).empty());
+  CHECK(std::filesystem::exists(fresh));
+  // Resumed into another folder, from a run whose log is beside its checkpoint: that one is named.
+  CHECK(said([&] { train::note_log_starts_apart(fresh, log, 2); }) ==
+        "note: " + fresh + " starts at epoch 3: the lines of the 2 epochs before are in " + log +
+            "\n");
+  // Cut short after a whole line: the half line alone goes, and is what the note counts.
+  const std::string cut = first + "{\"epoch\":1,\"tr";
+  test::write_bytes(log, {cut.begin(), cut.end()});
+  CHECK_THAT(
+      said([&] { train::drop_unfinished_last_line(log); }),
+      Catch::EndsWith(" ended in an unfinished line (14 bytes, a write cut short): removed\n"));
+  CHECK(text_of(log) == first);
 }
 
 TEST_CASE("a stopped run's way to continue is quoted for the shell where it has to be",
