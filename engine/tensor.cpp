@@ -108,11 +108,11 @@ Tensor Tensor::randn(const Shape& shape, Rng& rng, double std, DType dtype, Devi
 
 int64_t Tensor::size(int d) const {
   const int n = dim();
-  if (d < 0) d += n;
-  if (d < 0 || d >= n)
+  const int index = d < 0 ? d + n : d;
+  if (index < 0 || index >= n)
     throw std::out_of_range("dimension " + std::to_string(d) + " of a " + std::to_string(n) +
                             "-d tensor");
-  return shape()[d];
+  return shape()[index];
 }
 
 std::string Tensor::describe() const {

@@ -270,14 +270,19 @@ TEST_CASE("the parameter registry names, counts and zeroes parameters", "[autogr
   CHECK(params.element_count() == 18);
   CHECK(params.find("blocks.0.attn.qkv.bias")->weight_decay == false);
   CHECK_THROWS_WITH(params.get("head.weight"), Catch::Contains("head.weight"));
+  CHECK_THROWS_AS(params.get("head.weight"), std::out_of_range);  // as the header promises
   CHECK_THROWS_WITH(params.add("blocks.0.attn.qkv.bias", Tensor::zeros({6}), false),
                     Catch::Contains("twice"));
   Rng rng(5);
   backward(ops::softmax_cross_entropy(ops::linear(Tensor::randn({1, 2}, rng), w, Tensor()),
                                       Tensor::full({1, 6}, 1.0 / 6)));
   CHECK(w.grad().defined());
+  // Every parameter's gradient goes, not the first one's alone.
+  Tensor b = params.get("blocks.0.attn.qkv.bias");
+  b.set_grad(Tensor::zeros({6}));
   params.zero_grad();
   CHECK_FALSE(w.grad().defined());
+  CHECK_FALSE(b.grad().defined());
 
   // Its list is read-only (a parameter renamed or replaced through it would leave find() and get()
   // behind); values are written through a handle to the tensor.

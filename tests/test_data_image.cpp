@@ -818,8 +818,16 @@ TEST_CASE("An image folder without images is an error naming the folder", "[data
 
 TEST_CASE("has_image_extension accepts what deit decodes", "[data]") {
   CHECK(has_image_extension("a/b.JPEG"));
-  CHECK(has_image_extension("x.bmp"));
-  CHECK(has_image_extension("x.pgm"));
+  // The whole list image_folder.h promises, each in either case.
+  for (const char* extension :
+       {"jpg", "jpeg", "jfif", "png", "bmp", "gif", "tga", "psd", "ppm", "pgm", "pnm"}) {
+    INFO(extension);
+    std::string upper = extension;
+    for (char& c : upper) c = static_cast<char>(c - 'a' + 'A');
+    CHECK(has_image_extension(std::string("dir/x.") + extension));
+    CHECK(has_image_extension("dir/x." + upper));
+  }
+  CHECK_FALSE(has_image_extension("x.tif"));
   CHECK_FALSE(has_image_extension("x.webp"));
   CHECK_FALSE(has_image_extension("x.hdr"));  // formats Pillow does not read
   CHECK_FALSE(has_image_extension("x.pic"));

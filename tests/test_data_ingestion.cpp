@@ -235,6 +235,15 @@ TEST_CASE("A dataset opened without warnings keeps what its listing found to its
   write_png(dir.file("data/train/cat/._one.png"), gradient_image(8, 8));
   write_png(dir.file("data/train/cat/.thumbnails/one.png"), gradient_image(8, 8));
   std::filesystem::create_symlink(dir.file("nowhere.png"), dir.file("data/train/cat/gone.png"));
+  // An extension in capitals is the same extension.
+  std::ofstream(dir.file("data/train/cat/NOTES.TXT")) << "not an image";
+  // In the split's folder itself: an image and a text outside any class, a hidden folder, a link
+  // to a class folder that is gone, and in a class a link back to it.
+  write_png(dir.file("data/train/stray.png"), gradient_image(8, 8));
+  std::ofstream(dir.file("data/train/README")) << "not an image";
+  write_png(dir.file("data/train/.Trash/cat.png"), gradient_image(8, 8));
+  std::filesystem::create_directory_symlink(dir.file("gone"), dir.file("data/train/bird"));
+  std::filesystem::create_directory_symlink(".", dir.file("data/train/cat/again"));
   const std::string root = dir.path() + "/data";
   // What opening the train split writes to stderr.
   auto warnings_of = [&](bool warn) {
@@ -243,11 +252,14 @@ TEST_CASE("A dataset opened without warnings keeps what its listing found to its
   };
   const std::string shown = warnings_of(true);
   CHECK_THAT(shown,
-             Contains("ignored 1 file(s) with extension '.txt'") &&
+             Contains("ignored 2 file(s) with extension '.txt'") &&
                  Contains("class 'dog' has no images") &&
-                 Contains("ignored 3 hidden file(s) or folder(s) (names starting with "
+                 Contains("ignored 4 hidden file(s) or folder(s) (names starting with "
                           "'.'), e.g. " +
-                          root + "/train/cat/.DS_Store") &&
+                          root + "/train/.Trash") &&
+                 Contains(root + "/train: 1 image file(s) lie directly in it") &&
+                 Contains(root + "/train/bird: a link to " + dir.file("gone")) &&
+                 Contains("not following " + root + "/train/cat/again") &&
                  Contains(root + "/train/cat/gone.png: a link to " + dir.file("nowhere.png") +
                           ", which does not exist: not read as "
                           "an image"));

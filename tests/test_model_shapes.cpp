@@ -136,6 +136,34 @@ TEST_CASE("parameter table: timm names, decay only on weight matrices", "[model]
     const bool matrix = p.value.dim() >= 2 && p.name != "pos_embed" && p.name != "cls_token";
     CHECK(p.weight_decay == matrix);
   }
+  // In the order of timm's state_dict (a module's own parameters before its children's, each
+  // Block's in its forward order), which is also the order the parameters are drawn in.
+  std::vector<std::string> names;
+  for (const auto& p : params.all()) names.push_back(p.name);
+  REQUIRE(names.size() == 4 + 12 * 14 + 4);
+  const std::vector<std::string> first = {"cls_token",
+                                          "pos_embed",
+                                          "patch_embed.proj.weight",
+                                          "patch_embed.proj.bias",
+                                          "blocks.0.norm1.weight",
+                                          "blocks.0.norm1.bias",
+                                          "blocks.0.attn.qkv.weight",
+                                          "blocks.0.attn.qkv.bias",
+                                          "blocks.0.attn.proj.weight",
+                                          "blocks.0.attn.proj.bias",
+                                          "blocks.0.ls1.gamma",
+                                          "blocks.0.norm2.weight",
+                                          "blocks.0.norm2.bias",
+                                          "blocks.0.mlp.fc1.weight",
+                                          "blocks.0.mlp.fc1.bias",
+                                          "blocks.0.mlp.fc2.weight",
+                                          "blocks.0.mlp.fc2.bias",
+                                          "blocks.0.ls2.gamma",
+                                          "blocks.1.norm1.weight"};
+  CHECK(std::vector<std::string>(names.begin(), names.begin() + 19) == first);
+  const std::vector<std::string> last = {"blocks.11.ls2.gamma", "norm.weight", "norm.bias",
+                                         "head.weight", "head.bias"};
+  CHECK(std::vector<std::string>(names.end() - 5, names.end()) == last);
 }
 
 TEST_CASE("every preset's LayerNorms use timm's eps of 1e-6", "[model]") {

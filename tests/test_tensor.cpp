@@ -24,8 +24,15 @@ TEST_CASE("tensors of every dtype are created, filled and read back", "[tensor]"
     CHECK(t.nbytes() == 24 * dtype_size(dt));
     CHECK(t.dim() == 3);
     CHECK(t.size(-1) == 4);
+    CHECK(t.size(-3) == 2);
+    CHECK_THROWS_AS(t.size(3), std::out_of_range);
+    // Named as asked: counted from the end, -4 said "dimension -1".
+    CHECK_THROWS_WITH(t.size(-4), "dimension -4 of a 3-d tensor");
     for (double v : t.to_vector<double>()) CHECK(v == 3.0);
   }
+  // item() is for one-element tensors: of two, or of none, there is no one element to give.
+  CHECK_THROWS_AS(Tensor::zeros({2}).item(), std::invalid_argument);
+  CHECK_THROWS_AS(Tensor::zeros({0}).item(), std::invalid_argument);
 }
 
 TEST_CASE("an integer tensor is filled only with a value it holds", "[tensor]") {
@@ -38,6 +45,9 @@ TEST_CASE("an integer tensor is filled only with a value it holds", "[tensor]") 
   CHECK(Tensor::full({2}, 255.0, DType::u8).to_vector<int32_t>() == std::vector<int32_t>{255, 255});
   CHECK(Tensor::full({1}, -2147483648.0, DType::i32).to_vector<int32_t>()[0] == INT32_MIN);
   CHECK(Tensor::full({1}, 0.5, DType::f32).item() == 0.5);
+  // The value is checked before the (absent) elements are: a fill that is wrong is wrong always.
+  CHECK_THROWS_WITH(Tensor::empty({0}, DType::u8).fill_(256.0),
+                    Catch::Contains("is not a value of u8"));
 }
 
 TEST_CASE("a tensor too large to count in bytes is refused, not allocated wrapped", "[tensor]") {
@@ -73,6 +83,11 @@ TEST_CASE("dtype conversions round trip and round bf16 to nearest even", "[tenso
   Tensor d = f.to(DType::f64);
   CHECK(d.to_vector<double>()[1] == -2.5);
   CHECK(Tensor::from_vector<int32_t>({7, -1}, {2}).to(DType::f32).to_vector<float>()[1] == -1.0f);
+  // 2^24 + 1 has no f32: only a conversion that skips f32 keeps it.
+  CHECK(Tensor::from_vector<int32_t>({16777217}, {1}).to(DType::f64).item() == 16777217.0);
+  CHECK(f.to(DType::f32).same_storage(f));
+  CHECK_THROWS_AS(f.to(DType::i32), std::invalid_argument);
+  CHECK_THROWS_AS(f.to(DType::u8), std::invalid_argument);
 }
 
 TEST_CASE("views share storage, and shape errors are reported", "[tensor]") {
@@ -83,6 +98,8 @@ TEST_CASE("views share storage, and shape errors are reported", "[tensor]") {
   Tensor rows = t.slice(1, 3);
   CHECK(rows.shape() == Shape{2, 2});
   CHECK(rows.to_vector<float>() == std::vector<float>{2, 3, 4, 5});
+  // A slice of a slice counts from where the first one starts, not from the storage's start.
+  CHECK(rows.slice(1, 2).to_vector<float>() == std::vector<float>{4, 5});
   rows.fill_(9);
   CHECK(t.to_vector<float>() == std::vector<float>{0, 1, 9, 9, 9, 9});
   CHECK_THROWS_WITH(t.view({4, 2}), Catch::Contains("(4, 2)"));
@@ -91,6 +108,8 @@ TEST_CASE("views share storage, and shape errors are reported", "[tensor]") {
   CHECK(Tensor::zeros({0, 4}).view({-1, 4}).shape() == Shape{0, 4});
   CHECK_THROWS_WITH(Tensor::zeros({0, 4}).view({-1, 0}), Catch::Contains("any size"));
   CHECK_THROWS(t.slice(2, 4));
+  CHECK_THROWS_AS(t.slice(-1, 1), std::out_of_range);
+  CHECK_THROWS_AS(Tensor::zeros({}).slice(0, 0), std::out_of_range);  // no rows to slice
   CHECK(Tensor::zeros({0, 3}).slice(0, 0).shape() == Shape{0, 3});  // no rows: nothing to divide
   CHECK_THROWS_WITH(t.data<double>(), Catch::Contains("f32"));
   CHECK_THROWS_WITH(Tensor::from_vector<float>({1, 2}, {3}), Catch::Contains("(3)"));
@@ -103,6 +122,8 @@ TEST_CASE("clone copies, copy_from checks shapes", "[tensor]") {
   CHECK_FALSE(b.same_storage(a));
   CHECK(b.to_vector<float>() == a.to_vector<float>());
   CHECK_THROWS(b.copy_from(Tensor::zeros({4})));
+  CHECK_THROWS_AS(b.copy_from(Tensor::zeros({4, 4}, DType::f64)), std::invalid_argument);
+  CHECK(a.to(Device::cpu()).same_storage(a));  // already there: no copy
 }
 
 TEST_CASE("copy_from refuses a source that partly overlaps it, and copying onto itself keeps it",
