@@ -40,9 +40,9 @@ for target in $targets; do
   # A target's dictionary (tests/fuzz/TARGET.dict) holds tokens its format needs whole.
   dictionary=()
   [[ -f tests/fuzz/$target.dict ]] && dictionary=(-dict="tests/fuzz/$target.dict")
-  build-fuzz/tests/fuzz/fuzz_"$target" "${dictionary[@]}" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 \
-    -ignore_ooms=1 -timeout=10 -rss_limit_mb=4096 -max_len=8192 -max_total_time="$seconds" \
-    -artifact_prefix="$findings/" "$corpus" "tests/fuzz/seeds/$target" \
+  build-fuzz/tests/fuzz/fuzz_"$target" "${dictionary[@]}" -fork=1 -ignore_crashes=1 \
+    -ignore_timeouts=1 -ignore_ooms=1 -timeout=10 -rss_limit_mb=4096 -max_len=8192 \
+    -max_total_time="$seconds" -artifact_prefix="$findings/" "$corpus" "tests/fuzz/seeds/$target" \
     >"build-fuzz/$target.log" 2>&1 || true
   grep "cov:" "build-fuzz/$target.log" | tail -n 1 || true
   if compgen -G "$findings/*" >/dev/null; then

@@ -84,7 +84,8 @@ void restore_last_log_line(const std::string& log_path, const RunState& saved) {
   const int64_t last_epoch = saved.epochs_done - 1;
   const nlohmann::json& line = saved.last_log_line;
   if (!line.is_object() || !line.contains("epoch") ||
-      !model::holds_exactly<int64_t>(line.at("epoch")) || line.at("epoch") != last_epoch)
+      !model::holds_exactly<int64_t>(line.at("epoch")) ||
+      line.at("epoch").get<int64_t>() != last_epoch)
     return;
   const std::vector<std::string> lines = log_file_lines(log_path);
   if (!lines.empty()) {

@@ -52,8 +52,9 @@ struct RunState {
 };
 
 // Throws nlohmann::json::exception for a state without "epoch" or "sampler" (not a deit train
-// checkpoint's); the other keys fall back to their defaults, as checkpoints of older deit lack
-// some.
+// checkpoint's), and std::invalid_argument, naming the key, for a value its field does not hold
+// exactly (model/json_exact.h) or a state that contradicts itself; the other keys fall back to
+// their defaults, as checkpoints of older deit lack some.
 RunState run_state_from_json(const nlohmann::json& state);
 
 // Warns on stderr when the moving average of the weights that the checkpoint at `path` holds
