@@ -1692,8 +1692,8 @@ TEST_CASE("a saved log line is written back only after a line of an earlier epoc
   const std::string unwritable = dir.file("folder");
   std::filesystem::create_directory(unwritable);
   CHECK(said([&] { train::restore_last_log_line(unwritable, saved); }) ==
-        "warning: cannot append to " + unwritable +
-            " (Is a directory) the line of epoch 3: " + line);
+        "warning: the line of epoch 3 cannot be appended to " + unwritable +
+            " (Is a directory); it reads: " + line);
 }
 
 TEST_CASE("a diverging run, another model's checkpoint or a new run never replaces a good one",
@@ -2291,6 +2291,15 @@ TEST_CASE("a resumed run's log is told what it lacks in its own numbers", "[trai
   CHECK_THAT(one_of_two, Catch::StartsWith("warning: " + log +
                                            " holds 1 epoch line, its checkpoint 2 epochs: ") &&
                              Catch::EndsWith("; the log goes on from epoch 3\n"));
+  // Only epoch lines count, each epoch once and only up to the checkpoint's: a note and a blank
+  // line added by hand, epoch 0's line twice and a later run's line stand for no epoch 1.
+  const std::string padded =
+      first + "\nmoved to node 7\n" + first + "{\"epoch\":\"1\"}\n" + "{\"epoch\":4}\n";
+  test::write_bytes(log, {padded.begin(), padded.end()});
+  CHECK_THAT(said([&] { train::warn_of_missing_log_lines(log, 2); }),
+             Catch::Contains(" holds 1 epoch line, its checkpoint 2 epochs: "));
+  CHECK(said([&] { train::warn_of_missing_log_lines(log, 1); }).empty());
+  test::write_bytes(log, {first.begin(), first.end()});
   const std::string fresh = dir.file("branch/log.txt");
   test::write_bytes(fresh, {});
   CHECK_THAT(said([&] { train::warn_of_missing_log_lines(fresh, 1); }),

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <set>
 #include <stdexcept>
 #include <vector>
 
@@ -32,10 +34,30 @@ bool append_to_file(const std::string& path, const std::string& text) {
   return std::fclose(file) == 0 && written;
 }
 
+// The epoch of an epoch's log line; none for what is no such line (a note or a blank line added by
+// hand, a line cut short, a value of the wrong type).
+std::optional<int64_t> epoch_of(const nlohmann::json& line) {
+  if (!line.is_object() || !line.contains("epoch") ||
+      !model::holds_exactly<int64_t>(line.at("epoch")))
+    return std::nullopt;
+  return line.at("epoch").get<int64_t>();
+}
+
+std::optional<int64_t> epoch_of_log_line(const std::string& text) {
+  return epoch_of(nlohmann::json::parse(text, nullptr, false));
+}
+
 }  // namespace
 
 void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done) {
-  const auto lines = static_cast<int64_t>(log_file_lines(log_path).size());
+  // The checkpoint's epochs that have a line, each counted once (a checkpoint copied back from a
+  // backup and resumed logs its later epochs again); a note or a blank line added by hand is none.
+  std::set<int64_t> logged_epochs;
+  for (const std::string& line : log_file_lines(log_path)) {
+    const std::optional<int64_t> epoch = epoch_of_log_line(line);
+    if (epoch && *epoch >= 0 && *epoch < epochs_done) logged_epochs.insert(*epoch);
+  }
+  const auto lines = static_cast<int64_t>(logged_epochs.size());
   if (lines < epochs_done)
     std::fprintf(stderr,
                  "warning: %s holds %lld epoch line%s, its checkpoint %lld epoch%s: the lines of "
@@ -83,24 +105,18 @@ void drop_unfinished_last_line(const std::string& log_path) {
 void restore_last_log_line(const std::string& log_path, const RunState& saved) {
   const int64_t last_epoch = saved.epochs_done - 1;
   const nlohmann::json& line = saved.last_log_line;
-  if (!line.is_object() || !line.contains("epoch") ||
-      !model::holds_exactly<int64_t>(line.at("epoch")) ||
-      line.at("epoch").get<int64_t>() != last_epoch)
-    return;
+  if (epoch_of(line) != last_epoch) return;
   const std::vector<std::string> lines = log_file_lines(log_path);
   if (!lines.empty()) {
-    const nlohmann::json logged = nlohmann::json::parse(lines.back(), nullptr, false);
     // A line that is no log line of an earlier epoch (edited by hand, say) is left as it is.
-    const bool earlier_epoch = logged.is_object() && logged.contains("epoch") &&
-                               model::holds_exactly<int64_t>(logged["epoch"]) &&
-                               logged["epoch"].get<int64_t>() < last_epoch;
-    if (!earlier_epoch) return;
+    const std::optional<int64_t> logged_epoch = epoch_of_log_line(lines.back());
+    if (!logged_epoch || *logged_epoch >= last_epoch) return;
   }
   const std::string text = line.dump() + "\n";
   if (!append_to_file(log_path, text)) {
-    std::fprintf(stderr, "warning: cannot append to %s (%s) the line of epoch %lld: %s",
-                 log_path.c_str(), std::strerror(errno), (long long)saved.epochs_done,
-                 text.c_str());
+    std::fprintf(
+        stderr, "warning: the line of epoch %lld cannot be appended to %s (%s); it reads: %s",
+        (long long)saved.epochs_done, log_path.c_str(), std::strerror(errno), text.c_str());
     return;
   }
   std::fprintf(stderr,

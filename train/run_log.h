@@ -12,9 +12,9 @@
 
 namespace deit::train {
 
-// Warns when the run's log has fewer epoch lines than its checkpoint has trained epochs: a run
-// killed between saving an epoch and logging it, an epoch saved unevaluated (its val split failed
-// to read), or a log removed. Only the last epoch's line is kept elsewhere (restore_last_log_line).
+// Warns when the run's log lacks the line of some epoch its checkpoint has trained: a run killed
+// between saving an epoch and logging it, an epoch saved unevaluated (its val split failed to
+// read), or a log removed. Only the last epoch's line is kept elsewhere (restore_last_log_line).
 void warn_of_missing_log_lines(const std::string& log_path, int64_t epochs_done);
 
 // Says, where a run resumed into another folder (--resume CK --output NEW) starts a log of its
