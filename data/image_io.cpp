@@ -57,6 +57,10 @@ void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& na
   const long long height = static_cast<int32_t>(read_le32(bytes + 22));
   const uint32_t bits_per_pixel = bytes[28] | bytes[29] << 8;
   const uint32_t compression = read_le32(bytes + 30);
+  // stb_image reads the compression as a signed number and decodes a negative one as none, from
+  // pixels past the end of the file if need be; Pillow refuses it.
+  if (compression > INT32_MAX)
+    fail_file(name, "unsupported BMP compression (" + std::to_string(compression) + ")");
   const bool uncompressed = compression == 0 || compression == 3;  // BI_RGB, BI_BITFIELDS
   if (!uncompressed) return;
   const uint64_t row_bytes =

@@ -3,7 +3,8 @@
 # readers that take files from outside: image decoding, shards, safetensors and checkpoints'
 # metadata, and the run state a checkpoint carries (tests/fuzz/fuzz_*.cpp). A bad file must give an
 # error naming it, never a crash, a hang or a read out of bounds. It found stb_image 2.27's JPEG,
-# HDR and PNM troubles (data/stb_impl.cpp), and run-state numbers converted past their range.
+# HDR and PNM troubles (data/stb_impl.cpp), run-state numbers converted past their range, and a
+# BMP compression that stb_image reads as none.
 # Not part of CI: it needs Clang, and a fuzzer finds things in minutes to hours, not seconds.
 #
 # Usage: scripts/fuzz.sh [TARGET] [SECONDS]
