@@ -139,6 +139,46 @@ void check_tga_complete(const uint8_t* bytes, size_t size, const std::string& na
     fail_file(name, "truncated TGA (its run-length coded pixels end early)");
 }
 
+// PNG's and PSD's numbers are big-endian.
+uint32_t read_be32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 |
+         static_cast<uint32_t>(p[2]) << 8 | p[3];
+}
+
+uint32_t read_be16(const uint8_t* p) { return static_cast<uint32_t>(p[0]) << 8 | p[1]; }
+
+// A PSD that stb_image reads (RGB, 8 or 16 bits): a 26-byte header (the channels at 12, height,
+// width, bits a sample), three sections each after its 4-byte length (colour mode data, image
+// resources, layers), then the merged image: its compression and each channel in turn, of which
+// stb_image reads the first 4. Plain (0): the samples. PackBits (1): a table of every row's coded
+// length (2 bytes each, of all the channels' rows), then the coded rows. stb_image reads a cut
+// one's missing bytes as zeros; Pillow says "truncated".
+void check_psd_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+  constexpr size_t kHeaderBytes = 26;
+  if (size < kHeaderBytes) fail_file(name, "truncated PSD header");
+  const uint64_t channels = read_be16(bytes + 12), height = read_be32(bytes + 14),
+                 width = read_be32(bytes + 18), sample_bytes = read_be16(bytes + 22) / 8;
+  uint64_t at = kHeaderBytes;
+  for (int section = 0; section < 3; ++section) {
+    if (at + 4 > size) fail_truncated(name, "PSD", at + 4, size);
+    at += 4 + read_be32(bytes + at);
+  }
+  if (at + 2 > size) fail_truncated(name, "PSD", at + 2, size);
+  const uint32_t compression = read_be16(bytes + at);
+  at += 2;
+  const uint64_t read_rows = std::min<uint64_t>(channels, 4) * height;
+  uint64_t needed = at;
+  if (compression == 0) {
+    needed += read_rows * width * sample_bytes;
+  } else if (compression == 1) {
+    const uint64_t table = at;
+    needed += 2 * channels * height;
+    if (needed > size) fail_truncated(name, "PSD", needed, size);
+    for (uint64_t row = 0; row < read_rows; ++row) needed += read_be16(bytes + table + 2 * row);
+  }
+  if (needed > size) fail_truncated(name, "PSD", needed, size);
+}
+
 // The colour table a GIF's packed field announces: 3 x 2^(n + 1) bytes when its top bit is set.
 size_t gif_colour_table_bytes(uint8_t packed) {
   return packed & 0x80 ? size_t{3} << ((packed & 7) + 1) : 0;
@@ -192,15 +232,16 @@ std::vector<uint8_t> gif_without_transparency(const uint8_t* bytes, size_t size)
   return opaque;
 }
 
-// The formats stb_image tells apart by a magic number (PSD: it reads it whole or fails); a file it
-// reads that has none of these is a TGA, which has none.
+// The formats stb_image tells apart by a magic number; a file it reads that has none of these is
+// a TGA, which has none.
 void check_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   auto starts_with = [&](const char* magic, size_t n) {
     return size >= n && std::memcmp(bytes, magic, n) == 0;
   };
   if (starts_with("BM", 2)) return check_bmp_complete(bytes, size, name);
   if (starts_with("GIF", 3)) return check_gif_complete(bytes, size, name);
-  if (!starts_with("\x89PNG", 4) && !starts_with("8BPS", 4)) check_tga_complete(bytes, size, name);
+  if (starts_with("8BPS", 4)) return check_psd_complete(bytes, size, name);
+  if (!starts_with("\x89PNG", 4)) check_tga_complete(bytes, size, name);
 }
 
 // stb_image_write's output callback: appends what it encoded to a std::vector<uint8_t>.
@@ -243,12 +284,6 @@ void write_file_whole(const std::string& path, const std::vector<uint8_t>& bytes
   } catch (const std::runtime_error& e) {
     throw DataError(e.what());
   }
-}
-
-// PNG's numbers are big-endian.
-uint32_t read_be32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 |
-         static_cast<uint32_t>(p[2]) << 8 | p[3];
 }
 
 // The width and height a PNG's header (its IHDR chunk, first) gives; false where it has none.

@@ -222,6 +222,31 @@ std::vector<uint8_t> bitfields_bmp(const ImageU8& image) {
   return bytes;
 }
 
+// An 8-bit RGB PSD of `image`: the header, three empty sections (colour mode data, image resources,
+// layers), then the merged image's channels one after another, plain or in PackBits rows, each
+// row one literal packet after a table of the rows' coded lengths. Big-endian numbers.
+std::vector<uint8_t> rgb_psd(const ImageU8& image, bool packbits) {
+  auto put_be = [](std::vector<uint8_t>& bytes, uint32_t value, int n) {
+    for (int i = n - 1; i >= 0; --i) bytes.push_back(static_cast<uint8_t>(value >> (8 * i)));
+  };
+  std::vector<uint8_t> bytes = {'8', 'B', 'P', 'S', 0, 1, 0, 0, 0, 0, 0, 0};
+  put_be(bytes, 3, 2);  // channels
+  put_be(bytes, image.height, 4);
+  put_be(bytes, image.width, 4);
+  put_be(bytes, 8, 2);  // bits a sample
+  put_be(bytes, 3, 2);  // RGB
+  for (int section = 0; section < 3; ++section) put_be(bytes, 0, 4);
+  put_be(bytes, packbits ? 1 : 0, 2);
+  if (packbits)
+    for (int row = 0; row < 3 * image.height; ++row) put_be(bytes, 1 + image.width, 2);
+  for (int c = 0; c < 3; ++c)
+    for (int y = 0; y < image.height; ++y) {
+      if (packbits) bytes.push_back(static_cast<uint8_t>(image.width - 1));
+      for (int x = 0; x < image.width; ++x) bytes.push_back(image.at(y, x)[c]);
+    }
+  return bytes;
+}
+
 // Whole, `bytes` decode to `expected`; without their last byte, they are refused as truncated.
 void check_whole_and_cut(const TempDir& dir, const std::string& name,
                          const std::vector<uint8_t>& bytes, const ImageU8& expected) {
@@ -337,10 +362,10 @@ TEST_CASE("files of formats Pillow does not open are refused", "[data]") {
   CHECK_THROWS_WITH(decode_image_file(pic_path), Contains("not an image format deit reads"));
 }
 
-TEST_CASE("BMP and TGA layouts stb_image_write does not make are read whole and refused cut",
+TEST_CASE("BMP, PSD and TGA layouts stb_image_write does not make are read whole and refused cut",
           "[data]") {
-  // A BMP's rows padded to 4 bytes, stored top-down, or in bit fields; a TGA with an image ID, a
-  // colour map, or runs in its run-length coding: each changes where the pixels end.
+  // A BMP's rows padded to 4 bytes, stored top-down, or in bit fields; a PSD; a TGA with an image
+  // ID, a colour map, or runs in its run-length coding: each changes where the pixels end.
   TempDir dir;
   const ImageU8 image = noise_image(6, 5);  // rows of 15 bytes in a BMP: 1 byte of padding
 
@@ -356,6 +381,10 @@ TEST_CASE("BMP and TGA layouts stb_image_write does not make are read whole and 
                 top_down.begin() + pixels + y * row);
   check_whole_and_cut(dir, "top_down.bmp", top_down, image);
   check_whole_and_cut(dir, "bitfields.bmp", bitfields_bmp(image), image);
+  // stb_image read a PSD's missing bytes as zeros, plain or PackBits-coded; Pillow 13 reads both
+  // whole to these pixels and says "image file is truncated" of them cut.
+  check_whole_and_cut(dir, "plain.psd", rgb_psd(image, false), image);
+  check_whole_and_cut(dir, "packbits.psd", rgb_psd(image, true), image);
   // A compression past INT32_MAX, which stb_image takes for none (found by scripts/fuzz.sh, in a
   // file of 87 bytes that decoded as 32768 x 1837 pixels of zeros), is refused as Pillow refuses
   // it.
