@@ -214,22 +214,62 @@ void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& na
   fail_file(name, "truncated GIF (its first image's data ends early)");
 }
 
-// stb_image leaves the transparent pixels of a GIF's first image black, where Pillow's
-// convert("RGB") gives them their colour in the palette, as if none were transparent. So the
-// transparency flag of each graphic control extension before that image (label F9, 4 bytes: the
-// flag is bit 0 of the first) is cleared in a copy, which stb_image decodes. Empty where none is
-// set.
-std::vector<uint8_t> gif_without_transparency(const uint8_t* bytes, size_t size) {
-  std::vector<uint8_t> opaque;
+// What comes before a GIF's first image: the graphic control extensions that make an index
+// transparent (label F9, 4 bytes: the flags, bit 0 transparency, the delay, the index), and where
+// the image's descriptor starts (0 where the file has none).
+struct GifFirstImage {
+  std::vector<size_t> transparency_controls;  // where each such extension starts
+  size_t descriptor = 0;
+};
+
+GifFirstImage find_first_gif_image(const uint8_t* bytes, size_t size) {
+  GifFirstImage first;
   size_t i = kGifScreenDescriptorEnd + gif_colour_table_bytes(bytes[10]);
   while (i + 3 < size && bytes[i] == 0x21) {
-    if (bytes[i + 1] == 0xF9 && bytes[i + 2] == 4 && (bytes[i + 3] & 1)) {
-      if (opaque.empty()) opaque.assign(bytes, bytes + size);
-      opaque[i + 3] &= 0xFE;
-    }
+    if (bytes[i + 1] == 0xF9 && bytes[i + 2] == 4 && (bytes[i + 3] & 1) && i + 6 < size)
+      first.transparency_controls.push_back(i);
     i = past_gif_sub_blocks(bytes, size, i + 2);
   }
+  if (i != 0 && i + 10 <= size && bytes[i] == 0x2C) first.descriptor = i;
+  return first;
+}
+
+// stb_image leaves the transparent pixels of a GIF's first image black, where Pillow's
+// convert("RGB") gives them their colour in the palette, as if none were transparent. So the
+// transparency flag of each graphic control extension before that image is cleared in a copy,
+// which stb_image decodes. Empty where none is set.
+std::vector<uint8_t> gif_without_transparency(const uint8_t* bytes, size_t size,
+                                              const GifFirstImage& first) {
+  std::vector<uint8_t> opaque;
+  if (first.transparency_controls.empty()) return opaque;
+  opaque.assign(bytes, bytes + size);
+  for (const size_t control : first.transparency_controls) opaque[control + 3] &= 0xFE;
   return opaque;
+}
+
+// stb_image paints the part of a GIF's screen that its first image leaves uncovered in the
+// screen's background colour, red and blue swapped. In Pillow's first frame it holds index 0, or
+// the transparent index where there is one, which convert("RGB") shows in its colour in the
+// image's palette: its own colour table, or else the global one.
+void paint_around_first_gif_image(const uint8_t* bytes, size_t size, const GifFirstImage& first,
+                                  ImageU8& image) {
+  const size_t d = first.descriptor;
+  auto le16 = [&](size_t at) { return int64_t{bytes[at]} | int64_t{bytes[at + 1]} << 8; };
+  const int64_t left = le16(d + 1), top = le16(d + 3);
+  const int64_t right = left + le16(d + 5), bottom = top + le16(d + 7);
+  if (left == 0 && top == 0 && right >= image.width && bottom >= image.height) return;
+  const bool own_table = bytes[d + 9] & 0x80;
+  const size_t table = own_table ? d + 10 : kGifScreenDescriptorEnd;
+  const size_t entries = gif_colour_table_bytes(own_table ? bytes[d + 9] : bytes[10]) / 3;
+  const size_t index =
+      first.transparency_controls.empty() ? 0 : bytes[first.transparency_controls.back() + 6];
+  uint8_t colour[3] = {0, 0, 0};
+  if (index < entries && table + 3 * index + 3 <= size)
+    std::copy_n(bytes + table + 3 * index, 3, colour);
+  for (int64_t y = 0; y < image.height; ++y)
+    for (int64_t x = 0; x < image.width; ++x)
+      if (x < left || x >= right || y < top || y >= bottom)
+        std::copy_n(colour, 3, image.pixels.data() + (y * image.width + x) * 3);
 }
 
 // The formats stb_image tells apart by a magic number; a file it reads that has none of these is
@@ -389,9 +429,11 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   // What stb_image decodes: the file, or a copy changed to decode as Pillow does. (The file is
   // longer than the magic numbers compared: stb_image has read its header.)
   const bool png = std::memcmp(bytes, "\x89PNG", 4) == 0;
+  const bool gif = std::memcmp(bytes, "GIF", 3) == 0;
+  const GifFirstImage first_gif_image = gif ? find_first_gif_image(bytes, size) : GifFirstImage{};
   std::vector<uint8_t> changed;
   if (png) changed = png_ended_where_cut(bytes, size);
-  if (std::memcmp(bytes, "GIF", 3) == 0) changed = gif_without_transparency(bytes, size);
+  if (gif) changed = gif_without_transparency(bytes, size, first_gif_image);
   if (changed.size() > static_cast<size_t>(INT32_MAX)) fail_file(name, kLargerThan2GiB);
 
   // Asking for 3 channels makes stb expand grayscale and drop alpha, as Pillow's convert("RGB").
@@ -411,6 +453,8 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   image.height = height;
   image.width = width;
   image.pixels.assign(decoded.get(), decoded.get() + static_cast<size_t>(width) * height * 3);
+  if (gif && first_gif_image.descriptor != 0)
+    paint_around_first_gif_image(bytes, size, first_gif_image, image);
   return image;
 }
 

@@ -707,6 +707,56 @@ TEST_CASE("a GIF's transparent pixels take their palette colour, as Pillow gives
   CHECK(decode_image_file(path).pixels == std::vector<uint8_t>{255, 0, 0, 0, 0, 255});
 }
 
+TEST_CASE("a GIF's screen around its first image takes Pillow's colour", "[data]") {
+  // A 4 x 3 screen with a global table of 4 colours (background index 1), and a 2 x 1 image at
+  // (1, 1) of indices 2 and 3 (LZW code size 2: clear and an index for each, then end). Pillow
+  // 13's convert("RGB") paints the rest in the colour of index 0, or of the transparent index, in
+  // the image's own table where it has one; stb_image painted it the background colour, red and
+  // blue swapped.
+  using Bytes = std::vector<uint8_t>;
+  const Bytes screen = {'G', 'I', 'F', '8', '9', 'a', 4, 0,   3, 0,   0x81, 1,  0,
+                        10,  20,  30,  200, 100, 50,  0, 255, 0, 255, 255,  255};
+  auto transparent = [](uint8_t index) { return Bytes{0x21, 0xF9, 4, 1, 0, 0, index, 0}; };
+  const Bytes descriptor = {0x2C, 1, 0, 1, 0, 2, 0, 1, 0};
+  const Bytes no_table = {0}, own_table = {0x81, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13};
+  const Bytes image_data = {2, 2, 0x14, 0x57, 0, 0x3B};
+  struct Case {
+    std::string name;
+    std::vector<Bytes> parts;
+    Bytes around, image;  // the colour outside the image; its two pixels
+  };
+  const std::vector<Case> cases = {
+      {"plain",
+       {screen, descriptor, no_table, image_data},
+       {10, 20, 30},
+       {0, 255, 0, 255, 255, 255}},
+      {"transparent index 2",
+       {screen, transparent(2), descriptor, no_table, image_data},
+       {0, 255, 0},
+       {0, 255, 0, 255, 255, 255}},
+      {"own table", {screen, descriptor, own_table, image_data}, {1, 2, 3}, {7, 8, 9, 11, 12, 13}},
+      {"own table, transparent index 3",
+       {screen, transparent(3), descriptor, own_table, image_data},
+       {11, 12, 13},
+       {7, 8, 9, 11, 12, 13}},
+  };
+  TempDir dir;
+  for (const Case& c : cases) {
+    INFO(c.name);
+    Bytes gif;
+    for (const Bytes& part : c.parts) gif.insert(gif.end(), part.begin(), part.end());
+    const std::string path = dir.file("framed.gif");
+    write_bytes(path, gif);
+    Bytes expected;
+    for (int i = 0; i < 12; ++i) expected.insert(expected.end(), c.around.begin(), c.around.end());
+    std::copy(c.image.begin(), c.image.end(), expected.begin() + 5 * 3);  // (1, 1) and (2, 1)
+    const ImageU8 decoded = decode_image_file(path);
+    CHECK(decoded.width == 4);
+    CHECK(decoded.height == 3);
+    CHECK(decoded.pixels == expected);
+  }
+}
+
 TEST_CASE("a file that is not an image is refused before it is read", "[data]") {
   TempDir dir;
   // A named pipe: opening it would wait for a writer.
