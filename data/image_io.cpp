@@ -272,16 +272,42 @@ void paint_around_first_gif_image(const uint8_t* bytes, size_t size, const GifFi
         std::copy_n(colour, 3, image.pixels.data() + (y * image.width + x) * 3);
 }
 
-// The formats stb_image tells apart by a magic number; a file it reads that has none of these is
-// a TGA, which has none.
-void check_complete(const uint8_t* bytes, size_t size, const std::string& name) {
+// The formats deit hands to stb_image, told apart by their magic numbers; a file with none of them
+// is a TGA, which has none.
+enum class StbFormat { kPng, kBmp, kGif, kPsd, kTga };
+
+StbFormat stb_format(const uint8_t* bytes, size_t size) {
   auto starts_with = [&](const char* magic, size_t n) {
     return size >= n && std::memcmp(bytes, magic, n) == 0;
   };
-  if (starts_with("BM", 2)) return check_bmp_complete(bytes, size, name);
-  if (starts_with("GIF", 3)) return check_gif_complete(bytes, size, name);
-  if (starts_with("8BPS", 4)) return check_psd_complete(bytes, size, name);
-  if (!starts_with("\x89PNG", 4)) check_tga_complete(bytes, size, name);
+  if (starts_with("\x89PNG", 4)) return StbFormat::kPng;
+  if (starts_with("BM", 2)) return StbFormat::kBmp;
+  if (starts_with("GIF", 3)) return StbFormat::kGif;
+  if (starts_with("8BPS", 4)) return StbFormat::kPsd;
+  return StbFormat::kTga;
+}
+
+void check_complete(const uint8_t* bytes, size_t size, StbFormat format, const std::string& name) {
+  switch (format) {
+    case StbFormat::kBmp:
+      return check_bmp_complete(bytes, size, name);
+    case StbFormat::kGif:
+      return check_gif_complete(bytes, size, name);
+    case StbFormat::kPsd:
+      return check_psd_complete(bytes, size, name);
+    case StbFormat::kTga:
+      return check_tga_complete(bytes, size, name);
+    case StbFormat::kPng:
+      return;  // png_ended_where_cut
+  }
+}
+
+// A TGA whose descriptor (byte 17) says its rows run right to left (bit 4): stb_image ignores the
+// bit, Pillow mirrors the rows.
+void mirror_rows(ImageU8& image) {
+  for (int y = 0; y < image.height; ++y)
+    for (int left = 0, right = image.width - 1; left < right; ++left, --right)
+      std::swap_ranges(image.at(y, left), image.at(y, left) + 3, image.at(y, right));
 }
 
 // stb_image_write's output callback: appends what it encoded to a std::vector<uint8_t>.
@@ -412,8 +438,9 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   const int length = static_cast<int>(size);
 
   int width = 0, height = 0, channels = 0;
+  const StbFormat format = stb_format(bytes, size);
+  const bool png = format == StbFormat::kPng, gif = format == StbFormat::kGif;
   if (!stbi_info_from_memory(bytes, length, &width, &height, &channels)) {
-    const bool png = size >= 4 && std::memcmp(bytes, "\x89PNG", 4) == 0;
     // stb_image refuses a PNG of over 2^28 pixels as if its header were corrupt.
     if (png && png_header_size(bytes, size, width, height)) refuse_too_large(name, width, height);
     fail_file(name, std::string(png ? "truncated or corrupt PNG header"
@@ -422,14 +449,10 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   }
   // A BMP stored top-down says so by a negative height, which stbi_info passes on as it is (its
   // decoder reads the magnitude): such a file was refused as "dimensions 5x-6".
-  const bool bmp = std::memcmp(bytes, "BM", 2) == 0;
-  if (bmp && height < 0 && height != INT32_MIN) height = -height;
+  if (format == StbFormat::kBmp && height < 0 && height != INT32_MIN) height = -height;
   refuse_too_large(name, width, height);
-  check_complete(bytes, size, name);
-  // What stb_image decodes: the file, or a copy changed to decode as Pillow does. (The file is
-  // longer than the magic numbers compared: stb_image has read its header.)
-  const bool png = std::memcmp(bytes, "\x89PNG", 4) == 0;
-  const bool gif = std::memcmp(bytes, "GIF", 3) == 0;
+  check_complete(bytes, size, format, name);
+  // What stb_image decodes: the file, or a copy changed to decode as Pillow does.
   const GifFirstImage first_gif_image = gif ? find_first_gif_image(bytes, size) : GifFirstImage{};
   std::vector<uint8_t> changed;
   if (png) changed = png_ended_where_cut(bytes, size);
@@ -455,6 +478,7 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   image.pixels.assign(decoded.get(), decoded.get() + static_cast<size_t>(width) * height * 3);
   if (gif && first_gif_image.descriptor != 0)
     paint_around_first_gif_image(bytes, size, first_gif_image, image);
+  if (format == StbFormat::kTga && (bytes[17] & 0x10)) mirror_rows(image);
   return image;
 }
 

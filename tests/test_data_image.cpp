@@ -403,6 +403,15 @@ TEST_CASE("BMP, PSD and TGA layouts stb_image_write does not make are read whole
   with_id[0] = 4;
   with_id.insert(with_id.begin() + 18, {'d', 'e', 'i', 't'});
   check_whole_and_cut(dir, "with_id.tga", with_id, image);
+  // Rows stored right to left (bit 4 of the descriptor, which stb_image ignored): Pillow 13 mirrors
+  // them.
+  std::vector<uint8_t> right_to_left = read_bytes(tga);
+  right_to_left[17] |= 0x10;
+  ImageU8 mirrored = image;
+  for (int y = 0; y < image.height; ++y)
+    for (int x = 0; x < image.width; ++x)
+      std::copy_n(image.at(y, image.width - 1 - x), 3, mirrored.at(y, x));
+  check_whole_and_cut(dir, "right_to_left.tga", right_to_left, mirrored);
 
   // 2 x 2, top row first: a 3-entry colour map of 24-bit BGR entries, then 1-byte indices.
   const std::vector<uint8_t> mapped = {0, 1,    1,    0,    0,    3, 0,    24,   0, 0, 0,
