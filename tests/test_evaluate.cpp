@@ -3,19 +3,23 @@
 // every number. A model whose outputs are all equal or NaN scores at chance, where ties going to
 // the label had scored it 100%; the per-class table agrees with the top-1, also for a head with
 // outputs beyond the dataset's classes. The confusion matrix behind that table is counted only
-// when asked for.
+// when asked for, and summed over the ranks with the other counts (a stand-in peer here; two
+// real ranks: test_distributed_train.cpp).
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "data/image_source.h"
 #include "data/synthetic.h"
+#include "engine/communicator.h"
 #include "engine/rng.h"
 #include "model/checkpoint.h"
 #include "tests/cli_runner.h"
@@ -40,11 +44,11 @@ std::string write_dataset(const test::TempDir& dir) {
   return test::write_synthetic_dataset(dir, options);
 }
 
-// The eval's JSON (with --per-class) for weights whose head gives every class the score 0 but
-// class `odd_class` `odd_score`; the head has `outputs` outputs, the first kClasses the
+// The eval's JSON (with --per-class) for weights whose head gives every class the score `others`
+// but class `odd_class` `odd_score`; the head has `outputs` outputs, the first kClasses the
 // dataset's classes.
 nlohmann::json eval_with_flat_head(const test::TempDir& dir, const std::string& data, int odd_class,
-                                   float odd_score, int outputs = kClasses) {
+                                   float odd_score, int outputs = kClasses, float others = 0.f) {
   model::ViTConfig c;
   c.name = "deit3_tiny (custom)";
   c.patch = 4;
@@ -58,7 +62,7 @@ nlohmann::json eval_with_flat_head(const test::TempDir& dir, const std::string& 
   vit.initialize(rng);
   Tensor(vit.parameters().get("head.weight")).zero_();
   Tensor bias = vit.parameters().get("head.bias");
-  bias.zero_();
+  for (int k = 0; k < outputs; ++k) bias.data<float>()[k] = others;
   bias.data<float>()[odd_class] = odd_score;
   const std::string weights = dir.file("flat.safetensors");
   model::save_weights(weights, vit,
@@ -213,4 +217,87 @@ TEST_CASE("deit eval's loss is the mean cross-entropy of the softmax over every 
       CHECK(row["most_confused_images"] == kImagesPerClass);
     }
   }
+}
+
+TEST_CASE("an evaluation's loss stays finite when every logit is far below zero", "[train][cli]") {
+  // The scores of the loss test less 1000: the softmax, and so the loss, is the same. exp(-998)
+  // is 0 in a double: the largest logit must be subtracted, not 0 or any fixed value.
+  test::TempDir dir;
+  const std::string data = write_dataset(dir);
+  const nlohmann::json j = eval_with_flat_head(dir, data, 0, -998.f, kClasses, -1000.f);
+  const double images = kClasses * kImagesPerClass;
+  const double log_sum = std::log(std::exp(2.0) + (kClasses - 1));
+  CHECK(j["loss"].get<double>() == Approx(log_sum - 2.0 * kImagesPerClass / images).epsilon(1e-5));
+  CHECK(j["acc1"].get<double>() == Approx(100.0 / kClasses));
+}
+
+namespace {
+
+// Rank 0 of two whose peer scored exactly what it did: every sum is twice this rank's count.
+class MirroredPeer final : public Communicator {
+ public:
+  MirroredPeer() : Communicator(Device::cpu(), 0, 2, 0) {}
+  const char* backend() const override { return "mirrored"; }
+  void barrier() override {}
+
+ protected:
+  void all_reduce_flat(const Tensor& flat, ReduceOp op) override {
+    REQUIRE(op == ReduceOp::sum);
+    REQUIRE(flat.dtype() == DType::f64);
+    for (int64_t i = 0; i < flat.numel(); ++i) flat.data<double>()[i] *= 2;
+  }
+  void broadcast_flat(const Tensor&, int) override { FAIL("broadcast"); }
+  void reduce_scatter_flat(const Tensor&, const std::vector<int64_t>&, ReduceOp) override {
+    FAIL("reduce_scatter");
+  }
+  void all_gather_flat(const Tensor&, const std::vector<int64_t>&) override { FAIL("all_gather"); }
+};
+
+}  // namespace
+
+TEST_CASE("evaluate sums its counts over the ranks, the confusion matrix and the skipped too",
+          "[train]") {
+  // Each rank scores its share of the split: the images, the unusable files and every cell of
+  // --per-class's matrix are the whole split's only once summed; the rates are the same.
+  test::TempDir dir;
+  const std::string data = write_dataset(dir);
+  test::write_bytes(data + "/val/" + data::synthetic_class_names()[0] + "/zz_broken.png",
+                    std::vector<uint8_t>(64, 7));
+  const model::VisionTransformer vit = test::tiny_cli_model(kClasses, 8, 5);
+  const std::shared_ptr<const data::ImageSource> val(data::open_dataset_split(data, "val", false));
+  const auto loader = train::make_eval_loader(val, 8, 1.0, 4, 1);
+  const train::EvalResult alone = train::evaluate(vit, *loader, false, nullptr, true);
+  REQUIRE(alone.images == kClasses * kImagesPerClass);
+  REQUIRE(alone.skipped == 1);
+  MirroredPeer peer;
+  const train::EvalResult both = train::evaluate(vit, *loader, false, &peer, true);
+  CHECK(both.images == 2 * alone.images);
+  CHECK(both.skipped == 2 * alone.skipped);
+  CHECK(both.acc1 == Approx(alone.acc1));
+  CHECK(both.acc5 == Approx(alone.acc5));
+  CHECK(both.loss == Approx(alone.loss));
+  REQUIRE(both.confusion.size() == alone.confusion.size());
+  for (size_t i = 0; i < both.confusion.size(); ++i) {
+    INFO(i);
+    CHECK(both.confusion[i] == 2 * alone.confusion[i]);
+  }
+}
+
+TEST_CASE("per_class_json names the most confused class, the lower on a tie, within the outputs",
+          "[train]") {
+  // As the top-1 breaks a tie between scores, a tie between the classes an image is mistaken for
+  // goes to the lower class: the same table from the same matrix on every run.
+  train::EvalResult result;
+  result.outputs = 3;
+  result.confusion = {1, 2, 2,  // class a: 2 each as b and c
+                      0, 3, 0,  // class b: never mistaken
+                      1, 0, 4};
+  const nlohmann::json rows = result.per_class_json({"a", "b", "c"});
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0]["most_confused_with"] == "b");
+  CHECK(rows[0]["most_confused_images"] == 2);
+  CHECK(rows[1]["most_confused_with"] == nullptr);
+  CHECK(rows[2]["most_confused_with"] == "a");
+  // More classes than outputs: rows past the matrix's, which is a caller's mistake.
+  CHECK_THROWS_AS(result.per_class_json({"a", "b", "c", "d"}), std::logic_error);
 }

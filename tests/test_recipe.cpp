@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/prefetch.h"
 #include "model/config.h"
 #include "tests/cli_runner.h"
 #include "tests/test_data_helpers.h"
@@ -293,6 +294,27 @@ TEST_CASE("settings that could only fail later are refused when a run is set up"
   CHECK_THROWS_WITH(o.validate(), Catch::Contains("--mixup-switch-prob must be in [0, 1], got 3"));
   o.mixup_switch_prob = 0.5;
   CHECK_NOTHROW(o.validate());
+  // Either of mixup and cutmix mixes the batch's samples in pairs (ImageNet-21k's recipe has
+  // cutmix alone): an odd batch leaves one out.
+  o.mixup = 0;
+  o.batch_size = 255;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--batch-size must be even with mixup/cutmix"));
+  o.cutmix = 0;
+  CHECK_NOTHROW(o.validate());
+  o.batch_size = 256;
+  o.mixup = 0.8;
+  o.cutmix = 1;
+  // An infinite warm-up never reaches --lr.
+  o.warmup_epochs = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(o.validate(),
+                    Catch::Contains("--warmup-epochs must be a finite number >= 0, got inf"));
+  o.warmup_epochs = 5;
+  // The loader's most workers are allowed, one more is not.
+  o.workers = deit::data::kMaxWorkers;
+  CHECK_NOTHROW(o.validate());
+  o.workers = deit::data::kMaxWorkers + 1;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--workers must be in [1, 256], got 257"));
+  o.workers = 4;
   // A bucket past a size_t's bytes became buckets of one byte: a collective per tensor.
   for (const double mb : {std::numeric_limits<double>::infinity(), 1e30, 0.0}) {
     o.bucket_mb = mb;
@@ -335,6 +357,11 @@ TEST_CASE("a rate at the edge of its range is refused or taken as the recipe all
   o.smoothing = 1;
   CHECK_THROWS_WITH(o.validate(), Catch::Contains("--smoothing must be in [0, 1), got 1"));
   o.smoothing = 0.1;  // the fine-tunes' and ImageNet-21k's
+  CHECK_NOTHROW(o.validate());
+  // A crop keeps a share of the image's area: none is no crop, the whole image is one.
+  o.rrc_scale_min = 0;
+  CHECK_THROWS_WITH(o.validate(), Catch::Contains("--rrc-scale-min must be in (0, 1]"));
+  o.rrc_scale_min = 1;
   CHECK_NOTHROW(o.validate());
 }
 

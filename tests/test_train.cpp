@@ -1963,6 +1963,44 @@ TEST_CASE("a pos_embed with a class-token slot is named as another ViT's", "[tra
                     Catch::EndsWith("is not a square patch grid"));
 }
 
+TEST_CASE("resize_pos_embed interpolates as torch's bicubic, with align_corners=False", "[train]") {
+  // timm resizes with F.interpolate(mode="bicubic", align_corners=False): its cubic kernel with
+  // a = -0.75, source positions between pixel centres, taps clamped at the edges. A ramp 0, 1
+  // widened to 4 overshoots at both ends there. Channel 0 rises along x and channel 1 along y, so
+  // a transposed grid shows too.
+  std::vector<float> ramp;  // (1, 2 x 2, 2)
+  for (int y = 0; y < 2; ++y)
+    for (int x = 0; x < 2; ++x) {
+      ramp.push_back(float(x));
+      ramp.push_back(float(y));
+    }
+  const std::vector<float> wide =
+      train::resize_pos_embed(Tensor::from_vector(ramp, {1, 4, 2}), 2, 4).to_vector<float>();
+  REQUIRE(wide.size() == 4 * 4 * 2);
+  const double torch[] = {-0.10546875, 0.2265625, 0.7734375, 1.10546875};
+  for (int y = 0; y < 4; ++y)
+    for (int x = 0; x < 4; ++x) {
+      INFO("y " << y << ", x " << x);
+      CHECK(wide[(y * 4 + x) * 2] == Approx(torch[x]).margin(1e-6));
+      CHECK(wide[(y * 4 + x) * 2 + 1] == Approx(torch[y]).margin(1e-6));
+    }
+  // To the same grid, every value is its own (the taps beside it weigh 0).
+  std::vector<float> values;
+  for (int i = 0; i < 3 * 3 * 2; ++i) values.push_back(float(i * i % 7) - 2.5f);
+  CHECK(train::resize_pos_embed(Tensor::from_vector(values, {1, 9, 2}), 3, 3).to_vector<float>() ==
+        values);
+  // A pos_embed of no position is no grid to resize (its taps would read before its start).
+  model::ViTConfig c;
+  c.patch = 4;
+  c.dim = 8;
+  c.heads = 2;
+  c.depth = 1;
+  c.input_size = 16;
+  NamedTensors empty = {{"pos_embed", Tensor::zeros({1, 0, 8})}};
+  CHECK_THROWS_WITH(train::fit_pos_embed(empty, c, "'w.safetensors'"),
+                    Catch::EndsWith("is not a square patch grid"));
+}
+
 TEST_CASE("a run's output folder is locked: a second run into it is refused while it trains",
           "[train][cli]") {
   test::TempDir dir;
@@ -2628,6 +2666,13 @@ TEST_CASE("a fine-tune starts from the source's weights, with a fresh head for n
   model::VisionTransformer same = test::tiny_cli_model(10, 8, 6);
   CHECK(train::load_finetune_weights(same, weights, ten).empty());
   CHECK(test::read_tensors(test::parameters_of(same)) == source_tensors);
+
+  // A source that names no classes (timm's) has none to compare with the dataset's: its head is
+  // kept without a warning that the classes differ.
+  const std::string unnamed = dir.file("unnamed.safetensors");
+  model::save_weights(unnamed, source, {});
+  model::VisionTransformer kept = test::tiny_cli_model(10, 8, 6);
+  CHECK(train::load_finetune_weights(kept, unnamed, ten).empty());
 }
 
 TEST_CASE("a run trains each epoch at the rate its schedule flags give", "[train][cli]") {
