@@ -540,6 +540,38 @@ TEST_CASE("cuda input feeds refill a pinned buffer only after its upload when no
   }
 }
 
+TEST_CASE("a cuda input feed asked to prefetch again stages the next batch only once",
+          "[gpu][augment]") {
+  // A loop may prefetch more than once between steps (say, before and after logging); a second
+  // call that packed the batch after the staged one over it would skip a batch.
+  TempDir dir;
+  const auto [root, o] = feed_dataset(dir, 3, 1, 4);  // 12 training images: 3 batches of 4
+  const auto train_split =
+      std::shared_ptr<const data::ImageSource>(data::open_dataset_split(root, "train"));
+  auto cpu_loader = train::make_train_loader(train_split, o, {}, data::PixelFormat::kSource);
+  auto gpu_loader = train::make_train_loader(train_split, o, {}, data::PixelFormat::kSource);
+  train::InputFeed cpu_feed(*cpu_loader, Device::cpu(), 32);
+  train::InputFeed gpu_feed(*gpu_loader, Device::cuda(0), 32);
+  cpu_feed.start_epoch(0);
+  gpu_feed.start_epoch(0);
+  gpu_feed.prefetch();
+  gpu_feed.prefetch();
+  int batches = 0;
+  while (const train::FeedBatch* want = cpu_feed.next()) {
+    const train::FeedBatch* got = gpu_feed.next();
+    REQUIRE(got != nullptr);
+    gpu_feed.prefetch();
+    gpu_feed.prefetch();
+    INFO("batch " << batches);
+    CHECK(got->number == want->number);
+    CHECK(*got->labels == *want->labels);
+    check_exact("feed images", got->images.to_vector<float>(), want->images.to_vector<float>(), 32);
+    ++batches;
+  }
+  CHECK(batches == 3);
+  CHECK(gpu_feed.next() == nullptr);
+}
+
 TEST_CASE("cuda augmentation planning rejects bad parameters before any launch", "[augment]") {
   const int H = 30, W = 40, S = 16;
   std::vector<SourceImage> sources(1);

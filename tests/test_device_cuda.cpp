@@ -15,6 +15,8 @@
 
 #include <catch2/catch.hpp>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "engine/allocator.h"
 #include "engine/autograd.h"
@@ -225,6 +227,22 @@ TEST_CASE("a destroyed or recaptured CUDA graph hands its memory pool back to th
   CHECK(allocator.stats().system_allocations == system_allocations);
 }
 
+TEST_CASE("a live CUDA graph's blocks serve no allocation outside it", "[gpu][graph]") {
+  // Every replay writes them: an eager tensor given one would be overwritten by the next launch.
+  NoGrad no_grad;
+  const Shape shape = {983, 1009};
+  const Tensor x = Tensor::full(shape, 0.5, DType::bf16, Device::cuda(0));
+  CHECK(ops::gelu(x).to_vector<float>().size() == 983 * 1009);
+  cuda_allocator(0).release_cached();  // the captured block is then the only one of its size
+  void* captured_block = nullptr;
+  CudaGraph graph;
+  graph.capture(0, [&] { captured_block = ops::gelu(x).raw_data(); });
+  const Tensor eager = Tensor::empty(shape, DType::bf16, Device::cuda(0));
+  CHECK(eager.raw_data() != captured_block);
+  graph.launch();
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(compute_stream(0)));
+}
+
 TEST_CASE("a capture broken by a refused call leaves no error for the next launch",
           "[gpu][graph]") {
   // A synchronisation during a global-mode capture is refused and invalidates the capture, and
@@ -247,6 +265,34 @@ TEST_CASE("a capture broken by a refused call leaves no error for the next launc
   // And the graph can be captured afresh.
   CHECK_NOTHROW(graph.capture(0, [&] { const Tensor y = ops::gelu(x); }));
   CHECK(graph.captured());
+}
+
+TEST_CASE("a capture refuses an allocation made by another thread while it runs", "[gpu][graph]") {
+  // Captured in global mode, a call unsafe during a capture fails whichever thread makes it (a
+  // loader's pinned allocation, another thread's synchronisation), rather than running outside
+  // the graph. In thread-local or relaxed mode another thread's cudaMalloc would succeed.
+  NoGrad no_grad;
+  const Tensor x = Tensor::zeros({4, 16}, DType::bf16, Device::cuda(0));
+  CHECK(ops::gelu(x).to_vector<float>() == std::vector<float>(64, 0.0f));
+  cudaError_t other_thread = cudaSuccess;
+  void* allocated = nullptr;
+  CudaGraph graph;
+  graph.capture(0, [&] { const Tensor y = ops::gelu(x); });
+  graph.launch();
+  CHECK_THROWS(graph.capture(0, [&] {
+    const Tensor y = ops::gelu(x);
+    std::thread([&] {
+      other_thread = cudaMalloc(&allocated, 256);
+      cudaGetLastError();
+    }).join();
+  }));
+  CHECK(other_thread != cudaSuccess);
+  // The failed capture replaced the graph captured before it: nothing is left to launch (not a
+  // graph already destroyed).
+  CHECK_FALSE(graph.captured());
+  CHECK_THROWS_AS(graph.launch(), std::logic_error);
+  CHECK(cudaPeekAtLastError() == cudaSuccess);
+  if (allocated) DEIT_CUDA_CHECK(cudaFree(allocated));
 }
 
 TEST_CASE("the input feed's upload buffers grow geometrically with the batches", "[feed]") {

@@ -33,6 +33,7 @@
 #include "engine/staged_upload.h"
 #include "engine/stream.h"
 #include "model/vit.h"
+#include "train/graph_step.h"
 
 namespace {
 
@@ -542,6 +543,59 @@ TEST_CASE("uploads without waiting arrive intact through every pinned slot, refu
   CHECK(upload_without_waiting(small, kGpu).to_vector<float>() == std::vector<float>{1, 2, 3});
 }
 
+TEST_CASE("uploads without waiting keep the host tensor's dtype and refuse device memory",
+          "[gpu][step]") {
+  // The keep scales are f32, so only the case above's f32 would hide an output made f32 always.
+  const std::vector<int32_t> ints = {-3, 0, 7, 1 << 20, -(1 << 30), 42};
+  const Tensor uploaded = upload_without_waiting(Tensor::from_vector(ints, {2, 3}), kGpu);
+  CHECK(uploaded.device() == kGpu);
+  CHECK(uploaded.dtype() == DType::i32);
+  CHECK(uploaded.shape() == Shape{2, 3});
+  CHECK(uploaded.to_vector<int32_t>() == ints);
+  const Tensor halves = Tensor::from_vector(std::vector<float>{0.5f, -2.0f, 3.0f}, {3});
+  const Tensor bf16_uploaded = upload_without_waiting(halves.to(DType::bf16), kGpu);
+  CHECK(bf16_uploaded.dtype() == DType::bf16);
+  CHECK(bf16_uploaded.to(DType::f32).to_vector<float>() == std::vector<float>{0.5f, -2.0f, 3.0f});
+  // A device tensor is a caller's mistake: the emulated device's memory is host memory, so only
+  // the check stands between it and a copy that would pass here and fault on a GPU.
+  CHECK_THROWS_WITH(upload_without_waiting(uploaded, kGpu),
+                    Catch::Contains("is not in host memory"));
+}
+
+TEST_CASE("uploads without waiting leave the work queued before them queued", "[gpu][step]") {
+  // What the slots are for: the host queues a step's uploads without waiting for the device.
+  // Only the emulated device says for certain whether queued work has run: there an event query
+  // answers "not ready" for work still queued on a stream that runs late. On a GPU, or where the
+  // compute stream runs early (the other DEIT_EMULATED_EAGER setting), this checks the values only.
+  const bool emulated = test::on_emulated_device();
+  cudaStream_t stream = compute_stream(0);
+  cudaEvent_t queued = nullptr;
+  DEIT_CUDA_CHECK(cudaEventCreateWithFlags(&queued, cudaEventDisableTiming));
+  // "Not ready" stays behind as the last error, which the next launch check would report.
+  const auto pending = [&] {
+    const bool not_ready = cudaEventQuery(queued) == cudaErrorNotReady;
+    cudaGetLastError();
+    return not_ready;
+  };
+  Tensor busy = Tensor::zeros({256}, DType::f32, kGpu);
+  DEIT_CUDA_CHECK(cudaStreamSynchronize(stream));  // every slot's earlier copy is done
+  busy.fill_(1.0);
+  DEIT_CUDA_CHECK(cudaEventRecord(queued, stream));
+  const bool runs_late = emulated && pending();
+  // That query ran it; queue more, then one upload fewer than the slots, so that none needs a
+  // copy queued behind the event.
+  busy.fill_(2.0);
+  DEIT_CUDA_CHECK(cudaEventRecord(queued, stream));
+  std::vector<Tensor> uploaded;
+  for (int i = 0; i < 15; ++i)
+    uploaded.push_back(upload_without_waiting(Tensor::full({3}, i, DType::f32), kGpu));
+  if (runs_late) CHECK(pending());
+  DEIT_CUDA_CHECK(cudaEventSynchronize(queued));
+  for (int i = 0; i < 15; ++i) CHECK(uploaded[i].to_vector<float>() == std::vector<float>(3, i));
+  CHECK(busy.to_vector<float>() == std::vector<float>(256, 2.0f));
+  DEIT_CUDA_CHECK(cudaEventDestroy(queued));
+}
+
 TEST_CASE("CUDA ops name the operand whose dtype or device is wrong", "[gpu][step]") {
   const Tensor x = Tensor::zeros({2, 8}, DType::bf16, kGpu);
   const Tensor plain_weight = Tensor::zeros({8, 8}, DType::f32, kGpu);  // no bf16 copy
@@ -654,3 +708,78 @@ TEST_CASE("the gradient reducer over a one-rank NCCL communicator leaves the ste
   }
 }
 #endif
+
+TEST_CASE("a graph step copies each step's inputs in and runs before_launch ahead of the replay",
+          "[gpu][step]") {
+  // train/graph_step.h without a model: the loss is (images + targets + bias) * keep scale, so
+  // every input shows in it. The replay reads the fixed buffers the capture saw: an input not
+  // copied in, or a bias set after the launch (as the learning rate is by begin_step_async), would
+  // leave a replay computing with the previous step's values.
+  const int64_t B = 2, K = 12;
+  const Tensor bias = Tensor::zeros({B, K}, DType::f32, kGpu);
+  const auto work = [&](const Tensor& images, const Tensor& targets, const Tensor& keep_scales) {
+    return ops::scale_by(ops::add(ops::add(images.view({B, K}), targets), bias), keep_scales);
+  };
+  train::GraphStep step(kGpu, work);
+  CHECK_FALSE(step.captured());
+  SingleProcessCommunicator comm(kGpu, 0);
+  const auto inputs = [&](double r) {
+    return std::vector<Tensor>{Tensor::full({B, 3, 2, 2}, r, DType::f32, kGpu),
+                               Tensor::full({B, K}, 10 * r, DType::f32, kGpu),
+                               Tensor::full({1}, r + 0.5, DType::f32)};
+  };
+  const std::vector<Tensor> first = inputs(0);
+  // Warm, as the trainer's first eager step leaves it: the device's context is made outside a
+  // capture.
+  CHECK(work(first[0], first[1], upload_without_waiting(first[2], kGpu)).to_vector<float>() ==
+        std::vector<float>(B * K, 0.0f));
+  REQUIRE(step.capture(first[0], first[1], first[2], comm).empty());
+  REQUIRE(step.captured());
+  void* loss_storage = nullptr;
+  for (int r = 1; r <= 3; ++r) {
+    INFO("step " << r);
+    const std::vector<Tensor> in = inputs(r);
+    const Tensor loss = step.run(in[0], in[1], in[2], [&] { Tensor(bias).fill_(100.0 * r); });
+    if (r == 1) loss_storage = loss.raw_data();
+    CHECK(loss.raw_data() == loss_storage);  // rewritten in place by every replay
+    CHECK(loss.to_vector<float>() == std::vector<float>(B * K, 111.0f * r * (r + 0.5f)));
+  }
+
+  const std::vector<Tensor> in = inputs(1);
+  const Tensor wide = Tensor::full({B, 3, 2, 3}, 1.0, DType::f32, kGpu);
+  CHECK_THROWS_WITH(step.run(wide, in[1], in[2], [] {}),
+                    Catch::Contains("images f32 (2, 3, 2, 3)") &&
+                        Catch::Contains("the graph was captured for f32 (2, 3, 2, 2)"));
+  CHECK_THROWS_WITH(step.run(in[0], in[1].to(DType::bf16), in[2], [] {}),
+                    Catch::Contains("targets bf16") && Catch::Contains("captured for f32"));
+  CHECK_THROWS_WITH(step.run(in[0], in[1], Tensor::full({2}, 1.0, DType::f32), [] {}),
+                    Catch::Contains("keep scales"));
+  // A second capture would hand the first graph's blocks back while its replays may run.
+  CHECK_THROWS_AS(step.capture(in[0], in[1], in[2], comm), std::logic_error);
+  sync_device();
+}
+
+TEST_CASE("a graph step whose capture fails says why, keeps no graph and clears the tape",
+          "[gpu][step]") {
+  REQUIRE(tape_size() == 0);
+  const Tensor weight = Tensor::zeros({2, 12}, DType::f32, kGpu).set_requires_grad(true);
+  train::GraphStep step(kGpu, [&](const Tensor& images, const Tensor&, const Tensor&) {
+    const Tensor y = ops::add(images.view({2, 12}), weight);  // recorded on the tape
+    (void)y.to_vector<float>();  // a host wait, which a capture refuses
+    return y;
+  });
+  SingleProcessCommunicator comm(kGpu, 0);
+  const Tensor images = Tensor::zeros({2, 3, 2, 2}, DType::f32, kGpu);
+  const Tensor targets = Tensor::zeros({2, 12}, DType::f32, kGpu);
+  const Tensor keep_scales = Tensor::full({1}, 1.0, DType::f32);
+  const std::string failure = step.capture(images, targets, keep_scales, comm);
+  // This rank's own error, not the one for a failure elsewhere.
+  CHECK_FALSE(failure.empty());
+  CHECK(failure != "on another rank");
+  CHECK_FALSE(step.captured());
+  CHECK(tape_size() == 0);
+  CHECK_THROWS_WITH(step.run(images, targets, keep_scales, [] {}),
+                    Catch::Contains("before a successful capture"));
+  CHECK(cudaPeekAtLastError() == cudaSuccess);
+  CHECK_THROWS_AS(train::GraphStep(Device::cpu(), nullptr), std::invalid_argument);
+}
