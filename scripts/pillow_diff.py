@@ -4,11 +4,10 @@
 The DeiT III reference reads images with torchvision's ImageFolder, PIL.Image.open(path)
 .convert("RGB"); deit decodes with libjpeg-turbo, its own PNM reader and stb_image, changed where
 stb_image differs from Pillow (data/image_io.cpp). Run over a fuzzer's corpus
-(build-fuzz/corpus/image, scripts/fuzz.sh) it finds the files the two read differently: it found
-GIF screens painted in another colour, TGAs stored right to left read unmirrored, and PSDs cut
-short read as zeros (2026-12-07). Files that both read must give the same pixels; a file only one
-side reads is a difference to look at (deit is the more lenient with corrupt files some Pillow
-checks refuse, such as a PNG's CRCs).
+(build-fuzz/corpus/image, scripts/fuzz.sh) it finds the files the two read differently: its first
+run found TGAs stored right to left, which deit read unmirrored (2026-12-07). Files that both read
+must give the same pixels; a file only one side reads is a difference to look at (deit is the
+more lenient with corrupt files that some of Pillow's checks refuse, such as a PNG's CRCs).
 
 Usage: scripts/pillow_diff.py FOLDER [--deit build/deit] [--examples 4]
 Needs Pillow (10 or later, e.g. python3 -m venv /tmp/pil && /tmp/pil/bin/pip install pillow);
