@@ -55,7 +55,7 @@ void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& na
   if (info_size < 40) return;  // old OS/2 headers: rare, left to stb
   const long long width = static_cast<int32_t>(read_le32(bytes + 18));
   const long long height = static_cast<int32_t>(read_le32(bytes + 22));
-  const uint32_t bits_per_pixel = bytes[28] | bytes[29] << 8;
+  const uint32_t bits_per_pixel = read_le16(bytes + 28);
   const uint32_t compression = read_le32(bytes + 30);
   // stb_image reads the compression as a signed number and decodes a negative one as none, from
   // pixels past the end of the file if need be; Pillow refuses it.
@@ -119,9 +119,9 @@ PnmHeader read_pnm_header(const uint8_t* bytes, size_t size, const std::string& 
 void check_tga_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   constexpr size_t kHeaderBytes = 18;
   if (size < kHeaderBytes) fail_file(name, "truncated TGA header");
-  auto le16 = [&](size_t at) { return uint64_t{bytes[at]} | uint64_t{bytes[at + 1]} << 8; };
-  const uint64_t map_bytes = bytes[1] ? le16(5) * ((bytes[7] + 7u) / 8) : 0;
-  const uint64_t pixel_bytes = (bytes[16] + 7u) / 8, pixels = le16(12) * le16(14);
+  const uint64_t map_bytes = bytes[1] ? read_le16(bytes + 5) * ((bytes[7] + 7u) / 8) : 0;
+  const uint64_t pixel_bytes = (bytes[16] + 7u) / 8;
+  const uint64_t pixels = uint64_t{read_le16(bytes + 12)} * read_le16(bytes + 14);
   uint64_t at = kHeaderBytes + bytes[0] + map_bytes;
   if (bytes[2] < 8) {
     const uint64_t needed = at + pixels * pixel_bytes;
@@ -193,8 +193,57 @@ size_t past_gif_sub_blocks(const uint8_t* bytes, size_t size, size_t i) {
 
 constexpr size_t kGifScreenDescriptorEnd = 13;  // "GIF89a", then 7 bytes
 
-// stb_image decodes a GIF cut inside its first frame as if the rest were there (Pillow says
-// "truncated"). stb reads that frame alone, so the blocks are walked to its last data sub-block.
+// The pixels a GIF image's LZW codes make, counted as stb_image decodes them: from the code size
+// byte at `i`, through the data sub-blocks that follow it (whole, as check_gif_complete found
+// them), to the end code or the last sub-block; the count stops once it reaches `wanted`. Only the
+// length of each code's string is kept: a code's is its prefix's plus one. Where stb_image would
+// refuse the codes, `wanted` is returned and stb's own error is left to be reported.
+uint64_t gif_pixels_coded(const uint8_t* bytes, size_t i, uint64_t wanted) {
+  const uint32_t min_code_size = bytes[i++];
+  if (min_code_size > 12) return wanted;
+  const uint32_t clear = 1u << min_code_size, end = clear + 1;
+  constexpr uint32_t kMaxCodes = 8192;  // as many as stb_image makes
+  std::vector<uint16_t> length(kMaxCodes, 1);
+  uint32_t code_size = min_code_size + 1, next = clear + 2, bits = 0, valid_bits = 0;
+  uint32_t block_left = 0;
+  int64_t previous = -1;
+  uint64_t made = 0;
+  while (made < wanted) {
+    if (valid_bits < code_size) {
+      if (block_left == 0) {
+        block_left = bytes[i++];
+        if (block_left == 0) break;  // the terminator: stb keeps what was made
+      }
+      --block_left;
+      bits |= uint32_t{bytes[i++]} << valid_bits;
+      valid_bits += 8;
+      continue;
+    }
+    const uint32_t code = bits & ((1u << code_size) - 1);
+    bits >>= code_size;
+    valid_bits -= code_size;
+    if (code == clear) {
+      code_size = min_code_size + 1;
+      next = clear + 2;
+      previous = -1;
+      continue;
+    }
+    if (code == end) break;
+    if (code > next || (previous < 0 && code == next)) return wanted;  // stb: "illegal code"
+    if (previous >= 0) {
+      if (next == kMaxCodes) return wanted;  // stb: "too many codes"
+      length[next++] = static_cast<uint16_t>(length[previous] + 1);
+    }
+    made += length[code];
+    if ((next & ((1u << code_size) - 1)) == 0 && next <= 0xFFF) ++code_size;
+    previous = code;
+  }
+  return std::min(made, wanted);
+}
+
+// stb_image decodes a GIF cut inside its first frame as if the rest were there, and fills the
+// pixels its codes leave out with the background (Pillow says "truncated" for both). stb reads that
+// frame alone, so the blocks are walked to its last data sub-block, and its codes are counted.
 void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   size_t i = size >= kGifScreenDescriptorEnd
                  ? kGifScreenDescriptorEnd + gif_colour_table_bytes(bytes[10])
@@ -203,10 +252,19 @@ void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& na
     if (bytes[i] == 0x21) {  // an extension: its label, then sub-blocks
       i = past_gif_sub_blocks(bytes, size, i + 2);
     } else if (bytes[i] == 0x2C) {  // the first image: a 10-byte descriptor, LZW code size, data
-      if (i + 10 <= size &&
-          past_gif_sub_blocks(bytes, size, i + 11 + gif_colour_table_bytes(bytes[i + 9])) != 0)
-        return;
-      break;
+      if (i + 10 > size) break;
+      const size_t code_size_at = i + 10 + gif_colour_table_bytes(bytes[i + 9]);
+      if (past_gif_sub_blocks(bytes, size, code_size_at + 1) == 0) break;
+      const uint16_t width = read_le16(bytes + i + 5), height = read_le16(bytes + i + 7);
+      // stb_image paints an empty image's whole screen; Pillow refuses it.
+      if (width == 0 || height == 0)
+        fail_file(name, "GIF's first image is empty (" + std::to_string(width) + " x " +
+                            std::to_string(height) + " pixels)");
+      const uint64_t pixels = uint64_t{width} * height;
+      const uint64_t coded = gif_pixels_coded(bytes, code_size_at, pixels);
+      if (coded == pixels) return;
+      fail_file(name, "truncated GIF (the codes of its first image make " + std::to_string(coded) +
+                          " of its " + std::to_string(pixels) + " pixels)");
     } else {
       return;  // the trailer, or a block stb refuses itself
     }
@@ -254,9 +312,8 @@ std::vector<uint8_t> gif_without_transparency(const uint8_t* bytes, size_t size,
 void paint_around_first_gif_image(const uint8_t* bytes, size_t size, const GifFirstImage& first,
                                   ImageU8& image) {
   const size_t d = first.descriptor;
-  auto le16 = [&](size_t at) { return int64_t{bytes[at]} | int64_t{bytes[at + 1]} << 8; };
-  const int64_t left = le16(d + 1), top = le16(d + 3);
-  const int64_t right = left + le16(d + 5), bottom = top + le16(d + 7);
+  const int64_t left = read_le16(bytes + d + 1), top = read_le16(bytes + d + 3);
+  const int64_t right = left + read_le16(bytes + d + 5), bottom = top + read_le16(bytes + d + 7);
   if (left == 0 && top == 0 && right >= image.width && bottom >= image.height) return;
   const bool own_table = bytes[d + 9] & 0x80;
   const size_t table = own_table ? d + 10 : kGifScreenDescriptorEnd;

@@ -703,6 +703,99 @@ TEST_CASE("a GIF cut inside its first image is refused", "[data]") {
   }
 }
 
+TEST_CASE("a GIF whose codes end before its first image is full is refused, as Pillow does",
+          "[data]") {
+  // A W x 1 image of index 0 (red), LZW code size 2: a clear code, 0, then codes 6 to 16, each the
+  // one before it and one more 0, so 1 + 2 + ... + 12 = 78 pixels, and the end code. Codes widen
+  // from 3 bits to 4 once the table reaches 8 entries, and to 5 at 16. Pillow 13 reads W = 78 and
+  // 77 and calls W = 79 truncated; stb_image painted the 79th pixel in the background colour.
+  using Bytes = std::vector<uint8_t>;
+  const std::vector<std::pair<uint32_t, int>> codes_and_bits = {
+      {4, 3},  {0, 3},  {6, 3},  {7, 3},  {8, 4},  {9, 4},  {10, 4},
+      {11, 4}, {12, 4}, {13, 4}, {14, 4}, {15, 4}, {16, 5}, {5, 5}};
+  auto packed = [&](size_t codes) {
+    Bytes data;
+    uint32_t bits = 0;
+    int count = 0;
+    for (size_t i = 0; i < codes; ++i) {
+      const auto [code, width] = codes_and_bits[i];
+      bits |= code << count;
+      for (count += width; count >= 8; count -= 8, bits >>= 8) data.push_back(bits & 0xFF);
+    }
+    if (count > 0) data.push_back(bits & 0xFF);
+    return data;
+  };
+  // A screen of W x 1 and an image of W x H at (0, 0), the data in one sub-block.
+  auto gif = [](uint16_t width, const Bytes& data, uint16_t height = 1) {
+    Bytes bytes = {'G',
+                   'I',
+                   'F',
+                   '8',
+                   '9',
+                   'a',
+                   0,
+                   0,
+                   1,
+                   0,
+                   0x81,
+                   0,
+                   0,
+                   255,
+                   0,
+                   0,
+                   0,
+                   255,
+                   0,
+                   0,
+                   0,
+                   255,
+                   255,
+                   255,
+                   255,
+                   0x2C,
+                   0,
+                   0,
+                   0,
+                   0,
+                   0,
+                   0,
+                   0,
+                   0,
+                   0,
+                   2,
+                   static_cast<uint8_t>(data.size())};
+    bytes[6] = bytes[30] = width & 0xFF;
+    bytes[7] = bytes[31] = width >> 8;
+    bytes[32] = height;
+    for (const uint8_t byte : data) bytes.push_back(byte);
+    bytes.push_back(0);
+    bytes.push_back(0x3B);
+    return bytes;
+  };
+  TempDir dir;
+  const std::string path = dir.file("runs.gif");
+  const Bytes data = packed(codes_and_bits.size());
+  for (const uint16_t width : {77, 78}) {
+    write_bytes(path, gif(width, data));
+    const ImageU8 image = decode_image_file(path);
+    REQUIRE(image.width == width);
+    for (int64_t x = 0; x < width; ++x) CHECK(image.at(0, x)[0] == 255);
+  }
+  write_bytes(path, gif(79, data));
+  CHECK_THROWS_WITH(decode_image_file(path),
+                    Contains("truncated GIF (the codes of its first image make 78 of its 79"));
+  // Codes 6 to 15 and no end code: the data stops at the sub-blocks' terminator after 66 pixels
+  // (its last 4 bits, too few for a code, are not read). Pillow reads W = 66, not 67.
+  write_bytes(path, gif(66, packed(codes_and_bits.size() - 2)));
+  CHECK(decode_image_file(path).width == 66);
+  write_bytes(path, gif(67, packed(codes_and_bits.size() - 2)));
+  CHECK_THROWS_WITH(decode_image_file(path), Contains("make 66 of its 67"));
+  // An image of no pixels, on which stb_image painted the whole screen.
+  write_bytes(path, gif(79, data, 0));
+  CHECK_THROWS_WITH(decode_image_file(path),
+                    Contains("GIF's first image is empty (79 x 0 pixels)"));
+}
+
 TEST_CASE("a GIF's transparent pixels take their palette colour, as Pillow gives them", "[data]") {
   TempDir dir;
   // 2 x 1: a red and a blue palette entry, a graphic control extension making entry 0 (red)
