@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "engine/communicator.h"
+#include "engine/cuda_graph.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "engine/stream.h"
@@ -200,6 +201,85 @@ TEST_CASE("nccl: a wait for the device covers the compute stream's work and not 
   DEIT_CUDA_CHECK(
       cudaMemcpy(bytes.data(), values.raw_data(), bytes.size(), cudaMemcpyDeviceToHost));
   CHECK(std::count(bytes.begin(), bytes.end(), 0x3f) == static_cast<std::ptrdiff_t>(bytes.size()));
+  sync_device();
+}
+
+TEST_CASE("nccl: a barrier returns once the compute stream's work queued before it is done",
+          "[gpu][nccl]") {
+  // With NCCL a barrier is a one-element all-reduce; it must also wait for this rank's queued work
+  // (engine/communicator.h), as a wait for the device does: queuing the collective alone would
+  // return at once. The synchronous copy reads the values only because the host waited, as in the
+  // case above.
+  std::unique_ptr<Communicator> comm = one_rank_nccl();
+  const Tensor values = Tensor::zeros({4096}, DType::f32, kGpu);
+  sync_device();
+  DEIT_CUDA_CHECK(cudaMemsetAsync(values.raw_data(), 0x3f, values.nbytes(), compute_stream(0)));
+  std::atomic<bool> ran{false};
+  const auto mark = [](void* flag) { static_cast<std::atomic<bool>*>(flag)->store(true); };
+  DEIT_CUDA_CHECK(cudaLaunchHostFunc(compute_stream(0), mark, &ran));
+  comm->barrier();
+  CHECK(ran.load());
+  std::vector<unsigned char> bytes(values.nbytes());
+  DEIT_CUDA_CHECK(
+      cudaMemcpy(bytes.data(), values.raw_data(), bytes.size(), cudaMemcpyDeviceToHost));
+  CHECK(std::count(bytes.begin(), bytes.end(), 0x3f) == static_cast<std::ptrdiff_t>(bytes.size()));
+  sync_device();
+}
+
+TEST_CASE("nccl: buckets captured into a CUDA graph leave no timing, captured or replayed",
+          "[gpu][nccl]") {
+  // An event recorded while the compute stream is captured is not recorded: it only orders the
+  // captured work, and the replays do not record it either. last_bucket_timing() must then say
+  // nullopt (engine/communicator.h), not wait on such events or read their times.
+  auto comm = one_rank_nccl();
+  Rng rng(63);
+  const std::vector<Tensor> grads = random_sources(rng, {1000, 3, 4097});
+  const Tensor scratch = Tensor::empty({2000}, DType::f32, kGpu);
+  const auto buckets = [&] {
+    comm->start_bucket_mean({grads[0], grads[1]}, scratch);
+    comm->start_bucket_mean({grads[2]}, scratch);
+    comm->finish_buckets();
+  };
+  buckets();  // eager: timed
+  const std::optional<BucketTiming> eager = comm->last_bucket_timing();
+  REQUIRE(eager);
+  CHECK(eager->buckets == 2);
+  CudaGraph graph;
+  graph.capture(0, buckets);
+  REQUIRE(graph.captured());
+  CHECK_FALSE(comm->last_bucket_timing());
+  graph.launch();
+  sync_device();
+  CHECK_FALSE(comm->last_bucket_timing());
+  // An eager step after the replays is timed again.
+  buckets();
+  const std::optional<BucketTiming> again = comm->last_bucket_timing();
+  REQUIRE(again);
+  CHECK(again->buckets == 2);
+  sync_device();
+}
+
+TEST_CASE("nccl: a bucket timing's busy time adds up every bucket the step joined", "[gpu][nccl]") {
+  // busy_ms sums each bucket's time between its own events. After a tiny first bucket, a long
+  // second one (256 tensors, each packed and unpacked on the communication stream) must add to it:
+  // the sum is more than the tiny bucket's time alone.
+  auto comm = one_rank_nccl();
+  Rng rng(64);
+  const std::vector<Tensor> tiny = random_sources(rng, {3});
+  const std::vector<Tensor> many = random_sources(rng, std::vector<int64_t>(256, 5));
+  const Tensor scratch = Tensor::empty({256 * 5}, DType::f32, kGpu);
+  comm->start_bucket_mean(tiny, scratch);
+  comm->finish_buckets();
+  const std::optional<BucketTiming> tiny_alone = comm->last_bucket_timing();
+  REQUIRE(tiny_alone);
+  CHECK(tiny_alone->buckets == 1);
+  comm->start_bucket_mean(tiny, scratch);
+  comm->start_bucket_mean(many, scratch);
+  comm->finish_buckets();
+  const std::optional<BucketTiming> both = comm->last_bucket_timing();
+  REQUIRE(both);
+  CHECK(both->buckets == 2);
+  CHECK(both->busy_ms > tiny_alone->busy_ms);
   sync_device();
 }
 
