@@ -409,3 +409,18 @@ TEST_CASE("an op observer sees its thread's ops until a nested one takes over, t
   CHECK(inner.begun == std::vector<std::string>{"layernorm"});
   CHECK(inner.ended == inner.begun);
 }
+
+TEST_CASE("an op observer is not told of another thread's ops", "[autograd]") {
+  const Tensor x = Tensor::zeros({2, 3});
+  RecordingObserver observer;
+  const ObserveOps observe(observer);
+  const OpObserver* other_threads = &observer;
+  std::thread([&] {
+    other_threads = op_observer();
+    ops::gelu(x);
+  }).join();
+  CHECK(other_threads == nullptr);
+  CHECK(observer.begun.empty());
+  ops::layernorm(x, Tensor::full({3}, 1.0), Tensor::zeros({3}), 1e-6);
+  CHECK(observer.begun == std::vector<std::string>{"layernorm"});
+}

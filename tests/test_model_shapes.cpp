@@ -122,6 +122,70 @@ TEST_CASE("configuration errors say what is wrong", "[model]") {
   CHECK_THROWS_WITH(c.validate_for_cuda(), Catch::Contains("dim 16384 is wider"));
 }
 
+TEST_CASE("each bound of a configuration takes its edge and refuses one past it", "[model]") {
+  // Lower bounds: a model of no block or of no class is no model.
+  ViTConfig c = preset("deit3_small");
+  c.depth = 0;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("depth must be at least 1, got 0"));
+  c = preset("deit3_small");
+  c.num_classes = 0;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("num-classes must be at least 1, got 0"));
+  // One patch as large as the image: the class token and one patch token.
+  c = preset("deit3_small");
+  c.input_size = c.patch;
+  CHECK_NOTHROW(c.validate());
+  CHECK(c.tokens() == 2);
+  // Upper bounds, at the edge and one past it.
+  c = preset("deit3_small");
+  c.in_channels = 64;
+  CHECK_NOTHROW(c.validate());
+  c.in_channels = 65;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("in_channels must be at most 64, got 65"));
+  c = preset("deit3_small");
+  c.mlp_ratio = 64;
+  CHECK_NOTHROW(c.validate());
+  c.mlp_ratio = 65;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("mlp_ratio must be at most 64, got 65"));
+  c = preset("deit3_small");
+  c.heads = 1;
+  c.dim = 65536;
+  CHECK_NOTHROW(c.validate());
+  c.dim = 65537;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("dim must be at most 65536, got 65537"));
+  c = preset("deit3_small");
+  c.layernorm_eps = HUGE_VAL;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("layernorm_eps must be positive and finite"));
+  // The CUDA LayerNorm kernels take rows up to 8192 wide (64 heads of 128).
+  c = preset("deit3_small");
+  c.dim = 8192;
+  c.heads = 64;
+  CHECK_NOTHROW(c.validate_for_cuda());
+}
+
+TEST_CASE("the limit of 1e15 multiply-adds per image counts the blocks' MACs by hand", "[model]") {
+  // GEMMs: 2 tokens (the class token and one 1-pixel patch) 65536 wide, an MLP 64 times wider:
+  // (4 + 2 x 64) x 2 x 65536^2 + 2 x 2^2 x 65536 = 1,133,871,890,432 MACs a block, so 881 blocks
+  // (9.9894e14) are taken and 882 (1.00008e15) are not.
+  ViTConfig c = preset("deit3_small");
+  c.patch = c.input_size = 1;
+  c.dim = 65536;
+  c.heads = 1;
+  c.mlp_ratio = 64;
+  c.depth = 881;
+  CHECK_NOTHROW(c.validate());
+  c.depth = 882;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("1e15 multiply-adds"));
+  // Attention: one channel over T = 4728^2 + 1 tokens makes 6 T + 2 T^2 = 9.99401e14 MACs; with
+  // 4729^2 + 1 tokens, 1.000247e15.
+  c = preset("deit3_small");
+  c.patch = 1;
+  c.dim = c.heads = c.mlp_ratio = c.depth = 1;
+  c.input_size = 4728;
+  CHECK_NOTHROW(c.validate());
+  c.input_size = 4729;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("1e15 multiply-adds"));
+}
+
 TEST_CASE("parameter table: timm names, decay only on weight matrices", "[model]") {
   const ViTConfig c = preset("deit3_small");
   VisionTransformer vit(c);

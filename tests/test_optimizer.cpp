@@ -575,6 +575,17 @@ TEST_CASE("weight EMA takes any decay from 0 to 1, 1 keeping the start weights",
   }
 }
 
+TEST_CASE("weight EMA of decay 0 holds the weights of the last update", "[optim]") {
+  Toy toy(13, deit::DType::f32);
+  deit::WeightEma last(toy.params, 0.0);
+  for (size_t i = 0; i < toy.params.size(); ++i) Tensor(toy.params.all()[i].value).fill_(0.75);
+  last.update(toy.params);
+  for (size_t i = 0; i < toy.params.size(); ++i) {
+    INFO(toy.params.all()[i].name);
+    CHECK(same_bits(last.state()[i].second, toy.params.all()[i].value));
+  }
+}
+
 TEST_CASE("weight EMA starts as a copy and round-trips its state and checks its registry",
           "[optim]") {
   Toy toy(37, deit::DType::f32);

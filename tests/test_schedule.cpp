@@ -124,6 +124,15 @@ TEST_CASE("cosine schedule without warm-up starts at lr and rejects bad settings
   rejects([](CosineScheduleOptions& b) { b.cycle_limit = 0; }, "cycle_limit");
 }
 
+TEST_CASE("cosine schedule rejects a negative peak or warm-up learning rate", "[schedule]") {
+  CosineScheduleOptions bad = deit3_small_800();
+  bad.lr = -1e-3;
+  CHECK_THROWS_WITH(CosineSchedule(bad), Catch::Contains("learning rates must not be negative"));
+  bad = deit3_small_800();
+  bad.warmup_lr = -1e-6;
+  CHECK_THROWS_WITH(CosineSchedule(bad), Catch::Contains("learning rates must not be negative"));
+}
+
 TEST_CASE("cycles that shrink end by epochs / (1 - cycle_mul), and min_lr follows", "[schedule]") {
   // Cycles of 10, 5, 2.5, ... epochs: all of them have ended by t = 20, where timm's log of the
   // cycle index has no argument.
