@@ -5,6 +5,7 @@
 // file.
 #include <stb_image.h>
 #include <stb_image_write.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cctype>
@@ -147,6 +148,30 @@ uint32_t read_be32(const uint8_t* p) {
 
 uint32_t read_be16(const uint8_t* p) { return static_cast<uint32_t>(p[0]) << 8 | p[1]; }
 
+// Pillow checks the CRC of each chunk of a PNG before its image data as it opens the file (IHDR,
+// PLTE, tRNS, text, any other), and refuses the file where one is wrong ("broken PNG file"); those
+// of the IDAT chunks and after go unchecked. stb_image checks none. A chunk cut short is left to
+// png_ended_where_cut.
+void check_png_header_checksums(const uint8_t* bytes, size_t size, const std::string& name) {
+  constexpr size_t kSignatureBytes = 8;
+  size_t chunk = kSignatureBytes;  // a chunk: length, type, that many bytes of data, a CRC
+  while (chunk + 12 <= size) {
+    const std::string type(reinterpret_cast<const char*>(bytes + chunk + 4), 4);
+    if (type == "IDAT") return;
+    const uint64_t length = read_be32(bytes + chunk);
+    if (chunk + 12 + length > size) return;
+    const uint32_t stored = read_be32(bytes + chunk + 8 + length);
+    if (crc32(0, bytes + chunk + 4, static_cast<uInt>(length + 4)) != stored) {
+      const bool printable = std::all_of(type.begin(), type.end(), [](char c) {
+        return std::isalpha(static_cast<unsigned char>(c));
+      });
+      fail_file(name, "corrupt PNG (" + (printable ? "its " + type + " chunk's" : "a chunk's") +
+                          " checksum is wrong)");
+    }
+    chunk += 12 + length;
+  }
+}
+
 // A PSD that stb_image reads (RGB, 8 or 16 bits): a 26-byte header (the channels at 12, height,
 // width, bits a sample), three sections each after its 4-byte length (colour mode data, image
 // resources, layers), then the merged image: its compression and each channel in turn, of which
@@ -158,6 +183,9 @@ void check_psd_complete(const uint8_t* bytes, size_t size, const std::string& na
   if (size < kHeaderBytes) fail_file(name, "truncated PSD header");
   const uint64_t channels = read_be16(bytes + 12), height = read_be32(bytes + 14),
                  width = read_be32(bytes + 18), sample_bytes = read_be16(bytes + 22) / 8;
+  // stb_image gives the channels an RGB PSD lacks zeros; Pillow refuses it.
+  if (channels < 3)
+    fail_file(name, "corrupt PSD (an RGB image of " + std::to_string(channels) + " channels)");
   uint64_t at = kHeaderBytes;
   for (int section = 0; section < 3; ++section) {
     if (at + 4 > size) fail_truncated(name, "PSD", at + 4, size);
@@ -243,7 +271,9 @@ uint64_t gif_pixels_coded(const uint8_t* bytes, size_t i, uint64_t wanted) {
 
 // stb_image decodes a GIF cut inside its first frame as if the rest were there, and fills the
 // pixels its codes leave out with the background (Pillow says "truncated" for both). stb reads that
-// frame alone, so the blocks are walked to its last data sub-block, and its codes are counted.
+// frame alone, so the blocks are walked to its last data sub-block, and its codes are counted. A
+// GIF with no image is refused here too: stb_image would first allocate its screen (9 bytes a
+// pixel, 2 GiB for a 14-byte header claiming 254 million pixels), then refuse it.
 void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& name) {
   size_t i = size >= kGifScreenDescriptorEnd
                  ? kGifScreenDescriptorEnd + gif_colour_table_bytes(bytes[10])
@@ -260,13 +290,20 @@ void check_gif_complete(const uint8_t* bytes, size_t size, const std::string& na
       if (width == 0 || height == 0)
         fail_file(name, "GIF's first image is empty (" + std::to_string(width) + " x " +
                             std::to_string(height) + " pixels)");
+      // Below 2, which GIF does not allow, stb_image widens its codes where Pillow does not.
+      if (bytes[code_size_at] < 2)
+        fail_file(name, "unsupported GIF (LZW code size " + std::to_string(bytes[code_size_at]) +
+                            "; GIF's least is 2)");
       const uint64_t pixels = uint64_t{width} * height;
       const uint64_t coded = gif_pixels_coded(bytes, code_size_at, pixels);
       if (coded == pixels) return;
       fail_file(name, "truncated GIF (the codes of its first image make " + std::to_string(coded) +
                           " of its " + std::to_string(pixels) + " pixels)");
+    } else if (bytes[i] == 0x3B) {
+      fail_file(name, "GIF without an image (its trailer comes first)");
     } else {
-      return;  // the trailer, or a block stb refuses itself
+      fail_file(name, "corrupt GIF (a block of unknown type " + std::to_string(bytes[i]) +
+                          " comes before its first image)");
     }
   }
   fail_file(name, "truncated GIF (its first image's data ends early)");
@@ -355,7 +392,7 @@ void check_complete(const uint8_t* bytes, size_t size, StbFormat format, const s
     case StbFormat::kTga:
       return check_tga_complete(bytes, size, name);
     case StbFormat::kPng:
-      return;  // png_ended_where_cut
+      return check_png_header_checksums(bytes, size, name);  // the data: png_ended_where_cut
   }
 }
 

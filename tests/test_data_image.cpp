@@ -3,6 +3,7 @@
 // and the ImageFolder scan.
 #include <stb_image_write.h>
 #include <sys/stat.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -385,6 +386,12 @@ TEST_CASE("BMP, PSD and TGA layouts stb_image_write does not make are read whole
   // whole to these pixels and says "image file is truncated" of them cut.
   check_whole_and_cut(dir, "plain.psd", rgb_psd(image, false), image);
   check_whole_and_cut(dir, "packbits.psd", rgb_psd(image, true), image);
+  // An RGB PSD of 2 channels: stb_image read blue as zeros; Pillow says "not enough channels".
+  std::vector<uint8_t> two_channels = rgb_psd(image, false);
+  two_channels[13] = 2;
+  const std::string two = dir.file("two_channels.psd");
+  write_bytes(two, two_channels);
+  CHECK_THROWS_WITH(decode_image_file(two), Contains(two + ": corrupt PSD (an RGB image of 2"));
   // A compression past INT32_MAX, which stb_image takes for none (found by scripts/fuzz.sh, in a
   // file of 87 bytes that decoded as 32768 x 1837 pixels of zeros), is refused as Pillow refuses
   // it.
@@ -463,6 +470,44 @@ TEST_CASE("a PNG cut after its image data decodes as Pillow decodes it", "[data]
   }
   write_bytes(cut, std::vector<uint8_t>(png.begin(), png.begin() + iend / 2));
   CHECK_THROWS_WITH(decode_image_file(cut), Contains(cut + ": truncated PNG"));
+}
+
+TEST_CASE("a PNG whose chunk before its image data has a wrong checksum is refused, as by Pillow",
+          "[data]") {
+  // Pillow 13 refuses the file ("broken PNG file") for a wrong CRC in any chunk before the IDAT
+  // data, and reads it with one wrong in IDAT or IEND; stb_image checks none.
+  using Bytes = std::vector<uint8_t>;
+  TempDir dir;
+  const ImageU8 image = noise_image(5, 3);
+  const std::string path = dir.file("image.png");
+  write_with_stb(path, image);
+  const Bytes png = read_bytes(path);
+  constexpr size_t kIdat = 8 + 12 + 13;  // after the signature and IHDR's 13 bytes
+  REQUIRE(std::string(png.begin() + kIdat + 4, png.begin() + kIdat + 8) == "IDAT");
+  const size_t idat_bytes = png.size() - kIdat - 12 - 12, iend = png.size() - 12;
+  // A copy with a bit of the CRC of the chunk at `chunk`, of `length` bytes of data, flipped.
+  auto with_crc_bit_flipped = [](Bytes bytes, size_t chunk, size_t length) {
+    bytes[chunk + 8 + length] ^= 1;
+    return bytes;
+  };
+  write_bytes(path, with_crc_bit_flipped(png, 8, 13));
+  CHECK_THROWS_WITH(decode_image_file(path),
+                    Contains(path + ": corrupt PNG (its IHDR chunk's checksum is wrong)"));
+  write_bytes(path, with_crc_bit_flipped(png, kIdat, idat_bytes));
+  CHECK(decode_image_file(path).pixels == image.pixels);
+  write_bytes(path, with_crc_bit_flipped(png, iend, 0));
+  CHECK(decode_image_file(path).pixels == image.pixels);
+  // A text chunk before the IDAT: read with its CRC, refused with a wrong one.
+  Bytes text = {0, 0, 0, 3, 't', 'E', 'X', 't', 'k', 0, 'v'};
+  const uint32_t crc = crc32(0, text.data() + 4, 7);
+  for (const int shift : {24, 16, 8, 0}) text.push_back(static_cast<uint8_t>(crc >> shift));
+  Bytes with_text(png.begin(), png.begin() + kIdat);
+  with_text.insert(with_text.end(), text.begin(), text.end());
+  with_text.insert(with_text.end(), png.begin() + kIdat, png.end());
+  write_bytes(path, with_text);
+  CHECK(decode_image_file(path).pixels == image.pixels);
+  write_bytes(path, with_crc_bit_flipped(with_text, kIdat, 3));
+  CHECK_THROWS_WITH(decode_image_file(path), Contains("its tEXt chunk's checksum is wrong"));
 }
 
 TEST_CASE("bad image files throw a DataError naming the file and the problem", "[data]") {
@@ -794,6 +839,34 @@ TEST_CASE("a GIF whose codes end before its first image is full is refused, as P
   write_bytes(path, gif(79, data, 0));
   CHECK_THROWS_WITH(decode_image_file(path),
                     Contains("GIF's first image is empty (79 x 0 pixels)"));
+  // LZW code size 1, below GIF's least: stb_image and Pillow widen its codes at different places,
+  // so they decode the same bytes to different pixels.
+  Bytes code_size_1 = gif(78, data);
+  code_size_1[35] = 1;
+  write_bytes(path, code_size_1);
+  CHECK_THROWS_WITH(decode_image_file(path),
+                    Contains("unsupported GIF (LZW code size 1; GIF's least is 2)"));
+}
+
+TEST_CASE("a GIF without an image is refused before stb_image allocates its screen", "[data]") {
+  // A 14-byte file the fuzzer made: a screen of 19778 x 12853 pixels, no colour table, then a byte
+  // that starts no block. stb_image allocated 2 GiB for the screen before it refused the file.
+  using Bytes = std::vector<uint8_t>;
+  TempDir dir;
+  const std::string path = dir.file("empty.gif");
+  const Bytes screen = {'G', 'I', 'F', '8', '7', 'a', 'B', 'M', '5', '2', '5', 0, 'P'};
+  Bytes unknown_block = screen;
+  unknown_block.push_back('<');
+  write_bytes(path, unknown_block);
+  CHECK_THROWS_WITH(decode_image_file(path),
+                    Contains(path + ": corrupt GIF (a block of unknown type 60 comes before"));
+  // A comment extension, then the trailer.
+  Bytes trailer_first = screen;
+  const Bytes comment_then_trailer = {0x21, 0xFE, 1, 'c', 0, 0x3B};
+  trailer_first.insert(trailer_first.end(), comment_then_trailer.begin(),
+                       comment_then_trailer.end());
+  write_bytes(path, trailer_first);
+  CHECK_THROWS_WITH(decode_image_file(path), Contains("GIF without an image (its trailer comes"));
 }
 
 TEST_CASE("a GIF's transparent pixels take their palette colour, as Pillow gives them", "[data]") {
