@@ -129,11 +129,17 @@ void check_tga_complete(const uint8_t* bytes, size_t size, const std::string& na
     if (needed > size) fail_truncated(name, "TGA", needed, size);
     return;
   }
+  const uint64_t width = read_le16(bytes + 12);
   uint64_t done = 0;
   while (done < pixels && at < size) {
     const uint8_t packet = bytes[at++];
+    const bool run = packet & 0x80;
     const uint64_t count = (packet & 0x7f) + 1u;
-    at += (packet & 0x80 ? 1 : count) * pixel_bytes;
+    // stb_image lets a run go on into the next row, or past the image; Pillow refuses it ("buffer
+    // overrun"), and lets only raw packets cross a row's end.
+    if (run && done % width + count > width)
+      fail_file(name, "corrupt TGA (a run-length packet runs past the end of a row)");
+    at += (run ? 1 : count) * pixel_bytes;
     done += count;
   }
   if (done < pixels || at > size)

@@ -435,6 +435,25 @@ TEST_CASE("BMP, PSD and TGA layouts stb_image_write does not make are read whole
   const std::string runs = dir.file("runs.tga");
   write_with_stb(runs, halves);
   check_whole_and_cut(dir, "runs.tga", read_bytes(runs), halves);
+
+  // 3 x 2, top row first, run-length coded: a raw packet may cross a row's end, a run may not
+  // (Pillow 13: "buffer overrun"; stb_image went on into the next row).
+  using Bytes = std::vector<uint8_t>;
+  const Bytes header = {0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 2, 0, 24, 0x20};
+  const Bytes raw_across = {0x03, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x81, 13, 14, 15};
+  const Bytes run_across = {0x00, 1, 2, 3, 0x83, 4, 5, 6, 0x00, 7, 8, 9};
+  Bytes tga_bytes = header;
+  tga_bytes.insert(tga_bytes.end(), raw_across.begin(), raw_across.end());
+  check_whole_and_cut(
+      dir, "raw_across.tga", tga_bytes,
+      ImageU8{2, 3, {3, 2, 1, 6, 5, 4, 9, 8, 7, 12, 11, 10, 15, 14, 13, 15, 14, 13}});
+  tga_bytes = header;
+  tga_bytes.insert(tga_bytes.end(), run_across.begin(), run_across.end());
+  const std::string across = dir.file("run_across.tga");
+  write_bytes(across, tga_bytes);
+  CHECK_THROWS_WITH(
+      decode_image_file(across),
+      Contains(across + ": corrupt TGA (a run-length packet runs past the end of a row)"));
 }
 
 TEST_CASE("a GIF whose image has a colour table of its own is read whole", "[data]") {
