@@ -180,50 +180,39 @@ TEST_CASE("nccl: a wait that found the device busy leaves no error for the next 
   CHECK(ops::gelu(zero).to_vector<float>() == std::vector<float>(16, 0.0f));  // launch + check
 }
 
-TEST_CASE("nccl: a wait for the device covers the compute stream's work and not only collectives",
-          "[gpu][nccl]") {
-  // The step reads its values back after this one wait (train/step_readback.cpp), so the wait must
-  // cover the compute stream's kernels, not only the collectives on the communication stream. A
-  // synchronous copy runs on the legacy stream, which does not wait for the (non-blocking)
+TEST_CASE(
+    "nccl: a wait for the device and a barrier cover the compute stream's work, not only "
+    "collectives",
+    "[gpu][nccl]") {
+  // The step reads its values back after one wait for the device (train/step_readback.cpp), so
+  // the wait must cover the compute stream's kernels, not only the collectives on the
+  // communication stream. With NCCL a barrier is a one-element all-reduce; it too must wait for
+  // this rank's queued work (engine/communicator.h): queuing the collective alone would return at
+  // once. A synchronous copy runs on the legacy stream, which does not wait for the (non-blocking)
   // compute stream: it reads the values only because the host waited. The emulated device fails
   // a copy that is not ordered after the work that wrote what it reads (stream_order.h),
   // whichever streams run early.
   std::unique_ptr<Communicator> comm = one_rank_nccl();
-  const Tensor values = Tensor::zeros({4096}, DType::f32, kGpu);
-  sync_device();
-  DEIT_CUDA_CHECK(cudaMemsetAsync(values.raw_data(), 0x3f, values.nbytes(), compute_stream(0)));
-  std::atomic<bool> ran{false};
-  const auto mark = [](void* flag) { static_cast<std::atomic<bool>*>(flag)->store(true); };
-  DEIT_CUDA_CHECK(cudaLaunchHostFunc(compute_stream(0), mark, &ran));
-  comm->wait_for_device();
-  CHECK(ran.load());
-  std::vector<unsigned char> bytes(values.nbytes());
-  DEIT_CUDA_CHECK(
-      cudaMemcpy(bytes.data(), values.raw_data(), bytes.size(), cudaMemcpyDeviceToHost));
-  CHECK(std::count(bytes.begin(), bytes.end(), 0x3f) == static_cast<std::ptrdiff_t>(bytes.size()));
-  sync_device();
-}
-
-TEST_CASE("nccl: a barrier returns once the compute stream's work queued before it is done",
-          "[gpu][nccl]") {
-  // With NCCL a barrier is a one-element all-reduce; it must also wait for this rank's queued work
-  // (engine/communicator.h), as a wait for the device does: queuing the collective alone would
-  // return at once. The synchronous copy reads the values only because the host waited, as in the
-  // case above.
-  std::unique_ptr<Communicator> comm = one_rank_nccl();
-  const Tensor values = Tensor::zeros({4096}, DType::f32, kGpu);
-  sync_device();
-  DEIT_CUDA_CHECK(cudaMemsetAsync(values.raw_data(), 0x3f, values.nbytes(), compute_stream(0)));
-  std::atomic<bool> ran{false};
-  const auto mark = [](void* flag) { static_cast<std::atomic<bool>*>(flag)->store(true); };
-  DEIT_CUDA_CHECK(cudaLaunchHostFunc(compute_stream(0), mark, &ran));
-  comm->barrier();
-  CHECK(ran.load());
-  std::vector<unsigned char> bytes(values.nbytes());
-  DEIT_CUDA_CHECK(
-      cudaMemcpy(bytes.data(), values.raw_data(), bytes.size(), cudaMemcpyDeviceToHost));
-  CHECK(std::count(bytes.begin(), bytes.end(), 0x3f) == static_cast<std::ptrdiff_t>(bytes.size()));
-  sync_device();
+  for (const bool barrier : {false, true}) {
+    INFO((barrier ? "barrier" : "wait_for_device"));
+    const Tensor values = Tensor::zeros({4096}, DType::f32, kGpu);
+    sync_device();
+    DEIT_CUDA_CHECK(cudaMemsetAsync(values.raw_data(), 0x3f, values.nbytes(), compute_stream(0)));
+    std::atomic<bool> ran{false};
+    const auto mark = [](void* flag) { static_cast<std::atomic<bool>*>(flag)->store(true); };
+    DEIT_CUDA_CHECK(cudaLaunchHostFunc(compute_stream(0), mark, &ran));
+    if (barrier)
+      comm->barrier();
+    else
+      comm->wait_for_device();
+    CHECK(ran.load());
+    std::vector<unsigned char> bytes(values.nbytes());
+    DEIT_CUDA_CHECK(
+        cudaMemcpy(bytes.data(), values.raw_data(), bytes.size(), cudaMemcpyDeviceToHost));
+    CHECK(std::count(bytes.begin(), bytes.end(), 0x3f) ==
+          static_cast<std::ptrdiff_t>(bytes.size()));
+    sync_device();
+  }
 }
 
 TEST_CASE("nccl: buckets captured into a CUDA graph leave no timing, captured or replayed",
