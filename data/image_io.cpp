@@ -80,8 +80,10 @@ void refuse_too_large(const std::string& name, int64_t width, int64_t height) {
 }
 
 // A binary PNM (P5 gray, P6 RGB): the magic, then width, height and the largest sample value in
-// decimal, each after whitespace and '#' comment lines, then one whitespace byte and the samples
-// (2 bytes each, big-endian, above 255).
+// decimal, then the samples (2 bytes each, big-endian, above 255). The header is read as Pillow's
+// tokenizer reads it, which follows netpbm: whitespace separates the tokens and one whitespace
+// byte ends the last; a '#' starts a comment that runs to the end of its line anywhere, inside a
+// token too (whose line end the token then goes on after); a token holds at most 10 characters.
 struct PnmHeader {
   uint64_t width = 0, height = 0, max_value = 0;
   uint64_t channels = 0;      // 1 (P5) or 3 (P6)
@@ -89,26 +91,46 @@ struct PnmHeader {
   uint64_t sample_bytes = 0;  // 1, or 2 above 255
 };
 
-// Throws DataError naming the file for a header it cannot read.
-PnmHeader read_pnm_header(const uint8_t* bytes, size_t size, const std::string& name) {
-  size_t i = 2;
-  uint64_t fields[3] = {};  // width, height, largest value
-  for (uint64_t& field : fields) {
-    for (;;) {
-      while (i < size && std::isspace(bytes[i])) ++i;
-      if (i >= size || bytes[i] != '#') break;
-      while (i < size && bytes[i] != '\n' && bytes[i] != '\r') ++i;
+// PNM's whitespace, as Pillow's: space, tab, LF, VT, FF, CR.
+bool is_pnm_space(uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+// The header's next number, from `i`, which it leaves past the whitespace that ends the number.
+// Throws DataError naming the file for a token that is not one (Pillow: "Token too long", or
+// int()'s "invalid literal").
+uint64_t read_pnm_number(const uint8_t* bytes, size_t size, size_t& i, const std::string& name) {
+  constexpr size_t kMaxTokenLength = 10;
+  std::string token;
+  while (token.size() <= kMaxTokenLength && i < size) {
+    const uint8_t c = bytes[i++];
+    if (is_pnm_space(c)) {
+      if (token.empty()) continue;
+      break;
     }
-    if (i >= size || !std::isdigit(bytes[i])) fail_file(name, "corrupt PNM header");
-    for (; i < size && std::isdigit(bytes[i]) && field < (uint64_t{1} << 32); ++i)
-      field = field * 10 + (bytes[i] - '0');
+    if (c == '#') {
+      while (i < size && bytes[i] != '\n' && bytes[i] != '\r') ++i;
+      ++i;  // the line end, which does not end the token
+      continue;
+    }
+    token.push_back(static_cast<char>(c));
   }
+  if (token.empty()) fail_file(name, "truncated PNM header");
+  if (token.size() > kMaxTokenLength)
+    fail_file(name, "corrupt PNM header (a token longer than 10 characters)");
+  if (!std::all_of(token.begin(), token.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    fail_file(name, "corrupt PNM header (a token that is not a number)");
+  return std::stoull(token);
+}
+
+PnmHeader read_pnm_header(const uint8_t* bytes, size_t size, const std::string& name) {
+  // Pillow reads the magic up to the whitespace after it: "P6#..." is no magic it knows.
+  if (size < 3 || !is_pnm_space(bytes[2])) fail_file(name, "corrupt PNM header");
+  size_t i = 3;
   PnmHeader header;
-  header.width = fields[0];
-  header.height = fields[1];
-  header.max_value = fields[2];
+  header.width = read_pnm_number(bytes, size, i, name);
+  header.height = read_pnm_number(bytes, size, i, name);
+  header.max_value = read_pnm_number(bytes, size, i, name);
   header.channels = bytes[1] == '6' ? 3 : 1;
-  header.pixel_offset = i + 1;
+  header.pixel_offset = i;
   header.sample_bytes = header.max_value > 255 ? 2 : 1;
   return header;
 }

@@ -330,6 +330,20 @@ TEST_CASE("a binary PNM's dimensions are checked as the header writes them", "[d
   CHECK_THROWS_WITH(decode_image_file(pnm("P5 x 4 255\n")), Contains("corrupt PNM header"));
   const ImageU8 two_by_two = decode_image_file(pnm("P6 2 2 255\n"));
   CHECK((two_by_two.width == 2 && two_by_two.height == 2));
+  // Tokens as Pillow 13 reads them (netpbm's rules): a comment inside a token, whose line end
+  // does not end it (width 12); a comment and a CR LF between tokens; 10 characters at most.
+  const ImageU8 twelve = decode_image_file(pnm("P5 1#c\n2 1 255\n"));
+  CHECK((twelve.width == 12 && twelve.height == 1));
+  const ImageU8 spaced = decode_image_file(pnm("P5\r\n# made by hand\n3\t4\v255\r"));
+  CHECK((spaced.width == 3 && spaced.height == 4));
+  CHECK(decode_image_file(pnm("P5 0000000002 1 255\n")).width == 2);
+  CHECK_THROWS_WITH(decode_image_file(pnm("P5 00000000002 1 255\n")),
+                    Contains("corrupt PNM header (a token longer than 10 characters)"));
+  // Bytes after a number up to the whitespace are part of its token (Pillow: "invalid literal"),
+  // and a magic ends at whitespace.
+  CHECK_THROWS_WITH(decode_image_file(pnm("P5 257,1 4 255\n")),
+                    Contains("corrupt PNM header (a token that is not a number)"));
+  CHECK_THROWS_WITH(decode_image_file(pnm("P5#c\n2 1 255\n")), Contains("corrupt PNM header"));
 }
 
 TEST_CASE("files of formats Pillow does not open are refused", "[data]") {
