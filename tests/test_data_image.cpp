@@ -400,6 +400,20 @@ TEST_CASE("BMP, PSD and TGA layouts stb_image_write does not make are read whole
   // whole to these pixels and says "image file is truncated" of them cut.
   check_whole_and_cut(dir, "plain.psd", rgb_psd(image, false), image);
   check_whole_and_cut(dir, "packbits.psd", rgb_psd(image, true), image);
+  // 4 bytes of colour mode data move the pixels 4 bytes on (Pillow 13 reads the file whole and
+  // says "image file is truncated" of it cut).
+  std::vector<uint8_t> mode_data = rgb_psd(image, false);
+  mode_data[29] = 4;
+  mode_data.insert(mode_data.begin() + 30, {1, 2, 3, 4});
+  check_whole_and_cut(dir, "mode_data.psd", mode_data, image);
+  // 5 channels, plain: stb_image reads the first 4, Pillow 13 the first 3; cut in its fifth, both
+  // read it.
+  std::vector<uint8_t> five_channels = rgb_psd(image, false);
+  five_channels[13] = 5;
+  five_channels.resize(five_channels.size() + 2 * image.height * image.width, 0xFF);
+  const std::string five = dir.file("five_channels.psd");
+  write_bytes(five, std::vector<uint8_t>(five_channels.begin(), five_channels.end() - 1));
+  CHECK(decode_image_file(five).pixels == image.pixels);
   // An RGB PSD of 2 channels: stb_image read blue as zeros; Pillow says "not enough channels".
   std::vector<uint8_t> two_channels = rgb_psd(image, false);
   two_channels[13] = 2;
@@ -440,6 +454,17 @@ TEST_CASE("BMP, PSD and TGA layouts stb_image_write does not make are read whole
                                        0, 0xFF, 0x10, 0x20, 0x30, 2, 1,    0,    2};
   ImageU8 colours{2, 2, {0x30, 0x20, 0x10, 0xFF, 0, 0, 0, 0, 0xFF, 0x30, 0x20, 0x10}};
   check_whole_and_cut(dir, "mapped.tga", mapped, colours);
+  // 15 bits a pixel, or a colour map entry, take 2 bytes: 2 x 1, cut in its last pixel or index
+  // (Pillow 13 refuses these whole too: "cannot identify image file").
+  const std::vector<uint8_t> rgb15 = {0, 0, 2, 0, 0, 0,  0,    0,    0, 0,   0,
+                                      0, 2, 0, 1, 0, 15, 0x20, 0x1F, 0, 0xE0};
+  const std::vector<uint8_t> mapped15 = {0, 1, 1, 0, 0, 2,    0,    15,   0,    0,    0, 0,
+                                         2, 0, 1, 0, 8, 0x20, 0x1F, 0x00, 0xE0, 0x03, 0};
+  for (const auto& cut15 : {rgb15, mapped15}) {
+    const std::string path15 = dir.file("cut15.tga");
+    write_bytes(path15, cut15);
+    CHECK_THROWS_WITH(decode_image_file(path15), Contains(path15) && Contains("truncated TGA"));
+  }
 
   // Halves of one colour: run packets, each one pixel's bytes for many pixels.
   ImageU8 halves = image;
@@ -495,14 +520,20 @@ TEST_CASE("a PNG cut after its image data decodes as Pillow decodes it", "[data]
   const size_t iend = png.size() - 12;  // stb_image_write's one IDAT chunk ends there
   REQUIRE(std::string(png.begin() + iend + 4, png.begin() + iend + 8) == "IEND");
   const std::string cut = dir.file("cut.png");
-  // No IEND, half of it, half the IDAT's CRC, none of it, the last byte of the zlib checksum.
-  for (const size_t keep : {iend, iend + 6, iend - 2, iend - 4, iend - 5}) {
+  // No IEND, half of it, half the IDAT's CRC, none of it, the last byte of the zlib checksum, all
+  // of it (Pillow 13 reads a PNG of its own zlib's coding cut there).
+  for (const size_t keep : {iend, iend + 6, iend - 2, iend - 4, iend - 5, iend - 8}) {
     INFO(keep);
     write_bytes(cut, std::vector<uint8_t>(png.begin(), png.begin() + keep));
     CHECK(decode_image_file(cut).pixels == image.pixels);
   }
   write_bytes(cut, std::vector<uint8_t>(png.begin(), png.begin() + iend / 2));
   CHECK_THROWS_WITH(decode_image_file(cut), Contains(cut + ": truncated PNG"));
+  // Whole, with a broken zlib header (Pillow 13 refuses it too), it is corrupt, not truncated.
+  std::vector<uint8_t> broken = png;
+  broken[8 + 12 + 13 + 8] = 0;
+  write_bytes(cut, broken);
+  CHECK_THROWS_WITH(decode_image_file(cut), Contains(cut + ": corrupt or truncated (stb_image"));
 }
 
 TEST_CASE("a PNG whose chunk before its image data has a wrong checksum is refused, as by Pillow",
@@ -541,6 +572,10 @@ TEST_CASE("a PNG whose chunk before its image data has a wrong checksum is refus
   CHECK(decode_image_file(path).pixels == image.pixels);
   write_bytes(path, with_crc_bit_flipped(with_text, kIdat, 3));
   CHECK_THROWS_WITH(decode_image_file(path), Contains("its tEXt chunk's checksum is wrong"));
+  // Cut inside that chunk's CRC: truncated, not a wrong checksum (Pillow 13 refuses it too:
+  // "cannot identify image file").
+  write_bytes(path, Bytes(with_text.begin(), with_text.begin() + kIdat + 13));
+  CHECK_THROWS_WITH(decode_image_file(path), Contains(path + ": truncated PNG"));
 }
 
 TEST_CASE("bad image files throw a DataError naming the file and the problem", "[data]") {
@@ -862,6 +897,12 @@ TEST_CASE("a GIF whose codes end before its first image is full is refused, as P
   write_bytes(path, gif(79, data));
   CHECK_THROWS_WITH(decode_image_file(path),
                     Contains("truncated GIF (the codes of its first image make 78 of its 79"));
+  // Codes after the end code (two 0s, in one more byte) are not read: Pillow 13 still calls
+  // W = 79 truncated.
+  Bytes after_end = data;
+  after_end.push_back(0);
+  write_bytes(path, gif(79, after_end));
+  CHECK_THROWS_WITH(decode_image_file(path), Contains("make 78 of its 79"));
   // Codes 6 to 15 and no end code: the data stops at the sub-blocks' terminator after 66 pixels
   // (its last 4 bits, too few for a code, are not read). Pillow reads W = 66, not 67.
   write_bytes(path, gif(66, packed(codes_and_bits.size() - 2)));
@@ -879,6 +920,77 @@ TEST_CASE("a GIF whose codes end before its first image is full is refused, as P
   write_bytes(path, code_size_1);
   CHECK_THROWS_WITH(decode_image_file(path),
                     Contains("unsupported GIF (LZW code size 1; GIF's least is 2)"));
+  // An image 0 pixels wide (Pillow 13: "tile cannot extend outside image").
+  Bytes no_width = gif(79, data);
+  no_width[30] = 0;
+  write_bytes(path, no_width);
+  CHECK_THROWS_WITH(decode_image_file(path), Contains("GIF's first image is empty (0 x 1 pixels)"));
+}
+
+TEST_CASE("a GIF's clear code restarts the LZW table and the code width", "[data]") {
+  // A W x 1 image of index 0 (red), LZW code size 2: clear, 0, 6, 7 (3 bits each; the table
+  // reaches 8 entries: 4-bit codes), clear (4 bits), then 0, 6, 7 (3 bits again), 8 and the end
+  // code (4 bits): 1 + 2 + 3, then 1 + 2 + 3 + 4 = 16 pixels. Pillow 13 reads W = 16 and calls
+  // W = 17 truncated.
+  using Bytes = std::vector<uint8_t>;
+  auto gif = [](uint8_t width) {
+    return Bytes{'G',   'I', 'F', '8', '9', 'a', width, 0,    1,    0,    0x81, 0,    0, 255, 0,
+                 0,     0,   0,   255, 0,   0,   0,     255,  255,  255,  0x2C, 0,    0, 0,   0,
+                 width, 0,   1,   0,   0,   2,   5,     0x84, 0x4F, 0xF0, 0xB1, 0x00, 0, 0x3B};
+  };
+  TempDir dir;
+  const std::string path = dir.file("cleared.gif");
+  write_bytes(path, gif(16));
+  const ImageU8 image = decode_image_file(path);
+  REQUIRE(image.width == 16);
+  for (int64_t x = 0; x < 16; ++x) CHECK(image.at(0, x)[0] == 255);
+  write_bytes(path, gif(17));
+  CHECK_THROWS_WITH(decode_image_file(path), Contains("truncated GIF (the codes of its first "
+                                                      "image make 16 of its 17 pixels)"));
+}
+
+TEST_CASE("a GIF's LZW codes stay 12 bits wide once its table is full", "[data]") {
+  // LZW code size 2: a clear code, then 4091 codes of index 0 (red), which fill the table to its
+  // 4096 entries, the codes widening from 3 bits to 12 on the way, then 0 and the end code, still
+  // 12 bits each: 4092 pixels. Pillow 13 reads a W x 1 image of them for W = 4092 and calls
+  // W = 4093 truncated.
+  using Bytes = std::vector<uint8_t>;
+  Bytes data;
+  uint32_t bits = 0;
+  int count = 0, width = 3;
+  auto put = [&](uint32_t code) {
+    bits |= code << count;
+    for (count += width; count >= 8; count -= 8, bits >>= 8) data.push_back(bits & 0xFF);
+  };
+  put(4);
+  for (uint32_t i = 0, next = 6; i < 4091; ++i) {
+    put(0);
+    if (i > 0 && ++next == (1u << width) && next <= 0xFFF) ++width;
+  }
+  put(0);
+  put(5);
+  if (count > 0) data.push_back(bits & 0xFF);
+  auto gif = [&](uint16_t w) {
+    const uint8_t low = w & 0xFF, high = w >> 8;
+    Bytes bytes = {'G', 'I', 'F', '8', '9', 'a', low, high, 1, 0, 0x81, 0, 0,   255,  0, 0, 0, 255,
+                   0,   0,   0,   255, 255, 255, 255, 0x2C, 0, 0, 0,    0, low, high, 1, 0, 0, 2};
+    for (size_t i = 0; i < data.size(); i += 255) {
+      const size_t n = std::min<size_t>(255, data.size() - i);
+      bytes.push_back(static_cast<uint8_t>(n));
+      bytes.insert(bytes.end(), data.begin() + i, data.begin() + i + n);
+    }
+    bytes.push_back(0);
+    bytes.push_back(0x3B);
+    return bytes;
+  };
+  TempDir dir;
+  const std::string path = dir.file("full_table.gif");
+  write_bytes(path, gif(4092));
+  const ImageU8 image = decode_image_file(path);
+  REQUIRE(image.width == 4092);
+  for (int64_t x = 0; x < 4092; ++x) REQUIRE(image.at(0, x)[0] == 255);
+  write_bytes(path, gif(4093));
+  CHECK_THROWS_WITH(decode_image_file(path), Contains("make 4092 of its 4093 pixels"));
 }
 
 TEST_CASE("a GIF without an image is refused before stb_image allocates its screen", "[data]") {
@@ -947,6 +1059,26 @@ TEST_CASE("a GIF's screen around its first image takes Pillow's colour", "[data]
        {screen, transparent(3), descriptor, own_table, image_data},
        {11, 12, 13},
        {7, 8, 9, 11, 12, 13}},
+      // Pillow 13 reads these too. A graphic control extension whose transparency flag is clear,
+      // and a comment extension of 4 bytes (its first odd, its fourth 2), make no index
+      // transparent: index 0 around.
+      {"control without transparency",
+       {screen, Bytes{0x21, 0xF9, 4, 0, 0, 0, 2, 0}, descriptor, no_table, image_data},
+       {10, 20, 30},
+       {0, 255, 0, 255, 255, 255}},
+      {"4-byte comment",
+       {screen, Bytes{0x21, 0xFE, 4, 'a', 'b', 'c', 2, 0}, descriptor, no_table, image_data},
+       {10, 20, 30},
+       {0, 255, 0, 255, 255, 255}},
+      // Of two transparent indices the last counts; one past the table's 4 entries is black.
+      {"transparent 2, then 3",
+       {screen, transparent(2), transparent(3), descriptor, no_table, image_data},
+       {255, 255, 255},
+       {0, 255, 0, 255, 255, 255}},
+      {"transparent index 4 of 4",
+       {screen, transparent(4), descriptor, no_table, image_data},
+       {0, 0, 0},
+       {0, 255, 0, 255, 255, 255}},
   };
   TempDir dir;
   for (const Case& c : cases) {
