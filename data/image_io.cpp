@@ -200,6 +200,20 @@ void check_png_header_checksums(const uint8_t* bytes, size_t size, const std::st
   }
 }
 
+// Past a PSD's 26-byte header and its three sections (colour mode data, image resources, layers),
+// each after its 4-byte length: where its merged image starts. Where the file ends first, the
+// bytes it would need to go on, past `size`.
+constexpr size_t kPsdHeaderBytes = 26;
+
+uint64_t psd_merged_image_at(const uint8_t* bytes, size_t size) {
+  uint64_t at = kPsdHeaderBytes;
+  for (int section = 0; section < 3; ++section) {
+    if (at + 4 > size) return at + 4;
+    at += 4 + read_be32(bytes + at);
+  }
+  return at;
+}
+
 // A PSD that stb_image reads (RGB, 8 or 16 bits): a 26-byte header (the channels at 12, height,
 // width, bits a sample), three sections each after its 4-byte length (colour mode data, image
 // resources, layers), then the merged image: its compression and each channel in turn, of which
@@ -207,22 +221,18 @@ void check_png_header_checksums(const uint8_t* bytes, size_t size, const std::st
 // length (2 bytes each, of all the channels' rows), then the coded rows. stb_image reads a cut
 // one's missing bytes as zeros; Pillow says "truncated".
 void check_psd_complete(const uint8_t* bytes, size_t size, const std::string& name) {
-  constexpr size_t kHeaderBytes = 26;
-  if (size < kHeaderBytes) fail_file(name, "truncated PSD header");
+  if (size < kPsdHeaderBytes) fail_file(name, "truncated PSD header");
   const uint64_t channels = read_be16(bytes + 12), height = read_be32(bytes + 14),
                  width = read_be32(bytes + 18), sample_bytes = read_be16(bytes + 22) / 8;
   // stb_image gives the channels an RGB PSD lacks zeros; Pillow refuses it.
   if (channels < 3)
     fail_file(name, "corrupt PSD (an RGB image of " + std::to_string(channels) + " channels)");
-  uint64_t at = kHeaderBytes;
-  for (int section = 0; section < 3; ++section) {
-    if (at + 4 > size) fail_truncated(name, "PSD", at + 4, size);
-    at += 4 + read_be32(bytes + at);
-  }
+  uint64_t at = psd_merged_image_at(bytes, size);
   if (at + 2 > size) fail_truncated(name, "PSD", at + 2, size);
   const uint32_t compression = read_be16(bytes + at);
   at += 2;
-  const uint64_t read_rows = std::min<uint64_t>(channels, 4) * height;
+  // Pillow reads alpha too where there are 4 channels, and 3 where there are more.
+  const uint64_t read_rows = (channels == 4 ? 4 : 3) * height;
   uint64_t needed = at;
   if (compression == 0) {
     needed += read_rows * width * sample_bytes;
@@ -233,6 +243,26 @@ void check_psd_complete(const uint8_t* bytes, size_t size, const std::string& na
     for (uint64_t row = 0; row < read_rows; ++row) needed += read_be16(bytes + table + 2 * row);
   }
   if (needed > size) fail_truncated(name, "PSD", needed, size);
+}
+
+// stb_image un-premultiplies the colours of a PSD with a fourth channel (alpha) against white
+// where alpha is neither 0 nor full; Pillow's convert("RGB") drops alpha and keeps them. So a PSD
+// of more than 3 channels goes to stb_image as one of 3: its channel count rewritten and, where
+// its rows are PackBits-coded, its row-length table cut to the first 3 channels' rows (the data
+// keeps the others, which stb does not reach). Empty for 3 channels. After check_psd_complete.
+std::vector<uint8_t> psd_without_alpha(const uint8_t* bytes, size_t size) {
+  const uint64_t channels = read_be16(bytes + 12), height = read_be32(bytes + 14);
+  if (channels <= 3) return {};
+  const uint64_t table = psd_merged_image_at(bytes, size) + 2;
+  std::vector<uint8_t> rgb(bytes, bytes + table);
+  rgb[12] = 0;
+  rgb[13] = 3;
+  const bool packbits = read_be16(bytes + table - 2) == 1;
+  const uint64_t kept_table = packbits ? 2 * 3 * height : 0;
+  const uint64_t whole_table = packbits ? 2 * channels * height : 0;
+  rgb.insert(rgb.end(), bytes + table, bytes + table + kept_table);
+  rgb.insert(rgb.end(), bytes + table + whole_table, bytes + size);
+  return rgb;
 }
 
 // The colour table a GIF's packed field announces: 3 x 2^(n + 1) bytes when its top bit is set.
@@ -579,6 +609,7 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   std::vector<uint8_t> changed;
   if (png) changed = png_ended_where_cut(bytes, size);
   if (gif) changed = gif_without_transparency(bytes, size, first_gif_image);
+  if (format == StbFormat::kPsd) changed = psd_without_alpha(bytes, size);
   if (changed.size() > static_cast<size_t>(INT32_MAX)) fail_file(name, kLargerThan2GiB);
 
   // Asking for 3 channels makes stb expand grayscale and drop alpha, as Pillow's convert("RGB").

@@ -225,13 +225,16 @@ std::vector<uint8_t> bitfields_bmp(const ImageU8& image) {
 
 // An 8-bit RGB PSD of `image`: the header, three empty sections (colour mode data, image resources,
 // layers), then the merged image's channels one after another, plain or in PackBits rows, each
-// row one literal packet after a table of the rows' coded lengths. Big-endian numbers.
-std::vector<uint8_t> rgb_psd(const ImageU8& image, bool packbits) {
+// row one literal packet after a table of the rows' coded lengths. Big-endian numbers. After red,
+// green and blue, `extra_channels` more (alpha first), each of `extra_value` throughout.
+std::vector<uint8_t> rgb_psd(const ImageU8& image, bool packbits, int extra_channels = 0,
+                             uint8_t extra_value = 0) {
+  const int channels = 3 + extra_channels;
   auto put_be = [](std::vector<uint8_t>& bytes, uint32_t value, int n) {
     for (int i = n - 1; i >= 0; --i) bytes.push_back(static_cast<uint8_t>(value >> (8 * i)));
   };
   std::vector<uint8_t> bytes = {'8', 'B', 'P', 'S', 0, 1, 0, 0, 0, 0, 0, 0};
-  put_be(bytes, 3, 2);  // channels
+  put_be(bytes, channels, 2);
   put_be(bytes, image.height, 4);
   put_be(bytes, image.width, 4);
   put_be(bytes, 8, 2);  // bits a sample
@@ -239,11 +242,12 @@ std::vector<uint8_t> rgb_psd(const ImageU8& image, bool packbits) {
   for (int section = 0; section < 3; ++section) put_be(bytes, 0, 4);
   put_be(bytes, packbits ? 1 : 0, 2);
   if (packbits)
-    for (int row = 0; row < 3 * image.height; ++row) put_be(bytes, 1 + image.width, 2);
-  for (int c = 0; c < 3; ++c)
+    for (int row = 0; row < channels * image.height; ++row) put_be(bytes, 1 + image.width, 2);
+  for (int c = 0; c < channels; ++c)
     for (int y = 0; y < image.height; ++y) {
       if (packbits) bytes.push_back(static_cast<uint8_t>(image.width - 1));
-      for (int x = 0; x < image.width; ++x) bytes.push_back(image.at(y, x)[c]);
+      for (int x = 0; x < image.width; ++x)
+        bytes.push_back(c < 3 ? image.at(y, x)[c] : extra_value);
     }
   return bytes;
 }
@@ -406,13 +410,19 @@ TEST_CASE("BMP, PSD and TGA layouts stb_image_write does not make are read whole
   mode_data[29] = 4;
   mode_data.insert(mode_data.begin() + 30, {1, 2, 3, 4});
   check_whole_and_cut(dir, "mode_data.psd", mode_data, image);
-  // 5 channels, plain: stb_image reads the first 4, Pillow 13 the first 3; cut in its fifth, both
-  // read it.
-  std::vector<uint8_t> five_channels = rgb_psd(image, false);
-  five_channels[13] = 5;
-  five_channels.resize(five_channels.size() + 2 * image.height * image.width, 0xFF);
+  // An alpha channel neither clear nor opaque: stb_image un-premultiplied the colours against
+  // white; Pillow 13's convert("RGB") drops alpha. 4 channels, Pillow reads all 4: cut in the
+  // fourth, it says "truncated".
+  for (const bool packbits : {false, true})
+    check_whole_and_cut(dir, packbits ? "alpha_packbits.psd" : "alpha.psd",
+                        rgb_psd(image, packbits, 1, 53), image);
+  // 5 channels, plain: Pillow 13 reads the first 3; cut in its fourth, it reads it.
+  const std::vector<uint8_t> five_channels = rgb_psd(image, false, 2, 53);
   const std::string five = dir.file("five_channels.psd");
-  write_bytes(five, std::vector<uint8_t>(five_channels.begin(), five_channels.end() - 1));
+  write_bytes(five, five_channels);
+  CHECK(decode_image_file(five).pixels == image.pixels);
+  write_bytes(five, std::vector<uint8_t>(five_channels.begin(),
+                                         five_channels.end() - image.height * image.width - 1));
   CHECK(decode_image_file(five).pixels == image.pixels);
   // An RGB PSD of 2 channels: stb_image read blue as zeros; Pillow says "not enough channels".
   std::vector<uint8_t> two_channels = rgb_psd(image, false);
