@@ -144,14 +144,13 @@ void check_tga_complete(const uint8_t* bytes, size_t size, const std::string& na
   if (size < kHeaderBytes) fail_file(name, "truncated TGA header");
   const uint64_t map_bytes = bytes[1] ? read_le16(bytes + 5) * ((bytes[7] + 7u) / 8) : 0;
   const uint64_t pixel_bytes = (bytes[16] + 7u) / 8;
-  const uint64_t pixels = uint64_t{read_le16(bytes + 12)} * read_le16(bytes + 14);
+  const uint64_t width = read_le16(bytes + 12), pixels = width * read_le16(bytes + 14);
   uint64_t at = kHeaderBytes + bytes[0] + map_bytes;
   if (bytes[2] < 8) {
     const uint64_t needed = at + pixels * pixel_bytes;
     if (needed > size) fail_truncated(name, "TGA", needed, size);
     return;
   }
-  const uint64_t width = read_le16(bytes + 12);
   uint64_t done = 0;
   while (done < pixels && at < size) {
     const uint8_t packet = bytes[at++];
@@ -176,13 +175,15 @@ uint32_t read_be32(const uint8_t* p) {
 
 uint32_t read_be16(const uint8_t* p) { return static_cast<uint32_t>(p[0]) << 8 | p[1]; }
 
+// A PNG: its 8-byte signature, then chunks, each its data's length, its type, the data and a CRC.
+constexpr size_t kPngSignatureBytes = 8;
+
 // Pillow checks the CRC of each chunk of a PNG before its image data as it opens the file (IHDR,
 // PLTE, tRNS, text, any other), and refuses the file where one is wrong ("broken PNG file"); those
 // of the IDAT chunks and after go unchecked. stb_image checks none. A chunk cut short is left to
 // png_ended_where_cut.
 void check_png_header_checksums(const uint8_t* bytes, size_t size, const std::string& name) {
-  constexpr size_t kSignatureBytes = 8;
-  size_t chunk = kSignatureBytes;  // a chunk: length, type, that many bytes of data, a CRC
+  size_t chunk = kPngSignatureBytes;
   while (chunk + 12 <= size) {
     const std::string type(reinterpret_cast<const char*>(bytes + chunk + 4), 4);
     if (type == "IDAT") return;
@@ -200,11 +201,11 @@ void check_png_header_checksums(const uint8_t* bytes, size_t size, const std::st
   }
 }
 
+constexpr size_t kPsdHeaderBytes = 26;
+
 // Past a PSD's 26-byte header and its three sections (colour mode data, image resources, layers),
 // each after its 4-byte length: where its merged image starts. Where the file ends first, the
 // bytes it would need to go on, past `size`.
-constexpr size_t kPsdHeaderBytes = 26;
-
 uint64_t psd_merged_image_at(const uint8_t* bytes, size_t size) {
   uint64_t at = kPsdHeaderBytes;
   for (int section = 0; section < 3; ++section) {
@@ -519,8 +520,7 @@ bool png_header_size(const uint8_t* bytes, size_t size, int& width, int& height)
 // decodes it where Pillow does, and where the data is short still fails. Empty for a PNG with its
 // IEND.
 std::vector<uint8_t> png_ended_where_cut(const uint8_t* bytes, size_t size) {
-  constexpr size_t kSignatureBytes = 8;
-  size_t chunk = kSignatureBytes;  // a chunk: length, type, that many bytes of data, a CRC
+  size_t chunk = kPngSignatureBytes;
   while (chunk + 8 <= size && std::memcmp(bytes + chunk + 4, "IEND", 4) != 0 &&
          chunk + 12 + uint64_t{read_be32(bytes + chunk)} <= size)
     chunk += 12 + read_be32(bytes + chunk);
@@ -591,7 +591,8 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
 
   int width = 0, height = 0, channels = 0;
   const StbFormat format = stb_format(bytes, size);
-  const bool png = format == StbFormat::kPng, gif = format == StbFormat::kGif;
+  const bool png = format == StbFormat::kPng, gif = format == StbFormat::kGif,
+             psd = format == StbFormat::kPsd;
   if (!stbi_info_from_memory(bytes, length, &width, &height, &channels)) {
     // stb_image refuses a PNG of over 2^28 pixels as if its header were corrupt.
     if (png && png_header_size(bytes, size, width, height)) refuse_too_large(name, width, height);
@@ -609,7 +610,7 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   std::vector<uint8_t> changed;
   if (png) changed = png_ended_where_cut(bytes, size);
   if (gif) changed = gif_without_transparency(bytes, size, first_gif_image);
-  if (format == StbFormat::kPsd) changed = psd_without_alpha(bytes, size);
+  if (psd) changed = psd_without_alpha(bytes, size);
   if (changed.size() > static_cast<size_t>(INT32_MAX)) fail_file(name, kLargerThan2GiB);
 
   // Asking for 3 channels makes stb expand grayscale and drop alpha, as Pillow's convert("RGB").
