@@ -2,9 +2,9 @@
 //  - column_partials: per-chunk column sums of a bf16 matrix, row_chunks' blocks of
 //    row_threads(C) threads, each thread summing 8 columns over its chunk's rows in order;
 //  - sum_partials: adds per-chunk column partials (chunks, C) into (C). Launch: blocks of 8 columns
-//    x 128 chunk lanes, ceil(C / 8) blocks a set (sum_partial_sets: several sets side by side in
-//    the grid's y); lane y sums chunks y, y + 128, ... in order, then a fixed shared-memory tree
-//    adds the 128 lanes.
+//    x L chunk lanes (L = partial_lanes(chunks): 128, or the power of 2 that holds fewer chunks),
+//    ceil(C / 8) blocks a set (sum_partial_sets: several sets side by side in the grid's y); lane y
+//    sums chunks y, y + L, ... in order, then a fixed shared-memory tree adds the L lanes.
 //  - sum_to_scalar: one block of 1024 threads, strided sums then block_sum.
 // Measured speed: not timed alone (the reductions run inside the optimizer's and the bias
 // gradients' measured times).
@@ -83,7 +83,7 @@ void sum_partials(const float* partials, int64_t chunks, int64_t C, float* out,
 void sum_partial_sets(const PartialSets& sets, int64_t chunks, int64_t C, cudaStream_t stream) {
   if (C <= 0 || sets.count == 0) return;
   const dim3 grid(static_cast<unsigned>(ceil_div(C, kPartialCols)), sets.count);
-  const dim3 block(kPartialCols, kPartialLanes);
+  const dim3 block(kPartialCols, partial_lanes(chunks));
   sum_partials_kernel<<<grid, block, 0, stream>>>(sets, chunks, C);
   DEIT_CUDA_CHECK_LAUNCH();
 }

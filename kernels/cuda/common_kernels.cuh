@@ -20,6 +20,18 @@ namespace {
 constexpr int kPartialCols = 8;
 constexpr int kPartialLanes = 128;
 constexpr int kPartialThreads = kPartialCols * kPartialLanes;
+
+// The chunk lanes sum_partials_kernel runs for `chunks` partials: the smallest power of 2 that
+// holds them two to a lane, at most kPartialLanes. A lane that adds its second chunk to its first
+// does what the tree's first step does with twice the lanes, and lanes past the last chunk only add
+// zeros, so the sums are those of 128 lanes, bit for bit (but that a -0 may stay -0). A ViT batch's
+// hundreds of chunks take all 128; a small batch's few dozen take a few times fewer threads and
+// barriers, which the emulated device, running each thread in turn, pays for most.
+constexpr int partial_lanes(int64_t chunks) {
+  int lanes = 1;
+  while (lanes < kPartialLanes && 2 * lanes < chunks) lanes *= 2;
+  return lanes;
+}
 constexpr int kScalarThreads = 1024;
 
 // Block `chunk` writes the sums over rows [chunk * rows_per_chunk, ...) of m (rows, C), in row
@@ -65,23 +77,23 @@ __global__ void __launch_bounds__(1024)
   store_row<V>(partials + blockIdx.x * C, C, acc);
 }
 
-// Block (x, s): columns [8x, 8x + 8) of set s of `sets`. __grid_constant__: indexed by blockIdx,
-// `sets` is read where the launch put it; a plain by-value parameter was copied to a 72-byte stack
-// frame first.
+// Block (x, s): columns [8x, 8x + 8) of set s of `sets`, blockDim.y = partial_lanes(chunks) lanes.
+// __grid_constant__: indexed by blockIdx, `sets` is read where the launch put it; a plain by-value
+// parameter was copied to a 72-byte stack frame first.
 __global__ void __launch_bounds__(kPartialThreads)
     sum_partials_kernel(const __grid_constant__ PartialSets sets, int64_t chunks, int64_t C) {
   const float* partials = sets.partials[blockIdx.y];
   float* out = sets.out[blockIdx.y];
   __shared__ float acc[kPartialLanes][kPartialCols];
   const int x = threadIdx.x, y = threadIdx.y;
+  const int lanes = static_cast<int>(blockDim.y);
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kPartialCols + x;
   float s = 0.f;
   if (c < C)
-    for (int64_t k = y; k < chunks; k += kPartialLanes) s += partials[k * C + c];
+    for (int64_t k = y; k < chunks; k += lanes) s += partials[k * C + c];
   acc[y][x] = s;
   __syncthreads();
-#pragma unroll
-  for (int half = kPartialLanes / 2; half > 0; half /= 2) {
+  for (int half = lanes / 2; half > 0; half /= 2) {
     if (y < half) acc[y][x] += acc[y + half][x];
     __syncthreads();
   }

@@ -775,6 +775,25 @@ bool check_reductions(std::mt19937_64& rng) {
                  dev_apart.get() + set * kColumns);
   checks.same_bits("3 sets together and apart", dev_together.download(), dev_apart.download());
 
+  // Below 256 chunks, sum_partials runs the lanes that hold them two to a lane (partial_lanes): the
+  // bits of all 128 lanes, at powers of 2 of chunks, either side of them, and at one chunk.
+  for (const int64_t chunks : {1, 2, 3, 5, 34, 64, 65, 127, 128, 129, 200}) {
+    const std::string what = "sum_partials of " + std::to_string(chunks) + " chunks";
+    checks.part(what);
+    emu::set_context(what);
+    const auto dev_chunk_partials =
+        tight(what + ", partials", random_f32(rng, chunks * kColumns, -1, 1));
+    const auto dev_fewer = tight<float>(what + ", partial_lanes", kColumns);
+    const auto dev_all = tight<float>(what + ", 128 lanes", kColumns);
+    sum_partials(dev_chunk_partials.get(), chunks, kColumns, dev_fewer.get());
+    deit::kernels::gpu::PartialSets set;
+    set.add(dev_chunk_partials.get(), dev_all.get());
+    emu::launch({"sum_partials_kernel", dim3(2),
+                 dim3(deit::kernels::gpu::kPartialCols, deit::kernels::gpu::kPartialLanes), 0},
+                [&, chunks] { deit::kernels::gpu::sum_partials_kernel(set, chunks, kColumns); });
+    checks.same_bits("sums, partial_lanes and 128 lanes", dev_fewer.download(), dev_all.download());
+  }
+
   checks.part("sum_to_scalar of 3001 values");
   constexpr size_t kValues = 3001;
   constexpr float kScale = 0.25f;

@@ -61,7 +61,7 @@ inline void sum_partial_sets(const deit::kernels::gpu::PartialSets& sets, int64_
   namespace gpu = deit::kernels::gpu;
   if (C <= 0 || sets.count == 0) return;
   const dim3 grid(static_cast<unsigned>(gpu::ceil_div(C, gpu::kPartialCols)), sets.count);
-  launch({"sum_partials_kernel", grid, dim3(gpu::kPartialCols, gpu::kPartialLanes), 0},
+  launch({"sum_partials_kernel", grid, dim3(gpu::kPartialCols, gpu::partial_lanes(chunks)), 0},
          [=] { gpu::sum_partials_kernel(sets, chunks, C); });
 }
 
