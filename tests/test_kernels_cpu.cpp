@@ -102,6 +102,27 @@ TEST_CASE("linear forward matches a naive matrix product", "[kernels]") {
   }
 }
 
+TEST_CASE("float column sums add in double and round once", "[kernels]") {
+  // kernels/cpu/reduce.h promises double accumulators, so a float reference is as accurate as its
+  // inputs allow. 1 followed by 4096 terms of 2^-24 sums to 1 + 2^-12, a float; added in float,
+  // 1 + 2^-24 is a tie that rounds back to 1 at every step and the sum stays 1. The comparisons
+  // are exact: the right sum is representable.
+  const int64_t M = 4097;
+  const float tiny = std::ldexp(1.0f, -24);
+  const float expected = 1.0f + std::ldexp(1.0f, -12);
+  // Column sums (linear_bias_grad behind every bias gradient; column 0 as above, column 1 its
+  // negative) of M = 4097 rows, K = 0 inputs: only dbias is asked for.
+  std::vector<float> dy(2 * M);
+  for (int64_t m = 0; m < M; ++m) {
+    dy[2 * m] = m == 0 ? 1.0f : tiny;
+    dy[2 * m + 1] = -dy[2 * m];
+  }
+  std::vector<float> dbias(2, NAN);
+  linear_backward_cpu<float>(dy.data(), nullptr, nullptr, nullptr, nullptr, dbias.data(), M, 0, 2);
+  CHECK(dbias[0] == expected);
+  CHECK(dbias[1] == -expected);
+}
+
 TEST_CASE("layernorm forward normalises every row, then applies the affine", "[kernels]") {
   const int64_t rows = 5, C = 96;
   const double eps = 1e-6;
@@ -154,6 +175,32 @@ TEST_CASE("layernorm's eps sits inside the square root, as torch.nn.LayerNorm's"
     INFO("column " << c);
     CHECK(y[c] == Approx(0.25 + (c % 2 ? 1.0 : -1.0) / std::sqrt(2.0)).epsilon(1e-9));
     CHECK(y[C + c] == 0.25);
+  }
+}
+
+TEST_CASE("layernorm's two-pass variance is exact where mean of squares minus squared mean is not",
+          "[kernels]") {
+  // Rows of 1e8 +- 1 (alternating, C even): mean 1e8 and deviations +-1 are exact in double, so
+  // the two-pass variance is exactly 1, rstd = 1/sqrt(1 + eps) and y = +-rstd. One pass would need
+  // (1e8 +- 1)^2 = 1e16 +- 2e8 + 1, past 2^53 where doubles are 2 apart: each square loses the
+  // +1, and E[x^2] - mean^2 comes out as 0 instead of 1. The test above (offset 1000, spread 4)
+  // is too mild to tell the two apart in double.
+  const int64_t rows = 2, C = 16;
+  const double eps = 1e-6;
+  Vec x(rows * C);
+  for (int64_t i = 0; i < rows * C; ++i) x[i] = (i % 2 ? 1e8 + 1 : 1e8 - 1) * (i < C ? 1 : -1);
+  const Vec ones(C, 1.0), zeros(C, 0.0);
+  Vec y = nan_vector(rows * C), mean = nan_vector(rows), rstd = nan_vector(rows);
+  layernorm_forward_cpu(x.data(), ones.data(), zeros.data(), y.data(), mean.data(), rstd.data(),
+                        rows, C, eps);
+  const double expected_rstd = 1 / std::sqrt(1 + eps);
+  CHECK(mean[0] == 1e8);
+  CHECK(mean[1] == -1e8);
+  for (int64_t r = 0; r < rows; ++r) CHECK(rstd[r] == Approx(expected_rstd).epsilon(1e-14));
+  for (int64_t i = 0; i < rows * C; ++i) {
+    INFO("element " << i);
+    const double deviation = (i % 2 ? 1.0 : -1.0) * (i < C ? 1 : -1);
+    CHECK(y[i] == Approx(deviation * expected_rstd).epsilon(1e-14));
   }
 }
 
@@ -286,6 +333,33 @@ TEST_CASE("softmax cross-entropy matches hand-computed values, large logits incl
   CHECK(gradf[2] == 0.f);
 }
 
+TEST_CASE("bce with logits keeps the tiny loss of confident right answers", "[kernels]") {
+  // z = 40 with t = 1 and z = -40 with t = 0 each cost log(1 + e^-40). With x = e^-40 =
+  // 4.248354255291589e-18, log(1 + x) = x - x^2 / 2 + ... = x to double precision (x^2 / 2 is
+  // 1e-35), so the mean loss is e^-40. Written as log(1 + x), 1 + x rounds to 1 and the loss to 0:
+  // the kernel must take log1p.
+  const Vec logits = {40.0, -40.0}, targets = {1.0, 0.0};
+  double loss = NAN;
+  bce_with_logits_cpu<double>(logits.data(), targets.data(), &loss, nullptr, 1, 2);
+  CHECK(loss == Approx(std::exp(-40.0)).epsilon(1e-15).margin(0));
+}
+
+TEST_CASE("softmax cross-entropy shifts by the row's maximum wherever it lies", "[kernels]") {
+  // The test above puts the large logit first; here it comes last, then in the middle, so a
+  // log-sum-exp whose maximum missed an element would overflow exp(1000). Row 0: logits
+  // (-1000, 0, 1000), targets (0.5, 0, 0.5): lse = 1000 + log(1 + e^-1000 + e^-2000) = 1000 in
+  // double, loss 0.5 * 2000 + 0.5 * 0 = 1000, softmax (0, 0, 1). Row 1: logits (0, 1000, -1000),
+  // target one-hot on 1000: loss 0, softmax (0, 1, 0). dz = (softmax * sum(t) - t) / B, B = 2.
+  const Vec logits = {-1000.0, 0.0, 1000.0, 0.0, 1000.0, -1000.0};
+  const Vec targets = {0.5, 0.0, 0.5, 0.0, 1.0, 0.0};
+  const Vec expected_grad = {-0.25, 0.0, 0.25, 0.0, 0.0, 0.0};
+  double loss = NAN;
+  Vec grad = nan_vector(6);
+  softmax_cross_entropy_cpu(logits.data(), targets.data(), &loss, grad.data(), 2, 3);
+  CHECK(loss == Approx((1000.0 + 0.0) / 2).epsilon(1e-14));
+  for (size_t i = 0; i < grad.size(); ++i) CHECK(grad[i] == Approx(expected_grad[i]).margin(1e-15));
+}
+
 TEST_CASE("both losses of an empty batch are 0, as their CUDA twins write", "[kernels]") {
   // A mean over no terms: kernels/losses.h promises 0 for B == 0 or K == 0 (and
   // tests/test_kernels_cuda.cpp checks the CUDA twins for it), not the 0 / 0 = NaN of a plain mean.
@@ -374,6 +448,19 @@ TEST_CASE("cast f32 to bf16 rounds to nearest even and keeps NaN a NaN", "[kerne
     REQUIRE(bits_of(widened[i]) == static_cast<uint32_t>(all[i]) << 16);
     if (!std::isnan(widened[i])) REQUIRE(narrowed[i] == all[i]);
   }
+}
+
+TEST_CASE("bf16 casts write every element, the first and the last included", "[kernels]") {
+  // The outputs start as values no input maps to (NaN, and bf16 0xFFFF, a NaN), so an element a
+  // cast skips shows. The inputs: 1.0 = 0x3F80 first, -2.0 = 0xC000 last, and 0.5 = 0x3F00 between.
+  const std::vector<float> x = {1.0f, 0.5f, -2.0f};
+  const std::vector<bf16_bits> expected = {0x3F80, 0x3F00, 0xC000};
+  std::vector<bf16_bits> y(x.size(), 0xFFFF);
+  cast_f32_to_bf16_cpu(x.data(), y.data(), static_cast<int64_t>(x.size()));
+  CHECK(y == expected);
+  std::vector<float> back(x.size(), NAN);
+  cast_bf16_to_f32_cpu(expected.data(), back.data(), static_cast<int64_t>(expected.size()));
+  CHECK(back == x);  // exact: each value is a bf16
 }
 
 namespace {
