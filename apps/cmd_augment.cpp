@@ -120,8 +120,8 @@ void run_grid(const AugmentCommandOptions& options) {
     throw std::invalid_argument("--n " + std::to_string(options.n) + " views of --input-size " +
                                 std::to_string(size) + " make a " + std::to_string(grid.width) +
                                 "x" + std::to_string(grid.height) + " grid, larger than an image " +
-                                "deit writes (" + std::to_string(data::kMaxImageSide) +
-                                " pixels a side, 2^28 pixels): give a smaller --n or --input-size");
+                                "deit writes (" + data::image_limits_text() +
+                                "): give a smaller --n or --input-size");
   data::AugmentConfig config;
   config.input_size = options.input_size;
   config.crop = options.src ? data::CropMode::kSimpleRandom : data::CropMode::kRandomResized;

@@ -20,13 +20,22 @@ struct ImageU8 {
   }
 };
 
-// The largest image deit decodes or makes: no dataset image is this big, so a file claiming more
-// is taken for a corrupt header, and an op asked for more is refused before it allocates.
+// The largest image deit decodes or makes: 32768 pixels a side, and Pillow's decompression-bomb
+// limit (twice Image.MAX_IMAGE_PIXELS, 89478485), past which Pillow, and so the reference code's
+// loader, refuses an image. No dataset image is this big, so a file claiming more is taken for a
+// corrupt header or a bomb, refused before its pixels are allocated, and an op asked for more is
+// refused before it allocates.
 inline constexpr int kMaxImageSide = 32768;
-inline constexpr uint64_t kMaxImagePixels = uint64_t{1} << 28;
+inline constexpr uint64_t kMaxImagePixels = 2 * uint64_t{89478485};
 inline bool within_image_limits(int64_t width, int64_t height) {
   return width >= 0 && height >= 0 && width <= kMaxImageSide && height <= kMaxImageSide &&
          static_cast<uint64_t>(width) * static_cast<uint64_t>(height) <= kMaxImagePixels;
+}
+// The limits as the messages that refuse an image past them say: "up to 32768 pixels a side and
+// 178956970 pixels".
+inline std::string image_limits_text() {
+  return "up to " + std::to_string(kMaxImageSide) + " pixels a side and " +
+         std::to_string(kMaxImagePixels) + " pixels";
 }
 
 // A file that cannot be used as an image; the message names the file and the reason.

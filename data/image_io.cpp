@@ -73,10 +73,9 @@ void check_bmp_complete(const uint8_t* bytes, size_t size, const std::string& na
 // Throws DataError for dimensions past what deit decodes; returns for the others.
 void refuse_too_large(const std::string& name, int64_t width, int64_t height) {
   if (width > 0 && height > 0 && within_image_limits(width, height)) return;
-  fail_file(name,
-            "dimensions " + std::to_string(width) + "x" + std::to_string(height) +
-                ": deit reads images of up to " + std::to_string(kMaxImageSide) +
-                " pixels a side and 2^28 pixels (a corrupt header, or an image to shrink first)");
+  fail_file(name, "dimensions " + std::to_string(width) + "x" + std::to_string(height) +
+                      ": deit reads images of " + image_limits_text() +
+                      " (a corrupt header, or an image to shrink first)");
 }
 
 // A binary PNM (P5 gray, P6 RGB): the magic, then width, height and the largest sample value in
@@ -594,7 +593,7 @@ ImageU8 decode_image_memory(const uint8_t* bytes, size_t size, const std::string
   const bool png = format == StbFormat::kPng, gif = format == StbFormat::kGif,
              psd = format == StbFormat::kPsd;
   if (!stbi_info_from_memory(bytes, length, &width, &height, &channels)) {
-    // stb_image refuses a PNG of over 2^28 pixels as if its header were corrupt.
+    // stb_image refuses a PNG of over 2^30 bytes of pixels as if its header were corrupt.
     if (png && png_header_size(bytes, size, width, height)) refuse_too_large(name, width, height);
     fail_file(name, std::string(png ? "truncated or corrupt PNG header"
                                     : "not an image format deit reads") +
@@ -690,9 +689,8 @@ void write_png(const std::string& path, const ImageU8& image) {
   // Within these limits stb_image_write's buffer, (3 x width + 1) x height bytes, fits its int.
   if (!within_image_limits(image.width, image.height))
     fail_file(path, "cannot write a " + std::to_string(image.width) + "x" +
-                        std::to_string(image.height) + " image: deit writes images of up to " +
-                        std::to_string(kMaxImageSide) +
-                        " pixels a side and 2^28 pixels, as it reads");
+                        std::to_string(image.height) + " image: deit writes images of " +
+                        image_limits_text() + ", as it reads");
   std::vector<uint8_t> png;
   if (!stbi_write_png_to_func(append_bytes, &png, image.width, image.height, 3, image.pixels.data(),
                               image.width * 3)) {

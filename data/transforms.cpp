@@ -22,8 +22,7 @@ using std::to_string;
 ImageU8 blank(int height, int width) {
   if (!within_image_limits(width, height))
     throw std::invalid_argument("a " + to_string(width) + "x" + to_string(height) + " result is " +
-                                "larger than deit makes (" + to_string(kMaxImageSide) +
-                                " pixels a side, 2^28 pixels)");
+                                "larger than deit makes (" + image_limits_text() + ")");
   return ImageU8{height, width, std::vector<uint8_t>(static_cast<size_t>(height) * width * 3)};
 }
 

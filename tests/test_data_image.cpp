@@ -133,8 +133,14 @@ TEST_CASE("grayscale and alpha images become RGB", "[data]") {
   }
 }
 
-TEST_CASE("within_image_limits: up to 32768 pixels a side and 2^28 pixels", "[data]") {
-  CHECK(within_image_limits(32768, 8192));
+TEST_CASE("within_image_limits: up to 32768 pixels a side and Pillow's 178956970 pixels",
+          "[data]") {
+  // Pillow refuses an image of over twice Image.MAX_IMAGE_PIXELS (89478485) pixels, as a
+  // decompression bomb: 10922 x 16385 is that many exactly.
+  CHECK(within_image_limits(10922, 16385));
+  CHECK_FALSE(within_image_limits(10923, 16385));
+  CHECK_FALSE(within_image_limits(10922, 16386));
+  CHECK(within_image_limits(32768, 5461));
   CHECK(within_image_limits(0, 0));
   CHECK_FALSE(within_image_limits(32769, 1));
   CHECK_FALSE(within_image_limits(16385, 16384));
@@ -635,6 +641,21 @@ TEST_CASE("bad image files throw a DataError naming the file and the problem", "
     write_bytes(path, bytes);
     CHECK_THROWS_WITH(decode_image_file(path), Contains(path + ": dimensions 2147483647x20000"));
 
+    // Pillow's decompression-bomb limit, from its header: a pixel past it is refused as a size,
+    // while at it what is refused is the pixels that are not there.
+    const std::string ppm = dir.file("huge.ppm");
+    const auto header_and_a_pixel = [](const std::string& header) {
+      std::vector<uint8_t> b(header.begin(), header.end());
+      b.insert(b.end(), {1, 2, 3});
+      return b;
+    };
+    write_bytes(ppm, header_and_a_pixel("P6\n10923 16385\n255\n"));
+    CHECK_THROWS_WITH(decode_image_file(ppm),
+                      Contains(ppm + ": dimensions 10923x16385: deit reads images of up to 32768 "
+                                     "pixels a side and 178956970 pixels"));
+    write_bytes(ppm, header_and_a_pixel("P6\n10922 16385\n255\n"));
+    CHECK_THROWS_WITH(decode_image_file(ppm), Contains(ppm) && !Contains("dimensions"));
+
     const std::string bmp = dir.file("huge.bmp");
     write_with_stb(bmp, image);
     bytes = read_bytes(bmp);
@@ -1004,12 +1025,13 @@ TEST_CASE("a GIF's LZW codes stay 12 bits wide once its table is full", "[data]"
 }
 
 TEST_CASE("a GIF without an image is refused before stb_image allocates its screen", "[data]") {
-  // A 14-byte file the fuzzer made: a screen of 19778 x 12853 pixels, no colour table, then a byte
-  // that starts no block. stb_image allocated 2 GiB for the screen before it refused the file.
+  // A 14-byte file the fuzzer made: a screen of 19778 x 12853 pixels (here 8245 rows, within
+  // deit's limit), no colour table, then a byte that starts no block. stb_image allocated 2 GiB
+  // (here 1.4 GiB) for the screen before it refused the file.
   using Bytes = std::vector<uint8_t>;
   TempDir dir;
   const std::string path = dir.file("empty.gif");
-  const Bytes screen = {'G', 'I', 'F', '8', '7', 'a', 'B', 'M', '5', '2', '5', 0, 'P'};
+  const Bytes screen = {'G', 'I', 'F', '8', '7', 'a', 'B', 'M', '5', ' ', '5', 0, 'P'};
   Bytes unknown_block = screen;
   unknown_block.push_back('<');
   write_bytes(path, unknown_block);
