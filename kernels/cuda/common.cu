@@ -2,9 +2,10 @@
 //  - column_partials: per-chunk column sums of a bf16 matrix, row_chunks' blocks of
 //    row_threads(C) threads, each thread summing 8 columns over its chunk's rows in order;
 //  - sum_partials: adds per-chunk column partials (chunks, C) into (C). Launch: blocks of 8 columns
-//    x L chunk lanes (L = partial_lanes(chunks): 128, or the power of 2 that holds fewer chunks),
-//    ceil(C / 8) blocks a set (sum_partial_sets: several sets side by side in the grid's y); lane y
-//    sums chunks y, y + L, ... in order, then a fixed shared-memory tree adds the L lanes.
+//    x L chunk lanes (L = partial_lanes(chunks): 128, or for fewer than 256 chunks the power of 2
+//    that holds them two to a lane), ceil(C / 8) blocks a set (sum_partial_sets: several sets side
+//    by side in the grid's y); lane y sums chunks y, y + L, ... in order, then a fixed
+//    shared-memory tree adds the L lanes.
 //  - sum_to_scalar: one block of 1024 threads, strided sums then block_sum.
 // Measured speed: not timed alone (the reductions run inside the optimizer's and the bias
 // gradients' measured times).

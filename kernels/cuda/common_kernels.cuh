@@ -24,9 +24,10 @@ constexpr int kPartialThreads = kPartialCols * kPartialLanes;
 // The chunk lanes sum_partials_kernel runs for `chunks` partials: the smallest power of 2 that
 // holds them two to a lane, at most kPartialLanes. A lane that adds its second chunk to its first
 // does what the tree's first step does with twice the lanes, and lanes past the last chunk only add
-// zeros, so the sums are those of 128 lanes, bit for bit (but that a -0 may stay -0). A ViT batch's
-// hundreds of chunks take all 128; a small batch's few dozen take a few times fewer threads and
-// barriers, which the emulated device, running each thread in turn, pays for most.
+// +0 (a lane's sum starts at +0, so it is never -0), so the sums are those of 128 lanes, bit for
+// bit. A ViT batch's hundreds of chunks take all 128; a small batch's few dozen take a few times
+// fewer threads and barriers, which the emulated device, running each thread in turn, pays for
+// most.
 constexpr int partial_lanes(int64_t chunks) {
   int lanes = 1;
   while (lanes < kPartialLanes && 2 * lanes < chunks) lanes *= 2;
